@@ -1,0 +1,122 @@
+"""The ``unrollsci`` command: ``demo``, ``bench NAME``, ``relax FILE``.
+
+Each capability contributes a demo section and a benchmark through a module
+listed below, so this file stays a thin dispatcher:
+
+* demo section: ``run_demo(outdir: pathlib.Path) -> list[dict]`` rows for the table;
+* benchmark: ``main(argv: list[str] | None) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+#: (title, module) of each demo section, in the order they run.
+DEMO_SECTIONS: list[tuple[str, str]] = [
+    ("Classical solvers", "unrollsci.solvers._demo"),
+    ("LISTA vs ISTA", "unrollsci.unrolled._demo"),
+    ("Graph signal inversion", "unrollsci.graph._demo"),
+    ("Charge equilibration", "unrollsci.chem._demo"),
+    ("Learned preconditioner", "unrollsci.precond._demo"),
+    ("CT reconstruction", "unrollsci.imaging._demo"),
+]
+
+#: benchmark name -> module with ``main(argv)``.
+BENCHMARKS: dict[str, str] = {
+    "solvers": "unrollsci.solvers._bench",
+    "lista": "unrollsci.unrolled._bench",
+    "graph": "unrollsci.graph._bench",
+    "qeq": "unrollsci.chem._bench",
+    "md": "unrollsci.chem._bench_md",
+    "precond": "unrollsci.precond._bench",
+    "radon": "unrollsci.imaging._bench_radon",
+    "ct": "unrollsci.imaging._bench",
+}
+
+
+def _available(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Only a missing section module is skipped; a broken import elsewhere is an error.
+        if exc.name and module.startswith(exc.name):
+            return False
+        raise
+    return True
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._bench import markdown_table
+
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.only or [])
+    t_all = time.perf_counter()
+    print(f"unrollsci {__version__} demo; figures go to {outdir.resolve()}\n")
+    for title, module in DEMO_SECTIONS:
+        short = module.split(".")[1]
+        if wanted and short not in wanted:
+            continue
+        if not _available(module):
+            continue
+        t0 = time.perf_counter()
+        rows = importlib.import_module(module).run_demo(outdir)
+        print(f"## {title}  ({time.perf_counter() - t0:.1f} s)\n")
+        print(markdown_table(rows))
+        print()
+    print(f"demo finished in {time.perf_counter() - t_all:.1f} s; figures in {outdir.resolve()}")
+    return 0
+
+
+def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    module = BENCHMARKS.get(args.name)
+    if module is None or not _available(module):
+        known = ", ".join(k for k, m in BENCHMARKS.items() if _available(m))
+        print(f"unknown benchmark {args.name!r}; available: {known}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(module).main(rest) or 0)
+
+
+def _relax(args: argparse.Namespace, rest: list[str]) -> int:
+    module = "unrollsci.chem._cli"
+    if not _available(module):
+        print("relax needs unrollsci.chem, which is not available", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(module).relax_main([args.file, *rest]) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="unrollsci",
+        description="Algorithm unrolling for scientific inverse problems.",
+    )
+    parser.add_argument("--version", action="version", version=f"unrollsci {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    p_demo = sub.add_parser("demo", help="run a short tour of every capability (< 1 minute)")
+    p_demo.add_argument("--out", default="unrollsci-demo", help="folder for figures (PNG)")
+    p_demo.add_argument("--only", nargs="*", help="sections to run (solvers, unrolled, graph, ...)")
+    p_bench = sub.add_parser("bench", help="run a benchmark and write benchmarks/results/NAME.json")
+    p_bench.add_argument("name", help=", ".join(BENCHMARKS))
+    p_relax = sub.add_parser("relax", help="relax a structure with QEq + short-range repulsion")
+    p_relax.add_argument("file", help="any structure file ASE reads")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _demo(args)
+    if args.command == "bench":
+        return _bench(args, rest)
+    if args.command == "relax":
+        return _relax(args, rest)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

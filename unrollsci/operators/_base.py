@@ -1,0 +1,329 @@
+"""The linear operator abstraction: ``op(x)``, ``op.adjoint(y)``, ``op.norm()``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import check_finite, check_same_device, check_tensor
+
+__all__ = ["LinearOperator", "ComposedOperator", "SumOperator", "ScaledOperator",
+           "AdjointOperator", "check_adjoint"]
+
+
+class LinearOperator(nn.Module):
+    """A batched linear map ``A: R^{in_shape} -> R^{out_shape}``.
+
+    Signals carry a leading batch dimension: ``op(x)`` takes ``x`` of shape
+    ``(batch, *in_shape)`` and returns ``(batch, *out_shape)``; ``op.adjoint(y)``
+    goes back. Subclasses implement :meth:`_mv` and :meth:`_rmv`, and
+    set ``in_shape`` / ``out_shape`` (per-sample shapes, without the batch
+    dimension). Device and dtype follow the input: buffers are cast to the input's
+    device and dtype on the fly (see :meth:`_cast`).
+
+    Operators compose: ``A @ B`` (apply B then A), ``A + B``, ``2.0 * A``, ``A.T``.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(3, 5, dtype=torch.float64))
+        >>> A(torch.ones(2, 5, dtype=torch.float64)).shape
+        torch.Size([2, 3])
+    """
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    #: Whether ``norm()`` may cache its value (false for operators with trainable state).
+    cacheable_norm: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._norm_cache: float | None = None
+        self._cast_cache: dict[Any, dict[str, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(m, n)``: number of output and input entries per sample."""
+        return (math.prod(self.out_shape), math.prod(self.in_shape))
+
+    @property
+    def device(self) -> torch.device | None:
+        """Device of the operator's own tensors, or None if it holds none."""
+        for t in list(self.buffers()) + list(self.parameters()):
+            return t.device
+        return None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """dtype of the operator's own tensors, or None if it holds none."""
+        for t in list(self.buffers()) + list(self.parameters()):
+            return t.dtype
+        return None
+
+    # ------------------------------------------------------------ application
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_input(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+        check_tensor(name, x)
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"Expected '{name}' of shape (batch, {', '.join(map(str, shape))}) for "
+                f"{type(self).__name__} (got shape {tuple(x.shape)})."
+            )
+        dev = self.device
+        if dev is not None and dev != x.device:
+            check_same_device(operator=torch.empty(0, device=dev), **{name: x})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the operator to ``x: (batch, *in_shape)``."""
+        self._check_input("x", x, self.in_shape)
+        return self._mv(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the adjoint to ``y: (batch, *out_shape)``."""
+        self._check_input("y", y, self.out_shape)
+        return self._rmv(y)
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A x``."""
+        return self.adjoint(self(x))
+
+    @property
+    def T(self) -> LinearOperator:  # noqa: N802 - mathematical notation
+        """The adjoint as an operator."""
+        return AdjointOperator(self)
+
+    def _cast(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Return buffer ``name`` on ``like``'s device and dtype (cached)."""
+        t = getattr(self, name)
+        if t.device == like.device and t.dtype == like.dtype:
+            return t
+        if t.requires_grad:  # trainable: cast inside the graph, never cache
+            return t.to(device=like.device, dtype=like.dtype)
+        key = (like.device, like.dtype)
+        slot = self._cast_cache.setdefault(key, {})
+        cached = slot.get(name)
+        if cached is None or getattr(cached, "_src_version", None) != t._version:
+            cached = t.detach().to(device=like.device, dtype=like.dtype)
+            cached._src_version = t._version  # type: ignore[attr-defined]
+            slot[name] = cached
+        return cached
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
+        # nn.Module._apply backs .to()/.double()/.cuda(): moving invalidates cached casts.
+        self._cast_cache = {}
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ norm
+    def norm(
+        self,
+        *,
+        max_iter: int = 500,
+        tol: float = 1e-10,
+        recompute: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> float:
+        """Largest singular value ``||A||_2`` by power iteration on ``A^T A``.
+
+        The value is cached (unless the operator has trainable state or
+        ``recompute=True``). Iteration stops when the relative change of the
+        estimate is below ``tol``.
+        """
+        if self._norm_cache is not None and self.cacheable_norm and not recompute:
+            return self._norm_cache
+        device = self.device or torch.device("cpu")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        x = torch.randn((1, *self.in_shape), generator=gen, dtype=dtype).to(device)
+        x = x / x.norm()
+        est = 0.0
+        with torch.no_grad():
+            for _ in range(max_iter):
+                z = self.adjoint(self(x))
+                new = float(z.norm())
+                if new == 0.0:
+                    est = 0.0
+                    break
+                x = z / new
+                if abs(new - est) <= tol * new:
+                    est = new
+                    break
+                est = new
+        value = math.sqrt(est)
+        if self.cacheable_norm:
+            self._norm_cache = value
+        return value
+
+    def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The operator as a dense ``(m, n)`` matrix (for small operators and tests)."""
+        m, n = self.shape
+        device = self.device or torch.device("cpu")
+        eye = torch.eye(n, dtype=dtype, device=device).reshape(n, *self.in_shape)
+        with torch.no_grad():
+            cols = self(eye).reshape(n, m)
+        return cols.T.contiguous()
+
+    # ------------------------------------------------------------ composition
+    def __matmul__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return ComposedOperator(self, other)
+
+    def __add__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return SumOperator(self, other)
+
+    def __sub__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return SumOperator(self, ScaledOperator(other, -1.0))
+
+    def __mul__(self, scale: float) -> LinearOperator:
+        if not isinstance(scale, (int, float)):
+            return NotImplemented
+        return ScaledOperator(self, float(scale))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> LinearOperator:
+        return ScaledOperator(self, -1.0)
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
+
+
+def _first_device(*ops: LinearOperator) -> torch.device | None:
+    for op in ops:
+        if op.device is not None:
+            return op.device
+    return None
+
+
+class ComposedOperator(LinearOperator):
+    """``outer @ inner``: apply ``inner`` first."""
+
+    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
+        super().__init__()
+        if tuple(outer.in_shape) != tuple(inner.out_shape):
+            raise ValueError(
+                f"Cannot compose: outer operator expects input {outer.in_shape} but inner "
+                f"operator produces {inner.out_shape}."
+            )
+        self.outer, self.inner = outer, inner
+        self.in_shape, self.out_shape = inner.in_shape, outer.out_shape
+        self.cacheable_norm = outer.cacheable_norm and inner.cacheable_norm
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer._mv(self.inner._mv(x))
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner._rmv(self.outer._rmv(y))
+
+
+class SumOperator(LinearOperator):
+    """``A + B`` for operators of equal shapes."""
+
+    def __init__(self, a: LinearOperator, b: LinearOperator) -> None:
+        super().__init__()
+        if tuple(a.in_shape) != tuple(b.in_shape) or tuple(a.out_shape) != tuple(b.out_shape):
+            raise ValueError(
+                f"Cannot add operators of different shapes: {a.in_shape}->{a.out_shape} and "
+                f"{b.in_shape}->{b.out_shape}."
+            )
+        self.a, self.b = a, b
+        self.in_shape, self.out_shape = a.in_shape, a.out_shape
+        self.cacheable_norm = a.cacheable_norm and b.cacheable_norm
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a._mv(x) + self.b._mv(x)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return self.a._rmv(y) + self.b._rmv(y)
+
+
+class ScaledOperator(LinearOperator):
+    """``c * A`` for a real scalar ``c``."""
+
+    def __init__(self, op: LinearOperator, scale: float) -> None:
+        super().__init__()
+        self.op, self.scale = op, float(scale)
+        self.in_shape, self.out_shape = op.in_shape, op.out_shape
+        self.cacheable_norm = op.cacheable_norm
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.op._mv(x)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.op._rmv(y)
+
+
+class AdjointOperator(LinearOperator):
+    """``A^T`` as an operator in its own right."""
+
+    def __init__(self, op: LinearOperator) -> None:
+        super().__init__()
+        self.op = op
+        self.in_shape, self.out_shape = op.out_shape, op.in_shape
+        self.cacheable_norm = op.cacheable_norm
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op._rmv(x)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return self.op._mv(y)
+
+    @property
+    def T(self) -> LinearOperator:  # noqa: N802
+        return self.op
+
+
+def check_adjoint(
+    op: LinearOperator,
+    *,
+    batch: int = 3,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> float:
+    """Relative error of the adjoint identity ``<Ax, y> = <x, A^T y>``.
+
+    Returns ``max_b |<Ax_b, y_b> - <x_b, A^T y_b>| / (||Ax_b|| ||y_b|| + ||x_b|| ||A^T y_b||)``
+    over a batch of random ``x``, ``y``. A correct adjoint gives roughly machine
+    precision for ``dtype``.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator, check_adjoint
+        >>> check_adjoint(MatrixOperator(torch.randn(4, 6, dtype=torch.float64))) < 1e-12
+        True
+    """
+    if not isinstance(op, LinearOperator):
+        raise TypeError(
+            f"check_adjoint expects a LinearOperator (got {type(op).__name__}). Wrap a "
+            "matrix as MatrixOperator(matrix)."
+        )
+    if device is None:
+        device = op.device or torch.device("cpu")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn((batch, *op.in_shape), generator=gen, dtype=dtype).to(device)
+    y = torch.randn((batch, *op.out_shape), generator=gen, dtype=dtype).to(device)
+    with torch.no_grad():
+        ax = op(x)
+        aty = op.adjoint(y)
+    check_finite("A(x)", ax)
+    lhs = (ax * y).reshape(batch, -1).sum(1)
+    rhs = (x * aty).reshape(batch, -1).sum(1)
+    scale = ax.reshape(batch, -1).norm(dim=1) * y.reshape(batch, -1).norm(dim=1) + x.reshape(
+        batch, -1
+    ).norm(dim=1) * aty.reshape(batch, -1).norm(dim=1)
+    scale = torch.clamp(scale, min=torch.finfo(dtype).tiny)
+    return float(((lhs - rhs).abs() / scale).max())

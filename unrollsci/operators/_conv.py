@@ -1,0 +1,158 @@
+"""Convolution (blur) and masking operators."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from .._validation import check_finite, check_tensor
+from ._base import LinearOperator
+
+__all__ = ["Convolution", "Mask"]
+
+_CONV = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d)}
+
+
+class Convolution(LinearOperator):
+    """1D or 2D convolution ``y = h * x`` with zero or circular boundary.
+
+    The output has the input's size ("same" convolution) and the kernel's centre is
+    at index ``(k - 1) // 2`` along each axis. ``adjoint`` is the exact transpose
+    (correlation with the kernel, folding the boundary back).
+
+    Args:
+        kernel: ``(k,)`` or ``(kh, kw)`` filter.
+        in_shape: per-sample signal shape: ``(n,)`` / ``(H, W)``, or with a leading
+            channel axis ``(C, n)`` / ``(C, H, W)`` (each channel blurred alike).
+        boundary: ``"zero"`` or ``"circular"``.
+
+    Example:
+        >>> import torch
+        >>> blur = Convolution(torch.ones(3) / 3, in_shape=(8,))
+        >>> blur(torch.ones(1, 8))[0, 3].item()
+        1.0
+    """
+
+    def __init__(
+        self,
+        kernel: torch.Tensor,
+        in_shape: Sequence[int],
+        *,
+        boundary: str = "zero",
+    ) -> None:
+        super().__init__()
+        check_tensor("kernel", kernel, ndim=(1, 2))
+        check_finite("kernel", kernel)
+        if boundary not in ("zero", "circular"):
+            raise ValueError(f"Expected boundary 'zero' or 'circular' (got {boundary!r}).")
+        d = kernel.dim()
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) not in (d, d + 1):
+            raise ValueError(
+                f"Expected in_shape with {d} (or {d + 1}, with channels) entries for a "
+                f"{d}D kernel (got {in_shape})."
+            )
+        spatial = in_shape[-d:]
+        for k, n in zip(kernel.shape, spatial):
+            if k > n and boundary == "circular":
+                raise ValueError(
+                    f"Kernel size {tuple(kernel.shape)} exceeds signal size {spatial} "
+                    "for a circular boundary."
+                )
+        self.boundary, self.ndim_spatial = boundary, d
+        self.in_shape = self.out_shape = in_shape
+        # Correlation weight = flipped kernel, so that forward is a true convolution.
+        weight = torch.flip(kernel, dims=tuple(range(d)))[None, None]
+        self.register_buffer("weight", weight)
+        centre = [(k - 1) // 2 for k in kernel.shape]
+        # (before, after) padding per spatial axis, in axis order.
+        self._pads = [(k - 1 - c, c) for k, c in zip(kernel.shape, centre)]
+
+    def _fpad(self) -> list[int]:
+        # F.pad wants the last axis first.
+        out: list[int] = []
+        for before, after in reversed(self._pads):
+            out += [before, after]
+        return out
+
+    def _to_conv(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.ndim_spatial
+        return x.reshape(-1, 1, *x.shape[-d:])
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        conv, _ = _CONV[self.ndim_spatial]
+        xc = self._to_conv(x)
+        mode = "circular" if self.boundary == "circular" else "constant"
+        xp = F.pad(xc, self._fpad(), mode=mode)
+        return conv(xp, self._cast("weight", x)).reshape(x.shape)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        _, convt = _CONV[self.ndim_spatial]
+        zp = convt(self._to_conv(y), self._cast("weight", y))
+        for axis, (before, after) in enumerate(self._pads):
+            dim = 2 + axis
+            n = zp.shape[dim] - before - after
+            core = zp.narrow(dim, before, n)
+            if self.boundary == "circular":
+                core = core.clone()
+                if before:
+                    # Left padding held x[n-before:n]; its adjoint adds back there.
+                    core.narrow(dim, n - before, before).add_(zp.narrow(dim, 0, before))
+                if after:
+                    core.narrow(dim, 0, after).add_(zp.narrow(dim, before + n, after))
+            zp = core
+        return zp.reshape(y.shape)
+
+
+class Mask(LinearOperator):
+    """Sampling / inpainting by a fixed mask.
+
+    With ``subsample=False`` (default) ``A x = mask * x`` keeps the shape (missing
+    entries are zero) and ``A`` is self-adjoint. With ``subsample=True`` ``A x``
+    returns only the observed entries, shape ``(batch, mask.sum())``, and the
+    adjoint scatters them back.
+
+    Args:
+        mask: boolean or 0/1 tensor of per-sample shape (e.g. ``(n,)`` or ``(H, W)``).
+        subsample: return only observed entries.
+
+    Example:
+        >>> import torch
+        >>> Mask(torch.tensor([True, False, True]), subsample=True)(torch.ones(1, 3)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(self, mask: torch.Tensor, *, subsample: bool = False) -> None:
+        super().__init__()
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"Expected 'mask' to be a torch.Tensor (got {type(mask).__name__}).")
+        if mask.dtype != torch.bool:
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("Expected 'mask' to be boolean or contain only 0 and 1.")
+            mask = mask.bool()
+        self.subsample = subsample
+        self.in_shape = tuple(mask.shape)
+        self.register_buffer("mask", mask)
+        if subsample:
+            self.register_buffer("index", torch.nonzero(mask.reshape(-1)).reshape(-1))
+            self.out_shape = (int(self.index.numel()),)
+        else:
+            self.out_shape = tuple(mask.shape)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return None  # a mask has no float dtype; follows the input
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subsample:
+            return x.reshape(x.shape[0], -1).index_select(1, self.index)
+        return x * self.mask
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        if self.subsample:
+            out = y.new_zeros(y.shape[0], self.mask.numel())
+            out = out.index_add(1, self.index, y)
+            return out.reshape(y.shape[0], *self.in_shape)
+        return y * self.mask

@@ -1,0 +1,151 @@
+"""Dense and sparse matrix operators."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import check_finite, check_tensor
+from ._base import LinearOperator
+
+__all__ = ["MatrixOperator", "SparseOperator", "to_torch_sparse"]
+
+
+class MatrixOperator(LinearOperator):
+    """A dense matrix ``A: (m, n)`` acting on ``x: (batch, n)``.
+
+    Args:
+        matrix: ``(m, n)`` tensor. Pass an ``nn.Parameter`` to learn it.
+
+    Example:
+        >>> import torch
+        >>> A = MatrixOperator(torch.eye(3))
+        >>> A(torch.ones(1, 3))
+        tensor([[1., 1., 1.]])
+    """
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        super().__init__()
+        check_tensor("matrix", matrix, ndim=(2,))
+        check_finite("matrix", matrix)
+        if isinstance(matrix, torch.nn.Parameter):
+            self.matrix = matrix
+            self.cacheable_norm = False
+        else:
+            self.register_buffer("matrix", matrix)
+        self.in_shape, self.out_shape = (matrix.shape[1],), (matrix.shape[0],)
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self._cast("matrix", x).T
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self._cast("matrix", y)
+
+    def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return self.matrix.detach().to(dtype)
+
+
+def to_torch_sparse(
+    a: Any, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Convert a scipy sparse matrix or torch sparse/dense tensor to torch sparse CSR."""
+    if isinstance(a, torch.Tensor):
+        if a.layout == torch.sparse_csr:
+            t = a
+        elif a.layout == torch.sparse_coo:
+            t = a.coalesce().to_sparse_csr()
+        elif a.layout == torch.strided:
+            t = a.to_sparse_csr()
+        else:
+            t = a.to_sparse_coo().coalesce().to_sparse_csr()
+    else:
+        try:
+            import scipy.sparse as sp
+        except ImportError as exc:  # pragma: no cover - scipy is a dependency
+            raise TypeError("scipy is required to convert sparse matrices") from exc
+        if not sp.issparse(a):
+            raise TypeError(
+                "Expected a scipy sparse matrix or a torch tensor "
+                f"(got {type(a).__name__})."
+            )
+        csr = sp.csr_matrix(a)
+        csr.sum_duplicates()
+        csr.sort_indices()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+            t = torch.sparse_csr_tensor(
+                torch.from_numpy(csr.indptr.astype(np.int64)),
+                torch.from_numpy(csr.indices.astype(np.int64)),
+                torch.from_numpy(np.asarray(csr.data)),
+                size=csr.shape,
+                check_invariants=True,
+            )
+    if dtype is not None or device is not None:
+        t = t.to(device=device or t.device, dtype=dtype or t.dtype)
+    return t
+
+
+class SparseOperator(LinearOperator):
+    """A sparse matrix operator from a ``scipy.sparse`` matrix or a torch sparse tensor.
+
+    Stored as torch CSR (and its transpose, for a fast adjoint). Gradients flow to
+    ``x``; the matrix itself is a constant buffer.
+
+    Args:
+        matrix: ``(m, n)`` scipy sparse matrix or torch sparse (COO/CSR) tensor.
+        dtype: dtype to store; defaults to the matrix's (float64 for scipy float data).
+
+    Example:
+        >>> import scipy.sparse as sp, torch
+        >>> A = SparseOperator(sp.eye(4, format="csr"))
+        >>> A(torch.ones(2, 4, dtype=torch.float64)).sum().item()
+        8.0
+    """
+
+    def __init__(self, matrix: Any, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        csr = to_torch_sparse(matrix, dtype=dtype)
+        if csr.dim() != 2:
+            raise ValueError(f"Expected a 2-dimensional sparse matrix (got {csr.dim()} dims).")
+        if not csr.is_floating_point():
+            csr = csr.to(torch.get_default_dtype())
+        check_finite("matrix", csr)
+        self.register_buffer("matrix", csr)
+        self.register_buffer("matrix_t", _transpose_csr(csr))
+        m, n = csr.shape
+        self.in_shape, self.out_shape = (n,), (m,)
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return _spmm(self._cast("matrix", x), x)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return _spmm(self._cast("matrix_t", y), y)
+
+    def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return self.matrix.to_dense().to(dtype)
+
+    def to_scipy(self):  # type: ignore[no-untyped-def]
+        """The matrix as ``scipy.sparse.csr_matrix``."""
+        import scipy.sparse as sp
+
+        m = self.matrix
+        return sp.csr_matrix(
+            (
+                m.values().detach().cpu().numpy(),
+                m.col_indices().cpu().numpy(),
+                m.crow_indices().cpu().numpy(),
+            ),
+            shape=tuple(m.shape),
+        )
+
+
+def _transpose_csr(csr: torch.Tensor) -> torch.Tensor:
+    return csr.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
+def _spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(a @ x.T).T`` for CSR ``a: (m, n)`` and dense ``x: (batch, n)``."""
+    return (a @ x.T).T

@@ -1,0 +1,77 @@
+"""Turning user inputs into operators and validated batched tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._validation import check_finite, check_nonnegative, check_same_device, check_tensor
+from ..operators import LinearOperator, MatrixOperator, SparseOperator
+
+__all__ = ["as_operator", "prepare_lasso", "unbatch"]
+
+
+def as_operator(a: Any, name: str = "A") -> LinearOperator:
+    """Wrap a dense/sparse torch tensor or a scipy sparse matrix as a LinearOperator."""
+    if isinstance(a, LinearOperator):
+        return a
+    if isinstance(a, torch.Tensor):
+        if a.layout != torch.strided:
+            return SparseOperator(a)
+        check_tensor(name, a, ndim=(2,))
+        return MatrixOperator(a)
+    try:
+        import scipy.sparse as sp
+
+        if sp.issparse(a):
+            return SparseOperator(a)
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(
+        f"Expected '{name}' to be a LinearOperator, a torch tensor or a scipy sparse matrix "
+        f"(got {type(a).__name__})."
+    )
+
+
+def prepare_lasso(
+    op: Any, y: torch.Tensor, lam: Any
+) -> tuple[LinearOperator, torch.Tensor, torch.Tensor, bool]:
+    """Validate (op, y, lam) for a lasso solver.
+
+    Returns the operator, ``y`` as ``(batch, m)``, ``lam`` as a ``(batch, 1)`` tensor
+    and whether ``y`` was unbatched.
+    """
+    op = as_operator(op)
+    if len(op.in_shape) != 1 or len(op.out_shape) != 1:
+        raise ValueError(
+            "Lasso solvers expect an operator on vectors, in_shape (n,) and out_shape (m,) "
+            f"(got {op.in_shape} -> {op.out_shape}). Flatten signals first."
+        )
+    check_tensor("y", y, ndim=(1, 2))
+    unbatched = y.dim() == 1
+    if unbatched:
+        y = y[None]
+    m = op.out_shape[0]
+    if y.shape[1] != m:
+        raise ValueError(
+            f"Expected 'y' of length {m} to match the operator's output (got shape "
+            f"{tuple(y.shape)})."
+        )
+    check_finite("y", y)
+    if op.device is not None:
+        check_same_device(operator=torch.empty(0, device=op.device), y=y)
+    check_nonnegative("lam", lam.detach() if isinstance(lam, torch.Tensor) else lam)
+    lam_t = torch.as_tensor(lam, dtype=y.dtype, device=y.device)
+    if lam_t.dim() == 0:
+        lam_t = lam_t.expand(y.shape[0])
+    if lam_t.shape != (y.shape[0],):
+        raise ValueError(
+            f"Expected 'lam' to be a scalar or of shape (batch,)=({y.shape[0]},) "
+            f"(got {tuple(lam_t.shape)})."
+        )
+    return op, y, lam_t[:, None], unbatched
+
+
+def unbatch(x: torch.Tensor, unbatched: bool) -> torch.Tensor:
+    return x[0] if unbatched else x

@@ -1,0 +1,69 @@
+"""Gradient descent (with optional Nesterov momentum) for smooth objectives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._validation import check_finite, check_tensor
+from ._solution import Solution, finish
+
+__all__ = ["gradient_descent"]
+
+
+def gradient_descent(
+    grad: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    step: float | torch.Tensor,
+    *,
+    momentum: str | None = None,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+    throw: bool = False,
+) -> Solution:
+    """Minimize a smooth function given its gradient: ``x <- x - step * grad(x)``.
+
+    Batched: ``x0: (batch, n)``; ``grad`` maps ``(batch, n) -> (batch, n)``. With
+    ``momentum="nesterov"`` uses the accelerated scheme for L-smooth convex
+    functions (``step <= 1/L``). Stops when ``||grad(x)|| <= tol * ||grad(x0)||``
+    for every batch entry.
+
+    Example:
+        >>> import torch
+        >>> sol = gradient_descent(lambda x: 2 * (x - 1), torch.zeros(1, 2), 0.25, tol=1e-6)
+        >>> sol.x
+        tensor([[1., 1.]])
+    """
+    check_tensor("x0", x0, ndim=(1, 2))
+    check_finite("x0", x0)
+    if momentum not in (None, "nesterov"):
+        raise ValueError(f"Expected momentum None or 'nesterov' (got {momentum!r}).")
+    if float(torch.as_tensor(step).min()) <= 0:
+        raise ValueError(f"Expected step > 0 (got {step}).")
+    unbatched = x0.dim() == 1
+    x = x0[None] if unbatched else x0
+    g = grad(x)
+    if g.shape != x.shape:
+        raise ValueError(f"grad returned shape {tuple(g.shape)}, expected {tuple(x.shape)}.")
+    g0 = torch.clamp(g.detach().norm(dim=-1), min=torch.finfo(x.dtype).tiny)
+    residuals: list[float] = []
+    converged = bool((g.detach().norm(dim=-1) / g0).max() <= tol)
+    x_prev, tk, k = x, 1.0, 0
+    while not converged and k < max_iter:
+        k += 1
+        if momentum == "nesterov":
+            t_next = 0.5 * (1 + (1 + 4 * tk * tk) ** 0.5)
+            v = x + ((tk - 1) / t_next) * (x - x_prev)
+            tk = t_next
+            x_prev, x = x, v - step * grad(v)
+        else:
+            x_prev, x = x, x - step * g
+        g = grad(x)
+        r = float((g.detach().norm(dim=-1) / g0).max())
+        if r != r:
+            raise ValueError("gradient_descent diverged (NaN); reduce the step size.")
+        residuals.append(r)
+        converged = r <= tol
+    return finish("gradient_descent", x[0] if unbatched else x, k, residuals, converged, tol,
+                  max_iter, throw, hint="A step close to 1/L, or momentum='nesterov', helps.")

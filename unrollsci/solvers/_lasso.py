@@ -1,0 +1,305 @@
+"""Classical lasso solvers: ISTA, FISTA, ADMM, AMP.
+
+All minimize ``0.5 ||A x - y||^2 + lam ||x||_1`` for a batch of ``y: (batch, m)``
+and stop on a residual relative to ``||A^T y||`` per batch entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._validation import check_nonnegative
+from ..operators import LinearOperator
+from ._cg import cg
+from ._common import prepare_lasso, unbatch
+from ._solution import Solution, finish
+from ._steps import admm_step, amp_step, ista_step
+
+__all__ = ["ista", "fista", "admm", "amp"]
+
+
+def _scale(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
+    s = op.adjoint(y).norm(dim=-1).detach()
+    return torch.clamp(s, min=torch.finfo(y.dtype).tiny)
+
+
+def _step(op: LinearOperator, step: float | None) -> float:
+    if step is None:
+        lip = op.norm() ** 2
+        if lip == 0:
+            raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
+        return 1.0 / lip
+    check_nonnegative("step", step)
+    if step == 0:
+        raise ValueError("Expected 'step' > 0 (got 0).")
+    return float(step)
+
+
+def _x0(x0: torch.Tensor | None, y: torch.Tensor, n: int, unbatched: bool) -> torch.Tensor:
+    if x0 is None:
+        return y.new_zeros(y.shape[0], n)
+    x0 = x0[None] if unbatched and x0.dim() == 1 else x0
+    if x0.shape != (y.shape[0], n):
+        raise ValueError(f"Expected 'x0' of shape {(y.shape[0], n)} (got {tuple(x0.shape)}).")
+    return x0
+
+
+def ista(
+    op: Any,
+    y: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    step: float | None = None,
+    x0: torch.Tensor | None = None,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+    throw: bool = False,
+) -> Solution:
+    """Iterative soft-thresholding for the lasso.
+
+    ``x <- soft(x - t A^T(Ax - y), t lam)`` with ``t = 1 / ||A||^2`` by default.
+    Stops when ``||x_{k+1} - x_k|| / t <= tol * ||A^T y||`` (the KKT residual).
+
+    Args:
+        op: ``LinearOperator`` (or matrix) with ``in_shape (n,)``, ``out_shape (m,)``.
+        y: ``(batch, m)`` or ``(m,)`` data.
+        lam: scalar or ``(batch,)`` regularization weight, ``>= 0``.
+        step: step size, default ``1 / ||A||_2^2``.
+        x0: initial guess, default zero.
+        max_iter, tol: stopping rule.
+        throw: raise ``ConvergenceError`` instead of warning on non-convergence.
+
+    Returns:
+        Solution with ``x: (batch, n)`` (or ``(n,)``).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.eye(3, dtype=torch.float64))
+        >>> ista(A, torch.tensor([2.0, 0.5, -3.0], dtype=torch.float64), 1.0).x
+        tensor([ 1.,  0., -2.], dtype=torch.float64)
+    """
+    op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    t = _step(op, step)
+    x = _x0(x0, y, op.in_shape[0], unbatched)
+    scale = _scale(op, y)
+    residuals: list[float] = []
+    converged = False
+    k = 0
+    for k in range(1, max_iter + 1):
+        x_new = ista_step(op, x, y, t, t * lam_t)
+        r = ((x_new - x).detach().norm(dim=-1) / t / scale).max().item()
+        x = x_new
+        residuals.append(r)
+        if r <= tol:
+            converged = True
+            break
+    return finish("ista", unbatch(x, unbatched), k, residuals, converged, tol, max_iter,
+                  throw, {"step": t}, hint="FISTA or ADMM converge faster.")
+
+
+def fista(
+    op: Any,
+    y: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    step: float | None = None,
+    x0: torch.Tensor | None = None,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+    restart: bool = True,
+    throw: bool = False,
+) -> Solution:
+    """FISTA (Beck & Teboulle 2009) for the lasso, with optional adaptive restart.
+
+    Momentum ``v = x_k + beta_k (x_k - x_{k-1})``, then an ISTA step from ``v``.
+    With ``restart=True`` the momentum is reset whenever it points uphill
+    (O'Donoghue & Candes 2015 gradient scheme), which gives linear convergence on
+    lasso problems with a sparse solution. Stopping rule and arguments as :func:`ista`.
+    """
+    op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    t_step = _step(op, step)
+    x = _x0(x0, y, op.in_shape[0], unbatched)
+    x_prev = x
+    scale = _scale(op, y)
+    tk = torch.ones(y.shape[0], 1, dtype=y.dtype, device=y.device)
+    residuals: list[float] = []
+    converged = False
+    k = 0
+    for k in range(1, max_iter + 1):
+        t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * tk * tk))
+        v = x + ((tk - 1.0) / t_next) * (x - x_prev)
+        x_new = ista_step(op, v, y, t_step, t_step * lam_t)
+        r = ((x_new - v).detach().norm(dim=-1) / t_step / scale).max().item()
+        if restart:
+            uphill = ((v - x_new) * (x_new - x)).sum(-1, keepdim=True).detach() > 0
+            t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
+        x_prev, x, tk = x, x_new, t_next
+        residuals.append(r)
+        if r <= tol:
+            converged = True
+            break
+    return finish("fista", unbatch(x, unbatched), k, residuals, converged, tol, max_iter,
+                  throw, {"step": t_step})
+
+
+def admm(
+    op: Any,
+    y: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    rho: float | None = None,
+    method: str = "auto",
+    x0: torch.Tensor | None = None,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+    throw: bool = False,
+) -> Solution:
+    """ADMM for the lasso with the split ``x = z`` (Boyd et al. 2011, sec. 6.4).
+
+    The x-update solves ``(A^T A + rho I) x = A^T y + rho (z - u)``: by a Cholesky
+    factor computed once (``method="cholesky"``, for operators up to a few thousand
+    unknowns) or by warm-started CG (``method="cg"``, matrix-free). ``"auto"`` picks
+    Cholesky when ``n <= 4096``. Stops when the primal residual ``||x - z||`` and
+    the dual residual ``rho ||z - z_prev||`` are both ``<= tol * ||A^T y||``.
+    Returns the sparse iterate ``z``.
+
+    Args:
+        rho: penalty, default ``||A||_2^2`` (balances the two terms of the x-update).
+        method: ``"auto"``, ``"cholesky"`` or ``"cg"``.
+        Others as :func:`ista`.
+    """
+    op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    if method not in ("auto", "cholesky", "cg"):
+        raise ValueError(f"Expected method 'auto', 'cholesky' or 'cg' (got {method!r}).")
+    n = op.in_shape[0]
+    if rho is None:
+        rho = op.norm() ** 2 or 1.0
+    check_nonnegative("rho", rho)
+    if rho == 0:
+        raise ValueError("Expected 'rho' > 0 (got 0).")
+    if method == "auto":
+        method = "cholesky" if n <= 4096 else "cg"
+    aty = op.adjoint(y)
+    if method == "cholesky":
+        dense = _dense(op, y)  # differentiable in op's parameters
+        gram = dense.T @ dense + rho * torch.eye(n, dtype=y.dtype, device=y.device)
+        chol = torch.linalg.cholesky(gram)
+
+        def x_solve(rhs: torch.Tensor) -> torch.Tensor:
+            return torch.cholesky_solve(rhs.T, chol).T
+    else:
+        class _Shifted(LinearOperator):
+            def __init__(self) -> None:
+                super().__init__()
+                self.in_shape = self.out_shape = (n,)
+
+            def _mv(self, v: torch.Tensor) -> torch.Tensor:
+                return op.adjoint(op(v)) + rho * v
+
+            _rmv = _mv
+
+        shifted = _Shifted()
+        state = {"x": torch.zeros_like(aty)}
+
+        def x_solve(rhs: torch.Tensor) -> torch.Tensor:
+            sol = cg(shifted, rhs, x0=state["x"], tol=1e-12, max_iter=10 * n, throw=False)
+            state["x"] = sol.x.detach()
+            return sol.x
+
+    z = _x0(x0, y, n, unbatched)
+    u = torch.zeros_like(z)
+    scale = _scale(op, y)
+    residuals: list[float] = []
+    converged = False
+    k = 0
+    for k in range(1, max_iter + 1):
+        z_prev = z
+        x, z, u = admm_step(x_solve, aty, z, u, rho, lam_t / rho)
+        primal = ((x - z).detach().norm(dim=-1) / scale).max().item()
+        dual = (rho * (z - z_prev).detach().norm(dim=-1) / scale).max().item()
+        r = max(primal, dual)
+        residuals.append(r)
+        if r <= tol:
+            converged = True
+            break
+    return finish("admm", unbatch(z, unbatched), k, residuals, converged, tol, max_iter,
+                  throw, {"rho": rho, "method": method},
+                  hint="A different rho (penalty) can speed ADMM up a lot.")
+
+
+def _dense(op: LinearOperator, like: torch.Tensor) -> torch.Tensor:
+    n = op.in_shape[0]
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    return op(eye).T
+
+
+def amp(
+    op: Any,
+    y: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    x0: torch.Tensor | None = None,
+    damping: float = 0.0,
+    decay: float = 0.8,
+    max_iter: int = 10_000,
+    tol: float = 1e-10,
+    throw: bool = False,
+) -> Solution:
+    """Approximate message passing for the lasso (Donoho, Maleki & Montanari 2009).
+
+    ``z = y - A x + (||x||_0 / m) z_prev``, ``x = soft(x + A^T z, theta)`` with the
+    Onsager term kept. The threshold is calibrated at every iteration as
+    ``theta = lam / (1 - ||x||_0 / m)``, so every fixed point is exactly a lasso
+    minimizer for ``lam`` (Bayati & Montanari 2012 calibration). The first
+    iterations use a larger, geometrically decaying threshold (``decay``) so that
+    the iterate does not fill up before the calibration is valid. AMP is designed
+    for i.i.d. (sub-)Gaussian ``A`` with entries of variance ``1/m``; on other
+    matrices it can diverge: then ``damping`` in ``[0, 1)`` (mixing with the
+    previous iterate) helps, or use :func:`fista`.
+
+    Stops when ``||x_{k+1} - x_k|| <= tol * max(||x_k||, ||A^T y||)``.
+    """
+    op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    if not 0.0 <= damping < 1.0:
+        raise ValueError(f"Expected 0 <= damping < 1 (got {damping}).")
+    m = op.out_shape[0]
+    x = _x0(x0, y, op.in_shape[0], unbatched)
+    z = torch.zeros_like(y)
+    b = (x != 0).sum(-1, keepdim=True).to(y.dtype) / m
+    scale = _scale(op, y)
+    residuals: list[float] = []
+    converged = False
+    k = 0
+    # Continuation: the threshold starts at ||A^T y||_inf and decays geometrically
+    # until the calibrated value lam / (1 - b) takes over; without it the first
+    # iterates (x = 0, b = 0, theta = lam) keep almost every entry and b exceeds 1.
+    theta_cont = op.adjoint(y).detach().abs().amax(-1, keepdim=True)
+    for k in range(1, max_iter + 1):
+        theta_cal = lam_t / torch.clamp(1.0 - b, min=1e-3)
+        theta = torch.maximum(theta_cal, theta_cont)
+        theta_cont = theta_cont * decay
+        x_new, z_new, b = amp_step(op, x, z, y, theta, b)
+        if damping:
+            x_new = (1 - damping) * x_new + damping * x
+            z_new = (1 - damping) * z_new + damping * z
+        denom = torch.maximum(x.detach().norm(dim=-1), scale)
+        r = ((x_new - x).detach().norm(dim=-1) / denom).max().item()
+        if r != r:  # NaN: diverged
+            raise ValueError("amp diverged (NaN). Use damping > 0 or fista/admm for this A.")
+        x, z = x_new, z_new
+        residuals.append(r)
+        if r <= tol and bool((theta_cal >= theta_cont).all()):
+            if bool((b >= 1).any()):
+                raise ValueError(
+                    "amp: the estimate has as many nonzeros as measurements (||x||_0 >= m), "
+                    "so the lasso solution is not unique for this lam. Increase lam."
+                )
+            converged = True
+            break
+    return finish("amp", unbatch(x, unbatched), k, residuals, converged, tol, max_iter,
+                  throw, {"damping": damping},
+                  hint="AMP needs i.i.d. Gaussian-like A; try damping=0.3 or fista.")
+

@@ -1,0 +1,72 @@
+"""The record every solver returns."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._validation import ConvergenceError, ConvergenceWarning
+
+__all__ = ["Solution", "finish"]
+
+
+@dataclass
+class Solution:
+    """How a solve ended.
+
+    Attributes:
+        x: the solution estimate, same leading shape as the data (``(batch, n)`` or ``(n,)``).
+        iterations: number of iterations performed.
+        residuals: residual history (max over the batch), one float per iteration.
+        converged: True when every batch entry reached the tolerance.
+        message: how the solve ended and, on failure, how to fix it.
+        stats: solver-specific extras (e.g. per-sample residuals, step size).
+    """
+
+    x: torch.Tensor
+    iterations: int
+    residuals: list[float] = field(default_factory=list)
+    converged: bool = False
+    message: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def residual(self) -> float:
+        """Final residual (max over the batch); ``inf`` if no iteration ran."""
+        return self.residuals[-1] if self.residuals else float("inf")
+
+    def __repr__(self) -> str:
+        return (
+            f"Solution(x.shape={tuple(self.x.shape)}, iterations={self.iterations}, "
+            f"residual={self.residual:.3e}, converged={self.converged})"
+        )
+
+
+def finish(
+    name: str,
+    x: torch.Tensor,
+    iterations: int,
+    residuals: list[float],
+    converged: bool,
+    tol: float,
+    max_iter: int,
+    throw: bool,
+    stats: dict[str, Any] | None = None,
+    hint: str = "",
+) -> Solution:
+    """Build a Solution, and warn (or raise with ``throw=True``) on non-convergence."""
+    if converged:
+        message = f"{name} converged in {iterations} iterations (residual {residuals[-1]:.3e} <= tol {tol:.1e})."
+    else:
+        last = residuals[-1] if residuals else float("nan")
+        message = (
+            f"{name} reached max_iter={max_iter} with residual {last:.3e} > tol {tol:.1e}. "
+            f"Try increasing max_iter or loosening tol.{(' ' + hint) if hint else ''}"
+        )
+        if throw:
+            raise ConvergenceError(message)
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    return Solution(x, iterations, residuals, converged, message, stats or {})

@@ -1,0 +1,298 @@
+"""One training loop for every unrolled model in unrollsci.
+
+``fit(model, loss_fn, data, ...)`` runs Adam over mini-batches with a tqdm progress
+bar, an optional validation set with early stopping (the best weights are
+restored), a fixed seed, end-to-end or layer-wise (greedy) schedules, and
+checkpoints that rebuild the model without the training script.
+
+The loss is a callable ``loss_fn(model, batch) -> scalar tensor`` so the same loop
+serves sparse coding, graph solvers, preconditioners and CT.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["fit", "History", "save_checkpoint", "load_checkpoint", "iterate_batches"]
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class History:
+    """What happened during :func:`fit`."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    stage: list[int] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = -1
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def iterate_batches(
+    data: Any, batch_size: int | None, generator: torch.Generator, steps: int | None
+) -> Iterable[Batch]:
+    """Yield mini-batches from tensors, an iterable of batches, or a sampler.
+
+    * a tensor or tuple/list of tensors with equal first dimension: shuffled
+      mini-batches of ``batch_size`` (the whole set if None);
+    * a callable ``sampler(generator) -> batch``: ``steps`` fresh batches
+      (synthetic data drawn on the fly, as in the LISTA literature);
+    * any other iterable (e.g. a ``DataLoader`` or list of PyG batches): as is.
+    """
+    if callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
+        if steps is None:
+            raise ValueError("A sampler as training data needs steps_per_epoch.")
+        for _ in range(steps):
+            yield data(generator)
+        return
+    if isinstance(data, torch.Tensor) or (
+        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(
+                "Expected training tensors with equal first dimension (got "
+                f"{[tuple(t.shape) for t in tensors]})."
+            )
+        bs = n if batch_size is None else int(batch_size)
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs].to(tensors[0].device)
+            out = tuple(t[idx] for t in tensors)
+            yield out[0] if isinstance(data, torch.Tensor) else out
+        return
+    yield from data
+
+
+def _evaluate(model: nn.Module, loss_fn: LossFn, data: Any, generator: torch.Generator,
+              steps: int | None) -> float:
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in iterate_batches(data, None, generator, steps or 1):
+            total += float(loss_fn(model, batch))
+            count += 1
+    model.train(was)
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_data: Any,
+    *,
+    val_data: Any = None,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    steps_per_epoch: int | None = None,
+    schedule: str = "end_to_end",
+    stage_epochs: int | None = None,
+    patience: int | None = None,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    clip_grad: float | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float, float | None], None] | None = None,
+) -> History:
+    """Train ``model`` by Adam on ``loss_fn(model, batch)``.
+
+    Args:
+        model: any ``nn.Module``. For ``schedule="layerwise"`` it must have an
+            integer attribute ``num_layers`` and a settable ``active_layers``: stage
+            ``k`` trains the first ``k`` layers (all parameters of layers ``< k``
+            stay trainable, as in the greedy LISTA-CPSS / ALISTA training).
+        loss_fn: ``(model, batch) -> scalar tensor``.
+        train_data: tensors, an iterable of batches, or a sampler (see
+            :func:`iterate_batches`).
+        val_data: same forms; evaluated after each epoch without gradients.
+        epochs: epochs (per stage for the layer-wise schedule unless ``stage_epochs``).
+        lr, weight_decay: Adam settings. A fresh optimizer starts every stage.
+        batch_size, steps_per_epoch: see :func:`iterate_batches`.
+        patience: stop a stage after this many epochs without validation
+            improvement; the best weights (by validation loss) are restored.
+        seed: seeds torch and the data order.
+        clip_grad: clip the gradient norm to this value.
+        checkpoint: path; the best model is saved there with :func:`save_checkpoint`.
+        progress: show a tqdm progress bar.
+        callback: called as ``callback(epoch, train_loss, val_loss)``.
+
+    Returns:
+        History of losses per epoch.
+    """
+    if schedule not in ("end_to_end", "layerwise"):
+        raise ValueError(f"Expected schedule 'end_to_end' or 'layerwise' (got {schedule!r}).")
+    if epochs < 1:
+        raise ValueError(f"Expected epochs >= 1 (got {epochs}).")
+    if lr <= 0:
+        raise ValueError(f"Expected lr > 0 (got {lr}).")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters.")
+    if schedule == "layerwise":
+        if not hasattr(model, "num_layers") or not hasattr(model, "active_layers"):
+            raise ValueError(
+                "schedule='layerwise' needs a model with 'num_layers' and a settable "
+                f"'active_layers' ({type(model).__name__} has neither)."
+            )
+        stages = list(range(1, int(model.num_layers) + 1))
+    else:
+        stages = [0]
+    per_stage = stage_epochs if stage_epochs is not None else epochs
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    val_gen_seed = seed + 10_007
+    hist = History()
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=per_stage * len(stages), desc=f"fit {type(model).__name__}",
+                   leave=False)
+    epoch_counter = 0
+    try:
+        for stage in stages:
+            if stage:
+                model.active_layers = stage
+            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                   weight_decay=weight_decay)
+            best, best_state, bad = math.inf, None, 0
+            for _ in range(per_stage):
+                model.train()
+                total, count = 0.0, 0
+                for batch in iterate_batches(train_data, batch_size, gen, steps_per_epoch):
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(model, batch)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"Training loss became {float(loss)} at epoch {epoch_counter}; "
+                            "lower lr or check the data."
+                        )
+                    loss.backward()
+                    if clip_grad is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                    opt.step()
+                    total += float(loss.detach())
+                    count += 1
+                train_loss = total / max(count, 1)
+                val_loss = None
+                if val_data is not None:
+                    val_loss = _evaluate(model, loss_fn, val_data,
+                                         torch.Generator().manual_seed(val_gen_seed),
+                                         steps_per_epoch)
+                hist.train_loss.append(train_loss)
+                hist.stage.append(stage)
+                if val_loss is not None:
+                    hist.val_loss.append(val_loss)
+                score = val_loss if val_loss is not None else train_loss
+                if score < best:
+                    best, bad = score, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                    if stage == stages[-1]:
+                        hist.best_val, hist.best_epoch = best, epoch_counter
+                else:
+                    bad += 1
+                if callback is not None:
+                    callback(epoch_counter, train_loss, val_loss)
+                epoch_counter += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(stage=stage or "-", loss=f"{train_loss:.3e}",
+                                    val=f"{val_loss:.3e}" if val_loss is not None else "-")
+                if patience is not None and bad >= patience:
+                    hist.stopped_early = True
+                    if bar is not None:
+                        bar.update(per_stage - (_ + 1))
+                    break
+            if best_state is not None and (val_data is not None or patience is not None):
+                model.load_state_dict(best_state)
+    finally:
+        if bar is not None:
+            bar.close()
+    if stages[-1]:
+        model.active_layers = stages[-1]
+    hist.seconds = time.perf_counter() - t0
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)
+    return hist
+
+
+def _class_path(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` so that :func:`load_checkpoint` rebuilds it without the training script.
+
+    The model must implement ``get_config() -> dict`` returning its constructor
+    keyword arguments (tensors and operators allowed); the file holds the class
+    path, that config, and the state dict.
+    """
+    if not hasattr(model, "get_config"):
+        raise TypeError(
+            f"{type(model).__name__} has no get_config(); cannot write a self-contained "
+            "checkpoint. Save model.state_dict() instead."
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": "unrollsci-checkpoint-1",
+        "class": _class_path(model),
+        "config": model.get_config(),
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    torch.save(payload, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, *, expected: type | Sequence[type] | None = None,
+    map_location: str | torch.device | None = None,
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_checkpoint`.
+
+    Args:
+        path: checkpoint file.
+        expected: class (or classes) the checkpoint must hold; a mismatch raises
+            ``ValueError`` naming both.
+        map_location: passed to ``torch.load``.
+
+    Only load checkpoints you trust: the config may hold pickled operators.
+    """
+    payload = torch.load(Path(path), map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != "unrollsci-checkpoint-1":
+        raise ValueError(f"{path} is not an unrollsci checkpoint.")
+    mod_name, qual = payload["class"].split(":")
+    cls: Any = importlib.import_module(mod_name)
+    for part in qual.split("."):
+        cls = getattr(cls, part)
+    if expected is not None:
+        exp = (expected,) if isinstance(expected, type) else tuple(expected)
+        if not issubclass(cls, exp):
+            names = ", ".join(e.__name__ for e in exp)
+            raise ValueError(
+                f"Checkpoint {path} holds a {cls.__name__}, expected {names}."
+            )
+    model = cls(**payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model
