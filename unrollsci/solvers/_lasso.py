@@ -276,15 +276,19 @@ def amp(
     # Continuation: the threshold starts at ||A^T y||_inf and decays geometrically
     # until the calibrated value lam / (1 - b) takes over; without it the first
     # iterates (x = 0, b = 0, theta = lam) keep almost every entry and b exceeds 1.
-    theta_cont = op.adjoint(y).detach().abs().amax(-1, keepdim=True)
+    theta_cont = op.adjoint(y).abs().amax(-1, keepdim=True)
     for k in range(1, max_iter + 1):
         theta_cal = lam_t / torch.clamp(1.0 - b, min=1e-3)
         theta = torch.maximum(theta_cal, theta_cont)
         theta_cont = theta_cont * decay
-        x_new, z_new, b = amp_step(op, x, z, y, theta, b)
+        x_new, z_new, b_new = amp_step(op, x, z, y, theta, b)
         if damping:
             x_new = (1 - damping) * x_new + damping * x
             z_new = (1 - damping) * z_new + damping * z
+            # Damping the Onsager coefficient too breaks the 2-cycles in which one entry
+            # toggles across the threshold because ||x||_0 / m jumps by 1/m.
+            b_new = (1 - damping) * b_new + damping * b
+        b = b_new
         denom = torch.maximum(x.detach().norm(dim=-1), scale)
         r = ((x_new - x).detach().norm(dim=-1) / denom).max().item()
         if r != r:  # NaN: diverged

@@ -1,0 +1,132 @@
+"""Lasso solvers against scikit-learn, gradients, and input validation."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from unrollsci._validation import ConvergenceError, ConvergenceWarning
+from unrollsci.operators import MatrixOperator
+from unrollsci.solvers import admm, amp, fista, ista, lasso_objective
+
+F64 = torch.float64
+
+
+def _problem(seed: int, m: int = 100, n: int = 200, k: int = 10, batch: int | None = None):
+    """i.i.d. Gaussian A (variance 1/m), k-sparse x, 1% noise; y is (m,) or (batch, m)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, n, generator=g, dtype=F64) / m**0.5
+    x = torch.zeros(batch or 1, n, dtype=F64)
+    for row in x:
+        row[torch.randperm(n, generator=g)[:k]] = torch.randn(k, generator=g, dtype=F64)
+    y = x @ a.T + 0.01 * torch.randn(batch or 1, m, generator=g, dtype=F64)
+    return a, (y if batch else y[0])
+
+
+def _sklearn_objective(a, y, lam):
+    from sklearn.linear_model import Lasso
+
+    m = a.shape[0]
+    # sklearn minimizes (1 / (2 m)) ||y - A w||^2 + alpha ||w||_1, so alpha = lam / m.
+    model = Lasso(alpha=lam / m, fit_intercept=False, tol=1e-14, max_iter=1_000_000)
+    model.fit(a.numpy(), y.numpy())
+    w = torch.tensor(model.coef_, dtype=F64)
+    return float(lasso_objective(MatrixOperator(a), w[None], y[None], lam))
+
+
+SOLVERS = {"ista": ista, "fista": fista, "admm": admm, "amp": amp}
+# AMP's calibrated fixed point needs ||x||_0 well below m; its lam grid stays in that regime.
+# Measured: at lam = 0.01 (~0.45 m nonzeros) AMP does not converge at n = 200, and at
+# lam = 0.02 (~0.2 m nonzeros) 2 of 12 seeds end in a 2-cycle even with damping 0.3.
+LAMS = {"ista": [0.01, 0.05, 0.2], "fista": [0.01, 0.05, 0.2], "admm": [0.01, 0.05, 0.2],
+        "amp": [0.05, 0.1, 0.2]}
+CASES = [(name, lam, seed) for name in SOLVERS for lam in LAMS[name] for seed in (0, 1)]
+
+
+@pytest.mark.parametrize(("name", "lam", "seed"), CASES, ids=lambda v: str(v))
+def test_reaches_sklearn_lasso(name, lam, seed, device):
+    a, y = _problem(seed)
+    ref = _sklearn_objective(a, y, lam)
+    op = MatrixOperator(a).to(device)
+    sol = SOLVERS[name](op, y.to(device), lam)
+    assert sol.converged, sol.message
+    obj = float(lasso_objective(op, sol.x[None], y.to(device)[None], lam))
+    assert (obj - ref) / ref < 1e-6
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_batched_equals_individual(name, device):
+    a, ys = _problem(3, batch=2)
+    op = MatrixOperator(a).to(device)
+    ys = ys.to(device)
+    lam = torch.tensor([0.05, 0.1], dtype=F64, device=device)
+    xb = SOLVERS[name](op, ys, lam).x
+    for i in range(2):
+        xi = SOLVERS[name](op, ys[i], float(lam[i])).x
+        torch.testing.assert_close(xb[i], xi, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_gradcheck_through_solver(name, device):
+    g = torch.Generator().manual_seed(5)
+    a = (torch.randn(8, 12, generator=g, dtype=F64) / 8**0.5).to(device)
+    y = torch.randn(2, 8, generator=g, dtype=F64, device=device).requires_grad_()
+    op = MatrixOperator(a)
+
+    def f(yy):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return SOLVERS[name](op, yy, 0.1, max_iter=30, tol=0.0).x
+
+    assert torch.autograd.gradcheck(f, (y,))
+
+
+def test_gradient_wrt_learnable_matrix(device):
+    a = torch.nn.Parameter(torch.randn(6, 9, dtype=F64, device=device) / 6**0.5)
+    y = torch.randn(1, 6, dtype=F64, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        admm(MatrixOperator(a), y, 0.05, max_iter=20, tol=0.0).x.sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_admm_cg_method_matches_cholesky():
+    a, y = _problem(7, m=40, n=60)
+    x1 = admm(MatrixOperator(a), y, 0.05, method="cholesky").x
+    x2 = admm(MatrixOperator(a), y, 0.05, method="cg").x
+    torch.testing.assert_close(x1, x2, atol=1e-7, rtol=0)
+
+
+def test_nonconvergence_warns_or_raises():
+    a, y = _problem(0)
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        sol = ista(MatrixOperator(a), y, 0.1, max_iter=3)
+    assert not sol.converged and sol.iterations == 3 and "increasing max_iter" in sol.message
+    with pytest.raises(ConvergenceError, match="max_iter=3"):
+        ista(MatrixOperator(a), y, 0.1, max_iter=3, throw=True)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_bad_input(name):
+    a, y = _problem(0, m=10, n=20)
+    op = MatrixOperator(a)
+    solver = SOLVERS[name]
+    with pytest.raises(ValueError, match=r"Expected 'y' of length 10.*got shape \(1, 9\)"):
+        solver(op, y[:9], 0.1)
+    bad = y.clone()
+    bad[3] = float("nan")
+    with pytest.raises(ValueError, match="Expected 'y' to be finite.*1 NaN"):
+        solver(op, bad, 0.1)
+    with pytest.raises(ValueError, match=r"Expected 'lam' >= 0 \(got -0.5\)"):
+        solver(op, y, -0.5)
+    with pytest.raises(TypeError, match="LinearOperator"):
+        solver([[1.0]], y, 0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+def test_device_mismatch():
+    a, y = _problem(0, m=10, n=20)
+    with pytest.raises(ValueError, match="one device"):
+        ista(MatrixOperator(a).to("cuda"), y, 0.1)

@@ -1,0 +1,147 @@
+"""Operators: adjoint identity, norms, composition, dtype/device handling, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from unrollsci.operators import (
+    Convolution,
+    LinearOperator,
+    Mask,
+    MatrixOperator,
+    SparseOperator,
+    check_adjoint,
+)
+
+F64 = torch.float64
+
+
+def _ops(device: torch.device) -> dict[str, LinearOperator]:
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    a_sp = sp.random(40, 30, density=0.2, format="csr", random_state=np.random.default_rng(0))
+    mask = torch.rand(6, 7, generator=g) > 0.4
+    ops = {
+        "matrix": MatrixOperator(rnd(12, 9)),
+        "sparse_scipy": SparseOperator(a_sp),
+        "sparse_torch_coo": SparseOperator(torch.tensor(a_sp.toarray()).to_sparse()),
+        "conv1d_zero": Convolution(rnd(5), (23,)),
+        "conv1d_circular": Convolution(rnd(4), (23,), boundary="circular"),
+        "conv2d_zero": Convolution(rnd(3, 4), (11, 9)),
+        "conv2d_circular": Convolution(rnd(5, 3), (11, 9), boundary="circular"),
+        "conv2d_channels": Convolution(rnd(3, 3), (2, 8, 8), boundary="zero"),
+        "mask": Mask(mask),
+        "mask_subsample": Mask(mask, subsample=True),
+    }
+    ops["composed"] = ops["matrix"].T @ ops["matrix"]
+    ops["sum_scaled"] = ops["conv1d_zero"] - 2.0 * ops["conv1d_circular"]
+    return {k: v.to(device) for k, v in ops.items()}
+
+
+OP_NAMES = list(_ops(torch.device("cpu")).keys())
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_adjoint_identity_float64(name, device):
+    op = _ops(device)[name]
+    assert check_adjoint(op, dtype=F64, device=device) < 1e-12  # acceptance: < 1e-6
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_adjoint_identity_float32(name, device):
+    op = _ops(device)[name]
+    assert check_adjoint(op, dtype=torch.float32, device=device) < 1e-5
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_norm_matches_dense_svd(name, device):
+    op = _ops(device)[name]
+    dense = op.to_dense().cpu()
+    expected = torch.linalg.matrix_norm(dense, ord=2).item()
+    assert op.norm() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_dense_matches_application(name, device):
+    op = _ops(device)[name]
+    x = torch.randn(3, *op.in_shape, dtype=F64, device=device)
+    dense = op.to_dense()
+    expected = (x.reshape(3, -1) @ dense.T).reshape(3, *op.out_shape)
+    torch.testing.assert_close(op(x), expected)
+
+
+def test_convolution_matches_numpy_reference():
+    # Zero-boundary "same" convolution against numpy.convolve (an independent reference).
+    h = np.array([0.2, 0.5, -0.1, 0.7])
+    x = np.random.default_rng(1).standard_normal(15)
+    op = Convolution(torch.tensor(h), (15,))
+    full = np.convolve(x, h, mode="full")
+    c = (len(h) - 1) // 2
+    expected = full[c : c + 15]
+    np.testing.assert_allclose(op(torch.tensor(x)[None])[0].numpy(), expected, atol=1e-12)
+
+
+def test_circular_convolution_matches_fft():
+    rng = np.random.default_rng(2)
+    h, x = rng.standard_normal((3, 5)), rng.standard_normal((8, 9))
+    op = Convolution(torch.tensor(h), (8, 9), boundary="circular")
+    hp = np.zeros((8, 9))
+    hp[:3, :5] = h
+    hp = np.roll(hp, (-1, -2), axis=(0, 1))  # centre at ((3-1)//2, (5-1)//2)
+    expected = np.real(np.fft.ifft2(np.fft.fft2(x) * np.fft.fft2(hp)))
+    np.testing.assert_allclose(op(torch.tensor(x)[None])[0].numpy(), expected, atol=1e-12)
+
+
+def test_dtype_follows_input(device):
+    op = MatrixOperator(torch.randn(4, 3, dtype=F64)).to(device)
+    x32 = torch.randn(2, 3, device=device)
+    assert op(x32).dtype == torch.float32
+    assert op.adjoint(torch.randn(2, 4, device=device)).dtype == torch.float32
+
+
+def test_gradients_flow_through_operator(device):
+    op = Convolution(torch.randn(3, dtype=F64), (6,)).to(device)
+    x = torch.randn(2, 6, dtype=F64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: op.adjoint(op(v)), (x,))
+
+
+def test_learnable_matrix_gets_gradient():
+    w = torch.nn.Parameter(torch.randn(3, 4, dtype=F64))
+    op = MatrixOperator(w)
+    op(torch.randn(2, 4, dtype=F64)).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_shape_mismatch_raises():
+    op = MatrixOperator(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"Expected 'x' of shape \(batch, 3\).*got shape \(2, 5\)"):
+        op(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"Expected 'y' of shape \(batch, 4\)"):
+        op.adjoint(torch.randn(2, 3))
+
+
+def test_bad_constructor_inputs():
+    with pytest.raises(ValueError, match="finite"):
+        MatrixOperator(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        MatrixOperator(np.eye(2))
+    with pytest.raises(ValueError, match="boundary"):
+        Convolution(torch.ones(3), (5,), boundary="reflect")
+    with pytest.raises(ValueError, match="in_shape"):
+        Convolution(torch.ones(3, 3), (5,))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        Mask(torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="Cannot compose"):
+        MatrixOperator(torch.randn(3, 4)) @ MatrixOperator(torch.randn(5, 6))
+    with pytest.raises(TypeError, match="MatrixOperator"):
+        check_adjoint(torch.eye(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+def test_device_mismatch_raises():
+    op = MatrixOperator(torch.randn(3, 3)).to("cuda")
+    with pytest.raises(ValueError, match="one device"):
+        op(torch.randn(1, 3))
