@@ -181,9 +181,9 @@ def fit(
                 for batch in iterate_batches(train_data, batch_size, gen, steps_per_epoch):
                     opt.zero_grad(set_to_none=True)
                     loss = loss_fn(model, batch)
-                    if not torch.isfinite(loss):
+                    if not torch.isfinite(loss.detach()):
                         raise FloatingPointError(
-                            f"Training loss became {float(loss)} at epoch {epoch_counter}; "
+                            f"Training loss became {float(loss.detach())} at epoch {epoch_counter}; "
                             "lower lr or check the data."
                         )
                     loss.backward()
