@@ -147,5 +147,12 @@ def _transpose_csr(csr: torch.Tensor) -> torch.Tensor:
 
 
 def _spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(a @ x.T).T`` for CSR ``a: (m, n)`` and dense ``x: (batch, n)``."""
+    """``(a @ x.T).T`` for CSR ``a: (m, n)`` and dense ``x: (batch, n)``.
+
+    On the CPU, torch's CSR-times-dense-matrix kernel is several times slower per
+    column than its CSR mat-vec (measured 2.0 ms vs 0.44 ms for a 10^5-unknown
+    Poisson matrix, torch 2.13), so small batches go column by column there.
+    """
+    if x.device.type == "cpu" and x.shape[0] <= 64:
+        return torch.stack([torch.mv(a, xi) for xi in x])
     return (a @ x.T).T

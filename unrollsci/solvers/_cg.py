@@ -170,7 +170,7 @@ def cg(
     safe = torch.clamp(bnorm, min=torch.finfo(b.dtype).tiny)
     r = b - op(x) if x0 is not None else b.clone()
     z = precond(r) if precond is not None else r
-    rz = (r * z).sum(-1, keepdim=True)
+    rz = torch.linalg.vecdot(r, z)[:, None]
     p = z
     residuals: list[float] = []
     rn = r.detach().norm(dim=-1)
@@ -179,10 +179,11 @@ def cg(
     converged = bool(done.all())
     if converged:
         residuals.append(float((rn / safe).max()))
+    vdot = torch.linalg.vecdot
     while not converged and k < max_iter:
         k += 1
         ap = op(p)
-        pap = (p * ap).sum(-1, keepdim=True)
+        pap = vdot(p, ap)[:, None]
         active = ~done[:, None]
         bad = active & (pap.detach() <= 0)
         if bool(bad.any()):
@@ -190,18 +191,23 @@ def cg(
                 f"cg: A is not positive definite: found a direction with p^T A p = "
                 f"{float(pap[bad].min()):.3e} <= 0 at iteration {k}. CG needs an SPD matrix."
             )
+        # Finished columns get alpha = 0 (x and r stay frozen) and beta = 0 (p stays bounded).
         one = torch.ones_like(pap)
         alpha = torch.where(active, rz / torch.where(active, pap, one), torch.zeros_like(pap))
-        x = x + alpha * p
-        r = r - alpha * ap
-        rn = r.detach().norm(dim=-1)
+        x = torch.addcmul(x, alpha, p)
+        r = torch.addcmul(r, alpha, ap, value=-1.0)
+        rn = torch.linalg.vector_norm(r.detach(), dim=-1)
         residuals.append(float((rn / safe).max()))
         done = done | (rn <= thresh)
         if bool(done.all()):
             converged = True
             break
-        z = precond(r) if precond is not None else r
-        rz_new = (r * z).sum(-1, keepdim=True)
+        if precond is not None:
+            z = precond(r)
+            rz_new = vdot(r, z)[:, None]
+        else:
+            z = r
+            rz_new = vdot(r, r)[:, None]
         active = ~done[:, None]
         if precond is not None and bool((active & (rz_new.detach() <= 0)).any()):
             raise ValueError(
@@ -209,7 +215,7 @@ def cg(
                 f"iteration {k})."
             )
         beta = torch.where(active, rz_new / torch.where(active, rz, one), torch.zeros_like(rz))
-        p = torch.where(active, z + beta * p, p)
+        p = torch.addcmul(z, beta, p)
         rz = torch.where(active, rz_new, rz)
     stats = {"residual_per_rhs": (rn / safe).cpu()}
     return finish("cg", x[0] if unbatched else x, k, residuals, converged, tol, max_iter,
