@@ -49,7 +49,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
-def write_results(name: str, data: dict[str, Any], outdir: str | os.PathLike = "benchmarks/results") -> Path:
+def write_results(
+    name: str, data: dict[str, Any], outdir: str | os.PathLike = "benchmarks/results"
+) -> Path:
     """Write ``data`` (plus machine info) to ``outdir/name.json`` and return the path."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

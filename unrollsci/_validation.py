@@ -71,9 +71,7 @@ def check_nonnegative(name: str, value: Any) -> None:
 
 def check_same_device(**tensors: Any) -> None:
     """Raise if the given tensors live on different devices."""
-    devices = {
-        name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)
-    }
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"'{k}' on {v}" for k, v in devices.items())
         raise ValueError(

@@ -29,8 +29,12 @@ def soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Te
 
 
 def group_soft_threshold(
-    x: torch.Tensor, threshold: torch.Tensor | float, *, group_size: int | None = None,
-    dim: int = -1, eps: float = 0.0,
+    x: torch.Tensor,
+    threshold: torch.Tensor | float,
+    *,
+    group_size: int | None = None,
+    dim: int = -1,
+    eps: float = 0.0,
 ) -> torch.Tensor:
     """Prox of ``t * sum_g ||x_g||_2`` (block soft thresholding).
 
@@ -57,7 +61,8 @@ def group_soft_threshold(
 
 
 def project_box(
-    x: torch.Tensor, lower: torch.Tensor | float | None = None,
+    x: torch.Tensor,
+    lower: torch.Tensor | float | None = None,
     upper: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Euclidean projection onto ``{lower <= x <= upper}``."""

@@ -23,8 +23,13 @@ def test_gradient_descent_solves_least_squares(momentum, device):
     a = torch.randn(30, 10, generator=g, dtype=F64).to(device)
     y = torch.randn(3, 30, generator=g, dtype=F64).to(device)
     lip = torch.linalg.matrix_norm(a, 2).item() ** 2
-    sol = gradient_descent(lambda x: (x @ a.T - y) @ a, torch.zeros(3, 10, dtype=F64, device=device),
-                           1.0 / lip, momentum=momentum, tol=1e-12)
+    sol = gradient_descent(
+        lambda x: (x @ a.T - y) @ a,
+        torch.zeros(3, 10, dtype=F64, device=device),
+        1.0 / lip,
+        momentum=momentum,
+        tol=1e-12,
+    )
     ref = torch.linalg.lstsq(a, y.T).solution.T
     assert sol.converged
     torch.testing.assert_close(sol.x, ref, atol=1e-9, rtol=0)
@@ -36,8 +41,9 @@ def test_gradient_descent_errors():
     with pytest.raises(ValueError, match="momentum"):
         gradient_descent(lambda x: x, torch.ones(1, 2), 0.1, momentum="heavy")
     with pytest.raises(ValueError, match="diverged"):
-        gradient_descent(lambda x: x * torch.tensor(float("inf")), torch.ones(1, 2), 0.1,
-                         max_iter=5)
+        gradient_descent(
+            lambda x: x * torch.tensor(float("inf")), torch.ones(1, 2), 0.1, max_iter=5
+        )
 
 
 class Scale(nn.Module):
@@ -66,8 +72,17 @@ def test_fit_end_to_end_learns_and_restores_best(tmp_path):
     x = torch.randn(64, 4)
     data = (x, 2.0 * x)
     model = Scale()
-    hist = fit(model, _loss, data, val_data=data, epochs=300, lr=0.05, batch_size=16,
-               progress=False, checkpoint=tmp_path / "m.pt")
+    hist = fit(
+        model,
+        _loss,
+        data,
+        val_data=data,
+        epochs=300,
+        lr=0.05,
+        batch_size=16,
+        progress=False,
+        checkpoint=tmp_path / "m.pt",
+    )
     assert hist.val_loss[-1] < 1e-4 and hist.best_epoch >= 0
     assert torch.prod(model.w).item() == pytest.approx(2.0, rel=1e-2)
     again = load_checkpoint(tmp_path / "m.pt", expected=Scale)
@@ -82,9 +97,17 @@ def test_fit_layerwise_and_sampler():
         x = torch.randn(8, 4, generator=gen)
         return x, 1.5 * x
 
-    hist = fit(model, _loss, sampler, epochs=40, steps_per_epoch=5, lr=0.05,
-               schedule="layerwise", progress=False,
-               callback=lambda e, tr, va: seen.append(model.active_layers))
+    hist = fit(
+        model,
+        _loss,
+        sampler,
+        epochs=40,
+        steps_per_epoch=5,
+        lr=0.05,
+        schedule="layerwise",
+        progress=False,
+        callback=lambda e, tr, va: seen.append(model.active_layers),
+    )
     assert sorted(set(hist.stage)) == [1, 2, 3] and seen[0] == 1 and seen[-1] == 3
     assert hist.train_loss[-1] < 1e-3
 
@@ -109,8 +132,7 @@ def test_fit_errors(tmp_path):
     with pytest.raises(ValueError, match="equal first dimension"):
         fit(Scale(), _loss, (torch.ones(3, 4), torch.ones(2, 4)), progress=False)
     with pytest.raises(FloatingPointError, match="Training loss became nan"):
-        fit(Scale(), lambda m, b: m(b[0]).sum() * float("nan"), (torch.ones(2, 4),),
-            progress=False)
+        fit(Scale(), lambda m, b: m(b[0]).sum() * float("nan"), (torch.ones(2, 4),), progress=False)
     with pytest.raises(TypeError, match="get_config"):
         save_checkpoint(nn.Linear(2, 2), tmp_path / "x.pt")
     save_checkpoint(Scale(), tmp_path / "s.pt")
@@ -140,6 +162,10 @@ def test_cli_unknown_benchmark(capsys):
 
 
 def test_console_script_entry_point():
-    out = subprocess.run([sys.executable, "-m", "unrollsci.cli", "--version"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "unrollsci.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == f"unrollsci {__version__}"

@@ -40,8 +40,12 @@ SOLVERS = {"ista": ista, "fista": fista, "admm": admm, "amp": amp}
 # AMP's calibrated fixed point needs ||x||_0 well below m; its lam grid stays in that regime.
 # Measured: at lam = 0.01 (~0.45 m nonzeros) AMP does not converge at n = 200, and at
 # lam = 0.02 (~0.2 m nonzeros) 2 of 12 seeds end in a 2-cycle even with damping 0.3.
-LAMS = {"ista": [0.01, 0.05, 0.2], "fista": [0.01, 0.05, 0.2], "admm": [0.01, 0.05, 0.2],
-        "amp": [0.05, 0.1, 0.2]}
+LAMS = {
+    "ista": [0.01, 0.05, 0.2],
+    "fista": [0.01, 0.05, 0.2],
+    "admm": [0.01, 0.05, 0.2],
+    "amp": [0.05, 0.1, 0.2],
+}
 CASES = [(name, lam, seed) for name in SOLVERS for lam in LAMS[name] for seed in (0, 1)]
 
 

@@ -10,8 +10,14 @@ from torch import nn
 
 from .._validation import check_finite, check_same_device, check_tensor
 
-__all__ = ["LinearOperator", "ComposedOperator", "SumOperator", "ScaledOperator",
-           "AdjointOperator", "check_adjoint"]
+__all__ = [
+    "LinearOperator",
+    "ComposedOperator",
+    "SumOperator",
+    "ScaledOperator",
+    "AdjointOperator",
+    "check_adjoint",
+]
 
 
 class LinearOperator(nn.Module):

@@ -55,7 +55,7 @@ class Convolution(LinearOperator):
                 f"{d}D kernel (got {in_shape})."
             )
         spatial = in_shape[-d:]
-        for k, n in zip(kernel.shape, spatial):
+        for k, n in zip(kernel.shape, spatial, strict=True):
             if k > n and boundary == "circular":
                 raise ValueError(
                     f"Kernel size {tuple(kernel.shape)} exceeds signal size {spatial} "
@@ -68,7 +68,7 @@ class Convolution(LinearOperator):
         self.register_buffer("weight", weight)
         centre = [(k - 1) // 2 for k in kernel.shape]
         # (before, after) padding per spatial axis, in axis order.
-        self._pads = [(k - 1 - c, c) for k, c in zip(kernel.shape, centre)]
+        self._pads = [(k - 1 - c, c) for k, c in zip(kernel.shape, centre, strict=True)]
 
     def _fpad(self) -> list[int]:
         # F.pad wants the last axis first.

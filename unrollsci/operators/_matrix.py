@@ -68,8 +68,7 @@ def to_torch_sparse(
             raise TypeError("scipy is required to convert sparse matrices") from exc
         if not sp.issparse(a):
             raise TypeError(
-                "Expected a scipy sparse matrix or a torch tensor "
-                f"(got {type(a).__name__})."
+                f"Expected a scipy sparse matrix or a torch tensor (got {type(a).__name__})."
             )
         csr = sp.csr_matrix(a)
         csr.sum_duplicates()

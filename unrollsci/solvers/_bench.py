@@ -42,9 +42,19 @@ def _lasso_rows(seeds: list[int], lams: list[float], device: torch.device) -> li
                     except Exception as exc:  # report failures (AMP outside its regime)
                         it, ok, gap = -1, False, float("nan")
                         err = type(exc).__name__
-                rows.append({"seed": seed, "lam": lam, "solver": name, "iterations": it,
-                             "seconds": t.seconds, "converged": ok, "rel_objective_gap": gap,
-                             "sklearn_seconds": t_sk, **({} if ok else {"error": err})})
+                rows.append(
+                    {
+                        "seed": seed,
+                        "lam": lam,
+                        "solver": name,
+                        "iterations": it,
+                        "seconds": t.seconds,
+                        "converged": ok,
+                        "rel_objective_gap": gap,
+                        "sklearn_seconds": t_sk,
+                        **({} if ok else {"error": err}),
+                    }
+                )
     return rows
 
 
@@ -79,12 +89,24 @@ def _cg_rows(n: int, device: torch.device, repeats: int) -> list[dict]:
     res = float(np.linalg.norm(b - a @ x) / np.linalg.norm(b))
     t_sp, t_us = min(times_sp), min(times)
     return [
-        {"solver": "scipy.sparse.linalg.cg", "unknowns": a.shape[0], "iterations": it_sp[0],
-         "seconds": t_sp, "time_ratio_vs_scipy": 1.0, "rel_residual": float(
-             np.linalg.norm(b - a @ x_sp) / np.linalg.norm(b)), "info": int(info)},
-        {"solver": f"unrollsci.cg ({device.type})", "unknowns": a.shape[0],
-         "iterations": sol.iterations, "seconds": t_us, "time_ratio_vs_scipy": t_us / t_sp,
-         "rel_residual": res, "rel_diff_to_scipy": err},
+        {
+            "solver": "scipy.sparse.linalg.cg",
+            "unknowns": a.shape[0],
+            "iterations": it_sp[0],
+            "seconds": t_sp,
+            "time_ratio_vs_scipy": 1.0,
+            "rel_residual": float(np.linalg.norm(b - a @ x_sp) / np.linalg.norm(b)),
+            "info": int(info),
+        },
+        {
+            "solver": f"unrollsci.cg ({device.type})",
+            "unknowns": a.shape[0],
+            "iterations": sol.iterations,
+            "seconds": t_us,
+            "time_ratio_vs_scipy": t_us / t_sp,
+            "rel_residual": res,
+            "rel_diff_to_scipy": err,
+        },
     ]
 
 
@@ -103,24 +125,48 @@ def main(argv: list[str] | None = None) -> int:
     for name in ["ista", "fista", "admm", "amp"]:
         rs = [r for r in lasso if r["solver"] == name]
         ok = [r for r in rs if r["converged"]]
-        summary.append({
-            "solver": name,
-            "converged": f"{len(ok)}/{len(rs)}",
-            "median iterations": float(np.median([r["iterations"] for r in ok])) if ok else float("nan"),
-            "median seconds": float(np.median([r["seconds"] for r in ok])) if ok else float("nan"),
-            "max rel. objective gap": max((r["rel_objective_gap"] for r in ok), default=float("nan")),
-        })
+        summary.append(
+            {
+                "solver": name,
+                "converged": f"{len(ok)}/{len(rs)}",
+                "median iterations": float(np.median([r["iterations"] for r in ok]))
+                if ok
+                else float("nan"),
+                "median seconds": float(np.median([r["seconds"] for r in ok]))
+                if ok
+                else float("nan"),
+                "max rel. objective gap": max(
+                    (r["rel_objective_gap"] for r in ok), default=float("nan")
+                ),
+            }
+        )
     cg_rows = _cg_rows(grid, device, repeats=1 if args.quick else 3)
-    path = write_results("solvers" if not args.quick else "solvers_quick", {
-        "config": {"lasso": "A 100x200 iid N(0,1/m), 10-sparse x, noise 0.01, tol 1e-10",
-                   "seeds": seeds, "lams": lams, "poisson_grid": grid, "cg_rtol": 1e-8,
-                   "device": str(device), "timing": "min over repeats"},
-        "lasso": lasso, "lasso_summary": summary, "cg": cg_rows,
-    }, args.out)
+    path = write_results(
+        "solvers" if not args.quick else "solvers_quick",
+        {
+            "config": {
+                "lasso": "A 100x200 iid N(0,1/m), 10-sparse x, noise 0.01, tol 1e-10",
+                "seeds": seeds,
+                "lams": lams,
+                "poisson_grid": grid,
+                "cg_rtol": 1e-8,
+                "device": str(device),
+                "timing": "min over repeats",
+            },
+            "lasso": lasso,
+            "lasso_summary": summary,
+            "cg": cg_rows,
+        },
+        args.out,
+    )
     print("## Lasso solvers to scikit-learn's solution (relative objective gap)\n")
     print(markdown_table(summary))
     print("\n## CG on 2D Poisson vs scipy.sparse.linalg.cg (rtol 1e-8)\n")
-    print(markdown_table(cg_rows, ["solver", "unknowns", "iterations", "seconds",
-                                   "time_ratio_vs_scipy", "rel_residual"]))
+    print(
+        markdown_table(
+            cg_rows,
+            ["solver", "unknowns", "iterations", "seconds", "time_ratio_vs_scipy", "rel_residual"],
+        )
+    )
     print(f"\nwrote {path}")
     return 0

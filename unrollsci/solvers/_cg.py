@@ -48,7 +48,9 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
         return
     if isinstance(a, torch.Tensor):
         if a.dim() != 2 or a.shape[0] != a.shape[1]:
-            raise ValueError(f"Expected '{name}' to be a square matrix (got shape {tuple(a.shape)}).")
+            raise ValueError(
+                f"Expected '{name}' to be a square matrix (got shape {tuple(a.shape)})."
+            )
         if a.layout == torch.strided:
             diff = (a - a.T).abs().max()
             mag = a.abs().max()
@@ -86,9 +88,7 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
     )
 
 
-def _as_apply(
-    m: Any, name: str
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def _as_apply(m: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if callable(m) and not isinstance(m, (torch.Tensor, LinearOperator)):
         return m
     return as_operator(m, name)
@@ -165,8 +165,9 @@ def cg(
     if x.shape != b.shape:
         raise ValueError(f"Expected 'x0' of shape {tuple(b.shape)} (got {tuple(x.shape)}).")
     bnorm = b.detach().norm(dim=-1)
-    thresh = torch.clamp(torch.maximum(tol * bnorm, torch.full_like(bnorm, atol)),
-                         min=torch.finfo(b.dtype).tiny)
+    thresh = torch.clamp(
+        torch.maximum(tol * bnorm, torch.full_like(bnorm, atol)), min=torch.finfo(b.dtype).tiny
+    )
     safe = torch.clamp(bnorm, min=torch.finfo(b.dtype).tiny)
     r = b - op(x) if x0 is not None else b.clone()
     z = precond(r) if precond is not None else r
@@ -218,5 +219,15 @@ def cg(
         p = torch.addcmul(z, beta, p)
         rz = torch.where(active, rz_new, rz)
     stats = {"residual_per_rhs": (rn / safe).cpu()}
-    return finish("cg", x[0] if unbatched else x, k, residuals, converged, tol, max_iter,
-                  throw, stats, hint="A preconditioner (M=...) reduces the iteration count.")
+    return finish(
+        "cg",
+        x[0] if unbatched else x,
+        k,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        stats,
+        hint="A preconditioner (M=...) reduces the iteration count.",
+    )

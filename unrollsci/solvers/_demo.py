@@ -27,16 +27,30 @@ def run_demo(outdir: Path) -> list[dict]:
     best = min(float(lasso_objective(op, s.x, y, lam)) for s, _ in results.values())
     for name, (sol, sec) in results.items():
         obj = float(lasso_objective(op, sol.x, y, lam))
-        rows.append({"solver": name, "problem": "lasso 100x200", "iterations": sol.iterations,
-                     "seconds": sec, "converged": sol.converged,
-                     "rel. objective gap": (obj - best) / best})
+        rows.append(
+            {
+                "solver": name,
+                "problem": "lasso 100x200",
+                "iterations": sol.iterations,
+                "seconds": sec,
+                "converged": sol.converged,
+                "rel. objective gap": (obj - best) / best,
+            }
+        )
     a2 = poisson2d(64)
     b = torch.ones(1, a2.shape[0], dtype=torch.float64)
     t0 = time.perf_counter()
     sol = cg(a2, b, tol=1e-8)
-    rows.append({"solver": "cg", "problem": "Poisson 64x64", "iterations": sol.iterations,
-                 "seconds": time.perf_counter() - t0, "converged": sol.converged,
-                 "rel. objective gap": float("nan")})
+    rows.append(
+        {
+            "solver": "cg",
+            "problem": "Poisson 64x64",
+            "iterations": sol.iterations,
+            "seconds": time.perf_counter() - t0,
+            "converged": sol.converged,
+            "rel. objective gap": float("nan"),
+        }
+    )
     curves["cg (Poisson)"] = sol.residuals
     _plot(curves, outdir / "solvers_convergence.png")
     return rows

@@ -65,5 +65,14 @@ def gradient_descent(
             raise ValueError("gradient_descent diverged (NaN); reduce the step size.")
         residuals.append(r)
         converged = r <= tol
-    return finish("gradient_descent", x[0] if unbatched else x, k, residuals, converged, tol,
-                  max_iter, throw, hint="A step close to 1/L, or momentum='nesterov', helps.")
+    return finish(
+        "gradient_descent",
+        x[0] if unbatched else x,
+        k,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        hint="A step close to 1/L, or momentum='nesterov', helps.",
+    )

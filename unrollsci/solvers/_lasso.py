@@ -88,7 +88,7 @@ def ista(
     residuals: list[float] = []
     converged = False
     k = 0
-    for k in range(1, max_iter + 1):
+    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
         x_new = ista_step(op, x, y, t, t * lam_t)
         r = ((x_new - x).detach().norm(dim=-1) / t / scale).max().item()
         x = x_new
@@ -96,8 +96,18 @@ def ista(
         if r <= tol:
             converged = True
             break
-    return finish("ista", unbatch(x, unbatched), k, residuals, converged, tol, max_iter,
-                  throw, {"step": t}, hint="FISTA or ADMM converge faster.")
+    return finish(
+        "ista",
+        unbatch(x, unbatched),
+        k,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        {"step": t},
+        hint="FISTA or ADMM converge faster.",
+    )
 
 
 def fista(
@@ -128,7 +138,7 @@ def fista(
     residuals: list[float] = []
     converged = False
     k = 0
-    for k in range(1, max_iter + 1):
+    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
         t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * tk * tk))
         v = x + ((tk - 1.0) / t_next) * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t)
@@ -141,8 +151,17 @@ def fista(
         if r <= tol:
             converged = True
             break
-    return finish("fista", unbatch(x, unbatched), k, residuals, converged, tol, max_iter,
-                  throw, {"step": t_step})
+    return finish(
+        "fista",
+        unbatch(x, unbatched),
+        k,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        {"step": t_step},
+    )
 
 
 def admm(
@@ -191,6 +210,7 @@ def admm(
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
             return torch.cholesky_solve(rhs.T, chol).T
     else:
+
         class _Shifted(LinearOperator):
             def __init__(self) -> None:
                 super().__init__()
@@ -215,7 +235,7 @@ def admm(
     residuals: list[float] = []
     converged = False
     k = 0
-    for k in range(1, max_iter + 1):
+    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
         z_prev = z
         x, z, u = admm_step(x_solve, aty, z, u, rho, lam_t / rho)
         primal = ((x - z).detach().norm(dim=-1) / scale).max().item()
@@ -225,9 +245,18 @@ def admm(
         if r <= tol:
             converged = True
             break
-    return finish("admm", unbatch(z, unbatched), k, residuals, converged, tol, max_iter,
-                  throw, {"rho": rho, "method": method},
-                  hint="A different rho (penalty) can speed ADMM up a lot.")
+    return finish(
+        "admm",
+        unbatch(z, unbatched),
+        k,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        {"rho": rho, "method": method},
+        hint="A different rho (penalty) can speed ADMM up a lot.",
+    )
 
 
 def _dense(op: LinearOperator, like: torch.Tensor) -> torch.Tensor:
@@ -277,7 +306,7 @@ def amp(
     # until the calibrated value lam / (1 - b) takes over; without it the first
     # iterates (x = 0, b = 0, theta = lam) keep almost every entry and b exceeds 1.
     theta_cont = op.adjoint(y).abs().amax(-1, keepdim=True)
-    for k in range(1, max_iter + 1):
+    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
         theta_cal = lam_t / torch.clamp(1.0 - b, min=1e-3)
         theta = torch.maximum(theta_cal, theta_cont)
         theta_cont = theta_cont * decay
@@ -303,7 +332,15 @@ def amp(
                 )
             converged = True
             break
-    return finish("amp", unbatch(x, unbatched), k, residuals, converged, tol, max_iter,
-                  throw, {"damping": damping},
-                  hint="AMP needs i.i.d. Gaussian-like A; try damping=0.3 or fista.")
-
+    return finish(
+        "amp",
+        unbatch(x, unbatched),
+        k,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        {"damping": damping},
+        hint="AMP needs i.i.d. Gaussian-like A; try damping=0.3 or fista.",
+    )

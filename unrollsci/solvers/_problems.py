@@ -10,8 +10,14 @@ __all__ = ["gaussian_lasso", "poisson2d"]
 
 
 def gaussian_lasso(
-    m: int = 100, n: int = 200, k: int = 10, *, batch: int = 1, noise: float = 0.01,
-    seed: int = 0, dtype: torch.dtype = torch.float64,
+    m: int = 100,
+    n: int = 200,
+    k: int = 10,
+    *,
+    batch: int = 1,
+    noise: float = 0.01,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """i.i.d. Gaussian ``A`` (entries of variance ``1/m``), ``k``-sparse ``x``, noisy ``y``.
 

@@ -59,7 +59,10 @@ def finish(
 ) -> Solution:
     """Build a Solution, and warn (or raise with ``throw=True``) on non-convergence."""
     if converged:
-        message = f"{name} converged in {iterations} iterations (residual {residuals[-1]:.3e} <= tol {tol:.1e})."
+        message = (
+            f"{name} converged in {iterations} iterations "
+            f"(residual {residuals[-1]:.3e} <= tol {tol:.1e})."
+        )
     else:
         last = residuals[-1] if residuals else float("nan")
         message = (
