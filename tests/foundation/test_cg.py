@@ -73,11 +73,13 @@ def test_preconditioned_matches_and_helps(device):
     b = torch.randn(2, 400, dtype=F64, device=device)
     A = _as_form(a, "torch_csr", device)
     diag = torch.tensor(a.diagonal(), dtype=F64, device=device)
-    plain = cg(A, b, tol=1e-10, max_iter=20000)
     jac = cg(A, b, M=lambda r: r / diag, tol=1e-10)
     jac_op = cg(A, b, M=MatrixOperator(torch.diag(1 / diag)), tol=1e-10)
     assert jac.converged and jac_op.converged
-    assert jac.iterations < plain.iterations
+    # Without the preconditioner the same iteration budget is far from enough.
+    with pytest.warns(ConvergenceWarning):
+        plain = cg(A, b, tol=1e-10, max_iter=jac.iterations)
+    assert plain.residual > 1e3 * jac.residual
     ref = np.stack([spla.spsolve(a.tocsc(), bi) for bi in b.cpu().numpy()])
     assert np.linalg.norm(jac.x.cpu().numpy() - ref) / np.linalg.norm(ref) < 1e-8
     torch.testing.assert_close(jac.x, jac_op.x)
