@@ -169,3 +169,27 @@ def test_console_script_entry_point():
         check=True,
     )
     assert out.stdout.strip() == f"unrollsci {__version__}"
+
+
+def test_gradient_descent_gradcheck(device):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 4, generator=g, dtype=F64).to(device)
+    y = torch.randn(2, 6, generator=g, dtype=F64).to(device).requires_grad_()
+
+    def f(yy):
+        import warnings
+
+        from unrollsci._validation import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return gradient_descent(
+                lambda x: (x @ a.T - yy) @ a,
+                torch.zeros(2, 4, dtype=F64, device=device),
+                0.05,
+                momentum="nesterov",
+                max_iter=20,
+                tol=0.0,
+            ).x
+
+    assert torch.autograd.gradcheck(f, (y,))
