@@ -148,7 +148,8 @@ def _pcg(
         q = project(-b) + dinv * (total / sinv)
     else:
         q = q0 + dinv * ((total - q0.sum()) / sinv)
-    scale = float((d * project(b.detach())).norm() + abs(total) * d.norm() / n)
+    dd = d.detach()
+    scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
     scale_f = max(scale, atol / tol, torch.finfo(b.dtype).tiny)
     r = op(q) + b
     z = project(r)
@@ -198,8 +199,7 @@ class _ImplicitCharges(torch.autograd.Function):
     def forward(ctx, cfg, chi, diag0, w, kc, ks, kf):  # noqa: D102
         with torch.no_grad():
             op = _Hardness(cfg["i"], cfg["j"], w, diag0, kc, ks, kf, fast=True)
-            d = op.diagonal()
-            _check_diag(d)
+            d = _precond_diag(op, cfg["base"], cfg["ewald"])
             q, k, res, conv = _pcg(op, d, chi, cfg["total"], cfg["q0"], cfg["tol"],
                                    cfg["max_iter"], cfg["iterations"])
         cfg["out"] = (k, res, conv, op, d)
@@ -241,7 +241,25 @@ class _ImplicitCharges(torch.autograd.Function):
         return (None, *out)
 
 
+def _precond_diag(op: _Hardness, base: torch.Tensor, ewald: bool) -> torch.Tensor:
+    """Positive Jacobi diagonal for the projected CG.
+
+    Without Ewald it is diag(A). With Ewald, diag(A) contains the potential of an atom's
+    own periodic images (nearly the same for every atom, and possibly negative in small
+    cells); a uniform shift of the diagonal does not change the problem on the constraint
+    subspace, so it is shifted to make ``d_i >= base_i`` (the hardness, > 0).
+    """
+    _check_diag(base)
+    d = op.diagonal()
+    if ewald:
+        d = d - (d - base).min().clamp(max=0.0)
+    else:
+        _check_diag(d)
+    return d
+
+
 def _check_diag(d: torch.Tensor) -> None:
+    d = d.detach()
     bad = d <= 0
     if bool(bad.any()):
         idx = int(torch.nonzero(bad)[0, 0])
@@ -433,7 +451,7 @@ def solve_charges(
             if t.shape[0] != n:
                 raise ValueError(f"Expected '{name}' of length {n} (got shape {tuple(t.shape)}).")
             check_finite(name, t)
-            table[name] = t
+            table[name] = t.to(device=device, dtype=dtype)
     k_e = float(coulomb_constant)
 
     # ---- pairs
@@ -459,6 +477,7 @@ def solve_charges(
     diag0 = table["eta"]
     if kernel == "gaussian":  # Gaussian self-energy k_e * lim_{r->0} J_ii(r)
         diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]
+    base = diag0.detach()
     kc = ks = kf = None
     e_const = positions.new_zeros(())
     if ewald:
@@ -483,11 +502,10 @@ def solve_charges(
             q0 = None
     if grad == "unrolled":
         op = _Hardness(i, j, w, diag0, kc, ks, kf)
-        d = op.diagonal()
-        _check_diag(d.detach())
+        d = _precond_diag(op, base, ewald)
         q, k, res, conv = _pcg(op, d, b, q_total, None, tol, max_iter, iterations)
     else:
-        cfg = {"i": i, "j": j, "total": q_total, "q0": q0, "tol": tol,
+        cfg = {"i": i, "j": j, "total": q_total, "base": base, "ewald": ewald, "q0": q0, "tol": tol,
                "max_iter": max_iter, "iterations": iterations}
         if grad == "implicit":
             q = _ImplicitCharges.apply(cfg, b, diag0, w, kc, ks, kf)
