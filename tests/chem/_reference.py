@@ -38,7 +38,6 @@ def _tap(r, rc):
 def dense_hardness(atoms, params, kind="shielded", cutoff=10.0, ke=KE):
     """A_ij = eta_i delta_ij + ke * sum over images within the cutoff of J(r) Tap(r)."""
     sym = atoms.get_chemical_symbols()
-    n = len(atoms)
     pos = atoms.positions
     shape_key = "sigma" if kind == "gaussian" else "gamma"
     s = np.array([params[x][shape_key] for x in sym])
@@ -48,10 +47,13 @@ def dense_hardness(atoms, params, kind="shielded", cutoff=10.0, ke=KE):
     if atoms.pbc.any():
         cell = atoms.cell.array
         vol = abs(np.linalg.det(cell))
-        heights = [vol / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
-                   for k in range(3)]
-        ranges = [range(-math.ceil(cutoff / h) - 1, math.ceil(cutoff / h) + 2) if p else [0]
-                  for h, p in zip(heights, atoms.pbc)]
+        heights = [
+            vol / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)
+        ]
+        ranges = [
+            range(-math.ceil(cutoff / h) - 1, math.ceil(cutoff / h) + 2) if p else [0]
+            for h, p in zip(heights, atoms.pbc, strict=True)
+        ]
         shifts = [np.array(t) @ cell for t in itertools.product(*ranges)]
     else:
         shifts = [np.zeros(3)]

@@ -57,24 +57,27 @@ def test_fire_and_md_run(device):
 def test_sum_calculator_composes(device):
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=0)
-    qeq = QEqCalculator(params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0,
-                        device=device)
+    qeq = QEqCalculator(
+        params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0, device=device
+    )
     atoms.calc = SumCalculator([EMT(), qeq])
     e = atoms.get_potential_energy()
     f = atoms.get_forces()
     a2 = atoms.copy()
     a2.calc = EMT()
     e_emt, f_emt = a2.get_potential_energy(), a2.get_forces()
-    a2.calc = QEqCalculator(params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0,
-                            device=device)
+    a2.calc = QEqCalculator(
+        params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0, device=device
+    )
     assert e == pytest.approx(e_emt + a2.get_potential_energy(), abs=1e-10)
     np.testing.assert_allclose(f, f_emt + a2.get_forces(), atol=1e-10)
 
 
 def test_float32_and_total_charge(device):
     atoms = molecule("H2O")
-    atoms.calc = QEqCalculator(cutoff=None, dtype=torch.float32, total_charge=-1.0,
-                               tol=1e-5, device=device)
+    atoms.calc = QEqCalculator(
+        cutoff=None, dtype=torch.float32, total_charge=-1.0, tol=1e-5, device=device
+    )
     q = atoms.get_charges()
     assert abs(q.sum() + 1.0) < 1e-5
     assert atoms.get_forces().shape == (3, 3)
@@ -97,8 +100,20 @@ def test_relax_cli(tmp_path, device):
     path = tmp_path / "water.xyz"
     write(path, atoms)
     out = tmp_path / "relaxed.xyz"
-    rc = main(["relax", str(path), "--fmax", "0.01", "--cutoff", "none", "--out", str(out),
-               "--device", str(device)])
+    rc = main(
+        [
+            "relax",
+            str(path),
+            "--fmax",
+            "0.01",
+            "--cutoff",
+            "none",
+            "--out",
+            str(out),
+            "--device",
+            str(device),
+        ]
+    )
     assert rc == 0
     relaxed = read(out)
     traj = read(tmp_path / "relaxed.traj", index=":")

@@ -18,11 +18,23 @@ REP = BornMayer({("Na", "Cl"): (1200.0, 0.32)})
 SYSTEMS = {
     # name: (atoms factory, calculator keywords, atoms checked by FD)
     "ethanol": (lambda: molecule("CH3CH2OH"), {"cutoff": None, "short_range": "radii"}, None),
-    "nacl-cutoff": (lambda: bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2),
-                    {"params": NACL, "cutoff": 8.0, "short_range": REP}, [0, 1, 9, 30]),
-    "nacl-ewald": (lambda: bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 1, 1)),
-                   {"params": NACL, "cutoff": 2.8, "ewald": True, "ewald_accuracy": 1e-6,
-                    "short_range": REP, "kernel": "gaussian"}, [0, 3, 9]),
+    "nacl-cutoff": (
+        lambda: bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2),
+        {"params": NACL, "cutoff": 8.0, "short_range": REP},
+        [0, 1, 9, 30],
+    ),
+    "nacl-ewald": (
+        lambda: bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 1, 1)),
+        {
+            "params": NACL,
+            "cutoff": 2.8,
+            "ewald": True,
+            "ewald_accuracy": 1e-6,
+            "short_range": REP,
+            "kernel": "gaussian",
+        },
+        [0, 3, 9],
+    ),
 }
 
 
@@ -62,8 +74,10 @@ def test_loose_tolerance_three_force_modes(device, name):
     f_unrolled = atoms.get_forces()
     fd = calculate_numerical_forces(atoms, 1e-4, iatoms=idx)
     err["unrolled_vs_fd"] = np.abs(fd - (f_unrolled if idx is None else f_unrolled[idx])).max()
-    print(f"\n{name}: K={k} |F_impl - F*|={err['implicit']:.2e} |F_env - F*|="
-          f"{err['envelope']:.2e} |F_unrolled - FD|={err['unrolled_vs_fd']:.2e}")
+    print(
+        f"\n{name}: K={k} |F_impl - F*|={err['implicit']:.2e} |F_env - F*|="
+        f"{err['envelope']:.2e} |F_unrolled - FD|={err['unrolled_vs_fd']:.2e}"
+    )
     assert err["unrolled_vs_fd"] <= 1e-5
     assert err["envelope"] > 1e-6  # envelope really is off at this tolerance
     assert err["implicit"] * 10 <= err["envelope"]
@@ -73,8 +87,9 @@ def test_loose_tolerance_three_force_modes(device, name):
 @pytest.mark.parametrize("mode", ["implicit", "unrolled"])
 def test_stress_matches_finite_differences(device, name, mode):
     atoms, kw, _ = _atoms(name)
-    atoms.set_cell(atoms.cell.array @ np.array([[1, 0.05, 0], [0, 1, 0.03], [0.02, 0, 1]]),
-                   scale_atoms=True)  # triclinic
+    atoms.set_cell(
+        atoms.cell.array @ np.array([[1, 0.05, 0], [0, 1, 0.03], [0.02, 0, 1]]), scale_atoms=True
+    )  # triclinic
     if mode == "implicit":
         atoms.calc = QEqCalculator(tol=1e-12, device=device, **kw)
     else:  # loose and fixed: the stress is still the derivative of the returned energy

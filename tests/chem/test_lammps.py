@@ -34,9 +34,15 @@ def test_charges_match_lammps_qeq_shielded(device, repeat, cubic, cutoff):
     atoms.rattle(0.1, seed=0)
     q_lmp, _ = lammps_qeq_shielded(atoms, NACL, cutoff=cutoff, tol=1e-12)
     sol = solve_charges(
-        torch.tensor(atoms.positions, device=device), atoms.numbers.tolist(),
-        cell=torch.tensor(atoms.cell.array, device=device), pbc=True, params=NACL,
-        kernel="shielded", cutoff=cutoff, coulomb_constant=14.4, tol=1e-12,
+        torch.tensor(atoms.positions, device=device),
+        atoms.numbers.tolist(),
+        cell=torch.tensor(atoms.cell.array, device=device),
+        pbc=True,
+        params=NACL,
+        kernel="shielded",
+        cutoff=cutoff,
+        coulomb_constant=14.4,
+        tol=1e-12,
     )
     dq = np.abs(sol.charges.cpu().numpy() - q_lmp).max()
     assert dq < 1e-6, f"max |dq| = {dq:.2e}"

@@ -16,7 +16,9 @@ from ase.build import bulk, molecule
 from unrollsci._validation import ConvergenceError
 from unrollsci.chem import PolarizationCatastropheError, QEqCalculator, solve_charges
 
-_spec = importlib.util.spec_from_file_location("chem_reference", Path(__file__).with_name("_reference.py"))
+_spec = importlib.util.spec_from_file_location(
+    "chem_reference", Path(__file__).with_name("_reference.py")
+)
 ref = importlib.util.module_from_spec(_spec)
 sys.modules["chem_reference"] = ref
 _spec.loader.exec_module(ref)
@@ -25,8 +27,11 @@ _spec.loader.exec_module(ref)
 def _solve(atoms, device, **kw):
     cell = torch.tensor(atoms.cell.array, device=device) if atoms.pbc.any() else None
     return solve_charges(
-        torch.tensor(atoms.positions, device=device), atoms.numbers.tolist(), cell=cell,
-        pbc=atoms.pbc.tolist(), **kw,
+        torch.tensor(atoms.positions, device=device),
+        atoms.numbers.tolist(),
+        cell=cell,
+        pbc=atoms.pbc.tolist(),
+        **kw,
     )
 
 
@@ -42,8 +47,15 @@ def _nacl(repeat=(2, 2, 2), cubic=True, seed=0):
 def test_molecule_matches_dense_bordered_solve(device, kernel, cutoff, total):
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.02, seed=1)
-    sol = _solve(atoms, device, params=ref.ORGANIC, kernel=kernel, cutoff=cutoff,
-                 total_charge=total, tol=1e-12)
+    sol = _solve(
+        atoms,
+        device,
+        params=ref.ORGANIC,
+        kernel=kernel,
+        cutoff=cutoff,
+        total_charge=total,
+        tol=1e-12,
+    )
     q_ref = ref.reference_charges(atoms, ref.ORGANIC, kernel, cutoff, total)
     assert sol.converged
     np.testing.assert_allclose(sol.charges.cpu().numpy(), q_ref, atol=1e-9)
@@ -55,8 +67,9 @@ def test_molecule_matches_dense_bordered_solve(device, kernel, cutoff, total):
 def test_periodic_cutoff_matches_dense_image_sum(device, kernel, cubic):
     atoms = _nacl((2, 2, 2) if cubic else (2, 3, 2), cubic=cubic)
     # cutoff larger than the cell: interactions with many images, including self-images
-    sol = _solve(atoms, device, params=ref.NACL, kernel=kernel, cutoff=9.0, total_charge=0.5,
-                 tol=1e-12)
+    sol = _solve(
+        atoms, device, params=ref.NACL, kernel=kernel, cutoff=9.0, total_charge=0.5, tol=1e-12
+    )
     q_ref = ref.reference_charges(atoms, ref.NACL, kernel, 9.0, 0.5)
     np.testing.assert_allclose(sol.charges.cpu().numpy(), q_ref, atol=1e-9)
 
@@ -71,11 +84,21 @@ def test_ewald_reproduces_madelung_constant(device, cubic):
     if cubic:
         atoms = atoms.repeat(2)
     r0 = a0 / 2
-    h = min(atoms.cell.volume / np.linalg.norm(np.cross(atoms.cell[(k + 1) % 3],
-                                                        atoms.cell[(k + 2) % 3]))
-            for k in range(3))
-    sol = _solve(atoms, device, params=ref.NACL, kernel="point", ewald=True, cutoff=0.5 * h,
-                 ewald_accuracy=1e-10, tol=1e-13)
+    h = min(
+        atoms.cell.volume
+        / np.linalg.norm(np.cross(atoms.cell[(k + 1) % 3], atoms.cell[(k + 2) % 3]))
+        for k in range(3)
+    )
+    sol = _solve(
+        atoms,
+        device,
+        params=ref.NACL,
+        kernel="point",
+        ewald=True,
+        cutoff=0.5 * h,
+        ewald_accuracy=1e-10,
+        tol=1e-13,
+    )
     m = 1.747564594633
     na, cl = ref.NACL["Na"], ref.NACL["Cl"]
     curv = na["eta"] + cl["eta"] - 2 * m * ref.KE / r0
@@ -93,8 +116,17 @@ def test_charged_cell_ewald_energy_independent_of_splitting(device):
     atoms = _nacl()
     energies = []
     for rc in (4.0, 5.5):
-        sol = _solve(atoms, device, params=ref.NACL, kernel="point", ewald=True, cutoff=rc,
-                     ewald_accuracy=1e-12, total_charge=1.0, tol=1e-12)
+        sol = _solve(
+            atoms,
+            device,
+            params=ref.NACL,
+            kernel="point",
+            ewald=True,
+            cutoff=rc,
+            ewald_accuracy=1e-12,
+            total_charge=1.0,
+            tol=1e-12,
+        )
         energies.append(float(sol.energy))
     assert energies[0] == pytest.approx(energies[1], abs=1e-7)
 
@@ -108,8 +140,9 @@ def test_parameter_gradients_implicit_match_unrolled_and_gradcheck(device):
     weights = torch.linspace(-1, 1, len(sym), dtype=torch.float64, device=device)
 
     def loss(chi, eta, grad):
-        sol = solve_charges(pos, sym, params=ref.ORGANIC, chi=chi, eta=eta, cutoff=None,
-                            tol=1e-13, grad=grad)
+        sol = solve_charges(
+            pos, sym, params=ref.ORGANIC, chi=chi, eta=eta, cutoff=None, tol=1e-13, grad=grad
+        )
         return (weights * sol.charges).sum() + sol.energy
 
     grads = {}
@@ -117,14 +150,19 @@ def test_parameter_gradients_implicit_match_unrolled_and_gradcheck(device):
         chi = chi0.clone().requires_grad_(True)
         eta = eta0.clone().requires_grad_(True)
         grads[mode] = torch.autograd.grad(loss(chi, eta, mode), (chi, eta))
-    for gi, gu in zip(grads["implicit"], grads["unrolled"]):
+    for gi, gu in zip(grads["implicit"], grads["unrolled"], strict=True):
         torch.testing.assert_close(gi, gu, atol=1e-8, rtol=1e-7)
     chi = chi0.clone().requires_grad_(True)
     eta = eta0.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda c, e: solve_charges(pos, sym, params=ref.ORGANIC, chi=c, eta=e, cutoff=None,
-                                   tol=1e-13).charges,
-        (chi, eta), eps=1e-6, atol=1e-6,
+        lambda c, e: (
+            solve_charges(
+                pos, sym, params=ref.ORGANIC, chi=c, eta=e, cutoff=None, tol=1e-13
+            ).charges
+        ),
+        (chi, eta),
+        eps=1e-6,
+        atol=1e-6,
     )
 
 

@@ -23,4 +23,3 @@ __all__ = [
     "QEqSolution",
     "solve_charges",
 ]
-

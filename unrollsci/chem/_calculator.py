@@ -91,8 +91,12 @@ class QEqCalculator(Calculator):
                 "Expected short_range to be None, 'radii', a dict of Born-Mayer pairs or a "
                 f"BornMayer (got {type(short_range).__name__})."
             )
-        if (isinstance(short_range, BornMayer) and short_range.cutoff is not None
-                and cutoff is not None and short_range.cutoff > cutoff):
+        if (
+            isinstance(short_range, BornMayer)
+            and short_range.cutoff is not None
+            and cutoff is not None
+            and short_range.cutoff > cutoff
+        ):
             raise ValueError(
                 f"Expected the short-range cutoff ({short_range.cutoff}) <= cutoff ({cutoff})."
             )
@@ -141,8 +145,7 @@ class QEqCalculator(Calculator):
         positions = pos0 @ deform
         cell = cell0 @ deform
         q0 = None
-        if (self.warm_start and self._q_prev is not None
-                and self._q_prev.shape[0] == len(atoms)):
+        if self.warm_start and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
             q0 = self._q_prev
         sol = solve_charges(
             positions,
@@ -162,6 +165,7 @@ class QEqCalculator(Calculator):
             grad=self.forces_mode,
             q0=q0,
             short_range=self.short_range,
+            adjoint_tol=max(self.tol, 1e-6),
         )
         wrt = [pos0, strain] if periodic else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)

@@ -41,12 +41,22 @@ def relax_main(argv: list[str] | None = None) -> int:
         return 2
     cutoff = None if args.cutoff.lower() == "none" else float(args.cutoff)
     params = json.loads(Path(args.params).read_text()) if args.params else None
-    atoms.calc = QEqCalculator(params=params, kernel=args.kernel, cutoff=cutoff,
-                               ewald=args.ewald, total_charge=args.total_charge,
-                               forces=args.forces, tol=args.tol, short_range="radii",
-                               device=args.device)
-    out = Path(args.out) if args.out else Path(args.file).with_name(
-        Path(args.file).stem + "_relaxed.xyz")
+    atoms.calc = QEqCalculator(
+        params=params,
+        kernel=args.kernel,
+        cutoff=cutoff,
+        ewald=args.ewald,
+        total_charge=args.total_charge,
+        forces=args.forces,
+        tol=args.tol,
+        short_range="radii",
+        device=args.device,
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.file).with_name(Path(args.file).stem + "_relaxed.xyz")
+    )
     traj_path = out.with_suffix(".traj")
     opt_cls = BFGS if args.optimizer == "BFGS" else FIRE
     traj = Trajectory(str(traj_path), "w", atoms)
@@ -56,14 +66,19 @@ def relax_main(argv: list[str] | None = None) -> int:
     def report() -> None:
         f = atoms.get_forces()
         sol = atoms.calc.solution
-        print(f"step {opt.nsteps:4d}  E = {atoms.get_potential_energy():.6f} eV  "
-              f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  "
-              f"QEq CG iterations = {sol.iterations}", flush=True)
+        print(
+            f"step {opt.nsteps:4d}  E = {atoms.get_potential_energy():.6f} eV  "
+            f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  "
+            f"QEq CG iterations = {sol.iterations}",
+            flush=True,
+        )
 
     opt.attach(report)
     converged = opt.run(fmax=args.fmax, steps=args.steps)
     traj.close()
     write(out, atoms)
-    print(f"{'converged' if converged else 'NOT converged'} after {opt.nsteps} steps; "
-          f"relaxed structure: {out}; trajectory: {traj_path}")
+    print(
+        f"{'converged' if converged else 'NOT converged'} after {opt.nsteps} steps; "
+        f"relaxed structure: {out}; trajectory: {traj_path}"
+    )
     return 0 if converged else 1

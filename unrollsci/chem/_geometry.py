@@ -43,8 +43,11 @@ def half_pairs(
     first = np.where(s[:, 0] != 0, s[:, 0], np.where(s[:, 1] != 0, s[:, 1], s[:, 2]))
     keep = (i < j) | ((i == j) & (first > 0))
     order = np.lexsort((j[keep], i[keep]))
-    return (i[keep][order].astype(np.int64), j[keep][order].astype(np.int64),
-            s[keep][order].astype(np.int64))
+    return (
+        i[keep][order].astype(np.int64),
+        j[keep][order].astype(np.int64),
+        s[keep][order].astype(np.int64),
+    )
 
 
 def taper(r: torch.Tensor, cutoff: float) -> torch.Tensor:

@@ -45,8 +45,14 @@ def lammps_qeq_shielded(
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data.lmp"
             qfile = Path(tmp) / "param.qeq"
-            write(data, atoms, format="lammps-data", atom_style="charge", specorder=species,
-                  masses=True)
+            write(
+                data,
+                atoms,
+                format="lammps-data",
+                atom_style="charge",
+                specorder=species,
+                masses=True,
+            )
             lines = []
             for t, s in enumerate(species, start=1):
                 p = params[s]

@@ -200,8 +200,9 @@ class _ImplicitCharges(torch.autograd.Function):
         with torch.no_grad():
             op = _Hardness(cfg["i"], cfg["j"], w, diag0, kc, ks, kf, fast=True)
             d = _precond_diag(op, cfg["base"], cfg["ewald"])
-            q, k, res, conv = _pcg(op, d, chi, cfg["total"], cfg["q0"], cfg["tol"],
-                                   cfg["max_iter"], cfg["iterations"])
+            q, k, res, conv = _pcg(
+                op, d, chi, cfg["total"], cfg["q0"], cfg["tol"], cfg["max_iter"], cfg["iterations"]
+            )
         cfg["out"] = (k, res, conv, op, d)
         ctx.cfg = cfg
         ctx.save_for_backward(q, chi, diag0, w, kc, ks, kf)
@@ -213,15 +214,15 @@ class _ImplicitCharges(torch.autograd.Function):
         cfg = ctx.cfg
         with torch.no_grad():
             _, _, _, op, d = cfg["out"]
-            # adjoint tolerance = forward tolerance (both errors are then O(tol^2) in the
-            # gradient), relative to the projected right-hand side, floored at round-off
+            # relative to the projected right-hand side, floored at round-off
+            tol_adj = cfg["adjoint_tol"]
             atol = 100.0 * torch.finfo(gq.dtype).eps * float(gq.norm())
-            v, _, res, conv = _pcg(op, d, -gq, 0.0, None, cfg["tol"], cfg["max_iter"], None,
-                                   atol=atol)
+            v, _, res, conv = _pcg(op, d, -gq, 0.0, None, tol_adj, cfg["max_iter"], None, atol=atol)
+            cfg["stats"]["adjoint_iterations"] = len(res) - 1
         if not conv:
             warnings.warn(
                 f"QEq adjoint solve reached max_iter={cfg['max_iter']} with residual "
-                f"{res[-1]:.3e} > tol {cfg['tol']:.1e}; gradients are approximate.",
+                f"{res[-1]:.3e} > tol {tol_adj:.1e}; gradients are approximate.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -230,7 +231,7 @@ class _ImplicitCharges(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [
                 t.detach().requires_grad_(bool(nd)) if t is not None else None
-                for t, nd in zip(ins, need)
+                for t, nd in zip(ins, need, strict=True)
             ]
             c, dg, ww, c1, s1, f1 = leaves
             g = _Hardness(cfg["i"], cfg["j"], ww, dg, c1, s1, f1)(q) + c
@@ -319,6 +320,7 @@ def solve_charges(
     grad: str = "implicit",
     q0: torch.Tensor | None = None,
     short_range: Any = None,
+    adjoint_tol: float | None = None,
     throw: bool = True,
 ) -> QEqSolution:
     """Equilibrate charges (QEq) for one structure and return charges and energy.
@@ -359,6 +361,11 @@ def solve_charges(
         q0: warm start (N,) (implicit / envelope only); shifted onto the constraint.
         short_range: optional :class:`BornMayer` (or any object with the same ``energy``
             method) added to the energy.
+        adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"``
+            (default ``tol``). For energy gradients the adjoint solution is the charge
+            error itself (size ~tol), so an adjoint relative error ``a`` changes forces by
+            ~``a * tol``: ``max(tol, 1e-6)`` (what QEqCalculator uses) keeps that below
+            ``tol^2``, the implicit method's own error.
         throw: raise ``ConvergenceError`` on non-convergence (else warn).
 
     Returns:
@@ -426,11 +433,15 @@ def solve_charges(
     else:
         cell_np = np.zeros((3, 3))
     if pbc_arr.any() and abs(np.linalg.det(cell_np)) < 1e-6:
-        raise ValueError(f"Expected a cell with non-zero volume (got det = {np.linalg.det(cell_np):.3e}).")
+        raise ValueError(
+            f"Expected a cell with non-zero volume (got det = {np.linalg.det(cell_np):.3e})."
+        )
     alpha = kmax = None
     if ewald:
         if not pbc_arr.all():
-            raise ValueError(f"ewald=True needs a fully periodic cell (got pbc={pbc_arr.tolist()}).")
+            raise ValueError(
+                f"ewald=True needs a fully periodic cell (got pbc={pbc_arr.tolist()})."
+            )
         if not 0 < ewald_accuracy < 1:
             raise ValueError(f"Expected 0 < ewald_accuracy < 1 (got {ewald_accuracy!r}).")
         h = _heights(cell_np).min()
@@ -493,6 +504,11 @@ def solve_charges(
     b = table["chi"]
 
     # ---- solve
+    stats: dict[str, Any] = {
+        "n_pairs": int(i.numel()),
+        "ewald_alpha": alpha,
+        "n_kvectors": 0 if kf is None else int(kf.numel()),
+    }
     if q0 is not None:
         check_tensor("q0", q0, ndim=(1,))
         if q0.shape[0] != n:
@@ -505,8 +521,19 @@ def solve_charges(
         d = _precond_diag(op, base, ewald)
         q, k, res, conv = _pcg(op, d, b, q_total, None, tol, max_iter, iterations)
     else:
-        cfg = {"i": i, "j": j, "total": q_total, "base": base, "ewald": ewald, "q0": q0, "tol": tol,
-               "max_iter": max_iter, "iterations": iterations}
+        cfg = {
+            "i": i,
+            "j": j,
+            "total": q_total,
+            "base": base,
+            "ewald": ewald,
+            "adjoint_tol": tol if adjoint_tol is None else float(adjoint_tol),
+            "stats": stats,
+            "q0": q0,
+            "tol": tol,
+            "max_iter": max_iter,
+            "iterations": iterations,
+        }
         if grad == "implicit":
             q = _ImplicitCharges.apply(cfg, b, diag0, w, kc, ks, kf)
         else:
@@ -515,14 +542,19 @@ def solve_charges(
             )
         k, res, conv, op_fast, d = cfg["out"]
     if not conv:
-        msg = (f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "
-               f"tol {tol:.1e}. Try increasing max_iter or loosening tol.")
+        msg = (
+            f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "
+            f"tol {tol:.1e}. Try increasing max_iter or loosening tol."
+        )
         if iterations is None:
             if throw:
                 raise ConvergenceError(msg)
             warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    message = (f"QEq converged in {k} CG iterations (residual {res[-1]:.3e} <= tol {tol:.1e})."
-               if conv else f"QEq stopped after {k} CG iterations (residual {res[-1]:.3e}).")
+    message = (
+        f"QEq converged in {k} CG iterations (residual {res[-1]:.3e} <= tol {tol:.1e})."
+        if conv
+        else f"QEq stopped after {k} CG iterations (residual {res[-1]:.3e})."
+    )
 
     # ---- energy E = chi.q + 1/2 q.A q (+ background, short range)
     a_full = _Hardness(i, j, w, diag0, kc, ks, kf)
@@ -533,6 +565,4 @@ def solve_charges(
     with torch.no_grad():
         dinv = 1.0 / d
         mu = float(((aq + b).detach() * dinv).sum() / dinv.sum())
-    stats = {"n_pairs": int(i.numel()), "n_kvectors": 0 if kf is None else int(kf.numel()),
-             "ewald_alpha": alpha}
     return QEqSolution(q, k, res, conv, message, stats, energy=energy, mu=mu)
