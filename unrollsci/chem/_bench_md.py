@@ -30,15 +30,15 @@ REPULSION = {("Na", "Cl"): (1200.0, 0.32), ("Cl", "Cl"): (300.0, 0.32)}
 def _run(mode: str, tol: float, steps: int, args: argparse.Namespace) -> dict[str, Any]:
     from ase import units
     from ase.build import bulk
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md import velocitydistribution as vd
     from ase.md.verlet import VelocityVerlet
 
     atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(args.repeat)
     atoms.rattle(0.05, seed=args.seed)
-    MaxwellBoltzmannDistribution(
-        atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed)
-    )
-    Stationary(atoms)
+    # thermalize_momenta is the ASE >= 3.29 name of MaxwellBoltzmannDistribution
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
+    vd.Stationary(atoms)
     atoms.calc = QEqCalculator(
         params=NACL_PARAMS,
         cutoff=args.cutoff,

@@ -11,7 +11,7 @@ __all__ = ["run_demo"]
 
 
 def run_demo(outdir: Path) -> list[dict[str, Any]]:
-    """Rattled rock-salt NaCl (64 atoms): force error of each mode at tol 1e-3.
+    """Rattled rock-salt NaCl (32 atoms): force error of each mode at tol 1e-3.
 
     Returns table rows; ``outdir`` is unused (no figure).
     """
@@ -22,7 +22,7 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
     from ._calculator import QEqCalculator
     from ._short_range import BornMayer
 
-    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(2)
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 2, 1))
     atoms.rattle(0.1, seed=0)
     kw = {
         "params": NACL_PARAMS,
@@ -41,19 +41,19 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
             {
                 "forces": mode,
                 "CG iterations": k,
-                "max |F - F_converged| (eV/A)": float(np.abs(f - f_conv).max()),
-                "max |F - FD of returned E| (eV/A)": float("nan"),
+                "max dF vs converged (eV/A)": float(np.abs(f - f_conv).max()),
+                "max dF vs FD of returned E (eV/A)": float("nan"),
             }
         )
     atoms.calc = QEqCalculator(iterations=k, forces="unrolled", **kw)
     f = atoms.get_forces()
-    fd = calculate_numerical_forces(atoms, 1e-4, iatoms=[0, 1, 2, 3])
+    fd = calculate_numerical_forces(atoms, 1e-4, iatoms=[0, 1])
     rows.append(
         {
             "forces": "unrolled",
             "CG iterations": k,
-            "max |F - F_converged| (eV/A)": float(np.abs(f - f_conv).max()),
-            "max |F - FD of returned E| (eV/A)": float(np.abs(f[:4] - fd).max()),
+            "max dF vs converged (eV/A)": float(np.abs(f - f_conv).max()),
+            "max dF vs FD of returned E (eV/A)": float(np.abs(f[:2] - fd).max()),
         }
     )
     return rows
