@@ -74,6 +74,15 @@ def test_periodic_cutoff_matches_dense_image_sum(device, kernel, cubic):
     np.testing.assert_allclose(sol.charges.cpu().numpy(), q_ref, atol=1e-9)
 
 
+def test_slab_partial_pbc_matches_dense_image_sum(device):
+    atoms = _nacl((2, 2, 1))
+    atoms.pbc = [True, True, False]
+    atoms.cell[2, 2] = 30.0
+    sol = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
+    q_ref = ref.reference_charges(atoms, ref.NACL, "shielded", 9.0)
+    np.testing.assert_allclose(sol.charges.cpu().numpy(), q_ref, atol=1e-9)
+
+
 @pytest.mark.parametrize("cubic", [True, False], ids=["conventional", "primitive"])
 def test_ewald_reproduces_madelung_constant(device, cubic):
     """Perfect rock salt, point kernel + Ewald: by symmetry q_Na = -q_Cl = q and the energy
@@ -255,3 +264,13 @@ def test_non_convergence_is_reported_not_hidden(device):
     atoms = _nacl()
     with pytest.raises(ConvergenceError, match="max_iter=2"):
         _solve(atoms, device, params=ref.NACL, cutoff=8.0, max_iter=2, tol=1e-12)
+
+
+def test_neighbor_list_fallback_without_vesin(device, monkeypatch):
+    """vesin is optional: ASE's neighbour list gives the same half list and charges."""
+    atoms = _nacl((2, 2, 1), cubic=False)
+    with_vesin = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
+    monkeypatch.setitem(sys.modules, "vesin", None)  # import vesin -> ImportError
+    without = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
+    assert with_vesin.stats["n_pairs"] == without.stats["n_pairs"]
+    torch.testing.assert_close(with_vesin.charges, without.charges, atol=1e-12, rtol=0)

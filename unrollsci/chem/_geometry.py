@@ -28,7 +28,7 @@ def half_pairs(
     box = cell if np.any(pbc) else np.zeros((3, 3))
     try:
         import vesin
-    except ImportError:  # pragma: no cover - exercised only without vesin
+    except ImportError:
         vesin = None
     if vesin is not None and (np.all(pbc) or not np.any(pbc)):
         nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=True)
