@@ -274,3 +274,25 @@ def test_neighbor_list_fallback_without_vesin(device, monkeypatch):
     without = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
     assert with_vesin.stats["n_pairs"] == without.stats["n_pairs"]
     torch.testing.assert_close(with_vesin.charges, without.charges, atol=1e-12, rtol=0)
+
+
+def test_sparse_csr_matvec_matches_scatter_path(device, monkeypatch):
+    """Large systems apply A through int32 CSR products; same charges and forces."""
+    from unrollsci.chem import _solve
+
+    atoms = _nacl()
+    pos = torch.tensor(atoms.positions, device=device, requires_grad=True)
+    kw = {
+        "cell": torch.tensor(atoms.cell.array, device=device),
+        "pbc": True,
+        "params": ref.NACL,
+        "cutoff": 8.0,
+        "tol": 1e-12,
+    }
+    out = []
+    for threshold in (10**9, 1):
+        monkeypatch.setattr(_solve, "_CSR_MIN_PAIRS", threshold)
+        sol = solve_charges(pos, atoms.numbers.tolist(), **kw)
+        out.append((sol.charges.detach(), torch.autograd.grad(sol.energy, pos)[0]))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-11, rtol=0)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-10, rtol=0)
