@@ -1,0 +1,8 @@
+"""NVE drift, implicit vs envelope QEq forces: ``python benchmarks/md.py [--quick]``."""
+
+import sys
+
+from unrollsci.chem._bench_md import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

