@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,10 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
 
 
 def _make_layer(hidden: int) -> nn.Module:
-    from torch_geometric.nn import MessagePassing
+    with warnings.catch_warnings():
+        # torch_geometric 2.8 imports torch.jit.script at import time (deprecated in torch 2.13).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch_geometric.nn import MessagePassing
 
     class _MatrixConv(MessagePassing):
         """Edge-conditioned message passing over the matrix graph; edges are updated too."""
@@ -165,7 +169,10 @@ class LearnedPreconditioner(nn.Module):
 
     SPD by construction: every diagonal entry of ``L`` / ``G`` is
     ``base_ii * exp(2 tanh(.))`` with ``base_ii > 0``, so ``L`` is invertible and
-    ``L L^T`` (``G G^T``) is SPD for any weights. The GNN works on the Jacobi-scaled
+    ``L L^T`` (``G G^T``) is SPD for any weights; moreover each row's off-diagonal
+    entries are rescaled so that ``sum_j |L_ij| <= c_i L_ii`` with ``c_i`` the larger of
+    0.995 and the base factor's own row ratio; with ``c_i < 1`` this bounds the condition
+    number of ``L`` for any weights (SPD in floating point too). The GNN works on the Jacobi-scaled
     matrix and predicts corrections to a ``base`` factor (``"ic0"``: IC(0) of the scaled
     matrix; ``"ssor"``: its lower part with unit diagonal, i.e. symmetric Gauss-Seidel;
     ``"identity"``). Its output layers start at zero, so an untrained model is the base.
@@ -209,6 +216,7 @@ class LearnedPreconditioner(nn.Module):
         self.kind, self.base, self.block_size = kind, base, int(block_size)
         self.hidden, self.layers = int(hidden), int(layers)
         self.min_n, self.max_n = int(min_n), (None if max_n is None else int(max_n))
+        self.theta = 0.995
         self.node_enc = _mlp(5, hidden, hidden)
         self.edge_enc = _mlp(4, hidden, hidden)
         self.convs = nn.ModuleList([_make_layer(hidden) for _ in range(layers)])
@@ -254,11 +262,19 @@ class LearnedPreconditioner(nn.Module):
         off = self.off_head(torch.cat([ef + eb, ef - eb, h[ri], h[ci]], dim=-1)).squeeze(-1)
         dg = self.diag_head(h).squeeze(-1)
         base = g.base.to(torch.float64)
-        vals = base.clone()
-        vals = vals.masked_scatter(strict, base[strict] + off.to(torch.float64))
         diag_pos = pat.diag
-        vals = vals.index_put((diag_pos,), base[diag_pos] * torch.exp(2.0 * torch.tanh(
-            dg.to(torch.float64))))
+        dvals = base[diag_pos] * torch.exp(2.0 * torch.tanh(dg.to(torch.float64)))
+        # Off-diagonals relative to their row's diagonal, L = D_L (I + W); row i of W is
+        # scaled into sum_j |W_ij| <= cap_i = max(theta, base row ratio). Where cap < 1,
+        # ||(I + W)^{-1}||_inf <= 1 / (1 - cap): L stays well conditioned for any weights.
+        w = (base[strict] + off.to(torch.float64)) / dvals[ri]
+        rows = torch.zeros_like(dvals).index_add(0, ri, w.abs())
+        wb = base[strict] / base[diag_pos][ri]
+        cap = torch.zeros_like(dvals).index_add(0, ri, wb.abs()).clamp(min=self.theta)
+        w = w * (cap / torch.maximum(rows, cap))[ri]
+        vals = torch.zeros_like(base)
+        vals = vals.masked_scatter(strict, w * dvals[ri])
+        vals = vals.index_put((diag_pos,), dvals)
         scale = g.dsqrt.to(torch.float64)[pat.row]
         return vals / scale if self.kind == "inverse" else vals * scale
 
@@ -321,6 +337,10 @@ def make_batches(model: LearnedPreconditioner, matrices: Sequence[Any], *, n_rhs
         b = rng.standard_normal((n_rhs, a.shape[0]))
         lu = spla.splu(a.tocsc())
         x = np.stack([lu.solve(bi) for bi in b])
+        if np.any((x * b).sum(-1) <= 0):
+            raise ValueError(
+                f"matrices[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
+            )
         out.append(SystemBatch(g, SparseOperator(a).to(dev),
                                torch.from_numpy(b).to(dev), torch.from_numpy(x).to(dev)))
     return out
