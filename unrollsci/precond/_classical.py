@@ -23,6 +23,7 @@ __all__ = [
     "jacobi",
     "ic0",
     "ic0_values",
+    "ic0_from_pattern",
     "amg",
     "ICBreakdownError",
 ]
@@ -237,14 +238,15 @@ def _ic0_plan(pat: LowerPattern) -> dict[str, Any]:
     tt.append(pat.diag.numpy()[row[sidx]])
     pa, pb, ptgt = np.concatenate(ta), np.concatenate(tb), np.concatenate(tt)
     # Row levels: a row depends on the rows of its strict-lower columns.
-    lev = np.zeros(n, dtype=np.int64)
     crow_l, col_l = crow.tolist(), col.tolist()
+    lev_l = [0] * n
     for i in range(n):
         m = -1
         for c in col_l[crow_l[i]:crow_l[i + 1] - 1]:
-            if lev[c] > m:
-                m = lev[c]
-        lev[i] = m + 1
+            if lev_l[c] > m:
+                m = lev_l[c]
+        lev_l[i] = m + 1
+    lev = np.asarray(lev_l, dtype=np.int64)
     slot = np.where(strict, pos, dmax)  # diagonal entries come last in their row's level
     stage = lev[row] * (dmax + 1) + slot
     order = np.argsort(stage, kind="stable")
@@ -281,33 +283,40 @@ def _ic0_numeric(plan: dict[str, Any], a_vals: np.ndarray) -> np.ndarray:
     return vals
 
 
-def ic0_values(a: Any, pat: LowerPattern | None = None, *, shift: float = 0.0,
-               max_shift_tries: int = 30) -> tuple[LowerPattern, np.ndarray, float]:
-    """Numeric IC(0) of a validated scipy CSR matrix on ``tril(A)``'s pattern.
+def ic0_from_pattern(pat: LowerPattern, vals: np.ndarray, *, shift: float = 0.0,
+                     max_shift_tries: int = 30) -> tuple[np.ndarray, float]:
+    """Numeric IC(0) on a given lower pattern with the values of ``tril(A)`` on it.
 
     On breakdown (non-positive pivot) retries with ``A + alpha diag(A)``, doubling
     ``alpha`` from ``1e-3`` (Manteuffel's shifted incomplete Cholesky).
 
     Returns:
-        pattern, factor values (numpy, CSR order) and the shift ``alpha`` used.
+        factor values (numpy, CSR order) and the shift ``alpha`` used.
     """
-    p, vals = lower_pattern(a)
-    if pat is not None and pat.nnz != p.nnz:
-        raise ValueError("ic0_values: pattern does not match tril(A).")
-    pat = p if pat is None else pat
     plan = _ic0_plan(pat)
     diag_pos = pat.diag.numpy()
     alpha = shift
     for _ in range(max_shift_tries):
-        v = vals.copy()
+        v = np.array(vals, dtype=np.float64)
         v[diag_pos] *= 1.0 + alpha
         try:
-            return pat, _ic0_numeric(plan, v), alpha
+            return _ic0_numeric(plan, v), alpha
         except ICBreakdownError:
             alpha = 1e-3 if alpha == 0 else 2 * alpha
     raise ICBreakdownError(  # pragma: no cover - alpha ~ 5e5 makes any SPD diagonal dominant
         "IC(0) broke down even with a diagonal shift; is A positive definite?"
     )
+
+
+def ic0_values(a: Any, *, shift: float = 0.0) -> tuple[LowerPattern, np.ndarray, float]:
+    """IC(0) of a validated scipy CSR matrix on ``tril(A)``'s pattern.
+
+    Returns:
+        pattern, factor values (numpy, CSR order) and the diagonal shift used.
+    """
+    pat, vals = lower_pattern(a)
+    out, alpha = ic0_from_pattern(pat, vals, shift=shift)
+    return pat, out, alpha
 
 
 def ic0(A: Any, *, device: torch.device | str | None = None,  # noqa: N803

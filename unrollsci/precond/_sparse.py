@@ -63,7 +63,7 @@ def lower_pattern(a: Any, *, keep: np.ndarray | None = None) -> tuple[LowerPatte
 
     Args:
         a: scipy sparse ``(n, n)`` matrix.
-        keep: optional boolean mask over ``tril(a)``'s CSR entries; dropped
+        keep: optional boolean mask over ``tril(a)``'s CSR entries (diagonal included); dropped
             off-diagonal entries are removed from the pattern.
 
     Returns:
@@ -72,13 +72,23 @@ def lower_pattern(a: Any, *, keep: np.ndarray | None = None) -> tuple[LowerPatte
     import scipy.sparse as sp
 
     n = a.shape[0]
-    low = sp.tril(sp.csr_matrix(a), format="csr")
-    low = (low + sp.diags(np.zeros(n), 0, format="csr")).tocsr()  # make diagonal explicit
-    low.sum_duplicates()
-    low.sort_indices()
-    rows = np.repeat(np.arange(n), np.diff(low.indptr))
-    vals = np.asarray(low.data, dtype=np.float64)
-    cols = low.indices.astype(np.int64)
+    csr = sp.csr_matrix(a)
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()
+    rows_all = np.repeat(np.arange(n), np.diff(csr.indptr))
+    low = csr.indices <= rows_all
+    rows, cols = rows_all[low], csr.indices[low].astype(np.int64)
+    vals = np.asarray(csr.data[low], dtype=np.float64)
+    has_diag = np.zeros(n, dtype=bool)
+    has_diag[rows[cols == rows]] = True
+    if not has_diag.all():  # add explicit zeros on the missing diagonal entries
+        miss = np.flatnonzero(~has_diag)
+        rows = np.concatenate([rows, miss])
+        cols = np.concatenate([cols, miss])
+        vals = np.concatenate([vals, np.zeros(miss.size)])
+        o = np.lexsort((cols, rows))
+        rows, cols, vals = rows[o], cols[o], vals[o]
     if keep is not None:
         keep = keep | (cols == rows)
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
