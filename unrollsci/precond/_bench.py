@@ -20,6 +20,7 @@ import torch
 from .._bench import Timer, markdown_table, write_results
 
 TEST_SEED0 = 10_000
+VAL_SEED0 = 5_000
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
@@ -56,6 +57,7 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
 
     gen = FAMILIES[family]
     mats = [gen(n, s) for s in range(args.train_systems) for n in args.train_n]
+    val = [gen(n, VAL_SEED0 + s) for s in range(args.val_systems) for n in args.train_n]
     models, info = {}, {}
     jobs = [(f"learned-{k}", k, "energy") for k in kinds]
     if args.frobenius:
@@ -65,13 +67,17 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
                                       block_size=args.block_size)
         t0 = time.perf_counter()
         hist = fit_preconditioner(model, mats, steps=args.steps, loss=loss, n_rhs=args.n_rhs,
-                                  epochs=args.epochs, lr=args.lr, seed=args.seed)
+                                  epochs=args.epochs, lr=args.lr, seed=args.seed,
+                                  val_matrices=val or None,
+                                  patience=args.patience if val else None)
         secs = time.perf_counter() - t0
         model.eval()
         models[name] = model
         info[name] = {"kind": kind, "loss": loss, "seconds": secs,
                       "loss_first_epoch": hist.train_loss[0],
-                      "loss_last_epoch": hist.train_loss[-1]}
+                      "loss_last_epoch": hist.train_loss[-1],
+                      "best_val_loss": hist.best_val if val else None,
+                      "epochs_run": len(hist.train_loss)}
         print(f"  trained {name} on {family}: {secs:.1f} s, loss "
               f"{hist.train_loss[0]:.2f} -> {hist.train_loss[-1]:.2f}", flush=True)
     return models, info
@@ -116,17 +122,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="grid sizes of the held-out test systems (n x n unknowns)")
     p.add_argument("--train-n", nargs="+", type=int, default=[32])
     p.add_argument("--train-systems", type=int, default=16)
+    p.add_argument("--val-systems", type=int, default=4,
+                   help="validation systems (early stopping, best weights restored)")
+    p.add_argument("--patience", type=int, default=5)
     p.add_argument("--test-systems", type=int, default=3)
     p.add_argument("--kinds", nargs="*", default=["factor", "inverse", "block"],
                    choices=["factor", "inverse", "block"])
     p.add_argument("--frobenius", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the factor with the sketched Frobenius loss")
     p.add_argument("--steps", type=int, default=10, help="unrolled PCG steps in the loss")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--n-rhs", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=8)
+    p.add_argument("--layers", type=int, default=1)
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--repeats", type=int, default=2, help="timing repeats (best is kept)")
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
-        args.epochs, args.repeats = 3, 1
+        args.epochs, args.repeats, args.val_systems = 3, 1, 1
     torch.set_num_threads(args.threads)
     if not args.no_amg:
         try:
