@@ -10,7 +10,6 @@ import torch
 
 from unrollsci.operators import to_torch_sparse
 from unrollsci.precond import (
-    FactorPreconditioner,
     LearnedPreconditioner,
     amg,
     anisotropic2d,
@@ -80,14 +79,23 @@ def test_ic0_on_grid_and_tridiagonal_is_cholesky():
     a = diffusion2d(6, seed=3)
     np.testing.assert_allclose(ic0(a).factor().toarray(), dense_ic0(a.toarray()), atol=1e-12)
     t = sp.diags([-1.0, 2.5, -1.0], [-1, 0, 1], shape=(9, 9), format="csr")
-    np.testing.assert_allclose(ic0(t).factor().toarray(), np.linalg.cholesky(t.toarray()),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        ic0(t).factor().toarray(), np.linalg.cholesky(t.toarray()), atol=1e-12
+    )
 
 
 def test_ic0_shifts_on_breakdown():
     # SPD but IC(0) of it breaks down without a shift (Kershaw-type example).
-    a = sp.csr_matrix(np.array([[3.0, -2.0, 0.0, 2.0], [-2.0, 3.0, -2.0, 0.0],
-                                [0.0, -2.0, 3.0, -2.0], [2.0, 0.0, -2.0, 3.0]]))
+    a = sp.csr_matrix(
+        np.array(
+            [
+                [3.0, -2.0, 0.0, 2.0],
+                [-2.0, 3.0, -2.0, 0.0],
+                [0.0, -2.0, 3.0, -2.0],
+                [2.0, 0.0, -2.0, 3.0],
+            ]
+        )
+    )
     assert np.linalg.eigvalsh(a.toarray()).min() > 0
     m = ic0(a)
     assert m.shift > 0
@@ -109,7 +117,8 @@ def test_tri_solve_matches_scipy_and_gradcheck(device, transpose):
     ref = spla.spsolve_triangular(m, b.T, lower=not transpose).T
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(
-        lambda vv, bb: tri_solve(pat.to(device), vv, bb, transpose=transpose), (v, bt))
+        lambda vv, bb: tri_solve(pat.to(device), vv, bb, transpose=transpose), (v, bt)
+    )
 
 
 # ----------------------------------------------------------- gradients through PCG
@@ -192,9 +201,10 @@ def test_jacobi_and_amg_reduce_iterations():
     pytest.importorskip("pyamg")
     a = diffusion2d(24, seed=1)
     b = torch.from_numpy(np.random.default_rng(0).standard_normal(a.shape[0]))
-    it = {name: cg(a, b, M=m, tol=1e-8, max_iter=5000).iterations
-          for name, m in [("none", None), ("jacobi", jacobi(a)), ("ic0", ic0(a)),
-                          ("amg", amg(a))]}
+    it = {
+        name: cg(a, b, M=m, tol=1e-8, max_iter=5000).iterations
+        for name, m in [("none", None), ("jacobi", jacobi(a)), ("ic0", ic0(a)), ("amg", amg(a))]
+    }
     assert it["amg"] < it["ic0"] < it["jacobi"] < it["none"]
 
 
@@ -302,3 +312,52 @@ def test_other_losses_run(kind, loss):
     assert torch.isfinite(val)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# ------------------------------------------------------------- bench / demo glue
+def test_bench_tiny_run_writes_json_and_png(tmp_path):
+    import json
+
+    from unrollsci.precond._bench import main
+
+    rc = main(
+        [
+            "--family",
+            "poisson",
+            "--n",
+            "10",
+            "--train-n",
+            "8",
+            "--train-systems",
+            "2",
+            "--val-systems",
+            "0",
+            "--epochs",
+            "1",
+            "--kinds",
+            "factor",
+            "--no-frobenius",
+            "--test-systems",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "precond.json").read_text())
+    methods = {r["method"] for r in data["rows"]}
+    assert {"none", "jacobi", "ic0", "learned-factor"} <= methods
+    assert all(r["converged"] for r in data["rows"])
+    assert (tmp_path / "precond.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path):
+    from unrollsci.precond._demo import run_demo
+
+    rows = run_demo(tmp_path)
+    it = {r["method"]: r["iterations"] for r in rows}
+    assert it["ic0"] < it["jacobi"] < it["none"]
+    assert (tmp_path / "precond_demo.png").exists()

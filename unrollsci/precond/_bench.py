@@ -63,23 +63,39 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
     if args.frobenius:
         jobs.append(("learned-factor-frob", "factor", "frobenius"))
     for name, kind, loss in jobs:
-        model = LearnedPreconditioner(kind, hidden=args.hidden, layers=args.layers,
-                                      block_size=args.block_size)
+        model = LearnedPreconditioner(
+            kind, hidden=args.hidden, layers=args.layers, block_size=args.block_size
+        )
         t0 = time.perf_counter()
-        hist = fit_preconditioner(model, mats, steps=args.steps, loss=loss, n_rhs=args.n_rhs,
-                                  epochs=args.epochs, lr=args.lr, seed=args.seed,
-                                  val_matrices=val or None,
-                                  patience=args.patience if val else None)
+        hist = fit_preconditioner(
+            model,
+            mats,
+            steps=args.steps,
+            loss=loss,
+            n_rhs=args.n_rhs,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            val_matrices=val or None,
+            patience=args.patience if val else None,
+        )
         secs = time.perf_counter() - t0
         model.eval()
         models[name] = model
-        info[name] = {"kind": kind, "loss": loss, "seconds": secs,
-                      "loss_first_epoch": hist.train_loss[0],
-                      "loss_last_epoch": hist.train_loss[-1],
-                      "best_val_loss": hist.best_val if val else None,
-                      "epochs_run": len(hist.train_loss)}
-        print(f"  trained {name} on {family}: {secs:.1f} s, loss "
-              f"{hist.train_loss[0]:.2f} -> {hist.train_loss[-1]:.2f}", flush=True)
+        info[name] = {
+            "kind": kind,
+            "loss": loss,
+            "seconds": secs,
+            "loss_first_epoch": hist.train_loss[0],
+            "loss_last_epoch": hist.train_loss[-1],
+            "best_val_loss": hist.best_val if val else None,
+            "epochs_run": len(hist.train_loss),
+        }
+        print(
+            f"  trained {name} on {family}: {secs:.1f} s, loss "
+            f"{hist.train_loss[0]:.2f} -> {hist.train_loss[-1]:.2f}",
+            flush=True,
+        )
     return models, info
 
 
@@ -91,15 +107,20 @@ def _plot(histories: dict, path: Path) -> None:
 
     fams = sorted({k[0] for k in histories})
     sizes = sorted({k[1] for k in histories})
-    fig, axes = plt.subplots(len(fams), len(sizes), figsize=(4.2 * len(sizes), 3.4 * len(fams)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(fams), len(sizes), figsize=(4.2 * len(sizes), 3.4 * len(fams)), squeeze=False
+    )
     for i, f in enumerate(fams):
         for j, n in enumerate(sizes):
             ax = axes[i][j]
             for (ff, nn, meth), res in histories.items():
                 if ff == f and nn == n:
-                    ax.semilogy(np.arange(1, len(res) + 1), res, label=meth,
-                                lw=2 if meth.startswith("learned") else 1)
+                    ax.semilogy(
+                        np.arange(1, len(res) + 1),
+                        res,
+                        label=meth,
+                        lw=2 if meth.startswith("learned") else 1,
+                    )
             ax.set_title(f"{f}, {n}x{n}")
             ax.set_xlabel("PCG iteration")
             ax.set_ylabel("relative residual")
@@ -116,20 +137,38 @@ def main(argv: list[str] | None = None) -> int:
     from . import FAMILIES
 
     p = argparse.ArgumentParser(prog="unrollsci bench precond", description=__doc__)
-    p.add_argument("--family", nargs="+", default=["poisson", "anisotropic", "graph"],
-                   choices=sorted(FAMILIES))
-    p.add_argument("--n", nargs="+", type=int, default=[64, 128, 256],
-                   help="grid sizes of the held-out test systems (n x n unknowns)")
+    p.add_argument(
+        "--family", nargs="+", default=["poisson", "anisotropic", "graph"], choices=sorted(FAMILIES)
+    )
+    p.add_argument(
+        "--n",
+        nargs="+",
+        type=int,
+        default=[64, 128, 256],
+        help="grid sizes of the held-out test systems (n x n unknowns)",
+    )
     p.add_argument("--train-n", nargs="+", type=int, default=[32])
     p.add_argument("--train-systems", type=int, default=16)
-    p.add_argument("--val-systems", type=int, default=4,
-                   help="validation systems (early stopping, best weights restored)")
+    p.add_argument(
+        "--val-systems",
+        type=int,
+        default=4,
+        help="validation systems (early stopping, best weights restored)",
+    )
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--test-systems", type=int, default=3)
-    p.add_argument("--kinds", nargs="*", default=["factor", "inverse", "block"],
-                   choices=["factor", "inverse", "block"])
-    p.add_argument("--frobenius", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the factor with the sketched Frobenius loss")
+    p.add_argument(
+        "--kinds",
+        nargs="*",
+        default=["factor", "inverse", "block"],
+        choices=["factor", "inverse", "block"],
+    )
+    p.add_argument(
+        "--frobenius",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the factor with the sketched Frobenius loss",
+    )
     p.add_argument("--steps", type=int, default=10, help="unrolled PCG steps in the loss")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -165,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         gen = FAMILIES[family]
         for n in args.n:
             per: dict[str, dict[str, list[float]]] = {
-                m: {"it": [], "setup": [], "solve": [], "nnz": [], "conv": []} for m in methods}
+                m: {"it": [], "setup": [], "solve": [], "nnz": [], "conv": []} for m in methods
+            }
             for t in range(args.test_systems):
                 seed = TEST_SEED0 + 100 * n + t
                 a = gen(n, seed)
@@ -176,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
                         with Timer() as ts:
                             m, nnz = _setup(meth, a, models)
                         with Timer() as tv:
-                            sol = cg(a, b, M=m, tol=args.rtol, max_iter=20 * a.shape[0],
-                                     throw=False, check=False)
+                            sol = cg(
+                                a,
+                                b,
+                                M=m,
+                                tol=args.rtol,
+                                max_iter=20 * a.shape[0],
+                                throw=False,
+                                check=False,
+                            )
                         best_setup = min(best_setup, ts.seconds)
                         best_solve = min(best_solve, tv.seconds)
                     d = per[meth]
@@ -193,52 +240,83 @@ def main(argv: list[str] | None = None) -> int:
             for meth in methods:
                 d = per[meth]
                 total = float(np.mean(d["setup"]) + np.mean(d["solve"]))
-                rows.append({
-                    "family": family, "n": f"{n}^2", "method": meth,
-                    "nnz": int(np.mean(d["nnz"])),
-                    "iters": float(np.mean(d["it"])),
-                    "iters_min_max": f"{min(d['it'])}-{max(d['it'])}",
-                    "vs_ic0_iters": float(np.mean(d["it"])) / ref_it,
-                    "setup_s": float(np.mean(d["setup"])),
-                    "solve_s": float(np.mean(d["solve"])),
-                    "total_s": total,
-                    "vs_ic0_time": total / ref_t,
-                    "converged": all(d["conv"]),
-                    "seen_in_training": n in args.train_n,
-                })
-            print(markdown_table([r for r in rows if r["family"] == family and
-                                  r["n"] == f"{n}^2"]), flush=True)
-    cols = ["family", "n", "method", "nnz", "iters", "iters_min_max", "vs_ic0_iters", "setup_s",
-            "solve_s", "total_s", "vs_ic0_time", "converged"]
+                rows.append(
+                    {
+                        "family": family,
+                        "n": f"{n}^2",
+                        "method": meth,
+                        "nnz": int(np.mean(d["nnz"])),
+                        "iters": float(np.mean(d["it"])),
+                        "iters_min_max": f"{min(d['it'])}-{max(d['it'])}",
+                        "vs_ic0_iters": float(np.mean(d["it"])) / ref_it,
+                        "setup_s": float(np.mean(d["setup"])),
+                        "solve_s": float(np.mean(d["solve"])),
+                        "total_s": total,
+                        "vs_ic0_time": total / ref_t,
+                        "converged": all(d["conv"]),
+                        "seen_in_training": n in args.train_n,
+                    }
+                )
+            print(
+                markdown_table([r for r in rows if r["family"] == family and r["n"] == f"{n}^2"]),
+                flush=True,
+            )
+    cols = [
+        "family",
+        "n",
+        "method",
+        "nnz",
+        "iters",
+        "iters_min_max",
+        "vs_ic0_iters",
+        "setup_s",
+        "solve_s",
+        "total_s",
+        "vs_ic0_time",
+        "converged",
+    ]
     print("\n" + markdown_table(rows, cols))
     summary = []
     for r in rows:
         if r["method"] == "learned-factor":
-            amg_row = next((q for q in rows if q["family"] == r["family"] and q["n"] == r["n"]
-                            and q["method"] == "amg"), None)
-            summary.append({
-                "family": r["family"], "n": r["n"],
-                "iter_reduction_vs_ic0": 1 - r["vs_ic0_iters"],
-                "total_time_vs_ic0": r["vs_ic0_time"],
-                "goal_met": bool(r["vs_ic0_iters"] <= 0.75 and r["vs_ic0_time"] < 1.0),
-                "amg_faster_total": bool(amg_row and amg_row["total_s"] < r["total_s"]),
-            })
+            amg_row = next(
+                (
+                    q
+                    for q in rows
+                    if q["family"] == r["family"] and q["n"] == r["n"] and q["method"] == "amg"
+                ),
+                None,
+            )
+            summary.append(
+                {
+                    "family": r["family"],
+                    "n": r["n"],
+                    "iter_reduction_vs_ic0": 1 - r["vs_ic0_iters"],
+                    "total_time_vs_ic0": r["vs_ic0_time"],
+                    "goal_met": bool(r["vs_ic0_iters"] <= 0.75 and r["vs_ic0_time"] < 1.0),
+                    "amg_faster_total": bool(amg_row and amg_row["total_s"] < r["total_s"]),
+                }
+            )
     print("\nlearned-factor vs IC(0) (same nonzeros):")
     print(markdown_table(summary))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "precond.png"
     _plot(histories, png)
-    path = write_results("precond", {
-        "config": {k: v for k, v in vars(args).items()},
-        "test_seeds": f"{TEST_SEED0} + 100 n + t, t < test_systems (training uses seeds "
-                      f"0..{args.train_systems - 1})",
-        "training": training,
-        "rows": rows,
-        "summary_learned_factor_vs_ic0": summary,
-        "residual_histories": {f"{f}/{n}/{m}": h for (f, n, m), h in histories.items()},
-        "plot": str(png),
-    }, out)
+    path = write_results(
+        "precond",
+        {
+            "config": {k: v for k, v in vars(args).items()},
+            "test_seeds": f"{TEST_SEED0} + 100 n + t, t < test_systems (training uses seeds "
+            f"0..{args.train_systems - 1})",
+            "training": training,
+            "rows": rows,
+            "summary_learned_factor_vs_ic0": summary,
+            "residual_histories": {f"{f}/{n}/{m}": h for (f, n, m), h in histories.items()},
+            "plot": str(png),
+        },
+        out,
+    )
     print(f"\nwrote {path} and {png}")
     return 0
 

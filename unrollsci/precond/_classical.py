@@ -189,8 +189,12 @@ class AMGPreconditioner(LinearOperator):
     _rmv = _mv
 
 
-def jacobi(A: Any, *, device: torch.device | str | None = None,  # noqa: N803
-           dtype: torch.dtype = torch.float64) -> DiagonalPreconditioner:
+def jacobi(
+    A: Any,
+    *,
+    device: torch.device | str | None = None,  # noqa: N803
+    dtype: torch.dtype = torch.float64,
+) -> DiagonalPreconditioner:
     """Jacobi preconditioner ``M = diag(A)^{-1}``.
 
     Args:
@@ -242,7 +246,7 @@ def _ic0_plan(pat: LowerPattern) -> dict[str, Any]:
     lev_l = [0] * n
     for i in range(n):
         m = -1
-        for c in col_l[crow_l[i]:crow_l[i + 1] - 1]:
+        for c in col_l[crow_l[i] : crow_l[i + 1] - 1]:
             if lev_l[c] > m:
                 m = lev_l[c]
         lev_l[i] = m + 1
@@ -259,17 +263,28 @@ def _ic0_plan(pat: LowerPattern) -> dict[str, Any]:
     pa, pb, ptgt, pstage = pa[porder], pb[porder], ptgt[porder], pstage[porder]
     pstarts = np.searchsorted(pstage, st_sorted[starts], side="left")
     pends = np.searchsorted(pstage, st_sorted[starts], side="right")
-    return {"order": order, "starts": starts, "ends": ends, "is_diag": ~strict,
-            "pa": pa, "pb": pb, "ptgt": ptgt, "pstarts": pstarts, "pends": pends,
-            "diag": pat.diag.numpy(), "col": col}
+    return {
+        "order": order,
+        "starts": starts,
+        "ends": ends,
+        "is_diag": ~strict,
+        "pa": pa,
+        "pb": pb,
+        "ptgt": ptgt,
+        "pstarts": pstarts,
+        "pends": pends,
+        "diag": pat.diag.numpy(),
+        "col": col,
+    }
 
 
 def _ic0_numeric(plan: dict[str, Any], a_vals: np.ndarray) -> np.ndarray:
     vals = a_vals.astype(np.float64).copy()
     order, is_diag, diag, col = plan["order"], plan["is_diag"], plan["diag"], plan["col"]
     pa, pb, ptgt = plan["pa"], plan["pb"], plan["ptgt"]
-    for s, e, ps, pe in zip(plan["starts"], plan["ends"], plan["pstarts"], plan["pends"],
-                            strict=True):
+    for s, e, ps, pe in zip(
+        plan["starts"], plan["ends"], plan["pstarts"], plan["pends"], strict=True
+    ):
         tgt = order[s:e]
         if pe > ps:
             np.subtract.at(vals, ptgt[ps:pe], vals[pa[ps:pe]] * vals[pb[ps:pe]])
@@ -283,8 +298,9 @@ def _ic0_numeric(plan: dict[str, Any], a_vals: np.ndarray) -> np.ndarray:
     return vals
 
 
-def ic0_from_pattern(pat: LowerPattern, vals: np.ndarray, *, shift: float = 0.0,
-                     max_shift_tries: int = 30) -> tuple[np.ndarray, float]:
+def ic0_from_pattern(
+    pat: LowerPattern, vals: np.ndarray, *, shift: float = 0.0, max_shift_tries: int = 30
+) -> tuple[np.ndarray, float]:
     """Numeric IC(0) on a given lower pattern with the values of ``tril(A)`` on it.
 
     On breakdown (non-positive pivot) retries with ``A + alpha diag(A)``, doubling
@@ -319,8 +335,12 @@ def ic0_values(a: Any, *, shift: float = 0.0) -> tuple[LowerPattern, np.ndarray,
     return pat, out, alpha
 
 
-def ic0(A: Any, *, device: torch.device | str | None = None,  # noqa: N803
-        dtype: torch.dtype = torch.float64) -> FactorPreconditioner:
+def ic0(
+    A: Any,
+    *,
+    device: torch.device | str | None = None,  # noqa: N803
+    dtype: torch.dtype = torch.float64,
+) -> FactorPreconditioner:
     """Zero fill-in incomplete Cholesky, ``A ~ L L^T`` with ``L`` on ``tril(A)``'s pattern.
 
     Scipy has no incomplete Cholesky (``spilu`` is ILUTP), so this is written here:

@@ -24,23 +24,35 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
     try:
         model = LearnedPreconditioner("factor")
         t0 = time.perf_counter()
-        fit_preconditioner(model, [diffusion2d(16, seed=s) for s in range(8)], steps=8,
-                           epochs=6, lr=5e-3, n_rhs=2)
+        fit_preconditioner(
+            model, [diffusion2d(16, seed=s) for s in range(8)], steps=8, epochs=6, lr=5e-3, n_rhs=2
+        )
         train_s = time.perf_counter() - t0
         a = diffusion2d(48, seed=12345)  # held out: seed and size not seen in training
         b = torch.from_numpy(np.random.default_rng(0).standard_normal(a.shape[0]))
         rows, hist = [], {}
-        for name, make in [("none", lambda: None), ("jacobi", lambda: jacobi(a)),
-                           ("ic0", lambda: ic0(a)), ("learned factor", lambda: model.build(a))]:
+        for name, make in [
+            ("none", lambda: None),
+            ("jacobi", lambda: jacobi(a)),
+            ("ic0", lambda: ic0(a)),
+            ("learned factor", lambda: model.build(a)),
+        ]:
             t1 = time.perf_counter()
             m = make()
             t2 = time.perf_counter()
             sol = cg(a, b, M=m, tol=1e-8, max_iter=5000)
             t3 = time.perf_counter()
             hist[name] = sol.residuals
-            rows.append({"method": name, "nnz": getattr(m, "nnz", 0),
-                         "iterations": sol.iterations, "setup_s": t2 - t1, "solve_s": t3 - t2,
-                         "train_s": train_s if name.startswith("learned") else 0.0})
+            rows.append(
+                {
+                    "method": name,
+                    "nnz": getattr(m, "nnz", 0),
+                    "iterations": sol.iterations,
+                    "setup_s": t2 - t1,
+                    "solve_s": t3 - t2,
+                    "train_s": train_s if name.startswith("learned") else 0.0,
+                }
+            )
         try:
             import matplotlib
 

@@ -81,8 +81,14 @@ def diffusion2d(n: int, sigma: float = 1.0, *, shift: float = 1e-2, seed: int | 
     return sp.csr_matrix((vals, (rows, cols)), shape=(N, N))
 
 
-def anisotropic2d(n: int, *, epsilon: float | None = None, theta: float | None = None,
-                  shift: float = 1e-3, seed: int | None = 0) -> Any:
+def anisotropic2d(
+    n: int,
+    *,
+    epsilon: float | None = None,
+    theta: float | None = None,
+    shift: float = 1e-3,
+    seed: int | None = 0,
+) -> Any:
     """Rotated anisotropic diffusion ``-div(K grad u)``, ``K = R diag(1, eps) R^T``, 9-point
     finite differences on an ``n x n`` grid with Dirichlet boundary.
 
@@ -118,8 +124,9 @@ def anisotropic2d(n: int, *, epsilon: float | None = None, theta: float | None =
     return a
 
 
-def graph_laplacian(n: int, *, degree: float = 8.0, shift: float = 1e-2,
-                    seed: int | None = 0) -> Any:
+def graph_laplacian(
+    n: int, *, degree: float = 8.0, shift: float = 1e-2, seed: int | None = 0
+) -> Any:
     """Weighted graph Laplacian plus a positive diagonal, on a random geometric graph.
 
     ``n^2`` points uniform in the unit square (``n`` is the side of an equivalent grid,
@@ -145,8 +152,10 @@ def graph_laplacian(n: int, *, degree: float = 8.0, shift: float = 1e-2,
     pairs = cKDTree(pts).query_pairs(radius, output_type="ndarray")
     w = np.exp(0.5 * rng.standard_normal(len(pairs)))
     i, j = pairs[:, 0], pairs[:, 1]
-    W = sp.csr_matrix((np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))),  # noqa: N806
-                      shape=(N, N))
+    W = sp.csr_matrix(
+        (np.concatenate([w, w]), (np.concatenate([i, j]), np.concatenate([j, i]))),  # noqa: N806
+        shape=(N, N),
+    )
     deg = np.asarray(W.sum(axis=1)).ravel()
     d = deg + shift * max(deg.mean(), 1e-12) * rng.uniform(0.5, 1.5, N)
     return sp.csr_matrix(sp.diags(d) - W)

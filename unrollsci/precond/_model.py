@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +56,17 @@ class MatrixGraph:
 
     def to(self, device: torch.device | str) -> MatrixGraph:
         return MatrixGraph(
-            self.n, self.pattern.to(device), self.base.to(device), self.dsqrt.to(device),
-            self.x.to(device), self.edge_index.to(device), self.edge_attr.to(device),
-            self.low_fwd.to(device), self.low_bwd.to(device), self.strict.to(device), self.shift,
+            self.n,
+            self.pattern.to(device),
+            self.base.to(device),
+            self.dsqrt.to(device),
+            self.x.to(device),
+            self.edge_index.to(device),
+            self.edge_attr.to(device),
+            self.low_fwd.to(device),
+            self.low_bwd.to(device),
+            self.strict.to(device),
+            self.shift,
         )
 
 
@@ -105,23 +113,36 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     ebase[fwd] = bvals[strict]
     ebase[bwd] = bvals[strict]
     logd = np.log(d)
-    edge_attr = np.stack([ev, ebase, np.sign(er - ec).astype(np.float64),
-                          np.tanh(0.5 * (logd[ec] - logd[er]))], axis=1)
+    edge_attr = np.stack(
+        [ev, ebase, np.sign(er - ec).astype(np.float64), np.tanh(0.5 * (logd[ec] - logd[er]))],
+        axis=1,
+    )
     deg = np.bincount(er, minlength=n).astype(np.float64)
     rowsum = np.bincount(er, weights=ev, minlength=n) + 1.0
     absum = np.bincount(er, weights=np.abs(ev), minlength=n)
-    x = np.stack([rowsum, absum, deg / 8.0, bvals[pat.diag.numpy()],
-                  np.bincount(er, weights=edge_attr[:, 3], minlength=n) / np.maximum(deg, 1)],
-                 axis=1)
+    x = np.stack(
+        [
+            rowsum,
+            absum,
+            deg / 8.0,
+            bvals[pat.diag.numpy()],
+            np.bincount(er, weights=edge_attr[:, 3], minlength=n) / np.maximum(deg, 1),
+        ],
+        axis=1,
+    )
     f32 = torch.float32
     return MatrixGraph(
-        n=n, pattern=pat, base=torch.from_numpy(bvals), dsqrt=torch.from_numpy(np.sqrt(d)),
+        n=n,
+        pattern=pat,
+        base=torch.from_numpy(bvals),
+        dsqrt=torch.from_numpy(np.sqrt(d)),
         x=torch.from_numpy(x).to(f32),
         edge_index=torch.from_numpy(np.stack([ec, er]).astype(np.int64)),
         edge_attr=torch.from_numpy(edge_attr).to(f32),
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
         low_bwd=torch.from_numpy(bwd.astype(np.int64)),
-        strict=torch.from_numpy(strict), shift=float(shift),
+        strict=torch.from_numpy(strict),
+        shift=float(shift),
     )
 
 
@@ -150,10 +171,12 @@ def _make_layer(hidden: int) -> nn.Module:
             self.edge = nn.Linear(h, h, bias=False)
             self.upd = nn.Linear(2 * h, h)
 
-        def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
-                    e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            m = nn.functional.silu(self.src(x)[edge_index[0]] + self.dst(x)[edge_index[1]]
-                                   + self.edge(e))
+        def forward(
+            self, x: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            m = nn.functional.silu(
+                self.src(x)[edge_index[0]] + self.dst(x)[edge_index[1]] + self.edge(e)
+            )
             agg = self.propagate(edge_index, m=m, size=(x.shape[0], x.shape[0]))
             return x + nn.functional.silu(self.upd(torch.cat([x, agg], dim=-1))), e + m
 
@@ -204,9 +227,17 @@ class LearnedPreconditioner(nn.Module):
         True
     """
 
-    def __init__(self, kind: str = "factor", *, hidden: int = 8, layers: int = 1,
-                 base: str | None = None, block_size: int = 16, min_n: int = 2,
-                 max_n: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str = "factor",
+        *,
+        hidden: int = 8,
+        layers: int = 1,
+        base: str | None = None,
+        block_size: int = 16,
+        min_n: int = 2,
+        max_n: int | None = None,
+    ) -> None:
         super().__init__()
         if kind not in _KINDS:
             raise ValueError(f"Expected kind in {_KINDS} (got {kind!r}).")
@@ -214,8 +245,10 @@ class LearnedPreconditioner(nn.Module):
         if base not in _BASES:
             raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
         if kind == "inverse" and base == "ic0":
-            raise ValueError("base='ic0' is a factor of A, not of A^{-1}; use 'identity' "
-                             "or 'ssor' for kind='inverse'.")
+            raise ValueError(
+                "base='ic0' is a factor of A, not of A^{-1}; use 'identity' "
+                "or 'ssor' for kind='inverse'."
+            )
         if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
             raise ValueError(
                 f"Expected hidden >= 1, layers >= 0, block_size >= 1, min_n >= 1 (got "
@@ -235,9 +268,15 @@ class LearnedPreconditioner(nn.Module):
             nn.init.zeros_(head[-1].bias)
 
     def get_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "hidden": self.hidden, "layers": self.layers,
-                "base": self.base, "block_size": self.block_size, "min_n": self.min_n,
-                "max_n": self.max_n}
+        return {
+            "kind": self.kind,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "base": self.base,
+            "block_size": self.block_size,
+            "min_n": self.min_n,
+            "max_n": self.max_n,
+        }
 
     def prepare(self, A: Any) -> MatrixGraph:  # noqa: N803
         """Validate ``A`` and build its :class:`MatrixGraph` (the non-learned part of setup)."""
@@ -327,8 +366,9 @@ class SystemBatch:
     x: torch.Tensor  # (nrhs, n) exact solutions
 
 
-def make_batches(model: LearnedPreconditioner, matrices: Sequence[Any], *, n_rhs: int = 4,
-                 seed: int = 0) -> list[SystemBatch]:
+def make_batches(
+    model: LearnedPreconditioner, matrices: Sequence[Any], *, n_rhs: int = 4, seed: int = 0
+) -> list[SystemBatch]:
     """Training data for :func:`unrollsci.train.fit`: one batch per matrix.
 
     Right-hand sides are standard normal (seeded); exact solutions come from a sparse
@@ -349,13 +389,23 @@ def make_batches(model: LearnedPreconditioner, matrices: Sequence[Any], *, n_rhs
             raise ValueError(
                 f"matrices[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
             )
-        out.append(SystemBatch(g, SparseOperator(a).to(dev),
-                               torch.from_numpy(b).to(dev), torch.from_numpy(x).to(dev)))
+        out.append(
+            SystemBatch(
+                g,
+                SparseOperator(a).to(dev),
+                torch.from_numpy(b).to(dev),
+                torch.from_numpy(x).to(dev),
+            )
+        )
     return out
 
 
-def unrolled_pcg(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
-                 M: Callable[[torch.Tensor], torch.Tensor], steps: int) -> torch.Tensor:  # noqa: N803
+def unrolled_pcg(
+    op: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    M: Callable[[torch.Tensor], torch.Tensor],
+    steps: int,
+) -> torch.Tensor:  # noqa: N803
     """``steps`` iterations of preconditioned CG from ``x0 = 0``, differentiable throughout.
 
     The same recurrence as :func:`unrollsci.solvers.cg` without stopping tests, so that
@@ -389,8 +439,9 @@ def unrolled_pcg(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
     return x
 
 
-def pcg_loss(steps: int = 20, loss: str = "energy",
-             seed: int = 0) -> Callable[[LearnedPreconditioner, SystemBatch], torch.Tensor]:
+def pcg_loss(
+    steps: int = 20, loss: str = "energy", seed: int = 0
+) -> Callable[[LearnedPreconditioner, SystemBatch], torch.Tensor]:
     """Loss function ``(model, batch) -> scalar`` for :func:`unrollsci.train.fit`.
 
     Args:
@@ -435,11 +486,20 @@ def pcg_loss(steps: int = 20, loss: str = "energy",
     return fn
 
 
-def fit_preconditioner(model: LearnedPreconditioner, matrices: Sequence[Any], *,
-                       steps: int = 20, loss: str = "energy", n_rhs: int = 4,
-                       val_matrices: Sequence[Any] | None = None, epochs: int = 30,
-                       lr: float = 3e-3, seed: int = 0, progress: bool = False,
-                       **fit_kwargs: Any) -> Any:
+def fit_preconditioner(
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    *,
+    steps: int = 20,
+    loss: str = "energy",
+    n_rhs: int = 4,
+    val_matrices: Sequence[Any] | None = None,
+    epochs: int = 30,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = False,
+    **fit_kwargs: Any,
+) -> Any:
     """Train ``model`` on a list of matrices with the shared :func:`unrollsci.train.fit`.
 
     Returns:
@@ -448,7 +508,15 @@ def fit_preconditioner(model: LearnedPreconditioner, matrices: Sequence[Any], *,
     from ..train import fit
 
     data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed)
-    val = (make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1)
-           if val_matrices else None)
-    return fit(model, pcg_loss(steps, loss, seed), data, val_data=val, epochs=epochs, lr=lr,
-               seed=seed, progress=progress, **fit_kwargs)
+    val = make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1) if val_matrices else None
+    return fit(
+        model,
+        pcg_loss(steps, loss, seed),
+        data,
+        val_data=val,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+        **fit_kwargs,
+    )

@@ -39,15 +39,25 @@ class LowerPattern:
         return int(self.col.numel())
 
     def to(self, device: torch.device | str) -> LowerPattern:
-        return LowerPattern(self.n, self.crow.to(device), self.col.to(device),
-                            self.row.to(device), self.diag.to(device))
+        return LowerPattern(
+            self.n,
+            self.crow.to(device),
+            self.col.to(device),
+            self.row.to(device),
+            self.diag.to(device),
+        )
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         """The torch sparse CSR matrix with these values (no autograd)."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(self.crow.to(values.device), self.col.to(values.device),
-                                           values, size=(self.n, self.n), check_invariants=False)
+            return torch.sparse_csr_tensor(
+                self.crow.to(values.device),
+                self.col.to(values.device),
+                values,
+                size=(self.n, self.n),
+                check_invariants=False,
+            )
 
     def scipy(self, values: torch.Tensor) -> Any:
         import scipy.sparse as sp
@@ -95,17 +105,25 @@ def lower_pattern(a: Any, *, keep: np.ndarray | None = None) -> tuple[LowerPatte
     counts = np.bincount(rows, minlength=n)
     crow = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     diag = crow[1:] - 1  # columns sorted, diagonal is last in each row
-    pat = LowerPattern(n, torch.from_numpy(crow), torch.from_numpy(cols),
-                       torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(diag))
+    pat = LowerPattern(
+        n,
+        torch.from_numpy(crow),
+        torch.from_numpy(cols),
+        torch.from_numpy(rows.astype(np.int64)),
+        torch.from_numpy(diag),
+    )
     return pat, vals
 
 
-def _solve(pat: LowerPattern, values: torch.Tensor, b: torch.Tensor, transpose: bool) -> torch.Tensor:
+def _solve(
+    pat: LowerPattern, values: torch.Tensor, b: torch.Tensor, transpose: bool
+) -> torch.Tensor:
     """Solve ``L y = b`` (or ``L^T y = b``) for ``b: (n, k)`` without autograd."""
     mat = pat.csr(values.detach())
     try:
-        return torch.triangular_solve(b.contiguous(), mat, upper=False,
-                                      transpose=transpose).solution
+        return torch.triangular_solve(
+            b.contiguous(), mat, upper=False, transpose=transpose
+        ).solution
     except (RuntimeError, NotImplementedError):  # pragma: no cover - backend without sparse trsv
         import scipy.sparse.linalg as spla
 
@@ -139,8 +157,9 @@ class _TriSolve(torch.autograd.Function):
         return gv, gb if ctx.needs_input_grad[1] else None, None, None
 
 
-def tri_solve(pat: LowerPattern, values: torch.Tensor, b: torch.Tensor, *,
-              transpose: bool = False) -> torch.Tensor:
+def tri_solve(
+    pat: LowerPattern, values: torch.Tensor, b: torch.Tensor, *, transpose: bool = False
+) -> torch.Tensor:
     """Differentiable sparse triangular solve ``L y = b`` (``L^T y = b`` if ``transpose``).
 
     Args:
@@ -154,8 +173,9 @@ def tri_solve(pat: LowerPattern, values: torch.Tensor, b: torch.Tensor, *,
     return _TriSolve.apply(values, b.T, pat, transpose).T
 
 
-def lower_matvec(pat: LowerPattern, values: torch.Tensor, x: torch.Tensor, *,
-                 transpose: bool = False) -> torch.Tensor:
+def lower_matvec(
+    pat: LowerPattern, values: torch.Tensor, x: torch.Tensor, *, transpose: bool = False
+) -> torch.Tensor:
     """``L x`` (or ``L^T x``) for ``x: (batch, n)`` by gather / scatter-add (differentiable)."""
     row, col = pat.row.to(x.device), pat.col.to(x.device)
     src, dst = (row, col) if transpose else (col, row)
@@ -175,7 +195,9 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
     if isinstance(a, torch.Tensor):
         if a.layout == torch.strided:
             if a.dim() != 2:
-                raise ValueError(f"Expected '{name}' to be a 2-D matrix (got shape {tuple(a.shape)}).")
+                raise ValueError(
+                    f"Expected '{name}' to be a 2-D matrix (got shape {tuple(a.shape)})."
+                )
             a = sp.csr_matrix(a.detach().cpu().double().numpy())
         else:
             coo = a.detach().to_sparse_coo().coalesce().cpu()
