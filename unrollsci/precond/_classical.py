@@ -99,7 +99,8 @@ class InverseFactorPreconditioner(LinearOperator):
 
 class BlockPreconditioner(LinearOperator):
     """Block-diagonal ``M^{-1} = blockdiag(L_b L_b^T)``, ``L_b`` lower-triangular with positive
-    diagonal; applied by batched dense triangular solves on the blocks.
+    diagonal. The block inverses ``L_b^{-1}`` are formed once (batched triangular solves),
+    so each application is two batched dense mat-vecs.
 
     Args:
         pattern: lower pattern whose off-diagonal entries all lie inside blocks of
@@ -142,13 +143,32 @@ class BlockPreconditioner(LinearOperator):
             blk = blk + eye
         return blk
 
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values
+
+    @values.setter
+    def values(self, v: torch.Tensor) -> None:
+        # Assigning new values (not modifying them in place) refreshes the block inverses.
+        self._values = v
+        self._inv: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def inverse_blocks(self, like: torch.Tensor) -> torch.Tensor:
+        """``L_b^{-1}`` for every block (batched triangular solves), formed once per dtype."""
+        key = (like.dtype, like.device)
+        if key not in self._inv:
+            blk = self.blocks(like)
+            eye = torch.eye(self.block_size, dtype=blk.dtype, device=blk.device)
+            self._inv[key] = torch.linalg.solve_triangular(blk, eye.expand_as(blk), upper=False)
+        return self._inv[key]
+
     def _mv(self, r: torch.Tensor) -> torch.Tensor:
         bs, nb = self.block_size, self.n_blocks
-        blk = self.blocks(r)
+        inv = self.inverse_blocks(r)
         batch, n = r.shape
         rp = torch.nn.functional.pad(r, (0, self._pad)).view(batch, nb, bs).permute(1, 2, 0)
-        y = torch.linalg.solve_triangular(blk, rp, upper=False)
-        z = torch.linalg.solve_triangular(blk.transpose(-1, -2), y, upper=True)
+        y = inv @ rp  # L_b^{-1} r_b: dense small blocks, two batched mat-vecs per apply
+        z = inv.transpose(-1, -2) @ y
         return z.permute(2, 0, 1).reshape(batch, nb * bs)[:, :n]
 
     _rmv = _mv

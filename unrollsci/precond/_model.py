@@ -50,7 +50,8 @@ class MatrixGraph:
     edge_index: torch.Tensor  # (2, E) off-diagonal entries of A, source -> target(row)
     edge_attr: torch.Tensor  # (E, F) edge features
     low_fwd: torch.Tensor  # for strict-lower pattern entries (i, j): edge j -> i
-    low_bwd: torch.Tensor  # and edge i -> j
+    low_bwd: torch.Tensor  # and edge i -> j (= low_fwd + E/2)
+    aligned: bool  # low_fwd == arange(E/2): the lower edges are the pattern's entries
     strict: torch.Tensor  # bool mask over the pattern: off-diagonal entries
     shift: float  # IC(0) diagonal shift used for the base (0 when none)
 
@@ -65,6 +66,7 @@ class MatrixGraph:
             self.edge_attr.to(device),
             self.low_fwd.to(device),
             self.low_bwd.to(device),
+            self.aligned,
             self.strict.to(device),
             self.shift,
         )
@@ -95,19 +97,18 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         bvals = np.where(strict, svals, 1.0)
     else:
         bvals = np.where(strict, 0.0, 1.0)
-    # Directed edges j -> i for every off-diagonal entry S_ij, in CSR order.
-    off = rows_all != cols_all
-    er, ec, ev = rows_all[off], cols_all[off], sv[off]
+    # Directed edges: first every strict-lower entry S_ij (j -> i) in CSR order, then the
+    # same entries transposed (i -> j), so edge k + half is the reverse of edge k.
+    lo = cols_all < rows_all
+    li, lj, lv = rows_all[lo], cols_all[lo], sv[lo]
+    half = li.size
+    er, ec, ev = np.concatenate([li, lj]), np.concatenate([lj, li]), np.concatenate([lv, lv])
     ne = er.size
-    # Position of each entry's transpose, by one CSR transpose of the entry numbers.
-    num = sp.csr_matrix((np.arange(1, ne + 1, dtype=np.float64), (er, ec)), shape=(n, n))
-    tpos = np.asarray(num.T.tocsr().data, dtype=np.int64) - 1  # tpos[k]: edge of (ec, er)
-    # Edge number of every strict-lower pattern entry (i, j) with i > j.
-    lower_edge = np.flatnonzero(ec < er)
-    key_e = er[lower_edge] * n + ec[lower_edge]
-    key_p = row[strict] * n + col[strict]
-    fwd = lower_edge[np.searchsorted(key_e, key_p)]
-    bwd = tpos[fwd]
+    if kind == "block":  # pattern entries are a subset of the lower edges
+        fwd = np.searchsorted(li * n + lj, row[strict] * n + col[strict])
+    else:
+        fwd = np.arange(half)
+    bwd = fwd + half
     # Base factor value on each edge (symmetric copy for the upper direction).
     ebase = np.zeros(ne)
     ebase[fwd] = bvals[strict]
@@ -141,6 +142,7 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         edge_attr=torch.from_numpy(edge_attr).to(f32),
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
         low_bwd=torch.from_numpy(bwd.astype(np.int64)),
+        aligned=kind != "block",
         strict=torch.from_numpy(strict),
         shift=float(shift),
     )
@@ -259,9 +261,15 @@ class LearnedPreconditioner(nn.Module):
         self.min_n, self.max_n = int(min_n), (None if max_n is None else int(max_n))
         self.theta = 0.995
         self.node_enc = _mlp(5, hidden, hidden)
-        self.edge_enc = _mlp(4, hidden, hidden)
+        self.edge_enc = nn.Linear(4, hidden)
         self.convs = nn.ModuleList([_make_layer(hidden) for _ in range(layers)])
-        self.off_head = _mlp(4 * hidden, hidden, 1)
+        # Off-diagonal head: silu(W_f e_ij + W_b e_ji + P h_i + Q h_j) -> 1 (an MLP on the
+        # concatenation, written without materializing it).
+        self.off_fwd = nn.Linear(hidden, hidden)
+        self.off_bwd = nn.Linear(hidden, hidden, bias=False)
+        self.off_row = nn.Linear(hidden, hidden, bias=False)
+        self.off_col = nn.Linear(hidden, hidden, bias=False)
+        self.off_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
         self.diag_head = _mlp(hidden, hidden, 1)
         for head in (self.off_head, self.diag_head):
             nn.init.zeros_(head[-1].weight)
@@ -305,8 +313,13 @@ class LearnedPreconditioner(nn.Module):
         pat = g.pattern
         strict = g.strict
         ri, ci = pat.row[strict], pat.col[strict]
-        ef, eb = e[g.low_fwd], e[g.low_bwd]
-        off = self.off_head(torch.cat([ef + eb, ef - eb, h[ri], h[ci]], dim=-1)).squeeze(-1)
+        if g.aligned:
+            half = e.shape[0] // 2
+            ef, eb = e[:half], e[half:]
+        else:
+            ef, eb = e[g.low_fwd], e[g.low_bwd]
+        pre = self.off_fwd(ef) + self.off_bwd(eb) + self.off_row(h)[ri] + self.off_col(h)[ci]
+        off = self.off_head(pre).squeeze(-1)
         dg = self.diag_head(h).squeeze(-1)
         base = g.base.to(torch.float64)
         diag_pos = pat.diag
