@@ -7,6 +7,8 @@ import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from unrollsci.operators import to_torch_sparse
 from unrollsci.precond import (
@@ -181,6 +183,25 @@ def test_random_weights_give_spd_preconditioner(device, kind, fam):
         A = to_torch_sparse(a).to(device)  # noqa: N806
         sol = cg(A, b, M=m, tol=1e-8, max_iter=2000)
         assert sol.converged
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    kind=st.sampled_from(KINDS),
+    fam=st.sampled_from([f[1] for f in FAMILY_CASES]),
+)
+def test_property_spd_for_any_weights(device, seed, scale, kind, fam):
+    a = fam(seed)
+    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4).to(device)
+    randomize(model, seed=seed, scale=scale)
+    dense = dense_of(model.build(a), a.shape[0], device)
+    sym = 0.5 * (dense + dense.T)
+    assert np.abs(dense - dense.T).max() <= 1e-10 * np.abs(dense).max()
+    assert np.linalg.eigvalsh(sym).min() > 0
 
 
 def test_build_accepts_torch_sparse_and_is_usable_in_cg(device):
@@ -361,3 +382,27 @@ def test_demo_runs(tmp_path):
     it = {r["method"]: r["iterations"] for r in rows}
     assert it["ic0"] < it["jacobi"] < it["none"]
     assert (tmp_path / "precond_demo.png").exists()
+
+
+def test_summarize_breakeven():
+    from unrollsci.precond._bench import summarize
+
+    def row(m, it, setup, solve):
+        return {
+            "family": "f",
+            "n": "8^2",
+            "method": m,
+            "iters": it,
+            "setup_s": setup,
+            "solve_s": solve,
+            "total_s": setup + solve,
+            "vs_ic0_iters": it / 40,
+            "vs_ic0_time": (setup + solve) / 1.1,
+        }
+
+    rows = [row("ic0", 40, 0.1, 1.0), row("learned-factor", 26, 0.4, 0.6), row("amg", 9, 0.3, 0.3)]
+    (s,) = summarize(rows)
+    assert s["breakeven_rhs"] == 1.0  # 0.3 s more setup, 0.4 s less per solve
+    assert s["goal_met"] and s["amg_faster_total"]
+    rows[1] = row("learned-factor", 26, 1.0, 0.8)
+    assert summarize(rows)[0]["breakeven_rhs"] == 5.0  # ceil(0.9 / 0.2)
