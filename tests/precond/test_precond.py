@@ -406,3 +406,20 @@ def test_summarize_breakeven():
     assert s["goal_met"] and s["amg_faster_total"]
     rows[1] = row("learned-factor", 26, 1.0, 0.8)
     assert summarize(rows)[0]["breakeven_rhs"] == 5.0  # ceil(0.9 / 0.2)
+
+
+def test_training_never_worse_than_base_on_validation():
+    mats = [anisotropic2d(10, seed=s) for s in range(3)]
+    val = [anisotropic2d(10, seed=100 + s) for s in range(2)]
+    model = LearnedPreconditioner("factor", hidden=4, layers=1)
+    hist = fit_preconditioner(model, mats, steps=4, n_rhs=2, epochs=3, lr=5e-2, val_matrices=val)
+    loss_fn = pcg_loss(steps=4)
+    batches = make_batches(model, val, n_rhs=2, seed=1)  # the same systems fit validated on
+    with torch.no_grad():
+        final = float(np.mean([float(loss_fn(model, b)) for b in batches]))
+    assert final <= hist.initial_val + 1e-9
+    if hist.kept_initial:
+        a = anisotropic2d(10, seed=7)
+        np.testing.assert_allclose(
+            model.build(a).factor().toarray(), ic0(a).factor().toarray(), rtol=1e-6, atol=1e-8
+        )

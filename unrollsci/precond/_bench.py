@@ -90,6 +90,8 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
             "loss_last_epoch": hist.train_loss[-1],
             "best_val_loss": hist.best_val if val else None,
             "epochs_run": len(hist.train_loss),
+            "initial_val_loss": getattr(hist, "initial_val", None),
+            "kept_untrained_weights": getattr(hist, "kept_initial", None),
         }
         print(
             f"  trained {name} on {family}: {secs:.1f} s, loss "

@@ -503,28 +503,51 @@ def fit_preconditioner(
     model: LearnedPreconditioner,
     matrices: Sequence[Any],
     *,
-    steps: int = 20,
+    steps: int = 10,
     loss: str = "energy",
     n_rhs: int = 4,
     val_matrices: Sequence[Any] | None = None,
-    epochs: int = 30,
-    lr: float = 3e-3,
+    epochs: int = 15,
+    lr: float = 2e-3,
     seed: int = 0,
     progress: bool = False,
+    keep_base_if_better: bool = True,
     **fit_kwargs: Any,
 ) -> Any:
     """Train ``model`` on a list of matrices with the shared :func:`unrollsci.train.fit`.
 
+    Args:
+        model: the preconditioner to train (in place).
+        matrices: training matrices (scipy / torch sparse SPD).
+        steps, loss: see :func:`pcg_loss`.
+        n_rhs: random right-hand sides per matrix.
+        val_matrices: validation matrices; ``fit`` keeps the weights of the best
+            validation epoch.
+        keep_base_if_better: with validation matrices, also score the weights before
+            training (the base factor, e.g. IC(0)) and keep them when no epoch beat
+            them, so that training cannot make the preconditioner worse on the
+            validation systems (``history.kept_initial`` says whether this happened).
+        epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``.
+
     Returns:
-        the training :class:`~unrollsci.train.History`.
+        the training :class:`~unrollsci.train.History` (plus ``initial_val`` and
+        ``kept_initial`` when validation matrices are given).
     """
+    import copy
+
     from ..train import fit
 
     data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed)
     val = make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1) if val_matrices else None
-    return fit(
+    loss_fn = pcg_loss(steps, loss, seed)
+    init_state, init_val = None, None
+    if val is not None and keep_base_if_better:
+        init_state = copy.deepcopy(model.state_dict())
+        with torch.no_grad():
+            init_val = float(np.mean([float(loss_fn(model, b)) for b in val]))
+    hist = fit(
         model,
-        pcg_loss(steps, loss, seed),
+        loss_fn,
         data,
         val_data=val,
         epochs=epochs,
@@ -533,3 +556,9 @@ def fit_preconditioner(
         progress=progress,
         **fit_kwargs,
     )
+    if init_state is not None and init_val is not None:
+        hist.initial_val = init_val
+        hist.kept_initial = not hist.best_val < init_val
+        if hist.kept_initial:
+            model.load_state_dict(init_state)
+    return hist
