@@ -207,7 +207,7 @@ def test_property_spd_for_any_weights(device, seed, scale, kind, fam):
 def test_build_accepts_torch_sparse_and_is_usable_in_cg(device):
     a = diffusion2d(8, seed=0)
     At = to_torch_sparse(a).to(device)  # noqa: N806
-    model = LearnedPreconditioner("factor").to(device)
+    model = LearnedPreconditioner("factor", base="ic0").to(device)
     m = model.build(At)
     assert m.nnz == sp.tril(a).nnz
     b = torch.ones(64, dtype=torch.float64, device=device)
@@ -369,7 +369,7 @@ def test_bench_tiny_run_writes_json_and_png(tmp_path):
     assert rc == 0
     data = json.loads((tmp_path / "precond.json").read_text())
     methods = {r["method"] for r in data["rows"]}
-    assert {"none", "jacobi", "ic0", "learned-factor"} <= methods
+    assert {"none", "jacobi", "ic0", "learned-factor", "learned-factor-ic0"} <= methods
     assert all(r["converged"] for r in data["rows"])
     assert (tmp_path / "precond.png").stat().st_size > 0
 
@@ -411,7 +411,7 @@ def test_summarize_breakeven():
 def test_training_never_worse_than_base_on_validation():
     mats = [anisotropic2d(10, seed=s) for s in range(3)]
     val = [anisotropic2d(10, seed=100 + s) for s in range(2)]
-    model = LearnedPreconditioner("factor", hidden=4, layers=1)
+    model = LearnedPreconditioner("factor", hidden=4, layers=1, base="ic0")
     hist = fit_preconditioner(model, mats, steps=4, n_rhs=2, epochs=3, lr=5e-2, val_matrices=val)
     loss_fn = pcg_loss(steps=4)
     batches = make_batches(model, val, n_rhs=2, seed=1)  # the same systems fit validated on
