@@ -488,9 +488,8 @@ def pcg_loss(
                 return torch.log((res.square().sum(-1) / z.square().sum(-1)).mean())
             v = m.values
             llz = lower_matvec(m.pattern, v, lower_matvec(m.pattern, v, z, transpose=True))
-            if model.kind == "block":
-                # L L^T restricted to blocks equals the sparse product on the block pattern.
-                pass
+            # (for kind="block", L is the block factor on its in-block pattern, so the same
+            # sparse product gives blockdiag(L_b L_b^T) z)
             return torch.log(((llz - az).square().sum(-1) / az.square().sum(-1)).mean())
         xk = unrolled_pcg(A, batch.b, m, steps)
         if loss == "energy":
