@@ -303,9 +303,9 @@ def test_indefinite_matrix_detected():
 
 
 # ---------------------------------------------------------------------- training
-def test_training_reduces_loss_and_checkpoint_roundtrip(tmp_path):
+def test_training_reduces_loss_and_checkpoint_roundtrip(device, tmp_path):
     mats = [diffusion2d(12, seed=s) for s in range(4)]
-    model = LearnedPreconditioner("factor", hidden=8, layers=2)
+    model = LearnedPreconditioner("factor", hidden=8, layers=2).to(device)
     data = make_batches(model, mats, n_rhs=2, seed=0)
     loss_fn = pcg_loss(steps=6)
 
@@ -318,15 +318,17 @@ def test_training_reduces_loss_and_checkpoint_roundtrip(tmp_path):
     after = mean_loss()
     assert after < before
     path = save_checkpoint(model, tmp_path / "p.pt")
-    again = load_checkpoint(path, expected=LearnedPreconditioner)
+    again = load_checkpoint(path, expected=LearnedPreconditioner, map_location=device)
     a = diffusion2d(10, seed=99)
-    np.testing.assert_allclose(again.build(a).values.numpy(), model.build(a).values.numpy())
+    np.testing.assert_allclose(
+        again.build(a).values.cpu().numpy(), model.build(a).values.cpu().numpy()
+    )
 
 
 @pytest.mark.parametrize("loss", ["residual", "frobenius"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_other_losses_run(kind, loss):
-    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4)
+def test_other_losses_run(device, kind, loss):
+    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4).to(device)
     data = make_batches(model, [diffusion2d(6, seed=0)], n_rhs=2)
     val = pcg_loss(steps=3, loss=loss)(model, data[0])
     val.backward()
