@@ -364,12 +364,7 @@ class LearnedPreconditioner(nn.Module):
         """
         g = self.prepare(A)
         with torch.no_grad():
-            vals = self.factor_values(g)
-        if self.kind == "factor":
-            return FactorPreconditioner(g.pattern, vals)
-        if self.kind == "inverse":
-            return InverseFactorPreconditioner(g.pattern, vals)
-        return BlockPreconditioner(g.pattern, vals, self.block_size)
+            return self.from_graph(g)
 
     def forward(self, A: Any) -> LinearOperator:  # noqa: N803
         return self.build(A)
