@@ -425,3 +425,22 @@ def test_training_never_worse_than_base_on_validation():
         np.testing.assert_allclose(
             model.build(a).factor().toarray(), ic0(a).factor().toarray(), rtol=1e-6, atol=1e-8
         )
+
+
+def test_adaptive_unroll_length(device):
+    model = LearnedPreconditioner("factor", base="ic0").to(device)
+    mats = [diffusion2d(12, seed=0), anisotropic2d(12, epsilon=1e-3, theta=0.0, seed=0)]
+    batches = make_batches(model, mats, n_rhs=2, adaptive_tol=1e-6)
+    for bt in batches:
+        m = model.build(bt.op.to_scipy())
+        den = (bt.x * bt.b).sum(-1)
+
+        def err(k, bt=bt, m=m, den=den):
+            e = unrolled_pcg(bt.op, bt.b, m, k) - bt.x
+            return float(((e * bt.op(e)).sum(-1) / den).max())
+
+        assert err(bt.steps) <= 1e-6
+        if bt.steps > 2:
+            assert err(bt.steps - 1) > 1e-6
+    # the near-1D anisotropic system is easier for IC(0): fewer steps
+    assert batches[1].steps < batches[0].steps

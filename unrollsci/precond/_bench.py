@@ -81,6 +81,7 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
             lr=args.lr,
             seed=args.seed,
             val_matrices=val or None,
+            adaptive_tol=args.adaptive_tol,
             patience=args.patience if val else None,
         )
         secs = time.perf_counter() - t0
@@ -243,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also train the factor on top of IC(0) (base='ic0') besides the default SSOR base",
+    )
+    p.add_argument(
+        "--adaptive-tol",
+        type=float,
+        default=None,
+        help="per-system unroll length: steps the base needs to reach this energy error",
     )
     p.add_argument("--steps", type=int, default=10, help="unrolled PCG steps in the loss")
     p.add_argument("--epochs", type=int, default=15)

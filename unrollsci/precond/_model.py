@@ -378,15 +378,29 @@ class SystemBatch:
     op: SparseOperator
     b: torch.Tensor  # (nrhs, n)
     x: torch.Tensor  # (nrhs, n) exact solutions
+    steps: int | None = None  # unroll length for this system (None: the loss's default)
 
 
 def make_batches(
-    model: LearnedPreconditioner, matrices: Sequence[Any], *, n_rhs: int = 4, seed: int = 0
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    *,
+    n_rhs: int = 4,
+    seed: int = 0,
+    adaptive_tol: float | None = None,
+    max_steps: int = 50,
 ) -> list[SystemBatch]:
     """Training data for :func:`unrollsci.train.fit`: one batch per matrix.
 
     Right-hand sides are standard normal (seeded); exact solutions come from a sparse
     direct solve (for the energy-norm loss).
+
+    Args:
+        adaptive_tol: if given, each system gets its own unroll length: the number of PCG
+            steps the model's *current* (e.g. untrained = base) preconditioner needs to
+            bring the relative energy error below ``adaptive_tol`` (at most
+            ``max_steps``), so that easy and hard systems of one family are trained at the
+            same error level instead of easy ones at round-off.
     """
     import scipy.sparse.linalg as spla
 
@@ -403,15 +417,41 @@ def make_batches(
             raise ValueError(
                 f"matrices[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
             )
-        out.append(
-            SystemBatch(
-                g,
-                SparseOperator(a).to(dev),
-                torch.from_numpy(b).to(dev),
-                torch.from_numpy(x).to(dev),
-            )
+        batch = SystemBatch(
+            g, SparseOperator(a).to(dev), torch.from_numpy(b).to(dev), torch.from_numpy(x).to(dev)
         )
+        if adaptive_tol is not None:
+            batch.steps = _steps_to_tol(model, batch, adaptive_tol, max_steps)
+        out.append(batch)
     return out
+
+
+def _steps_to_tol(
+    model: LearnedPreconditioner, batch: SystemBatch, tol: float, max_steps: int
+) -> int:
+    """PCG steps the model's current preconditioner needs for energy error <= tol."""
+    with torch.no_grad():
+        m = model.from_graph(batch.graph)
+        A = batch.op  # noqa: N806
+        den = (batch.x * batch.b).sum(-1)
+        x = torch.zeros_like(batch.b)
+        r = batch.b
+        z = m(r)
+        p = z
+        rz = (r * z).sum(-1, keepdim=True)
+        for k in range(1, max_steps + 1):
+            ap = A(p)
+            alpha = rz / (p * ap).sum(-1, keepdim=True)
+            x = x + alpha * p
+            r = r - alpha * ap
+            e = x - batch.x
+            if float(((e * A(e)).sum(-1) / den).max()) <= tol:
+                return max(k, 2)
+            z = m(r)
+            rz_new = (r * z).sum(-1, keepdim=True)
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+    return max_steps
 
 
 def unrolled_pcg(
@@ -486,7 +526,7 @@ def pcg_loss(
             # (for kind="block", L is the block factor on its in-block pattern, so the same
             # sparse product gives blockdiag(L_b L_b^T) z)
             return torch.log(((llz - az).square().sum(-1) / az.square().sum(-1)).mean())
-        xk = unrolled_pcg(A, batch.b, m, steps)
+        xk = unrolled_pcg(A, batch.b, m, batch.steps or steps)
         if loss == "energy":
             e = xk - batch.x
             num = (e * A(e)).sum(-1)
@@ -512,6 +552,7 @@ def fit_preconditioner(
     seed: int = 0,
     progress: bool = False,
     keep_base_if_better: bool = True,
+    adaptive_tol: float | None = None,
     **fit_kwargs: Any,
 ) -> Any:
     """Train ``model`` on a list of matrices with the shared :func:`unrollsci.train.fit`.
@@ -527,6 +568,8 @@ def fit_preconditioner(
             training (the base factor, e.g. IC(0)) and keep them when no epoch beat
             them, so that training cannot make the preconditioner worse on the
             validation systems (``history.kept_initial`` says whether this happened).
+        adaptive_tol: per-system unroll lengths, see :func:`make_batches` (``steps`` is
+            then only the default for systems without one).
         epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``.
 
     Returns:
@@ -537,8 +580,13 @@ def fit_preconditioner(
 
     from ..train import fit
 
-    data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed)
-    val = make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1) if val_matrices else None
+    kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
+    data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
+    val = (
+        make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1, **kw)
+        if val_matrices
+        else None
+    )
     loss_fn = pcg_loss(steps, loss, seed)
     init_state, init_val = None, None
     if val is not None and keep_base_if_better:
