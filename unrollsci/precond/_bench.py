@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default="precond", help="results file name (<out>/<name>.json)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
@@ -363,10 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(summary))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / "precond.png"
+    png = out / f"{args.name}.png"
     _plot(histories, png)
     path = write_results(
-        "precond",
+        args.name,
         {
             "config": {k: v for k, v in vars(args).items()},
             "test_seeds": f"{TEST_SEED0} + 100 n + t, t < test_systems (training uses seeds "
