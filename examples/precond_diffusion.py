@@ -1,0 +1,45 @@
+"""Train a learned preconditioner on a family of diffusion problems, then solve a new one.
+
+Runs in about a minute on one CPU core:
+
+    python examples/precond_diffusion.py
+
+1. draws 16 random-coefficient diffusion matrices on a 32 x 32 grid,
+2. trains a GNN that corrects IC(0)'s factor, through 10 unrolled PCG steps,
+3. solves a new, larger (128 x 128) system with PCG and compares with IC(0).
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from unrollsci.precond import LearnedPreconditioner, diffusion2d, fit_preconditioner, ic0
+from unrollsci.solvers import cg
+
+torch.set_num_threads(1)
+
+train = [diffusion2d(32, sigma=1.0, seed=s) for s in range(16)]
+val = [diffusion2d(32, sigma=1.0, seed=500 + s) for s in range(4)]
+model = LearnedPreconditioner("factor")  # M^{-1} = L L^T on tril(A)'s pattern
+t0 = time.perf_counter()
+hist = fit_preconditioner(
+    model, train, steps=10, loss="energy", epochs=15, lr=3e-3, val_matrices=val, patience=5
+)
+print(
+    f"trained in {time.perf_counter() - t0:.1f} s; loss {hist.train_loss[0]:.2f} -> "
+    f"{min(hist.train_loss):.2f} (log energy error after 10 PCG steps)"
+)
+
+A = diffusion2d(128, sigma=1.0, seed=2024)  # a new system, 16x larger than in training
+b = torch.from_numpy(np.random.default_rng(0).standard_normal(A.shape[0]))
+for name, make in [("IC(0)", lambda: ic0(A)), ("learned", lambda: model.build(A))]:
+    t0 = time.perf_counter()
+    M = make()
+    t1 = time.perf_counter()
+    sol = cg(A, b, M=M, tol=1e-8)
+    t2 = time.perf_counter()
+    print(
+        f"{name:8s} nnz(L)={M.nnz:6d}  iterations={sol.iterations:3d}  "
+        f"setup {t1 - t0:.3f} s  solve {t2 - t1:.3f} s  converged={sol.converged}"
+    )

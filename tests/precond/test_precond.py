@@ -1,0 +1,446 @@
+"""Tests of unrollsci.precond against independent references (dense algebra, scipy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unrollsci.operators import to_torch_sparse
+from unrollsci.precond import (
+    LearnedPreconditioner,
+    amg,
+    anisotropic2d,
+    diffusion2d,
+    fit_preconditioner,
+    graph_laplacian,
+    ic0,
+    jacobi,
+    lower_pattern,
+    make_batches,
+    matrix_family,
+    pcg_loss,
+    tri_solve,
+    unrolled_pcg,
+)
+from unrollsci.solvers import cg
+from unrollsci.train import load_checkpoint, save_checkpoint
+
+KINDS = ["factor", "inverse", "block"]
+
+
+def dense_ic0(a: np.ndarray) -> np.ndarray:
+    """Textbook right-looking IC(0) on the pattern of a (dense loops, independent code)."""
+    n = a.shape[0]
+    pat = a != 0
+    low = np.tril(a).astype(float)
+    for k in range(n):
+        low[k, k] = np.sqrt(low[k, k])
+        for i in range(k + 1, n):
+            if pat[i, k]:
+                low[i, k] /= low[k, k]
+        for j in range(k + 1, n):
+            for i in range(j, n):
+                if pat[i, j]:
+                    low[i, j] -= low[i, k] * low[j, k]
+    return np.tril(low)
+
+
+def random_spd(n: int, seed: int) -> sp.csr_matrix:
+    r = sp.random(n, n, density=0.2, random_state=seed)
+    r = r + r.T
+    return sp.csr_matrix(r + sp.diags(np.asarray(abs(r).sum(1)).ravel() + 0.5))
+
+
+def dense_of(m, n: int, device) -> np.ndarray:
+    eye = torch.eye(n, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        return m(eye).cpu().numpy().T
+
+
+def randomize(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g))
+
+
+# ----------------------------------------------------------------------------- IC(0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ic0_matches_dense_reference(seed):
+    a = random_spd(25, seed)
+    got = ic0(a).factor().toarray()
+    np.testing.assert_allclose(got, dense_ic0(a.toarray()), atol=1e-12)
+
+
+def test_ic0_on_grid_and_tridiagonal_is_cholesky():
+    a = diffusion2d(6, seed=3)
+    np.testing.assert_allclose(ic0(a).factor().toarray(), dense_ic0(a.toarray()), atol=1e-12)
+    t = sp.diags([-1.0, 2.5, -1.0], [-1, 0, 1], shape=(9, 9), format="csr")
+    np.testing.assert_allclose(
+        ic0(t).factor().toarray(), np.linalg.cholesky(t.toarray()), atol=1e-12
+    )
+
+
+def test_ic0_shifts_on_breakdown():
+    # SPD but IC(0) of it breaks down without a shift (Kershaw-type example).
+    a = sp.csr_matrix(
+        np.array(
+            [
+                [3.0, -2.0, 0.0, 2.0],
+                [-2.0, 3.0, -2.0, 0.0],
+                [0.0, -2.0, 3.0, -2.0],
+                [2.0, 0.0, -2.0, 3.0],
+            ]
+        )
+    )
+    assert np.linalg.eigvalsh(a.toarray()).min() > 0
+    m = ic0(a)
+    assert m.shift > 0
+    sol = cg(a, torch.ones(4, dtype=torch.float64), M=m, tol=1e-10)
+    assert sol.converged
+
+
+# ------------------------------------------------------------------ triangular solves
+@pytest.mark.parametrize("transpose", [False, True])
+def test_tri_solve_matches_scipy_and_gradcheck(device, transpose):
+    a = random_spd(12, 4)
+    pat, vals = lower_pattern(a)
+    low = sp.tril(a).tocsr()
+    b = np.random.default_rng(0).standard_normal((3, 12))
+    v = torch.tensor(vals, dtype=torch.float64, device=device, requires_grad=True)
+    bt = torch.tensor(b, device=device, requires_grad=True)
+    y = tri_solve(pat.to(device), v, bt, transpose=transpose).detach().cpu().numpy()
+    m = low.T.tocsr() if transpose else low
+    ref = spla.spsolve_triangular(m, b.T, lower=not transpose).T
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda vv, bb: tri_solve(pat.to(device), vv, bb, transpose=transpose), (v, bt)
+    )
+
+
+# ----------------------------------------------------------- gradients through PCG
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_unrolled_pcg(device, kind):
+    a = diffusion2d(3, seed=1)  # 9 unknowns
+    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=3).double().to(device)
+    g = model.prepare(a)
+    with torch.no_grad():
+        v0 = model.factor_values(g)
+    op = to_torch_sparse(a).to(device)
+    from unrollsci.operators import SparseOperator
+
+    A = SparseOperator(op)  # noqa: N806
+    b = torch.randn(2, 9, dtype=torch.float64, device=device)
+    prec = model.from_graph(g)
+
+    def f(vals):
+        prec.values = vals
+        x = unrolled_pcg(A, b, prec, 4)
+        return (x * A(x)).sum(-1) - 2 * (x * b).sum(-1)
+
+    v = (v0 * (1 + 0.1 * torch.rand_like(v0))).requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (v,))
+
+
+def test_unrolled_pcg_matches_solvers_cg_and_direct(device):
+    a = diffusion2d(5, seed=2)
+    A = to_torch_sparse(a).to(device)  # noqa: N806
+    m = ic0(a, device=device)
+    b = torch.randn(3, 25, dtype=torch.float64, device=device)
+    x = unrolled_pcg(lambda v: (A @ v.T).T, b, m, 25)
+    ref = np.linalg.solve(a.toarray(), b.cpu().numpy().T).T
+    np.testing.assert_allclose(x.cpu().numpy(), ref, rtol=1e-8, atol=1e-10)
+    sol = cg(A, b, M=m, tol=1e-12)
+    np.testing.assert_allclose(sol.x.cpu().numpy(), ref, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------------------------ SPD by construction
+FAMILY_CASES = [
+    ("poisson", lambda s: diffusion2d(6, seed=s)),
+    ("anisotropic", lambda s: anisotropic2d(6, seed=s)),
+    ("graph", lambda s: graph_laplacian(6, seed=s)),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fam", FAMILY_CASES, ids=lambda f: f[0] if isinstance(f, tuple) else f)
+def test_random_weights_give_spd_preconditioner(device, kind, fam):
+    _, gen = fam
+    for trial in range(4):
+        a = gen(10 + trial)
+        model = LearnedPreconditioner(kind, hidden=8, layers=2, block_size=5).to(device)
+        randomize(model, seed=trial, scale=1.0 + trial)
+        m = model.build(a)
+        dense = dense_of(m, a.shape[0], device)
+        assert np.allclose(dense, dense.T, atol=1e-10 * abs(dense).max())
+        assert np.linalg.eigvalsh(0.5 * (dense + dense.T)).min() > 0
+        b = torch.randn(a.shape[0], dtype=torch.float64, device=device)
+        A = to_torch_sparse(a).to(device)  # noqa: N806
+        sol = cg(A, b, M=m, tol=1e-8, max_iter=2000)
+        assert sol.converged
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    kind=st.sampled_from(KINDS),
+    fam=st.sampled_from([f[1] for f in FAMILY_CASES]),
+)
+def test_property_spd_for_any_weights(device, seed, scale, kind, fam):
+    a = fam(seed)
+    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4).to(device)
+    randomize(model, seed=seed, scale=scale)
+    dense = dense_of(model.build(a), a.shape[0], device)
+    sym = 0.5 * (dense + dense.T)
+    assert np.abs(dense - dense.T).max() <= 1e-10 * np.abs(dense).max()
+    assert np.linalg.eigvalsh(sym).min() > 0
+
+
+def test_build_accepts_torch_sparse_and_is_usable_in_cg(device):
+    a = diffusion2d(8, seed=0)
+    At = to_torch_sparse(a).to(device)  # noqa: N806
+    model = LearnedPreconditioner("factor", base="ic0").to(device)
+    m = model.build(At)
+    assert m.nnz == sp.tril(a).nnz
+    b = torch.ones(64, dtype=torch.float64, device=device)
+    s_l = cg(At, b, M=m, tol=1e-8)
+    s_i = cg(At, b, M=ic0(a, device=device), tol=1e-8)
+    # untrained factor model == IC(0) of the scaled matrix == IC(0) (diagonal scaling commutes)
+    assert s_l.converged and s_l.iterations == s_i.iterations
+
+
+# --------------------------------------------------------------------- baselines
+def test_jacobi_and_amg_reduce_iterations():
+    pytest.importorskip("pyamg")
+    a = diffusion2d(24, seed=1)
+    b = torch.from_numpy(np.random.default_rng(0).standard_normal(a.shape[0]))
+    it = {
+        name: cg(a, b, M=m, tol=1e-8, max_iter=5000).iterations
+        for name, m in [("none", None), ("jacobi", jacobi(a)), ("ic0", ic0(a)), ("amg", amg(a))]
+    }
+    assert it["amg"] < it["ic0"] < it["jacobi"] < it["none"]
+
+
+# ---------------------------------------------------------------------- families
+def test_diffusion2d_sigma0_is_poisson():
+    n, shift = 7, 1e-2
+    t = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(n, n)).toarray()
+    t[0, 0] = t[-1, -1] = 3.0  # Dirichlet wall half a cell away
+    ref = np.kron(np.eye(n), t) + np.kron(t, np.eye(n))
+    ref += shift * np.diag(ref).mean() * np.eye(n * n)
+    np.testing.assert_allclose(diffusion2d(n, 0.0, shift=shift).toarray(), ref, atol=1e-12)
+
+
+def test_anisotropic_isotropic_limit_and_spd():
+    n = 6
+    t = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(n, n)).toarray()
+    ref = np.kron(np.eye(n), t) + np.kron(t, np.eye(n))
+    got = anisotropic2d(n, epsilon=1.0, theta=0.3, shift=0.0).toarray()
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    for s in range(3):
+        a = anisotropic2d(n, seed=s).toarray()
+        assert np.allclose(a, a.T) and np.linalg.eigvalsh(a).min() > 0
+
+
+def test_graph_laplacian_family():
+    a = graph_laplacian(8, seed=3)
+    d = a.toarray()
+    assert np.allclose(d, d.T) and np.linalg.eigvalsh(d).min() > 0
+    assert (graph_laplacian(8, seed=3) != a).nnz == 0
+    assert (graph_laplacian(8, seed=4) != a).nnz > 0
+
+
+# ------------------------------------------------------------------- bad inputs
+def test_bad_inputs():
+    model = LearnedPreconditioner("factor", max_n=100)
+    a = diffusion2d(4, seed=0).tolil()
+    ns = a.copy()
+    ns[0, 1] = 5.0
+    with pytest.raises(ValueError, match="symmetric"):
+        model.build(ns.tocsr())
+    with pytest.raises(ValueError, match="symmetric"):
+        ic0(ns.tocsr())
+    z = a.copy()
+    z[3, 3] = 0.0
+    with pytest.raises(ValueError, match="positive diagonal"):
+        model.build(z.tocsr())
+    nan = a.copy()
+    nan[2, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        model.build(nan.tocsr())
+    with pytest.raises(ValueError, match="size 2 <= n <= 100"):
+        model.build(diffusion2d(11, seed=0))
+    with pytest.raises(ValueError, match="square"):
+        jacobi(sp.random(3, 4, density=1.0, format="csr"))
+    with pytest.raises(TypeError, match="scipy sparse matrix or a torch tensor"):
+        model.build([[1.0]])
+    with pytest.raises(ValueError, match="block_size <= n"):
+        LearnedPreconditioner("block", block_size=64).build(diffusion2d(4, seed=0))
+    with pytest.raises(ValueError, match="kind"):
+        LearnedPreconditioner("dense")
+    with pytest.raises(ValueError, match="matrices\\[1\\]"):
+        matrix_family([diffusion2d(3, seed=0), ns.tocsr()])
+
+
+def test_indefinite_matrix_detected():
+    a = diffusion2d(5, seed=0)
+    indef = sp.csr_matrix(a - 1.5 * sp.eye(25) * a.diagonal().mean())
+    indef = sp.csr_matrix(indef + sp.diags(np.maximum(0, 1e-3 - indef.diagonal())))
+    assert indef.diagonal().min() > 0 and np.linalg.eigvalsh(indef.toarray()).min() < 0
+    m = LearnedPreconditioner("factor").build(indef)
+    with pytest.raises(ValueError, match="not positive definite"):
+        cg(indef, torch.ones(25, dtype=torch.float64), M=m)
+    with pytest.raises(ValueError, match="not positive definite"):
+        make_batches(LearnedPreconditioner("factor"), [indef])
+
+
+# ---------------------------------------------------------------------- training
+def test_training_reduces_loss_and_checkpoint_roundtrip(device, tmp_path):
+    mats = [diffusion2d(12, seed=s) for s in range(4)]
+    model = LearnedPreconditioner("factor", hidden=8, layers=2).to(device)
+    data = make_batches(model, mats, n_rhs=2, seed=0)
+    loss_fn = pcg_loss(steps=6)
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return float(np.mean([float(loss_fn(model, d)) for d in data]))
+
+    before = mean_loss()
+    fit_preconditioner(model, mats, steps=6, n_rhs=2, epochs=6, lr=1e-2)
+    after = mean_loss()
+    assert after < before
+    path = save_checkpoint(model, tmp_path / "p.pt")
+    again = load_checkpoint(path, expected=LearnedPreconditioner, map_location=device)
+    a = diffusion2d(10, seed=99)
+    np.testing.assert_allclose(
+        again.build(a).values.cpu().numpy(), model.build(a).values.cpu().numpy()
+    )
+
+
+@pytest.mark.parametrize("loss", ["residual", "frobenius"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_other_losses_run(device, kind, loss):
+    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4).to(device)
+    data = make_batches(model, [diffusion2d(6, seed=0)], n_rhs=2)
+    val = pcg_loss(steps=3, loss=loss)(model, data[0])
+    val.backward()
+    assert torch.isfinite(val)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+# ------------------------------------------------------------- bench / demo glue
+def test_bench_tiny_run_writes_json_and_png(tmp_path):
+    import json
+
+    from unrollsci.precond._bench import main
+
+    rc = main(
+        [
+            "--family",
+            "poisson",
+            "--n",
+            "10",
+            "--train-n",
+            "8",
+            "--train-systems",
+            "2",
+            "--val-systems",
+            "0",
+            "--epochs",
+            "1",
+            "--kinds",
+            "factor",
+            "--no-frobenius",
+            "--test-systems",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "precond.json").read_text())
+    methods = {r["method"] for r in data["rows"]}
+    assert {"none", "jacobi", "ic0", "learned-factor", "learned-factor-ic0"} <= methods
+    assert all(r["converged"] for r in data["rows"])
+    assert (tmp_path / "precond.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path):
+    from unrollsci.precond._demo import run_demo
+
+    rows = run_demo(tmp_path)
+    it = {r["method"]: r["iterations"] for r in rows}
+    assert it["ic0"] < it["jacobi"] < it["none"]
+    assert (tmp_path / "precond_demo.png").exists()
+
+
+def test_summarize_breakeven():
+    from unrollsci.precond._bench import summarize
+
+    def row(m, it, setup, solve):
+        return {
+            "family": "f",
+            "n": "8^2",
+            "method": m,
+            "iters": it,
+            "setup_s": setup,
+            "solve_s": solve,
+            "total_s": setup + solve,
+            "vs_ic0_iters": it / 40,
+            "vs_ic0_time": (setup + solve) / 1.1,
+        }
+
+    rows = [row("ic0", 40, 0.1, 1.0), row("learned-factor", 26, 0.4, 0.6), row("amg", 9, 0.3, 0.3)]
+    (s,) = summarize(rows)
+    assert s["breakeven_rhs"] == 1.0  # 0.3 s more setup, 0.4 s less per solve
+    assert s["goal_met"] and s["amg_faster_total"]
+    rows[1] = row("learned-factor", 26, 1.0, 0.8)
+    assert summarize(rows)[0]["breakeven_rhs"] == 5.0  # ceil(0.9 / 0.2)
+
+
+def test_training_never_worse_than_base_on_validation():
+    mats = [anisotropic2d(10, seed=s) for s in range(3)]
+    val = [anisotropic2d(10, seed=100 + s) for s in range(2)]
+    model = LearnedPreconditioner("factor", hidden=4, layers=1, base="ic0")
+    hist = fit_preconditioner(model, mats, steps=4, n_rhs=2, epochs=3, lr=5e-2, val_matrices=val)
+    loss_fn = pcg_loss(steps=4)
+    batches = make_batches(model, val, n_rhs=2, seed=1)  # the same systems fit validated on
+    with torch.no_grad():
+        final = float(np.mean([float(loss_fn(model, b)) for b in batches]))
+    assert final <= hist.initial_val + 1e-9
+    if hist.kept_initial:
+        a = anisotropic2d(10, seed=7)
+        np.testing.assert_allclose(
+            model.build(a).factor().toarray(), ic0(a).factor().toarray(), rtol=1e-6, atol=1e-8
+        )
+
+
+def test_adaptive_unroll_length(device):
+    model = LearnedPreconditioner("factor", base="ic0").to(device)
+    mats = [diffusion2d(12, seed=0), anisotropic2d(12, epsilon=1e-3, theta=0.0, seed=0)]
+    batches = make_batches(model, mats, n_rhs=2, adaptive_tol=1e-6)
+    for bt in batches:
+        m = model.build(bt.op.to_scipy())
+        den = (bt.x * bt.b).sum(-1)
+
+        def err(k, bt=bt, m=m, den=den):
+            e = unrolled_pcg(bt.op, bt.b, m, k) - bt.x
+            return float(((e * bt.op(e)).sum(-1) / den).max())
+
+        assert err(bt.steps) <= 1e-6
+        if bt.steps > 2:
+            assert err(bt.steps - 1) > 1e-6
+    # the near-1D anisotropic system is easier for IC(0): fewer steps
+    assert batches[1].steps < batches[0].steps

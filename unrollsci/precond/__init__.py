@@ -1,0 +1,58 @@
+"""Learned preconditioners trained through unrolled preconditioned CG.
+
+``LearnedPreconditioner(kind="factor"|"inverse"|"block")`` predicts the values of a
+sparse factor from a GNN over the matrix graph; ``M = model.build(A)`` is SPD by
+construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
+:func:`jacobi`, :func:`ic0`, :func:`amg` (PyAMG). Families of systems:
+:func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`.
+"""
+
+from ._classical import (
+    AMGPreconditioner,
+    BlockPreconditioner,
+    DiagonalPreconditioner,
+    FactorPreconditioner,
+    ICBreakdownError,
+    InverseFactorPreconditioner,
+    amg,
+    ic0,
+    jacobi,
+)
+from ._families import FAMILIES, anisotropic2d, diffusion2d, graph_laplacian, matrix_family
+from ._model import (
+    LearnedPreconditioner,
+    MatrixGraph,
+    SystemBatch,
+    fit_preconditioner,
+    make_batches,
+    pcg_loss,
+    unrolled_pcg,
+)
+from ._sparse import LowerPattern, lower_pattern, tri_solve
+
+__all__ = [
+    "AMGPreconditioner",
+    "BlockPreconditioner",
+    "DiagonalPreconditioner",
+    "FAMILIES",
+    "FactorPreconditioner",
+    "ICBreakdownError",
+    "InverseFactorPreconditioner",
+    "LearnedPreconditioner",
+    "LowerPattern",
+    "MatrixGraph",
+    "SystemBatch",
+    "amg",
+    "anisotropic2d",
+    "diffusion2d",
+    "fit_preconditioner",
+    "graph_laplacian",
+    "ic0",
+    "jacobi",
+    "lower_pattern",
+    "make_batches",
+    "matrix_family",
+    "pcg_loss",
+    "tri_solve",
+    "unrolled_pcg",
+]

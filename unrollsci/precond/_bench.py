@@ -1,0 +1,389 @@
+"""Benchmark: learned preconditioners vs none / Jacobi / IC(0) / PyAMG on held-out systems.
+
+``unrollsci bench precond --family poisson --n 64 128 256`` trains each learned
+preconditioner on small systems of the family (``--train-n``), then solves held-out
+systems (seeds never used in training) of every size in ``--n`` with PCG to relative
+residual ``--rtol``, timing setup and solve separately for every method in the same
+run. Writes ``<out>/precond.json`` and ``<out>/precond.png`` (residual vs iteration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._bench import Timer, markdown_table, write_results
+
+TEST_SEED0 = 10_000
+VAL_SEED0 = 5_000
+
+
+def _methods(args: argparse.Namespace) -> list[str]:
+    out = ["none", "jacobi", "ic0"]
+    if not args.no_amg:
+        out.append("amg")
+    for kind in args.kinds:
+        out.append(f"learned-{kind}")
+        if kind == "factor" and args.ic0_base:
+            out.append("learned-factor-ic0")
+    if args.frobenius:
+        out.append("learned-factor-frob")
+    return out
+
+
+def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
+    from . import amg, ic0, jacobi
+
+    if method == "none":
+        return None, 0
+    if method == "jacobi":
+        m = jacobi(a)
+        return m, a.shape[0]
+    if method == "ic0":
+        m = ic0(a)
+        return m, m.nnz
+    if method == "amg":
+        m = amg(a)
+        return m, int(round(m.ml.operator_complexity() * a.nnz))
+    m = models[method].build(a)
+    return m, m.nnz
+
+
+def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
+    from . import FAMILIES, LearnedPreconditioner, fit_preconditioner
+
+    gen = FAMILIES[family]
+    mats = [gen(n, s) for s in range(args.train_systems) for n in args.train_n]
+    val = [gen(n, VAL_SEED0 + s) for s in range(args.val_systems) for n in args.train_n]
+    models, info = {}, {}
+    jobs = [(f"learned-{k}", k, "energy", None) for k in kinds]
+    if "factor" in kinds and args.ic0_base:
+        jobs.insert(1, ("learned-factor-ic0", "factor", "energy", "ic0"))
+    if args.frobenius:
+        jobs.append(("learned-factor-frob", "factor", "frobenius", None))
+    for name, kind, loss, base in jobs:
+        model = LearnedPreconditioner(
+            kind, hidden=args.hidden, layers=args.layers, block_size=args.block_size, base=base
+        )
+        t0 = time.perf_counter()
+        hist = fit_preconditioner(
+            model,
+            mats,
+            steps=args.steps,
+            loss=loss,
+            n_rhs=args.n_rhs,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            val_matrices=val or None,
+            adaptive_tol=args.adaptive_tol,
+            patience=args.patience if val else None,
+        )
+        secs = time.perf_counter() - t0
+        model.eval()
+        models[name] = model
+        info[name] = {
+            "kind": kind,
+            "base": model.base,
+            "loss": loss,
+            "seconds": secs,
+            "loss_first_epoch": hist.train_loss[0],
+            "loss_last_epoch": hist.train_loss[-1],
+            "best_val_loss": hist.best_val if val else None,
+            "epochs_run": len(hist.train_loss),
+            "initial_val_loss": getattr(hist, "initial_val", None),
+            "kept_untrained_weights": getattr(hist, "kept_initial", None),
+        }
+        print(
+            f"  trained {name} on {family}: {secs:.1f} s, loss "
+            f"{hist.train_loss[0]:.2f} -> {hist.train_loss[-1]:.2f}",
+            flush=True,
+        )
+    return models, info
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Learned-factor vs IC(0) per family and size, from the measured rows.
+
+    ``breakeven_rhs``: number of right-hand sides solved with one setup from which the
+    learned factor's total time (setup + k solves) drops below IC(0)'s (1 when it wins
+    already for one solve, ``inf`` when its solve is not faster).
+    """
+    out = []
+    for r in rows:
+        if r["method"] not in ("learned-factor", "learned-factor-ic0"):
+            continue
+        same = [q for q in rows if q["family"] == r["family"] and q["n"] == r["n"]]
+        ic = next(q for q in same if q["method"] == "ic0")
+        amg_row = next((q for q in same if q["method"] == "amg"), None)
+        d_setup = r["setup_s"] - ic["setup_s"]
+        d_solve = ic["solve_s"] - r["solve_s"]
+        if d_setup <= 0 and d_solve >= 0:
+            k = 1.0
+        elif d_solve <= 0:
+            k = float("inf")
+        else:
+            k = float(max(1, int(np.ceil(d_setup / d_solve))))
+        out.append(
+            {
+                "family": r["family"],
+                "n": r["n"],
+                "method": r["method"],
+                "iter_reduction_vs_ic0": 1 - r["vs_ic0_iters"],
+                "solve_time_vs_ic0": r["solve_s"] / ic["solve_s"],
+                "total_time_vs_ic0": r["vs_ic0_time"],
+                "breakeven_rhs": k,
+                "goal_met": bool(r["vs_ic0_iters"] <= 0.75 and r["vs_ic0_time"] < 1.0),
+                "amg_iters": amg_row["iters"] if amg_row else None,
+                "amg_faster_total": bool(amg_row and amg_row["total_s"] < r["total_s"]),
+            }
+        )
+    return out
+
+
+def reference_check(seed: int = 0, rtol: float = 1e-8) -> dict[str, int]:
+    """PCG iterations on one 100x100 ``diffusion2d`` system (sigma 1), for comparison with
+    the issue's reference (none 270, Jacobi 130, IC(0) 44, PyAMG SA 9)."""
+    from ..solvers import cg
+    from . import amg, diffusion2d, ic0, jacobi
+
+    a = diffusion2d(100, 1.0, seed=seed)
+    b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
+    out = {}
+    for name, make in [
+        ("none", lambda: None),
+        ("jacobi", lambda: jacobi(a)),
+        ("ic0", lambda: ic0(a)),
+        ("amg", lambda: amg(a)),
+    ]:
+        try:
+            m = make()
+        except ImportError:  # pragma: no cover - pyamg missing
+            continue
+        out[name] = cg(a, b, M=m, tol=rtol, max_iter=10_000, check=False).iterations
+    return out
+
+
+def _plot(histories: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = sorted({k[0] for k in histories})
+    sizes = sorted({k[1] for k in histories})
+    fig, axes = plt.subplots(
+        len(fams), len(sizes), figsize=(4.2 * len(sizes), 3.4 * len(fams)), squeeze=False
+    )
+    for i, f in enumerate(fams):
+        for j, n in enumerate(sizes):
+            ax = axes[i][j]
+            for (ff, nn, meth), res in histories.items():
+                if ff == f and nn == n:
+                    ax.semilogy(
+                        np.arange(1, len(res) + 1),
+                        res,
+                        label=meth,
+                        lw=2 if meth.startswith("learned") else 1,
+                    )
+            ax.set_title(f"{f}, {n}x{n}")
+            ax.set_xlabel("PCG iteration")
+            ax.set_ylabel("relative residual")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see the module docstring. Returns 0 on success."""
+    from ..solvers import cg
+    from . import FAMILIES
+
+    p = argparse.ArgumentParser(prog="unrollsci bench precond", description=__doc__)
+    p.add_argument(
+        "--family", nargs="+", default=["poisson", "anisotropic", "graph"], choices=sorted(FAMILIES)
+    )
+    p.add_argument(
+        "--n",
+        nargs="+",
+        type=int,
+        default=[64, 128, 256],
+        help="grid sizes of the held-out test systems (n x n unknowns)",
+    )
+    p.add_argument("--train-n", nargs="+", type=int, default=[32])
+    p.add_argument("--train-systems", type=int, default=16)
+    p.add_argument(
+        "--val-systems",
+        type=int,
+        default=4,
+        help="validation systems (early stopping, best weights restored)",
+    )
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--test-systems", type=int, default=3)
+    p.add_argument(
+        "--kinds",
+        nargs="*",
+        default=["factor", "inverse", "block"],
+        choices=["factor", "inverse", "block"],
+    )
+    p.add_argument(
+        "--frobenius",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the factor with the sketched Frobenius loss",
+    )
+    p.add_argument(
+        "--ic0-base",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the factor on top of IC(0) (base='ic0') besides the default SSOR base",
+    )
+    p.add_argument(
+        "--adaptive-tol",
+        type=float,
+        default=None,
+        help="per-system unroll length: steps the base needs to reach this energy error",
+    )
+    p.add_argument("--steps", type=int, default=10, help="unrolled PCG steps in the loss")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--n-rhs", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=8)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument("--repeats", type=int, default=2, help="timing repeats (best is kept)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-amg", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default="precond", help="results file name (<out>/<name>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
+        args.epochs, args.repeats, args.val_systems = 3, 1, 1
+    torch.set_num_threads(args.threads)
+    if not args.no_amg:
+        try:
+            import pyamg  # noqa: F401
+        except ImportError:
+            print("pyamg not installed: skipping the AMG baseline")
+            args.no_amg = True
+    methods = _methods(args)
+    rows: list[dict[str, Any]] = []
+    training: dict[str, Any] = {}
+    histories: dict[tuple[str, int, str], list[float]] = {}
+    for family in args.family:
+        print(f"[{family}] training on sizes {args.train_n} ...", flush=True)
+        models, training[family] = _train(family, args.kinds, args)
+        gen = FAMILIES[family]
+        for n in args.n:
+            per: dict[str, dict[str, list[float]]] = {
+                m: {"it": [], "setup": [], "solve": [], "nnz": [], "conv": []} for m in methods
+            }
+            for t in range(args.test_systems):
+                seed = TEST_SEED0 + 100 * n + t
+                a = gen(n, seed)
+                b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
+                for meth in methods:
+                    best_setup, best_solve = np.inf, np.inf
+                    for _ in range(args.repeats):
+                        with Timer() as ts:
+                            m, nnz = _setup(meth, a, models)
+                        with Timer() as tv:
+                            sol = cg(
+                                a,
+                                b,
+                                M=m,
+                                tol=args.rtol,
+                                max_iter=20 * a.shape[0],
+                                throw=False,
+                                check=False,
+                            )
+                        best_setup = min(best_setup, ts.seconds)
+                        best_solve = min(best_solve, tv.seconds)
+                    d = per[meth]
+                    d["it"].append(sol.iterations)
+                    d["setup"].append(best_setup)
+                    d["solve"].append(best_solve)
+                    d["nnz"].append(nnz)
+                    d["conv"].append(sol.converged)
+                    if t == 0:
+                        histories[(family, n, meth)] = list(sol.residuals)
+            ref_it = float(np.mean(per["ic0"]["it"]))
+            ref_t = float(np.mean(per["ic0"]["setup"]) + np.mean(per["ic0"]["solve"]))
+            for meth in methods:
+                d = per[meth]
+                total = float(np.mean(d["setup"]) + np.mean(d["solve"]))
+                rows.append(
+                    {
+                        "family": family,
+                        "n": f"{n}^2",
+                        "method": meth,
+                        "nnz": int(np.mean(d["nnz"])),
+                        "iters": float(np.mean(d["it"])),
+                        "iters_min_max": f"{min(d['it'])}-{max(d['it'])}",
+                        "vs_ic0_iters": float(np.mean(d["it"])) / ref_it,
+                        "setup_s": float(np.mean(d["setup"])),
+                        "solve_s": float(np.mean(d["solve"])),
+                        "total_s": total,
+                        "vs_ic0_time": total / ref_t,
+                        "converged": all(d["conv"]),
+                        "seen_in_training": n in args.train_n,
+                    }
+                )
+            print(
+                markdown_table([r for r in rows if r["family"] == family and r["n"] == f"{n}^2"]),
+                flush=True,
+            )
+    cols = [
+        "family",
+        "n",
+        "method",
+        "nnz",
+        "iters",
+        "iters_min_max",
+        "vs_ic0_iters",
+        "setup_s",
+        "solve_s",
+        "total_s",
+        "vs_ic0_time",
+        "converged",
+    ]
+    print("\n" + markdown_table(rows, cols))
+    summary = summarize(rows)
+    print("\nlearned factors vs IC(0) (same nonzeros):")
+    print(markdown_table(summary))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{args.name}.png"
+    _plot(histories, png)
+    path = write_results(
+        args.name,
+        {
+            "config": {k: v for k, v in vars(args).items()},
+            "test_seeds": f"{TEST_SEED0} + 100 n + t, t < test_systems (training uses seeds "
+            f"0..{args.train_systems - 1})",
+            "training": training,
+            "rows": rows,
+            "summary_learned_factor_vs_ic0": summary,
+            "reference_100x100_diffusion": reference_check(rtol=args.rtol),
+            "residual_histories": {f"{f}/{n}/{m}": h for (f, n, m), h in histories.items()},
+            "plot": str(png),
+        },
+        out,
+    )
+    print(f"\nwrote {path} and {png}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,612 @@
+"""GNN-parameterized preconditioners trained through unrolled preconditioned CG."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..operators import LinearOperator, SparseOperator
+from ._classical import (
+    BlockPreconditioner,
+    FactorPreconditioner,
+    InverseFactorPreconditioner,
+    ic0_from_pattern,
+)
+from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern
+
+__all__ = [
+    "LearnedPreconditioner",
+    "MatrixGraph",
+    "SystemBatch",
+    "unrolled_pcg",
+    "pcg_loss",
+    "make_batches",
+    "fit_preconditioner",
+]
+
+_KINDS = ("factor", "inverse", "block")
+_BASES = ("ic0", "ssor", "identity")
+
+
+@dataclass
+class MatrixGraph:
+    """Everything the GNN and the preconditioner need about one matrix (built once).
+
+    The GNN sees the Jacobi-scaled matrix ``S = D^{-1/2} A D^{-1/2}`` (unit diagonal), so
+    a trained model is invariant to the scale of the coefficients.
+    """
+
+    n: int
+    pattern: LowerPattern  # pattern of the learned factor
+    base: torch.Tensor  # (nnz,) base factor values for S on the pattern
+    dsqrt: torch.Tensor  # (n,) sqrt(diag(A))
+    x: torch.Tensor  # (n, F) node features
+    edge_index: torch.Tensor  # (2, E) off-diagonal entries of A, source -> target(row)
+    edge_attr: torch.Tensor  # (E, F) edge features
+    low_fwd: torch.Tensor  # for strict-lower pattern entries (i, j): edge j -> i
+    low_bwd: torch.Tensor  # and edge i -> j (= low_fwd + E/2)
+    aligned: bool  # low_fwd == arange(E/2): the lower edges are the pattern's entries
+    strict: torch.Tensor  # bool mask over the pattern: off-diagonal entries
+    shift: float  # IC(0) diagonal shift used for the base (0 when none)
+
+    def to(self, device: torch.device | str) -> MatrixGraph:
+        return MatrixGraph(
+            self.n,
+            self.pattern.to(device),
+            self.base.to(device),
+            self.dsqrt.to(device),
+            self.x.to(device),
+            self.edge_index.to(device),
+            self.edge_attr.to(device),
+            self.low_fwd.to(device),
+            self.low_bwd.to(device),
+            self.aligned,
+            self.strict.to(device),
+            self.shift,
+        )
+
+
+def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> MatrixGraph:
+    import scipy.sparse as sp
+
+    n = a.shape[0]
+    d = a.diagonal()
+    dis = 1.0 / np.sqrt(d)
+    # a is canonical CSR (check_spd_input): scale its entries in place of two products.
+    rows_all = np.repeat(np.arange(n), np.diff(a.indptr))
+    cols_all = a.indices.astype(np.int64)
+    sv = a.data * dis[rows_all] * dis[cols_all]
+    s = sp.csr_matrix((sv, a.indices, a.indptr), shape=(n, n))
+    keep = None
+    if kind == "block":
+        lower = cols_all <= rows_all
+        keep = (rows_all[lower] // block_size) == (cols_all[lower] // block_size)
+    pat, svals = lower_pattern(s, keep=keep)
+    row, col = pat.row.numpy(), pat.col.numpy()
+    strict = col < row
+    shift = 0.0
+    if base == "ic0":
+        bvals, shift = ic0_from_pattern(pat, svals)
+    elif base == "ssor":
+        bvals = np.where(strict, svals, 1.0)
+    else:
+        bvals = np.where(strict, 0.0, 1.0)
+    # Directed edges: first every strict-lower entry S_ij (j -> i) in CSR order, then the
+    # same entries transposed (i -> j), so edge k + half is the reverse of edge k.
+    lo = cols_all < rows_all
+    li, lj, lv = rows_all[lo], cols_all[lo], sv[lo]
+    half = li.size
+    er, ec, ev = np.concatenate([li, lj]), np.concatenate([lj, li]), np.concatenate([lv, lv])
+    ne = er.size
+    if kind == "block":  # pattern entries are a subset of the lower edges
+        fwd = np.searchsorted(li * n + lj, row[strict] * n + col[strict])
+    else:
+        fwd = np.arange(half)
+    bwd = fwd + half
+    # Base factor value on each edge (symmetric copy for the upper direction).
+    ebase = np.zeros(ne)
+    ebase[fwd] = bvals[strict]
+    ebase[bwd] = bvals[strict]
+    logd = np.log(d)
+    edge_attr = np.stack(
+        [ev, ebase, np.sign(er - ec).astype(np.float64), np.tanh(0.5 * (logd[ec] - logd[er]))],
+        axis=1,
+    )
+    deg = np.bincount(er, minlength=n).astype(np.float64)
+    rowsum = np.bincount(er, weights=ev, minlength=n) + 1.0
+    absum = np.bincount(er, weights=np.abs(ev), minlength=n)
+    x = np.stack(
+        [
+            rowsum,
+            absum,
+            deg / 8.0,
+            bvals[pat.diag.numpy()],
+            np.bincount(er, weights=edge_attr[:, 3], minlength=n) / np.maximum(deg, 1),
+        ],
+        axis=1,
+    )
+    f32 = torch.float32
+    return MatrixGraph(
+        n=n,
+        pattern=pat,
+        base=torch.from_numpy(bvals),
+        dsqrt=torch.from_numpy(np.sqrt(d)),
+        x=torch.from_numpy(x).to(f32),
+        edge_index=torch.from_numpy(np.stack([ec, er]).astype(np.int64)),
+        edge_attr=torch.from_numpy(edge_attr).to(f32),
+        low_fwd=torch.from_numpy(fwd.astype(np.int64)),
+        low_bwd=torch.from_numpy(bwd.astype(np.int64)),
+        aligned=kind != "block",
+        strict=torch.from_numpy(strict),
+        shift=float(shift),
+    )
+
+
+def _mlp(i: int, h: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, h), nn.SiLU(), nn.Linear(h, o))
+
+
+def _make_layer(hidden: int) -> nn.Module:
+    with warnings.catch_warnings():
+        # torch_geometric 2.8 imports torch.jit.script at import time (deprecated in torch 2.13).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch_geometric.nn import MessagePassing
+
+    class _MatrixConv(MessagePassing):
+        """Edge-conditioned message passing over the matrix graph; edge states are updated.
+
+        ``m_ij = silu(W_s h_j + W_t h_i + W_e e_ij)``, ``h_i += silu(U [h_i, mean_j m_ij])``,
+        ``e_ij += m_ij``. The per-edge work is two gathers and one ``h x h`` product, so a
+        forward pass costs O(nnz(A) h^2) and stays cheap next to an IC(0) setup.
+        """
+
+        def __init__(self, h: int) -> None:
+            super().__init__(aggr="mean")
+            self.src = nn.Linear(h, h)
+            self.dst = nn.Linear(h, h, bias=False)
+            self.edge = nn.Linear(h, h, bias=False)
+            self.upd = nn.Linear(2 * h, h)
+
+        def forward(
+            self, x: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            m = nn.functional.silu(
+                self.src(x)[edge_index[0]] + self.dst(x)[edge_index[1]] + self.edge(e)
+            )
+            agg = self.propagate(edge_index, m=m, size=(x.shape[0], x.shape[0]))
+            return x + nn.functional.silu(self.upd(torch.cat([x, agg], dim=-1))), e + m
+
+        def message(self, m: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return m
+
+    return _MatrixConv(hidden)
+
+
+class LearnedPreconditioner(nn.Module):
+    """A preconditioner whose factor values come from a GNN over the matrix graph.
+
+    ``kind``:
+
+    * ``"factor"``: ``M^{-1} = L L^T ~ A``, ``L`` lower-triangular on ``tril(A)``'s
+      pattern (IC(0)-like, same nonzeros), applied by two sparse triangular solves;
+    * ``"inverse"``: ``M = G G^T ~ A^{-1}``, ``G`` lower-triangular on ``tril(A)``'s
+      pattern, applied by two sparse mat-vecs (no triangular solve);
+    * ``"block"``: block-diagonal, ``M^{-1} = blockdiag(L_b L_b^T)`` with ``L_b`` on
+      the in-block lower pattern of ``A``, applied by batched dense triangular solves.
+
+    SPD by construction: every diagonal entry of ``L`` / ``G`` is
+    ``base_ii * exp(2 tanh(.))`` with ``base_ii > 0``, so ``L`` is invertible and
+    ``L L^T`` (``G G^T``) is SPD for any weights; moreover each row's off-diagonal
+    entries are rescaled so that ``sum_j |L_ij| <= c_i L_ii`` with ``c_i`` the larger of
+    0.995 and the base factor's own row ratio; with ``c_i < 1`` this bounds the condition
+    number of ``L`` for any weights (SPD in floating point too). The GNN works on the
+    Jacobi-scaled matrix and predicts corrections to a ``base`` factor (``"ic0"``: IC(0)
+    of the scaled matrix; ``"ssor"``: its lower part with unit diagonal, i.e. symmetric
+    Gauss-Seidel; ``"identity"``). Its output layers start at zero, so an untrained model
+    is the base. One model serves matrices of any size (``min_n <= n <= max_n``).
+
+    Args:
+        kind: ``"factor"``, ``"inverse"`` or ``"block"``.
+        hidden: GNN width.
+        layers: message-passing layers.
+        base: base factor. Defaults: ``"ssor"`` for factor (no IC(0) needed at setup,
+            so the learned factor is cheaper to build than IC(0); trained, it matches the
+            ``"ic0"`` base in the benchmark), ``"ic0"`` for block, ``"identity"`` for inverse.
+        block_size: block size for ``kind="block"``.
+        min_n, max_n: matrix sizes the model accepts.
+
+    Example:
+        >>> from unrollsci.precond import LearnedPreconditioner, diffusion2d
+        >>> from unrollsci.solvers import cg
+        >>> import torch
+        >>> A = diffusion2d(8, seed=0)
+        >>> M = LearnedPreconditioner("factor").build(A)
+        >>> cg(A, torch.ones(64, dtype=torch.float64), M=M, tol=1e-8).converged
+        True
+    """
+
+    def __init__(
+        self,
+        kind: str = "factor",
+        *,
+        hidden: int = 8,
+        layers: int = 1,
+        base: str | None = None,
+        block_size: int = 16,
+        min_n: int = 2,
+        max_n: int | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in _KINDS:
+            raise ValueError(f"Expected kind in {_KINDS} (got {kind!r}).")
+        base = (
+            base
+            if base is not None
+            else {"factor": "ssor", "inverse": "identity", "block": "ic0"}[kind]
+        )
+        if base not in _BASES:
+            raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
+        if kind == "inverse" and base == "ic0":
+            raise ValueError(
+                "base='ic0' is a factor of A, not of A^{-1}; use 'identity' "
+                "or 'ssor' for kind='inverse'."
+            )
+        if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
+            raise ValueError(
+                f"Expected hidden >= 1, layers >= 0, block_size >= 1, min_n >= 1 (got "
+                f"{hidden}, {layers}, {block_size}, {min_n})."
+            )
+        self.kind, self.base, self.block_size = kind, base, int(block_size)
+        self.hidden, self.layers = int(hidden), int(layers)
+        self.min_n, self.max_n = int(min_n), (None if max_n is None else int(max_n))
+        self.theta = 0.995
+        self.node_enc = _mlp(5, hidden, hidden)
+        self.edge_enc = nn.Linear(4, hidden)
+        self.convs = nn.ModuleList([_make_layer(hidden) for _ in range(layers)])
+        # Off-diagonal head: silu(W_f e_ij + W_b e_ji + P h_i + Q h_j) -> 1 (an MLP on the
+        # concatenation, written without materializing it).
+        self.off_fwd = nn.Linear(hidden, hidden)
+        self.off_bwd = nn.Linear(hidden, hidden, bias=False)
+        self.off_row = nn.Linear(hidden, hidden, bias=False)
+        self.off_col = nn.Linear(hidden, hidden, bias=False)
+        self.off_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
+        self.diag_head = _mlp(hidden, hidden, 1)
+        for head in (self.off_head, self.diag_head):
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "base": self.base,
+            "block_size": self.block_size,
+            "min_n": self.min_n,
+            "max_n": self.max_n,
+        }
+
+    def prepare(self, A: Any) -> MatrixGraph:  # noqa: N803
+        """Validate ``A`` and build its :class:`MatrixGraph` (the non-learned part of setup)."""
+        a = check_spd_input(A)
+        n = a.shape[0]
+        if n < self.min_n or (self.max_n is not None and n > self.max_n):
+            hi = "inf" if self.max_n is None else self.max_n
+            raise ValueError(
+                f"This model supports matrices of size {self.min_n} <= n <= {hi} (got n={n})."
+            )
+        if self.kind == "block" and self.block_size > n:
+            raise ValueError(
+                f"Expected block_size <= n for kind='block' (got block_size "
+                f"{self.block_size}, n={n})."
+            )
+        dev = next(self.parameters()).device
+        return _build_graph(a, self.kind, self.base, self.block_size).to(dev)
+
+    def factor_values(self, g: MatrixGraph) -> torch.Tensor:
+        """Unscaled factor values ``(nnz,)`` (float64) on ``g.pattern``; differentiable."""
+        p = next(self.parameters())
+        h = self.node_enc(g.x.to(p.dtype))
+        e = self.edge_enc(g.edge_attr.to(p.dtype))
+        for conv in self.convs:
+            h, e = conv(h, g.edge_index, e)
+        pat = g.pattern
+        strict = g.strict
+        ri, ci = pat.row[strict], pat.col[strict]
+        if g.aligned:
+            half = e.shape[0] // 2
+            ef, eb = e[:half], e[half:]
+        else:
+            ef, eb = e[g.low_fwd], e[g.low_bwd]
+        pre = self.off_fwd(ef) + self.off_bwd(eb) + self.off_row(h)[ri] + self.off_col(h)[ci]
+        off = self.off_head(pre).squeeze(-1)
+        dg = self.diag_head(h).squeeze(-1)
+        base = g.base.to(torch.float64)
+        diag_pos = pat.diag
+        dvals = base[diag_pos] * torch.exp(2.0 * torch.tanh(dg.to(torch.float64)))
+        # Off-diagonals relative to their row's diagonal, L = D_L (I + W); row i of W is
+        # scaled into sum_j |W_ij| <= cap_i = max(theta, base row ratio). Where cap < 1,
+        # ||(I + W)^{-1}||_inf <= 1 / (1 - cap): L stays well conditioned for any weights.
+        w = (base[strict] + off.to(torch.float64)) / dvals[ri]
+        rows = torch.zeros_like(dvals).index_add(0, ri, w.abs())
+        wb = base[strict] / base[diag_pos][ri]
+        cap = torch.zeros_like(dvals).index_add(0, ri, wb.abs()).clamp(min=self.theta)
+        w = w * (cap / torch.maximum(rows, cap))[ri]
+        vals = torch.zeros_like(base)
+        vals = vals.masked_scatter(strict, w * dvals[ri])
+        vals = vals.index_put((diag_pos,), dvals)
+        scale = g.dsqrt.to(torch.float64)[pat.row]
+        return vals / scale if self.kind == "inverse" else vals * scale
+
+    def from_graph(self, g: MatrixGraph) -> LinearOperator:
+        """The preconditioner for a prepared matrix (differentiable in the weights)."""
+        vals = self.factor_values(g)
+        if self.kind == "factor":
+            return FactorPreconditioner(g.pattern, vals)
+        if self.kind == "inverse":
+            return InverseFactorPreconditioner(g.pattern, vals)
+        return BlockPreconditioner(g.pattern, vals, self.block_size)
+
+    def build(self, A: Any) -> LinearOperator:  # noqa: N803
+        """Preconditioner ``M ~ A^{-1}`` for a scipy or torch sparse SPD matrix ``A``.
+
+        Usable as ``unrollsci.solvers.cg(A, b, M=M)``. Built without gradients.
+
+        Raises:
+            ValueError: non-square, non-symmetric, NaN/Inf, zero or negative diagonal,
+                or a size outside ``[min_n, max_n]``.
+        """
+        g = self.prepare(A)
+        with torch.no_grad():
+            return self.from_graph(g)
+
+    def forward(self, A: Any) -> LinearOperator:  # noqa: N803
+        return self.build(A)
+
+
+@dataclass
+class SystemBatch:
+    """One training system: its graph, operator, right-hand sides and solutions."""
+
+    graph: MatrixGraph
+    op: SparseOperator
+    b: torch.Tensor  # (nrhs, n)
+    x: torch.Tensor  # (nrhs, n) exact solutions
+    steps: int | None = None  # unroll length for this system (None: the loss's default)
+
+
+def make_batches(
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    *,
+    n_rhs: int = 4,
+    seed: int = 0,
+    adaptive_tol: float | None = None,
+    max_steps: int = 50,
+) -> list[SystemBatch]:
+    """Training data for :func:`unrollsci.train.fit`: one batch per matrix.
+
+    Right-hand sides are standard normal (seeded); exact solutions come from a sparse
+    direct solve (for the energy-norm loss).
+
+    Args:
+        adaptive_tol: if given, each system gets its own unroll length: the number of PCG
+            steps the model's *current* (e.g. untrained = base) preconditioner needs to
+            bring the relative energy error below ``adaptive_tol`` (at most
+            ``max_steps``), so that easy and hard systems of one family are trained at the
+            same error level instead of easy ones at round-off.
+    """
+    import scipy.sparse.linalg as spla
+
+    rng = np.random.default_rng(seed)
+    dev = next(model.parameters()).device
+    out = []
+    for k, m in enumerate(matrices):
+        a = check_spd_input(m, f"matrices[{k}]")
+        g = model.prepare(a)
+        b = rng.standard_normal((n_rhs, a.shape[0]))
+        lu = spla.splu(a.tocsc())
+        x = np.stack([lu.solve(bi) for bi in b])
+        if np.any((x * b).sum(-1) <= 0):
+            raise ValueError(
+                f"matrices[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
+            )
+        batch = SystemBatch(
+            g, SparseOperator(a).to(dev), torch.from_numpy(b).to(dev), torch.from_numpy(x).to(dev)
+        )
+        if adaptive_tol is not None:
+            batch.steps = _steps_to_tol(model, batch, adaptive_tol, max_steps)
+        out.append(batch)
+    return out
+
+
+def _steps_to_tol(
+    model: LearnedPreconditioner, batch: SystemBatch, tol: float, max_steps: int
+) -> int:
+    """PCG steps the model's current preconditioner needs for energy error <= tol."""
+    with torch.no_grad():
+        m = model.from_graph(batch.graph)
+        A = batch.op  # noqa: N806
+        den = (batch.x * batch.b).sum(-1)
+        x = torch.zeros_like(batch.b)
+        r = batch.b
+        z = m(r)
+        p = z
+        rz = (r * z).sum(-1, keepdim=True)
+        for k in range(1, max_steps + 1):
+            ap = A(p)
+            alpha = rz / (p * ap).sum(-1, keepdim=True)
+            x = x + alpha * p
+            r = r - alpha * ap
+            e = x - batch.x
+            if float(((e * A(e)).sum(-1) / den).max()) <= tol:
+                return max(k, 2)
+            z = m(r)
+            rz_new = (r * z).sum(-1, keepdim=True)
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+    return max_steps
+
+
+def unrolled_pcg(
+    op: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    M: Callable[[torch.Tensor], torch.Tensor],
+    steps: int,
+) -> torch.Tensor:  # noqa: N803
+    """``steps`` iterations of preconditioned CG from ``x0 = 0``, differentiable throughout.
+
+    The same recurrence as :func:`unrollsci.solvers.cg` without stopping tests, so that
+    the loss after a fixed number of steps can be back-propagated into ``M``.
+
+    Args:
+        op: ``x -> A x`` on ``(batch, n)``.
+        b: ``(batch, n)``.
+        M: ``r -> z ~ A^{-1} r``.
+        steps: number of PCG iterations.
+
+    Returns:
+        ``x_steps: (batch, n)``.
+    """
+    x = torch.zeros_like(b)
+    r = b
+    z = M(r)
+    p = z
+    rz = (r * z).sum(-1, keepdim=True)
+    tiny = torch.finfo(b.dtype).tiny
+    for _ in range(steps):
+        ap = op(p)
+        pap = (p * ap).sum(-1, keepdim=True)
+        alpha = rz / pap.clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = M(r)
+        rz_new = (r * z).sum(-1, keepdim=True)
+        p = z + (rz_new / rz.clamp_min(tiny)) * p
+        rz = rz_new
+    return x
+
+
+def pcg_loss(
+    steps: int = 20, loss: str = "energy", seed: int = 0
+) -> Callable[[LearnedPreconditioner, SystemBatch], torch.Tensor]:
+    """Loss function ``(model, batch) -> scalar`` for :func:`unrollsci.train.fit`.
+
+    Args:
+        steps: unrolled PCG iterations.
+        loss: ``"energy"``: ``log mean ||x_k - x*||_A^2 / ||x*||_A^2``;
+            ``"residual"``: ``log mean ||b - A x_k||^2 / ||b||^2``;
+            ``"frobenius"``: sketched ``log mean ||(L L^T - A) z||^2 / ||A z||^2`` with
+            random ``z`` (no PCG; ``kind="inverse"`` uses ``||(G G^T A - I) z||``).
+        seed: seed of the sketching vectors.
+    """
+    if loss not in ("energy", "residual", "frobenius"):
+        raise ValueError(f"Expected loss 'energy', 'residual' or 'frobenius' (got {loss!r}).")
+    if steps < 1:
+        raise ValueError(f"Expected steps >= 1 (got {steps}).")
+    gen = torch.Generator().manual_seed(seed)
+
+    def fn(model: LearnedPreconditioner, batch: SystemBatch) -> torch.Tensor:
+        m = model.from_graph(batch.graph)
+        A = batch.op  # noqa: N806
+        if loss == "frobenius":
+            z = torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)
+            az = A(z)
+            if model.kind == "inverse":
+                res = m(az) - z
+                return torch.log((res.square().sum(-1) / z.square().sum(-1)).mean())
+            v = m.values
+            llz = lower_matvec(m.pattern, v, lower_matvec(m.pattern, v, z, transpose=True))
+            # (for kind="block", L is the block factor on its in-block pattern, so the same
+            # sparse product gives blockdiag(L_b L_b^T) z)
+            return torch.log(((llz - az).square().sum(-1) / az.square().sum(-1)).mean())
+        xk = unrolled_pcg(A, batch.b, m, batch.steps or steps)
+        if loss == "energy":
+            e = xk - batch.x
+            num = (e * A(e)).sum(-1)
+            den = (batch.x * batch.b).sum(-1)
+        else:
+            num = (batch.b - A(xk)).square().sum(-1)
+            den = batch.b.square().sum(-1)
+        return torch.log((num / den).mean())
+
+    return fn
+
+
+def fit_preconditioner(
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    *,
+    steps: int = 10,
+    loss: str = "energy",
+    n_rhs: int = 4,
+    val_matrices: Sequence[Any] | None = None,
+    epochs: int = 15,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = False,
+    keep_base_if_better: bool = True,
+    adaptive_tol: float | None = None,
+    **fit_kwargs: Any,
+) -> Any:
+    """Train ``model`` on a list of matrices with the shared :func:`unrollsci.train.fit`.
+
+    Args:
+        model: the preconditioner to train (in place).
+        matrices: training matrices (scipy / torch sparse SPD).
+        steps, loss: see :func:`pcg_loss`.
+        n_rhs: random right-hand sides per matrix.
+        val_matrices: validation matrices; ``fit`` keeps the weights of the best
+            validation epoch.
+        keep_base_if_better: with validation matrices, also score the weights before
+            training (the base factor, e.g. IC(0)) and keep them when no epoch beat
+            them, so that training cannot make the preconditioner worse on the
+            validation systems (``history.kept_initial`` says whether this happened).
+        adaptive_tol: per-system unroll lengths, see :func:`make_batches` (``steps`` is
+            then only the default for systems without one).
+        epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``.
+
+    Returns:
+        the training :class:`~unrollsci.train.History` (plus ``initial_val`` and
+        ``kept_initial`` when validation matrices are given).
+    """
+    import copy
+
+    from ..train import fit
+
+    kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
+    data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
+    val = (
+        make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1, **kw)
+        if val_matrices
+        else None
+    )
+    loss_fn = pcg_loss(steps, loss, seed)
+    init_state, init_val = None, None
+    if val is not None and keep_base_if_better:
+        init_state = copy.deepcopy(model.state_dict())
+        with torch.no_grad():
+            init_val = float(np.mean([float(loss_fn(model, b)) for b in val]))
+    hist = fit(
+        model,
+        loss_fn,
+        data,
+        val_data=val,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+        **fit_kwargs,
+    )
+    if init_state is not None and init_val is not None:
+        hist.initial_val = init_val
+        hist.kept_initial = not hist.best_val < init_val
+        if hist.kept_initial:
+            model.load_state_dict(init_state)
+    return hist
