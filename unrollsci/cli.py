@@ -101,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run a short tour of every capability (< 1 minute)")
     p_demo.add_argument("--out", default="unrollsci-demo", help="folder for figures (PNG)")
     p_demo.add_argument("--only", nargs="*", help="sections to run (solvers, unrolled, graph, ...)")
-    p_bench = sub.add_parser("bench", help="run a benchmark and write benchmarks/results/NAME.json")
+    # add_help=False: '-h' after the name reaches the benchmark's own parser.
+    p_bench = sub.add_parser(
+        "bench", add_help=False, help="run a benchmark and write benchmarks/results/NAME.json"
+    )
     p_bench.add_argument("name", help=", ".join(BENCHMARKS))
-    p_relax = sub.add_parser("relax", help="relax a structure with QEq + short-range repulsion")
+    p_relax = sub.add_parser(
+        "relax", add_help=False, help="relax a structure with QEq + short-range repulsion"
+    )
     p_relax.add_argument("file", help="any structure file ASE reads")
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
