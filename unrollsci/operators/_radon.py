@@ -188,8 +188,9 @@ class Radon(LinearOperator):
         self.n_angles = int(theta.size)
         self.n_detectors = mat.shape[0] // self.n_angles
         self.register_buffer("angles", torch.from_numpy(theta.copy()))
-        self.register_buffer("matrix", _to_csr(mat))
-        self.register_buffer("matrix_t", _to_csr(mat.T.tocsr()))
+        # Derived from the geometry, so not part of the state dict (rebuilt from the cache).
+        self.register_buffer("matrix", _to_csr(mat), persistent=False)
+        self.register_buffer("matrix_t", _to_csr(mat.T.tocsr()), persistent=False)
         self.in_shape = (n, n)
         self.out_shape = (self.n_angles, self.n_detectors)
 
