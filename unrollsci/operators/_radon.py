@@ -36,7 +36,7 @@ FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
 def _as_angles(angles: Any) -> np.ndarray:
     """Angles in degrees as a float64 array (a count gives ``linspace(0, 180, n)``)."""
-    if isinstance(angles, bool):
+    if isinstance(angles, (bool, str, bytes)):
         raise TypeError(f"Expected 'angles' to be a count or a 1D tensor (got {angles!r}).")
     if isinstance(angles, (int, np.integer)):
         if angles < 1:
