@@ -41,8 +41,9 @@ def test_tv_reaches_scipy_objective(device):
     n, lam = 12, 0.5
     op = Radon(n, 8).to(device)
     x_true = random_ellipses(1, n, seed=2, dtype=torch.float64, device=device)
-    y = op(x_true) + 0.05 * torch.randn(1, 8, n, dtype=torch.float64,
-                                        generator=torch.Generator().manual_seed(1)).to(device)
+    y = op(x_true) + 0.05 * torch.randn(
+        1, 8, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    ).to(device)
     sol = tv_reconstruction(y, op, lam, max_iter=5000, tol=1e-9)
     assert sol.converged
     a = _system_matrix(n, tuple(op.angles.tolist()), True).toarray()
@@ -68,8 +69,14 @@ def test_tv_reaches_scipy_objective(device):
         div[:, 1:] -= d[1, :, :-1]
         return 0.5 * float(r @ r) + lam * float(mag.sum()), a.T @ r - lam * div.ravel()
 
-    ref = minimize(smooth, np.zeros(n * n), jac=True, method="L-BFGS-B",
-                   bounds=[(0, None)] * (n * n), options={"maxiter": 20000, "gtol": 1e-12})
+    ref = minimize(
+        smooth,
+        np.zeros(n * n),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * (n * n),
+        options={"maxiter": 20000, "gtol": 1e-12},
+    )
     mine = sol.x[0].cpu().numpy().ravel()
     assert mine.min() >= 0
     assert objective(mine) <= objective(ref.x) * (1 + 1e-4)

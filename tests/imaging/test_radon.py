@@ -55,8 +55,9 @@ def test_angle_count_is_skimage_default_spacing():
     assert op.out_shape == (12, 16)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)],
-                         ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"]
+)
 def test_adjoint_identity_128_180(device, dtype, tol):
     op = Radon(128, 180).to(device)
     assert check_adjoint(op, dtype=dtype, device=device) < tol
@@ -101,9 +102,16 @@ def test_norm_matches_scipy_svd(device):
     assert op.norm() == pytest.approx(ref, rel=1e-6)
 
 
-@pytest.mark.parametrize("name,skname", [("ram-lak", "ramp"), ("shepp-logan", "shepp-logan"),
-                                         ("cosine", "cosine"), ("hamming", "hamming"),
-                                         ("hann", "hann")])
+@pytest.mark.parametrize(
+    "name,skname",
+    [
+        ("ram-lak", "ramp"),
+        ("shepp-logan", "shepp-logan"),
+        ("cosine", "cosine"),
+        ("hamming", "hamming"),
+        ("hann", "hann"),
+    ],
+)
 def test_fbp_matches_skimage_iradon(device, phantom128, name, skname):
     from skimage.transform import iradon, radon
 

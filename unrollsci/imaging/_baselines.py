@@ -17,7 +17,7 @@ __all__ = ["tv_reconstruction", "tikhonov_reconstruction", "gradient2d", "diverg
 
 
 def gradient2d(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences of ``x: (batch, H, W)`` -> ``(batch, 2, H, W)`` (zero at the far edge)."""
+    """Forward differences ``(batch, H, W)`` -> ``(batch, 2, H, W)`` (zero at the far edge)."""
     gx = torch.zeros((*x.shape[:-2], 2, *x.shape[-2:]), dtype=x.dtype, device=x.device)
     gx[..., 0, :-1, :] = x[..., 1:, :] - x[..., :-1, :]
     gx[..., 1, :, :-1] = x[..., :, 1:] - x[..., :, :-1]
@@ -47,8 +47,12 @@ def _check_problem(y: torch.Tensor, radon: Any, mask: Any) -> torch.Tensor | Non
     check_finite("y", y)
     if mask is None:
         return None
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape[-2:]) != radon.in_shape or (
-        mask.dim() == 3 and mask.shape[0] != y.shape[0]) or mask.dim() not in (2, 3):
+    if (
+        not isinstance(mask, torch.Tensor)
+        or tuple(mask.shape[-2:]) != radon.in_shape
+        or (mask.dim() == 3 and mask.shape[0] != y.shape[0])
+        or mask.dim() not in (2, 3)
+    ):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(
             f"Expected 'mask' of shape {radon.in_shape} or (batch, {radon.image_size}, "
@@ -97,8 +101,11 @@ def tv_reconstruction(
     ys = y / a
     lam_s = lam / a**2
     tau = sigma = 0.99 / 3.0
-    x = torch.zeros(y.shape[0], *radon.in_shape, dtype=y.dtype, device=y.device) if x0 is None \
+    x = (
+        torch.zeros(y.shape[0], *radon.in_shape, dtype=y.dtype, device=y.device)
+        if x0 is None
         else x0.clone()
+    )
     xbar = x.clone()
     p = torch.zeros_like(y)
     q = torch.zeros(y.shape[0], 2, *radon.in_shape, dtype=y.dtype, device=y.device)
@@ -106,7 +113,8 @@ def tv_reconstruction(
     converged = False
     it = 0
     with torch.no_grad():
-        for it in range(1, max_iter + 1):
+        while it < max_iter:
+            it += 1
             p = (p + sigma * (radon._mv(xbar) / a - ys)) / (1 + sigma)
             q = q + sigma * gradient2d(xbar)
             qn = q.norm(dim=1, keepdim=True)
@@ -124,8 +132,17 @@ def tv_reconstruction(
             if residuals[-1] <= tol:
                 converged = True
                 break
-    return finish("tv_reconstruction", x, it, residuals, converged, tol, max_iter, throw,
-                  stats={"lam": lam, "tau": tau, "sigma": sigma, "radon_norm": a})
+    return finish(
+        "tv_reconstruction",
+        x,
+        it,
+        residuals,
+        converged,
+        tol,
+        max_iter,
+        throw,
+        stats={"lam": lam, "tau": tau, "sigma": sigma, "radon_norm": a},
+    )
 
 
 class _Normal(LinearOperator):
@@ -145,7 +162,12 @@ class _Normal(LinearOperator):
 
 
 def tikhonov_reconstruction(
-    y: torch.Tensor, radon: Radon, lam: float, *, tol: float = 1e-6, max_iter: int = 500,
+    y: torch.Tensor,
+    radon: Radon,
+    lam: float,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 500,
     throw: bool = False,
 ) -> Solution:
     """``argmin_x ||A x - y||^2 + lam ||x||^2`` by conjugate gradient on the normal equations.
@@ -166,5 +188,3 @@ def tikhonov_reconstruction(
     sol = cg(normal, rhs, tol=tol, max_iter=max_iter, throw=throw)
     sol.x = sol.x.reshape(y.shape[0], *radon.in_shape)
     return sol
-
-

@@ -22,8 +22,14 @@ from .._bench import Timer, markdown_table, write_results
 SEEDS = {"val": 1_000_001, "test": 2_000_003, "train": 7}
 
 
-def make_data(n: int, size: int, radon: Any, photons: float, seed: int | None = None,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+def make_data(
+    n: int,
+    size: int,
+    radon: Any,
+    photons: float,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, ...]:
     """``(sinograms, images, masks)`` of ``n`` noisy random-ellipse phantoms."""
     from ._noise import poisson_noise
     from ._phantoms import random_ellipses
@@ -39,7 +45,7 @@ def scores(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[floa
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     ps, ss = [], []
-    for a, b in zip(x_hat.detach().cpu().double().numpy(), x.cpu().double().numpy()):
+    for a, b in zip(x_hat.detach().cpu().double().numpy(), x.cpu().double().numpy(), strict=True):
         ps.append(float(peak_signal_noise_ratio(b, a.clip(-1, 2), data_range=1.0)))
         ss.append(float(structural_similarity(b, a, data_range=1.0)))
     return ps, ss
@@ -108,12 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     lam = max(lam_scores, key=lam_scores.get)
     with Timer() as t:
         sol = _tv(y_te, radon, lam, m_te, args.tv_iters)
-    results["tv"] = {"lam": lam, "seconds": t.seconds, "x": sol.x,
-                     "iterations": sol.iterations, "final_rel_change": sol.residual}
+    results["tv"] = {
+        "lam": lam,
+        "seconds": t.seconds,
+        "x": sol.x,
+        "iterations": sol.iterations,
+        "final_rel_change": sol.residual,
+    }
 
     # --- unrolled network, trained on fresh phantoms within a time budget
-    model = UnrolledCT(radon, n_layers=args.layers, channels=args.channels,
-                       cnn_lipschitz=args.cnn_lipschitz)
+    model = UnrolledCT(
+        radon, n_layers=args.layers, channels=args.channels, cnn_lipschitz=args.cnn_lipschitz
+    )
 
     def sampler(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         return make_data(args.batch, args.size, radon, args.photons, generator=gen)
@@ -124,51 +136,95 @@ def main(argv: list[str] | None = None) -> int:
 
     steps_per_epoch = 25
     t0 = time.perf_counter()
-    fit(model, loss_fn, sampler, epochs=1, steps_per_epoch=5, lr=args.lr, progress=False,
-        seed=SEEDS["train"] + 1)
+    fit(
+        model,
+        loss_fn,
+        sampler,
+        epochs=1,
+        steps_per_epoch=5,
+        lr=args.lr,
+        progress=False,
+        seed=SEEDS["train"] + 1,
+    )
     per_step = (time.perf_counter() - t0) / 5
     epochs = max(1, int((args.train_seconds - 5 * per_step) / (per_step * steps_per_epoch)))
-    model = UnrolledCT(radon, n_layers=args.layers, channels=args.channels,
-                       cnn_lipschitz=args.cnn_lipschitz)
-    hist = fit(model, loss_fn, sampler, val_data=(y_val, x_val, m_val), epochs=epochs,
-               steps_per_epoch=steps_per_epoch, lr=args.lr, seed=SEEDS["train"],
-               progress=False)
+    model = UnrolledCT(
+        radon, n_layers=args.layers, channels=args.channels, cnn_lipschitz=args.cnn_lipschitz
+    )
+    hist = fit(
+        model,
+        loss_fn,
+        sampler,
+        val_data=(y_val, x_val, m_val),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        lr=args.lr,
+        seed=SEEDS["train"],
+        progress=False,
+    )
     model.eval()
     with torch.no_grad():
         model(y_te[:2], mask=m_te[:2])  # warm-up
         with Timer() as t:
             x_net = model(y_te, mask=m_te)
-    results["unrolled"] = {"seconds": t.seconds, "x": x_net, "train_seconds": hist.seconds,
-                           "epochs": len(hist.train_loss),
-                           "train_steps": len(hist.train_loss) * steps_per_epoch,
-                           "best_val_mse": hist.best_val}
+    results["unrolled"] = {
+        "seconds": t.seconds,
+        "x": x_net,
+        "train_seconds": hist.seconds,
+        "epochs": len(hist.train_loss),
+        "train_steps": len(hist.train_loss) * steps_per_epoch,
+        "best_val_mse": hist.best_val,
+    }
     outside = float(x_net[~m_te].abs().max()) if bool((~m_te).any()) else 0.0
     cert = lipschitz_bound(model, details=True)
     emp = empirical_lipschitz(model, y_te[:4], steps=30 if args.quick else 60, mask=m_te[:4])
 
     for name, r in results.items():
         ps, ss = scores(r.pop("x"), x_te)
-        r.update(psnr_mean=sum(ps) / len(ps), ssim_mean=sum(ss) / len(ss),
-                 psnr=ps, ssim=ss, seconds_per_image=r["seconds"] / args.n_test)
-        rows.append({"method": name, "PSNR (dB)": r["psnr_mean"], "SSIM": r["ssim_mean"],
-                     "time / image (s)": r["seconds_per_image"]})
+        r.update(
+            psnr_mean=sum(ps) / len(ps),
+            ssim_mean=sum(ss) / len(ss),
+            psnr=ps,
+            ssim=ss,
+            seconds_per_image=r["seconds"] / args.n_test,
+        )
+        rows.append(
+            {
+                "method": name,
+                "PSNR (dB)": r["psnr_mean"],
+                "SSIM": r["ssim_mean"],
+                "time / image (s)": r["seconds_per_image"],
+            }
+        )
     gain = results["unrolled"]["psnr_mean"] - results["tv"]["psnr_mean"]
     speed = results["tv"]["seconds"] / results["unrolled"]["seconds"]
-    summary = {"unrolled_minus_tv_db": gain, "speedup_vs_tv": speed,
-               "goal_db_met": gain >= 3.0, "goal_speed_met": speed >= 10.0,
-               "lipschitz_bound": cert.bound, "lipschitz_empirical": emp,
-               "lipschitz_init": cert.init, "lipschitz_layers": cert.layers,
-               "max_abs_outside_support": outside}
+    summary = {
+        "unrolled_minus_tv_db": gain,
+        "speedup_vs_tv": speed,
+        "goal_db_met": gain >= 3.0,
+        "goal_speed_met": speed >= 10.0,
+        "lipschitz_bound": cert.bound,
+        "lipschitz_empirical": emp,
+        "lipschitz_init": cert.init,
+        "lipschitz_layers": cert.layers,
+        "max_abs_outside_support": outside,
+    }
     config = {k: v for k, v in vars(args).items()}
-    config.update(noise="poisson", tv_lam_validation_psnr=lam_scores, seeds=SEEDS,
-                  steps_per_epoch=steps_per_epoch, measured_seconds_per_step=per_step,
-                  fbp_filter_validation="best of 5 by validation PSNR")
-    path = write_results("ct", {"config": config, "results": results, "summary": summary},
-                         args.out)
+    config.update(
+        noise="poisson",
+        tv_lam_validation_psnr=lam_scores,
+        seeds=SEEDS,
+        steps_per_epoch=steps_per_epoch,
+        measured_seconds_per_step=per_step,
+        fbp_filter_validation="best of 5 by validation PSNR",
+    )
+    path = write_results("ct", {"config": config, "results": results, "summary": summary}, args.out)
     save_checkpoint(model, Path(args.out) / "ct_unrolled.pt")
     print(markdown_table(rows))
-    print(f"\nunrolled - TV = {gain:+.2f} dB; TV / unrolled time = {speed:.1f}x; "
-          f"Lipschitz bound {cert.bound:.3g} >= empirical {emp:.3g}; "
-          f"max |x| outside support = {outside:g}")
+    print(
+        f"\nunrolled - TV = {gain:+.2f} dB; TV / unrolled time = {speed:.1f}x; "
+        f"Lipschitz bound {cert.bound:.3g} >= empirical {emp:.3g}; "
+        f"max |x| outside support = {outside:g}"
+    )
     print(f"results: {path}")
     return 0

@@ -57,8 +57,7 @@ class RotateSum:
         b, n, _ = x.shape
         xin = x[:, None].expand(b, self.n_angles, n, n).reshape(b * self.n_angles, 1, n, n)
         grid = self.grid.repeat(b, 1, 1, 1)
-        rot = F.grid_sample(xin, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=True)
+        rot = F.grid_sample(xin, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return rot.sum(2).reshape(b, self.n_angles, n)
 
     def adjoint(self, y: torch.Tensor, n: int) -> torch.Tensor:
@@ -103,30 +102,58 @@ def main(argv: list[str] | None = None) -> int:
             fwd = _time(lambda: opd(xd), args.repeats, dev)  # noqa: B023
             adj = _time(lambda: opd.adjoint(yd), args.repeats, dev)  # noqa: B023
         res[f"radon_matrix_{dev.type}"] = {"forward_s": fwd, "adjoint_s": adj}
-        rows.append({"method": f"unrollsci Radon (sparse matrix, {dev.type})",
-                     "forward (s)": fwd, "adjoint (s)": adj, "fwd+adj (s)": fwd + adj})
+        rows.append(
+            {
+                "method": f"unrollsci Radon (sparse matrix, {dev.type})",
+                "forward (s)": fwd,
+                "adjoint (s)": adj,
+                "fwd+adj (s)": fwd + adj,
+            }
+        )
         rs = RotateSum(n, theta, dev, torch.float32)
         with torch.no_grad():
             fwd = _time(lambda: rs.forward(xd), args.repeats, dev)  # noqa: B023
         adj = _time(lambda: rs.adjoint(yd, n), args.repeats, dev)  # noqa: B023
         res[f"rotate_sum_grid_sample_{dev.type}"] = {"forward_s": fwd, "adjoint_s": adj}
-        rows.append({"method": f"rotate-and-sum grid_sample ({dev.type})",
-                     "forward (s)": fwd, "adjoint (s)": adj, "fwd+adj (s)": fwd + adj})
+        rows.append(
+            {
+                "method": f"rotate-and-sum grid_sample ({dev.type})",
+                "forward (s)": fwd,
+                "adjoint (s)": adj,
+                "fwd+adj (s)": fwd + adj,
+            }
+        )
     op = op.to("cpu")
     xn, yn = x.double().numpy(), y.double().numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fwd = _time(lambda: [radon(im, theta, circle=True) for im in xn], max(1, args.repeats // 2))
-        adj = _time(lambda: [iradon(s.T, theta, filter_name=None, circle=True) for s in yn],
-                    max(1, args.repeats // 2))
-    res["skimage"] = {"forward_s": fwd, "adjoint_s": adj, "forward_per_image_s": fwd / b,
-                      "adjoint_note": "unfiltered iradon (pixel-driven back-projection), "
-                                      "not the exact adjoint"}
-    rows.append({"method": "scikit-image radon / iradon(filter=None), looped",
-                 "forward (s)": fwd, "adjoint (s)": adj, "fwd+adj (s)": fwd + adj})
-    rows.append({"method": "deepinv Tomography (issue author's number, not re-measured)",
-                 "forward (s)": DEEPINV_FORWARD_S, "adjoint (s)": math.nan,
-                 "fwd+adj (s)": math.nan})
+        adj = _time(
+            lambda: [iradon(s.T, theta, filter_name=None, circle=True) for s in yn],
+            max(1, args.repeats // 2),
+        )
+    res["skimage"] = {
+        "forward_s": fwd,
+        "adjoint_s": adj,
+        "forward_per_image_s": fwd / b,
+        "adjoint_note": "unfiltered iradon (pixel-driven back-projection), not the exact adjoint",
+    }
+    rows.append(
+        {
+            "method": "scikit-image radon / iradon(filter=None), looped",
+            "forward (s)": fwd,
+            "adjoint (s)": adj,
+            "fwd+adj (s)": fwd + adj,
+        }
+    )
+    rows.append(
+        {
+            "method": "deepinv Tomography (issue author's number, not re-measured)",
+            "forward (s)": DEEPINV_FORWARD_S,
+            "adjoint (s)": math.nan,
+            "fwd+adj (s)": math.nan,
+        }
+    )
     ours = res["radon_matrix_cpu"]["forward_s"]
     from skimage.data import shepp_logan_phantom
     from skimage.transform import resize
@@ -143,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         "rel_l2_vs_skimage_shepp_logan": float(np.linalg.norm(mine - ref) / np.linalg.norm(ref)),
     }
     config = {**vars(args), "dtype": "float32", "deepinv_forward_s_quoted": DEEPINV_FORWARD_S}
-    path = write_results("radon", {"config": config, "results": res, "summary": summary},
-                         args.out)
+    path = write_results("radon", {"config": config, "results": res, "summary": summary}, args.out)
     print(markdown_table(rows))
-    print(f"\nforward speed-up vs deepinv (quoted 0.46 s): "
-          f"{summary['speedup_forward_vs_deepinv_quoted']:.0f}x; vs scikit-image (same run): "
-          f"{summary['speedup_forward_vs_skimage']:.0f}x; matrix build {build:.2f} s "
-          f"(cached per geometry), nnz {op.nnz}")
+    print(
+        f"\nforward speed-up vs deepinv (quoted 0.46 s): "
+        f"{summary['speedup_forward_vs_deepinv_quoted']:.0f}x; vs scikit-image (same run): "
+        f"{summary['speedup_forward_vs_skimage']:.0f}x; matrix build {build:.2f} s "
+        f"(cached per geometry), nnz {op.nnz}"
+    )
     print(f"results: {path}")
     return 0

@@ -15,8 +15,9 @@ from ._unrolled import UnrolledCT
 __all__ = ["lipschitz_bound", "LipschitzCertificate", "conv_operator_norm", "empirical_lipschitz"]
 
 
-def conv_operator_norm(weight: torch.Tensor, image_size: int, *, method: str = "fft",
-                       n_iter: int = 200, seed: int = 0) -> float:
+def conv_operator_norm(
+    weight: torch.Tensor, image_size: int, *, method: str = "fft", n_iter: int = 200, seed: int = 0
+) -> float:
     """Operator norm of the zero-padded "same" 2D convolution with ``weight`` on images.
 
     ``method="fft"`` (an upper bound): the zero-padded convolution on ``N x N``
@@ -53,8 +54,16 @@ def conv_operator_norm(weight: torch.Tensor, image_size: int, *, method: str = "
     return est
 
 
-def _linear_norm(fn: Any, shape: tuple[int, ...], *, dtype: torch.dtype, device: Any,
-                 n_iter: int = 300, tol: float = 1e-9, seed: int = 0) -> float:
+def _linear_norm(
+    fn: Any,
+    shape: tuple[int, ...],
+    *,
+    dtype: torch.dtype,
+    device: Any,
+    n_iter: int = 300,
+    tol: float = 1e-9,
+    seed: int = 0,
+) -> float:
     """Norm of a linear map ``fn`` by power iteration on ``fn^T fn`` (adjoint by autograd)."""
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
@@ -85,8 +94,9 @@ class LipschitzCertificate:
         return self.bound
 
 
-def lipschitz_bound(model: UnrolledCT, *, margin: float = 1e-2,
-                    details: bool = False) -> float | LipschitzCertificate:
+def lipschitz_bound(
+    model: UnrolledCT, *, margin: float = 1e-2, details: bool = False
+) -> float | LipschitzCertificate:
     """Certified Lipschitz constant of ``model`` with respect to the sinogram (Euclidean norms).
 
     Built from the layers with the composition, sum and product rules:
@@ -116,8 +126,12 @@ def lipschitz_bound(model: UnrolledCT, *, margin: float = 1e-2,
     with torch.no_grad():
         n_a = radon.norm(recompute=True) * (1 + margin) / a
     if model.init == "fbp":
-        l_init = _linear_norm(lambda v: fbp(v, radon, filter=model.filter), radon.out_shape,
-                              dtype=torch.float64, device=dev) * (1 + margin)
+        l_init = _linear_norm(
+            lambda v: fbp(v, radon, filter=model.filter),
+            radon.out_shape,
+            dtype=torch.float64,
+            device=dev,
+        ) * (1 + margin)
     elif model.init == "adjoint":
         l_init = n_a / a
     else:

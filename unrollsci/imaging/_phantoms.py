@@ -26,8 +26,9 @@ _MODIFIED_SHEPP_LOGAN = (
 )
 
 
-def _grid(size: int, supersample: int, dtype: torch.dtype, device: Any) -> tuple[
-        torch.Tensor, torch.Tensor]:
+def _grid(
+    size: int, supersample: int, dtype: torch.dtype, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel sample coordinates in [-1, 1]: x to the right, y up (row 0 at the top)."""
     s = size * supersample
     t = (torch.arange(s, dtype=dtype, device=device) + 0.5) / s * 2 - 1
@@ -55,8 +56,9 @@ def ellipse_image(params: torch.Tensor, size: int, *, supersample: int = 2) -> t
     return img.reshape(img.shape[0], size, k, size, k).mean((2, 4))
 
 
-def shepp_logan(size: int = 128, *, dtype: torch.dtype = torch.float32, device: Any = None,
-                supersample: int = 2) -> torch.Tensor:
+def shepp_logan(
+    size: int = 128, *, dtype: torch.dtype = torch.float32, device: Any = None, supersample: int = 2
+) -> torch.Tensor:
     """The modified Shepp-Logan head phantom, ``(size, size)``, values in [0, 1].
 
     Same geometry and contrast as ``skimage.data.shepp_logan_phantom`` (which is a
@@ -113,23 +115,44 @@ def random_ellipses(
         raise ValueError(
             f"Expected n >= 1, size >= 2, n_ellipses >= 0 (got {n}, {size}, {n_ellipses})."
         )
-    gen = generator if generator is not None else torch.Generator().manual_seed(
-        0 if seed is None else int(seed))
+    gen = (
+        generator
+        if generator is not None
+        else torch.Generator().manual_seed(0 if seed is None else int(seed))
+    )
 
     def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)
 
     # Body: a tilted ellipse whose farthest point stays within radius 0.9.
-    body = torch.stack([u(0.2, 0.5, n), u(0.55, 0.85, n), u(0.55, 0.85, n),
-                        u(-0.05, 0.05, n), u(-0.05, 0.05, n), u(0.0, math.pi, n)], -1)
+    body = torch.stack(
+        [
+            u(0.2, 0.5, n),
+            u(0.55, 0.85, n),
+            u(0.55, 0.85, n),
+            u(-0.05, 0.05, n),
+            u(-0.05, 0.05, n),
+            u(0.0, math.pi, n),
+        ],
+        -1,
+    )
     # Inner ellipses at radius r (fraction of the body) and angle t, small axes.
     m = n_ellipses
     r, t = torch.sqrt(u(0.0, 1.0, n, m)) * 0.6, u(0.0, 2 * math.pi, n, m)
     cx = body[:, None, 3] + r * body[:, None, 1] * torch.cos(t)
     cy = body[:, None, 4] + r * body[:, None, 2] * torch.sin(t)
     scale = torch.minimum(body[:, None, 1], body[:, None, 2])
-    inner = torch.stack([u(-0.2, 0.5, n, m), scale * u(0.05, 0.35, n, m),
-                         scale * u(0.05, 0.35, n, m), cx, cy, u(0.0, math.pi, n, m)], -1)
+    inner = torch.stack(
+        [
+            u(-0.2, 0.5, n, m),
+            scale * u(0.05, 0.35, n, m),
+            scale * u(0.05, 0.35, n, m),
+            cx,
+            cy,
+            u(0.0, math.pi, n, m),
+        ],
+        -1,
+    )
     body_only = body.clone()
     body_only[:, 0] = 1.0
     supp = ellipse_image(body_only[:, None], size, supersample=supersample) > 0

@@ -60,8 +60,9 @@ class _Conv(nn.Module):
 class _Block(nn.Module):
     """Small CNN ``[x, grad] -> update``: convs with LeakyReLU between them."""
 
-    def __init__(self, channels: int, depth: int, k: int, size: int, cap: float | None,
-                 slope: float) -> None:
+    def __init__(
+        self, channels: int, depth: int, k: int, size: int, cap: float | None, slope: float
+    ) -> None:
         super().__init__()
         chans = [2] + [channels] * (depth - 1) + [1]
         per = None if cap is None else cap ** (1.0 / depth)
@@ -138,7 +139,9 @@ class UnrolledCT(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(radon, Radon):
-            raise TypeError(f"Expected 'radon' to be a Radon operator (got {type(radon).__name__}).")
+            raise TypeError(
+                f"Expected 'radon' to be a Radon operator (got {type(radon).__name__})."
+            )
         if n_layers < 1 or channels < 1 or depth < 2 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
                 "Expected n_layers >= 1, channels >= 1, depth >= 2 and an odd kernel_size (got "
@@ -156,9 +159,17 @@ class UnrolledCT(nn.Module):
             mask = radon.support()
         self.register_buffer("mask", self._check_mask(mask, None).clone())
         self.register_buffer("radon_norm", torch.tensor(radon.norm(), dtype=torch.float64))
-        self.config = dict(n_layers=n_layers, channels=channels, depth=depth,
-                           kernel_size=kernel_size, tied=tied, init=init, filter=filter,
-                           cnn_lipschitz=cnn_lipschitz, negative_slope=negative_slope)
+        self.config = dict(
+            n_layers=n_layers,
+            channels=channels,
+            depth=depth,
+            kernel_size=kernel_size,
+            tied=tied,
+            init=init,
+            filter=filter,
+            cnn_lipschitz=cnn_lipschitz,
+            negative_slope=negative_slope,
+        )
         self.num_layers = self.active_layers = int(n_layers)
         self.tied, self.init, self.filter = bool(tied), init, filter
         n_blocks = 1 if tied else n_layers
@@ -176,8 +187,11 @@ class UnrolledCT(nn.Module):
 
     def _check_mask(self, mask: Any, batch: int | None) -> torch.Tensor:
         n = self.radon.image_size
-        ok = isinstance(mask, torch.Tensor) and mask.dim() in (2, 3) and tuple(
-            mask.shape[-2:]) == (n, n)
+        ok = (
+            isinstance(mask, torch.Tensor)
+            and mask.dim() in (2, 3)
+            and tuple(mask.shape[-2:]) == (n, n)
+        )
         if ok and mask.dim() == 3 and batch is not None and mask.shape[0] not in (1, batch):
             ok = False
         if not ok:

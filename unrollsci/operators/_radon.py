@@ -87,8 +87,9 @@ def _system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
     centre = size // 2
     offset = centre - n // 2  # image pixel (i, j) sits at (i + offset, j + offset)
     radius2 = (n // 2) ** 2
-    rr, cc = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64),
-                         indexing="ij")
+    rr, cc = np.meshgrid(
+        np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij"
+    )
     rows, cols, vals = [], [], []
     for a, theta in enumerate(np.deg2rad(np.asarray(angles))):
         cos_t, sin_t = math.cos(theta), math.sin(theta)
@@ -99,8 +100,12 @@ def _system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
         wx, wy = x - x0, y - y0
         x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
         det = a * size + cc.astype(np.int64)
-        for dy, dx, w in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
-                          (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+        for dy, dx, w in (
+            (0, 0, (1 - wy) * (1 - wx)),
+            (0, 1, (1 - wy) * wx),
+            (1, 0, wy * (1 - wx)),
+            (1, 1, wy * wx),
+        ):
             yy, xx = y0 + dy, x0 + dx
             ok = (yy >= 0) & (yy < n) & (xx >= 0) & (xx < n) & (w > 0)
             if circle:
@@ -178,8 +183,9 @@ class Radon(LinearOperator):
         torch.Size([2, 45, 32])
     """
 
-    def __init__(self, image_size: int | Sequence[int], angles: Any = 180, *,
-                 circle: bool = True) -> None:
+    def __init__(
+        self, image_size: int | Sequence[int], angles: Any = 180, *, circle: bool = True
+    ) -> None:
         super().__init__()
         n = _as_size(image_size)
         theta = _as_angles(angles)
@@ -217,8 +223,9 @@ class Radon(LinearOperator):
         out = _SparseApply.apply(flat, self._cast("matrix_t", y), self._cast("matrix", y))
         return out.reshape(y.shape[0], *self.in_shape)
 
-    def _channel_aware(self, name: str, t: torch.Tensor, shape: tuple[int, ...],
-                       fn: Any) -> torch.Tensor:
+    def _channel_aware(
+        self, name: str, t: torch.Tensor, shape: tuple[int, ...], fn: Any
+    ) -> torch.Tensor:
         if isinstance(t, torch.Tensor) and t.dim() == len(shape) + 2 and t.shape[1] == 1:
             self._check_input(name, t[:, 0], shape)
             return fn(t[:, 0]).unsqueeze(1)
@@ -238,12 +245,19 @@ class Radon(LinearOperator):
         return fbp(y, self, filter=filter)
 
     def extra_repr(self) -> str:
-        return (f"image_size={self.image_size}, n_angles={self.n_angles}, "
-                f"n_detectors={self.n_detectors}, circle={self.circle}")
+        return (
+            f"image_size={self.image_size}, n_angles={self.n_angles}, "
+            f"n_detectors={self.n_detectors}, circle={self.circle}"
+        )
 
 
-def ramp_filter(n_detectors: int, filter: str = "ram-lak", *,
-                dtype: torch.dtype = torch.float64, device: Any = None) -> torch.Tensor:
+def ramp_filter(
+    n_detectors: int,
+    filter: str = "ram-lak",
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+) -> torch.Tensor:
     """Frequency response of the FBP filter on the zero-padded detector axis.
 
     The ramp is the DFT of the band-limited spatial ramp of Kak & Slaney
