@@ -10,6 +10,7 @@ held-out phantoms drawn with a different seed. Writes ``ct.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     config = {k: v for k, v in vars(args).items()}
     config.update(
+        load_average_1_5_15min=list(os.getloadavg()),
         noise="poisson",
         tv_lam_validation_psnr=lam_scores,
         seeds=SEEDS,

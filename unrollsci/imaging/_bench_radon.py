@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 import warnings
@@ -169,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         "matrix_nnz": op.nnz,
         "rel_l2_vs_skimage_shepp_logan": float(np.linalg.norm(mine - ref) / np.linalg.norm(ref)),
     }
-    config = {**vars(args), "dtype": "float32", "deepinv_forward_s_quoted": DEEPINV_FORWARD_S}
+    config = {
+        **vars(args),
+        "dtype": "float32",
+        "deepinv_forward_s_quoted": DEEPINV_FORWARD_S,
+        "load_average_1_5_15min": list(os.getloadavg()),
+    }
     path = write_results("radon", {"config": config, "results": res, "summary": summary}, args.out)
     print(markdown_table(rows))
     print(
