@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=["free", "sn0.5"],
-        help="networks to train: 'free' and/or 'sn<c>' (spectral normalization, CNN Lipschitz c)",
+        default=["free", "lip10"],
+        help="networks: 'free', 'sn<c>' (CNN Lipschitz cap c), 'lip<T>' (certificate <= T)",
     )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -145,9 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = 25
     certs: dict[str, Any] = {}
     for variant in args.variants:
-        cap = None if variant == "free" else float(variant.removeprefix("sn"))
-        name = "unrolled" if cap is None else f"unrolled_sn{cap:g}"
-        model = UnrolledCT(radon, n_layers=args.layers, channels=args.channels, cnn_lipschitz=cap)
+        cap = float(variant[2:]) if variant.startswith("sn") else None
+        target = float(variant[3:]) if variant.startswith("lip") else None
+        name = "unrolled" if variant == "free" else f"unrolled_{variant}"
+        model = UnrolledCT(
+            radon,
+            n_layers=args.layers,
+            channels=args.channels,
+            cnn_lipschitz=cap,
+            lipschitz_target=target,
+        )
         best: dict[str, Any] = {"val": float("inf"), "state": None, "epochs": 0}
         t_start = time.perf_counter()
 
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_abs_outside_support": outside,
         }
         results[name] = {
-            "cnn_lipschitz": cap,
+            "cnn_lipschitz": model.cnn_lipschitz,
+            "lipschitz_target": target,
             "seconds": t.seconds,
             "x": x_net,
             "train_seconds": train_seconds,

@@ -4,81 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-from ..operators._radon import fbp
+from ._certify import conv_operator_norm, init_norm, propagate_bound
 from ._unrolled import UnrolledCT
 
 __all__ = ["lipschitz_bound", "LipschitzCertificate", "conv_operator_norm", "empirical_lipschitz"]
-
-
-def conv_operator_norm(
-    weight: torch.Tensor, image_size: int, *, method: str = "fft", n_iter: int = 200, seed: int = 0
-) -> float:
-    """Operator norm of the zero-padded "same" 2D convolution with ``weight`` on images.
-
-    ``method="fft"`` (an upper bound): the zero-padded convolution on ``N x N``
-    images is a compression (embed, circular convolution on ``M x M`` with
-    ``M >= N + k - 1``, crop) of a circular convolution, whose norm is
-    ``max_w sigma_max(K_hat(w))`` over the ``M x M`` DFT frequencies of the
-    ``(c_out, c_in)`` kernel matrix (Sedghi, Gupta & Long, ICLR 2019). Embedding
-    and cropping have norm 1, so this bounds the norm from above.
-
-    ``method="power"``: power iteration on ``W^T W`` (a lower estimate that
-    converges to the norm).
-
-    Args:
-        weight: ``(c_out, c_in, k, k)``.
-        image_size: ``N``.
-    """
-    w = weight.detach().to(torch.float64)
-    k = w.shape[-1]
-    if method == "fft":
-        m = image_size + k
-        spec = torch.fft.fft2(w, s=(m, m))  # (c_out, c_in, m, m)
-        return float(torch.linalg.matrix_norm(spec.permute(2, 3, 0, 1), ord=2).max())
-    if method != "power":
-        raise ValueError(f"Expected method 'fft' or 'power' (got {method!r}).")
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.randn(1, w.shape[1], image_size, image_size, generator=gen, dtype=torch.float64)
-    u = u.to(w.device)
-    est = 0.0
-    for _ in range(n_iter):
-        u = u / u.norm()
-        v = F.conv2d(u, w, padding=k // 2)
-        est = float(v.norm())
-        u = F.conv_transpose2d(v, w, padding=k // 2)
-    return est
-
-
-def _linear_norm(
-    fn: Any,
-    shape: tuple[int, ...],
-    *,
-    dtype: torch.dtype,
-    device: Any,
-    n_iter: int = 300,
-    tol: float = 1e-9,
-    seed: int = 0,
-) -> float:
-    """Norm of a linear map ``fn`` by power iteration on ``fn^T fn`` (adjoint by autograd)."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
-    est = 0.0
-    for _ in range(n_iter):
-        u = (u / u.norm()).requires_grad_(True)
-        v = fn(u)
-        (g,) = torch.autograd.grad(v, u, grad_outputs=v.detach())
-        new = math.sqrt(float((g * u).sum().detach().clamp(min=0)))
-        u = g.detach()
-        if abs(new - est) <= tol * new:
-            est = new
-            break
-        est = new
-    return est
 
 
 @dataclass
@@ -122,20 +54,9 @@ def lipschitz_bound(
         raise TypeError(f"Expected an UnrolledCT model (got {type(model).__name__}).")
     radon = model.radon
     a = float(model.radon_norm)
-    dev = model.mask.device
     with torch.no_grad():
         n_a = radon.norm(recompute=True) * (1 + margin) / a
-    if model.init == "fbp":
-        l_init = _linear_norm(
-            lambda v: fbp(v, radon, filter=model.filter),
-            radon.out_shape,
-            dtype=torch.float64,
-            device=dev,
-        ) * (1 + margin)
-    elif model.init == "adjoint":
-        l_init = n_a / a
-    else:
-        l_init = 0.0
+    l_init = init_norm(radon, model.init, model.filter, a, n_a, margin)
     size = radon.image_size
     was = model.training
     model.eval()
@@ -149,9 +70,7 @@ def lipschitz_bound(
             lip_cnn = 1.0
             for conv in block.convs:
                 lip_cnn *= conv_operator_norm(conv.weight(), size)
-            lg = n_a**2 * lx + n_a / a
-            lin = max(1.0, abs(1.0 - s * n_a**2)) * lx + s * n_a / a
-            lx = lin + lip_cnn * math.hypot(lx, lg)
+            lx = propagate_bound(lx, s, n_a, a, lip_cnn)
             layers.append({"step": s, "cnn": lip_cnn, "bound": lx})
     model.train(was)
     cert = LipschitzCertificate(bound=lx, init=l_init, radon_norm=a * n_a, layers=layers)

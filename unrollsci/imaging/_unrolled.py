@@ -11,6 +11,7 @@ from torch import nn
 from .._validation import check_finite, check_tensor
 from ..operators._radon import Radon, fbp
 from ..prox import project_support
+from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
 
 __all__ = ["UnrolledCT"]
 
@@ -20,16 +21,19 @@ _INITS = ("fbp", "zero", "adjoint")
 class _Conv(nn.Module):
     """A conv layer whose operator norm can be capped (spectral normalization).
 
-    With ``cap`` set, the weight used is ``W / max(1, sigma / cap)`` where ``sigma``
-    estimates the norm of the convolution *operator* on ``size x size`` images by
-    power iteration (one step per training forward, persistent vector, as
-    ``torch.nn.utils.spectral_norm`` does for matrices).
+    With ``cap`` set, the weight used is ``W / max(1, sigma / cap)``. In training,
+    ``sigma`` estimates the norm of the convolution *operator* on ``size x size``
+    images by power iteration (one step per forward, persistent vector, as
+    ``torch.nn.utils.spectral_norm`` does for matrices). In evaluation mode it is
+    the FFT upper bound of that norm (:func:`conv_operator_norm`, refreshed by
+    :meth:`refresh_sigma_` when the model switches to eval), so the evaluated layer
+    provably has operator norm ``<= cap``.
     """
 
     def __init__(self, c_in: int, c_out: int, k: int, size: int, cap: float | None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, k, padding=k // 2)
-        self.cap = cap
+        self.cap, self.size = cap, size
         if cap is not None:
             u = torch.randn(1, c_in, size, size, generator=torch.Generator().manual_seed(c_in))
             self.register_buffer("u", u / u.norm())
@@ -51,6 +55,14 @@ class _Conv(nn.Module):
         else:
             sigma = self.sigma
         return w / torch.clamp(sigma / self.cap, min=1.0)
+
+    @torch.no_grad()
+    def refresh_sigma_(self) -> None:
+        """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm."""
+        w = self.conv.weight
+        if self.cap is not None and getattr(self, "_refreshed", None) != (w._version, id(w)):
+            self.sigma.fill_(conv_operator_norm(w, self.size))
+            self._refreshed = (w._version, id(w))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         w = self.weight()
@@ -107,8 +119,12 @@ class UnrolledCT(nn.Module):
             ``forward`` may override it per call (e.g. per-patient boundaries).
         init: ``"fbp"``, ``"adjoint"`` (``A^T y / a^2``) or ``"zero"``.
         filter: FBP filter for ``init="fbp"``.
-        cnn_lipschitz: if set, cap each CNN's Lipschitz constant near this value by
-            spectral normalization of every convolution (``cap^(1/depth)`` each).
+        cnn_lipschitz: if set, cap each CNN's Lipschitz constant at this value by
+            spectral normalization of every convolution (``cap^(1/depth)`` each;
+            exact in eval mode, see ``_Conv``).
+        lipschitz_target: if set (instead of ``cnn_lipschitz``), choose the CNN cap so
+            that :func:`~unrollsci.imaging.lipschitz_bound` stays below this target
+            for any step sizes (the certificate is enforced by construction).
         negative_slope: LeakyReLU slope (in [0, 1], keeps it 1-Lipschitz).
 
     Shapes:
@@ -136,6 +152,7 @@ class UnrolledCT(nn.Module):
         filter: str = "ram-lak",
         cnn_lipschitz: float | None = None,
         negative_slope: float = 0.2,
+        lipschitz_target: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(radon, Radon):
@@ -159,6 +176,13 @@ class UnrolledCT(nn.Module):
             mask = radon.support()
         self.register_buffer("mask", self._check_mask(mask, None).clone())
         self.register_buffer("radon_norm", torch.tensor(radon.norm(), dtype=torch.float64))
+        if lipschitz_target is not None:
+            if cnn_lipschitz is not None:
+                raise ValueError("Give either cnn_lipschitz or lipschitz_target, not both.")
+            a, margin = radon.norm(), 1e-2
+            n_a = 1.0 + margin  # ||radon|| / a with the certificate's margin
+            l0 = init_norm(radon, init, filter, a, n_a, margin)
+            cnn_lipschitz = cnn_cap_for_target(float(lipschitz_target), l0, n_layers, n_a, a)
         self.config = dict(
             n_layers=n_layers,
             channels=channels,
@@ -167,9 +191,11 @@ class UnrolledCT(nn.Module):
             tied=tied,
             init=init,
             filter=filter,
-            cnn_lipschitz=cnn_lipschitz,
+            cnn_lipschitz=None if lipschitz_target is not None else cnn_lipschitz,
             negative_slope=negative_slope,
+            lipschitz_target=lipschitz_target,
         )
+        self.cnn_lipschitz = cnn_lipschitz
         self.num_layers = self.active_layers = int(n_layers)
         self.tied, self.init, self.filter = bool(tied), init, filter
         n_blocks = 1 if tied else n_layers
@@ -181,6 +207,15 @@ class UnrolledCT(nn.Module):
         self.step_logits = nn.Parameter(torch.zeros(n_blocks))
 
     # ---------------------------------------------------------------- helpers
+    def train(self, mode: bool = True) -> UnrolledCT:
+        """Switch mode; entering eval mode fixes each capped conv at its certified scale."""
+        super().train(mode)
+        if not mode:
+            for block in self.blocks:
+                for conv in block.convs:
+                    conv.refresh_sigma_()
+        return self
+
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (for :func:`unrollsci.train.save_checkpoint`)."""
         return {"radon": self.radon, "mask": self.mask.cpu(), **self.config}
