@@ -36,7 +36,7 @@ def psnr(x_hat, x):
 
 
 print(f"FBP (hann)  {psnr(fbp(y_test, radon, filter='hann'), x_test):.2f} dB")
-tv = tv_reconstruction(y_test, radon, lam=3.0, mask=m_test, max_iter=300, tol=1e-5)
+tv = tv_reconstruction(y_test, radon, lam=5.0, mask=m_test, max_iter=500, tol=1e-4)
 print(f"TV          {psnr(tv.x, x_test):.2f} dB  ({tv.iterations} iterations)")
 
 model = UnrolledCT(radon, n_layers=5, channels=16)  # FBP start, 5 learned-gradient layers
@@ -47,7 +47,7 @@ def loss_fn(model, batch):
     return torch.mean((model(y, mask=mask) - x) ** 2)
 
 
-fit(model, loss_fn, lambda g: make(8, g), epochs=4, steps_per_epoch=50, lr=2e-3)
+fit(model, loss_fn, lambda g: make(8, g), epochs=4, steps_per_epoch=50, lr=2e-3, progress=False)
 with torch.no_grad():
     x_net = model(y_test, mask=m_test)
 print(f"unrolled    {psnr(x_net, x_test):.2f} dB")
