@@ -22,9 +22,12 @@ def test_bench_ct_quick(tmp_path):
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ct.json").read_text())
-    s = data["summary"]
-    assert s["max_abs_outside_support"] == 0.0
-    assert s["lipschitz_bound"] >= s["lipschitz_empirical"]
+    certs = data["summary"]["certificates"]
+    assert set(certs) == {"unrolled", "unrolled_lip10"}
+    for c in certs.values():
+        assert c["max_abs_outside_support"] == 0.0
+        assert c["lipschitz_bound"] >= c["lipschitz_empirical"]
+    assert certs["unrolled_lip10"]["lipschitz_bound"] <= 10.0
 
 
 @pytest.mark.slow
