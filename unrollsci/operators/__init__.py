@@ -10,6 +10,7 @@ from ._base import (
 )
 from ._conv import Convolution, Mask
 from ._matrix import MatrixOperator, SparseOperator, to_torch_sparse
+from ._radon import Radon, fbp
 
 __all__ = [
     "AdjointOperator",
@@ -18,9 +19,11 @@ __all__ = [
     "LinearOperator",
     "Mask",
     "MatrixOperator",
+    "Radon",
     "ScaledOperator",
     "SparseOperator",
     "SumOperator",
     "check_adjoint",
+    "fbp",
     "to_torch_sparse",
 ]

@@ -1,0 +1,11 @@
+"""CT reconstruction benchmark: FBP vs TV vs unrolled network (writes results/ct.json).
+
+Usage: python benchmarks/ct.py [--quick] [--train-seconds 1080]
+"""
+
+import sys
+
+from unrollsci.imaging._bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,11 @@
+"""Radon projector speed benchmark (writes results/radon.json).
+
+Usage: python benchmarks/radon.py [--quick]
+"""
+
+import sys
+
+from unrollsci.imaging._bench_radon import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

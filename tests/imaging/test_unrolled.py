@@ -1,0 +1,222 @@
+"""UnrolledCT: hard support constraint, shapes, training, checkpoints; Lipschitz certificate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unrollsci.imaging import (
+    Radon,
+    UnrolledCT,
+    conv_operator_norm,
+    empirical_lipschitz,
+    lipschitz_bound,
+    poisson_noise,
+    random_ellipses,
+)
+from unrollsci.train import fit, load_checkpoint, save_checkpoint
+
+
+def _randomize(model: UnrolledCT, scale: float = 0.3, seed: int = 0) -> UnrolledCT:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+@pytest.fixture(scope="module")
+def small():
+    op = Radon(16, 8)
+    x, m = random_ellipses(6, 16, seed=3, return_support=True, dtype=torch.float64)
+    y = poisson_noise(op(x), 1e4, seed=4)
+    return op, x, m, y
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_output_exactly_zero_outside_mask(device, small, tied):
+    op, x, m, y = small
+    model = _randomize(UnrolledCT(op, n_layers=3, channels=4, tied=tied), scale=1.0)
+    model = model.double().to(device).requires_grad_(False)
+    out = model(y.to(device))  # default mask: the scan disk
+    assert bool((out[:, ~model.mask] == 0).all())
+    out = model(y.to(device), mask=m.to(device))  # per-sample patient boundaries
+    assert bool((out[~m.to(device)] == 0).all())
+    assert float(out[m.to(device)].abs().sum()) > 0
+    custom = torch.zeros(16, 16, dtype=torch.bool, device=device)
+    custom[2:9, 5:13] = True
+    out = model(y.to(device), mask=custom)
+    assert bool((out[:, ~custom] == 0).all())
+
+
+def test_tied_and_untied_parameters():
+    op = Radon(16, 8)
+    untied = UnrolledCT(op, n_layers=4, channels=4)
+    tied = UnrolledCT(op, n_layers=4, channels=4, tied=True)
+    n_untied = sum(p.numel() for p in untied.parameters())
+    n_tied = sum(p.numel() for p in tied.parameters())
+    assert n_untied == 4 * n_tied
+    assert len(tied.blocks) == 1 and len(untied.blocks) == 4
+
+
+def test_untrained_network_is_projected_gradient_descent(device, small):
+    """With zero CNN output and s = 1, each layer is x - A^T(Ax - y)/||A||^2 then P_M."""
+    op, x, m, y = small
+    model = UnrolledCT(op, n_layers=2, channels=3, init="zero").double().to(device)
+    yd, md = y.to(device), model.mask
+    a = op.norm()
+    ref = torch.zeros_like(x).to(device)
+    opd = op.to(device)
+    for _ in range(2):
+        ref = ref - opd.adjoint(opd(ref) - yd) / a**2
+        ref = torch.where(md, ref, torch.zeros_like(ref))
+    torch.testing.assert_close(model(yd), ref)
+
+
+def test_steps_stay_in_stable_range():
+    model = UnrolledCT(Radon(16, 8), n_layers=3, channels=2)
+    with torch.no_grad():
+        model.step_logits.copy_(torch.tensor([-100.0, 0.0, 100.0]))
+    s = model.step_sizes()
+    assert bool((s >= 0).all()) and bool((s <= 2).all())
+
+
+def test_gradcheck_wrt_sinogram(device):
+    op = Radon(8, 4)
+    model = _randomize(UnrolledCT(op, n_layers=1, channels=2, depth=2), 0.5).double().to(device)
+    y = torch.rand(1, 4, 8, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(model, (y,))
+
+
+def test_channel_axis(device, small):
+    op, _, _, y = small
+    model = UnrolledCT(op, n_layers=1, channels=2).double().to(device)
+    out = model(y[:, None].to(device))
+    assert out.shape == (6, 1, 16, 16)
+
+
+def test_training_with_fit_reduces_error_and_checkpoint_roundtrip(tmp_path, small):
+    op, x, m, y = small
+    x, y, m = x.float(), y.float(), m
+    model = UnrolledCT(op, n_layers=2, channels=4)
+
+    def loss_fn(mdl, batch):
+        yb, xb, mb = batch
+        return torch.mean((mdl(yb, mask=mb) - xb) ** 2)
+
+    with torch.no_grad():
+        before = float(loss_fn(model, (y, x, m)))
+    hist = fit(model, loss_fn, (y, x, m), epochs=30, lr=3e-3, batch_size=6, progress=False)
+    with torch.no_grad():
+        after = float(loss_fn(model, (y, x, m)))
+    assert after < before and hist.train_loss[-1] < hist.train_loss[0]
+    path = save_checkpoint(model, tmp_path / "ct.pt")
+    again = load_checkpoint(path, expected=UnrolledCT)
+    with torch.no_grad():
+        torch.testing.assert_close(again(y, mask=m), model(y, mask=m))
+
+
+def test_bad_input(small):
+    op, _, _, y = small
+    model = UnrolledCT(op, n_layers=1, channels=2).double()
+    with pytest.raises(ValueError, match=r"sinograms of shape \(batch, 8, 16\)"):
+        model(torch.zeros(2, 8, 15, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"'mask' of shape \(16, 16\)"):
+        model(y, mask=torch.ones(15, 15, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"'mask' of shape \(16, 16\)"):
+        model(y, mask=torch.ones(4, 16, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"'mask' of shape"):
+        UnrolledCT(op, mask=torch.ones(3, 3))
+    bad = y.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'y' to be finite"):
+        model(bad)
+    with pytest.raises(ValueError, match="init in"):
+        UnrolledCT(op, init="random")
+    with pytest.raises(TypeError, match="Radon operator"):
+        UnrolledCT(torch.eye(3))
+
+
+# ------------------------------------------------------------------ certificate
+def test_conv_norm_bounds_dense_operator_norm(device):
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64).to(device)
+    n = 6
+    eye = torch.eye(2 * n * n, dtype=torch.float64, device=device).reshape(-1, 2, n, n)
+    dense = torch.nn.functional.conv2d(eye, w, padding=1).reshape(2 * n * n, -1)
+    exact = float(torch.linalg.matrix_norm(dense, ord=2))
+    fft = conv_operator_norm(w, n)
+    power = conv_operator_norm(w, n, method="power", n_iter=500)
+    assert fft >= exact * (1 - 1e-12)
+    assert fft <= 1.5 * exact  # and not vacuous
+    assert power == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("init,cap", [("fbp", None), ("adjoint", None), ("fbp", 1.0)])
+def test_certificate_bounds_adversarial_ratio(device, small, init, cap):
+    op, x, m, y = small
+    model = UnrolledCT(op, n_layers=2, channels=4, init=init, cnn_lipschitz=cap)
+
+    def loss_fn(mdl, batch):
+        yb, xb, mb = batch
+        return torch.mean((mdl(yb, mask=mb) - xb) ** 2)
+
+    # Train briefly (weights leave their initialization), then certify on held-out inputs.
+    fit(model.double(), loss_fn, (y[:4], x[:4], m[:4]), epochs=10, lr=1e-2, progress=False)
+    model = model.to(device)
+    bound = lipschitz_bound(model)
+    held = y[4:].to(device)
+    emp = empirical_lipschitz(model, held, steps=40, lr=0.05)
+    emp_masked = empirical_lipschitz(model, held, steps=20, mask=m[4:].to(device))
+    assert 0 < emp <= bound
+    assert emp_masked <= bound
+    cert = lipschitz_bound(model, details=True)
+    assert cert.bound == pytest.approx(bound) and len(cert.layers) == 2
+
+
+def test_spectral_normalization_caps_cnn_lipschitz():
+    op = Radon(16, 8)
+    model = _randomize(UnrolledCT(op, n_layers=1, channels=4, cnn_lipschitz=0.5), scale=1.0)
+    model.train()
+    y = torch.rand(2, 8, 16)
+    for _ in range(60):  # power iterations run in training forwards
+        model(y)
+    cert = lipschitz_bound(model, details=True)
+    # In eval mode each conv is scaled by its FFT upper bound: the cap holds exactly.
+    assert cert.layers[0]["cnn"] <= 0.5 * (1 + 1e-9)
+    free = _randomize(UnrolledCT(op, n_layers=1, channels=4), scale=1.0)
+    assert lipschitz_bound(free) > lipschitz_bound(model)
+
+
+def test_lipschitz_target_is_enforced(small):
+    op, x, m, y = small
+    model = _randomize(UnrolledCT(op, n_layers=3, channels=4, lipschitz_target=2.0), 1.0)
+    model = model.double()
+    model.train()
+    for _ in range(5):
+        model(y)
+    with torch.no_grad():
+        model.step_logits.fill_(50.0)  # steps at their largest (2)
+    bound = lipschitz_bound(model)
+    assert bound <= 2.0 * (1 + 1e-6)
+    assert empirical_lipschitz(model, y[:2], steps=20) <= bound
+
+
+def test_lipschitz_target_bad_input():
+    op = Radon(16, 8)
+    with pytest.raises(ValueError, match="lipschitz_target >"):
+        UnrolledCT(op, n_layers=2, channels=2, lipschitz_target=0.01)
+    with pytest.raises(ValueError, match="either cnn_lipschitz or lipschitz_target"):
+        UnrolledCT(op, n_layers=2, channels=2, lipschitz_target=5.0, cnn_lipschitz=1.0)
+
+
+def test_certificate_of_linear_network_is_tight(small):
+    """Untrained (zero CNN output): the network is affine in y; bound ~ its exact norm."""
+    op, _, _, y = small
+    model = UnrolledCT(op, n_layers=1, channels=2, init="zero").double()
+    jac = torch.autograd.functional.jacobian(lambda t: model(t[None])[0], y[0])
+    exact = float(torch.linalg.matrix_norm(jac.reshape(16 * 16, -1), ord=2))
+    bound = lipschitz_bound(model)
+    assert exact <= bound <= 1.05 * exact
+    assert np.isfinite(bound)

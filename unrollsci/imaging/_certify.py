@@ -1,0 +1,137 @@
+"""Building blocks of the Lipschitz certificate (shared by the model and the bound)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from ..operators._radon import Radon, fbp
+
+__all__ = ["conv_operator_norm", "init_norm", "propagate_bound", "cnn_cap_for_target"]
+
+
+def conv_operator_norm(
+    weight: torch.Tensor, image_size: int, *, method: str = "fft", n_iter: int = 200, seed: int = 0
+) -> float:
+    """Operator norm of the zero-padded "same" 2D convolution with ``weight`` on images.
+
+    ``method="fft"`` (an upper bound): the zero-padded convolution on ``N x N``
+    images is a compression (embed, circular convolution on ``M x M`` with
+    ``M >= N + k - 1``, crop) of a circular convolution, whose norm is
+    ``max_w sigma_max(K_hat(w))`` over the ``M x M`` DFT frequencies of the
+    ``(c_out, c_in)`` kernel matrix (Sedghi, Gupta & Long, ICLR 2019). Embedding
+    and cropping have norm 1, so this bounds the norm from above.
+
+    ``method="power"``: power iteration on ``W^T W`` (a lower estimate that
+    converges to the norm).
+
+    Args:
+        weight: ``(c_out, c_in, k, k)``.
+        image_size: ``N``.
+    """
+    w = weight.detach().to(torch.float64)
+    k = w.shape[-1]
+    if method == "fft":
+        m = image_size + k
+        # Real kernel: K(-w) = conj K(w), so half the frequencies suffice (rfft2).
+        spec = torch.fft.rfft2(w, s=(m, m)).permute(2, 3, 0, 1)  # (m, m//2+1, c_out, c_in)
+        gram = spec.mH @ spec if spec.shape[-1] <= spec.shape[-2] else spec @ spec.mH
+        return float(torch.linalg.eigvalsh(gram)[..., -1].max().clamp(min=0).sqrt())
+    if method != "power":
+        raise ValueError(f"Expected method 'fft' or 'power' (got {method!r}).")
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(1, w.shape[1], image_size, image_size, generator=gen, dtype=torch.float64)
+    u = u.to(w.device)
+    est = 0.0
+    for _ in range(n_iter):
+        u = u / u.norm()
+        v = F.conv2d(u, w, padding=k // 2)
+        est = float(v.norm())
+        u = F.conv_transpose2d(v, w, padding=k // 2)
+    return est
+
+
+def linear_norm(
+    fn: Any,
+    shape: tuple[int, ...],
+    *,
+    dtype: torch.dtype,
+    device: Any,
+    n_iter: int = 300,
+    tol: float = 1e-9,
+    seed: int = 0,
+) -> float:
+    """Norm of a linear map ``fn`` by power iteration on ``fn^T fn`` (adjoint by autograd)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
+    est = 0.0
+    for _ in range(n_iter):
+        u = (u / u.norm()).requires_grad_(True)
+        v = fn(u)
+        (g,) = torch.autograd.grad(v, u, grad_outputs=v.detach())
+        new = math.sqrt(float((g * u).sum().detach().clamp(min=0)))
+        u = g.detach()
+        if abs(new - est) <= tol * new:
+            est = new
+            break
+        est = new
+    return est
+
+
+def init_norm(radon: Radon, init: str, filter: str, a: float, n_a: float, margin: float) -> float:
+    """Lipschitz constant of the start ``x_0 = L y`` (before the 1-Lipschitz projection)."""
+    if init == "fbp":
+        dev = radon.angles.device
+        return linear_norm(
+            lambda v: fbp(v, radon, filter=filter),
+            radon.out_shape,
+            dtype=torch.float64,
+            device=dev,
+        ) * (1 + margin)
+    if init == "adjoint":
+        return n_a / a
+    return 0.0
+
+
+def propagate_bound(lx: float, s: float, n_a: float, a: float, lip_cnn: float) -> float:
+    """Bound after one layer ``P(x - s g + CNN([x, g]))``, ``g = A^T(A x - y/a)``.
+
+    ``lx``: bound on ``x`` (per unit change of the sinogram); ``n_a``: bound on the
+    scaled projector's norm; ``a``: the scaling; ``lip_cnn``: the CNN's constant.
+    """
+    lg = n_a**2 * lx + n_a / a
+    lin = max(1.0, abs(1.0 - s * n_a**2)) * lx + s * n_a / a
+    return lin + lip_cnn * math.hypot(lx, lg)
+
+
+def cnn_cap_for_target(
+    target: float, l_init: float, n_layers: int, n_a: float, a: float, *, max_step: float = 2.0
+) -> float:
+    """Largest per-layer CNN Lipschitz cap ``c`` whose certificate is ``<= target``.
+
+    Uses the worst step ``s = max_step`` in every layer (steps lie in (0, 2)), so the
+    cap holds whatever steps training picks. Bisection on ``c`` (the bound grows with it).
+    """
+
+    def bound(c: float) -> float:
+        lx = l_init
+        for _ in range(n_layers):
+            lx = max(propagate_bound(lx, s, n_a, a, c) for s in (0.0, max_step))
+        return lx
+
+    floor = bound(0.0)
+    if target <= floor:
+        raise ValueError(
+            f"Expected lipschitz_target > {floor:.4g}: the start and the gradient steps alone "
+            f"already reach that bound (got {target})."
+        )
+    lo, hi = 0.0, 1.0
+    while bound(hi) < target:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if bound(mid) <= target else (lo, mid)
+    return lo

@@ -1,0 +1,285 @@
+"""A physics-based unrolled CT network (learned gradient) with a hard support constraint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from .._validation import check_finite, check_tensor
+from ..operators._radon import Radon, fbp
+from ..prox import project_support
+from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
+
+__all__ = ["UnrolledCT"]
+
+_INITS = ("fbp", "zero", "adjoint")
+
+
+class _Conv(nn.Module):
+    """A conv layer whose operator norm can be capped (spectral normalization).
+
+    With ``cap`` set, the weight used is ``W / max(1, sigma / cap)``. In training,
+    ``sigma`` estimates the norm of the convolution *operator* on ``size x size``
+    images by power iteration (one step per forward, persistent vector, as
+    ``torch.nn.utils.spectral_norm`` does for matrices). In evaluation mode it is
+    the FFT upper bound of that norm (:func:`conv_operator_norm`, refreshed by
+    :meth:`refresh_sigma_` when the model switches to eval), so the evaluated layer
+    provably has operator norm ``<= cap``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, size: int, cap: float | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, k, padding=k // 2)
+        self.cap, self.size = cap, size
+        if cap is not None:
+            u = torch.randn(1, c_in, size, size, generator=torch.Generator().manual_seed(c_in))
+            self.register_buffer("u", u / u.norm())
+            self.register_buffer("sigma", torch.ones(()))
+
+    def weight(self) -> torch.Tensor:
+        w = self.conv.weight
+        if self.cap is None:
+            return w
+        if self.training:
+            with torch.no_grad():
+                v = F.conv2d(self.u, w, padding=w.shape[-1] // 2)
+                u = F.conv_transpose2d(v, w, padding=w.shape[-1] // 2)
+                self.u.copy_(u / u.norm().clamp(min=1e-30))
+        # sigma ~ ||W u|| with the (detached) converged u; differentiable in W.
+        sigma = F.conv2d(self.u, w, padding=w.shape[-1] // 2).norm()
+        if self.training:
+            self.sigma.copy_(sigma.detach())
+        else:
+            sigma = self.sigma
+        return w / torch.clamp(sigma / self.cap, min=1.0)
+
+    @torch.no_grad()
+    def refresh_sigma_(self) -> None:
+        """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm."""
+        w = self.conv.weight
+        if self.cap is not None and getattr(self, "_refreshed", None) != (w._version, id(w)):
+            self.sigma.fill_(conv_operator_norm(w, self.size))
+            self._refreshed = (w._version, id(w))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        w = self.weight()
+        return F.conv2d(z, w, self.conv.bias, padding=w.shape[-1] // 2)
+
+
+class _Block(nn.Module):
+    """Small CNN ``[x, grad] -> update``: convs with LeakyReLU between them."""
+
+    def __init__(
+        self, channels: int, depth: int, k: int, size: int, cap: float | None, slope: float
+    ) -> None:
+        super().__init__()
+        chans = [2] + [channels] * (depth - 1) + [1]
+        per = None if cap is None else cap ** (1.0 / depth)
+        self.convs = nn.ModuleList(
+            _Conv(chans[i], chans[i + 1], k, size, per) for i in range(depth)
+        )
+        self.slope = slope
+        nn.init.zeros_(self.convs[-1].conv.weight)  # start as plain gradient descent
+        nn.init.zeros_(self.convs[-1].conv.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            z = conv(z)
+            if i < len(self.convs) - 1:
+                z = F.leaky_relu(z, self.slope)
+        return z
+
+
+class UnrolledCT(nn.Module):
+    """Learned-gradient CT reconstruction with a support projection after every layer.
+
+    With ``A`` the Radon transform scaled to unit norm (``A = radon / a``,
+    ``a = ||radon||``) and ``y/a`` the scaled data, layer ``k`` is
+
+        g_k     = A^T (A x_k - y / a)
+        x_{k+1} = P_M( x_k - s_k g_k + CNN_k([x_k, g_k]) )
+
+    where ``s_k = 2 sigmoid(r_k)`` lies in (0, 2) (so ``I - s_k A^T A`` is
+    non-expansive) and ``P_M`` sets every pixel outside the support mask ``M`` to
+    exactly zero (:func:`unrollsci.prox.project_support`). The start ``x_0`` is
+    ``P_M(FBP(y))`` by default. Each CNN is ``depth`` convolutions with LeakyReLU
+    (1-Lipschitz), its last layer initialized to zero so the untrained network is
+    projected gradient descent. :func:`~unrollsci.imaging.lipschitz_bound`
+    certifies its sensitivity to the sinogram.
+
+    Args:
+        radon: the projector (its geometry is fixed; move the model with ``.to``).
+        n_layers: unrolled iterations.
+        channels, depth, kernel_size: CNN width, number of convolutions, kernel size.
+        tied: share one CNN and one step size across layers.
+        mask: default support ``(N, N)`` (boolean); the reconstruction disk if None.
+            ``forward`` may override it per call (e.g. per-patient boundaries).
+        init: ``"fbp"``, ``"adjoint"`` (``A^T y / a^2``) or ``"zero"``.
+        filter: FBP filter for ``init="fbp"``.
+        cnn_lipschitz: if set, cap each CNN's Lipschitz constant at this value by
+            spectral normalization of every convolution (``cap^(1/depth)`` each;
+            exact in eval mode, see ``_Conv``).
+        lipschitz_target: if set (instead of ``cnn_lipschitz``), choose the CNN cap so
+            that :func:`~unrollsci.imaging.lipschitz_bound` stays below this target
+            for any step sizes (the certificate is enforced by construction).
+        negative_slope: LeakyReLU slope (in [0, 1], keeps it 1-Lipschitz).
+
+    Shapes:
+        ``forward(y)``: ``(batch, n_angles, n_det)`` -> ``(batch, N, N)``; with a
+        channel axis ``(batch, 1, ...)`` in and out.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import Radon
+        >>> model = UnrolledCT(Radon(32, 20), n_layers=2, channels=4)
+        >>> model(torch.zeros(3, 20, 32)).shape
+        torch.Size([3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        radon: Radon,
+        n_layers: int = 6,
+        channels: int = 16,
+        depth: int = 3,
+        kernel_size: int = 3,
+        tied: bool = False,
+        mask: torch.Tensor | None = None,
+        init: str = "fbp",
+        filter: str = "ram-lak",
+        cnn_lipschitz: float | None = None,
+        negative_slope: float = 0.2,
+        lipschitz_target: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(radon, Radon):
+            raise TypeError(
+                f"Expected 'radon' to be a Radon operator (got {type(radon).__name__})."
+            )
+        if n_layers < 1 or channels < 1 or depth < 2 or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                "Expected n_layers >= 1, channels >= 1, depth >= 2 and an odd kernel_size (got "
+                f"{n_layers}, {channels}, {depth}, {kernel_size})."
+            )
+        if init not in _INITS:
+            raise ValueError(f"Expected init in {_INITS} (got {init!r}).")
+        if cnn_lipschitz is not None and not cnn_lipschitz > 0:
+            raise ValueError(f"Expected cnn_lipschitz > 0 (got {cnn_lipschitz}).")
+        if not 0.0 <= negative_slope <= 1.0:
+            raise ValueError(f"Expected negative_slope in [0, 1] (got {negative_slope}).")
+        self.radon = radon
+        n = radon.image_size
+        if mask is None:
+            mask = radon.support()
+        self.register_buffer("mask", self._check_mask(mask, None).clone())
+        self.register_buffer("radon_norm", torch.tensor(radon.norm(), dtype=torch.float64))
+        if lipschitz_target is not None:
+            if cnn_lipschitz is not None:
+                raise ValueError("Give either cnn_lipschitz or lipschitz_target, not both.")
+            a, margin = radon.norm(), 1e-2
+            n_a = 1.0 + margin  # ||radon|| / a with the certificate's margin
+            l0 = init_norm(radon, init, filter, a, n_a, margin)
+            cnn_lipschitz = cnn_cap_for_target(float(lipschitz_target), l0, n_layers, n_a, a)
+        self.config = dict(
+            n_layers=n_layers,
+            channels=channels,
+            depth=depth,
+            kernel_size=kernel_size,
+            tied=tied,
+            init=init,
+            filter=filter,
+            cnn_lipschitz=None if lipschitz_target is not None else cnn_lipschitz,
+            negative_slope=negative_slope,
+            lipschitz_target=lipschitz_target,
+        )
+        self.cnn_lipschitz = cnn_lipschitz
+        self.num_layers = self.active_layers = int(n_layers)
+        self.tied, self.init, self.filter = bool(tied), init, filter
+        n_blocks = 1 if tied else n_layers
+        self.blocks = nn.ModuleList(
+            _Block(channels, depth, kernel_size, n, cnn_lipschitz, negative_slope)
+            for _ in range(n_blocks)
+        )
+        # s = 2 sigmoid(r) in (0, 2); r = 0 gives s = 1 (the 1/L step of the scaled problem).
+        self.step_logits = nn.Parameter(torch.zeros(n_blocks))
+
+    # ---------------------------------------------------------------- helpers
+    def train(self, mode: bool = True) -> UnrolledCT:
+        """Switch mode; entering eval mode fixes each capped conv at its certified scale."""
+        super().train(mode)
+        if not mode:
+            for block in self.blocks:
+                for conv in block.convs:
+                    conv.refresh_sigma_()
+        return self
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments (for :func:`unrollsci.train.save_checkpoint`)."""
+        return {"radon": self.radon, "mask": self.mask.cpu(), **self.config}
+
+    def _check_mask(self, mask: Any, batch: int | None) -> torch.Tensor:
+        n = self.radon.image_size
+        ok = (
+            isinstance(mask, torch.Tensor)
+            and mask.dim() in (2, 3)
+            and tuple(mask.shape[-2:]) == (n, n)
+        )
+        if ok and mask.dim() == 3 and batch is not None and mask.shape[0] not in (1, batch):
+            ok = False
+        if not ok:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(
+                f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got})."
+            )
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("Expected a boolean (or 0/1) 'mask'.")
+            mask = mask != 0
+        return mask
+
+    def step_sizes(self) -> torch.Tensor:
+        """Per-layer steps ``s_k`` in (0, 2)."""
+        return 2.0 * torch.sigmoid(self.step_logits)
+
+    def layer(self, k: int) -> tuple[_Block, torch.Tensor]:
+        """CNN and step of layer ``k``."""
+        i = 0 if self.tied else k
+        return self.blocks[i], self.step_sizes()[i]
+
+    def initial(self, y: torch.Tensor) -> torch.Tensor:
+        """``x_0`` before projection (a linear function of ``y``)."""
+        a = self.radon_norm.to(y.dtype)
+        if self.init == "fbp":
+            return fbp(y, self.radon, filter=self.filter)
+        if self.init == "adjoint":
+            return self.radon._rmv(y) / a**2
+        return torch.zeros(y.shape[0], *self.radon.in_shape, dtype=y.dtype, device=y.device)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruct images from sinograms ``y`` (see class docstring for shapes)."""
+        check_tensor("y", y, ndim=(3, 4))
+        channel = y.dim() == 4
+        sino = y[:, 0] if channel and y.shape[1] == 1 else y
+        if sino.dim() != 3 or tuple(sino.shape[1:]) != self.radon.out_shape:
+            r = self.radon
+            raise ValueError(
+                f"Expected sinograms of shape (batch, {r.n_angles}, {r.n_detectors}) for "
+                f"{r.image_size}x{r.image_size} images and {r.n_angles} angles (got shape "
+                f"{tuple(y.shape)})."
+            )
+        check_finite("y", sino)
+        m = self.mask if mask is None else self._check_mask(mask, sino.shape[0])
+        m = m.to(sino.device)
+        a = self.radon_norm.to(sino.dtype)
+        ys = sino / a
+        x = project_support(self.initial(sino), m)
+        for k in range(self.active_layers):
+            block, s = self.layer(k)
+            g = self.radon._rmv(self.radon._mv(x) / a - ys) / a
+            update = block(torch.stack([x, g], 1))[:, 0]
+            x = project_support(x - s.to(x.dtype) * g + update, m)
+        return x.unsqueeze(1) if channel else x

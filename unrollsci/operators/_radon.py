@@ -1,0 +1,344 @@
+"""Parallel-beam Radon transform (CT projector) with an exact adjoint, and FBP.
+
+The projector is a precomputed sparse system matrix. Its rows follow the
+rotation-and-sum definition that ``skimage.transform.radon`` uses: for each angle
+the image is rotated about the pixel ``(N // 2, N // 2)`` with bilinear
+interpolation (zero outside the image) and summed along the rows; detector ``j``
+collects column ``j`` of the rotated image. Writing that rotation as a sparse
+matrix makes the forward projection agree with scikit-image to rounding, makes
+the adjoint exact (it is the transposed matrix), and turns one projection of a
+batch into a single sparse-dense product (fast on CPU and GPU).
+
+Both designs were measured on one CPU thread (``benchmarks/radon.py``): for a
+batch of 16 images of 128 x 128 with 180 angles the sparse product is about 60x
+faster than rotating the batch with ``grid_sample`` and summing (0.01-0.05 s vs
+0.3-3 s forward, depending on machine load), so the matrix was kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import check_finite, check_tensor
+from ._base import LinearOperator
+
+__all__ = ["Radon", "fbp", "ramp_filter", "FILTERS"]
+
+#: Names of the FBP filters (the ramp, alone or times a window).
+FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+
+
+def _as_angles(angles: Any) -> np.ndarray:
+    """Angles in degrees as a float64 array (a count gives ``linspace(0, 180, n)``)."""
+    if isinstance(angles, (bool, str, bytes)):
+        raise TypeError(f"Expected 'angles' to be a count or a 1D tensor (got {angles!r}).")
+    if isinstance(angles, (int, np.integer)):
+        if angles < 1:
+            raise ValueError(f"Expected at least one projection angle (got angles={angles}).")
+        return np.linspace(0.0, 180.0, int(angles), endpoint=False)
+    if isinstance(angles, torch.Tensor):
+        arr = angles.detach().cpu().to(torch.float64).numpy()
+    elif isinstance(angles, (np.ndarray, Sequence)):
+        arr = np.asarray(angles, dtype=np.float64)
+    else:
+        raise TypeError(
+            "Expected 'angles' to be a count or a 1D tensor of angles in degrees "
+            f"(got {type(angles).__name__})."
+        )
+    if arr.ndim != 1:
+        raise ValueError(f"Expected 'angles' to be 1-dimensional (got shape {arr.shape}).")
+    if arr.size == 0:
+        raise ValueError("Expected at least one projection angle (got an empty 'angles').")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("Expected finite angles (got NaN or Inf in 'angles').")
+    return arr
+
+
+def _as_size(image_size: Any) -> int:
+    if isinstance(image_size, (tuple, list, torch.Size)):
+        sizes = [int(s) for s in image_size]
+        if len(sizes) != 2 or sizes[0] != sizes[1]:
+            raise ValueError(
+                f"Expected a square image size n or (n, n) (got image_size={tuple(sizes)})."
+            )
+        image_size = sizes[0]
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise TypeError(f"Expected 'image_size' to be an int (got {type(image_size).__name__}).")
+    if image_size < 2:
+        raise ValueError(f"Expected image_size >= 2 (got {image_size}).")
+    return int(image_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
+    """Sparse ``(n_angles * n_det, n * n)`` matrix of the rotate-and-sum projector."""
+    import scipy.sparse as sp
+
+    if circle:
+        size = n
+    else:  # pad to the diagonal, as skimage does for circle=False
+        size = n + int(math.ceil(math.sqrt(2.0) * n - n))
+    centre = size // 2
+    offset = centre - n // 2  # image pixel (i, j) sits at (i + offset, j + offset)
+    radius2 = (n // 2) ** 2
+    rr, cc = np.meshgrid(
+        np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij"
+    )
+    rows, cols, vals = [], [], []
+    for a, theta in enumerate(np.deg2rad(np.asarray(angles))):
+        cos_t, sin_t = math.cos(theta), math.sin(theta)
+        # Sample point of output pixel (r, c) in the input image (x: column, y: row).
+        x = centre + cos_t * (cc - centre) + sin_t * (rr - centre) - offset
+        y = centre - sin_t * (cc - centre) + cos_t * (rr - centre) - offset
+        x0, y0 = np.floor(x), np.floor(y)
+        wx, wy = x - x0, y - y0
+        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+        det = a * size + cc.astype(np.int64)
+        for dy, dx, w in (
+            (0, 0, (1 - wy) * (1 - wx)),
+            (0, 1, (1 - wy) * wx),
+            (1, 0, wy * (1 - wx)),
+            (1, 1, wy * wx),
+        ):
+            yy, xx = y0 + dy, x0 + dx
+            ok = (yy >= 0) & (yy < n) & (xx >= 0) & (xx < n) & (w > 0)
+            if circle:
+                ok &= (yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= radius2
+            rows.append(det[ok])
+            cols.append(yy[ok] * n + xx[ok])
+            vals.append(w[ok])
+    mat = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(angles) * size, n * n),
+    )
+    mat.sum_duplicates()
+    mat.sort_indices()
+    return mat
+
+
+def _to_csr(mat: Any) -> torch.Tensor:
+    index = torch.int32 if max(mat.shape[0], mat.nnz) < 2**31 - 1 else torch.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(mat.indptr.astype(np.int64)).to(index),
+            torch.from_numpy(mat.indices.astype(np.int64)).to(index),
+            torch.from_numpy(np.asarray(mat.data, dtype=np.float64)),
+            size=mat.shape,
+            check_invariants=False,
+        )
+
+
+class _SparseApply(torch.autograd.Function):
+    """``x @ M^T`` for CSR ``M``; the backward applies ``M^T`` (itself differentiable)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, mat: torch.Tensor, mat_t: torch.Tensor) -> torch.Tensor:
+        ctx.mats = (mat, mat_t)
+        return (mat @ x.T.contiguous()).T
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        mat, mat_t = ctx.mats
+        return _SparseApply.apply(grad, mat_t, mat), None, None
+
+
+class Radon(LinearOperator):
+    """Parallel-beam Radon transform ``A`` with an exact adjoint (back-projection).
+
+    ``A x`` rotates the image by each angle about the pixel ``(N // 2, N // 2)``
+    (bilinear interpolation) and sums along the rows, exactly as
+    ``skimage.transform.radon``: ``Radon(n, theta)(x)[b, k, j]`` equals
+    ``radon(x[b], theta, circle=circle)[j, k]``. The operator is stored as a
+    sparse matrix (built once per geometry and cached), so ``A`` and ``A^T`` are
+    one sparse product each, differentiable, on any device.
+
+    With ``circle=True`` the image is assumed zero outside the inscribed circle
+    (pixels at distance > ``N // 2`` from the centre are ignored and
+    back-projection leaves them at zero); there are ``N`` detectors. With
+    ``circle=False`` the detector covers the diagonal (``N + ceil(sqrt(2) N - N)``
+    bins, as scikit-image).
+
+    Args:
+        image_size: ``N`` (or ``(N, N)``) for ``N x N`` images.
+        angles: a count (angles ``linspace(0, 180, n, endpoint=False)`` degrees) or
+            a 1D tensor / array of angles in degrees.
+        circle: see above.
+
+    Shapes:
+        ``op(x)``: ``x`` of shape ``(batch, N, N)`` -> ``(batch, n_angles, n_det)``;
+        ``(batch, 1, N, N)`` -> ``(batch, 1, n_angles, n_det)``.
+        ``op.adjoint(y)`` goes back the same way.
+
+    Example:
+        >>> import torch
+        >>> op = Radon(32, 45)
+        >>> op(torch.zeros(2, 32, 32)).shape
+        torch.Size([2, 45, 32])
+    """
+
+    def __init__(
+        self, image_size: int | Sequence[int], angles: Any = 180, *, circle: bool = True
+    ) -> None:
+        super().__init__()
+        n = _as_size(image_size)
+        theta = _as_angles(angles)
+        mat = _system_matrix(n, tuple(float(t) for t in theta), bool(circle))
+        self.image_size, self.circle = n, bool(circle)
+        self.n_angles = int(theta.size)
+        self.n_detectors = mat.shape[0] // self.n_angles
+        self.register_buffer("angles", torch.from_numpy(theta.copy()))
+        # Derived from the geometry, so not part of the state dict (rebuilt from the cache).
+        self.register_buffer("matrix", _to_csr(mat), persistent=False)
+        self.register_buffer("matrix_t", _to_csr(mat.T.tocsr()), persistent=False)
+        self.in_shape = (n, n)
+        self.out_shape = (self.n_angles, self.n_detectors)
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries of the system matrix."""
+        return int(self.matrix.values().numel())
+
+    def support(self, *, device: Any = None) -> torch.Tensor:
+        """Boolean ``(N, N)`` mask of the reconstruction disk (all True if ``circle=False``)."""
+        n = self.image_size
+        if not self.circle:
+            return torch.ones(n, n, dtype=torch.bool, device=device)
+        i = torch.arange(n, device=device) - n // 2
+        return (i[:, None] ** 2 + i[None, :] ** 2) <= (n // 2) ** 2
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        out = _SparseApply.apply(flat, self._cast("matrix", x), self._cast("matrix_t", x))
+        return out.reshape(x.shape[0], *self.out_shape)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        flat = y.reshape(y.shape[0], -1)
+        out = _SparseApply.apply(flat, self._cast("matrix_t", y), self._cast("matrix", y))
+        return out.reshape(y.shape[0], *self.in_shape)
+
+    def _channel_aware(
+        self, name: str, t: torch.Tensor, shape: tuple[int, ...], fn: Any
+    ) -> torch.Tensor:
+        if isinstance(t, torch.Tensor) and t.dim() == len(shape) + 2 and t.shape[1] == 1:
+            self._check_input(name, t[:, 0], shape)
+            return fn(t[:, 0]).unsqueeze(1)
+        self._check_input(name, t, shape)
+        return fn(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project images ``x: (batch, N, N)`` or ``(batch, 1, N, N)`` to sinograms."""
+        return self._channel_aware("x", x, self.in_shape, self._mv)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Back-project sinograms ``y: (batch, n_angles, n_det)`` (or with a channel axis)."""
+        return self._channel_aware("y", y, self.out_shape, self._rmv)
+
+    def fbp(self, y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
+        """Filtered back-projection of ``y``; see :func:`fbp`."""
+        return fbp(y, self, filter=filter)
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_size={self.image_size}, n_angles={self.n_angles}, "
+            f"n_detectors={self.n_detectors}, circle={self.circle}"
+        )
+
+
+def ramp_filter(
+    n_detectors: int,
+    filter: str = "ram-lak",
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+) -> torch.Tensor:
+    """Frequency response of the FBP filter on the zero-padded detector axis.
+
+    The ramp is the DFT of the band-limited spatial ramp of Kak & Slaney
+    (Principles of Computerized Tomographic Imaging, 1988, eq. 3.61:
+    ``h(0) = 1/4``, ``h(k) = -1/(pi k)^2`` for odd ``k``, 0 for even ``k``), times
+    2, times an optional window of the normalized frequency ``f`` in [-1/2, 1/2]:
+    shepp-logan ``sinc(f)``, cosine ``cos(pi f)``, hamming ``0.54 + 0.46 cos(2 pi f)``,
+    hann ``(1 + cos(2 pi f)) / 2``.
+
+    Returns:
+        ``(P,)`` real tensor, ``P`` the padded length (a power of two >= 2 n_detectors).
+    """
+    if filter not in FILTERS:
+        raise ValueError(f"Expected filter in {FILTERS} (got {filter!r}).")
+    size = max(64, 1 << int(math.ceil(math.log2(2 * n_detectors))))
+    k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])
+    h = np.zeros(size)
+    h[0] = 0.25
+    h[1::2] = -1.0 / (np.pi * k) ** 2
+    resp = 2.0 * np.real(np.fft.fft(h))
+    f = np.fft.fftfreq(size)
+    if filter == "shepp-logan":
+        resp *= np.sinc(f)
+    elif filter == "cosine":
+        resp *= np.cos(np.pi * f)
+    elif filter == "hamming":
+        resp *= 0.54 + 0.46 * np.cos(2 * np.pi * f)
+    elif filter == "hann":
+        resp *= 0.5 + 0.5 * np.cos(2 * np.pi * f)
+    return torch.as_tensor(resp, dtype=dtype, device=device)
+
+
+def fbp(y: torch.Tensor, radon: Radon, *, filter: str = "ram-lak") -> torch.Tensor:
+    """Filtered back-projection: ``(pi / (2 n_angles)) A^T (h * y)``.
+
+    Each projection is filtered along the detector axis with :func:`ramp_filter`
+    (zero padded, by FFT) and back-projected with the exact adjoint of ``radon``.
+    The map is linear and differentiable in ``y``.
+
+    Args:
+        y: sinograms ``(batch, n_angles, n_det)`` or ``(batch, 1, n_angles, n_det)``.
+        radon: the :class:`Radon` operator that produced ``y``.
+        filter: one of :data:`FILTERS`.
+
+    Returns:
+        Images ``(batch, N, N)`` (or ``(batch, 1, N, N)``).
+
+    Example:
+        >>> import torch
+        >>> op = Radon(32, 60)
+        >>> x = torch.zeros(1, 32, 32); x[0, 12:20, 12:20] = 1.0
+        >>> float((fbp(op(x), op) - x).abs().mean()) < 0.05
+        True
+    """
+    if not isinstance(radon, Radon):
+        raise TypeError(f"Expected 'radon' to be a Radon operator (got {type(radon).__name__}).")
+    check_tensor("y", y, ndim=(3, 4))
+    channel = y.dim() == 4
+    if channel and y.shape[1] != 1:
+        raise ValueError(
+            f"Expected sinograms (batch, {radon.n_angles}, {radon.n_detectors}) or (batch, 1, "
+            f"{radon.n_angles}, {radon.n_detectors}) (got shape {tuple(y.shape)})."
+        )
+    sino = y[:, 0] if channel else y
+    if tuple(sino.shape[1:]) != radon.out_shape:
+        raise ValueError(
+            f"Expected sinograms of shape (batch, {radon.n_angles}, {radon.n_detectors}) for a "
+            f"{radon.image_size}x{radon.image_size} image with {radon.n_angles} angles "
+            f"(got shape {tuple(y.shape)})."
+        )
+    check_finite("y", sino)
+    filtered = filter_sinogram(sino, filter)
+    out = radon._rmv(filtered) * (math.pi / (2 * radon.n_angles))
+    return out.unsqueeze(1) if channel else out
+
+
+def filter_sinogram(y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
+    """Apply the FBP filter along the last (detector) axis of ``y: (..., n_det)``."""
+    n_det = y.shape[-1]
+    resp = ramp_filter(n_det, filter, dtype=y.dtype, device=y.device)
+    size = resp.shape[0]
+    spec = torch.fft.rfft(y, n=size, dim=-1) * resp[: size // 2 + 1]
+    return torch.fft.irfft(spec, n=size, dim=-1)[..., :n_det]
