@@ -84,12 +84,13 @@ class UnrolledGraphGD(nn.Module):
       - s_k lam)``; :func:`certify_window` bounds ``q = max_{[lo, Lip]} |p|`` (grid +
       Markov inequality). If ``q <= q_max`` the window runs the learned steps and
       ``||e||_H`` shrinks by at least ``q``, i.e. ``f - f*`` by ``q^2``. Otherwise it
-      falls back to safe steps: the roots pulled half, three quarters, then all the
-      way to the Chebyshev roots of ``[lo, Lip]`` (the first candidate that passes
-      the same certificate; pulling back keeps a gradient for training), and as a
-      last resort ``w`` steps ``1 / Lip`` (``q = (1 - lo / Lip)^w``, which needs
-      ``lo > 0`` to be < 1). Layers inside a window may increase ``f``; every
-      window decreases it by the certified factor.
+      falls back to safe steps: the roots pulled half, then three quarters of the
+      way to the Chebyshev roots of ``[lo, Lip]`` (the first candidate with ``q <=
+      q_max``; pulling back keeps a gradient for training), else the Chebyshev roots
+      themselves or ``w`` steps ``1 / Lip`` (``q = (1 - lo / Lip)^w``), whichever has
+      the smaller certificate; both are ``< 1`` when ``lo > 0``. So every window
+      contracts by at least ``max(q_max, q_safe) < 1``, whatever the weights.
+      Layers inside a window may increase ``f``; every window decreases it.
 
     Args:
         num_layers: number of layers ``K``.
@@ -169,17 +170,24 @@ class UnrolledGraphGD(nn.Module):
         cheb = 0.5 * (1 + torch.cos((2 * k - 1) * torch.pi / (2 * wk)))
         span = (hi - lo)[..., None]
         tiny = torch.finfo(z.dtype).tiny
-        steps = (1.0 / hi)[..., None].expand_as(z)  # last resort: 1/Lip
-        q = certify_window(steps, lo, hi)
-        t_used = torch.full_like(lo, -1.0)
+        # Safe steps: the Chebyshev roots of [lo, hi] or w steps 1/Lip, whichever has
+        # the smaller certificate (Chebyshev needs lo > 0 to be better).
+        cheb_steps = 1.0 / (lo[..., None] + span * cheb).clamp(min=tiny)
+        lip_steps = (1.0 / hi)[..., None].expand_as(z)
+        q_cheb = certify_window(cheb_steps, lo, hi).to(lo.dtype)
+        q_lip = certify_window(lip_steps, lo, hi).to(lo.dtype)
+        use_cheb = q_cheb <= q_lip
+        steps = torch.where(use_cheb[..., None], cheb_steps, lip_steps)
+        q = torch.minimum(q_cheb, q_lip)
+        t_used = torch.where(use_cheb, torch.zeros_like(lo), torch.full_like(lo, -1.0))
         done = torch.zeros_like(lo, dtype=torch.bool)
-        for t in (1.0, 0.5, 0.25, 0.0):
+        for t in (1.0, 0.5, 0.25):
             roots = lo[..., None] + span * (cheb + t * (frac - cheb))
             cand = 1.0 / roots.clamp(min=tiny)
-            qc = certify_window(cand, lo, hi)
+            qc = certify_window(cand, lo, hi).to(lo.dtype)
             take = ~done & (qc <= self.q_max)
             steps = torch.where(take[..., None], cand, steps)
-            q = torch.where(take, qc.to(q.dtype), q)
+            q = torch.where(take, qc, q)
             t_used = torch.where(take, torch.full_like(t_used, t), t_used)
             done = done | take
         if torch.is_grad_enabled() and z.requires_grad:
