@@ -10,6 +10,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from torch_geometric.data import Batch
+from torch_geometric.utils import from_networkx
 
 from unrollsci.graph import (
     GraphInverseProblem,
@@ -19,9 +21,6 @@ from unrollsci.graph import (
     graph_loss,
 )
 from unrollsci.train import fit, load_checkpoint, save_checkpoint
-
-from torch_geometric.data import Batch  # isort: skip  (after unrollsci.graph)
-from torch_geometric.utils import from_networkx  # isort: skip
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -96,8 +95,12 @@ def test_every_layer_decreases_the_objective(device, mode, prob, wseed, scale):
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(prob=problems(), wseed=st.integers(0, 10_000), scale=st.floats(0.05, 5.0),
-       window=st.integers(1, 6))
+@given(
+    prob=problems(),
+    wseed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    window=st.integers(1, 6),
+)
 def test_every_window_contracts_by_its_certificate(device, prob, wseed, scale, window):
     G, y, mask, lam, kind, _ = prob
     p = _make(G, y, mask, lam, kind, device)
@@ -109,7 +112,7 @@ def test_every_window_contracts_by_its_certificate(device, prob, wseed, scale, w
     xs = p.solve_exact()
     fstar = p.objective(xs)[:, 0]
     starts = out.window_starts + [9]
-    for w_i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+    for w_i, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
         q = out.certificates[w_i][:, 0]
         assert bool((q < 1).all())
         gap_a = p.objective(out.iterates[a])[:, 0] - fstar
@@ -150,8 +153,10 @@ def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, s
         lip, lo = p.lipschitz(), p.lambda_min_bound()
         k = torch.arange(1, 5, dtype=torch.float64, device=device)
         cheb = lo + (lip - lo) * 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / 8))
-        q_safe = min(float(certify_window(1 / cheb, lo[:, 0], lip[:, 0])[0]),
-                     float(certify_window((1 / lip).expand(1, 4), lo[:, 0], lip[:, 0])[0]))
+        q_safe = min(
+            float(certify_window(1 / cheb, lo[:, 0], lip[:, 0])[0]),
+            float(certify_window((1 / lip).expand(1, 4), lo[:, 0], lip[:, 0])[0]),
+        )
         rho = max(0.5, q_safe)
         layers = 4 * int(math.ceil(math.log(1e-9) / math.log(rho)))
         assume(layers <= 1500)
@@ -165,8 +170,9 @@ def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, s
     with torch.no_grad():
         out = model(p)
     ref = np.linalg.solve(_dense_h(p, 0), p.rhs().cpu().numpy()[0])
-    np.testing.assert_allclose(out.x.cpu().numpy()[0], ref, rtol=1e-6,
-                               atol=1e-7 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        out.x.cpu().numpy()[0], ref, rtol=1e-6, atol=1e-7 * np.abs(ref).max()
+    )
 
 
 def test_default_model_extends_to_many_layers(device):
@@ -174,8 +180,9 @@ def test_default_model_extends_to_many_layers(device):
     rng = np.random.default_rng(0)
     mask = rng.random(36) < 0.5
     mask[0] = True
-    p = GraphInverseProblem.from_networkx(G, torch.as_tensor(rng.standard_normal(36) * mask,
-                                                             device=device), mask=mask)
+    p = GraphInverseProblem.from_networkx(
+        G, torch.as_tensor(rng.standard_normal(36) * mask, device=device), mask=mask
+    )
     for mode in ("scalar", "diagonal", "window"):
         model = UnrolledGraphGD(10, StepController(hidden=8), mode=mode).double().to(device)
         with torch.no_grad():
@@ -190,8 +197,7 @@ def test_certify_window_bounds_the_true_maximum():
         steps = torch.as_tensor(1.0 / rng.uniform(0.2, 9.0, w))
         bound = float(certify_window(steps, lo, hi))
         # independent reference: the maximum of |p| is at an endpoint or a root of p'
-        poly = np.polynomial.Polynomial.fromroots(1.0 / steps.numpy()) * np.prod(
-            -steps.numpy())
+        poly = np.polynomial.Polynomial.fromroots(1.0 / steps.numpy()) * np.prod(-steps.numpy())
         crit = [r.real for r in poly.deriv().roots() if abs(r.imag) < 1e-9 and 0.2 <= r.real <= 9]
         true = max(abs(poly(t)) for t in [0.2, 9.0, *crit])
         assert true <= bound <= true * 1.01
@@ -237,8 +243,9 @@ def test_solver_is_permutation_equivariant(device, mode):
     H = nx.Graph()
     H.add_nodes_from(range(n))
     H.add_edges_from(Gp.edges(data=True))
-    pp = GraphInverseProblem.from_networkx(H, torch.as_tensor(y[:, perm], device=device),
-                                           mask=mask[:, perm])
+    pp = GraphInverseProblem.from_networkx(
+        H, torch.as_tensor(y[:, perm], device=device), mask=mask[:, perm]
+    )
     model = UnrolledGraphGD(6, StepController(hidden=8, window=3), mode=mode).double()
     model = model.to(device)
     _randomize(model, 3, 0.5)
@@ -250,8 +257,11 @@ def test_solver_is_permutation_equivariant(device, mode):
 
 @pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
 def test_batch_of_graphs_of_different_sizes(device, mode):
-    graphs = [nx.path_graph(7), nx.grid_2d_graph(4, 5), nx.connected_watts_strogatz_graph(
-        15, 4, 0.2, seed=0)]
+    graphs = [
+        nx.path_graph(7),
+        nx.grid_2d_graph(4, 5),
+        nx.connected_watts_strogatz_graph(15, 4, 0.2, seed=0),
+    ]
     graphs = [nx.convert_node_labels_to_integers(g) for g in graphs]
     batch = Batch.from_data_list([from_networkx(g) for g in graphs])
     n = batch.num_nodes
@@ -279,8 +289,13 @@ def test_batch_of_graphs_of_different_sizes(device, mode):
 def test_gradcheck_wrt_data(device, mode):
     G = nx.cycle_graph(6)
     mask = torch.tensor([1, 0, 1, 1, 0, 1])
-    model = UnrolledGraphGD(4, StepController(hidden=4, hops=1, window=2), mode=mode,
-                            detach_features=False).double().to(device)
+    model = (
+        UnrolledGraphGD(
+            4, StepController(hidden=4, hops=1, window=2), mode=mode, detach_features=False
+        )
+        .double()
+        .to(device)
+    )
     _randomize(model, 0, 0.3)
 
     def fn(y):
@@ -297,8 +312,9 @@ def test_training_with_fit_reduces_the_loss(device, kind, tmp_path):
     train = []
     for s in range(3):
         G = nx.random_geometric_graph(40, 0.3, seed=s)
-        G = nx.convert_node_labels_to_integers(G.subgraph(max(nx.connected_components(G),
-                                                                key=len)).copy())
+        G = nx.convert_node_labels_to_integers(
+            G.subgraph(max(nx.connected_components(G), key=len)).copy()
+        )
         n = G.number_of_nodes()
         mask = rng.random((4, n)) < 0.5
         mask[:, 0] = True
@@ -308,8 +324,7 @@ def test_training_with_fit_reduces_the_loss(device, kind, tmp_path):
     model = model.to(device)
     with torch.no_grad():
         before = float(np.mean([float(graph_loss(model, p, kind)) for p in train]))
-    hist = fit(model, lambda m, p: graph_loss(m, p, kind), train, epochs=8, lr=5e-3,
-               progress=False)
+    hist = fit(model, lambda m, p: graph_loss(m, p, kind), train, epochs=8, lr=5e-3, progress=False)
     with torch.no_grad():
         after = float(np.mean([float(graph_loss(model, p, kind)) for p in train]))
     assert after < before

@@ -8,10 +8,10 @@ import pytest
 import scipy.linalg as sla
 import scipy.sparse as sp
 import torch
-from unrollsci.graph import GraphInverseProblem, HeatKernel, inpainting_problem, sensor_graph
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import from_networkx
 
-from torch_geometric.data import Batch, Data  # isort: skip  (after unrollsci.graph)
-from torch_geometric.utils import from_networkx  # isort: skip
+from unrollsci.graph import GraphInverseProblem, HeatKernel, inpainting_problem, sensor_graph
 from unrollsci.operators import MatrixOperator, check_adjoint
 
 
@@ -30,8 +30,7 @@ def test_exact_solution_matches_dense_solve(device, kind):
     mask = rng.random(30) < 0.5
     mask[0] = True
     y = torch.as_tensor(rng.standard_normal((3, 30)) * mask, device=device)
-    p = GraphInverseProblem.from_networkx(G, y, mask=torch.as_tensor(mask), lam=0.7,
-                                          laplacian=kind)
+    p = GraphInverseProblem.from_networkx(G, y, mask=torch.as_tensor(mask), lam=0.7, laplacian=kind)
     h = _dense_h(G, mask, 0.7, kind)
     ref = np.linalg.solve(h, (y.cpu().numpy() * mask).T).T
     np.testing.assert_allclose(p.solve_exact().cpu().numpy(), ref, rtol=1e-9, atol=1e-10)
@@ -40,8 +39,9 @@ def test_exact_solution_matches_dense_solve(device, kind):
     x = torch.randn(3, 30, dtype=torch.float64, device=device, requires_grad=True)
     p.objective(x).sum().backward()
     torch.testing.assert_close(x.grad, p.gradient(x.detach()))
-    np.testing.assert_allclose(p.hessian(x.detach()).cpu().numpy(), x.detach().cpu().numpy() @ h,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        p.hessian(x.detach()).cpu().numpy(), x.detach().cpu().numpy() @ h, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_spectral_bounds_bracket_the_spectrum(device):
@@ -118,9 +118,12 @@ def test_heat_kernel_matches_expm_and_is_self_adjoint(device):
     y = torch.randn(2, 25, dtype=torch.float64, device=device)
     p = GraphInverseProblem.from_networkx(G, y, operator="heat", tau=0.8, lam=0.1)
     h = ref @ ref + 0.1 * lap.toarray()
-    np.testing.assert_allclose(p.solve_exact().cpu().numpy(),
-                               np.linalg.solve(h, ref @ y.cpu().numpy().T).T, rtol=1e-8,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        p.solve_exact().cpu().numpy(),
+        np.linalg.solve(h, ref @ y.cpu().numpy().T).T,
+        rtol=1e-8,
+        atol=1e-9,
+    )
     ev = np.linalg.eigvalsh(h)
     assert ev[-1] <= float(p.lipschitz()[0, 0]) <= 1.05 * ev[-1]
     assert 0 < float(p.lambda_min_bound()[0, 0]) <= ev[0]
@@ -139,8 +142,10 @@ def test_general_operator(device):
     ev = np.linalg.eigvalsh(h)
     assert ev[-1] <= float(p.lipschitz()[0, 0])
     assert 0 <= float(p.lambda_min_bound()[0, 0]) <= ev[0]
-    assert bool((p.gershgorin_rows()[0].cpu().numpy() >= np.abs(h).sum(1) - 1e-9).all()) or \
-        np.linalg.eigvalsh(np.diag(p.gershgorin_rows()[0].cpu().numpy()) - h)[0] >= -1e-9
+    assert (
+        bool((p.gershgorin_rows()[0].cpu().numpy() >= np.abs(h).sum(1) - 1e-9).all())
+        or np.linalg.eigvalsh(np.diag(p.gershgorin_rows()[0].cpu().numpy()) - h)[0] >= -1e-9
+    )
 
 
 # ------------------------------------------------------------------ bad input
@@ -173,8 +178,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="undirected"):
         GraphInverseProblem.from_networkx(nx.DiGraph(G), y)
     with pytest.raises(ValueError, match="symmetric"):
-        GraphInverseProblem.from_scipy(sp.csr_matrix(np.triu(np.ones((3, 3)), 1)),
-                                       torch.zeros(3, dtype=torch.float64))
+        GraphInverseProblem.from_scipy(
+            sp.csr_matrix(np.triu(np.ones((3, 3)), 1)), torch.zeros(3, dtype=torch.float64)
+        )
     with pytest.raises(ValueError, match="mask"):
         GraphInverseProblem.from_networkx(G, y, mask=torch.ones(4))
     with pytest.raises(ValueError, match="lam = 0"):

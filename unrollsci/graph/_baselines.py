@@ -36,13 +36,14 @@ def classical_iterates(problem: GraphInverseProblem, num_iter: int) -> dict[str,
     out: dict[str, torch.Tensor] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        out["GD 1/Lip"] = gradient_descent(p.gradient, x0, step, max_iter=num_iter,
-                                           tol=0.0).x
-        out["Nesterov"] = gradient_descent(p.gradient, x0, step, momentum="nesterov",
-                                           max_iter=num_iter, tol=0.0).x
+        out["GD 1/Lip"] = gradient_descent(p.gradient, x0, step, max_iter=num_iter, tol=0.0).x
+        out["Nesterov"] = gradient_descent(
+            p.gradient, x0, step, momentum="nesterov", max_iter=num_iter, tol=0.0
+        ).x
         h = p.hessian_operator()
         out["CG"] = cg(h, b, tol=0.0, max_iter=num_iter, check=False).x
         dinv = 1.0 / p.hessian_diagonal()
-        out["Jacobi-PCG"] = cg(h, b, M=lambda r: dinv * r, tol=0.0, max_iter=num_iter,
-                               check=False).x
+        out["Jacobi-PCG"] = cg(
+            h, b, M=lambda r: dinv * r, tol=0.0, max_iter=num_iter, check=False
+        ).x
     return out

@@ -58,8 +58,9 @@ class StepController(MessagePassing):
         (torch.Size([2, 1]), torch.Size([2, 3]), torch.Size([2, 1, 3]))
     """
 
-    def __init__(self, hidden: int = 32, hops: int = 2, window: int = 5, *,
-                 init_scale: float = 0.1) -> None:
+    def __init__(
+        self, hidden: int = 32, hops: int = 2, window: int = 5, *, init_scale: float = 0.1
+    ) -> None:
         super().__init__(aggr="add", node_dim=-2)
         if hidden < 1 or hops < 0 or window < 1:
             raise ValueError(
@@ -71,11 +72,13 @@ class StepController(MessagePassing):
         self.lin_in = nn.Linear(nf + gf, hidden)
         self.lin_self = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(hops))
         self.lin_nbr = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(hops))
-        self.glob = nn.Sequential(nn.Linear(hidden + gf, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.glob = nn.Sequential(
+            nn.Linear(hidden + gf, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.head_scalar = nn.Linear(hidden, 1)
-        self.head_node = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(),
-                                       nn.Linear(hidden, 1))
+        self.head_node = nn.Sequential(
+            nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
         self.head_window = nn.Linear(hidden, window)
         self.reset_heads()
 
@@ -93,8 +96,12 @@ class StepController(MessagePassing):
             self.head_window.bias.copy_(torch.log(t / (1 - t)).to(self.head_window.bias.dtype))
 
     def get_config(self) -> dict[str, Any]:
-        return {"hidden": self.hidden, "hops": self.hops, "window": self.window,
-                "init_scale": self.init_scale}
+        return {
+            "hidden": self.hidden,
+            "hops": self.hops,
+            "window": self.window,
+            "init_scale": self.init_scale,
+        }
 
     def forward(
         self,
@@ -122,13 +129,18 @@ class StepController(MessagePassing):
         deg = node_feat.new_zeros(n).index_add(0, edge_index[1], edge_weight)
         norm = edge_weight / deg.clamp(min=torch.finfo(node_feat.dtype).tiny)[edge_index[1]]
         h = torch.relu(self.lin_in(torch.cat([node_feat, graph_feat[:, block_index]], -1)))
-        for lin_s, lin_n in zip(self.lin_self, self.lin_nbr):
+        for lin_s, lin_n in zip(self.lin_self, self.lin_nbr, strict=True):
             agg = self.propagate(edge_index, x=h, norm=norm)
             h = h + torch.relu(lin_s(h) + lin_n(agg))
-        count = node_feat.new_zeros(num_blocks).index_add(
-            0, block_index, node_feat.new_ones(n)).clamp(min=1)
-        pooled = h.new_zeros(h.shape[0], num_blocks, h.shape[-1]).index_add(
-            1, block_index, h) / count[:, None]
+        count = (
+            node_feat.new_zeros(num_blocks)
+            .index_add(0, block_index, node_feat.new_ones(n))
+            .clamp(min=1)
+        )
+        pooled = (
+            h.new_zeros(h.shape[0], num_blocks, h.shape[-1]).index_add(1, block_index, h)
+            / count[:, None]
+        )
         gl = self.glob(torch.cat([pooled, graph_feat], -1))
         node = self.head_node(torch.cat([h, gl[:, block_index]], -1)).squeeze(-1)
         return {

@@ -96,9 +96,7 @@ def random_graph(kind: str, n: int, *, seed: int = 0) -> Any:
     elif kind == "ba":
         G = nx.barabasi_albert_graph(n, 2, seed=seed)  # noqa: N806
     else:
-        raise ValueError(
-            f"Expected kind 'geometric', 'grid', 'sbm' or 'ba' (got {kind!r})."
-        )
+        raise ValueError(f"Expected kind 'geometric', 'grid', 'sbm' or 'ba' (got {kind!r}).")
     G = nx.Graph(G)  # noqa: N806 - drop generator-specific attributes
     comps = list(nx.connected_components(G))
     if len(comps) > 1:
@@ -133,8 +131,13 @@ def load_minnesota():  # type: ignore[no-untyped-def]
 
 
 def smooth_signal(
-    adjacency: Any, num: int = 1, *, tau: float = 10.0, laplacian: str = "normalized",
-    seed: int = 0, dtype: torch.dtype = torch.float64,
+    adjacency: Any,
+    num: int = 1,
+    *,
+    tau: float = 10.0,
+    laplacian: str = "normalized",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """Smooth random signals: heat-filtered white noise ``exp(-tau L) w``, unit RMS.
 
@@ -199,5 +202,6 @@ def inpainting_problem(
     sig = lo + (hi - lo) * rng.random((num, 1))
     y = (x.numpy() + sig * rng.standard_normal((num, n))) * mask
     yt = torch.as_tensor(y, dtype=dtype, device=device)
-    return GraphInverseProblem.from_scipy(adj, yt, mask=torch.as_tensor(mask, device=device),
-                                          lam=lam, laplacian=laplacian)
+    return GraphInverseProblem.from_scipy(
+        adj, yt, mask=torch.as_tensor(mask, device=device), lam=lam, laplacian=laplacian
+    )

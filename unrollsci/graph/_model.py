@@ -138,9 +138,7 @@ class UnrolledGraphGD(nn.Module):
         if not 0 < q_max < 1:
             raise ValueError(f"Expected 0 < q_max < 1 (got {q_max}).")
         if controller is not None and not isinstance(controller, StepController):
-            raise TypeError(
-                f"Expected a StepController (got {type(controller).__name__})."
-            )
+            raise TypeError(f"Expected a StepController (got {type(controller).__name__}).")
         self.num_layers = int(num_layers)
         self.controller = controller if controller is not None else StepController()
         self.mode = mode
@@ -195,19 +193,31 @@ class UnrolledGraphGD(nn.Module):
             # certified set (training aid only; the guarantee comes from the fallback).
             roots = lo[..., None] + span * frac
             lam = lo[..., None] + (hi - lo)[..., None] * torch.linspace(
-                0, 1, 257, dtype=z.dtype, device=z.device)
+                0, 1, 257, dtype=z.dtype, device=z.device
+            )
             poly = torch.prod(1.0 - lam[..., None, :] / roots[..., :, None].clamp(min=tiny), -2)
-            self._violation = self._violation + torch.relu(
-                poly.abs().amax(-1) - 0.97 * self.q_max).mean()
+            self._violation = (
+                self._violation + torch.relu(poly.abs().amax(-1) - 0.97 * self.q_max).mean()
+            )
         return steps, t_used == 1.0, q, t_used
 
     def _squash(self, z: torch.Tensor) -> torch.Tensor:
         return self.floor + (1.0 - self.margin - self.floor) * torch.sigmoid(z)
 
     def _features(
-        self, p: GraphInverseProblem, x: torch.Tensor, g: torch.Tensor, hg: torch.Tensor,
-        g0n: torch.Tensor, lip: torch.Tensor, lo: torch.Tensor, rows: torch.Tensor,
-        obs: torch.Tensor, logdeg: torch.Tensor, k: int, num_layers: int,
+        self,
+        p: GraphInverseProblem,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        hg: torch.Tensor,
+        g0n: torch.Tensor,
+        lip: torch.Tensor,
+        lo: torch.Tensor,
+        rows: torch.Tensor,
+        obs: torch.Tensor,
+        logdeg: torch.Tensor,
+        k: int,
+        num_layers: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tiny = torch.finfo(x.dtype).tiny
         bi = p.block_index
@@ -219,16 +229,28 @@ class UnrolledGraphGD(nn.Module):
         gs, hs, xs = rms(g), rms(hg), rms(x)
         gn, hn, xn = g / gs[:, bi], hg / hs[:, bi], x / xs[:, bi]
         node = torch.stack(
-            [gn * gn, gn * hn, hn * hn, xn * gn, obs.expand_as(x), logdeg.expand_as(x),
-             rows / lip[:, bi]], dim=-1,
+            [
+                gn * gn,
+                gn * hn,
+                hn * hn,
+                xn * gn,
+                obs.expand_as(x),
+                logdeg.expand_as(x),
+                rows / lip[:, bi],
+            ],
+            dim=-1,
         )
         gg = p.segment_sum(g * g)
         ray = p.segment_sum(g * hg) / gg.clamp(min=tiny)
         gnorm = torch.sqrt(gg)
         glob = torch.stack(
-            [torch.log((ray / lip).clamp(min=1e-12)), torch.log((lo / lip).clamp(min=1e-12)),
-             torch.full_like(lip, k / max(num_layers, 1)),
-             torch.log((gnorm / g0n.clamp(min=tiny)).clamp(min=1e-30))], dim=-1,
+            [
+                torch.log((ray / lip).clamp(min=1e-12)),
+                torch.log((lo / lip).clamp(min=1e-12)),
+                torch.full_like(lip, k / max(num_layers, 1)),
+                torch.log((gnorm / g0n.clamp(min=tiny)).clamp(min=1e-30)),
+            ],
+            dim=-1,
         )
         if self.detach_features:
             node, glob = node.detach(), glob.detach()
@@ -253,9 +275,7 @@ class UnrolledGraphGD(nn.Module):
             :class:`GraphGDResult`.
         """
         if not isinstance(problem, GraphInverseProblem):
-            raise TypeError(
-                f"Expected a GraphInverseProblem (got {type(problem).__name__})."
-            )
+            raise TypeError(f"Expected a GraphInverseProblem (got {type(problem).__name__}).")
         K = self.num_layers if num_layers is None else int(num_layers)  # noqa: N806
         if K < 1:
             raise ValueError(f"Expected num_layers >= 1 (got {K}).")
@@ -282,7 +302,7 @@ class UnrolledGraphGD(nn.Module):
         lo = p.lambda_min_bound() if self.mode == "window" else torch.zeros_like(lip)
         lo = torch.minimum(lo, lip)
         rows = p.gershgorin_rows()
-        obs = (p.mask if p.mask is not None and p.kind == "mask" else torch.ones_like(x[:1]))
+        obs = p.mask if p.mask is not None and p.kind == "mask" else torch.ones_like(x[:1])
         logdeg = torch.log1p(p.degree)[None]
         g0n = torch.sqrt(p.segment_sum(g * g))
         bi = p.block_index
@@ -296,8 +316,9 @@ class UnrolledGraphGD(nn.Module):
             need_ctrl = self.mode != "window" or k % w == 0
             if need_ctrl:
                 node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
-                out = self.controller(node, glob, p.edge_index, p.edge_weight.to(dtype),
-                                      bi, p.num_blocks)
+                out = self.controller(
+                    node, glob, p.edge_index, p.edge_weight.to(dtype), bi, p.num_blocks
+                )
             if self.mode == "scalar":
                 s = (2.0 / lip) * self._squash(out["scalar"])
                 sn = s[:, bi]
@@ -314,8 +335,7 @@ class UnrolledGraphGD(nn.Module):
             else:
                 if k % w == 0:
                     wk = min(w, K - k)
-                    win_steps, ok, q, t_used = self._window_steps(out["window"][..., :wk],
-                                                                  lo, lip)
+                    win_steps, ok, q, t_used = self._window_steps(out["window"][..., :wk], lo, lip)
                     res.certified.append(ok)
                     res.certificates.append(q)
                     res.blend.append(t_used)
@@ -334,7 +354,10 @@ class UnrolledGraphGD(nn.Module):
 
 
 def graph_loss(
-    model: UnrolledGraphGD, problem: GraphInverseProblem, kind: str = "energy", *,
+    model: UnrolledGraphGD,
+    problem: GraphInverseProblem,
+    kind: str = "energy",
+    *,
     penalty: float = 10.0,
 ) -> torch.Tensor:
     """Training loss of an unrolled solver on a problem (for ``unrollsci.train.fit``).

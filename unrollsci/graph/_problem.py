@@ -195,8 +195,9 @@ class GraphInverseProblem:
         coo = adj.tocoo()
         self.edge_index = torch.as_tensor(np.vstack([coo.row, coo.col]), device=device)
         self.edge_weight = torch.as_tensor(coo.data, device=device, dtype=dtype)
-        self.degree = torch.as_tensor(np.asarray(adj.sum(axis=1)).ravel(), device=device,
-                                      dtype=dtype)
+        self.degree = torch.as_tensor(
+            np.asarray(adj.sum(axis=1)).ravel(), device=device, dtype=dtype
+        )
         self.lap_rowabs_np = np.asarray(abs(self.lap_scipy).sum(axis=1)).ravel()
         self.lap = SparseOperator(self.lap_scipy).to(device)
         self._cache: dict[str, Any] = {}
@@ -241,8 +242,15 @@ class GraphInverseProblem:
         adj = nx.to_scipy_sparse_array(G, nodelist=list(G.nodes), weight=weight, format="csr")
         import scipy.sparse as sp
 
-        return cls(sp.csr_matrix(adj), y, mask=mask, operator=operator, lam=lam,
-                   laplacian=laplacian, **kwargs)
+        return cls(
+            sp.csr_matrix(adj),
+            y,
+            mask=mask,
+            operator=operator,
+            lam=lam,
+            laplacian=laplacian,
+            **kwargs,
+        )
 
     @classmethod
     def from_pyg(
@@ -275,11 +283,18 @@ class GraphInverseProblem:
             if y is None:
                 raise ValueError("Expected 'y' (or data.y) with the observed signal.")
         n = int(data.num_nodes)
-        adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(),
-                                     n)
+        adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(), n)
         gi = getattr(data, "batch", None)
-        return cls(adj, y, mask=mask, operator=operator, lam=lam, laplacian=laplacian,
-                   graph_index=gi, **kwargs)
+        return cls(
+            adj,
+            y,
+            mask=mask,
+            operator=operator,
+            lam=lam,
+            laplacian=laplacian,
+            graph_index=gi,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ basics
     @property
@@ -348,8 +363,9 @@ class GraphInverseProblem:
             r = self.forward_op(x) - self.y.to(x.dtype)
             data = 0.5 * (r * r).sum(-1, keepdim=True)
         else:  # block-diagonal A: the residual splits over nodes
-            r = self.forward_op(x) - (self.y.to(x.dtype) if self.mask is None
-                                      else self.y.to(x.dtype) * self._mask_like(x))
+            r = self.forward_op(x) - (
+                self.y.to(x.dtype) if self.mask is None else self.y.to(x.dtype) * self._mask_like(x)
+            )
             data = 0.5 * self.segment_sum(r * r)
         return data + 0.5 * self.lam * self.segment_sum(x * self.laplacian(x))
 
@@ -437,29 +453,50 @@ class GraphInverseProblem:
     def _mask_rows(self) -> range:
         return range(1 if self.mask is None else self.mask.shape[0])
 
-    def _spectrum_mask(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lambda_max estimate, lambda_min estimate) per mask row and block, kind 'mask'."""
+    def _spectrum_mask(self, which: str) -> np.ndarray:
+        """Largest (``"hi"``) or smallest (``"lo"``) eigenvalue of H per mask row and block."""
         from scipy.sparse.linalg import eigsh
 
+        key = f"eig-{which}"
+        if key in self._cache:
+            return self._cache[key]
         rows = self._mask_rows()
-        hi = np.zeros((len(rows), self.num_blocks))
-        lo = np.zeros_like(hi)
+        out = np.zeros((len(rows), self.num_blocks))
         for b in rows:
             for k in range(self.num_blocks):
                 h = self._block_hessian_scipy(b, k)
                 if h.shape[0] <= _DENSE_MAX:
                     ev = np.linalg.eigvalsh(h.toarray())
-                    hi[b, k], lo[b, k] = ev[-1], max(ev[0], 0.0)
-                else:
-                    hi[b, k] = eigsh(h, k=1, which="LA", tol=1e-8, return_eigenvectors=False,
-                                     v0=np.ones(h.shape[0]))[0]
+                    out[b, k] = ev[-1] if which == "hi" else max(ev[0], 0.0)
+                elif which == "hi":
+                    out[b, k] = eigsh(
+                        h,
+                        k=1,
+                        which="LA",
+                        tol=1e-8,
+                        return_eigenvectors=False,
+                        v0=np.ones(h.shape[0]),
+                    )[0]
+                else:  # shift-invert Lanczos (one sparse factorization)
                     try:
-                        lo[b, k] = max(float(eigsh(h.tocsc(), k=1, sigma=0.0, which="LM",
-                                                   tol=1e-8, return_eigenvectors=False,
-                                                   v0=np.ones(h.shape[0]))[0]), 0.0)
+                        out[b, k] = max(
+                            float(
+                                eigsh(
+                                    h.tocsc(),
+                                    k=1,
+                                    sigma=0.0,
+                                    which="LM",
+                                    tol=1e-8,
+                                    return_eigenvectors=False,
+                                    v0=np.ones(h.shape[0]),
+                                )[0]
+                            ),
+                            0.0,
+                        )
                     except Exception:  # noqa: BLE001 - singular / factorization failure
-                        lo[b, k] = 0.0
-        return hi, lo
+                        out[b, k] = 0.0
+        self._cache[key] = out
+        return out
 
     def _lap_lmax(self) -> np.ndarray:
         """Upper bounds on lambda_max(L) per block (Gershgorin and eigen-estimate x 1.01)."""
@@ -473,26 +510,39 @@ class GraphInverseProblem:
             if e - s <= _DENSE_MAX:
                 est = float(np.linalg.eigvalsh(lap.toarray())[-1]) * 1.001 + 1e-12
             else:
-                est = float(eigsh(lap, k=1, which="LA", tol=1e-8, return_eigenvectors=False,
-                                  v0=np.ones(e - s))[0]) * 1.01
+                est = (
+                    float(
+                        eigsh(
+                            lap,
+                            k=1,
+                            which="LA",
+                            tol=1e-8,
+                            return_eigenvectors=False,
+                            v0=np.ones(e - s),
+                        )[0]
+                    )
+                    * 1.01
+                )
             out[k] = min(gersh, est)
         return out
 
-    def _bounds(self, safety: float, lo_safety: float) -> tuple[np.ndarray, np.ndarray]:
-        key = f"bounds-{safety}-{lo_safety}"
+    def _bounds(self, safety: float, lo_safety: float, which: str) -> np.ndarray:
+        key = f"bounds-{safety}-{lo_safety}-{which}"
         if key in self._cache:
             return self._cache[key]
         rows = self._mask_rows()
         if self.kind == "mask":
-            hi, lo = self._spectrum_mask()
-            gersh = self._gershgorin_np()
-            gb = np.zeros_like(hi)
-            for b in rows:
+            if which == "hi":
+                gersh = self._gershgorin_np()
+                gb = np.zeros((len(rows), self.num_blocks))
                 for k in range(self.num_blocks):
                     s, e = self.block_ptr[k], self.block_ptr[k + 1]
-                    gb[b, k] = gersh[b if gersh.shape[0] > 1 else 0, s:e].max()
-            hi = np.minimum(hi * safety, gb)
-            lo = lo * lo_safety
+                    gb[:, k] = gersh[:, s:e].max(axis=1)
+                res = np.minimum(self._spectrum_mask("hi") * safety, gb)
+            else:
+                res = self._spectrum_mask("lo") * lo_safety
+            self._cache[key] = res
+            return res
         elif self.kind == "heat" and self.mask is None:
             lmax = self._lap_lmax()
             hi = np.zeros((1, self.num_blocks))
@@ -512,12 +562,12 @@ class GraphInverseProblem:
             hi = np.full((len(rows), 1), anorm2 + self.lam * lmax)
             lo = np.zeros_like(hi)
             n = self.num_nodes
-            for b in rows:
-                sub = self if self.mask is None else None
+            for b in rows if which == "lo" else ():
 
-                def mv(v: np.ndarray, b: int = b, sub: Any = sub) -> np.ndarray:
-                    t = torch.as_tensor(np.asarray(v).reshape(1, -1), dtype=torch.float64,
-                                        device=self.device)
+                def mv(v: np.ndarray, b: int = b) -> np.ndarray:
+                    t = torch.as_tensor(
+                        np.asarray(v).reshape(1, -1), dtype=torch.float64, device=self.device
+                    )
                     m = None if self.mask is None else self.mask[b : b + 1].double()
                     ax = op(t)
                     ax = ax if m is None else ax * m
@@ -525,14 +575,21 @@ class GraphInverseProblem:
                     return out.detach().cpu().numpy().ravel()
 
                 try:
-                    est = eigsh(SpOp((n, n), matvec=mv, dtype=np.float64), k=1, which="SA",
-                                tol=1e-6, maxiter=20 * n, return_eigenvectors=False,
-                                v0=np.ones(n))[0]
+                    est = eigsh(
+                        SpOp((n, n), matvec=mv, dtype=np.float64),
+                        k=1,
+                        which="SA",
+                        tol=1e-6,
+                        maxiter=20 * n,
+                        return_eigenvectors=False,
+                        v0=np.ones(n),
+                    )[0]
                     lo[b, 0] = max(float(est), 0.0) * lo_safety
                 except Exception:  # noqa: BLE001 - ARPACK did not converge: no lower bound
                     lo[b, 0] = 0.0
-        self._cache[key] = (hi, lo)
-        return hi, lo
+        res = hi if which == "hi" else lo
+        self._cache[key] = res
+        return res
 
     def _expand(self, a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.dtype if like is None else like.dtype
@@ -559,20 +616,13 @@ class GraphInverseProblem:
         if safety < 1:
             raise ValueError(f"Expected safety >= 1 (got {safety}).")
         if method == "gershgorin":
-            if self.kind == "mask":
-                g = self._gershgorin_np()
-                out = np.zeros((g.shape[0], self.num_blocks))
-                for k in range(self.num_blocks):
-                    s, e = self.block_ptr[k], self.block_ptr[k + 1]
-                    out[:, k] = g[:, s:e].max(axis=1)
-                return self._expand(out)
             g = self._gershgorin_np()
             out = np.zeros((g.shape[0], self.num_blocks))
             for k in range(self.num_blocks):
                 s, e = self.block_ptr[k], self.block_ptr[k + 1]
                 out[:, k] = g[:, s:e].max(axis=1)
             return self._expand(out)
-        return self._expand(self._bounds(safety, 0.95)[0])
+        return self._expand(self._bounds(safety, 0.95, "hi"))
 
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
@@ -587,7 +637,7 @@ class GraphInverseProblem:
         """
         if not 0 < safety <= 1:
             raise ValueError(f"Expected 0 < safety <= 1 (got {safety}).")
-        return self._expand(self._bounds(1.01, safety)[1])
+        return self._expand(self._bounds(1.01, safety, "lo"))
 
     def _gershgorin_np(self) -> np.ndarray:
         """``R_i >= sum_j |H_ij|`` per node (rows of a diagonally dominant majorant)."""
@@ -595,8 +645,11 @@ class GraphInverseProblem:
             return self._cache["gersh"]
         lam_part = self.lam * self.lap_rowabs_np[None]
         if self.kind == "mask":
-            m = (np.ones((1, self.num_nodes)) if self.mask is None
-                 else self.mask.detach().cpu().double().numpy())
+            m = (
+                np.ones((1, self.num_nodes))
+                if self.mask is None
+                else self.mask.detach().cpu().double().numpy()
+            )
             out = m + lam_part
         elif self.kind == "heat" and self.mask is None:
             mu = np.linspace(0.0, float(self._lap_lmax().max()), 20001)
@@ -650,8 +703,14 @@ class GraphInverseProblem:
             from ..solvers import cg
 
             b = self.rhs(self.y.double()).double().detach()
-            sol = cg(self.hessian_operator(), b, tol=tol, max_iter=20 * self.num_nodes + 100,
-                     check=False, throw=True)
+            sol = cg(
+                self.hessian_operator(),
+                b,
+                tol=tol,
+                max_iter=20 * self.num_nodes + 100,
+                check=False,
+                throw=True,
+            )
             out = sol.x
         self._cache[key] = out
         return out.to(self.dtype)
@@ -675,8 +734,11 @@ class GraphInverseProblem:
         """``diag(H)``, ``(batch, n)`` (mask problems exactly; else ``||A||^2`` bound)."""
         lap_diag = self.lap_scipy.diagonal()
         if self.kind == "mask":
-            m = (np.ones((1, self.num_nodes)) if self.mask is None
-                 else self.mask.detach().cpu().double().numpy())
+            m = (
+                np.ones((1, self.num_nodes))
+                if self.mask is None
+                else self.mask.detach().cpu().double().numpy()
+            )
             return self._expand(m + self.lam * lap_diag[None])
         g = self._gershgorin_np() - self.lam * self.lap_rowabs_np[None]
         return self._expand(g + self.lam * lap_diag[None])
