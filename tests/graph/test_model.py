@@ -349,3 +349,41 @@ def test_model_errors():
         UnrolledGraphGD(3).double()(p, torch.zeros(1, 5, dtype=torch.float64))
     with pytest.raises(TypeError, match="GraphInverseProblem"):
         UnrolledGraphGD(3).double()(torch.zeros(3))
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+def test_heat_blur_with_mask_on_a_batch_of_graphs(device, mode):
+    graphs = [nx.cycle_graph(9), nx.grid_2d_graph(3, 4)]
+    graphs = [nx.convert_node_labels_to_integers(g) for g in graphs]
+    batch = Batch.from_data_list([from_networkx(g) for g in graphs])
+    n = batch.num_nodes
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(n, generator=gen) < 0.7
+    y = (torch.randn(2, n, generator=gen, dtype=torch.float64) * mask).to(device)
+    p = GraphInverseProblem.from_pyg(batch, y, mask=mask, operator="heat", tau=0.5, lam=0.3)
+    model = UnrolledGraphGD(6, StepController(hidden=8, window=3), mode=mode).double()
+    model = model.to(device)
+    _randomize(model, 2, 0.5)
+    with torch.no_grad():
+        out = model(p)
+    f = [p.objective(x).sum(-1) for x in out.iterates]
+    ends = [0, 3, 6] if mode == "window" else range(7)
+    for a, b in zip(list(ends)[:-1], list(ends)[1:], strict=True):
+        assert bool((f[b] <= f[a] + 1e-12).all())
+    assert float(p.relative_error(out.x).max()) < 1.0
+
+
+def test_float32_problem_and_model(device):
+    G = nx.grid_2d_graph(5, 5)
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(25, generator=gen) < 0.5
+    mask[0] = True
+    y = (torch.randn(3, 25, generator=gen) * mask).to(device)
+    p = GraphInverseProblem.from_networkx(G, y, mask=mask)
+    for mode in ("scalar", "diagonal", "window"):
+        model = UnrolledGraphGD(8, StepController(hidden=8, window=4), mode=mode).to(device)
+        with torch.no_grad():
+            out = model(p)
+        assert out.x.dtype == torch.float32
+        f0, f1 = p.objective(out.iterates[0]), p.objective(out.x)
+        assert bool((f1 < f0).all())

@@ -60,7 +60,8 @@ def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-
 
     if kind not in _KINDS:
         raise ValueError(f"Expected laplacian 'combinatorial' or 'normalized' (got {kind!r}).")
-    deg = np.asarray(adj.sum(axis=1)).ravel()
+    adj = sp.csr_matrix(adj, dtype=np.float64)
+    deg = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
     if kind == "combinatorial":
         lap = sp.diags(deg) - adj
     else:

@@ -588,6 +588,8 @@ class GraphInverseProblem:
                 except Exception:  # noqa: BLE001 - ARPACK did not converge: no lower bound
                     lo[b, 0] = 0.0
         res = hi if which == "hi" else lo
+        if res.shape[1] != self.num_blocks:  # one value for every graph of the batch
+            res = np.repeat(res, self.num_blocks, axis=1)
         self._cache[key] = res
         return res
 
