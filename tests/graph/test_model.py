@@ -139,10 +139,7 @@ def _theory_layers(p: GraphInverseProblem, mode: str, floor: float, margin: floa
     return int(math.ceil(math.log(1e-18) / math.log(rho)))
 
 
-@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
-@settings(max_examples=3, **SETTINGS)
-@given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
-def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, scale):
+def _converges(device, mode, prob, wseed, scale):
     G, y, mask, lam, kind, _ = prob
     y, mask = y[:1], mask[:1]
     p = _make(G, y, mask, lam, kind, device)
@@ -173,6 +170,21 @@ def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, s
     np.testing.assert_allclose(
         out.x.cpu().numpy()[0], ref, rtol=1e-6, atol=1e-7 * np.abs(ref).max()
     )
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@settings(max_examples=5, **SETTINGS)
+@given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
+def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, scale):
+    _converges(device, mode, prob, wseed, scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@settings(max_examples=40, **SETTINGS)
+@given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
+def test_many_layers_converge_many_examples(device, mode, prob, wseed, scale):
+    _converges(device, mode, prob, wseed, scale)
 
 
 def test_default_model_extends_to_many_layers(device):

@@ -192,3 +192,13 @@ def test_bad_inputs():
     data = Data(edge_index=torch.tensor([[0, 1], [1, 0]]), num_nodes=2)
     with pytest.raises(ValueError, match="data.y"):
         GraphInverseProblem.from_pyg(data)
+
+
+def test_objective_gap_is_half_the_energy_norm(device):
+    adj, _ = sensor_graph(80, seed=2)
+    p = inpainting_problem(adj, 3, seed=1, device=device)
+    xs = p.solve_exact()
+    x = torch.randn(3, 80, dtype=torch.float64, device=device)
+    gap = p.objective(x) - p.objective(xs)
+    torch.testing.assert_close(gap, 0.5 * p.energy_norm_sq(x - xs))
+    assert float(p.gradient(xs).abs().max()) < 1e-10
