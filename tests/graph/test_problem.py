@@ -202,3 +202,18 @@ def test_objective_gap_is_half_the_energy_norm(device):
     gap = p.objective(x) - p.objective(xs)
     torch.testing.assert_close(gap, 0.5 * p.energy_norm_sq(x - xs))
     assert float(p.gradient(xs).abs().max()) < 1e-10
+
+
+def test_inertia_check_matches_eigenvalues():
+    from unrollsci.graph._problem import _is_pd
+
+    adj, _ = sensor_graph(300, seed=5)
+    p = inpainting_problem(adj, 1, seed=2)
+    h = p.hessian_scipy(0)
+    ev = np.linalg.eigvalsh(h.toarray())
+    eye = sp.identity(300, format="csc")
+    assert _is_pd(h)
+    assert _is_pd(h - 0.99 * ev[0] * eye)
+    assert not _is_pd(h - 1.01 * ev[0] * eye)
+    assert _is_pd(1.001 * ev[-1] * eye - h)
+    assert not _is_pd(0.999 * ev[-1] * eye - h)

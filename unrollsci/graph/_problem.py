@@ -26,6 +26,31 @@ __all__ = ["GraphInverseProblem"]
 _DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
 
 
+def _is_pd(a: Any) -> bool:
+    """True if the symmetric sparse matrix ``a`` is positive definite.
+
+    Sylvester's law of inertia: SuperLU in symmetric mode without row pivoting
+    (``diag_pivot_thresh=0``) factors ``P a P^T = L U`` with ``U = D L^T``; ``a`` is
+    positive definite iff every pivot ``D_ii`` is positive. Any failure (a zero
+    pivot, an unsymmetric permutation) answers False.
+    """
+    from scipy.sparse.linalg import splu
+
+    try:
+        lu = splu(
+            a.tocsc(),
+            permc_spec="MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        )
+    except Exception:  # noqa: BLE001 - singular matrix
+        return False
+    if not np.array_equal(lu.perm_r, lu.perm_c):
+        return False
+    d = lu.U.diagonal()
+    return bool(np.all(np.isfinite(d)) and np.all(d > 0))
+
+
 class _Hessian(LinearOperator):
     """``H = A^T A + lam L`` of a problem, as a LinearOperator (per-sample masks allowed)."""
 
@@ -453,11 +478,20 @@ class GraphInverseProblem:
     def _mask_rows(self) -> range:
         return range(1 if self.mask is None else self.mask.shape[0])
 
-    def _spectrum_mask(self, which: str) -> np.ndarray:
-        """Largest (``"hi"``) or smallest (``"lo"``) eigenvalue of H per mask row and block."""
+    def _spectrum_mask(self, which: str, safety: float) -> np.ndarray:
+        """Bound on the largest (``"hi"``) or smallest (``"lo"``) eigenvalue of H, kind 'mask'.
+
+        Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Larger
+        blocks: a Lanczos (``hi``) or shift-invert Lanczos (``lo``) estimate times
+        ``safety``, then certified by Sylvester's law of inertia (:func:`_is_pd`):
+        ``Lip I - H`` (resp. ``H - lo I``) must factor as ``L D L^T`` with ``D > 0``.
+        An uncertified ``hi`` becomes ``inf`` (the caller then uses Gershgorin); an
+        uncertified ``lo`` is halved up to 6 times, then 0.
+        """
+        import scipy.sparse as sp
         from scipy.sparse.linalg import eigsh
 
-        key = f"eig-{which}"
+        key = f"eig-{which}-{safety}"
         if key in self._cache:
             return self._cache[key]
         rows = self._mask_rows()
@@ -465,36 +499,38 @@ class GraphInverseProblem:
         for b in rows:
             for k in range(self.num_blocks):
                 h = self._block_hessian_scipy(b, k)
-                if h.shape[0] <= _DENSE_MAX:
+                m = h.shape[0]
+                if m <= _DENSE_MAX:
                     ev = np.linalg.eigvalsh(h.toarray())
-                    out[b, k] = ev[-1] if which == "hi" else max(ev[0], 0.0)
-                elif which == "hi":
-                    out[b, k] = eigsh(
-                        h,
+                    out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
+                    continue
+                eye = sp.identity(m, format="csc")
+                v0 = np.ones(m)
+                if which == "hi":
+                    est = eigsh(h, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=v0)
+                    val = float(est[0]) * safety
+                    out[b, k] = val if _is_pd(val * eye - h) else np.inf
+                    continue
+                try:  # shift-invert Lanczos (one sparse factorization)
+                    est = eigsh(
+                        h.tocsc(),
                         k=1,
-                        which="LA",
+                        sigma=0.0,
+                        which="LM",
                         tol=1e-8,
                         return_eigenvectors=False,
-                        v0=np.ones(h.shape[0]),
-                    )[0]
-                else:  # shift-invert Lanczos (one sparse factorization)
-                    try:
-                        out[b, k] = max(
-                            float(
-                                eigsh(
-                                    h.tocsc(),
-                                    k=1,
-                                    sigma=0.0,
-                                    which="LM",
-                                    tol=1e-8,
-                                    return_eigenvectors=False,
-                                    v0=np.ones(h.shape[0]),
-                                )[0]
-                            ),
-                            0.0,
-                        )
-                    except Exception:  # noqa: BLE001 - singular / factorization failure
-                        out[b, k] = 0.0
+                        v0=v0,
+                    )
+                    val = max(float(est[0]), 0.0) * safety
+                except Exception:  # noqa: BLE001 - singular / factorization failure
+                    val = 0.0
+                for _ in range(6):
+                    if val <= 0 or _is_pd(h - val * eye):
+                        break
+                    val /= 2
+                else:
+                    val = 0.0
+                out[b, k] = val
         self._cache[key] = out
         return out
 
@@ -538,9 +574,9 @@ class GraphInverseProblem:
                 for k in range(self.num_blocks):
                     s, e = self.block_ptr[k], self.block_ptr[k + 1]
                     gb[:, k] = gersh[:, s:e].max(axis=1)
-                res = np.minimum(self._spectrum_mask("hi") * safety, gb)
+                res = np.minimum(self._spectrum_mask("hi", safety), gb)
             else:
-                res = self._spectrum_mask("lo") * lo_safety
+                res = self._spectrum_mask("lo", lo_safety)
             self._cache[key] = res
             return res
         elif self.kind == "heat" and self.mask is None:
@@ -607,7 +643,11 @@ class GraphInverseProblem:
                 ``1 + 2 lam max degree`` for a mask and the combinatorial Laplacian);
                 ``"lanczos"``/``"auto"``: the largest eigenvalue (dense ``eigvalsh`` up to
                 800 nodes per graph, Lanczos/ARPACK above) times ``safety``, capped by the
-                Gershgorin bound (both are upper bounds, so the minimum is too).
+                Gershgorin bound. For masks above 800 nodes the Lanczos value is
+                certified: ``Lip I - H`` must pass an ``L D L^T`` inertia check (one
+                sparse factorization), else the Gershgorin bound is used. Heat kernel
+                and general operators: the spectral function on a grid, resp. power
+                iteration with a 5% margin (estimates, not proofs).
             safety: factor on the eigenvalue estimate (``>= 1``).
 
         Returns:
@@ -629,10 +669,12 @@ class GraphInverseProblem:
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
 
-        Exact (dense) for graphs up to 800 nodes, shift-invert Lanczos above (mask),
-        the heat kernel's spectral function on a fine grid (``operator="heat"``), or
-        ARPACK's smallest eigenvalue (general operators; 0 if it fails), each times
-        ``safety``. Used by the ``window`` mode's certificate.
+        Exact (dense) for graphs up to 800 nodes; for masks above, shift-invert
+        Lanczos, certified by an inertia check that ``H - lo I`` is positive definite
+        (halving ``lo`` until it passes); the heat kernel's spectral function on a
+        fine grid (``operator="heat"``), or ARPACK's smallest eigenvalue (general
+        operators; 0 if it fails). Each times ``safety``. Used by the ``window``
+        mode's certificate.
 
         Returns:
             ``(batch, num_blocks)`` tensor.
