@@ -1,0 +1,401 @@
+"""UnrolledGraphGD and StepController: structural guarantees, equivariance, batching, training."""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch_geometric.data import Batch
+from torch_geometric.utils import from_networkx
+
+from unrollsci.graph import (
+    GraphInverseProblem,
+    StepController,
+    UnrolledGraphGD,
+    certify_window,
+    graph_loss,
+)
+from unrollsci.train import fit, load_checkpoint, save_checkpoint
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _randomize(model: torch.nn.Module, seed: int, scale: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(scale * torch.randn(prm.shape, generator=gen, dtype=prm.dtype))
+
+
+@st.composite
+def problems(draw, max_n: int = 14):
+    """A random weighted graph (possibly disconnected) with a random problem on it."""
+    n = draw(st.integers(4, max_n))
+    m = draw(st.integers(n - 1, 3 * n))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    G = nx.gnm_random_graph(n, m, seed=seed)
+    for u, v in G.edges:
+        G[u][v]["weight"] = float(rng.uniform(0.1, 3.0))
+    batch = draw(st.integers(1, 3))
+    p_obs = draw(st.floats(0.2, 1.0))
+    mask = rng.random((batch, n)) < p_obs
+    for comp in nx.connected_components(G):
+        comp = list(comp)
+        for b in range(batch):
+            if not mask[b, comp].any():
+                mask[b, rng.choice(comp)] = True
+    lam = draw(st.floats(0.1, 5.0))
+    kind = draw(st.sampled_from(["combinatorial", "normalized"]))
+    y = rng.standard_normal((batch, n)) * mask
+    return G, y, mask, lam, kind, seed
+
+
+def _make(G, y, mask, lam, kind, device):
+    return GraphInverseProblem.from_networkx(
+        G, torch.as_tensor(y, device=device), mask=torch.as_tensor(mask), lam=lam, laplacian=kind
+    )
+
+
+def _dense_h(p: GraphInverseProblem, b: int) -> np.ndarray:
+    return p.hessian_scipy(b).toarray()
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal"])
+@settings(max_examples=25, **SETTINGS)
+@given(prob=problems(), wseed=st.integers(0, 10_000), scale=st.floats(0.05, 5.0))
+def test_every_layer_decreases_the_objective(device, mode, prob, wseed, scale):
+    G, y, mask, lam, kind, _ = prob
+    p = _make(G, y, mask, lam, kind, device)
+    model = UnrolledGraphGD(8, StepController(hidden=8, hops=2), mode=mode).double().to(device)
+    _randomize(model, wseed, scale)
+    with torch.no_grad():
+        out = model(p)
+    lip = p.lipschitz()
+    rows = p.gershgorin_rows()
+    for k in range(8):
+        x, x_next = out.iterates[k], out.iterates[k + 1]
+        f, f_next = p.objective(x)[:, 0], p.objective(x_next)[:, 0]
+        g = p.gradient(x)
+        s = out.steps[k]
+        if mode == "scalar":
+            assert bool(((s > 0) & (s < 2 / lip)).all())
+            guaranteed = s[:, 0] * 0.02 * (g * g).sum(-1)  # s * margin * ||g||^2
+        else:
+            assert bool(((s > 0) & (s < 2 / rows)).all())
+            guaranteed = (s * (1 - s * rows / 2) * g * g).sum(-1)
+        tol = 1e-10 * (f.abs() + (g * g).sum(-1) / lip[:, 0] + 1e-30)
+        assert bool((f_next - f <= -guaranteed + tol).all()), (f_next - f, guaranteed)
+        assert bool((f_next <= f + tol).all())
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(
+    prob=problems(),
+    wseed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    window=st.integers(1, 6),
+)
+def test_every_window_contracts_by_its_certificate(device, prob, wseed, scale, window):
+    G, y, mask, lam, kind, _ = prob
+    p = _make(G, y, mask, lam, kind, device)
+    model = UnrolledGraphGD(9, StepController(hidden=8, window=window), mode="window")
+    model = model.double().to(device)
+    _randomize(model, wseed, scale)
+    with torch.no_grad():
+        out = model(p)
+    xs = p.solve_exact()
+    fstar = p.objective(xs)[:, 0]
+    starts = out.window_starts + [9]
+    for w_i, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+        q = out.certificates[w_i][:, 0]
+        assert bool((q < 1).all())
+        gap_a = p.objective(out.iterates[a])[:, 0] - fstar
+        gap_b = p.objective(out.iterates[b])[:, 0] - fstar
+        tol = 1e-9 * (p.objective(out.iterates[0])[:, 0] - fstar).abs() + 1e-12
+        assert bool((gap_b <= q * q * gap_a + tol).all())
+        # the certificate is an honest bound on the window polynomial at H's eigenvalues
+        steps = torch.stack(out.steps[a:b], -1)[:, 0]  # (batch, w)
+        for bb in range(p.batch_size):
+            ev = np.linalg.eigvalsh(_dense_h(p, bb))
+            poly = np.prod(1 - steps[bb].cpu().numpy()[:, None] * ev[None], axis=0)
+            assert np.abs(poly).max() <= float(q[bb]) * (1 + 1e-9)
+
+
+def _theory_layers(p: GraphInverseProblem, mode: str, floor: float, margin: float) -> int:
+    """Layers after which the guaranteed rate brings f - f* below 1e-18 of its start."""
+    ev = np.linalg.eigvalsh(_dense_h(p, 0))
+    if mode == "scalar":
+        rho = max(1 - 2 * floor * ev[0] / float(p.lipschitz()[0, 0]), 1 - 2 * margin) ** 2
+    else:
+        rmax = float(p.gershgorin_rows()[0].max())
+        c = min(2 * floor * (1 - floor), 2 * margin * (1 - margin)) / rmax
+        rho = 1 - 2 * ev[0] * c
+    return int(math.ceil(math.log(1e-18) / math.log(rho)))
+
+
+def _converges(device, mode, prob, wseed, scale):
+    G, y, mask, lam, kind, _ = prob
+    y, mask = y[:1], mask[:1]
+    p = _make(G, y, mask, lam, kind, device)
+    assume(float(np.abs(y).sum()) > 0)
+    if mode == "window":
+        # every window contracts ||e||_H by max(q_max, best safe certificate) at least
+        kw = {"q_max": 0.5}
+        lip, lo = p.lipschitz(), p.lambda_min_bound()
+        k = torch.arange(1, 5, dtype=torch.float64, device=device)
+        cheb = lo + (lip - lo) * 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / 8))
+        q_safe = min(
+            float(certify_window(1 / cheb, lo[:, 0], lip[:, 0])[0]),
+            float(certify_window((1 / lip).expand(1, 4), lo[:, 0], lip[:, 0])[0]),
+        )
+        rho = max(0.5, q_safe)
+        layers = 4 * int(math.ceil(math.log(1e-9) / math.log(rho)))
+        assume(layers <= 1500)
+    else:
+        kw = {"floor": 0.25, "margin": 0.25}
+        layers = _theory_layers(p, mode, 0.25, 0.25)
+        assume(layers <= 1500)
+    model = UnrolledGraphGD(layers, StepController(hidden=8, hops=1, window=4), mode=mode, **kw)
+    model = model.double().to(device)
+    _randomize(model, wseed, scale)
+    with torch.no_grad():
+        out = model(p)
+    ref = np.linalg.solve(_dense_h(p, 0), p.rhs().cpu().numpy()[0])
+    np.testing.assert_allclose(
+        out.x.cpu().numpy()[0], ref, rtol=1e-6, atol=1e-7 * np.abs(ref).max()
+    )
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@settings(max_examples=5, **SETTINGS)
+@given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
+def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, scale):
+    _converges(device, mode, prob, wseed, scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@settings(max_examples=40, **SETTINGS)
+@given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
+def test_many_layers_converge_many_examples(device, mode, prob, wseed, scale):
+    _converges(device, mode, prob, wseed, scale)
+
+
+def test_default_model_extends_to_many_layers(device):
+    G = nx.grid_2d_graph(6, 6)
+    rng = np.random.default_rng(0)
+    mask = rng.random(36) < 0.5
+    mask[0] = True
+    p = GraphInverseProblem.from_networkx(
+        G, torch.as_tensor(rng.standard_normal(36) * mask, device=device), mask=mask
+    )
+    for mode in ("scalar", "diagonal", "window"):
+        model = UnrolledGraphGD(10, StepController(hidden=8), mode=mode).double().to(device)
+        with torch.no_grad():
+            out = model(p, num_layers=600)
+        assert float(p.relative_error(out.x).max()) < 1e-8
+
+
+def test_certify_window_bounds_the_true_maximum():
+    rng = np.random.default_rng(0)
+    for w in (1, 3, 6, 10):
+        lo, hi = torch.tensor(0.2, dtype=torch.float64), torch.tensor(9.0, dtype=torch.float64)
+        steps = torch.as_tensor(1.0 / rng.uniform(0.2, 9.0, w))
+        bound = float(certify_window(steps, lo, hi))
+        # independent reference: the maximum of |p| is at an endpoint or a root of p'
+        poly = np.polynomial.Polynomial.fromroots(1.0 / steps.numpy()) * np.prod(-steps.numpy())
+        crit = [r.real for r in poly.deriv().roots() if abs(r.imag) < 1e-9 and 0.2 <= r.real <= 9]
+        true = max(abs(poly(t)) for t in [0.2, 9.0, *crit])
+        assert true <= bound <= true * 1.01
+
+
+# ------------------------------------------------------------- equivariance
+def test_controller_is_permutation_equivariant(device):
+    torch.manual_seed(0)
+    n, batch = 12, 2
+    G = nx.connected_watts_strogatz_graph(n, 4, 0.3, seed=2)
+    ei = torch.as_tensor(np.array(list(G.edges)).T)
+    ei = torch.cat([ei, ei.flip(0)], 1).to(device)
+    w = torch.rand(ei.shape[1], dtype=torch.float64, device=device) + 0.5
+    ctrl = StepController(hidden=16, hops=3, window=4).double().to(device)
+    _randomize(ctrl, 1, 0.5)
+    xf = torch.randn(batch, n, 7, dtype=torch.float64, device=device)
+    gf = torch.randn(batch, 1, 4, dtype=torch.float64, device=device)
+    blocks = torch.zeros(n, dtype=torch.long, device=device)
+    out = ctrl(xf, gf, ei, w, blocks, 1)
+    perm = torch.randperm(n, device=device)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n, device=device)
+    out_p = ctrl(xf[:, perm], gf, inv[ei], w, blocks, 1)
+    torch.testing.assert_close(out_p["node"], out["node"][:, perm])
+    torch.testing.assert_close(out_p["scalar"], out["scalar"])
+    torch.testing.assert_close(out_p["window"], out["window"])
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+def test_solver_is_permutation_equivariant(device, mode):
+    G = nx.random_geometric_graph(30, 0.35, seed=4)
+    G = G.subgraph(max(nx.connected_components(G), key=len)).copy()
+    G = nx.convert_node_labels_to_integers(G)
+    n = G.number_of_nodes()
+    rng = np.random.default_rng(1)
+    mask = rng.random((2, n)) < 0.5
+    mask[:, 0] = True
+    y = rng.standard_normal((2, n)) * mask
+    p = GraphInverseProblem.from_networkx(G, torch.as_tensor(y, device=device), mask=mask)
+    perm = rng.permutation(n)
+    Gp = nx.relabel_nodes(G, {int(perm[i]): i for i in range(n)})
+    Gp = nx.Graph(Gp.subgraph(range(n)))
+    H = nx.Graph()
+    H.add_nodes_from(range(n))
+    H.add_edges_from(Gp.edges(data=True))
+    pp = GraphInverseProblem.from_networkx(
+        H, torch.as_tensor(y[:, perm], device=device), mask=mask[:, perm]
+    )
+    model = UnrolledGraphGD(6, StepController(hidden=8, window=3), mode=mode).double()
+    model = model.to(device)
+    _randomize(model, 3, 0.5)
+    with torch.no_grad():
+        x = model(p).x
+        xp = model(pp).x
+    torch.testing.assert_close(xp, x[:, perm])
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+def test_batch_of_graphs_of_different_sizes(device, mode):
+    graphs = [
+        nx.path_graph(7),
+        nx.grid_2d_graph(4, 5),
+        nx.connected_watts_strogatz_graph(15, 4, 0.2, seed=0),
+    ]
+    graphs = [nx.convert_node_labels_to_integers(g) for g in graphs]
+    batch = Batch.from_data_list([from_networkx(g) for g in graphs])
+    n = batch.num_nodes
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, n, generator=gen) < 0.5
+    mask[:, batch.ptr[:-1]] = True
+    y = (torch.randn(2, n, generator=gen, dtype=torch.float64) * mask).to(device)
+    p = GraphInverseProblem.from_pyg(batch, y, mask=mask, lam=0.8)
+    model = UnrolledGraphGD(6, StepController(hidden=8, window=3), mode=mode).double()
+    model = model.to(device)
+    _randomize(model, 5, 0.5)
+    with torch.no_grad():
+        out = model(p)
+    assert out.x.shape == (2, n)
+    for k, g in enumerate(graphs):
+        s, e = int(batch.ptr[k]), int(batch.ptr[k + 1])
+        q = GraphInverseProblem.from_networkx(g, y[:, s:e], mask=mask[:, s:e], lam=0.8)
+        with torch.no_grad():
+            ref = model(q).x
+        torch.testing.assert_close(out.x[:, s:e], ref)
+
+
+# ------------------------------------------------------------- gradients, training
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+def test_gradcheck_wrt_data(device, mode):
+    G = nx.cycle_graph(6)
+    mask = torch.tensor([1, 0, 1, 1, 0, 1])
+    model = (
+        UnrolledGraphGD(
+            4, StepController(hidden=4, hops=1, window=2), mode=mode, detach_features=False
+        )
+        .double()
+        .to(device)
+    )
+    _randomize(model, 0, 0.3)
+
+    def fn(y):
+        p = GraphInverseProblem.from_networkx(G, y, mask=mask, lam=0.5)
+        return model(p).x
+
+    y = torch.randn(1, 6, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (y,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["energy", "objective"])
+def test_training_with_fit_reduces_the_loss(device, kind, tmp_path):
+    rng = np.random.default_rng(0)
+    train = []
+    for s in range(3):
+        G = nx.random_geometric_graph(40, 0.3, seed=s)
+        G = nx.convert_node_labels_to_integers(
+            G.subgraph(max(nx.connected_components(G), key=len)).copy()
+        )
+        n = G.number_of_nodes()
+        mask = rng.random((4, n)) < 0.5
+        mask[:, 0] = True
+        y = torch.as_tensor(rng.standard_normal((4, n)) * mask, device=device)
+        train.append(GraphInverseProblem.from_networkx(G, y, mask=mask))
+    model = UnrolledGraphGD(5, StepController(hidden=8, window=5), mode="window").double()
+    model = model.to(device)
+    with torch.no_grad():
+        before = float(np.mean([float(graph_loss(model, p, kind)) for p in train]))
+    hist = fit(model, lambda m, p: graph_loss(m, p, kind), train, epochs=8, lr=5e-3, progress=False)
+    with torch.no_grad():
+        after = float(np.mean([float(graph_loss(model, p, kind)) for p in train]))
+    assert after < before
+    assert len(hist.train_loss) == 8
+    path = save_checkpoint(model, tmp_path / "g.pt")
+    loaded = load_checkpoint(path, expected=UnrolledGraphGD).double().to(device)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(train[0]).x, model(train[0]).x)
+
+
+def test_model_errors():
+    p = GraphInverseProblem.from_networkx(nx.path_graph(4), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="mode"):
+        UnrolledGraphGD(3, mode="bogus")
+    with pytest.raises(ValueError, match="num_layers >= 1"):
+        UnrolledGraphGD(0)
+    with pytest.raises(TypeError, match="StepController"):
+        UnrolledGraphGD(3, controller=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="dtype"):
+        UnrolledGraphGD(3)(p)  # float32 model, float64 problem
+    with pytest.raises(ValueError, match="x0"):
+        UnrolledGraphGD(3).double()(p, torch.zeros(1, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="GraphInverseProblem"):
+        UnrolledGraphGD(3).double()(torch.zeros(3))
+
+
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+def test_heat_blur_with_mask_on_a_batch_of_graphs(device, mode):
+    graphs = [nx.cycle_graph(9), nx.grid_2d_graph(3, 4)]
+    graphs = [nx.convert_node_labels_to_integers(g) for g in graphs]
+    batch = Batch.from_data_list([from_networkx(g) for g in graphs])
+    n = batch.num_nodes
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(n, generator=gen) < 0.7
+    y = (torch.randn(2, n, generator=gen, dtype=torch.float64) * mask).to(device)
+    p = GraphInverseProblem.from_pyg(batch, y, mask=mask, operator="heat", tau=0.5, lam=0.3)
+    model = UnrolledGraphGD(6, StepController(hidden=8, window=3), mode=mode).double()
+    model = model.to(device)
+    _randomize(model, 2, 0.5)
+    with torch.no_grad():
+        out = model(p)
+    f = [p.objective(x).sum(-1) for x in out.iterates]
+    ends = [0, 3, 6] if mode == "window" else range(7)
+    for a, b in zip(list(ends)[:-1], list(ends)[1:], strict=True):
+        assert bool((f[b] <= f[a] + 1e-12).all())
+    assert float(p.relative_error(out.x).max()) < 1.0
+
+
+def test_float32_problem_and_model(device):
+    G = nx.grid_2d_graph(5, 5)
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(25, generator=gen) < 0.5
+    mask[0] = True
+    y = (torch.randn(3, 25, generator=gen) * mask).to(device)
+    p = GraphInverseProblem.from_networkx(G, y, mask=mask)
+    for mode in ("scalar", "diagonal", "window"):
+        model = UnrolledGraphGD(8, StepController(hidden=8, window=4), mode=mode).to(device)
+        with torch.no_grad():
+            out = model(p)
+        assert out.x.dtype == torch.float32
+        f0, f1 = p.objective(out.iterates[0]), p.objective(out.x)
+        assert bool((f1 < f0).all())

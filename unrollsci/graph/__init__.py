@@ -1,0 +1,32 @@
+"""Graph signal inversion: Laplacian-regularized inverse problems on graphs, solved by an
+unrolled gradient descent whose steps a GNN chooses inside certified stability bounds.
+
+    from unrollsci.graph import GraphInverseProblem, StepController, UnrolledGraphGD
+"""
+
+from ._controller import GLOBAL_FEATURES, NODE_FEATURES, StepController, certify_window
+from ._data import inpainting_problem, load_minnesota, random_graph, sensor_graph, smooth_signal
+from ._laplacian import HeatKernel, chebyshev_coefficients, laplacian_matrix, validate_adjacency
+from ._model import MODES, GraphGDResult, UnrolledGraphGD, graph_loss
+from ._problem import GraphInverseProblem
+
+__all__ = [
+    "GLOBAL_FEATURES",
+    "MODES",
+    "NODE_FEATURES",
+    "GraphGDResult",
+    "GraphInverseProblem",
+    "HeatKernel",
+    "StepController",
+    "UnrolledGraphGD",
+    "certify_window",
+    "chebyshev_coefficients",
+    "graph_loss",
+    "inpainting_problem",
+    "laplacian_matrix",
+    "load_minnesota",
+    "random_graph",
+    "sensor_graph",
+    "smooth_signal",
+    "validate_adjacency",
+]

@@ -1,0 +1,371 @@
+"""Benchmark: graph inpainting, learned step controllers vs GD, Nesterov, CG, Jacobi-PCG.
+
+``python benchmarks/graph.py [--quick]`` (or ``unrollsci bench graph``) trains the
+three modes on a family of small random graphs, then evaluates on held-out
+problems on graphs never seen in training: the Minnesota road graph (PyGSP; a
+2642-node sensor graph if pygsp is missing) and random sensor graphs of 10^3 and
+10^5 nodes. Writes ``benchmarks/results/graph.json``, a markdown table and a
+convergence plot ``graph_convergence.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._bench import Timer, markdown_table, write_results
+from ._baselines import BASELINES, classical_iterates
+from ._controller import StepController
+from ._data import inpainting_problem, load_minnesota, random_graph, sensor_graph
+from ._model import MODES, UnrolledGraphGD, graph_loss
+from ._problem import GraphInverseProblem
+
+__all__ = ["main", "train_models", "training_problems"]
+
+
+def _nx_adj(G: Any):  # type: ignore[no-untyped-def]
+    import networkx as nx
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(nx.to_scipy_sparse_array(G, format="csr"), dtype=np.float64)
+
+
+def training_problems(
+    num_graphs: int,
+    signals: int,
+    *,
+    seed: int = 0,
+    n_range: tuple[int, int] = (300, 900),
+    observed: float = 0.5,
+    noise: tuple[float, float] = (0.05, 0.2),
+    lam: float = 1.0,
+) -> list[GraphInverseProblem]:
+    """Inpainting problems on a mix of random graphs (sensor kNN with k in 3..6,
+    random geometric, grid, SBM, Barabasi-Albert), one graph per problem batch."""
+    rng = np.random.default_rng(seed)
+    kinds = ["sensor", "sensor", "geometric", "grid", "sensor", "sbm", "sensor", "ba"]
+    out = []
+    for i in range(num_graphs):
+        kind = kinds[i % len(kinds)]
+        n = int(rng.integers(*n_range))
+        gseed = int(rng.integers(2**31))
+        if kind == "sensor":
+            adj, _ = sensor_graph(n, k=int(rng.integers(3, 7)), seed=gseed)
+        else:
+            adj = _nx_adj(random_graph(kind, n, seed=gseed))
+        p = inpainting_problem(
+            adj, signals, observed=observed, noise=noise, lam=lam, seed=int(rng.integers(2**31))
+        )
+        p.solve_exact()
+        out.append(p)
+    return out
+
+
+def train_models(
+    train: list[GraphInverseProblem],
+    val: list[GraphInverseProblem],
+    *,
+    num_layers: int,
+    window: int,
+    epochs: int,
+    hidden: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    modes: tuple[str, ...] = MODES,
+    progress: bool = False,
+) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
+    """Train one :class:`UnrolledGraphGD` per mode with the supervised energy loss."""
+    from ..train import fit
+
+    models, info = {}, {}
+    for mode in modes:
+        torch.manual_seed(seed)
+        model = UnrolledGraphGD(
+            num_layers, StepController(hidden=hidden, window=window), mode=mode
+        ).double()
+        t0 = time.perf_counter()
+        hist = fit(
+            model,
+            lambda m, p: graph_loss(m, p),
+            train,
+            val_data=val,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            patience=max(5, epochs // 3),
+            progress=progress,
+            clip_grad=10.0,
+        )
+        info[mode] = {
+            "seconds": time.perf_counter() - t0,
+            "best_val": hist.best_val,
+            "epochs_run": len(hist.train_loss),
+            "final_train": hist.train_loss[-1],
+        }
+        models[mode] = model.eval()
+    return models, info
+
+
+def _errors(p: GraphInverseProblem, x: torch.Tensor) -> list[float]:
+    return p.relative_error(x).reshape(-1).tolist()
+
+
+def _evaluate(
+    name: str,
+    p: GraphInverseProblem,
+    models: dict[str, UnrolledGraphGD],
+    k: int,
+    curves: bool,
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    rows: list[dict[str, Any]] = []
+    curve: dict[str, list[float]] = {}
+    base = classical_iterates(p, k)
+    for meth in BASELINES:
+        e = _errors(p, base[meth])
+        rows.append(
+            {
+                "graph": name,
+                "method": meth,
+                "mean_err": float(np.mean(e)),
+                "max_err": float(np.max(e)),
+            }
+        )
+    with torch.no_grad():
+        for mode, model in models.items():
+            out = model(p)
+            e = _errors(p, out.x)
+            row = {
+                "graph": name,
+                "method": f"learned {mode}",
+                "mean_err": float(np.mean(e)),
+                "max_err": float(np.max(e)),
+                "matvecs": out.matvecs,
+            }
+            if mode == "window":
+                row["windows_certified"] = float(torch.stack(out.certified).double().mean())
+            rows.append(row)
+            if curves:
+                curve[f"learned {mode}"] = [
+                    float(p.relative_error(xi).mean()) for xi in out.iterates
+                ]
+    if curves:
+        for meth in BASELINES:
+            curve[meth] = [1.0] + [
+                float(p.relative_error(classical_iterates(p, j)[meth]).mean())
+                for j in range(1, k + 1)
+            ]
+    return rows, curve
+
+
+def _steps_to_match(p: GraphInverseProblem, target: float, max_iter: int = 400) -> int:
+    """Fixed 1/Lip GD steps needed to reach a mean energy error <= target."""
+    lip = p.lipschitz()
+    x = torch.zeros_like(p.rhs())
+    for j in range(1, max_iter + 1):
+        x = x - p.gradient(x) / lip
+        if float(p.relative_error(x).mean()) <= target:
+            return j
+    return -1
+
+
+def _timing(p: GraphInverseProblem, models: dict[str, UnrolledGraphGD], k: int) -> dict[str, Any]:
+    """Wall time per solve (one signal) on the big graph."""
+    from scipy.sparse.linalg import cg as sp_cg
+    from scipy.sparse.linalg import spsolve
+
+    one = GraphInverseProblem.from_scipy(p.adjacency, p.y[:1], mask=p.mask[:1], lam=p.lam)
+    h = one.hessian_scipy(0).tocsc()
+    b = one.rhs().cpu().numpy()[0]
+    out: dict[str, Any] = {"n": one.num_nodes, "repeats": "min of 3"}
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(3):
+            with Timer() as t:
+                fn()
+            times.append(t.seconds)
+        return min(times)
+
+    x_direct = spsolve(h, b)
+    out["scipy spsolve [s]"] = best(lambda: spsolve(h, b))
+    for tol in (1e-6, 1e-2):
+        it = [0]
+        sp_cg(
+            h,
+            b,
+            rtol=tol,
+            maxiter=10 * one.num_nodes,
+            callback=lambda _x, it=it: it.__setitem__(0, it[0] + 1),
+        )
+        out[f"scipy cg rtol={tol:g} [s]"] = best(
+            lambda tol=tol: sp_cg(h, b, rtol=tol, maxiter=10 * one.num_nodes)
+        )
+        out[f"scipy cg rtol={tol:g} iterations"] = it[0]
+    out[f"scipy cg {k} iterations [s]"] = best(lambda: sp_cg(h, b, rtol=0.0, atol=0.0, maxiter=k))
+    with Timer() as t:
+        one.lipschitz("gershgorin")
+    out["bounds: Lipschitz, Gershgorin [s]"] = t.seconds
+    with Timer() as t:
+        one.lipschitz()
+    out["bounds: Lipschitz, Lanczos (used) [s]"] = t.seconds
+    with Timer() as t:
+        one.lambda_min_bound()
+    out["bounds: lambda_min, shift-invert (window mode only) [s]"] = t.seconds
+    one._cache["exact-direct"] = torch.as_tensor(x_direct)[None]
+    with torch.no_grad():
+        for mode, model in models.items():
+            res = model(one)
+            out[f"learned {mode} K={k} [s] (bounds cached)"] = best(lambda model=model: model(one))
+            out[f"learned {mode} K={k} err"] = float(one.relative_error(res.x)[0, 0])
+    return out
+
+
+def _plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        ax.semilogy(
+            range(len(c)),
+            c,
+            marker="o" if name.startswith("learned") else ".",
+            ls="-" if name.startswith("learned") else "--",
+            label=name,
+        )
+    ax.set_xlabel("layer / iteration k")
+    ax.set_ylabel("energy-norm relative error to x*")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="unrollsci bench graph", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small, fast configuration")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--layers", type=int, default=10)
+    parser.add_argument("--window", type=int, default=None, help="default: = layers")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--train-graphs", type=int, default=None)
+    parser.add_argument("--big", type=int, default=None, help="nodes of the large sensor graph")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    k = args.layers
+    window = args.window or k
+    epochs = args.epochs or (4 if args.quick else 40)
+    n_train = args.train_graphs or (3 if args.quick else 16)
+    big = args.big or (5000 if args.quick else 100_000)
+    signals = 4 if args.quick else 8
+    test_signals = 4 if args.quick else 16
+    config = {
+        "num_layers": k,
+        "window": window,
+        "epochs": epochs,
+        "train_graphs": n_train,
+        "train_signals_per_graph": signals,
+        "train_nodes": [300, 900],
+        "test_signals": test_signals,
+        "big_nodes": big,
+        "observed": 0.5,
+        "noise_train": [0.05, 0.2],
+        "noise_test": 0.1,
+        "lam": 1.0,
+        "laplacian": "combinatorial",
+        "hidden": 32,
+        "lr": 1e-3,
+        "seed": args.seed,
+        "quick": args.quick,
+        "dtype": "float64",
+        "threads": args.threads,
+    }
+    t_all = time.perf_counter()
+    train = training_problems(n_train, signals, seed=args.seed)
+    val = training_problems(2, signals, seed=args.seed + 1)
+    models, train_info = train_models(
+        train, val, num_layers=k, window=window, epochs=epochs, seed=args.seed
+    )
+    try:
+        madj, _ = load_minnesota()
+        mname = "Minnesota (PyGSP, 2642 nodes)"
+    except ImportError:
+        madj, _ = sensor_graph(2642, k=4, seed=12345)
+        mname = "sensor 2642 (pygsp missing: Minnesota substitute)"
+    s1k, _ = sensor_graph(1000, seed=777)
+    tests = [
+        (mname, inpainting_problem(madj, test_signals, noise=0.1, seed=1001)),
+        ("sensor 1000", inpainting_problem(s1k, test_signals, noise=0.1, seed=1002)),
+    ]
+    bigadj, _ = sensor_graph(big, seed=888)
+    tests.append(
+        (
+            f"sensor {big}",
+            inpainting_problem(bigadj, 2 if big > 20_000 else 4, noise=0.1, seed=1003),
+        )
+    )
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[float]] = {}
+    gd_match: dict[str, Any] = {}
+    for i, (name, p) in enumerate(tests):
+        r, c = _evaluate(name, p, models, k, curves=i == 0)
+        rows += r
+        if i == 0:
+            curves = c
+            cg_err = next(x["mean_err"] for x in r if x["method"] == "CG")
+            gd_match = {
+                "graph": name,
+                "cg_err_at_K": cg_err,
+                "gd_steps_to_match_cg": _steps_to_match(p, cg_err),
+            }
+            with torch.no_grad():
+                for mode, model in models.items():
+                    long = model(p, num_layers=200)
+                    errs = [float(p.relative_error(x).mean()) for x in long.iterates]
+                    hit = next((j for j, e in enumerate(errs) if e <= cg_err), -1)
+                    gd_match[f"learned {mode} layers_to_match_cg"] = hit
+                    gd_match[f"learned {mode} err_after_200_layers"] = errs[-1]
+    timing = _timing(tests[-1][1], models, k)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot(curves, f"{tests[0][0]}: inpainting, 50% observed", out / "graph_convergence.png")
+    table = markdown_table(
+        rows, ["graph", "method", "mean_err", "max_err", "matvecs", "windows_certified"]
+    )
+    path = write_results(
+        "graph",
+        {
+            "config": config,
+            "minnesota": mname,
+            "train": train_info,
+            "results": rows,
+            "convergence_curves": curves,
+            "steps_to_match_cg": gd_match,
+            "timing_big": timing,
+            "table": table,
+            "seconds": time.perf_counter() - t_all,
+        },
+        args.out,
+    )
+    print(f"Energy-norm relative error to x* after K={k} (held-out problems and graphs)\n")
+    print(table)
+    print("\nSteps to match CG's K=10 error on", tests[0][0], gd_match)
+    print("\nWall time per solve on", tests[-1][0])
+    print(markdown_table([{"what": a, "value": b} for a, b in timing.items()]))
+    print(f"\nwrote {path} and {out / 'graph_convergence.png'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
