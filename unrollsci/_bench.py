@@ -33,7 +33,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     """Render a list of dicts as a markdown table (floats in compact form)."""
     if not rows:
         return "(no rows)"
-    cols = list(columns) if columns is not None else list(rows[0].keys())
+    if columns is not None:
+        cols = list(columns)
+    else:  # union of keys, in first-seen order (a row may add a 'note')
+        cols = list(dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
