@@ -18,9 +18,9 @@ print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__)
 PY
 status=0
 "$PY" -m pytest -q -p no:cacheprovider --durations=15 2>&1 | tee "$RES/pytest_cuda.log" || status=1
-for bench in solvers lista graph precond radon ct qeq; do
-  echo "== bench $bench (quick, cuda)"
-  timeout 120 "$PY" -m unrollsci.cli bench "$bench" --quick --device cuda --out "$RES" \
-    2>&1 | tail -n 25 || echo "bench $bench: failed or unsupported on cuda"
-done
+echo "== CPU vs GPU timing of the main kernels"
+OUT="$RES" timeout 240 "$PY" scripts/gpu_timing.py 2>&1 | tail -n 40 || status=1
+echo "== bench solvers (cuda: lasso to scikit-learn, CG on 10^5 unknowns)"
+timeout 120 "$PY" -m unrollsci.cli bench solvers --device cuda --out "$RES" 2>&1 | tail -n 20 \
+  || status=1
 exit $status
