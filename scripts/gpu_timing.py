@@ -49,8 +49,9 @@ def cg_case(device):
 
 
 def lista_case(device):
-    from unrollsci.operators import MatrixOperator
     from unrollsci.unrolled import ALISTA
+
+    from unrollsci.operators import MatrixOperator
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(250, 500, generator=g)
