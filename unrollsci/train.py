@@ -108,6 +108,7 @@ def fit(
     seed: int = 0,
     weight_decay: float = 0.0,
     clip_grad: float | None = None,
+    lr_decay: float = 1.0,
     checkpoint: str | Path | None = None,
     progress: bool = True,
     callback: Callable[[int, float, float | None], None] | None = None,
@@ -130,6 +131,9 @@ def fit(
             improvement; the best weights (by validation loss) are restored.
         seed: seeds torch and the data order.
         clip_grad: clip the gradient norm to this value.
+        lr_decay: multiply the learning rate by this factor after every epoch
+            (restarting from ``lr`` at each layer-wise stage); 1 keeps it constant.
+            Decaying steps let Adam settle to the low errors sparse coding needs.
         checkpoint: path; the best model is saved there with :func:`save_checkpoint`.
         progress: show a tqdm progress bar.
         callback: called as ``callback(epoch, train_loss, val_loss)``.
@@ -143,6 +147,8 @@ def fit(
         raise ValueError(f"Expected epochs >= 1 (got {epochs}).")
     if lr <= 0:
         raise ValueError(f"Expected lr > 0 (got {lr}).")
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters.")
@@ -217,6 +223,8 @@ def fit(
                     bar.update(1)
                     bar.set_postfix(stage=stage or "-", loss=f"{train_loss:.3e}",
                                     val=f"{val_loss:.3e}" if val_loss is not None else "-")
+                for group in opt.param_groups:
+                    group["lr"] *= lr_decay
                 if patience is not None and bad >= patience:
                     hist.stopped_early = True
                     if bar is not None:

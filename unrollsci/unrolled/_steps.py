@@ -142,6 +142,9 @@ class LAMP(UnrolledLasso):
         decay: continuation decay of the first thresholds (as :func:`unrollsci.solvers.amp`).
         learn_matrix: learn ``B_k`` per layer (LAMP "untied"); else ``B = A^T`` and
             only the threshold scales are learned.
+        scale_init: initial ``s_k``. With 1 (classical AMP) the first threshold equals
+            ``||A^T y||_inf``, so layer 1 outputs exactly 0 and its parameters get no
+            gradient; a value slightly below 1 (e.g. 0.95) lets training use layer 1.
     """
 
     def __init__(
@@ -152,9 +155,13 @@ class LAMP(UnrolledLasso):
         lam: float = 0.1,
         decay: float = 0.8,
         learn_matrix: bool = True,
+        scale_init: float = 1.0,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        if not scale_init > 0:
+            raise ValueError(f"Expected scale_init > 0 (got {scale_init!r}).")
+        self.scale_init = float(scale_init)
         if not 0 <= decay < 1:
             raise ValueError(f"Expected 0 <= decay < 1 (got {decay}).")
         self.decay = float(decay)
@@ -162,10 +169,14 @@ class LAMP(UnrolledLasso):
         if self.learn_matrix:
             w = self._dense().to(self.param_dtype)
             self.W = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(num_layers)])
-        self.scale = self._positive(1.0, num_layers)
+        self.scale = self._positive(self.scale_init, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {"decay": self.decay, "learn_matrix": self.learn_matrix}
+        return {"decay": self.decay, "learn_matrix": self.learn_matrix,
+                "scale_init": self.scale_init}
+
+    def _classical_overrides(self) -> dict[str, Any]:
+        return {"scale_init": 1.0}
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         scale = self._pos(self.scale, y)
