@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -67,6 +68,6 @@ def error_decomposition(
             "classical": _rel(e_cl, x_ref),
             "deviation": _rel(dev, x_ref),
             "cosine": cos,
-            "model_db": 20.0 * torch.log10(torch.tensor(max(rel, 1e-300))).item(),
+            "model_db": 20.0 * math.log10(max(rel, 1e-300)),
         })
     return rows
