@@ -59,8 +59,9 @@ CASES = [
     (LAMP, {}, "amp"),
     (LAMP, {"learn_matrix": False}, "amp"),
 ]
-IDS = [f"{c.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}"
-       for c, o, _ in CASES]
+IDS = [
+    f"{c.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for c, o, _ in CASES
+]
 
 
 @pytest.mark.parametrize(("cls", "opts", "ref"), CASES, ids=IDS)
@@ -79,8 +80,9 @@ def test_untrained_equals_classical(device, cls, opts, ref):
 def test_alista_analytic_matches_reference_loop(device):
     """Untrained ALISTA (analytic W, no support selection) equals a numpy loop."""
     a, _, y = _problem(device)
-    model = ALISTA(MatrixOperator(a), K, lam=LAM, support_selection=False,
-                   dtype=torch.float64).to(device)
+    model = ALISTA(MatrixOperator(a), K, lam=LAM, support_selection=False, dtype=torch.float64).to(
+        device
+    )
     an, yn = a.cpu().numpy(), y.cpu().numpy()
     w = model.W.cpu().numpy()
     gamma = 1.0 / np.linalg.norm(w.T @ an, 2)
@@ -96,8 +98,9 @@ def test_analytic_weight_is_optimal(device):
     a, _, _ = _problem(device)
     w = analytic_weight(a)
     wta = w.T @ a.to(torch.float64)
-    torch.testing.assert_close(torch.diagonal(wta), torch.ones(N, dtype=torch.float64,
-                                                                device=device))
+    torch.testing.assert_close(
+        torch.diagonal(wta), torch.ones(N, dtype=torch.float64, device=device)
+    )
     base = float(wta.pow(2).sum())
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
@@ -113,12 +116,19 @@ def test_support_selection_threshold(device):
     out = support_selection_threshold(v, 1.0, 2 / 6)  # top 2 kept unshrunk
     expected = torch.tensor([[5.0, -4.0, 0.0, -1.0, 0.5, 0.0]], device=device)
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(support_selection_threshold(v, 1.0, 0.0),
-                               torch.sign(v) * torch.relu(v.abs() - 1.0))
+    torch.testing.assert_close(
+        support_selection_threshold(v, 1.0, 0.0), torch.sign(v) * torch.relu(v.abs() - 1.0)
+    )
 
 
-ALL = [(LISTA, {}), (LISTACP, {"support_selection": True}), (ALISTA, {}),
-       (UnrolledFISTA, {}), (ADMMNet, {}), (LAMP, {"scale_init": 0.95})]
+ALL = [
+    (LISTA, {}),
+    (LISTACP, {"support_selection": True}),
+    (ALISTA, {}),
+    (UnrolledFISTA, {}),
+    (ADMMNet, {}),
+    (LAMP, {"scale_init": 0.95}),
+]
 ALL_IDS = [c.__name__ for c, _ in ALL]
 
 
@@ -134,9 +144,11 @@ def test_gradients_reach_every_parameter(device, cls, opts):
         assert p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize(("cls", "opts"), [(ALISTA, {"support_selection": False}),
-                                           (UnrolledFISTA, {}), (ADMMNet, {})],
-                         ids=["ALISTA", "UnrolledFISTA", "ADMMNet"])
+@pytest.mark.parametrize(
+    ("cls", "opts"),
+    [(ALISTA, {"support_selection": False}), (UnrolledFISTA, {}), (ADMMNet, {})],
+    ids=["ALISTA", "UnrolledFISTA", "ADMMNet"],
+)
 def test_gradcheck_float64(device, cls, opts):
     a, _, y = _problem(device, batch=2)
     model = cls(MatrixOperator(a), 3, lam=LAM, dtype=torch.float64, **opts).to(device)
@@ -145,8 +157,9 @@ def test_gradcheck_float64(device, cls, opts):
     def f(*ps):
         for p, v in zip(params, ps, strict=True):
             p.data = v.detach()
-        return torch.func.functional_call(model, dict(zip(
-            [n for n, _ in model.named_parameters()], ps, strict=True)), (y,))
+        return torch.func.functional_call(
+            model, dict(zip([n for n, _ in model.named_parameters()], ps, strict=True)), (y,)
+        )
 
     inputs = tuple(p.detach().clone().requires_grad_(True) for p in params)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)

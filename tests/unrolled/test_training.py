@@ -32,8 +32,9 @@ def test_nmse_db_against_numpy(device):
     ref = 10 * np.log10(((xn - xtn) ** 2).sum() / (xtn**2).sum())
     assert float(nmse_db(x.to(device), xt.to(device))) == pytest.approx(ref, rel=1e-12)
     per = 10 * np.log10(((xn - xtn) ** 2).sum(1) / (xtn**2).sum(1))
-    np.testing.assert_allclose(nmse_db(x.to(device), xt.to(device), reduction="none").cpu(),
-                               per, rtol=1e-12)
+    np.testing.assert_allclose(
+        nmse_db(x.to(device), xt.to(device), reduction="none").cpu(), per, rtol=1e-12
+    )
     assert float(mse(x, xt)) == pytest.approx(((xn - xtn) ** 2).sum(1).mean())
     with pytest.raises(ValueError, match="same shape"):
         nmse_db(x, xt[:, :3])
@@ -78,8 +79,19 @@ def test_layerwise_training_improves_alista(device):
     yv, xv = _data(device, 128, 2)[1:]
     model = ALISTA(MatrixOperator(a), 4, lam=LAM).to(device)
     before = _nmse(model, yv, xv)
-    hist = fit(model, _loss, (y, x), val_data=(yv, xv), schedule="layerwise", epochs=8,
-               batch_size=64, lr=2e-2, lr_decay=0.9, progress=False, seed=0)
+    hist = fit(
+        model,
+        _loss,
+        (y, x),
+        val_data=(yv, xv),
+        schedule="layerwise",
+        epochs=8,
+        batch_size=64,
+        lr=2e-2,
+        lr_decay=0.9,
+        progress=False,
+        seed=0,
+    )
     after = _nmse(model, yv, xv)
     assert model.active_layers == 4
     assert set(hist.stage) == {1, 2, 3, 4}
@@ -97,8 +109,18 @@ def test_end_to_end_training_with_checkpoint(device, tmp_path):
 
     model = LISTACP(MatrixOperator(a), 3, lam=LAM, support_selection=True).to(device)
     before = _nmse(model, yv, xv)
-    fit(model, _loss, sampler, val_data=(yv, xv), epochs=15, steps_per_epoch=10, lr=3e-3,
-        progress=False, checkpoint=tmp_path / "cp.pt", seed=0)
+    fit(
+        model,
+        _loss,
+        sampler,
+        val_data=(yv, xv),
+        epochs=15,
+        steps_per_epoch=10,
+        lr=3e-3,
+        progress=False,
+        checkpoint=tmp_path / "cp.pt",
+        seed=0,
+    )
     after = _nmse(model, yv, xv)
     assert after < before - 1.0, (before, after)
     loaded = load_checkpoint(tmp_path / "cp.pt", expected=LISTACP).to(device)
@@ -132,8 +154,7 @@ def test_sampler_training_is_seeded(device):
     outs = []
     for _ in range(2):
         model = UnrolledFISTA(MatrixOperator(a), 3, lam=LAM).to(device)
-        fit(model, _loss, sampler, epochs=2, steps_per_epoch=5, lr=1e-2, progress=False,
-            seed=7)
+        fit(model, _loss, sampler, epochs=2, steps_per_epoch=5, lr=1e-2, progress=False, seed=7)
         outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(outs[0], outs[1])
 
@@ -146,8 +167,9 @@ def test_fit_rejects_bad_lr_decay():
 
 def test_error_decomposition(device):
     a, y, x = _data(device, 64, 1, dtype=torch.float64)
-    model = ALISTA(MatrixOperator(a), 4, lam=LAM, dtype=torch.float64,
-                   support_selection=False).to(device)
+    model = ALISTA(MatrixOperator(a), 4, lam=LAM, dtype=torch.float64, support_selection=False).to(
+        device
+    )
     rows = error_decomposition(model, y, x)
     assert [r["layer"] for r in rows] == [1, 2, 3, 4]
     for r in rows:  # untrained: no learned deviation
@@ -162,3 +184,29 @@ def test_error_decomposition(device):
         assert r["model_db"] == pytest.approx(float(nmse_db(xk.detach(), x)), abs=1e-9)
     with pytest.raises(ValueError, match="x_ref"):
         error_decomposition(model, y, x[:, :5])
+
+
+def test_copy_layer_and_stage_hook(device):
+    a, y, x = _data(device, 64, 1)
+    model = LISTA(MatrixOperator(a), 3, lam=LAM).to(device)
+    with torch.no_grad():
+        model.theta[0] = 5.0
+        model.S[0].add_(1.0)
+        model.W_e[1].add_(2.0)
+    model.copy_layer(1, 2)
+    assert float(model.theta[2].detach()) == float(model.theta[1].detach())
+    assert torch.equal(model.S[1], model.S[0])
+    assert torch.equal(model.W_e[2], model.W_e[1])
+    with pytest.raises(ValueError, match="Expected layers"):
+        model.copy_layer(0, 3)
+    seen = []
+    fit(
+        model,
+        _loss,
+        (y, x),
+        schedule="layerwise",
+        epochs=1,
+        progress=False,
+        stage_hook=lambda m, k: seen.append((k, m.active_layers)),
+    )
+    assert seen == [(1, 1), (2, 2), (3, 3)]

@@ -97,7 +97,9 @@ class UnrolledLasso(nn.Module):
                 f"out_shape (m,) (got {op.in_shape} -> {op.out_shape}). Flatten signals first."
             )
         if isinstance(num_layers, bool) or not isinstance(num_layers, int):
-            raise TypeError(f"Expected 'num_layers' to be an int (got {type(num_layers).__name__}).")
+            raise TypeError(
+                f"Expected 'num_layers' to be an int (got {type(num_layers).__name__})."
+            )
         if num_layers < 1:
             raise ValueError(f"Expected num_layers >= 1 (got {num_layers}).")
         lam_f = float(lam)
@@ -182,6 +184,28 @@ class UnrolledLasso(nn.Module):
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    # ------------------------------------------------------- layer-wise help
+    @torch.no_grad()
+    def copy_layer(self, src: int, dst: int) -> None:
+        """Copy the learned constants of layer ``src`` into layer ``dst`` (0-based).
+
+        Per-layer vectors (steps, thresholds) copy one entry, per-layer matrices
+        (``nn.ParameterList`` of one entry per layer, or one fewer when layer 0
+        has none) copy the matrix; tied parameters are left alone. Used to
+        warm-start a new layer in layer-wise training.
+        """
+        k = self.num_layers
+        if not (0 <= src < k and 0 <= dst < k):
+            raise ValueError(f"Expected layers in 0..{k - 1} (got src={src}, dst={dst}).")
+        for module in self.modules():
+            if isinstance(module, nn.ParameterList) and len(module) > 1:
+                shift = k - len(module)  # LISTA's S starts at layer 1
+                if src - shift >= 0 and dst - shift >= 0:
+                    module[dst - shift].copy_(module[src - shift])
+        for p in self.parameters(recurse=False):
+            if p.dim() == 1 and p.shape[0] == k:
+                p[dst] = p[src]
 
     # --------------------------------------------------------------- config
     def _options(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def make_problem(m: int, n: int, seed: int, dtype: torch.dtype = torch.float32) 
 def sample(
     a: torch.Tensor, batch: int, p: float, snr_db: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``(y, x)``: ``x`` Bernoulli(p) x N(0,1), ``y = A x + noise`` at ``snr_db`` per vector."""
+    """Draw ``(y, x)``: ``x`` Bernoulli(p) x N(0,1), ``y = A x + noise`` at ``snr_db``."""
     m, n = a.shape
     x = torch.randn(batch, n, generator=generator, dtype=a.dtype)
     x = x * (torch.rand(batch, n, generator=generator, dtype=a.dtype) < p)
@@ -87,14 +87,24 @@ def _classical(op: Any, y: torch.Tensor, x: torch.Tensor, lam: float, k_max: int
         for k in range(1, k_max + 1):
             out["ISTA"].append(_nmse(solvers.ista(op, y64, lam, max_iter=k, tol=0).x, x))
             out["FISTA"].append(
-                _nmse(solvers.fista(op, y64, lam, max_iter=k, tol=0, restart=False).x, x))
+                _nmse(solvers.fista(op, y64, lam, max_iter=k, tol=0, restart=False).x, x)
+            )
             out["AMP"].append(_nmse(solvers.amp(op, y64, lam, max_iter=k, tol=0).x, x))
     return out
 
 
-def _train(model: Any, name: str, a: torch.Tensor, cfg: dict, snr: float, seed: int,
-           val: tuple[torch.Tensor, torch.Tensor], loss_kind: str, lam_kkt: float,
-           progress: bool) -> dict:
+def _train(
+    model: Any,
+    name: str,
+    a: torch.Tensor,
+    cfg: dict,
+    snr: float,
+    seed: int,
+    val: tuple[torch.Tensor, torch.Tensor],
+    loss_kind: str,
+    lam_kkt: float,
+    progress: bool,
+) -> dict:
     from ..losses import kkt_residual, mse
     from ..train import fit
 
@@ -111,29 +121,62 @@ def _train(model: Any, name: str, a: torch.Tensor, cfg: dict, snr: float, seed: 
             y, _ = batch
             return kkt_residual(op, mdl(y), y, lam_kkt, step=step).pow(2).mean()
     else:
+
         def loss_fn(mdl: Any, batch: Any) -> torch.Tensor:
             y, x = batch
             return mse(mdl(y), x)
 
+    def warm_start(mdl: Any, stage: int) -> None:
+        # a new layer starts from the trained constants of the layer below it
+        if stage >= 2:
+            mdl.copy_layer(stage - 2, stage - 1)
+
     budget = cfg["budget"].get(name, cfg["budget"]["default"])
-    hist = fit(model, loss_fn, sampler, val_data=val, schedule="layerwise",
-               stage_epochs=budget["epochs"], steps_per_epoch=budget["steps"],
-               lr=budget["lr"], lr_decay=budget["decay"], seed=seed, progress=progress)
-    return {"train_seconds": hist.seconds, "final_val_loss": hist.val_loss[-1]
-            if hist.val_loss else None, "budget": budget}
+    cpu0 = time.process_time()
+    hist = fit(
+        model,
+        loss_fn,
+        sampler,
+        val_data=val,
+        schedule="layerwise",
+        stage_epochs=budget["epochs"],
+        steps_per_epoch=budget["steps"],
+        lr=budget["lr"],
+        lr_decay=budget["decay"],
+        seed=seed,
+        progress=progress,
+        stage_hook=warm_start,
+    )
+    return {
+        "train_seconds": hist.seconds,
+        "cpu_seconds": time.process_time() - cpu0,
+        "final_val_loss": hist.val_loss[-1] if hist.val_loss else None,
+        "budget": budget,
+    }
 
 
 def _full_config() -> dict:
     return {
-        "m": 250, "n": 500, "p": 0.1, "K": 16, "snr_db": [math.inf, 40.0], "n_test": 1000,
-        "n_val": 256, "batch": 64, "lam": 0.1, "lam_kkt": 0.003, "seed": 0,
+        "m": 250,
+        "n": 500,
+        "p": 0.1,
+        "K": 16,
+        "snr_db": [math.inf, 40.0],
+        "n_test": 1000,
+        "n_val": 256,
+        "batch": 64,
+        "lam": 0.1,
+        "lam_kkt": 0.003,
+        "seed": 0,
         "budget": {
-            # layer-wise: per stage `epochs` x `steps` Adam steps, lr decayed per epoch.
-            "default": {"epochs": 3, "steps": 60, "lr": 1e-3, "decay": 0.3},
-            "ALISTA": {"epochs": 4, "steps": 100, "lr": 1e-2, "decay": 0.3},
-            "LISTA-CPSS": {"epochs": 4, "steps": 100, "lr": 1e-3, "decay": 0.3},
-            "UnrolledFISTA": {"epochs": 3, "steps": 60, "lr": 1e-2, "decay": 0.3},
-            "ADMM-Net": {"epochs": 3, "steps": 60, "lr": 1e-2, "decay": 0.3},
+            # layer-wise: per stage `epochs` x `steps` Adam steps (fresh batches), lr
+            # multiplied by `decay` after every epoch; ALISTA and LISTA-CPSS, the two
+            # models that reach low NMSE, get the longest training.
+            "default": {"epochs": 4, "steps": 100, "lr": 5e-4, "decay": 0.5},
+            "ALISTA": {"epochs": 6, "steps": 150, "lr": 5e-3, "decay": 0.5},
+            "LISTA-CPSS": {"epochs": 6, "steps": 150, "lr": 5e-4, "decay": 0.5},
+            "UnrolledFISTA": {"epochs": 4, "steps": 100, "lr": 5e-3, "decay": 0.5},
+            "ADMM-Net": {"epochs": 4, "steps": 100, "lr": 5e-3, "decay": 0.5},
         },
     }
 
@@ -171,21 +214,111 @@ def _plot(results: dict, cfg: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
+    """Table rows, JSON and PNG from ``results["by_snr"]``."""
+    from .._bench import markdown_table, write_results
+
+    rows = []
+    k = cfg["K"]
+    total_train = total_cpu = 0.0
+    for key, res in results["by_snr"].items():
+        for label, curve in res["nmse_db"].items():
+            row = {"SNR (dB)": key, "method": label}
+            for layer in sorted({max(1, k // 4), k // 2, 3 * k // 4, k}):
+                row[f"NMSE@{layer}"] = curve[layer - 1]
+            row["train s"] = res["train_seconds"].get(label, 0.0)
+            row["train cpu s"] = res.get("cpu_seconds", {}).get(label, 0.0)
+            rows.append(row)
+        total_train += sum(res["train_seconds"].values())
+        total_cpu += sum(res.get("cpu_seconds", {}).values())
+        if res.get("oracle_db") is not None:
+            rows.append(
+                {
+                    "SNR (dB)": key,
+                    "method": "oracle LS on true support",
+                    f"NMSE@{k}": res["oracle_db"],
+                }
+            )
+    results["total_train_seconds"] = total_train
+    results["total_train_cpu_seconds"] = total_cpu
+    results["rows"] = rows
+    path = write_results(name, results, out)
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    print(markdown_table(rows, cols))
+    print(f"total training: wall {total_train:.0f} s, cpu {total_cpu:.0f} s -> {path}")
+    try:
+        _plot(results, cfg, Path(out) / f"{name}.png")
+    except ImportError:  # pragma: no cover - matplotlib is optional
+        print("matplotlib missing: no plot")
+    return path
+
+
+def _merge(paths: list[str], out: str, name: str) -> int:
+    """Merge result files of partial runs (e.g. one model per process) into one."""
+    import json
+
+    merged: dict[str, Any] = {"by_snr": {}, "merged_from": []}
+    cfg: dict[str, Any] = {}
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        merged["merged_from"].append(
+            {
+                "file": Path(path).name,
+                "machine": part.get("machine"),
+                "models": part["config"].get("models"),
+            }
+        )
+        cfg = cfg or dict(part["config"])
+        for key, res in part["by_snr"].items():
+            tgt = merged["by_snr"].setdefault(
+                key, {"nmse_db": {}, "train_seconds": {}, "cpu_seconds": {}}
+            )
+            for field in ("nmse_db", "train_seconds", "cpu_seconds"):
+                tgt[field].update(res.get(field, {}))
+            if res.get("oracle_db") is not None:
+                tgt["oracle_db"] = res["oracle_db"]
+            tgt.setdefault("oracle_db", res.get("oracle_db"))
+    cfg["models"] = sorted({m for p in merged["merged_from"] for m in (p["models"] or [])})
+    merged["config"] = cfg
+    classical = ("ISTA", "FISTA", "AMP")
+    for res in merged["by_snr"].values():  # classical curves first, then learned
+        res["nmse_db"] = {
+            **{c: res["nmse_db"][c] for c in classical if c in res["nmse_db"]},
+            **{k: v for k, v in res["nmse_db"].items() if k not in classical},
+        }
+    _report(merged, cfg, out, name)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the LISTA benchmark (``--quick`` for a short smoke run)."""
     from .. import unrolled
-    from .._bench import markdown_table, write_results
+    from .._bench import write_results
     from ..operators import MatrixOperator
 
     parser = argparse.ArgumentParser(prog="unrollsci bench lista", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--name", default="lista", help="results file name (without .json)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
-    parser.add_argument("--snr", nargs="*", type=float, default=None,
-                        help="SNRs in dB (inf for noiseless)")
+    parser.add_argument(
+        "--snr", nargs="*", type=float, default=None, help="SNRs in dB (inf for noiseless)"
+    )
     parser.add_argument("--no-kkt", action="store_true", help="skip the unsupervised KKT run")
+    parser.add_argument(
+        "--kkt-only", action="store_true", help="only the unsupervised KKT-loss LISTA (noiseless)"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="merge partial result files into --out/--name and exit",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge, args.out, args.name)
 
     cfg = _quick_config() if args.quick else _full_config()
     if args.snr is not None:
@@ -198,65 +331,49 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
     op = MatrixOperator(a)
-    results: dict[str, Any] = {"config": {**cfg, "snr_db": [str(s) for s in cfg["snr_db"]]},
-                               "by_snr": {}}
-    rows = []
+    results: dict[str, Any] = {
+        "config": {**cfg, "snr_db": [str(s) for s in cfg["snr_db"]]},
+        "by_snr": {},
+    }
     t_all = time.perf_counter()
-    total_train = 0.0
     for snr in cfg["snr_db"]:
         key = "inf" if not math.isfinite(snr) else f"{snr:g}"
         g_test = torch.Generator().manual_seed(cfg["seed"] + 1)
         y_te, x_te = sample(a, cfg["n_test"], cfg["p"], snr, g_test)
         g_val = torch.Generator().manual_seed(cfg["seed"] + 2)
         val = sample(a, cfg["n_val"], cfg["p"], snr, g_val)
-        res: dict[str, Any] = {"nmse_db": {}, "train_seconds": {}}
+        res: dict[str, Any] = {"nmse_db": {}, "train_seconds": {}, "cpu_seconds": {}}
         res["oracle_db"] = oracle_nmse_db(a, y_te, x_te) if math.isfinite(snr) else None
-        res["nmse_db"].update(_classical(MatrixOperator(a.double()), y_te, x_te, cfg["lam"],
-                                         cfg["K"]))
-        runs = [(n, "mse") for n in names]
-        if not args.no_kkt and not math.isfinite(snr) and "LISTA" in names:
+        res["nmse_db"].update(
+            _classical(MatrixOperator(a.double()), y_te, x_te, cfg["lam"], cfg["K"])
+        )
+        runs = [] if args.kkt_only else [(n, "mse") for n in names]
+        if (args.kkt_only or not args.no_kkt) and not math.isfinite(snr) and "LISTA" in names:
             runs.append(("LISTA", "kkt"))
+        results["by_snr"][key] = res
         for name, loss_kind in runs:
             cls_name, opts = MODELS[name]
             torch.manual_seed(cfg["seed"])
             model = getattr(unrolled, cls_name)(op, cfg["K"], lam=cfg["lam"], **opts)
             label = name if loss_kind == "mse" else f"LISTA (KKT loss, lam={cfg['lam_kkt']})"
-            info = _train(model, name, a, cfg, snr, cfg["seed"], val, loss_kind,
-                          cfg["lam_kkt"], progress)
-            total_train += info["train_seconds"]
+            info = _train(
+                model, name, a, cfg, snr, cfg["seed"], val, loss_kind, cfg["lam_kkt"], progress
+            )
             with torch.no_grad():
                 _, xs = model(y_te, return_all=True)
             curve = [_nmse(xk, x_te) for xk in xs]
             res["nmse_db"][label] = curve
             res["train_seconds"][label] = info["train_seconds"]
-            print(f"[snr {key}] {label}: {curve[-1]:.2f} dB at K={cfg['K']} "
-                  f"({info['train_seconds']:.0f} s)", flush=True)
-            # save partial results after every model (a long run can be inspected early)
-            results["by_snr"][key] = res
-            results["total_train_seconds"] = total_train
-            write_results("lista", results, args.out)
-        results["by_snr"][key] = res
-        for label, curve in res["nmse_db"].items():
-            k = cfg["K"]
-            row = {"SNR (dB)": key, "method": label}
-            for layer in sorted({max(1, k // 4), k // 2, 3 * k // 4, k}):
-                row[f"NMSE@{layer}"] = curve[layer - 1]
-            row["train s"] = res["train_seconds"].get(label, 0.0)
-            rows.append(row)
-        if res["oracle_db"] is not None:
-            rows.append({"SNR (dB)": key, "method": "oracle LS on true support",
-                         f"NMSE@{cfg['K']}": res["oracle_db"]})
-    results["total_train_seconds"] = total_train
+            res["cpu_seconds"][label] = info["cpu_seconds"]
+            print(
+                f"[snr {key}] {label}: {curve[-1]:.2f} dB at K={cfg['K']} "
+                f"({info['train_seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s cpu)",
+                flush=True,
+            )
+            # partial results after every model (a long run can be inspected early)
+            write_results(args.name, results, args.out)
     results["wall_seconds"] = time.perf_counter() - t_all
-    results["rows"] = rows
-    path = write_results("lista", results, args.out)
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    print(markdown_table(rows, cols))
-    print(f"total training {total_train:.0f} s; wall {results['wall_seconds']:.0f} s -> {path}")
-    try:
-        _plot(results, cfg, Path(args.out) / "lista.png")
-    except ImportError:  # pragma: no cover - matplotlib is optional
-        print("matplotlib missing: no plot")
+    _report(results, cfg, args.out, args.name)
     return 0
 
 

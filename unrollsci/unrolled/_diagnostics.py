@@ -62,12 +62,14 @@ def error_decomposition(
         dev = xk - ck
         cos = float((e_cl * dev).sum() / (e_cl.norm() * dev.norm()).clamp_min(1e-300))
         rel = _rel(xk - x_ref, x_ref)
-        rows.append({
-            "layer": k,
-            "model": rel,
-            "classical": _rel(e_cl, x_ref),
-            "deviation": _rel(dev, x_ref),
-            "cosine": cos,
-            "model_db": 20.0 * math.log10(max(rel, 1e-300)),
-        })
+        rows.append(
+            {
+                "layer": k,
+                "model": rel,
+                "classical": _rel(e_cl, x_ref),
+                "deviation": _rel(dev, x_ref),
+                "cosine": cos,
+                "model_db": 20.0 * math.log10(max(rel, 1e-300)),
+            }
+        )
     return rows

@@ -127,8 +127,12 @@ class LISTACP(UnrolledLasso):
         self.theta = self._positive(t * self.lam, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {"tied": self.tied, "support_selection": self.support_selection,
-                "ss_rate": self.ss_rate, "ss_max": self.ss_max}
+        return {
+            "tied": self.tied,
+            "support_selection": self.support_selection,
+            "ss_rate": self.ss_rate,
+            "ss_max": self.ss_max,
+        }
 
     def _classical_overrides(self) -> dict[str, Any]:
         return {"support_selection": False}
@@ -145,8 +149,9 @@ class LISTACP(UnrolledLasso):
         return xs
 
 
-def _thresholded_step(op: Any, x: torch.Tensor, y: torch.Tensor, step: Any,
-                      threshold: torch.Tensor, fraction: float) -> torch.Tensor:
+def _thresholded_step(
+    op: Any, x: torch.Tensor, y: torch.Tensor, step: Any, threshold: torch.Tensor, fraction: float
+) -> torch.Tensor:
     """The classical ISTA step, with support selection when ``fraction > 0``."""
     if fraction <= 0:
         return ista_step(op, x, y, step, threshold)
@@ -233,8 +238,12 @@ class ALISTA(UnrolledLasso):
         self.theta = self._positive(gamma * self.lam, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {"weight": self.weight_kind, "support_selection": self.support_selection,
-                "ss_rate": self.ss_rate, "ss_max": self.ss_max}
+        return {
+            "weight": self.weight_kind,
+            "support_selection": self.support_selection,
+            "ss_rate": self.ss_rate,
+            "ss_max": self.ss_max,
+        }
 
     def _classical_overrides(self) -> dict[str, Any]:
         return {"support_selection": False}

@@ -118,6 +118,7 @@ class ADMMNet(UnrolledLasso):
         u = torch.zeros_like(z)
         xs = []
         for k in range(num_layers):
+
             def x_solve(rhs: torch.Tensor, r: torch.Tensor = rho[k]) -> torch.Tensor:
                 return ((rhs @ v) / (evals + r)) @ v.T
 
@@ -172,8 +173,11 @@ class LAMP(UnrolledLasso):
         self.scale = self._positive(self.scale_init, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {"decay": self.decay, "learn_matrix": self.learn_matrix,
-                "scale_init": self.scale_init}
+        return {
+            "decay": self.decay,
+            "learn_matrix": self.learn_matrix,
+            "scale_init": self.scale_init,
+        }
 
     def _classical_overrides(self) -> dict[str, Any]:
         return {"scale_init": 1.0}
