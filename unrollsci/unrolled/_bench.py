@@ -172,11 +172,12 @@ def _full_config() -> dict:
             # layer-wise: per stage `epochs` x `steps` Adam steps (fresh batches), lr
             # multiplied by `decay` after every epoch; ALISTA and LISTA-CPSS, the two
             # models that reach low NMSE, get the longest training.
-            "default": {"epochs": 4, "steps": 100, "lr": 5e-4, "decay": 0.5},
+            "default": {"epochs": 3, "steps": 60, "lr": 5e-4, "decay": 0.5},
+            "LISTA": {"epochs": 3, "steps": 100, "lr": 5e-4, "decay": 0.5},
             "ALISTA": {"epochs": 6, "steps": 150, "lr": 5e-3, "decay": 0.5},
-            "LISTA-CPSS": {"epochs": 6, "steps": 150, "lr": 5e-4, "decay": 0.5},
-            "UnrolledFISTA": {"epochs": 4, "steps": 100, "lr": 5e-3, "decay": 0.5},
-            "ADMM-Net": {"epochs": 4, "steps": 100, "lr": 5e-3, "decay": 0.5},
+            "LISTA-CPSS": {"epochs": 4, "steps": 150, "lr": 5e-4, "decay": 0.5},
+            "UnrolledFISTA": {"epochs": 3, "steps": 60, "lr": 5e-3, "decay": 0.5},
+            "ADMM-Net": {"epochs": 3, "steps": 60, "lr": 5e-3, "decay": 0.5},
         },
     }
 
