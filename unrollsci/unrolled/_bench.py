@@ -184,8 +184,8 @@ def _full_config() -> dict:
 
 def _quick_config() -> dict:
     cfg = _full_config()
-    cfg.update({"m": 40, "n": 80, "K": 4, "n_test": 100, "n_val": 64, "batch": 32})
-    cfg["budget"] = {"default": {"epochs": 2, "steps": 5, "lr": 1e-3, "decay": 0.5}}
+    cfg.update({"m": 30, "n": 60, "K": 3, "n_test": 50, "n_val": 32, "batch": 16})
+    cfg["budget"] = {"default": {"epochs": 1, "steps": 3, "lr": 1e-3, "decay": 0.5}}
     return cfg
 
 
