@@ -29,8 +29,8 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
 
     Example:
         >>> import torch
-        >>> float(nmse_db(torch.tensor([[1.1, 0.0]]), torch.tensor([[1.0, 0.0]])))
-        -20.0...
+        >>> round(float(nmse_db(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]]))), 6)
+        0.0
     """
     _check_pair(x, x_true)
     err = (x - x_true).reshape(x.shape[0], -1).pow(2).sum(-1)

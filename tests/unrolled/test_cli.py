@@ -19,8 +19,18 @@ def test_bench_lista_quick(tmp_path, capsys):
     assert (tmp_path / "lista.png").exists()
     assert "| SNR (dB) | method |" in capsys.readouterr().out
     # merging partial files reproduces the curves
-    rc = cli.main(["bench", "lista", "--out", str(tmp_path), "--name", "merged", "--merge",
-                   str(tmp_path / "lista.json")])
+    rc = cli.main(
+        [
+            "bench",
+            "lista",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "merged",
+            "--merge",
+            str(tmp_path / "lista.json"),
+        ]
+    )
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged["by_snr"]["inf"]["nmse_db"]["ALISTA"] == inf["nmse_db"]["ALISTA"]
 

@@ -251,3 +251,11 @@ def test_thresholds_stay_positive_under_any_raw_value(device):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert (torch.nn.functional.softplus(model.theta) > 0).all()
+
+
+@pytest.mark.parametrize(("cls", "opts"), ALL, ids=ALL_IDS)
+def test_parameters_follow_the_operator_device(device, cls, opts):
+    a, _, y = _problem(device, dtype=torch.float32)
+    model = cls(MatrixOperator(a), 2, lam=LAM, **opts)  # no .to(device)
+    assert all(p.device.type == device.type for p in model.parameters())
+    assert model(y).device.type == device.type

@@ -147,7 +147,12 @@ class UnrolledLasso(nn.Module):
     def _positive(self, value: float, count: int) -> nn.Parameter:
         """``count`` parameters whose softplus equals ``value`` (positive by construction)."""
         full = torch.full((count,), float(value), dtype=torch.float64)
-        return nn.Parameter(softplus_inverse(full).to(self.param_dtype))
+        return nn.Parameter(softplus_inverse(full).to(device=self._device, dtype=self.param_dtype))
+
+    @property
+    def _device(self) -> torch.device:
+        """Where new parameters are created: the operator's device (CPU if it has none)."""
+        return self.operator.device or torch.device("cpu")
 
     @staticmethod
     def _pos(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,9 @@ class LISTA(UnrolledLasso):
         a = self._dense()
         t = 1.0 / self._lipschitz()
         we = (t * a.T).to(self.param_dtype)
-        s = (torch.eye(self.n, dtype=torch.float64) - t * a.T @ a).to(self.param_dtype)
+        s = (torch.eye(self.n, dtype=torch.float64, device=a.device) - t * a.T @ a).to(
+            self.param_dtype
+        )
         n_we = 1 if self.tied else num_layers
         n_s = min(1, num_layers - 1) if self.tied else num_layers - 1
         self.W_e = nn.ParameterList([nn.Parameter(we.clone()) for _ in range(n_we)])

@@ -45,7 +45,7 @@ class UnrolledFISTA(UnrolledLasso):
         for _ in range(num_layers):
             tk, beta = fista_momentum(tk)
             betas.append(beta)
-        beta_t = torch.tensor(betas, dtype=torch.float64).to(self.param_dtype)
+        beta_t = torch.tensor(betas, dtype=torch.float64).to(self._device, self.param_dtype)
         if self.learn_momentum:
             self.beta = nn.Parameter(beta_t)
         else:
