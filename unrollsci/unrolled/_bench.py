@@ -243,15 +243,44 @@ def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
     results["total_train_seconds"] = total_train
     results["total_train_cpu_seconds"] = total_cpu
     results["rows"] = rows
+    results["summary"] = summary = _summary(results)
     path = write_results(name, results, out)
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    print(markdown_table(rows, cols))
+    table = markdown_table(rows, cols)
+    print(table)
+    (Path(out) / f"{name}.md").write_text(
+        f"# {name}: NMSE (dB) per layer, training time\n\n{table}\n\n"
+        f"Total training: wall {total_train:.0f} s, single-thread CPU {total_cpu:.0f} s.\n\n"
+        + "".join(f"- {k}: {v}\n" for k, v in summary.items())
+    )
+    for k, v in summary.items():
+        print(f"{k}: {v}")
     print(f"total training: wall {total_train:.0f} s, cpu {total_cpu:.0f} s -> {path}")
     try:
         _plot(results, cfg, Path(out) / f"{name}.png")
     except ImportError:  # pragma: no cover - matplotlib is optional
         print("matplotlib missing: no plot")
     return path
+
+
+def _summary(results: dict) -> dict[str, Any]:
+    """The acceptance numbers: best learned NMSE, gap to the oracle, KKT vs supervised."""
+    classical = {"ISTA", "FISTA", "AMP"}
+    out: dict[str, Any] = {}
+    for key, res in results["by_snr"].items():
+        learned = {k: v[-1] for k, v in res["nmse_db"].items() if k not in classical}
+        if not learned:
+            continue
+        best = min(learned, key=learned.get)
+        out[f"best learned at SNR {key}"] = f"{best} {learned[best]:.2f} dB"
+        if res.get("oracle_db") is not None:
+            out[f"gap to oracle at SNR {key} (dB)"] = round(learned[best] - res["oracle_db"], 2)
+        kkt = [k for k in learned if k.startswith("LISTA (KKT")]
+        if kkt and "LISTA" in learned:
+            out[f"KKT-trained minus supervised LISTA at SNR {key} (dB)"] = round(
+                learned[kkt[0]] - learned["LISTA"], 2
+            )
+    return out
 
 
 def _merge(paths: list[str], out: str, name: str) -> int:
