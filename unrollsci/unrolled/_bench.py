@@ -275,11 +275,11 @@ def _summary(results: dict) -> dict[str, Any]:
         out[f"best learned at SNR {key}"] = f"{best} {learned[best]:.2f} dB"
         if res.get("oracle_db") is not None:
             out[f"gap to oracle at SNR {key} (dB)"] = round(learned[best] - res["oracle_db"], 2)
-        kkt = [k for k in learned if k.startswith("LISTA (KKT")]
-        if kkt and "LISTA" in learned:
-            out[f"KKT-trained minus supervised LISTA at SNR {key} (dB)"] = round(
-                learned[kkt[0]] - learned["LISTA"], 2
-            )
+        for kkt in (k for k in learned if k.startswith("LISTA (KKT")):
+            if "LISTA" in learned:
+                out[f"{kkt} minus supervised LISTA at SNR {key} (dB)"] = round(
+                    learned[kkt] - learned["LISTA"], 2
+                )
     return out
 
 
@@ -339,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         "--kkt-only", action="store_true", help="only the unsupervised KKT-loss LISTA (noiseless)"
     )
     parser.add_argument(
+        "--lam-kkt",
+        type=float,
+        default=None,
+        help="lasso weight of the KKT-loss run (default: config lam_kkt)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         default=None,
@@ -353,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _quick_config() if args.quick else _full_config()
     if args.snr is not None:
         cfg["snr_db"] = args.snr
+    if args.lam_kkt is not None:
+        cfg["lam_kkt"] = args.lam_kkt
     names = args.models if args.models is not None else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
