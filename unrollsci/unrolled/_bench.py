@@ -131,7 +131,9 @@ def _train(
         if stage >= 2:
             mdl.copy_layer(stage - 2, stage - 1)
 
-    budget = cfg["budget"].get(name, cfg["budget"]["default"])
+    budget = dict(cfg["budget"].get(name, cfg["budget"]["default"]))
+    if cfg.get("stage_epochs") is not None:
+        budget["epochs"] = cfg["stage_epochs"]
     cpu0 = time.process_time()
     hist = fit(
         model,
@@ -200,16 +202,18 @@ def _plot(results: dict, cfg: dict, path: Path) -> None:
     layers = list(range(1, cfg["K"] + 1))
     for ax, snr in zip(axes[0], snrs, strict=False):
         res = results["by_snr"][snr]
-        for name, curve in res["nmse_db"].items():
+        for i, (name, curve) in enumerate(res["nmse_db"].items()):
             style = "--" if name in ("ISTA", "FISTA", "AMP") else "-"
-            ax.plot(layers, curve, style, marker=".", label=name)
+            color = plt.cm.tab20(i % 20)
+            ax.plot(layers, curve, style, marker=".", label=name, color=color)
         if res.get("oracle_db") is not None:
             ax.axhline(res["oracle_db"], color="k", lw=0.8, ls=":", label="oracle LS on support")
         ax.set_title(f"SNR = {snr} dB")
         ax.set_xlabel("layer / iteration")
         ax.set_ylabel("NMSE (dB)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -276,9 +280,10 @@ def _summary(results: dict) -> dict[str, Any]:
         if res.get("oracle_db") is not None:
             out[f"gap to oracle at SNR {key} (dB)"] = round(learned[best] - res["oracle_db"], 2)
         for kkt in (k for k in learned if k.startswith("LISTA (KKT")):
-            if "LISTA" in learned:
-                out[f"{kkt} minus supervised LISTA at SNR {key} (dB)"] = round(
-                    learned[kkt] - learned["LISTA"], 2
+            suffix = kkt[kkt.index(" [") :] if " [" in kkt else ""
+            if "LISTA" + suffix in learned:
+                out[f"{kkt} minus supervised LISTA{suffix} at SNR {key} (dB)"] = round(
+                    learned[kkt] - learned["LISTA" + suffix], 2
                 )
     return out
 
@@ -339,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         "--kkt-only", action="store_true", help="only the unsupervised KKT-loss LISTA (noiseless)"
     )
     parser.add_argument(
+        "--stage-epochs",
+        type=int,
+        default=None,
+        help="override the epochs per layer-wise stage of every model (a longer run)",
+    )
+    parser.add_argument(
         "--lam-kkt",
         type=float,
         default=None,
@@ -361,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["snr_db"] = args.snr
     if args.lam_kkt is not None:
         cfg["lam_kkt"] = args.lam_kkt
+    cfg["stage_epochs"] = args.stage_epochs
     names = args.models if args.models is not None else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -394,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(cfg["seed"])
             model = getattr(unrolled, cls_name)(op, cfg["K"], lam=cfg["lam"], **opts)
             label = name if loss_kind == "mse" else f"LISTA (KKT loss, lam={cfg['lam_kkt']})"
+            if args.stage_epochs is not None:
+                label += f" [{args.stage_epochs} ep/stage]"
             info = _train(
                 model, name, a, cfg, snr, cfg["seed"], val, loss_kind, cfg["lam_kkt"], progress
             )
