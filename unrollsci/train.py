@@ -79,8 +79,9 @@ def iterate_batches(
     yield from data
 
 
-def _evaluate(model: nn.Module, loss_fn: LossFn, data: Any, generator: torch.Generator,
-              steps: int | None) -> float:
+def _evaluate(
+    model: nn.Module, loss_fn: LossFn, data: Any, generator: torch.Generator, steps: int | None
+) -> float:
     was = model.training
     model.eval()
     total, count = 0.0, 0
@@ -108,6 +109,8 @@ def fit(
     seed: int = 0,
     weight_decay: float = 0.0,
     clip_grad: float | None = None,
+    lr_decay: float = 1.0,
+    stage_hook: Callable[[nn.Module, int], None] | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = True,
     callback: Callable[[int, float, float | None], None] | None = None,
@@ -130,6 +133,12 @@ def fit(
             improvement; the best weights (by validation loss) are restored.
         seed: seeds torch and the data order.
         clip_grad: clip the gradient norm to this value.
+        lr_decay: multiply the learning rate by this factor after every epoch
+            (restarting from ``lr`` at each layer-wise stage); 1 keeps it constant.
+            Decaying steps let Adam settle to the low errors sparse coding needs.
+        stage_hook: layer-wise schedule only: called as ``stage_hook(model, k)``
+            before stage ``k`` trains (e.g. to warm-start layer ``k`` from layer
+            ``k - 1`` with :meth:`unrollsci.unrolled.UnrolledLasso.copy_layer`).
         checkpoint: path; the best model is saved there with :func:`save_checkpoint`.
         progress: show a tqdm progress bar.
         callback: called as ``callback(epoch, train_loss, val_loss)``.
@@ -143,6 +152,8 @@ def fit(
         raise ValueError(f"Expected epochs >= 1 (got {epochs}).")
     if lr <= 0:
         raise ValueError(f"Expected lr > 0 (got {lr}).")
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters.")
@@ -165,15 +176,17 @@ def fit(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=per_stage * len(stages), desc=f"fit {type(model).__name__}",
-                   leave=False)
+        bar = tqdm(total=per_stage * len(stages), desc=f"fit {type(model).__name__}", leave=False)
     epoch_counter = 0
     try:
         for stage in stages:
             if stage:
                 model.active_layers = stage
-            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                   weight_decay=weight_decay)
+                if stage_hook is not None:
+                    stage_hook(model, stage)
+            opt = torch.optim.Adam(
+                [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+            )
             best, best_state, bad = math.inf, None, 0
             for _ in range(per_stage):
                 model.train()
@@ -195,9 +208,13 @@ def fit(
                 train_loss = total / max(count, 1)
                 val_loss = None
                 if val_data is not None:
-                    val_loss = _evaluate(model, loss_fn, val_data,
-                                         torch.Generator().manual_seed(val_gen_seed),
-                                         steps_per_epoch)
+                    val_loss = _evaluate(
+                        model,
+                        loss_fn,
+                        val_data,
+                        torch.Generator().manual_seed(val_gen_seed),
+                        steps_per_epoch,
+                    )
                 hist.train_loss.append(train_loss)
                 hist.stage.append(stage)
                 if val_loss is not None:
@@ -215,8 +232,13 @@ def fit(
                 epoch_counter += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(stage=stage or "-", loss=f"{train_loss:.3e}",
-                                    val=f"{val_loss:.3e}" if val_loss is not None else "-")
+                    bar.set_postfix(
+                        stage=stage or "-",
+                        loss=f"{train_loss:.3e}",
+                        val=f"{val_loss:.3e}" if val_loss is not None else "-",
+                    )
+                for group in opt.param_groups:
+                    group["lr"] *= lr_decay
                 if patience is not None and bad >= patience:
                     hist.stopped_early = True
                     if bar is not None:
@@ -240,7 +262,9 @@ def _class_path(obj: Any) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None
+) -> Path:
     """Save ``model`` so that :func:`load_checkpoint` rebuilds it without the training script.
 
     The model must implement ``get_config() -> dict`` returning its constructor
@@ -266,7 +290,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, extra: dict[str, Any]
 
 
 def load_checkpoint(
-    path: str | Path, *, expected: type | Sequence[type] | None = None,
+    path: str | Path,
+    *,
+    expected: type | Sequence[type] | None = None,
     map_location: str | torch.device | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_checkpoint`.
@@ -290,9 +316,7 @@ def load_checkpoint(
         exp = (expected,) if isinstance(expected, type) else tuple(expected)
         if not issubclass(cls, exp):
             names = ", ".join(e.__name__ for e in exp)
-            raise ValueError(
-                f"Checkpoint {path} holds a {cls.__name__}, expected {names}."
-            )
+            raise ValueError(f"Checkpoint {path} holds a {cls.__name__}, expected {names}.")
     model = cls(**payload["config"])
     model.load_state_dict(payload["state_dict"])
     return model

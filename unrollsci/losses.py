@@ -1,0 +1,80 @@
+"""Losses for unrolled sparse recovery: NMSE, supervised MSE and the unsupervised KKT loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .solvers import as_operator, lasso_kkt_residual
+
+__all__ = ["nmse_db", "mse", "kkt_residual"]
+
+
+def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
+    if x.shape != x_true.shape:
+        raise ValueError(
+            f"Expected 'x' and 'x_true' of the same shape (got {tuple(x.shape)} and "
+            f"{tuple(x_true.shape)})."
+        )
+
+
+def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """Normalized mean squared error in dB, ``10 log10(||x - x*||^2 / ||x*||^2)``.
+
+    Args:
+        x, x_true: ``(batch, ...)`` estimate and ground truth.
+        reduction: ``"mean"`` (ratio of the sums over the batch, the convention of
+            the LISTA literature), or ``"none"`` (one value per batch entry).
+
+    Example:
+        >>> import torch
+        >>> round(float(nmse_db(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]]))), 6)
+        0.0
+    """
+    _check_pair(x, x_true)
+    err = (x - x_true).reshape(x.shape[0], -1).pow(2).sum(-1)
+    ref = x_true.reshape(x.shape[0], -1).pow(2).sum(-1)
+    if reduction == "mean":
+        return 10.0 * torch.log10(err.sum() / ref.sum().clamp_min(torch.finfo(ref.dtype).tiny))
+    if reduction == "none":
+        return 10.0 * torch.log10(err / ref.clamp_min(torch.finfo(ref.dtype).tiny))
+    raise ValueError(f"Expected reduction 'mean' or 'none' (got {reduction!r}).")
+
+
+def mse(x: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:
+    """Supervised loss: mean over the batch of ``||x - x*||^2``."""
+    _check_pair(x, x_true)
+    return (x - x_true).reshape(x.shape[0], -1).pow(2).sum(-1).mean()
+
+
+def kkt_residual(
+    operator: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: float | torch.Tensor,
+    *,
+    step: float | None = None,
+) -> torch.Tensor:
+    """Unsupervised lasso optimality residual at ``x``, per batch entry.
+
+    ``||x - soft(x - t A^T(Ax - y), t lam)|| / t`` (:func:`unrollsci.solvers.lasso_kkt_residual`),
+    zero exactly at the minimizers of ``0.5 ||Ax - y||^2 + lam ||x||_1``. Training
+    on ``kkt_residual(...).pow(2).mean()`` needs no ground truth and makes a model
+    a fast lasso solver.
+
+    Args:
+        operator: ``A`` (``LinearOperator`` or matrix).
+        x: ``(batch, n)`` network output; y: ``(batch, m)`` data.
+        lam: lasso weight (scalar or ``(batch,)``).
+        step: ``t``, default ``1 / ||A||^2``.
+
+    Returns:
+        ``(batch,)`` residuals.
+    """
+    op = as_operator(operator, "operator")
+    if step is None:
+        step = 1.0 / op.norm() ** 2
+    if not step > 0:
+        raise ValueError(f"Expected 'step' > 0 (got {step!r}).")
+    return lasso_kkt_residual(op, x, y, lam, step)

@@ -1,0 +1,239 @@
+"""Shared machinery of the unrolled lasso networks.
+
+Every model is ``Model(operator, num_layers, lam=..., **options)`` and maps
+``y: (batch, m)`` to ``x: (batch, n)``. Layer ``k`` is one step of a classical
+lasso algorithm whose constants (step, threshold, penalty, matrices) are
+per-layer parameters initialised at their classical values, so an untrained
+model equals ``num_layers`` iterations of the classical solver.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from .._validation import check_finite, check_tensor
+from ..operators import LinearOperator
+from ..prox import soft_threshold
+from ..solvers import as_operator
+
+__all__ = ["UnrolledLasso", "softplus_inverse", "support_selection_threshold"]
+
+
+def softplus_inverse(value: float | torch.Tensor) -> torch.Tensor:
+    """Inverse of ``softplus``: ``v + log(1 - exp(-v))`` (stable for every ``v > 0``)."""
+    v = torch.as_tensor(value, dtype=torch.float64)
+    if bool((v <= 0).any()):
+        raise ValueError(f"Expected a positive value to parameterize (got {value!r}).")
+    return v + torch.log(-torch.expm1(-v))
+
+
+def support_selection_threshold(
+    v: torch.Tensor, threshold: torch.Tensor | float, fraction: float
+) -> torch.Tensor:
+    """Soft thresholding with support selection (Chen et al. 2018, LISTA-CPSS).
+
+    The ``fraction * n`` largest-magnitude entries of each row of ``v: (batch, n)``
+    that pass the threshold are trusted as support and kept unshrunk; the others
+    are soft-thresholded. ``fraction = 0`` is plain soft thresholding.
+    """
+    n = v.shape[-1]
+    count = int(math.floor(fraction * n))
+    if count <= 0:
+        return soft_threshold(v, threshold)
+    mag = v.abs()
+    kth = mag.topk(count, dim=-1).values[..., -1:]
+    keep = (mag >= kth) & (mag > threshold)
+    return torch.where(keep, v, soft_threshold(v, threshold))
+
+
+class _PairOperator:
+    """``A`` forward with a learned left matrix in place of the adjoint.
+
+    Calls as ``A(x)``; ``adjoint(r)`` returns ``W^T r`` (``r @ W`` for ``W: (m, n)``).
+    Lets an unrolled layer call the classical step (``ista_step``, ``amp_step``) with
+    ``A^T`` replaced by a learned ``W^T``.
+    """
+
+    def __init__(self, op: LinearOperator, weight: torch.Tensor) -> None:
+        self.op, self.weight = op, weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        return r @ self.weight.to(r.dtype)
+
+
+class UnrolledLasso(nn.Module):
+    """Base class: validation, layer bookkeeping, checkpoint config.
+
+    Subclasses implement ``_run(y, num_layers) -> list of (batch, n)`` (one entry
+    per layer) and ``_options() -> dict`` (their extra constructor arguments).
+
+    Attributes:
+        num_layers: depth ``K``.
+        active_layers: layers used by ``forward`` (``1..K``); the layer-wise
+            schedule of :func:`unrollsci.train.fit` raises it stage by stage.
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        op = as_operator(operator, "operator")
+        if len(op.in_shape) != 1 or len(op.out_shape) != 1:
+            raise ValueError(
+                "Unrolled lasso models expect an operator on vectors, in_shape (n,) and "
+                f"out_shape (m,) (got {op.in_shape} -> {op.out_shape}). Flatten signals first."
+            )
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+            raise TypeError(
+                f"Expected 'num_layers' to be an int (got {type(num_layers).__name__})."
+            )
+        if num_layers < 1:
+            raise ValueError(f"Expected num_layers >= 1 (got {num_layers}).")
+        lam_f = float(lam)
+        if not math.isfinite(lam_f) or lam_f <= 0:
+            raise ValueError(f"Expected 'lam' > 0 and finite (got {lam!r}).")
+        self.operator = op
+        self.num_layers = num_layers
+        self._active_layers = num_layers
+        self.lam = lam_f
+        self.param_dtype = dtype if dtype is not None else torch.get_default_dtype()
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def m(self) -> int:
+        """Number of measurements (rows of ``A``)."""
+        return int(self.operator.out_shape[0])
+
+    @property
+    def n(self) -> int:
+        """Signal length (columns of ``A``)."""
+        return int(self.operator.in_shape[0])
+
+    @property
+    def active_layers(self) -> int:
+        """Number of layers ``forward`` runs (``1..num_layers``)."""
+        return self._active_layers
+
+    @active_layers.setter
+    def active_layers(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
+            raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
+        self._active_layers = k
+
+    # ------------------------------------------------------------- helpers
+    def _dense(self) -> torch.Tensor:
+        """``A`` as a dense float64 ``(m, n)`` matrix."""
+        return self.operator.to_dense(dtype=torch.float64)
+
+    def _lipschitz(self) -> float:
+        lip = self.operator.norm() ** 2
+        if lip == 0:
+            raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
+        return lip
+
+    def _positive(self, value: float, count: int) -> nn.Parameter:
+        """``count`` parameters whose softplus equals ``value`` (positive by construction)."""
+        full = torch.full((count,), float(value), dtype=torch.float64)
+        return nn.Parameter(softplus_inverse(full).to(device=self._device, dtype=self.param_dtype))
+
+    @property
+    def _device(self) -> torch.device:
+        """Where new parameters are created: the operator's device (CPU if it has none)."""
+        return self.operator.device or torch.device("cpu")
+
+    @staticmethod
+    def _pos(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.softplus(raw.to(like.dtype))
+
+    def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
+        check_tensor("y", y, ndim=(1, 2))
+        unbatched = y.dim() == 1
+        if unbatched:
+            y = y[None]
+        if y.shape[1] != self.m:
+            raise ValueError(
+                f"Expected 'y' of length {self.m} to match the operator's output "
+                f"(got shape {tuple(y.shape)})."
+            )
+        check_finite("y", y)
+        return y, unbatched
+
+    # -------------------------------------------------------------- forward
+    def forward(
+        self, y: torch.Tensor, *, return_all: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the ``active_layers`` first layers on ``y: (batch, m)`` (or ``(m,)``).
+
+        Returns:
+            ``x: (batch, n)``; with ``return_all=True`` the pair ``(x, xs)`` where
+            ``xs[k]`` is the output of layer ``k + 1``.
+        """
+        y, unbatched = self._check_y(y)
+        xs = self._run(y, self.active_layers)
+        if unbatched:
+            xs = [x[0] for x in xs]
+        return (xs[-1], xs) if return_all else xs[-1]
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------- layer-wise help
+    @torch.no_grad()
+    def copy_layer(self, src: int, dst: int) -> None:
+        """Copy the learned constants of layer ``src`` into layer ``dst`` (0-based).
+
+        Per-layer vectors (steps, thresholds) copy one entry, per-layer matrices
+        (``nn.ParameterList`` of one entry per layer, or one fewer when layer 0
+        has none) copy the matrix; tied parameters are left alone. Used to
+        warm-start a new layer in layer-wise training.
+        """
+        k = self.num_layers
+        if not (0 <= src < k and 0 <= dst < k):
+            raise ValueError(f"Expected layers in 0..{k - 1} (got src={src}, dst={dst}).")
+        for module in self.modules():
+            if isinstance(module, nn.ParameterList) and len(module) > 1:
+                shift = k - len(module)  # LISTA's S starts at layer 1
+                if src - shift >= 0 and dst - shift >= 0:
+                    module[dst - shift].copy_(module[src - shift])
+        for p in self.parameters(recurse=False):
+            if p.dim() == 1 and p.shape[0] == k:
+                p[dst] = p[src]
+
+    # --------------------------------------------------------------- config
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this model (used by checkpoints)."""
+        return {
+            "operator": self.operator,
+            "num_layers": self.num_layers,
+            "lam": self.lam,
+            "dtype": self.param_dtype,
+            **self._options(),
+        }
+
+    def classical(self) -> UnrolledLasso:
+        """An untrained copy: ``num_layers`` iterations of the classical algorithm."""
+        cfg = self.get_config()
+        cfg.update(self._classical_overrides())
+        return type(self)(**cfg)
+
+    def _classical_overrides(self) -> dict[str, Any]:
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, n={self.n}, num_layers={self.num_layers}, lam={self.lam}"

@@ -1,0 +1,263 @@
+"""LISTA and its coupled / analytic variants (unrolled ISTA)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..prox import soft_threshold
+from ..solvers import ista_step
+from ._base import UnrolledLasso, _PairOperator, support_selection_threshold
+
+__all__ = ["LISTA", "LISTACP", "ALISTA", "analytic_weight"]
+
+
+class LISTA(UnrolledLasso):
+    """Learned ISTA (Gregor & LeCun 2010).
+
+    ``x_1 = soft(W_e y, theta_1)``, ``x_{k+1} = soft(W_e y + S_k x_k, theta_{k+1})``
+    with ``W_e: (n, m)``, ``S_k: (n, n)`` and thresholds ``theta_k > 0`` (softplus).
+    ISTA is the special case ``W_e = t A^T``, ``S = I - t A^T A``, ``theta = t lam``
+    (``t = 1 / ||A||^2``), which is the initialisation. ``A`` is densified once to
+    initialise the matrices, so LISTA suits operators up to a few thousand unknowns.
+
+    Args:
+        operator: ``LinearOperator`` (or matrix) with ``in_shape (n,)``, ``out_shape (m,)``.
+        num_layers: depth ``K >= 1``.
+        lam: lasso weight of the initialising ISTA.
+        tied: share ``W_e`` and ``S`` between layers (thresholds stay per layer).
+        dtype: parameter dtype (default: torch's default dtype).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> LISTA(A, 4, lam=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        tied: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        self.tied = bool(tied)
+        a = self._dense()
+        t = 1.0 / self._lipschitz()
+        we = (t * a.T).to(self.param_dtype)
+        s = (torch.eye(self.n, dtype=torch.float64, device=a.device) - t * a.T @ a).to(
+            self.param_dtype
+        )
+        n_we = 1 if self.tied else num_layers
+        n_s = min(1, num_layers - 1) if self.tied else num_layers - 1
+        self.W_e = nn.ParameterList([nn.Parameter(we.clone()) for _ in range(n_we)])
+        self.S = nn.ParameterList([nn.Parameter(s.clone()) for _ in range(n_s)])
+        self.theta = self._positive(t * self.lam, num_layers)
+
+    def _options(self) -> dict[str, Any]:
+        return {"tied": self.tied}
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        theta = self._pos(self.theta, y)
+        xs: list[torch.Tensor] = []
+        b = y @ self.W_e[0].to(y.dtype).T
+        x = soft_threshold(b, theta[0])
+        xs.append(x)
+        for k in range(1, num_layers):
+            if not self.tied:
+                b = y @ self.W_e[k].to(y.dtype).T
+            s = self.S[0 if self.tied else k - 1].to(y.dtype)
+            x = soft_threshold(b + x @ s.T, theta[k])
+            xs.append(x)
+        return xs
+
+
+def _ss_fraction(k: int, rate: float, max_fraction: float) -> float:
+    # Chen et al. 2018, sec. 3: the trusted-support share grows linearly with depth
+    # (p^k = min(p k, p_max); their sparse-coding setting uses p = 1.2 %, p_max = 13 %).
+    return min(rate * k, max_fraction)
+
+
+class LISTACP(UnrolledLasso):
+    """LISTA with coupled weights, optionally with support selection (LISTA-CP / -CPSS).
+
+    ``x_{k+1} = eta(x_k - W_k^T (A x_k - y), theta_k)`` (Chen et al. 2018): the
+    ISTA step of :func:`unrollsci.solvers.ista_step` with ``t A^T`` replaced by a
+    learned ``W_k^T`` (``W_k: (m, n)``, initialised to ``t A``). ``eta`` is soft
+    thresholding, or with ``support_selection=True`` the support-selection
+    threshold that leaves the largest ``min(ss_rate * k, ss_max)`` share of the
+    entries unshrunk (:func:`support_selection_threshold`).
+
+    Args:
+        operator, num_layers, lam, dtype: as :class:`LISTA`.
+        tied: one ``W`` for all layers.
+        support_selection: use LISTA-CPSS thresholding (the untrained model then
+            differs from ISTA by the unshrunk entries).
+        ss_rate, ss_max: support-selection share per layer and its cap.
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        tied: bool = False,
+        support_selection: bool = False,
+        ss_rate: float = 0.012,
+        ss_max: float = 0.13,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
+            raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
+        self.tied = bool(tied)
+        self.support_selection = bool(support_selection)
+        self.ss_rate, self.ss_max = float(ss_rate), float(ss_max)
+        t = 1.0 / self._lipschitz()
+        w = (t * self._dense()).to(self.param_dtype)
+        self.W = nn.ParameterList(
+            [nn.Parameter(w.clone()) for _ in range(1 if self.tied else num_layers)]
+        )
+        self.theta = self._positive(t * self.lam, num_layers)
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "tied": self.tied,
+            "support_selection": self.support_selection,
+            "ss_rate": self.ss_rate,
+            "ss_max": self.ss_max,
+        }
+
+    def _classical_overrides(self) -> dict[str, Any]:
+        return {"support_selection": False}
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        theta = self._pos(self.theta, y)
+        x = y.new_zeros(y.shape[0], self.n)
+        xs = []
+        for k in range(num_layers):
+            pair = _PairOperator(self.operator, self.W[0 if self.tied else k])
+            frac = _ss_fraction(k + 1, self.ss_rate, self.ss_max) if self.support_selection else 0
+            x = _thresholded_step(pair, x, y, 1.0, theta[k], frac)
+            xs.append(x)
+        return xs
+
+
+def _thresholded_step(
+    op: Any, x: torch.Tensor, y: torch.Tensor, step: Any, threshold: torch.Tensor, fraction: float
+) -> torch.Tensor:
+    """The classical ISTA step, with support selection when ``fraction > 0``."""
+    if fraction <= 0:
+        return ista_step(op, x, y, step, threshold)
+    v = ista_step(op, x, y, step, 0.0)  # gradient step only (soft threshold at 0 is identity)
+    return support_selection_threshold(v, threshold, fraction)
+
+
+def analytic_weight(a: torch.Tensor) -> torch.Tensor:
+    """ALISTA's analytic weight: the ``W: (m, n)`` of least mutual coherence with ``A``.
+
+    Solves ``min_W ||W^T A||_F^2`` subject to ``diag(W^T A) = 1`` (Liu et al. 2019,
+    eq. 13; off-diagonal and full Frobenius norms differ by the fixed diagonal).
+    The problem separates over columns: ``min ||A^T w_i||^2`` s.t. ``a_i^T w_i = 1``,
+    whose Lagrange conditions give ``w_i = G^+ a_i / (a_i^T G^+ a_i)`` with
+    ``G = A A^T``.
+
+    Args:
+        a: ``(m, n)`` matrix (computed in float64).
+
+    Returns:
+        ``(m, n)`` float64 weight with ``W^T A`` of unit diagonal.
+    """
+    a = a.to(torch.float64)
+    g_pinv = torch.linalg.pinv(a @ a.T, hermitian=True)
+    ga = g_pinv @ a
+    denom = (a * ga).sum(0)
+    if bool((denom.abs() <= 1e-12 * denom.abs().max().clamp_min(1e-300)).any()):
+        raise ValueError(
+            "A column of A lies outside the range of A A^T (zero column?): the analytic "
+            "ALISTA weight does not exist."
+        )
+    return ga / denom
+
+
+class ALISTA(UnrolledLasso):
+    """Analytic LISTA (Liu, Chen, Wang & Yin 2019).
+
+    ``x_{k+1} = eta(x_k - gamma_k W^T (A x_k - y), theta_k)`` where ``W`` is fixed
+    (``weight="analytic"``: :func:`analytic_weight`, or ``weight="adjoint"``:
+    ``W = A / ||A||^2``, i.e. ISTA) and only the per-layer step ``gamma_k > 0`` and
+    threshold ``theta_k > 0`` are learned (``2 K`` parameters). ``eta`` uses support
+    selection as in the paper unless ``support_selection=False``.
+
+    Initialisation: ``gamma_k = 1 / ||W^T A||_2`` and ``theta_k = gamma_k lam``, so
+    an untrained model with ``weight="adjoint"`` and no support selection equals
+    ISTA, and with the analytic weight it equals the same iteration with fixed
+    ``W`` (the "analytic" classical algorithm).
+
+    Args:
+        operator, num_layers, lam, dtype: as :class:`LISTA`.
+        weight: ``"analytic"`` or ``"adjoint"``.
+        support_selection, ss_rate, ss_max: as :class:`LISTACP`.
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        weight: str = "analytic",
+        support_selection: bool = True,
+        ss_rate: float = 0.012,
+        ss_max: float = 0.13,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        if weight not in ("analytic", "adjoint"):
+            raise ValueError(f"Expected weight 'analytic' or 'adjoint' (got {weight!r}).")
+        if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
+            raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
+        self.weight_kind = weight
+        self.support_selection = bool(support_selection)
+        self.ss_rate, self.ss_max = float(ss_rate), float(ss_max)
+        a = self._dense()
+        if weight == "analytic":
+            w = analytic_weight(a)
+            gamma = 1.0 / float(torch.linalg.matrix_norm(w.T @ a, ord=2))
+        else:
+            w = a
+            gamma = 1.0 / self._lipschitz()
+        self.register_buffer("W", w.to(self.param_dtype))
+        self.gamma = self._positive(gamma, num_layers)
+        self.theta = self._positive(gamma * self.lam, num_layers)
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight_kind,
+            "support_selection": self.support_selection,
+            "ss_rate": self.ss_rate,
+            "ss_max": self.ss_max,
+        }
+
+    def _classical_overrides(self) -> dict[str, Any]:
+        return {"support_selection": False}
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        gamma = self._pos(self.gamma, y)
+        theta = self._pos(self.theta, y)
+        pair = _PairOperator(self.operator, self.W)
+        x = y.new_zeros(y.shape[0], self.n)
+        xs = []
+        for k in range(num_layers):
+            frac = _ss_fraction(k + 1, self.ss_rate, self.ss_max) if self.support_selection else 0
+            x = _thresholded_step(pair, x, y, gamma[k], theta[k], frac)
+            xs.append(x)
+        return xs
