@@ -146,7 +146,7 @@ def _evaluate(
                 "max_err": float(np.max(e)),
                 "matvecs": out.matvecs,
             }
-            if mode == "window":
+            if mode.startswith("window"):
                 row["windows_certified"] = float(torch.stack(out.certified).double().mean())
             rows.append(row)
             if curves:
