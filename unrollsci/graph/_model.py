@@ -144,7 +144,6 @@ class UnrolledGraphGD(nn.Module):
             raise ValueError(f"Expected num_layers >= 1 (got {num_layers}).")
         if mode not in MODES:
             raise ValueError(f"Expected mode in {MODES} (got {mode!r}).")
-        self._windowed = mode in ("window", "window_jacobi")
         if not 0 < margin < 1 or not 0 < floor < 1 - margin:
             raise ValueError(
                 f"Expected 0 < margin < 1 and 0 < floor < 1 - margin (got {margin}, {floor})."
@@ -341,7 +340,7 @@ class UnrolledGraphGD(nn.Module):
         for k in range(K):
             hg = p.hessian(g)  # (jacobi: H u; the update of g below is then D^{-1} H u)
             mv += 1
-            need_ctrl = not self._windowed or k % w == 0
+            need_ctrl = self.mode not in ("window", "window_jacobi") or k % w == 0
             if need_ctrl:
                 node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
                 out = self.controller(
