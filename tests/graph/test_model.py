@@ -127,6 +127,96 @@ def test_every_window_contracts_by_its_certificate(device, prob, wseed, scale, w
             assert np.abs(poly).max() <= float(q[bb]) * (1 + 1e-9)
 
 
+def _dense_jacobi_eigs(p: GraphInverseProblem, b: int) -> np.ndarray:
+    """Eigenvalues of D^{-1} H (D = diag(H)) via the symmetric D^{-1/2} H D^{-1/2} (numpy)."""
+    h = _dense_h(p, b)
+    dis = 1.0 / np.sqrt(np.diag(h))
+    return np.linalg.eigvalsh(dis[:, None] * h * dis[None])
+
+
+@settings(max_examples=15, **SETTINGS)
+@given(
+    prob=problems(),
+    wseed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    window=st.integers(1, 6),
+)
+def test_every_jacobi_window_contracts_by_its_certificate(device, prob, wseed, scale, window):
+    G, y, mask, lam, kind, _ = prob
+    p = _make(G, y, mask, lam, kind, device)
+    model = UnrolledGraphGD(9, StepController(hidden=8, window=window), mode="window_jacobi")
+    model = model.double().to(device)
+    _randomize(model, wseed, scale)
+    with torch.no_grad():
+        out = model(p)
+    xs = p.solve_exact()
+    h = [_dense_h(p, bb) for bb in range(p.batch_size)]
+    dinv = [1.0 / np.diag(hb) for hb in h]
+    lo, hi = p.jacobi_interval()
+    starts = out.window_starts + [9]
+    for bb in range(p.batch_size):
+        ev = _dense_jacobi_eigs(p, bb)
+        # the interval the certificate uses contains the spectrum of D^{-1} H
+        assert float(lo[bb, 0]) <= ev[0] * (1 + 1e-12) and ev[-1] <= float(hi[bb, 0]) * (1 + 1e-12)
+        assert float(hi[bb, 0]) <= 2.0 * (1 + 1e-12)  # Gershgorin on D^{-1} H
+    for w_i, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+        q = out.certificates[w_i][:, 0]
+        assert bool((q < 1).all())
+        steps = torch.stack(out.steps[a:b], -1)[:, 0]  # (batch, w)
+        for bb in range(p.batch_size):
+            # each layer is x <- x - s D^{-1} grad f(x) (independent numpy check)
+            for k in range(a, b):
+                xk = out.iterates[k][bb].cpu().numpy()
+                grad = h[bb] @ xk - p.rhs()[bb].cpu().numpy()
+                np.testing.assert_allclose(
+                    out.iterates[k + 1][bb].cpu().numpy(),
+                    xk - float(steps[bb, k - a]) * dinv[bb] * grad,
+                    rtol=1e-9,
+                    atol=1e-9 * (np.abs(xk).max() + 1e-30),
+                )
+            # the energy norm of the error contracts by the certificate over the window
+            ea = (out.iterates[a][bb] - xs[bb]).cpu().numpy()
+            eb = (out.iterates[b][bb] - xs[bb]).cpu().numpy()
+            na, nb = np.sqrt(ea @ h[bb] @ ea), np.sqrt(eb @ h[bb] @ eb)
+            e0 = (out.iterates[0][bb] - xs[bb]).cpu().numpy()
+            assert nb <= float(q[bb]) * na + 1e-9 * np.sqrt(e0 @ h[bb] @ e0) + 1e-15
+            # the certificate bounds the window polynomial at the eigenvalues of D^{-1} H
+            ev = _dense_jacobi_eigs(p, bb)
+            poly = np.prod(1 - steps[bb].cpu().numpy()[:, None] * ev[None], axis=0)
+            assert np.abs(poly).max() <= float(q[bb]) * (1 + 1e-9)
+
+
+def test_jacobi_interval_certified_on_a_large_graph(device):
+    """Above 800 nodes the bounds come from Lanczos + an inertia check (scipy reference)."""
+    import scipy.sparse as sp
+
+    from unrollsci.graph import inpainting_problem, sensor_graph
+
+    adj, _ = sensor_graph(1200, seed=3)
+    p = inpainting_problem(adj, 2, seed=4)
+    p = GraphInverseProblem.from_scipy(adj, p.y.to(device), mask=p.mask.to(device), lam=1.0)
+    lo, hi = p.jacobi_interval()
+    for b in range(2):
+        h = p.hessian_scipy(b).tocsc()
+        dis = sp.diags(1.0 / np.sqrt(h.diagonal()))
+        s = (dis @ h @ dis).toarray()
+        ev = np.linalg.eigvalsh(s)
+        assert float(lo[b, 0]) <= ev[0] and ev[-1] <= float(hi[b, 0]) <= 2.0
+        assert float(lo[b, 0]) >= 0.5 * ev[0]  # not a trivial bound
+        assert float(hi[b, 0]) <= 1.05 * ev[-1]
+
+
+def test_window_jacobi_needs_a_mask_problem(device):
+    G = nx.path_graph(6)
+    y = torch.randn(1, 6, dtype=torch.float64, device=device)
+    p = GraphInverseProblem.from_networkx(G, y, operator="heat")
+    model = UnrolledGraphGD(3, StepController(hidden=4), mode="window_jacobi").double()
+    with pytest.raises(ValueError, match="mask problem"):
+        model.to(device)(p)
+    with pytest.raises(ValueError, match="mask problem"):
+        p.jacobi_interval()
+
+
 def _theory_layers(p: GraphInverseProblem, mode: str, floor: float, margin: float) -> int:
     """Layers after which the guaranteed rate brings f - f* below 1e-18 of its start."""
     ev = np.linalg.eigvalsh(_dense_h(p, 0))
@@ -144,10 +234,13 @@ def _converges(device, mode, prob, wseed, scale):
     y, mask = y[:1], mask[:1]
     p = _make(G, y, mask, lam, kind, device)
     assume(float(np.abs(y).sum()) > 0)
-    if mode == "window":
+    if mode.startswith("window"):
         # every window contracts ||e||_H by max(q_max, best safe certificate) at least
         kw = {"q_max": 0.5}
-        lip, lo = p.lipschitz(), p.lambda_min_bound()
+        if mode == "window":
+            lip, lo = p.lipschitz(), p.lambda_min_bound()
+        else:
+            lo, lip = p.jacobi_interval()
         k = torch.arange(1, 5, dtype=torch.float64, device=device)
         cheb = lo + (lip - lo) * 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / 8))
         q_safe = min(
@@ -172,7 +265,7 @@ def _converges(device, mode, prob, wseed, scale):
     )
 
 
-@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window", "window_jacobi"])
 @settings(max_examples=5, **SETTINGS)
 @given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
 def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, scale):
@@ -180,7 +273,7 @@ def test_many_layers_converge_to_the_exact_solution(device, mode, prob, wseed, s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window", "window_jacobi"])
 @settings(max_examples=40, **SETTINGS)
 @given(prob=problems(max_n=10), wseed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0))
 def test_many_layers_converge_many_examples(device, mode, prob, wseed, scale):
@@ -195,7 +288,7 @@ def test_default_model_extends_to_many_layers(device):
     p = GraphInverseProblem.from_networkx(
         G, torch.as_tensor(rng.standard_normal(36) * mask, device=device), mask=mask
     )
-    for mode in ("scalar", "diagonal", "window"):
+    for mode in ("scalar", "diagonal", "window", "window_jacobi"):
         model = UnrolledGraphGD(10, StepController(hidden=8), mode=mode).double().to(device)
         with torch.no_grad():
             out = model(p, num_layers=600)
@@ -238,7 +331,7 @@ def test_controller_is_permutation_equivariant(device):
     torch.testing.assert_close(out_p["window"], out["window"])
 
 
-@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window", "window_jacobi"])
 def test_solver_is_permutation_equivariant(device, mode):
     G = nx.random_geometric_graph(30, 0.35, seed=4)
     G = G.subgraph(max(nx.connected_components(G), key=len)).copy()
@@ -267,7 +360,7 @@ def test_solver_is_permutation_equivariant(device, mode):
     torch.testing.assert_close(xp, x[:, perm])
 
 
-@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window", "window_jacobi"])
 def test_batch_of_graphs_of_different_sizes(device, mode):
     graphs = [
         nx.path_graph(7),
@@ -297,7 +390,7 @@ def test_batch_of_graphs_of_different_sizes(device, mode):
 
 
 # ------------------------------------------------------------- gradients, training
-@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window"])
+@pytest.mark.parametrize("mode", ["scalar", "diagonal", "window", "window_jacobi"])
 def test_gradcheck_wrt_data(device, mode):
     G = nx.cycle_graph(6)
     mask = torch.tensor([1, 0, 1, 1, 0, 1])

@@ -13,7 +13,7 @@ from ._problem import GraphInverseProblem
 
 __all__ = ["UnrolledGraphGD", "GraphGDResult", "graph_loss", "MODES"]
 
-MODES = ("scalar", "diagonal", "window")
+MODES = ("scalar", "diagonal", "window", "window_jacobi")
 
 
 @dataclass
@@ -23,8 +23,9 @@ class GraphGDResult:
     Attributes:
         x: ``(batch, n)`` final estimate.
         iterates: ``num_layers + 1`` tensors ``(batch, n)``, starting with ``x0``.
-        steps: one tensor per layer: ``(batch, num_blocks)`` (scalar, window) or
-            ``(batch, n)`` (diagonal).
+        steps: one tensor per layer: ``(batch, num_blocks)`` (scalar, window,
+            window_jacobi: the step ``s_k`` multiplying ``D^{-1} g``) or ``(batch, n)``
+            (diagonal).
         certified: window mode: one ``(batch, num_blocks)`` bool tensor per window
             (False where the learned steps failed the certificate and the safe
             ``1/Lip`` steps were used instead).
@@ -91,11 +92,23 @@ class UnrolledGraphGD(nn.Module):
       the smaller certificate; both are ``< 1`` when ``lo > 0``. So every window
       contracts by at least ``max(q_max, q_safe) < 1``, whatever the weights.
       Layers inside a window may increase ``f``; every window decreases it.
+    * ``mode="window_jacobi"`` (mask problems): the window mode on the
+      Jacobi-preconditioned gradient, ``x <- x - s_k D^{-1} grad f(x)`` with ``D =
+      diag(H)``. The error maps ``e -> (I - s_k D^{-1} H) e``, so ``H^{1/2} e -> (I -
+      s_k T) H^{1/2} e`` with ``T = H^{1/2} D^{-1} H^{1/2}`` symmetric and with the
+      spectrum of ``D^{-1} H`` and of ``S = D^{-1/2} H D^{-1/2}``. A window maps
+      ``H^{1/2} e`` by ``p(T)``, whose 2-norm is ``max |p|`` over that spectrum, so
+      ``||e||_H`` shrinks by the certificate ``q`` of ``p`` on an interval ``[lo,
+      hi]`` containing the spectrum of ``S`` (:meth:`GraphInverseProblem.
+      jacobi_interval`: Gershgorin ``hi <= 2``, certified Lanczos bounds). Roots,
+      certificate and fallback are exactly those of ``window`` with ``[lo, Lip]``
+      replaced by ``[lo, hi]``. The iterates leave the Krylov space of ``H``
+      (they lie in that of ``D^{-1} H``), which is where Jacobi-PCG gets its edge.
 
     Args:
         num_layers: number of layers ``K``.
         controller: a :class:`StepController` (a default one if None).
-        mode: ``"scalar"``, ``"diagonal"`` or ``"window"``.
+        mode: ``"scalar"``, ``"diagonal"``, ``"window"`` or ``"window_jacobi"``.
         margin: keeps steps ``<= 2 (1 - margin) / Lip`` (resp. ``/ R_i``).
         floor: keeps steps ``>= 2 floor / Lip`` (resp. ``/ R_i``), for a rate.
         q_max: window certificate threshold (``< 1``).
@@ -286,6 +299,11 @@ class UnrolledGraphGD(nn.Module):
                 f"Expected the problem's dtype {p.dtype} to match the model's {dtype}; use "
                 "model.to(problem.dtype) (e.g. model.double())."
             )
+        if self.mode == "window_jacobi" and p.kind != "mask":
+            raise ValueError(
+                "Expected a mask problem for mode='window_jacobi' (diag(H) and the Jacobi "
+                f"spectral interval are exact for masks only; got kind {p.kind!r})."
+            )
         B, n = p.batch_size, p.num_nodes  # noqa: N806
         b = p.rhs()
         if x0 is None:
@@ -298,10 +316,19 @@ class UnrolledGraphGD(nn.Module):
             x = x0
             g = p.hessian(x) - b
             mv = 1
-        lip = p.lipschitz(self.lipschitz_method)
-        lo = p.lambda_min_bound() if self.mode == "window" else torch.zeros_like(lip)
-        lo = torch.minimum(lo, lip)
         rows = p.gershgorin_rows()
+        jac = self.mode == "window_jacobi"
+        if jac:
+            # Everything below lives in the Jacobi-scaled metric: the "gradient" is
+            # u = D^{-1} g and [lo, lip] is the spectral interval of D^{-1/2} H D^{-1/2}.
+            lo, lip = p.jacobi_interval()
+            dinv = 1.0 / p.hessian_diagonal()
+            rows = rows * dinv
+            g = dinv * g
+        else:
+            lip = p.lipschitz(self.lipschitz_method)
+            lo = p.lambda_min_bound() if self.mode == "window" else torch.zeros_like(lip)
+        lo = torch.minimum(lo, lip)
         obs = p.mask if p.mask is not None and p.kind == "mask" else torch.ones_like(x[:1])
         logdeg = torch.log1p(p.degree)[None]
         g0n = torch.sqrt(p.segment_sum(g * g))
@@ -311,9 +338,9 @@ class UnrolledGraphGD(nn.Module):
         w = self.controller.window
         win_steps: torch.Tensor | None = None
         for k in range(K):
-            hg = p.hessian(g)
+            hg = p.hessian(g)  # (jacobi: H u; the update of g below is then D^{-1} H u)
             mv += 1
-            need_ctrl = self.mode != "window" or k % w == 0
+            need_ctrl = self.mode not in ("window", "window_jacobi") or k % w == 0
             if need_ctrl:
                 node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
                 out = self.controller(
@@ -344,7 +371,7 @@ class UnrolledGraphGD(nn.Module):
                 s = win_steps[..., k % w]
                 sn = s[:, bi]
                 x = x - sn * g
-                g = g - sn * hg
+                g = g - sn * (dinv * hg if jac else hg)
                 res.steps.append(s)
             res.iterates.append(x)
         res.x = x

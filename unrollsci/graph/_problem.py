@@ -478,20 +478,24 @@ class GraphInverseProblem:
     def _mask_rows(self) -> range:
         return range(1 if self.mask is None else self.mask.shape[0])
 
-    def _spectrum_mask(self, which: str, safety: float) -> np.ndarray:
-        """Bound on the largest (``"hi"``) or smallest (``"lo"``) eigenvalue of H, kind 'mask'.
+    def _spectrum_mask(self, which: str, safety: float, *, scaled: bool = False) -> np.ndarray:
+        """Bound on the largest (``"hi"``) or smallest (``"lo"``) eigenvalue, kind 'mask'.
 
+        Of ``H`` (``scaled=False``) or of the Jacobi-scaled ``S = D^{-1/2} H D^{-1/2}``
+        with ``D = diag(H)`` (``scaled=True``; same spectrum as ``D^{-1} H``).
         Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Larger
         blocks: a Lanczos (``hi``) or shift-invert Lanczos (``lo``) estimate times
         ``safety``, then certified by Sylvester's law of inertia (:func:`_is_pd`):
-        ``Lip I - H`` (resp. ``H - lo I``) must factor as ``L D L^T`` with ``D > 0``.
-        An uncertified ``hi`` becomes ``inf`` (the caller then uses Gershgorin); an
-        uncertified ``lo`` is halved up to 6 times, then 0.
+        ``Lip M - H`` (resp. ``H - lo M``) must factor as ``L D L^T`` with ``D > 0``,
+        where ``M = I`` (resp. ``M = diag(H)`` when scaled: ``v M - H`` is congruent
+        to ``D^{1/2} (v I - S) D^{1/2}``, so it has the same inertia). An uncertified
+        ``hi`` becomes ``inf`` (the caller then uses Gershgorin); an uncertified
+        ``lo`` is halved up to 6 times, then 0.
         """
         import scipy.sparse as sp
         from scipy.sparse.linalg import eigsh
 
-        key = f"eig-{which}-{safety}"
+        key = f"eig-{which}-{safety}-{scaled}"
         if key in self._cache:
             return self._cache[key]
         rows = self._mask_rows()
@@ -500,20 +504,28 @@ class GraphInverseProblem:
             for k in range(self.num_blocks):
                 h = self._block_hessian_scipy(b, k)
                 m = h.shape[0]
+                if scaled:
+                    dg = h.diagonal()
+                    metric = sp.diags(dg).tocsc()
+                    dis = sp.diags(1.0 / np.sqrt(dg))
+                    hs = sp.csr_matrix(dis @ h @ dis)
+                else:
+                    metric = sp.identity(m, format="csc")
+                    hs = h
                 if m <= _DENSE_MAX:
-                    ev = np.linalg.eigvalsh(h.toarray())
+                    ev = np.linalg.eigvalsh(hs.toarray())
                     out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
                     continue
-                eye = sp.identity(m, format="csc")
+                eye = metric
                 v0 = np.ones(m)
                 if which == "hi":
-                    est = eigsh(h, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=v0)
+                    est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=v0)
                     val = float(est[0]) * safety
                     out[b, k] = val if _is_pd(val * eye - h) else np.inf
                     continue
                 try:  # shift-invert Lanczos (one sparse factorization)
                     est = eigsh(
-                        h.tocsc(),
+                        hs.tocsc(),
                         k=1,
                         sigma=0.0,
                         which="LM",
@@ -682,6 +694,51 @@ class GraphInverseProblem:
         if not 0 < safety <= 1:
             raise ValueError(f"Expected 0 < safety <= 1 (got {safety}).")
         return self._expand(self._bounds(1.01, safety, "lo"))
+
+    def jacobi_interval(self, *, safety: float = 1.01, lo_safety: float = 0.95):
+        """Spectral interval ``[lo, hi]`` of ``S = D^{-1/2} H D^{-1/2}``, ``D = diag(H)``.
+
+        ``S`` has the spectrum of ``D^{-1} H`` (the Jacobi-preconditioned Hessian),
+        so these bound what the ``window_jacobi`` mode certifies on. Mask problems
+        only (``diag(H) = m + lam diag(L)`` exactly).
+
+        * ``hi``: ``min(Gershgorin, eigen-estimate x safety)``. Gershgorin applied
+          to ``D^{-1} H`` gives ``max_i sum_j |H_ij| / H_ii`` (``<= 2`` for a mask
+          plus a Laplacian: ``1 + lam sum_{j != i} |L_ij| / (m_i + lam L_ii)``);
+          the estimate is dense up to 800 nodes, Lanczos above, certified by the
+          inertia of ``hi D - H``.
+        * ``lo``: dense smallest eigenvalue (up to 800 nodes) or shift-invert
+          Lanczos certified by the inertia of ``H - lo D`` (halved until it
+          passes), times ``lo_safety``.
+
+        Returns:
+            ``(lo, hi)``, each ``(batch, num_blocks)``.
+        """
+        if self.kind != "mask":
+            raise ValueError(
+                "Expected a mask problem for the Jacobi interval (diag(H) is exact only for "
+                f"A = mask; got kind {self.kind!r})."
+            )
+        key = f"jacobi-{safety}-{lo_safety}"
+        if key not in self._cache:
+            rows = self._mask_rows()
+            lap_diag = self.lap_scipy.diagonal()
+            gb = np.zeros((len(rows), self.num_blocks))
+            gersh = self._gershgorin_np()
+            m = (
+                np.ones((1, self.num_nodes))
+                if self.mask is None
+                else self.mask.detach().cpu().double().numpy()
+            )
+            ratio = gersh / (m + self.lam * lap_diag[None])
+            for k in range(self.num_blocks):
+                s, e = self.block_ptr[k], self.block_ptr[k + 1]
+                gb[:, k] = ratio[:, s:e].max(axis=1)
+            hi = np.minimum(self._spectrum_mask("hi", safety, scaled=True), gb)
+            lo = np.minimum(self._spectrum_mask("lo", lo_safety, scaled=True), hi)
+            self._cache[key] = (lo, hi)
+        lo, hi = self._cache[key]
+        return self._expand(lo), self._expand(hi)
 
     def _gershgorin_np(self) -> np.ndarray:
         """``R_i >= sum_j |H_ij|`` per node (rows of a diagonally dominant majorant)."""
