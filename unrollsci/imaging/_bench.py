@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photons", type=float, default=1e4, help="incident photons I0")
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--n-val", type=int, default=32)
-    p.add_argument("--train-seconds", type=float, default=900.0, help="per network")
+    p.add_argument("--train-seconds", type=float, default=1200.0, help="per network")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
