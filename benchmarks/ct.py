@@ -1,6 +1,6 @@
 """CT reconstruction benchmark: FBP vs TV vs unrolled network (writes results/ct.json).
 
-Usage: python benchmarks/ct.py [--quick] [--train-seconds 1080]
+Usage: python benchmarks/ct.py [--quick] [--train-seconds 1200] [--variants free lip10]
 """
 
 import sys

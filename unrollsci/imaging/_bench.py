@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photons", type=float, default=1e4, help="incident photons I0")
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--n-val", type=int, default=32)
-    p.add_argument("--train-seconds", type=float, default=900.0, help="per network")
+    p.add_argument("--train-seconds", type=float, default=1200.0, help="per network")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
@@ -155,13 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             cnn_lipschitz=cap,
             lipschitz_target=target,
         )
-        best: dict[str, Any] = {"val": float("inf"), "state": None, "epochs": 0}
+        best: dict[str, Any] = {"val": float("inf"), "state": None, "epochs": 0, "load": []}
+        load_start = list(os.getloadavg())
+        cpu_start = time.process_time()
         t_start = time.perf_counter()
 
         def budget(
             epoch: int, train_loss: float, val_loss: float | None, *, _m=model, _b=best, _t=t_start
         ) -> None:
             _b["epochs"] = epoch + 1
+            _b["load"].append(os.getloadavg()[0])
             if val_loss is not None and val_loss < _b["val"]:
                 _b["val"], _b["state"] = val_loss, copy.deepcopy(_m.state_dict())
             if time.perf_counter() - _t > args.train_seconds:
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         except _BudgetSpent:
             pass
         train_seconds = time.perf_counter() - t_start
+        train_cpu = time.process_time() - cpu_start
         if best["state"] is not None:  # the epoch with the best validation loss
             model.load_state_dict(best["state"])
         model.eval()
@@ -209,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": best["epochs"],
             "train_steps": best["epochs"] * steps_per_epoch,
             "best_val_mse": best["val"],
+            "train_cpu_seconds": train_cpu,
+            "train_cpu_share": train_cpu / train_seconds,
+            "train_load_1min_start": load_start[0],
+            "train_load_1min_mean": sum(best["load"]) / max(len(best["load"]), 1),
             **certs[name],
         }
         save_checkpoint(model, Path(args.out) / f"ct_{name}.pt")
