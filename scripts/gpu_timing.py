@@ -49,9 +49,8 @@ def cg_case(device):
 
 
 def lista_case(device):
-    from unrollsci.unrolled import ALISTA
-
     from unrollsci.operators import MatrixOperator
+    from unrollsci.unrolled import ALISTA
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(250, 500, generator=g)

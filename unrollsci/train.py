@@ -196,8 +196,8 @@ def fit(
                     loss = loss_fn(model, batch)
                     if not torch.isfinite(loss.detach()):
                         raise FloatingPointError(
-                            f"Training loss became {float(loss.detach())} at epoch {epoch_counter}; "
-                            "lower lr or check the data."
+                            f"Training loss became {float(loss.detach())} at epoch "
+                            f"{epoch_counter}; lower lr or check the data."
                         )
                     loss.backward()
                     if clip_grad is not None:
