@@ -76,7 +76,7 @@ def test_batched_equals_individual(name, device):
 def test_gradcheck_through_solver(name, device):
     g = torch.Generator().manual_seed(5)
     a = (torch.randn(8, 12, generator=g, dtype=F64) / 8**0.5).to(device)
-    y = torch.randn(2, 8, generator=g, dtype=F64, device=device).requires_grad_()
+    y = torch.randn(2, 8, generator=g, dtype=F64).to(device).requires_grad_()
     op = MatrixOperator(a)
 
     def f(yy):

@@ -118,8 +118,13 @@ def test_tri_solve_matches_scipy_and_gradcheck(device, transpose):
     m = low.T.tocsr() if transpose else low
     ref = spla.spsolve_triangular(m, b.T, lower=not transpose).T
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+    # cuSPARSE's triangular solve is not bitwise reproducible between calls (measured on an
+    # H200: backward differs at round-off), so allow round-off-level nondeterminism there.
+    nondet = 1e-10 if device.type == "cuda" else 0.0
     assert torch.autograd.gradcheck(
-        lambda vv, bb: tri_solve(pat.to(device), vv, bb, transpose=transpose), (v, bt)
+        lambda vv, bb: tri_solve(pat.to(device), vv, bb, transpose=transpose),
+        (v, bt),
+        nondet_tol=nondet,
     )
 
 
