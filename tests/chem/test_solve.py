@@ -172,6 +172,9 @@ def test_parameter_gradients_implicit_match_unrolled_and_gradcheck(device):
         (chi, eta),
         eps=1e-6,
         atol=1e-6,
+        # index_add uses atomics on CUDA: sums are not bitwise reproducible between calls
+        # (seen on an H200), so backward agrees with itself only to round-off there.
+        nondet_tol=1e-10 if device.type == "cuda" else 0.0,
     )
 
 
