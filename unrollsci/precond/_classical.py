@@ -37,14 +37,8 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t if (t.dtype == x.dtype and t.device == x.device) else t.to(x.device, x.dtype)
 
 
-class FactorPreconditioner(LinearOperator):
-    """``M^{-1} = L L^T`` approximates ``A``; applies ``z = L^{-T} L^{-1} r`` by two sparse
-    triangular solves (differentiable in ``values`` and ``r``).
-
-    Args:
-        pattern: lower-triangular CSR pattern of ``L`` (diagonal included).
-        values: ``(nnz,)`` values of ``L`` in CSR order; the diagonal must be > 0.
-    """
+class _LowerFactorOperator(LinearOperator):
+    """Shared state of the preconditioners built from one sparse lower-triangular factor."""
 
     def __init__(self, pattern: LowerPattern, values: torch.Tensor) -> None:
         super().__init__()
@@ -55,8 +49,18 @@ class FactorPreconditioner(LinearOperator):
 
     @property
     def nnz(self) -> int:
-        """Stored entries of the factor ``L``."""
+        """Stored entries of the factor."""
         return self.pattern.nnz
+
+
+class FactorPreconditioner(_LowerFactorOperator):
+    """``M^{-1} = L L^T`` approximates ``A``; applies ``z = L^{-T} L^{-1} r`` by two sparse
+    triangular solves (differentiable in ``values`` and ``r``).
+
+    Args:
+        pattern: lower-triangular CSR pattern of ``L`` (diagonal included).
+        values: ``(nnz,)`` values of ``L`` in CSR order; the diagonal must be > 0.
+    """
 
     def factor(self) -> Any:
         """``L`` as a scipy CSR matrix."""
@@ -75,20 +79,9 @@ class FactorPreconditioner(LinearOperator):
         return lower_matvec(self.pattern, v, lower_matvec(self.pattern, v, x, transpose=True))
 
 
-class InverseFactorPreconditioner(LinearOperator):
+class InverseFactorPreconditioner(_LowerFactorOperator):
     """Factorized sparse approximate inverse ``M = G G^T`` (``G`` sparse lower-triangular):
     ``z = G (G^T r)``, two sparse mat-vecs and no triangular solve."""
-
-    def __init__(self, pattern: LowerPattern, values: torch.Tensor) -> None:
-        super().__init__()
-        self.pattern = pattern.to(values.device)
-        self.values = values
-        self.in_shape = self.out_shape = (pattern.n,)
-        self.cacheable_norm = False
-
-    @property
-    def nnz(self) -> int:
-        return self.pattern.nnz
 
     def _mv(self, r: torch.Tensor) -> torch.Tensor:
         v = _like(self.values, r)
@@ -125,10 +118,6 @@ class BlockPreconditioner(LinearOperator):
         self._flat = (row // bs) * bs * bs + (row % bs) * bs + (col % bs)
         pad = self.n_blocks * bs - n
         self._pad = pad
-
-    @property
-    def nnz(self) -> int:
-        return self.pattern.nnz
 
     def blocks(self, like: torch.Tensor) -> torch.Tensor:
         """The dense factors ``(n_blocks, bs, bs)`` (padding rows get a unit diagonal)."""
