@@ -4,9 +4,11 @@ ASE VelocityVerlet, 1 fs, rattled rock-salt NaCl (64 atoms, periodic, shielded k
 8 A taper cutoff, Born-Mayer repulsion), Maxwell-Boltzmann velocities (seeded). The same
 initial state is run with ``forces="implicit"`` and ``forces="envelope"`` at ``--tol``,
 with warm-started charge solves (as in production MD) and with cold starts, and once
-converged (tol 1e-10) for reference. Drift per atom = (E_total(end) - E_total(0)) / N and
-the slope of a linear fit; "excess" = the same for E_total(t) - E_total_converged(t), the
-part of the energy error caused by the inexact charges (the Verlet error is common).
+converged (tol 1e-10) for reference, for ``--seeds`` independent initial states. Drift
+per atom = |slope of a linear fit of E_total(t)| / N, averaged over the seeds (also
+reported: E_total(end) - E_total(0)); the converged run gives the floor set by the 1 fs
+Verlet error alone. "excess" = the same for E_total(t) - E_total_converged(t), the part of
+the energy error caused by the inexact charges while the trajectories stay close.
 Writes ``benchmarks/results/md.json``.
 """
 
@@ -37,6 +39,7 @@ def _run(
     from ase.md import velocitydistribution as vd
     from ase.md.verlet import VelocityVerlet
 
+    torch.set_num_threads(args.threads)
     atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(args.repeat)
     atoms.rattle(0.05, seed=args.seed)
     # thermalize_momenta is the ASE >= 3.29 name of MaxwellBoltzmannDistribution
@@ -96,21 +99,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="8-atom cubes per edge (2 -> 64)")
     p.add_argument("--cutoff", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds", type=int, default=1, help="independent trajectories (seed, seed+1, ...)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--jobs", type=int, default=1, help="run the five trajectories in this many processes"
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = 200 if args.quick else args.steps
-    ref = _run("implicit", 1e-10, steps, args)
+    configs = [(m, args.tol, ws) for ws in (True, False) for m in ("implicit", "envelope")]
+    configs.append(("implicit", 1e-10, True))  # converged reference: the Verlet error alone
+    jobs = [(c, args.seed + s) for s in range(args.seeds) for c in configs]
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futs = [
+                pool.submit(_run, m, t, steps, argparse.Namespace(**{**vars(args), "seed": sd}), ws)
+                for (m, t, ws), sd in jobs
+            ]
+            done = [f.result() for f in futs]
+    else:
+        done = [
+            _run(m, t, steps, argparse.Namespace(**{**vars(args), "seed": sd}), ws)
+            for (m, t, ws), sd in jobs
+        ]
     runs = []
-    for ws in (True, False):
-        for mode in ("implicit", "envelope"):
-            runs.append(_run(mode, args.tol, steps, args, warm_start=ws))
-    runs.append(ref)
-    for r in runs:
+    for (_, sd), r in zip(jobs, done, strict=True):
+        r["seed"] = sd
+        runs.append(r)
+    nc = len(configs)
+    for i, r in enumerate(runs):
+        ref = runs[(i // nc) * nc + nc - 1]
         # energy error attributable to the inexact charges: the difference to the converged
-        # run from the same initial state (the 1 fs Verlet error is common to both)
+        # run from the same initial state (the 1 fs Verlet error is common to both). Only
+        # meaningful while the two trajectories stay close (a few ps: MD is chaotic).
         diff = (r["_e"] - ref["_e"]) / r["_n"]
         r["excess_slope_eV_per_atom_per_ps"] = float(np.polyfit(r["_t"], diff, 1)[0])
         r["excess_max_per_atom_eV"] = float(np.abs(diff).max())
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "forces",
         "tol",
         "warm_start",
+        "seed",
         "drift_per_atom_eV",
         "slope_eV_per_atom_per_ps",
         "excess_slope_eV_per_atom_per_ps",
@@ -129,17 +157,44 @@ def main(argv: list[str] | None = None) -> int:
         "seconds",
     ]
     print(markdown_table(runs, cols))
+    # drift = |slope of a linear fit of E_total(t)| per atom, averaged over the seeds
+    summary = []
+    for j, (m, t, ws) in enumerate(configs):
+        mine = runs[j::nc]
+        sl = np.abs([r["slope_eV_per_atom_per_ps"] for r in mine])
+        summary.append(
+            {
+                "forces": m,
+                "tol": t,
+                "warm_start": ws,
+                "seeds": len(mine),
+                "mean_abs_slope_eV_per_atom_per_ps": float(sl.mean()),
+                "max_abs_slope_eV_per_atom_per_ps": float(sl.max()),
+                "mean_abs_drift_per_atom_eV": float(
+                    np.mean(np.abs([r["drift_per_atom_eV"] for r in mine]))
+                ),
+                "mean_max_dev_per_atom_eV": float(
+                    np.mean([r["max_dev_per_atom_eV"] for r in mine])
+                ),
+            }
+        )
+    print()
+    print(markdown_table(summary, list(summary[0])))
     ratios = {}
     for k, ws in enumerate(("warm", "cold")):
-        imp, env = runs[2 * k], runs[2 * k + 1]
+        imp, env = summary[2 * k], summary[2 * k + 1]
         for key in (
-            "slope_eV_per_atom_per_ps",
-            "drift_per_atom_eV",
-            "excess_slope_eV_per_atom_per_ps",
-            "excess_max_per_atom_eV",
+            "mean_abs_slope_eV_per_atom_per_ps",
+            "mean_abs_drift_per_atom_eV",
+            "mean_max_dev_per_atom_eV",
         ):
-            ratios[f"{ws}:{key}"] = abs(env[key]) / max(abs(imp[key]), 1e-300)
-    print("\nenvelope / implicit ratios:")
+            ratios[f"{ws}:{key}"] = env[key] / max(imp[key], 1e-300)
+    ref = summary[-1]["mean_abs_slope_eV_per_atom_per_ps"]
+    for s_ in summary[:-1]:
+        ratios[f"{'warm' if s_['warm_start'] else 'cold'}:{s_['forces']} slope / converged"] = s_[
+            "mean_abs_slope_eV_per_atom_per_ps"
+        ] / max(ref, 1e-300)
+    print("\nratios:")
     for k, v in ratios.items():
         print(f"  {k}: {v:.3g}")
     config = {k: v for k, v in vars(args).items() if k != "out"}
@@ -157,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "config": config,
             "runs": runs,
+            "summary": summary,
             "envelope_over_implicit": ratios,
         },
         args.out,

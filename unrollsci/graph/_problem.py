@@ -703,8 +703,9 @@ class GraphInverseProblem:
         only (``diag(H) = m + lam diag(L)`` exactly).
 
         * ``hi``: ``min(Gershgorin, eigen-estimate x safety)``. Gershgorin applied
-          to ``D^{-1} H`` gives ``max_i sum_j |H_ij| / H_ii`` (``<= 2`` for a mask
-          plus a Laplacian: ``1 + lam sum_{j != i} |L_ij| / (m_i + lam L_ii)``);
+          to ``D^{-1} H`` gives ``max_i sum_j |H_ij| / H_ii``, that is
+          ``1 + lam sum_{j != i} |L_ij| / (m_i + lam L_ii)`` (``<= 2`` for a
+          combinatorial Laplacian; a normalized one can exceed 2 on irregular graphs);
           the estimate is dense up to 800 nodes, Lanczos above, certified by the
           inertia of ``hi D - H``.
         * ``lo``: dense smallest eigenvalue (up to 800 nodes) or shift-invert
