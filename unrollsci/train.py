@@ -93,6 +93,18 @@ def _evaluate(
     return total / max(count, 1)
 
 
+def _check_factor(value: Any, step: int) -> float:
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Expected lr_factor({step}) to return a number (got {type(value).__name__})."
+        ) from None
+    if not (math.isfinite(factor) and factor >= 0):
+        raise ValueError(f"Expected lr_factor({step}) to be finite and >= 0 (got {factor}).")
+    return factor
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -110,6 +122,7 @@ def fit(
     weight_decay: float = 0.0,
     clip_grad: float | None = None,
     lr_decay: float = 1.0,
+    lr_factor: Callable[[int], float] | None = None,
     stage_hook: Callable[[nn.Module, int], None] | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = True,
@@ -136,6 +149,12 @@ def fit(
         lr_decay: multiply the learning rate by this factor after every epoch
             (restarting from ``lr`` at each layer-wise stage); 1 keeps it constant.
             Decaying steps let Adam settle to the low errors sparse coding needs.
+        lr_factor: a schedule ``lr_factor(step) -> float``, called before every
+            optimizer step with the number of optimizer steps taken so far (counted
+            over all epochs and layer-wise stages, starting at 0). That step uses
+            ``lr * lr_decay**epoch_in_stage * lr_factor(step)``. The factor must be
+            finite and ``>= 0`` (else ``ValueError``). It may also read a clock, e.g.
+            a cosine decay over a wall-clock budget. None keeps the factor at 1.
         stage_hook: layer-wise schedule only: called as ``stage_hook(model, k)``
             before stage ``k`` trains (e.g. to warm-start layer ``k`` from layer
             ``k - 1`` with :meth:`unrollsci.unrolled.UnrolledLasso.copy_layer`).
@@ -154,6 +173,10 @@ def fit(
         raise ValueError(f"Expected lr > 0 (got {lr}).")
     if not 0 < lr_decay <= 1:
         raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
+    if lr_factor is not None and not callable(lr_factor):
+        raise TypeError(
+            f"Expected lr_factor to be callable step -> factor (got {type(lr_factor).__name__})."
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters.")
@@ -178,6 +201,7 @@ def fit(
 
         bar = tqdm(total=per_stage * len(stages), desc=f"fit {type(model).__name__}", leave=False)
     epoch_counter = 0
+    step_counter = 0
     try:
         for stage in stages:
             if stage:
@@ -188,6 +212,7 @@ def fit(
                 [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
             )
             best, best_state, bad = math.inf, None, 0
+            epoch_lr = lr  # lr * lr_decay**epoch_in_stage, by repeated products as before
             for _ in range(per_stage):
                 model.train()
                 total, count = 0.0, 0
@@ -202,7 +227,12 @@ def fit(
                     loss.backward()
                     if clip_grad is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                    if lr_factor is not None:
+                        factor = _check_factor(lr_factor(step_counter), step_counter)
+                        for group in opt.param_groups:
+                            group["lr"] = epoch_lr * factor
                     opt.step()
+                    step_counter += 1
                     total += float(loss.detach())
                     count += 1
                 train_loss = total / max(count, 1)
@@ -237,8 +267,9 @@ def fit(
                         loss=f"{train_loss:.3e}",
                         val=f"{val_loss:.3e}" if val_loss is not None else "-",
                     )
+                epoch_lr *= lr_decay
                 for group in opt.param_groups:
-                    group["lr"] *= lr_decay
+                    group["lr"] = epoch_lr
                 if patience is not None and bad >= patience:
                     hist.stopped_early = True
                     if bar is not None:

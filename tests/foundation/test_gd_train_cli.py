@@ -193,3 +193,88 @@ def test_gradient_descent_gradcheck(device):
             ).x
 
     assert torch.autograd.gradcheck(f, (y,))
+
+
+class _Linear(nn.Module):
+    """loss = sum(w[:active_layers]): a constant gradient, so each Adam step moves w by ~lr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_layers = self.active_layers = 2
+        self.w = nn.Parameter(torch.zeros(2, dtype=F64))
+
+
+def test_fit_lr_factor_sets_the_applied_learning_rate():
+    model = _Linear()
+    seen_w, calls = [], []
+    factors = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 3.0, 1.0, 0.1, 0.0, 1.0, 0.5]
+
+    def lr_factor(step):
+        calls.append(step)
+        return factors[step]
+
+    def loss_fn(mdl, batch):
+        seen_w.append(mdl.w.detach().clone())
+        return mdl.w[: mdl.active_layers].sum()
+
+    lr, decay = 0.1, 0.5
+    fit(
+        model,
+        loss_fn,
+        lambda gen: None,
+        epochs=2,
+        steps_per_epoch=3,
+        lr=lr,
+        lr_decay=decay,
+        lr_factor=lr_factor,
+        schedule="layerwise",
+        progress=False,
+    )
+    assert calls == list(range(12))  # one call per optimizer step, counted across stages
+    seen_w.append(model.w.detach().clone())
+    moved = torch.stack([a[0] - b[0] for a, b in zip(seen_w[:-1], seen_w[1:], strict=True)])
+    epoch_in_stage = [(t % 6) // 3 for t in range(12)]
+    expected = torch.tensor(
+        [lr * decay**e * f for e, f in zip(epoch_in_stage, factors, strict=True)], dtype=F64
+    )
+    torch.testing.assert_close(moved, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_fit_without_lr_factor_keeps_the_decayed_rate():
+    model = _Linear()
+    seen_w = []
+
+    def loss_fn(mdl, batch):
+        seen_w.append(mdl.w.detach().clone())
+        return mdl.w.sum()
+
+    fit(
+        model,
+        loss_fn,
+        lambda g: None,
+        epochs=3,
+        steps_per_epoch=2,
+        lr=0.1,
+        lr_decay=0.5,
+        progress=False,
+    )
+    seen_w.append(model.w.detach().clone())
+    moved = torch.stack([a[1] - b[1] for a, b in zip(seen_w[:-1], seen_w[1:], strict=True)])
+    expected = torch.tensor([0.1, 0.1, 0.05, 0.05, 0.025, 0.025], dtype=F64)
+    torch.testing.assert_close(moved, expected, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, "fast", None])
+def test_fit_rejects_bad_lr_factor(bad):
+    with pytest.raises(ValueError, match=r"lr_factor\(0\)"):
+        fit(
+            _Linear(),
+            lambda m, b: m.w.sum(),
+            lambda g: None,
+            epochs=1,
+            steps_per_epoch=2,
+            lr_factor=lambda step: bad,
+            progress=False,
+        )
+    with pytest.raises(TypeError, match="lr_factor to be callable"):
+        fit(_Linear(), lambda m, b: m.w.sum(), lambda g: None, lr_factor=0.5, progress=False)
