@@ -34,10 +34,12 @@ def small():
     return op, x, m, y
 
 
+@pytest.mark.parametrize("memory", [0, 3], ids=["nomem", "mem3"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_output_exactly_zero_outside_mask(device, small, tied):
+def test_output_exactly_zero_outside_mask(device, small, tied, memory):
     op, x, m, y = small
-    model = _randomize(UnrolledCT(op, n_layers=3, channels=4, tied=tied), scale=1.0)
+    model = UnrolledCT(op, n_layers=3, channels=4, tied=tied, memory=memory)
+    model = _randomize(model, scale=1.0)
     model = model.double().to(device).requires_grad_(False)
     out = model(y.to(device))  # default mask: the scan disk
     assert bool((out[:, ~model.mask] == 0).all())
@@ -117,6 +119,86 @@ def test_training_with_fit_reduces_error_and_checkpoint_roundtrip(tmp_path, smal
         torch.testing.assert_close(again(y, mask=m), model(y, mask=m))
 
 
+def _reference_forward(model: UnrolledCT, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The network as written before memory channels existed (x_{k+1} from [x_k, g_k])."""
+    a = model.radon_norm.to(y.dtype)
+    x = torch.where(m, model.initial(y), torch.zeros(()))
+    for k in range(model.active_layers):
+        block, s = model.layer(k)
+        g = model.radon._rmv(model.radon._mv(x) / a - y / a) / a
+        x = x - s * g + block(torch.stack([x, g], 1))[:, 0]
+        x = torch.where(m, x, torch.zeros(()))
+    return x
+
+
+def test_memory_zero_is_the_memoryless_network(small):
+    op, x, m, y = small
+    torch.manual_seed(5)
+    old = _randomize(UnrolledCT(op, n_layers=3, channels=4), 0.5).double()
+    torch.manual_seed(5)
+    new = _randomize(UnrolledCT(op, n_layers=3, channels=4, memory=0), 0.5).double()
+    assert new.get_config()["memory"] == 0
+    assert [(k, v.shape) for k, v in old.state_dict().items()] == [
+        (k, v.shape) for k, v in new.state_dict().items()
+    ]
+    with torch.no_grad():
+        out = new(y, mask=m)
+        assert torch.equal(out, old(y, mask=m))
+        assert torch.equal(out, _reference_forward(new, y, m))
+
+
+def test_checkpoint_without_memory_key_still_loads(tmp_path, small):
+    """Checkpoints written before ``memory`` existed have no such config key."""
+    op, _, m, y = small
+    model = _randomize(UnrolledCT(op, n_layers=2, channels=3), 0.5)
+    path = save_checkpoint(model, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=False)
+    del payload["config"]["memory"]
+    torch.save(payload, path)
+    again = load_checkpoint(path, expected=UnrolledCT)
+    assert again.memory == 0
+    with torch.no_grad():
+        assert torch.equal(again(y.float(), mask=m), model(y.float(), mask=m))
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_memory_channels_shapes_checkpoint_and_gradients(tmp_path, small, tied):
+    op, x, m, y = small
+    mem = 3
+    model = _randomize(UnrolledCT(op, n_layers=3, channels=4, tied=tied, memory=mem), 0.3)
+    model = model.double()
+    first, last = model.blocks[0].convs[0].conv, model.blocks[0].convs[-1].conv
+    assert first.in_channels == 2 + mem and last.out_channels == 1 + mem
+    assert model(y).shape == (6, 16, 16) and model(y[:, None]).shape == (6, 1, 16, 16)
+    # memory changes the result: a model with the memory inputs cut off differs
+    cut = UnrolledCT(op, n_layers=3, channels=4, tied=tied, memory=mem).double()
+    cut.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for block in cut.blocks:
+            block.convs[0].conv.weight[:, 2:] = 0
+        assert not torch.allclose(cut(y, mask=m), model(y, mask=m))
+    # gradients reach every parameter tensor, the memory inputs of later layers included
+    model.zero_grad()
+    torch.mean((model(y, mask=m) - x) ** 2).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    later = model.blocks[0 if tied else 1].convs[0].conv.weight.grad[:, 2:]
+    assert float(later.abs().sum()) > 0
+    # checkpoint round trip
+    path = save_checkpoint(model, tmp_path / "mem.pt")
+    again = load_checkpoint(path, expected=UnrolledCT).double()
+    assert again.memory == mem and again.get_config()["memory"] == mem
+    with torch.no_grad():
+        assert torch.equal(again(y, mask=m), model(y, mask=m))
+
+
+def test_memory_bad_value():
+    op = Radon(16, 8)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="memory to be an integer >= 0"):
+            UnrolledCT(op, n_layers=1, channels=2, memory=bad)
+
+
 def test_bad_input(small):
     op, _, _, y = small
     model = UnrolledCT(op, n_layers=1, channels=2).double()
@@ -153,10 +235,13 @@ def test_conv_norm_bounds_dense_operator_norm(device):
     assert power == pytest.approx(exact, rel=1e-6)
 
 
-@pytest.mark.parametrize("init,cap", [("fbp", None), ("adjoint", None), ("fbp", 1.0)])
-def test_certificate_bounds_adversarial_ratio(device, small, init, cap):
+@pytest.mark.parametrize(
+    "init,cap,memory",
+    [("fbp", None, 0), ("adjoint", None, 0), ("fbp", 1.0, 0), ("fbp", None, 3), ("fbp", 1.0, 3)],
+)
+def test_certificate_bounds_adversarial_ratio(device, small, init, cap, memory):
     op, x, m, y = small
-    model = UnrolledCT(op, n_layers=2, channels=4, init=init, cnn_lipschitz=cap)
+    model = UnrolledCT(op, n_layers=2, channels=4, init=init, cnn_lipschitz=cap, memory=memory)
 
     def loss_fn(mdl, batch):
         yb, xb, mb = batch
@@ -189,9 +274,11 @@ def test_spectral_normalization_caps_cnn_lipschitz():
     assert lipschitz_bound(free) > lipschitz_bound(model)
 
 
-def test_lipschitz_target_is_enforced(small):
+@pytest.mark.parametrize("memory", [0, 2])
+def test_lipschitz_target_is_enforced(small, memory):
     op, x, m, y = small
-    model = _randomize(UnrolledCT(op, n_layers=3, channels=4, lipschitz_target=2.0), 1.0)
+    model = UnrolledCT(op, n_layers=3, channels=4, lipschitz_target=2.0, memory=memory)
+    model = _randomize(model, 1.0)
     model = model.double()
     model.train()
     for _ in range(5):
@@ -220,3 +307,16 @@ def test_certificate_of_linear_network_is_tight(small):
     bound = lipschitz_bound(model)
     assert exact <= bound <= 1.05 * exact
     assert np.isfinite(bound)
+
+
+@pytest.mark.parametrize("memory", [0, 2])
+def test_certificate_bounds_jacobian_of_linear_network(small, memory):
+    """negative_slope=1 makes every CNN linear: the network is affine in y and its
+    Jacobian norm is the exact Lipschitz constant, which the certificate must bound."""
+    op, _, _, y = small
+    model = UnrolledCT(op, n_layers=3, channels=3, negative_slope=1.0, memory=memory)
+    model = _randomize(model, 0.15, seed=2).double().eval()
+    jac = torch.autograd.functional.jacobian(lambda t: model(t[None])[0], y[0])
+    exact = float(torch.linalg.matrix_norm(jac.reshape(16 * 16, -1), ord=2))
+    bound = lipschitz_bound(model)
+    assert 0 < exact <= bound

@@ -99,8 +99,29 @@ def init_norm(radon: Radon, init: str, filter: str, a: float, n_a: float, margin
 def propagate_bound(lx: float, s: float, n_a: float, a: float, lip_cnn: float) -> float:
     """Bound after one layer ``P(x - s g + CNN([x, g]))``, ``g = A^T(A x - y/a)``.
 
-    ``lx``: bound on ``x`` (per unit change of the sinogram); ``n_a``: bound on the
-    scaled projector's norm; ``a``: the scaling; ``lip_cnn``: the CNN's constant.
+    ``lx``: bound on the state (per unit change of the sinogram); ``n_a``: bound on
+    the scaled projector's norm; ``a``: the scaling; ``lip_cnn``: the CNN's constant.
+
+    The same recursion holds with memory channels, for the joint state
+    ``z = (x, h)`` (``[u, h'] = CNN([x, g, h])``, ``x' = P(x - s g + u)``). Write ``d``
+    for the difference between the values at two sinograms ``y1, y2`` and suppose
+    ``||dz|| <= L ||dy||`` (take ``||dy|| = 1``). Then
+
+    * ``||dx|| <= ||dz|| <= L``;
+    * ``dg = A^T A dx - A^T dy / a``, so ``||dg|| <= n^2 L + n / a =: L_g``;
+    * ``d(x - s g) = (I - s A^T A) dx + s A^T dy / a`` has norm
+      ``l <= max(1, |1 - s n^2|) L + s n / a =: L_lin``;
+    * the CNN input ``[x, g, h]`` moves by ``sqrt(||dz||^2 + ||dg||^2) <= sqrt(L^2 + L_g^2)``,
+      so its output moves by ``sqrt(||du||^2 + ||dh'||^2) <= lip_cnn sqrt(L^2 + L_g^2) =: r``
+      (the CNN's constant is for the concatenated input and output);
+    * ``P`` is 1-Lipschitz, so ``||dx'|| <= l + ||du||``, and with
+      ``alpha = ||du||``, ``beta = ||dh'||``, ``alpha^2 + beta^2 <= r^2``:
+      ``||dz'||^2 <= (l + alpha)^2 + beta^2 = l^2 + 2 l alpha + alpha^2 + beta^2
+      <= (l + r)^2``.
+
+    Hence ``||dz'|| <= L_lin + r``: the formula below, for ``x`` alone (no memory)
+    and for ``(x, h)`` alike. ``h_0 = 0`` does not depend on ``y``, so the start is the
+    same, and the output ``x_K`` satisfies ``||dx_K|| <= ||dz_K||``.
     """
     lg = n_a**2 * lx + n_a / a
     lin = max(1.0, abs(1.0 - s * n_a**2)) * lx + s * n_a / a
@@ -112,8 +133,10 @@ def cnn_cap_for_target(
 ) -> float:
     """Largest per-layer CNN Lipschitz cap ``c`` whose certificate is ``<= target``.
 
-    Uses the worst step ``s = max_step`` in every layer (steps lie in (0, 2)), so the
-    cap holds whatever steps training picks. Bisection on ``c`` (the bound grows with it).
+    Uses the worst step in every layer (the bound is convex in ``s``, so the worst of
+    ``0`` and ``max_step``; steps lie in (0, 2)), so the cap holds whatever steps
+    training picks. Bisection on ``c`` (the bound grows with it). Valid with memory
+    channels too (:func:`propagate_bound` bounds the joint state).
     """
 
     def bound(c: float) -> float:

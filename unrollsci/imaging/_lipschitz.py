@@ -42,6 +42,13 @@ def lipschitz_bound(
       each ``||W_i||`` an FFT upper bound (:func:`conv_operator_norm`);
     * the support projection ``P_M`` is 1-Lipschitz, for any mask.
 
+    With memory channels (``UnrolledCT(memory=m)``, ``[u, h'] = CNN([x, g, h])``) the
+    CNN's constant is that of the map on the concatenated channels (the convolution
+    norms include the memory channels), and the per-layer ``bound`` is a bound on
+    the joint state ``(x_k, h_k)``: the same recursion holds for it (derivation in
+    :func:`unrollsci.imaging._certify.propagate_bound`), and the output ``x_K`` is
+    part of that state.
+
     The two power-iteration norms (of the projector and of the FBP map) converge
     from below; ``margin`` inflates them (default 1%) to stay on the safe side.
 
@@ -71,7 +78,7 @@ def lipschitz_bound(
             for conv in block.convs:
                 lip_cnn *= conv_operator_norm(conv.weight(), size)
             lx = propagate_bound(lx, s, n_a, a, lip_cnn)
-            layers.append({"step": s, "cnn": lip_cnn, "bound": lx})
+            layers.append({"step": s, "cnn": lip_cnn, "bound": lx})  # bound on (x, h)
     model.train(was)
     cert = LipschitzCertificate(bound=lx, init=l_init, radon_norm=a * n_a, layers=layers)
     return cert if details else cert.bound

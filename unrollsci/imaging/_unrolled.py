@@ -70,13 +70,20 @@ class _Conv(nn.Module):
 
 
 class _Block(nn.Module):
-    """Small CNN ``[x, grad] -> update``: convs with LeakyReLU between them."""
+    """Small CNN ``[x, grad, h_1..h_m] -> [update, h'_1..h'_m]``: convs with LeakyReLU between."""
 
     def __init__(
-        self, channels: int, depth: int, k: int, size: int, cap: float | None, slope: float
+        self,
+        channels: int,
+        depth: int,
+        k: int,
+        size: int,
+        cap: float | None,
+        slope: float,
+        memory: int = 0,
     ) -> None:
         super().__init__()
-        chans = [2] + [channels] * (depth - 1) + [1]
+        chans = [2 + memory] + [channels] * (depth - 1) + [1 + memory]
         per = None if cap is None else cap ** (1.0 / depth)
         self.convs = nn.ModuleList(
             _Conv(chans[i], chans[i + 1], k, size, per) for i in range(depth)
@@ -102,6 +109,11 @@ class UnrolledCT(nn.Module):
         g_k     = A^T (A x_k - y / a)
         x_{k+1} = P_M( x_k - s_k g_k + CNN_k([x_k, g_k]) )
 
+    With ``memory = m > 0`` each CNN also reads and writes ``m`` memory channels
+    (as in the learned gradient scheme of Adler & Oktem, 2017), ``h_0 = 0``:
+
+        [u_k, h_{k+1}] = CNN_k([x_k, g_k, h_k]),    x_{k+1} = P_M( x_k - s_k g_k + u_k )
+
     where ``s_k = 2 sigmoid(r_k)`` lies in (0, 2) (so ``I - s_k A^T A`` is
     non-expansive) and ``P_M`` sets every pixel outside the support mask ``M`` to
     exactly zero (:func:`unrollsci.prox.project_support`). The start ``x_0`` is
@@ -126,6 +138,7 @@ class UnrolledCT(nn.Module):
             that :func:`~unrollsci.imaging.lipschitz_bound` stays below this target
             for any step sizes (the certificate is enforced by construction).
         negative_slope: LeakyReLU slope (in [0, 1], keeps it 1-Lipschitz).
+        memory: number of memory channels carried from layer to layer (0: none).
 
     Shapes:
         ``forward(y)``: ``(batch, n_angles, n_det)`` -> ``(batch, N, N)``; with a
@@ -153,6 +166,7 @@ class UnrolledCT(nn.Module):
         cnn_lipschitz: float | None = None,
         negative_slope: float = 0.2,
         lipschitz_target: float | None = None,
+        memory: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(radon, Radon):
@@ -164,6 +178,8 @@ class UnrolledCT(nn.Module):
                 "Expected n_layers >= 1, channels >= 1, depth >= 2 and an odd kernel_size (got "
                 f"{n_layers}, {channels}, {depth}, {kernel_size})."
             )
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise ValueError(f"Expected memory to be an integer >= 0 (got {memory!r}).")
         if init not in _INITS:
             raise ValueError(f"Expected init in {_INITS} (got {init!r}).")
         if cnn_lipschitz is not None and not cnn_lipschitz > 0:
@@ -194,13 +210,15 @@ class UnrolledCT(nn.Module):
             cnn_lipschitz=None if lipschitz_target is not None else cnn_lipschitz,
             negative_slope=negative_slope,
             lipschitz_target=lipschitz_target,
+            memory=memory,
         )
+        self.memory = memory
         self.cnn_lipschitz = cnn_lipschitz
         self.num_layers = self.active_layers = int(n_layers)
         self.tied, self.init, self.filter = bool(tied), init, filter
         n_blocks = 1 if tied else n_layers
         self.blocks = nn.ModuleList(
-            _Block(channels, depth, kernel_size, n, cnn_lipschitz, negative_slope)
+            _Block(channels, depth, kernel_size, n, cnn_lipschitz, negative_slope, memory)
             for _ in range(n_blocks)
         )
         # s = 2 sigmoid(r) in (0, 2); r = 0 gives s = 1 (the 1/L step of the scaled problem).
@@ -277,9 +295,16 @@ class UnrolledCT(nn.Module):
         a = self.radon_norm.to(sino.dtype)
         ys = sino / a
         x = project_support(self.initial(sino), m)
+        h = None
+        if self.memory:
+            h = x.new_zeros(x.shape[0], self.memory, *x.shape[1:])
         for k in range(self.active_layers):
             block, s = self.layer(k)
             g = self.radon._rmv(self.radon._mv(x) / a - ys) / a
-            update = block(torch.stack([x, g], 1))[:, 0]
+            if h is None:
+                update = block(torch.stack([x, g], 1))[:, 0]
+            else:
+                out = block(torch.cat([x[:, None], g[:, None], h], 1))
+                update, h = out[:, 0], out[:, 1:]
             x = project_support(x - s.to(x.dtype) * g + update, m)
         return x.unsqueeze(1) if channel else x
