@@ -22,11 +22,14 @@ import torch
 from .._bench import Timer, markdown_table, write_results
 from ._baselines import BASELINES, classical_iterates
 from ._controller import StepController
-from ._data import inpainting_problem, load_minnesota, random_graph, sensor_graph
+from ._data import inpainting_problem, load_minnesota, random_graph, road_graph, sensor_graph
 from ._model import MODES, UnrolledGraphGD, graph_loss
 from ._problem import GraphInverseProblem
 
-__all__ = ["main", "train_models", "training_problems"]
+__all__ = ["main", "train_models", "training_problems", "TRAIN_KINDS"]
+
+#: Graph kinds of the training family, cycled through (see :func:`training_problems`).
+TRAIN_KINDS = ("sensor", "road", "geometric", "grid", "sensor", "road", "sbm", "ba")
 
 
 def _nx_adj(G: Any):  # type: ignore[no-untyped-def]
@@ -45,11 +48,12 @@ def training_problems(
     observed: float = 0.5,
     noise: tuple[float, float] = (0.05, 0.2),
     lam: float = 1.0,
+    kinds: tuple[str, ...] = TRAIN_KINDS,
 ) -> list[GraphInverseProblem]:
-    """Inpainting problems on a mix of random graphs (sensor kNN with k in 3..6,
-    random geometric, grid, SBM, Barabasi-Albert), one graph per problem batch."""
+    """Inpainting problems on a mix of random graphs, one graph per problem batch, cycling
+    through ``kinds``: ``"sensor"`` (kNN, k in 3..6), ``"road"`` (planar road-like,
+    :func:`road_graph`) or a :func:`random_graph` kind (geometric, grid, sbm, ba)."""
     rng = np.random.default_rng(seed)
-    kinds = ["sensor", "sensor", "geometric", "grid", "sensor", "sbm", "sensor", "ba"]
     out = []
     for i in range(num_graphs):
         kind = kinds[i % len(kinds)]
@@ -57,6 +61,8 @@ def training_problems(
         gseed = int(rng.integers(2**31))
         if kind == "sensor":
             adj, _ = sensor_graph(n, k=int(rng.integers(3, 7)), seed=gseed)
+        elif kind == "road":
+            adj, _ = road_graph(n, extra=float(rng.uniform(0.1, 0.4)), seed=gseed)
         else:
             adj = _nx_adj(random_graph(kind, n, seed=gseed))
         p = inpainting_problem(

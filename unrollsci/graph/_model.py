@@ -333,6 +333,12 @@ class UnrolledGraphGD(nn.Module):
         logdeg = torch.log1p(p.degree)[None]
         g0n = torch.sqrt(p.segment_sum(g * g))
         bi = p.block_index
+        key = f"mean-adjacency-{dtype}"
+        if key not in p._cache:  # built once per problem, reused by every controller call
+            p._cache[key] = self.controller.mean_adjacency(
+                p.edge_index, p.edge_weight.to(dtype), p.num_nodes
+            )
+        adj = p._cache[key]
         res = GraphGDResult(x=x, iterates=[x])
         self._violation = x.new_zeros(())
         w = self.controller.window
@@ -344,7 +350,7 @@ class UnrolledGraphGD(nn.Module):
             if need_ctrl:
                 node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
                 out = self.controller(
-                    node, glob, p.edge_index, p.edge_weight.to(dtype), bi, p.num_blocks
+                    node, glob, p.edge_index, p.edge_weight.to(dtype), bi, p.num_blocks, adj=adj
                 )
             if self.mode == "scalar":
                 s = (2.0 / lip) * self._squash(out["scalar"])
