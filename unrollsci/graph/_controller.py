@@ -171,10 +171,6 @@ class StepController(MessagePassing):
             "window": self.head_window(gl),
         }
 
-    def message(self, x_j: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        # the unfused path (edge_index + per-edge norm), kept for PyG's generic tooling
-        return norm.view(-1, 1) * x_j
-
     def message_and_aggregate(self, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n, hidden) -> (n, batch * hidden) for one sparse-dense product
         b, n, c = x.shape
