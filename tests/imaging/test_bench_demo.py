@@ -28,6 +28,34 @@ def test_bench_ct_quick(tmp_path):
         assert c["max_abs_outside_support"] == 0.0
         assert c["lipschitz_bound"] >= c["lipschitz_empirical"]
     assert certs["unrolled_lip10"]["lipschitz_bound"] <= 10.0
+    assert data["config"]["lr_schedule"] == "cosine" and data["config"]["memory"] == 0
+    for name in certs:
+        r = data["results"][name]
+        assert r["train_steps"] == 25 * r["epochs"] > 0 and 0 <= r["best_epoch"] < r["epochs"]
+        assert r["last_lr_factor"] == pytest.approx(0.02)  # the budget ran out: at the floor
+
+
+def test_cosine_factor():
+    from unrollsci.imaging._bench import cosine_factor
+
+    assert cosine_factor(0.0, 100.0, 0.02) == 1.0
+    assert cosine_factor(50.0, 100.0, 0.02) == pytest.approx(0.5)
+    assert cosine_factor(25.0, 100.0, 0.02) == pytest.approx(0.5 * (1 + 2**-0.5))
+    assert cosine_factor(99.0, 100.0, 0.02) == 0.02
+    assert cosine_factor(500.0, 100.0, 0.0) == 0.0
+
+
+def test_bench_ct_rejects_bad_options():
+    from unrollsci.imaging._bench import main
+
+    for bad in (
+        ["--lr-floor", "2"],
+        ["--memory", "-1"],
+        ["--lr-schedule", "step"],
+        ["--train-steps", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            main(bad)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 import warnings
@@ -27,6 +28,13 @@ class _BudgetSpent(Exception):
 
 
 SEEDS = {"val": 1_000_001, "test": 2_000_003, "train": 7}
+MEMORY = 0  # default --memory
+
+
+def cosine_factor(elapsed: float, total: float, floor: float) -> float:
+    """Cosine decay over a time budget: ``max(floor, (1 + cos(pi min(1, elapsed/total))) / 2)``."""
+    t = min(1.0, max(0.0, elapsed / total))
+    return max(floor, 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def make_data(
@@ -82,10 +90,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--n-val", type=int, default=32)
     p.add_argument("--train-seconds", type=float, default=1200.0, help="per network")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        help="if > 0, also stop after this many steps (whole epochs of 25) and run the cosine "
+        "schedule over steps instead of time: load-independent comparisons",
+    )
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="cosine",
+        help="cosine: lr * max(floor, (1 + cos(pi t / T)) / 2), t the network's training "
+        "time so far, T = --train-seconds",
+    )
+    p.add_argument("--lr-floor", type=float, default=0.02, help="cosine schedule's last factor")
+    p.add_argument("--memory", type=int, default=MEMORY, help="memory channels of UnrolledCT")
     p.add_argument("--tv-iters", type=int, default=300)
     p.add_argument("--tv-lams", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0, 8.0])
     p.add_argument(
@@ -96,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if not 0.0 <= args.lr_floor <= 1.0:
+        p.error(f"--lr-floor must lie in [0, 1] (got {args.lr_floor})")
+    if args.train_steps < 0:
+        p.error(f"--train-steps must be >= 0 (got {args.train_steps})")
+    if args.memory < 0:
+        p.error(f"--memory must be >= 0 (got {args.memory})")
     if args.quick:
         args.n_test, args.n_val, args.train_seconds = 8, 8, 10.0
         args.tv_iters, args.tv_lams, args.layers = 60, [3.0], 3
@@ -154,8 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             channels=args.channels,
             cnn_lipschitz=cap,
             lipschitz_target=target,
+            memory=args.memory,
         )
-        best: dict[str, Any] = {"val": float("inf"), "state": None, "epochs": 0, "load": []}
+        best: dict[str, Any] = {
+            "val": float("inf"),
+            "state": None,
+            "epochs": 0,
+            "best_epoch": -1,
+            "load": [],
+            "last_lr_factor": 1.0,
+        }
         load_start = list(os.getloadavg())
         cpu_start = time.process_time()
         t_start = time.perf_counter()
@@ -167,8 +205,22 @@ def main(argv: list[str] | None = None) -> int:
             _b["load"].append(os.getloadavg()[0])
             if val_loss is not None and val_loss < _b["val"]:
                 _b["val"], _b["state"] = val_loss, copy.deepcopy(_m.state_dict())
+                _b["best_epoch"] = epoch
             if time.perf_counter() - _t > args.train_seconds:
                 raise _BudgetSpent
+            if 0 < args.train_steps <= (epoch + 1) * steps_per_epoch:
+                raise _BudgetSpent
+
+        lr_factor = None
+        if args.lr_schedule == "cosine":
+
+            def lr_factor(step: int, *, _b=best, _t=t_start) -> float:
+                if args.train_steps > 0:
+                    f = cosine_factor(step, args.train_steps, args.lr_floor)
+                else:
+                    f = cosine_factor(time.perf_counter() - _t, args.train_seconds, args.lr_floor)
+                _b["last_lr_factor"] = f
+                return f
 
         try:
             fit(
@@ -179,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 epochs=100_000,
                 steps_per_epoch=steps_per_epoch,
                 lr=args.lr,
+                lr_factor=lr_factor,
                 seed=SEEDS["train"],
                 progress=False,
                 callback=budget,
@@ -212,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": train_seconds,
             "epochs": best["epochs"],
             "train_steps": best["epochs"] * steps_per_epoch,
+            "best_epoch": best["best_epoch"],
             "best_val_mse": best["val"],
+            "memory": model.memory,
+            "lr_schedule": args.lr_schedule,
+            "last_lr_factor": best["last_lr_factor"],
             "train_cpu_seconds": train_cpu,
             "train_cpu_share": train_cpu / train_seconds,
             "train_load_1min_start": load_start[0],
@@ -264,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("ct", {"config": config, "results": results, "summary": summary}, args.out)
     print(markdown_table(rows))
     print(f"\n{main_name} - TV = {gain:+.2f} dB; TV / {main_name} time = {speed:.1f}x")
+    for k in certs:
+        r = results[k]
+        print(
+            f"{k}: {r['train_steps']} training steps ({r['epochs']} epochs, best epoch "
+            f"{r['best_epoch']}) in {r['train_seconds']:.0f} s, lr schedule "
+            f"{args.lr_schedule}, memory {r['memory']}"
+        )
     for k, c in certs.items():
         print(
             f"{k}: Lipschitz bound {c['lipschitz_bound']:.3g} >= adversarial ratio "
