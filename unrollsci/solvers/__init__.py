@@ -1,5 +1,6 @@
 """Classical iterative solvers as plain functions returning a :class:`Solution`."""
 
+from ._bg_amp import bg_amp
 from ._cg import cg, check_symmetric
 from ._common import as_operator
 from ._gd import gradient_descent
@@ -8,6 +9,8 @@ from ._solution import Solution
 from ._steps import (
     admm_step,
     amp_step,
+    bg_amp_step,
+    bg_denoise,
     fista_momentum,
     ista_step,
     lasso_kkt_residual,
@@ -21,6 +24,9 @@ __all__ = [
     "amp",
     "amp_step",
     "as_operator",
+    "bg_amp",
+    "bg_amp_step",
+    "bg_denoise",
     "cg",
     "check_symmetric",
     "fista",

@@ -3,10 +3,14 @@ unrolled networks (so the two cannot drift apart).
 
 Lasso convention: ``min_x 0.5 ||A x - y||^2 + lam ||x||_1``. Every step takes
 batched tensors ``x: (batch, n)``, ``y: (batch, m)`` and broadcastable
-step/threshold tensors, and is differentiable in all of them.
+step/threshold tensors, and is differentiable in all of them. ``bg_amp_step`` is
+the exception to the lasso convention: one iteration of Bayes (MMSE) AMP for a
+Bernoulli-Gaussian prior.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -18,6 +22,8 @@ __all__ = [
     "fista_momentum",
     "admm_step",
     "amp_step",
+    "bg_amp_step",
+    "bg_denoise",
     "lasso_objective",
     "lasso_kkt_residual",
 ]
@@ -78,6 +84,79 @@ def amp_step(
     pseudo = x + op.adjoint(z)
     x_next = soft_threshold(pseudo, threshold)
     b = (pseudo.abs() > threshold).sum(dim=-1, keepdim=True).to(x.dtype) / m
+    return x_next, z, b
+
+
+def bg_denoise(
+    r: torch.Tensor,
+    tau: torch.Tensor | float,
+    rho: torch.Tensor | float | None,
+    sigma2: torch.Tensor | float,
+    *,
+    rho_logit: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MMSE denoiser of a Bernoulli-Gaussian variable and its derivative.
+
+    Model: ``x ~ (1 - rho) delta_0 + rho N(0, sigma2)`` and ``r = x + N(0, tau)``.
+    Returns ``(E[x | r], d E[x | r] / d r)``, elementwise. With ``c = sigma2 / (sigma2 + tau)``
+    and ``q = c r^2 / tau``, the posterior probability that ``x != 0`` is
+    ``pi = sigmoid(logit(rho) - log(1 + sigma2 / tau) / 2 + q / 2)`` (the log posterior
+    odds of the two Gaussian marginals ``N(0, sigma2 + tau)`` and ``N(0, tau)``), the
+    posterior mean is ``pi c r`` and its derivative ``c pi (1 + (1 - pi) q)`` (the
+    posterior variance over ``tau``). Computed in the log-odds domain: finite for any
+    finite ``r``, for ``tau`` down to 0 (floored at ``tiny ** (1/4)`` of the dtype:
+    ``3e-10`` in float32, ``1e-77`` in float64) and
+    ``rho`` in ``(0, 1)``, in float32 and float64, and differentiable in every argument.
+    ``rho_logit = log(rho / (1 - rho))`` may be given instead of ``rho`` (pass
+    ``rho=None``): a learned prior stays finite and differentiable for any logit.
+    """
+    dtype = r.dtype
+    tiny = torch.finfo(dtype).tiny ** 0.25  # 1/tau^2 (in the gradient) stays finite
+    big = math.sqrt(torch.finfo(dtype).max)
+    tau = torch.as_tensor(tau, dtype=dtype, device=r.device).clamp_min(tiny)
+    if (rho is None) == (rho_logit is None):
+        raise ValueError("Give exactly one of 'rho' and 'rho_logit'.")
+    if rho_logit is None:
+        rho_logit = torch.logit(torch.as_tensor(rho, dtype=dtype, device=r.device))
+    rho_logit = torch.as_tensor(rho_logit, dtype=dtype, device=r.device)
+    sigma2 = torch.as_tensor(sigma2, dtype=dtype, device=r.device)
+    c = sigma2 / (sigma2 + tau)
+    # q is clamped so that (1 - pi) * q is 0 * finite (not 0 * inf) when r^2 / tau overflows
+    q = (c * r.square() / tau).clamp(max=big)
+    log_odds = rho_logit - 0.5 * torch.log1p(sigma2 / tau) + 0.5 * q
+    pi = torch.sigmoid(log_odds)
+    pi_off = torch.sigmoid(-log_odds)  # 1 - pi without cancellation
+    return pi * c * r, c * pi * (1.0 + pi_off * q)
+
+
+def bg_amp_step(
+    op: LinearOperator,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    onsager: torch.Tensor,
+    rho: torch.Tensor | float | None,
+    sigma2: torch.Tensor | float,
+    tau_scale: torch.Tensor | float = 1.0,
+    *,
+    rho_logit: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One iteration of Bayes (MMSE) AMP for a Bernoulli-Gaussian prior.
+
+    ``z = y - A x + onsager * z_prev``, ``tau = tau_scale * ||z||^2 / m`` (the effective
+    noise variance of the pseudo-data, per batch entry), ``r = x + A^T z`` and
+    ``x_next = E[x | r]`` under ``(1 - rho) delta_0 + rho N(0, sigma2)`` with noise
+    variance ``tau`` (:func:`bg_denoise`). Returns ``(x_next, z, onsager_next)`` with
+    ``onsager_next = (n / m) mean_i d x_next_i / d r_i``. The classical algorithm uses
+    ``tau_scale = 1``; learned AMP (LAMP) learns it per layer. ``rho_logit`` as in
+    :func:`bg_denoise`.
+    """
+    m = y.shape[-1]
+    z = y - op(x) + onsager * z
+    tau = tau_scale * z.square().sum(dim=-1, keepdim=True) / m
+    pseudo = x + op.adjoint(z)
+    x_next, deriv = bg_denoise(pseudo, tau, rho, sigma2, rho_logit=rho_logit)
+    b = deriv.sum(dim=-1, keepdim=True) / m
     return x_next, z, b
 
 
