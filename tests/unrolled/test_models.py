@@ -44,6 +44,8 @@ def _classical(name, op, y, k):
             return solvers.fista(op, y, LAM, max_iter=k, tol=0, restart=False).x
         if name == "admm":
             return solvers.admm(op, y, LAM, max_iter=k, tol=0, method="cholesky").x
+        if name == "bg_amp":
+            return solvers.bg_amp(op, y, 0.1, sigma_x=1.0, max_iter=k, tol=0).x
         return solvers.amp(op, y, LAM, max_iter=k, tol=0, decay=0.8).x
 
 
@@ -58,6 +60,8 @@ CASES = [
     (ADMMNet, {}, "admm"),
     (LAMP, {}, "amp"),
     (LAMP, {"learn_matrix": False}, "amp"),
+    (LAMP, {"denoiser": "bg"}, "bg_amp"),
+    (LAMP, {"denoiser": "bg", "learn_matrix": False}, "bg_amp"),
 ]
 IDS = [
     f"{c.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for c, o, _ in CASES
@@ -75,6 +79,59 @@ def test_untrained_equals_classical(device, cls, opts, ref):
         expected = _classical(ref, op, y, k)
         torch.testing.assert_close(xs[k - 1], expected, atol=1e-6, rtol=0)
     assert torch.equal(out, xs[-1])
+
+
+def test_lamp_bg_other_prior_equals_classical(device):
+    """The prior options set the classical BG-AMP the untrained model equals."""
+    a, _, y = _problem(device)
+    op = MatrixOperator(a)
+    model = LAMP(op, K, denoiser="bg", rho=0.25, sigma_x=0.7, dtype=torch.float64).to(device)
+    with pytest.warns(ConvergenceWarning):
+        ref = solvers.bg_amp(op, y, 0.25, sigma_x=0.7, max_iter=K, tol=0).x
+    torch.testing.assert_close(model(y), ref, atol=1e-6, rtol=0)
+    assert "denoiser='bg', rho=0.25, sigma_x=0.7" in repr(model)
+    # classical() keeps the prior and resets the learned constants
+    with torch.no_grad():
+        model.rho_logit.add_(1.0)
+        model.scale.add_(1.0)
+    torch.testing.assert_close(model.classical().to(device)(y), ref, atol=1e-6, rtol=0)
+
+
+def test_lamp_bg_copy_layer(device):
+    a, _, _ = _problem(device, dtype=torch.float32)
+    model = LAMP(MatrixOperator(a), 3, denoiser="bg").to(device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.copy_layer(0, 2)
+    for name in ("rho_logit", "sigma", "scale"):
+        p = getattr(model, name)
+        assert p[2] == p[0], name
+    assert torch.equal(model.W[2], model.W[0])
+
+
+def test_lamp_denoiser_options_are_checked():
+    a, _, _ = _problem("cpu", dtype=torch.float32)
+    op = MatrixOperator(a)
+    with pytest.raises(ValueError, match="Expected denoiser 'soft' or 'bg'"):
+        LAMP(op, 2, denoiser="hard")
+    with pytest.raises(ValueError, match="options of denoiser='bg' only"):
+        LAMP(op, 2, rho=0.1)
+    with pytest.raises(ValueError, match="Expected 0 < rho < 1"):
+        LAMP(op, 2, denoiser="bg", rho=1.0)
+    with pytest.raises(ValueError, match="Expected 'sigma_x' > 0"):
+        LAMP(op, 2, denoiser="bg", sigma_x=0.0)
+    with pytest.raises(ValueError, match="Expected scale_init > 0"):
+        LAMP(op, 2, denoiser="bg", scale_init=0.0)
+
+
+def test_lamp_soft_is_unchanged_by_the_bg_option(device):
+    """The default LAMP has the same parameters (names and values) as before."""
+    a, _, y = _problem(device, dtype=torch.float32)
+    model = LAMP(MatrixOperator(a), 3, scale_init=0.95).to(device)
+    names = sorted(n for n, _ in model.named_parameters())
+    assert names == ["W.0", "W.1", "W.2", "scale"]
+    assert model.get_config()["denoiser"] == "soft"
 
 
 def test_alista_analytic_matches_reference_loop(device):
@@ -128,8 +185,9 @@ ALL = [
     (UnrolledFISTA, {}),
     (ADMMNet, {}),
     (LAMP, {"scale_init": 0.95}),
+    (LAMP, {"denoiser": "bg", "rho": 0.2, "sigma_x": 0.8}),
 ]
-ALL_IDS = [c.__name__ for c, _ in ALL]
+ALL_IDS = [c.__name__ + ("-BG" if o.get("denoiser") == "bg" else "") for c, o in ALL]
 
 
 @pytest.mark.parametrize(("cls", "opts"), ALL, ids=ALL_IDS)

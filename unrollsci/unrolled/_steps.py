@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..solvers import admm_step, amp_step, fista_momentum, ista_step
+from ..solvers import admm_step, amp_step, bg_amp_step, fista_momentum, ista_step
+from ..solvers._bg_amp import check_prior
 from ._base import UnrolledLasso, _PairOperator
 
 __all__ = ["UnrolledFISTA", "ADMMNet", "LAMP"]
@@ -130,7 +132,8 @@ class ADMMNet(UnrolledLasso):
 class LAMP(UnrolledLasso):
     """Learned AMP (Borgerding, Schniter & Rangan 2017) that keeps the Onsager term.
 
-    Layer ``k`` is :func:`unrollsci.solvers.amp_step` with ``A^T`` replaced by a
+    ``denoiser="soft"`` (LAMP with soft thresholding, the default): layer ``k`` is
+    :func:`unrollsci.solvers.amp_step` with ``A^T`` replaced by a
     learned ``B_k = W_k^T`` (``W_k: (m, n)``, initialised to ``A``) and threshold
     ``theta_k = s_k * max(lam / (1 - b_k), d^k ||A^T y||_inf)``: the calibrated
     threshold of :func:`unrollsci.solvers.amp` (with its continuation decay ``d``)
@@ -138,14 +141,30 @@ class LAMP(UnrolledLasso):
     ``b_k = ||x_k||_0 / m`` is recomputed at every layer, as in AMP. An untrained
     model equals ``amp(A, y, lam, decay=d, damping=0, max_iter=K)``.
 
+    ``denoiser="bg"`` (LAMP with the Bernoulli-Gaussian MMSE shrinkage, "LAMP-bg" of
+    the paper): layer ``k`` is :func:`unrollsci.solvers.bg_amp_step` with ``B_k``
+    as above, the prior ``(1 - rho_k) delta_0 + rho_k N(0, sigma_k^2)`` and the noise
+    variance ``s_k ||z||^2 / m``; learned per layer: ``B_k``, ``rho_k`` (through its
+    logit), ``sigma_k > 0`` and ``s_k > 0``. The Onsager coefficient is the exact mean
+    derivative of the shrinkage. An untrained model equals
+    ``bg_amp(A, y, rho, sigma_x=sigma_x, damping=0, max_iter=K)``; ``lam`` and
+    ``decay`` are not used.
+
     Args:
         operator, num_layers, lam, dtype: as :class:`LISTA`.
-        decay: continuation decay of the first thresholds (as :func:`unrollsci.solvers.amp`).
+        decay: continuation decay of the first thresholds (as :func:`unrollsci.solvers.amp`;
+            soft denoiser only).
         learn_matrix: learn ``B_k`` per layer (LAMP "untied"); else ``B = A^T`` and
-            only the threshold scales are learned.
-        scale_init: initial ``s_k``. With 1 (classical AMP) the first threshold equals
-            ``||A^T y||_inf``, so layer 1 outputs exactly 0 and its parameters get no
-            gradient; a value slightly below 1 (e.g. 0.95) lets training use layer 1.
+            only the scalar constants are learned.
+        scale_init: initial ``s_k`` (scale of the threshold, or of the noise variance
+            with ``denoiser="bg"``). With the soft denoiser and 1 (classical AMP) the
+            first threshold equals ``||A^T y||_inf``, so layer 1 outputs exactly 0 and
+            its parameters get no gradient; a value slightly below 1 (e.g. 0.95) lets
+            training use layer 1.
+        denoiser: ``"soft"`` or ``"bg"``.
+        rho, sigma_x: initial prior of ``denoiser="bg"`` (default 0.1 and 1.0): the
+            probability of a nonzero entry, in ``(0, 1)``, and the standard deviation
+            of the nonzero entries, ``> 0``. Only valid with ``denoiser="bg"``.
     """
 
     def __init__(
@@ -157,9 +176,17 @@ class LAMP(UnrolledLasso):
         decay: float = 0.8,
         learn_matrix: bool = True,
         scale_init: float = 1.0,
+        denoiser: str = "soft",
+        rho: float | None = None,
+        sigma_x: float | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        if denoiser not in ("soft", "bg"):
+            raise ValueError(f"Expected denoiser 'soft' or 'bg' (got {denoiser!r}).")
+        self.denoiser = denoiser
+        if denoiser == "soft" and (rho is not None or sigma_x is not None):
+            raise ValueError("'rho' and 'sigma_x' are options of denoiser='bg' only.")
         if not scale_init > 0:
             raise ValueError(f"Expected scale_init > 0 (got {scale_init!r}).")
         self.scale_init = float(scale_init)
@@ -171,18 +198,37 @@ class LAMP(UnrolledLasso):
             w = self._dense().to(self.param_dtype)
             self.W = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(num_layers)])
         self.scale = self._positive(self.scale_init, num_layers)
+        if denoiser == "bg":
+            self.rho_init, self.sigma_x_init = check_prior(
+                0.1 if rho is None else rho, 1.0 if sigma_x is None else sigma_x
+            )
+            logit = math.log(self.rho_init / (1.0 - self.rho_init))
+            self.rho_logit = nn.Parameter(
+                torch.full((num_layers,), logit, dtype=self.param_dtype, device=self._device)
+            )
+            self.sigma = self._positive(self.sigma_x_init, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {
+        opts: dict[str, Any] = {
             "decay": self.decay,
             "learn_matrix": self.learn_matrix,
             "scale_init": self.scale_init,
+            "denoiser": self.denoiser,
         }
+        if self.denoiser == "bg":
+            opts.update(rho=self.rho_init, sigma_x=self.sigma_x_init)
+        return opts
 
     def _classical_overrides(self) -> dict[str, Any]:
         return {"scale_init": 1.0}
 
+    def extra_repr(self) -> str:
+        extra = f", denoiser='bg', rho={self.rho_init}, sigma_x={self.sigma_x_init}"
+        return super().extra_repr() + (extra if self.denoiser == "bg" else "")
+
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        if self.denoiser == "bg":
+            return self._run_bg(y, num_layers)
         scale = self._pos(self.scale, y)
         x = y.new_zeros(y.shape[0], self.n)
         z = torch.zeros_like(y)
@@ -194,5 +240,19 @@ class LAMP(UnrolledLasso):
             theta_cont = theta_cont * self.decay
             op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
             x, z, b = amp_step(op, x, z, y, scale[k] * theta, b)
+            xs.append(x)
+        return xs
+
+    def _run_bg(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        scale = self._pos(self.scale, y)
+        sigma2 = self._pos(self.sigma, y).square()
+        logit = self.rho_logit.to(y.dtype)
+        x = y.new_zeros(y.shape[0], self.n)
+        z = torch.zeros_like(y)
+        b = y.new_zeros(y.shape[0], 1)
+        xs = []
+        for k in range(num_layers):
+            op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
+            x, z, b = bg_amp_step(op, x, z, y, b, None, sigma2[k], scale[k], rho_logit=logit[k])
             xs.append(x)
         return xs
