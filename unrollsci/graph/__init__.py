@@ -5,7 +5,14 @@ unrolled gradient descent whose steps a GNN chooses inside certified stability b
 """
 
 from ._controller import GLOBAL_FEATURES, NODE_FEATURES, StepController, certify_window
-from ._data import inpainting_problem, load_minnesota, random_graph, sensor_graph, smooth_signal
+from ._data import (
+    inpainting_problem,
+    load_minnesota,
+    random_graph,
+    road_graph,
+    sensor_graph,
+    smooth_signal,
+)
 from ._laplacian import HeatKernel, chebyshev_coefficients, laplacian_matrix, validate_adjacency
 from ._model import MODES, GraphGDResult, UnrolledGraphGD, graph_loss
 from ._problem import GraphInverseProblem
@@ -26,6 +33,7 @@ __all__ = [
     "laplacian_matrix",
     "load_minnesota",
     "random_graph",
+    "road_graph",
     "sensor_graph",
     "smooth_signal",
     "validate_adjacency",
