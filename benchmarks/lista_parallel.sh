@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the LISTA benchmark as five single-threaded processes in parallel (ALISTA;
-# LISTA-CPSS; LISTA + its unsupervised KKT twin; the other models; KKT with lam=0.1),
+# Run the LISTA benchmark as six single-threaded processes in parallel (ALISTA;
+# LISTA-CPSS; LISTA + its unsupervised KKT twin; the other models; LAMP-BG; KKT with lam=0.1),
 # then merge into
 # benchmarks/results/lista.json. Each process trains on ONE thread (OMP_NUM_THREADS=1):
 # the summed "train cpu s" column is the single-core training cost, independent of
@@ -19,6 +19,7 @@ run alista ALISTA
 run cpss LISTA-CPSS
 run lista LISTA
 run others LISTA-CP UnrolledFISTA ADMM-Net LAMP
+run lampbg LAMP-BG
 # the KKT-loss LISTA again with the benchmark's lam (0.1); the default lam_kkt = 0.003
 # run above is kept to show how a small lam blinds the KKT loss to sparsity
 OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --kkt-only --models LISTA --snr inf \

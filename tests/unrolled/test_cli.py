@@ -13,7 +13,7 @@ def test_bench_lista_quick(tmp_path, capsys):
     data = json.loads((tmp_path / "lista.json").read_text())
     k = data["config"]["K"]
     inf = data["by_snr"]["inf"]
-    for name in ("ISTA", "FISTA", "AMP", "LISTA", "ALISTA", "LAMP"):
+    for name in ("ISTA", "FISTA", "AMP", "BG-AMP", "LISTA", "ALISTA", "LAMP", "LAMP-BG"):
         assert len(inf["nmse_db"][name]) == k
     assert data["by_snr"]["40"]["oracle_db"] < -30
     assert (tmp_path / "lista.png").exists()
