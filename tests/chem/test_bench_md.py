@@ -1,0 +1,29 @@
+"""The NVE drift benchmark runs end to end on a few steps and reports every configuration."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from unrollsci.chem._bench_md import main
+
+
+def test_md_benchmark_smoke(tmp_path, capsys):
+    assert main(["--steps", "15", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "md.json").read_text())
+    assert len(res["runs"]) == 10 and {r["seed"] for r in res["runs"]} == {0, 1}
+    names = [(s["forces"], s["tol"], s["warm_start"]) for s in res["summary"]]
+    assert names == [
+        ("implicit", 1e-4, True),
+        ("envelope", 1e-4, True),
+        ("implicit", 1e-4, False),
+        ("envelope", 1e-4, False),
+        ("implicit", 1e-10, True),
+    ]
+    for r in res["runs"]:
+        assert len(r["energy_trace"]) >= 2 and all(math.isfinite(e) for e in r["energy_trace"])
+    # the converged run is its own reference
+    ref = [r for r in res["runs"] if r["tol"] == 1e-10]
+    assert all(r["excess_max_per_atom_eV"] == 0.0 for r in ref)
+    assert all(math.isfinite(v) for v in res["envelope_over_implicit"].values())
+    assert "ratios:" in capsys.readouterr().out
