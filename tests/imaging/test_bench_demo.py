@@ -28,7 +28,7 @@ def test_bench_ct_quick(tmp_path):
         assert c["max_abs_outside_support"] == 0.0
         assert c["lipschitz_bound"] >= c["lipschitz_empirical"]
     assert certs["unrolled_lip10"]["lipschitz_bound"] <= 10.0
-    assert data["config"]["lr_schedule"] == "cosine" and data["config"]["memory"] == 0
+    assert data["config"]["lr_schedule"] == "cosine" and data["config"]["memory"] == 5
     for name in certs:
         r = data["results"][name]
         assert r["train_steps"] == 25 * r["epochs"] > 0 and 0 <= r["best_epoch"] < r["epochs"]

@@ -28,7 +28,7 @@ class _BudgetSpent(Exception):
 
 
 SEEDS = {"val": 1_000_001, "test": 2_000_003, "train": 7}
-MEMORY = 0  # default --memory
+MEMORY = 5  # default --memory (700-step comparison: +0.25 dB over 0 at the same steps)
 
 
 def cosine_factor(elapsed: float, total: float, floor: float) -> float:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam (peak) learning rate")
     p.add_argument(
         "--lr-schedule",
         choices=("constant", "cosine"),
