@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ._common import prepare_lasso, unbatch
-from ._lasso import _scale, _x0
+from ._lasso import _amp_update, _scale, _x0
 from ._solution import Solution, finish
 from ._steps import bg_amp_step
 
@@ -69,17 +69,13 @@ def bg_amp(
     converged = False
     k = 0
     for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
-        x_new, z_new, b_new = bg_amp_step(op, x, z, y, b, rho_f, sigma_f**2)
-        if damping:
-            x_new = (1 - damping) * x_new + damping * x
-            z_new = (1 - damping) * z_new + damping * z
-            b_new = (1 - damping) * b_new + damping * b
-        b = b_new
-        denom = torch.maximum(x.detach().norm(dim=-1), scale)
-        r = ((x_new - x).detach().norm(dim=-1) / denom).max().item()
-        if r != r:  # NaN: diverged
-            raise ValueError("bg_amp diverged (NaN). Use damping > 0 for this A.")
-        x, z = x_new, z_new
+        x, z, b, r = _amp_update(
+            (x, z, b),
+            bg_amp_step(op, x, z, y, b, rho_f, sigma_f**2),
+            damping,
+            scale,
+            "bg_amp diverged (NaN). Use damping > 0 for this A.",
+        )
         residuals.append(r)
         if r <= tol:
             converged = True

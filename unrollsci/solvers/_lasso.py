@@ -46,6 +46,31 @@ def _x0(x0: torch.Tensor | None, y: torch.Tensor, n: int, unbatched: bool) -> to
     return x0
 
 
+def _amp_update(
+    old: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    new: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    damping: float,
+    scale: torch.Tensor,
+    diverged: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Damp an AMP iteration ``(x, z, b) -> new`` and measure its relative change.
+
+    Damping the Onsager coefficient too breaks the 2-cycles in which one entry toggles
+    across the threshold because ``||x||_0 / m`` jumps by ``1 / m``. Returns the new
+    ``(x, z, b)`` and ``max ||x_new - x|| / max(||x||, scale)``; raises ``ValueError``
+    with ``diverged`` on NaN.
+    """
+    if damping:
+        new = tuple((1 - damping) * a + damping * b for a, b in zip(new, old, strict=True))
+    x_new, z_new, b_new = new
+    x = old[0]
+    denom = torch.maximum(x.detach().norm(dim=-1), scale)
+    r = ((x_new - x).detach().norm(dim=-1) / denom).max().item()
+    if r != r:  # NaN: diverged
+        raise ValueError(diverged)
+    return x_new, z_new, b_new, r
+
+
 def ista(
     op: Any,
     y: torch.Tensor,
@@ -310,19 +335,13 @@ def amp(
         theta_cal = lam_t / torch.clamp(1.0 - b, min=1e-3)
         theta = torch.maximum(theta_cal, theta_cont)
         theta_cont = theta_cont * decay
-        x_new, z_new, b_new = amp_step(op, x, z, y, theta, b)
-        if damping:
-            x_new = (1 - damping) * x_new + damping * x
-            z_new = (1 - damping) * z_new + damping * z
-            # Damping the Onsager coefficient too breaks the 2-cycles in which one entry
-            # toggles across the threshold because ||x||_0 / m jumps by 1/m.
-            b_new = (1 - damping) * b_new + damping * b
-        b = b_new
-        denom = torch.maximum(x.detach().norm(dim=-1), scale)
-        r = ((x_new - x).detach().norm(dim=-1) / denom).max().item()
-        if r != r:  # NaN: diverged
-            raise ValueError("amp diverged (NaN). Use damping > 0 or fista/admm for this A.")
-        x, z = x_new, z_new
+        x, z, b, r = _amp_update(
+            (x, z, b),
+            amp_step(op, x, z, y, theta, b),
+            damping,
+            scale,
+            "amp diverged (NaN). Use damping > 0 or fista/admm for this A.",
+        )
         residuals.append(r)
         if r <= tol and bool((theta_cal >= theta_cont).all()):
             if bool((b >= 1).any()):
