@@ -41,3 +41,13 @@ def test_demo_section(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "LISTA vs ISTA" in out and "ALISTA" in out
     assert (tmp_path / "lista_demo.png").exists()
+
+
+def test_bench_lista_kkt_continuation_label(tmp_path):
+    args = ["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path)]
+    args += ["--kkt-only", "--snr", "inf", "--models", "LISTA"]
+    rc = cli.main([*args, "--lam-kkt", "0.05", "--lam-kkt-start", "0.4"])
+    assert rc == 0
+    curves = json.loads((tmp_path / "lista.json").read_text())["by_snr"]["inf"]["nmse_db"]
+    assert "LISTA (KKT loss, lam=0.4->0.05)" in curves
+    assert "LISTA" not in curves  # --kkt-only: no supervised run

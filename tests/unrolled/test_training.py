@@ -210,3 +210,18 @@ def test_copy_layer_and_stage_hook(device):
         stage_hook=lambda m, k: seen.append((k, m.active_layers)),
     )
     assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_kkt_stage_lam_continuation():
+    from unrollsci.unrolled._bench import kkt_stage_lam
+
+    # constant without a start value
+    assert [kkt_stage_lam(k, 4, 0.1, None) for k in (1, 2, 4)] == [0.1, 0.1, 0.1]
+    # geometric from lam_start at stage 1 to lam at the last stage
+    lams = [kkt_stage_lam(k, 5, 0.05, 0.8) for k in range(1, 6)]
+    assert lams[0] == pytest.approx(0.8) and lams[-1] == pytest.approx(0.05)
+    ratios = [lams[i + 1] / lams[i] for i in range(4)]
+    np.testing.assert_allclose(ratios, (0.05 / 0.8) ** 0.25, rtol=1e-12)
+    assert kkt_stage_lam(1, 1, 0.05, 0.8) == 0.05
+    with pytest.raises(ValueError, match="lam_start"):
+        kkt_stage_lam(1, 3, 0.05, -1.0)
