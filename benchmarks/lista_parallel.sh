@@ -21,8 +21,9 @@ run cpss LISTA-CPSS
 run lista LISTA --no-kkt
 run others LISTA-CP UnrolledFISTA ADMM-Net LAMP
 run lampbg LAMP-BG
-# the KKT-loss LISTA (noiseless, no ground truth) with the benchmark's lam (0.1) and with
-# lam_kkt = 0.2, the best of lam in {0.03, 0.05, 0.1, 0.15, 0.2} in 1-epoch-per-stage trials
+# the KKT-loss LISTA (noiseless, no ground truth) with the benchmark's lam (0.1, the default
+# lam_kkt) and with 0.2 (the best of lam in {0.03, 0.05, 0.1, 0.15, 0.2} in 1-epoch-per-stage
+# trials, but worse than 0.1 at the full budget)
 kkt() {  # name, lam
   OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --kkt-only --models LISTA --snr inf \
     --lam-kkt "$2" --out "$PARTS" --name "lista_$1" > "$PARTS/log_$1.txt" 2>&1 &
