@@ -79,13 +79,39 @@ class LISTA(UnrolledLasso):
         return xs
 
 
-def _ss_fraction(k: int, rate: float, max_fraction: float) -> float:
-    # Chen et al. 2018, sec. 3: the trusted-support share grows linearly with depth
-    # (p^k = min(p k, p_max); their sparse-coding setting uses p = 1.2 %, p_max = 13 %).
-    return min(rate * k, max_fraction)
+class _SupportSelection:
+    """Support-selection settings shared by :class:`LISTACP` and :class:`ALISTA`."""
+
+    support_selection: bool
+    ss_rate: float
+    ss_max: float
+
+    def _init_support_selection(self, enabled: bool, ss_rate: float, ss_max: float) -> None:
+        if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
+            raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
+        self.support_selection = bool(enabled)
+        self.ss_rate, self.ss_max = float(ss_rate), float(ss_max)
+
+    def _ss_options(self) -> dict[str, Any]:
+        return {
+            "support_selection": self.support_selection,
+            "ss_rate": self.ss_rate,
+            "ss_max": self.ss_max,
+        }
+
+    def _classical_overrides(self) -> dict[str, Any]:
+        return {"support_selection": False}
+
+    def _fraction(self, k: int) -> float:
+        """Trusted-support share at layer ``k`` (0-based); 0 without support selection.
+
+        Chen et al. 2018, sec. 3: the share grows linearly with depth (p^k = min(p k,
+        p_max); their sparse-coding setting uses p = 1.2 %, p_max = 13 %).
+        """
+        return min(self.ss_rate * (k + 1), self.ss_max) if self.support_selection else 0.0
 
 
-class LISTACP(UnrolledLasso):
+class LISTACP(_SupportSelection, UnrolledLasso):
     """LISTA with coupled weights, optionally with support selection (LISTA-CP / -CPSS).
 
     ``x_{k+1} = eta(x_k - W_k^T (A x_k - y), theta_k)`` (Chen et al. 2018): the
@@ -116,11 +142,8 @@ class LISTACP(UnrolledLasso):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype)
-        if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
-            raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
+        self._init_support_selection(support_selection, ss_rate, ss_max)
         self.tied = bool(tied)
-        self.support_selection = bool(support_selection)
-        self.ss_rate, self.ss_max = float(ss_rate), float(ss_max)
         t = 1.0 / self._lipschitz()
         w = (t * self._dense()).to(self.param_dtype)
         self.W = nn.ParameterList(
@@ -129,15 +152,7 @@ class LISTACP(UnrolledLasso):
         self.theta = self._positive(t * self.lam, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {
-            "tied": self.tied,
-            "support_selection": self.support_selection,
-            "ss_rate": self.ss_rate,
-            "ss_max": self.ss_max,
-        }
-
-    def _classical_overrides(self) -> dict[str, Any]:
-        return {"support_selection": False}
+        return {"tied": self.tied, **self._ss_options()}
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         theta = self._pos(self.theta, y)
@@ -145,8 +160,7 @@ class LISTACP(UnrolledLasso):
         xs = []
         for k in range(num_layers):
             pair = _PairOperator(self.operator, self.W[0 if self.tied else k])
-            frac = _ss_fraction(k + 1, self.ss_rate, self.ss_max) if self.support_selection else 0
-            x = _thresholded_step(pair, x, y, 1.0, theta[k], frac)
+            x = _thresholded_step(pair, x, y, 1.0, theta[k], self._fraction(k))
             xs.append(x)
         return xs
 
@@ -188,7 +202,7 @@ def analytic_weight(a: torch.Tensor) -> torch.Tensor:
     return ga / denom
 
 
-class ALISTA(UnrolledLasso):
+class ALISTA(_SupportSelection, UnrolledLasso):
     """Analytic LISTA (Liu, Chen, Wang & Yin 2019).
 
     ``x_{k+1} = eta(x_k - gamma_k W^T (A x_k - y), theta_k)`` where ``W`` is fixed
@@ -223,11 +237,8 @@ class ALISTA(UnrolledLasso):
         super().__init__(operator, num_layers, lam=lam, dtype=dtype)
         if weight not in ("analytic", "adjoint"):
             raise ValueError(f"Expected weight 'analytic' or 'adjoint' (got {weight!r}).")
-        if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
-            raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
+        self._init_support_selection(support_selection, ss_rate, ss_max)
         self.weight_kind = weight
-        self.support_selection = bool(support_selection)
-        self.ss_rate, self.ss_max = float(ss_rate), float(ss_max)
         a = self._dense()
         if weight == "analytic":
             w = analytic_weight(a)
@@ -240,15 +251,7 @@ class ALISTA(UnrolledLasso):
         self.theta = self._positive(gamma * self.lam, num_layers)
 
     def _options(self) -> dict[str, Any]:
-        return {
-            "weight": self.weight_kind,
-            "support_selection": self.support_selection,
-            "ss_rate": self.ss_rate,
-            "ss_max": self.ss_max,
-        }
-
-    def _classical_overrides(self) -> dict[str, Any]:
-        return {"support_selection": False}
+        return {"weight": self.weight_kind, **self._ss_options()}
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         gamma = self._pos(self.gamma, y)
@@ -257,7 +260,6 @@ class ALISTA(UnrolledLasso):
         x = y.new_zeros(y.shape[0], self.n)
         xs = []
         for k in range(num_layers):
-            frac = _ss_fraction(k + 1, self.ss_rate, self.ss_max) if self.support_selection else 0
-            x = _thresholded_step(pair, x, y, gamma[k], theta[k], frac)
+            x = _thresholded_step(pair, x, y, gamma[k], theta[k], self._fraction(k))
             xs.append(x)
         return xs
