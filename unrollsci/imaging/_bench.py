@@ -29,6 +29,8 @@ class _BudgetSpent(Exception):
 
 SEEDS = {"val": 1_000_001, "test": 2_000_003, "train": 7}
 MEMORY = 5  # default --memory (700-step comparison: +0.25 dB over 0 at the same steps)
+DUAL = False  # default --dual
+POOL = 512  # default --pool
 
 
 def cosine_factor(elapsed: float, total: float, floor: float) -> float:
@@ -53,6 +55,82 @@ def make_data(
     x, m = random_ellipses(n, size, generator=gen, return_support=True)
     y = poisson_noise(radon(x), photons, generator=gen)
     return y, x, m
+
+
+def dihedral(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Apply symmetry ``k[i]`` in 0..7 of the square to ``img[i]`` (``(n, N, N)``).
+
+    ``k % 4`` quarter turns, then a transpose if ``k >= 4``: the 8 elements of the
+    dihedral group D4.
+    """
+    out = torch.empty_like(img)
+    for j in range(8):
+        sel = k == j
+        if bool(sel.any()):
+            t = torch.rot90(img[sel], j % 4, dims=(-2, -1))
+            out[sel] = t.transpose(-2, -1) if j >= 4 else t
+    return out
+
+
+class PhantomPool:
+    """Training batches for the CT benchmark from a slowly refreshed pool of phantoms.
+
+    Rendering ellipses costs about a third of a training step at batch 8. The pool
+    holds ``size`` phantoms; every batch replaces ``refresh`` of them (at random) by
+    new ones, then draws ``batch`` pool entries, each in a random one of the 8
+    symmetries of the square, and simulates fresh Poisson noise on their sinograms.
+
+    The symmetries do not change the distribution: :func:`random_ellipses` draws the
+    body centre from a square symmetric about the origin, every tilt uniformly, both
+    semi-axes from the same range, and places the inner ellipses at uniform angles
+    in the body's frame, so a flip or a transpose of a phantom is a phantom the
+    generator draws with the same density (flip x: ``(x0, phi, t) -> (-x0, pi - phi,
+    pi - t)``; transpose: swap the axes and centre coordinates, ``phi -> pi - phi``,
+    ``t -> pi/2 - t``), and the pixel grid is symmetric too. Each phantom lives for
+    about ``size / refresh`` batches.
+    """
+
+    def __init__(
+        self,
+        radon: Any,
+        photons: float,
+        batch: int,
+        size: int = 512,
+        refresh: int = 2,
+    ) -> None:
+        if size < batch or refresh < 1:
+            raise ValueError(
+                f"Expected pool size >= batch and refresh >= 1 (got {size}, {batch}, {refresh})."
+            )
+        self.radon, self.photons, self.batch = radon, photons, batch
+        self.size, self.refresh = size, refresh
+        self.x: torch.Tensor | None = None
+        self.m: torch.Tensor | None = None
+
+    def _phantoms(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        from ._phantoms import random_ellipses
+
+        chunks = [  # chunks of 32: rendering hundreds at once is slower (memory traffic)
+            random_ellipses(
+                min(32, n - i), self.radon.image_size, generator=gen, return_support=True
+            )
+            for i in range(0, n, 32)
+        ]
+        return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+
+    def __call__(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        from ._noise import poisson_noise
+
+        if self.x is None or self.m is None:
+            self.x, self.m = self._phantoms(self.size, gen)
+        else:
+            idx = torch.randperm(self.size, generator=gen)[: self.refresh]
+            self.x[idx], self.m[idx] = self._phantoms(self.refresh, gen)
+        pick = torch.randint(self.size, (self.batch,), generator=gen)
+        sym = torch.randint(8, (self.batch,), generator=gen)
+        x, m = dihedral(self.x[pick], sym), dihedral(self.m[pick], sym)
+        y = poisson_noise(self.radon(x), self.photons, generator=gen)
+        return y, x, m
 
 
 def scores(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -110,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--lr-floor", type=float, default=0.02, help="cosine schedule's last factor")
     p.add_argument("--memory", type=int, default=MEMORY, help="memory channels of UnrolledCT")
+    p.add_argument(
+        "--dual",
+        action=argparse.BooleanOptionalAction,
+        default=DUAL,
+        help="learned primal-dual: a dual CNN per layer on the sinogram (UnrolledCT(dual=True))",
+    )
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=POOL,
+        help="training phantoms come from a pool of this many, refreshed --pool-refresh per "
+        "batch and drawn in random symmetries of the square (0: render every batch afresh)",
+    )
+    p.add_argument("--pool-refresh", type=int, default=2)
     p.add_argument("--tv-iters", type=int, default=300)
     p.add_argument("--tv-lams", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0, 8.0])
     p.add_argument(
@@ -124,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--lr-floor must lie in [0, 1] (got {args.lr_floor})")
     if args.train_steps < 0:
         p.error(f"--train-steps must be >= 0 (got {args.train_steps})")
+    if args.pool < 0 or args.pool_refresh < 1:
+        p.error(
+            f"--pool must be >= 0 and --pool-refresh >= 1 (got {args.pool}, {args.pool_refresh})"
+        )
     if args.memory < 0:
         p.error(f"--memory must be >= 0 (got {args.memory})")
     if args.quick:
         args.n_test, args.n_val, args.train_seconds = 8, 8, 10.0
         args.tv_iters, args.tv_lams, args.layers = 60, [3.0], 3
+        args.pool = min(args.pool, 32)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     radon = Radon(args.size, args.angles)
@@ -165,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # --- unrolled networks, trained on fresh phantoms within a wall-clock budget each
-    def sampler(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def fresh(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         return make_data(args.batch, args.size, radon, args.photons, generator=gen)
 
     def loss_fn(mdl: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -185,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             cnn_lipschitz=cap,
             lipschitz_target=target,
             memory=args.memory,
+            dual=args.dual,
         )
+        sampler = fresh
+        if args.pool:  # a fresh pool per network: every variant sees the same data stream
+            sampler = PhantomPool(radon, args.photons, args.batch, args.pool, args.pool_refresh)
         best: dict[str, Any] = {
             "val": float("inf"),
             "state": None,
@@ -268,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "best_epoch": best["best_epoch"],
             "best_val_mse": best["val"],
             "memory": model.memory,
+            "dual": model.dual,
             "lr_schedule": args.lr_schedule,
             "last_lr_factor": best["last_lr_factor"],
             "train_cpu_seconds": train_cpu,
@@ -326,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{k}: {r['train_steps']} training steps ({r['epochs']} epochs, best epoch "
             f"{r['best_epoch']}) in {r['train_seconds']:.0f} s, lr schedule "
-            f"{args.lr_schedule}, memory {r['memory']}"
+            f"{args.lr_schedule}, memory {r['memory']}, dual {r['dual']}"
         )
     for k, c in certs.items():
         print(

@@ -96,7 +96,9 @@ def init_norm(radon: Radon, init: str, filter: str, a: float, n_a: float, margin
     return 0.0
 
 
-def propagate_bound(lx: float, s: float, n_a: float, a: float, lip_cnn: float) -> float:
+def propagate_bound(
+    lx: float, s: float, n_a: float, a: float, lip_cnn: float, lip_dual: float = 0.0
+) -> float:
     """Bound after one layer ``P(x - s g + CNN([x, g]))``, ``g = A^T(A x - y/a)``.
 
     ``lx``: bound on the state (per unit change of the sinogram); ``n_a``: bound on
@@ -122,27 +124,50 @@ def propagate_bound(lx: float, s: float, n_a: float, a: float, lip_cnn: float) -
     Hence ``||dz'|| <= L_lin + r``: the formula below, for ``x`` alone (no memory)
     and for ``(x, h)`` alike. ``h_0 = 0`` does not depend on ``y``, so the start is the
     same, and the output ``x_K`` satisfies ``||dx_K|| <= ||dz_K||``.
+
+    With a dual CNN (``UnrolledCT(dual=True)``, constant ``lip_dual``) the layer first
+    corrects the residual on the sinogram grid, ``[delta, q'] = CNN_d([r, y/a, q])``
+    with ``r = A x - y/a``, and uses ``g = A^T (r + delta)``; the state is
+    ``z = (x, h, q)``. With ``alpha_d = ||d delta||``, ``beta_d = ||dq'||``:
+
+    * the dual input moves by ``sqrt((n L + 1/a)^2 + 1/a^2 + L^2)`` at most, so
+      ``alpha_d^2 + beta_d^2 <= rho^2`` with ``rho = lip_dual`` times that;
+    * ``||dg|| <= L_g + n alpha_d <= L_g + n rho`` (this enters ``r`` above);
+    * ``||dx'|| <= L_lin + s n alpha_d + alpha``, so ``dz'`` is a sum of the three
+      non-negative vectors ``(L_lin, 0, 0)``, ``(alpha, beta, 0)`` and
+      ``(s n alpha_d, 0, beta_d)``, and ``||dz'|| <= L_lin + r + max(1, s n) rho``.
+
+    ``lip_dual = 0`` gives back the bound without a dual CNN exactly.
     """
     lg = n_a**2 * lx + n_a / a
     lin = max(1.0, abs(1.0 - s * n_a**2)) * lx + s * n_a / a
-    return lin + lip_cnn * math.hypot(lx, lg)
+    rho = lip_dual * math.sqrt((n_a * lx + 1.0 / a) ** 2 + 1.0 / a**2 + lx**2)
+    return lin + lip_cnn * math.hypot(lx, lg + n_a * rho) + max(1.0, s * n_a) * rho
 
 
 def cnn_cap_for_target(
-    target: float, l_init: float, n_layers: int, n_a: float, a: float, *, max_step: float = 2.0
+    target: float,
+    l_init: float,
+    n_layers: int,
+    n_a: float,
+    a: float,
+    *,
+    max_step: float = 2.0,
+    dual: bool = False,
 ) -> float:
     """Largest per-layer CNN Lipschitz cap ``c`` whose certificate is ``<= target``.
 
     Uses the worst step in every layer (the bound is convex in ``s``, so the worst of
     ``0`` and ``max_step``; steps lie in (0, 2)), so the cap holds whatever steps
     training picks. Bisection on ``c`` (the bound grows with it). Valid with memory
-    channels too (:func:`propagate_bound` bounds the joint state).
+    channels too (:func:`propagate_bound` bounds the joint state). With ``dual`` the
+    dual CNN of every layer gets the same cap.
     """
 
     def bound(c: float) -> float:
         lx = l_init
         for _ in range(n_layers):
-            lx = max(propagate_bound(lx, s, n_a, a, c) for s in (0.0, max_step))
+            lx = max(propagate_bound(lx, s, n_a, a, c, c if dual else 0.0) for s in (0.0, max_step))
         return lx
 
     floor = bound(0.0)

@@ -47,7 +47,7 @@ def lipschitz_bound(
     norms include the memory channels), and the per-layer ``bound`` is a bound on
     the joint state ``(x_k, h_k)``: the same recursion holds for it (derivation in
     :func:`unrollsci.imaging._certify.propagate_bound`), and the output ``x_K`` is
-    part of that state.
+    part of that state. A dual CNN (``dual=True``) adds its own term, derived there too.
 
     The two power-iteration norms (of the projector and of the FBP map) converge
     from below; ``margin`` inflates them (default 1%) to stay on the safe side.
@@ -77,8 +77,16 @@ def lipschitz_bound(
             lip_cnn = 1.0
             for conv in block.convs:
                 lip_cnn *= conv_operator_norm(conv.weight(), size)
-            lx = propagate_bound(lx, s, n_a, a, lip_cnn)
-            layers.append({"step": s, "cnn": lip_cnn, "bound": lx})  # bound on (x, h)
+            dual = model.dual_layer(k)
+            lip_dual = 0.0
+            if dual is not None:
+                side = max(radon.out_shape)  # the bound for the longest side covers the grid
+                lip_dual = 1.0
+                for conv in dual.convs:
+                    lip_dual *= conv_operator_norm(conv.weight(), side)
+            lx = propagate_bound(lx, s, n_a, a, lip_cnn, lip_dual)
+            # bound on the state (x, h[, q])
+            layers.append({"step": s, "cnn": lip_cnn, "dual_cnn": lip_dual, "bound": lx})
     model.train(was)
     cert = LipschitzCertificate(bound=lx, init=l_init, radon_norm=a * n_a, layers=layers)
     return cert if details else cert.bound
