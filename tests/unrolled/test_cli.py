@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from unrollsci import cli
 
 
@@ -46,8 +48,21 @@ def test_demo_section(tmp_path, capsys):
 def test_bench_lista_kkt_continuation_label(tmp_path):
     args = ["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path)]
     args += ["--kkt-only", "--snr", "inf", "--models", "LISTA"]
-    rc = cli.main([*args, "--lam-kkt", "0.05", "--lam-kkt-start", "0.4"])
+    rc = cli.main([*args, "--lam-kkt", "0.05", "--lam-kkt-start", "0.4", "--kkt-step", "3"])
     assert rc == 0
-    curves = json.loads((tmp_path / "lista.json").read_text())["by_snr"]["inf"]["nmse_db"]
-    assert "LISTA (KKT loss, lam=0.4->0.05)" in curves
-    assert "LISTA" not in curves  # --kkt-only: no supervised run
+    data = json.loads((tmp_path / "lista.json").read_text())
+    curves = data["by_snr"]["inf"]["nmse_db"]
+    power = data["config"]["kkt_power"]
+    label = f"LISTA (KKT loss, lam=0.4->0.05, t=3/L, |r|^{power})"
+    assert list(curves) == ["ISTA", "FISTA", "AMP", "BG-AMP", label]  # no supervised run
+    # the residual's step changes the training; so does its power
+    for step, pw in (("1", power), ("3", 3 - power)):
+        other = tmp_path / f"other{step}{pw}"
+        args[args.index("--out") + 1] = str(other)
+        more = ["--lam-kkt", "0.05", "--lam-kkt-start", "0.4", "--kkt-step", step]
+        assert cli.main([*args, *more, "--kkt-power", str(pw)]) == 0
+        curves2 = json.loads((other / "lista.json").read_text())["by_snr"]["inf"]["nmse_db"]
+        label2 = f"LISTA (KKT loss, lam=0.4->0.05, t={step}/L, |r|^{pw})"
+        assert curves2[label2] != curves[label]
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--kkt-step", "0"])

@@ -140,13 +140,16 @@ def _train(
 
     op = model.operator
     if loss_kind == "kkt":
-        step = 1.0 / op.norm() ** 2
+        # the residual's step t, in units of 1 / ||A||^2 (any t > 0 vanishes exactly at
+        # the lasso solutions), and the power of the residual that is averaged
+        step = cfg.get("kkt_step", 1.0) / op.norm() ** 2
+        power = cfg.get("kkt_power", 2)
         lam_start = cfg.get("lam_kkt_start")
 
         def loss_fn(mdl: Any, batch: Any) -> torch.Tensor:
             y, _ = batch
             lam = kkt_stage_lam(mdl.active_layers, mdl.num_layers, lam_kkt, lam_start)
-            return kkt_residual(op, mdl(y), y, lam, step=step).pow(2).mean()
+            return kkt_residual(op, mdl(y), y, lam, step=step).pow(power).mean()
     else:
 
         def loss_fn(mdl: Any, batch: Any) -> torch.Tensor:
@@ -200,6 +203,14 @@ def _full_config() -> dict:
         # trials: 0.03 -0.2, 0.05 -3.1, 0.1 -4.8, 0.15 -5.3, 0.2 -5.8 dB
         "lam_kkt": 0.1,
         "lam_kkt_start": None,
+        # the residual's step t = kkt_step / ||A||^2 and the loss mean(|r|^kkt_power):
+        # chosen by validation NMSE (256 vectors, layer-wise budget of LISTA, lam 0.1):
+        # t = 1/L with |r|^2 (the old default) -9.9 dB on test; with |r|: t = 3/L -13.24,
+        # 10/L -13.95, 30/L -11.13 dB (validation). A larger t leaves small off-support
+        # entries almost unpenalized (r_i = x_i / t) and weighs the gradient condition on
+        # the support more; |r| instead of |r|^2 keeps hard vectors from dominating.
+        "kkt_step": 10.0,
+        "kkt_power": 1,
         "seed": 0,
         "budget": {
             # layer-wise: per stage `epochs` x `steps` Adam steps (fresh batches), lr
@@ -397,6 +408,19 @@ def main(argv: list[str] | None = None) -> int:
         "to the final --lam-kkt (default: config lam_kkt_start; 0 = constant lam)",
     )
     parser.add_argument(
+        "--kkt-step",
+        type=float,
+        default=None,
+        help="KKT run: step t of the residual in units of 1/||A||^2 (default: config kkt_step)",
+    )
+    parser.add_argument(
+        "--kkt-power",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="KKT run: average the residual (1) or its square (2) (default: config kkt_power)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         default=None,
@@ -415,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg["lam_kkt"] = args.lam_kkt
     if args.lam_kkt_start is not None:
         cfg["lam_kkt_start"] = args.lam_kkt_start or None
+    if args.kkt_step is not None:
+        if not args.kkt_step > 0:
+            parser.error(f"--kkt-step must be > 0 (got {args.kkt_step})")
+        cfg["kkt_step"] = args.kkt_step
+    if args.kkt_power is not None:
+        cfg["kkt_power"] = args.kkt_power
     cfg["stage_epochs"] = args.stage_epochs
     names = args.models if args.models is not None else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
@@ -448,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
             cls_name, opts = MODELS[name]
             torch.manual_seed(cfg["seed"])
             model = getattr(unrolled, cls_name)(op, cfg["K"], lam=cfg["lam"], **opts)
-            label = name if loss_kind == "mse" else f"LISTA (KKT loss, lam={cfg['lam_kkt']})"
-            if loss_kind == "kkt" and cfg.get("lam_kkt_start"):
-                label = f"LISTA (KKT loss, lam={cfg['lam_kkt_start']}->{cfg['lam_kkt']})"
+            lam_text = f"lam={cfg['lam_kkt']}"
+            if cfg.get("lam_kkt_start"):
+                lam_text = f"lam={cfg['lam_kkt_start']}->{cfg['lam_kkt']}"
+            kkt_text = f"{lam_text}, t={cfg['kkt_step']:g}/L, |r|^{cfg['kkt_power']}"
+            label = name if loss_kind == "mse" else f"LISTA (KKT loss, {kkt_text})"
             if args.stage_epochs is not None:
                 label += f" [{args.stage_epochs} ep/stage]"
             info = _train(
