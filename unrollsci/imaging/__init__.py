@@ -19,12 +19,14 @@ from ._lipschitz import (
 )
 from ._noise import gaussian_noise, poisson_noise
 from ._phantoms import disk_mask, ellipse_image, random_ellipses, shepp_logan
+from ._symmetry import RadonSymmetry, radon_symmetries, self_ensemble
 from ._unrolled import UnrolledCT
 
 __all__ = [
     "FILTERS",
     "LipschitzCertificate",
     "Radon",
+    "RadonSymmetry",
     "UnrolledCT",
     "conv_operator_norm",
     "disk_mask",
@@ -38,7 +40,9 @@ __all__ = [
     "lipschitz_bound",
     "poisson_noise",
     "ramp_filter",
+    "radon_symmetries",
     "random_ellipses",
+    "self_ensemble",
     "shepp_logan",
     "tikhonov_reconstruction",
     "tv_reconstruction",

@@ -195,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         help="learned primal-dual: a dual CNN per layer on the sinogram (UnrolledCT(dual=True))",
     )
     p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="arithmetic of the CNNs in training and evaluation (UnrolledCT(precision=...))",
+    )
+    p.add_argument(
         "--pool",
         type=int,
         default=POOL,
@@ -283,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             lipschitz_target=target,
             memory=args.memory,
             dual=args.dual,
+            precision=args.precision,
         )
         sampler = fresh
         if args.pool:  # a fresh pool per network: every variant sees the same data stream
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             "best_val_mse": best["val"],
             "memory": model.memory,
             "dual": model.dual,
+            "precision": model.precision,
             "lr_schedule": args.lr_schedule,
             "last_lr_factor": best["last_lr_factor"],
             "train_cpu_seconds": train_cpu,

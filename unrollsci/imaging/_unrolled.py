@@ -17,6 +17,7 @@ from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
 __all__ = ["UnrolledCT"]
 
 _INITS = ("fbp", "zero", "adjoint")
+_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 class _Conv(nn.Module):
@@ -159,6 +160,13 @@ class UnrolledCT(nn.Module):
         memory: number of memory channels carried from layer to layer (0: none).
         dual: add a dual CNN per layer on the sinogram (learned primal-dual); it
             carries ``memory`` channels of its own. Covered by the certificate.
+        precision: ``"float32"`` (default: the CNNs compute in the input dtype) or
+            ``"bfloat16"``: the CNNs run under ``torch.autocast`` to bfloat16 (about 2x
+            faster inference on CPUs with AVX512-BF16/AMX, and on GPUs), their outputs
+            cast back; the projector, steps and projection stay in the input dtype.
+            The certificate is for exact arithmetic; bfloat16 adds rounding of relative
+            size ``2^-8`` to the CNN outputs. May be changed after training
+            (``model.precision = "bfloat16"``).
 
     Shapes:
         ``forward(y)``: ``(batch, n_angles, n_det)`` -> ``(batch, N, N)``; with a
@@ -188,6 +196,7 @@ class UnrolledCT(nn.Module):
         lipschitz_target: float | None = None,
         memory: int = 0,
         dual: bool = False,
+        precision: str = "float32",
     ) -> None:
         super().__init__()
         if not isinstance(radon, Radon):
@@ -201,6 +210,8 @@ class UnrolledCT(nn.Module):
             )
         if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
             raise ValueError(f"Expected memory to be an integer >= 0 (got {memory!r}).")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"Expected precision in {tuple(_PRECISIONS)} (got {precision!r}).")
         if not isinstance(dual, bool):
             raise TypeError(f"Expected 'dual' to be a bool (got {type(dual).__name__}).")
         if init not in _INITS:
@@ -237,6 +248,7 @@ class UnrolledCT(nn.Module):
             lipschitz_target=lipschitz_target,
             memory=memory,
             dual=dual,
+            precision=precision,
         )
         self.memory, self.dual = memory, dual
         self.cnn_lipschitz = cnn_lipschitz
@@ -288,6 +300,25 @@ class UnrolledCT(nn.Module):
                 raise ValueError("Expected a boolean (or 0/1) 'mask'.")
             mask = mask != 0
         return mask
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of the CNNs: ``"float32"`` (the input dtype) or ``"bfloat16"``."""
+        return self.config["precision"]
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in _PRECISIONS:
+            raise ValueError(f"Expected precision in {tuple(_PRECISIONS)} (got {value!r}).")
+        self.config["precision"] = value
+
+    def _cnn(self, block: _Block, z: torch.Tensor) -> torch.Tensor:
+        low = _PRECISIONS[self.precision]
+        if low is None:
+            return block(z)
+        with torch.autocast(z.device.type, dtype=low):
+            out = block(z)
+        return out.to(z.dtype)
 
     def step_sizes(self) -> torch.Tensor:
         """Per-layer steps ``s_k`` in (0, 2)."""
@@ -343,15 +374,15 @@ class UnrolledCT(nn.Module):
             dual = self.dual_layer(k)
             if dual is not None:
                 if q is None:
-                    r = r + dual(torch.stack([r, ys], 1))[:, 0]
+                    r = r + self._cnn(dual, torch.stack([r, ys], 1))[:, 0]
                 else:
-                    out = dual(torch.cat([r[:, None], ys[:, None], q], 1))
+                    out = self._cnn(dual, torch.cat([r[:, None], ys[:, None], q], 1))
                     r, q = r + out[:, 0], out[:, 1:]
             g = self.radon._rmv(r) / a
             if h is None:
-                update = block(torch.stack([x, g], 1))[:, 0]
+                update = self._cnn(block, torch.stack([x, g], 1))[:, 0]
             else:
-                out = block(torch.cat([x[:, None], g[:, None], h], 1))
+                out = self._cnn(block, torch.cat([x[:, None], g[:, None], h], 1))
                 update, h = out[:, 0], out[:, 1:]
             x = project_support(x - s.to(x.dtype) * g + update, m)
         return x.unsqueeze(1) if channel else x
