@@ -274,10 +274,11 @@ def test_spectral_normalization_caps_cnn_lipschitz():
     assert lipschitz_bound(free) > lipschitz_bound(model)
 
 
+@pytest.mark.parametrize("dual", [False, True], ids=["primal", "dual"])
 @pytest.mark.parametrize("memory", [0, 2])
-def test_lipschitz_target_is_enforced(small, memory):
+def test_lipschitz_target_is_enforced(small, memory, dual):
     op, x, m, y = small
-    model = UnrolledCT(op, n_layers=3, channels=4, lipschitz_target=2.0, memory=memory)
+    model = UnrolledCT(op, n_layers=3, channels=4, lipschitz_target=2.0, memory=memory, dual=dual)
     model = _randomize(model, 1.0)
     model = model.double()
     model.train()
@@ -382,7 +383,7 @@ def _without_dual(model: UnrolledCT) -> UnrolledCT:
 
 
 @pytest.mark.parametrize("memory", [0, 2])
-def test_dual_certificate_bounds_adversarial_ratio_and_target(device, small, memory):
+def test_dual_certificate_bounds_adversarial_ratio(device, small, memory):
     op, x, m, y = small
     model = UnrolledCT(op, n_layers=2, channels=4, memory=memory, dual=True)
 
@@ -394,16 +395,6 @@ def test_dual_certificate_bounds_adversarial_ratio_and_target(device, small, mem
     model = model.to(device)
     emp = empirical_lipschitz(model, y[4:].to(device), steps=40, lr=0.05)
     assert 0 < emp <= lipschitz_bound(model)
-    capped = UnrolledCT(op, n_layers=3, channels=4, lipschitz_target=2.0, memory=memory, dual=True)
-    capped = _randomize(capped, 1.0).double()
-    capped.train()
-    for _ in range(5):
-        capped(y)
-    with torch.no_grad():
-        capped.step_logits.fill_(50.0)  # steps at their largest (2)
-    bound = lipschitz_bound(capped)
-    assert bound <= 2.0 * (1 + 1e-6)
-    assert empirical_lipschitz(capped, y[:2], steps=20) <= bound
 
 
 def test_dual_bad_value():
