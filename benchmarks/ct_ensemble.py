@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (the best is kept)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    main_run = json.loads(open(args.main_json).read())
+    main_run = json.loads(Path(args.main_json).read_text())
     cfg = main_run["config"]
     model = load_checkpoint(args.checkpoint, expected=UnrolledCT).eval()
     radon = Radon(cfg["size"], cfg["angles"])

@@ -65,3 +65,34 @@ def test_bench_radon_quick(tmp_path):
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "radon.json").read_text())
     assert data["summary"]["rel_l2_vs_skimage_shepp_logan"] < 1e-6
+
+
+@pytest.mark.slow
+def test_bench_ct_dual_bf16_and_self_ensemble(tmp_path):
+    """The options of the final CT runs, end to end: --dual, --precision bfloat16, then
+    benchmarks/ct_ensemble.py on the saved network."""
+    import importlib.util
+    from pathlib import Path
+
+    from unrollsci.imaging._bench import main
+
+    args = ["--quick", "--variants", "free", "--dual", "--precision", "bfloat16"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "ct.json").read_text())
+    assert data["results"]["unrolled"]["dual"] and data["config"]["precision"] == "bfloat16"
+    script = Path(__file__).parents[2] / "benchmarks" / "ct_ensemble.py"
+    spec = importlib.util.spec_from_file_location("ct_ensemble", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ckpt, main_json = str(tmp_path / "ct_unrolled.pt"), str(tmp_path / "ct.json")
+    argv = [ckpt, "--main-json", main_json, "--out", str(tmp_path), "--sizes", "1", "2"]
+    assert mod.main([*argv, "--repeats", "1"]) == 0
+    ens = json.loads((tmp_path / "ct_ensemble.json").read_text())["results"]
+    assert set(ens) == {"tv"} | {
+        f"unrolled_x{k}_{p}" for k in (1, 2) for p in ("float32", "bfloat16")
+    }
+    for name, r in ens.items():
+        if name != "tv":
+            assert r["max_abs_outside_support"] == 0.0
+    one = data["results"]["unrolled"]["psnr_mean"]
+    assert abs(ens["unrolled_x1_bfloat16"]["psnr_mean"] - one) < 1e-6  # same network, same data
