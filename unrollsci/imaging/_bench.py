@@ -61,7 +61,9 @@ def dihedral(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Apply symmetry ``k[i]`` in 0..7 of the square to ``img[i]`` (``(n, N, N)``).
 
     ``k % 4`` quarter turns, then a transpose if ``k >= 4``: the 8 elements of the
-    dihedral group D4.
+    dihedral group D4 about the array centre ``(N - 1) / 2``, where the phantom grid is
+    symmetric (:func:`~unrollsci.imaging.radon_symmetries` reflects about the rotation
+    centre ``N // 2`` instead, to map sinograms exactly).
     """
     out = torch.empty_like(img)
     for j in range(8):

@@ -64,7 +64,6 @@ def lipschitz_bound(
     with torch.no_grad():
         n_a = radon.norm(recompute=True) * (1 + margin) / a
     l_init = init_norm(radon, model.init, model.filter, a, n_a, margin)
-    size = radon.image_size
     was = model.training
     model.eval()
     layers = []
@@ -74,16 +73,9 @@ def lipschitz_bound(
         for k in range(model.active_layers):
             block, s = model.layer(k)
             s = float(steps[0 if model.tied else k])
-            lip_cnn = 1.0
-            for conv in block.convs:
-                lip_cnn *= conv_operator_norm(conv.weight(), size)
+            lip_cnn = block.lipschitz()
             dual = model.dual_layer(k)
-            lip_dual = 0.0
-            if dual is not None:
-                side = max(radon.out_shape)  # the bound for the longest side covers the grid
-                lip_dual = 1.0
-                for conv in dual.convs:
-                    lip_dual *= conv_operator_norm(conv.weight(), side)
+            lip_dual = 0.0 if dual is None else dual.lipschitz()
             lx = propagate_bound(lx, s, n_a, a, lip_cnn, lip_dual)
             # bound on the state (x, h[, q])
             layers.append({"step": s, "cnn": lip_cnn, "dual_cnn": lip_dual, "bound": lx})

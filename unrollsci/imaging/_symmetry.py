@@ -17,17 +17,14 @@ class RadonSymmetry:
     """A symmetry ``g`` of the square about the rotation centre, with ``radon(g x) = P radon(x)``.
 
     ``image``: permutation of the ``N * N`` pixels (``(g x).flatten()[i] = x.flatten()[image[i]]``);
-    ``sinogram``: the matching permutation ``P`` of the ``n_angles * n_det`` bins.
+    ``sinogram``: the matching permutation ``P`` of the ``n_angles * n_det`` bins;
+    ``inverse``: the pixel permutation of ``g^-1``.
     """
 
     name: str
     image: torch.Tensor
     sinogram: torch.Tensor
-
-    @property
-    def inverse(self) -> torch.Tensor:
-        """Pixel permutation of ``g^-1``."""
-        return torch.argsort(self.image)
+    inverse: torch.Tensor
 
 
 def _reflect(n: int, c: int) -> torch.Tensor:
@@ -95,7 +92,8 @@ def radon_symmetries(radon: Radon, *, tol: float = 1e-9, seed: int = 0) -> list[
                     name = "".join(
                         s for s, on in (("flip_rows ", fr), ("flip_cols ", fc), ("T", tr)) if on
                     ).strip()
-                    found.append(RadonSymmetry(name or "identity", perm, torch.cat(sino)))
+                    inv = torch.argsort(perm)
+                    found.append(RadonSymmetry(name or "identity", perm, torch.cat(sino), inv))
     return found
 
 

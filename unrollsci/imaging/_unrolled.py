@@ -102,6 +102,14 @@ class _Block(nn.Module):
         nn.init.zeros_(self.convs[-1].conv.weight)  # start as plain gradient descent
         nn.init.zeros_(self.convs[-1].conv.bias)
 
+    def lipschitz(self) -> float:
+        """Upper bound on the CNN's Lipschitz constant: the product of the FFT bounds of
+        its convolutions on their grid (LeakyReLU is 1-Lipschitz)."""
+        lip = 1.0
+        for conv in self.convs:
+            lip *= conv_operator_norm(conv.weight(), conv.size)
+        return lip
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         for i, conv in enumerate(self.convs):
             z = conv(z)
