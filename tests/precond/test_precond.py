@@ -23,6 +23,7 @@ from unrollsci.precond import (
     lower_pattern,
     make_batches,
     matrix_family,
+    mic0,
     pcg_loss,
     tri_solve,
     unrolled_pcg,
@@ -103,6 +104,68 @@ def test_ic0_shifts_on_breakdown():
     assert m.shift > 0
     sol = cg(a, torch.ones(4, dtype=torch.float64), M=m, tol=1e-10)
     assert sol.converged
+
+
+def dense_mic(a: np.ndarray, omega: float) -> np.ndarray:
+    """Textbook right-looking modified IC on the pattern of a: dropped fill times omega
+    is subtracted from both pivots (dense loops, independent code)."""
+    n = a.shape[0]
+    pat = a != 0
+    low = np.tril(a).astype(float)
+    for k in range(n):
+        low[k, k] = np.sqrt(low[k, k])
+        for i in range(k + 1, n):
+            if pat[i, k]:
+                low[i, k] /= low[k, k]
+        for j in range(k + 1, n):
+            for i in range(j, n):
+                if not (pat[i, k] and pat[j, k]):
+                    continue
+                f = low[i, k] * low[j, k]
+                if pat[i, j]:
+                    low[i, j] -= f
+                else:
+                    low[i, i] -= omega * f
+                    low[j, j] -= omega * f
+    return np.tril(low)
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.5, 0.95])
+@pytest.mark.parametrize("gen", [diffusion2d, graph_laplacian], ids=["diffusion", "graph"])
+def test_mic0_matches_dense_reference(gen, omega):
+    a = gen(6, seed=4)
+    m = mic0(a, omega=omega)
+    assert m.variant == ("mic" if omega else "ic0")
+    np.testing.assert_allclose(m.factor().toarray(), dense_mic(a.toarray(), omega), atol=1e-12)
+    if omega == 0:
+        np.testing.assert_allclose(m.factor().toarray(), ic0(a).factor().toarray(), atol=1e-12)
+
+
+def test_mic_with_omega_one_preserves_row_sums():
+    # Gustafsson's MIC: L L^T e = A e on an M-matrix (checked on the product, not the code).
+    a = diffusion2d(12, seed=1)
+    low = mic0(a, omega=1.0).factor()
+    e = np.ones(a.shape[0])
+    np.testing.assert_allclose(low @ (low.T @ e), a @ e, rtol=1e-10, atol=1e-12)
+    assert abs(low @ low.T - a).max() > 1e-3  # it is not the exact Cholesky factor
+
+
+def test_mic0_falls_back_without_breaking_down():
+    # Nearly grid-aligned strong anisotropy (not an M-matrix): plain MIC meets a
+    # non-positive pivot, the stabilized compensation does not, and PCG converges faster
+    # than with IC(0).
+    a = anisotropic2d(64, epsilon=3e-3, theta=3.06, seed=0)
+    m = mic0(a)
+    assert m.variant == "robust"
+    b = torch.from_numpy(np.random.default_rng(0).standard_normal(a.shape[0]))
+    its = cg(a, b, M=m, tol=1e-8).iterations
+    assert its < cg(a, b, M=ic0(a), tol=1e-8).iterations
+    for seed in range(3):  # random SPD, not M-matrices: always an SPD factor
+        r = random_spd(30, seed)
+        low = mic0(r).factor().toarray()
+        assert np.all(np.diag(low) > 0)
+    with pytest.raises(ValueError, match="omega"):
+        mic0(a, omega=1.5)
 
 
 # ------------------------------------------------------------------ triangular solves
@@ -188,6 +251,25 @@ def test_random_weights_give_spd_preconditioner(device, kind, fam):
         A = to_torch_sparse(a).to(device)  # noqa: N806
         sol = cg(A, b, M=m, tol=1e-8, max_iter=2000)
         assert sol.converged
+
+
+@pytest.mark.parametrize("fam", FAMILY_CASES, ids=lambda f: f[0] if isinstance(f, tuple) else f)
+def test_random_weights_on_mic_base_give_spd_preconditioner(device, fam):
+    _, gen = fam
+    for trial in range(3):
+        a = gen(20 + trial)
+        model = LearnedPreconditioner("factor", base="mic", hidden=8, layers=2).to(device)
+        randomize(model, seed=trial, scale=1.0 + trial)
+        dense = dense_of(model.build(a), a.shape[0], device)
+        assert np.linalg.eigvalsh(0.5 * (dense + dense.T)).min() > 0
+        b = torch.randn(a.shape[0], dtype=torch.float64, device=device)
+        assert cg(to_torch_sparse(a).to(device), b, M=model.build(a), tol=1e-8).converged
+    # untrained, the model is MIC(0) itself
+    a = gen(7)
+    untrained = LearnedPreconditioner("factor", base="mic").to(device).build(a)
+    np.testing.assert_allclose(
+        untrained.factor().toarray(), mic0(a).factor().toarray(), rtol=1e-10, atol=1e-12
+    )
 
 
 @settings(
@@ -376,7 +458,8 @@ def test_bench_tiny_run_writes_json_and_png(tmp_path):
     assert rc == 0
     data = json.loads((tmp_path / "precond.json").read_text())
     methods = {r["method"] for r in data["rows"]}
-    assert {"none", "jacobi", "ic0", "learned-factor", "learned-factor-ic0"} <= methods
+    assert {"none", "jacobi", "ic0", "mic0", "learned-factor", "learned-factor-mic"} <= methods
+    assert "learned-factor-ic0" not in methods  # --ic0-base is off by default
     assert all(r["converged"] for r in data["rows"])
     assert (tmp_path / "precond.png").stat().st_size > 0
 

@@ -3,7 +3,7 @@
 ``LearnedPreconditioner(kind="factor"|"inverse"|"block")`` predicts the values of a
 sparse factor from a GNN over the matrix graph; ``M = model.build(A)`` is SPD by
 construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
-:func:`jacobi`, :func:`ic0`, :func:`amg` (PyAMG). Families of systems:
+:func:`jacobi`, :func:`ic0`, :func:`mic0`, :func:`amg` (PyAMG). Families of systems:
 :func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`.
 """
 
@@ -17,6 +17,7 @@ from ._classical import (
     amg,
     ic0,
     jacobi,
+    mic0,
 )
 from ._families import FAMILIES, anisotropic2d, diffusion2d, graph_laplacian, matrix_family
 from ._model import (
@@ -52,6 +53,7 @@ __all__ = [
     "lower_pattern",
     "make_batches",
     "matrix_family",
+    "mic0",
     "pcg_loss",
     "tri_solve",
     "unrolled_pcg",

@@ -1,4 +1,4 @@
-"""Benchmark: learned preconditioners vs none / Jacobi / IC(0) / PyAMG on held-out systems.
+"""Benchmark: learned preconditioners vs none / Jacobi / IC(0) / MIC(0) / PyAMG, held-out systems.
 
 ``unrollsci bench precond --family poisson --n 64 128 256`` trains each learned
 preconditioner on small systems of the family (``--train-n``), then solves held-out
@@ -24,11 +24,13 @@ VAL_SEED0 = 5_000
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
-    out = ["none", "jacobi", "ic0"]
+    out = ["none", "jacobi", "ic0", "mic0"]
     if not args.no_amg:
         out.append("amg")
     for kind in args.kinds:
         out.append(f"learned-{kind}")
+        if kind == "factor" and args.mic_base:
+            out.append("learned-factor-mic")
         if kind == "factor" and args.ic0_base:
             out.append("learned-factor-ic0")
     if args.frobenius:
@@ -37,15 +39,15 @@ def _methods(args: argparse.Namespace) -> list[str]:
 
 
 def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
-    from . import amg, ic0, jacobi
+    from . import amg, ic0, jacobi, mic0
 
     if method == "none":
         return None, 0
     if method == "jacobi":
         m = jacobi(a)
         return m, a.shape[0]
-    if method == "ic0":
-        m = ic0(a)
+    if method in ("ic0", "mic0"):
+        m = ic0(a) if method == "ic0" else mic0(a)
         return m, m.nnz
     if method == "amg":
         m = amg(a)
@@ -64,6 +66,8 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
     jobs = [(f"learned-{k}", k, "energy", None) for k in kinds]
     if "factor" in kinds and args.ic0_base:
         jobs.insert(1, ("learned-factor-ic0", "factor", "energy", "ic0"))
+    if "factor" in kinds and args.mic_base:
+        jobs.insert(1, ("learned-factor-mic", "factor", "energy", "mic"))
     if args.frobenius:
         jobs.append(("learned-factor-frob", "factor", "frobenius", None))
     for name, kind, loss, base in jobs:
@@ -116,10 +120,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     out = []
     for r in rows:
-        if r["method"] not in ("learned-factor", "learned-factor-ic0"):
+        if r["method"] not in ("learned-factor", "learned-factor-mic", "learned-factor-ic0"):
             continue
         same = [q for q in rows if q["family"] == r["family"] and q["n"] == r["n"]]
         ic = next(q for q in same if q["method"] == "ic0")
+        mic = next((q for q in same if q["method"] == "mic0"), None)
         amg_row = next((q for q in same if q["method"] == "amg"), None)
         d_setup = r["setup_s"] - ic["setup_s"]
         d_solve = ic["solve_s"] - r["solve_s"]
@@ -135,6 +140,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "n": r["n"],
                 "method": r["method"],
                 "iter_reduction_vs_ic0": 1 - r["vs_ic0_iters"],
+                "iters_vs_mic0": r["iters"] / mic["iters"] if mic else None,
                 "solve_time_vs_ic0": r["solve_s"] / ic["solve_s"],
                 "total_time_vs_ic0": r["vs_ic0_time"],
                 "breakeven_rhs": k,
@@ -240,10 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also train the factor with the sketched Frobenius loss",
     )
     p.add_argument(
-        "--ic0-base",
+        "--mic-base",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also train the factor on top of IC(0) (base='ic0') besides the default SSOR base",
+        help="also train the factor on top of modified IC (base='mic')",
+    )
+    p.add_argument(
+        "--ic0-base",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also train the factor on top of IC(0) (base='ic0')",
     )
     p.add_argument(
         "--adaptive-tol",

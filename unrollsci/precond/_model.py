@@ -17,6 +17,7 @@ from ._classical import (
     FactorPreconditioner,
     InverseFactorPreconditioner,
     ic0_from_pattern,
+    mic0_from_pattern,
 )
 from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 _KINDS = ("factor", "inverse", "block")
-_BASES = ("ic0", "ssor", "identity")
+_BASES = ("ic0", "mic", "ssor", "identity")
 
 
 @dataclass
@@ -93,6 +94,11 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     shift = 0.0
     if base == "ic0":
         bvals, shift = ic0_from_pattern(pat, svals)
+    elif base == "mic":
+        # MIC of A itself (its row sums, i.e. the constant vector, are what the
+        # compensation preserves), rescaled to the factor of S = D^-1/2 A D^-1/2.
+        sq = np.sqrt(d)
+        bvals = mic0_from_pattern(pat, svals * sq[row] * sq[col])[0] / sq[row]
     elif base == "ssor":
         bvals = np.where(strict, svals, 1.0)
     else:
@@ -252,9 +258,9 @@ class LearnedPreconditioner(nn.Module):
         )
         if base not in _BASES:
             raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
-        if kind == "inverse" and base == "ic0":
+        if kind == "inverse" and base in ("ic0", "mic"):
             raise ValueError(
-                "base='ic0' is a factor of A, not of A^{-1}; use 'identity' "
+                f"base={base!r} is a factor of A, not of A^{{-1}}; use 'identity' "
                 "or 'ssor' for kind='inverse'."
             )
         if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
