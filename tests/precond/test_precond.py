@@ -36,19 +36,7 @@ KINDS = ["factor", "inverse", "block"]
 
 def dense_ic0(a: np.ndarray) -> np.ndarray:
     """Textbook right-looking IC(0) on the pattern of a (dense loops, independent code)."""
-    n = a.shape[0]
-    pat = a != 0
-    low = np.tril(a).astype(float)
-    for k in range(n):
-        low[k, k] = np.sqrt(low[k, k])
-        for i in range(k + 1, n):
-            if pat[i, k]:
-                low[i, k] /= low[k, k]
-        for j in range(k + 1, n):
-            for i in range(j, n):
-                if pat[i, j]:
-                    low[i, j] -= low[i, k] * low[j, k]
-    return np.tril(low)
+    return dense_mic(a, 0.0)
 
 
 def random_spd(n: int, seed: int) -> sp.csr_matrix:
