@@ -520,3 +520,53 @@ def test_adaptive_unroll_length(device):
             assert err(bt.steps - 1) > 1e-6
     # the near-1D anisotropic system is easier for IC(0): fewer steps
     assert batches[1].steps < batches[0].steps
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_message_passing_folds_edge_layers_exactly(kind):
+    """layers=0 folds edge_enc into the off-diagonal head; the pre-activations must equal
+    the unfolded composition off_fwd(edge_enc(a_ij)) + off_bwd(edge_enc(a_ji)) + ..."""
+    a = anisotropic2d(9, seed=4)
+    model = LearnedPreconditioner(kind, layers=0, block_size=5, seed=2).double()
+    randomize(model, seed=5, scale=1.0)
+    g = model.prepare(a)
+    seen = {}
+    hook = model.off_head[0].register_forward_hook(lambda mod, inp, out: seen.update(pre=inp[0]))
+    with torch.no_grad():
+        model.factor_values(g)
+        hook.remove()
+        e = model.edge_enc(g.edge_attr.double())
+        h = model.node_enc(g.x.double())
+        fwd, bwd = (g.low_fwd, g.low_bwd)
+        ri, ci = g.pattern.row[g.strict], g.pattern.col[g.strict]
+        ref = model.off_fwd(e[fwd]) + model.off_bwd(e[bwd]) + model.off_row(h)[ri]
+        ref = ref + model.off_col(h)[ci]
+    assert ref.shape[0] == int(g.strict.sum()) > 0
+    torch.testing.assert_close(seen["pre"], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_seeded_init_and_restarts_keep_best_validation():
+    state = torch.random.get_rng_state()
+    m1 = LearnedPreconditioner("factor", seed=11)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global generator is untouched
+    m2 = LearnedPreconditioner("factor", seed=11)
+    m3 = LearnedPreconditioner("factor", seed=12)
+    s1, s2, s3 = m1.state_dict(), m2.state_dict(), m3.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+    assert float(s1["off_head.1.weight"].abs().sum()) == 0.0  # still the base when untrained
+
+    mats = [diffusion2d(10, seed=s) for s in range(3)]
+    val = [diffusion2d(10, seed=100 + s) for s in range(2)]
+    kw = dict(steps=4, n_rhs=2, epochs=3, lr=2e-2, val_matrices=val, keep_base_if_better=False)
+    hist = fit_preconditioner(LearnedPreconditioner("factor", seed=0), mats, restarts=3, **kw)
+    assert len(hist.restart_vals) == 3 and hist.restart == int(np.argmin(hist.restart_vals))
+    assert hist.best_val == min(hist.restart_vals)
+    # each restart r > 0 is the plain run from reset_parameters(seed + r)
+    for r in (0, 1):
+        single = fit_preconditioner(LearnedPreconditioner("factor", seed=r), mats, **kw)
+        assert single.best_val == pytest.approx(hist.restart_vals[r], rel=1e-9)
+    with pytest.raises(ValueError, match="val_matrices"):
+        fit_preconditioner(LearnedPreconditioner("factor"), mats, restarts=2, steps=4)
+    with pytest.raises(ValueError, match="restarts >= 1"):
+        fit_preconditioner(LearnedPreconditioner("factor"), mats, restarts=0, val_matrices=val)

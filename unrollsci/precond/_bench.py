@@ -63,16 +63,21 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
     mats = [gen(n, s) for s in range(args.train_systems) for n in args.train_n]
     val = [gen(n, VAL_SEED0 + s) for s in range(args.val_systems) for n in args.train_n]
     models, info = {}, {}
-    jobs = [(f"learned-{k}", k, "energy", None) for k in kinds]
+    jobs = [(f"learned-{k}", k, "energy", None, args.layers) for k in kinds]
     if "factor" in kinds and args.ic0_base:
-        jobs.insert(1, ("learned-factor-ic0", "factor", "energy", "ic0"))
+        jobs.insert(1, ("learned-factor-ic0", "factor", "energy", "ic0", args.layers))
     if "factor" in kinds and args.mic_base:
-        jobs.insert(1, ("learned-factor-mic", "factor", "energy", "mic"))
+        jobs.insert(1, ("learned-factor-mic", "factor", "energy", "mic", args.mic_layers))
     if args.frobenius:
-        jobs.append(("learned-factor-frob", "factor", "frobenius", None))
-    for name, kind, loss, base in jobs:
+        jobs.append(("learned-factor-frob", "factor", "frobenius", None, args.layers))
+    for name, kind, loss, base, layers in jobs:
         model = LearnedPreconditioner(
-            kind, hidden=args.hidden, layers=args.layers, block_size=args.block_size, base=base
+            kind,
+            hidden=args.hidden,
+            layers=layers,
+            block_size=args.block_size,
+            base=base,
+            seed=args.seed,
         )
         t0 = time.perf_counter()
         hist = fit_preconditioner(
@@ -84,6 +89,7 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
             epochs=args.epochs,
             lr=args.lr,
             seed=args.seed,
+            restarts=args.restarts if val else 1,
             val_matrices=val or None,
             adaptive_tol=args.adaptive_tol,
             patience=args.patience if val else None,
@@ -94,6 +100,7 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
         info[name] = {
             "kind": kind,
             "base": model.base,
+            "layers": layers,
             "loss": loss,
             "seconds": secs,
             "loss_first_epoch": hist.train_loss[0],
@@ -102,6 +109,8 @@ def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dic
             "epochs_run": len(hist.train_loss),
             "initial_val_loss": getattr(hist, "initial_val", None),
             "kept_untrained_weights": getattr(hist, "kept_initial", None),
+            "restart_val_losses": hist.restart_vals,
+            "kept_restart": hist.restart,
         }
         print(
             f"  trained {name} on {family}: {secs:.1f} s, loss "
@@ -232,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         help="validation systems (early stopping, best weights restored)",
     )
     p.add_argument("--patience", type=int, default=5)
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=3,
+        help="initial weights tried per learned model (best validation loss kept)",
+    )
     p.add_argument("--test-systems", type=int, default=3)
     p.add_argument(
         "--kinds",
@@ -268,7 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--n-rhs", type=int, default=4)
     p.add_argument("--hidden", type=int, default=8)
-    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--layers", type=int, default=1, help="message-passing layers of the GNNs")
+    p.add_argument(
+        "--mic-layers",
+        type=int,
+        default=0,
+        help="message-passing layers of the MIC-based factor (0: a per-entry MLP on the "
+        "matrix entries and MIC's values; as good as 1 layer there, at half the GNN cost)",
+    )
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--repeats", type=int, default=2, help="timing repeats (best is kept)")
