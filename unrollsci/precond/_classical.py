@@ -241,6 +241,13 @@ def _levels(pat: LowerPattern) -> np.ndarray:
     return np.asarray(lev_l, dtype=np.int64)
 
 
+def _lookup(keys: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``targets`` in the sorted, non-empty ``keys`` (``row * n + col`` of a
+    pattern) and whether each target is there at all."""
+    loc = np.minimum(np.searchsorted(keys, targets), keys.size - 1)
+    return loc, keys[loc] == targets
+
+
 def _ic0_plan(pat: LowerPattern) -> dict[str, Any]:
     """Symbolic IC(0): entry pairs of every update and a level schedule (numpy)."""
     n = pat.n
@@ -258,10 +265,7 @@ def _ic0_plan(pat: LowerPattern) -> dict[str, Any]:
         e2 = e1 + off
         ok = (row[e1] == row[e2]) & strict[e1] & strict[e2]
         e1, e2 = e1[ok], e2[ok]
-        kj = col[e2] * n + col[e1]
-        loc = np.searchsorted(keys, kj)
-        loc = np.minimum(loc, nnz - 1)
-        found = keys[loc] == kj
+        loc, found = _lookup(keys, col[e2] * n + col[e1])
         ta.append(e1[found])
         tb.append(loc[found])
         tt.append(e2[found])
@@ -329,7 +333,6 @@ def _mic_plan(pat: LowerPattern) -> dict[str, Any]:
     """
     n = pat.n
     row, col = pat.row.numpy(), pat.col.numpy()
-    nnz = col.size
     diag = pat.diag.numpy()
     strict = np.flatnonzero(col < row)
     # Strict-lower entries grouped by column (CSC order), rows ascending in each column.
@@ -345,9 +348,7 @@ def _mic_plan(pat: LowerPattern) -> dict[str, Any]:
         same = ccol[e1] == ccol[e2]
         q, p = csc[e1[same]], csc[e2[same]]  # row(p) >= row(q) > column
         i, k = row[p], row[q]
-        tk = i * n + k
-        loc = np.minimum(np.searchsorted(keys, tk), nnz - 1)
-        found = keys[loc] == tk
+        loc, found = _lookup(keys, i * n + k)
         pa.append(p[found])
         pb.append(q[found])
         pt.append(loc[found])

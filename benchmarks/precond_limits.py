@@ -1,0 +1,205 @@
+"""What can any factor with IC(0)'s nonzeros reach on one held-out system per family?
+
+The learned factor of ``unrollsci bench precond`` predicts *values* on ``tril(A)``'s
+pattern. This script bounds what that design can give, on the held-out 64 x 64 test systems of
+each family (the same matrices and right-hand sides as the benchmark):
+
+* ``ic0``, ``mic0``: the classical factors on that pattern;
+* ``ict-*``: threshold incomplete Cholesky with exactly IC(0)'s nonzeros per column (the
+  ``p`` largest entries of each column kept, by magnitude or by ``|s_ik| / sqrt(s_ii)``;
+  ``-comp``: the dropped entries are moved onto the diagonals, as in MIC), i.e. a
+  *different* pattern of the same size;
+* ``ic0-rcm``, ``mic0-rcm``: the classical factors of the matrix in reverse
+  Cuthill-McKee order (same nonzeros; PCG on the reordered system);
+* ``oracle-values``: the factor values on IC(0)'s pattern optimized for this one matrix by
+  Adam through ``k`` unrolled PCG steps (energy-norm loss on 8 right-hand sides, started
+  from MIC(0); ``k`` is ``--unroll-frac`` times the iterations MIC(0) needs, so the loss
+  stays far from round-off), then tested on the benchmark's right-hand side. No network: this
+  is what the values alone can do on this system, a ceiling for a GNN that has to predict
+  them for unseen systems.
+
+PCG to relative residual 1e-8 with :func:`unrollsci.solvers.cg`, as in the benchmark.
+Writes ``benchmarks/results/precond_limits.json`` and prints a table. About 5 minutes on
+one thread (the threshold factorizations are dense reference loops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+from unrollsci._bench import markdown_table, write_results
+from unrollsci.precond import FAMILIES, ic0, lower_pattern, mic0, unrolled_pcg
+from unrollsci.precond._bench import TEST_SEED0
+from unrollsci.precond._classical import FactorPreconditioner
+from unrollsci.solvers import cg
+
+
+def threshold_ic(a: sp.csr_matrix, scaled: bool, omega: float) -> sp.csr_matrix:
+    """Right-looking threshold IC on a dense copy, keeping per column as many
+    sub-diagonal entries as ``tril(a)`` has (so the same nonzeros as IC(0))."""
+    s = a.toarray()
+    n = s.shape[0]
+    budget = np.diff(sp.tril(a).tocsc().indptr) - 1
+    rows, cols, vals = [], [], []
+    for k in range(n):
+        idx = np.flatnonzero(s[k + 1 :, k]) + k + 1
+        if idx.size > budget[k]:
+            score = np.abs(s[idx, k])
+            if scaled:
+                score = score / np.sqrt(np.abs(s[idx, idx]))
+            order = np.argsort(-score, kind="stable")
+            drop, idx = idx[order[budget[k] :]], np.sort(idx[order[: budget[k]]])
+            if omega:  # move the dropped fill onto both diagonals (row sums kept)
+                s[drop, drop] += omega * s[drop, k]
+                s[k, k] += omega * s[drop, k].sum()
+            s[drop, k] = 0.0
+        if s[k, k] <= 0:
+            raise FloatingPointError(f"non-positive pivot at column {k}")
+        d = np.sqrt(s[k, k])
+        lk = s[idx, k] / d
+        rows += [k, *idx]
+        cols += [k] * (1 + idx.size)
+        vals += [d, *lk]
+        s[np.ix_(idx, idx)] -= np.outer(lk, lk)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+
+
+def factor_operator(lower: sp.csr_matrix) -> FactorPreconditioner:
+    pat, vals = lower_pattern(lower)
+    return FactorPreconditioner(pat, torch.from_numpy(vals))
+
+
+def oracle_values(a: sp.csr_matrix, unroll: int, iters: int, seed: int) -> tuple:
+    """Adam on the factor values of IC(0)'s pattern (diagonal as exp(.)), from MIC(0)."""
+    from unrollsci.operators import SparseOperator
+
+    base = mic0(a).factor().tocsr()
+    pat, v0 = lower_pattern(base)
+    diag = pat.diag
+    v0 = torch.from_numpy(v0)
+    logd = torch.nn.Parameter(torch.log(v0[diag]).clone())
+    off = torch.nn.Parameter(v0.clone())
+    op = SparseOperator(a)
+    rng = np.random.default_rng(seed)
+    b = torch.from_numpy(rng.standard_normal((8, a.shape[0])))
+    x = torch.from_numpy(
+        np.stack([sp.linalg.spsolve(a.tocsc(), bi) for bi in b.numpy()])  # exact solutions
+    )
+    den = (x * b).sum(-1)
+    opt = torch.optim.Adam([logd, off], lr=1e-3)
+    hist = []
+    for _ in range(iters):
+        opt.zero_grad()
+        vals = off.index_put((diag,), torch.exp(logd))
+        e = unrolled_pcg(op, b, FactorPreconditioner(pat, vals), unroll) - x
+        loss = torch.log(((e * op(e)).sum(-1) / den).mean())
+        loss.backward()
+        opt.step()
+        hist.append(float(loss.detach()))
+    with torch.no_grad():
+        vals = off.index_put((diag,), torch.exp(logd))
+    return FactorPreconditioner(pat, vals.detach()), hist
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--family", nargs="+", default=["poisson", "anisotropic", "graph"])
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--unroll-frac", type=float, default=0.6)
+    p.add_argument("--oracle-iters", type=int, default=300)
+    p.add_argument("--systems", type=int, default=3, help="held-out test systems per family")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows, losses = [], {}
+    for fam, t in [(f, t) for f in args.family for t in range(args.systems)]:
+        seed = TEST_SEED0 + 100 * args.n + t  # the benchmark's test systems
+        a = FAMILIES[fam](args.n, seed)
+        b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
+        nnz0 = sp.tril(a).nnz
+        cands = {
+            "ic0": lambda a=a: ic0(a),
+            "mic0": lambda a=a: mic0(a),
+            "ict-magnitude": lambda a=a: factor_operator(threshold_ic(a, False, 0.0)),
+            "ict-scaled": lambda a=a: factor_operator(threshold_ic(a, True, 0.0)),
+            "ict-scaled-comp": lambda a=a: factor_operator(threshold_ic(a, True, 0.95)),
+        }
+        perm = reverse_cuthill_mckee(a, symmetric_mode=True)
+        a_rcm, b_rcm = a[perm][:, perm].tocsr(), b[torch.from_numpy(perm.astype(np.int64))]
+        cands["ic0-rcm"] = lambda a_rcm=a_rcm: ic0(a_rcm)
+        cands["mic0-rcm"] = lambda a_rcm=a_rcm: mic0(a_rcm)
+        its = {}
+        for name, make in cands.items():
+            t0 = time.perf_counter()
+            try:
+                m = make()
+            except FloatingPointError as err:
+                rows.append({"family": fam, "system": t, "method": name, "note": str(err)})
+                continue
+            aa, bb = (a_rcm, b_rcm) if name.endswith("-rcm") else (a, b)
+            sol = cg(aa, bb, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
+            its[name] = sol.iterations
+            rows.append(
+                {
+                    "family": fam,
+                    "system": t,
+                    "method": name,
+                    "nnz": m.nnz,
+                    "nnz_ic0": nnz0,
+                    "iters": sol.iterations,
+                    "vs_ic0": sol.iterations / its["ic0"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(f"{fam} {t} {name}: {sol.iterations} iterations", flush=True)
+        t0 = time.perf_counter()
+        unroll = max(2, round(args.unroll_frac * its["mic0"]))
+        m, hist = oracle_values(a, unroll, args.oracle_iters, seed=1)
+        sol = cg(a, b, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
+        losses[f"{fam}/{t}"] = hist
+        rows.append(
+            {
+                "family": fam,
+                "system": t,
+                "method": "oracle-values",
+                "nnz": m.nnz,
+                "nnz_ic0": nnz0,
+                "iters": sol.iterations,
+                "vs_ic0": sol.iterations / its["ic0"],
+                "seconds": time.perf_counter() - t0,
+                "note": f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
+            }
+        )
+        print(f"{fam} {t} oracle-values: {sol.iterations} iterations", flush=True)
+    summary = []
+    for fam in args.family:
+        for meth in dict.fromkeys(r["method"] for r in rows if r["family"] == fam):
+            got = [r for r in rows if r["family"] == fam and r["method"] == meth and "iters" in r]
+            if got:
+                summary.append(
+                    {
+                        "family": fam,
+                        "method": meth,
+                        "mean_iters": float(np.mean([r["iters"] for r in got])),
+                        "mean_vs_ic0": float(np.mean([r["vs_ic0"] for r in got])),
+                        "systems": len(got),
+                    }
+                )
+    print("\n" + markdown_table(rows) + "\n\n" + markdown_table(summary))
+    path = write_results(
+        "precond_limits",
+        {"config": vars(args), "rows": rows, "summary": summary, "oracle_loss_history": losses},
+        args.out,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
