@@ -570,3 +570,21 @@ def test_seeded_init_and_restarts_keep_best_validation():
         fit_preconditioner(LearnedPreconditioner("factor"), mats, restarts=2, steps=4)
     with pytest.raises(ValueError, match="restarts >= 1"):
         fit_preconditioner(LearnedPreconditioner("factor"), mats, restarts=0, val_matrices=val)
+
+
+def test_reset_parameters_is_seeded_on_the_model_device(device):
+    model = LearnedPreconditioner("factor", hidden=4).to(device)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reset_parameters(7)
+    again = LearnedPreconditioner("factor", hidden=4).to(device)
+    again.reset_parameters(7)
+    for k, v in model.state_dict().items():
+        assert v.device.type == device.type
+        assert torch.equal(v, again.state_dict()[k])
+    assert any(not torch.equal(v, first[k]) for k, v in model.state_dict().items())
+    a = diffusion2d(6, seed=0)  # reset to the base: the untrained factor is SSOR's
+    np.testing.assert_allclose(
+        model.build(a).factor().toarray(),
+        LearnedPreconditioner("factor", hidden=4).build(a).factor().toarray(),
+        rtol=1e-12,
+    )
