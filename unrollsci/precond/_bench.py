@@ -233,70 +233,53 @@ def main(argv: list[str] | None = None) -> int:
         help="grid sizes of the held-out test systems (n x n unknowns)",
     )
     p.add_argument("--train-n", nargs="+", type=int, default=[32])
-    p.add_argument("--train-systems", type=int, default=16)
-    p.add_argument(
-        "--val-systems",
-        type=int,
-        default=4,
-        help="validation systems (early stopping, best weights restored)",
-    )
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument(
-        "--restarts",
-        type=int,
-        default=3,
-        help="initial weights tried per learned model (best validation loss kept)",
-    )
-    p.add_argument("--test-systems", type=int, default=3)
+    # Plain numeric options: (flag, type, default, help).
+    numeric = [
+        ("--train-systems", int, 16, "training matrices per size in --train-n"),
+        ("--val-systems", int, 4, "validation systems (early stopping, restarts)"),
+        ("--patience", int, 5, "epochs without validation improvement before stopping"),
+        ("--restarts", int, 3, "seeded initial weights per learned model (best kept)"),
+        ("--test-systems", int, 3, "held-out systems per family and size"),
+        ("--steps", int, 10, "unrolled PCG steps in the loss"),
+        ("--epochs", int, 15, None),
+        ("--lr", float, 2e-3, None),
+        ("--n-rhs", int, 4, "right-hand sides per training matrix"),
+        ("--hidden", int, 8, "GNN width"),
+        ("--layers", int, 1, "message-passing layers of the GNNs"),
+        (
+            "--mic-layers",
+            int,
+            0,
+            "message-passing layers of the MIC-based factor (0: a per-entry MLP on the "
+            "matrix entries and MIC's values; as good as 1 layer there, at half the GNN cost)",
+        ),
+        ("--block-size", int, 32, None),
+        ("--rtol", float, 1e-8, "relative residual at which PCG stops"),
+        ("--repeats", int, 2, "timing repeats (best is kept)"),
+        ("--threads", int, 1, None),
+        ("--seed", int, 0, "seed of the training right-hand sides, data order and initial weights"),
+        (
+            "--adaptive-tol",
+            float,
+            None,
+            "per-system unroll length: steps the base needs to reach this energy error",
+        ),
+    ]
+    for flag, typ, default, help_ in numeric:
+        p.add_argument(flag, type=typ, default=default, help=help_)
     p.add_argument(
         "--kinds",
         nargs="*",
         default=["factor", "inverse", "block"],
         choices=["factor", "inverse", "block"],
     )
-    p.add_argument(
-        "--frobenius",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also train the factor with the sketched Frobenius loss",
-    )
-    p.add_argument(
-        "--mic-base",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also train the factor on top of modified IC (base='mic')",
-    )
-    p.add_argument(
-        "--ic0-base",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also train the factor on top of IC(0) (base='ic0')",
-    )
-    p.add_argument(
-        "--adaptive-tol",
-        type=float,
-        default=None,
-        help="per-system unroll length: steps the base needs to reach this energy error",
-    )
-    p.add_argument("--steps", type=int, default=10, help="unrolled PCG steps in the loss")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--n-rhs", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=8)
-    p.add_argument("--layers", type=int, default=1, help="message-passing layers of the GNNs")
-    p.add_argument(
-        "--mic-layers",
-        type=int,
-        default=0,
-        help="message-passing layers of the MIC-based factor (0: a per-entry MLP on the "
-        "matrix entries and MIC's values; as good as 1 layer there, at half the GNN cost)",
-    )
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--rtol", type=float, default=1e-8)
-    p.add_argument("--repeats", type=int, default=2, help="timing repeats (best is kept)")
-    p.add_argument("--threads", type=int, default=1)
+    for flag, default, help_ in [
+        ("--frobenius", True, "also train the factor with the sketched Frobenius loss"),
+        ("--mic-base", True, "also train the factor on top of modified IC (base='mic')"),
+        ("--ic0-base", False, "also train the factor on top of IC(0) (base='ic0')"),
+    ]:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
     p.add_argument("--no-amg", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="precond", help="results file name (<out>/<name>.json)")
