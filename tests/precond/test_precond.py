@@ -588,3 +588,60 @@ def test_reset_parameters_is_seeded_on_the_model_device(device):
         LearnedPreconditioner("factor", hidden=4).build(a).factor().toarray(),
         rtol=1e-12,
     )
+
+
+def test_load_matrices_order_formats_and_errors(tmp_path):
+    import scipy.io
+
+    from unrollsci.precond import load_matrices
+
+    for s in (10, 2, 1):
+        sp.save_npz(tmp_path / f"step_{s}.npz", graph_laplacian(4, seed=s))
+    scipy.io.mmwrite(tmp_path / "step_3.mtx", diffusion2d(4, seed=3))
+    (tmp_path / "notes.txt").write_text("not a matrix")
+    mats, files = load_matrices(tmp_path)  # a directory: every matrix file, natural order
+    assert [f.rsplit("/", 1)[-1] for f in files] == [
+        "step_1.npz",
+        "step_2.npz",
+        "step_3.mtx",
+        "step_10.npz",
+    ]
+    assert (mats[0] != graph_laplacian(4, seed=1)).nnz == 0
+    assert (mats[2] != diffusion2d(4, seed=3)).nnz == 0
+    assert len(load_matrices(str(tmp_path / "step_1*.npz"))[0]) == 2  # a glob
+    with pytest.raises(ValueError, match="No matrix files match"):
+        load_matrices(str(tmp_path / "nothing_*.npz"))
+    with pytest.raises(ValueError, match="ending in"):
+        load_matrices(str(tmp_path / "notes.txt"))
+    bad = sp.csr_matrix(np.array([[2.0, 1.0], [0.0, 2.0]]))
+    sp.save_npz(tmp_path / "bad.npz", bad)
+    with pytest.raises(ValueError, match="bad.npz"):
+        load_matrices(str(tmp_path / "bad.npz"))
+
+
+def test_bench_on_user_matrices(tmp_path):
+    import json
+
+    from unrollsci.precond._bench import main
+
+    data_dir = tmp_path / "family"
+    data_dir.mkdir()
+    for s in range(6):
+        sp.save_npz(data_dir / f"t{s}.npz", graph_laplacian(5 + s % 2, seed=s))
+    common = ["--epochs", "1", "--kinds", "factor", "--no-frobenius", "--repeats", "1"]
+    rc = main(
+        ["--matrices", str(data_dir), "--test-systems", "2", "--val-systems", "1"]
+        + common
+        + ["--out", str(tmp_path / "out")]
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "out" / "precond.json").read_text())
+    assert {r["family"] for r in data["rows"]} == {"user"}  # no generated family
+    assert {r["n"] for r in data["rows"]} == {"held-out"}
+    assert [f.rsplit("/", 1)[-1] for f in data["user_matrices"]] == [
+        f"t{s}.npz" for s in range(6)
+    ]
+    assert all(r["converged"] for r in data["rows"])
+    assert data["reference_100x100_diffusion"] is None
+    with pytest.raises(ValueError, match="at least"):
+        main(["--matrices", str(data_dir), "--test-systems", "5", "--val-systems", "1"] + common)

@@ -4,7 +4,8 @@
 sparse factor from a GNN over the matrix graph; ``M = model.build(A)`` is SPD by
 construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
 :func:`jacobi`, :func:`ic0`, :func:`mic0`, :func:`amg` (PyAMG). Families of systems:
-:func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`.
+:func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`,
+:func:`load_matrices` (a user's own family, from files).
 """
 
 from ._classical import (
@@ -19,7 +20,14 @@ from ._classical import (
     jacobi,
     mic0,
 )
-from ._families import FAMILIES, anisotropic2d, diffusion2d, graph_laplacian, matrix_family
+from ._families import (
+    FAMILIES,
+    anisotropic2d,
+    diffusion2d,
+    graph_laplacian,
+    load_matrices,
+    matrix_family,
+)
 from ._model import (
     LearnedPreconditioner,
     MatrixGraph,
@@ -50,6 +58,7 @@ __all__ = [
     "graph_laplacian",
     "ic0",
     "jacobi",
+    "load_matrices",
     "lower_pattern",
     "make_batches",
     "matrix_family",

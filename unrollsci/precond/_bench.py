@@ -5,6 +5,9 @@ preconditioner on small systems of the family (``--train-n``), then solves held-
 systems (seeds never used in training) of every size in ``--n`` with PCG to relative
 residual ``--rtol``, timing setup and solve separately for every method in the same
 run. Writes ``<out>/precond.json`` and ``<out>/precond.png`` (residual vs iteration).
+
+``unrollsci bench precond --matrices 'run/step_*.npz'`` does the same for your own
+family of matrices (files in name order: the last ``--test-systems`` are held out).
 """
 
 from __future__ import annotations
@@ -56,12 +59,48 @@ def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
     return m, m.nnz
 
 
-def _train(family: str, kinds: list[str], args: argparse.Namespace) -> tuple[dict, dict]:
-    from . import FAMILIES, LearnedPreconditioner, fit_preconditioner
+USER = "user"
 
+
+def _systems(
+    family: str, args: argparse.Namespace, user: list[Any] | None
+) -> tuple[list[Any], list[Any], list[tuple[str, bool, list[tuple[Any, int]]]]]:
+    """Training matrices, validation matrices and test groups ``(label, seen in training,
+    [(matrix, right-hand-side seed), ...])`` of a family.
+
+    The user's family (``--matrices``, in file-name order) is split in order: the last
+    ``--test-systems`` matrices are the held-out test systems, the ``--val-systems``
+    before them validate, and the rest train (e.g. early time steps train, late ones test).
+    """
+    from . import FAMILIES
+
+    if family == USER:
+        assert user is not None
+        n_test, n_val = args.test_systems, args.val_systems
+        n_train = len(user) - n_test - n_val
+        if n_train < 1:
+            raise ValueError(
+                f"--matrices gave {len(user)} matrices; expected at least "
+                f"--test-systems + --val-systems + 1 = {n_test + n_val + 1}."
+            )
+        test = user[n_train + n_val :]
+        group = ("held-out", False, [(a, TEST_SEED0 + t) for t, a in enumerate(test)])
+        return user[:n_train], user[n_train : n_train + n_val], [group]
     gen = FAMILIES[family]
-    mats = [gen(n, s) for s in range(args.train_systems) for n in args.train_n]
+    train = [gen(n, s) for s in range(args.train_systems) for n in args.train_n]
     val = [gen(n, VAL_SEED0 + s) for s in range(args.val_systems) for n in args.train_n]
+    groups = []
+    for n in args.n:
+        seeds = [TEST_SEED0 + 100 * n + t for t in range(args.test_systems)]
+        groups.append((f"{n}^2", n in args.train_n, [(gen(n, s), s) for s in seeds]))
+    return train, val, groups
+
+
+def _train(
+    family: str, mats: list[Any], val: list[Any], kinds: list[str], args: argparse.Namespace
+) -> tuple[dict, dict]:
+    from . import LearnedPreconditioner, fit_preconditioner
+
     models, info = {}, {}
     jobs = [(f"learned-{k}", k, "energy", None, args.layers) for k in kinds]
     if "factor" in kinds and args.ic0_base:
@@ -190,13 +229,14 @@ def _plot(histories: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fams = sorted({k[0] for k in histories})
-    sizes = sorted({k[1] for k in histories})
-    fig, axes = plt.subplots(
-        len(fams), len(sizes), figsize=(4.2 * len(sizes), 3.4 * len(fams)), squeeze=False
-    )
+    fams = list(dict.fromkeys(k[0] for k in histories))
+    labels = {f: list(dict.fromkeys(k[1] for k in histories if k[0] == f)) for f in fams}
+    ncol = max(len(v) for v in labels.values())
+    fig, axes = plt.subplots(len(fams), ncol, figsize=(4.2 * ncol, 3.4 * len(fams)), squeeze=False)
     for i, f in enumerate(fams):
-        for j, n in enumerate(sizes):
+        for j in range(len(labels[f]), ncol):
+            axes[i][j].set_visible(False)
+        for j, n in enumerate(labels[f]):
             ax = axes[i][j]
             for (ff, nn, meth), res in histories.items():
                 if ff == f and nn == n:
@@ -206,7 +246,7 @@ def _plot(histories: dict, path: Path) -> None:
                         label=meth,
                         lw=2 if meth.startswith("learned") else 1,
                     )
-            ax.set_title(f"{f}, {n}x{n}")
+            ax.set_title(f"{f}, {n}")
             ax.set_xlabel("PCG iteration")
             ax.set_ylabel("relative residual")
             ax.grid(True, which="both", alpha=0.3)
@@ -223,7 +263,20 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="unrollsci bench precond", description=__doc__)
     p.add_argument(
-        "--family", nargs="+", default=["poisson", "anisotropic", "graph"], choices=sorted(FAMILIES)
+        "--family",
+        nargs="+",
+        default=None,
+        choices=sorted(FAMILIES),
+        help="generated families (default: all three, or none when --matrices is given)",
+    )
+    p.add_argument(
+        "--matrices",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="your own family: .npz (scipy.sparse.save_npz) or .mtx files, globs or "
+        "directories; sorted by name, the last --test-systems are held out, the "
+        "--val-systems before them validate, the rest train (family 'user')",
     )
     p.add_argument(
         "--n",
@@ -294,21 +347,27 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("pyamg not installed: skipping the AMG baseline")
             args.no_amg = True
+    user, user_files = None, None
+    if args.matrices:
+        from . import load_matrices
+
+        user, user_files = load_matrices(args.matrices)
+    families = args.family or ([] if user else ["poisson", "anisotropic", "graph"])
+    if user:
+        families = [*families, USER]
     methods = _methods(args)
     rows: list[dict[str, Any]] = []
     training: dict[str, Any] = {}
-    histories: dict[tuple[str, int, str], list[float]] = {}
-    for family in args.family:
-        print(f"[{family}] training on sizes {args.train_n} ...", flush=True)
-        models, training[family] = _train(family, args.kinds, args)
-        gen = FAMILIES[family]
-        for n in args.n:
+    histories: dict[tuple[str, str, str], list[float]] = {}
+    for family in families:
+        train, val, groups = _systems(family, args, user)
+        print(f"[{family}] training on {len(train)} systems ...", flush=True)
+        models, training[family] = _train(family, train, val, args.kinds, args)
+        for label, seen, systems in groups:
             per: dict[str, dict[str, list[float]]] = {
                 m: {"it": [], "setup": [], "solve": [], "nnz": [], "conv": []} for m in methods
             }
-            for t in range(args.test_systems):
-                seed = TEST_SEED0 + 100 * n + t
-                a = gen(n, seed)
+            for t, (a, seed) in enumerate(systems):
                 b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
                 for meth in methods:
                     best_setup, best_solve = np.inf, np.inf
@@ -334,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     d["nnz"].append(nnz)
                     d["conv"].append(sol.converged)
                     if t == 0:
-                        histories[(family, n, meth)] = list(sol.residuals)
+                        histories[(family, label, meth)] = list(sol.residuals)
             ref_it = float(np.mean(per["ic0"]["it"]))
             ref_t = float(np.mean(per["ic0"]["setup"]) + np.mean(per["ic0"]["solve"]))
             for meth in methods:
@@ -343,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     {
                         "family": family,
-                        "n": f"{n}^2",
+                        "n": label,
                         "method": meth,
                         "nnz": int(np.mean(d["nnz"])),
                         "iters": float(np.mean(d["it"])),
@@ -354,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                         "total_s": total,
                         "vs_ic0_time": total / ref_t,
                         "converged": all(d["conv"]),
-                        "seen_in_training": n in args.train_n,
+                        "seen_in_training": seen,
                     }
                 )
             print(
-                markdown_table([r for r in rows if r["family"] == family and r["n"] == f"{n}^2"]),
+                markdown_table([r for r in rows if r["family"] == family and r["n"] == label]),
                 flush=True,
             )
     cols = [
@@ -388,11 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         {
             "config": {k: v for k, v in vars(args).items()},
             "test_seeds": f"{TEST_SEED0} + 100 n + t, t < test_systems (training uses seeds "
-            f"0..{args.train_systems - 1})",
+            f"0..{args.train_systems - 1}); right-hand sides of the user family: seeds "
+            f"{TEST_SEED0} + t",
             "training": training,
+            "user_matrices": user_files,
             "rows": rows,
             "summary_learned_factor_vs_ic0": summary,
-            "reference_100x100_diffusion": reference_check(rtol=args.rtol),
+            "reference_100x100_diffusion": (
+                reference_check(rtol=args.rtol) if "poisson" in families else None
+            ),
             "residual_histories": {f"{f}/{n}/{m}": h for (f, n, m), h in histories.items()},
             "plot": str(png),
         },

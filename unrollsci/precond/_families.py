@@ -14,6 +14,7 @@ __all__ = [
     "anisotropic2d",
     "graph_laplacian",
     "matrix_family",
+    "load_matrices",
     "FAMILIES",
 ]
 
@@ -174,6 +175,63 @@ def matrix_family(matrices: Sequence[Any]) -> list[Any]:
     for k, m in enumerate(matrices):
         out.append(check_spd_input(m, f"matrices[{k}]"))
     return out
+
+
+_MATRIX_SUFFIXES = (".npz", ".mtx", ".mtx.gz")
+
+
+def load_matrices(paths: str | Sequence[str]) -> tuple[list[Any], list[str]]:
+    """Read a family of sparse SPD matrices from files, in a reproducible order.
+
+    Args:
+        paths: file names, glob patterns (``"run/step_*.npz"``) or directories (every
+            matrix file inside). Files: ``.npz`` written by ``scipy.sparse.save_npz``, or
+            Matrix Market ``.mtx`` / ``.mtx.gz``.
+
+    Returns:
+        the matrices (validated, scipy CSR float64) and their file names, sorted by file
+        name (natural for time steps: ``step_2`` before ``step_10``).
+
+    Raises:
+        ValueError: no file matched, an unknown file type, or a matrix that is not square,
+            symmetric, finite with a positive diagonal (the message names the file).
+    """
+    import glob
+    import os
+    import re
+
+    import scipy.io
+    import scipy.sparse as sp
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[str] = []
+    for pth in map(str, paths):
+        if os.path.isdir(pth):
+            hits = [os.path.join(pth, f) for f in os.listdir(pth) if f.endswith(_MATRIX_SUFFIXES)]
+        else:
+            hits = glob.glob(pth) if glob.has_magic(pth) else [pth]
+        if not hits:
+            raise ValueError(f"No matrix files match {pth!r}.")
+        files.extend(hits)
+
+    def natural(name: str) -> list[Any]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    files = sorted(dict.fromkeys(files), key=natural)
+    out = []
+    for f in files:
+        if not f.endswith(_MATRIX_SUFFIXES):
+            raise ValueError(
+                f"Expected matrix files ending in {', '.join(_MATRIX_SUFFIXES)} (got {f!r})."
+            )
+        if not os.path.isfile(f):
+            raise ValueError(f"No such matrix file: {f!r}.")
+        m = sp.load_npz(f) if f.endswith(".npz") else scipy.io.mmread(f)
+        if not sp.issparse(m):
+            m = sp.csr_matrix(m)
+        out.append(check_spd_input(m, f))
+    return out, files
 
 
 #: family name -> generator ``(n, seed) -> scipy CSR``.
