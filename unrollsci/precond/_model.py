@@ -628,7 +628,7 @@ def fit_preconditioner(
             the best validation loss. Needs ``val_matrices``. Different initial weights
             land in different minima; selecting by validation loss guards against an
             unlucky one (in the benchmark, one unseeded diffusion run reached 20-25%
-            fewer iterations than IC(0) where five seeded runs reached 29-35%).
+            fewer iterations than IC(0) where five seeded runs reached 29-34%).
         keep_base_if_better: with validation matrices, also score the weights before
             training (the base factor, e.g. IC(0)) and keep them when no epoch beat
             them, so that training cannot make the preconditioner worse on the
