@@ -14,7 +14,10 @@ each family (the same matrices and right-hand sides as the benchmark):
 * ``oracle-values``: the factor values on IC(0)'s pattern optimized for this one matrix by
   Adam through ``k`` unrolled PCG steps (energy-norm loss on 8 right-hand sides, started
   from MIC(0); ``k`` is ``--unroll-frac`` times the iterations MIC(0) needs, so the loss
-  stays far from round-off), then tested on the benchmark's right-hand side. No network: this
+  stays far from round-off), then tested on the benchmark's right-hand side;
+  ``oracle-diagonal`` fits only the diagonal. For both, ``diag_change_local_r2`` says how
+  much of the fitted change of ``log L_ii`` a linear model of local (2-hop) features of
+  the matrix explains. No network: this
   is what the values alone can do on this system, a ceiling for a GNN that has to predict
   them for unseen systems.
 
@@ -75,15 +78,21 @@ def factor_operator(lower: sp.csr_matrix) -> FactorPreconditioner:
     return FactorPreconditioner(pat, torch.from_numpy(vals))
 
 
-def oracle_values(a: sp.csr_matrix, unroll: int, iters: int, seed: int) -> tuple:
-    """Adam on the factor values of IC(0)'s pattern (diagonal as exp(.)), from MIC(0)."""
+def oracle_values(
+    a: sp.csr_matrix, unroll: int, iters: int, seed: int, diag_only: bool = False
+) -> tuple[FactorPreconditioner, list[float], np.ndarray]:
+    """Adam on the factor values of IC(0)'s pattern (diagonal as exp(.)), from MIC(0).
+
+    ``diag_only`` keeps MIC's off-diagonal values and fits only the diagonal. Returns the
+    preconditioner, the loss history and the change of ``log L_ii``."""
     from unrollsci.operators import SparseOperator
 
     base = mic0(a).factor().tocsr()
     pat, v0 = lower_pattern(base)
     diag = pat.diag
     v0 = torch.from_numpy(v0)
-    logd = torch.nn.Parameter(torch.log(v0[diag]).clone())
+    logd0 = torch.log(v0[diag])
+    logd = torch.nn.Parameter(logd0.clone())
     off = torch.nn.Parameter(v0.clone())
     op = SparseOperator(a)
     rng = np.random.default_rng(seed)
@@ -92,7 +101,7 @@ def oracle_values(a: sp.csr_matrix, unroll: int, iters: int, seed: int) -> tuple
         np.stack([sp.linalg.spsolve(a.tocsc(), bi) for bi in b.numpy()])  # exact solutions
     )
     den = (x * b).sum(-1)
-    opt = torch.optim.Adam([logd, off], lr=1e-3)
+    opt = torch.optim.Adam([logd] if diag_only else [logd, off], lr=1e-3)
     hist = []
     for _ in range(iters):
         opt.zero_grad()
@@ -104,7 +113,31 @@ def oracle_values(a: sp.csr_matrix, unroll: int, iters: int, seed: int) -> tuple
         hist.append(float(loss.detach()))
     with torch.no_grad():
         vals = off.index_put((diag,), torch.exp(logd))
-    return FactorPreconditioner(pat, vals.detach()), hist
+    return FactorPreconditioner(pat, vals.detach()), hist, (logd - logd0).detach().numpy()
+
+
+def local_r2(a: sp.csr_matrix, mic_diag: np.ndarray, y: np.ndarray) -> float:
+    """R^2 of the least-squares fit of ``y`` (one value per row) by local features of the
+    row and their 1- and 2-hop neighbour means: the scaled row sum, the degree, the
+    scaled off-diagonal sum and MIC's ``L_ii^2 / a_ii``. How much of ``y`` a network that
+    sees two hops of the matrix graph could predict linearly."""
+    d = a.diagonal()
+    off = sp.csr_matrix(a - sp.diags(d))
+    off.eliminate_zeros()
+    deg = np.diff(off.indptr).astype(float)
+    mean_nb = sp.diags(1 / np.maximum(deg, 1)) @ (off != 0).astype(float)
+    base = [
+        np.asarray(a.sum(1)).ravel() / d,
+        deg,
+        np.asarray(off.sum(1)).ravel() / d,
+        mic_diag**2 / d,
+    ]
+    cols = [np.ones_like(d)]
+    for f in base:
+        cols += [f, mean_nb @ f, mean_nb @ (mean_nb @ f)]
+    feats = np.column_stack(cols)
+    coef, *_ = np.linalg.lstsq(feats, y, rcond=None)
+    return float(1 - ((feats @ coef - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,23 +193,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{fam} {t} {name}: {sol.iterations} iterations", flush=True)
         t0 = time.perf_counter()
         unroll = max(2, round(args.unroll_frac * its["mic0"]))
-        m, hist = oracle_values(a, unroll, args.oracle_iters, seed=1)
-        sol = cg(a, b, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
-        losses[f"{fam}/{t}"] = hist
-        rows.append(
-            {
-                "family": fam,
-                "system": t,
-                "method": "oracle-values",
-                "nnz": m.nnz,
-                "nnz_ic0": nnz0,
-                "iters": sol.iterations,
-                "vs_ic0": sol.iterations / its["ic0"],
-                "seconds": time.perf_counter() - t0,
-                "note": f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
-            }
-        )
-        print(f"{fam} {t} oracle-values: {sol.iterations} iterations", flush=True)
+        mic_diag = mic0(a).factor().diagonal()
+        for name, diag_only in [("oracle-values", False), ("oracle-diagonal", True)]:
+            t0 = time.perf_counter()
+            m, hist, dlog = oracle_values(a, unroll, args.oracle_iters, 1, diag_only)
+            sol = cg(a, b, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
+            losses[f"{fam}/{t}/{name}"] = hist
+            rows.append(
+                {
+                    "family": fam,
+                    "system": t,
+                    "method": name,
+                    "nnz": m.nnz,
+                    "nnz_ic0": nnz0,
+                    "iters": sol.iterations,
+                    "vs_ic0": sol.iterations / its["ic0"],
+                    "seconds": time.perf_counter() - t0,
+                    "diag_change_std": float(dlog.std()),
+                    "diag_change_local_r2": local_r2(a, mic_diag, dlog),
+                    "note": f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
+                }
+            )
+            print(f"{fam} {t} {name}: {sol.iterations} iterations", flush=True)
     summary = []
     for fam in args.family:
         for meth in dict.fromkeys(r["method"] for r in rows if r["family"] == fam):
@@ -188,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                         "method": meth,
                         "mean_iters": float(np.mean([r["iters"] for r in got])),
                         "mean_vs_ic0": float(np.mean([r["vs_ic0"] for r in got])),
+                        "mean_diag_change_local_r2": (
+                            float(np.mean([r["diag_change_local_r2"] for r in got]))
+                            if "diag_change_local_r2" in got[0]
+                            else None
+                        ),
                         "systems": len(got),
                     }
                 )
