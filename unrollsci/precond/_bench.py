@@ -88,7 +88,7 @@ def _systems(
         return user[:n_train], user[n_train : n_train + n_val], [group]
     gen = FAMILIES[family]
     train = [gen(n, s) for s in range(args.train_systems) for n in args.train_n]
-    val = [gen(n, VAL_SEED0 + s) for s in range(args.val_systems) for n in args.train_n]
+    val = [gen(n, VAL_SEED0 + s) for s in range(args.val_systems) for n in args.val_n]
     groups = []
     for n in args.n:
         seeds = [TEST_SEED0 + 100 * n + t for t in range(args.test_systems)]
@@ -286,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         help="grid sizes of the held-out test systems (n x n unknowns)",
     )
     p.add_argument("--train-n", nargs="+", type=int, default=[32])
+    p.add_argument(
+        "--val-n",
+        nargs="+",
+        type=int,
+        default=[64],
+        help="grid sizes of the validation systems (the smallest test size by default: "
+        "early stopping, the choice among restarts and keeping the base then reflect "
+        "grids larger than the training ones)",
+    )
     # Plain numeric options: (flag, type, default, help).
     numeric = [
         ("--train-systems", int, 16, "training matrices per size in --train-n"),
@@ -339,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
-        args.epochs, args.repeats, args.val_systems = 3, 1, 1
+        args.epochs, args.repeats, args.val_systems, args.val_n = 3, 1, 1, [24]
     torch.set_num_threads(args.threads)
     if not args.no_amg:
         try:
