@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -140,6 +141,23 @@ def local_r2(a: sp.csr_matrix, mic_diag: np.ndarray, y: np.ndarray) -> float:
     return float(1 - ((feats @ coef - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
+def result_row(
+    fam: str, t: int, name: str, m: Any, sol: Any, nnz0: int, ic0_iters: int, t0: float
+) -> dict[str, Any]:
+    """One table row (and a progress line) for a preconditioner ``m`` solved as ``sol``."""
+    print(f"{fam} {t} {name}: {sol.iterations} iterations", flush=True)
+    return {
+        "family": fam,
+        "system": t,
+        "method": name,
+        "nnz": m.nnz,
+        "nnz_ic0": nnz0,
+        "iters": sol.iterations,
+        "vs_ic0": sol.iterations / ic0_iters,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--family", nargs="+", default=["poisson", "anisotropic", "graph"])
@@ -167,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         a_rcm, b_rcm = a[perm][:, perm].tocsr(), b[torch.from_numpy(perm.astype(np.int64))]
         cands["ic0-rcm"] = lambda a_rcm=a_rcm: ic0(a_rcm)
         cands["mic0-rcm"] = lambda a_rcm=a_rcm: mic0(a_rcm)
-        its = {}
+        its: dict[str, int] = {}
+
         for name, make in cands.items():
             t0 = time.perf_counter()
             try:
@@ -178,20 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             aa, bb = (a_rcm, b_rcm) if name.endswith("-rcm") else (a, b)
             sol = cg(aa, bb, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
             its[name] = sol.iterations
-            rows.append(
-                {
-                    "family": fam,
-                    "system": t,
-                    "method": name,
-                    "nnz": m.nnz,
-                    "nnz_ic0": nnz0,
-                    "iters": sol.iterations,
-                    "vs_ic0": sol.iterations / its["ic0"],
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(f"{fam} {t} {name}: {sol.iterations} iterations", flush=True)
-        t0 = time.perf_counter()
+            rows.append(result_row(fam, t, name, m, sol, nnz0, its["ic0"], t0))
         unroll = max(2, round(args.unroll_frac * its["mic0"]))
         mic_diag = mic0(a).factor().diagonal()
         for name, diag_only in [("oracle-values", False), ("oracle-diagonal", True)]:
@@ -199,22 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             m, hist, dlog = oracle_values(a, unroll, args.oracle_iters, 1, diag_only)
             sol = cg(a, b, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
             losses[f"{fam}/{t}/{name}"] = hist
+            row = result_row(fam, t, name, m, sol, nnz0, its["ic0"], t0)
             rows.append(
-                {
-                    "family": fam,
-                    "system": t,
-                    "method": name,
-                    "nnz": m.nnz,
-                    "nnz_ic0": nnz0,
-                    "iters": sol.iterations,
-                    "vs_ic0": sol.iterations / its["ic0"],
-                    "seconds": time.perf_counter() - t0,
-                    "diag_change_std": float(dlog.std()),
-                    "diag_change_local_r2": local_r2(a, mic_diag, dlog),
-                    "note": f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
-                }
+                row
+                | dict(
+                    diag_change_std=float(dlog.std()),
+                    diag_change_local_r2=local_r2(a, mic_diag, dlog),
+                    note=f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
+                )
             )
-            print(f"{fam} {t} {name}: {sol.iterations} iterations", flush=True)
     summary = []
     for fam in args.family:
         for meth in dict.fromkeys(r["method"] for r in rows if r["family"] == fam):
