@@ -645,3 +645,45 @@ def test_bench_on_user_matrices(tmp_path):
     assert data["reference_100x100_diffusion"] is None
     with pytest.raises(ValueError, match="at least"):
         main(["--matrices", str(data_dir), "--test-systems", "5", "--val-systems", "1"] + common)
+
+
+# ------------------------------------------------------------------ polynomial
+@pytest.mark.parametrize("degree,ratio", [(0, 0.5), (3, 0.05), (8, 0.01)])
+def test_chebyshev_matches_its_polynomial_and_is_spd(degree, ratio):
+    from unrollsci.precond import chebyshev
+
+    a = anisotropic2d(6, seed=3)  # not an M-matrix
+    m = chebyshev(a, degree, ratio)
+    n = a.shape[0]
+    dense = m(torch.eye(n, dtype=torch.float64)).numpy().T
+    # independent reference: D V p(Lambda) V^T D with the closed form of p
+    d = 1 / np.sqrt(a.diagonal())
+    s = d[:, None] * a.toarray() * d[None, :]
+    lam, v = np.linalg.eigh(s)
+    hi = np.abs(s).sum(1).max()
+    lo = ratio * hi
+    theta, delta = (hi + lo) / 2, (hi - lo) / 2
+    t = np.polynomial.chebyshev.Chebyshev.basis(degree + 1)
+    p = (1 - t((theta - lam) / delta) / t(theta / delta)) / lam
+    ref = d[:, None] * (v * p) @ v.T * d[None, :]
+    np.testing.assert_allclose(dense, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+    assert lam.max() <= hi and p.min() > 0
+    assert np.linalg.eigvalsh(0.5 * (dense + dense.T)).min() > 0
+    assert m.nnz == n
+
+
+def test_chebyshev_in_cg_and_bad_input(device):
+    from unrollsci.precond import chebyshev
+
+    a = graph_laplacian(12, seed=1)
+    b = torch.from_numpy(np.random.default_rng(0).standard_normal(a.shape[0])).to(device)
+    at = to_torch_sparse(a).to(device)
+    it_j = cg(at, b, M=jacobi(a, device=device), tol=1e-8).iterations
+    sol = cg(at, b, M=chebyshev(a, 8, device=device), tol=1e-8)
+    assert sol.converged and sol.iterations < it_j / 3
+    with pytest.raises(ValueError, match="degree"):
+        chebyshev(a, -1)
+    with pytest.raises(ValueError, match="ratio"):
+        chebyshev(a, 4, ratio=1.0)
+    with pytest.raises(ValueError, match="symmetric"):
+        chebyshev(sp.csr_matrix(np.array([[2.0, 1.0], [0.0, 2.0]])), 4)

@@ -3,7 +3,8 @@
 ``LearnedPreconditioner(kind="factor"|"inverse"|"block")`` predicts the values of a
 sparse factor from a GNN over the matrix graph; ``M = model.build(A)`` is SPD by
 construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
-:func:`jacobi`, :func:`ic0`, :func:`mic0`, :func:`amg` (PyAMG). Families of systems:
+:func:`jacobi`, :func:`ic0`, :func:`mic0`, :func:`amg` (PyAMG), :func:`chebyshev`
+(polynomial, mat-vecs only). Families of systems:
 :func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`,
 :func:`load_matrices` (a user's own family, from files).
 """
@@ -37,11 +38,13 @@ from ._model import (
     pcg_loss,
     unrolled_pcg,
 )
+from ._poly import ChebyshevPreconditioner, chebyshev
 from ._sparse import LowerPattern, lower_pattern, tri_solve
 
 __all__ = [
     "AMGPreconditioner",
     "BlockPreconditioner",
+    "ChebyshevPreconditioner",
     "DiagonalPreconditioner",
     "FAMILIES",
     "FactorPreconditioner",
@@ -53,6 +56,7 @@ __all__ = [
     "SystemBatch",
     "amg",
     "anisotropic2d",
+    "chebyshev",
     "diffusion2d",
     "fit_preconditioner",
     "graph_laplacian",

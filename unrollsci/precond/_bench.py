@@ -1,4 +1,4 @@
-"""Benchmark: learned preconditioners vs none / Jacobi / IC(0) / MIC(0) / PyAMG, held-out systems.
+"""Benchmark: learned preconditioners vs none / Jacobi / IC(0) / MIC(0) / PyAMG / Chebyshev.
 
 ``unrollsci bench precond --family poisson --n 64 128 256`` trains each learned
 preconditioner on small systems of the family (``--train-n``), then solves held-out
@@ -30,6 +30,8 @@ def _methods(args: argparse.Namespace) -> list[str]:
     out = ["none", "jacobi", "ic0", "mic0"]
     if not args.no_amg:
         out.append("amg")
+    if args.chebyshev:
+        out.append("chebyshev")
     for kind in args.kinds:
         out.append(f"learned-{kind}")
         if kind == "factor" and args.mic_base:
@@ -42,7 +44,7 @@ def _methods(args: argparse.Namespace) -> list[str]:
 
 
 def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
-    from . import amg, ic0, jacobi, mic0
+    from . import amg, chebyshev, ic0, jacobi, mic0
 
     if method == "none":
         return None, 0
@@ -51,6 +53,9 @@ def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
         return m, a.shape[0]
     if method in ("ic0", "mic0"):
         m = ic0(a) if method == "ic0" else mic0(a)
+        return m, m.nnz
+    if method == "chebyshev":
+        m = chebyshev(a, *models["chebyshev"])
         return m, m.nnz
     if method == "amg":
         m = amg(a)
@@ -94,6 +99,34 @@ def _systems(
         seeds = [TEST_SEED0 + 100 * n + t for t in range(args.test_systems)]
         groups.append((f"{n}^2", n in args.train_n, [(gen(n, s), s) for s in seeds]))
     return train, val, groups
+
+
+CHEB_GRID = [(k, r) for k in (4, 8, 12, 16) for r in (0.003, 0.01, 0.03)]
+
+
+def _tune_chebyshev(val: list[Any], args: argparse.Namespace) -> tuple[tuple[int, float], dict]:
+    """Degree and interval ratio of the Chebyshev baseline with the least mean total time
+    (setup + PCG, best of 2) on the validation systems: a tuned classical baseline,
+    chosen without the test systems. Without validation systems: degree 8, ratio 0.01."""
+    from ..solvers import cg
+    from . import chebyshev
+
+    if not val:
+        return (8, 0.01), {}
+    scores = {}
+    for k, r in CHEB_GRID:
+        total = []
+        for s, a in enumerate(val):
+            b = torch.from_numpy(np.random.default_rng(VAL_SEED0 + s).standard_normal(a.shape[0]))
+            best = np.inf
+            for _ in range(2):
+                with Timer() as t:
+                    cg(a, b, M=chebyshev(a, k, r), tol=args.rtol, throw=False, check=False)
+                best = min(best, t.seconds)
+            total.append(best)
+        scores[f"degree {k}, ratio {r}"] = float(np.mean(total))
+    k, r = CHEB_GRID[int(np.argmin(list(scores.values())))]
+    return (k, r), scores
 
 
 def _train(
@@ -339,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         ("--frobenius", True, "also train the factor with the sketched Frobenius loss"),
         ("--mic-base", True, "also train the factor on top of modified IC (base='mic')"),
         ("--ic0-base", False, "also train the factor on top of IC(0) (base='ic0')"),
+        (
+            "--chebyshev",
+            True,
+            "Chebyshev polynomial baseline, degree and interval tuned on the validation systems",
+        ),
     ]:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
     p.add_argument("--no-amg", action="store_true")
@@ -372,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         train, val, groups = _systems(family, args, user)
         print(f"[{family}] training on {len(train)} systems ...", flush=True)
         models, training[family] = _train(family, train, val, args.kinds, args)
+        if args.chebyshev:
+            models["chebyshev"], scores = _tune_chebyshev(val, args)
+            training[family]["chebyshev"] = {
+                "degree": models["chebyshev"][0],
+                "ratio": models["chebyshev"][1],
+                "validation_seconds": scores,
+            }
+            print(f"  chebyshev on {family}: degree, ratio = {models['chebyshev']}", flush=True)
         for label, seen, systems in groups:
             per: dict[str, dict[str, list[float]]] = {
                 m: {"it": [], "setup": [], "solve": [], "nnz": [], "conv": []} for m in methods
