@@ -434,6 +434,7 @@ def test_bench_tiny_run_writes_json_and_png(tmp_path):
             "1",
             "--kinds",
             "factor",
+            "poly",
             "--no-frobenius",
             "--test-systems",
             "1",
@@ -447,6 +448,7 @@ def test_bench_tiny_run_writes_json_and_png(tmp_path):
     data = json.loads((tmp_path / "precond.json").read_text())
     methods = {r["method"] for r in data["rows"]}
     assert {"none", "jacobi", "ic0", "mic0", "learned-factor", "learned-factor-mic"} <= methods
+    assert {"chebyshev", "learned-poly"} <= methods
     assert "learned-factor-ic0" not in methods  # --ic0-base is off by default
     assert all(r["converged"] for r in data["rows"])
     assert (tmp_path / "precond.png").stat().st_size > 0
@@ -638,9 +640,7 @@ def test_bench_on_user_matrices(tmp_path):
     data = json.loads((tmp_path / "out" / "precond.json").read_text())
     assert {r["family"] for r in data["rows"]} == {"user"}  # no generated family
     assert {r["n"] for r in data["rows"]} == {"held-out"}
-    assert [f.rsplit("/", 1)[-1] for f in data["user_matrices"]] == [
-        f"t{s}.npz" for s in range(6)
-    ]
+    assert [f.rsplit("/", 1)[-1] for f in data["user_matrices"]] == [f"t{s}.npz" for s in range(6)]
     assert all(r["converged"] for r in data["rows"])
     assert data["reference_100x100_diffusion"] is None
     with pytest.raises(ValueError, match="at least"):
@@ -687,3 +687,54 @@ def test_chebyshev_in_cg_and_bad_input(device):
         chebyshev(a, 4, ratio=1.0)
     with pytest.raises(ValueError, match="symmetric"):
         chebyshev(sp.csr_matrix(np.array([[2.0, 1.0], [0.0, 2.0]])), 4)
+
+
+def test_learned_poly_starts_as_chebyshev_and_is_spd_for_any_weights(device):
+    from unrollsci.precond import chebyshev
+
+    a = graph_laplacian(8, seed=1)
+    n = a.shape[0]
+    eye = torch.eye(n, dtype=torch.float64, device=device)
+    model = LearnedPreconditioner("poly", degree=6, ratio=0.02, seed=0).to(device)
+    untrained, classical = model.build(a)(eye), chebyshev(a, 6, 0.02, device=device)(eye)
+    # the other iterates start at softmax weight ~5e-5
+    torch.testing.assert_close(untrained, classical, rtol=0, atol=2e-4 * classical.abs().max())
+    for trial, fam in enumerate([graph_laplacian, diffusion2d, anisotropic2d] * 2):
+        randomize(model, seed=trial, scale=0.5 + trial)
+        b = fam(7, seed=trial)
+        dense = dense_of(model.build(b), b.shape[0], device)
+        assert np.abs(dense - dense.T).max() <= 1e-12 * np.abs(dense).max()
+        assert np.linalg.eigvalsh(0.5 * (dense + dense.T)).min() > 0
+    assert model.build(a).nnz == n
+
+
+def test_learned_poly_gradcheck_and_training(device):
+    mats = [graph_laplacian(6, seed=s) for s in range(3)]
+    model = LearnedPreconditioner("poly", degree=3, hidden=4, seed=0).double().to(device)
+    randomize(model, seed=1, scale=0.3)
+    (batch,) = make_batches(model, mats[:1], n_rhs=2)
+    loss = pcg_loss(steps=3)
+    # the polynomial's weights, its interval and the GNN's scaling head, as plain inputs
+    x0 = [model.poly_logits.detach().clone(), model.poly_ratio.detach().clone()]
+    x0.append(model.diag_head[-1].bias.detach().clone())
+    del model.poly_logits, model.poly_ratio
+    head = model.diag_head[-1]
+    del head.bias
+
+    def f(logits, ratio, bias):
+        model.poly_logits, model.poly_ratio, head.bias = logits, ratio, bias
+        return loss(model, batch)
+
+    inputs = tuple(x.requires_grad_(True) for x in x0)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+    hist = fit_preconditioner(
+        LearnedPreconditioner("poly", degree=4, seed=0).to(device), mats, steps=4, epochs=4
+    )
+    assert hist.train_loss[-1] < hist.train_loss[0]
+    fresh = LearnedPreconditioner("poly", degree=3, seed=0).to(device)
+    with pytest.raises(ValueError, match="frobenius"):
+        pcg_loss(steps=3, loss="frobenius")(fresh, batch)
+    with pytest.raises(ValueError, match="base"):
+        LearnedPreconditioner("poly", base="mic")
+    with pytest.raises(ValueError, match="degree"):
+        LearnedPreconditioner("poly", degree=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from ._classical import (
     ic0_from_pattern,
     mic0_from_pattern,
 )
+from ._poly import ChebyshevPreconditioner, abs_entries, gershgorin_scaled
 from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "fit_preconditioner",
 ]
 
-_KINDS = ("factor", "inverse", "block")
+_KINDS = ("factor", "inverse", "block", "poly")
 _BASES = ("ic0", "mic", "ssor", "identity")
 
 
@@ -57,6 +58,8 @@ class MatrixGraph:
     shift: float  # IC(0) diagonal shift used for the base (0 when none)
     ri: torch.Tensor | None = None  # row / column of each strict-lower pattern entry
     ci: torch.Tensor | None = None
+    matrix: Any = None  # A itself (scipy CSR), kept for kind="poly"
+    cache: dict = field(default_factory=dict)  # per-graph objects built on first use
 
     def __post_init__(self) -> None:
         if self.ri is None or self.ci is None:
@@ -78,6 +81,7 @@ class MatrixGraph:
             self.shift,
             self.ri.to(device),
             self.ci.to(device),
+            self.matrix,
         )
 
 
@@ -96,6 +100,8 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     if kind == "block":
         lower = cols_all <= rows_all
         keep = (rows_all[lower] // block_size) == (cols_all[lower] // block_size)
+    elif kind == "poly":  # no factor: a diagonal pattern keeps the shared code cheap
+        keep = np.zeros(int((cols_all <= rows_all).sum()), dtype=bool)
     pat, svals = lower_pattern(s, keep=keep)
     row, col = pat.row.numpy(), pat.col.numpy()
     strict = col < row
@@ -118,7 +124,7 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     half = li.size
     er, ec, ev = np.concatenate([li, lj]), np.concatenate([lj, li]), np.concatenate([lv, lv])
     ne = er.size
-    if kind == "block":  # pattern entries are a subset of the lower edges
+    if kind in ("block", "poly"):  # pattern entries are a subset of the lower edges
         fwd = np.searchsorted(li * n + lj, row[strict] * n + col[strict])
     else:
         fwd = np.arange(half)
@@ -156,9 +162,10 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         edge_attr=torch.from_numpy(edge_attr).to(f32),
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
         low_bwd=torch.from_numpy(bwd.astype(np.int64)),
-        aligned=kind != "block",
+        aligned=kind not in ("block", "poly"),
         strict=torch.from_numpy(strict),
         shift=float(shift),
+        matrix=a if kind == "poly" else None,
     )
 
 
@@ -221,7 +228,12 @@ class LearnedPreconditioner(nn.Module):
     * ``"inverse"``: ``M = G G^T ~ A^{-1}``, ``G`` lower-triangular on ``tril(A)``'s
       pattern, applied by two sparse mat-vecs (no triangular solve);
     * ``"block"``: block-diagonal, ``M^{-1} = blockdiag(L_b L_b^T)`` with ``L_b`` on
-      the in-block lower pattern of ``A``, applied by batched dense triangular solves.
+      the in-block lower pattern of ``A``, applied by batched dense triangular solves;
+    * ``"poly"``: ``M = D p(D A D) D``, a learned polynomial (``degree`` mat-vecs with
+      ``A``, no factor; see :meth:`poly_operator`): ``D`` is Jacobi's scaling times a
+      GNN correction in ``[1/e, e]`` and ``p`` a positive combination of Chebyshev
+      approximate inverses on a learned interval below a Gershgorin bound. It starts as
+      the classical :func:`chebyshev` preconditioner of that degree and ``ratio``.
 
     SPD by construction: every diagonal entry of ``L`` / ``G`` is
     ``base_ii * exp(2 tanh(.))`` with ``base_ii > 0``, so ``L`` is invertible and
@@ -250,6 +262,8 @@ class LearnedPreconditioner(nn.Module):
             family (its setup includes the factorization, on the CPU).
         block_size: block size for ``kind="block"``.
         min_n, max_n: matrix sizes the model accepts.
+        degree, ratio: ``kind="poly"`` only: the polynomial degree and the initial lower
+            end of its interval relative to the Gershgorin bound.
         seed: seed of the initial weights (None: torch's global generator). Training
             from different initial weights lands in different minima; see
             ``restarts`` in :func:`fit_preconditioner`.
@@ -275,6 +289,8 @@ class LearnedPreconditioner(nn.Module):
         min_n: int = 2,
         max_n: int | None = None,
         seed: int | None = None,
+        degree: int = 8,
+        ratio: float = 0.01,
     ) -> None:
         super().__init__()
         if kind not in _KINDS:
@@ -282,7 +298,7 @@ class LearnedPreconditioner(nn.Module):
         base = (
             base
             if base is not None
-            else {"factor": "ssor", "inverse": "identity", "block": "ic0"}[kind]
+            else {"factor": "ssor", "inverse": "identity", "block": "ic0", "poly": "identity"}[kind]
         )
         if base not in _BASES:
             raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
@@ -290,6 +306,13 @@ class LearnedPreconditioner(nn.Module):
             raise ValueError(
                 f"base={base!r} is a factor of A, not of A^{{-1}}; use 'identity' "
                 "or 'ssor' for kind='inverse'."
+            )
+        if kind == "poly" and base != "identity":
+            raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
+        if kind == "poly" and (int(degree) != degree or degree < 1 or not 0 < ratio < 1):
+            raise ValueError(
+                f"Expected an integer degree >= 1 and 0 < ratio < 1 for kind='poly' (got "
+                f"{degree!r}, {ratio!r})."
             )
         if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
             raise ValueError(
@@ -314,6 +337,13 @@ class LearnedPreconditioner(nn.Module):
             self.off_col = nn.Linear(hidden, hidden, bias=False)
             self.off_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
             self.diag_head = _mlp(hidden, hidden, 1)
+        self.degree, self.ratio = int(degree), float(ratio)
+        if kind == "poly":
+            # Weights of the Chebyshev iterates y_0..y_degree (softmax) and the interval's
+            # lower end relative to the Gershgorin bound (sigmoid); at the start the
+            # model is the classical Chebyshev preconditioner up to 5e-5 weights.
+            self.poly_logits = nn.Parameter(torch.zeros(self.degree + 1))
+            self.poly_ratio = nn.Parameter(torch.zeros(()))
         self._zero_heads()
         if seed is not None:
             self.reset_parameters(seed)
@@ -322,6 +352,11 @@ class LearnedPreconditioner(nn.Module):
         for head in (self.off_head, self.diag_head):
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
+        if self.kind == "poly":
+            with torch.no_grad():
+                self.poly_logits.fill_(-10.0)
+                self.poly_logits[-1] = 0.0
+                self.poly_ratio.fill_(float(np.log(self.ratio / (1 - self.ratio))))
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Fresh random weights (torch's default initialization, drawn from
@@ -345,6 +380,8 @@ class LearnedPreconditioner(nn.Module):
             "block_size": self.block_size,
             "min_n": self.min_n,
             "max_n": self.max_n,
+            "degree": self.degree,
+            "ratio": self.ratio,
         }
 
     def prepare(self, A: Any) -> MatrixGraph:  # noqa: N803
@@ -406,8 +443,32 @@ class LearnedPreconditioner(nn.Module):
         scale = g.dsqrt.to(torch.float64)[pat.row]
         return vals / scale if self.kind == "inverse" else vals * scale
 
+    def poly_operator(self, g: MatrixGraph) -> ChebyshevPreconditioner:
+        """``kind="poly"``: ``M = D p(D A D) D`` with ``D = diag(A)^{-1/2} exp(tanh(g_i))``
+        (``g`` from the GNN's node head) and ``p`` a learned positive combination of the
+        Chebyshev approximate inverses of degrees ``0..degree`` on ``[lo, hi]``, ``hi``
+        the Gershgorin bound of ``D A D`` and ``lo / hi`` learned: SPD for any weights
+        (see :class:`ChebyshevPreconditioner`); ``degree`` mat-vecs, no factor."""
+        p = next(self.parameters())
+        h = self.node_enc(g.x.to(p.dtype))
+        if self.convs:
+            e = self.edge_enc(g.edge_attr.to(p.dtype))
+            for conv in self.convs:
+                h, e = conv(h, g.edge_index, e)
+        corr = torch.exp(torch.tanh(self.diag_head(h).squeeze(-1).to(torch.float64)))
+        scale = corr / g.dsqrt.to(device=corr.device, dtype=torch.float64)
+        if "op" not in g.cache:
+            g.cache["op"] = SparseOperator(g.matrix).to(scale.device)
+            g.cache["abs"] = abs_entries(g.matrix, scale.device)
+        hi = gershgorin_scaled(g.cache["abs"], scale) * (1.0 + 1e-12)
+        lo = hi * torch.sigmoid(self.poly_ratio.to(torch.float64))
+        weights = torch.softmax(self.poly_logits.to(torch.float64), 0)
+        return ChebyshevPreconditioner(g.cache["op"], scale, self.degree, lo, hi, weights)
+
     def from_graph(self, g: MatrixGraph) -> LinearOperator:
         """The preconditioner for a prepared matrix (differentiable in the weights)."""
+        if self.kind == "poly":
+            return self.poly_operator(g)
         vals = self.factor_values(g)
         if self.kind == "factor":
             return FactorPreconditioner(g.pattern, vals)
@@ -578,6 +639,8 @@ def pcg_loss(
         m = model.from_graph(batch.graph)
         A = batch.op  # noqa: N806
         if loss == "frobenius":
+            if model.kind == "poly":
+                raise ValueError("loss='frobenius' needs a factor; kind='poly' has none.")
             z = torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)
             az = A(z)
             if model.kind == "inverse":

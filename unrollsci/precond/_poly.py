@@ -10,27 +10,50 @@ import torch
 from ..operators import LinearOperator, SparseOperator
 from ._sparse import check_spd_input
 
-__all__ = ["ChebyshevPreconditioner", "chebyshev"]
+__all__ = ["ChebyshevPreconditioner", "abs_entries", "chebyshev", "gershgorin_scaled"]
 
 
 class ChebyshevPreconditioner(LinearOperator):
-    """``z = D p(S) D r`` with ``S = D A D``, ``D = diag(A)^{-1/2}`` and ``p`` the
-    Chebyshev approximate inverse of degree ``degree`` on ``[lo, hi]``.
+    """``z = D p(S) D r`` with ``S = D A D``, ``D = diag(A)^{-1/2}`` (or any positive
+    scaling) and ``p`` the Chebyshev approximate inverse of degree ``degree`` on
+    ``[lo, hi]``, or a positive combination of those of degrees ``0..degree``.
 
-    ``z`` is ``degree`` steps of the Chebyshev iteration for ``S y = D r`` from ``y = 0``
-    (one mat-vec with ``A`` each), so ``p(x) = (1 - T_{m+1}((θ - x)/δ) / T_{m+1}(θ/δ)) / x``
-    (``m = degree``, ``θ ± δ = hi, lo``). ``|T_{m+1}| <= 1`` on ``[lo, hi]`` and
-    ``0 < T_{m+1}((θ - x)/δ) < T_{m+1}(θ/δ)`` for ``0 < x < lo``, so ``p > 0`` on
-    ``(0, hi]``; with ``hi`` a Gershgorin bound of ``S``, ``p(S)`` and ``M`` are SPD for
-    every SPD ``A``, whatever ``lo``. The only stored entries beyond ``A`` are the ``n``
+    ``y_m`` = ``m`` steps of the Chebyshev iteration for ``S y = D r`` from ``y = 0`` (one
+    mat-vec with ``A`` each) is ``p_m(S) D r`` with
+    ``p_m(x) = (1 - T_{m+1}((θ - x)/δ) / T_{m+1}(θ/δ)) / x`` (``θ ± δ = hi, lo``).
+    ``|T_{m+1}| <= 1`` on ``[lo, hi]`` and ``0 < T_{m+1}((θ - x)/δ) < T_{m+1}(θ/δ)`` for
+    ``0 < x < lo``, so ``p_m > 0`` on ``(0, hi]``; with ``hi`` at least the largest
+    eigenvalue of ``S`` (a Gershgorin bound), ``p_m(S)``, any combination
+    ``sum_m w_m p_m(S)`` with ``w_m >= 0`` (not all zero) and ``M`` are SPD for every SPD
+    ``A`` and every ``0 < lo < hi``. The only stored entries beyond ``A`` are the ``n``
     scales (``nnz``).
+
+    Args:
+        a: the matrix ``A`` (scipy / torch sparse) or its :class:`SparseOperator`.
+        scale: ``(n,)`` positive ``D`` (may carry gradients).
+        degree: mat-vecs per application.
+        lo, hi: the interval (floats or 0-d tensors, which may carry gradients).
+        weights: ``(degree + 1,)`` nonnegative weights of ``y_0..y_degree``; None takes
+            ``y_degree`` alone (the classical Chebyshev preconditioner).
     """
 
-    def __init__(self, a: Any, scale: torch.Tensor, degree: int, lo: float, hi: float) -> None:
+    def __init__(
+        self,
+        a: Any,
+        scale: torch.Tensor,
+        degree: int,
+        lo: float | torch.Tensor,
+        hi: float | torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
-        self.op = SparseOperator(a).to(scale.device)
-        self.register_buffer("scale", scale)
-        self.degree, self.lo, self.hi = int(degree), float(lo), float(hi)
+        self.op = a if isinstance(a, SparseOperator) else SparseOperator(a).to(scale.device)
+        self.scale, self.weights = scale, weights
+        self.degree, self.lo, self.hi = int(degree), lo, hi
+        if weights is not None and weights.shape != (self.degree + 1,):
+            raise ValueError(
+                f"Expected weights of shape ({self.degree + 1},) (got {tuple(weights.shape)})."
+            )
         self.in_shape = self.out_shape = (scale.numel(),)
         self.cacheable_norm = False
 
@@ -39,21 +62,45 @@ class ChebyshevPreconditioner(LinearOperator):
         return int(self.scale.numel())
 
     def _mv(self, r: torch.Tensor) -> torch.Tensor:
-        d = self._cast("scale", r)
+        d = self.scale.to(r)
         theta, delta = 0.5 * (self.hi + self.lo), 0.5 * (self.hi - self.lo)
         sigma = theta / delta
         rhs = r * d
         y = rhs / theta
+        w = None if self.weights is None else self.weights.to(r)
+        z = None if w is None else w[0] * y
         dy, res, rho_old = y, rhs, 1.0 / sigma
-        for _ in range(self.degree):
-            res = res - d * self.op(d * dy).to(r.dtype)
+        for m in range(1, self.degree + 1):
+            res = res - d * self.op(d * dy)
             rho = 1.0 / (2.0 * sigma - rho_old)
             dy = (rho * rho_old) * dy + (2.0 * rho / delta) * res
             y = y + dy
             rho_old = rho
-        return y * d
+            if w is not None:
+                z = z + w[m] * y
+        return (y if z is None else z) * d
 
     _rmv = _mv
+
+
+def abs_entries(a: Any, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+    """``(row, col, |a_ij|)`` of a scipy sparse matrix as torch tensors (float64)."""
+    import scipy.sparse as sp
+
+    coo = sp.coo_matrix(a)
+    return (
+        torch.from_numpy(coo.row.astype(np.int64)).to(device),
+        torch.from_numpy(coo.col.astype(np.int64)).to(device),
+        torch.from_numpy(np.abs(coo.data).astype(np.float64)).to(device),
+    )
+
+
+def gershgorin_scaled(entries: tuple[torch.Tensor, ...], scale: torch.Tensor) -> torch.Tensor:
+    """``max_i sum_j |a_ij| s_i s_j`` for ``entries = abs_entries(A)``: an upper bound of the
+    eigenvalues of ``S A S`` (``S = diag(scale)``), differentiable in ``scale``."""
+    row, col, val = entries
+    rows = torch.zeros_like(scale).index_add(0, row, val.to(scale) * scale[col])
+    return (scale * rows).max()
 
 
 def chebyshev(
@@ -91,4 +138,4 @@ def chebyshev(
     d = 1.0 / np.sqrt(a.diagonal())
     hi = float(abs(sp.diags(d) @ a @ sp.diags(d)).sum(axis=1).max())
     scale = torch.as_tensor(d, dtype=dtype, device=device)
-    return ChebyshevPreconditioner(a.astype(np.float64), scale, int(degree), ratio * hi, hi)
+    return ChebyshevPreconditioner(a, scale, int(degree), ratio * hi, hi)
