@@ -197,8 +197,13 @@ def _train(
     return models, info
 
 
+_SUMMARIZED = ("learned-factor", "learned-factor-mic", "learned-factor-ic0", "learned-poly")
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Learned-factor vs IC(0) per family and size, from the measured rows.
+    """Learned factors and the learned polynomial vs IC(0) per family and size, from the
+    measured rows (``iters_vs_mic0`` / ``iters_vs_chebyshev``: against their classical
+    starting points).
 
     ``breakeven_rhs``: number of right-hand sides solved with one setup from which the
     learned factor's total time (setup + k solves) drops below IC(0)'s (1 when it wins
@@ -206,11 +211,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     out = []
     for r in rows:
-        if r["method"] not in ("learned-factor", "learned-factor-mic", "learned-factor-ic0"):
+        if r["method"] not in _SUMMARIZED:
             continue
         same = [q for q in rows if q["family"] == r["family"] and q["n"] == r["n"]]
         ic = next(q for q in same if q["method"] == "ic0")
         mic = next((q for q in same if q["method"] == "mic0"), None)
+        cheb = next((q for q in same if q["method"] == "chebyshev"), None)
         amg_row = next((q for q in same if q["method"] == "amg"), None)
         d_setup = r["setup_s"] - ic["setup_s"]
         d_solve = ic["solve_s"] - r["solve_s"]
@@ -227,6 +233,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "method": r["method"],
                 "iter_reduction_vs_ic0": 1 - r["vs_ic0_iters"],
                 "iters_vs_mic0": r["iters"] / mic["iters"] if mic else None,
+                "iters_vs_chebyshev": r["iters"] / cheb["iters"] if cheb else None,
                 "solve_time_vs_ic0": r["solve_s"] / ic["solve_s"],
                 "total_time_vs_ic0": r["vs_ic0_time"],
                 "breakeven_rhs": k,
@@ -498,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n" + markdown_table(rows, cols))
     summary = summarize(rows)
-    print("\nlearned factors vs IC(0) (same nonzeros):")
+    print("\nlearned factors (IC(0)'s nonzeros) and learned polynomial (n) vs IC(0):")
     print(markdown_table(summary))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
