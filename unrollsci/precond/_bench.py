@@ -274,6 +274,8 @@ def _plot(histories: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    meths = list(dict.fromkeys(k[2] for k in histories))
+    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(meths)}
     fams = list(dict.fromkeys(k[0] for k in histories))
     labels = {f: list(dict.fromkeys(k[1] for k in histories if k[0] == f)) for f in fams}
     ncol = max(len(v) for v in labels.values())
@@ -289,7 +291,9 @@ def _plot(histories: dict, path: Path) -> None:
                         np.arange(1, len(res) + 1),
                         res,
                         label=meth,
+                        color=colors[meth],
                         lw=2 if meth.startswith("learned") else 1,
+                        ls="-" if meth.startswith("learned") else "--",
                     )
             ax.set_title(f"{f}, {n}")
             ax.set_xlabel("PCG iteration")
