@@ -708,7 +708,7 @@ def test_learned_poly_starts_as_chebyshev_and_is_spd_for_any_weights(device):
     assert model.build(a).nnz == n
 
 
-def test_learned_poly_gradcheck_and_training(device):
+def test_learned_poly_gradcheck_training_and_checkpoint(device, tmp_path):
     mats = [graph_laplacian(6, seed=s) for s in range(3)]
     model = LearnedPreconditioner("poly", degree=3, hidden=4, seed=0).double().to(device)
     randomize(model, seed=1, scale=0.3)
@@ -727,10 +727,14 @@ def test_learned_poly_gradcheck_and_training(device):
 
     inputs = tuple(x.requires_grad_(True) for x in x0)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
-    hist = fit_preconditioner(
-        LearnedPreconditioner("poly", degree=4, seed=0).to(device), mats, steps=4, epochs=4
-    )
+    trained = LearnedPreconditioner("poly", degree=4, ratio=0.05, seed=0).to(device)
+    hist = fit_preconditioner(trained, mats, steps=4, epochs=4)
     assert hist.train_loss[-1] < hist.train_loss[0]
+    path = save_checkpoint(trained, tmp_path / "poly.pt")
+    again = load_checkpoint(path, expected=LearnedPreconditioner, map_location=device)
+    assert (again.kind, again.degree, again.ratio) == ("poly", 4, 0.05)
+    r = torch.randn(2, mats[0].shape[0], dtype=torch.float64, device=device)
+    torch.testing.assert_close(again.build(mats[0])(r), trained.build(mats[0])(r))
     fresh = LearnedPreconditioner("poly", degree=3, seed=0).to(device)
     with pytest.raises(ValueError, match="frobenius"):
         pcg_loss(steps=3, loss="frobenius")(fresh, batch)
