@@ -1,6 +1,6 @@
 """Train a learned preconditioner on a family of diffusion problems, then solve a new one.
 
-Runs in about a minute on one CPU core:
+Runs in about 11 seconds on one CPU core:
 
     python examples/precond_diffusion.py
 
