@@ -742,3 +742,23 @@ def test_learned_poly_gradcheck_training_and_checkpoint(device, tmp_path):
         LearnedPreconditioner("poly", base="mic")
     with pytest.raises(ValueError, match="degree"):
         LearnedPreconditioner("poly", degree=0)
+
+
+def test_learned_poly_without_scaling_needs_no_graph(device, monkeypatch):
+    from unrollsci.precond import _model, chebyshev
+
+    a = diffusion2d(9, seed=4)
+    model = LearnedPreconditioner("poly", degree=5, ratio=0.02, scaling=False, seed=0).to(device)
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("scaling=False must not build the matrix graph at setup")
+
+    monkeypatch.setattr(_model, "_build_graph", no_graph)
+    eye = torch.eye(a.shape[0], dtype=torch.float64, device=device)
+    got, ref = model.build(a)(eye), chebyshev(a, 5, 0.02, device=device)(eye)
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-4 * ref.abs().max())
+    randomize(model, seed=2, scale=2.0)
+    dense = dense_of(model.build(a), a.shape[0], device)
+    assert np.linalg.eigvalsh(0.5 * (dense + dense.T)).min() > 0
+    with pytest.raises(ValueError, match="size"):
+        LearnedPreconditioner("poly", scaling=False, max_n=10).build(a)

@@ -138,7 +138,10 @@ def _train(
     from . import LearnedPreconditioner, fit_preconditioner
 
     models, info = {}, {}
-    jobs = [(f"learned-{k}", k, "energy", None, args.layers) for k in kinds]
+    jobs = [
+        (f"learned-{k}", k, "energy", None, args.poly_layers if k == "poly" else args.layers)
+        for k in kinds
+    ]
     if "factor" in kinds and args.ic0_base:
         jobs.insert(1, ("learned-factor-ic0", "factor", "energy", "ic0", args.layers))
     if "factor" in kinds and args.mic_base:
@@ -155,6 +158,7 @@ def _train(
             seed=args.seed,
             degree=cheb[0],  # kind="poly" starts as the tuned Chebyshev preconditioner
             ratio=cheb[1],
+            scaling=args.poly_scaling,
         )
         t0 = time.perf_counter()
         hist = fit_preconditioner(
@@ -357,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--n-rhs", int, 4, "right-hand sides per training matrix"),
         ("--hidden", int, 8, "GNN width"),
         ("--poly-degree", int, 8, "degree of the Chebyshev baseline and of kind 'poly'"),
+        ("--poly-layers", int, 0, "message-passing layers of the polynomial's scaling GNN"),
         ("--layers", int, 1, "message-passing layers of the GNNs"),
         (
             "--mic-layers",
@@ -389,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         ("--frobenius", True, "also train the factor with the sketched Frobenius loss"),
         ("--mic-base", True, "also train the factor on top of modified IC (base='mic')"),
         ("--ic0-base", False, "also train the factor on top of IC(0) (base='ic0')"),
+        (
+            "--poly-scaling",
+            True,
+            "learn a per-node correction of the polynomial's Jacobi scaling (a GNN run at "
+            "every setup); off: only the polynomial is learned, shared by the family",
+        ),
         (
             "--chebyshev",
             True,

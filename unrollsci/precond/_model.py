@@ -19,7 +19,7 @@ from ._classical import (
     ic0_from_pattern,
     mic0_from_pattern,
 )
-from ._poly import ChebyshevPreconditioner, abs_entries, gershgorin_scaled
+from ._poly import ChebyshevPreconditioner, SymmetricMatvec, abs_entries, gershgorin_scaled
 from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern
 
 __all__ = [
@@ -264,6 +264,9 @@ class LearnedPreconditioner(nn.Module):
         min_n, max_n: matrix sizes the model accepts.
         degree, ratio: ``kind="poly"`` only: the polynomial degree and the initial lower
             end of its interval relative to the Gershgorin bound.
+        scaling: ``kind="poly"`` only: learn a per-node correction of Jacobi's scaling
+            with the GNN (True), or learn only the polynomial, shared by the family
+            (False: no network at setup, which then costs what :func:`chebyshev` costs).
         seed: seed of the initial weights (None: torch's global generator). Training
             from different initial weights lands in different minima; see
             ``restarts`` in :func:`fit_preconditioner`.
@@ -291,6 +294,7 @@ class LearnedPreconditioner(nn.Module):
         seed: int | None = None,
         degree: int = 8,
         ratio: float = 0.01,
+        scaling: bool = True,
     ) -> None:
         super().__init__()
         if kind not in _KINDS:
@@ -337,7 +341,7 @@ class LearnedPreconditioner(nn.Module):
             self.off_col = nn.Linear(hidden, hidden, bias=False)
             self.off_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
             self.diag_head = _mlp(hidden, hidden, 1)
-        self.degree, self.ratio = int(degree), float(ratio)
+        self.degree, self.ratio, self.scaling = int(degree), float(ratio), bool(scaling)
         if kind == "poly":
             # Weights of the Chebyshev iterates y_0..y_degree (softmax) and the interval's
             # lower end relative to the Gershgorin bound (sigmoid); at the start the
@@ -382,17 +386,22 @@ class LearnedPreconditioner(nn.Module):
             "max_n": self.max_n,
             "degree": self.degree,
             "ratio": self.ratio,
+            "scaling": self.scaling,
         }
 
-    def prepare(self, A: Any) -> MatrixGraph:  # noqa: N803
-        """Validate ``A`` and build its :class:`MatrixGraph` (the non-learned part of setup)."""
-        a = check_spd_input(A)
+    def _check_size(self, a: Any) -> Any:
         n = a.shape[0]
         if n < self.min_n or (self.max_n is not None and n > self.max_n):
             hi = "inf" if self.max_n is None else self.max_n
             raise ValueError(
                 f"This model supports matrices of size {self.min_n} <= n <= {hi} (got n={n})."
             )
+        return a
+
+    def prepare(self, A: Any) -> MatrixGraph:  # noqa: N803
+        """Validate ``A`` and build its :class:`MatrixGraph` (the non-learned part of setup)."""
+        a = self._check_size(check_spd_input(A))
+        n = a.shape[0]
         if self.kind == "block" and self.block_size > n:
             raise ValueError(
                 f"Expected block_size <= n for kind='block' (got block_size "
@@ -445,25 +454,31 @@ class LearnedPreconditioner(nn.Module):
 
     def poly_operator(self, g: MatrixGraph) -> ChebyshevPreconditioner:
         """``kind="poly"``: ``M = D p(D A D) D`` with ``D = diag(A)^{-1/2} exp(tanh(g_i))``
-        (``g`` from the GNN's node head) and ``p`` a learned positive combination of the
-        Chebyshev approximate inverses of degrees ``0..degree`` on ``[lo, hi]``, ``hi``
-        the Gershgorin bound of ``D A D`` and ``lo / hi`` learned: SPD for any weights
-        (see :class:`ChebyshevPreconditioner`); ``degree`` mat-vecs, no factor."""
+        (``g`` from the GNN's node head; ``g = 0`` with ``scaling=False``) and ``p`` a
+        learned positive combination of the Chebyshev approximate inverses of degrees
+        ``0..degree`` on ``[lo, hi]``, ``hi`` the Gershgorin bound of ``D A D`` and
+        ``lo / hi`` learned: SPD for any weights (see :class:`ChebyshevPreconditioner`);
+        ``degree`` mat-vecs, no factor."""
         p = next(self.parameters())
+        dsqrt = g.dsqrt.to(device=p.device, dtype=torch.float64)
+        if not self.scaling:
+            return self._poly(g.matrix, 1.0 / dsqrt, g.cache)
         h = self.node_enc(g.x.to(p.dtype))
         if self.convs:
             e = self.edge_enc(g.edge_attr.to(p.dtype))
             for conv in self.convs:
                 h, e = conv(h, g.edge_index, e)
         corr = torch.exp(torch.tanh(self.diag_head(h).squeeze(-1).to(torch.float64)))
-        scale = corr / g.dsqrt.to(device=corr.device, dtype=torch.float64)
-        if "op" not in g.cache:
-            g.cache["op"] = SparseOperator(g.matrix).to(scale.device)
-            g.cache["abs"] = abs_entries(g.matrix, scale.device)
-        hi = gershgorin_scaled(g.cache["abs"], scale) * (1.0 + 1e-12)
+        return self._poly(g.matrix, corr / dsqrt, g.cache)
+
+    def _poly(self, a: Any, scale: torch.Tensor, cache: dict) -> ChebyshevPreconditioner:
+        if "op" not in cache:
+            cache["op"] = SymmetricMatvec(a)
+            cache["abs"] = abs_entries(a, scale.device)
+        hi = gershgorin_scaled(cache["abs"], scale) * (1.0 + 1e-12)
         lo = hi * torch.sigmoid(self.poly_ratio.to(torch.float64))
         weights = torch.softmax(self.poly_logits.to(torch.float64), 0)
-        return ChebyshevPreconditioner(g.cache["op"], scale, self.degree, lo, hi, weights)
+        return ChebyshevPreconditioner(cache["op"], scale, self.degree, lo, hi, weights)
 
     def from_graph(self, g: MatrixGraph) -> LinearOperator:
         """The preconditioner for a prepared matrix (differentiable in the weights)."""
@@ -485,6 +500,14 @@ class LearnedPreconditioner(nn.Module):
             ValueError: non-square, non-symmetric, NaN/Inf, zero or negative diagonal,
                 or a size outside ``[min_n, max_n]``.
         """
+        if self.kind == "poly" and not self.scaling:
+            # No per-matrix network: the setup of the classical chebyshev() (the diagonal,
+            # a Gershgorin bound), not the matrix graph.
+            a = self._check_size(check_spd_input(A))
+            p = next(self.parameters())
+            scale = torch.from_numpy(1.0 / np.sqrt(a.diagonal())).to(p.device)
+            with torch.no_grad():
+                return self._poly(a, scale, {})
         g = self.prepare(A)
         with torch.no_grad():
             return self.from_graph(g)
