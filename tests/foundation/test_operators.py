@@ -145,3 +145,22 @@ def test_device_mismatch_raises():
     op = MatrixOperator(torch.randn(3, 3)).to("cuda")
     with pytest.raises(ValueError, match="one device"):
         op(torch.randn(1, 3))
+
+
+def test_sparse_operator_transpose_is_lazy_and_not_saved(device):
+    rng = np.random.default_rng(0)
+    a = sp.random(30, 20, density=0.2, random_state=1, format="csr")
+    op = SparseOperator(a).to(device)
+    assert op.matrix_t is None and "matrix_t" not in op.state_dict()
+    x = torch.from_numpy(rng.standard_normal((2, 20))).to(device)
+    y = torch.from_numpy(rng.standard_normal((2, 30))).to(device)
+    lhs = (op(x) * y).sum()
+    rhs = (x * op.T(y)).sum()
+    torch.testing.assert_close(lhs, rhs)
+    torch.testing.assert_close(op.T(y).cpu(), torch.from_numpy((a.T @ y.cpu().numpy().T).T))
+    # a state dict written when A^T was a saved buffer still loads
+    old = dict(op.state_dict())
+    old["matrix_t"] = torch.zeros(1)
+    fresh = SparseOperator(a).to(device)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh(x), op(x))
