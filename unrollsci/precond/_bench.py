@@ -343,10 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         "--val-n",
         nargs="+",
         type=int,
-        default=[64],
-        help="grid sizes of the validation systems (the smallest test size by default: "
-        "early stopping, the choice among restarts and keeping the base then reflect "
-        "grids larger than the training ones)",
+        default=None,
+        help="grid sizes of the validation systems (default: the smallest --n; early "
+        "stopping, the choice among restarts and keeping the base then reflect grids "
+        "larger than the training ones)",
     )
     # Plain numeric options: (flag, type, default, help).
     numeric = [
@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
-        args.epochs, args.repeats, args.val_systems, args.val_n = 3, 1, 1, [24]
+        args.epochs, args.repeats, args.val_systems = 3, 1, 1
+    args.val_n = args.val_n or [min(args.n)]
     torch.set_num_threads(args.threads)
     if not args.no_amg:
         try:
@@ -438,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     for family in families:
         train, val, groups = _systems(family, args, user)
         print(f"[{family}] training on {len(train)} systems ...", flush=True)
-        cheb, scores = _tune_chebyshev(val, args)
-        print(f"  chebyshev on {family}: degree, ratio = {cheb}", flush=True)
+        cheb, scores = (args.poly_degree, 0.01), {}
+        if args.chebyshev or "poly" in args.kinds:  # the baseline, and the polynomial's start
+            cheb, scores = _tune_chebyshev(val, args)
+            print(f"  chebyshev on {family}: degree, ratio = {cheb}", flush=True)
         models, training[family] = _train(family, train, val, args.kinds, args, cheb)
         models["chebyshev"] = cheb
         training[family]["chebyshev"] = {

@@ -248,7 +248,7 @@ class LearnedPreconditioner(nn.Module):
     is the base. One model serves matrices of any size (``min_n <= n <= max_n``).
 
     Args:
-        kind: ``"factor"``, ``"inverse"`` or ``"block"``.
+        kind: ``"factor"``, ``"inverse"``, ``"block"`` or ``"poly"``.
         hidden: GNN width.
         layers: message-passing layers. With ``0``, each factor entry comes from an MLP
             on its own matrix entry, base value and the two rows' node features, and
@@ -410,16 +410,25 @@ class LearnedPreconditioner(nn.Module):
         dev = next(self.parameters()).device
         return _build_graph(a, self.kind, self.base, self.block_size).to(dev)
 
+    def _node_states(self, g: MatrixGraph) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Node states after the message passing, and the edge states (None without
+        message-passing layers, where the edge states are ``edge_enc(edge_attr)``)."""
+        p = next(self.parameters())
+        h = self.node_enc(g.x.to(p.dtype))
+        if not self.convs:
+            return h, None
+        e = self.edge_enc(g.edge_attr.to(p.dtype))
+        for conv in self.convs:
+            h, e = conv(h, g.edge_index, e)
+        return h, e
+
     def factor_values(self, g: MatrixGraph) -> torch.Tensor:
         """Unscaled factor values ``(nnz,)`` (float64) on ``g.pattern``; differentiable."""
         p = next(self.parameters())
-        h = self.node_enc(g.x.to(p.dtype))
+        h, e = self._node_states(g)
         pat = g.pattern
         strict, ri, ci = g.strict, g.ri, g.ci
-        if self.convs:
-            e = self.edge_enc(g.edge_attr.to(p.dtype))
-            for conv in self.convs:
-                h, e = conv(h, g.edge_index, e)
+        if e is not None:
             ef, eb = _split_edges(g, e)
             edge = self.off_fwd(ef) + self.off_bwd(eb)
         else:
@@ -463,11 +472,7 @@ class LearnedPreconditioner(nn.Module):
         dsqrt = g.dsqrt.to(device=p.device, dtype=torch.float64)
         if not self.scaling:
             return self._poly(g.matrix, 1.0 / dsqrt, g.cache)
-        h = self.node_enc(g.x.to(p.dtype))
-        if self.convs:
-            e = self.edge_enc(g.edge_attr.to(p.dtype))
-            for conv in self.convs:
-                h, e = conv(h, g.edge_index, e)
+        h, _ = self._node_states(g)
         corr = torch.exp(torch.tanh(self.diag_head(h).squeeze(-1).to(torch.float64)))
         return self._poly(g.matrix, corr / dsqrt, g.cache)
 
