@@ -197,6 +197,7 @@ def load_matrices(paths: str | Sequence[str]) -> tuple[list[Any], list[str]]:
             symmetric, finite with a positive diagonal (the message names the file).
     """
     import glob
+    import inspect
     import os
     import re
 
@@ -219,6 +220,9 @@ def load_matrices(paths: str | Sequence[str]) -> tuple[list[Any], list[str]]:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
     files = sorted(dict.fromkeys(files), key=natural)
+    # scipy >= 1.18 warns unless asked which sparse type mmread returns; older ones lack the knob.
+    has_knob = "spmatrix" in inspect.signature(scipy.io.mmread).parameters
+    mm_kw = {"spmatrix": False} if has_knob else {}
     out = []
     for f in files:
         if not f.endswith(_MATRIX_SUFFIXES):
@@ -227,9 +231,8 @@ def load_matrices(paths: str | Sequence[str]) -> tuple[list[Any], list[str]]:
             )
         if not os.path.isfile(f):
             raise ValueError(f"No such matrix file: {f!r}.")
-        m = sp.load_npz(f) if f.endswith(".npz") else scipy.io.mmread(f)
-        if not sp.issparse(m):
-            m = sp.csr_matrix(m)
+        m = sp.load_npz(f) if f.endswith(".npz") else scipy.io.mmread(f, **mm_kw)
+        m = sp.csr_matrix(m)  # sparse array, sparse matrix or dense -> one type downstream
         out.append(check_spd_input(m, f))
     return out, files
 
