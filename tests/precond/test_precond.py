@@ -537,7 +537,7 @@ def test_no_message_passing_folds_edge_layers_exactly(kind):
     with torch.no_grad():
         model.factor_values(g)
         hook.remove()
-        e = model.edge_enc(g.edge_attr.double())
+        e = model.edge_enc(g.full_edge_attr().double())
         h = model.node_enc(g.x.double())
         fwd, bwd = (g.low_fwd, g.low_bwd)
         ri, ci = g.pattern.row[g.strict], g.pattern.col[g.strict]
@@ -545,6 +545,45 @@ def test_no_message_passing_folds_edge_layers_exactly(kind):
         ref = ref + model.off_col(h)[ci]
     assert ref.shape[0] == int(g.strict.sum()) > 0
     torch.testing.assert_close(seen["pre"], ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "poly"])
+def test_graph_features_match_a_direct_construction(kind):
+    """Only the forward edges' features are stored; every directed edge's features (and the
+    node features) must equal those written out entry by entry from the scaled matrix."""
+    a = graph_laplacian(6, seed=3)
+    model = LearnedPreconditioner(kind, block_size=5, seed=0)
+    g = model.prepare(a)
+    d = a.diagonal()
+    s = (sp.diags(d**-0.5) @ a @ sp.diags(d**-0.5)).toarray()
+    lfac = np.zeros_like(s)
+    lfac[g.pattern.row.numpy(), g.pattern.col.numpy()] = g.base.numpy()
+    src, dst = g.edge_index.numpy()
+    assert src.size == np.count_nonzero(s - np.diag(np.diag(s)))
+    feats = g.full_edge_attr().double().numpy()
+    lo, hi = np.maximum(src, dst), np.minimum(src, dst)
+    expect = np.stack(
+        [
+            s[dst, src],
+            lfac[lo, hi],
+            np.sign(dst - src),
+            np.tanh(0.5 * (np.log(d[src]) - np.log(d[dst]))),
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(feats, expect, rtol=1e-6, atol=1e-7)
+    deg = np.bincount(dst, minlength=a.shape[0])
+    x = np.stack(
+        [
+            s.sum(1),
+            np.abs(s).sum(1) - 1.0,
+            deg / 8.0,
+            np.diag(lfac),
+            np.bincount(dst, expect[:, 3], a.shape[0]) / np.maximum(deg, 1),
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(g.x.double().numpy(), x, rtol=1e-6, atol=1e-6)
 
 
 def test_seeded_init_and_restarts_keep_best_validation():

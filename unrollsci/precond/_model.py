@@ -50,7 +50,7 @@ class MatrixGraph:
     dsqrt: torch.Tensor  # (n,) sqrt(diag(A))
     x: torch.Tensor  # (n, F) node features
     edge_index: torch.Tensor  # (2, E) off-diagonal entries of A, source -> target(row)
-    edge_attr: torch.Tensor  # (E, F) edge features
+    edge_attr: torch.Tensor  # (E/2, F) features of the edges j -> i, i > j (full_edge_attr)
     low_fwd: torch.Tensor  # for strict-lower pattern entries (i, j): edge j -> i
     low_bwd: torch.Tensor  # and edge i -> j (= low_fwd + E/2)
     aligned: bool  # low_fwd == arange(E/2): the lower edges are the pattern's entries
@@ -64,6 +64,12 @@ class MatrixGraph:
     def __post_init__(self) -> None:
         if self.ri is None or self.ci is None:
             self.ri, self.ci = self.pattern.row[self.strict], self.pattern.col[self.strict]
+
+    def full_edge_attr(self) -> torch.Tensor:
+        """``(E, F)`` features of every directed edge, in ``edge_index`` order: the reverse
+        edge ``i -> j`` has the features of ``j -> i`` times ``_EDGE_FLIP``."""
+        flip = torch.tensor(_EDGE_FLIP, dtype=self.edge_attr.dtype, device=self.edge_attr.device)
+        return torch.cat([self.edge_attr, self.edge_attr * flip])
 
     def to(self, device: torch.device | str) -> MatrixGraph:
         return MatrixGraph(
@@ -83,6 +89,11 @@ class MatrixGraph:
             self.ci.to(device),
             self.matrix,
         )
+
+
+#: Edge features of the reverse edge j -> i are these signs times those of i -> j (entry
+#: and base value are symmetric, the direction sign and the log-diagonal ratio flip).
+_EDGE_FLIP = (1.0, 1.0, -1.0, -1.0)
 
 
 def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> MatrixGraph:
@@ -118,36 +129,31 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     else:
         bvals = np.where(strict, 0.0, 1.0)
     # Directed edges: first every strict-lower entry S_ij (j -> i) in CSR order, then the
-    # same entries transposed (i -> j), so edge k + half is the reverse of edge k.
+    # same entries transposed (i -> j), so edge k + half is the reverse of edge k. Only the
+    # forward edges' features are stored (the reverse ones follow by _EDGE_FLIP).
     lo = cols_all < rows_all
     li, lj, lv = rows_all[lo], cols_all[lo], sv[lo]
     half = li.size
-    er, ec, ev = np.concatenate([li, lj]), np.concatenate([lj, li]), np.concatenate([lv, lv])
-    ne = er.size
+    ri, ci = row[strict], col[strict]
     if kind in ("block", "poly"):  # pattern entries are a subset of the lower edges
-        fwd = np.searchsorted(li * n + lj, row[strict] * n + col[strict])
+        fwd = np.searchsorted(li * n + lj, ri * n + ci)
     else:
         fwd = np.arange(half)
-    bwd = fwd + half
-    # Base factor value on each edge (symmetric copy for the upper direction).
-    ebase = np.zeros(ne)
+    ebase = np.zeros(half)
     ebase[fwd] = bvals[strict]
-    ebase[bwd] = bvals[strict]
     logd = np.log(d)
-    edge_attr = np.stack(
-        [ev, ebase, np.sign(er - ec).astype(np.float64), np.tanh(0.5 * (logd[ec] - logd[er]))],
-        axis=1,
-    )
-    deg = np.bincount(er, minlength=n).astype(np.float64)
-    rowsum = np.bincount(er, weights=ev, minlength=n) + 1.0
-    absum = np.bincount(er, weights=np.abs(ev), minlength=n)
+    tf = np.tanh(0.5 * (logd[lj] - logd[li]))
+    edge_attr = np.stack([lv, ebase, np.ones(half), tf], axis=1)
+    # Node features: sums over the edges into each node, both directions.
+    deg = (np.bincount(li, minlength=n) + np.bincount(lj, minlength=n)).astype(np.float64)
+    alv = np.abs(lv)
     x = np.stack(
         [
-            rowsum,
-            absum,
+            np.bincount(li, lv, n) + np.bincount(lj, lv, n) + 1.0,
+            np.bincount(li, alv, n) + np.bincount(lj, alv, n),
             deg / 8.0,
             bvals[pat.diag.numpy()],
-            np.bincount(er, weights=edge_attr[:, 3], minlength=n) / np.maximum(deg, 1),
+            (np.bincount(li, tf, n) - np.bincount(lj, tf, n)) / np.maximum(deg, 1),
         ],
         axis=1,
     )
@@ -158,15 +164,42 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         base=torch.from_numpy(bvals),
         dsqrt=torch.from_numpy(np.sqrt(d)),
         x=torch.from_numpy(x).to(f32),
-        edge_index=torch.from_numpy(np.stack([ec, er]).astype(np.int64)),
+        edge_index=torch.from_numpy(np.stack([np.concatenate([lj, li]), np.concatenate([li, lj])])),
         edge_attr=torch.from_numpy(edge_attr).to(f32),
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
-        low_bwd=torch.from_numpy(bwd.astype(np.int64)),
+        low_bwd=torch.from_numpy(fwd.astype(np.int64) + half),
         aligned=kind not in ("block", "poly"),
         strict=torch.from_numpy(strict),
         shift=float(shift),
+        ri=torch.from_numpy(ri),
+        ci=torch.from_numpy(ci),
         matrix=a if kind == "poly" else None,
     )
+
+
+def _factor_consts(g: MatrixGraph, theta: float) -> dict[str, torch.Tensor]:
+    """Per-graph constants of :meth:`LearnedPreconditioner.factor_values` (they depend on
+    the base factor alone), in float64: built on first use and kept in ``g.cache``."""
+    key = ("factor", theta)
+    if key not in g.cache:
+        base, dev = g.base.cpu().numpy(), g.base.device
+        strict, ri = g.strict.cpu().numpy(), g.ri.cpu().numpy()
+        sidx = np.flatnonzero(strict)
+        bdiag = base[g.pattern.diag.cpu().numpy()]
+        bstrict = base[sidx]
+        cap = np.bincount(ri, np.abs(bstrict / bdiag[ri]), g.n).clip(min=theta)
+        rs = g.dsqrt.cpu().numpy()[ri]
+        g.cache[key] = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
+            for k, v in (
+                ("sidx", sidx),
+                ("bdiag", bdiag),
+                ("bstrict", bstrict),
+                ("cap", cap),
+                ("row_scale_strict", rs),
+            )
+        }
+    return g.cache[key]
 
 
 def _split_edges(g: MatrixGraph, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,12 +445,12 @@ class LearnedPreconditioner(nn.Module):
 
     def _node_states(self, g: MatrixGraph) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Node states after the message passing, and the edge states (None without
-        message-passing layers, where the edge states are ``edge_enc(edge_attr)``)."""
+        message-passing layers, where the edge states are ``edge_enc(full_edge_attr)``)."""
         p = next(self.parameters())
         h = self.node_enc(g.x.to(p.dtype))
         if not self.convs:
             return h, None
-        e = self.edge_enc(g.edge_attr.to(p.dtype))
+        e = self.edge_enc(g.full_edge_attr().to(p.dtype))
         for conv in self.convs:
             h, e = conv(h, g.edge_index, e)
         return h, e
@@ -426,40 +459,48 @@ class LearnedPreconditioner(nn.Module):
         """Unscaled factor values ``(nnz,)`` (float64) on ``g.pattern``; differentiable."""
         p = next(self.parameters())
         h, e = self._node_states(g)
-        pat = g.pattern
-        strict, ri, ci = g.strict, g.ri, g.ci
+        ri, ci = g.ri, g.ci
+        # pre_ij = P h_i + Q h_j + (edge terms): the node terms are gathered into the
+        # (E, hidden) buffer and the edge terms accumulated into it in place (autograd
+        # saves none of these intermediates), so the buffer is written three times.
+        pre = self.off_row(h).index_select(0, ri)
+        pre = pre.add_(self.off_col(h).index_select(0, ci))
         if e is not None:
             ef, eb = _split_edges(g, e)
-            edge = self.off_fwd(ef) + self.off_bwd(eb)
+            pre = pre.addmm_(ef, self.off_fwd.weight.T).addmm_(eb, self.off_bwd.weight.T)
+            pre = pre.add_(self.off_fwd.bias)
         else:
-            # No message passing: the edge states are edge_enc(edge_attr) itself, so
-            # off_fwd(e_ij) + off_bwd(e_ji) is affine in the raw features; fold the
-            # layers and never form the (E, hidden) edge states.
+            # No message passing: the edge states are edge_enc(edge_attr), so
+            # off_fwd(e_ij) + off_bwd(e_ji) is affine in the raw features; and the reverse
+            # edge's features are the forward ones with the two antisymmetric columns
+            # negated (_EDGE_FLIP), so one (E/2, 4) product with the folded weight suffices.
             enc_w, enc_b = self.edge_enc.weight, self.edge_enc.bias
-            af, ab = _split_edges(g, g.edge_attr.to(p.dtype))
+            af = g.edge_attr.to(p.dtype)
+            af = af if g.aligned else af.index_select(0, g.low_fwd)
+            flip = torch.tensor(_EDGE_FLIP, dtype=p.dtype, device=p.device)
+            wt = self.off_fwd.weight @ enc_w + (self.off_bwd.weight @ enc_w) * flip
             bias = self.off_fwd(enc_b) + self.off_bwd.weight @ enc_b
-            edge = torch.addmm(bias, af, (self.off_fwd.weight @ enc_w).T)
-            edge = torch.addmm(edge, ab, (self.off_bwd.weight @ enc_w).T)
-        pre = edge + self.off_row(h)[ri] + self.off_col(h)[ci]
-        off = self.off_head(pre).squeeze(-1)
-        dg = self.diag_head(h).squeeze(-1)
-        base = g.base.to(torch.float64)
-        diag_pos = pat.diag
-        dvals = base[diag_pos] * torch.exp(2.0 * torch.tanh(dg.to(torch.float64)))
+            pre = pre.addmm_(af, wt.T).add_(bias)
+        off = self.off_head(pre).squeeze(-1).to(torch.float64)
+        dg = self.diag_head(h).squeeze(-1).to(torch.float64)
+        c = _factor_consts(g, self.theta)
+        dvals = c["bdiag"] * torch.exp(2.0 * torch.tanh(dg))
+        dr = dvals.index_select(0, ri)
         # Off-diagonals relative to their row's diagonal, L = D_L (I + W); row i of W is
         # scaled into sum_j |W_ij| <= cap_i = max(theta, base row ratio). Where cap < 1,
         # ||(I + W)^{-1}||_inf <= 1 / (1 - cap): L stays well conditioned for any weights.
-        bs = base[strict]
-        w = (bs + off.to(torch.float64)) / dvals[ri]
+        w = (c["bstrict"] + off) / dr
         rows = torch.zeros_like(dvals).index_add(0, ri, w.abs())
-        wb = bs / base[diag_pos][ri]
-        cap = torch.zeros_like(dvals).index_add(0, ri, wb.abs()).clamp(min=self.theta)
-        w = w * (cap / torch.maximum(rows, cap))[ri]
-        vals = torch.zeros_like(base)
-        vals = vals.masked_scatter(strict, w * dvals[ri])
-        vals = vals.index_put((diag_pos,), dvals)
-        scale = g.dsqrt.to(torch.float64)[pat.row]
-        return vals / scale if self.kind == "inverse" else vals * scale
+        cap = c["cap"]
+        shrink = (cap / torch.maximum(rows, cap)).index_select(0, ri)
+        # Unscaled L for S = D^-1/2 A D^-1/2 times the row scale sqrt(d_i) (inverse: over).
+        inv = self.kind == "inverse"
+        rs, ds = (c["row_scale_strict"], g.dsqrt.to(torch.float64))
+        vals = torch.zeros(g.pattern.nnz, dtype=torch.float64, device=dvals.device)
+        vals = vals.index_copy(
+            0, c["sidx"], (w * shrink * dr) / rs if inv else w * shrink * dr * rs
+        )
+        return vals.index_copy(0, g.pattern.diag, dvals / ds if inv else dvals * ds)
 
     def poly_operator(self, g: MatrixGraph) -> ChebyshevPreconditioner:
         """``kind="poly"``: ``M = D p(D A D) D`` with ``D = diag(A)^{-1/2} exp(tanh(g_i))``
