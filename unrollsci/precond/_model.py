@@ -60,6 +60,10 @@ class MatrixGraph:
     ci: torch.Tensor | None = None
     matrix: Any = None  # A itself (scipy CSR), kept for kind="poly"
     cache: dict = field(default_factory=dict)  # per-graph objects built on first use
+    # Base-only constants of factor_values (float64): positions of the strict entries, base
+    # diagonal and strict values, the base's row ratios sum_j |b_ij / b_ii|, sqrt(d_i) of
+    # each strict entry's row.
+    consts: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ri is None or self.ci is None:
@@ -88,6 +92,7 @@ class MatrixGraph:
             self.ri.to(device),
             self.ci.to(device),
             self.matrix,
+            consts={k: v.to(device) for k, v in self.consts.items()},
         )
 
 
@@ -157,6 +162,16 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         ],
         axis=1,
     )
+    sidx = np.flatnonzero(strict)
+    bdiag = bvals[pat.diag.numpy()]
+    bstrict = bvals[sidx]
+    consts = {
+        "sidx": sidx,
+        "bdiag": bdiag,
+        "bstrict": bstrict,
+        "ratio": np.bincount(ri, np.abs(bstrict / bdiag[ri]), n),
+        "row_scale_strict": np.sqrt(d)[ri],
+    }
     f32 = torch.float32
     return MatrixGraph(
         n=n,
@@ -173,33 +188,9 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         shift=float(shift),
         ri=torch.from_numpy(ri),
         ci=torch.from_numpy(ci),
+        consts={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in consts.items()},
         matrix=a if kind == "poly" else None,
     )
-
-
-def _factor_consts(g: MatrixGraph, theta: float) -> dict[str, torch.Tensor]:
-    """Per-graph constants of :meth:`LearnedPreconditioner.factor_values` (they depend on
-    the base factor alone), in float64: built on first use and kept in ``g.cache``."""
-    key = ("factor", theta)
-    if key not in g.cache:
-        base, dev = g.base.cpu().numpy(), g.base.device
-        strict, ri = g.strict.cpu().numpy(), g.ri.cpu().numpy()
-        sidx = np.flatnonzero(strict)
-        bdiag = base[g.pattern.diag.cpu().numpy()]
-        bstrict = base[sidx]
-        cap = np.bincount(ri, np.abs(bstrict / bdiag[ri]), g.n).clip(min=theta)
-        rs = g.dsqrt.cpu().numpy()[ri]
-        g.cache[key] = {
-            k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
-            for k, v in (
-                ("sidx", sidx),
-                ("bdiag", bdiag),
-                ("bstrict", bstrict),
-                ("cap", cap),
-                ("row_scale_strict", rs),
-            )
-        }
-    return g.cache[key]
 
 
 def _split_edges(g: MatrixGraph, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -483,7 +474,7 @@ class LearnedPreconditioner(nn.Module):
             pre = pre.addmm_(af, wt.T).add_(bias)
         off = self.off_head(pre).squeeze(-1).to(torch.float64)
         dg = self.diag_head(h).squeeze(-1).to(torch.float64)
-        c = _factor_consts(g, self.theta)
+        c = g.consts
         dvals = c["bdiag"] * torch.exp(2.0 * torch.tanh(dg))
         dr = dvals.index_select(0, ri)
         # Off-diagonals relative to their row's diagonal, L = D_L (I + W); row i of W is
@@ -491,7 +482,7 @@ class LearnedPreconditioner(nn.Module):
         # ||(I + W)^{-1}||_inf <= 1 / (1 - cap): L stays well conditioned for any weights.
         w = (c["bstrict"] + off) / dr
         rows = torch.zeros_like(dvals).index_add(0, ri, w.abs())
-        cap = c["cap"]
+        cap = c["ratio"].clamp(min=self.theta)
         shrink = (cap / torch.maximum(rows, cap)).index_select(0, ri)
         # Unscaled L for S = D^-1/2 A D^-1/2 times the row scale sqrt(d_i) (inverse: over).
         inv = self.kind == "inverse"
