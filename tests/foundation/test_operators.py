@@ -164,3 +164,40 @@ def test_sparse_operator_transpose_is_lazy_and_not_saved(device):
     fresh = SparseOperator(a).to(device)
     fresh.load_state_dict(old)
     torch.testing.assert_close(fresh(x), op(x))
+
+
+def test_sparse_operator_from_scipy_keeps_the_callers_matrix_and_values():
+    """Non-canonical scipy input (unsorted, duplicate entries): products equal the dense
+    matrix with duplicates summed, in float64 and float32, gradients included; the caller's
+    arrays are not reordered; A^T is formed only when an adjoint or backward needs it."""
+    # row 0: columns 3, 1, 1 (unsorted, a duplicate); row 2: column 0 twice
+    data = np.array([1.0, 2.0, -1.0, 4.0, -3.0, 0.5, 6.0])
+    idx = np.array([3, 1, 1, 2, 0, 0, 4], dtype=np.int32)
+    a = sp.csr_matrix((data, idx, np.array([0, 3, 4, 6, 7])), shape=(4, 5))
+    assert not a.has_canonical_format
+    data0, idx0 = a.data.copy(), a.indices.copy()
+    dense = torch.from_numpy(a.toarray())  # toarray sums duplicates
+    op = SparseOperator(a)
+    np.testing.assert_array_equal(a.data, data0)
+    np.testing.assert_array_equal(a.indices, idx0)
+    x = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    torch.testing.assert_close(op(x), x @ dense.T)
+    assert op._scipy_pair(F64)._t is None  # forward only: no transpose
+    assert torch.autograd.gradcheck(op, (x,))
+    assert op._scipy_pair(F64)._t is not None
+    y = torch.randn(2, 4, dtype=F64)
+    torch.testing.assert_close(op.adjoint(y), y @ dense)
+    op32 = SparseOperator(a, dtype=torch.float32)
+    torch.testing.assert_close(op32(x.detach().float()), (x @ dense.T).float().detach())
+
+
+def test_sparse_operator_rejects_inconsistent_csr_and_nonfinite_values():
+    bad = sp.csr_matrix((3, 3))
+    bad.indices = np.array([0, 5], dtype=np.int32)
+    bad.data = np.array([1.0, 2.0])
+    bad.indptr = np.array([0, 1, 2, 2], dtype=np.int32)
+    with pytest.raises(ValueError, match="valid CSR"):
+        SparseOperator(bad)
+    nan = sp.csr_matrix(np.array([[1.0, np.nan], [0.0, np.inf]]))
+    with pytest.raises(ValueError, match=r"finite \(got 1 NaN and 1 Inf"):
+        SparseOperator(nan)

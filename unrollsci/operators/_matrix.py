@@ -62,29 +62,69 @@ def to_torch_sparse(
         else:
             t = a.to_sparse_coo().coalesce().to_sparse_csr()
     else:
-        try:
-            import scipy.sparse as sp
-        except ImportError as exc:  # pragma: no cover - scipy is a dependency
-            raise TypeError("scipy is required to convert sparse matrices") from exc
-        if not sp.issparse(a):
-            raise TypeError(
-                f"Expected a scipy sparse matrix or a torch tensor (got {type(a).__name__})."
-            )
-        csr = sp.csr_matrix(a)
-        csr.sum_duplicates()
-        csr.sort_indices()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
-            t = torch.sparse_csr_tensor(
-                torch.from_numpy(csr.indptr.astype(np.int64)),
-                torch.from_numpy(csr.indices.astype(np.int64)),
-                torch.from_numpy(np.asarray(csr.data)),
-                size=csr.shape,
-                check_invariants=True,
-            )
+        t = _csr_from_scipy(_canonical_csr(a))
     if dtype is not None or device is not None:
         t = t.to(device=device or t.device, dtype=dtype or t.dtype)
     return t
+
+
+def _canonical_csr(a: Any) -> Any:
+    """``a`` as a scipy CSR matrix with sorted, unique column indices per row (a copy only
+    where ``a`` is not already one), checked for consistent index arrays."""
+    try:
+        import scipy.sparse as sp
+    except ImportError as exc:  # pragma: no cover - scipy is a dependency
+        raise TypeError("scipy is required to convert sparse matrices") from exc
+    if not sp.issparse(a):
+        raise TypeError(
+            f"Expected a scipy sparse matrix or a torch tensor (got {type(a).__name__})."
+        )
+    csr = sp.csr_matrix(a)
+    m, n = csr.shape
+    ip, ix = csr.indptr, csr.indices
+    # What torch's CSR invariant check would verify, in numpy (several times cheaper).
+    if (
+        ip.size != m + 1
+        or ip[0] != 0
+        or ip[-1] > ix.size
+        or (m and np.any(np.diff(ip) < 0))
+        or (ix.size and (ix.min() < 0 or ix.max() >= n))
+    ):
+        raise ValueError(f"Expected a valid CSR matrix (inconsistent index arrays, shape {m, n}).")
+    if not csr.has_canonical_format:
+        csr = csr.copy()  # never reorder the caller's arrays
+        csr.sum_duplicates()  # also sorts the indices
+    return csr
+
+
+def _csr_from_scipy(csr: Any) -> torch.Tensor:
+    """torch CSR sharing ``csr``'s values (canonical input, see :func:`_canonical_csr`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message=".*[Ss]parse invariant checks")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(csr.indptr.astype(np.int64)),
+            torch.from_numpy(csr.indices.astype(np.int64)),
+            torch.from_numpy(np.asarray(csr.data)),
+            size=csr.shape,
+            check_invariants=False,
+        )
+
+
+class _ScipyPair:
+    """A scipy CSR matrix and its transpose, formed on the first product that needs it
+    (an adjoint or a backward pass; never for a forward-only CG)."""
+
+    __slots__ = ("a", "_t")
+
+    def __init__(self, a: Any, t: Any = None) -> None:
+        self.a, self._t = a, t
+
+    @property
+    def t(self) -> Any:
+        if self._t is None:
+            self._t = self.a.T.tocsr()
+        return self._t
 
 
 class SparseOperator(LinearOperator):
@@ -106,29 +146,38 @@ class SparseOperator(LinearOperator):
 
     def __init__(self, matrix: Any, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        csr = to_torch_sparse(matrix, dtype=dtype)
+        sc = None if isinstance(matrix, torch.Tensor) else _canonical_csr(matrix)
+        if sc is not None and np.isfinite(sc.data).all():
+            csr = to_torch_sparse(_csr_from_scipy(sc), dtype=dtype)  # finite: checked here
+        else:
+            csr = to_torch_sparse(matrix if sc is None else _csr_from_scipy(sc), dtype=dtype)
+            check_finite("matrix", csr)
         if csr.dim() != 2:
             raise ValueError(f"Expected a 2-dimensional sparse matrix (got {csr.dim()} dims).")
         if not csr.is_floating_point():
             csr = csr.to(torch.get_default_dtype())
-        check_finite("matrix", csr)
         self.register_buffer("matrix", csr)
         # A^T is formed on the first adjoint product only (CG never needs it; forming it
         # costs ~40 ms on a 65k-unknown matrix with 590k entries) and is not saved.
         self.register_buffer("matrix_t", None, persistent=False)
         m, n = csr.shape
         self.in_shape, self.out_shape = (n,), (m,)
+        if sc is not None and csr.dtype in _SCIPY_DTYPES:
+            # CPU products go through scipy: keep the caller's matrix (cast if needed)
+            # rather than converting the torch copy back on the first product.
+            data = sc.data.astype(_SCIPY_DTYPES[csr.dtype], copy=False)
+            if data is not sc.data:
+                sc = type(sc)((data, sc.indices, sc.indptr), shape=sc.shape)
+            self._cast_cache[("scipy", csr.dtype, csr.device)] = _ScipyPair(sc)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype in _SCIPY_DTYPES:
-            a, at = self._scipy_pair(x.dtype)
-            return _ScipyMatmul.apply(x, a, at)
+            return _ScipyMatmul.apply(x, self._scipy_pair(x.dtype), False)
         return _spmm(self._cast("matrix", x), x)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
         if y.device.type == "cpu" and y.dtype in _SCIPY_DTYPES:
-            a, at = self._scipy_pair(y.dtype)
-            return _ScipyMatmul.apply(y, at, a)
+            return _ScipyMatmul.apply(y, self._scipy_pair(y.dtype), True)
         if self.matrix_t is None:
             self.matrix_t = _transpose_csr(self.matrix)
         return _spmm(self._cast("matrix_t", y), y)
@@ -138,13 +187,13 @@ class SparseOperator(LinearOperator):
         state_dict.pop(prefix + "matrix_t", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _scipy_pair(self, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-        """scipy CSR copies of A and A^T in ``dtype`` (cached; CPU mat-vecs use them)."""
+    def _scipy_pair(self, dtype: torch.dtype) -> _ScipyPair:
+        """scipy CSR copy of A in ``dtype`` and its lazy transpose (cached; CPU mat-vecs
+        use them)."""
         key = ("scipy", dtype, self.matrix.device)
         pair = self._cast_cache.get(key)  # type: ignore[call-overload]
         if pair is None:
-            a = self.to_scipy().astype(_SCIPY_DTYPES[dtype])
-            pair = (a, a.T.tocsr())
+            pair = _ScipyPair(self.to_scipy().astype(_SCIPY_DTYPES[dtype]))
             self._cast_cache[key] = pair  # type: ignore[index]
         return pair
 
@@ -180,14 +229,14 @@ class _ScipyMatmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a, at):  # type: ignore[no-untyped-def, override]
-        ctx.a, ctx.at = a, at
-        out = a @ x.detach().numpy().T
+    def forward(ctx, x: torch.Tensor, pair: _ScipyPair, transpose: bool):  # type: ignore[no-untyped-def, override]
+        ctx.pair, ctx.transpose = pair, transpose
+        out = (pair.t if transpose else pair.a) @ x.detach().numpy().T
         return torch.from_numpy(np.ascontiguousarray(out.T))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def, override]
-        return _ScipyMatmul.apply(grad.contiguous(), ctx.at, ctx.a), None, None
+        return _ScipyMatmul.apply(grad.contiguous(), ctx.pair, not ctx.transpose), None, None
 
 
 def _transpose_csr(csr: torch.Tensor) -> torch.Tensor:

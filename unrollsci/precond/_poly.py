@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..operators import LinearOperator
-from ..operators._matrix import _SCIPY_DTYPES, _ScipyMatmul, _spmm
+from ..operators._matrix import _SCIPY_DTYPES, _ScipyMatmul, _ScipyPair, _spmm
 from ._sparse import check_spd_input
 
 __all__ = [
@@ -38,8 +38,9 @@ class SymmetricMatvec:
         m = self._copies.get(key)
         if x.device.type == "cpu" and x.dtype in _SCIPY_DTYPES:
             if m is None:
-                m = self._copies[key] = self.a.astype(_SCIPY_DTYPES[x.dtype])
-            return _ScipyMatmul.apply(x.contiguous(), m, m)
+                a = self.a.astype(_SCIPY_DTYPES[x.dtype])
+                m = self._copies[key] = _ScipyPair(a, a)  # symmetric: A^T = A
+            return _ScipyMatmul.apply(x.contiguous(), m, False)
         if m is None:
             from ..operators import to_torch_sparse
 
