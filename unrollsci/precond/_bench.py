@@ -309,9 +309,8 @@ def _plot(histories: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; see the module docstring. Returns 0 on success."""
-    from ..solvers import cg
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (also the defaults that other precond scripts reuse)."""
     from . import FAMILIES
 
     p = argparse.ArgumentParser(prog="unrollsci bench precond", description=__doc__)
@@ -412,7 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="precond", help="results file name (<out>/<name>.json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see the module docstring. Returns 0 on success."""
+    from ..solvers import cg
+
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
         args.epochs, args.repeats, args.val_systems = 3, 1, 1
