@@ -31,12 +31,14 @@ METHODS = ("ic0", "mic0", "learned-factor-mic", "learned-factor")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the timing; see the module docstring. Returns 0 on success."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="anisotropic")
     p.add_argument("--n", nargs="+", type=int, default=[64])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="precond_timing")
+    p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         raise ValueError(f"Expected --repeats >= 1 (got {args.repeats}).")
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = build_parser().parse_args([])
     bench.val_n = bench.val_n or [min(bench.n)]
     bench.n, bench.frobenius = args.n, False
+    if args.quick:
+        args.n = bench.n = [20]
+        args.repeats = 2
+        bench.train_n, bench.val_n, bench.train_systems, bench.val_systems = [12], [16], 2, 1
+        bench.test_systems, bench.epochs, bench.restarts = 2, 2, 1
     torch.set_num_threads(bench.threads)
     train, val, groups = _systems(args.family, bench, None)
     t0 = time.perf_counter()

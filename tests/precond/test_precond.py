@@ -801,3 +801,24 @@ def test_learned_poly_without_scaling_needs_no_graph(device, monkeypatch):
     assert np.linalg.eigvalsh(0.5 * (dense + dense.T)).min() > 0
     with pytest.raises(ValueError, match="size"):
         LearnedPreconditioner("poly", scaling=False, max_n=10).build(a)
+
+
+def test_precond_timing_script_quick(tmp_path):
+    """benchmarks/precond_timing.py end to end in its tiny configuration."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "benchmarks" / "precond_timing.py"
+    spec = importlib.util.spec_from_file_location("precond_timing", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "precond_timing.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == list(mod.METHODS)
+    ic = rows[0]
+    assert ic["best_vs_ic0"] == 1.0 and ic["best_vs_ic0_per_system"] == "1.00/1.00"
+    for r in rows:
+        assert r["best_total_s"] <= r["median_total_s"] and r["iters"] > 0
+    with pytest.raises(ValueError, match="repeats"):
+        mod.main(["--repeats", "0"])
