@@ -544,7 +544,7 @@ def test_no_message_passing_folds_edge_layers_exactly(kind):
         ref = model.off_fwd(e[fwd]) + model.off_bwd(e[bwd]) + model.off_row(h)[ri]
         ref = ref + model.off_col(h)[ci]
     assert ref.shape[0] == int(g.strict.sum()) > 0
-    torch.testing.assert_close(seen["pre"], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(seen["pre"].T, ref, rtol=1e-12, atol=1e-12)  # (hidden, E) layout
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "poly"])

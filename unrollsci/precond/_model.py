@@ -148,7 +148,9 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     ebase[fwd] = bvals[strict]
     logd = np.log(d)
     tf = np.tanh(0.5 * (logd[lj] - logd[li]))
-    edge_attr = np.stack([lv, ebase, np.ones(half), tf], axis=1)
+    # Features are stored feature-major ((F, E/2), (F, n)) and exposed as transposed views:
+    # the factor head reads them that way round (see factor_values).
+    edge_attr = np.stack([lv, ebase, np.ones(half), tf]).astype(np.float32)
     # Node features: sums over the edges into each node, both directions.
     deg = (np.bincount(li, minlength=n) + np.bincount(lj, minlength=n)).astype(np.float64)
     alv = np.abs(lv)
@@ -159,9 +161,8 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
             deg / 8.0,
             bvals[pat.diag.numpy()],
             (np.bincount(li, tf, n) - np.bincount(lj, tf, n)) / np.maximum(deg, 1),
-        ],
-        axis=1,
-    )
+        ]
+    ).astype(np.float32)
     sidx = np.flatnonzero(strict)
     bdiag = bvals[pat.diag.numpy()]
     bstrict = bvals[sidx]
@@ -172,15 +173,14 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         "ratio": np.bincount(ri, np.abs(bstrict / bdiag[ri]), n),
         "row_scale_strict": np.sqrt(d)[ri],
     }
-    f32 = torch.float32
     return MatrixGraph(
         n=n,
         pattern=pat,
         base=torch.from_numpy(bvals),
         dsqrt=torch.from_numpy(np.sqrt(d)),
-        x=torch.from_numpy(x).to(f32),
+        x=torch.from_numpy(x).T,
         edge_index=torch.from_numpy(np.stack([np.concatenate([lj, li]), np.concatenate([li, lj])])),
-        edge_attr=torch.from_numpy(edge_attr).to(f32),
+        edge_attr=torch.from_numpy(edge_attr).T,
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
         low_bwd=torch.from_numpy(fwd.astype(np.int64) + half),
         aligned=kind not in ("block", "poly"),
@@ -191,6 +191,21 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         consts={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in consts.items()},
         matrix=a if kind == "poly" else None,
     )
+
+
+def _mlp_t(mlp: nn.Sequential, xt: torch.Tensor) -> torch.Tensor:
+    """``_mlp`` (Linear, SiLU, Linear) applied to feature-major input ``xt: (in, N)``."""
+    first, act, last = mlp
+    y = act(torch.addmm(first.bias[:, None], first.weight, xt))
+    return torch.addmm(last.bias[:, None], last.weight, y)
+
+
+def _transposed(g: MatrixGraph, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Feature-major contiguous copy of ``g.x`` or ``g.edge_attr`` (cached per graph)."""
+    key = ("T", name, dtype)
+    if key not in g.cache:
+        g.cache[key] = getattr(g, name).to(dtype).T.contiguous()
+    return g.cache[key]
 
 
 def _split_edges(g: MatrixGraph, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,31 +464,40 @@ class LearnedPreconditioner(nn.Module):
     def factor_values(self, g: MatrixGraph) -> torch.Tensor:
         """Unscaled factor values ``(nnz,)`` (float64) on ``g.pattern``; differentiable."""
         p = next(self.parameters())
-        h, e = self._node_states(g)
         ri, ci = g.ri, g.ci
+        # Feature-major layout: node states (hidden, n), edge pre-activations (hidden, E/2).
+        # With hidden = 8, the products (small inner dimension) and the gathers run 2-3x
+        # faster on the CPU this way round than as (E/2, hidden).
+        if self.convs:
+            h, e = self._node_states(g)
+            ht = h.T
+        else:
+            ht, e = _mlp_t(self.node_enc, _transposed(g, "x", p.dtype)), None
         # pre_ij = P h_i + Q h_j + (edge terms): the node terms are gathered into the
-        # (E, hidden) buffer and the edge terms accumulated into it in place (autograd
-        # saves none of these intermediates), so the buffer is written three times.
-        pre = self.off_row(h).index_select(0, ri)
-        pre = pre.add_(self.off_col(h).index_select(0, ci))
+        # buffer and the edge terms accumulated into it in place (autograd saves none of
+        # these intermediates).
+        pre = (self.off_row.weight @ ht).index_select(1, ri)
+        pre = pre.add_((self.off_col.weight @ ht).index_select(1, ci))
         if e is not None:
             ef, eb = _split_edges(g, e)
-            pre = pre.addmm_(ef, self.off_fwd.weight.T).addmm_(eb, self.off_bwd.weight.T)
-            pre = pre.add_(self.off_fwd.bias)
+            pre = pre.addmm_(self.off_fwd.weight, ef.T).addmm_(self.off_bwd.weight, eb.T)
+            pre = pre.add_(self.off_fwd.bias[:, None])
         else:
             # No message passing: the edge states are edge_enc(edge_attr), so
             # off_fwd(e_ij) + off_bwd(e_ji) is affine in the raw features; and the reverse
             # edge's features are the forward ones with the two antisymmetric columns
-            # negated (_EDGE_FLIP), so one (E/2, 4) product with the folded weight suffices.
+            # negated (_EDGE_FLIP), so one (4, E/2) product with the folded weight suffices.
             enc_w, enc_b = self.edge_enc.weight, self.edge_enc.bias
-            af = g.edge_attr.to(p.dtype)
-            af = af if g.aligned else af.index_select(0, g.low_fwd)
+            aft = _transposed(g, "edge_attr", p.dtype)
+            aft = aft if g.aligned else aft.index_select(1, g.low_fwd)
             flip = torch.tensor(_EDGE_FLIP, dtype=p.dtype, device=p.device)
             wt = self.off_fwd.weight @ enc_w + (self.off_bwd.weight @ enc_w) * flip
             bias = self.off_fwd(enc_b) + self.off_bwd.weight @ enc_b
-            pre = pre.addmm_(af, wt.T).add_(bias)
-        off = self.off_head(pre).squeeze(-1).to(torch.float64)
-        dg = self.diag_head(h).squeeze(-1).to(torch.float64)
+            pre = pre.addmm_(wt, aft).add_(bias[:, None])
+        off_lin = self.off_head[1]
+        off = torch.addmm(off_lin.bias[:, None], off_lin.weight, self.off_head[0](pre))
+        off = off.squeeze(0).to(torch.float64)
+        dg = _mlp_t(self.diag_head, ht).squeeze(0).to(torch.float64)
         c = g.consts
         dvals = c["bdiag"] * torch.exp(2.0 * torch.tanh(dg))
         dr = dvals.index_select(0, ri)
