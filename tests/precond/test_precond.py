@@ -558,7 +558,7 @@ def test_graph_features_match_a_direct_construction(kind):
     s = (sp.diags(d**-0.5) @ a @ sp.diags(d**-0.5)).toarray()
     lfac = np.zeros_like(s)
     lfac[g.pattern.row.numpy(), g.pattern.col.numpy()] = g.base.numpy()
-    src, dst = g.edge_index.numpy()
+    src, dst = g.edge_index().numpy()
     assert src.size == np.count_nonzero(s - np.diag(np.diag(s)))
     feats = g.full_edge_attr().double().numpy()
     lo, hi = np.maximum(src, dst), np.minimum(src, dst)

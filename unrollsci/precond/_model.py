@@ -49,7 +49,8 @@ class MatrixGraph:
     base: torch.Tensor  # (nnz,) base factor values for S on the pattern
     dsqrt: torch.Tensor  # (n,) sqrt(diag(A))
     x: torch.Tensor  # (n, F) node features
-    edge_index: torch.Tensor  # (2, E) off-diagonal entries of A, source -> target(row)
+    lo_i: torch.Tensor  # (E/2,) row i and column j of each strict-lower entry of A, i.e.
+    lo_j: torch.Tensor  # of the edges j -> i (reversed, i -> j: see edge_index())
     edge_attr: torch.Tensor  # (E/2, F) features of the edges j -> i, i > j (full_edge_attr)
     low_fwd: torch.Tensor  # for strict-lower pattern entries (i, j): edge j -> i
     low_bwd: torch.Tensor  # and edge i -> j (= low_fwd + E/2)
@@ -69,8 +70,17 @@ class MatrixGraph:
         if self.ri is None or self.ci is None:
             self.ri, self.ci = self.pattern.row[self.strict], self.pattern.col[self.strict]
 
+    def edge_index(self) -> torch.Tensor:
+        """``(2, E)`` directed edges, source -> target: the strict-lower entries ``j -> i``,
+        then their reverses (built on first use: only message passing needs it)."""
+        ei = self.cache.get("edge_index")
+        if ei is None:
+            ei = torch.stack([torch.cat([self.lo_j, self.lo_i]), torch.cat([self.lo_i, self.lo_j])])
+            self.cache["edge_index"] = ei
+        return ei
+
     def full_edge_attr(self) -> torch.Tensor:
-        """``(E, F)`` features of every directed edge, in ``edge_index`` order: the reverse
+        """``(E, F)`` features of every directed edge, in ``edge_index()`` order: the reverse
         edge ``i -> j`` has the features of ``j -> i`` times ``_EDGE_FLIP``."""
         flip = torch.tensor(_EDGE_FLIP, dtype=self.edge_attr.dtype, device=self.edge_attr.device)
         return torch.cat([self.edge_attr, self.edge_attr * flip])
@@ -82,7 +92,8 @@ class MatrixGraph:
             self.base.to(device),
             self.dsqrt.to(device),
             self.x.to(device),
-            self.edge_index.to(device),
+            self.lo_i.to(device),
+            self.lo_j.to(device),
             self.edge_attr.to(device),
             self.low_fwd.to(device),
             self.low_bwd.to(device),
@@ -139,33 +150,32 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     lo = cols_all < rows_all
     li, lj, lv = rows_all[lo], cols_all[lo], sv[lo]
     half = li.size
-    ri, ci = row[strict], col[strict]
-    if kind in ("block", "poly"):  # pattern entries are a subset of the lower edges
+    sidx = np.flatnonzero(strict)
+    bdiag = bvals[pat.diag.numpy()]
+    bstrict = bvals[sidx]
+    aligned = kind not in ("block", "poly")
+    if aligned:  # the pattern's strict entries are the lower edges, in the same order
+        ri, ci, fwd, ebase = li, lj, np.arange(half), bstrict
+    else:  # pattern entries are a subset of the lower edges
+        ri, ci = row[sidx], col[sidx]
         fwd = np.searchsorted(li * n + lj, ri * n + ci)
-    else:
-        fwd = np.arange(half)
-    ebase = np.zeros(half)
-    ebase[fwd] = bvals[strict]
+        ebase = np.zeros(half)
+        ebase[fwd] = bstrict
     logd = np.log(d)
     tf = np.tanh(0.5 * (logd[lj] - logd[li]))
     # Features are stored feature-major ((F, E/2), (F, n)) and exposed as transposed views:
     # the factor head reads them that way round (see factor_values).
-    edge_attr = np.stack([lv, ebase, np.ones(half), tf]).astype(np.float32)
+    edge_attr = np.empty((4, half), dtype=np.float32)
+    edge_attr[0], edge_attr[1], edge_attr[2], edge_attr[3] = lv, ebase, 1.0, tf
     # Node features: sums over the edges into each node, both directions.
     deg = (np.bincount(li, minlength=n) + np.bincount(lj, minlength=n)).astype(np.float64)
     alv = np.abs(lv)
-    x = np.stack(
-        [
-            np.bincount(li, lv, n) + np.bincount(lj, lv, n) + 1.0,
-            np.bincount(li, alv, n) + np.bincount(lj, alv, n),
-            deg / 8.0,
-            bvals[pat.diag.numpy()],
-            (np.bincount(li, tf, n) - np.bincount(lj, tf, n)) / np.maximum(deg, 1),
-        ]
-    ).astype(np.float32)
-    sidx = np.flatnonzero(strict)
-    bdiag = bvals[pat.diag.numpy()]
-    bstrict = bvals[sidx]
+    x = np.empty((5, n), dtype=np.float32)
+    x[0] = np.bincount(li, lv, n) + np.bincount(lj, lv, n) + 1.0
+    x[1] = np.bincount(li, alv, n) + np.bincount(lj, alv, n)
+    x[2] = deg / 8.0
+    x[3] = bdiag
+    x[4] = (np.bincount(li, tf, n) - np.bincount(lj, tf, n)) / np.maximum(deg, 1)
     consts = {
         "sidx": sidx,
         "bdiag": bdiag,
@@ -179,11 +189,12 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         base=torch.from_numpy(bvals),
         dsqrt=torch.from_numpy(np.sqrt(d)),
         x=torch.from_numpy(x).T,
-        edge_index=torch.from_numpy(np.stack([np.concatenate([lj, li]), np.concatenate([li, lj])])),
+        lo_i=torch.from_numpy(li),
+        lo_j=torch.from_numpy(lj),
         edge_attr=torch.from_numpy(edge_attr).T,
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
         low_bwd=torch.from_numpy(fwd.astype(np.int64) + half),
-        aligned=kind not in ("block", "poly"),
+        aligned=aligned,
         strict=torch.from_numpy(strict),
         shift=float(shift),
         ri=torch.from_numpy(ri),
@@ -458,7 +469,7 @@ class LearnedPreconditioner(nn.Module):
             return h, None
         e = self.edge_enc(g.full_edge_attr().to(p.dtype))
         for conv in self.convs:
-            h, e = conv(h, g.edge_index, e)
+            h, e = conv(h, g.edge_index(), e)
         return h, e
 
     def factor_values(self, g: MatrixGraph) -> torch.Tensor:
