@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from unrollsci._bench import markdown_table, write_results
-from unrollsci.precond._bench import _setup, _systems, _train, build_parser
-from unrollsci.solvers import cg
+from unrollsci.precond._bench import _systems, _train, build_parser, time_methods
 
 METHODS = ("ic0", "mic0", "learned-factor-mic", "learned-factor")
 
@@ -65,16 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         iters = {m: [] for m in METHODS}
         for a, seed in systems:
             b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
-            times = {m: [] for m in METHODS}
-            for r in range(args.repeats):
-                for meth in METHODS:
-                    t = time.perf_counter()
-                    m, _ = _setup(meth, a, models)
-                    sol = cg(a, b, M=m, tol=bench.rtol, throw=False, check=False)
-                    times[meth].append(time.perf_counter() - t)
-                    if r == 0:
-                        iters[meth].append(sol.iterations)
+            parts, first = time_methods(a, b, list(METHODS), models, args.repeats, bench.rtol)
+            times = {m: [x + y for x, y in zip(*parts[m], strict=True)] for m in METHODS}
             for meth in METHODS:
+                iters[meth].append(first[meth][0].iterations)
                 best[meth].append(min(times[meth]))
                 median[meth].append(float(np.median(times[meth])))
                 wins[meth] += sum(x < y for x, y in zip(times[meth], times["ic0"], strict=True))

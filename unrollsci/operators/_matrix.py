@@ -146,11 +146,12 @@ class SparseOperator(LinearOperator):
 
     def __init__(self, matrix: Any, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        sc = None if isinstance(matrix, torch.Tensor) else _canonical_csr(matrix)
-        if sc is not None and np.isfinite(sc.data).all():
-            csr = to_torch_sparse(_csr_from_scipy(sc), dtype=dtype)  # finite: checked here
+        if isinstance(matrix, torch.Tensor):
+            sc, csr = None, to_torch_sparse(matrix, dtype=dtype)
         else:
-            csr = to_torch_sparse(matrix if sc is None else _csr_from_scipy(sc), dtype=dtype)
+            sc = _canonical_csr(matrix)
+            csr = to_torch_sparse(_csr_from_scipy(sc), dtype=dtype)
+        if sc is None or not np.isfinite(sc.data).all():  # numpy's check is the cheap one
             check_finite("matrix", csr)
         if csr.dim() != 2:
             raise ValueError(f"Expected a 2-dimensional sparse matrix (got {csr.dim()} dims).")

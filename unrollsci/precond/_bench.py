@@ -64,6 +64,33 @@ def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
     return m, m.nnz
 
 
+def time_methods(
+    a: Any, b: torch.Tensor, methods: list[str], models: dict[str, Any], repeats: int, rtol: float
+) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, tuple[Any, int]]]:
+    """Setup and PCG solve (to ``rtol``) of every method on one system, ``repeats`` times,
+    the repeats interleaved over the methods (not one method's repeats in a row), so that
+    a slow spell of the machine hits every method alike.
+
+    Returns:
+        ``{method: (setup seconds, solve seconds)}`` (one entry per repeat) and
+        ``{method: (solution, nnz)}`` of the first repeat (the results are deterministic).
+    """
+    from ..solvers import cg
+
+    times: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in methods}
+    first: dict[str, tuple[Any, int]] = {}
+    for _ in range(repeats):
+        for meth in methods:
+            with Timer() as ts:
+                m, nnz = _setup(meth, a, models)
+            with Timer() as tv:
+                sol = cg(a, b, M=m, tol=rtol, max_iter=20 * a.shape[0], throw=False, check=False)
+            times[meth][0].append(ts.seconds)
+            times[meth][1].append(tv.seconds)
+            first.setdefault(meth, (sol, nnz))
+    return times, first
+
+
 USER = "user"
 
 
@@ -416,7 +443,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring. Returns 0 on success."""
-    from ..solvers import cg
 
     args = build_parser().parse_args(argv)
     if args.quick:
@@ -462,36 +488,17 @@ def main(argv: list[str] | None = None) -> int:
             }
             for t, (a, seed) in enumerate(systems):
                 b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
-                best_setup = dict.fromkeys(methods, np.inf)
-                best_solve = dict.fromkeys(methods, np.inf)
-                # Repeats interleaved over the methods (not one method's repeats in a row),
-                # so that a slow spell of the machine hits every method alike.
-                for _ in range(args.repeats):
-                    for meth in methods:
-                        with Timer() as ts:
-                            m, nnz = _setup(meth, a, models)
-                        with Timer() as tv:
-                            sol = cg(
-                                a,
-                                b,
-                                M=m,
-                                tol=args.rtol,
-                                max_iter=20 * a.shape[0],
-                                throw=False,
-                                check=False,
-                            )
-                        best_setup[meth] = min(best_setup[meth], ts.seconds)
-                        best_solve[meth] = min(best_solve[meth], tv.seconds)
-                        d = per[meth]
-                        if len(d["it"]) == t:  # results are deterministic: keep the first
-                            d["it"].append(sol.iterations)
-                            d["nnz"].append(nnz)
-                            d["conv"].append(sol.converged)
-                            if t == 0:
-                                histories[(family, label, meth)] = list(sol.residuals)
+                times, first = time_methods(a, b, methods, models, args.repeats, args.rtol)
                 for meth in methods:
-                    per[meth]["setup"].append(best_setup[meth])
-                    per[meth]["solve"].append(best_solve[meth])
+                    sol, nnz = first[meth]
+                    d = per[meth]
+                    d["it"].append(sol.iterations)
+                    d["nnz"].append(nnz)
+                    d["conv"].append(sol.converged)
+                    d["setup"].append(min(times[meth][0]))
+                    d["solve"].append(min(times[meth][1]))
+                    if t == 0:
+                        histories[(family, label, meth)] = list(sol.residuals)
             ref_it = float(np.mean(per["ic0"]["it"]))
             ref_t = float(np.mean(per["ic0"]["setup"]) + np.mean(per["ic0"]["solve"]))
             for meth in methods:

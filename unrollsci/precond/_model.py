@@ -52,23 +52,19 @@ class MatrixGraph:
     lo_i: torch.Tensor  # (E/2,) row i and column j of each strict-lower entry of A, i.e.
     lo_j: torch.Tensor  # of the edges j -> i (reversed, i -> j: see edge_index())
     edge_attr: torch.Tensor  # (E/2, F) features of the edges j -> i, i > j (full_edge_attr)
-    low_fwd: torch.Tensor  # for strict-lower pattern entries (i, j): edge j -> i
-    low_bwd: torch.Tensor  # and edge i -> j (= low_fwd + E/2)
+    low_fwd: torch.Tensor  # for strict-lower pattern entries (i, j): edge j -> i (its
+    # reverse i -> j is edge low_fwd + E/2)
     aligned: bool  # low_fwd == arange(E/2): the lower edges are the pattern's entries
     strict: torch.Tensor  # bool mask over the pattern: off-diagonal entries
     shift: float  # IC(0) diagonal shift used for the base (0 when none)
-    ri: torch.Tensor | None = None  # row / column of each strict-lower pattern entry
-    ci: torch.Tensor | None = None
+    ri: torch.Tensor  # row / column of each strict-lower pattern entry
+    ci: torch.Tensor
     matrix: Any = None  # A itself (scipy CSR), kept for kind="poly"
     cache: dict = field(default_factory=dict)  # per-graph objects built on first use
     # Base-only constants of factor_values (float64): positions of the strict entries, base
     # diagonal and strict values, the base's row ratios sum_j |b_ij / b_ii|, sqrt(d_i) of
     # each strict entry's row.
     consts: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.ri is None or self.ci is None:
-            self.ri, self.ci = self.pattern.row[self.strict], self.pattern.col[self.strict]
 
     def edge_index(self) -> torch.Tensor:
         """``(2, E)`` directed edges, source -> target: the strict-lower entries ``j -> i``,
@@ -96,7 +92,6 @@ class MatrixGraph:
             self.lo_j.to(device),
             self.edge_attr.to(device),
             self.low_fwd.to(device),
-            self.low_bwd.to(device),
             self.aligned,
             self.strict.to(device),
             self.shift,
@@ -193,7 +188,6 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
         lo_j=torch.from_numpy(lj),
         edge_attr=torch.from_numpy(edge_attr).T,
         low_fwd=torch.from_numpy(fwd.astype(np.int64)),
-        low_bwd=torch.from_numpy(fwd.astype(np.int64) + half),
         aligned=aligned,
         strict=torch.from_numpy(strict),
         shift=float(shift),
@@ -211,21 +205,13 @@ def _mlp_t(mlp: nn.Sequential, xt: torch.Tensor) -> torch.Tensor:
     return torch.addmm(last.bias[:, None], last.weight, y)
 
 
-def _transposed(g: MatrixGraph, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """Feature-major contiguous copy of ``g.x`` or ``g.edge_attr`` (cached per graph)."""
-    key = ("T", name, dtype)
-    if key not in g.cache:
-        g.cache[key] = getattr(g, name).to(dtype).T.contiguous()
-    return g.cache[key]
-
-
 def _split_edges(g: MatrixGraph, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the per-edge tensor ``e`` for the pattern's strict-lower entries ``(i, j)``:
     the edge ``j -> i`` and its reverse ``i -> j``."""
     if g.aligned:
         half = e.shape[0] // 2
         return e[:half], e[half:]
-    return e[g.low_fwd], e[g.low_bwd]
+    return e[g.low_fwd], e[g.low_fwd + e.shape[0] // 2]
 
 
 def _mlp(i: int, h: int, o: int) -> nn.Sequential:
@@ -483,7 +469,7 @@ class LearnedPreconditioner(nn.Module):
             h, e = self._node_states(g)
             ht = h.T
         else:
-            ht, e = _mlp_t(self.node_enc, _transposed(g, "x", p.dtype)), None
+            ht, e = _mlp_t(self.node_enc, g.x.T.to(p.dtype)), None
         # pre_ij = P h_i + Q h_j + (edge terms): the node terms are gathered into the
         # buffer and the edge terms accumulated into it in place (autograd saves none of
         # these intermediates).
@@ -499,7 +485,7 @@ class LearnedPreconditioner(nn.Module):
             # edge's features are the forward ones with the two antisymmetric columns
             # negated (_EDGE_FLIP), so one (4, E/2) product with the folded weight suffices.
             enc_w, enc_b = self.edge_enc.weight, self.edge_enc.bias
-            aft = _transposed(g, "edge_attr", p.dtype)
+            aft = g.edge_attr.T.to(p.dtype)
             aft = aft if g.aligned else aft.index_select(1, g.low_fwd)
             flip = torch.tensor(_EDGE_FLIP, dtype=p.dtype, device=p.device)
             wt = self.off_fwd.weight @ enc_w + (self.off_bwd.weight @ enc_w) * flip
