@@ -1,7 +1,8 @@
 """Learned preconditioners trained through unrolled preconditioned CG.
 
 ``LearnedPreconditioner(kind="factor"|"inverse"|"block")`` predicts the values of a
-sparse factor from a GNN over the matrix graph; ``M = model.build(A)`` is SPD by
+sparse factor from a GNN over the matrix graph (``kind="poly"``: a learned polynomial in
+``A``); ``M = model.build(A)`` is SPD by
 construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
 :func:`jacobi`, :func:`ic0`, :func:`mic0`, :func:`amg` (PyAMG), :func:`chebyshev`
 (polynomial, mat-vecs only). Families of systems:
