@@ -5,8 +5,9 @@ Where a learned preconditioner's margin over IC(0) is a few per cent (the MIC-ba
 on the 64 x 64 anisotropic systems), this script measures that one comparison closely: it
 trains the factor models exactly as ``unrollsci bench precond`` does (same seeds, same
 defaults), then times setup + PCG solve (rtol 1e-8, one right-hand side) of IC(0), MIC(0)
-and the learned factors on the same held-out systems, ``--repeats`` times, the methods in
-turn within each repeat. Reports the best and the median total time per method and their
+and the learned factors (on the grid families also MIC(0) and the MIC-based learned factor
+in the selected ordering, ``-ord``) on the same held-out systems, ``--repeats`` times, the
+methods in turn within each repeat. Reports the best and the median total time per method and their
 ratios to IC(0) (of the means over the systems, as in the main benchmark), the ratio of
 the best times on each system, and in how many repeats (over all systems) the method was
 faster than the IC(0) timed in the same repeat.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from unrollsci._bench import markdown_table, write_results
-from unrollsci.precond._bench import _systems, _train, build_parser, time_methods
+from unrollsci.precond._bench import _ordering, _systems, _train, build_parser, time_methods
 
 METHODS = ("ic0", "mic0", "learned-factor-mic", "learned-factor")
 
@@ -54,25 +55,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(bench.threads)
     train, val, groups = _systems(args.family, bench, None)
     t0 = time.perf_counter()
-    models, info = _train(args.family, train, val, ["factor"], bench)
+    ordering = _ordering(args.family, bench)
+    models, info = _train(args.family, train, val, ["factor"], bench, ordering=ordering)
+    models["ordering"] = ordering
+    methods = list(METHODS) + (["mic0-ord", "learned-factor-mic-ord"] if ordering else [])
     print(f"trained {sorted(models)} in {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
     for label, _, systems in groups:
-        best = {m: [] for m in METHODS}
-        median = {m: [] for m in METHODS}
-        wins = {m: 0 for m in METHODS}
-        iters = {m: [] for m in METHODS}
+        best = {m: [] for m in methods}
+        median = {m: [] for m in methods}
+        wins = {m: 0 for m in methods}
+        iters = {m: [] for m in methods}
         for a, seed in systems:
             b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
-            parts, first = time_methods(a, b, list(METHODS), models, args.repeats, bench.rtol)
-            times = {m: [x + y for x, y in zip(*parts[m], strict=True)] for m in METHODS}
-            for meth in METHODS:
+            parts, first = time_methods(a, b, methods, models, args.repeats, bench.rtol)
+            times = {m: [x + y for x, y in zip(*parts[m], strict=True)] for m in methods}
+            for meth in methods:
                 iters[meth].append(first[meth][0].iterations)
                 best[meth].append(min(times[meth]))
                 median[meth].append(float(np.median(times[meth])))
                 wins[meth] += sum(x < y for x, y in zip(times[meth], times["ic0"], strict=True))
         ref_b, ref_m = np.mean(best["ic0"]), np.mean(median["ic0"])
-        for meth in METHODS:
+        for meth in methods:
             rows.append(
                 {
                     "family": args.family,

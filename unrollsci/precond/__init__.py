@@ -5,7 +5,10 @@ sparse factor from a GNN over the matrix graph (``kind="poly"``: a learned polyn
 ``A``); ``M = model.build(A)`` is SPD by
 construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
 :func:`jacobi`, :func:`ic0`, :func:`mic0`, :func:`amg` (PyAMG), :func:`chebyshev`
-(polynomial, mat-vecs only). Families of systems:
+(polynomial, mat-vecs only); ``ordering=`` on :func:`ic0`, :func:`mic0` and
+``LearnedPreconditioner`` picks among candidate orderings (:func:`grid_orderings`, RCM) the
+one whose incomplete factor drops the least positive fill (:func:`select_ordering`).
+Families of systems:
 :func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`,
 :func:`load_matrices` (a user's own family, from files).
 """
@@ -39,6 +42,14 @@ from ._model import (
     pcg_loss,
     unrolled_pcg,
 )
+from ._ordering import (
+    PermutedPreconditioner,
+    candidate_orderings,
+    dropped_fill,
+    grid_orderings,
+    reorder,
+    select_ordering,
+)
 from ._poly import ChebyshevPreconditioner, chebyshev
 from ._sparse import LowerPattern, lower_pattern, tri_solve
 
@@ -54,13 +65,17 @@ __all__ = [
     "LearnedPreconditioner",
     "LowerPattern",
     "MatrixGraph",
+    "PermutedPreconditioner",
     "SystemBatch",
     "amg",
     "anisotropic2d",
+    "candidate_orderings",
     "chebyshev",
     "diffusion2d",
+    "dropped_fill",
     "fit_preconditioner",
     "graph_laplacian",
+    "grid_orderings",
     "ic0",
     "jacobi",
     "load_matrices",
@@ -69,6 +84,8 @@ __all__ = [
     "matrix_family",
     "mic0",
     "pcg_loss",
+    "reorder",
+    "select_ordering",
     "tri_solve",
     "unrolled_pcg",
 ]

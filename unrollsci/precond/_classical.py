@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..operators import LinearOperator
+from ._ordering import PermutedPreconditioner, reorder
 from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern, tri_solve
 
 __all__ = [
@@ -453,7 +454,8 @@ def ic0(
     *,
     device: torch.device | str | None = None,  # noqa: N803
     dtype: torch.dtype = torch.float64,
-) -> FactorPreconditioner:
+    ordering: Any = None,
+) -> FactorPreconditioner | PermutedPreconditioner:
     """Zero fill-in incomplete Cholesky, ``A ~ L L^T`` with ``L`` on ``tril(A)``'s pattern.
 
     Scipy has no incomplete Cholesky (``spilu`` is ILUTP), so this is written here:
@@ -463,6 +465,12 @@ def ic0(
     Args:
         A: SPD scipy sparse matrix or torch sparse / dense tensor ``(n, n)``.
         device, dtype: where the factor lives.
+        ordering: None factors ``A`` as numbered. Otherwise candidate orderings
+            (``"grid"``, ``"rcm"``, ``{name: perm}``, ... see
+            :func:`~unrollsci.precond.candidate_orderings`): the one whose IC(0) drops the
+            least positive fill (:func:`~unrollsci.precond.select_ordering`) is used, and
+            the factor of ``P A P^T`` is wrapped in a
+            :class:`~unrollsci.precond.PermutedPreconditioner` (same nonzeros).
 
     Returns:
         FactorPreconditioner applying ``(L L^T)^{-1}`` by sparse triangular solves.
@@ -476,10 +484,11 @@ def ic0(
         True
     """
     a = check_spd_input(A)
+    a, perm, name = reorder(a, ordering)
     pat, vals, alpha = ic0_values(a)
     m = FactorPreconditioner(pat, torch.as_tensor(vals, dtype=dtype, device=device))
     m.shift = alpha
-    return m
+    return _wrap(m, perm, name)
 
 
 def mic0_from_pattern(
@@ -523,14 +532,18 @@ def mic0(
     omega: float = 0.95,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
-) -> FactorPreconditioner:
+    ordering: Any = None,
+) -> FactorPreconditioner | PermutedPreconditioner:
     """Relaxed modified incomplete Cholesky (MIC(0)), ``L`` on ``tril(A)``'s pattern.
 
     Same nonzeros and the same triangular solves as :func:`ic0`; the dropped fill is
     moved to the diagonal (times ``omega``), which for diffusion-type matrices removes
     most of IC(0)'s error on smooth vectors. A right-looking factorization vectorized per
     column level. ``M.variant`` says which factorization was used (``"mic"``, or after a
-    breakdown ``"robust"`` / ``"ic0"``, see :func:`mic0_from_pattern`).
+    breakdown ``"robust"`` / ``"ic0"``, see :func:`mic0_from_pattern`). ``ordering``: as
+    in :func:`ic0`; MIC(0) gains the most from it, since the fill it moves onto the
+    diagonal helps only where it is negative (on ``anisotropic2d`` at 128^2, 7-13
+    iterations at every angle with ``ordering="grid"``, up to thousands without).
 
     Example:
         >>> from unrollsci.precond import diffusion2d, ic0, mic0
@@ -539,11 +552,21 @@ def mic0(
         ('mic', True)
     """
     a = check_spd_input(A)
+    a, perm, name = reorder(a, ordering)
     pat, vals = lower_pattern(a)
     out, w, variant = mic0_from_pattern(pat, vals, omega=omega)
     m = FactorPreconditioner(pat, torch.as_tensor(out, dtype=dtype, device=device))
     m.omega, m.variant = w, variant
-    return m
+    return _wrap(m, perm, name)
+
+
+def _wrap(
+    m: FactorPreconditioner, perm: np.ndarray | None, name: str | None
+) -> FactorPreconditioner | PermutedPreconditioner:
+    m.ordering = name
+    if perm is None:
+        return m
+    return PermutedPreconditioner(m, perm, name).to(m.values.device)
 
 
 def amg(A: Any, **kwargs: Any) -> AMGPreconditioner:  # noqa: N803

@@ -19,6 +19,7 @@ from ._classical import (
     ic0_from_pattern,
     mic0_from_pattern,
 )
+from ._ordering import PermutedPreconditioner, reorder
 from ._poly import ChebyshevPreconditioner, SymmetricMatvec, abs_entries, gershgorin_scaled
 from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern
 
@@ -65,6 +66,9 @@ class MatrixGraph:
     # diagonal and strict values, the base's row ratios sum_j |b_ij / b_ii|, sqrt(d_i) of
     # each strict entry's row.
     consts: dict[str, torch.Tensor] = field(default_factory=dict)
+    # With an ordering: the graph is that of P A P^T, perm[k] the unknown of A placed k-th
+    perm: torch.Tensor | None = None
+    ordering: str | None = None
 
     def edge_index(self) -> torch.Tensor:
         """``(2, E)`` directed edges, source -> target: the strict-lower entries ``j -> i``,
@@ -99,6 +103,8 @@ class MatrixGraph:
             self.ci.to(device),
             self.matrix,
             consts={k: v.to(device) for k, v in self.consts.items()},
+            perm=None if self.perm is None else self.perm.to(device),
+            ordering=self.ordering,
         )
 
 
@@ -303,6 +309,14 @@ class LearnedPreconditioner(nn.Module):
         scaling: ``kind="poly"`` only: learn a per-node correction of Jacobi's scaling
             with the GNN (True), or learn only the polynomial, shared by the family
             (False: no network at setup, which then costs what :func:`chebyshev` costs).
+        ordering: None (``A`` as numbered) or candidate orderings (``"grid"``,
+            ``"rcm"``, ``{name: perm}``, a callable, see
+            :func:`~unrollsci.precond.candidate_orderings`). At setup the candidate whose
+            IC(0) drops the least positive fill is chosen
+            (:func:`~unrollsci.precond.select_ordering`, a few ms), the factor is learned
+            for ``P A P^T`` and applied through a
+            :class:`~unrollsci.precond.PermutedPreconditioner` (same nonzeros). Not for
+            ``kind="poly"`` (a polynomial in ``A`` does not depend on the ordering).
         seed: seed of the initial weights (None: torch's global generator). Training
             from different initial weights lands in different minima; see
             ``restarts`` in :func:`fit_preconditioner`.
@@ -331,6 +345,7 @@ class LearnedPreconditioner(nn.Module):
         degree: int = 8,
         ratio: float = 0.01,
         scaling: bool = True,
+        ordering: Any = None,
     ) -> None:
         super().__init__()
         if kind not in _KINDS:
@@ -346,6 +361,10 @@ class LearnedPreconditioner(nn.Module):
             raise ValueError(
                 f"base={base!r} is a factor of A, not of A^{{-1}}; use 'identity' "
                 "or 'ssor' for kind='inverse'."
+            )
+        if kind == "poly" and ordering is not None:
+            raise ValueError(
+                "kind='poly' does not depend on the ordering of A; leave ordering=None."
             )
         if kind == "poly" and base != "identity":
             raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
@@ -378,6 +397,7 @@ class LearnedPreconditioner(nn.Module):
             self.off_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
             self.diag_head = _mlp(hidden, hidden, 1)
         self.degree, self.ratio, self.scaling = int(degree), float(ratio), bool(scaling)
+        self.ordering = ordering
         if kind == "poly":
             # Weights of the Chebyshev iterates y_0..y_degree (softmax) and the interval's
             # lower end relative to the Gershgorin bound (sigmoid); at the start the
@@ -423,6 +443,7 @@ class LearnedPreconditioner(nn.Module):
             "degree": self.degree,
             "ratio": self.ratio,
             "scaling": self.scaling,
+            "ordering": self.ordering,
         }
 
     def _check_size(self, a: Any) -> Any:
@@ -444,7 +465,11 @@ class LearnedPreconditioner(nn.Module):
                 f"{self.block_size}, n={n})."
             )
         dev = next(self.parameters()).device
-        return _build_graph(a, self.kind, self.base, self.block_size).to(dev)
+        a, perm, name = reorder(a, self.ordering)
+        g = _build_graph(a, self.kind, self.base, self.block_size)
+        g.ordering = name
+        g.perm = None if perm is None else torch.from_numpy(perm)
+        return g.to(dev)
 
     def _node_states(self, g: MatrixGraph) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Node states after the message passing, and the edge states (None without
@@ -544,10 +569,12 @@ class LearnedPreconditioner(nn.Module):
             return self.poly_operator(g)
         vals = self.factor_values(g)
         if self.kind == "factor":
-            return FactorPreconditioner(g.pattern, vals)
-        if self.kind == "inverse":
-            return InverseFactorPreconditioner(g.pattern, vals)
-        return BlockPreconditioner(g.pattern, vals, self.block_size)
+            m: LinearOperator = FactorPreconditioner(g.pattern, vals)
+        elif self.kind == "inverse":
+            m = InverseFactorPreconditioner(g.pattern, vals)
+        else:
+            m = BlockPreconditioner(g.pattern, vals, self.block_size)
+        return m if g.perm is None else PermutedPreconditioner(m, g.perm, g.ordering)
 
     def build(self, A: Any) -> LinearOperator:  # noqa: N803
         """Preconditioner ``M ~ A^{-1}`` for a scipy or torch sparse SPD matrix ``A``.
@@ -720,6 +747,11 @@ def pcg_loss(
         m = model.from_graph(batch.graph)
         A = batch.op  # noqa: N806
         if loss == "frobenius":
+            if batch.graph.perm is not None:
+                raise ValueError(
+                    "loss='frobenius' compares L L^T with A entry-wise; it is not "
+                    "implemented for a reordered matrix (use loss='energy' or 'residual')."
+                )
             if model.kind == "poly":
                 raise ValueError("loss='frobenius' needs a factor; kind='poly' has none.")
             z = torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)
