@@ -249,9 +249,14 @@ class PermutedPreconditioner(LinearOperator):
         p = p.to(torch.long)
         if p.shape != (n,):
             raise ValueError(f"Expected a permutation of length {n} (got shape {tuple(p.shape)}).")
+        ip = torch.argsort(p)
+        if not torch.equal(p[ip], torch.arange(n, device=p.device)):
+            raise ValueError(
+                f"Expected a permutation of 0..{n - 1} (got one that is not a permutation)."
+            )
         self.inner = inner
         self.register_buffer("perm", p)
-        self.register_buffer("iperm", torch.argsort(p))
+        self.register_buffer("iperm", ip)
         self.ordering = ordering
         self.in_shape = self.out_shape = (n,)
         self.cacheable_norm = False
