@@ -11,6 +11,10 @@ each family (the same matrices and right-hand sides as the benchmark):
   *different* pattern of the same size;
 * ``ic0-rcm``, ``mic0-rcm``: the classical factors of the matrix in reverse
   Cuthill-McKee order (same nonzeros; PCG on the reordered system);
+* ``ic0-ord``, ``mic0-ord`` (grid families): the same in the grid ordering that
+  ``ordering="grid"`` selects (:func:`unrollsci.precond.select_ordering`), and
+  ``oracle-values-ord`` the oracle below on that reordered system, started from its
+  MIC(0): what values can still add once the ordering is chosen;
 * ``oracle-values``: the factor values on IC(0)'s pattern optimized for this one matrix by
   Adam through ``k`` unrolled PCG steps (energy-norm loss on 8 right-hand sides, started
   from MIC(0); ``k`` is ``--unroll-frac`` times the iterations MIC(0) needs, so the loss
@@ -38,10 +42,13 @@ import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from unrollsci._bench import markdown_table, write_results
-from unrollsci.precond import FAMILIES, ic0, lower_pattern, mic0, unrolled_pcg
+from unrollsci.precond import FAMILIES, ic0, lower_pattern, mic0, reorder, unrolled_pcg
 from unrollsci.precond._bench import TEST_SEED0
 from unrollsci.precond._classical import FactorPreconditioner
 from unrollsci.solvers import cg
+
+#: Families with candidate orderings (the benchmark's ``--orderings auto``).
+ORDERED = {"poisson": "grid", "anisotropic": "grid"}
 
 
 def threshold_ic(a: sp.csr_matrix, scaled: bool, omega: float) -> sp.csr_matrix:
@@ -185,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         a_rcm, b_rcm = a[perm][:, perm].tocsr(), b[torch.from_numpy(perm.astype(np.int64))]
         cands["ic0-rcm"] = lambda a_rcm=a_rcm: ic0(a_rcm)
         cands["mic0-rcm"] = lambda a_rcm=a_rcm: mic0(a_rcm)
+        a_ord, b_ord = a, b
+        if fam in ORDERED:  # the ordering that ic0/mic0(ordering="grid") select
+            a_ord, perm_ord, _ = reorder(a, ORDERED[fam])
+            if perm_ord is not None:
+                b_ord = b[torch.from_numpy(perm_ord)]
+            cands["ic0-ord"] = lambda a_ord=a_ord: ic0(a_ord)
+            cands["mic0-ord"] = lambda a_ord=a_ord: mic0(a_ord)
         its: dict[str, int] = {}
 
         for name, make in cands.items():
@@ -194,23 +208,30 @@ def main(argv: list[str] | None = None) -> int:
             except FloatingPointError as err:
                 rows.append({"family": fam, "system": t, "method": name, "note": str(err)})
                 continue
-            aa, bb = (a_rcm, b_rcm) if name.endswith("-rcm") else (a, b)
+            aa, bb = {"rcm": (a_rcm, b_rcm), "ord": (a_ord, b_ord)}.get(
+                name.rsplit("-", 1)[-1], (a, b)
+            )
             sol = cg(aa, bb, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
             its[name] = sol.iterations
             rows.append(result_row(fam, t, name, m, sol, nnz0, its["ic0"], t0))
-        unroll = max(2, round(args.unroll_frac * its["mic0"]))
         mic_diag = mic0(a).factor().diagonal()
-        for name, diag_only in [("oracle-values", False), ("oracle-diagonal", True)]:
+        oracles = [("oracle-values", False, a, b, "mic0"), ("oracle-diagonal", True, a, b, "mic0")]
+        if fam in ORDERED:
+            oracles.append(("oracle-values-ord", False, a_ord, b_ord, "mic0-ord"))
+        for name, diag_only, aa, bb, start in oracles:
+            unroll = max(2, round(args.unroll_frac * its[start]))
             t0 = time.perf_counter()
-            m, hist, dlog = oracle_values(a, unroll, args.oracle_iters, 1, diag_only)
-            sol = cg(a, b, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
+            m, hist, dlog = oracle_values(aa, unroll, args.oracle_iters, 1, diag_only)
+            sol = cg(aa, bb, M=m, tol=1e-8, max_iter=20 * a.shape[0], throw=False, check=False)
             losses[f"{fam}/{t}/{name}"] = hist
             row = result_row(fam, t, name, m, sol, nnz0, its["ic0"], t0)
             rows.append(
                 row
                 | dict(
                     diag_change_std=float(dlog.std()),
-                    diag_change_local_r2=local_r2(a, mic_diag, dlog),
+                    diag_change_local_r2=(
+                        local_r2(a, mic_diag, dlog) if aa is a else None  # own numbering only
+                    ),
                     note=f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
                 )
             )
@@ -227,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         "mean_vs_ic0": float(np.mean([r["vs_ic0"] for r in got])),
                         "mean_diag_change_local_r2": (
                             float(np.mean([r["diag_change_local_r2"] for r in got]))
-                            if "diag_change_local_r2" in got[0]
+                            if got[0].get("diag_change_local_r2") is not None
                             else None
                         ),
                         "systems": len(got),
