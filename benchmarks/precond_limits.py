@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 | dict(
                     diag_change_std=float(dlog.std()),
                     diag_change_local_r2=(
-                        local_r2(a, mic_diag, dlog) if aa is a else None  # own numbering only
+                        None if name.endswith("-ord") else local_r2(a, mic_diag, dlog)
                     ),
                     note=f"{unroll} unrolled steps, loss {hist[0]:.2f} -> {hist[-1]:.2f}",
                 )
