@@ -232,3 +232,14 @@ def test_ordering_bad_combinations():
         PermutedPreconditioner(ic0(diffusion2d(3, seed=0)), np.arange(4))
     with pytest.raises(ValueError, match="not a permutation"):
         PermutedPreconditioner(ic0(diffusion2d(3, seed=0)), np.zeros(9, dtype=int))
+
+
+@pytest.mark.slow
+def test_anisotropic_example_runs(capsys):
+    import pathlib
+    import runpy
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "precond_anisotropic.py"
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.count("learned ordered") == 3 and "flipped-transposed" in out
