@@ -201,6 +201,19 @@ def test_learned_factor_with_ordering_trains_and_matches_its_wrapper(device):
     assert bool(cg(a, b, M=m, tol=1e-8).converged)
 
 
+def test_checkpoint_keeps_the_ordering(tmp_path):
+    from unrollsci.train import load_checkpoint, save_checkpoint
+
+    model = LearnedPreconditioner("factor", base="mic", layers=0, seed=0, ordering="grid")
+    a = anisotropic2d(10, epsilon=0.02, theta=2.6, seed=None)
+    back = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt"))
+    assert back.ordering == "grid"
+    r = torch.randn(2, a.shape[0], dtype=torch.float64)
+    m0, m1 = model.build(a), back.build(a)
+    assert m1.ordering == m0.ordering
+    assert torch.equal(m0(r), m1(r))
+
+
 def test_gradients_flow_through_the_permutation():
     model = LearnedPreconditioner("factor", base="mic", layers=0, seed=0, ordering="grid")
     model = model.double()

@@ -317,6 +317,8 @@ class LearnedPreconditioner(nn.Module):
             for ``P A P^T`` and applied through a
             :class:`~unrollsci.precond.PermutedPreconditioner` (same nonzeros). Not for
             ``kind="poly"`` (a polynomial in ``A`` does not depend on the ordering).
+            Stored in the checkpoint config: a callable must be picklable (a module-level
+            function, not a lambda) for :func:`~unrollsci.train.save_checkpoint`.
         seed: seed of the initial weights (None: torch's global generator). Training
             from different initial weights lands in different minima; see
             ``restarts`` in :func:`fit_preconditioner`.
