@@ -23,6 +23,7 @@ four (``tests/precond/test_ordering.py``), for IC(0) as well as MIC(0).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -138,6 +139,11 @@ def _segments(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return offs + np.arange(total), np.repeat(rows, lengths)
 
 
+@functools.lru_cache(maxsize=16)
+def _pairs(width: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(width, 1)
+
+
 class _FillData:
     """What :func:`dropped_fill` shares between the candidates of one matrix: the scaled
     off-diagonal entries of the sampled rows, padded to one row of neighbours each."""
@@ -167,12 +173,13 @@ class _FillData:
         self.val[ri, slot] = a.data[pos] / (d[r] * d[c])
         # every pair of neighbours of a row, its first-order fill, and whether it is an
         # entry of A (then not dropped, in any ordering)
-        x, y = np.triu_indices(width, 1)
+        x, y = _pairs(width)
         self.x, self.y = x, y
         j, k = self.col[:, x], self.col[:, y]
         f = self.val[:, x] * self.val[:, y]
-        uj = np.unique(j[f != 0])
-        pos, rj = _segments(a.indptr, uj)
+        used = np.zeros(n, dtype=bool)
+        used[j] = True
+        pos, rj = _segments(a.indptr, np.flatnonzero(used))
         keys = rj * n + a.indices[pos]
         want = j * n + k
         hit = np.searchsorted(keys, want).clip(max=max(keys.size - 1, 0))
@@ -283,10 +290,17 @@ class PermutedPreconditioner(LinearOperator):
 
 
 def permute_matrix(a: Any, perm: np.ndarray) -> Any:
-    """``P A P^T`` of a scipy CSR matrix as canonical CSR."""
+    """``P A P^T`` of a canonical scipy CSR matrix (``(P A P^T)_{kl} = A_{perm[k] perm[l]}``)
+    as canonical CSR, gathered directly (no fancy-indexing copies)."""
     import scipy.sparse as sp
 
-    out = sp.csr_matrix(a[perm][:, perm])
+    n = a.shape[0]
+    q = np.empty(n, dtype=np.int64)
+    q[perm] = np.arange(n)
+    pos, _ = _segments(a.indptr, np.asarray(perm, dtype=np.int64))
+    lengths = np.diff(a.indptr)[perm]
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    out = sp.csr_matrix((a.data[pos], q[a.indices[pos]], indptr), shape=a.shape)
     out.sort_indices()
     return out
 
