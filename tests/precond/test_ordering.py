@@ -83,6 +83,13 @@ def test_dropped_fill_matches_dense_reference(a):
         got = dropped_fill(a, p, sample=None)
         ref = _dense_dropped_fill(a, p)
         assert np.allclose(got, ref, rtol=1e-12, atol=1e-15)
+    # any sparse format, unsorted or duplicated entries: the same numbers
+    coo = a.tocoo()
+    dup = sp.coo_matrix(
+        (np.r_[coo.data / 2, coo.data / 2], (np.r_[coo.row, coo.row], np.r_[coo.col, coo.col])),
+        shape=a.shape,
+    )
+    assert np.allclose(dropped_fill(dup, perms[1], sample=None), _dense_dropped_fill(a, perms[1]))
     # a row sample estimates the same per-row mean
     a_big = anisotropic2d(40, seed=3)
     full = dropped_fill(a_big, None, sample=None)

@@ -132,7 +132,7 @@ def candidate_orderings(a: Any, orderings: Orderings) -> dict[str, np.ndarray]:
 
 
 def _segments(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR entry positions of the given (sorted) rows, and the row of each."""
+    """CSR entry positions of the given rows (in the order given), and the row of each."""
     starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
     total = int(lengths.sum())
     offs = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
@@ -149,6 +149,11 @@ class _FillData:
     off-diagonal entries of the sampled rows, padded to one row of neighbours each."""
 
     def __init__(self, a: Any, sample: int | None, seed: int) -> None:
+        import scipy.sparse as sp
+
+        if not sp.issparse(a) or a.format != "csr" or not a.has_canonical_format:
+            a = sp.csr_matrix(a, copy=True)
+            a.sum_duplicates()  # sorted, unique column indices: the lookup below needs them
         n = a.shape[0]
         self.a, self.n = a, n
         if sample is not None and sample < n:
