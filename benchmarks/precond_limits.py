@@ -26,7 +26,7 @@ each family (the same matrices and right-hand sides as the benchmark):
   them for unseen systems.
 
 PCG to relative residual 1e-8 with :func:`unrollsci.solvers.cg`, as in the benchmark.
-Writes ``benchmarks/results/precond_limits.json`` and prints a table. About 5 minutes on
+Writes ``benchmarks/results/precond_limits.json`` and prints a table. About 6 minutes on
 one thread (the threshold factorizations are dense reference loops).
 """
 
@@ -43,12 +43,9 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from unrollsci._bench import markdown_table, write_results
 from unrollsci.precond import FAMILIES, ic0, lower_pattern, mic0, reorder, unrolled_pcg
-from unrollsci.precond._bench import TEST_SEED0
+from unrollsci.precond._bench import AUTO_ORDERINGS, TEST_SEED0
 from unrollsci.precond._classical import FactorPreconditioner
 from unrollsci.solvers import cg
-
-#: Families with candidate orderings (the benchmark's ``--orderings auto``).
-ORDERED = {"poisson": "grid", "anisotropic": "grid"}
 
 
 def threshold_ic(a: sp.csr_matrix, scaled: bool, omega: float) -> sp.csr_matrix:
@@ -193,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         cands["ic0-rcm"] = lambda a_rcm=a_rcm: ic0(a_rcm)
         cands["mic0-rcm"] = lambda a_rcm=a_rcm: mic0(a_rcm)
         a_ord, b_ord = a, b
-        if fam in ORDERED:  # the ordering that ic0/mic0(ordering="grid") select
-            a_ord, perm_ord, _ = reorder(a, ORDERED[fam])
+        if fam in AUTO_ORDERINGS:  # the orderings the benchmark's --orderings auto selects among
+            a_ord, perm_ord, _ = reorder(a, AUTO_ORDERINGS[fam])
             if perm_ord is not None:
                 b_ord = b[torch.from_numpy(perm_ord)]
             cands["ic0-ord"] = lambda a_ord=a_ord: ic0(a_ord)
@@ -216,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(result_row(fam, t, name, m, sol, nnz0, its["ic0"], t0))
         mic_diag = mic0(a).factor().diagonal()
         oracles = [("oracle-values", False, a, b, "mic0"), ("oracle-diagonal", True, a, b, "mic0")]
-        if fam in ORDERED:
+        if fam in AUTO_ORDERINGS:
             oracles.append(("oracle-values-ord", False, a_ord, b_ord, "mic0-ord"))
         for name, diag_only, aa, bb, start in oracles:
             unroll = max(2, round(args.unroll_frac * its[start]))

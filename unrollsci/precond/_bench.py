@@ -28,7 +28,7 @@ VAL_SEED0 = 5_000
 
 #: Candidate orderings (``--orderings auto``) of the generated families: the grid ones
 #: are numbered lexicographically; graphs and user matrices get no ordering methods.
-_AUTO_ORDERINGS = {"poisson": "grid", "anisotropic": "grid"}
+AUTO_ORDERINGS = {"poisson": "grid", "anisotropic": "grid"}
 
 
 def _ordering(family: str, args: argparse.Namespace) -> str | None:
@@ -36,7 +36,7 @@ def _ordering(family: str, args: argparse.Namespace) -> str | None:
     if args.orderings == "none":
         return None
     if args.orderings == "auto":
-        return _AUTO_ORDERINGS.get(family)
+        return AUTO_ORDERINGS.get(family)
     return args.orderings
 
 
@@ -185,43 +185,30 @@ def _train(
     from . import LearnedPreconditioner, fit_preconditioner
 
     models, info = {}, {}
-    # (name, kind, loss, base, layers, ordering, unrolled steps)
-    jobs = [
-        (
-            f"learned-{k}",
-            k,
-            "energy",
-            None,
-            args.poly_layers if k == "poly" else args.layers,
-            None,
-            args.steps,
-        )
-        for k in kinds
-    ]
+
+    def job(name: str, kind: str = "factor", **kw: Any) -> tuple:
+        """(name, kind, loss, base, layers, ordering, unrolled steps), defaults filled."""
+        layers = args.poly_layers if kind == "poly" else args.layers
+        d = {"loss": "energy", "base": None, "layers": layers, "ordering": None}
+        d |= {"steps": args.steps, **kw}
+        return (name, kind, d["loss"], d["base"], d["layers"], d["ordering"], d["steps"])
+
+    jobs = [job(f"learned-{k}", k) for k in kinds]
     if "factor" in kinds and args.ic0_base:
-        job = ("learned-factor-ic0", "factor", "energy", "ic0", args.layers, None, args.steps)
-        jobs.insert(1, job)
+        jobs.insert(1, job("learned-factor-ic0", base="ic0"))
     if "factor" in kinds and args.mic_base:
-        jobs.insert(
-            1, ("learned-factor-mic", "factor", "energy", "mic", args.mic_layers, None, args.steps)
-        )
+        jobs.insert(1, job("learned-factor-mic", base="mic", layers=args.mic_layers))
         if ordering is not None:
-            jobs.insert(
-                2,
-                (
-                    "learned-factor-mic-ord",
-                    "factor",
-                    "energy",
-                    "mic",
-                    args.mic_layers,
-                    ordering,
-                    args.ord_steps,
-                ),
+            mic_ord = job(
+                "learned-factor-mic-ord",
+                base="mic",
+                layers=args.mic_layers,
+                ordering=ordering,
+                steps=args.ord_steps,
             )
+            jobs.insert(2, mic_ord)
     if args.frobenius and "factor" in kinds:
-        jobs.append(
-            ("learned-factor-frob", "factor", "frobenius", None, args.layers, None, args.steps)
-        )
+        jobs.append(job("learned-factor-frob", loss="frobenius"))
     for name, kind, loss, base, layers, order, steps in jobs:
         model = LearnedPreconditioner(
             kind,

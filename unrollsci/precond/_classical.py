@@ -541,9 +541,11 @@ def mic0(
     most of IC(0)'s error on smooth vectors. A right-looking factorization vectorized per
     column level. ``M.variant`` says which factorization was used (``"mic"``, or after a
     breakdown ``"robust"`` / ``"ic0"``, see :func:`mic0_from_pattern`). ``ordering``: as
-    in :func:`ic0`; MIC(0) gains the most from it, since the fill it moves onto the
-    diagonal helps only where it is negative (on ``anisotropic2d`` at 128^2, 7-13
-    iterations at every angle with ``ordering="grid"``, up to thousands without).
+    in :func:`ic0`; MIC(0) gains the most from it: moving dropped fill onto the diagonal
+    lowers the pivots where that fill is negative, which on a matrix that is not an
+    M-matrix can leave the factor nearly singular, and the ordering decides where that
+    happens (see :mod:`unrollsci.precond._ordering`; on ``anisotropic2d`` at 128^2, 7-13
+    iterations at every angle with ``ordering="grid"``, up to more than 150,000 without).
 
     Example:
         >>> from unrollsci.precond import diffusion2d, ic0, mic0

@@ -66,8 +66,10 @@ class MatrixGraph:
     # diagonal and strict values, the base's row ratios sum_j |b_ij / b_ii|, sqrt(d_i) of
     # each strict entry's row.
     consts: dict[str, torch.Tensor] = field(default_factory=dict)
-    # With an ordering: the graph is that of P A P^T, perm[k] the unknown of A placed k-th
+    # With an ordering: the graph is that of P A P^T, perm[k] the unknown of A placed k-th,
+    # iperm its inverse (kept: from_graph runs at every training step)
     perm: torch.Tensor | None = None
+    iperm: torch.Tensor | None = None
     ordering: str | None = None
 
     def edge_index(self) -> torch.Tensor:
@@ -104,6 +106,7 @@ class MatrixGraph:
             self.matrix,
             consts={k: v.to(device) for k, v in self.consts.items()},
             perm=None if self.perm is None else self.perm.to(device),
+            iperm=None if self.iperm is None else self.iperm.to(device),
             ordering=self.ordering,
         )
 
@@ -470,7 +473,9 @@ class LearnedPreconditioner(nn.Module):
         a, perm, name = reorder(a, self.ordering)
         g = _build_graph(a, self.kind, self.base, self.block_size)
         g.ordering = name
-        g.perm = None if perm is None else torch.from_numpy(perm)
+        if perm is not None:  # a checked permutation (reorder)
+            g.perm = torch.from_numpy(perm)
+            g.iperm = torch.argsort(g.perm)
         return g.to(dev)
 
     def _node_states(self, g: MatrixGraph) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -576,7 +581,9 @@ class LearnedPreconditioner(nn.Module):
             m = InverseFactorPreconditioner(g.pattern, vals)
         else:
             m = BlockPreconditioner(g.pattern, vals, self.block_size)
-        return m if g.perm is None else PermutedPreconditioner(m, g.perm, g.ordering)
+        if g.perm is None:
+            return m
+        return PermutedPreconditioner(m, g.perm, g.ordering, inverse=g.iperm)
 
     def build(self, A: Any) -> LinearOperator:  # noqa: N803
         """Preconditioner ``M ~ A^{-1}`` for a scipy or torch sparse SPD matrix ``A``.

@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 
+#: Rows :func:`dropped_fill` visits by default (a seeded random subset).
+SAMPLE_ROWS = 512
+
+
 def grid_orderings(nx: int, ny: int | None = None) -> dict[str, np.ndarray]:
     """The four lexicographic orderings of an ``nx x ny`` grid numbered with x fastest.
 
@@ -69,7 +73,7 @@ def grid_orderings(nx: int, ny: int | None = None) -> dict[str, np.ndarray]:
     }
 
 
-Orderings = str | Mapping[str, Any] | Sequence[Any] | Callable[[Any], Mapping[str, Any]] | None
+OrderingsArg = str | Mapping[str, Any] | Sequence[Any] | Callable[[Any], Mapping[str, Any]] | None
 
 
 def _check_perm(p: Any, n: int, name: str) -> np.ndarray:
@@ -85,7 +89,7 @@ def _check_perm(p: Any, n: int, name: str) -> np.ndarray:
     return p
 
 
-def candidate_orderings(a: Any, orderings: Orderings) -> dict[str, np.ndarray]:
+def candidate_orderings(a: Any, orderings: OrderingsArg) -> dict[str, np.ndarray]:
     """The candidate orderings of a validated scipy CSR matrix ``a``.
 
     ``orderings``:
@@ -208,7 +212,7 @@ class _FillData:
 
 
 def dropped_fill(
-    a: Any, perm: np.ndarray | None = None, *, sample: int | None = 512, seed: int = 0
+    a: Any, perm: np.ndarray | None = None, *, sample: int | None = SAMPLE_ROWS, seed: int = 0
 ) -> tuple[float, float]:
     """First-order estimate of the fill IC(0) drops when ``a`` is factored in ``perm``'s
     order, per row of the Jacobi-scaled matrix ``S = D^{-1/2} A D^{-1/2}``.
@@ -233,7 +237,7 @@ def dropped_fill(
 
 
 def select_ordering(
-    a: Any, candidates: Mapping[str, np.ndarray], *, sample: int | None = 512, seed: int = 0
+    a: Any, candidates: Mapping[str, np.ndarray], *, sample: int | None = SAMPLE_ROWS, seed: int = 0
 ) -> tuple[str, dict[str, tuple[float, float]]]:
     """The candidate whose IC(0) drops the least positive fill (:func:`dropped_fill`);
     among candidates within 5e-4 of that least value, the one that drops the least fill
@@ -261,18 +265,29 @@ class PermutedPreconditioner(LinearOperator):
         ordering: the name of the ordering (when chosen by :func:`select_ordering`).
     """
 
-    def __init__(self, inner: LinearOperator, perm: Any, ordering: str | None = None) -> None:
+    def __init__(
+        self,
+        inner: LinearOperator,
+        perm: Any,
+        ordering: str | None = None,
+        *,
+        inverse: torch.Tensor | None = None,
+    ) -> None:
+        """``inverse``: ``argsort(perm)`` when the caller already has it (then ``perm`` is
+        trusted to be a permutation); otherwise it is computed and ``perm`` checked."""
         super().__init__()
         n = int(inner.in_shape[0])
         p = torch.as_tensor(np.asarray(perm) if not torch.is_tensor(perm) else perm)
         p = p.to(torch.long)
         if p.shape != (n,):
             raise ValueError(f"Expected a permutation of length {n} (got shape {tuple(p.shape)}).")
-        ip = torch.argsort(p)
-        if not torch.equal(p[ip], torch.arange(n, device=p.device)):
-            raise ValueError(
-                f"Expected a permutation of 0..{n - 1} (got one that is not a permutation)."
-            )
+        ip = inverse
+        if ip is None:
+            ip = torch.argsort(p)
+            if not torch.equal(p[ip], torch.arange(n, device=p.device)):
+                raise ValueError(
+                    f"Expected a permutation of 0..{n - 1} (got one that is not a permutation)."
+                )
         self.inner = inner
         self.register_buffer("perm", p)
         self.register_buffer("iperm", ip)
