@@ -102,7 +102,8 @@ def check_writable(
         seen[key] = out
         if key in ins:
             raise OutputExistsError(
-                f"Refusing to write {out}: it is an input of this command; choose another output name."
+                f"Refusing to write {out}: it is an input of this command; "
+                "choose another output name."
             )
         if out.is_dir():
             raise IsADirectoryError(f"Expected an output file path, but {out} is a directory.")

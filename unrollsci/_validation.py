@@ -148,7 +148,9 @@ def check_device(device: Any) -> torch.device | None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"Expected a torch device such as 'cpu' or 'cuda:0' (got {device!r}).") from exc
+        raise ValueError(
+            f"Expected a torch device such as 'cpu' or 'cuda:0' (got {device!r})."
+        ) from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
