@@ -4,4 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from ._validation import ConvergenceError, ConvergenceWarning, UnrollsciWarning  # noqa: E402
+
+__all__ = ["ConvergenceError", "ConvergenceWarning", "UnrollsciWarning", "__version__"]

@@ -22,10 +22,20 @@ __all__ = [
     "check_tensor",
     "ConvergenceWarning",
     "ConvergenceError",
+    "UnrollsciWarning",
 ]
 
 
-class ConvergenceWarning(UserWarning):
+class UnrollsciWarning(UserWarning):
+    """Base class of every warning unrollsci raises.
+
+    Filter on it to silence or escalate the library's own warnings without touching
+    those of torch, numpy or other packages (the test suite turns exactly these into
+    errors).
+    """
+
+
+class ConvergenceWarning(UnrollsciWarning):
     """An iterative solver stopped before reaching its tolerance."""
 
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-with warnings.catch_warnings():
-    # torch_geometric's import calls torch.jit.script, deprecated in recent torch; the
-    # warning is attributed to torch.jit, so pytest's torch_geometric filter misses it.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from torch_geometric.nn import MessagePassing
+from .._compat import message_passing
+
+MessagePassing = message_passing()
 
 __all__ = ["StepController", "certify_window", "NODE_FEATURES", "GLOBAL_FEATURES"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,10 +227,9 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
 
 
 def _make_layer(hidden: int) -> nn.Module:
-    with warnings.catch_warnings():
-        # torch_geometric 2.8 imports torch.jit.script at import time (deprecated in torch 2.13).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torch_geometric.nn import MessagePassing
+    from .._compat import message_passing
+
+    MessagePassing = message_passing()
 
     class _MatrixConv(MessagePassing):
         """Edge-conditioned message passing over the matrix graph; edge states are updated.

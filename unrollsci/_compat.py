@@ -1,0 +1,32 @@
+"""Imports of third-party packages that warn at import time on some versions.
+
+torch_geometric calls ``torch.jit.script`` while it imports, which torch 2.13 deprecates
+(``DeprecationWarning``) and torch 2.14 deprecates louder (``FutureWarning``). That is
+torch_geometric's business, not the user's: the import is made here, once, with those two
+categories silenced for the duration of the import only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["message_passing", "quiet_import"]
+
+
+@contextlib.contextmanager
+def quiet_import() -> Iterator[None]:
+    """Silence ``DeprecationWarning``/``FutureWarning`` while a third-party package imports."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def message_passing() -> Any:
+    """``torch_geometric.nn.MessagePassing``, imported without its import-time deprecations."""
+    with quiet_import():
+        from torch_geometric.nn import MessagePassing
+    return MessagePassing
