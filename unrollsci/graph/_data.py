@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_device, check_positive
 from ._laplacian import HeatKernel, laplacian_matrix, validate_adjacency
 from ._problem import GraphInverseProblem
 
@@ -170,6 +171,11 @@ def load_minnesota():  # type: ignore[no-untyped-def]
     return adj, np.asarray(g.coords)
 
 
+def _check_num(num: Any) -> None:
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+        raise ValueError(f"Expected 'num' to be an integer >= 1 signals (got {num!r}).")
+
+
 def smooth_signal(
     adjacency: Any,
     num: int = 1,
@@ -191,6 +197,8 @@ def smooth_signal(
     Returns:
         ``(num, n)`` tensor.
     """
+    _check_num(num)
+    check_positive("tau", tau, allow_zero=True)
     adj = validate_adjacency(adjacency)
     lap = laplacian_matrix(adj, laplacian)
     heat = HeatKernel(lap, tau, degree=40)
@@ -227,6 +235,10 @@ def inpainting_problem(
     """
     from scipy.sparse.csgraph import connected_components
 
+    device = check_device(device)
+    _check_num(num)
+    if not 0.0 <= check_positive("observed", observed, allow_zero=True) <= 1.0:
+        raise ValueError(f"Expected 0 <= observed <= 1 (got {observed!r}).")
     adj = validate_adjacency(adjacency)
     n = adj.shape[0]
     rng = np.random.default_rng(seed)

@@ -18,6 +18,10 @@ _KINDS = ("combinatorial", "normalized")
 def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-untyped-def]
     """Check a weighted adjacency and return it as a float64 ``scipy.sparse.csr_matrix``.
 
+    Self-loops (diagonal entries) are kept: :func:`laplacian_matrix` treats them as
+    networkx does (they cancel in the combinatorial Laplacian and add to the degree of
+    the normalized one).
+
     Raises:
         TypeError: not a scipy sparse matrix.
         ValueError: not square, not symmetric, NaN/Inf or negative weights.
@@ -39,7 +43,6 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
             f"Expected non-negative edge weights (got min weight {float(a.data.min()):.3g}); a "
             "Laplacian with negative weights is indefinite and the problem is not convex."
         )
-    a.setdiag(0.0)
     a.eliminate_zeros()
     asym = abs(a - a.T)
     if asym.nnz and float(asym.max()) > 1e-12 * max(float(abs(a).max()), 1.0):
@@ -52,9 +55,14 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
 
 
 def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-untyped-def]
-    """``L = D - W`` (combinatorial) or ``I - D^{-1/2} W D^{-1/2}`` (normalized), as scipy CSR.
+    """``L = D - W`` (combinatorial) or ``D^{-1/2} (D - W) D^{-1/2}`` (normalized), scipy CSR.
 
-    Isolated nodes get ``L_ii = 0`` in both cases.
+    ``D = diag(d)`` with ``d_i = sum_j W_ij`` the weighted degree, self-loop weight
+    ``W_ii`` included: the convention of networkx's ``laplacian_matrix`` and
+    ``normalized_laplacian_matrix``. A self-loop therefore cancels in the combinatorial
+    Laplacian (``L_ii = sum_{j != i} W_ij``), while in the normalized one it lowers the
+    diagonal to ``1 - W_ii / d_i`` and raises the degree that scales the off-diagonal
+    entries. Isolated nodes (``d_i = 0``) get ``L_ii = 0`` in both cases.
     """
     import scipy.sparse as sp
 
@@ -62,14 +70,14 @@ def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-
         raise ValueError(f"Expected laplacian 'combinatorial' or 'normalized' (got {kind!r}).")
     adj = sp.csr_matrix(adj, dtype=np.float64)
     deg = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
-    if kind == "combinatorial":
-        lap = sp.diags(deg) - adj
-    else:
+    lap = sp.diags(deg) - adj
+    if kind == "normalized":
         inv = np.zeros_like(deg)
         nz = deg > 0
         inv[nz] = 1.0 / np.sqrt(deg[nz])
-        lap = sp.diags(nz.astype(np.float64)) - sp.diags(inv) @ adj @ sp.diags(inv)
+        lap = sp.diags(inv) @ lap @ sp.diags(inv)
     lap = sp.csr_matrix(lap)
+    lap.eliminate_zeros()
     lap.sort_indices()
     return lap
 

@@ -24,15 +24,18 @@ from ._laplacian import HeatKernel, laplacian_matrix, validate_adjacency
 __all__ = ["GraphInverseProblem"]
 
 _DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
+_RANK_DENSE_MAX = 4_000_000  # identifiability: dense rank of (components x m) up to this
+_CHUNK_ENTRIES = 4_000_000  # identifiability: entries per batch of operator applications
 
 
-def _is_pd(a: Any) -> bool:
+def _is_pd(a: Any, tol: float = 0.0) -> bool:
     """True if the symmetric sparse matrix ``a`` is positive definite.
 
     Sylvester's law of inertia: SuperLU in symmetric mode without row pivoting
     (``diag_pivot_thresh=0``) factors ``P a P^T = L U`` with ``U = D L^T``; ``a`` is
     positive definite iff every pivot ``D_ii`` is positive. Any failure (a zero
-    pivot, an unsymmetric permutation) answers False.
+    pivot, an unsymmetric permutation) answers False. With ``tol > 0`` every pivot must
+    exceed ``tol`` (for a matrix with unit diagonal: numerically positive definite).
     """
     from scipy.sparse.linalg import splu
 
@@ -48,7 +51,7 @@ def _is_pd(a: Any) -> bool:
     if not np.array_equal(lu.perm_r, lu.perm_c):
         return False
     d = lu.U.diagonal()
-    return bool(np.all(np.isfinite(d)) and np.all(d > 0))
+    return bool(np.all(np.isfinite(d)) and np.all(d > tol))
 
 
 class _Hessian(LinearOperator):
@@ -217,11 +220,16 @@ class GraphInverseProblem:
         self.block_index = torch.as_tensor(block, device=device)
         self.block_ptr = np.searchsorted(block, np.arange(self.num_blocks + 1))
 
-        coo = adj.tocoo()
+        # message passing (edge_index, degree) runs over neighbours: self-loops enter
+        # only the Laplacian (networkx's convention, see laplacian_matrix)
+        nbr = adj.copy()
+        nbr.setdiag(0.0)
+        nbr.eliminate_zeros()
+        coo = nbr.tocoo()
         self.edge_index = torch.as_tensor(np.vstack([coo.row, coo.col]), device=device)
         self.edge_weight = torch.as_tensor(coo.data, device=device, dtype=dtype)
         self.degree = torch.as_tensor(
-            np.asarray(adj.sum(axis=1)).ravel(), device=device, dtype=dtype
+            np.asarray(nbr.sum(axis=1)).ravel(), device=device, dtype=dtype
         )
         self.lap_rowabs_np = np.asarray(abs(self.lap_scipy).sum(axis=1)).ravel()
         self.lap = SparseOperator(self.lap_scipy).to(device)
@@ -426,23 +434,7 @@ class GraphInverseProblem:
         if self.kind == "heat" and self.mask is None:
             return  # exp(-tau L) is invertible
         if self.kind == "operator" or self.kind == "heat":
-            if ncomp > 256:
-                return  # too many components for the dense rank check
-            ind = np.zeros((ncomp, self.num_nodes))
-            ind[labels, np.arange(self.num_nodes)] = 1.0
-            with torch.no_grad():
-                z = torch.as_tensor(ind, dtype=torch.float64, device=self.device)
-                az = self.operator(z) if self.operator is not None else z  # (C, m)
-                masks = [None] if self.mask is None else list(self.mask.to(torch.float64))
-                for b, m in enumerate(masks):
-                    zb = az if m is None else az * m
-                    if int(torch.linalg.matrix_rank(zb)) < ncomp:
-                        raise ValueError(
-                            f"No unique solution for signal {b}: the operator does not see "
-                            "the constant signal on some connected component (A 1_c are "
-                            f"linearly dependent for the {ncomp} components), so x is "
-                            "undetermined there. Observe every component."
-                        )
+            self._check_operator_unique(ncomp, labels)
             return
         if self.mask is None:
             return
@@ -461,6 +453,88 @@ class GraphInverseProblem:
                 "there is only determined up to a constant. Observe at least one node in "
                 "every connected component (or add edges)."
             )
+
+    def _null_basis(self, ncomp: int, labels: np.ndarray):  # type: ignore[no-untyped-def]
+        """Sparse ``(ncomp, n)`` basis of the null space of ``L``, one unit row per component.
+
+        Combinatorial: the component's indicator; normalized: ``D^{1/2}`` times it
+        (``d`` the degree with self-loops, as in :func:`laplacian_matrix`; an isolated
+        node, ``d = 0``, is its own component with the unit vector).
+        """
+        import scipy.sparse as sp
+
+        n = self.num_nodes
+        if self.laplacian_kind == "normalized":
+            deg = np.asarray(self.adjacency.sum(axis=1)).ravel()
+            v = np.where(deg > 0, np.sqrt(np.maximum(deg, 0.0)), 1.0)
+        else:
+            v = np.ones(n)
+        norm = np.sqrt(np.bincount(labels, weights=v * v, minlength=ncomp))
+        return sp.csr_matrix((v / norm[labels], (labels, np.arange(n))), shape=(ncomp, n))
+
+    def _check_operator_unique(self, ncomp: int, labels: np.ndarray) -> None:
+        """Raise unless ``A`` (with the mask of every signal) is injective on ``null(L)``.
+
+        ``H = A^T A + lam L`` with ``lam > 0`` is singular iff some ``z != 0`` in the null
+        space of ``L`` (spanned by one vector ``v_c`` per connected component) has
+        ``A z = 0``, i.e. iff the columns ``A v_c`` are linearly dependent. ``A`` is applied
+        to the ``v_c`` in chunks (any number of components). Up to ``_RANK_DENSE_MAX``
+        entries, the rank of the dense ``(ncomp, m)`` matrix decides (SVD); above, the
+        sparse Gram matrix ``G = W W^T`` (unit diagonal after scaling) must factor as
+        ``L D L^T`` with every pivot above ``1e-10`` (Sylvester's law of inertia).
+        """
+        import scipy.sparse as sp
+
+        op = self.operator
+        assert op is not None
+        n = self.num_nodes
+        m_out = int(op.out_shape[0])
+        if ncomp == 0:
+            return
+        masks = [None] if self.mask is None else list(self.mask.detach().double().cpu().numpy())
+
+        def fail(b: int, detail: str) -> None:
+            raise ValueError(
+                f"No unique solution for signal {b}: the operator does not see the null "
+                "space of the Laplacian (one vector per connected component, constant for "
+                f"the combinatorial Laplacian; {ncomp} components): {detail}, so x is "
+                "undetermined there. Observe every component."
+            )
+
+        if ncomp > m_out:
+            fail(0, f"{ncomp} components but only {m_out} measurements")
+        basis = self._null_basis(ncomp, labels)
+        dense = ncomp * m_out <= _RANK_DENSE_MAX
+        chunk = max(1, min(ncomp, _CHUNK_ENTRIES // max(n, m_out, 1)))
+        parts: list[Any] = []
+        with torch.no_grad():
+            for s in range(0, ncomp, chunk):
+                z = torch.as_tensor(
+                    basis[s : s + chunk].toarray(), dtype=torch.float64, device=self.device
+                )
+                az = op(z).detach().to(torch.float64).cpu().numpy()
+                parts.append(az if dense else sp.csr_matrix(az))
+        az = np.concatenate(parts, axis=0) if dense else sp.vstack(parts).tocsr()
+        for b, mb in enumerate(masks):
+            if dense:
+                w = az if mb is None else az * mb[None]
+                norms = np.linalg.norm(w, axis=1)
+            else:
+                w = az if mb is None else sp.csr_matrix(az @ sp.diags(mb))
+                w.eliminate_zeros()
+                norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
+            zero = np.nonzero(norms <= 1e-12 * max(float(norms.max()), 1e-300))[0]
+            if len(zero):
+                nodes = np.nonzero(labels == zero[0])[0]
+                shown = ", ".join(map(str, nodes[:5])) + (", ..." if len(nodes) > 5 else "")
+                fail(b, f"A maps component {int(zero[0])} (nodes [{shown}]) to zero")
+            if dense:
+                full = int(torch.linalg.matrix_rank(torch.as_tensor(w))) == ncomp
+            else:
+                w = sp.csr_matrix(sp.diags(1.0 / norms) @ w)
+                full = _is_pd(sp.csr_matrix(w @ w.T), tol=1e-10)
+            if not full:
+                fail(b, f"the images A v_c of the {ncomp} components are linearly dependent")
 
     # --------------------------------------------------------- spectral bounds
     def _block_hessian_scipy(self, b: int, k: int):  # type: ignore[no-untyped-def]

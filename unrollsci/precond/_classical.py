@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_device
 from ..operators import LinearOperator
 from ._ordering import PermutedPreconditioner, reorder
 from ._sparse import LowerPattern, check_spd_input, lower_matvec, lower_pattern, tri_solve
@@ -224,6 +225,7 @@ def jacobi(
         >>> M.in_shape
         (64,)
     """
+    device = check_device(device)
     a = check_spd_input(A)
     return DiagonalPreconditioner(torch.as_tensor(a.diagonal(), dtype=dtype, device=device))
 
@@ -483,12 +485,20 @@ def ic0(
         >>> bool(abs(L @ L.T - A.toarray()).max() < 1e-12)
         True
     """
+    device = check_device(device)
     a = check_spd_input(A)
     a, perm, name = reorder(a, ordering)
     pat, vals, alpha = ic0_values(a)
     m = FactorPreconditioner(pat, torch.as_tensor(vals, dtype=dtype, device=device))
     m.shift = alpha
     return _wrap(m, perm, name)
+
+
+def _check_omega(omega: Any) -> None:
+    if isinstance(omega, bool) or not isinstance(omega, (int, float, np.floating, np.integer)):
+        raise TypeError(f"Expected 'omega' to be a real number (got {type(omega).__name__}).")
+    if not 0.0 <= omega <= 1.0:  # also refuses NaN
+        raise ValueError(f"Expected 0 <= omega <= 1 (got {omega}).")
 
 
 def mic0_from_pattern(
@@ -508,8 +518,7 @@ def mic0_from_pattern(
         factor values (numpy, CSR order), the ``omega`` used, and the variant used:
         ``"mic"``, ``"robust"`` or ``"ic0"`` (``"ic0+shift"`` if IC(0) needed a shift).
     """
-    if not 0.0 <= omega <= 1.0:
-        raise ValueError(f"Expected 0 <= omega <= 1 (got {omega}).")
+    _check_omega(omega)
     a = np.asarray(vals, dtype=np.float64)
     if omega > 0:
         plan = _mic_plan(pat)
@@ -553,6 +562,8 @@ def mic0(
         >>> M.variant, M.nnz == ic0(diffusion2d(8, seed=0)).nnz
         ('mic', True)
     """
+    device = check_device(device)
+    _check_omega(omega)
     a = check_spd_input(A)
     a, perm, name = reorder(a, ordering)
     pat, vals = lower_pattern(a)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_positive
 from ._sparse import check_spd_input
 
 __all__ = [
@@ -30,6 +31,15 @@ def _check_n(n: int, minimum: int = 2) -> int:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < minimum:
         raise ValueError(f"Expected 'n' to be an integer >= {minimum} (got {n!r}).")
     return int(n)
+
+
+def _check_real(name: str, value: Any) -> float:
+    """A finite real number (any sign), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Expected '{name}' to be a real number (got {type(value).__name__}).")
+    if not np.isfinite(value):
+        raise ValueError(f"Expected '{name}' to be finite (got {value!r}).")
+    return float(value)
 
 
 def diffusion2d(n: int, sigma: float = 1.0, *, shift: float = 1e-2, seed: int | None = 0) -> Any:
@@ -57,13 +67,14 @@ def diffusion2d(n: int, sigma: float = 1.0, *, shift: float = 1e-2, seed: int | 
     import scipy.sparse as sp
 
     n = _check_n(n)
-    if sigma < 0 or shift < 0:
-        raise ValueError(f"Expected sigma >= 0 and shift >= 0 (got {sigma}, {shift}).")
+    sigma = check_positive("sigma", sigma, allow_zero=True)
+    shift = check_positive("shift", shift, allow_zero=True)
     rng = np.random.default_rng(seed)
-    k = np.exp(sigma * rng.standard_normal(n * n))
     right, down = _grid_faces(n)
     faces = np.concatenate([right, down], axis=1)
-    kf = 2.0 * k[faces[0]] * k[faces[1]] / (k[faces[0]] + k[faces[1]])
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        k = np.exp(sigma * rng.standard_normal(n * n))  # a huge sigma is refused below
+        kf = 2.0 * k[faces[0]] * k[faces[1]] / (k[faces[0]] + k[faces[1]])
     N = n * n  # noqa: N806
     diag = np.zeros(N)
     np.add.at(diag, faces[0], kf)
@@ -79,6 +90,11 @@ def diffusion2d(n: int, sigma: float = 1.0, *, shift: float = 1e-2, seed: int | 
     rows = np.concatenate([faces[0], faces[1], np.arange(N)])
     cols = np.concatenate([faces[1], faces[0], np.arange(N)])
     vals = np.concatenate([-kf, -kf, diag])
+    if not np.all(np.isfinite(vals)) or not np.all(diag > 0):
+        raise ValueError(
+            f"Expected a sigma small enough for k = exp(sigma * xi) to stay finite and "
+            f"positive in float64 (got sigma={sigma!r}, which over- or underflows)."
+        )
     return sp.csr_matrix((vals, (rows, cols)), shape=(N, N))
 
 
@@ -103,11 +119,14 @@ def anisotropic2d(
     import scipy.sparse as sp
 
     n = _check_n(n)
+    if epsilon is not None:
+        check_positive("epsilon", epsilon)
+    if theta is not None:
+        _check_real("theta", theta)
+    shift = check_positive("shift", shift, allow_zero=True)
     rng = np.random.default_rng(seed)
     eps = float(10 ** rng.uniform(-3, -1)) if epsilon is None else float(epsilon)
     th = float(rng.uniform(0, np.pi)) if theta is None else float(theta)
-    if eps <= 0:
-        raise ValueError(f"Expected epsilon > 0 (got {eps}).")
     c, s = np.cos(th), np.sin(th)
     axx = c * c + eps * s * s
     ayy = s * s + eps * c * c
@@ -143,6 +162,8 @@ def graph_laplacian(
     from scipy.spatial import cKDTree
 
     n = _check_n(n)
+    degree = check_positive("degree", degree)
+    shift = check_positive("shift", shift, allow_zero=True)
     N = n * n  # noqa: N806
     rng = np.random.default_rng(seed)
     pts = rng.random((N, 2))

@@ -89,6 +89,32 @@ def _check_perm(p: Any, n: int, name: str) -> np.ndarray:
     return p
 
 
+def _check_matrix(a: Any, name: str = "a") -> None:
+    """Cheap checks for the ordering functions (which expect a validated matrix, e.g. from
+    :func:`~unrollsci.precond._sparse.check_spd_input`): scipy sparse, square, non-empty,
+    finite, positive diagonal."""
+    import scipy.sparse as sp
+
+    if not sp.issparse(a):
+        raise TypeError(f"Expected '{name}' to be a scipy sparse matrix (got {type(a).__name__}).")
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(
+            f"Expected '{name}' to be a non-empty square matrix (got shape {tuple(a.shape)})."
+        )
+    data = np.asarray(sp.csr_matrix(a).data)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(
+            f"Expected '{name}' to be finite (got {int(np.isnan(data).sum())} NaN and "
+            f"{int(np.isinf(data).sum())} Inf entries)."
+        )
+    diag = a.diagonal()
+    if np.any(diag <= 0):
+        raise ValueError(
+            f"Expected '{name}' to have a strictly positive diagonal, as every SPD matrix has "
+            f"(got {int((diag <= 0).sum())} entries <= 0)."
+        )
+
+
 def candidate_orderings(a: Any, orderings: OrderingsArg) -> dict[str, np.ndarray]:
     """The candidate orderings of a validated scipy CSR matrix ``a``.
 
@@ -100,6 +126,7 @@ def candidate_orderings(a: Any, orderings: OrderingsArg) -> dict[str, np.ndarray
     * a mapping ``{name: perm}`` or a sequence of permutations;
     * a callable ``A -> {name: perm}`` (e.g. ``lambda A: grid_orderings(nx, ny)``).
     """
+    _check_matrix(a)
     n = a.shape[0]
     if callable(orderings) and not isinstance(orderings, str):
         orderings = orderings(a)
@@ -158,6 +185,10 @@ class _FillData:
         if not sp.issparse(a) or a.format != "csr" or not a.has_canonical_format:
             a = sp.csr_matrix(a, copy=True)
             a.sum_duplicates()  # sorted, unique column indices: the lookup below needs them
+        if sample is not None and (
+            isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1
+        ):
+            raise ValueError(f"Expected 'sample' to be None or an integer >= 1 (got {sample!r}).")
         n = a.shape[0]
         self.a, self.n = a, n
         if sample is not None and sample < n:
@@ -233,6 +264,9 @@ def dropped_fill(
     Returns:
         ``(positive, total_abs)``.
     """
+    _check_matrix(a)
+    if perm is not None:
+        perm = _check_perm(perm, a.shape[0], "perm")
     return _FillData(a, sample, seed)(perm)
 
 
@@ -248,6 +282,8 @@ def select_ordering(
     """
     if not candidates:
         raise ValueError("Expected at least one candidate ordering (got none).")
+    _check_matrix(a)
+    candidates = {k: _check_perm(p, a.shape[0], str(k)) for k, p in candidates.items()}
     data = _FillData(a, sample, seed)
     scores = {k: data(p) for k, p in candidates.items()}
     best_pos = min(s[0] for s in scores.values())

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_device
 from ..operators import LinearOperator
 from ..operators._matrix import _SCIPY_DTYPES, _ScipyMatmul, _ScipyPair, _spmm
 from ._sparse import check_spd_input
@@ -122,6 +123,7 @@ def abs_entries(a: Any, device: torch.device | str | None = None) -> tuple[torch
     """``(row, col, |a_ij|)`` of a scipy sparse matrix as torch tensors (float64)."""
     import scipy.sparse as sp
 
+    device = check_device(device)
     coo = sp.coo_matrix(a)
     return (
         torch.from_numpy(coo.row.astype(np.int64)).to(device),
@@ -163,7 +165,10 @@ def chebyshev(
     Raises:
         ValueError: bad ``A`` (see :func:`ic0`), ``degree < 0`` or ``ratio`` outside ``(0, 1)``.
     """
-    if int(degree) != degree or degree < 0:
+    device = check_device(device)
+    if isinstance(degree, bool) or not isinstance(degree, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Expected an integer degree >= 0 (got {type(degree).__name__}).")
+    if not np.isfinite(degree) or int(degree) != degree or degree < 0:
         raise ValueError(f"Expected an integer degree >= 0 (got {degree!r}).")
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"Expected 0 < ratio < 1 (got {ratio!r}).")

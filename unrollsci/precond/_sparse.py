@@ -186,13 +186,15 @@ def lower_matvec(
 def check_spd_input(a: Any, name: str = "A") -> Any:
     """Validate a sparse system matrix and return it as scipy CSR (float64).
 
-    Checks: scipy sparse or torch sparse/dense 2-D, square, finite, symmetric,
-    strictly positive diagonal. (Positive definiteness beyond that is detected by
+    Checks: scipy sparse or torch sparse/dense 2-D, real, square and non-empty, finite,
+    symmetric, strictly positive diagonal. (Positive definiteness beyond that is detected by
     the factorization / the CG iteration.)
     """
     import scipy.sparse as sp
 
     if isinstance(a, torch.Tensor):
+        if a.is_complex():
+            raise TypeError(f"Expected a real '{name}' (got dtype {a.dtype}).")
         if a.layout == torch.strided:
             if a.dim() != 2:
                 raise ValueError(
@@ -206,6 +208,8 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
             idx = coo.indices().numpy()
             a = sp.csr_matrix((coo.values().double().numpy(), (idx[0], idx[1])), shape=coo.shape)
     elif sp.issparse(a):
+        if np.iscomplexobj(a.data if hasattr(a, "data") else np.zeros(0)):
+            raise TypeError(f"Expected a real '{name}' (got dtype {a.dtype}).")
         a = sp.csr_matrix(a, dtype=np.float64)
     else:
         raise TypeError(
@@ -214,6 +218,10 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
         )
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"Expected '{name}' to be square (got shape {a.shape}).")
+    if a.shape[0] == 0:
+        raise ValueError(
+            f"Expected '{name}' to be a non-empty square matrix (got shape {tuple(a.shape)})."
+        )
     a.sum_duplicates()
     a.sort_indices()
     if not np.all(np.isfinite(a.data)):
