@@ -23,7 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["fit", "History", "save_checkpoint", "load_checkpoint", "iterate_batches"]
+__all__ = [
+    "fit",
+    "History",
+    "save_checkpoint",
+    "load_checkpoint",
+    "register_checkpoint_class",
+    "registered_checkpoint_classes",
+    "iterate_batches",
+]
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -87,10 +95,87 @@ def _evaluate(
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in iterate_batches(data, None, generator, steps or 1):
-            total += float(loss_fn(model, batch))
+            total += float(_check_loss(loss_fn(model, batch), "validation", train=False))
             count += 1
     model.train(was)
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError(
+            f"val_data yielded no batch ({type(data).__name__}); expected at least one "
+            "validation batch every epoch (a generator or iterator is exhausted after one "
+            "pass: use a list of batches, tensors, a DataLoader or a sampler)."
+        )
+    return total / count
+
+
+def _check_loss(loss: Any, where: str, *, train: bool = True) -> torch.Tensor:
+    """``loss_fn``'s value as a one-element tensor, or a clear error."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(
+            f"Expected loss_fn to return a scalar torch.Tensor ({where} batch; got "
+            f"{type(loss).__name__})."
+        )
+    if loss.numel() != 1:
+        raise ValueError(
+            f"Expected loss_fn to return a scalar tensor ({where} batch; got shape "
+            f"{tuple(loss.shape)}); reduce it, e.g. with .mean() or .sum()."
+        )
+    if train and not loss.requires_grad:
+        raise ValueError(
+            "Expected the loss to depend on the model's trainable parameters (loss_fn "
+            "returned a tensor without gradient; was it computed under torch.no_grad() "
+            "or from detached values?)."
+        )
+    return loss
+
+
+def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            ok = isinstance(value, np.integer)
+        except ImportError:  # pragma: no cover
+            ok = False
+        if not ok:
+            kind = "an integer or None" if optional else "an integer"
+            raise TypeError(f"Expected '{name}' to be {kind} (got {type(value).__name__}).")
+    if value < low:
+        raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
+
+
+def _check_data(name: str, data: Any, passes: int) -> None:
+    """Refuse training/validation data that cannot give a batch in every epoch."""
+    if isinstance(data, torch.Tensor) or (
+        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        first = data if isinstance(data, torch.Tensor) else data[0]
+        if first.dim() == 0 or first.shape[0] == 0:
+            raise ValueError(
+                f"Expected '{name}' to hold at least one sample (got a tensor of shape "
+                f"{tuple(first.shape)})."
+            )
+        return
+    if callable(data) and not isinstance(data, nn.Module):
+        return
+    if isinstance(data, (tuple, list)) and not data:
+        raise ValueError(
+            f"Expected '{name}' to hold at least one batch (got an empty {type(data).__name__})."
+        )
+    try:
+        one_shot = iter(data) is data
+    except TypeError:
+        raise TypeError(
+            f"Expected '{name}' to be tensors, an iterable of batches or a sampler "
+            f"(got {type(data).__name__})."
+        ) from None
+    if one_shot and passes > 1:
+        raise ValueError(
+            f"'{name}' is a one-shot iterator ({type(data).__name__}): it would be "
+            f"exhausted after the first of {passes} epochs. Pass a list of batches, "
+            "tensors, a DataLoader, or a sampler with steps_per_epoch."
+        )
 
 
 def _check_factor(value: Any, step: int) -> float:
@@ -165,14 +250,42 @@ def fit(
     Returns:
         History of losses per epoch.
     """
+    from ._validation import check_positive
+
     if schedule not in ("end_to_end", "layerwise"):
         raise ValueError(f"Expected schedule 'end_to_end' or 'layerwise' (got {schedule!r}).")
-    if epochs < 1:
-        raise ValueError(f"Expected epochs >= 1 (got {epochs}).")
-    if lr <= 0:
-        raise ValueError(f"Expected lr > 0 (got {lr}).")
+    _check_int("epochs", epochs, 1)
+    _check_int("stage_epochs", stage_epochs, 1, optional=True)
+    _check_int("batch_size", batch_size, 1, optional=True)
+    _check_int("steps_per_epoch", steps_per_epoch, 1, optional=True)
+    _check_int("patience", patience, 1, optional=True)
+    _check_int("seed", seed, -(2**63))  # torch.manual_seed's range
+    check_positive("lr", lr)
+    check_positive("weight_decay", weight_decay, allow_zero=True)
+    if clip_grad is not None:
+        check_positive("clip_grad", clip_grad)
+    check_positive("lr_decay", lr_decay)
     if not 0 < lr_decay <= 1:
         raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
+    if not callable(loss_fn):
+        raise TypeError(
+            f"Expected loss_fn to be callable (model, batch) -> scalar tensor "
+            f"(got {type(loss_fn).__name__})."
+        )
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, Path)):
+            raise TypeError(
+                f"Expected 'checkpoint' to be a path (got {type(checkpoint).__name__})."
+            )
+        if Path(checkpoint).is_dir():
+            raise IsADirectoryError(
+                f"Expected 'checkpoint' to be a file path, but {checkpoint} is a directory."
+            )
+        if not callable(getattr(model, "get_config", None)):
+            raise TypeError(
+                f"checkpoint= needs a model with get_config() ({type(model).__name__} has "
+                "none); checked before training so that no run is lost."
+            )
     if lr_factor is not None and not callable(lr_factor):
         raise TypeError(
             f"Expected lr_factor to be callable step -> factor (got {type(lr_factor).__name__})."
@@ -190,6 +303,9 @@ def fit(
     else:
         stages = [0]
     per_stage = stage_epochs if stage_epochs is not None else epochs
+    _check_data("train_data", train_data, per_stage * len(stages))
+    if val_data is not None:
+        _check_data("val_data", val_data, per_stage * len(stages))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     val_gen_seed = seed + 10_007
@@ -218,7 +334,7 @@ def fit(
                 total, count = 0.0, 0
                 for batch in iterate_batches(train_data, batch_size, gen, steps_per_epoch):
                     opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(model, batch)
+                    loss = _check_loss(loss_fn(model, batch), "training").reshape(())
                     if not torch.isfinite(loss.detach()):
                         raise FloatingPointError(
                             f"Training loss became {float(loss.detach())} at epoch "
@@ -235,7 +351,15 @@ def fit(
                     step_counter += 1
                     total += float(loss.detach())
                     count += 1
-                train_loss = total / max(count, 1)
+                if count == 0:
+                    raise ValueError(
+                        f"Epoch {epoch_counter} saw no training batch: train_data "
+                        f"({type(train_data).__name__}) yielded nothing. An exhausted "
+                        "generator or iterator, or an empty dataset, is the likely cause; "
+                        "pass a list of batches, tensors, a DataLoader, or a sampler with "
+                        "steps_per_epoch >= 1."
+                    )
+                train_loss = total / count
                 val_loss = None
                 if val_data is not None:
                     val_loss = _evaluate(
@@ -288,9 +412,273 @@ def fit(
     return hist
 
 
-def _class_path(obj: Any) -> str:
-    cls = type(obj)
+# --------------------------------------------------------------------------- checkpoints
+#
+# A checkpoint file is read with ``torch.load(..., weights_only=True)``: torch's restricted
+# unpickler, which builds tensors, numbers, strings, dtypes, devices and plain containers
+# and refuses every other global, so no code named in the file ever runs. The model is
+# then built from a class looked up by name in the registry below (never imported from a
+# name in the file) with a config that holds plain data only.
+
+_FORMAT = "unrollsci-checkpoint-2"
+_FORMAT_V1 = "unrollsci-checkpoint-1"  # config held pickled objects; still read, see below
+_OBJECT = "__unrollsci_object__"  # {_OBJECT: name, "config": {...}}: a registered object
+_NDARRAY = "__numpy_array__"  # {_NDARRAY: tensor}: a numpy array, stored as a tensor
+
+# Trainable models and the config objects they hold, by checkpoint name. Constants of
+# this module (name -> (module, attribute)); imported only when a checkpoint needs one.
+_BUILTIN: dict[str, tuple[str, str]] = {
+    f"unrollsci.{mod}:{name}": (f"unrollsci.{mod}", name)
+    for mod, names in {
+        "unrolled": ("LISTA", "LISTACP", "ALISTA", "UnrolledFISTA", "ADMMNet", "LAMP"),
+        "graph": ("UnrolledGraphGD", "StepController"),
+        "precond": ("LearnedPreconditioner",),
+        "imaging": ("UnrolledCT",),
+    }.items()
+    for name in names
+}
+# Operators a config may hold, stored as their constructor's plain data (see _OPERATORS).
+_OPERATOR_NAMES = (
+    "MatrixOperator",
+    "SparseOperator",
+    "Convolution",
+    "Mask",
+    "Radon",
+    "ComposedOperator",
+    "SumOperator",
+    "ScaledOperator",
+    "AdjointOperator",
+)
+_USER: dict[str, type] = {}
+
+
+def _builtin_class(name: str) -> type:
+    mod, attr = _BUILTIN[name]
+    return getattr(importlib.import_module(mod), attr)
+
+
+def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register_checkpoint_class(cls: type, name: str | None = None) -> type:
+    """Allow :func:`load_checkpoint` to build ``cls`` (a model, or an object in a config).
+
+    unrollsci's own trainable models are registered already. A class of yours must
+    implement ``get_config() -> dict`` returning its constructor keyword arguments as
+    plain data (numbers, strings, None, tensors, dtypes, lists, tuples, dicts with string
+    keys, unrollsci operators, or instances of registered classes). It is stored under
+    ``name`` (default ``"module:QualifiedName"``). Usable as a class decorator; returns
+    ``cls``.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"Expected a class to register (got {type(cls).__name__}).")
+    if not callable(getattr(cls, "get_config", None)):
+        raise TypeError(
+            f"Expected a class with a get_config() method returning its constructor "
+            f"arguments ({cls.__name__} has none)."
+        )
+    key = _class_path(cls) if name is None else name
+    if not isinstance(key, str) or ":" not in key:
+        raise ValueError(f"Expected a name of the form 'module:Class' (got {key!r}).")
+    if key in _BUILTIN or (key in _USER and _USER[key] is not cls):
+        raise ValueError(f"The checkpoint name {key!r} is taken by another class.")
+    _USER[key] = cls
+    return cls
+
+
+def registered_checkpoint_classes() -> list[str]:
+    """Names of the classes :func:`load_checkpoint` may build (built-in and registered)."""
+    return sorted({*_BUILTIN, *_USER})
+
+
+def _name_of(cls: type) -> str:
+    """The checkpoint name of ``cls``: its registered name, else ``module:Class``."""
+    for key, mod_attr in _BUILTIN.items():
+        if cls.__name__ == mod_attr[1] and cls.__module__.startswith(mod_attr[0]):
+            if _builtin_class(key) is cls:
+                return key
+    for key, user in _USER.items():
+        if user is cls:
+            return key
+    return _class_path(cls)
+
+
+def _lookup(name: str, expected: tuple[type, ...], path: Path) -> type:
+    """The class registered as ``name`` (or one of ``expected`` of that name)."""
+    if name in _BUILTIN:
+        return _builtin_class(name)
+    if name in _USER:
+        return _USER[name]
+    for cls in expected:
+        if name in (_class_path(cls), _name_of(cls)):
+            return cls
+    if name.startswith("unrollsci."):  # format-1 files name the defining module
+        for key in _BUILTIN:
+            cls = _builtin_class(key)
+            if _class_path(cls) == name:
+                return cls
+    raise ValueError(
+        f"Checkpoint {path} names the class {name!r}, which is not a registered checkpoint "
+        "class; nothing was imported or run. Register your own class with "
+        "unrollsci.train.register_checkpoint_class(cls) or pass expected=cls to "
+        "load_checkpoint."
+    )
+
+
+def _operators() -> dict[str, type]:
+    from . import operators
+
+    return {name: getattr(operators, name) for name in _OPERATOR_NAMES}
+
+
+def _operator_config(op: Any) -> tuple[str, dict[str, Any]] | None:
+    """Constructor arguments of an unrollsci operator, or None for another class."""
+    ops = _operators()
+    kind = next((n for n, c in ops.items() if type(op) is c), None)
+    if kind == "MatrixOperator":
+        return kind, {
+            "matrix": op.matrix.detach(),
+            "parameter": isinstance(op.matrix, nn.Parameter),
+        }
+    if kind == "SparseOperator":
+        return kind, {"matrix": op.matrix.detach()}
+    if kind == "Convolution":
+        d = op.ndim_spatial
+        kernel = torch.flip(op.weight[0, 0].detach(), dims=tuple(range(d)))
+        return kind, {"kernel": kernel, "in_shape": list(op.in_shape), "boundary": op.boundary}
+    if kind == "Mask":
+        return kind, {"mask": op.mask.detach(), "subsample": bool(op.subsample)}
+    if kind == "Radon":
+        return kind, {
+            "image_size": int(op.image_size),
+            "angles": op.angles.detach().cpu(),
+            "circle": bool(op.circle),
+        }
+    if kind == "ComposedOperator":
+        return kind, {"outer": op.outer, "inner": op.inner}
+    if kind == "SumOperator":
+        return kind, {"a": op.a, "b": op.b}
+    if kind == "ScaledOperator":
+        return kind, {"op": op.op, "scale": float(op.scale)}
+    if kind == "AdjointOperator":
+        return kind, {"op": op.op}
+    return None
+
+
+def _build_operator(kind: str, cfg: dict[str, Any]) -> Any:
+    ops = _operators()
+    if kind == "MatrixOperator":
+        matrix = cfg["matrix"]
+        return ops[kind](nn.Parameter(matrix) if cfg.get("parameter") else matrix)
+    if kind == "Convolution":
+        return ops[kind](cfg["kernel"], cfg["in_shape"], boundary=cfg["boundary"])
+    if kind == "Mask":
+        return ops[kind](cfg["mask"], subsample=cfg["subsample"])
+    if kind == "Radon":
+        return ops[kind](cfg["image_size"], cfg["angles"], circle=cfg["circle"])
+    return ops[kind](**cfg)
+
+
+_PLAIN = (str, int, float, complex, bool, type(None), torch.dtype, torch.device)
+
+
+def _plain_hint(value: Any) -> str:
+    if callable(value) and not isinstance(value, nn.Module):
+        return (
+            " A checkpoint stores no code: give a named option instead (e.g. ordering='grid' "
+            "or 'rcm', or the permutations as {name: perm}) and pass functions again after "
+            "loading."
+        )
+    return (
+        f" Register its class with unrollsci.train.register_checkpoint_class "
+        f"(it needs get_config()) if {type(value).__name__} should be stored."
+    )
+
+
+def _encode(value: Any, where: str) -> Any:
+    """``value`` as plain data that ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value if isinstance(value, nn.Parameter) else value.detach()
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value))}
+        if isinstance(value, np.generic):
+            return value.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, (list, tuple)):
+        out = [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str) or k in (_OBJECT, _NDARRAY)]
+        if bad:
+            raise TypeError(
+                f"Cannot store {where} in a checkpoint: expected a dict with string keys "
+                f"(got the key {bad[0]!r})."
+            )
+        return {k: _encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+    op = _operator_config(value)
+    if op is not None:
+        kind, cfg = op
+        return {_OBJECT: f"unrollsci.operators:{kind}", "config": _encode(cfg, where)}
+    name = _name_of(type(value))
+    if (name in _BUILTIN or name in _USER) and callable(getattr(value, "get_config", None)):
+        return {_OBJECT: name, "config": _encode(value.get_config(), where)}
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise TypeError(
+        f"Cannot store {where} in a checkpoint: it is a {type(value).__name__} ({shown}); "
+        "a checkpoint holds plain data only (numbers, strings, None, tensors, dtypes, "
+        "lists, tuples, dicts with string keys, unrollsci operators and instances of "
+        f"registered classes).{_plain_hint(value)}"
+    )
+
+
+def _decode(value: Any, where: str, path: Path, expected: tuple[type, ...]) -> Any:
+    """Rebuild plain data written by :func:`_encode` (and format-1 operator objects)."""
+    if isinstance(value, (torch.Tensor, *_PLAIN)):
+        return value
+    if isinstance(value, (list, tuple)):
+        out = [_decode(v, f"{where}[{i}]", path, expected) for i, v in enumerate(value)]
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, dict):
+        if set(value) == {_NDARRAY} and isinstance(value[_NDARRAY], torch.Tensor):
+            return value[_NDARRAY].numpy()
+        if set(value) == {_OBJECT, "config"}:
+            return _build_object(value[_OBJECT], value["config"], where, path, expected)
+        return {str(k): _decode(v, f"{where}[{k!r}]", path, expected) for k, v in value.items()}
+    op = _operator_config(value)  # a format-1 file's pickled operator: rebuilt afresh
+    if op is not None:
+        kind, cfg = op
+        return _build_operator(kind, _decode(_encode(cfg, where), where, path, expected))
+    raise ValueError(
+        f"Checkpoint {path}: {where} holds a {type(value).__name__}; expected plain data."
+    )
+
+
+def _build_object(name: Any, cfg: Any, where: str, path: Path, expected: tuple[type, ...]) -> Any:
+    if not isinstance(name, str) or not isinstance(cfg, dict):
+        raise ValueError(
+            f"Checkpoint {path}: {where} is not a valid stored object (expected a class "
+            f"name and a config dict, got {type(name).__name__} and {type(cfg).__name__})."
+        )
+    kwargs = _decode(cfg, where, path, expected)
+    if name.startswith("unrollsci.operators:") and name.split(":", 1)[1] in _OPERATOR_NAMES:
+        builder: Any = lambda **kw: _build_operator(name.split(":", 1)[1], kw)  # noqa: E731
+    else:
+        builder = _lookup(name, expected, path)
+    try:
+        return builder(**kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"Checkpoint {path}: could not rebuild {name} for {where} from its stored "
+            f"config ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 def save_checkpoint(
@@ -298,26 +686,90 @@ def save_checkpoint(
 ) -> Path:
     """Save ``model`` so that :func:`load_checkpoint` rebuilds it without the training script.
 
-    The model must implement ``get_config() -> dict`` returning its constructor
-    keyword arguments (tensors and operators allowed); the file holds the class
-    path, that config, and the state dict.
+    The model must implement ``get_config() -> dict`` returning its constructor keyword
+    arguments as plain data: numbers, strings, None, tensors, dtypes, lists, tuples,
+    dicts with string keys, numpy arrays, unrollsci operators (stored as their matrix,
+    kernel, mask or geometry) and instances of registered classes (see
+    :func:`register_checkpoint_class`). Anything else, e.g. a function, raises
+    ``TypeError`` before the file is touched. ``extra`` must be plain data too.
+
+    The file holds the model's checkpoint name, that config, the state dict and
+    ``extra``. It is written atomically (a temporary file in the same folder, then
+    moved onto ``path``): a failed save leaves a previous file at ``path`` as it was.
+    An existing file at ``path`` is replaced.
     """
-    if not hasattr(model, "get_config"):
+    from ._io import atomic_save
+
+    if not callable(getattr(model, "get_config", None)):
         raise TypeError(
             f"{type(model).__name__} has no get_config(); cannot write a self-contained "
             "checkpoint. Save model.state_dict() instead."
         )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"Expected a checkpoint file path, but {path} is a directory.")
+    config = model.get_config()
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"Expected {type(model).__name__}.get_config() to return a dict "
+            f"(got {type(config).__name__})."
+        )
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"Expected 'extra' to be a dict (got {type(extra).__name__}).")
     payload = {
-        "format": "unrollsci-checkpoint-1",
-        "class": _class_path(model),
-        "config": model.get_config(),
-        "state_dict": model.state_dict(),
-        "extra": extra or {},
+        "format": _FORMAT,
+        "class": _name_of(type(model)),
+        "config": _encode(config, "config"),
+        "state_dict": _encode(dict(model.state_dict()), "state_dict"),
+        "extra": _encode(extra or {}, "extra"),
     }
-    torch.save(payload, path)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_save(path, lambda f: torch.save(payload, f))
+
+
+def _read_payload(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` with every failure as a ``ValueError``."""
+    import pickle
+    import re
+
+    what = "an unrollsci checkpoint written by unrollsci.train.save_checkpoint"
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    if path.is_dir():
+        raise IsADirectoryError(f"Expected a checkpoint file, but {path} is a directory.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Checkpoint {path} is empty (0 bytes); expected {what}.")
+    # Format-1 files pickled these operators inside the config. The restricted unpickler
+    # may create them (attribute dict only, no code of theirs runs); they are rebuilt
+    # through their constructors from their matrix / geometry right after.
+    from .operators import MatrixOperator, Radon
+
+    try:
+        with torch.serialization.safe_globals([MatrixOperator, Radon]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found or "Weights only load failed" in str(exc):
+            name = found.group(1) if found else "an object"
+            raise ValueError(
+                f"Checkpoint {path} holds pickled Python objects ({name}) and was not "
+                "loaded: unrollsci reads checkpoints with weights_only=True (tensors and "
+                "plain data only), so nothing in the file ran. Expected "
+                f"{what}. A file from an older unrollsci whose config held other "
+                "objects must be re-saved with save_checkpoint from the training script."
+            ) from None
+        raise ValueError(
+            f"Checkpoint {path} could not be read (truncated, or not a torch file: {exc}); "
+            f"expected {what}."
+        ) from None
+    except Exception as exc:  # the unpickler of a corrupt file may raise anything
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"Checkpoint {path} could not be read (truncated, or not a torch file: "
+            f"{type(exc).__name__}: {first}); expected {what}."
+        ) from None
 
 
 def load_checkpoint(
@@ -328,26 +780,65 @@ def load_checkpoint(
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_checkpoint`.
 
+    The file is read with ``torch.load(weights_only=True)``: only tensors, numbers,
+    strings, dtypes, devices and plain containers are unpickled, and a file holding
+    anything else (e.g. an object whose unpickling would run code) raises
+    ``ValueError`` without running it. The model class is looked up by name among the
+    registered checkpoint classes (unrollsci's models and
+    :func:`register_checkpoint_class`, plus the classes in ``expected``); no module
+    named in the file is imported and no callable named in it is called.
+
     Args:
         path: checkpoint file.
         expected: class (or classes) the checkpoint must hold; a mismatch raises
-            ``ValueError`` naming both.
+            ``ValueError`` naming both. A class given here may be built even when not
+            registered.
         map_location: passed to ``torch.load``.
 
-    Only load checkpoints you trust: the config may hold pickled operators.
+    Raises:
+        ValueError: the file is empty, truncated, not a torch file, not an unrollsci
+            checkpoint, holds pickled objects, names an unregistered class, holds
+            another class than ``expected``, or its config or weights do not fit.
+        FileNotFoundError: no file at ``path``.
     """
-    payload = torch.load(Path(path), map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != "unrollsci-checkpoint-1":
-        raise ValueError(f"{path} is not an unrollsci checkpoint.")
-    mod_name, qual = payload["class"].split(":")
-    cls: Any = importlib.import_module(mod_name)
-    for part in qual.split("."):
-        cls = getattr(cls, part)
+    path = Path(path)
+    exp: tuple[type, ...] = ()
     if expected is not None:
         exp = (expected,) if isinstance(expected, type) else tuple(expected)
-        if not issubclass(cls, exp):
-            names = ", ".join(e.__name__ for e in exp)
-            raise ValueError(f"Checkpoint {path} holds a {cls.__name__}, expected {names}.")
-    model = cls(**payload["config"])
-    model.load_state_dict(payload["state_dict"])
+        if not exp or not all(isinstance(e, type) for e in exp):
+            raise TypeError(f"Expected 'expected' to be a class or classes (got {expected!r}).")
+    payload = _read_payload(path, map_location)
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt not in (_FORMAT, _FORMAT_V1):
+        got = f"format {fmt!r}" if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"{path} is not an unrollsci checkpoint (expected a dict with format "
+            f"{_FORMAT!r} as written by save_checkpoint, got {got})."
+        )
+    name, config, state = payload.get("class"), payload.get("config"), payload.get("state_dict")
+    if not isinstance(name, str) or ":" not in name:
+        raise ValueError(
+            f"Checkpoint {path}: expected its class as a name 'module:Class' (got {name!r})."
+        )
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ValueError(
+            f"Checkpoint {path}: expected a config dict and a state_dict dict (got "
+            f"{type(config).__name__} and {type(state).__name__})."
+        )
+    cls = _lookup(name, exp, path)
+    if exp and not issubclass(cls, exp):
+        names = ", ".join(e.__name__ for e in exp)
+        raise ValueError(f"Checkpoint {path} holds a {cls.__name__}, expected {names}.")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(
+            f"Checkpoint {path}: expected a state_dict of named tensors (got {bad[0]!r})."
+        )
+    model = _build_object(name, config, "config", path, exp)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"Checkpoint {path}: its weights do not fit the rebuilt {cls.__name__} ({exc})."
+        ) from None
     return model

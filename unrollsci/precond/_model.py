@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -318,8 +319,10 @@ class LearnedPreconditioner(nn.Module):
             for ``P A P^T`` and applied through a
             :class:`~unrollsci.precond.PermutedPreconditioner` (same nonzeros). Not for
             ``kind="poly"`` (a polynomial in ``A`` does not depend on the ordering).
-            Stored in the checkpoint config: a callable must be picklable (a module-level
-            function, not a lambda) for :func:`~unrollsci.train.save_checkpoint`.
+            Stored in the checkpoint config, which holds plain data only: a named
+            ordering or ``{name: perm}`` is saved by :func:`~unrollsci.train.save_checkpoint`;
+            a callable is refused there (``TypeError``; a checkpoint stores no code), so
+            pass the permutations it returns instead.
         seed: seed of the initial weights (None: torch's global generator). Training
             from different initial weights lands in different minima; see
             ``restarts`` in :func:`fit_preconditioner`.
@@ -822,7 +825,9 @@ def fit_preconditioner(
             validation systems (``history.kept_initial`` says whether this happened).
         adaptive_tol: per-system unroll lengths, see :func:`make_batches` (``steps`` is
             then only the default for systems without one).
-        epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``.
+        epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``; all are checked
+            before the training systems are built. ``checkpoint=path`` saves the kept
+            model (after restarts and ``keep_base_if_better``) once, at the end.
 
     Returns:
         the training :class:`~unrollsci.train.History` of the kept run (plus
@@ -832,13 +837,37 @@ def fit_preconditioner(
     """
     import copy
 
-    from ..train import fit
+    from .._validation import check_positive
+    from ..train import fit, save_checkpoint
 
     restarts = int(restarts)
     if restarts < 1:
         raise ValueError(f"Expected restarts >= 1 (got {restarts}).")
     if restarts > 1 and not val_matrices:
         raise ValueError("restarts > 1 selects by validation loss: pass val_matrices.")
+    if not isinstance(model, LearnedPreconditioner):
+        raise TypeError(f"Expected a LearnedPreconditioner to train (got {type(model).__name__}).")
+    if isinstance(matrices, (str, bytes)) or not isinstance(matrices, Sequence):
+        raise TypeError(
+            "Expected 'matrices' to be a list of sparse SPD matrices "
+            f"(got {type(matrices).__name__})."
+        )
+    if len(matrices) == 0:
+        raise ValueError(
+            "Expected at least one training matrix (got an empty 'matrices'): every "
+            "epoch would see no batch."
+        )
+    for name, value, low in (("epochs", epochs, 1), ("n_rhs", n_rhs, 1), ("steps", steps, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"Expected '{name}' to be an integer (got {type(value).__name__}).")
+        if value < low:
+            raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
+    check_positive("lr", lr)
+    checkpoint = fit_kwargs.pop("checkpoint", None)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise IsADirectoryError(
+            f"Expected 'checkpoint' to be a file path, but {checkpoint} is a directory."
+        )
     kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
     data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
     val = (
@@ -881,4 +910,6 @@ def fit_preconditioner(
         hist.kept_initial = not hist.best_val < init_val
         if hist.kept_initial:
             model.load_state_dict(init_state)
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)  # the kept weights, not the last restart's
     return hist
