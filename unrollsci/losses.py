@@ -6,17 +6,24 @@ from typing import Any
 
 import torch
 
+from ._validation import check_batch, check_positive
 from .solvers import as_operator, lasso_kkt_residual
 
 __all__ = ["nmse_db", "mse", "kkt_residual"]
 
 
 def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
+    for name, t in (("x", x), ("x_true", x_true)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"Expected '{name}' to be a torch.Tensor (got {type(t).__name__}).")
+        if t.dim() == 0:
+            raise ValueError(f"Expected '{name}' of shape (batch, ...) (got a scalar).")
     if x.shape != x_true.shape:
         raise ValueError(
             f"Expected 'x' and 'x_true' of the same shape (got {tuple(x.shape)} and "
             f"{tuple(x_true.shape)})."
         )
+    check_batch("x", x)
 
 
 def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
@@ -75,6 +82,8 @@ def kkt_residual(
     op = as_operator(operator, "operator")
     if step is None:
         step = 1.0 / op.norm() ** 2
-    if not step > 0:
-        raise ValueError(f"Expected 'step' > 0 (got {step!r}).")
+    step = check_positive("step", step)
+    for name, t in (("x", x), ("y", y)):
+        if isinstance(t, torch.Tensor) and t.dim() >= 1:
+            check_batch(name, t)
     return lasso_kkt_residual(op, x, y, lam, step)

@@ -36,7 +36,7 @@ def test_gradient_descent_solves_least_squares(momentum, device):
 
 
 def test_gradient_descent_errors():
-    with pytest.raises(ValueError, match="step > 0"):
+    with pytest.raises(ValueError, match="'step' > 0"):
         gradient_descent(lambda x: x, torch.ones(1, 2), 0.0)
     with pytest.raises(ValueError, match="momentum"):
         gradient_descent(lambda x: x, torch.ones(1, 2), 0.1, momentum="heavy")

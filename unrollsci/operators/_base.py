@@ -8,7 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_finite, check_same_device, check_tensor
+from .._validation import (
+    check_batch,
+    check_device,
+    check_finite,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "LinearOperator",
@@ -18,6 +25,60 @@ __all__ = [
     "AdjointOperator",
     "check_adjoint",
 ]
+
+
+def tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """Identity, version counter, storage address, shape, dtype and device of ``t``.
+
+    Two calls give equal keys only if ``t`` is the same tensor object and was not
+    modified in place in between (in-place ops bump ``t._version``; for a sparse tensor
+    a change of its values through ``t.values()`` does too).
+    """
+    try:
+        ptr = t.data_ptr() if t.layout == torch.strided else t.values().data_ptr()
+    except RuntimeError:  # e.g. an uncoalesced COO tensor, a meta tensor
+        ptr = None
+    return (id(t), t._version, ptr, tuple(t.shape), t.dtype, str(t.device))
+
+
+def check_real(name: str, x: Any) -> None:
+    """Raise ``TypeError`` for a complex tensor or array: operators and solvers are real."""
+    dtype = getattr(x, "dtype", None)
+    complex_ = (
+        x.is_complex()
+        if isinstance(x, torch.Tensor)
+        else dtype is not None and getattr(dtype, "kind", "") == "c"
+    )
+    if complex_:
+        raise TypeError(
+            f"Expected '{name}' to be real (got complex dtype {dtype}). unrollsci operators "
+            "and solvers are real-valued; split a complex problem into real and imaginary "
+            "parts (a real problem of twice the size)."
+        )
+
+
+def check_dtype_supported(
+    who: str, dtype: torch.dtype, supported: tuple[torch.dtype, ...] | None
+) -> None:
+    """Raise ``TypeError`` if ``dtype`` is not one the operator ``who`` computes in."""
+    if supported is not None and dtype not in supported:
+        names = "/".join(str(d).replace("torch.", "") for d in supported)
+        raise TypeError(
+            f"{who} supports {names} (got {dtype}); convert with .float() or .double()."
+        )
+
+
+def _common_dtypes(*ops: LinearOperator) -> tuple[torch.dtype, ...] | None:
+    """The dtypes every one of ``ops`` supports (None: no restriction)."""
+    out: tuple[torch.dtype, ...] | None = None
+    for op in ops:
+        if op.supported_dtypes is not None:
+            out = (
+                op.supported_dtypes
+                if out is None
+                else tuple(d for d in out if d in op.supported_dtypes)
+            )
+    return out
 
 
 class LinearOperator(nn.Module):
@@ -44,10 +105,14 @@ class LinearOperator(nn.Module):
     out_shape: tuple[int, ...]
     #: Whether ``norm()`` may cache its value (false for operators with trainable state).
     cacheable_norm: bool = True
+    #: dtypes the operator can compute in (None: any real floating dtype).
+    supported_dtypes: tuple[torch.dtype, ...] | None = None
+    #: Buffers derived from the others (formed lazily), left out of the norm cache's key.
+    _derived_buffers: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
-        self._norm_cache: float | None = None
+        self._norm_cache: tuple[Any, float] | None = None
         self._cast_cache: dict[Any, dict[str, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- shapes
@@ -79,11 +144,14 @@ class LinearOperator(nn.Module):
 
     def _check_input(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
         check_tensor(name, x)
+        check_real(name, x)
         if tuple(x.shape[1:]) != tuple(shape):
             raise ValueError(
                 f"Expected '{name}' of shape (batch, {', '.join(map(str, shape))}) for "
                 f"{type(self).__name__} (got shape {tuple(x.shape)})."
             )
+        check_batch(name, x)
+        check_dtype_supported(type(self).__name__, x.dtype, self.supported_dtypes)
         dev = self.device
         if dev is not None and dev != x.device:
             check_same_device(operator=torch.empty(0, device=dev), **{name: x})
@@ -117,11 +185,31 @@ class LinearOperator(nn.Module):
         key = (like.device, like.dtype)
         slot = self._cast_cache.setdefault(key, {})
         cached = slot.get(name)
-        if cached is None or getattr(cached, "_src_version", None) != t._version:
+        src = tensor_key(t)  # identity and version: a replaced or modified buffer is recast
+        if cached is None or getattr(cached, "_src_key", None) != src:
             cached = t.detach().to(device=like.device, dtype=like.dtype)
-            cached._src_version = t._version  # type: ignore[attr-defined]
+            cached._src_key = src  # type: ignore[attr-defined]
             slot[name] = cached
         return cached
+
+    def _norm_key(self) -> tuple[Any, ...]:
+        """What ``norm()``'s cached value depends on: identity, version counter, storage,
+        shape, dtype and device of every tensor of this operator and its sub-operators
+        (an in-place change such as ``matrix.mul_(10)`` bumps the version counter), plus
+        the scalars of :meth:`_norm_state`."""
+        parts: list[Any] = []
+        for mod in self.modules():
+            skip = getattr(mod, "_derived_buffers", ())
+            for name, t in list(mod._buffers.items()) + list(mod._parameters.items()):
+                if t is not None and name not in skip:
+                    parts.append((name, tensor_key(t)))
+            if isinstance(mod, LinearOperator):
+                parts.append(mod._norm_state())
+        return tuple(parts)
+
+    def _norm_state(self) -> Any:
+        """Non-tensor state the operator's norm depends on (e.g. a scale factor)."""
+        return ()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
         # nn.Module._apply backs .to()/.double()/.cuda(): moving invalidates cached casts.
@@ -150,8 +238,17 @@ class LinearOperator(nn.Module):
         trainable state or ``recompute=True``. A run that ends at ``max_iter`` warns
         (``ConvergenceWarning``) and returns the estimate, a lower bound.
         """
-        if self._norm_cache is not None and self.cacheable_norm and not recompute:
-            return self._norm_cache
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"Expected 'max_iter' to be a positive integer (got {max_iter!r}).")
+        tol = check_positive("tol", tol, allow_zero=True)
+        key = self._norm_key() if self.cacheable_norm else None
+        if (
+            self._norm_cache is not None
+            and self.cacheable_norm
+            and not recompute
+            and self._norm_cache[0] == key
+        ):
+            return self._norm_cache[1]
         device = self.device or torch.device("cpu")
         gen = torch.Generator(device="cpu").manual_seed(seed)
         n = math.prod(self.in_shape)
@@ -204,7 +301,7 @@ class LinearOperator(nn.Module):
             )
         value = math.sqrt(max(est, 0.0))
         if self.cacheable_norm:
-            self._norm_cache = value
+            self._norm_cache = (key, value)
         return value
 
     def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -266,6 +363,7 @@ class ComposedOperator(LinearOperator):
         self.outer, self.inner = outer, inner
         self.in_shape, self.out_shape = inner.in_shape, outer.out_shape
         self.cacheable_norm = outer.cacheable_norm and inner.cacheable_norm
+        self.supported_dtypes = _common_dtypes(outer, inner)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         return self.outer._mv(self.inner._mv(x))
@@ -287,6 +385,7 @@ class SumOperator(LinearOperator):
         self.a, self.b = a, b
         self.in_shape, self.out_shape = a.in_shape, a.out_shape
         self.cacheable_norm = a.cacheable_norm and b.cacheable_norm
+        self.supported_dtypes = _common_dtypes(a, b)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         return self.a._mv(x) + self.b._mv(x)
@@ -303,12 +402,16 @@ class ScaledOperator(LinearOperator):
         self.op, self.scale = op, float(scale)
         self.in_shape, self.out_shape = op.in_shape, op.out_shape
         self.cacheable_norm = op.cacheable_norm
+        self.supported_dtypes = op.supported_dtypes
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.op._mv(x)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
         return self.scale * self.op._rmv(y)
+
+    def _norm_state(self) -> Any:
+        return (self.scale,)
 
 
 class AdjointOperator(LinearOperator):
@@ -319,6 +422,7 @@ class AdjointOperator(LinearOperator):
         self.op = op
         self.in_shape, self.out_shape = op.out_shape, op.in_shape
         self.cacheable_norm = op.cacheable_norm
+        self.supported_dtypes = op.supported_dtypes
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         return self.op._rmv(x)
@@ -356,6 +460,16 @@ def check_adjoint(
             f"check_adjoint expects a LinearOperator (got {type(op).__name__}). Wrap a "
             "matrix as MatrixOperator(matrix)."
         )
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"Expected 'batch' to be an int (got {type(batch).__name__}).")
+    if batch < 1:
+        raise ValueError(
+            f"Expected 'batch' >= 1: check_adjoint needs at least one problem (got {batch})."
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"Expected 'dtype' to be a real floating-point dtype (got {dtype!r}).")
+    check_dtype_supported(type(op).__name__, dtype, op.supported_dtypes)
+    device = check_device(device)
     if device is None:
         device = op.device or torch.device("cpu")
     gen = torch.Generator(device="cpu").manual_seed(seed)

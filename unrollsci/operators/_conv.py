@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from .._validation import check_finite, check_tensor
-from ._base import LinearOperator
+from ._base import LinearOperator, check_real
 
 __all__ = ["Convolution", "Mask"]
 
@@ -44,6 +44,7 @@ class Convolution(LinearOperator):
     ) -> None:
         super().__init__()
         check_tensor("kernel", kernel, ndim=(1, 2))
+        check_real("kernel", kernel)
         check_finite("kernel", kernel)
         if boundary not in ("zero", "circular"):
             raise ValueError(f"Expected boundary 'zero' or 'circular' (got {boundary!r}).")

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_finite, check_tensor
-from ._base import LinearOperator
+from .._validation import check_device, check_finite, check_tensor
+from ._base import LinearOperator, check_dtype_supported, check_real, tensor_key
 
 __all__ = ["MatrixOperator", "SparseOperator", "to_torch_sparse"]
 
@@ -18,7 +18,10 @@ class MatrixOperator(LinearOperator):
     """A dense matrix ``A: (m, n)`` acting on ``x: (batch, n)``.
 
     Args:
-        matrix: ``(m, n)`` tensor. Pass an ``nn.Parameter`` to learn it.
+        matrix: ``(m, n)`` real tensor. Pass an ``nn.Parameter`` to learn it. Complex
+            matrices are refused (``TypeError``): operators are real-valued.
+
+    ``norm()`` is cached until the matrix changes (replaced, or modified in place).
 
     Example:
         >>> import torch
@@ -30,6 +33,7 @@ class MatrixOperator(LinearOperator):
     def __init__(self, matrix: torch.Tensor) -> None:
         super().__init__()
         check_tensor("matrix", matrix, ndim=(2,))
+        check_real("matrix", matrix)
         check_finite("matrix", matrix)
         if isinstance(matrix, torch.nn.Parameter):
             self.matrix = matrix
@@ -52,6 +56,7 @@ def to_torch_sparse(
     a: Any, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Convert a scipy sparse matrix or torch sparse/dense tensor to torch sparse CSR."""
+    device = check_device(device)
     if isinstance(a, torch.Tensor):
         if a.layout == torch.sparse_csr:
             t = a
@@ -113,12 +118,14 @@ def _csr_from_scipy(csr: Any) -> torch.Tensor:
 
 class _ScipyPair:
     """A scipy CSR matrix and its transpose, formed on the first product that needs it
-    (an adjoint or a backward pass; never for a forward-only CG)."""
+    (an adjoint or a backward pass; never for a forward-only CG). ``key`` is the
+    :func:`tensor_key` of the torch matrix it was made from: a pair whose key no longer
+    matches (the matrix was modified in place or replaced) is rebuilt."""
 
-    __slots__ = ("a", "_t")
+    __slots__ = ("a", "_t", "key")
 
-    def __init__(self, a: Any, t: Any = None) -> None:
-        self.a, self._t = a, t
+    def __init__(self, a: Any, t: Any = None, key: Any = None) -> None:
+        self.a, self._t, self.key = a, t, key
 
     @property
     def t(self) -> Any:
@@ -131,7 +138,14 @@ class SparseOperator(LinearOperator):
     """A sparse matrix operator from a ``scipy.sparse`` matrix or a torch sparse tensor.
 
     Stored as torch CSR (and its transpose, for a fast adjoint). Gradients flow to
-    ``x``; the matrix itself is a constant buffer.
+    ``x``; the matrix itself is a constant buffer. The operator owns a copy of a scipy
+    matrix's entries (changing the caller's matrix afterwards does not change the
+    operator); an in-place change of ``op.matrix.values()`` is seen by every product
+    and invalidates the cached ``norm()`` and transpose.
+
+    Computes in float32 or float64 only: a float16/bfloat16 matrix or input raises
+    ``TypeError`` (the sparse kernels do not support them). Complex matrices are
+    refused (``TypeError``): operators are real-valued.
 
     Args:
         matrix: ``(m, n)`` scipy sparse matrix or torch sparse (COO/CSR) tensor.
@@ -144,12 +158,21 @@ class SparseOperator(LinearOperator):
         8.0
     """
 
+    supported_dtypes = (torch.float32, torch.float64)
+    _derived_buffers = ("matrix_t",)
+
     def __init__(self, matrix: Any, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        check_real("matrix", matrix)
+        if dtype is not None:
+            check_dtype_supported("SparseOperator", dtype, self.supported_dtypes)
         if isinstance(matrix, torch.Tensor):
             sc, csr = None, to_torch_sparse(matrix, dtype=dtype)
         else:
             sc = _canonical_csr(matrix)
+            src = getattr(matrix, "data", None)
+            if isinstance(src, np.ndarray) and np.may_share_memory(sc.data, src):
+                sc = sc.copy()  # own the entries: the caller may change its matrix later
             csr = to_torch_sparse(_csr_from_scipy(sc), dtype=dtype)
         if sc is None or not np.isfinite(sc.data).all():  # numpy's check is the cheap one
             check_finite("matrix", csr)
@@ -157,19 +180,23 @@ class SparseOperator(LinearOperator):
             raise ValueError(f"Expected a 2-dimensional sparse matrix (got {csr.dim()} dims).")
         if not csr.is_floating_point():
             csr = csr.to(torch.get_default_dtype())
+        check_dtype_supported("SparseOperator", csr.dtype, self.supported_dtypes)
         self.register_buffer("matrix", csr)
         # A^T is formed on the first adjoint product only (CG never needs it; forming it
         # costs ~40 ms on a 65k-unknown matrix with 590k entries) and is not saved.
         self.register_buffer("matrix_t", None, persistent=False)
+        self._matrix_t_key: Any = None
         m, n = csr.shape
         self.in_shape, self.out_shape = (n,), (m,)
-        if sc is not None and csr.dtype in _SCIPY_DTYPES:
-            # CPU products go through scipy: keep the caller's matrix (cast if needed)
-            # rather than converting the torch copy back on the first product.
-            data = sc.data.astype(_SCIPY_DTYPES[csr.dtype], copy=False)
-            if data is not sc.data:
-                sc = type(sc)((data, sc.indices, sc.indptr), shape=sc.shape)
-            self._cast_cache[("scipy", csr.dtype, csr.device)] = _ScipyPair(sc)
+        if sc is not None and csr.device.type == "cpu" and csr.dtype in _SCIPY_DTYPES:
+            # CPU products go through scipy: reuse the index arrays at hand, with the
+            # torch buffer's own values (shared memory) rather than converting the torch
+            # copy back on the first product.
+            vals = csr.values().detach().numpy()
+            pair = sp_csr((vals, sc.indices, sc.indptr), shape=sc.shape)
+            self._cast_cache[("scipy", csr.dtype, csr.device)] = _ScipyPair(
+                pair, key=tensor_key(csr)
+            )
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype in _SCIPY_DTYPES:
@@ -179,8 +206,10 @@ class SparseOperator(LinearOperator):
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
         if y.device.type == "cpu" and y.dtype in _SCIPY_DTYPES:
             return _ScipyMatmul.apply(y, self._scipy_pair(y.dtype), True)
-        if self.matrix_t is None:
+        key = tensor_key(self.matrix)
+        if self.matrix_t is None or self._matrix_t_key != key:
             self.matrix_t = _transpose_csr(self.matrix)
+            self._matrix_t_key = key
         return _spmm(self._cast("matrix_t", y), y)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -189,12 +218,13 @@ class SparseOperator(LinearOperator):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _scipy_pair(self, dtype: torch.dtype) -> _ScipyPair:
-        """scipy CSR copy of A in ``dtype`` and its lazy transpose (cached; CPU mat-vecs
-        use them)."""
+        """scipy CSR copy of A in ``dtype`` and its lazy transpose (cached until the matrix
+        changes; CPU mat-vecs use them)."""
         key = ("scipy", dtype, self.matrix.device)
+        src = tensor_key(self.matrix)
         pair = self._cast_cache.get(key)  # type: ignore[call-overload]
-        if pair is None:
-            pair = _ScipyPair(self.to_scipy().astype(_SCIPY_DTYPES[dtype]))
+        if pair is None or pair.key != src:
+            pair = _ScipyPair(self.to_scipy().astype(_SCIPY_DTYPES[dtype], copy=False), key=src)
             self._cast_cache[key] = pair  # type: ignore[index]
         return pair
 
@@ -217,6 +247,13 @@ class SparseOperator(LinearOperator):
 
 
 _SCIPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+
+def sp_csr(arrays: Any, shape: tuple[int, int]) -> Any:
+    """``scipy.sparse.csr_matrix((data, indices, indptr), shape)`` without copies."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(arrays, shape=shape, copy=False)
 
 
 class _ScipyMatmul(torch.autograd.Function):

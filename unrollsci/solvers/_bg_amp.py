@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ._common import prepare_lasso, unbatch
-from ._lasso import _amp_update, _scale, _x0
+from ._common import check_stopping, prepare_lasso, unbatch
+from ._lasso import _amp_update, _check_damping, _scale, _x0
 from ._solution import Solution, finish
 from ._steps import bg_amp_step
 
@@ -58,8 +58,8 @@ def bg_amp(
     """
     op, y, _, unbatched = prepare_lasso(op, y, 0.0)  # the same checks on op and y
     rho_f, sigma_f = check_prior(rho, sigma_x)
-    if not 0.0 <= damping < 1.0:
-        raise ValueError(f"Expected 0 <= damping < 1 (got {damping}).")
+    tol = check_stopping(tol, max_iter)
+    damping = _check_damping(damping)
     m = op.out_shape[0]
     x = _x0(x0, y, op.in_shape[0], unbatched)
     z = torch.zeros_like(y)

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from .._validation import check_finite, check_same_device, check_tensor
+from .._validation import check_finite, check_positive, check_same_device, check_tensor
 from ..operators import LinearOperator
-from ._common import as_operator
+from ..operators._base import check_real
+from ._common import as_operator, check_signal, check_stopping
 from ._solution import Solution, finish
 
 __all__ = ["cg", "check_symmetric"]
@@ -88,6 +89,14 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
     )
 
 
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    """Row norms of ``v`` (detached) without underflow or overflow of the squares."""
+    v = v.detach()
+    big = v.abs().amax(dim=-1)
+    unit = v / torch.where(big > 0, big, torch.ones_like(big))[:, None]
+    return big * torch.linalg.vector_norm(unit, dim=-1)
+
+
 def _as_apply(m: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if callable(m) and not isinstance(m, (torch.Tensor, LinearOperator)):
         return m
@@ -109,7 +118,12 @@ def cg(
     """Conjugate gradient for ``A x = b`` with ``A`` symmetric positive definite.
 
     Batched over right-hand sides; each column gets its own step sizes and stops
-    independently once ``||r|| <= max(tol * ||b||, atol)``.
+    independently once ``||r|| <= max(tol * ||b||, atol)``, or once its (recursively
+    updated) residual vanishes to working precision (``r^T r`` is exactly 0: ``||r||``
+    below ``1e-154 ||b||`` in float64, ``1e-19 ||b||`` in float32), which counts as
+    converged. So ``tol=0, atol=0`` runs until the residual is zero or ``max_iter``.
+    Each column is solved scaled to ``||b|| = 1`` (the iterates are linear in ``b``),
+    so tiny or huge right-hand sides do not underflow or overflow the CG scalars.
 
     Args:
         A: SPD ``LinearOperator``, dense ``(n, n)`` tensor, torch sparse tensor or
@@ -118,7 +132,7 @@ def cg(
         M: preconditioner approximating ``A^{-1}`` (as in scipy): anything ``A`` can
             be, or a callable ``r -> z`` on ``(batch, n)`` tensors. Must be SPD.
         x0: initial guess (warm start), same shape as ``b``.
-        tol, atol: relative / absolute residual tolerance.
+        tol, atol: relative / absolute residual tolerance, ``>= 0`` and finite.
         max_iter: default ``10 * n``.
         check: verify that explicit ``A`` is square and symmetric before iterating.
         throw: raise ``ConvergenceError`` instead of warning on non-convergence.
@@ -147,6 +161,9 @@ def cg(
         )
     n = op.in_shape[0]
     check_tensor("b", b, ndim=(1, 2))
+    check_real("b", b)
+    if b.dim() == 2:
+        check_signal("b", b)
     unbatched = b.dim() == 1
     if unbatched:
         b = b[None]
@@ -155,31 +172,42 @@ def cg(
     check_finite("b", b)
     if op.device is not None:
         check_same_device(A=torch.empty(0, device=op.device), b=b)
+    tol = check_stopping(tol, 0 if max_iter is None else max_iter)
+    atol = check_positive("atol", atol, allow_zero=True)
     precond = None if M is None else _as_apply(M, "M")
     if isinstance(precond, LinearOperator) and precond.in_shape != (n,):
         raise ValueError(f"Expected 'M' of size {n} x {n} (got in_shape {precond.in_shape}).")
     if max_iter is None:
         max_iter = 10 * n
 
+    if x0 is not None:
+        check_tensor("x0", x0, ndim=(1, 2))
+        check_real("x0", x0)
+        check_finite("x0", x0)
     x = b.new_zeros(b.shape) if x0 is None else (x0[None] if x0.dim() == 1 else x0)
     if x.shape != b.shape:
         raise ValueError(f"Expected 'x0' of shape {tuple(b.shape)} (got {tuple(x.shape)}).")
-    bnorm = b.detach().norm(dim=-1)
-    thresh = torch.clamp(
-        torch.maximum(tol * bnorm, torch.full_like(bnorm, atol)), min=torch.finfo(b.dtype).tiny
-    )
-    safe = torch.clamp(bnorm, min=torch.finfo(b.dtype).tiny)
+    tiny = torch.finfo(b.dtype).tiny
+    bnorm = _norm(b)
+    safe = torch.clamp(bnorm, min=tiny)
     r = b - op(x) if x0 is not None else b.clone()
+    # Solve for (x, r) / s with s = ||b|| (or ||r0|| for b = 0): CG is linear in b, and
+    # unit-size vectors keep r^T z and p^T A p clear of underflow and overflow.
+    r0n = _norm(r)
+    s = torch.where(bnorm > 0, bnorm, r0n)
+    s = torch.where(s > 0, s, torch.ones_like(s))[:, None]
+    x, r = x / s, r / s
+    thresh = torch.maximum(tol * bnorm, torch.full_like(bnorm, atol)) / s[:, 0]
     z = precond(r) if precond is not None else r
     rz = torch.linalg.vecdot(r, z)[:, None]
     p = z
     residuals: list[float] = []
     rn = r.detach().norm(dim=-1)
-    done = rn <= thresh
+    done = (rn <= thresh) | (rn == 0)
     k = 0
     converged = bool(done.all())
     if converged:
-        residuals.append(float((rn / safe).max()))
+        residuals.append(float((rn * s[:, 0] / safe).max()))
     vdot = torch.linalg.vecdot
     while not converged and k < max_iter:
         k += 1
@@ -197,9 +225,13 @@ def cg(
         alpha = torch.where(active, rz / torch.where(active, pap, one), torch.zeros_like(pap))
         x = torch.addcmul(x, alpha, p)
         r = torch.addcmul(r, alpha, ap, value=-1.0)
-        rn = torch.linalg.vector_norm(r.detach(), dim=-1)
-        residuals.append(float((rn / safe).max()))
-        done = done | (rn <= thresh)
+        rd = r.detach()
+        rn = torch.linalg.vector_norm(rd, dim=-1)
+        residuals.append(float((rn * s[:, 0] / safe).max()))
+        # A residual whose squared norm underflows to 0 is zero to working precision: the
+        # next step would divide 0 by 0 (p^T A p = 0), which is not indefiniteness.
+        vanished = vdot(rd, rd) == 0
+        done = done | (rn <= thresh) | vanished
         if bool(done.all()):
             converged = True
             break
@@ -218,6 +250,8 @@ def cg(
         beta = torch.where(active, rz_new / torch.where(active, rz, one), torch.zeros_like(rz))
         p = torch.addcmul(z, beta, p)
         rz = torch.where(active, rz_new, rz)
+    x = x * s
+    rn = rn * s[:, 0]
     stats = {"residual_per_rhs": (rn / safe).cpu()}
     return finish(
         "cg",

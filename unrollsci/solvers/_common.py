@@ -4,12 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from .._validation import check_finite, check_nonnegative, check_same_device, check_tensor
+from .._validation import (
+    check_batch,
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
 from ..operators import LinearOperator, MatrixOperator, SparseOperator
+from ..operators._base import check_real
 
-__all__ = ["as_operator", "prepare_lasso", "unbatch"]
+__all__ = ["as_operator", "prepare_lasso", "unbatch", "check_stopping", "check_signal"]
+
+
+def check_stopping(tol: Any, max_iter: Any, *, tol_name: str = "tol") -> float:
+    """Validate a solver's stopping rule: ``tol >= 0`` finite (0: run to ``max_iter``
+    unless the residual vanishes) and ``max_iter`` a non-negative integer. Returns
+    ``tol`` as a Python float."""
+    tol_f = check_positive(tol_name, tol, allow_zero=True)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
+        raise TypeError(f"Expected 'max_iter' to be an int (got {type(max_iter).__name__}).")
+    if max_iter < 0:
+        raise ValueError(f"Expected 'max_iter' >= 0 (got {max_iter}).")
+    return tol_f
+
+
+def check_signal(name: str, x: Any, *, ndim: tuple[int, ...] = (1, 2)) -> torch.Tensor:
+    """A real floating tensor of the allowed dims, finite, with at least one problem."""
+    check_tensor(name, x, ndim=ndim)
+    check_real(name, x)
+    check_batch(name, x)
+    check_finite(name, x)
+    return x
 
 
 def as_operator(a: Any, name: str = "A") -> LinearOperator:
@@ -49,6 +79,9 @@ def prepare_lasso(
             f"(got {op.in_shape} -> {op.out_shape}). Flatten signals first."
         )
     check_tensor("y", y, ndim=(1, 2))
+    check_real("y", y)
+    if y.dim() == 2:
+        check_batch("y", y)
     unbatched = y.dim() == 1
     if unbatched:
         y = y[None]
@@ -61,7 +94,11 @@ def prepare_lasso(
     check_finite("y", y)
     if op.device is not None:
         check_same_device(operator=torch.empty(0, device=op.device), y=y)
-    check_nonnegative("lam", lam.detach() if isinstance(lam, torch.Tensor) else lam)
+    if isinstance(lam, torch.Tensor):  # kept as a tensor: gradients may flow to it
+        check_real("lam", lam)
+        check_nonnegative("lam", lam.detach())
+    else:  # a Python float: no float32 cast, so lam up to 1.8e308 passes
+        lam = check_positive("lam", lam, allow_zero=True)
     lam_t = torch.as_tensor(lam, dtype=y.dtype, device=y.device)
     if lam_t.dim() == 0:
         lam_t = lam_t.expand(y.shape[0])

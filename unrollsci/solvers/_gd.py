@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import torch
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_batch, check_finite, check_positive, check_tensor
+from ..operators._base import check_real
+from ._common import check_stopping
 from ._solution import Solution, finish
 
 __all__ = ["gradient_descent"]
@@ -36,11 +38,22 @@ def gradient_descent(
         tensor([[1., 1.]])
     """
     check_tensor("x0", x0, ndim=(1, 2))
+    check_real("x0", x0)
+    if x0.dim() == 2:
+        check_batch("x0", x0)
     check_finite("x0", x0)
     if momentum not in (None, "nesterov"):
         raise ValueError(f"Expected momentum None or 'nesterov' (got {momentum!r}).")
-    if float(torch.as_tensor(step).min()) <= 0:
-        raise ValueError(f"Expected step > 0 (got {step}).")
+    if isinstance(step, torch.Tensor) and step.numel() != 1:  # per-entry steps
+        check_real("step", step)
+        st = step.detach()
+        if not bool(torch.isfinite(st).all()) or bool((st <= 0).any()):
+            raise ValueError(f"Expected every 'step' > 0 and finite (got {step}).")
+    elif not isinstance(step, torch.Tensor):
+        step = check_positive("step", step)
+    else:  # a one-element tensor: keep it (it may carry gradients)
+        check_positive("step", step.detach())
+    tol = check_stopping(tol, max_iter)
     unbatched = x0.dim() == 1
     x = x0[None] if unbatched else x0
     g = grad(x)

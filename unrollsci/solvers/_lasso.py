@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from .._validation import check_nonnegative
+from .._validation import check_finite, check_nonnegative, check_positive, check_tensor
 from ..operators import LinearOperator
+from ..operators._base import check_real
 from ._cg import cg
-from ._common import prepare_lasso, unbatch
+from ._common import check_stopping, prepare_lasso, unbatch
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, ista_step
 
@@ -31,15 +32,22 @@ def _step(op: LinearOperator, step: float | None) -> float:
         if lip == 0:
             raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
         return 1.0 / lip
-    check_nonnegative("step", step)
-    if step == 0:
-        raise ValueError("Expected 'step' > 0 (got 0).")
-    return float(step)
+    return check_positive("step", step)
+
+
+def _check_damping(damping: Any) -> float:
+    d = check_positive("damping", damping, allow_zero=True)
+    if not d < 1.0:
+        raise ValueError(f"Expected 0 <= damping < 1 (got {damping!r}).")
+    return d
 
 
 def _x0(x0: torch.Tensor | None, y: torch.Tensor, n: int, unbatched: bool) -> torch.Tensor:
     if x0 is None:
         return y.new_zeros(y.shape[0], n)
+    check_tensor("x0", x0, ndim=(1, 2))
+    check_real("x0", x0)
+    check_finite("x0", x0)
     x0 = x0[None] if unbatched and x0.dim() == 1 else x0
     if x0.shape != (y.shape[0], n):
         raise ValueError(f"Expected 'x0' of shape {(y.shape[0], n)} (got {tuple(x0.shape)}).")
@@ -107,6 +115,7 @@ def ista(
         tensor([ 1.,  0., -2.], dtype=torch.float64)
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    tol = check_stopping(tol, max_iter)
     t = _step(op, step)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     scale = _scale(op, y)
@@ -155,6 +164,7 @@ def fista(
     lasso problems with a sparse solution. Stopping rule and arguments as :func:`ista`.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    tol = check_stopping(tol, max_iter)
     t_step = _step(op, step)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     x_prev = x
@@ -216,14 +226,18 @@ def admm(
         Others as :func:`ista`.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    tol = check_stopping(tol, max_iter)
     if method not in ("auto", "cholesky", "cg"):
         raise ValueError(f"Expected method 'auto', 'cholesky' or 'cg' (got {method!r}).")
     n = op.in_shape[0]
     if rho is None:
         rho = op.norm() ** 2 or 1.0
-    check_nonnegative("rho", rho)
-    if rho == 0:
-        raise ValueError("Expected 'rho' > 0 (got 0).")
+    if isinstance(rho, torch.Tensor) and rho.requires_grad:  # learned: keep the graph
+        check_nonnegative("rho", rho.detach())
+        if bool((rho.detach() == 0).any()):
+            raise ValueError("Expected 'rho' > 0 (got 0).")
+    else:
+        rho = check_positive("rho", rho)
     if method == "auto":
         method = "cholesky" if n <= 4096 else "cg"
     aty = op.adjoint(y)
@@ -307,23 +321,37 @@ def amp(
     ``z = y - A x + (||x||_0 / m) z_prev``, ``x = soft(x + A^T z, theta)`` with the
     Onsager term kept. The threshold is calibrated at every iteration as
     ``theta = lam / (1 - ||x||_0 / m)``, so every fixed point is exactly a lasso
-    minimizer for ``lam`` (Bayati & Montanari 2012 calibration). The first
-    iterations use a larger, geometrically decaying threshold (``decay``) so that
-    the iterate does not fill up before the calibration is valid. AMP is designed
-    for i.i.d. (sub-)Gaussian ``A`` with entries of variance ``1/m``; on other
-    matrices it can diverge: then ``damping`` in ``[0, 1)`` (mixing with the
-    previous iterate) helps, or use :func:`fista`.
+    minimizer for ``lam`` (Bayati & Montanari 2012 calibration): there
+    ``z = (y - A x) / (1 - b)`` and ``x = soft(x + A^T z, lam / (1 - b))`` is the lasso
+    optimality condition ``A^T (y - A x) in lam d||x||_1``. The first iterations use a
+    larger threshold (continuation), starting at ``||A^T y||_inf`` and multiplied by
+    ``decay`` in ``[0, 1)`` after every iteration, so that the iterate does not fill up
+    before the calibration is valid; it ends once the calibrated threshold is the
+    larger. AMP is designed for i.i.d. (sub-)Gaussian ``A`` with entries of variance
+    ``1/m``; on other matrices it can diverge: then ``damping`` in ``[0, 1)`` (mixing
+    with the previous iterate) helps, or use :func:`fista`.
 
-    Stops when ``||x_{k+1} - x_k|| <= tol * max(||x_k||, ||A^T y||)``.
+    Stops at a fixed point of the calibrated iteration: when the iteration thresholded
+    at ``lam / (1 - b)`` (not at the continuation threshold) for every batch entry and
+    ``||x_{k+1} - x_k|| <= tol * max(||x_k||, ||A^T y||)``,
+    ``||z_{k+1} - z_k|| <= tol * max(||z_k||, ||y||)`` and ``|b_{k+1} - b_k| <= tol``.
+    ``residuals`` records the largest of the three.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
-    if not 0.0 <= damping < 1.0:
-        raise ValueError(f"Expected 0 <= damping < 1 (got {damping}).")
+    tol = check_stopping(tol, max_iter)
+    damping = _check_damping(damping)
+    decay_f = check_positive("decay", decay, allow_zero=True)
+    if not decay_f < 1.0:
+        raise ValueError(
+            f"Expected 0 <= decay < 1 (got {decay!r}): the continuation threshold must "
+            "shrink to let the calibrated threshold lam / (1 - ||x||_0 / m) take over."
+        )
     m = op.out_shape[0]
     x = _x0(x0, y, op.in_shape[0], unbatched)
     z = torch.zeros_like(y)
     b = (x != 0).sum(-1, keepdim=True).to(y.dtype) / m
     scale = _scale(op, y)
+    zscale = torch.clamp(y.detach().norm(dim=-1), min=torch.finfo(y.dtype).tiny)
     residuals: list[float] = []
     converged = False
     k = 0
@@ -333,8 +361,12 @@ def amp(
     theta_cont = op.adjoint(y).abs().amax(-1, keepdim=True)
     for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
         theta_cal = lam_t / torch.clamp(1.0 - b, min=1e-3)
+        # Only an iteration that used the calibrated threshold can end at a lasso solution
+        # (an unchanged x = 0 under the continuation threshold is not one).
+        calibrated = bool((theta_cal >= theta_cont).all())
         theta = torch.maximum(theta_cal, theta_cont)
-        theta_cont = theta_cont * decay
+        theta_cont = theta_cont * decay_f
+        z_old, b_old = z, b
         x, z, b, r = _amp_update(
             (x, z, b),
             amp_step(op, x, z, y, theta, b),
@@ -342,8 +374,12 @@ def amp(
             scale,
             "amp diverged (NaN). Use damping > 0 or fista/admm for this A.",
         )
+        z_den = torch.maximum(z_old.detach().norm(dim=-1), zscale)
+        r_z = ((z - z_old).detach().norm(dim=-1) / z_den).max().item()
+        r_b = (b - b_old).detach().abs().max().item()
+        r = max(r, r_z, r_b)
         residuals.append(r)
-        if r <= tol and bool((theta_cal >= theta_cont).all()):
+        if calibrated and r <= tol:
             if bool((b >= 1).any()):
                 raise ValueError(
                     "amp: the estimate has as many nonzeros as measurements (||x||_0 >= m), "
