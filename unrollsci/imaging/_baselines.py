@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_batch, check_finite, check_positive, check_tensor
 from ..operators import LinearOperator
 from ..operators._radon import Radon
 from ..prox import project_support
 from ..solvers import Solution, cg
 from ..solvers._solution import finish
+from ._noise import _hyper
 
 __all__ = ["tv_reconstruction", "tikhonov_reconstruction", "gradient2d", "divergence2d"]
 
@@ -44,6 +46,7 @@ def _check_problem(y: torch.Tensor, radon: Any, mask: Any) -> torch.Tensor | Non
             f"Expected sinograms 'y' of shape (batch, {radon.n_angles}, {radon.n_detectors}) "
             f"(got shape {tuple(y.shape)})."
         )
+    check_batch("y", y)
     check_finite("y", y)
     if mask is None:
         return None
@@ -59,6 +62,12 @@ def _check_problem(y: torch.Tensor, radon: Any, mask: Any) -> torch.Tensor | Non
             f"{radon.image_size}) (got {got})."
         )
     return mask.to(device=y.device, dtype=torch.bool)
+
+
+def _check_iters(tol: Any, max_iter: Any) -> None:
+    check_positive("tol", tol, allow_zero=True)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ValueError(f"Expected 'max_iter' to be an integer >= 1 (got {max_iter!r}).")
 
 
 def tv_reconstruction(
@@ -95,8 +104,19 @@ def tv_reconstruction(
         Solution with ``x`` ``(batch, N, N)``.
     """
     m = _check_problem(y, radon, mask)
-    if not lam >= 0:
-        raise ValueError(f"Expected lam >= 0 (got {lam}).")
+    lam = _hyper("lam", lam, allow_zero=True)
+    _check_iters(tol, max_iter)
+    if x0 is not None:
+        check_tensor("x0", x0, ndim=(3,))
+        want = (y.shape[0], *radon.in_shape)
+        if tuple(x0.shape) != want:
+            raise ValueError(f"Expected 'x0' of shape {want} (got {tuple(x0.shape)}).")
+        if x0.dtype != y.dtype or x0.device != y.device:
+            raise TypeError(
+                f"Expected 'x0' with the dtype and device of 'y' ({y.dtype} on {y.device}; got "
+                f"{x0.dtype} on {x0.device}); convert it with x0.to(y)."
+            )
+        check_finite("x0", x0)
     a = radon.norm()
     ys = y / a
     lam_s = lam / a**2
@@ -181,8 +201,8 @@ def tikhonov_reconstruction(
         Solution with ``x`` ``(batch, N, N)``.
     """
     _check_problem(y, radon, None)
-    if not lam > 0:
-        raise ValueError(f"Expected lam > 0 (got {lam}).")
+    lam = _hyper("lam", lam, allow_zero=False)
+    _check_iters(tol, max_iter)
     normal = _Normal(radon, float(lam))
     rhs = radon._rmv(y).reshape(y.shape[0], -1)
     sol = cg(normal, rhs, tol=tol, max_iter=max_iter, throw=throw)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from .._validation import check_device
 from ..operators._radon import Radon, fbp
 
 __all__ = ["conv_operator_norm", "init_norm", "propagate_bound", "cnn_cap_for_target"]
@@ -32,6 +34,15 @@ def conv_operator_norm(
         weight: ``(c_out, c_in, k, k)``.
         image_size: ``N``.
     """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"Expected a conv weight of shape (c_out, c_in, k, k) (got {got}).")
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, numbers.Integral)
+        or image_size < 1
+    ):
+        raise ValueError(f"Expected 'image_size' to be an integer >= 1 (got {image_size!r}).")
     w = weight.detach().to(torch.float64)
     k = w.shape[-1]
     if method == "fft":
@@ -65,6 +76,7 @@ def linear_norm(
     seed: int = 0,
 ) -> float:
     """Norm of a linear map ``fn`` by power iteration on ``fn^T fn`` (adjoint by autograd)."""
+    device = check_device(device)
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
     est = 0.0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 
+from .._validation import check_batch, check_finite, check_positive, check_tensor
 from ._certify import conv_operator_norm, init_norm, propagate_bound
 from ._unrolled import UnrolledCT
 
@@ -59,6 +61,7 @@ def lipschitz_bound(
     """
     if not isinstance(model, UnrolledCT):
         raise TypeError(f"Expected an UnrolledCT model (got {type(model).__name__}).")
+    margin = check_positive("margin", margin, allow_zero=True)
     radon = model.radon
     a = float(model.radon_norm)
     with torch.no_grad():
@@ -107,6 +110,15 @@ def empirical_lipschitz(
         steps, lr: Adam iterations and learning rate (relative to ``||y||``).
         radius: initial relative distance between the two inputs.
     """
+    check_tensor("y", y)
+    if y.dim() < 2:
+        raise ValueError(f"Expected 'y' of shape (batch, ...) (got shape {tuple(y.shape)}).")
+    check_batch("y", y)
+    check_finite("y", y)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"Expected 'steps' to be an integer >= 1 (got {steps!r}).")
+    check_positive("lr", lr)
+    check_positive("radius", radius)
     gen = torch.Generator().manual_seed(seed)
     scale = y.reshape(y.shape[0], -1).norm(dim=1).clamp(min=1e-12)
     shape = (-1,) + (1,) * (y.dim() - 1)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_batch, check_finite, check_positive, check_tensor
 
 __all__ = ["gaussian_noise", "poisson_noise"]
+
+
+def _hyper(name: str, value: Any, *, allow_zero: bool) -> float:
+    """A finite real hyper-parameter ``> 0`` (or ``>= 0``), as a Python float."""
+    try:
+        return check_positive(name, value, allow_zero=allow_zero)
+    except ValueError:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"Expected {name} {bound} and finite (got {value!r}).") from None
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -34,9 +45,11 @@ def gaussian_noise(
         seed / generator: randomness (drawn on the CPU, then moved to ``y``'s device).
     """
     check_tensor("y", y)
+    if y.dim() < 1:
+        raise ValueError("Expected 'y' with a batch axis, (batch, ...) (got a 0-d tensor).")
+    check_batch("y", y)
     check_finite("y", y)
-    if not sigma >= 0:
-        raise ValueError(f"Expected sigma >= 0 (got {sigma}).")
+    sigma = _hyper("sigma", sigma, allow_zero=True)
     gen = _generator(seed, generator)
     noise = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
     if relative:
@@ -75,12 +88,14 @@ def poisson_noise(
         True
     """
     check_tensor("y", y, ndim=(3, 4))
+    check_batch("y", y)
     check_finite("y", y)
-    if not photons > 0:
-        raise ValueError(f"Expected photons > 0 (got {photons}).")
-    mu = 1.0 / y.shape[-1] if pixel_size is None else float(pixel_size)
-    if not mu > 0:
-        raise ValueError(f"Expected pixel_size > 0 (got {pixel_size}).")
+    photons = _hyper("photons", photons, allow_zero=False)
+    mu = (
+        1.0 / y.shape[-1]
+        if pixel_size is None
+        else _hyper("pixel_size", pixel_size, allow_zero=False)
+    )
     gen = _generator(seed, generator)
     rate = photons * torch.exp(-mu * y.detach().to("cpu", torch.float64))
     counts = torch.poisson(rate, generator=gen).clamp(min=1.0)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
+
+from .._validation import check_device
 
 __all__ = ["shepp_logan", "random_ellipses", "ellipse_image", "disk_mask"]
 
@@ -24,6 +27,17 @@ _MODIFIED_SHEPP_LOGAN = (
     (0.1, 0.0230, 0.0230, 0.0, -0.606, 0.0),
     (0.1, 0.0230, 0.0460, 0.06, -0.605, 0.0),
 )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"Expected {name} >= {minimum} (an integer; got {value!r}).")
+    return value
+
+
+def _check_dtype(dtype: Any) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"Expected a floating-point torch dtype (got {dtype!r}).")
 
 
 def _grid(
@@ -64,8 +78,10 @@ def shepp_logan(
     Same geometry and contrast as ``skimage.data.shepp_logan_phantom`` (which is a
     400 x 400 rendering of it); the head lies inside the inscribed circle.
     """
-    if size < 2:
-        raise ValueError(f"Expected size >= 2 (got {size}).")
+    device = check_device(device)
+    _check_int("size", size, 2)
+    _check_int("supersample", supersample, 1)
+    _check_dtype(dtype)
     p = torch.tensor(_MODIFIED_SHEPP_LOGAN, dtype=torch.float64)
     p[:, 5] = torch.deg2rad(p[:, 5])
     img = ellipse_image(p[None], size, supersample=supersample)[0]
@@ -77,6 +93,8 @@ def disk_mask(size: int, *, device: Any = None) -> torch.Tensor:
 
     This is the reconstruction circle of :class:`~unrollsci.operators.Radon`.
     """
+    device = check_device(device)
+    _check_int("size", size, 1)
     i = torch.arange(size, device=device) - size // 2
     return (i[:, None] ** 2 + i[None, :] ** 2) <= (size // 2) ** 2
 
@@ -111,10 +129,12 @@ def random_ellipses(
     Returns:
         ``(n, size, size)`` images (and masks if ``return_support``).
     """
-    if n < 1 or size < 2 or n_ellipses < 0:
-        raise ValueError(
-            f"Expected n >= 1, size >= 2, n_ellipses >= 0 (got {n}, {size}, {n_ellipses})."
-        )
+    device = check_device(device)
+    _check_int("n", n, 1)
+    _check_int("size", size, 2)
+    _check_int("n_ellipses", n_ellipses, 0)
+    _check_int("supersample", supersample, 1)
+    _check_dtype(dtype)
     gen = (
         generator
         if generator is not None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validation import check_tensor
+from .._validation import check_batch, check_tensor
 from ..operators._radon import Radon
 
 __all__ = ["RadonSymmetry", "radon_symmetries", "self_ensemble"]
@@ -123,7 +123,13 @@ def self_ensemble(
             (the first ones; default all).
     """
     check_tensor("y", y, ndim=(3,))
-    radon = model.radon
+    check_batch("y", y)
+    radon = getattr(model, "radon", None)
+    if not isinstance(radon, Radon):
+        raise TypeError(
+            f"Expected a model with a 'radon' attribute, e.g. UnrolledCT (got "
+            f"{type(model).__name__})."
+        )
     if symmetries is None or isinstance(symmetries, int):
         cached = getattr(model, "_symmetries", None)
         if cached is None:  # computed once per model (a search over the 8 candidates)

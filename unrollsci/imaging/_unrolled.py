@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_batch, check_finite, check_tensor
 from ..operators._radon import Radon, fbp
 from ..prox import project_support
 from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
@@ -309,6 +309,22 @@ class UnrolledCT(nn.Module):
             mask = mask != 0
         return mask
 
+    def _check_input(self, y: torch.Tensor) -> None:
+        """Raise if ``y`` and the CNN weights differ in dtype or device (conv2d would
+        fail deep inside the first layer with a message about bias types)."""
+        w = self.blocks[0].convs[0].conv.weight
+        if y.dtype != w.dtype:
+            raise TypeError(
+                f"Expected sinograms 'y' of the model's dtype {w.dtype} (got {y.dtype}); "
+                "convert the model with model.to(y.dtype) (e.g. model.double()) or the data "
+                "with y.to(dtype) (e.g. y.float())."
+            )
+        if y.device != w.device:
+            raise ValueError(
+                f"Expected sinograms 'y' on the model's device {w.device} (got {y.device}); "
+                f"move one of them, e.g. y.to('{w.device}') or model.to(y.device)."
+            )
+
     @property
     def precision(self) -> str:
         """Arithmetic of the CNNs: ``"float32"`` (the input dtype) or ``"bfloat16"``."""
@@ -365,7 +381,9 @@ class UnrolledCT(nn.Module):
                 f"{r.image_size}x{r.image_size} images and {r.n_angles} angles (got shape "
                 f"{tuple(y.shape)})."
             )
+        check_batch("y", sino)
         check_finite("y", sino)
+        self._check_input(sino)
         m = self.mask if mask is None else self._check_mask(mask, sino.shape[0])
         m = m.to(sino.device)
         a = self.radon_norm.to(sino.dtype)
