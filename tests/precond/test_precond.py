@@ -638,7 +638,8 @@ def test_load_matrices_order_formats_and_errors(tmp_path):
 
     for s in (10, 2, 1):
         sp.save_npz(tmp_path / f"step_{s}.npz", graph_laplacian(4, seed=s))
-    scipy.io.mmwrite(tmp_path / "step_3.mtx", diffusion2d(4, seed=3))
+    # 17 significant digits round-trip float64 exactly (scipy < 1.12 writes 16 by default)
+    scipy.io.mmwrite(tmp_path / "step_3.mtx", diffusion2d(4, seed=3), precision=17)
     (tmp_path / "notes.txt").write_text("not a matrix")
     mats, files = load_matrices(tmp_path)  # a directory: every matrix file, natural order
     assert [f.rsplit("/", 1)[-1] for f in files] == [
