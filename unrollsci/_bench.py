@@ -1,7 +1,14 @@
-"""Small helpers for benchmark scripts: results files, markdown tables, timers."""
+"""Small helpers for benchmark scripts: results files, figures, markdown tables, timers.
+
+Every file a benchmark or demo writes goes through ``write_results``, ``save_figure`` or
+``write_text`` here, which write atomically (a temporary file moved into place). A
+``--quick`` run writes ``<name>_quick.json`` (and ``<figure>_quick.png``): it never
+replaces the results of a full run.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,7 +19,36 @@ from typing import Any
 
 import torch
 
-__all__ = ["markdown_table", "write_results", "Timer", "machine_info"]
+from ._io import atomic_write, atomic_write_text
+
+__all__ = [
+    "markdown_table",
+    "write_results",
+    "results_name",
+    "figure_path",
+    "save_figure",
+    "write_text",
+    "Timer",
+    "machine_info",
+    "device_arg",
+    "output_dir_arg",
+    "positive_int_arg",
+]
+
+QUICK_SUFFIX = "_quick"
+
+
+def results_name(name: str, quick: bool = False) -> str:
+    """The file stem a benchmark writes: ``name``, or ``name_quick`` for a ``--quick`` run."""
+    if quick and not name.endswith(QUICK_SUFFIX):
+        return name + QUICK_SUFFIX
+    return name
+
+
+def figure_path(outdir: str | os.PathLike, filename: str, quick: bool = False) -> Path:
+    """``outdir/filename``, with ``_quick`` before the extension for a ``--quick`` run."""
+    f = Path(filename)
+    return Path(outdir) / (results_name(f.stem, quick) + f.suffix)
 
 
 def machine_info() -> dict[str, Any]:
@@ -53,15 +89,83 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_results(
-    name: str, data: dict[str, Any], outdir: str | os.PathLike = "benchmarks/results"
+    name: str,
+    data: dict[str, Any],
+    outdir: str | os.PathLike = "benchmarks/results",
+    *,
+    quick: bool = False,
 ) -> Path:
-    """Write ``data`` (plus machine info) to ``outdir/name.json`` and return the path."""
+    """Write ``data`` (plus machine info) to ``outdir/name.json`` and return the path.
+
+    With ``quick=True`` the file is ``outdir/name_quick.json``, so that a smoke run never
+    replaces a full run's results. The file is written atomically: an interrupted run
+    leaves the previous file as it was.
+    """
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine_info(), **data}
-    path.write_text(json.dumps(payload, indent=2, default=float))
+    stem = results_name(name, quick)
+    path = out / f"{stem}.json"
+    payload = {"benchmark": stem, "machine": machine_info(), **data}
+    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (markdown table, report) atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, text)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``fig.savefig`` to a temporary file moved onto ``path`` (format from the extension)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = kwargs.pop("format", None) or (path.suffix.lstrip(".").lower() or "png")
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, **kwargs)
+    return path
+
+
+# -- argparse types shared by the benchmark command lines (bad values exit 2, one line) --
+
+
+def device_arg(text: str) -> str:
+    """argparse ``type=``: the name of a torch device that exists on this machine.
+
+    Returns the text (a string keeps the results' config JSON-serializable).
+    """
+    from ._validation import check_device
+
+    try:
+        check_device(text)
+        return text
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int_arg(text: str) -> int:
+    """argparse ``type=``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def output_dir_arg(text: str) -> str:
+    """argparse ``type=``: a folder for results; refused if it names an existing file."""
+    path = Path(text)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(
+                    f"{str(folder)!r} is an existing file, not a folder"
+                )
+            break
+    return text
 
 
 class Timer:

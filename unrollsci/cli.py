@@ -3,8 +3,12 @@
 Each capability contributes a demo section and a benchmark through a module
 listed below, so this file stays a thin dispatcher:
 
-* demo section: ``run_demo(outdir: pathlib.Path) -> list[dict]`` rows for the table;
+* demo section: ``run_demo(outdir: pathlib.Path) -> list[dict]`` rows for the table, and
+  ``FIGURES: list[str]``, the files it writes into ``outdir`` (checked before anything runs);
 * benchmark: ``main(argv: list[str] | None) -> int``.
+
+No command writes over an existing file unless ``--force`` is given (benchmarks excepted:
+replacing their results is their job; a ``--quick`` run writes ``NAME_quick.json``).
 """
 
 from __future__ import annotations
@@ -51,20 +55,35 @@ def _available(module: str) -> bool:
     return True
 
 
+def _section_name(module: str) -> str:
+    return module.split(".")[1]
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._bench import markdown_table
+    from ._io import check_writable
 
     outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
     wanted = set(args.only or [])
+    sections = [
+        (title, module)
+        for title, module in DEMO_SECTIONS
+        if (not wanted or _section_name(module) in wanted) and _available(module)
+    ]
+    figures = [
+        outdir / name
+        for _, module in sections
+        for name in getattr(importlib.import_module(module), "FIGURES", [])
+    ]
+    try:  # before any section runs: refuse to replace a figure without --force
+        check_writable(figures, force=args.force)
+        outdir.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        print(f"unrollsci demo: error: {exc}", file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
     print(f"unrollsci {__version__} demo; figures go to {outdir.resolve()}\n")
-    for title, module in DEMO_SECTIONS:
-        short = module.split(".")[1]
-        if wanted and short not in wanted:
-            continue
-        if not _available(module):
-            continue
+    for title, module in sections:
         t0 = time.perf_counter()
         rows = importlib.import_module(module).run_demo(outdir)
         print(f"## {title}  ({time.perf_counter() - t0:.1f} s)\n")
@@ -78,29 +97,72 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     module = BENCHMARKS.get(args.name)
     if module is None or not _available(module):
         known = ", ".join(k for k, m in BENCHMARKS.items() if _available(m))
-        print(f"unknown benchmark {args.name!r}; available: {known}", file=sys.stderr)
+        print(
+            f"unrollsci bench: error: unknown benchmark {args.name!r}; available: {known}",
+            file=sys.stderr,
+        )
         return 2
     return int(importlib.import_module(module).main(rest) or 0)
 
 
-def _relax(args: argparse.Namespace, rest: list[str]) -> int:
+def _relax(argv: list[str]) -> int:
     module = "unrollsci.chem._cli"
     if not _available(module):
-        print("relax needs unrollsci.chem, which is not available", file=sys.stderr)
+        print(
+            "unrollsci relax: error: needs unrollsci.chem, which is not available", file=sys.stderr
+        )
         return 2
-    return int(importlib.import_module(module).relax_main([args.file, *rest]) or 0)
+    return int(importlib.import_module(module).relax_main(argv) or 0)
+
+
+def _output_folder(text: str) -> str:
+    """argparse ``type=`` of ``demo --out``: a folder, not an existing file."""
+    path = Path(text)
+    for folder in (path, *path.parents):  # the nearest existing one must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(
+                    f"{str(folder)!r} is an existing file, not a folder"
+                )
+            break
+    return text
+
+
+EPILOG = """\
+exit status: 0 success; 1 relax did not converge (or a benchmark's check failed);
+2 usage error (a bad argument, or an output file that exists: pass --force or choose
+another name; an input is never written over); 3 relax input or computation error.
+'unrollsci relax -h' details relax's codes. 'bench NAME --quick' writes NAME_quick.json,
+never the full results NAME.json."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "relax":
+        # relax parses its own arguments, in any order (options before the file too)
+        return _relax(argv[1:])
     parser = argparse.ArgumentParser(
         prog="unrollsci",
         description="Algorithm unrolling for scientific inverse problems.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"unrollsci {__version__}")
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="run a short tour of every capability (< 1 minute)")
-    p_demo.add_argument("--out", default="unrollsci-demo", help="folder for figures (PNG)")
-    p_demo.add_argument("--only", nargs="*", help="sections to run (solvers, unrolled, graph, ...)")
+    p_demo.add_argument(
+        "--out", type=_output_folder, default="unrollsci-demo", help="folder for figures (PNG)"
+    )
+    p_demo.add_argument(
+        "--only",
+        nargs="*",
+        choices=[_section_name(m) for _, m in DEMO_SECTIONS],
+        metavar="SECTION",
+        help="sections to run: " + ", ".join(_section_name(m) for _, m in DEMO_SECTIONS),
+    )
+    p_demo.add_argument(
+        "--force", action="store_true", help="replace figures of an earlier run in --out"
+    )
     # add_help=False: '-h' after the name reaches the benchmark's own parser.
     p_bench = sub.add_parser(
         "bench", add_help=False, help="run a benchmark and write benchmarks/results/NAME.json"
@@ -109,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p_relax = sub.add_parser(
         "relax", add_help=False, help="relax a structure with QEq + short-range repulsion"
     )
-    p_relax.add_argument("file", help="any structure file ASE reads")
+    p_relax.add_argument("file", help="any structure file ASE reads")  # for the help only
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:
@@ -117,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args, rest)
-    if args.command == "relax":
-        return _relax(args, rest)
     parser.print_help()
     return 0
 

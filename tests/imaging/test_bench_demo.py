@@ -21,7 +21,8 @@ def test_bench_ct_quick(tmp_path):
     from unrollsci.imaging._bench import main
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "ct.json").read_text())
+    data = json.loads((tmp_path / "ct_quick.json").read_text())
+    assert not (tmp_path / "ct.json").exists()  # a quick run never writes the full results' name
     certs = data["summary"]["certificates"]
     assert set(certs) == {"unrolled", "unrolled_lip10"}
     for c in certs.values():
@@ -63,7 +64,7 @@ def test_bench_radon_quick(tmp_path):
     from unrollsci.imaging._bench_radon import main
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "radon.json").read_text())
+    data = json.loads((tmp_path / "radon_quick.json").read_text())
     assert data["summary"]["rel_l2_vs_skimage_shepp_logan"] < 1e-6
 
 
@@ -78,13 +79,13 @@ def test_bench_ct_dual_bf16_and_self_ensemble(tmp_path):
 
     args = ["--quick", "--variants", "free", "--dual", "--precision", "bfloat16"]
     assert main([*args, "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "ct.json").read_text())
+    data = json.loads((tmp_path / "ct_quick.json").read_text())
     assert data["results"]["unrolled"]["dual"] and data["config"]["precision"] == "bfloat16"
     script = Path(__file__).parents[2] / "benchmarks" / "ct_ensemble.py"
     spec = importlib.util.spec_from_file_location("ct_ensemble", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    ckpt, main_json = str(tmp_path / "ct_unrolled.pt"), str(tmp_path / "ct.json")
+    ckpt, main_json = str(tmp_path / "ct_unrolled_quick.pt"), str(tmp_path / "ct_quick.json")
     argv = [ckpt, "--main-json", main_json, "--out", str(tmp_path), "--sizes", "1", "2"]
     assert mod.main([*argv, "--repeats", "1"]) == 0
     ens = json.loads((tmp_path / "ct_ensemble.json").read_text())["results"]

@@ -10,15 +10,19 @@ from unrollsci import cli
 
 
 def test_bench_lista_quick(tmp_path, capsys):
+    full = tmp_path / "lista.json"  # a full run's results: a quick run must not replace them
+    full.write_bytes(b'{"full": true}')
     rc = cli.main(["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
-    data = json.loads((tmp_path / "lista.json").read_text())
+    assert full.read_bytes() == b'{"full": true}'
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["lista.json", "lista_quick.json", "lista_quick.md", "lista_quick.png"]
+    data = json.loads((tmp_path / "lista_quick.json").read_text())
     k = data["config"]["K"]
     inf = data["by_snr"]["inf"]
     for name in ("ISTA", "FISTA", "AMP", "BG-AMP", "LISTA", "ALISTA", "LAMP", "LAMP-BG"):
         assert len(inf["nmse_db"][name]) == k
     assert data["by_snr"]["40"]["oracle_db"] < -30
-    assert (tmp_path / "lista.png").exists()
     assert "| SNR (dB) | method |" in capsys.readouterr().out
     # merging partial files reproduces the curves
     rc = cli.main(
@@ -30,9 +34,10 @@ def test_bench_lista_quick(tmp_path, capsys):
             "--name",
             "merged",
             "--merge",
-            str(tmp_path / "lista.json"),
+            str(tmp_path / "lista_quick.json"),
         ]
     )
+    assert rc == 0
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged["by_snr"]["inf"]["nmse_db"]["ALISTA"] == inf["nmse_db"]["ALISTA"]
 
@@ -50,7 +55,7 @@ def test_bench_lista_kkt_continuation_label(tmp_path):
     args += ["--kkt-only", "--snr", "inf", "--models", "LISTA"]
     rc = cli.main([*args, "--lam-kkt", "0.05", "--lam-kkt-start", "0.4", "--kkt-step", "3"])
     assert rc == 0
-    data = json.loads((tmp_path / "lista.json").read_text())
+    data = json.loads((tmp_path / "lista_quick.json").read_text())
     curves = data["by_snr"]["inf"]["nmse_db"]
     power = data["config"]["kkt_power"]
     label = f"LISTA (KKT loss, lam=0.4->0.05, t=3/L, |r|^{power})"
@@ -61,7 +66,7 @@ def test_bench_lista_kkt_continuation_label(tmp_path):
         args[args.index("--out") + 1] = str(other)
         more = ["--lam-kkt", "0.05", "--lam-kkt-start", "0.4", "--kkt-step", step]
         assert cli.main([*args, *more, "--kkt-power", str(pw)]) == 0
-        curves2 = json.loads((other / "lista.json").read_text())["by_snr"]["inf"]["nmse_db"]
+        curves2 = json.loads((other / "lista_quick.json").read_text())["by_snr"]["inf"]["nmse_db"]
         label2 = f"LISTA (KKT loss, lam=0.4->0.05, t={step}/L, |r|^{pw})"
         assert curves2[label2] != curves[label]
     with pytest.raises(SystemExit):

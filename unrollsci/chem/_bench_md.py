@@ -9,7 +9,7 @@ per atom = |slope of a linear fit of E_total(t)| / N, averaged over the seeds (a
 reported: E_total(end) - E_total(0)); the converged run gives the floor set by the 1 fs
 Verlet error alone. "excess" = the same for E_total(t) - E_total_converged(t), the part of
 the energy error caused by the inexact charges while the trajectories stay close.
-Writes ``benchmarks/results/md.json``.
+Writes ``benchmarks/results/md.json`` (``md_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import markdown_table, write_results
+from .._bench import (
+    device_arg,
+    markdown_table,
+    output_dir_arg,
+    positive_int_arg,
+    write_results,
+)
 from ._bench import NACL_PARAMS
 from ._calculator import QEqCalculator
 from ._short_range import BornMayer
@@ -91,23 +97,31 @@ def _run(
 def main(argv: list[str] | None = None) -> int:
     """Run the drift benchmark; see ``--help``."""
     p = argparse.ArgumentParser(prog="unrollsci bench md", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="200 steps")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="200 steps; writes md_quick.json")
+    p.add_argument("--steps", type=positive_int_arg, default=2000)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--dt", type=float, default=1.0, help="fs")
     p.add_argument("--temperature", type=float, default=600.0, help="K")
-    p.add_argument("--repeat", type=int, default=2, help="8-atom cubes per edge (2 -> 64)")
+    p.add_argument(
+        "--repeat", type=positive_int_arg, default=2, help="8-atom cubes per edge (2 -> 64)"
+    )
     p.add_argument("--cutoff", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--seeds", type=int, default=1, help="independent trajectories (seed, seed+1, ...)"
+        "--seeds",
+        type=positive_int_arg,
+        default=1,
+        help="independent trajectories (seed, seed+1, ...)",
     )
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", type=device_arg, default="cpu")
+    p.add_argument("--threads", type=positive_int_arg, default=1)
     p.add_argument(
-        "--jobs", type=int, default=1, help="run the five trajectories in this many processes"
+        "--jobs",
+        type=positive_int_arg,
+        default=1,
+        help="run the five trajectories in this many processes",
     )
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = 200 if args.quick else args.steps
@@ -216,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             "envelope_over_implicit": ratios,
         },
         args.out,
+        quick=args.quick,
     )
     print(f"results: {path}")
     return 0

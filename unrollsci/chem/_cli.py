@@ -1,84 +1,302 @@
-"""``unrollsci relax FILE``: relax a structure with QEq + short-range repulsion."""
+"""``unrollsci relax FILE``: relax a structure with QEq + short-range repulsion.
+
+File safety: an existing output is replaced only with ``--force``, an input (FILE, the
+``--params`` file) never is; nothing is created before the first energy and forces have
+been computed, and the relaxed structure and trajectory are written to temporary files
+in their folders and moved into place at the end, so a failed run leaves no file behind
+and an interrupted one leaves earlier files as they were.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
-__all__ = ["relax_main"]
+__all__ = ["relax_main", "EXIT_CONVERGED", "EXIT_NOT_CONVERGED", "EXIT_USAGE", "EXIT_INPUT"]
+
+#: exit status of ``unrollsci relax``
+EXIT_CONVERGED = 0
+EXIT_NOT_CONVERGED = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+
+PROG = "unrollsci relax"
+
+EPILOG = """\
+exit status:
+  0  converged; the relaxed structure and its trajectory were written
+  1  not converged within --steps; the last structure and trajectory were written
+  2  usage error: a bad option value, a missing FILE or --params file, a --params file
+     that is not JSON, or an output that exists (pass --force) or is an input (never
+     replaced); nothing was written
+  3  input or computation error: FILE cannot be read, an element has no QEq parameters,
+     the parameters are invalid, the charge solve fails; nothing was written
+
+outputs: --out (default FILE_relaxed.xyz) and --traj (default: --out with suffix .traj)."""
+
+
+class _Params(NamedTuple):
+    path: Path
+    table: dict[str, Any]
+
+
+# -- argparse types: a bad value exits with status 2 and one line, no traceback --------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _cutoff(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a cutoff in Angstrom (> 0) or 'none', got {text!r}"
+        ) from None
+
+
+def _device(text: str) -> str:
+    from .._validation import check_device
+
+    try:
+        check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    return path
+
+
+def _params(text: str) -> _Params:
+    path = _existing_file(text)
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON: {exc}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must hold a JSON object {{element: {{chi, eta, gamma}}}}"
+        )
+    return _Params(path, table)
+
+
+def _structure_out(text: str) -> Path:
+    """A structure file name whose format (from its extension) ASE can write."""
+    from ase.io.formats import filetype, ioformats
+
+    path = Path(text)
+    try:
+        fmt = filetype(path, read=False)
+    except Exception:  # noqa: BLE001 - ASE raises several types for a name it cannot place
+        fmt = None
+    if fmt not in ioformats or not ioformats[fmt].can_write:
+        raise argparse.ArgumentTypeError(
+            f"cannot tell a structure format ASE writes from the name {text!r} "
+            "(use e.g. .xyz, .cif, .traj, .pdb, POSCAR)"
+        )
+    return path
+
+
+def _traj_out(text: str) -> Path:
+    path = Path(text)
+    if path.suffix != ".traj":
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .traj, got {text!r}")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Relax the structure in FILE (any format ASE reads) with QEq + "
+        "short-range repulsion, and write it and its trajectory.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", type=_existing_file, help="structure file (xyz, cif, POSCAR, ...)")
+    p.add_argument(
+        "--out", type=_structure_out, default=None, help="relaxed structure (FILE_relaxed.xyz)"
+    )
+    p.add_argument(
+        "--traj", type=_traj_out, default=None, help="trajectory (default: --out as .traj)"
+    )
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument("--fmax", type=_positive_float, default=0.01, help="force criterion, eV/A")
+    p.add_argument("--steps", type=_steps, default=500, help="at most this many steps")
+    p.add_argument("--optimizer", choices=["BFGS", "FIRE"], default="BFGS")
+    p.add_argument("--kernel", choices=["shielded", "point", "gaussian"], default="shielded")
+    p.add_argument("--cutoff", type=_cutoff, default=10.0, help="Angstrom, or 'none' (molecules)")
+    p.add_argument("--ewald", action="store_true")
+    p.add_argument("--total-charge", type=_finite_float, default=0.0)
+    p.add_argument("--forces", choices=["implicit", "unrolled", "envelope"], default="implicit")
+    p.add_argument("--tol", type=_positive_float, default=1e-8, help="QEq solver tolerance")
+    p.add_argument(
+        "--params", type=_params, default=None, help="JSON file {element: {chi, eta, gamma}}"
+    )
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
+    return p
+
+
+# -- file handling ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _temp_next_to(path: Path) -> Iterator[Path]:
+    """A fresh temporary file name in ``path``'s folder (same suffix); removed on exit."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a finished temporary file onto ``path`` with the permissions open() gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
 
 
 def relax_main(argv: list[str] | None = None) -> int:
-    """Relax the structure in FILE (any format ASE reads) and write it and its trajectory."""
-    p = argparse.ArgumentParser(prog="unrollsci relax", description=relax_main.__doc__)
-    p.add_argument("file", help="structure file (xyz, cif, POSCAR, ...)")
-    p.add_argument("--out", default=None, help="relaxed structure (default FILE_relaxed.xyz)")
-    p.add_argument("--fmax", type=float, default=0.01, help="force criterion, eV/A")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=["BFGS", "FIRE"], default="BFGS")
-    p.add_argument("--kernel", choices=["shielded", "point", "gaussian"], default="shielded")
-    p.add_argument("--cutoff", default="10.0", help="Angstrom, or 'none' (molecules)")
-    p.add_argument("--ewald", action="store_true")
-    p.add_argument("--total-charge", type=float, default=0.0)
-    p.add_argument("--forces", choices=["implicit", "unrolled", "envelope"], default="implicit")
-    p.add_argument("--tol", type=float, default=1e-8)
-    p.add_argument("--params", default=None, help="JSON file {element: {chi, eta, gamma}}")
-    p.add_argument("--device", default="cpu")
+    """Relax the structure in FILE (any format ASE reads) and write it and its trajectory.
+
+    Returns the exit status (see ``EPILOG``); a bad argument exits with status 2.
+    """
+    from .._io import check_writable
+    from .._validation import ConvergenceError
+
+    p = _parser()
     args = p.parse_args(argv)
+    inp: Path = args.file
+    out: Path = args.out or inp.with_name(inp.stem + "_relaxed.xyz")
+    traj_path: Path = args.traj or out.with_suffix(".traj")
+    inputs = [inp] + ([args.params.path] if args.params else [])
+    try:
+        check_writable([out, traj_path], inputs=inputs, force=args.force)
+    except (OSError, ValueError) as exc:
+        hint = ""
+        if args.traj is None and traj_path.resolve() in {i.resolve() for i in inputs}:
+            hint = f" ({traj_path} is the trajectory's default name; choose another with --traj)"
+        return _error(f"{exc}{hint}", EXIT_USAGE)
+    for folder in {out.parent, traj_path.parent}:
+        if not folder.is_dir():
+            return _error(f"the output folder {str(folder)!r} does not exist", EXIT_USAGE)
 
     from ase.io import read, write
+    from ase.io.formats import filetype
     from ase.io.trajectory import Trajectory
     from ase.optimize import BFGS, FIRE
 
     from ._calculator import QEqCalculator
 
     try:
-        atoms = read(args.file)
+        atoms = read(inp)
     except Exception as exc:  # noqa: BLE001 - report any reader failure plainly
-        print(f"could not read {args.file!r}: {exc}", file=sys.stderr)
-        return 2
-    cutoff = None if args.cutoff.lower() == "none" else float(args.cutoff)
-    params = json.loads(Path(args.params).read_text()) if args.params else None
-    atoms.calc = QEqCalculator(
-        params=params,
-        kernel=args.kernel,
-        cutoff=cutoff,
-        ewald=args.ewald,
-        total_charge=args.total_charge,
-        forces=args.forces,
-        tol=args.tol,
-        short_range="radii",
-        device=args.device,
-    )
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.file).with_name(Path(args.file).stem + "_relaxed.xyz")
-    )
-    traj_path = out.with_suffix(".traj")
-    opt_cls = BFGS if args.optimizer == "BFGS" else FIRE
-    traj = Trajectory(str(traj_path), "w", atoms)
-    opt = opt_cls(atoms, logfile=None)
-    opt.attach(traj)
-
-    def report() -> None:
-        f = atoms.get_forces()
-        sol = atoms.calc.solution
-        print(
-            f"step {opt.nsteps:4d}  E = {atoms.get_potential_energy():.6f} eV  "
-            f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  "
-            f"QEq CG iterations = {sol.iterations}",
-            flush=True,
+        return _error(f"could not read {str(inp)!r}: {exc}", EXIT_INPUT)
+    library_errors = (ValueError, TypeError, KeyError, ConvergenceError)
+    try:
+        atoms.calc = QEqCalculator(
+            params=args.params.table if args.params else None,
+            kernel=args.kernel,
+            cutoff=args.cutoff,
+            ewald=args.ewald,
+            total_charge=args.total_charge,
+            forces=args.forces,
+            tol=args.tol,
+            short_range="radii",
+            device=args.device,
         )
+        # the first energy and forces before any file is created: a structure the
+        # calculator rejects (unknown element, overlapping atoms, ...) leaves no file
+        atoms.get_potential_energy()
+        atoms.get_forces()
+    except library_errors as exc:
+        return _error(str(exc), EXIT_INPUT)
 
-    opt.attach(report)
-    converged = opt.run(fmax=args.fmax, steps=args.steps)
-    traj.close()
-    write(out, atoms)
+    opt_cls = BFGS if args.optimizer == "BFGS" else FIRE
+    opt = None
+    with _temp_next_to(traj_path) as tmp_traj, _temp_next_to(out) as tmp_out:
+        try:
+            traj = Trajectory(str(tmp_traj), "w", atoms)
+            try:
+                opt = opt_cls(atoms, logfile=None)
+                opt.attach(traj)
+
+                def report() -> None:
+                    f = atoms.get_forces()
+                    sol = atoms.calc.solution
+                    print(
+                        f"step {opt.nsteps:4d}  E = {atoms.get_potential_energy():.6f} eV  "
+                        f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  "
+                        f"QEq CG iterations = {sol.iterations}",
+                        flush=True,
+                    )
+
+                opt.attach(report)
+                converged = opt.run(fmax=args.fmax, steps=args.steps)
+            finally:
+                traj.close()
+        except library_errors as exc:
+            steps = opt.nsteps if opt is not None else 0
+            return _error(f"{exc} (after {steps} steps; nothing written)", EXIT_INPUT)
+        write(tmp_out, atoms, format=filetype(out, read=False))
+        _publish(tmp_out, out)
+        _publish(tmp_traj, traj_path)
     print(
         f"{'converged' if converged else 'NOT converged'} after {opt.nsteps} steps; "
         f"relaxed structure: {out}; trajectory: {traj_path}"
     )
-    return 0 if converged else 1
+    return EXIT_CONVERGED if converged else EXIT_NOT_CONVERGED

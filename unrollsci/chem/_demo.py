@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo"]
+__all__ = ["FIGURES", "run_demo"]
+
+#: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
+FIGURES: list[str] = []
 
 
 def run_demo(outdir: Path) -> list[dict[str, Any]]:

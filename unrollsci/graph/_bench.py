@@ -6,7 +6,7 @@ graphs, then evaluates on held-out problems on graphs never seen in training: th
 Minnesota road graph (PyGSP; a 2642-node sensor graph if pygsp is missing) and
 random sensor graphs of 10^3 and 10^5 nodes. Writes
 ``benchmarks/results/graph.json``, a markdown table and a convergence plot
-``graph_convergence.png``.
+``graph_convergence.png`` (``--quick``: ``graph_quick.json``, ``graph_convergence_quick.png``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import Timer, markdown_table, write_results
+from .._bench import (
+    Timer,
+    figure_path,
+    markdown_table,
+    output_dir_arg,
+    positive_int_arg,
+    save_figure,
+    write_results,
+)
 from ._baselines import BASELINES, classical_iterates
 from ._controller import StepController
 from ._data import inpainting_problem, load_minnesota, random_graph, road_graph, sensor_graph
@@ -253,21 +261,27 @@ def _plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unrollsci bench graph", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small, fast configuration")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--layers", type=int, default=10)
-    parser.add_argument("--window", type=int, default=None, help="default: = layers")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--train-graphs", type=int, default=None)
-    parser.add_argument("--big", type=int, default=None, help="nodes of the large sensor graph")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small, fast configuration; writes graph_quick.json, graph_convergence_quick.png",
+    )
+    parser.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    parser.add_argument("--layers", type=positive_int_arg, default=10)
+    parser.add_argument("--window", type=positive_int_arg, default=None, help="default: = layers")
+    parser.add_argument("--epochs", type=positive_int_arg, default=None)
+    parser.add_argument("--train-graphs", type=positive_int_arg, default=None)
+    parser.add_argument(
+        "--big", type=positive_int_arg, default=None, help="nodes of the large sensor graph"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int_arg, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     k = args.layers
@@ -344,9 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                     gd_match[f"learned {mode} layers_to_match_cg"] = hit
                     gd_match[f"learned {mode} err_after_200_layers"] = errs[-1]
     timing = _timing(tests[-1][1], models, k)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _plot(curves, f"{tests[0][0]}: inpainting, 50% observed", out / "graph_convergence.png")
+    png = figure_path(args.out, "graph_convergence.png", args.quick)
+    _plot(curves, f"{tests[0][0]}: inpainting, 50% observed", png)
     table = markdown_table(
         rows, ["graph", "method", "mean_err", "max_err", "matvecs", "windows_certified"]
     )
@@ -364,13 +377,14 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": time.perf_counter() - t_all,
         },
         args.out,
+        quick=args.quick,
     )
     print(f"Energy-norm relative error to x* after K={k} (held-out problems and graphs)\n")
     print(table)
     print("\nSteps to match CG's K=10 error on", tests[0][0], gd_match)
     print("\nWall time per solve on", tests[-1][0])
     print(markdown_table([{"what": a, "value": b} for a, b in timing.items()]))
-    print(f"\nwrote {path} and {out / 'graph_convergence.png'}")
+    print(f"\nwrote {path} and {png}")
     return 0
 
 

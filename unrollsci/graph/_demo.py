@@ -13,7 +13,10 @@ from ._controller import StepController
 from ._data import inpainting_problem, sensor_graph
 from ._model import MODES, UnrolledGraphGD, graph_loss
 
-__all__ = ["run_demo"]
+__all__ = ["FIGURES", "run_demo"]
+
+#: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
+FIGURES = ["graph_inpainting.png"]
 
 
 def run_demo(outdir: Path) -> list[dict[str, Any]]:
@@ -83,7 +86,7 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
                 }
             )
             curves[f"learned {mode}"] = [float(test.relative_error(x).mean()) for x in out.iterates]
-        _plot(curves, Path(outdir) / "graph_inpainting.png")
+        _plot(curves, Path(outdir) / FIGURES[0])
         return rows
     finally:
         torch.set_num_threads(threads)
@@ -94,6 +97,8 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .._bench import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, c in curves.items():
@@ -108,5 +113,5 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     ax.set_title("Inpainting on an unseen 300-node sensor graph")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

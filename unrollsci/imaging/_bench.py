@@ -4,7 +4,8 @@
 weight is chosen on a validation set, the network is trained with
 :func:`unrollsci.train.fit` on freshly drawn phantoms for a fixed wall-clock
 budget, and all methods are scored (PSNR, SSIM from ``skimage.metrics``) on
-held-out phantoms drawn with a different seed. Writes ``ct.json``.
+held-out phantoms drawn with a different seed. Writes ``ct.json`` (``ct_quick.json`` with
+``--quick``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from typing import Any
 
 import torch
 
-from .._bench import Timer, markdown_table, write_results
+from .._bench import (
+    Timer,
+    markdown_table,
+    output_dir_arg,
+    positive_int_arg,
+    results_name,
+    write_results,
+)
 
 
 class _BudgetSpent(Exception):
@@ -162,13 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     from ._unrolled import UnrolledCT
 
     p = argparse.ArgumentParser(prog="unrollsci bench ct", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="tiny run (seconds)")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--angles", type=int, default=30)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny run (seconds); writes ct_quick.json and ct_<network>_quick.pt",
+    )
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    p.add_argument("--size", type=positive_int_arg, default=64)
+    p.add_argument("--angles", type=positive_int_arg, default=30)
     p.add_argument("--photons", type=float, default=1e4, help="incident photons I0")
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--n-val", type=int, default=32)
+    p.add_argument("--n-test", type=positive_int_arg, default=100)
+    p.add_argument("--n-val", type=positive_int_arg, default=32)
     p.add_argument("--train-seconds", type=float, default=1200.0, help="per network")
     p.add_argument(
         "--train-steps",
@@ -177,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         help="if > 0, also stop after this many steps (whole epochs of 25) and run the cosine "
         "schedule over steps instead of time: load-independent comparisons",
     )
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--layers", type=positive_int_arg, default=6)
+    p.add_argument("--channels", type=positive_int_arg, default=16)
+    p.add_argument("--batch", type=positive_int_arg, default=8)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam (peak) learning rate")
     p.add_argument(
         "--lr-schedule",
@@ -210,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch and drawn in random symmetries of the square (0: render every batch afresh)",
     )
     p.add_argument("--pool-refresh", type=int, default=2)
-    p.add_argument("--tv-iters", type=int, default=300)
+    p.add_argument("--tv-iters", type=positive_int_arg, default=300)
     p.add_argument("--tv-lams", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0, 8.0])
     p.add_argument(
         "--variants",
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["free", "lip10"],
         help="networks: 'free', 'sn<c>' (CNN Lipschitz cap c), 'lip<T>' (certificate <= T)",
     )
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int_arg, default=1)
     args = p.parse_args(argv)
     if not 0.0 <= args.lr_floor <= 1.0:
         p.error(f"--lr-floor must lie in [0, 1] (got {args.lr_floor})")
@@ -388,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_load_1min_mean": sum(best["load"]) / max(len(best["load"]), 1),
             **certs[name],
         }
-        save_checkpoint(model, Path(args.out) / f"ct_{name}.pt")
+        save_checkpoint(model, Path(args.out) / f"{results_name(f'ct_{name}', args.quick)}.pt")
 
     for name, r in results.items():
         ps, ss = scores(r.pop("x"), x_te)
@@ -430,7 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch=steps_per_epoch,
         fbp_filter_validation="best of 5 by validation PSNR",
     )
-    path = write_results("ct", {"config": config, "results": results, "summary": summary}, args.out)
+    path = write_results(
+        "ct",
+        {"config": config, "results": results, "summary": summary},
+        args.out,
+        quick=args.quick,
+    )
     print(markdown_table(rows))
     print(f"\n{main_name} - TV = {gain:+.2f} dB; TV / {main_name} time = {speed:.1f}x")
     for k in certs:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .._bench import Timer, markdown_table, write_results
+from .._bench import Timer, markdown_table, output_dir_arg, positive_int_arg, write_results
 
 DEEPINV_FORWARD_S = 0.46  # issue 7: deepinv Tomography, batch of 16, 128x128, 180 angles
 
@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     from ._phantoms import shepp_logan
 
     p = argparse.ArgumentParser(prog="unrollsci bench radon", description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--angles", type=int, default=180)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="64 x 64, 60 angles; radon_quick.json")
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    p.add_argument("--size", type=positive_int_arg, default=128)
+    p.add_argument("--angles", type=positive_int_arg, default=180)
+    p.add_argument("--batch", type=positive_int_arg, default=16)
+    p.add_argument("--repeats", type=positive_int_arg, default=5)
+    p.add_argument("--threads", type=positive_int_arg, default=1)
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.angles, args.repeats = 64, 60, 2
@@ -176,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         "deepinv_forward_s_quoted": DEEPINV_FORWARD_S,
         "load_average_1_5_15min": list(os.getloadavg()),
     }
-    path = write_results("radon", {"config": config, "results": res, "summary": summary}, args.out)
+    path = write_results(
+        "radon",
+        {"config": config, "results": res, "summary": summary},
+        args.out,
+        quick=args.quick,
+    )
     print(markdown_table(rows))
     print(
         f"\nforward speed-up vs deepinv (quoted 0.46 s): "

@@ -9,6 +9,11 @@ from typing import Any
 
 import torch
 
+__all__ = ["FIGURES", "run_demo"]
+
+#: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
+FIGURES = ["ct_demo.png"]
+
 
 def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[float]]:
     """PSNR (data range 1); SSIM from scikit-image when it is installed, else NaN."""
@@ -96,13 +101,15 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from .._bench import save_figure
+
         fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
         for ax, (name, img) in zip(axes, [("phantom", x), *images.items()], strict=True):
             ax.imshow(img[0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(name, fontsize=9)
             ax.axis("off")
         fig.tight_layout()
-        fig.savefig(Path(outdir) / "ct_demo.png", dpi=100)
+        save_figure(fig, Path(outdir) / FIGURES[0], dpi=100)
         plt.close(fig)
     except ImportError:  # pragma: no cover - matplotlib is optional
         pass

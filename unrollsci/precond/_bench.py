@@ -4,7 +4,8 @@
 preconditioner on small systems of the family (``--train-n``), then solves held-out
 systems (seeds never used in training) of every size in ``--n`` with PCG to relative
 residual ``--rtol``, timing setup and solve separately for every method in the same
-run. Writes ``<out>/precond.json`` and ``<out>/precond.png`` (residual vs iteration).
+run. Writes ``<out>/precond.json`` and ``<out>/precond.png`` (residual vs iteration);
+``--quick`` writes ``precond_quick.json`` and ``precond_quick.png``.
 
 ``unrollsci bench precond --matrices 'run/step_*.npz'`` does the same for your own
 family of matrices (files in name order: the last ``--test-systems`` are held out).
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import Timer, markdown_table, write_results
+from .._bench import (
+    Timer,
+    figure_path,
+    markdown_table,
+    output_dir_arg,
+    save_figure,
+    write_results,
+)
 
 TEST_SEED0 = 10_000
 VAL_SEED0 = 5_000
@@ -377,7 +385,7 @@ def _plot(histories: dict, path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -496,8 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
         "'grid' on the grid families, no such rows on graphs and user matrices)",
     )
     p.add_argument("--no-amg", action="store_true")
-    p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny configuration (a smoke test); writes <name>_quick.json and <name>_quick.png",
+    )
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--name", default="precond", help="results file name (<out>/<name>.json)")
     return p
 
@@ -606,8 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nlearned factors (IC(0)'s nonzeros) and learned polynomial (n) vs IC(0):")
     print(markdown_table(summary))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{args.name}.png"
+    png = figure_path(out, f"{args.name}.png", args.quick)
     _plot(histories, png)
     path = write_results(
         args.name,
@@ -627,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             "plot": str(png),
         },
         out,
+        quick=args.quick,
     )
     print(f"\nwrote {path} and {png}")
     return 0

@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+__all__ = ["FIGURES", "run_demo"]
+
+#: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
+FIGURES = ["precond_demo.png"]
+
 
 def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
     """Train on eight 16x16 diffusion systems, compare PCG on a held-out 48x48 one.
@@ -59,6 +64,8 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
+            from .._bench import save_figure
+
             fig, ax = plt.subplots(figsize=(5, 3.5))
             for name, res in hist.items():
                 ax.semilogy(np.arange(1, len(res) + 1), res, label=name)
@@ -67,7 +74,7 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
             ax.set_title("48x48 diffusion, held out")
             ax.legend()
             fig.tight_layout()
-            fig.savefig(pathlib.Path(outdir) / "precond_demo.png", dpi=100)
+            save_figure(fig, pathlib.Path(outdir) / FIGURES[0], dpi=100)
             plt.close(fig)
         except ImportError:  # pragma: no cover - matplotlib is optional
             pass

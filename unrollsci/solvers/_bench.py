@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from .._bench import Timer, markdown_table, write_results
+from .._bench import Timer, device_arg, markdown_table, output_dir_arg, write_results
 from ..operators import MatrixOperator, SparseOperator
 from . import admm, amp, cg, fista, ista
 from ._problems import gaussian_lasso, poisson2d
@@ -111,10 +111,12 @@ def _cg_rows(n: int, device: torch.device, repeats: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1 seed, Poisson 100x100")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="benchmarks/results")
+    parser = argparse.ArgumentParser(prog="unrollsci bench solvers", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, Poisson 100x100; writes solvers_quick.json"
+    )
+    parser.add_argument("--device", type=device_arg, default="cpu")
+    parser.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     seeds = [0] if args.quick else [0, 1, 2]
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     cg_rows = _cg_rows(grid, device, repeats=1 if args.quick else 3)
     path = write_results(
-        "solvers" if not args.quick else "solvers_quick",
+        "solvers",
         {
             "config": {
                 "lasso": "A 100x200 iid N(0,1/m), 10-sparse x, noise 0.01, tol 1e-10",
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "cg": cg_rows,
         },
         args.out,
+        quick=args.quick,
     )
     print("## Lasso solvers to scikit-learn's solution (relative objective gap)\n")
     print(markdown_table(summary))

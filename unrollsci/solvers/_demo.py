@@ -12,6 +12,11 @@ from . import admm, amp, cg, fista, ista
 from ._problems import gaussian_lasso, poisson2d
 from ._steps import lasso_objective
 
+__all__ = ["FIGURES", "run_demo"]
+
+#: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
+FIGURES = ["solvers_convergence.png"]
+
 
 def run_demo(outdir: Path) -> list[dict]:
     a, _, y = gaussian_lasso(100, 200, 10, seed=0)
@@ -52,7 +57,7 @@ def run_demo(outdir: Path) -> list[dict]:
         }
     )
     curves["cg (Poisson)"] = sol.residuals
-    _plot(curves, outdir / "solvers_convergence.png")
+    _plot(curves, Path(outdir) / FIGURES[0])
     return rows
 
 
@@ -64,6 +69,8 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # matplotlib is in the 'bench' extra
         return
+    from .._bench import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in curves.items():
         ax.semilogy(range(1, len(r) + 1), r, label=name)
@@ -72,5 +79,5 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     ax.set_title("Classical solvers: convergence")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -6,7 +6,8 @@ Bernoulli(0.1) x N(0, 1), ``K = 16`` layers, SNR = inf and 40 dB, 1000 test
 vectors. Learned models train layer-wise on synthetic batches drawn on the fly.
 Writes ``benchmarks/results/lista.json``, a markdown table and ``lista.png``.
 
-Run: ``python benchmarks/lista.py`` (full) or ``--quick`` (a smoke run of seconds).
+Run: ``python benchmarks/lista.py`` (full) or ``--quick`` (a smoke run of seconds, which
+writes ``lista_quick.json``, ``.md`` and ``.png`` instead).
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ def _quick_config() -> dict:
 def _plot(results: dict, cfg: dict, path: Path) -> None:
     import matplotlib
 
+    from .._bench import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -260,13 +263,13 @@ def _plot(results: dict, cfg: dict, path: Path) -> None:
     for ax in axes[0]:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
     """Table rows, JSON and PNG from ``results["by_snr"]``."""
-    from .._bench import markdown_table, write_results
+    from .._bench import markdown_table, write_results, write_text
 
     rows = []
     k = cfg["K"]
@@ -297,10 +300,11 @@ def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
     cols = list(dict.fromkeys(c for r in rows for c in r))
     table = markdown_table(rows, cols)
     print(table)
-    (Path(out) / f"{name}.md").write_text(
+    write_text(
+        Path(out) / f"{name}.md",
         f"# {name}: NMSE (dB) per layer, training time\n\n{table}\n\n"
         f"Total training: wall {total_train:.0f} s, single-thread CPU {total_cpu:.0f} s.\n\n"
-        + "".join(f"- {k}: {v}\n" for k, v in summary.items())
+        + "".join(f"- {k}: {v}\n" for k, v in summary.items()),
     )
     for k, v in summary.items():
         print(f"{k}: {v}")
@@ -373,12 +377,19 @@ def _merge(paths: list[str], out: str, name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the LISTA benchmark (``--quick`` for a short smoke run)."""
     from .. import unrolled
-    from .._bench import write_results
+    from .._bench import output_dir_arg, positive_int_arg, results_name, write_results
+    from .._io import check_writable
     from ..operators import MatrixOperator
 
     parser = argparse.ArgumentParser(prog="unrollsci bench lista", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, seconds; writes <name>_quick.json, .md and .png",
+    )
+    parser.add_argument(
+        "--out", type=output_dir_arg, default="benchmarks/results", help="output folder"
+    )
     parser.add_argument("--name", default="lista", help="results file name (without .json)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
     parser.add_argument(
@@ -390,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--stage-epochs",
-        type=int,
+        type=positive_int_arg,
         default=None,
         help="override the epochs per layer-wise stage of every model (a longer run)",
     )
@@ -429,8 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    stem = results_name(args.name, args.quick)  # the files' name: <name>[_quick]
     if args.merge:
-        return _merge(args.merge, args.out, args.name)
+        missing = [m for m in args.merge if not Path(m).is_file()]
+        if missing:
+            parser.error(f"--merge: no such file: {', '.join(missing)}")
+        try:  # never write the merged file over one of the parts it is made from
+            check_writable([Path(args.out) / f"{stem}.json"], inputs=args.merge, force=True)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+        return _merge(args.merge, args.out, stem)
 
     cfg = _quick_config() if args.quick else _full_config()
     if args.snr is not None:
@@ -500,9 +519,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             # partial results after every model (a long run can be inspected early)
-            write_results(args.name, results, args.out)
+            write_results(stem, results, args.out)
     results["wall_seconds"] = time.perf_counter() - t_all
-    _report(results, cfg, args.out, args.name)
+    _report(results, cfg, args.out, stem)
     return 0
 
 

@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["run_demo"]
+__all__ = ["FIGURES", "run_demo"]
+
+#: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
+FIGURES = ["lista_demo.png"]
 
 
 def run_demo(outdir: Path) -> list[dict[str, Any]]:
@@ -81,6 +84,8 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from .._bench import save_figure
+
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for name, c in curves.items():
             ax.plot(range(1, k + 1), c, marker=".", label=name)
@@ -90,8 +95,7 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        Path(outdir).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(outdir) / "lista_demo.png", dpi=100)
+        save_figure(fig, Path(outdir) / FIGURES[0], dpi=100)
         plt.close(fig)
     except ImportError:  # pragma: no cover - matplotlib optional
         pass

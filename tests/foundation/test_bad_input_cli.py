@@ -1,0 +1,356 @@
+"""The command line never loses a user's file and rejects bad arguments with one clear line.
+
+Exit codes: 0 success (relax: converged), 1 relax not converged, 2 usage error (bad
+argument, an output that exists without --force, an output that is an input), 3 relax
+input/computation error (unreadable structure, unknown element).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+from unrollsci import cli
+from unrollsci._bench import figure_path, results_name, save_figure, write_results
+
+
+def _run(argv):
+    """cli.main's exit status, whether returned or raised by argparse."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# -- relax -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def water(tmp_path):
+    ase_io = pytest.importorskip("ase.io")
+    from ase.build import molecule
+
+    atoms = molecule("H2O")
+    atoms.rattle(0.05, seed=0)
+    path = tmp_path / "water.xyz"
+    ase_io.write(path, atoms)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--cutoff", "abc"], "argument --cutoff: expected a cutoff in Angstrom"),
+        (["--fmax", "-1"], "argument --fmax: expected a finite number > 0, got '-1'"),
+        (["--fmax", "nan"], "argument --fmax"),
+        (["--steps", "-1"], "argument --steps: expected an integer >= 0, got '-1'"),
+        (["--steps", "ten"], "argument --steps"),
+        (["--tol", "0"], "argument --tol"),
+        (["--total-charge", "inf"], "argument --total-charge"),
+        (["--params", "MISSING"], "argument --params: no such file"),
+        (["--params", "MALFORMED"], "is not valid JSON"),
+        (["--params", "LIST"], "must hold a JSON object"),
+        (["--device", "cuda:99"], "argument --device: Device 'cuda:99'"),
+        (["--device", "abacus"], "argument --device"),
+        (["--out", "relaxed.bogus"], "argument --out: cannot tell a structure format"),
+        (["--traj", "t.xyz"], "argument --traj: expected a file name ending in .traj"),
+    ],
+)
+def test_relax_rejects_bad_arguments_with_exit_2(water, args, fragment, capsys):
+    folder = water.parent
+    (folder / "malformed.json").write_text("{'Xe': ")
+    (folder / "list.json").write_text("[1, 2]")
+    subst = {
+        "MISSING": str(folder / "missing.json"),
+        "MALFORMED": str(folder / "malformed.json"),
+        "LIST": str(folder / "list.json"),
+    }
+    args = [subst.get(a, a) for a in args]
+    before = _files(folder)
+    assert _run(["relax", str(water), "--cutoff", "none", *args]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert "unrollsci relax: error:" in err and "Traceback" not in err
+    assert _files(folder) == before  # nothing written
+
+
+def test_relax_missing_structure_file_exit_2(tmp_path, capsys):
+    pytest.importorskip("ase")
+    assert _run(["relax", str(tmp_path / "nothere.xyz")]) == 2
+    assert "argument file: no such file" in capsys.readouterr().err
+
+
+def test_relax_unreadable_structure_exit_3(tmp_path, capsys):
+    pytest.importorskip("ase")
+    junk = tmp_path / "junk.xyz"
+    junk.write_text("this is not\na structure\n")
+    assert _run(["relax", str(junk), "--cutoff", "none"]) == 3
+    err = capsys.readouterr().err
+    assert "unrollsci relax: error: could not read" in err and "Traceback" not in err
+    assert _files(tmp_path) == ["junk.xyz"]
+
+
+def test_relax_unknown_element_exit_3_keeps_existing_outputs(tmp_path, capsys):
+    """The first energy is computed before any file is opened: a failing run with --force
+    leaves the previous trajectory and structure byte for byte (it used to empty the .traj)."""
+    ase_io = pytest.importorskip("ase.io")
+    from ase import Atoms
+
+    path = tmp_path / "xe.xyz"
+    ase_io.write(path, Atoms("XeH", positions=[[0, 0, 0], [0, 0, 1.7]]))
+    old_traj, old_xyz = b"previous trajectory", b"previous structure"
+    (tmp_path / "xe_relaxed.traj").write_bytes(old_traj)
+    (tmp_path / "xe_relaxed.xyz").write_bytes(old_xyz)
+    assert _run(["relax", str(path), "--cutoff", "none", "--force"]) == 3
+    err = capsys.readouterr().err
+    assert "unrollsci relax: error: No QEq parameters for element 'Xe'" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "xe_relaxed.traj").read_bytes() == old_traj
+    assert (tmp_path / "xe_relaxed.xyz").read_bytes() == old_xyz
+    assert _files(tmp_path) == ["xe.xyz", "xe_relaxed.traj", "xe_relaxed.xyz"]  # no temp left
+
+
+def test_relax_refuses_existing_output_without_force(water, capsys):
+    out = water.parent / "water_relaxed.xyz"
+    out.write_text("keep me")
+    assert _run(["relax", str(water), "--cutoff", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "Refusing to write over the existing file" in err and "--force" in err
+    assert out.read_text() == "keep me"
+    assert not (water.parent / "water_relaxed.traj").exists()  # refused before anything ran
+    # the existing trajectory alone is protected too
+    out.unlink()
+    traj = water.parent / "water_relaxed.traj"
+    traj.write_bytes(b"old run")
+    assert _run(["relax", str(water), "--cutoff", "none"]) == 2
+    assert "water_relaxed.traj" in capsys.readouterr().err
+    assert traj.read_bytes() == b"old run" and not out.exists()
+
+
+def test_relax_force_replaces_outputs(water, capsys):
+    from ase.io import read
+
+    out, traj = water.parent / "water_relaxed.xyz", water.parent / "water_relaxed.traj"
+    out.write_text("old")
+    traj.write_bytes(b"old")
+    assert _run(["relax", str(water), "--cutoff", "none", "--force"]) == 0
+    assert "converged after" in capsys.readouterr().out
+    assert len(read(out)) == 3 and len(read(traj, index=":")) >= 2
+    assert _files(water.parent) == ["water.xyz", "water_relaxed.traj", "water_relaxed.xyz"]
+
+
+def test_relax_never_writes_over_its_input(water, capsys):
+    original = water.read_bytes()
+    assert _run(["relax", str(water), "--cutoff", "none", "--out", str(water), "--force"]) == 2
+    assert "it is an input of this command" in capsys.readouterr().err
+    assert water.read_bytes() == original
+
+
+def test_relax_trajectory_input_is_not_replaced_by_the_trajectory(water, capsys):
+    """relax a.traj --out a.xyz: the relaxation trajectory's default name is a.traj."""
+    from ase.io import read, write
+
+    src = water.parent / "a.traj"
+    write(src, read(water))
+    original = src.read_bytes()
+    out = water.parent / "a.xyz"
+    assert _run(["relax", str(src), "--cutoff", "none", "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "it is an input of this command" in err and "--traj" in err
+    assert src.read_bytes() == original and not out.exists()
+    # with another trajectory name it runs; 2 steps do not converge: exit 1
+    other = water.parent / "run.traj"
+    argv = ["relax", str(src), "--cutoff", "none", "--out", str(out), "--traj", str(other)]
+    assert _run([*argv, "--steps", "2"]) == 1
+    assert "NOT converged after 2 steps" in capsys.readouterr().out
+    assert src.read_bytes() == original
+    assert len(read(other, index=":")) == 3 and len(read(out)) == 3
+
+
+def test_relax_same_file_for_structure_and_trajectory(water, capsys):
+    out = water.parent / "r.traj"
+    assert _run(["relax", str(water), "--cutoff", "none", "--out", str(out)]) == 2
+    assert "Two outputs name the same file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_relax_options_before_the_file(water, capsys):
+    out = water.parent / "early.xyz"
+    assert _run(["relax", "--cutoff", "none", "--steps", "0", "--out", str(out), str(water)]) == 1
+    assert "NOT converged after 0 steps" in capsys.readouterr().out
+    assert out.exists() and out.with_suffix(".traj").exists()
+
+
+def test_relax_help_documents_exit_codes(capsys):
+    pytest.importorskip("ase")
+    assert _run(["relax", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "exit status:" in out and "--force" in out
+    for line in ("0  converged", "1  not converged", "2  usage error", "3  input or computation"):
+        assert line in out
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def test_demo_unknown_section_exit_2(tmp_path, capsys):
+    assert _run(["demo", "--only", "bogus", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err
+    for name in ("solvers", "unrolled", "graph", "chem", "precond", "imaging"):
+        assert name in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_out_naming_a_file_exit_2(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    assert _run(["demo", "--only", "solvers", "--out", str(f)]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert _run(["demo", "--only", "solvers", "--out", str(f / "sub")]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert f.read_text() == "mine"
+
+
+def test_demo_refuses_to_replace_a_figure_without_force(tmp_path, capsys):
+    fig = tmp_path / "solvers_convergence.png"
+    fig.write_bytes(b"my figure")
+    assert _run(["demo", "--only", "solvers", "chem", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "unrollsci demo: error: Refusing to write over the existing file" in captured.err
+    assert "--force" in captured.err and "Traceback" not in captured.err
+    assert "Classical solvers" not in captured.out  # refused before any section ran
+    assert fig.read_bytes() == b"my figure"
+
+
+def test_demo_force_replaces_exactly_the_declared_figures(tmp_path, capsys):
+    from unrollsci.solvers._demo import FIGURES
+
+    (tmp_path / FIGURES[0]).write_bytes(b"old")
+    assert _run(["demo", "--only", "solvers", "--out", str(tmp_path), "--force"]) == 0
+    assert "Classical solvers" in capsys.readouterr().out
+    assert _files(tmp_path) == sorted(FIGURES)  # declared up front, no temporary file left
+    assert (tmp_path / FIGURES[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_demo_section_declares_its_figures():
+    for _, module in cli.DEMO_SECTIONS:
+        figures = importlib.import_module(module).FIGURES
+        assert isinstance(figures, list) and all(isinstance(f, str) for f in figures), module
+        assert len(set(figures)) == len(figures)
+    names = [f for _, m in cli.DEMO_SECTIONS for f in importlib.import_module(m).FIGURES]
+    assert len(set(names)) == len(names)  # sections never write the same file
+
+
+# -- bench -----------------------------------------------------------------------------------
+
+
+def test_quick_results_names():
+    assert results_name("radon") == "radon"
+    assert results_name("radon", quick=True) == "radon_quick"
+    assert results_name("solvers_quick", quick=True) == "solvers_quick"
+    assert figure_path("out", "graph_convergence.png", quick=True).name == (
+        "graph_convergence_quick.png"
+    )
+    assert figure_path("out", "qeq.png").name == "qeq.png"
+
+
+def test_write_results_quick_never_replaces_full_results(tmp_path):
+    full = tmp_path / "radon.json"
+    full.write_bytes(b'{"full": "results"}')
+    path = write_results("radon", {"x": 1.5}, tmp_path, quick=True)
+    assert path == tmp_path / "radon_quick.json"
+    assert full.read_bytes() == b'{"full": "results"}'
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == "radon_quick" and data["x"] == 1.5
+    # a full run replaces the full results (that is its job), leaving no temporary file
+    write_results("radon", {"x": 2.5}, tmp_path)
+    assert json.loads(full.read_text())["x"] == 2.5
+    assert _files(tmp_path) == ["radon.json", "radon_quick.json"]
+
+
+def test_write_results_failure_keeps_previous_file(tmp_path):
+    full = tmp_path / "qeq.json"
+    full.write_bytes(b"previous")
+    with pytest.raises(TypeError):  # not JSON serializable: nothing replaced
+        write_results("qeq", {"bad": object()}, tmp_path)
+    assert full.read_bytes() == b"previous" and _files(tmp_path) == ["qeq.json"]
+
+
+def test_save_figure_is_atomic(tmp_path):
+    class Broken:
+        def savefig(self, f, **kw):
+            f.write(b"half a figure")
+            raise RuntimeError("disk full")
+
+    png = tmp_path / "plot.png"
+    png.write_bytes(b"old figure")
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_figure(Broken(), png, dpi=100)
+    assert png.read_bytes() == b"old figure" and _files(tmp_path) == ["plot.png"]
+
+    class Fine:
+        def savefig(self, f, format=None, **kw):
+            assert format == "png" and kw == {"dpi": 100}
+            f.write(b"new figure")
+
+    save_figure(Fine(), png, dpi=100)
+    assert png.read_bytes() == b"new figure" and _files(tmp_path) == ["plot.png"]
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "module"),
+    [
+        ("qeq", ["--reps", "2", "--repeats", "1", "--no-lammps"], None),
+        ("radon", [], "skimage"),
+    ],
+)
+def test_quick_bench_leaves_full_results_byte_identical(tmp_path, name, args, module, capsys):
+    if module:
+        pytest.importorskip(module)
+    full = tmp_path / f"{name}.json"
+    full.write_bytes(b'{"committed": "full results"}\n')
+    assert cli.main(["bench", name, "--quick", *args, "--out", str(tmp_path)]) == 0
+    assert full.read_bytes() == b'{"committed": "full results"}\n'
+    quick = json.loads((tmp_path / f"{name}_quick.json").read_text())
+    assert quick["benchmark"] == f"{name}_quick"
+    assert all(f == full.name or f.startswith(f"{name}_quick") for f in _files(tmp_path)), _files(
+        tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["bench", "solvers", "--device", "cuda:99"], "argument --device: Device 'cuda:99'"),
+        (["bench", "md", "--steps", "0"], "argument --steps: expected an integer >= 1"),
+        (["bench", "qeq", "--threads", "-2"], "argument --threads"),
+        (["bench", "radon", "--out", "FILE"], "is an existing file, not a folder"),
+        (["bench", "lista", "--out", "FILE/sub"], "is an existing file, not a folder"),
+    ],
+)
+def test_bench_bad_arguments_exit_2(tmp_path, argv, fragment, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    argv = [a.replace("FILE", str(f)) for a in argv]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    assert f.read_text() == "x"
+
+
+def test_bench_lista_merge_never_writes_over_a_part(tmp_path, capsys):
+    part = tmp_path / "lista.json"
+    part.write_bytes(b"{}")
+    argv = ["bench", "lista", "--out", str(tmp_path), "--merge", str(part)]
+    assert _run(argv) == 2
+    assert "it is an input of this command" in capsys.readouterr().err
+    assert part.read_bytes() == b"{}"
+    assert _run([*argv[:-1], str(tmp_path / "nope.json")]) == 2
+    assert "--merge: no such file" in capsys.readouterr().err
