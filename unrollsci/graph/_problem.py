@@ -222,14 +222,15 @@ class GraphInverseProblem:
 
         # message passing (edge_index, degree) runs over neighbours: self-loops enter
         # only the Laplacian (networkx's convention, see laplacian_matrix)
-        nbr = adj.copy()
-        nbr.setdiag(0.0)
-        nbr.eliminate_zeros()
-        coo = nbr.tocoo()
-        self.edge_index = torch.as_tensor(np.vstack([coo.row, coo.col]), device=device)
-        self.edge_weight = torch.as_tensor(coo.data, device=device, dtype=dtype)
+        # (filtered from the COO entries: setdiag(0) on a matrix without a stored diagonal
+        # would insert n explicit entries first)
+        coo = adj.tocoo()
+        off = (coo.row != coo.col) & (coo.data != 0)
+        rows, cols, vals = coo.row[off], coo.col[off], coo.data[off]
+        self.edge_index = torch.as_tensor(np.vstack([rows, cols]), device=device)
+        self.edge_weight = torch.as_tensor(vals, device=device, dtype=dtype)
         self.degree = torch.as_tensor(
-            np.asarray(nbr.sum(axis=1)).ravel(), device=device, dtype=dtype
+            np.bincount(rows, weights=vals, minlength=n), device=device, dtype=dtype
         )
         self.lap_rowabs_np = np.asarray(abs(self.lap_scipy).sum(axis=1)).ravel()
         self.lap = SparseOperator(self.lap_scipy).to(device)
