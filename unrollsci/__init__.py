@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-from ._validation import ConvergenceError, ConvergenceWarning, UnrollsciWarning  # noqa: E402
-
 __all__ = ["ConvergenceError", "ConvergenceWarning", "UnrollsciWarning", "__version__"]
+
+_LAZY = {"ConvergenceError", "ConvergenceWarning", "UnrollsciWarning"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import unrollsci` (and `unrollsci --help`) does not import torch.
+    if name in _LAZY:
+        from . import _validation
+
+        return getattr(_validation, name)
+    raise AttributeError(f"module 'unrollsci' has no attribute {name!r}")

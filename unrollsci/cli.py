@@ -117,15 +117,9 @@ def _relax(argv: list[str]) -> int:
 
 def _output_folder(text: str) -> str:
     """argparse ``type=`` of ``demo --out``: a folder, not an existing file."""
-    path = Path(text)
-    for folder in (path, *path.parents):  # the nearest existing one must be a folder
-        if folder.exists():
-            if not folder.is_dir():
-                raise argparse.ArgumentTypeError(
-                    f"{str(folder)!r} is an existing file, not a folder"
-                )
-            break
-    return text
+    from ._bench import output_dir_arg  # lazy: _bench imports torch
+
+    return output_dir_arg(text)
 
 
 EPILOG = """\
