@@ -5,7 +5,7 @@ Usage: python benchmarks/ct.py [--quick] [--train-seconds 1200] [--variants free
 
 import sys
 
-from unrollsci.imaging._bench import main
+from unrollsci.bench.ct import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

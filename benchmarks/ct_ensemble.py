@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from unrollsci._bench import Timer, markdown_table, write_results
+from unrollsci.bench._common import Timer, markdown_table, write_results
+from unrollsci.bench.ct import SEEDS, _tv, make_data, scores
 from unrollsci.imaging import Radon, UnrolledCT, self_ensemble
-from unrollsci.imaging._bench import SEEDS, _tv, make_data, scores
 from unrollsci.train import load_checkpoint
 
 

@@ -1,8 +1,8 @@
-"""Graph signal inversion benchmark: see unrollsci/graph/_bench.py (``--quick`` for a short run)."""
+"""Graph signal inversion benchmark: see unrollsci/bench/graph.py (``--quick`` for a short run)."""
 
 import sys
 
-from unrollsci.graph._bench import main
+from unrollsci.bench.graph import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unrollsci._bench import markdown_table, write_results
+from unrollsci.bench._common import markdown_table, write_results
 from unrollsci.graph import inpainting_problem, load_minnesota, road_graph, sensor_graph
 
 K = 10
@@ -74,7 +74,7 @@ def main() -> int:
                 "on Minnesota": run(minn, t)[0],
             }
         )
-    from unrollsci.graph._baselines import classical_iterates
+    from unrollsci.bench.graph import classical_iterates
 
     base = classical_iterates(minn[0], K)
     ref = {m: float(minn[0].relative_error(base[m]).mean()) for m in ("CG", "Jacobi-PCG")}

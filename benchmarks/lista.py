@@ -2,7 +2,7 @@
 
 import sys
 
-from unrollsci.unrolled._bench import main
+from unrollsci.bench.lista import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

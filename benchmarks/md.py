@@ -2,7 +2,7 @@
 
 import sys
 
-from unrollsci.chem._bench_md import main
+from unrollsci.bench.md import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

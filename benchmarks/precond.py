@@ -1,8 +1,8 @@
-"""Learned preconditioners vs none / Jacobi / IC(0) / AMG; see unrollsci/precond/_bench.py."""
+"""Learned preconditioners vs none / Jacobi / IC(0) / AMG; see unrollsci/bench/precond.py."""
 
 import sys
 
-from unrollsci.precond._bench import main
+from unrollsci.bench.precond import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

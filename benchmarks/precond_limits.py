@@ -41,10 +41,17 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from unrollsci._bench import markdown_table, write_results
-from unrollsci.precond import FAMILIES, ic0, lower_pattern, mic0, reorder, unrolled_pcg
-from unrollsci.precond._bench import AUTO_ORDERINGS, TEST_SEED0
-from unrollsci.precond._classical import FactorPreconditioner
+from unrollsci.bench._common import markdown_table, write_results
+from unrollsci.bench.precond import AUTO_ORDERINGS, TEST_SEED0
+from unrollsci.precond import (
+    FAMILIES,
+    FactorPreconditioner,
+    ic0,
+    lower_pattern,
+    mic0,
+    reorder,
+    unrolled_pcg,
+)
 from unrollsci.solvers import cg
 
 

@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from unrollsci._bench import markdown_table, write_results
-from unrollsci.precond._bench import _ordering, _systems, _train, build_parser, time_methods
+from unrollsci.bench._common import markdown_table, write_results
+from unrollsci.bench.precond import _ordering, _systems, _train, build_parser, time_methods
 
 METHODS = ("ic0", "mic0", "learned-factor-mic", "learned-factor")
 

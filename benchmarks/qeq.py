@@ -1,8 +1,8 @@
-"""QEq performance vs LAMMPS: ``python benchmarks/qeq.py [--quick]`` (see unrollsci.chem._bench)."""
+"""QEq performance vs LAMMPS: ``python benchmarks/qeq.py [--quick]`` (see unrollsci.bench.qeq)."""
 
 import sys
 
-from unrollsci.chem._bench import main
+from unrollsci.bench.qeq import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,7 @@ Usage: python benchmarks/radon.py [--quick]
 
 import sys
 
-from unrollsci.imaging._bench_radon import main
+from unrollsci.bench.radon import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

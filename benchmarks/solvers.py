@@ -1,8 +1,8 @@
-"""Classical solvers benchmark: see unrollsci/solvers/_bench.py (``unrollsci bench solvers``)."""
+"""Classical solvers benchmark: see unrollsci/bench/solvers.py (``unrollsci bench solvers``)."""
 
 import sys
 
-from unrollsci.solvers._bench import main
+from unrollsci.bench.solvers import main
 
 if __name__ == "__main__":
     sys.exit(main())

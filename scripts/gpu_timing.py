@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unrollsci._bench import Timer, markdown_table, write_results
+from unrollsci.bench._common import Timer, markdown_table, write_results
 
 
 def best_of(fn, device: torch.device, repeats: int = 3) -> float:
@@ -37,9 +37,9 @@ def radon_case(device):
 
 
 def cg_case(device):
+    from unrollsci.bench.solvers import poisson2d
     from unrollsci.operators import SparseOperator
     from unrollsci.solvers import cg
-    from unrollsci.solvers._problems import poisson2d
 
     a = SparseOperator(poisson2d(316)).to(device)
     b = torch.tensor(np.random.default_rng(0).standard_normal((1, 316 * 316)), device=device)

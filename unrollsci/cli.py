@@ -1,7 +1,8 @@
 """The ``unrollsci`` command: ``demo``, ``bench NAME``, ``relax FILE``.
 
-Each capability contributes a demo section and a benchmark through a module
-listed below, so this file stays a thin dispatcher:
+Each capability contributes a demo section and a benchmark through a module of
+:mod:`unrollsci.bench` listed below (imported lazily: the library never imports
+``unrollsci.bench``), so this file stays a thin dispatcher:
 
 * demo section: ``run_demo(outdir: pathlib.Path) -> list[dict]`` rows for the table, and
   ``FIGURES: list[str]``, the files it writes into ``outdir`` (checked before anything runs);
@@ -23,24 +24,24 @@ from . import __version__
 
 #: (title, module) of each demo section, in the order they run.
 DEMO_SECTIONS: list[tuple[str, str]] = [
-    ("Classical solvers", "unrollsci.solvers._demo"),
-    ("LISTA vs ISTA", "unrollsci.unrolled._demo"),
-    ("Graph signal inversion", "unrollsci.graph._demo"),
-    ("Charge equilibration", "unrollsci.chem._demo"),
-    ("Learned preconditioner", "unrollsci.precond._demo"),
-    ("CT reconstruction", "unrollsci.imaging._demo"),
+    ("Classical solvers", "unrollsci.bench.demo.solvers"),
+    ("LISTA vs ISTA", "unrollsci.bench.demo.unrolled"),
+    ("Graph signal inversion", "unrollsci.bench.demo.graph"),
+    ("Charge equilibration", "unrollsci.bench.demo.chem"),
+    ("Learned preconditioner", "unrollsci.bench.demo.precond"),
+    ("CT reconstruction", "unrollsci.bench.demo.imaging"),
 ]
 
 #: benchmark name -> module with ``main(argv)``.
 BENCHMARKS: dict[str, str] = {
-    "solvers": "unrollsci.solvers._bench",
-    "lista": "unrollsci.unrolled._bench",
-    "graph": "unrollsci.graph._bench",
-    "qeq": "unrollsci.chem._bench",
-    "md": "unrollsci.chem._bench_md",
-    "precond": "unrollsci.precond._bench",
-    "radon": "unrollsci.imaging._bench_radon",
-    "ct": "unrollsci.imaging._bench",
+    "solvers": "unrollsci.bench.solvers",
+    "lista": "unrollsci.bench.lista",
+    "graph": "unrollsci.bench.graph",
+    "qeq": "unrollsci.bench.qeq",
+    "md": "unrollsci.bench.md",
+    "precond": "unrollsci.bench.precond",
+    "radon": "unrollsci.bench.radon",
+    "ct": "unrollsci.bench.ct",
 }
 
 
@@ -56,12 +57,14 @@ def _available(module: str) -> bool:
 
 
 def _section_name(module: str) -> str:
-    return module.split(".")[1]
+    """``--only`` name of a demo section: its module's last component."""
+    return module.rsplit(".", 1)[1]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._bench import markdown_table
     from ._io import check_writable
+
+    markdown_table = importlib.import_module("unrollsci.bench._common").markdown_table
 
     outdir = Path(args.out)
     wanted = set(args.only or [])
@@ -117,9 +120,8 @@ def _relax(argv: list[str]) -> int:
 
 def _output_folder(text: str) -> str:
     """argparse ``type=`` of ``demo --out``: a folder, not an existing file."""
-    from ._bench import output_dir_arg  # lazy: _bench imports torch
-
-    return output_dir_arg(text)
+    # lazy: unrollsci.bench imports torch
+    return importlib.import_module("unrollsci.bench._common").output_dir_arg(text)
 
 
 EPILOG = """\

@@ -1,14 +1,13 @@
 """Regression tests from the trust issue: the polarization-catastrophe check holds for every
 right-hand side (dense projected Cholesky, checked against numpy eigenvalues), devices that do
-not exist raise ValueError, and a LAMMPS install whose shared library cannot load is reported
-as unavailable (ImportError), not as a failure later."""
+not exist raise ValueError. (The LAMMPS probe's tests, a LAMMPS install whose shared library
+cannot load reported as unavailable, are in tests/bench/test_lammps_probe.py.)"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-import unrollsci.chem
 from unrollsci.chem import (
     BUILTIN_PARAMS,
     PolarizationCatastropheError,
@@ -303,50 +301,3 @@ def test_resolve_params_missing_device_raises_value_error():
 def test_calculator_plain_cuda_without_cuda_raises_value_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         QEqCalculator(device="cuda")
-
-
-# --------------------------------------------------------------------------- LAMMPS probe
-
-
-def _import_lammps_helper_with(monkeypatch, fake):
-    """Import unrollsci.chem._lammps afresh with ``fake`` as the ``lammps`` package."""
-    monkeypatch.setitem(sys.modules, "lammps", fake)
-    monkeypatch.delitem(sys.modules, "unrollsci.chem._lammps", raising=False)
-    monkeypatch.delattr(unrollsci.chem, "_lammps", raising=False)
-    return importlib.import_module("unrollsci.chem._lammps")
-
-
-def test_lammps_that_imports_but_cannot_load_is_an_import_error(monkeypatch):
-    """The package imports, the constructor fails (no libmpi.so.12): ImportError with the
-    reason, which the test module turns into a skip and the benchmark into 'LAMMPS not
-    available'."""
-    fake = types.ModuleType("lammps")
-
-    def broken(*args, **kwargs):
-        raise OSError("libmpi.so.12: cannot open shared object file: No such file or directory")
-
-    fake.lammps = broken
-    with pytest.raises(ImportError, match="cannot start LAMMPS: OSError: libmpi.so.12"):
-        _import_lammps_helper_with(monkeypatch, fake)
-
-
-def test_lammps_missing_package_is_an_import_error(monkeypatch):
-    with pytest.raises(ImportError, match="cannot import the 'lammps' package"):
-        _import_lammps_helper_with(monkeypatch, None)
-
-
-def test_lammps_that_starts_is_usable(monkeypatch):
-    calls = []
-
-    class Fine:
-        def __init__(self, cmdargs=None):
-            calls.append(cmdargs)
-
-        def close(self):
-            calls.append("closed")
-
-    fake = types.ModuleType("lammps")
-    fake.lammps = Fine
-    mod = _import_lammps_helper_with(monkeypatch, fake)
-    assert mod.lammps_unavailable_reason() is None
-    assert calls[0] == ["-nocite", "-log", "none", "-screen", "none"] and calls[1] == "closed"

@@ -1,6 +1,6 @@
 """Charges agree with LAMMPS ``fix qeq/shielded`` (skipped when LAMMPS cannot start here).
 
-The skip condition creates a LAMMPS instance (importing ``unrollsci.chem._lammps`` does),
+The skip condition creates a LAMMPS instance (importing ``unrollsci.bench.lammps`` does),
 so an installed ``lammps`` package whose shared library cannot load (no ``libmpi.so.12``)
 skips with the reason instead of failing.
 
@@ -19,7 +19,7 @@ from ase.build import bulk
 from unrollsci.chem import solve_charges
 
 try:
-    from unrollsci.chem._lammps import lammps_qeq_shielded
+    from unrollsci.bench.lammps import lammps_qeq_shielded
 except ImportError as exc:
     pytest.skip(str(exc), allow_module_level=True)
 

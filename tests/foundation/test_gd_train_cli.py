@@ -150,18 +150,6 @@ def test_cli_version(capsys):
     assert __version__ in capsys.readouterr().out
 
 
-def test_cli_demo_solvers_section(tmp_path, capsys):
-    assert cli_main(["demo", "--only", "solvers", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "Classical solvers" in out and "| fista |" in out
-    assert (tmp_path / "solvers_convergence.png").exists()
-
-
-def test_cli_unknown_benchmark(capsys):
-    assert cli_main(["bench", "nope"]) == 2
-    assert "unknown benchmark" in capsys.readouterr().err
-
-
 def test_console_script_entry_point():
     out = subprocess.run(
         [sys.executable, "-m", "unrollsci.cli", "--version"],

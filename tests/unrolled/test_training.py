@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from unrollsci import solvers
+from unrollsci.bench.lista import make_problem, oracle_nmse_db, sample
 from unrollsci.losses import kkt_residual, mse, nmse_db
 from unrollsci.operators import MatrixOperator
 from unrollsci.train import fit, load_checkpoint
 from unrollsci.unrolled import ALISTA, LISTA, LISTACP, UnrolledFISTA, error_decomposition
-from unrollsci.unrolled._bench import make_problem, oracle_nmse_db, sample
 
 M, N, LAM = 30, 60, 0.05
 
@@ -213,7 +213,7 @@ def test_copy_layer_and_stage_hook(device):
 
 
 def test_kkt_stage_lam_continuation():
-    from unrollsci.unrolled._bench import kkt_stage_lam
+    from unrollsci.bench.lista import kkt_stage_lam
 
     # constant without a start value
     assert [kkt_stage_lam(k, 4, 0.1, None) for k in (1, 2, 4)] == [0.1, 0.1, 0.1]

@@ -18,7 +18,7 @@ FIGURES = ["ct_demo.png"]
 def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[float]]:
     """PSNR (data range 1); SSIM from scikit-image when it is installed, else NaN."""
     try:
-        from ._bench import scores
+        from ..ct import scores
 
         return scores(x_hat, x)
     except ImportError:
@@ -34,13 +34,11 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
     8 held-out test phantoms (the setting of ``benchmarks/ct.py``, much shorter). Returns
     table rows (method, mean PSNR, mean SSIM, seconds per image) and writes ``ct_demo.png``.
     """
-    from ..operators._radon import Radon, fbp
-    from ..solvers._solution import ConvergenceWarning
-    from ..train import fit
-    from ._baselines import tv_reconstruction
-    from ._bench import make_data
-    from ._lipschitz import lipschitz_bound
-    from ._unrolled import UnrolledCT
+    from ..._validation import ConvergenceWarning
+    from ...imaging import UnrolledCT, lipschitz_bound, tv_reconstruction
+    from ...operators import Radon, fbp
+    from ...train import fit
+    from ..ct import make_data
 
     torch.manual_seed(0)
     size, angles, photons, n_test = 64, 30, 1e4, 8
@@ -101,7 +99,7 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from .._bench import save_figure
+        from .._common import save_figure
 
         fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
         for ax, (name, img) in zip(axes, [("phantom", x), *images.items()], strict=True):

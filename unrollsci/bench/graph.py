@@ -19,7 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import (
+from ..graph import (
+    MODES,
+    GraphInverseProblem,
+    StepController,
+    UnrolledGraphGD,
+    graph_loss,
+    inpainting_problem,
+    load_minnesota,
+    random_graph,
+    road_graph,
+    sensor_graph,
+)
+from ..graph._baselines import BASELINES, classical_iterates
+from ._common import (
     Timer,
     figure_path,
     markdown_table,
@@ -28,11 +41,6 @@ from .._bench import (
     save_figure,
     write_results,
 )
-from ._baselines import BASELINES, classical_iterates
-from ._controller import StepController
-from ._data import inpainting_problem, load_minnesota, random_graph, road_graph, sensor_graph
-from ._model import MODES, UnrolledGraphGD, graph_loss
-from ._problem import GraphInverseProblem
 
 __all__ = ["main", "train_models", "training_problems", "TRAIN_KINDS"]
 

@@ -8,10 +8,15 @@ from typing import Any
 
 import torch
 
-from ._baselines import BASELINES, classical_iterates
-from ._controller import StepController
-from ._data import inpainting_problem, sensor_graph
-from ._model import MODES, UnrolledGraphGD, graph_loss
+from ...graph import (
+    MODES,
+    StepController,
+    UnrolledGraphGD,
+    graph_loss,
+    inpainting_problem,
+    sensor_graph,
+)
+from ...graph._baselines import BASELINES, classical_iterates
 
 __all__ = ["FIGURES", "run_demo"]
 
@@ -26,7 +31,7 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
     Returns:
         table rows: method, energy-norm relative error at K = 10, certified windows.
     """
-    from ..train import fit
+    from ...train import fit
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -98,7 +103,7 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .._bench import save_figure
+    from .._common import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, c in curves.items():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .._bench import Timer, markdown_table, output_dir_arg, positive_int_arg, write_results
+from ._common import Timer, markdown_table, output_dir_arg, positive_int_arg, write_results
 
 DEEPINV_FORWARD_S = 0.46  # issue 7: deepinv Tomography, batch of 16, 128x128, 180 angles
 
@@ -70,8 +70,8 @@ class RotateSum:
 def main(argv: list[str] | None = None) -> int:
     from skimage.transform import iradon, radon
 
+    from ..imaging import shepp_logan
     from ..operators._radon import Radon, _system_matrix
-    from ._phantoms import shepp_logan
 
     p = argparse.ArgumentParser(prog="unrollsci bench radon", description=__doc__)
     p.add_argument("--quick", action="store_true", help="64 x 64, 60 angles; radon_quick.json")

@@ -21,16 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import (
+from ..chem import BornMayer, QEqCalculator
+from ._common import (
     device_arg,
     markdown_table,
     output_dir_arg,
     positive_int_arg,
     write_results,
 )
-from ._bench import NACL_PARAMS
-from ._calculator import QEqCalculator
-from ._short_range import BornMayer
+from .qeq import NACL_PARAMS
 
 __all__ = ["main"]
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from unrollsci.bench.ct import PhantomPool, dihedral
 from unrollsci.imaging import Radon
-from unrollsci.imaging._bench import PhantomPool, dihedral
 from unrollsci.imaging._phantoms import ellipse_image
 
 

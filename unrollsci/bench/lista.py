@@ -240,7 +240,7 @@ def _quick_config() -> dict:
 def _plot(results: dict, cfg: dict, path: Path) -> None:
     import matplotlib
 
-    from .._bench import save_figure
+    from ._common import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -269,7 +269,7 @@ def _plot(results: dict, cfg: dict, path: Path) -> None:
 
 def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
     """Table rows, JSON and PNG from ``results["by_snr"]``."""
-    from .._bench import markdown_table, write_results, write_text
+    from ._common import markdown_table, write_results, write_text
 
     rows = []
     k = cfg["K"]
@@ -377,9 +377,9 @@ def _merge(paths: list[str], out: str, name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the LISTA benchmark (``--quick`` for a short smoke run)."""
     from .. import unrolled
-    from .._bench import output_dir_arg, positive_int_arg, results_name, write_results
     from .._io import check_writable
     from ..operators import MatrixOperator
+    from ._common import output_dir_arg, positive_int_arg, results_name, write_results
 
     parser = argparse.ArgumentParser(prog="unrollsci bench lista", description=__doc__)
     parser.add_argument(

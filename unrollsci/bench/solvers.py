@@ -12,11 +12,10 @@ import time
 import numpy as np
 import torch
 
-from .._bench import Timer, device_arg, markdown_table, output_dir_arg, write_results
 from ..operators import MatrixOperator, SparseOperator
-from . import admm, amp, cg, fista, ista
-from ._problems import gaussian_lasso, poisson2d
-from ._steps import lasso_objective
+from ..solvers import admm, amp, cg, fista, ista, lasso_objective
+from ..solvers._problems import gaussian_lasso, poisson2d
+from ._common import Timer, device_arg, markdown_table, output_dir_arg, write_results
 
 
 def _lasso_rows(seeds: list[int], lams: list[float], device: torch.device) -> list[dict]:

@@ -22,13 +22,13 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
     Returns table rows (method, NMSE in dB after K layers/iterations, training
     seconds) and writes ``lista_demo.png`` (NMSE per layer) into ``outdir``.
     """
-    from .. import solvers
-    from .._validation import ConvergenceWarning
-    from ..losses import mse, nmse_db
-    from ..operators import MatrixOperator
-    from ..train import fit
-    from . import ALISTA, LISTACP
-    from ._bench import make_problem, sample
+    from ... import solvers
+    from ..._validation import ConvergenceWarning
+    from ...losses import mse, nmse_db
+    from ...operators import MatrixOperator
+    from ...train import fit
+    from ...unrolled import ALISTA, LISTACP
+    from ..lista import make_problem, sample
 
     torch.manual_seed(0)
     m, n, k, lam, p = 40, 80, 8, 0.05, 0.1
@@ -84,7 +84,7 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from .._bench import save_figure
+        from .._common import save_figure
 
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for name, c in curves.items():

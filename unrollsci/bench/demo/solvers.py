@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..operators import MatrixOperator
-from . import admm, amp, cg, fista, ista
-from ._problems import gaussian_lasso, poisson2d
-from ._steps import lasso_objective
+from ...operators import MatrixOperator
+from ...solvers import admm, amp, cg, fista, ista, lasso_objective
+from ...solvers._problems import gaussian_lasso, poisson2d
 
 __all__ = ["FIGURES", "run_demo"]
 
@@ -69,7 +68,7 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # matplotlib is in the 'bench' extra
         return
-    from .._bench import save_figure
+    from .._common import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in curves.items():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import (
+from ._common import (
     Timer,
     figure_path,
     markdown_table,
@@ -70,7 +70,7 @@ def _methods(args: argparse.Namespace, ordering: str | None = None) -> list[str]
 
 
 def _setup(method: str, a: Any, models: dict[str, Any]) -> tuple[Any, int]:
-    from . import amg, chebyshev, ic0, jacobi, mic0
+    from ..precond import amg, chebyshev, ic0, jacobi, mic0
 
     if method == "none":
         return None, 0
@@ -131,7 +131,7 @@ def _systems(
     ``--test-systems`` matrices are the held-out test systems, the ``--val-systems``
     before them validate, and the rest train (e.g. early time steps train, late ones test).
     """
-    from . import FAMILIES
+    from ..precond import FAMILIES
 
     if family == USER:
         assert user is not None
@@ -164,8 +164,8 @@ def _tune_chebyshev(val: list[Any], args: argparse.Namespace) -> tuple[tuple[int
     smaller ratio): a tuned classical baseline, chosen without the test systems and
     without timings (at a fixed degree, fewer iterations is less work), so the choice is
     the same in every run. Without validation systems: ratio 0.01."""
+    from ..precond import chebyshev
     from ..solvers import cg
-    from . import chebyshev
 
     k = args.poly_degree
     if not val:
@@ -190,7 +190,7 @@ def _train(
     cheb: tuple[int, float] = (8, 0.01),
     ordering: str | None = None,
 ) -> tuple[dict, dict]:
-    from . import LearnedPreconditioner, fit_preconditioner
+    from ..precond import LearnedPreconditioner, fit_preconditioner
 
     models, info = {}, {}
 
@@ -332,8 +332,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def reference_check(seed: int = 0, rtol: float = 1e-8) -> dict[str, int]:
     """PCG iterations on one 100x100 ``diffusion2d`` system (sigma 1), for comparison with
     the issue's reference (none 270, Jacobi 130, IC(0) 44, PyAMG SA 9)."""
+    from ..precond import amg, diffusion2d, ic0, jacobi
     from ..solvers import cg
-    from . import amg, diffusion2d, ic0, jacobi
 
     a = diffusion2d(100, 1.0, seed=seed)
     b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
@@ -391,7 +391,7 @@ def _plot(histories: dict, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line (also the defaults that other precond scripts reuse)."""
-    from . import FAMILIES
+    from ..precond import FAMILIES
 
     p = argparse.ArgumentParser(prog="unrollsci bench precond", description=__doc__)
     p.add_argument(
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             args.no_amg = True
     user, user_files = None, None
     if args.matrices:
-        from . import load_matrices
+        from ..precond import load_matrices
 
         user, user_files = load_matrices(args.matrices)
     families = args.family or ([] if user else ["poisson", "anisotropic", "graph"])

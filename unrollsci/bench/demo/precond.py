@@ -21,8 +21,8 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
     Returns table rows (method, nonzeros, iterations, setup and solve seconds) and
     writes ``precond_demo.png`` (residual vs iteration) into ``outdir``.
     """
-    from ..solvers import cg
-    from . import LearnedPreconditioner, diffusion2d, fit_preconditioner, ic0, jacobi
+    from ...precond import LearnedPreconditioner, diffusion2d, fit_preconditioner, ic0, jacobi
+    from ...solvers import cg
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -64,7 +64,7 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            from .._bench import save_figure
+            from .._common import save_figure
 
             fig, ax = plt.subplots(figsize=(5, 3.5))
             for name, res in hist.items():

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write, atomic_write_text
+from .._io import atomic_write, atomic_write_text
 
 __all__ = [
     "markdown_table",
@@ -135,7 +135,7 @@ def device_arg(text: str) -> str:
 
     Returns the text (a string keeps the results' config JSON-serializable).
     """
-    from ._validation import check_device
+    from .._validation import check_device
 
     try:
         check_device(text)

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_section(tmp_path):
-    from unrollsci.imaging._demo import run_demo
+    from unrollsci.bench.demo.imaging import run_demo
 
     rows = run_demo(tmp_path)
     assert [r["method"].split()[0] for r in rows] == ["FBP", "TV", "unrolled"]
@@ -18,7 +18,7 @@ def test_demo_section(tmp_path):
 
 @pytest.mark.slow
 def test_bench_ct_quick(tmp_path):
-    from unrollsci.imaging._bench import main
+    from unrollsci.bench.ct import main
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ct_quick.json").read_text())
@@ -37,7 +37,7 @@ def test_bench_ct_quick(tmp_path):
 
 
 def test_cosine_factor():
-    from unrollsci.imaging._bench import cosine_factor
+    from unrollsci.bench.ct import cosine_factor
 
     assert cosine_factor(0.0, 100.0, 0.02) == 1.0
     assert cosine_factor(50.0, 100.0, 0.02) == pytest.approx(0.5)
@@ -47,7 +47,7 @@ def test_cosine_factor():
 
 
 def test_bench_ct_rejects_bad_options():
-    from unrollsci.imaging._bench import main
+    from unrollsci.bench.ct import main
 
     for bad in (
         ["--lr-floor", "2"],
@@ -61,7 +61,7 @@ def test_bench_ct_rejects_bad_options():
 
 @pytest.mark.slow
 def test_bench_radon_quick(tmp_path):
-    from unrollsci.imaging._bench_radon import main
+    from unrollsci.bench.radon import main
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "radon_quick.json").read_text())
@@ -75,7 +75,7 @@ def test_bench_ct_dual_bf16_and_self_ensemble(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from unrollsci.imaging._bench import main
+    from unrollsci.bench.ct import main
 
     args = ["--quick", "--variants", "free", "--dual", "--precision", "bfloat16"]
     assert main([*args, "--out", str(tmp_path)]) == 0

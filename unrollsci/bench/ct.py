@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .._bench import (
+from ._common import (
     Timer,
     markdown_table,
     output_dir_arg,
@@ -56,8 +56,7 @@ def make_data(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """``(sinograms, images, masks)`` of ``n`` noisy random-ellipse phantoms."""
-    from ._noise import poisson_noise
-    from ._phantoms import random_ellipses
+    from ..imaging import poisson_noise, random_ellipses
 
     gen = generator if generator is not None else torch.Generator().manual_seed(seed or 0)
     x, m = random_ellipses(n, size, generator=gen, return_support=True)
@@ -118,7 +117,7 @@ class PhantomPool:
         self.m: torch.Tensor | None = None
 
     def _phantoms(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from ._phantoms import random_ellipses
+        from ..imaging import random_ellipses
 
         chunks = [  # chunks of 32: rendering hundreds at once is slower (memory traffic)
             random_ellipses(
@@ -129,7 +128,7 @@ class PhantomPool:
         return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
     def __call__(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        from ._noise import poisson_noise
+        from ..imaging import poisson_noise
 
         if self.x is None or self.m is None:
             self.x, self.m = self._phantoms(self.size, gen)
@@ -155,8 +154,8 @@ def scores(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[floa
 
 
 def _tv(y: torch.Tensor, radon: Any, lam: float, m: torch.Tensor, iters: int) -> Any:
-    from ..solvers._solution import ConvergenceWarning
-    from ._baselines import tv_reconstruction
+    from .._validation import ConvergenceWarning
+    from ..imaging import tv_reconstruction
 
     with warnings.catch_warnings():  # a fixed iteration budget; convergence is reported
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -164,10 +163,9 @@ def _tv(y: torch.Tensor, radon: Any, lam: float, m: torch.Tensor, iters: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..operators._radon import Radon, fbp
+    from ..imaging import UnrolledCT, empirical_lipschitz, lipschitz_bound
+    from ..operators import Radon, fbp
     from ..train import fit, save_checkpoint
-    from ._lipschitz import empirical_lipschitz, lipschitz_bound
-    from ._unrolled import UnrolledCT
 
     p = argparse.ArgumentParser(prog="unrollsci bench ct", description=__doc__)
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from unrollsci.chem._bench_md import main
+from unrollsci.bench.md import main
 
 
 def test_md_benchmark_smoke(tmp_path, capsys):
