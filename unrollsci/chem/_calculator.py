@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,11 +11,34 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .._validation import check_device
-from ._geometry import KERNELS
+from ._settings import COULOMB_CONSTANT, QEqSettings
 from ._short_range import BornMayer
-from ._solve import COULOMB_CONSTANT, GRAD_MODES, QEqSolution, solve_charges
+from ._solve import QEqSolution, check_structure, solve_with_settings
 
 __all__ = ["QEqCalculator"]
+
+
+def _adjoint_tol(tol: Any) -> Any:
+    """The calculator's adjoint tolerance ``max(tol, 1e-6)``: for energy gradients its
+    effect on forces is ``~ adjoint_tol * tol`` (see ``solve_charges``). A ``tol`` that is
+    not a number is left for the solve to reject."""
+    return max(tol, 1e-6) if isinstance(tol, (int, float)) else None
+
+
+class _Setting:
+    """A calculator attribute stored in its :class:`QEqSettings` (``field`` there)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else getattr(obj.settings, self.field)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        changes = {self.field: value}
+        if self.field == "tol":
+            changes["adjoint_tol"] = _adjoint_tol(value)
+        obj.settings = replace(obj.settings, **changes, grad_name="forces")
 
 
 class QEqCalculator(Calculator):
@@ -57,6 +81,21 @@ class QEqCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "charges", "stress"]
 
+    # the solve options, read from (and written to) self.settings
+    qeq_params = _Setting("params")
+    kernel = _Setting("kernel")
+    cutoff = _Setting("cutoff")
+    coulomb_constant = _Setting("coulomb_constant")
+    ewald = _Setting("ewald")
+    ewald_accuracy = _Setting("ewald_accuracy")
+    total_charge = _Setting("total_charge")
+    tol = _Setting("tol")
+    max_iter = _Setting("max_iter")
+    iterations = _Setting("iterations")
+    forces_mode = _Setting("grad")
+    short_range = _Setting("short_range")
+    check_definite = _Setting("check_definite")
+
     def __init__(
         self,
         params: Mapping[str, Mapping[str, float]] | None = None,
@@ -82,16 +121,7 @@ class QEqCalculator(Calculator):
         if unknown:
             raise TypeError(f"QEqCalculator got unexpected keyword argument(s) {sorted(unknown)}.")
         device = check_device(device)
-        auto = isinstance(check_definite, str) and check_definite == "auto"
-        if not (auto or check_definite is True or check_definite is False):
-            raise ValueError(
-                f"Expected check_definite to be True, False or 'auto' (got {check_definite!r})."
-            )
         super().__init__(**kwargs)
-        if kernel not in KERNELS:
-            raise ValueError(f"Expected kernel in {KERNELS} (got {kernel!r}).")
-        if forces not in GRAD_MODES:
-            raise ValueError(f"Expected forces in {GRAD_MODES} (got {forces!r}).")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {dtype}).")
         if isinstance(short_range, str):
@@ -112,21 +142,26 @@ class QEqCalculator(Calculator):
             raise ValueError(
                 f"Expected the short-range cutoff ({short_range.cutoff}) <= cutoff ({cutoff})."
             )
-        self.qeq_params = params
-        self.kernel = kernel
-        self.cutoff = cutoff
-        self.coulomb_constant = coulomb_constant
-        self.ewald = ewald
-        self.ewald_accuracy = ewald_accuracy
-        self.total_charge = total_charge
-        self.tol = tol
-        self.max_iter = max_iter
-        self.iterations = iterations
-        self.forces_mode = forces
-        self.short_range = short_range
+        #: the options of every charge solve, validated here once (see QEqSettings)
+        self.settings = QEqSettings(
+            params=params,
+            kernel=kernel,
+            cutoff=cutoff,
+            coulomb_constant=coulomb_constant,
+            ewald=ewald,
+            ewald_accuracy=ewald_accuracy,
+            total_charge=total_charge,
+            tol=tol,
+            max_iter=max_iter,
+            iterations=iterations,
+            grad=forces,
+            short_range=short_range,
+            adjoint_tol=_adjoint_tol(tol),
+            check_definite=check_definite,
+            grad_name="forces",
+        )
         self.warm_start = warm_start
         self.device = device if device is not None else torch.device("cpu")
-        self.check_definite = check_definite
         self.dtype = dtype
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
@@ -160,26 +195,9 @@ class QEqCalculator(Calculator):
         q0 = None
         if self.warm_start and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
             q0 = self._q_prev
-        sol = solve_charges(
-            positions,
-            atoms.numbers.tolist(),
-            cell=cell,
-            pbc=atoms.pbc.tolist(),
-            params=self.qeq_params,
-            kernel=self.kernel,
-            cutoff=self.cutoff,
-            coulomb_constant=self.coulomb_constant,
-            ewald=self.ewald,
-            ewald_accuracy=self.ewald_accuracy,
-            total_charge=self.total_charge,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            iterations=self.iterations,
-            grad=self.forces_mode,
-            q0=q0,
-            short_range=self.short_range,
-            adjoint_tol=max(self.tol, 1e-6),
-            check_definite=self.check_definite,
+        symbols = check_structure(positions, atoms.numbers.tolist())
+        sol = solve_with_settings(
+            positions, symbols, self.settings, cell=cell, pbc=atoms.pbc.tolist(), q0=q0
         )
         wrt = [pos0, strain] if periodic else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)

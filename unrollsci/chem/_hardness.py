@@ -1,0 +1,276 @@
+"""The QEq hardness matrix ``A(R)``: its pieces, the operator ``q -> A q``, its dense form
+and the polarization-catastrophe check (``A`` positive definite on ``sum(q) = 0``)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._geometry import ewald_kvectors, half_pairs, pair_kernel
+
+__all__ = [
+    "MIN_DISTANCE",
+    "HardnessTerms",
+    "PolarizationCatastropheError",
+    "hardness_terms",
+]
+
+#: pairs closer than this (Angstrom) are rejected as overlapping atoms.
+MIN_DISTANCE = 0.1
+
+
+class PolarizationCatastropheError(ValueError):
+    """The hardness matrix is not positive definite on the charge-constraint subspace."""
+
+
+# --------------------------------------------------------------------------- operator
+
+
+class _Hardness:
+    """q -> A q with A = diag(diag0) + pair part (half list i, j, w) + Ewald reciprocal part.
+
+    With ``csr_min_pairs`` given and at least that many pairs, the pair part is applied as
+    two CSR products (for the no-grad matvec of the solve; not differentiable).
+    """
+
+    def __init__(self, i, j, w, diag0, kc=None, ks=None, kf=None, csr_min_pairs=None):
+        self.i, self.j, self.w, self.diag0 = i, j, w, diag0
+        self.kc, self.ks, self.kf = kc, ks, kf
+        self.csr = None
+        if csr_min_pairs is not None and w.numel() >= csr_min_pairs:
+            # A = diag + U + U^T with U the half list as CSR; int32 indices halve the index
+            # traffic of this memory-bound product
+            n = diag0.shape[0]
+            idx = torch.int32 if n < 2**31 - 1 and w.numel() < 2**31 - 1 else torch.int64
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                crow = torch.zeros(n + 1, dtype=torch.int64, device=w.device)
+                crow[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
+                upper = torch.sparse_csr_tensor(crow.to(idx), j.to(idx), w, (n, n))
+                order = torch.argsort(j, stable=True)
+                crow_t = torch.zeros(n + 1, dtype=torch.int64, device=w.device)
+                crow_t[1:] = torch.cumsum(torch.bincount(j, minlength=n), 0)
+                lower = torch.sparse_csr_tensor(crow_t.to(idx), i[order].to(idx), w[order], (n, n))
+            self.csr = (upper, lower)
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        if self.csr is not None:
+            up, lo = self.csr
+            out = self.diag0 * q + (up @ q[:, None])[:, 0] + (lo @ q[:, None])[:, 0]
+        else:
+            out = self.diag0 * q
+            out = out.index_add(0, self.i, self.w * q[self.j])
+            out = out.index_add(0, self.j, self.w * q[self.i])
+        if self.kf is not None:
+            out = out + self.kc @ (self.kf * (q @ self.kc)) + self.ks @ (self.kf * (q @ self.ks))
+        return out
+
+    def diagonal(self) -> torch.Tensor:
+        d = self.diag0
+        self_img = self.i == self.j
+        if bool(self_img.any()):
+            d = d.index_add(0, self.i[self_img], 2.0 * self.w[self_img])
+        if self.kf is not None:
+            d = d + (self.kc**2 + self.ks**2) @ self.kf
+        return d
+
+
+@dataclass(frozen=True)
+class HardnessTerms:
+    """The pieces of ``A(R)`` for one structure (differentiable where marked).
+
+    Attributes:
+        i, j: half pair list (P,) (an atom with its own periodic image: ``i == j``).
+        r: pair distances (P,), differentiable in positions and cell.
+        w: pair entries ``k_e J_ij(r)`` times the taper (P,), differentiable.
+        diag0: diagonal (eta, Gaussian self-energy, Ewald self term) (N,), differentiable.
+        base: the hardness part of the diagonal (no Ewald self term), detached: the floor
+            of the Jacobi preconditioner.
+        kc, ks, kf: Ewald reciprocal part ``kc diag(kf) kc^T + ks diag(kf) ks^T`` (or None).
+        e_const: constant energy (Ewald neutralizing background; 0 without Ewald).
+    """
+
+    i: torch.Tensor
+    j: torch.Tensor
+    r: torch.Tensor
+    w: torch.Tensor
+    diag0: torch.Tensor
+    base: torch.Tensor
+    kc: torch.Tensor | None
+    ks: torch.Tensor | None
+    kf: torch.Tensor | None
+    e_const: Any
+
+    @property
+    def ewald(self) -> bool:
+        return self.kf is not None
+
+    def operator(self, *, detach: bool = False, csr_min_pairs: int | None = None) -> _Hardness:
+        """``q -> A q`` (``detach``: on detached copies of the differentiable pieces)."""
+        ts = (self.w, self.diag0, self.kc, self.ks, self.kf)
+        if detach:
+            ts = tuple(t.detach() if t is not None else None for t in ts)
+        w, diag0, kc, ks, kf = ts
+        return _Hardness(self.i, self.j, w, diag0, kc, ks, kf, csr_min_pairs=csr_min_pairs)
+
+
+def hardness_terms(
+    positions: torch.Tensor,
+    cell: torch.Tensor | None,
+    cell_np: np.ndarray,
+    pbc: np.ndarray,
+    symbols: list[str],
+    table: dict[str, torch.Tensor],
+    *,
+    kernel: str,
+    cutoff: float | None,
+    coulomb_constant: float,
+    ewald: tuple[float, float] | None,
+    total_charge: float,
+) -> HardnessTerms:
+    """Pairs within ``cutoff``, kernel values and (``ewald=(alpha, kmax)``) the Ewald terms.
+
+    Raises ``ValueError`` for atoms closer than :data:`MIN_DISTANCE`.
+    """
+    dtype, device = positions.dtype, positions.device
+    k_e = float(coulomb_constant)
+    alpha = None if ewald is None else ewald[0]
+    pos_np = positions.detach().cpu().numpy().astype(np.float64)
+    pi, pj, ps = half_pairs(pos_np, cell_np, pbc, cutoff)
+    i = torch.from_numpy(pi).to(device)
+    j = torch.from_numpy(pj).to(device)
+    cell_t = cell if cell is not None else torch.zeros(3, 3, dtype=dtype, device=device)
+    vec = positions[j] - positions[i]
+    if ps.any():
+        vec = vec + torch.from_numpy(ps).to(device=device, dtype=dtype) @ cell_t.to(dtype)
+    r = vec.norm(dim=-1)
+    if r.numel():
+        rmin, at = torch.min(r.detach(), 0)
+        if float(rmin) < MIN_DISTANCE:
+            a, b = int(pi[int(at)]), int(pj[int(at)])
+            raise ValueError(
+                f"Overlapping atoms: atoms {a} ({symbols[a]}) and {b} ({symbols[b]}) are "
+                f"{float(rmin):.3g} Angstrom apart (< {MIN_DISTANCE}). Check the positions."
+            )
+    shape = table["sigma"] if kernel == "gaussian" else table["gamma"]
+    w = k_e * pair_kernel(kernel, r, shape[i], shape[j], cutoff, alpha)
+    diag0 = table["eta"]
+    if kernel == "gaussian":  # Gaussian self-energy k_e * lim_{r->0} J_ii(r)
+        diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]
+    base = diag0.detach()
+    kc = ks = kf = None
+    e_const = positions.new_zeros(())
+    if ewald is not None:
+        alpha, kmax = ewald
+        diag0 = diag0 - k_e * 2.0 * alpha / math.sqrt(math.pi)
+        vol = torch.linalg.det(cell_t).abs()
+        m = torch.from_numpy(ewald_kvectors(cell_np, kmax)).to(device=device, dtype=dtype)
+        kvec = m @ (2.0 * math.pi * torch.linalg.inv(cell_t).T)
+        k2 = (kvec * kvec).sum(-1)
+        kf = k_e * (8.0 * math.pi / vol) * torch.exp(-k2 / (4.0 * alpha**2)) / k2
+        phase = positions @ kvec.T
+        kc, ks = torch.cos(phase), torch.sin(phase)
+        # neutralizing background
+        e_const = -k_e * math.pi * total_charge**2 / (2.0 * vol * alpha**2)
+    return HardnessTerms(i, j, r, w, diag0, base, kc, ks, kf, e_const)
+
+
+# --------------------------------------------------------------------------- definiteness
+
+
+def _dense_hardness(op: _Hardness) -> torch.Tensor:
+    """The matrix that ``op`` applies, as a dense float64 (N, N) tensor (no autograd)."""
+    f64 = torch.float64
+    with torch.no_grad():
+        a = torch.diag(op.diag0.detach().to(f64))
+        w = op.w.detach().to(f64)
+        # a self-image pair (i == j) lands twice on the diagonal, as in the matvec
+        a.index_put_((op.i, op.j), w, accumulate=True)
+        a.index_put_((op.j, op.i), w, accumulate=True)
+        if op.kf is not None:
+            kf = op.kf.detach().to(f64)
+            for basis in (op.kc, op.ks):
+                b = basis.detach().to(f64)
+                a.addmm_(b * kf, b.T)
+            a = 0.5 * (a + a.T)
+    return a
+
+
+def _projected_hardness(a: torch.Tensor) -> torch.Tensor:
+    """``Z^T A Z`` (N-1, N-1) for an orthonormal basis Z of ``{q : sum(q) = 0}``.
+
+    Z is columns 2..N of the Householder reflector ``H = I - beta v v^T``,
+    ``v = 1 + sqrt(N) e_1``, whose first column is ``-1 / sqrt(N)``; the eigenvalues of the
+    result are those of A restricted to the constraint subspace. With
+    ``w = beta A v - (beta^2 / 2) (v^T A v) v``, ``H A H = A - v w^T - w v^T`` and
+    ``v_k = 1`` for k >= 2, so the trailing block costs O(N^2).
+    """
+    n = a.shape[0]
+    s = math.sqrt(n)
+    v = torch.ones(n, dtype=a.dtype, device=a.device)
+    v[0] += s
+    beta = 1.0 / (s * (s + 1.0))  # 2 / ||v||^2
+    p = beta * (a @ v)
+    w = (p - (0.5 * beta * (v @ p)) * v)[1:]
+    return a[1:, 1:] - w[None, :] - w[:, None]
+
+
+def _check_projected_definite(op: _Hardness) -> None:
+    """Raise PolarizationCatastropheError unless A is positive definite on sum(q) = 0.
+
+    Dense float64 Cholesky of the projected matrix: it succeeds exactly when the matrix
+    is (numerically) positive definite, independently of chi and of the total charge.
+    """
+    n = op.diag0.shape[0]
+    if n < 2:
+        return
+    m = _projected_hardness(_dense_hardness(op))
+    _, info = torch.linalg.cholesky_ex(m)
+    pivot = int(info)
+    if pivot == 0:
+        return
+    lam = float(torch.linalg.eigvalsh(m)[0])
+    raise PolarizationCatastropheError(
+        "QEq hardness matrix is not positive definite on the charge-constraint subspace "
+        f"sum(q) = const: its smallest eigenvalue there is {lam:.3e} eV <= 0 (the Cholesky "
+        f"factorization of the projected {n - 1}x{n - 1} matrix fails at pivot {pivot}). "
+        "This is a polarization catastrophe: the energy is unbounded below along a "
+        "charge-transfer direction, whatever chi is. Increase the hardness eta, use the "
+        "shielded kernel (or a larger gamma), or check for too-close atoms."
+    )
+
+
+# --------------------------------------------------------------------------- preconditioner
+
+
+def _precond_diag(op: _Hardness, base: torch.Tensor, ewald: bool) -> torch.Tensor:
+    """Positive Jacobi diagonal for the projected CG.
+
+    Without Ewald it is diag(A). With Ewald, diag(A) contains the potential of an atom's
+    own periodic images (nearly the same for every atom, and possibly negative in small
+    cells); a uniform shift of the diagonal does not change the problem on the constraint
+    subspace, so it is shifted to make ``d_i >= base_i`` (the hardness, > 0).
+    """
+    _check_diag(base)
+    d = op.diagonal()
+    if ewald:
+        d = d - (d - base).min().clamp(max=0.0)
+    else:
+        _check_diag(d)
+    return d
+
+
+def _check_diag(d: torch.Tensor) -> None:
+    d = d.detach()
+    bad = d <= 0
+    if bool(bad.any()):
+        idx = int(torch.nonzero(bad)[0, 0])
+        raise PolarizationCatastropheError(
+            f"QEq hardness matrix is not positive definite: diagonal entry {idx} is "
+            f"{float(d[idx]):.3e} <= 0 (eta plus self-interaction terms). Increase eta."
+        )

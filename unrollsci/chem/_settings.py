@@ -1,0 +1,52 @@
+"""The options of a QEq solve, validated once: shared by ``solve_charges`` and
+``QEqCalculator`` (which builds them at construction and passes them to every solve)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
+from typing import Any
+
+from ._geometry import KERNELS
+
+__all__ = ["COULOMB_CONSTANT", "GRAD_MODES", "QEqSettings"]
+
+#: e^2 / (4 pi eps0) in eV Angstrom (CODATA 2018); LAMMPS fix qeq uses 14.4.
+COULOMB_CONSTANT = 14.399645
+GRAD_MODES = ("implicit", "unrolled", "envelope")
+
+
+@dataclass(frozen=True)
+class QEqSettings:
+    """Everything :func:`solve_charges` takes besides the structure (see its arguments).
+
+    Construction checks the option strings (``kernel``, ``grad``, ``check_definite``);
+    the numeric values are checked by the solve, against the structure. ``grad_name`` is
+    the argument name used in the error message (``"forces"`` for the calculator).
+    """
+
+    params: Mapping[str, Mapping[str, float]] | None = None
+    kernel: str = "shielded"
+    cutoff: float | None = 10.0
+    coulomb_constant: float = COULOMB_CONSTANT
+    ewald: bool = False
+    ewald_accuracy: float = 1e-8
+    total_charge: float = 0.0
+    tol: float = 1e-8
+    max_iter: int | None = None
+    iterations: int | None = None
+    grad: str = "implicit"
+    short_range: Any = None
+    adjoint_tol: float | None = None
+    check_definite: bool | str = "auto"
+    grad_name: InitVar[str] = "grad"
+
+    def __post_init__(self, grad_name: str) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"Expected kernel in {KERNELS} (got {self.kernel!r}).")
+        if self.grad not in GRAD_MODES:
+            raise ValueError(f"Expected {grad_name} in {GRAD_MODES} (got {self.grad!r}).")
+        cd = self.check_definite
+        auto = isinstance(cd, str) and cd == "auto"
+        if not (auto or cd is True or cd is False):
+            raise ValueError(f"Expected check_definite to be True, False or 'auto' (got {cd!r}).")
