@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import unrollsci.graph._problem as problem_mod
+import unrollsci.graph._identifiability as problem_mod
 from unrollsci.graph import (
     GraphInverseProblem,
     inpainting_problem,

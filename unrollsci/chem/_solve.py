@@ -31,7 +31,13 @@ from ase.data import atomic_numbers, chemical_symbols
 from .._validation import ConvergenceError, ConvergenceWarning, check_finite, check_tensor
 from ..solvers import Solution
 from ._autograd import Adjoint, ImplicitCharges
-from ._geometry import ewald_alpha
+from ._geometry import (  # noqa: F401 - KERNELS, half_pairs, ...: importable from here
+    KERNELS,
+    ewald_alpha,
+    ewald_kvectors,
+    half_pairs,
+    pair_kernel,
+)
 from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: importable from here
     MIN_DISTANCE,
     PolarizationCatastropheError,
@@ -61,6 +67,9 @@ __all__ = [
 _CSR_MIN_PAIRS = 20000
 #: ``check_definite="auto"`` runs the dense definiteness test up to this many atoms.
 DENSE_CHECK_MAX_ATOMS = 3000
+
+#: the implicit-backward Function, defined in ``_autograd`` (forward: q, Adjoint, inputs)
+_ImplicitCharges = ImplicitCharges
 
 # The tests patch _CSR_MIN_PAIRS, DENSE_CHECK_MAX_ATOMS and _check_projected_definite on this
 # module: the solve below reads them from here.

@@ -53,57 +53,22 @@ class GraphGDResult:
 class UnrolledGraphGD(nn.Module):
     """``num_layers`` gradient steps ``x <- x - step * grad f(x)`` whose steps a GNN chooses.
 
-    The controller (:class:`StepController`) reads the state at each layer and
-    outputs logits; this module maps them into ranges where convergence holds for
-    every value of the weights. With ``Lip >= lambda_max(H)``, ``lo <= lambda_min(H)``,
-    ``e = x - x*`` and ``f(x) - f(x*) = 0.5 ||e||_H^2``:
+    The controller (:class:`StepController`) reads the state at each layer and outputs
+    logits; this module maps them into ranges where convergence holds for every value of
+    the weights (``Lip >= lambda_max(H)``, ``lo <= lambda_min(H)``):
 
-    * ``mode="scalar"``: ``s = (2 / Lip) (floor + (1 - margin - floor) sigmoid(z))``
-      per layer and graph. Then ``f(x - s g) - f(x) = -s ||g||^2 + s^2 g^T H g / 2
-      <= -s (1 - s Lip / 2) ||g||^2 <= -s margin ||g||^2 < 0``: monotone descent, and
-      since ``||g||^2 >= 2 lambda_min (f - f*)`` and ``s >= 2 floor / Lip``, linear
-      convergence at a rate independent of the weights.
-    * ``mode="diagonal"``: ``d_i = (2 / R_i) (floor + (1 - margin - floor)
-      sigmoid(z_i))`` per node, with ``R_i = (A^T A)_ii + lam sum_j |L_ij|`` (the
-      Gershgorin row sum of ``H``; ``||A||^2`` replaces ``(A^T A)_ii`` for a general
-      operator). Writing ``D = diag(d)`` and ``u = D g``::
+    * ``mode="scalar"``: one step ``s in [2 floor / Lip, 2 (1 - margin) / Lip]`` per layer
+      and graph: every layer decreases ``f``, at a linear rate independent of the weights.
+    * ``mode="diagonal"``: per-node steps ``0 < d_i <= 2 (1 - margin) / R_i`` (``R_i`` the
+      Gershgorin row sum of ``H``): every layer is a strict descent step, linear rate.
+    * ``mode="window"``: per window of ``controller.window`` layers, learned roots in
+      ``(lo, Lip)`` whose polynomial is certified by :func:`certify_window` to contract
+      ``||x - x*||_H`` by ``q <= q_max``, else safe fallback steps (``q < 1``).
+    * ``mode="window_jacobi"`` (mask problems): the window mode on the Jacobi-preconditioned
+      gradient ``D^{-1} grad f``, ``D = diag(H)``, certified on
+      :meth:`GraphInverseProblem.jacobi_interval`.
 
-          f(x - u) - f(x) = -u^T D^{-1} u + u^T H u / 2 = -u^T (2 D^{-1} - H) u / 2.
-
-      ``diag(R) - H`` is symmetric with non-negative diagonal and diagonally
-      dominant (``R_i - H_ii >= sum_{j != i} |H_ij|``), hence positive semidefinite
-      (Gershgorin), so ``2 D^{-1} - H >= diag(2 / d_i - R_i) >= diag(R_i margin /
-      (1 - margin))``, positive definite. Thus ``f(x - u) - f(x) <= -sum_i d_i (1 -
-      d_i R_i / 2) g_i^2 < 0`` whenever ``g != 0``: the exact condition enforced is
-      ``0 < d_i <= 2 (1 - margin) / R_i``, which makes the layer a strict descent
-      step, and (with the floor) linear convergence for any weights. It is a learned,
-      state-dependent diagonal preconditioner (damped-Jacobi-like).
-    * ``mode="window"``: at the first layer of each window of ``w =
-      controller.window`` layers the controller proposes ``w`` roots ``nu_k = lo +
-      (hi - lo) sigmoid(z_k)`` and steps ``s_k = 1 / nu_k`` (long steps beyond
-      ``2 / Lip`` allowed). The window maps ``e -> p(H) e`` with ``p(lam) = prod_k (1
-      - s_k lam)``; :func:`certify_window` bounds ``q = max_{[lo, Lip]} |p|`` (grid +
-      Markov inequality). If ``q <= q_max`` the window runs the learned steps and
-      ``||e||_H`` shrinks by at least ``q``, i.e. ``f - f*`` by ``q^2``. Otherwise it
-      falls back to safe steps: the roots pulled half, then three quarters of the
-      way to the Chebyshev roots of ``[lo, Lip]`` (the first candidate with ``q <=
-      q_max``; pulling back keeps a gradient for training), else the Chebyshev roots
-      themselves or ``w`` steps ``1 / Lip`` (``q = (1 - lo / Lip)^w``), whichever has
-      the smaller certificate; both are ``< 1`` when ``lo > 0``. So every window
-      contracts by at least ``max(q_max, q_safe) < 1``, whatever the weights.
-      Layers inside a window may increase ``f``; every window decreases it.
-    * ``mode="window_jacobi"`` (mask problems): the window mode on the
-      Jacobi-preconditioned gradient, ``x <- x - s_k D^{-1} grad f(x)`` with ``D =
-      diag(H)``. The error maps ``e -> (I - s_k D^{-1} H) e``, so ``H^{1/2} e -> (I -
-      s_k T) H^{1/2} e`` with ``T = H^{1/2} D^{-1} H^{1/2}`` symmetric and with the
-      spectrum of ``D^{-1} H`` and of ``S = D^{-1/2} H D^{-1/2}``. A window maps
-      ``H^{1/2} e`` by ``p(T)``, whose 2-norm is ``max |p|`` over that spectrum, so
-      ``||e||_H`` shrinks by the certificate ``q`` of ``p`` on an interval ``[lo,
-      hi]`` containing the spectrum of ``S`` (:meth:`GraphInverseProblem.
-      jacobi_interval`: Gershgorin ``hi <= 2``, certified Lanczos bounds). Roots,
-      certificate and fallback are exactly those of ``window`` with ``[lo, Lip]``
-      replaced by ``[lo, hi]``. The iterates leave the Krylov space of ``H``
-      (they lie in that of ``D^{-1} H``), which is where Jacobi-PCG gets its edge.
+    The proofs are in docs/graph.md ("Why the guarantees hold").
 
     Args:
         num_layers: number of layers ``K``.

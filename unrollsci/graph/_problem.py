@@ -6,7 +6,9 @@
 The problem object holds the graph (one graph or a block-diagonal batch of graphs),
 the forward operator, the data (a batch of signals) and everything the solvers
 need: gradient, Hessian products, objective per graph, spectral bounds and the
-exact solution.
+exact solution. The pieces live in sibling modules: ``_convert`` (networkx / PyG
+inputs), ``_identifiability`` (is ``H`` invertible?), ``_spectral`` (certified
+spectral bounds) and ``_exact`` (the exact minimizer).
 """
 
 from __future__ import annotations
@@ -19,39 +21,15 @@ import torch
 
 from .._validation import check_finite, check_tensor
 from ..operators import LinearOperator, Mask, SparseOperator
+from . import _exact, _spectral
+from ._convert import networkx_adjacency, pyg_inputs
+from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
 from ._laplacian import HeatKernel, laplacian_matrix, validate_adjacency
+from ._spectral import _DENSE_MAX, _is_pd  # noqa: F401
 
 __all__ = ["GraphInverseProblem"]
-
-_DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
-_RANK_DENSE_MAX = 4_000_000  # identifiability: dense rank of (components x m) up to this
-_CHUNK_ENTRIES = 4_000_000  # identifiability: entries per batch of operator applications
-
-
-def _is_pd(a: Any, tol: float = 0.0) -> bool:
-    """True if the symmetric sparse matrix ``a`` is positive definite.
-
-    Sylvester's law of inertia: SuperLU in symmetric mode without row pivoting
-    (``diag_pivot_thresh=0``) factors ``P a P^T = L U`` with ``U = D L^T``; ``a`` is
-    positive definite iff every pivot ``D_ii`` is positive. Any failure (a zero
-    pivot, an unsymmetric permutation) answers False. With ``tol > 0`` every pivot must
-    exceed ``tol`` (for a matrix with unit diagonal: numerically positive definite).
-    """
-    from scipy.sparse.linalg import splu
-
-    try:
-        lu = splu(
-            a.tocsc(),
-            permc_spec="MMD_AT_PLUS_A",
-            diag_pivot_thresh=0.0,
-            options={"SymmetricMode": True},
-        )
-    except Exception:  # noqa: BLE001 - singular matrix
-        return False
-    if not np.array_equal(lu.perm_r, lu.perm_c):
-        return False
-    d = lu.U.diagonal()
-    return bool(np.all(np.isfinite(d)) and np.all(d > tol))
+# _CHUNK_ENTRIES, _DENSE_MAX, _RANK_DENSE_MAX and _is_pd stay importable from here (they
+# were defined in this module before it was split).
 
 
 class _Hessian(LinearOperator):
@@ -235,7 +213,7 @@ class GraphInverseProblem:
         self.lap_rowabs_np = np.asarray(abs(self.lap_scipy).sum(axis=1)).ravel()
         self.lap = SparseOperator(self.lap_scipy).to(device)
         self._cache: dict[str, Any] = {}
-        self._check_unique()
+        check_unique(self)
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -264,27 +242,8 @@ class GraphInverseProblem:
 
         Edge attribute ``weight`` (default 1 where missing) gives the edge weights.
         """
-        import networkx as nx
-
-        if not isinstance(G, nx.Graph):
-            raise TypeError(f"Expected a networkx graph (got {type(G).__name__}).")
-        if G.is_directed():
-            raise ValueError(
-                "Expected an undirected graph (got a directed networkx graph); use "
-                "G.to_undirected() first."
-            )
-        adj = nx.to_scipy_sparse_array(G, nodelist=list(G.nodes), weight=weight, format="csr")
-        import scipy.sparse as sp
-
-        return cls(
-            sp.csr_matrix(adj),
-            y,
-            mask=mask,
-            operator=operator,
-            lam=lam,
-            laplacian=laplacian,
-            **kwargs,
-        )
+        adj = networkx_adjacency(G, weight)
+        return cls(adj, y, mask=mask, operator=operator, lam=lam, laplacian=laplacian, **kwargs)
 
     @classmethod
     def from_pyg(
@@ -302,23 +261,7 @@ class GraphInverseProblem:
         Edge weights come from ``data.edge_weight`` (or a 1-D ``edge_attr``), else 1.
         ``y`` defaults to ``data.y``; ``(n,)`` or ``(batch, n)`` with n the total node count.
         """
-        from torch_geometric.utils import to_scipy_sparse_matrix
-
-        ei = getattr(data, "edge_index", None)
-        if ei is None:
-            raise ValueError("Expected a PyG Data/Batch with 'edge_index'.")
-        w = getattr(data, "edge_weight", None)
-        if w is None:
-            ea = getattr(data, "edge_attr", None)
-            if ea is not None and (ea.dim() == 1 or (ea.dim() == 2 and ea.shape[1] == 1)):
-                w = ea.reshape(-1)
-        if y is None:
-            y = getattr(data, "y", None)
-            if y is None:
-                raise ValueError("Expected 'y' (or data.y) with the observed signal.")
-        n = int(data.num_nodes)
-        adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(), n)
-        gi = getattr(data, "batch", None)
+        adj, y, gi = pyg_inputs(data, y)
         return cls(
             adj,
             y,
@@ -415,307 +358,7 @@ class GraphInverseProblem:
         den = torch.clamp(self.energy_norm_sq(xs), min=torch.finfo(x.dtype).tiny)
         return torch.sqrt(torch.clamp(num, min=0) / den)
 
-    # -------------------------------------------------------------- uniqueness
-    def _check_unique(self) -> None:
-        """Raise if ``H`` is singular because a component carries no information."""
-        from scipy.sparse.csgraph import connected_components
-
-        ncomp, labels = connected_components(self.adjacency, directed=False)
-        if self.lam == 0.0:
-            if self.kind == "mask" and self.mask is not None:
-                bad = (self.mask == 0).any(dim=1)
-                if bool(bad.any()):
-                    b = int(torch.nonzero(bad)[0])
-                    k = int((self.mask[b] == 0).sum())
-                    raise ValueError(
-                        f"No unique solution: lam = 0 and {k} nodes are not observed in signal "
-                        f"{b}; with no regularization they are undetermined. Use lam > 0."
-                    )
-            return
-        if self.kind == "heat" and self.mask is None:
-            return  # exp(-tau L) is invertible
-        if self.kind == "operator" or self.kind == "heat":
-            self._check_operator_unique(ncomp, labels)
-            return
-        if self.mask is None:
-            return
-        obs = np.zeros((self.mask.shape[0], ncomp))
-        mk = self.mask.detach().cpu().double().numpy()
-        for b in range(mk.shape[0]):
-            np.add.at(obs[b], labels, mk[b])
-        bad = np.argwhere(obs == 0)
-        if len(bad):
-            b, c = (int(v) for v in bad[0])
-            nodes = np.nonzero(labels == c)[0]
-            shown = ", ".join(map(str, nodes[:5])) + (", ..." if len(nodes) > 5 else "")
-            raise ValueError(
-                f"No unique solution: connected component {c} (nodes [{shown}], "
-                f"{len(nodes)} nodes) has no observed node in signal {b}, so the signal "
-                "there is only determined up to a constant. Observe at least one node in "
-                "every connected component (or add edges)."
-            )
-
-    def _null_basis(self, ncomp: int, labels: np.ndarray):  # type: ignore[no-untyped-def]
-        """Sparse ``(ncomp, n)`` basis of the null space of ``L``, one unit row per component.
-
-        Combinatorial: the component's indicator; normalized: ``D^{1/2}`` times it
-        (``d`` the degree with self-loops, as in :func:`laplacian_matrix`; an isolated
-        node, ``d = 0``, is its own component with the unit vector).
-        """
-        import scipy.sparse as sp
-
-        n = self.num_nodes
-        if self.laplacian_kind == "normalized":
-            deg = np.asarray(self.adjacency.sum(axis=1)).ravel()
-            v = np.where(deg > 0, np.sqrt(np.maximum(deg, 0.0)), 1.0)
-        else:
-            v = np.ones(n)
-        norm = np.sqrt(np.bincount(labels, weights=v * v, minlength=ncomp))
-        return sp.csr_matrix((v / norm[labels], (labels, np.arange(n))), shape=(ncomp, n))
-
-    def _check_operator_unique(self, ncomp: int, labels: np.ndarray) -> None:
-        """Raise unless ``A`` (with the mask of every signal) is injective on ``null(L)``.
-
-        ``H = A^T A + lam L`` with ``lam > 0`` is singular iff some ``z != 0`` in the null
-        space of ``L`` (spanned by one vector ``v_c`` per connected component) has
-        ``A z = 0``, i.e. iff the columns ``A v_c`` are linearly dependent. ``A`` is applied
-        to the ``v_c`` in chunks (any number of components). Up to ``_RANK_DENSE_MAX``
-        entries, the rank of the dense ``(ncomp, m)`` matrix decides (SVD); above, the
-        sparse Gram matrix ``G = W W^T`` (unit diagonal after scaling) must factor as
-        ``L D L^T`` with every pivot above ``1e-10`` (Sylvester's law of inertia).
-        """
-        import scipy.sparse as sp
-
-        op = self.operator
-        assert op is not None
-        n = self.num_nodes
-        m_out = int(op.out_shape[0])
-        if ncomp == 0:
-            return
-        masks = [None] if self.mask is None else list(self.mask.detach().double().cpu().numpy())
-
-        def fail(b: int, detail: str) -> None:
-            raise ValueError(
-                f"No unique solution for signal {b}: the operator does not see the null "
-                "space of the Laplacian (one vector per connected component, constant for "
-                f"the combinatorial Laplacian; {ncomp} components): {detail}, so x is "
-                "undetermined there. Observe every component."
-            )
-
-        if ncomp > m_out:
-            fail(0, f"{ncomp} components but only {m_out} measurements")
-        basis = self._null_basis(ncomp, labels)
-        dense = ncomp * m_out <= _RANK_DENSE_MAX
-        chunk = max(1, min(ncomp, _CHUNK_ENTRIES // max(n, m_out, 1)))
-        parts: list[Any] = []
-        with torch.no_grad():
-            for s in range(0, ncomp, chunk):
-                z = torch.as_tensor(
-                    basis[s : s + chunk].toarray(), dtype=torch.float64, device=self.device
-                )
-                az = op(z).detach().to(torch.float64).cpu().numpy()
-                parts.append(az if dense else sp.csr_matrix(az))
-        az = np.concatenate(parts, axis=0) if dense else sp.vstack(parts).tocsr()
-        for b, mb in enumerate(masks):
-            if dense:
-                w = az if mb is None else az * mb[None]
-                norms = np.linalg.norm(w, axis=1)
-            else:
-                w = az if mb is None else sp.csr_matrix(az @ sp.diags(mb))
-                w.eliminate_zeros()
-                norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
-            zero = np.nonzero(norms <= 1e-12 * max(float(norms.max()), 1e-300))[0]
-            if len(zero):
-                nodes = np.nonzero(labels == zero[0])[0]
-                shown = ", ".join(map(str, nodes[:5])) + (", ..." if len(nodes) > 5 else "")
-                fail(b, f"A maps component {int(zero[0])} (nodes [{shown}]) to zero")
-            if dense:
-                full = int(torch.linalg.matrix_rank(torch.as_tensor(w))) == ncomp
-            else:
-                w = sp.csr_matrix(sp.diags(1.0 / norms) @ w)
-                full = _is_pd(sp.csr_matrix(w @ w.T), tol=1e-10)
-            if not full:
-                fail(b, f"the images A v_c of the {ncomp} components are linearly dependent")
-
     # --------------------------------------------------------- spectral bounds
-    def _block_hessian_scipy(self, b: int, k: int):  # type: ignore[no-untyped-def]
-        import scipy.sparse as sp
-
-        s, e = self.block_ptr[k], self.block_ptr[k + 1]
-        lap = self.lap_scipy[s:e, s:e]
-        if self.mask is None:
-            d = np.ones(e - s)
-        else:
-            mb = self.mask[b if self.mask.shape[0] > 1 else 0]
-            d = mb[s:e].detach().cpu().double().numpy()
-        return sp.csr_matrix(sp.diags(d) + self.lam * lap)
-
-    def _mask_rows(self) -> range:
-        return range(1 if self.mask is None else self.mask.shape[0])
-
-    def _spectrum_mask(self, which: str, safety: float, *, scaled: bool = False) -> np.ndarray:
-        """Bound on the largest (``"hi"``) or smallest (``"lo"``) eigenvalue, kind 'mask'.
-
-        Of ``H`` (``scaled=False``) or of the Jacobi-scaled ``S = D^{-1/2} H D^{-1/2}``
-        with ``D = diag(H)`` (``scaled=True``; same spectrum as ``D^{-1} H``).
-        Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Larger
-        blocks: a Lanczos (``hi``) or shift-invert Lanczos (``lo``) estimate times
-        ``safety``, then certified by Sylvester's law of inertia (:func:`_is_pd`):
-        ``Lip M - H`` (resp. ``H - lo M``) must factor as ``L D L^T`` with ``D > 0``,
-        where ``M = I`` (resp. ``M = diag(H)`` when scaled: ``v M - H`` is congruent
-        to ``D^{1/2} (v I - S) D^{1/2}``, so it has the same inertia). An uncertified
-        ``hi`` becomes ``inf`` (the caller then uses Gershgorin); an uncertified
-        ``lo`` is halved up to 6 times, then 0.
-        """
-        import scipy.sparse as sp
-        from scipy.sparse.linalg import eigsh
-
-        key = f"eig-{which}-{safety}-{scaled}"
-        if key in self._cache:
-            return self._cache[key]
-        rows = self._mask_rows()
-        out = np.zeros((len(rows), self.num_blocks))
-        for b in rows:
-            for k in range(self.num_blocks):
-                h = self._block_hessian_scipy(b, k)
-                m = h.shape[0]
-                if scaled:
-                    dg = h.diagonal()
-                    metric = sp.diags(dg).tocsc()
-                    dis = sp.diags(1.0 / np.sqrt(dg))
-                    hs = sp.csr_matrix(dis @ h @ dis)
-                else:
-                    metric = sp.identity(m, format="csc")
-                    hs = h
-                if m <= _DENSE_MAX:
-                    ev = np.linalg.eigvalsh(hs.toarray())
-                    out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
-                    continue
-                eye = metric
-                v0 = np.ones(m)
-                if which == "hi":
-                    est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=v0)
-                    val = float(est[0]) * safety
-                    out[b, k] = val if _is_pd(val * eye - h) else np.inf
-                    continue
-                try:  # shift-invert Lanczos (one sparse factorization)
-                    est = eigsh(
-                        hs.tocsc(),
-                        k=1,
-                        sigma=0.0,
-                        which="LM",
-                        tol=1e-8,
-                        return_eigenvectors=False,
-                        v0=v0,
-                    )
-                    val = max(float(est[0]), 0.0) * safety
-                except Exception:  # noqa: BLE001 - singular / factorization failure
-                    val = 0.0
-                for _ in range(6):
-                    if val <= 0 or _is_pd(h - val * eye):
-                        break
-                    val /= 2
-                else:
-                    val = 0.0
-                out[b, k] = val
-        self._cache[key] = out
-        return out
-
-    def _lap_lmax(self) -> np.ndarray:
-        """Upper bounds on lambda_max(L) per block (Gershgorin and eigen-estimate x 1.01)."""
-        from scipy.sparse.linalg import eigsh
-
-        out = np.zeros(self.num_blocks)
-        for k in range(self.num_blocks):
-            s, e = self.block_ptr[k], self.block_ptr[k + 1]
-            lap = self.lap_scipy[s:e, s:e]
-            gersh = float(self.lap_rowabs_np[s:e].max()) if e > s else 0.0
-            if e - s <= _DENSE_MAX:
-                est = float(np.linalg.eigvalsh(lap.toarray())[-1]) * 1.001 + 1e-12
-            else:
-                est = (
-                    float(
-                        eigsh(
-                            lap,
-                            k=1,
-                            which="LA",
-                            tol=1e-8,
-                            return_eigenvectors=False,
-                            v0=np.ones(e - s),
-                        )[0]
-                    )
-                    * 1.01
-                )
-            out[k] = min(gersh, est)
-        return out
-
-    def _bounds(self, safety: float, lo_safety: float, which: str) -> np.ndarray:
-        key = f"bounds-{safety}-{lo_safety}-{which}"
-        if key in self._cache:
-            return self._cache[key]
-        rows = self._mask_rows()
-        if self.kind == "mask":
-            if which == "hi":
-                gersh = self._gershgorin_np()
-                gb = np.zeros((len(rows), self.num_blocks))
-                for k in range(self.num_blocks):
-                    s, e = self.block_ptr[k], self.block_ptr[k + 1]
-                    gb[:, k] = gersh[:, s:e].max(axis=1)
-                res = np.minimum(self._spectrum_mask("hi", safety), gb)
-            else:
-                res = self._spectrum_mask("lo", lo_safety)
-            self._cache[key] = res
-            return res
-        elif self.kind == "heat" and self.mask is None:
-            lmax = self._lap_lmax()
-            hi = np.zeros((1, self.num_blocks))
-            lo = np.zeros_like(hi)
-            for k in range(self.num_blocks):
-                mu = np.linspace(0.0, lmax[k], 20001)
-                r = self.heat.response(mu) ** 2 + self.lam * mu  # type: ignore[union-attr]
-                hi[0, k], lo[0, k] = r.max() * safety, max(r.min(), 0.0) * lo_safety
-        else:
-            from scipy.sparse.linalg import LinearOperator as SpOp
-            from scipy.sparse.linalg import eigsh
-
-            op = self.operator
-            assert op is not None
-            anorm2 = op.norm() ** 2 * 1.05  # power iteration underestimates: 5% margin
-            lmax = float(self._lap_lmax().max())
-            hi = np.full((len(rows), 1), anorm2 + self.lam * lmax)
-            lo = np.zeros_like(hi)
-            n = self.num_nodes
-            for b in rows if which == "lo" else ():
-
-                def mv(v: np.ndarray, b: int = b) -> np.ndarray:
-                    t = torch.as_tensor(
-                        np.asarray(v).reshape(1, -1), dtype=torch.float64, device=self.device
-                    )
-                    m = None if self.mask is None else self.mask[b : b + 1].double()
-                    ax = op(t)
-                    ax = ax if m is None else ax * m
-                    out = op.adjoint(ax) + self.lam * self.lap._mv(t)
-                    return out.detach().cpu().numpy().ravel()
-
-                try:
-                    est = eigsh(
-                        SpOp((n, n), matvec=mv, dtype=np.float64),
-                        k=1,
-                        which="SA",
-                        tol=1e-6,
-                        maxiter=20 * n,
-                        return_eigenvectors=False,
-                        v0=np.ones(n),
-                    )[0]
-                    lo[b, 0] = max(float(est), 0.0) * lo_safety
-                except Exception:  # noqa: BLE001 - ARPACK did not converge: no lower bound
-                    lo[b, 0] = 0.0
-        res = hi if which == "hi" else lo
-        if res.shape[1] != self.num_blocks:  # one value for every graph of the batch
-            res = np.repeat(res, self.num_blocks, axis=1)
-        self._cache[key] = res
-        return res
-
     def _expand(self, a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.dtype if like is None else like.dtype
         t = torch.as_tensor(a, dtype=dtype, device=self.device)
@@ -745,13 +388,8 @@ class GraphInverseProblem:
         if safety < 1:
             raise ValueError(f"Expected safety >= 1 (got {safety}).")
         if method == "gershgorin":
-            g = self._gershgorin_np()
-            out = np.zeros((g.shape[0], self.num_blocks))
-            for k in range(self.num_blocks):
-                s, e = self.block_ptr[k], self.block_ptr[k + 1]
-                out[:, k] = g[:, s:e].max(axis=1)
-            return self._expand(out)
-        return self._expand(self._bounds(safety, 0.95, "hi"))
+            return self._expand(_spectral.gershgorin_per_block(self))
+        return self._expand(_spectral.bounds(self, safety, 0.95, "hi"))
 
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
@@ -768,7 +406,7 @@ class GraphInverseProblem:
         """
         if not 0 < safety <= 1:
             raise ValueError(f"Expected 0 < safety <= 1 (got {safety}).")
-        return self._expand(self._bounds(1.01, safety, "lo"))
+        return self._expand(_spectral.bounds(self, 1.01, safety, "lo"))
 
     def jacobi_interval(self, *, safety: float = 1.01, lo_safety: float = 0.95):
         """Spectral interval ``[lo, hi]`` of ``S = D^{-1/2} H D^{-1/2}``, ``D = diag(H)``.
@@ -795,48 +433,8 @@ class GraphInverseProblem:
                 "Expected a mask problem for the Jacobi interval (diag(H) is exact only for "
                 f"A = mask; got kind {self.kind!r})."
             )
-        key = f"jacobi-{safety}-{lo_safety}"
-        if key not in self._cache:
-            rows = self._mask_rows()
-            lap_diag = self.lap_scipy.diagonal()
-            gb = np.zeros((len(rows), self.num_blocks))
-            gersh = self._gershgorin_np()
-            m = (
-                np.ones((1, self.num_nodes))
-                if self.mask is None
-                else self.mask.detach().cpu().double().numpy()
-            )
-            ratio = gersh / (m + self.lam * lap_diag[None])
-            for k in range(self.num_blocks):
-                s, e = self.block_ptr[k], self.block_ptr[k + 1]
-                gb[:, k] = ratio[:, s:e].max(axis=1)
-            hi = np.minimum(self._spectrum_mask("hi", safety, scaled=True), gb)
-            lo = np.minimum(self._spectrum_mask("lo", lo_safety, scaled=True), hi)
-            self._cache[key] = (lo, hi)
-        lo, hi = self._cache[key]
+        lo, hi = _spectral.jacobi_interval(self, safety, lo_safety)
         return self._expand(lo), self._expand(hi)
-
-    def _gershgorin_np(self) -> np.ndarray:
-        """``R_i >= sum_j |H_ij|`` per node (rows of a diagonally dominant majorant)."""
-        if "gersh" in self._cache:
-            return self._cache["gersh"]
-        lam_part = self.lam * self.lap_rowabs_np[None]
-        if self.kind == "mask":
-            m = (
-                np.ones((1, self.num_nodes))
-                if self.mask is None
-                else self.mask.detach().cpu().double().numpy()
-            )
-            out = m + lam_part
-        elif self.kind == "heat" and self.mask is None:
-            mu = np.linspace(0.0, float(self._lap_lmax().max()), 20001)
-            c = float((self.heat.response(mu) ** 2).max()) * 1.01  # type: ignore[union-attr]
-            out = c + lam_part
-        else:
-            assert self.operator is not None
-            out = self.operator.norm() ** 2 * 1.05 + lam_part
-        self._cache["gersh"] = out
-        return out
 
     def gershgorin_rows(self) -> torch.Tensor:
         """Per-node ``R_i`` with ``diag(R) - H`` positive semidefinite, ``(batch, n)``.
@@ -844,7 +442,7 @@ class GraphInverseProblem:
         For a mask ``R_i = m_i + lam sum_j |L_ij|`` = the Gershgorin row sum of ``H``;
         otherwise ``||A||^2`` (with a 5% power-iteration margin) replaces ``(A^T A)_ii``.
         """
-        return self._expand(self._gershgorin_np())
+        return self._expand(_spectral.gershgorin_np(self))
 
     # ----------------------------------------------------------- exact solution
     def solve_exact(self, method: str = "auto", *, tol: float = 1e-12) -> torch.Tensor:
@@ -861,61 +459,14 @@ class GraphInverseProblem:
             method = "direct" if self.kind == "mask" else "cg"
         if method == "direct" and self.kind != "mask":
             raise ValueError("method='direct' needs a mask operator; use method='cg'.")
-        key = f"exact-{method}"
-        if key in self._cache:
-            return self._cache[key].to(self.dtype)
-        if method == "direct":
-            from scipy.sparse.linalg import splu
-
-            b = self.rhs(self.y.double()).double().detach().cpu().numpy()
-            x = np.zeros_like(b)
-            if self.mask is None or self.mask.shape[0] == 1:
-                lu = splu(self._full_hessian_scipy(0).tocsc())
-                x = lu.solve(b.T).T
-            else:
-                for i in range(b.shape[0]):
-                    x[i] = splu(self._full_hessian_scipy(i).tocsc()).solve(b[i])
-            out = torch.as_tensor(np.ascontiguousarray(x), device=self.device)
-        else:
-            from ..solvers import cg
-
-            b = self.rhs(self.y.double()).double().detach()
-            sol = cg(
-                self.hessian_operator(),
-                b,
-                tol=tol,
-                max_iter=20 * self.num_nodes + 100,
-                check=False,
-                throw=True,
-            )
-            out = sol.x
-        self._cache[key] = out
-        return out.to(self.dtype)
-
-    def _full_hessian_scipy(self, b: int):  # type: ignore[no-untyped-def]
-        import scipy.sparse as sp
-
-        if self.mask is None:
-            d = np.ones(self.num_nodes)
-        else:
-            d = self.mask[b if self.mask.shape[0] > 1 else 0].detach().cpu().double().numpy()
-        return sp.csr_matrix(sp.diags(d) + self.lam * self.lap_scipy)
+        return _exact.solve_exact(self, method, tol).to(self.dtype)
 
     def hessian_scipy(self, b: int = 0):  # type: ignore[no-untyped-def]
         """``H`` of signal ``b`` as a scipy sparse matrix (mask problems only)."""
         if self.kind != "mask":
             raise ValueError("hessian_scipy needs a mask operator (A^T A is diagonal).")
-        return self._full_hessian_scipy(b)
+        return _exact.full_hessian_scipy(self, b)
 
     def hessian_diagonal(self) -> torch.Tensor:
         """``diag(H)``, ``(batch, n)`` (mask problems exactly; else ``||A||^2`` bound)."""
-        lap_diag = self.lap_scipy.diagonal()
-        if self.kind == "mask":
-            m = (
-                np.ones((1, self.num_nodes))
-                if self.mask is None
-                else self.mask.detach().cpu().double().numpy()
-            )
-            return self._expand(m + self.lam * lap_diag[None])
-        g = self._gershgorin_np() - self.lam * self.lap_rowabs_np[None]
-        return self._expand(g + self.lam * lap_diag[None])
+        return self._expand(_spectral.hessian_diagonal_np(self))

@@ -1,0 +1,57 @@
+"""Adjacency matrices (and batch vectors) from networkx graphs and PyG ``Data``/``Batch``.
+
+Helpers of :meth:`GraphInverseProblem.from_networkx` and :meth:`GraphInverseProblem.from_pyg`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["networkx_adjacency", "pyg_inputs"]
+
+
+def networkx_adjacency(G: Any, weight: str | None = "weight"):  # type: ignore[no-untyped-def]  # noqa: N803
+    """CSR adjacency of an undirected ``networkx`` graph, nodes in ``list(G.nodes)`` order.
+
+    Edge attribute ``weight`` (default 1 where missing) gives the edge weights.
+    """
+    import networkx as nx
+
+    if not isinstance(G, nx.Graph):
+        raise TypeError(f"Expected a networkx graph (got {type(G).__name__}).")
+    if G.is_directed():
+        raise ValueError(
+            "Expected an undirected graph (got a directed networkx graph); use "
+            "G.to_undirected() first."
+        )
+    adj = nx.to_scipy_sparse_array(G, nodelist=list(G.nodes), weight=weight, format="csr")
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(adj)
+
+
+def pyg_inputs(data: Any, y: torch.Tensor | None) -> tuple[Any, torch.Tensor, Any]:
+    """``(adjacency, y, graph_index)`` of a PyG ``Data`` or ``Batch``.
+
+    Edge weights come from ``data.edge_weight`` (or a 1-D ``edge_attr``), else 1; ``y``
+    defaults to ``data.y``; ``graph_index`` is ``data.batch`` (None for a single graph).
+    """
+    from torch_geometric.utils import to_scipy_sparse_matrix
+
+    ei = getattr(data, "edge_index", None)
+    if ei is None:
+        raise ValueError("Expected a PyG Data/Batch with 'edge_index'.")
+    w = getattr(data, "edge_weight", None)
+    if w is None:
+        ea = getattr(data, "edge_attr", None)
+        if ea is not None and (ea.dim() == 1 or (ea.dim() == 2 and ea.shape[1] == 1)):
+            w = ea.reshape(-1)
+    if y is None:
+        y = getattr(data, "y", None)
+        if y is None:
+            raise ValueError("Expected 'y' (or data.y) with the observed signal.")
+    n = int(data.num_nodes)
+    adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(), n)
+    return adj, y, getattr(data, "batch", None)
