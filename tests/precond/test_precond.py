@@ -683,7 +683,8 @@ def test_learned_poly_gradcheck_training_and_checkpoint(device, tmp_path):
 
 
 def test_learned_poly_without_scaling_needs_no_graph(device, monkeypatch):
-    from unrollsci.precond import _model, chebyshev
+    from unrollsci.precond import _learned as _model
+    from unrollsci.precond import chebyshev
 
     a = diffusion2d(9, seed=4)
     model = LearnedPreconditioner("poly", degree=5, ratio=0.02, scaling=False, seed=0).to(device)

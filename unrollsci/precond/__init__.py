@@ -13,18 +13,8 @@ Families of systems:
 :func:`load_matrices` (a user's own family, from files).
 """
 
-from ._classical import (
-    AMGPreconditioner,
-    BlockPreconditioner,
-    DiagonalPreconditioner,
-    FactorPreconditioner,
-    ICBreakdownError,
-    InverseFactorPreconditioner,
-    amg,
-    ic0,
-    jacobi,
-    mic0,
-)
+from ._classical import AMGPreconditioner, DiagonalPreconditioner, amg, jacobi
+from ._factors import BlockPreconditioner, FactorPreconditioner, InverseFactorPreconditioner
 from ._families import (
     FAMILIES,
     anisotropic2d,
@@ -33,15 +23,9 @@ from ._families import (
     load_matrices,
     matrix_family,
 )
-from ._model import (
-    LearnedPreconditioner,
-    MatrixGraph,
-    SystemBatch,
-    fit_preconditioner,
-    make_batches,
-    pcg_loss,
-    unrolled_pcg,
-)
+from ._graph import MatrixGraph, SystemBatch
+from ._incomplete import ICBreakdownError, ic0, mic0
+from ._learned import LearnedPreconditioner
 from ._ordering import (
     PermutedPreconditioner,
     candidate_orderings,
@@ -50,8 +34,10 @@ from ._ordering import (
     reorder,
     select_ordering,
 )
+from ._pcg import pcg_loss, unrolled_pcg
 from ._poly import ChebyshevPreconditioner, chebyshev
 from ._sparse import LowerPattern, lower_pattern, tri_solve
+from ._training import fit_preconditioner, make_batches
 
 __all__ = [
     "AMGPreconditioner",

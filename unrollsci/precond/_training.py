@@ -1,0 +1,190 @@
+"""Training a learned preconditioner: :func:`make_batches` and :func:`fit_preconditioner`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..operators import SparseOperator
+from ._graph import SystemBatch
+from ._learned import LearnedPreconditioner
+from ._pcg import _steps_to_tol, pcg_loss
+from ._sparse import check_spd_input
+
+__all__ = ["make_batches", "fit_preconditioner"]
+
+
+def make_batches(
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    *,
+    n_rhs: int = 4,
+    seed: int = 0,
+    adaptive_tol: float | None = None,
+    max_steps: int = 50,
+) -> list[SystemBatch]:
+    """Training data for :func:`unrollsci.train.fit`: one batch per matrix.
+
+    Right-hand sides are standard normal (seeded); exact solutions come from a sparse
+    direct solve (for the energy-norm loss).
+
+    Args:
+        adaptive_tol: if given, each system gets its own unroll length: the number of PCG
+            steps the model's *current* (e.g. untrained = base) preconditioner needs to
+            bring the relative energy error below ``adaptive_tol`` (at most
+            ``max_steps``), so that easy and hard systems of one family are trained at the
+            same error level instead of easy ones at round-off.
+    """
+    import scipy.sparse.linalg as spla
+
+    rng = np.random.default_rng(seed)
+    dev = next(model.parameters()).device
+    out = []
+    for k, m in enumerate(matrices):
+        a = check_spd_input(m, f"matrices[{k}]")
+        g = model.prepare(a)
+        b = rng.standard_normal((n_rhs, a.shape[0]))
+        lu = spla.splu(a.tocsc())
+        x = np.stack([lu.solve(bi) for bi in b])
+        if np.any((x * b).sum(-1) <= 0):
+            raise ValueError(
+                f"matrices[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
+            )
+        batch = SystemBatch(
+            g, SparseOperator(a).to(dev), torch.from_numpy(b).to(dev), torch.from_numpy(x).to(dev)
+        )
+        if adaptive_tol is not None:
+            batch.steps = _steps_to_tol(model, batch, adaptive_tol, max_steps)
+        out.append(batch)
+    return out
+
+
+def fit_preconditioner(
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    *,
+    steps: int = 10,
+    loss: str = "energy",
+    n_rhs: int = 4,
+    val_matrices: Sequence[Any] | None = None,
+    epochs: int = 15,
+    lr: float = 2e-3,
+    seed: int = 0,
+    restarts: int = 1,
+    progress: bool = False,
+    keep_base_if_better: bool = True,
+    adaptive_tol: float | None = None,
+    **fit_kwargs: Any,
+) -> Any:
+    """Train ``model`` on a list of matrices with the shared :func:`unrollsci.train.fit`.
+
+    Args:
+        model: the preconditioner to train (in place).
+        matrices: training matrices (scipy / torch sparse SPD).
+        steps, loss: see :func:`pcg_loss`.
+        n_rhs: random right-hand sides per matrix.
+        val_matrices: validation matrices; ``fit`` keeps the weights of the best
+            validation epoch.
+        restarts: train from this many initial weights (the model's own, then
+            ``model.reset_parameters(seed + r)`` for ``r = 1, ...``) and keep the run with
+            the best validation loss. Needs ``val_matrices``. Different initial weights
+            land in different minima; selecting by validation loss guards against an
+            unlucky one (measured spread: ``docs/precond.md``, "Reproducibility").
+        keep_base_if_better: with validation matrices, also score the weights before
+            training (the base factor, e.g. IC(0)) and keep them when no epoch beat
+            them, so that training cannot make the preconditioner worse on the
+            validation systems (``history.kept_initial`` says whether this happened).
+        adaptive_tol: per-system unroll lengths, see :func:`make_batches` (``steps`` is
+            then only the default for systems without one).
+        epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``; all are checked
+            before the training systems are built. ``checkpoint=path`` saves the kept
+            model (after restarts and ``keep_base_if_better``) once, at the end.
+
+    Returns:
+        the training :class:`~unrollsci.train.History` of the kept run (plus
+        ``initial_val`` and ``kept_initial`` when validation matrices are given, and
+        ``restart_vals``, the best validation loss of every restart, and ``restart``,
+        the index of the kept one).
+    """
+    import copy
+
+    from .._validation import check_positive
+    from ..train import fit, save_checkpoint
+
+    restarts = int(restarts)
+    if restarts < 1:
+        raise ValueError(f"Expected restarts >= 1 (got {restarts}).")
+    if restarts > 1 and not val_matrices:
+        raise ValueError("restarts > 1 selects by validation loss: pass val_matrices.")
+    if not isinstance(model, LearnedPreconditioner):
+        raise TypeError(f"Expected a LearnedPreconditioner to train (got {type(model).__name__}).")
+    if isinstance(matrices, (str, bytes)) or not isinstance(matrices, Sequence):
+        raise TypeError(
+            "Expected 'matrices' to be a list of sparse SPD matrices "
+            f"(got {type(matrices).__name__})."
+        )
+    if len(matrices) == 0:
+        raise ValueError(
+            "Expected at least one training matrix (got an empty 'matrices'): every "
+            "epoch would see no batch."
+        )
+    for name, value, low in (("epochs", epochs, 1), ("n_rhs", n_rhs, 1), ("steps", steps, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"Expected '{name}' to be an integer (got {type(value).__name__}).")
+        if value < low:
+            raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
+    check_positive("lr", lr)
+    checkpoint = fit_kwargs.pop("checkpoint", None)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise IsADirectoryError(
+            f"Expected 'checkpoint' to be a file path, but {checkpoint} is a directory."
+        )
+    kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
+    data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
+    val = (
+        make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1, **kw)
+        if val_matrices
+        else None
+    )
+    loss_fn = pcg_loss(steps, loss, seed)
+    init_state, init_val = None, None
+    if val is not None and keep_base_if_better:
+        init_state = copy.deepcopy(model.state_dict())
+        with torch.no_grad():
+            init_val = float(np.mean([float(loss_fn(model, b)) for b in val]))
+    best_hist, best_state, vals = None, None, []
+    for r in range(restarts):
+        if r:
+            model.reset_parameters(seed + r)
+        hist = fit(
+            model,
+            loss_fn,
+            data,
+            val_data=val,
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+            **fit_kwargs,
+        )
+        vals.append(hist.best_val if val is not None else hist.train_loss[-1])
+        if best_hist is None or vals[-1] < min(vals[:-1]):
+            best_hist = hist
+            if restarts > 1:
+                best_state = copy.deepcopy(model.state_dict())
+    hist = best_hist
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    hist.restart_vals, hist.restart = vals, int(np.argmin(vals))
+    if init_state is not None and init_val is not None:
+        hist.initial_val = init_val
+        hist.kept_initial = not hist.best_val < init_val
+        if hist.kept_initial:
+            model.load_state_dict(init_state)
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)  # the kept weights, not the last restart's
+    return hist
