@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_symmetric
 from ..operators import LinearOperator, SparseOperator
 
 __all__ = ["validate_adjacency", "laplacian_matrix", "HeatKernel", "chebyshev_coefficients"]
@@ -44,12 +45,11 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
             "Laplacian with negative weights is indefinite and the problem is not convex."
         )
     a.eliminate_zeros()
-    asym = abs(a - a.T)
-    if asym.nnz and float(asym.max()) > 1e-12 * max(float(abs(a).max()), 1.0):
-        raise ValueError(
-            f"Expected a symmetric '{name}' (undirected graph); got max |W - W^T| = "
-            f"{float(asym.max()):.3g}. Symmetrize it, e.g. (W + W.T) / 2."
-        )
+    check_symmetric(
+        a,
+        name,
+        hint="An undirected graph has a symmetric adjacency: symmetrize it, e.g. (W + W.T) / 2.",
+    )
     a.sort_indices()
     return a
 

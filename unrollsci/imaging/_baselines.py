@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .._validation import check_batch, check_finite, check_positive, check_tensor
-from ..operators import LinearOperator
+from ..operators import ReshapeOperator, gram
 from ..operators._radon import Radon
 from ..prox import project_support
 from ..solvers import Solution, cg
@@ -135,11 +135,11 @@ def tv_reconstruction(
     with torch.no_grad():
         while it < max_iter:
             it += 1
-            p = (p + sigma * (radon._mv(xbar) / a - ys)) / (1 + sigma)
+            p = (p + sigma * (radon.mv(xbar) / a - ys)) / (1 + sigma)
             q = q + sigma * gradient2d(xbar)
             qn = q.norm(dim=1, keepdim=True)
             q = q / torch.clamp(qn / max(lam_s, 1e-300), min=1.0)
-            x_new = x - tau * (radon._rmv(p) / a - divergence2d(q))
+            x_new = x - tau * (radon.rmv(p) / a - divergence2d(q))
             if nonneg:
                 x_new = torch.relu(x_new)
             if m is not None:
@@ -165,22 +165,6 @@ def tv_reconstruction(
     )
 
 
-class _Normal(LinearOperator):
-    """``A^T A + lam I`` on flattened images, for CG."""
-
-    def __init__(self, radon: Radon, lam: float) -> None:
-        super().__init__()
-        self.radon, self.lam = radon, lam
-        n = radon.image_size
-        self.in_shape = self.out_shape = (n * n,)
-
-    def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        img = x.reshape(x.shape[0], *self.radon.in_shape)
-        return self.radon._rmv(self.radon._mv(img)).reshape(x.shape[0], -1) + self.lam * x
-
-    _rmv = _mv
-
-
 def tikhonov_reconstruction(
     y: torch.Tensor,
     radon: Radon,
@@ -203,8 +187,9 @@ def tikhonov_reconstruction(
     _check_problem(y, radon, None)
     lam = _hyper("lam", lam, allow_zero=False)
     _check_iters(tol, max_iter)
-    normal = _Normal(radon, float(lam))
-    rhs = radon._rmv(y).reshape(y.shape[0], -1)
+    # A^T A + lam I on flattened images (what CG expects)
+    normal = gram(radon @ ReshapeOperator((radon.image_size**2,), radon.in_shape), float(lam))
+    rhs = radon.rmv(y).reshape(y.shape[0], -1)
     sol = cg(normal, rhs, tol=tol, max_iter=max_iter, throw=throw)
     sol.x = sol.x.reshape(y.shape[0], *radon.in_shape)
     return sol

@@ -1,5 +1,6 @@
 """Linear forward operators with exact adjoints, batched and device-agnostic."""
 
+from ._algebra import GramOperator, IdentityOperator, ReshapeOperator, gram
 from ._base import (
     AdjointOperator,
     ComposedOperator,
@@ -16,14 +17,18 @@ __all__ = [
     "AdjointOperator",
     "ComposedOperator",
     "Convolution",
+    "GramOperator",
+    "IdentityOperator",
     "LinearOperator",
     "Mask",
     "MatrixOperator",
     "Radon",
+    "ReshapeOperator",
     "ScaledOperator",
     "SparseOperator",
     "SumOperator",
     "check_adjoint",
     "fbp",
+    "gram",
     "to_torch_sparse",
 ]

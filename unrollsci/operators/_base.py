@@ -86,7 +86,9 @@ class LinearOperator(nn.Module):
 
     Signals carry a leading batch dimension: ``op(x)`` takes ``x`` of shape
     ``(batch, *in_shape)`` and returns ``(batch, *out_shape)``; ``op.adjoint(y)``
-    goes back. Subclasses implement :meth:`_mv` and :meth:`_rmv`, and
+    goes back; both validate their input on every call. Solver internals that already
+    validated at their public entry use :meth:`mv` / :meth:`rmv` (no checks). Subclasses
+    implement :meth:`_mv` and :meth:`_rmv`, and
     set ``in_shape`` / ``out_shape`` (per-sample shapes, without the batch
     dimension). Device and dtype follow the input: buffers are cast to the input's
     device and dtype on the fly (see :meth:`_cast`).
@@ -141,6 +143,21 @@ class LinearOperator(nn.Module):
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def mv(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` with no checks: for use inside solvers after the public entry validated.
+
+        ``op(x)`` checks on every call that ``x`` is a real floating tensor of shape
+        ``(batch, *in_shape)`` with ``batch >= 1``, of a supported dtype and on the
+        operator's device (and runs ``nn.Module`` hooks). ``mv`` skips all of that (and
+        the hooks): ``x`` must already be such a tensor, exactly ``(batch, *in_shape)``
+        (no channel axis). Same numbers as ``op(x)``; differentiable.
+        """
+        return self._mv(x)
+
+    def rmv(self, y: torch.Tensor) -> torch.Tensor:
+        """``A^T y`` with no checks (see :meth:`mv`): ``y`` exactly ``(batch, *out_shape)``."""
+        return self._rmv(y)
 
     def _check_input(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
         check_tensor(name, x)
@@ -304,13 +321,21 @@ class LinearOperator(nn.Module):
             self._norm_cache = (key, value)
         return value
 
-    def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The operator as a dense ``(m, n)`` matrix (for small operators and tests)."""
+    def to_dense(
+        self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The operator as a dense ``(m, n)`` matrix (for small operators and tests).
+
+        Column ``j`` is ``A e_j``, on ``device`` (default: the operator's, else the CPU)
+        in ``dtype``. Differentiable: gradients flow to the operator's trainable tensors
+        (e.g. the ``nn.Parameter`` of a :class:`MatrixOperator`), so a solver may
+        densify a learned operator inside its graph; call ``.detach()`` on the result
+        (or densify under ``torch.no_grad()``) for a constant matrix.
+        """
         m, n = self.shape
-        device = self.device or torch.device("cpu")
+        device = check_device(device) or self.device or torch.device("cpu")
         eye = torch.eye(n, dtype=dtype, device=device).reshape(n, *self.in_shape)
-        with torch.no_grad():
-            cols = self(eye).reshape(n, m)
+        cols = self(eye).reshape(n, m)
         return cols.T.contiguous()
 
     # ------------------------------------------------------------ composition
@@ -366,10 +391,10 @@ class ComposedOperator(LinearOperator):
         self.supported_dtypes = _common_dtypes(outer, inner)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer._mv(self.inner._mv(x))
+        return self.outer.mv(self.inner.mv(x))
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
-        return self.inner._rmv(self.outer._rmv(y))
+        return self.inner.rmv(self.outer.rmv(y))
 
 
 class SumOperator(LinearOperator):
@@ -388,10 +413,10 @@ class SumOperator(LinearOperator):
         self.supported_dtypes = _common_dtypes(a, b)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a._mv(x) + self.b._mv(x)
+        return self.a.mv(x) + self.b.mv(x)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
-        return self.a._rmv(y) + self.b._rmv(y)
+        return self.a.rmv(y) + self.b.rmv(y)
 
 
 class ScaledOperator(LinearOperator):
@@ -405,10 +430,10 @@ class ScaledOperator(LinearOperator):
         self.supported_dtypes = op.supported_dtypes
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.op._mv(x)
+        return self.scale * self.op.mv(x)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.op._rmv(y)
+        return self.scale * self.op.rmv(y)
 
     def _norm_state(self) -> Any:
         return (self.scale,)
@@ -425,10 +450,10 @@ class AdjointOperator(LinearOperator):
         self.supported_dtypes = op.supported_dtypes
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op._rmv(x)
+        return self.op.rmv(x)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
-        return self.op._mv(y)
+        return self.op.mv(y)
 
     @property
     def T(self) -> LinearOperator:  # noqa: N802

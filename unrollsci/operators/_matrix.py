@@ -48,8 +48,13 @@ class MatrixOperator(LinearOperator):
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
         return y @ self._cast("matrix", y)
 
-    def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        return self.matrix.detach().to(dtype)
+    def to_dense(
+        self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The matrix in ``dtype`` on ``device``; differentiable in a learned matrix (see
+        :meth:`LinearOperator.to_dense`)."""
+        out = self.matrix.to(device=check_device(device) or self.matrix.device, dtype=dtype)
+        return out.view_as(out) if out is self.matrix else out
 
 
 def to_torch_sparse(
@@ -228,8 +233,13 @@ class SparseOperator(LinearOperator):
             self._cast_cache[key] = pair  # type: ignore[index]
         return pair
 
-    def to_dense(self, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        return self.matrix.to_dense().to(dtype)
+    def to_dense(
+        self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The matrix as a dense tensor in ``dtype`` on ``device`` (see
+        :meth:`LinearOperator.to_dense`)."""
+        dense = self.matrix.to_dense()
+        return dense.to(device=check_device(device) or dense.device, dtype=dtype)
 
     def to_scipy(self):  # type: ignore[no-untyped-def]
         """The matrix as ``scipy.sparse.csr_matrix``."""

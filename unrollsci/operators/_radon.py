@@ -453,7 +453,7 @@ def fbp(y: torch.Tensor, radon: Radon, *, filter: str = "ram-lak") -> torch.Tens
         )
     check_finite("y", sino)
     filtered = filter_sinogram(sino, filter)
-    out = radon._rmv(filtered) * (math.pi / (2 * radon.n_angles))
+    out = radon.rmv(filtered) * (math.pi / (2 * radon.n_angles))
     return out.unsqueeze(1) if channel else out
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_symmetric
+
 __all__ = ["LowerPattern", "lower_pattern", "tri_solve", "lower_matvec", "check_spd_input"]
 
 
@@ -230,14 +232,7 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
             f"Expected '{name}' to be finite (got {n_nan} NaN and "
             f"{int(np.isinf(a.data).sum())} Inf entries)."
         )
-    d = abs(a - a.T)
-    diff = d.max() if d.nnz else 0.0
-    mag = abs(a).max() if a.nnz else 0.0
-    if diff > 1e-10 * mag:
-        raise ValueError(
-            f"Expected '{name}' to be symmetric (got max |A - A^T| = {diff:.3e}, max |A| = "
-            f"{mag:.3e}). Preconditioned CG needs a symmetric positive definite matrix."
-        )
+    check_symmetric(a, name, hint="Preconditioned CG needs a symmetric positive definite matrix.")
     diag = a.diagonal()
     if np.any(diag <= 0):
         bad = int(np.argmin(diag))

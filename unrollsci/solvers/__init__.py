@@ -2,6 +2,7 @@
 
 from ._bg_amp import bg_amp
 from ._cg import cg, check_symmetric
+from ._chebyshev import chebyshev_roots
 from ._common import as_operator
 from ._gd import gradient_descent
 from ._lasso import admm, amp, fista, ista
@@ -28,6 +29,7 @@ __all__ = [
     "bg_amp_step",
     "bg_denoise",
     "cg",
+    "chebyshev_roots",
     "check_symmetric",
     "fista",
     "fista_momentum",

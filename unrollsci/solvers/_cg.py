@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from .._validation import check_finite, check_positive, check_same_device, check_tensor
+from .._validation import (
+    SYMMETRY_EPS_FACTOR,
+    check_finite,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
+from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
 from ._common import as_operator, check_signal, check_stopping
@@ -19,8 +26,12 @@ __all__ = ["cg", "check_symmetric"]
 def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> None:
     """Raise ``ValueError`` if the matrix or operator ``a`` is not square and symmetric.
 
-    Explicit matrices are compared entrywise with their transpose; a
-    ``LinearOperator`` is probed with random vectors (``<Ax, y>`` vs ``<x, Ay>``).
+    Explicit matrices (dense or sparse torch tensors, scipy sparse matrices) are
+    compared entrywise with their transpose by :func:`unrollsci._validation.check_symmetric`,
+    the library's one rule: ``max|A - A^T| <= rtol * max|A|`` with ``rtol = 1000 eps(dtype)``
+    by default. A ``LinearOperator`` is probed with two random vectors instead: it must
+    satisfy ``|<Ax, y> - <x, Ay>| <= rtol (||Ax|| ||y|| + ||Ay|| ||x||)``, with the same
+    default ``rtol``.
     """
     if isinstance(a, LinearOperator):
         if a.in_shape != a.out_shape:
@@ -38,7 +49,7 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
         lhs = (ax[0] * x[1]).sum()
         rhs = (x[0] * ax[1]).sum()
         scale = ax[0].norm() * x[1].norm() + ax[1].norm() * x[0].norm()
-        tol = rtol if rtol is not None else 1e3 * eps
+        tol = rtol if rtol is not None else SYMMETRY_EPS_FACTOR * eps
         if float((lhs - rhs).abs()) > tol * float(scale):
             raise ValueError(
                 f"Expected '{name}' to be symmetric: <Ax, y> - <x, Ay> = "
@@ -47,46 +58,18 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
                 "definite operator; use a different solver for non-symmetric systems."
             )
         return
-    if isinstance(a, torch.Tensor):
-        if a.dim() != 2 or a.shape[0] != a.shape[1]:
-            raise ValueError(
-                f"Expected '{name}' to be a square matrix (got shape {tuple(a.shape)})."
-            )
-        if a.layout == torch.strided:
-            diff = (a - a.T).abs().max()
-            mag = a.abs().max()
-        else:
-            coo = a.to_sparse_coo().coalesce()
-            d = (coo - coo.t()).coalesce().values()
-            diff = d.abs().max() if d.numel() else torch.zeros(())
-            mag = coo.values().abs().max() if coo.values().numel() else torch.zeros(())
-        eps = torch.finfo(a.dtype).eps if a.is_floating_point() else 1e-16
-        tol = rtol if rtol is not None else 1e2 * eps
-        if float(diff) > tol * float(mag):
-            raise ValueError(
-                f"Expected '{name}' to be symmetric (got max |A - A^T| = {float(diff):.3e}, "
-                f"max |A| = {float(mag):.3e})."
-            )
-        return
+    if not isinstance(a, torch.Tensor) and not _is_scipy_sparse(a):
+        raise TypeError(
+            f"Expected '{name}' to be a LinearOperator, a torch tensor or a scipy sparse matrix "
+            f"(got {type(a).__name__})."
+        )
+    _check_symmetric(a, name, rtol=rtol)
+
+
+def _is_scipy_sparse(a: Any) -> bool:
     import scipy.sparse as sp
 
-    if sp.issparse(a):
-        if a.shape[0] != a.shape[1]:
-            raise ValueError(f"Expected '{name}' to be a square matrix (got shape {a.shape}).")
-        d = abs(a - a.T)
-        diff = d.max() if d.nnz else 0.0
-        mag = abs(a).max() if a.nnz else 0.0
-        tol = rtol if rtol is not None else 1e2 * float(__import__("numpy").finfo(a.dtype).eps)
-        if diff > tol * mag:
-            raise ValueError(
-                f"Expected '{name}' to be symmetric (got max |A - A^T| = {diff:.3e}, "
-                f"max |A| = {mag:.3e})."
-            )
-        return
-    raise TypeError(
-        f"Expected '{name}' to be a LinearOperator, a torch tensor or a scipy sparse matrix "
-        f"(got {type(a).__name__})."
-    )
+    return bool(sp.issparse(a))
 
 
 def _norm(v: torch.Tensor) -> torch.Tensor:

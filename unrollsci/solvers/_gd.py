@@ -10,6 +10,7 @@ from .._validation import check_batch, check_finite, check_positive, check_tenso
 from ..operators._base import check_real
 from ._common import check_stopping
 from ._solution import Solution, finish
+from ._steps import fista_momentum
 
 __all__ = ["gradient_descent"]
 
@@ -66,9 +67,8 @@ def gradient_descent(
     while not converged and k < max_iter:
         k += 1
         if momentum == "nesterov":
-            t_next = 0.5 * (1 + (1 + 4 * tk * tk) ** 0.5)
-            v = x + ((tk - 1) / t_next) * (x - x_prev)
-            tk = t_next
+            tk, beta = fista_momentum(tk)
+            v = x + beta * (x - x_prev)
             x_prev, x = x, v - step * grad(v)
         else:
             x_prev, x = x, x - step * g

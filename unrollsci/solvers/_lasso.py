@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from .._validation import check_finite, check_nonnegative, check_positive, check_tensor
-from ..operators import LinearOperator
+from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, unbatch
 from ._solution import Solution, finish
-from ._steps import admm_step, amp_step, ista_step
+from ._steps import admm_step, amp_step, fista_momentum, ista_step
 
 __all__ = ["ista", "fista", "admm", "amp"]
 
@@ -174,8 +174,8 @@ def fista(
     converged = False
     k = 0
     for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
-        t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * tk * tk))
-        v = x + ((tk - 1.0) / t_next) * (x - x_prev)
+        t_next, beta = fista_momentum(tk)
+        v = x + beta * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t)
         r = ((x_new - v).detach().norm(dim=-1) / t_step / scale).max().item()
         if restart:
@@ -241,26 +241,14 @@ def admm(
     if method == "auto":
         method = "cholesky" if n <= 4096 else "cg"
     aty = op.adjoint(y)
+    shifted = gram(op, shift=rho)  # A^T A + rho I
     if method == "cholesky":
-        dense = _dense(op, y)  # differentiable in op's parameters
-        gram = dense.T @ dense + rho * torch.eye(n, dtype=y.dtype, device=y.device)
-        chol = torch.linalg.cholesky(gram)
+        # dense and differentiable in op's parameters and in a learned rho
+        chol = torch.linalg.cholesky(shifted.to_dense(dtype=y.dtype, device=y.device))
 
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
             return torch.cholesky_solve(rhs.T, chol).T
     else:
-
-        class _Shifted(LinearOperator):
-            def __init__(self) -> None:
-                super().__init__()
-                self.in_shape = self.out_shape = (n,)
-
-            def _mv(self, v: torch.Tensor) -> torch.Tensor:
-                return op.adjoint(op(v)) + rho * v
-
-            _rmv = _mv
-
-        shifted = _Shifted()
         state = {"x": torch.zeros_like(aty)}
 
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
@@ -296,12 +284,6 @@ def admm(
         {"rho": rho, "method": method},
         hint="A different rho (penalty) can speed ADMM up a lot.",
     )
-
-
-def _dense(op: LinearOperator, like: torch.Tensor) -> torch.Tensor:
-    n = op.in_shape[0]
-    eye = torch.eye(n, dtype=like.dtype, device=like.device)
-    return op(eye).T
 
 
 def amp(

@@ -11,6 +11,7 @@ Bernoulli-Gaussian prior.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -40,9 +41,23 @@ def ista_step(
     return soft_threshold(x - step * op.adjoint(op(x) - y), threshold)
 
 
-def fista_momentum(t: float) -> tuple[float, float]:
-    """Nesterov/FISTA sequence: returns ``(t_next, beta)`` with ``beta = (t - 1) / t_next``."""
-    t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
+def fista_momentum(t: float | torch.Tensor) -> tuple[Any, Any]:
+    """Nesterov/FISTA sequence: returns ``(t_next, beta)`` with
+    ``t_next = (1 + sqrt(1 + 4 t^2)) / 2`` and ``beta = (t - 1) / t_next``.
+
+    The one implementation of the sequence (:func:`unrollsci.solvers.fista`,
+    :func:`unrollsci.solvers.gradient_descent` with Nesterov momentum and
+    :class:`unrollsci.unrolled.UnrolledFISTA` all use it). ``t`` is a Python float
+    (then so are the results) or a tensor, e.g. one ``t`` per batch entry as FISTA with
+    restart keeps; starting from ``t = 1`` gives ``beta = 0, 1/t_2, ...``. The float path
+    is the correctly rounded float64 recurrence; the tensor path uses ``torch.sqrt``,
+    which on some CPU builds is 1 ulp off (e.g. at ``t_12``), so the two sequences can
+    differ in the last bit.
+    """
+    if isinstance(t, torch.Tensor):
+        t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+    else:
+        t_next = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
     return t_next, (t - 1.0) / t_next
 
 

@@ -135,8 +135,9 @@ class UnrolledLasso(nn.Module):
 
     # ------------------------------------------------------------- helpers
     def _dense(self) -> torch.Tensor:
-        """``A`` as a dense float64 ``(m, n)`` matrix."""
-        return self.operator.to_dense(dtype=torch.float64)
+        """``A`` as a dense float64 ``(m, n)`` matrix, a constant (detached: it initialises
+        parameters and buffers)."""
+        return self.operator.to_dense(dtype=torch.float64).detach()
 
     def _lipschitz(self) -> float:
         lip = self.operator.norm() ** 2
