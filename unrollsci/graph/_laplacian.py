@@ -147,7 +147,7 @@ class HeatKernel(LinearOperator):
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
         def lt(v: torch.Tensor) -> torch.Tensor:  # (2 L / lmax - I) v
-            return self.lap._mv(v) * (2.0 / self.lmax) - v
+            return self.lap.mv(v) * (2.0 / self.lmax) - v
 
         t_prev, t_cur = x, lt(x)
         out = self.coef[0] * t_prev + self.coef[1] * t_cur
