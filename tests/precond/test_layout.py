@@ -3,6 +3,8 @@
 import copy
 import importlib
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -196,3 +198,18 @@ def test_format1_checkpoint_naming_the_old_module_loads(tmp_path):
     again = load_checkpoint(tmp_path / "old.pt", expected=LearnedPreconditioner)
     eye = torch.eye(a.shape[0], dtype=torch.float64)
     assert torch.equal(again.build(a)(eye), model.build(a)(eye))
+
+
+def test_classical_preconditioners_do_not_import_torch_geometric():
+    # The GNN layer needs torch_geometric (a slow import): only the learned model loads it.
+    code = (
+        "import sys; from unrollsci.precond import diffusion2d, ic0, unrolled_pcg; "
+        "ic0(diffusion2d(4)); assert 'torch_geometric' not in sys.modules; "
+        "from unrollsci.precond import LearnedPreconditioner; "
+        "assert 'torch_geometric' in sys.modules"
+    )
+    root = Path(precond.__file__).parents[2]  # this checkout, not an installed copy
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert out.returncode == 0, out.stderr

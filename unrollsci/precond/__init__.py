@@ -13,6 +13,9 @@ Families of systems:
 :func:`load_matrices` (a user's own family, from files).
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._classical import AMGPreconditioner, DiagonalPreconditioner, amg, jacobi
 from ._factors import BlockPreconditioner, FactorPreconditioner, InverseFactorPreconditioner
 from ._families import (
@@ -25,7 +28,6 @@ from ._families import (
 )
 from ._graph import MatrixGraph, SystemBatch
 from ._incomplete import ICBreakdownError, ic0, mic0
-from ._learned import LearnedPreconditioner
 from ._ordering import (
     PermutedPreconditioner,
     candidate_orderings,
@@ -37,7 +39,31 @@ from ._ordering import (
 from ._pcg import pcg_loss, unrolled_pcg
 from ._poly import ChebyshevPreconditioner, chebyshev
 from ._sparse import LowerPattern, lower_pattern, tri_solve
-from ._training import fit_preconditioner, make_batches
+
+if TYPE_CHECKING:
+    from ._learned import LearnedPreconditioner
+    from ._training import fit_preconditioner, make_batches
+
+# The learned model's GNN layer subclasses torch_geometric's MessagePassing, whose import is
+# slow: these names load it on first use, so the classical preconditioners do not pay for it.
+_LAZY = {
+    "LearnedPreconditioner": "._learned",
+    "fit_preconditioner": "._training",
+    "make_batches": "._training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AMGPreconditioner",

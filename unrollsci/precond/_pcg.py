@@ -7,12 +7,15 @@ after a fixed number of steps can be back-propagated into the preconditioner.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._graph import SystemBatch
-from ._learned import LearnedPreconditioner
 from ._sparse import lower_matvec
+
+if TYPE_CHECKING:  # annotations only: importing the model loads torch_geometric
+    from ._learned import LearnedPreconditioner
 
 __all__ = ["unrolled_pcg", "pcg_loss"]
 
