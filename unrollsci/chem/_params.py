@@ -26,6 +26,7 @@ import torch
 from ase.data import chemical_symbols
 
 from .._validation import check_device
+from ._settings import COULOMB_CONSTANT
 
 __all__ = ["BUILTIN_PARAMS", "resolve_params", "KEYS"]
 
@@ -46,7 +47,7 @@ _RAPPE_GODDARD: dict[str, tuple[float, float, float]] = {
 }
 
 KEYS = ("chi", "eta", "gamma", "sigma")
-_KE_DEFAULT = 14.399645
+_KE_DEFAULT = COULOMB_CONSTANT  # eV A / e^2: the gamma defaults use the same constant
 
 
 def _builtin(symbol: str) -> dict[str, float]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._compat import message_passing
+from ..solvers._chebyshev import chebyshev_roots
 
 MessagePassing = message_passing()
 
@@ -87,8 +87,7 @@ class StepController(MessagePassing):
                 head.bias.zero_()
             # Chebyshev roots on [lo, hi] as fractions t_k in (0, 1): logit(t_k).
             w = self.window
-            k = torch.arange(1, w + 1, dtype=torch.float64)
-            t = 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / (2 * w)))
+            t = chebyshev_roots(w, dtype=torch.float64)
             t = t.clamp(1e-3, 1 - 1e-3)
             self.head_window.bias.copy_(torch.log(t / (1 - t)).to(self.head_window.bias.dtype))
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..solvers._chebyshev import chebyshev_roots
 from ._controller import StepController, certify_window
 from ._problem import GraphInverseProblem
 
@@ -142,8 +143,7 @@ class UnrolledGraphGD(nn.Module):
         """Certified steps for one window from the logits ``z: (batch, blocks, w)``."""
         wk = z.shape[-1]
         frac = torch.sigmoid(z)
-        k = torch.arange(1, wk + 1, dtype=z.dtype, device=z.device)
-        cheb = 0.5 * (1 + torch.cos((2 * k - 1) * torch.pi / (2 * wk)))
+        cheb = chebyshev_roots(wk, dtype=z.dtype, device=z.device)
         span = (hi - lo)[..., None]
         tiny = torch.finfo(z.dtype).tiny
         # Safe steps: the Chebyshev roots of [lo, hi] or w steps 1/Lip, whichever has

@@ -310,7 +310,7 @@ class GraphInverseProblem:
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
         """``L x`` for ``x: (batch, n)``."""
-        return self.lap._mv(x)
+        return self.lap.mv(x)
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
         """``H x = A^T A x + lam L x`` for ``x: (batch, n)``."""

@@ -202,7 +202,7 @@ def _operator_lo(p: GraphInverseProblem, b: int, lo_safety: float) -> float:
         m = None if p.mask is None else p.mask[b : b + 1].double()
         ax = op(t)
         ax = ax if m is None else ax * m
-        out = op.adjoint(ax) + p.lam * p.lap._mv(t)
+        out = op.adjoint(ax) + p.lam * p.lap.mv(t)
         return out.detach().cpu().numpy().ravel()
 
     try:

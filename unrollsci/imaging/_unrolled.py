@@ -365,7 +365,7 @@ class UnrolledCT(nn.Module):
         if self.init == "fbp":
             return fbp(y, self.radon, filter=self.filter)
         if self.init == "adjoint":
-            return self.radon._rmv(y) / a**2
+            return self.radon.rmv(y) / a**2
         return torch.zeros(y.shape[0], *self.radon.in_shape, dtype=y.dtype, device=y.device)
 
     # ---------------------------------------------------------------- forward
@@ -396,7 +396,7 @@ class UnrolledCT(nn.Module):
                 q = ys.new_zeros(ys.shape[0], self.memory, *ys.shape[1:])
         for k in range(self.active_layers):
             block, s = self.layer(k)
-            r = self.radon._mv(x) / a - ys
+            r = self.radon.mv(x) / a - ys
             dual = self.dual_layer(k)
             if dual is not None:
                 if q is None:
@@ -404,7 +404,7 @@ class UnrolledCT(nn.Module):
                 else:
                     out = self._cnn(dual, torch.cat([r[:, None], ys[:, None], q], 1))
                     r, q = r + out[:, 0], out[:, 1:]
-            g = self.radon._rmv(r) / a
+            g = self.radon.rmv(r) / a
             if h is None:
                 update = self._cnn(block, torch.stack([x, g], 1))[:, 0]
             else:
