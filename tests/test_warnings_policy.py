@@ -90,3 +90,24 @@ def test_graph_import_prints_no_third_party_warning():
     )
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr, out.stderr
+
+
+def test_public_exceptions_and_warnings_importable_from_the_top_level():
+    from unrollsci import (
+        ConvergenceError,
+        ConvergenceWarning,
+        PolarizationCatastropheError,
+        UnrollsciWarning,
+    )
+    from unrollsci.chem import solve_charges
+
+    assert issubclass(ConvergenceWarning, UnrollsciWarning)
+    assert issubclass(ConvergenceError, RuntimeError)
+    assert issubclass(PolarizationCatastropheError, ValueError)
+    import torch
+
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.74, 0.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(PolarizationCatastropheError):
+        solve_charges(pos, [1, 1], params={"H": {"eta": 1.0}}, cutoff=None)
+    with pytest.raises(AttributeError):
+        unrollsci.NoSuchName  # noqa: B018

@@ -6,7 +6,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvergenceError", "ConvergenceWarning", "UnrollsciWarning", "__version__"]
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "PolarizationCatastropheError",
+    "UnrollsciWarning",
+    "__version__",
+]
 
 _LAZY = {"ConvergenceError", "ConvergenceWarning", "UnrollsciWarning"}
 
@@ -17,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from . import _validation
 
         return getattr(_validation, name)
+    if name == "PolarizationCatastropheError":
+        from .chem._hardness import PolarizationCatastropheError
+
+        return PolarizationCatastropheError
     raise AttributeError(f"module 'unrollsci' has no attribute {name!r}")

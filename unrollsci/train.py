@@ -513,11 +513,14 @@ def _lookup(name: str, expected: tuple[type, ...], path: Path) -> type:
     for cls in expected:
         if name in (_class_path(cls), _name_of(cls)):
             return cls
-    if name.startswith("unrollsci."):  # format-1 files name the defining module
-        for key in _BUILTIN:
-            cls = _builtin_class(key)
-            if _class_path(cls) == name:
-                return cls
+    if name.startswith("unrollsci.") and ":" in name:
+        # format-1 files name the defining private module ("unrollsci.precond._model:
+        # LearnedPreconditioner"), which may since have moved inside its subpackage: match
+        # the subpackage and the class name against the registry (nothing is imported).
+        module, _, cls_name = name.partition(":")
+        key = f"{'.'.join(module.split('.')[:2])}:{cls_name}"
+        if key in _BUILTIN:
+            return _builtin_class(key)
     raise ValueError(
         f"Checkpoint {path} names the class {name!r}, which is not a registered checkpoint "
         "class; nothing was imported or run. Register your own class with "

@@ -96,11 +96,6 @@ class LearnedPreconditioner(nn.Module):
         True
     """
 
-    # Format-1 checkpoints name the class by its defining module as it was before the
-    # split ("unrollsci.precond._model:LearnedPreconditioner", matched against this by
-    # unrollsci.train); _model re-exports it, so pickles by that path resolve too.
-    __module__ = "unrollsci.precond._model"
-
     def __init__(
         self,
         kind: str = "factor",
