@@ -9,8 +9,9 @@ Example:
     torch.Size([1, 64, 64])
 """
 
-from ..operators._radon import FILTERS, Radon, fbp, filter_sinogram, ramp_filter
+from ..operators._radon import Radon
 from ._baselines import divergence2d, gradient2d, tikhonov_reconstruction, tv_reconstruction
+from ._fbp import FILTERS, fbp, filter_sinogram, ramp_filter
 from ._lipschitz import (
     LipschitzCertificate,
     conv_operator_norm,

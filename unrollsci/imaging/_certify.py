@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from .._validation import check_device
-from ..operators._radon import Radon, fbp
+from ..operators._radon import Radon
+from ._fbp import fbp
 
 __all__ = ["conv_operator_norm", "init_norm", "propagate_bound", "cnn_cap_for_target"]
 

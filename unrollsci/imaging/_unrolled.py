@@ -10,9 +10,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from .._validation import check_batch, check_finite, check_tensor
-from ..operators._radon import Radon, fbp
+from ..operators._radon import Radon
 from ..prox import project_support
 from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
+from ._fbp import fbp
 
 __all__ = ["UnrolledCT"]
 

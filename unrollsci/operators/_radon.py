@@ -1,4 +1,4 @@
-"""Parallel-beam Radon transform (CT projector) with an exact adjoint, and FBP.
+"""Parallel-beam Radon transform (CT projector) with an exact adjoint.
 
 The projector is a precomputed sparse system matrix. Its rows follow the
 rotation-and-sum definition that ``skimage.transform.radon`` uses: for each angle
@@ -7,12 +7,12 @@ interpolation (zero outside the image) and summed along the rows; detector ``j``
 collects column ``j`` of the rotated image. Writing that rotation as a sparse
 matrix makes the forward projection agree with scikit-image to rounding, makes
 the adjoint exact (it is the transposed matrix), and turns one projection of a
-batch into a single sparse-dense product (fast on CPU and GPU).
+batch into a single sparse-dense product. The comparison with a ``grid_sample``
+projector is in ``benchmarks/radon.py`` and docs/ct.md.
 
-Both designs were measured on one CPU thread (``benchmarks/radon.py``): for a
-batch of 16 images of 128 x 128 with 180 angles the sparse product is about 60x
-faster than rotating the batch with ``grid_sample`` and summing (0.01-0.05 s vs
-0.3-3 s forward, depending on machine load), so the matrix was kept.
+Filtered back-projection (``fbp``, ``ramp_filter``, ``filter_sinogram``, ``FILTERS``)
+is a reconstruction algorithm and lives in :mod:`unrollsci.imaging._fbp`; the names
+stay importable from here (lazily, see ``__getattr__``) for old code.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_batch, check_device, check_finite, check_tensor
-from ._base import LinearOperator, check_dtype_supported, check_real
+from .._validation import check_device
+from ._base import LinearOperator
 
-__all__ = ["Radon", "fbp", "ramp_filter", "FILTERS", "radon_memory_estimate", "available_memory"]
+__all__ = ["Radon", "radon_memory_estimate", "available_memory"]
 
 #: Stored entries of the system matrix per pixel of the support and per angle (measured:
 #: 1.73 N^2 per angle for the disk of N^2 pi / 4 pixels, 2.21 N^2 without the circle).
@@ -39,8 +39,18 @@ _NNZ_PER_PIXEL = 2.21
 #: measured 123-126 bytes (ru_maxrss of a fresh process, N = 64..256, 60..180 angles).
 _PEAK_BYTES_PER_ENTRY = 128
 
-#: Names of the FBP filters (the ramp, alone or times a window).
-FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+#: FBP names that moved to :mod:`unrollsci.imaging._fbp`, still importable from here.
+_MOVED_TO_IMAGING = ("FILTERS", "fbp", "filter_sinogram", "ramp_filter")
+
+
+def __getattr__(name: str) -> Any:
+    # Old import path (``from unrollsci.operators._radon import fbp``). Lazy: imaging
+    # imports this module, so importing imaging here at import time would be a cycle.
+    if name in _MOVED_TO_IMAGING:
+        from ..imaging import _fbp
+
+        return getattr(_fbp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_angles(angles: Any) -> np.ndarray:
@@ -360,7 +370,9 @@ class Radon(LinearOperator):
         return self._channel_aware("y", y, self.out_shape, self._rmv)
 
     def fbp(self, y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
-        """Filtered back-projection of ``y``; see :func:`fbp`."""
+        """Filtered back-projection of ``y``; see :func:`unrollsci.imaging.fbp`."""
+        from ..imaging._fbp import fbp
+
         return fbp(y, self, filter=filter)
 
     def extra_repr(self) -> str:
@@ -368,99 +380,3 @@ class Radon(LinearOperator):
             f"image_size={self.image_size}, n_angles={self.n_angles}, "
             f"n_detectors={self.n_detectors}, circle={self.circle}"
         )
-
-
-def ramp_filter(
-    n_detectors: int,
-    filter: str = "ram-lak",
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: Any = None,
-) -> torch.Tensor:
-    """Frequency response of the FBP filter on the zero-padded detector axis.
-
-    The ramp is the DFT of the band-limited spatial ramp of Kak & Slaney
-    (Principles of Computerized Tomographic Imaging, 1988, eq. 3.61:
-    ``h(0) = 1/4``, ``h(k) = -1/(pi k)^2`` for odd ``k``, 0 for even ``k``), times
-    2, times an optional window of the normalized frequency ``f`` in [-1/2, 1/2]:
-    shepp-logan ``sinc(f)``, cosine ``cos(pi f)``, hamming ``0.54 + 0.46 cos(2 pi f)``,
-    hann ``(1 + cos(2 pi f)) / 2``.
-
-    Returns:
-        ``(P,)`` real tensor, ``P`` the padded length (a power of two >= 2 n_detectors).
-    """
-    if filter not in FILTERS:
-        raise ValueError(f"Expected filter in {FILTERS} (got {filter!r}).")
-    device = check_device(device)
-    size = max(64, 1 << int(math.ceil(math.log2(2 * n_detectors))))
-    k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])
-    h = np.zeros(size)
-    h[0] = 0.25
-    h[1::2] = -1.0 / (np.pi * k) ** 2
-    resp = 2.0 * np.real(np.fft.fft(h))
-    f = np.fft.fftfreq(size)
-    if filter == "shepp-logan":
-        resp *= np.sinc(f)
-    elif filter == "cosine":
-        resp *= np.cos(np.pi * f)
-    elif filter == "hamming":
-        resp *= 0.54 + 0.46 * np.cos(2 * np.pi * f)
-    elif filter == "hann":
-        resp *= 0.5 + 0.5 * np.cos(2 * np.pi * f)
-    return torch.as_tensor(resp, dtype=dtype, device=device)
-
-
-def fbp(y: torch.Tensor, radon: Radon, *, filter: str = "ram-lak") -> torch.Tensor:
-    """Filtered back-projection: ``(pi / (2 n_angles)) A^T (h * y)``.
-
-    Each projection is filtered along the detector axis with :func:`ramp_filter`
-    (zero padded, by FFT) and back-projected with the exact adjoint of ``radon``.
-    The map is linear and differentiable in ``y``.
-
-    Args:
-        y: sinograms ``(batch, n_angles, n_det)`` or ``(batch, 1, n_angles, n_det)``.
-        radon: the :class:`Radon` operator that produced ``y``.
-        filter: one of :data:`FILTERS`.
-
-    Returns:
-        Images ``(batch, N, N)`` (or ``(batch, 1, N, N)``).
-
-    Example:
-        >>> import torch
-        >>> op = Radon(32, 60)
-        >>> x = torch.zeros(1, 32, 32); x[0, 12:20, 12:20] = 1.0
-        >>> float((fbp(op(x), op) - x).abs().mean()) < 0.05
-        True
-    """
-    if not isinstance(radon, Radon):
-        raise TypeError(f"Expected 'radon' to be a Radon operator (got {type(radon).__name__}).")
-    check_tensor("y", y, ndim=(3, 4))
-    check_real("y", y)
-    check_batch("y", y)
-    check_dtype_supported("fbp", y.dtype, Radon.supported_dtypes)
-    channel = y.dim() == 4
-    if channel and y.shape[1] != 1:
-        raise ValueError(
-            f"Expected sinograms (batch, {radon.n_angles}, {radon.n_detectors}) or (batch, 1, "
-            f"{radon.n_angles}, {radon.n_detectors}) (got shape {tuple(y.shape)})."
-        )
-    sino = y[:, 0] if channel else y
-    if tuple(sino.shape[1:]) != radon.out_shape:
-        raise ValueError(
-            f"Expected sinograms of shape (batch, {radon.n_angles}, {radon.n_detectors}) for a "
-            f"{radon.image_size}x{radon.image_size} image with {radon.n_angles} angles "
-            f"(got shape {tuple(y.shape)})."
-        )
-    check_finite("y", sino)
-    filtered = filter_sinogram(sino, filter)
-    out = radon.rmv(filtered) * (math.pi / (2 * radon.n_angles))
-    return out.unsqueeze(1) if channel else out
-
-
-def filter_sinogram(y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
-    """Apply the FBP filter along the last (detector) axis of ``y: (..., n_det)``."""
-    n_det = y.shape[-1]
-    resp = ramp_filter(n_det, filter, dtype=y.dtype, device=y.device)
-    size = resp.shape[0]
-    spec = torch.fft.rfft(y, n=size, dim=-1) * resp[: size // 2 + 1]
-    return torch.fft.irfft(spec, n=size, dim=-1)[..., :n_det]

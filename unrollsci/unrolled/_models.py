@@ -1,0 +1,258 @@
+"""Unrolled FISTA, ADMM-Net and LAMP: classical steps with per-layer learned constants."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..solvers import admm_step, amp_step, bg_amp_step, fista_momentum, ista_step
+from ..solvers._bg_amp import check_prior
+from ._base import UnrolledLasso, _PairOperator
+
+__all__ = ["UnrolledFISTA", "ADMMNet", "LAMP"]
+
+
+class UnrolledFISTA(UnrolledLasso):
+    """FISTA with learned per-layer step, threshold and momentum.
+
+    ``v_k = x_k + beta_k (x_k - x_{k-1})``, ``x_{k+1} = soft(v_k - t_k A^T(A v_k - y), theta_k)``
+    (the step is :func:`unrollsci.solvers.ista_step`). Initialised at FISTA
+    without restart: ``t_k = 1 / ||A||^2``, ``theta_k = t_k lam`` and ``beta_k``
+    from the Nesterov sequence (:func:`unrollsci.solvers.fista_momentum`).
+    Matrix-free: only ``A`` and ``A^T`` are applied.
+
+    Args:
+        operator, num_layers, lam, dtype: as :class:`LISTA`.
+        learn_momentum: learn ``beta_k`` (unconstrained real; otherwise fixed).
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        learn_momentum: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        self.learn_momentum = bool(learn_momentum)
+        t = 1.0 / self._lipschitz()
+        self.step = self._positive(t, num_layers)
+        self.theta = self._positive(t * self.lam, num_layers)
+        betas, tk = [], 1.0
+        for _ in range(num_layers):
+            tk, beta = fista_momentum(tk)
+            betas.append(beta)
+        beta_t = torch.tensor(betas, dtype=torch.float64).to(self._device, self.param_dtype)
+        if self.learn_momentum:
+            self.beta = nn.Parameter(beta_t)
+        else:
+            self.register_buffer("beta", beta_t)
+
+    def _options(self) -> dict[str, Any]:
+        return {"learn_momentum": self.learn_momentum}
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        step = self._pos(self.step, y)
+        theta = self._pos(self.theta, y)
+        beta = self.beta.to(y.dtype)
+        x = x_prev = y.new_zeros(y.shape[0], self.n)
+        xs = []
+        for k in range(num_layers):
+            # beta_0 = 0 in FISTA; layer 0 starts from x = x_prev, so beta_0 has no effect.
+            v = x + beta[k] * (x - x_prev) if k else x
+            x_prev, x = x, ista_step(self.operator, v, y, step[k], theta[k])
+            xs.append(x)
+        return xs
+
+
+class ADMMNet(UnrolledLasso):
+    """ADMM for the lasso with learned per-layer penalty and threshold (ADMM-Net style).
+
+    Layer ``k`` is :func:`unrollsci.solvers.admm_step` with penalty ``rho_k > 0``
+    and threshold ``theta_k > 0``: ``x = (A^T A + rho_k I)^{-1}(A^T y + rho_k (z - u))``,
+    ``z = soft(x + u, theta_k)``, ``u = u + x - z``; the output is ``z``.
+    Initialised at classical ADMM: ``rho = ||A||^2`` (the :func:`unrollsci.solvers.admm`
+    default) and ``theta = lam / rho``. The x-update uses an eigendecomposition of
+    ``A^T A`` computed once (``A`` densified), so every ``rho_k`` is solved exactly
+    and differentiably; suits ``n`` up to a few thousand.
+
+    Args:
+        operator, num_layers, lam, dtype: as :class:`LISTA`.
+        rho: initial penalty (default ``||A||^2``).
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        rho: float | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        rho0 = self._lipschitz() if rho is None else float(rho)
+        if not rho0 > 0:
+            raise ValueError(f"Expected 'rho' > 0 (got {rho!r}).")
+        self.rho_init = None if rho is None else rho0
+        a = self._dense()
+        evals, evecs = torch.linalg.eigh(a.T @ a)
+        self.register_buffer("gram_evals", evals.clamp_min(0).to(self.param_dtype))
+        self.register_buffer("gram_evecs", evecs.to(self.param_dtype))
+        self.rho = self._positive(rho0, num_layers)
+        self.theta = self._positive(self.lam / rho0, num_layers)
+
+    def _options(self) -> dict[str, Any]:
+        return {"rho": self.rho_init}
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        rho = self._pos(self.rho, y)
+        theta = self._pos(self.theta, y)
+        evals = self.gram_evals.to(y.dtype)
+        v = self.gram_evecs.to(y.dtype)
+        aty = self.operator.adjoint(y)
+        z = y.new_zeros(y.shape[0], self.n)
+        u = torch.zeros_like(z)
+        xs = []
+        for k in range(num_layers):
+
+            def x_solve(rhs: torch.Tensor, r: torch.Tensor = rho[k]) -> torch.Tensor:
+                return ((rhs @ v) / (evals + r)) @ v.T
+
+            _, z, u = admm_step(x_solve, aty, z, u, rho[k], theta[k])
+            xs.append(z)
+        return xs
+
+
+class LAMP(UnrolledLasso):
+    """Learned AMP (Borgerding, Schniter & Rangan 2017) that keeps the Onsager term.
+
+    ``denoiser="soft"`` (LAMP with soft thresholding, the default): layer ``k`` is
+    :func:`unrollsci.solvers.amp_step` with ``A^T`` replaced by a
+    learned ``B_k = W_k^T`` (``W_k: (m, n)``, initialised to ``A``) and threshold
+    ``theta_k = s_k * max(lam / (1 - b_k), d^k ||A^T y||_inf)``: the calibrated
+    threshold of :func:`unrollsci.solvers.amp` (with its continuation decay ``d``)
+    scaled by a learned ``s_k > 0`` (initialised to 1). The Onsager coefficient
+    ``b_k = ||x_k||_0 / m`` is recomputed at every layer, as in AMP. An untrained
+    model equals ``amp(A, y, lam, decay=d, damping=0, max_iter=K)``.
+
+    ``denoiser="bg"`` (LAMP with the Bernoulli-Gaussian MMSE shrinkage, "LAMP-bg" of
+    the paper): layer ``k`` is :func:`unrollsci.solvers.bg_amp_step` with ``B_k``
+    as above, the prior ``(1 - rho_k) delta_0 + rho_k N(0, sigma_k^2)`` and the noise
+    variance ``s_k ||z||^2 / m``; learned per layer: ``B_k``, ``rho_k`` (through its
+    logit), ``sigma_k > 0`` and ``s_k > 0``. The Onsager coefficient is the exact mean
+    derivative of the shrinkage. An untrained model equals
+    ``bg_amp(A, y, rho, sigma_x=sigma_x, damping=0, max_iter=K)``; ``lam`` and
+    ``decay`` are not used.
+
+    Args:
+        operator, num_layers, lam, dtype: as :class:`LISTA`.
+        decay: continuation decay of the first thresholds (as :func:`unrollsci.solvers.amp`;
+            soft denoiser only).
+        learn_matrix: learn ``B_k`` per layer (LAMP "untied"); else ``B = A^T`` and
+            only the scalar constants are learned.
+        scale_init: initial ``s_k`` (scale of the threshold, or of the noise variance
+            with ``denoiser="bg"``). With the soft denoiser and 1 (classical AMP) the
+            first threshold equals ``||A^T y||_inf``, so layer 1 outputs exactly 0 and
+            its parameters get no gradient; a value slightly below 1 (e.g. 0.95) lets
+            training use layer 1.
+        denoiser: ``"soft"`` or ``"bg"``.
+        rho, sigma_x: initial prior of ``denoiser="bg"`` (default 0.1 and 1.0): the
+            probability of a nonzero entry, in ``(0, 1)``, and the standard deviation
+            of the nonzero entries, ``> 0``. Only valid with ``denoiser="bg"``.
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        decay: float = 0.8,
+        learn_matrix: bool = True,
+        scale_init: float = 1.0,
+        denoiser: str = "soft",
+        rho: float | None = None,
+        sigma_x: float | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        if denoiser not in ("soft", "bg"):
+            raise ValueError(f"Expected denoiser 'soft' or 'bg' (got {denoiser!r}).")
+        self.denoiser = denoiser
+        if denoiser == "soft" and (rho is not None or sigma_x is not None):
+            raise ValueError("'rho' and 'sigma_x' are options of denoiser='bg' only.")
+        if not scale_init > 0:
+            raise ValueError(f"Expected scale_init > 0 (got {scale_init!r}).")
+        self.scale_init = float(scale_init)
+        if not 0 <= decay < 1:
+            raise ValueError(f"Expected 0 <= decay < 1 (got {decay}).")
+        self.decay = float(decay)
+        self.learn_matrix = bool(learn_matrix)
+        if self.learn_matrix:
+            w = self._dense().to(self.param_dtype)
+            self.W = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(num_layers)])
+        self.scale = self._positive(self.scale_init, num_layers)
+        if denoiser == "bg":
+            self.rho_init, self.sigma_x_init = check_prior(
+                0.1 if rho is None else rho, 1.0 if sigma_x is None else sigma_x
+            )
+            logit = math.log(self.rho_init / (1.0 - self.rho_init))
+            self.rho_logit = nn.Parameter(
+                torch.full((num_layers,), logit, dtype=self.param_dtype, device=self._device)
+            )
+            self.sigma = self._positive(self.sigma_x_init, num_layers)
+
+    def _options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "decay": self.decay,
+            "learn_matrix": self.learn_matrix,
+            "scale_init": self.scale_init,
+            "denoiser": self.denoiser,
+        }
+        if self.denoiser == "bg":
+            opts.update(rho=self.rho_init, sigma_x=self.sigma_x_init)
+        return opts
+
+    def _classical_overrides(self) -> dict[str, Any]:
+        return {"scale_init": 1.0}
+
+    def extra_repr(self) -> str:
+        extra = f", denoiser='bg', rho={self.rho_init}, sigma_x={self.sigma_x_init}"
+        return super().extra_repr() + (extra if self.denoiser == "bg" else "")
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        if self.denoiser == "bg":
+            return self._run_bg(y, num_layers)
+        scale = self._pos(self.scale, y)
+        x = y.new_zeros(y.shape[0], self.n)
+        z = torch.zeros_like(y)
+        b = y.new_zeros(y.shape[0], 1)
+        theta_cont = self.operator.adjoint(y).detach().abs().amax(-1, keepdim=True)
+        xs = []
+        for k in range(num_layers):
+            theta = torch.maximum(self.lam / torch.clamp(1.0 - b, min=1e-3), theta_cont)
+            theta_cont = theta_cont * self.decay
+            op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
+            x, z, b = amp_step(op, x, z, y, scale[k] * theta, b)
+            xs.append(x)
+        return xs
+
+    def _run_bg(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        scale = self._pos(self.scale, y)
+        sigma2 = self._pos(self.sigma, y).square()
+        logit = self.rho_logit.to(y.dtype)
+        x = y.new_zeros(y.shape[0], self.n)
+        z = torch.zeros_like(y)
+        b = y.new_zeros(y.shape[0], 1)
+        xs = []
+        for k in range(num_layers):
+            op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
+            x, z, b = bg_amp_step(op, x, z, y, b, None, sigma2[k], scale[k], rho_logit=logit[k])
+            xs.append(x)
+        return xs
