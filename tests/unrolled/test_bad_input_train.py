@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from unrollsci import train
 from unrollsci.operators import Convolution, Mask, MatrixOperator, SparseOperator
+from unrollsci.train import _config as train  # the registry (_USER) and the encoding
 from unrollsci.train import (
     fit,
     load_checkpoint,

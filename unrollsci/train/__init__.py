@@ -1,0 +1,70 @@
+"""One training loop for every unrolled model in unrollsci.
+
+``fit(model, loss_fn, data, ...)`` runs Adam over mini-batches with a tqdm progress
+bar, an optional validation set with early stopping (the best weights are
+restored), a fixed seed, end-to-end or layer-wise (greedy) schedules, and
+checkpoints that rebuild the model without the training script.
+
+The loss is a callable ``loss_fn(model, batch) -> scalar tensor`` so the same loop
+serves sparse coding, graph solvers, preconditioners and CT.
+
+Layout: :mod:`._fit` (the loop and its checks), :mod:`._checkpoint` (the file format,
+save and load), :mod:`._config` (plain-data encoding of configs and operators, and the
+registry of checkpoint classes).
+"""
+
+from __future__ import annotations
+
+# The private helpers below stay importable from here as before the split. The registry
+# dict ``_USER`` lives in ``._config``: rebind it there (``unrollsci.train._config._USER``),
+# not here; mutating it through either name is the same dict.
+from ._checkpoint import (  # noqa: F401  (private helpers: re-exported)
+    _FORMAT,
+    _FORMAT_V1,
+    _read_payload,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ._config import (  # noqa: F401  (private helpers: re-exported)
+    _BUILTIN,
+    _NDARRAY,
+    _OBJECT,
+    _OPERATOR_NAMES,
+    _PLAIN,
+    _USER,
+    _build_object,
+    _build_operator,
+    _builtin_class,
+    _class_path,
+    _decode,
+    _encode,
+    _lookup,
+    _name_of,
+    _operator_config,
+    _operators,
+    _plain_hint,
+    register_checkpoint_class,
+    registered_checkpoint_classes,
+)
+from ._fit import (  # noqa: F401  (private helpers: re-exported)
+    Batch,
+    History,
+    LossFn,
+    _check_data,
+    _check_factor,
+    _check_int,
+    _check_loss,
+    _evaluate,
+    fit,
+    iterate_batches,
+)
+
+__all__ = [
+    "fit",
+    "History",
+    "save_checkpoint",
+    "load_checkpoint",
+    "register_checkpoint_class",
+    "registered_checkpoint_classes",
+    "iterate_batches",
+]

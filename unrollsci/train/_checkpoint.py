@@ -1,0 +1,184 @@
+"""Checkpoint files: :func:`save_checkpoint` and :func:`load_checkpoint`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._config import _build_object, _encode, _lookup, _name_of
+
+# A checkpoint file is read with ``torch.load(..., weights_only=True)``: torch's restricted
+# unpickler, which builds tensors, numbers, strings, dtypes, devices and plain containers
+# and refuses every other global, so no code named in the file ever runs. The model is
+# then built from a class looked up by name in the registry below (never imported from a
+# name in the file) with a config that holds plain data only.
+
+_FORMAT = "unrollsci-checkpoint-2"
+_FORMAT_V1 = "unrollsci-checkpoint-1"  # config held pickled objects; still read, see below
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None
+) -> Path:
+    """Save ``model`` so that :func:`load_checkpoint` rebuilds it without the training script.
+
+    The model must implement ``get_config() -> dict`` returning its constructor keyword
+    arguments as plain data: numbers, strings, None, tensors, dtypes, lists, tuples,
+    dicts with string keys, numpy arrays, unrollsci operators (stored as their matrix,
+    kernel, mask or geometry) and instances of registered classes (see
+    :func:`register_checkpoint_class`). Anything else, e.g. a function, raises
+    ``TypeError`` before the file is touched. ``extra`` must be plain data too.
+
+    The file holds the model's checkpoint name, that config, the state dict and
+    ``extra``. It is written atomically (a temporary file in the same folder, then
+    moved onto ``path``): a failed save leaves a previous file at ``path`` as it was.
+    An existing file at ``path`` is replaced.
+    """
+    from .._io import atomic_save
+
+    if not callable(getattr(model, "get_config", None)):
+        raise TypeError(
+            f"{type(model).__name__} has no get_config(); cannot write a self-contained "
+            "checkpoint. Save model.state_dict() instead."
+        )
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Expected a checkpoint file path, but {path} is a directory.")
+    config = model.get_config()
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"Expected {type(model).__name__}.get_config() to return a dict "
+            f"(got {type(config).__name__})."
+        )
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"Expected 'extra' to be a dict (got {type(extra).__name__}).")
+    payload = {
+        "format": _FORMAT,
+        "class": _name_of(type(model)),
+        "config": _encode(config, "config"),
+        "state_dict": _encode(dict(model.state_dict()), "state_dict"),
+        "extra": _encode(extra or {}, "extra"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_save(path, lambda f: torch.save(payload, f))
+
+
+def _read_payload(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` with every failure as a ``ValueError``."""
+    import pickle
+    import re
+
+    what = "an unrollsci checkpoint written by unrollsci.train.save_checkpoint"
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    if path.is_dir():
+        raise IsADirectoryError(f"Expected a checkpoint file, but {path} is a directory.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Checkpoint {path} is empty (0 bytes); expected {what}.")
+    # Format-1 files pickled these operators inside the config. The restricted unpickler
+    # may create them (attribute dict only, no code of theirs runs); they are rebuilt
+    # through their constructors from their matrix / geometry right after.
+    from ..operators import MatrixOperator, Radon
+
+    try:
+        with torch.serialization.safe_globals([MatrixOperator, Radon]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found or "Weights only load failed" in str(exc):
+            name = found.group(1) if found else "an object"
+            raise ValueError(
+                f"Checkpoint {path} holds pickled Python objects ({name}) and was not "
+                "loaded: unrollsci reads checkpoints with weights_only=True (tensors and "
+                "plain data only), so nothing in the file ran. Expected "
+                f"{what}. A file from an older unrollsci whose config held other "
+                "objects must be re-saved with save_checkpoint from the training script."
+            ) from None
+        raise ValueError(
+            f"Checkpoint {path} could not be read (truncated, or not a torch file: {exc}); "
+            f"expected {what}."
+        ) from None
+    except Exception as exc:  # the unpickler of a corrupt file may raise anything
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"Checkpoint {path} could not be read (truncated, or not a torch file: "
+            f"{type(exc).__name__}: {first}); expected {what}."
+        ) from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    expected: type | Sequence[type] | None = None,
+    map_location: str | torch.device | None = None,
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_checkpoint`.
+
+    The file is read with ``torch.load(weights_only=True)``: only tensors, numbers,
+    strings, dtypes, devices and plain containers are unpickled, and a file holding
+    anything else (e.g. an object whose unpickling would run code) raises
+    ``ValueError`` without running it. The model class is looked up by name among the
+    registered checkpoint classes (unrollsci's models and
+    :func:`register_checkpoint_class`, plus the classes in ``expected``); no module
+    named in the file is imported and no callable named in it is called.
+
+    Args:
+        path: checkpoint file.
+        expected: class (or classes) the checkpoint must hold; a mismatch raises
+            ``ValueError`` naming both. A class given here may be built even when not
+            registered.
+        map_location: passed to ``torch.load``.
+
+    Raises:
+        ValueError: the file is empty, truncated, not a torch file, not an unrollsci
+            checkpoint, holds pickled objects, names an unregistered class, holds
+            another class than ``expected``, or its config or weights do not fit.
+        FileNotFoundError: no file at ``path``.
+    """
+    path = Path(path)
+    exp: tuple[type, ...] = ()
+    if expected is not None:
+        exp = (expected,) if isinstance(expected, type) else tuple(expected)
+        if not exp or not all(isinstance(e, type) for e in exp):
+            raise TypeError(f"Expected 'expected' to be a class or classes (got {expected!r}).")
+    payload = _read_payload(path, map_location)
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt not in (_FORMAT, _FORMAT_V1):
+        got = f"format {fmt!r}" if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"{path} is not an unrollsci checkpoint (expected a dict with format "
+            f"{_FORMAT!r} as written by save_checkpoint, got {got})."
+        )
+    name, config, state = payload.get("class"), payload.get("config"), payload.get("state_dict")
+    if not isinstance(name, str) or ":" not in name:
+        raise ValueError(
+            f"Checkpoint {path}: expected its class as a name 'module:Class' (got {name!r})."
+        )
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ValueError(
+            f"Checkpoint {path}: expected a config dict and a state_dict dict (got "
+            f"{type(config).__name__} and {type(state).__name__})."
+        )
+    cls = _lookup(name, exp, path)
+    if exp and not issubclass(cls, exp):
+        names = ", ".join(e.__name__ for e in exp)
+        raise ValueError(f"Checkpoint {path} holds a {cls.__name__}, expected {names}.")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(
+            f"Checkpoint {path}: expected a state_dict of named tensors (got {bad[0]!r})."
+        )
+    model = _build_object(name, config, "config", path, exp)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"Checkpoint {path}: its weights do not fit the rebuilt {cls.__name__} ({exc})."
+        ) from None
+    return model
