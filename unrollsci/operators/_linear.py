@@ -1,0 +1,321 @@
+"""The linear operator abstraction: ``op(x)``, ``op.adjoint(y)``, ``op.norm()``.
+
+The composition operators that ``A @ B``, ``A + B``, ``c * A`` and ``A.T`` return live
+in :mod:`._compose` (imported when first used: they subclass :class:`LinearOperator`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import (
+    check_batch,
+    check_device,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
+from ._checks import check_dtype_supported, check_real, tensor_key
+
+
+class LinearOperator(nn.Module):
+    """A batched linear map ``A: R^{in_shape} -> R^{out_shape}``.
+
+    Signals carry a leading batch dimension: ``op(x)`` takes ``x`` of shape
+    ``(batch, *in_shape)`` and returns ``(batch, *out_shape)``; ``op.adjoint(y)``
+    goes back; both validate their input on every call. Solver internals that already
+    validated at their public entry use :meth:`mv` / :meth:`rmv` (no checks). Subclasses
+    implement :meth:`_mv` and :meth:`_rmv`, and
+    set ``in_shape`` / ``out_shape`` (per-sample shapes, without the batch
+    dimension). Device and dtype follow the input: buffers are cast to the input's
+    device and dtype on the fly (see :meth:`_cast`).
+
+    Operators compose: ``A @ B`` (apply B then A), ``A + B``, ``2.0 * A``, ``A.T``.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(3, 5, dtype=torch.float64))
+        >>> A(torch.ones(2, 5, dtype=torch.float64)).shape
+        torch.Size([2, 3])
+    """
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    #: Whether ``norm()`` may cache its value (false for operators with trainable state).
+    cacheable_norm: bool = True
+    #: dtypes the operator can compute in (None: any real floating dtype).
+    supported_dtypes: tuple[torch.dtype, ...] | None = None
+    #: Buffers derived from the others (formed lazily), left out of the norm cache's key.
+    _derived_buffers: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._norm_cache: tuple[Any, float] | None = None
+        self._cast_cache: dict[Any, dict[str, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(m, n)``: number of output and input entries per sample."""
+        return (math.prod(self.out_shape), math.prod(self.in_shape))
+
+    @property
+    def device(self) -> torch.device | None:
+        """Device of the operator's own tensors, or None if it holds none."""
+        for t in list(self.buffers()) + list(self.parameters()):
+            return t.device
+        return None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """dtype of the operator's own tensors, or None if it holds none."""
+        for t in list(self.buffers()) + list(self.parameters()):
+            return t.dtype
+        return None
+
+    # ------------------------------------------------------------ application
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mv(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` with no checks: for use inside solvers after the public entry validated.
+
+        ``op(x)`` checks on every call that ``x`` is a real floating tensor of shape
+        ``(batch, *in_shape)`` with ``batch >= 1``, of a supported dtype and on the
+        operator's device (and runs ``nn.Module`` hooks). ``mv`` skips all of that (and
+        the hooks): ``x`` must already be such a tensor, exactly ``(batch, *in_shape)``
+        (no channel axis). Same numbers as ``op(x)``; differentiable.
+        """
+        return self._mv(x)
+
+    def rmv(self, y: torch.Tensor) -> torch.Tensor:
+        """``A^T y`` with no checks (see :meth:`mv`): ``y`` exactly ``(batch, *out_shape)``."""
+        return self._rmv(y)
+
+    def _check_input(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+        check_tensor(name, x)
+        check_real(name, x)
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"Expected '{name}' of shape (batch, {', '.join(map(str, shape))}) for "
+                f"{type(self).__name__} (got shape {tuple(x.shape)})."
+            )
+        check_batch(name, x)
+        check_dtype_supported(type(self).__name__, x.dtype, self.supported_dtypes)
+        dev = self.device
+        if dev is not None and dev != x.device:
+            check_same_device(operator=torch.empty(0, device=dev), **{name: x})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the operator to ``x: (batch, *in_shape)``."""
+        self._check_input("x", x, self.in_shape)
+        return self._mv(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the adjoint to ``y: (batch, *out_shape)``."""
+        self._check_input("y", y, self.out_shape)
+        return self._rmv(y)
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A x``."""
+        return self.adjoint(self(x))
+
+    @property
+    def T(self) -> LinearOperator:  # noqa: N802 - mathematical notation
+        """The adjoint as an operator."""
+        from ._compose import AdjointOperator
+
+        return AdjointOperator(self)
+
+    def _cast(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Return buffer ``name`` on ``like``'s device and dtype (cached)."""
+        t = getattr(self, name)
+        if t.device == like.device and t.dtype == like.dtype:
+            return t
+        if t.requires_grad:  # trainable: cast inside the graph, never cache
+            return t.to(device=like.device, dtype=like.dtype)
+        key = (like.device, like.dtype)
+        slot = self._cast_cache.setdefault(key, {})
+        cached = slot.get(name)
+        src = tensor_key(t)  # identity and version: a replaced or modified buffer is recast
+        if cached is None or getattr(cached, "_src_key", None) != src:
+            cached = t.detach().to(device=like.device, dtype=like.dtype)
+            cached._src_key = src  # type: ignore[attr-defined]
+            slot[name] = cached
+        return cached
+
+    def _norm_key(self) -> tuple[Any, ...]:
+        """What ``norm()``'s cached value depends on: identity, version counter, storage,
+        shape, dtype and device of every tensor of this operator and its sub-operators
+        (an in-place change such as ``matrix.mul_(10)`` bumps the version counter), plus
+        the scalars of :meth:`_norm_state`."""
+        parts: list[Any] = []
+        for mod in self.modules():
+            skip = getattr(mod, "_derived_buffers", ())
+            for name, t in list(mod._buffers.items()) + list(mod._parameters.items()):
+                if t is not None and name not in skip:
+                    parts.append((name, tensor_key(t)))
+            if isinstance(mod, LinearOperator):
+                parts.append(mod._norm_state())
+        return tuple(parts)
+
+    def _norm_state(self) -> Any:
+        """Non-tensor state the operator's norm depends on (e.g. a scale factor)."""
+        return ()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
+        # nn.Module._apply backs .to()/.double()/.cuda(): moving invalidates cached casts.
+        self._cast_cache = {}
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ norm
+    def norm(
+        self,
+        *,
+        max_iter: int = 2000,
+        tol: float = 1e-8,
+        krylov_dim: int = 40,
+        recompute: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> float:
+        """Largest singular value ``||A||_2`` by restarted Lanczos on ``A^T A``.
+
+        Each cycle builds a Krylov basis of ``krylov_dim`` vectors (fully
+        re-orthogonalized) and restarts from the top Ritz vector; it stops when the
+        Ritz residual ``||A^T A v - s^2 v|| <= tol * s^2``, which bounds the error of
+        ``s^2`` by ``tol * s^2`` (Weyl), so clustered singular values cannot stop it
+        early as a change-based power iteration would. ``max_iter`` counts
+        applications of ``A^T A``. The value is cached unless the operator has
+        trainable state or ``recompute=True``. A run that ends at ``max_iter`` warns
+        (``ConvergenceWarning``) and returns the estimate, a lower bound.
+        """
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"Expected 'max_iter' to be a positive integer (got {max_iter!r}).")
+        tol = check_positive("tol", tol, allow_zero=True)
+        key = self._norm_key() if self.cacheable_norm else None
+        if (
+            self._norm_cache is not None
+            and self.cacheable_norm
+            and not recompute
+            and self._norm_cache[0] == key
+        ):
+            return self._norm_cache[1]
+        device = self.device or torch.device("cpu")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        n = math.prod(self.in_shape)
+        kdim = max(1, min(krylov_dim, n))
+        v = torch.randn(n, generator=gen, dtype=dtype).to(device)
+        est, used, converged = 0.0, 0, False
+        with torch.no_grad():
+            while used < max_iter and not converged:
+                basis = [v / v.norm()]
+                alphas: list[torch.Tensor] = []
+                betas: list[torch.Tensor] = []
+                beta_last = torch.zeros((), dtype=dtype, device=device)
+                for j in range(kdim):
+                    w = self.adjoint(self(basis[j].reshape(1, *self.in_shape))).reshape(-1)
+                    used += 1
+                    alphas.append(w @ basis[j])
+                    q = torch.stack(basis)
+                    w = w - q.T @ (q @ w)
+                    w = w - q.T @ (q @ w)  # twice is enough (Kahan-Parlett)
+                    beta_last = w.norm()
+                    if j == kdim - 1 or float(beta_last) <= 1e-14 * max(
+                        float(alphas[0].abs()), 1e-300
+                    ):
+                        break
+                    betas.append(beta_last)
+                    basis.append(w / beta_last)
+                k = len(alphas)
+                t = torch.diag(torch.stack(alphas))
+                if k > 1:
+                    off = torch.stack(betas[: k - 1])
+                    t = t + torch.diag(off, 1) + torch.diag(off, -1)
+                evals, evecs = torch.linalg.eigh(t)
+                est = float(evals[-1])
+                resid = float(beta_last * evecs[-1, -1].abs())
+                if est <= 0.0:
+                    est, converged = 0.0, True
+                    break
+                converged = resid <= tol * est
+                v = torch.stack(basis).T @ evecs[:, -1]
+        if not converged:
+            import warnings
+
+            from .._validation import ConvergenceWarning
+
+            warnings.warn(
+                f"{type(self).__name__}.norm(): Lanczos did not reach tol={tol} in "
+                f"{max_iter} products; the estimate {max(est, 0.0) ** 0.5:.6g} is a lower bound.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        value = math.sqrt(max(est, 0.0))
+        if self.cacheable_norm:
+            self._norm_cache = (key, value)
+        return value
+
+    def to_dense(
+        self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The operator as a dense ``(m, n)`` matrix (for small operators and tests).
+
+        Column ``j`` is ``A e_j``, on ``device`` (default: the operator's, else the CPU)
+        in ``dtype``. Differentiable: gradients flow to the operator's trainable tensors
+        (e.g. the ``nn.Parameter`` of a :class:`MatrixOperator`), so a solver may
+        densify a learned operator inside its graph; call ``.detach()`` on the result
+        (or densify under ``torch.no_grad()``) for a constant matrix.
+        """
+        m, n = self.shape
+        device = check_device(device) or self.device or torch.device("cpu")
+        eye = torch.eye(n, dtype=dtype, device=device).reshape(n, *self.in_shape)
+        cols = self(eye).reshape(n, m)
+        return cols.T.contiguous()
+
+    # ------------------------------------------------------------ composition
+    def __matmul__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        from ._compose import ComposedOperator
+
+        return ComposedOperator(self, other)
+
+    def __add__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        from ._compose import SumOperator
+
+        return SumOperator(self, other)
+
+    def __sub__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        from ._compose import ScaledOperator, SumOperator
+
+        return SumOperator(self, ScaledOperator(other, -1.0))
+
+    def __mul__(self, scale: float) -> LinearOperator:
+        if not isinstance(scale, (int, float)):
+            return NotImplemented
+        from ._compose import ScaledOperator
+
+        return ScaledOperator(self, float(scale))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> LinearOperator:
+        from ._compose import ScaledOperator
+
+        return ScaledOperator(self, -1.0)
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
