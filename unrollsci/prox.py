@@ -65,7 +65,17 @@ def project_box(
     lower: torch.Tensor | float | None = None,
     upper: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Euclidean projection onto ``{lower <= x <= upper}``."""
+    """Euclidean projection onto ``{lower <= x <= upper}``.
+
+    Args:
+        x: any tensor.
+        lower, upper: bounds (tensors broadcasting against ``x``, numbers or None).
+
+    Example:
+        >>> import torch
+        >>> project_box(torch.tensor([-2.0, 0.5, 3.0]), 0.0, 1.0)
+        tensor([0.0000, 0.5000, 1.0000])
+    """
     if lower is not None and upper is not None:
         lo, hi = torch.as_tensor(lower), torch.as_tensor(upper)
         if bool((lo > hi).any()):
@@ -74,7 +84,16 @@ def project_box(
 
 
 def project_nonnegative(x: torch.Tensor) -> torch.Tensor:
-    """Projection onto the non-negative orthant."""
+    """Projection onto the non-negative orthant.
+
+    Args:
+        x: any tensor.
+
+    Example:
+        >>> import torch
+        >>> project_nonnegative(torch.tensor([-1.0, 2.0]))
+        tensor([0., 2.])
+    """
     return torch.relu(x)
 
 
@@ -82,5 +101,15 @@ def project_support(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Projection onto signals supported on ``mask`` (zero outside it, exactly).
 
     ``mask`` broadcasts against ``x`` (e.g. ``(H, W)`` against ``(batch, H, W)``).
+
+    Args:
+        x: any tensor.
+        mask: boolean (or 0/1) tensor broadcasting against ``x``.
+
+    Example:
+        >>> import torch
+        >>> project_support(torch.ones(1, 2, 2), torch.tensor([[True, False], [False, True]]))
+        tensor([[[1., 0.],
+                 [0., 1.]]])
     """
     return torch.where(mask.to(torch.bool), x, torch.zeros((), dtype=x.dtype, device=x.device))

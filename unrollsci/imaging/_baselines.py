@@ -19,7 +19,16 @@ __all__ = ["tv_reconstruction", "tikhonov_reconstruction", "gradient2d", "diverg
 
 
 def gradient2d(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences ``(batch, H, W)`` -> ``(batch, 2, H, W)`` (zero at the far edge)."""
+    """Forward differences ``(batch, H, W)`` -> ``(batch, 2, H, W)`` (zero at the far edge).
+
+    Args:
+        x: images ``(batch, H, W)``.
+
+    Example:
+        >>> import torch
+        >>> gradient2d(torch.zeros(2, 8, 8)).shape
+        torch.Size([2, 2, 8, 8])
+    """
     gx = torch.zeros((*x.shape[:-2], 2, *x.shape[-2:]), dtype=x.dtype, device=x.device)
     gx[..., 0, :-1, :] = x[..., 1:, :] - x[..., :-1, :]
     gx[..., 1, :, :-1] = x[..., :, 1:] - x[..., :, :-1]
@@ -27,7 +36,11 @@ def gradient2d(x: torch.Tensor) -> torch.Tensor:
 
 
 def divergence2d(p: torch.Tensor) -> torch.Tensor:
-    """``-gradient2d^T``: divergence of ``p: (batch, 2, H, W)`` -> ``(batch, H, W)``."""
+    """``-gradient2d^T``: divergence of ``p: (batch, 2, H, W)`` -> ``(batch, H, W)``.
+
+    Args:
+        p: vector fields ``(batch, 2, H, W)``.
+    """
     p0, p1 = p[..., 0, :, :], p[..., 1, :, :]
     d = torch.zeros_like(p0)
     d[..., :-1, :] += p0[..., :-1, :]
@@ -102,6 +115,13 @@ def tv_reconstruction(
 
     Returns:
         Solution with ``x`` ``(batch, N, N)``.
+
+    Example:
+        >>> from unrollsci.imaging import Radon, shepp_logan
+        >>> op = Radon(32, 30)
+        >>> sol = tv_reconstruction(op(shepp_logan(32)[None]), op, lam=0.01, tol=0.05)
+        >>> sol.x.shape
+        torch.Size([1, 32, 32])
     """
     m = _check_problem(y, radon, mask)
     lam = _hyper("lam", lam, allow_zero=True)
@@ -183,6 +203,12 @@ def tikhonov_reconstruction(
 
     Returns:
         Solution with ``x`` ``(batch, N, N)``.
+
+    Example:
+        >>> from unrollsci.imaging import Radon, shepp_logan
+        >>> op = Radon(32, 30)
+        >>> tikhonov_reconstruction(op(shepp_logan(32)[None]), op, lam=1.0).x.shape
+        torch.Size([1, 32, 32])
     """
     _check_problem(y, radon, None)
     lam = _hyper("lam", lam, allow_zero=False)

@@ -114,43 +114,25 @@ def propagate_bound(
 ) -> float:
     """Bound after one layer ``P(x - s g + CNN([x, g]))``, ``g = A^T(A x - y/a)``.
 
-    ``lx``: bound on the state (per unit change of the sinogram); ``n_a``: bound on
-    the scaled projector's norm; ``a``: the scaling; ``lip_cnn``: the CNN's constant.
+    Guarantee: if the state moves by at most ``lx`` per unit change of the sinogram, the
+    next state moves by at most the returned value, for the joint state ``(x, h[, q])``
+    with memory channels and a dual CNN alike (the derivation is in docs/ct.md, "The
+    Lipschitz certificate"). ``lip_dual = 0`` gives the bound without a dual CNN.
 
-    The same recursion holds with memory channels, for the joint state
-    ``z = (x, h)`` (``[u, h'] = CNN([x, g, h])``, ``x' = P(x - s g + u)``). Write ``d``
-    for the difference between the values at two sinograms ``y1, y2`` and suppose
-    ``||dz|| <= L ||dy||`` (take ``||dy|| = 1``). Then
+    Args:
+        lx: bound on the state per unit change of the sinogram.
+        s: the layer's step size.
+        n_a: bound on the scaled projector's norm.
+        a: the scaling of the projector.
+        lip_cnn: Lipschitz constant of the (primal) CNN on its concatenated channels.
+        lip_dual: Lipschitz constant of the dual CNN (0 without one).
 
-    * ``||dx|| <= ||dz|| <= L``;
-    * ``dg = A^T A dx - A^T dy / a``, so ``||dg|| <= n^2 L + n / a =: L_g``;
-    * ``d(x - s g) = (I - s A^T A) dx + s A^T dy / a`` has norm
-      ``l <= max(1, |1 - s n^2|) L + s n / a =: L_lin``;
-    * the CNN input ``[x, g, h]`` moves by ``sqrt(||dz||^2 + ||dg||^2) <= sqrt(L^2 + L_g^2)``,
-      so its output moves by ``sqrt(||du||^2 + ||dh'||^2) <= lip_cnn sqrt(L^2 + L_g^2) =: r``
-      (the CNN's constant is for the concatenated input and output);
-    * ``P`` is 1-Lipschitz, so ``||dx'|| <= l + ||du||``, and with
-      ``alpha = ||du||``, ``beta = ||dh'||``, ``alpha^2 + beta^2 <= r^2``:
-      ``||dz'||^2 <= (l + alpha)^2 + beta^2 = l^2 + 2 l alpha + alpha^2 + beta^2
-      <= (l + r)^2``.
+    Returns:
+        The bound after the layer (a float).
 
-    Hence ``||dz'|| <= L_lin + r``: the formula below, for ``x`` alone (no memory)
-    and for ``(x, h)`` alike. ``h_0 = 0`` does not depend on ``y``, so the start is the
-    same, and the output ``x_K`` satisfies ``||dx_K|| <= ||dz_K||``.
-
-    With a dual CNN (``UnrolledCT(dual=True)``, constant ``lip_dual``) the layer first
-    corrects the residual on the sinogram grid, ``[delta, q'] = CNN_d([r, y/a, q])``
-    with ``r = A x - y/a``, and uses ``g = A^T (r + delta)``; the state is
-    ``z = (x, h, q)``. With ``alpha_d = ||d delta||``, ``beta_d = ||dq'||``:
-
-    * the dual input moves by ``sqrt((n L + 1/a)^2 + 1/a^2 + L^2)`` at most, so
-      ``alpha_d^2 + beta_d^2 <= rho^2`` with ``rho = lip_dual`` times that;
-    * ``||dg|| <= L_g + n alpha_d <= L_g + n rho`` (this enters ``r`` above);
-    * ``||dx'|| <= L_lin + s n alpha_d + alpha``, so ``dz'`` is a sum of the three
-      non-negative vectors ``(L_lin, 0, 0)``, ``(alpha, beta, 0)`` and
-      ``(s n alpha_d, 0, beta_d)``, and ``||dz'|| <= L_lin + r + max(1, s n) rho``.
-
-    ``lip_dual = 0`` gives back the bound without a dual CNN exactly.
+    Example:
+        >>> propagate_bound(1.0, 1.0, 1.0, 1.0, 0.0)  # plain gradient step, no CNN
+        2.0
     """
     lg = n_a**2 * lx + n_a / a
     lin = max(1.0, abs(1.0 - s * n_a**2)) * lx + s * n_a / a

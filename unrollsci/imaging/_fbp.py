@@ -42,6 +42,10 @@ def ramp_filter(
 
     Returns:
         ``(P,)`` real tensor, ``P`` the padded length (a power of two >= 2 n_detectors).
+
+    Example:
+        >>> ramp_filter(16).shape  # padded to a power of two >= max(64, 2 n_det)
+        torch.Size([64])
     """
     if filter not in FILTERS:
         raise ValueError(f"Expected filter in {FILTERS} (got {filter!r}).")
@@ -112,7 +116,15 @@ def fbp(y: torch.Tensor, radon: Radon, *, filter: str = "ram-lak") -> torch.Tens
 
 
 def filter_sinogram(y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
-    """Apply the FBP filter along the last (detector) axis of ``y: (..., n_det)``."""
+    """Apply the FBP filter along the last (detector) axis of ``y: (..., n_det)``.
+
+    Args:
+        y: sinograms ``(..., n_det)``.
+        filter: one of :data:`FILTERS`.
+
+    Returns:
+        The filtered sinograms, same shape as ``y``.
+    """
     n_det = y.shape[-1]
     resp = ramp_filter(n_det, filter, dtype=y.dtype, device=y.device)
     size = resp.shape[0]

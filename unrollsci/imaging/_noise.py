@@ -43,6 +43,11 @@ def gaussian_noise(
         sigma: noise level; with ``relative=True`` it is relative to each sinogram's
             root-mean-square value (``s = ||y_b|| / sqrt(numel)``), else ``s = 1``.
         seed / generator: randomness (drawn on the CPU, then moved to ``y``'s device).
+
+    Example:
+        >>> import torch
+        >>> gaussian_noise(torch.ones(2, 10, 16), 0.05).shape
+        torch.Size([2, 10, 16])
     """
     check_tensor("y", y)
     if y.dim() < 1:

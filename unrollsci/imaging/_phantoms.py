@@ -77,6 +77,11 @@ def shepp_logan(
 
     Same geometry and contrast as ``skimage.data.shepp_logan_phantom`` (which is a
     400 x 400 rendering of it); the head lies inside the inscribed circle.
+
+    Example:
+        >>> x = shepp_logan(64)
+        >>> x.shape, float(x.min()) >= 0.0, float(x.max()) <= 1.0
+        (torch.Size([64, 64]), True, True)
     """
     device = check_device(device)
     _check_int("size", size, 2)
@@ -92,6 +97,10 @@ def disk_mask(size: int, *, device: Any = None) -> torch.Tensor:
     """Boolean ``(size, size)`` mask of the pixels within ``size // 2`` of the centre pixel.
 
     This is the reconstruction circle of :class:`~unrollsci.operators.Radon`.
+
+    Example:
+        >>> disk_mask(8).shape
+        torch.Size([8, 8])
     """
     device = check_device(device)
     _check_int("size", size, 1)
@@ -128,6 +137,11 @@ def random_ellipses(
 
     Returns:
         ``(n, size, size)`` images (and masks if ``return_support``).
+
+    Example:
+        >>> x, m = random_ellipses(4, 32, return_support=True)
+        >>> x.shape, m.shape, m.dtype
+        (torch.Size([4, 32, 32]), torch.Size([4, 32, 32]), torch.bool)
     """
     device = check_device(device)
     _check_int("n", n, 1)

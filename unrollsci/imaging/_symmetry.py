@@ -61,6 +61,11 @@ def radon_symmetries(radon: Radon, *, tol: float = 1e-9, seed: int = 0) -> list[
 
     Returns:
         The symmetries found, the identity first.
+
+    Example:
+        >>> from unrollsci.imaging import Radon
+        >>> len(radon_symmetries(Radon(16, 8)))
+        8
     """
     if not isinstance(radon, Radon):
         raise TypeError(f"Expected a Radon operator (got {type(radon).__name__}).")
@@ -121,6 +126,14 @@ def self_ensemble(
         mask: support masks ``(N, N)`` or ``(batch, N, N)``; default the model's mask.
         symmetries: a list from :func:`radon_symmetries`, or the number of them to use
             (the first ones; default all).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.imaging import Radon, UnrolledCT
+        >>> op = Radon(16, 8)
+        >>> model = UnrolledCT(op, n_layers=1, channels=2)
+        >>> self_ensemble(model, torch.rand(2, 8, 16), symmetries=2).shape
+        torch.Size([2, 16, 16])
     """
     check_tensor("y", y, ndim=(3,))
     check_batch("y", y)

@@ -38,8 +38,8 @@ class _Conv(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, k, padding=k // 2)
-        # channels-last weights make oneDNN pick its faster convolution kernels here
-        # (1.5x for a training step of the 64x64 benchmark network on CPU); same values
+        # channels-last weights let oneDNN pick faster convolution kernels on CPU (see
+        # docs/ct.md); the values are the same
         w = self.conv.weight
         w.data = w.data.contiguous(memory_format=torch.channels_last)
         hw = (size, size) if isinstance(size, int) else tuple(size)
@@ -122,33 +122,18 @@ class _Block(nn.Module):
 class UnrolledCT(nn.Module):
     """Learned-gradient (or primal-dual) CT reconstruction with a support projection per layer.
 
-    With ``A`` the Radon transform scaled to unit norm (``A = radon / a``,
-    ``a = ||radon||``) and ``y/a`` the scaled data, layer ``k`` is
+    Layer ``k`` is one projected gradient step on ``||A x - y / a||^2`` (``A`` the
+    projector scaled to unit norm) plus a learned CNN correction:
+    ``x_{k+1} = P_M(x_k - s_k g_k + CNN_k([x_k, g_k]))``, ``g_k = A^T (A x_k - y / a)``,
+    with steps ``s_k`` in (0, 2), starting from ``P_M(FBP(y))``. ``memory`` adds channels
+    carried between layers (learned gradient, Adler & Oktem 2017); ``dual=True`` adds a
+    sinogram CNN that corrects the residual (learned primal-dual, Adler & Oktem 2018).
+    The equations and the derivation of the certificate are in docs/ct.md.
 
-        g_k     = A^T (A x_k - y / a)
-        x_{k+1} = P_M( x_k - s_k g_k + CNN_k([x_k, g_k]) )
-
-    With ``memory = m > 0`` each CNN also reads and writes ``m`` memory channels
-    (as in the learned gradient scheme of Adler & Oktem, 2017), ``h_0 = 0``:
-
-        [u_k, h_{k+1}] = CNN_k([x_k, g_k, h_k]),    x_{k+1} = P_M( x_k - s_k g_k + u_k )
-
-    With ``dual=True`` (learned primal-dual, after Adler & Oktem, 2018) a second CNN
-    per layer works on the sinogram grid and corrects the residual before it is
-    back-projected, with ``m`` memory channels of its own ``q`` (``q_0 = 0``):
-
-        r_k = A x_k - y / a,    [delta_k, q_{k+1}] = CNN'_k([r_k, y / a, q_k]),
-        g_k = A^T (r_k + delta_k)
-
-    and the primal update above uses this ``g_k``. Its last layer starts at zero too.
-
-    Here ``s_k = 2 sigmoid(r_k)`` lies in (0, 2) (so ``I - s_k A^T A`` is
-    non-expansive) and ``P_M`` sets every pixel outside the support mask ``M`` to
-    exactly zero (:func:`unrollsci.prox.project_support`). The start ``x_0`` is
-    ``P_M(FBP(y))`` by default. Each CNN is ``depth`` convolutions with LeakyReLU
-    (1-Lipschitz), its last layer initialized to zero so the untrained network is
-    projected gradient descent. :func:`~unrollsci.imaging.lipschitz_bound`
-    certifies its sensitivity to the sinogram.
+    Guarantee: the output is exactly zero outside the support mask ``M`` whatever the
+    weights, the untrained network is projected gradient descent (each CNN's last layer
+    starts at zero), and with ``lipschitz_target=T`` the certified bound
+    :func:`~unrollsci.imaging.lipschitz_bound` is ``<= T`` after any training.
 
     Args:
         radon: the projector (its geometry is fixed; move the model with ``.to``).
@@ -170,11 +155,10 @@ class UnrolledCT(nn.Module):
         dual: add a dual CNN per layer on the sinogram (learned primal-dual); it
             carries ``memory`` channels of its own. Covered by the certificate.
         precision: ``"float32"`` (default: the CNNs compute in the input dtype) or
-            ``"bfloat16"``: the CNNs run under ``torch.autocast`` to bfloat16 (about 2x
-            faster inference on CPUs with AVX512-BF16/AMX, and on GPUs), their outputs
-            cast back; the projector, steps and projection stay in the input dtype.
-            The certificate is for exact arithmetic; bfloat16 adds rounding of relative
-            size ``2^-8`` to the CNN outputs. May be changed after training
+            ``"bfloat16"``: the CNNs run under ``torch.autocast`` to bfloat16, their
+            outputs cast back; the projector, steps and projection stay in the input
+            dtype. The certificate is for exact arithmetic; bfloat16 adds rounding of
+            relative size ``2^-8`` to the CNN outputs. May be changed after training
             (``model.precision = "bfloat16"``).
 
     Shapes:
@@ -185,8 +169,11 @@ class UnrolledCT(nn.Module):
         >>> import torch
         >>> from unrollsci.operators import Radon
         >>> model = UnrolledCT(Radon(32, 20), n_layers=2, channels=4)
-        >>> model(torch.zeros(3, 20, 32)).shape
+        >>> x = model(torch.rand(3, 20, 32))
+        >>> x.shape
         torch.Size([3, 32, 32])
+        >>> bool((x[:, ~model.mask] == 0).all())  # exactly zero outside the support
+        True
     """
 
     def __init__(

@@ -187,8 +187,8 @@ class SparseOperator(LinearOperator):
             csr = csr.to(torch.get_default_dtype())
         check_dtype_supported("SparseOperator", csr.dtype, self.supported_dtypes)
         self.register_buffer("matrix", csr)
-        # A^T is formed on the first adjoint product only (CG never needs it; forming it
-        # costs ~40 ms on a 65k-unknown matrix with 590k entries) and is not saved.
+        # A^T is formed on the first adjoint product only (CG never needs it, and forming
+        # it is not free on large matrices) and is not saved.
         self.register_buffer("matrix_t", None, persistent=False)
         self._matrix_t_key: Any = None
         m, n = csr.shape
@@ -269,11 +269,10 @@ def sp_csr(arrays: Any, shape: tuple[int, int]) -> Any:
 class _ScipyMatmul(torch.autograd.Function):
     """``x @ A^T`` for CPU tensors through scipy's CSR kernels, differentiable in ``x``.
 
-    torch's CPU CSR kernels are slower than scipy's (a 10^5-unknown Poisson mat-vec:
-    0.44 ms vs 0.27 ms single-threaded) and, with several OpenMP threads on a busy
-    machine, collapse (measured 57 ms per mat-vec with 2 threads under load, against
-    2.4 ms per CG iteration with 1). The backward pass is the same product with
-    ``A^T``, itself differentiable, so higher derivatives work too.
+    Used because torch's CPU CSR kernels are slower than scipy's and degrade badly with
+    several OpenMP threads on a busy machine (measurements: docs/solvers.md, "Sparse
+    products on the CPU"). The backward pass is the same product with ``A^T``, itself
+    differentiable, so higher derivatives work too.
     """
 
     @staticmethod
@@ -294,9 +293,9 @@ def _transpose_csr(csr: torch.Tensor) -> torch.Tensor:
 def _spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``(a @ x.T).T`` for CSR ``a: (m, n)`` and dense ``x: (batch, n)``.
 
-    On the CPU, torch's CSR-times-dense-matrix kernel is several times slower per
-    column than its CSR mat-vec (measured 2.0 ms vs 0.44 ms for a 10^5-unknown
-    Poisson matrix, torch 2.13), so small batches go column by column there.
+    On the CPU, torch's CSR-times-dense-matrix kernel is slower per column than its CSR
+    mat-vec (docs/solvers.md, "Sparse products on the CPU"), so small batches (up to 64
+    columns) go column by column there.
     """
     if x.device.type == "cpu" and x.shape[0] <= 64:
         return torch.stack([torch.mv(a, xi) for xi in x])

@@ -31,12 +31,12 @@ from ._base import LinearOperator
 
 __all__ = ["Radon", "radon_memory_estimate", "available_memory"]
 
-#: Stored entries of the system matrix per pixel of the support and per angle (measured:
-#: 1.73 N^2 per angle for the disk of N^2 pi / 4 pixels, 2.21 N^2 without the circle).
+#: Stored entries of the system matrix per pixel of the support and per angle (an upper
+#: calibration of the bilinear weights; how it was obtained: docs/solvers.md, "Radon memory").
 _NNZ_PER_PIXEL = 2.21
 #: Peak bytes per stored entry while building (coordinate lists of the bilinear weights,
-#: their concatenation, the COO -> CSR conversion, the torch copies of A and A^T):
-#: measured 123-126 bytes (ru_maxrss of a fresh process, N = 64..256, 60..180 angles).
+#: their concatenation, the COO -> CSR conversion, the torch copies of A and A^T); a
+#: rounded-up calibration, see docs/solvers.md, "Radon memory".
 _PEAK_BYTES_PER_ENTRY = 128
 
 #: FBP names that moved to :mod:`unrollsci.imaging._fbp`, still importable from here.
@@ -104,11 +104,22 @@ def _support_pixels(n: int, circle: bool) -> int:
 def radon_memory_estimate(image_size: Any, angles: Any = 180, *, circle: bool = True) -> int:
     """Peak memory in bytes that building ``Radon(image_size, angles, circle=circle)`` needs.
 
-    ``2.21 x (pixels in the support) x n_angles`` stored entries (about ``1.73 N^2`` per
-    angle with ``circle=True``, ``2.21 N^2`` without), times 128 bytes per entry at the
-    peak of the construction (measured 123-126). The operator keeps about 36 bytes per
-    entry afterwards (the cached scipy matrix and the torch copies of ``A`` and ``A^T``).
-    Examples: 256 x 360 needs about 5.5 GB, 512 x 360 about 21 GB.
+    The model is ``2.21 x (pixels in the support) x n_angles`` stored entries times 128
+    bytes per entry at the peak of the construction (how the constants were obtained:
+    docs/solvers.md, "Radon memory"). :class:`Radon` refuses a geometry whose estimate
+    exceeds the memory available.
+
+    Args:
+        image_size: ``N`` (or ``(N, N)``).
+        angles: a count or a 1D array of angles in degrees, as for :class:`Radon`.
+        circle: as for :class:`Radon`.
+
+    Returns:
+        The estimate in bytes (an ``int``).
+
+    Example:
+        >>> radon_memory_estimate(64, 60) < radon_memory_estimate(128, 60)
+        True
     """
     n = _as_size(image_size)
     n_angles = int(_as_angles(angles).size)
@@ -274,9 +285,8 @@ class Radon(LinearOperator):
     ``circle=False`` the detector covers the diagonal (``N + ceil(sqrt(2) N - N)``
     bins, as scikit-image).
 
-    Memory: the matrix has about ``1.73 N^2`` entries per angle (``2.21 N^2`` with
-    ``circle=False``) and building it peaks at about 128 bytes per entry
-    (:func:`radon_memory_estimate`: 5.5 GB for 256 x 360, 21 GB for 512 x 360). A
+    Memory: the matrix has ``O(N^2)`` entries per angle; :func:`radon_memory_estimate`
+    gives the peak of its construction (figures: docs/solvers.md, "Radon memory"). A
     geometry whose estimate exceeds the memory available (``/proc/meminfo``, cgroup
     limit) is refused with a ``ValueError`` before anything is allocated.
 

@@ -25,9 +25,8 @@ class SymmetricMatvec:
     """``x -> x A`` (rows of ``x``) for a symmetric scipy CSR ``A``, differentiable in ``x``.
 
     scipy's CSR kernels on the CPU, torch CSR elsewhere, on the caller's scipy matrix:
-    no torch copy and no validation as in :class:`SparseOperator` (building it and one
-    product: 1.0 ms against 1.9 ms for a 65k-unknown graph Laplacian), which matters
-    because a polynomial preconditioner is rebuilt at every setup.
+    no torch copy and no validation as in :class:`SparseOperator`, so it is cheaper to
+    build, which matters because a polynomial preconditioner is rebuilt at every setup.
     """
 
     def __init__(self, a: Any) -> None:

@@ -43,6 +43,15 @@ def error_decomposition(
         (``||c_k - x*||``), ``deviation`` (``||x_k - c_k||``), ``cosine`` (between
         the classical error and the deviation; ``-1`` means the learned part
         cancels the classical error) and ``model_db`` (NMSE of ``x_k`` in dB).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> from unrollsci.unrolled import LISTA
+        >>> rows = error_decomposition(LISTA(A, 3, lam=0.1), torch.randn(2, 20), torch.randn(2, 40))
+        >>> len(rows), sorted(rows[0])[:3]
+        (3, ['classical', 'cosine', 'deviation'])
     """
     check_tensor("x_ref", x_ref, ndim=(2,))
     check_finite("x_ref", x_ref)

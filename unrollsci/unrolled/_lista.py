@@ -127,6 +127,13 @@ class LISTACP(_SupportSelection, UnrolledLasso):
         support_selection: use LISTA-CPSS thresholding (the untrained model then
             differs from ISTA by the unshrunk entries).
         ss_rate, ss_max: support-selection share per layer and its cap.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> LISTACP(A, 4, lam=0.1, support_selection=True)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
     """
 
     def __init__(
@@ -220,6 +227,13 @@ class ALISTA(_SupportSelection, UnrolledLasso):
         operator, num_layers, lam, dtype: as :class:`LISTA`.
         weight: ``"analytic"`` or ``"adjoint"``.
         support_selection, ss_rate, ss_max: as :class:`LISTACP`.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> ALISTA(A, 4, lam=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
     """
 
     def __init__(

@@ -27,6 +27,13 @@ class UnrolledFISTA(UnrolledLasso):
     Args:
         operator, num_layers, lam, dtype: as :class:`LISTA`.
         learn_momentum: learn ``beta_k`` (unconstrained real; otherwise fixed).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> UnrolledFISTA(A, 4, lam=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
     """
 
     def __init__(
@@ -84,6 +91,13 @@ class ADMMNet(UnrolledLasso):
     Args:
         operator, num_layers, lam, dtype: as :class:`LISTA`.
         rho: initial penalty (default ``||A||^2``).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> ADMMNet(A, 4, lam=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
     """
 
     def __init__(
@@ -165,6 +179,15 @@ class LAMP(UnrolledLasso):
         rho, sigma_x: initial prior of ``denoiser="bg"`` (default 0.1 and 1.0): the
             probability of a nonzero entry, in ``(0, 1)``, and the standard deviation
             of the nonzero entries, ``> 0``. Only valid with ``denoiser="bg"``.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> LAMP(A, 4, lam=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
+        >>> LAMP(A, 4, denoiser="bg", rho=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
     """
 
     def __init__(
