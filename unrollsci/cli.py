@@ -133,6 +133,18 @@ never the full results NAME.json."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``unrollsci`` command line (``demo``, ``bench NAME``, ``relax FILE``).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 on success; the codes are listed in ``unrollsci --help``).
+
+    Example:
+        >>> main(["bench", "no-such-benchmark"])  # prints the known names to stderr
+        2
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "relax":
         # relax parses its own arguments, in any order (options before the file too)

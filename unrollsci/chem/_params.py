@@ -113,6 +113,15 @@ def resolve_params(
     """Per-atom parameter tensors ``{"chi", "eta", "gamma", "sigma"}``, each of shape (N,).
 
     ``device`` must exist here (``"cuda"`` without CUDA raises ``ValueError``).
+
+    Args:
+        symbols: element symbol of each atom.
+        params: per-element overrides ``{symbol: {key: value}}`` (None: the built-in table).
+        device, dtype: of the returned tensors.
+
+    Example:
+        >>> resolve_params(["O", "H", "H"], None)["chi"].shape
+        torch.Size([3])
     """
     device = check_device(device)
     table = element_table(symbols, params)

@@ -120,6 +120,12 @@ def random_graph(kind: str, n: int, *, seed: int = 0) -> Any:
         n: target number of nodes (grid: nearest square; others: largest
             component joined to the rest).
         seed: random seed.
+
+    Example:
+        >>> import networkx as nx
+        >>> g = random_graph("grid", 49)
+        >>> nx.is_connected(g)
+        True
     """
     import networkx as nx
 
@@ -196,6 +202,12 @@ def smooth_signal(
 
     Returns:
         ``(num, n)`` tensor.
+
+    Example:
+        >>> import scipy.sparse as sp
+        >>> adj = sp.diags([1.0, 1.0], [-1, 1], shape=(10, 10))
+        >>> smooth_signal(adj, 3).shape
+        torch.Size([3, 10])
     """
     _check_num(num)
     check_positive("tau", tau, allow_zero=True)
@@ -232,6 +244,13 @@ def inpainting_problem(
 
     Returns:
         a :class:`GraphInverseProblem` with ``num`` signals.
+
+    Example:
+        >>> import scipy.sparse as sp
+        >>> adj = sp.diags([1.0, 1.0], [-1, 1], shape=(10, 10))
+        >>> p = inpainting_problem(adj, 2)
+        >>> p.y.shape
+        torch.Size([2, 10])
     """
     from scipy.sparse.csgraph import connected_components
 

@@ -63,6 +63,13 @@ def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-
     Laplacian (``L_ii = sum_{j != i} W_ij``), while in the normalized one it lowers the
     diagonal to ``1 - W_ii / d_i`` and raises the degree that scales the off-diagonal
     entries. Isolated nodes (``d_i = 0``) get ``L_ii = 0`` in both cases.
+
+    Example:
+        >>> import scipy.sparse as sp
+        >>> adj = sp.csr_matrix([[0.0, 1.0], [1.0, 0.0]])
+        >>> laplacian_matrix(adj).toarray()
+        array([[ 1., -1.],
+               [-1.,  1.]])
     """
     import scipy.sparse as sp
 
