@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from unrollsci.bench.ct import PhantomPool, dihedral
-from unrollsci.imaging import Radon
-from unrollsci.imaging._phantoms import ellipse_image
+from unrollsci.imaging import Radon, ellipse_image
 
 
 def _params() -> torch.Tensor:

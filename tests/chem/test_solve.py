@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase.build import bulk, molecule
 
-from unrollsci._validation import ConvergenceError
+from unrollsci import ConvergenceError
 from unrollsci.chem import PolarizationCatastropheError, QEqCalculator, solve_charges
 
 _spec = importlib.util.spec_from_file_location(

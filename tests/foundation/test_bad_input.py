@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from unrollsci.imaging import ramp_filter
 from unrollsci.losses import kkt_residual, mse, nmse_db
 from unrollsci.operators import (
     Convolution,
@@ -22,7 +23,7 @@ from unrollsci.operators import (
     fbp,
     to_torch_sparse,
 )
-from unrollsci.operators._radon import radon_memory_estimate, ramp_filter
+from unrollsci.operators._radon import radon_memory_estimate
 from unrollsci.solvers import (
     admm,
     amp,

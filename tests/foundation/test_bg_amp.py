@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from unrollsci._validation import ConvergenceWarning
+from unrollsci import ConvergenceWarning
 from unrollsci.operators import MatrixOperator
 from unrollsci.solvers import bg_amp, bg_amp_step, bg_denoise
 

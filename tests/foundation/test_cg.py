@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from unrollsci._validation import ConvergenceWarning
+from unrollsci import ConvergenceWarning
 from unrollsci.operators import MatrixOperator, SparseOperator
 from unrollsci.solvers import cg, check_symmetric
 

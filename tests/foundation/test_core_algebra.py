@@ -12,7 +12,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from unrollsci._validation import SYMMETRY_EPS_FACTOR, ConvergenceWarning, check_symmetric
+from unrollsci import ConvergenceWarning
+from unrollsci._validation import SYMMETRY_EPS_FACTOR, check_symmetric
 from unrollsci.operators import (
     Convolution,
     GramOperator,

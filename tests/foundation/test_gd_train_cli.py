@@ -168,7 +168,7 @@ def test_gradient_descent_gradcheck(device):
     def f(yy):
         import warnings
 
-        from unrollsci._validation import ConvergenceWarning
+        from unrollsci import ConvergenceWarning
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from unrollsci._validation import ConvergenceError, ConvergenceWarning
+from unrollsci import ConvergenceError, ConvergenceWarning
 from unrollsci.operators import MatrixOperator
 from unrollsci.solvers import admm, amp, fista, ista, lasso_objective
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 from scipy.sparse.csgraph import connected_components
 
-from unrollsci.graph import StepController
-from unrollsci.graph._data import road_graph
+from unrollsci.graph import StepController, road_graph
 
 
 @pytest.mark.parametrize("extra", [0.0, 0.25, 0.5])

@@ -8,6 +8,7 @@ import torch
 from unrollsci.imaging import (
     Radon,
     UnrolledCT,
+    conv_operator_norm,
     disk_mask,
     empirical_lipschitz,
     gaussian_noise,
@@ -19,7 +20,6 @@ from unrollsci.imaging import (
     tikhonov_reconstruction,
     tv_reconstruction,
 )
-from unrollsci.imaging._certify import conv_operator_norm
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unrollsci import solvers
-from unrollsci._validation import ConvergenceWarning
+from unrollsci import ConvergenceWarning, solvers
 from unrollsci.operators import LinearOperator, MatrixOperator
 from unrollsci.train import load_checkpoint, save_checkpoint
 from unrollsci.unrolled import (
