@@ -6,7 +6,8 @@ points calling ``unrollsci.bench.NAME.main``.
 
 * ``_common``: results files, figures, markdown tables, ``Timer``, argparse types;
 * one module per benchmark, each with ``main(argv: list[str] | None) -> int``: ``solvers``,
-  ``lista``, ``graph``, ``qeq``, ``md``, ``precond``, ``radon``, ``ct``;
+  ``lista``, ``graph``, ``qeq``, ``md``, ``precond``, ``radon``, ``ct`` (``_lista_setup`` and
+  ``_precond_setup`` hold the problem set-up and training of the two largest);
 * ``lammps``: reference charges from LAMMPS ``fix qeq/shielded`` (tests and ``qeq``);
 * ``demo``: one module per ``unrollsci demo`` section (``run_demo`` and ``FIGURES``).
 """
