@@ -1,10 +1,29 @@
-"""Projected, Jacobi-preconditioned CG for the QEq charges on ``sum(q) = total``."""
+"""Projected, Jacobi-preconditioned CG for the QEq charges on ``sum(q) = total``.
+
+The iteration is the library's one CG recurrence (:func:`unrollsci.solvers._loop.pcg_iterate`)
+with a projected preconditioner; this module supplies the projection, the start on the
+constraint, the stop rule and the negative-curvature error.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ..solvers._loop import PCGState, pcg_iterate
 from ._hardness import PolarizationCatastropheError, _Hardness
+
+
+def _catastrophe(which: str, k: int, value: float) -> Exception:
+    if which == "A":
+        return PolarizationCatastropheError(
+            "QEq hardness matrix is not positive definite on the charge-constraint "
+            f"subspace: found a charge-transfer direction with curvature p^T A p = "
+            f"{value:.3e} <= 0 at CG iteration {k} (polarization "
+            "catastrophe: the parameters are too soft for this geometry). Increase the "
+            "hardness eta, use the shielded kernel, or check for too-close atoms."
+        )
+    # (D z)^T z >= 0 always, and the monitor stops at 0: unreachable
+    return RuntimeError(f"QEq CG: r^T z = {value:.3e} < 0 at iteration {k}.")
 
 
 def _pcg(
@@ -28,7 +47,12 @@ def _pcg(
     forming ``r = A q + b`` and matters only when ``b`` is (nearly) a multiple of 1 with
     ``total = 0`` (equal chi on atoms with different hardness: the solution is q = 0 and
     ``scale`` is itself round-off, so a purely relative test could never be met).
-    With ``iterations`` given exactly that many steps run (differentiable in unrolled mode).
+    With ``iterations`` given exactly that many steps run (differentiable in unrolled mode),
+    fewer only if the residual vanishes exactly.
+
+    In the shared recurrence this is CG on ``A q = -b`` (residual ``-b - A q``) with the
+    preconditioner ``z = D^-1 (r - mu 1)`` and ``r^T z`` computed as ``(D z)^T z`` (equal,
+    without the cancellation of the ``mu 1^T z`` term).
     """
     n = b.shape[0]
     dinv = 1.0 / d
@@ -36,6 +60,9 @@ def _pcg(
 
     def project(r: torch.Tensor) -> torch.Tensor:
         return dinv * (r - (dinv * r).sum() / sinv)
+
+    def inner(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (d * z * z).sum(-1, keepdim=True)  # = r^T P r
 
     if q0 is None:
         q = project(-b) + dinv * (total / sinv)
@@ -45,41 +72,26 @@ def _pcg(
     atol = max(atol, 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm()))
     scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
     scale_f = max(scale, atol / tol, torch.finfo(b.dtype).tiny)
-    r = op(q) + b
-    z = project(r)
-    rz = (d * z * z).sum()  # = r^T P r without the mu 1^T z cancellation
-    res = float((d * z).detach().norm()) / scale_f
-    residuals = [res]
-    p = -z
-    k = 0
-    limit = iterations if iterations is not None else max_iter
-    converged = iterations is None and res <= tol
-    while k < limit and not converged and n > 1:
-        if float(rz.detach()) <= 0.0:  # exact solution reached (only with fixed iterations)
-            break
-        k += 1
-        ap = op(p)
-        pap = (p * ap).sum()
-        if float(pap.detach()) <= 0.0:
-            raise PolarizationCatastropheError(
-                "QEq hardness matrix is not positive definite on the charge-constraint "
-                f"subspace: found a charge-transfer direction with curvature p^T A p = "
-                f"{float(pap.detach()):.3e} <= 0 at CG iteration {k} (polarization "
-                "catastrophe: the parameters are too soft for this geometry). Increase the "
-                "hardness eta, use the shielded kernel, or check for too-close atoms."
-            )
-        alpha = rz / pap
-        q = q + alpha * p
-        r = r + alpha * ap
-        z = project(r)
-        rz_new = (d * z * z).sum()
-        res = float((d * z).detach().norm()) / scale_f
+    residuals: list[float] = []
+
+    def monitor(st: PCGState) -> bool:
+        res = float((d * st.z).detach().norm()) / scale_f
         residuals.append(res)
-        if iterations is None and res <= tol:
-            converged = True
-            break
-        p = -z + (rz_new / rz) * p
-        rz = rz_new
+        # r^T z = 0: the projected residual vanished (an exact solution; only met with a
+        # fixed number of iterations, otherwise res <= tol stopped first)
+        return (iterations is None and res <= tol) or float(st.rz.detach()) <= 0.0
+
+    limit = iterations if iterations is not None else max_iter
+    q, _, k, converged = pcg_iterate(
+        op,
+        q,
+        -b - op(q),
+        max_iter=limit if n > 1 else 0,
+        precond=project,
+        inner=inner,
+        monitor=monitor,
+        not_spd=_catastrophe,
+    )
     if iterations is not None or n <= 1:
         converged = residuals[-1] <= tol or n <= 1
     return q, k, residuals, converged

@@ -13,7 +13,10 @@ projected matrix (``check_definite``, see docs/chem.md); a failure is a polariza
 catastrophe and raises, as does negative curvature ``p^T A p <= 0`` met by CG.
 
 The pieces: ``_hardness`` (the matrix A and the catastrophe check), ``_pcg`` (the projected
-CG), ``_autograd`` (the implicit-function backward), ``_settings`` (the validated options).
+CG, on the library's one CG recurrence), ``_autograd`` (the adjoint solve of the
+implicit-function backward), ``_settings`` (the validated options). The three ``grad`` modes
+are those of the shared CG (``unrollsci.solvers._loop``): ``"implicit"``, ``"unrolled"``, and
+``"envelope"`` = its ``"detached"``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from .._validation import ConvergenceError, ConvergenceWarning, check_finite, check_tensor
 from ..solvers import Solution
-from ._autograd import Adjoint, ImplicitCharges
+from ..solvers._loop import differentiate
+from ._autograd import charge_adjoint
 from ._geometry import (  # noqa: F401 - KERNELS, half_pairs, ...: importable from here
     KERNELS,
     ewald_alpha,
@@ -68,8 +72,8 @@ _CSR_MIN_PAIRS = 20000
 #: ``check_definite="auto"`` runs the dense definiteness test up to this many atoms.
 DENSE_CHECK_MAX_ATOMS = 3000
 
-#: the implicit-backward Function, defined in ``_autograd`` (forward: q, Adjoint, inputs)
-_ImplicitCharges = ImplicitCharges
+#: chem's public ``grad`` names -> the modes of the shared CG (unrollsci.solvers._loop)
+_CORE_MODES = {"implicit": "implicit", "unrolled": "unrolled", "envelope": "detached"}
 
 # The tests patch _CSR_MIN_PAIRS, DENSE_CHECK_MAX_ATOMS and _check_projected_definite on this
 # module: the solve below reads them from here.
@@ -399,25 +403,34 @@ def solve_with_settings(
         "n_kvectors": 0 if terms.kf is None else int(terms.kf.numel()),
     }
     q0 = _warm_start(q0, positions)
-    if s.grad == "unrolled":
-        op = terms.operator()
+    # the public names map onto the shared CG's modes (unrollsci.solvers._loop)
+    unrolled = s.grad == "unrolled"
+
+    def forward() -> tuple[torch.Tensor, tuple]:
+        # unrolled: the differentiable operator and a geometry-independent start; otherwise
+        # (no autograd) detached copies and, for large systems, CSR products
+        if unrolled:
+            op = terms.operator()
+        else:
+            op = terms.operator(detach=True, csr_min_pairs=_CSR_MIN_PAIRS)
         d = _precond_diag(op, terms.base, terms.ewald)
         if check:
             _check_projected_definite(op)
-        q, k, res, conv = _pcg(op, d, b, q_total, None, tol, max_iter, iterations)
-    else:
-        with torch.no_grad():
-            op = terms.operator(detach=True, csr_min_pairs=_CSR_MIN_PAIRS)
-            d = _precond_diag(op, terms.base, terms.ewald)
-            if check:
-                _check_projected_definite(op)
-            q, k, res, conv = _pcg(op, d, b.detach(), q_total, q0, tol, max_iter, iterations)
-        if s.grad == "implicit":
-            adjoint_tol = tol if s.adjoint_tol is None else float(s.adjoint_tol)
-            adjoint = Adjoint(terms.i, terms.j, op, d, adjoint_tol, max_iter, stats)
-            q = ImplicitCharges.apply(
-                q, adjoint, b, terms.diag0, terms.w, terms.kc, terms.ks, terms.kf
-            )
+        q, k, res, conv = _pcg(
+            op, d, b, q_total, None if unrolled else q0, tol, max_iter, iterations
+        )
+        return q, (op, d, k, res, conv)
+
+    adjoint_tol = tol if s.adjoint_tol is None else float(s.adjoint_tol)
+    differentiable = (b, terms.diag0, terms.w, terms.kc, terms.ks, terms.kf)
+    q, (op, d, k, res, conv) = differentiate(
+        _CORE_MODES[s.grad],
+        forward,
+        b=-b,  # A q = -chi on the constraint
+        matvec=terms.operator(),
+        adjoint=lambda g, info: charge_adjoint(info[0], info[1], adjoint_tol, max_iter, stats)(g),
+        needs_grad=any(t is not None and t.requires_grad for t in differentiable),
+    )
     if not conv:
         msg = (
             f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "

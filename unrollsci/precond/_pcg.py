@@ -1,7 +1,8 @@
 """Preconditioned CG unrolled for training: :func:`unrolled_pcg`, the loss, unroll lengths.
 
-The same recurrence as :func:`unrollsci.solvers.cg`, with no stopping test, so that the error
-after a fixed number of steps can be back-propagated into the preconditioner.
+The library's one CG recurrence (:func:`unrollsci.solvers._loop.pcg_iterate`, also behind
+:func:`unrollsci.solvers.cg`), run for a fixed number of steps with no stopping test, so that
+the error after them can be back-propagated into the preconditioner.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..solvers._loop import PCGState, pcg_iterate
 from ._graph import SystemBatch
 from ._sparse import lower_matvec
 
@@ -24,40 +26,41 @@ def _steps_to_tol(
     model: LearnedPreconditioner, batch: SystemBatch, tol: float, max_steps: int
 ) -> int:
     """PCG steps the model's current preconditioner needs for energy error <= tol."""
+    A = batch.op  # noqa: N806
+    den = (batch.x * batch.b).sum(-1)
+
+    def energy_error_small(st: PCGState) -> bool:
+        if st.k == 0:
+            return False
+        e = st.x - batch.x
+        return float(((e * A(e)).sum(-1) / den).max()) <= tol
+
     with torch.no_grad():
         m = model.from_graph(batch.graph)
-        A = batch.op  # noqa: N806
-        den = (batch.x * batch.b).sum(-1)
-        x = torch.zeros_like(batch.b)
-        r = batch.b
-        z = m(r)
-        p = z
-        rz = (r * z).sum(-1, keepdim=True)
-        for k in range(1, max_steps + 1):
-            ap = A(p)
-            alpha = rz / (p * ap).sum(-1, keepdim=True)
-            x = x + alpha * p
-            r = r - alpha * ap
-            e = x - batch.x
-            if float(((e * A(e)).sum(-1) / den).max()) <= tol:
-                return max(k, 2)
-            z = m(r)
-            rz_new = (r * z).sum(-1, keepdim=True)
-            p = z + (rz_new / rz) * p
-            rz = rz_new
-    return max_steps
+        _, _, k, reached = pcg_iterate(
+            A,
+            torch.zeros_like(batch.b),
+            batch.b,
+            max_iter=max_steps,
+            precond=m,
+            monitor=energy_error_small,
+        )
+    return max(k, 2) if reached else max_steps
 
 
 def unrolled_pcg(
     op: Callable[[torch.Tensor], torch.Tensor],
     b: torch.Tensor,
-    M: Callable[[torch.Tensor], torch.Tensor],
+    M: Callable[[torch.Tensor], torch.Tensor],  # noqa: N803
     steps: int,
-) -> torch.Tensor:  # noqa: N803
+) -> torch.Tensor:
     """``steps`` iterations of preconditioned CG from ``x0 = 0``, differentiable throughout.
 
-    The same recurrence as :func:`unrollsci.solvers.cg` without stopping tests, so that
-    the loss after a fixed number of steps can be back-propagated into ``M``.
+    The library's one CG recurrence (:func:`unrollsci.solvers._loop.pcg_iterate`, also
+    behind :func:`unrollsci.solvers.cg`) in its ``"unrolled"`` mode, with no stopping
+    test and no definiteness checks (no host synchronisation; a vanished residual gives
+    zero steps), so that the loss after a fixed number of steps can be back-propagated
+    into ``M``.
 
     Args:
         op: ``x -> A x`` on ``(batch, n)``.
@@ -68,22 +71,7 @@ def unrolled_pcg(
     Returns:
         ``x_steps: (batch, n)``.
     """
-    x = torch.zeros_like(b)
-    r = b
-    z = M(r)
-    p = z
-    rz = (r * z).sum(-1, keepdim=True)
-    tiny = torch.finfo(b.dtype).tiny
-    for _ in range(steps):
-        ap = op(p)
-        pap = (p * ap).sum(-1, keepdim=True)
-        alpha = rz / pap.clamp_min(tiny)
-        x = x + alpha * p
-        r = r - alpha * ap
-        z = M(r)
-        rz_new = (r * z).sum(-1, keepdim=True)
-        p = z + (rz_new / rz.clamp_min(tiny)) * p
-        rz = rz_new
+    x, _, _, _ = pcg_iterate(op, torch.zeros_like(b), b, max_iter=steps, precond=M)
     return x
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .._validation import (
     SYMMETRY_EPS_FACTOR,
+    ConvergenceWarning,
     check_finite,
     check_positive,
     check_same_device,
@@ -18,6 +21,7 @@ from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
 from ._common import as_operator, check_signal, check_stopping
+from ._loop import GRAD_MODES, PCGState, differentiate, pcg_iterate
 from ._solution import Solution, finish
 
 __all__ = ["cg", "check_symmetric"]
@@ -97,6 +101,8 @@ def cg(
     max_iter: int | None = None,
     check: bool = True,
     throw: bool = False,
+    grad: str = "unrolled",
+    adjoint_tol: float | None = None,
 ) -> Solution:
     """Conjugate gradient for ``A x = b`` with ``A`` symmetric positive definite.
 
@@ -107,6 +113,8 @@ def cg(
     converged. So ``tol=0, atol=0`` runs until the residual is zero or ``max_iter``.
     Each column is solved scaled to ``||b|| = 1`` (the iterates are linear in ``b``),
     so tiny or huge right-hand sides do not underflow or overflow the CG scalars.
+    The iteration is the library's one CG recurrence
+    (:func:`unrollsci.solvers._loop.pcg_iterate`).
 
     Args:
         A: SPD ``LinearOperator``, dense ``(n, n)`` tensor, torch sparse tensor or
@@ -119,11 +127,24 @@ def cg(
         max_iter: default ``10 * n``.
         check: verify that explicit ``A`` is square and symmetric before iterating.
         throw: raise ``ConvergenceError`` instead of warning on non-convergence.
+        grad: how autograd sees the returned ``x``:
+            ``"unrolled"`` (default, as before this argument existed): through every
+            iteration, the exact derivative of the returned iterate, also with respect to
+            ``M`` and ``x0`` (memory grows with the iterations);
+            ``"implicit"``: one adjoint CG solve ``v = A^{-1} g`` in the backward gives
+            ``dL/db = v`` and ``dL/dA = -v x^T`` (through the mat-vec of ``A``, so any
+            tensor a ``LinearOperator`` is built from gets its gradient); the derivative
+            of the exact solution, O(1) memory, nothing flows to ``M`` or ``x0``;
+            ``"detached"``: ``x`` carries no gradient.
+        adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"``
+            (default ``tol``; the same ``atol``, ``M`` and ``max_iter``; a
+            non-converged adjoint solve warns).
 
     Raises:
         ValueError: non-square or non-symmetric ``A``; a direction with
             ``p^T A p <= 0`` (A not positive definite) or ``r^T M r <= 0`` (M not
-            positive definite) met during the iteration; NaN/Inf in ``b``.
+            positive definite) met during the iteration; NaN/Inf in ``b``; an unknown
+            ``grad``.
 
     Returns:
         Solution; ``residuals`` holds the max relative residual per iteration.
@@ -134,6 +155,8 @@ def cg(
         >>> cg(A, torch.tensor([1.0, 2.0], dtype=torch.float64)).x
         tensor([0.0909, 0.6364], dtype=torch.float64)
     """
+    if grad not in GRAD_MODES:
+        raise ValueError(f"Expected grad in {GRAD_MODES} (got {grad!r}).")
     if check and not isinstance(A, LinearOperator):
         check_symmetric(A, "A")
     op = as_operator(A, "A")
@@ -162,17 +185,82 @@ def cg(
         raise ValueError(f"Expected 'M' of size {n} x {n} (got in_shape {precond.in_shape}).")
     if max_iter is None:
         max_iter = 10 * n
-
     if x0 is not None:
         check_tensor("x0", x0, ndim=(1, 2))
         check_real("x0", x0)
         check_finite("x0", x0)
-    x = b.new_zeros(b.shape) if x0 is None else (x0[None] if x0.dim() == 1 else x0)
-    if x.shape != b.shape:
-        raise ValueError(f"Expected 'x0' of shape {tuple(b.shape)} (got {tuple(x.shape)}).")
+        x0 = x0[None] if x0.dim() == 1 else x0
+        if x0.shape != b.shape:
+            raise ValueError(f"Expected 'x0' of shape {tuple(b.shape)} (got {tuple(x0.shape)}).")
+
+    def run(rhs: torch.Tensor, start: torch.Tensor | None, rtol: float) -> _Run:
+        return _run(op, rhs, start, precond, rtol, atol, max_iter)
+
+    def adjoint(g: torch.Tensor, _: _Run) -> torch.Tensor:
+        out = run(g, None, tol if adjoint_tol is None else float(adjoint_tol))
+        if not out.converged:
+            warnings.warn(
+                f"cg: the adjoint solve of grad='implicit' reached max_iter={max_iter} with "
+                f"residual {out.residuals[-1]:.3e}; gradients are approximate.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return out.x
+
+    def forward() -> tuple[torch.Tensor, _Run]:
+        out = run(b, x0, tol)
+        return out.x, out
+
+    x, res = differentiate(grad, forward, b=b, matvec=op, adjoint=adjoint)
+    stats = {"residual_per_rhs": res.per_rhs}
+    return finish(
+        "cg",
+        x[0] if unbatched else x,
+        res.iterations,
+        res.residuals,
+        res.converged,
+        tol,
+        max_iter,
+        throw,
+        stats,
+        hint="A preconditioner (M=...) reduces the iteration count.",
+    )
+
+
+@dataclass
+class _Run:
+    x: torch.Tensor
+    iterations: int
+    residuals: list[float]
+    converged: bool
+    per_rhs: torch.Tensor
+
+
+def _not_spd(which: str, k: int, value: float) -> ValueError:
+    if which == "A":
+        return ValueError(
+            f"cg: A is not positive definite: found a direction with p^T A p = "
+            f"{value:.3e} <= 0 at iteration {k}. CG needs an SPD matrix."
+        )
+    return ValueError(
+        f"cg: the preconditioner M is not positive definite (r^T M r <= 0 at iteration {k})."
+    )
+
+
+def _run(
+    op: LinearOperator,
+    b: torch.Tensor,
+    x0: torch.Tensor | None,
+    precond: Callable[[torch.Tensor], torch.Tensor] | None,
+    tol: float,
+    atol: float,
+    max_iter: int,
+) -> _Run:
+    """cg's stop rules and scaling around the shared recurrence, on ``(batch, n)``."""
     tiny = torch.finfo(b.dtype).tiny
     bnorm = _norm(b)
     safe = torch.clamp(bnorm, min=tiny)
+    x = b.new_zeros(b.shape) if x0 is None else x0
     r = b - op(x) if x0 is not None else b.clone()
     # Solve for (x, r) / s with s = ||b|| (or ||r0|| for b = 0): CG is linear in b, and
     # unit-size vectors keep r^T z and p^T A p clear of underflow and overflow.
@@ -181,70 +269,24 @@ def cg(
     s = torch.where(s > 0, s, torch.ones_like(s))[:, None]
     x, r = x / s, r / s
     thresh = torch.maximum(tol * bnorm, torch.full_like(bnorm, atol)) / s[:, 0]
-    z = precond(r) if precond is not None else r
-    rz = torch.linalg.vecdot(r, z)[:, None]
-    p = z
+    rel = s[:, 0] / safe
     residuals: list[float] = []
-    rn = r.detach().norm(dim=-1)
-    done = (rn <= thresh) | (rn == 0)
-    k = 0
-    converged = bool(done.all())
-    if converged:
-        residuals.append(float((rn * s[:, 0] / safe).max()))
-    vdot = torch.linalg.vecdot
-    while not converged and k < max_iter:
-        k += 1
-        ap = op(p)
-        pap = vdot(p, ap)[:, None]
-        active = ~done[:, None]
-        bad = active & (pap.detach() <= 0)
-        if bool(bad.any()):
-            raise ValueError(
-                f"cg: A is not positive definite: found a direction with p^T A p = "
-                f"{float(pap[bad].min()):.3e} <= 0 at iteration {k}. CG needs an SPD matrix."
-            )
-        # Finished columns get alpha = 0 (x and r stay frozen) and beta = 0 (p stays bounded).
-        one = torch.ones_like(pap)
-        alpha = torch.where(active, rz / torch.where(active, pap, one), torch.zeros_like(pap))
-        x = torch.addcmul(x, alpha, p)
-        r = torch.addcmul(r, alpha, ap, value=-1.0)
-        rd = r.detach()
+    last: list[torch.Tensor] = []
+    plain = precond is None
+
+    def monitor(st: PCGState) -> torch.Tensor:
+        rd = st.r.detach()
         rn = torch.linalg.vector_norm(rd, dim=-1)
-        residuals.append(float((rn * s[:, 0] / safe).max()))
+        last[:] = [rn]
         # A residual whose squared norm underflows to 0 is zero to working precision: the
         # next step would divide 0 by 0 (p^T A p = 0), which is not indefiniteness.
-        vanished = vdot(rd, rd) == 0
-        done = done | (rn <= thresh) | vanished
-        if bool(done.all()):
-            converged = True
-            break
-        if precond is not None:
-            z = precond(r)
-            rz_new = vdot(r, z)[:, None]
-        else:
-            z = r
-            rz_new = vdot(r, r)[:, None]
-        active = ~done[:, None]
-        if precond is not None and bool((active & (rz_new.detach() <= 0)).any()):
-            raise ValueError(
-                f"cg: the preconditioner M is not positive definite (r^T M r <= 0 at "
-                f"iteration {k})."
-            )
-        beta = torch.where(active, rz_new / torch.where(active, rz, one), torch.zeros_like(rz))
-        p = torch.addcmul(z, beta, p)
-        rz = torch.where(active, rz_new, rz)
-    x = x * s
-    rn = rn * s[:, 0]
-    stats = {"residual_per_rhs": (rn / safe).cpu()}
-    return finish(
-        "cg",
-        x[0] if unbatched else x,
-        k,
-        residuals,
-        converged,
-        tol,
-        max_iter,
-        throw,
-        stats,
-        hint="A preconditioner (M=...) reduces the iteration count.",
+        rr = st.rz.detach()[:, 0] if plain else torch.linalg.vecdot(rd, rd)
+        done = (rn <= thresh) | (rr == 0)
+        if st.k > 0 or bool(done.all()):  # the start is recorded only when it is the answer
+            residuals.append(float((rn * rel).max()))
+        return done
+
+    x, r, k, converged = pcg_iterate(
+        op, x, r, max_iter=max_iter, precond=precond, monitor=monitor, not_spd=_not_spd
     )
+    return _Run(x * s, k, residuals, converged, (last[0] * s[:, 0] / safe).cpu())
