@@ -308,3 +308,18 @@ def test_chebyshev_roots_match_the_inline_formulas(dtype):
         np.testing.assert_allclose(cheb(2 * t.double().numpy() - 1), 0, atol=atol)
     with pytest.raises(ValueError, match="positive integer"):
         chebyshev_roots(0)
+
+
+def test_run_until_stops_at_tol_respects_may_stop_and_budget():
+    from unrollsci.solvers._loop import run_until
+
+    halve = lambda s: (s / 2, s / 2)  # noqa: E731 - residual = new state
+    state, k, res, conv = run_until(halve, 1.0, max_iter=50, tol=0.1)
+    assert (k, conv, res) == (4, True, [0.5, 0.25, 0.125, 0.0625]) and state == 0.0625
+    # may_stop=False keeps going although the residual is below tol
+    gated = lambda s: (s + 1, 0.0, s + 1 >= 3)  # noqa: E731
+    state, k, res, conv = run_until(gated, 0, max_iter=10, tol=1e-3)
+    assert (state, k, conv, len(res)) == (3, 3, True, 3)
+    state, k, res, conv = run_until(halve, 1.0, max_iter=2, tol=0.0)
+    assert (k, conv, res) == (2, False, [0.5, 0.25])
+    assert run_until(halve, 1.0, max_iter=0, tol=1.0) == (1.0, 0, [], False)

@@ -9,6 +9,7 @@ import torch
 
 from ._common import check_stopping, prepare_lasso, unbatch
 from ._lasso import _amp_update, _check_damping, _scale, _x0
+from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import bg_amp_step
 
@@ -65,10 +66,9 @@ def bg_amp(
     z = torch.zeros_like(y)
     b = y.new_zeros(y.shape[0], 1)
     scale = _scale(op, y)
-    residuals: list[float] = []
-    converged = False
-    k = 0
-    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
+
+    def step(s: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float]:
+        x, z, b = s
         x, z, b, r = _amp_update(
             (x, z, b),
             bg_amp_step(op, x, z, y, b, rho_f, sigma_f**2),
@@ -76,10 +76,9 @@ def bg_amp(
             scale,
             "bg_amp diverged (NaN). Use damping > 0 for this A.",
         )
-        residuals.append(r)
-        if r <= tol:
-            converged = True
-            break
+        return (x, z, b), r
+
+    (x, z, b), k, residuals, converged = run_until(step, (x, z, b), max_iter=max_iter, tol=tol)
     tau = (z.detach().square().sum(-1) / m) if k else y.new_zeros(y.shape[0])
     return finish(
         "bg_amp",

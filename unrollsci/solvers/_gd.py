@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from .._validation import check_batch, check_finite, check_positive, check_tensor
 from ..operators._base import check_real
 from ._common import check_stopping
+from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import fista_momentum
 
@@ -63,9 +65,10 @@ def gradient_descent(
     g0 = torch.clamp(g.detach().norm(dim=-1), min=torch.finfo(x.dtype).tiny)
     residuals: list[float] = []
     converged = bool((g.detach().norm(dim=-1) / g0).max() <= tol)
-    x_prev, tk, k = x, 1.0, 0
-    while not converged and k < max_iter:
-        k += 1
+    k = 0
+
+    def advance(s: tuple[Any, ...]) -> tuple[tuple[Any, ...], float]:
+        x, x_prev, g, tk = s
         if momentum == "nesterov":
             tk, beta = fista_momentum(tk)
             v = x + beta * (x - x_prev)
@@ -76,8 +79,12 @@ def gradient_descent(
         r = float((g.detach().norm(dim=-1) / g0).max())
         if r != r:
             raise ValueError("gradient_descent diverged (NaN); reduce the step size.")
-        residuals.append(r)
-        converged = r <= tol
+        return (x, x_prev, g, tk), r
+
+    if not converged:
+        (x, _, _, _), k, residuals, converged = run_until(
+            advance, (x, x, g, 1.0), max_iter=max_iter, tol=tol
+        )
     return finish(
         "gradient_descent",
         x[0] if unbatched else x,

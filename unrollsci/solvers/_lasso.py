@@ -15,6 +15,7 @@ from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, unbatch
+from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
 
@@ -119,17 +120,12 @@ def ista(
     t = _step(op, step)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     scale = _scale(op, y)
-    residuals: list[float] = []
-    converged = False
-    k = 0
-    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         x_new = ista_step(op, x, y, t, t * lam_t)
-        r = ((x_new - x).detach().norm(dim=-1) / t / scale).max().item()
-        x = x_new
-        residuals.append(r)
-        if r <= tol:
-            converged = True
-            break
+        return x_new, ((x_new - x).detach().norm(dim=-1) / t / scale).max().item()
+
+    x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
     return finish(
         "ista",
         unbatch(x, unbatched),
@@ -170,10 +166,9 @@ def fista(
     x_prev = x
     scale = _scale(op, y)
     tk = torch.ones(y.shape[0], 1, dtype=y.dtype, device=y.device)
-    residuals: list[float] = []
-    converged = False
-    k = 0
-    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
+
+    def step(s: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float]:
+        x, x_prev, tk = s
         t_next, beta = fista_momentum(tk)
         v = x + beta * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t)
@@ -181,11 +176,11 @@ def fista(
         if restart:
             uphill = ((v - x_new) * (x_new - x)).sum(-1, keepdim=True).detach() > 0
             t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
-        x_prev, x, tk = x, x_new, t_next
-        residuals.append(r)
-        if r <= tol:
-            converged = True
-            break
+        return (x_new, x, t_next), r
+
+    (x, _, _), k, residuals, converged = run_until(
+        step, (x, x_prev, tk), max_iter=max_iter, tol=tol
+    )
     return finish(
         "fista",
         unbatch(x, unbatched),
@@ -259,19 +254,15 @@ def admm(
     z = _x0(x0, y, n, unbatched)
     u = torch.zeros_like(z)
     scale = _scale(op, y)
-    residuals: list[float] = []
-    converged = False
-    k = 0
-    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
-        z_prev = z
-        x, z, u = admm_step(x_solve, aty, z, u, rho, lam_t / rho)
+
+    def step(s: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], float]:
+        z_prev, u = s
+        x, z, u = admm_step(x_solve, aty, z_prev, u, rho, lam_t / rho)
         primal = ((x - z).detach().norm(dim=-1) / scale).max().item()
         dual = (rho * (z - z_prev).detach().norm(dim=-1) / scale).max().item()
-        r = max(primal, dual)
-        residuals.append(r)
-        if r <= tol:
-            converged = True
-            break
+        return (z, u), max(primal, dual)
+
+    (z, u), k, residuals, converged = run_until(step, (z, u), max_iter=max_iter, tol=tol)
     return finish(
         "admm",
         unbatch(z, unbatched),
@@ -334,24 +325,21 @@ def amp(
     b = (x != 0).sum(-1, keepdim=True).to(y.dtype) / m
     scale = _scale(op, y)
     zscale = torch.clamp(y.detach().norm(dim=-1), min=torch.finfo(y.dtype).tiny)
-    residuals: list[float] = []
-    converged = False
-    k = 0
     # Continuation: the threshold starts at ||A^T y||_inf and decays geometrically
     # until the calibrated value lam / (1 - b) takes over; without it the first
     # iterates (x = 0, b = 0, theta = lam) keep almost every entry and b exceeds 1.
     theta_cont = op.adjoint(y).abs().amax(-1, keepdim=True)
-    for k in range(1, max_iter + 1):  # noqa: B007 - k is the count reported after the loop
-        theta_cal = lam_t / torch.clamp(1.0 - b, min=1e-3)
+
+    def step(s: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float, bool]:
+        x, z_old, b_old, theta_cont = s
+        theta_cal = lam_t / torch.clamp(1.0 - b_old, min=1e-3)
         # Only an iteration that used the calibrated threshold can end at a lasso solution
         # (an unchanged x = 0 under the continuation threshold is not one).
         calibrated = bool((theta_cal >= theta_cont).all())
         theta = torch.maximum(theta_cal, theta_cont)
-        theta_cont = theta_cont * decay_f
-        z_old, b_old = z, b
         x, z, b, r = _amp_update(
-            (x, z, b),
-            amp_step(op, x, z, y, theta, b),
+            (x, z_old, b_old),
+            amp_step(op, x, z_old, y, theta, b_old),
             damping,
             scale,
             "amp diverged (NaN). Use damping > 0 or fista/admm for this A.",
@@ -359,16 +347,16 @@ def amp(
         z_den = torch.maximum(z_old.detach().norm(dim=-1), zscale)
         r_z = ((z - z_old).detach().norm(dim=-1) / z_den).max().item()
         r_b = (b - b_old).detach().abs().max().item()
-        r = max(r, r_z, r_b)
-        residuals.append(r)
-        if calibrated and r <= tol:
-            if bool((b >= 1).any()):
-                raise ValueError(
-                    "amp: the estimate has as many nonzeros as measurements (||x||_0 >= m), "
-                    "so the lasso solution is not unique for this lam. Increase lam."
-                )
-            converged = True
-            break
+        return (x, z, b, theta_cont * decay_f), max(r, r_z, r_b), calibrated
+
+    (x, z, b, _), k, residuals, converged = run_until(
+        step, (x, z, b, theta_cont), max_iter=max_iter, tol=tol
+    )
+    if converged and bool((b >= 1).any()):
+        raise ValueError(
+            "amp: the estimate has as many nonzeros as measurements (||x||_0 >= m), "
+            "so the lasso solution is not unique for this lam. Increase lam."
+        )
     return finish(
         "amp",
         unbatch(x, unbatched),

@@ -21,6 +21,12 @@ optimistix's ``adjoint=``):
   product of its mat-vec (memory O(1) in the iterations). This is the derivative of the
   exact solution, evaluated at the returned one.
 * ``"detached"``: no gradient flows through the solution.
+
+The first-order solvers (ista, fista, admm, amp, bg_amp, gradient_descent) share the other
+loop here, :func:`run_until`: a step ``state -> (state, residual)`` repeated until the
+residual meets the tolerance or the budget ends, with the residual history recorded once.
+Their step functions (``ista_step``, ``fista_momentum``, ``admm_step``, ``amp_step``, ...)
+are the ones the unrolled networks call layer by layer.
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["GRAD_MODES", "PCGState", "differentiate", "implicit_solution", "pcg_iterate"]
+__all__ = [
+    "GRAD_MODES",
+    "PCGState",
+    "differentiate",
+    "implicit_solution",
+    "pcg_iterate",
+    "run_until",
+]
 
 #: the differentiation modes of :func:`differentiate`
 GRAD_MODES = ("unrolled", "implicit", "detached")
@@ -257,3 +270,29 @@ def differentiate(
             raise TypeError("grad='implicit' needs b, matvec and adjoint.")
         x = implicit_solution(x, b, matvec, lambda g: adjoint(g, info), needs_grad)
     return x, info
+
+
+def run_until(
+    step: Callable[[Any], tuple[Any, float] | tuple[Any, float, bool]],
+    state: Any,
+    *,
+    max_iter: int,
+    tol: float,
+) -> tuple[Any, int, list[float], bool]:
+    """Repeat ``state, r = step(state)`` until ``r <= tol`` or ``max_iter`` steps.
+
+    ``step`` may return a third value, ``may_stop``: ``False`` means this iterate cannot be
+    reported as converged whatever its residual (AMP under its continuation threshold).
+
+    Returns:
+        ``(state, iterations, residuals, converged)``; ``residuals[k-1]`` is the residual
+        after step ``k``.
+    """
+    residuals: list[float] = []
+    for k in range(1, max_iter + 1):
+        out = step(state)
+        state, r = out[0], out[1]
+        residuals.append(r)
+        if r <= tol and (len(out) < 3 or out[2]):
+            return state, k, residuals, True
+    return state, max_iter, residuals, False
