@@ -286,7 +286,8 @@ def _run(
             residuals.append(float((rn * rel).max()))
         return done
 
+    # op.mv: b was validated once by cg; the loop's products skip the per-call checks
     x, r, k, converged = pcg_iterate(
-        op, x, r, max_iter=max_iter, precond=precond, monitor=monitor, not_spd=_not_spd
+        op.mv, x, r, max_iter=max_iter, precond=precond, monitor=monitor, not_spd=_not_spd
     )
     return _Run(x * s, k, residuals, converged, (last[0] * s[:, 0] / safe).cpu())

@@ -129,7 +129,8 @@ def pcg_iterate(
     z = r if precond is None else precond(r)
     rz = dot(r, z)
     flag = monitor(PCGState(0, x, r, z, rz)) if monitor is not None else False
-    masked = isinstance(flag, torch.Tensor)
+    # A flag tensor for one system is a plain stop flag: nothing to freeze, the loop ends.
+    masked = isinstance(flag, torch.Tensor) and flag.numel() > 1
     done = flag if masked else None
     finished = bool(flag.all()) if masked else bool(flag)
     check_m = not_spd is not None and precond is not None  # r^T r >= 0 needs no check
