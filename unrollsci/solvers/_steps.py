@@ -3,7 +3,9 @@ unrolled networks (so the two cannot drift apart).
 
 Lasso convention: ``min_x 0.5 ||A x - y||^2 + lam ||x||_1``. Every step takes
 batched tensors ``x: (batch, n)``, ``y: (batch, m)`` and broadcastable
-step/threshold tensors, and is differentiable in all of them. ``bg_amp_step`` is
+step/threshold tensors, and is differentiable in all of them. The steps use the
+operator's unchecked products (``op.mv`` / ``op.rmv``): the solver or network that calls
+them validates its inputs once, at its public entry. ``bg_amp_step`` is
 the exception to the lasso convention: one iteration of Bayes (MMSE) AMP for a
 Bernoulli-Gaussian prior.
 """
@@ -38,7 +40,7 @@ def ista_step(
     threshold: torch.Tensor | float,
 ) -> torch.Tensor:
     """``soft(x - step * A^T (A x - y), threshold)``; ISTA uses ``threshold = step * lam``."""
-    return soft_threshold(x - step * op.adjoint(op(x) - y), threshold)
+    return soft_threshold(x - step * op.rmv(op.mv(x) - y), threshold)
 
 
 def fista_momentum(t: float | torch.Tensor) -> tuple[Any, Any]:
@@ -95,8 +97,8 @@ def amp_step(
     (the average derivative of the soft threshold, times ``n / m``).
     """
     m = y.shape[-1]
-    z = y - op(x) + onsager * z
-    pseudo = x + op.adjoint(z)
+    z = y - op.mv(x) + onsager * z
+    pseudo = x + op.rmv(z)
     x_next = soft_threshold(pseudo, threshold)
     b = (pseudo.abs() > threshold).sum(dim=-1, keepdim=True).to(x.dtype) / m
     return x_next, z, b
@@ -167,9 +169,9 @@ def bg_amp_step(
     :func:`bg_denoise`.
     """
     m = y.shape[-1]
-    z = y - op(x) + onsager * z
+    z = y - op.mv(x) + onsager * z
     tau = tau_scale * z.square().sum(dim=-1, keepdim=True) / m
-    pseudo = x + op.adjoint(z)
+    pseudo = x + op.rmv(z)
     x_next, deriv = bg_denoise(pseudo, tau, rho, sigma2, rho_logit=rho_logit)
     b = deriv.sum(dim=-1, keepdim=True) / m
     return x_next, z, b

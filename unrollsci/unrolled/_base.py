@@ -54,7 +54,8 @@ def support_selection_threshold(
 class _PairOperator:
     """``A`` forward with a learned left matrix in place of the adjoint.
 
-    Calls as ``A(x)``; ``adjoint(r)`` returns ``W^T r`` (``r @ W`` for ``W: (m, n)``).
+    Calls as ``A(x)`` (``mv``); ``adjoint(r)`` (``rmv``) returns ``W^T r`` (``r @ W`` for
+    ``W: (m, n)``).
     Lets an unrolled layer call the classical step (``ista_step``, ``amp_step``) with
     ``A^T`` replaced by a learned ``W^T``.
     """
@@ -67,6 +68,12 @@ class _PairOperator:
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
         return r @ self.weight.to(r.dtype)
+
+    # the unchecked products the step functions use (LinearOperator.mv / rmv)
+    def mv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op.mv(x)
+
+    rmv = adjoint
 
 
 class UnrolledLasso(nn.Module):
