@@ -122,11 +122,16 @@ def jacobi(
     return DiagonalPreconditioner(torch.as_tensor(a.diagonal(), dtype=dtype, device=device))
 
 
-def amg(A: Any, **kwargs: Any) -> AMGPreconditioner:  # noqa: N803
+def amg(A: Any, *, seed: int | None = 0, **kwargs: Any) -> AMGPreconditioner:  # noqa: N803
     """PyAMG smoothed-aggregation V-cycle as a preconditioner (optional extra ``pyamg``).
 
     Args:
         A: SPD scipy sparse matrix (or torch sparse / dense tensor).
+        seed: PyAMG's setup draws random vectors from numpy's global generator (its
+            spectral-radius estimates), so the hierarchy, and the residuals of a solve with
+            it, vary from call to call. With an integer seed the setup runs under that seed
+            and is reproducible; numpy's global generator is restored afterwards. ``None``:
+            PyAMG's own behaviour.
         **kwargs: passed to ``pyamg.smoothed_aggregation_solver``.
     """
     try:
@@ -134,5 +139,15 @@ def amg(A: Any, **kwargs: Any) -> AMGPreconditioner:  # noqa: N803
     except ImportError as exc:  # pragma: no cover - optional extra
         raise ImportError("amg() needs the optional package pyamg (pip install pyamg).") from exc
     a = check_spd_input(A)
-    ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
+    if seed is None:
+        ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"Expected 'seed' to be an integer or None (got {seed!r}).")
+        state = np.random.get_state()
+        try:
+            np.random.seed(int(seed))
+            ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
+        finally:
+            np.random.set_state(state)
     return AMGPreconditioner(ml, a.shape[0])
