@@ -298,12 +298,13 @@ class UnrolledGraphGD(nn.Module):
         logdeg = torch.log1p(p.degree)[None]
         g0n = torch.sqrt(p.segment_sum(g * g))
         bi = p.block_index
-        key = f"mean-adjacency-{dtype}"
-        if key not in p._cache:  # built once per problem, reused by every controller call
-            p._cache[key] = self.controller.mean_adjacency(
+        # built once per problem, reused by every controller call
+        adj = p.cached(
+            f"mean-adjacency-{dtype}",
+            lambda: self.controller.mean_adjacency(
                 p.edge_index, p.edge_weight.to(dtype), p.num_nodes
-            )
-        adj = p._cache[key]
+            ),
+        )
         res = GraphGDResult(x=x, iterates=[x])
         self._violation = x.new_zeros(())
         w = self.controller.window

@@ -14,6 +14,7 @@ spectral bounds) and ``_exact`` (the exact minimizer).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,16 @@ class GraphInverseProblem:
         self.lap = SparseOperator(self.lap_scipy).to(device)
         self._cache: dict[str, Any] = {}
         check_unique(self)
+
+    def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        """The value stored under ``key`` for this problem, built by ``build()`` on first use.
+
+        Derived quantities that depend only on the problem (spectral bounds, the exact
+        solve, a model's aggregation matrix) are computed once per problem through this.
+        """
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     # ------------------------------------------------------------ constructors
     @classmethod
