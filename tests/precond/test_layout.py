@@ -13,7 +13,6 @@ import unrollsci.precond as precond
 from unrollsci.precond import LearnedPreconditioner, diffusion2d
 from unrollsci.train import load_checkpoint
 
-
 # state_dict() keys of LearnedPreconditioner("factor", layers=1) before the model module was
 # split (the layer was then a class made inside a factory function): checkpoints hold these.
 KEYS_FACTOR = [
