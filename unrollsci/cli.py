@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from ._argtypes import output_dir_arg
 
 #: (title, module) of each demo section, in the order they run.
 DEMO_SECTIONS: list[tuple[str, str]] = [
@@ -118,12 +119,6 @@ def _relax(argv: list[str]) -> int:
     return int(importlib.import_module(module).relax_main(argv) or 0)
 
 
-def _output_folder(text: str) -> str:
-    """argparse ``type=`` of ``demo --out``: a folder, not an existing file."""
-    # lazy: unrollsci.bench imports torch
-    return importlib.import_module("unrollsci.bench._common").output_dir_arg(text)
-
-
 EPILOG = """\
 exit status: 0 success; 1 relax did not converge (or a benchmark's check failed);
 2 usage error (a bad argument, or an output file that exists: pass --force or choose
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="run a short tour of every capability (< 1 minute)")
     p_demo.add_argument(
-        "--out", type=_output_folder, default="unrollsci-demo", help="folder for figures (PNG)"
+        "--out", type=output_dir_arg, default="unrollsci-demo", help="folder for figures (PNG)"
     )
     p_demo.add_argument(
         "--only",

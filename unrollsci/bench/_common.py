@@ -8,7 +8,6 @@ replaces the results of a full run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -127,45 +126,8 @@ def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
-# -- argparse types shared by the benchmark command lines (bad values exit 2, one line) --
-
-
-def device_arg(text: str) -> str:
-    """argparse ``type=``: the name of a torch device that exists on this machine.
-
-    Returns the text (a string keeps the results' config JSON-serializable).
-    """
-    from .._validation import check_device
-
-    try:
-        check_device(text)
-        return text
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_int_arg(text: str) -> int:
-    """argparse ``type=``: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def output_dir_arg(text: str) -> str:
-    """argparse ``type=``: a folder for results; refused if it names an existing file."""
-    path = Path(text)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise argparse.ArgumentTypeError(
-                    f"{str(folder)!r} is an existing file, not a folder"
-                )
-            break
-    return text
+# argparse types of the benchmark command lines (one home: unrollsci/_argtypes.py)
+from .._argtypes import device_arg, output_dir_arg, positive_int_arg  # noqa: E402,F401
 
 
 class Timer:

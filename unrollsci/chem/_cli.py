@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from .._argtypes import device_arg, float_arg, int_arg
 
 __all__ = ["relax_main", "EXIT_CONVERGED", "EXIT_NOT_CONVERGED", "EXIT_USAGE", "EXIT_INPUT"]
 
@@ -51,34 +52,9 @@ class _Params(NamedTuple):
 # -- argparse types: a bad value exits with status 2 and one line, no traceback --------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_float = float_arg(positive=True)
+_finite_float = float_arg(positive=False)
+_steps = int_arg(0)
 
 
 def _cutoff(text: str) -> float | None:
@@ -92,14 +68,7 @@ def _cutoff(text: str) -> float | None:
         ) from None
 
 
-def _device(text: str) -> str:
-    from .._validation import check_device
-
-    try:
-        check_device(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_device = device_arg
 
 
 def _existing_file(text: str) -> Path:
