@@ -9,12 +9,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
+    "DtypeMismatchError",
     "PolarizationCatastropheError",
     "UnrollsciWarning",
     "__version__",
 ]
 
-_LAZY = {"ConvergenceError", "ConvergenceWarning", "UnrollsciWarning"}
+_LAZY = {"ConvergenceError", "ConvergenceWarning", "DtypeMismatchError", "UnrollsciWarning"}
 
 
 def __getattr__(name: str) -> Any:

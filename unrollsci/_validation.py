@@ -24,7 +24,9 @@ __all__ = [
     "SYMMETRY_EPS_FACTOR",
     "ConvergenceWarning",
     "ConvergenceError",
+    "DtypeMismatchError",
     "UnrollsciWarning",
+    "check_model_dtype",
 ]
 
 
@@ -43,6 +45,50 @@ class ConvergenceWarning(UnrollsciWarning):
 
 class ConvergenceError(RuntimeError):
     """An iterative solver failed and ``throw=True`` was requested."""
+
+
+class DtypeMismatchError(TypeError, ValueError):
+    """A model's input has another floating dtype than the model's learned parameters.
+
+    The one dtype rule of every model (``docs/architecture.md``, "dtypes"): a model
+    computes in the dtype of its learned parameters, set as for any torch module
+    (``model.double()``, ``model.to(torch.float32)``); inputs must have that dtype and
+    nothing is cast silently. A ``TypeError`` (a wrong dtype is a wrong type of tensor);
+    also a ``ValueError`` for code written against the graph model's earlier contract.
+    """
+
+
+def check_model_dtype(what: str, got: torch.dtype, model: Any, *, data: str = "data") -> None:
+    """Raise :class:`DtypeMismatchError` unless ``got`` is ``model.dtype``.
+
+    ``model.dtype`` is the dtype of the model's learned parameters (None: it has none
+    and accepts every input); ``data`` names the input in the suggested fix.
+    """
+    want = model.dtype
+    if want is None or got == want:
+        return
+    name = type(model).__name__
+    short = {torch.float64: "double", torch.float32: "float", torch.float16: "half"}
+
+    def how(obj: str, dtype: torch.dtype) -> str:
+        alias = f" ({obj}.{short[dtype]}())" if dtype in short else ""
+        return f"{obj}.to({dtype}){alias}"
+
+    raise DtypeMismatchError(
+        f"Expected {what} of the model's dtype {want} (got {got}); {name} computes in the "
+        f"dtype of its parameters and casts nothing silently. Convert the model with "
+        f"{how('model', got)} or the data with {how(data, want)}."
+    )
+
+
+def model_dtype(model: Any, *, skip: str | None = None) -> torch.dtype | None:
+    """dtype of ``model``'s first floating parameter, else buffer, whose name does not
+    start with ``skip``; None if there is none."""
+    for named in (model.named_parameters(), model.named_buffers()):
+        for name, t in named:
+            if t.is_floating_point() and not (skip and name.startswith(skip)):
+                return t.dtype
+    return None
 
 
 def check_tensor(name: str, x: Any, *, ndim: tuple[int, ...] | None = None) -> torch.Tensor:

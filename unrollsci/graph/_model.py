@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_model_dtype, model_dtype
 from ..solvers._chebyshev import chebyshev_roots
 from ._controller import StepController, certify_window
 from ._problem import GraphInverseProblem
@@ -124,6 +125,12 @@ class UnrolledGraphGD(nn.Module):
         self.margin, self.floor, self.q_max = float(margin), float(floor), float(q_max)
         self.lipschitz_method = lipschitz_method
         self.detach_features = bool(detach_features)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The model's dtype: that of its learned parameters (``model.double()`` changes
+        it). Inputs must have it (:class:`~unrollsci.DtypeMismatchError` otherwise)."""
+        return model_dtype(self)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -258,12 +265,8 @@ class UnrolledGraphGD(nn.Module):
         if K < 1:
             raise ValueError(f"Expected num_layers >= 1 (got {K}).")
         p = problem
-        dtype = next(self.controller.parameters()).dtype
-        if p.dtype != dtype:
-            raise ValueError(
-                f"Expected the problem's dtype {p.dtype} to match the model's {dtype}; use "
-                "model.to(problem.dtype) (e.g. model.double())."
-            )
+        check_model_dtype("a problem (its signals 'y')", p.dtype, self, data="y")
+        dtype = p.dtype
         if self.mode == "window_jacobi" and p.kind != "mask":
             raise ValueError(
                 "Expected a mask problem for mode='window_jacobi' (diag(H) and the Jacobi "

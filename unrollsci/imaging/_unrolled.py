@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_batch, check_finite, check_tensor
+from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
 from ..operators._radon import Radon
 from ..prox import project_support
 from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
@@ -301,17 +301,18 @@ class UnrolledCT(nn.Module):
         """Raise if ``y`` and the CNN weights differ in dtype or device (conv2d would
         fail deep inside the first layer with a message about bias types)."""
         w = self.blocks[0].convs[0].conv.weight
-        if y.dtype != w.dtype:
-            raise TypeError(
-                f"Expected sinograms 'y' of the model's dtype {w.dtype} (got {y.dtype}); "
-                "convert the model with model.to(y.dtype) (e.g. model.double()) or the data "
-                "with y.to(dtype) (e.g. y.float())."
-            )
+        check_model_dtype("sinograms 'y'", y.dtype, self, data="y")
         if y.device != w.device:
             raise ValueError(
                 f"Expected sinograms 'y' on the model's device {w.device} (got {y.device}); "
                 f"move one of them, e.g. y.to('{w.device}') or model.to(y.device)."
             )
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The model's dtype: that of its learned parameters (``model.double()`` changes
+        it). Inputs must have it (:class:`~unrollsci.DtypeMismatchError` otherwise)."""
+        return model_dtype(self)
 
     @property
     def precision(self) -> str:

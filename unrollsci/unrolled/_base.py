@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_model_dtype, check_tensor, model_dtype
 from ..operators import LinearOperator
 from ..prox import soft_threshold
 from ..solvers import as_operator
@@ -67,7 +67,7 @@ class _PairOperator:
         return self.op(x)
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        return r @ self.weight.to(r.dtype)
+        return r @ self.weight
 
     # the unchecked products the step functions use (LinearOperator.mv / rmv)
     def mv(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,11 @@ class UnrolledLasso(nn.Module):
         self.num_layers = num_layers
         self._active_layers = num_layers
         self.lam = lam_f
-        self.param_dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if dtype is None:
+            dtype = op.dtype if op.dtype is not None else torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {dtype}).")
+        self._init_dtype = dtype
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -139,6 +143,21 @@ class UnrolledLasso(nn.Module):
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
             raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
         self._active_layers = k
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's dtype: that of its learned constants (``model.double()`` changes it).
+
+        Inputs must have it (:class:`~unrollsci.DtypeMismatchError` otherwise). Defaults
+        at construction to the operator's dtype, or torch's default for an operator that
+        holds no tensors.
+        """
+        return model_dtype(self, skip="operator.") or self._init_dtype
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """Alias of :attr:`dtype` (the name before the dtype rule was shared)."""
+        return self.dtype
 
     # ------------------------------------------------------------- helpers
     def _dense(self) -> torch.Tensor:
@@ -164,7 +183,7 @@ class UnrolledLasso(nn.Module):
 
     @staticmethod
     def _pos(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.softplus(raw.to(like.dtype))
+        return F.softplus(raw)
 
     def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
         check_tensor("y", y, ndim=(1, 2))
@@ -177,6 +196,7 @@ class UnrolledLasso(nn.Module):
                 f"(got shape {tuple(y.shape)})."
             )
         check_finite("y", y)
+        check_model_dtype("measurements 'y'", y.dtype, self, data="y")
         return y, unbatched
 
     # -------------------------------------------------------------- forward

@@ -67,13 +67,13 @@ class LISTA(UnrolledLasso):
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         theta = self._pos(self.theta, y)
         xs: list[torch.Tensor] = []
-        b = y @ self.W_e[0].to(y.dtype).T
+        b = y @ self.W_e[0].T
         x = soft_threshold(b, theta[0])
         xs.append(x)
         for k in range(1, num_layers):
             if not self.tied:
-                b = y @ self.W_e[k].to(y.dtype).T
-            s = self.S[0 if self.tied else k - 1].to(y.dtype)
+                b = y @ self.W_e[k].T
+            s = self.S[0 if self.tied else k - 1]
             x = soft_threshold(b + x @ s.T, theta[k])
             xs.append(x)
         return xs

@@ -66,7 +66,7 @@ class UnrolledFISTA(UnrolledLasso):
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         step = self._pos(self.step, y)
         theta = self._pos(self.theta, y)
-        beta = self.beta.to(y.dtype)
+        beta = self.beta
         x = x_prev = y.new_zeros(y.shape[0], self.n)
         xs = []
         for k in range(num_layers):
@@ -127,8 +127,8 @@ class ADMMNet(UnrolledLasso):
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         rho = self._pos(self.rho, y)
         theta = self._pos(self.theta, y)
-        evals = self.gram_evals.to(y.dtype)
-        v = self.gram_evecs.to(y.dtype)
+        evals = self.gram_evals
+        v = self.gram_evecs
         aty = self.operator.adjoint(y)
         z = y.new_zeros(y.shape[0], self.n)
         u = torch.zeros_like(z)
@@ -269,7 +269,7 @@ class LAMP(UnrolledLasso):
     def _run_bg(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         scale = self._pos(self.scale, y)
         sigma2 = self._pos(self.sigma, y).square()
-        logit = self.rho_logit.to(y.dtype)
+        logit = self.rho_logit
         x = y.new_zeros(y.shape[0], self.n)
         z = torch.zeros_like(y)
         b = y.new_zeros(y.shape[0], 1)
