@@ -6,11 +6,18 @@ just another axis) and broadcast their parameters.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 __all__ = [
     "soft_threshold",
     "group_soft_threshold",
+    "nonnegative_soft_threshold",
+    "check_groups",
+    "Prox",
+    "make_prox",
     "project_box",
     "project_nonnegative",
     "project_support",
@@ -33,31 +40,302 @@ def group_soft_threshold(
     threshold: torch.Tensor | float,
     *,
     group_size: int | None = None,
+    groups: torch.Tensor | None = None,
     dim: int = -1,
     eps: float = 0.0,
 ) -> torch.Tensor:
     """Prox of ``t * sum_g ||x_g||_2`` (block soft thresholding).
 
     Groups are consecutive blocks of ``group_size`` entries along ``dim`` (the
-    whole axis when ``group_size`` is None): ``x_g * max(1 - t / ||x_g||, 0)``.
+    whole axis when neither ``group_size`` nor ``groups`` is given), or, for groups of
+    any sizes, ``groups``: an integer tensor of one group label in ``0..G-1`` per entry
+    of the axis (entries of a group need not be consecutive). Each group is scaled by
+    ``max(1 - t / ||x_g||, 0)``. ``threshold`` is a number or a tensor broadcasting
+    against the group norms, of shape ``(..., G)`` (``dim`` moved last), e.g. ``(batch, 1)``
+    for one threshold per batch entry.
 
     Example:
         >>> import torch
         >>> group_soft_threshold(torch.tensor([[3.0, 4.0, 0.1, 0.0]]), 1.0, group_size=2)
         tensor([[2.4000, 3.2000, 0.0000, 0.0000]])
+        >>> labels = torch.tensor([0, 1, 0])
+        >>> group_soft_threshold(torch.tensor([[3.0, 0.1, 4.0]]), 1.0, groups=labels)
+        tensor([[2.4000, 0.0000, 3.2000]])
     """
     dim = dim % x.dim()
     n = x.shape[dim]
+    if groups is not None:
+        if group_size is not None:
+            raise ValueError("Give one of 'group_size' and 'groups', not both.")
+        return _uneven_group_soft(x, threshold, check_groups(groups, n), dim, eps)
     g = n if group_size is None else int(group_size)
     if g <= 0 or n % g:
         raise ValueError(f"Expected group_size dividing the axis length {n} (got {group_size}).")
     xm = x.movedim(dim, -1)
     shp = xm.shape
     grouped = xm.reshape(*shp[:-1], n // g, g)
-    norms = grouped.norm(dim=-1, keepdim=True)
+    norms = grouped.norm(dim=-1)
     # Safe division: where the group norm is zero the factor is irrelevant (output 0).
     factor = torch.relu(1 - threshold / torch.clamp(norms, min=torch.finfo(x.dtype).tiny + eps))
-    return (grouped * factor).reshape(shp).movedim(-1, dim)
+    return (grouped * factor[..., None]).reshape(shp).movedim(-1, dim)
+
+
+def check_groups(groups: Any, n: int) -> torch.Tensor:
+    """Validate a group-label tensor: integers ``>= 0``, one per entry of an axis of length
+    ``n``. Returns it as a 1-D ``int64`` tensor."""
+    if not isinstance(groups, torch.Tensor):
+        raise TypeError(
+            f"Expected 'groups' to be an integer torch.Tensor of length {n} "
+            f"(got {type(groups).__name__})."
+        )
+    if groups.dtype.is_floating_point or groups.dtype.is_complex or groups.dtype == torch.bool:
+        raise TypeError(f"Expected 'groups' to hold integer labels (got dtype {groups.dtype}).")
+    if groups.dim() != 1 or groups.shape[0] != n:
+        raise ValueError(
+            f"Expected 'groups' of shape ({n},), one label per entry (got {tuple(groups.shape)})."
+        )
+    if n and int(groups.min()) < 0:
+        raise ValueError(f"Expected group labels >= 0 (got {int(groups.min())}).")
+    return groups.to(torch.int64)
+
+
+def _uneven_group_soft(
+    x: torch.Tensor, threshold: Any, groups: torch.Tensor, dim: int, eps: float
+) -> torch.Tensor:
+    xm = x.movedim(dim, -1)
+    groups = groups.to(xm.device)
+    count = int(groups.max()) + 1 if groups.numel() else 0
+    sq = xm.new_zeros(*xm.shape[:-1], count).index_add(-1, groups, xm * xm)
+    tiny = torch.finfo(x.dtype).tiny
+    # sqrt of a clamped square: finite gradient at a zero group (its factor is 0 there)
+    norms = torch.sqrt(torch.clamp(sq, min=tiny))
+    factor = torch.relu(1 - threshold / torch.clamp(norms, min=tiny + eps))
+    return (xm * factor.index_select(-1, groups)).movedim(-1, dim)
+
+
+def nonnegative_soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Prox of ``t * ||x||_1 + indicator(x >= 0)``: ``max(x - t, 0)``.
+
+    Example:
+        >>> import torch
+        >>> nonnegative_soft_threshold(torch.tensor([-2.0, 0.5, 3.0]), 1.0)
+        tensor([0., 0., 2.])
+    """
+    return torch.relu(x - threshold)
+
+
+_NAMED = ("soft", "nonneg", "group", "box")
+
+
+class Prox:
+    """A thresholding step ``(v, threshold) -> x``, chosen by name: the pluggable prox of
+    the lasso solvers (:func:`unrollsci.solvers.ista`, ``fista``, ``admm``) and of the
+    unrolled sparse-recovery models (``prox=``).
+
+    ``x = argmin_u 0.5 ||u - v||^2 + threshold * R(u)`` for the regularizer ``R`` of
+    ``kind``:
+
+    * ``"soft"``: ``R = ||u||_1`` (:func:`soft_threshold`; the default everywhere);
+    * ``"nonneg"``: ``R = ||u||_1 + indicator(u >= 0)`` (:func:`nonnegative_soft_threshold`);
+    * ``"group"``: ``R = sum_g ||u_g||_2`` (:func:`group_soft_threshold`) over groups of
+      ``group_size`` consecutive entries, or of any sizes given by ``groups`` (one label
+      in ``0..G-1`` per entry);
+    * ``"box"``: ``R = ||u||_1 + indicator(lower <= u <= upper)``; the prox is
+      ``clamp(soft(v, t), lower, upper)`` (exact: the problem separates into convex 1-D
+      problems, whose minimizer over an interval is the clamped unconstrained one);
+    * ``"callable"``: ``fn(v, threshold)``, a user's function (built by :func:`make_prox`
+      from a callable; it cannot be stored in a checkpoint).
+
+    ``config()`` is the plain data :func:`make_prox` rebuilds it from (a string or a
+    dict), which is what the models store in their checkpoint config.
+
+    Example:
+        >>> import torch
+        >>> p = Prox("group", group_size=2)
+        >>> p(torch.tensor([[3.0, 4.0, 0.1, 0.0]]), 1.0)
+        tensor([[2.4000, 3.2000, 0.0000, 0.0000]])
+        >>> p.config()
+        {'kind': 'group', 'group_size': 2}
+    """
+
+    def __init__(
+        self,
+        kind: str = "soft",
+        *,
+        group_size: int | None = None,
+        groups: torch.Tensor | None = None,
+        lower: float | None = None,
+        upper: float | None = None,
+        fn: Any = None,
+    ) -> None:
+        if kind not in (*_NAMED, "callable"):
+            raise ValueError(
+                f"Expected prox kind 'soft', 'nonneg', 'group', 'box' or a callable (got {kind!r})."
+            )
+        self.kind = kind
+        self.group_size = self.groups = self.lower = self.upper = self.fn = None
+        if kind != "group" and (group_size is not None or groups is not None):
+            raise ValueError(
+                f"'group_size' and 'groups' are options of kind='group' (got {kind!r})."
+            )
+        if kind != "box" and (lower is not None or upper is not None):
+            raise ValueError(f"'lower' and 'upper' are options of kind='box' (got {kind!r}).")
+        if kind == "callable":
+            if not callable(fn):
+                raise TypeError(f"Expected a callable prox (got {type(fn).__name__}).")
+            self.fn = fn
+        elif fn is not None:
+            raise ValueError("'fn' is an option of kind='callable' only.")
+        if kind == "group":
+            if (group_size is None) == (groups is None):
+                raise ValueError(
+                    "prox kind 'group' needs exactly one of 'group_size' (consecutive groups "
+                    "of that size) and 'groups' (one integer label per entry), e.g. "
+                    "{'kind': 'group', 'group_size': 5}."
+                )
+            if group_size is not None:
+                if isinstance(group_size, bool) or not isinstance(group_size, int):
+                    raise TypeError(
+                        f"Expected 'group_size' to be an int (got {type(group_size).__name__})."
+                    )
+                if group_size < 1:
+                    raise ValueError(f"Expected group_size >= 1 (got {group_size}).")
+                self.group_size = group_size
+            else:
+                n = groups.shape[0] if isinstance(groups, torch.Tensor) and groups.dim() else -1
+                self.groups = check_groups(groups, n).detach().cpu()
+        if kind == "box":
+            if lower is None and upper is None:
+                raise ValueError("prox kind 'box' needs 'lower' and/or 'upper'.")
+            lo = -math.inf if lower is None else float(lower)
+            hi = math.inf if upper is None else float(upper)
+            if math.isnan(lo) or math.isnan(hi) or lo > hi:
+                raise ValueError(f"Expected lower <= upper for prox 'box' (got {lower}, {upper}).")
+            self.lower, self.upper = lower if lower is None else lo, upper if upper is None else hi
+
+    # ----------------------------------------------------------------- groups
+    def check_length(self, n: int) -> None:
+        """Raise ``ValueError`` unless the prox applies to signals of length ``n``."""
+        if self.group_size is not None and n % self.group_size:
+            raise ValueError(
+                f"Expected group_size dividing the signal length {n} (got {self.group_size})."
+            )
+        if self.groups is not None and self.groups.shape[0] != n:
+            raise ValueError(
+                f"Expected 'groups' of shape ({n},), one label per entry "
+                f"(got {tuple(self.groups.shape)})."
+            )
+
+    def group_labels(self, n: int) -> torch.Tensor:
+        """One group label per entry of a length-``n`` signal (``int64``); for kinds other
+        than ``"group"`` every entry is its own group."""
+        self.check_length(n)
+        if self.groups is not None:
+            return self.groups
+        g = self.group_size or 1
+        return torch.arange(n) // g
+
+    # ------------------------------------------------------------------ apply
+    def __call__(self, v: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+        if self.kind == "soft":
+            return soft_threshold(v, threshold)
+        if self.kind == "nonneg":
+            return nonnegative_soft_threshold(v, threshold)
+        if self.kind == "group":
+            return group_soft_threshold(
+                v, threshold, group_size=self.group_size, groups=self.groups
+            )
+        if self.kind == "box":
+            return torch.clamp(soft_threshold(v, threshold), min=self.lower, max=self.upper)
+        return self.fn(v, threshold)
+
+    def penalty(self, x: torch.Tensor) -> torch.Tensor:
+        """``R(x)`` per row of ``x: (batch, n)`` (``inf`` outside a constraint set), for the
+        objective ``0.5 ||A x - y||^2 + lam R(x)``. Not defined for a callable."""
+        if self.kind == "callable":
+            raise TypeError("A callable prox has no known regularizer R(x).")
+        if self.kind == "group":
+            labels = self.group_labels(x.shape[-1]).to(x.device)
+            count = int(labels.max()) + 1
+            sq = x.new_zeros(*x.shape[:-1], count).index_add(-1, labels, x * x)
+            return sq.sqrt().sum(-1)
+        value = x.abs().sum(-1)
+        lo = -math.inf if self.lower is None else self.lower
+        hi = math.inf if self.upper is None else self.upper
+        if self.kind == "nonneg":
+            lo = 0.0
+        outside = ((x < lo) | (x > hi)).any(-1)
+        return torch.where(outside, torch.full_like(value, math.inf), value)
+
+    # ----------------------------------------------------------------- config
+    def config(self) -> Any:
+        """Plain data that :func:`make_prox` rebuilds this prox from; the user's function
+        itself for a callable (which a checkpoint refuses)."""
+        if self.kind in ("soft", "nonneg"):
+            return self.kind
+        if self.kind == "group":
+            if self.group_size is not None:
+                return {"kind": "group", "group_size": self.group_size}
+            return {"kind": "group", "groups": self.groups.clone()}
+        if self.kind == "box":
+            return {"kind": "box", "lower": self.lower, "upper": self.upper}
+        return self.fn
+
+    def __repr__(self) -> str:
+        if self.kind == "callable":
+            return f"Prox(callable {getattr(self.fn, '__name__', type(self.fn).__name__)})"
+        cfg = self.config()
+        if isinstance(cfg, dict) and "groups" in cfg:
+            return f"Prox('group', {int(self.groups.max()) + 1} groups of any sizes)"
+        return f"Prox({cfg!r})"
+
+
+def make_prox(spec: Any = None, n: int | None = None) -> Prox:
+    """A :class:`Prox` from ``spec``: None or ``"soft"``, ``"nonneg"``, a dict
+    ``{"kind": ..., **options}`` (e.g. ``{"kind": "group", "group_size": 5}``,
+    ``{"kind": "box", "lower": 0.0, "upper": 1.0}``), a :class:`Prox`, or a callable
+    ``fn(v, threshold) -> x``. With ``n``, checks that it applies to signals of length ``n``.
+
+    Example:
+        >>> import torch
+        >>> make_prox("nonneg")(torch.tensor([-2.0, 0.5, 3.0]), 1.0)
+        tensor([0., 0., 2.])
+    """
+    if spec is None:
+        out = Prox("soft")
+    elif isinstance(spec, Prox):
+        out = spec
+    elif isinstance(spec, str):
+        if spec in ("group", "box"):
+            example = (
+                "{'kind': 'group', 'group_size': 5}"
+                if spec == "group"
+                else ("{'kind': 'box', 'lower': 0.0, 'upper': 1.0}")
+            )
+            raise ValueError(f"prox={spec!r} needs options: give a dict such as {example}.")
+        out = Prox(spec)
+    elif isinstance(spec, dict):
+        opts = dict(spec)
+        kind = opts.pop("kind", None)
+        if not isinstance(kind, str) or kind not in _NAMED:
+            raise ValueError(f"Expected a prox dict with 'kind' in {_NAMED} (got kind={kind!r}).")
+        try:
+            out = Prox(kind, **opts)
+        except TypeError as err:
+            if "unexpected keyword" in str(err):
+                raise ValueError(f"Unknown option in prox {spec!r}: {err}.") from None
+            raise
+    elif callable(spec):
+        out = Prox("callable", fn=spec)
+    else:
+        raise TypeError(
+            "Expected 'prox' to be None, 'soft', 'nonneg', a dict such as "
+            "{'kind': 'group', 'group_size': 5}, a Prox or a callable (v, threshold) -> x "
+            f"(got {type(spec).__name__})."
+        )
+    if n is not None:
+        out.check_length(n)
+    return out
 
 
 def project_box(
