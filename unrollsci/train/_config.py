@@ -24,7 +24,16 @@ _NDARRAY = "__numpy_array__"  # {_NDARRAY: tensor}: a numpy array, stored as a t
 _BUILTIN: dict[str, tuple[str, str]] = {
     f"unrollsci.{mod}:{name}": (f"unrollsci.{mod}", name)
     for mod, names in {
-        "unrolled": ("LISTA", "LISTACP", "ALISTA", "UnrolledFISTA", "ADMMNet", "LAMP"),
+        "unrolled": (
+            "LISTA",
+            "LISTACP",
+            "ALISTA",
+            "UnrolledFISTA",
+            "ADMMNet",
+            "LAMP",
+            "PreconditionedLISTA",
+            "BlockLISTA",
+        ),
         "graph": ("UnrolledGraphGD", "StepController"),
         "precond": ("LearnedPreconditioner",),
         "imaging": ("UnrolledCT",),
