@@ -13,6 +13,7 @@ import torch
 from .._validation import check_finite, check_nonnegative, check_positive, check_tensor
 from ..operators import LinearOperator, gram
 from ..operators._base import check_real
+from ..prox import make_prox, soft_threshold
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, unbatch
 from ._loop import run_until
@@ -34,6 +35,13 @@ def _step(op: LinearOperator, step: float | None) -> float:
             raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
         return 1.0 / lip
     return check_positive("step", step)
+
+
+def _prox(spec: Any, op: LinearOperator) -> Any:
+    """The prox of ``spec`` (:func:`unrollsci.prox.make_prox`), checked against ``n``; the
+    plain soft threshold itself by default (same bits as before ``prox=`` existed)."""
+    p = make_prox(spec, op.in_shape[0])
+    return soft_threshold if p.kind == "soft" else p
 
 
 def _check_damping(damping: Any) -> float:
@@ -90,6 +98,7 @@ def ista(
     max_iter: int = 10_000,
     tol: float = 1e-10,
     throw: bool = False,
+    prox: Any = None,
 ) -> Solution:
     """Iterative soft-thresholding for the lasso.
 
@@ -104,6 +113,12 @@ def ista(
         x0: initial guess, default zero.
         max_iter, tol: stopping rule.
         throw: raise ``ConvergenceError`` instead of warning on non-convergence.
+        prox: the thresholding step (:func:`unrollsci.prox.make_prox`): None or
+            ``"soft"`` (the lasso), ``"nonneg"``, ``{"kind": "group", "group_size": g}``
+            or ``{"kind": "group", "groups": labels}`` (group lasso),
+            ``{"kind": "box", ...}``, a :class:`~unrollsci.prox.Prox` or a callable
+            ``(v, threshold) -> x``; the solver then minimizes
+            ``0.5 ||A x - y||^2 + lam R(x)`` for the prox's ``R``.
 
     Returns:
         Solution with ``x: (batch, n)`` (or ``(n,)``).
@@ -117,12 +132,13 @@ def ista(
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
     tol = check_stopping(tol, max_iter)
+    prox_fn = _prox(prox, op)
     t = _step(op, step)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     scale = _scale(op, y)
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        x_new = ista_step(op, x, y, t, t * lam_t)
+        x_new = ista_step(op, x, y, t, t * lam_t, prox_fn)
         return x_new, ((x_new - x).detach().norm(dim=-1) / t / scale).max().item()
 
     x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
@@ -151,16 +167,19 @@ def fista(
     tol: float = 1e-10,
     restart: bool = True,
     throw: bool = False,
+    prox: Any = None,
 ) -> Solution:
     """FISTA (Beck & Teboulle 2009) for the lasso, with optional adaptive restart.
 
     Momentum ``v = x_k + beta_k (x_k - x_{k-1})``, then an ISTA step from ``v``.
     With ``restart=True`` the momentum is reset whenever it points uphill
     (O'Donoghue & Candes 2015 gradient scheme), which gives linear convergence on
-    lasso problems with a sparse solution. Stopping rule and arguments as :func:`ista`.
+    lasso problems with a sparse solution. Stopping rule and arguments (``prox`` included)
+    as :func:`ista`.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
     tol = check_stopping(tol, max_iter)
+    prox_fn = _prox(prox, op)
     t_step = _step(op, step)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     x_prev = x
@@ -171,7 +190,7 @@ def fista(
         x, x_prev, tk = s
         t_next, beta = fista_momentum(tk)
         v = x + beta * (x - x_prev)
-        x_new = ista_step(op, v, y, t_step, t_step * lam_t)
+        x_new = ista_step(op, v, y, t_step, t_step * lam_t, prox_fn)
         r = ((x_new - v).detach().norm(dim=-1) / t_step / scale).max().item()
         if restart:
             uphill = ((v - x_new) * (x_new - x)).sum(-1, keepdim=True).detach() > 0
@@ -205,6 +224,7 @@ def admm(
     max_iter: int = 10_000,
     tol: float = 1e-10,
     throw: bool = False,
+    prox: Any = None,
 ) -> Solution:
     """ADMM for the lasso with the split ``x = z`` (Boyd et al. 2011, sec. 6.4).
 
@@ -218,10 +238,12 @@ def admm(
     Args:
         rho: penalty, default ``||A||_2^2`` (balances the two terms of the x-update).
         method: ``"auto"``, ``"cholesky"`` or ``"cg"``.
+        prox: the z-update's prox (``z = prox(x + u, lam / rho)``), as :func:`ista`.
         Others as :func:`ista`.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
     tol = check_stopping(tol, max_iter)
+    prox_fn = _prox(prox, op)
     if method not in ("auto", "cholesky", "cg"):
         raise ValueError(f"Expected method 'auto', 'cholesky' or 'cg' (got {method!r}).")
     n = op.in_shape[0]
@@ -257,7 +279,7 @@ def admm(
 
     def step(s: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], float]:
         z_prev, u = s
-        x, z, u = admm_step(x_solve, aty, z_prev, u, rho, lam_t / rho)
+        x, z, u = admm_step(x_solve, aty, z_prev, u, rho, lam_t / rho, prox_fn)
         primal = ((x - z).detach().norm(dim=-1) / scale).max().item()
         dual = (rho * (z - z_prev).detach().norm(dim=-1) / scale).max().item()
         return (z, u), max(primal, dual)

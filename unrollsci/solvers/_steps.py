@@ -13,6 +13,7 @@ Bernoulli-Gaussian prior.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,9 +39,14 @@ def ista_step(
     y: torch.Tensor,
     step: torch.Tensor | float,
     threshold: torch.Tensor | float,
+    prox: Callable[[torch.Tensor, Any], torch.Tensor] = soft_threshold,
 ) -> torch.Tensor:
-    """``soft(x - step * A^T (A x - y), threshold)``; ISTA uses ``threshold = step * lam``."""
-    return soft_threshold(x - step * op.rmv(op.mv(x) - y), threshold)
+    """``prox(x - step * A^T (A x - y), threshold)``; ISTA uses ``threshold = step * lam``.
+
+    ``prox`` is soft thresholding by default (the lasso), or any ``(v, threshold) -> x``,
+    e.g. a :class:`unrollsci.prox.Prox` (group, non-negative, box).
+    """
+    return prox(x - step * op.rmv(op.mv(x) - y), threshold)
 
 
 def fista_momentum(t: float | torch.Tensor) -> tuple[Any, Any]:
@@ -70,14 +76,15 @@ def admm_step(
     u: torch.Tensor,
     rho: torch.Tensor | float,
     threshold: torch.Tensor | float,
+    prox: Callable[[torch.Tensor, Any], torch.Tensor] = soft_threshold,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One scaled-form ADMM iteration for the lasso split ``x = z``.
 
-    ``x = (A^T A + rho I)^{-1} (A^T y + rho (z - u))``, ``z = soft(x + u, lam / rho)``,
-    ``u = u + x - z``; ADMM uses ``threshold = lam / rho``.
+    ``x = (A^T A + rho I)^{-1} (A^T y + rho (z - u))``, ``z = prox(x + u, lam / rho)``,
+    ``u = u + x - z``; ADMM uses ``threshold = lam / rho``; ``prox`` as :func:`ista_step`.
     """
     x = x_solve(aty + rho * (z - u))
-    z = soft_threshold(x + u, threshold)
+    z = prox(x + u, threshold)
     u = u + x - z
     return x, z, u
 
@@ -191,10 +198,13 @@ def lasso_kkt_residual(
     y: torch.Tensor,
     lam: torch.Tensor | float,
     step: float | torch.Tensor,
+    prox: Callable[[torch.Tensor, Any], torch.Tensor] = soft_threshold,
 ) -> torch.Tensor:
-    """Fixed-point (KKT) residual ``||x - soft(x - t A^T(Ax - y), t lam)|| / t`` per batch entry.
+    """Fixed-point (KKT) residual ``||x - prox(x - t A^T(Ax - y), t lam)|| / t`` per batch entry.
 
-    Zero exactly at lasso minimizers; ``t`` is any positive step (``1 / ||A||^2`` is natural).
+    Zero exactly at minimizers of ``0.5 ||Ax - y||^2 + lam R(x)`` (the lasso for the
+    default soft threshold; ``R`` of a :class:`unrollsci.prox.Prox` otherwise); ``t`` is
+    any positive step (``1 / ||A||^2`` is natural).
     """
     lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device).reshape(-1, 1)
-    return (x - ista_step(op, x, y, step, step * lam_t)).norm(dim=-1) / step
+    return (x - ista_step(op, x, y, step, step * lam_t, prox)).norm(dim=-1) / step

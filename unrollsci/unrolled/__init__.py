@@ -1,7 +1,8 @@
 """The sparse-recovery family of unrolled networks (LASSO / compressed sensing).
 
-This subpackage holds exactly: LISTA, LISTA-CP, ALISTA, unrolled FISTA, ADMM-Net and
-LAMP, their common base :class:`UnrolledLasso`, and the diagnostics
+This subpackage holds exactly: LISTA, LISTA-CP, ALISTA, unrolled FISTA, ADMM-Net,
+LAMP and the structured (preconditioned and block) LISTA, their common base
+:class:`UnrolledLasso`, and the diagnostics
 :func:`error_decomposition`. The other unrolled models live with their problem:
 :class:`unrollsci.graph.UnrolledGraphGD`, :class:`unrollsci.imaging.UnrolledCT`,
 :class:`unrollsci.precond.LearnedPreconditioner`.
@@ -24,17 +25,21 @@ from ._base import UnrolledLasso, softplus_inverse, support_selection_threshold
 from ._diagnostics import error_decomposition
 from ._lista import ALISTA, LISTA, LISTACP, analytic_weight
 from ._models import LAMP, ADMMNet, UnrolledFISTA
+from ._structured import BlockLISTA, PreconditionedLISTA, group_layout
 
 __all__ = [
     "ADMMNet",
     "ALISTA",
+    "BlockLISTA",
     "LAMP",
     "LISTA",
     "LISTACP",
+    "PreconditionedLISTA",
     "UnrolledFISTA",
     "UnrolledLasso",
     "analytic_weight",
     "error_decomposition",
+    "group_layout",
     "softplus_inverse",
     "support_selection_threshold",
 ]

@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from .._validation import check_finite, check_model_dtype, check_tensor, model_dtype
 from ..operators import LinearOperator
-from ..prox import soft_threshold
+from ..prox import Prox, make_prox, soft_threshold
 from ..solvers import as_operator
 
 __all__ = ["UnrolledLasso", "softplus_inverse", "support_selection_threshold"]
@@ -95,6 +95,7 @@ class UnrolledLasso(nn.Module):
         *,
         lam: float = 0.1,
         dtype: torch.dtype | None = None,
+        prox: Any = None,
     ) -> None:
         super().__init__()
         op = as_operator(operator, "operator")
@@ -121,6 +122,26 @@ class UnrolledLasso(nn.Module):
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {dtype}).")
         self._init_dtype = dtype
+        self.prox: Prox = make_prox(self._default_prox() if prox is None else prox, self.n)
+        self._prox_given = prox is not None
+
+    def _default_prox(self) -> Any:
+        """The prox used when ``prox=None`` (soft thresholding; group models override)."""
+        return "soft"
+
+    @property
+    def prox_fn(self) -> Any:
+        """The thresholding step ``(v, threshold) -> x`` of every layer: the plain
+        :func:`~unrollsci.prox.soft_threshold` for the default lasso prox (the same
+        function, so the same bits, as before ``prox=`` existed), else :attr:`prox`."""
+        return soft_threshold if self.prox.kind == "soft" else self.prox
+
+    def _require_soft(self, feature: str) -> None:
+        if self.prox.kind != "soft":
+            raise ValueError(
+                f"{feature} is defined for the soft threshold only (got prox {self.prox!r}); "
+                "use prox=None or 'soft' with it."
+            )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -223,7 +244,8 @@ class UnrolledLasso(nn.Module):
     def copy_layer(self, src: int, dst: int) -> None:
         """Copy the learned constants of layer ``src`` into layer ``dst`` (0-based).
 
-        Per-layer vectors (steps, thresholds) copy one entry, per-layer matrices
+        Per-layer vectors (steps, thresholds) copy one entry, per-layer stacks
+        ``(K, ...)`` (diagonal or block preconditioners) one slice, per-layer matrices
         (``nn.ParameterList`` of one entry per layer, or one fewer when layer 0
         has none) copy the matrix; tied parameters are left alone. Used to
         warm-start a new layer in layer-wise training.
@@ -237,7 +259,8 @@ class UnrolledLasso(nn.Module):
                 if src - shift >= 0 and dst - shift >= 0:
                     module[dst - shift].copy_(module[src - shift])
         for p in self.parameters(recurse=False):
-            if p.dim() == 1 and p.shape[0] == k:
+            # per-layer vectors (K,) and per-layer stacks (K, ...) of the structured models
+            if p.dim() >= 1 and p.shape[0] == k:
                 p[dst] = p[src]
 
     # --------------------------------------------------------------- config
@@ -251,6 +274,7 @@ class UnrolledLasso(nn.Module):
             "num_layers": self.num_layers,
             "lam": self.lam,
             "dtype": self.param_dtype,
+            "prox": self.prox.config() if self._prox_given else None,
             **self._options(),
         }
 
@@ -264,4 +288,5 @@ class UnrolledLasso(nn.Module):
         return {}
 
     def extra_repr(self) -> str:
-        return f"m={self.m}, n={self.n}, num_layers={self.num_layers}, lam={self.lam}"
+        extra = f", prox={self.prox!r}" if self._prox_given else ""
+        return f"m={self.m}, n={self.n}, num_layers={self.num_layers}, lam={self.lam}{extra}"

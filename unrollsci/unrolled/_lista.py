@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..prox import soft_threshold
 from ..solvers import ista_step
 from ._base import UnrolledLasso, _PairOperator, support_selection_threshold
 
@@ -46,8 +45,9 @@ class LISTA(UnrolledLasso):
         lam: float = 0.1,
         tied: bool = False,
         dtype: torch.dtype | None = None,
+        prox: Any = None,
     ) -> None:
-        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         self.tied = bool(tied)
         a = self._dense()
         t = 1.0 / self._lipschitz()
@@ -66,15 +66,16 @@ class LISTA(UnrolledLasso):
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         theta = self._pos(self.theta, y)
+        prox = self.prox_fn
         xs: list[torch.Tensor] = []
         b = y @ self.W_e[0].T
-        x = soft_threshold(b, theta[0])
+        x = prox(b, theta[0])
         xs.append(x)
         for k in range(1, num_layers):
             if not self.tied:
                 b = y @ self.W_e[k].T
             s = self.S[0 if self.tied else k - 1]
-            x = soft_threshold(b + x @ s.T, theta[k])
+            x = prox(b + x @ s.T, theta[k])
             xs.append(x)
         return xs
 
@@ -89,6 +90,8 @@ class _SupportSelection:
     def _init_support_selection(self, enabled: bool, ss_rate: float, ss_max: float) -> None:
         if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
             raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
+        if enabled:
+            self._require_soft("support_selection=True")  # type: ignore[attr-defined]
         self.support_selection = bool(enabled)
         self.ss_rate, self.ss_max = float(ss_rate), float(ss_max)
 
@@ -147,8 +150,9 @@ class LISTACP(_SupportSelection, UnrolledLasso):
         ss_rate: float = 0.012,
         ss_max: float = 0.13,
         dtype: torch.dtype | None = None,
+        prox: Any = None,
     ) -> None:
-        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         self._init_support_selection(support_selection, ss_rate, ss_max)
         self.tied = bool(tied)
         t = 1.0 / self._lipschitz()
@@ -167,17 +171,24 @@ class LISTACP(_SupportSelection, UnrolledLasso):
         xs = []
         for k in range(num_layers):
             pair = _PairOperator(self.operator, self.W[0 if self.tied else k])
-            x = _thresholded_step(pair, x, y, 1.0, theta[k], self._fraction(k))
+            x = _thresholded_step(pair, x, y, 1.0, theta[k], self._fraction(k), self.prox_fn)
             xs.append(x)
         return xs
 
 
 def _thresholded_step(
-    op: Any, x: torch.Tensor, y: torch.Tensor, step: Any, threshold: torch.Tensor, fraction: float
+    op: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    step: Any,
+    threshold: torch.Tensor,
+    fraction: float,
+    prox: Any,
 ) -> torch.Tensor:
-    """The classical ISTA step, with support selection when ``fraction > 0``."""
+    """The classical ISTA step with ``prox``, with support selection when ``fraction > 0``
+    (soft threshold only)."""
     if fraction <= 0:
-        return ista_step(op, x, y, step, threshold)
+        return ista_step(op, x, y, step, threshold, prox)
     v = ista_step(op, x, y, step, 0.0)  # gradient step only (soft threshold at 0 is identity)
     return support_selection_threshold(v, threshold, fraction)
 
@@ -247,8 +258,9 @@ class ALISTA(_SupportSelection, UnrolledLasso):
         ss_rate: float = 0.012,
         ss_max: float = 0.13,
         dtype: torch.dtype | None = None,
+        prox: Any = None,
     ) -> None:
-        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         if weight not in ("analytic", "adjoint"):
             raise ValueError(f"Expected weight 'analytic' or 'adjoint' (got {weight!r}).")
         self._init_support_selection(support_selection, ss_rate, ss_max)
@@ -274,6 +286,6 @@ class ALISTA(_SupportSelection, UnrolledLasso):
         x = y.new_zeros(y.shape[0], self.n)
         xs = []
         for k in range(num_layers):
-            x = _thresholded_step(pair, x, y, gamma[k], theta[k], self._fraction(k))
+            x = _thresholded_step(pair, x, y, gamma[k], theta[k], self._fraction(k), self.prox_fn)
             xs.append(x)
         return xs

@@ -1,4 +1,5 @@
-"""Unrolled FISTA, ADMM-Net and LAMP: classical steps with per-layer learned constants."""
+"""Unrolled FISTA and LAMP: classical steps with per-layer learned constants (ADMM-Net:
+:mod:`._admm`, re-exported here for old imports)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..solvers import admm_step, amp_step, bg_amp_step, fista_momentum, ista_step
+from ..solvers import amp_step, bg_amp_step, fista_momentum, ista_step
 from ..solvers._bg_amp import check_prior
+from ._admm import ADMMNet
 from ._base import UnrolledLasso, _PairOperator
 
 __all__ = ["UnrolledFISTA", "ADMMNet", "LAMP"]
@@ -44,8 +46,9 @@ class UnrolledFISTA(UnrolledLasso):
         lam: float = 0.1,
         learn_momentum: bool = True,
         dtype: torch.dtype | None = None,
+        prox: Any = None,
     ) -> None:
-        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         self.learn_momentum = bool(learn_momentum)
         t = 1.0 / self._lipschitz()
         self.step = self._positive(t, num_layers)
@@ -67,79 +70,14 @@ class UnrolledFISTA(UnrolledLasso):
         step = self._pos(self.step, y)
         theta = self._pos(self.theta, y)
         beta = self.beta
+        prox = self.prox_fn
         x = x_prev = y.new_zeros(y.shape[0], self.n)
         xs = []
         for k in range(num_layers):
             # beta_0 = 0 in FISTA; layer 0 starts from x = x_prev, so beta_0 has no effect.
             v = x + beta[k] * (x - x_prev) if k else x
-            x_prev, x = x, ista_step(self.operator, v, y, step[k], theta[k])
+            x_prev, x = x, ista_step(self.operator, v, y, step[k], theta[k], prox)
             xs.append(x)
-        return xs
-
-
-class ADMMNet(UnrolledLasso):
-    """ADMM for the lasso with learned per-layer penalty and threshold (ADMM-Net style).
-
-    Layer ``k`` is :func:`unrollsci.solvers.admm_step` with penalty ``rho_k > 0``
-    and threshold ``theta_k > 0``: ``x = (A^T A + rho_k I)^{-1}(A^T y + rho_k (z - u))``,
-    ``z = soft(x + u, theta_k)``, ``u = u + x - z``; the output is ``z``.
-    Initialised at classical ADMM: ``rho = ||A||^2`` (the :func:`unrollsci.solvers.admm`
-    default) and ``theta = lam / rho``. The x-update uses an eigendecomposition of
-    ``A^T A`` computed once (``A`` densified), so every ``rho_k`` is solved exactly
-    and differentiably; suits ``n`` up to a few thousand.
-
-    Args:
-        operator, num_layers, lam, dtype: as :class:`LISTA`.
-        rho: initial penalty (default ``||A||^2``).
-
-    Example:
-        >>> import torch
-        >>> from unrollsci.operators import MatrixOperator
-        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
-        >>> ADMMNet(A, 4, lam=0.1)(torch.randn(3, 20)).shape
-        torch.Size([3, 40])
-    """
-
-    def __init__(
-        self,
-        operator: Any,
-        num_layers: int,
-        *,
-        lam: float = 0.1,
-        rho: float | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
-        rho0 = self._lipschitz() if rho is None else float(rho)
-        if not rho0 > 0:
-            raise ValueError(f"Expected 'rho' > 0 (got {rho!r}).")
-        self.rho_init = None if rho is None else rho0
-        a = self._dense()
-        evals, evecs = torch.linalg.eigh(a.T @ a)
-        self.register_buffer("gram_evals", evals.clamp_min(0).to(self.param_dtype))
-        self.register_buffer("gram_evecs", evecs.to(self.param_dtype))
-        self.rho = self._positive(rho0, num_layers)
-        self.theta = self._positive(self.lam / rho0, num_layers)
-
-    def _options(self) -> dict[str, Any]:
-        return {"rho": self.rho_init}
-
-    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
-        rho = self._pos(self.rho, y)
-        theta = self._pos(self.theta, y)
-        evals = self.gram_evals
-        v = self.gram_evecs
-        aty = self.operator.adjoint(y)
-        z = y.new_zeros(y.shape[0], self.n)
-        u = torch.zeros_like(z)
-        xs = []
-        for k in range(num_layers):
-
-            def x_solve(rhs: torch.Tensor, r: torch.Tensor = rho[k]) -> torch.Tensor:
-                return ((rhs @ v) / (evals + r)) @ v.T
-
-            _, z, u = admm_step(x_solve, aty, z, u, rho[k], theta[k])
-            xs.append(z)
         return xs
 
 
@@ -203,8 +141,10 @@ class LAMP(UnrolledLasso):
         rho: float | None = None,
         sigma_x: float | None = None,
         dtype: torch.dtype | None = None,
+        prox: Any = None,
     ) -> None:
-        super().__init__(operator, num_layers, lam=lam, dtype=dtype)
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
+        self._require_soft("LAMP (its Onsager term is the soft threshold's divergence)")
         if denoiser not in ("soft", "bg"):
             raise ValueError(f"Expected denoiser 'soft' or 'bg' (got {denoiser!r}).")
         self.denoiser = denoiser

@@ -1,0 +1,153 @@
+"""ADMM-Net: unrolled ADMM with learned penalties, thresholds and (optionally) a learned
+x-update solve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..solvers import admm_step
+from ..solvers._loop import pcg_iterate
+
+__all__ = ["ADMMNet"]
+
+from ._base import UnrolledLasso
+
+_X_UPDATES = ("exact", "cg", "learned")
+
+
+class ADMMNet(UnrolledLasso):
+    """ADMM for the lasso with learned per-layer penalty and threshold (ADMM-Net style).
+
+    Layer ``k`` is :func:`unrollsci.solvers.admm_step` with penalty ``rho_k > 0``
+    and threshold ``theta_k > 0``: ``x = (A^T A + rho_k I)^{-1}(A^T y + rho_k (z - u))``,
+    ``z = prox(x + u, theta_k)``, ``u = u + x - z``; the output is ``z``.
+    Initialised at classical ADMM: ``rho = ||A||^2`` (the :func:`unrollsci.solvers.admm`
+    default) and ``theta = lam / rho``.
+
+    The x-update solve (``x_update``):
+
+    * ``"exact"`` (the default): an eigendecomposition of ``A^T A`` computed once (``A``
+      densified), so every ``rho_k`` is solved exactly and differentiably; suits ``n`` up
+      to a few thousand. Untrained, the model equals :func:`unrollsci.solvers.admm`.
+    * ``"cg"``: ``cg_steps`` unrolled conjugate-gradient steps on
+      ``(A^T A + rho_k I) x = rhs``, warm-started from the previous layer's ``x`` (zero at
+      layer 1). Matrix-free (only ``A`` and ``A^T``): no ``n x n`` matrix is formed.
+    * ``"learned"``: as ``"cg"`` with a learned per-layer diagonal preconditioner
+      ``M_k = diag(softplus(m_k))`` (SPD by construction), i.e. ``cg_steps`` PCG steps:
+      a learned approximation of the solve, trained end to end with the rest. Initialised
+      at a constant diagonal, for which PCG takes the same steps as CG, so an untrained
+      ``"learned"`` model equals the ``"cg"`` one (to rounding).
+
+    Args:
+        operator, num_layers, lam, dtype: as :class:`LISTA`.
+        rho: initial penalty (default ``||A||^2``).
+        x_update: ``"exact"``, ``"cg"`` or ``"learned"``.
+        cg_steps: CG steps per layer of ``"cg"`` / ``"learned"`` (default 5).
+        prox: the z-update's prox (:func:`unrollsci.prox.make_prox`; default soft).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> A = MatrixOperator(torch.randn(20, 40) / 20**0.5)
+        >>> ADMMNet(A, 4, lam=0.1)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
+        >>> ADMMNet(A, 4, lam=0.1, x_update="learned", cg_steps=3)(torch.randn(3, 20)).shape
+        torch.Size([3, 40])
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.1,
+        rho: float | None = None,
+        x_update: str = "exact",
+        cg_steps: int | None = None,
+        dtype: torch.dtype | None = None,
+        prox: Any = None,
+    ) -> None:
+        super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
+        if x_update not in _X_UPDATES:
+            raise ValueError(f"Expected x_update 'exact', 'cg' or 'learned' (got {x_update!r}).")
+        if cg_steps is not None:
+            if x_update == "exact":
+                raise ValueError("'cg_steps' is an option of x_update='cg' or 'learned'.")
+            if isinstance(cg_steps, bool) or not isinstance(cg_steps, int):
+                raise TypeError(
+                    f"Expected 'cg_steps' to be an int (got {type(cg_steps).__name__})."
+                )
+            if cg_steps < 1:
+                raise ValueError(f"Expected cg_steps >= 1 (got {cg_steps}).")
+        self.x_update = x_update
+        self.cg_steps = cg_steps
+        rho0 = self._lipschitz() if rho is None else float(rho)
+        if not rho0 > 0:
+            raise ValueError(f"Expected 'rho' > 0 (got {rho!r}).")
+        self.rho_init = None if rho is None else rho0
+        if x_update == "exact":
+            a = self._dense()
+            evals, evecs = torch.linalg.eigh(a.T @ a)
+            self.register_buffer("gram_evals", evals.clamp_min(0).to(self.param_dtype))
+            self.register_buffer("gram_evecs", evecs.to(self.param_dtype))
+        elif x_update == "learned":
+            # constant diagonal 1 / (||A||^2 + rho): PCG with it takes CG's steps
+            m0 = 1.0 / (self._lipschitz() + rho0)
+            full = self._positive(m0, num_layers * self.n).detach()
+            self.precond = nn.Parameter(full.reshape(num_layers, self.n))
+        self.rho = self._positive(rho0, num_layers)
+        self.theta = self._positive(self.lam / rho0, num_layers)
+
+    def _options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"rho": self.rho_init}
+        if self.x_update != "exact":
+            opts.update(x_update=self.x_update, cg_steps=self.cg_steps)
+        return opts
+
+    def extra_repr(self) -> str:
+        extra = "" if self.x_update == "exact" else f", x_update={self.x_update!r}"
+        return super().extra_repr() + extra
+
+    def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        rho = self._pos(self.rho, y)
+        theta = self._pos(self.theta, y)
+        prox = self.prox_fn
+        op = self.operator
+        aty = op.rmv(y)
+        z = y.new_zeros(y.shape[0], self.n)
+        u = torch.zeros_like(z)
+        xs = []
+        if self.x_update == "exact":
+            evals, v = self.gram_evals, self.gram_evecs
+        else:
+            steps = 5 if self.cg_steps is None else self.cg_steps
+            warm = {"x": torch.zeros_like(z)}
+            precond = self._pos(self.precond, y) if self.x_update == "learned" else None
+        for k in range(num_layers):
+            if self.x_update == "exact":
+
+                def x_solve(rhs: torch.Tensor, r: torch.Tensor = rho[k]) -> torch.Tensor:
+                    return ((rhs @ v) / (evals + r)) @ v.T
+
+            else:
+
+                def x_solve(
+                    rhs: torch.Tensor, r: torch.Tensor = rho[k], k: int = k
+                ) -> torch.Tensor:
+                    def matvec(p: torch.Tensor) -> torch.Tensor:
+                        return op.rmv(op.mv(p)) + r * p
+
+                    x0 = warm["x"]
+                    m = None if precond is None else (lambda q, d=precond[k]: d * q)
+                    x, _, _, _ = pcg_iterate(
+                        matvec, x0, rhs - matvec(x0), max_iter=steps, precond=m
+                    )
+                    warm["x"] = x
+                    return x
+
+            _, z, u = admm_step(x_solve, aty, z, u, rho[k], theta[k], prox)
+            xs.append(z)
+        return xs
