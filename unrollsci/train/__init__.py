@@ -8,9 +8,15 @@ checkpoints that rebuild the model without the training script.
 The loss is a callable ``loss_fn(model, batch) -> scalar tensor`` so the same loop
 serves sparse coding, graph solvers, preconditioners and CT.
 
-Layout: :mod:`._fit` (the loop and its checks), :mod:`._checkpoint` (the file format,
-save and load), :mod:`._config` (plain-data encoding of configs and operators, and the
-registry of checkpoint classes).
+``fit`` runs data-parallel through ``torch.distributed`` (DistributedDataParallel; gloo on
+CPUs, NCCL on GPUs) when launched by ``torchrun`` or asked to, with ``batch_size`` the
+global batch, and offers bfloat16 / float16 mixed precision for the CNN and GNN layers.
+
+Layout: :mod:`._fit` (the loop), :mod:`._checks` (its argument and data checks),
+:mod:`._data` (data forms, history, validation pass), :mod:`._distributed` (process group,
+sharding, DDP), :mod:`._precision` (mixed precision), :mod:`._state` (resumable training
+state), :mod:`._checkpoint` (the file format, save and load), :mod:`._config` (plain-data
+encoding of configs and operators, and the registry of checkpoint classes).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ._checkpoint import (  # noqa: F401  (private helpers: re-exported)
     load_checkpoint,
     save_checkpoint,
 )
+from ._checks import _check_data, _check_factor, _check_int, _check_loss  # noqa: F401
 from ._config import (  # noqa: F401  (private helpers: re-exported)
     _BUILTIN,
     _NDARRAY,
@@ -46,18 +53,9 @@ from ._config import (  # noqa: F401  (private helpers: re-exported)
     register_checkpoint_class,
     registered_checkpoint_classes,
 )
-from ._fit import (  # noqa: F401  (private helpers: re-exported)
-    Batch,
-    History,
-    LossFn,
-    _check_data,
-    _check_factor,
-    _check_int,
-    _check_loss,
-    _evaluate,
-    fit,
-    iterate_batches,
-)
+from ._data import Batch, History, LossFn, _evaluate, iterate_batches  # noqa: F401
+from ._distributed import is_main_process
+from ._fit import fit
 
 __all__ = [
     "fit",
@@ -67,4 +65,5 @@ __all__ = [
     "register_checkpoint_class",
     "registered_checkpoint_classes",
     "iterate_batches",
+    "is_main_process",
 ]

@@ -1,175 +1,19 @@
-"""The training loop: :func:`fit`, its argument and data checks, and :func:`iterate_batches`."""
+"""The training loop: :func:`fit` and :func:`iterate_batches` (checks: :mod:`._checks`)."""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checkpoint import save_checkpoint
-
-Batch = Any
-LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-
-
-@dataclass
-class History:
-    """What happened during :func:`fit`."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    stage: list[int] = field(default_factory=list)
-    best_val: float = math.inf
-    best_epoch: int = -1
-    stopped_early: bool = False
-    seconds: float = 0.0
-
-
-def iterate_batches(
-    data: Any, batch_size: int | None, generator: torch.Generator, steps: int | None
-) -> Iterable[Batch]:
-    """Yield mini-batches from tensors, an iterable of batches, or a sampler.
-
-    * a tensor or tuple/list of tensors with equal first dimension: shuffled
-      mini-batches of ``batch_size`` (the whole set if None);
-    * a callable ``sampler(generator) -> batch``: ``steps`` fresh batches
-      (synthetic data drawn on the fly, as in the LISTA literature);
-    * any other iterable (e.g. a ``DataLoader`` or list of PyG batches): as is.
-    """
-    if callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
-        if steps is None:
-            raise ValueError("A sampler as training data needs steps_per_epoch.")
-        for _ in range(steps):
-            yield data(generator)
-        return
-    if isinstance(data, torch.Tensor) or (
-        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
-        n = tensors[0].shape[0]
-        if any(t.shape[0] != n for t in tensors):
-            raise ValueError(
-                "Expected training tensors with equal first dimension (got "
-                f"{[tuple(t.shape) for t in tensors]})."
-            )
-        bs = n if batch_size is None else int(batch_size)
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n, bs):
-            idx = perm[i : i + bs].to(tensors[0].device)
-            out = tuple(t[idx] for t in tensors)
-            yield out[0] if isinstance(data, torch.Tensor) else out
-        return
-    yield from data
-
-
-def _evaluate(
-    model: nn.Module, loss_fn: LossFn, data: Any, generator: torch.Generator, steps: int | None
-) -> float:
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in iterate_batches(data, None, generator, steps or 1):
-            total += float(_check_loss(loss_fn(model, batch), "validation", train=False))
-            count += 1
-    model.train(was)
-    if count == 0:
-        raise ValueError(
-            f"val_data yielded no batch ({type(data).__name__}); expected at least one "
-            "validation batch every epoch (a generator or iterator is exhausted after one "
-            "pass: use a list of batches, tensors, a DataLoader or a sampler)."
-        )
-    return total / count
-
-
-def _check_loss(loss: Any, where: str, *, train: bool = True) -> torch.Tensor:
-    """``loss_fn``'s value as a one-element tensor, or a clear error."""
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(
-            f"Expected loss_fn to return a scalar torch.Tensor ({where} batch; got "
-            f"{type(loss).__name__})."
-        )
-    if loss.numel() != 1:
-        raise ValueError(
-            f"Expected loss_fn to return a scalar tensor ({where} batch; got shape "
-            f"{tuple(loss.shape)}); reduce it, e.g. with .mean() or .sum()."
-        )
-    if train and not loss.requires_grad:
-        raise ValueError(
-            "Expected the loss to depend on the model's trainable parameters (loss_fn "
-            "returned a tensor without gradient; was it computed under torch.no_grad() "
-            "or from detached values?)."
-        )
-    return loss
-
-
-def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            ok = isinstance(value, np.integer)
-        except ImportError:  # pragma: no cover
-            ok = False
-        if not ok:
-            kind = "an integer or None" if optional else "an integer"
-            raise TypeError(f"Expected '{name}' to be {kind} (got {type(value).__name__}).")
-    if value < low:
-        raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
-
-
-def _check_data(name: str, data: Any, passes: int) -> None:
-    """Refuse training/validation data that cannot give a batch in every epoch."""
-    if isinstance(data, torch.Tensor) or (
-        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        first = data if isinstance(data, torch.Tensor) else data[0]
-        if first.dim() == 0 or first.shape[0] == 0:
-            raise ValueError(
-                f"Expected '{name}' to hold at least one sample (got a tensor of shape "
-                f"{tuple(first.shape)})."
-            )
-        return
-    if callable(data) and not isinstance(data, nn.Module):
-        return
-    if isinstance(data, (tuple, list)) and not data:
-        raise ValueError(
-            f"Expected '{name}' to hold at least one batch (got an empty {type(data).__name__})."
-        )
-    try:
-        one_shot = iter(data) is data
-    except TypeError:
-        raise TypeError(
-            f"Expected '{name}' to be tensors, an iterable of batches or a sampler "
-            f"(got {type(data).__name__})."
-        ) from None
-    if one_shot and passes > 1:
-        raise ValueError(
-            f"'{name}' is a one-shot iterator ({type(data).__name__}): it would be "
-            f"exhausted after the first of {passes} epochs. Pass a list of batches, "
-            "tensors, a DataLoader, or a sampler with steps_per_epoch."
-        )
-
-
-def _check_factor(value: Any, step: int) -> float:
-    try:
-        factor = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Expected lr_factor({step}) to return a number (got {type(value).__name__})."
-        ) from None
-    if not (math.isfinite(factor) and factor >= 0):
-        raise ValueError(f"Expected lr_factor({step}) to be finite and >= 0 (got {factor}).")
-    return factor
+from ._checks import _check_data, _check_factor, _check_int, _check_loss  # noqa: F401
+from ._data import Batch, History, LossFn, _evaluate, iterate_batches  # noqa: F401
 
 
 def fit(
@@ -192,23 +36,33 @@ def fit(
     lr_factor: Callable[[int], float] | None = None,
     stage_hook: Callable[[nn.Module, int], None] | None = None,
     checkpoint: str | Path | None = None,
+    checkpoint_every: int = 1,
+    resume: str | Path | None = None,
     progress: bool = True,
-    callback: Callable[[int, float, float | None], None] | None = None,
+    callback: Callable[[int, float, float | None], Any] | None = None,
+    distributed: bool | None = None,
+    mixed_precision: str | None = None,
 ) -> History:
-    """Train ``model`` by Adam on ``loss_fn(model, batch)``.
+    """Train ``model`` by Adam on ``loss_fn(model, batch)``, on one process or data-parallel.
 
     Args:
         model: any ``nn.Module``. For ``schedule="layerwise"`` it must have an
             integer attribute ``num_layers`` and a settable ``active_layers``: stage
             ``k`` trains the first ``k`` layers (all parameters of layers ``< k``
             stay trainable, as in the greedy LISTA-CPSS / ALISTA training).
-        loss_fn: ``(model, batch) -> scalar tensor``.
+        loss_fn: ``(model, batch) -> scalar tensor``, the *mean* over the samples of the
+            batch (so that a batch split across processes gives the same loss).
         train_data: tensors, an iterable of batches, or a sampler (see
             :func:`iterate_batches`).
         val_data: same forms; evaluated after each epoch without gradients.
         epochs: epochs (per stage for the layer-wise schedule unless ``stage_epochs``).
         lr, weight_decay: Adam settings. A fresh optimizer starts every stage.
-        batch_size, steps_per_epoch: see :func:`iterate_batches`.
+        batch_size: the *global* batch: samples per step for tensors and samplers
+            (:func:`iterate_batches`); for an iterable of batches (a list of graphs,
+            systems, a DataLoader), the number of batches per step, their losses
+            averaged (default 1). Under torch.distributed each process gets its share of
+            every global batch, so the result does not depend on the number of processes.
+        steps_per_epoch: batches drawn from a sampler per epoch.
         patience: stop a stage after this many epochs without validation
             improvement; the best weights (by validation loss) are restored.
         seed: seeds torch and the data order.
@@ -221,18 +75,59 @@ def fit(
             over all epochs and layer-wise stages, starting at 0). That step uses
             ``lr * lr_decay**epoch_in_stage * lr_factor(step)``. The factor must be
             finite and ``>= 0`` (else ``ValueError``). It may also read a clock, e.g.
-            a cosine decay over a wall-clock budget. None keeps the factor at 1.
+            a cosine decay over a wall-clock budget (under torch.distributed rank 0's
+            value is used on every rank). None keeps the factor at 1.
         stage_hook: layer-wise schedule only: called as ``stage_hook(model, k)``
             before stage ``k`` trains (e.g. to warm-start layer ``k`` from layer
             ``k - 1`` with :meth:`unrollsci.unrolled.UnrolledLasso.copy_layer`).
-        checkpoint: path; the best model is saved there with :func:`save_checkpoint`.
-        progress: show a tqdm progress bar.
-        callback: called as ``callback(epoch, train_loss, val_loss)``.
+        checkpoint: path of one checkpoint file (:func:`save_checkpoint`), written by
+            rank 0 only, every ``checkpoint_every`` epochs and at the end: the model
+            (the final, best-restored one at the end) and the training state that
+            ``resume`` needs.
+        checkpoint_every: epochs between checkpoint writes.
+        resume: a checkpoint written by ``fit(checkpoint=...)``: continue that run (on
+            any number of processes) with the same arguments; ``epochs`` may be larger
+            than before. The result equals an uninterrupted run.
+        progress: show a tqdm progress bar (rank 0 only).
+        callback: called as ``callback(epoch, train_loss, val_loss)`` on every rank,
+            with the same (reduced) losses; returning True ends the training (rank 0's
+            answer counts on every rank).
+        distributed: None (default): data-parallel when launched by ``torchrun`` with
+            ``WORLD_SIZE > 1`` (the process group is initialized here, NCCL for a CUDA
+            model, else gloo) or when a process group of several processes is already
+            initialized. True: data-parallel on any initialized group or torchrun launch,
+            one process included. False: never. The model is wrapped in
+            ``DistributedDataParallel``; losses are reduced over the ranks for reporting,
+            early stopping and learning-rate decisions, which are the same on every rank.
+        mixed_precision: None, ``"bf16"`` (bfloat16 autocast) or ``"fp16"`` (float16
+            autocast with a gradient scaler), for the CNN / GNN layers of a float32
+            model only (see :mod:`unrollsci.train._precision`); the iterations, clamps,
+            certificates and SPD constructions stay in the working precision.
 
     Returns:
-        History of losses per epoch.
+        History of losses per epoch (of the whole run, also when resumed).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.train import fit
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+        >>> loss = lambda m, b: (m(b) - b.sum(1, keepdim=True)).pow(2).mean()
+        >>> hist = fit(model, loss, x, epochs=3, batch_size=8, progress=False)
+        >>> len(hist.train_loss)
+        3
     """
     from .._validation import check_positive
+    from ._distributed import global_steps, run_callback, setup, wrap
+    from ._precision import check_mixed_precision, grad_scaler
+    from ._precision import mixed_precision as low_precision
+    from ._state import (
+        check_resume_args,
+        decode_optimizer,
+        encode_optimizer,
+        load_fit_state,
+        save_fit_checkpoint,
+    )
 
     if schedule not in ("end_to_end", "layerwise"):
         raise ValueError(f"Expected schedule 'end_to_end' or 'layerwise' (got {schedule!r}).")
@@ -241,6 +136,7 @@ def fit(
     _check_int("batch_size", batch_size, 1, optional=True)
     _check_int("steps_per_epoch", steps_per_epoch, 1, optional=True)
     _check_int("patience", patience, 1, optional=True)
+    _check_int("checkpoint_every", checkpoint_every, 1)
     _check_int("seed", seed, -(2**63))  # torch.manual_seed's range
     check_positive("lr", lr)
     check_positive("weight_decay", weight_decay, allow_zero=True)
@@ -249,25 +145,26 @@ def fit(
     check_positive("lr_decay", lr_decay)
     if not 0 < lr_decay <= 1:
         raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
+    low = check_mixed_precision(mixed_precision)
     if not callable(loss_fn):
         raise TypeError(
             f"Expected loss_fn to be callable (model, batch) -> scalar tensor "
             f"(got {type(loss_fn).__name__})."
         )
-    if checkpoint is not None:
-        if not isinstance(checkpoint, (str, Path)):
-            raise TypeError(
-                f"Expected 'checkpoint' to be a path (got {type(checkpoint).__name__})."
-            )
-        if Path(checkpoint).is_dir():
+    for name, path in (("checkpoint", checkpoint), ("resume", resume)):
+        if path is None:
+            continue
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"Expected '{name}' to be a path (got {type(path).__name__}).")
+        if Path(path).is_dir():
             raise IsADirectoryError(
-                f"Expected 'checkpoint' to be a file path, but {checkpoint} is a directory."
+                f"Expected '{name}' to be a file path, but {path} is a directory."
             )
-        if not callable(getattr(model, "get_config", None)):
-            raise TypeError(
-                f"checkpoint= needs a model with get_config() ({type(model).__name__} has "
-                "none); checked before training so that no run is lost."
-            )
+    if checkpoint is not None and not callable(getattr(model, "get_config", None)):
+        raise TypeError(
+            f"checkpoint= needs a model with get_config() ({type(model).__name__} has "
+            "none); checked before training so that no run is lost."
+        )
     if lr_factor is not None and not callable(lr_factor):
         raise TypeError(
             f"Expected lr_factor to be callable step -> factor (got {type(lr_factor).__name__})."
@@ -288,107 +185,245 @@ def fit(
     _check_data("train_data", train_data, per_stage * len(stages))
     if val_data is not None:
         _check_data("val_data", val_data, per_stage * len(stages))
-    torch.manual_seed(seed)
+    args = {
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "schedule": schedule,
+        "stage_epochs": stage_epochs,
+        "weight_decay": weight_decay,
+        "lr_decay": lr_decay,
+        "clip_grad": clip_grad,
+        "patience": patience,
+        "mixed_precision": mixed_precision,
+    }
+    saved: dict[str, Any] | None = None
+    if resume is not None:
+        saved, weights = load_fit_state(resume, model)
+        check_resume_args(resume, saved, args)
+        model.load_state_dict(weights)
+    ctx = setup(distributed, model)
     gen = torch.Generator().manual_seed(seed)
+    if saved is None:
+        torch.manual_seed(seed)
+    else:
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
     val_gen_seed = seed + 10_007
     hist = History()
-    t0 = time.perf_counter()
+    start_stage, start_epoch = 0, 0
+    if saved is not None:
+        for key, value in saved["history"].items():
+            setattr(hist, key, list(value) if isinstance(value, (list, tuple)) else value)
+        hist.resumed_from_epoch = int(saved["epoch"])
+        start_stage, start_epoch = int(saved["stage_index"]), int(saved["epoch_in_stage"])
+    t0 = time.perf_counter() - hist.seconds
+    track_best = val_data is not None or patience is not None
+    epoch_counter = int(saved["epoch"]) if saved else 0
+    step_counter = int(saved["step"]) if saved else 0
     bar = None
-    if progress:
+    if progress and ctx.main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=per_stage * len(stages), desc=f"fit {type(model).__name__}", leave=False)
-    epoch_counter = 0
-    step_counter = 0
+        bar = tqdm(
+            total=per_stage * len(stages),
+            initial=min(epoch_counter, per_stage * len(stages)),
+            desc=f"fit {type(model).__name__}",
+            leave=False,
+        )
+
+    def state_now(si: int, e_in_stage: int, stopped: bool, opt: Any, scaler: Any, bk: dict) -> dict:
+        return {
+            "version": 1,
+            "args": args,
+            "stage_index": si,
+            "epoch_in_stage": e_in_stage,
+            "stopped": stopped,
+            "epoch": epoch_counter,
+            "step": step_counter,
+            "epoch_lr": bk["epoch_lr"],
+            "best": bk["best"],
+            "bad": bk["bad"],
+            "best_state": bk["best_state"],
+            "optimizer": encode_optimizer(opt.state_dict()),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": {
+                "train_loss": hist.train_loss,
+                "val_loss": hist.val_loss,
+                "stage": hist.stage,
+                "best_val": hist.best_val,
+                "best_epoch": hist.best_epoch,
+                "stopped_early": hist.stopped_early,
+                "seconds": time.perf_counter() - t0,
+            },
+            "weights": None,
+            "world_size": ctx.world,
+        }
+
+    def write(state: dict) -> None:
+        if checkpoint is not None and ctx.main:
+            save_fit_checkpoint(checkpoint, model, state)
+
+    halted = False
+    final_state: dict | None = None
     try:
-        for stage in stages:
-            if stage:
-                model.active_layers = stage
-                if stage_hook is not None:
-                    stage_hook(model, stage)
-            opt = torch.optim.Adam(
-                [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
-            )
-            best, best_state, bad = math.inf, None, 0
-            epoch_lr = lr  # lr * lr_decay**epoch_in_stage, by repeated products as before
-            for _ in range(per_stage):
-                model.train()
-                total, count = 0.0, 0
-                for batch in iterate_batches(train_data, batch_size, gen, steps_per_epoch):
-                    opt.zero_grad(set_to_none=True)
-                    loss = _check_loss(loss_fn(model, batch), "training").reshape(())
-                    if not torch.isfinite(loss.detach()):
-                        raise FloatingPointError(
-                            f"Training loss became {float(loss.detach())} at epoch "
-                            f"{epoch_counter}; lower lr or check the data."
+        with low_precision(model, low):
+            for si, stage in enumerate(stages):
+                if si < start_stage:
+                    continue
+                resuming = saved is not None and si == start_stage
+                if stage:
+                    model.active_layers = stage
+                    if stage_hook is not None and not resuming:
+                        stage_hook(model, stage)
+                opt = torch.optim.Adam(
+                    [p for p in model.parameters() if p.requires_grad],
+                    lr=lr,
+                    weight_decay=weight_decay,
+                )
+                scaler = grad_scaler(low, model)
+                # lr * lr_decay**epoch_in_stage, by repeated products as before
+                bk: dict[str, Any] = {
+                    "best": math.inf,
+                    "best_state": None,
+                    "bad": 0,
+                    "epoch_lr": lr,
+                }
+                e0, stopped = 0, False
+                if resuming:
+                    assert saved is not None
+                    opt.load_state_dict(decode_optimizer(saved["optimizer"]))
+                    if scaler is not None and saved.get("scaler"):
+                        scaler.load_state_dict(saved["scaler"])
+                    for key in bk:
+                        bk[key] = saved[key]
+                    e0, stopped = start_epoch, bool(saved["stopped"])
+                engine = wrap(model, loss_fn, ctx)
+                e = e0
+                while e < per_stage and not stopped and not halted:
+                    model.train()
+                    total, count = 0.0, 0
+                    for parts, weights in global_steps(
+                        train_data, batch_size, gen, steps_per_epoch, ctx
+                    ):
+                        opt.zero_grad(set_to_none=True)
+                        loss = engine(parts, weights)
+                        value = float(loss.detach())
+                        if ctx.enabled:
+                            value = ctx.all_sum([value])[0] / ctx.world
+                        if not math.isfinite(value):
+                            raise FloatingPointError(
+                                f"Training loss became {value} at epoch "
+                                f"{epoch_counter}; lower lr or check the data."
+                            )
+                        if scaler is not None:
+                            scaler.scale(loss).backward()
+                        else:
+                            loss.backward()
+                        if clip_grad is not None:
+                            if scaler is not None:
+                                scaler.unscale_(opt)
+                            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                        if lr_factor is not None:
+                            factor = _check_factor(lr_factor(step_counter), step_counter)
+                            factor = ctx.from_main([factor])[0] if ctx.enabled else factor
+                            for group in opt.param_groups:
+                                group["lr"] = bk["epoch_lr"] * factor
+                        if scaler is not None:
+                            scaler.step(opt)
+                            scaler.update()
+                        else:
+                            opt.step()
+                        step_counter += 1
+                        total += value
+                        count += 1
+                    if count == 0:
+                        raise ValueError(
+                            f"Epoch {epoch_counter} saw no training batch: train_data "
+                            f"({type(train_data).__name__}) yielded nothing. An exhausted "
+                            "generator or iterator, or an empty dataset, is the likely "
+                            "cause; pass a list of batches, tensors, a DataLoader, or a "
+                            "sampler with steps_per_epoch >= 1."
                         )
-                    loss.backward()
-                    if clip_grad is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                    if lr_factor is not None:
-                        factor = _check_factor(lr_factor(step_counter), step_counter)
-                        for group in opt.param_groups:
-                            group["lr"] = epoch_lr * factor
-                    opt.step()
-                    step_counter += 1
-                    total += float(loss.detach())
-                    count += 1
-                if count == 0:
-                    raise ValueError(
-                        f"Epoch {epoch_counter} saw no training batch: train_data "
-                        f"({type(train_data).__name__}) yielded nothing. An exhausted "
-                        "generator or iterator, or an empty dataset, is the likely cause; "
-                        "pass a list of batches, tensors, a DataLoader, or a sampler with "
-                        "steps_per_epoch >= 1."
-                    )
-                train_loss = total / count
-                val_loss = None
-                if val_data is not None:
-                    val_loss = _evaluate(
-                        model,
-                        loss_fn,
-                        val_data,
-                        torch.Generator().manual_seed(val_gen_seed),
-                        steps_per_epoch,
-                    )
-                hist.train_loss.append(train_loss)
-                hist.stage.append(stage)
-                if val_loss is not None:
-                    hist.val_loss.append(val_loss)
-                score = val_loss if val_loss is not None else train_loss
-                if score < best:
-                    best, bad = score, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                    if stage == stages[-1]:
-                        hist.best_val, hist.best_epoch = best, epoch_counter
-                else:
-                    bad += 1
-                if callback is not None:
-                    callback(epoch_counter, train_loss, val_loss)
-                epoch_counter += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        stage=stage or "-",
-                        loss=f"{train_loss:.3e}",
-                        val=f"{val_loss:.3e}" if val_loss is not None else "-",
-                    )
-                epoch_lr *= lr_decay
-                for group in opt.param_groups:
-                    group["lr"] = epoch_lr
-                if patience is not None and bad >= patience:
-                    hist.stopped_early = True
+                    train_loss = total / count
+                    val_loss = None
+                    if val_data is not None:
+                        val_loss = _evaluate(
+                            model,
+                            loss_fn,
+                            val_data,
+                            torch.Generator().manual_seed(val_gen_seed),
+                            steps_per_epoch,
+                            ctx,
+                        )
+                    if ctx.enabled:  # every rank decides on rank 0's numbers
+                        shared = ctx.from_main(
+                            [train_loss, math.nan if val_loss is None else val_loss]
+                        )
+                        train_loss = shared[0]
+                        val_loss = None if val_loss is None else shared[1]
+                    hist.train_loss.append(train_loss)
+                    hist.stage.append(stage)
+                    if val_loss is not None:
+                        hist.val_loss.append(val_loss)
+                    score = val_loss if val_loss is not None else train_loss
+                    if score < bk["best"]:
+                        bk["best"], bk["bad"] = score, 0
+                        if track_best:
+                            bk["best_state"] = copy.deepcopy(model.state_dict())
+                        if stage == stages[-1]:
+                            hist.best_val, hist.best_epoch = score, epoch_counter
+                    else:
+                        bk["bad"] += 1
+                    halted = run_callback(callback, ctx, epoch_counter, train_loss, val_loss)
+                    epoch_counter += 1
+                    e += 1
                     if bar is not None:
-                        bar.update(per_stage - (_ + 1))
+                        bar.update(1)
+                        bar.set_postfix(
+                            stage=stage or "-",
+                            loss=f"{train_loss:.3e}",
+                            val=f"{val_loss:.3e}" if val_loss is not None else "-",
+                        )
+                    bk["epoch_lr"] *= lr_decay
+                    for group in opt.param_groups:
+                        group["lr"] = bk["epoch_lr"]
+                    if patience is not None and bk["bad"] >= patience:
+                        hist.stopped_early = stopped = True
+                        if bar is not None:
+                            bar.update(per_stage - e)
+                    if checkpoint is not None:
+                        state = state_now(si, e, stopped, opt, scaler, bk)
+                        final_state = state
+                        if (
+                            epoch_counter % checkpoint_every == 0
+                            or e == per_stage
+                            or stopped
+                            or halted
+                        ):
+                            write(state)
+                if halted:
+                    hist.stopped_early = True
+                if bk["best_state"] is not None and track_best:
+                    if final_state is not None:
+                        final_state["weights"] = copy.deepcopy(model.state_dict())
+                    model.load_state_dict(bk["best_state"])
+                if halted:
                     break
-            if best_state is not None and (val_data is not None or patience is not None):
-                model.load_state_dict(best_state)
     finally:
         if bar is not None:
             bar.close()
-    if stages[-1]:
+    if stages[-1] and not halted:
         model.active_layers = stages[-1]
     hist.seconds = time.perf_counter() - t0
     if checkpoint is not None:
-        save_checkpoint(model, checkpoint)
+        if final_state is None:  # resumed a finished run: nothing trained, keep its state
+            assert saved is not None
+            final_state = dict(saved)
+        final_state["history"]["seconds"] = hist.seconds
+        write(final_state)
+        ctx.barrier()  # the file exists on every rank's return
     return hist

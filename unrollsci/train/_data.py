@@ -1,0 +1,101 @@
+"""What :func:`~unrollsci.train.fit` trains on and reports: :class:`History`,
+:func:`iterate_batches` (the data forms) and the validation pass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._checks import _check_loss
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class History:
+    """What happened during :func:`fit`."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    stage: list[int] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = -1
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+    seconds: float = 0.0
+
+
+def iterate_batches(
+    data: Any, batch_size: int | None, generator: torch.Generator, steps: int | None
+) -> Iterable[Batch]:
+    """Yield mini-batches from tensors, an iterable of batches, or a sampler.
+
+    * a tensor or tuple/list of tensors with equal first dimension: shuffled
+      mini-batches of ``batch_size`` (the whole set if None);
+    * a callable ``sampler(generator) -> batch``: ``steps`` fresh batches
+      (synthetic data drawn on the fly, as in the LISTA literature);
+    * any other iterable (e.g. a ``DataLoader`` or list of PyG batches): as is.
+    """
+    if callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
+        if steps is None:
+            raise ValueError("A sampler as training data needs steps_per_epoch.")
+        for _ in range(steps):
+            yield data(generator)
+        return
+    if isinstance(data, torch.Tensor) or (
+        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(
+                "Expected training tensors with equal first dimension (got "
+                f"{[tuple(t.shape) for t in tensors]})."
+            )
+        bs = n if batch_size is None else int(batch_size)
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs].to(tensors[0].device)
+            out = tuple(t[idx] for t in tensors)
+            yield out[0] if isinstance(data, torch.Tensor) else out
+        return
+    yield from data
+
+
+def _evaluate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    generator: torch.Generator,
+    steps: int | None,
+    ctx: Any = None,
+) -> float:
+    """Mean validation loss over the batches of one pass (each rank evaluates its share)."""
+    from ._distributed import DistContext, eval_shares
+
+    ctx = ctx if ctx is not None else DistContext()
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for share, weight in eval_shares(data, generator, steps, ctx):
+            count += 1
+            if share is not None:
+                value = float(_check_loss(loss_fn(model, share), "validation", train=False))
+                total += value if weight == 1.0 else weight * value
+    model.train(was)
+    if count == 0:
+        raise ValueError(
+            f"val_data yielded no batch ({type(data).__name__}); expected at least one "
+            "validation batch every epoch (a generator or iterator is exhausted after one "
+            "pass: use a list of batches, tensors, a DataLoader or a sampler)."
+        )
+    if ctx.enabled:
+        total = ctx.all_sum([total])[0]
+    return total / count

@@ -1,0 +1,119 @@
+"""The training state :func:`~unrollsci.train.fit` keeps in its checkpoint, so that a run
+resumes where it stopped, on any number of processes.
+
+One file holds everything: the model (config and weights, readable by
+:func:`~unrollsci.train.load_checkpoint` as any checkpoint) and, under
+``extra["fit_state"]``, the position in the schedule, the optimizer and gradient-scaler
+state, the data generator and torch's RNG state, the early-stopping bookkeeping and the
+history so far. Only plain data: the file is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_KEY = "fit_state"
+STATE_VERSION = 1
+# fit arguments a resumed run must share with the run that wrote the checkpoint (epochs may
+# grow: the run then goes on)
+RESUME_ARGS = (
+    "seed",
+    "lr",
+    "batch_size",
+    "steps_per_epoch",
+    "schedule",
+    "stage_epochs",
+    "weight_decay",
+    "lr_decay",
+    "clip_grad",
+    "patience",
+    "mixed_precision",
+)
+
+
+def _keys_to_str(d: dict) -> dict[str, Any]:
+    return {str(k): v for k, v in d.items()}
+
+
+def encode_optimizer(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer ``state_dict`` with string keys (the checkpoint format needs them)."""
+    return {
+        "state": {str(k): _keys_to_str(v) for k, v in state["state"].items()},
+        "param_groups": [dict(g) for g in state["param_groups"]],
+    }
+
+
+def decode_optimizer(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": {int(k): dict(v) for k, v in state["state"].items()},
+        "param_groups": [dict(g) for g in state["param_groups"]],
+    }
+
+
+def save_fit_checkpoint(path: str | Path, model: nn.Module, state: dict[str, Any]) -> Path:
+    """Write ``model`` and the training ``state`` to ``path`` (atomically, one file)."""
+    from ._checkpoint import save_checkpoint
+
+    return save_checkpoint(model, path, extra={STATE_KEY: state})
+
+
+def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state, weights)`` from a checkpoint written by ``fit(checkpoint=...)``.
+
+    ``weights`` is the model's state dict at the end of the last finished epoch.
+    """
+    from ._checkpoint import _FORMAT, _read_payload
+    from ._config import _name_of
+
+    path = Path(path)
+    payload = _read_payload(path, "cpu")
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(
+            f"{path} is not an unrollsci checkpoint written by fit(checkpoint=...); "
+            "cannot resume from it."
+        )
+    extra = payload.get("extra")
+    state = extra.get(STATE_KEY) if isinstance(extra, dict) else None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"Checkpoint {path} holds no training state (it was written by save_checkpoint, "
+            "or by fit without a checkpoint= path); resume needs a file written by "
+            "fit(checkpoint=...)."
+        )
+    if payload.get("class") != _name_of(type(model)):
+        raise ValueError(
+            f"Checkpoint {path} was written for a {payload.get('class')}; the model to "
+            f"resume is a {_name_of(type(model))}."
+        )
+    weights = state.get("weights")
+    if weights is None:
+        weights = payload["state_dict"]
+    return state, weights
+
+
+def check_resume_args(path: str | Path, state: dict[str, Any], args: dict[str, Any]) -> None:
+    """Raise ``ValueError`` if a resumed run changes a training argument."""
+    stored = state.get("args", {})
+    diff = [
+        f"{k}={args[k]!r} (checkpoint: {stored.get(k)!r})"
+        for k in RESUME_ARGS
+        if k in stored and stored[k] != args[k]
+    ]
+    if diff:
+        raise ValueError(
+            f"Cannot resume from {path} with other training arguments: {', '.join(diff)}. "
+            "Resume with the arguments of the run that wrote it (only 'epochs' may grow)."
+        )
+
+
+def rng_state() -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def set_rng_state(state: Any) -> None:
+    if isinstance(state, torch.Tensor):
+        torch.set_rng_state(state)
