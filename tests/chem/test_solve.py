@@ -270,11 +270,17 @@ def test_non_convergence_is_reported_not_hidden(device):
 
 
 def test_neighbor_list_fallback_without_vesin(device, monkeypatch):
-    """vesin is optional: ASE's neighbour list gives the same half list and charges."""
+    """Without vesin (a broken install), ASE's neighbour list gives the same half list and
+    charges, after a warning (tests/chem/test_ase_conventions.py checks it is warned once)."""
+    from unrollsci import UnrollsciWarning
+    from unrollsci.chem import _geometry
+
     atoms = _nacl((2, 2, 1), cubic=False)
     with_vesin = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
     monkeypatch.setitem(sys.modules, "vesin", None)  # import vesin -> ImportError
-    without = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
+    monkeypatch.setattr(_geometry, "_VESIN", {})
+    with pytest.warns(UnrollsciWarning, match="vesin could not be imported"):
+        without = _solve(atoms, device, params=ref.NACL, cutoff=9.0, tol=1e-12)
     assert with_vesin.stats["n_pairs"] == without.stats["n_pairs"]
     torch.testing.assert_close(with_vesin.charges, without.charges, atol=1e-12, rtol=0)
 

@@ -9,8 +9,8 @@ the plugin package the set is empty, so older ASE versions are unaffected.
 
 Example:
     >>> from unrollsci.chem import _ase_plugin
-    >>> sorted(p.name for p in _ase_plugin.__ase_plugins__)  # doctest: +SKIP
-    ['unrollsci_qeq']
+    >>> _ase_plugin.PLUGIN_NAME  # ASE >= 3.29: ase._4.plugins.plugins.calculators lists it
+    'unrollsci_qeq'
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""QEq as an ASE calculator: energy, forces, charges and (periodic) stress."""
+"""QEq as an ASE calculator: energy, forces, charges, (periodic) stress, (molecule) dipole."""
 
 from __future__ import annotations
 
@@ -10,35 +10,25 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .._validation import check_device
+from . import _calc_params
+from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, normalize
 from ._settings import COULOMB_CONSTANT, QEqSettings
-from ._short_range import BornMayer
 from ._solve import QEqSolution, check_structure, solve_with_settings
 
 __all__ = ["QEqCalculator"]
 
 
-def _adjoint_tol(tol: Any) -> Any:
-    """The calculator's adjoint tolerance ``max(tol, 1e-6)``: for energy gradients its
-    effect on forces is ``~ adjoint_tol * tol`` (see ``solve_charges``). A ``tol`` that is
-    not a number is left for the solve to reject."""
-    return max(tol, 1e-6) if isinstance(tol, (int, float)) else None
+def _parameter(key: str, doc: str) -> property:
+    """A calculator attribute that reads ``calc.parameters[key]`` and writes through
+    ``calc.set(key=value)`` (so that a change clears the results it invalidates)."""
 
+    def get(self: QEqCalculator) -> Any:
+        return self.parameters[key]
 
-class _Setting:
-    """A calculator attribute stored in its :class:`QEqSettings` (``field`` there)."""
+    def put(self: QEqCalculator, value: Any) -> None:
+        self.set(**{key: value})
 
-    def __init__(self, field: str) -> None:
-        self.field = field
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        return self if obj is None else getattr(obj.settings, self.field)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        changes = {self.field: value}
-        if self.field == "tol":
-            changes["adjoint_tol"] = _adjoint_tol(value)
-        obj.settings = replace(obj.settings, **changes, grad_name="forces")
+    return property(get, put, doc=doc)
 
 
 class QEqCalculator(Calculator):
@@ -47,7 +37,17 @@ class QEqCalculator(Calculator):
     Forces (and stress for fully periodic cells) are derivatives of the returned energy
     computed by torch autograd: ``forces="implicit"`` (adjoint solve through the charges),
     ``"unrolled"`` (through the CG iterations) or ``"envelope"`` (charges held fixed, as
-    LAMMPS does). ``atoms.get_charges()`` returns the equilibrated charges.
+    LAMMPS does). ``atoms.get_charges()`` returns the equilibrated charges and, for a
+    molecule (no periodic direction), ``atoms.get_dipole_moment()`` their dipole
+    ``sum_i q_i r_i`` (e Angstrom, about the origin of the coordinates; it is the
+    derivative ``-dE/dF`` of the energy in a uniform field F).
+
+    The settings follow ASE's calculator conventions: they live in ``calc.parameters``
+    (plain data, defaults in ``default_parameters``), ``calc.set(**changes)`` returns the
+    changed ones and clears the results, ``calc.todict()`` gives the non-default ones, and
+    ``QEqCalculator(**calc.todict())`` builds an equal calculator (also from what an ASE
+    trajectory or database stored). Each setting is also an attribute (``calc.tol``,
+    ``calc.forces_mode``, ``calc.qeq_params``, ...); assigning one calls ``set``.
 
     Args:
         params: per-element parameter overrides (see :func:`solve_charges`); None uses the
@@ -57,44 +57,55 @@ class QEqCalculator(Calculator):
         coulomb_constant: k_e in eV Angstrom.
         ewald: Ewald summation for the long-range 1/r part (periodic cells).
         ewald_accuracy: relative accuracy of the Ewald split.
-        total_charge: total charge Q of the system.
+        total_charge: total charge Q of the system; None (default): the sum of the atoms'
+            initial charges, ``atoms.get_initial_charges().sum()`` (0 unless set).
         tol: relative residual tolerance of the charge solve.
         max_iter: CG iteration limit.
         iterations: run exactly this many CG iterations at every call (ignores ``tol``).
         forces: ``"implicit"``, ``"unrolled"`` or ``"envelope"``.
         short_range: None, a :class:`BornMayer`, a dict of Born-Mayer pairs
-            ``{("Na", "Cl"): (A, rho)}``, or ``"radii"`` (generic wall from the table radii).
+            ``{("Na", "Cl"): (A, rho)}`` (or ``BornMayer.todict()``'s form), ``"radii"``
+            (generic wall from the table radii), or any object with BornMayer's ``energy``
+            method (such an object is not written to files by ``todict``).
         warm_start: start the charge solve from the previous charges (implicit/envelope).
         device: torch device (default cpu); a device that does not exist here (e.g.
             ``"cuda"`` without CUDA) raises ``ValueError``.
-        dtype: torch dtype (default float64).
+        dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``.
         check_definite: ``"auto"``, ``True`` or ``False``: the dense positive-definiteness
             test of the hardness matrix on the constraint subspace before every solve
             (see :func:`solve_charges` and docs/chem.md).
+        label, atoms, directory: as for any ASE calculator.
 
     Example:
         >>> from ase.build import molecule
         >>> atoms = molecule("H2O")
         >>> atoms.calc = QEqCalculator(cutoff=None, short_range="radii")
         >>> q = atoms.get_charges()
+        >>> atoms.calc.set(tol=1e-10)
+        {'tol': 1e-10}
+        >>> atoms.calc.todict()
+        {'cutoff': None, 'tol': 1e-10, 'short_range': 'radii'}
+        >>> QEqCalculator(**atoms.calc.todict()).parameters == atoms.calc.parameters
+        True
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "charges", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "charges", "stress", "dipole"]
+    default_parameters = DEFAULT_PARAMETERS
 
-    # the solve options, read from (and written to) self.settings
-    qeq_params = _Setting("params")
-    kernel = _Setting("kernel")
-    cutoff = _Setting("cutoff")
-    coulomb_constant = _Setting("coulomb_constant")
-    ewald = _Setting("ewald")
-    ewald_accuracy = _Setting("ewald_accuracy")
-    total_charge = _Setting("total_charge")
-    tol = _Setting("tol")
-    max_iter = _Setting("max_iter")
-    iterations = _Setting("iterations")
-    forces_mode = _Setting("grad")
-    short_range = _Setting("short_range")
-    check_definite = _Setting("check_definite")
+    qeq_params = _parameter("params", "per-element overrides (``parameters['params']``)")
+    kernel = _parameter("kernel", "pair kernel")
+    cutoff = _parameter("cutoff", "pair cutoff (Angstrom) or None")
+    coulomb_constant = _parameter("coulomb_constant", "k_e (eV Angstrom)")
+    ewald = _parameter("ewald", "Ewald summation of the 1/r tail")
+    ewald_accuracy = _parameter("ewald_accuracy", "relative accuracy of the Ewald split")
+    total_charge = _parameter("total_charge", "total charge, None: the initial charges' sum")
+    tol = _parameter("tol", "relative residual tolerance of the charge solve")
+    max_iter = _parameter("max_iter", "CG iteration limit")
+    iterations = _parameter("iterations", "fixed number of CG iterations, or None")
+    forces_mode = _parameter("forces", "``'implicit'``, ``'unrolled'`` or ``'envelope'``")
+    short_range = _parameter("short_range", "short-range repulsion (plain-data form)")
+    warm_start = _parameter("warm_start", "start from the previous charges")
+    check_definite = _parameter("check_definite", "dense definiteness check")
 
     def __init__(
         self,
@@ -104,67 +115,99 @@ class QEqCalculator(Calculator):
         coulomb_constant: float = COULOMB_CONSTANT,
         ewald: bool = False,
         ewald_accuracy: float = 1e-8,
-        total_charge: float = 0.0,
+        total_charge: float | None = None,
         tol: float = 1e-8,
         max_iter: int | None = None,
         iterations: int | None = None,
         forces: str = "implicit",
         short_range: Any = None,
         warm_start: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = "cpu",
+        dtype: torch.dtype | str = torch.float64,
         check_definite: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         allowed = {"label", "atoms", "directory"}
-        unknown = set(kwargs) - allowed
+        unknown = set(kwargs) - allowed - set(DEFAULT_PARAMETERS)
         if unknown:
             raise TypeError(f"QEqCalculator got unexpected keyword argument(s) {sorted(unknown)}.")
-        device = check_device(device)
-        super().__init__(**kwargs)
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {dtype}).")
-        if isinstance(short_range, str):
-            short_range = BornMayer(default=short_range)
-        elif isinstance(short_range, Mapping):
-            short_range = BornMayer(short_range)
-        elif short_range is not None and not hasattr(short_range, "energy"):
-            raise TypeError(
-                "Expected short_range to be None, 'radii', a dict of Born-Mayer pairs or a "
-                f"BornMayer (got {type(short_range).__name__})."
-            )
-        if (
-            isinstance(short_range, BornMayer)
-            and short_range.cutoff is not None
-            and cutoff is not None
-            and short_range.cutoff > cutoff
-        ):
-            raise ValueError(
-                f"Expected the short-range cutoff ({short_range.cutoff}) <= cutoff ({cutoff})."
-            )
-        #: the options of every charge solve, validated here once (see QEqSettings)
-        self.settings = QEqSettings(
-            params=params,
-            kernel=kernel,
-            cutoff=cutoff,
-            coulomb_constant=coulomb_constant,
-            ewald=ewald,
-            ewald_accuracy=ewald_accuracy,
-            total_charge=total_charge,
-            tol=tol,
-            max_iter=max_iter,
-            iterations=iterations,
-            grad=forces,
-            short_range=short_range,
-            adjoint_tol=_adjoint_tol(tol),
-            check_definite=check_definite,
-            grad_name="forces",
-        )
-        self.warm_start = warm_start
-        self.device = device if device is not None else torch.device("cpu")
-        self.dtype = dtype
+        given = {
+            "params": params,
+            "kernel": kernel,
+            "cutoff": cutoff,
+            "coulomb_constant": coulomb_constant,
+            "ewald": ewald,
+            "ewald_accuracy": ewald_accuracy,
+            "total_charge": total_charge,
+            "tol": tol,
+            "max_iter": max_iter,
+            "iterations": iterations,
+            "forces": forces,
+            "short_range": short_range,
+            "warm_start": warm_start,
+            "device": device,
+            "dtype": dtype,
+            "check_definite": check_definite,
+        }
+        #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
+        self._built: _calc_params.Built | None = None
+        # ASE's constructor sets the default parameters, then calls self.set(**given)
+        super().__init__(**given, **kwargs)
+
+    # ------------------------------------------------------------------ ASE conventions
+
+    def set(self, **kwargs: Any) -> dict[str, Any]:
+        """Change parameters: ``calc.set(tol=1e-10, total_charge=1)``.
+
+        Every value is checked (an unknown name is a ``TypeError``, a bad value a
+        ``TypeError``/``ValueError``, and then nothing changes) and stored as plain data.
+        Returns the changed parameters (ASE's convention); any change clears the results,
+        so the next property request recomputes them.
+        """
+        new = {key: normalize(key, value) for key, value in kwargs.items()}
+        merged = {**self.parameters, **new}
+        built = _calc_params.build(merged)  # validates the combination; raises before a change
+        changed = super().set(**new)
+        if changed or self._built is None:
+            self._built = built
+        if set(changed) - NEUTRAL:
+            self.reset()
+        return changed
+
+    def reset(self) -> None:
+        """Clear the results (and the last solution); the warm-start charges are kept."""
+        super().reset()
+        self.solution = None
+
+    def check_state(self, atoms: Any, tol: float = 1e-15) -> list[str]:
+        """ASE's system changes, less those that cannot change the results: initial
+        magnetic moments, and initial charges when ``total_charge`` is given."""
+        changes = super().check_state(atoms, tol=tol)
+        ignored = {"initial_magmoms"}
+        if self.parameters["total_charge"] is not None:
+            ignored.add("initial_charges")
+        return [c for c in changes if c not in ignored]
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def settings(self) -> QEqSettings:
+        """The validated options of every charge solve (built from ``parameters``)."""
+        return self._built.settings
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device of the computation."""
+        return self._built.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of the computation."""
+        return self._built.dtype
+
+    # ------------------------------------------------------------------ calculation
 
     def calculate(
         self,
@@ -172,17 +215,28 @@ class QEqCalculator(Calculator):
         properties: Any = ("energy",),
         system_changes: Any = all_changes,
     ) -> None:
-        """Solve the charges and fill ``self.results`` (energy, forces, charges, stress)."""
+        """Solve the charges and fill ``self.results`` (energy, forces, charges, and
+        stress for a fully periodic cell or dipole for a molecule)."""
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))
+        molecule = not bool(np.any(atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress needs a fully periodic cell")
+        if "dipole" in properties and not molecule:
+            raise PropertyNotImplementedError("dipole needs a non-periodic system (pbc=False)")
         pos_np = np.asarray(atoms.positions, dtype=np.float64)
         if not np.isfinite(pos_np).all():
             raise ValueError(
                 f"Expected finite positions (got {int((~np.isfinite(pos_np)).any(1).sum())} "
                 "atoms with NaN/Inf coordinates)."
+            )
+        settings = self.settings
+        if self.parameters["total_charge"] is None:
+            settings = replace(
+                settings,
+                total_charge=float(atoms.get_initial_charges().sum()),
+                grad_name="forces",
             )
         dd = {"device": self.device, "dtype": self.dtype}
         pos0 = torch.tensor(pos_np, **dd)
@@ -193,23 +247,27 @@ class QEqCalculator(Calculator):
         positions = pos0 @ deform
         cell = cell0 @ deform
         q0 = None
-        if self.warm_start and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
+        warm = self.parameters["warm_start"]
+        if warm and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
             q0 = self._q_prev
         symbols = check_structure(positions, atoms.numbers.tolist())
         sol = solve_with_settings(
-            positions, symbols, self.settings, cell=cell, pbc=atoms.pbc.tolist(), q0=q0
+            positions, symbols, settings, cell=cell, pbc=atoms.pbc.tolist(), q0=q0
         )
         wrt = [pos0, strain] if periodic else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)
         self.solution = sol
         self._q_prev = sol.x.detach()
         energy = float(sol.energy.detach())
+        charges = sol.x.detach().cpu().numpy().astype(np.float64)
         self.results["energy"] = energy
         self.results["free_energy"] = energy
         self.results["forces"] = -grads[0].detach().cpu().numpy().astype(np.float64)
-        self.results["charges"] = sol.x.detach().cpu().numpy().astype(np.float64)
+        self.results["charges"] = charges
         if periodic:
             vol = abs(float(np.linalg.det(atoms.cell.array)))
             s = grads[1].detach().cpu().numpy().astype(np.float64) / vol
             s = 0.5 * (s + s.T)
             self.results["stress"] = s.flat[[0, 4, 8, 5, 2, 1]]
+        if molecule:
+            self.results["dipole"] = charges @ pos_np

@@ -141,7 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", choices=["shielded", "point", "gaussian"], default="shielded")
     p.add_argument("--cutoff", type=_cutoff, default=10.0, help="Angstrom, or 'none' (molecules)")
     p.add_argument("--ewald", action="store_true")
-    p.add_argument("--total-charge", type=_finite_float, default=0.0)
+    p.add_argument(
+        "--total-charge",
+        type=_finite_float,
+        default=None,
+        help="default: the sum of the initial charges in the input file (0 if it has none)",
+    )
     p.add_argument("--forces", choices=["implicit", "unrolled", "envelope"], default="implicit")
     p.add_argument("--tol", type=_positive_float, default=1e-8, help="QEq solver tolerance")
     p.add_argument(

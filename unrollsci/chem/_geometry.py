@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
 import numpy as np
 import torch
 
+from .._validation import UnrollsciWarning
+
 __all__ = ["KERNELS", "half_pairs", "taper", "pair_kernel", "ewald_alpha", "ewald_kvectors"]
 
 KERNELS = ("shielded", "point", "gaussian")
+
+_VESIN: dict[str, Any] = {}  # the imported vesin module (or None), after the first call
+
+
+def _vesin() -> Any:
+    """The vesin module, or None (with one UnrollsciWarning per process) when it cannot be
+    imported; vesin is a dependency, so this is a broken or partial install."""
+    if "module" not in _VESIN:
+        try:
+            import vesin
+        except ImportError as exc:
+            vesin = None
+            warnings.warn(
+                f"vesin could not be imported ({exc}); QEq falls back to ASE's neighbour "
+                "list, which is much slower for large systems. vesin is a dependency of "
+                "unrollsci: reinstall it with `pip install vesin`.",
+                UnrollsciWarning,
+                stacklevel=4,
+            )
+        _VESIN["module"] = vesin
+    return _VESIN["module"]
 
 
 def half_pairs(
@@ -18,7 +43,8 @@ def half_pairs(
     """Half neighbour list: each unordered pair (and each +-image of an atom with itself) once.
 
     Returns ``i, j`` (P,) int64 and integer cell shifts ``S`` (P, 3): the pair vector is
-    ``R[j] - R[i] + S @ cell``. Uses vesin (O(N), cell lists) when installed, else ASE's
+    ``R[j] - R[i] + S @ cell``. Uses vesin (O(N), cell lists; a dependency), else (vesin
+    not importable, warned once; or a cell periodic in some directions only) ASE's
     ``primitive_neighbor_list``; ``cutoff=None`` (non-periodic only) gives all pairs.
     """
     n = len(positions)
@@ -26,11 +52,8 @@ def half_pairs(
         i, j = np.triu_indices(n, k=1)
         return i.astype(np.int64), j.astype(np.int64), np.zeros((len(i), 3), dtype=np.int64)
     box = cell if np.any(pbc) else np.zeros((3, 3))
-    try:
-        import vesin
-    except ImportError:
-        vesin = None
-    if vesin is not None and (np.all(pbc) or not np.any(pbc)):
+    vesin = _vesin() if (np.all(pbc) or not np.any(pbc)) else None
+    if vesin is not None:
         nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=True)
         i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
         return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)

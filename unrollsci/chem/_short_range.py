@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -28,8 +29,15 @@ class BornMayer:
         cutoff: taper radius (Angstrom) of the repulsion (smooth to zero there); None
             uses the calculator's cutoff.
 
+    ``todict()`` / ``fromdict()`` convert to and from plain data (what an ASE trajectory or
+    database stores as the calculator's parameters).
+
     Example:
         >>> rep = BornMayer({("Na", "Cl"): (1200.0, 0.32)})
+        >>> rep.todict()["pairs"]
+        {'Cl-Na': [1200.0, 0.32]}
+        >>> BornMayer.fromdict(rep.todict()) == rep
+        True
     """
 
     def __init__(
@@ -52,6 +60,34 @@ class BornMayer:
         if cutoff is not None and cutoff <= 0:
             raise ValueError(f"Expected cutoff > 0 (got {cutoff!r}).")
         self.cutoff = cutoff
+
+    def todict(self) -> dict[str, Any]:
+        """Plain data (JSON-safe) that :meth:`fromdict` turns back into an equal object:
+        ``{"pairs": {"Cl-Na": [A, rho], ...}, "default": ..., "cutoff": ...}``."""
+        pairs = {f"{a}-{b}": [big_a, rho] for (a, b), (big_a, rho) in sorted(self.pairs.items())}
+        return {"pairs": pairs, "default": self.default, "cutoff": self.cutoff}
+
+    @classmethod
+    def fromdict(cls, data: Mapping[str, Any]) -> BornMayer:
+        """A :class:`BornMayer` from :meth:`todict`'s output, or from a plain pairs dict
+        ``{("Na", "Cl"): (A, rho)}`` / ``{"Na-Cl": (A, rho)}``."""
+        if "pairs" in data:
+            extra = set(data) - {"pairs", "default", "cutoff"}
+            if extra:
+                raise ValueError(f"Unexpected keys {sorted(extra)} in a BornMayer dict.")
+            return cls(data["pairs"], default=data.get("default"), cutoff=data.get("cutoff"))
+        return cls(data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BornMayer):
+            return NotImplemented
+        return (self.pairs, self.default, self.cutoff) == (
+            other.pairs,
+            other.default,
+            other.cutoff,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def coefficients(self, a: str, b: str, radii: Mapping[str, float]) -> tuple[float, float]:
         """(A, rho) of the pair ``a``-``b`` (A = 0 when it has no repulsion)."""

@@ -1,0 +1,152 @@
+"""The parameters of :class:`QEqCalculator`: defaults, normalisation to plain data (what ASE
+writes to trajectories and databases) and the solve settings built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._validation import check_device
+from ._settings import COULOMB_CONSTANT, QEqSettings
+from ._short_range import BornMayer
+
+__all__ = ["DEFAULT_PARAMETERS", "normalize", "build"]
+
+#: ``QEqCalculator.default_parameters``: plain data only (strings, numbers, None, dicts)
+DEFAULT_PARAMETERS: dict[str, Any] = {
+    "params": None,
+    "kernel": "shielded",
+    "cutoff": 10.0,
+    "coulomb_constant": COULOMB_CONSTANT,
+    "ewald": False,
+    "ewald_accuracy": 1e-8,
+    "total_charge": None,
+    "tol": 1e-8,
+    "max_iter": None,
+    "iterations": None,
+    "forces": "implicit",
+    "short_range": None,
+    "warm_start": True,
+    "device": "cpu",
+    "dtype": "float64",
+    "check_definite": "auto",
+}
+
+#: parameters that cannot change the results (only how fast they are reached)
+NEUTRAL: frozenset[str] = frozenset()
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def adjoint_tol(tol: Any) -> Any:
+    """The calculator's adjoint tolerance ``max(tol, 1e-6)``: for energy gradients its
+    effect on forces is ``~ adjoint_tol * tol`` (see ``solve_charges``). A ``tol`` that is
+    not a number is left for the solve to reject."""
+    return max(tol, 1e-6) if isinstance(tol, (int, float)) else None
+
+
+def _optional_float(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected {name} to be a number or None (got {type(value).__name__}).")
+    return float(value)
+
+
+def _short_range(value: Any) -> Any:
+    """None, ``"radii"``, or the plain-data form of a :class:`BornMayer`; any other object
+    with an ``energy`` method is kept as it is (and is not serialisable)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        BornMayer(default=value)  # validates the name
+        return value
+    if isinstance(value, BornMayer):
+        return value.todict()
+    if isinstance(value, Mapping):
+        return BornMayer.fromdict(value).todict()
+    if hasattr(value, "energy"):
+        return value
+    raise TypeError(
+        "Expected short_range to be None, 'radii', a dict of Born-Mayer pairs or a "
+        f"BornMayer (got {type(value).__name__})."
+    )
+
+
+def normalize(key: str, value: Any) -> Any:
+    """``value`` of parameter ``key`` as stored in ``calc.parameters`` (plain data)."""
+    if key not in DEFAULT_PARAMETERS:
+        raise TypeError(
+            f"QEqCalculator got unexpected keyword argument(s) [{key!r}]; the parameters are "
+            f"{sorted(DEFAULT_PARAMETERS)}."
+        )
+    if key == "params":
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or not all(
+            isinstance(v, Mapping) for v in value.values()
+        ):
+            raise TypeError(
+                "Expected params to be None or {element: {name: value}} "
+                f"(got {type(value).__name__})."
+            )
+        return {str(el): dict(entry) for el, entry in value.items()}
+    if key == "short_range":
+        return _short_range(value)
+    if key == "device":
+        dev = check_device(value)
+        return "cpu" if dev is None else str(dev)
+    if key == "dtype":
+        for name, dt in _DTYPES.items():
+            if value == dt or value == name:
+                return name
+        raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {value}).")
+    if key in ("cutoff", "total_charge"):
+        return _optional_float(key, value)
+    if key in ("ewald", "warm_start"):
+        if not isinstance(value, bool):
+            raise TypeError(f"Expected {key} to be True or False (got {value!r}).")
+        return value
+    return value
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a calculation needs from the parameters (rebuilt when they change)."""
+
+    settings: QEqSettings
+    device: torch.device
+    dtype: torch.dtype
+
+
+def build(p: Mapping[str, Any]) -> Built:
+    """Validate the combination of parameters ``p`` and build the solve settings."""
+    sr = p["short_range"]
+    if isinstance(sr, str):
+        sr = BornMayer(default=sr)
+    elif isinstance(sr, Mapping):
+        sr = BornMayer.fromdict(sr)
+    cutoff = p["cutoff"]
+    if isinstance(sr, BornMayer) and None not in (sr.cutoff, cutoff) and sr.cutoff > cutoff:
+        raise ValueError(f"Expected the short-range cutoff ({sr.cutoff}) <= cutoff ({cutoff}).")
+    settings = QEqSettings(
+        params=p["params"],
+        kernel=p["kernel"],
+        cutoff=cutoff,
+        coulomb_constant=p["coulomb_constant"],
+        ewald=p["ewald"],
+        ewald_accuracy=p["ewald_accuracy"],
+        total_charge=0.0 if p["total_charge"] is None else p["total_charge"],
+        tol=p["tol"],
+        max_iter=p["max_iter"],
+        iterations=p["iterations"],
+        grad=p["forces"],
+        short_range=sr,
+        adjoint_tol=adjoint_tol(p["tol"]),
+        check_definite=p["check_definite"],
+        grad_name="forces",
+    )
+    return Built(settings, torch.device(p["device"]), _DTYPES[p["dtype"]])
