@@ -281,6 +281,55 @@ class LinearOperator(nn.Module):
         cols = self(eye).reshape(n, m)
         return cols.T.contiguous()
 
+    # ------------------------------------------------------------------ scipy
+    def to_scipy(self, dtype: Any = None) -> Any:
+        """The operator as a :class:`scipy.sparse.linalg.LinearOperator` (numpy in and out).
+
+        For scipy's and PyAMG's solvers: ``scipy.sparse.linalg.cg(A, b, M=M.to_scipy())``.
+        Products run without autograd on the operator's device, in ``dtype`` (a numpy or
+        torch floating dtype; default: the operator's own, else float64); the wrapped
+        operator is ``.operator``. Subclasses with a native scipy form return that
+        instead (``SparseOperator``: its CSR matrix; PyAMG's preconditioner for
+        ``unrollsci.precond.amg``): anything scipy's solvers take as an operator.
+
+        Example:
+            >>> import torch
+            >>> from unrollsci.operators import MatrixOperator
+            >>> op = MatrixOperator(torch.eye(3, dtype=torch.float64) * 2)
+            >>> op.to_scipy().matvec([1.0, 2.0, 3.0]).tolist()
+            [2.0, 4.0, 6.0]
+        """
+        from ._scipy import to_scipy
+
+        return to_scipy(self, dtype)
+
+    def matvec(self, x: Any) -> Any:
+        """``A x`` for a numpy vector ``(n,)`` or ``(n, 1)``, as numpy (scipy's duck type).
+
+        Computed without autograd in ``x``'s floating dtype (float64 for integers).
+        """
+        from ._scipy import apply_numpy
+
+        return apply_numpy(self, x)
+
+    def matmat(self, x: Any) -> Any:
+        """``A X`` for a numpy ``(n, k)`` array, as numpy (see :meth:`matvec`)."""
+        from ._scipy import apply_numpy
+
+        return apply_numpy(self, x)
+
+    def rmatvec(self, y: Any) -> Any:
+        """``A^T y`` for a numpy vector, as numpy (see :meth:`matvec`)."""
+        from ._scipy import apply_numpy
+
+        return apply_numpy(self, y, adjoint=True)
+
+    def rmatmat(self, y: Any) -> Any:
+        """``A^T Y`` for a numpy ``(m, k)`` array, as numpy (see :meth:`matvec`)."""
+        from ._scipy import apply_numpy
+
+        return apply_numpy(self, y, adjoint=True)
+
     # ------------------------------------------------------------ composition
     def __matmul__(self, other: LinearOperator) -> LinearOperator:
         if not isinstance(other, LinearOperator):

@@ -8,6 +8,8 @@ construction and plugs into :func:`unrollsci.solvers.cg`. Classical baselines:
 (polynomial, mat-vecs only); ``ordering=`` on :func:`ic0`, :func:`mic0` and
 ``LearnedPreconditioner`` picks among candidate orderings (:func:`grid_orderings`, RCM) the
 one whose incomplete factor drops the least positive fill (:func:`select_ordering`).
+Every preconditioner is a :class:`Preconditioner`, which scipy's and PyAMG's Krylov solvers
+take as it is (``scipy.sparse.linalg.cg(A, b, M=ic0(A))``) or as ``M.to_scipy()``.
 Families of systems:
 :func:`diffusion2d`, :func:`anisotropic2d`, :func:`graph_laplacian`, :func:`matrix_family`,
 :func:`load_matrices` (a user's own family, from files).
@@ -16,6 +18,7 @@ Families of systems:
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._base import Preconditioner
 from ._classical import AMGPreconditioner, DiagonalPreconditioner, amg, jacobi
 from ._factors import BlockPreconditioner, FactorPreconditioner, InverseFactorPreconditioner
 from ._families import (
@@ -78,6 +81,7 @@ __all__ = [
     "LowerPattern",
     "MatrixGraph",
     "PermutedPreconditioner",
+    "Preconditioner",
     "SystemBatch",
     "amg",
     "anisotropic2d",

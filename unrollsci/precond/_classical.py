@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .._validation import check_device
-from ..operators import LinearOperator
+from ..operators import LinearOperator  # noqa: F401  (re-exported)
+from ._base import Preconditioner
 from ._factors import (  # noqa: F401  (_like, _LowerFactorOperator: re-exported)
     BlockPreconditioner,
     FactorPreconditioner,
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 
-class DiagonalPreconditioner(LinearOperator):
+class DiagonalPreconditioner(Preconditioner):
     """``z = r / d`` (Jacobi when ``d = diag(A)``)."""
 
     def __init__(self, diag: torch.Tensor) -> None:
@@ -82,7 +83,7 @@ class DiagonalPreconditioner(LinearOperator):
     _rmv = _mv
 
 
-class AMGPreconditioner(LinearOperator):
+class AMGPreconditioner(Preconditioner):
     """One PyAMG V-cycle per application (runs on CPU in numpy; no autograd)."""
 
     def __init__(self, ml: Any, n: int) -> None:
@@ -97,6 +98,15 @@ class AMGPreconditioner(LinearOperator):
         return torch.from_numpy(z).to(r.device, r.dtype)
 
     _rmv = _mv
+
+    def to_scipy(self, dtype: Any = None) -> Any:
+        """PyAMG's own preconditioner (``ml.aspreconditioner(cycle="V")``), float64: the
+        cycle runs in PyAMG's compiled kernels, with no torch round trip."""
+        from ..operators._scipy import numpy_dtype
+
+        if numpy_dtype(dtype) != np.float64:
+            return super().to_scipy(dtype)
+        return self._apply_np
 
 
 def jacobi(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..operators import LinearOperator
+from ._base import Preconditioner
 from ._sparse import LowerPattern, lower_matvec, tri_solve
 
 __all__ = ["FactorPreconditioner", "InverseFactorPreconditioner", "BlockPreconditioner"]
@@ -21,7 +21,7 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t if (t.dtype == x.dtype and t.device == x.device) else t.to(x.device, x.dtype)
 
 
-class _LowerFactorOperator(LinearOperator):
+class _LowerFactorOperator(Preconditioner):
     """Shared state of the preconditioners built from one sparse lower-triangular factor."""
 
     def __init__(self, pattern: LowerPattern, values: torch.Tensor) -> None:
@@ -74,7 +74,7 @@ class InverseFactorPreconditioner(_LowerFactorOperator):
     _rmv = _mv
 
 
-class BlockPreconditioner(LinearOperator):
+class BlockPreconditioner(Preconditioner):
     """Block-diagonal ``M^{-1} = blockdiag(L_b L_b^T)``, ``L_b`` lower-triangular with positive
     diagonal. The block inverses ``L_b^{-1}`` are formed once (batched triangular solves),
     so each application is two batched dense mat-vecs.

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..operators import LinearOperator
+from ._base import Preconditioner
 
 __all__ = [
     "PermutedPreconditioner",
@@ -291,7 +292,7 @@ def select_ordering(
     return min(close, key=lambda k: scores[k][1]), scores
 
 
-class PermutedPreconditioner(LinearOperator):
+class PermutedPreconditioner(Preconditioner):
     """``M = P^T M_inner P``: a preconditioner built for ``P A P^T``, applied to vectors in
     ``A``'s ordering (``(P r)_k = r_{perm[k]}``). SPD whenever ``M_inner`` is.
 

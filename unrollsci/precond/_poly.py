@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from .._validation import check_device
-from ..operators import LinearOperator
 from ..operators._matrix import _SCIPY_DTYPES, _ScipyMatmul, _ScipyPair, _spmm
+from ._base import Preconditioner
 from ._sparse import check_spd_input
 
 __all__ = [
@@ -48,7 +48,7 @@ class SymmetricMatvec:
         return _spmm(m, x)
 
 
-class ChebyshevPreconditioner(LinearOperator):
+class ChebyshevPreconditioner(Preconditioner):
     """``z = D p(S) D r`` with ``S = D A D``, ``D = diag(A)^{-1/2}`` (or any positive
     scaling) and ``p`` the Chebyshev approximate inverse of degree ``degree`` on
     ``[lo, hi]``, or a positive combination of those of degrees ``0..degree``.
