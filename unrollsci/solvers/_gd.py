@@ -37,8 +37,8 @@ def gradient_descent(
     Example:
         >>> import torch
         >>> sol = gradient_descent(lambda x: 2 * (x - 1), torch.zeros(1, 2), 0.25, tol=1e-6)
-        >>> sol.x
-        tensor([[1., 1.]])
+        >>> sol.converged, sol.x.round(decimals=4)
+        (True, tensor([[1., 1.]]))
     """
     check_tensor("x0", x0, ndim=(1, 2))
     check_real("x0", x0)
