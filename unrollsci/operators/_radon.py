@@ -1,6 +1,9 @@
 """Parallel-beam Radon transform (CT projector) with an exact adjoint.
 
-The projector is a precomputed sparse system matrix. Its rows follow the
+Two implementations of one operator, chosen by size (``method=``): a precomputed sparse
+system matrix (fast to apply, but ``O(N^2)`` entries per angle to build and hold), and a
+matrix-free ray-driven kernel (:mod:`._radon_matfree`) that computes the same weights on
+the fly (memory ``O(N^2 + angles * N)`` beyond the batch, nothing to build). The matrix's rows follow the
 rotation-and-sum definition that ``skimage.transform.radon`` uses: for each angle
 the image is rotated about the pixel ``(N // 2, N // 2)`` with bilinear
 interpolation (zero outside the image) and summed along the rows; detector ``j``
@@ -29,7 +32,14 @@ import torch
 from .._validation import check_device
 from ._base import LinearOperator
 
-__all__ = ["Radon", "radon_memory_estimate", "available_memory"]
+__all__ = ["Radon", "radon_memory_estimate", "available_memory", "RADON_METHODS"]
+
+#: Implementations of :class:`Radon` (``method=``).
+RADON_METHODS = ("auto", "matrix", "matfree")
+#: ``method="auto"`` stores the matrix up to this many estimated entries (building it takes
+#: about a second per 5 million on one core; measured in benchmarks/results/radon.md), and
+#: goes matrix-free above.
+AUTO_MATRIX_MAX_NNZ = 12_000_000
 
 #: Stored entries of the system matrix per pixel of the support and per angle (an upper
 #: calibration of the bilinear weights; how it was obtained: docs/solvers.md, "Radon memory").
@@ -242,6 +252,44 @@ def _system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
     return mat
 
 
+def _detector_geometry(n: int, circle: bool) -> tuple[int, int, int]:
+    """``(size, centre, offset)``: detector count, rotation centre on the padded grid and
+    the shift from padded to image coordinates (as scikit-image pads for circle=False)."""
+    size = n if circle else n + int(math.ceil(math.sqrt(2.0) * n - n))
+    centre = size // 2
+    return size, centre, centre - n // 2
+
+
+@functools.lru_cache(maxsize=8)
+def _ray_table(n: int, angles: tuple[float, ...], circle: bool) -> Any:
+    """The rays of the rotate-and-sum projector, for the matrix-free kernel.
+
+    Ray ``(a, c)`` samples the image at the points where :func:`_system_matrix` does:
+    ``x = centre + cos(c - centre) + sin(r - centre) - offset`` (column),
+    ``y = centre - sin(c - centre) + cos(r - centre) - offset`` (row), ``r = 0..size-1``,
+    written as ``p + k v`` with ``k = r - centre`` (plus one for the kernel's zero border).
+    With ``circle=True`` only samples within ``centre + 1.5`` of the centre are visited
+    (the others have no tap in the disk; rotation keeps the lattice distance).
+    """
+    from ._radon_matfree import RayTable
+
+    size, centre, offset = _detector_geometry(n, circle)
+    theta = torch.deg2rad(torch.tensor(angles, dtype=torch.float64))
+    cos_t, sin_t = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
+    c = torch.arange(size, dtype=torch.float64)[None, :] - centre
+    px = centre + cos_t * c - offset + 1.0
+    py = centre - sin_t * c - offset + 1.0
+    vx, vy = sin_t.expand_as(px), cos_t.expand_as(px)
+    rays = torch.stack([px, py, vx, vy, torch.ones_like(px)], -1).reshape(-1, 5)
+    lo, hi = torch.full_like(c, -centre), torch.full_like(c, size - 1 - centre)
+    if circle:
+        half = torch.floor(torch.sqrt(torch.clamp((centre + 1.5) ** 2 - c**2, min=0.0)))
+        lo, hi = torch.maximum(lo, -half), torch.minimum(hi, half)
+    k0 = lo.expand(len(angles), size).reshape(-1)
+    nk = (hi - lo + 1).expand(len(angles), size).reshape(-1)
+    return RayTable(rays, k0, nk, n)
+
+
 def _to_csr(mat: Any) -> torch.Tensor:
     index = torch.int32 if max(mat.shape[0], mat.nnz) < 2**31 - 1 else torch.int64
     with warnings.catch_warnings():
@@ -275,20 +323,30 @@ class Radon(LinearOperator):
     ``A x`` rotates the image by each angle about the pixel ``(N // 2, N // 2)``
     (bilinear interpolation) and sums along the rows, exactly as
     ``skimage.transform.radon``: ``Radon(n, theta)(x)[b, k, j]`` equals
-    ``radon(x[b], theta, circle=circle)[j, k]``. The operator is stored as a
-    sparse matrix (built once per geometry and cached), so ``A`` and ``A^T`` are
-    one sparse product each, differentiable, on any device.
+    ``radon(x[b], theta, circle=circle)[j, k]``. ``A`` and ``A^T`` are differentiable
+    and run on any device.
+
+    Two implementations compute the same operator (``method=``):
+
+    * ``"matrix"``: a sparse system matrix (built once per geometry and cached); ``A``
+      and ``A^T`` are one sparse product each. ``O(N^2)`` entries per angle:
+      :func:`radon_memory_estimate` gives the peak of its construction (figures:
+      docs/solvers.md, "Radon memory"), and a geometry whose estimate exceeds the
+      memory available (``/proc/meminfo``, cgroup limit) is refused with a
+      ``ValueError`` before anything is allocated.
+    * ``"matfree"``: a ray-driven kernel that recomputes the bilinear weights of each
+      sample on the fly (a compiled C loop on CPU, torch gathers on other devices);
+      the adjoint scatters with the same weights, so it is exact. Nothing to build;
+      memory ``O(N^2 + n_angles * N)`` beyond the batch.
+    * ``"auto"`` (default): the matrix up to :data:`AUTO_MATRIX_MAX_NNZ` estimated
+      entries (about 128^2 pixels x 300 angles), matrix-free above. Both agree to
+      rounding.
 
     With ``circle=True`` the image is assumed zero outside the inscribed circle
     (pixels at distance > ``N // 2`` from the centre are ignored and
     back-projection leaves them at zero); there are ``N`` detectors. With
     ``circle=False`` the detector covers the diagonal (``N + ceil(sqrt(2) N - N)``
     bins, as scikit-image).
-
-    Memory: the matrix has ``O(N^2)`` entries per angle; :func:`radon_memory_estimate`
-    gives the peak of its construction (figures: docs/solvers.md, "Radon memory"). A
-    geometry whose estimate exceeds the memory available (``/proc/meminfo``, cgroup
-    limit) is refused with a ``ValueError`` before anything is allocated.
 
     Computes in float32 or float64 (float16/bfloat16 input raises ``TypeError``).
 
@@ -297,9 +355,10 @@ class Radon(LinearOperator):
         angles: a count (angles ``linspace(0, 180, n, endpoint=False)`` degrees) or
             a 1D tensor / array of angles in degrees.
         circle: see above.
-        max_memory: bytes the construction may use; default (None) the memory
+        max_memory: bytes the matrix's construction may use; default (None) the memory
             available now (no check where that is unknown); ``float("inf")`` skips
-            the check.
+            the check. Not used by the matrix-free method.
+        method: ``"auto"``, ``"matrix"`` or ``"matfree"`` (see above).
 
     Shapes:
         ``op(x)``: ``x`` of shape ``(batch, N, N)`` -> ``(batch, n_angles, n_det)``;
@@ -322,25 +381,40 @@ class Radon(LinearOperator):
         *,
         circle: bool = True,
         max_memory: float | None = None,
+        method: str = "auto",
     ) -> None:
         super().__init__()
         n = _as_size(image_size)
         theta = _as_angles(angles)
-        _check_memory(n, theta, bool(circle), max_memory)
-        mat = _system_matrix(n, tuple(float(t) for t in theta), bool(circle))
-        self.image_size, self.circle = n, bool(circle)
+        if not isinstance(method, str) or method not in RADON_METHODS:
+            raise ValueError(f"Expected method in {RADON_METHODS} (got {method!r}).")
+        circle = bool(circle)
+        if method == "auto":
+            nnz = _NNZ_PER_PIXEL * _support_pixels(n, circle) * theta.size
+            method = "matrix" if nnz <= AUTO_MATRIX_MAX_NNZ else "matfree"
+        self.method = method
+        self.image_size, self.circle = n, circle
         self.n_angles = int(theta.size)
-        self.n_detectors = mat.shape[0] // self.n_angles
+        self.n_detectors = _detector_geometry(n, circle)[0]
         self.register_buffer("angles", torch.from_numpy(theta.copy()))
-        # Derived from the geometry, so not part of the state dict (rebuilt from the cache).
-        self.register_buffer("matrix", _to_csr(mat), persistent=False)
-        self.register_buffer("matrix_t", _to_csr(mat.T.tocsr()), persistent=False)
+        key = (n, tuple(float(t) for t in theta), circle)
+        if method == "matrix":
+            _check_memory(n, theta, circle, max_memory)
+            mat = _system_matrix(*key)
+            # Derived from the geometry, so not part of the state dict (rebuilt from the cache).
+            self.register_buffer("matrix", _to_csr(mat), persistent=False)
+            self.register_buffer("matrix_t", _to_csr(mat.T.tocsr()), persistent=False)
+        else:
+            self._rays = _ray_table(*key)
+            self.register_buffer("mask", self.support(), persistent=False)
         self.in_shape = (n, n)
         self.out_shape = (self.n_angles, self.n_detectors)
 
     @property
     def nnz(self) -> int:
-        """Number of stored entries of the system matrix."""
+        """Number of stored entries of the system matrix (0 for the matrix-free method)."""
+        if self.method != "matrix":
+            return 0
         return int(self.matrix.values().numel())
 
     def support(self, *, device: Any = None) -> torch.Tensor:
@@ -352,12 +426,27 @@ class Radon(LinearOperator):
         i = torch.arange(n, device=device) - n // 2
         return (i[:, None] ** 2 + i[None, :] ** 2) <= (n // 2) ** 2
 
+    def _masked(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.circle:
+            return t
+        return t * self.mask.to(device=t.device, dtype=t.dtype)
+
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "matfree":
+            from ._radon_matfree import ray_apply
+
+            out = ray_apply(self._rays, self._masked(x))
+            return out.reshape(x.shape[0], *self.out_shape)
         flat = x.reshape(x.shape[0], -1)
         out = _SparseApply.apply(flat, self._cast("matrix", x), self._cast("matrix_t", x))
         return out.reshape(x.shape[0], *self.out_shape)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        if self.method == "matfree":
+            from ._radon_matfree import ray_apply
+
+            flat = y.reshape(y.shape[0], -1)
+            return self._masked(ray_apply(self._rays, flat, transpose=True))
         flat = y.reshape(y.shape[0], -1)
         out = _SparseApply.apply(flat, self._cast("matrix_t", y), self._cast("matrix", y))
         return out.reshape(y.shape[0], *self.in_shape)
@@ -388,5 +477,5 @@ class Radon(LinearOperator):
     def extra_repr(self) -> str:
         return (
             f"image_size={self.image_size}, n_angles={self.n_angles}, "
-            f"n_detectors={self.n_detectors}, circle={self.circle}"
+            f"n_detectors={self.n_detectors}, circle={self.circle}, method={self.method!r}"
         )
