@@ -3,6 +3,7 @@ writes to trajectories and databases) and the solve settings built from them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,11 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "device": "cpu",
     "dtype": "float64",
     "check_definite": "auto",
+    "skin": 1.0,
 }
 
 #: parameters that cannot change the results (only how fast they are reached)
-NEUTRAL: frozenset[str] = frozenset()
+NEUTRAL: frozenset[str] = frozenset({"skin"})
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -106,6 +108,11 @@ def normalize(key: str, value: Any) -> Any:
         raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {value}).")
     if key in ("cutoff", "total_charge"):
         return _optional_float(key, value)
+    if key == "skin":
+        skin = _optional_float(key, value)
+        if skin is None or not (skin >= 0 and math.isfinite(skin)):
+            raise ValueError(f"Expected skin >= 0 (Angstrom) (got {value!r}).")
+        return skin
     if key in ("ewald", "warm_start"):
         if not isinstance(value, bool):
             raise TypeError(f"Expected {key} to be True or False (got {value!r}).")

@@ -13,7 +13,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from . import _calc_params
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, normalize
 from ._settings import COULOMB_CONSTANT, QEqSettings
-from ._solve import QEqSolution, check_structure, solve_with_settings
+from ._solve import Prepared, QEqSolution, _per_atom_table, check_structure, solve_with_settings
+from ._verlet import DefiniteCertificate, VerletPairs
 
 __all__ = ["QEqCalculator"]
 
@@ -71,9 +72,15 @@ class QEqCalculator(Calculator):
         device: torch device (default cpu); a device that does not exist here (e.g.
             ``"cuda"`` without CUDA) raises ``ValueError``.
         dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``.
-        check_definite: ``"auto"``, ``True`` or ``False``: the dense positive-definiteness
-            test of the hardness matrix on the constraint subspace before every solve
-            (see :func:`solve_charges` and docs/chem.md).
+        check_definite: ``"auto"``, ``True`` or ``False``: prove the hardness matrix
+            positive definite on the constraint subspace before every solve (see
+            :func:`solve_charges` and docs/chem.md). Between calls on the same pair list
+            the dense test is replaced by a certificate of O(pairs) cost (Weyl's bound from
+            the last dense test); it runs again when the certificate does not hold.
+        skin: Verlet skin (Angstrom): the pair list holds the pairs within ``cutoff +
+            skin`` and is reused until an atom has moved more than ``skin / 2`` since it
+            was built (or the cell or the atoms change). Results do not depend on it; 0
+            rebuilds the list at every call.
         label, atoms, directory: as for any ASE calculator.
 
     Example:
@@ -106,6 +113,7 @@ class QEqCalculator(Calculator):
     short_range = _parameter("short_range", "short-range repulsion (plain-data form)")
     warm_start = _parameter("warm_start", "start from the previous charges")
     check_definite = _parameter("check_definite", "dense definiteness check")
+    skin = _parameter("skin", "Verlet skin of the kept pair list (Angstrom)")
 
     def __init__(
         self,
@@ -125,6 +133,7 @@ class QEqCalculator(Calculator):
         device: torch.device | str | None = "cpu",
         dtype: torch.dtype | str = torch.float64,
         check_definite: bool | str = "auto",
+        skin: float = 1.0,
         **kwargs: Any,
     ) -> None:
         allowed = {"label", "atoms", "directory"}
@@ -148,11 +157,13 @@ class QEqCalculator(Calculator):
             "device": device,
             "dtype": dtype,
             "check_definite": check_definite,
+            "skin": skin,
         }
         #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
         self._built: _calc_params.Built | None = None
+        self._clear_state()
         # ASE's constructor sets the default parameters, then calls self.set(**given)
         super().__init__(**given, **kwargs)
 
@@ -172,9 +183,23 @@ class QEqCalculator(Calculator):
         changed = super().set(**new)
         if changed or self._built is None:
             self._built = built
+            self._clear_state()
         if set(changed) - NEUTRAL:
             self.reset()
         return changed
+
+    def _clear_state(self) -> None:
+        """Forget what is kept between calls (pair list, parameter table, certificate)."""
+        self._verlet: VerletPairs | None = None
+        self._certificate = DefiniteCertificate()
+        self._table_key: Any = None
+        self._table: dict[str, torch.Tensor] | None = None
+        self._symbols: list[str] | None = None
+
+    @property
+    def neighbor_list_builds(self) -> int:
+        """How many times the kept pair list was built (since the last parameter change)."""
+        return 0 if self._verlet is None else self._verlet.builds
 
     def reset(self) -> None:
         """Clear the results (and the last solution); the warm-start charges are kept."""
@@ -238,9 +263,11 @@ class QEqCalculator(Calculator):
                 total_charge=float(atoms.get_initial_charges().sum()),
                 grad_name="forces",
             )
-        dd = {"device": self.device, "dtype": self.dtype}
+        device, dtype = self.device, self.dtype
+        dd = {"device": device, "dtype": dtype}
         pos0 = torch.tensor(pos_np, **dd)
-        cell0 = torch.tensor(np.asarray(atoms.cell.array, dtype=np.float64), **dd)
+        cell_np = np.asarray(atoms.cell.array, dtype=np.float64)
+        cell0 = torch.tensor(cell_np, **dd)
         strain = torch.zeros(3, 3, **dd, requires_grad=periodic)
         deform = torch.eye(3, **dd) + 0.5 * (strain + strain.T)
         pos0.requires_grad_(True)
@@ -250,9 +277,30 @@ class QEqCalculator(Calculator):
         warm = self.parameters["warm_start"]
         if warm and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
             q0 = self._q_prev
-        symbols = check_structure(positions, atoms.numbers.tolist())
+        numbers = np.asarray(atoms.numbers)
+        key = (numbers.tobytes(), device, dtype)
+        if key != self._table_key:  # new atoms: symbols and parameter table once
+            self._symbols = check_structure(positions, numbers.tolist())
+            self._table = _per_atom_table(settings, self._symbols, {}, positions)
+            self._table_key = key
+        prepared = Prepared(table=self._table, definite=self._certificate.check)
+        cutoff = settings.cutoff
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if cutoff is not None:  # a kept (Verlet) pair list; None: all pairs, found each call
+            if self._verlet is None:
+                self._verlet = VerletPairs(cutoff, self.parameters["skin"])
+            nl = self._verlet
+            rebuilt = nl.update(pos_np, cell_np, pbc, numbers, device, dtype)
+            prepared.pairs, prepared.pattern = (nl.i, nl.j, nl.shifts), nl.pattern
+            prepared.same_pairs = not rebuilt
         sol = solve_with_settings(
-            positions, symbols, settings, cell=cell, pbc=atoms.pbc.tolist(), q0=q0
+            positions,
+            self._symbols,
+            settings,
+            cell=cell,
+            pbc=pbc.tolist(),
+            q0=q0,
+            prepared=prepared,
         )
         wrt = [pos0, strain] if periodic else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)

@@ -38,11 +38,20 @@ class _Hardness:
     two CSR products (for the no-grad matvec of the solve; not differentiable).
     """
 
-    def __init__(self, i, j, w, diag0, kc=None, ks=None, kf=None, csr_min_pairs=None):
+    def __init__(self, i, j, w, diag0, kc=None, ks=None, kf=None, csr_min_pairs=None, pattern=None):
         self.i, self.j, self.w, self.diag0 = i, j, w, diag0
         self.kc, self.ks, self.kf = kc, ks, kf
         self.csr = None
-        if csr_min_pairs is not None and w.numel() >= csr_min_pairs:
+        if pattern is not None:
+            # the CSR index arrays of a kept pair list (_verlet.csr_pattern): values only
+            crow_u, col_u, crow_l, col_l, order = pattern
+            n = diag0.shape[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                upper = torch.sparse_csr_tensor(crow_u, col_u, w, (n, n))
+                lower = torch.sparse_csr_tensor(crow_l, col_l, w.index_select(0, order), (n, n))
+            self.csr = (upper, lower)
+        elif csr_min_pairs is not None and w.numel() >= csr_min_pairs:
             # A = diag + U + U^T with U the half list as CSR; int32 indices halve the index
             # traffic of this memory-bound product
             n = diag0.shape[0]
@@ -110,13 +119,22 @@ class HardnessTerms:
     def ewald(self) -> bool:
         return self.kf is not None
 
-    def operator(self, *, detach: bool = False, csr_min_pairs: int | None = None) -> _Hardness:
-        """``q -> A q`` (``detach``: on detached copies of the differentiable pieces)."""
+    def operator(
+        self,
+        *,
+        detach: bool = False,
+        csr_min_pairs: int | None = None,
+        pattern: tuple[torch.Tensor, ...] | None = None,
+    ) -> _Hardness:
+        """``q -> A q`` (``detach``: on detached copies of the differentiable pieces;
+        ``pattern``: CSR index arrays of the pair list, for the no-grad products)."""
         ts = (self.w, self.diag0, self.kc, self.ks, self.kf)
         if detach:
             ts = tuple(t.detach() if t is not None else None for t in ts)
         w, diag0, kc, ks, kf = ts
-        return _Hardness(self.i, self.j, w, diag0, kc, ks, kf, csr_min_pairs=csr_min_pairs)
+        return _Hardness(
+            self.i, self.j, w, diag0, kc, ks, kf, csr_min_pairs=csr_min_pairs, pattern=pattern
+        )
 
 
 def hardness_terms(
@@ -132,33 +150,43 @@ def hardness_terms(
     coulomb_constant: float,
     ewald: tuple[float, float] | None,
     total_charge: float,
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
 ) -> HardnessTerms:
     """Pairs within ``cutoff``, kernel values and (``ewald=(alpha, kmax)``) the Ewald terms.
 
-    Raises ``ValueError`` for atoms closer than :data:`MIN_DISTANCE`.
+    ``pairs``: a kept half list ``(i, j, shifts)`` (tensors on the device; ``shifts`` (P, 3)
+    in the positions' dtype or None) that contains every pair within ``cutoff``, possibly
+    more (a Verlet list): the pairs beyond ``cutoff`` get a zero value. None: the pairs
+    are found here. Raises ``ValueError`` for atoms closer than :data:`MIN_DISTANCE`.
     """
     dtype, device = positions.dtype, positions.device
     k_e = float(coulomb_constant)
     alpha = None if ewald is None else ewald[0]
-    pos_np = positions.detach().cpu().numpy().astype(np.float64)
-    pi, pj, ps = half_pairs(pos_np, cell_np, pbc, cutoff)
-    i = torch.from_numpy(pi).to(device)
-    j = torch.from_numpy(pj).to(device)
+    if pairs is None:
+        pos_np = positions.detach().cpu().numpy().astype(np.float64)
+        pi, pj, ps = half_pairs(pos_np, cell_np, pbc, cutoff)
+        i = torch.from_numpy(pi).to(device)
+        j = torch.from_numpy(pj).to(device)
+        shifts = torch.from_numpy(ps).to(device=device, dtype=dtype) if ps.any() else None
+    else:
+        i, j, shifts = pairs
     cell_t = cell if cell is not None else torch.zeros(3, 3, dtype=dtype, device=device)
     vec = positions[j] - positions[i]
-    if ps.any():
-        vec = vec + torch.from_numpy(ps).to(device=device, dtype=dtype) @ cell_t.to(dtype)
+    if shifts is not None:
+        vec = vec + shifts @ cell_t.to(dtype)
     r = vec.norm(dim=-1)
     if r.numel():
         rmin, at = torch.min(r.detach(), 0)
         if float(rmin) < MIN_DISTANCE:
-            a, b = int(pi[int(at)]), int(pj[int(at)])
+            a, b = int(i[int(at)]), int(j[int(at)])
             raise ValueError(
                 f"Overlapping atoms: atoms {a} ({symbols[a]}) and {b} ({symbols[b]}) are "
                 f"{float(rmin):.3g} Angstrom apart (< {MIN_DISTANCE}). Check the positions."
             )
     shape = table["sigma"] if kernel == "gaussian" else table["gamma"]
     w = k_e * pair_kernel(kernel, r, shape[i], shape[j], cutoff, alpha)
+    if pairs is not None and cutoff is not None:
+        w = torch.where(r < cutoff, w, torch.zeros((), dtype=dtype, device=device))
     diag0 = table["eta"]
     if kernel == "gaussian":  # Gaussian self-energy k_e * lim_{r->0} J_ii(r)
         diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]
@@ -230,10 +258,14 @@ def _check_projected_definite(op: _Hardness) -> None:
     if n < 2:
         return
     m = _projected_hardness(_dense_hardness(op))
-    _, info = torch.linalg.cholesky_ex(m)
-    pivot = int(info)
-    if pivot == 0:
-        return
+    if int(torch.linalg.cholesky_ex(m)[1]) != 0:
+        raise_catastrophe(m, n)
+
+
+def raise_catastrophe(m: torch.Tensor, n: int) -> None:
+    """Raise the PolarizationCatastropheError for the projected matrix ``m`` (whose
+    Cholesky factorization failed) of ``n`` atoms."""
+    pivot = int(torch.linalg.cholesky_ex(m)[1])
     lam = float(torch.linalg.eigvalsh(m)[0])
     raise PolarizationCatastropheError(
         "QEq hardness matrix is not positive definite on the charge-constraint subspace "

@@ -79,6 +79,20 @@ _CORE_MODES = {"implicit": "implicit", "unrolled": "unrolled", "envelope": "deta
 # module: the solve below reads them from here.
 
 
+@dataclass
+class Prepared:
+    """What a caller solving again and again for the same atoms keeps (``QEqCalculator``):
+    the per-atom parameter ``table``; a kept pair list ``pairs = (i, j, shifts)`` (may hold
+    pairs beyond the cutoff, see ``hardness_terms``) and its CSR ``pattern``; ``definite``,
+    a callable ``(op, same_pairs) -> None`` that replaces the dense definiteness test."""
+
+    table: dict[str, torch.Tensor] | None = None
+    pairs: tuple[Any, ...] | None = None
+    pattern: tuple[torch.Tensor, ...] | None = None
+    definite: Any = None
+    same_pairs: bool = False
+
+
 @dataclass(repr=False)
 class QEqSolution(Solution):
     """A :class:`~unrollsci.solvers.Solution` whose ``x`` is the charges (N,), plus:
@@ -367,11 +381,13 @@ def solve_with_settings(
     q0: torch.Tensor | None = None,
     throw: bool = True,
     stacklevel: int = 1,
+    prepared: Prepared | None = None,
 ) -> QEqSolution:
     """:func:`solve_charges` for validated ``positions`` (:func:`check_structure` gives
     ``symbols``) and options; ``per_atom``: optional chi/eta/gamma/sigma tensors.
     ``stacklevel``: of the non-convergence warning, as if the caller warned (1: the
-    caller's line)."""
+    caller's line). ``prepared``: state kept between calls (see :class:`Prepared`)."""
+    prep = prepared or Prepared()
     s = settings
     n = positions.shape[0]
     q_total = _check_numbers(s, symbols)
@@ -380,7 +396,10 @@ def solve_with_settings(
     tol, iterations = s.tol, s.iterations
     pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     cell_np, ewald = _check_cell(s, cell, pbc_arr)
-    table = _per_atom_table(s, symbols, per_atom or {}, positions)
+    if prep.table is not None:
+        table = prep.table
+    else:
+        table = _per_atom_table(s, symbols, per_atom or {}, positions)
     terms = hardness_terms(
         positions,
         cell,
@@ -393,12 +412,16 @@ def solve_with_settings(
         coulomb_constant=s.coulomb_constant,
         ewald=ewald,
         total_charge=q_total,
+        pairs=prep.pairs,
     )
     b = table["chi"]
 
     # ---- solve
+    n_pairs = terms.i.numel()
+    if prep.pairs is not None and s.cutoff is not None:
+        n_pairs = int((terms.r.detach() < s.cutoff).sum())  # a Verlet list holds more
     stats: dict[str, Any] = {
-        "n_pairs": int(terms.i.numel()),
+        "n_pairs": int(n_pairs),
         "ewald_alpha": None if ewald is None else ewald[0],
         "n_kvectors": 0 if terms.kf is None else int(terms.kf.numel()),
     }
@@ -412,9 +435,11 @@ def solve_with_settings(
         if unrolled:
             op = terms.operator()
         else:
-            op = terms.operator(detach=True, csr_min_pairs=_CSR_MIN_PAIRS)
+            op = terms.operator(detach=True, csr_min_pairs=_CSR_MIN_PAIRS, pattern=prep.pattern)
         d = _precond_diag(op, terms.base, terms.ewald)
-        if check:
+        if check and prep.definite is not None:
+            prep.definite(op, prep.same_pairs)
+        elif check:
             _check_projected_definite(op)
         q, k, res, conv = _pcg(
             op, d, b, q_total, None if unrolled else q0, tol, max_iter, iterations

@@ -1,0 +1,125 @@
+"""State a :class:`QEqCalculator` keeps between calls on slowly moving atoms (MD, relaxation).
+
+* :class:`VerletPairs`: the half pair list within ``cutoff + skin``, kept until an atom has
+  moved more than ``skin / 2`` (or the cell, periodicity or atoms change), so every pair
+  within ``cutoff`` of the current positions is in it; pairs beyond ``cutoff`` get a zero
+  kernel value (``hardness_terms`` masks them). With the list: its index tensors on the
+  device and the CSR pattern of the matrix (values refilled at each call).
+* :class:`DefiniteCertificate`: the polarization-catastrophe check at O(pairs) per call. The
+  dense Cholesky of the projected matrix ``Z^T A0 Z - tau I`` proves its smallest eigenvalue
+  exceeds ``tau``; for a later ``A`` on the same pair list, ``lambda_min(Z^T A Z) >= tau -
+  ||A - A0||_2`` (Weyl), and ``||A - A0||_2`` is at most the largest absolute row sum of
+  ``A - A0``, so ``A`` is positive definite on the constraint subspace while that row sum
+  stays below ``tau``. Otherwise the dense test runs again (and raises if it fails).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._geometry import half_pairs
+from ._hardness import _dense_hardness, _Hardness, _projected_hardness, raise_catastrophe
+
+__all__ = ["VerletPairs", "DefiniteCertificate", "csr_pattern"]
+
+#: lists with fewer pairs keep the scatter mat-vec: a threaded sparse product costs more
+#: than it saves on them
+CSR_MIN_PAIRS = 4096
+
+
+def csr_pattern(i: torch.Tensor, j: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """Index arrays of ``A_pairs = U + U^T`` as two CSR matrices for the half list ``(i, j)``
+    sorted by ``i``: ``(crow_u, col_u, crow_l, col_l, order)``; the values of ``U`` are ``w``,
+    those of ``U^T`` are ``w[order]``."""
+    idx = torch.int32 if n < 2**31 - 1 and i.numel() < 2**31 - 1 else torch.int64
+    crow_u = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
+    crow_u[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
+    order = torch.argsort(j, stable=True)
+    crow_l = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
+    crow_l[1:] = torch.cumsum(torch.bincount(j, minlength=n), 0)
+    return crow_u.to(idx), j.to(idx), crow_l.to(idx), i[order].to(idx), order
+
+
+class VerletPairs:
+    """A half pair list within ``cutoff + skin`` reused while it stays valid (see module)."""
+
+    def __init__(self, cutoff: float, skin: float) -> None:
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.builds = 0
+        self._key: Any = None
+        self._ref: np.ndarray | None = None
+        self.i = self.j = self.shifts = None
+        self.pattern: tuple[torch.Tensor, ...] | None = None
+
+    def update(
+        self,
+        pos: np.ndarray,
+        cell: np.ndarray,
+        pbc: np.ndarray,
+        numbers: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> bool:
+        """Make the list valid for ``pos``; returns True when it was (re)built."""
+        key = (cell.tobytes(), pbc.tobytes(), numbers.tobytes(), device, dtype)
+        if self._key == key and self._ref is not None and self._ref.shape == pos.shape:
+            d2 = np.einsum("ij,ij->i", pos - self._ref, pos - self._ref).max(initial=0.0)
+            if d2 <= (0.5 * self.skin) ** 2 and self.skin > 0:
+                return False
+        pi, pj, ps = half_pairs(pos, cell, pbc, self.cutoff + self.skin)
+        self.i = torch.from_numpy(pi).to(device)
+        self.j = torch.from_numpy(pj).to(device)
+        self.shifts = torch.from_numpy(ps).to(device=device, dtype=dtype) if ps.any() else None
+        self.pattern = None
+        if self.i.numel() >= CSR_MIN_PAIRS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
+                self.pattern = csr_pattern(self.i, self.j, len(pos))
+        self._ref = pos.copy()
+        self._key = key
+        self.builds += 1
+        return True
+
+
+class DefiniteCertificate:
+    """Proves ``A`` positive definite on ``sum(q) = 0`` before each solve (see module)."""
+
+    #: the dense test certifies a margin ``tau = TAU_FRACTION * min(diag A)``
+    TAU_FRACTION = 0.05
+
+    def __init__(self) -> None:
+        self._ref: tuple[Any, ...] | None = None
+        self.dense_checks = 0
+
+    def reset(self) -> None:
+        self._ref = None
+
+    def check(self, op: _Hardness, same_pairs: bool) -> None:
+        """Raise PolarizationCatastropheError unless ``op``'s matrix is certified."""
+        w, diag0 = op.w.detach(), op.diag0.detach()
+        if self._ref is not None and same_pairs and op.kf is None:
+            w0, d0, tau = self._ref
+            if w0.shape == w.shape:
+                dw = (w - w0).abs()
+                rows = (diag0 - d0).abs().index_add(0, op.i, dw).index_add(0, op.j, dw)
+                if float(rows.max()) < tau:
+                    return
+        self.dense_checks += 1
+        n = diag0.shape[0]
+        if n < 2:
+            self._ref = (w.clone(), diag0.clone(), float("inf"))
+            return
+        m = _projected_hardness(_dense_hardness(op))
+        tau = self.TAU_FRACTION * float(torch.diagonal(m).min())
+        eye = torch.eye(n - 1, dtype=m.dtype, device=m.device)
+        # one factorization when the margin holds (the usual case): PD with room to spare
+        if tau > 0 and int(torch.linalg.cholesky_ex(m - tau * eye)[1]) == 0:
+            self._ref = (w.clone(), diag0.clone(), tau)
+            return
+        if int(torch.linalg.cholesky_ex(m)[1]) != 0:
+            raise_catastrophe(m, n)
+        self._ref = (w.clone(), diag0.clone(), 0.0)  # PD, no margin: test again next call
