@@ -9,8 +9,11 @@ Example:
     torch.Size([1, 64, 64])
 """
 
+from ..operators._fanbeam import FanBeam
 from ..operators._radon import Radon
+from ._analytic import ellipse_line_integrals, fanbeam_ellipse_sinogram, profiled_ellipse_image
 from ._baselines import divergence2d, gradient2d, tikhonov_reconstruction, tv_reconstruction
+from ._fanbeam_fbp import fanbeam_fbp
 from ._fbp import FILTERS, fbp, filter_sinogram, ramp_filter
 from ._lipschitz import (
     LipschitzCertificate,
@@ -25,6 +28,7 @@ from ._unrolled import UnrolledCT
 
 __all__ = [
     "FILTERS",
+    "FanBeam",
     "LipschitzCertificate",
     "Radon",
     "RadonSymmetry",
@@ -33,13 +37,17 @@ __all__ = [
     "disk_mask",
     "divergence2d",
     "ellipse_image",
+    "ellipse_line_integrals",
     "empirical_lipschitz",
+    "fanbeam_ellipse_sinogram",
+    "fanbeam_fbp",
     "fbp",
     "filter_sinogram",
     "gaussian_noise",
     "gradient2d",
     "lipschitz_bound",
     "poisson_noise",
+    "profiled_ellipse_image",
     "ramp_filter",
     "radon_symmetries",
     "random_ellipses",

@@ -20,6 +20,7 @@ from ._base import (
     check_adjoint,
 )
 from ._conv import Convolution, Mask
+from ._fanbeam import FanBeam
 from ._matrix import MatrixOperator, SparseOperator, to_torch_sparse
 from ._radon import Radon
 
@@ -38,6 +39,7 @@ __all__ = [
     "AdjointOperator",
     "ComposedOperator",
     "Convolution",
+    "FanBeam",
     "GramOperator",
     "IdentityOperator",
     "LinearOperator",

@@ -3,8 +3,8 @@
 Two implementations of one operator, chosen by size (``method=``): a precomputed sparse
 system matrix (fast to apply, but ``O(N^2)`` entries per angle to build and hold), and a
 matrix-free ray-driven kernel (:mod:`._radon_matfree`) that computes the same weights on
-the fly (memory ``O(N^2 + angles * N)`` beyond the batch, nothing to build). The matrix's rows follow the
-rotation-and-sum definition that ``skimage.transform.radon`` uses: for each angle
+the fly (memory ``O(N^2 + angles * N)`` beyond the batch, nothing to build). The matrix's
+rows follow the rotation-and-sum definition that ``skimage.transform.radon`` uses: for each angle
 the image is rotated about the pixel ``(N // 2, N // 2)`` with bilinear
 interpolation (zero outside the image) and summed along the rows; detector ``j``
 collects column ``j`` of the rotated image. Writing that rotation as a sparse
