@@ -134,3 +134,130 @@ def test_device_mismatch():
     a, y = _problem(0, m=10, n=20)
     with pytest.raises(ValueError, match="one device"):
         ista(MatrixOperator(a).to("cuda"), y, 0.1)
+
+
+# ------------------------------------------------------------ structured lasso (issue 20)
+def _group_problem(seed=0, m=20, n=30):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, n, generator=g, dtype=F64) / m**0.5
+    labels = torch.tensor([i % 6 for i in range(n)])  # 6 interleaved groups of 5
+    x = torch.randn(n, generator=g, dtype=F64) * ((labels == 1) | (labels == 4))
+    y = x @ a.T + 0.01 * torch.randn(m, generator=g, dtype=F64)
+    return a, y, labels
+
+
+def _slsqp_group_lasso(a, y, lam, labels):
+    """Independent reference: the group lasso as a smooth constrained problem,
+    min 0.5 ||A x - y||^2 + lam sum_g s_g  s.t.  ||x_g||^2 <= s_g^2, s_g >= 0 (scipy SLSQP)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    an, yn, lab = a.numpy(), y.numpy(), labels.numpy()
+    n, ng = an.shape[1], int(lab.max()) + 1
+
+    def obj(z):
+        r = an @ z[:n] - yn
+        return 0.5 * r @ r + lam * z[n:].sum()
+
+    def grad(z):
+        return np.concatenate([an.T @ (an @ z[:n] - yn), lam * np.ones(ng)])
+
+    cons = [
+        {"type": "ineq", "fun": (lambda z, g=g: z[n + g] ** 2 - z[:n][lab == g] @ z[:n][lab == g])}
+        for g in range(ng)
+    ]
+    z0 = np.concatenate([np.zeros(n), np.ones(ng)])
+    bounds = [(None, None)] * n + [(0, None)] * ng
+    res = minimize(
+        obj,
+        z0,
+        jac=grad,
+        constraints=cons,
+        bounds=bounds,
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 2000},
+    )
+    return res.fun
+
+
+@pytest.mark.parametrize("name", ["ista", "fista", "admm"])
+def test_group_lasso_kkt_and_reference(name):
+    a, y, labels = _group_problem()
+    lam = 0.05
+    prox = {"kind": "group", "groups": labels}
+    sol = SOLVERS[name](MatrixOperator(a), y, lam, prox=prox, tol=1e-12, max_iter=200_000)
+    assert sol.converged, sol.message
+    x = sol.x
+    # KKT: A_g^T (y - A x) = lam x_g / ||x_g|| on nonzero groups, ||A_g^T (y - A x)|| <= lam else
+    c = a.T @ (y - a @ x)
+    active = 0
+    for g in range(6):
+        idx = labels == g
+        if x[idx].norm() > 1e-10:
+            active += 1
+            torch.testing.assert_close(c[idx], lam * x[idx] / x[idx].norm(), atol=1e-8, rtol=0)
+        else:
+            assert c[idx].norm() <= lam * (1 + 1e-8)
+    assert 1 <= active < 6  # the test exercises both conditions
+    from unrollsci.prox import make_prox
+
+    ours = float(0.5 * (a @ x - y).pow(2).sum() + lam * make_prox(prox).penalty(x[None]))
+    ref = _slsqp_group_lasso(a, y, lam, labels)
+    # SLSQP meets its constraints only to its tolerance (its objective can be lower by ~1e-8)
+    assert abs(ours - ref) <= 1e-7 * abs(ref)
+
+
+@pytest.mark.parametrize("kind", ["nonneg", "box"])
+def test_constrained_lasso_matches_lbfgsb(kind):
+    """Non-negative and box-constrained lasso with 0 <= lower: on the feasible set
+    ||x||_1 = sum(x), so the problem is smooth with bounds: L-BFGS-B is a reference."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    a, y = _problem(3, m=30, n=50)
+    lam = 0.02
+    prox = "nonneg" if kind == "nonneg" else {"kind": "box", "lower": 0.0, "upper": 0.3}
+    hi = None if kind == "nonneg" else 0.3
+    an, yn = a.numpy(), y.numpy()
+
+    def f(z):
+        r = an @ z - yn
+        return 0.5 * r @ r + lam * z.sum(), an.T @ r + lam
+
+    ref = minimize(
+        f,
+        np.zeros(50),
+        jac=True,
+        bounds=[(0.0, hi)] * 50,
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 100_000},
+    )
+    for solver in (ista, fista, admm):
+        sol = solver(MatrixOperator(a), y, lam, prox=prox, tol=1e-12, max_iter=100_000)
+        assert sol.converged, sol.message
+        assert float(sol.x.min()) >= 0 and (hi is None or float(sol.x.max()) <= hi)
+        ours = float(0.5 * (a @ sol.x - y).pow(2).sum() + lam * sol.x.sum())
+        assert ours <= ref.fun + 1e-9 * abs(ref.fun)
+        np.testing.assert_allclose(sol.x.numpy(), ref.x, atol=1e-5)
+
+
+def test_prox_default_and_callable_are_the_lasso():
+    from unrollsci.prox import soft_threshold
+
+    a, y = _problem(4, m=30, n=50)
+    op = MatrixOperator(a)
+    for solver in (ista, fista, admm):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            base = solver(op, y, 0.05, max_iter=50, tol=0)
+            same = solver(op, y, 0.05, max_iter=50, tol=0, prox="soft")
+            mine = solver(op, y, 0.05, max_iter=50, tol=0, prox=lambda v, t: soft_threshold(v, t))
+        assert torch.equal(base.x, same.x) and torch.equal(base.x, mine.x)
+
+
+def test_prox_bad_input_in_solvers():
+    a, y = _problem(5, m=30, n=50)
+    with pytest.raises(ValueError, match="dividing the signal length 50"):
+        ista(MatrixOperator(a), y, 0.1, prox={"kind": "group", "group_size": 3})
+    with pytest.raises(TypeError, match="Expected 'prox'"):
+        fista(MatrixOperator(a), y, 0.1, prox=1.0)
