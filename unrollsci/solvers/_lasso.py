@@ -233,13 +233,12 @@ def admm(
     unknowns) or by warm-started CG (``method="cg"``, matrix-free). ``"auto"`` picks
     Cholesky when ``n <= 4096``. Stops when the primal residual ``||x - z||`` and
     the dual residual ``rho ||z - z_prev||`` are both ``<= tol * ||A^T y||``.
-    Returns the sparse iterate ``z``.
+    Returns the sparse iterate ``z``. Arguments not listed below are as in :func:`ista`.
 
     Args:
         rho: penalty, default ``||A||_2^2`` (balances the two terms of the x-update).
         method: ``"auto"``, ``"cholesky"`` or ``"cg"``.
         prox: the z-update's prox (``z = prox(x + u, lam / rho)``), as :func:`ista`.
-        Others as :func:`ista`.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
     tol = check_stopping(tol, max_iter)
