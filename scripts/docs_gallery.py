@@ -5,7 +5,8 @@ Each example runs as it is, in its own process (``python examples/NAME.py`` sema
 non-interactive ``Agg`` backend. Every figure it makes is saved as a PNG: at each
 ``plt.show()`` call, and whatever is still open when it ends. Its printed output
 (stdout and stderr, interleaved), exit status, wall time and the SHA-256 of its source go
-to ``OUT/NAME/result.json``; figures to ``OUT/NAME/figure_K.png``.
+to ``OUT/NAME/result.json``; figures to ``OUT/NAME/figure_K.png``. A stored result is
+reused while neither the example nor the library's source has changed.
 
 Nothing here is committed: ``OUT`` (default ``build/gallery``, git-ignored) is read by the
 docs build (``scripts/docs_hooks.py``), which runs this module for any example whose stored
@@ -52,7 +53,14 @@ def _save_open_figures(*args, **kwargs):
         saved.append(name)
         plt.close(fig)
 
+def _cpu_time():
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    with open(f"{out}/cpu_seconds.txt", "w") as f:
+        f.write(str(ru.ru_utime + ru.ru_stime))
+
 plt.show = _save_open_figures
+atexit.register(_cpu_time)
 atexit.register(_save_open_figures)
 sys.argv = [path]
 runpy.run_path(path, run_name="__main__")
@@ -60,7 +68,13 @@ runpy.run_path(path, run_name="__main__")
 
 
 def source_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of the example and of the library it runs (``unrollsci/``, bench excluded):
+    a stored result is reused only while neither has changed."""
+    h = hashlib.sha256(path.read_bytes())
+    for f in sorted((ROOT / "unrollsci").rglob("*.py")):
+        if "bench" not in f.relative_to(ROOT / "unrollsci").parts:
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def example_paths(names: list[str] | None = None) -> list[Path]:
@@ -89,8 +103,8 @@ def run_example(path: Path, out: Path = DEFAULT_OUT, threads: int | None = None)
     """Run one example; write and return its ``result.json`` record."""
     dest = out / path.stem
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("figure_*.png"):
-        old.unlink()
+    for old in [*dest.glob("figure_*.png"), dest / "cpu_seconds.txt"]:
+        old.unlink(missing_ok=True)
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if threads is not None:
@@ -114,12 +128,15 @@ def run_example(path: Path, out: Path = DEFAULT_OUT, threads: int | None = None)
             if isinstance(partial, bytes):
                 partial = partial.decode(errors="replace")
             output = partial + f"\n[timed out after {TIMEOUT_S} s]"
+    cpu_file = dest / "cpu_seconds.txt"
+    cpu = round(float(cpu_file.read_text()), 1) if cpu_file.exists() else None
     record = {
         "name": path.stem,
         "source": str(path.relative_to(ROOT)),
         "sha256": source_hash(path),
         "returncode": returncode,
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": cpu,
         "output": output,
         "figures": sorted(p.name for p in dest.glob("figure_*.png")),
         "python": sys.executable,
@@ -149,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for rec in run_all(todo, args.out, args.jobs):
         status = "ok" if rec["returncode"] == 0 else f"FAILED ({rec['returncode']})"
-        print(f"{rec['name']:24s} {status:12s} {rec['seconds']:7.1f} s  {len(rec['figures'])} fig")
+        print(
+            f"{rec['name']:24s} {status:12s} {rec['seconds']:7.1f} s wall, "
+            f"{rec['cpu_seconds']} s cpu, {len(rec['figures'])} figure(s)"
+        )
         if rec["returncode"] != 0:
             failed.append(rec["name"])
     print(f"{len(todo)} run, {len(paths) - len(todo)} current, results in {args.out}")

@@ -123,7 +123,7 @@ def api_page(module: str) -> str:
         home = home_of(module, name, obj)
         primary = _primary.get(home, module)
         target = f"#{home}" if primary == module else f"{primary}.md#{home}"
-        lines.append(f"- [`{name}`]({target})" + (f": {_prose(strip_roles(doc))}" if doc else ""))
+        lines.append(f"- [`{name}`]({target})" + (f": {_prose(doc)}" if doc else ""))
     lines.append("")
     for name in names:
         obj = getattr(mod, name)
@@ -197,7 +197,7 @@ def _docstring(path: Path) -> tuple[str, str]:
 def _prose(text: str) -> str:
     """A docstring's text as Markdown: brackets outside code spans are escaped, so that a
     usage line such as ``[--quick] [--out DIR]`` is not read as a reference link."""
-    parts = re.split(r"(`+[^`]*`+)", text)
+    parts = re.split(r"(`+[^`]*`+)", strip_roles(text))
     return "".join(p if p.startswith("`") else re.sub(r"([\[\]])", r"\\\1", p) for p in parts)
 
 
@@ -283,23 +283,54 @@ def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
+def _table(rows: list[dict], label: str | None = None, keys: list[str] | None = None) -> list[str]:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = ([label] if label else []) + cols
+    lines = ["| " + " | ".join(_cell(c) for c in head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows):
+        first = [f"**{_cell(keys[i])}**"] if label and keys else []
+        lines.append("| " + " | ".join(first + [_cell(r.get(c, "")) for c in cols]) + " |")
+    return lines + [""]
+
+
+def _kv(d: dict) -> list[str]:
+    return _table([{"key": k, "value": v} for k, v in d.items()])
+
+
+def _mostly_scalar(d: dict) -> bool:
+    return sum(_is_scalar(v) for v in d.values()) * 2 >= len(d)
+
+
 def _render(key: str, value: Any, depth: int) -> list[str]:
-    head = "#" * min(depth, 6) + f" `{key}`"
-    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-        cols = list(dict.fromkeys(k for r in value for k in r))
-        lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in value]
-        return lines + [""]
-    if isinstance(value, dict) and value and all(_is_scalar(v) for v in value.values()):
-        lines = [head, "", "| key | value |", "|---|---|"]
-        lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in value.items()]
-        return lines + [""]
-    if isinstance(value, dict) and value and depth < 4:
-        lines = [head, ""]
-        for k, v in value.items():
+    """A results field as Markdown: tables for records, a line for long series."""
+    head = ["#" * min(depth, 6) + f" `{key}`", ""]
+    if isinstance(value, str) and value.lstrip().startswith("|"):
+        return head + [value.strip(), ""]  # a Markdown table the benchmark wrote
+    if _is_scalar(value):
+        return head + [_cell(value), ""]
+    if isinstance(value, list):
+        if value and all(isinstance(r, dict) for r in value):
+            return head + _table(value)
+        if all(_is_scalar(v) for v in value) and len(value) <= 12:
+            return head + [_cell(value), ""]
+        return head + [f"{len(value)} values (in the JSON).", ""]
+    if not value:
+        return head + ["(empty)", ""]
+    if all(_is_scalar(v) for v in value.values()):
+        return head + _kv(value)
+    if all(isinstance(v, dict) and v and _mostly_scalar(v) for v in value.values()):
+        return head + _table(list(value.values()), label=key, keys=list(value))
+    if all(isinstance(v, list) for v in value.values()):
+        longest = max(len(v) for v in value.values())
+        return head + [f"{len(value)} series of up to {longest} values (in the JSON).", ""]
+    if depth >= 5:
+        return head + ["(nested data, in the JSON)", ""]
+    scalars = {k: v for k, v in value.items() if _is_scalar(v)}
+    lines = head + (_kv(scalars) if scalars else [])
+    for k, v in value.items():
+        if not _is_scalar(v):
             lines += _render(k, v, depth + 1)
-        return lines
-    return [head, "", _cell(value), ""]
+    return lines
 
 
 def _bench_description(stem: str) -> str:
@@ -355,8 +386,12 @@ def build_benchmarks() -> list:
         machine = data.pop("machine", None)
         config = data.pop("config", None)
         data.pop("benchmark", None)
-        for key, value in data.items():
-            page += _render(key, value, 2)
+        scalars = {k: v for k, v in data.items() if _is_scalar(v) and not str(v).startswith("|")}
+        if scalars:
+            page += ["## Summary", ""] + _kv(scalars)
+        records = [k for k, v in data.items() if k not in scalars and isinstance(v, list)]
+        for key in records + [k for k in data if k not in scalars and k not in records]:
+            page += _render(key, data[key], 2)
         for label, block in (("Configuration", config), ("Machine", machine)):
             if block is not None:
                 page += [f'??? info "{label}"', ""]
