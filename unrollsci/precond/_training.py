@@ -102,7 +102,12 @@ def fit_preconditioner(
             then only the default for systems without one).
         epochs, lr, seed, progress, **fit_kwargs: passed to ``fit``; all are checked
             before the training systems are built. ``checkpoint=path`` saves the kept
-            model (after restarts and ``keep_base_if_better``) once, at the end.
+            model (after restarts and ``keep_base_if_better``) in one file, written by
+            rank 0 only; with ``restarts=1`` it also holds fit's training state, so that
+            ``resume=path`` continues the run (on any number of processes).
+            ``batch_size=k`` trains on ``k`` systems per step (their losses averaged);
+            under torch.distributed each process builds the batches and trains on its
+            share of the ``k`` systems of every step (see :func:`unrollsci.train.fit`).
 
     Returns:
         the training :class:`~unrollsci.train.History` of the kept run (plus
@@ -113,7 +118,8 @@ def fit_preconditioner(
     import copy
 
     from .._validation import check_positive
-    from ..train import fit, save_checkpoint
+    from ..train import fit, is_main_process, save_checkpoint
+    from ..train._state import replace_model
 
     restarts = int(restarts)
     if restarts < 1:
@@ -143,6 +149,10 @@ def fit_preconditioner(
         raise IsADirectoryError(
             f"Expected 'checkpoint' to be a file path, but {checkpoint} is a directory."
         )
+    if restarts > 1 and fit_kwargs.get("resume") is not None:
+        raise ValueError("resume= continues one training run: it needs restarts=1.")
+    if restarts == 1 and checkpoint is not None:
+        fit_kwargs["checkpoint"] = checkpoint  # fit writes the training state as well
     kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
     data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
     val = (
@@ -185,6 +195,18 @@ def fit_preconditioner(
         hist.kept_initial = not hist.best_val < init_val
         if hist.kept_initial:
             model.load_state_dict(init_state)
-    if checkpoint is not None:
-        save_checkpoint(model, checkpoint)  # the kept weights, not the last restart's
+    if checkpoint is not None and restarts == 1:
+        if getattr(hist, "kept_initial", False):
+            replace_model(checkpoint, model)  # the kept weights, with fit's training state
+    elif checkpoint is not None:
+        if is_main_process():
+            save_checkpoint(model, checkpoint)  # the kept weights, not the last restart's
+        _barrier()
     return hist
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -28,6 +28,7 @@ class History:
     best_epoch: int = -1
     stopped_early: bool = False
     resumed_from_epoch: int = 0
+    world_size: int = 1  # processes that trained data-parallel (1: no torch.distributed)
     seconds: float = 0.0
 
 

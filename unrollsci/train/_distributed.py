@@ -297,9 +297,15 @@ def wrap(model: nn.Module, loss_fn: Any, ctx: DistContext) -> Any:
         return lambda parts, weights: local_loss(model, loss_fn, parts, weights)
     from torch.nn.parallel import DistributedDataParallel
 
+    module = LossModule(model, loss_fn)
+    # Sparse buffers (e.g. a Radon projector's system matrix) are built the same on every
+    # rank and cannot be broadcast by DDP: left out of its start-up and buffer syncs.
+    sparse = [n for n, b in module.named_buffers() if b.layout != torch.strided]
+    if sparse:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, sparse)
     # find_unused_parameters: layer-wise stages, unused heads and zero-weight stand-ins
     # leave parameters out of some steps; DDP then still completes every all-reduce.
-    return DistributedDataParallel(LossModule(model, loss_fn), find_unused_parameters=True)
+    return DistributedDataParallel(module, find_unused_parameters=True)
 
 
 def eval_shares(

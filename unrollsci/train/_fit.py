@@ -212,6 +212,7 @@ def fit(
         torch.set_rng_state(saved["torch_rng"])
     val_gen_seed = seed + 10_007
     hist = History()
+    hist.world_size = ctx.world
     start_stage, start_epoch = 0, 0
     if saved is not None:
         for key, value in saved["history"].items():

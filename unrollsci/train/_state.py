@@ -117,3 +117,26 @@ def rng_state() -> torch.Tensor:
 def set_rng_state(state: Any) -> None:
     if isinstance(state, torch.Tensor):
         torch.set_rng_state(state)
+
+
+def replace_model(path: str | Path, model: nn.Module) -> None:
+    """Store ``model`` in a checkpoint written by ``fit`` and keep its training state (so
+    that ``resume`` still continues the run), on rank 0 only; every rank waits for it.
+
+    For code that picks the model to keep after ``fit`` (e.g. ``fit_preconditioner``
+    keeping the untrained weights when training did not beat them).
+    """
+    import torch.distributed as dist
+
+    from ._checkpoint import _read_payload, save_checkpoint
+    from ._distributed import is_main_process
+
+    if is_main_process():
+        payload = _read_payload(Path(path), "cpu")
+        extra = dict(payload.get("extra") or {})
+        state = extra.get(STATE_KEY)
+        if isinstance(state, dict) and state.get("weights") is None:
+            state["weights"] = payload["state_dict"]
+        save_checkpoint(model, path, extra=extra)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
