@@ -61,10 +61,13 @@ _SOURCE = r"""
             const double wx = x - fx, wy = y - fy;                                          \
             const int64_t off = (int64_t)fy * sy + (int64_t)fx * sx;
 
-#define DEFINE_KERNELS(T, SUF)                                                              \
+/* The batch runs in blocks of W values (one 64-byte vector) with a fixed-length inner
+   loop, then a remainder; the sample's weights are computed once for the whole batch. */
+#define DEFINE_KERNELS(T, SUF, W)                                                           \
 void ray_fwd_##SUF(const T* img, const T* imgt, int64_t P, int64_t B, const double* rays, \
                    const int64_t* k0, const int64_t* nk, int64_t R, T* out, int nt) {     \
     const double hi = (double)(P - 1);                                                      \
+    const int64_t BW = B - B % W;                                                           \
     _Pragma("omp parallel for schedule(dynamic, 8) num_threads(nt)")                        \
     for (int64_t i = 0; i < R; i++) {                                                       \
         T* restrict o = out + i * B;                                                        \
@@ -79,7 +82,14 @@ void ray_fwd_##SUF(const T* img, const T* imgt, int64_t P, int64_t B, const doub
             const T* restrict p01 = p00 + sx;                                               \
             const T* restrict p10 = p00 + sy;                                               \
             const T* restrict p11 = p10 + sx;                                               \
-            for (int64_t b = 0; b < B; b++)                                                 \
+            for (int64_t bb = 0; bb < BW; bb += W) {                                        \
+                T acc[W];                                                                   \
+                for (int b = 0; b < W; b++)                                                 \
+                    acc[b] = w00 * p00[bb + b] + w01 * p01[bb + b]                          \
+                           + w10 * p10[bb + b] + w11 * p11[bb + b];                         \
+                for (int b = 0; b < W; b++) o[bb + b] += acc[b];                            \
+            }                                                                               \
+            for (int64_t b = BW; b < B; b++)                                                \
                 o[b] += w00 * p00[b] + w01 * p01[b] + w10 * p10[b] + w11 * p11[b];         \
         }                                                                                   \
         const T w = (T)rays[5 * i + 4];                                                     \
@@ -90,33 +100,35 @@ void ray_fwd_##SUF(const T* img, const T* imgt, int64_t P, int64_t B, const doub
 void ray_adj_##SUF(const T* yin, int64_t P, int64_t B, const double* rays,                \
                    const int64_t* k0, const int64_t* nk, int64_t R, T* bufs, int nt) {    \
     const double hi = (double)(P - 1);                                                      \
+    const int64_t BW = B - B % W;                                                           \
     _Pragma("omp parallel num_threads(nt)")                                                 \
     {                                                                                       \
         int tid = 0;                                                                        \
         OMP_TID(tid);                                                                       \
         T* restrict buf = bufs + (int64_t)tid * 2 * P * P * B;                              \
-        T g[64];                                                                            \
         _Pragma("omp for schedule(static)")                                                 \
         for (int64_t i = 0; i < R; i++) {                                                   \
             RAY_SETUP                                                                       \
             T* base = colmajor ? buf + P * P * B : buf;                                     \
             const T w = (T)rays[5 * i + 4];                                                 \
-            for (int64_t b0 = 0; b0 < B; b0 += 64) {                                        \
-                const int64_t nb = B - b0 < 64 ? B - b0 : 64;                               \
-                for (int64_t b = 0; b < nb; b++)                                            \
-                    g[b] = w == (T)1 ? yin[i * B + b0 + b] : w * yin[i * B + b0 + b];       \
-                for (int64_t k = k0[i]; k < k0[i] + nk[i]; k++) {                          \
-                    SAMPLE_SETUP                                                            \
-                    const T w00 = (T)((1 - wy) * (1 - wx)), w01 = (T)((1 - wy) * wx);      \
-                    const T w10 = (T)(wy * (1 - wx)), w11 = (T)(wy * wx);                  \
-                    T* restrict p00 = base + off + b0;                                      \
-                    T* restrict p01 = p00 + sx;                                             \
-                    T* restrict p10 = p00 + sy;                                             \
-                    T* restrict p11 = p10 + sx;                                             \
-                    for (int64_t b = 0; b < nb; b++) {                                      \
-                        p00[b] += w00 * g[b]; p01[b] += w01 * g[b];                         \
-                        p10[b] += w10 * g[b]; p11[b] += w11 * g[b];                         \
-                    }                                                                       \
+            const T* restrict g = yin + i * B;                                              \
+            for (int64_t k = k0[i]; k < k0[i] + nk[i]; k++) {                              \
+                SAMPLE_SETUP                                                                \
+                const T w00 = (T)((1 - wy) * (1 - wx)) * w, w01 = (T)((1 - wy) * wx) * w;  \
+                const T w10 = (T)(wy * (1 - wx)) * w, w11 = (T)(wy * wx) * w;              \
+                T* restrict p00 = base + off;                                               \
+                T* restrict p01 = p00 + sx;                                                 \
+                T* restrict p10 = p00 + sy;                                                 \
+                T* restrict p11 = p10 + sx;                                                 \
+                for (int64_t bb = 0; bb < BW; bb += W) {                                    \
+                    for (int b = 0; b < W; b++) p00[bb + b] += w00 * g[bb + b];             \
+                    for (int b = 0; b < W; b++) p01[bb + b] += w01 * g[bb + b];             \
+                    for (int b = 0; b < W; b++) p10[bb + b] += w10 * g[bb + b];             \
+                    for (int b = 0; b < W; b++) p11[bb + b] += w11 * g[bb + b];             \
+                }                                                                           \
+                for (int64_t b = BW; b < B; b++) {                                          \
+                    p00[b] += w00 * g[b]; p01[b] += w01 * g[b];                             \
+                    p10[b] += w10 * g[b]; p11[b] += w11 * g[b];                             \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
@@ -129,8 +141,8 @@ void ray_adj_##SUF(const T* yin, int64_t P, int64_t B, const double* rays,      
 #define OMP_TID(t) (void)t
 #endif
 
-DEFINE_KERNELS(float, f32)
-DEFINE_KERNELS(double, f64)
+DEFINE_KERNELS(float, f32, 16)
+DEFINE_KERNELS(double, f64, 8)
 """
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
@@ -219,6 +231,7 @@ class RayTable:
         self.nk = nk.to(torch.int64).clamp_min(0).contiguous()
         self.n = int(n)
         self.P = self.n + 2
+        self._samples = int(self.nk.sum())
         self._dev: dict[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -227,7 +240,8 @@ class RayTable:
 
     @property
     def samples(self) -> int:
-        return int(self.nk.sum())
+        """Number of samples over all rays (the work of one projection per image)."""
+        return self._samples
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if device.type == "cpu":
@@ -246,8 +260,10 @@ def _pad_image(x: torch.Tensor, P: int) -> torch.Tensor:
     return out.reshape(P * P, b)
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
+def _threads(work: int) -> int:
+    """Threads for a kernel call: torch's setting, but one for small calls (waking and
+    joining a team costs more than it saves there, most of all on a loaded machine)."""
+    return max(1, min(torch.get_num_threads(), work // (1 << 23)))
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -269,14 +285,14 @@ def _forward_kernel(lib: Any, table: RayTable, img: torch.Tensor) -> torch.Tenso
         _ptr(table.nk),
         table.n_rays,
         _ptr(out),
-        _threads(),
+        _threads(table.samples * b),
     )
     return out
 
 
 def _adjoint_kernel(lib: Any, table: RayTable, y: torch.Tensor) -> torch.Tensor:
     b = y.shape[1]
-    nt = _threads()
+    nt = _threads(table.samples * b)
     P = table.P
     bufs = y.new_zeros(nt, 2, P, P, b)
     fn = lib.ray_adj_f64 if y.dtype == torch.float64 else lib.ray_adj_f32
