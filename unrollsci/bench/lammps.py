@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["lammps_qeq_shielded", "lammps_unavailable_reason"]
+__all__ = ["lammps_qeq_shielded", "lammps_qeq_steps", "lammps_unavailable_reason"]
 
 _CMDARGS = ["-nocite", "-log", "none", "-screen", "none"]
 
@@ -105,6 +105,93 @@ def lammps_qeq_shielded(
     out = np.empty(len(atoms))
     out[ids - 1] = q
     return out, seconds
+
+
+def _setup(lmp, atoms, params, tmp: Path, cutoff: float, pair: str, extra: list[str]) -> None:
+    from ase.io import write
+
+    symbols = atoms.get_chemical_symbols()
+    species = sorted(set(symbols), key=symbols.index)
+    data = tmp / "data.lmp"
+    qfile = tmp / "param.qeq"
+    write(data, atoms, format="lammps-data", atom_style="charge", specorder=species, masses=True)
+    lines = []
+    for t, s in enumerate(species, start=1):
+        p = params[s]
+        # itype chi eta gamma zeta qcore (zeta, qcore unused by qeq/shielded)
+        lines.append(f"{t} {p['chi']!r} {p['eta']!r} {p['gamma']!r} 0.0 0.0")
+    qfile.write_text("\n".join(lines) + "\n")
+    for cmd in [
+        "units metal",
+        "atom_style charge",
+        "atom_modify map array sort 0 0.0",
+        f"read_data {data}",
+        f"pair_style {pair} {cutoff}",
+        "pair_coeff * *",
+        *[c.replace("{qfile}", str(qfile)) for c in extra],
+    ]:
+        lmp.command(cmd)
+
+
+def lammps_qeq_steps(
+    atoms,
+    params: Mapping[str, Mapping[str, float]],
+    velocities: np.ndarray,
+    *,
+    steps: int,
+    cutoff: float = 10.0,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    skin: float = 2.0,
+) -> tuple[float, np.ndarray]:
+    """Seconds per MD step of LAMMPS re-equilibrating ``fix qeq/shielded`` charges at every
+    step on moving atoms (charges only: ``pair_style zero``, so the atoms move at constant
+    velocity under ``fix nve``; ``neighbor skin bin``, checked every step).
+
+    Args:
+        atoms: ASE Atoms (periodic cell).
+        params: QEq parameters per element (as :func:`lammps_qeq_shielded`).
+        velocities: (N, 3) Angstrom per step (the displacement of each atom at each step).
+        steps: timed steps (after a ``run 0`` that sets up the neighbour list and charges).
+
+    Returns:
+        (seconds per step, final charges in the order of ``atoms``).
+    """
+    from lammps import lammps
+
+    lmp = lammps(cmdargs=list(_CMDARGS))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _setup(
+                lmp,
+                atoms,
+                params,
+                Path(tmp),
+                cutoff,
+                "zero",
+                [
+                    f"neighbor {skin} bin",
+                    "neigh_modify every 1 delay 0 check yes",
+                    f"fix qeq all qeq/shielded 1 {cutoff} {tol} {max_iter} {{qfile}}",
+                    "fix move all nve",
+                    "timestep 0.001",
+                ],
+            )
+            lmp.command("run 0")
+            nlocal = int(lmp.extract_global("nlocal"))
+            ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
+            v = lmp.numpy.extract_atom("v")
+            v[:nlocal] = np.asarray(velocities)[ids - 1] / 0.001  # Angstrom per ps
+            t0 = time.perf_counter()
+            lmp.command(f"run {int(steps)} pre no post no")
+            seconds = (time.perf_counter() - t0) / steps
+            ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
+            q = np.array(lmp.numpy.extract_atom("q"), dtype=np.float64)[:nlocal]
+    finally:
+        lmp.close()
+    out = np.empty(len(atoms))
+    out[ids - 1] = q
+    return seconds, out
 
 
 _REASON = lammps_unavailable_reason()

@@ -72,7 +72,20 @@ def _ours(atoms, device, cutoff, tol, forces: bool) -> tuple[float, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see ``--help``."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--per-step" in argv:  # the MD per-step comparison lives in its own module
+        from .qeq_step import main as per_step_main
+
+        return per_step_main(argv)
     p = argparse.ArgumentParser(prog="unrollsci bench qeq", description=__doc__)
+    p.add_argument(
+        "--per-step",
+        action="store_true",
+        help="time one MD step (moved atoms, energy + forces) vs LAMMPS instead; "
+        "see unrollsci.bench.qeq_step (its own options)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="216 and 4096 atoms only; writes qeq_quick.json"
     )

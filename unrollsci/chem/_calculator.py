@@ -293,6 +293,7 @@ class QEqCalculator(Calculator):
             rebuilt = nl.update(pos_np, cell_np, pbc, numbers, device, dtype)
             prepared.pairs, prepared.pattern = (nl.i, nl.j, nl.shifts), nl.pattern
             prepared.same_pairs = not rebuilt
+            prepared.pair_cache = nl.cache
         sol = solve_with_settings(
             positions,
             self._symbols,

@@ -113,6 +113,40 @@ def pair_kernel(
     return real + (_bare(kind, r, a, b) - 1.0 / r) * taper(r, cutoff)
 
 
+class _ShieldedTapered(torch.autograd.Function):
+    """``w = k_e Tap(r) / (r^3 + c)^(1/3)`` for ``r < cutoff`` (0 beyond), ``c = (g_i g_j)^-1.5``
+    given per pair (not differentiated), with the analytic ``dw/dr``: the same values and
+    derivative as ``k_e * pair_kernel("shielded", ...)`` masked at the cutoff, without the
+    autograd graph of its pow and taper operations (the per-step cost in MD)."""
+
+    @staticmethod
+    def forward(ctx: Any, r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float):
+        inside = r < cutoff
+        x = r / cutoff
+        x3 = x * x * x
+        tap = 1.0 + x3 * x * (-35.0 + x * (84.0 + x * (-70.0 + 20.0 * x)))
+        jr = (r * r * r + c).pow(-1.0 / 3.0)
+        zero = torch.zeros((), dtype=r.dtype, device=r.device)
+        w = torch.where(inside, k_e * jr * tap, zero)
+        # dJ/dr = -r^2 J^4; dTap/dr = 140 x^3 (x - 1)^3 / cutoff
+        j2 = jr * jr
+        xm = x - 1.0
+        dtap = (140.0 / cutoff) * x3 * xm * xm * xm
+        ctx.save_for_backward(torch.where(inside, k_e * (-r * r * j2 * j2 * tap + jr * dtap), zero))
+        return w
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        (dw,) = ctx.saved_tensors
+        return g * dw, None, None, None
+
+
+def shielded_tapered(r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float) -> torch.Tensor:
+    """``k_e`` times the tapered shielded kernel, zero at ``r >= cutoff``, for per-pair
+    ``c = (gamma_i gamma_j)^-1.5`` that need no gradient (see :class:`_ShieldedTapered`)."""
+    return _ShieldedTapered.apply(r, c, float(cutoff), float(k_e))
+
+
 def ewald_alpha(cutoff: float, accuracy: float) -> tuple[float, float]:
     """Splitting parameter alpha (1/A) and reciprocal cutoff kmax (1/A) for a target
     relative accuracy: erfc(alpha rc) ~ accuracy and exp(-kmax^2 / 4 alpha^2) ~ accuracy."""

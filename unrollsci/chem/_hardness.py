@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._geometry import ewald_kvectors, half_pairs, pair_kernel
+from ._geometry import ewald_kvectors, half_pairs, pair_kernel, shielded_tapered
 
 __all__ = [
     "MIN_DISTANCE",
@@ -41,11 +41,17 @@ class _Hardness:
     def __init__(self, i, j, w, diag0, kc=None, ks=None, kf=None, csr_min_pairs=None, pattern=None):
         self.i, self.j, self.w, self.diag0 = i, j, w, diag0
         self.kc, self.ks, self.kf = kc, ks, kf
-        self.csr = None
-        if pattern is not None:
+        self.csr = self.dense = None
+        n = diag0.shape[0]
+        if pattern is not None and n * n <= 8 * w.numel():
+            # small and crowded: a dense matrix (one scatter) beats any sparse product
+            a = torch.diag(diag0)
+            a.index_put_((i, j), w, accumulate=True)
+            a.index_put_((j, i), w, accumulate=True)
+            self.dense = a
+        elif pattern is not None:
             # the CSR index arrays of a kept pair list (_verlet.csr_pattern): values only
             crow_u, col_u, crow_l, col_l, order = pattern
-            n = diag0.shape[0]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 upper = torch.sparse_csr_tensor(crow_u, col_u, w, (n, n))
@@ -68,9 +74,11 @@ class _Hardness:
             self.csr = (upper, lower)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        if self.csr is not None:
+        if self.dense is not None:
+            out = self.dense @ q
+        elif self.csr is not None:
             up, lo = self.csr
-            out = self.diag0 * q + (up @ q[:, None])[:, 0] + (lo @ q[:, None])[:, 0]
+            out = self.diag0 * q + torch.mv(up, q) + torch.mv(lo, q)
         else:
             out = self.diag0 * q
             out = out.index_add(0, self.i, self.w * q[self.j])
@@ -151,13 +159,15 @@ def hardness_terms(
     ewald: tuple[float, float] | None,
     total_charge: float,
     pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    pair_cache: dict[str, Any] | None = None,
 ) -> HardnessTerms:
     """Pairs within ``cutoff``, kernel values and (``ewald=(alpha, kmax)``) the Ewald terms.
 
     ``pairs``: a kept half list ``(i, j, shifts)`` (tensors on the device; ``shifts`` (P, 3)
     in the positions' dtype or None) that contains every pair within ``cutoff``, possibly
     more (a Verlet list): the pairs beyond ``cutoff`` get a zero value. None: the pairs
-    are found here. Raises ``ValueError`` for atoms closer than :data:`MIN_DISTANCE`.
+    are found here. ``pair_cache``: a dict that lives as long as ``pairs`` (per-pair
+    constants are kept there). Raises ``ValueError`` for atoms closer than :data:`MIN_DISTANCE`.
     """
     dtype, device = positions.dtype, positions.device
     k_e = float(coulomb_constant)
@@ -184,9 +194,17 @@ def hardness_terms(
                 f"{float(rmin):.3g} Angstrom apart (< {MIN_DISTANCE}). Check the positions."
             )
     shape = table["sigma"] if kernel == "gaussian" else table["gamma"]
-    w = k_e * pair_kernel(kernel, r, shape[i], shape[j], cutoff, alpha)
-    if pairs is not None and cutoff is not None:
-        w = torch.where(r < cutoff, w, torch.zeros((), dtype=dtype, device=device))
+    fast = pair_cache is not None and kernel == "shielded" and alpha is None
+    if fast and cutoff is not None and not shape.requires_grad:
+        # kept list, shielded kernel, fixed gamma: per-pair constant once, analytic dw/dr
+        key = f"shielded-c-{dtype}"
+        if key not in pair_cache:
+            pair_cache[key] = (shape[i] * shape[j]) ** -1.5
+        w = shielded_tapered(r, pair_cache[key], cutoff, k_e)
+    else:
+        w = k_e * pair_kernel(kernel, r, shape[i], shape[j], cutoff, alpha)
+        if pairs is not None and cutoff is not None:
+            w = torch.where(r < cutoff, w, torch.zeros((), dtype=dtype, device=device))
     diag0 = table["eta"]
     if kernel == "gaussian":  # Gaussian self-energy k_e * lim_{r->0} J_ii(r)
         diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]

@@ -91,6 +91,7 @@ class Prepared:
     pattern: tuple[torch.Tensor, ...] | None = None
     definite: Any = None
     same_pairs: bool = False
+    pair_cache: dict[str, Any] | None = None
 
 
 @dataclass(repr=False)
@@ -413,6 +414,7 @@ def solve_with_settings(
         ewald=ewald,
         total_charge=q_total,
         pairs=prep.pairs,
+        pair_cache=prep.pair_cache,
     )
     b = table["chi"]
 

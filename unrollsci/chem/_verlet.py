@@ -54,6 +54,8 @@ class VerletPairs:
         self._ref: np.ndarray | None = None
         self.i = self.j = self.shifts = None
         self.pattern: tuple[torch.Tensor, ...] | None = None
+        #: per-pair constants, valid as long as this list (cleared at each build)
+        self.cache: dict[str, Any] = {}
 
     def update(
         self,
@@ -79,6 +81,7 @@ class VerletPairs:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
                 self.pattern = csr_pattern(self.i, self.j, len(pos))
+        self.cache = {}
         self._ref = pos.copy()
         self._key = key
         self.builds += 1
@@ -88,8 +91,8 @@ class VerletPairs:
 class DefiniteCertificate:
     """Proves ``A`` positive definite on ``sum(q) = 0`` before each solve (see module)."""
 
-    #: the dense test certifies a margin ``tau = TAU_FRACTION * min(diag A)``
-    TAU_FRACTION = 0.05
+    #: the dense test tries to certify a margin ``tau = f * min(diag Z^T A Z)``, f in turn
+    TAU_FRACTIONS = (0.5, 0.1)
 
     def __init__(self) -> None:
         self._ref: tuple[Any, ...] | None = None
@@ -104,9 +107,12 @@ class DefiniteCertificate:
         if self._ref is not None and same_pairs and op.kf is None:
             w0, d0, tau = self._ref
             if w0.shape == w.shape:
+                # ||A - A0||_2 <= min(max absolute row sum, Frobenius norm)
                 dw = (w - w0).abs()
-                rows = (diag0 - d0).abs().index_add(0, op.i, dw).index_add(0, op.j, dw)
-                if float(rows.max()) < tau:
+                dd = (diag0 - d0).abs()
+                rows = dd.index_add(0, op.i, dw).index_add(0, op.j, dw)
+                frob = torch.sqrt((dd * dd).sum() + 2.0 * (dw * dw).sum())
+                if min(float(rows.max()), float(frob)) < tau:
                     return
         self.dense_checks += 1
         n = diag0.shape[0]
@@ -114,12 +120,14 @@ class DefiniteCertificate:
             self._ref = (w.clone(), diag0.clone(), float("inf"))
             return
         m = _projected_hardness(_dense_hardness(op))
-        tau = self.TAU_FRACTION * float(torch.diagonal(m).min())
+        dmin = float(torch.diagonal(m).min())
         eye = torch.eye(n - 1, dtype=m.dtype, device=m.device)
-        # one factorization when the margin holds (the usual case): PD with room to spare
-        if tau > 0 and int(torch.linalg.cholesky_ex(m - tau * eye)[1]) == 0:
-            self._ref = (w.clone(), diag0.clone(), tau)
-            return
+        # one factorization when a margin holds (the usual case): PD with room to spare
+        for f in self.TAU_FRACTIONS:
+            tau = f * dmin
+            if tau > 0 and int(torch.linalg.cholesky_ex(m - tau * eye)[1]) == 0:
+                self._ref = (w.clone(), diag0.clone(), tau)
+                return
         if int(torch.linalg.cholesky_ex(m)[1]) != 0:
             raise_catastrophe(m, n)
         self._ref = (w.clone(), diag0.clone(), 0.0)  # PD, no margin: test again next call

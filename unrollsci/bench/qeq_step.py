@@ -1,0 +1,218 @@
+"""QEq per MD step vs LAMMPS: ``unrollsci bench qeq --per-step [--quick]``.
+
+The cost a user pays at every step of MD or a relaxation: rattled rock-salt NaCl (shielded
+kernel, cutoff 10 A, k_e = 14.4, tol 1e-6), each atom moving 0.002 A per step in a fixed
+random direction. unrollsci: one ``QEqCalculator`` (default skin), energy + forces at
+every step (``forces="implicit"``, the default; ``"envelope"``; and implicit with
+``check_definite=False``, i.e. without the polarization-catastrophe proof), after one
+untimed first call. LAMMPS: ``run N`` with ``fix qeq/shielded`` every step and ``pair_style zero``
+(charges only, no forces), its default skin 2 A, after ``run 0``. Both single-threaded,
+in the same process, interleaved, repeated ``--repeats`` times; medians reported, with the
+ratio unrollsci / LAMMPS. Writes ``benchmarks/results/qeq_step.json`` + ``.md`` + ``.png``
+(``qeq_step_quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..chem import QEqCalculator
+from ._common import (
+    figure_path,
+    markdown_table,
+    output_dir_arg,
+    positive_int_arg,
+    save_figure,
+    write_results,
+    write_text,
+)
+
+__all__ = ["main"]
+
+#: supercell repeats of the 8-atom cube -> timed steps (about a second of LAMMPS each)
+FULL = {2: 200, 3: 60, 6: 10, 12: 3}
+QUICK = {2: 10}
+
+
+def _setup(n_rep: int, seed: int, step: float):
+    from ase.build import bulk
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(n_rep)
+    atoms.rattle(0.05, seed=seed)
+    v = np.random.default_rng(seed).normal(size=(len(atoms), 3))
+    v *= step / np.linalg.norm(v, axis=1, keepdims=True)
+    return atoms, v
+
+
+#: unrollsci configurations timed: name -> QEqCalculator keywords
+MODES = {
+    "implicit": {"forces": "implicit"},
+    "envelope": {"forces": "envelope"},
+    # the same as "implicit" without the polarization-catastrophe proof (dense test and
+    # its certificate), to show what that guarantee costs
+    "nocheck": {"forces": "implicit", "check_definite": False},
+}
+
+
+def _ours(atoms, v, steps: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    from .qeq import NACL_PARAMS
+
+    atoms = atoms.copy()
+    atoms.calc = calc = QEqCalculator(
+        params=NACL_PARAMS, cutoff=args.cutoff, tol=args.tol, coulomb_constant=14.4, **MODES[mode]
+    )
+    atoms.get_forces()  # the first call: list, dense definiteness test, cold charges
+    iters = []
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        atoms.positions = atoms.positions + v
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        iters.append(calc.solution.iterations)
+    seconds = (time.perf_counter() - t0) / steps
+    return {
+        "seconds": seconds,
+        "cg_iters": float(np.mean(iters)),
+        "list_builds": calc.neighbor_list_builds,
+        "dense_checks": calc._certificate.dense_checks,
+        "charges": atoms.get_charges(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the per-step benchmark; see ``--help``."""
+    p = argparse.ArgumentParser(prog="unrollsci bench qeq --per-step", description=__doc__)
+    p.add_argument("--per-step", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="64 atoms, 10 steps, no LAMMPS required")
+    p.add_argument(
+        "--reps", type=positive_int_arg, nargs="*", default=None, help="supercell repeats"
+    )
+    p.add_argument("--steps", type=positive_int_arg, default=None, help="timed steps per size")
+    p.add_argument("--cutoff", type=float, default=10.0)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--step", type=float, default=0.002, help="displacement per step, A")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
+    p.add_argument("--threads", type=positive_int_arg, default=1)
+    p.add_argument("--no-lammps", action="store_true")
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    plan = QUICK if args.quick else FULL
+    if args.reps:
+        plan = {r: FULL.get(r, 3) for r in args.reps}
+    if args.steps:
+        plan = dict.fromkeys(plan, args.steps)
+    lammps_steps = None
+    if not args.no_lammps:
+        try:
+            from .lammps import lammps_qeq_steps as lammps_steps
+        except (ImportError, OSError) as exc:
+            print(f"LAMMPS not available ({exc}); timing unrollsci only")
+    from .qeq import NACL_PARAMS
+
+    rows = []
+    for n_rep, steps in plan.items():
+        atoms, v = _setup(n_rep, args.seed, args.step)
+        runs: dict[str, list[Any]] = {m: [] for m in (*MODES, "lammps")}
+        for _ in range(args.repeats):  # interleaved, so that load changes hit all alike
+            for mode in MODES:
+                runs[mode].append(_ours(atoms, v, steps, mode, args))
+            if lammps_steps is not None:
+                runs["lammps"].append(
+                    lammps_steps(
+                        atoms, NACL_PARAMS, v, steps=steps, cutoff=args.cutoff, tol=args.tol
+                    )
+                )
+        row: dict[str, Any] = {"atoms": len(atoms), "steps": steps}
+        for mode in MODES:
+            row[f"ms_{mode}"] = 1e3 * statistics.median(r["seconds"] for r in runs[mode])
+        last = runs["implicit"][-1]
+        row.update(
+            {
+                "cg_iters": last["cg_iters"],
+                "list_builds": last["list_builds"],
+                "dense_checks": last["dense_checks"],
+            }
+        )
+        if runs["lammps"]:
+            row["ms_lammps"] = 1e3 * statistics.median(r[0] for r in runs["lammps"])
+            row["implicit/lammps"] = row["ms_implicit"] / row["ms_lammps"]
+            row["envelope/lammps"] = row["ms_envelope"] / row["ms_lammps"]
+            row["nocheck/lammps"] = row["ms_nocheck"] / row["ms_lammps"]
+            row["max_dq_vs_lammps"] = float(np.abs(runs["lammps"][-1][1] - last["charges"]).max())
+        row["all_ms_implicit"] = [1e3 * r["seconds"] for r in runs["implicit"]]
+        row["all_ms_lammps"] = [1e3 * r[0] for r in runs["lammps"]]
+        rows.append(row)
+        print(markdown_table([{k: v for k, v in row.items() if not k.startswith("all_")}]))
+    columns = [
+        "atoms",
+        "steps",
+        "ms_lammps",
+        "ms_implicit",
+        "implicit/lammps",
+        "ms_envelope",
+        "envelope/lammps",
+        "ms_nocheck",
+        "nocheck/lammps",
+        "cg_iters",
+        "list_builds",
+        "dense_checks",
+        "max_dq_vs_lammps",
+    ]
+    columns = [c for c in columns if c in rows[0]]
+    table = markdown_table(rows, columns)
+    print()
+    print(table)
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "per_step")}
+    config.update(
+        {
+            "plan": plan,
+            "kernel": "shielded",
+            "coulomb_constant": 14.4,
+            "skin_unrollsci": QEqCalculator().parameters["skin"],
+            "skin_lammps": 2.0,
+            "lammps": bool(runs["lammps"]),
+            "timing": f"median of {args.repeats} interleaved repeats, per step, first call "
+            "(unrollsci) / run 0 (LAMMPS) excluded",
+        }
+    )
+    path = write_results("qeq_step", {"config": config, "rows": rows}, args.out, quick=args.quick)
+    header = (
+        f"QEq per MD step, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}, "
+        f"{args.threads} thread(s); ms per step, medians of {args.repeats}\n\n"
+    )
+    write_text(figure_path(args.out, "qeq_step.md", args.quick), header + table + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [r["atoms"] for r in rows]
+        for key, label in [
+            ("ms_implicit", "unrollsci energy+implicit forces"),
+            ("ms_envelope", "unrollsci energy+envelope forces"),
+            ("ms_nocheck", "unrollsci implicit, check_definite=False"),
+            ("ms_lammps", "LAMMPS qeq/shielded (charges only)"),
+        ]:
+            if key in rows[0]:
+                ax.loglog(xs, [r[key] for r in rows], "o-", label=label)
+        ax.set_xlabel("atoms")
+        ax.set_ylabel("ms per step")
+        ax.set_title(f"QEq per MD step ({args.threads} thread)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save_figure(fig, figure_path(args.out, "qeq_step.png", args.quick), dpi=120)
+        plt.close(fig)
+    except ImportError:
+        pass
+    print(f"results: {path}")
+    return 0
