@@ -34,6 +34,7 @@ BUILDERS = {
     ).build(a),
     "learned_inverse": lambda a: LearnedPreconditioner("inverse", seed=0).build(a),
     "learned_block": lambda a: LearnedPreconditioner("block", block_size=8, seed=0).build(a),
+    "learned_amg": lambda a: LearnedPreconditioner("amg", seed=0).build(a),
     "learned_poly": lambda a: LearnedPreconditioner("poly", seed=0).build(a),
     "learned_poly_noscale": lambda a: LearnedPreconditioner("poly", scaling=False, seed=0).build(a),
 }
@@ -127,7 +128,7 @@ def test_float32_numpy_input_computes_in_float32():
     assert m.to_scipy(np.float32).matvec(r).dtype == np.float32
 
 
-@pytest.mark.parametrize("name", ["ic0", "learned_factor", "learned_poly", "amg"])
+@pytest.mark.parametrize("name", ["ic0", "learned_factor", "learned_poly", "amg", "learned_amg"])
 def test_pyamg_krylov_accepts_preconditioners(name):
     pyamg = pytest.importorskip("pyamg")
     a = diffusion2d(12, seed=5)

@@ -9,6 +9,13 @@ import torch
 from torch import nn
 
 from ..operators import LinearOperator
+from ._amg import (
+    ProlongationHead,
+    TwoLevelCycle,
+    amg_setup,
+    prolongation_values,
+    pyamg_preconditioner,
+)
 from ._factors import BlockPreconditioner, FactorPreconditioner, InverseFactorPreconditioner
 from ._graph import _EDGE_FLIP, MatrixGraph, _build_graph, _split_edges
 from ._layers import _make_layer, _mlp, _mlp_t
@@ -18,7 +25,7 @@ from ._sparse import check_spd_input
 
 __all__ = ["LearnedPreconditioner"]
 
-_KINDS = ("factor", "inverse", "block", "poly")
+_KINDS = ("factor", "inverse", "block", "poly", "amg")
 _BASES = ("ic0", "mic", "ssor", "identity")
 
 
@@ -37,7 +44,16 @@ class LearnedPreconditioner(nn.Module):
       ``A``, no factor; see :meth:`poly_operator`): ``D`` is Jacobi's scaling times a
       GNN correction in ``[1/e, e]`` and ``p`` a positive combination of Chebyshev
       approximate inverses on a learned interval below a Gershgorin bound. It starts as
-      the classical :func:`chebyshev` preconditioner of that degree and ``ratio``.
+      the classical :func:`chebyshev` preconditioner of that degree and ``ratio``;
+    * ``"amg"``: learned algebraic multigrid (after Luz et al., ICML 2020): the GNN
+      predicts one weight per stored entry of ``A`` and the finest prolongation is
+      ``P = T - D^{-1} (W o A) T`` on smoothed aggregation's pattern (``T``: PyAMG's
+      aggregation); untrained, it is PyAMG's SA prolongation. Training runs a
+      differentiable two-level cycle (symmetric Gauss-Seidel, exact Galerkin coarse solve);
+      :meth:`build` hands the learned level to PyAMG, which builds the coarser levels
+      (smoothed aggregation of ``P^T A P``) and runs the V-cycle (see
+      :mod:`unrollsci.precond._amg`). SPD for any weights (symmetric smoothing, ``P`` and
+      ``P^T``).
 
     ``M`` is SPD by construction, for any weights: the factor's diagonal is positive and
     each row's off-diagonal entries are capped relative to it, which also keeps the factor
@@ -49,7 +65,7 @@ class LearnedPreconditioner(nn.Module):
     One model serves matrices of any size (``min_n <= n <= max_n``).
 
     Args:
-        kind: ``"factor"``, ``"inverse"``, ``"block"`` or ``"poly"``.
+        kind: ``"factor"``, ``"inverse"``, ``"block"``, ``"poly"`` or ``"amg"``.
         hidden: GNN width.
         layers: message-passing layers. With ``0``, each factor entry comes from an MLP
             on its own matrix entry, base value and the two rows' node features, and
@@ -118,7 +134,13 @@ class LearnedPreconditioner(nn.Module):
         base = (
             base
             if base is not None
-            else {"factor": "ssor", "inverse": "identity", "block": "ic0", "poly": "identity"}[kind]
+            else {
+                "factor": "ssor",
+                "inverse": "identity",
+                "block": "ic0",
+                "poly": "identity",
+                "amg": "identity",
+            }[kind]
         )
         if base not in _BASES:
             raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
@@ -130,6 +152,11 @@ class LearnedPreconditioner(nn.Module):
         if kind == "poly" and ordering is not None:
             raise ValueError(
                 "kind='poly' does not depend on the ordering of A; leave ordering=None."
+            )
+        if kind == "amg" and (base != "identity" or ordering is not None):
+            raise ValueError(
+                "kind='amg' learns a prolongation; it has no base factor and no ordering "
+                f"(got base={base!r}, ordering={ordering!r})."
             )
         if kind == "poly" and base != "identity":
             raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
@@ -161,6 +188,8 @@ class LearnedPreconditioner(nn.Module):
             self.off_col = nn.Linear(hidden, hidden, bias=False)
             self.off_head = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 1))
             self.diag_head = _mlp(hidden, hidden, 1)
+            if kind == "amg":
+                self.amg_head = ProlongationHead(hidden)
         self.degree, self.ratio, self.scaling = int(degree), float(ratio), bool(scaling)
         self.ordering = ordering
         if kind == "poly":
@@ -177,6 +206,8 @@ class LearnedPreconditioner(nn.Module):
         for head in (self.off_head, self.diag_head):
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
+        if self.kind == "amg":
+            self.amg_head.zero_output()
         if self.kind == "poly":
             with torch.no_grad():
                 self.poly_logits.fill_(-10.0)
@@ -230,6 +261,10 @@ class LearnedPreconditioner(nn.Module):
                 f"{self.block_size}, n={n})."
             )
         dev = next(self.parameters()).device
+        if self.kind == "amg":
+            g = _build_graph(a, "factor", "identity", None).to(dev)
+            g.cache["amg"] = amg_setup(a).to(dev)
+            return g
         a, perm, name = reorder(a, self.ordering)
         g = _build_graph(a, self.kind, self.base, self.block_size)
         g.ordering = name
@@ -306,6 +341,14 @@ class LearnedPreconditioner(nn.Module):
         )
         return vals.index_copy(0, g.pattern.diag, dvals / ds if inv else dvals * ds)
 
+    def prolongation_values(self, g: MatrixGraph) -> torch.Tensor:
+        """``kind="amg"``: the values of the finest prolongation ``P = T - D^{-1}(W o A) T``
+        on smoothed aggregation's pattern (``W`` from the GNN; see
+        :mod:`unrollsci.precond._amg`), float64, differentiable."""
+        h, _ = self._node_states(g)
+        setup = g.cache["amg"]
+        return prolongation_values(setup, self.amg_head(h, setup))
+
     def poly_operator(self, g: MatrixGraph) -> ChebyshevPreconditioner:
         """``kind="poly"``: ``M = D p(D A D) D`` with ``D = diag(A)^{-1/2} exp(tanh(g_i))``
         (``g`` from the GNN's node head; ``g = 0`` with ``scaling=False``) and ``p`` a
@@ -334,6 +377,8 @@ class LearnedPreconditioner(nn.Module):
         """The preconditioner for a prepared matrix (differentiable in the weights)."""
         if self.kind == "poly":
             return self.poly_operator(g)
+        if self.kind == "amg":
+            return TwoLevelCycle(g.cache["amg"], self.prolongation_values(g))
         vals = self.factor_values(g)
         if self.kind == "factor":
             m: LinearOperator = FactorPreconditioner(g.pattern, vals)
@@ -364,6 +409,8 @@ class LearnedPreconditioner(nn.Module):
                 return self._poly(a, scale, {})
         g = self.prepare(A)
         with torch.no_grad():
+            if self.kind == "amg":
+                return pyamg_preconditioner(g.cache["amg"], self.prolongation_values(g))
             return self.from_graph(g)
 
     def forward(self, A: Any) -> LinearOperator:  # noqa: N803

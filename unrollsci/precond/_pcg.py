@@ -103,8 +103,10 @@ def pcg_loss(
                     "loss='frobenius' compares L L^T with A entry-wise; it is not "
                     "implemented for a reordered matrix (use loss='energy' or 'residual')."
                 )
-            if model.kind == "poly":
-                raise ValueError("loss='frobenius' needs a factor; kind='poly' has none.")
+            if model.kind in ("poly", "amg"):
+                raise ValueError(
+                    f"loss='frobenius' needs a factor; kind={model.kind!r} has none."
+                )
             z = torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)
             az = A(z)
             if model.kind == "inverse":
