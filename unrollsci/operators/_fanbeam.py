@@ -106,8 +106,8 @@ class FanBeam(LinearOperator):
                 f"Expected detector_distance > source_distance (the detector lies beyond the "
                 f"rotation centre; got {d_sd} <= {d_so})."
             )
-        if n_detectors is None:
-            half = d_sd * math.tan(math.asin(min(radius / d_so, 1.0)))
+        if n_detectors is None:  # the bilinear taps reach one pixel past the corner centres
+            half = d_sd * math.tan(math.asin(min((radius + 1.0) / d_so, 1.0)))
             n_detectors = 2 * int(math.ceil(half / du)) + 2
         if isinstance(n_detectors, bool) or not isinstance(n_detectors, (int, np.integer)):
             raise TypeError(
