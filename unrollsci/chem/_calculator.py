@@ -68,7 +68,10 @@ class QEqCalculator(Calculator):
             ``{("Na", "Cl"): (A, rho)}`` (or ``BornMayer.todict()``'s form), ``"radii"``
             (generic wall from the table radii), or any object with BornMayer's ``energy``
             method (such an object is not written to files by ``todict``).
-        warm_start: start the charge solve from the previous charges (implicit/envelope).
+        warm_start: start the charge solve from the previous charges (implicit/envelope):
+            after three calls on the same atoms, from their quadratic extrapolation
+            ``3 q_n - 3 q_{n-1} + q_{n-2}`` (close to the answer in MD); the solve still runs
+            to ``tol`` from there.
         device: torch device (default cpu); a device that does not exist here (e.g.
             ``"cuda"`` without CUDA) raises ``ValueError``.
         dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``.
@@ -162,6 +165,7 @@ class QEqCalculator(Calculator):
         #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
+        self._q_hist: list[torch.Tensor] = []  # the last charges, newest last
         self._built: _calc_params.Built | None = None
         self._clear_state()
         # ASE's constructor sets the default parameters, then calls self.set(**given)
@@ -277,6 +281,9 @@ class QEqCalculator(Calculator):
         warm = self.parameters["warm_start"]
         if warm and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
             q0 = self._q_prev
+            h = [x for x in self._q_hist if x.shape == q0.shape and x.device == q0.device]
+            if len(h) == 3:  # smooth motion: quadratic extrapolation of the last three
+                q0 = 3.0 * h[2] - 3.0 * h[1] + h[0]
         numbers = np.asarray(atoms.numbers)
         key = (numbers.tobytes(), device, dtype)
         if key != self._table_key:  # new atoms: symbols and parameter table once
@@ -307,6 +314,7 @@ class QEqCalculator(Calculator):
         grads = torch.autograd.grad(sol.energy, wrt)
         self.solution = sol
         self._q_prev = sol.x.detach()
+        self._q_hist = [*self._q_hist[-2:], self._q_prev]
         energy = float(sol.energy.detach())
         charges = sol.x.detach().cpu().numpy().astype(np.float64)
         self.results["energy"] = energy
