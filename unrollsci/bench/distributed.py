@@ -85,9 +85,17 @@ def _graph_loss(model: torch.nn.Module, problem: Any) -> torch.Tensor:
     return graph_loss(model, problem)
 
 
+def _lr_factor(step: int) -> float:
+    return 1.0 / (1.0 + 0.1 * step)
+
+
+def _halt_after_third(epoch: int, train_loss: float, val_loss: float | None) -> bool:
+    return epoch == 2  # stop the run in its second layer-wise stage
+
+
 def build(kind: str, scale: str = "test", dtype: torch.dtype = torch.float64) -> Case:
     """The ``kind`` case at ``scale`` ("test": seconds on a CPU; "bench": larger)."""
-    s = _SIZES[kind][scale]
+    s = _SIZES.get(kind, {}).get(scale, {})
     torch.manual_seed(0)
     if kind == "sparse":
         from ..operators import MatrixOperator
@@ -99,6 +107,18 @@ def build(kind: str, scale: str = "test", dtype: torch.dtype = torch.float64) ->
         model = LISTA(MatrixOperator(a), s["layers"], lam=0.05)
         kw = dict(batch_size=s["batch"], lr=1e-3)
         return Case(kind, model, (y, x), kw, s["samples"], _mse_loss)
+    if kind == "schedule":  # (tests only) layer-wise, validation, patience, lr schedule, halt
+        from ..operators import MatrixOperator
+        from ..unrolled import LISTA
+        from ._lista_setup import make_problem, sample
+
+        a = make_problem(12, 24, 0, dtype)
+        y, x = sample(a, 21, 0.2, math.inf, torch.Generator().manual_seed(1))
+        yv, xv = sample(a, 7, 0.2, math.inf, torch.Generator().manual_seed(2))
+        model = LISTA(MatrixOperator(a), 3, lam=0.05)
+        kw = dict(batch_size=6, lr=1e-3, schedule="layerwise", stage_epochs=2, patience=1,
+                  val_data=(yv, xv), lr_decay=0.9, lr_factor=_lr_factor)  # fmt: skip
+        return Case(kind, model, (y, x), kw, 21, _mse_loss, {"callback": _halt_after_third})
     if kind == "precond":
         from ..precond import LearnedPreconditioner, diffusion2d
 
@@ -138,7 +158,7 @@ def build(kind: str, scale: str = "test", dtype: torch.dtype = torch.float64) ->
         data = (y.to(dtype), x.to(dtype), m)
         kw = dict(batch_size=s["batch"], lr=3e-3)
         return Case(kind, model, data, kw, s["samples"], _ct_loss)
-    raise ValueError(f"Expected kind in {KINDS} (got {kind!r}).")
+    raise ValueError(f"Expected kind in {(*KINDS, 'schedule')} (got {kind!r}).")
 
 
 def train(case: Case, **kwargs: Any) -> Any:
@@ -166,7 +186,7 @@ def equivalence_worker(rank: int, kinds: tuple, out: str, ckpt: str, epochs: int
         case = build(kind, "test")
         folder = Path(ckpt) / kind
         folder.mkdir(parents=True, exist_ok=True)
-        hist = train(case, epochs=epochs, checkpoint=folder / "fit.pt")
+        hist = train(case, epochs=epochs, checkpoint=folder / "fit.pt", **case.extra)
         torch.save(
             {
                 "weights": weights(case.model),
@@ -213,11 +233,19 @@ def throughput_worker(
 
 
 def _measure(nprocs: int, threads: int, distributed: bool | None, args: Any, tmp: Path) -> dict:
+    """Samples/s per kind: in this process for plain training, else in spawned ranks."""
     from ..train._distributed import spawn
 
     out = str(tmp / f"tp_{nprocs}_{threads}_{distributed}.pt")
-    spawn(throughput_worker, nprocs, tuple(args.kinds), args.epochs, args.repeats, threads,
-          args.device, distributed, out)  # fmt: skip
+    run = (tuple(args.kinds), args.epochs, args.repeats, threads, args.device, distributed, out)
+    if nprocs == 1 and distributed is False:
+        old = torch.get_num_threads()
+        try:
+            throughput_worker(0, *run)
+        finally:
+            torch.set_num_threads(old)
+    else:
+        spawn(throughput_worker, nprocs, *run)
     return torch.load(out)
 
 
@@ -267,8 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ct-size", type=positive_int_arg, default=64)
     p.add_argument("--ct-train", type=positive_int_arg, default=256)
     p.add_argument("--ct-epochs", type=positive_int_arg, default=8)
-    p.add_argument("--threads-mp", type=positive_int_arg, default=2)
+    p.add_argument("--threads-mp", type=positive_int_arg, default=1)
     p.add_argument("--skip-mp", action="store_true", help="leave out the mixed-precision part")
+    p.add_argument(
+        "--processes", type=int, nargs="+", choices=(1, 2), default=[1, 2],
+        help="1: single-process rows only (no process is spawned); 2: also the DDP rows",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.kinds, args.epochs, args.repeats = ["sparse", "ct"], 3, 1
@@ -280,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [("1 process, 1 thread", 1, 1, False)]
     if cores > 1:
         configs.append((f"1 process, {min(cores, 2)} threads", 1, min(cores, 2), False))
-    configs += [("1 process, DDP", 1, 1, True), ("2 processes, DDP, 1 thread each", 2, 1, None)]
+    if 2 in args.processes:
+        configs += [("1 process, DDP", 1, 1, True), ("2 processes, DDP, 1 thread each", 2, 1, None)]
     if args.device == "cuda":
         configs = [("1 GPU, plain", 1, 1, False), ("1 GPU, DDP (NCCL)", 1, 1, True)]
     rows = []
