@@ -1,0 +1,303 @@
+"""Learned AMG against the classical preconditioners, in total time (setup + solve).
+
+``LearnedPreconditioner("amg")`` (issue 19) is trained through unrolled two-level-cycle PCG
+on small systems of the training families, then tested on larger held-out systems of every
+family (one not seen in training), against MIC(0), Chebyshev, PyAMG smoothed aggregation
+and Ruge-Stuben (default settings, and the best of a few settings chosen per family on a
+validation system), and the untrained learned AMG (smoothed aggregation's level with
+PyAMG's coarser levels: what the learning adds). Every preconditioner runs in the same
+PCG (:func:`unrollsci.solvers.cg`, relative residual ``--rtol``); times are medians over
+``--repeats`` runs (the machine may be shared), setup and solve measured separately, and
+the ratios are taken within this run.
+
+Run: ``python benchmarks/amg.py`` (``--quick`` for a seconds-long smoke run, which writes
+``amg_quick.*``). Results: ``benchmarks/results/amg.json`` and ``amg.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+
+FAMILIES = ("diffusion", "anisotropic", "graph")
+TEST_SEED0 = 10_000
+
+
+def _family(name: str) -> Callable[..., Any]:
+    from ..precond import anisotropic2d, diffusion2d, graph_laplacian
+
+    return {"diffusion": diffusion2d, "anisotropic": anisotropic2d, "graph": graph_laplacian}[name]
+
+
+def _sa_candidates() -> dict[str, dict[str, Any]]:
+    return {
+        "default": {},
+        "theta0.08": {"strength": ("symmetric", {"theta": 0.08})},
+        "energy": {"smooth": ("energy", {"degree": 2})},
+        "no-improve": {"improve_candidates": None},
+    }
+
+
+def _rs_candidates() -> dict[str, dict[str, Any]]:
+    return {
+        "default": {},
+        "theta0.5": {"strength": ("classical", {"theta": 0.5})},
+        "symmetric-gs": {
+            "presmoother": ("gauss_seidel", {"sweep": "symmetric"}),
+            "postsmoother": ("gauss_seidel", {"sweep": "symmetric"}),
+        },
+    }
+
+
+def _pyamg(kind: str, opts: dict[str, Any]) -> Callable[[Any], Any]:
+    def build(a: Any) -> Any:
+        import pyamg
+
+        from ..precond import AMGPreconditioner, amg
+
+        if kind == "sa":
+            return amg(a, **opts)
+        state = np.random.get_state()
+        try:
+            np.random.seed(0)
+            ml = pyamg.ruge_stuben_solver(a, **opts)
+        finally:
+            np.random.set_state(state)
+        return AMGPreconditioner(ml, a.shape[0])
+
+    return build
+
+
+def _run(build: Callable[[Any], Any], a: Any, b: torch.Tensor, rtol: float) -> dict[str, Any]:
+    from ..solvers import cg
+
+    t0 = time.perf_counter()
+    m = build(a)
+    t1 = time.perf_counter()
+    sol = cg(a, b, M=m, tol=rtol, max_iter=5000)
+    t2 = time.perf_counter()
+    return {
+        "setup": t1 - t0,
+        "solve": t2 - t1,
+        "iters": int(sol.iterations),
+        "converged": bool(sol.converged),
+    }
+
+
+def _measure(build: Callable[[Any], Any], a: Any, b: torch.Tensor, args: Any) -> dict[str, Any]:
+    runs = [_run(build, a, b, args.rtol) for _ in range(args.repeats)]
+    setup = statistics.median(r["setup"] for r in runs)
+    solve = statistics.median(r["solve"] for r in runs)
+    return {
+        "iters": runs[0]["iters"],
+        "converged": all(r["converged"] for r in runs),
+        "setup_s": setup,
+        "solve_s": solve,
+        "total_s": statistics.median(r["setup"] + r["solve"] for r in runs),
+    }
+
+
+def _tune(kind: str, family: str, args: Any) -> tuple[str, dict[str, Any], dict[str, float]]:
+    """The PyAMG setting with the least total time on a validation system of the family."""
+    a = _family(family)(args.val_n, seed=TEST_SEED0 - 1)
+    b = torch.from_numpy(np.random.default_rng(1).standard_normal(a.shape[0]))
+    cands = _sa_candidates() if kind == "sa" else _rs_candidates()
+    scores = {}
+    for name, opts in cands.items():
+        scores[name] = _measure(_pyamg(kind, opts), a, b, args)["total_s"]
+    best = min(scores, key=scores.__getitem__)
+    return best, cands[best], scores
+
+
+def _train(args: Any) -> tuple[Any, dict[str, Any]]:
+    from ..precond import LearnedPreconditioner, fit_preconditioner
+
+    torch.manual_seed(args.seed)
+    mats, val = [], []
+    for f in args.train_families:
+        for k, n in enumerate(args.train_n):
+            mats.append(_family(f)(n, seed=args.seed + k))
+        val.append(_family(f)(args.train_n[0], seed=args.seed + 500))
+    model = LearnedPreconditioner("amg", hidden=args.hidden, layers=args.layers, seed=args.seed)
+    t0 = time.perf_counter()
+    hist = fit_preconditioner(
+        model,
+        mats,
+        val_matrices=val,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        n_rhs=args.n_rhs,
+        seed=args.seed,
+    )
+    seconds = time.perf_counter() - t0
+    info = {
+        "families": list(args.train_families),
+        "sizes": [int(n) ** 2 for n in args.train_n],
+        "systems": len(mats),
+        "epochs": args.epochs,
+        "unrolled_steps": args.steps,
+        "seconds": seconds,
+        "kept_initial": bool(getattr(hist, "kept_initial", False)),
+    }
+    return model, info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    p.add_argument("--n", nargs="+", type=positive_int_arg, default=[256], help="test grid sides")
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    p.add_argument(
+        "--train-families", nargs="+", choices=FAMILIES, default=["diffusion", "anisotropic"]
+    )
+    p.add_argument("--train-n", nargs="+", type=positive_int_arg, default=[32, 48])
+    p.add_argument("--val-n", type=positive_int_arg, default=128, help="tuning system side")
+    p.add_argument("--epochs", type=positive_int_arg, default=6)
+    p.add_argument("--steps", type=positive_int_arg, default=6, help="unrolled PCG steps")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--n-rhs", type=positive_int_arg, default=4)
+    p.add_argument("--hidden", type=positive_int_arg, default=8)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--test-systems", type=positive_int_arg, default=1)
+    p.add_argument("--repeats", type=positive_int_arg, default=3)
+    p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int_arg, default=1)
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    p.add_argument("--name", default="amg")
+    return p
+
+
+def _methods(tuned: dict[str, Any], model: Any, untrained: Any) -> dict[str, Callable]:
+    from ..precond import chebyshev, mic0
+
+    out: dict[str, Callable] = {
+        "mic0": mic0,
+        "chebyshev": chebyshev,
+        "pyamg-sa": _pyamg("sa", {}),
+        "pyamg-rs": _pyamg("rs", {}),
+    }
+    for kind in ("sa", "rs"):
+        name, opts, _ = tuned[kind]
+        if name != "default":
+            out[f"pyamg-{kind}-tuned"] = _pyamg(kind, opts)
+    out["learned-amg-untrained"] = untrained.build
+    out["learned-amg"] = model.build
+    return out
+
+
+CLASSICAL = ("mic0", "chebyshev", "pyamg-sa", "pyamg-rs", "pyamg-sa-tuned", "pyamg-rs-tuned")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring). Returns 0."""
+    from ..precond import LearnedPreconditioner
+
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.n, args.train_n, args.val_n, args.epochs = [24], [10, 12], 16, 1
+        args.steps, args.test_systems, args.repeats, args.n_rhs = 4, 1, 1, 2
+    torch.set_num_threads(args.threads)
+    print(f"training learned AMG on {args.train_families} at {args.train_n} ...", flush=True)
+    model, training = _train(args)
+    print(f"  trained in {training['seconds']:.1f} s", flush=True)
+    untrained = LearnedPreconditioner("amg", hidden=args.hidden, layers=args.layers, seed=0)
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    tuning: dict[str, Any] = {}
+    for family in args.families:
+        tuned = {k: _tune(k, family, args) for k in ("sa", "rs")}
+        tuning[family] = {k: {"chosen": v[0], "total_s": v[2]} for k, v in tuned.items()}
+        methods = _methods(tuned, model, untrained)
+        for n in args.n:
+            per: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+            for t in range(args.test_systems):
+                seed = TEST_SEED0 + 100 * n + t
+                a = _family(family)(n, seed=seed)
+                b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
+                for meth, build in methods.items():
+                    per[meth].append(_measure(build, a, b, args))
+            block = []
+            for meth, res in per.items():
+                block.append(
+                    {
+                        "family": family,
+                        "n": n * n,
+                        "method": meth,
+                        "seen_in_training": family in args.train_families,
+                        "iters": float(np.mean([r["iters"] for r in res])),
+                        "setup_s": float(np.mean([r["setup_s"] for r in res])),
+                        "solve_s": float(np.mean([r["solve_s"] for r in res])),
+                        "total_s": float(np.mean([r["total_s"] for r in res])),
+                        "converged": all(r["converged"] for r in res),
+                    }
+                )
+            by = {r["method"]: r for r in block}
+            best = min((r for r in block if r["method"] in CLASSICAL), key=lambda r: r["total_s"])
+            for r in block:
+                r["time_vs_best_classical"] = r["total_s"] / best["total_s"]
+                r["iters_vs_sa"] = r["iters"] / by["pyamg-sa"]["iters"]
+            la = by["learned-amg"]
+            summary.append(
+                {
+                    "family": family,
+                    "n": n * n,
+                    "seen_in_training": family in args.train_families,
+                    "best_classical": best["method"],
+                    "learned_time_vs_best": la["time_vs_best_classical"],
+                    "learned_iters_vs_sa": la["iters_vs_sa"],
+                    "untrained_iters_vs_sa": by["learned-amg-untrained"]["iters_vs_sa"],
+                    "time_goal_met": la["time_vs_best_classical"] <= 1.0,
+                    "iters_goal_met": la["iters_vs_sa"] <= 0.8,
+                }
+            )
+            rows.extend(block)
+            print(markdown_table(block), flush=True)
+    cols = [
+        "family",
+        "n",
+        "method",
+        "iters",
+        "setup_s",
+        "solve_s",
+        "total_s",
+        "time_vs_best_classical",
+        "iters_vs_sa",
+        "converged",
+    ]
+    table = markdown_table(rows, cols)
+    summ = markdown_table(summary)
+    print("\n" + table + "\n\n" + summ)
+    out = Path(args.out)
+    path = write_results(
+        args.name,
+        {
+            "config": dict(vars(args)),
+            "note": "times: median over repeats of one run each (setup, solve, total), mean "
+            "over test systems; ratios within this run; every method in the same PCG",
+            "training": training,
+            "pyamg_tuning": tuning,
+            "rows": rows,
+            "summary": summary,
+        },
+        out,
+        quick=args.quick,
+    )
+    md = out / f"{path.stem}.md"
+    write_text(md, f"# learned AMG benchmark\n\n{table}\n\n## goals (issue 19)\n\n{summ}\n")
+    print(f"\nwrote {path} and {md}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
