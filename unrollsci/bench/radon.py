@@ -41,15 +41,8 @@ QUICK_SIZES = ((64, 60), (96, 90))
 METHODS = ("matrix", "matfree", "deepinv", "skimage")
 #: The stored matrix is not attempted above this estimated construction peak (bytes).
 MATRIX_LIMIT = 8e9
-
-
-def _median_time(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+#: ... and is built a second time for the interleaved timing only below this one.
+TIMING_MATRIX_LIMIT = 2e9
 
 
 def _phantom(n: int) -> np.ndarray:
@@ -59,89 +52,128 @@ def _phantom(n: int) -> np.ndarray:
     return resize(shepp_logan_phantom(), (n, n))
 
 
-def _worker(method: str, n: int, n_angles: int, batch: int, repeats: int, tmp: str) -> dict:
-    """One method at one size, in its own process: build, time, agreement, peak memory."""
-    torch.manual_seed(0)
-    theta = np.linspace(0.0, 180.0, n_angles, endpoint=False)
-    img = _phantom(n)
-    x = torch.from_numpy(img).float()[None].repeat(batch, 1, 1) * (
-        1 + 0.1 * torch.rand(batch, 1, 1)
-    )
+def _batch(n: int, batch: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    scale = 1 + 0.1 * torch.rand(batch, 1, 1, generator=gen)
+    return torch.from_numpy(_phantom(n)).float()[None].repeat(batch, 1, 1) * scale
+
+
+def _memory_worker(method: str, n: int, n_angles: int, batch: int, tmp: str) -> dict:
+    """Build one Radon method (caches cold), apply it once both ways: build time, peak
+    resident memory of this process, and its float64 projection of Shepp-Logan."""
+    from ..operators import Radon
+
+    x = _batch(n, batch)
     out: dict[str, Any] = {"method": method, "rss_start_mb": _rss_mb()}
-    if method in ("matrix", "matfree"):
-        from ..operators import Radon
-
-        t0 = time.perf_counter()
-        op = Radon(n, n_angles, method=method, max_memory=float("inf"))
-        out["build_s"] = time.perf_counter() - t0
-        with torch.no_grad():
-            y = op(x)
-            op.adjoint(y)
-            out["forward_s"] = _median_time(lambda: op(x), repeats)
-            out["adjoint_s"] = _median_time(lambda: op.adjoint(y), repeats)
-            y64 = op(torch.from_numpy(img)[None])[0].numpy()
-        np.save(os.path.join(tmp, f"{method}.npy"), y64.T)
-        out["nnz"] = op.nnz
-    elif method == "deepinv":
-        from deepinv.physics import Tomography
-
-        # The default (all angles in one grid_sample) holds batch x angles x N^2 values;
-        # past 2 GB of them deepinv's per-angle loop (parallel_computation=False) is used.
-        parallel = batch * n_angles * n * n * 4 <= 2e9
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            op = Tomography(
-                angles=n_angles,
-                img_width=n,
-                circle=True,
-                normalize=False,
-                parallel_computation=parallel,
-                device="cpu",
-            )
-        out["build_s"] = time.perf_counter() - t0
-        out["parallel_computation"] = parallel
-        xb = x[:, None]
-        with torch.no_grad():
-            y = op.A(xb)
-            reps = repeats if n < 512 else 1
-            out["forward_s"] = _median_time(lambda: op.A(xb), reps)
-            out["adjoint_s"] = _median_time(lambda: op.A_adjoint(y), reps)
-            out["repeats"] = reps
-    else:  # skimage, looped over (a part of) the batch, scaled to the batch
-        from skimage.transform import iradon, radon
-
-        xs = x.double().numpy()
-        k = batch if n <= 256 else 2
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            sinos = [radon(im, theta, circle=True) for im in xs[:k]]
-            out["forward_s"] = (time.perf_counter() - t0) * batch / k
-            t0 = time.perf_counter()
-            for s in sinos:
-                iradon(s, theta, filter_name=None, circle=True)
-            out["adjoint_s"] = (time.perf_counter() - t0) * batch / k
-            ref = radon(img, theta, circle=True)
-        np.save(os.path.join(tmp, "skimage.npy"), ref)
-        out["images_timed"] = k
-        out["build_s"] = 0.0
+    t0 = time.perf_counter()
+    op = Radon(n, n_angles, method=method, max_memory=float("inf"))
+    out["build_s"] = time.perf_counter() - t0
+    with torch.no_grad():
+        op.adjoint(op(x))
+        y64 = op(torch.from_numpy(_phantom(n))[None])[0].numpy()
+    np.save(os.path.join(tmp, f"{method}.npy"), y64.T)
+    out["nnz"] = op.nnz
     out["peak_rss_mb"] = _rss_mb()
     return out
+
+
+def _deepinv_op(n: int, n_angles: int, batch: int) -> tuple[Any, bool]:
+    from deepinv.physics import Tomography
+
+    # The default (all angles in one grid_sample) holds batch x angles x N^2 values;
+    # past 2 GB of them deepinv's per-angle loop (parallel_computation=False) is used.
+    parallel = batch * n_angles * n * n * 4 <= 2e9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        op = Tomography(
+            angles=n_angles,
+            img_width=n,
+            circle=True,
+            normalize=False,
+            parallel_computation=parallel,
+            device="cpu",
+        )
+    return op, parallel
+
+
+def _timing_worker(methods: list[str], n: int, n_angles: int, args: Any, tmp: str) -> dict:
+    """All methods in one process, timed in interleaved rounds (round r runs every method
+    once), so that a change of the machine's load hits all of them alike."""
+    from skimage.transform import iradon, radon
+
+    from ..operators import Radon
+
+    theta = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+    x = _batch(n, args.batch)
+    big = n >= 512
+    fns: dict[str, tuple[Any, Any, int]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        if m in ("matrix", "matfree"):
+            op = Radon(n, n_angles, method=m, max_memory=float("inf"))
+            y = op(x)
+            fns[m] = (lambda op=op: op(x), lambda op=op, y=y: op.adjoint(y), args.repeats)
+            info[m] = {}
+        elif m == "deepinv":
+            import deepinv.physics  # noqa: F401  (the import is not part of the build time)
+
+            t0 = time.perf_counter()
+            dop, parallel = _deepinv_op(n, n_angles, args.batch)
+            info[m] = {"build_s": time.perf_counter() - t0, "parallel_computation": parallel}
+            xb = x[:, None]
+            yb = dop.A(xb)
+            reps = 1 if big else args.repeats
+            fns[m] = (
+                lambda dop=dop, xb=xb: dop.A(xb),
+                lambda dop=dop, yb=yb: dop.A_adjoint(yb),
+                reps,
+            )
+        else:  # scikit-image, looped over k images of the batch, scaled to the batch
+            xs = x.double().numpy()
+            k = 2 if big else args.batch
+            sinos = [radon(im, theta, circle=True) for im in xs[:k]]
+
+            def sk_fwd(xs: np.ndarray = xs, k: int = k) -> None:
+                [radon(im, theta, circle=True) for im in xs[:k]]
+
+            def sk_adj(sinos: list = sinos) -> None:
+                [iradon(s, theta, filter_name=None, circle=True) for s in sinos]
+
+            fns[m] = (sk_fwd, sk_adj, 1 if big else args.repeats)
+            info[m] = {"images_timed": k, "scale": args.batch / k, "build_s": 0.0}
+            np.save(os.path.join(tmp, "skimage.npy"), radon(_phantom(n), theta, circle=True))
+    times: dict[str, dict[str, list[float]]] = {m: {"fwd": [], "adj": []} for m in fns}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(max(v[2] for v in fns.values())):
+            for m, (fwd, adj, reps) in fns.items():
+                if r >= reps:
+                    continue
+                for key, fn in (("fwd", fwd), ("adj", adj)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[m][key].append(time.perf_counter() - t0)
+    for m, t in times.items():
+        scale = info[m].get("scale", 1.0)
+        info[m]["forward_s"] = statistics.median(t["fwd"]) * scale
+        info[m]["adjoint_s"] = statistics.median(t["adj"]) * scale
+        info[m]["runs"] = len(t["fwd"])
+    return {"timing": info, "peak_rss_mb_all_methods": _rss_mb()}
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _run_worker(method: str, n: int, a: int, args: Any, tmp: str) -> dict:
-    cmd = [sys.executable, "-m", "unrollsci.bench.radon", "--worker", method]
-    cmd += ["--size", str(n), "--angles", str(a), "--batch", str(args.batch)]
-    cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads), "--tmp", tmp]
+def _run_worker(kind: str, methods: list[str], n: int, a: int, args: Any, tmp: str) -> dict:
+    cmd = [sys.executable, "-m", "unrollsci.bench.radon", "--worker", kind, "--tmp", tmp]
+    cmd += ["--methods", *methods, "--size", str(n), "--angles", str(a)]
+    cmd += ["--batch", str(args.batch), "--repeats", str(args.repeats)]
+    cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"method": method, "error": f"exit {done.returncode}: {tail[0][:200]}"}
+        return {"error": f"exit {done.returncode}: {tail[0][:300]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -204,15 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=positive_int_arg, default=3)
     p.add_argument("--threads", type=positive_int_arg, default=2)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("memory", "timing"), help=argparse.SUPPRESS)
     p.add_argument("--size", type=positive_int_arg, help=argparse.SUPPRESS)
     p.add_argument("--angles", type=positive_int_arg, help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.worker:
-        res = _worker(args.worker, args.size, args.angles, args.batch, args.repeats, args.tmp)
-        print(json.dumps(res))
+    if args.worker == "memory":
+        m = args.methods[0]
+        print(json.dumps(_memory_worker(m, args.size, args.angles, args.batch, args.tmp)))
+        return 0
+    if args.worker == "timing":
+        print(json.dumps(_timing_worker(args.methods, args.size, args.angles, args, args.tmp)))
         return 0
     from ..operators._radon import radon_memory_estimate
 
@@ -224,14 +259,26 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{n}x{n}_{a}"
         results[key] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for m in methods:
-                est = radon_memory_estimate(n, a)
+            est = radon_memory_estimate(n, a)
+            for m in ("matrix", "matfree"):
+                if m not in methods:
+                    continue
                 if m == "matrix" and est > MATRIX_LIMIT:
                     results[key][m] = {"skipped": f"estimated build peak {est / 1e9:.1f} GB"}
                     continue
-                r = _run_worker(m, n, a, args, tmp)
-                results[key][m] = r
-                print(key, m, r, flush=True)
+                results[key][m] = _run_worker("memory", [m], n, a, args, tmp)
+                print(key, m, results[key][m], flush=True)
+            # The matrix joins the interleaved timing where it is cheap to build again.
+            timed = [m for m in methods if m != "matrix" or est <= TIMING_MATRIX_LIMIT]
+            timing = _run_worker("timing", timed, n, a, args, tmp)
+            print(key, "timing", timing, flush=True)
+            results[key]["timing_process_peak_rss_mb"] = timing.get("peak_rss_mb_all_methods")
+            if "error" in timing:
+                results[key]["timing_error"] = timing["error"]
+            for m, t in timing.get("timing", {}).items():
+                results[key].setdefault(m, {}).update(t)
+            if "matrix" in results[key] and "forward_s" not in results[key]["matrix"]:
+                results[key]["matrix"]["note"] = "not timed (build too slow to repeat here)"
             ref_path = os.path.join(tmp, "skimage.npy")
             ref = np.load(ref_path) if os.path.exists(ref_path) else None
             for m in ("matrix", "matfree"):
@@ -242,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
                     results[key][m]["rel_l2_vs_skimage"] = rel
         dref = results[key].get("deepinv", {})
         for m, r in results[key].items():
+            if not isinstance(r, dict):
+                continue
             if "forward_s" not in r:
-                rows.append({"size": key, "method": m, "note": r.get("skipped", r.get("error"))})
+                note = r.get("skipped", r.get("error", r.get("note")))
+                rows.append({"size": key, "method": m, "note": note})
                 continue
             fa = r["forward_s"] + r["adjoint_s"]
             row = {
@@ -252,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 "build (s)": r.get("build_s", 0.0),
                 "forward (s)": r["forward_s"],
                 "adjoint (s)": r["adjoint_s"],
-                "peak RSS (GB)": r["peak_rss_mb"] / 1024,
+                "peak RSS (GB)": r.get("peak_rss_mb", math.nan) / 1024,
                 "rel. diff. to skimage": r.get("rel_l2_vs_skimage", math.nan),
             }
             if "forward_s" in dref and m in ("matrix", "matfree"):
@@ -272,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": [list(s) for s in sizes],
         "load_average_1_5_15min": list(os.getloadavg()),
         "deepinv_measured": "deepinv" in methods,
-        "timing": "median of --repeats runs; deepinv and skimage at 512^2: one run; skimage "
-        "at 512^2 times 2 images and scales to the batch",
+        "timing": "all methods of a size in one process, interleaved rounds, median of "
+        "--repeats rounds; deepinv and skimage at 512^2: one round; skimage at 512^2 times 2 "
+        "images and scales to the batch; peak RSS and build time: one process per method",
     }
     data = {"config": config, "results": results, "fanbeam": fan}
     path = write_results("radon", data, args.out, quick=args.quick)
