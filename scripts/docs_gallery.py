@@ -88,19 +88,27 @@ def example_paths(names: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def is_current(path: Path, out: Path = DEFAULT_OUT) -> bool:
-    """Whether ``out/NAME/result.json`` exists and was made from this source."""
+def is_current(path: Path, out: Path = DEFAULT_OUT, digest: str | None = None) -> bool:
+    """Whether ``out/NAME/result.json`` exists and was made from this source (``digest``:
+    its :func:`source_hash`, computed here when not given)."""
     result = out / path.stem / "result.json"
     if not result.exists():
         return False
     try:
-        return json.loads(result.read_text())["sha256"] == source_hash(path)
+        return json.loads(result.read_text())["sha256"] == (digest or source_hash(path))
     except (ValueError, KeyError):
         return False
 
 
-def run_example(path: Path, out: Path = DEFAULT_OUT, threads: int | None = None) -> dict:
-    """Run one example; write and return its ``result.json`` record."""
+def run_example(
+    path: Path, out: Path = DEFAULT_OUT, threads: int | None = None, digest: str | None = None
+) -> dict:
+    """Run one example; write and return its ``result.json`` record.
+
+    ``digest`` is the :func:`source_hash` to record (computed before the run when not given),
+    so that a caller that hashed the sources once sees the same value afterwards.
+    """
+    digest = digest or source_hash(path)
     dest = out / path.stem
     dest.mkdir(parents=True, exist_ok=True)
     for old in [*dest.glob("figure_*.png"), dest / "cpu_seconds.txt"]:
@@ -133,7 +141,7 @@ def run_example(path: Path, out: Path = DEFAULT_OUT, threads: int | None = None)
     record = {
         "name": path.stem,
         "source": str(path.relative_to(ROOT)),
-        "sha256": source_hash(path),
+        "sha256": digest,
         "returncode": returncode,
         "seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": cpu,
@@ -147,11 +155,17 @@ def run_example(path: Path, out: Path = DEFAULT_OUT, threads: int | None = None)
     return record
 
 
-def run_all(paths: list[Path], out: Path = DEFAULT_OUT, jobs: int = 2) -> list[dict]:
+def run_all(
+    paths: list[Path],
+    out: Path = DEFAULT_OUT,
+    jobs: int = 2,
+    digests: dict[Path, str] | None = None,
+) -> list[dict]:
     """Run examples ``jobs`` at a time (one torch thread each when ``jobs > 1``)."""
     threads = 1 if jobs > 1 else None
+    digests = digests or {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(lambda p: run_example(p, out, threads), paths))
+        return list(pool.map(lambda p: run_example(p, out, threads, digests.get(p)), paths))
 
 
 def main(argv: list[str] | None = None) -> int:

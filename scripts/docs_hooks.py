@@ -210,10 +210,13 @@ def build_gallery() -> list:
     paths = docs_gallery.example_paths()
     out = docs_gallery.DEFAULT_OUT
     run = os.environ.get("UNROLLSCI_DOCS_GALLERY", "1") != "0"
-    todo = [p for p in paths if not docs_gallery.is_current(p, out)]
+    # hashed once per build: the pages show the results of the sources as the build found them
+    digests = {p: docs_gallery.source_hash(p) for p in paths}
+    todo = [p for p in paths if not docs_gallery.is_current(p, out, digests[p])]
     if todo and run:
         log.info(f"gallery: running {len(todo)} example(s): {', '.join(p.stem for p in todo)}")
-        docs_gallery.run_all(todo, out, jobs=int(os.environ.get("UNROLLSCI_DOCS_JOBS", "2")))
+        jobs = int(os.environ.get("UNROLLSCI_DOCS_JOBS", "2"))
+        docs_gallery.run_all(todo, out, jobs=jobs, digests=digests)
     require_figures = os.environ.get("UNROLLSCI_DOCS_REQUIRE_FIGURES", "0") == "1"
     nav = [{"Overview": "gallery/index.md"}]
     index = [
@@ -234,7 +237,7 @@ def build_gallery() -> list:
         if body:
             page += [_prose(body), ""]
         thumb = ""
-        if rec is None or rec["sha256"] != docs_gallery.source_hash(path):
+        if rec is None or rec["sha256"] != digests[path]:
             log.warning(f"gallery: {path.name} was not run for this build")
             page += ['!!! warning "Not run"', "    This example was not run for this build.", ""]
         elif rec["returncode"] != 0:
@@ -244,6 +247,7 @@ def build_gallery() -> list:
             if not rec["figures"]:
                 msg = f"gallery: {path.name} makes no figure"
                 (log.warning if require_figures else log.info)(msg)
+                page += ["This example makes no figure; what it printed is below.", ""]
             for k, fig in enumerate(rec["figures"], 1):
                 fig_uri = f"gallery/{path.stem}/{fig}"
                 _generated[fig_uri] = out / path.stem / fig
