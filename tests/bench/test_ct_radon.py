@@ -63,9 +63,23 @@ def test_bench_ct_rejects_bad_options():
 def test_bench_radon_quick(tmp_path):
     from unrollsci.bench.radon import main
 
-    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    argv = ["--quick", "--out", str(tmp_path), "--repeats", "1", "--threads", "1"]
+    assert main([*argv, "--methods", "matrix", "matfree", "skimage"]) == 0
     data = json.loads((tmp_path / "radon_quick.json").read_text())
-    assert data["summary"]["rel_l2_vs_skimage_shepp_logan"] < 1e-6
+    assert not (tmp_path / "radon.json").exists()
+    assert (tmp_path / "radon_quick.md").exists()
+    assert set(data["results"]) == {"64x64_60", "96x96_90"}
+    for r in data["results"].values():
+        for m in ("matrix", "matfree"):
+            assert r[m]["rel_l2_vs_skimage"] < 1e-6
+            assert r[m]["forward_s"] > 0 and r[m]["adjoint_s"] > 0
+            assert r[m]["peak_rss_mb"] > 0
+        assert r["matfree"]["nnz"] == 0 < r["matrix"]["nnz"]
+        assert r["skimage"]["images_timed"] == 16
+    fan = data["fanbeam"]
+    assert fan["adjoint_error_float64"] < 1e-12
+    assert fan["rel_error_vs_closed_form_power2"] < 3e-3  # N = 128 in quick mode
+    assert abs(fan["psnr_fanbeam_fbp_db"] - fan["psnr_parallel_fbp_db"]) < 1.0
 
 
 @pytest.mark.slow

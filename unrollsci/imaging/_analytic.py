@@ -83,7 +83,7 @@ def ellipse_line_integrals(
         >>> import torch
         >>> disk = torch.tensor([[1.0, 0.5, 0.5, 0.0, 0.0, 0.0]])
         >>> p, d = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-        >>> float(ellipse_line_integrals(disk, p, d, 64)[0])  # a diameter: 2 * 0.5 * 32
+        >>> round(float(ellipse_line_integrals(disk, p, d, 64)[0]), 9)  # diameter 2 * 0.5 * 32
         32.0
     """
     if not isinstance(params, torch.Tensor) or params.shape[-1] != 6 or params.dim() not in (2, 3):
