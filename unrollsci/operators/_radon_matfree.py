@@ -145,7 +145,9 @@ DEFINE_KERNELS(float, f32, 16)
 DEFINE_KERNELS(double, f64, 8)
 """
 
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
+#: Tried in order (a compiler that rejects one falls through to the next).
+_VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ("-fopenmp",), ())
 
 
 def _cache_dir() -> Path:
@@ -168,14 +170,14 @@ def _cpu_signature() -> str:
     return platform.processor() + platform.machine()
 
 
-def _compile(path: Path, openmp: bool) -> bool:
+def _compile(path: Path, extra: tuple[str, ...]) -> bool:
     compiler = os.environ.get("CC", "cc")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         src = Path(tmp) / "raykernel.c"
         src.write_text(_SOURCE)
         lib = Path(tmp) / path.name
-        cmd = [compiler, *_FLAGS, *(["-fopenmp"] if openmp else []), str(src), "-o", str(lib)]
+        cmd = [compiler, *_FLAGS, *extra, str(src), "-o", str(lib)]
         try:
             done = subprocess.run(cmd, capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError):
@@ -194,10 +196,10 @@ def _library() -> Any:
     key = hashlib.sha256(
         (_SOURCE + " ".join(_FLAGS) + _cpu_signature() + sys.platform).encode()
     ).hexdigest()[:16]
-    for openmp in (True, False):
-        path = _cache_dir() / f"raykernel_{key}{'_omp' if openmp else ''}.so"
+    for i, extra in enumerate(_VARIANTS):
+        path = _cache_dir() / f"raykernel_{key}_{i}.so"
         try:
-            if not path.exists() and not _compile(path, openmp):
+            if not path.exists() and not _compile(path, extra):
                 continue
             lib = ctypes.CDLL(str(path))
         except OSError:
