@@ -9,6 +9,7 @@ import contextlib
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 from hypothesis import given, settings
@@ -57,15 +58,29 @@ def test_untrained_prolongation_is_pyamg_smoothed_aggregation(fam):
     from pyamg.strength import symmetric_strength_of_connection
 
     a = check_spd_input(FAMILIES[fam](10, 1))
-    model = LearnedPreconditioner("amg", seed=0)
-    g = model.prepare(a)
-    with torch.no_grad():
-        p = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g)).prolongation()
     c = symmetric_strength_of_connection(a, 0.0)
     t, b = fit_candidates(standard_aggregation(c)[0], np.ones((a.shape[0], 1)))
     ref = _seeded(0, jacobi_prolongation_smoother, a, t, c, b)
+    # with PyAMG's spectral-radius estimate: PyAMG's SA prolongation
+    setup = amg_setup(a, rho="pyamg")
+    w = torch.full((a.nnz,), setup.omega0, dtype=torch.float64)
+    p = TwoLevelCycle(setup, prolongation_values(setup, w)).prolongation()
     assert p.shape == ref.shape
     assert abs(p - ref).max() <= 1e-13 * abs(ref).max()
+    # the untrained model (Lanczos estimate, the default): T - omega0 D^-1 A T, written out
+    model = LearnedPreconditioner("amg", seed=0)
+    g = model.prepare(a)
+    with torch.no_grad():
+        pm = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g)).prolongation()
+    omega0 = g.cache["amg"].omega0
+    direct = t - omega0 * sp.diags(1.0 / a.diagonal()) @ a @ t
+    assert abs(pm - direct).max() <= 1e-13 * abs(direct).max()
+    assert omega0 == pytest.approx(setup.omega0, rel=0.02)  # the two estimates of rho agree
+
+
+def test_amg_setup_rejects_unknown_rho():
+    with pytest.raises(ValueError, match="rho 'lanczos' or 'pyamg'"):
+        amg_setup(check_spd_input(diffusion2d(4)), rho="power")
 
 
 @pytest.mark.parametrize("fam", sorted(FAMILIES))

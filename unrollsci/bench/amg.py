@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int_arg, default=3)
     p.add_argument("--rtol", type=float, default=1e-8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int_arg, default=1)
+    p.add_argument("--threads", type=positive_int_arg, default=1, help="torch and BLAS threads")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--name", default="amg")
     return p
@@ -201,13 +201,27 @@ CLASSICAL = ("mic0", "chebyshev", "pyamg-sa", "pyamg-rs", "pyamg-sa-tuned", "pya
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring). Returns 0."""
-    from ..precond import LearnedPreconditioner
-
     args = build_parser().parse_args(argv)
     if args.quick:
         args.n, args.train_n, args.val_n, args.epochs = [24], [10, 12], 16, 1
         args.steps, args.test_systems, args.repeats, args.n_rhs = 4, 1, 1, 2
     torch.set_num_threads(args.threads)
+    try:  # numpy/scipy BLAS threads too: oversubscribed, they slow PyAMG's set-up many times
+        from threadpoolctl import threadpool_limits
+
+        limits: Any = threadpool_limits(args.threads)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        limits = None
+    try:
+        return _main(args)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+
+
+def _main(args: Any) -> int:
+    from ..precond import LearnedPreconditioner
+
     print(f"training learned AMG on {args.train_families} at {args.train_n} ...", flush=True)
     model, training = _train(args)
     print(f"  trained in {training['seconds']:.1f} s", flush=True)

@@ -111,15 +111,47 @@ class AMGSetup:
         return AMGSetup(**moved)
 
 
-def amg_setup(a: Any, *, omega: float = 4.0 / 3.0, theta: float = 0.0, seed: int = 0) -> AMGSetup:
+def _lanczos_rho(a: Any, d: np.ndarray, steps: int = 12, seed: int = 0) -> float:
+    """Largest eigenvalue of ``D^{-1/2} A D^{-1/2}`` (= ``rho(D^{-1} A)``) by ``steps`` steps
+    of Lanczos with full reorthogonalization from a seeded start (the top Ritz value)."""
+    n = a.shape[0]
+    dis = 1.0 / np.sqrt(d)
+    v = np.random.default_rng(seed).standard_normal(n)
+    basis = [v / np.linalg.norm(v)]
+    alphas, betas = [], []
+    for j in range(min(steps, n)):
+        w = dis * (a @ (dis * basis[j]))
+        alphas.append(float(w @ basis[j]))
+        q = np.stack(basis)
+        w = w - q.T @ (q @ w)
+        beta = float(np.linalg.norm(w))
+        if beta <= 1e-12 * abs(alphas[0]) or j == min(steps, n) - 1:
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    t = (
+        np.diag(alphas)
+        + np.diag(betas[: len(alphas) - 1], 1)
+        + np.diag(betas[: len(alphas) - 1], -1)
+    )
+    return float(np.linalg.eigvalsh(t)[-1])
+
+
+def amg_setup(
+    a: Any, *, omega: float = 4.0 / 3.0, theta: float = 0.0, seed: int = 0, rho: str = "lanczos"
+) -> AMGSetup:
     """PyAMG's aggregation of ``a`` (validated canonical CSR) and the index maps of ``P``.
 
     Strength of connection ``symmetric`` with ``theta``, ``standard`` aggregation and
     ``fit_candidates`` with the constant vector: the defaults of
     ``pyamg.smoothed_aggregation_solver`` (without its candidate improvement, so that
-    ``T`` is the aggregates' scaled indicator). ``rho(D^{-1} A)`` from PyAMG's
-    ``approximate_spectral_radius`` under ``seed``.
+    ``T`` is the aggregates' scaled indicator). ``rho(D^{-1} A)``: ``"pyamg"``, PyAMG's
+    ``approximate_spectral_radius`` under ``seed`` (what its SA uses: the untrained ``P``
+    is then exactly PyAMG's); ``"lanczos"`` (default), 12 Lanczos steps (a few times
+    cheaper, and within a fraction of a percent on the benchmark families).
     """
+    if rho not in ("lanczos", "pyamg"):
+        raise ValueError(f"Expected rho 'lanczos' or 'pyamg' (got {rho!r}).")
     import scipy.sparse as sp
     from pyamg.aggregation import fit_candidates, standard_aggregation
     from pyamg.strength import symmetric_strength_of_connection
@@ -139,17 +171,30 @@ def amg_setup(a: Any, *, omega: float = 4.0 / 3.0, theta: float = 0.0, seed: int
     rows = np.repeat(np.arange(n), np.diff(a.indptr))
     cols = a.indices.astype(np.int64)
     vals = np.asarray(a.data, dtype=np.float64)
-    scaled = sp.csr_matrix((vals / d[rows], a.indices, a.indptr), shape=a.shape)
-    rho = float(_seeded(seed, approximate_spectral_radius, scaled))
+    if rho == "pyamg":
+        scaled = sp.csr_matrix((vals / d[rows], a.indices, a.indptr), shape=a.shape)
+        rho_value = float(_seeded(seed, approximate_spectral_radius, scaled))
+    else:
+        rho_value = _lanczos_rho(a, d, seed=seed)
     contrib = np.flatnonzero(agg[cols] >= 0)
     key_c = rows[contrib] * nc + agg[cols[contrib]]
     own = np.flatnonzero(agg >= 0)
     key_t = own * nc + agg[own]
-    keys = np.unique(np.concatenate([key_c, key_t]))
+    # unique keys (row-major P pattern) and each key's position, by one stable sort (the
+    # keys come nearly sorted by row; faster than np.unique's hash here)
+    allk = np.concatenate([key_c, key_t])
+    order = np.argsort(allk, kind="stable")
+    srt = allk[order]
+    new = np.empty(srt.size, dtype=bool)
+    new[:1] = True
+    new[1:] = srt[1:] != srt[:-1]
+    keys = srt[new]
+    pos = np.empty(allk.size, dtype=np.int64)
+    pos[order] = np.cumsum(new) - 1
     p_row, p_col = keys // nc, keys % nc
     p0 = np.zeros(keys.size)
-    p0[np.searchsorted(keys, key_t)] = tv[own]
-    target = np.searchsorted(keys, key_c)
+    p0[pos[key_c.size :]] = tv[own]
+    target = pos[: key_c.size]
     coef = vals[contrib] * tv[cols[contrib]] / d[rows[contrib]]
     p_indptr = np.concatenate([[0], np.cumsum(np.bincount(p_row, minlength=n))])
     dis = 1.0 / np.sqrt(d)
@@ -181,7 +226,7 @@ def amg_setup(a: Any, *, omega: float = 4.0 / 3.0, theta: float = 0.0, seed: int
         e_row=tt(rows.astype(np.int64)),
         e_col=tt(cols),
         edge_attr=tt(edge_attr.astype(np.float32)),
-        omega0=float(omega / rho),
+        omega0=float(omega / rho_value),
         low=low,
         low_vals=tt(low_vals),
         coarse_b=coarse_b,
