@@ -34,10 +34,7 @@ EXCLUDED_PACKAGES = ("unrollsci.bench",)
 # Docstrings whose example fails today in modules another change is editing; the lead empties
 # this set once those changes land (or runs with UNROLLSCI_DOCTEST_PENDING=0 to see them fail).
 # Keys are test ids: "<module>.<qualname>".
-PENDING: set[str] = {
-    # dict order of the ASE calculator's parameters changed with the ASE-conventions work
-    "unrollsci.chem._calculator.QEqCalculator",
-}
+PENDING: set[str] = set()
 
 # Examples correct but too slow for the default run (tens of seconds on a shared 2-core CI
 # machine): marked slow, they run with ``-m slow``.
