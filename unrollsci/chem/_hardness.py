@@ -81,8 +81,8 @@ class _Hardness:
             out = self.diag0 * q + torch.mv(up, q) + torch.mv(lo, q)
         else:
             out = self.diag0 * q
-            out = out.index_add(0, self.i, self.w * q[self.j])
-            out = out.index_add(0, self.j, self.w * q[self.i])
+            out = out.index_add(0, self.i, self.w * q.index_select(0, self.j))
+            out = out.index_add(0, self.j, self.w * q.index_select(0, self.i))
         if self.kf is not None:
             out = out + self.kc @ (self.kf * (q @ self.kc)) + self.ks @ (self.kf * (q @ self.ks))
         return out
@@ -181,7 +181,8 @@ def hardness_terms(
     else:
         i, j, shifts = pairs
     cell_t = cell if cell is not None else torch.zeros(3, 3, dtype=dtype, device=device)
-    vec = positions[j] - positions[i]
+    # index_select: its backward is index_add, cheaper than advanced indexing's
+    vec = positions.index_select(0, j) - positions.index_select(0, i)
     if shifts is not None:
         vec = vec + shifts @ cell_t.to(dtype)
     r = vec.norm(dim=-1)
