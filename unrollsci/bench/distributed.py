@@ -199,8 +199,8 @@ def equivalence_worker(rank: int, kinds: tuple, out: str, ckpt: str, epochs: int
 
 
 # ---------------------------------------------------------------- throughput
-def _throughput(kind: str, epochs: int, device: str, distributed: bool | None) -> float:
-    case = build(kind, "bench", torch.float32)
+def _throughput(kind: str, epochs: int, device: str, distributed: bool | None, scale: str) -> float:
+    case = build(kind, scale, torch.float32)
     if device != "cpu":
         case.model.to(device)
         if isinstance(case.data, tuple):
@@ -219,15 +219,19 @@ def _throughput(kind: str, epochs: int, device: str, distributed: bool | None) -
 
 def throughput_worker(
     rank: int, kinds: tuple, epochs: int, repeats: int, threads: int, device: str,
-    distributed: bool | None, out: str,
+    distributed: bool | None, out: str, scale: str = "bench",
 ) -> None:  # fmt: skip
     """Median samples/s of each kind over ``repeats`` runs (written by rank 0)."""
     torch.set_num_threads(threads)
     if device == "cuda":
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
-    res = {k: statistics.median(_throughput(k, epochs, device, distributed) for _ in range(repeats))
-           for k in kinds}  # fmt: skip
+    res = {
+        k: statistics.median(
+            _throughput(k, epochs, device, distributed, scale) for _ in range(repeats)
+        )
+        for k in kinds
+    }
     if rank == 0:
         torch.save(res, out)
 
@@ -237,7 +241,17 @@ def _measure(nprocs: int, threads: int, distributed: bool | None, args: Any, tmp
     from ..train._distributed import spawn
 
     out = str(tmp / f"tp_{nprocs}_{threads}_{distributed}.pt")
-    run = (tuple(args.kinds), args.epochs, args.repeats, threads, args.device, distributed, out)
+    scale = "test" if args.quick else "bench"
+    run = (
+        tuple(args.kinds),
+        args.epochs,
+        args.repeats,
+        threads,
+        args.device,
+        distributed,
+        out,
+        scale,
+    )
     if nprocs == 1 and distributed is False:
         old = torch.get_num_threads()
         try:
@@ -303,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
-        args.kinds, args.epochs, args.repeats = ["sparse", "ct"], 3, 1
+        args.kinds = [k for k in args.kinds if k in ("sparse", "ct")] or args.kinds
+        args.epochs, args.repeats = 3, 1
         args.ct_size, args.ct_train, args.ct_epochs = 32, 32, 2
     import os
     import tempfile
