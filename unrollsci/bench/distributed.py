@@ -310,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ct-train", type=positive_int_arg, default=256)
     p.add_argument("--ct-epochs", type=positive_int_arg, default=8)
     p.add_argument("--threads-mp", type=positive_int_arg, default=1)
+    p.add_argument(
+        "--with-threads", action="store_true",
+        help="add a 1-process row with 2 torch threads (meaningless on a loaded machine)",
+    )  # fmt: skip
     p.add_argument("--skip-mp", action="store_true", help="leave out the mixed-precision part")
     p.add_argument(
         "--processes", type=int, nargs="+", choices=(1, 2), default=[1, 2],
@@ -325,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = os.cpu_count() or 1
     configs = [("1 process, 1 thread", 1, 1, False)]
-    if cores > 1:
+    if cores > 1 and args.with_threads:
         configs.append((f"1 process, {min(cores, 2)} threads", 1, min(cores, 2), False))
     if 2 in args.processes:
         configs += [("1 process, DDP", 1, 1, True), ("2 processes, DDP, 1 thread each", 2, 1, None)]
