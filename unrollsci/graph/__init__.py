@@ -16,8 +16,11 @@ from ._data import (
 from ._laplacian import HeatKernel, chebyshev_coefficients, laplacian_matrix, validate_adjacency
 from ._model import MODES, GraphGDResult, UnrolledGraphGD, graph_loss
 from ._problem import GraphInverseProblem
+from ._pyg import CACHED_ATTRS, CertifiedBounds, problem_from_data
 
 __all__ = [
+    "CACHED_ATTRS",
+    "CertifiedBounds",
     "GLOBAL_FEATURES",
     "MODES",
     "NODE_FEATURES",
@@ -31,6 +34,7 @@ __all__ = [
     "graph_loss",
     "inpainting_problem",
     "laplacian_matrix",
+    "problem_from_data",
     "load_minnesota",
     "random_graph",
     "road_graph",

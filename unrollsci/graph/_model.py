@@ -12,6 +12,7 @@ from .._validation import check_model_dtype, model_dtype
 from ..solvers._chebyshev import chebyshev_roots
 from ._controller import StepController, certify_window
 from ._problem import GraphInverseProblem
+from ._pyg import is_pyg_data, problem_from_data
 
 __all__ = ["UnrolledGraphGD", "GraphGDResult", "graph_loss", "MODES"]
 
@@ -251,7 +252,10 @@ class UnrolledGraphGD(nn.Module):
         """Run the unrolled solver on ``problem``.
 
         Args:
-            problem: a :class:`GraphInverseProblem` (batch of signals / graphs).
+            problem: a :class:`GraphInverseProblem` (batch of signals / graphs), or a PyG
+                ``Data``/``Batch`` with the observations ``y``, the ``mask`` and ``lam``
+                as attributes (converted by :func:`problem_from_data`; bounds stored by
+                :class:`CertifiedBounds` are reused, see docs/graph.md "PyG pipelines").
             x0: ``(batch, n)`` start (zeros if None).
             num_layers: run this many layers instead of ``self.num_layers`` (the
                 controller is shared by all layers, so the learned rule extends).
@@ -259,8 +263,13 @@ class UnrolledGraphGD(nn.Module):
         Returns:
             :class:`GraphGDResult`.
         """
+        if is_pyg_data(problem):
+            problem = problem_from_data(problem)
         if not isinstance(problem, GraphInverseProblem):
-            raise TypeError(f"Expected a GraphInverseProblem (got {type(problem).__name__}).")
+            raise TypeError(
+                "Expected a GraphInverseProblem or a PyG Data/Batch (got "
+                f"{type(problem).__name__})."
+            )
         K = self.num_layers if num_layers is None else int(num_layers)  # noqa: N806
         if K < 1:
             raise ValueError(f"Expected num_layers >= 1 (got {K}).")
@@ -364,6 +373,8 @@ def graph_loss(
 ) -> torch.Tensor:
     """Training loss of an unrolled solver on a problem (for ``unrollsci.train.fit``).
 
+    ``problem``: a :class:`GraphInverseProblem` or a PyG ``Data``/``Batch`` (as ``forward``).
+
     * ``"energy"`` (supervised): mean over signals and graphs of ``log`` of the
       squared energy-norm relative error ``||x_K - x*||_H^2 / ||x*||_H^2`` to the
       exact solution (``problem.solve_exact()``, cached).
@@ -380,6 +391,8 @@ def graph_loss(
     """
     if kind not in ("energy", "objective"):
         raise ValueError(f"Expected kind 'energy' or 'objective' (got {kind!r}).")
+    if is_pyg_data(problem):
+        problem = problem_from_data(problem)
     out = model(problem)
     pen = out.violation if out.violation is not None else 0.0
     if kind == "energy":
