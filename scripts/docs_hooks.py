@@ -378,6 +378,8 @@ def build_benchmarks() -> list:
     ]
     for stem in stems:
         data = json.loads((RESULTS / f"{stem}.json").read_text())
+        if not isinstance(data, dict):
+            data = {"results": data}
         home = _bench_home(stem)
         desc = _bench_description(stem) or _bench_description(home)
         figs = [p for p, s in owner.items() if s == stem]
@@ -418,6 +420,7 @@ def build_benchmarks() -> list:
         page = [(gpu / "README.md").read_text(), ""]
         for f in sorted(gpu.glob("*.json")):
             data = json.loads(f.read_text())
+            data = data if isinstance(data, dict) else {"results": data}
             page += [f"## `gpu/{f.name}`", ""]
             for key, value in data.items():
                 page += _render(key, value, 3)
