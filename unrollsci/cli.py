@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, str] = {
     "precond": "unrollsci.bench.precond",
     "radon": "unrollsci.bench.radon",
     "ct": "unrollsci.bench.ct",
+    "structured": "unrollsci.bench.structured",
 }
 
 
