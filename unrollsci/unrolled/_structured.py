@@ -20,6 +20,8 @@ from ._base import UnrolledLasso, softplus_inverse
 
 __all__ = ["PreconditionedLISTA", "BlockLISTA", "group_layout"]
 
+_FLOOR = 1e-4  # smallest eigenvalue of a block, relative to the initial step 1 / ||A||^2
+
 
 def group_layout(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded layout of groups of any sizes.
@@ -112,9 +114,10 @@ class BlockLISTA(UnrolledLasso):
     ``x_{k+1} = prox(x_k - W_k A^T (A x_k - y), theta_k)`` from ``x_0 = 0`` with
     ``W_k = blockdiag(P_{k,g})`` over the signal's groups and, by default, the group soft
     threshold over the same groups (:func:`unrollsci.prox.group_soft_threshold`) with a
-    learned threshold ``theta_k > 0`` per layer. Each block is ``P = L L^T`` with ``L``
-    lower triangular with a positive (softplus) diagonal, so every ``P_{k,g}`` and every
-    ``W_k`` is symmetric positive definite for any weights. Initialised at group-ISTA:
+    learned threshold ``theta_k > 0`` per layer. Each block is ``P = L L^T + f I`` with
+    ``L`` lower triangular with a positive (softplus) diagonal and ``f = 10^-4 / ||A||^2``,
+    so every ``P_{k,g}`` and every ``W_k`` is symmetric positive definite for any weights,
+    with eigenvalues ``>= f`` (a floor that rounding cannot erase). Initialised at group-ISTA:
     ``P = I / ||A||^2``, ``theta = lam / ||A||^2``, so the untrained model equals
     ``num_layers`` iterations of :func:`unrollsci.solvers.ista` with the group prox, from
     ``x_0 = 0`` and step ``1 / ||A||^2``. Uses only ``A`` and ``A^T``; the parameters are
@@ -169,8 +172,10 @@ class BlockLISTA(UnrolledLasso):
         self.register_buffer("position", position.to(self._device), persistent=False)
         count, s = index.shape
         t = 1.0 / self._lipschitz()
+        # P = L L^T + floor I: eigenvalues >= floor for any weights (numerically too)
+        self.floor = _FLOOR * t
         raw = torch.zeros(num_layers, count, s, s, dtype=torch.float64)
-        raw[..., range(s), range(s)] = softplus_inverse(math.sqrt(t))
+        raw[..., range(s), range(s)] = softplus_inverse(math.sqrt(t - self.floor))
         self.blocks = nn.Parameter(raw.to(device=self._device, dtype=self.param_dtype))
         self.theta = self._positive(t * self.lam, num_layers)
 
@@ -196,25 +201,31 @@ class BlockLISTA(UnrolledLasso):
         return torch.tril(raw, -1) + torch.diag_embed(diag)
 
     def preconditioner_blocks(self, k: int) -> torch.Tensor:
-        """The SPD blocks ``P_{k,g} = L L^T`` of layer ``k`` (0-based), ``(G, s, s)``; for a
+        """The SPD blocks ``P_{k,g} = L L^T + f I`` of layer ``k`` (0-based), ``(G, s, s)``; for a
         group smaller than ``s`` its leading ``size x size`` corner (the rest acts on
         padding and is never used)."""
-        lk = self.block_factors()[k]
-        return lk @ lk.transpose(-1, -2)
+        return self._blocks_spd(self.block_factors()[k])
+
+    def _blocks_spd(self, lf: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(lf.shape[-1], dtype=lf.dtype, device=lf.device)
+        return lf @ lf.transpose(-1, -2) + self.floor * eye
 
     def apply_preconditioner(self, k: int, v: torch.Tensor) -> torch.Tensor:
         """``W_k v`` for ``v: (batch, n)`` (layer ``k``, 0-based)."""
         return self._apply_blocks(self.preconditioner_blocks(k), v)
 
     def _apply_blocks(self, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        padded = torch.cat([v, v.new_zeros(v.shape[0], 1)], dim=1)
-        vg = padded[:, self.index]  # (batch, G, s)
-        out = torch.einsum("gij,bgj->bgi", p, vg).reshape(v.shape[0], -1)
-        return out[:, self.position]
+        b = v.shape[0]
+        if self.group_size is not None:  # consecutive equal groups: a reshape, no gather
+            vg = v.reshape(b, -1, self.group_size).transpose(0, 1)  # (G, batch, s)
+            return torch.bmm(vg, p).transpose(0, 1).reshape(b, -1)  # P symmetric: v P = P v
+        padded = torch.cat([v, v.new_zeros(b, 1)], dim=1)
+        vg = padded.index_select(1, self.index.reshape(-1)).reshape(b, *self.index.shape)
+        out = torch.bmm(vg.transpose(0, 1), p).transpose(0, 1).reshape(b, -1)
+        return out.index_select(1, self.position)
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
-        lf = self.block_factors()
-        p = lf @ lf.transpose(-1, -2)
+        p = self._blocks_spd(self.block_factors())
         theta = self._pos(self.theta, y)
         prox, op = self.prox_fn, self.operator
         x = y.new_zeros(y.shape[0], self.n)
