@@ -290,8 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int_arg, default=1)
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="only the wall-time section (bounds and forward vs scipy CG; graph_cost.json)",
+    )
+    parser.add_argument("--repeats", type=positive_int_arg, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.cost:
+        from .graph_cost import run_cost
+
+        return run_cost(args.out, quick=args.quick, big=args.big, repeats=args.repeats)
     k = args.layers
     window = args.window or k
     epochs = args.epochs or (4 if args.quick else 40)

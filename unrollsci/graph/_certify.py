@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["collatz_lower", "lanczos_max", "certify_upper", "upper_bound"]
 
 _U = np.finfo(np.float64).eps / 2  # unit roundoff
-_MAX_COMPONENT = 1500  # a Schur block larger than this is not worth a dense check: give up
+_MAX_COMPONENT = 100  # a Schur block larger than this is not worth a dense check: give up
 
 
 def _pcg(h: Any, b: np.ndarray, dinv: np.ndarray, iters: int, rtol: float) -> np.ndarray:
