@@ -201,15 +201,14 @@ def certify_upper(h: Any, scale: np.ndarray, c: float, *, eta: float = 0.05) -> 
 
 
 def upper_bound(h: Any, scale: np.ndarray, safety: float, cap: float, *, steps: int = 30) -> float:
-    """The smallest of ``safety * estimate * 1.05^j`` (j = 0..3) that :func:`certify_upper`
-    proves, where the estimate is :func:`lanczos_max`; ``cap`` (a bound proved otherwise,
-    e.g. Gershgorin) when none is proved or all exceed it."""
-    est = lanczos_max(h, scale, steps=steps)
-    c = max(est, 0.0) * safety
-    for _ in range(4):
+    """The first of ``safety * est``, ``1.1 est``, ``1.25 est`` that :func:`certify_upper`
+    proves, where ``est`` is :func:`lanczos_max`; ``cap`` (a bound proved otherwise, e.g.
+    Gershgorin) when none is proved or they exceed it."""
+    est = max(lanczos_max(h, scale, steps=steps), 0.0)
+    for f in (safety, max(safety, 1.1), max(safety, 1.25)):
+        c = f * est
         if c >= cap:
             break
         if certify_upper(h, scale, c):
             return c
-        c *= 1.05
     return cap
