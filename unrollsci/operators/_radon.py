@@ -200,8 +200,8 @@ def _check_memory(n: int, theta: np.ndarray, circle: bool, max_memory: Any) -> N
         f"Radon({n}, {theta.size} angles, circle={circle}) needs about {need / 1e9:.2f} GB "
         f"of memory to build its system matrix (~{need // _PEAK_BYTES_PER_ENTRY:,} stored "
         f"entries x {_PEAK_BYTES_PER_ENTRY} bytes at the peak), but only {limit / 1e9:.2f} GB "
-        f"is {what}. Use fewer angles or a smaller image, or pass max_memory=float('inf') "
-        "to build it anyway."
+        f"is {what}. Use method='matfree' (the same operator, nothing stored), fewer angles "
+        "or a smaller image, or pass max_memory=float('inf') to build it anyway."
     )
 
 
