@@ -65,11 +65,19 @@ def _dense_h(p: GraphInverseProblem, b: int) -> np.ndarray:
 
 @pytest.mark.parametrize("mode", ["scalar", "diagonal"])
 @settings(max_examples=25, **SETTINGS)
-@given(prob=problems(), wseed=st.integers(0, 10_000), scale=st.floats(0.05, 5.0))
-def test_every_layer_decreases_the_objective(device, mode, prob, wseed, scale):
+@given(
+    prob=problems(),
+    wseed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    every=st.sampled_from([1, 1, 3]),
+)
+def test_every_layer_decreases_the_objective(device, mode, prob, wseed, scale, every):
     G, y, mask, lam, kind, _ = prob
     p = _make(G, y, mask, lam, kind, device)
-    model = UnrolledGraphGD(8, StepController(hidden=8, hops=2), mode=mode).double().to(device)
+    model = UnrolledGraphGD(
+        8, StepController(hidden=8, hops=2), mode=mode, controller_every=every
+    ).double()
+    model = model.to(device)
     _randomize(model, wseed, scale)
     with torch.no_grad():
         out = model(p)

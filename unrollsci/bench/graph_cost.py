@@ -6,7 +6,8 @@ one signal (lam 1), all in one run:
 
 * the certified bounds ``lipschitz()``, ``lambda_min_bound()``, ``jacobi_interval()`` (each
   on a fresh problem, nothing cached) against one scipy ``cg`` solve to rtol 1e-6;
-* the 10-layer forward of each mode (bounds cached) against 10 scipy ``cg`` iterations;
+* the 10-layer forward of each mode (bounds cached) against 10 scipy ``cg`` iterations
+  (scalar and diagonal also with ``controller_every=5``);
 * a batch of 64 signals sharing one mask on the sensor graph: per-signal time of the learned
   window modes (problem build + bounds + forward, divided by 64) against scipy ``cg`` to
   rtol 1e-6 per signal.
@@ -146,6 +147,12 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
         m: UnrolledGraphGD(10, StepController(hidden=32, window=10), mode=m).double().eval()
         for m in MODES
     }
+    for m in ("scalar", "diagonal"):  # the controller every 5th layer, steps reused between
+        models[f"{m} every5"] = (
+            UnrolledGraphGD(10, StepController(hidden=32, window=10), mode=m, controller_every=5)
+            .double()
+            .eval()
+        )
     t0 = time.perf_counter()
     rows = []
     graphs = _graphs(n)
@@ -156,7 +163,7 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
     batch = _batch64(graphs[0][1], models, repeats)
     cols = ["graph", "observed", "cg 1e-6 [s]", "cg 1e-6 iters", "lipschitz / cg"]
     cols += ["lambda_min / cg", "jacobi / cg", "all bounds / cg"]
-    cols += [f"{m} K=10 / cg10" for m in MODES]
+    cols += [f"{m} K=10 / cg10" for m in models]
     table = markdown_table(rows, cols)
     btable = markdown_table([{"what": a, "value": v} for a, v in batch.items()])
     path = write_results(

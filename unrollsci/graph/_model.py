@@ -82,6 +82,10 @@ class UnrolledGraphGD(nn.Module):
         q_max: window certificate threshold (``< 1``).
         lipschitz_method: passed to ``problem.lipschitz``.
         detach_features: treat the controller's inputs as constants in backprop.
+        controller_every: scalar and diagonal modes: run the controller at every
+            ``controller_every``-th layer and reuse its step in the layers between (each
+            layer's step stays in the certified range, so the guarantees are unchanged;
+            diagonal mode then also skips the product ``H g`` that only the features need).
 
     Example:
         >>> import networkx as nx, torch
@@ -106,6 +110,7 @@ class UnrolledGraphGD(nn.Module):
         q_max: float = 0.999,
         lipschitz_method: str = "auto",
         detach_features: bool = True,
+        controller_every: int = 1,
     ) -> None:
         super().__init__()
         if int(num_layers) < 1:
@@ -126,6 +131,9 @@ class UnrolledGraphGD(nn.Module):
         self.margin, self.floor, self.q_max = float(margin), float(floor), float(q_max)
         self.lipschitz_method = lipschitz_method
         self.detach_features = bool(detach_features)
+        if isinstance(controller_every, bool) or int(controller_every) < 1:
+            raise ValueError(f"Expected controller_every >= 1 (got {controller_every!r}).")
+        self.controller_every = int(controller_every)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -143,6 +151,7 @@ class UnrolledGraphGD(nn.Module):
             "q_max": self.q_max,
             "lipschitz_method": self.lipschitz_method,
             "detach_features": self.detach_features,
+            "controller_every": self.controller_every,
         }
 
     def _window_steps(
@@ -322,9 +331,13 @@ class UnrolledGraphGD(nn.Module):
         w = self.controller.window
         win_steps: torch.Tensor | None = None
         for k in range(K):
-            hg = p.hessian(g)  # (jacobi: H u; the update of g below is then D^{-1} H u)
-            mv += 1
-            need_ctrl = self.mode not in ("window", "window_jacobi") or k % w == 0
+            if self.mode in ("window", "window_jacobi"):
+                need_ctrl = k % w == 0
+            else:
+                need_ctrl = k % self.controller_every == 0
+            if need_ctrl or self.mode != "diagonal":  # diagonal: H g feeds the features only
+                hg = p.hessian(g)  # (jacobi: H u; the update of g below is then D^{-1} H u)
+                mv += 1
             if need_ctrl:
                 node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
                 out = self.controller(
