@@ -15,9 +15,9 @@ import unrollsci.graph as ug
 
 torch.manual_seed(0)
 graphs = []
-for seed in range(16):
-    adj = (ug.sensor_graph if seed % 2 else ug.road_graph)(200 + 20 * seed, seed=seed)[0]
-    p = ug.inpainting_problem(adj, 4, observed=0.3 + 0.05 * (seed % 8), seed=seed)
+for seed in range(10):
+    adj = (ug.sensor_graph if seed % 2 else ug.road_graph)(120 + 15 * seed, seed=seed)[0]
+    p = ug.inpainting_problem(adj, 4, observed=0.3 + 0.1 * (seed % 6), seed=seed)
     edge_index, edge_weight = from_scipy_sparse_matrix(adj)
     data = Data(
         edge_index=edge_index,
@@ -29,12 +29,12 @@ for seed in range(16):
     )
     graphs.append(ug.CertifiedBounds()(data))  # once per graph
 
-train, test = graphs[:12], graphs[12:]
+train, test = graphs[:8], graphs[8:]
 loader = DataLoader(train, batch_size=4, shuffle=True)
 model = ug.UnrolledGraphGD(10, ug.StepController(hidden=16, window=10), mode="window_jacobi")
 model = model.double()
 opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-for epoch in range(10):
+for epoch in range(6):
     total = 0.0
     for batch in loader:
         opt.zero_grad()

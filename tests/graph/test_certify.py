@@ -80,17 +80,17 @@ def test_lanczos_max_estimates_from_below():
 
 
 def test_bounds_are_tight_on_large_sparse_graphs():
-    """On 3000-node sensor, road and random geometric graphs at 30% and 80% observed: Lip
+    """On 1500-node sensor, road and random geometric graphs at 30% and 80% observed: Lip
     at most 1.25 times lambda_max (1.02 on the geometric graph, whose top eigenvector sits
     on a few high-degree nodes), lambda_min bounds within a factor 2 (dense reference)."""
     import networkx as nx
 
     from unrollsci.graph import random_graph
 
-    rgg = sp.csr_matrix(nx.to_scipy_sparse_array(random_graph("geometric", 3000, seed=1)))
+    rgg = sp.csr_matrix(nx.to_scipy_sparse_array(random_graph("geometric", 1500, seed=1)))
     for name, adj in (
-        ("sensor", sensor_graph(3000, seed=5)[0]),
-        ("road", road_graph(3000, seed=6)[0]),
+        ("sensor", sensor_graph(1500, seed=5)[0]),
+        ("road", road_graph(1500, seed=6)[0]),
         ("geometric", rgg),
     ):
         for observed in (0.3, 0.8):
