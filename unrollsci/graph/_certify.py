@@ -179,6 +179,7 @@ def certify_upper(h: Any, scale: np.ndarray, c: float, *, eta: float = 0.05) -> 
     start = np.concatenate([[0], np.cumsum(sizes)])
     pos = np.empty(len(labels), dtype=np.int64)
     pos[order] = np.arange(len(labels)) - start[labels[order]]
+    t.sum_duplicates()  # one entry per position: the dense blocks are filled by assignment
     coo = t.tocoo()
     pad = 1 << np.ceil(np.log2(sizes)).astype(np.int64)
     for size in np.unique(pad[multi]):
