@@ -27,7 +27,13 @@ class LISTA(UnrolledLasso):
         num_layers: depth ``K >= 1``.
         lam: lasso weight of the initialising ISTA.
         tied: share ``W_e`` and ``S`` between layers (thresholds stay per layer).
-        dtype: parameter dtype (default: torch's default dtype).
+        dtype: parameter dtype (default: the operator's dtype, else torch's default).
+        prox: the thresholding step of every layer, applied with the learned thresholds
+            (:func:`unrollsci.prox.make_prox`): None / ``"soft"`` (default), ``"nonneg"``,
+            ``{"kind": "group", ...}``, ``{"kind": "box", ...}`` or a callable
+            ``(v, threshold) -> x``; the untrained model then equals ISTA with that
+            ``prox=``. Every model of the family takes it (LAMP and support selection:
+            soft only).
 
     Example:
         >>> import torch
