@@ -41,7 +41,7 @@ for epoch in range(6):
         loss = ug.graph_loss(model, batch)  # log energy-norm error to x* (+ window penalty)
         loss.backward()
         opt.step()
-        total += float(loss)
+        total += loss.detach().item()
     print(f"epoch {epoch}: mean train loss {total / len(loader):.3f}")
 
 with torch.no_grad():
