@@ -384,9 +384,9 @@ class GraphInverseProblem:
                 ``1 + 2 lam max degree`` for a mask and the combinatorial Laplacian);
                 ``"lanczos"``/``"auto"``: the largest eigenvalue (dense ``eigvalsh`` up to
                 800 nodes per graph, Lanczos/ARPACK above) times ``safety``, capped by the
-                Gershgorin bound. For masks above 800 nodes the Lanczos value is
-                certified: ``Lip I - H`` must pass an ``L D L^T`` inertia check (one
-                sparse factorization), else the Gershgorin bound is used. Heat kernel
+                Gershgorin bound. For masks above 800 nodes the Lanczos value (times
+                1.01, else 1.1 or 1.25) is accepted once a Schur-complement test proves
+                ``Lip I - H >= 0`` without factorizing ``H``, else Gershgorin is used. Heat kernel
                 and general operators: the spectral function on a grid, resp. power
                 iteration with a 5% margin (estimates, not proofs).
             safety: factor on the eigenvalue estimate (``>= 1``).
@@ -405,11 +405,12 @@ class GraphInverseProblem:
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
 
-        Exact (dense) for graphs up to 800 nodes; for masks above, shift-invert
-        Lanczos, certified by an inertia check that ``H - lo I`` is positive definite
-        (halving ``lo`` until it passes); the heat kernel's spectral function on a
-        fine grid (``operator="heat"``), or ARPACK's smallest eigenvalue (general
-        operators; 0 if it fails). Each times ``safety``. Used by the ``window``
+        Exact (dense) for graphs up to 800 nodes, times ``safety``; for masks above,
+        the Collatz-Wielandt bound ``min_i (H u)_i / u_i`` of the Z-matrix ``H`` at an
+        inverse-iteration vector ``u > 0`` (a proof, no factorization, ``safety`` not
+        applied; docs/graph.md); the heat kernel's spectral function on a fine grid
+        (``operator="heat"``), or ARPACK's smallest eigenvalue (general operators; 0 if
+        it fails), times ``safety``. Used by the ``window``
         mode's certificate.
 
         Returns:
@@ -432,9 +433,9 @@ class GraphInverseProblem:
           combinatorial Laplacian; a normalized one can exceed 2 on irregular graphs);
           the estimate is dense up to 800 nodes, Lanczos above, certified by the
           inertia of ``hi D - H``.
-        * ``lo``: dense smallest eigenvalue (up to 800 nodes) or shift-invert
-          Lanczos certified by the inertia of ``H - lo D`` (halved until it
-          passes), times ``lo_safety``.
+        * ``lo``: dense smallest eigenvalue times ``lo_safety`` (up to 800 nodes), or
+          the Collatz-Wielandt bound ``min_i (H u)_i / (H_ii u_i)`` (a proof without
+          factorization, shared with :meth:`lambda_min_bound`).
 
         Returns:
             ``(lo, hi)``, each ``(batch, num_blocks)``.
