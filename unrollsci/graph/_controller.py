@@ -126,6 +126,7 @@ class StepController(MessagePassing):
         block_index: torch.Tensor,
         num_blocks: int,
         adj: torch.Tensor | None = None,
+        node_head: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Logits for every head.
 
@@ -137,6 +138,8 @@ class StepController(MessagePassing):
             num_blocks: number of blocks (graphs).
             adj: optional :meth:`mean_adjacency` of ``(edge_index, edge_weight)``,
                 precomputed (the result is the same; only faster).
+            node_head: False skips the per-node head (its entry is then absent), for
+                callers that read only the per-graph heads.
 
         Returns:
             dict with ``scalar: (batch, num_blocks)``, ``node: (batch, n)``,
@@ -160,12 +163,10 @@ class StepController(MessagePassing):
             / count[:, None]
         )
         gl = self.glob(torch.cat([pooled, graph_feat], -1))
-        node = self.head_node(torch.cat([h, gl[:, block_index]], -1)).squeeze(-1)
-        return {
-            "scalar": self.head_scalar(gl).squeeze(-1),
-            "node": node,
-            "window": self.head_window(gl),
-        }
+        out = {"scalar": self.head_scalar(gl).squeeze(-1), "window": self.head_window(gl)}
+        if node_head:
+            out["node"] = self.head_node(torch.cat([h, gl[:, block_index]], -1)).squeeze(-1)
+        return out
 
     def message_and_aggregate(self, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n, hidden) -> (n, batch * hidden) for one sparse-dense product

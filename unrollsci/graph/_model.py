@@ -341,7 +341,14 @@ class UnrolledGraphGD(nn.Module):
             if need_ctrl:
                 node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
                 out = self.controller(
-                    node, glob, p.edge_index, p.edge_weight.to(dtype), bi, p.num_blocks, adj=adj
+                    node,
+                    glob,
+                    p.edge_index,
+                    p.edge_weight.to(dtype),
+                    bi,
+                    p.num_blocks,
+                    adj=adj,
+                    node_head=self.mode == "diagonal",
                 )
             if self.mode == "scalar":
                 s = (2.0 / lip) * self._squash(out["scalar"])
