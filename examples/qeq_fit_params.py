@@ -8,9 +8,17 @@ one extra linear solve per structure, no unrolled iterations stored.
 Charges are invariant under chi -> chi + c, so only differences of chi are identifiable;
 we pin chi_H. Hardness is kept positive by a softplus parameterization.
 
-Run: python examples/qeq_fit_params.py
+The figure shows the charge RMSE per Adam step (log scale) and the fitted chi and eta of
+each element against the hidden values (dashed): the RMSE drops by ~50x within 100 steps,
+while the parameters then move only slowly along a nearly flat valley of the loss.
+
+Run: python examples/qeq_fit_params.py [FIGURE.png]   (the figure is saved only when a
+path is given; the docs gallery keeps the figure left open at exit)
 """
 
+import sys
+
+import matplotlib.pyplot as plt
 import torch
 from ase.build import molecule
 
@@ -58,6 +66,7 @@ dchi = torch.tensor([5.343 - 4.528, 8.741 - 4.528], dtype=dtype, requires_grad=T
 raw_eta = torch.tensor([13.89, 10.13, 13.36], dtype=dtype)
 raw_eta = (raw_eta + torch.log(-torch.expm1(-raw_eta))).requires_grad_(True)  # softplus^-1
 opt = torch.optim.Adam([dchi, raw_eta], lr=0.05)
+history = {"rmse": [], "chi": [], "eta": []}
 
 for step in range(201):
     chi_el = torch.cat([true["chi"][:1], true["chi"][:1] + dchi])
@@ -66,6 +75,9 @@ for step in range(201):
         ((charges(p, z, s, chi_el, eta_el) - q) ** 2).mean()
         for (p, z, s), q in zip(structures, reference, strict=True)
     ) / len(structures)
+    history["rmse"].append(loss.item() ** 0.5)
+    history["chi"].append(chi_el.detach().clone())
+    history["eta"].append(eta_el.detach().clone())
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -76,3 +88,17 @@ for step in range(201):
         )
 
 print(f"true     chi = {true['chi'].numpy()}  eta = {true['eta'].numpy()}")
+
+fig, (ax_loss, ax_chi, ax_eta) = plt.subplots(1, 3, figsize=(13, 3.8))
+ax_loss.semilogy(history["rmse"])
+ax_loss.set(xlabel="Adam step", ylabel="charge RMSE (e)", title="Fit to reference charges")
+for key, ax in (("chi", ax_chi), ("eta", ax_eta)):
+    path = torch.stack(history[key])
+    for i, el in enumerate(elements):
+        ax.plot(path[:, i], color=f"C{i}", label=el)
+        ax.axhline(float(true[key][i]), color=f"C{i}", ls="--", lw=1)
+    ax.set(xlabel="Adam step", ylabel=f"{key} (eV)", title=f"{key}: fitted (solid), true (dashed)")
+    ax.legend()
+fig.tight_layout()
+if len(sys.argv) > 1:
+    fig.savefig(sys.argv[1], dpi=100)
