@@ -156,10 +156,14 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
     t0 = time.perf_counter()
     rows = []
     graphs = _graphs(n)
+    config = {"nodes": n, "repeats": repeats, "threads": torch.get_num_threads()}
     for name, adj in graphs:
         for observed in (0.3, 0.8):
             rows.append(_one(name, adj, observed, models, repeats))
             print(rows[-1], flush=True)
+            # after every row, so that an interrupted run keeps what it measured
+            partial = {"config": config, "rows": rows, "complete": False}
+            write_results("graph_cost", partial, outdir, quick=quick)
     batch = _batch64(graphs[0][1], models, repeats)
     cols = ["graph", "observed", "cg 1e-6 [s]", "cg 1e-6 iters", "lipschitz / cg"]
     cols += ["lambda_min / cg", "jacobi / cg", "all bounds / cg"]
@@ -169,7 +173,8 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
     path = write_results(
         "graph_cost",
         {
-            "config": {"nodes": n, "repeats": repeats, "threads": torch.get_num_threads()},
+            "config": config,
+            "complete": True,
             "rows": rows,
             "batch64_shared_mask": batch,
             "table": table,
