@@ -44,6 +44,8 @@ BENCHMARKS: dict[str, str] = {
     "radon": "unrollsci.bench.radon",
     "ct": "unrollsci.bench.ct",
     "structured": "unrollsci.bench.structured",
+    "amg": "unrollsci.bench.amg",
+    "distributed": "unrollsci.bench.distributed",
 }
 
 
