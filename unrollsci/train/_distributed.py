@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -308,24 +306,6 @@ def wrap(model: nn.Module, loss_fn: Any, ctx: DistContext) -> Any:
     # find_unused_parameters: layer-wise stages, unused heads and zero-weight stand-ins
     # leave parameters out of some steps; DDP then still completes every all-reduce.
     return DistributedDataParallel(module, find_unused_parameters=True)
-
-
-@contextmanager
-def quiet_unused_notice(ctx: DistContext) -> Iterator[None]:
-    """Silence DDP's notice that ``find_unused_parameters=True`` found no unused parameter.
-
-    :func:`wrap` sets the flag on purpose (layer-wise stages, unused heads), so the notice
-    would be printed at every user of a distributed ``fit`` without anything to act on.
-    Every other warning passes through.
-    """
-    if not ctx.enabled:
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"find_unused_parameters=True was specified", category=UserWarning
-        )
-        yield
 
 
 def eval_shares(

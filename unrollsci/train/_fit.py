@@ -118,7 +118,7 @@ def fit(
         3
     """
     from .._validation import check_positive
-    from ._distributed import global_steps, quiet_unused_notice, run_callback, setup, wrap
+    from ._distributed import global_steps, run_callback, setup, wrap
     from ._precision import check_mixed_precision, grad_scaler
     from ._precision import mixed_precision as low_precision
     from ._state import (
@@ -271,7 +271,7 @@ def fit(
     halted = False
     final_state: dict | None = None
     try:
-        with low_precision(model, low), quiet_unused_notice(ctx):
+        with low_precision(model, low):
             for si, stage in enumerate(stages):
                 if si < start_stage:
                     continue
