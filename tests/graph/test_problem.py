@@ -63,10 +63,14 @@ def test_spectral_bounds_bracket_the_spectrum(device):
 
 
 def test_large_graph_bounds_use_lanczos(device):
+    # above 800 nodes: Lanczos x 1.01, 1.1 or 1.25, proved by the Schur-complement test
+    # (a kNN sensor graph's top eigenvector is spread out: about 1.1 is needed there)
     adj, _ = sensor_graph(1200, seed=4)
     p = inpainting_problem(adj, 1, seed=0, device=device)
     ev = np.linalg.eigvalsh(p.hessian_scipy(0).toarray())
-    assert ev[-1] <= float(p.lipschitz()[0, 0]) <= 1.02 * ev[-1]
+    lip = float(p.lipschitz()[0, 0])
+    assert ev[-1] <= lip <= 1.26 * ev[-1]
+    assert lip < float(p.lipschitz("gershgorin")[0, 0])
     assert 0.5 * ev[0] <= float(p.lambda_min_bound()[0, 0]) <= ev[0]
 
 
