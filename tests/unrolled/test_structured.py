@@ -138,6 +138,7 @@ def test_block_preconditioners_spd_for_random_weights(device, groups):
             model.blocks.copy_(raw)
         for k in range(3):
             w = _dense_preconditioner(model, k)
+            w = w.detach()
             torch.testing.assert_close(w, w.T, atol=1e-12 * float(w.abs().max()), rtol=0)
             assert float(w[~same_group].abs().max()) == 0.0  # block-diagonal over the groups
             # each block is L L^T + f I: eigenvalues >= f
