@@ -89,7 +89,7 @@ for step in range(201):
 
 print(f"true     chi = {true['chi'].numpy()}  eta = {true['eta'].numpy()}")
 
-fig, (ax_loss, ax_chi, ax_eta) = plt.subplots(1, 3, figsize=(13, 3.8))
+fig, (ax_loss, ax_chi, ax_eta) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
 ax_loss.semilogy(history["rmse"])
 ax_loss.set(xlabel="Adam step", ylabel="charge RMSE (e)", title="Fit to reference charges")
 for key, ax in (("chi", ax_chi), ("eta", ax_eta)):
@@ -99,6 +99,5 @@ for key, ax in (("chi", ax_chi), ("eta", ax_eta)):
         ax.axhline(float(true[key][i]), color=f"C{i}", ls="--", lw=1)
     ax.set(xlabel="Adam step", ylabel=f"{key} (eV)", title=f"{key}: fitted (solid), true (dashed)")
     ax.legend()
-fig.tight_layout()
 if len(sys.argv) > 1:
     fig.savefig(sys.argv[1], dpi=100)

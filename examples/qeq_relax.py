@@ -65,7 +65,7 @@ dyn.attach(
 dyn.run(100)
 print(f"energy change after 100 fs: {(crystal.get_total_energy() - e0) / len(crystal):.2e} eV/atom")
 
-fig, (ax_f, ax_md, ax_q) = plt.subplots(1, 3, figsize=(14, 3.8))
+fig, (ax_f, ax_md, ax_q) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
 for name, hist in fmax.items():
     ax_f.semilogy(hist, "o-", ms=3, label=name)
 ax_f.axhline(0.01, color="k", ls=":", lw=1, label="fmax = 0.01")
@@ -81,6 +81,5 @@ ax_q.bar(range(len(atoms)), q, color=["C0" if v > 0 else "C3" for v in q])
 ax_q.axhline(0, color="k", lw=0.8)
 ax_q.set_xticks(range(len(atoms)), atoms.get_chemical_symbols())
 ax_q.set(ylabel="charge (e)", title="Relaxed ethanol QEq charges")
-fig.tight_layout()
 if len(sys.argv) > 1:
     fig.savefig(sys.argv[1], dpi=100)

@@ -30,7 +30,7 @@ for solver in (ista, fista, admm, amp):
     err = ((sol.x - x_true).norm(dim=1) / x_true.norm(dim=1)).max().item()
     print(f"{solver.__name__:5s} {sol.iterations:5d} iterations, worst relative error {err:.2e}")
 
-fig, (ax_res, ax_x) = plt.subplots(1, 2, figsize=(11, 4))
+fig, (ax_res, ax_x) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
 for name, sol in solutions.items():
     ax_res.semilogy(range(1, sol.iterations + 1), sol.residuals, label=name)
 ax_res.set(xlabel="iteration", ylabel="stopping residual (max over the batch)")
@@ -49,6 +49,5 @@ for name, marker in (("fista", "C1x"), ("amp", "C3+")):
     ax_x.plot(idx[nonzero], x_hat[nonzero], marker, ms=9, label=f"{name} (nonzeros)")
 ax_x.set(xlabel="coefficient index", ylabel="value", title="Signal 1: nonzeros, recovered vs true")
 ax_x.legend()
-fig.tight_layout()
 if len(sys.argv) > 1:
     fig.savefig(sys.argv[1], dpi=100)
