@@ -189,12 +189,20 @@ def _build_operator(kind: str, cfg: dict[str, Any]) -> Any:
 _PLAIN = (str, int, float, complex, bool, type(None), torch.dtype, torch.device)
 
 
-def _plain_hint(value: Any) -> str:
+#: named alternatives to a function, per config key, for the "stores no code" hint
+_NAMED_OPTIONS = {
+    "ordering": "ordering='grid' or 'rcm', or the permutations as {name: perm}",
+    "prox": "prox='soft', 'nonneg', 'group' (with group_size= or groups=) or 'box'",
+}
+
+
+def _plain_hint(value: Any, where: str = "") -> str:
     if callable(value) and not isinstance(value, nn.Module):
+        key = next((k for k in _NAMED_OPTIONS if f"['{k}']" in where), None)
+        example = f" (e.g. {_NAMED_OPTIONS[key]})" if key else ""
         return (
-            " A checkpoint stores no code: give a named option instead (e.g. ordering='grid' "
-            "or 'rcm', or the permutations as {name: perm}) and pass functions again after "
-            "loading."
+            f" A checkpoint stores no code: give a named option instead{example} and pass "
+            "functions again after loading."
         )
     return (
         f" Register its class with unrollsci.train.register_checkpoint_class "
@@ -241,7 +249,7 @@ def _encode(value: Any, where: str) -> Any:
         f"Cannot store {where} in a checkpoint: it is a {type(value).__name__} ({shown}); "
         "a checkpoint holds plain data only (numbers, strings, None, tensors, dtypes, "
         "lists, tuples, dicts with string keys, unrollsci operators and instances of "
-        f"registered classes).{_plain_hint(value)}"
+        f"registered classes).{_plain_hint(value, where)}"
     )
 
 
