@@ -112,5 +112,6 @@ for shift, x_hat, color, name in [
 ax_x.set(xlabel="group (sizes 3 to 7)", ylabel="group norm ||x_g||", xticks=range(len(sizes)))
 ax_x.set_title("Test signal 1: norm of each group, recovered vs true")
 ax_x.legend()
-if len(sys.argv) > 1 and Path(sys.argv[0]).resolve() == Path(__file__).resolve():
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)

@@ -73,5 +73,6 @@ for ax, degrees in zip(axes, (30, 100, 150), strict=True):
     ax.grid(alpha=0.3)
 axes[0].set_ylabel("relative residual ||r_k|| / ||b||")
 axes[0].legend()
-if len(sys.argv) > 1 and Path(sys.argv[0]).resolve() == Path(__file__).resolve():
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)
