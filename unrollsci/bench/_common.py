@@ -126,6 +126,41 @@ def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
+def loglog_figure(
+    rows: Sequence[dict[str, Any]],
+    x: str,
+    series: Sequence[tuple[str, str]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path | None:
+    """A log-log plot of ``rows[i][key]`` against ``rows[i][x]`` for each ``(key, label)`` of
+    ``series`` present in the rows, saved atomically to ``path``; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [r[x] for r in rows]
+    for key, label in series:
+        if key in rows[0]:
+            ax.loglog(xs, [r[key] for r in rows], "o-", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        return save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
 # argparse types of the benchmark command lines (one home: unrollsci/_argtypes.py)
 from .._argtypes import device_arg, output_dir_arg, positive_int_arg  # noqa: E402,F401
 

@@ -21,10 +21,10 @@ from ._common import (
     Timer,
     device_arg,
     figure_path,
+    loglog_figure,
     markdown_table,
     output_dir_arg,
     positive_int_arg,
-    save_figure,
     write_results,
 )
 
@@ -187,29 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         quick=args.quick,
     )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        xs = [r["atoms"] for r in rows]
-        for key, label in [
+    loglog_figure(
+        rows,
+        "atoms",
+        [
             ("t_charges_s", "unrollsci charges"),
             ("t_energy_forces_s", "unrollsci energy+implicit forces"),
             ("t_lammps_s", "LAMMPS qeq/shielded (charges)"),
-        ]:
-            if key in rows[0]:
-                ax.loglog(xs, [r[key] for r in rows], "o-", label=label)
-        ax.set_xlabel("atoms")
-        ax.set_ylabel("seconds")
-        ax.set_title(f"QEq, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        save_figure(fig, figure_path(args.out, "qeq.png", args.quick), dpi=120)
-        plt.close(fig)
-    except ImportError:
-        pass
+        ],
+        figure_path(args.out, "qeq.png", args.quick),
+        xlabel="atoms",
+        ylabel="seconds",
+        title=f"QEq, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}",
+    )
     print(f"results: {path}")
     return 0 if all(math.isfinite(r["t_charges_s"]) for r in rows) else 1

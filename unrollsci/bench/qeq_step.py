@@ -25,10 +25,10 @@ import torch
 from ..chem import QEqCalculator
 from ._common import (
     figure_path,
+    loglog_figure,
     markdown_table,
     output_dir_arg,
     positive_int_arg,
-    save_figure,
     write_results,
     write_text,
 )
@@ -189,30 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} thread(s); ms per step, medians of {args.repeats}\n\n"
     )
     write_text(figure_path(args.out, "qeq_step.md", args.quick), header + table + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        xs = [r["atoms"] for r in rows]
-        for key, label in [
+    loglog_figure(
+        rows,
+        "atoms",
+        [
             ("ms_implicit", "unrollsci energy+implicit forces"),
             ("ms_envelope", "unrollsci energy+envelope forces"),
             ("ms_nocheck", "unrollsci implicit, check_definite=False"),
             ("ms_lammps", "LAMMPS qeq/shielded (charges only)"),
-        ]:
-            if key in rows[0]:
-                ax.loglog(xs, [r[key] for r in rows], "o-", label=label)
-        ax.set_xlabel("atoms")
-        ax.set_ylabel("ms per step")
-        ax.set_title(f"QEq per MD step ({args.threads} thread)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        save_figure(fig, figure_path(args.out, "qeq_step.png", args.quick), dpi=120)
-        plt.close(fig)
-    except ImportError:
-        pass
+        ],
+        figure_path(args.out, "qeq_step.png", args.quick),
+        xlabel="atoms",
+        ylabel="ms per step",
+        title=f"QEq per MD step ({args.threads} thread)",
+    )
     print(f"results: {path}")
     return 0
