@@ -16,8 +16,8 @@ Nothing generated here is committed; every page is rebuilt from the source at ea
   hand-written pages must exist: a stale reference is a build warning.
 
 Environment: ``UNROLLSCI_DOCS_GALLERY=0`` builds without running the examples (the gallery
-pages then say so, and the build warns); ``UNROLLSCI_DOCS_REQUIRE_FIGURES=1`` warns for an
-example that makes no figure.
+pages then say so, and the build warns); an example that makes no figure warns too (so
+``mkdocs build --strict`` fails on it) unless ``UNROLLSCI_DOCS_REQUIRE_FIGURES=0``.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def build_gallery() -> list:
         log.info(f"gallery: running {len(todo)} example(s): {', '.join(p.stem for p in todo)}")
         jobs = int(os.environ.get("UNROLLSCI_DOCS_JOBS", "2"))
         docs_gallery.run_all(todo, out, jobs=jobs, digests=digests)
-    require_figures = os.environ.get("UNROLLSCI_DOCS_REQUIRE_FIGURES", "0") == "1"
+    require_figures = os.environ.get("UNROLLSCI_DOCS_REQUIRE_FIGURES", "1") == "1"
     nav = [{"Overview": "gallery/index.md"}]
     index = [
         "# Gallery",
