@@ -9,6 +9,7 @@ at exit)
 """
 
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -78,5 +79,6 @@ axes[4].set_title("|unrolled - phantom|")
 fig.colorbar(err, ax=axes[4], fraction=0.046)
 for ax in axes:
     ax.set_axis_off()
-if len(sys.argv) > 1:
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)

@@ -76,5 +76,6 @@ ax.set(
 )
 ax.grid(alpha=0.3)
 ax.legend()
-if len(sys.argv) > 1 and Path(sys.argv[0]).resolve() == Path(__file__).resolve():
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)

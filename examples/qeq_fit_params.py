@@ -17,6 +17,7 @@ path is given; the docs gallery keeps the figure left open at exit)
 """
 
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -99,5 +100,6 @@ for key, ax in (("chi", ax_chi), ("eta", ax_eta)):
         ax.axhline(float(true[key][i]), color=f"C{i}", ls="--", lw=1)
     ax.set(xlabel="Adam step", ylabel=f"{key} (eV)", title=f"{key}: fitted (solid), true (dashed)")
     ax.legend()
-if len(sys.argv) > 1:
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)

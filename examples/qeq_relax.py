@@ -8,6 +8,7 @@ given; the docs gallery keeps the figure left open at exit)
 """
 
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -81,5 +82,6 @@ ax_q.bar(range(len(atoms)), q, color=["C0" if v > 0 else "C3" for v in q])
 ax_q.axhline(0, color="k", lw=0.8)
 ax_q.set_xticks(range(len(atoms)), atoms.get_chemical_symbols())
 ax_q.set(ylabel="charge (e)", title="Relaxed ethanol QEq charges")
-if len(sys.argv) > 1:
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)

@@ -8,6 +8,7 @@ is given; the docs gallery keeps the figure left open at exit)
 """
 
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -49,5 +50,6 @@ for name, marker in (("fista", "C1x"), ("amp", "C3+")):
     ax_x.plot(idx[nonzero], x_hat[nonzero], marker, ms=9, label=f"{name} (nonzeros)")
 ax_x.set(xlabel="coefficient index", ylabel="value", title="Signal 1: nonzeros, recovered vs true")
 ax_x.legend()
-if len(sys.argv) > 1:
+# Only a figure path: under runpy (e.g. from pytest) sys.argv holds the runner's arguments.
+if len(sys.argv) == 2 and Path(sys.argv[1]).suffix in {".png", ".svg", ".pdf"}:
     fig.savefig(sys.argv[1], dpi=100)
