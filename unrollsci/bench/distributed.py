@@ -260,7 +260,7 @@ def _measure(nprocs: int, threads: int, distributed: bool | None, args: Any, tmp
             torch.set_num_threads(old)
     else:
         spawn(throughput_worker, nprocs, *run)
-    return torch.load(out)
+    return torch.load(out, weights_only=True)
 
 
 # ---------------------------------------------------------------- mixed precision

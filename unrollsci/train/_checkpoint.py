@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,13 @@ def _read_payload(path: Path, map_location: Any) -> Any:
     from ..operators import MatrixOperator, Radon
 
     try:
-        with torch.serialization.safe_globals([MatrixOperator, Radon]):
+        with torch.serialization.safe_globals([MatrixOperator, Radon]), warnings.catch_warnings():
+            # newer torch announces its O(nnz) check of loaded sparse tensors (a sparse
+            # operator's matrix) as a UserWarning: the check is what we want, the notice is
+            # nothing a user can act on
+            warnings.filterwarnings(
+                "ignore", message="Validating sparse tensor invariants", category=UserWarning
+            )
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
