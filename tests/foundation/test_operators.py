@@ -95,6 +95,29 @@ def test_circular_convolution_matches_fft():
     np.testing.assert_allclose(op(torch.tensor(x)[None])[0].numpy(), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("kernel_shape", "in_shape", "boundary"),
+    [
+        ((4,), (9,), "zero"),
+        ((12,), (7,), "zero"),  # kernel longer than the signal
+        ((7,), (7,), "circular"),  # kernel as long as the signal
+        ((2, 5), (6, 7), "zero"),
+        ((6, 3), (6, 5), "circular"),
+        ((9, 9), (4, 5), "zero"),
+        ((3, 2), (2, 5, 4), "circular"),
+    ],
+)
+def test_convolution_adjoint_is_dense_transpose(kernel_shape, in_shape, boundary):
+    # The adjoint (a flipped-kernel correlation) against the transpose of the matrix
+    # assembled column by column from the forward, for odd/even kernels and both
+    # boundaries, including kernels longer than the signal (zero boundary).
+    g = torch.Generator().manual_seed(3)
+    op = Convolution(torch.randn(kernel_shape, generator=g, dtype=F64), in_shape, boundary=boundary)
+    y = torch.randn(3, *op.out_shape, generator=g, dtype=F64)
+    expected = (y.reshape(3, -1) @ op.to_dense()).reshape(3, *op.in_shape)
+    torch.testing.assert_close(op.adjoint(y), expected, rtol=0, atol=1e-12)
+
+
 def test_dtype_follows_input(device):
     op = MatrixOperator(torch.randn(4, 3, dtype=F64)).to(device)
     x32 = torch.randn(2, 3, device=device)

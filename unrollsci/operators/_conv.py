@@ -12,7 +12,7 @@ from ._base import LinearOperator, check_real
 
 __all__ = ["Convolution", "Mask"]
 
-_CONV = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d)}
+_CONV = {1: F.conv1d, 2: F.conv2d}
 
 
 class Convolution(LinearOperator):
@@ -20,7 +20,8 @@ class Convolution(LinearOperator):
 
     The output has the input's size ("same" convolution) and the kernel's centre is
     at index ``(k - 1) // 2`` along each axis. ``adjoint`` is the exact transpose
-    (correlation with the kernel, folding the boundary back).
+    (correlation with the kernel, the padding mirrored; computed by the same forward
+    convolution routine, so it costs what the forward costs).
 
     Args:
         kernel: ``(k,)`` or ``(kh, kw)`` filter.
@@ -83,28 +84,25 @@ class Convolution(LinearOperator):
         return x.reshape(-1, 1, *x.shape[-d:])
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        conv, _ = _CONV[self.ndim_spatial]
+        conv = _CONV[self.ndim_spatial]
         xc = self._to_conv(x)
         mode = "circular" if self.boundary == "circular" else "constant"
         xp = F.pad(xc, self._fpad(), mode=mode)
         return conv(xp, self._cast("weight", x)).reshape(x.shape)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
-        _, convt = _CONV[self.ndim_spatial]
-        zp = convt(self._to_conv(y), self._cast("weight", y))
-        for axis, (before, after) in enumerate(self._pads):
-            dim = 2 + axis
-            n = zp.shape[dim] - before - after
-            core = zp.narrow(dim, before, n)
-            if self.boundary == "circular":
-                core = core.clone()
-                if before:
-                    # Left padding held x[n-before:n]; its adjoint adds back there.
-                    core.narrow(dim, n - before, before).add_(zp.narrow(dim, 0, before))
-                if after:
-                    core.narrow(dim, 0, after).add_(zp.narrow(dim, before + n, after))
-            zp = core
-        return zp.reshape(y.shape)
+        # The transpose of "pad by (before, after), correlate with w" is "pad by (after,
+        # before), correlate with flip(w)" (circular padding for a circular boundary): the
+        # same sums as conv_transpose plus folding the padding back, but through the
+        # forward conv kernel, which is several times faster on CPU than conv_transpose.
+        conv = _CONV[self.ndim_spatial]
+        mode = "circular" if self.boundary == "circular" else "constant"
+        fpad: list[int] = []
+        for before, after in reversed(self._pads):
+            fpad += [after, before]
+        yp = F.pad(self._to_conv(y), fpad, mode=mode)
+        w = torch.flip(self._cast("weight", y), dims=tuple(range(2, 2 + self.ndim_spatial)))
+        return conv(yp, w).reshape(y.shape)
 
 
 class Mask(LinearOperator):
