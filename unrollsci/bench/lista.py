@@ -23,6 +23,7 @@ import torch
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
     MODELS,
+    STAGED,
     _classical,
     _full_config,
     _nmse,
@@ -32,6 +33,7 @@ from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use 
     make_problem,
     oracle_nmse_db,
     sample,
+    train_staged,
 )
 
 __all__ = ["main", "make_problem", "sample", "oracle_nmse_db"]
@@ -238,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="merge partial result files into --out/--name and exit",
     )
+    parser.add_argument(
+        "--staged",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"train with the staged layer-wise schedule of Chen et al. 2018 "
+        f"(unrollsci.train.fit_layerwise), SECONDS of wall time per model; models "
+        f"{sorted(STAGED)}",
+    )
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="--staged: save every trained model in this folder as <model>_snr<snr>.pt",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     stem = results_name(args.name, args.quick)  # the files' name: <name>[_quick]
@@ -269,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    if args.staged is not None:
+        if not args.staged > 0:
+            parser.error(f"--staged must be > 0 seconds (got {args.staged})")
+        bad = [n for n in names if n not in STAGED]
+        if bad:
+            parser.error(f"--staged: no staged schedule for {bad}; choose from {sorted(STAGED)}")
+        cfg["n_val"] = 1000  # the validation set of Chen et al. 2018
+        cfg["staged_seconds"] = args.staged
+        args.no_kkt = True
     cfg["models"] = names
     progress = not args.no_progress
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
@@ -304,9 +329,19 @@ def main(argv: list[str] | None = None) -> int:
             label = name if loss_kind == "mse" else f"LISTA (KKT loss, {kkt_text})"
             if args.stage_epochs is not None:
                 label += f" [{args.stage_epochs} ep/stage]"
-            info = _train(
-                model, name, a, cfg, snr, cfg["seed"], val, loss_kind, cfg["lam_kkt"], progress
-            )
+            if args.staged is not None:
+                ckpt = None
+                if args.checkpoints:
+                    Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
+                    ckpt = Path(args.checkpoints) / f"{name}_snr{key}.pt"
+                label += " [staged]"
+                model, info = train_staged(name, a, cfg, snr, val, args.staged, ckpt)
+                res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
+                res.setdefault("monotone", {})[label] = info["monotone"]
+            else:
+                info = _train(
+                    model, name, a, cfg, snr, cfg["seed"], val, loss_kind, cfg["lam_kkt"], progress
+                )
             with torch.no_grad():
                 _, xs = model(y_te, return_all=True)
             curve = [_nmse(xk, x_te) for xk in xs]

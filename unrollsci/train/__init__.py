@@ -16,7 +16,8 @@ Layout: :mod:`._fit` (the loop), :mod:`._checks` (its argument and data checks),
 :mod:`._data` (data forms, history, validation pass), :mod:`._distributed` (process group,
 sharding, DDP), :mod:`._precision` (mixed precision), :mod:`._state` (resumable training
 state), :mod:`._checkpoint` (the file format, save and load), :mod:`._config` (plain-data
-encoding of configs and operators, and the registry of checkpoint classes).
+encoding of configs and operators, and the registry of checkpoint classes),
+:mod:`._layerwise` (the staged layer-wise schedule of the LISTA papers, :func:`fit_layerwise`).
 """
 
 from __future__ import annotations
@@ -56,9 +57,13 @@ from ._config import (  # noqa: F401  (private helpers: re-exported)
 from ._data import Batch, History, LossFn, _evaluate, iterate_batches  # noqa: F401
 from ._distributed import is_main_process
 from ._fit import fit
+from ._layerwise import LayerwiseHistory, fit_layerwise, layer_nmse_db
 
 __all__ = [
     "fit",
+    "fit_layerwise",
+    "LayerwiseHistory",
+    "layer_nmse_db",
     "History",
     "save_checkpoint",
     "load_checkpoint",

@@ -1,0 +1,120 @@
+"""fit_layerwise: the staged schedule, the new-layer stage, the non-increasing curve."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unrollsci.operators import MatrixOperator
+from unrollsci.train import fit_layerwise, layer_nmse_db
+from unrollsci.unrolled import ALISTA, LISTACP
+
+M, N = 20, 40
+
+
+def _setup(seed=0):
+    g0 = torch.Generator().manual_seed(seed)
+    a = torch.randn(M, N, generator=g0)
+    a = a / a.norm(dim=0)
+
+    def draw(g, batch=32):
+        x = torch.randn(batch, N, generator=g) * (torch.rand(batch, N, generator=g) < 0.1)
+        return x @ a.T, x
+
+    return a, draw, draw(torch.Generator().manual_seed(99), 256)
+
+
+def test_layer_nmse_db_matches_direct_formula():
+    a, _, (y, x) = _setup()
+    model = ALISTA(MatrixOperator(a), 3)
+    curve = layer_nmse_db(model, y, x, chunk=100)  # chunks sum like one pass
+    with torch.no_grad():
+        _, xs = model(y, return_all=True)
+    direct = [10 * math.log10(float((xk - x).pow(2).sum() / x.pow(2).sum())) for xk in xs]
+    assert curve == pytest.approx(direct, abs=1e-4)
+
+
+def test_staged_training_improves_and_curve_is_non_increasing():
+    a, draw, val = _setup()
+    model = LISTACP(MatrixOperator(a), 4, lam=0.4, support_selection=True)
+    before = layer_nmse_db(model, *val)
+    hist = fit_layerwise(
+        model, draw, val, lr=5e-4, vector_lr=20, max_steps=60, val_every=10, patience=30
+    )
+    assert hist.monotone
+    assert all(hist.curve_db[j] <= hist.curve_db[j - 1] for j in range(1, 4))
+    assert hist.curve_db == pytest.approx(layer_nmse_db(model, *val))
+    assert hist.curve_db[-1] < before[-1] - 1.0
+    # 4 layers x (new-layer stage + 2 decayed stages), at lr, 0.2 lr, 0.02 lr
+    assert [s["layer"] for s in hist.stages] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert [s["lr"] for s in hist.stages[:3]] == pytest.approx([5e-4, 1e-4, 1e-5])
+    assert model.active_layers == 4
+
+
+def test_layer_params_of_the_new_layer_stage():
+    from unrollsci.train._layerwise import _layer_params
+
+    a, _, _ = _setup()
+    model = LISTACP(MatrixOperator(a), 3, lam=0.4)
+    own, vectors = _layer_params(model, 1)
+    assert len(own) == 1 and own[0] is model.W[1]
+    assert len(vectors) == 1 and vectors[0] is model.theta
+    tied = LISTACP(MatrixOperator(a), 3, lam=0.4, tied=True)
+    assert _layer_params(tied, 0)[0] == [tied.W[0]]  # the shared matrix: with layer 1
+    assert _layer_params(tied, 2)[0] == []
+
+
+def test_only_new_stage_leaves_earlier_layers_unchanged():
+    a, draw, val = _setup()
+    model = LISTACP(MatrixOperator(a), 2, lam=0.4)
+    w0, th0 = model.W[0].detach().clone(), model.theta.detach().clone()
+    hist = fit_layerwise(
+        model, draw, val, lr=1e-3, lr_decays=(), max_steps=20, val_every=5, warm_start=False
+    )
+    # stage for layer 2 trained W[1], theta[1] only; layer 1 changed only in its own stage
+    assert [s["only_new"] for s in hist.stages] == [True, True]
+    assert not torch.equal(model.W[1], w0)  # layer 2 moved
+    # theta[0] after the whole run equals theta[0] after stage 1 (rerun stage 1 alone)
+    model_b = LISTACP(MatrixOperator(a), 1, lam=0.4)
+    with torch.no_grad():
+        model_b.W[0].copy_(w0)
+        model_b.theta.copy_(th0[:1])
+    fit_layerwise(model_b, draw, val, lr=1e-3, lr_decays=(), max_steps=20, val_every=5)
+    torch.testing.assert_close(model.W[0], model_b.W[0])
+    torch.testing.assert_close(model.theta[:1], model_b.theta)
+
+
+def test_time_budget_and_clock_limit_the_run():
+    a, draw, val = _setup()
+    ticks = iter(range(10**6))
+    model = ALISTA(MatrixOperator(a), 3)
+    hist = fit_layerwise(
+        model,
+        draw,
+        val,
+        lr=1e-2,
+        max_steps=10_000,
+        val_every=5,
+        patience=10_000,
+        time_budget=60.0,
+        clock=lambda: float(next(ticks)),  # one "second" per reading
+    )
+    assert sum(hist.steps) < 10_000 * 9  # stopped by the budget, not by max_steps
+    assert all(not s["by_patience"] for s in hist.stages)
+
+
+def test_bad_arguments():
+    a, draw, val = _setup()
+    model = ALISTA(MatrixOperator(a), 2)
+    with pytest.raises(TypeError, match="layered model"):
+        fit_layerwise(torch.nn.Linear(2, 2), draw, val)
+    with pytest.raises(TypeError, match="sampler to be callable"):
+        fit_layerwise(model, None, val)
+    with pytest.raises(TypeError, match="val_data to be a pair"):
+        fit_layerwise(model, draw, val[0])
+    with pytest.raises(ValueError, match="lr"):
+        fit_layerwise(model, draw, val, lr=0.0)
+    with pytest.raises(ValueError, match="patience"):
+        fit_layerwise(model, draw, val, patience=0)

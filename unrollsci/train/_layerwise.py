@@ -1,0 +1,326 @@
+"""Staged layer-wise training of unrolled sparse-recovery networks: :func:`fit_layerwise`.
+
+The schedule of the LISTA literature (Borgerding et al. 2017, Chen et al. 2018, Liu et al.
+2019): layer ``k`` is added to the ``k - 1`` trained layers, first its own constants are
+trained at a base rate, then all layers at the base rate times ``0.2`` and ``0.02``; every
+stage draws fresh batches and ends when the validation NMSE of layer ``k`` has not improved
+for ``patience`` steps. :func:`unrollsci.train.fit` stays the general loop (epochs, any
+loss, distributed); this one is specific to models with ``return_all`` (the unrolled lasso
+family) and adds the guarantee that deeper is never worse on the validation set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._checks import _check_int
+
+__all__ = ["LayerwiseHistory", "fit_layerwise", "layer_nmse_db"]
+
+
+@dataclass
+class LayerwiseHistory:
+    """What :func:`fit_layerwise` did.
+
+    Attributes:
+        curve_db: validation NMSE (dB) of every layer of the final model.
+        layer_db: validation NMSE (dB) of layer ``k`` right after layer ``k`` was trained.
+        steps: optimizer steps per layer (all its stages).
+        stages: one dict per stage: layer, lr, steps, best validation NMSE (dB) and
+            whether it stopped on ``patience`` (else on ``max_steps`` or the time budget).
+        monotone: the final ``curve_db`` is non-increasing in depth.
+        seconds: wall-clock time of the training.
+    """
+
+    curve_db: list[float] = field(default_factory=list)
+    layer_db: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    monotone: bool = True
+    seconds: float = 0.0
+
+
+def layer_nmse_db(
+    model: nn.Module, y: torch.Tensor, x: torch.Tensor, chunk: int = 1000
+) -> list[float]:
+    """NMSE (dB) of every active layer on ``(y, x)``: ``10 log10(sum ||x_k - x||^2 / sum ||x||^2)``.
+
+    Evaluated without gradients in float64 sums, ``chunk`` samples at a time.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> from unrollsci.unrolled import ALISTA
+        >>> A = MatrixOperator(torch.randn(20, 40, dtype=torch.float64) / 20**0.5)
+        >>> x = torch.zeros(8, 40, dtype=torch.float64); x[:, :3] = 1.0
+        >>> len(layer_nmse_db(ALISTA(A, 3), A(x), x))
+        3
+    """
+    was_training = model.training
+    model.eval()
+    err: torch.Tensor | None = None
+    ref = 0.0
+    with torch.no_grad():
+        for i in range(0, y.shape[0], chunk):
+            yc, xc = y[i : i + chunk], x[i : i + chunk]
+            _, xs = model(yc, return_all=True)
+            e = torch.stack([(xk - xc).double().pow(2).sum() for xk in xs])
+            err = e if err is None else err + e
+            ref += float(xc.double().pow(2).sum())
+    model.train(was_training)
+    assert err is not None
+    return [10.0 * math.log10(max(float(v), 1e-300) / max(ref, 1e-300)) for v in err]
+
+
+def _layer_params(model: nn.Module, layer: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(own, vectors)`` of 0-based ``layer``: the per-layer matrices of that layer (and a
+    tied matrix at layer 0), and the per-layer vectors ``(K, ...)`` whose row ``layer`` is its
+    own (the others are masked in the new-layer stage)."""
+    k = int(model.num_layers)
+    own: list[nn.Parameter] = []
+    in_lists: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.ParameterList):
+            shift = k - len(module)
+            for j, p in enumerate(module):
+                in_lists.add(id(p))
+                shared = len(module) == 1 and k > 1  # tied: trained with layer 1
+                if (shared and layer == 0) or (not shared and j + shift == layer):
+                    if p.requires_grad:
+                        own.append(p)
+    vectors = [
+        p
+        for p in model.parameters()
+        if id(p) not in in_lists and p.requires_grad and p.dim() >= 1 and p.shape[0] == k
+    ]
+    others = [
+        p
+        for p in model.parameters()
+        if id(p) not in in_lists and p.requires_grad and not (p.dim() >= 1 and p.shape[0] == k)
+    ]
+    return own + others, vectors
+
+
+def fit_layerwise(
+    model: nn.Module,
+    sampler: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    lr: float = 5e-4,
+    lr_decays: Sequence[float] = (0.2, 0.02),
+    vector_lr: float | None = None,
+    new_layer_stage: bool = True,
+    val_every: int = 50,
+    patience: int = 1000,
+    max_steps: int = 20_000,
+    time_budget: float | None = None,
+    warm_start: bool = True,
+    seed: int = 0,
+    log: Callable[[str], Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> LayerwiseHistory:
+    """Train an unrolled network layer by layer with the staged schedule of the LISTA papers.
+
+    For ``k = 1..K``: ``model.active_layers = k``; layer ``k`` starts from the trained
+    constants of layer ``k - 1`` (``model.copy_layer``, when ``warm_start``); then the
+    stages run, each with a fresh Adam: (1) layer ``k``'s own constants only at ``lr``
+    (when ``new_layer_stage``), (2) all layers at ``lr * d`` for each ``d`` of
+    ``lr_decays``. The loss is the squared error of layer ``k``'s output relative to
+    ``||x||^2`` of the batch (the NMSE of Chen et al. 2018); every step draws a fresh
+    batch ``sampler(generator)``. Every ``val_every`` steps the NMSE of all layers is
+    measured on ``val_data``; a stage ends after ``patience`` steps without a better
+    layer-``k`` NMSE, after ``max_steps``, or when its share of ``time_budget`` is used.
+
+    Guarantee: a stage keeps the best validated state among those whose per-layer
+    validation curve is non-increasing up to layer ``k`` (a ``k``-layer model never
+    worse than its ``k - 1``-layer prefix); the state it started from counts when it
+    qualifies. If no state qualifies the best one is kept and ``history.monotone`` is
+    False (reported, not hidden).
+
+    Args:
+        model: an unrolled model with ``num_layers``, settable ``active_layers``,
+            ``copy_layer`` and ``forward(y, return_all=True)`` (the
+            :class:`~unrollsci.unrolled.UnrolledLasso` family).
+        sampler: ``generator -> (y, x)``, a fresh training batch per call.
+        val_data: fixed ``(y, x)`` validation set.
+        lr: base learning rate (Adam).
+        lr_decays: factors of ``lr`` of the all-layer stages.
+        vector_lr: learning rate multiplier of the per-layer vectors (thresholds, steps;
+            softplus-parameterized, so a step changes them by a relative amount); default 1.
+        new_layer_stage: train the new layer alone first.
+        val_every, patience, max_steps: validation interval and stopping rules, in steps.
+        time_budget: seconds for the whole training, shared out to layer ``k`` in
+            proportion to ``k`` (its cost per step); None: no limit.
+        warm_start: start layer ``k`` from layer ``k - 1``.
+        seed: seeds the batch generator.
+        log: called with one line per stage (e.g. ``print``).
+        clock: the clock of ``time_budget`` (default wall time; ``time.process_time``
+            budgets this process's CPU time, independent of other load on the machine).
+
+    Returns:
+        :class:`LayerwiseHistory` (the model is trained in place, all layers active).
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import MatrixOperator
+        >>> from unrollsci.unrolled import ALISTA
+        >>> g0 = torch.Generator().manual_seed(0)
+        >>> A = torch.randn(20, 40, generator=g0) / 20**0.5
+        >>> def draw(g):
+        ...     x = torch.randn(16, 40, generator=g) * (torch.rand(16, 40, generator=g) < 0.1)
+        ...     return x @ A.T, x
+        >>> model = ALISTA(MatrixOperator(A), 3, lam=0.1)
+        >>> hist = fit_layerwise(model, draw, draw(g0), lr=1e-2, max_steps=20, val_every=10)
+        >>> hist.monotone, len(hist.curve_db)
+        (True, 3)
+    """
+    from .._validation import check_positive
+
+    for name in ("num_layers", "active_layers", "copy_layer"):
+        if not hasattr(model, name):
+            raise TypeError(
+                f"fit_layerwise needs a layered model with {name!r} (the unrolled lasso "
+                f"family); {type(model).__name__} has none."
+            )
+    if not callable(sampler):
+        raise TypeError(f"Expected sampler to be callable (got {type(sampler).__name__}).")
+    if not (isinstance(val_data, (tuple, list)) and len(val_data) == 2):
+        raise TypeError("Expected val_data to be a pair (y, x) of tensors.")
+    check_positive("lr", lr)
+    for d in lr_decays:
+        check_positive("lr_decays entries", d)
+    if vector_lr is not None:
+        check_positive("vector_lr", vector_lr)
+    _check_int("val_every", val_every, 1)
+    _check_int("patience", patience, 1)
+    _check_int("max_steps", max_steps, 1)
+    if time_budget is not None:
+        check_positive("time_budget", time_budget)
+    y_val, x_val = val_data
+    num = int(model.num_layers)
+    gen = torch.Generator().manual_seed(seed)
+    hist = LayerwiseHistory()
+    t0 = time.perf_counter()
+    spent = 0.0
+    say = log if log is not None else (lambda _line: None)
+    vmul = 1.0 if vector_lr is None else float(vector_lr)
+
+    def score(curve: list[float], k: int) -> tuple[bool, float]:
+        ok = all(curve[j] <= curve[j - 1] for j in range(1, k))
+        return ok, curve[k - 1]
+
+    for k in range(1, num + 1):
+        model.active_layers = k
+        if warm_start and k >= 2:
+            model.copy_layer(k - 2, k - 1)
+        layer_t0 = clock()
+        layer_budget = None
+        if time_budget is not None:
+            remaining_weight = sum(range(k, num + 1))
+            layer_budget = max(time_budget - spent, 0.0) * k / remaining_weight
+        own, vectors = _layer_params(model, k - 1)
+        stages: list[tuple[float, bool]] = []
+        if new_layer_stage:
+            stages.append((lr, True))
+        stages += [(lr * d, False) for d in lr_decays]
+        layer_steps = 0
+        for si, (stage_lr, only_new) in enumerate(stages):
+            if only_new:
+                mats, vecs = own, vectors
+            else:
+                mats = [p for p in model.parameters() if p.requires_grad and p.dim() != 1]
+                vecs = [p for p in model.parameters() if p.requires_grad and p.dim() == 1]
+                vec_ids = {id(p) for p in vectors}
+                mats += [p for p in vecs if id(p) not in vec_ids]
+                vecs = [p for p in vecs if id(p) in vec_ids]
+            groups = [
+                g
+                for g in ({"params": mats, "lr": stage_lr}, {"params": vecs, "lr": stage_lr * vmul})
+                if g["params"]
+            ]
+            if not groups:
+                continue
+            frozen = []
+            if only_new:  # skip gradients of the earlier layers' matrices
+                keep = {id(p) for p in mats + vecs}
+                frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+                for p in frozen:
+                    p.requires_grad_(False)
+            opt = torch.optim.Adam(groups)
+            stage_deadline = None
+            if layer_budget is not None:
+                used = clock() - layer_t0
+                stage_deadline = clock() + (layer_budget - used) / (len(stages) - si)
+            curve = layer_nmse_db(model, y_val, x_val)
+            ok, best = score(curve, k)
+            best_ok = ok
+            best_state = copy.deepcopy(model.state_dict())
+            since, steps, by_patience = 0, 0, False
+            try:
+                while steps < max_steps:
+                    y, x = sampler(gen)
+                    _, xs = model(y, return_all=True)
+                    loss = (xs[k - 1] - x).pow(2).sum() / x.pow(2).sum().clamp_min(1e-30)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if only_new:
+                        for p in vecs:
+                            if p.grad is not None:
+                                mask = torch.zeros_like(p.grad)
+                                mask[k - 1] = 1
+                                p.grad.mul_(mask)
+                    if not math.isfinite(float(loss.detach())):
+                        raise FloatingPointError(
+                            f"Training loss became {float(loss)} at layer {k}; lower lr."
+                        )
+                    opt.step()
+                    steps += 1
+                    since += 1
+                    if steps % val_every == 0:
+                        curve = layer_nmse_db(model, y_val, x_val)
+                        ok, val = score(curve, k)
+                        if (ok and (not best_ok or val < best)) or (not best_ok and val < best):
+                            best, best_ok, since = val, ok, 0
+                            best_state = copy.deepcopy(model.state_dict())
+                        if since >= patience:
+                            by_patience = True
+                            break
+                        if stage_deadline is not None and clock() > stage_deadline:
+                            break
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
+            model.load_state_dict(best_state)
+            layer_steps += steps
+            hist.stages.append(
+                {
+                    "layer": k,
+                    "lr": stage_lr,
+                    "only_new": only_new,
+                    "steps": steps,
+                    "best_db": best,
+                    "monotone": best_ok,
+                    "by_patience": by_patience,
+                }
+            )
+            say(
+                f"layer {k:2d} stage {si} lr {stage_lr:.1e}{' (new)' if only_new else ''}: "
+                f"{steps} steps, val {best:.2f} dB{'' if best_ok else ' (NOT monotone)'}"
+                f"{' [patience]' if by_patience else ''} t={time.perf_counter() - t0:.0f}s"
+            )
+        spent += clock() - layer_t0
+        hist.steps.append(layer_steps)
+        hist.layer_db.append(layer_nmse_db(model, y_val, x_val)[k - 1])
+    model.active_layers = num
+    hist.curve_db = layer_nmse_db(model, y_val, x_val)
+    hist.monotone = all(hist.curve_db[j] <= hist.curve_db[j - 1] for j in range(1, num))
+    hist.seconds = time.perf_counter() - t0
+    return hist
