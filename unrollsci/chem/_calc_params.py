@@ -35,10 +35,14 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "dtype": "float64",
     "check_definite": "auto",
     "skin": 1.0,
+    "solver": "auto",
 }
 
 #: parameters that cannot change the results (only how fast they are reached)
 NEUTRAL: frozenset[str] = frozenset({"skin"})
+
+#: values of the ``solver`` parameter
+SOLVERS = ("auto", "cg")
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -113,6 +117,10 @@ def normalize(key: str, value: Any) -> Any:
         if skin is None or not (skin >= 0 and math.isfinite(skin)):
             raise ValueError(f"Expected skin >= 0 (Angstrom) (got {value!r}).")
         return skin
+    if key == "solver":
+        if value not in SOLVERS:
+            raise ValueError(f"Expected solver in {SOLVERS} (got {value!r}).")
+        return value
     if key in ("ewald", "warm_start"):
         if not isinstance(value, bool):
             raise TypeError(f"Expected {key} to be True or False (got {value!r}).")

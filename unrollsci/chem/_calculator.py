@@ -10,10 +10,17 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from . import _calc_params
+from . import _calc_params, _solve
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, normalize
 from ._settings import COULOMB_CONSTANT, QEqSettings
-from ._solve import Prepared, QEqSolution, _per_atom_table, check_structure, solve_with_settings
+from ._solve import (
+    Prepared,
+    QEqSolution,
+    _per_atom_table,
+    check_structure,
+    solve_with_settings,
+)
+from ._step import DIRECT_MAX_ATOMS, analytic_step
 from ._verlet import DefiniteCertificate, VerletPairs
 
 __all__ = ["QEqCalculator"]
@@ -30,6 +37,31 @@ def _parameter(key: str, doc: str) -> property:
         self.set(**{key: value})
 
     return property(get, put, doc=doc)
+
+
+def _same(a: Any, b: Any, tol: float) -> bool:
+    """ASE's ``equal(a, b, atol=tol)`` (same shape, all close) with an exact-equality
+    shortcut."""
+    if np.shape(a) != np.shape(b):
+        return False
+    return bool(np.array_equal(a, b) or np.allclose(a, b, rtol=0, atol=tol))
+
+
+def _compare_atoms(old: Any, atoms: Any, tol: float) -> list[str]:
+    """ASE's ``compare_atoms(old, atoms, tol)`` (the same list of changes), cheaper for
+    the common cases of an MD step (arrays exactly equal or clearly different)."""
+    if old is None:
+        return list(all_changes)
+    changes = [p for p in ("cell", "pbc") if not _same(getattr(old, p), getattr(atoms, p), tol)]
+    a, b = old.arrays, atoms.arrays
+    for prop in all_changes:
+        if prop in ("cell", "pbc"):
+            continue
+        if (prop in a) != (prop in b):
+            changes.append(prop)
+        elif prop in a and not _same(a[prop], b[prop], tol):
+            changes.append(prop)
+    return changes
 
 
 class QEqCalculator(Calculator):
@@ -84,6 +116,13 @@ class QEqCalculator(Calculator):
             skin`` and is reused until an atom has moved more than ``skin / 2`` since it
             was built (or the cell or the atoms change). Results do not depend on it; 0
             rebuilds the list at every call.
+        solver: ``"auto"`` (default) or ``"cg"``. With a cutoff and no Ewald, forces and
+            stress come from one analytic pass over the pairs (no autograd graph; equal to
+            the autograd derivatives to rounding), and ``"auto"`` solves systems of up to
+            ``DIRECT_MAX_ATOMS`` (600) atoms directly when the definiteness check runs: the
+            Cholesky factorization of the projected hardness matrix is both that check
+            and the solve, exact to rounding (``tol`` is met, and implicit and envelope
+            forces coincide). ``"cg"``: always the tolerance-driven CG.
         label, atoms, directory: as for any ASE calculator.
 
     Example:
@@ -117,6 +156,7 @@ class QEqCalculator(Calculator):
     warm_start = _parameter("warm_start", "start from the previous charges")
     check_definite = _parameter("check_definite", "dense definiteness check")
     skin = _parameter("skin", "Verlet skin of the kept pair list (Angstrom)")
+    solver = _parameter("solver", "``'auto'`` (direct for small systems) or ``'cg'``")
 
     def __init__(
         self,
@@ -137,6 +177,7 @@ class QEqCalculator(Calculator):
         dtype: torch.dtype | str = torch.float64,
         check_definite: bool | str = "auto",
         skin: float = 1.0,
+        solver: str = "auto",
         **kwargs: Any,
     ) -> None:
         allowed = {"label", "atoms", "directory"}
@@ -161,10 +202,12 @@ class QEqCalculator(Calculator):
             "dtype": dtype,
             "check_definite": check_definite,
             "skin": skin,
+            "solver": solver,
         }
         #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
+        self._v_prev: torch.Tensor | None = None  # the last adjoint solution (warm start)
         self._q_hist: list[torch.Tensor] = []  # the last charges, newest last
         self._built: _calc_params.Built | None = None
         self._clear_state()
@@ -213,8 +256,8 @@ class QEqCalculator(Calculator):
     def check_state(self, atoms: Any, tol: float = 1e-15) -> list[str]:
         """ASE's system changes, less those that cannot change the results: initial
         magnetic moments, and initial charges when ``total_charge`` is given."""
-        changes = super().check_state(atoms, tol=tol)
-        ignored = {"initial_magmoms"}
+        changes = _compare_atoms(self.atoms, atoms, tol)  # = ASE's Calculator.check_state
+        ignored = {"initial_magmoms", *self.ignored_changes}
         if self.parameters["total_charge"] is not None:
             ignored.add("initial_charges")
         return [c for c in changes if c not in ignored]
@@ -290,6 +333,9 @@ class QEqCalculator(Calculator):
             self._symbols = check_structure(positions, numbers.tolist())
             self._table = _per_atom_table(settings, self._symbols, {}, positions)
             self._table_key = key
+        if self._analytic(settings):
+            self._step(atoms, settings, pos_np, cell_np, q0, periodic, molecule)
+            return
         prepared = Prepared(table=self._table, definite=self._certificate.check)
         cutoff = settings.cutoff
         pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -326,5 +372,83 @@ class QEqCalculator(Calculator):
             s = grads[1].detach().cpu().numpy().astype(np.float64) / vol
             s = 0.5 * (s + s.T)
             self.results["stress"] = s.flat[[0, 4, 8, 5, 2, 1]]
+        if molecule:
+            self.results["dipole"] = charges @ pos_np
+
+    def _analytic(self, settings: QEqSettings) -> bool:
+        """Whether this call takes the analytic path (:mod:`._step`): a kept pair list, no
+        Ewald, implicit or envelope forces, a tolerance (not a fixed iteration count)."""
+        return (
+            settings.cutoff is not None
+            and not settings.ewald
+            and settings.grad in ("implicit", "envelope")
+            and settings.iterations is None
+        )
+
+    def _step(self, atoms, settings, pos_np, cell_np, q0, periodic, molecule) -> None:
+        """One call through :func:`._step.analytic_step` (same results as the autograd
+        path to rounding; tests/chem/test_step.py)."""
+        device, dtype = self.device, self.dtype
+        n = len(atoms)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if self._verlet is None:
+            self._verlet = VerletPairs(settings.cutoff, self.parameters["skin"])
+        nl = self._verlet
+        rebuilt = nl.update(pos_np, cell_np, pbc, np.asarray(atoms.numbers), device, dtype)
+        s = settings
+        check = s.check_definite is True or (
+            s.check_definite == "auto" and n <= _solve.DENSE_CHECK_MAX_ATOMS
+        )
+        direct = check and self.parameters["solver"] == "auto" and n <= DIRECT_MAX_ATOMS
+        v0 = self._v_prev if self.parameters["warm_start"] else None
+        out = analytic_step(
+            pos_np,
+            cell_np,
+            (nl.i, nl.j, nl.shifts),
+            self._table,
+            self._symbols,
+            s,
+            total_charge=float(s.total_charge),
+            device=device,
+            dtype=dtype,
+            pattern=nl.pattern,
+            cache=nl.cache,
+            q0=q0,
+            v0=v0 if v0 is not None and v0.shape[0] == n else None,
+            definite=self._certificate.check if check and not direct else None,
+            same_pairs=not rebuilt,
+            direct=direct,
+            want_stress=periodic,
+        )
+        res = out.residuals
+        message = (
+            f"QEq converged in {out.iterations} CG iterations (residual {res[-1]:.3e} <= "
+            f"tol {s.tol:.1e})."
+            if out.stats["solver"] == "cg"
+            else f"QEq solved directly (residual {res[-1]:.3e} <= tol {s.tol:.1e})."
+        )
+        energy = out.energy
+        sol = QEqSolution(
+            out.q,
+            out.iterations,
+            res,
+            out.converged,
+            message,
+            out.stats,
+            energy=torch.tensor(energy, dtype=dtype, device=device),
+            mu=out.mu,
+        )
+        self.solution = sol
+        self._q_prev = out.q
+        self._v_prev = out.v
+        self._q_hist = [*self._q_hist[-2:], self._q_prev]
+        charges = out.q.cpu().numpy().astype(np.float64)
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = out.forces
+        self.results["charges"] = charges
+        if periodic:
+            vol = abs(float(np.linalg.det(atoms.cell.array)))
+            self.results["stress"] = (out.stress_grad / vol).flat[[0, 4, 8, 5, 2, 1]]
         if molecule:
             self.results["dipole"] = charges @ pos_np
