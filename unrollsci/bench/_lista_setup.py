@@ -226,6 +226,7 @@ def _quick_config() -> dict:
     cfg = _full_config()
     cfg.update({"m": 30, "n": 60, "K": 3, "n_test": 50, "n_val": 32, "batch": 16})
     cfg["budget"] = {"default": {"epochs": 1, "steps": 3, "lr": 1e-3, "decay": 0.5}}
+    cfg.update({"val_every": 5, "patience": 10, "max_steps": 10})  # --staged
     return cfg
 
 

@@ -83,6 +83,8 @@ def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
                 row[f"NMSE@{layer}"] = curve[layer - 1]
             row["train s"] = res["train_seconds"].get(label, 0.0)
             row["train cpu s"] = res.get("cpu_seconds", {}).get(label, 0.0)
+            if label in res.get("monotone", {}):  # staged runs: the validation curve
+                row["val curve non-increasing"] = res["monotone"][label]
             rows.append(row)
         total_train += sum(res["train_seconds"].values())
         total_cpu += sum(res.get("cpu_seconds", {}).values())
@@ -159,8 +161,9 @@ def _merge(paths: list[str], out: str, name: str) -> int:
             tgt = merged["by_snr"].setdefault(
                 key, {"nmse_db": {}, "train_seconds": {}, "cpu_seconds": {}}
             )
-            for field in ("nmse_db", "train_seconds", "cpu_seconds"):
-                tgt[field].update(res.get(field, {}))
+            for field in ("nmse_db", "train_seconds", "cpu_seconds", "val_curve_db", "monotone"):
+                if field in res:
+                    tgt.setdefault(field, {}).update(res[field])
             if res.get("oracle_db") is not None:
                 tgt["oracle_db"] = res["oracle_db"]
             tgt.setdefault("oracle_db", res.get("oracle_db"))
@@ -311,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         val = sample(a, cfg["n_val"], cfg["p"], snr, g_val)
         res: dict[str, Any] = {"nmse_db": {}, "train_seconds": {}, "cpu_seconds": {}}
         res["oracle_db"] = oracle_nmse_db(a, y_te, x_te) if math.isfinite(snr) else None
-        res["nmse_db"].update(
-            _classical(MatrixOperator(a.double()), y_te, x_te, cfg["lam"], cfg["K"], cfg["p"])
-        )
+        if args.staged is None:  # the staged runs add learned rows to a full run's table
+            res["nmse_db"].update(
+                _classical(MatrixOperator(a.double()), y_te, x_te, cfg["lam"], cfg["K"], cfg["p"])
+            )
         runs = [] if args.kkt_only else [(n, "mse") for n in names]
         if (args.kkt_only or not args.no_kkt) and not math.isfinite(snr) and "LISTA" in names:
             runs.append(("LISTA", "kkt"))
