@@ -7,7 +7,27 @@
 # the summed "train cpu s" column is the single-core training cost, independent of
 # how busy the machine was; "train s" is wall time.
 # Usage: benchmarks/lista_parallel.sh [outdir]
+#        benchmarks/lista_parallel.sh --staged [outdir]: the staged layer-wise training of
+#        Chen et al. 2018 (unrollsci.train.fit_layerwise) on a CPU-time budget per model, two
+#        single-threaded chains, merged into lista_staged.json; trained models are saved in
+#        benchmarks/checkpoints/ (docs/lista_accuracy.md).
 set -u
+if [ "${1:-}" = "--staged" ]; then
+  shift
+  OUT=${1:-benchmarks/results}
+  PARTS=$OUT/lista_parts
+  CK=benchmarks/checkpoints
+  mkdir -p "$PARTS" "$CK"
+  staged() {  # name, seconds, model, snr
+    OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --staged "$2" --models "$3" \
+      --snr "$4" --out "$PARTS" --name "staged_$1" --checkpoints "$CK" > "$PARTS/log_staged_$1.txt" 2>&1
+  }
+  (staged alista_inf 600 ALISTA inf; staged alista_40 150 ALISTA 40; staged lamp_40 120 LAMP 40) &
+  (staged cpss_inf 420 LISTA-CPSS inf; staged lamp_inf 300 LAMP inf; staged cp_inf 200 LISTA-CP inf) &
+  wait
+  python benchmarks/lista.py --out "$OUT" --name lista_staged --merge "$PARTS"/staged_*.json
+  exit 0
+fi
 OUT=${1:-benchmarks/results}
 PARTS=$OUT/lista_parts
 mkdir -p "$PARTS"
