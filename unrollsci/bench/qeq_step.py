@@ -10,11 +10,17 @@ untimed first call. LAMMPS: ``run N`` with ``fix qeq/shielded`` every step and `
 in the same process, interleaved, repeated ``--repeats`` times; medians reported, with the
 ratio unrollsci / LAMMPS. Writes ``benchmarks/results/qeq_step.json`` + ``.md`` + ``.png``
 (``qeq_step_quick.*`` with ``--quick``).
+
+``--threads 1 2`` (default) gives a row per size and torch thread count; LAMMPS runs its
+serial ``fix qeq/shielded`` (no threaded variant) in both. Besides wall time, the process
+CPU time per step of both (``cpu_ms_*``) is recorded, and the load average before each size:
+on a shared machine the CPU-time ratio is the steadier of the two.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
@@ -68,21 +74,63 @@ def _ours(atoms, v, steps: int, mode: str, args: argparse.Namespace) -> dict[str
         params=NACL_PARAMS, cutoff=args.cutoff, tol=args.tol, coulomb_constant=14.4, **MODES[mode]
     )
     atoms.get_forces()  # the first call: list, dense definiteness test, cold charges
-    iters = []
-    t0 = time.perf_counter()
+    iters, adjoint = [], []
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         atoms.positions = atoms.positions + v
         atoms.get_potential_energy()
         atoms.get_forces()
         iters.append(calc.solution.iterations)
+        adjoint.append(calc.solution.stats.get("adjoint_iterations", 0))
     seconds = (time.perf_counter() - t0) / steps
     return {
         "seconds": seconds,
+        "cpu_seconds": (time.process_time() - c0) / steps,
+        "solver": calc.solution.stats.get("solver", "autograd"),
+        "adjoint_iters": float(np.mean(adjoint)),
         "cg_iters": float(np.mean(iters)),
         "list_builds": calc.neighbor_list_builds,
         "dense_checks": calc._certificate.dense_checks,
         "charges": atoms.get_charges(),
     }
+
+
+def _size(n_rep: int, steps: int, threads: int, args: argparse.Namespace, lammps_steps) -> dict:
+    """One row: every mode and LAMMPS, interleaved, ``args.repeats`` times; medians."""
+    from .qeq import NACL_PARAMS
+
+    atoms, v = _setup(n_rep, args.seed, args.step)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    runs: dict[str, list[Any]] = {m: [] for m in (*MODES, "lammps")}
+    for _ in range(args.repeats):  # interleaved, so that load changes hit all alike
+        for mode in MODES:
+            runs[mode].append(_ours(atoms, v, steps, mode, args))
+        if lammps_steps is not None:
+            c0 = time.process_time()
+            sec, q = lammps_steps(
+                atoms, NACL_PARAMS, v, steps=steps, cutoff=args.cutoff, tol=args.tol
+            )
+            # process CPU time includes LAMMPS's setup and run 0 (an upper bound per step)
+            runs["lammps"].append((sec, q, (time.process_time() - c0) / steps))
+    row: dict[str, Any] = {"threads": threads, "atoms": len(atoms), "steps": steps}
+    for mode in MODES:
+        row[f"ms_{mode}"] = 1e3 * statistics.median(r["seconds"] for r in runs[mode])
+        row[f"cpu_ms_{mode}"] = 1e3 * statistics.median(r["cpu_seconds"] for r in runs[mode])
+    last = runs["implicit"][-1]
+    for key in ("solver", "cg_iters", "adjoint_iters", "list_builds", "dense_checks"):
+        row[key] = last[key]
+    if runs["lammps"]:
+        row["ms_lammps"] = 1e3 * statistics.median(r[0] for r in runs["lammps"])
+        row["cpu_ms_lammps_upper"] = 1e3 * statistics.median(r[2] for r in runs["lammps"])
+        for mode in MODES:
+            row[f"{mode}/lammps"] = row[f"ms_{mode}"] / row["ms_lammps"]
+        for mode in ("implicit", "envelope"):
+            row[f"cpu_{mode}/lammps"] = row[f"cpu_ms_{mode}"] / row["cpu_ms_lammps_upper"]
+        row["max_dq_vs_lammps"] = float(np.abs(runs["lammps"][-1][1] - last["charges"]).max())
+    row["load_avg"] = load
+    row["all_ms_implicit"] = [1e3 * r["seconds"] for r in runs["implicit"]]
+    row["all_ms_lammps"] = [1e3 * r[0] for r in runs["lammps"]]
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=float, default=0.002, help="displacement per step, A")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
-    p.add_argument("--threads", type=positive_int_arg, default=1)
+    p.add_argument(
+        "--threads", type=positive_int_arg, nargs="+", default=[1, 2], help="torch threads"
+    )
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     if args.reps:
         plan = {r: FULL.get(r, 3) for r in args.reps}
@@ -115,43 +164,15 @@ def main(argv: list[str] | None = None) -> int:
             from .lammps import lammps_qeq_steps as lammps_steps
         except (ImportError, OSError) as exc:
             print(f"LAMMPS not available ({exc}); timing unrollsci only")
-    from .qeq import NACL_PARAMS
-
     rows = []
-    for n_rep, steps in plan.items():
-        atoms, v = _setup(n_rep, args.seed, args.step)
-        runs: dict[str, list[Any]] = {m: [] for m in (*MODES, "lammps")}
-        for _ in range(args.repeats):  # interleaved, so that load changes hit all alike
-            for mode in MODES:
-                runs[mode].append(_ours(atoms, v, steps, mode, args))
-            if lammps_steps is not None:
-                runs["lammps"].append(
-                    lammps_steps(
-                        atoms, NACL_PARAMS, v, steps=steps, cutoff=args.cutoff, tol=args.tol
-                    )
-                )
-        row: dict[str, Any] = {"atoms": len(atoms), "steps": steps}
-        for mode in MODES:
-            row[f"ms_{mode}"] = 1e3 * statistics.median(r["seconds"] for r in runs[mode])
-        last = runs["implicit"][-1]
-        row.update(
-            {
-                "cg_iters": last["cg_iters"],
-                "list_builds": last["list_builds"],
-                "dense_checks": last["dense_checks"],
-            }
-        )
-        if runs["lammps"]:
-            row["ms_lammps"] = 1e3 * statistics.median(r[0] for r in runs["lammps"])
-            row["implicit/lammps"] = row["ms_implicit"] / row["ms_lammps"]
-            row["envelope/lammps"] = row["ms_envelope"] / row["ms_lammps"]
-            row["nocheck/lammps"] = row["ms_nocheck"] / row["ms_lammps"]
-            row["max_dq_vs_lammps"] = float(np.abs(runs["lammps"][-1][1] - last["charges"]).max())
-        row["all_ms_implicit"] = [1e3 * r["seconds"] for r in runs["implicit"]]
-        row["all_ms_lammps"] = [1e3 * r[0] for r in runs["lammps"]]
-        rows.append(row)
-        print(markdown_table([{k: v for k, v in row.items() if not k.startswith("all_")}]))
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for n_rep, steps in plan.items():
+            row = _size(n_rep, steps, threads, args, lammps_steps)
+            rows.append(row)
+            print(markdown_table([{k: v for k, v in row.items() if not k.startswith("all_")}]))
     columns = [
+        "threads",
         "atoms",
         "steps",
         "ms_lammps",
@@ -161,10 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         "envelope/lammps",
         "ms_nocheck",
         "nocheck/lammps",
+        "cpu_implicit/lammps",
+        "cpu_envelope/lammps",
+        "solver",
         "cg_iters",
+        "adjoint_iters",
         "list_builds",
         "dense_checks",
         "max_dq_vs_lammps",
+        "load_avg",
     ]
     columns = [c for c in columns if c in rows[0]]
     table = markdown_table(rows, columns)
@@ -178,19 +204,20 @@ def main(argv: list[str] | None = None) -> int:
             "coulomb_constant": 14.4,
             "skin_unrollsci": QEqCalculator().parameters["skin"],
             "skin_lammps": 2.0,
-            "lammps": bool(runs["lammps"]),
+            "lammps": lammps_steps is not None,
             "timing": f"median of {args.repeats} interleaved repeats, per step, first call "
             "(unrollsci) / run 0 (LAMMPS) excluded",
         }
     )
     path = write_results("qeq_step", {"config": config, "rows": rows}, args.out, quick=args.quick)
     header = (
-        f"QEq per MD step, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}, "
-        f"{args.threads} thread(s); ms per step, medians of {args.repeats}\n\n"
+        f"QEq per MD step, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}, torch threads "
+        f"{args.threads} (LAMMPS serial); ms per step (wall), medians of {args.repeats}; "
+        "cpu_*/lammps: process CPU time ratios (LAMMPS's includes its setup)\n\n"
     )
     write_text(figure_path(args.out, "qeq_step.md", args.quick), header + table + "\n")
     loglog_figure(
-        rows,
+        [r for r in rows if r["threads"] == args.threads[0]],
         "atoms",
         [
             ("ms_implicit", "unrollsci energy+implicit forces"),
@@ -201,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         figure_path(args.out, "qeq_step.png", args.quick),
         xlabel="atoms",
         ylabel="ms per step",
-        title=f"QEq per MD step ({args.threads} thread)",
+        title=f"QEq per MD step ({args.threads[0]} torch thread(s))",
     )
     print(f"results: {path}")
     return 0

@@ -78,7 +78,6 @@ def kernel_and_derivative(
     graph. Shielded: closed form with the per-pair ``(gamma_i gamma_j)^-1.5`` kept in
     ``cache``; other kernels: one elementwise autograd pass over ``r``."""
     inside = r < cutoff
-    zero = torch.zeros((), dtype=r.dtype, device=r.device)
     if kernel == "shielded":
         key = f"shielded-c-{r.dtype}"
         c = None if cache is None else cache.get(key)
@@ -86,16 +85,28 @@ def kernel_and_derivative(
             c = (shape_i * shape_j) ** -1.5
             if cache is not None:
                 cache[key] = c
-        x = r / cutoff
-        x3 = x * x * x
-        tap = 1.0 + x3 * x * (-35.0 + x * (84.0 + x * (-70.0 + 20.0 * x)))
-        jr = (r * r * r + c).pow(-1.0 / 3.0)
-        j2 = jr * jr
-        xm = x - 1.0
-        dtap = (140.0 / cutoff) * x3 * xm * xm * xm
-        w = torch.where(inside, k_e * jr * tap, zero)
-        dw = torch.where(inside, k_e * (jr * dtap - r * r * j2 * j2 * tap), zero)
+        # in place where possible: fewer temporaries of P values
+        x = r * (1.0 / cutoff)
+        tap = x * 20.0
+        tap.sub_(70.0).mul_(x).add_(84.0).mul_(x).sub_(35.0)
+        x3 = x * x
+        x3.mul_(x)
+        tap.mul_(x3).mul_(x).add_(1.0)  # Tap = 1 + x^4 (-35 + x (84 + x (-70 + 20 x)))
+        jr = r * r
+        jr.mul_(r).add_(c).pow_(-1.0 / 3.0)  # J = (r^3 + c)^(-1/3)
+        xm = x.sub_(1.0)
+        dtap = xm * xm  # dTap/dr = 140 x^3 (x - 1)^3 / cutoff
+        dtap.mul_(xm).mul_(x3).mul_(140.0 / cutoff)
+        j4 = jr * jr
+        j4.mul_(j4)
+        dw = r * r  # dJ/dr = -r^2 J^4
+        dw.mul_(j4).mul_(tap).neg_().addcmul_(jr, dtap)
+        w = jr.mul_(tap)
+        scale = inside.to(r.dtype).mul_(k_e)
+        w.mul_(scale)
+        dw.mul_(scale)
         return w, dw
+    zero = torch.zeros((), dtype=r.dtype, device=r.device)
     with torch.enable_grad():
         rl = r.detach().requires_grad_(True)
         w = torch.where(inside, k_e * pair_kernel(kernel, rl, shape_i, shape_j, cutoff), zero)
@@ -209,9 +220,10 @@ def analytic_step(
     cutoff, k_e = float(s.cutoff), float(s.coulomb_constant)
     i, j, shifts = pairs
     pos = torch.as_tensor(positions, **dd)
-    vec = pos.index_select(0, j) - pos.index_select(0, i)
+    vec = pos.index_select(0, j)
+    vec -= pos.index_select(0, i)
     if shifts is not None:
-        vec = vec + shifts @ torch.as_tensor(cell, **dd)
+        vec.addmm_(shifts, torch.as_tensor(cell, **dd))
     r = torch.linalg.vector_norm(vec, dim=1)
     if r.numel():
         rmin, at = torch.min(r, 0)
@@ -276,10 +288,12 @@ def analytic_step(
             )
     energy = float((chi * q).sum() + 0.5 * (q * aq).sum())
     qi, qj = q.index_select(0, i), q.index_select(0, j)
-    coef = qi * qj
-    if v is not None:
-        coef = coef - v.index_select(0, i) * qj - v.index_select(0, j) * qi
-    coef = coef * dw
+    if v is None:
+        coef = qi.mul_(qj)
+    else:  # q_i q_j - v_i q_j - v_j q_i = (q_i - v_i) q_j - v_j q_i
+        coef = (qi - v.index_select(0, i)).mul_(qj)
+        coef.addcmul_(v.index_select(0, j), qi, value=-1.0)
+    coef.mul_(dw)
     if s.short_range is not None:
         with torch.enable_grad():
             rl = r.detach().requires_grad_(True)
@@ -287,14 +301,15 @@ def analytic_step(
             if e_sr.requires_grad:
                 coef = coef + torch.autograd.grad(e_sr, rl)[0]
         energy += float(e_sr.detach())
-    gvec = (coef / r).unsqueeze(1) * vec  # dE/dvec_p
+    fac = coef.div_(r).unsqueeze(1)
+    stress_grad = None
+    if want_stress:  # dE/d strain = sum_p vec_p (dE/dvec_p)^T = sum_p (coef_p / r_p) vec_p vec_p^T
+        m = vec.T @ (vec * fac)
+        stress_grad = (0.5 * (m + m.T)).cpu().numpy().astype(np.float64)
+    gvec = vec.mul_(fac)  # dE/dvec_p (vec is not needed after this)
     # (index_add_ with alpha=-1 takes a much slower path on CPU than two plain ones)
     grad = torch.zeros(n, 3, **dd).index_add_(0, j, gvec)
     grad -= torch.zeros(n, 3, **dd).index_add_(0, i, gvec)
-    stress_grad = None
-    if want_stress:
-        m = vec.T @ gvec
-        stress_grad = (0.5 * (m + m.T)).detach().cpu().numpy().astype(np.float64)
     with torch.no_grad():
         dinv = 1.0 / d
         mu = float((g * dinv).sum() / dinv.sum())
