@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from . import _calc_params, _solve
+from . import _calc_params, _solve, _step
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, normalize
 from ._settings import COULOMB_CONSTANT, QEqSettings
 from ._solve import (
@@ -20,7 +20,7 @@ from ._solve import (
     check_structure,
     solve_with_settings,
 )
-from ._step import DIRECT_MAX_ATOMS, analytic_step
+from ._step import analytic_step
 from ._verlet import DefiniteCertificate, VerletPairs
 
 __all__ = ["QEqCalculator"]
@@ -119,7 +119,7 @@ class QEqCalculator(Calculator):
         solver: ``"auto"`` (default) or ``"cg"``. With a cutoff and no Ewald, forces and
             stress come from one analytic pass over the pairs (no autograd graph; equal to
             the autograd derivatives to rounding), and ``"auto"`` solves systems of up to
-            ``DIRECT_MAX_ATOMS`` (600) atoms directly when the definiteness check runs: the
+            ``DIRECT_MAX_ATOMS`` (1000) atoms directly when the definiteness check runs: the
             Cholesky factorization of the projected hardness matrix is both that check
             and the solve, exact to rounding (``tol`` is met, and implicit and envelope
             forces coincide). ``"cg"``: always the tolerance-driven CG.
@@ -399,7 +399,7 @@ class QEqCalculator(Calculator):
         check = s.check_definite is True or (
             s.check_definite == "auto" and n <= _solve.DENSE_CHECK_MAX_ATOMS
         )
-        direct = check and self.parameters["solver"] == "auto" and n <= DIRECT_MAX_ATOMS
+        direct = check and self.parameters["solver"] == "auto" and n <= _step.DIRECT_MAX_ATOMS
         v0 = self._v_prev if self.parameters["warm_start"] else None
         out = analytic_step(
             pos_np,

@@ -44,7 +44,7 @@ from ._pcg import _pcg
 __all__ = ["DIRECT_MAX_ATOMS", "StepResult", "analytic_step", "kernel_and_derivative"]
 
 #: ``solver="auto"`` solves directly (dense Cholesky) up to this many atoms, by CG above
-DIRECT_MAX_ATOMS = 600
+DIRECT_MAX_ATOMS = 1000
 #: above this many pairs the CG's mat-vec uses CSR products (as the autograd path)
 CSR_MIN_PAIRS = 20000
 
