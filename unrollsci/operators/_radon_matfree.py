@@ -12,10 +12,10 @@ are all padding). The transpose scatters each ray's value back with the same fou
 weights per sample, so ``<A x, y> = <x, A^T y>`` holds to rounding: the two kernels
 compute the same weights from the same coordinates.
 
-On CPU the loops run in a small C kernel compiled on first use with the system C
-compiler (``cc``; OpenMP when available) and cached under ``$UNROLLSCI_CACHE`` (default
-``~/.cache/unrollsci``); where no compiler works, and on other devices (CUDA), the same
-sums run as chunked torch gathers and ``index_add_``. Memory beyond the input and output:
+On CPU the loops run in a small C kernel compiled on first use (:mod:`._raykernel`:
+vectorised weights, the batch innermost in 64-byte vectors, no bounds branches); where
+no compiler works, and on other devices (CUDA), the same sums run as chunked torch
+gathers and ``index_add_``. Memory beyond the input and output:
 the ray table (``O(rays)``), two padded copies of the batch (row- and column-major, so
 that every ray walks memory in order) and, for the transpose on CPU, two image buffers
 per thread.
@@ -24,200 +24,14 @@ per thread.
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._raykernel import MAX_PIXELS, kernel_available
+from ._raykernel import library as _library
+
 __all__ = ["RayTable", "ray_apply", "kernel_available"]
-
-_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-/* Each ray walks the copy of the image laid out along its main direction (row-major for
-   rays that move more in x, column-major for rays that move more in y), so consecutive
-   samples touch neighbouring memory. Strides are in units of B values. */
-#define RAY_SETUP                                                                           \
-        const double px = rays[5 * i], py = rays[5 * i + 1];                                \
-        const double vx = rays[5 * i + 2], vy = rays[5 * i + 3];                            \
-        const int colmajor = fabs(vy) > fabs(vx);                                           \
-        const int64_t sx = colmajor ? P * B : B, sy = colmajor ? B : P * B;
-
-#define SAMPLE_SETUP                                                                        \
-            const double x = px + (double)k * vx, y = py + (double)k * vy;                 \
-            if (!(x >= 0.0 && x < hi && y >= 0.0 && y < hi)) continue;                      \
-            const double fx = floor(x), fy = floor(y);                                      \
-            const double wx = x - fx, wy = y - fy;                                          \
-            const int64_t off = (int64_t)fy * sy + (int64_t)fx * sx;
-
-/* The batch runs in blocks of W values (one 64-byte vector) with a fixed-length inner
-   loop, then a remainder; the sample's weights are computed once for the whole batch. */
-#define DEFINE_KERNELS(T, SUF, W)                                                           \
-void ray_fwd_##SUF(const T* img, const T* imgt, int64_t P, int64_t B, const double* rays, \
-                   const int64_t* k0, const int64_t* nk, int64_t R, T* out, int nt) {     \
-    const double hi = (double)(P - 1);                                                      \
-    const int64_t BW = B - B % W;                                                           \
-    _Pragma("omp parallel for schedule(dynamic, 8) num_threads(nt)")                        \
-    for (int64_t i = 0; i < R; i++) {                                                       \
-        T* restrict o = out + i * B;                                                        \
-        for (int64_t b = 0; b < B; b++) o[b] = 0;                                           \
-        RAY_SETUP                                                                           \
-        const T* base = colmajor ? imgt : img;                                              \
-        for (int64_t k = k0[i]; k < k0[i] + nk[i]; k++) {                                  \
-            SAMPLE_SETUP                                                                    \
-            const T w00 = (T)((1 - wy) * (1 - wx)), w01 = (T)((1 - wy) * wx);              \
-            const T w10 = (T)(wy * (1 - wx)), w11 = (T)(wy * wx);                          \
-            const T* restrict p00 = base + off;                                             \
-            const T* restrict p01 = p00 + sx;                                               \
-            const T* restrict p10 = p00 + sy;                                               \
-            const T* restrict p11 = p10 + sx;                                               \
-            for (int64_t bb = 0; bb < BW; bb += W) {                                        \
-                T acc[W];                                                                   \
-                for (int b = 0; b < W; b++)                                                 \
-                    acc[b] = w00 * p00[bb + b] + w01 * p01[bb + b]                          \
-                           + w10 * p10[bb + b] + w11 * p11[bb + b];                         \
-                for (int b = 0; b < W; b++) o[bb + b] += acc[b];                            \
-            }                                                                               \
-            for (int64_t b = BW; b < B; b++)                                                \
-                o[b] += w00 * p00[b] + w01 * p01[b] + w10 * p10[b] + w11 * p11[b];         \
-        }                                                                                   \
-        const T w = (T)rays[5 * i + 4];                                                     \
-        if (w != (T)1)                                                                      \
-            for (int64_t b = 0; b < B; b++) o[b] *= w;                                      \
-    }                                                                                       \
-}                                                                                           \
-void ray_adj_##SUF(const T* yin, int64_t P, int64_t B, const double* rays,                \
-                   const int64_t* k0, const int64_t* nk, int64_t R, T* bufs, int nt) {    \
-    const double hi = (double)(P - 1);                                                      \
-    const int64_t BW = B - B % W;                                                           \
-    _Pragma("omp parallel num_threads(nt)")                                                 \
-    {                                                                                       \
-        int tid = 0;                                                                        \
-        OMP_TID(tid);                                                                       \
-        T* restrict buf = bufs + (int64_t)tid * 2 * P * P * B;                              \
-        _Pragma("omp for schedule(static)")                                                 \
-        for (int64_t i = 0; i < R; i++) {                                                   \
-            RAY_SETUP                                                                       \
-            T* base = colmajor ? buf + P * P * B : buf;                                     \
-            const T w = (T)rays[5 * i + 4];                                                 \
-            const T* restrict g = yin + i * B;                                              \
-            for (int64_t k = k0[i]; k < k0[i] + nk[i]; k++) {                              \
-                SAMPLE_SETUP                                                                \
-                const T w00 = (T)((1 - wy) * (1 - wx)) * w, w01 = (T)((1 - wy) * wx) * w;  \
-                const T w10 = (T)(wy * (1 - wx)) * w, w11 = (T)(wy * wx) * w;              \
-                T* restrict p00 = base + off;                                               \
-                T* restrict p01 = p00 + sx;                                                 \
-                T* restrict p10 = p00 + sy;                                                 \
-                T* restrict p11 = p10 + sx;                                                 \
-                for (int64_t bb = 0; bb < BW; bb += W) {                                    \
-                    for (int b = 0; b < W; b++) p00[bb + b] += w00 * g[bb + b];             \
-                    for (int b = 0; b < W; b++) p01[bb + b] += w01 * g[bb + b];             \
-                    for (int b = 0; b < W; b++) p10[bb + b] += w10 * g[bb + b];             \
-                    for (int b = 0; b < W; b++) p11[bb + b] += w11 * g[bb + b];             \
-                }                                                                           \
-                for (int64_t b = BW; b < B; b++) {                                          \
-                    p00[b] += w00 * g[b]; p01[b] += w01 * g[b];                             \
-                    p10[b] += w10 * g[b]; p11[b] += w11 * g[b];                             \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
-}
-
-#ifdef _OPENMP
-#define OMP_TID(t) t = omp_get_thread_num()
-#else
-#define OMP_TID(t) (void)t
-#endif
-
-DEFINE_KERNELS(float, f32, 16)
-DEFINE_KERNELS(double, f64, 8)
-"""
-
-_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
-#: Tried in order (a compiler that rejects one falls through to the next).
-_VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ("-fopenmp",), ())
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("UNROLLSCI_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "unrollsci"
-    )
-    return Path(root)
-
-
-def _cpu_signature() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return line.strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() + platform.machine()
-
-
-def _compile(path: Path, extra: tuple[str, ...]) -> bool:
-    compiler = os.environ.get("CC", "cc")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src = Path(tmp) / "raykernel.c"
-        src.write_text(_SOURCE)
-        lib = Path(tmp) / path.name
-        cmd = [compiler, *_FLAGS, *extra, str(src), "-o", str(lib)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, timeout=120)
-        except (OSError, subprocess.SubprocessError):
-            return False
-        if done.returncode != 0 or not lib.exists():
-            return False
-        os.replace(lib, path)  # atomic: another process sees the old file or the new one
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _library() -> Any:
-    """The compiled kernel (ctypes), or None where it cannot be built or loaded."""
-    if os.environ.get("UNROLLSCI_NO_KERNEL"):
-        return None
-    key = hashlib.sha256(
-        (_SOURCE + " ".join(_FLAGS) + _cpu_signature() + sys.platform).encode()
-    ).hexdigest()[:16]
-    for i, extra in enumerate(_VARIANTS):
-        path = _cache_dir() / f"raykernel_{key}_{i}.so"
-        try:
-            if not path.exists() and not _compile(path, extra):
-                continue
-            lib = ctypes.CDLL(str(path))
-        except OSError:
-            continue
-        i64, dbl, p = ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.c_void_p
-        for name in ("ray_fwd_f32", "ray_fwd_f64"):
-            getattr(lib, name).argtypes = [p, p, i64, i64, dbl, p, p, i64, p, ctypes.c_int]
-            getattr(lib, name).restype = None
-        for name in ("ray_adj_f32", "ray_adj_f64"):
-            getattr(lib, name).argtypes = [p, i64, i64, dbl, p, p, i64, p, ctypes.c_int]
-            getattr(lib, name).restype = None
-        return lib
-    return None
-
-
-def kernel_available() -> bool:
-    """Whether the compiled CPU kernel is in use (else the torch fallback runs on CPU too)."""
-    return _library() is not None
 
 
 class RayTable:
@@ -377,8 +191,8 @@ def _adjoint_torch(table: RayTable, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _use_kernel(t: torch.Tensor, backend: str) -> Any:
-    if backend == "torch" or t.device.type != "cpu":
+def _use_kernel(t: torch.Tensor, backend: str, P: int) -> Any:
+    if backend == "torch" or t.device.type != "cpu" or P * P > MAX_PIXELS:
         return None
     return _library()
 
@@ -386,7 +200,7 @@ def _use_kernel(t: torch.Tensor, backend: str) -> Any:
 def project(table: RayTable, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """``(B, n, n)`` images -> ``(B, n_rays)`` ray sums (no autograd)."""
     img = _pad_image(x, table.P)
-    lib = _use_kernel(img, backend)
+    lib = _use_kernel(img, backend, table.P)
     out = _forward_kernel(lib, table, img) if lib is not None else _forward_torch(table, img)
     return out.T
 
@@ -394,7 +208,7 @@ def project(table: RayTable, x: torch.Tensor, backend: str = "auto") -> torch.Te
 def backproject(table: RayTable, y: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """``(B, n_rays)`` -> ``(B, n, n)``: the exact transpose of :func:`project`."""
     yt = y.T.contiguous()
-    lib = _use_kernel(yt, backend)
+    lib = _use_kernel(yt, backend, table.P)
     flat = _adjoint_kernel(lib, table, yt) if lib is not None else _adjoint_torch(table, yt)
     n, P = table.n, table.P
     return flat.reshape(P, P, -1)[1 : n + 1, 1 : n + 1].permute(2, 0, 1)
