@@ -27,3 +27,22 @@ def test_md_benchmark_smoke(tmp_path, capsys):
     assert all(r["excess_max_per_atom_eV"] == 0.0 for r in ref)
     assert all(math.isfinite(v) for v in res["envelope_over_implicit"].values())
     assert "ratios:" in capsys.readouterr().out
+
+
+def test_md_equal_drift_smoke(tmp_path):
+    argv = ["--equal-drift", "--steps", "12", "--ladder", "1e-4", "1e-8"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "md_equal_drift.json").read_text())
+    names = [(s["forces"], s["tol"]) for s in res["summary"]]
+    assert names == [
+        ("implicit", 1e-4),
+        ("envelope", 1e-4),
+        ("envelope", 1e-8),
+        ("implicit", 1e-10),
+    ]
+    assert all(s["ps_per_hour"] > 0 for s in res["summary"])
+    assert res["summary"][-1]["mean_abs_excess_slope"] == 0.0  # the reference itself
+    out = res["result"]
+    if out["matching_envelope_tol"] is not None:
+        assert out["speedup_implicit_over_envelope"] > 0
+    assert (tmp_path / "md_equal_drift.md").read_text().startswith("NVE time to solution")

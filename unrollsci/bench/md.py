@@ -9,12 +9,22 @@ per atom = |slope of a linear fit of E_total(t)| / N, averaged over the seeds (a
 reported: E_total(end) - E_total(0)); the converged run gives the floor set by the 1 fs
 Verlet error alone. "excess" = the same for E_total(t) - E_total_converged(t), the part of
 the energy error caused by the inexact charges while the trajectories stay close.
-Writes ``benchmarks/results/md.json`` (``md_quick.json`` with ``--quick``).
+Writes ``benchmarks/results/md.json`` (``md_quick.json`` with ``--quick``). The charge
+solve is the tolerance-driven CG (``solver="cg"``) in every run.
+
+``--equal-drift``: time to solution at equal drift instead. Implicit forces at ``--tol`` and
+envelope forces at a ladder of tolerances (``--ladder``), all warm-started, plus the
+converged reference, from the same initial states; for each, the drift attributable to the
+charges (excess slope against the converged run) and the simulated picoseconds per
+wall-clock hour. The envelope run that matches the implicit drift is the loosest tolerance
+whose mean |excess slope| is at most the implicit one; the ratio of their ps per hour is the
+speed-up. Writes ``md_equal_drift.json`` + ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -24,10 +34,12 @@ import torch
 from ..chem import BornMayer, QEqCalculator
 from ._common import (
     device_arg,
+    figure_path,
     markdown_table,
     output_dir_arg,
     positive_int_arg,
     write_results,
+    write_text,
 )
 from .qeq import NACL_PARAMS
 
@@ -59,6 +71,7 @@ def _run(
         short_range=BornMayer(REPULSION),
         warm_start=warm_start,
         device=args.device,
+        solver="cg",  # the tolerance-driven CG at every size (not the small-system Cholesky)
     )
     dyn = VelocityVerlet(atoms, timestep=args.dt * units.fs)
     energies = [atoms.get_total_energy()]
@@ -93,6 +106,96 @@ def _run(
     }
 
 
+def _excess(runs: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+    """Add the energy error attributable to the inexact charges: the difference to the
+    converged run from the same initial state (the Verlet error is common to both; only
+    meaningful while the two trajectories stay close, a few ps: MD is chaotic)."""
+    for r in runs:
+        diff = (r["_e"] - ref["_e"]) / r["_n"]
+        r["excess_slope_eV_per_atom_per_ps"] = float(np.polyfit(r["_t"], diff, 1)[0])
+        r["excess_max_per_atom_eV"] = float(np.abs(diff).max())
+
+
+def equal_drift(args: argparse.Namespace, steps: int) -> int:
+    """The ``--equal-drift`` study (see the module docstring)."""
+    configs = [("implicit", args.tol)] + [("envelope", t) for t in args.ladder]
+    configs.append(("implicit", 1e-10))  # converged reference
+    nc = len(configs)
+    runs = []
+    for s in range(args.seeds):
+        ns = argparse.Namespace(**{**vars(args), "seed": args.seed + s})
+        mine = [_run(m, t, steps, ns, True) for m, t in configs]
+        _excess(mine, mine[-1])
+        for r in mine:
+            r["seed"] = args.seed + s
+        runs.extend(mine)
+    sim_ps = steps * args.dt / 1000.0
+    summary = []
+    for j, (m, t) in enumerate(configs):
+        mine = runs[j::nc]
+        sec = float(np.median([r["seconds"] for r in mine]))
+        summary.append(
+            {
+                "forces": m,
+                "tol": t,
+                "mean_abs_excess_slope": float(
+                    np.mean([abs(r["excess_slope_eV_per_atom_per_ps"]) for r in mine])
+                ),
+                "mean_abs_slope": float(
+                    np.mean([abs(r["slope_eV_per_atom_per_ps"]) for r in mine])
+                ),
+                "mean_cg_iters": float(np.mean([r["mean_cg_iters"] for r in mine])),
+                "seconds": sec,
+                "ps_per_hour": sim_ps / (sec / 3600.0),
+            }
+        )
+    imp = summary[0]
+    envs = [e for e in summary[1:-1] if e["mean_abs_excess_slope"] <= imp["mean_abs_excess_slope"]]
+    match = max(envs, key=lambda e: e["tol"]) if envs else None
+    result = {
+        "implicit_tol": args.tol,
+        "implicit_ps_per_hour": imp["ps_per_hour"],
+        "matching_envelope_tol": None if match is None else match["tol"],
+        "envelope_ps_per_hour": None if match is None else match["ps_per_hour"],
+        "speedup_implicit_over_envelope": None
+        if match is None
+        else imp["ps_per_hour"] / match["ps_per_hour"],
+    }
+    for r in runs:
+        for k in ("_e", "_t", "_n"):
+            r.pop(k)
+    cols = list(summary[0])
+    table = markdown_table(summary, cols)
+    print(table)
+    print(result)
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config.update(
+        {
+            "steps": steps,
+            "system": f"NaCl rock salt x{args.repeat}, rattle 0.05 A",
+            "solver": "cg",
+            "warm_start": True,
+            "drift": "mean over seeds of |slope| of (E_total - E_total_converged) per atom "
+            "(eV/atom/ps); seconds: median over seeds, wall clock",
+            "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        }
+    )
+    name = "md_equal_drift"
+    path = write_results(
+        name,
+        {"config": config, "runs": runs, "summary": summary, "result": result},
+        args.out,
+        quick=args.quick,
+    )
+    header = (
+        f"NVE time to solution at equal drift, NaCl x{args.repeat} ({steps} steps of "
+        f"{args.dt} fs, {args.seeds} seed(s), {args.threads} thread(s))\n\n"
+    )
+    write_text(figure_path(args.out, f"{name}.md", args.quick), header + table + f"\n\n{result}\n")
+    print(f"results: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the drift benchmark; see ``--help``."""
     p = argparse.ArgumentParser(prog="unrollsci bench md", description=__doc__)
@@ -120,10 +223,24 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="run the five trajectories in this many processes",
     )
+    p.add_argument(
+        "--equal-drift",
+        action="store_true",
+        help="time to solution at equal drift (implicit at --tol vs envelope on --ladder)",
+    )
+    p.add_argument(
+        "--ladder",
+        type=float,
+        nargs="+",
+        default=[1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
+        help="envelope tolerances for --equal-drift",
+    )
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = 200 if args.quick else args.steps
+    if args.equal_drift:
+        return equal_drift(args, steps)
     configs = [(m, args.tol, ws) for ws in (True, False) for m in ("implicit", "envelope")]
     configs.append(("implicit", 1e-10, True))  # converged reference: the Verlet error alone
     jobs = [(c, args.seed + s) for s in range(args.seeds) for c in configs]
@@ -146,14 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         r["seed"] = sd
         runs.append(r)
     nc = len(configs)
-    for i, r in enumerate(runs):
-        ref = runs[(i // nc) * nc + nc - 1]
-        # energy error attributable to the inexact charges: the difference to the converged
-        # run from the same initial state (the 1 fs Verlet error is common to both). Only
-        # meaningful while the two trajectories stay close (a few ps: MD is chaotic).
-        diff = (r["_e"] - ref["_e"]) / r["_n"]
-        r["excess_slope_eV_per_atom_per_ps"] = float(np.polyfit(r["_t"], diff, 1)[0])
-        r["excess_max_per_atom_eV"] = float(np.abs(diff).max())
+    for i in range(0, len(runs), nc):
+        _excess(runs[i : i + nc], runs[i + nc - 1])
     for r in runs:
         for k in ("_e", "_t", "_n"):
             r.pop(k)
