@@ -92,7 +92,7 @@ class DefiniteCertificate:
     """Proves ``A`` positive definite on ``sum(q) = 0`` before each solve (see module)."""
 
     #: the dense test tries to certify a margin ``tau = f * min(diag Z^T A Z)``, f in turn
-    TAU_FRACTIONS = (0.5, 0.1)
+    TAU_FRACTIONS = (0.25, 0.1)
 
     def __init__(self) -> None:
         self._ref: tuple[Any, ...] | None = None
