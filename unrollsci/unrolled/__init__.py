@@ -3,7 +3,9 @@
 This subpackage holds exactly: LISTA, LISTA-CP, ALISTA, unrolled FISTA, ADMM-Net,
 LAMP and the structured (preconditioned and block) LISTA, their common base
 :class:`UnrolledLasso`, and the diagnostics
-:func:`error_decomposition`. The other unrolled models live with their problem:
+:func:`error_decomposition`; and, for images, :class:`UnrolledAnalysisFISTA` (FISTA
+with learned convolutional steps and analysis shrinkage, matrix-free; its classical prox
+is :func:`haar_shrink`). The other unrolled models live with their problem:
 :class:`unrollsci.graph.UnrolledGraphGD`, :class:`unrollsci.imaging.UnrolledCT`,
 :class:`unrollsci.precond.LearnedPreconditioner`.
 
@@ -22,6 +24,7 @@ Example:
 """
 
 from ._base import UnrolledLasso, softplus_inverse, support_selection_threshold
+from ._deblur import UnrolledAnalysisFISTA, haar_shrink
 from ._diagnostics import error_decomposition
 from ._lista import ALISTA, LISTA, LISTACP, analytic_weight
 from ._models import LAMP, ADMMNet, UnrolledFISTA
@@ -35,10 +38,12 @@ __all__ = [
     "LISTA",
     "LISTACP",
     "PreconditionedLISTA",
+    "UnrolledAnalysisFISTA",
     "UnrolledFISTA",
     "UnrolledLasso",
     "analytic_weight",
     "error_decomposition",
+    "haar_shrink",
     "group_layout",
     "softplus_inverse",
     "support_selection_threshold",

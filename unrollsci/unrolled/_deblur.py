@@ -1,0 +1,317 @@
+"""Unrolled FISTA for images: learned convolutional steps and a learned analysis-shrinkage
+prox, matrix-free and size-independent (train on crops, apply to large images)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
+from ..prox import soft_threshold
+from ..solvers import as_operator, fista_momentum
+
+__all__ = ["UnrolledAnalysisFISTA", "haar_shrink"]
+
+
+def _haar_filters(dtype: torch.dtype, device: Any = None) -> torch.Tensor:
+    """The four 2x2 Haar filters ``(LL, LH, HL, HH)``, each ``+-1/2``: ``(4, 1, 2, 2)``.
+
+    Applied at every pixel (undecimated, circular boundary) they form a Parseval frame:
+    the analysis ``W`` satisfies ``W^T W = I``.
+    """
+    lo = torch.tensor([0.5, 0.5], dtype=torch.float64) * math.sqrt(2)
+    hi = torch.tensor([0.5, -0.5], dtype=torch.float64) * math.sqrt(2)
+    w = torch.stack([torch.outer(a, b) / 2 for a in (lo, hi) for b in (lo, hi)])
+    return w[:, None].to(dtype=dtype, device=device)
+
+
+def _analysis(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` -> ``(B, C, H, W)``: correlation with each filter, circular boundary."""
+    s = w.shape[-1]
+    lo, hi = (s - 1) // 2, s - 1 - (s - 1) // 2
+    return F.conv2d(F.pad(u[:, None], [lo, hi, lo, hi], mode="circular"), w)
+
+
+def _synthesis(c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The exact adjoint of :func:`_analysis` with filters ``w``: ``(B, C, H, W)`` -> ``(B, H, W)``
+    (flipped filters on the mirrored circular padding, summed over channels)."""
+    s = w.shape[-1]
+    lo, hi = (s - 1) // 2, s - 1 - (s - 1) // 2
+    wt = torch.flip(w, dims=(2, 3)).transpose(0, 1)  # (1, C, s, s)
+    return F.conv2d(F.pad(c, [hi, lo, hi, lo], mode="circular"), wt)[:, 0]
+
+
+def haar_shrink(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+    """Undecimated Haar analysis shrinkage ``W^T soft(W x, threshold)`` of images.
+
+    ``W`` is the single-level undecimated 2x2 Haar transform (circular boundary), a
+    Parseval frame (``W^T W = I``); the three detail bands are soft-thresholded, the
+    low-pass band is kept. Since ``W`` is Parseval, this map is the proximal operator of
+    a convex function (it is the gradient of the convex ``g(W x)``, ``g`` the Moreau
+    complement of the scaled l1 norm, and firmly non-expansive), a TV-like penalty on
+    2x2 differences, so FISTA with it converges.
+
+    Args:
+        x: images ``(batch, H, W)``, ``H, W >= 2``.
+        threshold: a float ``>= 0`` or a tensor with one entry per image (any shape with
+            ``batch`` elements, e.g. the ``(batch, 1)`` thresholds of
+            :func:`unrollsci.solvers.fista`), or one entry in all.
+
+    Returns:
+        ``(batch, H, W)``; ``haar_shrink(x, 0)`` returns ``x`` (to rounding).
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(1, 8, 8)
+        >>> noisy = x + 0.01 * torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> bool((haar_shrink(noisy, 0.05) - x).norm() < 0.5 * (noisy - x).norm())
+        True
+    """
+    check_tensor("x", x, ndim=(3,))
+    if min(x.shape[-2:]) < 2:
+        raise ValueError(f"Expected images of at least 2x2 (got shape {tuple(x.shape)}).")
+    th = torch.as_tensor(threshold, dtype=x.dtype, device=x.device)
+    if th.numel() not in (1, x.shape[0]):
+        raise ValueError(
+            f"Expected 'threshold' with 1 or {x.shape[0]} entries (got shape {tuple(th.shape)})."
+        )
+    if bool((th < 0).any()):
+        raise ValueError("Expected 'threshold' >= 0.")
+    th = th.reshape(-1, 1, 1, 1)
+    w = _haar_filters(x.dtype, x.device)
+    c = _analysis(x, w)
+    band = torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 4, 1, 1)
+    return _synthesis(soft_threshold(c, th * band), w)
+
+
+class UnrolledAnalysisFISTA(nn.Module):
+    """Unrolled FISTA for images with learned convolutional steps and a learned
+    analysis-shrinkage prox; matrix-free and independent of the image size.
+
+    Layer ``k`` (from ``x_0 = x_{-1} = 0``)::
+
+        v       = x_k + beta_k (x_k - x_{k-1})
+        g       = v - P_k * A^T (A v - y)                       (P_k: p x p filter)
+        x_{k+1} = g + D_k^T (soft(E_k g, theta_k) - E_k g)     (E_k, D_k: C filters s x s)
+
+    ``E_k`` (analysis) and ``D_k`` (synthesis) are banks of ``channels`` small filters
+    applied at every pixel (circular boundary), ``theta_k`` one threshold per channel.
+    With ``D_k = E_k`` a Parseval frame the last line is ``E_k^T soft(E_k g)``.
+    Untrained, the first four channels of ``E_k = D_k`` are the undecimated Haar frame
+    (:func:`haar_shrink`: thresholds ``lam / L`` on the detail bands, 0 on the low-pass),
+    the other channels have small random analysis filters and zero synthesis filters (so
+    they change nothing until trained), ``P_k = delta / L`` and ``beta_k`` is FISTA's
+    momentum, ``L = ||A||^2``: the model **equals** ``num_layers`` iterations of FISTA
+    (:func:`unrollsci.solvers.fista` with ``restart=False``, step ``1/L``) with the prox
+    :func:`haar_shrink`. Only ``A`` and ``A^T`` are applied and every learned tensor is a
+    filter, so a model trained on small images applies to larger ones
+    (:meth:`for_operator`).
+
+    Args:
+        operator: a linear operator on images, ``in_shape (H, W)`` (any ``out_shape``),
+            e.g. :class:`unrollsci.operators.Convolution`.
+        num_layers: unrolled iterations ``K``.
+        lam: regularization weight of the classical problem the model starts from.
+        channels: filters per layer ``C >= 4`` (the first four start as Haar).
+        filter_size: size ``s >= 2`` of the analysis / synthesis filters.
+        precond_size: odd size ``p`` of the step filters ``P_k`` (1: a scalar step).
+        dtype: float32 or float64 (default: the operator's, else torch's default).
+        seed: seed of the random initial analysis filters of channels ``5..C``.
+
+    Example:
+        >>> import torch
+        >>> from unrollsci.operators import Convolution
+        >>> A = Convolution(torch.ones(3, 3) / 9, (16, 16))
+        >>> model = UnrolledAnalysisFISTA(A, 4, lam=0.01)
+        >>> model(torch.rand(2, 16, 16)).shape
+        torch.Size([2, 16, 16])
+    """
+
+    def __init__(
+        self,
+        operator: Any,
+        num_layers: int,
+        *,
+        lam: float = 0.01,
+        channels: int = 8,
+        filter_size: int = 3,
+        precond_size: int = 1,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        op = as_operator(operator, "operator")
+        if len(op.in_shape) != 2:
+            raise ValueError(
+                f"Expected an operator on images, in_shape (H, W) (got {op.in_shape})."
+            )
+        for name, value, low in (
+            ("num_layers", num_layers, 1),
+            ("channels", channels, 4),
+            ("filter_size", filter_size, 2),
+            ("precond_size", precond_size, 1),
+            ("seed", seed, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Expected {name!r} to be an int (got {type(value).__name__}).")
+            if value < low:
+                raise ValueError(f"Expected {name} >= {low} (got {value}).")
+        if precond_size % 2 == 0:
+            raise ValueError(f"Expected an odd precond_size (got {precond_size}).")
+        if filter_size > min(op.in_shape):
+            raise ValueError(
+                f"Expected filter_size <= the image size {op.in_shape} (got {filter_size})."
+            )
+        lam_f = float(lam)
+        if not math.isfinite(lam_f) or lam_f <= 0:
+            raise ValueError(f"Expected 'lam' > 0 and finite (got {lam!r}).")
+        if dtype is None:
+            dtype = op.dtype if op.dtype is not None else torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {dtype}).")
+        self.operator = op
+        self.num_layers, self.lam, self.seed = num_layers, lam_f, seed
+        self.channels, self.filter_size, self.precond_size = channels, filter_size, precond_size
+        self._active_layers = num_layers
+        lip = op.norm() ** 2
+        if lip == 0:
+            raise ValueError("The operator is zero (||A|| = 0): there is no data term.")
+        k, c, s, p = num_layers, channels, filter_size, precond_size
+        f64 = torch.float64
+        step = torch.zeros(k, p, p, dtype=f64)
+        step[:, p // 2, p // 2] = 1.0 / lip
+        t, beta = torch.ones((), dtype=f64), []
+        for _ in range(k):
+            t, b = fista_momentum(t)
+            beta.append(b)
+        gen = torch.Generator().manual_seed(seed)
+        analysis = torch.randn(k, c, s, s, generator=gen, dtype=f64) * (0.1 / s)
+        synthesis = torch.zeros(k, c, s, s, dtype=f64)
+        haar = _haar_filters(f64)[:, 0]
+        analysis[:, :4] = 0.0
+        analysis[:, :4, :2, :2] = haar
+        synthesis[:, :4, :2, :2] = haar
+        threshold = torch.full((k, c), lam_f / lip, dtype=f64)
+        threshold[:, 0] = 0.0  # the low-pass band is not thresholded
+        device = op.device or torch.device("cpu")
+
+        def par(v: torch.Tensor) -> nn.Parameter:
+            return nn.Parameter(v.to(device=device, dtype=dtype))
+
+        self.step = par(step)
+        self.momentum = par(torch.stack(beta))
+        self.analysis = par(analysis)
+        self.synthesis = par(synthesis)
+        self.threshold = par(threshold)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the learned filters; inputs must have it."""
+        return model_dtype(self, skip="operator.") or torch.get_default_dtype()
+
+    @property
+    def active_layers(self) -> int:
+        """Number of layers ``forward`` runs (``1..num_layers``)."""
+        return self._active_layers
+
+    @active_layers.setter
+    def active_layers(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
+            raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
+        self._active_layers = k
+
+    # --------------------------------------------------------------------- forward
+    def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
+        out_shape = tuple(self.operator.out_shape)
+        check_tensor("y", y)
+        unbatched = tuple(y.shape) == out_shape
+        if unbatched:
+            y = y[None]
+        if tuple(y.shape[1:]) != out_shape:
+            raise ValueError(
+                f"Expected 'y' of shape (batch, {', '.join(map(str, out_shape))}) or "
+                f"{out_shape} to match the operator's output (got shape {tuple(y.shape)})."
+            )
+        check_batch("y", y)
+        check_finite("y", y)
+        check_model_dtype("measurements 'y'", y.dtype, self, data="y")
+        return y, unbatched
+
+    def forward(
+        self, y: torch.Tensor, *, return_all: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the ``active_layers`` first layers on ``y: (batch, *out_shape)``.
+
+        Returns:
+            ``x: (batch, H, W)``; with ``return_all=True`` the pair ``(x, xs)``, ``xs[k]``
+            the output of layer ``k + 1``.
+        """
+        y, unbatched = self._check_y(y)
+        op = self.operator
+        p = self.precond_size
+        x = y.new_zeros(y.shape[0], *op.in_shape)
+        x_prev = x
+        xs = []
+        for k in range(self._active_layers):
+            v = x + self.momentum[k] * (x - x_prev)
+            r = op.rmv(op.mv(v) - y)
+            if p == 1:
+                g = v - self.step[k, 0, 0] * r
+            else:
+                g = v - F.conv2d(r[:, None], self.step[k][None, None], padding=p // 2)[:, 0]
+            c = _analysis(g, self.analysis[k][:, None])
+            th = self.threshold[k].clamp_min(0).view(1, -1, 1, 1)
+            x_prev, x = x, g + _synthesis(soft_threshold(c, th) - c, self.synthesis[k][:, None])
+            xs.append(x)
+        if unbatched:
+            xs = [z[0] for z in xs]
+        return (xs[-1], xs) if return_all else xs[-1]
+
+    # ---------------------------------------------------------------------- config
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this model (used by checkpoints)."""
+        return {
+            "operator": self.operator,
+            "num_layers": self.num_layers,
+            "lam": self.lam,
+            "channels": self.channels,
+            "filter_size": self.filter_size,
+            "precond_size": self.precond_size,
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+
+    def for_operator(self, operator: Any) -> UnrolledAnalysisFISTA:
+        """A copy of this model (same learned filters) on another operator on images,
+        e.g. the same blur on larger images: the model was trained on crops, and every
+        learned tensor is a filter, so it applies unchanged.
+
+        Example:
+            >>> import torch
+            >>> from unrollsci.operators import Convolution
+            >>> h = torch.ones(3, 3) / 9
+            >>> small = UnrolledAnalysisFISTA(Convolution(h, (8, 8)), 2)
+            >>> big = small.for_operator(Convolution(h, (32, 32)))
+            >>> big(torch.rand(1, 32, 32)).shape
+            torch.Size([1, 32, 32])
+        """
+        cfg = self.get_config()
+        cfg["operator"] = operator
+        new = type(self)(**cfg)
+        with torch.no_grad():
+            for name, param in self.named_parameters(recurse=False):
+                getattr(new, name).copy_(param)
+        new.active_layers = self.active_layers
+        return new
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_shape={tuple(self.operator.in_shape)}, num_layers={self.num_layers}, "
+            f"lam={self.lam}, channels={self.channels}, filter_size={self.filter_size}, "
+            f"precond_size={self.precond_size}"
+        )
