@@ -6,6 +6,7 @@ The reporting, merging and ``main`` are in :mod:`.lista`.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from typing import Any
@@ -275,6 +276,7 @@ def train_staged(
     def sampler(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return sample(a, cfg["batch"], cfg["p"], snr, gen)
 
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     cpu0, t0 = time.process_time(), time.perf_counter()
     hist = fit_layerwise(
         model,
@@ -302,6 +304,8 @@ def train_staged(
         "threads": torch.get_num_threads(),
         "schedule": {k: v for k, v in opts.items() if k != "share"},
         "time_budget": time_budget,
+        # the machine is shared: its 1/5/15-minute load averages at the start and the end
+        "load_average": [load0, os.getloadavg() if hasattr(os, "getloadavg") else None],
     }
     if checkpoint is not None:
         save_checkpoint(model, checkpoint, extra=info)

@@ -161,7 +161,14 @@ def _merge(paths: list[str], out: str, name: str) -> int:
             tgt = merged["by_snr"].setdefault(
                 key, {"nmse_db": {}, "train_seconds": {}, "cpu_seconds": {}}
             )
-            for field in ("nmse_db", "train_seconds", "cpu_seconds", "val_curve_db", "monotone"):
+            for field in (
+                "nmse_db",
+                "train_seconds",
+                "cpu_seconds",
+                "val_curve_db",
+                "monotone",
+                "load_average",
+            ):
                 if field in res:
                     tgt.setdefault(field, {}).update(res[field])
             if res.get("oracle_db") is not None:
@@ -342,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, info = train_staged(name, a, cfg, snr, val, args.staged, ckpt)
                 res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
                 res.setdefault("monotone", {})[label] = info["monotone"]
+                res.setdefault("load_average", {})[label] = info["load_average"]
             else:
                 info = _train(
                     model, name, a, cfg, snr, cfg["seed"], val, loss_kind, cfg["lam_kkt"], progress
