@@ -164,3 +164,22 @@ def test_bad_method():
         Radon(16, 4, method="sparse")
     with pytest.raises(ValueError, match="method in"):
         Radon(16, 4, method=None)
+
+
+def test_checkpoint_keeps_the_method(tmp_path):
+    from unrollsci.imaging import UnrolledCT
+    from unrollsci.train import load_checkpoint, save_checkpoint
+
+    model = UnrolledCT(Radon(16, 8, method="matfree"), n_layers=1, channels=2)
+    assert Radon(16, 8).method == "matrix"  # what a reload without the method would take
+    path = save_checkpoint(model, tmp_path / "ct.pt")
+    again = load_checkpoint(path, expected=UnrolledCT)
+    assert again.radon.method == "matfree"
+    y = torch.rand(2, 8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(y), model(y), rtol=1e-6, atol=1e-6)
+    # a checkpoint written before the method was stored loads with "auto"
+    payload = torch.load(path, weights_only=False)
+    del payload["config"]["radon"]["config"]["method"]
+    torch.save(payload, path)
+    assert load_checkpoint(path, expected=UnrolledCT).radon.method == "matrix"

@@ -160,6 +160,7 @@ def _operator_config(op: Any) -> tuple[str, dict[str, Any]] | None:
             "image_size": int(op.image_size),
             "angles": op.angles.detach().cpu(),
             "circle": bool(op.circle),
+            "method": op.method,
         }
     if kind == "ComposedOperator":
         return kind, {"outer": op.outer, "inner": op.inner}
@@ -182,7 +183,9 @@ def _build_operator(kind: str, cfg: dict[str, Any]) -> Any:
     if kind == "Mask":
         return ops[kind](cfg["mask"], subsample=cfg["subsample"])
     if kind == "Radon":
-        return ops[kind](cfg["image_size"], cfg["angles"], circle=cfg["circle"])
+        # checkpoints from before "method" was stored load with the default ("auto")
+        method = cfg.get("method", "auto")
+        return ops[kind](cfg["image_size"], cfg["angles"], circle=cfg["circle"], method=method)
     return ops[kind](**cfg)
 
 
