@@ -1,0 +1,12 @@
+"""256^2 image deblurring benchmark (issue 20): UnrolledAnalysisFISTA vs FISTA-1000.
+
+Usage: python benchmarks/deblur.py [--quick] [--train-seconds S]
+Writes results/deblur.{json,md,png}.
+"""
+
+import sys
+
+from unrollsci.bench.deblur import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
