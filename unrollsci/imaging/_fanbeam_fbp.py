@@ -23,10 +23,8 @@ import math
 
 import torch
 
-from .._validation import check_batch, check_finite, check_tensor
-from ..operators._base import check_dtype_supported, check_real
 from ..operators._fanbeam import FanBeam
-from ._fbp import filter_sinogram
+from ._fbp import checked_sinograms, filter_sinogram
 
 __all__ = ["fanbeam_fbp"]
 
@@ -53,18 +51,7 @@ def fanbeam_fbp(y: torch.Tensor, op: FanBeam, *, filter: str = "ram-lak") -> tor
     """
     if not isinstance(op, FanBeam):
         raise TypeError(f"Expected 'op' to be a FanBeam operator (got {type(op).__name__}).")
-    check_tensor("y", y, ndim=(3, 4))
-    check_real("y", y)
-    check_batch("y", y)
-    check_dtype_supported("fanbeam_fbp", y.dtype, FanBeam.supported_dtypes)
-    channel = y.dim() == 4
-    sino = y[:, 0] if channel and y.shape[1] == 1 else y
-    if sino.dim() != 3 or tuple(sino.shape[1:]) != op.out_shape:
-        raise ValueError(
-            f"Expected sinograms of shape (batch, {op.n_angles}, {op.n_detectors}) or "
-            f"(batch, 1, {op.n_angles}, {op.n_detectors}) (got shape {tuple(y.shape)})."
-        )
-    check_finite("y", sino)
+    sino, channel = checked_sinograms("fanbeam_fbp", y, op)
     dt, dev = sino.dtype, sino.device
     d_so, d_sd = op.source_distance, op.detector_distance
     tau = op.detector_spacing * d_so / d_sd

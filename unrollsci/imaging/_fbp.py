@@ -92,27 +92,32 @@ def fbp(y: torch.Tensor, radon: Radon, *, filter: str = "ram-lak") -> torch.Tens
     """
     if not isinstance(radon, Radon):
         raise TypeError(f"Expected 'radon' to be a Radon operator (got {type(radon).__name__}).")
-    check_tensor("y", y, ndim=(3, 4))
-    check_real("y", y)
-    check_batch("y", y)
-    check_dtype_supported("fbp", y.dtype, Radon.supported_dtypes)
-    channel = y.dim() == 4
-    if channel and y.shape[1] != 1:
-        raise ValueError(
-            f"Expected sinograms (batch, {radon.n_angles}, {radon.n_detectors}) or (batch, 1, "
-            f"{radon.n_angles}, {radon.n_detectors}) (got shape {tuple(y.shape)})."
-        )
-    sino = y[:, 0] if channel else y
-    if tuple(sino.shape[1:]) != radon.out_shape:
-        raise ValueError(
-            f"Expected sinograms of shape (batch, {radon.n_angles}, {radon.n_detectors}) for a "
-            f"{radon.image_size}x{radon.image_size} image with {radon.n_angles} angles "
-            f"(got shape {tuple(y.shape)})."
-        )
-    check_finite("y", sino)
+    sino, channel = checked_sinograms("fbp", y, radon)
     filtered = filter_sinogram(sino, filter)
     out = radon.rmv(filtered) * (math.pi / (2 * radon.n_angles))
     return out.unsqueeze(1) if channel else out
+
+
+def checked_sinograms(fn: str, y: Any, op: Any) -> tuple[torch.Tensor, bool]:
+    """The checks every FBP makes of its sinograms ``y`` for projector ``op`` (a
+    :class:`Radon` or :class:`~unrollsci.operators.FanBeam`): a real, finite, non-empty
+    tensor of a dtype ``op`` supports, shaped ``(batch, n_angles, n_det)`` or with a channel
+    axis of 1. Returns the ``(batch, n_angles, n_det)`` sinograms and whether ``y`` had the
+    channel axis; raises ``TypeError``/``ValueError`` naming what was expected otherwise."""
+    check_tensor("y", y, ndim=(3, 4))
+    check_real("y", y)
+    check_batch("y", y)
+    check_dtype_supported(fn, y.dtype, type(op).supported_dtypes)
+    channel = y.dim() == 4
+    if (channel and y.shape[1] != 1) or tuple(y.shape[-2:]) != op.out_shape:
+        raise ValueError(
+            f"Expected sinograms of shape (batch, {op.n_angles}, {op.n_detectors}) or (batch, 1, "
+            f"{op.n_angles}, {op.n_detectors}) for a {op.image_size}x{op.image_size} image with "
+            f"{op.n_angles} angles (got shape {tuple(y.shape)})."
+        )
+    sino = y[:, 0] if channel else y
+    check_finite("y", sino)
+    return sino, channel
 
 
 def filter_sinogram(y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
