@@ -76,6 +76,7 @@ def test_bench_radon_quick(tmp_path):
             assert r[m]["peak_rss_mb"] > 0
         assert r["matfree"]["nnz"] == 0 < r["matrix"]["nnz"]
         assert r["skimage"]["images_timed"] == 16
+        assert len(r["load_average_before_after"]) == 2  # (1, 5, 15 min) before and after
     fan = data["fanbeam"]
     assert fan["adjoint_error_float64"] < 1e-12
     assert fan["rel_error_vs_closed_form_power2"] < 3e-3  # N = 128 in quick mode

@@ -6,9 +6,9 @@ Parallel beam, forward and adjoint on a batch of 16 float32 images at 128^2 / 18
 / unfiltered ``iradon`` (looped over the batch), in the same run. Each method runs in its
 own subprocess, so its peak resident memory (``ru_maxrss``, including the Python and torch
 runtime) is its own; build time is the constructor's wall time (caches cleared). Times are
-medians over ``--repeats`` runs (one run for the slow baselines at 512^2, said in the
-JSON). Agreement: relative L2 difference of each method's float64 projection of the
-Shepp-Logan phantom to ``skimage.transform.radon``.
+medians over ``--repeats`` runs (one run on 2 images, scaled, for deepinv at 512^2 and
+scikit-image from 256^2 on, said in the JSON). Agreement: relative L2 difference of each
+method's float64 projection of the Shepp-Logan phantom to ``skimage.transform.radon``.
 
 Fan beam (N = 256, 128 in ``--quick``): relative error of the projection of ellipse
 phantoms against their closed-form line integrals, the adjoint test in float64, and the
@@ -136,7 +136,7 @@ def _timing_worker(methods: list[str], n: int, n_angles: int, args: Any, tmp: st
             )
         else:  # scikit-image, looped over k images of the batch, scaled to the batch
             xs = x.double().numpy()
-            k = 2 if big else args.batch
+            k = 2 if n >= 256 else args.batch  # the slowest column: 2 images from 256^2 on
             sinos = [radon(im, theta, circle=True) for im in xs[:k]]
 
             def sk_fwd(xs: np.ndarray = xs, k: int = k) -> None:
@@ -145,10 +145,11 @@ def _timing_worker(methods: list[str], n: int, n_angles: int, args: Any, tmp: st
             def sk_adj(sinos: list = sinos) -> None:
                 [iradon(s, theta, filter_name=None, circle=True) for s in sinos]
 
-            fns[m] = (sk_fwd, sk_adj, 1 if big else args.repeats)
+            fns[m] = (sk_fwd, sk_adj, 1 if n >= 256 else args.repeats)
             info[m] = {"images_timed": k, "scale": args.batch / k, "build_s": 0.0}
             np.save(os.path.join(tmp, "skimage.npy"), radon(_phantom(n), theta, circle=True))
     times: dict[str, dict[str, list[float]]] = {m: {"fwd": [], "adj": []} for m in fns}
+    load = [list(os.getloadavg())]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for r in range(max(v[2] for v in fns.values())):
@@ -164,7 +165,8 @@ def _timing_worker(methods: list[str], n: int, n_angles: int, args: Any, tmp: st
         info[m]["forward_s"] = statistics.median(t["fwd"]) * scale
         info[m]["adjoint_s"] = statistics.median(t["adj"]) * scale
         info[m]["runs"] = len(t["fwd"])
-    return {"timing": info, "peak_rss_mb_all_methods": _rss_mb()}
+    load.append(list(os.getloadavg()))
+    return {"timing": info, "peak_rss_mb_all_methods": _rss_mb(), "load_average": load}
 
 
 def _rss_mb() -> float:
@@ -281,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             results[key]["timing_process_peak_rss_mb"] = timing.get("peak_rss_mb_all_methods")
             if "error" in timing:
                 results[key]["timing_error"] = timing["error"]
+            if "load_average" in timing:  # 1, 5, 15 min, before and after the timed rounds
+                results[key]["load_average_before_after"] = timing["load_average"]
             for m, t in timing.get("timing", {}).items():
                 results[key].setdefault(m, {}).update(t)
             if "matrix" in results[key] and "forward_s" not in results[key]["matrix"]:
@@ -329,14 +333,22 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1_5_15min": list(os.getloadavg()),
         "deepinv_measured": "deepinv" in methods,
         "timing": "all methods of a size in one process, interleaved rounds, median of "
-        "--repeats rounds; deepinv and skimage at 512^2: one round on 2 images, scaled to "
-        "the batch (time is linear in the batch; deepinv's adjoint of 16 images at 512^2 "
-        "x 720 needs over 20 GB); peak RSS and build time: one process per method",
+        "--repeats rounds; deepinv at 512^2 and skimage from 256^2 on: one round on 2 "
+        "images, scaled to the batch (time is linear in the batch; deepinv's adjoint of 16 "
+        "images at 512^2 x 720 needs over 20 GB; skimage's agreement is computed in full); "
+        "peak RSS and build time: one process per method",
     }
     data = {"config": config, "results": results, "fanbeam": fan}
     path = write_results("radon", data, args.out, quick=args.quick)
     table = markdown_table(rows)
     fan_rows = [{"quantity": k, "value": v} for k, v in fan.items() if k != "geometry"]
+    loads = ", ".join(
+        f"{k}: {r['load_average_before_after'][0][0]:.1f} -> "
+        f"{r['load_average_before_after'][1][0]:.1f}"
+        for k, r in results.items()
+        if "load_average_before_after" in r
+    )
+    table += f"\n\nLoad average (1 min) before -> after the timed rounds, {loads}."
     text = f"# Radon projector at scale\n\n{table}\n\n## Fan beam\n\n{markdown_table(fan_rows)}\n"
     write_text(Path(path).with_suffix(".md"), text)
     print(table)
