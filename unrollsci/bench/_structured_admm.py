@@ -11,16 +11,6 @@ import torch
 
 
 # ----------------------------------------------------------------------- admm section
-def _time(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def spikes(count: int, side: int, density: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(count, side * side, generator=g).abs() + 0.5
@@ -39,41 +29,89 @@ def _blur(side: int, cfg: dict[str, Any]) -> Any:
     return ReshapeOperator((side, side), (n,)) @ conv @ ReshapeOperator((n,), (side, side))
 
 
-def _admm_size(side: int, cfg: dict[str, Any], log: Any) -> list[dict[str, Any]]:
+def _data(op: Any, side: int, cfg: dict[str, Any], count: int, seed: int) -> tuple[Any, Any]:
+    """``count`` spike images and their blurred measurements at ``cfg['snr']`` dB."""
+    n = side * side
+    x = spikes(count, side, cfg["density"], seed)
+    with torch.no_grad():
+        y = op(x)
+    sig = y.norm(dim=1, keepdim=True) / math.sqrt(n)
+    noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 100))
+    return x, y + sig * 10 ** (-cfg["snr"] / 20) * noise
+
+
+def pick_rho(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
+    """The penalty of classical ``K``-iteration ADMM (= the untrained exact ADMM-Net) with
+    the best validation NMSE, on the smallest size; every model starts from it."""
+    from ..unrolled import ADMMNet
+    from .structured import nmse_db
+
+    side = min(cfg["sides"])
+    op = _blur(side, cfg)
+    xv, yv = _data(op, side, cfg, cfg["n_val"], cfg["seed"] + 2)
+    scores = {}
+    for rho in cfg["rho_grid"]:
+        model = ADMMNet(op, cfg["K"], lam=cfg["lam"], rho=rho, dtype=torch.float32)
+        with torch.no_grad():
+            scores[rho] = nmse_db(model(yv), xv)
+    best = min(scores, key=scores.get)
+    log(f"  rho grid (validation NMSE dB, n={side * side}): {scores} -> {best}")
+    return {"rho": best, "validation_nmse_db": {str(k): v for k, v in scores.items()}}
+
+
+def _lasso_db(op: Any, y: torch.Tensor, x: torch.Tensor, cfg: dict[str, Any]) -> float:
+    """NMSE of the lasso solution itself (FISTA with restart, ``lasso_iters`` iterations):
+    what the classical iterations approach."""
+    import warnings
+
+    from .. import ConvergenceWarning, solvers
+    from .structured import nmse_db
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sol = solvers.fista(op, y.double(), cfg["lam"], max_iter=cfg["lasso_iters"], tol=1e-8)
+    return nmse_db(sol.x, x.double())
+
+
+def _admm_size(side: int, cfg: dict[str, Any], rho: float, log: Any) -> list[dict[str, Any]]:
     from ..unrolled import ADMMNet
     from .structured import nmse_db, train_model  # the group section's helpers
 
     n, k = side * side, cfg["K"]
     op = _blur(side, cfg)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-
-    def data(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = spikes(count, side, cfg["density"], seed)
-        with torch.no_grad():
-            y = op(x)
-        sig = y.norm(dim=1, keepdim=True) / math.sqrt(n)
-        return x, y + sig * 10 ** (-cfg["snr"] / 20) * torch.randn(y.shape, generator=gen)
-
-    xt, yt = data(cfg["n_train"], cfg["seed"] + 1)
-    xv, yv = data(cfg["n_val"], cfg["seed"] + 2)
-    xe, ye = data(cfg["n_test"], cfg["seed"] + 3)
-    rows = []
+    xt, yt = _data(op, side, cfg, cfg["n_train"], cfg["seed"] + 1)
+    xv, yv = _data(op, side, cfg, cfg["n_val"], cfg["seed"] + 2)
+    xe, ye = _data(op, side, cfg, cfg["n_test"], cfg["seed"] + 3)
+    lasso = {"n": n, "x-update": "lasso (FISTA, converged)"}
+    lasso["NMSE untrained (dB)"] = _lasso_db(op, ye, xe, cfg)
+    rows: dict[str, dict[str, Any]] = {}
+    models: dict[str, Any] = {}
     for label, opts in (
         ("exact", {"x_update": "exact"}),
         ("learned", {"x_update": "learned", "cg_steps": cfg["cg_steps"]}),
         ("cg", {"x_update": "cg", "cg_steps": cfg["cg_steps"]}),
     ):
-        row: dict[str, Any] = {"n": n, "x-update": label}
+        rows[label] = {"n": n, "x-update": label}
         if label == "exact" and side > cfg["max_exact_side"]:
-            row["note"] = "not run: the dense eigendecomposition is O(n^3) (see the setup column)"
-            rows.append(row)
+            rows[label]["note"] = "not run: the dense eigendecomposition is O(n^3)"
             continue
         t0 = time.perf_counter()
-        model = ADMMNet(op, k, lam=cfg["lam"], dtype=torch.float32, **opts)
-        row["setup (s)"] = time.perf_counter() - t0
-        with torch.no_grad():
-            row["NMSE untrained (dB)"] = nmse_db(model(ye), xe)
-            row["forward (s)"] = _time(lambda: model(ye[: cfg["batch"]]), cfg["repeats"])  # noqa: B023
+        models[label] = ADMMNet(op, k, lam=cfg["lam"], rho=rho, dtype=torch.float32, **opts)
+        rows[label]["setup (s)"] = time.perf_counter() - t0
+        log(f"  n={n} {label}: setup {rows[label]['setup (s)']:.1f} s")
+    # forward passes timed interleaved (round robin over the models), medians
+    times: dict[str, list[float]] = {label: [] for label in models}
+    yb = ye[: cfg["batch"]]
+    with torch.no_grad():
+        for label, model in models.items():
+            rows[label]["NMSE untrained (dB)"] = nmse_db(model(ye), xe)
+        for _ in range(cfg["repeats"]):
+            for label, model in models.items():
+                t = time.perf_counter()
+                model(yb)
+                times[label].append(time.perf_counter() - t)
+    for label, model in models.items():
+        rows[label]["forward (s)"] = statistics.median(times[label])
         info = train_model(
             model,
             xt,
@@ -87,24 +125,29 @@ def _admm_size(side: int, cfg: dict[str, Any], log: Any) -> list[dict[str, Any]]
             seed=cfg["seed"],
         )
         with torch.no_grad():
-            row["NMSE trained (dB)"] = nmse_db(model(ye), xe)
-        row["train (s)"] = info["train_s"]
-        log(f"  {row}")
-        rows.append(row)
-    return rows
+            rows[label]["NMSE trained (dB)"] = nmse_db(model(ye), xe)
+        rows[label]["train (s)"] = info["train_s"]
+        log(f"  {rows[label]}")
+    return [lasso, *rows.values()]
 
 
-def run_admm(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
+def run_admm(cfg: dict[str, Any], log: Any, save: Any = None) -> dict[str, Any]:
+    """All sizes; ``save(partial_result)`` after each size (a long run keeps what it did)."""
+    import os
+
+    rho = pick_rho(cfg, log)
     rows: list[dict[str, Any]] = []
-    for side in cfg["sides"]:
-        rows += _admm_size(side, cfg, log)
-    res: dict[str, Any] = {"config": cfg, "rows": rows}
-    by = {(r["n"], r["x-update"]): r for r in rows}
-    speed = {}
-    for side in cfg["sides"]:
-        n = side * side
-        ex, le = by[(n, "exact")], by[(n, "learned")]
-        if "forward (s)" in ex:
-            speed[str(n)] = ex["forward (s)"] / le["forward (s)"]
+    res: dict[str, Any] = {"config": cfg, "rho": rho, "rows": rows}
+    speed: dict[str, float] = {}
     res["forward_speedup_learned_vs_exact"] = speed
+    for side in cfg["sides"]:
+        new = _admm_size(side, cfg, rho["rho"], log)
+        rows += new
+        by = {r["x-update"]: r for r in new}
+        if "forward (s)" in by["exact"]:
+            speed[str(side * side)] = by["exact"]["forward (s)"] / by["learned"]["forward (s)"]
+        res["load_average"] = list(os.getloadavg())
+        res["sizes_done"] = [r["n"] for r in rows if r["x-update"] == "exact"]
+        if save is not None:
+            save(res)
     return res

@@ -16,6 +16,7 @@ __all__ = ["ADMMNet"]
 from ._base import UnrolledLasso
 
 _X_UPDATES = ("exact", "cg", "learned")
+_EXACT_MAX_N = 20_000  # 3.2 GB for A^T A in float64
 
 
 class ADMMNet(UnrolledLasso):
@@ -29,9 +30,11 @@ class ADMMNet(UnrolledLasso):
 
     The x-update solve (``x_update``):
 
-    * ``"exact"`` (the default): an eigendecomposition of ``A^T A`` computed once (``A``
-      densified), so every ``rho_k`` is solved exactly and differentiably; suits ``n`` up
-      to a few thousand. Untrained, the model equals :func:`unrollsci.solvers.admm`.
+    * ``"exact"`` (the default): an eigendecomposition of ``A^T A`` computed once (the
+      ``n x n`` matrix assembled from ``A^T A`` applied to blocks of unit vectors), so every
+      ``rho_k`` is solved exactly and differentiably; ``O(n^3)`` setup and ``O(n^2)``
+      per solve, for ``n`` up to about ``10^4``. Untrained, the model equals
+      :func:`unrollsci.solvers.admm`.
     * ``"cg"``: ``cg_steps`` unrolled conjugate-gradient steps on
       ``(A^T A + rho_k I) x = rhs``, warm-started from the previous layer's ``x`` (zero at
       layer 1). Matrix-free (only ``A`` and ``A^T``): no ``n x n`` matrix is formed.
@@ -89,8 +92,14 @@ class ADMMNet(UnrolledLasso):
             raise ValueError(f"Expected 'rho' > 0 (got {rho!r}).")
         self.rho_init = None if rho is None else rho0
         if x_update == "exact":
-            a = self._dense()
-            evals, evecs = torch.linalg.eigh(a.T @ a)
+            if self.n > _EXACT_MAX_N:
+                raise ValueError(
+                    f"x_update='exact' eigendecomposes the dense n x n matrix A^T A (n = "
+                    f"{self.n}: {8 * self.n**2 / 1e9:.0f} GB in float64, O(n^3) time); it is "
+                    f"offered up to n = {_EXACT_MAX_N}. Use x_update='cg' or 'learned' "
+                    "(matrix-free)."
+                )
+            evals, evecs = torch.linalg.eigh(self._gram())
             self.register_buffer("gram_evals", evals.clamp_min(0).to(self.param_dtype))
             self.register_buffer("gram_evecs", evecs.to(self.param_dtype))
         elif x_update == "learned":
@@ -100,6 +109,19 @@ class ADMMNet(UnrolledLasso):
             self.precond = nn.Parameter(full.reshape(num_layers, self.n))
         self.rho = self._positive(rho0, num_layers)
         self.theta = self._positive(self.lam / rho0, num_layers)
+
+    def _gram(self, chunk: int = 128) -> torch.Tensor:
+        """``A^T A`` as a dense float64 ``(n, n)`` matrix, assembled ``chunk`` columns at a
+        time from ``A^T A e_j`` (never the ``(m, n)`` matrix nor a whole identity batch)."""
+        n, op = self.n, self.operator
+        dev = self._device
+        gram = torch.empty(n, n, dtype=torch.float64, device=dev)
+        with torch.no_grad():
+            for j in range(0, n, chunk):
+                cols = torch.zeros(min(chunk, n - j), n, dtype=torch.float64, device=dev)
+                cols[:, j : j + cols.shape[0]].fill_diagonal_(1.0)
+                gram[:, j : j + cols.shape[0]] = op.rmv(op.mv(cols)).T
+        return (gram + gram.T) / 2  # symmetric to rounding; exactly, for eigh
 
     def _options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"rho": self.rho_init}
