@@ -34,8 +34,8 @@ from .._validation import ConvergenceError, ConvergenceWarning
 from ._geometry import pair_kernel
 from ._hardness import (
     MIN_DISTANCE,
+    _check_diag,
     _Hardness,
-    _precond_diag,
     _projected_hardness,
     raise_catastrophe,
 )
@@ -93,7 +93,7 @@ def kernel_and_derivative(
         x3.mul_(x)
         tap.mul_(x3).mul_(x).add_(1.0)  # Tap = 1 + x^4 (-35 + x (84 + x (-70 + 20 x)))
         jr = r * r
-        jr.mul_(r).add_(c).pow_(-1.0 / 3.0)  # J = (r^3 + c)^(-1/3)
+        jr.mul_(r).add_(c).log_().mul_(-1.0 / 3.0).exp_()  # J = (r^3 + c)^(-1/3) (pow: slower)
         xm = x.sub_(1.0)
         dtap = xm * xm  # dTap/dr = 140 x^3 (x - 1)^3 / cutoff
         dtap.mul_(xm).mul_(x3).mul_(140.0 / cutoff)
@@ -185,6 +185,32 @@ def _direct(
     return q.to(chi.dtype), v, (a @ q).to(chi.dtype)
 
 
+def _cached(cache: dict[str, Any] | None, key: str, make: Any) -> Any:
+    """``cache[key]``, made by ``make()`` the first time (no cache: made every time)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _incidence(i: torch.Tensor, j: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (N, P) CSR matrix with +1 at (j_p, p) and -1 at (i_p, p): ``B g`` sums a per-pair
+    quantity onto the pair's second atom minus its first (a self-image pair gives 0)."""
+    p = i.shape[0]
+    rows = torch.cat([j, i])
+    cols = torch.arange(p, device=i.device).repeat(2)
+    vals = torch.ones(2 * p, dtype=dtype, device=i.device)
+    vals[p:] = -1.0
+    order = torch.argsort(rows, stable=True)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    idx = torch.int32 if 2 * p < 2**31 - 1 else torch.int64  # int32: less index traffic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow.to(idx), cols[order].to(idx), vals[order], (n, p))
+
+
 def analytic_step(
     positions: np.ndarray,
     cell: np.ndarray,
@@ -219,12 +245,15 @@ def analytic_step(
     n = positions.shape[0]
     cutoff, k_e = float(s.cutoff), float(s.coulomb_constant)
     i, j, shifts = pairs
-    pos = torch.as_tensor(positions, **dd)
-    vec = pos.index_select(0, j)
-    vec -= pos.index_select(0, i)
+    # coordinates as rows (3, N) and pair vectors as (3, P): 1-D gathers and scatters are
+    # several times faster than those of (P, 3) rows on CPU
+    pos_t = torch.as_tensor(np.ascontiguousarray(positions.T), **dd)
+    vec = torch.stack([x.index_select(0, j) for x in pos_t])
+    vec -= torch.stack([x.index_select(0, i) for x in pos_t])
     if shifts is not None:
-        vec.addmm_(shifts, torch.as_tensor(cell, **dd))
-    r = torch.linalg.vector_norm(vec, dim=1)
+        vec.addmm_(torch.as_tensor(cell, **dd).T, _cached(cache, "shifts-t", shifts.T.contiguous))
+    r = vec[0] * vec[0]  # (vector_norm over dim 0 of (3, P) is a slow strided reduction)
+    r.addcmul_(vec[1], vec[1]).addcmul_(vec[2], vec[2]).sqrt_()
     if r.numel():
         rmin, at = torch.min(r, 0)
         if float(rmin) < MIN_DISTANCE:
@@ -234,7 +263,10 @@ def analytic_step(
                 f"{float(rmin):.3g} Angstrom apart (< {MIN_DISTANCE}). Check the positions."
             )
     shape = table["sigma"] if s.kernel == "gaussian" else table["gamma"]
-    w, dw = kernel_and_derivative(s.kernel, r, shape[i], shape[j], cutoff, k_e, cache)
+    if s.kernel == "shielded" and cache is not None and f"shielded-c-{dtype}" in cache:
+        w, dw = kernel_and_derivative(s.kernel, r, None, None, cutoff, k_e, cache)
+    else:
+        w, dw = kernel_and_derivative(s.kernel, r, shape[i], shape[j], cutoff, k_e, cache)
     diag0 = table["eta"]
     if s.kernel == "gaussian":
         diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]
@@ -249,7 +281,14 @@ def analytic_step(
         op = _Hardness(i, j, w, diag0)
     else:
         op = _Hardness(i, j, w, diag0, csr_min_pairs=CSR_MIN_PAIRS, pattern=pattern)
-    d = _precond_diag(op, diag0, False)
+    # diag(A): a self-image pair (i == j) adds 2 w to its atom (found once per list)
+    self_pairs = _cached(cache, "self-pairs", lambda: torch.nonzero(i == j).flatten())
+    if self_pairs.numel():
+        d = diag0.index_add(0, i.index_select(0, self_pairs), 2.0 * w.index_select(0, self_pairs))
+    else:
+        d = diag0
+    _check_diag(diag0)
+    _check_diag(d)
     v = None
     if direct:
         q, v, aq = _direct(op, chi, total_charge, implicit, cache)
@@ -301,15 +340,16 @@ def analytic_step(
             if e_sr.requires_grad:
                 coef = coef + torch.autograd.grad(e_sr, rl)[0]
         energy += float(e_sr.detach())
-    fac = coef.div_(r).unsqueeze(1)
+    fac = coef.div_(r)
     stress_grad = None
     if want_stress:  # dE/d strain = sum_p vec_p (dE/dvec_p)^T = sum_p (coef_p / r_p) vec_p vec_p^T
-        m = vec.T @ (vec * fac)
+        fv = vec * fac
+        m = torch.stack([torch.mv(vec, x) for x in fv])  # (a (3, P) @ (P, 3) mm is slow)
         stress_grad = (0.5 * (m + m.T)).cpu().numpy().astype(np.float64)
-    gvec = vec.mul_(fac)  # dE/dvec_p (vec is not needed after this)
-    # (index_add_ with alpha=-1 takes a much slower path on CPU than two plain ones)
-    grad = torch.zeros(n, 3, **dd).index_add_(0, j, gvec)
-    grad -= torch.zeros(n, 3, **dd).index_add_(0, i, gvec)
+    gvec = vec.mul_(fac)  # dE/dvec_p, (3, P) (vec is not needed after this)
+    # dE/dR_k = sum_{p: j_p = k} gvec_p - sum_{p: i_p = k} gvec_p: the incidence matrix
+    b = _cached(cache, f"incidence-{dtype}", lambda: _incidence(i, j, n, dtype))
+    grad = torch.stack([torch.mv(b, g) for g in gvec], dim=1)
     with torch.no_grad():
         dinv = 1.0 / d
         mu = float((g * dinv).sum() / dinv.sum())
