@@ -343,8 +343,7 @@ def analytic_step(
     fac = coef.div_(r)
     stress_grad = None
     if want_stress:  # dE/d strain = sum_p vec_p (dE/dvec_p)^T = sum_p (coef_p / r_p) vec_p vec_p^T
-        fv = vec * fac
-        m = torch.stack([torch.mv(vec, x) for x in fv])  # (a (3, P) @ (P, 3) mm is slow)
+        m = (vec * fac) @ vec.T
         stress_grad = (0.5 * (m + m.T)).cpu().numpy().astype(np.float64)
     gvec = vec.mul_(fac)  # dE/dvec_p, (3, P) (vec is not needed after this)
     # dE/dR_k = sum_{p: j_p = k} gvec_p - sum_{p: i_p = k} gvec_p: the incidence matrix
