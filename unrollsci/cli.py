@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
     "radon": "unrollsci.bench.radon",
     "ct": "unrollsci.bench.ct",
     "structured": "unrollsci.bench.structured",
+    "deblur": "unrollsci.bench.deblur",
     "amg": "unrollsci.bench.amg",
     "distributed": "unrollsci.bench.distributed",
 }
