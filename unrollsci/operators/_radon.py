@@ -36,9 +36,8 @@ __all__ = ["Radon", "radon_memory_estimate", "available_memory", "RADON_METHODS"
 
 #: Implementations of :class:`Radon` (``method=``).
 RADON_METHODS = ("auto", "matrix", "matfree")
-#: ``method="auto"`` stores the matrix up to this many estimated entries (building it takes
-#: about a second per 5 million on one core; measured in benchmarks/results/radon.md), and
-#: goes matrix-free above.
+#: ``method="auto"`` stores the matrix up to this many estimated entries (its build time
+#: grows with them: benchmarks/results/radon.md), and goes matrix-free above.
 AUTO_MATRIX_MAX_NNZ = 12_000_000
 
 #: Stored entries of the system matrix per pixel of the support and per angle (an upper
