@@ -194,21 +194,35 @@ def _cached(cache: dict[str, Any] | None, key: str, make: Any) -> Any:
     return cache[key]
 
 
-def _incidence(i: torch.Tensor, j: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """The (N, P) CSR matrix with +1 at (j_p, p) and -1 at (i_p, p): ``B g`` sums a per-pair
-    quantity onto the pair's second atom minus its first (a self-image pair gives 0)."""
+def _incidence(
+    i: torch.Tensor,
+    j: torch.Tensor,
+    n: int,
+    dtype: torch.dtype,
+    pattern: tuple[torch.Tensor, ...] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, P) CSR matrices ``B_j`` (1 at (j_p, p)) and ``B_i`` (1 at (i_p, p)): ``B_j g -
+    B_i g`` sums a per-pair quantity onto the pair's second atom minus its first (a
+    self-image pair gives 0). With the kept list's CSR ``pattern`` (pairs sorted by i, and
+    the order that sorts them by j) no sort is needed."""
     p = i.shape[0]
-    rows = torch.cat([j, i])
-    cols = torch.arange(p, device=i.device).repeat(2)
-    vals = torch.ones(2 * p, dtype=dtype, device=i.device)
-    vals[p:] = -1.0
-    order = torch.argsort(rows, stable=True)
-    crow = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    idx = torch.int32 if 2 * p < 2**31 - 1 else torch.int64  # int32: less index traffic
+    ones = torch.ones(p, dtype=dtype, device=i.device)
+    if pattern is not None:
+        crow_i, _, crow_j, _, order = pattern
+        idx = crow_i.dtype
+    else:
+        order = torch.argsort(j, stable=True)
+        counts = [torch.bincount(x, minlength=n) for x in (i, j)]
+        crow_i, crow_j = (torch.cat([c.new_zeros(1), torch.cumsum(c, 0)]) for c in counts)
+        i_order = torch.argsort(i, stable=True)
+        idx = torch.int32 if p < 2**31 - 1 else torch.int64
+        crow_i, crow_j = crow_i.to(idx), crow_j.to(idx)
+    cols_i = (torch.arange(p, device=i.device) if pattern is not None else i_order).to(idx)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow.to(idx), cols[order].to(idx), vals[order], (n, p))
+        b_j = torch.sparse_csr_tensor(crow_j, order.to(idx), ones, (n, p))
+        b_i = torch.sparse_csr_tensor(crow_i, cols_i, ones, (n, p))
+    return b_j, b_i
 
 
 def analytic_step(
@@ -347,8 +361,8 @@ def analytic_step(
         stress_grad = (0.5 * (m + m.T)).cpu().numpy().astype(np.float64)
     gvec = vec.mul_(fac)  # dE/dvec_p, (3, P) (vec is not needed after this)
     # dE/dR_k = sum_{p: j_p = k} gvec_p - sum_{p: i_p = k} gvec_p: the incidence matrix
-    b = _cached(cache, f"incidence-{dtype}", lambda: _incidence(i, j, n, dtype))
-    grad = torch.stack([torch.mv(b, g) for g in gvec], dim=1)
+    b_j, b_i = _cached(cache, f"incidence-{dtype}", lambda: _incidence(i, j, n, dtype, pattern))
+    grad = torch.stack([torch.mv(b_j, g) - torch.mv(b_i, g) for g in gvec], dim=1)
     with torch.no_grad():
         dinv = 1.0 / d
         mu = float((g * dinv).sum() / dinv.sum())
