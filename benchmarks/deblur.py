@@ -1,6 +1,7 @@
 """256^2 image deblurring benchmark (issue 20): UnrolledAnalysisFISTA vs FISTA-1000.
 
-Usage: python benchmarks/deblur.py [--quick] [--train-seconds S]
+Usage: python benchmarks/deblur.py [--quick] [--train-seconds S] [--layers K]
+       [--precond-size P] [--train-size N]
 Writes results/deblur.{json,md,png}.
 """
 

@@ -334,11 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--train-seconds", type=float, default=None, help="training time cap")
+    p.add_argument("--layers", type=int, default=None, help="K (default 8)")
+    p.add_argument("--precond-size", type=int, default=None, help="step filter size (7)")
+    p.add_argument("--train-size", type=int, default=None, help="training phantoms (128)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = _configs(args.quick)
-    if args.train_seconds is not None:
-        cfg["train_seconds"] = args.train_seconds
+    for key, value in (
+        ("train_seconds", args.train_seconds),
+        ("K", args.layers),
+        ("precond_size", args.precond_size),
+        ("train_size", args.train_size),
+    ):
+        if value is not None:
+            cfg[key] = value
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, flush=True))
     res = run(cfg, log)
     text = _report(res)

@@ -259,7 +259,8 @@ class UnrolledAnalysisFISTA(nn.Module):
         xs = []
         for k in range(self._active_layers):
             v = x + self.momentum[k] * (x - x_prev)
-            r = op.rmv(op.mv(v) - y)
+            # x_0 = 0: layer 1 needs no product with A (A 0 - y = -y exactly)
+            r = op.rmv(-y) if k == 0 else op.rmv(op.mv(v) - y)
             if p == 1:
                 g = v - self.step[k, 0, 0] * r
             else:
