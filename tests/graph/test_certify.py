@@ -108,3 +108,121 @@ def test_bounds_are_tight_on_large_sparse_graphs():
             lo = collatz_lower(h, np.stack([np.ones(n), d], axis=1))
             assert 0.5 * ev[0] <= lo[0] <= ev[0]
             assert 0.5 * evs[0] <= lo[1] <= evs[0]
+
+
+# ----------------------------------------------------------- graph-level certificates
+
+
+@st.composite
+def mask_problems(draw):
+    """A random weighted graph with a mask, lam and Laplacian kind (H positive definite)."""
+    n = draw(st.integers(3, 40))
+    m = draw(st.integers(n - 1, 4 * n))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    G = nx.gnm_random_graph(n, m, seed=seed)
+    for u, v in G.edges:
+        G[u][v]["weight"] = float(rng.uniform(0.05, 4.0))
+    mask = rng.random(n) < draw(st.floats(0.05, 1.0))
+    for comp in nx.connected_components(G):
+        comp = list(comp)
+        if not mask[comp].any():
+            mask[rng.choice(comp)] = True
+    lam = draw(st.floats(0.05, 20.0))
+    kind = draw(st.sampled_from(["combinatorial", "normalized"]))
+    adj = sp.csr_matrix(nx.to_scipy_sparse_array(G, weight="weight"))
+    return adj, mask, lam, kind
+
+
+@settings(max_examples=40, deadline=None)
+@given(prob=mask_problems())
+def test_graph_certificates_bound_every_mask_problem(prob):
+    """laplacian_top >= lambda_max(L); jacobi_top >= lambda_max(D^{-1} H) for the mask and
+    lam drawn (the graph certificate holds for every mask and lam), both against dense
+    eigenvalues."""
+    from unrollsci.graph import _graphcert
+
+    adj, mask, lam, kind = prob
+    lap = sp.csr_matrix(laplacian_matrix(adj, kind))
+    _graphcert.clear_cache()
+    top, vec = _graphcert.laplacian_top(lap)
+    ev_l = np.linalg.eigvalsh(lap.toarray())
+    assert top >= ev_l[-1] * (1 - 1e-12)
+    assert vec.shape == (lap.shape[0],) and abs(np.linalg.norm(vec) - 1) < 1e-8
+    h = sp.csr_matrix(sp.diags(mask.astype(float)) + lam * lap)
+    cg_ = _graphcert.jacobi_top(lap)
+    assert cg_ >= 1.0
+    assert cg_ >= _scaled_eigs(h, h.diagonal())[-1] * (1 - 1e-12)
+    # lambda_max(H) <= max m + lam lambda_max(L): the cap the problem-level bound uses
+    assert mask.max() + lam * top >= np.linalg.eigvalsh(h.toarray())[-1] * (1 - 1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(prob=mask_problems(), observed2=st.floats(0.1, 1.0))
+def test_problem_bounds_above_dense_limit_are_proofs(prob, observed2):
+    """With the dense path switched off, lipschitz(), lambda_min_bound() and
+    jacobi_interval() of two problems on one graph (the second reuses the graph
+    certificates) enclose the dense spectrum."""
+    from unittest import mock
+
+    from unrollsci.graph import _graphcert, _spectral
+
+    adj, mask, lam, kind = prob
+    _graphcert.clear_cache()
+    rng = np.random.default_rng(0)
+    masks = [mask, (rng.random(len(mask)) < observed2) | mask]
+    for mk in masks:
+        with mock.patch.object(_spectral, "_DENSE_MAX", 0):
+            _check_problem_bounds(adj, mk, lam, kind, rng)
+
+
+def _check_problem_bounds(adj, mk, lam, kind, rng):
+    import torch
+
+    from unrollsci.graph import GraphInverseProblem
+
+    y = torch.as_tensor(rng.standard_normal(len(mk)))
+    p = GraphInverseProblem.from_scipy(adj, y, mask=torch.as_tensor(mk), lam=lam, laplacian=kind)
+    h = p.hessian_scipy(0)
+    ev = np.linalg.eigvalsh(h.toarray())
+    evs = _scaled_eigs(h, h.diagonal())
+    assert float(p.lipschitz()[0, 0]) >= ev[-1] * (1 - 1e-12)
+    assert 0 <= float(p.lambda_min_bound()[0, 0]) <= ev[0] * (1 + 1e-12)
+    lo, hi = p.jacobi_interval()
+    assert 0 <= float(lo[0, 0]) <= evs[0] * (1 + 1e-12)
+    assert float(hi[0, 0]) >= evs[-1] * (1 - 1e-12)
+
+
+def test_graph_certificates_are_reused_and_keyed_by_content(monkeypatch):
+    """A second problem on the same graph (another mask) runs no graph-level Lanczos; a
+    graph with one weight changed gets its own certificates."""
+    from unrollsci.graph import _certify, _graphcert
+
+    adj, _ = sensor_graph(300, seed=3)
+    lap = sp.csr_matrix(laplacian_matrix(adj, "combinatorial"))
+    _graphcert.clear_cache()
+    a = _graphcert.jacobi_top(lap)
+    calls = []
+    real = _certify.lanczos
+    monkeypatch.setattr(_certify, "lanczos", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert _graphcert.jacobi_top(sp.csr_matrix(lap, copy=True)) == a
+    assert not calls
+    adj2 = adj.copy().tolil()
+    adj2[0, adj.indices[adj.indptr[0]]] = adj2[adj.indices[adj.indptr[0]], 0] = 3.0
+    lap2 = sp.csr_matrix(laplacian_matrix(sp.csr_matrix(adj2), "combinatorial"))
+    assert _graphcert.graph_key(lap2) != _graphcert.graph_key(lap)
+    _graphcert.jacobi_top(lap2)
+    assert calls
+
+
+def test_jacobi_top_is_close_on_a_sensor_graph():
+    """Not trivially loose: on a kNN sensor graph (top of D^{-1} H near 1.5, Gershgorin 2)
+    the graph bound is within 3% of the largest eigenvalue of diag(L)^{-1} L."""
+    from unrollsci.graph import _graphcert
+
+    adj, _ = sensor_graph(600, seed=4)
+    lap = sp.csr_matrix(laplacian_matrix(adj, "combinatorial"))
+    _graphcert.clear_cache()
+    top = _scaled_eigs(lap, lap.diagonal())[-1]
+    assert top < 1.8
+    assert top <= _graphcert.jacobi_top(lap) <= 1.03 * top

@@ -139,6 +139,34 @@ def train_models(
     return models, info
 
 
+def _save_models(
+    folder: Path, models: dict[str, UnrolledGraphGD], info: dict[str, Any], config: dict
+) -> None:
+    from ..train import save_checkpoint
+
+    for mode, model in models.items():
+        save_checkpoint(
+            model, folder / f"graph_{mode}.pt", extra={"train": info[mode], "config": config}
+        )
+
+
+def _load_models(folder: Path) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
+    from ..train import load_checkpoint
+
+    models, info = {}, {}
+    for mode in MODES:
+        path = folder / f"graph_{mode}.pt"
+        model = load_checkpoint(path, expected=UnrolledGraphGD)
+        assert isinstance(model, UnrolledGraphGD)
+        # load_checkpoint rebuilds in the default dtype (float32): reload the float64
+        # weights into the float64 model so that nothing is rounded
+        model = model.double()
+        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+        models[mode] = model.eval()
+        info[mode] = {"loaded_from": str(path)}
+    return models, info
+
+
 def _errors(p: GraphInverseProblem, x: torch.Tensor) -> list[float]:
     return p.relative_error(x).reshape(-1).tolist()
 
@@ -309,6 +337,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("LO", "HI"),
         help="train on observation rates drawn in [LO, HI] per graph (default: 0.5)",
     )
+    parser.add_argument(
+        "--save-models",
+        default=None,
+        metavar="DIR",
+        help="save the trained models to DIR/graph_<mode>.pt (checkpoints; replaces them)",
+    )
+    parser.add_argument(
+        "--load-models",
+        default=None,
+        metavar="DIR",
+        help="skip training: load the models saved by --save-models from DIR",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.cost:
@@ -346,11 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     t_all = time.perf_counter()
     obs = tuple(args.train_observed) if args.train_observed else 0.5
-    train = training_problems(n_train, signals, seed=args.seed, observed=obs)
-    val = training_problems(2, signals, seed=args.seed + 1)
-    models, train_info = train_models(
-        train, val, num_layers=k, window=window, epochs=epochs, seed=args.seed
-    )
+    if args.load_models:
+        models, train_info = _load_models(Path(args.load_models))
+        config["loaded_models"] = str(args.load_models)
+    else:
+        train = training_problems(n_train, signals, seed=args.seed, observed=obs)
+        val = training_problems(2, signals, seed=args.seed + 1)
+        models, train_info = train_models(
+            train, val, num_layers=k, window=window, epochs=epochs, seed=args.seed
+        )
+        if args.save_models:
+            _save_models(Path(args.save_models), models, train_info, config)
     try:
         madj, _ = load_minnesota()
         mname = "Minnesota (PyGSP, 2642 nodes)"

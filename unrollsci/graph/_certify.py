@@ -21,10 +21,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["collatz_lower", "lanczos_max", "certify_upper", "upper_bound"]
+__all__ = ["collatz_lower", "lanczos", "lanczos_max", "certify_upper", "upper_bound"]
 
 _U = np.finfo(np.float64).eps / 2  # unit roundoff
 _MAX_COMPONENT = 100  # a Schur block larger than this is not worth a dense check: give up
+
+
+def _norm(v: np.ndarray) -> float:
+    # einsum, not BLAS: numpy's threaded BLAS stalls on vector reductions when the cores
+    # are shared
+    return float(np.sqrt(np.einsum("i,i->", v, v)))
 
 
 def _pcg(h: Any, b: np.ndarray, dinv: np.ndarray, iters: int, rtol: float) -> np.ndarray:
@@ -35,7 +41,7 @@ def _pcg(h: Any, b: np.ndarray, dinv: np.ndarray, iters: int, rtol: float) -> np
     z = dinv[:, None] * r
     p = z.copy()
     rz = np.einsum("ij,ij->j", r, z)
-    stop = (rtol * np.linalg.norm(b, axis=0)) ** 2
+    stop = rtol**2 * np.einsum("ij,ij->j", b, b)
     for _ in range(iters):
         hp = h @ p
         php = np.einsum("ij,ij->j", p, hp)
@@ -94,37 +100,61 @@ def collatz_lower(
         u = np.maximum(u - w * (h @ u), floor)
     hu = h @ u
     k = int(np.diff(h.indptr).max(initial=0)) + 1
-    err = (k * _U / (1 - k * _U)) * (abs(h) @ u)  # |fl(H u) - H u| (Higham)
+    # |fl(H u) - H u| <= gamma_k (|H| u) (Higham); for a Z-matrix |H| u = 2 diag(H) u - H u
+    # (computed here to within a factor 1 + O(gamma_k): the factor 2 covers it, and no
+    # second product with |H| is needed)
+    err = 2 * (k * _U / (1 - k * _U)) * np.abs(2 * dg[:, None] * u - hu)
     lo = ((hu - err) / (scales * u)).min(axis=0) * (1 - 8 * _U)
     return np.where(np.isfinite(lo), np.maximum(lo, 0.0), 0.0)
 
 
-def lanczos_max(h: Any, scale: np.ndarray, *, steps: int = 30, seed: int = 0) -> float:
-    """Estimate (from below) of ``lambda_max(diag(scale)^{-1/2} H diag(scale)^{-1/2})``.
+def lanczos(
+    h: Any,
+    scale: np.ndarray,
+    *,
+    steps: int = 30,
+    v0: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[float, np.ndarray]:
+    """Largest Ritz value of ``diag(scale)^{-1/2} H diag(scale)^{-1/2}`` after ``steps``
+    Lanczos steps (no reorthogonalization) and its Ritz vector (unit norm, in the scaled
+    coordinates).
 
-    Plain Lanczos without reorthogonalization: the largest Ritz value of ``steps`` steps.
-    An estimate only; :func:`certify_upper` turns it into a proof or rejects it.
+    ``v0``: start vector (e.g. the vector of a nearby matrix; a random one if None). An
+    estimate from below only; :func:`certify_upper` turns it into a proof or rejects it.
     """
     n = h.shape[0]
     s = 1.0 / np.sqrt(scale)
-    q = np.random.default_rng(seed).standard_normal(n)
-    q /= np.linalg.norm(q)
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal(n) if v0 is None else np.array(v0, dtype=np.float64)
+    if v0 is not None:  # a little noise: never exactly an eigenvector of a nearby matrix
+        q = q + 1e-3 * np.linalg.norm(q) / np.sqrt(max(n, 1)) * rng.standard_normal(n)
+    q /= _norm(q)
     q_prev = np.zeros(n)
-    alpha, beta = [], []
+    alpha, beta, basis = [], [], []
     b = 0.0
     for _ in range(min(steps, n)):
+        basis.append(q)
         w = s * (h @ (s * q)) - b * q_prev
-        a = float(q @ w)
+        a = float(np.einsum("i,i->", q, w))
         w -= a * q
         alpha.append(a)
-        b = float(np.linalg.norm(w))
+        b = _norm(w)
         if b <= 1e-12 * abs(a):
             break
         beta.append(b)
         q_prev, q = q, w / b
     k = len(alpha)
     t = np.diag(alpha) + np.diag(beta[: k - 1], 1) + np.diag(beta[: k - 1], -1)
-    return float(np.linalg.eigvalsh(t)[-1])
+    ev, evec = np.linalg.eigh(t)
+    vec = np.einsum("ki,k->i", np.asarray(basis), evec[:, -1])
+    return float(ev[-1]), vec / max(_norm(vec), 1e-300)
+
+
+def lanczos_max(h: Any, scale: np.ndarray, *, steps: int = 30, seed: int = 0) -> float:
+    """Estimate (from below) of ``lambda_max(diag(scale)^{-1/2} H diag(scale)^{-1/2})``:
+    the largest Ritz value of :func:`lanczos`."""
+    return lanczos(h, scale, steps=steps, seed=seed)[0]
 
 
 def certify_upper(h: Any, scale: np.ndarray, c: float, *, eta: float = 0.05) -> bool:
@@ -140,28 +170,43 @@ def certify_upper(h: Any, scale: np.ndarray, c: float, *, eta: float = 0.05) -> 
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
+    h = sp.csr_matrix(h)
+    n = h.shape[0]
     dg = h.diagonal()
     a_diag = c * scale - dg
     if not np.all(a_diag > 0):
         return False
-    # |A_ij| = |H_ij| off the diagonal
-    off = sp.csr_matrix(abs(h) - sp.diags(np.abs(dg)))
-    rowsum = np.asarray(off.sum(axis=1)).ravel()
+    # |A_ij| = |H_ij| off the diagonal; row sums from one product with |H|
+    habs = abs(h)
+    rowsum = habs @ np.ones(n) - np.abs(dg)
     margin = eta * c * scale
     cold = a_diag - rowsum >= margin
     hot_idx = np.nonzero(~cold)[0]
     if hot_idx.size == 0:
         return True
     cold_idx = np.nonzero(cold)[0]
-    off_cc = off[cold_idx][:, cold_idx]
-    lam = a_diag[cold_idx] - np.asarray(off_cc.sum(axis=1)).ravel()
+    # Lam_i = A_ii - sum_{j in C, j != i} |A_ij| for i in C: the hot part of the row sum
+    # comes from one more product (a cold row has no diagonal entry in F)
+    into_hot = habs @ (~cold).astype(np.float64)
+    lam = (a_diag - rowsum + into_hot)[cold_idx]
     if not np.all(lam > 0):
         return False
-    a = sp.csr_matrix(sp.diags(c * scale) - h)
-    a_f = a[hot_idx]
-    a_ff = a_f[:, hot_idx]
-    a_fc = a_f[:, cold_idx]
-    t = sp.csr_matrix(a_ff - a_fc @ sp.diags(1.0 / lam) @ a_fc.T)
+    # the hot rows of A = c diag(scale) - H, split into their F and C columns
+    a_f = sp.csr_matrix(-h[hot_idx])
+    pos_f = np.full(n, -1, dtype=np.int64)
+    pos_f[hot_idx] = np.arange(hot_idx.size)
+    pos_c = np.full(n, -1, dtype=np.int64)
+    pos_c[cold_idx] = np.arange(cold_idx.size)
+    coo = a_f.tocoo()
+    in_f = pos_f[coo.col] >= 0
+    a_ff = sp.csr_matrix(
+        (coo.data[in_f], (coo.row[in_f], pos_f[coo.col[in_f]])), shape=(hot_idx.size,) * 2
+    ) + sp.diags(c * scale[hot_idx])
+    a_fc = sp.csr_matrix(
+        (coo.data[~in_f], (coo.row[~in_f], pos_c[coo.col[~in_f]])),
+        shape=(hot_idx.size, cold_idx.size),
+    )
+    t = sp.csr_matrix(a_ff - (a_fc @ sp.diags(1.0 / lam)) @ a_fc.T)
     # rounding of T's entries: a relative margin on the scale of A's diagonal
     tol = 1e-10 * float(np.max(c * scale[hot_idx]))
     ncomp, labels = connected_components(t, directed=False)
@@ -201,12 +246,25 @@ def certify_upper(h: Any, scale: np.ndarray, c: float, *, eta: float = 0.05) -> 
     return True
 
 
-def upper_bound(h: Any, scale: np.ndarray, safety: float, cap: float, *, steps: int = 30) -> float:
-    """The first of ``safety * est``, ``1.1 est``, ``1.25 est`` that :func:`certify_upper`
-    proves, where ``est`` is :func:`lanczos_max`; ``cap`` (a bound proved otherwise, e.g.
-    Gershgorin) when none is proved or they exceed it."""
-    est = max(lanczos_max(h, scale, steps=steps), 0.0)
-    for f in (safety, max(safety, 1.1), max(safety, 1.25)):
+def upper_bound(
+    h: Any,
+    scale: np.ndarray,
+    safety: float,
+    cap: float,
+    *,
+    steps: int = 30,
+    est: float | None = None,
+    v0: np.ndarray | None = None,
+    factors: tuple[float, ...] = (1.1, 1.25),
+) -> float:
+    """The first of ``safety * est`` and ``f * est`` (``f`` in ``factors``) that
+    :func:`certify_upper` proves, where ``est`` is given or :func:`lanczos` (``steps``,
+    start ``v0``); ``cap`` (a bound proved otherwise, e.g. Gershgorin) when none is proved
+    or they exceed it."""
+    if est is None:
+        est = lanczos(h, scale, steps=steps, v0=v0)[0]
+    est = max(est, 0.0)
+    for f in (safety, *(max(safety, f) for f in factors)):
         c = f * est
         if c >= cap:
             break

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import _certify
+from . import _certify, _graphcert
 
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
@@ -70,16 +70,27 @@ def _mask_np(p: GraphInverseProblem) -> np.ndarray:
 
 
 def _block_hessian_scipy(p: GraphInverseProblem, b: int, k: int):  # type: ignore[no-untyped-def]
+    """``H`` of block ``k`` for signal ``b`` (CSR, cached on the problem)."""
     import scipy.sparse as sp
 
+    key = f"block-hessian-{b if p.mask is not None and p.mask.shape[0] > 1 else 0}-{k}"
+    if key not in p._cache:
+        s, e = p.block_ptr[k], p.block_ptr[k + 1]
+        lap = p.lap_scipy[s:e, s:e]
+        if p.mask is None:
+            d = np.ones(e - s)
+        else:
+            mb = p.mask[b if p.mask.shape[0] > 1 else 0]
+            d = mb[s:e].detach().cpu().double().numpy()
+        p._cache[key] = sp.csr_matrix(sp.diags(d) + p.lam * lap)
+    return p._cache[key]
+
+
+def _block_laplacian(p: GraphInverseProblem, k: int):  # type: ignore[no-untyped-def]
     s, e = p.block_ptr[k], p.block_ptr[k + 1]
-    lap = p.lap_scipy[s:e, s:e]
-    if p.mask is None:
-        d = np.ones(e - s)
-    else:
-        mb = p.mask[b if p.mask.shape[0] > 1 else 0]
-        d = mb[s:e].detach().cpu().double().numpy()
-    return sp.csr_matrix(sp.diags(d) + p.lam * lap)
+    if s == 0 and e == p.num_nodes:
+        return p.lap_scipy.tocsr()
+    return p.lap_scipy[s:e, s:e].tocsr()
 
 
 def _max_per_block(p: GraphInverseProblem, per_node: np.ndarray) -> np.ndarray:
@@ -99,19 +110,19 @@ def spectrum_mask(
     Of ``H`` (``scaled=False``) or of the Jacobi-scaled ``S = D^{-1/2} H D^{-1/2}``
     with ``D = diag(H)`` (``scaled=True``; same spectrum as ``D^{-1} H``).
     Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Larger
-    blocks, without factorizing ``H`` (``_certify``; proofs in docs/graph.md):
+    blocks, without factorizing ``H`` (``_certify``, ``_graphcert``; proofs in
+    docs/graph.md):
 
-    * ``hi`` of ``H``: a Lanczos estimate times ``safety`` (then 5% more, up to three
-      times), accepted once :func:`_certify.certify_upper` proves ``Lip I - H >= 0``;
-      ``inf`` otherwise (the caller then uses Gershgorin). ``hi`` of ``S``: a Lanczos
-      estimate times ``safety`` accepted if ``hi D - H`` passes the ``L D L^T`` inertia
-      check (:func:`_is_pd`, one sparse factorization), else ``inf``.
+    * ``hi`` of ``H``: the graph bound ``max m + lam lambda_max(L)``
+      (:func:`_graphcert.laplacian_top`, capped by Gershgorin) when it is within 10% of a
+      Lanczos estimate (5 steps from the graph's cached top Laplacian vector); else that
+      estimate times ``safety`` (then 1.1, 1.25), accepted once
+      :func:`_certify.certify_upper` proves ``Lip I - H >= 0``, else the graph bound.
+      ``hi`` of ``S``: the graph bound :func:`_graphcert.jacobi_top` (one factorization
+      of a Laplacian per graph, cached across problems); the caller caps it by Gershgorin.
     * ``lo``: the Collatz-Wielandt bound of :func:`_certify.collatz_lower` (``H`` is a
       Z-matrix), a proof for any vector it is evaluated at; ``safety`` is not applied.
-      ``H`` and ``S`` are bounded together and both are cached.
     """
-    import scipy.sparse as sp
-
     key = f"eig-{which}-{safety}-{scaled}"
     if key in p._cache:
         return p._cache[key]
@@ -130,29 +141,37 @@ def spectrum_mask(
                 ev = np.linalg.eigvalsh(hs)
                 out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
             elif which == "hi":
+                lap = _block_laplacian(p, k)
+                dig = p.cached(f"graph-digest-{k}", lambda lap=lap: _graphcert.graph_key(lap))
                 if scaled:
-                    # no cheap proof is tight here (Gershgorin on D^{-1} H is near 2 while
-                    # the top of a triangle-rich graph's spectrum can be near 1.5): the
-                    # Lanczos estimate certified by the inertia of val D - H (one sparse
-                    # factorization), else Gershgorin
-                    val = _certify.lanczos_max(h, h.diagonal()) * safety
-                    ok = _is_pd(sp.diags(val * h.diagonal()) - h)
-                    out[b, k] = val if ok else np.inf
+                    out[b, k] = _graphcert.jacobi_top(lap, safety, digest=dig)
                 else:
-                    cap = float(np.asarray(abs(h).sum(axis=1)).max())  # Gershgorin
-                    out[b, k] = _certify.upper_bound(h, np.ones(m), safety, cap)
+                    s, e = p.block_ptr[k], p.block_ptr[k + 1]
+                    mb = _mask_np(p)[b if p.mask is not None and p.mask.shape[0] > 1 else 0]
+                    gersh = float((mb[s:e] + p.lam * p.lap_rowabs_np[s:e]).max())
+                    top, vec = _graphcert.laplacian_top(lap, safety, digest=dig)
+                    cap = min(gersh, float(mb[s:e].max()) + p.lam * top)
+                    est = _certify.lanczos(h, np.ones(m), steps=5, v0=vec)[0]
+                    # the graph bound is proved already: a Schur test only where it could
+                    # gain more than 10%
+                    out[b, k] = (
+                        cap
+                        if cap <= 1.1 * est
+                        else _certify.upper_bound(h, np.ones(m), safety, cap, est=est)
+                    )
             else:
-                out[b, k] = _collatz(p, b, k, h)[1 if scaled else 0]
+                out[b, k] = _collatz(p, b, k, h, scaled)
     p._cache[key] = out
     return out
 
 
-def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any) -> np.ndarray:
-    """Proven lower bounds ``(lambda_min(H), lambda_min(S))`` of block ``k``, signal ``b``."""
-    key = f"collatz-{b}-{k}"
+def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool) -> float:
+    """Proven lower bound on ``lambda_min(H)`` (``scaled=False``) or ``lambda_min(S)``
+    of block ``k``, signal ``b``."""
+    key = f"collatz-{b}-{k}-{scaled}"
     if key not in p._cache:
-        scales = np.stack([np.ones(h.shape[0]), h.diagonal()], axis=1)
-        p._cache[key] = _certify.collatz_lower(h, scales)
+        scale = h.diagonal() if scaled else np.ones(h.shape[0])
+        p._cache[key] = float(_certify.collatz_lower(h, scale[:, None])[0])
     return p._cache[key]
 
 

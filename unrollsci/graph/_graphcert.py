@@ -1,0 +1,117 @@
+"""Certificates that depend on the graph only: computed once per graph, reused for every
+mask, signal and ``lam`` on it.
+
+For a mask problem ``H = diag(m) + lam L`` (``0 <= m <= 1``, ``lam >= 0``, ``L`` a Laplacian:
+symmetric, positive semidefinite, off-diagonal entries ``<= 0``):
+
+* ``lambda_max(H) <= max_i m_i + lam lambda_max(L)`` (``H <= (max m) I + lam L``), so one
+  certified bound on ``lambda_max(L)`` caps the Lipschitz constant of every problem on
+  the graph; its Lanczos vector also warm-starts the per-problem estimate.
+* ``lambda_max(D^{-1} H) <= max(1, c_G)`` for ``D = diag(H)`` and any
+  ``c_G >= lambda_max(diag(L)^{-1} L)``: for ``c >= max(1, c_G)``,
+  ``c D - H = (c - 1) diag(m) + lam (c diag(L) - L)`` is a sum of two positive
+  semidefinite matrices. ``c_G`` is a Lanczos estimate proved by the inertia of
+  ``c_G diag(L) - L`` (one sparse ``L D L^T`` factorization per graph), else Gershgorin.
+
+Proofs and their tests: docs/graph.md ("Certified bounds without factorizing H").
+The certificates are kept in a small module-level cache keyed by a hash of the Laplacian's
+entries (the last :data:`_CACHE_SIZE` graphs), so a problem built again on the same graph
+(another mask, other signals, another ``lam``) reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from . import _certify
+
+__all__ = ["graph_key", "laplacian_top", "jacobi_top", "clear_cache"]
+
+_CACHE_SIZE = 8
+_CACHE: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
+
+
+def clear_cache() -> None:
+    """Forget every graph certificate (tests, memory)."""
+    _CACHE.clear()
+
+
+def graph_key(lap: Any) -> bytes:
+    """A digest of the CSR Laplacian ``lap`` (shape, structure and values); pass it as
+    ``digest=`` to the functions below to hash a graph once."""
+    lap = lap.tocsr()
+    h = hashlib.blake2b(digest_size=20)
+    h.update(np.asarray(lap.shape, dtype=np.int64).tobytes())
+    for arr in (lap.indptr, lap.indices, lap.data):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.digest()
+
+
+def _cached(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:
+    key = (graph_key(lap) if digest is None else digest, what)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    val = build()
+    _CACHE[key] = val
+    while len(_CACHE) > 2 * _CACHE_SIZE:  # two entries per graph
+        _CACHE.popitem(last=False)
+    return val
+
+
+def laplacian_top(
+    lap: Any, safety: float = 1.01, *, digest: bytes | None = None
+) -> tuple[float, np.ndarray]:
+    """``(bound, v)``: a proven upper bound on ``lambda_max(lap)`` and the Lanczos vector
+    of the top Ritz value (unit norm).
+
+    The bound is the Lanczos estimate times ``safety`` (then 1.02, 1.05, 1.1, 1.25)
+    accepted by :func:`_certify.certify_upper`, else Gershgorin ``max_i sum_j |L_ij|``.
+    """
+
+    def build() -> tuple[float, np.ndarray]:
+        m = lap.shape[0]
+        cap = float(np.asarray(abs(lap).sum(axis=1)).max()) if m else 0.0
+        est, vec = _certify.lanczos(lap, np.ones(m), steps=30)
+        f = (1.02, 1.05, 1.1, 1.25)  # paid once per graph: try more factors
+        return _certify.upper_bound(lap, np.ones(m), safety, cap, est=est, factors=f), vec
+
+    return _cached(lap, f"top-{safety}", build, digest)
+
+
+def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -> float:
+    """A proven upper bound ``c_G >= 1`` on ``lambda_max(diag(L)^{-1} L)``, hence on the
+    top of the Jacobi-scaled Hessian of every mask problem on this graph (module docstring).
+
+    Nodes with ``L_ii = 0`` have a zero row (``L`` is positive semidefinite) and are left
+    out. The Lanczos estimate times ``safety``, then times 1.05, is accepted when the
+    ``L D L^T`` inertia check proves ``c diag(L) - L`` positive definite; else the
+    Gershgorin bound ``max_i sum_j |L_ij| / L_ii`` (``<= 2`` for a combinatorial Laplacian).
+    """
+
+    def build() -> float:
+        import scipy.sparse as sp
+
+        from ._spectral import _is_pd
+
+        d = lap.diagonal()
+        keep = np.nonzero(d > 0)[0]
+        if keep.size == 0:
+            return 1.0
+        sub = sp.csr_matrix(lap[keep][:, keep]) if keep.size < lap.shape[0] else lap.tocsr()
+        ds = sub.diagonal()
+        gersh = float((np.asarray(abs(sub).sum(axis=1)).ravel() / ds).max())
+        est = _certify.lanczos(sub, ds, steps=30)[0]
+        for f in (safety, max(safety, 1.05)):
+            c = max(est * f, 1.0)
+            if c >= gersh:
+                break
+            if _is_pd(sp.csr_matrix(sp.diags(c * ds) - sub)):
+                return c
+        return max(gersh, 1.0)
+
+    return _cached(lap, f"jacobi-{safety}", build, digest)
