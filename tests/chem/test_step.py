@@ -136,3 +136,30 @@ def test_solver_parameter_is_checked():
     with pytest.raises(ValueError, match="Expected solver in"):
         QEqCalculator(solver="cholesky")
     assert QEqCalculator(solver="cg").todict() == {"solver": "cg"}
+
+
+def test_state_check_lists_what_ase_lists():
+    """The calculator's cheaper state comparison gives ASE's compare_atoms list."""
+    from ase.calculators.calculator import compare_atoms
+
+    from unrollsci.chem._calculator import _compare_atoms
+
+    base = _crystal()
+    edits = [
+        lambda a: None,
+        lambda a: a.positions.__iadd__(1e-16),  # below ASE's 1e-15 tolerance
+        lambda a: a.positions.__iadd__(1e-3),
+        lambda a: a.set_cell(a.cell.array * 1.01),
+        lambda a: a.set_pbc([True, False, True]),
+        lambda a: a.set_initial_charges(np.ones(len(a))),
+        lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+        lambda a: a.numbers.__setitem__(0, 11 if a.numbers[0] != 11 else 17),
+    ]
+    for edit in edits:
+        other = base.copy()
+        edit(other)
+        for tol in (1e-15, 1e-2):
+            assert sorted(_compare_atoms(base, other, tol)) == sorted(
+                compare_atoms(base, other, tol=tol)
+            )
+    assert set(_compare_atoms(None, base, 1e-15)) == set(compare_atoms(None, base))
