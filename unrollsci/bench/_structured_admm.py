@@ -135,7 +135,7 @@ def run_admm(cfg: dict[str, Any], log: Any, save: Any = None) -> dict[str, Any]:
     """All sizes; ``save(partial_result)`` after each size (a long run keeps what it did)."""
     import os
 
-    rho = pick_rho(cfg, log)
+    rho = cfg["rho_fixed"] if "rho_fixed" in cfg else pick_rho(cfg, log)
     rows: list[dict[str, Any]] = []
     res: dict[str, Any] = {"config": cfg, "rho": rho, "rows": rows}
     speed: dict[str, float] = {}
