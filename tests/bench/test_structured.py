@@ -30,4 +30,6 @@ def test_bench_structured_quick(tmp_path, capsys):
     admm = json.loads((tmp_path / "structured_admm_quick.json").read_text())
     kinds = {(r["n"], r["x-update"]) for r in admm["rows"]}
     assert (64, "exact") in kinds and (144, "learned") in kinds
+    assert (144, "exact") in kinds and (64, "lasso (FISTA, converged)") in kinds
+    assert admm["rho"]["rho"] in admm["config"]["rho_grid"]
     assert "| n | x-update |" in capsys.readouterr().out
