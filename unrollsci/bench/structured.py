@@ -427,11 +427,16 @@ def main(argv: list[str] | None = None) -> int:
         "existing structured_admm results (the other rows are kept)",
     )
     p.add_argument("--admm-steps", type=int, help="training steps of the admm section")
+    p.add_argument(
+        "--admm-lasso-iters", type=int, help="FISTA iterations of the lasso row (0: skip it)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfgs = _configs(args.quick)
     if args.admm_steps is not None:
         cfgs["admm"]["steps"] = args.admm_steps
+    if args.admm_lasso_iters is not None:
+        cfgs["admm"]["lasso_iters"] = args.admm_lasso_iters
     kept: list[dict[str, Any]] = []
     kept_speed: dict[str, float] = {}
     if args.admm_sides:
