@@ -71,3 +71,75 @@ def test_bench_lista_kkt_continuation_label(tmp_path):
         assert curves2[label2] != curves[label]
     with pytest.raises(SystemExit):
         cli.main([*args, "--kkt-step", "0"])
+
+
+def _test_curve(model, cfg, snr_key):
+    """Per-layer test NMSE of ``model`` on the benchmark's fixed test set (seed + 1)."""
+    import math
+
+    import torch
+
+    from unrollsci.bench.lista import _nmse, make_problem, sample
+
+    a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
+    snr = math.inf if snr_key == "inf" else float(snr_key)
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    y, x = sample(a, cfg["n_test"], cfg["p"], snr, gen)
+    # the checkpoint holds the benchmark's matrix, not another one
+    assert torch.equal(model.operator.to_dense(), a)
+    with torch.no_grad():
+        _, xs = model(y, return_all=True)
+    return [_nmse(xk, x) for xk in xs]
+
+
+def test_bench_lista_staged_quick(tmp_path):
+    from unrollsci.train import load_checkpoint
+
+    ck = tmp_path / "ck"
+    args = ["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path)]
+    args += ["--staged", "2", "--models", "ALISTA", "LAMP", "--snr", "inf", "40"]
+    assert cli.main([*args, "--checkpoints", str(ck)]) == 0
+    data = json.loads((tmp_path / "lista_quick.json").read_text())
+    cfg = data["config"]
+    for key in ("inf", "40"):
+        res = data["by_snr"][key]
+        assert sorted(res["nmse_db"]) == ["ALISTA [staged]", "LAMP [staged]"]  # no classical
+        for name in ("ALISTA", "LAMP"):
+            label = f"{name} [staged]"
+            curve = res["val_curve_db"][label]
+            assert res["monotone"][label] == all(
+                b <= a for a, b in zip(curve, curve[1:], strict=False)
+            )
+            model = load_checkpoint(ck / f"{name}_snr{key}.pt")
+            assert _test_curve(model, cfg, key) == pytest.approx(res["nmse_db"][label], abs=1e-6)
+    assert "val curve non-increasing" in (tmp_path / "lista_quick.md").read_text()
+    with pytest.raises(SystemExit):  # no staged schedule for LISTA
+        cli.main([*args[:-5], "--models", "LISTA"])
+
+
+def test_committed_checkpoints_reproduce_their_rows():
+    """benchmarks/checkpoints/*.pt (trained by ``bench lista --staged``) load with
+    load_checkpoint and give the per-layer test NMSE of their rows in
+    benchmarks/results/lista_staged.json to 0.1 dB; their validation curves are
+    non-increasing in depth."""
+    from pathlib import Path
+
+    from unrollsci.train import load_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    data = json.loads((root / "benchmarks/results/lista_staged.json").read_text())
+    cfg = data["config"]
+    seen = 0
+    for key, res in data["by_snr"].items():
+        for label, row in res["nmse_db"].items():
+            if not label.endswith(" [staged]"):  # the classical curves of the same run
+                continue
+            name = label.removesuffix(" [staged]")
+            path = root / "benchmarks/checkpoints" / f"{name}_snr{key}.pt"
+            assert path.is_file(), f"no checkpoint for the row {label} at SNR {key}"
+            model = load_checkpoint(path)
+            curve = _test_curve(model, cfg, key)
+            assert curve == pytest.approx(row, abs=0.1), (label, key)
+            assert res["monotone"][label], (label, key)
+            seen += 1
+    assert seen >= 3
