@@ -76,15 +76,18 @@ def _run(
     dyn = VelocityVerlet(atoms, timestep=args.dt * units.fs)
     energies = [atoms.get_total_energy()]
     iters = [atoms.calc.solution.iterations]
+    adjoint = [atoms.calc.solution.stats.get("adjoint_iterations", 0)]
 
     def record() -> None:
         energies.append(atoms.get_total_energy())
         iters.append(atoms.calc.solution.iterations)
+        adjoint.append(atoms.calc.solution.stats.get("adjoint_iterations", 0))
 
     dyn.attach(record, interval=1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     dyn.run(steps)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
     e = np.array(energies[: steps + 1])
     n = len(atoms)
     t_ps = np.arange(len(e)) * args.dt / 1000.0
@@ -99,6 +102,8 @@ def _run(
         "max_dev_per_atom_eV": float(np.abs(e - e[0]).max() / n),
         "mean_cg_iters": float(np.mean(iters)),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "mean_adjoint_iters": float(np.mean(adjoint)),
         "energy_trace": e[:: max(1, steps // 200)].tolist(),
         "_e": e,
         "_t": t_ps,
@@ -134,6 +139,7 @@ def equal_drift(args: argparse.Namespace, steps: int) -> int:
     for j, (m, t) in enumerate(configs):
         mine = runs[j::nc]
         sec = float(np.median([r["seconds"] for r in mine]))
+        cpu = float(np.median([r["cpu_seconds"] for r in mine]))
         summary.append(
             {
                 "forces": m,
@@ -145,8 +151,10 @@ def equal_drift(args: argparse.Namespace, steps: int) -> int:
                     np.mean([abs(r["slope_eV_per_atom_per_ps"]) for r in mine])
                 ),
                 "mean_cg_iters": float(np.mean([r["mean_cg_iters"] for r in mine])),
+                "mean_adjoint_iters": float(np.mean([r["mean_adjoint_iters"] for r in mine])),
                 "seconds": sec,
                 "ps_per_hour": sim_ps / (sec / 3600.0),
+                "ps_per_cpu_hour": sim_ps / (cpu / 3600.0),
             }
         )
     imp = summary[0]
@@ -160,6 +168,9 @@ def equal_drift(args: argparse.Namespace, steps: int) -> int:
         "speedup_implicit_over_envelope": None
         if match is None
         else imp["ps_per_hour"] / match["ps_per_hour"],
+        "cpu_speedup_implicit_over_envelope": None
+        if match is None
+        else imp["ps_per_cpu_hour"] / match["ps_per_cpu_hour"],
     }
     for r in runs:
         for k in ("_e", "_t", "_n"):
