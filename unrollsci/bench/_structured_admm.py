@@ -115,6 +115,10 @@ def _admm_size(side: int, cfg: dict[str, Any], rho: float, log: Any) -> list[dic
                 times[label].append(time.perf_counter() - t)
     for label, model in models.items():
         rows[label]["forward (s)"] = statistics.median(times[label])
+        if not cfg["steps"]:
+            rows[label]["note"] = "not trained (0 steps)"
+            log(f"  {rows[label]}")
+            continue
         info = train_model(
             model,
             xt,

@@ -405,11 +405,22 @@ def _group_plot(data: dict[str, Any], path: Any) -> None:
 
 def _admm_report(data: dict[str, Any], cfgs: dict[str, Any]) -> str:
     cfg = cfgs["admm"]
-    return markdown_table(data["rows"]) + (
-        f"\n\nK = {cfg['K']} layers, rho = {data['rho']['rho']} (validation grid "
-        f"{data['rho']['validation_nmse_db']}); forward: one pass on a batch of {cfg['batch']}, "
-        f"median of {cfg['repeats']}, models timed round robin; forward speed-up, learned vs "
-        f"exact, by n: {data['forward_speedup_learned_vs_exact']} (setup not included)\n"
+    return (
+        markdown_table(data["rows"])
+        + (
+            f"\n\nK = {cfg['K']} layers, rho = {data['rho']['rho']} (validation grid "
+            f"{data['rho']['validation_nmse_db']}); forward: one pass on a batch of {cfg['batch']}, "
+            f"median of {cfg['repeats']}, models timed round robin; forward speed-up, learned vs "
+            f"exact, by n: {data['forward_speedup_learned_vs_exact']} (setup not included)\n"
+        )
+        + (
+            f"\nRows of n = {[s * s for s in cfg['sides']]} from a rerun (`--admm-sides "
+            f"{' '.join(map(str, cfg['sides']))} --admm-steps {cfg['steps']} --admm-lasso-iters "
+            f"{cfg['lasso_iters']}`); the other rows, and rho, from the earlier run "
+            "(its config under config.previous_rows_from in the JSON).\n"
+            if "previous_rows_from" in cfg
+            else ""
+        )
     )
 
 
