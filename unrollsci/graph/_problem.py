@@ -384,9 +384,11 @@ class GraphInverseProblem:
                 ``1 + 2 lam max degree`` for a mask and the combinatorial Laplacian);
                 ``"lanczos"``/``"auto"``: the largest eigenvalue (dense ``eigvalsh`` up to
                 800 nodes per graph, Lanczos/ARPACK above) times ``safety``, capped by the
-                Gershgorin bound. For masks above 800 nodes the Lanczos value (times
-                1.01, else 1.1 or 1.25) is accepted once a Schur-complement test proves
-                ``Lip I - H >= 0`` without factorizing ``H``, else Gershgorin is used. Heat kernel
+                Gershgorin bound. For masks above 800 nodes: the graph bound ``max m +
+                lam lambda_max(L)`` (``lambda_max(L)`` proved once per graph and cached)
+                when it is within 10% of a Lanczos estimate of ``lambda_max(H)``, else that
+                estimate times 1.01 (1.1, 1.25) once a Schur-complement test proves
+                ``Lip I - H >= 0``, without factorizing ``H``. Heat kernel
                 and general operators: the spectral function on a grid, resp. power
                 iteration with a 5% margin (estimates, not proofs).
             safety: factor on the eigenvalue estimate (``>= 1``).
@@ -431,8 +433,10 @@ class GraphInverseProblem:
           to ``D^{-1} H`` gives ``max_i sum_j |H_ij| / H_ii``, that is
           ``1 + lam sum_{j != i} |L_ij| / (m_i + lam L_ii)`` (``<= 2`` for a
           combinatorial Laplacian; a normalized one can exceed 2 on irregular graphs);
-          the estimate is dense up to 800 nodes, Lanczos above, certified by the
-          inertia of ``hi D - H``.
+          the estimate is dense up to 800 nodes; above, the graph bound
+          ``max(1, c_G) >= lambda_max(diag(L)^{-1} L)``, which holds for every mask and
+          ``lam`` on the graph (proved once per graph by the inertia of ``c_G diag(L) -
+          L`` and cached; docs/graph.md).
         * ``lo``: dense smallest eigenvalue times ``lo_safety`` (up to 800 nodes), or
           the Collatz-Wielandt bound ``min_i (H u)_i / (H_ii u_i)`` (a proof without
           factorization, shared with :meth:`lambda_min_bound`).
