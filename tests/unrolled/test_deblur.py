@@ -158,3 +158,18 @@ def test_bad_input():
         haar_shrink(torch.rand(2, 4, 4), torch.ones(3))
     with pytest.raises(ValueError, match=">= 0"):
         haar_shrink(torch.rand(2, 4, 4), -0.1)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from unrollsci.train import load_checkpoint, save_checkpoint
+
+    model = UnrolledAnalysisFISTA(_blur(8, 9), 3, channels=4, dtype=F64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    y = torch.rand(2, 8, 9, dtype=F64)
+    path = tmp_path / "deblur.pt"
+    save_checkpoint(model, path)
+    back = load_checkpoint(path)
+    assert type(back) is UnrolledAnalysisFISTA
+    torch.testing.assert_close(back(y), model(y), rtol=0, atol=1e-14)

@@ -33,6 +33,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
             "LAMP",
             "PreconditionedLISTA",
             "BlockLISTA",
+            "UnrolledAnalysisFISTA",
         ),
         "graph": ("UnrolledGraphGD", "StepController"),
         "precond": ("LearnedPreconditioner",),
