@@ -182,10 +182,28 @@ def load_checkpoint(
             f"Checkpoint {path}: expected a state_dict of named tensors (got {bad[0]!r})."
         )
     model = _build_object(name, config, "config", path, exp)
+    model = _match_stored_dtype(model, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(
             f"Checkpoint {path}: its weights do not fit the rebuilt {cls.__name__} ({exc})."
         ) from None
+    return model
+
+
+def _match_stored_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Cast a rebuilt model to the floating dtype its weights were saved in.
+
+    A model whose constructor takes no ``dtype`` is rebuilt in torch's default dtype;
+    ``load_state_dict`` would then copy saved float64 weights into float32 tensors and
+    round them silently. When the saved floating tensors share one dtype and the rebuilt
+    model's share another, the model is cast first (as ``model.to(dtype)``, which the
+    dtype rule supports for every model), so a reload is bit for bit.
+    """
+    stored = {v.dtype for v in state.values() if v.is_floating_point()}
+    tensors = [*model.parameters(), *model.buffers()]
+    current = {t.dtype for t in tensors if t.is_floating_point()}
+    if len(stored) == 1 and len(current) == 1 and stored != current:
+        model = model.to(next(iter(stored)))
     return model
