@@ -76,7 +76,26 @@ class _PairOperator:
     rmv = adjoint
 
 
-class UnrolledLasso(nn.Module):
+class ActiveLayersMixin:
+    """``active_layers``: how many of a model's ``num_layers`` layers ``forward`` runs
+    (layer-wise training grows it); checked to lie in ``1..num_layers``."""
+
+    num_layers: int
+    _active_layers: int
+
+    @property
+    def active_layers(self) -> int:
+        """Number of layers ``forward`` runs (``1..num_layers``)."""
+        return self._active_layers
+
+    @active_layers.setter
+    def active_layers(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
+            raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
+        self._active_layers = k
+
+
+class UnrolledLasso(ActiveLayersMixin, nn.Module):
     """Base class: validation, layer bookkeeping, checkpoint config.
 
     Subclasses implement ``_run(y, num_layers) -> list of (batch, n)`` (one entry
@@ -153,17 +172,6 @@ class UnrolledLasso(nn.Module):
     def n(self) -> int:
         """Signal length (columns of ``A``)."""
         return int(self.operator.in_shape[0])
-
-    @property
-    def active_layers(self) -> int:
-        """Number of layers ``forward`` runs (``1..num_layers``)."""
-        return self._active_layers
-
-    @active_layers.setter
-    def active_layers(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
-            raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
-        self._active_layers = k
 
     @property
     def dtype(self) -> torch.dtype:

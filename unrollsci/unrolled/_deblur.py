@@ -13,6 +13,7 @@ from torch import nn
 from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
 from ..prox import soft_threshold
 from ..solvers import as_operator, fista_momentum
+from ._base import ActiveLayersMixin
 
 __all__ = ["UnrolledAnalysisFISTA", "haar_shrink"]
 
@@ -88,7 +89,7 @@ def haar_shrink(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tenso
     return _synthesis(soft_threshold(c, th * band), w)
 
 
-class UnrolledAnalysisFISTA(nn.Module):
+class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
     """Unrolled FISTA for images with learned convolutional steps and a learned
     analysis-shrinkage prox; matrix-free and independent of the image size.
 
@@ -213,17 +214,6 @@ class UnrolledAnalysisFISTA(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype of the learned filters; inputs must have it."""
         return model_dtype(self, skip="operator.") or torch.get_default_dtype()
-
-    @property
-    def active_layers(self) -> int:
-        """Number of layers ``forward`` runs (``1..num_layers``)."""
-        return self._active_layers
-
-    @active_layers.setter
-    def active_layers(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
-            raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
-        self._active_layers = k
 
     # --------------------------------------------------------------------- forward
     def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
