@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from .. import losses
 from ._common import (
     figure_path,
     markdown_table,
@@ -72,8 +73,8 @@ def group_sample(
 
 
 def nmse_db(x: torch.Tensor, x_true: torch.Tensor) -> float:
-    err = (x - x_true).pow(2).sum() / x_true.pow(2).sum()
-    return 10.0 * math.log10(max(float(err), 1e-300))
+    """:func:`unrollsci.losses.nmse_db` over the batch, in float64, as a number."""
+    return float(losses.nmse_db(x.double(), x_true.double()))
 
 
 # ------------------------------------------------------------------------- training
@@ -409,7 +410,8 @@ def _admm_report(data: dict[str, Any], cfgs: dict[str, Any]) -> str:
         markdown_table(data["rows"])
         + (
             f"\n\nK = {cfg['K']} layers, rho = {data['rho']['rho']} (validation grid "
-            f"{data['rho']['validation_nmse_db']}); forward: one pass on a batch of {cfg['batch']}, "
+            f"{data['rho']['validation_nmse_db']}); forward: one pass on a batch of "
+            f"{cfg['batch']}, "
             f"median of {cfg['repeats']}, models timed round robin; forward speed-up, learned vs "
             f"exact, by n: {data['forward_speedup_learned_vs_exact']} (setup not included)\n"
         )
