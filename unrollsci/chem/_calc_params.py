@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .._validation import check_device
-from ._settings import COULOMB_CONSTANT, QEqSettings
+from ._settings import COULOMB_CONSTANT, EWALD_METHODS, QEqSettings
 from ._short_range import BornMayer
 
 __all__ = ["DEFAULT_PARAMETERS", "normalize", "build"]
@@ -24,6 +24,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "coulomb_constant": COULOMB_CONSTANT,
     "ewald": False,
     "ewald_accuracy": 1e-8,
+    "ewald_method": "auto",
     "total_charge": None,
     "tol": 1e-8,
     "max_iter": None,
@@ -117,6 +118,10 @@ def normalize(key: str, value: Any) -> Any:
         if skin is None or not (skin >= 0 and math.isfinite(skin)):
             raise ValueError(f"Expected skin >= 0 (Angstrom) (got {value!r}).")
         return skin
+    if key == "ewald_method":
+        if value not in EWALD_METHODS:
+            raise ValueError(f"Expected ewald_method in {EWALD_METHODS} (got {value!r}).")
+        return value
     if key == "solver":
         if value not in SOLVERS:
             raise ValueError(f"Expected solver in {SOLVERS} (got {value!r}).")
@@ -154,6 +159,7 @@ def build(p: Mapping[str, Any]) -> Built:
         coulomb_constant=p["coulomb_constant"],
         ewald=p["ewald"],
         ewald_accuracy=p["ewald_accuracy"],
+        ewald_method=p["ewald_method"],
         total_charge=0.0 if p["total_charge"] is None else p["total_charge"],
         tol=p["tol"],
         max_iter=p["max_iter"],

@@ -90,6 +90,9 @@ class QEqCalculator(Calculator):
         coulomb_constant: k_e in eV Angstrom.
         ewald: Ewald summation for the long-range 1/r part (periodic cells).
         ewald_accuracy: relative accuracy of the Ewald split.
+        ewald_method: reciprocal part of the Ewald sum: ``"auto"`` (default: particle-mesh
+            from ``PME_MIN_ATOMS`` atoms on, the explicit k-vector sum below), ``"ewald"``
+            or ``"pme"`` (torch-pme, an optional dependency); see :func:`solve_charges`.
         total_charge: total charge Q of the system; None (default): the sum of the atoms'
             initial charges, ``atoms.get_initial_charges().sum()`` (0 unless set).
         tol: relative residual tolerance of the charge solve.
@@ -147,6 +150,7 @@ class QEqCalculator(Calculator):
     coulomb_constant = _parameter("coulomb_constant", "k_e (eV Angstrom)")
     ewald = _parameter("ewald", "Ewald summation of the 1/r tail")
     ewald_accuracy = _parameter("ewald_accuracy", "relative accuracy of the Ewald split")
+    ewald_method = _parameter("ewald_method", "``'auto'``, ``'ewald'`` or ``'pme'``")
     total_charge = _parameter("total_charge", "total charge, None: the initial charges' sum")
     tol = _parameter("tol", "relative residual tolerance of the charge solve")
     max_iter = _parameter("max_iter", "CG iteration limit")
@@ -166,6 +170,7 @@ class QEqCalculator(Calculator):
         coulomb_constant: float = COULOMB_CONSTANT,
         ewald: bool = False,
         ewald_accuracy: float = 1e-8,
+        ewald_method: str = "auto",
         total_charge: float | None = None,
         tol: float = 1e-8,
         max_iter: int | None = None,
@@ -191,6 +196,7 @@ class QEqCalculator(Calculator):
             "coulomb_constant": coulomb_constant,
             "ewald": ewald,
             "ewald_accuracy": ewald_accuracy,
+            "ewald_method": ewald_method,
             "total_charge": total_charge,
             "tol": tol,
             "max_iter": max_iter,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ._geometry import ewald_kvectors, half_pairs, pair_kernel, shielded_tapered
+from ._pme import PMEReciprocal
 
 __all__ = [
     "MIN_DISTANCE",
@@ -32,15 +33,29 @@ class PolarizationCatastropheError(ValueError):
 
 
 class _Hardness:
-    """q -> A q with A = diag(diag0) + pair part (half list i, j, w) + Ewald reciprocal part.
+    """q -> A q with A = diag(diag0) + pair part (half list i, j, w) + Ewald reciprocal part
+    (explicit k-vectors ``kc, ks, kf``, or ``recip``: a :class:`._pme.PMEReciprocal`).
 
-    With ``csr_min_pairs`` given and at least that many pairs, the pair part is applied as
-    two CSR products (for the no-grad matvec of the solve; not differentiable).
+        With ``csr_min_pairs`` given and at least that many pairs, the pair part is applied as
+        two CSR products (for the no-grad matvec of the solve; not differentiable).
     """
 
-    def __init__(self, i, j, w, diag0, kc=None, ks=None, kf=None, csr_min_pairs=None, pattern=None):
+    def __init__(
+        self,
+        i,
+        j,
+        w,
+        diag0,
+        kc=None,
+        ks=None,
+        kf=None,
+        csr_min_pairs=None,
+        pattern=None,
+        recip=None,
+    ):
         self.i, self.j, self.w, self.diag0 = i, j, w, diag0
         self.kc, self.ks, self.kf = kc, ks, kf
+        self.recip = recip
         self.csr = self.dense = None
         n = diag0.shape[0]
         if pattern is not None and n * n <= 8 * w.numel():
@@ -85,7 +100,14 @@ class _Hardness:
             out = out.index_add(0, self.j, self.w * q.index_select(0, self.i))
         if self.kf is not None:
             out = out + self.kc @ (self.kf * (q @ self.kc)) + self.ks @ (self.kf * (q @ self.ks))
+        if self.recip is not None:
+            out = out + self.recip(q)
         return out
+
+    @property
+    def long_range(self) -> bool:
+        """Whether a reciprocal-space (Ewald) part is applied."""
+        return self.kf is not None or self.recip is not None
 
     def diagonal(self) -> torch.Tensor:
         d = self.diag0
@@ -94,6 +116,8 @@ class _Hardness:
             d = d.index_add(0, self.i[self_img], 2.0 * self.w[self_img])
         if self.kf is not None:
             d = d + (self.kc**2 + self.ks**2) @ self.kf
+        if self.recip is not None:
+            d = d + self.recip.diagonal()
         return d
 
 
@@ -110,6 +134,8 @@ class HardnessTerms:
             of the Jacobi preconditioner.
         kc, ks, kf: Ewald reciprocal part ``kc diag(kf) kc^T + ks diag(kf) ks^T`` (or None).
         e_const: constant energy (Ewald neutralizing background; 0 without Ewald).
+        pme: the reciprocal part by P3M (a :class:`._pme.PMEReciprocal`, differentiable in
+            positions and cell) instead of ``kc, ks, kf``, or None.
     """
 
     i: torch.Tensor
@@ -122,10 +148,11 @@ class HardnessTerms:
     ks: torch.Tensor | None
     kf: torch.Tensor | None
     e_const: Any
+    pme: Any = None
 
     @property
     def ewald(self) -> bool:
-        return self.kf is not None
+        return self.kf is not None or self.pme is not None
 
     def operator(
         self,
@@ -140,8 +167,20 @@ class HardnessTerms:
         if detach:
             ts = tuple(t.detach() if t is not None else None for t in ts)
         w, diag0, kc, ks, kf = ts
+        recip = None
+        if self.pme is not None:
+            recip = self.pme.detached() if detach else self.pme
         return _Hardness(
-            self.i, self.j, w, diag0, kc, ks, kf, csr_min_pairs=csr_min_pairs, pattern=pattern
+            self.i,
+            self.j,
+            w,
+            diag0,
+            kc,
+            ks,
+            kf,
+            csr_min_pairs=csr_min_pairs,
+            pattern=pattern,
+            recip=recip,
         )
 
 
@@ -160,8 +199,12 @@ def hardness_terms(
     total_charge: float,
     pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     pair_cache: dict[str, Any] | None = None,
+    ewald_method: str = "ewald",
+    accuracy: float = 1e-8,
 ) -> HardnessTerms:
-    """Pairs within ``cutoff``, kernel values and (``ewald=(alpha, kmax)``) the Ewald terms.
+    """Pairs within ``cutoff``, kernel values and (``ewald=(alpha, kmax)``) the Ewald terms,
+    the reciprocal part by explicit k-vectors (``ewald_method="ewald"``) or P3M (``"pme"``,
+    its mesh set by the Ewald ``accuracy``).
 
     ``pairs``: a kept half list ``(i, j, shifts)`` (tensors on the device; ``shifts`` (P, 3)
     in the positions' dtype or None) that contains every pair within ``cutoff``, possibly
@@ -210,21 +253,24 @@ def hardness_terms(
     if kernel == "gaussian":  # Gaussian self-energy k_e * lim_{r->0} J_ii(r)
         diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]
     base = diag0.detach()
-    kc = ks = kf = None
+    kc = ks = kf = pme = None
     e_const = positions.new_zeros(())
     if ewald is not None:
         alpha, kmax = ewald
         diag0 = diag0 - k_e * 2.0 * alpha / math.sqrt(math.pi)
         vol = torch.linalg.det(cell_t).abs()
+        # neutralizing background
+        e_const = -k_e * math.pi * total_charge**2 / (2.0 * vol * alpha**2)
+    if ewald is not None and ewald_method == "pme":
+        pme = PMEReciprocal(positions, cell_t.to(dtype), alpha, kmax, k_e, accuracy)
+    elif ewald is not None:
         m = torch.from_numpy(ewald_kvectors(cell_np, kmax)).to(device=device, dtype=dtype)
         kvec = m @ (2.0 * math.pi * torch.linalg.inv(cell_t).T)
         k2 = (kvec * kvec).sum(-1)
         kf = k_e * (8.0 * math.pi / vol) * torch.exp(-k2 / (4.0 * alpha**2)) / k2
         phase = positions @ kvec.T
         kc, ks = torch.cos(phase), torch.sin(phase)
-        # neutralizing background
-        e_const = -k_e * math.pi * total_charge**2 / (2.0 * vol * alpha**2)
-    return HardnessTerms(i, j, r, w, diag0, base, kc, ks, kf, e_const)
+    return HardnessTerms(i, j, r, w, diag0, base, kc, ks, kf, e_const, pme)
 
 
 # --------------------------------------------------------------------------- definiteness
@@ -245,6 +291,8 @@ def _dense_hardness(op: _Hardness) -> torch.Tensor:
                 b = basis.detach().to(f64)
                 a.addmm_(b * kf, b.T)
             a = 0.5 * (a + a.T)
+        if op.recip is not None:
+            a = a + op.recip.dense().to(f64)
     return a
 
 

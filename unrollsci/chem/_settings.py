@@ -9,11 +9,17 @@ from typing import Any
 
 from ._geometry import KERNELS
 
-__all__ = ["COULOMB_CONSTANT", "GRAD_MODES", "QEqSettings"]
+__all__ = ["COULOMB_CONSTANT", "EWALD_METHODS", "GRAD_MODES", "PME_MIN_ATOMS", "QEqSettings"]
 
 #: e^2 / (4 pi eps0) in eV Angstrom (CODATA 2018); LAMMPS fix qeq uses 14.4.
 COULOMB_CONSTANT = 14.399645
 GRAD_MODES = ("implicit", "unrolled", "envelope")
+#: how the reciprocal-space part of the Ewald sum is computed: ``"auto"`` (by size),
+#: ``"ewald"`` (explicit k-vector sum) or ``"pme"`` (particle mesh through torch-pme)
+EWALD_METHODS = ("auto", "ewald", "pme")
+#: ``ewald_method="auto"`` uses PME from this many atoms on (the measured crossover of
+#: benchmarks/qeq_pme.py: below it the explicit sum is faster, see docs/chem.md)
+PME_MIN_ATOMS = 1000
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class QEqSettings:
     coulomb_constant: float = COULOMB_CONSTANT
     ewald: bool = False
     ewald_accuracy: float = 1e-8
+    ewald_method: str = "auto"
     total_charge: float = 0.0
     tol: float = 1e-8
     max_iter: int | None = None
@@ -44,6 +51,10 @@ class QEqSettings:
     def __post_init__(self, grad_name: str) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"Expected kernel in {KERNELS} (got {self.kernel!r}).")
+        if self.ewald_method not in EWALD_METHODS:
+            raise ValueError(
+                f"Expected ewald_method in {EWALD_METHODS} (got {self.ewald_method!r})."
+            )
         if self.grad not in GRAD_MODES:
             raise ValueError(f"Expected {grad_name} in {GRAD_MODES} (got {self.grad!r}).")
         cd = self.check_definite

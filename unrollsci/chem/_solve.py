@@ -55,6 +55,7 @@ from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: import
 )
 from ._params import resolve_params
 from ._pcg import _pcg
+from ._pme import resolve_method
 from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings
 
 __all__ = [
@@ -260,6 +261,7 @@ def solve_charges(
     coulomb_constant: float = COULOMB_CONSTANT,
     ewald: bool = False,
     ewald_accuracy: float = 1e-8,
+    ewald_method: str = "auto",
     total_charge: float = 0.0,
     tol: float = 1e-8,
     max_iter: int | None = None,
@@ -301,6 +303,9 @@ def solve_charges(
         coulomb_constant: k_e in eV Angstrom (LAMMPS uses 14.4).
         ewald: Ewald summation of the 1/r tail (fully periodic cells).
         ewald_accuracy: target relative accuracy of the Ewald split.
+        ewald_method: reciprocal part by ``"ewald"`` (explicit k-vector sum, O(N^2) at a
+            fixed cutoff), ``"pme"`` (particle mesh via torch-pme, O(N log N)) or
+            ``"auto"``: PME from ``PME_MIN_ATOMS`` atoms on (see docs/chem.md).
         total_charge: Q, the sum of the charges (elementary charges).
         tol: relative KKT residual at which CG stops.
         max_iter: CG iteration limit (default 10 N + 100).
@@ -348,6 +353,7 @@ def solve_charges(
         coulomb_constant=coulomb_constant,
         ewald=ewald,
         ewald_accuracy=ewald_accuracy,
+        ewald_method=ewald_method,
         total_charge=total_charge,
         tol=tol,
         max_iter=max_iter,
@@ -397,6 +403,7 @@ def solve_with_settings(
     tol, iterations = s.tol, s.iterations
     pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     cell_np, ewald = _check_cell(s, cell, pbc_arr)
+    method = None if ewald is None else resolve_method(s.ewald_method, n, stacklevel + 2)
     if prep.table is not None:
         table = prep.table
     else:
@@ -415,6 +422,8 @@ def solve_with_settings(
         total_charge=q_total,
         pairs=prep.pairs,
         pair_cache=prep.pair_cache,
+        ewald_method=method,
+        accuracy=s.ewald_accuracy,
     )
     b = table["chi"]
 
@@ -426,6 +435,8 @@ def solve_with_settings(
         "n_pairs": int(n_pairs),
         "ewald_alpha": None if ewald is None else ewald[0],
         "n_kvectors": 0 if terms.kf is None else int(terms.kf.numel()),
+        "ewald_method": method,
+        "pme_mesh": None if terms.pme is None else terms.pme.shape,
     }
     q0 = _warm_start(q0, positions)
     # the public names map onto the shared CG's modes (unrollsci.solvers._loop)
@@ -450,6 +461,8 @@ def solve_with_settings(
 
     adjoint_tol = tol if s.adjoint_tol is None else float(s.adjoint_tol)
     differentiable = (b, terms.diag0, terms.w, terms.kc, terms.ks, terms.kf)
+    if terms.pme is not None:  # the mesh weights depend on positions and cell directly
+        differentiable += (positions, cell)
     q, (op, d, k, res, conv) = differentiate(
         _CORE_MODES[s.grad],
         forward,

@@ -104,7 +104,7 @@ class DefiniteCertificate:
     def check(self, op: _Hardness, same_pairs: bool) -> None:
         """Raise PolarizationCatastropheError unless ``op``'s matrix is certified."""
         w, diag0 = op.w.detach(), op.diag0.detach()
-        if self._ref is not None and same_pairs and op.kf is None:
+        if self._ref is not None and same_pairs and not op.long_range:
             w0, d0, tau = self._ref
             if w0.shape == w.shape:
                 # ||A - A0||_2 <= min(Frobenius norm, max absolute row sum); the Frobenius
