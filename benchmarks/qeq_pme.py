@@ -1,0 +1,9 @@
+"""PME vs explicit Ewald in QEq: ``python benchmarks/qeq_pme.py [--quick]`` (see
+unrollsci.bench.qeq_pme)."""
+
+import sys
+
+from unrollsci.bench.qeq_pme import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

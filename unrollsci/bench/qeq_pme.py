@@ -1,0 +1,257 @@
+"""Particle-mesh Ewald (torch-pme) vs the explicit Ewald sum in QEq: time vs N, agreement.
+
+``python benchmarks/qeq_pme.py [--quick]``. Rattled rock-salt NaCl supercells (shielded
+kernel, real-space cutoff 10 A, k_e = 14.4, tol 1e-6) with ``ewald=True``; for each size
+and Ewald accuracy, one cold :func:`~unrollsci.chem.solve_charges` call (neighbour list,
+kernel, reciprocal part, CG) per method: ``ewald_method="ewald"`` (explicit k-vector sum,
+O(N K) with K ~ N k-vectors at a fixed cutoff) and ``"pme"`` (P3M through torch-pme).
+Timed: charges only (``grad="envelope"``, no autograd) and charges + energy + implicit forces
+(adjoint solve + autograd). ``check_definite=False`` for both (the dense O(N^3)
+definiteness proof is the same for both methods and off above 3000 atoms by default).
+Methods interleaved in one process, medians of ``--repeats`` (one call where a call takes
+more than ``--slow`` seconds); the explicit sum is skipped where its N x K basis would
+exceed ``--max-ewald-elements`` (memory; recorded in the row). Agreement columns: max |dq|,
+relative energy difference and max |dF| between the two methods (forces run). The
+crossover is the smallest timed size from which PME is faster (energy + forces) at every
+larger timed size. Writes ``benchmarks/results/qeq_pme.json`` + ``.md`` + ``.png``
+(``qeq_pme_quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..chem import solve_charges
+from ..chem._geometry import ewald_alpha, ewald_kvectors
+from ._common import (
+    figure_path,
+    markdown_table,
+    output_dir_arg,
+    positive_int_arg,
+    save_figure,
+    write_results,
+    write_text,
+)
+from .qeq import NACL_PARAMS
+
+__all__ = ["main"]
+
+#: supercell repeats of the 8-atom cube: 512 ... 54,872 atoms (cutoff 10 A needs >= 4)
+FULL = [4, 5, 6, 8, 10, 12, 16, 19]
+QUICK = [4]
+
+
+def _structure(n_rep: int, seed: int):
+    from ase.build import bulk
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat(n_rep)
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def _call(atoms, method: str, accuracy: float, args, forces: bool) -> dict[str, Any]:
+    """One cold solve (+ forces); wall seconds and the results."""
+    t0 = time.perf_counter()
+    pos = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=forces)
+    sol = solve_charges(
+        pos,
+        atoms.numbers.tolist(),
+        cell=torch.tensor(atoms.cell.array, dtype=torch.float64),
+        pbc=True,
+        params=NACL_PARAMS,
+        kernel="shielded",
+        cutoff=args.cutoff,
+        coulomb_constant=14.4,
+        ewald=True,
+        ewald_accuracy=accuracy,
+        ewald_method=method,
+        tol=args.tol,
+        grad="implicit" if forces else "envelope",
+        adjoint_tol=max(args.tol, 1e-6),
+        check_definite=False,
+    )
+    f = -torch.autograd.grad(sol.energy, pos)[0] if forces else None
+    energy = float(sol.energy.detach())
+    seconds = time.perf_counter() - t0
+    return {
+        "s": seconds,
+        "q": sol.charges.detach().numpy(),
+        "e": energy,
+        "f": None if f is None else f.numpy(),
+        "iters": sol.iterations,
+        "stats": sol.stats,
+    }
+
+
+def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
+    atoms = _structure(n_rep, args.seed)
+    n = len(atoms)
+    alpha, kmax = ewald_alpha(args.cutoff, accuracy)
+    n_k = len(ewald_kvectors(np.asarray(atoms.cell.array), kmax))
+    methods = ["ewald", "pme"]
+    row: dict[str, Any] = {"atoms": n, "accuracy": accuracy, "n_kvectors": n_k}
+    if n * n_k > args.max_ewald_elements:
+        methods = ["pme"]
+        row["note"] = f"explicit sum skipped: N x K = {n * n_k:.2e} > {args.max_ewald_elements:.0e}"
+    row["load_avg"] = os.getloadavg()[0]
+    times: dict[str, list[float]] = {f"{m}_{k}": [] for m in methods for k in ("q", "ef")}
+    last: dict[str, dict] = {}
+    for rep in range(args.repeats):
+        for m in methods:  # interleaved
+            for kind, forces in (("q", False), ("ef", True)):
+                key = f"{m}_{kind}"
+                if rep > 0 and times[key] and times[key][0] > args.slow:
+                    continue  # one call of a slow configuration is enough
+                out = _call(atoms, m, accuracy, args, forces)
+                times[key].append(out["s"])
+                last[key] = out
+    for key, ts in times.items():
+        row[f"s_{key}"] = statistics.median(ts)
+        row[f"n_{key}"] = len(ts)
+    row["cg_iters"] = last["pme_ef"]["iters"]
+    row["pme_mesh"] = "x".join(str(x) for x in last["pme_ef"]["stats"]["pme_mesh"])
+    if "ewald_ef" in last:
+        row["pme/ewald_q"] = row["s_pme_q"] / row["s_ewald_q"]
+        row["pme/ewald_ef"] = row["s_pme_ef"] / row["s_ewald_ef"]
+        a, b = last["ewald_ef"], last["pme_ef"]
+        row["max_dq"] = float(np.abs(a["q"] - b["q"]).max())
+        row["rel_dE"] = abs(a["e"] - b["e"]) / abs(a["e"])
+        row["max_dF"] = float(np.abs(a["f"] - b["f"]).max())
+        row["max_F"] = float(np.abs(a["f"]).max())
+    return row
+
+
+def crossover(rows: list[dict[str, Any]]) -> int | None:
+    """The smallest timed size from which PME (energy + forces) is faster at every larger
+    size where both were timed (the smallest size timed: PME is faster at all of them);
+    None when the explicit sum is faster at the largest."""
+    both = sorted((r for r in rows if "pme/ewald_ef" in r), key=lambda r: r["atoms"])
+    found = None
+    for r in reversed(both):
+        if r["pme/ewald_ef"] >= 1.0:
+            break
+        found = r["atoms"]
+    return found
+
+
+def _plot(rows: list[dict[str, Any]], args, path) -> None:
+    """Log-log time vs N: both methods, energy + forces, one line style per accuracy."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for acc, style in zip(args.accuracies, ("-", "--", ":", "-."), strict=False):
+        sub = [r for r in rows if r["accuracy"] == acc]
+        for key, label, color in (
+            ("s_ewald_ef", "explicit Ewald", "C0"),
+            ("s_pme_ef", "PME (torch-pme)", "C1"),
+        ):
+            pts = [(r["atoms"], r[key]) for r in sub if key in r]
+            if pts:
+                x, y = zip(*pts, strict=True)
+                ax.loglog(x, y, "o" + style, color=color, label=f"{label}, acc {acc:g}")
+    ax.set_xlabel("atoms")
+    ax.set_ylabel("s per cold call (energy + forces)")
+    ax.set_title(f"QEq with Ewald, rock salt, cutoff {args.cutoff:g} A, {args.threads} thread")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see ``--help``."""
+    p = argparse.ArgumentParser(prog="unrollsci bench qeq_pme", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="512 atoms, one repeat")
+    p.add_argument("--reps", type=positive_int_arg, nargs="*", default=None)
+    p.add_argument("--accuracies", type=float, nargs="+", default=None, help="default 1e-6 1e-8")
+    p.add_argument("--cutoff", type=float, default=10.0)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
+    p.add_argument("--slow", type=float, default=20.0, help="seconds: time such a call once")
+    p.add_argument("--max-ewald-elements", type=float, default=8e7, help="N x K limit")
+    p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads")
+    p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    args = p.parse_args(argv)
+    try:
+        import torchpme  # noqa: F401
+    except ImportError:
+        print("torch-pme is not installed (pip install torch-pme): nothing to compare")
+        return 1
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats = 1
+    if args.accuracies is None:
+        args.accuracies = [1e-6] if args.quick else [1e-6, 1e-8]
+    reps = args.reps or (QUICK if args.quick else FULL)
+    rows = []
+    for acc in args.accuracies:
+        for n_rep in reps:
+            row = _size(n_rep, acc, args)
+            rows.append(row)
+            print(markdown_table([row]), flush=True)
+    cross = {
+        str(acc): crossover([r for r in rows if r["accuracy"] == acc]) for acc in args.accuracies
+    }
+    columns = [
+        "accuracy",
+        "atoms",
+        "n_kvectors",
+        "pme_mesh",
+        "cg_iters",
+        "s_ewald_q",
+        "s_pme_q",
+        "pme/ewald_q",
+        "s_ewald_ef",
+        "s_pme_ef",
+        "pme/ewald_ef",
+        "max_dq",
+        "rel_dE",
+        "max_dF",
+        "max_F",
+        "load_avg",
+        "note",
+    ]
+    columns = [c for c in columns if any(c in r for r in rows)]
+    table = markdown_table(rows, columns)
+    print()
+    print(table)
+    print(f"crossover (smallest N from which PME is faster, energy + forces): {cross}")
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config.update(
+        {
+            "reps": reps,
+            "kernel": "shielded",
+            "coulomb_constant": 14.4,
+            "check_definite": False,
+            "timing": f"wall seconds of one cold call, median of {args.repeats} interleaved "
+            f"repeats (one call where the first took > {args.slow} s: n_* columns in rows)",
+        }
+    )
+    data = {"config": config, "crossover_atoms": cross, "rows": rows}
+    path = write_results("qeq_pme", data, args.out, quick=args.quick)
+    header = (
+        f"QEq with Ewald: explicit k-vector sum vs PME (torch-pme P3M), rock salt, cutoff "
+        f"{args.cutoff} A, tol {args.tol:g}, {args.threads} torch thread(s); seconds of one "
+        f"cold call (q: charges; ef: charges + energy + implicit forces), medians of "
+        f"{args.repeats}; check_definite=False. Crossover (PME faster from N atoms on, "
+        f"energy + forces): {cross}\n\n"
+    )
+    write_text(figure_path(args.out, "qeq_pme.md", args.quick), header + table + "\n")
+    _plot(rows, args, figure_path(args.out, "qeq_pme.png", args.quick))
+    print(f"results: {path}")
+    return 0
