@@ -14,7 +14,9 @@ exceed ``--max-ewald-elements`` (memory; recorded in the row). Agreement columns
 relative energy difference and max |dF| between the two methods (forces run). The
 crossover is the smallest timed size from which PME is faster (energy + forces) at every
 larger timed size. Writes ``benchmarks/results/qeq_pme.json`` + ``.md`` + ``.png``
-(``qeq_pme_quick.*`` with ``--quick``).
+(``qeq_pme_quick.*`` with ``--quick``; ``--name`` for another stem, e.g. a run at a
+smaller cutoff, which allows smaller cells: ``--reps 2 3 4 --cutoff 5.5 --name
+qeq_pme_cutoff5``).
 """
 
 from __future__ import annotations
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-ewald-elements", type=float, default=8e7, help="N x K limit")
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    p.add_argument(
+        "--name", default="qeq_pme", help="results file stem (e.g. for a run at another cutoff)"
+    )
     args = p.parse_args(argv)
     try:
         import torchpme  # noqa: F401
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print(f"crossover (smallest N from which PME is faster, energy + forces): {cross}")
-    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
     config.update(
         {
             "reps": reps,
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     data = {"config": config, "crossover_atoms": cross, "rows": rows}
-    path = write_results("qeq_pme", data, args.out, quick=args.quick)
+    path = write_results(args.name, data, args.out, quick=args.quick)
     header = (
         f"QEq with Ewald: explicit k-vector sum vs PME (torch-pme P3M), rock salt, cutoff "
         f"{args.cutoff} A, tol {args.tol:g}, {args.threads} torch thread(s); seconds of one "
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats}; check_definite=False. Crossover (PME faster from N atoms on, "
         f"energy + forces): {cross}\n\n"
     )
-    write_text(figure_path(args.out, "qeq_pme.md", args.quick), header + table + "\n")
-    _plot(rows, args, figure_path(args.out, "qeq_pme.png", args.quick))
+    write_text(figure_path(args.out, f"{args.name}.md", args.quick), header + table + "\n")
+    _plot(rows, args, figure_path(args.out, f"{args.name}.png", args.quick))
     print(f"results: {path}")
     return 0
