@@ -4,7 +4,13 @@ unrolled gradient descent whose steps a GNN chooses inside certified stability b
     from unrollsci.graph import GraphInverseProblem, StepController, UnrolledGraphGD
 """
 
-from ._controller import GLOBAL_FEATURES, NODE_FEATURES, StepController, certify_window
+from ._controller import (
+    GLOBAL_FEATURES,
+    LOCAL_FEATURES,
+    NODE_FEATURES,
+    StepController,
+    certify_window,
+)
 from ._data import (
     inpainting_problem,
     load_minnesota,
@@ -14,7 +20,8 @@ from ._data import (
     smooth_signal,
 )
 from ._laplacian import HeatKernel, chebyshev_coefficients, laplacian_matrix, validate_adjacency
-from ._model import MODES, GraphGDResult, UnrolledGraphGD, graph_loss
+from ._loss import graph_loss
+from ._model import MODES, GraphGDResult, UnrolledGraphGD
 from ._problem import GraphInverseProblem
 from ._pyg import CACHED_ATTRS, CertifiedBounds, problem_from_data
 
@@ -22,6 +29,7 @@ __all__ = [
     "CACHED_ATTRS",
     "CertifiedBounds",
     "GLOBAL_FEATURES",
+    "LOCAL_FEATURES",
     "MODES",
     "NODE_FEATURES",
     "GraphGDResult",

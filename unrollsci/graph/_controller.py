@@ -12,12 +12,25 @@ from ..solvers._chebyshev import chebyshev_roots
 
 MessagePassing = message_passing()
 
-__all__ = ["StepController", "certify_window", "NODE_FEATURES", "GLOBAL_FEATURES"]
+__all__ = [
+    "StepController",
+    "certify_window",
+    "NODE_FEATURES",
+    "GLOBAL_FEATURES",
+    "LOCAL_FEATURES",
+    "NODE_HEADS",
+]
 
 #: Per-node input features (all sign- and scale-invariant; see ``UnrolledGraphGD``).
 NODE_FEATURES = ("g^2", "g*Hg", "(Hg)^2", "x*g", "observed", "log1p(degree)", "R_i/Lip")
 #: Per-graph input features.
 GLOBAL_FEATURES = ("log(rayleigh/Lip)", "log(lambda_lo/Lip)", "layer/K", "log(|g|/|g0|)")
+#: Per-node features of the ``node_head="local"`` head (static: computed once per forward).
+LOCAL_FEATURES = ("observed", "log1p(degree)", "R_i/Lip", "observed share of neighbours")
+#: The per-node heads: ``"mp"`` (on the message-passing embedding of every node) and
+#: ``"local"`` (an affine function of :data:`LOCAL_FEATURES` whose coefficients the
+#: graph-level embedding sets: no message passing over every node).
+NODE_HEADS = ("mp", "local")
 
 
 class StepController(MessagePassing):
@@ -30,6 +43,12 @@ class StepController(MessagePassing):
     * ``scalar``: one logit per graph (one step per layer);
     * ``node``: one logit per node (a diagonal step);
     * ``window``: ``window`` logits per graph (the steps of a window of layers).
+
+    With ``node_head="local"`` the per-node logit is instead ``c_0 + sum_f c_f phi_if``
+    with ``phi_i`` the :data:`LOCAL_FEATURES` of node ``i`` and the coefficients ``c``
+    read from the pooled graph embedding: its cost is a few vector operations over
+    the nodes, so the message passing can run on a node sample only (see
+    ``UnrolledGraphGD(controller_sample=...)``).
 
     The controller outputs logits only; :class:`UnrolledGraphGD` maps them into the
     certified ranges, so no weight value can break the convergence guarantee.
@@ -44,6 +63,7 @@ class StepController(MessagePassing):
         window: number of steps the window head proposes.
         init_scale: scale of the heads' initial weights (small: start near the
             head biases, which encode a 1/Lip step and Chebyshev window roots).
+        node_head: ``"mp"`` (default) or ``"local"`` (the per-node head above).
 
     Example:
         >>> import torch
@@ -56,14 +76,23 @@ class StepController(MessagePassing):
     """
 
     def __init__(
-        self, hidden: int = 32, hops: int = 2, window: int = 5, *, init_scale: float = 0.1
+        self,
+        hidden: int = 32,
+        hops: int = 2,
+        window: int = 5,
+        *,
+        init_scale: float = 0.1,
+        node_head: str = "mp",
     ) -> None:
         super().__init__(aggr="add", node_dim=-2)
         if hidden < 1 or hops < 0 or window < 1:
             raise ValueError(
                 f"Expected hidden >= 1, hops >= 0, window >= 1 (got {hidden}, {hops}, {window})."
             )
+        if node_head not in NODE_HEADS:
+            raise ValueError(f"Expected node_head in {NODE_HEADS} (got {node_head!r}).")
         self.hidden, self.hops, self.window = int(hidden), int(hops), int(window)
+        self.node_head = node_head
         self.init_scale = float(init_scale)
         nf, gf = len(NODE_FEATURES), len(GLOBAL_FEATURES)
         self.lin_in = nn.Linear(nf + gf, hidden)
@@ -73,16 +102,20 @@ class StepController(MessagePassing):
             nn.Linear(hidden + gf, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
         )
         self.head_scalar = nn.Linear(hidden, 1)
-        self.head_node = nn.Sequential(
-            nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
-        )
+        if node_head == "mp":
+            self.head_node: nn.Module = nn.Sequential(
+                nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            )
+        else:  # coefficients of an affine function of the local features
+            self.head_node = nn.Linear(hidden, 1 + len(LOCAL_FEATURES))
         self.head_window = nn.Linear(hidden, window)
         self.reset_heads()
 
     def reset_heads(self) -> None:
         """Small head weights; biases at a 1/Lip step and at Chebyshev roots."""
         with torch.no_grad():
-            for head in (self.head_scalar, self.head_node[-1], self.head_window):
+            last = self.head_node[-1] if self.node_head == "mp" else self.head_node
+            for head in (self.head_scalar, last, self.head_window):
                 head.weight.mul_(self.init_scale)
                 head.bias.zero_()
             # Chebyshev roots on [lo, hi] as fractions t_k in (0, 1): logit(t_k).
@@ -97,12 +130,21 @@ class StepController(MessagePassing):
             "hops": self.hops,
             "window": self.window,
             "init_scale": self.init_scale,
+            "node_head": self.node_head,
         }
 
     @staticmethod
-    def mean_adjacency(edge_index: torch.Tensor, edge_weight: torch.Tensor, n: int) -> torch.Tensor:
+    def mean_adjacency(
+        edge_index: torch.Tensor,
+        edge_weight: torch.Tensor,
+        n: int,
+        nodes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The aggregation matrix ``M[i, j] = w_ji / d_i`` (``d_i`` the weighted in-degree)
         as a sparse CSR tensor, rows = message targets.
+
+        ``nodes`` (sorted node indices): the submatrix ``M[nodes][:, nodes]`` (``d_i``
+        still the degree in the whole graph), for message passing on a node subset.
 
         ``forward`` builds it from ``edge_index`` when it is not given; callers that run
         the controller many times on one graph (every layer of an unrolled solver) build it
@@ -112,8 +154,14 @@ class StepController(MessagePassing):
         src, dst = edge_index[0], edge_index[1]
         deg = edge_weight.new_zeros(n).index_add(0, dst, edge_weight)
         norm = edge_weight / deg.clamp(min=torch.finfo(edge_weight.dtype).tiny)[dst]
+        m = n
+        if nodes is not None:
+            pos = torch.full((n,), -1, dtype=torch.long, device=dst.device)
+            pos[nodes] = torch.arange(nodes.numel(), device=dst.device)
+            keep = (pos[dst] >= 0) & (pos[src] >= 0)
+            src, dst, norm, m = pos[src[keep]], pos[dst[keep]], norm[keep], nodes.numel()
         coo = torch.sparse_coo_tensor(
-            torch.stack([dst, src]), norm, (n, n), check_invariants=False
+            torch.stack([dst, src]), norm, (m, m), check_invariants=False
         ).coalesce()
         return coo.to_sparse_csr()
 
@@ -127,6 +175,10 @@ class StepController(MessagePassing):
         num_blocks: int,
         adj: torch.Tensor | None = None,
         node_head: bool = True,
+        *,
+        pool_index: torch.Tensor | None = None,
+        local_feat: torch.Tensor | None = None,
+        local_block_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Logits for every head.
 
@@ -140,10 +192,18 @@ class StepController(MessagePassing):
                 precomputed (the result is the same; only faster).
             node_head: False skips the per-node head (its entry is then absent), for
                 callers that read only the per-graph heads.
+            pool_index: pool over these nodes only (default: all); with ``node_feat``
+                given on the ``hops``-hop neighbourhood of them (and ``adj`` the
+                :meth:`mean_adjacency` of that node set) the graph heads equal those of
+                the whole graph pooled over the same nodes.
+            local_feat: ``node_head="local"``: ``(batch or 1, n_out, len(LOCAL_FEATURES))``,
+                the nodes the per-node head is evaluated on, with ``local_block_index``
+                (default ``block_index``).
 
         Returns:
-            dict with ``scalar: (batch, num_blocks)``, ``node: (batch, n)``,
-            ``window: (batch, num_blocks, window)``.
+            dict with ``scalar: (batch, num_blocks)``, ``node: (batch, n)`` (``n_out``
+            for the local head), ``window: (batch, num_blocks, window)``, and ``graph``:
+            the pooled graph embedding ``(batch, num_blocks, hidden)``.
         """
         n = node_feat.shape[-2]
         if adj is None:
@@ -153,20 +213,46 @@ class StepController(MessagePassing):
             # a sparse adjacency makes PyG call message_and_aggregate (fused, as GCNConv)
             agg = self.propagate(adj, x=h)
             h = h + torch.relu(lin_s(h) + lin_n(agg))
+        hp, bp = h, block_index
+        if pool_index is not None:
+            hp, bp = h[:, pool_index], block_index[pool_index]
         count = (
             node_feat.new_zeros(num_blocks)
-            .index_add(0, block_index, node_feat.new_ones(n))
+            .index_add(0, bp, node_feat.new_ones(bp.shape[0]))
             .clamp(min=1)
         )
         pooled = (
-            h.new_zeros(h.shape[0], num_blocks, h.shape[-1]).index_add(1, block_index, h)
-            / count[:, None]
+            h.new_zeros(h.shape[0], num_blocks, h.shape[-1]).index_add(1, bp, hp) / count[:, None]
         )
         gl = self.glob(torch.cat([pooled, graph_feat], -1))
-        out = {"scalar": self.head_scalar(gl).squeeze(-1), "window": self.head_window(gl)}
-        if node_head:
+        out = {
+            "scalar": self.head_scalar(gl).squeeze(-1),
+            "window": self.head_window(gl),
+            "graph": gl,
+        }
+        if node_head and self.node_head == "local":
+            if local_feat is None:
+                raise ValueError("Expected 'local_feat' for node_head='local'.")
+            lbi = block_index if local_block_index is None else local_block_index
+            out["node"] = self.local_node_logits(gl, local_feat, lbi)
+        elif node_head:
             out["node"] = self.head_node(torch.cat([h, gl[:, block_index]], -1)).squeeze(-1)
         return out
+
+    def local_node_logits(
+        self, graph_emb: torch.Tensor, local_feat: torch.Tensor, block_index: torch.Tensor
+    ) -> torch.Tensor:
+        """``node_head="local"``: the per-node logits ``c_0 + sum_f c_f phi_if``,
+        ``(batch, n)``, from the graph embedding ``(batch, num_blocks, hidden)`` and the
+        local features ``(batch or 1, n, len(LOCAL_FEATURES))``."""
+        if self.node_head != "local":
+            raise ValueError("local_node_logits needs StepController(node_head='local').")
+        coef = self.head_node(graph_emb)  # (batch, blocks, 1 + F)
+        if coef.shape[1] == 1:  # one block: broadcast instead of a gather over the nodes
+            c = coef
+        else:
+            c = coef[:, block_index]
+        return c[..., 0] + (c[..., 1:] * local_feat).sum(-1)
 
     def message_and_aggregate(self, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n, hidden) -> (n, batch * hidden) for one sparse-dense product

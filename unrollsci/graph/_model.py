@@ -13,8 +13,9 @@ from ..solvers._chebyshev import chebyshev_roots
 from ._controller import StepController, certify_window
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
+from ._sample import controller_sample, local_features
 
-__all__ = ["UnrolledGraphGD", "GraphGDResult", "graph_loss", "MODES"]
+__all__ = ["UnrolledGraphGD", "GraphGDResult", "MODES"]
 
 MODES = ("scalar", "diagonal", "window", "window_jacobi")
 
@@ -86,6 +87,15 @@ class UnrolledGraphGD(nn.Module):
             ``controller_every``-th layer and reuse its step in the layers between (each
             layer's step stays in the certified range, so the guarantees are unchanged;
             diagonal mode then also skips the product ``H g`` that only the features need).
+        controller_sample: None (default: the controller passes messages over every
+            node) or ``S``: per graph, ``S`` nodes drawn once per problem (seeded by
+            ``controller_seed``) are pooled, and the controller runs on their
+            ``hops``-hop neighbourhood only, so its cost no longer grows with the graph.
+            The pooled embedding is exactly that of the whole graph pooled over the
+            sample (equal to the default when ``S`` >= the graph's size). The diagonal
+            mode then needs ``StepController(node_head="local")``. The step ranges, and
+            so every guarantee, do not depend on it.
+        controller_seed: seed of the node sample.
 
     Example:
         >>> import networkx as nx, torch
@@ -111,6 +121,8 @@ class UnrolledGraphGD(nn.Module):
         lipschitz_method: str = "auto",
         detach_features: bool = True,
         controller_every: int = 1,
+        controller_sample: int | None = None,
+        controller_seed: int = 0,
     ) -> None:
         super().__init__()
         if int(num_layers) < 1:
@@ -134,6 +146,24 @@ class UnrolledGraphGD(nn.Module):
         if isinstance(controller_every, bool) or int(controller_every) < 1:
             raise ValueError(f"Expected controller_every >= 1 (got {controller_every!r}).")
         self.controller_every = int(controller_every)
+        if controller_sample is not None and (
+            isinstance(controller_sample, bool)
+            or not isinstance(controller_sample, int)
+            or controller_sample < 1
+        ):
+            raise ValueError(
+                f"Expected controller_sample None or an int >= 1 (got {controller_sample!r})."
+            )
+        if isinstance(controller_seed, bool) or not isinstance(controller_seed, int):
+            raise TypeError(f"Expected an int controller_seed (got {controller_seed!r}).")
+        if controller_sample is not None and mode == "diagonal":
+            if self.controller.node_head != "local":
+                raise ValueError(
+                    "Expected StepController(node_head='local') for mode='diagonal' with "
+                    "controller_sample (the 'mp' node head needs messages over every node)."
+                )
+        self.controller_sample = controller_sample
+        self.controller_seed = int(controller_seed)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -152,6 +182,8 @@ class UnrolledGraphGD(nn.Module):
             "lipschitz_method": self.lipschitz_method,
             "detach_features": self.detach_features,
             "controller_every": self.controller_every,
+            "controller_sample": self.controller_sample,
+            "controller_seed": self.controller_seed,
         }
 
     def _window_steps(
@@ -163,26 +195,30 @@ class UnrolledGraphGD(nn.Module):
         cheb = chebyshev_roots(wk, dtype=z.dtype, device=z.device)
         span = (hi - lo)[..., None]
         tiny = torch.finfo(z.dtype).tiny
-        # Safe steps: the Chebyshev roots of [lo, hi] or w steps 1/Lip, whichever has
-        # the smaller certificate (Chebyshev needs lo > 0 to be better).
-        cheb_steps = 1.0 / (lo[..., None] + span * cheb).clamp(min=tiny)
-        lip_steps = (1.0 / hi)[..., None].expand_as(z)
-        q_cheb = certify_window(cheb_steps, lo, hi).to(lo.dtype)
-        q_lip = certify_window(lip_steps, lo, hi).to(lo.dtype)
-        use_cheb = q_cheb <= q_lip
-        steps = torch.where(use_cheb[..., None], cheb_steps, lip_steps)
-        q = torch.minimum(q_cheb, q_lip)
-        t_used = torch.where(use_cheb, torch.zeros_like(lo), torch.full_like(lo, -1.0))
-        done = torch.zeros_like(lo, dtype=torch.bool)
-        for t in (1.0, 0.5, 0.25):
+        # The learned roots first: where they pass (the common case) nothing else is
+        # certified. Elsewhere, the first of the roots pulled half and three quarters of
+        # the way to the Chebyshev roots that passes; else the safe steps: the Chebyshev
+        # roots of [lo, hi] or w steps 1/Lip, whichever has the smaller certificate
+        # (Chebyshev needs lo > 0 to be better).
+
+        def candidate(t: float) -> tuple[torch.Tensor, torch.Tensor]:
             roots = lo[..., None] + span * (cheb + t * (frac - cheb))
             cand = 1.0 / roots.clamp(min=tiny)
-            qc = certify_window(cand, lo, hi).to(lo.dtype)
-            take = ~done & (qc <= self.q_max)
-            steps = torch.where(take[..., None], cand, steps)
-            q = torch.where(take, qc, q)
-            t_used = torch.where(take, torch.full_like(t_used, t), t_used)
-            done = done | take
+            return cand, certify_window(cand, lo, hi).to(lo.dtype)
+
+        cand, qc = candidate(1.0)
+        if bool((qc <= self.q_max).all()):
+            steps, q, t_used = cand, qc, torch.ones_like(lo)
+        else:
+            steps, q, t_used, done = self._safe_steps(cand, lo, hi, span, cheb, tiny)
+            for t in (1.0, 0.5, 0.25):
+                if t != 1.0:
+                    cand, qc = candidate(t)
+                take = ~done & (qc <= self.q_max)
+                steps = torch.where(take[..., None], cand, steps)
+                q = torch.where(take, qc, q)
+                t_used = torch.where(take, torch.full_like(t_used, t), t_used)
+                done = done | take
         if torch.is_grad_enabled() and z.requires_grad:
             # Soft, differentiable measure of how far the learned roots are from the
             # certified set (training aid only; the guarantee comes from the fallback).
@@ -195,6 +231,27 @@ class UnrolledGraphGD(nn.Module):
                 self._violation + torch.relu(poly.abs().amax(-1) - 0.97 * self.q_max).mean()
             )
         return steps, t_used == 1.0, q, t_used
+
+    @staticmethod
+    def _safe_steps(
+        like: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        span: torch.Tensor,
+        cheb: torch.Tensor,
+        tiny: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Chebyshev roots of ``[lo, hi]`` or ``w`` steps ``1/hi``, whichever has the
+        smaller certificate: ``(steps, q, t_used (0 or -1), done (all False))``."""
+        cheb_steps = 1.0 / (lo[..., None] + span * cheb).clamp(min=tiny)
+        lip_steps = (1.0 / hi)[..., None].expand_as(like)
+        q_cheb = certify_window(cheb_steps, lo, hi).to(lo.dtype)
+        q_lip = certify_window(lip_steps, lo, hi).to(lo.dtype)
+        use_cheb = q_cheb <= q_lip
+        steps = torch.where(use_cheb[..., None], cheb_steps, lip_steps)
+        q = torch.minimum(q_cheb, q_lip)
+        t_used = torch.where(use_cheb, torch.zeros_like(lo), torch.full_like(lo, -1.0))
+        return steps, q, t_used, torch.zeros_like(lo, dtype=torch.bool)
 
     def _squash(self, z: torch.Tensor) -> torch.Tensor:
         return self.floor + (1.0 - self.margin - self.floor) * torch.sigmoid(z)
@@ -213,7 +270,9 @@ class UnrolledGraphGD(nn.Module):
         logdeg: torch.Tensor,
         k: int,
         num_layers: int,
+        nodes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node features (of ``nodes`` only, if given) and graph features."""
         tiny = torch.finfo(x.dtype).tiny
         bi = p.block_index
         cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
@@ -222,6 +281,11 @@ class UnrolledGraphGD(nn.Module):
             return torch.sqrt(p.segment_sum(v * v) / cnt).clamp(min=1e-30)
 
         gs, hs, xs = rms(g), rms(hg), rms(x)
+        gg = p.segment_sum(g * g)
+        ray = p.segment_sum(g * hg) / gg.clamp(min=tiny)
+        if nodes is not None:  # per-node features on the sample's neighbourhood only
+            x, g, hg = x[:, nodes], g[:, nodes], hg[:, nodes]
+            obs, logdeg, rows, bi = obs[:, nodes], logdeg[:, nodes], rows[:, nodes], bi[nodes]
         gn, hn, xn = g / gs[:, bi], hg / hs[:, bi], x / xs[:, bi]
         node = torch.stack(
             [
@@ -235,8 +299,6 @@ class UnrolledGraphGD(nn.Module):
             ],
             dim=-1,
         )
-        gg = p.segment_sum(g * g)
-        ray = p.segment_sum(g * hg) / gg.clamp(min=tiny)
         gnorm = torch.sqrt(gg)
         glob = torch.stack(
             [
@@ -320,12 +382,27 @@ class UnrolledGraphGD(nn.Module):
         g0n = torch.sqrt(p.segment_sum(g * g))
         bi = p.block_index
         # built once per problem, reused by every controller call
-        adj = p.cached(
-            f"mean-adjacency-{dtype}",
-            lambda: self.controller.mean_adjacency(
-                p.edge_index, p.edge_weight.to(dtype), p.num_nodes
-            ),
-        )
+        samp = None
+        if self.controller_sample is not None:
+            samp = controller_sample(
+                p, self.controller_sample, self.controller_seed, self.controller.hops, dtype
+            )
+            adj = samp.adj
+        else:
+            adj = p.cached(
+                f"mean-adjacency-{dtype}",
+                lambda: self.controller.mean_adjacency(
+                    p.edge_index, p.edge_weight.to(dtype), p.num_nodes
+                ),
+            )
+        loc = None
+        if self.mode == "diagonal" and self.controller.node_head == "local":
+            loc = local_features(p, obs.to(dtype), rows, lip)  # static: once per forward
+
+        def per_node(v: torch.Tensor) -> torch.Tensor:
+            # (batch, blocks) -> per node; one block broadcasts instead of gathering
+            return v if p.num_blocks == 1 else v[:, bi]
+
         res = GraphGDResult(x=x, iterates=[x])
         self._violation = x.new_zeros(())
         w = self.controller.window
@@ -339,25 +416,32 @@ class UnrolledGraphGD(nn.Module):
                 hg = p.hessian(g)  # (jacobi: H u; the update of g below is then D^{-1} H u)
                 mv += 1
             if need_ctrl:
-                node, glob = self._features(p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K)
+                node, glob = self._features(
+                    p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K,
+                    nodes=None if samp is None else samp.nodes,
+                )  # fmt: skip
                 out = self.controller(
                     node,
                     glob,
                     p.edge_index,
                     p.edge_weight.to(dtype),
-                    bi,
+                    bi if samp is None else samp.block_index,
                     p.num_blocks,
                     adj=adj,
                     node_head=self.mode == "diagonal",
+                    pool_index=None if samp is None else samp.pool,
+                    local_feat=loc,
+                    local_block_index=bi,
                 )
             if self.mode == "scalar":
                 s = (2.0 / lip) * self._squash(out["scalar"])
-                sn = s[:, bi]
-                x = x - sn * g
-                g = g - sn * hg
+                sn = per_node(s)
+                x = torch.addcmul(x, sn, g, value=-1.0)
+                g = torch.addcmul(g, sn, hg, value=-1.0)
                 res.steps.append(s)
             elif self.mode == "diagonal":
-                d = (2.0 / rows) * self._squash(out["node"])
+                if need_ctrl:  # else the step of the last controller call
+                    d = (2.0 / rows) * self._squash(out["node"])
                 u = d * g
                 x = x - u
                 g = g - p.hessian(u)
@@ -373,52 +457,12 @@ class UnrolledGraphGD(nn.Module):
                     res.window_starts.append(k)
                 assert win_steps is not None
                 s = win_steps[..., k % w]
-                sn = s[:, bi]
-                x = x - sn * g
-                g = g - sn * (dinv * hg if jac else hg)
+                sn = per_node(s)
+                x = torch.addcmul(x, sn, g, value=-1.0)
+                g = torch.addcmul(g, sn, dinv * hg if jac else hg, value=-1.0)
                 res.steps.append(s)
             res.iterates.append(x)
         res.x = x
         res.matvecs = mv
         res.violation = self._violation
         return res
-
-
-def graph_loss(
-    model: UnrolledGraphGD,
-    problem: GraphInverseProblem,
-    kind: str = "energy",
-    *,
-    penalty: float = 10.0,
-) -> torch.Tensor:
-    """Training loss of an unrolled solver on a problem (for ``unrollsci.train.fit``).
-
-    ``problem``: a :class:`GraphInverseProblem` or a PyG ``Data``/``Batch`` (as ``forward``).
-
-    * ``"energy"`` (supervised): mean over signals and graphs of ``log`` of the
-      squared energy-norm relative error ``||x_K - x*||_H^2 / ||x*||_H^2`` to the
-      exact solution (``problem.solve_exact()``, cached).
-    * ``"objective"`` (unsupervised): mean of ``(f(x_K) - f(0)) / (0.5 ||A^T y||^2 /
-      Lip)``. Since ``f(x) - f(x*) = 0.5 ||x - x*||_H^2`` it has the same minimizer
-      as the energy loss but needs no solve.
-
-    In window mode ``penalty`` times the model's certificate violation is added,
-    so that training keeps a gradient when a window falls back to safe steps.
-
-    Example:
-        >>> from unrollsci.train import fit  # doctest: +SKIP
-        >>> fit(model, lambda m, p: graph_loss(m, p), problems)  # doctest: +SKIP
-    """
-    if kind not in ("energy", "objective"):
-        raise ValueError(f"Expected kind 'energy' or 'objective' (got {kind!r}).")
-    if is_pyg_data(problem):
-        problem = problem_from_data(problem)
-    out = model(problem)
-    pen = out.violation if out.violation is not None else 0.0
-    if kind == "energy":
-        err = problem.relative_error(out.x)
-        return torch.log(err * err + 1e-30).mean() + penalty * pen
-    f0 = problem.objective(torch.zeros_like(out.x))
-    b = problem.rhs()
-    scale = 0.5 * problem.segment_sum(b * b) / problem.lipschitz(model.lipschitz_method)
-    return ((problem.objective(out.x) - f0) / scale.clamp(min=1e-30)).mean() + penalty * pen

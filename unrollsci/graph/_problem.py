@@ -324,7 +324,16 @@ class GraphInverseProblem:
         return self.lap.mv(x)
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
-        """``H x = A^T A x + lam L x`` for ``x: (batch, n)``."""
+        """``H x = A^T A x + lam L x`` for ``x: (batch, n)``.
+
+        With a mask shared by the signals (or none), ``H = diag(mask) + lam L`` is formed
+        once (cached) and applied as one sparse product."""
+        if self.kind == "mask" and (self.mask is None or self.mask.shape[0] == 1):
+            fused = self.cached(
+                "fused-hessian",
+                lambda: SparseOperator(_exact.full_hessian_scipy(self, 0)).to(self.device),
+            )
+            return fused.mv(x)
         return self.adjoint_op(self.forward_op(x)) + self.lam * self.laplacian(x)
 
     def hessian_operator(self) -> LinearOperator:
@@ -342,6 +351,8 @@ class GraphInverseProblem:
 
     def segment_sum(self, v: torch.Tensor) -> torch.Tensor:
         """Sum ``v: (batch, n)`` over the nodes of each block -> ``(batch, num_blocks)``."""
+        if self.num_blocks == 1:  # one block: a plain sum (a scatter costs far more)
+            return v.sum(-1, keepdim=True)
         out = v.new_zeros(v.shape[0], self.num_blocks)
         return out.index_add(1, self.block_index, v)
 
