@@ -142,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", type=_cutoff, default=10.0, help="Angstrom, or 'none' (molecules)")
     p.add_argument("--ewald", action="store_true")
     p.add_argument(
+        "--ewald-method",
+        choices=["auto", "ewald", "pme"],
+        default="auto",
+        help="reciprocal part with --ewald: explicit sum, PME (torch-pme), or by size",
+    )
+    p.add_argument(
         "--total-charge",
         type=_finite_float,
         default=None,
@@ -220,13 +226,14 @@ def relax_main(argv: list[str] | None = None) -> int:
         atoms = read(inp)
     except Exception as exc:  # noqa: BLE001 - report any reader failure plainly
         return _error(f"could not read {str(inp)!r}: {exc}", EXIT_INPUT)
-    library_errors = (ValueError, TypeError, KeyError, ConvergenceError)
+    library_errors = (ValueError, TypeError, KeyError, ConvergenceError, ImportError)
     try:
         atoms.calc = QEqCalculator(
             params=args.params.table if args.params else None,
             kernel=args.kernel,
             cutoff=args.cutoff,
             ewald=args.ewald,
+            ewald_method=args.ewald_method,
             total_charge=args.total_charge,
             forces=args.forces,
             tol=args.tol,
