@@ -36,7 +36,6 @@ from ..graph import (
 )
 from ..graph._baselines import BASELINES, classical_iterates
 from ._common import (
-    Timer,
     figure_path,
     markdown_table,
     output_dir_arg,
@@ -106,15 +105,23 @@ def train_models(
     seed: int = 0,
     modes: tuple[str, ...] = MODES,
     progress: bool = False,
+    sample: int | None = None,
 ) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
-    """Train one :class:`UnrolledGraphGD` per mode with the supervised energy loss."""
+    """Train one :class:`UnrolledGraphGD` per mode with the supervised energy loss.
+
+    ``sample``: the models' ``controller_sample`` (the diagonal mode then uses the local
+    node head)."""
     from ..train import fit
 
     models, info = {}, {}
     for mode in modes:
         torch.manual_seed(seed)
+        head = "local" if sample is not None and mode == "diagonal" else "mp"
         model = UnrolledGraphGD(
-            num_layers, StepController(hidden=hidden, window=window), mode=mode
+            num_layers,
+            StepController(hidden=hidden, window=window, node_head=head),
+            mode=mode,
+            controller_sample=sample,
         ).double()
         t0 = time.perf_counter()
         hist = fit(
@@ -229,58 +236,6 @@ def _steps_to_match(p: GraphInverseProblem, target: float, max_iter: int = 400) 
     return -1
 
 
-def _timing(p: GraphInverseProblem, models: dict[str, UnrolledGraphGD], k: int) -> dict[str, Any]:
-    """Wall time per solve (one signal) on the big graph."""
-    from scipy.sparse.linalg import cg as sp_cg
-    from scipy.sparse.linalg import spsolve
-
-    one = GraphInverseProblem.from_scipy(p.adjacency, p.y[:1], mask=p.mask[:1], lam=p.lam)
-    h = one.hessian_scipy(0).tocsc()
-    b = one.rhs().cpu().numpy()[0]
-    out: dict[str, Any] = {"n": one.num_nodes, "repeats": "min of 3"}
-
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(3):
-            with Timer() as t:
-                fn()
-            times.append(t.seconds)
-        return min(times)
-
-    x_direct = spsolve(h, b)
-    out["scipy spsolve [s]"] = best(lambda: spsolve(h, b))
-    for tol in (1e-6, 1e-2):
-        it = [0]
-        sp_cg(
-            h,
-            b,
-            rtol=tol,
-            maxiter=10 * one.num_nodes,
-            callback=lambda _x, it=it: it.__setitem__(0, it[0] + 1),
-        )
-        out[f"scipy cg rtol={tol:g} [s]"] = best(
-            lambda tol=tol: sp_cg(h, b, rtol=tol, maxiter=10 * one.num_nodes)
-        )
-        out[f"scipy cg rtol={tol:g} iterations"] = it[0]
-    out[f"scipy cg {k} iterations [s]"] = best(lambda: sp_cg(h, b, rtol=0.0, atol=0.0, maxiter=k))
-    with Timer() as t:
-        one.lipschitz("gershgorin")
-    out["bounds: Lipschitz, Gershgorin [s]"] = t.seconds
-    with Timer() as t:
-        one.lipschitz()
-    out["bounds: Lipschitz, Lanczos (used) [s]"] = t.seconds
-    with Timer() as t:
-        one.lambda_min_bound()
-    out["bounds: lambda_min, shift-invert (window mode only) [s]"] = t.seconds
-    one._cache["exact-direct"] = torch.as_tensor(x_direct)[None]
-    with torch.no_grad():
-        for mode, model in models.items():
-            res = model(one)
-            out[f"learned {mode} K={k} [s] (bounds cached)"] = best(lambda model=model: model(one))
-            out[f"learned {mode} K={k} err"] = float(one.relative_error(res.x)[0, 0])
-    return out
-
-
 def _plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
     import matplotlib
 
@@ -330,6 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=positive_int_arg, default=3)
     parser.add_argument(
+        "--forward",
+        action="store_true",
+        help="only the 10-layer forward of every mode vs 10 scipy CG iterations "
+        "(cheap controller; graph_forward.json)",
+    )
+    parser.add_argument(
+        "--sample",
+        type=positive_int_arg,
+        default=None,
+        help="controller_sample: nodes per graph the controller pools over "
+        "(default: none for training; 256 for --forward)",
+    )
+    parser.add_argument(
         "--train-observed",
         type=float,
         nargs=2,
@@ -351,6 +319,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.forward:
+        from .graph_cost import FORWARD_SAMPLE, run_forward
+
+        return run_forward(
+            args.out,
+            quick=args.quick,
+            big=args.big,
+            repeats=args.repeats,
+            sample=args.sample or FORWARD_SAMPLE,
+        )
     if args.cost:
         from .graph_cost import run_cost
 
@@ -383,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "dtype": "float64",
         "threads": args.threads,
+        "controller_sample": args.sample,
     }
     t_all = time.perf_counter()
     obs = tuple(args.train_observed) if args.train_observed else 0.5
@@ -393,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         train = training_problems(n_train, signals, seed=args.seed, observed=obs)
         val = training_problems(2, signals, seed=args.seed + 1)
         models, train_info = train_models(
-            train, val, num_layers=k, window=window, epochs=epochs, seed=args.seed
+            train,
+            val,
+            num_layers=k,
+            window=window,
+            epochs=epochs,
+            seed=args.seed,
+            sample=args.sample,
         )
         if args.save_models:
             _save_models(Path(args.save_models), models, train_info, config)
@@ -447,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                     hit = next((j for j, e in enumerate(errs) if e <= cg_err), -1)
                     gd_match[f"learned {mode} layers_to_match_cg"] = hit
                     gd_match[f"learned {mode} err_after_200_layers"] = errs[-1]
-    timing = _timing(tests[2][1], models, k)
+    from .graph_cost import timing_big
+
+    timing = timing_big(tests[2][1], models, k)
     png = figure_path(args.out, "graph_convergence.png", args.quick)
     _plot(curves, f"{tests[0][0]}: inpainting, 50% observed", png)
     table = markdown_table(

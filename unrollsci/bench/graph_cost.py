@@ -41,9 +41,9 @@ from ..graph import (
     road_graph,
     sensor_graph,
 )
-from ._common import markdown_table, results_name, write_results, write_text
+from ._common import Timer, markdown_table, results_name, write_results, write_text
 
-__all__ = ["run_cost"]
+__all__ = ["run_cost", "run_forward", "forward_models", "timing_big"]
 
 
 def _median(fn: Any, repeats: int) -> float:
@@ -217,3 +217,168 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
     print(btable)
     print(f"wrote {path} and {md}")
     return 0
+
+
+# ------------------------------------------------------------------------ forward only
+#: Nodes per graph the cheap controller pools over (``controller_sample``).
+FORWARD_SAMPLE = 256
+
+
+def forward_models(sample: int | None = FORWARD_SAMPLE) -> dict[str, UnrolledGraphGD]:
+    """The modes timed by :func:`run_forward` (untrained: the cost does not depend on the
+    weights): the cheap controller (``controller_sample``; the diagonal mode with the local
+    node head) in every mode, scalar and diagonal also every 5th layer, and the window mode
+    with the full controller for reference."""
+
+    def make(mode: str, every: int = 1, s: int | None = sample) -> UnrolledGraphGD:
+        head = "local" if mode == "diagonal" else "mp"
+        ctrl = StepController(hidden=32, window=10, node_head=head)
+        model = UnrolledGraphGD(10, ctrl, mode=mode, controller_every=every, controller_sample=s)
+        return model.double().eval()
+
+    torch.manual_seed(0)
+    models = {m: make(m) for m in MODES}
+    models["scalar every5"] = make("scalar", 5)
+    models["diagonal every5"] = make("diagonal", 5)
+    models["window (full controller)"] = make("window", s=None)
+    return models
+
+
+def _forward_row(
+    name: str, adj: Any, observed: float, models: dict, repeats: int, threads: tuple[int, ...]
+) -> dict[str, Any]:
+    """Ten CG iterations and every model's 10-layer forward, interleaved, per torch thread
+    count; the CG baseline is the faster of BLAS on 1 thread and on the default threads."""
+    import os
+
+    from scipy.sparse.linalg import cg
+    from threadpoolctl import threadpool_limits
+
+    p = inpainting_problem(adj, 1, observed=observed, noise=0.1, seed=1003)
+    h = p.hessian_scipy(0)
+    b = p.rhs().cpu().numpy()[0]
+    row: dict[str, Any] = {"graph": name, "observed": observed, "n": p.num_nodes}
+    row["load before"] = os.getloadavg()[0]
+    p.lipschitz(), p.lambda_min_bound(), p.jacobi_interval()  # bounds: cached on p
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        models["window"](p)  # first call: builds the node sample and the fused H
+        row["window first call [s]"] = time.perf_counter() - t0
+        for model in models.values():
+            model(p)
+
+        def cg10() -> None:
+            cg(h, b, rtol=0.0, atol=0.0, maxiter=10)
+
+        for nt in threads:
+            torch.set_num_threads(nt)
+            times: dict[str, list[float]] = {"cg10 1": [], "cg10 default": []}
+            times.update({m: [] for m in models})
+            for _ in range(repeats):
+                with threadpool_limits(1, user_api="blas"):
+                    times["cg10 1"].append(_median(cg10, 1))
+                times["cg10 default"].append(_median(cg10, 1))
+                for m, model in models.items():
+                    times[m].append(_median(lambda model=model: model(p), 1))
+            med = {k: float(statistics.median(v)) for k, v in times.items()}
+            base = min(med["cg10 1"], med["cg10 default"])
+            row[f"cg10 [ms] ({nt} thr)"] = 1e3 * base
+            for m in models:
+                row[f"{m} / cg10 ({nt} thr)"] = med[m] / base
+    row["load after"] = os.getloadavg()[0]
+    return row
+
+
+def run_forward(
+    outdir: str | Path, *, quick: bool, big: int | None, repeats: int, sample: int
+) -> int:
+    """The 10-layer forward of every mode with the cheap controller against ten scipy CG
+    iterations on the sensor, road-like and geometric graphs at 30% and 80% observed;
+    writes ``graph_forward.json`` and ``graph_forward.md``."""
+    n = big or (5000 if quick else 100_000)
+    threads = (1, 2)
+    models = forward_models(sample)
+    config = {"nodes": n, "repeats": repeats, "controller_sample": sample, "threads": threads}
+    t0 = time.perf_counter()
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        for name, adj in _graphs(n):
+            for observed in (0.3, 0.8):
+                rows.append(_forward_row(name, adj, observed, models, repeats, threads))
+                print(rows[-1], flush=True)
+    finally:
+        torch.set_num_threads(before)
+    tables = []
+    for nt in threads:
+        cols = ["graph", "observed", f"cg10 [ms] ({nt} thr)"]
+        cols += [f"{m} / cg10 ({nt} thr)" for m in models]
+        cols += ["load before", "load after"]
+        tables.append(f"torch on {nt} thread(s):\n\n" + markdown_table(rows, cols))
+    table = "\n\n".join(tables)
+    data = {
+        "config": config,
+        "rows": rows,
+        "table": table,
+        "seconds": time.perf_counter() - t0,
+    }
+    path = write_results("graph_forward", data, outdir, quick=quick)
+    md = Path(outdir) / f"{results_name('graph_forward', quick)}.md"
+    write_text(md, table + "\n")
+    print(table)
+    print(f"wrote {path} and {md}")
+    return 0
+
+
+def timing_big(
+    p: GraphInverseProblem, models: dict[str, UnrolledGraphGD], k: int
+) -> dict[str, Any]:
+    """Wall time per solve (one signal) on the big graph."""
+    from scipy.sparse.linalg import cg as sp_cg
+    from scipy.sparse.linalg import spsolve
+
+    one = GraphInverseProblem.from_scipy(p.adjacency, p.y[:1], mask=p.mask[:1], lam=p.lam)
+    h = one.hessian_scipy(0).tocsc()
+    b = one.rhs().cpu().numpy()[0]
+    out: dict[str, Any] = {"n": one.num_nodes, "repeats": "min of 3"}
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(3):
+            with Timer() as t:
+                fn()
+            times.append(t.seconds)
+        return min(times)
+
+    x_direct = spsolve(h, b)
+    out["scipy spsolve [s]"] = best(lambda: spsolve(h, b))
+    for tol in (1e-6, 1e-2):
+        it = [0]
+        sp_cg(
+            h,
+            b,
+            rtol=tol,
+            maxiter=10 * one.num_nodes,
+            callback=lambda _x, it=it: it.__setitem__(0, it[0] + 1),
+        )
+        out[f"scipy cg rtol={tol:g} [s]"] = best(
+            lambda tol=tol: sp_cg(h, b, rtol=tol, maxiter=10 * one.num_nodes)
+        )
+        out[f"scipy cg rtol={tol:g} iterations"] = it[0]
+    out[f"scipy cg {k} iterations [s]"] = best(lambda: sp_cg(h, b, rtol=0.0, atol=0.0, maxiter=k))
+    with Timer() as t:
+        one.lipschitz("gershgorin")
+    out["bounds: Lipschitz, Gershgorin [s]"] = t.seconds
+    with Timer() as t:
+        one.lipschitz()
+    out["bounds: Lipschitz, Lanczos (used) [s]"] = t.seconds
+    with Timer() as t:
+        one.lambda_min_bound()
+    out["bounds: lambda_min, shift-invert (window mode only) [s]"] = t.seconds
+    one._cache["exact-direct"] = torch.as_tensor(x_direct)[None]
+    with torch.no_grad():
+        for mode, model in models.items():
+            res = model(one)
+            out[f"learned {mode} K={k} [s] (bounds cached)"] = best(lambda model=model: model(one))
+            out[f"learned {mode} K={k} err"] = float(one.relative_error(res.x)[0, 0])
+    return out

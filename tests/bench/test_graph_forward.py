@@ -1,0 +1,28 @@
+"""Smoke test of the forward-cost benchmark (``benchmarks/graph.py --forward --quick``)."""
+
+import json
+
+from unrollsci.bench.graph import main
+from unrollsci.bench.graph_cost import forward_models
+
+
+def test_graph_forward_quick_writes_ratios(tmp_path):
+    rc = main(["--forward", "--quick", "--big", "300", "--repeats", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "graph_forward_quick.json").read_text())
+    assert (tmp_path / "graph_forward_quick.md").exists()
+    assert len(data["rows"]) == 6  # three graphs, two observation rates
+    assert data["config"]["controller_sample"] == 256
+    for row in data["rows"]:
+        for nt in (1, 2):
+            assert row[f"cg10 [ms] ({nt} thr)"] > 0
+            for mode in forward_models(8):
+                assert row[f"{mode} / cg10 ({nt} thr)"] > 0
+        assert row["load before"] >= 0
+
+
+def test_forward_models_use_the_cheap_controller():
+    models = forward_models(16)
+    assert models["window"].controller_sample == 16
+    assert models["diagonal"].controller.node_head == "local"
+    assert models["window (full controller)"].controller_sample is None
