@@ -113,6 +113,14 @@ def test_bench_lista_staged_quick(tmp_path):
             model = load_checkpoint(ck / f"{name}_snr{key}.pt")
             assert _test_curve(model, cfg, key) == pytest.approx(res["nmse_db"][label], abs=1e-6)
     assert "val curve non-increasing" in (tmp_path / "lista_quick.md").read_text()
+    # --tails: where the last layer's test error comes from, per saved model
+    tails = ["bench", "lista", "--quick", "--out", str(tmp_path), "--name", "tails"]
+    assert cli.main([*tails, "--tails", str(ck / "ALISTA_snrinf.pt")]) == 0
+    row = json.loads((tmp_path / "tails_quick.json").read_text())["rows"][0]
+    assert row["nmse_db"] == pytest.approx(data["by_snr"]["inf"]["nmse_db"]["ALISTA [staged]"][-1])
+    assert 0 < row["worst10_error_share"] <= 1
+    assert row["nmse_db_without_worst10"] < row["nmse_db"]  # removing error lowers it
+    assert len(row["worst10_nonzeros"]) == 10
     with pytest.raises(SystemExit):  # no staged schedule for LISTA
         cli.main([*args[:-5], "--models", "LISTA"])
 
