@@ -133,12 +133,43 @@ class PMEReciprocal:
         self._filter = P3MKSpaceFilter(
             cell, ns, NODES, pot, mode=0, fft_norm="backward", ifft_norm="forward"
         )
-        self._interp.compute_weights(positions)
         self._scale = self.k_e / torch.linalg.det(cell).abs()
         self._diag: torch.Tensor | None = None
+        # torch-pme's assignment weights, combined once per geometry into one (N, p^3)
+        # weight and flat mesh index per atom and node (its points_to_mesh/mesh_to_points
+        # rebuild the products at every call: most of the cost of a matvec)
+        ip = self._interp
+        ip.compute_weights(positions)
+        wi = ip.interpolation_weights  # (p, N, 3)
+        self._w = (wi[ip.x_shifts, :, 0] * wi[ip.y_shifts, :, 1] * wi[ip.z_shifts, :, 2]).T
+        nx, ny, nz = self.shape
+        self._idx = ((ip.x_indices * ny + ip.y_indices) * nz + ip.z_indices).T.contiguous()
+        self._csr: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _sparse(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The weights as CSR matrices ``(S, S^T)``, ``S`` (N, M) (no-grad products only;
+        an atom's p^3 mesh points are distinct since every mesh side is >= 2p)."""
+        if self._csr is None and not self._w.requires_grad:
+            n, p3 = self._w.shape
+            m = self.shape[0] * self.shape[1] * self.shape[2]
+            dev = self._w.device
+            w, idx = self._w.reshape(-1), self._idx.reshape(-1)
+            crow = torch.arange(0, n * p3 + 1, p3, device=dev)
+            order = torch.argsort(idx, stable=True)
+            crow_t = torch.zeros(m + 1, dtype=torch.int64, device=dev)
+            crow_t[1:] = torch.cumsum(torch.bincount(idx, minlength=m), 0)
+            atom = torch.arange(n, device=dev).repeat_interleave(p3)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's beta notice for sparse CSR
+                s = torch.sparse_csr_tensor(crow, idx, w, (n, m))
+                st = torch.sparse_csr_tensor(crow_t, atom[order], w[order], (m, n))
+            self._csr = (s, st)
+        return self._csr
 
     def detached(self) -> PMEReciprocal:
         """The same operator on detached positions and cell (no autograd graph)."""
+        if not (self.positions.requires_grad or self.cell.requires_grad):
+            return self
         return PMEReciprocal(
             self.positions.detach(),
             self.cell.detach(),
@@ -153,8 +184,24 @@ class PMEReciprocal:
         """``k_e phi_rec`` for charges ``q`` of shape (N,) or (N, C) (C charge vectors)."""
         one = q.dim() == 1
         qc = q[:, None] if one else q
-        rho = self._interp.points_to_mesh(qc)
-        phi = self._interp.mesh_to_points(self._filter.forward(rho)) * self._scale
+        c = qc.shape[1]
+        grid = self.shape
+        sparse = None if q.requires_grad else self._sparse()
+        if sparse is not None and one:
+            s, st = sparse
+            pot = self._filter.forward(torch.mv(st, q).reshape(1, *grid)).reshape(-1)
+            phi = torch.mv(s, pot)[:, None]
+        elif sparse is not None:
+            s, st = sparse
+            rho = (st @ qc).T.reshape(c, *grid)
+            phi = s @ self._filter.forward(rho).reshape(c, -1).T.contiguous()
+        else:
+            contrib = (self._w[:, :, None] * qc[:, None, :]).reshape(-1, c)
+            m = grid[0] * grid[1] * grid[2]
+            rho = qc.new_zeros(m, c).index_add(0, self._idx.reshape(-1), contrib)
+            pot = self._filter.forward(rho.T.reshape(c, *grid)).reshape(c, -1)
+            phi = (pot[:, self._idx] * self._w).sum(-1).T
+        phi = phi * self._scale
         return phi[:, 0] if one else phi
 
     __call__ = apply
