@@ -173,3 +173,61 @@ def test_checkpoint_round_trip(tmp_path):
     back = load_checkpoint(path)
     assert type(back) is UnrolledAnalysisFISTA
     torch.testing.assert_close(back(y), model(y), rtol=0, atol=1e-14)
+
+
+def _shifted_columns(r: np.ndarray, p: int) -> np.ndarray:
+    """Columns of the correlation ``(P * r)[i, j] = sum_ab P[a, b] r[i + a - p//2, j + b - p//2]``
+    with zero padding, built by explicit shifts: ``(N h w, p p)``."""
+    n, h, w = r.shape
+    half = p // 2
+    padded = np.zeros((n, h + 2 * half, w + 2 * half))
+    padded[:, half : half + h, half : half + w] = r
+    return np.stack(
+        [padded[:, a : a + h, b : b + w].ravel() for a in range(p) for b in range(p)], axis=1
+    )
+
+
+def test_warm_start_first_step_filter_is_the_least_squares_filter():
+    h, w, p = 7, 6, 3
+    op = _blur(h, w)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(5, h, w, generator=g, dtype=F64)
+    y = op(x) + 0.01 * torch.randn(5, h, w, generator=g, dtype=F64)
+    model = UnrolledAnalysisFISTA(op, 2, lam=0.01, precond_size=p, dtype=F64)
+    model.warm_start(y, x)
+    # layer 1: g = P * A^T y; least squares of g against x over the p^2 taps
+    cols = _shifted_columns(op.rmv(y).numpy(), p)
+    taps = np.linalg.lstsq(cols, x.numpy().ravel(), rcond=None)[0]
+    np.testing.assert_allclose(model.step[0].detach().numpy().ravel(), taps, atol=1e-8)
+    assert float(model.momentum.detach().abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_warm_start_training_error_never_increases_and_matches_forward(dtype):
+    h, w = 12, 10
+    op = Convolution(torch.ones(3, 3, dtype=dtype) / 9, (h, w))
+    g = torch.Generator().manual_seed(6)
+    x = (torch.rand(6, h, w, generator=g, dtype=F64) > 0.5).to(dtype)
+    y = op(x) + 0.02 * torch.randn(6, h, w, generator=g, dtype=F64).to(dtype)
+    model = UnrolledAnalysisFISTA(op, 4, lam=0.01, precond_size=5, dtype=dtype)
+    untrained = float((model(y) - x).pow(2).mean())
+    mse = model.warm_start(y, x, batch_size=4)
+    assert len(mse) == 4
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(mse, mse[1:], strict=False))
+    _, xs = model(y, return_all=True)
+    for k in range(4):
+        err = float((xs[k] - x).pow(2).mean())
+        assert err == pytest.approx(mse[k], rel=1e-4 if dtype == torch.float32 else 1e-10)
+    assert mse[-1] < untrained
+
+
+def test_warm_start_bad_input():
+    op = _blur(6, 6)
+    model = UnrolledAnalysisFISTA(op, 2, dtype=F64)
+    x = torch.rand(3, 6, 6, dtype=F64)
+    with pytest.raises(ValueError, match="match 'y'"):
+        model.warm_start(op(x), x[:2])
+    with pytest.raises(ValueError, match="thresholds"):
+        model.warm_start(op(x), x, thresholds=[-1.0])
+    with pytest.raises(ValueError, match="batch_size"):
+        model.warm_start(op(x), x, batch_size=0)
