@@ -275,14 +275,25 @@ class UnrolledGraphGD(nn.Module):
         """Node features (of ``nodes`` only, if given) and graph features."""
         tiny = torch.finfo(x.dtype).tiny
         bi = p.block_index
-        cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
+        if p.num_blocks == 1:  # one pass per reduction, no temporaries
+
+            def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return torch.linalg.vecdot(u, v)[:, None]
+
+            cnt = x.new_full((1, 1), float(max(x.shape[-1], 1)))
+        else:
+
+            def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return p.segment_sum(u * v)
+
+            cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
 
         def rms(v: torch.Tensor) -> torch.Tensor:
-            return torch.sqrt(p.segment_sum(v * v) / cnt).clamp(min=1e-30)
+            return torch.sqrt(dot(v, v) / cnt).clamp(min=1e-30)
 
         gs, hs, xs = rms(g), rms(hg), rms(x)
-        gg = p.segment_sum(g * g)
-        ray = p.segment_sum(g * hg) / gg.clamp(min=tiny)
+        gg = dot(g, g)
+        ray = dot(g, hg) / gg.clamp(min=tiny)
         if nodes is not None:  # per-node features on the sample's neighbourhood only
             x, g, hg = x[:, nodes], g[:, nodes], hg[:, nodes]
             obs, logdeg, rows, bi = obs[:, nodes], logdeg[:, nodes], rows[:, nodes], bi[nodes]
