@@ -1,4 +1,4 @@
-"""CT reconstruction: phantoms, noise, classical baselines, unrolled network, certificate.
+"""CT reconstruction: phantoms, noise, classical baselines, unrolled networks, certificates.
 
 Example:
     >>> import torch
@@ -23,11 +23,13 @@ from ._lipschitz import (
 )
 from ._noise import gaussian_noise, poisson_noise
 from ._phantoms import disk_mask, ellipse_image, random_ellipses, shepp_logan
+from ._ridge import ConvexRidgeCT, ridge_filter_norm2
 from ._symmetry import RadonSymmetry, radon_symmetries, self_ensemble
 from ._unrolled import UnrolledCT
 
 __all__ = [
     "FILTERS",
+    "ConvexRidgeCT",
     "FanBeam",
     "LipschitzCertificate",
     "Radon",
@@ -51,6 +53,7 @@ __all__ = [
     "ramp_filter",
     "radon_symmetries",
     "random_ellipses",
+    "ridge_filter_norm2",
     "self_ensemble",
     "shepp_logan",
     "tikhonov_reconstruction",

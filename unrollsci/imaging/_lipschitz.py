@@ -10,6 +10,7 @@ import torch
 
 from .._validation import check_batch, check_finite, check_positive, check_tensor
 from ._certify import conv_operator_norm, init_norm, propagate_bound
+from ._ridge import ConvexRidgeCT
 from ._unrolled import UnrolledCT
 
 __all__ = ["lipschitz_bound", "LipschitzCertificate", "conv_operator_norm", "empirical_lipschitz"]
@@ -29,14 +30,16 @@ class LipschitzCertificate:
 
 
 def lipschitz_bound(
-    model: UnrolledCT, *, margin: float = 1e-2, details: bool = False
+    model: UnrolledCT | ConvexRidgeCT, *, margin: float = 1e-2, details: bool = False
 ) -> float | LipschitzCertificate:
     """Certified Lipschitz constant of ``model`` with respect to the sinogram (Euclidean norms).
 
     Built layer by layer with the composition, sum and product rules (start map, gradient
     step, CNN through the FFT bounds of its convolutions, 1-Lipschitz support projection),
     for any support mask, with memory channels and a dual CNN alike; the derivation is in
-    docs/ct.md, "The Lipschitz certificate". The two power-iteration norms (of the
+    docs/ct.md, "The Lipschitz certificate". For a :class:`ConvexRidgeCT` it returns
+    that model's own certificate (:meth:`ConvexRidgeCT.lipschitz_bound`; ``margin`` is
+    the model's). The two power-iteration norms (of the
     projector and of the FBP map) converge from below, so ``margin`` inflates them.
 
     Guarantee: ``||model(y1) - model(y2)|| <= bound * ||y1 - y2||`` for all sinograms (in
@@ -57,8 +60,12 @@ def lipschitz_bound(
         >>> lipschitz_bound(model) <= 5.0
         True
     """
+    if isinstance(model, ConvexRidgeCT):  # its own, structure-exploiting certificate
+        return model.lipschitz_bound(details=details)
     if not isinstance(model, UnrolledCT):
-        raise TypeError(f"Expected an UnrolledCT model (got {type(model).__name__}).")
+        raise TypeError(
+            f"Expected an UnrolledCT or ConvexRidgeCT model (got {type(model).__name__})."
+        )
     margin = check_positive("margin", margin, allow_zero=True)
     radon = model.radon
     a = float(model.radon_norm)
