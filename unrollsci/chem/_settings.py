@@ -17,9 +17,9 @@ GRAD_MODES = ("implicit", "unrolled", "envelope")
 #: how the reciprocal-space part of the Ewald sum is computed: ``"auto"`` (by size),
 #: ``"ewald"`` (explicit k-vector sum) or ``"pme"`` (particle mesh through torch-pme)
 EWALD_METHODS = ("auto", "ewald", "pme")
-#: ``ewald_method="auto"`` uses PME from this many atoms on (the measured crossover of
-#: benchmarks/qeq_pme.py: below it the explicit sum is faster, see docs/chem.md)
-PME_MIN_ATOMS = 1000
+#: ``ewald_method="auto"`` uses PME from this many atoms on: the crossover measured by
+#: benchmarks/qeq_pme.py lies between 64 and 216 atoms (rock salt; docs/chem.md)
+PME_MIN_ATOMS = 200
 
 
 @dataclass(frozen=True)
