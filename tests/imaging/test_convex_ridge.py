@@ -47,7 +47,7 @@ def _randomize(model: ConvexRidgeCT, seed: int, scale: float = 2.0) -> ConvexRid
     return model
 
 
-def _jacobian_norm(model, y, mask, iters=40):
+def _jacobian_norm(model, y, mask, iters=25):
     """Largest singular value of the Jacobian of ``model`` at ``y`` (power iteration)."""
     v = torch.randn_like(y)
     est = 0.0
@@ -60,21 +60,27 @@ def _jacobian_norm(model, y, mask, iters=40):
     return est
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    "seed", [0, 1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)]
+)
 def test_bound_holds_for_random_weights(small, seed):
     op, _, m, y = small
     model = ConvexRidgeCT(op, n_layers=4, filters=3, kernel_size=3, n_clips=2, slack=0.05)
     model = _randomize(model, seed).double().requires_grad_(False)
     bound = model.lipschitz_bound()
     assert math.isfinite(bound)
-    emp = empirical_lipschitz(model, y, steps=60, lr=5e-2, seed=seed, mask=m)
+    emp = empirical_lipschitz(model, y, steps=40, lr=5e-2, seed=seed, mask=m)
     assert 0 < emp <= bound
     for i in range(2):  # the local Jacobian norm is a lower bound too
         jac = _jacobian_norm(model, y[i : i + 1], m[i : i + 1])
         assert jac <= bound
 
 
-@pytest.mark.parametrize(("logit", "factor"), [(0.0, 1.5), (4.0, 4.0)], ids=["b0.9", "b1.77"])
+@pytest.mark.parametrize(
+    ("logit", "factor"),
+    [(0.0, 1.5), pytest.param(4.0, 4.0, marks=pytest.mark.slow)],
+    ids=["b0.9", "b1.77"],
+)
 def test_bound_is_tight_for_the_linear_network(small, logit, factor):
     # gamma -> 0 and no box: the network is linear (FBP start + Landweber steps with
     # beta = 0.9 or 1.77) and its exact norm is computable; the certificate must be within
@@ -84,7 +90,7 @@ def test_bound_is_tight_for_the_linear_network(small, logit, factor):
     with torch.no_grad():
         model.step_logits.copy_(torch.tensor([logit, -40.0, 0.0]).repeat(8, 1))
     model.requires_grad_(False)
-    exact = _jacobian_norm(model, y[:1], m[:1], iters=200)
+    exact = _jacobian_norm(model, y[:1], m[:1], iters=100)
     bound = model.lipschitz_bound()
     assert exact <= bound <= factor * exact
 
@@ -166,7 +172,7 @@ def test_output_in_box_and_support(small):
     model = _randomize(ConvexRidgeCT(op, n_layers=3, filters=3), 2).double()
     out = model(y, mask=m)
     assert bool((out[~m] == 0).all())
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(out.detach().min()) >= 0.0 and float(out.detach().max()) <= 1.0
     assert lipschitz_bound(model) == model.lipschitz_bound()
     fresh = model.lipschitz_bound(recompute=True)  # power iterations rerun: same numbers
     assert fresh == pytest.approx(model.lipschitz_bound(), rel=1e-6)
@@ -179,11 +185,12 @@ def test_training_reduces_loss_and_keeps_bound(small):
     first = None
     for _ in range(15):
         loss = F.mse_loss(model(y, mask=m), x)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(F.mse_loss(model(y, mask=m), x)) < first
+    with torch.no_grad():
+        assert float(F.mse_loss(model(y, mask=m), x)) < first
     model.requires_grad_(False)
     assert empirical_lipschitz(model, y, steps=30, mask=m) <= model.lipschitz_bound()
 
@@ -206,7 +213,8 @@ def test_checkpoint_round_trip(small, tmp_path):
     save_checkpoint(model, tmp_path / "ridge.pt")
     back = load_checkpoint(tmp_path / "ridge.pt")
     assert isinstance(back, ConvexRidgeCT)
-    assert torch.equal(back(y.float()), model(y.float()))
+    with torch.no_grad():
+        assert torch.equal(back(y.float()), model(y.float()))
 
 
 def test_bad_input(small):

@@ -18,6 +18,9 @@ from ._fbp import FILTERS, fbp
 
 __all__ = ["ConvexRidgeCT", "ridge_filter_norm2", "ridge_step_increment"]
 
+# norm of the FBP start per geometry and filter (a power iteration; models share it)
+_FBP_NORMS: dict[tuple[Any, ...], float] = {}
+
 
 def ridge_filter_norm2(weight: torch.Tensor, image_size: int) -> torch.Tensor:
     """Upper bound on ``||W||^2`` for the "same" convolution ``W`` from 1 to ``C`` channels.
@@ -204,9 +207,14 @@ class ConvexRidgeCT(nn.Module):
         self.n = n
 
     # ------------------------------------------------------------------ helpers
-    def _fbp_norm(self) -> float:
-        with torch.enable_grad():  # the adjoint comes from autograd
-            return self._fbp_norm_inner()
+    def _fbp_norm(self, recompute: bool = False) -> float:
+        r = self.radon
+        key = (r.image_size, r.n_detectors, r.circle, tuple(r.angles.tolist()), self.filter)
+        key = (*key, self.margin)
+        if recompute or key not in _FBP_NORMS:
+            with torch.enable_grad():  # the adjoint comes from autograd
+                _FBP_NORMS[key] = self._fbp_norm_inner()
+        return _FBP_NORMS[key]
 
     def _fbp_norm_inner(self) -> float:
         return linear_norm(
@@ -358,7 +366,7 @@ class ConvexRidgeCT(nn.Module):
         a, l0 = float(self.radon_norm), float(self.init_norm)
         if recompute:
             a = max(a, self.radon.norm(recompute=True) * (1.0 + self.margin))
-            l0 = max(l0, self._fbp_norm())
+            l0 = max(l0, self._fbp_norm(recompute=True))
         t, s = self.coefficients()
         total, layers = l0**2, []
         for k in range(self.n_layers):
