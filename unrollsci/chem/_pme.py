@@ -180,6 +180,21 @@ class PMEReciprocal:
             shape=self.shape,
         )
 
+    def _convolve(self, mesh: torch.Tensor) -> torch.Tensor:
+        """The k-space filter on a (C, nx, ny, nz) mesh: torch-pme's ``KSpaceFilter.forward``
+        (FFT, times the influence function, inverse FFT) without its NaN scan of every
+        result, which costs a third of the FFTs (its filter is finite by construction)."""
+        kfilter = getattr(self._filter, "_kfilter", None)
+        if kfilter is None:  # another torch-pme layout: its own forward
+            return self._filter.forward(mesh)
+        dims = (1, 2, 3)
+        hat = torch.fft.rfftn(mesh, norm="backward", dim=dims)
+        if hat.requires_grad:
+            hat = hat * kfilter
+        else:  # in place on the real and imaginary parts (no complex copy of the filter)
+            torch.view_as_real(hat).mul_(kfilter.unsqueeze(-1))
+        return torch.fft.irfftn(hat, norm="forward", dim=dims, s=mesh.shape[-3:])
+
     def apply(self, q: torch.Tensor) -> torch.Tensor:
         """``k_e phi_rec`` for charges ``q`` of shape (N,) or (N, C) (C charge vectors)."""
         one = q.dim() == 1
@@ -189,17 +204,17 @@ class PMEReciprocal:
         sparse = None if q.requires_grad else self._sparse()
         if sparse is not None and one:
             s, st = sparse
-            pot = self._filter.forward(torch.mv(st, q).reshape(1, *grid)).reshape(-1)
+            pot = self._convolve(torch.mv(st, q).reshape(1, *grid)).reshape(-1)
             phi = torch.mv(s, pot)[:, None]
         elif sparse is not None:
             s, st = sparse
             rho = (st @ qc).T.reshape(c, *grid)
-            phi = s @ self._filter.forward(rho).reshape(c, -1).T.contiguous()
+            phi = s @ self._convolve(rho).reshape(c, -1).T.contiguous()
         else:
             contrib = (self._w[:, :, None] * qc[:, None, :]).reshape(-1, c)
             m = grid[0] * grid[1] * grid[2]
             rho = qc.new_zeros(m, c).index_add(0, self._idx.reshape(-1), contrib)
-            pot = self._filter.forward(rho.T.reshape(c, *grid)).reshape(c, -1)
+            pot = self._convolve(rho.T.reshape(c, *grid)).reshape(c, -1)
             phi = (pot[:, self._idx] * self._w).sum(-1).T
         phi = phi * self._scale
         return phi[:, 0] if one else phi
