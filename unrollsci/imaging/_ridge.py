@@ -40,9 +40,10 @@ def ridge_filter_norm2(weight: torch.Tensor, image_size: int) -> torch.Tensor:
     Example:
         >>> import torch
         >>> w = torch.zeros(1, 1, 3, 3)
-        >>> w[0, 0, 1, 1], w[0, 0, 1, 2] = 1.0, -1.0  # a finite difference: norm 2
-        >>> round(float(ridge_filter_norm2(w, 8)), 6)
-        4.0
+        >>> w[0, 0, 1, 1], w[0, 0, 1, 2] = 1.0, -1.0  # a finite difference
+        >>> # its exact squared norm on 8 x 8 images is 3.865 (dense matrix); 4 on large ones
+        >>> 3.865 < float(ridge_filter_norm2(w, 8)) < 4.0
+        True
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() not in (4, 5):
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
