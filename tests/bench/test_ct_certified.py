@@ -1,4 +1,4 @@
-"""Smoke run of the certified CT benchmark in quick mode."""
+"""Smoke runs of the certified CT benchmark in quick mode (the checkpoint one is slow)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,14 @@ def test_bench_ct_certified_quick(tmp_path):
     # a second run refuses to write over the results without --force
     with pytest.raises(FileExistsError, match="--force"):
         main(["--quick", "--out", str(tmp_path)])
-    # evaluating the saved checkpoint reproduces the network's scores
+
+
+@pytest.mark.slow
+def test_bench_ct_certified_checkpoint_reproduces(tmp_path):
+    from unrollsci.bench.ct_certified import main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    net = json.loads((tmp_path / "ct_certified_quick.json").read_text())["results"]["network"]
     ckpt = tmp_path / "trained.pt"
     ckpt.write_bytes((tmp_path / "ct_certified_quick.pt").read_bytes())
     args = ["--quick", "--out", str(tmp_path), "--force", "--checkpoint", str(ckpt)]
