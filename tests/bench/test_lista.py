@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from unrollsci import cli
 
@@ -121,6 +122,20 @@ def test_bench_lista_staged_quick(tmp_path):
     assert 0 < row["worst10_error_share"] <= 1
     assert row["nmse_db_without_worst10"] < row["nmse_db"]  # removing error lowers it
     assert len(row["worst10_nonzeros"]) == 10
+    # --resume: continue the saved ALISTA at its last layer; the totals include both runs
+    ck2 = tmp_path / "ck2"
+    more = ["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path / "r")]
+    more += ["--staged", "1", "--models", "ALISTA", "--snr", "inf", "--resume", str(ck)]
+    assert cli.main([*more, "--checkpoints", str(ck2)]) == 0
+    res2 = json.loads((tmp_path / "r" / "lista_quick.json").read_text())["by_snr"]["inf"]
+    extra = torch.load(ck2 / "ALISTA_snrinf.pt", weights_only=True)["extra"]
+    assert extra["resumed_at_layer"] == cfg["K"]
+    assert extra["cpu_seconds"] > extra["before_resume"]["cpu_seconds"]
+    val_before = extra["before_resume"]["val_curve_db"]
+    assert extra["val_curve_db"][-1] <= val_before[-1] + 1e-9  # never worse on validation
+    assert res2["monotone"]["ALISTA [staged]"]
+    with pytest.raises(SystemExit):  # the resumed file is never the output
+        cli.main([*more, "--checkpoints", str(ck)])
     with pytest.raises(SystemExit):  # no staged schedule for LISTA
         cli.main([*args[:-5], "--models", "LISTA"])
 

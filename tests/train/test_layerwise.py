@@ -118,3 +118,36 @@ def test_bad_arguments():
         fit_layerwise(model, draw, val, lr=0.0)
     with pytest.raises(ValueError, match="patience"):
         fit_layerwise(model, draw, val, patience=0)
+
+
+def test_start_layer_continues_a_trained_model_without_touching_it_first():
+    """start_layer=K trains only the last layer's stages (all layers at once with
+    new_layer_stage=False): the earlier layers' warm start is not redone, the result is
+    never worse on validation than the model it continued, and the curve stays monotone."""
+    a, draw, val = _setup()
+    model = ALISTA(MatrixOperator(a), 3, lam=0.4)
+    fit_layerwise(model, draw, val, lr=1e-2, max_steps=30, val_every=10, patience=20)
+    before = layer_nmse_db(model, *val)
+    theta0 = model.theta.detach().clone()
+    hist = fit_layerwise(
+        model,
+        draw,
+        val,
+        lr=1e-3,
+        new_layer_stage=False,
+        lr_decays=(1.0,),
+        start_layer=3,
+        max_steps=40,
+        val_every=10,
+        patience=40,
+    )
+    assert [s["layer"] for s in hist.stages] == [3]
+    assert not hist.stages[0]["only_new"]
+    assert len(hist.steps) == 1
+    assert hist.curve_db[-1] <= before[-1] + 1e-9  # the start state counts as a candidate
+    assert hist.monotone
+    assert not torch.equal(model.theta.detach()[:2], theta0[:2]) or hist.steps[0] == 0
+    with pytest.raises(ValueError, match="start_layer in 1..3"):
+        fit_layerwise(model, draw, val, start_layer=4)
+    with pytest.raises(ValueError, match="start_layer"):
+        fit_layerwise(model, draw, val, start_layer=0)

@@ -237,25 +237,27 @@ def _quick_config() -> dict:
 # to move by the relative amounts a raw threshold moves at the base rate. `share` splits the
 # time budget of a run between the models it trains.
 # Optional keys: `batch_scale` (training batch = cfg["batch"] times it, default 1),
-# `new_layer_stage` and `lr_decays` (as fit_layerwise).
+# `new_layer_stage` and `lr_decays` (as fit_layerwise), and `resume`: the options that
+# replace these when training continues from a checkpoint (`--resume`).
 STAGED: dict[str, dict[str, Any]] = {
-    # ALISTA: no new-layer-only stage (its greedy optimum of the new layer's two constants is
-    # myopic: a greedy grid search of (gamma_k, theta_k) layer by layer reaches only -42 dB
-    # at layer 16), all layers trained together at the full rate as the old `fit` path that
-    # reached -69.6 dB, and batches of 256: the NMSE at depth is dominated by the few
-    # vectors with more nonzeros than the support-selection cap (docs/lista_accuracy.md).
     "ALISTA": {
-        "lam": 0.1,
-        "lr": 5e-3,
+        "lam": 0.4,
+        "lr": 1e-2,
         "vector_lr": 1.0,
         "share": 1.0,
-        "new_layer_stage": False,
-        "lr_decays": (1.0, 0.2),
-        "batch_scale": 4,
+        # continuing at the last layer: all 32 constants at once, trained for the output of
+        # layer 16 (a greedy new-layer stage is myopic: docs/lista_accuracy.md)
+        "resume": {"lr": 1e-3, "new_layer_stage": False, "lr_decays": (1.0, 0.2)},
     },
     "LISTA-CP": {"lam": 0.4, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
     "LISTA-CPSS": {"lam": 0.4, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
-    "LAMP": {"lam": 0.1, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
+    "LAMP": {
+        "lam": 0.1,
+        "lr": 5e-4,
+        "vector_lr": 20.0,
+        "share": 1.0,
+        "resume": {"new_layer_stage": False, "lr_decays": (1.0, 0.2)},
+    },
 }
 
 
@@ -268,10 +270,15 @@ def train_staged(
     time_budget: float,
     checkpoint: Any = None,
     log: Any = print,
+    resume: Any = None,
+    start_layer: int | None = None,
 ) -> tuple[Any, dict]:
     """Build model ``name`` and train it with :func:`unrollsci.train.fit_layerwise`.
 
-    ``time_budget`` is in CPU seconds of this process.
+    ``time_budget`` is in CPU seconds of this process. With ``resume`` (a checkpoint saved
+    by this function) the model is loaded from it and its training continues from layer
+    ``start_layer`` (default: the last) with the schedule's ``resume`` options; ``info``
+    then counts the earlier training's seconds in its totals and keeps its record.
 
     Returns ``(model, info)`` with the per-layer validation curve, steps, times and
     whether the curve is non-increasing. With ``checkpoint`` (a path) the model is saved
@@ -279,14 +286,23 @@ def train_staged(
     """
     from .. import unrolled
     from ..operators import MatrixOperator
-    from ..train import fit_layerwise, save_checkpoint
+    from ..train import fit_layerwise, load_checkpoint, save_checkpoint
 
     if name not in STAGED:
         raise ValueError(f"No staged schedule for {name!r}; choose from {sorted(STAGED)}.")
-    opts = STAGED[name]
+    opts = dict(STAGED[name])
     cls_name, kwargs = MODELS[name]
     torch.manual_seed(cfg["seed"])
-    model = getattr(unrolled, cls_name)(MatrixOperator(a), cfg["K"], lam=opts["lam"], **kwargs)
+    before: dict[str, Any] = {}
+    if resume is not None:
+        model = load_checkpoint(resume, expected=getattr(unrolled, cls_name))
+        if model.num_layers != cfg["K"] or model.n != a.shape[1] or model.m != a.shape[0]:
+            raise ValueError(f"{resume}: not a {cfg['K']}-layer model of this problem.")
+        before = torch.load(resume, weights_only=True).get("extra") or {}
+        opts.update(opts.get("resume", {}))
+    else:
+        model = getattr(unrolled, cls_name)(MatrixOperator(a), cfg["K"], lam=opts["lam"], **kwargs)
+    first = 1 if resume is None else int(start_layer or cfg["K"])
 
     batch = int(cfg["batch"] * opts.get("batch_scale", 1))
 
@@ -307,6 +323,7 @@ def train_staged(
         patience=cfg.get("patience", 1000),
         max_steps=cfg.get("max_steps", 20_000),
         time_budget=time_budget,
+        start_layer=first,
         clock=time.process_time,  # CPU seconds: the budget does not shrink under load
         seed=cfg["seed"],
         log=lambda line: log(f"[{name} snr {snr:g}] {line}", flush=True),
@@ -321,11 +338,16 @@ def train_staged(
         "train_seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - cpu0,
         "threads": torch.get_num_threads(),
-        "schedule": {k: v for k, v in opts.items() if k != "share"},
+        "schedule": {k: v for k, v in opts.items() if k not in ("share", "resume")},
         "time_budget": time_budget,
         # the machine is shared: its 1/5/15-minute load averages at the start and the end
         "load_average": [load0, os.getloadavg() if hasattr(os, "getloadavg") else None],
     }
+    if resume is not None:  # totals include the training the checkpoint had
+        info["resumed_at_layer"] = first
+        info["before_resume"] = before
+        for key in ("train_seconds", "cpu_seconds"):
+            info[key] += float(before.get(key, 0.0))
     if checkpoint is not None:
         save_checkpoint(model, checkpoint, extra=info)
     return model, info

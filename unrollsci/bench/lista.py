@@ -300,6 +300,19 @@ def main(argv: list[str] | None = None) -> int:
         help="--staged: save every trained model in this folder as <model>_snr<snr>.pt",
     )
     parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="--staged: continue the training of <model>_snr<snr>.pt in DIR (the budget is "
+        "added to the one it had; totals in the row include both)",
+    )
+    parser.add_argument(
+        "--start-layer",
+        type=positive_int_arg,
+        default=None,
+        help="--resume: the first layer trained again (default: the last)",
+    )
+    parser.add_argument(
         "--tails",
         nargs="+",
         default=None,
@@ -391,7 +404,22 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
                     ckpt = Path(args.checkpoints) / f"{name}_snr{key}.pt"
                 label += " [staged]"
-                model, info = train_staged(name, a, cfg, snr, val, args.staged, ckpt)
+                prev = None
+                if args.resume:
+                    prev = Path(args.resume) / f"{name}_snr{key}.pt"
+                    if ckpt is not None and prev.resolve() == ckpt.resolve():
+                        parser.error("--resume: write --checkpoints to another folder")
+                model, info = train_staged(
+                    name,
+                    a,
+                    cfg,
+                    snr,
+                    val,
+                    args.staged,
+                    ckpt,
+                    resume=prev,
+                    start_layer=args.start_layer,
+                )
                 res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
                 res.setdefault("monotone", {})[label] = info["monotone"]
                 res.setdefault("load_average", {})[label] = info["load_average"]

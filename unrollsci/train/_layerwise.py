@@ -123,6 +123,7 @@ def fit_layerwise(
     max_steps: int = 20_000,
     time_budget: float | None = None,
     warm_start: bool = True,
+    start_layer: int = 1,
     seed: int = 0,
     log: Callable[[str], Any] | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -160,6 +161,10 @@ def fit_layerwise(
         time_budget: seconds for the whole training, shared out to layer ``k`` in
             proportion to ``k`` (its cost per step); None: no limit.
         warm_start: start layer ``k`` from layer ``k - 1``.
+        start_layer: the first layer trained (1-based): ``start_layer > 1`` continues the
+            training of a model whose first ``start_layer - 1`` layers are trained (e.g.
+            loaded from a checkpoint; its layer ``start_layer`` is not warm-started, and
+            ``history.steps`` and ``layer_db`` cover the trained layers only).
         seed: seeds the batch generator.
         log: called with one line per stage (e.g. ``print``).
         clock: the clock of ``time_budget`` (default wall time; ``time.process_time``
@@ -202,10 +207,13 @@ def fit_layerwise(
     _check_int("val_every", val_every, 1)
     _check_int("patience", patience, 1)
     _check_int("max_steps", max_steps, 1)
+    _check_int("start_layer", start_layer, 1)
     if time_budget is not None:
         check_positive("time_budget", time_budget)
     y_val, x_val = val_data
     num = int(model.num_layers)
+    if start_layer > num:
+        raise ValueError(f"Expected start_layer in 1..{num} (got {start_layer}).")
     gen = torch.Generator().manual_seed(seed)
     hist = LayerwiseHistory()
     t0 = time.perf_counter()
@@ -217,9 +225,9 @@ def fit_layerwise(
         ok = all(curve[j] <= curve[j - 1] for j in range(1, k))
         return ok, curve[k - 1]
 
-    for k in range(1, num + 1):
+    for k in range(start_layer, num + 1):
         model.active_layers = k
-        if warm_start and k >= 2:
+        if warm_start and k >= 2 and k > start_layer:
             model.copy_layer(k - 2, k - 1)
         layer_t0 = clock()
         layer_budget = None
