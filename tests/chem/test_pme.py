@@ -129,3 +129,42 @@ def test_bad_method_and_missing_torchpme(monkeypatch):
     with pytest.warns(UserWarning, match="torch-pme is not installed"):
         sol, _ = _solve(atoms, "auto", "cpu", cutoff=5.5)
     assert sol.stats["ewald_method"] == "ewald"
+
+
+def test_definiteness_check_with_ewald(monkeypatch):
+    """The check tries the matrix without its (positive semidefinite) reciprocal part first;
+    the outcome is that of the whole matrix: here the short part alone is indefinite for
+    both parameter sets, the whole matrix definite with NACL and not with the defaults."""
+    from unrollsci.chem import PolarizationCatastropheError
+
+    atoms = _rocksalt((2, 2, 2))
+    pos = torch.tensor(atoms.positions)
+    cell = torch.tensor(atoms.cell.array)
+    kw = {"cell": cell, "pbc": True, "ewald": True, "cutoff": 5.5, "check_definite": True}
+    for method in ("ewald", "pme") if _pme.available() else ("ewald",):
+        solve_charges(pos, atoms.numbers, params=NACL, ewald_method=method, **kw)
+        with pytest.raises(PolarizationCatastropheError, match="smallest eigenvalue"):
+            solve_charges(pos, atoms.numbers, ewald_method=method, **kw)
+
+
+def test_definiteness_check_skips_reciprocal_when_short_part_suffices(monkeypatch):
+    pytest.importorskip("torchpme")
+
+    def forbidden(self):
+        raise AssertionError("the reciprocal matrix was formed")
+
+    monkeypatch.setattr(_pme.PMEReciprocal, "dense", forbidden)
+    atoms = _rocksalt((4, 4, 4))  # 512 atoms, cutoff 10: the short part is definite
+    pos = torch.tensor(atoms.positions)
+    sol = solve_charges(
+        pos,
+        atoms.numbers,
+        cell=torch.tensor(atoms.cell.array),
+        pbc=True,
+        params=NACL,
+        ewald=True,
+        ewald_method="pme",
+        check_definite=True,
+        tol=1e-6,
+    )
+    assert sol.converged

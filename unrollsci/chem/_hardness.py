@@ -276,8 +276,9 @@ def hardness_terms(
 # --------------------------------------------------------------------------- definiteness
 
 
-def _dense_hardness(op: _Hardness) -> torch.Tensor:
-    """The matrix that ``op`` applies, as a dense float64 (N, N) tensor (no autograd)."""
+def _dense_hardness(op: _Hardness, reciprocal: bool = True) -> torch.Tensor:
+    """The matrix that ``op`` applies, as a dense float64 (N, N) tensor (no autograd);
+    ``reciprocal=False``: without the Ewald reciprocal-space part."""
     f64 = torch.float64
     with torch.no_grad():
         a = torch.diag(op.diag0.detach().to(f64))
@@ -285,13 +286,13 @@ def _dense_hardness(op: _Hardness) -> torch.Tensor:
         # a self-image pair (i == j) lands twice on the diagonal, as in the matvec
         a.index_put_((op.i, op.j), w, accumulate=True)
         a.index_put_((op.j, op.i), w, accumulate=True)
-        if op.kf is not None:
+        if reciprocal and op.kf is not None:
             kf = op.kf.detach().to(f64)
             for basis in (op.kc, op.ks):
                 b = basis.detach().to(f64)
                 a.addmm_(b * kf, b.T)
             a = 0.5 * (a + a.T)
-        if op.recip is not None:
+        if reciprocal and op.recip is not None:
             a = a + op.recip.dense().to(f64)
     return a
 
@@ -320,10 +321,17 @@ def _check_projected_definite(op: _Hardness) -> None:
 
     Dense float64 Cholesky of the projected matrix: it succeeds exactly when the matrix
     is (numerically) positive definite, independently of chi and of the total charge.
+    With Ewald the matrix without its reciprocal part is tried first: the reciprocal part
+    (explicit or PME) is positive semidefinite, so that one being positive definite
+    suffices, and it costs no O(N^2 K) reciprocal matrix; otherwise the whole matrix.
     """
     n = op.diag0.shape[0]
     if n < 2:
         return
+    if op.long_range:
+        short = _projected_hardness(_dense_hardness(op, reciprocal=False))
+        if int(torch.linalg.cholesky_ex(short)[1]) == 0:
+            return
     m = _projected_hardness(_dense_hardness(op))
     if int(torch.linalg.cholesky_ex(m)[1]) != 0:
         raise_catastrophe(m, n)
