@@ -259,7 +259,9 @@ def _forward_row(
     b = p.rhs().cpu().numpy()[0]
     row: dict[str, Any] = {"graph": name, "observed": observed, "n": p.num_nodes}
     row["load before"] = os.getloadavg()[0]
+    row["torch threads, first call"] = threads[0]
     p.lipschitz(), p.lambda_min_bound(), p.jacobi_interval()  # bounds: cached on p
+    torch.set_num_threads(threads[0])
     with torch.no_grad():
         t0 = time.perf_counter()
         models["window"](p)  # first call: builds the node sample and the fused H

@@ -36,6 +36,10 @@ def _draw(block_index: torch.Tensor, num_blocks: int, size: int, seed: int) -> t
     bi = block_index.cpu()
     n = bi.numel()
     gen = torch.Generator().manual_seed(seed)
+    if num_blocks == 1:  # one graph: a random permutation (no sort)
+        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen[torch.randperm(n, generator=gen)[:size]] = True
+        return chosen.to(block_index.device)
     keys = torch.rand(n, generator=gen, dtype=torch.float64)
     order = torch.argsort(bi.double() * 2.0 + keys)  # by block, random within a block
     counts = torch.bincount(bi, minlength=num_blocks)
