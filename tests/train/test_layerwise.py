@@ -151,3 +151,29 @@ def test_start_layer_continues_a_trained_model_without_touching_it_first():
         fit_layerwise(model, draw, val, start_layer=4)
     with pytest.raises(ValueError, match="start_layer"):
         fit_layerwise(model, draw, val, start_layer=0)
+
+
+def test_freeze_below_keeps_the_first_layers():
+    a, draw, val = _setup()
+    model = LISTACP(MatrixOperator(a), 3, lam=0.4)
+    fit_layerwise(model, draw, val, lr=5e-4, vector_lr=20, max_steps=20, val_every=10)
+    w0 = [w.detach().clone() for w in model.W]
+    th0 = model.theta.detach().clone()
+    fit_layerwise(
+        model,
+        draw,
+        val,
+        lr=5e-3,
+        new_layer_stage=False,
+        lr_decays=(1.0,),
+        start_layer=3,
+        freeze_below=2,
+        max_steps=20,
+        val_every=5,
+        patience=20,
+    )
+    assert torch.equal(model.W[0], w0[0]) and torch.equal(model.W[1], w0[1])
+    assert torch.equal(model.theta.detach()[:2], th0[:2])
+    assert not torch.equal(model.W[2], w0[2])  # the last layer trained
+    with pytest.raises(ValueError, match="freeze_below < start_layer"):
+        fit_layerwise(model, draw, val, start_layer=2, freeze_below=2)

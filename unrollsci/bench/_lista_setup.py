@@ -272,13 +272,15 @@ def train_staged(
     log: Any = print,
     resume: Any = None,
     start_layer: int | None = None,
+    freeze_below: int = 0,
 ) -> tuple[Any, dict]:
     """Build model ``name`` and train it with :func:`unrollsci.train.fit_layerwise`.
 
     ``time_budget`` is in CPU seconds of this process. With ``resume`` (a checkpoint saved
     by this function) the model is loaded from it and its training continues from layer
     ``start_layer`` (default: the last) with the schedule's ``resume`` options; ``info``
-    then counts the earlier training's seconds in its totals and keeps its record.
+    then counts the earlier training's seconds in its totals and keeps its record;
+    ``freeze_below`` layers keep their constants (:func:`unrollsci.train.fit_layerwise`).
 
     Returns ``(model, info)`` with the per-layer validation curve, steps, times and
     whether the curve is non-increasing. With ``checkpoint`` (a path) the model is saved
@@ -324,6 +326,7 @@ def train_staged(
         max_steps=cfg.get("max_steps", 20_000),
         time_budget=time_budget,
         start_layer=first,
+        freeze_below=freeze_below,
         clock=time.process_time,  # CPU seconds: the budget does not shrink under load
         seed=cfg["seed"],
         log=lambda line: log(f"[{name} snr {snr:g}] {line}", flush=True),
@@ -345,6 +348,7 @@ def train_staged(
     }
     if resume is not None:  # totals include the training the checkpoint had
         info["resumed_at_layer"] = first
+        info["frozen_layers"] = freeze_below
         info["before_resume"] = before
         for key in ("train_seconds", "cpu_seconds"):
             info[key] += float(before.get(key, 0.0))

@@ -313,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--resume: the first layer trained again (default: the last)",
     )
     parser.add_argument(
+        "--freeze-below",
+        type=int,
+        default=0,
+        help="--resume: the first N layers keep their constants",
+    )
+    parser.add_argument(
         "--tails",
         nargs="+",
         default=None,
@@ -419,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                     ckpt,
                     resume=prev,
                     start_layer=args.start_layer,
+                    freeze_below=args.freeze_below,
                 )
                 res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
                 res.setdefault("monotone", {})[label] = info["monotone"]

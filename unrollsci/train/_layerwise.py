@@ -109,6 +109,18 @@ def _layer_params(model: nn.Module, layer: int) -> tuple[list[nn.Parameter], lis
     return own + others, vectors
 
 
+def _layer_matrices(model: nn.Module, layer: int) -> list[nn.Parameter]:
+    """The per-layer matrices (``nn.ParameterList`` entries, untied) of 0-based ``layer``."""
+    k = int(model.num_layers)
+    out: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, nn.ParameterList) and len(module) > 1:
+            j = layer - (k - len(module))
+            if 0 <= j < len(module):
+                out.append(module[j])
+    return out
+
+
 def fit_layerwise(
     model: nn.Module,
     sampler: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
@@ -124,6 +136,7 @@ def fit_layerwise(
     time_budget: float | None = None,
     warm_start: bool = True,
     start_layer: int = 1,
+    freeze_below: int = 0,
     seed: int = 0,
     log: Callable[[str], Any] | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -165,6 +178,11 @@ def fit_layerwise(
             training of a model whose first ``start_layer - 1`` layers are trained (e.g.
             loaded from a checkpoint; its layer ``start_layer`` is not warm-started, and
             ``history.steps`` and ``layer_db`` cover the trained layers only).
+        freeze_below: the first ``freeze_below`` layers keep their constants in every
+            stage (their per-layer matrices and vector entries get no updates; shared
+            parameters still train). With ``start_layer``, it lets a continued training
+            leave alone early layers whose validation curve is nearly flat, where any
+            change would break the non-increasing guarantee.
         seed: seeds the batch generator.
         log: called with one line per stage (e.g. ``print``).
         clock: the clock of ``time_budget`` (default wall time; ``time.process_time``
@@ -208,12 +226,19 @@ def fit_layerwise(
     _check_int("patience", patience, 1)
     _check_int("max_steps", max_steps, 1)
     _check_int("start_layer", start_layer, 1)
+    _check_int("freeze_below", freeze_below, 0)
     if time_budget is not None:
         check_positive("time_budget", time_budget)
     y_val, x_val = val_data
     num = int(model.num_layers)
     if start_layer > num:
         raise ValueError(f"Expected start_layer in 1..{num} (got {start_layer}).")
+    if freeze_below >= start_layer and freeze_below > 0:
+        raise ValueError(
+            f"Expected freeze_below < start_layer (got {freeze_below} >= {start_layer}): "
+            "a frozen layer cannot be trained."
+        )
+    frozen_mats = {id(p) for j in range(freeze_below) for p in _layer_matrices(model, j)}
     gen = torch.Generator().manual_seed(seed)
     hist = LayerwiseHistory()
     t0 = time.perf_counter()
@@ -248,6 +273,7 @@ def fit_layerwise(
                 vecs = [p for p in model.parameters() if p.requires_grad and p.dim() == 1]
                 vec_ids = {id(p) for p in vectors}
                 mats += [p for p in vecs if id(p) not in vec_ids]
+                mats = [p for p in mats if id(p) not in frozen_mats]
                 vecs = [p for p in vecs if id(p) in vec_ids]
             groups = [
                 g
@@ -257,7 +283,7 @@ def fit_layerwise(
             if not groups:
                 continue
             frozen = []
-            if only_new:  # skip gradients of the earlier layers' matrices
+            if only_new or frozen_mats:  # skip gradients of matrices not trained
                 keep = {id(p) for p in mats + vecs}
                 frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
                 for p in frozen:
@@ -279,11 +305,14 @@ def fit_layerwise(
                     loss = (xs[k - 1] - x).pow(2).sum() / x.pow(2).sum().clamp_min(1e-30)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    if only_new:
+                    if only_new or freeze_below:
                         for p in vecs:
                             if p.grad is not None:
-                                mask = torch.zeros_like(p.grad)
-                                mask[k - 1] = 1
+                                mask = torch.ones_like(p.grad)
+                                if only_new:
+                                    mask.zero_()
+                                    mask[k - 1] = 1
+                                mask[:freeze_below] = 0  # zero gradients: Adam never moves them
                                 p.grad.mul_(mask)
                     if not math.isfinite(float(loss.detach())):
                         raise FloatingPointError(
