@@ -23,8 +23,22 @@ if [ "${1:-}" = "--staged" ]; then
       --snr "$4" --out "$PARTS" --name "staged_$1" --checkpoints "$CK" > "$PARTS/log_staged_$1.txt" 2>&1
   }
   (staged alista_inf 600 ALISTA inf; staged alista_40 150 ALISTA 40; staged lamp_40 120 LAMP 40) &
-  (staged cpss_inf 420 LISTA-CPSS inf; staged lamp_inf 300 LAMP inf; staged cp_inf 200 LISTA-CP inf) &
+  (staged cpss_inf 420 LISTA-CPSS inf; staged lamp_inf 540 LAMP inf; staged cp_inf 200 LISTA-CP inf) &
   wait
+  # then continue ALISTA at the last layer (all layers at once, the STAGED "resume"
+  # options, layers 1-5 frozen: its validation curve is flat from layer 4 to 5), from $CK
+  # into $CK/resumed, and replace the first run's files with the continued ones
+  resumed() {  # name, seconds, model, snr, options
+    local name=$1 secs=$2 model=$3 snr=$4; shift 4
+    OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --staged "$secs" --models "$model" \
+      --snr "$snr" --out "$PARTS" --name "staged_$name" --resume "$CK" --checkpoints "$CK/resumed" \
+      "$@" > "$PARTS/log_resumed_$name.txt" 2>&1
+  }
+  resumed alista_inf 300 ALISTA inf --freeze-below 5
+  mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
+  # the classical curves (ISTA, FISTA, AMP, BG-AMP) of the same test set, for the table
+  OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --models --snr inf --no-kkt \
+    --out "$PARTS" --name staged_classical_inf > "$PARTS/log_staged_classical_inf.txt" 2>&1
   python benchmarks/lista.py --out "$OUT" --name lista_staged --merge "$PARTS"/staged_*.json
   exit 0
 fi

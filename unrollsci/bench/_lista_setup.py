@@ -251,13 +251,7 @@ STAGED: dict[str, dict[str, Any]] = {
     },
     "LISTA-CP": {"lam": 0.4, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
     "LISTA-CPSS": {"lam": 0.4, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
-    "LAMP": {
-        "lam": 0.1,
-        "lr": 5e-4,
-        "vector_lr": 20.0,
-        "share": 1.0,
-        "resume": {"new_layer_stage": False, "lr_decays": (1.0, 0.2)},
-    },
+    "LAMP": {"lam": 0.1, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
 }
 
 
