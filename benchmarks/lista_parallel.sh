@@ -32,10 +32,13 @@ if [ "${1:-}" = "--staged" ]; then
     local name=$1 secs=$2 model=$3 snr=$4; shift 4
     OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --staged "$secs" --models "$model" \
       --snr "$snr" --out "$PARTS" --name "staged_$name" --resume "$CK" --checkpoints "$CK/resumed" \
-      "$@" > "$PARTS/log_resumed_$name.txt" 2>&1
+      "$@" >> "$PARTS/log_resumed_$name.txt" 2>&1
   }
-  resumed alista_inf 300 ALISTA inf --freeze-below 5
-  mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
+  # two rounds (300 and 240 CPU s), each from the previous round's checkpoint
+  for secs in 300 240; do
+    resumed alista_inf "$secs" ALISTA inf --freeze-below 5
+    mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
+  done
   # the classical curves (ISTA, FISTA, AMP, BG-AMP) of the same test set, for the table
   OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --models --snr inf --no-kkt \
     --out "$PARTS" --name staged_classical_inf > "$PARTS/log_staged_classical_inf.txt" 2>&1
