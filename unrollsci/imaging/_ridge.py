@@ -12,7 +12,6 @@ from torch import nn
 
 from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
 from ..operators._radon import Radon
-from ..train._config import register_checkpoint_class
 from ._certify import linear_norm
 from ._fbp import FILTERS, fbp
 
@@ -380,10 +379,3 @@ class ConvexRidgeCT(nn.Module):
         bound = math.sqrt(total)
         cert = LipschitzCertificate(bound=bound, init=l0, radon_norm=a, layers=layers)
         return cert if details else bound
-
-
-# load_checkpoint builds it without importing anything named in the file
-try:
-    register_checkpoint_class(ConvexRidgeCT, "unrollsci.imaging:ConvexRidgeCT")
-except ValueError:  # this file imported a second time under another name (pytest
-    pass  # --doctest-modules): the first import's class stays registered

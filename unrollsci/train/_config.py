@@ -37,7 +37,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         ),
         "graph": ("UnrolledGraphGD", "StepController"),
         "precond": ("LearnedPreconditioner",),
-        "imaging": ("UnrolledCT",),
+        "imaging": ("UnrolledCT", "ConvexRidgeCT"),
     }.items()
     for name in names
 }
