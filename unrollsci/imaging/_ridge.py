@@ -14,6 +14,7 @@ from .._validation import check_batch, check_finite, check_model_dtype, check_te
 from ..operators._radon import Radon
 from ._certify import linear_norm
 from ._fbp import FILTERS, fbp
+from ._unrolled import check_support_mask
 
 __all__ = ["ConvexRidgeCT", "ridge_filter_norm2", "ridge_step_increment"]
 
@@ -225,24 +226,7 @@ class ConvexRidgeCT(nn.Module):
         ) * (1.0 + self.margin)
 
     def _check_mask(self, mask: Any, batch: int | None) -> torch.Tensor:
-        n = self.radon.image_size
-        ok = (
-            isinstance(mask, torch.Tensor)
-            and mask.dim() in (2, 3)
-            and tuple(mask.shape[-2:]) == (n, n)
-        )
-        if ok and mask.dim() == 3 and batch is not None and mask.shape[0] not in (1, batch):
-            ok = False
-        if not ok:
-            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(
-                f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got})."
-            )
-        if mask.dtype != torch.bool:
-            if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("Expected a boolean (or 0/1) 'mask'.")
-            mask = mask != 0
-        return mask
+        return check_support_mask(mask, self.radon.image_size, batch)
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -21,6 +21,24 @@ _INITS = ("fbp", "zero", "adjoint")
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
+def check_support_mask(mask: Any, n: int, batch: int | None) -> torch.Tensor:
+    """A support mask ``(n, n)`` or ``(batch, n, n)`` (bool, or 0/1 floats) as a bool tensor;
+    ``ValueError`` naming the expected shape otherwise (``batch=None``: any batch)."""
+    ok = (
+        isinstance(mask, torch.Tensor) and mask.dim() in (2, 3) and tuple(mask.shape[-2:]) == (n, n)
+    )
+    if ok and mask.dim() == 3 and batch is not None and mask.shape[0] not in (1, batch):
+        ok = False
+    if not ok:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got}).")
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("Expected a boolean (or 0/1) 'mask'.")
+        mask = mask != 0
+    return mask
+
+
 class _Conv(nn.Module):
     """A conv layer whose operator norm can be capped (spectral normalization).
 
@@ -278,24 +296,7 @@ class UnrolledCT(nn.Module):
         return {"radon": self.radon, "mask": self.mask.cpu(), **self.config}
 
     def _check_mask(self, mask: Any, batch: int | None) -> torch.Tensor:
-        n = self.radon.image_size
-        ok = (
-            isinstance(mask, torch.Tensor)
-            and mask.dim() in (2, 3)
-            and tuple(mask.shape[-2:]) == (n, n)
-        )
-        if ok and mask.dim() == 3 and batch is not None and mask.shape[0] not in (1, batch):
-            ok = False
-        if not ok:
-            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(
-                f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got})."
-            )
-        if mask.dtype != torch.bool:
-            if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("Expected a boolean (or 0/1) 'mask'.")
-            mask = mask != 0
-        return mask
+        return check_support_mask(mask, self.radon.image_size, batch)
 
     def _check_input(self, y: torch.Tensor) -> None:
         """Raise if ``y`` and the CNN weights differ in dtype or device (conv2d would
