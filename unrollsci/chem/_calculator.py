@@ -92,7 +92,8 @@ class QEqCalculator(Calculator):
         ewald_accuracy: relative accuracy of the Ewald split.
         ewald_method: reciprocal part of the Ewald sum: ``"auto"`` (default: particle-mesh
             from ``PME_MIN_ATOMS`` atoms on, the explicit k-vector sum below), ``"ewald"``
-            or ``"pme"`` (torch-pme, an optional dependency); see :func:`solve_charges`.
+            or ``"pme"`` (torch-pme, an optional dependency); see :func:`solve_charges`
+            (PME carries a mesh error above the explicit sum's ``ewald_accuracy``).
         total_charge: total charge Q of the system; None (default): the sum of the atoms'
             initial charges, ``atoms.get_initial_charges().sum()`` (0 unless set).
         tol: relative residual tolerance of the charge solve.
