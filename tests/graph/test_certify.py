@@ -22,9 +22,8 @@ from unrollsci.graph._certify import (
 
 
 @st.composite
-def hessians(draw):
-    """``H = diag(m) + lam L`` of a random weighted graph (mask with >= 1 observed node per
-    component, so H is positive definite)."""
+def mask_problems(draw):
+    """A random weighted graph with a mask, lam and Laplacian kind (H positive definite)."""
     n = draw(st.integers(3, 40))
     m = draw(st.integers(n - 1, 4 * n))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -40,8 +39,15 @@ def hessians(draw):
     lam = draw(st.floats(0.05, 20.0))
     kind = draw(st.sampled_from(["combinatorial", "normalized"]))
     adj = sp.csr_matrix(nx.to_scipy_sparse_array(G, weight="weight"))
-    h = sp.csr_matrix(sp.diags(mask.astype(float)) + lam * laplacian_matrix(adj, kind))
-    return h
+    return adj, mask, lam, kind
+
+
+@st.composite
+def hessians(draw):
+    """``H = diag(m) + lam L`` of a random weighted graph (mask with >= 1 observed node per
+    component, so H is positive definite)."""
+    adj, mask, lam, kind = draw(mask_problems())
+    return sp.csr_matrix(sp.diags(mask.astype(float)) + lam * laplacian_matrix(adj, kind))
 
 
 def _scaled_eigs(h, scale):
@@ -111,27 +117,6 @@ def test_bounds_are_tight_on_large_sparse_graphs():
 
 
 # ----------------------------------------------------------- graph-level certificates
-
-
-@st.composite
-def mask_problems(draw):
-    """A random weighted graph with a mask, lam and Laplacian kind (H positive definite)."""
-    n = draw(st.integers(3, 40))
-    m = draw(st.integers(n - 1, 4 * n))
-    seed = draw(st.integers(0, 2**31 - 1))
-    rng = np.random.default_rng(seed)
-    G = nx.gnm_random_graph(n, m, seed=seed)
-    for u, v in G.edges:
-        G[u][v]["weight"] = float(rng.uniform(0.05, 4.0))
-    mask = rng.random(n) < draw(st.floats(0.05, 1.0))
-    for comp in nx.connected_components(G):
-        comp = list(comp)
-        if not mask[comp].any():
-            mask[rng.choice(comp)] = True
-    lam = draw(st.floats(0.05, 20.0))
-    kind = draw(st.sampled_from(["combinatorial", "normalized"]))
-    adj = sp.csr_matrix(nx.to_scipy_sparse_array(G, weight="weight"))
-    return adj, mask, lam, kind
 
 
 @settings(max_examples=40, deadline=None)
