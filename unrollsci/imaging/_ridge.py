@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
+from .._validation import check_model_dtype, model_dtype
 from ..operators._radon import Radon
 from ._certify import linear_norm
-from ._fbp import FILTERS, fbp
+from ._fbp import FILTERS, checked_sinograms, fbp
 from ._unrolled import check_support_mask
 
 __all__ = ["ConvexRidgeCT", "ridge_filter_norm2", "ridge_step_increment"]
@@ -302,18 +302,8 @@ class ConvexRidgeCT(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruct images from sinograms ``y`` (see the class docstring for shapes)."""
-        check_tensor("y", y, ndim=(3, 4))
-        channel = y.dim() == 4
-        sino = y[:, 0] if channel and y.shape[1] == 1 else y
         r = self.radon
-        if sino.dim() != 3 or tuple(sino.shape[1:]) != r.out_shape:
-            raise ValueError(
-                f"Expected sinograms of shape (batch, {r.n_angles}, {r.n_detectors}) for "
-                f"{r.image_size}x{r.image_size} images and {r.n_angles} angles (got shape "
-                f"{tuple(y.shape)})."
-            )
-        check_batch("y", sino)
-        check_finite("y", sino)
+        sino, channel = checked_sinograms("ConvexRidgeCT", y, r)
         check_model_dtype("sinograms 'y'", sino.dtype, self, data="y")
         if sino.device != self.weight.device:
             raise ValueError(
