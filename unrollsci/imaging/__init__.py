@@ -23,6 +23,7 @@ from ._lipschitz import (
 )
 from ._noise import gaussian_noise, poisson_noise
 from ._phantoms import disk_mask, ellipse_image, random_ellipses, shepp_logan
+from ._refine import LipschitzRefiner
 from ._ridge import ConvexRidgeCT, ridge_filter_norm2
 from ._symmetry import RadonSymmetry, radon_symmetries, self_ensemble
 from ._unrolled import UnrolledCT
@@ -32,6 +33,7 @@ __all__ = [
     "ConvexRidgeCT",
     "FanBeam",
     "LipschitzCertificate",
+    "LipschitzRefiner",
     "Radon",
     "RadonSymmetry",
     "UnrolledCT",

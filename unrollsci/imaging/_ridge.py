@@ -14,6 +14,7 @@ from .._validation import check_model_dtype, model_dtype
 from ..operators._radon import Radon
 from ._certify import linear_norm
 from ._fbp import FILTERS, checked_sinograms, fbp
+from ._refine import LipschitzRefiner
 from ._unrolled import check_support_mask
 
 __all__ = ["ConvexRidgeCT", "ridge_filter_norm2", "ridge_step_increment"]
@@ -104,6 +105,11 @@ class ConvexRidgeCT(nn.Module):
     ``sum_k t_k ||A||`` of the triangle inequality. Each step is also non-expansive in ``x``
     (an averaged operator: ``beta + gamma < 2``), whatever the weights.
 
+    **Refinement** (``refine``): ``x_K`` is followed by ``P(x_K + R(x_K))`` with a
+    :class:`LipschitzRefiner` (a CNN whose Lipschitz constant is certified through the FFT
+    bounds of its convolutions); the map ``x -> P(x + R(x))`` is ``(1 + Lip(R))``-Lipschitz,
+    so the certificate is multiplied by the refiner's :meth:`LipschitzRefiner.lipschitz_bound`.
+
     Guarantee: for any weights, ``||f(y_1) - f(y_2)|| <= lipschitz_bound() ||y_1 - y_2||``
     (Euclidean norms, sinogram to image, in exact arithmetic given the power-iteration norms
     within ``margin``), and the output is zero outside the support and inside ``box``.
@@ -121,6 +127,9 @@ class ConvexRidgeCT(nn.Module):
         slack: ``2 - max(beta + gamma)`` (in (0, 2)); smaller allows longer steps and a
             larger bound.
         margin: relative inflation of the power-iteration norms of ``A`` and of the FBP.
+        refine: None (no refinement), or the keyword arguments of a
+            :class:`LipschitzRefiner` applied after the last step (``channels``, ``depth``,
+            ``kernel_size``, ``lipschitz``; the image size is the projector's).
 
     Shapes:
         ``forward(y)``: ``(batch, n_angles, n_det)`` -> ``(batch, N, N)``; with a channel axis
@@ -150,6 +159,7 @@ class ConvexRidgeCT(nn.Module):
         box: tuple[float, float] | None = (0.0, 1.0),
         slack: float = 0.2,
         margin: float = 1e-2,
+        refine: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(radon, Radon):
@@ -206,6 +216,13 @@ class ConvexRidgeCT(nn.Module):
         # (data, regularizer, slack) shares of 2 - slack: start at beta ~ 1, gamma ~ 0.5
         self.step_logits = nn.Parameter(torch.tensor([[1.0, 0.3, 0.0]]).repeat(n_layers, 1))
         self.n = n
+        if refine is not None and not isinstance(refine, dict):
+            raise TypeError(
+                f"Expected 'refine' to be None or a dict of LipschitzRefiner arguments (got "
+                f"{type(refine).__name__})."
+            )
+        self.refine = None if refine is None else dict(refine)
+        self.refiner = None if refine is None else LipschitzRefiner(n, **refine)
 
     # ------------------------------------------------------------------ helpers
     def _fbp_norm(self, recompute: bool = False) -> float:
@@ -246,6 +263,7 @@ class ConvexRidgeCT(nn.Module):
             "box": self.box,
             "slack": self.slack,
             "margin": self.margin,
+            "refine": self.refine,
         }
 
     def shares(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,7 +334,17 @@ class ConvexRidgeCT(nn.Module):
         x = self._project(fbp(sino, r, filter=self.filter), m)
         for k in range(self.n_layers):
             x = self._layer(k, x, sino, m, t, s)
+        if self.refiner is not None:
+            x = self.refined(x, m)
         return x.unsqueeze(1) if channel else x
+
+    def refined(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``P(x + R(x))``: the refinement (if any) applied to ridge reconstructions ``x``
+        ``(batch, N, N)``; ``x`` itself without one. Inputs are not validated."""
+        if self.refiner is None:
+            return x
+        m = self.mask.to(x.device) if mask is None else mask
+        return self._project(self.refiner.forward(x), m)
 
     # ------------------------------------------------------------------ certificate
     @torch.no_grad()
@@ -325,7 +353,8 @@ class ConvexRidgeCT(nn.Module):
 
         ``sqrt(L_0^2 + sum_k t_k (2 - gamma_k) / (2 (2 - gamma_k - beta_k)))`` with the
         factors the forward uses, ``beta_k = t_k a^2`` and ``gamma_k`` recomputed from
-        ``||W_k||^2`` in float64 (derivation in the class docstring).
+        ``||W_k||^2`` in float64 (derivation in the class docstring), times the refiner's
+        :meth:`LipschitzRefiner.lipschitz_bound` when there is one.
 
         Args:
             details: return a :class:`~unrollsci.imaging.LipschitzCertificate` with the
@@ -351,5 +380,9 @@ class ConvexRidgeCT(nn.Module):
             total += inc
             layers.append({"step": tk, "beta": beta, "gamma": gamma, "bound": math.sqrt(total)})
         bound = math.sqrt(total)
+        if self.refiner is not None:
+            lip_r = self.refiner.lipschitz_bound()
+            layers.append({"refiner": lip_r, "bound": bound * lip_r})
+            bound *= lip_r
         cert = LipschitzCertificate(bound=bound, init=l0, radon_norm=a, layers=layers)
         return cert if details else bound
