@@ -177,3 +177,60 @@ def test_freeze_below_keeps_the_first_layers():
     assert not torch.equal(model.W[2], w0[2])  # the last layer trained
     with pytest.raises(ValueError, match="freeze_below < start_layer"):
         fit_layerwise(model, draw, val, start_layer=2, freeze_below=2)
+
+
+def _one_step_moves(decay_rate):
+    """One all-layer Adam step at the last layer (fixed batch = validation data, so the tiny
+    step improves it and is kept): the change of every layer's constants."""
+    a, draw, _ = _setup()
+    batch = tuple(t.double() for t in draw(torch.Generator().manual_seed(7), 64))
+    model = LISTACP(MatrixOperator(a.double()), 4, lam=0.4)  # float64: steps of 1e-9 resolved
+    w0 = [w.detach().clone() for w in model.W]
+    th0 = model.theta.detach().clone()
+    lr = 1e-6
+    hist = fit_layerwise(
+        model,
+        lambda g: batch,
+        batch,
+        lr=lr,
+        vector_lr=10.0,
+        decay_rate=decay_rate,
+        new_layer_stage=False,
+        lr_decays=(1.0,),
+        start_layer=4,
+        max_steps=1,
+        val_every=1,
+    )
+    assert hist.stages[0]["steps"] == 1 and hist.monotone
+    dw = [float((w.detach() - w_0).abs().max()) for w, w_0 in zip(model.W, w0, strict=True)]
+    dth = (model.theta.detach() - th0).abs().reshape(4, -1).amax(dim=1).tolist()
+    return lr, dw, dth
+
+
+def test_decay_rate_scales_the_earlier_layers_rates():
+    """Adam's first step moves a constant by about its rate (lr * g / |g|): with decay_rate
+    d, layer j of 4 moves by d**(4 - j) times what layer 4 moves, matrices and thresholds."""
+    d = 0.3
+    lr, dw, dth = _one_step_moves(d)
+    for j in range(4):
+        assert dw[j] == pytest.approx(lr * d ** (3 - j), rel=1e-2)
+        assert dth[j] == pytest.approx(10.0 * lr * d ** (3 - j), rel=1e-2)
+    lr, dw1, dth1 = _one_step_moves(1.0)  # no decay: every layer moves by its rate
+    assert dw1 == pytest.approx([lr] * 4, rel=1e-2)
+    assert dth1 == pytest.approx([10.0 * lr] * 4, rel=1e-2)
+
+
+def test_decay_rate_keeps_the_non_increasing_guarantee():
+    a, draw, val = _setup()
+    model = ALISTA(MatrixOperator(a), 4, lam=0.4)
+    hist = fit_layerwise(
+        model, draw, val, lr=1e-2, decay_rate=0.3, max_steps=40, val_every=10, patience=30
+    )
+    assert hist.monotone
+    assert all(hist.curve_db[j] <= hist.curve_db[j - 1] for j in range(1, 4))
+    assert hist.curve_db == pytest.approx(layer_nmse_db(model, *val))
+    for bad in (0.0, 1.5, -0.3):
+        with pytest.raises(ValueError, match="decay_rate in"):
+            fit_layerwise(model, draw, val, decay_rate=bad)
+    with pytest.raises(TypeError, match="decay_rate to be a number"):
+        fit_layerwise(model, draw, val, decay_rate="0.3")

@@ -319,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         help="--resume: the first N layers keep their constants",
     )
     parser.add_argument(
+        "--decay-rate",
+        type=float,
+        default=None,
+        help="--staged: multiply the rate of every trained layer by R after each new layer "
+        "(Chen et al. 2018 use 0.3; default: none)",
+    )
+    parser.add_argument(
         "--tails",
         nargs="+",
         default=None,
@@ -362,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.staged is not None:
         if not args.staged > 0:
             parser.error(f"--staged must be > 0 seconds (got {args.staged})")
+        if args.decay_rate is not None and not 0 < args.decay_rate <= 1:
+            parser.error(f"--decay-rate must be in (0, 1] (got {args.decay_rate})")
         bad = [n for n in names if n not in STAGED]
         if bad:
             parser.error(f"--staged: no staged schedule for {bad}; choose from {sorted(STAGED)}")
@@ -426,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                     resume=prev,
                     start_layer=args.start_layer,
                     freeze_below=args.freeze_below,
+                    decay_rate=args.decay_rate,
                 )
                 res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
                 res.setdefault("monotone", {})[label] = info["monotone"]

@@ -121,6 +121,32 @@ def _layer_matrices(model: nn.Module, layer: int) -> list[nn.Parameter]:
     return out
 
 
+def _decay_factors(model: nn.Module, k: int, decay_rate: float) -> dict[int, Any]:
+    """Rate multipliers of the all-layer stages at layer ``k`` (1-based): layer ``j``'s
+    constants (0-based ``j < k``) get ``decay_rate ** (k - 1 - j)``: a float per untied
+    per-layer matrix, a ``(K, 1, ...)`` tensor per per-layer vector (one factor a row).
+    Parameters of neither kind (tied matrices, globals) are not decayed."""
+    num = int(model.num_layers)
+
+    def factor(j: int) -> float:
+        return float(decay_rate) ** max(k - 1 - j, 0)
+
+    out: dict[int, Any] = {}
+    in_lists: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.ParameterList):
+            shift = num - len(module)
+            for j, p in enumerate(module):
+                in_lists.add(id(p))
+                if len(module) > 1:
+                    out[id(p)] = factor(j + shift)
+    for p in model.parameters():
+        if id(p) not in in_lists and p.dim() >= 1 and p.shape[0] == num:
+            rows = torch.tensor([factor(j) for j in range(num)], dtype=p.dtype, device=p.device)
+            out[id(p)] = rows.reshape((num,) + (1,) * (p.dim() - 1))
+    return out
+
+
 def fit_layerwise(
     model: nn.Module,
     sampler: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
@@ -129,6 +155,7 @@ def fit_layerwise(
     lr: float = 5e-4,
     lr_decays: Sequence[float] = (0.2, 0.02),
     vector_lr: float | None = None,
+    decay_rate: float = 1.0,
     new_layer_stage: bool = True,
     val_every: int = 50,
     patience: int = 1000,
@@ -147,11 +174,13 @@ def fit_layerwise(
     constants of layer ``k - 1`` (``model.copy_layer``, when ``warm_start``); then the
     stages run, each with a fresh Adam: (1) layer ``k``'s own constants only at ``lr``
     (when ``new_layer_stage``), (2) all layers at ``lr * d`` for each ``d`` of
-    ``lr_decays``. The loss is the squared error of layer ``k``'s output relative to
-    ``||x||^2`` of the batch (the NMSE of Chen et al. 2018); every step draws a fresh
-    batch ``sampler(generator)``. Every ``val_every`` steps the NMSE of all layers is
-    measured on ``val_data``; a stage ends after ``patience`` steps without a better
-    layer-``k`` NMSE, after ``max_steps``, or when its share of ``time_budget`` is used.
+    ``lr_decays``, layer ``j``'s constants at that rate times ``decay_rate ** (k - j)``
+    (Chen et al. 2018's ``decay_rate``; 1: no decay). The loss is the squared error of
+    layer ``k``'s output relative to ``||x||^2`` of the batch (the NMSE of Chen et al.
+    2018); every step draws a fresh batch ``sampler(generator)``. Every ``val_every``
+    steps the NMSE of all layers is measured on ``val_data``; a stage ends after
+    ``patience`` steps without a better layer-``k`` NMSE, after ``max_steps``, or when its
+    share of ``time_budget`` is used.
 
     Guarantee: a stage keeps the best validated state among those whose per-layer
     validation curve is non-increasing up to layer ``k`` (a ``k``-layer model never
@@ -169,6 +198,13 @@ def fit_layerwise(
         lr_decays: factors of ``lr`` of the all-layer stages.
         vector_lr: learning rate multiplier of the per-layer vectors (thresholds, steps;
             softplus-parameterized, so a step changes them by a relative amount); default 1.
+        decay_rate: in the all-layer stages of layer ``k``, the learning rate of layer
+            ``j``'s constants (its untied matrices and its entries of the per-layer vectors)
+            is multiplied by ``decay_rate ** (k - j)``: each trained layer's rate is
+            multiplied by ``decay_rate`` after every new layer (Chen et al. 2018 use 0.3).
+            Their code multiplies the gradients instead, which Adam's normalization undoes
+            (up to its ``eps``); here the rate itself is decayed (exactly: Adam's moments
+            do not depend on the rate). In ``(0, 1]``; default 1 (no decay).
         new_layer_stage: train the new layer alone first.
         val_every, patience, max_steps: validation interval and stopping rules, in steps.
         time_budget: seconds for the whole training, shared out to layer ``k`` in
@@ -222,6 +258,10 @@ def fit_layerwise(
         check_positive("lr_decays entries", d)
     if vector_lr is not None:
         check_positive("vector_lr", vector_lr)
+    if not isinstance(decay_rate, (int, float)) or isinstance(decay_rate, bool):
+        raise TypeError(f"Expected decay_rate to be a number (got {type(decay_rate).__name__}).")
+    if not 0.0 < float(decay_rate) <= 1.0:
+        raise ValueError(f"Expected decay_rate in (0, 1] (got {decay_rate}).")
     _check_int("val_every", val_every, 1)
     _check_int("patience", patience, 1)
     _check_int("max_steps", max_steps, 1)
@@ -275,11 +315,22 @@ def fit_layerwise(
                 mats += [p for p in vecs if id(p) not in vec_ids]
                 mats = [p for p in mats if id(p) not in frozen_mats]
                 vecs = [p for p in vecs if id(p) in vec_ids]
-            groups = [
-                g
-                for g in ({"params": mats, "lr": stage_lr}, {"params": vecs, "lr": stage_lr * vmul})
-                if g["params"]
-            ]
+            row_decay: list[tuple[nn.Parameter, torch.Tensor]] = []
+            if decay_rate != 1.0 and not only_new:
+                fac = _decay_factors(model, k, decay_rate)
+                groups = [{"params": [p], "lr": stage_lr * fac.get(id(p), 1.0)} for p in mats]
+                if vecs:
+                    groups.append({"params": vecs, "lr": stage_lr * vmul})
+                row_decay = [(p, fac[id(p)]) for p in vecs if id(p) in fac]
+            else:
+                groups = [
+                    g
+                    for g in (
+                        {"params": mats, "lr": stage_lr},
+                        {"params": vecs, "lr": stage_lr * vmul},
+                    )
+                    if g["params"]
+                ]
             if not groups:
                 continue
             frozen = []
@@ -318,7 +369,14 @@ def fit_layerwise(
                         raise FloatingPointError(
                             f"Training loss became {float(loss)} at layer {k}; lower lr."
                         )
-                    opt.step()
+                    if row_decay:  # Adam's step of row j, scaled by its factor
+                        prev = [p.detach().clone() for p, _ in row_decay]
+                        opt.step()
+                        with torch.no_grad():
+                            for (p, f), p0 in zip(row_decay, prev, strict=True):
+                                p.copy_(p0 + (p - p0) * f)
+                    else:
+                        opt.step()
                     steps += 1
                     since += 1
                     if steps % val_every == 0:
