@@ -262,3 +262,181 @@ def test_amg_bad_arguments():
         pcg_loss(loss="frobenius")(model, batch)
     with pytest.raises(TypeError, match="scipy sparse matrix or a torch tensor"):
         model.build([[1.0]])
+
+
+# --- Ruge-Stuben coarsening (coarsening="rs") and the set-up paths ---------------------------
+
+
+def _pyamg_rs_p(a):
+    from pyamg.classical.interpolate import classical_interpolation, direct_interpolation
+    from pyamg.classical.split import RS
+    from pyamg.strength import classical_strength_of_connection
+
+    c = classical_strength_of_connection(a, theta=0.25)
+    split = RS(c, second_pass=False)
+    return (
+        sp.csr_matrix(classical_interpolation(a, c, split)),
+        sp.csr_matrix(direct_interpolation(a, c, split)),
+        split,
+    )
+
+
+@pytest.mark.parametrize("fam", sorted(FAMILIES))
+def test_untrained_rs_prolongation_is_pyamg_ruge_stuben_on_direct_pattern(fam):
+    a = check_spd_input(FAMILIES[fam](11, 4))
+    ref = pyamg.ruge_stuben_solver(a, max_coarse=1, max_levels=2).levels[0].P
+    classical, direct, split = _pyamg_rs_p(a)
+    model = LearnedPreconditioner("amg", coarsening="rs", layers=0, seed=0)
+    g = model.prepare(a)
+    with torch.no_grad():
+        pm = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g)).prolongation()
+    assert pm.shape == ref.shape
+    assert abs(pm - sp.csr_matrix(ref)).max() <= 1e-14 * abs(ref).max()
+    # the pattern is direct interpolation's: C rows unit vectors, F rows strong C points
+    pat = (abs(pm) + abs(direct)).tocsr()
+    assert pat.nnz == direct.nnz == pm.nnz
+    cpts = np.flatnonzero(split)
+    np.testing.assert_array_equal(pm[cpts].toarray(), np.eye(len(cpts)))
+
+
+@pytest.mark.parametrize("coarsening", ["sa", "rs"])
+def test_scipy_prolongation_matches_the_differentiable_one(coarsening):
+    from unrollsci.precond._amg import prolongation_matrix
+
+    a = check_spd_input(anisotropic2d(9, seed=3))
+    model = LearnedPreconditioner("amg", coarsening=coarsening, hidden=4, seed=0)
+    randomize(model, seed=5, scale=0.7)
+    g = model.prepare(a)
+    setup = g.cache["amg"]
+    with torch.no_grad():
+        h, _ = model._node_states(g)
+        w = model.amg_head(h, setup)
+        pv = TwoLevelCycle(setup, prolongation_values(setup, w)).prolongation()
+    pm = prolongation_matrix(setup, w)
+    assert float(w.std()) > 1e-3  # random weights, not the base's
+    assert abs(pm - pv).max() <= 1e-13 * abs(pv).max()
+
+
+@pytest.mark.parametrize("fam", sorted(FAMILIES))
+def test_rs_torch_cycle_is_pyamg_cycle_and_untrained_is_pyamg_rs(fam):
+    from unrollsci.precond._amg import pyamg_preconditioner
+
+    a = check_spd_input(FAMILIES[fam](9, 2))
+    n = a.shape[0]
+    model = LearnedPreconditioner("amg", coarsening="rs", layers=0, seed=0).double()
+    g = model.prepare(a)
+    with torch.no_grad():
+        pv0 = model.prolongation_values(g)
+    # untrained, multilevel: PyAMG's own Ruge-Stuben hierarchy (same max_coarse)
+    ref = pyamg.ruge_stuben_solver(a, max_coarse=10)
+    d_ref = dense(lambda x: torch.from_numpy(_vcycle(ref, x.numpy())), n)
+    d_un = dense(pyamg_preconditioner(g.cache["amg"], pv0, max_coarse=10), n)
+    np.testing.assert_allclose(d_un, d_ref, atol=1e-10 * np.abs(d_ref).max())
+    # random weights, two levels: the torch training cycle is the PyAMG cycle
+    randomize(model, seed=3, scale=0.5)
+    with torch.no_grad():
+        pv = model.prolongation_values(g)
+    d_torch = dense(TwoLevelCycle(g.cache["amg"], pv), n)
+    d_pyamg = dense(pyamg_preconditioner(g.cache["amg"], pv, max_coarse=10**6), n)
+    np.testing.assert_allclose(d_torch, d_pyamg, atol=1e-12 * np.abs(d_pyamg).max())
+    assert np.abs(d_torch - d_un).max() > 1e-3 * np.abs(d_un).max()
+
+
+def _vcycle(ml, x: np.ndarray) -> np.ndarray:
+    """PyAMG's V-cycle (symmetric Gauss-Seidel, its RS default) applied to columns of x."""
+    m = ml.aspreconditioner(cycle="V")
+    return np.stack([m @ col for col in x.T], 1).T
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.floats(0.05, 5.0),
+    fam=st.sampled_from(sorted(FAMILIES)),
+    layers=st.sampled_from([0, 1]),
+)
+def test_property_learned_rs_vcycle_spd_for_any_weights(seed, scale, fam, layers):
+    a = check_spd_input(FAMILIES[fam](7, seed % 50))
+    model = LearnedPreconditioner("amg", coarsening="rs", hidden=4, layers=layers, seed=0)
+    randomize(model, seed=seed, scale=scale)
+    g = model.prepare(a)
+    with torch.no_grad():
+        cyc = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g).double())
+    for m in (cyc, model.build(a)):
+        d = dense(m, a.shape[0])
+        assert np.abs(d - d.T).max() <= 1e-10 * np.abs(d).max()
+        assert np.linalg.eigvalsh(0.5 * (d + d.T)).min() > 0
+
+
+def test_rs_multilevel_hierarchy_spd_and_deeper():
+    a = anisotropic2d(24, seed=1)
+    model = LearnedPreconditioner("amg", coarsening="rs", hidden=4, layers=0, seed=0)
+    randomize(model, seed=1, scale=1.0)
+    m = model.build(a)
+    assert len(m.ml.levels) >= 3
+    d = dense(m, a.shape[0])
+    assert np.abs(d - d.T).max() <= 1e-10 * np.abs(d).max()
+    assert np.linalg.eigvalsh(0.5 * (d + d.T)).min() > 0
+
+
+@pytest.mark.parametrize("which", ["head", "edge", "node"])
+def test_gradcheck_rs_weights_through_hierarchy_and_unrolled_pcg(which):
+    """float64 gradients of the PCG iterate with respect to the network's weights, through
+    the RS prolongation, the Galerkin product, its Cholesky factor and the cycles."""
+    a = anisotropic2d(6, seed=2)
+    model = LearnedPreconditioner("amg", coarsening="rs", hidden=3, layers=0, seed=0).double()
+    randomize(model, seed=2, scale=0.3)
+    batch = make_batches(model, [a], n_rhs=2)[0]
+    lin = {
+        "head": model.amg_head.out[-1],
+        "edge": model.amg_head.edge,
+        "node": model.node_enc[0],
+    }[which]
+
+    def fn(wt: torch.Tensor) -> torch.Tensor:
+        with swapped(lin, "weight", wt):
+            m = model.from_graph(batch.graph)
+            return unrolled_pcg(batch.op, batch.b, m, 3)
+
+    w0 = lin.weight.detach().clone().requires_grad_()
+    with torch.no_grad():
+        assert float((fn(w0 + 0.1) - fn(w0)).abs().max()) > 1e-8
+    assert torch.autograd.gradcheck(fn, (w0,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_rs_training_lowers_the_loss_and_checkpoint_keeps_coarsening(tmp_path):
+    from unrollsci.train import load_checkpoint, save_checkpoint
+
+    mats = [anisotropic2d(12, seed=0), diffusion2d(12, seed=1)]
+    model = LearnedPreconditioner("amg", coarsening="rs", hidden=4, layers=0, seed=0)
+    batches = make_batches(model, mats, n_rhs=2)
+    fn = pcg_loss(steps=3)
+    with torch.no_grad():
+        before = sum(float(fn(model, bt)) for bt in batches)
+    fit_preconditioner(model, mats, steps=3, epochs=3, lr=1e-2, n_rhs=2)
+    with torch.no_grad():
+        after = sum(float(fn(model, bt)) for bt in batches)
+    assert after < before
+    save_checkpoint(model, tmp_path / "rs.pt")
+    again = load_checkpoint(tmp_path / "rs.pt", expected=LearnedPreconditioner)
+    assert again.coarsening == "rs"
+    a = anisotropic2d(9, seed=3)
+    np.testing.assert_array_equal(dense(again.build(a), 81), dense(model.build(a), 81))
+
+
+def test_node_features_without_message_passing_match_the_matrix_graph():
+    from unrollsci.precond._graph import _build_graph
+
+    for a in (diffusion2d(9, seed=1), anisotropic2d(8, seed=2), graph_laplacian(8, seed=3)):
+        a = check_spd_input(a)
+        ref = _build_graph(a, "factor", "identity", None).x
+        for coarsening in ("sa", "rs"):
+            g = LearnedPreconditioner("amg", coarsening=coarsening, layers=0).prepare(a)
+            np.testing.assert_allclose(g.x.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_coarsening_bad_arguments():
+    with pytest.raises(ValueError, match="coarsening 'sa' or 'rs'"):
+        LearnedPreconditioner("amg", coarsening="pmis")
+    with pytest.raises(ValueError, match="only with kind='amg'"):
+        LearnedPreconditioner("factor", coarsening="rs")

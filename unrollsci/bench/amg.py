@@ -17,6 +17,7 @@ Run: ``python benchmarks/amg.py`` (``--quick`` for a seconds-long smoke run, whi
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -94,7 +95,10 @@ def _run(build: Callable[[Any], Any], a: Any, b: torch.Tensor, rtol: float) -> d
 
 
 def _measure(build: Callable[[Any], Any], a: Any, b: torch.Tensor, args: Any) -> dict[str, Any]:
-    runs = [_run(build, a, b, args.rtol) for _ in range(args.repeats)]
+    return _summarise([_run(build, a, b, args.rtol) for _ in range(args.repeats)])
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     setup = statistics.median(r["setup"] for r in runs)
     solve = statistics.median(r["solve"] for r in runs)
     return {
@@ -118,7 +122,7 @@ def _tune(kind: str, family: str, args: Any) -> tuple[str, dict[str, Any], dict[
     return best, cands[best], scores
 
 
-def _train(args: Any) -> tuple[Any, dict[str, Any]]:
+def _train(args: Any, coarsening: str = "sa") -> tuple[Any, dict[str, Any]]:
     from ..precond import LearnedPreconditioner, fit_preconditioner
 
     torch.manual_seed(args.seed)
@@ -127,7 +131,9 @@ def _train(args: Any) -> tuple[Any, dict[str, Any]]:
         for k, n in enumerate(args.train_n):
             mats.append(_family(f)(n, seed=args.seed + k))
         val.append(_family(f)(args.train_n[0], seed=args.seed + 500))
-    model = LearnedPreconditioner("amg", hidden=args.hidden, layers=args.layers, seed=args.seed)
+    model = LearnedPreconditioner(
+        "amg", hidden=args.hidden, layers=args.layers, coarsening=coarsening, seed=args.seed
+    )
     t0 = time.perf_counter()
     hist = fit_preconditioner(
         model,
@@ -141,6 +147,7 @@ def _train(args: Any) -> tuple[Any, dict[str, Any]]:
     )
     seconds = time.perf_counter() - t0
     info = {
+        "coarsening": coarsening,
         "families": list(args.train_families),
         "sizes": [int(n) ** 2 for n in args.train_n],
         "systems": len(mats),
@@ -173,7 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--n-rhs", type=positive_int_arg, default=4)
     p.add_argument("--hidden", type=positive_int_arg, default=8)
-    p.add_argument("--layers", type=int, default=1)
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=0,
+        help="message-passing layers (0: each weight from an MLP on its entry's features and "
+        "the two nodes' features; one layer costs more setup time than it saves iterations)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("sa", "rs"),
+        default=["sa", "rs"],
+        help="learned AMG coarsenings: smoothed aggregation, Ruge-Stuben",
+    )
     p.add_argument("--test-systems", type=positive_int_arg, default=1)
     p.add_argument("--repeats", type=positive_int_arg, default=3)
     p.add_argument("--rtol", type=float, default=1e-8)
@@ -184,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _methods(tuned: dict[str, Any], model: Any, untrained: Any) -> dict[str, Callable]:
+def _methods(tuned: dict[str, Any], learned: dict[str, tuple[Any, Any]]) -> dict[str, Callable]:
     from ..precond import chebyshev, mic0
 
     out: dict[str, Callable] = {
@@ -197,8 +217,10 @@ def _methods(tuned: dict[str, Any], model: Any, untrained: Any) -> dict[str, Cal
         name, opts, _ = tuned[kind]
         if name != "default":
             out[f"pyamg-{kind}-tuned"] = _pyamg(kind, opts)
-    out["learned-amg-untrained"] = untrained.build
-    out["learned-amg"] = model.build
+    for variant, (model, untrained) in learned.items():
+        name = "learned-amg" if variant == "sa" else f"learned-amg-{variant}"
+        out[f"{name}-untrained"] = untrained.build
+        out[name] = model.build
     return out
 
 
@@ -228,25 +250,38 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: Any) -> int:
     from ..precond import LearnedPreconditioner
 
-    print(f"training learned AMG on {args.train_families} at {args.train_n} ...", flush=True)
-    model, training = _train(args)
-    print(f"  trained in {training['seconds']:.1f} s", flush=True)
-    untrained = LearnedPreconditioner("amg", hidden=args.hidden, layers=args.layers, seed=0)
+    load_start = list(os.getloadavg())
+    learned: dict[str, tuple[Any, Any]] = {}
+    training: dict[str, Any] = {}
+    for variant in args.variants:
+        print(f"training learned AMG ({variant}) on {args.train_families} at {args.train_n}")
+        model, training[variant] = _train(args, variant)
+        print(f"  trained in {training[variant]['seconds']:.1f} s", flush=True)
+        untrained = LearnedPreconditioner(
+            "amg", hidden=args.hidden, layers=args.layers, coarsening=variant, seed=0
+        )
+        learned[variant] = (model, untrained)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
     for family in args.families:
         tuned = {k: _tune(k, family, args) for k in ("sa", "rs")}
         tuning[family] = {k: {"chosen": v[0], "total_s": v[2]} for k, v in tuned.items()}
-        methods = _methods(tuned, model, untrained)
+        methods = _methods(tuned, learned)
         for n in args.n:
             per: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
             for t in range(args.test_systems):
                 seed = TEST_SEED0 + 100 * n + t
                 a = _family(family)(n, seed=seed)
                 b = torch.from_numpy(np.random.default_rng(seed).standard_normal(a.shape[0]))
-                for meth, build in methods.items():
-                    per[meth].append(_measure(build, a, b, args))
+                # interleaved: every method once per round, medians over the rounds
+                runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+                for _ in range(args.repeats):
+                    for meth, build in methods.items():
+                        runs[meth].append(_run(build, a, b, args.rtol))
+                for meth in methods:
+                    per[meth].append(_summarise(runs[meth]))
+            load = os.getloadavg()[0]
             block = []
             for meth, res in per.items():
                 block.append(
@@ -260,6 +295,7 @@ def _main(args: Any) -> int:
                         "solve_s": float(np.mean([r["solve_s"] for r in res])),
                         "total_s": float(np.mean([r["total_s"] for r in res])),
                         "converged": all(r["converged"] for r in res),
+                        "load1": load,
                     }
                 )
             by = {r["method"]: r for r in block}
@@ -267,20 +303,23 @@ def _main(args: Any) -> int:
             for r in block:
                 r["time_vs_best_classical"] = r["total_s"] / best["total_s"]
                 r["iters_vs_sa"] = r["iters"] / by["pyamg-sa"]["iters"]
-            la = by["learned-amg"]
-            summary.append(
-                {
-                    "family": family,
-                    "n": n * n,
-                    "seen_in_training": family in args.train_families,
-                    "best_classical": best["method"],
-                    "learned_time_vs_best": la["time_vs_best_classical"],
-                    "learned_iters_vs_sa": la["iters_vs_sa"],
-                    "untrained_iters_vs_sa": by["learned-amg-untrained"]["iters_vs_sa"],
-                    "time_goal_met": la["time_vs_best_classical"] <= 1.0,
-                    "iters_goal_met": la["iters_vs_sa"] <= 0.8,
-                }
-            )
+            for variant in learned:
+                name = "learned-amg" if variant == "sa" else f"learned-amg-{variant}"
+                la = by[name]
+                summary.append(
+                    {
+                        "family": family,
+                        "n": n * n,
+                        "variant": variant,
+                        "seen_in_training": family in args.train_families,
+                        "best_classical": best["method"],
+                        "learned_time_vs_best": la["time_vs_best_classical"],
+                        "learned_iters_vs_sa": la["iters_vs_sa"],
+                        "untrained_iters_vs_sa": by[f"{name}-untrained"]["iters_vs_sa"],
+                        "time_goal_met": la["time_vs_best_classical"] <= 1.0,
+                        "iters_goal_met": la["iters_vs_sa"] <= 0.8,
+                    }
+                )
             rows.extend(block)
             print(markdown_table(block), flush=True)
     cols = [
@@ -294,6 +333,7 @@ def _main(args: Any) -> int:
         "time_vs_best_classical",
         "iters_vs_sa",
         "converged",
+        "load1",
     ]
     table = markdown_table(rows, cols)
     summ = markdown_table(summary)
@@ -303,8 +343,11 @@ def _main(args: Any) -> int:
         args.name,
         {
             "config": dict(vars(args)),
-            "note": "times: median over repeats of one run each (setup, solve, total), mean "
-            "over test systems; ratios within this run; every method in the same PCG",
+            "note": "times: median over repeats (methods interleaved, one run of each per "
+            "round) of setup, solve and total, mean over test systems; ratios within this "
+            "run; every method in the same PCG; load1: 1-minute load average after the block "
+            "(the machine is shared)",
+            "load_average_start_end": [load_start, list(os.getloadavg())],
             "training": training,
             "pyamg_tuning": tuning,
             "rows": rows,

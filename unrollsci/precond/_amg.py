@@ -37,210 +37,71 @@ composition of two such sweeps, with the same conclusion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._amg_setup import (  # noqa: F401  (re-exported: the set-up is part of this design)
+    EDGE_FEATURES,
+    AMGSetup,
+    _seeded,
+    _tt,
+    amg_setup,
+    node_features,
+)
 from ._base import Preconditioner
 from ._poly import SymmetricMatvec
-from ._sparse import LowerPattern, lower_pattern, tri_solve
+from ._sparse import LowerPattern, tri_solve
 
-__all__ = ["AMGSetup", "ProlongationHead", "TwoLevelCycle", "amg_setup", "pyamg_preconditioner"]
-
-#: Number of edge features the prolongation head reads.
-EDGE_FEATURES = 4
-
-
-def _seeded(seed: int | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` under numpy's global seed (PyAMG's random set-up), restored."""
-    if seed is None:
-        return fn(*args, **kwargs)
-    state = np.random.get_state()
-    try:
-        np.random.seed(int(seed))
-        return fn(*args, **kwargs)
-    finally:
-        np.random.set_state(state)
-
-
-@dataclass
-class AMGSetup:
-    """The non-learned part of a learned-AMG hierarchy for one matrix (built once).
-
-    Attributes:
-        a: the matrix (canonical scipy CSR, float64).
-        n, nc: fine and coarse sizes.
-        p_row, p_col, p_indptr: the pattern of ``P`` (CSR order, row-major).
-        p0: ``(nnz_P,)`` the tentative prolongation ``T`` on that pattern.
-        target: ``(m,)`` the ``P`` entry each contributing entry of ``A`` updates.
-        coef: ``(m,)`` ``a_ik T_k / d_i`` of those entries.
-        entry: ``(m,)`` their position among ``A``'s stored entries (CSR order).
-        e_row, e_col: ``(nnz_A,)`` row and column of every stored entry of ``A``.
-        edge_attr: ``(nnz_A, 4)`` features of every stored entry (the head's input).
-        omega0: SA's weight ``omega / rho(D^{-1} A)``, every ``w_ik`` of the untrained model.
-        low, low_vals: ``tril(A)`` (the forward Gauss-Seidel factor ``D + L``).
-        coarse_b: ``(nc, 1)`` coarse near-nullspace candidates (PyAMG's ``fit_candidates``).
-    """
-
-    a: Any
-    n: int
-    nc: int
-    p_row: torch.Tensor
-    p_col: torch.Tensor
-    p_indptr: np.ndarray
-    p0: torch.Tensor
-    target: torch.Tensor
-    coef: torch.Tensor
-    entry: torch.Tensor
-    e_row: torch.Tensor
-    e_col: torch.Tensor
-    edge_attr: torch.Tensor
-    omega0: float
-    low: LowerPattern
-    low_vals: torch.Tensor
-    coarse_b: np.ndarray
-
-    def to(self, device: torch.device | str) -> AMGSetup:
-        moved = {
-            k: (v.to(device) if isinstance(v, (torch.Tensor, LowerPattern)) else v)
-            for k, v in vars(self).items()
-        }
-        return AMGSetup(**moved)
-
-
-def _lanczos_rho(a: Any, d: np.ndarray, steps: int = 12, seed: int = 0) -> float:
-    """Largest eigenvalue of ``D^{-1/2} A D^{-1/2}`` (= ``rho(D^{-1} A)``) by ``steps`` steps
-    of Lanczos with full reorthogonalization from a seeded start (the top Ritz value)."""
-    n = a.shape[0]
-    dis = 1.0 / np.sqrt(d)
-    v = np.random.default_rng(seed).standard_normal(n)
-    basis = [v / np.linalg.norm(v)]
-    alphas, betas = [], []
-    for j in range(min(steps, n)):
-        w = dis * (a @ (dis * basis[j]))
-        alphas.append(float(w @ basis[j]))
-        q = np.stack(basis)
-        w = w - q.T @ (q @ w)
-        beta = float(np.linalg.norm(w))
-        if beta <= 1e-12 * abs(alphas[0]) or j == min(steps, n) - 1:
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    t = (
-        np.diag(alphas)
-        + np.diag(betas[: len(alphas) - 1], 1)
-        + np.diag(betas[: len(alphas) - 1], -1)
-    )
-    return float(np.linalg.eigvalsh(t)[-1])
-
-
-def amg_setup(
-    a: Any, *, omega: float = 4.0 / 3.0, theta: float = 0.0, seed: int = 0, rho: str = "lanczos"
-) -> AMGSetup:
-    """PyAMG's aggregation of ``a`` (validated canonical CSR) and the index maps of ``P``.
-
-    Strength of connection ``symmetric`` with ``theta``, ``standard`` aggregation and
-    ``fit_candidates`` with the constant vector: the defaults of
-    ``pyamg.smoothed_aggregation_solver`` (without its candidate improvement, so that
-    ``T`` is the aggregates' scaled indicator). ``rho(D^{-1} A)``: ``"pyamg"``, PyAMG's
-    ``approximate_spectral_radius`` under ``seed`` (what its SA uses: the untrained ``P``
-    is then exactly PyAMG's); ``"lanczos"`` (default), 12 Lanczos steps (a few times
-    cheaper, and within a fraction of a percent on the benchmark families).
-    """
-    if rho not in ("lanczos", "pyamg"):
-        raise ValueError(f"Expected rho 'lanczos' or 'pyamg' (got {rho!r}).")
-    import scipy.sparse as sp
-    from pyamg.aggregation import fit_candidates, standard_aggregation
-    from pyamg.strength import symmetric_strength_of_connection
-    from pyamg.util.linalg import approximate_spectral_radius
-
-    n = a.shape[0]
-    c = symmetric_strength_of_connection(a, theta)
-    agg_op = standard_aggregation(c)[0]
-    t, coarse_b = fit_candidates(agg_op, np.ones((n, 1)))
-    nc = t.shape[1]
-    tc = t.tocoo()
-    agg = np.full(n, -1, dtype=np.int64)
-    tv = np.zeros(n)
-    agg[tc.row] = tc.col
-    tv[tc.row] = tc.data
-    d = a.diagonal()
-    rows = np.repeat(np.arange(n), np.diff(a.indptr))
-    cols = a.indices.astype(np.int64)
-    vals = np.asarray(a.data, dtype=np.float64)
-    if rho == "pyamg":
-        scaled = sp.csr_matrix((vals / d[rows], a.indices, a.indptr), shape=a.shape)
-        rho_value = float(_seeded(seed, approximate_spectral_radius, scaled))
-    else:
-        rho_value = _lanczos_rho(a, d, seed=seed)
-    contrib = np.flatnonzero(agg[cols] >= 0)
-    key_c = rows[contrib] * nc + agg[cols[contrib]]
-    own = np.flatnonzero(agg >= 0)
-    key_t = own * nc + agg[own]
-    # unique keys (row-major P pattern) and each key's position, by one stable sort (the
-    # keys come nearly sorted by row; faster than np.unique's hash here)
-    allk = np.concatenate([key_c, key_t])
-    order = np.argsort(allk, kind="stable")
-    srt = allk[order]
-    new = np.empty(srt.size, dtype=bool)
-    new[:1] = True
-    new[1:] = srt[1:] != srt[:-1]
-    keys = srt[new]
-    pos = np.empty(allk.size, dtype=np.int64)
-    pos[order] = np.cumsum(new) - 1
-    p_row, p_col = keys // nc, keys % nc
-    p0 = np.zeros(keys.size)
-    p0[pos[key_c.size :]] = tv[own]
-    target = pos[: key_c.size]
-    coef = vals[contrib] * tv[cols[contrib]] / d[rows[contrib]]
-    p_indptr = np.concatenate([[0], np.cumsum(np.bincount(p_row, minlength=n))])
-    dis = 1.0 / np.sqrt(d)
-    edge_attr = np.stack(
-        [
-            vals * dis[rows] * dis[cols],
-            (rows == cols).astype(np.float64),
-            ((agg[rows] == agg[cols]) & (agg[rows] >= 0)).astype(np.float64),
-            np.where(tv[rows] > 0, vals * tv[cols] / (d[rows] * np.maximum(tv[rows], 1e-300)), 0),
-        ],
-        1,
-    )
-    low, low_vals = lower_pattern(a)
-
-    def tt(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x))
-
-    return AMGSetup(
-        a=a,
-        n=n,
-        nc=nc,
-        p_row=tt(p_row.astype(np.int64)),
-        p_col=tt(p_col.astype(np.int64)),
-        p_indptr=p_indptr.astype(np.int64),
-        p0=tt(p0),
-        target=tt(target.astype(np.int64)),
-        coef=tt(coef),
-        entry=tt(contrib.astype(np.int64)),
-        e_row=tt(rows.astype(np.int64)),
-        e_col=tt(cols),
-        edge_attr=tt(edge_attr.astype(np.float32)),
-        omega0=float(omega / rho_value),
-        low=low,
-        low_vals=tt(low_vals),
-        coarse_b=coarse_b,
-    )
+__all__ = [
+    "AMGSetup",
+    "ProlongationHead",
+    "TwoLevelCycle",
+    "amg_setup",
+    "prolongation_matrix",
+    "prolongation_values",
+    "pyamg_preconditioner",
+]
 
 
 def prolongation_values(setup: AMGSetup, weights: torch.Tensor) -> torch.Tensor:
-    """``P = T - D^{-1} (W o A) T`` on the setup's pattern; ``weights``: ``(nnz_A,)``, one per
-    stored entry of ``A`` in CSR order (differentiable). float64."""
-    w = weights.to(torch.float64).index_select(0, setup.entry.to(weights.device))
-    upd = torch.zeros_like(setup.p0, device=weights.device).index_add(
-        0, setup.target.to(weights.device), w * setup.coef.to(weights.device)
-    )
-    return setup.p0.to(weights.device) - upd
+    """The values of ``P`` on the setup's pattern (:meth:`AMGSetup.maps`), float64,
+    differentiable in ``weights`` (``(m,)``, one per learned entry: every stored entry of
+    ``A`` in CSR order for ``"sa"``, ``P = T - D^{-1} (W o A) T``; every F-row entry of
+    ``P`` for ``"rs"``, ``P_ij = w_ij P0_ij``)."""
+    s = setup.maps()
+    dev = weights.device
+    w = weights.to(torch.float64)
+    p0 = s.p0.to(dev)
+    if s.coarsening == "rs":
+        tg = s.target.to(dev)
+        return p0.index_put((tg,), p0.index_select(0, tg) * w)
+    w = w.index_select(0, s.entry.to(dev))
+    upd = torch.zeros_like(p0).index_add(0, s.target.to(dev), w * s.coef.to(dev))
+    return p0 - upd
+
+
+def prolongation_matrix(setup: AMGSetup, weights: Any) -> Any:
+    """``P`` as scipy CSR from the weights (numpy or tensor, no gradient): the same
+    matrix as :func:`prolongation_values`, by sparse products (no index maps)."""
+    import scipy.sparse as sp
+
+    w = weights.detach().cpu().double().numpy() if torch.is_tensor(weights) else weights
+    w = np.asarray(w, dtype=np.float64)
+    t = setup.t
+    if setup.coarsening == "rs":
+        data = np.array(t.data, dtype=np.float64)
+        tg = setup.target.cpu().numpy()
+        data[tg] *= w
+        return sp.csr_matrix((data, t.indices, t.indptr), shape=t.shape)
+    a = setup.a
+    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+    wa = sp.csr_matrix((w * a.data / a.diagonal()[rows], a.indices, a.indptr), shape=a.shape)
+    p = (t - wa @ t).tocsr()
+    p.sort_indices()
+    return p
 
 
 class ProlongationHead(nn.Module):
@@ -262,19 +123,23 @@ class ProlongationHead(nn.Module):
 
     def forward(self, h: torch.Tensor, setup: AMGSetup) -> torch.Tensor:
         dev = h.device
-        pre = self.row(h).index_select(0, setup.e_row.to(dev))
-        pre = pre + self.col(h).index_select(0, setup.e_col.to(dev))
-        pre = pre + self.edge(setup.edge_attr.to(device=dev, dtype=h.dtype))
-        out = self.out(pre).squeeze(-1).to(torch.float64)
-        return setup.omega0 * torch.exp(torch.tanh(out))
+        # Feature-major ((hidden, entries)): with a small width, the products and gathers
+        # run faster on the CPU this way round; the same function as the Linear layers.
+        ht = h.T
+        pre = (self.row.weight @ ht).index_select(1, setup.e_row.to(dev))
+        pre = pre.add_((self.col.weight @ ht).index_select(1, setup.e_col.to(dev)))
+        feats = setup.edge_attr.T.to(device=dev, dtype=h.dtype)
+        pre = pre.addmm_(self.edge.weight, feats).add_(self.edge.bias[:, None])
+        last = self.out[-1]
+        out = torch.addmm(last.bias[:, None], last.weight, self.out[0](pre))
+        return setup.omega0 * torch.exp(torch.tanh(out.squeeze(0).to(torch.float64)))
 
 
-def _gs_sweep(setup: AMGSetup, v: torch.Tensor, x: torch.Tensor | None, b: torch.Tensor, mv: Any):
+def _gs_sweep(low: LowerPattern, v: torch.Tensor, x: torch.Tensor | None, b: torch.Tensor, mv: Any):
     """One symmetric Gauss-Seidel sweep (forward, then backward) on ``A x = b`` from ``x``
-    (None: zero)."""
-    vals = v
-    x = tri_solve(setup.low, vals, b) if x is None else x + tri_solve(setup.low, vals, b - mv(x))
-    return x + tri_solve(setup.low, vals, b - mv(x), transpose=True)
+    (None: zero); ``low``, ``v``: the pattern and values of ``tril(A)``."""
+    x = tri_solve(low, v, b) if x is None else x + tri_solve(low, v, b - mv(x))
+    return x + tri_solve(low, v, b - mv(x), transpose=True)
 
 
 class TwoLevelCycle(Preconditioner):
@@ -291,7 +156,7 @@ class TwoLevelCycle(Preconditioner):
 
     def __init__(self, setup: AMGSetup, p_values: torch.Tensor) -> None:
         super().__init__()
-        self.setup = setup
+        self.setup = setup = setup.maps()
         self.p_values = p_values
         self.in_shape = self.out_shape = (setup.n,)
         self.cacheable_norm = False
@@ -328,14 +193,15 @@ class TwoLevelCycle(Preconditioner):
         dev = r.device
         pv = self.p_values.to(device=dev, dtype=r.dtype)
         prow, pcol = s.p_row.to(dev), s.p_col.to(dev)
-        lv = s.low_vals.to(device=dev, dtype=r.dtype)
-        x = _gs_sweep(s, lv, None, r, self._mv_a)
+        low, lv = s.smoother_factor(dev)
+        lv = lv.to(r.dtype)
+        x = _gs_sweep(low, lv, None, r, self._mv_a)
         res = r - self._mv_a(x)
         # P^T res and P e_c by gather / scatter-add over P's entries (no dense P here)
         rc = res.new_zeros(res.shape[0], s.nc).index_add(1, pcol, res.index_select(1, prow) * pv)
         ec = torch.cholesky_solve(rc.T, self._chol.to(r.dtype)).T
         x = x.index_add(1, prow, ec.index_select(1, pcol) * pv)
-        return _gs_sweep(s, lv, x, r, self._mv_a)
+        return _gs_sweep(low, lv, x, r, self._mv_a)
 
     _rmv = _mv
 
@@ -351,10 +217,12 @@ def pyamg_preconditioner(
     """The learned finest level handed to PyAMG; returns an
     :class:`~unrollsci.precond.AMGPreconditioner` (one V-cycle per application).
 
-    Level 0: ``A``, the learned ``P``, ``R = P^T``; level 1: ``A_c = P^T A P``. If
-    ``A_c`` is larger than ``max_coarse``, PyAMG's smoothed aggregation (defaults, the
-    coarse candidates of ``T``, ``seed`` for its random set-up) builds the levels below it.
-    Smoothing: symmetric Gauss-Seidel on every level (PyAMG's default), coarsest: ``pinv``.
+    Level 0: ``A``, the learned ``P`` (``p_values`` on the setup's pattern, or a scipy
+    matrix from :func:`prolongation_matrix`), ``R = P^T``; level 1: ``A_c = P^T A P``. If
+    ``A_c`` is larger than ``max_coarse``, PyAMG builds the levels below it with the
+    setup's coarsening: smoothed aggregation (defaults, the coarse candidates of ``T``,
+    ``seed`` for its random set-up) or Ruge-Stuben (defaults). Smoothing: symmetric
+    Gauss-Seidel on every level (the default of both), coarsest: ``pinv``.
     """
     import pyamg
     import scipy.sparse as sp
@@ -363,11 +231,15 @@ def pyamg_preconditioner(
 
     from ._classical import AMGPreconditioner
 
-    v = p_values.detach().cpu().double().numpy() if torch.is_tensor(p_values) else p_values
-    p = sp.csr_matrix(
-        (np.asarray(v, dtype=np.float64), setup.p_col.cpu().numpy(), setup.p_indptr),
-        shape=(setup.n, setup.nc),
-    )
+    if sp.issparse(p_values):
+        p = sp.csr_matrix(p_values)
+    else:
+        v = p_values.detach().cpu().double().numpy() if torch.is_tensor(p_values) else p_values
+        s = setup.maps()
+        p = sp.csr_matrix(
+            (np.asarray(v, dtype=np.float64), s.p_col.cpu().numpy(), s.p_indptr),
+            shape=(setup.n, setup.nc),
+        )
     r = p.T.tocsr()
     a = setup.a
     ac = (r @ (a @ p)).tocsr()
@@ -379,6 +251,9 @@ def pyamg_preconditioner(
         low = MultilevelSolver.Level()
         low.A, low.B = ac, setup.coarse_b
         levels = [top, low]
+    elif setup.coarsening == "rs":
+        sub = pyamg.ruge_stuben_solver(ac, max_coarse=max_coarse, max_levels=max_levels - 1)
+        levels = [top, *sub.levels]
     else:
         sub = _seeded(
             seed,

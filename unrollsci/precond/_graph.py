@@ -17,7 +17,7 @@ from ..operators import SparseOperator
 from ._incomplete import ic0_from_pattern, mic0_from_pattern
 from ._sparse import LowerPattern, lower_pattern
 
-__all__ = ["MatrixGraph", "SystemBatch"]
+__all__ = ["MatrixGraph", "NodeGraph", "SystemBatch"]
 
 
 @dataclass
@@ -92,6 +92,22 @@ class MatrixGraph:
             iperm=None if self.iperm is None else self.iperm.to(device),
             ordering=self.ordering,
         )
+
+
+@dataclass
+class NodeGraph:
+    """Node features only: what a learned AMG without message passing (``layers=0``) reads
+    (its per-entry features live in the AMG setup, ``cache["amg"]``)."""
+
+    n: int
+    x: torch.Tensor  # (n, 5) node features, as MatrixGraph's
+    cache: dict = field(default_factory=dict)
+    perm: torch.Tensor | None = None
+    iperm: torch.Tensor | None = None
+    ordering: str | None = None
+
+    def to(self, device: torch.device | str) -> NodeGraph:
+        return NodeGraph(self.n, self.x.to(device), dict(self.cache))
 
 
 #: Edge features of the reverse edge j -> i are these signs times those of i -> j (entry

@@ -13,11 +13,13 @@ from ._amg import (
     ProlongationHead,
     TwoLevelCycle,
     amg_setup,
+    prolongation_matrix,
     prolongation_values,
     pyamg_preconditioner,
 )
+from ._amg_rs import rs_setup
 from ._factors import BlockPreconditioner, FactorPreconditioner, InverseFactorPreconditioner
-from ._graph import _EDGE_FLIP, MatrixGraph, _build_graph, _split_edges
+from ._graph import _EDGE_FLIP, MatrixGraph, NodeGraph, _build_graph, _split_edges
 from ._layers import _make_layer, _mlp, _mlp_t
 from ._ordering import PermutedPreconditioner, reorder
 from ._poly import ChebyshevPreconditioner, SymmetricMatvec, abs_entries, gershgorin_scaled
@@ -127,6 +129,7 @@ class LearnedPreconditioner(nn.Module):
         ratio: float = 0.01,
         scaling: bool = True,
         ordering: Any = None,
+        coarsening: str = "sa",
     ) -> None:
         super().__init__()
         if kind not in _KINDS:
@@ -157,6 +160,11 @@ class LearnedPreconditioner(nn.Module):
             raise ValueError(
                 "kind='amg' learns a prolongation; it has no base factor and no ordering "
                 f"(got base={base!r}, ordering={ordering!r})."
+            )
+        if coarsening not in ("sa", "rs") or (kind != "amg" and coarsening != "sa"):
+            raise ValueError(
+                f"Expected coarsening 'sa' or 'rs', and only with kind='amg' (got "
+                f"coarsening={coarsening!r}, kind={kind!r})."
             )
         if kind == "poly" and base != "identity":
             raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
@@ -192,6 +200,7 @@ class LearnedPreconditioner(nn.Module):
                 self.amg_head = ProlongationHead(hidden)
         self.degree, self.ratio, self.scaling = int(degree), float(ratio), bool(scaling)
         self.ordering = ordering
+        self.coarsening = coarsening
         if kind == "poly":
             # Weights of the Chebyshev iterates y_0..y_degree (softmax) and the interval's
             # lower end relative to the Gershgorin bound (sigmoid); at the start the
@@ -240,6 +249,7 @@ class LearnedPreconditioner(nn.Module):
             "ratio": self.ratio,
             "scaling": self.scaling,
             "ordering": self.ordering,
+            "coarsening": self.coarsening,
         }
 
     def _check_size(self, a: Any) -> Any:
@@ -262,8 +272,13 @@ class LearnedPreconditioner(nn.Module):
             )
         dev = next(self.parameters()).device
         if self.kind == "amg":
-            g = _build_graph(a, "factor", "identity", None).to(dev)
-            g.cache["amg"] = amg_setup(a).to(dev)
+            setup = (rs_setup if self.coarsening == "rs" else amg_setup)(a)
+            setup = setup if dev.type == "cpu" else setup.to(dev)
+            # message passing needs the edges ("poly": no factor pattern, same features);
+            # without it the node features (computed by the setup) are all the GNN reads
+            g: Any = _build_graph(a, "poly", "identity", None).to(dev) if self.convs else None
+            g = g if g is not None else NodeGraph(a.shape[0], setup.x)
+            g.cache["amg"] = setup
             return g
         a, perm, name = reorder(a, self.ordering)
         g = _build_graph(a, self.kind, self.base, self.block_size)
@@ -410,7 +425,10 @@ class LearnedPreconditioner(nn.Module):
         g = self.prepare(A)
         with torch.no_grad():
             if self.kind == "amg":
-                return pyamg_preconditioner(g.cache["amg"], self.prolongation_values(g))
+                setup = g.cache["amg"]
+                h, _ = self._node_states(g)
+                p = prolongation_matrix(setup, self.amg_head(h, setup))
+                return pyamg_preconditioner(setup, p)
             return self.from_graph(g)
 
     def forward(self, A: Any) -> LinearOperator:  # noqa: N803

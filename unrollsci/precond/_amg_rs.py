@@ -1,0 +1,87 @@
+"""Learned AMG on Ruge-Stuben coarsening (``LearnedPreconditioner("amg", coarsening="rs")``).
+
+The setting of Luz, Galun, Maron, Basri and Yavneh (ICML 2020): the C/F splitting is
+classical Ruge-Stuben's (PyAMG: classical strength of connection with ``theta = 0.25``,
+``RS`` splitting, PyAMG's ``ruge_stuben_solver`` defaults) and the GNN predicts the values of
+the prolongation on the interpolation pattern that splitting gives: a C point's row is its
+unit vector, an F point ``i``'s row has an entry for each strongly connected C point ``j``
+(the pattern of direct interpolation, which PyAMG's default modified classical
+interpolation shares). The learned values are
+
+    P_ij = w_ij P0_ij,   w_ij = exp(tanh(f(h_i, h_j, e_ij))) in [1/e, e],
+
+with ``P0`` PyAMG's classical interpolation; the output layer starts at zero, so an untrained
+model is PyAMG's Ruge-Stuben level (tested). The C rows stay unit vectors, so ``P`` has full
+column rank for any weights and ``P^T A P`` is SPD: with symmetric Gauss-Seidel smoothing
+the cycle is SPD for any weights (the argument of :mod:`._amg`).
+
+Edge features of a learned entry ``(i, j)``: ``S_ij = a_ij / sqrt(a_ii a_jj)``, ``P0_ij``,
+``1 / (number of interpolating C points of i)`` and the row sum of ``P0``'s row ``i``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._amg_setup import EDGE_FEATURES, AMGSetup, _tt, node_features
+
+__all__ = ["rs_setup"]
+
+
+def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
+    """PyAMG's Ruge-Stuben splitting and classical interpolation of ``a`` (validated
+    canonical CSR), and the features of the learned entries of ``P`` (its F rows).
+
+    Args:
+        a: SPD matrix, canonical scipy CSR, float64.
+        theta: classical strength threshold (PyAMG's ``ruge_stuben_solver`` default).
+
+    Returns:
+        an :class:`~unrollsci.precond._amg.AMGSetup` with ``coarsening="rs"``.
+    """
+    import scipy.sparse as sp
+    from pyamg.classical.interpolate import classical_interpolation
+    from pyamg.classical.split import RS
+    from pyamg.strength import classical_strength_of_connection
+
+    n = a.shape[0]
+    c = classical_strength_of_connection(a, theta=theta)
+    splitting = RS(c, second_pass=False)
+    p0 = sp.csr_matrix(classical_interpolation(a, c, splitting))
+    p0.sort_indices()
+    nc = p0.shape[1]
+    cpts = np.flatnonzero(splitting)  # coarse index J is the J-th C point
+    counts = np.diff(p0.indptr)
+    p_row = np.repeat(np.arange(n), counts)
+    learned = np.flatnonzero(splitting[p_row] == 0)  # F rows' entries
+    e_row = p_row[learned]
+    e_col = cpts[p0.indices[learned]].astype(np.int64)
+    d = a.diagonal()
+    rows = np.repeat(np.arange(n), np.diff(a.indptr))
+    cols = a.indices.astype(np.int64)
+    # a_ij of each learned entry: its position among A's (sorted) row-major keys
+    pos = np.searchsorted(rows * n + cols, e_row * n + e_col)
+    pv = np.asarray(p0.data, dtype=np.float64)
+    rowsum = np.bincount(p_row, pv, n)
+    edge_attr = np.empty((EDGE_FEATURES, learned.size), dtype=np.float32)
+    edge_attr[0] = a.data[pos] / np.sqrt(d[e_row] * d[e_col])
+    edge_attr[1] = pv[learned]
+    edge_attr[2] = 1.0 / counts[e_row]
+    edge_attr[3] = rowsum[e_row]
+    return AMGSetup(
+        a=a,
+        n=n,
+        nc=nc,
+        t=p0,
+        e_row=_tt(e_row.astype(np.int64)),
+        e_col=_tt(e_col),
+        edge_attr=torch.from_numpy(edge_attr).T,
+        x=node_features(a, rows, cols, d),
+        omega0=1.0,
+        coarse_b=np.ones((nc, 1)),
+        coarsening="rs",
+        target=_tt(learned.astype(np.int64)),
+    )
