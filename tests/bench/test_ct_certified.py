@@ -22,7 +22,16 @@ def test_bench_ct_certified_quick(tmp_path):
     assert s["bound_over_empirical"] == pytest.approx(
         net["lipschitz_bound"] / net["lipschitz_empirical"]
     )
-    for key in ("fbp", "tv", "network"):
+    # the refined network: its certificate is the ridge one times the refiner's factor
+    ref = data["results"]["refined"]
+    assert 0 < ref["lipschitz_empirical"] <= ref["lipschitz_bound"]
+    assert 0 < ref["jacobian_norm_max"] <= ref["lipschitz_bound"]
+    factor = ref["lipschitz_layers"][-1]["refiner"]
+    assert factor >= 1.0
+    assert ref["lipschitz_bound"] == pytest.approx(net["lipschitz_bound"] * factor)
+    assert s["final_model"] == "ConvexRidgeCT + LipschitzRefiner"
+    assert s["ridge_lipschitz_bound"] == pytest.approx(net["lipschitz_bound"])
+    for key in ("fbp", "tv", "network", "refined"):
         assert len(data["results"][key]["psnr"]) == 4
     # a second run refuses to write over the results without --force
     with pytest.raises(FileExistsError, match="--force"):
@@ -34,11 +43,43 @@ def test_bench_ct_certified_checkpoint_reproduces(tmp_path):
     from unrollsci.bench.ct_certified import main
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
-    net = json.loads((tmp_path / "ct_certified_quick.json").read_text())["results"]["network"]
+    first = json.loads((tmp_path / "ct_certified_quick.json").read_text())["results"]
     ckpt = tmp_path / "trained.pt"
     ckpt.write_bytes((tmp_path / "ct_certified_quick.pt").read_bytes())
     args = ["--quick", "--out", str(tmp_path), "--force", "--checkpoint", str(ckpt)]
     assert main(args) == 0
-    again = json.loads((tmp_path / "ct_certified_quick.json").read_text())["results"]["network"]
-    assert again["psnr"] == pytest.approx(net["psnr"], abs=1e-9)
-    assert again["lipschitz_bound"] == pytest.approx(net["lipschitz_bound"])
+    again = json.loads((tmp_path / "ct_certified_quick.json").read_text())["results"]
+    for key in ("network", "refined"):
+        assert again[key]["psnr"] == pytest.approx(first[key]["psnr"], abs=1e-9)
+        assert again[key]["lipschitz_bound"] == pytest.approx(first[key]["lipschitz_bound"])
+
+
+@pytest.mark.slow
+def test_committed_refined_checkpoint_reproduces_the_row():
+    """Re-scoring the committed weights on the benchmark's test set gives the recorded
+    per-image PSNRs and certificates (ct_certified.json, both network rows)."""
+    from pathlib import Path
+
+    import torch
+
+    from unrollsci.bench.ct import SEEDS, make_data, scores
+    from unrollsci.bench.ct_certified import certificate, ridge_only
+    from unrollsci.imaging import ConvexRidgeCT, Radon
+    from unrollsci.train import load_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    data = json.loads((root / "benchmarks/results/ct_certified.json").read_text())
+    model = load_checkpoint(
+        root / "benchmarks/checkpoints/ct_certified_refined.pt", expected=(ConvexRidgeCT,)
+    ).eval()
+    cfg = data["config"]
+    radon = Radon(cfg["size"], cfg["angles"])
+    n = cfg["n_test"]
+    y, x, m = make_data(cfg["n_test"], cfg["size"], radon, cfg["photons"], SEEDS["test"])
+    with torch.no_grad():
+        outs = {"network": ridge_only(model, y[:n], m[:n]), "refined": model(y[:n], mask=m[:n])}
+    for key, out in outs.items():
+        row = data["results"][key]
+        assert scores(out, x[:n])[0] == pytest.approx(row["psnr"][:n], abs=1e-4)
+        bound = certificate(model, refined=key == "refined").bound
+        assert bound == pytest.approx(row["lipschitz_bound"], rel=1e-6)

@@ -108,6 +108,123 @@ def train(
     }
 
 
+REFINE_SEED = 8  # training phantoms of the refiner (bench ct trains on seed 7)
+
+
+def refiner_data(
+    model: Any, radon: Any, n: int, photons: float, seed: int, chunk: int = 50
+) -> tuple[torch.Tensor, ...]:
+    """``(ridge reconstructions, images, masks)`` of ``n`` fresh noisy training phantoms:
+    the inputs and targets of the refinement (the ridge part of ``model`` is frozen)."""
+    gen = torch.Generator().manual_seed(seed)
+    xs, ts, ms = [], [], []
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            y, x, m = make_data(min(chunk, n - i), radon.image_size, radon, photons, generator=gen)
+            xs.append(ridge_only(model, y, m))
+            ts.append(x)
+            ms.append(m)
+    return torch.cat(xs), torch.cat(ts), torch.cat(ms)
+
+
+def ridge_only(model: Any, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``model``'s reconstruction before its refinement (the ridge iteration alone)."""
+    refiner = model.refiner
+    model.refiner = None
+    try:
+        return model(y, mask=m)
+    finally:
+        model.refiner = refiner
+
+
+def train_refiner(
+    model: Any, args: argparse.Namespace, data: tuple[torch.Tensor, ...], val: tuple[Any, ...]
+) -> dict[str, Any]:
+    """Adam on the MSE of ``P(x + R(x))`` over precomputed ridge reconstructions ``x``,
+    cosine learning rate over ``--refine-steps``, stops at ``--refine-seconds``; keeps the
+    refiner state with the best validation MSE."""
+    x_in, x_true, masks = data
+    xv_in, xv_true, mv = val
+    ref = model.refiner
+    opt = torch.optim.Adam(ref.parameters(), lr=args.refine_lr)
+    gen = torch.Generator().manual_seed(SEEDS["train"])
+    best = {"val_mse": math.inf, "step": -1, "state": None}
+    history = []
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    step = 0
+    while True:
+        if step % args.val_every == 0 or step == args.refine_steps:
+            ref.eval()
+            with torch.no_grad():
+                v = float(torch.mean((model.refined(xv_in, mv) - xv_true) ** 2))
+            ref.train()
+            history.append({"step": step, "val_mse": v, "seconds": time.perf_counter() - t0})
+            if v < best["val_mse"]:
+                best.update(val_mse=v, step=step, state=copy.deepcopy(ref.state_dict()))
+        if step >= args.refine_steps or time.perf_counter() - t0 > args.refine_seconds:
+            break
+        factor = cosine_factor(step, args.refine_steps, args.lr_floor)
+        for g in opt.param_groups:
+            g["lr"] = args.refine_lr * factor
+        pick = torch.randint(x_in.shape[0], (args.refine_batch,), generator=gen)
+        xb, tb, mb = x_in[pick], x_true[pick], masks[pick]
+        loss = torch.mean((model.refined(xb, mb) - tb) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+    ref.load_state_dict(best["state"])
+    ref.eval()
+    return {
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "best_step": best["step"],
+        "best_val_mse": best["val_mse"],
+        "history": history,
+        "images": int(x_in.shape[0]),
+    }
+
+
+class _Wrap(torch.nn.Module):
+    """A reconstruction function ``fn(y, mask)`` as a module (for the attacks)."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fn(y, mask)
+
+
+def with_refiner(model: Any, args: argparse.Namespace) -> Any:
+    """A copy of the ConvexRidgeCT ``model`` with a fresh LipschitzRefiner after its steps."""
+    from ..imaging import ConvexRidgeCT
+
+    refine = {
+        "channels": args.refine_channels,
+        "depth": args.refine_depth,
+        "kernel_size": args.refine_kernel,
+        "lipschitz": args.refine_lipschitz,
+    }
+    new = ConvexRidgeCT(**(model.get_config() | {"refine": refine})).to(model.dtype)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("refiner.")}
+    new.load_state_dict(state, strict=False)
+    return new
+
+
+def certificate(model: Any, refined: bool) -> Any:
+    """``model``'s certificate, of the ridge iteration alone unless ``refined``."""
+    if refined:
+        return model.lipschitz_bound(details=True, recompute=True)
+    refiner = model.refiner
+    model.refiner = None
+    try:
+        return model.lipschitz_bound(details=True, recompute=True)
+    finally:
+        model.refiner = refiner
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/ct_certified.py", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny run (seconds); *_quick.* files")
@@ -133,6 +250,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", default=None, help="evaluate this trained ConvexRidgeCT (no training)"
     )
+    p.add_argument(
+        "--base-checkpoint", default=None, help="a trained ConvexRidgeCT: train only its refiner"
+    )
+    p.add_argument("--refine-channels", type=int, default=32, help="0: no refinement")
+    p.add_argument("--refine-depth", type=positive_int_arg, default=5)
+    p.add_argument("--refine-kernel", type=positive_int_arg, default=3)
+    p.add_argument("--refine-lipschitz", type=float, default=2.0, help="largest Lip(R)")
+    p.add_argument("--refine-images", type=positive_int_arg, default=4000)
+    p.add_argument("--refine-batch", type=positive_int_arg, default=16)
+    p.add_argument("--refine-lr", type=float, default=1e-3)
+    p.add_argument("--refine-steps", type=positive_int_arg, default=3000)
+    p.add_argument("--refine-seconds", type=float, default=1200.0, help="stop earlier")
     p.add_argument("--tv-iters", type=positive_int_arg, default=300)
     p.add_argument("--tv-lams", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0, 8.0])
     p.add_argument("--emp-steps", type=positive_int_arg, default=100)
@@ -156,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         args.tv_iters, args.tv_lams, args.layers, args.filters = 30, [3.0, 5.0], 3, 4
         args.pool, args.batch, args.emp_steps, args.jac_images = 8, 2, 5, 1
         args.repeats, args.size, args.angles = 1, 32, 20
+        args.refine_images, args.refine_steps, args.refine_batch = 8, 6, 2
+        args.refine_channels = min(args.refine_channels, 4)
     stem = results_name("ct_certified", args.quick)
     out = Path(args.out)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.pt"]
-    check_writable(paths, inputs=[args.checkpoint] if args.checkpoint else [], force=args.force)
+    inputs = [c for c in (args.checkpoint, args.base_checkpoint) if c]
+    check_writable(paths, inputs=inputs, force=args.force)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     radon = Radon(args.size, args.angles)
@@ -177,27 +309,43 @@ def main(argv: list[str] | None = None) -> int:
     }
     lam = max(tv_val, key=tv_val.get)
 
-    # --- the certified network
+    # --- the certified network (the ridge iteration), then its refinement if asked for
+    training: dict[str, Any] = {}
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint, expected=(ConvexRidgeCT,))
         if not isinstance(model, ConvexRidgeCT):
             raise TypeError(f"Expected a ConvexRidgeCT checkpoint (got {type(model).__name__}).")
-        training: dict[str, Any] = {"checkpoint": str(args.checkpoint)}
+        training["checkpoint"] = str(args.checkpoint)
     else:
-        model = ConvexRidgeCT(
-            radon,
-            n_layers=args.layers,
-            filters=args.filters,
-            kernel_size=args.kernel_size,
-            n_clips=args.clips,
-            slack=args.slack,
-        )
-        training = train(model, args, radon, val)
+        if args.base_checkpoint:
+            model = load_checkpoint(args.base_checkpoint, expected=(ConvexRidgeCT,))
+            training["base_checkpoint"] = str(args.base_checkpoint)
+        else:
+            model = ConvexRidgeCT(
+                radon,
+                n_layers=args.layers,
+                filters=args.filters,
+                kernel_size=args.kernel_size,
+                n_clips=args.clips,
+                slack=args.slack,
+            )
+            training.update(train(model, args, radon, val))
+        if args.refine_channels:
+            model = with_refiner(model, args)
+            model.requires_grad_(False).eval()
+            data = refiner_data(model, radon, args.refine_images, args.photons, REFINE_SEED)
+            with torch.no_grad():
+                val_in = (ridge_only(model, y_val, m_val), x_val, m_val)
+            model.refiner.requires_grad_(True)
+            training["refiner"] = train_refiner(model, args, data, val_in)
         save_checkpoint(model, paths[2])
     model.eval().requires_grad_(False)
+    nets = {"network": lambda y, m: ridge_only(model, y, m)}
+    if model.refiner is not None:
+        nets["refined"] = lambda y, m: model(y, mask=m)
 
-    # --- reconstructions; TV and the network timed in interleaved repeats (medians)
-    times: dict[str, list[float]] = {"fbp": [], "tv": [], "network": []}
+    # --- reconstructions; TV and the networks timed in interleaved repeats (medians)
+    times: dict[str, list[float]] = {"fbp": [], "tv": [], **{key: [] for key in nets}}
     x_hat: dict[str, Any] = {}
     tv_info: dict[str, Any] = {}
     for _ in range(args.repeats):
@@ -209,23 +357,42 @@ def main(argv: list[str] | None = None) -> int:
         times["tv"].append(time.perf_counter() - t)
         x_hat["tv"] = sol.x
         tv_info = {"iterations": sol.iterations, "final_rel_change": sol.residual}
-        t = time.perf_counter()
-        with torch.no_grad():
-            x_hat["network"] = model(y_te, mask=m_te)
-        times["network"].append(time.perf_counter() - t)
+        for key, net in nets.items():
+            t = time.perf_counter()
+            with torch.no_grad():
+                x_hat[key] = net(y_te, m_te)
+            times[key].append(time.perf_counter() - t)
 
-    # --- certificate against two attacks (both lower bounds on the Lipschitz constant)
-    cert = model.lipschitz_bound(details=True, recompute=True)
+    # --- certificates against two attacks (both lower bounds on the Lipschitz constant)
     k = min(8, args.n_test)
-    t = time.perf_counter()
-    emp = empirical_lipschitz(model, y_te[:k], steps=args.emp_steps, mask=m_te[:k])
-    emp_seconds = time.perf_counter() - t
-    jac = jacobian_norm(model, y_te[: args.jac_images], m_te[: args.jac_images])
-    beta_gamma = [(lay["beta"], lay["gamma"]) for lay in cert.layers]
+    certs: dict[str, dict[str, Any]] = {}
+    for key, net in nets.items():
+        cert = certificate(model, refined=key == "refined")
+        t = time.perf_counter()
+        emp = empirical_lipschitz(_Wrap(net), y_te[:k], steps=args.emp_steps, mask=m_te[:k])
+        emp_seconds = time.perf_counter() - t
+        jac = jacobian_norm(_Wrap(net), y_te[: args.jac_images], m_te[: args.jac_images])
+        certs[key] = {
+            "lipschitz_bound": cert.bound,
+            "lipschitz_init": cert.init,
+            "radon_norm": cert.radon_norm,
+            "lipschitz_layers": cert.layers,
+            "lipschitz_empirical": emp,
+            "lipschitz_empirical_seconds": emp_seconds,
+            "jacobian_norm_max": jac,
+            "max_beta_plus_gamma": max(
+                lay["beta"] + lay["gamma"] for lay in cert.layers if "beta" in lay
+            ),
+        }
 
     results: dict[str, Any] = {}
     rows = []
-    names = {"fbp": f"FBP ({best_filter})", "tv": f"TV (lam {lam:g})", "network": "ConvexRidgeCT"}
+    names = {
+        "fbp": f"FBP ({best_filter})",
+        "tv": f"TV (lam {lam:g})",
+        "network": "ConvexRidgeCT",
+        "refined": "ConvexRidgeCT + LipschitzRefiner",
+    }
     for key, xh in x_hat.items():
         ps, ss = scores(xh, x_te)
         med = statistics.median(times[key])
@@ -238,48 +405,59 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_repeats": times[key],
             "seconds_per_image": med / args.n_test,
         }
+        c = certs.get(key, {})
         rows.append(
             {
                 "method": names[key],
                 "PSNR (dB)": results[key]["psnr_mean"],
                 "SSIM": results[key]["ssim_mean"],
                 "time / image (s)": med / args.n_test,
-                "Lipschitz bound": cert.bound if key == "network" else "",
-                "adversarial ratio": emp if key == "network" else "",
+                "Lipschitz bound": c.get("lipschitz_bound", ""),
+                "adversarial ratio": c.get("lipschitz_empirical", ""),
             }
         )
     results["fbp"].update(filter=best_filter, validation_psnr=fbp_val)
     results["tv"].update(lam=lam, validation_psnr=tv_val, **tv_info)
-    gain = results["network"]["psnr_mean"] - results["tv"]["psnr_mean"]
-    speed = results["tv"]["seconds_median"] / results["network"]["seconds_median"]
-    results["network"].update(
-        config=model.get_config() | {"radon": repr(radon), "mask": "per-image supports"},
-        training=training,
-        lipschitz_bound=cert.bound,
-        lipschitz_init=cert.init,
-        radon_norm=cert.radon_norm,
-        lipschitz_layers=cert.layers,
-        lipschitz_empirical=emp,
-        lipschitz_empirical_seconds=emp_seconds,
-        jacobian_norm_max=jac,
-        max_beta_plus_gamma=max(b + g for b, g in beta_gamma),
+    config_net = model.get_config() | {"radon": repr(radon), "mask": "per-image supports"}
+    for key in nets:
+        results[key].update(certs[key], config=config_net, training=training)
+    final = "refined" if "refined" in nets else "network"
+    summary: dict[str, Any] = {"final_model": names[final]}
+    notes = ""
+    for key in nets:
+        r, c = results[key], certs[key]
+        gain = r["psnr_mean"] - results["tv"]["psnr_mean"]
+        speed = results["tv"]["seconds_median"] / r["seconds_median"]
+        bound, emp, jac = c["lipschitz_bound"], c["lipschitz_empirical"], c["jacobian_norm_max"]
+        prefix = "" if key == final else "ridge_"
+        summary.update(
+            {
+                f"{prefix}network_minus_tv_db": gain,
+                f"{prefix}speedup_vs_tv": speed,
+                f"{prefix}lipschitz_bound": bound,
+                f"{prefix}lipschitz_empirical": emp,
+                f"{prefix}bound_over_empirical": bound / emp,
+                f"{prefix}bound_over_jacobian_norm": bound / jac,
+                f"{prefix}goal_bound_le_10": bound <= 10.0,
+                f"{prefix}goal_within_20x": bound / emp <= 20.0,
+                f"{prefix}goal_tv_plus_2db": gain >= 2.0,
+            }
+        )
+        notes += (
+            f"\n{names[key]} - TV = {gain:+.2f} dB; TV / it time = {speed:.1f}x. "
+            f"Certified bound {bound:.4g}; adversarial ratio {emp:.4g} "
+            f"(bound / ratio = {bound / emp:.2f}); largest local Jacobian norm {jac:.4g} "
+            f"(bound / it = {bound / jac:.2f}).\n"
+        )
+    notes += (
+        f"\nTimes: median of {args.repeats} interleaved runs over the {args.n_test} test "
+        f"images, load {os.getloadavg()[0]:.1f}.\n"
     )
-    summary = {
-        "network_minus_tv_db": gain,
-        "speedup_vs_tv": speed,
-        "lipschitz_bound": cert.bound,
-        "lipschitz_empirical": emp,
-        "bound_over_empirical": cert.bound / emp,
-        "bound_over_jacobian_norm": cert.bound / jac,
-        "goal_bound_le_10": cert.bound <= 10.0,
-        "goal_within_20x": cert.bound / emp <= 20.0,
-        "goal_tv_plus_2db": gain >= 2.0,
-    }
     config = dict(vars(args))
     config.update(
         load_average_1_5_15min=list(os.getloadavg()),
         noise="poisson",
-        seeds=SEEDS,
+        seeds=SEEDS | {"refiner_data": REFINE_SEED},
         data="unrollsci.bench.ct.make_data (validation / test seeds of bench ct)",
         timing="TV and the network interleaved, median of --repeats, whole test batch",
     )
@@ -290,14 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
     )
     table = markdown_table(rows)
-    notes = (
-        f"\n\nConvexRidgeCT - TV = {gain:+.2f} dB; TV / ConvexRidgeCT time = {speed:.1f}x "
-        f"(median of {args.repeats} interleaved runs, load {os.getloadavg()[0]:.1f}).\n"
-        f"Certified bound {cert.bound:.4g}; adversarial ratio {emp:.4g} "
-        f"(bound / ratio = {cert.bound / emp:.2f}); largest local Jacobian norm {jac:.4g} "
-        f"(bound / it = {cert.bound / jac:.2f}).\n"
-    )
-    write_text(paths[1], table + notes)
-    print(table + notes)
+    write_text(paths[1], table + "\n" + notes)
+    print(table + "\n" + notes)
     print(f"results: {path}")
     return 0

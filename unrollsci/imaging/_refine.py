@@ -45,19 +45,20 @@ class LipschitzRefiner(nn.Module):
 
     ``R(x) = g W_D s(... s(W_1 x + b_1) ...) + b_D`` with ``depth`` "same" convolutions
     (1 -> ``channels`` -> ... -> 1), the MaxMin activation ``s`` (1-Lipschitz) between them,
-    each convolution divided by an estimate of its operator norm (power iteration per DFT
-    frequency, one step per training forward, frozen in eval mode), and a gain
-    ``g = lipschitz * sigmoid(theta)``. The certificate does not trust the estimates:
+    each convolution divided by ``max(1, est_i)`` with ``est_i`` an estimate of its operator
+    norm (power iteration per DFT frequency, one step per training forward, frozen in eval
+    mode), and a gain ``g = lipschitz * sigmoid(theta)``. The certificate does not trust the
+    estimates:
 
-    ``Lip(x -> x + R(x)) <= 1 + g prod_i ||W_i|| / est_i``
+    ``Lip(x -> x + R(x)) <= 1 + g prod_i ||W_i|| / max(1, est_i)``
 
     with ``||W_i||`` bounded from above by :func:`~unrollsci.imaging.conv_operator_norm` (its FFT
     bound: exact for the circular convolution, an upper bound for the zero-padded one) in
     float64.
 
     Guarantee: ``||f(x_1) - f(x_2)|| <= lipschitz_bound() ||x_1 - x_2||`` for any weights
-    (Euclidean norms, exact arithmetic). Starts close to the identity (``g = 0.018
-    lipschitz``).
+    (Euclidean norms, exact arithmetic). Starts close to the identity (the last convolution
+    starts at a norm of about 0.01).
 
     Args:
         image_size: ``N`` (the norms are taken on ``N x N`` images).
@@ -119,9 +120,14 @@ class LipschitzRefiner(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(c_out)))
             u = torch.randn(n_freq, c_in, generator=gen, dtype=torch.float64)
-            self.register_buffer(f"_u{i}", (u / u.norm(dim=-1, keepdim=True)).to(torch.cfloat))
-        # g = lipschitz * sigmoid(theta): a small start (a zero gain would stop gradients)
-        self.gain_logit = nn.Parameter(torch.tensor(-4.0))
+            u = torch.stack((u / u.norm(dim=-1, keepdim=True), torch.zeros_like(u)), dim=-1)
+            # the estimate's vector, complex stored as real pairs (so .to(dtype) keeps it)
+            self.register_buffer(f"_u{i}", u.to(torch.get_default_dtype()))
+        # g = lipschitz * sigmoid(theta) starts at 0.95 lipschitz; R starts small through
+        # a last convolution of norm about 0.01 (norms below 1 are not scaled up)
+        self.gain_logit = nn.Parameter(torch.tensor(3.0))
+        with torch.no_grad():
+            self.weights[-1].mul_(0.01)
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments."""
@@ -141,13 +147,14 @@ class LipschitzRefiner(nn.Module):
         """Power-iteration estimate of ``||W_i||`` (differentiable in the weight)."""
         w = self.weights[i]
         spec = _spectrum(w, self.image_size)  # (F, c_out, c_in) complex
-        u = getattr(self, f"_u{i}").to(spec.dtype)
+        buf = getattr(self, f"_u{i}")
+        u = torch.view_as_complex(buf.to(w.dtype).contiguous())
         if self.training:
             with torch.no_grad():
                 v = spec @ u[..., None]
                 u = (spec.mH @ v)[..., 0]
                 u = u / u.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-                getattr(self, f"_u{i}").copy_(u)
+                buf.copy_(torch.view_as_real(u))
         sigma = (spec @ u.detach()[..., None]).norm(dim=(-2, -1))
         return sigma.max().clamp(min=torch.finfo(w.dtype).tiny)
 
@@ -156,7 +163,7 @@ class LipschitzRefiner(nn.Module):
         z = x[:, None]
         pad = self.kernel_size // 2
         for i in range(self.depth):
-            w = self.weights[i] / self._norm_estimate(i)
+            w = self.weights[i] / self._norm_estimate(i).clamp(min=1.0)
             z = F.conv2d(z, w, self.biases[i], padding=pad)
             if i < self.depth - 1:
                 z = maxmin(z)
@@ -180,12 +187,12 @@ class LipschitzRefiner(nn.Module):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        """Certified ``Lip(x -> x + R(x))``: ``1 + g prod_i ||W_i||_FFT / est_i``."""
+        """Certified ``Lip(x -> x + R(x))``: ``1 + g prod_i ||W_i||_FFT / max(1, est_i)``."""
         prod = float(self.gain().double())
         was = self.training
         self.eval()
         for i in range(self.depth):
             est = float(self._norm_estimate(i).double())
-            prod *= conv_operator_norm(self.weights[i], self.image_size) / est
+            prod *= conv_operator_norm(self.weights[i], self.image_size) / max(1.0, est)
         self.train(was)
         return 1.0 + prod
