@@ -242,8 +242,7 @@ def pyamg_preconditioner(
         )
     r = p.T.tocsr()
     a = setup.a
-    ac = (r @ (a @ p)).tocsr()
-    ac = ((ac + ac.T) * 0.5).tocsr()
+    ac = (r @ (a @ p)).tocsr()  # Galerkin, as PyAMG forms it (symmetric to round-off)
     ac.sort_indices()
     top = MultilevelSolver.Level()
     top.A, top.P, top.R, top.B = a, p, r, np.ones((setup.n, 1))
