@@ -22,6 +22,7 @@ qeq_pme_cutoff5``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -32,6 +33,7 @@ import torch
 
 from ..chem import solve_charges
 from ..chem._geometry import ewald_alpha, ewald_kvectors
+from ..chem._pme import mesh_shape
 from ._common import (
     figure_path,
     markdown_table,
@@ -99,9 +101,23 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     n_k = len(ewald_kvectors(np.asarray(atoms.cell.array), kmax))
     methods = ["ewald", "pme"]
     row: dict[str, Any] = {"atoms": n, "accuracy": accuracy, "n_kvectors": n_k}
+    cell = torch.tensor(atoms.cell.array, dtype=torch.float64)
+    try:
+        mesh = mesh_shape(cell, alpha, accuracy, n)[0]
+    except ValueError:  # beyond the library's own mesh limit
+        mesh = None
+    row["pme_mesh"] = "x".join(str(x) for x in mesh) if mesh else "> MAX_MESH_POINTS"
+    notes = []
     if n * n_k > args.max_ewald_elements:
-        methods = ["pme"]
-        row["note"] = f"explicit sum skipped: N x K = {n * n_k:.2e} > {args.max_ewald_elements:.0e}"
+        methods.remove("ewald")
+        notes.append(f"explicit sum skipped: N x K = {n * n_k:.2e} > {args.max_ewald_elements:.0e}")
+    if mesh is None or math.prod(mesh) > args.max_pme_points:
+        methods.remove("pme")
+        notes.append(f"PME skipped: mesh > {args.max_pme_points:.0e} points")
+    if notes:
+        row["note"] = "; ".join(notes)
+    if not methods:
+        return row
     row["load_avg"] = os.getloadavg()[0]
     times: dict[str, list[float]] = {f"{m}_{k}": [] for m in methods for k in ("q", "ef")}
     last: dict[str, dict] = {}
@@ -117,9 +133,8 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     for key, ts in times.items():
         row[f"s_{key}"] = statistics.median(ts)
         row[f"n_{key}"] = len(ts)
-    row["cg_iters"] = last["pme_ef"]["iters"]
-    row["pme_mesh"] = "x".join(str(x) for x in last["pme_ef"]["stats"]["pme_mesh"])
-    if "ewald_ef" in last:
+    row["cg_iters"] = last[f"{methods[-1]}_ef"]["iters"]
+    if "ewald_ef" in last and "pme_ef" in last:
         row["pme/ewald_q"] = row["s_pme_q"] / row["s_ewald_q"]
         row["pme/ewald_ef"] = row["s_pme_ef"] / row["s_ewald_ef"]
         a, b = last["ewald_ef"], last["pme_ef"]
@@ -186,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
     p.add_argument("--slow", type=float, default=20.0, help="seconds: time such a call once")
     p.add_argument("--max-ewald-elements", type=float, default=8e7, help="N x K limit")
+    p.add_argument(
+        "--max-pme-points", type=float, default=3e7, help="skip PME above this mesh size"
+    )
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument(
