@@ -222,7 +222,8 @@ def pyamg_preconditioner(
     ``A_c`` is larger than ``max_coarse``, PyAMG builds the levels below it with the
     setup's coarsening: smoothed aggregation (defaults, the coarse candidates of ``T``,
     ``seed`` for its random set-up) or Ruge-Stuben (defaults). Smoothing: symmetric
-    Gauss-Seidel on every level (the default of both), coarsest: ``pinv``.
+    Gauss-Seidel on every level (the default of both), coarsest: ``pinv``. Every level is
+    stored as CSR (PyAMG's SA stores BSR with 1 x 1 blocks, whose products are slower).
     """
     import pyamg
     import scipy.sparse as sp
@@ -263,6 +264,10 @@ def pyamg_preconditioner(
             max_levels=max_levels - 1,
         )
         levels = [top, *sub.levels]
+    for lev in levels[1:]:  # PyAMG's SA keeps BSR (1 x 1 blocks) levels: slower cycles
+        lev.A = sp.csr_matrix(lev.A)
+        if hasattr(lev, "P"):
+            lev.P, lev.R = sp.csr_matrix(lev.P), sp.csr_matrix(lev.R)
     ml = MultilevelSolver(levels, coarse_solver="pinv")
     smoother = ("block_gauss_seidel", {"sweep": "symmetric"})
     change_smoothers(ml, smoother, smoother)

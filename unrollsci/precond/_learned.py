@@ -55,7 +55,8 @@ class LearnedPreconditioner(nn.Module):
       :meth:`build` hands the learned level to PyAMG, which builds the coarser levels
       (smoothed aggregation of ``P^T A P``) and runs the V-cycle (see
       :mod:`unrollsci.precond._amg`). SPD for any weights (symmetric smoothing, ``P`` and
-      ``P^T``).
+      ``P^T``). ``coarsening="rs"``: the same on Ruge-Stuben's splitting, the GNN
+      rescaling PyAMG's classical interpolation (Luz et al.'s setting).
 
     ``M`` is SPD by construction, for any weights: the factor's diagonal is positive and
     each row's off-diagonal entries are capped relative to it, which also keeps the factor
@@ -100,6 +101,14 @@ class LearnedPreconditioner(nn.Module):
         seed: seed of the initial weights (None: torch's global generator). Training
             from different initial weights lands in different minima; see
             ``restarts`` in :func:`fit_preconditioner`.
+        coarsening: ``kind="amg"`` only: ``"sa"`` (smoothed aggregation's pattern, the
+            weights ``W`` of ``P = T - D^{-1} (W o A) T``) or ``"rs"`` (Ruge-Stuben's C/F
+            splitting; the GNN rescales PyAMG's classical interpolation on the
+            direct-interpolation pattern by factors in ``[1/e, e]``, C rows fixed; see
+            :mod:`unrollsci.precond._amg_rs`). The levels below the learned one are
+            PyAMG's of the same kind. With ``layers=0`` the set-up reads no matrix graph
+            (node features and per-entry features come from the AMG set-up), which makes
+            it as cheap as PyAMG's own.
 
     Example:
         >>> from unrollsci.precond import LearnedPreconditioner, diffusion2d
