@@ -104,9 +104,7 @@ def pcg_loss(
                     "implemented for a reordered matrix (use loss='energy' or 'residual')."
                 )
             if model.kind in ("poly", "amg"):
-                raise ValueError(
-                    f"loss='frobenius' needs a factor; kind={model.kind!r} has none."
-                )
+                raise ValueError(f"loss='frobenius' needs a factor; kind={model.kind!r} has none.")
             z = torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)
             az = A(z)
             if model.kind == "inverse":
