@@ -108,13 +108,13 @@ def test_auto_picks_by_size(device, monkeypatch):
     pytest.importorskip("torchpme")
     atoms = _rocksalt((2, 2, 2))
     kw = {"cutoff": 5.5, "tol": 1e-8, "ewald_accuracy": 1e-4}
-    monkeypatch.setattr(_pme, "PME_MIN_ATOMS", 64)
+    monkeypatch.setattr(_settings, "PME_COST_RATIO", 0.0)  # the size floor alone
+    monkeypatch.setattr(_settings, "PME_MIN_ATOMS", 64)
     sol, _ = _solve(atoms, "auto", device, **kw)
     assert sol.stats["ewald_method"] == "pme"
-    monkeypatch.setattr(_pme, "PME_MIN_ATOMS", 65)
+    monkeypatch.setattr(_settings, "PME_MIN_ATOMS", 65)
     sol, _ = _solve(atoms, "auto", device, **kw)
     assert sol.stats["ewald_method"] == "ewald"
-    assert _settings.PME_MIN_ATOMS >= 64  # the documented crossover (benchmarks/qeq_pme.py)
 
 
 def test_bad_method_and_missing_torchpme(monkeypatch):
@@ -131,7 +131,8 @@ def test_bad_method_and_missing_torchpme(monkeypatch):
     monkeypatch.setattr(_pme, "_WARNED", set())
     with pytest.raises(ImportError, match="pip install torch-pme"):
         _solve(atoms, "pme", "cpu", cutoff=5.5)
-    monkeypatch.setattr(_pme, "PME_MIN_ATOMS", 2)
+    monkeypatch.setattr(_settings, "PME_MIN_ATOMS", 2)
+    monkeypatch.setattr(_settings, "PME_COST_RATIO", 0.0)
     with pytest.warns(UserWarning, match="torch-pme is not installed"):
         sol, _ = _solve(atoms, "auto", "cpu", cutoff=5.5)
     assert sol.stats["ewald_method"] == "ewald"

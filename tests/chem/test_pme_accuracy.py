@@ -11,7 +11,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from unrollsci.chem import _pme, solve_charges
+from unrollsci.chem import _pme, _pme_mesh, _settings, solve_charges
 from unrollsci.chem._geometry import ewald_alpha
 
 NACL = {
@@ -116,7 +116,7 @@ def test_old_heuristic_mesh_misses_the_accuracy(device, monkeypatch):
     atoms = _system("cubic")
     ref = _reference("cubic", device)
     alpha = ewald_alpha(CUTOFF["cubic"], 1e-8)[0]
-    old = [max(_pme._good_size(math.ceil(x * alpha / 0.3)), 10) for x in atoms.cell.lengths()]
+    old = [max(_pme_mesh._good_size(math.ceil(x * alpha / 0.3)), 10) for x in atoms.cell.lengths()]
     monkeypatch.setattr(_pme, "_cached_mesh_shape", lambda *a: old)
     dq, _, _ = _errors(_solve(atoms, "pme", 1e-8, device), ref)
     assert dq > 10 * Q_TOL * 1e-8, f"old mesh {old}: dq {dq:.2e}"
@@ -163,7 +163,30 @@ def test_mesh_shape_meets_its_target_and_refines_with_accuracy():
 def test_mesh_too_fine_raises(monkeypatch):
     pytest.importorskip("torchpme")
     atoms = _system("cubic")
-    monkeypatch.setattr(_pme, "MAX_MESH_POINTS", 1000)
-    monkeypatch.setattr(_pme, "_SHAPES", {})
+    monkeypatch.setattr(_pme_mesh, "MAX_MESH_POINTS", 1000)
+    monkeypatch.setattr(_pme_mesh, "_SHAPES", {})
     with pytest.raises(ValueError, match="ewald_method='ewald'"):
         _solve(atoms, "pme", 1e-6, "cpu")
+
+
+def test_auto_follows_the_cost_model():
+    """``"auto"``: PME where ``N K > PME_COST_RATIO * M`` at the requested accuracy, so
+    the same cell can get PME at a loose accuracy and the explicit sum at a tight one."""
+    pytest.importorskip("torchpme")
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((6, 6, 6))  # 1728 atoms
+    cell = atoms.cell.array
+    n = len(atoms)
+    picks = {}
+    for accuracy in (1e-5, 1e-10):
+        ewald = ewald_alpha(10.0, accuracy)
+        cheaper, n_k, m = _pme.pme_cheaper(cell, ewald, accuracy, n)
+        assert cheaper == (m > 0 and n * n_k > _settings.PME_COST_RATIO * m)
+        picks[accuracy] = _pme.resolve_method("auto", n, cell=cell, ewald=ewald, accuracy=accuracy)
+        assert picks[accuracy] == ("pme" if cheaper else "ewald")
+    assert picks == {1e-5: "pme", 1e-10: "ewald"}
+    # below PME_MIN_ATOMS never PME; "ewald" and "pme" as asked
+    ewald = ewald_alpha(5.5, 1e-5)
+    small = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 2, 2)).cell.array
+    assert _pme.resolve_method("auto", 64, cell=small, ewald=ewald, accuracy=1e-5) == "ewald"
+    assert _pme.resolve_method("pme", 64, cell=small, ewald=ewald, accuracy=1e-5) == "pme"
+    assert _pme.resolve_method("ewald", 10**6) == "ewald"

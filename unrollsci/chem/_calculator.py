@@ -91,9 +91,10 @@ class QEqCalculator(Calculator):
         ewald: Ewald summation for the long-range 1/r part (periodic cells).
         ewald_accuracy: relative accuracy of the Ewald split.
         ewald_method: reciprocal part of the Ewald sum: ``"auto"`` (default: particle-mesh
-            from ``PME_MIN_ATOMS`` atoms on, the explicit k-vector sum below), ``"ewald"``
-            or ``"pme"`` (torch-pme, an optional dependency); see :func:`solve_charges`
-            (PME carries a mesh error above the explicit sum's ``ewald_accuracy``).
+            where a cost model says it is cheaper at ``ewald_accuracy``, from
+            ``PME_MIN_ATOMS`` atoms on; else the explicit k-vector sum), ``"ewald"`` or
+            ``"pme"`` (torch-pme, an optional dependency; its mesh follows
+            ``ewald_accuracy``); see :func:`solve_charges`.
         total_charge: total charge Q of the system; None (default): the sum of the atoms'
             initial charges, ``atoms.get_initial_charges().sum()`` (0 unless set).
         tol: relative residual tolerance of the charge solve.

@@ -9,7 +9,14 @@ from typing import Any
 
 from ._geometry import KERNELS
 
-__all__ = ["COULOMB_CONSTANT", "EWALD_METHODS", "GRAD_MODES", "PME_MIN_ATOMS", "QEqSettings"]
+__all__ = [
+    "COULOMB_CONSTANT",
+    "EWALD_METHODS",
+    "GRAD_MODES",
+    "PME_COST_RATIO",
+    "PME_MIN_ATOMS",
+    "QEqSettings",
+]
 
 #: e^2 / (4 pi eps0) in eV Angstrom (CODATA 2018); LAMMPS fix qeq uses 14.4.
 COULOMB_CONSTANT = 14.399645
@@ -17,9 +24,13 @@ GRAD_MODES = ("implicit", "unrolled", "envelope")
 #: how the reciprocal-space part of the Ewald sum is computed: ``"auto"`` (by size),
 #: ``"ewald"`` (explicit k-vector sum) or ``"pme"`` (particle mesh through torch-pme)
 EWALD_METHODS = ("auto", "ewald", "pme")
-#: ``ewald_method="auto"`` uses PME from this many atoms on: the crossover measured by
-#: benchmarks/qeq_pme.py lies between 64 and 216 atoms (rock salt; docs/chem.md)
+#: ``ewald_method="auto"`` never uses PME below this many atoms (where the explicit sum
+#: was faster at every accuracy measured by benchmarks/qeq_pme.py; docs/chem.md)
 PME_MIN_ATOMS = 200
+#: ``"auto"`` uses PME where ``N K > PME_COST_RATIO * M`` (``K`` k-vectors of the explicit
+#: sum, ``M`` PME mesh points at the requested ``ewald_accuracy``): the cost ratio at the
+#: crossover measured by benchmarks/qeq_pme.py (docs/chem.md)
+PME_COST_RATIO = 7.0
 
 
 @dataclass(frozen=True)

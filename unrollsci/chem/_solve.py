@@ -305,10 +305,10 @@ def solve_charges(
         ewald_accuracy: target relative accuracy of the Ewald split.
         ewald_method: reciprocal part by ``"ewald"`` (explicit k-vector sum, O(N^2) at a
             fixed cutoff), ``"pme"`` (particle mesh via torch-pme, O(N log N)) or
-            ``"auto"``: PME from ``PME_MIN_ATOMS`` atoms on (see docs/chem.md). PME adds a
-            mesh error that ``ewald_accuracy`` sets only roughly (on rock salt at the default
-            accuracy, charges differ from the explicit sum by ~2e-5 relative): use
-            ``"ewald"`` where the explicit sum's accuracy matters.
+            ``"auto"``: PME where a cost model says it is cheaper at this accuracy (from
+            ``PME_MIN_ATOMS`` atoms on; see docs/chem.md). PME's mesh is chosen from
+            ``ewald_accuracy`` by an error estimate, so that its charges and energy differ
+            from the converged sum by the order of ``ewald_accuracy``, as the explicit sum's.
         total_charge: Q, the sum of the charges (elementary charges).
         tol: relative KKT residual at which CG stops.
         max_iter: CG iteration limit (default 10 N + 100).
@@ -406,7 +406,16 @@ def solve_with_settings(
     tol, iterations = s.tol, s.iterations
     pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     cell_np, ewald = _check_cell(s, cell, pbc_arr)
-    method = None if ewald is None else resolve_method(s.ewald_method, n, stacklevel + 2)
+    method = None
+    if ewald is not None:
+        method = resolve_method(
+            s.ewald_method,
+            n,
+            stacklevel + 2,
+            cell=cell_np,
+            ewald=ewald,
+            accuracy=s.ewald_accuracy,
+        )
     if prep.table is not None:
         table = prep.table
     else:
