@@ -1,4 +1,4 @@
-"""Particle-mesh Ewald (torch-pme) against the explicit Ewald sum, and its derivatives."""
+"""Particle-mesh Ewald (P3M) against the explicit Ewald sum, and its derivatives."""
 
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ def _solve(atoms, method, device, **kw):
     [((2, 2, 2), 5.5, "shielded"), ((3, 3, 3), 8.0, "shielded"), ((3, 2, 2), 5.5, "gaussian")],
 )
 def test_pme_agrees_with_explicit_ewald(device, rep, cutoff, kernel):
-    pytest.importorskip("torchpme")
     atoms = _rocksalt(rep)
     kw = {"cutoff": cutoff, "kernel": kernel, "ewald_accuracy": 1e-7, "tol": 1e-11}
     ref, f_ref = _solve(atoms, "ewald", device, **kw)
@@ -67,7 +66,6 @@ def test_pme_agrees_with_explicit_ewald(device, rep, cutoff, kernel):
 
 @pytest.mark.parametrize("mode", ["implicit", "unrolled", "envelope"])
 def test_pme_forces_match_finite_differences(device, mode):
-    pytest.importorskip("torchpme")
     atoms = _rocksalt((2, 2, 2), seed=3)
     atoms.calc = QEqCalculator(
         params=NACL,
@@ -88,7 +86,6 @@ def test_pme_forces_match_finite_differences(device, mode):
 
 
 def test_pme_stress_matches_finite_differences(device):
-    pytest.importorskip("torchpme")
     atoms = _rocksalt((2, 2, 2), seed=4)
     atoms.calc = QEqCalculator(
         params=NACL,
@@ -105,7 +102,6 @@ def test_pme_stress_matches_finite_differences(device):
 
 
 def test_auto_picks_by_size(device, monkeypatch):
-    pytest.importorskip("torchpme")
     atoms = _rocksalt((2, 2, 2))
     kw = {"cutoff": 5.5, "tol": 1e-8, "ewald_accuracy": 1e-4}
     monkeypatch.setattr(_settings, "PME_COST_RATIO", 0.0)  # the size floor alone
@@ -117,7 +113,7 @@ def test_auto_picks_by_size(device, monkeypatch):
     assert sol.stats["ewald_method"] == "ewald"
 
 
-def test_bad_method_and_missing_torchpme(monkeypatch):
+def test_bad_method_and_pme_without_torchpme(monkeypatch):
     atoms = _rocksalt((2, 2, 2))
     with pytest.raises(ValueError, match="ewald_method"):
         _solve(atoms, "p3m", "cpu", cutoff=5.5)
@@ -125,17 +121,10 @@ def test_bad_method_and_missing_torchpme(monkeypatch):
         QEqCalculator(ewald=True, ewald_method="PME")
     calc = QEqCalculator(ewald=True, ewald_method="pme")
     assert calc.ewald_method == "pme" and calc.todict()["ewald_method"] == "pme"
-    # torch-pme not importable: "pme" says how to install it; "auto" falls back with a warning
+    # PME is the library's own: it runs with torch-pme not importable
     monkeypatch.setitem(sys.modules, "torchpme", None)
-    monkeypatch.setattr(_pme, "_MODULE", {})
-    monkeypatch.setattr(_pme, "_WARNED", set())
-    with pytest.raises(ImportError, match="pip install torch-pme"):
-        _solve(atoms, "pme", "cpu", cutoff=5.5)
-    monkeypatch.setattr(_settings, "PME_MIN_ATOMS", 2)
-    monkeypatch.setattr(_settings, "PME_COST_RATIO", 0.0)
-    with pytest.warns(UserWarning, match="torch-pme is not installed"):
-        sol, _ = _solve(atoms, "auto", "cpu", cutoff=5.5)
-    assert sol.stats["ewald_method"] == "ewald"
+    sol, _ = _solve(atoms, "pme", "cpu", cutoff=5.5, ewald_accuracy=1e-4)
+    assert sol.stats["ewald_method"] == "pme" and sol.converged
 
 
 def test_definiteness_check_with_ewald(monkeypatch):
@@ -149,14 +138,13 @@ def test_definiteness_check_with_ewald(monkeypatch):
     cell = torch.tensor(atoms.cell.array)
     kw = {"cell": cell, "pbc": True, "ewald": True, "cutoff": 5.5, "check_definite": True}
     kw["ewald_accuracy"] = 1e-4
-    for method in ("ewald", "pme") if _pme.available() else ("ewald",):
+    for method in ("ewald", "pme"):
         solve_charges(pos, atoms.numbers, params=NACL, ewald_method=method, **kw)
         with pytest.raises(PolarizationCatastropheError, match="smallest eigenvalue"):
             solve_charges(pos, atoms.numbers, ewald_method=method, **kw)
 
 
 def test_definiteness_check_skips_reciprocal_when_short_part_suffices(monkeypatch):
-    pytest.importorskip("torchpme")
 
     def forbidden(self):
         raise AssertionError("the reciprocal matrix was formed")

@@ -93,7 +93,7 @@ class QEqCalculator(Calculator):
         ewald_method: reciprocal part of the Ewald sum: ``"auto"`` (default: particle-mesh
             where a cost model says it is cheaper at ``ewald_accuracy``, from
             ``PME_MIN_ATOMS`` atoms on; else the explicit k-vector sum), ``"ewald"`` or
-            ``"pme"`` (torch-pme, an optional dependency; its mesh follows
+            ``"pme"`` (particle mesh, O(N log N); its mesh follows
             ``ewald_accuracy``); see :func:`solve_charges`.
         total_charge: total charge Q of the system; None (default): the sum of the atoms'
             initial charges, ``atoms.get_initial_charges().sum()`` (0 unless set).

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ewald-method",
         choices=["auto", "ewald", "pme"],
         default="auto",
-        help="reciprocal part with --ewald: explicit sum, PME (torch-pme), or by size",
+        help="reciprocal part with --ewald: explicit sum, PME (particle mesh), or by cost",
     )
     p.add_argument(
         "--total-charge",

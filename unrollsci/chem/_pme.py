@@ -1,5 +1,5 @@
-"""The reciprocal-space part of the Ewald sum by particle-particle particle-mesh (P3M)
-through torch-pme (optional dependency), as a drop-in for the explicit k-vector sum.
+"""The reciprocal-space part of the Ewald sum by particle-particle particle-mesh (P3M), as
+a drop-in for the explicit k-vector sum (the library's own; no torch-pme needed).
 
 Only the smooth reciprocal part changes: the real-space ``erfc(alpha r) / r`` pairs, the
 shielding correction, the self term ``-2 alpha / sqrt(pi)`` and the neutralizing background
@@ -11,8 +11,10 @@ the matrix-free ``q -> A q``; positions and cell enter through differentiable to
 operations (forces and stress by autograd, the implicit adjoint unchanged).
 
 The mesh, the influence function and its error estimate are in :mod:`._pme_mesh`: the mesh
-is the coarsest one whose estimated error meets ``ewald_accuracy``; of torch-pme only the
-charge-assignment weights are used. An atom's interaction with itself through the mesh
+is the coarsest one whose estimated error meets ``ewald_accuracy``, the assignment of order
+:data:`NODES` (7: torch-pme 0.5's P3M stops at 5, and its P3M filter is wrong for
+non-orthorhombic cells; its order-5 weights equal ours, tests/chem/test_pme_accuracy.py).
+An atom's interaction with itself through the mesh
 (which varies with its place in a mesh cell and gives a spurious self force) is replaced
 by the exact constant.
 """
@@ -26,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import UnrollsciWarning
 from . import _settings
 from ._geometry import ewald_kvectors
 from ._pme_mesh import (
@@ -34,6 +35,7 @@ from ._pme_mesh import (
     NODES,
     _cached_influence,
     _cached_mesh_shape,
+    assignment,
     influence,
     mesh_shape,
     mesh_target,
@@ -45,38 +47,10 @@ __all__ = [
     "influence",
     "mesh_target",
     "PMEReciprocal",
-    "available",
     "mesh_shape",
     "pme_cheaper",
     "resolve_method",
-    "torchpme",
 ]
-
-_MODULE: dict[str, Any] = {}
-
-
-def torchpme() -> Any:
-    """The ``torchpme`` module, or ``ImportError`` saying how to install it."""
-    if "m" not in _MODULE:
-        try:
-            import torchpme as m
-        except ImportError as exc:
-            raise ImportError(
-                "ewald_method='pme' needs torch-pme, which could not be imported "
-                f"({exc}). Install it with `pip install torch-pme` (or "
-                "`pip install unrollsci[chem]`)."
-            ) from exc
-        _MODULE["m"] = m
-    return _MODULE["m"]
-
-
-def available() -> bool:
-    """Whether torch-pme can be imported."""
-    try:
-        torchpme()
-    except ImportError:
-        return False
-    return True
 
 
 class PMEReciprocal:
@@ -109,40 +83,29 @@ class PMEReciprocal:
         shape: list[int] | None = None,
         filters: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        tp = torchpme()
         self.positions, self.cell = positions, cell
         self.alpha, self.kmax, self.k_e = float(alpha), float(kmax), float(coulomb_constant)
         self.accuracy = float(accuracy)
-        dtype, device = positions.dtype, positions.device
+        dtype = positions.dtype
         cell = cell.to(dtype)
         if shape is None:
             shape = _cached_mesh_shape(cell, self.alpha, self.accuracy, positions.shape[0])
         self.shape = list(shape)
-        ns = torch.tensor(self.shape, device=device)
-        self._interp = tp.lib.MeshInterpolator(cell, ns, NODES, method="P3M")
         if filters is None:
             filters = _cached_influence(cell, self.shape, self.alpha)
         self._filters = filters
         self._kfilter, self.error_q, self_term = filters
         self._scale = self.k_e / torch.linalg.det(cell).abs()
         self._diag: torch.Tensor | None = None
-        # torch-pme's assignment weights, combined once per geometry into one (N, p^3)
-        # weight and flat mesh index per atom and node (its points_to_mesh/mesh_to_points
-        # rebuild the products at every call: most of the cost of a matvec)
-        ip = self._interp
-        ip.compute_weights(positions)
-        wi = ip.interpolation_weights  # (p, N, 3)
-        self._w = (wi[ip.x_shifts, :, 0] * wi[ip.y_shifts, :, 1] * wi[ip.z_shifts, :, 2]).T
-        nx, ny, nz = self.shape
-        self._idx = ((ip.x_indices * ny + ip.y_indices) * nz + ip.z_indices).T.contiguous()
+        # the assignment weights and mesh indices, once per geometry (N, p^3)
+        self._w, self._idx, offsets = assignment(positions, cell, self.shape)
         self._csr: tuple[torch.Tensor, torch.Tensor] | None = None
         # self-interaction correction: through the mesh an atom's potential on itself,
         # w_i^T K w_i (K: the mesh kernel between its p^3 nodes), varies with the atom's
         # place in the mesh cell; its gradient is a spurious self force that dominated the
         # force error (measured: ~all of it). Replaced by the exact constant S / V.
         kernel = torch.fft.irfftn(self._kfilter, s=self.shape, norm="forward")
-        nodes = (ip.x_indices[:, 0], ip.y_indices[:, 0], ip.z_indices[:, 0])
-        diff = [(a[:, None] - a[None, :]) % n for a, n in zip(nodes, self.shape, strict=True)]
+        diff = [(offsets[:, d, None] - offsets[None, :, d]) % self.shape[d] for d in range(3)]
         kss = kernel[diff[0], diff[1], diff[2]]  # (p^3, p^3), the same for every atom
         mesh_self = ((self._w @ kss) * self._w).sum(1)
         self._self_fix = self._scale * (self_term - mesh_self)
@@ -186,9 +149,8 @@ class PMEReciprocal:
         )
 
     def _convolve(self, mesh: torch.Tensor) -> torch.Tensor:
-        """The k-space filter on a (C, nx, ny, nz) mesh: torch-pme's ``KSpaceFilter.forward``
-        (FFT, times the influence function, inverse FFT) without its NaN scan of every
-        result, which costs a third of the FFTs (its filter is finite by construction)."""
+        """The k-space filter on a (C, nx, ny, nz) mesh: FFT, times the influence
+        function, inverse FFT."""
         kfilter = self._kfilter
         dims = (1, 2, 3)
         hat = torch.fft.rfftn(mesh, norm="backward", dim=dims)
@@ -256,9 +218,6 @@ class PMEReciprocal:
             return 0.5 * (a + a.T)
 
 
-_WARNED: set[str] = set()
-
-
 def pme_cheaper(
     cell: Any, ewald: tuple[float, float], accuracy: float, n_atoms: int
 ) -> tuple[bool, int, int]:
@@ -292,27 +251,13 @@ def resolve_method(
     """``"ewald"`` or ``"pme"`` for the option ``ewald_method`` and ``n_atoms`` atoms:
     ``"auto"`` is ``"pme"`` from :data:`PME_MIN_ATOMS` atoms on where, given the ``cell``
     and the Ewald ``(alpha, kmax)``, the cost model of :func:`pme_cheaper` says PME is
-    cheaper at this ``accuracy``, and torch-pme can be imported (else ``"ewald"``, with one
-    warning per process when only torch-pme is missing); ``"pme"`` without torch-pme raises
-    ``ImportError``."""
+    cheaper at this ``accuracy`` (without them: from ``PME_MIN_ATOMS`` on).
+    ``stacklevel`` is unused (kept for callers)."""
+    del stacklevel
     if method == "pme":
-        torchpme()
         return "pme"
     if method != "auto" or n_atoms < _settings.PME_MIN_ATOMS:
         return "ewald"
     if cell is not None and ewald is not None:
-        cheaper, n_k, m = pme_cheaper(cell, ewald, accuracy, n_atoms)
-        if not cheaper:
-            return "ewald"
-    if available():
-        return "pme"
-    if "auto" not in _WARNED:
-        _WARNED.add("auto")
-        warnings.warn(
-            f"ewald_method='auto' would use particle-mesh Ewald for {n_atoms} atoms, but "
-            "torch-pme is not installed; using the explicit k-vector sum (O(N^2) time and "
-            "memory at a fixed cutoff). Install it with `pip install torch-pme`.",
-            UnrollsciWarning,
-            stacklevel=stacklevel,
-        )
-    return "ewald"
+        return "pme" if pme_cheaper(cell, ewald, accuracy, n_atoms)[0] else "ewald"
+    return "pme"

@@ -22,7 +22,7 @@ __all__ = [
 COULOMB_CONSTANT = 14.399645
 GRAD_MODES = ("implicit", "unrolled", "envelope")
 #: how the reciprocal-space part of the Ewald sum is computed: ``"auto"`` (by size),
-#: ``"ewald"`` (explicit k-vector sum) or ``"pme"`` (particle mesh through torch-pme)
+#: ``"ewald"`` (explicit k-vector sum) or ``"pme"`` (particle-particle particle-mesh, P3M)
 EWALD_METHODS = ("auto", "ewald", "pme")
 #: ``ewald_method="auto"`` never uses PME below this many atoms (where the explicit sum
 #: was faster at every accuracy measured by benchmarks/qeq_pme.py; docs/chem.md)

@@ -304,7 +304,7 @@ def solve_charges(
         ewald: Ewald summation of the 1/r tail (fully periodic cells).
         ewald_accuracy: target relative accuracy of the Ewald split.
         ewald_method: reciprocal part by ``"ewald"`` (explicit k-vector sum, O(N^2) at a
-            fixed cutoff), ``"pme"`` (particle mesh via torch-pme, O(N log N)) or
+            fixed cutoff), ``"pme"`` (particle mesh, O(N log N)) or
             ``"auto"``: PME where a cost model says it is cheaper at this accuracy (from
             ``PME_MIN_ATOMS`` atoms on; see docs/chem.md). PME's mesh is chosen from
             ``ewald_accuracy`` by an error estimate, so that its charges and energy differ
