@@ -126,19 +126,25 @@ def test_bench_lista_staged_quick(tmp_path):
     ck2 = tmp_path / "ck2"
     more = ["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path / "r")]
     more += ["--staged", "1", "--models", "ALISTA", "--snr", "inf", "--resume", str(ck)]
-    assert cli.main([*more, "--checkpoints", str(ck2), "--decay-rate", "0.3"]) == 0
+    assert cli.main([*more, "--checkpoints", str(ck2)]) == 0
     res2 = json.loads((tmp_path / "r" / "lista_quick.json").read_text())["by_snr"]["inf"]
     extra = torch.load(ck2 / "ALISTA_snrinf.pt", weights_only=True)["extra"]
     assert extra["resumed_at_layer"] == cfg["K"]
-    assert extra["schedule"]["decay_rate"] == 0.3  # --decay-rate reaches fit_layerwise
     assert extra["cpu_seconds"] > extra["before_resume"]["cpu_seconds"]
     val_before = extra["before_resume"]["val_curve_db"]
     assert extra["val_curve_db"][-1] <= val_before[-1] + 1e-9  # never worse on validation
     assert res2["monotone"]["ALISTA [staged]"]
+    # the same with --decay-rate: it reaches fit_layerwise, and the run still starts from
+    # the checkpoint (never worse on validation)
+    ck3 = tmp_path / "ck3"
+    assert cli.main([*more, "--checkpoints", str(ck3), "--decay-rate", "0.3"]) == 0
+    extra3 = torch.load(ck3 / "ALISTA_snrinf.pt", weights_only=True)["extra"]
+    assert extra3["schedule"]["decay_rate"] == 0.3
+    assert extra3["val_curve_db"][-1] <= val_before[-1] + 1e-9
     with pytest.raises(SystemExit):  # the resumed file is never the output
         cli.main([*more, "--checkpoints", str(ck)])
     with pytest.raises(SystemExit):  # a decay rate outside (0, 1]
-        cli.main([*more, "--checkpoints", str(tmp_path / "ck3"), "--decay-rate", "0"])
+        cli.main([*more, "--checkpoints", str(tmp_path / "ck4"), "--decay-rate", "0"])
     with pytest.raises(SystemExit):  # no staged schedule for LISTA
         cli.main([*args[:-5], "--models", "LISTA"])
 

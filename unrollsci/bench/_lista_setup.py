@@ -312,10 +312,10 @@ def train_staged(
             raise ValueError(f"{resume}: not a {cfg['K']}-layer model of this problem.")
         before = torch.load(resume, weights_only=True).get("extra") or {}
         opts.update(opts.get("resume", {}))
-    if decay_rate is not None:
-        opts["decay_rate"] = float(decay_rate)
     else:
         model = getattr(unrolled, cls_name)(MatrixOperator(a), cfg["K"], lam=opts["lam"], **kwargs)
+    if decay_rate is not None:
+        opts["decay_rate"] = float(decay_rate)
     first = 1 if resume is None else int(start_layer or cfg["K"])
 
     batch = int(cfg["batch"] * opts.get("batch_scale", 1))
