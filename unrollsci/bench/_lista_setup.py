@@ -258,7 +258,13 @@ STAGED: dict[str, dict[str, Any]] = {
         # continued training lost 0.3 dB in 150 steps; at 1e-4 it gained 0.3 dB)
         "resume": {"new_layer_stage": False, "lr_decays": (0.2, 0.04)},
     },
-    "LISTA-CPSS": {"lam": 0.4, "lr": 5e-4, "vector_lr": 20.0, "share": 1.0},
+    "LISTA-CPSS": {
+        "lam": 0.4,
+        "lr": 5e-4,
+        "vector_lr": 20.0,
+        "share": 1.0,
+        "resume": {"new_layer_stage": False, "lr_decays": (0.2, 0.04)},
+    },
     "LAMP": {
         "lam": 0.1,
         "lr": 5e-4,
