@@ -305,9 +305,8 @@ def solve_charges(
         ewald_accuracy: target relative accuracy of the Ewald split.
         ewald_method: reciprocal part by ``"ewald"`` (explicit k-vector sum, O(N^2) at a
             fixed cutoff), ``"pme"`` (particle mesh, O(N log N)) or
-            ``"auto"``: PME where a cost model says it is cheaper at this accuracy (from
-            ``PME_MIN_ATOMS`` atoms on; see docs/chem.md). PME's mesh is chosen from
-            ``ewald_accuracy`` by an error estimate, so that its charges and energy differ
+            ``"auto"``: PME where a cost model says it is cheaper (docs/chem.md). PME's mesh
+            follows ``ewald_accuracy`` (an error estimate): its charges and energy differ
             from the converged sum by the order of ``ewald_accuracy``, as the explicit sum's.
         total_charge: Q, the sum of the charges (elementary charges).
         tol: relative KKT residual at which CG stops.
@@ -406,16 +405,8 @@ def solve_with_settings(
     tol, iterations = s.tol, s.iterations
     pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     cell_np, ewald = _check_cell(s, cell, pbc_arr)
-    method = None
-    if ewald is not None:
-        method = resolve_method(
-            s.ewald_method,
-            n,
-            stacklevel + 2,
-            cell=cell_np,
-            ewald=ewald,
-            accuracy=s.ewald_accuracy,
-        )
+    kw = {"cell": cell_np, "ewald": ewald, "accuracy": s.ewald_accuracy}
+    method = None if ewald is None else resolve_method(s.ewald_method, n, stacklevel + 2, **kw)
     if prep.table is not None:
         table = prep.table
     else:
