@@ -167,7 +167,7 @@ def test_mesh_too_fine_raises(monkeypatch):
 
 
 def test_auto_follows_the_cost_model():
-    """``"auto"``: PME where ``N K > PME_COST_RATIO * M`` at the requested accuracy, so
+    """``"auto"``: PME where ``N K > PME_COST_RATIO * (M + p^3 N)`` at the accuracy, so
     the same cell can get PME at a loose accuracy and the explicit sum at a tight one."""
     atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((6, 6, 6))  # 1728 atoms
     cell = atoms.cell.array
@@ -176,7 +176,8 @@ def test_auto_follows_the_cost_model():
     for accuracy in (1e-5, 1e-10):
         ewald = ewald_alpha(10.0, accuracy)
         cheaper, n_k, m = _pme.pme_cheaper(cell, ewald, accuracy, n)
-        assert cheaper == (m > 0 and n * n_k > _settings.PME_COST_RATIO * m)
+        cost = _settings.PME_COST_RATIO * (m + _pme_mesh.NODES**3 * n)
+        assert cheaper == (m > 0 and n * n_k > cost)
         picks[accuracy] = _pme.resolve_method("auto", n, cell=cell, ewald=ewald, accuracy=accuracy)
         assert picks[accuracy] == ("pme" if cheaper else "ewald")
     assert picks == {1e-5: "pme", 1e-10: "ewald"}

@@ -221,22 +221,28 @@ class PMEReciprocal:
 def pme_cheaper(
     cell: Any, ewald: tuple[float, float], accuracy: float, n_atoms: int
 ) -> tuple[bool, int, int]:
-    """Whether PME costs less per product than the explicit sum, by the cost model
-    ``N K > PME_COST_RATIO * M`` (``K`` k-vectors of the explicit sum, ``M`` points of the
-    mesh :func:`mesh_shape` picks for ``accuracy``; the ratio measured by
-    benchmarks/qeq_pme.py). Returns ``(cheaper, K, M)`` (``M = 0`` where the search stopped
-    because the mesh would be too fine to be cheaper, or above :data:`MAX_MESH_POINTS`)."""
+    """Whether PME costs less than the explicit sum, by the cost model ``N K >
+    PME_COST_RATIO * (M + p^3 N)`` (per product: the explicit sum's ``N x K`` basis against
+    the mesh of ``M`` points that :func:`mesh_shape` picks for ``accuracy`` plus the ``p^3``
+    assignment weights per atom; the ratio fitted to benchmarks/qeq_pme.py). Returns
+    ``(cheaper, K, M)`` (``M = 0`` where the search stopped because the mesh would be too
+    fine to be cheaper, or above :data:`MAX_MESH_POINTS`)."""
     alpha, kmax = ewald
     cell_np = np.asarray(cell, dtype=np.float64)
     n_k = len(ewald_kvectors(cell_np, kmax))
     ratio = _settings.PME_COST_RATIO
-    limit = MAX_MESH_POINTS if ratio <= 0 else min(n_atoms * n_k / ratio, MAX_MESH_POINTS)
+    weights = NODES**3 * n_atoms
+    limit = MAX_MESH_POINTS if ratio <= 0 else n_atoms * n_k / ratio - weights
+    if limit < 2 * NODES:
+        return False, n_k, 0
     try:  # the search stops at a mesh fine enough to cost more than the explicit sum
-        shape = _cached_mesh_shape(torch.from_numpy(cell_np), alpha, accuracy, n_atoms, limit)
+        shape = _cached_mesh_shape(
+            torch.from_numpy(cell_np), alpha, accuracy, n_atoms, min(limit, MAX_MESH_POINTS)
+        )
     except ValueError:
         return False, n_k, 0
     m = math.prod(shape)
-    return n_atoms * n_k > _settings.PME_COST_RATIO * m, n_k, m
+    return n_atoms * n_k > ratio * (m + weights), n_k, m
 
 
 def resolve_method(

@@ -27,10 +27,10 @@ EWALD_METHODS = ("auto", "ewald", "pme")
 #: ``ewald_method="auto"`` never uses PME below this many atoms (where the explicit sum
 #: was faster at every accuracy measured by benchmarks/qeq_pme.py; docs/chem.md)
 PME_MIN_ATOMS = 200
-#: ``"auto"`` uses PME where ``N K > PME_COST_RATIO * M`` (``K`` k-vectors of the explicit
-#: sum, ``M`` PME mesh points at the requested ``ewald_accuracy``): the cost ratio at the
-#: crossover measured by benchmarks/qeq_pme.py (docs/chem.md)
-PME_COST_RATIO = 7.0
+#: ``"auto"`` uses PME where ``N K > PME_COST_RATIO * (M + p^3 N)`` (``K`` k-vectors of the
+#: explicit sum, ``M`` PME mesh points at the requested ``ewald_accuracy``, ``p^3`` weights
+#: per atom): the ratio fitted to the crossover of benchmarks/qeq_pme.py (docs/chem.md)
+PME_COST_RATIO = 6.0
 
 
 @dataclass(frozen=True)
