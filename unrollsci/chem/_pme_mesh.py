@@ -1,5 +1,5 @@
-"""The P3M mesh of :mod:`._pme`: the optimal influence function, its error estimate and
-the choice of the mesh from ``ewald_accuracy`` (no torch-pme needed here)."""
+"""The P3M mesh of :mod:`._pme`: the charge assignment, the optimal influence function,
+its error estimate and the choice of the mesh from ``ewald_accuracy``."""
 
 from __future__ import annotations
 
