@@ -16,3 +16,35 @@ def test_graph_cost_quick_writes_ratios(tmp_path):
         assert row["all bounds (new graph) / cg"] > 0 and row["window bounds / cg"] > 0
         assert 0 < row["lo"] <= row["Lip"] and 0 < row["jac lo"] < row["jac hi"]
     assert data["batch64_shared_mask"]["signals"] == 64
+
+
+def test_graph_train_nodes_option_trains_on_the_sizes_asked(tmp_path):
+    """``--train-nodes LO HI --train-observed LO HI --modes``: the training graphs' sizes and
+    rates are recorded, only the modes asked are trained and evaluated, and every held-out
+    large graph at 30% and 80% observed gets a windows_certified share."""
+    rc = main(
+        ["--quick", "--big", "300", "--epochs", "1", "--train-graphs", "2"]
+        + ["--train-nodes", "100", "150", "--train-observed", "0.3", "0.8"]
+        + ["--modes", "window_jacobi", "--sample", "16", "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "graph_quick.json").read_text())
+    assert data["config"]["train_nodes"] == [100, 150]
+    assert data["config"]["train_observed"] == [0.3, 0.8]
+    assert list(data["train"]) == ["window_jacobi"]
+    learned = {r["method"] for r in data["results"] if r["method"].startswith("learned")}
+    assert learned == {"learned window_jacobi"}
+    shares = {
+        r["graph"]: r["windows_certified"]
+        for r in data["results"]
+        if r["method"] == "learned window_jacobi" and "observed" in r["graph"]
+    }
+    assert len(shares) == 6 and all(0 <= v <= 1 for v in shares.values())
+
+
+def test_graph_train_nodes_rejects_an_empty_range(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--quick", "--train-nodes", "500", "300"])
+    assert "expected LO < HI" in capsys.readouterr().err

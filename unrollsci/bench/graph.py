@@ -4,10 +4,12 @@
 four modes (scalar, diagonal, window, window_jacobi) on a family of small random
 graphs, then evaluates on held-out problems on graphs never seen in training: the
 Minnesota road graph (PyGSP; a 2642-node sensor graph if pygsp is missing),
-random sensor graphs of 10^3 and 10^5 nodes (50% observed), and road-like and random
-geometric graphs of 10^5 nodes at 30% and 80% observed (``windows_certified``: the share of
-windows that ran the learned roots). ``--train-observed LO HI`` trains over observation
-rates; ``--cost`` runs only the wall-time comparison (:mod:`.graph_cost`). Writes
+random sensor graphs of 10^3 and 10^5 nodes (50% observed), and the sensor, road-like and
+random geometric graphs of 10^5 nodes at 30% and 80% observed (``windows_certified``: the
+share of windows that ran the learned roots). ``--train-observed LO HI`` trains over
+observation rates, ``--train-nodes LO HI`` over graph sizes (the transferable controller:
+``--train-nodes 1000 10000 --train-observed 0.3 0.8 --sample 256``); ``--cost`` runs only
+the wall-time comparison (:mod:`.graph_cost`). Writes
 ``benchmarks/results/graph.json``, a markdown table and a convergence plot
 ``graph_convergence.png`` (``--quick``: ``graph_quick.json``, ``graph_convergence_quick.png``).
 """
@@ -142,6 +144,7 @@ def train_models(
             "epochs_run": len(hist.train_loss),
             "final_train": hist.train_loss[-1],
         }
+        print(f"trained {mode}: {info[mode]}", flush=True)
         models[mode] = model.eval()
     return models, info
 
@@ -157,11 +160,13 @@ def _save_models(
         )
 
 
-def _load_models(folder: Path) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
+def _load_models(
+    folder: Path, modes: tuple[str, ...] = MODES
+) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
     from ..train import load_checkpoint
 
     models, info = {}, {}
-    for mode in MODES:
+    for mode in modes:
         path = folder / f"graph_{mode}.pt"
         model = load_checkpoint(path, expected=UnrolledGraphGD)
         assert isinstance(model, UnrolledGraphGD)
@@ -306,6 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         help="train on observation rates drawn in [LO, HI] per graph (default: 0.5)",
     )
     parser.add_argument(
+        "--train-nodes",
+        type=positive_int_arg,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="training graphs of LO to HI nodes, drawn per graph (default: 300 900)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="modes to train and evaluate (default: all four)",
+    )
+    parser.add_argument(
         "--save-models",
         default=None,
         metavar="DIR",
@@ -318,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         help="skip training: load the models saved by --save-models from DIR",
     )
     args = parser.parse_args(argv)
+    if args.train_nodes is not None and args.train_nodes[0] >= args.train_nodes[1]:
+        parser.error(f"--train-nodes: expected LO < HI, got {args.train_nodes}")
+    if (
+        args.train_observed is not None
+        and not 0 < min(args.train_observed) <= max(args.train_observed) <= 1
+    ):
+        parser.error(f"--train-observed: expected rates in (0, 1], got {args.train_observed}")
     torch.set_num_threads(args.threads)
     if args.forward:
         from .graph_cost import FORWARD_SAMPLE, run_forward
@@ -346,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": epochs,
         "train_graphs": n_train,
         "train_signals_per_graph": signals,
-        "train_nodes": [300, 900],
+        "train_nodes": list(args.train_nodes or (300, 900)),
         "test_signals": test_signals,
         "big_nodes": big,
         "observed": 0.5,
+        "validation": "2 graphs of 300-900 nodes at the training observation rates",
         "train_observed": args.train_observed or 0.5,
         "noise_train": [0.05, 0.2],
         "noise_test": 0.1,
@@ -362,15 +390,18 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "float64",
         "threads": args.threads,
         "controller_sample": args.sample,
+        "modes": list(args.modes),
     }
     t_all = time.perf_counter()
     obs = tuple(args.train_observed) if args.train_observed else 0.5
     if args.load_models:
-        models, train_info = _load_models(Path(args.load_models))
+        models, train_info = _load_models(Path(args.load_models), tuple(args.modes))
         config["loaded_models"] = str(args.load_models)
     else:
-        train = training_problems(n_train, signals, seed=args.seed, observed=obs)
-        val = training_problems(2, signals, seed=args.seed + 1)
+        n_range = tuple(args.train_nodes or (300, 900))
+        train = training_problems(n_train, signals, seed=args.seed, n_range=n_range, observed=obs)
+        # validation: two graphs of the default size at the training observation rates
+        val = training_problems(2, signals, seed=args.seed + 1, observed=obs)
         models, train_info = train_models(
             train,
             val,
@@ -379,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=epochs,
             seed=args.seed,
             sample=args.sample,
+            modes=tuple(args.modes),
         )
         if args.save_models:
             _save_models(Path(args.save_models), models, train_info, config)
@@ -393,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         (mname, inpainting_problem(madj, test_signals, noise=0.1, seed=1001)),
         ("sensor 1000", inpainting_problem(s1k, test_signals, noise=0.1, seed=1002)),
     ]
-    bigadj, _ = sensor_graph(big, seed=888)
+    from .graph_cost import _graphs
+
+    big_graphs = _graphs(big)  # sensor (seed 888), road-like, random geometric
+    bigadj = big_graphs[0][1]
     tests.append(
         (
             f"sensor {big}",
@@ -401,9 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     # held-out large graphs at sparse and dense observation (share of learned windows)
-    from .graph_cost import _graphs
-
-    for gname, gadj in _graphs(big)[1:]:
+    for gname, gadj in big_graphs:
         for rate in (0.3, 0.8):
             tests.append(
                 (
