@@ -48,3 +48,20 @@ def test_graph_train_nodes_rejects_an_empty_range(capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--train-nodes", "500", "300"])
     assert "expected LO < HI" in capsys.readouterr().err
+
+
+def test_graph_cost_bounds_only_pairs_each_bound_with_a_cg_solve(tmp_path):
+    rc = main(
+        ["--cost", "--bounds-only", "--quick", "--big", "900", "--repeats", "1"]
+        + ["--out", str(tmp_path)]
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "graph_cost_bounds_quick.json").read_text())
+    assert (tmp_path / "graph_cost_bounds_quick.md").exists()
+    assert data["batch64_shared_mask"] == {} and len(data["rows"]) == 6
+    for row in data["rows"]:
+        assert row["window bounds / cg"] > 0 and row["all bounds (new graph) / cg"] > 0
+        assert not any("K=10" in key for key in row)
+        # the certified lower bounds are proofs: at most the true smallest eigenvalues
+        assert 0 < row["quality: lo / lambda_min"] <= 1 + 1e-9
+        assert 0 < row["quality: jac lo / lambda_min(S)"] <= 1 + 1e-9

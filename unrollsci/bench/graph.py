@@ -290,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=positive_int_arg, default=3)
     parser.add_argument(
+        "--bounds-only",
+        action="store_true",
+        help="with --cost: only the certified bounds vs CG (graph_cost_bounds.json)",
+    )
+    parser.add_argument(
         "--forward",
         action="store_true",
         help="only the 10-layer forward of every mode vs 10 scipy CG iterations "
@@ -359,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         from .graph_cost import run_cost
 
-        return run_cost(args.out, quick=args.quick, big=args.big, repeats=args.repeats)
+        return run_cost(
+            args.out,
+            quick=args.quick,
+            big=args.big,
+            repeats=args.repeats,
+            bounds_only=args.bounds_only,
+        )
     k = args.layers
     window = args.window or k
     epochs = args.epochs or (4 if args.quick else 40)

@@ -100,8 +100,13 @@ def _one(name: str, adj: Any, observed: float, models: dict, repeats: int) -> di
     row.update({"cg 1e-6 [s]": t_cg, "cg 1e-6 iters": it, "cg 10 it [s]": t_cg10})
     row["build [s]"] = _median(lambda: _fresh(p), repeats)
 
-    def timed(fn: Any, cold: bool) -> float:
-        def one() -> float:
+    from scipy.sparse.linalg import cg
+
+    def timed(fn: Any, cold: bool) -> tuple[float, float]:
+        """Median time of ``fn`` on a fresh problem and the median of its ratios to a CG
+        solve (rtol 1e-6) timed right before it, so that both see the same load."""
+
+        def one() -> tuple[float, float]:
             q = _fresh(p)
             if cold:
                 _graphcert.clear_cache()
@@ -109,10 +114,17 @@ def _one(name: str, adj: Any, observed: float, models: dict, repeats: int) -> di
                 _fresh(p).jacobi_interval()
                 _fresh(p).lipschitz()
             t0 = time.perf_counter()
+            cg(h, b, rtol=1e-6, maxiter=20 * n)
+            t1 = time.perf_counter()
             fn(q)
-            return time.perf_counter() - t0
+            t2 = time.perf_counter()
+            return t2 - t1, (t2 - t1) / (t1 - t0)
 
-        return float(statistics.median(one() for _ in range(repeats)))
+        pairs = [one() for _ in range(repeats)]
+        return (
+            float(statistics.median(t for t, _ in pairs)),
+            float(statistics.median(r for _, r in pairs)),
+        )
 
     for what, fn in (
         ("lipschitz", lambda q: q.lipschitz()),
@@ -123,19 +135,34 @@ def _one(name: str, adj: Any, observed: float, models: dict, repeats: int) -> di
     ):
         for cold in (False, True):
             tag = " (new graph)" if cold else ""
-            row[f"{what}{tag} [s]"] = timed(fn, cold)
-            row[f"{what}{tag} / cg"] = row[f"{what}{tag} [s]"] / t_cg
+            row[f"{what}{tag} [s]"], row[f"{what}{tag} / cg"] = timed(fn, cold)
     # bounds used by the forward passes, cached on p
     lip, lo = p.lipschitz(), p.lambda_min_bound()
     jlo, jhi = p.jacobi_interval()
     row["Lip"], row["lo"] = float(lip[0, 0]), float(lo[0, 0])
     row["jac lo"], row["jac hi"] = float(jlo[0, 0]), float(jhi[0, 0])
+    row["quality: lo / lambda_min"], row["quality: jac lo / lambda_min(S)"] = _quality(h, lo, jlo)
     with torch.no_grad():
         for mode, model in models.items():
             model(p)  # warm (mean adjacency cached on p)
             t = _median(lambda model=model: model(p), repeats)
             row[f"{mode} K=10 / cg10"] = t / t_cg10
     return row
+
+
+def _quality(h: Any, lo: Any, jlo: Any) -> tuple[float, float]:
+    """The certified lower bounds over the true smallest eigenvalues of ``H`` and of
+    ``D^{-1/2} H D^{-1/2}`` (shift-invert ARPACK: a reference, not timed)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    d = 1.0 / np.sqrt(h.diagonal())
+    s = sp.csc_matrix(sp.diags(d) @ h @ sp.diags(d))
+    out = []
+    for m, val in ((sp.csc_matrix(h), lo), (s, jlo)):
+        ev = eigsh(m, k=1, sigma=0, which="LM", return_eigenvectors=False)[0]
+        out.append(float(val[0, 0]) / float(ev))
+    return out[0], out[1]
 
 
 def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
@@ -167,7 +194,16 @@ def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
     return out
 
 
-def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) -> int:
+def run_cost(
+    outdir: str | Path,
+    *,
+    quick: bool,
+    big: int | None,
+    repeats: int,
+    bounds_only: bool = False,
+) -> int:
+    """``bounds_only``: skip the forward passes and the batch of 64 (the forward with the
+    cheap controller is :func:`run_forward`); writes ``graph_cost_bounds.*``."""
     n = big or (5000 if quick else 100_000)
     torch.manual_seed(0)
     models = {
@@ -180,26 +216,39 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
             .double()
             .eval()
         )
+    result = "graph_cost_bounds" if bounds_only else "graph_cost"
+    if bounds_only:
+        models = {}
     t0 = time.perf_counter()
     rows = []
     graphs = _graphs(n)
-    config = {"nodes": n, "repeats": repeats, "threads": torch.get_num_threads()}
+    import os
+
+    config = {
+        "nodes": n,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "bounds / cg": "median over repeats of (bound time / a CG solve timed just before it)",
+        "load average before": os.getloadavg()[0],
+    }
     for name, adj in graphs:
         for observed in (0.3, 0.8):
             rows.append(_one(name, adj, observed, models, repeats))
             print(rows[-1], flush=True)
             # after every row, so that an interrupted run keeps what it measured
             partial = {"config": config, "rows": rows, "complete": False}
-            write_results("graph_cost", partial, outdir, quick=quick)
-    batch = _batch64(graphs[0][1], models, repeats)
+            write_results(result, partial, outdir, quick=quick)
+    batch = {} if bounds_only else _batch64(graphs[0][1], models, repeats)
+    config["load average after"] = os.getloadavg()[0]
     cols = ["graph", "observed", "cg 1e-6 [s]", "cg 1e-6 iters", "lipschitz / cg"]
     cols += ["lambda_min / cg", "jacobi / cg", "window bounds / cg", "all bounds / cg"]
     cols += ["all bounds (new graph) / cg"]
+    cols += ["quality: lo / lambda_min", "quality: jac lo / lambda_min(S)"]
     cols += [f"{m} K=10 / cg10" for m in models]
     table = markdown_table(rows, cols)
     btable = markdown_table([{"what": a, "value": v} for a, v in batch.items()])
     path = write_results(
-        "graph_cost",
+        result,
         {
             "config": config,
             "complete": True,
@@ -211,10 +260,12 @@ def run_cost(outdir: str | Path, *, quick: bool, big: int | None, repeats: int) 
         outdir,
         quick=quick,
     )
-    md = Path(outdir) / f"{results_name('graph_cost', quick)}.md"
-    write_text(md, table + "\n\nBatch of 64 signals, one mask (sensor graph):\n\n" + btable + "\n")
+    md = Path(outdir) / f"{results_name(result, quick)}.md"
+    extra = "" if bounds_only else "\n\nBatch of 64 signals, one mask (sensor graph):\n\n" + btable
+    write_text(md, table + extra + "\n")
     print(table)
-    print(btable)
+    if batch:
+        print(btable)
     print(f"wrote {path} and {md}")
     return 0
 
