@@ -30,7 +30,7 @@ PME_MIN_ATOMS = 200
 #: ``"auto"`` uses PME where ``N K > PME_COST_RATIO * (M + p^3 N)`` (``K`` k-vectors of the
 #: explicit sum, ``M`` PME mesh points at the requested ``ewald_accuracy``, ``p^3`` weights
 #: per atom): the ratio fitted to the crossover of benchmarks/qeq_pme.py (docs/chem.md)
-PME_COST_RATIO = 6.0
+PME_COST_RATIO = 5.5
 
 
 @dataclass(frozen=True)
