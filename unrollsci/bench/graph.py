@@ -289,11 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only the wall-time section (bounds and forward vs scipy CG; graph_cost.json)",
     )
     parser.add_argument("--repeats", type=positive_int_arg, default=3)
-    parser.add_argument(
-        "--bounds-only",
-        action="store_true",
-        help="with --cost: only the certified bounds vs CG (graph_cost_bounds.json)",
-    )
+    bounds_help = "with --cost: only the certified bounds vs CG (graph_cost_bounds.json)"
+    parser.add_argument("--bounds-only", action="store_true", help=bounds_help)
     parser.add_argument(
         "--forward",
         action="store_true",
@@ -315,21 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("LO", "HI"),
         help="train on observation rates drawn in [LO, HI] per graph (default: 0.5)",
     )
-    parser.add_argument(
-        "--train-nodes",
-        type=positive_int_arg,
-        nargs=2,
-        default=None,
-        metavar=("LO", "HI"),
-        help="training graphs of LO to HI nodes, drawn per graph (default: 300 900)",
-    )
-    parser.add_argument(
-        "--modes",
-        nargs="+",
-        choices=MODES,
-        default=list(MODES),
-        help="modes to train and evaluate (default: all four)",
-    )
+    nodes_help = "training graphs of LO to HI nodes, drawn per graph (default: 300 900)"
+    parser.add_argument("--train-nodes", type=positive_int_arg, nargs=2, help=nodes_help)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
         "--save-models",
         default=None,
