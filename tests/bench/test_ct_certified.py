@@ -19,7 +19,7 @@ def test_bench_ct_certified_quick(tmp_path):
     assert 0 < net["lipschitz_empirical"] <= net["lipschitz_bound"]
     assert 0 < net["jacobian_norm_max"] <= net["lipschitz_bound"]
     assert net["max_beta_plus_gamma"] < 2.0
-    assert s["bound_over_empirical"] == pytest.approx(
+    assert s["ridge_bound_over_empirical"] == pytest.approx(
         net["lipschitz_bound"] / net["lipschitz_empirical"]
     )
     # the refined network: its certificate is the ridge one times the refiner's factor
@@ -31,6 +31,9 @@ def test_bench_ct_certified_quick(tmp_path):
     assert ref["lipschitz_bound"] == pytest.approx(net["lipschitz_bound"] * factor)
     assert s["final_model"] == "ConvexRidgeCT + LipschitzRefiner"
     assert s["ridge_lipschitz_bound"] == pytest.approx(net["lipschitz_bound"])
+    assert s["bound_over_empirical"] == pytest.approx(
+        ref["lipschitz_bound"] / ref["lipschitz_empirical"]
+    )
     for key in ("fbp", "tv", "network", "refined"):
         assert len(data["results"][key]["psnr"]) == 4
     # a second run refuses to write over the results without --force
