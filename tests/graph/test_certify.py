@@ -268,3 +268,22 @@ def test_laplacian_top_inertia_proof_is_tight_on_a_sensor_graph(monkeypatch):
     monkeypatch.setattr(_certify, "certify_upper", lambda *a, **k: False)
     bound, _ = _graphcert.laplacian_top(lap)
     assert top <= bound <= 1.03 * top
+
+
+@settings(max_examples=30, deadline=None)
+@given(prob=mask_problems())
+def test_laplacian_top_by_inertia_is_never_below_lambda_max(prob):
+    """With the Schur test switched off, the bound laplacian_top returns (inertia at 1.02x,
+    else Gershgorin) is at least lambda_max(L), for random weighted graphs, both
+    Laplacians (dense reference)."""
+    from unittest import mock
+
+    from unrollsci.graph import _certify, _graphcert
+
+    adj, _, _, kind = prob
+    lap = sp.csr_matrix(laplacian_matrix(adj, kind))
+    _graphcert.clear_cache()
+    with mock.patch.object(_certify, "certify_upper", lambda *a, **k: False):
+        top, _ = _graphcert.laplacian_top(lap)
+    _graphcert.clear_cache()
+    assert top >= np.linalg.eigvalsh(lap.toarray())[-1] * (1 - 1e-12)
