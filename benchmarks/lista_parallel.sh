@@ -39,6 +39,15 @@ if [ "${1:-}" = "--staged" ]; then
     resumed alista_inf "$secs" ALISTA inf --freeze-below 5
     mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
   done
+  # second round (docs/lista_accuracy.md): the 40 dB rows of LISTA-CPSS and LISTA-CP, and
+  # LISTA-CP continued twice at layer 16 (all layers at 1e-4 then 2e-5: the schedule's
+  # "resume" options), each round from the previous round's checkpoint
+  (staged cpss_40 420 LISTA-CPSS 40; staged cp_40 300 LISTA-CP 40) &
+  for secs in 450 280; do
+    resumed cp_inf "$secs" LISTA-CP inf
+    mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
+  done
+  wait
   # the classical curves (ISTA, FISTA, AMP, BG-AMP) of the same test set, for the table
   OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --models --snr inf --no-kkt \
     --out "$PARTS" --name staged_classical_inf > "$PARTS/log_staged_classical_inf.txt" 2>&1
