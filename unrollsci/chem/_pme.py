@@ -235,7 +235,10 @@ def pme_cheaper(
     limit = MAX_MESH_POINTS if ratio <= 0 else n_atoms * n_k / ratio - weights
     if limit < 2 * NODES:
         return False, n_k, 0
-    try:  # the search stops at a mesh fine enough to cost more than the explicit sum
+    # the search stops at a mesh fine enough to cost more than the explicit sum (with room:
+    # it may step past the final mesh before it settles)
+    limit = 3.0 * limit
+    try:
         shape = _cached_mesh_shape(
             torch.from_numpy(cell_np), alpha, accuracy, n_atoms, min(limit, MAX_MESH_POINTS)
         )
