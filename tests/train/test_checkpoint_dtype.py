@@ -42,3 +42,20 @@ def test_model_with_dtype_argument_keeps_it(tmp_path):
     back = load_checkpoint(tmp_path / "l.pt")
     for x, y in zip(model.parameters(), back.parameters(), strict=True):
         assert y.dtype == torch.float64 and torch.equal(x, y)
+
+
+def test_float64_model_with_float64_buffers_reloads_bit_for_bit(tmp_path):
+    # ConvexRidgeCT keeps float64 norm buffers in every dtype: the parameters must decide
+    # (a float64 model used to come back in float32, its weights rounded without a word)
+    from unrollsci.imaging import ConvexRidgeCT, Radon
+
+    model = ConvexRidgeCT(
+        Radon(16, 10), n_layers=2, filters=2, refine={"channels": 4, "depth": 2}
+    ).double()
+    _perturb(model)
+    save_checkpoint(model, tmp_path / "r.pt")
+    back = load_checkpoint(tmp_path / "r.pt")
+    assert {p.dtype for p in back.parameters()} == {torch.float64}
+    for (k, a), b in zip(model.state_dict().items(), back.state_dict().values(), strict=True):
+        assert b.dtype == a.dtype, k
+        assert torch.equal(a, b), k

@@ -199,11 +199,17 @@ def _match_stored_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.
     ``load_state_dict`` would then copy saved float64 weights into float32 tensors and
     round them silently. When the saved floating tensors share one dtype and the rebuilt
     model's share another, the model is cast first (as ``model.to(dtype)``, which the
-    dtype rule supports for every model), so a reload is bit for bit.
+    dtype rule supports for every model), so a reload is bit for bit. The parameters
+    decide where the model has any (a model may keep float64 buffers, e.g. norms, whatever
+    its dtype); otherwise all floating tensors do.
     """
-    stored = {v.dtype for v in state.values() if v.is_floating_point()}
-    tensors = [*model.parameters(), *model.buffers()]
-    current = {t.dtype for t in tensors if t.is_floating_point()}
+    params = dict(model.named_parameters())
+    stored = {v.dtype for k, v in state.items() if k in params and v.is_floating_point()}
+    current = {p.dtype for p in params.values() if p.is_floating_point()}
+    if not stored or not current:
+        stored = {v.dtype for v in state.values() if v.is_floating_point()}
+        tensors = [*model.parameters(), *model.buffers()]
+        current = {t.dtype for t in tensors if t.is_floating_point()}
     if len(stored) == 1 and len(current) == 1 and stored != current:
         model = model.to(next(iter(stored)))
     return model
