@@ -175,18 +175,15 @@ def swapped(module: torch.nn.Module, name: str, value: torch.Tensor):
         module._parameters[name] = orig
 
 
-@pytest.mark.parametrize("which", ["head", "edge", "gnn"])
-def test_gradcheck_model_weights_float64(which):
-    """Gradients of PCG's iterate with respect to the network's weights, through the GNN,
-    the prolongation, the Galerkin product and its Cholesky factor, and the cycles."""
-    a = diffusion2d(5, seed=1)
-    model = LearnedPreconditioner("amg", hidden=3, seed=0).double()
-    randomize(model, seed=2, scale=0.3)
+def _gradcheck_weight(model, a, which: str) -> None:
+    """float64 gradcheck of three unrolled PCG steps' iterate with respect to one layer's
+    weight (``"head"``: the prolongation head's output layer, ``"edge"``: its edge map,
+    ``"node"``: the node encoder), after checking that the iterate depends on it."""
     batch = make_batches(model, [a], n_rhs=2)[0]
     lin = {
         "head": model.amg_head.out[-1],
         "edge": model.amg_head.edge,
-        "gnn": model.node_enc[0],
+        "node": model.node_enc[0],
     }[which]
 
     def fn(wt: torch.Tensor) -> torch.Tensor:
@@ -198,6 +195,16 @@ def test_gradcheck_model_weights_float64(which):
     with torch.no_grad():  # the iterate depends on these weights (the check is not vacuous)
         assert float((fn(w0 + 0.1) - fn(w0)).abs().max()) > 1e-8
     assert torch.autograd.gradcheck(fn, (w0,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("which", ["head", "edge", "gnn"])
+def test_gradcheck_model_weights_float64(which):
+    """Gradients of PCG's iterate with respect to the network's weights, through the GNN,
+    the prolongation, the Galerkin product and its Cholesky factor, and the cycles."""
+    a = diffusion2d(5, seed=1)
+    model = LearnedPreconditioner("amg", hidden=3, seed=0).double()
+    randomize(model, seed=2, scale=0.3)
+    _gradcheck_weight(model, a, {"head": "head", "edge": "edge", "gnn": "node"}[which])
 
 
 def test_build_usable_in_cg_and_scipy_and_untrained_matches_sa_iterations():
@@ -386,22 +393,7 @@ def test_gradcheck_rs_weights_through_hierarchy_and_unrolled_pcg(which):
     a = anisotropic2d(6, seed=2)
     model = LearnedPreconditioner("amg", coarsening="rs", hidden=3, layers=0, seed=0).double()
     randomize(model, seed=2, scale=0.3)
-    batch = make_batches(model, [a], n_rhs=2)[0]
-    lin = {
-        "head": model.amg_head.out[-1],
-        "edge": model.amg_head.edge,
-        "node": model.node_enc[0],
-    }[which]
-
-    def fn(wt: torch.Tensor) -> torch.Tensor:
-        with swapped(lin, "weight", wt):
-            m = model.from_graph(batch.graph)
-            return unrolled_pcg(batch.op, batch.b, m, 3)
-
-    w0 = lin.weight.detach().clone().requires_grad_()
-    with torch.no_grad():
-        assert float((fn(w0 + 0.1) - fn(w0)).abs().max()) > 1e-8
-    assert torch.autograd.gradcheck(fn, (w0,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+    _gradcheck_weight(model, a, which)
 
 
 def test_rs_training_lowers_the_loss_and_checkpoint_keeps_coarsening(tmp_path):
