@@ -253,10 +253,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base-checkpoint", default=None, help="a trained ConvexRidgeCT: train only its refiner"
     )
-    p.add_argument("--refine-channels", type=int, default=16, help="0: no refinement")
+    p.add_argument("--refine-channels", type=int, default=24, help="0: no refinement")
     p.add_argument("--refine-depth", type=positive_int_arg, default=5)
     p.add_argument("--refine-kernel", type=positive_int_arg, default=3)
-    p.add_argument("--refine-lipschitz", type=float, default=4.0, help="largest Lip(R)")
+    p.add_argument("--refine-lipschitz", type=float, default=5.0, help="largest Lip(R)")
     p.add_argument("--refine-images", type=positive_int_arg, default=3000)
     p.add_argument("--refine-batch", type=positive_int_arg, default=16)
     p.add_argument("--refine-lr", type=float, default=2e-3)
