@@ -62,6 +62,59 @@ def jacobian_norm(model: Any, y: torch.Tensor, mask: torch.Tensor, iters: int = 
     return best
 
 
+def _fit_best(
+    module: Any,
+    batch_loss: Any,
+    val_mse: Any,
+    *,
+    lr: float,
+    steps: int,
+    seconds: float,
+    val_every: int,
+    lr_floor: float,
+) -> dict[str, Any]:
+    """Adam on ``batch_loss()`` over ``module``'s parameters with a cosine learning rate over
+    ``steps``; stops early after ``seconds``; keeps the state with the best ``val_mse()``
+    (every ``val_every`` steps, evaluated with ``module`` in eval mode)."""
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    best = {"val_mse": math.inf, "step": -1, "state": None}
+    history, load = [], []
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    step = 0
+    while True:
+        if step % val_every == 0 or step == steps:
+            module.eval()
+            with torch.no_grad():
+                v = float(val_mse())
+            module.train()
+            history.append({"step": step, "val_mse": v, "seconds": time.perf_counter() - t0})
+            load.append(os.getloadavg()[0])
+            if v < best["val_mse"]:
+                best.update(val_mse=v, step=step, state=copy.deepcopy(module.state_dict()))
+        if step >= steps or time.perf_counter() - t0 > seconds:
+            break
+        factor = cosine_factor(step, steps, lr_floor)
+        for g in opt.param_groups:
+            g["lr"] = lr * factor
+        loss = batch_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+    elapsed = time.perf_counter() - t0
+    module.load_state_dict(best["state"])
+    module.eval()
+    return {
+        "steps": step,
+        "seconds": elapsed,
+        "cpu_seconds": time.process_time() - cpu0,
+        "best_step": best["step"],
+        "best_val_mse": best["val_mse"],
+        "history": history,
+        "load_1min_mean": sum(load) / len(load),
+    }
+
+
 def train(
     model: Any, args: argparse.Namespace, radon: Any, val: tuple[torch.Tensor, ...]
 ) -> dict[str, Any]:
@@ -71,41 +124,21 @@ def train(
     y_val, x_val, m_val = val
     pool = PhantomPool(radon, args.photons, args.batch, args.pool, 2)
     gen = torch.Generator().manual_seed(SEEDS["train"])
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    best = {"val_mse": math.inf, "step": -1, "state": None}
-    history, load = [], []
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    step = 0
-    while True:
-        if step % args.val_every == 0 or step == args.train_steps:
-            with torch.no_grad():
-                v = float(torch.mean((model(y_val, mask=m_val) - x_val) ** 2))
-            history.append({"step": step, "val_mse": v, "seconds": time.perf_counter() - t0})
-            load.append(os.getloadavg()[0])
-            if v < best["val_mse"]:
-                best.update(val_mse=v, step=step, state=copy.deepcopy(model.state_dict()))
-        if step >= args.train_steps or time.perf_counter() - t0 > args.train_seconds:
-            break
-        factor = cosine_factor(step, args.train_steps, args.lr_floor)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * factor
+
+    def batch_loss() -> torch.Tensor:
         y, x, m = pool(gen)
-        loss = torch.mean((model(y, mask=m) - x) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-    seconds = time.perf_counter() - t0
-    model.load_state_dict(best["state"])
-    return {
-        "steps": step,
-        "seconds": seconds,
-        "cpu_seconds": time.process_time() - cpu0,
-        "best_step": best["step"],
-        "best_val_mse": best["val_mse"],
-        "history": history,
-        "load_1min_mean": sum(load) / len(load),
-    }
+        return torch.mean((model(y, mask=m) - x) ** 2)
+
+    return _fit_best(
+        model,
+        batch_loss,
+        lambda: torch.mean((model(y_val, mask=m_val) - x_val) ** 2),
+        lr=args.lr,
+        steps=args.train_steps,
+        seconds=args.train_seconds,
+        val_every=args.val_every,
+        lr_floor=args.lr_floor,
+    )
 
 
 REFINE_SEED = 8  # training phantoms of the refiner (bench ct trains on seed 7)
@@ -145,45 +178,23 @@ def train_refiner(
     refiner state with the best validation MSE."""
     x_in, x_true, masks = data
     xv_in, xv_true, mv = val
-    ref = model.refiner
-    opt = torch.optim.Adam(ref.parameters(), lr=args.refine_lr)
     gen = torch.Generator().manual_seed(SEEDS["train"])
-    best = {"val_mse": math.inf, "step": -1, "state": None}
-    history = []
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    step = 0
-    while True:
-        if step % args.val_every == 0 or step == args.refine_steps:
-            ref.eval()
-            with torch.no_grad():
-                v = float(torch.mean((model.refined(xv_in, mv) - xv_true) ** 2))
-            ref.train()
-            history.append({"step": step, "val_mse": v, "seconds": time.perf_counter() - t0})
-            if v < best["val_mse"]:
-                best.update(val_mse=v, step=step, state=copy.deepcopy(ref.state_dict()))
-        if step >= args.refine_steps or time.perf_counter() - t0 > args.refine_seconds:
-            break
-        factor = cosine_factor(step, args.refine_steps, args.lr_floor)
-        for g in opt.param_groups:
-            g["lr"] = args.refine_lr * factor
+
+    def batch_loss() -> torch.Tensor:
         pick = torch.randint(x_in.shape[0], (args.refine_batch,), generator=gen)
-        xb, tb, mb = x_in[pick], x_true[pick], masks[pick]
-        loss = torch.mean((model.refined(xb, mb) - tb) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-    ref.load_state_dict(best["state"])
-    ref.eval()
-    return {
-        "steps": step,
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - cpu0,
-        "best_step": best["step"],
-        "best_val_mse": best["val_mse"],
-        "history": history,
-        "images": int(x_in.shape[0]),
-    }
+        return torch.mean((model.refined(x_in[pick], masks[pick]) - x_true[pick]) ** 2)
+
+    out = _fit_best(
+        model.refiner,
+        batch_loss,
+        lambda: torch.mean((model.refined(xv_in, mv) - xv_true) ** 2),
+        lr=args.refine_lr,
+        steps=args.refine_steps,
+        seconds=args.refine_seconds,
+        val_every=args.val_every,
+        lr_floor=args.lr_floor,
+    )
+    return {**out, "images": int(x_in.shape[0])}
 
 
 class _Wrap(torch.nn.Module):
