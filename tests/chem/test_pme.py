@@ -64,9 +64,9 @@ def test_pme_agrees_with_explicit_ewald(device, rep, cutoff, kernel):
     assert float((ref.charges - coarse.charges).detach().abs().max()) > 10 * dq
 
 
-@pytest.mark.parametrize("mode", ["implicit", "unrolled", "envelope"])
-def test_pme_forces_match_finite_differences(device, mode):
-    atoms = _rocksalt((2, 2, 2), seed=3)
+def _pme_rocksalt(seed: int, device, **kw):
+    """Rattled 64-atom rock salt with a tightly converged PME calculator (cutoff 5.5 A)."""
+    atoms = _rocksalt((2, 2, 2), seed=seed)
     atoms.calc = QEqCalculator(
         params=NACL,
         cutoff=5.5,
@@ -74,9 +74,15 @@ def test_pme_forces_match_finite_differences(device, mode):
         ewald_method="pme",
         ewald_accuracy=1e-5,
         tol=1e-12,
-        forces=mode,
         device=device,
+        **kw,
     )
+    return atoms
+
+
+@pytest.mark.parametrize("mode", ["implicit", "unrolled", "envelope"])
+def test_pme_forces_match_finite_differences(device, mode):
+    atoms = _pme_rocksalt(3, device, forces=mode)
     f = atoms.get_forces()
     assert atoms.calc.solution.stats["ewald_method"] == "pme"
     idx = [0, 5, 33]
@@ -86,16 +92,7 @@ def test_pme_forces_match_finite_differences(device, mode):
 
 
 def test_pme_stress_matches_finite_differences(device):
-    atoms = _rocksalt((2, 2, 2), seed=4)
-    atoms.calc = QEqCalculator(
-        params=NACL,
-        cutoff=5.5,
-        ewald=True,
-        ewald_method="pme",
-        ewald_accuracy=1e-5,
-        tol=1e-12,
-        device=device,
-    )
+    atoms = _pme_rocksalt(4, device)
     s = atoms.get_stress()
     fd = calculate_numerical_stress(atoms, 1e-5)
     assert np.abs(s - fd).max() < 1e-6, f"{s} vs {fd}"

@@ -110,6 +110,18 @@ def test_torch_two_level_cycle_is_pyamg_cycle(fam):
     assert np.abs(d0 - d_torch).max() > 1e-3 * np.abs(d0).max()
 
 
+def _assert_cycles_spd(model, a) -> None:
+    """The training two-level cycle and the built PyAMG hierarchy are both symmetric
+    positive definite (dense check)."""
+    g = model.prepare(a)
+    with torch.no_grad():
+        cyc = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g).double())
+    for m in (cyc, model.build(a)):
+        d = dense(m, a.shape[0])
+        assert np.abs(d - d.T).max() <= 1e-10 * np.abs(d).max()
+        assert np.linalg.eigvalsh(0.5 * (d + d.T)).min() > 0
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -120,13 +132,7 @@ def test_property_learned_vcycle_spd_for_any_weights(seed, scale, fam):
     a = check_spd_input(FAMILIES[fam](7, seed % 50))
     model = LearnedPreconditioner("amg", hidden=4, seed=0)
     randomize(model, seed=seed, scale=scale)
-    g = model.prepare(a)
-    with torch.no_grad():
-        cyc = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g).double())
-    for m in (cyc, model.build(a)):
-        d = dense(m, a.shape[0])
-        assert np.abs(d - d.T).max() <= 1e-10 * np.abs(d).max()
-        assert np.linalg.eigvalsh(0.5 * (d + d.T)).min() > 0
+    _assert_cycles_spd(model, a)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -366,13 +372,7 @@ def test_property_learned_rs_vcycle_spd_for_any_weights(seed, scale, fam, layers
     a = check_spd_input(FAMILIES[fam](7, seed % 50))
     model = LearnedPreconditioner("amg", coarsening="rs", hidden=4, layers=layers, seed=0)
     randomize(model, seed=seed, scale=scale)
-    g = model.prepare(a)
-    with torch.no_grad():
-        cyc = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g).double())
-    for m in (cyc, model.build(a)):
-        d = dense(m, a.shape[0])
-        assert np.abs(d - d.T).max() <= 1e-10 * np.abs(d).max()
-        assert np.linalg.eigvalsh(0.5 * (d + d.T)).min() > 0
+    _assert_cycles_spd(model, a)
 
 
 def test_rs_multilevel_hierarchy_spd_and_deeper():
