@@ -12,24 +12,13 @@ import torch.nn.functional as F  # noqa: N812
 from unrollsci import DtypeMismatchError
 from unrollsci.imaging import (
     ConvexRidgeCT,
-    Radon,
     conv_operator_norm,
     empirical_lipschitz,
     lipschitz_bound,
-    poisson_noise,
-    random_ellipses,
     ridge_filter_norm2,
 )
 from unrollsci.imaging._ridge import ridge_step_increment
 from unrollsci.train import load_checkpoint, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def small():
-    op = Radon(16, 10)
-    x, m = random_ellipses(4, 16, seed=3, return_support=True, dtype=torch.float64)
-    y = poisson_noise(op(x), 1e4, seed=4)
-    return op, x, m, y
 
 
 def _randomize(model: ConvexRidgeCT, seed: int, scale: float = 2.0) -> ConvexRidgeCT:
@@ -63,8 +52,8 @@ def _jacobian_norm(model, y, mask, iters=25):
 @pytest.mark.parametrize(
     "seed", [0, 1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)]
 )
-def test_bound_holds_for_random_weights(small, seed):
-    op, _, m, y = small
+def test_bound_holds_for_random_weights(ridge_small, seed):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=4, filters=3, kernel_size=3, n_clips=2, slack=0.05)
     model = _randomize(model, seed).double().requires_grad_(False)
     bound = model.lipschitz_bound()
@@ -81,11 +70,11 @@ def test_bound_holds_for_random_weights(small, seed):
     [(0.0, 1.5), pytest.param(4.0, 4.0, marks=pytest.mark.slow)],
     ids=["b0.9", "b1.77"],
 )
-def test_bound_is_tight_for_the_linear_network(small, logit, factor):
+def test_bound_is_tight_for_the_linear_network(ridge_small, logit, factor):
     # gamma -> 0 and no box: the network is linear (FBP start + Landweber steps with
     # beta = 0.9 or 1.77) and its exact norm is computable; the certificate must be within
     # a small factor of it (measured: 1.30x and 2.73x; the bound loosens as beta -> 2)
-    op, _, m, y = small
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=8, filters=2, box=None).double()
     with torch.no_grad():
         model.step_logits.copy_(torch.tensor([logit, -40.0, 0.0]).repeat(8, 1))
@@ -95,8 +84,8 @@ def test_bound_is_tight_for_the_linear_network(small, logit, factor):
     assert exact <= bound <= factor * exact
 
 
-def test_step_is_nonexpansive(small):
-    op, _, m, y = small
+def test_step_is_nonexpansive(ridge_small):
+    op, _, m, y = ridge_small
     for seed in range(3):
         model = ConvexRidgeCT(op, n_layers=2, filters=4, kernel_size=3, slack=0.01)
         model = _randomize(model, seed, scale=3.0).double().requires_grad_(False)
@@ -111,10 +100,10 @@ def test_step_is_nonexpansive(small):
                 assert bool((d_out.norm(dim=1) <= d_in.norm(dim=1) * (1 + 1e-12)).all())
 
 
-def test_one_step_lemma_under_attack(small):
+def test_one_step_lemma_under_attack(ridge_small):
     """``||d'||^2 <= ||d||^2 + increment ||e||^2`` for any states and sinograms, checked on
     random pairs and on pairs pushed by gradient ascent towards a violation."""
-    op, _, m, y = small
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=1, filters=4, kernel_size=3, slack=0.02, box=None)
     model = _randomize(model, 5).double().requires_grad_(False)
     cert = model.lipschitz_bound(details=True)
@@ -167,8 +156,8 @@ def test_filter_norm_bounds_the_convolution():
         ridge_filter_norm2(torch.zeros(3, 3), 12)
 
 
-def test_output_in_box_and_support(small):
-    op, _, m, y = small
+def test_output_in_box_and_support(ridge_small):
+    op, _, m, y = ridge_small
     model = _randomize(ConvexRidgeCT(op, n_layers=3, filters=3), 2).double()
     out = model(y, mask=m)
     assert bool((out[~m] == 0).all())
@@ -178,8 +167,8 @@ def test_output_in_box_and_support(small):
     assert fresh == pytest.approx(model.lipschitz_bound(), rel=1e-6)
 
 
-def test_training_reduces_loss_and_keeps_bound(small):
-    op, x, m, y = small
+def test_training_reduces_loss_and_keeps_bound(ridge_small):
+    op, x, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=4, filters=4, kernel_size=3).double()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
@@ -195,8 +184,8 @@ def test_training_reduces_loss_and_keeps_bound(small):
     assert empirical_lipschitz(model, y, steps=30, mask=m) <= model.lipschitz_bound()
 
 
-def test_dtype_and_device_follow(small, device):
-    op, _, m, y = small
+def test_dtype_and_device_follow(ridge_small, device):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=2, filters=2).to(device)
     assert model.dtype == torch.float32
     out = model(y.float().to(device))
@@ -207,8 +196,8 @@ def test_dtype_and_device_follow(small, device):
         model(y.float().to(device))
 
 
-def test_checkpoint_round_trip(small, tmp_path):
-    op, _, m, y = small
+def test_checkpoint_round_trip(ridge_small, tmp_path):
+    op, _, m, y = ridge_small
     model = _randomize(ConvexRidgeCT(op, n_layers=2, filters=2), 3)
     save_checkpoint(model, tmp_path / "ridge.pt")
     back = load_checkpoint(tmp_path / "ridge.pt")
@@ -217,8 +206,8 @@ def test_checkpoint_round_trip(small, tmp_path):
         assert torch.equal(back(y.float()), model(y.float()))
 
 
-def test_bad_input(small):
-    op, _, m, y = small
+def test_bad_input(ridge_small):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=2, filters=2).double()
     with pytest.raises(ValueError, match=r"shape \(batch, 10, 16\)"):
         model(y[:, :5])

@@ -13,24 +13,13 @@ from unrollsci import DtypeMismatchError
 from unrollsci.imaging import (
     ConvexRidgeCT,
     LipschitzRefiner,
-    Radon,
     empirical_lipschitz,
     lipschitz_bound,
-    poisson_noise,
-    random_ellipses,
 )
 from unrollsci.imaging._refine import maxmin
 from unrollsci.train import load_checkpoint, save_checkpoint
 
 REFINE = {"channels": 4, "depth": 3, "kernel_size": 3, "lipschitz": 3.0}
-
-
-@pytest.fixture(scope="module")
-def small():
-    op = Radon(16, 10)
-    x, m = random_ellipses(4, 16, seed=3, return_support=True, dtype=torch.float64)
-    y = poisson_noise(op(x), 1e4, seed=4)
-    return op, x, m, y
 
 
 def _randomize(module: torch.nn.Module, seed: int, scale: float = 2.0) -> torch.nn.Module:
@@ -106,8 +95,8 @@ def test_maxmin_is_one_lipschitz_and_norm_preserving():
 
 
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
-def test_refined_ridge_bound_holds_for_random_weights(small, seed):
-    op, _, m, y = small
+def test_refined_ridge_bound_holds_for_random_weights(ridge_small, seed):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=3, filters=3, kernel_size=3, n_clips=2, refine=REFINE)
     model = _randomize(model, seed).double().requires_grad_(False).eval()
     bound = model.lipschitz_bound()
@@ -119,8 +108,8 @@ def test_refined_ridge_bound_holds_for_random_weights(small, seed):
     assert 0 < emp <= bound
 
 
-def test_refined_output_in_box_and_support(small):
-    op, _, m, y = small
+def test_refined_output_in_box_and_support(ridge_small):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=2, filters=2, refine=REFINE)
     model = _randomize(model, 5).double().eval()
     with torch.no_grad():
@@ -129,8 +118,8 @@ def test_refined_output_in_box_and_support(small):
     assert torch.all(out[~m] == 0)
 
 
-def test_refiner_training_reduces_loss(small):
-    op, x, m, y = small
+def test_refiner_training_reduces_loss(ridge_small):
+    op, x, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=2, filters=2, refine=REFINE).double()
     opt = torch.optim.Adam(model.refiner.parameters(), lr=1e-2)
     losses = []
@@ -143,8 +132,8 @@ def test_refiner_training_reduces_loss(small):
     assert losses[-1] < losses[0]
 
 
-def test_checkpoint_round_trip_with_refiner(small, tmp_path):
-    op, _, m, y = small
+def test_checkpoint_round_trip_with_refiner(ridge_small, tmp_path):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=2, filters=2, refine=REFINE)
     model = _randomize(model, 1).eval()
     model.refiner.train()
@@ -158,8 +147,8 @@ def test_checkpoint_round_trip_with_refiner(small, tmp_path):
     assert back.lipschitz_bound() == pytest.approx(model.lipschitz_bound())
 
 
-def test_dtype_rule(small):
-    op, _, m, y = small
+def test_dtype_rule(ridge_small):
+    op, _, m, y = ridge_small
     model = ConvexRidgeCT(op, n_layers=2, filters=2, refine=REFINE)
     with pytest.raises(DtypeMismatchError):
         model(y, mask=m)
@@ -167,8 +156,8 @@ def test_dtype_rule(small):
     assert out.dtype == torch.float64
 
 
-def test_bad_input(small):
-    op = small[0]
+def test_bad_input(ridge_small):
+    op = ridge_small[0]
     with pytest.raises(TypeError, match="refine"):
         ConvexRidgeCT(op, refine=[4, 3])
     with pytest.raises(ValueError, match="channels"):
