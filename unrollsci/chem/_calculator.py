@@ -101,6 +101,10 @@ class QEqCalculator(Calculator):
         max_iter: CG iteration limit.
         iterations: run exactly this many CG iterations at every call (ignores ``tol``).
         forces: ``"implicit"``, ``"unrolled"`` or ``"envelope"``.
+        adjoint_tol: relative tolerance of the adjoint solve of implicit forces, in (0, 1];
+            None (default): ``max(tol, ADJOINT_TOL)`` (1e-2). Its right-hand side is the
+            charge residual, so it moves the forces by about ``adjoint_tol`` times the
+            implicit correction ``|F_implicit - F_envelope|`` (docs/chem.md).
         short_range: None, a :class:`BornMayer`, a dict of Born-Mayer pairs
             ``{("Na", "Cl"): (A, rho)}`` (or ``BornMayer.todict()``'s form), ``"radii"``
             (generic wall from the table radii), or any object with BornMayer's ``energy``
@@ -158,6 +162,7 @@ class QEqCalculator(Calculator):
     max_iter = _parameter("max_iter", "CG iteration limit")
     iterations = _parameter("iterations", "fixed number of CG iterations, or None")
     forces_mode = _parameter("forces", "``'implicit'``, ``'unrolled'`` or ``'envelope'``")
+    adjoint_tol = _parameter("adjoint_tol", "relative tolerance of the adjoint solve, or None")
     short_range = _parameter("short_range", "short-range repulsion (plain-data form)")
     warm_start = _parameter("warm_start", "start from the previous charges")
     check_definite = _parameter("check_definite", "dense definiteness check")
@@ -178,6 +183,7 @@ class QEqCalculator(Calculator):
         max_iter: int | None = None,
         iterations: int | None = None,
         forces: str = "implicit",
+        adjoint_tol: float | None = None,
         short_range: Any = None,
         warm_start: bool = True,
         device: torch.device | str | None = "cpu",
@@ -204,6 +210,7 @@ class QEqCalculator(Calculator):
             "max_iter": max_iter,
             "iterations": iterations,
             "forces": forces,
+            "adjoint_tol": adjoint_tol,
             "short_range": short_range,
             "warm_start": warm_start,
             "device": device,
@@ -215,7 +222,6 @@ class QEqCalculator(Calculator):
         #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
-        self._v_prev: torch.Tensor | None = None  # the last adjoint solution (warm start)
         self._q_hist: list[torch.Tensor] = []  # the last charges, newest last
         self._built: _calc_params.Built | None = None
         self._clear_state()
@@ -408,7 +414,6 @@ class QEqCalculator(Calculator):
             s.check_definite == "auto" and n <= _solve.DENSE_CHECK_MAX_ATOMS
         )
         direct = check and self.parameters["solver"] == "auto" and n <= _step.DIRECT_MAX_ATOMS
-        v0 = self._v_prev if self.parameters["warm_start"] else None
         out = analytic_step(
             pos_np,
             cell_np,
@@ -422,7 +427,9 @@ class QEqCalculator(Calculator):
             pattern=nl.pattern,
             cache=nl.cache,
             q0=q0,
-            v0=v0 if v0 is not None and v0.shape[0] == n else None,
+            # no adjoint warm start: its solution is this call's charge error, unrelated
+            # to the last call's (starting from that cost iterations; docs/chem.md)
+            v0=None,
             definite=self._certificate.check if check and not direct else None,
             same_pairs=not rebuilt,
             direct=direct,
@@ -448,7 +455,6 @@ class QEqCalculator(Calculator):
         )
         self.solution = sol
         self._q_prev = out.q
-        self._v_prev = out.v
         self._q_hist = [*self._q_hist[-2:], self._q_prev]
         charges = out.q.cpu().numpy().astype(np.float64)
         self.results["energy"] = energy

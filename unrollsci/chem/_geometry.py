@@ -11,7 +11,15 @@ import torch
 
 from .._validation import UnrollsciWarning
 
-__all__ = ["KERNELS", "half_pairs", "taper", "pair_kernel", "ewald_alpha", "ewald_kvectors"]
+__all__ = [
+    "KERNELS",
+    "csr_pattern",
+    "half_pairs",
+    "taper",
+    "pair_kernel",
+    "ewald_alpha",
+    "ewald_kvectors",
+]
 
 KERNELS = ("shielded", "point", "gaussian")
 
@@ -54,9 +62,15 @@ def half_pairs(
     box = cell if np.any(pbc) else np.zeros((3, 3))
     vesin = _vesin() if (np.all(pbc) or not np.any(pbc)) else None
     if vesin is not None:
-        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=True)
+        # unsorted: vesin's sort by (i, j) costs as much as the search; the list comes
+        # grouped by i (checked, else sorted here), which is all the CSR products need
+        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=False)
         i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
-        return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+        i, j, s = i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+        if i.size and not bool(np.all(i[1:] >= i[:-1])):
+            order = np.argsort(i, kind="stable")
+            i, j, s = i[order], j[order], s[order]
+        return i, j, s
     from ase.neighborlist import primitive_neighbor_list
 
     i, j, s = primitive_neighbor_list(
@@ -71,6 +85,35 @@ def half_pairs(
         j[keep][order].astype(np.int64),
         s[keep][order].astype(np.int64),
     )
+
+
+def csr_pattern(i: torch.Tensor, j: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """Index arrays of ``A_pairs = U + U^T`` as two CSR matrices for the half list ``(i, j)``
+    grouped by ``i`` (nondecreasing): ``(crow_u, col_u, crow_l, col_l, order)``; the values
+    of ``U`` are ``w``, those of ``U^T`` are ``w[order]`` (``order`` sorts the pairs by ``j``,
+    stably). On CPU ``order`` comes from scipy's CSR-to-CSC conversion, a linear-time
+    counting sort (several times faster than a comparison sort of the pairs)."""
+    idx = torch.int32 if n < 2**31 - 1 and i.numel() < 2**31 - 1 else torch.int64
+    crow_u = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
+    crow_u[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
+    if i.device.type == "cpu":
+        import scipy.sparse as sp
+
+        npi = np.int32 if idx == torch.int32 else np.int64
+        perm = np.arange(i.numel(), dtype=np.int64)
+        upper = sp.csr_matrix(
+            (perm, j.numpy().astype(npi), crow_u.numpy().astype(npi)), shape=(n, n)
+        )
+        lower = upper.tocsc()  # does not merge repeated (i, j): order is a permutation
+        order = torch.from_numpy(lower.data.astype(np.int64, copy=False))
+        crow_l = torch.from_numpy(lower.indptr.astype(np.int64, copy=False))
+        col_l = torch.from_numpy(lower.indices).to(idx)
+    else:
+        order = torch.argsort(j, stable=True)
+        crow_l = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
+        crow_l[1:] = torch.cumsum(torch.bincount(j, minlength=n), 0)
+        col_l = i[order].to(idx)
+    return crow_u.to(idx), j.to(idx), crow_l.to(idx), col_l, order
 
 
 def taper(r: torch.Tensor, cutoff: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._geometry import ewald_kvectors, half_pairs, pair_kernel, shielded_tapered
+from ._geometry import csr_pattern, ewald_kvectors, half_pairs, pair_kernel, shielded_tapered
 from ._pme import PMEReciprocal
 
 __all__ = [
@@ -75,17 +75,11 @@ class _Hardness:
         elif csr_min_pairs is not None and w.numel() >= csr_min_pairs:
             # A = diag + U + U^T with U the half list as CSR; int32 indices halve the index
             # traffic of this memory-bound product
-            n = diag0.shape[0]
-            idx = torch.int32 if n < 2**31 - 1 and w.numel() < 2**31 - 1 else torch.int64
+            crow_u, col_u, crow_l, col_l, order = csr_pattern(i, j, n)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                crow = torch.zeros(n + 1, dtype=torch.int64, device=w.device)
-                crow[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
-                upper = torch.sparse_csr_tensor(crow.to(idx), j.to(idx), w, (n, n))
-                order = torch.argsort(j, stable=True)
-                crow_t = torch.zeros(n + 1, dtype=torch.int64, device=w.device)
-                crow_t[1:] = torch.cumsum(torch.bincount(j, minlength=n), 0)
-                lower = torch.sparse_csr_tensor(crow_t.to(idx), i[order].to(idx), w[order], (n, n))
+                upper = torch.sparse_csr_tensor(crow_u, col_u, w, (n, n))
+                lower = torch.sparse_csr_tensor(crow_l, col_l, w.index_select(0, order), (n, n))
             self.csr = (upper, lower)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:

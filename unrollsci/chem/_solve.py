@@ -316,11 +316,9 @@ def solve_charges(
         q0: warm start (N,) (implicit / envelope only); shifted onto the constraint.
         short_range: optional :class:`BornMayer` (or any object with the same ``energy``
             method) added to the energy.
-        adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"``
-            (default ``tol``). For energy gradients the adjoint solution is the charge
-            error itself (size ~tol), so an adjoint relative error ``a`` changes forces by
-            ~``a * tol``: ``max(tol, 1e-6)`` (what QEqCalculator uses) keeps that below
-            ``tol^2``, the implicit method's own error.
+        adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"`` (default
+            ``tol``); for energy gradients it moves them by about ``adjoint_tol`` times the
+            implicit correction, implicit minus envelope (docs/chem.md).
         throw: raise ``ConvergenceError`` on non-convergence (else warn).
         check_definite: decide, before the solve and for every ``chi``, whether the
             hardness matrix is positive definite on the constraint subspace (dense
@@ -466,13 +464,14 @@ def solve_with_settings(
     differentiable = (b, terms.diag0, terms.w, terms.kc, terms.ks, terms.kf)
     if terms.pme is not None:  # the mesh weights depend on positions and cell directly
         differentiable += (positions, cell)
+    needs_grad = any(t is not None and t.requires_grad for t in differentiable)
     q, (op, d, k, res, conv) = differentiate(
         _CORE_MODES[s.grad],
         forward,
         b=-b,  # A q = -chi on the constraint
         matvec=terms.operator(),
         adjoint=lambda g, info: charge_adjoint(info[0], info[1], adjoint_tol, max_iter, stats)(g),
-        needs_grad=any(t is not None and t.requires_grad for t in differentiable),
+        needs_grad=needs_grad,
     )
     if not conv:
         msg = (
@@ -490,7 +489,8 @@ def solve_with_settings(
     )
 
     # ---- energy E = chi.q + 1/2 q.A q (+ background, short range)
-    aq = terms.operator()(q)
+    # without a graph the solve's operator (CSR products for large lists) serves
+    aq = terms.operator()(q) if needs_grad else op(q)
     energy = (b * q).sum() + 0.5 * (q * aq).sum() + terms.e_const
     if s.short_range is not None:
         energy = energy + s.short_range.energy(symbols, terms.i, terms.j, terms.r, s.cutoff)

@@ -17,7 +17,7 @@ Up to :data:`DIRECT_MAX_ATOMS` atoms (with the definiteness check on) the charge
 solved directly: a Cholesky factorization of the projected hardness ``Z^T A Z`` is both the
 polarization-catastrophe proof and the solve, exact to rounding (so ``tol`` is met; a
 result above ``tol`` is refined by CG); larger systems run the projected CG from the warm
-start, and the adjoint CG from the previous call's ``v``.
+start, and the adjoint CG to ``adjoint_tol`` (from ``v0``, None: zero).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._geometry import half_pairs
+from ._geometry import csr_pattern, half_pairs
 from ._hardness import _dense_hardness, _Hardness, _projected_hardness, raise_catastrophe
 
 __all__ = ["VerletPairs", "DefiniteCertificate", "csr_pattern"]
@@ -29,19 +29,6 @@ __all__ = ["VerletPairs", "DefiniteCertificate", "csr_pattern"]
 #: lists with fewer pairs keep the scatter mat-vec: a threaded sparse product costs more
 #: than it saves on them
 CSR_MIN_PAIRS = 4096
-
-
-def csr_pattern(i: torch.Tensor, j: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-    """Index arrays of ``A_pairs = U + U^T`` as two CSR matrices for the half list ``(i, j)``
-    sorted by ``i``: ``(crow_u, col_u, crow_l, col_l, order)``; the values of ``U`` are ``w``,
-    those of ``U^T`` are ``w[order]``."""
-    idx = torch.int32 if n < 2**31 - 1 and i.numel() < 2**31 - 1 else torch.int64
-    crow_u = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
-    crow_u[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
-    order = torch.argsort(j, stable=True)
-    crow_l = torch.zeros(n + 1, dtype=torch.int64, device=i.device)
-    crow_l[1:] = torch.cumsum(torch.bincount(j, minlength=n), 0)
-    return crow_u.to(idx), j.to(idx), crow_l.to(idx), i[order].to(idx), order
 
 
 class VerletPairs:
