@@ -432,3 +432,33 @@ def test_coarsening_bad_arguments():
         LearnedPreconditioner("amg", coarsening="pmis")
     with pytest.raises(ValueError, match="only with kind='amg'"):
         LearnedPreconditioner("factor", coarsening="rs")
+
+
+@pytest.mark.parametrize("fam", sorted(FAMILIES))
+def test_rs_learned_entries_read_a_like_a_search(fam):
+    """The RS set-up reads a_ij of the learned entries by a sparse product; a search among
+    A's keys (the fallback) gives the same values, also with an explicit zero stored."""
+    from pyamg.classical.split import RS
+    from pyamg.strength import classical_strength_of_connection
+
+    from unrollsci.precond._amg_rs import _entries
+
+    a = check_spd_input(FAMILIES[fam](12, 4))
+    n = a.shape[0]
+    splitting = RS(classical_strength_of_connection(a, theta=0.25), second_pass=False)
+    cpts = np.flatnonzero(splitting)
+    fine = np.flatnonzero(splitting == 0)
+    rows = np.repeat(np.arange(n), np.diff(a.indptr))
+    cols = a.indices.astype(np.int64)
+    # the learned pattern: every C neighbour of every F point (row-major, sorted)
+    keep = (splitting[rows] == 0) & (splitting[cols] == 1)
+    e_row, e_col = rows[keep], cols[keep]
+    counts = np.zeros(n, dtype=np.int64)
+    np.add.at(counts, e_row, 1)
+    got = _entries(a, splitting, counts, e_row, e_col, rows, cols)
+    np.testing.assert_array_equal(got, np.asarray(a[e_row, e_col]).ravel())
+    assert cpts.size and fine.size
+    z = a.copy()
+    z.data[np.flatnonzero(keep)[0]] = 0.0  # the product drops it: the search is used
+    got = _entries(z, splitting, counts, e_row, e_col, rows, cols)
+    np.testing.assert_array_equal(got, np.asarray(z[e_row, e_col]).ravel())

@@ -141,3 +141,50 @@ def test_mic0_and_chebyshev_reject_nan_parameters():
 def test_cuda_device_without_cuda_is_a_value_error(build):
     with pytest.raises(ValueError, match="CUDA is not available"):
         build(diffusion2d(4), device="cuda")
+
+
+def _random_symmetric(rng, n):
+    m = sp.random(n, n, density=0.3, random_state=int(rng.integers(2**31)), format="csr")
+    a = (m + m.T + n * sp.eye(n)).tocsr()
+    a.sort_indices()
+    return a
+
+
+def test_symmetry_fast_path_agrees_with_the_library_rule():
+    """check_spd_input's same-pattern shortcut decides as check_symmetric does: it accepts
+    symmetric matrices (and round-off below the rule), never accepts an asymmetric value,
+    and leaves other patterns (an explicit zero on one side) to the general check."""
+    from unrollsci._validation import check_symmetric
+    from unrollsci.precond._sparse import _symmetric_same_pattern, check_spd_input
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.integers(2, 25))
+        a = _random_symmetric(rng, n)
+        assert _symmetric_same_pattern(a)
+        coo = a.tocoo()
+        off = np.flatnonzero(coo.row != coo.col)
+        if off.size == 0:
+            continue
+        k = int(off[rng.integers(off.size)])
+        for delta, ok in ((1e-3, False), (1e-15 * abs(a.data).max(), True)):
+            b = a.copy()
+            b.data[k] += delta
+            assert _symmetric_same_pattern(b) is ok
+            try:
+                check_symmetric(b)
+                ref = True
+            except ValueError:
+                ref = False
+            assert ref is ok
+            if not ok:
+                with pytest.raises(ValueError, match="symmetric"):
+                    check_spd_input(b)
+        if a[0, n - 1] == 0:  # an explicit zero in (0, n-1) only: symmetric values
+            c = sp.csr_matrix(
+                (np.r_[coo.data, 0.0], (np.r_[coo.row, 0], np.r_[coo.col, n - 1])),
+                shape=a.shape,
+            )
+            c.sort_indices()
+            assert not _symmetric_same_pattern(c)
+            check_spd_input(c)  # the general check accepts it

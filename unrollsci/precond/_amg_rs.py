@@ -31,6 +31,31 @@ from ._amg_setup import EDGE_FEATURES, AMGSetup, _tt, node_features
 __all__ = ["rs_setup"]
 
 
+def _entries(
+    a: Any,
+    splitting: np.ndarray,
+    counts: np.ndarray,
+    e_row: np.ndarray,
+    e_col: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> np.ndarray:
+    """``a_ij`` of the learned entries ``(e_row, e_col)`` (row-major, columns ascending:
+    the F rows of ``P``), by one sparse element-wise product with their pattern (a merge
+    of sorted rows); by a search among ``A``'s sorted keys if some ``a_ij`` is not a
+    stored non-zero (not the case for strong connections)."""
+    import scipy.sparse as sp
+
+    n = a.shape[0]
+    ip = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.where(splitting == 0, counts, 0), out=ip[1:])
+    mask = sp.csr_matrix((np.ones(e_row.size), e_col, ip), shape=a.shape)
+    prod = a.multiply(mask).tocsr()
+    if prod.nnz == e_row.size:
+        return prod.data
+    return a.data[np.searchsorted(rows * n + cols, e_row * n + e_col)]
+
+
 def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
     """PyAMG's Ruge-Stuben splitting and classical interpolation of ``a`` (validated
     canonical CSR), and the features of the learned entries of ``P`` (its F rows).
@@ -62,12 +87,11 @@ def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
     d = a.diagonal()
     rows = np.repeat(np.arange(n), np.diff(a.indptr))
     cols = a.indices.astype(np.int64)
-    # a_ij of each learned entry: its position among A's (sorted) row-major keys
-    pos = np.searchsorted(rows * n + cols, e_row * n + e_col)
     pv = np.asarray(p0.data, dtype=np.float64)
     rowsum = np.bincount(p_row, pv, n)
     edge_attr = np.empty((EDGE_FEATURES, learned.size), dtype=np.float32)
-    edge_attr[0] = a.data[pos] / np.sqrt(d[e_row] * d[e_col])
+    edge_attr[0] = _entries(a, splitting, counts, e_row, e_col, rows, cols)
+    edge_attr[0] /= np.sqrt(d[e_row] * d[e_col])
     edge_attr[1] = pv[learned]
     edge_attr[2] = 1.0 / counts[e_row]
     edge_attr[3] = rowsum[e_row]
