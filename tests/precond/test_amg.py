@@ -83,21 +83,24 @@ def test_amg_setup_rejects_unknown_rho():
         amg_setup(check_spd_input(diffusion2d(4)), rho="power")
 
 
+@pytest.mark.parametrize("sweeps", [1, 2])
 @pytest.mark.parametrize("fam", sorted(FAMILIES))
-def test_torch_two_level_cycle_is_pyamg_cycle(fam):
+def test_torch_two_level_cycle_is_pyamg_cycle(fam, sweeps):
     """Training's differentiable cycle and the PyAMG cycle of build() are one operator."""
     from unrollsci.precond._amg import pyamg_preconditioner
 
     a = check_spd_input(FAMILIES[fam](9, 2))
-    model = LearnedPreconditioner("amg", seed=0).double()
+    model = LearnedPreconditioner("amg", seed=0, sweeps=sweeps).double()
     randomize(model, seed=3, scale=0.5)
     g = model.prepare(a)
     with torch.no_grad():
         pv = model.prolongation_values(g)
     n = a.shape[0]
-    d_torch = dense(TwoLevelCycle(g.cache["amg"], pv), n)
-    d_pyamg = dense(pyamg_preconditioner(g.cache["amg"], pv, max_coarse=10**6), n)
+    d_torch = dense(model.from_graph(g), n)
+    d_pyamg = dense(pyamg_preconditioner(g.cache["amg"], pv, max_coarse=10**6, sweeps=sweeps), n)
     np.testing.assert_allclose(d_torch, d_pyamg, atol=1e-12 * np.abs(d_pyamg).max())
+    if sweeps > 1:  # more sweeps: another operator
+        assert np.abs(dense(TwoLevelCycle(g.cache["amg"], pv), n) - d_torch).max() > 1e-6
     # and differs from the untrained cycle (the weights matter)
     g0 = LearnedPreconditioner("amg", seed=0).prepare(a)
     with torch.no_grad():
@@ -115,7 +118,7 @@ def _assert_cycles_spd(model, a) -> None:
     positive definite (dense check)."""
     g = model.prepare(a)
     with torch.no_grad():
-        cyc = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g).double())
+        cyc = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g).double(), model.sweeps)
     for m in (cyc, model.build(a)):
         d = dense(m, a.shape[0])
         assert np.abs(d - d.T).max() <= 1e-10 * np.abs(d).max()
@@ -127,10 +130,11 @@ def _assert_cycles_spd(model, a) -> None:
     seed=st.integers(0, 10_000),
     scale=st.floats(0.05, 5.0),
     fam=st.sampled_from(sorted(FAMILIES)),
+    sweeps=st.integers(1, 3),
 )
-def test_property_learned_vcycle_spd_for_any_weights(seed, scale, fam):
+def test_property_learned_vcycle_spd_for_any_weights(seed, scale, fam, sweeps):
     a = check_spd_input(FAMILIES[fam](7, seed % 50))
-    model = LearnedPreconditioner("amg", hidden=4, seed=0)
+    model = LearnedPreconditioner("amg", hidden=4, seed=0, sweeps=sweeps)
     randomize(model, seed=seed, scale=scale)
     _assert_cycles_spd(model, a)
 
@@ -181,8 +185,8 @@ def swapped(module: torch.nn.Module, name: str, value: torch.Tensor):
         module._parameters[name] = orig
 
 
-def _gradcheck_weight(model, a, which: str) -> None:
-    """float64 gradcheck of three unrolled PCG steps' iterate with respect to one layer's
+def _gradcheck_weight(model, a, which: str, steps: int = 3) -> None:
+    """float64 gradcheck of ``steps`` unrolled PCG steps' iterate with respect to one layer's
     weight (``"head"``: the prolongation head's output layer, ``"edge"``: its edge map,
     ``"node"``: the node encoder), after checking that the iterate depends on it."""
     batch = make_batches(model, [a], n_rhs=2)[0]
@@ -195,7 +199,7 @@ def _gradcheck_weight(model, a, which: str) -> None:
     def fn(wt: torch.Tensor) -> torch.Tensor:
         with swapped(lin, "weight", wt):
             m = model.from_graph(batch.graph)
-            return unrolled_pcg(batch.op, batch.b, m, 3)
+            return unrolled_pcg(batch.op, batch.b, m, steps)
 
     w0 = lin.weight.detach().clone().requires_grad_()
     with torch.no_grad():  # the iterate depends on these weights (the check is not vacuous)
@@ -203,14 +207,18 @@ def _gradcheck_weight(model, a, which: str) -> None:
     assert torch.autograd.gradcheck(fn, (w0,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-@pytest.mark.parametrize("which", ["head", "edge", "gnn"])
+@pytest.mark.parametrize("which", ["head", "edge", "gnn", "head-2-sweeps"])
 def test_gradcheck_model_weights_float64(which):
     """Gradients of PCG's iterate with respect to the network's weights, through the GNN,
     the prolongation, the Galerkin product and its Cholesky factor, and the cycles."""
     a = diffusion2d(5, seed=1)
-    model = LearnedPreconditioner("amg", hidden=3, seed=0).double()
+    sweeps = 2 if which.endswith("sweeps") else 1
+    which = which.split("-")[0]
+    model = LearnedPreconditioner("amg", hidden=3, seed=0, sweeps=sweeps).double()
     randomize(model, seed=2, scale=0.3)
-    _gradcheck_weight(model, a, {"head": "head", "edge": "edge", "gnn": "node"}[which])
+    # two sweeps reach round-off within three steps here: one step then
+    steps = 3 if sweeps == 1 else 1
+    _gradcheck_weight(model, a, {"head": "head", "edge": "edge", "gnn": "node"}[which], steps)
 
 
 def test_build_usable_in_cg_and_scipy_and_untrained_matches_sa_iterations():
@@ -425,6 +433,19 @@ def test_node_features_without_message_passing_match_the_matrix_graph():
         for coarsening in ("sa", "rs"):
             g = LearnedPreconditioner("amg", coarsening=coarsening, layers=0).prepare(a)
             np.testing.assert_allclose(g.x.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_sweeps_bad_arguments_and_checkpoint(tmp_path):
+    for bad in (0, 1.5, -1):
+        with pytest.raises(ValueError, match="integer sweeps >= 1"):
+            LearnedPreconditioner("amg", sweeps=bad)
+    with pytest.raises(ValueError, match="only with kind='amg'"):
+        LearnedPreconditioner("factor", sweeps=2)
+    from unrollsci.train import load_checkpoint, save_checkpoint
+
+    model = LearnedPreconditioner("amg", hidden=2, layers=0, sweeps=2, seed=0)
+    save_checkpoint(model, tmp_path / "s.pt")
+    assert load_checkpoint(tmp_path / "s.pt", expected=LearnedPreconditioner).sweeps == 2
 
 
 def test_coarsening_bad_arguments():

@@ -152,10 +152,12 @@ class TwoLevelCycle(Preconditioner):
     Args:
         setup: :func:`amg_setup` of the matrix.
         p_values: ``(nnz_P,)`` values of ``P`` on ``setup``'s pattern.
+        sweeps: symmetric Gauss-Seidel sweeps before and after the coarse correction.
     """
 
-    def __init__(self, setup: AMGSetup, p_values: torch.Tensor) -> None:
+    def __init__(self, setup: AMGSetup, p_values: torch.Tensor, sweeps: int = 1) -> None:
         super().__init__()
+        self.sweeps = int(sweeps)
         self.setup = setup = setup.maps()
         self.p_values = p_values
         self.in_shape = self.out_shape = (setup.n,)
@@ -195,13 +197,17 @@ class TwoLevelCycle(Preconditioner):
         prow, pcol = s.p_row.to(dev), s.p_col.to(dev)
         low, lv = s.smoother_factor(dev)
         lv = lv.to(r.dtype)
-        x = _gs_sweep(low, lv, None, r, self._mv_a)
+        x = None
+        for _ in range(self.sweeps):
+            x = _gs_sweep(low, lv, x, r, self._mv_a)
         res = r - self._mv_a(x)
         # P^T res and P e_c by gather / scatter-add over P's entries (no dense P here)
         rc = res.new_zeros(res.shape[0], s.nc).index_add(1, pcol, res.index_select(1, prow) * pv)
         ec = torch.cholesky_solve(rc.T, self._chol.to(r.dtype)).T
         x = x.index_add(1, prow, ec.index_select(1, pcol) * pv)
-        return _gs_sweep(low, lv, x, r, self._mv_a)
+        for _ in range(self.sweeps):
+            x = _gs_sweep(low, lv, x, r, self._mv_a)
+        return x
 
     _rmv = _mv
 
@@ -213,6 +219,7 @@ def pyamg_preconditioner(
     max_coarse: int = 10,
     max_levels: int = 10,
     seed: int | None = 0,
+    sweeps: int = 1,
 ) -> Any:
     """The learned finest level handed to PyAMG; returns an
     :class:`~unrollsci.precond.AMGPreconditioner` (one V-cycle per application).
@@ -222,7 +229,8 @@ def pyamg_preconditioner(
     ``A_c`` is larger than ``max_coarse``, PyAMG builds the levels below it with the
     setup's coarsening: smoothed aggregation (defaults, the coarse candidates of ``T``,
     ``seed`` for its random set-up) or Ruge-Stuben (defaults). Smoothing: symmetric
-    Gauss-Seidel on every level (the default of both), coarsest: ``pinv``. Every level is
+    Gauss-Seidel on every level (the default of both; ``sweeps`` sweeps before and after
+    the coarse correction on level 0, one below), coarsest: ``pinv``. Every level is
     stored as CSR (PyAMG's SA stores BSR with 1 x 1 blocks, whose products are slower).
     """
     import pyamg
@@ -269,6 +277,9 @@ def pyamg_preconditioner(
         if hasattr(lev, "P"):
             lev.P, lev.R = sp.csr_matrix(lev.P), sp.csr_matrix(lev.R)
     ml = MultilevelSolver(levels, coarse_solver="pinv")
-    smoother = ("block_gauss_seidel", {"sweep": "symmetric"})
+    smoother = [
+        ("block_gauss_seidel", {"sweep": "symmetric", "iterations": int(sweeps)}),
+        ("block_gauss_seidel", {"sweep": "symmetric"}),
+    ]
     change_smoothers(ml, smoother, smoother)
     return AMGPreconditioner(ml, setup.n)

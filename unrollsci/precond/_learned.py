@@ -109,6 +109,11 @@ class LearnedPreconditioner(nn.Module):
             PyAMG's of the same kind. With ``layers=0`` the set-up reads no matrix graph
             (node features and per-entry features come from the AMG set-up), which makes
             it as cheap as PyAMG's own.
+        sweeps: ``kind="amg"`` only: symmetric Gauss-Seidel sweeps before and after the
+            coarse correction on the learned (finest) level, in training and in
+            :meth:`build` (the coarser levels: one, PyAMG's default). Any count keeps the
+            cycle SPD. A smoother setting, not learned: a classical hierarchy with the
+            same sweeps gains the same iterations from it.
 
     Example:
         >>> from unrollsci.precond import LearnedPreconditioner, diffusion2d
@@ -139,6 +144,7 @@ class LearnedPreconditioner(nn.Module):
         scaling: bool = True,
         ordering: Any = None,
         coarsening: str = "sa",
+        sweeps: int = 1,
     ) -> None:
         super().__init__()
         if kind not in _KINDS:
@@ -175,6 +181,11 @@ class LearnedPreconditioner(nn.Module):
                 f"Expected coarsening 'sa' or 'rs', and only with kind='amg' (got "
                 f"coarsening={coarsening!r}, kind={kind!r})."
             )
+        if int(sweeps) != sweeps or sweeps < 1 or (kind != "amg" and sweeps != 1):
+            raise ValueError(
+                f"Expected an integer sweeps >= 1, other than 1 only with kind='amg' (got "
+                f"sweeps={sweeps!r}, kind={kind!r})."
+            )
         if kind == "poly" and base != "identity":
             raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
         if kind == "poly" and (int(degree) != degree or degree < 1 or not 0 < ratio < 1):
@@ -210,6 +221,7 @@ class LearnedPreconditioner(nn.Module):
         self.degree, self.ratio, self.scaling = int(degree), float(ratio), bool(scaling)
         self.ordering = ordering
         self.coarsening = coarsening
+        self.sweeps = int(sweeps)
         if kind == "poly":
             # Weights of the Chebyshev iterates y_0..y_degree (softmax) and the interval's
             # lower end relative to the Gershgorin bound (sigmoid); at the start the
@@ -259,6 +271,7 @@ class LearnedPreconditioner(nn.Module):
             "scaling": self.scaling,
             "ordering": self.ordering,
             "coarsening": self.coarsening,
+            "sweeps": self.sweeps,
         }
 
     def _check_size(self, a: Any) -> Any:
@@ -402,7 +415,7 @@ class LearnedPreconditioner(nn.Module):
         if self.kind == "poly":
             return self.poly_operator(g)
         if self.kind == "amg":
-            return TwoLevelCycle(g.cache["amg"], self.prolongation_values(g))
+            return TwoLevelCycle(g.cache["amg"], self.prolongation_values(g), self.sweeps)
         vals = self.factor_values(g)
         if self.kind == "factor":
             m: LinearOperator = FactorPreconditioner(g.pattern, vals)
@@ -437,7 +450,7 @@ class LearnedPreconditioner(nn.Module):
                 setup = g.cache["amg"]
                 h, _ = self._node_states(g)
                 p = prolongation_matrix(setup, self.amg_head(h, setup))
-                return pyamg_preconditioner(setup, p)
+                return pyamg_preconditioner(setup, p, sweeps=self.sweeps)
             return self.from_graph(g)
 
     def forward(self, A: Any) -> LinearOperator:  # noqa: N803
