@@ -13,16 +13,55 @@ def test_amg_bench_quick_writes_results(tmp_path):
     data = json.loads((tmp_path / "amg_quick.json").read_text())
     methods = {r["method"] for r in data["rows"]}
     assert {"mic0", "chebyshev", "pyamg-sa", "pyamg-rs", "learned-amg", "learned-amg-rs"} <= methods
-    assert {"learned-amg-untrained", "learned-amg-rs-untrained"} <= methods
+    assert {"learned-amg-untrained", "learned-amg-rs-untrained", "learned-amg-sa2"} <= methods
+    # the learned two-sweep variant stands against PyAMG with the same smoothing
+    assert {"pyamg-sa-csr-sgs2", "pyamg-rs-sgs2"} <= methods
     assert all(r["converged"] for r in data["rows"])
     assert all(r["load1"] >= 0 for r in data["rows"])
-    assert set(data["training"]) == {"sa", "rs"}
-    assert [r["variant"] for r in data["summary"]] == ["sa", "rs"]
+    assert set(data["training"]) == {"sa", "rs", "sa2"}
+    assert [r["variant"] for r in data["summary"]] == ["sa", "rs", "sa2"]
     for row in data["summary"]:
         assert row["family"] == "graph" and row["seen_in_training"] is False
         best = min(r["total_s"] for r in data["rows"] if r["method"] == row["best_classical"])
-        name = "learned-amg" if row["variant"] == "sa" else "learned-amg-rs"
+        name = "learned-amg" if row["variant"] == "sa" else f"learned-amg-{row['variant']}"
         learned = next(r for r in data["rows"] if r["method"] == name)
         assert abs(row["learned_time_vs_best"] - learned["total_s"] / best) < 1e-12
     assert not (tmp_path / "amg.json").exists()  # a quick run never writes the full results
     assert (tmp_path / "amg_quick.md").read_text().startswith("# learned AMG benchmark")
+
+
+def test_amg_bench_saves_and_loads_models(tmp_path):
+    """--save-models writes the trained variants; --load-models rebuilds them (no training)
+    and refuses a checkpoint of another variant."""
+    import pytest
+
+    from unrollsci.bench.amg import main
+
+    models = tmp_path / "models"
+    common = ["--quick", "--families", "diffusion", "--variants", "rs"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--save-models", str(models)]) == 0
+    assert (models / "amg_rs.pt").exists()
+    assert main([*common, "--out", str(tmp_path / "b"), "--load-models", str(models)]) == 0
+    a = json.loads((tmp_path / "a" / "amg_quick.json").read_text())
+    b = json.loads((tmp_path / "b" / "amg_quick.json").read_text())
+    assert b["training"]["rs"] == {"loaded_from": str(models / "amg_rs.pt"), **a["training"]["rs"]}
+    # the same learned preconditioners (the tuned PyAMG rows depend on timings)
+    iters = {r["method"]: r["iters"] for r in a["rows"] if r["method"].startswith("learned")}
+    assert {
+        r["method"]: r["iters"] for r in b["rows"] if r["method"].startswith("learned")
+    } == iters
+    (models / "amg_rs.pt").rename(models / "amg_sa.pt")
+    with pytest.raises(ValueError, match="variant 'sa'"):
+        main(
+            [
+                "--quick",
+                "--families",
+                "diffusion",
+                "--variants",
+                "sa",
+                "--load-models",
+                str(models),
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )

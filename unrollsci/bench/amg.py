@@ -31,6 +31,12 @@ from ._common import markdown_table, output_dir_arg, positive_int_arg, write_res
 
 FAMILIES = ("diffusion", "anisotropic", "graph")
 TEST_SEED0 = 10_000
+#: Learned variants: (coarsening, symmetric Gauss-Seidel sweeps on the learned level).
+VARIANTS = {"sa": ("sa", 1), "rs": ("rs", 1), "sa2": ("sa", 2), "rs2": ("rs", 2)}
+
+
+def _learned_name(variant: str) -> str:
+    return "learned-amg" if variant == "sa" else f"learned-amg-{variant}"
 
 
 def _family(name: str) -> Callable[..., Any]:
@@ -59,7 +65,7 @@ def _rs_candidates() -> dict[str, dict[str, Any]]:
     }
 
 
-def _pyamg(kind: str, opts: dict[str, Any]) -> Callable[[Any], Any]:
+def _pyamg(kind: str, opts: dict[str, Any], sweeps: int = 1) -> Callable[[Any], Any]:
     def build(a: Any) -> Any:
         import pyamg
 
@@ -68,34 +74,46 @@ def _pyamg(kind: str, opts: dict[str, Any]) -> Callable[[Any], Any]:
         if kind == "sa":
             return amg(a, **opts)
         if kind == "sa-csr":
-            return _csr_levels(amg(a, **opts))
+            return _csr_levels(amg(a, **opts).ml, sweeps)
         state = np.random.get_state()
         try:
             np.random.seed(0)
             ml = pyamg.ruge_stuben_solver(a, **opts)
         finally:
             np.random.set_state(state)
+        if sweeps != 1:
+            _smoothers(ml, sweeps)
         return AMGPreconditioner(ml, a.shape[0])
 
     return build
 
 
-def _csr_levels(m: Any) -> Any:
-    """PyAMG's SA hierarchy with every level converted to CSR (PyAMG keeps BSR with 1 x 1
-    blocks, whose products are slower), same smoother (symmetric Gauss-Seidel): the same
-    operator, a faster cycle; the conversion is counted in the set-up."""
-    import scipy.sparse as sp
+def _smoothers(ml: Any, sweeps: int) -> None:
+    """Symmetric Gauss-Seidel on every level; ``sweeps`` sweeps on the finest."""
     from pyamg.relaxation.smoothing import change_smoothers
 
-    for lev in m.ml.levels:
+    smoother = [
+        ("gauss_seidel", {"sweep": "symmetric", "iterations": sweeps}),
+        ("gauss_seidel", {"sweep": "symmetric"}),
+    ]
+    change_smoothers(ml, smoother, smoother)
+
+
+def _csr_levels(ml: Any, sweeps: int = 1) -> Any:
+    """PyAMG's SA hierarchy with every level converted to CSR (PyAMG keeps BSR with 1 x 1
+    blocks, whose products are slower), same smoother (symmetric Gauss-Seidel; ``sweeps``
+    sweeps on the finest level): the same operator for one sweep, a faster cycle; the
+    conversion is counted in the set-up."""
+    import scipy.sparse as sp
+
+    for lev in ml.levels:
         lev.A = sp.csr_matrix(lev.A)
         if hasattr(lev, "P"):
             lev.P, lev.R = sp.csr_matrix(lev.P), sp.csr_matrix(lev.R)
     from ..precond import AMGPreconditioner
 
-    smoother = ("gauss_seidel", {"sweep": "symmetric"})
-    change_smoothers(m.ml, smoother, smoother)
-    return AMGPreconditioner(m.ml, m.ml.levels[0].A.shape[0])
+    _smoothers(ml, sweeps)
+    return AMGPreconditioner(ml, ml.levels[0].A.shape[0])
 
 
 def _run(build: Callable[[Any], Any], a: Any, b: torch.Tensor, rtol: float) -> dict[str, Any]:
@@ -142,8 +160,22 @@ def _tune(kind: str, family: str, args: Any) -> tuple[str, dict[str, Any], dict[
     return best, cands[best], scores
 
 
-def _train(args: Any, coarsening: str = "sa") -> tuple[Any, dict[str, Any]]:
-    from ..precond import LearnedPreconditioner, fit_preconditioner
+def _model(args: Any, variant: str, seed: int) -> Any:
+    from ..precond import LearnedPreconditioner
+
+    coarsening, sweeps = VARIANTS[variant]
+    return LearnedPreconditioner(
+        "amg",
+        hidden=args.hidden,
+        layers=args.layers,
+        coarsening=coarsening,
+        sweeps=sweeps,
+        seed=seed,
+    )
+
+
+def _train(args: Any, variant: str = "sa") -> tuple[Any, dict[str, Any]]:
+    from ..precond import fit_preconditioner
 
     torch.manual_seed(args.seed)
     mats, val = [], []
@@ -151,9 +183,7 @@ def _train(args: Any, coarsening: str = "sa") -> tuple[Any, dict[str, Any]]:
         for k, n in enumerate(args.train_n):
             mats.append(_family(f)(n, seed=args.seed + k))
         val.append(_family(f)(args.train_n[0], seed=args.seed + 500))
-    model = LearnedPreconditioner(
-        "amg", hidden=args.hidden, layers=args.layers, coarsening=coarsening, seed=args.seed
-    )
+    model = _model(args, variant, args.seed)
     t0 = time.perf_counter()
     hist = fit_preconditioner(
         model,
@@ -167,7 +197,8 @@ def _train(args: Any, coarsening: str = "sa") -> tuple[Any, dict[str, Any]]:
     )
     seconds = time.perf_counter() - t0
     info = {
-        "coarsening": coarsening,
+        "coarsening": VARIANTS[variant][0],
+        "sweeps": VARIANTS[variant][1],
         "families": list(args.train_families),
         "sizes": [int(n) ** 2 for n in args.train_n],
         "systems": len(mats),
@@ -210,9 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         nargs="+",
-        choices=("sa", "rs"),
-        default=["sa", "rs"],
-        help="learned AMG coarsenings: smoothed aggregation, Ruge-Stuben",
+        choices=tuple(VARIANTS),
+        default=["sa", "rs", "sa2"],
+        help="learned AMG variants: smoothed aggregation, Ruge-Stuben; a trailing 2: two "
+        "symmetric Gauss-Seidel sweeps on the learned level (then PyAMG rows with the same "
+        "smoothing stand among the classical ones)",
+    )
+    p.add_argument(
+        "--save-models",
+        default=None,
+        metavar="DIR",
+        help="save the trained models to DIR/amg_<variant>.pt (checkpoints; replaces them)",
+    )
+    p.add_argument(
+        "--load-models",
+        default=None,
+        metavar="DIR",
+        help="skip training: load the models saved by --save-models from DIR",
     )
     p.add_argument("--test-systems", type=positive_int_arg, default=1)
     p.add_argument("--repeats", type=positive_int_arg, default=3)
@@ -234,15 +279,43 @@ def _methods(tuned: dict[str, Any], learned: dict[str, tuple[Any, Any]]) -> dict
         "pyamg-sa-csr": _pyamg("sa-csr", {}),
         "pyamg-rs": _pyamg("rs", {}),
     }
+    if any(VARIANTS[v][1] == 2 for v in learned):  # the same smoothing, classical
+        out["pyamg-sa-csr-sgs2"] = _pyamg("sa-csr", {}, sweeps=2)
+        out["pyamg-rs-sgs2"] = _pyamg("rs", {}, sweeps=2)
     for kind in ("sa", "rs"):
         name, opts, _ = tuned[kind]
         if name != "default":
             out[f"pyamg-{kind}-tuned"] = _pyamg(kind, opts)
     for variant, (model, untrained) in learned.items():
-        name = "learned-amg" if variant == "sa" else f"learned-amg-{variant}"
+        name = _learned_name(variant)
         out[f"{name}-untrained"] = untrained.build
         out[name] = model.build
     return out
+
+
+def _save_models(folder: str, learned: dict[str, tuple[Any, Any]], info: dict) -> None:
+    from ..train import save_checkpoint
+
+    for variant, (model, _) in learned.items():
+        path = Path(folder) / f"amg_{variant}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, path, extra={"train": info[variant]})
+
+
+def _load_model(folder: str, variant: str) -> tuple[Any, dict[str, Any]]:
+    from ..precond import LearnedPreconditioner
+    from ..train import load_checkpoint
+
+    path = Path(folder) / f"amg_{variant}.pt"
+    model = load_checkpoint(path, expected=LearnedPreconditioner)
+    coarsening, sweeps = VARIANTS[variant]
+    if (model.coarsening, model.sweeps) != (coarsening, sweeps):
+        raise ValueError(
+            f"Expected {path} to hold variant {variant!r} (coarsening {coarsening!r}, sweeps "
+            f"{sweeps}); got coarsening {model.coarsening!r}, sweeps {model.sweeps}."
+        )
+    extra = torch.load(path, weights_only=True).get("extra", {})
+    return model, {"loaded_from": str(path), **extra.get("train", {})}
 
 
 CLASSICAL = (
@@ -253,6 +326,8 @@ CLASSICAL = (
     "pyamg-rs",
     "pyamg-sa-tuned",
     "pyamg-rs-tuned",
+    "pyamg-sa-csr-sgs2",
+    "pyamg-rs-sgs2",
 )
 
 
@@ -277,19 +352,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: Any) -> int:
-    from ..precond import LearnedPreconditioner
 
     load_start = list(os.getloadavg())
     learned: dict[str, tuple[Any, Any]] = {}
     training: dict[str, Any] = {}
     for variant in args.variants:
-        print(f"training learned AMG ({variant}) on {args.train_families} at {args.train_n}")
-        model, training[variant] = _train(args, variant)
-        print(f"  trained in {training[variant]['seconds']:.1f} s", flush=True)
-        untrained = LearnedPreconditioner(
-            "amg", hidden=args.hidden, layers=args.layers, coarsening=variant, seed=0
-        )
-        learned[variant] = (model, untrained)
+        if args.load_models:
+            model, training[variant] = _load_model(args.load_models, variant)
+        else:
+            print(f"training learned AMG ({variant}) on {args.train_families} at {args.train_n}")
+            model, training[variant] = _train(args, variant)
+            print(f"  trained in {training[variant]['seconds']:.1f} s", flush=True)
+        learned[variant] = (model, _model(args, variant, 0))
+    if args.save_models and not args.load_models:
+        _save_models(args.save_models, learned, training)
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
@@ -333,7 +409,7 @@ def _main(args: Any) -> int:
                 r["time_vs_best_classical"] = r["total_s"] / best["total_s"]
                 r["iters_vs_sa"] = r["iters"] / by["pyamg-sa"]["iters"]
             for variant in learned:
-                name = "learned-amg" if variant == "sa" else f"learned-amg-{variant}"
+                name = _learned_name(variant)
                 la = by[name]
                 summary.append(
                     {
