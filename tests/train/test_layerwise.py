@@ -234,3 +234,62 @@ def test_decay_rate_keeps_the_non_increasing_guarantee():
             fit_layerwise(model, draw, val, decay_rate=bad)
     with pytest.raises(TypeError, match="decay_rate to be a number"):
         fit_layerwise(model, draw, val, decay_rate="0.3")
+
+
+def test_stage_loss_matches_its_formula_in_float64():
+    from unrollsci.train._layerwise import _stage_loss
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    xs = [x + s * torch.randn(5, 7, generator=g, dtype=torch.float64) for s in (1.0, 0.3, 0.1)]
+    e = [float((xk - x).pow(2).sum() / x.pow(2).sum()) for xk in xs]
+    assert float(_stage_loss(xs, x, 3)) == pytest.approx(e[2], rel=1e-12)
+    assert float(_stage_loss(xs, x, 2, "log")) == pytest.approx(math.log(e[1]), rel=1e-12)
+    want = math.log(e[2]) + 0.5 * sum(math.log(v) for v in e) / 3
+    assert float(_stage_loss(xs, x, 3, "log", 0.5)) == pytest.approx(want, rel=1e-12)
+    want = e[1] + 0.25 * (e[0] + e[1]) / 2  # layers 1..k only
+    assert float(_stage_loss(xs, x, 2, "nmse", 0.25)) == pytest.approx(want, rel=1e-12)
+
+
+def _adam_by_hand(a, draw, loss_kind, depth_weight, steps, lr):
+    """What fit_layerwise's last-layer stage does for ALISTA (one group of vectors)."""
+    from unrollsci.train._layerwise import _stage_loss
+
+    model = ALISTA(MatrixOperator(a), 3, lam=0.4)
+    opt = torch.optim.Adam([model.gamma, model.theta], lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        y, x = draw(gen)
+        _, xs = model(y, return_all=True)
+        opt.zero_grad()
+        _stage_loss(xs, x, 3, loss_kind, depth_weight).backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize(("loss", "depth_weight"), [("log", 0.0), ("log", 0.1), ("nmse", 0.3)])
+def test_loss_and_depth_weight_are_the_trained_loss(loss, depth_weight):
+    a, draw, val = _setup()
+    model = ALISTA(MatrixOperator(a), 3, lam=0.4)
+    before = layer_nmse_db(model, *val)
+    hist = fit_layerwise(
+        model, draw, val, lr=1e-2, lr_decays=(1.0,), new_layer_stage=False, start_layer=3,
+        max_steps=3, val_every=3, loss=loss, depth_weight=depth_weight,
+    )  # fmt: skip
+    assert hist.curve_db[-1] < before[-1]  # the 3-step state was kept, not the start
+    ref = _adam_by_hand(a, draw, loss, depth_weight, 3, 1e-2)
+    assert torch.allclose(model.gamma, ref.gamma, atol=1e-6)
+    assert torch.allclose(model.theta, ref.theta, atol=1e-6)
+    other = _adam_by_hand(a, draw, "nmse" if loss == "log" else "log", 0.0, 3, 1e-2)
+    assert not torch.allclose(model.theta, other.theta, atol=1e-6)  # the loss matters
+
+
+def test_loss_options_are_checked():
+    a, draw, val = _setup()
+    model = ALISTA(MatrixOperator(a), 2)
+    with pytest.raises(ValueError, match="loss"):
+        fit_layerwise(model, draw, val, loss="l1", max_steps=1)
+    with pytest.raises(ValueError, match="depth_weight"):
+        fit_layerwise(model, draw, val, depth_weight=-0.1, max_steps=1)
+    with pytest.raises(TypeError, match="depth_weight"):
+        fit_layerwise(model, draw, val, depth_weight="0.1", max_steps=1)

@@ -147,6 +147,32 @@ def _decay_factors(model: nn.Module, k: int, decay_rate: float) -> dict[int, Any
     return out
 
 
+def _stage_loss(
+    xs: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    k: int,
+    kind: str = "nmse",
+    depth_weight: float = 0.0,
+) -> torch.Tensor:
+    """The training loss of :func:`fit_layerwise` at layer ``k`` (1-based).
+
+    ``e_j = sum ||xs[j] - x||^2 / sum ||x||^2`` over the batch (layer ``j + 1``'s relative
+    error), ``l_j = e_j`` (``kind="nmse"``) or ``log e_j`` (``kind="log"``); the loss is
+    ``l_{k-1} + depth_weight * mean(l_0 .. l_{k-1})``.
+    """
+    ref = x.pow(2).sum().clamp_min(1e-30)
+    tiny = torch.finfo(x.dtype).tiny
+
+    def one(j: int) -> torch.Tensor:
+        e = (xs[j] - x).pow(2).sum() / ref
+        return torch.log(e.clamp_min(tiny)) if kind == "log" else e
+
+    value = one(k - 1)
+    if depth_weight:
+        value = value + depth_weight * torch.stack([one(j) for j in range(k)]).mean()
+    return value
+
+
 def fit_layerwise(
     model: nn.Module,
     sampler: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
@@ -164,6 +190,8 @@ def fit_layerwise(
     warm_start: bool = True,
     start_layer: int = 1,
     freeze_below: int = 0,
+    loss: str = "nmse",
+    depth_weight: float = 0.0,
     seed: int = 0,
     log: Callable[[str], Any] | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -219,6 +247,13 @@ def fit_layerwise(
             parameters still train). With ``start_layer``, it lets a continued training
             leave alone early layers whose validation curve is nearly flat, where any
             change would break the non-increasing guarantee.
+        loss: ``"nmse"`` (default): the batch's relative squared error of layer ``k``;
+            ``"log"``: its logarithm, so every batch's gradient is relative to its own
+            error level (deep noiseless layers reach errors of ``1e-7`` and below).
+        depth_weight: ``w >= 0``; adds ``w`` times the mean of the same loss over layers
+            ``1..k``, so that training for layer ``k`` also pulls the earlier layers down
+            (with ``start_layer = K`` and ``new_layer_stage=False``: all layers trained at
+            once for the last, the earlier ones kept useful). Default 0.
         seed: seeds the batch generator.
         log: called with one line per stage (e.g. ``print``).
         clock: the clock of ``time_budget`` (default wall time; ``time.process_time``
@@ -267,6 +302,14 @@ def fit_layerwise(
     _check_int("max_steps", max_steps, 1)
     _check_int("start_layer", start_layer, 1)
     _check_int("freeze_below", freeze_below, 0)
+    if loss not in ("nmse", "log"):
+        raise ValueError(f"Expected loss 'nmse' or 'log' (got {loss!r}).")
+    if isinstance(depth_weight, bool) or not isinstance(depth_weight, (int, float)):
+        raise TypeError(
+            f"Expected depth_weight to be a number (got {type(depth_weight).__name__})."
+        )
+    if not (math.isfinite(depth_weight) and depth_weight >= 0):
+        raise ValueError(f"Expected depth_weight >= 0 and finite (got {depth_weight}).")
     if time_budget is not None:
         check_positive("time_budget", time_budget)
     y_val, x_val = val_data
@@ -353,9 +396,9 @@ def fit_layerwise(
                 while steps < max_steps:
                     y, x = sampler(gen)
                     _, xs = model(y, return_all=True)
-                    loss = (xs[k - 1] - x).pow(2).sum() / x.pow(2).sum().clamp_min(1e-30)
+                    value = _stage_loss(xs, x, k, loss, depth_weight)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    value.backward()
                     if only_new or freeze_below:
                         for p in vecs:
                             if p.grad is not None:
@@ -365,9 +408,9 @@ def fit_layerwise(
                                     mask[k - 1] = 1
                                 mask[:freeze_below] = 0  # zero gradients: Adam never moves them
                                 p.grad.mul_(mask)
-                    if not math.isfinite(float(loss.detach())):
+                    if not math.isfinite(float(value.detach())):
                         raise FloatingPointError(
-                            f"Training loss became {float(loss)} at layer {k}; lower lr."
+                            f"Training loss became {float(value)} at layer {k}; lower lr."
                         )
                     if row_decay:  # Adam's step of row j, scaled by its factor
                         prev = [p.detach().clone() for p, _ in row_decay]
