@@ -13,7 +13,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from unrollsci.chem import BornMayer, PolarizationCatastropheError, QEqCalculator, solve_charges
-from unrollsci.chem._calc_params import ADJOINT_TOL, adjoint_tol
+from unrollsci.chem._calc_params import adjoint_tol
 
 NACL = {
     "Na": {"chi": 2.843, "eta": 12.0, "gamma": 0.7},
@@ -111,7 +111,8 @@ def test_warm_started_adjoint_keeps_the_forces(device):
     atoms = _crystal()
     kw = {"params": NACL, "cutoff": 5.0, "tol": 1e-6, "solver": "cg", "device": device}
     atoms.calc = warm = QEqCalculator(**kw)
-    assert warm.settings.adjoint_tol == ADJOINT_TOL
+    eps = warm.settings.adjoint_tol
+    assert eps == pytest.approx(1e-2)  # the default at tol 1e-6: 1e-8 / tol
     # the same charge history (charges do not depend on the adjoint), other forces
     tight, env = QEqCalculator(adjoint_tol=1e-13, **kw), QEqCalculator(forces="envelope", **kw)
     cold = QEqCalculator(warm_start=False, adjoint_tol=1e-13, **kw)
@@ -122,7 +123,7 @@ def test_warm_started_adjoint_keeps_the_forces(device):
         f_tight, f_env, f_cold = (c.get_forces(atoms.copy()) for c in (tight, env, cold))
         np.testing.assert_array_equal(tight.results["charges"], atoms.get_charges())
         assert np.abs(f_tight - f_cold).max() < 1e-9  # O(tol^2)
-        bound = 2.0 * ADJOINT_TOL * np.abs(f_tight - f_env).max()
+        bound = 2.0 * eps * np.abs(f_tight - f_env).max()
         assert np.abs(f_warm - f_tight).max() <= bound
     assert warm.solution.stats["adjoint_iterations"] >= 0
 
@@ -200,12 +201,14 @@ def test_state_check_lists_what_ase_lists():
 
 
 def test_adjoint_tol_parameter():
-    calc = QEqCalculator(tol=1e-8)
-    assert calc.settings.adjoint_tol == ADJOINT_TOL  # default: max(tol, ADJOINT_TOL)
-    assert QEqCalculator(tol=0.1).settings.adjoint_tol == 0.1  # never tighter than tol
+    # default: 1e-8 / tol, clipped to [tol, 1]
+    for tol, eps in ((1e-10, 1.0), (1e-8, 1.0), (1e-6, 1e-2), (1e-4, 1e-4), (1e-2, 1e-2)):
+        assert QEqCalculator(tol=tol).settings.adjoint_tol == pytest.approx(eps, rel=1e-12)
+    calc = QEqCalculator()
     calc.set(adjoint_tol=1e-5)
     assert calc.adjoint_tol == 1e-5 and calc.settings.adjoint_tol == 1e-5
     assert calc.todict() == {"adjoint_tol": 1e-5}
+    assert QEqCalculator(**calc.todict()).settings.adjoint_tol == 1e-5
     for bad in (0.0, -1e-3, 2.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="adjoint_tol"):
             QEqCalculator(adjoint_tol=bad)

@@ -87,6 +87,7 @@ def _ours(atoms, v, steps: int, mode: str, args: argparse.Namespace) -> dict[str
         "seconds": seconds,
         "cpu_seconds": (time.process_time() - c0) / steps,
         "solver": calc.solution.stats.get("solver", "autograd"),
+        "adjoint_tol": calc.settings.adjoint_tol,
         "adjoint_iters": float(np.mean(adjoint)),
         "cg_iters": float(np.mean(iters)),
         "list_builds": calc.neighbor_list_builds,
@@ -117,7 +118,8 @@ def _size(n_rep: int, steps: int, threads: int, args: argparse.Namespace, lammps
         row[f"ms_{mode}"] = 1e3 * statistics.median(r["seconds"] for r in runs[mode])
         row[f"cpu_ms_{mode}"] = 1e3 * statistics.median(r["cpu_seconds"] for r in runs[mode])
     last = runs["implicit"][-1]
-    for key in ("solver", "cg_iters", "adjoint_iters", "list_builds", "dense_checks"):
+    keys = ("solver", "adjoint_tol", "cg_iters", "adjoint_iters", "list_builds", "dense_checks")
+    for key in keys:
         row[key] = last[key]
     if runs["lammps"]:
         row["ms_lammps"] = 1e3 * statistics.median(r[0] for r in runs["lammps"])
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_implicit/lammps",
         "cpu_envelope/lammps",
         "solver",
+        "adjoint_tol",
         "cg_iters",
         "adjoint_iters",
         "list_builds",

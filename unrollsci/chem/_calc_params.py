@@ -14,7 +14,7 @@ from .._validation import check_device
 from ._settings import COULOMB_CONSTANT, EWALD_METHODS, QEqSettings
 from ._short_range import BornMayer
 
-__all__ = ["ADJOINT_TOL", "DEFAULT_PARAMETERS", "normalize", "build"]
+__all__ = ["ADJOINT_TARGET", "DEFAULT_PARAMETERS", "adjoint_tol", "normalize", "build"]
 
 #: ``QEqCalculator.default_parameters``: plain data only (strings, numbers, None, dicts)
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -49,21 +49,26 @@ SOLVERS = ("auto", "cg")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-#: the calculator's default relative tolerance of the adjoint solve of implicit forces
-#: (``adjoint_tol=None``); chosen from the measurements in docs/chem.md
-ADJOINT_TOL = 1e-2
+#: the calculator's default adjoint tolerance (``adjoint_tol=None``) is
+#: ``clip(ADJOINT_TARGET / tol, tol, 1)``: the adjoint reduces the charge residual to
+#: ``tol * adjoint_tol = ADJOINT_TARGET`` (forces as accurate as envelope forces at that
+#: tolerance; chosen from the measurements in docs/chem.md), and never further than ``tol``
+#: (where the implicit forces' own second-order error ``tol^2`` is the larger)
+ADJOINT_TARGET = 1e-8
 
 
 def adjoint_tol(tol: Any, value: Any = None) -> Any:
-    """The calculator's adjoint tolerance: ``value``, or (None) ``max(tol, ADJOINT_TOL)``.
+    """The calculator's adjoint tolerance: ``value``, or (None) ``clip(ADJOINT_TARGET /
+    tol, tol, 1)``.
 
     The adjoint's right-hand side is the charge residual, so its relative tolerance
-    ``eps`` moves the forces by about ``eps * |F_implicit - F_envelope|`` (docs/chem.md);
-    a ``tol`` above ``ADJOINT_TOL`` is kept (never tighter than the charges' own). A
-    ``tol`` that is not a number is left for the solve to reject."""
+    ``eps`` moves the forces by about ``eps * |F_implicit - F_envelope|`` (docs/chem.md).
+    A ``tol`` that is not a positive number is left for the solve to reject."""
     if value is not None:
         return value
-    return max(tol, ADJOINT_TOL) if isinstance(tol, (int, float)) else None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        return None
+    return min(1.0, max(float(tol), ADJOINT_TARGET / tol))
 
 
 def _optional_float(name: str, value: Any) -> float | None:

@@ -101,10 +101,11 @@ class QEqCalculator(Calculator):
         max_iter: CG iteration limit.
         iterations: run exactly this many CG iterations at every call (ignores ``tol``).
         forces: ``"implicit"``, ``"unrolled"`` or ``"envelope"``.
-        adjoint_tol: relative tolerance of the adjoint solve of implicit forces, in (0, 1];
-            None (default): ``max(tol, ADJOINT_TOL)`` (1e-2). Its right-hand side is the
-            charge residual, so it moves the forces by about ``adjoint_tol`` times the
-            implicit correction ``|F_implicit - F_envelope|`` (docs/chem.md).
+        adjoint_tol: relative tolerance of the adjoint solve of implicit forces, in (0, 1].
+            Its right-hand side is the charge residual, so it moves the forces by about
+            ``adjoint_tol`` times the implicit correction ``|F_implicit - F_envelope|``
+            (docs/chem.md). None (default): ``1e-8 / tol`` clipped to ``[tol, 1]`` (1e-2
+            at ``tol=1e-6``, 1e-4 at ``tol=1e-4``).
         short_range: None, a :class:`BornMayer`, a dict of Born-Mayer pairs
             ``{("Na", "Cl"): (A, rho)}`` (or ``BornMayer.todict()``'s form), ``"radii"``
             (generic wall from the table radii), or any object with BornMayer's ``energy``

@@ -232,13 +232,16 @@ def hardness_terms(
                 f"{float(rmin):.3g} Angstrom apart (< {MIN_DISTANCE}). Check the positions."
             )
     shape = table["sigma"] if kernel == "gaussian" else table["gamma"]
-    fast = pair_cache is not None and kernel == "shielded" and alpha is None
-    if fast and cutoff is not None and not shape.requires_grad:
-        # kept list, shielded kernel, fixed gamma: per-pair constant once, analytic dw/dr
+    if kernel == "shielded" and alpha is None and cutoff is not None and not shape.requires_grad:
+        # shielded kernel, fixed gamma: the per-pair constant (kept with a kept list) and
+        # an analytic dw/dr instead of the graph of the pow and taper operations
         key = f"shielded-c-{dtype}"
-        if key not in pair_cache:
-            pair_cache[key] = (shape[i] * shape[j]) ** -1.5
-        w = shielded_tapered(r, pair_cache[key], cutoff, k_e)
+        c = None if pair_cache is None else pair_cache.get(key)
+        if c is None:
+            c = (shape.index_select(0, i) * shape.index_select(0, j)) ** -1.5
+            if pair_cache is not None:
+                pair_cache[key] = c
+        w = shielded_tapered(r, c, cutoff, k_e)
     else:
         w = k_e * pair_kernel(kernel, r, shape[i], shape[j], cutoff, alpha)
         if pairs is not None and cutoff is not None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._validation import ConvergenceError, ConvergenceWarning
-from ._geometry import pair_kernel
+from ._geometry import pair_kernel, shielded_w_dw
 from ._hardness import (
     MIN_DISTANCE,
     _check_diag,
@@ -85,27 +85,7 @@ def kernel_and_derivative(
             c = (shape_i * shape_j) ** -1.5
             if cache is not None:
                 cache[key] = c
-        # in place where possible: fewer temporaries of P values
-        x = r * (1.0 / cutoff)
-        tap = x * 20.0
-        tap.sub_(70.0).mul_(x).add_(84.0).mul_(x).sub_(35.0)
-        x3 = x * x
-        x3.mul_(x)
-        tap.mul_(x3).mul_(x).add_(1.0)  # Tap = 1 + x^4 (-35 + x (84 + x (-70 + 20 x)))
-        jr = r * r
-        jr.mul_(r).add_(c).log_().mul_(-1.0 / 3.0).exp_()  # J = (r^3 + c)^(-1/3) (pow: slower)
-        xm = x.sub_(1.0)
-        dtap = xm * xm  # dTap/dr = 140 x^3 (x - 1)^3 / cutoff
-        dtap.mul_(xm).mul_(x3).mul_(140.0 / cutoff)
-        j4 = jr * jr
-        j4.mul_(j4)
-        dw = r * r  # dJ/dr = -r^2 J^4
-        dw.mul_(j4).mul_(tap).neg_().addcmul_(jr, dtap)
-        w = jr.mul_(tap)
-        scale = inside.to(r.dtype).mul_(k_e)
-        w.mul_(scale)
-        dw.mul_(scale)
-        return w, dw
+        return shielded_w_dw(r, c, cutoff, k_e)
     zero = torch.zeros((), dtype=r.dtype, device=r.device)
     with torch.enable_grad():
         rl = r.detach().requires_grad_(True)
