@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 
 @pytest.mark.slow
@@ -34,6 +35,51 @@ def test_bench_ct_quick(tmp_path):
         r = data["results"][name]
         assert r["train_steps"] == 25 * r["epochs"] > 0 and 0 <= r["best_epoch"] < r["epochs"]
         assert r["last_lr_factor"] == pytest.approx(0.02)  # the budget ran out: at the floor
+
+
+@pytest.mark.slow
+def test_bench_ct_256_quick(tmp_path):
+    """The 256 x 256 low-dose setting (LoDoPaB-CT photon count and attenuation), smoke run."""
+    from unrollsci.bench._ct_setup import LODOPAB_ATTENUATION
+    from unrollsci.bench.ct import main
+
+    argv = ["--quick", "--size", "256", "--angles", "45", "--variants", "free"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "ct_quick.json").exists() and not (tmp_path / "ct_256.json").exists()
+    data = json.loads((tmp_path / "ct_256_quick.json").read_text())
+    cfg = data["config"]
+    assert (cfg["size"], cfg["angles"], cfg["photons"]) == (256, 45, 4096.0)
+    assert cfg["pixel_size"] == pytest.approx(LODOPAB_ATTENUATION / 256)
+    assert (tmp_path / "ct_256_quick.md").read_text().startswith("| method")
+    assert (tmp_path / "ct_256_unrolled_quick.pt").exists()
+    r = data["results"]["unrolled"]
+    assert r["train_steps"] == 2 * r["epochs"] > 0 and len(r["val_history"]) == r["epochs"]
+    assert r["max_abs_outside_support"] == 0.0 and r["device"] == "cpu"
+    assert len(r["psnr"]) == len(data["results"]["tv"]["psnr"]) == 4
+    assert data["results"]["tv"]["seconds"] > 0 and r["train_cpu_seconds"] > 0
+
+
+def test_make_data_noise_follows_the_attenuation():
+    """``pixel_size=None`` is poisson_noise's default ``1 / n_det`` (the 64 x 64 benchmark's
+    data are unchanged), and with ``pixel_size = mu`` the line integrals ``mu y`` have the
+    Poisson variance ``exp(mu y) / I0`` (delta method, on rays with many photons)."""
+    from unrollsci.bench.ct import make_data, pixel_size
+    from unrollsci.imaging import Radon
+
+    op = Radon(32, 12)
+    y0, x0, m0 = make_data(8, 32, op, 4096.0, seed=3)
+    y1, x1, _ = make_data(8, 32, op, 4096.0, seed=3, pixel_size=pixel_size(1.0, 32))
+    assert torch.equal(y0, y1) and torch.equal(x0, x1)
+    assert pixel_size(None, 32) is None
+    mu = pixel_size(20.0, 32)
+    y2, x2, _ = make_data(8, 32, op, 4096.0, seed=3, pixel_size=mu)
+    assert torch.equal(x2, x0)
+    clean = op(x0).double()
+    for m, y in ((mu, y2), (1.0 / 32, y0)):
+        var = torch.exp(m * clean) / 4096.0
+        ok = 4096.0 * torch.exp(-m * clean) > 100  # the delta method holds
+        ratio = float(((m * (y.double() - clean)) ** 2 / var)[ok].mean())
+        assert int(ok.sum()) > 1000 and abs(ratio - 1.0) < 0.15
 
 
 def test_cosine_factor():
