@@ -285,6 +285,27 @@ def test_neighbor_list_fallback_without_vesin(device, monkeypatch):
     torch.testing.assert_close(with_vesin.charges, without.charges, atol=1e-12, rtol=0)
 
 
+def test_half_list_grouped_by_i_and_csr_order(monkeypatch):
+    """vesin's unsorted half list is regrouped by i (a counting sort) and holds the same
+    (i, j, S) as ASE's list; the transpose order of the CSR pattern (scipy's counting sort on
+    CPU) is the stable sort by j."""
+    from unrollsci.chem import _geometry
+
+    atoms = _nacl((3, 3, 2), cubic=False)
+    pos, cell, pbc = atoms.positions, atoms.cell.array, np.array([True] * 3)
+    i, j, s = _geometry.half_pairs(pos, cell, pbc, 7.0)
+    assert i.dtype == j.dtype == np.int64 and bool(np.all(np.diff(i) >= 0))
+    ours = set(zip(i.tolist(), j.tolist(), map(tuple, s.tolist()), strict=True))
+    monkeypatch.setattr(_geometry, "_VESIN", {"module": None})
+    ia, ja, sa = _geometry.half_pairs(pos, cell, pbc, 7.0)
+    assert ours == set(zip(ia.tolist(), ja.tolist(), map(tuple, sa.tolist()), strict=True))
+    it, jt = torch.from_numpy(i), torch.from_numpy(j)
+    crow_u, col_u, crow_l, col_l, order = _geometry.csr_pattern(it, jt, len(atoms))
+    torch.testing.assert_close(order, torch.argsort(jt, stable=True), rtol=0, atol=0)
+    assert torch.equal(col_l.long(), it[order]) and torch.equal(col_u.long(), jt)
+    assert torch.equal(crow_l[1:].long(), torch.cumsum(torch.bincount(jt, minlength=len(atoms)), 0))
+
+
 def test_sparse_csr_matvec_matches_scatter_path(device, monkeypatch):
     """Large systems apply A through int32 CSR products; same charges and forces."""
     from unrollsci.chem import _solve

@@ -45,15 +45,30 @@ def _vesin() -> Any:
     return _VESIN["module"]
 
 
+def _stable_order(keys: np.ndarray, n: int) -> np.ndarray:
+    """The permutation that sorts integer ``keys`` in ``[0, n)`` stably: a linear-time
+    counting sort (scipy's CSR-to-CSC conversion of one entry per row)."""
+    import scipy.sparse as sp
+
+    p = keys.size
+    idx = np.int32 if max(p, n) < 2**31 - 1 else np.int64
+    rows = sp.csr_matrix(
+        (np.arange(p, dtype=np.int64), keys.astype(idx), np.arange(p + 1, dtype=idx)),
+        shape=(p, n),
+    )
+    return rows.tocsc().data
+
+
 def half_pairs(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Half neighbour list: each unordered pair (and each +-image of an atom with itself) once.
 
-    Returns ``i, j`` (P,) int64 and integer cell shifts ``S`` (P, 3): the pair vector is
-    ``R[j] - R[i] + S @ cell``. Uses vesin (O(N), cell lists; a dependency), else (vesin
-    not importable, warned once; or a cell periodic in some directions only) ASE's
-    ``primitive_neighbor_list``; ``cutoff=None`` (non-periodic only) gives all pairs.
+    Returns ``i, j`` (P,) int64, grouped by ``i`` (nondecreasing), and integer cell shifts
+    ``S`` (P, 3): the pair vector is ``R[j] - R[i] + S @ cell``. Uses vesin (O(N), cell
+    lists; a dependency), else (vesin not importable, warned once; or a cell periodic in
+    some directions only) ASE's ``primitive_neighbor_list``; ``cutoff=None`` (non-periodic
+    only) gives all pairs.
     """
     n = len(positions)
     if cutoff is None:
@@ -66,9 +81,9 @@ def half_pairs(
         # grouped by i (checked, else sorted here), which is all the CSR products need
         nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=False)
         i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
-        i, j, s = i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
+        i, j = (np.ascontiguousarray(x).view(np.int64) for x in (i, j))  # uint64 < 2^63
         if i.size and not bool(np.all(i[1:] >= i[:-1])):
-            order = np.argsort(i, kind="stable")
+            order = _stable_order(i, n)
             i, j, s = i[order], j[order], s[order]
         return i, j, s
     from ase.neighborlist import primitive_neighbor_list
