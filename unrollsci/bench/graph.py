@@ -69,16 +69,22 @@ def training_problems(
     noise: tuple[float, float] = (0.05, 0.2),
     lam: float = 1.0,
     kinds: tuple[str, ...] = TRAIN_KINDS,
+    log_sizes: bool = False,
 ) -> list[GraphInverseProblem]:
     """Inpainting problems on a mix of random graphs, one graph per problem batch, cycling
     through ``kinds``: ``"sensor"`` (kNN, k in 3..6), ``"road"`` (planar road-like,
     :func:`road_graph`) or a :func:`random_graph` kind (geometric, grid, sbm, ba).
-    ``observed``: a rate, or a range ``(lo, hi)`` drawn uniformly per graph."""
+    ``observed``: a rate, or a range ``(lo, hi)`` drawn uniformly per graph. Sizes are drawn
+    uniformly from ``n_range`` (``log_sizes``: log-uniformly, as many graphs per decade)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(num_graphs):
         kind = kinds[i % len(kinds)]
-        n = int(rng.integers(*n_range))
+        if log_sizes:
+            lo_n, hi_n = np.log(n_range[0]), np.log(n_range[1] - 1)
+            n = int(np.clip(round(float(np.exp(rng.uniform(lo_n, hi_n)))), *n_range))
+        else:
+            n = int(rng.integers(*n_range))
         gseed = int(rng.integers(2**31))
         if kind == "sensor":
             adj, _ = sensor_graph(n, k=int(rng.integers(3, 7)), seed=gseed)
@@ -141,6 +147,7 @@ def train_models(
         info[mode] = {
             "seconds": time.perf_counter() - t0,
             "best_val": hist.best_val,
+            "best_epoch": hist.best_epoch,
             "epochs_run": len(hist.train_loss),
             "final_train": hist.train_loss[-1],
         }
@@ -314,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     nodes_help = "training graphs of LO to HI nodes, drawn per graph (default: 300 900)"
     parser.add_argument("--train-nodes", type=positive_int_arg, nargs=2, help=nodes_help)
+    log_help = "with --train-nodes: draw the sizes log-uniformly (as many graphs per decade)"
+    parser.add_argument("--train-nodes-log", action="store_true", help=log_help)
+    small_help = "N more training graphs of 300-900 nodes (own seed) besides --train-graphs"
+    parser.add_argument("--train-small", type=int, default=0, metavar="N", help=small_help)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
         "--save-models",
@@ -328,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         help="skip training: load the models saved by --save-models from DIR",
     )
     args = parser.parse_args(argv)
+    if args.train_small < 0:
+        parser.error(f"--train-small: expected N >= 0, got {args.train_small}")
     if args.train_nodes is not None and args.train_nodes[0] >= args.train_nodes[1]:
         parser.error(f"--train-nodes: expected LO < HI, got {args.train_nodes}")
     if (
@@ -370,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_graphs": n_train,
         "train_signals_per_graph": signals,
         "train_nodes": list(args.train_nodes or (300, 900)),
+        "train_nodes_draw": "log-uniform" if args.train_nodes_log else "uniform",
+        "train_small_graphs": args.train_small,
         "test_signals": test_signals,
         "big_nodes": big,
         "observed": 0.5,
@@ -395,7 +410,16 @@ def main(argv: list[str] | None = None) -> int:
         config["loaded_models"] = str(args.load_models)
     else:
         n_range = tuple(args.train_nodes or (300, 900))
-        train = training_problems(n_train, signals, seed=args.seed, n_range=n_range, observed=obs)
+        train = training_problems(
+            n_train,
+            signals,
+            seed=args.seed,
+            n_range=n_range,
+            observed=obs,
+            log_sizes=args.train_nodes_log,
+        )
+        if args.train_small > 0:  # small graphs too, drawn apart from the others
+            train += training_problems(args.train_small, signals, seed=args.seed + 2, observed=obs)
         # validation: two graphs of the default size at the training observation rates
         val = training_problems(2, signals, seed=args.seed + 1, observed=obs)
         models, train_info = train_models(

@@ -41,15 +41,32 @@ def _mv(h: Any, x: np.ndarray) -> np.ndarray:
     return h @ x
 
 
-def _pcg(h: Any, b: np.ndarray, dinv: np.ndarray, iters: int, rtol: float) -> np.ndarray:
-    """Jacobi-PCG for ``H X = B`` (``B: (n, k)``, columns independent) from 0: at most
-    ``iters`` steps, stopping once every column's residual is below ``rtol`` times its rhs."""
-    x = np.zeros_like(b)
-    r = b.copy()
+def _pcg(
+    h: Any,
+    b: np.ndarray,
+    dinv: np.ndarray,
+    iters: int,
+    rtol: float,
+    x0: np.ndarray | None = None,
+    hx0: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Jacobi-PCG for ``H X = B`` (``B: (n, k)``, columns independent) from ``x0`` (0 if
+    None; ``hx0 = H x0`` if known, approximately): at most ``iters`` products, stopping once
+    every column's residual is below ``rtol`` times its rhs. Returns ``X`` and ``B - R``
+    (``H X`` up to the drift of the residual recurrence: an estimate, not a product)."""
+    if x0 is None:
+        x = np.zeros_like(b)
+        r = b.copy()
+    else:
+        x = x0.copy()
+        r = b - (_mv(h, x0) if hx0 is None else hx0)
+        iters -= hx0 is None
+    stop = rtol**2 * np.einsum("ij,ij->j", b, b)
+    if np.all(np.einsum("ij,ij->j", r, r) <= stop):
+        return x, b - r
     z = dinv[:, None] * r
     p = z.copy()
     rz = np.einsum("ij,ij->j", r, z)
-    stop = rtol**2 * np.einsum("ij,ij->j", b, b)
     for _ in range(iters):
         hp = _mv(h, p)
         php = np.einsum("ij,ij->j", p, hp)
@@ -63,7 +80,14 @@ def _pcg(h: Any, b: np.ndarray, dinv: np.ndarray, iters: int, rtol: float) -> np
         rz_new = np.einsum("ij,ij->j", r, z)
         p = z + np.where(ok, rz_new / np.where(ok, rz, 1.0), 0.0) * p
         rz = rz_new
-    return x
+    return x, b - r
+
+
+def _unit(u: np.ndarray, hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``u`` and ``hu`` divided by the largest entry of ``u`` per column."""
+    top = np.abs(u).max(axis=0)
+    top = np.where(np.isfinite(top) & (top > 0), top, 1.0)
+    return u / top, hu / top
 
 
 def collatz_lower(
@@ -74,6 +98,9 @@ def collatz_lower(
     rtol: float = 3e-2,
     steps: int = 2,
     smooth: int = 8,
+    stall: float = 0.0,
+    diag: np.ndarray | None = None,
+    shared: dict | None = None,
 ) -> np.ndarray:
     """Proven lower bounds on ``lambda_min(S_k)``, ``S_k = D_k^{-1/2} H D_k^{-1/2}``.
 
@@ -84,30 +111,55 @@ def collatz_lower(
         iters, rtol: Jacobi-PCG budget of each inverse-iteration step (the vector only
             needs the global shape of the bottom eigenvector: the smoothing below fixes
             local errors).
-        steps: inverse-iteration steps ``u <- H^{-1} (D_k u)`` from ``u = 1``.
-        smooth: shifted Jacobi steps after them, ``u <- (1 - w) u + w (diag(H) u - H u) /
-            (diag(H) - mu D_k)``, ``w = 1/2``, ``mu`` the best bound proved so far (``0 <=
-            mu <= lambda_min(S_k) <= min_i H_ii / D_k,i``). The iteration matrix is
-            non-negative (``diag(H) u - H u = |offdiag(H)| u``), so ``u`` stays positive;
-            its fixed points satisfy ``H u = mu D_k u`` locally, so it repairs exactly the
-            nodes where the ratio below is low (small entries that PCG got wrong in
-            relative terms).
+        steps: inverse-iteration steps ``u <- H^{-1} (D_k u)`` from ``u = D_k^{-1} 1``, so
+            that the first step, ``H^{-1} 1``, is the same for every column (solved once,
+            and kept in ``shared`` for a later call on the same ``H``). Each later step
+            starts PCG from ``u / mu`` with ``mu`` the Rayleigh quotient ``u^T H u / u^T
+            D_k u``, next to the solution when ``u`` is near the bottom eigenvector.
+        smooth: at most this many shifted Jacobi steps after them, ``u <- (1 - w) u + w
+            (diag(H) u - H u) / (diag(H) - mu D_k)``, ``w = 1/2``, ``mu`` the best bound
+            proved so far (``0 <= mu <= lambda_min(S_k) <= min_i H_ii / D_k,i``). The
+            iteration matrix is non-negative (``diag(H) u - H u = |offdiag(H)| u``), so
+            ``u`` stays positive; its fixed points satisfy ``H u = mu D_k u`` locally, so
+            it repairs exactly the nodes where the ratio below is low (small entries that
+            PCG got wrong in relative terms).
+        stall: stop the smoothing once no column's bound rose by more than ``stall``
+            (relative) in the last step (0: run all ``smooth`` steps). Every step's bound
+            is a proof, so stopping early can only give a smaller bound, never a wrong one.
+        diag: ``diag(H)`` if the caller has it (else read from ``h``).
+        shared: a dict owned by the caller for one ``H``: the first inverse-iteration step
+            is stored there and reused by later calls (e.g. ``lambda_min_bound()`` then
+            ``jacobi_interval()`` on one problem).
 
     Every ``u > 0`` gives a valid bound ``min_i (H u)_i / (D_k,i u_i)`` (Collatz-Wielandt),
     evaluated with the rounding of the product subtracted; the largest over the smoothing
     steps is returned (a maximum of proven lower bounds is one). Returns ``(k,)`` bounds,
     each ``max(bound, 0)``.
     """
-    dg = h.diagonal()
+    dg = h.diagonal() if diag is None else diag
     dinv = 1.0 / dg
-    u = np.ones_like(scales)
-    for _ in range(steps):
-        u = _pcg(h, scales * u, dinv, iters, rtol)
-        top = np.abs(u).max(axis=0)
-        top = np.where(np.isfinite(top) & (top > 0), top, 1.0)
-        u = u / top
+    ncol = scales.shape[1]
+    hu_est = None  # H u estimated by PCG's residual: steers the iteration, proves nothing
+    if steps > 0:
+        key = ("first", iters, rtol)
+        if shared is not None and key in shared:
+            u1, hu1 = shared[key]
+        else:
+            u1, hu1 = _unit(*_pcg(h, np.ones((dg.shape[0], 1)), dinv, iters, rtol))
+            if shared is not None:
+                shared[key] = (u1, hu1)
+        u, hu_est = np.repeat(u1, ncol, axis=1), np.repeat(hu1, ncol, axis=1)
+        for _ in range(steps - 1):
+            b = scales * u
+            mu = np.einsum("ij,ij->j", u, hu_est) / np.einsum("ij,ij->j", u, b)
+            mu = np.where(np.isfinite(mu) & (mu > 0), mu, 1.0)
+            x, hx = _pcg(h, b, dinv, iters, rtol, x0=u / mu, hx0=hu_est / mu)
+            u, hu_est = _unit(x, hx)
+    else:
+        u = 1.0 / scales
     floor = 1e-6 * (dinv / float(dinv.max()))[:, None]
-    u = np.maximum(np.where(np.isfinite(u), u, 1.0), floor)  # any positive u: a valid bound
+    bad = ~np.isfinite(u)
+    u = np.maximum(np.where(bad, 1.0, u), floor)  # any positive u: a valid bound
     k = int(np.diff(h.indptr).max(initial=0)) + 1
     gam = 2 * (k * _U / (1 - k * _U))
     dgc = dg[:, None]
@@ -120,14 +172,27 @@ def collatz_lower(
         lo = ((hu - err) / (scales * u)).min(axis=0) * (1 - 8 * _U)
         return np.where(np.isfinite(lo), lo, 0.0)
 
-    hu = _mv(h, u)
-    best = bound(u, hu)
     cap = 0.99 * (dgc / scales).min(axis=0)  # mu < min_i H_ii / D_k,i: no zero denominator
+    if hu_est is None or smooth == 0 or not np.all(np.isfinite(hu_est)) or bad.any():
+        hu = _mv(h, u)
+        best = bound(u, hu)
+        mu = best
+    else:
+        # the first smoothing step is steered by PCG's estimate of H u (the floor changed
+        # u only where it is tiny); the first bound is proved after it, from a product
+        hu = hu_est
+        best = np.full(ncol, -np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = (hu / (scales * u)).min(axis=0)
     for _ in range(smooth):
-        mu = np.minimum(np.maximum(best, 0.0), cap)
+        mu = np.minimum(np.maximum(np.where(np.isfinite(mu), mu, 0.0), 0.0), cap)
         u = np.maximum(0.5 * u + 0.5 * (dgc * u - hu) / (dgc - mu * scales), floor)
         hu = _mv(h, u)
-        best = np.maximum(best, bound(u, hu))
+        new = np.maximum(best, bound(u, hu))
+        gain = new - best
+        best = mu = new
+        if stall > 0 and np.all(gain <= stall * np.abs(best)):
+            break
     return np.maximum(best, 0.0)
 
 

@@ -69,21 +69,60 @@ def _mask_np(p: GraphInverseProblem) -> np.ndarray:
     return p.mask.detach().cpu().double().numpy()
 
 
+def _diag_positions(lap: Any) -> np.ndarray | None:
+    """Positions of the diagonal entries in the CSR arrays of ``lap`` (sorted indices, one
+    stored diagonal entry per row), or None when some row stores none."""
+    n = lap.shape[0]
+    if not lap.has_sorted_indices:
+        return None
+    rows = np.repeat(np.arange(n), np.diff(lap.indptr))
+    pos = np.flatnonzero(lap.indices == rows)
+    if pos.size != n or not np.array_equal(rows[pos], np.arange(n)):
+        return None
+    return pos
+
+
 def _block_hessian_scipy(p: GraphInverseProblem, b: int, k: int):  # type: ignore[no-untyped-def]
-    """``H`` of block ``k`` for signal ``b`` (CSR, cached on the problem)."""
+    """``H`` of block ``k`` for signal ``b`` (CSR, cached on the problem).
+
+    For the whole graph, ``H`` shares the Laplacian's index arrays: ``lam L`` with the mask
+    added at the diagonal entries (no sparse addition); ``diag(H)`` is kept beside it
+    (:func:`_block_diag`)."""
     import scipy.sparse as sp
 
     key = f"block-hessian-{b if p.mask is not None and p.mask.shape[0] > 1 else 0}-{k}"
     if key not in p._cache:
         s, e = p.block_ptr[k], p.block_ptr[k + 1]
-        lap = p.lap_scipy[s:e, s:e]
         if p.mask is None:
             d = np.ones(e - s)
         else:
             mb = p.mask[b if p.mask.shape[0] > 1 else 0]
             d = mb[s:e].detach().cpu().double().numpy()
-        p._cache[key] = sp.csr_matrix(sp.diags(d) + p.lam * lap)
+        whole = s == 0 and e == p.num_nodes and sp.isspmatrix_csr(p.lap_scipy)
+        pos = (
+            p.cached("lap-diag-positions", lambda: _diag_positions(p.lap_scipy)) if whole else None
+        )
+        if pos is not None:
+            lap = p.lap_scipy
+            data = p.lam * lap.data
+            data[pos] += d
+            h = sp.csr_matrix((data, lap.indices, lap.indptr), shape=lap.shape)
+            h.has_sorted_indices = True
+            p._cache[key + "-diag"] = data[pos]
+        else:
+            lap = p.lap_scipy[s:e, s:e]
+            h = sp.csr_matrix(sp.diags(d) + p.lam * lap)
+            p._cache[key + "-diag"] = h.diagonal()
+        p._cache[key] = h
     return p._cache[key]
+
+
+def _block_diag(p: GraphInverseProblem, b: int, k: int) -> np.ndarray:
+    """``diag(H)`` of block ``k`` for signal ``b`` (cached with :func:`_block_hessian_scipy`)."""
+    _block_hessian_scipy(p, b, k)
+    return p._cache[
+        f"block-hessian-{b if p.mask is not None and p.mask.shape[0] > 1 else 0}-{k}-diag"
+    ]
 
 
 def _block_laplacian(p: GraphInverseProblem, k: int):  # type: ignore[no-untyped-def]
@@ -114,8 +153,9 @@ def spectrum_mask(
     docs/graph.md):
 
     * ``hi`` of ``H``: the graph bound ``max m + lam lambda_max(L)``
-      (:func:`_graphcert.laplacian_top`, capped by Gershgorin) when it is within 10% of a
-      Lanczos estimate (5 steps from the graph's cached top Laplacian vector); else that
+      (:func:`_graphcert.laplacian_top`, capped by Gershgorin) when it is within 10% of an
+      estimate from below: the Rayleigh quotient of ``H`` at the graph's cached top
+      Laplacian vector (one product), else 5 Lanczos steps from that vector; else that
       estimate times ``safety`` (then 1.1, 1.25), accepted once
       :func:`_certify.certify_upper` proves ``Lip I - H >= 0``, else the graph bound.
       ``hi`` of ``S``: the graph bound :func:`_graphcert.jacobi_top` (one factorization
@@ -151,9 +191,17 @@ def spectrum_mask(
                     gersh = float((mb[s:e] + p.lam * p.lap_rowabs_np[s:e]).max())
                     top, vec = _graphcert.laplacian_top(lap, safety, digest=dig)
                     cap = min(gersh, float(mb[s:e].max()) + p.lam * top)
-                    est = _certify.lanczos(h, np.ones(m), steps=5, v0=vec)[0]
                     # the graph bound is proved already: a Schur test only where it could
-                    # gain more than 10%
+                    # gain more than 10% over an estimate from below, first the Rayleigh
+                    # quotient at the graph's top vector (one product), then 5 Lanczos steps
+                    hv = h @ vec
+                    rq = float(
+                        np.einsum("i,i->", vec, hv) / max(np.einsum("i,i->", vec, vec), 1e-300)
+                    )
+                    if cap <= 1.1 * rq:
+                        out[b, k] = cap
+                        continue
+                    est = max(rq, _certify.lanczos(h, np.ones(m), steps=5, v0=vec)[0])
                     out[b, k] = (
                         cap
                         if cap <= 1.1 * est
@@ -170,8 +218,13 @@ def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool) -> fl
     of block ``k``, signal ``b``."""
     key = f"collatz-{b}-{k}-{scaled}"
     if key not in p._cache:
-        scale = h.diagonal() if scaled else np.ones(h.shape[0])
-        p._cache[key] = float(_certify.collatz_lower(h, scale[:, None])[0])
+        dg = _block_diag(p, b, k)
+        scale = dg if scaled else np.ones(h.shape[0])
+        # the first inverse-iteration step is shared by the two columns (lambda_min_bound()
+        # and jacobi_interval() on one problem)
+        shared = p.cached(f"collatz-shared-{b}-{k}", dict)
+        lo = _certify.collatz_lower(h, scale[:, None], stall=0.01, diag=dg, shared=shared)
+        p._cache[key] = float(lo[0])
     return p._cache[key]
 
 
@@ -313,7 +366,7 @@ def jacobi_interval(
     """
     key = f"jacobi-{safety}-{lo_safety}"
     if key not in p._cache:
-        lap_diag = p.lap_scipy.diagonal()
+        lap_diag = p.cached("lap-diagonal", p.lap_scipy.diagonal)
         ratio = gershgorin_np(p) / (_mask_np(p) + p.lam * lap_diag[None])
         gb = _max_per_block(p, ratio)
         hi = np.minimum(spectrum_mask(p, "hi", safety, scaled=True), gb)
@@ -324,7 +377,7 @@ def jacobi_interval(
 
 def hessian_diagonal_np(p: GraphInverseProblem) -> np.ndarray:
     """``diag(H)`` per row (mask problems exactly; else with the ``||A||^2`` bound)."""
-    lap_diag = p.lap_scipy.diagonal()
+    lap_diag = p.cached("lap-diagonal", p.lap_scipy.diagonal)
     if p.kind == "mask":
         return _mask_np(p) + p.lam * lap_diag[None]
     g = gershgorin_np(p) - p.lam * p.lap_rowabs_np[None]
