@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for n_rep in reps:
         atoms = _structure(n_rep, args.rattle, args.seed)
         row: dict[str, Any] = {"atoms": len(atoms)}
+        row["load_avg"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
         t_q = min(
             _ours(atoms, device, args.cutoff, args.tol, False)[0] for _ in range(args.repeats)
         )
