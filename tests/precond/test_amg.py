@@ -476,10 +476,10 @@ def test_rs_learned_entries_read_a_like_a_search(fam):
     e_row, e_col = rows[keep], cols[keep]
     counts = np.zeros(n, dtype=np.int64)
     np.add.at(counts, e_row, 1)
-    got = _entries(a, splitting, counts, e_row, e_col, rows, cols)
+    got = _entries(a, splitting, counts, e_row, e_col)
     np.testing.assert_array_equal(got, np.asarray(a[e_row, e_col]).ravel())
     assert cpts.size and fine.size
     z = a.copy()
     z.data[np.flatnonzero(keep)[0]] = 0.0  # the product drops it: the search is used
-    got = _entries(z, splitting, counts, e_row, e_col, rows, cols)
+    got = _entries(z, splitting, counts, e_row, e_col)
     np.testing.assert_array_equal(got, np.asarray(z[e_row, e_col]).ravel())

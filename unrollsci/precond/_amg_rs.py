@@ -32,13 +32,7 @@ __all__ = ["rs_setup"]
 
 
 def _entries(
-    a: Any,
-    splitting: np.ndarray,
-    counts: np.ndarray,
-    e_row: np.ndarray,
-    e_col: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
+    a: Any, splitting: np.ndarray, counts: np.ndarray, e_row: np.ndarray, e_col: np.ndarray
 ) -> np.ndarray:
     """``a_ij`` of the learned entries ``(e_row, e_col)`` (row-major, columns ascending:
     the F rows of ``P``), by one sparse element-wise product with their pattern (a merge
@@ -53,7 +47,8 @@ def _entries(
     prod = a.multiply(mask).tocsr()
     if prod.nnz == e_row.size:
         return prod.data
-    return a.data[np.searchsorted(rows * n + cols, e_row * n + e_col)]
+    rows = np.repeat(np.arange(n), np.diff(a.indptr))
+    return a.data[np.searchsorted(rows * n + a.indices, e_row * n + e_col)]
 
 
 def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
@@ -85,13 +80,11 @@ def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
     e_row = p_row[learned]
     e_col = cpts[p0.indices[learned]].astype(np.int64)
     d = a.diagonal()
-    rows = np.repeat(np.arange(n), np.diff(a.indptr))
-    cols = a.indices.astype(np.int64)
+    dis = 1.0 / np.sqrt(d)
     pv = np.asarray(p0.data, dtype=np.float64)
-    rowsum = np.bincount(p_row, pv, n)
+    rowsum = p0 @ np.ones(nc)
     edge_attr = np.empty((EDGE_FEATURES, learned.size), dtype=np.float32)
-    edge_attr[0] = _entries(a, splitting, counts, e_row, e_col, rows, cols)
-    edge_attr[0] /= np.sqrt(d[e_row] * d[e_col])
+    edge_attr[0] = _entries(a, splitting, counts, e_row, e_col) * dis[e_row] * dis[e_col]
     edge_attr[1] = pv[learned]
     edge_attr[2] = 1.0 / counts[e_row]
     edge_attr[3] = rowsum[e_row]
@@ -103,7 +96,7 @@ def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
         e_row=_tt(e_row.astype(np.int64)),
         e_col=_tt(e_col),
         edge_attr=torch.from_numpy(edge_attr).T,
-        x=node_features(a, rows, cols, d),
+        x=node_features(a, d),
         omega0=1.0,
         coarse_b=np.ones((nc, 1)),
         coarsening="rs",

@@ -117,9 +117,9 @@ def _tt(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def node_features(a: Any, rows: np.ndarray, cols: np.ndarray, d: np.ndarray) -> torch.Tensor:
-    """``(n, 5)`` float32 node features of canonical CSR ``a`` (``rows``, ``cols``: its
-    entries' indices, ``d`` its diagonal, every one stored), the same as
+def node_features(a: Any, d: np.ndarray) -> torch.Tensor:
+    """``(n, 5)`` float32 node features of canonical CSR ``a`` (``d``: its diagonal, every
+    one stored), the same as
     :class:`MatrixGraph`'s for the identity base: row sums of ``S = D^{-1/2} A D^{-1/2}``,
     sums of ``|S_ij|`` (``j != i``), the number of off-diagonal entries / 8, 1, and the mean
     of ``tanh((log d_j - log d_i) / 2) = (d_j - d_i) / (d_j + d_i)`` over them."""
@@ -139,8 +139,8 @@ def node_features(a: Any, rows: np.ndarray, cols: np.ndarray, d: np.ndarray) -> 
     x[3] = 1.0
     # (d_j - d_i) / (d_j + d_i) per stored entry, in the features' float32, in place
     d32 = d.astype(np.float32)
-    num = d32[cols]
-    den = d32[rows]
+    den = np.repeat(d32, np.diff(a.indptr))  # d_i of every entry of row i
+    num = d32[a.indices]
     num -= den  # d_j - d_i
     den *= 2.0
     den += num  # d_j + d_i
@@ -288,7 +288,7 @@ def amg_setup(
         e_row=_tt(rows),
         e_col=_tt(cols),
         edge_attr=torch.from_numpy(edge_attr).T,
-        x=node_features(a, rows, cols, d),
+        x=node_features(a, d),
         omega0=float(omega / rho_value),
         coarse_b=coarse_b,
     )
