@@ -219,10 +219,12 @@ def hardness_terms(
         i, j, shifts = pairs
     cell_t = cell if cell is not None else torch.zeros(3, 3, dtype=dtype, device=device)
     # index_select: its backward is index_add, cheaper than advanced indexing's
-    vec = positions.index_select(0, j) - positions.index_select(0, i)
+    # in place (autograd allows it here): fewer temporaries of (P, 3) values
+    vec = positions.index_select(0, j)
+    vec -= positions.index_select(0, i)
     if shifts is not None:
-        vec = vec + shifts @ cell_t.to(dtype)
-    r = vec.norm(dim=-1)
+        vec.addmm_(shifts, cell_t.to(dtype))
+    r = torch.linalg.vector_norm(vec, dim=-1)
     if r.numel():
         rmin, at = torch.min(r.detach(), 0)
         if float(rmin) < MIN_DISTANCE:
