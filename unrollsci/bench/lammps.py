@@ -47,6 +47,7 @@ def lammps_qeq_shielded(
     cutoff: float = 10.0,
     tol: float = 1e-10,
     max_iter: int = 1000,
+    times: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Charges from LAMMPS ``fix qeq/shielded`` and the wall time of its ``run 0``.
 
@@ -56,6 +57,7 @@ def lammps_qeq_shielded(
         cutoff: qeq cutoff (= taper radius), Angstrom.
         tol: LAMMPS CG tolerance (applied to each of its two solves).
         max_iter: LAMMPS CG iteration limit.
+        times: if given, ``times["cpu_seconds"]`` is set to the process CPU time of ``run 0``.
 
     Returns:
         (charges (N,) in the order of ``atoms``, seconds for ``run 0`` incl. neighbour list).
@@ -94,9 +96,11 @@ def lammps_qeq_shielded(
                 f"fix qeq all qeq/shielded 1 {cutoff} {tol} {max_iter} {qfile}",
             ]:
                 lmp.command(cmd)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lmp.command("run 0")
             seconds = time.perf_counter() - t0
+            if times is not None:
+                times["cpu_seconds"] = time.process_time() - c0
             nlocal = int(lmp.extract_global("nlocal"))
             ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
             q = np.array(lmp.numpy.extract_atom("q"), dtype=np.float64)[:nlocal]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ def _ours(atoms, device, cutoff, tol, forces: bool, adjoint: float | None = None
     ``adjoint``: the adjoint tolerance (None: the calculator's default for ``tol``)."""
     dtype = torch.float64
     f = None
+    c0 = time.process_time()
     with Timer(device) as t:
         pos = torch.tensor(atoms.positions, dtype=dtype, device=device, requires_grad=forces)
         sol = solve_charges(
@@ -74,21 +76,23 @@ def _ours(atoms, device, cutoff, tol, forces: bool, adjoint: float | None = None
             float(f.abs().max())
         else:
             float(sol.energy)
-    return t.seconds, sol, f
+    return t.seconds, sol, f, time.process_time() - c0
 
 
-def _calculator_cold(atoms, cutoff, tol) -> tuple[float, Any]:
-    """One cold ``QEqCalculator`` call (fresh calculator: pair list, solve, energy and
-    implicit forces by the analytic pass), as an ASE user would make it."""
+def _calculator_cold(atoms, cutoff, tol) -> tuple[float, Any, float]:
+    """Wall seconds, solution and CPU seconds of one cold ``QEqCalculator`` call (fresh
+    calculator: pair list, solve, energy and implicit forces by the analytic pass), as an
+    ASE user would make it."""
     from ..chem import QEqCalculator
 
     atoms = atoms.copy()
     atoms.calc = calc = QEqCalculator(
         params=NACL_PARAMS, cutoff=cutoff, tol=tol, coulomb_constant=14.4, forces="implicit"
     )
+    c0 = time.process_time()
     with Timer("cpu") as t:
         atoms.get_forces()
-    return t.seconds, calc.solution
+    return t.seconds, calc.solution, time.process_time() - c0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         atoms = _structure(n_rep, args.rattle, args.seed)
         row: dict[str, Any] = {"atoms": len(atoms)}
         row["load_avg"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-        t_q = min(
-            _ours(atoms, device, args.cutoff, args.tol, False)[0] for _ in range(args.repeats)
-        )
+        runs_q = [_ours(atoms, device, args.cutoff, args.tol, False) for _ in range(args.repeats)]
         runs = [_ours(atoms, device, args.cutoff, args.tol, True) for _ in range(args.repeats)]
-        t_f = min(r[0] for r in runs)
+        t_q, t_f = (min(r[0] for r in rs) for rs in (runs_q, runs))
+        # process CPU time (best of the repeats): steadier than wall time on a shared machine
+        row["cpu_charges_s"], row["cpu_energy_forces_s"] = (
+            min(r[3] for r in rs) for rs in (runs_q, runs)
+        )
         sol = runs[-1][1]
         # what the default adjoint tolerance costs in force accuracy (untimed)
         tight = _ours(atoms, device, args.cutoff, args.tol, True, 1e-10)
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu":
             cold = [_calculator_cold(atoms, args.cutoff, args.tol) for _ in range(args.repeats)]
             row["t_calc_forces_s"] = min(r[0] for r in cold)
+            row["cpu_calc_forces_s"] = min(r[2] for r in cold)
             row["calc_solver"] = cold[-1][1].stats.get("solver")
             row["calc_adjoint_iters"] = cold[-1][1].stats.get("adjoint_iterations", 0)
         row.update(
@@ -173,11 +180,21 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         if lammps_ok:
-            lres = [
-                lammps_qeq_shielded(atoms, NACL_PARAMS, cutoff=args.cutoff, tol=args.tol)
-                for _ in range(args.repeats)
-            ]
+            lres, cpu_l = [], []
+            for _ in range(args.repeats):
+                times: dict[str, float] = {}
+                lres.append(
+                    lammps_qeq_shielded(
+                        atoms, NACL_PARAMS, cutoff=args.cutoff, tol=args.tol, times=times
+                    )
+                )
+                cpu_l.append(times["cpu_seconds"])
             t_l = min(r[1] for r in lres)
+            row["cpu_lammps_s"] = min(cpu_l)
+            row["cpu_charges/lammps"] = row["cpu_charges_s"] / row["cpu_lammps_s"]
+            row["cpu_forces/lammps"] = row["cpu_energy_forces_s"] / row["cpu_lammps_s"]
+            if "cpu_calc_forces_s" in row:
+                row["cpu_calc_forces/lammps"] = row["cpu_calc_forces_s"] / row["cpu_lammps_s"]
             dq = float(np.abs(lres[0][0] - sol.charges.detach().cpu().numpy()).max())
             row.update(
                 {
