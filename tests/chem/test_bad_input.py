@@ -301,3 +301,24 @@ def test_resolve_params_missing_device_raises_value_error():
 def test_calculator_plain_cuda_without_cuda_raises_value_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         QEqCalculator(device="cuda")
+
+
+@pytest.mark.parametrize(
+    "numbers",
+    [np.array([11, 0]), np.array([11, 119], dtype=np.int32), [11, 200], [11.0, -1.0]],
+)
+def test_atomic_numbers_out_of_range_raise(numbers):
+    pos = torch.tensor([[0.0, 0, 0], [2.5, 0, 0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"atomic numbers in 1\.\.118"):
+        solve_charges(pos, numbers, cutoff=None)
+
+
+def test_numbers_as_array_list_and_symbols_agree():
+    pos = torch.tensor([[0.0, 0, 0], [2.5, 0, 0], [0, 2.5, 0]], dtype=torch.float64)
+    ref = solve_charges(pos, ["Na", "Cl", "Na"], cutoff=None, total_charge=1.0).charges
+    for numbers in (np.array([11, 17, 11]), [11, 17, 11], np.array([11, 17, 11], np.uint8)):
+        torch.testing.assert_close(
+            solve_charges(pos, numbers, cutoff=None, total_charge=1.0).charges, ref
+        )
+    with pytest.raises(ValueError, match="Expected 3 atomic numbers"):
+        solve_charges(pos, np.array([11, 17]), cutoff=None)

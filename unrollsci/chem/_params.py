@@ -22,13 +22,43 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from .._validation import check_device
 from ._settings import COULOMB_CONSTANT
 
 __all__ = ["BUILTIN_PARAMS", "resolve_params", "KEYS"]
+
+_SYMBOLS = np.array(chemical_symbols, dtype=object)
+
+
+def _symbols(numbers: Any, n: int) -> list[str]:
+    """The N chemical symbols of ``numbers`` (atomic numbers or symbols); an integer array
+    is converted without a Python loop."""
+    arr = None if isinstance(numbers, str) else np.asarray(numbers)
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iu":
+        bad = (arr < 1) | (arr >= len(chemical_symbols))
+        if bool(bad.any()):
+            raise ValueError(f"Expected atomic numbers in 1..118 (got {int(arr[bad][0])}).")
+        out = _SYMBOLS[arr].tolist()
+    else:
+        out = []
+        for z in numbers:
+            if isinstance(z, str):
+                if z not in atomic_numbers:
+                    raise ValueError(f"Expected chemical symbols in 'numbers' (got {z!r}).")
+                out.append(z)
+            else:
+                zi = int(z)
+                if not 0 < zi < len(chemical_symbols):
+                    raise ValueError(f"Expected atomic numbers in 1..118 (got {zi}).")
+                out.append(chemical_symbols[zi])
+    if len(out) != n:
+        raise ValueError(f"Expected {n} atomic numbers to match 'positions' (got {len(out)}).")
+    return out
+
 
 #: symbol -> (chi [eV], J [eV], R [Angstrom]); Rappe & Goddard (1991) Table I / UFF (1992).
 _RAPPE_GODDARD: dict[str, tuple[float, float, float]] = {

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
 from .._validation import ConvergenceError, ConvergenceWarning, check_finite, check_tensor
 from ..solvers import Solution
@@ -53,7 +54,7 @@ from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: import
     _projected_hardness,
     hardness_terms,
 )
-from ._params import resolve_params
+from ._params import _symbols, resolve_params
 from ._pcg import _pcg
 from ._pme import resolve_method
 from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings
@@ -117,23 +118,6 @@ class QEqSolution(Solution):
 # --------------------------------------------------------------------------- inputs
 
 
-def _symbols(numbers: Any, n: int) -> list[str]:
-    out = []
-    for z in numbers:
-        if isinstance(z, str):
-            if z not in atomic_numbers:
-                raise ValueError(f"Expected chemical symbols in 'numbers' (got {z!r}).")
-            out.append(z)
-        else:
-            zi = int(z)
-            if not 0 < zi < len(chemical_symbols):
-                raise ValueError(f"Expected atomic numbers in 1..118 (got {zi}).")
-            out.append(chemical_symbols[zi])
-    if len(out) != n:
-        raise ValueError(f"Expected {n} atomic numbers to match 'positions' (got {len(out)}).")
-    return out
-
-
 def _heights(cell: np.ndarray) -> np.ndarray:
     """Perpendicular widths of the cell (distance between opposite faces)."""
     vol = abs(np.linalg.det(cell))
@@ -163,7 +147,7 @@ def _check_numbers(s: QEqSettings, symbols: list[str]) -> float:
     q_total = float(s.total_charge)
     if not math.isfinite(q_total):
         raise ValueError(f"Expected a finite total_charge (got {s.total_charge!r}).")
-    zsum = sum(atomic_numbers[x] for x in symbols)
+    zsum = sum(atomic_numbers[x] * c for x, c in Counter(symbols).items())
     if abs(q_total) > zsum:
         raise ValueError(
             f"Impossible total_charge={q_total}: these {len(symbols)} atoms have {zsum} "
