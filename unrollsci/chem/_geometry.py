@@ -172,11 +172,12 @@ def pair_kernel(
 
 
 def shielded_w_dw(
-    r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w = k_e Tap(r) / (r^3 + c)^(1/3)`` (0 at ``r >= cutoff``) and ``dw/dr`` per pair,
-    no graph, in place where possible (fewer temporaries of P values)."""
+    r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float, need_dw: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``w = k_e Tap(r) / (r^3 + c)^(1/3)`` (0 at ``r >= cutoff``) and ``dw/dr`` per pair
+    (None unless ``need_dw``), no graph, in place where possible (fewer temporaries)."""
     inside = r < cutoff
+    scale = inside.to(r.dtype).mul_(k_e)
     x = r * (1.0 / cutoff)
     tap = x * 20.0
     tap.sub_(70.0).mul_(x).add_(84.0).mul_(x).sub_(35.0)
@@ -185,6 +186,8 @@ def shielded_w_dw(
     tap.mul_(x3).mul_(x).add_(1.0)  # Tap = 1 + x^4 (-35 + x (84 + x (-70 + 20 x)))
     jr = r * r
     jr.mul_(r).add_(c).log_().mul_(-1.0 / 3.0).exp_()  # J = (r^3 + c)^(-1/3) (pow: slower)
+    if not need_dw:
+        return jr.mul_(tap).mul_(scale), None
     xm = x.sub_(1.0)
     dtap = xm * xm  # dTap/dr = 140 x^3 (x - 1)^3 / cutoff
     dtap.mul_(xm).mul_(x3).mul_(140.0 / cutoff)
@@ -193,7 +196,6 @@ def shielded_w_dw(
     dw = r * r  # dJ/dr = -r^2 J^4
     dw.mul_(j4).mul_(tap).neg_().addcmul_(jr, dtap)
     w = jr.mul_(tap)
-    scale = inside.to(r.dtype).mul_(k_e)
     w.mul_(scale)
     dw.mul_(scale)
     return w, dw
@@ -220,6 +222,8 @@ class _ShieldedTapered(torch.autograd.Function):
 def shielded_tapered(r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float) -> torch.Tensor:
     """``k_e`` times the tapered shielded kernel, zero at ``r >= cutoff``, for per-pair
     ``c = (gamma_i gamma_j)^-1.5`` that need no gradient (see :class:`_ShieldedTapered`)."""
+    if not (r.requires_grad and torch.is_grad_enabled()):  # no graph: no derivative
+        return shielded_w_dw(r, c, float(cutoff), float(k_e), need_dw=False)[0]
     return _ShieldedTapered.apply(r, c, float(cutoff), float(k_e))
 
 
