@@ -34,8 +34,10 @@ def _norm(v: np.ndarray) -> float:
 
 
 def _mv(h: Any, x: np.ndarray) -> np.ndarray:
-    """``h @ x`` for ``x: (n, k)``; one column as a vector product (scipy's product with a
-    2-D array is several times slower than its matrix-vector product)."""
+    """``h @ x`` for ``x: (n, k)`` or ``(n,)``; one column as a vector product (scipy's
+    product with a 2-D array is slower than its matrix-vector product)."""
+    if x.ndim == 1:
+        return h @ x
     if x.shape[1] == 1:
         return (h @ x[:, 0])[:, None]
     return h @ x
@@ -54,6 +56,17 @@ def _pcg(
     None; ``hx0 = H x0`` if known, approximately): at most ``iters`` products, stopping once
     every column's residual is below ``rtol`` times its rhs. Returns ``X`` and ``B - R``
     (``H X`` up to the drift of the residual recurrence: an estimate, not a product)."""
+    if b.shape[1] == 1:
+        x1, hx1 = _pcg1(
+            h,
+            b[:, 0],
+            dinv,
+            iters,
+            rtol,
+            None if x0 is None else x0[:, 0],
+            None if hx0 is None else hx0[:, 0],
+        )
+        return x1[:, None], hx1[:, None]
     if x0 is None:
         x = np.zeros_like(b)
         r = b.copy()
@@ -79,6 +92,54 @@ def _pcg(
         z = dinv[:, None] * r
         rz_new = np.einsum("ij,ij->j", r, z)
         p = z + np.where(ok, rz_new / np.where(ok, rz, 1.0), 0.0) * p
+        rz = rz_new
+    return x, b - r
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.einsum("i,i->", a, b))  # not BLAS: see _norm
+
+
+def _pcg1(
+    h: Any,
+    b: np.ndarray,
+    dinv: np.ndarray,
+    iters: int,
+    rtol: float,
+    x0: np.ndarray | None,
+    hx0: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_pcg` for one column (vectors, updates in place: the vector work of an
+    iteration stays close to scipy's ``cg``)."""
+    if x0 is None:
+        x = np.zeros_like(b)
+        r = b.copy()
+    else:
+        x = x0.copy()
+        r = b - (_mv(h, x0) if hx0 is None else hx0)
+        iters -= hx0 is None
+    stop = rtol**2 * _dot(b, b)
+    rr = _dot(r, r)
+    if rr <= stop:
+        return x, b - r
+    z = dinv * r
+    p = z.copy()
+    rz = _dot(r, z)
+    tmp = np.empty_like(b)
+    for _ in range(iters):
+        hp = _mv(h, p)
+        php = _dot(p, hp)
+        if not (php > 0 and rz > 0):
+            break
+        a = rz / php
+        x += np.multiply(a, p, out=tmp)
+        r -= np.multiply(a, hp, out=tmp)
+        if _dot(r, r) <= stop:
+            break
+        np.multiply(dinv, r, out=z)
+        rz_new = _dot(r, z)
+        p *= rz_new / rz
+        p += z
         rz = rz_new
     return x, b - r
 
@@ -163,13 +224,20 @@ def collatz_lower(
     k = int(np.diff(h.indptr).max(initial=0)) + 1
     gam = 2 * (k * _U / (1 - k * _U))
     dgc = dg[:, None]
+    dg2 = 2.0 * dgc
+    unit_scale = bool(np.all(scales == 1.0))
 
     def bound(u: np.ndarray, hu: np.ndarray) -> np.ndarray:
         # |fl(H u) - H u| <= gamma_k (|H| u) (Higham); for a Z-matrix |H| u = 2 diag(H) u - H u
         # (computed here to within a factor 1 + O(gamma_k): the factor 2 in gam covers it,
-        # and no product with |H| is needed)
-        err = gam * np.abs(2 * dgc * u - hu)
-        lo = ((hu - err) / (scales * u)).min(axis=0) * (1 - 8 * _U)
+        # and no product with |H| is needed). In place: t = err, then (hu - err) / (D u).
+        t = dg2 * u
+        t -= hu
+        np.abs(t, out=t)
+        t *= gam
+        np.subtract(hu, t, out=t)
+        t /= u if unit_scale else scales * u
+        lo = t.min(axis=0) * (1 - 8 * _U)
         return np.where(np.isfinite(lo), lo, 0.0)
 
     cap = 0.99 * (dgc / scales).min(axis=0)  # mu < min_i H_ii / D_k,i: no zero denominator
@@ -186,7 +254,12 @@ def collatz_lower(
             mu = (hu / (scales * u)).min(axis=0)
     for _ in range(smooth):
         mu = np.minimum(np.maximum(np.where(np.isfinite(mu), mu, 0.0), 0.0), cap)
-        u = np.maximum(0.5 * u + 0.5 * (dgc * u - hu) / (dgc - mu * scales), floor)
+        t = dgc * u
+        t -= hu
+        t /= dgc - mu * scales
+        t += u
+        t *= 0.5
+        u = np.maximum(t, floor, out=t)
         hu = _mv(h, u)
         new = np.maximum(best, bound(u, hu))
         gain = new - best

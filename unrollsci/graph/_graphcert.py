@@ -48,7 +48,9 @@ def graph_key(lap: Any) -> bytes:
     h = hashlib.sha256()  # SHA extensions: hardware-accelerated on most x86 and Arm CPUs
     h.update(np.asarray(lap.shape, dtype=np.int64).tobytes())
     for arr in (lap.indptr, lap.indices, lap.data):
-        h.update(np.ascontiguousarray(arr).tobytes())
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{arr.dtype.str}:{arr.size};".encode())
+        h.update(arr)  # the buffer itself: no copy
     return h.digest()
 
 
