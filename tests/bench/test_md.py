@@ -46,3 +46,20 @@ def test_md_equal_drift_smoke(tmp_path):
     if out["matching_envelope_tol"] is not None:
         assert out["speedup_implicit_over_envelope"] > 0
     assert (tmp_path / "md_equal_drift.md").read_text().startswith("NVE time to solution")
+
+
+def test_md_equal_drift_several_adjoint_tolerances(tmp_path):
+    argv = ["--equal-drift", "--steps", "8", "--ladder", "1e-8", "--adjoint-tols", "1e-4", "0.5"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "md_equal_drift.json").read_text())
+    names = [(s["forces"], s["tol"], s["adjoint_tol"]) for s in res["summary"]]
+    assert names == [
+        ("implicit", 1e-4, 1e-4),
+        ("implicit", 1e-4, 0.5),
+        ("envelope", 1e-8, None),
+        ("implicit", 1e-10, 1e-6),
+    ]
+    # a looser adjoint needs fewer iterations; each implicit run gets its own match
+    assert res["summary"][1]["mean_adjoint_iters"] < res["summary"][0]["mean_adjoint_iters"]
+    assert [r["adjoint_tol"] for r in res["result"]["by_adjoint_tol"]] == [1e-4, 0.5]
+    assert res["result"]["adjoint_tol"] == 1e-4
