@@ -18,7 +18,9 @@ converged reference, from the same initial states; for each, the drift attributa
 charges (excess slope against the converged run) and the simulated picoseconds per
 wall-clock hour. The envelope run that matches the implicit drift is the loosest tolerance
 whose mean |excess slope| is at most the implicit one; the ratio of their ps per hour is the
-speed-up. Writes ``md_equal_drift.json`` + ``.md``.
+speed-up. ``--adjoint-tols``: one implicit run per adjoint tolerance (default: the
+calculator's default for ``--tol``), each with its own match; the first is the headline.
+Writes ``md_equal_drift.json`` + ``.md``.
 """
 
 from __future__ import annotations
