@@ -4,6 +4,8 @@ few hundred steps and print the validation NMSE (docs/lista_accuracy.md, "LAMP")
     python benchmarks/lista_probe.py LAMP fit --lr 5e-4 --steps 300 --decay-rate 0.3
     python benchmarks/lista_probe.py LAMP fit --lr 5e-4 --steps 300 --new-layer-only
     python benchmarks/lista_probe.py LAMP adam --lr 5e-4 --steps 150 [--vectors-only]
+    python benchmarks/lista_probe.py LAMP fit --lr 1e-5 --steps 600 --batch 256 --loss log \
+        --depth-weight 0.1
 
 ``fit``: ``fit_layerwise(start_layer=16)`` (the best state on validation is kept, so the
 result is never worse than the checkpoint); ``adam``: plain Adam on the layer-16 loss, all
@@ -35,6 +37,8 @@ def main() -> int:
     ap.add_argument("--decay-rate", type=float, default=1.0)
     ap.add_argument("--new-layer-only", action="store_true")
     ap.add_argument("--vectors-only", action="store_true")
+    ap.add_argument("--loss", choices=["nmse", "log"], default="nmse", help="fit: the loss")
+    ap.add_argument("--depth-weight", type=float, default=0.0, help="fit: fit_layerwise's")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = _full_config()
@@ -63,6 +67,8 @@ def main() -> int:
             new_layer_stage=args.new_layer_only,
             lr_decays=() if args.new_layer_only else (1.0,),
             decay_rate=args.decay_rate,
+            loss=args.loss,
+            depth_weight=args.depth_weight,
             start_layer=k,
             val_every=25,
             patience=10**6,
