@@ -58,10 +58,9 @@ def _rs_candidates() -> dict[str, dict[str, Any]]:
     return {
         "default": {},
         "theta0.5": {"strength": ("classical", {"theta": 0.5})},
-        "symmetric-gs": {
-            "presmoother": ("gauss_seidel", {"sweep": "symmetric"}),
-            "postsmoother": ("gauss_seidel", {"sweep": "symmetric"}),
-        },
+        # (symmetric Gauss-Seidel is already the default smoother); direct interpolation:
+        # a cheaper set-up, as many iterations on some families
+        "direct": {"interpolation": "direct"},
     }
 
 
