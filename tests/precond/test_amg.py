@@ -318,6 +318,14 @@ def test_untrained_rs_prolongation_is_pyamg_ruge_stuben_on_direct_pattern(fam):
     assert pat.nnz == direct.nnz == pm.nnz
     cpts = np.flatnonzero(split)
     np.testing.assert_array_equal(pm[cpts].toarray(), np.eye(len(cpts)))
+    # "rs-direct": the same pattern, PyAMG's direct interpolation as the untrained values
+    model = LearnedPreconditioner("amg", coarsening="rs-direct", layers=0, seed=0)
+    g = model.prepare(a)
+    with torch.no_grad():
+        pd = TwoLevelCycle(g.cache["amg"], model.prolongation_values(g)).prolongation()
+    assert abs(pd - direct).max() <= 1e-14 * abs(direct).max()
+    if fam == "anisotropic":  # strong F-F connections: direct differs from classical
+        assert abs(pd - pm).max() > 1e-3 * abs(pm).max()
 
 
 @pytest.mark.parametrize("coarsening", ["sa", "rs"])
@@ -375,10 +383,11 @@ def _vcycle(ml, x: np.ndarray) -> np.ndarray:
     scale=st.floats(0.05, 5.0),
     fam=st.sampled_from(sorted(FAMILIES)),
     layers=st.sampled_from([0, 1]),
+    coarsening=st.sampled_from(["rs", "rs-direct"]),
 )
-def test_property_learned_rs_vcycle_spd_for_any_weights(seed, scale, fam, layers):
+def test_property_learned_rs_vcycle_spd_for_any_weights(seed, scale, fam, layers, coarsening):
     a = check_spd_input(FAMILIES[fam](7, seed % 50))
-    model = LearnedPreconditioner("amg", coarsening="rs", hidden=4, layers=layers, seed=0)
+    model = LearnedPreconditioner("amg", coarsening=coarsening, hidden=4, layers=layers, seed=0)
     randomize(model, seed=seed, scale=scale)
     _assert_cycles_spd(model, a)
 
@@ -449,7 +458,7 @@ def test_sweeps_bad_arguments_and_checkpoint(tmp_path):
 
 
 def test_coarsening_bad_arguments():
-    with pytest.raises(ValueError, match="coarsening 'sa' or 'rs'"):
+    with pytest.raises(ValueError, match="coarsening 'sa', 'rs' or 'rs-direct'"):
         LearnedPreconditioner("amg", coarsening="pmis")
     with pytest.raises(ValueError, match="only with kind='amg'"):
         LearnedPreconditioner("factor", coarsening="rs")

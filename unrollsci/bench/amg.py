@@ -32,7 +32,13 @@ from ._common import markdown_table, output_dir_arg, positive_int_arg, write_res
 FAMILIES = ("diffusion", "anisotropic", "graph")
 TEST_SEED0 = 10_000
 #: Learned variants: (coarsening, symmetric Gauss-Seidel sweeps on the learned level).
-VARIANTS = {"sa": ("sa", 1), "rs": ("rs", 1), "sa2": ("sa", 2), "rs2": ("rs", 2)}
+VARIANTS = {
+    "sa": ("sa", 1),
+    "rs": ("rs", 1),
+    "sa2": ("sa", 2),
+    "rs2": ("rs", 2),
+    "rsd": ("rs-direct", 1),
+}
 
 
 def _learned_name(variant: str) -> str:
@@ -242,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=tuple(VARIANTS),
         default=["sa", "rs", "sa2"],
-        help="learned AMG variants: smoothed aggregation, Ruge-Stuben; a trailing 2: two "
+        help="learned AMG variants: smoothed aggregation, Ruge-Stuben, Ruge-Stuben on direct "
+        "interpolation (rsd); a trailing 2: two "
         "symmetric Gauss-Seidel sweeps on the learned level (then PyAMG rows with the same "
         "smoothing stand among the classical ones)",
     )

@@ -51,26 +51,29 @@ def _entries(
     return a.data[np.searchsorted(rows * n + a.indices, e_row * n + e_col)]
 
 
-def rs_setup(a: Any, *, theta: float = 0.25) -> AMGSetup:
+def rs_setup(a: Any, *, theta: float = 0.25, direct: bool = False) -> AMGSetup:
     """PyAMG's Ruge-Stuben splitting and classical interpolation of ``a`` (validated
     canonical CSR), and the features of the learned entries of ``P`` (its F rows).
 
     Args:
         a: SPD matrix, canonical scipy CSR, float64.
         theta: classical strength threshold (PyAMG's ``ruge_stuben_solver`` default).
+        direct: base values from PyAMG's direct interpolation (same pattern, cheaper to
+            form; strong F-F connections are not distributed) instead of classical.
 
     Returns:
         an :class:`~unrollsci.precond._amg.AMGSetup` with ``coarsening="rs"``.
     """
     import scipy.sparse as sp
-    from pyamg.classical.interpolate import classical_interpolation
+    from pyamg.classical.interpolate import classical_interpolation, direct_interpolation
     from pyamg.classical.split import RS
     from pyamg.strength import classical_strength_of_connection
 
     n = a.shape[0]
     c = classical_strength_of_connection(a, theta=theta)
     splitting = RS(c, second_pass=False)
-    p0 = sp.csr_matrix(classical_interpolation(a, c, splitting))
+    interpolation = direct_interpolation if direct else classical_interpolation
+    p0 = sp.csr_matrix(interpolation(a, c, splitting))
     p0.sort_indices()
     nc = p0.shape[1]
     cpts = np.flatnonzero(splitting)  # coarse index J is the J-th C point

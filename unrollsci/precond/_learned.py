@@ -105,7 +105,8 @@ class LearnedPreconditioner(nn.Module):
             weights ``W`` of ``P = T - D^{-1} (W o A) T``) or ``"rs"`` (Ruge-Stuben's C/F
             splitting; the GNN rescales PyAMG's classical interpolation on the
             direct-interpolation pattern by factors in ``[1/e, e]``, C rows fixed; see
-            :mod:`unrollsci.precond._amg_rs`). The levels below the learned one are
+            :mod:`unrollsci.precond._amg_rs`), or ``"rs-direct"`` (the same, the factors on
+            PyAMG's direct interpolation: a cheaper set-up). The levels below the learned one are
             PyAMG's of the same kind. With ``layers=0`` the set-up reads no matrix graph
             (node features and per-entry features come from the AMG set-up), which makes
             it as cheap as PyAMG's own.
@@ -176,9 +177,9 @@ class LearnedPreconditioner(nn.Module):
                 "kind='amg' learns a prolongation; it has no base factor and no ordering "
                 f"(got base={base!r}, ordering={ordering!r})."
             )
-        if coarsening not in ("sa", "rs") or (kind != "amg" and coarsening != "sa"):
+        if coarsening not in ("sa", "rs", "rs-direct") or (kind != "amg" and coarsening != "sa"):
             raise ValueError(
-                f"Expected coarsening 'sa' or 'rs', and only with kind='amg' (got "
+                f"Expected coarsening 'sa', 'rs' or 'rs-direct', and only with kind='amg' (got "
                 f"coarsening={coarsening!r}, kind={kind!r})."
             )
         if int(sweeps) != sweeps or sweeps < 1 or (kind != "amg" and sweeps != 1):
@@ -294,7 +295,10 @@ class LearnedPreconditioner(nn.Module):
             )
         dev = next(self.parameters()).device
         if self.kind == "amg":
-            setup = (rs_setup if self.coarsening == "rs" else amg_setup)(a)
+            if self.coarsening == "sa":
+                setup = amg_setup(a)
+            else:
+                setup = rs_setup(a, direct=self.coarsening == "rs-direct")
             setup = setup if dev.type == "cpu" else setup.to(dev)
             # message passing needs the edges ("poly": no factor pattern, same features);
             # without it the node features (computed by the setup) are all the GNN reads
