@@ -42,6 +42,22 @@ def test_graph_train_nodes_option_trains_on_the_sizes_asked(tmp_path):
     assert len(shares) == 6 and all(0 <= v <= 1 for v in shares.values())
 
 
+def test_graph_train_nodes_log_and_small_graphs(tmp_path):
+    """``--train-nodes-log`` draws the sizes log-uniformly inside the range and
+    ``--train-small N`` adds N graphs of 300-900 nodes: the recorded sizes say so."""
+    rc = main(
+        ["--quick", "--big", "300", "--epochs", "1", "--train-graphs", "3"]
+        + ["--train-nodes", "100", "400", "--train-nodes-log", "--train-small", "1"]
+        + ["--modes", "window_jacobi", "--sample", "16", "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    config = json.loads((tmp_path / "graph_quick.json").read_text())["config"]
+    assert config["train_nodes_draw"] == "log-uniform" and config["train_small_graphs"] == 1
+    sizes = config["train_graph_nodes"]
+    assert len(sizes) == 4
+    assert all(100 <= n < 400 for n in sizes[:3]) and 300 <= sizes[3] < 900
+
+
 def test_graph_train_nodes_rejects_an_empty_range(capsys):
     import pytest
 

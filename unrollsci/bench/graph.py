@@ -8,7 +8,8 @@ random sensor graphs of 10^3 and 10^5 nodes (50% observed), and the sensor, road
 random geometric graphs of 10^5 nodes at 30% and 80% observed (``windows_certified``: the
 share of windows that ran the learned roots). ``--train-observed LO HI`` trains over
 observation rates, ``--train-nodes LO HI`` over graph sizes (the transferable controller:
-``--train-nodes 1000 10000 --train-observed 0.3 0.8 --sample 256``); ``--cost`` runs only
+``--train-nodes 1000 10000 --train-small 6 --train-observed 0.3 0.8 --sample 256``: graphs of
+1,000-10,000 nodes plus 6 of 300-900); ``--cost`` runs only
 the wall-time comparison (:mod:`.graph_cost`). Writes
 ``benchmarks/results/graph.json``, a markdown table and a convergence plot
 ``graph_convergence.png`` (``--quick``: ``graph_quick.json``, ``graph_convergence_quick.png``).
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.train_small > 0:  # small graphs too, drawn apart from the others
             train += training_problems(args.train_small, signals, seed=args.seed + 2, observed=obs)
+        config["train_graph_nodes"] = [p.num_nodes for p in train]
         # validation: two graphs of the default size at the training observation rates
         val = training_problems(2, signals, seed=args.seed + 1, observed=obs)
         models, train_info = train_models(
