@@ -35,6 +35,17 @@ def test_bench_ct_quick(tmp_path):
         r = data["results"][name]
         assert r["train_steps"] == 25 * r["epochs"] > 0 and 0 <= r["best_epoch"] < r["epochs"]
         assert r["last_lr_factor"] == pytest.approx(0.02)  # the budget ran out: at the floor
+        assert [h[0] for h in r["val_history"]] == [25 * (i + 1) for i in range(r["epochs"])]
+    # the learning-curve script reads the stored val_history
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "benchmarks" / "ct_curves.py"
+    spec = importlib.util.spec_from_file_location("ct_curves", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tmp_path / "ct_quick.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "ct_curves.md").read_text().count("| ct_quick: unrolled") == 2
 
 
 @pytest.mark.slow
