@@ -309,6 +309,8 @@ def train_staged(
     then counts the earlier training's seconds in its totals and keeps its record;
     ``freeze_below`` layers keep their constants (:func:`unrollsci.train.fit_layerwise`);
     ``decay_rate`` (default: the schedule's, else 1) decays the rates of earlier layers.
+    A fresh model whose schedule has ``init="schedule"`` (ALISTA) starts at
+    :func:`schedule_init`; ``start_layer="last"`` trains all layers at once for the last.
 
     Returns ``(model, info)`` with the per-layer validation curve, steps, times and
     whether the curve is non-increasing. With ``checkpoint`` (a path) the model is saved
