@@ -111,6 +111,9 @@ def test_bench_ct_rejects_bad_options():
         ["--memory", "-1"],
         ["--lr-schedule", "step"],
         ["--train-steps", "-1"],
+        ["--tv-lams"],
+        ["--photons", "0"],
+        ["--attenuation", "-1"],
     ):
         with pytest.raises(SystemExit):
             main(bad)

@@ -48,7 +48,6 @@ class _BudgetSpent(Exception):
 
 MEMORY = 5  # default --memory (700-step comparison: +0.25 dB over 0 at the same steps)
 DUAL = False  # default --dual
-POOL = 512  # default --pool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, copy.deepcopy(value))
+    if not args.tv_lams:
+        p.error("--tv-lams needs at least one weight")
     if args.photons <= 0 or (args.attenuation is not None and args.attenuation <= 0):
         p.error(f"--photons and --attenuation must be > 0 (got {args.photons}, {args.attenuation})")
     if not 0.0 <= args.lr_floor <= 1.0:
