@@ -10,8 +10,14 @@ PCG (:func:`unrollsci.solvers.cg`, relative residual ``--rtol``); times are medi
 ``--repeats`` runs (the machine may be shared), setup and solve measured separately, and
 the ratios are taken within this run.
 
+Variants (``--variants``): ``sa``, ``rs``, ``rsd`` (RS on direct interpolation) and ``sa2`` /
+``rs2`` (two symmetric Gauss-Seidel sweeps on the learned level, with PyAMG rows of the same
+smoothing among the classical ones). ``--load-models benchmarks/checkpoints`` uses the
+committed models instead of training (``--save-models DIR`` writes them).
+
 Run: ``python benchmarks/amg.py`` (``--quick`` for a seconds-long smoke run, which writes
-``amg_quick.*``). Results: ``benchmarks/results/amg.json`` and ``amg.md``.
+``amg_quick.*``). Results: ``benchmarks/results/amg.json`` and ``amg.md`` (``--name``
+for another stem, e.g. ``amg512``).
 """
 
 from __future__ import annotations
