@@ -28,13 +28,9 @@ import torch
 from ..graph import (
     MODES,
     GraphInverseProblem,
-    StepController,
     UnrolledGraphGD,
-    graph_loss,
     inpainting_problem,
     load_minnesota,
-    random_graph,
-    road_graph,
     sensor_graph,
 )
 from ..graph._baselines import BASELINES, classical_iterates
@@ -46,145 +42,11 @@ from ._common import (
     save_figure,
     write_results,
 )
+from ._graph_train import TRAIN_KINDS, train_models, training_problems
+from ._graph_train import load_models as _load_models
+from ._graph_train import save_models as _save_models
 
 __all__ = ["main", "train_models", "training_problems", "TRAIN_KINDS"]
-
-#: Graph kinds of the training family, cycled through (see :func:`training_problems`).
-TRAIN_KINDS = ("sensor", "road", "geometric", "grid", "sensor", "road", "sbm", "ba")
-
-
-def _nx_adj(G: Any):  # type: ignore[no-untyped-def]
-    import networkx as nx
-    import scipy.sparse as sp
-
-    return sp.csr_matrix(nx.to_scipy_sparse_array(G, format="csr"), dtype=np.float64)
-
-
-def training_problems(
-    num_graphs: int,
-    signals: int,
-    *,
-    seed: int = 0,
-    n_range: tuple[int, int] = (300, 900),
-    observed: float | tuple[float, float] = 0.5,
-    noise: tuple[float, float] = (0.05, 0.2),
-    lam: float = 1.0,
-    kinds: tuple[str, ...] = TRAIN_KINDS,
-    log_sizes: bool = False,
-) -> list[GraphInverseProblem]:
-    """Inpainting problems on a mix of random graphs, one graph per problem batch, cycling
-    through ``kinds``: ``"sensor"`` (kNN, k in 3..6), ``"road"`` (planar road-like,
-    :func:`road_graph`) or a :func:`random_graph` kind (geometric, grid, sbm, ba).
-    ``observed``: a rate, or a range ``(lo, hi)`` drawn uniformly per graph. Sizes are drawn
-    uniformly from ``n_range`` (``log_sizes``: log-uniformly, as many graphs per decade)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(num_graphs):
-        kind = kinds[i % len(kinds)]
-        if log_sizes:
-            lo_n, hi_n = np.log(n_range[0]), np.log(n_range[1] - 1)
-            n = int(np.clip(round(float(np.exp(rng.uniform(lo_n, hi_n)))), *n_range))
-        else:
-            n = int(rng.integers(*n_range))
-        gseed = int(rng.integers(2**31))
-        if kind == "sensor":
-            adj, _ = sensor_graph(n, k=int(rng.integers(3, 7)), seed=gseed)
-        elif kind == "road":
-            adj, _ = road_graph(n, extra=float(rng.uniform(0.1, 0.4)), seed=gseed)
-        else:
-            adj = _nx_adj(random_graph(kind, n, seed=gseed))
-        rate = observed if isinstance(observed, float) else float(rng.uniform(*observed))
-        p = inpainting_problem(
-            adj, signals, observed=rate, noise=noise, lam=lam, seed=int(rng.integers(2**31))
-        )
-        p.solve_exact()
-        out.append(p)
-    return out
-
-
-def train_models(
-    train: list[GraphInverseProblem],
-    val: list[GraphInverseProblem],
-    *,
-    num_layers: int,
-    window: int,
-    epochs: int,
-    hidden: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    modes: tuple[str, ...] = MODES,
-    progress: bool = False,
-    sample: int | None = None,
-) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
-    """Train one :class:`UnrolledGraphGD` per mode with the supervised energy loss.
-
-    ``sample``: the models' ``controller_sample`` (the diagonal mode then uses the local
-    node head)."""
-    from ..train import fit
-
-    models, info = {}, {}
-    for mode in modes:
-        torch.manual_seed(seed)
-        head = "local" if sample is not None and mode == "diagonal" else "mp"
-        model = UnrolledGraphGD(
-            num_layers,
-            StepController(hidden=hidden, window=window, node_head=head),
-            mode=mode,
-            controller_sample=sample,
-        ).double()
-        t0 = time.perf_counter()
-        hist = fit(
-            model,
-            lambda m, p: graph_loss(m, p),
-            train,
-            val_data=val,
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
-            patience=max(5, epochs // 3),
-            progress=progress,
-            clip_grad=10.0,
-        )
-        info[mode] = {
-            "seconds": time.perf_counter() - t0,
-            "best_val": hist.best_val,
-            "best_epoch": hist.best_epoch,
-            "epochs_run": len(hist.train_loss),
-            "final_train": hist.train_loss[-1],
-        }
-        print(f"trained {mode}: {info[mode]}", flush=True)
-        models[mode] = model.eval()
-    return models, info
-
-
-def _save_models(
-    folder: Path, models: dict[str, UnrolledGraphGD], info: dict[str, Any], config: dict
-) -> None:
-    from ..train import save_checkpoint
-
-    for mode, model in models.items():
-        save_checkpoint(
-            model, folder / f"graph_{mode}.pt", extra={"train": info[mode], "config": config}
-        )
-
-
-def _load_models(
-    folder: Path, modes: tuple[str, ...] = MODES
-) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
-    from ..train import load_checkpoint
-
-    models, info = {}, {}
-    for mode in modes:
-        path = folder / f"graph_{mode}.pt"
-        model = load_checkpoint(path, expected=UnrolledGraphGD)
-        assert isinstance(model, UnrolledGraphGD)
-        # load_checkpoint rebuilds in the default dtype (float32): reload the float64
-        # weights into the float64 model so that nothing is rounded
-        model = model.double()
-        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-        models[mode] = model.eval()
-        info[mode] = {"loaded_from": str(path)}
-    return models, info
 
 
 def _errors(p: GraphInverseProblem, x: torch.Tensor) -> list[float]:
