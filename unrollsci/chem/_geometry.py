@@ -59,6 +59,15 @@ def _stable_order(keys: np.ndarray, n: int) -> np.ndarray:
     return rows.tocsc().data
 
 
+def _as_int64(x: np.ndarray) -> np.ndarray:
+    """``x`` as int64: a view of 8-byte integers (vesin's uint64 indices, all < 2^63),
+    a converted copy of any other integer width."""
+    x = np.ascontiguousarray(x)
+    if x.dtype.kind in "iu" and x.dtype.itemsize == 8:
+        return x.view(np.int64)
+    return x.astype(np.int64)
+
+
 def half_pairs(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,7 +90,7 @@ def half_pairs(
         # grouped by i (checked, else sorted here), which is all the CSR products need
         nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=False)
         i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
-        i, j = (np.ascontiguousarray(x).view(np.int64) for x in (i, j))  # uint64 < 2^63
+        i, j = (_as_int64(x) for x in (i, j))
         if i.size and not bool(np.all(i[1:] >= i[:-1])):
             order = _stable_order(i, n)
             i, j, s = i[order], j[order], s[order]
