@@ -43,6 +43,17 @@ def _mv(h: Any, x: np.ndarray) -> np.ndarray:
     return h @ x
 
 
+def _start(
+    h: Any, b: np.ndarray, iters: int, x0: np.ndarray | None, hx0: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """PCG's start from ``x0`` (0 if None): ``x``, the residual ``b - H x`` (from ``hx0``
+    when given) and the products left of ``iters`` (one is spent when ``H x0`` is formed)."""
+    if x0 is None:
+        return np.zeros_like(b), b.copy(), iters
+    r = b - (_mv(h, x0) if hx0 is None else hx0)
+    return x0.copy(), r, iters - (hx0 is None)
+
+
 def _pcg(
     h: Any,
     b: np.ndarray,
@@ -67,13 +78,7 @@ def _pcg(
             None if hx0 is None else hx0[:, 0],
         )
         return x1[:, None], hx1[:, None]
-    if x0 is None:
-        x = np.zeros_like(b)
-        r = b.copy()
-    else:
-        x = x0.copy()
-        r = b - (_mv(h, x0) if hx0 is None else hx0)
-        iters -= hx0 is None
+    x, r, iters = _start(h, b, iters, x0, hx0)
     stop = rtol**2 * np.einsum("ij,ij->j", b, b)
     if np.all(np.einsum("ij,ij->j", r, r) <= stop):
         return x, b - r
@@ -111,13 +116,7 @@ def _pcg1(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_pcg` for one column (vectors, updates in place: the vector work of an
     iteration stays close to scipy's ``cg``)."""
-    if x0 is None:
-        x = np.zeros_like(b)
-        r = b.copy()
-    else:
-        x = x0.copy()
-        r = b - (_mv(h, x0) if hx0 is None else hx0)
-        iters -= hx0 is None
+    x, r, iters = _start(h, b, iters, x0, hx0)
     stop = rtol**2 * _dot(b, b)
     rr = _dot(r, r)
     if rr <= stop:
