@@ -86,8 +86,8 @@ def half_pairs(
     box = cell if np.any(pbc) else np.zeros((3, 3))
     vesin = _vesin() if (np.all(pbc) or not np.any(pbc)) else None
     if vesin is not None:
-        # unsorted: vesin's sort by (i, j) costs as much as the search; the list comes
-        # grouped by i (checked, else sorted here), which is all the CSR products need
+        # unsorted: vesin's sort by (i, j) costs as much as the search; grouping by i (a
+        # stable counting sort, skipped when already grouped) is all the CSR products need
         nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=False)
         i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
         i, j = (_as_int64(x) for x in (i, j))
