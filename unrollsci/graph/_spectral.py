@@ -82,6 +82,12 @@ def _diag_positions(lap: Any) -> np.ndarray | None:
     return pos
 
 
+def _hessian_key(p: GraphInverseProblem, b: int, k: int) -> str:
+    """Cache key of ``H`` of block ``k`` for signal ``b`` (one per signal only when the
+    masks differ between signals)."""
+    return f"block-hessian-{b if p.mask is not None and p.mask.shape[0] > 1 else 0}-{k}"
+
+
 def _block_hessian_scipy(p: GraphInverseProblem, b: int, k: int):  # type: ignore[no-untyped-def]
     """``H`` of block ``k`` for signal ``b`` (CSR, cached on the problem).
 
@@ -90,7 +96,7 @@ def _block_hessian_scipy(p: GraphInverseProblem, b: int, k: int):  # type: ignor
     (:func:`_block_diag`)."""
     import scipy.sparse as sp
 
-    key = f"block-hessian-{b if p.mask is not None and p.mask.shape[0] > 1 else 0}-{k}"
+    key = _hessian_key(p, b, k)
     if key not in p._cache:
         s, e = p.block_ptr[k], p.block_ptr[k + 1]
         if p.mask is None:
@@ -120,9 +126,7 @@ def _block_hessian_scipy(p: GraphInverseProblem, b: int, k: int):  # type: ignor
 def _block_diag(p: GraphInverseProblem, b: int, k: int) -> np.ndarray:
     """``diag(H)`` of block ``k`` for signal ``b`` (cached with :func:`_block_hessian_scipy`)."""
     _block_hessian_scipy(p, b, k)
-    return p._cache[
-        f"block-hessian-{b if p.mask is not None and p.mask.shape[0] > 1 else 0}-{k}-diag"
-    ]
+    return p._cache[_hessian_key(p, b, k) + "-diag"]
 
 
 def _block_laplacian(p: GraphInverseProblem, k: int):  # type: ignore[no-untyped-def]
