@@ -150,18 +150,24 @@ def _random_symmetric(rng, n):
     return a
 
 
-def test_symmetry_fast_path_agrees_with_the_library_rule():
-    """check_spd_input's same-pattern shortcut decides as check_symmetric does: it accepts
-    symmetric matrices (and round-off below the rule), never accepts an asymmetric value,
-    and leaves other patterns (an explicit zero on one side) to the general check."""
-    from unrollsci._validation import check_symmetric
-    from unrollsci.precond._sparse import _symmetric_same_pattern, check_spd_input
+def test_symmetry_error_same_pattern_path_matches_dense():
+    """symmetry_error's same-pattern CSR path (value arrays, no sparse subtraction) gives the
+    max|A - A^T| and max|A| of the dense matrix, so check_symmetric (and check_spd_input)
+    decide as the rule says: symmetric and round-off below the rule accepted, an asymmetric
+    value refused; an explicit zero on one side only goes the general way, same result."""
+    from unrollsci._validation import _same_pattern_asymmetry, check_symmetric, symmetry_error
+    from unrollsci.precond._sparse import check_spd_input
+
+    def dense_ref(m):
+        d = m.toarray()
+        return float(np.abs(d - d.T).max()), float(np.abs(d).max())
 
     rng = np.random.default_rng(0)
     for _ in range(60):
         n = int(rng.integers(2, 25))
         a = _random_symmetric(rng, n)
-        assert _symmetric_same_pattern(a)
+        assert _same_pattern_asymmetry(a) is not None
+        assert symmetry_error(a)[:2] == dense_ref(a)
         coo = a.tocoo()
         off = np.flatnonzero(coo.row != coo.col)
         if off.size == 0:
@@ -170,14 +176,14 @@ def test_symmetry_fast_path_agrees_with_the_library_rule():
         for delta, ok in ((1e-3, False), (1e-15 * abs(a.data).max(), True)):
             b = a.copy()
             b.data[k] += delta
-            assert _symmetric_same_pattern(b) is ok
-            try:
+            assert _same_pattern_asymmetry(b) is not None
+            assert symmetry_error(b)[:2] == pytest.approx(dense_ref(b), rel=1e-12, abs=0)
+            if ok:
                 check_symmetric(b)
-                ref = True
-            except ValueError:
-                ref = False
-            assert ref is ok
-            if not ok:
+                check_spd_input(b)
+            else:
+                with pytest.raises(ValueError, match="symmetric"):
+                    check_symmetric(b)
                 with pytest.raises(ValueError, match="symmetric"):
                     check_spd_input(b)
         if a[0, n - 1] == 0:  # an explicit zero in (0, n-1) only: symmetric values
@@ -186,5 +192,6 @@ def test_symmetry_fast_path_agrees_with_the_library_rule():
                 shape=a.shape,
             )
             c.sort_indices()
-            assert not _symmetric_same_pattern(c)
+            assert _same_pattern_asymmetry(c) is None
+            assert symmetry_error(c)[:2] == dense_ref(c)
             check_spd_input(c)  # the general check accepts it

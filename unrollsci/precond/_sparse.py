@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import SYMMETRY_EPS_FACTOR, check_symmetric
+from .._validation import check_symmetric
 
 __all__ = ["LowerPattern", "lower_pattern", "tri_solve", "lower_matvec", "check_spd_input"]
 
@@ -185,25 +185,6 @@ def lower_matvec(
     return out.index_add(1, dst, x[:, src] * values.to(x.dtype))
 
 
-def _symmetric_same_pattern(a: Any) -> bool:
-    """True if canonical CSR ``a`` (float64) passes the library's symmetry rule
-    (:func:`unrollsci._validation.check_symmetric`) with a symmetric stored pattern: then
-    ``A^T``'s CSR arrays share ``A``'s ``indptr`` and ``indices``, and ``max|A - A^T|`` is a
-    difference of the two value arrays (one transpose, no sparse subtraction). False: not
-    decided here (another pattern, or asymmetric values); the caller runs the general check.
-    """
-    at = a.T.tocsr()  # the transpose of canonical CSR comes out with sorted indices
-    if not (np.array_equal(at.indptr, a.indptr) and np.array_equal(at.indices, a.indices)):
-        return False
-    if a.nnz == 0:
-        return True
-    d = at.data  # a fresh array: the differences are formed in place
-    d -= a.data
-    diff = max(float(d.max()), -float(d.min()))
-    mag = max(float(a.data.max()), -float(a.data.min()))
-    return diff <= SYMMETRY_EPS_FACTOR * float(np.finfo(np.float64).eps) * mag
-
-
 def check_spd_input(a: Any, name: str = "A") -> Any:
     """Validate a sparse system matrix and return it as scipy CSR (float64).
 
@@ -251,10 +232,7 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
             f"Expected '{name}' to be finite (got {n_nan} NaN and "
             f"{int(np.isinf(a.data).sum())} Inf entries)."
         )
-    if not _symmetric_same_pattern(a):  # the general check (and its error message)
-        check_symmetric(
-            a, name, hint="Preconditioned CG needs a symmetric positive definite matrix."
-        )
+    check_symmetric(a, name, hint="Preconditioned CG needs a symmetric positive definite matrix.")
     diag = a.diagonal()
     if np.any(diag <= 0):
         bad = int(np.argmin(diag))
