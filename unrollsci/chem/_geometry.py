@@ -228,6 +228,22 @@ class _ShieldedTapered(torch.autograd.Function):
         return g * dw, None, None, None
 
 
+def shielded_pair_constant(
+    gamma: torch.Tensor, i: torch.Tensor, j: torch.Tensor, cache: dict | None = None
+) -> torch.Tensor:
+    """Per-pair ``c = (gamma_i gamma_j)^-1.5`` of the shielded kernel for the half list
+    ``(i, j)``, kept in ``cache`` (a dict that lives as long as the pair list; one key per
+    dtype) and made again when absent or of another length. ``gamma`` must need no gradient
+    (a fixed parameter table)."""
+    key = f"shielded-c-{gamma.dtype}"
+    c = None if cache is None else cache.get(key)
+    if c is None or c.shape != i.shape:
+        c = (gamma.index_select(0, i) * gamma.index_select(0, j)) ** -1.5
+        if cache is not None:
+            cache[key] = c
+    return c
+
+
 def shielded_tapered(r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float) -> torch.Tensor:
     """``k_e`` times the tapered shielded kernel, zero at ``r >= cutoff``, for per-pair
     ``c = (gamma_i gamma_j)^-1.5`` that need no gradient (see :class:`_ShieldedTapered`)."""

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._geometry import csr_pattern, ewald_kvectors, half_pairs, pair_kernel, shielded_tapered
+from ._geometry import (
+    csr_pattern,
+    ewald_kvectors,
+    half_pairs,
+    pair_kernel,
+    shielded_pair_constant,
+    shielded_tapered,
+)
 from ._pme import PMEReciprocal
 
 __all__ = [
@@ -237,13 +244,7 @@ def hardness_terms(
     if kernel == "shielded" and alpha is None and cutoff is not None and not shape.requires_grad:
         # shielded kernel, fixed gamma: the per-pair constant (kept with a kept list) and
         # an analytic dw/dr instead of the graph of the pow and taper operations
-        key = f"shielded-c-{dtype}"
-        c = None if pair_cache is None else pair_cache.get(key)
-        if c is None:
-            c = (shape.index_select(0, i) * shape.index_select(0, j)) ** -1.5
-            if pair_cache is not None:
-                pair_cache[key] = c
-        w = shielded_tapered(r, c, cutoff, k_e)
+        w = shielded_tapered(r, shielded_pair_constant(shape, i, j, pair_cache), cutoff, k_e)
     else:
         w = k_e * pair_kernel(kernel, r, shape[i], shape[j], cutoff, alpha)
         if pairs is not None and cutoff is not None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._validation import ConvergenceError, ConvergenceWarning
-from ._geometry import pair_kernel, shielded_w_dw
+from ._geometry import pair_kernel, shielded_pair_constant, shielded_w_dw
 from ._hardness import (
     MIN_DISTANCE,
     _check_diag,
@@ -68,24 +68,21 @@ class StepResult:
 def kernel_and_derivative(
     kernel: str,
     r: torch.Tensor,
-    shape_i: torch.Tensor,
-    shape_j: torch.Tensor,
+    shape: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
     cutoff: float,
     k_e: float,
     cache: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w = k_e J(r) Tap(r)`` (0 at ``r >= cutoff``) and ``dw/dr`` per pair, without a
-    graph. Shielded: closed form with the per-pair ``(gamma_i gamma_j)^-1.5`` kept in
-    ``cache``; other kernels: one elementwise autograd pass over ``r``."""
-    inside = r < cutoff
+    """``w = k_e J(r) Tap(r)`` (0 at ``r >= cutoff``) and ``dw/dr`` per pair ``(i, j)``,
+    without a graph; ``shape`` the per-atom kernel width (gamma or sigma). Shielded: closed
+    form with the per-pair ``(gamma_i gamma_j)^-1.5`` kept in ``cache``
+    (:func:`shielded_pair_constant`); other kernels: one elementwise autograd pass over ``r``."""
     if kernel == "shielded":
-        key = f"shielded-c-{r.dtype}"
-        c = None if cache is None else cache.get(key)
-        if c is None or c.shape != r.shape:
-            c = (shape_i * shape_j) ** -1.5
-            if cache is not None:
-                cache[key] = c
-        return shielded_w_dw(r, c, cutoff, k_e)
+        return shielded_w_dw(r, shielded_pair_constant(shape, i, j, cache), cutoff, k_e)
+    inside = r < cutoff
+    shape_i, shape_j = shape[i], shape[j]
     zero = torch.zeros((), dtype=r.dtype, device=r.device)
     with torch.enable_grad():
         rl = r.detach().requires_grad_(True)
@@ -257,10 +254,7 @@ def analytic_step(
                 f"{float(rmin):.3g} Angstrom apart (< {MIN_DISTANCE}). Check the positions."
             )
     shape = table["sigma"] if s.kernel == "gaussian" else table["gamma"]
-    if s.kernel == "shielded" and cache is not None and f"shielded-c-{dtype}" in cache:
-        w, dw = kernel_and_derivative(s.kernel, r, None, None, cutoff, k_e, cache)
-    else:
-        w, dw = kernel_and_derivative(s.kernel, r, shape[i], shape[j], cutoff, k_e, cache)
+    w, dw = kernel_and_derivative(s.kernel, r, shape, i, j, cutoff, k_e, cache)
     diag0 = table["eta"]
     if s.kernel == "gaussian":
         diag0 = diag0 + k_e * math.sqrt(2.0 / math.pi) / table["sigma"]
