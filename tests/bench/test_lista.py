@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -145,8 +146,43 @@ def test_bench_lista_staged_quick(tmp_path):
         cli.main([*more, "--checkpoints", str(ck)])
     with pytest.raises(SystemExit):  # a decay rate outside (0, 1]
         cli.main([*more, "--checkpoints", str(tmp_path / "ck4"), "--decay-rate", "0"])
-    with pytest.raises(SystemExit):  # no staged schedule for LISTA
-        cli.main([*args[:-5], "--models", "LISTA"])
+    with pytest.raises(SystemExit):  # no staged schedule for UnrolledFISTA
+        cli.main([*args[:-5], "--models", "UnrolledFISTA"])
+    # --set replaces schedule keys (after the resume options) and reaches the saved record
+    ck5 = tmp_path / "ck5"
+    sets = ["--set", "batch_scale=2", "--set", "lr_decays=0.1,0.02", "--set", "loss=log"]
+    assert cli.main([*more, "--checkpoints", str(ck5), *sets]) == 0
+    sched = torch.load(ck5 / "ALISTA_snrinf.pt", weights_only=True)["extra"]["schedule"]
+    assert sched["batch_scale"] == 2.0 and sched["loss"] == "log"
+    assert list(sched["lr_decays"]) == [0.1, 0.02]
+    for bad in ("nokey=1", "lr_decays=a,b", "batch_scale"):
+        with pytest.raises(SystemExit):
+            cli.main([*more, "--checkpoints", str(tmp_path / "ck6"), "--set", bad])
+    # the NMSE by number of nonzeros: each bin recomputed here from the saved model
+    from unrollsci.bench._lista_setup import make_problem, sample
+    from unrollsci.bench._lista_tails import nonzero_bins
+
+    model = load_checkpoint(ck / "ALISTA_snrinf.pt")
+    a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
+    edges = (0, 4, 6, 60)
+    rows = nonzero_bins(model, a, cfg, math.inf, layers=(1, 3, 9), edges=edges)
+    assert [r["layer"] for r in rows] == [1, 3]  # layer 9 is beyond the model's depth
+    y, x = sample(
+        a, cfg["n_test"], cfg["p"], math.inf, torch.Generator().manual_seed(cfg["seed"] + 1)
+    )
+    with torch.no_grad():
+        _, xs = model(y, return_all=True)
+    nnz = (x != 0).sum(1)
+    for row in rows:
+        err = (xs[row["layer"] - 1] - x).double().pow(2).sum(1)
+        for lo, hi, size in zip(edges, edges[1:], row["bin sizes"], strict=False):
+            sel = (nnz > lo) & (nnz <= hi)
+            assert size == int(sel.sum())
+            if size:
+                want = 10 * math.log10(float(err[sel].sum() / x[sel].double().pow(2).sum()))
+                assert row[f"nnz {lo + 1}-{hi}"] == pytest.approx(want, abs=1e-9)
+    bins_md = (tmp_path / "tails_quick.md").read_text()
+    assert "by the test vectors' number of nonzeros" in bins_md
 
 
 def test_committed_checkpoints_reproduce_their_rows():

@@ -240,6 +240,15 @@ def _quick_config() -> dict:
 # `new_layer_stage`, `lr_decays` and `decay_rate` (as fit_layerwise), and `resume`: the options that
 # replace these when training continues from a checkpoint (`--resume`).
 STAGED: dict[str, dict[str, Any]] = {
+    # untied LISTA (16 full W_e and S_k): the schedule of LISTA-CP (Chen et al. 2018 train
+    # it the same way)
+    "LISTA": {
+        "lam": 0.4,
+        "lr": 5e-4,
+        "vector_lr": 20.0,
+        "share": 1.0,
+        "resume": {"new_layer_stage": False, "lr_decays": (0.2, 0.04)},
+    },
     "ALISTA": {
         "lam": 0.4,
         # not layer by layer (the greedy new-layer stage is myopic for ALISTA's 2 constants
@@ -287,6 +296,18 @@ STAGED: dict[str, dict[str, Any]] = {
 }
 
 
+# the schedule keys `bench lista --staged ... --set KEY=VALUE` may replace, and their types
+SCHEDULE_KEYS: dict[str, Any] = {
+    "lr": float,
+    "vector_lr": float,
+    "batch_scale": float,
+    "lr_decays": lambda text: tuple(float(v) for v in text.split(",")),
+    "new_layer_stage": lambda text: {"true": True, "false": False}[text.lower()],
+    "loss": str,
+    "depth_weight": float,
+}
+
+
 def train_staged(
     name: str,
     a: torch.Tensor,
@@ -300,6 +321,7 @@ def train_staged(
     start_layer: int | None = None,
     freeze_below: int = 0,
     decay_rate: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, dict]:
     """Build model ``name`` and train it with :func:`unrollsci.train.fit_layerwise`.
 
@@ -309,6 +331,7 @@ def train_staged(
     then counts the earlier training's seconds in its totals and keeps its record;
     ``freeze_below`` layers keep their constants (:func:`unrollsci.train.fit_layerwise`);
     ``decay_rate`` (default: the schedule's, else 1) decays the rates of earlier layers.
+    ``overrides`` replaces schedule keys (applied last; those of :data:`SCHEDULE_KEYS`).
     A fresh model whose schedule has ``init="schedule"`` (ALISTA) starts at
     :func:`schedule_init`; ``start_layer="last"`` trains all layers at once for the last.
 
@@ -336,6 +359,10 @@ def train_staged(
         model = getattr(unrolled, cls_name)(MatrixOperator(a), cfg["K"], lam=opts["lam"], **kwargs)
     if decay_rate is not None:
         opts["decay_rate"] = float(decay_rate)
+    for key, value in (overrides or {}).items():
+        if key not in SCHEDULE_KEYS:
+            raise ValueError(f"Unknown schedule key {key!r}; choose from {sorted(SCHEDULE_KEYS)}.")
+        opts[key] = value
     first = 1 if resume is None else int(start_layer or cfg["K"])
     init_info = None
     if resume is None and opts.get("init") == "schedule":
@@ -446,45 +473,3 @@ def _set_constants(model: Any, gamma: list[float], theta: list[float], inv: Any)
         for param, values in ((model.gamma, gamma), (model.theta, theta)):
             raw = inv(torch.tensor(values, dtype=torch.float64))
             param.copy_(raw.to(param.dtype))
-
-
-def tail_stats(
-    model: Any, a: torch.Tensor, cfg: dict, snr: float, cap: float = 0.13, n_sets: int = 5
-) -> dict[str, Any]:
-    """How much of a model's pooled NMSE at its last layer comes from a few test vectors.
-
-    On the benchmark's test set (``cfg["n_test"]`` vectors, seed ``cfg["seed"] + 1``): the
-    NMSE (dB), the share of the summed squared error from the 10 worst vectors, the NMSE
-    without them, the NMSE of the vectors with at most ``cap * n`` nonzeros (the
-    support-selection cap) and how many have more, and the median per-vector NMSE (dB).
-    Then the NMSE on ``n_sets`` further independent sets of the same size (seeds
-    ``cfg["seed"] + 101 ...``): the spread of the metric itself between test sets.
-    """
-
-    def errors(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        y, x = sample(a, cfg["n_test"], cfg["p"], snr, torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            xh = model(y)
-        return (xh - x).double().pow(2).sum(1), x.double().pow(2).sum(1), (x != 0).sum(1)
-
-    def db(v: torch.Tensor) -> float:
-        return 10.0 * math.log10(max(float(v), 1e-300))
-
-    err, ref, nnz = errors(cfg["seed"] + 1)
-    order = err.argsort(descending=True)
-    worst = order[:10]
-    rest = order[10:]
-    small = nnz <= int(math.floor(cap * a.shape[1]))
-    others = [
-        db(e.sum() / r.sum()) for e, r, _ in (errors(cfg["seed"] + 101 + i) for i in range(n_sets))
-    ]
-    return {
-        "nmse_db": db(err.sum() / ref.sum()),
-        "worst10_error_share": float(err[worst].sum() / err.sum()),
-        "nmse_db_without_worst10": db(err[rest].sum() / ref.sum()),
-        "worst10_nonzeros": nnz[worst].tolist(),
-        "n_over_cap": int((~small).sum()),
-        "nmse_db_nonzeros_within_cap": db(err[small].sum() / ref[small].sum()),
-        "median_vector_nmse_db": db((err / ref).median()),
-        "other_sets_nmse_db": others,
-    }

@@ -23,6 +23,7 @@ import torch
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
     MODELS,
+    SCHEDULE_KEYS,
     STAGED,
     _classical,
     _full_config,
@@ -33,9 +34,9 @@ from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use 
     make_problem,
     oracle_nmse_db,
     sample,
-    tail_stats,
     train_staged,
 )
+from ._lista_tails import tail_stats, tails_report  # noqa: F401
 
 __all__ = ["main", "make_problem", "sample", "oracle_nmse_db"]
 
@@ -187,40 +188,6 @@ def _merge(paths: list[str], out: str, name: str) -> int:
     return 0
 
 
-def _tails(paths: list[str], cfg: dict, out: str, name: str) -> int:
-    """Where the error of saved models comes from (:func:`tail_stats`), one row each."""
-    from ..train import load_checkpoint
-    from ._common import markdown_table, write_results, write_text
-
-    a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
-    rows = []
-    for path in paths:
-        model = load_checkpoint(path)
-        if getattr(model, "n", None) != cfg["n"] or getattr(model, "m", None) != cfg["m"]:
-            raise ValueError(f"{path}: not a model of the {cfg['m']} x {cfg['n']} problem")
-        snr_text = Path(path).stem.rsplit("_snr", 1)[-1]
-        snr = math.inf if snr_text == "inf" else float(snr_text)
-        stats = tail_stats(model, a, cfg, snr)
-        others = stats.pop("other_sets_nmse_db")
-        rows.append(
-            {
-                "model": Path(path).stem,
-                **stats,
-                "5 other sets: min": min(others),
-                "max": max(others),
-            }
-        )
-    table = markdown_table(rows)
-    print(table)
-    write_results(name, {"config": cfg, "rows": rows}, out)
-    write_text(
-        Path(out) / f"{name}.md",
-        f"# {name}: where the NMSE at the last layer comes from ({cfg['n_test']} test "
-        f"vectors; the support-selection cap is 13 % of n)\n\n{table}\n",
-    )
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the LISTA benchmark (``--quick`` for a short smoke run)."""
     from .. import unrolled
@@ -326,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         "(Chen et al. 2018 use 0.3; default: none)",
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"--staged: replace a key of the model's schedule (after the --resume "
+        f"options), one of {sorted(SCHEDULE_KEYS)}; lr_decays as a comma list",
+    )
+    parser.add_argument(
         "--tails",
         nargs="+",
         default=None,
@@ -348,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = _quick_config() if args.quick else _full_config()
     if args.tails:
-        return _tails(args.tails, cfg, args.out, stem)
+        return tails_report(args.tails, cfg, args.out, stem)
     if args.snr is not None:
         cfg["snr_db"] = args.snr
     if args.lam_kkt is not None:
@@ -371,6 +346,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--staged must be > 0 seconds (got {args.staged})")
         if args.decay_rate is not None and not 0 < args.decay_rate <= 1:
             parser.error(f"--decay-rate must be in (0, 1] (got {args.decay_rate})")
+        overrides: dict[str, Any] = {}
+        for item in args.set:
+            key, sep, text = item.partition("=")
+            if not sep or key not in SCHEDULE_KEYS:
+                parser.error(
+                    f"--set: expected KEY=VALUE with KEY in {sorted(SCHEDULE_KEYS)} (got {item!r})"
+                )
+            try:
+                overrides[key] = SCHEDULE_KEYS[key](text)
+            except (ValueError, KeyError):
+                parser.error(f"--set: bad value for {key}: {text!r}")
+        cfg["schedule_overrides"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()
+        }
         bad = [n for n in names if n not in STAGED]
         if bad:
             parser.error(f"--staged: no staged schedule for {bad}; choose from {sorted(STAGED)}")
@@ -436,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                     start_layer=args.start_layer,
                     freeze_below=args.freeze_below,
                     decay_rate=args.decay_rate,
+                    overrides=overrides,
                 )
                 res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
                 res.setdefault("monotone", {})[label] = info["monotone"]
