@@ -185,6 +185,11 @@ def test_bench_lista_staged_quick(tmp_path):
     assert "by the test vectors' number of nonzeros" in bins_md
 
 
+# rows whose model is not committed (untied LISTA: 16 full matrices, about 24 MB; the issue
+# allows a retrain script instead): checked only when the checkpoint is there
+RETRAIN_ONLY = {"LISTA"}
+
+
 def test_committed_checkpoints_reproduce_their_rows():
     """benchmarks/checkpoints/*.pt (trained by ``bench lista --staged``) load with
     load_checkpoint and give the per-layer test NMSE of their rows in
@@ -204,11 +209,13 @@ def test_committed_checkpoints_reproduce_their_rows():
                 continue
             name = label.removesuffix(" [staged]")
             path = root / "benchmarks/checkpoints" / f"{name}_snr{key}.pt"
+            assert res["monotone"][label], (label, key)
+            if name in RETRAIN_ONLY and not path.is_file():
+                continue  # too large to commit: a documented retrain command instead
             assert path.is_file(), f"no checkpoint for the row {label} at SNR {key}"
             model = load_checkpoint(path)
             curve = _test_curve(model, cfg, key)
             assert curve == pytest.approx(row, abs=0.1), (label, key)
-            assert res["monotone"][label], (label, key)
             seen += 1
     assert seen >= 3
 
