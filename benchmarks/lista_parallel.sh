@@ -46,6 +46,9 @@ if [ "${1:-}" = "--staged" ]; then
     mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
   done
   wait
+  # untied LISTA (16 full W_e and S_k, STAGED["LISTA"]): 1700 CPU s on one thread; its
+  # checkpoint (about 24 MB) lands in $CK but is not committed (*.pt is gitignored)
+  staged lista_inf 1700 LISTA inf
   # the classical curves (ISTA, FISTA, AMP, BG-AMP) of the same test set, for the table
   OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --models --snr inf --no-kkt \
     --out "$PARTS" --name staged_classical_inf > "$PARTS/log_staged_classical_inf.txt" 2>&1
