@@ -4,13 +4,15 @@
 kernel, real-space cutoff 10 A, k_e = 14.4, tol 1e-6) with ``ewald=True``; for each size
 and Ewald accuracy, one cold :func:`~unrollsci.chem.solve_charges` call (neighbour list,
 kernel, reciprocal part, CG) per method: ``ewald_method="ewald"`` (explicit k-vector sum,
-O(N K) with K ~ N k-vectors at a fixed cutoff) and ``"pme"`` (P3M, mesh chosen from the accuracy).
+O(N K) with K ~ N k-vectors at a fixed cutoff: the stored ``N x K`` basis below
+``unrollsci.chem._ksum.KSUM_MIN_ELEMENTS`` entries, its separable form above, column
+``ewald_form``) and ``"pme"`` (P3M, mesh chosen from the accuracy).
 Timed: charges only (``grad="envelope"``, no autograd) and charges + energy + implicit forces
 (adjoint solve + autograd). ``check_definite=False`` for both (the dense O(N^3)
 definiteness proof is the same for both methods and off above 3000 atoms by default).
 Methods interleaved in one process, medians of ``--repeats`` (one call where a call takes
-more than ``--slow`` seconds); the explicit sum is skipped where its N x K basis would
-exceed ``--max-ewald-elements`` (memory; recorded in the row). Agreement columns: max |dq|,
+more than ``--slow`` seconds); the explicit sum is skipped where N x K exceeds
+``--max-ewald-elements`` (time; default: never; recorded in the row). Agreement columns: max |dq|,
 relative energy difference and max |dF| between the two methods (forces run). The
 crossover is the smallest timed size from which PME is faster (energy + forces) at every
 larger timed size. Writes ``benchmarks/results/qeq_pme.json`` + ``.md`` + ``.png``
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..chem import _pme_mesh, solve_charges
+from ..chem import _ksum, _pme_mesh, solve_charges
 from ..chem._geometry import ewald_alpha, ewald_kvectors
 from ..chem._pme import mesh_shape
 from ._common import (
@@ -104,6 +106,7 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     n_k = len(ewald_kvectors(np.asarray(atoms.cell.array), kmax))
     methods = ["ewald", "pme"]
     row: dict[str, Any] = {"atoms": n, "accuracy": accuracy, "n_kvectors": n_k}
+    row["ewald_form"] = "separable" if n * n_k >= _ksum.KSUM_MIN_ELEMENTS else "stored"
     cell = torch.tensor(atoms.cell.array, dtype=torch.float64)
     try:
         mesh = mesh_shape(cell, alpha, accuracy, n)[0]
@@ -111,7 +114,7 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
         mesh = None
     row["pme_mesh"] = "x".join(str(x) for x in mesh) if mesh else "> MAX_MESH_POINTS"
     notes = []
-    if n * n_k > args.max_ewald_elements:
+    if args.max_ewald_elements is not None and n * n_k > args.max_ewald_elements:
         methods.remove("ewald")
         notes.append(f"explicit sum skipped: N x K = {n * n_k:.2e} > {args.max_ewald_elements:.0e}")
     if mesh is None or math.prod(mesh) > args.max_pme_points:
@@ -203,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
     p.add_argument("--slow", type=float, default=20.0, help="seconds: time such a call once")
-    p.add_argument("--max-ewald-elements", type=float, default=8e7, help="N x K limit")
+    p.add_argument(
+        "--max-ewald-elements", type=float, default=None, help="skip the explicit sum above N x K"
+    )
     p.add_argument(
         "--max-pme-points", type=float, default=3e7, help="skip PME above this mesh size"
     )

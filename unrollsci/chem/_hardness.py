@@ -19,6 +19,7 @@ from ._geometry import (
     shielded_pair_constant,
     shielded_tapered,
 )
+from ._ksum import KSUM_MIN_ELEMENTS, KSumReciprocal, kspace_factors
 from ._pme import PMEReciprocal
 
 __all__ = [
@@ -135,8 +136,10 @@ class HardnessTerms:
             of the Jacobi preconditioner.
         kc, ks, kf: Ewald reciprocal part ``kc diag(kf) kc^T + ks diag(kf) ks^T`` (or None).
         e_const: constant energy (Ewald neutralizing background; 0 without Ewald).
-        pme: the reciprocal part by P3M (a :class:`._pme.PMEReciprocal`, differentiable in
-            positions and cell) instead of ``kc, ks, kf``, or None.
+        pme: the reciprocal part as an operator instead of ``kc, ks, kf``, differentiable
+            in positions and cell: P3M (a :class:`._pme.PMEReciprocal`), or the explicit
+            sum in its separable form for large systems (a :class:`._ksum.KSumReciprocal`,
+            from :data:`._ksum.KSUM_MIN_ELEMENTS` basis entries on); or None.
     """
 
     i: torch.Tensor
@@ -264,12 +267,14 @@ def hardness_terms(
     if ewald is not None and ewald_method == "pme":
         pme = PMEReciprocal(positions, cell_t.to(dtype), alpha, kmax, k_e, accuracy)
     elif ewald is not None:
-        m = torch.from_numpy(ewald_kvectors(cell_np, kmax)).to(device=device, dtype=dtype)
-        kvec = m @ (2.0 * math.pi * torch.linalg.inv(cell_t).T)
-        k2 = (kvec * kvec).sum(-1)
-        kf = k_e * (8.0 * math.pi / vol) * torch.exp(-k2 / (4.0 * alpha**2)) / k2
-        phase = positions @ kvec.T
-        kc, ks = torch.cos(phase), torch.sin(phase)
+        m_np = ewald_kvectors(cell_np, kmax)
+        if positions.shape[0] * len(m_np) >= KSUM_MIN_ELEMENTS:  # no N x K basis stored
+            pme = KSumReciprocal(positions, cell_t.to(dtype), alpha, kmax, k_e, _m=m_np)
+        else:
+            m = torch.from_numpy(m_np).to(device=device, dtype=dtype)
+            kf = kspace_factors(cell_t.to(dtype), m, alpha, k_e)
+            phase = positions @ (m @ (2.0 * math.pi * torch.linalg.inv(cell_t.to(dtype)).T)).T
+            kc, ks = torch.cos(phase), torch.sin(phase)
     return HardnessTerms(i, j, r, w, diag0, base, kc, ks, kf, e_const, pme)
 
 

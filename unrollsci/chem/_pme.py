@@ -30,6 +30,7 @@ import torch
 
 from . import _settings
 from ._geometry import ewald_kvectors
+from ._ksum import dense_reciprocal
 from ._pme_mesh import (
     MAX_MESH_POINTS,
     NODES,
@@ -200,22 +201,7 @@ class PMEReciprocal:
         """The reciprocal-space matrix that the mesh approximates, dense (N, N) float64,
         by the explicit k-vector sum to ``kmax`` (blocks of k-vectors; no autograd): for
         the definiteness test, where N FFTs of the mesh would cost more."""
-        f64 = torch.float64
-        with torch.no_grad():
-            pos = self.positions.detach().to(f64)
-            cell = self.cell.detach().to(f64)
-            m = torch.from_numpy(ewald_kvectors(cell.cpu().numpy(), self.kmax)).to(pos.device)
-            kvec = m @ (2.0 * math.pi * torch.linalg.inv(cell).T)
-            k2 = (kvec * kvec).sum(-1)
-            vol = torch.linalg.det(cell).abs()
-            kf = self.k_e * (8.0 * math.pi / vol) * torch.exp(-k2 / (4.0 * self.alpha**2)) / k2
-            n = pos.shape[0]
-            a = torch.zeros(n, n, dtype=f64, device=pos.device)
-            for lo in range(0, kvec.shape[0], 2048):
-                phase = pos @ kvec[lo : lo + 2048].T
-                for basis in (torch.cos(phase), torch.sin(phase)):
-                    a.addmm_(basis * kf[lo : lo + 2048], basis.T)
-            return 0.5 * (a + a.T)
+        return dense_reciprocal(self.positions, self.cell, self.alpha, self.kmax, self.k_e)
 
 
 def pme_cheaper(

@@ -419,7 +419,9 @@ def solve_with_settings(
     stats: dict[str, Any] = {
         "n_pairs": int(n_pairs),
         "ewald_alpha": None if ewald is None else ewald[0],
-        "n_kvectors": 0 if terms.kf is None else int(terms.kf.numel()),
+        "n_kvectors": int(terms.kf.numel())
+        if terms.kf is not None
+        else int(getattr(terms.pme, "n_kvectors", 0)),
         "ewald_method": method,
         "pme_mesh": None if terms.pme is None else terms.pme.shape,
     }
@@ -446,7 +448,7 @@ def solve_with_settings(
 
     adjoint_tol = tol if s.adjoint_tol is None else float(s.adjoint_tol)
     differentiable = (b, terms.diag0, terms.w, terms.kc, terms.ks, terms.kf)
-    if terms.pme is not None:  # the mesh weights depend on positions and cell directly
+    if terms.pme is not None:  # its products depend on positions and cell directly
         differentiable += (positions, cell)
     needs_grad = any(t is not None and t.requires_grad for t in differentiable)
     q, (op, d, k, res, conv) = differentiate(
