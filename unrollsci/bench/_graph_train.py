@@ -90,12 +90,23 @@ def train_models(
     modes: tuple[str, ...] = MODES,
     progress: bool = False,
     sample: int | None = None,
+    lr_decay: float = 1.0,
+    init: dict[str, UnrolledGraphGD] | None = None,
+    small_weight: float = 1.0,
+    patience: int | None = None,
 ) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
     """Train one :class:`UnrolledGraphGD` per mode with the supervised energy loss.
 
     ``sample``: the models' ``controller_sample`` (the diagonal mode then uses the local
-    node head)."""
+    node head). ``lr_decay``: the learning rate's factor per epoch. ``init``: start a mode
+    from these weights (a fine-tune) instead of a fresh initialization. ``small_weight``:
+    the loss of a training graph below 1,000 nodes is multiplied by this. ``patience``:
+    early stopping (default ``max(5, epochs // 3)``)."""
     from ..train import fit
+
+    def loss(m: UnrolledGraphGD, p: GraphInverseProblem) -> torch.Tensor:
+        w = small_weight if p.num_nodes < 1000 else 1.0
+        return graph_loss(m, p) * w if w != 1.0 else graph_loss(m, p)
 
     models, info = {}, {}
     for mode in modes:
@@ -107,18 +118,21 @@ def train_models(
             mode=mode,
             controller_sample=sample,
         ).double()
+        if init is not None and mode in init:
+            model.load_state_dict(init[mode].state_dict())
         t0 = time.perf_counter()
         hist = fit(
             model,
-            lambda m, p: graph_loss(m, p),
+            loss,
             train,
             val_data=val,
             epochs=epochs,
             lr=lr,
             seed=seed,
-            patience=max(5, epochs // 3),
+            patience=patience if patience is not None else max(5, epochs // 3),
             progress=progress,
             clip_grad=10.0,
+            lr_decay=lr_decay,
         )
         info[mode] = {
             "seconds": time.perf_counter() - t0,

@@ -1,0 +1,374 @@
+"""Seed study and model selection for the transferable window_jacobi controller (issue 23).
+
+``python benchmarks/graph_seeds.py train CONFIG --seeds 1 2 3 --models DIR`` trains
+``window_jacobi`` with the recipe of ``benchmarks/graph.py`` (same training / validation
+graphs for a seed, same loss, same early stopping) for each training seed and saves
+``DIR/CONFIG_s<seed>/graph_window_jacobi.pt``. CONFIG is ``table`` (the committed
+``graph.json`` model: 16 graphs of 300-900 nodes at 50% observed, full pooling) or
+``transfer`` (``--train-nodes 1000 10000 --train-small 6 --train-observed 0.3 0.8
+--sample 256``); ``--lr-decay``, ``--small-weight`` and ``--init DIR`` (a fine-tune) vary it.
+
+``python benchmarks/graph_seeds.py eval DIR...`` evaluates every saved model on the same
+problems, built once: the nine test rows of ``graph.json`` (Minnesota, sensor 1000 and 10^5
+at 50%, sensor / road / geometric 10^5 at 30% and 80%; the same graphs, masks and noise as
+``benchmarks/graph.py``, whatever the training seed) and a VALIDATION set on other graphs
+(other seeds and sizes of the sensor / road-like / geometric families at 30%, 50% and 80%),
+which is the only thing a model is chosen on (:func:`select`). Writes
+``graph_seeds.json`` and ``graph_seeds.md`` (``--quick``: small graphs, ``*_quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..graph import (
+    GraphInverseProblem,
+    UnrolledGraphGD,
+    inpainting_problem,
+    load_minnesota,
+    random_graph,
+    road_graph,
+    sensor_graph,
+)
+from ..graph._baselines import classical_iterates
+from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._graph_train import _nx_adj, load_models, save_models, train_models, training_problems
+
+__all__ = ["CONFIGS", "test_problems", "validation_problems", "select", "main"]
+
+MODE = "window_jacobi"
+
+#: The two training recipes of ``benchmarks/graph.py`` compared here.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "table": {
+        "train_graphs": 16,
+        "train_nodes": (300, 900),
+        "train_observed": 0.5,
+        "train_small": 0,
+        "sample": None,
+    },
+    "transfer": {
+        "train_graphs": 16,
+        "train_nodes": (1000, 10000),
+        "train_observed": (0.3, 0.8),
+        "train_small": 6,
+        "sample": 256,
+    },
+}
+
+
+def train_config(
+    name: str,
+    seed: int,
+    folder: Path,
+    *,
+    epochs: int = 40,
+    lr: float = 1e-3,
+    lr_decay: float = 1.0,
+    small_weight: float = 1.0,
+    init: Path | None = None,
+    train_small: int | None = None,
+    train_big: int = 0,
+    big_nodes: tuple[int, int] = (20_000, 50_000),
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Train ``window_jacobi`` with recipe ``name`` and training seed ``seed`` exactly as
+    ``benchmarks/graph.py --seed SEED`` does (training graphs from ``seed``, validation
+    graphs from ``seed + 1``, small graphs from ``seed + 2``) and save it in ``folder``.
+    ``train_big``: that many more training graphs of ``big_nodes`` nodes (sensor, road-like
+    and geometric in turn, from ``seed + 3``), at the recipe's observation rates."""
+    cfg = dict(CONFIGS[name])
+    if train_small is not None:
+        cfg["train_small"] = train_small
+    signals = 4 if quick else 8
+    n_train = 3 if quick else cfg["train_graphs"]
+    obs = cfg["train_observed"]
+    train = training_problems(n_train, signals, seed=seed, n_range=cfg["train_nodes"], observed=obs)
+    if cfg["train_small"] > 0:
+        train += training_problems(cfg["train_small"], signals, seed=seed + 2, observed=obs)
+    if train_big > 0:
+        train += training_problems(
+            train_big,
+            signals,
+            seed=seed + 3,
+            n_range=big_nodes,
+            observed=obs,
+            kinds=("sensor", "road", "geometric"),
+        )
+    val = training_problems(2, signals, seed=seed + 1, observed=obs)
+    start = load_models(init, (MODE,))[0] if init is not None else None
+    models, info = train_models(
+        train,
+        val,
+        num_layers=10,
+        window=10,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        sample=cfg["sample"],
+        modes=(MODE,),
+        lr_decay=lr_decay,
+        init=start,
+        small_weight=small_weight,
+    )
+    config = {
+        "recipe": name,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "seed": seed,
+        "epochs": epochs,
+        "lr": lr,
+        "lr_decay": lr_decay,
+        "small_weight": small_weight,
+        "init": str(init) if init is not None else None,
+        "train_big": train_big,
+        "big_nodes": list(big_nodes),
+        "train_graph_nodes": [p.num_nodes for p in train],
+        "num_layers": 10,
+        "window": 10,
+        "dtype": "float64",
+    }
+    save_models(folder, models, info, config)
+    return {"config": config, "train": info[MODE]}
+
+
+def test_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
+    """The test rows of ``benchmarks/graph.py`` (same graphs, masks, noise and signals)."""
+    from .graph_cost import _graphs
+
+    try:
+        madj, _ = load_minnesota()
+        mname = "Minnesota"
+    except ImportError:
+        madj, _ = sensor_graph(2642, k=4, seed=12345)
+        mname = "sensor 2642 (Minnesota substitute)"
+    s1k, _ = sensor_graph(1000, seed=777)
+    out = [
+        (mname, inpainting_problem(madj, 16, noise=0.1, seed=1001)),
+        ("sensor 1000", inpainting_problem(s1k, 16, noise=0.1, seed=1002)),
+    ]
+    graphs = _graphs(big)
+    nsig = 2 if big > 20_000 else 4
+    out.append((f"sensor {big}", inpainting_problem(graphs[0][1], nsig, noise=0.1, seed=1003)))
+    for gname, adj in graphs:
+        for rate in (0.3, 0.8):
+            p = inpainting_problem(adj, 2, observed=rate, noise=0.1, seed=1005)
+            out.append((f"{gname}, {rate:.0%} observed", p))
+    return out
+
+
+def validation_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
+    """Held-out problems for model selection, on graphs that are neither training nor test
+    graphs: other seeds and sizes of the sensor, road-like and geometric families at 50%
+    (small and medium graphs, like the first test rows) and at 30% / 80% (``big`` nodes)."""
+    small = [
+        ("sensor", 700, sensor_graph(min(700, big), seed=5001)[0]),
+        ("sensor", 1500, sensor_graph(min(1500, big), k=4, seed=5002)[0]),
+        ("road", 2642, road_graph(min(2642, big), seed=5003)[0]),
+        ("sensor", 5000, sensor_graph(min(5000, big), seed=5004)[0]),
+    ]
+    out = [
+        (f"val {kind} {adj.shape[0]}, 50%", inpainting_problem(adj, 16, noise=0.1, seed=6001 + i))
+        for i, (kind, _n, adj) in enumerate(small)
+    ]
+    large = [
+        (f"sensor {big}", sensor_graph(big, seed=5888)[0]),
+        (f"road {big}", road_graph(big, seed=5889)[0]),
+        (f"geometric {big}", _nx_adj(random_graph("geometric", big, seed=5031))),
+    ]
+    for name, adj in large:
+        for rate in (0.3, 0.8):
+            p = inpainting_problem(adj, 2, observed=rate, noise=0.1, seed=6101)
+            out.append((f"val {name}, {rate:.0%}", p))
+    return out
+
+
+def _baselines(problems: list[tuple[str, GraphInverseProblem]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, p in problems:
+        base = classical_iterates(p, 10)
+        out[name] = {m: float(p.relative_error(base[m]).mean()) for m in ("CG", "Jacobi-PCG")}
+    return out
+
+
+def _evaluate(model: UnrolledGraphGD, problems: list[tuple[str, GraphInverseProblem]]):
+    out = {}
+    with torch.no_grad():
+        for name, p in problems:
+            r = model(p)
+            out[name] = {
+                "err": float(p.relative_error(r.x).mean()),
+                "learned": float(torch.stack(r.certified).double().mean()),
+            }
+    return out
+
+
+def select(
+    evals: dict[str, dict[str, dict[str, float]]],
+    base: dict[str, dict[str, float]],
+    min_learned: float = 0.9,
+) -> dict[str, Any]:
+    """Choose among models on the validation problems only: the models that run the learned
+    roots in at least ``min_learned`` of the windows and are at or below CG on every
+    validation problem, ranked by the geometric mean over the 50% problems of the error over
+    Jacobi-PCG's (the statistic of the test table's 50% rows), ties by the mean over all."""
+    scores = {}
+    for name, ev in evals.items():
+        ratios = {k: v["err"] / base[k]["Jacobi-PCG"] for k, v in ev.items()}
+        mid = [r for k, r in ratios.items() if k.endswith("50%")]
+        scores[name] = {
+            "gmean_50": float(np.exp(np.mean(np.log(mid)))),
+            "gmean_all": float(np.exp(np.mean(np.log(list(ratios.values()))))),
+            "min_learned": min(v["learned"] for v in ev.values()),
+            "worst_vs_cg": max(v["err"] / base[k]["CG"] for k, v in ev.items()),
+        }
+        s = scores[name]
+        s["eligible"] = s["min_learned"] >= min_learned and s["worst_vs_cg"] <= 1.0
+    ranked = sorted(scores, key=lambda m: (not scores[m]["eligible"], scores[m]["gmean_50"]))
+    return {"scores": scores, "ranking": ranked, "chosen": ranked[0] if ranked else None}
+
+
+def _summary(evals: dict[str, dict[str, dict[str, float]]], names: list[str]) -> list[dict]:
+    """Mean and spread per recipe (model names ``RECIPE_s<seed>``) and problem."""
+    groups: dict[str, list[str]] = {}
+    for m in evals:
+        groups.setdefault(m.rsplit("_s", 1)[0], []).append(m)
+    rows = []
+    for g, ms in groups.items():
+        for pname in names:
+            e = np.array([evals[m][pname]["err"] for m in ms])
+            ln = np.array([evals[m][pname]["learned"] for m in ms])
+            rows.append(
+                {
+                    "recipe": g,
+                    "problem": pname,
+                    "seeds": len(ms),
+                    "mean": float(e.mean()),
+                    "std": float(e.std(ddof=1)) if len(ms) > 1 else 0.0,
+                    "min": float(e.min()),
+                    "max": float(e.max()),
+                    "min_learned": float(ln.min()),
+                }
+            )
+    return rows
+
+
+def run_eval(folders: list[Path], out: Path, *, quick: bool, big: int) -> int:
+    t0 = time.perf_counter()
+    models = {}
+    for f in folders:
+        if f.name in models:
+            raise ValueError(f"Expected model folders with distinct names (got {f.name} twice).")
+        models[f.name] = load_models(f, (MODE,))[0][MODE]
+    tests = test_problems(big)
+    vals = validation_problems(big)
+    base_t, base_v = _baselines(tests), _baselines(vals)
+    ev_t = {m: _evaluate(mod, tests) for m, mod in models.items()}
+    ev_v = {m: _evaluate(mod, vals) for m, mod in models.items()}
+    sel = select(ev_v, base_v)
+    rows = []
+    for pname, _ in tests:
+        row: dict[str, Any] = {"problem": pname, **base_t[pname]}
+        for m in models:
+            e = ev_t[m][pname]
+            row[m] = f"{e['err']:.4g} ({e['learned']:.0%})"
+        rows.append(row)
+    vrows = [{"model": m, **{k: v for k, v in s.items()}} for m, s in sel["scores"].items()]
+    table = markdown_table(rows)
+    vtable = markdown_table(vrows)
+    summary = _summary(ev_t, [p for p, _ in tests])
+    stable = markdown_table(summary)
+    path = write_results(
+        "graph_seeds",
+        {
+            "models": {f.name: str(f) for f in folders},
+            "test_baselines": base_t,
+            "validation_baselines": base_v,
+            "test": ev_t,
+            "validation": ev_v,
+            "selection": sel,
+            "summary": summary,
+            "big": big,
+            "threads": torch.get_num_threads(),
+            "seconds": time.perf_counter() - t0,
+        },
+        out,
+        quick=quick,
+    )
+    md = (
+        "# graph seeds: test rows (K = 10 energy error, learned windows)\n\n"
+        + table
+        + "\n\n## Mean and spread over training seeds per recipe\n\n"
+        + stable
+        + "\n\n## Validation (selection)\n\n"
+        + vtable
+        + f"\n\nchosen on validation: {sel['chosen']}\n"
+    )
+    write_text(path.with_suffix(".md"), md)
+    print(md)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/graph_seeds.py", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train window_jacobi for each seed")
+    tr.add_argument("config", choices=sorted(CONFIGS))
+    tr.add_argument("--seeds", type=int, nargs="+", required=True)
+    tr.add_argument("--models", required=True, help="folder of the saved models")
+    tr.add_argument("--tag", default=None, help="model folder name prefix (default: CONFIG)")
+    tr.add_argument("--epochs", type=positive_int_arg, default=40)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--lr-decay", type=float, default=1.0)
+    tr.add_argument("--small-weight", type=float, default=1.0)
+    tr.add_argument("--train-small", type=int, default=None)
+    tr.add_argument("--train-big", type=int, default=0, help="N more graphs of --big-nodes")
+    tr.add_argument("--big-nodes", type=positive_int_arg, nargs=2, default=(20_000, 50_000))
+    tr.add_argument("--init", default=None, help="fine-tune: start from DIR's model")
+    tr.add_argument("--quick", action="store_true")
+    ev = sub.add_parser("eval", help="evaluate saved models on the test and validation sets")
+    ev.add_argument("folders", nargs="+")
+    ev.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    ev.add_argument("--big", type=positive_int_arg, default=None)
+    ev.add_argument("--quick", action="store_true")
+    for p in (tr, ev):
+        p.add_argument("--threads", type=positive_int_arg, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.cmd == "train":
+        if args.lr <= 0:
+            parser.error(f"--lr: expected > 0, got {args.lr}")
+        if not 0 < args.lr_decay <= 1:
+            parser.error(f"--lr-decay: expected a factor in (0, 1], got {args.lr_decay}")
+        if args.small_weight <= 0:
+            parser.error(f"--small-weight: expected > 0, got {args.small_weight}")
+        for seed in args.seeds:
+            folder = Path(args.models) / f"{args.tag or args.config}_s{seed}"
+            r = train_config(
+                args.config,
+                seed,
+                folder,
+                epochs=2 if args.quick else args.epochs,
+                lr=args.lr,
+                lr_decay=args.lr_decay,
+                small_weight=args.small_weight,
+                init=Path(args.init) if args.init else None,
+                train_small=args.train_small,
+                train_big=args.train_big,
+                big_nodes=tuple(args.big_nodes),
+                quick=args.quick,
+            )
+            print(f"saved {folder}: {r['train']}", flush=True)
+        return 0
+    big = args.big or (3000 if args.quick else 100_000)
+    return run_eval([Path(f) for f in args.folders], args.out, quick=args.quick, big=big)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
