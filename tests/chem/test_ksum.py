@@ -132,6 +132,27 @@ def test_second_derivatives_gradgradcheck():
     assert torch.autograd.gradgradcheck(f, (q, frac, w), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+def _both_forms(monkeypatch, atoms, cell_grad=False, **kw):
+    """``solve_charges`` (explicit Ewald) with the stored basis, then the separable form
+    (the threshold moved): yields ``(positions, cell, solution)`` for each."""
+    for limit in (10**18, 0):
+        monkeypatch.setattr(_hardness, "KSUM_MIN_ELEMENTS", limit)
+        pos = torch.tensor(atoms.positions, requires_grad=True)
+        cell = torch.tensor(atoms.cell.array, requires_grad=cell_grad)
+        sol = solve_charges(
+            pos,
+            atoms.numbers,
+            cell=cell,
+            pbc=True,
+            ewald=True,
+            ewald_method="ewald",
+            params=NACL,
+            tol=1e-12,
+            **kw,
+        )
+        yield pos, cell, sol
+
+
 def test_force_derivative_equals_stored_basis(monkeypatch):
     """A derivative of the forces (Hessian-vector product of the energy, create_graph=True,
     through the unrolled solve): the separable form equals the stored basis."""
@@ -139,22 +160,9 @@ def test_force_derivative_equals_stored_basis(monkeypatch):
     atoms.rattle(0.1, seed=6)
     v = torch.from_numpy(np.random.default_rng(6).standard_normal((len(atoms), 3)))
     out = []
-    for limit in (10**18, 0):
-        monkeypatch.setattr(_hardness, "KSUM_MIN_ELEMENTS", limit)
-        pos = torch.tensor(atoms.positions, requires_grad=True)
-        sol = solve_charges(
-            pos,
-            atoms.numbers,
-            cell=torch.tensor(atoms.cell.array),
-            pbc=True,
-            ewald=True,
-            ewald_method="ewald",
-            ewald_accuracy=1e-6,
-            cutoff=2.8,
-            params=NACL,
-            tol=1e-12,
-            grad="unrolled",
-        )
+    for pos, _, sol in _both_forms(
+        monkeypatch, atoms, ewald_accuracy=1e-6, cutoff=2.8, grad="unrolled"
+    ):
         (f,) = torch.autograd.grad(sol.energy, pos, create_graph=True)
         (h,) = torch.autograd.grad((f * v).sum(), pos)
         out.append(h)
@@ -169,23 +177,9 @@ def test_solver_results_equal_between_the_two_forms(monkeypatch, grad):
     atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 2, 2))
     atoms.rattle(0.1, seed=4)
     out = []
-    for limit in (10**18, 0):
-        monkeypatch.setattr(_hardness, "KSUM_MIN_ELEMENTS", limit)
-        pos = torch.tensor(atoms.positions, requires_grad=True)
-        cell = torch.tensor(atoms.cell.array, requires_grad=True)
-        sol = solve_charges(
-            pos,
-            atoms.numbers,
-            cell=cell,
-            pbc=True,
-            ewald=True,
-            ewald_method="ewald",
-            ewald_accuracy=1e-7,
-            cutoff=5.5,
-            params=NACL,
-            tol=1e-12,
-            grad=grad,
-        )
+    for pos, cell, sol in _both_forms(
+        monkeypatch, atoms, cell_grad=True, ewald_accuracy=1e-7, cutoff=5.5, grad=grad
+    ):
         f, c = torch.autograd.grad(sol.energy, (pos, cell))
         out.append((sol.charges.detach(), sol.energy.detach(), f, c, sol.stats["n_kvectors"]))
     (q0, e0, f0, c0, k0), (q1, e1, f1, c1, k1) = out

@@ -38,7 +38,13 @@ import torch
 
 from ._geometry import ewald_kvectors
 
-__all__ = ["KSUM_MIN_ELEMENTS", "KSumReciprocal", "dense_reciprocal", "kspace_factors"]
+__all__ = [
+    "KSUM_MIN_ELEMENTS",
+    "KSumReciprocal",
+    "ReciprocalOperator",
+    "dense_reciprocal",
+    "kspace_factors",
+]
 
 #: the explicit sum uses this separable form from ``N x K`` of this many basis entries on
 #: (below: the stored ``kc, ks`` basis, 8 bytes an entry each)
@@ -226,7 +232,26 @@ class _KSumApply(torch.autograd.Function):
         return gq, gs, gw, None, None, None
 
 
-class KSumReciprocal:
+class ReciprocalOperator:
+    """What the hardness operator needs of a reciprocal-space part (``q -> A_rec q`` for
+    fixed ``positions`` and ``cell``): ``apply``, ``diagonal``, ``dense`` and
+    ``detached()``, the same operator on detached inputs (the no-grad matvec of the CG
+    solve), built by the subclass's ``_on(positions, cell)``."""
+
+    positions: torch.Tensor
+    cell: torch.Tensor
+
+    def _on(self, positions: torch.Tensor, cell: torch.Tensor) -> ReciprocalOperator:
+        raise NotImplementedError
+
+    def detached(self) -> ReciprocalOperator:
+        """The same operator on detached positions and cell (no autograd graph)."""
+        if not (self.positions.requires_grad or self.cell.requires_grad):
+            return self
+        return self._on(self.positions.detach(), self.cell.detach())
+
+
+class KSumReciprocal(ReciprocalOperator):
     """``q -> A_rec q``, the Ewald reciprocal part by the explicit k-vector sum in its
     separable form (no ``N x K`` basis stored; see the module docstring). The same sum as
     the stored basis of :func:`._hardness.hardness_terms`, to rounding.
@@ -273,18 +298,8 @@ class KSumReciprocal:
         self._kf_sum = kf.detach().sum()
         self._frac = positions @ torch.linalg.inv(self.cell)
 
-    def detached(self) -> KSumReciprocal:
-        """The same operator on detached positions and cell (no autograd graph)."""
-        if not (self.positions.requires_grad or self.cell.requires_grad):
-            return self
-        return KSumReciprocal(
-            self.positions.detach(),
-            self.cell.detach(),
-            self.alpha,
-            self.kmax,
-            self.k_e,
-            _m=self._m,
-        )
+    def _on(self, positions: torch.Tensor, cell: torch.Tensor) -> KSumReciprocal:
+        return KSumReciprocal(positions, cell, self.alpha, self.kmax, self.k_e, _m=self._m)
 
     def apply(self, q: torch.Tensor) -> torch.Tensor:
         """``A_rec q`` for charges ``q`` of shape (N,) or (N, C)."""

@@ -30,7 +30,7 @@ import torch
 
 from . import _settings
 from ._geometry import ewald_kvectors
-from ._ksum import dense_reciprocal
+from ._ksum import ReciprocalOperator, dense_reciprocal
 from ._pme_mesh import (
     MAX_MESH_POINTS,
     NODES,
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-class PMEReciprocal:
+class PMEReciprocal(ReciprocalOperator):
     """``q -> k_e phi_rec(q)``: the Ewald reciprocal-space potential of charges ``q`` (N,)
     at the atoms, by P3M on a mesh (``A_rec q`` of the hardness operator).
 
@@ -134,13 +134,10 @@ class PMEReciprocal:
             self._csr = (s, st)
         return self._csr
 
-    def detached(self) -> PMEReciprocal:
-        """The same operator on detached positions and cell (no autograd graph)."""
-        if not (self.positions.requires_grad or self.cell.requires_grad):
-            return self
+    def _on(self, positions: torch.Tensor, cell: torch.Tensor) -> PMEReciprocal:
         return PMEReciprocal(
-            self.positions.detach(),
-            self.cell.detach(),
+            positions,
+            cell,
             self.alpha,
             self.kmax,
             self.k_e,
