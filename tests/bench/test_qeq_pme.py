@@ -34,3 +34,12 @@ def test_crossover_rule():
     rows[2]["pme/ewald_ef"] = 0.95
     assert crossover(rows) == 1000
     assert crossover(rows[:1]) is None
+
+
+def test_qeq_pme_products_quick(tmp_path):
+    """--products times building each reciprocal operator and one product per method."""
+    assert main(["--quick", "--products", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "qeq_pme_quick.json").read_text())["rows"]
+    for key in ("s_ewald_build", "s_pme_build", "s_ewald_product", "s_pme_product"):
+        assert math.isfinite(row[key]) and row[key] > 0
+    assert row["n_kvectors"] > 0 and row["pme_mesh"].count("x") == 2

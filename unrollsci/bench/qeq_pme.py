@@ -15,7 +15,10 @@ more than ``--slow`` seconds); the explicit sum is skipped where N x K exceeds
 ``--max-ewald-elements`` (time; default: never; recorded in the row). Agreement columns: max |dq|,
 relative energy difference and max |dF| between the two methods (forces run). The
 crossover is the smallest timed size from which PME is faster (energy + forces) at every
-larger timed size. Writes ``benchmarks/results/qeq_pme.json`` + ``.md`` + ``.png``
+larger timed size. ``--products``: only the reciprocal part, for sizes where one explicit
+call takes hours (seconds to build each operator and per no-grad product, the CG's
+matvec; ``--reps 4 5 6 8 10 12 16 19 --name qeq_pme_products``). Writes
+``benchmarks/results/qeq_pme.json`` + ``.md`` + ``.png``
 (``qeq_pme_quick.*`` with ``--quick``; ``--name`` for another stem, e.g. a run at a
 smaller cutoff, which allows smaller cells: ``--reps 2 3 4 --cutoff 5.5 --name
 qeq_pme_cutoff5``).
@@ -35,7 +38,7 @@ import torch
 
 from ..chem import _ksum, _pme_mesh, solve_charges
 from ..chem._geometry import ewald_alpha, ewald_kvectors
-from ..chem._pme import mesh_shape
+from ..chem._pme import PMEReciprocal, mesh_shape
 from ._common import (
     figure_path,
     markdown_table,
@@ -151,6 +154,40 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     return row
 
 
+def _products(n_rep: int, accuracy: float, args) -> dict[str, Any]:
+    """``--products``: the reciprocal part alone, for sizes where a whole explicit-sum call
+    would take hours: seconds to build each operator (cold, caches emptied) and per
+    no-grad product ``q -> A_rec q`` (the CG's matvec; median of ``--repeats`` after one
+    warm-up product), the explicit sum in its separable form."""
+    atoms = _structure(n_rep, args.seed)
+    n = len(atoms)
+    alpha, kmax = ewald_alpha(args.cutoff, accuracy)
+    pos = torch.tensor(atoms.positions, dtype=torch.float64)
+    cell = torch.tensor(atoms.cell.array, dtype=torch.float64)
+    q = torch.from_numpy(np.random.default_rng(args.seed).standard_normal(n))
+    row: dict[str, Any] = {"atoms": n, "accuracy": accuracy, "load_avg": os.getloadavg()[0]}
+    for name in ("ewald", "pme"):
+        _pme_mesh._SHAPES.clear()
+        _pme_mesh._FILTERS.clear()
+        t0 = time.perf_counter()
+        if name == "ewald":
+            op = _ksum.KSumReciprocal(pos, cell, alpha, kmax, 14.4)
+            row["n_kvectors"] = op.n_kvectors
+        else:
+            op = PMEReciprocal(pos, cell, alpha, kmax, 14.4, accuracy)
+            row["pme_mesh"] = "x".join(str(x) for x in op.shape)
+        op(q)  # the first product (PME: its sparse weights) belongs to the build
+        row[f"s_{name}_build"] = time.perf_counter() - t0
+        ts = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            op(q)
+            ts.append(time.perf_counter() - t0)
+        row[f"s_{name}_product"] = statistics.median(ts)
+    row["pme/ewald_product"] = row["s_pme_product"] / row["s_ewald_product"]
+    return row
+
+
 def crossover(rows: list[dict[str, Any]]) -> int | None:
     """The smallest timed size from which PME (energy + forces) is faster at every larger
     size where both were timed (the smallest size timed: PME is faster at all of them);
@@ -176,16 +213,19 @@ def _plot(rows: list[dict[str, Any]], args, path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for acc, style in zip(args.accuracies, ("-", "--", ":", "-."), strict=False):
         sub = [r for r in rows if r["accuracy"] == acc]
+        kind = "product" if args.products else "ef"
         for key, label, color in (
-            ("s_ewald_ef", "explicit Ewald", "C0"),
-            ("s_pme_ef", "PME (P3M)", "C1"),
+            (f"s_ewald_{kind}", "explicit Ewald", "C0"),
+            (f"s_pme_{kind}", "PME (P3M)", "C1"),
         ):
             pts = [(r["atoms"], r[key]) for r in sub if key in r]
             if pts:
                 x, y = zip(*pts, strict=True)
                 ax.loglog(x, y, "o" + style, color=color, label=f"{label}, acc {acc:g}")
     ax.set_xlabel("atoms")
-    ax.set_ylabel("s per cold call (energy + forces)")
+    ax.set_ylabel(
+        "s per reciprocal product" if args.products else "s per cold call (energy + forces)"
+    )
     ax.set_title(f"QEq with Ewald, rock salt, cutoff {args.cutoff:g} A, {args.threads} thread")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -212,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-pme-points", type=float, default=3e7, help="skip PME above this mesh size"
     )
+    p.add_argument(
+        "--products",
+        action="store_true",
+        help="time only building the reciprocal part and one product (large sizes)",
+    )
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument(
@@ -220,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.repeats = 1
+        args.repeats = min(args.repeats, 2) if args.products else 1
     if args.accuracies is None:
         args.accuracies = [1e-6] if args.quick else [1e-6, 1e-8]
     reps = args.reps or (QUICK if args.quick else FULL)
     rows = []
     for acc in args.accuracies:
         for n_rep in reps:
-            row = _size(n_rep, acc, args)
+            row = (_products if args.products else _size)(n_rep, acc, args)
             rows.append(row)
             print(markdown_table([row]), flush=True)
     cross = {
@@ -238,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         "atoms",
         "n_kvectors",
         "pme_mesh",
+        "s_ewald_build",
+        "s_pme_build",
+        "s_ewald_product",
+        "s_pme_product",
+        "pme/ewald_product",
         "cg_iters",
         "s_ewald_q",
         "s_pme_q",
@@ -264,8 +314,13 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": "shielded",
             "coulomb_constant": 14.4,
             "check_definite": False,
-            "timing": f"wall seconds of one cold call, median of {args.repeats} interleaved "
-            f"repeats (one call where the first took > {args.slow} s: n_* columns in rows)",
+            "timing": (
+                f"--products: seconds to build each reciprocal operator and per product, "
+                f"median of {args.repeats}"
+                if args.products
+                else f"wall seconds of one cold call, median of {args.repeats} interleaved "
+                f"repeats (one call where the first took > {args.slow} s: n_* columns in rows)"
+            ),
         }
     )
     data = {"config": config, "crossover_atoms": cross, "rows": rows}
