@@ -40,7 +40,14 @@ from ..graph._baselines import classical_iterates
 from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
 from ._graph_train import _nx_adj, load_models, save_models, train_models, training_problems
 
-__all__ = ["CONFIGS", "test_problems", "validation_problems", "select", "main"]
+__all__ = [
+    "CONFIGS",
+    "small_test_problems",
+    "test_problems",
+    "validation_problems",
+    "select",
+    "main",
+]
 
 MODE = "window_jacobi"
 
@@ -76,13 +83,15 @@ def train_config(
     train_small: int | None = None,
     train_big: int = 0,
     big_nodes: tuple[int, int] = (20_000, 50_000),
+    big_observed: tuple[float, float] | None = None,
     quick: bool = False,
 ) -> dict[str, Any]:
     """Train ``window_jacobi`` with recipe ``name`` and training seed ``seed`` exactly as
     ``benchmarks/graph.py --seed SEED`` does (training graphs from ``seed``, validation
     graphs from ``seed + 1``, small graphs from ``seed + 2``) and save it in ``folder``.
     ``train_big``: that many more training graphs of ``big_nodes`` nodes (sensor, road-like
-    and geometric in turn, from ``seed + 3``), at the recipe's observation rates."""
+    and geometric in turn, from ``seed + 3``), at the recipe's observation rates or at
+    ``big_observed``."""
     cfg = dict(CONFIGS[name])
     if train_small is not None:
         cfg["train_small"] = train_small
@@ -98,7 +107,7 @@ def train_config(
             signals,
             seed=seed + 3,
             n_range=big_nodes,
-            observed=obs,
+            observed=big_observed or obs,
             kinds=("sensor", "road", "geometric"),
         )
     val = training_problems(2, signals, seed=seed + 1, observed=obs)
@@ -128,6 +137,7 @@ def train_config(
         "init": str(init) if init is not None else None,
         "train_big": train_big,
         "big_nodes": list(big_nodes),
+        "big_observed": list(big_observed or ()) or None,
         "train_graph_nodes": [p.num_nodes for p in train],
         "num_layers": 10,
         "window": 10,
@@ -137,10 +147,8 @@ def train_config(
     return {"config": config, "train": info[MODE]}
 
 
-def test_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
-    """The test rows of ``benchmarks/graph.py`` (same graphs, masks, noise and signals)."""
-    from .graph_cost import _graphs
-
+def small_test_problems() -> list[tuple[str, GraphInverseProblem]]:
+    """The two small test rows of ``benchmarks/graph.py``: Minnesota and sensor 1000 (50%)."""
     try:
         madj, _ = load_minnesota()
         mname = "Minnesota"
@@ -148,10 +156,17 @@ def test_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
         madj, _ = sensor_graph(2642, k=4, seed=12345)
         mname = "sensor 2642 (Minnesota substitute)"
     s1k, _ = sensor_graph(1000, seed=777)
-    out = [
+    return [
         (mname, inpainting_problem(madj, 16, noise=0.1, seed=1001)),
         ("sensor 1000", inpainting_problem(s1k, 16, noise=0.1, seed=1002)),
     ]
+
+
+def test_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
+    """The test rows of ``benchmarks/graph.py`` (same graphs, masks, noise and signals)."""
+    from .graph_cost import _graphs
+
+    out = small_test_problems()
     graphs = _graphs(big)
     nsig = 2 if big > 20_000 else 4
     out.append((f"sensor {big}", inpainting_problem(graphs[0][1], nsig, noise=0.1, seed=1003)))
@@ -258,6 +273,12 @@ def _summary(evals: dict[str, dict[str, dict[str, float]]], names: list[str]) ->
     return rows
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def run_eval(folders: list[Path], out: Path, *, quick: bool, big: int) -> int:
     t0 = time.perf_counter()
     models = {}
@@ -287,6 +308,7 @@ def run_eval(folders: list[Path], out: Path, *, quick: bool, big: int) -> int:
         "graph_seeds",
         {
             "models": {f.name: str(f) for f in folders},
+            "sha256": {f.name: _sha256(f / f"graph_{MODE}.pt") for f in folders},
             "test_baselines": base_t,
             "validation_baselines": base_v,
             "test": ev_t,
@@ -330,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--train-small", type=int, default=None)
     tr.add_argument("--train-big", type=int, default=0, help="N more graphs of --big-nodes")
     tr.add_argument("--big-nodes", type=positive_int_arg, nargs=2, default=(20_000, 50_000))
+    tr.add_argument("--big-observed", type=float, nargs=2, default=None)
     tr.add_argument("--init", default=None, help="fine-tune: start from DIR's model")
     tr.add_argument("--quick", action="store_true")
     ev = sub.add_parser("eval", help="evaluate saved models on the test and validation sets")
@@ -362,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_small=args.train_small,
                 train_big=args.train_big,
                 big_nodes=tuple(args.big_nodes),
+                big_observed=tuple(args.big_observed) if args.big_observed else None,
                 quick=args.quick,
             )
             print(f"saved {folder}: {r['train']}", flush=True)
