@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows, columns)
     print()
     print(table)
-    print(f"crossover (smallest N from which PME is faster, energy + forces): {cross}")
+    if not args.products:
+        print(f"crossover (smallest N from which PME is faster, energy + forces): {cross}")
     config = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
     config.update(
         {
@@ -325,13 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = {"config": config, "crossover_atoms": cross, "rows": rows}
     path = write_results(args.name, data, args.out, quick=args.quick)
+    what = (
+        f"seconds to build each reciprocal operator (with its first product) and per no-grad "
+        f"product (the CG's matvec), medians of {args.repeats}; the explicit sum in its "
+        f"separable form.\n\n"
+        if args.products
+        else f"seconds of one cold call (q: charges; ef: charges + energy + implicit forces), "
+        f"medians of {args.repeats}; check_definite=False. Crossover (PME faster from N "
+        f"atoms on, energy + forces): {cross}\n\n"
+    )
     header = (
         f"QEq with Ewald: explicit k-vector sum vs PME (P3M, order 7, mesh from the accuracy), "
-        f"rock salt, cutoff "
-        f"{args.cutoff} A, tol {args.tol:g}, {args.threads} torch thread(s); seconds of one "
-        f"cold call (q: charges; ef: charges + energy + implicit forces), medians of "
-        f"{args.repeats}; check_definite=False. Crossover (PME faster from N atoms on, "
-        f"energy + forces): {cross}\n\n"
+        f"rock salt, cutoff {args.cutoff} A, tol {args.tol:g}, {args.threads} torch "
+        f"thread(s); " + what
     )
     write_text(figure_path(args.out, f"{args.name}.md", args.quick), header + table + "\n")
     _plot(rows, args, figure_path(args.out, f"{args.name}.png", args.quick))
