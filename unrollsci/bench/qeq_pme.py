@@ -128,11 +128,13 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     if not methods:
         return row
     row["load_avg"] = os.getloadavg()[0]
-    times: dict[str, list[float]] = {f"{m}_{k}": [] for m in methods for k in ("q", "ef")}
+    kinds = [k for k in ("q", "ef") if k in args.kinds]
+    times: dict[str, list[float]] = {f"{m}_{k}": [] for m in methods for k in kinds}
     last: dict[str, dict] = {}
     for rep in range(args.repeats):
         for m in methods:  # interleaved
-            for kind, forces in (("q", False), ("ef", True)):
+            for kind in kinds:
+                forces = kind == "ef"
                 key = f"{m}_{kind}"
                 if rep > 0 and times[key] and times[key][0] > args.slow:
                     continue  # one call of a slow configuration is enough
@@ -142,15 +144,19 @@ def _size(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     for key, ts in times.items():
         row[f"s_{key}"] = statistics.median(ts)
         row[f"n_{key}"] = len(ts)
-    row["cg_iters"] = last[f"{methods[-1]}_ef"]["iters"]
-    if "ewald_ef" in last and "pme_ef" in last:
+    row["cg_iters"] = last[f"{methods[-1]}_{kinds[-1]}"]["iters"]
+    if "ewald_q" in last and "pme_q" in last:
         row["pme/ewald_q"] = row["s_pme_q"] / row["s_ewald_q"]
+    if "ewald_ef" in last and "pme_ef" in last:
         row["pme/ewald_ef"] = row["s_pme_ef"] / row["s_ewald_ef"]
-        a, b = last["ewald_ef"], last["pme_ef"]
+    both = [k for k in ("ef", "q") if f"ewald_{k}" in last and f"pme_{k}" in last]
+    if both:  # agreement: from the forces run where there is one
+        a, b = last[f"ewald_{both[0]}"], last[f"pme_{both[0]}"]
         row["max_dq"] = float(np.abs(a["q"] - b["q"]).max())
         row["rel_dE"] = abs(a["e"] - b["e"]) / abs(a["e"])
-        row["max_dF"] = float(np.abs(a["f"] - b["f"]).max())
-        row["max_F"] = float(np.abs(a["f"]).max())
+        if a["f"] is not None:
+            row["max_dF"] = float(np.abs(a["f"] - b["f"]).max())
+            row["max_F"] = float(np.abs(a["f"]).max())
     return row
 
 
@@ -188,14 +194,14 @@ def _products(n_rep: int, accuracy: float, args) -> dict[str, Any]:
     return row
 
 
-def crossover(rows: list[dict[str, Any]]) -> int | None:
-    """The smallest timed size from which PME (energy + forces) is faster at every larger
-    size where both were timed (the smallest size timed: PME is faster at all of them);
-    None when the explicit sum is faster at the largest."""
-    both = sorted((r for r in rows if "pme/ewald_ef" in r), key=lambda r: r["atoms"])
+def crossover(rows: list[dict[str, Any]], key: str = "pme/ewald_ef") -> int | None:
+    """The smallest timed size from which PME is faster (``key``: energy + forces by
+    default) at every larger size where both were timed (the smallest size timed: PME is
+    faster at all of them); None when the explicit sum is faster at the largest."""
+    both = sorted((r for r in rows if key in r), key=lambda r: r["atoms"])
     found = None
     for r in reversed(both):
-        if r["pme/ewald_ef"] >= 1.0:
+        if r[key] >= 1.0:
             break
         found = r["atoms"]
     return found
@@ -213,7 +219,7 @@ def _plot(rows: list[dict[str, Any]], args, path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for acc, style in zip(args.accuracies, ("-", "--", ":", "-."), strict=False):
         sub = [r for r in rows if r["accuracy"] == acc]
-        kind = "product" if args.products else "ef"
+        kind = "product" if args.products else ("ef" if "ef" in args.kinds else "q")
         for key, label, color in (
             (f"s_ewald_{kind}", "explicit Ewald", "C0"),
             (f"s_pme_{kind}", "PME (P3M)", "C1"),
@@ -224,7 +230,9 @@ def _plot(rows: list[dict[str, Any]], args, path) -> None:
                 ax.loglog(x, y, "o" + style, color=color, label=f"{label}, acc {acc:g}")
     ax.set_xlabel("atoms")
     ax.set_ylabel(
-        "s per reciprocal product" if args.products else "s per cold call (energy + forces)"
+        "s per reciprocal product"
+        if args.products
+        else "s per cold call (" + ("energy + forces)" if "ef" in args.kinds else "charges)")
     )
     ax.set_title(f"QEq with Ewald, rock salt, cutoff {args.cutoff:g} A, {args.threads} thread")
     ax.legend(fontsize=7)
@@ -253,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         "--max-pme-points", type=float, default=3e7, help="skip PME above this mesh size"
     )
     p.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=["q", "ef"],
+        default=["q", "ef"],
+        help="time charges only (q) and/or charges + energy + forces (ef)",
+    )
+    p.add_argument(
         "--products",
         action="store_true",
         help="time only building the reciprocal part and one product (large sizes)",
@@ -275,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             row = (_products if args.products else _size)(n_rep, acc, args)
             rows.append(row)
             print(markdown_table([row]), flush=True)
+    ckey = "pme/ewald_ef" if "ef" in args.kinds else "pme/ewald_q"
     cross = {
-        str(acc): crossover([r for r in rows if r["accuracy"] == acc]) for acc in args.accuracies
+        str(acc): crossover([r for r in rows if r["accuracy"] == acc], ckey)
+        for acc in args.accuracies
     }
     columns = [
         "accuracy",
@@ -307,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if not args.products:
-        print(f"crossover (smallest N from which PME is faster, energy + forces): {cross}")
+        print(f"crossover (smallest N from which PME is faster, {ckey}): {cross}")
     config = {k: v for k, v in vars(args).items() if k not in ("out", "name")}
     config.update(
         {
@@ -333,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.products
         else f"seconds of one cold call (q: charges; ef: charges + energy + implicit forces), "
         f"medians of {args.repeats}; check_definite=False. Crossover (PME faster from N "
-        f"atoms on, energy + forces): {cross}\n\n"
+        f"atoms on, {'energy + forces' if 'ef' in args.kinds else 'charges'}): {cross}\n\n"
     )
     header = (
         f"QEq with Ewald: explicit k-vector sum vs PME (P3M, order 7, mesh from the accuracy), "
