@@ -6,7 +6,9 @@ graphs for a seed, same loss, same early stopping) for each training seed and sa
 ``DIR/CONFIG_s<seed>/graph_window_jacobi.pt``. CONFIG is ``table`` (the committed
 ``graph.json`` model: 16 graphs of 300-900 nodes at 50% observed, full pooling) or
 ``transfer`` (``--train-nodes 1000 10000 --train-small 6 --train-observed 0.3 0.8
---sample 256``); ``--lr-decay``, ``--small-weight`` and ``--init DIR`` (a fine-tune) vary it.
+--sample 256``); ``--lr``, ``--lr-decay``, ``--small-weight``, ``--train-big N`` (N more
+training graphs of ``--big-nodes`` nodes at ``--big-observed`` rates) and ``--init DIR`` (a
+fine-tune from DIR's model) vary it; ``--mode window`` trains the plain window mode instead.
 
 ``python benchmarks/graph_seeds.py eval DIR...`` evaluates every saved model on the same
 problems, built once: the nine test rows of ``graph.json`` (Minnesota, sensor 1000 and 10^5
@@ -84,9 +86,10 @@ def train_config(
     train_big: int = 0,
     big_nodes: tuple[int, int] = (20_000, 50_000),
     big_observed: tuple[float, float] | None = None,
+    mode: str = MODE,
     quick: bool = False,
 ) -> dict[str, Any]:
-    """Train ``window_jacobi`` with recipe ``name`` and training seed ``seed`` exactly as
+    """Train ``mode`` (window_jacobi) with recipe ``name`` and training seed ``seed`` as
     ``benchmarks/graph.py --seed SEED`` does (training graphs from ``seed``, validation
     graphs from ``seed + 1``, small graphs from ``seed + 2``) and save it in ``folder``.
     ``train_big``: that many more training graphs of ``big_nodes`` nodes (sensor, road-like
@@ -111,7 +114,7 @@ def train_config(
             kinds=("sensor", "road", "geometric"),
         )
     val = training_problems(2, signals, seed=seed + 1, observed=obs)
-    start = load_models(init, (MODE,))[0] if init is not None else None
+    start = load_models(init, (mode,))[0] if init is not None else None
     models, info = train_models(
         train,
         val,
@@ -121,13 +124,14 @@ def train_config(
         lr=lr,
         seed=seed,
         sample=cfg["sample"],
-        modes=(MODE,),
+        modes=(mode,),
         lr_decay=lr_decay,
         init=start,
         small_weight=small_weight,
     )
     config = {
         "recipe": name,
+        "mode": mode,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "seed": seed,
         "epochs": epochs,
@@ -144,7 +148,7 @@ def train_config(
         "dtype": "float64",
     }
     save_models(folder, models, info, config)
-    return {"config": config, "train": info[MODE]}
+    return {"config": config, "train": info[mode]}
 
 
 def small_test_problems() -> list[tuple[str, GraphInverseProblem]]:
@@ -181,11 +185,15 @@ def validation_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProbl
     """Held-out problems for model selection, on graphs that are neither training nor test
     graphs: other seeds and sizes of the sensor, road-like and geometric families at 50%
     (small and medium graphs, like the first test rows) and at 30% / 80% (``big`` nodes)."""
+
+    def size(n: int, i: int) -> int:  # a smaller ``big`` (quick runs) caps them, distinct
+        return n if n <= big else big + i
+
     small = [
-        ("sensor", 700, sensor_graph(min(700, big), seed=5001)[0]),
-        ("sensor", 1500, sensor_graph(min(1500, big), k=4, seed=5002)[0]),
-        ("road", 2642, road_graph(min(2642, big), seed=5003)[0]),
-        ("sensor", 5000, sensor_graph(min(5000, big), seed=5004)[0]),
+        ("sensor", 700, sensor_graph(size(700, 0), seed=5001)[0]),
+        ("sensor", 1500, sensor_graph(size(1500, 1), k=4, seed=5002)[0]),
+        ("road", 2642, road_graph(size(2642, 2), seed=5003)[0]),
+        ("sensor", 5000, sensor_graph(size(5000, 3), seed=5004)[0]),
     ]
     out = [
         (f"val {kind} {adj.shape[0]}, 50%", inpainting_problem(adj, 16, noise=0.1, seed=6001 + i))
@@ -279,13 +287,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_eval(folders: list[Path], out: Path, *, quick: bool, big: int) -> int:
+def run_eval(
+    folders: list[Path],
+    out: Path,
+    *,
+    quick: bool,
+    big: int,
+    mode: str = MODE,
+    name: str = "graph_seeds",
+) -> int:
     t0 = time.perf_counter()
     models = {}
     for f in folders:
         if f.name in models:
             raise ValueError(f"Expected model folders with distinct names (got {f.name} twice).")
-        models[f.name] = load_models(f, (MODE,))[0][MODE]
+        models[f.name] = load_models(f, (mode,))[0][mode]
     tests = test_problems(big)
     vals = validation_problems(big)
     base_t, base_v = _baselines(tests), _baselines(vals)
@@ -305,10 +321,11 @@ def run_eval(folders: list[Path], out: Path, *, quick: bool, big: int) -> int:
     summary = _summary(ev_t, [p for p, _ in tests])
     stable = markdown_table(summary)
     path = write_results(
-        "graph_seeds",
+        name,
         {
             "models": {f.name: str(f) for f in folders},
-            "sha256": {f.name: _sha256(f / f"graph_{MODE}.pt") for f in folders},
+            "mode": mode,
+            "sha256": {f.name: _sha256(f / f"graph_{mode}.pt") for f in folders},
             "test_baselines": base_t,
             "validation_baselines": base_v,
             "test": ev_t,
@@ -323,7 +340,7 @@ def run_eval(folders: list[Path], out: Path, *, quick: bool, big: int) -> int:
         quick=quick,
     )
     md = (
-        "# graph seeds: test rows (K = 10 energy error, learned windows)\n\n"
+        f"# graph seeds ({mode}): test rows (K = 10 energy error, learned windows)\n\n"
         + table
         + "\n\n## Mean and spread over training seeds per recipe\n\n"
         + stable
@@ -354,12 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--big-nodes", type=positive_int_arg, nargs=2, default=(20_000, 50_000))
     tr.add_argument("--big-observed", type=float, nargs=2, default=None)
     tr.add_argument("--init", default=None, help="fine-tune: start from DIR's model")
+    tr.add_argument("--mode", choices=("window_jacobi", "window"), default=MODE)
     tr.add_argument("--quick", action="store_true")
     ev = sub.add_parser("eval", help="evaluate saved models on the test and validation sets")
     ev.add_argument("folders", nargs="+")
     ev.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     ev.add_argument("--big", type=positive_int_arg, default=None)
     ev.add_argument("--quick", action="store_true")
+    ev.add_argument("--mode", choices=("window_jacobi", "window"), default=MODE)
+    ev.add_argument("--name", default="graph_seeds", help="results file name (NAME.json)")
     for p in (tr, ev):
         p.add_argument("--threads", type=positive_int_arg, default=1)
     args = parser.parse_args(argv)
@@ -386,12 +406,14 @@ def main(argv: list[str] | None = None) -> int:
                 train_big=args.train_big,
                 big_nodes=tuple(args.big_nodes),
                 big_observed=tuple(args.big_observed) if args.big_observed else None,
+                mode=args.mode,
                 quick=args.quick,
             )
             print(f"saved {folder}: {r['train']}", flush=True)
         return 0
     big = args.big or (3000 if args.quick else 100_000)
-    return run_eval([Path(f) for f in args.folders], args.out, quick=args.quick, big=big)
+    folders = [Path(f) for f in args.folders]
+    return run_eval(folders, args.out, quick=args.quick, big=big, mode=args.mode, name=args.name)
 
 
 if __name__ == "__main__":  # pragma: no cover
