@@ -239,7 +239,8 @@ def select(
     """Choose among models on the validation problems only: the models that run the learned
     roots in at least ``min_learned`` of the windows and are at or below CG on every
     validation problem, ranked by the geometric mean over the 50% problems of the error over
-    Jacobi-PCG's (the statistic of the test table's 50% rows), ties by the mean over all."""
+    Jacobi-PCG's (the statistic of the test table's 50% rows). ``chosen`` is None when no
+    model qualifies."""
     scores = {}
     for name, ev in evals.items():
         ratios = {k: v["err"] / base[k]["Jacobi-PCG"] for k, v in ev.items()}
@@ -253,7 +254,8 @@ def select(
         s = scores[name]
         s["eligible"] = s["min_learned"] >= min_learned and s["worst_vs_cg"] <= 1.0
     ranked = sorted(scores, key=lambda m: (not scores[m]["eligible"], scores[m]["gmean_50"]))
-    return {"scores": scores, "ranking": ranked, "chosen": ranked[0] if ranked else None}
+    chosen = ranked[0] if ranked and scores[ranked[0]]["eligible"] else None
+    return {"scores": scores, "ranking": ranked, "chosen": chosen}
 
 
 def _summary(evals: dict[str, dict[str, dict[str, float]]], names: list[str]) -> list[dict]:
