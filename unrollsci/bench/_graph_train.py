@@ -17,15 +17,43 @@ from ..graph import (
     UnrolledGraphGD,
     graph_loss,
     inpainting_problem,
+    load_minnesota,
     random_graph,
     road_graph,
     sensor_graph,
 )
 
-__all__ = ["TRAIN_KINDS", "training_problems", "train_models", "save_models", "load_models"]
+__all__ = [
+    "TRAIN_KINDS",
+    "small_test_problems",
+    "training_problems",
+    "train_models",
+    "save_models",
+    "load_models",
+]
 
 #: Graph kinds of the training family, cycled through (see :func:`training_problems`).
 TRAIN_KINDS = ("sensor", "road", "geometric", "grid", "sensor", "road", "sbm", "ba")
+
+
+def small_test_problems(
+    signals: int = 16,
+    names: tuple[str, str] = ("Minnesota", "sensor 2642 (Minnesota substitute)"),
+) -> list[tuple[str, GraphInverseProblem]]:
+    """The two small test rows of ``benchmarks/graph.py`` (50% observed, noise 0.1):
+    Minnesota (without pygsp: a 2642-node sensor graph, named ``names[1]``; else
+    ``names[0]``) and sensor 1000, each with ``signals`` signals."""
+    try:
+        madj, _ = load_minnesota()
+        mname = names[0]
+    except ImportError:
+        madj, _ = sensor_graph(2642, k=4, seed=12345)
+        mname = names[1]
+    s1k, _ = sensor_graph(1000, seed=777)
+    return [
+        (mname, inpainting_problem(madj, signals, noise=0.1, seed=1001)),
+        ("sensor 1000", inpainting_problem(s1k, signals, noise=0.1, seed=1002)),
+    ]
 
 
 def _nx_adj(G: Any):  # type: ignore[no-untyped-def]

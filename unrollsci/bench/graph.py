@@ -30,8 +30,6 @@ from ..graph import (
     GraphInverseProblem,
     UnrolledGraphGD,
     inpainting_problem,
-    load_minnesota,
-    sensor_graph,
 )
 from ..graph._baselines import BASELINES, classical_iterates
 from ._common import (
@@ -42,7 +40,7 @@ from ._common import (
     save_figure,
     write_results,
 )
-from ._graph_train import TRAIN_KINDS, train_models, training_problems
+from ._graph_train import TRAIN_KINDS, small_test_problems, train_models, training_problems
 from ._graph_train import load_models as _load_models
 from ._graph_train import save_models as _save_models
 
@@ -298,17 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.save_models:
             _save_models(Path(args.save_models), models, train_info, config)
-    try:
-        madj, _ = load_minnesota()
-        mname = "Minnesota (PyGSP, 2642 nodes)"
-    except ImportError:
-        madj, _ = sensor_graph(2642, k=4, seed=12345)
-        mname = "sensor 2642 (pygsp missing: Minnesota substitute)"
-    s1k, _ = sensor_graph(1000, seed=777)
-    tests = [
-        (mname, inpainting_problem(madj, test_signals, noise=0.1, seed=1001)),
-        ("sensor 1000", inpainting_problem(s1k, test_signals, noise=0.1, seed=1002)),
-    ]
+    tests = small_test_problems(
+        test_signals,
+        ("Minnesota (PyGSP, 2642 nodes)", "sensor 2642 (pygsp missing: Minnesota substitute)"),
+    )
+    mname = tests[0][0]
     from .graph_cost import _graphs
 
     big_graphs = _graphs(big)  # sensor (seed 888), road-like, random geometric

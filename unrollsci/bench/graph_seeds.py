@@ -33,14 +33,20 @@ from ..graph import (
     GraphInverseProblem,
     UnrolledGraphGD,
     inpainting_problem,
-    load_minnesota,
     random_graph,
     road_graph,
     sensor_graph,
 )
 from ..graph._baselines import classical_iterates
 from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
-from ._graph_train import _nx_adj, load_models, save_models, train_models, training_problems
+from ._graph_train import (
+    _nx_adj,
+    load_models,
+    save_models,
+    small_test_problems,
+    train_models,
+    training_problems,
+)
 
 __all__ = [
     "CONFIGS",
@@ -149,21 +155,6 @@ def train_config(
     }
     save_models(folder, models, info, config)
     return {"config": config, "train": info[mode]}
-
-
-def small_test_problems() -> list[tuple[str, GraphInverseProblem]]:
-    """The two small test rows of ``benchmarks/graph.py``: Minnesota and sensor 1000 (50%)."""
-    try:
-        madj, _ = load_minnesota()
-        mname = "Minnesota"
-    except ImportError:
-        madj, _ = sensor_graph(2642, k=4, seed=12345)
-        mname = "sensor 2642 (Minnesota substitute)"
-    s1k, _ = sensor_graph(1000, seed=777)
-    return [
-        (mname, inpainting_problem(madj, 16, noise=0.1, seed=1001)),
-        ("sensor 1000", inpainting_problem(s1k, 16, noise=0.1, seed=1002)),
-    ]
 
 
 def test_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
