@@ -221,6 +221,8 @@ class _KSumApply(torch.autograd.Function):
                 m3 = torch.arange(lo[2] + l3, lo[2] + h3, dtype=w.dtype, device=w.device)
                 ws = wa * s  # (M2, 2C, M3)
                 blocks += [ws * float(lo[0] + a), ws * m2[:, None, None], ws * m3]
+            if not blocks:  # only the weights need a gradient
+                continue
             p = _back(e1a, e2a, e3a, torch.cat(blocks, 1))
             if need_q:
                 gq += p[:, :c].real
