@@ -26,6 +26,7 @@ from ..graph import (
 __all__ = [
     "TRAIN_KINDS",
     "small_test_problems",
+    "test_problems",
     "training_problems",
     "train_models",
     "save_models",
@@ -54,6 +55,27 @@ def small_test_problems(
         (mname, inpainting_problem(madj, signals, noise=0.1, seed=1001)),
         ("sensor 1000", inpainting_problem(s1k, signals, noise=0.1, seed=1002)),
     ]
+
+
+def test_problems(
+    big: int = 100_000,
+    signals: int = 16,
+    names: tuple[str, str] = ("Minnesota", "sensor 2642 (Minnesota substitute)"),
+) -> list[tuple[str, GraphInverseProblem]]:
+    """The test rows of ``benchmarks/graph.py``: :func:`small_test_problems` (``signals``,
+    ``names``), the sensor graph of ``big`` nodes at 50% and the three ``big``-node graphs
+    of :func:`graph_cost._graphs` (sensor, road-like, random geometric) at 30% and 80%."""
+    from .graph_cost import _graphs
+
+    out = small_test_problems(signals, names)
+    graphs = _graphs(big)
+    nsig = 2 if big > 20_000 else 4
+    out.append((f"sensor {big}", inpainting_problem(graphs[0][1], nsig, noise=0.1, seed=1003)))
+    for gname, adj in graphs:
+        for rate in (0.3, 0.8):
+            p = inpainting_problem(adj, 2, observed=rate, noise=0.1, seed=1005)
+            out.append((f"{gname}, {rate:.0%} observed", p))
+    return out
 
 
 def _nx_adj(G: Any):  # type: ignore[no-untyped-def]

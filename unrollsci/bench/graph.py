@@ -29,7 +29,6 @@ from ..graph import (
     MODES,
     GraphInverseProblem,
     UnrolledGraphGD,
-    inpainting_problem,
 )
 from ..graph._baselines import BASELINES, classical_iterates
 from ._common import (
@@ -40,7 +39,7 @@ from ._common import (
     save_figure,
     write_results,
 )
-from ._graph_train import TRAIN_KINDS, small_test_problems, train_models, training_problems
+from ._graph_train import TRAIN_KINDS, test_problems, train_models, training_problems
 from ._graph_train import load_models as _load_models
 from ._graph_train import save_models as _save_models
 
@@ -296,30 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.save_models:
             _save_models(Path(args.save_models), models, train_info, config)
-    tests = small_test_problems(
+    tests = test_problems(
+        big,
         test_signals,
         ("Minnesota (PyGSP, 2642 nodes)", "sensor 2642 (pygsp missing: Minnesota substitute)"),
     )
     mname = tests[0][0]
-    from .graph_cost import _graphs
-
-    big_graphs = _graphs(big)  # sensor (seed 888), road-like, random geometric
-    bigadj = big_graphs[0][1]
-    tests.append(
-        (
-            f"sensor {big}",
-            inpainting_problem(bigadj, 2 if big > 20_000 else 4, noise=0.1, seed=1003),
-        )
-    )
-    # held-out large graphs at sparse and dense observation (share of learned windows)
-    for gname, gadj in big_graphs:
-        for rate in (0.3, 0.8):
-            tests.append(
-                (
-                    f"{gname}, {rate:.0%} observed",
-                    inpainting_problem(gadj, 2, observed=rate, noise=0.1, seed=1005),
-                )
-            )
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[float]] = {}
     gd_match: dict[str, Any] = {}

@@ -44,6 +44,7 @@ from ._graph_train import (
     load_models,
     save_models,
     small_test_problems,
+    test_problems,
     train_models,
     training_problems,
 )
@@ -155,21 +156,6 @@ def train_config(
     }
     save_models(folder, models, info, config)
     return {"config": config, "train": info[mode]}
-
-
-def test_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
-    """The test rows of ``benchmarks/graph.py`` (same graphs, masks, noise and signals)."""
-    from .graph_cost import _graphs
-
-    out = small_test_problems()
-    graphs = _graphs(big)
-    nsig = 2 if big > 20_000 else 4
-    out.append((f"sensor {big}", inpainting_problem(graphs[0][1], nsig, noise=0.1, seed=1003)))
-    for gname, adj in graphs:
-        for rate in (0.3, 0.8):
-            p = inpainting_problem(adj, 2, observed=rate, noise=0.1, seed=1005)
-            out.append((f"{gname}, {rate:.0%} observed", p))
-    return out
 
 
 def validation_problems(big: int = 100_000) -> list[tuple[str, GraphInverseProblem]]:
