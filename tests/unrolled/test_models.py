@@ -59,8 +59,10 @@ CASES = [
     (ADMMNet, {}, "admm"),
     (LAMP, {}, "amp"),
     (LAMP, {"learn_matrix": False}, "amp"),
+    (LAMP, {"tied": True}, "amp"),
     (LAMP, {"denoiser": "bg"}, "bg_amp"),
     (LAMP, {"denoiser": "bg", "learn_matrix": False}, "bg_amp"),
+    (LAMP, {"denoiser": "bg", "tied": True}, "bg_amp"),
 ]
 IDS = [
     f"{c.__name__}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for c, o, _ in CASES

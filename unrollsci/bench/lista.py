@@ -23,6 +23,7 @@ import torch
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
     MODELS,
+    NOT_DEFAULT,
     SCHEDULE_KEYS,
     STAGED,
     _classical,
@@ -293,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         "(Chen et al. 2018 use 0.3; default: none)",
     )
     parser.add_argument(
+        "--wall-budget",
+        action="store_true",
+        help="--staged: SECONDS are wall-clock seconds (default: CPU seconds of the process)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -337,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kkt_power is not None:
         cfg["kkt_power"] = args.kkt_power
     cfg["stage_epochs"] = args.stage_epochs
-    names = args.models if args.models is not None else list(MODELS)
+    names = args.models if args.models is not None else [n for n in MODELS if n not in NOT_DEFAULT]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
@@ -426,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                     freeze_below=args.freeze_below,
                     decay_rate=args.decay_rate,
                     overrides=overrides,
+                    wall_clock=args.wall_budget,
                 )
                 res.setdefault("val_curve_db", {})[label] = info["val_curve_db"]
                 res.setdefault("monotone", {})[label] = info["monotone"]

@@ -118,6 +118,10 @@ class LAMP(UnrolledLasso):
             soft denoiser only).
         learn_matrix: learn ``B_k`` per layer (LAMP "untied"); else ``B = A^T`` and
             only the scalar constants are learned.
+        tied: with ``learn_matrix``, one learned ``B`` shared by all layers (LAMP
+            "tied", the default of Chen et al.'s reimplementation), initialised to
+            ``A^T`` as the untied ones; the scalar constants stay per layer. Default
+            ``False`` (one ``B_k`` per layer).
         scale_init: initial ``s_k`` (scale of the threshold, or of the noise variance
             with ``denoiser="bg"``). With the soft denoiser and 1 (classical AMP) the
             first threshold equals ``||A^T y||_inf``, so layer 1 outputs exactly 0 and
@@ -140,6 +144,8 @@ class LAMP(UnrolledLasso):
         torch.Size([3, 40])
         >>> LAMP(A, 4, threshold="residual", scale_init=1.1)(torch.randn(3, 20)).shape
         torch.Size([3, 40])
+        >>> len(LAMP(A, 4, threshold="residual", tied=True).W)  # one B for the 4 layers
+        1
     """
 
     def __init__(
@@ -155,11 +161,17 @@ class LAMP(UnrolledLasso):
         rho: float | None = None,
         sigma_x: float | None = None,
         threshold: str = "calibrated",
+        tied: bool = False,
         dtype: torch.dtype | None = None,
         prox: Any = None,
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         self._require_soft("LAMP (its Onsager term is the soft threshold's divergence)")
+        if not isinstance(tied, bool):
+            raise TypeError(f"Expected tied a bool (got {type(tied).__name__}).")
+        if tied and not learn_matrix:
+            raise ValueError("tied=True shares a learned B: it needs learn_matrix=True.")
+        self.tied = tied
         if denoiser not in ("soft", "bg"):
             raise ValueError(f"Expected denoiser 'soft' or 'bg' (got {denoiser!r}).")
         if threshold not in ("calibrated", "residual"):
@@ -179,7 +191,8 @@ class LAMP(UnrolledLasso):
         self.learn_matrix = bool(learn_matrix)
         if self.learn_matrix:
             w = self._dense().to(self.param_dtype)
-            self.W = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(num_layers)])
+            count = 1 if self.tied else num_layers
+            self.W = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(count)])
         self.scale = self._positive(self.scale_init, num_layers)
         if denoiser == "bg":
             self.rho_init, self.sigma_x_init = check_prior(
@@ -200,6 +213,8 @@ class LAMP(UnrolledLasso):
         }
         if self.threshold != "calibrated":  # older checkpoints have no such key
             opts["threshold"] = self.threshold
+        if self.tied:  # nor this one
+            opts["tied"] = True
         if self.denoiser == "bg":
             opts.update(rho=self.rho_init, sigma_x=self.sigma_x_init)
         return opts
@@ -208,8 +223,16 @@ class LAMP(UnrolledLasso):
         return {} if self.threshold == "residual" else {"scale_init": 1.0}
 
     def extra_repr(self) -> str:
-        extra = f", denoiser='bg', rho={self.rho_init}, sigma_x={self.sigma_x_init}"
-        return super().extra_repr() + (extra if self.denoiser == "bg" else "")
+        extra = ", tied=True" if self.tied else ""
+        if self.denoiser == "bg":  # rho_init and sigma_x_init exist only then
+            extra += f", denoiser='bg', rho={self.rho_init}, sigma_x={self.sigma_x_init}"
+        return super().extra_repr() + extra
+
+    def _layer_op(self, k: int) -> Any:
+        """The operator of layer ``k``: ``A`` with ``B_k`` (or the tied ``B``) as adjoint."""
+        if not self.learn_matrix:
+            return self.operator
+        return _PairOperator(self.operator, self.W[0 if self.tied else k])
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
         if self.denoiser == "bg":
@@ -225,7 +248,7 @@ class LAMP(UnrolledLasso):
         for k in range(num_layers):
             theta = torch.maximum(self.lam / torch.clamp(1.0 - b, min=1e-3), theta_cont)
             theta_cont = theta_cont * self.decay
-            op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
+            op = self._layer_op(k)
             x, z, b = amp_step(op, x, z, y, scale[k] * theta, b)
             xs.append(x)
         return xs
@@ -240,7 +263,7 @@ class LAMP(UnrolledLasso):
         root_m = math.sqrt(self.m)
         xs = []
         for k in range(num_layers):
-            op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
+            op = self._layer_op(k)
             z = y - op.mv(x) + b * z
             pseudo = x + op.rmv(z)
             theta = scale[k] * z.norm(dim=-1, keepdim=True) / root_m
@@ -258,7 +281,7 @@ class LAMP(UnrolledLasso):
         b = y.new_zeros(y.shape[0], 1)
         xs = []
         for k in range(num_layers):
-            op = _PairOperator(self.operator, self.W[k]) if self.learn_matrix else self.operator
+            op = self._layer_op(k)
             x, z, b = bg_amp_step(op, x, z, y, b, None, sigma2[k], scale[k], rho_logit=logit[k])
             xs.append(x)
         return xs
