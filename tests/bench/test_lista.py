@@ -214,6 +214,8 @@ def test_committed_checkpoints_reproduce_their_rows():
                 continue  # too large to commit: a documented retrain command instead
             assert path.is_file(), f"no checkpoint for the row {label} at SNR {key}"
             model = load_checkpoint(path)
+            # the tied LAMP row is a model with one shared B (the checkpoint says so)
+            assert getattr(model, "tied", False) == name.endswith("-tied"), label
             curve = _test_curve(model, cfg, key)
             assert curve == pytest.approx(row, abs=0.1), (label, key)
             seen += 1
