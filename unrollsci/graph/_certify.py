@@ -161,6 +161,11 @@ def collatz_lower(
     stall: float = 0.0,
     diag: np.ndarray | None = None,
     shared: dict | None = None,
+    refine: int = 0,
+    refine_gain: float = 0.01,
+    refine_iters: int = 15,
+    refine_rtol: float = 0.2,
+    refine_smooth: int = 2,
 ) -> np.ndarray:
     """Proven lower bounds on ``lambda_min(S_k)``, ``S_k = D_k^{-1/2} H D_k^{-1/2}``.
 
@@ -190,6 +195,15 @@ def collatz_lower(
         shared: a dict owned by the caller for one ``H``: the first inverse-iteration step
             is stored there and reused by later calls (e.g. ``lambda_min_bound()`` then
             ``jacobi_interval()`` on one problem).
+        refine: at most this many further rounds after the smoothing, each one more
+            inverse-iteration step started from the smoothed vector (PCG from ``u / mu``,
+            ``H u`` known from the last product, at most ``refine_iters`` products, until
+            the residual is ``refine_rtol`` times the starting one) and at most
+            ``refine_smooth`` (at least one) smoothing steps; a round that raises no
+            column's bound by more than ``refine_gain`` (relative) ends them. Each round's
+            bounds are proofs like the others (the maximum is kept), so a round that lands
+            on a worse vector costs products, never validity. None when ``smooth`` is 0.
+            Off by default: what it buys and costs is in docs/graph.md (issue 23).
 
     Every ``u > 0`` gives a valid bound ``min_i (H u)_i / (D_k,i u_i)`` (Collatz-Wielandt),
     evaluated with the rounding of the product subtracted; the largest over the smoothing
@@ -251,19 +265,44 @@ def collatz_lower(
         best = np.full(ncol, -np.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
             mu = (hu / (scales * u)).min(axis=0)
-    for _ in range(smooth):
-        mu = np.minimum(np.maximum(np.where(np.isfinite(mu), mu, 0.0), 0.0), cap)
-        t = dgc * u
-        t -= hu
-        t /= dgc - mu * scales
-        t += u
-        t *= 0.5
-        u = np.maximum(t, floor, out=t)
-        hu = _mv(h, u)
-        new = np.maximum(best, bound(u, hu))
-        gain = new - best
-        best = mu = new
-        if stall > 0 and np.all(gain <= stall * np.abs(best)):
+
+    def smoothing(u, hu, best, mu, smooth=smooth):  # type: ignore[no-untyped-def]
+        for _ in range(smooth):
+            mu = np.minimum(np.maximum(np.where(np.isfinite(mu), mu, 0.0), 0.0), cap)
+            t = dgc * u
+            t -= hu
+            t /= dgc - mu * scales
+            t += u
+            t *= 0.5
+            u = np.maximum(t, floor, out=t)
+            hu = _mv(h, u)
+            new = np.maximum(best, bound(u, hu))
+            gain = new - best
+            best = mu = new
+            if stall > 0 and np.all(gain <= stall * np.abs(best)):
+                break
+        return u, hu, best
+
+    u, hu, best = smoothing(u, hu, best, mu)
+    for _ in range(refine if smooth > 0 else 0):
+        if not (np.all(np.isfinite(hu)) and np.all(np.isfinite(best))):
+            break
+        # one more inverse-iteration step from the smoothed (positive) vector; H u is the
+        # last product, so PCG starts at u / mu with its residual known
+        b = scales * u
+        rq = np.einsum("ij,ij->j", u, hu) / np.einsum("ij,ij->j", u, b)
+        rq = np.where(np.isfinite(rq) & (rq > 0), rq, 1.0)
+        # the start is already close: the tolerance is relative to PCG's first residual
+        r0 = np.einsum("ij,ij->j", b - hu / rq, b - hu / rq)
+        rel = float(np.sqrt(np.max(r0 / np.maximum(np.einsum("ij,ij->j", b, b), 1e-300))))
+        x, hx = _pcg(h, b, dinv, refine_iters, refine_rtol * min(rel, 1.0), x0=u / rq, hx0=hu / rq)
+        x, hx = _unit(x, hx)
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(hx))):
+            break
+        x = np.maximum(x, floor)
+        prev = best
+        u, hu, best = smoothing(x, hx, best, best, max(refine_smooth, 1))
+        if np.all(best - prev <= refine_gain * np.abs(best)):
             break
     return np.maximum(best, 0.0)
 
