@@ -64,3 +64,16 @@ def test_nov26_checkpoint_reproduces_the_committed_table_with_its_interval():
         assert learned == 1.0
         err_now, _ = _run(model, p, *ivs["certified"])
         assert not np.isclose(err_now, ref[name], rtol=1e-3)
+
+
+def test_graph_interval_time_quick_writes_ratios(tmp_path):
+    """--time --quick: the plain and refined lower bound against scipy cg on the three
+    graph families at 30% and 80% observed; the refinement costs products."""
+    rc = main(["--time", "--quick", "--big", "900", "--repeats", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "graph_interval_cost_quick.json").read_text())
+    assert (tmp_path / "graph_interval_cost_quick.md").exists()
+    assert len(data["rows"]) == 6
+    for row in data["rows"]:
+        assert row["lo / cg"] > 0 and row["lo, refine 2 / cg"] > 0 and row["CG its"] > 0
+        assert row["lo products, refine 2"] > row["lo products, refine 0"]

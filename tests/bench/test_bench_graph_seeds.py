@@ -15,11 +15,16 @@ def test_graph_seeds_quick_train_finetune_and_eval(tmp_path):
     rc = main(
         ["train", "table", "--quick", "--seeds", "0", "--models", str(models)]
         + ["--tag", "ft", "--init", str(models / "table_s0"), "--small-weight", "2"]
-        + ["--lr-decay", "0.9"]
+        + ["--lr-decay", "0.9", "--val-big", "1", "--big-nodes", "200", "300"]
+        + ["--patience", "3"]
     )
     assert rc == 0
     ft = torch.load(models / "ft_s0" / "graph_window_jacobi.pt", weights_only=True)
     assert ft["extra"]["config"]["init"] == str(models / "table_s0")
+    # --val-big: one more early-stopping graph of --big-nodes nodes; --patience recorded
+    val_nodes = ft["extra"]["config"]["val_graph_nodes"]
+    assert len(val_nodes) == 3 and 200 <= val_nodes[-1] < 300
+    assert ft["extra"]["config"]["patience"] == 3
     folders = [str(models / n) for n in ("table_s0", "table_s1", "ft_s0")]
     assert main(["eval", *folders, "--quick", "--big", "400", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "graph_seeds_quick.json").read_text())

@@ -143,6 +143,77 @@ def _run(model: UnrolledGraphGD, p: GraphInverseProblem, lo: np.ndarray, hi: np.
     return float(p.relative_error(r.x).mean()), float(torch.stack(r.certified).double().mean())
 
 
+def _paired_times(h: Any, d: np.ndarray, rhs: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median seconds of scipy ``cg`` to rtol 1e-6 and of the lower bound without and with
+    the refinement rounds, interleaved, BLAS on 1 thread."""
+    import statistics
+
+    from scipy.sparse.linalg import cg
+    from threadpoolctl import threadpool_limits
+
+    runs = {
+        "cg": lambda: cg(h, rhs, rtol=1e-6),
+        "lo": lambda: collatz_lower(h, d[:, None], stall=0.01, diag=d),
+        "lo refined": lambda: collatz_lower(h, d[:, None], stall=0.01, diag=d, refine=REFINE),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_time(outdir: str | Path, *, quick: bool, big: int, repeats: int) -> int:
+    """``--time``: the Jacobi interval's lower bound with and without the refinement
+    rounds against one scipy ``cg`` solve to rtol 1e-6 on the cost benchmark's problems
+    (sensor, road-like, geometric graphs at 30% and 80% observed), interleaved, BLAS on 1
+    thread, medians of ``repeats``; writes ``graph_interval_cost.{json,md}``."""
+    import os
+
+    from .graph_cost import _graphs
+
+    t0 = time.perf_counter()
+    rows = []
+    for gname, adj in _graphs(big):
+        for observed in (0.3, 0.8):
+            p = inpainting_problem(adj, 1, observed=observed, noise=0.1, seed=1003)
+            h = p.hessian_scipy(0).tocsr()
+            d = h.diagonal()
+            rhs = p.rhs()[0].detach().cpu().double().numpy()
+            row: dict[str, Any] = {"graph": gname, "observed": observed}
+            row["load before"] = os.getloadavg()[0]
+            row["CG its"] = _cg_iterations(h, rhs)
+            for rounds in (0, REFINE):
+                hc = _Counted(h)
+                collatz_lower(hc, d[:, None], stall=0.01, diag=d, refine=rounds)
+                row[f"lo products, refine {rounds}"] = hc.n
+            med = _paired_times(h, d, rhs, repeats)
+            row["cg [s]"] = med["cg"]
+            row["lo / cg"] = med["lo"] / med["cg"]
+            row[f"lo, refine {REFINE} / cg"] = med["lo refined"] / med["cg"]
+            row["load after"] = os.getloadavg()[0]
+            rows.append(row)
+            print(row, flush=True)
+    path = write_results(
+        "graph_interval_cost",
+        {"rows": rows, "repeats": repeats, "big": big, "seconds": time.perf_counter() - t0},
+        outdir,
+        quick=quick,
+    )
+    md = (
+        "# graph interval: cost of the Jacobi interval's lower bound, plain and refined\n\n"
+        f"`python3 benchmarks/graph_interval.py --time --repeats {repeats}` (1 thread, "
+        "interleaved, medians; the whole `jacobi_interval()` also hashes the graph and "
+        "reads the cached upper end)\n\n" + markdown_table(rows) + "\n"
+    )
+    write_text(path.with_suffix(".md"), md)
+    print(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/graph_interval.py", description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="model folders")
@@ -150,8 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=positive_int_arg, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=positive_int_arg, default=1)
+    parser.add_argument("--time", action="store_true", help="time the lower bound vs cg")
+    parser.add_argument("--repeats", type=positive_int_arg, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.time:
+        big = args.big or (3000 if args.quick else 100_000)
+        return run_time(args.out, quick=args.quick, big=big, repeats=args.repeats)
     t0 = time.perf_counter()
     models = {}
     for f in args.models:

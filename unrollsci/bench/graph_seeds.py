@@ -95,13 +95,17 @@ def train_config(
     big_observed: tuple[float, float] | None = None,
     mode: str = MODE,
     quick: bool = False,
+    val_big: int = 0,
+    patience: int | None = None,
 ) -> dict[str, Any]:
     """Train ``mode`` (window_jacobi) with recipe ``name`` and training seed ``seed`` as
     ``benchmarks/graph.py --seed SEED`` does (training graphs from ``seed``, validation
     graphs from ``seed + 1``, small graphs from ``seed + 2``) and save it in ``folder``.
     ``train_big``: that many more training graphs of ``big_nodes`` nodes (sensor, road-like
     and geometric in turn, from ``seed + 3``), at the recipe's observation rates or at
-    ``big_observed``."""
+    ``big_observed``; ``val_big``: as many more early-stopping validation graphs drawn the
+    same way from ``seed + 4`` (never the test or selection problems). ``patience``: early
+    stopping's (default: :func:`train_models`')."""
     cfg = dict(CONFIGS[name])
     if train_small is not None:
         cfg["train_small"] = train_small
@@ -121,6 +125,15 @@ def train_config(
             kinds=("sensor", "road", "geometric"),
         )
     val = training_problems(2, signals, seed=seed + 1, observed=obs)
+    if val_big > 0:
+        val += training_problems(
+            val_big,
+            signals,
+            seed=seed + 4,
+            n_range=big_nodes,
+            observed=big_observed or obs,
+            kinds=("sensor", "road", "geometric"),
+        )
     start = load_models(init, (mode,))[0] if init is not None else None
     models, info = train_models(
         train,
@@ -135,6 +148,7 @@ def train_config(
         lr_decay=lr_decay,
         init=start,
         small_weight=small_weight,
+        patience=patience,
     )
     config = {
         "recipe": name,
@@ -150,6 +164,8 @@ def train_config(
         "big_nodes": list(big_nodes),
         "big_observed": list(big_observed or ()) or None,
         "train_graph_nodes": [p.num_nodes for p in train],
+        "val_graph_nodes": [p.num_nodes for p in val],
+        "patience": patience,
         "num_layers": 10,
         "window": 10,
         "dtype": "float64",
@@ -351,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--big-observed", type=float, nargs=2, default=None)
     tr.add_argument("--init", default=None, help="fine-tune: start from DIR's model")
     tr.add_argument("--mode", choices=("window_jacobi", "window"), default=MODE)
+    tr.add_argument("--val-big", type=int, default=0, help="N validation graphs of --big-nodes")
+    tr.add_argument("--patience", type=positive_int_arg, default=None)
     tr.add_argument("--quick", action="store_true")
     ev = sub.add_parser("eval", help="evaluate saved models on the test and validation sets")
     ev.add_argument("folders", nargs="+")
@@ -387,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 big_observed=tuple(args.big_observed) if args.big_observed else None,
                 mode=args.mode,
                 quick=args.quick,
+                val_big=args.val_big,
+                patience=args.patience,
             )
             print(f"saved {folder}: {r['train']}", flush=True)
         return 0
