@@ -55,6 +55,11 @@ if [ "${1:-}" = "--staged" ]; then
   # ... continued at layer 16 at 1e-5 then 2e-6 (-32.8 -> -33.5 dB on test)
   resumed lista_inf 540 LISTA inf --set lr_decays=0.02,0.004
   mv "$CK"/resumed/*.pt "$CK"/ && rmdir "$CK/resumed"
+  # the untied LISTA at 40 dB (the committed row: --staged 2700 --wall-budget, 2491 CPU s)
+  staged lista_40 2490 LISTA 40
+  # LAMP with one B for all layers (STAGED["LAMP-tied"]; the committed row: --staged 1200
+  # --wall-budget, 817 CPU s, most stages ended on patience)
+  staged lamptied_inf 820 LAMP-tied inf
   # the classical curves (ISTA, FISTA, AMP, BG-AMP) of the same test set, for the table
   OMP_NUM_THREADS=1 python benchmarks/lista.py --no-progress --models --snr inf --no-kkt \
     --out "$PARTS" --name staged_classical_inf > "$PARTS/log_staged_classical_inf.txt" 2>&1
