@@ -16,15 +16,6 @@ from unrollsci.unrolled import LAMP
 M, N, K = 30, 60, 5
 
 
-def _problem(seed=0, batch=7):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(M, N, generator=g, dtype=torch.float64)
-    a = a / a.norm(dim=0)
-    x = torch.randn(batch, N, generator=g, dtype=torch.float64)
-    x = x * (torch.rand(batch, N, generator=g, dtype=torch.float64) < 0.1)
-    return a, x, x @ a.T
-
-
 def _tied_and_untied(a, seed=1, **opts):
     """A tied model with a perturbed B and thresholds, and an untied copy with every
     B_k equal to that B."""
@@ -40,8 +31,8 @@ def _tied_and_untied(a, seed=1, **opts):
     return tied, untied
 
 
-def test_shapes_and_one_shared_tensor():
-    a, _, y = _problem()
+def test_shapes_and_one_shared_tensor(sparse_problem):
+    a, _, y = sparse_problem(M, N, batch=7)
     model = LAMP(MatrixOperator(a), K, threshold="residual", scale_init=1.1, tied=True)
     out, xs = model(y, return_all=True)
     assert out.shape == (y.shape[0], N) and len(xs) == K
@@ -55,10 +46,10 @@ def test_shapes_and_one_shared_tensor():
 
 
 @pytest.mark.parametrize("opts", [{"threshold": "residual", "scale_init": 1.1}, {"lam": 0.1}])
-def test_tied_is_untied_with_equal_matrices(opts):
+def test_tied_is_untied_with_equal_matrices(opts, sparse_problem):
     """Forward: the same outputs at every layer. Backward: dL/dB (tied) is the sum over
     layers of dL/dB_k (untied), the chain rule of a shared parameter."""
-    a, x, y = _problem()
+    a, x, y = sparse_problem(M, N, batch=7)
     tied, untied = _tied_and_untied(a, **opts)
     out_t, xs_t = tied(y, return_all=True)
     out_u, xs_u = untied(y, return_all=True)
@@ -74,11 +65,11 @@ def test_tied_is_untied_with_equal_matrices(opts):
     assert all(float(w.grad.abs().max()) > 0 for w in untied.W)
 
 
-def test_gradient_of_the_shared_matrix_matches_finite_differences():
+def test_gradient_of_the_shared_matrix_matches_finite_differences(sparse_problem):
     """Directional derivative of the loss in the tied B, central differences in float64
     (the soft threshold and the nonzero count are piecewise smooth; a step of 1e-6 keeps
     every entry on its side of the threshold here)."""
-    a, x, y = _problem(seed=2)
+    a, x, y = sparse_problem(M, N, seed=2, batch=7)
     model, _ = _tied_and_untied(a, threshold="residual", scale_init=1.1)
 
     def loss():
@@ -99,8 +90,8 @@ def test_gradient_of_the_shared_matrix_matches_finite_differences():
     assert (up - down) / (2 * h) == pytest.approx(analytic, rel=1e-6)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    a, _, y = _problem()
+def test_checkpoint_round_trip(tmp_path, sparse_problem):
+    a, _, y = sparse_problem(M, N, batch=7)
     model, _ = _tied_and_untied(a, threshold="residual", scale_init=1.1)
     save_checkpoint(model, tmp_path / "tied.pt")
     back = load_checkpoint(tmp_path / "tied.pt", expected=LAMP)
@@ -112,8 +103,8 @@ def test_checkpoint_round_trip(tmp_path):
     assert model.classical().tied  # the untrained copy keeps its shape of parameters
 
 
-def test_bad_tied_option():
-    a, _, _ = _problem()
+def test_bad_tied_option(sparse_problem):
+    a, _, _ = sparse_problem(M, N, batch=7)
     op = MatrixOperator(a)
     with pytest.raises(TypeError, match="Expected tied a bool"):
         LAMP(op, 2, tied="yes")
@@ -121,10 +112,10 @@ def test_bad_tied_option():
         LAMP(op, 2, tied=True, learn_matrix=False)
 
 
-def test_layerwise_trains_the_shared_matrix_with_layer_one():
+def test_layerwise_trains_the_shared_matrix_with_layer_one(sparse_problem):
     """fit_layerwise's split: the tied B is layer 1's own (and trained in every all-layer
     stage); a later layer's new-layer stage trains only its threshold."""
-    a, _, _ = _problem()
+    a, _, _ = sparse_problem(M, N, batch=7)
     model = LAMP(MatrixOperator(a), K, threshold="residual", scale_init=1.1, tied=True)
     own, vectors = _layer_params(model, 0)
     assert len(own) == 1 and own[0] is model.W[0]

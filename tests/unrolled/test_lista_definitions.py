@@ -21,15 +21,6 @@ from unrollsci.unrolled import LAMP, LISTACP
 M, N, K = 40, 100, 5
 
 
-def _problem(seed=0, batch=6):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(M, N, generator=g, dtype=torch.float64)
-    a = a / a.norm(dim=0)
-    x = torch.randn(batch, N, generator=g, dtype=torch.float64)
-    x = x * (torch.rand(batch, N, generator=g, dtype=torch.float64) < 0.1)
-    return a, x, x @ a.T
-
-
 def _perturb(model, seed=1, scale=0.02):
     """Move every learned constant off its initial value (a 'trained' model)."""
     g = torch.Generator().manual_seed(seed)
@@ -47,8 +38,8 @@ def _softplus(v):
 
 
 @pytest.mark.parametrize("ss", [False, True])
-def test_lista_cp_is_chen_et_al_eq9(ss):
-    a, _, y = _problem()
+def test_lista_cp_is_chen_et_al_eq9(ss, sparse_problem):
+    a, _, y = sparse_problem(M, N, batch=6)
     model = LISTACP(MatrixOperator(a), K, lam=0.4, support_selection=ss, dtype=torch.float64)
     _perturb(model)
     an, yn = a.numpy(), y.numpy()
@@ -71,8 +62,8 @@ def test_lista_cp_is_chen_et_al_eq9(ss):
     np.testing.assert_allclose(model(y).detach().numpy(), x, atol=1e-12)
 
 
-def test_support_share_schedule_is_chen_et_al():
-    a, _, _ = _problem()
+def test_support_share_schedule_is_chen_et_al(sparse_problem):
+    a, _, _ = sparse_problem(M, N, batch=6)
     model = LISTACP(MatrixOperator(a), 16, support_selection=True)
     shares = [model._fraction(k) for k in range(16)]
     expected = [min(0.012 * (k + 1), 0.13) for k in range(16)]
@@ -80,8 +71,8 @@ def test_support_share_schedule_is_chen_et_al():
     assert shares[10] == pytest.approx(0.13) and shares[-1] == pytest.approx(0.13)
 
 
-def test_lamp_residual_threshold_is_borgerding_et_al():
-    a, _, y = _problem()
+def test_lamp_residual_threshold_is_borgerding_et_al(sparse_problem):
+    a, _, y = sparse_problem(M, N, batch=6)
     model = LAMP(MatrixOperator(a), K, threshold="residual", scale_init=1.1, dtype=torch.float64)
     _perturb(model, scale=0.01)
     an, yn = a.numpy(), y.numpy()
@@ -117,8 +108,8 @@ def test_lamp_residual_untrained_beats_the_calibrated_threshold():
     assert e_res < 0.1 * e_cal  # more than 10 dB better (about 13 dB here)
 
 
-def test_lamp_threshold_option_checked_and_saved(tmp_path):
-    a, _, y = _problem()
+def test_lamp_threshold_option_checked_and_saved(tmp_path, sparse_problem):
+    a, _, y = sparse_problem(M, N, batch=6)
     op = MatrixOperator(a)
     with pytest.raises(ValueError, match="Expected threshold 'calibrated' or 'residual'"):
         LAMP(op, 2, threshold="fixed")
