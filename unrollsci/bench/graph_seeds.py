@@ -115,25 +115,22 @@ def train_config(
     train = training_problems(n_train, signals, seed=seed, n_range=cfg["train_nodes"], observed=obs)
     if cfg["train_small"] > 0:
         train += training_problems(cfg["train_small"], signals, seed=seed + 2, observed=obs)
-    if train_big > 0:
-        train += training_problems(
-            train_big,
+
+    def big(count: int, offset: int) -> list:  # large sensor / road / geometric graphs
+        return training_problems(
+            count,
             signals,
-            seed=seed + 3,
+            seed=seed + offset,
             n_range=big_nodes,
             observed=big_observed or obs,
             kinds=("sensor", "road", "geometric"),
         )
+
+    if train_big > 0:
+        train += big(train_big, 3)
     val = training_problems(2, signals, seed=seed + 1, observed=obs)
     if val_big > 0:
-        val += training_problems(
-            val_big,
-            signals,
-            seed=seed + 4,
-            n_range=big_nodes,
-            observed=big_observed or obs,
-            kinds=("sensor", "road", "geometric"),
-        )
+        val += big(val_big, 4)
     start = load_models(init, (mode,))[0] if init is not None else None
     models, info = train_models(
         train,
