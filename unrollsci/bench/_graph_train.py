@@ -26,6 +26,7 @@ from ..graph import (
 __all__ = [
     "TRAIN_KINDS",
     "small_test_problems",
+    "table_problems",
     "test_problems",
     "training_problems",
     "train_models",
@@ -57,6 +58,23 @@ def small_test_problems(
     ]
 
 
+def table_problems(
+    big: int = 100_000,
+    signals: int = 16,
+    names: tuple[str, str] = ("Minnesota", "sensor 2642 (Minnesota substitute)"),
+    sensor: Any = None,
+) -> list[tuple[str, GraphInverseProblem]]:
+    """The committed table's three rows: :func:`small_test_problems` and the ``big``-node
+    sensor graph at 50% observed (``sensor``: its adjacency if already built; default
+    ``graph_cost``'s sensor graph)."""
+    from .graph_cost import _sensor
+
+    adj = _sensor(big) if sensor is None else sensor
+    nsig = 2 if big > 20_000 else 4
+    row = (f"sensor {big}", inpainting_problem(adj, nsig, noise=0.1, seed=1003))
+    return [*small_test_problems(signals, names), row]
+
+
 def test_problems(
     big: int = 100_000,
     signals: int = 16,
@@ -67,10 +85,8 @@ def test_problems(
     of :func:`graph_cost._graphs` (sensor, road-like, random geometric) at 30% and 80%."""
     from .graph_cost import _graphs
 
-    out = small_test_problems(signals, names)
     graphs = _graphs(big)
-    nsig = 2 if big > 20_000 else 4
-    out.append((f"sensor {big}", inpainting_problem(graphs[0][1], nsig, noise=0.1, seed=1003)))
+    out = table_problems(big, signals, names, sensor=graphs[0][1])
     for gname, adj in graphs:
         for rate in (0.3, 0.8):
             p = inpainting_problem(adj, 2, observed=rate, noise=0.1, seed=1005)

@@ -55,6 +55,11 @@ def _median(fn: Any, repeats: int) -> float:
     return float(statistics.median(times))
 
 
+def _sensor(n: int) -> Any:
+    """The benchmarks' ``n``-node sensor graph (the first of :func:`_graphs`)."""
+    return sensor_graph(n, seed=888)[0]
+
+
 def _graphs(n: int) -> list[tuple[str, Any]]:
     import networkx as nx
     import scipy.sparse as sp
@@ -62,7 +67,7 @@ def _graphs(n: int) -> list[tuple[str, Any]]:
     rgg = random_graph("geometric", n, seed=31)
     adj = sp.csr_matrix(nx.to_scipy_sparse_array(rgg, format="csr"), dtype=np.float64)
     return [
-        (f"sensor {n}", sensor_graph(n, seed=888)[0]),
+        (f"sensor {n}", _sensor(n)),
         (f"road {n}", road_graph(n, seed=889)[0]),
         (f"geometric {n}", adj),
     ]
@@ -72,21 +77,29 @@ def _fresh(p: GraphInverseProblem) -> GraphInverseProblem:
     return GraphInverseProblem.from_scipy(p.adjacency, p.y, mask=p.mask, lam=p.lam)
 
 
+def cg_iterations(h: Any, b: np.ndarray, **kw: Any) -> int:
+    """Iterations of one scipy ``cg(h, b, **kw)`` solve."""
+    from scipy.sparse.linalg import cg
+
+    it = [0]
+    cg(h, b, callback=lambda _x: it.__setitem__(0, it[0] + 1), **kw)
+    return it[0]
+
+
 def _cg_time(h: Any, b: np.ndarray, repeats: int, **kw: Any) -> tuple[float, int]:
     """Median time of scipy's ``cg``: the faster of numpy's BLAS on 1 thread and on the
     default threads (threaded BLAS stalls on short vector reductions when the cores are
     shared; the faster baseline makes every ratio against it stricter)."""
     from scipy.sparse.linalg import cg
 
-    it = [0]
-    cg(h, b, callback=lambda _x: it.__setitem__(0, it[0] + 1), **kw)
+    its = cg_iterations(h, b, **kw)
     t = _median(lambda: cg(h, b, **kw), repeats)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # not installed: the default threads only
-        return t, it[0]
+        return t, its
     with threadpool_limits(1, user_api="blas"):
-        return min(t, _median(lambda: cg(h, b, **kw), repeats)), it[0]
+        return min(t, _median(lambda: cg(h, b, **kw), repeats)), its
 
 
 def _one(name: str, adj: Any, observed: float, models: dict, repeats: int) -> dict[str, Any]:
@@ -406,18 +419,11 @@ def timing_big(
     x_direct = spsolve(h, b)
     out["scipy spsolve [s]"] = best(lambda: spsolve(h, b))
     for tol in (1e-6, 1e-2):
-        it = [0]
-        sp_cg(
-            h,
-            b,
-            rtol=tol,
-            maxiter=10 * one.num_nodes,
-            callback=lambda _x, it=it: it.__setitem__(0, it[0] + 1),
-        )
+        its = cg_iterations(h, b, rtol=tol, maxiter=10 * one.num_nodes)
         out[f"scipy cg rtol={tol:g} [s]"] = best(
             lambda tol=tol: sp_cg(h, b, rtol=tol, maxiter=10 * one.num_nodes)
         )
-        out[f"scipy cg rtol={tol:g} iterations"] = it[0]
+        out[f"scipy cg rtol={tol:g} iterations"] = its
     out[f"scipy cg {k} iterations [s]"] = best(lambda: sp_cg(h, b, rtol=0.0, atol=0.0, maxiter=k))
     with Timer() as t:
         one.lipschitz("gershgorin")

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..graph import GraphInverseProblem, UnrolledGraphGD, inpainting_problem, sensor_graph
+from ..graph import GraphInverseProblem, UnrolledGraphGD, inpainting_problem
 from ..graph._certify import collatz_lower
 from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
-from ._graph_train import load_models, small_test_problems
+from ._graph_train import load_models, table_problems
+from .graph_cost import _graphs, cg_iterations
 
 __all__ = ["VARIANTS", "problems", "intervals", "main"]
 
@@ -54,13 +55,9 @@ REFINE = 2
 
 
 def problems(big: int = 100_000, signals: int = 16) -> list[tuple[str, GraphInverseProblem]]:
-    """The committed table's rows: :func:`small_test_problems` and the ``big``-node sensor
-    graph at 50% observed (the test problems of ``benchmarks/graph.py``)."""
-    out = small_test_problems(signals)
-    adj = sensor_graph(big, seed=888)[0]  # as graph_cost._graphs builds it
-    nsig = 2 if big > 20_000 else 4
-    out.append((f"sensor {big}", inpainting_problem(adj, nsig, noise=0.1, seed=1003)))
-    return out
+    """The committed table's rows (:func:`._graph_train.table_problems`: the test problems
+    of ``benchmarks/graph.py``)."""
+    return table_problems(big, signals)
 
 
 class _Counted:
@@ -76,15 +73,6 @@ class _Counted:
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         self.n += 1 if x.ndim == 1 else x.shape[1]
         return self.h @ x
-
-
-def _cg_iterations(h: Any, rhs: np.ndarray) -> int:
-    """Iterations of scipy's ``cg`` to rtol 1e-6."""
-    from scipy.sparse.linalg import cg
-
-    it = [0]
-    cg(h, rhs, rtol=1e-6, callback=lambda _x: it.__setitem__(0, it[0] + 1))
-    return it[0]
 
 
 def intervals(p: GraphInverseProblem) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
@@ -109,7 +97,7 @@ def intervals(p: GraphInverseProblem) -> tuple[dict[str, tuple[np.ndarray, np.nd
             lo = collatz_lower(hc, d[:, None], stall=0.01, diag=d, refine=rounds)[0]
             store.append(hc.n)
         ref_lo.append(float(lo))
-        its.append(_cg_iterations(h, p.rhs()[b].detach().cpu().double().numpy()))
+        its.append(cg_iterations(h, p.rhs()[b].detach().cpu().double().numpy(), rtol=1e-6))
     col = lambda v: np.asarray(v, dtype=np.float64)[:, None]  # noqa: E731
     ex_lo_a, ex_hi_a = col(ex_lo), col(ex_hi)
     n26 = (0.95 * ex_lo_a, 1.01 * ex_hi_a)
@@ -173,8 +161,6 @@ def run_time(outdir: str | Path, *, quick: bool, big: int, repeats: int) -> int:
     thread, medians of ``repeats``; writes ``graph_interval_cost.{json,md}``."""
     import os
 
-    from .graph_cost import _graphs
-
     t0 = time.perf_counter()
     rows = []
     for gname, adj in _graphs(big):
@@ -185,7 +171,7 @@ def run_time(outdir: str | Path, *, quick: bool, big: int, repeats: int) -> int:
             rhs = p.rhs()[0].detach().cpu().double().numpy()
             row: dict[str, Any] = {"graph": gname, "observed": observed}
             row["load before"] = os.getloadavg()[0]
-            row["CG its"] = _cg_iterations(h, rhs)
+            row["CG its"] = cg_iterations(h, rhs, rtol=1e-6)
             for rounds in (0, REFINE):
                 hc = _Counted(h)
                 collatz_lower(hc, d[:, None], stall=0.01, diag=d, refine=rounds)
@@ -225,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=positive_int_arg, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    big = args.big or (3000 if args.quick else 100_000)
     if args.time:
-        big = args.big or (3000 if args.quick else 100_000)
         return run_time(args.out, quick=args.quick, big=big, repeats=args.repeats)
     t0 = time.perf_counter()
     models = {}
@@ -235,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         if name in models:
             parser.error(f"--models: expected folders with distinct names (got {name} twice)")
         models[name] = load_models(Path(f), ("window_jacobi",))[0]["window_jacobi"]
-    big = args.big or (3000 if args.quick else 100_000)
     rows, cost = [], {}
     for pname, p in problems(big, 4 if args.quick else 16):
         p.solve_exact()

@@ -293,7 +293,8 @@ def collatz_lower(
         rq = np.einsum("ij,ij->j", u, hu) / np.einsum("ij,ij->j", u, b)
         rq = np.where(np.isfinite(rq) & (rq > 0), rq, 1.0)
         # the start is already close: the tolerance is relative to PCG's first residual
-        r0 = np.einsum("ij,ij->j", b - hu / rq, b - hu / rq)
+        res = b - hu / rq
+        r0 = np.einsum("ij,ij->j", res, res)
         rel = float(np.sqrt(np.max(r0 / np.maximum(np.einsum("ij,ij->j", b, b), 1e-300))))
         x, hx = _pcg(h, b, dinv, refine_iters, refine_rtol * min(rel, 1.0), x0=u / rq, hx0=hu / rq)
         x, hx = _unit(x, hx)
