@@ -395,7 +395,9 @@ class GraphInverseProblem:
                 ``1 + 2 lam max degree`` for a mask and the combinatorial Laplacian);
                 ``"lanczos"``/``"auto"``: the largest eigenvalue (dense ``eigvalsh`` up to
                 800 nodes per graph, Lanczos/ARPACK above) times ``safety``, capped by the
-                Gershgorin bound. For masks above 800 nodes: the graph bound ``max m +
+                Gershgorin bound. For masks of 800-5000 nodes the Lanczos estimate is
+                proved by the inertia of ``Lip I - H`` (one sparse factorization); above
+                (or if that fails): the graph bound ``max m +
                 lam lambda_max(L)`` (``lambda_max(L)`` proved once per graph and cached)
                 when it is within 10% of a Lanczos estimate of ``lambda_max(H)``, else that
                 estimate times 1.01 (1.1, 1.25) once a Schur-complement test proves
@@ -418,10 +420,13 @@ class GraphInverseProblem:
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
 
-        Exact (dense) for graphs up to 800 nodes, times ``safety``; for masks above,
-        the Collatz-Wielandt bound ``min_i (H u)_i / u_i`` of the Z-matrix ``H`` at an
-        inverse-iteration vector ``u > 0`` (a proof, no factorization, ``safety`` not
-        applied; docs/graph.md); the heat kernel's spectral function on a fine grid
+        Exact (dense) for graphs up to 800 nodes, times ``safety``; for masks up to 5000
+        nodes, a shift-invert estimate times ``safety`` proved by one sparse
+        factorization (inertia of ``H - lo I``); above (or if that proof fails), the
+        Collatz-Wielandt bound ``min_i (H u)_i / u_i`` of the Z-matrix ``H`` at a vector
+        ``u > 0`` from inverse iteration and local repairs, which proves ``safety`` times
+        an estimate from above where it can (else its best proved bound; no
+        factorization of ``H``; docs/graph.md); the heat kernel's spectral function on a fine grid
         (``operator="heat"``), or ARPACK's smallest eigenvalue (general operators; 0 if
         it fails), times ``safety``. Used by the ``window``
         mode's certificate.
@@ -444,13 +449,16 @@ class GraphInverseProblem:
           to ``D^{-1} H`` gives ``max_i sum_j |H_ij| / H_ii``, that is
           ``1 + lam sum_{j != i} |L_ij| / (m_i + lam L_ii)`` (``<= 2`` for a
           combinatorial Laplacian; a normalized one can exceed 2 on irregular graphs);
-          the estimate is dense up to 800 nodes; above, the graph bound
-          ``max(1, c_G) >= lambda_max(diag(L)^{-1} L)``, which holds for every mask and
-          ``lam`` on the graph (proved once per graph by the inertia of ``c_G diag(L) -
-          L`` and cached; docs/graph.md).
-        * ``lo``: dense smallest eigenvalue times ``lo_safety`` (up to 800 nodes), or
-          the Collatz-Wielandt bound ``min_i (H u)_i / (H_ii u_i)`` (a proof without
-          factorization, shared with :meth:`lambda_min_bound`).
+          the estimate is dense up to 800 nodes; up to 5000 nodes a Lanczos estimate
+          proved by the inertia of ``hi D - H`` (one sparse factorization); above, the
+          graph bound ``max(1, c_G) >= lambda_max(diag(L)^{-1} L)``, which holds for
+          every mask and ``lam`` on the graph (proved once per graph by the inertia of
+          ``c_G diag(L) - L`` and cached; docs/graph.md).
+        * ``lo``: the smallest eigenvalue times ``lo_safety``: dense up to 800 nodes,
+          shift-invert proved by the inertia of ``H - lo D`` up to 5000; above, the
+          Collatz-Wielandt bound ``min_i (H u)_i / (H_ii u_i)`` with local repairs,
+          which proves ``lo_safety`` times an estimate from above where it can (no
+          factorization of ``H``; as :meth:`lambda_min_bound`).
 
         Returns:
             ``(lo, hi)``, each ``(batch, num_blocks)``.

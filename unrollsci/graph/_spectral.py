@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 _DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
+# blocks up to this size: ARPACK estimates times the safety factor, proved by one sparse
+# factorization (a few milliseconds at this size); larger blocks: factorization-free proofs
+_FACTOR_MAX = 5000
 
 
 def _is_pd(a: Any, tol: float = 0.0) -> bool:
@@ -152,9 +155,11 @@ def spectrum_mask(
 
     Of ``H`` (``scaled=False``) or of the Jacobi-scaled ``S = D^{-1/2} H D^{-1/2}``
     with ``D = diag(H)`` (``scaled=True``; same spectrum as ``D^{-1} H``).
-    Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Larger
-    blocks, without factorizing ``H`` (``_certify``, ``_graphcert``; proofs in
-    docs/graph.md):
+    Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Up to
+    ``_FACTOR_MAX`` nodes: ARPACK estimates times ``safety``, proved by one sparse
+    factorization (:func:`_factor_proved`; a few milliseconds at that size). Larger
+    blocks (or when that proof fails), without factorizing ``H`` (``_certify``,
+    ``_graphcert``; proofs in docs/graph.md):
 
     * ``hi`` of ``H``: the graph bound ``max m + lam lambda_max(L)``
       (:func:`_graphcert.laplacian_top`, capped by Gershgorin) when it is within 10% of an
@@ -165,7 +170,9 @@ def spectrum_mask(
       ``hi`` of ``S``: the graph bound :func:`_graphcert.jacobi_top` (one factorization
       of a Laplacian per graph, cached across problems); the caller caps it by Gershgorin.
     * ``lo``: the Collatz-Wielandt bound of :func:`_certify.collatz_lower` (``H`` is a
-      Z-matrix), a proof for any vector it is evaluated at; ``safety`` is not applied.
+      Z-matrix), a proof for any vector it is evaluated at, with its local stage:
+      ``safety`` times an estimate from above (a local Rayleigh quotient) once that is
+      proved, else the best bound proved.
     """
     key = f"eig-{which}-{safety}-{scaled}"
     if key in p._cache:
@@ -184,7 +191,13 @@ def spectrum_mask(
                     hs = h.toarray()
                 ev = np.linalg.eigvalsh(hs)
                 out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
-            elif which == "hi":
+                continue
+            if m <= _FACTOR_MAX:
+                val = _factor_proved(h, which, safety, scaled)
+                if val is not None:
+                    out[b, k] = val
+                    continue
+            if which == "hi":
                 lap = _block_laplacian(p, k)
                 dig = p.cached(f"graph-digest-{k}", lambda lap=lap: _graphcert.graph_key(lap))
                 if scaled:
@@ -212,22 +225,54 @@ def spectrum_mask(
                         else _certify.upper_bound(h, np.ones(m), safety, cap, est=est)
                     )
             else:
-                out[b, k] = _collatz(p, b, k, h, scaled)
+                out[b, k] = _collatz(p, b, k, h, scaled, safety)
     p._cache[key] = out
     return out
 
 
-def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool) -> float:
+def _factor_proved(h: Any, which: str, safety: float, scaled: bool) -> float | None:
+    """``safety`` times ARPACK's estimate of ``lambda_max`` (``"hi"``) or ``lambda_min``
+    (``"lo"``, shift-invert) of ``H`` or of ``S = D^{-1/2} H D^{-1/2}``, proved by
+    Sylvester's law of inertia (:func:`_is_pd`: ``v M - H``, resp. ``H - v M``, positive
+    definite, ``M = I`` or ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S)
+    D^{1/2}``); None when the estimate fails or the proof does not go through (the caller
+    falls back to the factorization-free bounds)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    m = h.shape[0]
+    dg = h.diagonal()
+    metric = sp.diags(dg if scaled else np.ones(m)).tocsc()
+    hs = sp.csr_matrix(sp.diags(1.0 / np.sqrt(dg)) @ h @ sp.diags(1.0 / np.sqrt(dg))) if scaled else h
+    try:
+        if which == "hi":
+            est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=np.ones(m))
+            val = float(est[0]) * safety
+            return val if _is_pd(sp.csr_matrix(val * metric - h)) else None
+        est = eigsh(
+            sp.csc_matrix(hs), k=1, sigma=0.0, which="LM", tol=1e-8, return_eigenvectors=False,
+            v0=np.ones(m),
+        )
+        val = max(float(est[0]), 0.0) * safety
+    except Exception:  # noqa: BLE001 - ARPACK failed or a singular factorization
+        return None
+    return val if val > 0 and _is_pd(sp.csr_matrix(h - val * metric)) else None
+
+
+def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool, safety: float) -> float:
     """Proven lower bound on ``lambda_min(H)`` (``scaled=False``) or ``lambda_min(S)``
-    of block ``k``, signal ``b``."""
-    key = f"collatz-{b}-{k}-{scaled}"
+    of block ``k``, signal ``b``: ``safety`` times an estimate from above, once proved
+    (the local stage of :func:`_certify.collatz_lower`), else the best bound proved."""
+    key = f"collatz-{b}-{k}-{scaled}-{safety}"
     if key not in p._cache:
         dg = _block_diag(p, b, k)
         scale = dg if scaled else np.ones(h.shape[0])
         # the first inverse-iteration step is shared by the two columns (lambda_min_bound()
         # and jacobi_interval() on one problem)
         shared = p.cached(f"collatz-shared-{b}-{k}", dict)
-        lo = _certify.collatz_lower(h, scale[:, None], stall=0.01, diag=dg, shared=shared)
+        lo = _certify.collatz_lower(
+            h, scale[:, None], stall=0.01, diag=dg, shared=shared, target=safety
+        )
         p._cache[key] = float(lo[0])
     return p._cache[key]
 
