@@ -420,13 +420,11 @@ class GraphInverseProblem:
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
 
-        Exact (dense) for graphs up to 800 nodes, times ``safety``; for masks up to 5000
-        nodes, a shift-invert estimate times ``safety`` proved by one sparse
-        factorization (inertia of ``H - lo I``); above (or if that proof fails), the
-        Collatz-Wielandt bound ``min_i (H u)_i / u_i`` of the Z-matrix ``H`` at a vector
-        ``u > 0`` from inverse iteration and local repairs, which proves ``safety`` times
-        an estimate from above where it can (else its best proved bound; no
-        factorization of ``H``; docs/graph.md); the heat kernel's spectral function on a fine grid
+        ``safety`` times the smallest eigenvalue, proved: dense up to 800 nodes; for
+        masks up to 5000 nodes shift-invert ARPACK, proved by the inertia of ``H - lo I``;
+        above (or if that fails) the Collatz-Wielandt bound of the Z-matrix ``H`` with
+        local repairs, which proves ``safety`` times an estimate from above where it can
+        (else its best bound; no factorization of ``H``; docs/graph.md); the heat kernel's spectral function on a fine grid
         (``operator="heat"``), or ARPACK's smallest eigenvalue (general operators; 0 if
         it fails), times ``safety``. Used by the ``window``
         mode's certificate.
@@ -449,16 +447,11 @@ class GraphInverseProblem:
           to ``D^{-1} H`` gives ``max_i sum_j |H_ij| / H_ii``, that is
           ``1 + lam sum_{j != i} |L_ij| / (m_i + lam L_ii)`` (``<= 2`` for a
           combinatorial Laplacian; a normalized one can exceed 2 on irregular graphs);
-          the estimate is dense up to 800 nodes; up to 5000 nodes a Lanczos estimate
-          proved by the inertia of ``hi D - H`` (one sparse factorization); above, the
-          graph bound ``max(1, c_G) >= lambda_max(diag(L)^{-1} L)``, which holds for
-          every mask and ``lam`` on the graph (proved once per graph by the inertia of
-          ``c_G diag(L) - L`` and cached; docs/graph.md).
-        * ``lo``: the smallest eigenvalue times ``lo_safety``: dense up to 800 nodes,
-          shift-invert proved by the inertia of ``H - lo D`` up to 5000; above, the
-          Collatz-Wielandt bound ``min_i (H u)_i / (H_ii u_i)`` with local repairs,
-          which proves ``lo_safety`` times an estimate from above where it can (no
-          factorization of ``H``; as :meth:`lambda_min_bound`).
+          the estimate is dense up to 800 nodes, Lanczos proved by the inertia of ``hi D
+          - H`` up to 5000; above, the graph bound ``max(1, c_G) >= lambda_max(diag(L)^{-1}
+          L)`` for every mask and ``lam`` on the graph (proved once per graph, cached).
+        * ``lo``: ``lo_safety`` times the smallest eigenvalue, proved as in
+          :meth:`lambda_min_bound` (with ``D`` in place of ``I``; docs/graph.md).
 
         Returns:
             ``(lo, hi)``, each ``(batch, num_blocks)``.

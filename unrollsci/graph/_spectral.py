@@ -243,14 +243,20 @@ def _factor_proved(h: Any, which: str, safety: float, scaled: bool) -> float | N
     m = h.shape[0]
     dg = h.diagonal()
     metric = sp.diags(dg if scaled else np.ones(m)).tocsc()
-    hs = sp.csr_matrix(sp.diags(1.0 / np.sqrt(dg)) @ h @ sp.diags(1.0 / np.sqrt(dg))) if scaled else h
+    dis = sp.diags(1.0 / np.sqrt(dg))
+    hs = sp.csr_matrix(dis @ h @ dis) if scaled else h
     try:
         if which == "hi":
             est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=np.ones(m))
             val = float(est[0]) * safety
             return val if _is_pd(sp.csr_matrix(val * metric - h)) else None
         est = eigsh(
-            sp.csc_matrix(hs), k=1, sigma=0.0, which="LM", tol=1e-8, return_eigenvectors=False,
+            sp.csc_matrix(hs),
+            k=1,
+            sigma=0.0,
+            which="LM",
+            tol=1e-8,
+            return_eigenvectors=False,
             v0=np.ones(m),
         )
         val = max(float(est[0]), 0.0) * safety
