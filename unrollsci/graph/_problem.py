@@ -424,10 +424,10 @@ class GraphInverseProblem:
         masks up to 5000 nodes shift-invert ARPACK, proved by the inertia of ``H - lo I``;
         above (or if that fails) the Collatz-Wielandt bound of the Z-matrix ``H`` with
         local repairs, which proves ``safety`` times an estimate from above where it can
-        (else its best bound; no factorization of ``H``; docs/graph.md); the heat kernel's spectral function on a fine grid
-        (``operator="heat"``), or ARPACK's smallest eigenvalue (general operators; 0 if
-        it fails), times ``safety``. Used by the ``window``
-        mode's certificate.
+        (else its best bound; no factorization of ``H``; docs/graph.md). The heat
+        kernel's spectral function on a grid (``operator="heat"``) or ARPACK's smallest
+        eigenvalue (general operators; 0 if it fails), times ``safety``. Used by the
+        ``window`` mode's certificate.
 
         Returns:
             ``(batch, num_blocks)`` tensor.
