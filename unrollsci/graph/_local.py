@@ -142,8 +142,8 @@ def local_stage(
         if not (np.isfinite(sig) and sig > 0):
             break
         bad = np.flatnonzero(~(rp >= sig * (1 + _BAD)))
-        if bad.size == 0:  # proved up to the margin already: aim higher
-            continue
+        if bad.size == 0:  # nothing left below the level (it is capped): done
+            break
         inside = _grow(h, bad, hops)
         nodes = np.flatnonzero(inside)
         spent += nodes.size
