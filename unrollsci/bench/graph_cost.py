@@ -430,10 +430,10 @@ def timing_big(
     out["bounds: Lipschitz, Gershgorin [s]"] = t.seconds
     with Timer() as t:
         one.lipschitz()
-    out["bounds: Lipschitz, Lanczos (used) [s]"] = t.seconds
+    out["bounds: lipschitz() (used) [s]"] = t.seconds
     with Timer() as t:
         one.lambda_min_bound()
-    out["bounds: lambda_min, shift-invert (window mode only) [s]"] = t.seconds
+    out["bounds: lambda_min_bound() (window mode only) [s]"] = t.seconds
     one._cache["exact-direct"] = torch.as_tensor(x_direct)[None]
     with torch.no_grad():
         for mode, model in models.items():
