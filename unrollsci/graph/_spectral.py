@@ -279,8 +279,39 @@ def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool, safet
         lo = _certify.collatz_lower(
             h, scale[:, None], stall=0.01, diag=dg, shared=shared, target=safety
         )
-        p._cache[key] = float(lo[0])
+        # nothing proved: with several connected components, inverse iteration on the
+        # whole graph resolves only the one of the smallest eigenvalue (the others' entries
+        # are too small for PCG's accuracy), so bound each component on its own
+        p._cache[key] = float(lo[0]) if lo[0] > 0 else _by_component(h, scale, dg, safety)
     return p._cache[key]
+
+
+def _by_component(h: Any, scale: np.ndarray, dg: np.ndarray, safety: float) -> float:
+    """The smallest over the connected components of ``H`` of their own bounds (dense
+    eigenvalues times ``safety`` up to ``_DENSE_MAX`` nodes, else the Collatz-Wielandt
+    bound with its local stage): ``lambda_min`` of a block-diagonal matrix is the smallest
+    of its blocks'. 0 for a connected ``H``."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    ncomp, labels = connected_components(h, directed=False)
+    if ncomp < 2:
+        return 0.0
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(ncomp + 1))
+    out = np.inf
+    for c in range(ncomp):
+        idx = order[starts[c] : starts[c + 1]]
+        hc = sp.csr_matrix(h[idx][:, idx])
+        if idx.size <= _DENSE_MAX:
+            d = 1.0 / np.sqrt(scale[idx])
+            ev = float(np.linalg.eigvalsh(hc.toarray() * d[:, None] * d[None, :])[0])
+            val = max(ev, 0.0) * safety
+        else:
+            sc = scale[idx][:, None]
+            val = float(_certify.collatz_lower(hc, sc, stall=0.01, diag=dg[idx], target=safety)[0])
+        out = min(out, val)
+    return max(out, 0.0)
 
 
 def lap_lmax(p: GraphInverseProblem) -> np.ndarray:
