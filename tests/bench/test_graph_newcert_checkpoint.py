@@ -1,4 +1,4 @@
-"""The window_jacobi checkpoint chosen on validation under the certificates of commit 50abc5e
+"""The window_jacobi checkpoint chosen on validation under the certificates of commit 028995d
 (issue 23, ``benchmarks/results/graph_newcert_runs.json``) reproduces its recorded rows."""
 
 import hashlib
