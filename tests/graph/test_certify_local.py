@@ -199,3 +199,21 @@ def test_disconnected_graph_is_bounded_component_by_component():
     lam_h, lam_s = _lambda_min(h, np.ones(n)), _lambda_min(h, h.diagonal())
     assert float(p.lambda_min_bound()[0, 0]) == pytest.approx(0.95 * lam_h, rel=1e-6)
     assert float(p.jacobi_interval()[0][0, 0]) == pytest.approx(0.95 * lam_s, rel=1e-6)
+
+
+def test_factor_tier_skips_graphs_that_fill_in():
+    """Expander-like graphs (a stochastic block model) fill in under any sparse
+    factorization (seconds at a few thousand nodes), so the factorization tier steps aside
+    for them without factorizing; sensor and road-like graphs keep it."""
+    from unrollsci.bench._graph_train import _nx_adj
+    from unrollsci.graph import random_graph
+
+    sbm = _nx_adj(random_graph("sbm", 2000, seed=3))
+    h_sbm = inpainting_problem(sbm, 1, observed=0.5, seed=4).hessian_scipy(0)
+    assert _spectral._fills_in(h_sbm)
+    assert _spectral._factor_proved(h_sbm, "lo", 0.95, scaled=True) is None
+    for adj in (sensor_graph(2000, seed=3)[0], road_graph(2000, seed=3)[0]):
+        h = inpainting_problem(adj, 1, observed=0.5, seed=4).hessian_scipy(0)
+        assert not _spectral._fills_in(h)
+        lo = _spectral._factor_proved(h, "lo", 0.95, scaled=True)
+        assert lo == pytest.approx(0.95 * _lambda_min(h, h.diagonal()), rel=1e-6)
