@@ -25,7 +25,6 @@ from ._local import gamma, local_stage, proved
 
 __all__ = ["collatz_lower", "lanczos", "lanczos_max", "certify_upper", "upper_bound"]
 
-_U = np.finfo(np.float64).eps / 2  # unit roundoff
 _MAX_COMPONENT = 100  # a Schur block larger than this is not worth a dense check: give up
 
 
@@ -226,6 +225,8 @@ def collatz_lower(
     steps is returned (a maximum of proven lower bounds is one). Returns ``(k,)`` bounds,
     each ``max(bound, 0)``.
     """
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"Expected 0 < target <= 1 (got {target}).")
     dg = h.diagonal() if diag is None else diag
     dinv = 1.0 / dg
     ncol = scales.shape[1]
@@ -310,8 +311,6 @@ def collatz_lower(
         if np.all(best - prev <= refine_gain * np.abs(best)):
             break
     if target is not None:
-        if not 0 < target <= 1:
-            raise ValueError(f"Expected 0 < target <= 1 (got {target}).")
         budget = max(2000, int(local_budget * h.shape[0]))
         best = np.array(
             [

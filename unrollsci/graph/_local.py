@@ -29,28 +29,22 @@ def gamma(h: Any) -> float:
 def proved(
     u: np.ndarray, hu: np.ndarray, dgc: np.ndarray, scales: np.ndarray | None, gam: float
 ) -> np.ndarray:
-    """The Collatz-Wielandt bound ``min_i (H u)_i / (D_i u_i)`` per column, with the rounding
-    of the product ``hu = fl(H u)`` subtracted: for a Z-matrix ``|H| u = 2 diag(H) u - H u``
-    (computed here to within a factor ``1 + O(gamma)``: the factor 2 in ``gam`` covers it,
-    and no product with ``|H|`` is needed). ``dgc``: ``diag(H)`` as a column; ``scales``:
-    the ``D`` columns (None: ones). Non-finite bounds become 0."""
-    t = (2.0 * dgc) * u
-    t -= hu
-    np.abs(t, out=t)
-    t *= gam
-    np.subtract(hu, t, out=t)
-    t /= u if scales is None else scales * u
-    lo = t.min(axis=0) * (1 - 8 * _U)
+    """The Collatz-Wielandt bound ``min_i (H u)_i / (D_i u_i)`` per column: the minimum of
+    :func:`_node_proved` over the nodes. ``dgc``: ``diag(H)`` as a column; ``scales``: the
+    ``D`` columns (None: ones). Non-finite bounds become 0."""
+    lo = _node_proved(u, hu, dgc, u if scales is None else scales * u, gam).min(axis=0)
     return np.where(np.isfinite(lo), lo, 0.0)
 
 
 def _node_proved(
-    u: np.ndarray, hu: np.ndarray, dg: np.ndarray, s: np.ndarray, gam: float
+    u: np.ndarray, hu: np.ndarray, dg: np.ndarray, su: np.ndarray, gam: float
 ) -> np.ndarray:
-    """:func:`proved` per node for one column (the minimum is the bound); ``-inf`` where
-    not finite."""
-    t = np.abs(2.0 * dg * u - hu)
-    r = (hu - gam * t) / (s * u) * (1 - 8 * _U)
+    """Each node's proved ratio ``(H u)_i / (D_i u_i)`` (``su = D u``), the rounding of the
+    product ``hu = fl(H u)`` subtracted: ``|fl(H u) - H u| <= gamma_k (|H| u)`` and, for a
+    Z-matrix, ``|H| u = 2 diag(H) u - H u`` (computed here to within a factor ``1 +
+    O(gamma)``: the factor 2 in ``gam`` covers it, and no product with ``|H|`` is needed).
+    ``-inf`` where not finite."""
+    r = (hu - gam * np.abs(2.0 * dg * u - hu)) / su * (1 - 8 * _U)
     return np.where(np.isfinite(r), r, -np.inf)
 
 
@@ -61,18 +55,22 @@ _POST = 3  # shifted Jacobi steps after a local solve (the ring just outside it)
 _EST_STEPS = 4  # inverse-iteration steps on the local factor for the estimate
 
 
+def _ring(h: Any, nodes: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The neighbours of ``nodes`` in ``h``'s graph that are not ``inside``."""
+    nb = np.unique(h[nodes].indices)
+    return nb[~inside[nb]]
+
+
 def _grow(h: Any, idx: np.ndarray, hops: int) -> np.ndarray:
     """Boolean mask of ``idx`` and its neighbours up to ``hops`` hops in ``h``'s graph."""
     inside = np.zeros(h.shape[0], dtype=bool)
     inside[idx] = True
     front = idx
     for _ in range(hops):
-        nb = np.unique(h[front].indices)
-        nb = nb[~inside[nb]]
-        if nb.size == 0:
+        front = _ring(h, front, inside)
+        if front.size == 0:
             break
-        inside[nb] = True
-        front = nb
+        inside[front] = True
     return inside
 
 
@@ -115,14 +113,10 @@ def local_stage(
         ``u`` at its neighbours, so the other rows keep their proof."""
         if rows is None:
             hu[:] = h @ u
-            rp[:] = _node_proved(u, hu, dg, s, gam)
+            rp[:] = _node_proved(u, hu, dg, s * u, gam)
         else:
             hu[rows] = h[rows] @ u
-            rp[rows] = _node_proved(u[rows], hu[rows], dg[rows], s[rows], gam)
-
-    def ring(nodes: np.ndarray, inside: np.ndarray) -> np.ndarray:
-        nb = np.unique(h[nodes].indices)
-        return nb[~inside[nb]]
+            rp[rows] = _node_proved(u[rows], hu[rows], dg[rows], s[rows] * u[rows], gam)
 
     rp = np.empty_like(u)
     node_bounds(None)
@@ -178,7 +172,7 @@ def local_stage(
         if not (np.all(np.isfinite(x)) and np.all(x > 0)):
             continue  # sig is above this neighbourhood's bottom: the next round aims lower
         u[nodes] = x
-        out = ring(nodes, inside)
+        out = _ring(h, nodes, inside)
         node_bounds(np.concatenate([nodes, out]))
         for _ in range(_POST):  # repair the ring just outside N (shifted Jacobi, as above)
             low = out[rp[out] < sig]
@@ -190,7 +184,7 @@ def local_stage(
             )
             mark = np.zeros(u.shape[0], dtype=bool)
             mark[low] = True
-            node_bounds(np.concatenate([low, ring(low, mark)]))
+            node_bounds(np.concatenate([low, _ring(h, low, mark)]))
         best = max(best, float(rp.min()))
     if np.isfinite(est) and best >= target * est:
         return target * est

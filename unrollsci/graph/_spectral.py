@@ -184,16 +184,13 @@ def spectrum_mask(
             h = _block_hessian_scipy(p, b, k)
             m = h.shape[0]
             if m <= _DENSE_MAX:
-                if scaled:
-                    dis = np.sqrt(h.diagonal())
-                    hs = h.toarray() / dis[:, None] / dis[None, :]
-                else:
-                    hs = h.toarray()
-                ev = np.linalg.eigvalsh(hs)
+                ev = _dense_eigs(h, h.diagonal() if scaled else None)
                 out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
                 continue
             if m <= _FACTOR_MAX:
-                val = _factor_proved(h, which, safety, scaled)
+                # the envelope test depends on the graph only: once per block
+                fills = p.cached(f"fills-in-{k}", lambda h=h: _fills_in(h))
+                val = _factor_proved(h, which, safety, scaled, fills_in=fills)
                 if val is not None:
                     out[b, k] = val
                     continue
@@ -252,19 +249,29 @@ def _fills_in(h: Any) -> bool:
     return int((np.arange(n) - first).sum()) > _ENVELOPE_PER_NODE * n
 
 
-def _factor_proved(h: Any, which: str, safety: float, scaled: bool) -> float | None:
+def _dense_eigs(h: Any, scale: np.ndarray | None) -> np.ndarray:
+    """Dense eigenvalues of ``diag(scale)^{-1/2} H diag(scale)^{-1/2}`` (``H`` if None)."""
+    if scale is None:
+        return np.linalg.eigvalsh(h.toarray())
+    dis = np.sqrt(scale)
+    return np.linalg.eigvalsh(h.toarray() / dis[:, None] / dis[None, :])
+
+
+def _factor_proved(
+    h: Any, which: str, safety: float, scaled: bool, *, fills_in: bool | None = None
+) -> float | None:
     """``safety`` times ARPACK's estimate of ``lambda_max`` (``"hi"``) or ``lambda_min``
     (``"lo"``, shift-invert) of ``H`` or of ``S = D^{-1/2} H D^{-1/2}``, proved by
     Sylvester's law of inertia (:func:`_is_pd`: ``v M - H``, resp. ``H - v M``, positive
     definite, ``M = I`` or ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S)
     D^{1/2}``); None when the estimate fails or the proof does not go through, and without
-    trying when the matrix would fill in (:func:`_fills_in`): the caller falls back to the
-    factorization-free bounds."""
+    trying when the matrix would fill in (:func:`_fills_in`, or ``fills_in`` if the caller
+    knows it): the caller falls back to the factorization-free bounds."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
     m = h.shape[0]
-    if _fills_in(h):
+    if _fills_in(h) if fills_in is None else fills_in:
         return None
     dg = h.diagonal()
     metric = sp.diags(dg if scaled else np.ones(m)).tocsc()
@@ -329,9 +336,7 @@ def _by_component(h: Any, scale: np.ndarray, dg: np.ndarray, safety: float) -> f
         idx = order[starts[c] : starts[c + 1]]
         hc = sp.csr_matrix(h[idx][:, idx])
         if idx.size <= _DENSE_MAX:
-            d = 1.0 / np.sqrt(scale[idx])
-            ev = float(np.linalg.eigvalsh(hc.toarray() * d[:, None] * d[None, :])[0])
-            val = max(ev, 0.0) * safety
+            val = max(float(_dense_eigs(hc, scale[idx])[0]), 0.0) * safety
         else:
             sc = scale[idx][:, None]
             val = float(_certify.collatz_lower(hc, sc, stall=0.01, diag=dg[idx], target=safety)[0])
