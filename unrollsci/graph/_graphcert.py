@@ -14,6 +14,11 @@ symmetric, positive semidefinite, off-diagonal entries ``<= 0``):
   semidefinite matrices. ``c_G`` is a Lanczos estimate proved by the inertia of
   ``c_G diag(L) - L`` (one sparse ``L D L^T`` factorization per graph), else Gershgorin.
 
+Both inertia checks run only where the factorization is affordable
+(:func:`._inertia.affordable`, once per graph): on expander-like graphs (block models,
+scale-free graphs) a sparse factorization fills in to nearly dense (minutes at 20,000
+nodes), and the factorization-free proofs are used instead.
+
 Proofs and their tests: docs/graph.md ("Certified bounds without factorizing H").
 The certificates are kept in a small module-level cache keyed by a hash of the Laplacian's
 entries (the last :data:`_CACHE_SIZE` graphs), so a problem built again on the same graph
@@ -29,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from . import _certify
+from ._inertia import affordable, is_pd
 
-__all__ = ["graph_key", "laplacian_top", "jacobi_top", "clear_cache"]
+__all__ = ["abs_perron_bound", "clear_cache", "graph_key", "jacobi_top", "laplacian_top"]
 
 _CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
@@ -61,9 +67,47 @@ def _cached(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:
         return _CACHE[key]
     val = build()
     _CACHE[key] = val
-    while len(_CACHE) > 2 * _CACHE_SIZE:  # two entries per graph
+    while len(_CACHE) > 3 * _CACHE_SIZE:  # three entries per graph
         _CACHE.popitem(last=False)
     return val
+
+
+def _factorable(lap: Any, digest: bytes | None) -> bool:
+    """:func:`._inertia.affordable` for the graph (once per graph, cached): the inertia
+    checks below are skipped on graphs that would fill in (expanders)."""
+    return bool(_cached(lap, "factorable", lambda: affordable(lap), digest))
+
+
+def abs_perron_bound(a: Any, steps: int = 50) -> float:
+    """A proven upper bound on ``lambda_max(a)`` for a symmetric sparse ``a``, without a
+    factorization: ``lambda_max(a) <= rho(|a|) <= max_i (|a| x)_i / x_i`` for any
+    ``x > 0`` (``|x^T a x| <= |x|^T |a| |x|``, then Collatz-Wielandt for the non-negative
+    ``|a|``). ``x``: ``steps`` power-iteration steps on ``|a|`` from the ones (whose ratio
+    is Gershgorin's bound), floored at a tiny positive value; the least ratio over the
+    steps is returned, rounded up: a product of non-negative terms is computed to within
+    the relative error ``gamma_k`` (:func:`._local.gamma`). For a graph Laplacian ``|L|`` is
+    the signless Laplacian, whose top eigenvalue is close to ``lambda_max(L)`` on graphs
+    far from bipartite structure only through a few hubs or communities (block models,
+    scale-free graphs), the graphs where no factorization is affordable."""
+    import scipy.sparse as sp
+
+    from ._local import gamma
+
+    m = a.shape[0]
+    if m == 0:
+        return 0.0
+    b = abs(sp.csr_matrix(a))
+    up = (1.0 + 8.0 * np.finfo(np.float64).eps) / (1.0 - gamma(b))
+    x = np.ones(m)
+    best = np.inf
+    for _ in range(max(int(steps), 1)):
+        y = b @ x
+        best = min(best, float(np.max(y / x)) * up)
+        top = float(y.max())
+        if not (np.isfinite(top) and top > 0):
+            break
+        x = np.maximum(y / top, 1e-300)
+    return best
 
 
 def laplacian_top(
@@ -77,16 +121,17 @@ def laplacian_top(
     accepted by the inertia check (``c I - L`` positive definite: one sparse ``L D L^T``
     factorization without pivoting, every pivot positive, Sylvester's law of inertia; at
     2% above the top the matrix is far from singular, so rounding cannot flip a pivot's
-    sign), else times 1.05, 1.1, 1.25 accepted by the Schur test, else Gershgorin
-    ``max_i sum_j |L_ij|``. Paid once per graph: a tight ``lambda_max(L)`` lets every
+    sign; skipped on graphs that would fill in, :func:`._inertia.affordable`), else the
+    smaller of the first of the estimate times 1.05, 1.1, 1.25 accepted by the Schur test
+    and the Perron bound :func:`abs_perron_bound` (at most Gershgorin's ``max_i sum_j
+    |L_ij|``; within a few percent of ``lambda_max(L)`` on block models and scale-free
+    graphs). Paid once per graph: a tight ``lambda_max(L)`` lets every
     problem on the graph take ``max m + lam lambda_max(L)`` as its Lipschitz bound
     without a per-problem proof.
     """
 
     def build() -> tuple[float, np.ndarray]:
         import scipy.sparse as sp
-
-        from ._spectral import _is_pd
 
         m = lap.shape[0]
         cap = float(np.asarray(abs(lap).sum(axis=1)).max()) if m else 0.0
@@ -95,8 +140,10 @@ def laplacian_top(
         if c < cap and _certify.certify_upper(lap, np.ones(m), c):
             return c, vec
         c = max(safety, 1.02) * max(est, 0.0)
-        if 0 < c < cap and _is_pd(sp.csr_matrix(sp.diags(np.full(m, c)) - lap)):
-            return c, vec
+        if 0 < c < cap and _factorable(lap, digest):
+            if is_pd(sp.csr_matrix(sp.diags(np.full(m, c)) - lap)):
+                return c, vec
+        cap = min(cap, abs_perron_bound(lap))
         f = (1.05, 1.1, 1.25)
         return _certify.upper_bound(lap, np.ones(m), 1.05, cap, est=est, factors=f), vec
 
@@ -111,12 +158,13 @@ def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -
     out. The Lanczos estimate times ``safety``, then times 1.05, is accepted when the
     ``L D L^T`` inertia check proves ``c diag(L) - L`` positive definite; else the
     Gershgorin bound ``max_i sum_j |L_ij| / L_ii`` (``<= 2`` for a combinatorial Laplacian).
+    On graphs that would fill in (:func:`._inertia.affordable`: expanders) no factorization
+    is tried: the estimate times ``safety``, 1.05, 1.1 or 1.25 proved by the Schur test
+    (:func:`_certify.certify_upper` on ``c diag(L) - L``), else Gershgorin.
     """
 
     def build() -> float:
         import scipy.sparse as sp
-
-        from ._spectral import _is_pd
 
         d = lap.diagonal()
         keep = np.nonzero(d > 0)[0]
@@ -126,11 +174,14 @@ def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -
         ds = sub.diagonal()
         gersh = float((np.asarray(abs(sub).sum(axis=1)).ravel() / ds).max())
         est = _certify.lanczos(sub, ds, steps=30)[0]
+        if not _factorable(lap, digest):  # the Schur test of c diag(L) - L, else Gershgorin
+            f = (1.05, 1.1, 1.25)
+            return max(_certify.upper_bound(sub, ds, safety, gersh, est=est, factors=f), 1.0)
         for f in (safety, max(safety, 1.05)):
             c = max(est * f, 1.0)
             if c >= gersh:
                 break
-            if _is_pd(sp.csr_matrix(sp.diags(c * ds) - sub)):
+            if is_pd(sp.csr_matrix(sp.diags(c * ds) - sub)):
                 return c
         return max(gersh, 1.0)
 

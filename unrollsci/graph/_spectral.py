@@ -4,7 +4,8 @@ Upper bounds (``Lip >= lambda_max``), lower bounds (``lo <= lambda_min``), the s
 interval of the Jacobi-scaled Hessian, and the Gershgorin row sums. Small blocks use dense
 eigenvalues; larger mask blocks get bounds proved without factorizing ``H``
 (:mod:`._certify`). Results are cached on the problem (``problem._cache``).
-:func:`_is_pd` (Sylvester's law of inertia) serves the identifiability check.
+:func:`._inertia.is_pd` (Sylvester's law of inertia) serves the identifiability check
+(``_is_pd`` here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 
 from . import _certify, _graphcert
+from ._inertia import fills_in as _fills_in
+from ._inertia import is_pd as _is_pd
 
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
@@ -33,32 +36,6 @@ _DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
 # blocks up to this size: ARPACK estimates times the safety factor, proved by one sparse
 # factorization (a few milliseconds at this size); larger blocks: factorization-free proofs
 _FACTOR_MAX = 5000
-
-
-def _is_pd(a: Any, tol: float = 0.0) -> bool:
-    """True if the symmetric sparse matrix ``a`` is positive definite.
-
-    Sylvester's law of inertia: SuperLU in symmetric mode without row pivoting
-    (``diag_pivot_thresh=0``) factors ``P a P^T = L U`` with ``U = D L^T``; ``a`` is
-    positive definite iff every pivot ``D_ii`` is positive. Any failure (a zero
-    pivot, an unsymmetric permutation) answers False. With ``tol > 0`` every pivot must
-    exceed ``tol`` (for a matrix with unit diagonal: numerically positive definite).
-    """
-    from scipy.sparse.linalg import splu
-
-    try:
-        lu = splu(
-            a.tocsc(),
-            permc_spec="MMD_AT_PLUS_A",
-            diag_pivot_thresh=0.0,
-            options={"SymmetricMode": True},
-        )
-    except Exception:  # noqa: BLE001 - singular matrix
-        return False
-    if not np.array_equal(lu.perm_r, lu.perm_c):
-        return False
-    d = lu.U.diagonal()
-    return bool(np.all(np.isfinite(d)) and np.all(d > tol))
 
 
 def _mask_rows(p: GraphInverseProblem) -> range:
@@ -225,28 +202,6 @@ def spectrum_mask(
                 out[b, k] = _collatz(p, b, k, h, scaled, safety)
     p._cache[key] = out
     return out
-
-
-_ENVELOPE_PER_NODE = 100  # above: the sparse factorizations of this tier fill in
-
-
-def _fills_in(h: Any) -> bool:
-    """True when ``h``'s envelope (profile) after reverse Cuthill-McKee exceeds
-    ``_ENVELOPE_PER_NODE`` entries per row: an upper bound on an envelope factorization's
-    fill, computed in O(nnz). Meshes, sensor and road graphs stay far below (30-80 per node
-    up to 5000 nodes); expander-like graphs (stochastic block models, scale-free graphs)
-    exceed it, and their factorizations take seconds where the factorization-free bounds
-    take milliseconds."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
-
-    a = sp.csr_matrix(h)
-    n = a.shape[0]
-    perm = reverse_cuthill_mckee(a, symmetric_mode=True)
-    b = a[perm][:, perm].tocsr()
-    first = np.arange(n)
-    np.minimum.at(first, np.repeat(np.arange(n), np.diff(b.indptr)), b.indices)
-    return int((np.arange(n) - first).sum()) > _ENVELOPE_PER_NODE * n
 
 
 def _dense_eigs(h: Any, scale: np.ndarray | None) -> np.ndarray:
