@@ -258,3 +258,57 @@ def test_amg_setup_is_reproducible_and_leaves_numpy_rng_alone():
     assert len(r3) == len(r1) and r3 != r1  # another seed, another (equally good) hierarchy
     with pytest.raises(TypeError, match="seed"):
         amg(a, seed="x")
+
+
+def test_cg_runs_torch_serial_around_a_serial_host_preconditioner():
+    """A PyAMG cycle is a single-threaded numpy kernel: while CG applies it, torch runs
+    single-threaded (its spinning idle workers would compete with the cycle), the thread
+    count is restored afterwards (also after an error), the answer is the same, and other
+    preconditioners see the caller's thread count."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from unrollsci.precond import amg, diffusion2d
+    from unrollsci.precond._base import Preconditioner
+    from unrollsci.solvers import cg
+
+    a = diffusion2d(24, seed=3)
+    b = torch.from_numpy(np.random.default_rng(0).standard_normal(a.shape[0]))
+    m = amg(a)
+    assert m.serial_host
+    seen = []
+
+    class Probe(Preconditioner):
+        def __init__(self, serial):
+            super().__init__()
+            self.serial_host = serial
+            self.in_shape = self.out_shape = (a.shape[0],)
+
+        def _mv(self, r):
+            seen.append(torch.get_num_threads())
+            return m(r)
+
+        _rmv = _mv
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref = cg(a, b, M=m, tol=1e-10)
+        assert torch.get_num_threads() == 2
+        out = cg(a, b, M=Probe(True), tol=1e-10)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        assert torch.equal(out.x, ref.x) and out.iterations == ref.iterations
+        seen.clear()
+        cg(a, b, M=Probe(False), tol=1e-10)
+        assert set(seen) == {2}
+
+        class Fails(Probe):
+            def _mv(self, r):
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            cg(a, b, M=Fails(True))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -84,7 +84,14 @@ class DiagonalPreconditioner(Preconditioner):
 
 
 class AMGPreconditioner(Preconditioner):
-    """One PyAMG V-cycle per application (runs on CPU in numpy; no autograd)."""
+    """One PyAMG V-cycle per application (runs on CPU in numpy; no autograd).
+
+    ``serial_host``: the cycle is a single-threaded host kernel, so the library's CG loop
+    runs its torch vector work single-threaded while it applies this preconditioner
+    (torch's idle worker threads would otherwise compete with the cycle).
+    """
+
+    serial_host = True
 
     def __init__(self, ml: Any, n: int) -> None:
         super().__init__()

@@ -31,7 +31,8 @@ are the ones the unrolled networks call layer by layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,41 @@ def pcg_iterate(
         ``(x, r, iterations, converged)``; ``converged``: the monitor stopped every system
         (always ``False`` without a monitor).
     """
+    with _serial_for(precond, r):
+        return _pcg_loop(matvec, x, r, max_iter, precond, inner, monitor, not_spd)
+
+
+@contextmanager
+def _serial_for(precond: Any, r: Vec) -> Iterator[None]:
+    """Run torch single-threaded inside the loop when the preconditioner is a serial host
+    kernel (``serial_host = True``: PyAMG's cycle) and the vectors are on the CPU.
+
+    After each parallel operation torch's idle worker threads keep spinning for a while,
+    and they compete with the single-threaded numpy kernel that follows: CG with a PyAMG
+    cycle ran several times slower at two threads than at one (``benchmarks/amg.py
+    --threads``). The previous thread count is restored on exit."""
+    threads = torch.get_num_threads()
+    if threads == 1 or not getattr(precond, "serial_host", False) or r.device.type != "cpu":
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pcg_loop(
+    matvec: MatVec,
+    x: Vec,
+    r: Vec,
+    max_iter: int,
+    precond: MatVec | None,
+    inner: Callable[[Vec, Vec], Vec] | None,
+    monitor: Callable[[PCGState], bool | Vec] | None,
+    not_spd: Callable[[str, int, float], Exception] | None,
+) -> tuple[Vec, Vec, int, bool]:
+    """The body of :func:`pcg_iterate`."""
     dot = _dot if inner is None else inner  # r^T z only; p^T A p is always _dot
     tiny = torch.finfo(r.dtype).tiny
     z = r if precond is None else precond(r)
