@@ -112,3 +112,24 @@ def test_abs_perron_bound_on_a_laplacian_is_its_signless_top():
     top = np.linalg.eigvalsh(abs(lap).toarray())[-1]
     bound = _graphcert.abs_perron_bound(lap, steps=200)
     assert top <= bound <= top * (1 + 1e-3)
+
+
+def test_solve_exact_auto_does_not_factorize_an_expander(sbm, monkeypatch):
+    """solve_exact() (method "auto") takes CG on a graph that fills in, and its answer
+    agrees with the sparse LU's (run here on purpose with method="direct"); on a sensor
+    graph "auto" is the LU."""
+    import scipy.sparse.linalg as sla
+
+    from unrollsci.graph import _exact
+
+    p = inpainting_problem(sbm, 1, observed=0.3, noise=0.1, seed=7)
+    assert _exact.auto_method(p) == "cg"
+    ref = p.solve_exact("direct").clone()
+    q = inpainting_problem(sbm, 1, observed=0.3, noise=0.1, seed=7)
+    monkeypatch.setattr(sla, "splu", _no_factorization)
+    x = q.solve_exact()
+    err = (x - ref).norm(dim=-1) / ref.norm(dim=-1)
+    assert float(err.max()) < 1e-9
+    monkeypatch.undo()
+    s = inpainting_problem(sensor_graph(3000, seed=2)[0], 1, observed=0.3, seed=7)
+    assert _exact.auto_method(s) == "direct"

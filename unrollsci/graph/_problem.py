@@ -478,13 +478,13 @@ class GraphInverseProblem:
 
         Args:
             method: ``"direct"`` (scipy sparse LU; masks only), ``"cg"``
-                (``unrollsci.solvers.cg`` in float64), or ``"auto"`` (direct for masks).
+                (``unrollsci.solvers.cg`` in float64), or ``"auto"`` (direct for masks
+                unless the graph fills in, :func:`._exact.auto_method`; else CG).
             tol: relative residual tolerance for CG.
         """
         if method not in ("auto", "direct", "cg"):
             raise ValueError(f"Expected method 'auto', 'direct' or 'cg' (got {method!r}).")
-        if method == "auto":
-            method = "direct" if self.kind == "mask" else "cg"
+        method = _exact.auto_method(self) if method == "auto" else method
         if method == "direct" and self.kind != "mask":
             raise ValueError("method='direct' needs a mask operator; use method='cg'.")
         return _exact.solve_exact(self, method, tol).to(self.dtype)
