@@ -15,7 +15,20 @@ def test_graph_cost_quick_writes_ratios(tmp_path):
         assert row["all bounds / cg"] > 0 and row["window_jacobi K=10 / cg10"] > 0
         assert row["all bounds (new graph) / cg"] > 0 and row["window bounds / cg"] > 0
         assert 0 < row["lo"] <= row["Lip"] and 0 < row["jac lo"] < row["jac hi"]
-    assert data["batch64_shared_mask"]["signals"] == 64
+    batch = data["batch64_shared_mask"]
+    assert batch["signals"] == 64
+    for name in ("window", "window_jacobi (new graph)", "window (full controller)"):
+        assert batch[f"{name} per signal / cg"] > 0
+        assert batch[f"{name} per signal / cg 10 iterations"] > 0
+
+
+def test_graph_cost_batch_only_writes_the_batch_alone(tmp_path):
+    rc = main(["--cost", "--batch-only", "--quick", "--big", "300", "--repeats", "1"]
+              + ["--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "graph_cost_batch_quick.json").read_text())
+    assert data["rows"] == [] and data["batch64_shared_mask"]["n"] == 300
+    assert not (tmp_path / "graph_cost_quick.json").exists()
 
 
 def test_graph_train_nodes_option_trains_on_the_sizes_asked(tmp_path):

@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=positive_int_arg, default=3)
     bounds_help = "with --cost: only the certified bounds vs CG (graph_cost_bounds.json)"
     parser.add_argument("--bounds-only", action="store_true", help=bounds_help)
+    batch_help = "with --cost: only the batch of 64 signals vs CG (graph_cost_batch.json)"
+    parser.add_argument("--batch-only", action="store_true", help=batch_help)
     parser.add_argument(
         "--forward",
         action="store_true",
@@ -222,12 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         from .graph_cost import run_cost
 
+        if args.bounds_only and args.batch_only:
+            parser.error("--bounds-only and --batch-only exclude each other")
+
         return run_cost(
             args.out,
             quick=args.quick,
             big=args.big,
             repeats=args.repeats,
             bounds_only=args.bounds_only,
+            batch_only=args.batch_only,
         )
     k = args.layers
     window = args.window or k

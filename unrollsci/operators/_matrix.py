@@ -278,12 +278,40 @@ class _ScipyMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, pair: _ScipyPair, transpose: bool):  # type: ignore[no-untyped-def, override]
         ctx.pair, ctx.transpose = pair, transpose
-        out = (pair.t if transpose else pair.a) @ x.detach().numpy().T
-        return torch.from_numpy(np.ascontiguousarray(out.T))
+        return torch.from_numpy(_rows_times(pair.t if transpose else pair.a, x.detach().numpy()))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def, override]
         return _ScipyMatmul.apply(grad.contiguous(), ctx.pair, not ctx.transpose), None, None
+
+
+#: rows of ``x`` per call of scipy's multi-vector CSR kernel in :func:`_rows_times`, for
+#: batches of at least ``_BLOCKED_ROWS`` rows and ``_BLOCKED_ENTRIES`` entries (a batch
+#: that does not fit in a core's cache); smaller ones: one call
+_ROWS_PER_CALL = 4
+_BLOCKED_ROWS = 8
+_BLOCKED_ENTRIES = 1 << 18
+
+
+def _rows_times(a: Any, x: np.ndarray) -> np.ndarray:
+    """``x @ a.T`` (C-contiguous, ``(batch, m)``) for scipy CSR ``a: (m, n)`` and ``x:
+    (batch, n)``, by scipy's multi-vector kernel on :data:`_ROWS_PER_CALL` rows at a time
+    (batches of at least :data:`_BLOCKED_ROWS` rows and :data:`_BLOCKED_ENTRIES` entries;
+    others in one call on the whole batch).
+
+    The kernel wants the vectors as the columns of a C-contiguous ``(n, k)`` array: on a
+    whole large batch the two transposed copies and the kernel's reads over ``k``
+    interleaved vectors cost more than the products themselves, while a block of 4 rows
+    keeps the copies in cache and still reads the matrix once per 4 vectors (measured:
+    ``benchmarks/spmm.py``). Each output entry is the same sum in the same order as the
+    kernel over the whole batch (bit-identical results)."""
+    b = x.shape[0]
+    if b < _BLOCKED_ROWS or x.size < _BLOCKED_ENTRIES:
+        return np.ascontiguousarray((a @ x.T).T)
+    out = np.empty((b, a.shape[0]), dtype=np.result_type(a.dtype, x.dtype))
+    for s in range(0, b, _ROWS_PER_CALL):
+        out[s : s + _ROWS_PER_CALL] = (a @ np.ascontiguousarray(x[s : s + _ROWS_PER_CALL].T)).T
+    return out
 
 
 def _transpose_csr(csr: torch.Tensor) -> torch.Tensor:
