@@ -35,14 +35,10 @@ def _matrices(quick: bool) -> list[tuple[str, Any]]:
     return [(f"sensor Hessian {n}", h), (f"Poisson {side}^2", diffusion2d(side, seed=0))]
 
 
-def _time(fn: Any, repeats: int) -> float:
+def _seconds(fn: Any) -> float:
+    t0 = time.perf_counter()
     fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(statistics.median(ts))
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             x = rng.standard_normal((b, a.shape[1]))
             one = np.ascontiguousarray((a @ x.T).T)
             blocked = _matrix._rows_times(a, x)
-            t_one = t_blk = 0.0
             one_t, blk_t = [], []
-            for _ in range(args.repeats):  # interleaved
-                one_t.append(_time(lambda: np.ascontiguousarray((a @ x.T).T), 1))
-                blk_t.append(_time(lambda: _matrix._rows_times(a, x), 1))
+            for _ in range(args.repeats):  # interleaved (the calls above warmed both up)
+                one_t.append(_seconds(lambda: np.ascontiguousarray((a @ x.T).T)))
+                blk_t.append(_seconds(lambda: _matrix._rows_times(a, x)))
             t_one, t_blk = statistics.median(one_t), statistics.median(blk_t)
             rows.append(
                 {
