@@ -2,7 +2,7 @@
 
 The per-graph inertia proofs of ``_graphcert`` factorize ``c I - L`` and ``c diag(L) - L``;
 on expander-like graphs (block models, scale-free graphs) that fills in to nearly dense
-(a 20,000-node block model: 113 s per certificate; fill growing as n^2). They
+(fill growing as n^2; docs/graph.md has the measured cost). They
 now run only where :func:`unrollsci.graph._inertia.affordable` says so, and the fallbacks
 are factorization-free proofs. Checked here: the test tells the graph kinds apart, the
 fallbacks never factorize and still bound the eigenvalues (dense / ARPACK references),

@@ -17,8 +17,8 @@ def auto_method(p: GraphInverseProblem) -> str:
     """``solve_exact(method="auto")``: ``"direct"`` for mask problems on graphs whose
     sparse factorization is affordable (:func:`._inertia.affordable`, once per problem:
     meshes, sensor, road-like and geometric graphs, small graphs of any kind), else
-    ``"cg"`` (to ``tol``). On expander-like graphs the LU fills in to nearly dense: a
-    20,000-node block model took minutes where CG takes milliseconds."""
+    ``"cg"`` (to ``tol``). On expander-like graphs the LU fills in to nearly dense
+    (measured in docs/graph.md, "Graphs where no factorization is affordable")."""
     if p.kind != "mask":
         return "cg"
     from ._inertia import affordable
@@ -48,7 +48,7 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
         def factor(h):  # type: ignore[no-untyped-def]
             # H is symmetric positive definite (the constructor checks identifiability): a
             # symmetric minimum-degree ordering without pivoting, not SuperLU's default
-            # COLAMD, which fills in far more (a 9,000-node block-model graph: minutes)
+            # COLAMD, which fills in far more on block-model graphs (docs/graph.md)
             return splu(
                 h.tocsc(),
                 permc_spec="MMD_AT_PLUS_A",

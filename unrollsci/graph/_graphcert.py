@@ -16,8 +16,8 @@ symmetric, positive semidefinite, off-diagonal entries ``<= 0``):
 
 Both inertia checks run only where the factorization is affordable
 (:func:`._inertia.affordable`, once per graph): on expander-like graphs (block models,
-scale-free graphs) a sparse factorization fills in to nearly dense (minutes at 20,000
-nodes), and the factorization-free proofs are used instead.
+scale-free graphs) a sparse factorization fills in to nearly dense (docs/graph.md has the
+measured cost), and the factorization-free proofs are used instead.
 
 Proofs and their tests: docs/graph.md ("Certified bounds without factorizing H").
 The certificates are kept in a small module-level cache keyed by a hash of the Laplacian's

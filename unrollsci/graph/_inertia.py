@@ -5,8 +5,9 @@ A sparse factorization costs little on graphs that embed in low dimension (meshe
 road and random geometric graphs: fill ``O(n log n)``) and close to a dense one on
 expander-like graphs (stochastic block models, scale-free graphs), where even a minimum-
 degree ordering leaves ``O(n^2)`` fill: on a block model the factor held 8.7e6, 3.5e7 and
-1.4e8 entries at 5,000, 10,000 and 20,000 nodes (2 s, 14 s, 121 s; a CG solve on the last:
-0.01 s), so at 10^5 nodes it would need some 40 GB. Both tests read the envelope
+1.4e8 entries at 5,000, 10,000 and 20,000 nodes, so at 10^5 nodes it would need some 40 GB
+(times against CG: docs/graph.md, "Graphs where no factorization is affordable"). Both
+tests read the envelope
 (profile) after reverse Cuthill-McKee, in ``O(nnz)``: row widths of about ``sqrt(n)`` for
 planar-like graphs (measured: 0.3-1.3 ``sqrt(n)`` per row from 2,000 to 10^5 nodes), of a
 fraction of ``n`` for expanders (8-48 ``sqrt(n)``).

@@ -136,8 +136,8 @@ def _serial_for(precond: Any, r: Vec) -> Iterator[None]:
 
     After each parallel operation torch's idle worker threads keep spinning for a while,
     and they compete with the single-threaded numpy kernel that follows: CG with a PyAMG
-    cycle ran several times slower at two threads than at one (``benchmarks/amg.py
-    --threads``). The previous thread count is restored on exit."""
+    cycle ran several times slower at two threads than at one (``benchmarks/cg_threads.py``).
+    The previous thread count is restored on exit."""
     threads = torch.get_num_threads()
     if threads == 1 or not getattr(precond, "serial_host", False) or r.device.type != "cpu":
         yield
