@@ -23,7 +23,15 @@ def test_cg_threads_quick_writes_results(tmp_path):
     for pre in ("pyamg-sa", "pyamg-rs"):
         its = [r["iters"] for r in rows if r["preconditioner"] == pre]
         assert max(its) - min(its) <= 1
+    interop = data["interop"]
+    assert {r["preconditioner"] for r in interop} == {"jacobi", "ic0"}
+    for pre in ("jacobi", "ic0"):
+        its = [r["iters"] for r in interop if r["preconditioner"] == pre]
+        assert max(its) - min(its) <= 1
     assert (tmp_path / "cg_threads_quick.md").exists()
+    from unrollsci.operators import _scipy
+
+    assert _scipy._serial_on_cpu.__name__ == "_serial_on_cpu"  # the switch left no trace
     from unrollsci.precond import AMGPreconditioner
 
     assert AMGPreconditioner.serial_host is True  # the benchmark's switch left no trace

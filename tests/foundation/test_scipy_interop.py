@@ -98,3 +98,48 @@ def test_bad_numpy_input():
         op.to_scipy(np.int64)
     with pytest.raises(TypeError, match="real floating dtype"):
         op.to_scipy(torch.int32)
+
+
+def test_numpy_calls_run_torch_serial_for_mid_sized_arrays():
+    """Called from numpy (scipy's Krylov solvers), an operator runs with torch
+    single-threaded for arrays from torch's grain size to 2^20 entries (its spinning idle
+    workers would slow the numpy steps between calls); tiny and large arrays keep the
+    caller's thread count, which is restored after every call, also after an error."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from unrollsci.operators import LinearOperator
+    from unrollsci.operators import _scipy
+
+    seen = []
+
+    class Probe(LinearOperator):
+        def __init__(self, n, fail=False):
+            super().__init__()
+            self.in_shape = self.out_shape = (n,)
+            self.fail = fail
+
+        def _mv(self, x):
+            seen.append(torch.get_num_threads())
+            if self.fail:
+                raise RuntimeError("boom")
+            return 2.0 * x
+
+        _rmv = _mv
+
+    lo, hi = _scipy._SERIAL_ENTRIES
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for n, k, want in ((lo - 1, 1, 2), (lo, 1, 1), (hi // 4, 4, 1), (hi // 4, 5, 2)):
+            seen.clear()
+            x = np.ones((n, k))
+            y = Probe(n).to_scipy().matmat(x) if k > 1 else Probe(n).to_scipy().matvec(x[:, 0])
+            assert seen == [want] and torch.get_num_threads() == 2
+            assert np.array_equal(np.asarray(y).reshape(n, -1), 2.0 * x)
+        with pytest.raises(RuntimeError, match="boom"):
+            Probe(lo, fail=True).to_scipy().matvec(np.ones(lo))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -11,6 +11,12 @@ user runs: ``scipy.sparse.linalg.cg`` with ``ml.aspreconditioner()``. Same machi
 run, interleaved repeats, medians; torch at ``--threads`` threads (default: every core, as
 torch starts).
 
+The same spinning hurts the other way round, when scipy's ``cg`` drives a preconditioner of
+this package (``M=jacobi(A)``, ``M=ic0(A)``): each call from numpy now runs torch
+single-threaded for a small array (:func:`unrollsci.operators._scipy.apply_numpy`); the
+second table times that as it is now, as it was, and (Jacobi) against a numpy diagonal
+scaling.
+
 Run: ``python benchmarks/cg_threads.py`` (``--quick``: a seconds-long smoke run). Results:
 ``benchmarks/results/cg_threads.json`` and ``.md``.
 """
@@ -21,6 +27,7 @@ import argparse
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -88,6 +95,58 @@ def _solvers(a: Any, b: np.ndarray, rtol: float) -> dict[str, Any]:
 
 
 
+def _interop(a: Any, b: np.ndarray, rtol: float) -> dict[str, Any]:
+    """scipy's ``cg`` driving a preconditioner of this package (``M=jacobi(A)``,
+    ``M=ic0(A)``): the numpy-to-torch call as it is now (torch single-threaded for a small
+    array) and as it was; for Jacobi also a numpy diagonal scaling, what a scipy user writes."""
+    import scipy.sparse.linalg as sla
+
+    from ..operators import _scipy
+    from ..precond import ic0, jacobi
+
+    def run(m: Any) -> int:
+        count = [0]
+
+        def cb(_: Any) -> None:
+            count[0] += 1
+
+        sla.cg(a, b, M=m, rtol=rtol, maxiter=20_000, callback=cb)
+        return count[0]
+
+    def before(m: Any) -> int:
+        keep = _scipy._serial_on_cpu
+        _scipy._serial_on_cpu = lambda *args: nullcontext()  # type: ignore[assignment]
+        try:
+            return run(m)
+        finally:
+            _scipy._serial_on_cpu = keep  # type: ignore[assignment]
+
+    out: dict[str, Any] = {}
+    for name, m in (("jacobi", jacobi(a)), ("ic0", ic0(a))):
+        ways = {
+            "scipy cg, M = this package's (now)": lambda m=m: run(m),
+            "scipy cg, M = this package's (before)": lambda m=m: before(m),
+        }
+        if name == "jacobi":
+            inv = 1.0 / a.diagonal()
+            mj = sla.LinearOperator(a.shape, matvec=lambda r: inv * r.ravel(), dtype=np.float64)
+            ways["scipy cg, M = numpy diagonal scaling"] = lambda mj=mj: run(mj)
+        out[name] = ways
+    return out
+
+
+def _timed(ways: dict[str, Any], repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Median seconds and the iterations of each way, the ways interleaved."""
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    iters: dict[str, int] = {}
+    for _ in range(repeats):
+        for w, fn in ways.items():
+            t0 = time.perf_counter()
+            iters[w] = fn()
+            times[w].append(time.perf_counter() - t0)
+    return {w: statistics.median(t) for w, t in times.items()}, iters
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring). Returns 0."""
     args = build_parser().parse_args(argv)
@@ -98,46 +157,45 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
+    interop: list[dict[str, Any]] = []
     try:
         for family in args.families:
             a = _family(family)(args.n, seed=10_000 + 100 * args.n)
             b = np.random.default_rng(args.n).standard_normal(a.shape[0])
+            base = {"family": family, "n": a.shape[0]}
             for pre, ways in _solvers(a, b, args.rtol).items():
-                times: dict[str, list[float]] = {w: [] for w in ways}
-                iters: dict[str, int] = {}
-                for _ in range(args.repeats):  # interleaved
-                    for w, fn in ways.items():
-                        t0 = time.perf_counter()
-                        iters[w] = fn()
-                        times[w].append(time.perf_counter() - t0)
-                ref = statistics.median(times["scipy cg"])
+                med, iters = _timed(ways, args.repeats)
                 for w in ways:
-                    med = statistics.median(times[w])
                     rows.append(
-                        {
-                            "family": family,
-                            "n": a.shape[0],
-                            "preconditioner": pre,
-                            "solver": w,
-                            "iters": iters[w],
-                            "solve_s": med,
-                            "vs_scipy_cg": med / ref,
-                        }
+                        {**base, "preconditioner": pre, "solver": w, "iters": iters[w]}
+                        | {"solve_s": med[w], "vs_scipy_cg": med[w] / med["scipy cg"]}
                     )
                     print(rows[-1], flush=True)
+            for pre, ways in _interop(a, b, args.rtol).items():
+                med, iters = _timed(ways, args.repeats)
+                now = med["scipy cg, M = this package's (now)"]
+                for w in ways:
+                    interop.append(
+                        {**base, "preconditioner": pre, "solver": w, "iters": iters[w]}
+                        | {"solve_s": med[w], "vs_now": med[w] / now}
+                    )
+                    print(interop[-1], flush=True)
     finally:
         torch.set_num_threads(threads)
     cols = ["family", "n", "preconditioner", "solver", "iters", "solve_s", "vs_scipy_cg"]
     table = markdown_table(rows, cols)
+    table2 = markdown_table(interop, [*cols[:-1], "vs_now"])
     config = {k: v for k, v in vars(args).items() if k != "out"}
     path = write_results(
-        args.name, {"config": config, "rows": rows}, args.out, quick=args.quick
+        args.name, {"config": config, "rows": rows, "interop": interop}, args.out, quick=args.quick
     )
     stem = path.stem
     write_text(
         path.with_name(f"{stem}.md"),
-        f"# CG with a PyAMG cycle at {args.threads} torch threads\n\n{table}\n",
+        f"# CG with a PyAMG cycle at {args.threads} torch threads\n\n{table}\n\n"
+        f"## scipy's cg with a preconditioner of this package\n\n{table2}\n",
     )
     print(table)
+    print(table2)
     print(f"wrote {path}")
     return 0

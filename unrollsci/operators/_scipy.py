@@ -9,6 +9,8 @@ products on numpy arrays, for code written against scipy's duck-typed operators.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +53,33 @@ def _operator_device(op: LinearOperator) -> torch.device:
     return torch.device("cpu")
 
 
+#: arrays with this many entries are applied with torch single-threaded: from torch's
+#: grain size (below it torch runs one thread anyway) to a size where threads pay
+_SERIAL_ENTRIES = (1 << 15, 1 << 20)
+
+
+@contextmanager
+def _serial_on_cpu(device: torch.device, entries: int) -> Iterator[None]:
+    """torch single-threaded for one application on the CPU of a small array.
+
+    :func:`apply_numpy` is called from numpy-driven loops (scipy's and PyAMG's Krylov
+    solvers), between single-threaded numpy steps: a parallel torch operation wakes
+    torch's worker threads, which then spin and slow the numpy work that follows, and each
+    call pays their wake-up. (scipy's ``cg`` with a Jacobi or IC(0) preconditioner of this
+    package at torch's default threads: ``benchmarks/cg_threads.py``.) The thread count is
+    restored after the call."""
+    threads = torch.get_num_threads()
+    lo, hi = _SERIAL_ENTRIES
+    if threads == 1 or device.type != "cpu" or not lo <= entries <= hi:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def apply_numpy(
     op: LinearOperator, x: Any, *, adjoint: bool = False, dtype: Any = None
 ) -> np.ndarray:
@@ -85,8 +114,9 @@ def apply_numpy(
             f"{type(op).__name__}{'.T' if adjoint else ''} (got shape {arr.shape})."
         )
     cols = arr.reshape(size_in, -1).T  # (k, size_in): one sample per column of x
-    t = torch.from_numpy(np.ascontiguousarray(cols, dtype=want)).to(_operator_device(op))
-    with torch.no_grad():
+    dev = _operator_device(op)
+    t = torch.from_numpy(np.ascontiguousarray(cols, dtype=want)).to(dev)
+    with torch.no_grad(), _serial_on_cpu(dev, t.numel()):
         t = t.reshape(t.shape[0], *in_shape)
         y = op.adjoint(t) if adjoint else op(t)
     out = y.reshape(y.shape[0], size_out).T.detach().cpu().numpy()
