@@ -9,12 +9,13 @@ products on numpy arrays, for code written against scipy's duck-typed operators.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from .._threads import torch_serial
 
 if TYPE_CHECKING:
     from ._linear import LinearOperator
@@ -58,26 +59,13 @@ def _operator_device(op: LinearOperator) -> torch.device:
 _SERIAL_ENTRIES = (1 << 15, 1 << 20)
 
 
-@contextmanager
-def _serial_on_cpu(device: torch.device, entries: int) -> Iterator[None]:
-    """torch single-threaded for one application on the CPU of a small array.
-
-    :func:`apply_numpy` is called from numpy-driven loops (scipy's and PyAMG's Krylov
-    solvers), between single-threaded numpy steps: a parallel torch operation wakes
-    torch's worker threads, which then spin and slow the numpy work that follows, and each
-    call pays their wake-up. (scipy's ``cg`` with a Jacobi or IC(0) preconditioner of this
-    package at torch's default threads: ``benchmarks/cg_threads.py``.) The thread count is
-    restored after the call."""
-    threads = torch.get_num_threads()
+def _serial_on_cpu(device: torch.device, entries: int) -> AbstractContextManager[None]:
+    """torch single-threaded (:func:`unrollsci._threads.torch_serial`) for one application
+    on the CPU of an array of :data:`_SERIAL_ENTRIES` entries: :func:`apply_numpy` is called
+    from numpy-driven loops (scipy's and PyAMG's Krylov solvers), between single-threaded
+    numpy steps, where a parallel torch operation wakes torch's workers on every call."""
     lo, hi = _SERIAL_ENTRIES
-    if threads == 1 or device.type != "cpu" or not lo <= entries <= hi:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_serial(device.type == "cpu" and lo <= entries <= hi)
 
 
 def apply_numpy(

@@ -31,12 +31,14 @@ are the ones the unrolled networks call layer by layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .._threads import torch_serial
 
 __all__ = [
     "GRAD_MODES",
@@ -129,24 +131,11 @@ def pcg_iterate(
         return _pcg_loop(matvec, x, r, max_iter, precond, inner, monitor, not_spd)
 
 
-@contextmanager
-def _serial_for(precond: Any, r: Vec) -> Iterator[None]:
-    """Run torch single-threaded inside the loop when the preconditioner is a serial host
-    kernel (``serial_host = True``: PyAMG's cycle) and the vectors are on the CPU.
-
-    After each parallel operation torch's idle worker threads keep spinning for a while,
-    and they compete with the single-threaded numpy kernel that follows: CG with a PyAMG
-    cycle ran several times slower at two threads than at one (``benchmarks/cg_threads.py``).
-    The previous thread count is restored on exit."""
-    threads = torch.get_num_threads()
-    if threads == 1 or not getattr(precond, "serial_host", False) or r.device.type != "cpu":
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _serial_for(precond: Any, r: Vec) -> AbstractContextManager[None]:
+    """torch single-threaded inside the loop (:func:`unrollsci._threads.torch_serial`) when
+    the preconditioner is a serial host kernel (``serial_host = True``: PyAMG's cycle) and
+    the vectors are on the CPU."""
+    return torch_serial(getattr(precond, "serial_host", False) and r.device.type == "cpu")
 
 
 def _pcg_loop(
