@@ -182,9 +182,12 @@ def _quality(h: Any, lo: Any, jlo: Any) -> tuple[float, float]:
     return out[0], out[1]
 
 
+#: the modes of the batch (the per-layer controller modes scale badly with the batch)
+_BATCH_MODES = ("window", "window_jacobi")
+
+
 def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
     """64 signals sharing one mask: bounds once for the batch, then one forward."""
-
     one = inpainting_problem(adj, 1, observed=0.3, noise=0.1, seed=1004)
     rng = np.random.default_rng(5)
     y = torch.as_tensor(rng.standard_normal((64, one.num_nodes))) * one.mask
@@ -216,10 +219,6 @@ def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
             out[f"{name} per signal / cg"] = t / 64 / t_cg
             out[f"{name} per signal / cg 10 iterations"] = t / 64 / t_cg10
     return out
-
-
-#: the modes of the batch (the per-layer controller modes scale badly with the batch)
-_BATCH_MODES = ("window", "window_jacobi")
 
 
 def run_cost(

@@ -43,18 +43,8 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
     if key in p._cache:
         return p._cache[key]
     if method == "direct":
-        from scipy.sparse.linalg import splu
-
-        def factor(h):  # type: ignore[no-untyped-def]
-            # H is symmetric positive definite (the constructor checks identifiability): a
-            # symmetric minimum-degree ordering without pivoting, not SuperLU's default
-            # COLAMD, which fills in far more on block-model graphs (docs/graph.md)
-            return splu(
-                h.tocsc(),
-                permc_spec="MMD_AT_PLUS_A",
-                diag_pivot_thresh=0.0,
-                options={"SymmetricMode": True},
-            )
+        # H is symmetric positive definite (the constructor checks identifiability)
+        from ._inertia import symmetric_lu as factor
 
         b = p.rhs(p.y.double()).double().detach().cpu().numpy()
         x = np.zeros_like(b)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["affordable", "envelope_widths", "fills_in", "is_pd"]
+__all__ = ["affordable", "envelope_widths", "fills_in", "is_pd", "symmetric_lu"]
 
 #: per-problem factorization tier (800-5000 nodes): refused above this mean envelope width
 ENVELOPE_PER_NODE = 100
@@ -27,6 +27,22 @@ ENVELOPE_PER_NODE = 100
 WIDTH_PER_SQRT_N = 4.0
 #: ... unless the envelope factorization's flop count is this small anyway
 SMALL_FLOPS = 1e9
+
+
+def symmetric_lu(a: Any) -> Any:
+    """SuperLU of the symmetric sparse matrix ``a``: a symmetric minimum-degree ordering
+    (``P a P^T``), no row pivoting, symmetric mode, so ``U = D L^T`` (the library's one
+    sparse factorization of symmetric matrices: inertia proofs, exact solves, local solves;
+    SuperLU's default COLAMD fills in far more on block-model graphs). Raises SuperLU's
+    ``RuntimeError`` for an exactly singular matrix."""
+    from scipy.sparse.linalg import splu
+
+    return splu(
+        a.tocsc(),
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
 
 
 def is_pd(a: Any, tol: float = 0.0) -> bool:
@@ -39,15 +55,8 @@ def is_pd(a: Any, tol: float = 0.0) -> bool:
     exceed ``tol`` (for a matrix with unit diagonal: numerically positive definite).
     Callers on matrices of unknown structure check :func:`affordable` first.
     """
-    from scipy.sparse.linalg import splu
-
     try:
-        lu = splu(
-            a.tocsc(),
-            permc_spec="MMD_AT_PLUS_A",
-            diag_pivot_thresh=0.0,
-            options={"SymmetricMode": True},
-        )
+        lu = symmetric_lu(a)
     except Exception:  # noqa: BLE001 - singular matrix
         return False
     if not np.array_equal(lu.perm_r, lu.perm_c):

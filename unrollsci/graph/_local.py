@@ -105,7 +105,8 @@ def local_stage(
     smallest eigenvalue).
     """
     import scipy.sparse as sp
-    from scipy.sparse.linalg import splu
+
+    from ._inertia import symmetric_lu
 
     def node_bounds(rows: np.ndarray | None) -> None:
         """``rp`` (each node's proved ratio) recomputed on ``rows`` (all if None) from a
@@ -149,12 +150,7 @@ def local_stage(
         shift = sig * (1 + _FIX)
         rhs = -(h_n @ np.where(inside, 0.0, u)) + 1e-3 * shift * s_n * u[nodes]
         try:
-            lu = splu(
-                sp.csc_matrix(h_nn - sp.diags(shift * s_n)),
-                permc_spec="MMD_AT_PLUS_A",
-                diag_pivot_thresh=0.0,
-                options={"SymmetricMode": True},
-            )
+            lu = symmetric_lu(sp.csc_matrix(h_nn - sp.diags(shift * s_n)))
         except RuntimeError:  # exactly singular at this shift
             break
         y = u[nodes].copy()
