@@ -217,3 +217,22 @@ def test_factor_tier_skips_graphs_that_fill_in():
         assert not _spectral._fills_in(h)
         lo = _spectral._factor_proved(h, "lo", 0.95, scaled=True)
         assert lo == pytest.approx(0.95 * _lambda_min(h, h.diagonal()), rel=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=hessians(), data=st.data())
+def test_row_gathers_match_scipy(h, data):
+    """The local stage's row gathers (no scipy fancy indexing): the product of some rows is
+    bit-identical to those rows of scipy's product, and the ring is the neighbours outside."""
+    from unrollsci.graph._local import _ring, _rows_times
+
+    n = h.shape[0]
+    rows = np.array(
+        sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n))), dtype=np.int64
+    )
+    u = np.random.default_rng(n).random(n)
+    assert np.array_equal(_rows_times(h, rows, u), (h @ u)[rows])
+    inside = np.zeros(n, dtype=bool)
+    inside[data.draw(st.lists(st.integers(0, n - 1), max_size=n))] = True
+    nb = np.unique(h[rows].indices) if rows.size else np.zeros(0, dtype=np.int64)
+    assert np.array_equal(_ring(h, rows, inside), nb[~inside[nb]])

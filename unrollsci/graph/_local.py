@@ -44,8 +44,17 @@ def _node_proved(
     Z-matrix, ``|H| u = 2 diag(H) u - H u`` (computed here to within a factor ``1 +
     O(gamma)``: the factor 2 in ``gam`` covers it, and no product with ``|H|`` is needed).
     ``-inf`` where not finite."""
-    r = (hu - gam * np.abs(2.0 * dg * u - hu)) / su * (1 - 8 * _U)
-    return np.where(np.isfinite(r), r, -np.inf)
+    # (hu - gam |2 dg u - hu|) / su (1 - 8 u), in place: this runs on every smoothing step
+    r = np.multiply(dg, u, out=np.empty(np.broadcast_shapes(dg.shape, u.shape)))
+    r *= 2.0
+    r -= hu
+    np.abs(r, out=r)
+    r *= -gam
+    r += hu
+    r /= su
+    r *= 1 - 8 * _U
+    r[~np.isfinite(r)] = -np.inf
+    return r
 
 
 _GROW = 1.08  # a local round aims this far above the best bound while no estimate exists
@@ -55,10 +64,30 @@ _POST = 3  # shifted Jacobi steps after a local solve (the ring just outside it)
 _EST_STEPS = 4  # inverse-iteration steps on the local factor for the estimate
 
 
+def _row_entries(h: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``h``'s CSR arrays of the entries of ``rows`` (in row order) and each
+    entry's row number within ``rows``: a gather without scipy's fancy indexing (which
+    copies the rows into a new matrix)."""
+    starts = h.indptr[rows]
+    lens = h.indptr[rows + 1] - starts
+    owner = np.repeat(np.arange(rows.size), lens)
+    first = np.cumsum(lens) - lens  # where each row's entries begin in the gather
+    return np.arange(owner.size) + (starts - first)[owner], owner
+
+
+def _rows_times(h: Any, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``(h @ u)[rows]`` from those rows only (each row summed in stored order, as scipy's
+    product does)."""
+    pos, owner = _row_entries(h, rows)
+    return np.bincount(owner, weights=h.data[pos] * u[h.indices[pos]], minlength=rows.size)
+
+
 def _ring(h: Any, nodes: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """The neighbours of ``nodes`` in ``h``'s graph that are not ``inside``."""
-    nb = np.unique(h[nodes].indices)
-    return nb[~inside[nb]]
+    """The neighbours of ``nodes`` in ``h``'s graph that are not ``inside`` (sorted)."""
+    mark = np.zeros(h.shape[0], dtype=bool)
+    mark[h.indices[_row_entries(h, nodes)[0]]] = True
+    mark &= ~inside
+    return np.flatnonzero(mark)
 
 
 def _grow(h: Any, idx: np.ndarray, hops: int) -> np.ndarray:
@@ -116,7 +145,7 @@ def local_stage(
             hu[:] = h @ u
             rp[:] = _node_proved(u, hu, dg, s * u, gam)
         else:
-            hu[rows] = h[rows] @ u
+            hu[rows] = _rows_times(h, rows, u)
             rp[rows] = _node_proved(u[rows], hu[rows], dg[rows], s[rows] * u[rows], gam)
 
     rp = np.empty_like(u)

@@ -55,7 +55,7 @@ def _diag_positions(lap: Any) -> np.ndarray | None:
     n = lap.shape[0]
     if not lap.has_sorted_indices:
         return None
-    rows = np.repeat(np.arange(n), np.diff(lap.indptr))
+    rows = np.repeat(np.arange(n, dtype=lap.indices.dtype), np.diff(lap.indptr))
     pos = np.flatnonzero(lap.indices == rows)
     if pos.size != n or not np.array_equal(rows[pos], np.arange(n)):
         return None
