@@ -23,8 +23,10 @@ def test_graph_cost_quick_writes_ratios(tmp_path):
 
 
 def test_graph_cost_batch_only_writes_the_batch_alone(tmp_path):
-    rc = main(["--cost", "--batch-only", "--quick", "--big", "300", "--repeats", "1"]
-              + ["--out", str(tmp_path)])
+    rc = main(
+        ["--cost", "--batch-only", "--quick", "--big", "300", "--repeats", "1"]
+        + ["--out", str(tmp_path)]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "graph_cost_batch_quick.json").read_text())
     assert data["rows"] == [] and data["batch64_shared_mask"]["n"] == 300

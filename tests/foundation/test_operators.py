@@ -236,8 +236,7 @@ def test_sparse_operator_batched_cpu_products_are_exact(batch, dtype):
     import numpy as np
     import scipy.sparse as sp
 
-    from unrollsci.operators import SparseOperator
-    from unrollsci.operators import _matrix
+    from unrollsci.operators import SparseOperator, _matrix
 
     rng = np.random.default_rng(batch)
     n, m = 35_000, 3_000  # batch x n reaches the blocking threshold at 8 rows

@@ -109,8 +109,7 @@ def test_numpy_calls_run_torch_serial_for_mid_sized_arrays():
     import pytest
     import torch
 
-    from unrollsci.operators import LinearOperator
-    from unrollsci.operators import _scipy
+    from unrollsci.operators import LinearOperator, _scipy
 
     seen = []
 

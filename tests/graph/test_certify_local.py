@@ -227,9 +227,7 @@ def test_row_gathers_match_scipy(h, data):
     from unrollsci.graph._local import _ring, _rows_times
 
     n = h.shape[0]
-    rows = np.array(
-        sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n))), dtype=np.int64
-    )
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n))), dtype=np.int64)
     u = np.random.default_rng(n).random(n)
     assert np.array_equal(_rows_times(h, rows, u), (h @ u)[rows])
     inside = np.zeros(n, dtype=bool)

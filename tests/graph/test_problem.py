@@ -163,6 +163,38 @@ def test_disconnected_unobserved_component_is_rejected():
     GraphInverseProblem.from_networkx(G, torch.zeros(7, dtype=torch.float64), mask=mask)
 
 
+def test_components_are_computed_once_per_graph(monkeypatch):
+    """The identifiability check reads the graph's components from the certificate cache:
+    a second problem on the same graph (another mask) does not search them again, a changed
+    weight is another graph, and an unobserved component is still refused from the cache."""
+    import scipy.sparse.csgraph as csgraph
+
+    from unrollsci.graph import _graphcert
+
+    _graphcert.clear_cache()
+    calls = []
+    real = csgraph.connected_components
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(csgraph, "connected_components", counted)
+    G = nx.disjoint_union(nx.path_graph(4), nx.path_graph(3))
+    adj = nx.to_scipy_sparse_array(G, format="csr", dtype=float)
+    y = torch.zeros(7, dtype=torch.float64)
+    GraphInverseProblem.from_scipy(adj, y, mask=torch.tensor([1, 0, 0, 0, 1, 0, 0]))
+    GraphInverseProblem.from_scipy(adj, y, mask=torch.tensor([0, 1, 0, 0, 0, 0, 1]))
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="No unique solution: connected component 1"):
+        GraphInverseProblem.from_scipy(adj, y, mask=torch.tensor([1, 0, 0, 0, 0, 0, 0]))
+    assert len(calls) == 1
+    heavier = adj.copy()
+    heavier.data[:] = 2.0
+    GraphInverseProblem.from_scipy(heavier, y, mask=torch.tensor([1, 0, 0, 0, 1, 0, 0]))
+    assert len(calls) == 2
+
+
 def test_bad_inputs():
     G = nx.path_graph(5)
     y = torch.zeros(5, dtype=torch.float64)

@@ -60,7 +60,8 @@ def _solvers(a: Any, b: np.ndarray, rtol: float) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     bt = torch.from_numpy(b)
-    for kind, build in (("sa", pyamg.smoothed_aggregation_solver), ("rs", pyamg.ruge_stuben_solver)):
+    builders = (("sa", pyamg.smoothed_aggregation_solver), ("rs", pyamg.ruge_stuben_solver))
+    for kind, build in builders:
         state = np.random.get_state()
         try:
             np.random.seed(0)
@@ -92,7 +93,6 @@ def _solvers(a: Any, b: np.ndarray, rtol: float) -> dict[str, Any]:
             "scipy cg": scipy_cg,
         }
     return out
-
 
 
 def _interop(a: Any, b: np.ndarray, rtol: float) -> dict[str, Any]:
@@ -129,7 +129,9 @@ def _interop(a: Any, b: np.ndarray, rtol: float) -> dict[str, Any]:
         }
         if name == "jacobi":
             inv = 1.0 / a.diagonal()
-            mj = sla.LinearOperator(a.shape, matvec=lambda r: inv * r.ravel(), dtype=np.float64)
+            mj = sla.LinearOperator(
+                a.shape, matvec=lambda r, inv=inv: inv * r.ravel(), dtype=np.float64
+            )
             ways["scipy cg, M = numpy diagonal scaling"] = lambda mj=mj: run(mj)
         out[name] = ways
     return out

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             blocked = _matrix._rows_times(a, x)
             one_t, blk_t = [], []
             for _ in range(args.repeats):  # interleaved (the calls above warmed both up)
-                one_t.append(_seconds(lambda: np.ascontiguousarray((a @ x.T).T)))
-                blk_t.append(_seconds(lambda: _matrix._rows_times(a, x)))
+                one_t.append(_seconds(lambda a=a, x=x: np.ascontiguousarray((a @ x.T).T)))
+                blk_t.append(_seconds(lambda a=a, x=x: _matrix._rows_times(a, x)))
             t_one, t_blk = statistics.median(one_t), statistics.median(blk_t)
             rows.append(
                 {

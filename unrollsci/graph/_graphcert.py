@@ -36,7 +36,14 @@ import numpy as np
 from . import _certify
 from ._inertia import affordable, is_pd
 
-__all__ = ["abs_perron_bound", "clear_cache", "graph_key", "jacobi_top", "laplacian_top"]
+__all__ = [
+    "abs_perron_bound",
+    "clear_cache",
+    "components",
+    "graph_key",
+    "jacobi_top",
+    "laplacian_top",
+]
 
 _CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
@@ -67,9 +74,22 @@ def _cached(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:
         return _CACHE[key]
     val = build()
     _CACHE[key] = val
-    while len(_CACHE) > 3 * _CACHE_SIZE:  # three entries per graph
+    while len(_CACHE) > 4 * _CACHE_SIZE:  # four entries per graph
         _CACHE.popitem(last=False)
     return val
+
+
+def components(lap: Any, digest: bytes | None = None) -> tuple[int, np.ndarray]:
+    """scipy's ``connected_components`` of the graph of ``lap`` (its off-diagonal pattern:
+    the adjacency's), once per graph (cached; the labels are read-only)."""
+    from scipy.sparse.csgraph import connected_components
+
+    def build() -> tuple[int, np.ndarray]:
+        ncomp, labels = connected_components(lap, directed=False)
+        labels.setflags(write=False)
+        return int(ncomp), labels
+
+    return _cached(lap, "components", build, digest)
 
 
 def _factorable(lap: Any, digest: bytes | None) -> bool:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._spectral import _is_pd
+from . import _graphcert
+from ._spectral import _is_pd, graph_digest
 
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
@@ -30,9 +31,6 @@ def _shown(nodes: np.ndarray) -> str:
 
 def check_unique(p: GraphInverseProblem) -> None:
     """Raise if ``H`` is singular because a component carries no information."""
-    from scipy.sparse.csgraph import connected_components
-
-    ncomp, labels = connected_components(p.adjacency, directed=False)
     if p.lam == 0.0:
         if p.kind == "mask" and p.mask is not None:
             bad = (p.mask == 0).any(dim=1)
@@ -46,11 +44,14 @@ def check_unique(p: GraphInverseProblem) -> None:
         return
     if p.kind == "heat" and p.mask is None:
         return  # exp(-tau L) is invertible
+    if p.kind == "mask" and p.mask is None:
+        return
+    # the components depend on the graph only: once per graph (the certificate cache)
+    ncomp, labels = _graphcert.components(p.lap_scipy, graph_digest(p))
     if p.kind == "operator" or p.kind == "heat":
         _check_operator_unique(p, ncomp, labels)
         return
-    if p.mask is None:
-        return
+    assert p.mask is not None
     obs = np.zeros((p.mask.shape[0], ncomp))
     mk = p.mask.detach().cpu().double().numpy()
     for b in range(mk.shape[0]):

@@ -211,7 +211,10 @@ class GraphInverseProblem:
         self.degree = torch.as_tensor(
             np.bincount(rows, weights=vals, minlength=n), device=device, dtype=dtype
         )
-        self.lap_rowabs_np = np.asarray(abs(self.lap_scipy).sum(axis=1)).ravel()
+        # row sums of |L|: one product, without copying the index arrays
+        lap = self.lap_scipy
+        abs_lap = type(lap)((np.abs(lap.data), lap.indices, lap.indptr), shape=lap.shape)
+        self.lap_rowabs_np = abs_lap @ np.ones(n)
         self.lap = SparseOperator(self.lap_scipy).to(device)
         self._cache: dict[str, Any] = {}
         check_unique(self)

@@ -26,6 +26,7 @@ __all__ = [
     "bounds",
     "gershgorin_np",
     "gershgorin_per_block",
+    "graph_digest",
     "hessian_diagonal_np",
     "jacobi_interval",
     "lap_lmax",
@@ -116,6 +117,14 @@ def _block_laplacian(p: GraphInverseProblem, k: int):  # type: ignore[no-untyped
     return p.lap_scipy[s:e, s:e].tocsr()
 
 
+def graph_digest(p: GraphInverseProblem, k: int | None = None) -> bytes:
+    """:func:`._graphcert.graph_key` of the Laplacian of block ``k`` (of the whole graph
+    if None), hashed once per problem: the key of the graph certificate cache."""
+    if k is None or (p.block_ptr[k] == 0 and p.block_ptr[k + 1] == p.num_nodes):
+        return p.cached("graph-digest", lambda: _graphcert.graph_key(p.lap_scipy))
+    return p.cached(f"graph-digest-{k}", lambda: _graphcert.graph_key(_block_laplacian(p, k)))
+
+
 def _max_per_block(p: GraphInverseProblem, per_node: np.ndarray) -> np.ndarray:
     """``(rows, n)`` -> ``(rows, num_blocks)``: the maximum over the nodes of each block."""
     out = np.zeros((per_node.shape[0], p.num_blocks))
@@ -173,7 +182,7 @@ def spectrum_mask(
                     continue
             if which == "hi":
                 lap = _block_laplacian(p, k)
-                dig = p.cached(f"graph-digest-{k}", lambda lap=lap: _graphcert.graph_key(lap))
+                dig = graph_digest(p, k)
                 if scaled:
                     out[b, k] = _graphcert.jacobi_top(lap, safety, digest=dig)
                 else:
