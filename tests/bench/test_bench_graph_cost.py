@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from unrollsci.bench.graph import main
 
 
@@ -92,6 +94,10 @@ def test_graph_cost_bounds_only_pairs_each_bound_with_a_cg_solve(tmp_path):
     assert data["batch64_shared_mask"] == {} and len(data["rows"]) == 6
     for row in data["rows"]:
         assert row["window bounds / cg"] > 0 and row["all bounds (new graph) / cg"] > 0
+        # the build's share is reported beside the bounds (the graph is hashed there)
+        assert row["build + all bounds / cg"] == pytest.approx(
+            row["build / cg"] + row["all bounds [s]"] / row["cg 1e-6 [s]"]
+        )
         assert not any("K=10" in key for key in row)
         # the certified lower bounds are proofs: at most the true smallest eigenvalues
         assert 0 < row["quality: lo / lambda_min"] <= 1 + 1e-9

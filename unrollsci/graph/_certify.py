@@ -311,6 +311,8 @@ def collatz_lower(
         if np.all(best - prev <= refine_gain * np.abs(best)):
             break
     if target is not None:
+        # hu is the product with the current u here (every smoothing step ends with one;
+        # the branch without smoothing forms one): the local stage need not form it again
         budget = max(2000, int(local_budget * h.shape[0]))
         best = np.array(
             [
@@ -326,6 +328,7 @@ def collatz_lower(
                     rounds=local_rounds,
                     hops=local_hops,
                     budget=budget,
+                    hu_exact=True,
                 )
                 for j in range(ncol)
             ]

@@ -39,6 +39,7 @@ from ._inertia import affordable, is_pd
 __all__ = [
     "abs_perron_bound",
     "clear_cache",
+    "cached_for_graph",
     "components",
     "graph_key",
     "jacobi_top",
@@ -67,14 +68,16 @@ def graph_key(lap: Any) -> bytes:
     return h.digest()
 
 
-def _cached(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:
+def cached_for_graph(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:
+    """``build()`` once per graph: kept under ``what`` and the digest of ``lap`` (hashed
+    here when ``digest`` is None) among the last graphs' certificates."""
     key = (graph_key(lap) if digest is None else digest, what)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
     val = build()
     _CACHE[key] = val
-    while len(_CACHE) > 4 * _CACHE_SIZE:  # four entries per graph
+    while len(_CACHE) > 5 * _CACHE_SIZE:  # five entries per graph
         _CACHE.popitem(last=False)
     return val
 
@@ -89,13 +92,13 @@ def components(lap: Any, digest: bytes | None = None) -> tuple[int, np.ndarray]:
         labels.setflags(write=False)
         return int(ncomp), labels
 
-    return _cached(lap, "components", build, digest)
+    return cached_for_graph(lap, "components", build, digest)
 
 
 def _factorable(lap: Any, digest: bytes | None) -> bool:
     """:func:`._inertia.affordable` for the graph (once per graph, cached): the inertia
     checks below are skipped on graphs that would fill in (expanders)."""
-    return bool(_cached(lap, "factorable", lambda: affordable(lap), digest))
+    return bool(cached_for_graph(lap, "factorable", lambda: affordable(lap), digest))
 
 
 def abs_perron_bound(a: Any, steps: int = 50) -> float:
@@ -168,7 +171,7 @@ def laplacian_top(
         f = (1.05, 1.1, 1.25)
         return _certify.upper_bound(lap, np.ones(m), 1.05, cap, est=est, factors=f), vec
 
-    return _cached(lap, f"top-{safety}", build, digest)
+    return cached_for_graph(lap, f"top-{safety}", build, digest)
 
 
 def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -> float:
@@ -206,4 +209,4 @@ def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -
                 return c
         return max(gersh, 1.0)
 
-    return _cached(lap, f"jacobi-{safety}", build, digest)
+    return cached_for_graph(lap, f"jacobi-{safety}", build, digest)

@@ -84,9 +84,12 @@ def _rows_times(h: Any, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def _ring(h: Any, nodes: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """The neighbours of ``nodes`` in ``h``'s graph that are not ``inside`` (sorted)."""
+    nb = h.indices[_row_entries(h, nodes)[0]]
+    nb = nb[~inside[nb]]
+    if 32 * nb.size < h.shape[0]:  # a few: sort them rather than scan n flags
+        return np.unique(nb)
     mark = np.zeros(h.shape[0], dtype=bool)
-    mark[h.indices[_row_entries(h, nodes)[0]]] = True
-    mark &= ~inside
+    mark[nb] = True
     return np.flatnonzero(mark)
 
 
@@ -116,6 +119,7 @@ def local_stage(
     rounds: int,
     hops: int,
     budget: int,
+    hu_exact: bool = False,
 ) -> float:
     """Raise the Collatz-Wielandt bound of one column to ``target * est`` (or as far as it
     goes); see ``target`` in :func:`collatz_lower`.
@@ -149,7 +153,10 @@ def local_stage(
             rp[rows] = _node_proved(u[rows], hu[rows], dg[rows], s[rows] * u[rows], gam)
 
     rp = np.empty_like(u)
-    node_bounds(None)
+    if hu_exact:  # hu is fl(h @ u) already (the caller's last product): no product again
+        rp[:] = _node_proved(u, hu, dg, s * u, gam)
+    else:
+        node_bounds(None)
     best = max(best, float(rp.min()))
     cap = 0.99 * float((dg / s).min())  # sig < min_i H_ii / s_i: the smoother's denominators
     est = np.inf

@@ -63,6 +63,31 @@ def _diag_positions(lap: Any) -> np.ndarray | None:
     return pos
 
 
+def _lap_diag_positions(p: GraphInverseProblem) -> np.ndarray | None:
+    """:func:`_diag_positions` of the problem's Laplacian, once per graph (the positions
+    depend on its index arrays only; cached with the graph certificates)."""
+    return p.cached(
+        "lap-diag-positions",
+        lambda: _graphcert.cached_for_graph(
+            p.lap_scipy, "diag-positions", lambda: _diag_positions(p.lap_scipy), graph_digest(p)
+        ),
+    )
+
+
+def _lap_diagonal(p: GraphInverseProblem) -> np.ndarray:
+    """``diag(L)`` of the problem's Laplacian (cached): read at the diagonal positions
+    when the Laplacian stores every diagonal entry, else scipy's ``diagonal()``."""
+
+    import scipy.sparse as sp
+
+    def build() -> np.ndarray:
+        lap = p.lap_scipy
+        pos = _lap_diag_positions(p) if sp.isspmatrix_csr(lap) else None
+        return lap.data[pos] if pos is not None else lap.diagonal()
+
+    return p.cached("lap-diagonal", build)
+
+
 def _hessian_key(p: GraphInverseProblem, b: int, k: int) -> str:
     """Cache key of ``H`` of block ``k`` for signal ``b`` (one per signal only when the
     masks differ between signals)."""
@@ -86,9 +111,7 @@ def _block_hessian_scipy(p: GraphInverseProblem, b: int, k: int):  # type: ignor
             mb = p.mask[b if p.mask.shape[0] > 1 else 0]
             d = mb[s:e].detach().cpu().double().numpy()
         whole = s == 0 and e == p.num_nodes and sp.isspmatrix_csr(p.lap_scipy)
-        pos = (
-            p.cached("lap-diag-positions", lambda: _diag_positions(p.lap_scipy)) if whole else None
-        )
+        pos = _lap_diag_positions(p) if whole else None
         if pos is not None:
             lap = p.lap_scipy
             data = p.lam * lap.data
@@ -446,7 +469,7 @@ def jacobi_interval(
     """
     key = f"jacobi-{safety}-{lo_safety}"
     if key not in p._cache:
-        lap_diag = p.cached("lap-diagonal", p.lap_scipy.diagonal)
+        lap_diag = _lap_diagonal(p)
         ratio = gershgorin_np(p) / (_mask_np(p) + p.lam * lap_diag[None])
         gb = _max_per_block(p, ratio)
         hi = np.minimum(spectrum_mask(p, "hi", safety, scaled=True), gb)
@@ -457,7 +480,7 @@ def jacobi_interval(
 
 def hessian_diagonal_np(p: GraphInverseProblem) -> np.ndarray:
     """``diag(H)`` per row (mask problems exactly; else with the ``||A||^2`` bound)."""
-    lap_diag = p.cached("lap-diagonal", p.lap_scipy.diagonal)
+    lap_diag = _lap_diagonal(p)
     if p.kind == "mask":
         return _mask_np(p) + p.lam * lap_diag[None]
     g = gershgorin_np(p) - p.lam * p.lap_rowabs_np[None]
