@@ -238,6 +238,20 @@ def check_device(device: Any) -> torch.device | None:
 SYMMETRY_EPS_FACTOR = 1000.0
 
 
+def detached_from(a: Any, source: Any) -> Any:
+    """``a`` (scipy sparse) copied if it shares an array with ``source``: call before changing
+    ``a`` in place (``sum_duplicates``, ``sort_indices``, ``eliminate_zeros``), so that the
+    caller's matrix is never modified (scipy's conversions reuse the caller's arrays)."""
+    mine = [getattr(a, k, None) for k in ("data", "indices", "indptr", "row", "col")]
+    theirs = [getattr(source, k, None) for k in ("data", "indices", "indptr", "row", "col")]
+    for x in mine:
+        for y in theirs:
+            if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+                if np.may_share_memory(x, y):
+                    return a.copy()
+    return a
+
+
 def _float_eps(dtype: Any) -> float:
     """Machine epsilon of a torch or numpy floating dtype (float64's for any other dtype)."""
     if isinstance(dtype, torch.dtype):

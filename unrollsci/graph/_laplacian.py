@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_symmetric
+from .._validation import check_symmetric, detached_from
 from ..operators import LinearOperator, SparseOperator
 
 __all__ = ["validate_adjacency", "laplacian_matrix", "HeatKernel", "chebyshev_coefficients"]
@@ -36,6 +36,8 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
     a = sp.csr_matrix(adj, dtype=np.float64)
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"Expected '{name}' to be square (got shape {a.shape}).")
+    if not a.has_canonical_format or (a.nnz and not np.all(a.data)):
+        a = detached_from(a, adj)  # canonicalized below: never in the caller's arrays
     a.sum_duplicates()
     if a.nnz and not np.all(np.isfinite(a.data)):
         raise ValueError(f"Expected finite edge weights in '{name}' (got NaN or Inf).")
@@ -44,7 +46,8 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
             f"Expected non-negative edge weights (got min weight {float(a.data.min()):.3g}); a "
             "Laplacian with negative weights is indefinite and the problem is not convex."
         )
-    a.eliminate_zeros()
+    if a.nnz and not np.all(a.data):
+        a.eliminate_zeros()
     check_symmetric(
         a,
         name,

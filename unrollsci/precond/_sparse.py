@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_symmetric
+from .._validation import check_symmetric, detached_from
 
 __all__ = ["LowerPattern", "lower_pattern", "tri_solve", "lower_matvec", "check_spd_input"]
 
@@ -212,7 +212,9 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
     elif sp.issparse(a):
         if np.iscomplexobj(a.data if hasattr(a, "data") else np.zeros(0)):
             raise TypeError(f"Expected a real '{name}' (got dtype {a.dtype}).")
-        a = sp.csr_matrix(a, dtype=np.float64)
+        src, a = a, sp.csr_matrix(a, dtype=np.float64)
+        if not a.has_canonical_format:
+            a = detached_from(a, src)  # canonicalized below: never in the caller's arrays
     else:
         raise TypeError(
             f"Expected '{name}' to be a scipy sparse matrix or a torch tensor "
