@@ -195,6 +195,35 @@ def test_components_are_computed_once_per_graph(monkeypatch):
     assert len(calls) == 2
 
 
+def test_laplacian_is_built_once_per_graph(monkeypatch):
+    """A second problem on the same adjacency (another mask) reuses the checked weights and
+    the Laplacian (read-only, shared); changed weights are another graph, checked again."""
+    from unrollsci.graph import _graphcert, _laplacian
+
+    _graphcert.clear_cache()
+    built = []
+    real = _laplacian.laplacian_matrix
+    monkeypatch.setattr(
+        _laplacian, "laplacian_matrix", lambda *a, **k: built.append(1) or real(*a, **k)
+    )
+    adj = nx.to_scipy_sparse_array(nx.cycle_graph(6), format="csr", dtype=float)
+    y = torch.zeros(6, dtype=torch.float64)
+    p = GraphInverseProblem.from_scipy(adj, y, mask=torch.tensor([1, 0, 0, 1, 0, 0]))
+    q = GraphInverseProblem.from_scipy(adj.copy(), y, mask=torch.tensor([0, 1, 0, 0, 0, 1]))
+    assert len(built) == 1 and q.lap_scipy is p.lap_scipy
+    with pytest.raises(ValueError, match="read-only"):
+        p.lap_scipy.data[0] = 5.0
+    np.testing.assert_array_equal(
+        p.lap_scipy.toarray(), nx.laplacian_matrix(nx.cycle_graph(6)).toarray()
+    )
+    bad = adj.copy()
+    bad.data[0] = -1.0  # asymmetric and negative: refused, not served from the cache
+    with pytest.raises(ValueError, match="non-negative"):
+        GraphInverseProblem.from_scipy(bad, y, mask=torch.ones(6))
+    norm = GraphInverseProblem.from_scipy(adj, y, mask=torch.ones(6), laplacian="normalized")
+    assert len(built) == 2 and not np.allclose(norm.lap_scipy.toarray(), p.lap_scipy.toarray())
+
+
 def test_bad_inputs():
     G = nx.path_graph(5)
     y = torch.zeros(5, dtype=torch.float64)

@@ -43,6 +43,7 @@ __all__ = [
     "components",
     "graph_key",
     "jacobi_top",
+    "laplacian_of",
     "laplacian_top",
 ]
 
@@ -51,8 +52,9 @@ _CACHE: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
 
 
 def clear_cache() -> None:
-    """Forget every graph certificate (tests, memory)."""
+    """Forget every graph certificate and built Laplacian (tests, memory)."""
     _CACHE.clear()
+    _BUILT.clear()
 
 
 def graph_key(lap: Any) -> bytes:
@@ -66,6 +68,40 @@ def graph_key(lap: Any) -> bytes:
         h.update(f"{arr.dtype.str}:{arr.size};".encode())
         h.update(arr)  # the buffer itself: no copy
     return h.digest()
+
+
+#: Laplacians of the last graphs problems were built on (:func:`laplacian_of`); few, as
+#: each holds a copy of a graph's CSR arrays
+_BUILT_SIZE = 2
+_BUILT: OrderedDict[tuple[bytes, str], tuple[Any, np.ndarray, bytes]] = OrderedDict()
+
+
+def laplacian_of(adj: Any, kind: str) -> tuple[Any, np.ndarray, bytes]:
+    """``(L, row sums of |L|, digest)`` of a canonical adjacency (:func:`._laplacian.
+    canonical_adjacency`): its weights checked (:func:`._laplacian.check_adjacency_values`)
+    and ``L`` built once per graph and Laplacian kind, for the last :data:`_BUILT_SIZE`
+    graphs (a problem on a known graph, e.g. another mask, skips both); ``digest`` (from
+    the adjacency's SHA-256 and the kind: ``L`` is a function of the two) keys the graph's
+    certificates. The arrays are read-only: they are shared by the problems on the graph."""
+    from ._laplacian import check_adjacency_values, laplacian_matrix
+
+    adj_key = graph_key(adj)
+    key = (adj_key, kind)
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+        return _BUILT[key]
+    check_adjacency_values(adj)
+    lap = laplacian_matrix(adj, kind)
+    # row sums of |L|: one product, without copying the index arrays
+    abs_lap = type(lap)((np.abs(lap.data), lap.indices, lap.indptr), shape=lap.shape)
+    rowabs = abs_lap @ np.ones(lap.shape[0])
+    for arr in (lap.data, lap.indices, lap.indptr, rowabs):
+        arr.setflags(write=False)
+    digest = hashlib.sha256(b"laplacian:" + kind.encode() + b":" + adj_key).digest()
+    _BUILT[key] = (lap, rowabs, digest)
+    while len(_BUILT) > _BUILT_SIZE:
+        _BUILT.popitem(last=False)
+    return _BUILT[key]
 
 
 def cached_for_graph(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:

@@ -11,7 +11,14 @@ import torch
 from .._validation import check_symmetric, detached_from
 from ..operators import LinearOperator, SparseOperator
 
-__all__ = ["validate_adjacency", "laplacian_matrix", "HeatKernel", "chebyshev_coefficients"]
+__all__ = [
+    "validate_adjacency",
+    "canonical_adjacency",
+    "check_adjacency_values",
+    "laplacian_matrix",
+    "HeatKernel",
+    "chebyshev_coefficients",
+]
 
 _KINDS = ("combinatorial", "normalized")
 
@@ -21,12 +28,22 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
 
     Self-loops (diagonal entries) are kept: :func:`laplacian_matrix` treats them as
     networkx does (they cancel in the combinatorial Laplacian and add to the degree of
-    the normalized one).
+    the normalized one). The caller's matrix is never changed (a copy is canonicalized
+    where needed; a canonical float64 CSR matrix is returned as it is).
 
     Raises:
         TypeError: not a scipy sparse matrix.
         ValueError: not square, not symmetric, NaN/Inf or negative weights.
     """
+    a = canonical_adjacency(adj, name)
+    check_adjacency_values(a, name)
+    return a
+
+
+def canonical_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-untyped-def]
+    """The first half of :func:`validate_adjacency`: ``adj`` as float64 CSR with sorted,
+    unique indices and no explicit zeros (a copy where that changes anything), square; the
+    weights are not checked (:func:`check_adjacency_values`)."""
     import scipy.sparse as sp
 
     if not sp.issparse(adj):
@@ -37,8 +54,17 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"Expected '{name}' to be square (got shape {a.shape}).")
     if not a.has_canonical_format or (a.nnz and not np.all(a.data)):
-        a = detached_from(a, adj)  # canonicalized below: never in the caller's arrays
-    a.sum_duplicates()
+        a = detached_from(a, adj)  # canonicalized here: never in the caller's arrays
+        a.sum_duplicates()
+        if a.nnz and not np.all(a.data):
+            a.eliminate_zeros()
+        a.sort_indices()
+    return a
+
+
+def check_adjacency_values(a: Any, name: str = "adjacency") -> None:
+    """The second half of :func:`validate_adjacency` on a canonical ``a``: finite,
+    non-negative, symmetric weights (``ValueError`` otherwise)."""
     if a.nnz and not np.all(np.isfinite(a.data)):
         raise ValueError(f"Expected finite edge weights in '{name}' (got NaN or Inf).")
     if a.nnz and float(a.data.min()) < 0:
@@ -46,15 +72,11 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
             f"Expected non-negative edge weights (got min weight {float(a.data.min()):.3g}); a "
             "Laplacian with negative weights is indefinite and the problem is not convex."
         )
-    if a.nnz and not np.all(a.data):
-        a.eliminate_zeros()
     check_symmetric(
         a,
         name,
         hint="An undirected graph has a symmetric adjacency: symmetrize it, e.g. (W + W.T) / 2.",
     )
-    a.sort_indices()
-    return a
 
 
 def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-untyped-def]

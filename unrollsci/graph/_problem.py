@@ -22,10 +22,10 @@ import torch
 
 from .._validation import check_finite, check_tensor
 from ..operators import LinearOperator, Mask, SparseOperator
-from . import _exact, _spectral
+from . import _exact, _graphcert, _spectral
 from ._convert import networkx_adjacency, pyg_inputs
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
-from ._laplacian import HeatKernel, laplacian_matrix, validate_adjacency
+from ._laplacian import HeatKernel, canonical_adjacency
 from ._spectral import _DENSE_MAX, _is_pd  # noqa: F401
 
 __all__ = ["GraphInverseProblem"]
@@ -101,7 +101,7 @@ class GraphInverseProblem:
         tau: float = 1.0,
         heat_degree: int = 30,
     ) -> None:
-        adj = validate_adjacency(adjacency)
+        adj = canonical_adjacency(adjacency)  # weights checked with the Laplacian, below
         n = adj.shape[0]
         if isinstance(lam, torch.Tensor):
             if lam.numel() != 1:
@@ -121,7 +121,12 @@ class GraphInverseProblem:
         self.laplacian_kind = laplacian
         self.adjacency = adj
         self.num_nodes = n
-        self.lap_scipy = laplacian_matrix(adj, laplacian)
+        if laplacian not in ("combinatorial", "normalized"):
+            raise ValueError(
+                f"Expected laplacian 'combinatorial' or 'normalized' (got {laplacian!r})."
+            )
+        # once per graph: the weights' checks, L, the row sums of |L| and the graph's digest
+        self.lap_scipy, self.lap_rowabs_np, graph_digest = _graphcert.laplacian_of(adj, laplacian)
         device, dtype = y.device, y.dtype
 
         # ------------------------------------------------------------- operator
@@ -211,12 +216,8 @@ class GraphInverseProblem:
         self.degree = torch.as_tensor(
             np.bincount(rows, weights=vals, minlength=n), device=device, dtype=dtype
         )
-        # row sums of |L|: one product, without copying the index arrays
-        lap = self.lap_scipy
-        abs_lap = type(lap)((np.abs(lap.data), lap.indices, lap.indptr), shape=lap.shape)
-        self.lap_rowabs_np = abs_lap @ np.ones(n)
         self.lap = SparseOperator(self.lap_scipy).to(device)
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, Any] = {"graph-digest": graph_digest}
         check_unique(self)
 
     def cached(self, key: str, build: Callable[[], Any]) -> Any:
