@@ -311,8 +311,7 @@ def collatz_lower(
         if np.all(best - prev <= refine_gain * np.abs(best)):
             break
     if target is not None:
-        # hu is the product with the current u here (every smoothing step ends with one;
-        # the branch without smoothing forms one): the local stage need not form it again
+        # hu = fl(H u) here (a smoothing step or the branch without one ends with the product)
         budget = max(2000, int(local_budget * h.shape[0]))
         best = np.array(
             [

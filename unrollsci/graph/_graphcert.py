@@ -83,8 +83,10 @@ def laplacian_of(adj: Any, kind: str) -> tuple[Any, np.ndarray, bytes]:
     graphs (a problem on a known graph, e.g. another mask, skips both); ``digest`` (from
     the adjacency's SHA-256 and the kind: ``L`` is a function of the two) keys the graph's
     certificates. The arrays are read-only: they are shared by the problems on the graph."""
-    from ._laplacian import check_adjacency_values, laplacian_matrix
+    from ._laplacian import _KINDS, check_adjacency_values, laplacian_matrix
 
+    if kind not in _KINDS:
+        raise ValueError(f"Expected laplacian 'combinatorial' or 'normalized' (got {kind!r}).")
     adj_key = graph_key(adj)
     key = (adj_key, kind)
     if key in _BUILT:

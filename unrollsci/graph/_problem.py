@@ -121,10 +121,6 @@ class GraphInverseProblem:
         self.laplacian_kind = laplacian
         self.adjacency = adj
         self.num_nodes = n
-        if laplacian not in ("combinatorial", "normalized"):
-            raise ValueError(
-                f"Expected laplacian 'combinatorial' or 'normalized' (got {laplacian!r})."
-            )
         # once per graph: the weights' checks, L, the row sums of |L| and the graph's digest
         self.lap_scipy, self.lap_rowabs_np, graph_digest = _graphcert.laplacian_of(adj, laplacian)
         device, dtype = y.device, y.dtype

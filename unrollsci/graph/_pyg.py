@@ -122,7 +122,8 @@ def problem_from_data(data: Any, *, laplacian: str = "combinatorial") -> GraphIn
             p._cache[_KEY_HI] = per_row(lip)
             p._cache[_KEY_LO] = per_row(lo)
             p._cache[_KEY_JAC] = (per_row(jlo), per_row(jhi))
-            p._cache["exact-direct"] = xs.detach().t().double().contiguous().to(p.device)
+            # a copy: the problem's cache must not alias the caller's Data
+            p._cache["exact-direct"] = xs.detach().t().double().to(p.device).clone()
     return p
 
 
