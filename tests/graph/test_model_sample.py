@@ -239,3 +239,32 @@ def test_fused_hessian_equals_the_factored_product(device):
         torch.testing.assert_close(p.hessian(x), ref, rtol=1e-12, atol=1e-12)
         dense = torch.as_tensor(p.hessian_scipy(0).toarray(), device=device)
         torch.testing.assert_close(p.hessian(x)[0], dense @ x[0], rtol=1e-12, atol=1e-12)
+
+
+def test_sample_is_shared_by_the_problems_on_a_graph():
+    """The node sample depends on the graph, its blocks and the device only: a second
+    problem on the same graph (another mask) gets the same object, and its solve equals the
+    solve with nothing cached; another block structure or seed gets its own sample."""
+    from unrollsci.graph import _graphcert
+
+    model = _model("window_jacobi", 6, seed=3)
+    _randomize(model, 2, 0.5)
+    p, q = _problem(n=90, seed=5, batch=1), _problem(n=90, seed=5, batch=1)
+    q_mask = q.mask.clone()
+    q_mask[0, :10] = 1 - q_mask[0, :10]
+    q_mask[0, 0] = 1
+    q2 = GraphInverseProblem.from_scipy(q.adjacency, q.y * q_mask, mask=q_mask, lam=0.7)
+    with torch.no_grad():
+        model(p)
+        shared = model(q2).x
+        assert controller_sample(q2, 6, 3, 2, torch.float64) is controller_sample(
+            p, 6, 3, 2, torch.float64
+        )
+        _graphcert.clear_cache()
+        fresh = GraphInverseProblem.from_scipy(q.adjacency, q.y * q_mask, mask=q_mask, lam=0.7)
+        assert torch.equal(model(fresh).x, shared)
+    gi = np.repeat([0, 1], [40, 50])
+    blocks = GraphInverseProblem.from_scipy(q.adjacency, q.y, mask=q.mask, graph_index=gi)
+    sb = controller_sample(blocks, 6, 3, 2, torch.float64)
+    assert sb is not controller_sample(p, 6, 3, 2, torch.float64)
+    assert sb.block_index.unique().numel() == 2

@@ -26,15 +26,31 @@ def auto_method(p: GraphInverseProblem) -> str:
     return "direct" if p.cached("direct-affordable", lambda: affordable(p.lap_scipy)) else "cg"
 
 
-def full_hessian_scipy(p: GraphInverseProblem, b: int):  # type: ignore[no-untyped-def]
-    """``H = diag(mask_b) + lam L`` of signal ``b`` as a scipy CSR matrix (mask problems)."""
+def full_hessian_scipy(p: GraphInverseProblem, b: int, *, share: bool = False):  # type: ignore[no-untyped-def]
+    """``H = diag(mask_b) + lam L`` of signal ``b`` as a scipy CSR matrix (mask problems).
+
+    With ``lam > 0`` and a Laplacian that stores every diagonal entry, ``H`` is ``lam L``
+    with the mask added at the diagonal positions (the same entries as the sparse sum);
+    ``share=True`` (internal use) keeps the Laplacian's index arrays (read-only, shared by
+    the problems on the graph), otherwise they are copied."""
     import scipy.sparse as sp
+
+    from ._spectral import _lap_diag_positions
 
     if p.mask is None:
         d = np.ones(p.num_nodes)
     else:
         d = p.mask[b if p.mask.shape[0] > 1 else 0].detach().cpu().double().numpy()
-    return sp.csr_matrix(sp.diags(d) + p.lam * p.lap_scipy)
+    lap = p.lap_scipy
+    pos = _lap_diag_positions(p) if p.lam > 0 and sp.isspmatrix_csr(lap) else None
+    if pos is None:
+        return sp.csr_matrix(sp.diags(d) + p.lam * lap)
+    data = p.lam * lap.data
+    data[pos] += d
+    idx, ptr = (lap.indices, lap.indptr) if share else (lap.indices.copy(), lap.indptr.copy())
+    h = sp.csr_matrix((data, idx, ptr), shape=lap.shape)
+    h.has_sorted_indices = True
+    return h
 
 
 def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor:
@@ -49,10 +65,10 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
         b = p.rhs(p.y.double()).double().detach().cpu().numpy()
         x = np.zeros_like(b)
         if p.mask is None or p.mask.shape[0] == 1:
-            x = factor(full_hessian_scipy(p, 0)).solve(b.T).T
+            x = factor(full_hessian_scipy(p, 0, share=True)).solve(b.T).T
         else:
             for i in range(b.shape[0]):
-                x[i] = factor(full_hessian_scipy(p, i)).solve(b[i])
+                x[i] = factor(full_hessian_scipy(p, i, share=True)).solve(b[i])
         out = torch.as_tensor(np.ascontiguousarray(x), device=p.device)
     else:
         from ..solvers import cg

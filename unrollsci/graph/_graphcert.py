@@ -115,7 +115,7 @@ def cached_for_graph(lap: Any, what: str, build: Any, digest: bytes | None) -> A
         return _CACHE[key]
     val = build()
     _CACHE[key] = val
-    while len(_CACHE) > 5 * _CACHE_SIZE:  # five entries per graph
+    while len(_CACHE) > 6 * _CACHE_SIZE:  # about six entries per graph
         _CACHE.popitem(last=False)
     return val
 

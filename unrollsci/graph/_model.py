@@ -13,7 +13,7 @@ from ..solvers._chebyshev import chebyshev_roots
 from ._controller import StepController, certify_window
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
-from ._sample import controller_sample, local_features
+from ._sample import controller_sample, local_features, per_graph
 
 __all__ = ["UnrolledGraphGD", "GraphGDResult", "MODES"]
 
@@ -400,7 +400,8 @@ class UnrolledGraphGD(nn.Module):
             )
             adj = samp.adj
         else:
-            adj = p.cached(
+            adj = per_graph(
+                p,
                 f"mean-adjacency-{dtype}",
                 lambda: self.controller.mean_adjacency(
                     p.edge_index, p.edge_weight.to(dtype), p.num_nodes

@@ -329,10 +329,8 @@ class GraphInverseProblem:
         With a mask shared by the signals (or none), ``H = diag(mask) + lam L`` is formed
         once (cached) and applied as one sparse product."""
         if self.kind == "mask" and (self.mask is None or self.mask.shape[0] == 1):
-            fused = self.cached(
-                "fused-hessian",
-                lambda: SparseOperator(_exact.full_hessian_scipy(self, 0)).to(self.device),
-            )
+            h = lambda: _exact.full_hessian_scipy(self, 0, share=True)  # noqa: E731
+            fused = self.cached("fused-hessian", lambda: SparseOperator(h()).to(self.device))
             return fused.mv(x)
         return self.adjoint_op(self.forward_op(x)) + self.lam * self.laplacian(x)
 

@@ -1,16 +1,17 @@
-"""The node sample a cheap controller passes messages on, and the per-node features of the
-local node head (both built once per problem and cached on it)."""
+"""The node sample a cheap controller passes messages on (built once per graph, shared by
+the problems on it), and the per-node features of the local node head (once per problem)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ._controller import StepController
 from ._problem import GraphInverseProblem
 
-__all__ = ["ControllerSample", "controller_sample", "local_features"]
+__all__ = ["ControllerSample", "controller_sample", "local_features", "per_graph"]
 
 
 @dataclass
@@ -76,7 +77,27 @@ def controller_sample(
         )
         return ControllerSample(nodes, pool, p.block_index[nodes], adj)
 
-    return p.cached(f"controller-sample-{size}-{seed}-{hops}-{dtype}", build)
+    return per_graph(p, f"controller-sample-{size}-{seed}-{hops}-{dtype}", build)
+
+
+def per_graph(p: GraphInverseProblem, key: str, build: Any) -> Any:
+    """``build()`` cached on ``p`` under ``key`` and shared by every problem on the same
+    graph, blocks and device (the graph certificate cache): for what depends on the graph
+    only (the controller's node sample, its mean adjacency). The value is shared: read it,
+    never change it in place."""
+    import hashlib
+
+    import numpy as np
+
+    from . import _graphcert
+    from ._spectral import graph_digest
+
+    def shared() -> Any:
+        blocks = np.ascontiguousarray(p.block_ptr, dtype=np.int64).tobytes()
+        what = f"{key}-{p.device}-{hashlib.sha256(blocks).hexdigest()}"
+        return _graphcert.cached_for_graph(p.lap_scipy, what, build, graph_digest(p))
+
+    return p.cached(key, shared)
 
 
 def local_features(
