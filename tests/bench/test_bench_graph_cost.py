@@ -102,3 +102,18 @@ def test_graph_cost_bounds_only_pairs_each_bound_with_a_cg_solve(tmp_path):
         # the certified lower bounds are proofs: at most the true smallest eigenvalues
         assert 0 < row["quality: lo / lambda_min"] <= 1 + 1e-9
         assert 0 < row["quality: jac lo / lambda_min(S)"] <= 1 + 1e-9
+
+
+def test_graph_end_to_end_writes_every_mode_and_graph(tmp_path):
+    rc = main(["--end-to-end", "--quick", "--big", "400", "--repeats", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "graph_e2e_quick.json").read_text())
+    assert (tmp_path / "graph_e2e_quick.md").exists() and len(data["rows"]) == 6
+    for row in data["rows"]:
+        for mode in ("window", "window_jacobi"):
+            ratio = row[f"{mode} / (H + cg 10 it)"]
+            assert ratio == pytest.approx(
+                row[f"{mode} [s]"] / (row["scipy H [s]"] + row["cg 10 it [s]"])
+            )
+            assert row[f"{mode} / (H + cg 1e-6)"] > 0
+            assert row[f"{mode} (new graph) [s]"] > 0

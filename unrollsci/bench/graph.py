@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bounds-only", action="store_true", help=bounds_help)
     batch_help = "with --cost: only the batch of 64 signals vs CG (graph_cost_batch.json)"
     parser.add_argument("--batch-only", action="store_true", help=batch_help)
+    e2e_help = "one problem end to end: build + bounds + forward vs scipy (graph_e2e.json)"
+    parser.add_argument("--end-to-end", action="store_true", help=e2e_help)
     parser.add_argument(
         "--forward",
         action="store_true",
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         parser.error(f"--train-observed: expected rates in (0, 1], got {args.train_observed}")
     torch.set_num_threads(args.threads)
+    if args.end_to_end:
+        from .graph_e2e import run_end_to_end
+
+        return run_end_to_end(args.out, quick=args.quick, big=args.big, repeats=args.repeats)
     if args.forward:
         from .graph_cost import FORWARD_SAMPLE, run_forward
 
