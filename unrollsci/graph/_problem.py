@@ -200,10 +200,8 @@ class GraphInverseProblem:
         self.block_index = torch.as_tensor(block, device=device)
         self.block_ptr = np.searchsorted(block, np.arange(self.num_blocks + 1))
 
-        # message passing (edge_index, degree) runs over neighbours: self-loops enter
-        # only the Laplacian (networkx's convention, see laplacian_matrix)
-        # (filtered from the COO entries: setdiag(0) on a matrix without a stored diagonal
-        # would insert n explicit entries first)
+        # message passing (edge_index, degree) runs over neighbours: self-loops enter only
+        # the Laplacian (networkx's convention), filtered from the COO entries
         coo = adj.tocoo()
         off = (coo.row != coo.col) & (coo.data != 0)
         rows, cols, vals = coo.row[off], coo.col[off], coo.data[off]
@@ -212,7 +210,6 @@ class GraphInverseProblem:
         self.degree = torch.as_tensor(
             np.bincount(rows, weights=vals, minlength=n), device=device, dtype=dtype
         )
-        self.lap = SparseOperator(self.lap_scipy).to(device)
         self._cache: dict[str, Any] = {"graph-digest": graph_digest}
         check_unique(self)
 
@@ -294,6 +291,11 @@ class GraphInverseProblem:
         return self.y.device
 
     @property
+    def lap(self) -> SparseOperator:
+        """``L`` as a torch operator on the problem's device (built on first use)."""
+        return self.cached("lap-operator", lambda: SparseOperator(self.lap_scipy).to(self.device))
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.y.dtype
 
@@ -329,8 +331,8 @@ class GraphInverseProblem:
         With a mask shared by the signals (or none), ``H = diag(mask) + lam L`` is formed
         once (cached) and applied as one sparse product."""
         if self.kind == "mask" and (self.mask is None or self.mask.shape[0] == 1):
-            h = lambda: _exact.full_hessian_scipy(self, 0, share=True)  # noqa: E731
-            fused = self.cached("fused-hessian", lambda: SparseOperator(h()).to(self.device))
+            h = lambda: SparseOperator(_exact.full_hessian_scipy(self, 0, share=True))  # noqa: E731
+            fused = self.cached("fused-hessian", lambda: h().to(self.device))
             return fused.mv(x)
         return self.adjoint_op(self.forward_op(x)) + self.lam * self.laplacian(x)
 
