@@ -78,3 +78,18 @@ def test_canonical_input_is_not_copied():
 
     a = sp.csr_matrix(np.array([[0.0, 1.0], [1.0, 0.0]]))
     assert np.may_share_memory(validate_adjacency(a).data, a.data)
+
+
+def test_sparse_operator_copy_false_keeps_the_values():
+    """``SparseOperator(a, copy=False)`` reads the given values (no copy); the default owns
+    a copy, so changing the matrix afterwards changes only the first."""
+    from unrollsci.operators import SparseOperator
+
+    a = sp.csr_matrix(np.array([[2.0, 1.0], [1.0, 3.0]]))
+    b = a.copy()
+    shared, owned = SparseOperator(a, copy=False), SparseOperator(b)
+    a.data[:] *= 2.0
+    b.data[:] *= 2.0
+    x = torch.ones(1, 2, dtype=torch.float64)
+    torch.testing.assert_close(shared(x), torch.tensor([[6.0, 8.0]], dtype=torch.float64))
+    torch.testing.assert_close(owned(x), torch.tensor([[3.0, 4.0]], dtype=torch.float64))

@@ -326,13 +326,13 @@ class GraphInverseProblem:
         return self.lap.mv(x)
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
-        """``H x = A^T A x + lam L x`` for ``x: (batch, n)``.
-
-        With a mask shared by the signals (or none), ``H = diag(mask) + lam L`` is formed
-        once (cached) and applied as one sparse product."""
+        """``H x = A^T A x + lam L x`` (one fused sparse product for a shared mask)."""
         if self.kind == "mask" and (self.mask is None or self.mask.shape[0] == 1):
-            h = lambda: SparseOperator(_exact.full_hessian_scipy(self, 0, share=True))  # noqa: E731
-            fused = self.cached("fused-hessian", lambda: h().to(self.device))
+            h = _exact.full_hessian_scipy  # a fresh matrix: the operator need not copy it
+            fused = self.cached(
+                "fused-hessian",
+                lambda: SparseOperator(h(self, 0, share=True), copy=False).to(self.device),
+            )
             return fused.mv(x)
         return self.adjoint_op(self.forward_op(x)) + self.lam * self.laplacian(x)
 

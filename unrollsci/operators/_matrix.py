@@ -155,6 +155,9 @@ class SparseOperator(LinearOperator):
     Args:
         matrix: ``(m, n)`` scipy sparse matrix or torch sparse (COO/CSR) tensor.
         dtype: dtype to store; defaults to the matrix's (float64 for scipy float data).
+        copy: ``False`` keeps a canonical scipy matrix's value array instead of copying it
+            (for a matrix the caller made for this operator and will not change: a later
+            change of its values would change the operator's).
 
     Example:
         >>> import scipy.sparse as sp, torch
@@ -166,7 +169,7 @@ class SparseOperator(LinearOperator):
     supported_dtypes = (torch.float32, torch.float64)
     _derived_buffers = ("matrix_t",)
 
-    def __init__(self, matrix: Any, *, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, matrix: Any, *, dtype: torch.dtype | None = None, copy: bool = True) -> None:
         super().__init__()
         check_real("matrix", matrix)
         if dtype is not None:
@@ -176,7 +179,7 @@ class SparseOperator(LinearOperator):
         else:
             sc = _canonical_csr(matrix)
             src = getattr(matrix, "data", None)
-            if isinstance(src, np.ndarray) and np.may_share_memory(sc.data, src):
+            if copy and isinstance(src, np.ndarray) and np.may_share_memory(sc.data, src):
                 sc = sc.copy()  # own the entries: the caller may change its matrix later
             csr = to_torch_sparse(_csr_from_scipy(sc), dtype=dtype)
         if sc is None or not np.isfinite(sc.data).all():  # numpy's check is the cheap one
