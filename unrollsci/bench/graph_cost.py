@@ -77,6 +77,15 @@ def _graphs(n: int) -> list[tuple[str, Any]]:
     ]
 
 
+def run_config(n: int, repeats: int, **extra: Any) -> dict[str, Any]:
+    """The ``config`` of a cost benchmark's JSON: sizes, threads, the load before it ran."""
+    import os
+
+    out = {"nodes": n, "repeats": repeats, "threads": torch.get_num_threads(), **extra}
+    out["load average before"] = os.getloadavg()[0]
+    return out
+
+
 def _fresh(p: GraphInverseProblem) -> GraphInverseProblem:
     return GraphInverseProblem.from_scipy(p.adjacency, p.y, mask=p.mask, lam=p.lam)
 
@@ -261,13 +270,8 @@ def run_cost(
     graphs = _graphs(n)
     import os
 
-    config = {
-        "nodes": n,
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        "bounds / cg": "median over repeats of (bound time / a CG solve timed just before it)",
-        "load average before": os.getloadavg()[0],
-    }
+    pairing = "median over repeats of (bound time / a CG solve timed just before it)"
+    config = run_config(n, repeats, **{"bounds / cg": pairing})
     for name, adj in [] if batch_only else graphs:
         for observed in (0.3, 0.8):
             rows.append(_one(name, adj, observed, models, repeats))

@@ -29,7 +29,7 @@ import torch
 
 from ..graph import GraphInverseProblem, _graphcert, inpainting_problem
 from ._common import markdown_table, results_name, write_results, write_text
-from .graph_cost import _cg_time, _graphs, forward_models
+from .graph_cost import _cg_time, _graphs, forward_models, run_config
 
 __all__ = ["run_end_to_end"]
 
@@ -101,13 +101,7 @@ def run_end_to_end(outdir: str | Path, *, quick: bool, big: int | None, repeats:
 
     n = big or (5000 if quick else 100_000)
     models = {m: v for m, v in forward_models().items() if m in _MODES}
-    config = {
-        "nodes": n,
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        "controller": "sampled (as the trained models), untrained weights",
-        "load average before": os.getloadavg()[0],
-    }
+    config = run_config(n, repeats, controller="sampled (as the trained models), untrained")
     t0 = time.perf_counter()
     rows = []
     for name, adj in _graphs(n):
