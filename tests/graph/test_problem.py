@@ -282,3 +282,34 @@ def test_inertia_check_matches_eigenvalues():
     assert not _is_pd(h - 1.01 * ev[0] * eye)
     assert _is_pd(1.001 * ev[-1] * eye - h)
     assert not _is_pd(0.999 * ev[-1] * eye - h)
+
+
+def test_problems_built_in_threads_share_one_graph_safely():
+    """Threads building problems on two graphs at once (the caches are shared): every
+    problem gets its graph's Laplacian and bounds equal to a single-threaded build."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unrollsci.graph import _graphcert
+
+    graphs = [nx.cycle_graph(40), nx.grid_2d_graph(6, 7)]
+    adjs = [nx.to_scipy_sparse_array(g, format="csr", dtype=float) for g in graphs]
+
+    def build(i):
+        adj = adjs[i % 2]
+        n = adj.shape[0]
+        mask = torch.zeros(n)
+        mask[:: 3 + i % 3] = 1
+        p = GraphInverseProblem.from_scipy(adj, torch.zeros(n, dtype=torch.float64), mask=mask)
+        return i, p.lap_scipy.toarray(), float(p.lipschitz()[0, 0]), mask
+
+    _graphcert.clear_cache()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(build, range(24)))
+    for i, lap, lip, mask in results:
+        adj = adjs[i % 2]
+        np.testing.assert_array_equal(lap, np.diag(adj.toarray().sum(1)) - adj.toarray())
+        _graphcert.clear_cache()
+        ref = GraphInverseProblem.from_scipy(
+            adj, torch.zeros(adj.shape[0], dtype=torch.float64), mask=mask
+        )
+        assert lip == float(ref.lipschitz()[0, 0])

@@ -28,6 +28,7 @@ entries (the last :data:`_CACHE_SIZE` graphs), so a problem built again on the s
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -49,12 +50,14 @@ __all__ = [
 
 _CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
+_LOCK = threading.Lock()  # the two caches are shared by threads that build problems
 
 
 def clear_cache() -> None:
     """Forget every graph certificate and built Laplacian (tests, memory)."""
-    _CACHE.clear()
-    _BUILT.clear()
+    with _LOCK:
+        _CACHE.clear()
+        _BUILT.clear()
 
 
 def graph_key(lap: Any) -> bytes:
@@ -89,9 +92,10 @@ def laplacian_of(adj: Any, kind: str) -> tuple[Any, np.ndarray, bytes]:
         raise ValueError(f"Expected laplacian 'combinatorial' or 'normalized' (got {kind!r}).")
     adj_key = graph_key(adj)
     key = (adj_key, kind)
-    if key in _BUILT:
-        _BUILT.move_to_end(key)
-        return _BUILT[key]
+    with _LOCK:
+        if key in _BUILT:
+            _BUILT.move_to_end(key)
+            return _BUILT[key]
     check_adjacency_values(adj)
     lap = laplacian_matrix(adj, kind)
     # row sums of |L|: one product, without copying the index arrays
@@ -100,23 +104,27 @@ def laplacian_of(adj: Any, kind: str) -> tuple[Any, np.ndarray, bytes]:
     for arr in (lap.data, lap.indices, lap.indptr, rowabs):
         arr.setflags(write=False)
     digest = hashlib.sha256(b"laplacian:" + kind.encode() + b":" + adj_key).digest()
-    _BUILT[key] = (lap, rowabs, digest)
-    while len(_BUILT) > _BUILT_SIZE:
-        _BUILT.popitem(last=False)
-    return _BUILT[key]
+    out = (lap, rowabs, digest)
+    with _LOCK:
+        _BUILT[key] = out
+        while len(_BUILT) > _BUILT_SIZE:
+            _BUILT.popitem(last=False)
+    return out
 
 
 def cached_for_graph(lap: Any, what: str, build: Any, digest: bytes | None) -> Any:
     """``build()`` once per graph: kept under ``what`` and the digest of ``lap`` (hashed
     here when ``digest`` is None) among the last graphs' certificates."""
     key = (graph_key(lap) if digest is None else digest, what)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    val = build()
-    _CACHE[key] = val
-    while len(_CACHE) > 6 * _CACHE_SIZE:  # about six entries per graph
-        _CACHE.popitem(last=False)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    val = build()  # outside the lock: two threads may build the same value, both valid
+    with _LOCK:
+        _CACHE[key] = val
+        while len(_CACHE) > 6 * _CACHE_SIZE:  # about six entries per graph
+            _CACHE.popitem(last=False)
     return val
 
 
