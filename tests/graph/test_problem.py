@@ -198,9 +198,9 @@ def test_components_are_computed_once_per_graph(monkeypatch):
 def test_laplacian_is_built_once_per_graph(monkeypatch):
     """A second problem on the same adjacency (another mask) reuses the checked weights and
     the Laplacian (read-only, shared); changed weights are another graph, checked again."""
-    from unrollsci.graph import _graphcert, _laplacian
+    from unrollsci.graph import _laplacian, clear_graph_cache
 
-    _graphcert.clear_cache()
+    clear_graph_cache()
     built = []
     real = _laplacian.laplacian_matrix
     monkeypatch.setattr(

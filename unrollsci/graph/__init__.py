@@ -19,6 +19,7 @@ from ._data import (
     sensor_graph,
     smooth_signal,
 )
+from ._graphcert import clear_cache as clear_graph_cache
 from ._laplacian import HeatKernel, chebyshev_coefficients, laplacian_matrix, validate_adjacency
 from ._loss import graph_loss
 from ._model import MODES, GraphGDResult, UnrolledGraphGD
@@ -39,6 +40,7 @@ __all__ = [
     "UnrolledGraphGD",
     "certify_window",
     "chebyshev_coefficients",
+    "clear_graph_cache",
     "graph_loss",
     "inpainting_problem",
     "laplacian_matrix",

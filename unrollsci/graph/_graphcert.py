@@ -54,7 +54,9 @@ _LOCK = threading.Lock()  # the two caches are shared by threads that build prob
 
 
 def clear_cache() -> None:
-    """Forget every graph certificate and built Laplacian (tests, memory)."""
+    """Forget what is kept per graph: the last graphs' Laplacians, components, certificates
+    and controller samples (``unrollsci.graph.clear_graph_cache``: frees their memory; the
+    next problem on a graph computes them again)."""
     with _LOCK:
         _CACHE.clear()
         _BUILT.clear()
