@@ -332,30 +332,20 @@ def _by_component(h: Any, scale: np.ndarray, dg: np.ndarray, safety: float) -> f
 
 
 def lap_lmax(p: GraphInverseProblem) -> np.ndarray:
-    """Upper bounds on lambda_max(L) per block (Gershgorin and eigen-estimate x 1.01)."""
-    from scipy.sparse.linalg import eigsh
-
+    """Proven upper bounds on ``lambda_max(L)`` per block, capped by Gershgorin: dense
+    eigenvalues times 1.001 up to ``_DENSE_MAX`` nodes, above the graph certificate
+    :func:`._graphcert.laplacian_top` (once per graph). (An ARPACK start from the ones
+    vector, used before, fails on a combinatorial Laplacian: ``L 1 = 0``.)"""
     out = np.zeros(p.num_blocks)
     for k in range(p.num_blocks):
         s, e = p.block_ptr[k], p.block_ptr[k + 1]
-        lap = p.lap_scipy[s:e, s:e]
         gersh = float(p.lap_rowabs_np[s:e].max()) if e > s else 0.0
         if e - s <= _DENSE_MAX:
+            lap = p.lap_scipy[s:e, s:e]
             est = float(np.linalg.eigvalsh(lap.toarray())[-1]) * 1.001 + 1e-12
         else:
-            est = (
-                float(
-                    eigsh(
-                        lap,
-                        k=1,
-                        which="LA",
-                        tol=1e-8,
-                        return_eigenvectors=False,
-                        v0=np.ones(e - s),
-                    )[0]
-                )
-                * 1.01
-            )
+            lap = _block_laplacian(p, k)
+            est = _graphcert.laplacian_top(lap, 1.01, digest=graph_digest(p, k))[0]
         out[k] = min(gersh, est)
     return out
 
