@@ -54,3 +54,48 @@ def test_general_operator_bounds_above_the_dense_size():
     ev = np.linalg.eigvalsh(h)
     assert ev[-1] <= float(p.lipschitz()[0, 0])
     assert 0 <= float(p.lambda_min_bound()[0, 0]) <= ev[0]
+
+
+def _mirror_path(n: int, seed: int = 0):
+    """A weighted path whose weights are mirror-symmetric (``i -> n - 1 - i``)."""
+    import scipy.sparse as sp
+
+    w = np.random.default_rng(seed).uniform(0.5, 2.0, n - 1)
+    w = (w + w[::-1]) / 2
+    return sp.diags([w, w], [-1, 1], format="csr")
+
+
+def test_operator_lower_bound_sees_every_symmetry_sector():
+    """A problem with a mirror symmetry (graph and operator): the smallest eigenvalue of H
+    lies in the antisymmetric sector, which ARPACK never reached from the (symmetric)
+    ones vector; the estimate then came out 16x above lambda_min(H)."""
+    n, lam = 400, 1e-3
+    eye = torch.eye(n, dtype=torch.float64)
+    a = eye + 0.6 * torch.flip(eye, [0])  # invertible, commutes with the mirror
+    y = torch.randn(1, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p = GraphInverseProblem.from_scipy(
+        _mirror_path(n), y, operator=MatrixOperator(a), lam=lam, laplacian="normalized"
+    )
+    h = a.numpy().T @ a.numpy() + lam * p.lap_scipy.toarray()
+    ev = np.linalg.eigvalsh(h)
+    lo = float(p.lambda_min_bound()[0, 0])
+    assert 0.9 * ev[0] <= lo <= ev[0]
+
+
+def test_heat_kernel_with_a_symmetric_mask_lower_bound():
+    n, lam, tau = 41, 0.1, 5.0
+    mask = torch.zeros(n)
+    mask[[10, 20, 30]] = 1.0  # mirror-symmetric observations
+    p = GraphInverseProblem.from_scipy(
+        _mirror_path(n, seed=3),
+        torch.zeros(1, n, dtype=torch.float64),
+        operator="heat",
+        mask=mask,
+        lam=lam,
+        tau=tau,
+    )
+    a = p.operator.to_dense().numpy()
+    h = a.T @ (mask.numpy()[:, None] * a) + lam * p.lap_scipy.toarray()
+    ev = np.linalg.eigvalsh(h)
+    assert 0 <= float(p.lambda_min_bound()[0, 0]) <= ev[0]
+    assert float(p.lipschitz()[0, 0]) >= ev[-1]
