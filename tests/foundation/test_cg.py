@@ -161,3 +161,35 @@ def test_device_mismatch():
     a = torch.eye(3, dtype=F64, device="cuda")
     with pytest.raises(ValueError, match="one device"):
         cg(a, torch.ones(3, dtype=F64))
+
+
+@pytest.mark.parametrize("which", ["jacobi", "ic0", "chebyshev"])
+def test_tol_zero_with_a_preconditioner_converges_to_working_precision(which):
+    """tol=0 runs until the residual vanishes: with an SPD preconditioner r^T M r
+    underflows before r^T r does, which was reported as an indefinite M (found by fuzzing)."""
+    from unrollsci import precond
+    from unrollsci.precond import diffusion2d
+
+    a = diffusion2d(8, seed=0)
+    b = torch.from_numpy(np.random.default_rng(1).standard_normal(64))
+    sol = cg(a, b, M=getattr(precond, which)(a), tol=0.0)
+    assert sol.converged
+    res = np.linalg.norm(a @ sol.x.numpy() - b.numpy()) / np.linalg.norm(b.numpy())
+    assert res < 1e-14
+
+
+def test_zero_rhs_with_a_warm_start_returns_zero():
+    """b = 0: x = 0 exactly whatever x0 (it iterated until underflow and raised before);
+    batched with a nonzero column, that column is solved as usual."""
+    from unrollsci.precond import diffusion2d, ic0
+
+    a = diffusion2d(8, seed=0)
+    m = ic0(a)
+    b = torch.zeros(2, 64, dtype=torch.float64)
+    b[1] = torch.from_numpy(np.random.default_rng(2).standard_normal(64))
+    sol = cg(a, b, M=m, x0=torch.ones(2, 64, dtype=torch.float64), tol=1e-10)
+    assert sol.converged
+    assert torch.equal(sol.x[0], torch.zeros(64, dtype=torch.float64))
+    np.testing.assert_allclose(a @ sol.x[1].numpy(), b[1].numpy(), atol=1e-8)
+    one = cg(a, b[0], M=m, x0=torch.ones(64, dtype=torch.float64))
+    assert one.converged and one.iterations == 0 and not one.x.any()

@@ -21,6 +21,8 @@ __all__ = [
 ]
 
 _KINDS = ("combinatorial", "normalized")
+#: a heat kernel's Chebyshev polynomial must match exp(-tau mu) to this on [0, lmax]
+HEAT_TOL = 1e-6
 
 
 def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-untyped-def]
@@ -169,8 +171,31 @@ class HeatKernel(LinearOperator):
         self.lmax = float(max(np.asarray(abs(lap).sum(axis=1)).max(), 1e-12)) if n else 1.0
         self.tau, self.degree = float(tau), int(degree)
         self.coef = chebyshev_coefficients(lambda mu: np.exp(-tau * mu), degree, self.lmax)
+        err = self._error()
+        if not err <= HEAT_TOL:  # e.g. tau * lmax ~ 1e6: every coefficient underflows to 0
+            need = next(
+                (d for d in range(degree + 1, 4 * degree + 400) if self._error(d) <= HEAT_TOL),
+                None,
+            )
+            hint = f"use degree >= {need}" if need else "lower tau (or the edge weights)"
+            raise ValueError(
+                f"Expected tau * lambda_max(L) small enough for a degree-{degree} Chebyshev "
+                f"polynomial of exp(-tau L) (got tau * lambda_max bound = {tau * self.lmax:.4g}: "
+                f"the polynomial is off exp(-tau mu) by {err:.2e} on [0, {self.lmax:.4g}]); "
+                f"{hint} (heat_degree= in GraphInverseProblem)."
+            )
         self.lap = SparseOperator(lap)
         self.in_shape = self.out_shape = (n,)
+
+    def _error(self, degree: int | None = None) -> float:
+        """Largest error of the degree-``degree`` polynomial (the one applied if None)
+        against ``exp(-tau mu)`` on a grid of ``[0, lmax]``."""
+        mu = np.linspace(0.0, self.lmax, 4001)
+        coef = self.coef
+        if degree is not None:
+            coef = chebyshev_coefficients(lambda m: np.exp(-self.tau * m), degree, self.lmax)
+        approx = np.polynomial.chebyshev.chebval(2.0 * mu / self.lmax - 1.0, coef)
+        return float(np.max(np.abs(approx - np.exp(-self.tau * mu))))
 
     def response(self, mu: np.ndarray) -> np.ndarray:
         """The polynomial actually applied, as a function of a Laplacian eigenvalue ``mu``."""

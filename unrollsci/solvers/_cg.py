@@ -109,8 +109,10 @@ def cg(
     Batched over right-hand sides; each column gets its own step sizes and stops
     independently once ``||r|| <= max(tol * ||b||, atol)``, or once its (recursively
     updated) residual vanishes to working precision (``r^T r`` is exactly 0: ``||r||``
-    below ``1e-154 ||b||`` in float64, ``1e-19 ||b||`` in float32), which counts as
-    converged. So ``tol=0, atol=0`` runs until the residual is zero or ``max_iter``.
+    below ``1e-154 ||b||`` in float64, ``1e-19 ||b||`` in float32; or, preconditioned,
+    ``|r^T M r|`` within a factor ``1/eps`` of underflow once ``||r|| <= eps ||b||``),
+    which counts as converged. So ``tol=0, atol=0`` runs until the residual is zero or
+    ``max_iter``. A column with ``b = 0`` returns ``x = 0`` (whatever ``x0``).
     Each column is solved scaled to ``||b|| = 1`` (the iterates are linear in ``b``),
     so tiny or huge right-hand sides do not underflow or overflow the CG scalars.
     The iteration is the library's one CG recurrence
@@ -258,8 +260,14 @@ def _run(
 ) -> _Run:
     """cg's stop rules and scaling around the shared recurrence, on ``(batch, n)``."""
     tiny = torch.finfo(b.dtype).tiny
+    # |r^T z| below this is zero to working precision: one more step would divide two
+    # underflowed products (reported as indefiniteness before; tol=0 reached it)
+    eps = torch.finfo(b.dtype).eps
+    floor = tiny / eps
     bnorm = _norm(b)
     safe = torch.clamp(bnorm, min=tiny)
+    if x0 is not None and bool((bnorm == 0).any()):  # b = 0: x = 0 exactly, whatever x0
+        x0 = torch.where((bnorm == 0)[:, None], torch.zeros_like(x0), x0)
     x = b.new_zeros(b.shape) if x0 is None else x0
     r = b - op(x) if x0 is not None else b.clone()
     # Solve for (x, r) / s with s = ||b|| (or ||r0|| for b = 0): CG is linear in b, and
@@ -281,7 +289,9 @@ def _run(
         # A residual whose squared norm underflows to 0 is zero to working precision: the
         # next step would divide 0 by 0 (p^T A p = 0), which is not indefiniteness.
         rr = st.rz.detach()[:, 0] if plain else torch.linalg.vecdot(rd, rd)
-        done = (rn <= thresh) | (rr == 0)
+        # preconditioned: r^T M r underflows before r^T r does (an underflow, not M)
+        gone = (rn <= eps) & (st.rz.detach()[:, 0].abs() <= floor) & (not plain)
+        done = (rn <= thresh) | (rr == 0) | gone
         if st.k > 0 or bool(done.all()):  # the start is recorded only when it is the answer
             residuals.append(float((rn * rel).max()))
         return done
