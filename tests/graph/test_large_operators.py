@@ -99,3 +99,25 @@ def test_heat_kernel_with_a_symmetric_mask_lower_bound():
     ev = np.linalg.eigvalsh(h)
     assert 0 <= float(p.lambda_min_bound()[0, 0]) <= ev[0]
     assert float(p.lipschitz()[0, 0]) >= ev[-1]
+
+
+def test_heat_kernel_the_polynomial_cannot_represent_is_refused():
+    """tau * lambda_max ~ 1e6: every Chebyshev coefficient of exp(-tau mu) underflowed to 0,
+    so A was 0 and H = lam L singular, silently (found by fuzzing). Refused now, with the
+    degree that would do where one exists."""
+    import scipy.sparse as sp
+
+    n = 40
+    y = torch.randn(1, n, dtype=torch.float64)
+
+    def path(w):
+        return sp.diags([np.full(n - 1, w), np.full(n - 1, w)], [-1, 1], format="csr")
+
+    with pytest.raises(ValueError, match="lower tau"):
+        GraphInverseProblem.from_scipy(path(1e6), y, operator="heat", lam=1e-3)
+    with pytest.raises(ValueError, match=r"use degree >= (\d+)") as err:
+        GraphInverseProblem.from_scipy(path(50.0), y, operator="heat", lam=1e-3)
+    need = int(__import__("re").search(r"degree >= (\d+)", str(err.value)).group(1))
+    p = GraphInverseProblem.from_scipy(path(50.0), y, operator="heat", lam=1e-3, heat_degree=need)
+    mu = np.linspace(0.0, p.heat.lmax, 1001)
+    assert np.abs(p.heat.response(mu) - np.exp(-mu)).max() <= 1e-6
