@@ -7,10 +7,15 @@ import pytest
 from unrollsci.bench.graph import main
 
 
+def _quick(tmp_path, stem: str, *args: str) -> dict:
+    """Run ``benchmarks/graph.py --quick ARGS --repeats 1`` into ``tmp_path``; its
+    ``STEM_quick.json`` (the run must succeed)."""
+    assert main(["--quick", *args, "--repeats", "1", "--out", str(tmp_path)]) == 0
+    return json.loads((tmp_path / f"{stem}_quick.json").read_text())
+
+
 def test_graph_cost_quick_writes_ratios(tmp_path):
-    rc = main(["--cost", "--quick", "--big", "300", "--repeats", "1", "--out", str(tmp_path)])
-    assert rc == 0
-    data = json.loads((tmp_path / "graph_cost_quick.json").read_text())
+    data = _quick(tmp_path, "graph_cost", "--cost", "--big", "300")
     assert (tmp_path / "graph_cost_quick.md").exists()
     assert len(data["rows"]) == 6  # three graphs, two observation rates
     for row in data["rows"]:
@@ -25,12 +30,7 @@ def test_graph_cost_quick_writes_ratios(tmp_path):
 
 
 def test_graph_cost_batch_only_writes_the_batch_alone(tmp_path):
-    rc = main(
-        ["--cost", "--batch-only", "--quick", "--big", "300", "--repeats", "1"]
-        + ["--out", str(tmp_path)]
-    )
-    assert rc == 0
-    data = json.loads((tmp_path / "graph_cost_batch_quick.json").read_text())
+    data = _quick(tmp_path, "graph_cost_batch", "--cost", "--batch-only", "--big", "300")
     assert data["rows"] == [] and data["batch64_shared_mask"]["n"] == 300
     assert not (tmp_path / "graph_cost_quick.json").exists()
 
@@ -84,12 +84,7 @@ def test_graph_train_nodes_rejects_an_empty_range(capsys):
 
 
 def test_graph_cost_bounds_only_pairs_each_bound_with_a_cg_solve(tmp_path):
-    rc = main(
-        ["--cost", "--bounds-only", "--quick", "--big", "900", "--repeats", "1"]
-        + ["--out", str(tmp_path)]
-    )
-    assert rc == 0
-    data = json.loads((tmp_path / "graph_cost_bounds_quick.json").read_text())
+    data = _quick(tmp_path, "graph_cost_bounds", "--cost", "--bounds-only", "--big", "900")
     assert (tmp_path / "graph_cost_bounds_quick.md").exists()
     assert data["batch64_shared_mask"] == {} and len(data["rows"]) == 6
     for row in data["rows"]:
@@ -105,9 +100,7 @@ def test_graph_cost_bounds_only_pairs_each_bound_with_a_cg_solve(tmp_path):
 
 
 def test_graph_end_to_end_writes_every_mode_and_graph(tmp_path):
-    rc = main(["--end-to-end", "--quick", "--big", "400", "--repeats", "1", "--out", str(tmp_path)])
-    assert rc == 0
-    data = json.loads((tmp_path / "graph_e2e_quick.json").read_text())
+    data = _quick(tmp_path, "graph_e2e", "--end-to-end", "--big", "400")
     assert (tmp_path / "graph_e2e_quick.md").exists() and len(data["rows"]) == 6
     for row in data["rows"]:
         for mode in ("window", "window_jacobi"):

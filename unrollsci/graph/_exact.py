@@ -15,42 +15,37 @@ __all__ = ["auto_method", "full_hessian_scipy", "solve_exact"]
 
 def auto_method(p: GraphInverseProblem) -> str:
     """``solve_exact(method="auto")``: ``"direct"`` for mask problems on graphs whose
-    sparse factorization is affordable (:func:`._inertia.affordable`, once per problem:
+    sparse factorization is affordable (:func:`._inertia.affordable`, once per graph:
     meshes, sensor, road-like and geometric graphs, small graphs of any kind), else
     ``"cg"`` (to ``tol``). On expander-like graphs the LU fills in to nearly dense
     (measured in docs/graph.md, "Graphs where no factorization is affordable")."""
     if p.kind != "mask":
         return "cg"
-    from ._inertia import affordable
+    from ._graphcert import _factorable
+    from ._spectral import graph_digest
 
-    return "direct" if p.cached("direct-affordable", lambda: affordable(p.lap_scipy)) else "cg"
+    return "direct" if _factorable(p.lap_scipy, graph_digest(p)) else "cg"
 
 
 def full_hessian_scipy(p: GraphInverseProblem, b: int, *, share: bool = False):  # type: ignore[no-untyped-def]
     """``H = diag(mask_b) + lam L`` of signal ``b`` as a scipy CSR matrix (mask problems).
 
-    With ``lam > 0`` and a Laplacian that stores every diagonal entry, ``H`` is ``lam L``
-    with the mask added at the diagonal positions (the same entries as the sparse sum);
-    ``share=True`` (internal use) keeps the Laplacian's index arrays (read-only, shared by
-    the problems on the graph), otherwise they are copied."""
+    With one block and ``lam > 0`` it is the bounds' ``H``
+    (:func:`._spectral._block_hessian_scipy`, cached on the problem): ``share=True``
+    (internal use: the fused product, the exact solve) returns that matrix itself, else a
+    copy the caller may change."""
     import scipy.sparse as sp
 
-    from ._spectral import _lap_diag_positions
+    from ._spectral import _block_hessian_scipy
 
+    if p.lam > 0 and p.num_blocks == 1:
+        h = _block_hessian_scipy(p, b, 0)
+        return h if share else h.copy()
     if p.mask is None:
         d = np.ones(p.num_nodes)
     else:
         d = p.mask[b if p.mask.shape[0] > 1 else 0].detach().cpu().double().numpy()
-    lap = p.lap_scipy
-    pos = _lap_diag_positions(p) if p.lam > 0 and sp.isspmatrix_csr(lap) else None
-    if pos is None:
-        return sp.csr_matrix(sp.diags(d) + p.lam * lap)
-    data = p.lam * lap.data
-    data[pos] += d
-    idx, ptr = (lap.indices, lap.indptr) if share else (lap.indices.copy(), lap.indptr.copy())
-    h = sp.csr_matrix((data, idx, ptr), shape=lap.shape)
-    h.has_sorted_indices = True
-    return h
+    return sp.csr_matrix(sp.diags(d) + p.lam * p.lap_scipy)
 
 
 def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor:

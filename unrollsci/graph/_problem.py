@@ -328,7 +328,7 @@ class GraphInverseProblem:
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
         """``H x = A^T A x + lam L x`` (one fused sparse product for a shared mask)."""
         if self.kind == "mask" and (self.mask is None or self.mask.shape[0] == 1):
-            h = _exact.full_hessian_scipy  # a fresh matrix: the operator need not copy it
+            h = _exact.full_hessian_scipy  # the problem's own H: the operator need not copy it
             fused = self.cached(
                 "fused-hessian",
                 lambda: SparseOperator(h(self, 0, share=True), copy=False).to(self.device),
