@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -139,12 +140,15 @@ class StepController(MessagePassing):
         edge_weight: torch.Tensor,
         n: int,
         nodes: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The aggregation matrix ``M[i, j] = w_ji / d_i`` (``d_i`` the weighted in-degree)
         as a sparse CSR tensor, rows = message targets.
 
         ``nodes`` (sorted node indices): the submatrix ``M[nodes][:, nodes]`` (``d_i``
-        still the degree in the whole graph), for message passing on a node subset.
+        still the degree in the whole graph), for message passing on a node subset;
+        ``targets`` (sorted, a subset of ``nodes``): the rows ``M[targets][:, nodes]``
+        only, for a hop that needs the new embeddings of ``targets`` only.
 
         ``forward`` builds it from ``edge_index`` when it is not given; callers that run
         the controller many times on one graph (every layer of an unrolled solver) build it
@@ -154,14 +158,21 @@ class StepController(MessagePassing):
         src, dst = edge_index[0], edge_index[1]
         deg = edge_weight.new_zeros(n).index_add(0, dst, edge_weight)
         norm = edge_weight / deg.clamp(min=torch.finfo(edge_weight.dtype).tiny)[dst]
-        m = n
+        m = r = n
         if nodes is not None:
             pos = torch.full((n,), -1, dtype=torch.long, device=dst.device)
             pos[nodes] = torch.arange(nodes.numel(), device=dst.device)
-            keep = (pos[dst] >= 0) & (pos[src] >= 0)
-            src, dst, norm, m = pos[src[keep]], pos[dst[keep]], norm[keep], nodes.numel()
+            pos_r = pos
+            if targets is not None:
+                pos_r = torch.full((n,), -1, dtype=torch.long, device=dst.device)
+                pos_r[targets] = torch.arange(targets.numel(), device=dst.device)
+            keep = (pos_r[dst] >= 0) & (pos[src] >= 0)
+            src, dst, norm = pos[src[keep]], pos_r[dst[keep]], norm[keep]
+            m = r = nodes.numel()
+            if targets is not None:
+                r = targets.numel()
         coo = torch.sparse_coo_tensor(
-            torch.stack([dst, src]), norm, (m, m), check_invariants=False
+            torch.stack([dst, src]), norm, (r, m), check_invariants=False
         ).coalesce()
         return coo.to_sparse_csr()
 
@@ -179,6 +190,7 @@ class StepController(MessagePassing):
         pool_index: torch.Tensor | None = None,
         local_feat: torch.Tensor | None = None,
         local_block_index: torch.Tensor | None = None,
+        hop_rows: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Logits for every head.
 
@@ -199,6 +211,12 @@ class StepController(MessagePassing):
             local_feat: ``node_head="local"``: ``(batch or 1, n_out, len(LOCAL_FEATURES))``,
                 the nodes the per-node head is evaluated on, with ``local_block_index``
                 (default ``block_index``).
+            hop_rows: per hop ``(keep, m)``: the hop computes the new embeddings of the
+                rows ``keep`` of the current ones only, aggregating with ``m`` (rows
+                ``keep``, columns the current rows); the graph heads then pool over the
+                rows left after the last hop (``pool_index`` must be None). For a node
+                sample, whose pooled nodes need fewer and fewer neighbours hop by hop
+                (:class:`~unrollsci.graph._sample.ControllerSample`).
 
         Returns:
             dict with ``scalar: (batch, num_blocks)``, ``node: (batch, n)`` (``n_out``
@@ -206,14 +224,28 @@ class StepController(MessagePassing):
             the pooled graph embedding ``(batch, num_blocks, hidden)``.
         """
         n = node_feat.shape[-2]
-        if adj is None:
+        if adj is None and hop_rows is None:
             adj = self.mean_adjacency(edge_index, edge_weight.to(node_feat.dtype), n)
         h = torch.relu(self.lin_in(torch.cat([node_feat, graph_feat[:, block_index]], -1)))
-        for lin_s, lin_n in zip(self.lin_self, self.lin_nbr, strict=True):
-            # a sparse adjacency makes PyG call message_and_aggregate (fused, as GCNConv)
-            agg = self.propagate(adj, x=h)
-            h = h + torch.relu(lin_s(h) + lin_n(agg))
-        hp, bp = h, block_index
+        bp = block_index
+        if hop_rows is not None:
+            if pool_index is not None or len(hop_rows) != self.hops:
+                raise ValueError(
+                    f"Expected {self.hops} hop_rows and no pool_index (got {len(hop_rows)})."
+                )
+            if node_head and self.node_head == "mp":
+                raise ValueError("hop_rows drops nodes: the 'mp' node head needs every node.")
+            for (keep, m), lin_s, lin_n in zip(hop_rows, self.lin_self, self.lin_nbr, strict=True):
+                agg = self.message_and_aggregate(m, h)
+                h = h[:, keep]
+                h = h + torch.relu(lin_s(h) + lin_n(agg))
+                bp = bp[keep]
+        else:
+            for lin_s, lin_n in zip(self.lin_self, self.lin_nbr, strict=True):
+                # a sparse adjacency makes PyG call message_and_aggregate (fused, as GCNConv)
+                agg = self.propagate(adj, x=h)
+                h = h + torch.relu(lin_s(h) + lin_n(agg))
+        hp = h
         if pool_index is not None:
             hp, bp = h[:, pool_index], block_index[pool_index]
         count = (
@@ -258,7 +290,8 @@ class StepController(MessagePassing):
         # x: (batch, n, hidden) -> (n, batch * hidden) for one sparse-dense product
         b, n, c = x.shape
         flat = x.transpose(0, 1).reshape(n, b * c)
-        return torch.sparse.mm(adj_t, flat).reshape(n, b, c).transpose(0, 1)
+        rows = adj_t.shape[0]  # fewer than n for a hop of ``hop_rows``
+        return torch.sparse.mm(adj_t, flat).reshape(rows, b, c).transpose(0, 1)
 
 
 def certify_window(

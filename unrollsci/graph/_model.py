@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,11 +10,11 @@ import torch
 from torch import nn
 
 from .._validation import check_model_dtype, model_dtype
-from ..solvers._chebyshev import chebyshev_roots
-from ._controller import StepController, certify_window
+from ._controller import StepController
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
 from ._sample import controller_sample, local_features, per_graph
+from ._window import window_steps
 
 __all__ = ["UnrolledGraphGD", "GraphGDResult", "MODES"]
 
@@ -31,11 +32,14 @@ class GraphGDResult:
             window_jacobi: the step ``s_k`` multiplying ``D^{-1} g``) or ``(batch, n)``
             (diagonal).
         certified: window mode: one ``(batch, num_blocks)`` bool tensor per window
-            (False where the learned steps failed the certificate and the safe
-            ``1/Lip`` steps were used instead).
+            (False where no learned roots passed the certificate and the pulled or safe
+            steps ran instead).
         certificates: window mode: the certified contraction factor of each window
             actually run, ``(batch, num_blocks)``.
         window_starts: layer index at which each window starts.
+        backup: window mode: one ``(batch, num_blocks)`` bool tensor per window, True
+            where the backup controller's learned roots ran (``certified`` is True there
+            too).
         blend: window mode: the fraction ``t`` of the learned roots kept in each
             window (1: learned roots, 0: Chebyshev roots, -1: ``1/Lip`` steps).
         violation: window mode: differentiable penalty, how far the learned roots
@@ -50,6 +54,7 @@ class GraphGDResult:
     certificates: list[torch.Tensor] = field(default_factory=list)
     window_starts: list[int] = field(default_factory=list)
     blend: list[torch.Tensor] = field(default_factory=list)
+    backup: list[torch.Tensor] = field(default_factory=list)
     matvecs: int = 0
     violation: torch.Tensor | None = None
 
@@ -96,6 +101,18 @@ class UnrolledGraphGD(nn.Module):
             mode then needs ``StepController(node_head="local")``. The step ranges, and
             so every guarantee, do not depend on it.
         controller_seed: seed of the node sample.
+        controller_full_up_to: with ``controller_sample``, graphs (blocks) of at most
+            this many nodes are pooled over every node, as without a sample (default 0:
+            every graph above ``controller_sample`` nodes is sampled). For a controller
+            trained without a sample: small graphs, where the sample's neighbourhood is
+            most of the graph anyway, keep exactly what it was trained on.
+        backup: window modes: a second :class:`StepController` (same ``window`` and
+            ``hops``) whose learned roots are tried, on the same features, where the
+            controller's own fail the certificate, before the roots pulled towards
+            Chebyshev's and the safe steps (``GraphGDResult.backup`` says where they
+            ran). A specialist tuned to one family with a controller trained to transfer
+            behind it; the certificate decides per graph and signal, so every guarantee
+            is unchanged, and the backup runs only in windows where it is needed.
 
     Example:
         >>> import networkx as nx, torch
@@ -123,6 +140,8 @@ class UnrolledGraphGD(nn.Module):
         controller_every: int = 1,
         controller_sample: int | None = None,
         controller_seed: int = 0,
+        controller_full_up_to: int = 0,
+        backup: StepController | None = None,
     ) -> None:
         super().__init__()
         if int(num_layers) < 1:
@@ -164,6 +183,22 @@ class UnrolledGraphGD(nn.Module):
                 )
         self.controller_sample = controller_sample
         self.controller_seed = int(controller_seed)
+        full = controller_full_up_to
+        if isinstance(full, bool) or not isinstance(full, int) or full < 0:
+            raise ValueError(f"Expected an int controller_full_up_to >= 0 (got {full!r}).")
+        self.controller_full_up_to = full
+        if backup is not None:
+            if not isinstance(backup, StepController):
+                raise TypeError(f"Expected a StepController backup (got {type(backup).__name__}).")
+            if mode not in ("window", "window_jacobi"):
+                raise ValueError(f"Expected a window mode for a backup controller (got {mode!r}).")
+            mine = (self.controller.window, self.controller.hops)
+            if (backup.window, backup.hops) != mine:
+                raise ValueError(
+                    f"Expected a backup with the controller's window and hops {mine} (got "
+                    f"{(backup.window, backup.hops)})."
+                )
+        self.backup = backup
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -184,74 +219,9 @@ class UnrolledGraphGD(nn.Module):
             "controller_every": self.controller_every,
             "controller_sample": self.controller_sample,
             "controller_seed": self.controller_seed,
+            "controller_full_up_to": self.controller_full_up_to,
+            "backup": None if self.backup is None else StepController(**self.backup.get_config()),
         }
-
-    def _window_steps(
-        self, z: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Certified steps for one window from the logits ``z: (batch, blocks, w)``."""
-        wk = z.shape[-1]
-        frac = torch.sigmoid(z)
-        cheb = chebyshev_roots(wk, dtype=z.dtype, device=z.device)
-        span = (hi - lo)[..., None]
-        tiny = torch.finfo(z.dtype).tiny
-        # The learned roots first: where they pass (the common case) nothing else is
-        # certified. Elsewhere, the first of the roots pulled half and three quarters of
-        # the way to the Chebyshev roots that passes; else the safe steps: the Chebyshev
-        # roots of [lo, hi] or w steps 1/Lip, whichever has the smaller certificate
-        # (Chebyshev needs lo > 0 to be better).
-
-        def candidate(t: float) -> tuple[torch.Tensor, torch.Tensor]:
-            roots = lo[..., None] + span * (cheb + t * (frac - cheb))
-            cand = 1.0 / roots.clamp(min=tiny)
-            return cand, certify_window(cand, lo, hi).to(lo.dtype)
-
-        cand, qc = candidate(1.0)
-        if bool((qc <= self.q_max).all()):
-            steps, q, t_used = cand, qc, torch.ones_like(lo)
-        else:
-            steps, q, t_used, done = self._safe_steps(cand, lo, hi, span, cheb, tiny)
-            for t in (1.0, 0.5, 0.25):
-                if t != 1.0:
-                    cand, qc = candidate(t)
-                take = ~done & (qc <= self.q_max)
-                steps = torch.where(take[..., None], cand, steps)
-                q = torch.where(take, qc, q)
-                t_used = torch.where(take, torch.full_like(t_used, t), t_used)
-                done = done | take
-        if torch.is_grad_enabled() and z.requires_grad:
-            # Soft, differentiable measure of how far the learned roots are from the
-            # certified set (training aid only; the guarantee comes from the fallback).
-            roots = lo[..., None] + span * frac
-            lam = lo[..., None] + (hi - lo)[..., None] * torch.linspace(
-                0, 1, 257, dtype=z.dtype, device=z.device
-            )
-            poly = torch.prod(1.0 - lam[..., None, :] / roots[..., :, None].clamp(min=tiny), -2)
-            self._violation = (
-                self._violation + torch.relu(poly.abs().amax(-1) - 0.97 * self.q_max).mean()
-            )
-        return steps, t_used == 1.0, q, t_used
-
-    @staticmethod
-    def _safe_steps(
-        like: torch.Tensor,
-        lo: torch.Tensor,
-        hi: torch.Tensor,
-        span: torch.Tensor,
-        cheb: torch.Tensor,
-        tiny: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The Chebyshev roots of ``[lo, hi]`` or ``w`` steps ``1/hi``, whichever has the
-        smaller certificate: ``(steps, q, t_used (0 or -1), done (all False))``."""
-        cheb_steps = 1.0 / (lo[..., None] + span * cheb).clamp(min=tiny)
-        lip_steps = (1.0 / hi)[..., None].expand_as(like)
-        q_cheb = certify_window(cheb_steps, lo, hi).to(lo.dtype)
-        q_lip = certify_window(lip_steps, lo, hi).to(lo.dtype)
-        use_cheb = q_cheb <= q_lip
-        steps = torch.where(use_cheb[..., None], cheb_steps, lip_steps)
-        q = torch.minimum(q_cheb, q_lip)
-        t_used = torch.where(use_cheb, torch.zeros_like(lo), torch.full_like(lo, -1.0))
-        return steps, q, t_used, torch.zeros_like(lo, dtype=torch.bool)
 
     def _squash(self, z: torch.Tensor) -> torch.Tensor:
         return self.floor + (1.0 - self.margin - self.floor) * torch.sigmoid(z)
@@ -396,9 +366,14 @@ class UnrolledGraphGD(nn.Module):
         samp = None
         if self.controller_sample is not None:
             samp = controller_sample(
-                p, self.controller_sample, self.controller_seed, self.controller.hops, dtype
+                p,
+                self.controller_sample,
+                self.controller_seed,
+                self.controller.hops,
+                dtype,
+                full_up_to=self.controller_full_up_to,
             )
-            adj = samp.adj
+            adj = None
         else:
             adj = per_graph(
                 p,
@@ -415,8 +390,27 @@ class UnrolledGraphGD(nn.Module):
             # (batch, blocks) -> per node; one block broadcasts instead of gathering
             return v if p.num_blocks == 1 else v[:, bi]
 
+        def run(ctrl: StepController, node: torch.Tensor, glob: torch.Tensor) -> dict:
+            return ctrl(
+                node,
+                glob,
+                p.edge_index,
+                p.edge_weight.to(dtype),
+                bi if samp is None else samp.block_index,
+                p.num_blocks,
+                adj=adj,
+                node_head=self.mode == "diagonal",
+                local_feat=loc,
+                local_block_index=bi,
+                hop_rows=None if samp is None else samp.hop_rows,
+            )
+
+        def backup_logits(node: torch.Tensor, glob: torch.Tensor) -> Callable | None:
+            b = self.backup
+            return None if b is None else lambda: run(b, node, glob)["window"]
+
         res = GraphGDResult(x=x, iterates=[x])
-        self._violation = x.new_zeros(())
+        violation = x.new_zeros(())
         w = self.controller.window
         win_steps: torch.Tensor | None = None
         for k in range(K):
@@ -432,19 +426,7 @@ class UnrolledGraphGD(nn.Module):
                     p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K,
                     nodes=None if samp is None else samp.nodes,
                 )  # fmt: skip
-                out = self.controller(
-                    node,
-                    glob,
-                    p.edge_index,
-                    p.edge_weight.to(dtype),
-                    bi if samp is None else samp.block_index,
-                    p.num_blocks,
-                    adj=adj,
-                    node_head=self.mode == "diagonal",
-                    pool_index=None if samp is None else samp.pool,
-                    local_feat=loc,
-                    local_block_index=bi,
-                )
+                out = run(self.controller, node, glob)
             if self.mode == "scalar":
                 s = (2.0 / lip) * self._squash(out["scalar"])
                 sn = per_node(s)
@@ -462,10 +444,14 @@ class UnrolledGraphGD(nn.Module):
             else:
                 if k % w == 0:
                     wk = min(w, K - k)
-                    win_steps, ok, q, t_used = self._window_steps(out["window"][..., :wk], lo, lip)
-                    res.certified.append(ok)
-                    res.certificates.append(q)
-                    res.blend.append(t_used)
+                    ws = window_steps(
+                        out["window"][..., :wk], lo, lip, self.q_max, backup_logits(node, glob)
+                    )
+                    win_steps, violation = ws.steps, violation + ws.violation
+                    res.certified.append(ws.learned)
+                    res.certificates.append(ws.q)
+                    res.blend.append(ws.t_used)
+                    res.backup.append(ws.backup)
                     res.window_starts.append(k)
                 assert win_steps is not None
                 s = win_steps[..., k % w]
@@ -476,5 +462,5 @@ class UnrolledGraphGD(nn.Module):
             res.iterates.append(x)
         res.x = x
         res.matvecs = mv
-        res.violation = self._violation
+        res.violation = violation
         return res

@@ -4,6 +4,7 @@ the problems on it), and the per-node features of the local node head (once per 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -22,24 +23,43 @@ class ControllerSample:
         nodes: ``(m,)`` sorted indices of the sample's ``hops``-hop neighbourhood.
         pool: ``(s,)`` positions (in ``nodes``) of the sampled nodes.
         block_index: ``(m,)`` block of each node of ``nodes``.
-        adj: the mean aggregation matrix restricted to ``nodes`` (``m x m`` sparse CSR).
+        hop_rows: per hop ``(keep, M)``, for ``StepController(hop_rows=...)``: hop ``j``
+            needs new embeddings only within ``hops - j`` hops of the sample (rows
+            ``keep`` of the previous hop's nodes, ``M`` their rows of the mean
+            aggregation matrix), and the last hop only on the sample itself.
+        adj: the mean aggregation matrix restricted to ``nodes`` (``m x m`` sparse CSR;
+            built on first use).
     """
 
     nodes: torch.Tensor
     pool: torch.Tensor
     block_index: torch.Tensor
-    adj: torch.Tensor
+    hop_rows: list[tuple[torch.Tensor, torch.Tensor]]
+    edge_index: torch.Tensor
+    edge_weight: torch.Tensor
+    num_nodes: int
+
+    @cached_property
+    def adj(self) -> torch.Tensor:
+        return StepController.mean_adjacency(
+            self.edge_index, self.edge_weight, self.num_nodes, nodes=self.nodes
+        )
 
 
-def _draw(block_index: torch.Tensor, num_blocks: int, size: int, seed: int) -> torch.Tensor:
+def _draw(
+    block_index: torch.Tensor, num_blocks: int, size: int, seed: int, full_up_to: int = 0
+) -> torch.Tensor:
     """Bool mask of ``min(size, block size)`` nodes per block, uniformly without
-    replacement, from a generator seeded with ``seed`` (the same nodes on every device)."""
+    replacement, from a generator seeded with ``seed`` (the same nodes on every device);
+    every node of a block of at most ``full_up_to`` nodes."""
     bi = block_index.cpu()
     n = bi.numel()
     gen = torch.Generator().manual_seed(seed)
     if num_blocks == 1:  # one graph: a random permutation (no sort)
         chosen = torch.zeros(n, dtype=torch.bool)
         chosen[torch.randperm(n, generator=gen)[:size]] = True
+        if n <= full_up_to:
+            chosen[:] = True
         return chosen.to(block_index.device)
     keys = torch.rand(n, generator=gen, dtype=torch.float64)
     order = torch.argsort(bi.double() * 2.0 + keys)  # by block, random within a block
@@ -47,14 +67,20 @@ def _draw(block_index: torch.Tensor, num_blocks: int, size: int, seed: int) -> t
     start = torch.cumsum(counts, 0) - counts
     rank = torch.empty(n, dtype=torch.long)
     rank[order] = torch.arange(n) - start[bi[order]]
-    return (rank < size).to(block_index.device)
+    return ((rank < size) | (counts <= full_up_to)[bi]).to(block_index.device)
 
 
 def controller_sample(
-    p: GraphInverseProblem, size: int, seed: int, hops: int, dtype: torch.dtype
+    p: GraphInverseProblem,
+    size: int,
+    seed: int,
+    hops: int,
+    dtype: torch.dtype,
+    *,
+    full_up_to: int = 0,
 ) -> ControllerSample:
-    """The sample of ``size`` nodes per graph (seeded) and its ``hops``-hop neighbourhood,
-    cached on ``p``.
+    """The sample of ``size`` nodes per graph (seeded; every node of a graph of at most
+    ``full_up_to`` nodes) and its ``hops``-hop neighbourhood, cached on ``p``.
 
     After ``hops`` rounds of message passing a node's embedding depends only on the
     features within ``hops`` hops, so message passing on the neighbourhood (with the
@@ -63,21 +89,30 @@ def controller_sample(
     """
 
     def build() -> ControllerSample:
-        chosen = _draw(p.block_index, p.num_blocks, size, seed)
+        chosen = _draw(p.block_index, p.num_blocks, size, seed, full_up_to)
         src, dst = p.edge_index[0], p.edge_index[1]
-        inside = chosen.clone()
+        within = [chosen]  # within[r]: the nodes at most r hops from the sample
         for _ in range(hops):  # add the message sources of every node inside
-            grow = torch.zeros_like(inside)
-            grow[src[inside[dst]]] = True
-            inside = inside | grow
-        nodes = torch.nonzero(inside).reshape(-1)
+            grow = torch.zeros_like(within[-1])
+            grow[src[within[-1][dst]]] = True
+            within.append(within[-1] | grow)
+        sets = [torch.nonzero(w).reshape(-1) for w in within]
+        nodes = sets[-1]
         pool = torch.nonzero(chosen[nodes]).reshape(-1)
-        adj = StepController.mean_adjacency(
-            p.edge_index, p.edge_weight.to(dtype), p.num_nodes, nodes=nodes
+        weight = p.edge_weight.to(dtype)
+        hop_rows = []
+        for r in range(hops, 0, -1):  # hop hops - r + 1: from sets[r] to sets[r - 1]
+            keep = torch.searchsorted(sets[r], sets[r - 1])
+            m = StepController.mean_adjacency(
+                p.edge_index, weight, p.num_nodes, nodes=sets[r], targets=sets[r - 1]
+            )
+            hop_rows.append((keep, m))
+        return ControllerSample(
+            nodes, pool, p.block_index[nodes], hop_rows, p.edge_index, weight, p.num_nodes
         )
-        return ControllerSample(nodes, pool, p.block_index[nodes], adj)
 
-    return per_graph(p, f"controller-sample-{size}-{seed}-{hops}-{dtype}", build)
+    key = f"controller-sample-{size}-{seed}-{hops}-{dtype}-{full_up_to}"
+    return per_graph(p, key, build)
 
 
 def per_graph(p: GraphInverseProblem, key: str, build: Any) -> Any:
