@@ -317,11 +317,23 @@ def run_cost(
 FORWARD_SAMPLE = 256
 
 
-def forward_models(sample: int | None = FORWARD_SAMPLE) -> dict[str, UnrolledGraphGD]:
-    """The modes timed by :func:`run_forward` (untrained: the cost does not depend on the
-    weights): the cheap controller (``controller_sample``; the diagonal mode with the local
-    node head) in every mode, scalar and diagonal also every 5th layer, and the window mode
-    with the full controller for reference."""
+#: The committed trained window_jacobi models :func:`run_forward` also times: their cost
+#: depends on the weights where a backup controller runs (``graph_cascade``).
+TRAINED = {
+    "window_jacobi graph_newcert (trained)": "benchmarks/checkpoints/graph_newcert",
+    "window_jacobi graph_cascade (trained)": "benchmarks/checkpoints/graph_cascade",
+}
+
+
+def forward_models(
+    sample: int | None = FORWARD_SAMPLE, *, trained: bool = False
+) -> dict[str, UnrolledGraphGD]:
+    """The modes timed by :func:`run_forward` (untrained: without a backup controller the
+    cost does not depend on the weights): the cheap controller (``controller_sample``; the
+    diagonal mode with the local node head) in every mode, scalar and diagonal also every
+    5th layer, and the window mode with the full controller for reference; ``trained``:
+    also the committed models of :data:`TRAINED` (a backup controller runs only where the
+    first one's roots fail, so their cost depends on the problem)."""
 
     def make(mode: str, every: int = 1, s: int | None = sample) -> UnrolledGraphGD:
         head = "local" if mode == "diagonal" else "mp"
@@ -334,6 +346,11 @@ def forward_models(sample: int | None = FORWARD_SAMPLE) -> dict[str, UnrolledGra
     models["scalar every5"] = make("scalar", 5)
     models["diagonal every5"] = make("diagonal", 5)
     models["window (full controller)"] = make("window", s=None)
+    if trained:
+        from ._graph_train import load_models
+
+        for name, folder in TRAINED.items():
+            models[name] = load_models(Path(folder), ("window_jacobi",))[0]["window_jacobi"]
     return models
 
 
@@ -359,8 +376,11 @@ def _forward_row(
         t0 = time.perf_counter()
         models["window"](p)  # first call: builds the node sample and the fused H
         row["window first call [s]"] = time.perf_counter() - t0
-        for model in models.values():
-            model(p)
+        for m, model in models.items():
+            out = model(p)
+            if model.backup is not None:  # where the cost depends on the weights
+                row[f"{m}: learned windows"] = float(torch.stack(out.certified).double().mean())
+                row[f"{m}: backup windows"] = float(torch.stack(out.backup).double().mean())
 
         def cg10() -> None:
             cg(h, b, rtol=0.0, atol=0.0, maxiter=10)
@@ -392,7 +412,7 @@ def run_forward(
     writes ``graph_forward.json`` and ``graph_forward.md``."""
     n = big or (5000 if quick else 100_000)
     threads = (1, 2)
-    models = forward_models(sample)
+    models = forward_models(sample, trained=True)
     config = {"nodes": n, "repeats": repeats, "controller_sample": sample, "threads": threads}
     t0 = time.perf_counter()
     rows = []

@@ -10,6 +10,11 @@ graphs for a seed, same loss, same early stopping) for each training seed and sa
 training graphs of ``--big-nodes`` nodes at ``--big-observed`` rates) and ``--init DIR`` (a
 fine-tune from DIR's model) vary it; ``--mode window`` trains the plain window mode instead.
 
+``python benchmarks/graph_seeds.py cascade PRIMARY BACKUP --out DIR`` saves PRIMARY's model
+with BACKUP's controller behind it (``UnrolledGraphGD(backup=...)``: the backup's learned
+roots run where the primary's fail the certificate), sampled (``--sample``, default 256
+nodes) on graphs above ``--full-up-to`` (default 5000) nodes.
+
 ``python benchmarks/graph_seeds.py eval DIR...`` evaluates every saved model on the same
 problems, built once: the nine test rows of ``graph.json`` (Minnesota, sensor 1000 and 10^5
 at 50%, sensor / road / geometric 10^5 at 30% and 80%; the same graphs, masks and noise as
@@ -217,8 +222,46 @@ def _evaluate(model: UnrolledGraphGD, problems: list[tuple[str, GraphInverseProb
             out[name] = {
                 "err": float(p.relative_error(r.x).mean()),
                 "learned": float(torch.stack(r.certified).double().mean()),
+                "backup": float(torch.stack(r.backup).double().mean()) if r.backup else 0.0,
             }
     return out
+
+
+def make_cascade(
+    primary: Path, backup: Path, out: Path, *, sample: int, full_up_to: int, force: bool
+) -> Path:
+    """``primary``'s window_jacobi model with ``backup``'s controller behind it
+    (``UnrolledGraphGD(backup=...)``), its controller sampled (``sample`` nodes) on graphs
+    above ``full_up_to`` nodes; saved as ``out/graph_window_jacobi.pt``."""
+    from ..graph import StepController
+    from ..train import save_checkpoint
+
+    path = out / f"graph_{MODE}.pt"
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to replace it.")
+    first = load_models(primary, (MODE,))[0][MODE]
+    second = load_models(backup, (MODE,))[0][MODE]
+    config = first.get_config()
+    config.update(
+        controller_sample=sample,
+        controller_full_up_to=full_up_to,
+        backup=StepController(**second.controller.get_config()),
+    )
+    model = UnrolledGraphGD(**config).double()
+    model.controller.load_state_dict(first.controller.state_dict())
+    assert model.backup is not None
+    model.backup.load_state_dict(second.controller.state_dict())
+    extra = {
+        "cascade": {
+            "primary": str(primary),
+            "backup": str(backup),
+            "sha256": {
+                "primary": _sha256(primary / f"graph_{MODE}.pt"),
+                "backup": _sha256(backup / f"graph_{MODE}.pt"),
+            },
+        }
+    }
+    return save_checkpoint(model, path, extra=extra)
 
 
 def select(
@@ -306,6 +349,8 @@ def run_eval(
         for m in models:
             e = ev_t[m][pname]
             row[m] = f"{e['err']:.4g} ({e['learned']:.0%})"
+            if e["backup"]:
+                row[m] = row[m][:-1] + f", backup {e['backup']:.0%})"
         rows.append(row)
     vrows = [{"model": m, **{k: v for k, v in s.items()}} for m, s in sel["scores"].items()]
     table = markdown_table(rows)
@@ -374,9 +419,32 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--quick", action="store_true")
     ev.add_argument("--mode", choices=("window_jacobi", "window"), default=MODE)
     ev.add_argument("--name", default="graph_seeds", help="results file name (NAME.json)")
+    ca = sub.add_parser("cascade", help="a saved model with another one's controller as backup")
+    ca.add_argument("primary", help="folder of the model whose learned roots run first")
+    ca.add_argument("backup", help="folder of the model whose controller is the backup")
+    ca.add_argument("--out", required=True, help="folder of the cascade's checkpoint")
+    ca.add_argument("--sample", type=positive_int_arg, default=256)
+    ca.add_argument("--full-up-to", type=int, default=5000, help="pool graphs this small in full")
+    ca.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     for p in (tr, ev):
         p.add_argument("--threads", type=positive_int_arg, default=1)
     args = parser.parse_args(argv)
+    if args.cmd == "cascade":
+        if args.full_up_to < 0:
+            parser.error(f"--full-up-to: expected >= 0, got {args.full_up_to}")
+        try:
+            path = make_cascade(
+                Path(args.primary),
+                Path(args.backup),
+                Path(args.out),
+                sample=args.sample,
+                full_up_to=args.full_up_to,
+                force=args.force,
+            )
+        except FileExistsError as exc:
+            parser.error(str(exc))
+        print(f"wrote {path}")
+        return 0
     torch.set_num_threads(args.threads)
     if args.cmd == "train":
         if args.lr <= 0:
