@@ -439,10 +439,29 @@ def run_forward(
     }
     path = write_results("graph_forward", data, outdir, quick=quick)
     md = Path(outdir) / f"{results_name('graph_forward', quick)}.md"
-    write_text(md, table + "\n")
+    write_text(md, forward_markdown(data))
     print(table)
     print(f"wrote {path} and {md}")
     return 0
+
+
+def forward_markdown(data: dict[str, Any]) -> str:
+    """The markdown report of :func:`run_forward` (its command, what was run, the tables)."""
+    cfg = data["config"]
+    trained = ", ".join(f"`{k}`" for k in TRAINED)
+    return (
+        f"# graph: 10-layer forward vs ten scipy CG iterations (`python3 benchmarks/graph.py "
+        f"--forward --repeats {cfg['repeats']}`)\n\n"
+        f"{cfg['nodes']}-node graphs, one signal, lam 1, float64, bounds cached on the "
+        f"problem, all methods interleaved in one process, medians of {cfg['repeats']}. "
+        f"Untrained controllers sampled on {cfg['controller_sample']} nodes per graph (the "
+        "diagonal mode with the local node head; their cost does not depend on the weights), "
+        "`window (full controller)` for reference, and the committed trained models "
+        f"{trained} (a backup controller runs only where the first one's roots fail the "
+        "certificate: the JSON rows record the share of windows where it ran). CG baseline: "
+        "the faster of numpy's BLAS on 1 thread and on its default threads. Load averages "
+        "before and after each row are in the tables.\n\n" + data["table"] + "\n"
+    )
 
 
 def timing_big(
