@@ -31,7 +31,12 @@ def test_graph_cost_quick_writes_ratios(tmp_path):
 
 def test_graph_cost_batch_only_writes_the_batch_alone(tmp_path):
     data = _quick(tmp_path, "graph_cost_batch", "--cost", "--batch-only", "--big", "300")
-    assert data["rows"] == [] and data["batch64_shared_mask"]["n"] == 300
+    batch = data["batch64_shared_mask"]
+    assert data["rows"] == [] and batch["n"] == 300
+    # the committed trained models too, with the share of windows their backup ran
+    cascade = "window_jacobi graph_cascade (trained)"
+    assert batch[f"{cascade} per signal / cg"] > 0
+    assert 0 <= batch[f"{cascade}: backup windows"] <= batch[f"{cascade}: learned windows"] <= 1
     assert not (tmp_path / "graph_cost_quick.json").exists()
 
 

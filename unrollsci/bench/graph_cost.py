@@ -215,11 +215,17 @@ def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
     t_cg10 = statistics.median(_cg_time(h, rhs[i], 1, **kw10)[0] for i in range(k))
     out: dict[str, Any] = {"signals": 64, "n": p.num_nodes, "cg 1e-6 per signal [s]": t_cg}
     out["cg 10 iterations per signal [s]"] = t_cg10
-    cheap = forward_models()
+    cheap = forward_models(trained=True)
     runs = [(f"{m} (full controller)", models[m], False) for m in models if m in _BATCH_MODES]
     runs += [(m, cheap[m], False) for m in _BATCH_MODES]  # the trained models' controller
     runs += [(f"{m} (new graph)", cheap[m], True) for m in _BATCH_MODES]
+    runs += [(m, cheap[m], False) for m in TRAINED]  # the committed models themselves
     with torch.no_grad():
+        for m in TRAINED:  # where a backup controller ran (its cost depends on it)
+            r = cheap[m](_fresh(p))
+            if r.backup:
+                out[f"{m}: backup windows"] = float(torch.stack(r.backup).double().mean())
+            out[f"{m}: learned windows"] = float(torch.stack(r.certified).double().mean())
         for name, model, cold in runs:
 
             def solve(model: Any = model, cold: bool = cold) -> None:
