@@ -92,6 +92,24 @@ def test_graph_import_prints_no_third_party_warning():
     assert "Warning" not in out.stderr, out.stderr
 
 
+def test_running_a_graph_model_prints_no_third_party_warning():
+    # The controller builds sparse CSR tensors, on whose first use torch prints its "beta"
+    # notice; a user running a model with Python's default filters sees nothing on stderr.
+    code = (
+        "import torch, networkx as nx\n"
+        "from unrollsci.graph import GraphInverseProblem, StepController, UnrolledGraphGD\n"
+        "y = torch.randn(1, 36, dtype=torch.float64)\n"
+        "p = GraphInverseProblem.from_networkx(nx.grid_2d_graph(6, 6), y,"
+        " mask=torch.arange(36) % 2 == 0)\n"
+        "UnrolledGraphGD(4, StepController(hidden=8, window=4), mode='window').double()(p)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
+
+
 def test_public_exceptions_and_warnings_importable_from_the_top_level():
     from unrollsci import (
         ConvergenceError,

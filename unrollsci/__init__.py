@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
+
+# torch announces, once per process, that sparse CSR tensors are "in beta" the first time one
+# is built; unrollsci builds them internally (graph controllers, sparse operators, QEq), so the
+# notice says nothing a user can act on. Only that exact message is hidden.
+warnings.filterwarnings(
+    "ignore", message=r"Sparse CSR tensor support is in beta state", category=UserWarning
+)
 
 __all__ = [
     "ConvergenceError",

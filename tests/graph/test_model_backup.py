@@ -10,8 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from unrollsci import DtypeMismatchError
 from unrollsci.graph import GraphInverseProblem, StepController, UnrolledGraphGD
 from unrollsci.graph._sample import controller_sample
+from unrollsci.graph._window import equal_steps_certificate
 from unrollsci.train import load_checkpoint, save_checkpoint
 
 WINDOW_MODES = ("window", "window_jacobi")
@@ -216,3 +218,55 @@ def test_full_up_to_pools_small_graphs_in_full():
     chosen = s.block_index[s.pool]
     assert torch.bincount(chosen, minlength=2).tolist() == [30, 5]  # the cycle in full
     assert int((s.block_index == 1).sum()) < 64  # the grid: 5 nodes and their neighbours
+
+
+def test_backup_in_another_dtype_is_refused_clearly():
+    """A backup left in float32 behind a float64 controller would crash deep in torch only
+    where it runs: the forward refuses it up front; converting the whole model fixes it."""
+    p = _problem()
+    model = UnrolledGraphGD(
+        8, _ctrl(0, bias=-12.0), mode="window", backup=StepController(window=4, hidden=8)
+    )
+    with pytest.raises(DtypeMismatchError, match="backup controller"):
+        model(p)
+    model.double()(p)  # both controllers converted
+
+
+@pytest.mark.parametrize("mode", WINDOW_MODES)
+def test_safe_steps_certify_below_one_on_ill_conditioned_problems(mode):
+    """A path of 150 nodes with one observed node (hi / lo ~ 4e4): learned roots that fail
+    fall back to safe steps whose certificate is a proof below one (the grid certificate's
+    Markov allowance alone gave 1.003 there), and the error contracts by it."""
+    n = 150
+    mask = torch.zeros(1, n, dtype=torch.bool)
+    mask[0, 0] = True
+    y = torch.randn(1, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * mask
+    p = GraphInverseProblem.from_networkx(nx.path_graph(n), y, mask=mask, lam=1.0)
+    out = _model(mode, _ctrl(0, bias=-12.0, hops=1))(p)
+    x_star = p.solve_exact()
+    errors = [p.relative_error(x, x_star) for x in out.iterates]
+    for k, q, t in zip(out.window_starts, out.certificates, out.blend, strict=True):
+        assert bool((t <= 0).all())  # the safe steps ran
+        assert bool((q < 1).all()), q
+        assert bool((errors[k + 4] <= q * errors[k] * (1 + 1e-9)).all())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    w=st.integers(1, 12),
+    lo=st.floats(1e-9, 1.0),
+    width=st.floats(1e-6, 1e6),
+    scale=st.floats(0.1, 2.5),
+)
+def test_equal_steps_certificate_bounds_the_maximum(w, lo, width, scale):
+    """``max |1 - s lam|^w`` over ``[lo, hi]``: the certificate is at least the maximum over
+    a fine grid and both ends, and below one for ``s = 1 / hi`` and ``lo > 0``."""
+    lo_t = torch.tensor([lo], dtype=torch.float64)
+    hi_t = lo_t + width
+    s = scale / hi_t
+    q = equal_steps_certificate(s, lo_t, hi_t, w)
+    lam = torch.cat([lo_t, torch.linspace(lo, lo + width, 20001, dtype=torch.float64), hi_t])
+    assert float(q) >= float(((1 - s * lam).abs() ** w).max())
+    assert (
+        float(equal_steps_certificate(1.0 / hi_t, lo_t, hi_t, w)) < 1.0 or lo / (lo + width) < 1e-12
+    )

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_model_dtype, model_dtype
+from .._validation import DtypeMismatchError, check_model_dtype, model_dtype
 from ._controller import StepController
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
@@ -328,6 +328,12 @@ class UnrolledGraphGD(nn.Module):
         p = problem
         check_model_dtype("a problem (its signals 'y')", p.dtype, self, data="y")
         dtype = p.dtype
+        if self.backup is not None and model_dtype(self.backup) != self.dtype:
+            raise DtypeMismatchError(
+                f"Expected the backup controller in the model's dtype {self.dtype} (got "
+                f"{model_dtype(self.backup)}); convert the whole model (model.to(dtype)), "
+                "which converts both controllers."
+            )
         if self.mode == "window_jacobi" and p.kind != "mask":
             raise ValueError(
                 "Expected a mask problem for mode='window_jacobi' (diag(H) and the Jacobi "

@@ -35,6 +35,27 @@ class WindowSteps:
         return self.t_used == 1.0
 
 
+def equal_steps_certificate(
+    s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, w: int
+) -> torch.Tensor:
+    """Proven bound on ``max |1 - s lam|^w`` over ``[lo, hi]`` for ``w`` equal steps ``s``.
+
+    The factor is linear in ``lam``, so its modulus is largest at an end: the maximum is
+    ``max(|1 - s lo|, |1 - s hi|)^w`` exactly. Evaluated in float64 with the rounding of
+    each operation added (a few units of ``eps`` on the base, ``2 w eps`` relative on the
+    power), it is a proof, and below one whenever ``0 < lo`` and ``s hi < 2`` (far enough
+    from the rounding level): the grid certificate's Markov allowance (a factor up to
+    1.004) cannot prove that once the maximum is within 0.4% of one, i.e. on problems with
+    ``hi / lo`` above about ``250 w``.
+    """
+    eps = torch.finfo(torch.float64).eps
+    with torch.no_grad():
+        s64, a, b = s.detach().double(), lo.detach().double(), hi.detach().double()
+        base = torch.maximum((1.0 - s64 * a).abs(), (1.0 - s64 * b).abs())
+        base = base + 4.0 * eps * torch.clamp(s64 * b, min=1.0)
+        return base**w * (1.0 + 2.0 * w * eps)
+
+
 def _safe_steps(
     like: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, span: torch.Tensor, cheb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,7 +65,8 @@ def _safe_steps(
     cheb_steps = 1.0 / (lo[..., None] + span * cheb).clamp(min=tiny)
     lip_steps = (1.0 / hi)[..., None].expand_as(like)
     q_cheb = certify_window(cheb_steps, lo, hi).to(lo.dtype)
-    q_lip = certify_window(lip_steps, lo, hi).to(lo.dtype)
+    q_lip = equal_steps_certificate(1.0 / hi, lo, hi, like.shape[-1])
+    q_lip = torch.minimum(q_lip, certify_window(lip_steps, lo, hi)).to(lo.dtype)
     use_cheb = q_cheb <= q_lip
     steps = torch.where(use_cheb[..., None], cheb_steps, lip_steps)
     t_used = torch.where(use_cheb, torch.zeros_like(lo), torch.full_like(lo, -1.0))
@@ -81,7 +103,8 @@ def window_steps(
     3. the roots of step 1 pulled half and three quarters of the way to the Chebyshev
        roots of ``[lo, hi]``;
     4. the safe steps: the Chebyshev roots of ``[lo, hi]`` or ``w`` steps ``1/hi``,
-       whichever has the smaller certificate (always ``< 1``).
+       whichever has the smaller certificate (``< 1`` whenever ``lo > 0``: the equal
+       steps' is proved at the interval's ends, :func:`equal_steps_certificate`).
     """
     wk = z.shape[-1]
     tiny = torch.finfo(z.dtype).tiny
