@@ -313,3 +313,27 @@ def test_problems_built_in_threads_share_one_graph_safely():
             adj, torch.zeros(adj.shape[0], dtype=torch.float64), mask=mask
         )
         assert lip == float(ref.lipschitz()[0, 0])
+
+
+def test_graph_without_edges_runs_without_a_warning():
+    """A graph with no edges: the Hessian operator shared a read-only cached array with
+    torch, which printed torch's 'NumPy array is not writable' warning at the user (torch
+    warns once per process, so the copy is checked directly too)."""
+    import warnings
+
+    from unrollsci.graph import StepController, UnrolledGraphGD
+    from unrollsci.operators._matrix import _csr_from_scipy
+
+    y = torch.randn(2, 1, dtype=torch.float64)
+    p = GraphInverseProblem.from_networkx(nx.empty_graph(1), y, mask=torch.ones(2, 1) > 0)
+    model = UnrolledGraphGD(4, StepController(hidden=8, hops=0, window=4), mode="scalar").double()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not writable")
+        out = model(p)
+    assert torch.isfinite(out.x).all()
+    frozen = sp.csr_matrix(np.array([[2.0, -1.0], [-1.0, 2.0]]))
+    frozen.data.flags.writeable = False
+    t = _csr_from_scipy(frozen)
+    assert t.values().data_ptr() != frozen.data.ctypes.data  # a copy, not a shared view
+    writable = sp.csr_matrix(np.array([[2.0, -1.0], [-1.0, 2.0]]))
+    assert _csr_from_scipy(writable).values().data_ptr() == writable.data.ctypes.data

@@ -109,13 +109,16 @@ def _canonical_csr(a: Any) -> Any:
 
 def _csr_from_scipy(csr: Any) -> torch.Tensor:
     """torch CSR sharing ``csr``'s values (canonical input, see :func:`_canonical_csr`)."""
+    data = np.asarray(csr.data)
+    if not data.flags.writeable:  # a cached, shared matrix: torch warns on sharing it
+        data = data.copy()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
         warnings.filterwarnings("ignore", message=".*[Ss]parse invariant checks")
         return torch.sparse_csr_tensor(
             torch.from_numpy(csr.indptr.astype(np.int64)),
             torch.from_numpy(csr.indices.astype(np.int64)),
-            torch.from_numpy(np.asarray(csr.data)),
+            torch.from_numpy(data),
             size=csr.shape,
             check_invariants=False,
         )
