@@ -309,7 +309,8 @@ def run_cost(
     )
     md = Path(outdir) / f"{results_name(result, quick)}.md"
     extra = "" if bounds_only else "\n\nBatch of 64 signals, one mask (sensor graph):\n\n" + btable
-    write_text(md, ("" if batch_only else table) + extra + "\n")
+    head = "# graph: per-signal cost of a batch of 64 signals (`benchmarks/graph.py --cost`)\n"
+    write_text(md, (head if batch_only else table) + extra + "\n")
     if not batch_only:
         print(table)
     if batch:
