@@ -3,7 +3,7 @@
 import json
 
 from unrollsci.bench.graph import main
-from unrollsci.bench.graph_cost import forward_models
+from unrollsci.bench.graph_forward import forward_models
 
 
 def test_graph_forward_quick_writes_ratios(tmp_path):

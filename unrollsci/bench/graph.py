@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_end_to_end(args.out, quick=args.quick, big=args.big, repeats=args.repeats)
     if args.forward:
-        from .graph_cost import FORWARD_SAMPLE, run_forward
+        from .graph_forward import FORWARD_SAMPLE, run_forward
 
         return run_forward(
             args.out,

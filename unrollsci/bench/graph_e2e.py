@@ -7,7 +7,7 @@ CG solve to 1e-6 timed right before it, the ratio the median of the pairs' ratio
 
 * the learned solver from the adjacency: building the problem, its certified bounds and the
   10-layer forward (``window`` and ``window_jacobi``, the controller as the trained models
-  run it, :data:`~unrollsci.bench.graph_cost.FORWARD_SAMPLE` sampled nodes), on a graph an
+  run it, :data:`~unrollsci.bench.graph_forward.FORWARD_SAMPLE` sampled nodes), on a graph an
   earlier problem was built on (another mask: the per-graph Laplacian, components,
   certificates and node sample are reused) and on a new graph (every graph cache cleared);
 * against scipy's ``cg`` on ``H`` to rtol 1e-6 and ten ``cg`` iterations (the learned
@@ -29,7 +29,8 @@ import torch
 
 from ..graph import GraphInverseProblem, _graphcert, inpainting_problem
 from ._common import markdown_table, results_name, write_results, write_text
-from .graph_cost import _cg_time, _graphs, forward_models, run_config
+from .graph_cost import _cg_time, _graphs, run_config
+from .graph_forward import forward_models
 
 __all__ = ["run_end_to_end"]
 
