@@ -109,6 +109,17 @@ def write_results(
     return path
 
 
+def write_report(
+    name: str, data: dict[str, Any], outdir: str | os.PathLike, *, quick: bool, markdown: str
+) -> Path:
+    """:func:`write_results`, then ``markdown`` next to it (``.md``), printed with the path."""
+    path = write_results(name, data, outdir, quick=quick)
+    write_text(path.with_suffix(".md"), markdown)
+    print(markdown)
+    print(f"wrote {path}")
+    return path
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (markdown table, report) atomically, creating its folder."""
     path = Path(path)

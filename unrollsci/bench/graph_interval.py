@@ -38,7 +38,7 @@ import torch
 
 from ..graph import GraphInverseProblem, UnrolledGraphGD, inpainting_problem
 from ..graph._certify import collatz_lower
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import markdown_table, output_dir_arg, positive_int_arg, write_report
 from ._graph_train import load_models, table_problems
 from .graph_cost import _graphs, cg_iterations
 
@@ -185,20 +185,14 @@ def run_time(outdir: str | Path, *, quick: bool, big: int, repeats: int) -> int:
             row["load after"] = os.getloadavg()[0]
             rows.append(row)
             print(row, flush=True)
-    path = write_results(
-        "graph_interval_cost",
-        {"rows": rows, "repeats": repeats, "big": big, "seconds": time.perf_counter() - t0},
-        outdir,
-        quick=quick,
-    )
+    data = {"rows": rows, "repeats": repeats, "big": big, "seconds": time.perf_counter() - t0}
     md = (
         "# graph interval: cost of the Jacobi interval's lower bound, plain and refined\n\n"
         f"`python3 benchmarks/graph_interval.py --time --repeats {repeats}` (1 thread, "
         "interleaved, medians; the whole `jacobi_interval()` also hashes the graph and "
         "reads the cached upper end)\n\n" + markdown_table(rows) + "\n"
     )
-    write_text(path.with_suffix(".md"), md)
-    print(md)
+    write_report("graph_interval_cost", data, outdir, quick=quick, markdown=md)
     return 0
 
 
@@ -254,21 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         for k, v in cost.items()
     ]
-    path = write_results(
-        "graph_interval",
-        {
-            "models": {k: str(f) for k, f in zip(models, args.models, strict=True)},
-            "variants": list(VARIANTS),
-            "refine_rounds": REFINE,
-            "rows": rows,
-            "cost": cost,
-            "big": big,
-            "threads": torch.get_num_threads(),
-            "seconds": time.perf_counter() - t0,
-        },
-        args.out,
-        quick=args.quick,
-    )
+    data = {
+        "models": {k: str(f) for k, f in zip(models, args.models, strict=True)},
+        "variants": list(VARIANTS),
+        "refine_rounds": REFINE,
+        "rows": rows,
+        "cost": cost,
+        "big": big,
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - t0,
+    }
     md = (
         "# graph interval: window_jacobi K = 10 error under each Jacobi interval (issue 23)\n\n"
         f"`python3 benchmarks/graph_interval.py` (models: {', '.join(models)}; mean error "
@@ -278,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         + markdown_table(crow)
         + "\n"
     )
-    write_text(path.with_suffix(".md"), md)
-    print(md)
-    print(f"wrote {path}")
+    write_report("graph_interval", data, args.out, quick=args.quick, markdown=md)
     return 0
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..graph import GraphInverseProblem, UnrolledGraphGD
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import markdown_table, output_dir_arg, positive_int_arg, write_report
 from ._graph_train import load_models, table_problems
 
 __all__ = ["VARIANTS", "extremes", "main"]
@@ -106,26 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(row, flush=True)
     table = markdown_table(rows)
-    path = write_results(
-        "graph_lip",
-        {
-            "models": args.models,
-            "big": big,
-            "rows": rows,
-            "table": table,
-            "threads": torch.get_num_threads(),
-            "seconds": time.perf_counter() - t0,
-        },
-        args.out,
-        quick=args.quick,
-    )
+    data = {"models": args.models, "big": big, "rows": rows, "table": table}
+    data.update(threads=torch.get_num_threads(), seconds=time.perf_counter() - t0)
     md = (
         "# graph: the table's scalar and window columns under today's and November 26's "
         "bounds (`python3 benchmarks/graph_lip.py`)\n\n" + table + "\n"
     )
-    write_text(path.with_suffix(".md"), md)
-    print(md)
-    print(f"wrote {path}")
+    write_report("graph_lip", data, args.out, quick=args.quick, markdown=md)
     return 0
 
 
