@@ -222,9 +222,10 @@ def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
     runs = [(f"{m} (full controller)", models[m], False) for m in models if m in _BATCH_MODES]
     runs += [(m, cheap[m], False) for m in _BATCH_MODES]  # the trained models' controller
     runs += [(f"{m} (new graph)", cheap[m], True) for m in _BATCH_MODES]
-    runs += [(m, cheap[m], False) for m in TRAINED]  # the committed models themselves
+    trained = [m for m in TRAINED if m in cheap]  # the committed models themselves
+    runs += [(m, cheap[m], False) for m in trained]
     with torch.no_grad():
-        for m in TRAINED:  # where a backup controller ran (its cost depends on it)
+        for m in trained:  # where a backup controller ran (its cost depends on it)
             r = cheap[m](_fresh(p))
             if r.backup:
                 out[f"{m}: backup windows"] = float(torch.stack(r.backup).double().mean())

@@ -60,6 +60,10 @@ def forward_models(
         from ._graph_train import load_models
 
         for name, folder in TRAINED.items():
+            if not (Path(folder) / "graph_window_jacobi.pt").is_file():
+                # the committed checkpoints live in the repository, not in the package
+                print(f"note: {folder} not found (run from the repository root): {name} skipped")
+                continue
             models[name] = load_models(Path(folder), ("window_jacobi",))[0]["window_jacobi"]
     return models
 
