@@ -8,11 +8,15 @@ Every file unrollsci writes goes through here:
   untouched, and never leaves a half-written one.
 * ``check_writable``: the command-line rule. An existing file is never written over
   unless ``force`` is given, and a file that is also an input is never written over.
+* ``never_replace``: for a command that checked its outputs at the start and writes them
+  minutes later: inside it, a write to one of those paths ends with a hard link (which
+  fails if a file appeared there meanwhile) instead of ``os.replace``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +30,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_writable",
+    "never_replace",
+    "publish",
 ]
+
+_NO_REPLACE: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar(
+    "_NO_REPLACE", default=frozenset()
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -50,15 +60,55 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             yield f
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Move the finished temporary file ``tmp`` onto ``path``, with the permissions a plain
+    ``open()`` gives (``mkstemp`` creates files 0600). Inside :func:`never_replace` for
+    ``path``, a file that appeared there since the command checked its outputs is not
+    replaced: ``OutputExistsError``, and ``tmp`` is removed."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    if _key(path) not in _NO_REPLACE.get():
+        os.replace(tmp, path)
+        return
+    try:
+        try:
+            os.link(tmp, path)  # atomic, and fails if path exists
+        except FileExistsError:
+            raise OutputExistsError(
+                f"Refusing to write over {path}: the file appeared while this command ran; "
+                "pass --force to replace it or choose another output name."
+            ) from None
+        except OSError:  # no hard links on this file system: check, then move
+            if os.path.lexists(path):
+                raise OutputExistsError(
+                    f"Refusing to write over {path}: the file appeared while this command "
+                    "ran; pass --force to replace it or choose another output name."
+                ) from None
+            os.replace(tmp, path)
+            return
+    finally:
+        with contextlib.suppress(OSError):
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def never_replace(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Within the block, writes to ``paths`` (through :func:`atomic_write` or
+    :func:`publish`) never replace an existing file (see :func:`publish`)."""
+    token = _NO_REPLACE.set(_NO_REPLACE.get() | {_key(p) for p in paths})
+    try:
+        yield
+    finally:
+        _NO_REPLACE.reset(token)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

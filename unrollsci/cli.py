@@ -15,6 +15,7 @@ replacing their results is their job; a ``--quick`` run writes ``NAME_quick.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
@@ -69,7 +70,7 @@ def _section_name(module: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._io import check_writable
+    from ._io import OutputExistsError, check_writable, never_replace
 
     markdown_table = importlib.import_module("unrollsci.bench._common").markdown_table
 
@@ -93,12 +94,18 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     t_all = time.perf_counter()
     print(f"unrollsci {__version__} demo; figures go to {outdir.resolve()}\n")
-    for title, module in sections:
-        t0 = time.perf_counter()
-        rows = importlib.import_module(module).run_demo(outdir)
-        print(f"## {title}  ({time.perf_counter() - t0:.1f} s)\n")
-        print(markdown_table(rows))
-        print()
+    # a figure that appears while the demo runs is not replaced either (without --force)
+    try:
+        with contextlib.nullcontext() if args.force else never_replace(figures):
+            for title, module in sections:
+                t0 = time.perf_counter()
+                rows = importlib.import_module(module).run_demo(outdir)
+                print(f"## {title}  ({time.perf_counter() - t0:.1f} s)\n")
+                print(markdown_table(rows))
+                print()
+    except OutputExistsError as exc:
+        print(f"unrollsci demo: error: {exc}", file=sys.stderr)
+        return 2
     print(f"demo finished in {time.perf_counter() - t_all:.1f} s; figures in {outdir.resolve()}")
     return 0
 

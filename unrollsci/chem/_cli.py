@@ -178,11 +178,11 @@ def _temp_next_to(path: Path) -> Iterator[Path]:
 
 
 def _publish(tmp: Path, path: Path) -> None:
-    """Move a finished temporary file onto ``path`` with the permissions open() gives."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    """Move a finished temporary file onto ``path`` with the permissions open() gives
+    (within ``never_replace``: never over a file that appeared while the command ran)."""
+    from .._io import publish
+
+    publish(tmp, path)
 
 
 def _error(message: str, code: int) -> int:
@@ -195,7 +195,7 @@ def relax_main(argv: list[str] | None = None) -> int:
 
     Returns the exit status (see ``EPILOG``); a bad argument exits with status 2.
     """
-    from .._io import check_writable
+    from .._io import OutputExistsError, check_writable, never_replace
     from .._validation import ConvergenceError
 
     p = _parser()
@@ -274,8 +274,13 @@ def relax_main(argv: list[str] | None = None) -> int:
             steps = opt.nsteps if opt is not None else 0
             return _error(f"{exc} (after {steps} steps; nothing written)", EXIT_INPUT)
         write(tmp_out, atoms, format=filetype(out, read=False))
-        _publish(tmp_out, out)
-        _publish(tmp_traj, traj_path)
+        # an output that appeared while the relaxation ran is not replaced without --force
+        try:
+            with contextlib.nullcontext() if args.force else never_replace([out, traj_path]):
+                _publish(tmp_out, out)
+                _publish(tmp_traj, traj_path)
+        except OutputExistsError as exc:
+            return _error(str(exc), EXIT_USAGE)
     print(
         f"{'converged' if converged else 'NOT converged'} after {opt.nsteps} steps; "
         f"relaxed structure: {out}; trajectory: {traj_path}"

@@ -155,9 +155,10 @@ def self_ensemble(
     b, n = y.shape[0], radon.image_size
     if mask is None:
         mask = model.mask
-    mask = mask.to(y.device)
-    if mask.dim() == 2:
-        mask = mask.expand(b, n, n)
+    from ._unrolled import check_support_mask
+
+    mask = check_support_mask(mask, n, b).to(y.device)
+    mask = mask.expand(b, n, n)  # (N, N) and (1, N, N) broadcast over the batch
     flat_y, flat_m = y.reshape(b, -1), mask.reshape(b, -1)
     total = None
     for s in symmetries:  # one batch per symmetry: a k-fold batch runs slower per image

@@ -3,8 +3,10 @@ constraint."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -33,7 +35,7 @@ def check_support_mask(mask: Any, n: int, batch: int | None) -> torch.Tensor:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got}).")
     if mask.dtype != torch.bool:
-        if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("Expected a boolean (or 0/1) 'mask'.")
         mask = mask != 0
     return mask
@@ -217,6 +219,16 @@ class UnrolledCT(nn.Module):
             raise TypeError(
                 f"Expected 'radon' to be a Radon operator (got {type(radon).__name__})."
             )
+        sizes = {"n_layers": n_layers, "channels": channels, "depth": depth}
+        sizes["kernel_size"] = kernel_size
+        for name, v in sizes.items():
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"Expected an int '{name}' (got {v!r}).")
+        if not isinstance(tied, bool):
+            raise TypeError(f"Expected 'tied' to be a bool (got {type(tied).__name__}).")
+        for name, v in (("cnn_lipschitz", cnn_lipschitz), ("lipschitz_target", lipschitz_target)):
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"Expected '{name}' to be None or a finite number > 0 (got {v}).")
         if n_layers < 1 or channels < 1 or depth < 2 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
                 "Expected n_layers >= 1, channels >= 1, depth >= 2 and an odd kernel_size (got "
@@ -230,14 +242,17 @@ class UnrolledCT(nn.Module):
             raise TypeError(f"Expected 'dual' to be a bool (got {type(dual).__name__}).")
         if init not in _INITS:
             raise ValueError(f"Expected init in {_INITS} (got {init!r}).")
-        if cnn_lipschitz is not None and not cnn_lipschitz > 0:
-            raise ValueError(f"Expected cnn_lipschitz > 0 (got {cnn_lipschitz}).")
         if not 0.0 <= negative_slope <= 1.0:
             raise ValueError(f"Expected negative_slope in [0, 1] (got {negative_slope}).")
         self.radon = radon
         n = radon.image_size
         if mask is None:
             mask = radon.support()
+        if isinstance(mask, torch.Tensor) and mask.dim() != 2:
+            raise ValueError(
+                f"Expected the default 'mask' of shape ({n}, {n}) (got {tuple(mask.shape)}); "
+                "a per-image mask goes to forward(y, mask=...)."
+            )
         self.register_buffer("mask", self._check_mask(mask, None).clone())
         self.register_buffer("radon_norm", torch.tensor(radon.norm(), dtype=torch.float64))
         if lipschitz_target is not None:

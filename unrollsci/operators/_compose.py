@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -78,6 +79,8 @@ class ScaledOperator(LinearOperator):
 
     def __init__(self, op: LinearOperator, scale: float) -> None:
         super().__init__()
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"Expected a finite scale for an operator (got {scale}).")
         self.op, self.scale = op, float(scale)
         self.in_shape, self.out_shape = op.in_shape, op.out_shape
         self.cacheable_norm = op.cacheable_norm

@@ -50,7 +50,11 @@ class Convolution(LinearOperator):
         if boundary not in ("zero", "circular"):
             raise ValueError(f"Expected boundary 'zero' or 'circular' (got {boundary!r}).")
         d = kernel.dim()
+        if kernel.numel() == 0:
+            raise ValueError(f"Expected a non-empty kernel (got shape {tuple(kernel.shape)}).")
         in_shape = tuple(int(s) for s in in_shape)
+        if any(n < 1 for n in in_shape):
+            raise ValueError(f"Expected a positive in_shape (got {in_shape}).")
         if len(in_shape) not in (d, d + 1):
             raise ValueError(
                 f"Expected in_shape with {d} (or {d + 1}, with channels) entries for a "

@@ -21,7 +21,10 @@ class MatrixOperator(LinearOperator):
         matrix: ``(m, n)`` real tensor. Pass an ``nn.Parameter`` to learn it. Complex
             matrices are refused (``TypeError``): operators are real-valued.
 
-    ``norm()`` is cached until the matrix changes (replaced, or modified in place).
+    ``norm()`` and the matrix's copy in another dtype are cached until the matrix changes:
+    replaced, or modified in place through torch (torch's version counter). A change made
+    behind torch's back (through a numpy array sharing the memory, ``torch.from_numpy``,
+    or ``.data``) is not seen: build a new operator after one.
 
     Example:
         >>> import torch
@@ -33,6 +36,11 @@ class MatrixOperator(LinearOperator):
     def __init__(self, matrix: torch.Tensor) -> None:
         super().__init__()
         check_tensor("matrix", matrix, ndim=(2,))
+        if matrix.layout != torch.strided:
+            raise TypeError(
+                f"Expected a dense matrix for MatrixOperator (got layout {matrix.layout}); "
+                "use SparseOperator for a sparse one."
+            )
         check_real("matrix", matrix)
         check_finite("matrix", matrix)
         if isinstance(matrix, torch.nn.Parameter):
@@ -157,7 +165,8 @@ class SparseOperator(LinearOperator):
 
     Args:
         matrix: ``(m, n)`` scipy sparse matrix or torch sparse (COO/CSR) tensor.
-        dtype: dtype to store; defaults to the matrix's (float64 for scipy float data).
+        dtype: dtype to store; defaults to the matrix's (float64 for integer data, which
+            float32 would round above 2^24).
         copy: ``False`` keeps a canonical scipy matrix's value array instead of copying it
             (for a matrix the caller made for this operator and will not change: a later
             change of its values would change the operator's).
@@ -178,6 +187,10 @@ class SparseOperator(LinearOperator):
         if dtype is not None:
             check_dtype_supported("SparseOperator", dtype, self.supported_dtypes)
         if isinstance(matrix, torch.Tensor):
+            if matrix.dim() != 2:
+                raise ValueError(
+                    f"Expected a 2-dimensional matrix (got shape {tuple(matrix.shape)})."
+                )
             sc, csr = None, to_torch_sparse(matrix, dtype=dtype)
         else:
             sc = _canonical_csr(matrix)
@@ -189,8 +202,8 @@ class SparseOperator(LinearOperator):
             check_finite("matrix", csr)
         if csr.dim() != 2:
             raise ValueError(f"Expected a 2-dimensional sparse matrix (got {csr.dim()} dims).")
-        if not csr.is_floating_point():
-            csr = csr.to(torch.get_default_dtype())
+        if not csr.is_floating_point():  # integer entries: float64 keeps them exact
+            csr = csr.to(torch.float64)
         check_dtype_supported("SparseOperator", csr.dtype, self.supported_dtypes)
         self.register_buffer("matrix", csr)
         # A^T is formed on the first adjoint product only (CG never needs it, and forming

@@ -71,8 +71,12 @@ def _as_angles(angles: Any) -> np.ndarray:
             raise ValueError(f"Expected at least one projection angle (got angles={angles}).")
         return np.linspace(0.0, 180.0, int(angles), endpoint=False)
     if isinstance(angles, torch.Tensor):
+        if angles.is_complex():
+            raise TypeError(f"Expected real angles in degrees (got dtype {angles.dtype}).")
         arr = angles.detach().cpu().to(torch.float64).numpy()
     elif isinstance(angles, (np.ndarray, Sequence)):
+        if np.iscomplexobj(np.asarray(angles)):
+            raise TypeError("Expected real angles in degrees (got complex values).")
         arr = np.asarray(angles, dtype=np.float64)
     else:
         raise TypeError(
@@ -106,8 +110,15 @@ def _as_size(image_size: Any) -> int:
 def _support_pixels(n: int, circle: bool) -> int:
     if not circle:
         return n * n
-    i = np.arange(n) - n // 2
-    return int(((i[:, None] ** 2 + i[None, :] ** 2) <= (n // 2) ** 2).sum())
+    # the pixels within radius n // 2 of the centre, counted row by row (no n x n array: the
+    # memory guard runs this before refusing a geometry far too large to build)
+    lo, hi, r2 = -(n // 2), n - 1 - n // 2, (n // 2) ** 2
+    total = 0
+    for a in range(lo, hi + 1):
+        if a * a <= r2:
+            m = math.isqrt(r2 - a * a)  # |i| <= m on this row
+            total += min(m, hi) - max(-m, lo) + 1
+    return total
 
 
 def radon_memory_estimate(image_size: Any, angles: Any = 180, *, circle: bool = True) -> int:
