@@ -75,6 +75,21 @@ class VerletPairs:
         return True
 
 
+def _entry_groups(op: _Hardness) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """How the pairs add into matrix entries, for the certificate's Frobenius norm: None
+    when every pair has its own off-diagonal entry; else ``(inv, off, self_pair)``: each
+    pair's entry index, which entries are off the diagonal, which pairs are self-images
+    (``i == j``, twice on the diagonal as in the matvec)."""
+    i, j = op.i, op.j
+    self_pair = i == j
+    n = int(op.diag0.shape[0])
+    key = torch.minimum(i, j) * n + torch.maximum(i, j)
+    uniq, inv = torch.unique(key, return_inverse=True)
+    if uniq.numel() == key.numel() and not bool(self_pair.any()):
+        return None
+    return inv, (uniq // n) != (uniq % n), self_pair
+
+
 class DefiniteCertificate:
     """Proves ``A`` positive definite on ``sum(q) = 0`` before each solve (see module)."""
 
@@ -92,13 +107,19 @@ class DefiniteCertificate:
         """Raise PolarizationCatastropheError unless ``op``'s matrix is certified."""
         w, diag0 = op.w.detach(), op.diag0.detach()
         if self._ref is not None and same_pairs and not op.long_range:
-            w0, d0, tau = self._ref
+            w0, d0, tau, groups = self._ref
             if w0.shape == w.shape:
                 # ||A - A0||_2 <= min(Frobenius norm, max absolute row sum); the Frobenius
                 # norm first (two passes), the row sums (scatters) only when it fails
                 dw = w - w0
                 dd = diag0 - d0
-                frob = torch.sqrt(torch.dot(dd, dd) + 2.0 * torch.dot(dw, dw))
+                if groups is None:  # one pair per matrix entry, none on the diagonal
+                    frob = torch.sqrt(torch.dot(dd, dd) + 2.0 * torch.dot(dw, dw))
+                else:  # periodic images: pairs adding into one entry are summed first
+                    inv, off, self_pair = groups
+                    entry = dw.new_zeros(off.shape[0]).index_add(0, inv, dw)[off]
+                    ddiag = dd.index_add(0, op.i[self_pair], 2.0 * dw[self_pair])
+                    frob = torch.sqrt(torch.dot(ddiag, ddiag) + 2.0 * torch.dot(entry, entry))
                 if float(frob) < tau:
                     return
                 dw, dd = dw.abs(), dd.abs()
@@ -108,7 +129,7 @@ class DefiniteCertificate:
         self.dense_checks += 1
         n = diag0.shape[0]
         if n < 2:
-            self._ref = (w.clone(), diag0.clone(), float("inf"))
+            self._ref = (w.clone(), diag0.clone(), float("inf"), _entry_groups(op))
             return
         m = _projected_hardness(_dense_hardness(op))
         dmin = float(torch.diagonal(m).min())
@@ -117,8 +138,9 @@ class DefiniteCertificate:
         for f in self.TAU_FRACTIONS:
             tau = f * dmin
             if tau > 0 and int(torch.linalg.cholesky_ex(m - tau * eye)[1]) == 0:
-                self._ref = (w.clone(), diag0.clone(), tau)
+                self._ref = (w.clone(), diag0.clone(), tau, _entry_groups(op))
                 return
         if int(torch.linalg.cholesky_ex(m)[1]) != 0:
             raise_catastrophe(m, n)
-        self._ref = (w.clone(), diag0.clone(), 0.0)  # PD, no margin: test again next call
+        # PD, no margin: test again next call
+        self._ref = (w.clone(), diag0.clone(), 0.0, _entry_groups(op))
