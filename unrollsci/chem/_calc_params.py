@@ -128,7 +128,17 @@ def normalize(key: str, value: Any) -> Any:
                 return name
         raise TypeError(f"Expected dtype torch.float32 or torch.float64 (got {value}).")
     if key in ("cutoff", "total_charge"):
-        return _optional_float(key, value)
+        v = _optional_float(key, value)
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"Expected a finite {key} or None (got {value!r}).")
+        if key == "cutoff" and v is not None and v <= 0:
+            raise ValueError(f"Expected cutoff > 0 or None (got {value!r}).")
+        return v
+    if key in ("tol", "coulomb_constant"):
+        v = _optional_float(key, value)
+        if v is None or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"Expected a finite {key} > 0 (got {value!r}).")
+        return v
     if key == "adjoint_tol":
         eps = _optional_float(key, value)
         if eps is not None and not 0.0 < eps <= 1.0:

@@ -349,6 +349,8 @@ class QEqCalculator(Calculator):
             self._table = _per_atom_table(settings, self._symbols, {}, positions)
             self._table_key = key
         if self._analytic(settings):
+            # the checks solve_charges makes, which this path does not go through
+            _solve._check_numbers(settings, self._symbols)
             self._step(atoms, settings, pos_np, cell_np, q0, periodic, molecule)
             return
         prepared = Prepared(table=self._table, definite=self._certificate.check)

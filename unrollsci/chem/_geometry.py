@@ -23,6 +23,10 @@ __all__ = [
 
 KERNELS = ("shielded", "point", "gaussian")
 
+#: the largest extent (cell width, or span of a molecule) in cutoffs the cell-list search
+#: is given; vesin 0.6 crashes (SIGFPE) between 7e4 and 1e5 cutoffs along one axis
+_MAX_SPAN = 1e4
+
 _VESIN: dict[str, Any] = {}  # the imported vesin module (or None), after the first call
 
 
@@ -83,6 +87,31 @@ def half_pairs(
     if cutoff is None:
         i, j = np.triu_indices(n, k=1)
         return i.astype(np.int64), j.astype(np.int64), np.zeros((len(i), 3), dtype=np.int64)
+    if not (math.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"Expected a finite cutoff > 0 or None (got {cutoff!r}).")
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("Expected finite positions (got NaN or Inf).")
+    if np.any(pbc) and not np.all(np.isfinite(cell)):
+        raise ValueError("Expected a finite 'cell' (got NaN or Inf).")
+    if np.all(pbc):
+        vol = abs(float(np.linalg.det(cell)))
+        if vol < 1e-6:
+            raise ValueError(f"Expected a periodic cell with non-zero volume (got {vol:.3e}).")
+        widths = vol / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        if float(widths.max()) > _MAX_SPAN * cutoff:
+            raise ValueError(
+                f"The cell is {float(widths.max()):.3g} Angstrom wide, more than {_MAX_SPAN:g} "
+                f"cutoffs ({cutoff}): the cell-list pair search cannot grid it. Use a "
+                "smaller cell or a larger cutoff."
+            )
+    elif n and float(np.ptp(positions, axis=0).max()) > _MAX_SPAN * cutoff:
+        # atoms far apart (a stray atom): a cell-list grid that large crashes vesin's
+        # search (SIGFPE); a k-d tree finds the same pairs at any extent
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(positions).query_pairs(float(cutoff), output_type="ndarray")
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].astype(np.int64)
+        return pairs[:, 0].copy(), pairs[:, 1].copy(), np.zeros((len(pairs), 3), np.int64)
     box = cell if np.any(pbc) else np.zeros((3, 3))
     vesin = _vesin() if (np.all(pbc) or not np.any(pbc)) else None
     if vesin is not None:

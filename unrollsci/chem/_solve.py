@@ -128,6 +128,10 @@ def _heights(cell: np.ndarray) -> np.ndarray:
 def check_structure(positions: torch.Tensor, numbers: Any) -> list[str]:
     """Validate ``positions`` (N, 3) and return the N chemical symbols of ``numbers``."""
     check_tensor("positions", positions, ndim=(2,))
+    if positions.dtype not in (torch.float32, torch.float64):
+        # float16 / bfloat16 round the charges far above any tolerance (a float16 solve
+        # reported converged with the total charge 7e-4 off); complex has no meaning here
+        raise TypeError(f"Expected float32 or float64 'positions' (got {positions.dtype}).")
     if positions.shape[-1] != 3:
         raise ValueError(f"Expected 'positions' of shape (N, 3) (got {tuple(positions.shape)}).")
     n = positions.shape[0]
@@ -211,6 +215,8 @@ def _per_atom_table(
             if t.shape[0] != n:
                 raise ValueError(f"Expected '{name}' of length {n} (got shape {tuple(t.shape)}).")
             check_finite(name, t)
+            if name in ("gamma", "sigma") and not bool((t > 0).all()):
+                raise ValueError(f"Expected every entry of '{name}' > 0 (as in params).")
             table[name] = t.to(device=like.device, dtype=like.dtype)
     return table
 
