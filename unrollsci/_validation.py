@@ -309,6 +309,11 @@ def symmetry_error(a: Any, name: str = "A") -> tuple[float, float, float]:
     if sp.issparse(a):
         if a.shape[0] != a.shape[1]:
             raise ValueError(f"Expected '{name}' to be a square matrix (got shape {a.shape}).")
+        if not (a.format == "csr" and a.has_canonical_format):
+            # scipy's abs/max/subtraction merge duplicates and sort indices in place: on a
+            # copy, never in the caller's matrix
+            a = sp.csr_matrix(a, copy=True)
+            a.sum_duplicates()
         same = _same_pattern_asymmetry(a)
         if same is not None:
             return same[0], same[1], _float_eps(a.dtype)

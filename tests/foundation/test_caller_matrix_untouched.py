@@ -93,3 +93,22 @@ def test_sparse_operator_copy_false_keeps_the_values():
     x = torch.ones(1, 2, dtype=torch.float64)
     torch.testing.assert_close(shared(x), torch.tensor([[6.0, 8.0]], dtype=torch.float64))
     torch.testing.assert_close(owned(x), torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("what", ["cg", "check_symmetric"])
+def test_cg_and_the_symmetry_check_leave_the_matrix_alone(what):
+    """scipy's abs / max / subtraction merged duplicates in the caller's matrix (audit)."""
+    from unrollsci.solvers import cg, check_symmetric
+
+    a = _messy_symmetric()
+    snap = _snapshot(a)
+    if what == "cg":
+        sol = cg(a, torch.ones(4, dtype=torch.float64), tol=1e-12)
+        np.testing.assert_allclose(a.toarray() @ sol.x.numpy(), np.ones(4), atol=1e-10)
+    else:
+        check_symmetric(a)
+    _unchanged(a, snap)
+    coo = sp.coo_matrix(([1.0, 1.0, 2.0], ([0, 0, 1], [0, 0, 1])), shape=(2, 2))
+    rows = coo.row.copy()
+    check_symmetric(coo) if what == "check_symmetric" else cg(coo, torch.ones(2))
+    assert coo.nnz == 3 and np.array_equal(coo.row, rows)

@@ -20,7 +20,7 @@ from .._validation import (
 from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
-from ._common import as_operator, check_signal, check_stopping
+from ._common import as_operator, check_signal, check_stopping, row_norm
 from ._loop import GRAD_MODES, PCGState, differentiate, pcg_iterate
 from ._solution import Solution, finish
 
@@ -76,12 +76,7 @@ def _is_scipy_sparse(a: Any) -> bool:
     return bool(sp.issparse(a))
 
 
-def _norm(v: torch.Tensor) -> torch.Tensor:
-    """Row norms of ``v`` (detached) without underflow or overflow of the squares."""
-    v = v.detach()
-    big = v.abs().amax(dim=-1)
-    unit = v / torch.where(big > 0, big, torch.ones_like(big))[:, None]
-    return big * torch.linalg.vector_norm(unit, dim=-1)
+_norm = row_norm  # row norms without underflow or overflow of the squares
 
 
 def _as_apply(m: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:

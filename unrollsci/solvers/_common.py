@@ -112,3 +112,13 @@ def prepare_lasso(
 
 def unbatch(x: torch.Tensor, unbatched: bool) -> torch.Tensor:
     return x[0] if unbatched else x
+
+
+def row_norm(v: torch.Tensor) -> torch.Tensor:
+    """Row norms of ``v`` (detached) without underflow or overflow of the squares: data of
+    size 1e-160 (squares below the smallest normal) or 1e200 give the same relative
+    residuals as data of size 1, so no stopping rule reads 0 or inf from scale alone."""
+    v = v.detach()
+    big = v.abs().amax(dim=-1)
+    unit = v / torch.where(big > 0, big, torch.ones_like(big)).unsqueeze(-1)
+    return big * torch.linalg.vector_norm(unit, dim=-1)

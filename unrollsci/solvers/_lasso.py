@@ -15,7 +15,7 @@ from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
-from ._common import check_stopping, prepare_lasso, unbatch
+from ._common import check_stopping, prepare_lasso, row_norm, unbatch
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
@@ -24,7 +24,7 @@ __all__ = ["ista", "fista", "admm", "amp"]
 
 
 def _scale(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
-    s = op.adjoint(y).norm(dim=-1).detach()
+    s = row_norm(op.adjoint(y))
     return torch.clamp(s, min=torch.finfo(y.dtype).tiny)
 
 
@@ -81,8 +81,8 @@ def _amp_update(
         new = tuple((1 - damping) * a + damping * b for a, b in zip(new, old, strict=True))
     x_new, z_new, b_new = new
     x = old[0]
-    denom = torch.maximum(x.detach().norm(dim=-1), scale)
-    r = ((x_new - x).detach().norm(dim=-1) / denom).max().item()
+    denom = torch.maximum(row_norm(x), scale)
+    r = (row_norm(x_new - x) / denom).max().item()
     if r != r:  # NaN: diverged
         raise ValueError(diverged)
     return x_new, z_new, b_new, r
@@ -139,7 +139,7 @@ def ista(
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         x_new = ista_step(op, x, y, t, t * lam_t, prox_fn)
-        return x_new, ((x_new - x).detach().norm(dim=-1) / t / scale).max().item()
+        return x_new, (row_norm(x_new - x) / t / scale).max().item()
 
     x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
     return finish(
@@ -191,7 +191,7 @@ def fista(
         t_next, beta = fista_momentum(tk)
         v = x + beta * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t, prox_fn)
-        r = ((x_new - v).detach().norm(dim=-1) / t_step / scale).max().item()
+        r = (row_norm(x_new - v) / t_step / scale).max().item()
         if restart:
             uphill = ((v - x_new) * (x_new - x)).sum(-1, keepdim=True).detach() > 0
             t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
@@ -279,8 +279,8 @@ def admm(
     def step(s: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], float]:
         z_prev, u = s
         x, z, u = admm_step(x_solve, aty, z_prev, u, rho, lam_t / rho, prox_fn)
-        primal = ((x - z).detach().norm(dim=-1) / scale).max().item()
-        dual = (rho * (z - z_prev).detach().norm(dim=-1) / scale).max().item()
+        primal = (row_norm(x - z) / scale).max().item()
+        dual = (rho * row_norm(z - z_prev) / scale).max().item()
         return (z, u), max(primal, dual)
 
     (z, u), k, residuals, converged = run_until(step, (z, u), max_iter=max_iter, tol=tol)
@@ -345,7 +345,7 @@ def amp(
     z = torch.zeros_like(y)
     b = (x != 0).sum(-1, keepdim=True).to(y.dtype) / m
     scale = _scale(op, y)
-    zscale = torch.clamp(y.detach().norm(dim=-1), min=torch.finfo(y.dtype).tiny)
+    zscale = torch.clamp(row_norm(y), min=torch.finfo(y.dtype).tiny)
     # Continuation: the threshold starts at ||A^T y||_inf and decays geometrically
     # until the calibrated value lam / (1 - b) takes over; without it the first
     # iterates (x = 0, b = 0, theta = lam) keep almost every entry and b exceeds 1.
@@ -365,8 +365,8 @@ def amp(
             scale,
             "amp diverged (NaN). Use damping > 0 or fista/admm for this A.",
         )
-        z_den = torch.maximum(z_old.detach().norm(dim=-1), zscale)
-        r_z = ((z - z_old).detach().norm(dim=-1) / z_den).max().item()
+        z_den = torch.maximum(row_norm(z_old), zscale)
+        r_z = (row_norm(z - z_old) / z_den).max().item()
         r_b = (b - b_old).detach().abs().max().item()
         return (x, z, b, theta_cont * decay_f), max(r, r_z, r_b), calibrated
 
