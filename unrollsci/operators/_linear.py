@@ -173,8 +173,21 @@ class LinearOperator(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
         # nn.Module._apply backs .to()/.double()/.cuda(): moving invalidates cached casts.
+        # Operators are not models (docs/architecture.md, "dtypes"): a dtype cast of a
+        # model holding this operator (model.float()) must not round the operator's stored
+        # matrix, which other models and solvers may share; the operator computes in each
+        # input's dtype through its cached casts anyway. So its own floating buffers move
+        # device but keep their dtype; learned parameters follow the cast as any weight.
         self._cast_cache = {}
-        return super()._apply(fn, recurse)
+        mine = {id(t) for t in self._buffers.values() if t is not None and t.is_floating_point()}
+
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in mine:
+                return fn(t)
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(device=moved.device)
+
+        return super()._apply(keep_dtype, recurse)
 
     # ------------------------------------------------------------------ norm
     def norm(
