@@ -52,6 +52,9 @@ _OPERATOR_NAMES = (
     "SumOperator",
     "ScaledOperator",
     "AdjointOperator",
+    "ReshapeOperator",
+    "IdentityOperator",
+    "GramOperator",
 )
 _USER: dict[str, type] = {}
 
@@ -171,6 +174,16 @@ def _operator_config(op: Any) -> tuple[str, dict[str, Any]] | None:
         return kind, {"op": op.op, "scale": float(op.scale)}
     if kind == "AdjointOperator":
         return kind, {"op": op.op}
+    if kind == "ReshapeOperator":
+        return kind, {"in_shape": list(op.in_shape), "out_shape": list(op.out_shape)}
+    if kind == "IdentityOperator":
+        return kind, {"shape": list(op.in_shape)}
+    if kind == "GramOperator":
+        shift = op.shift
+        learned = isinstance(shift, nn.Parameter)
+        if isinstance(shift, torch.Tensor):
+            shift = shift.detach()
+        return kind, {"op": op.op, "shift": shift, "parameter": learned}
     return None
 
 
@@ -181,6 +194,9 @@ def _build_operator(kind: str, cfg: dict[str, Any]) -> Any:
         return ops[kind](nn.Parameter(matrix) if cfg.get("parameter") else matrix)
     if kind == "Convolution":
         return ops[kind](cfg["kernel"], cfg["in_shape"], boundary=cfg["boundary"])
+    if kind == "GramOperator":
+        shift = cfg["shift"]
+        return ops[kind](cfg["op"], nn.Parameter(shift) if cfg.get("parameter") else shift)
     if kind == "Mask":
         return ops[kind](cfg["mask"], subsample=cfg["subsample"])
     if kind == "Radon":
