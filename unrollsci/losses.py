@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
-from ._validation import check_batch, check_positive
+from ._validation import check_batch, check_positive, check_tensor
 from .solvers import as_operator, lasso_kkt_residual
+from .solvers._common import prepare_lasso
 
 __all__ = ["nmse_db", "mse", "kkt_residual"]
 
@@ -18,6 +19,8 @@ def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
             raise TypeError(f"Expected '{name}' to be a torch.Tensor (got {type(t).__name__}).")
         if t.dim() == 0:
             raise ValueError(f"Expected '{name}' of shape (batch, ...) (got a scalar).")
+        if not t.is_floating_point():
+            raise TypeError(f"Expected a floating-point '{name}' (got {t.dtype}).")
     if x.shape != x_true.shape:
         raise ValueError(
             f"Expected 'x' and 'x_true' of the same shape (got {tuple(x.shape)} and "
@@ -86,4 +89,16 @@ def kkt_residual(
     for name, t in (("x", x), ("y", y)):
         if isinstance(t, torch.Tensor) and t.dim() >= 1:
             check_batch(name, t)
+    # the solvers' checks of (A, y, lam): shapes, finite, lam >= 0 and of shape (batch,)
+    _, y2, _, _ = prepare_lasso(op, y, lam)
+    check_tensor("x", x, ndim=(1, 2))
+    if not x.is_floating_point():
+        raise TypeError(f"Expected a floating-point 'x' (got {x.dtype}).")
+    n = op.in_shape[0]
+    want = (y2.shape[0], n) if x.dim() == 2 else (n,)
+    if tuple(x.shape) != want or (x.dim() == 1) != (y.dim() == 1):
+        raise ValueError(
+            f"Expected 'x' of shape {want} for 'y' of shape {tuple(y.shape)} and an operator "
+            f"with {n} inputs (got {tuple(x.shape)})."
+        )
     return lasso_kkt_residual(op, x, y, lam, step)

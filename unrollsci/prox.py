@@ -84,8 +84,9 @@ def check_groups(groups: Any, n: int) -> torch.Tensor:
     """Validate a group-label tensor: integers ``>= 0``, one per entry of an axis of length
     ``n``. Returns it as a 1-D ``int64`` tensor."""
     if not isinstance(groups, torch.Tensor):
+        length = f" of length {n}" if n >= 0 else ""
         raise TypeError(
-            f"Expected 'groups' to be an integer torch.Tensor of length {n} "
+            f"Expected 'groups' to be an integer torch.Tensor{length} "
             f"(got {type(groups).__name__})."
         )
     if groups.dtype.is_floating_point or groups.dtype.is_complex or groups.dtype == torch.bool:

@@ -182,8 +182,8 @@ class LAMP(UnrolledLasso):
         self.denoiser = denoiser
         if denoiser == "soft" and (rho is not None or sigma_x is not None):
             raise ValueError("'rho' and 'sigma_x' are options of denoiser='bg' only.")
-        if not scale_init > 0:
-            raise ValueError(f"Expected scale_init > 0 (got {scale_init!r}).")
+        if not (isinstance(scale_init, (int, float)) and 0 < scale_init < float("inf")):
+            raise ValueError(f"Expected a finite scale_init > 0 (got {scale_init!r}).")
         self.scale_init = float(scale_init)
         if not 0 <= decay < 1:
             raise ValueError(f"Expected 0 <= decay < 1 (got {decay}).")

@@ -161,6 +161,10 @@ class BlockLISTA(UnrolledLasso):
                 f"Expected 'group_size' to be an int (got {type(group_size).__name__})."
             )
         self.group_size = group_size
+        if groups is not None and not isinstance(groups, torch.Tensor):
+            raise TypeError(
+                f"Expected 'groups' to be an integer torch.Tensor (got {type(groups).__name__})."
+            )
         self.groups = None if groups is None else groups.detach().cpu()
         super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         if self.group_size is not None:
@@ -217,11 +221,12 @@ class BlockLISTA(UnrolledLasso):
     def _apply_blocks(self, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = v.shape[0]
         if self.group_size is not None:  # consecutive equal groups: a reshape, no gather
-            vg = v.reshape(b, -1, self.group_size).transpose(0, 1)  # (G, batch, s)
-            return torch.bmm(vg, p).transpose(0, 1).reshape(b, -1)  # P symmetric: v P = P v
+            g = self.n // self.group_size  # explicit: -1 is ambiguous for an empty batch
+            vg = v.reshape(b, g, self.group_size).transpose(0, 1)  # (G, batch, s)
+            return torch.bmm(vg, p).transpose(0, 1).reshape(b, self.n)  # P symmetric
         padded = torch.cat([v, v.new_zeros(b, 1)], dim=1)
         vg = padded.index_select(1, self.index.reshape(-1)).reshape(b, *self.index.shape)
-        out = torch.bmm(vg.transpose(0, 1), p).transpose(0, 1).reshape(b, -1)
+        out = torch.bmm(vg.transpose(0, 1), p).transpose(0, 1).reshape(b, vg.shape[1] * vg.shape[2])
         return out.index_select(1, self.position)
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
