@@ -122,7 +122,7 @@ def test_lamp_denoiser_options_are_checked():
         LAMP(op, 2, denoiser="bg", rho=1.0)
     with pytest.raises(ValueError, match="Expected 'sigma_x' > 0"):
         LAMP(op, 2, denoiser="bg", sigma_x=0.0)
-    with pytest.raises(ValueError, match="Expected scale_init > 0"):
+    with pytest.raises(ValueError, match="Expected a finite scale_init > 0"):
         LAMP(op, 2, denoiser="bg", scale_init=0.0)
 
 
