@@ -89,3 +89,17 @@ def test_per_atom_gamma_must_be_positive(value):
     gamma = torch.tensor([0.5, value, 0.5], dtype=torch.float64)
     with pytest.raises(ValueError, match="gamma"):
         solve_charges(pos, [8, 1, 1], gamma=gamma)
+
+
+@pytest.mark.parametrize("numbers", [[8.5, 1, 1], [True, True, True]])
+def test_atomic_numbers_must_be_integers(numbers):
+    """8.5 was truncated to oxygen; [True, True, True] read as three hydrogens."""
+    pos = torch.tensor(molecule("H2O").positions, dtype=torch.float64)
+    with pytest.raises(ValueError, match="integer atomic numbers"):
+        solve_charges(pos, numbers)
+
+
+def test_total_charge_must_be_a_number():
+    pos = torch.tensor(molecule("H2O").positions, dtype=torch.float64)
+    with pytest.raises(TypeError, match="total_charge"):
+        solve_charges(pos, [8, 1, 1], total_charge="1")

@@ -51,6 +51,8 @@ def _symbols(numbers: Any, n: int) -> list[str]:
                     raise ValueError(f"Expected chemical symbols in 'numbers' (got {z!r}).")
                 out.append(z)
             else:
+                if isinstance(z, (bool, np.bool_)) or not float(z).is_integer():
+                    raise ValueError(f"Expected integer atomic numbers (got {z!r}).")
                 zi = int(z)
                 if not 0 < zi < len(chemical_symbols):
                     raise ValueError(f"Expected atomic numbers in 1..118 (got {zi}).")

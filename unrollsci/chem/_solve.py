@@ -148,6 +148,8 @@ def _check_numbers(s: QEqSettings, symbols: list[str]) -> float:
     it = s.iterations
     if it is not None and (int(it) != it or it < 0):
         raise ValueError(f"Expected 'iterations' to be a non-negative int (got {it!r}).")
+    if isinstance(s.total_charge, (str, bytes, bool)):
+        raise TypeError(f"Expected a number for total_charge (got {s.total_charge!r}).")
     q_total = float(s.total_charge)
     if not math.isfinite(q_total):
         raise ValueError(f"Expected a finite total_charge (got {s.total_charge!r}).")
