@@ -338,8 +338,10 @@ class Radon(LinearOperator):
 
     Two implementations compute the same operator (``method=``):
 
-    * ``"matrix"``: a sparse system matrix (built once per geometry and cached); ``A``
-      and ``A^T`` are one sparse product each. ``O(N^2)`` entries per angle:
+    * ``"matrix"``: a sparse system matrix (built once per geometry and cached, so every
+      ``Radon`` of one geometry shares its entries: never change ``op.matrix`` in place,
+      build a ``SparseOperator`` from a copy instead); ``A`` and ``A^T`` are one sparse
+      product each. ``O(N^2)`` entries per angle:
       :func:`radon_memory_estimate` gives the peak of its construction (figures:
       docs/solvers.md, "Radon memory"), and a geometry whose estimate exceeds the
       memory available (``/proc/meminfo``, cgroup limit) is refused with a
