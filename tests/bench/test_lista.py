@@ -101,6 +101,7 @@ def test_bench_lista_staged_quick(tmp_path):
     args = ["bench", "lista", "--quick", "--no-progress", "--out", str(tmp_path)]
     args += ["--staged", "2", "--models", "ALISTA", "LAMP", "--snr", "inf", "40"]
     assert cli.main([*args, "--checkpoints", str(ck)]) == 0
+    assert not list(ck.glob("*_snrinf.pt"))  # a --quick model never takes a full one's name
     data = json.loads((tmp_path / "lista_quick.json").read_text())
     cfg = data["config"]
     for key in ("inf", "40"):
@@ -112,12 +113,12 @@ def test_bench_lista_staged_quick(tmp_path):
             assert res["monotone"][label] == all(
                 b <= a for a, b in zip(curve, curve[1:], strict=False)
             )
-            model = load_checkpoint(ck / f"{name}_snr{key}.pt")
+            model = load_checkpoint(ck / f"{name}_snr{key}_quick.pt")
             assert _test_curve(model, cfg, key) == pytest.approx(res["nmse_db"][label], abs=1e-6)
     assert "val curve non-increasing" in (tmp_path / "lista_quick.md").read_text()
     # --tails: where the last layer's test error comes from, per saved model
     tails = ["bench", "lista", "--quick", "--out", str(tmp_path), "--name", "tails"]
-    assert cli.main([*tails, "--tails", str(ck / "ALISTA_snrinf.pt")]) == 0
+    assert cli.main([*tails, "--tails", str(ck / "ALISTA_snrinf_quick.pt")]) == 0
     row = json.loads((tmp_path / "tails_quick.json").read_text())["rows"][0]
     assert row["nmse_db"] == pytest.approx(data["by_snr"]["inf"]["nmse_db"]["ALISTA [staged]"][-1])
     assert 0 < row["worst10_error_share"] <= 1
@@ -129,7 +130,7 @@ def test_bench_lista_staged_quick(tmp_path):
     more += ["--staged", "1", "--models", "ALISTA", "--snr", "inf", "--resume", str(ck)]
     assert cli.main([*more, "--checkpoints", str(ck2)]) == 0
     res2 = json.loads((tmp_path / "r" / "lista_quick.json").read_text())["by_snr"]["inf"]
-    extra = torch.load(ck2 / "ALISTA_snrinf.pt", weights_only=True)["extra"]
+    extra = torch.load(ck2 / "ALISTA_snrinf_quick.pt", weights_only=True)["extra"]
     assert extra["resumed_at_layer"] == cfg["K"]
     assert extra["cpu_seconds"] > extra["before_resume"]["cpu_seconds"]
     val_before = extra["before_resume"]["val_curve_db"]
@@ -139,7 +140,7 @@ def test_bench_lista_staged_quick(tmp_path):
     # the checkpoint (never worse on validation)
     ck3 = tmp_path / "ck3"
     assert cli.main([*more, "--checkpoints", str(ck3), "--decay-rate", "0.3"]) == 0
-    extra3 = torch.load(ck3 / "ALISTA_snrinf.pt", weights_only=True)["extra"]
+    extra3 = torch.load(ck3 / "ALISTA_snrinf_quick.pt", weights_only=True)["extra"]
     assert extra3["schedule"]["decay_rate"] == 0.3
     assert extra3["val_curve_db"][-1] <= val_before[-1] + 1e-9
     with pytest.raises(SystemExit):  # the resumed file is never the output
@@ -152,7 +153,7 @@ def test_bench_lista_staged_quick(tmp_path):
     ck5 = tmp_path / "ck5"
     sets = ["--set", "batch_scale=2", "--set", "lr_decays=0.1,0.02", "--set", "loss=log"]
     assert cli.main([*more, "--checkpoints", str(ck5), *sets]) == 0
-    sched = torch.load(ck5 / "ALISTA_snrinf.pt", weights_only=True)["extra"]["schedule"]
+    sched = torch.load(ck5 / "ALISTA_snrinf_quick.pt", weights_only=True)["extra"]["schedule"]
     assert sched["batch_scale"] == 2.0 and sched["loss"] == "log"
     assert list(sched["lr_decays"]) == [0.1, 0.02]
     for bad in ("nokey=1", "lr_decays=a,b", "batch_scale"):
@@ -162,7 +163,7 @@ def test_bench_lista_staged_quick(tmp_path):
     from unrollsci.bench._lista_setup import make_problem, sample
     from unrollsci.bench._lista_tails import nonzero_bins
 
-    model = load_checkpoint(ck / "ALISTA_snrinf.pt")
+    model = load_checkpoint(ck / "ALISTA_snrinf_quick.pt")
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
     edges = (0, 4, 6, 60)
     rows = nonzero_bins(model, a, cfg, math.inf, layers=(1, 3, 9), edges=edges)

@@ -116,7 +116,7 @@ def tails_report(paths: list[str], cfg: dict, out: str, name: str) -> int:
         model = load_checkpoint(path)
         if getattr(model, "n", None) != cfg["n"] or getattr(model, "m", None) != cfg["m"]:
             raise ValueError(f"{path}: not a model of the {cfg['m']} x {cfg['n']} problem")
-        snr_text = Path(path).stem.rsplit("_snr", 1)[-1]
+        snr_text = Path(path).stem.rsplit("_snr", 1)[-1].removesuffix("_quick")
         snr = math.inf if snr_text == "inf" else float(snr_text)
         stats = tail_stats(model, a, cfg, snr)
         others = stats.pop("other_sets_nmse_db")

@@ -205,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=output_dir_arg, default="benchmarks/results", help="output folder"
     )
-    parser.add_argument("--name", default="lista", help="results file name (without .json)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="results file name (without .json; default lista, or lista_tails for --tails: "
+        "the tail report never replaces the benchmark's results)",
+    )
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
     parser.add_argument(
         "--snr", nargs="*", type=float, default=None, help="SNRs in dB (inf for noiseless)"
@@ -265,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoints",
         default=None,
-        help="--staged: save every trained model in this folder as <model>_snr<snr>.pt",
+        help="--staged: save every trained model in this folder as <model>_snr<snr>.pt "
+        "(<model>_snr<snr>_quick.pt with --quick)",
     )
     parser.add_argument(
         "--resume",
@@ -316,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    stem = results_name(args.name, args.quick)  # the files' name: <name>[_quick]
+    result_name = args.name or ("lista_tails" if args.tails else "lista")
+    stem = results_name(result_name, args.quick)  # the files' name: <name>[_quick]
     if args.merge:
         missing = [m for m in args.merge if not Path(m).is_file()]
         if missing:
@@ -412,11 +419,13 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt = None
                 if args.checkpoints:
                     Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
-                    ckpt = Path(args.checkpoints) / f"{name}_snr{key}.pt"
+                    # a --quick model never replaces a fully trained one of the same name
+                    suffix = "_quick" if args.quick else ""
+                    ckpt = Path(args.checkpoints) / f"{name}_snr{key}{suffix}.pt"
                 label += " [staged]"
                 prev = None
                 if args.resume:
-                    prev = Path(args.resume) / f"{name}_snr{key}.pt"
+                    prev = Path(args.resume) / f"{name}_snr{key}{'_quick' if args.quick else ''}.pt"
                     if ckpt is not None and prev.resolve() == ckpt.resolve():
                         parser.error("--resume: write --checkpoints to another folder")
                 model, info = train_staged(

@@ -68,16 +68,18 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def register_checkpoint_class(cls: type, name: str | None = None) -> type:
+def register_checkpoint_class(cls: type | None = None, name: str | None = None) -> Any:
     """Allow :func:`load_checkpoint` to build ``cls`` (a model, or an object in a config).
 
     unrollsci's own trainable models are registered already. A class of yours must
     implement ``get_config() -> dict`` returning its constructor keyword arguments as
     plain data (numbers, strings, None, tensors, dtypes, lists, tuples, dicts with string
     keys, unrollsci operators, or instances of registered classes). It is stored under
-    ``name`` (default ``"module:QualifiedName"``). Usable as a class decorator; returns
-    ``cls``.
+    ``name`` (default ``"module:QualifiedName"``). Usable as a class decorator, with or
+    without a name (``@register_checkpoint_class(name="lab:MyNet")``); returns ``cls``.
     """
+    if cls is None:  # @register_checkpoint_class(name=...): the decorator itself
+        return lambda c: register_checkpoint_class(c, name)
     if not isinstance(cls, type):
         raise TypeError(f"Expected a class to register (got {type(cls).__name__}).")
     if not callable(getattr(cls, "get_config", None)):

@@ -137,7 +137,9 @@ def fit(
     _check_int("steps_per_epoch", steps_per_epoch, 1, optional=True)
     _check_int("patience", patience, 1, optional=True)
     _check_int("checkpoint_every", checkpoint_every, 1)
-    _check_int("seed", seed, -(2**63))  # torch.manual_seed's range
+    _check_int("seed", seed, 0)  # the validation stream uses seed + 10007: keep room
+    if seed > 2**63 - 1 - 10_007:
+        raise ValueError(f"Expected 0 <= seed <= 2**63 - 10008 (got {seed}).")
     check_positive("lr", lr)
     check_positive("weight_decay", weight_decay, allow_zero=True)
     if clip_grad is not None:
@@ -146,6 +148,11 @@ def fit(
     if not 0 < lr_decay <= 1:
         raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
     low = check_mixed_precision(mixed_precision)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected a torch.nn.Module model (got {type(model).__name__}).")
+    for cname, cb in (("callback", callback), ("stage_hook", stage_hook)):
+        if cb is not None and not callable(cb):
+            raise TypeError(f"Expected '{cname}' to be callable or None (got {cb!r}).")
     if not callable(loss_fn):
         raise TypeError(
             f"Expected loss_fn to be callable (model, batch) -> scalar tensor "
@@ -165,6 +172,10 @@ def fit(
             f"checkpoint= needs a model with get_config() ({type(model).__name__} has "
             "none); checked before training so that no run is lost."
         )
+    if checkpoint is not None:  # a config that cannot be stored: refused before training
+        from ._config import _encode
+
+        _encode(model.get_config(), "config")
     if lr_factor is not None and not callable(lr_factor):
         raise TypeError(
             f"Expected lr_factor to be callable step -> factor (got {type(lr_factor).__name__})."
@@ -202,7 +213,22 @@ def fit(
     if resume is not None:
         saved, weights = load_fit_state(resume, model)
         check_resume_args(resume, saved, args)
-        model.load_state_dict(weights)
+        mine = {k: v.dtype for k, v in model.state_dict().items() if v.is_floating_point()}
+        theirs = {k: v.dtype for k, v in weights.items() if v.is_floating_point()}
+        changed = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k])
+        if changed:
+            raise ValueError(
+                f"Cannot resume from {resume}: its weights are {theirs[changed[0]]} where the "
+                f"model's are {mine[changed[0]]} ({changed[0]}); resuming would round them. "
+                "Convert the model to the checkpoint's dtype first."
+            )
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"Cannot resume from {resume}: its weights do not fit this "
+                f"{type(model).__name__} (another configuration?): {exc}"
+            ) from None
     ctx = setup(distributed, model)
     gen = torch.Generator().manual_seed(seed)
     if saved is None:
@@ -366,6 +392,12 @@ def fit(
                         )
                         train_loss = shared[0]
                         val_loss = None if val_loss is None else shared[1]
+                    if val_loss is not None and not math.isfinite(val_loss):
+                        # else it reads as a normal early stop with no best weights
+                        raise FloatingPointError(
+                            f"Validation loss became {val_loss} at epoch {epoch_counter}; "
+                            "check the validation data (NaN or Inf in it?) or lower lr."
+                        )
                     hist.train_loss.append(train_loss)
                     hist.stage.append(stage)
                     if val_loss is not None:

@@ -288,7 +288,20 @@ def fit_layerwise(
         raise TypeError(f"Expected sampler to be callable (got {type(sampler).__name__}).")
     if not (isinstance(val_data, (tuple, list)) and len(val_data) == 2):
         raise TypeError("Expected val_data to be a pair (y, x) of tensors.")
+    for vname, t in zip(("val_data[0] (y)", "val_data[1] (x)"), val_data, strict=True):
+        if (
+            isinstance(t, torch.Tensor)
+            and t.is_floating_point()
+            and not bool(torch.isfinite(t).all())
+        ):
+            # a NaN validation curve would pick no layer and still report a finished run
+            raise ValueError(f"Expected finite {vname} (got NaN or Inf).")
     check_positive("lr", lr)
+    if isinstance(lr_decays, (str, bytes)) or not hasattr(lr_decays, "__iter__"):
+        raise TypeError(
+            f"Expected 'lr_decays' to be a sequence of factors, e.g. (0.2, 0.02) "
+            f"(got {lr_decays!r})."
+        )
     for d in lr_decays:
         check_positive("lr_decays entries", d)
     if vector_lr is not None:
@@ -410,7 +423,7 @@ def fit_layerwise(
                                 p.grad.mul_(mask)
                     if not math.isfinite(float(value.detach())):
                         raise FloatingPointError(
-                            f"Training loss became {float(value)} at layer {k}; lower lr."
+                            f"Training loss became {float(value.detach())} at layer {k}; lower lr."
                         )
                     if row_decay:  # Adam's step of row j, scaled by its factor
                         prev = [p.detach().clone() for p, _ in row_decay]
