@@ -83,6 +83,10 @@ def test_committed_refined_checkpoint_reproduces_the_row():
         outs = {"network": ridge_only(model, y[:n], m[:n]), "refined": model(y[:n], mask=m[:n])}
     for key, out in outs.items():
         row = data["results"][key]
-        assert scores(out, x[:n])[0] == pytest.approx(row["psnr"][:n], abs=1e-4)
+        # float32 convolutions: oneDNN picks kernels by CPU, so single images move by up to
+        # ~2e-4 dB between machines (one of 100 here); the mean is held tighter
+        got = scores(out, x[:n])[0]
+        assert got == pytest.approx(row["psnr"][:n], abs=1e-3)
+        assert sum(got) / n == pytest.approx(sum(row["psnr"][:n]) / n, abs=1e-4)
         bound = certificate(model, refined=key == "refined").bound
         assert bound == pytest.approx(row["lipschitz_bound"], rel=1e-6)
