@@ -78,22 +78,19 @@ def publish(tmp: Path, path: Path) -> None:
     if _key(path) not in _NO_REPLACE.get():
         os.replace(tmp, path)
         return
+    appeared = OutputExistsError(
+        f"Refusing to write over {path}: the file appeared while this command ran; pass "
+        "--force to replace it or choose another output name."
+    )
     try:
         try:
             os.link(tmp, path)  # atomic, and fails if path exists
         except FileExistsError:
-            raise OutputExistsError(
-                f"Refusing to write over {path}: the file appeared while this command ran; "
-                "pass --force to replace it or choose another output name."
-            ) from None
+            raise appeared from None
         except OSError:  # no hard links on this file system: check, then move
             if os.path.lexists(path):
-                raise OutputExistsError(
-                    f"Refusing to write over {path}: the file appeared while this command "
-                    "ran; pass --force to replace it or choose another output name."
-                ) from None
+                raise appeared from None
             os.replace(tmp, path)
-            return
     finally:
         with contextlib.suppress(OSError):
             if os.path.lexists(tmp):
@@ -101,9 +98,13 @@ def publish(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def never_replace(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+def never_replace(paths: Iterable[str | os.PathLike], *, force: bool = False) -> Iterator[None]:
     """Within the block, writes to ``paths`` (through :func:`atomic_write` or
-    :func:`publish`) never replace an existing file (see :func:`publish`)."""
+    :func:`publish`) never replace an existing file (see :func:`publish`); ``force=True``
+    (the command's ``--force``): no effect."""
+    if force:
+        yield
+        return
     token = _NO_REPLACE.set(_NO_REPLACE.get() | {_key(p) for p in paths})
     try:
         yield

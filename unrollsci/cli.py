@@ -15,7 +15,6 @@ replacing their results is their job; a ``--quick`` run writes ``NAME_quick.json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import sys
 import time
@@ -96,7 +95,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"unrollsci {__version__} demo; figures go to {outdir.resolve()}\n")
     # a figure that appears while the demo runs is not replaced either (without --force)
     try:
-        with contextlib.nullcontext() if args.force else never_replace(figures):
+        with never_replace(figures, force=args.force):
             for title, module in sections:
                 t0 = time.perf_counter()
                 rows = importlib.import_module(module).run_demo(outdir)

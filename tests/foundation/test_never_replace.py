@@ -39,3 +39,11 @@ def test_publish_moves_a_temporary_file(tmp_path):
     with never_replace([out]), pytest.raises(OutputExistsError):
         publish(tmp, out)
     assert out.read_text() == "content" and not tmp.exists()
+
+
+def test_force_lets_the_command_replace(tmp_path):
+    out = tmp_path / "figure.png"
+    with never_replace([out], force=True):
+        out.write_text("the user's file")
+        atomic_write_text(out, "the command's output")
+    assert out.read_text() == "the command's output"

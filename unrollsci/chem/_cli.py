@@ -177,14 +177,6 @@ def _temp_next_to(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Move a finished temporary file onto ``path`` with the permissions open() gives
-    (within ``never_replace``: never over a file that appeared while the command ran)."""
-    from .._io import publish
-
-    publish(tmp, path)
-
-
 def _error(message: str, code: int) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
@@ -195,7 +187,7 @@ def relax_main(argv: list[str] | None = None) -> int:
 
     Returns the exit status (see ``EPILOG``); a bad argument exits with status 2.
     """
-    from .._io import OutputExistsError, check_writable, never_replace
+    from .._io import OutputExistsError, check_writable, never_replace, publish
     from .._validation import ConvergenceError
 
     p = _parser()
@@ -276,9 +268,9 @@ def relax_main(argv: list[str] | None = None) -> int:
         write(tmp_out, atoms, format=filetype(out, read=False))
         # an output that appeared while the relaxation ran is not replaced without --force
         try:
-            with contextlib.nullcontext() if args.force else never_replace([out, traj_path]):
-                _publish(tmp_out, out)
-                _publish(tmp_traj, traj_path)
+            with never_replace([out, traj_path], force=args.force):
+                publish(tmp_out, out)
+                publish(tmp_traj, traj_path)
         except OutputExistsError as exc:
             return _error(str(exc), EXIT_USAGE)
     print(

@@ -128,8 +128,9 @@ class DefiniteCertificate:
                     return
         self.dense_checks += 1
         n = diag0.shape[0]
+        groups = _entry_groups(op)  # for the next calls' Frobenius bound
         if n < 2:
-            self._ref = (w.clone(), diag0.clone(), float("inf"), _entry_groups(op))
+            self._ref = (w.clone(), diag0.clone(), float("inf"), groups)
             return
         m = _projected_hardness(_dense_hardness(op))
         dmin = float(torch.diagonal(m).min())
@@ -138,9 +139,9 @@ class DefiniteCertificate:
         for f in self.TAU_FRACTIONS:
             tau = f * dmin
             if tau > 0 and int(torch.linalg.cholesky_ex(m - tau * eye)[1]) == 0:
-                self._ref = (w.clone(), diag0.clone(), tau, _entry_groups(op))
+                self._ref = (w.clone(), diag0.clone(), tau, groups)
                 return
         if int(torch.linalg.cholesky_ex(m)[1]) != 0:
             raise_catastrophe(m, n)
         # PD, no margin: test again next call
-        self._ref = (w.clone(), diag0.clone(), 0.0, _entry_groups(op))
+        self._ref = (w.clone(), diag0.clone(), 0.0, groups)

@@ -219,9 +219,8 @@ class UnrolledCT(nn.Module):
             raise TypeError(
                 f"Expected 'radon' to be a Radon operator (got {type(radon).__name__})."
             )
-        sizes = {"n_layers": n_layers, "channels": channels, "depth": depth}
-        sizes["kernel_size"] = kernel_size
-        for name, v in sizes.items():
+        sizes = (("n_layers", n_layers), ("channels", channels), ("depth", depth))
+        for name, v in (*sizes, ("kernel_size", kernel_size)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"Expected an int '{name}' (got {v!r}).")
         if not isinstance(tied, bool):

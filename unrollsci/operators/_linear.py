@@ -184,8 +184,9 @@ class LinearOperator(nn.Module):
         def keep_dtype(t: torch.Tensor) -> torch.Tensor:
             if id(t) not in mine:
                 return fn(t)
-            moved = fn(t)
-            return moved if moved.dtype == t.dtype else t.to(device=moved.device)
+            # where fn would take it, learned on an empty tensor: no cast copy of the matrix
+            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+            return fn(t) if probe.dtype == t.dtype else t.to(device=probe.device)
 
         return super()._apply(keep_dtype, recurse)
 

@@ -76,9 +76,6 @@ def _is_scipy_sparse(a: Any) -> bool:
     return bool(sp.issparse(a))
 
 
-_norm = row_norm  # row norms without underflow or overflow of the squares
-
-
 def _as_apply(m: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if callable(m) and not isinstance(m, (torch.Tensor, LinearOperator)):
         return m
@@ -259,7 +256,7 @@ def _run(
     # underflowed products (reported as indefiniteness before; tol=0 reached it)
     eps = torch.finfo(b.dtype).eps
     floor = tiny / eps
-    bnorm = _norm(b)
+    bnorm = row_norm(b)
     safe = torch.clamp(bnorm, min=tiny)
     if x0 is not None and bool((bnorm == 0).any()):  # b = 0: x = 0 exactly, whatever x0
         x0 = torch.where((bnorm == 0)[:, None], torch.zeros_like(x0), x0)
@@ -267,7 +264,7 @@ def _run(
     r = b - op(x) if x0 is not None else b.clone()
     # Solve for (x, r) / s with s = ||b|| (or ||r0|| for b = 0): CG is linear in b, and
     # unit-size vectors keep r^T z and p^T A p clear of underflow and overflow.
-    r0n = _norm(r)
+    r0n = row_norm(r)
     s = torch.where(bnorm > 0, bnorm, r0n)
     s = torch.where(s > 0, s, torch.ones_like(s))[:, None]
     x, r = x / s, r / s
