@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--name",
         default=None,
-        help="results file name (without .json; default lista, or lista_tails for --tails: "
-        "the tail report never replaces the benchmark's results)",
+        help="results file name (without .json; default lista, lista_tails for --tails, "
+        "lista_floors for --floors: a report never replaces the benchmark's results)",
     )
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
     parser.add_argument(
@@ -320,9 +320,21 @@ def main(argv: list[str] | None = None) -> int:
         help="for saved models (<model>_snr<snr>.pt): the share of the test error from the "
         "worst vectors and the NMSE on other test sets; writes --out/--name and exits",
     )
+    parser.add_argument(
+        "--floors",
+        nargs="+",
+        default=None,
+        metavar="CHECKPOINT",
+        help="for saved models: the parts of the test error (kept, missed and false "
+        "nonzeros), least squares on their support, the fixed point on the true support, "
+        "and the lasso at each SNR; writes --out/--name and exits",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    result_name = args.name or ("lista_tails" if args.tails else "lista")
+    if args.tails and args.floors:
+        parser.error("--tails and --floors: one report per run")
+    default_name = "lista_tails" if args.tails else "lista_floors" if args.floors else "lista"
+    result_name = args.name or default_name
     stem = results_name(result_name, args.quick)  # the files' name: <name>[_quick]
     if args.merge:
         missing = [m for m in args.merge if not Path(m).is_file()]
@@ -337,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _quick_config() if args.quick else _full_config()
     if args.tails:
         return tails_report(args.tails, cfg, args.out, stem)
+    if args.floors:
+        from ._lista_floors import floors_report
+
+        return floors_report(args.floors, cfg, args.out, stem)
     if args.snr is not None:
         cfg["snr_db"] = args.snr
     if args.lam_kkt is not None:
