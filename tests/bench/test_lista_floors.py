@@ -146,3 +146,36 @@ def test_cli_floors_quick(tmp_path):
     assert "The lasso at SNR 40 dB" in (tmp_path / "lista_floors_quick.md").read_text()
     with pytest.raises(SystemExit):  # one report per run
         cli.main([*args, "--tails", paths[0]])
+
+
+def test_committed_alista_floor_at_40db():
+    """The docs' claim (docs/lista_accuracy.md, "What the gaps are made of"), recomputed from
+    the committed checkpoint: with the true support given, ALISTA's fixed point and its own
+    16 steps are 2.5-2.6 dB above least squares on the true support (the oracle), as in
+    benchmarks/results/lista_floors.json."""
+    from pathlib import Path
+
+    from unrollsci.bench._lista_setup import _full_config
+    from unrollsci.train import load_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    model = load_checkpoint(root / "benchmarks/checkpoints/ALISTA_snr40.pt")
+    cfg = _full_config()
+    a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
+    y, x = sample(a, cfg["n_test"], cfg["p"], 40.0, torch.Generator().manual_seed(cfg["seed"] + 1))
+    ref = float(x.double().pow(2).sum())
+    fp = support_fixed_point(model.W, a, y, x != 0)
+    floor = 10 * math.log10(float((fp - x.double()).pow(2).sum()) / ref)
+    own = support_steps_db(model.W, a, y, x, model._pos(model.gamma, y).detach().reshape(-1))
+    ls = support_fixed_point(a, a, y, x != 0)  # W = A: least squares on the true support
+    oracle = 10 * math.log10(float((ls - x.double()).pow(2).sum()) / ref)
+    assert 2.5 < floor - oracle < 2.6
+    assert own == pytest.approx(floor, abs=0.01)  # 16 own steps reach the fixed point
+    rows = json.loads((root / "benchmarks/results/lista_floors.json").read_text())["rows"]
+    row = next(r for r in rows if r["model"] == "ALISTA_snr40")
+    assert row["fixed point on true support_db"] == pytest.approx(floor, abs=1e-6)
+    assert row["oracle_db"] == pytest.approx(oracle, abs=1e-6)  # the report used lstsq
+    with torch.no_grad():
+        nmse = 10 * math.log10(float((model(y) - x).double().pow(2).sum()) / ref)
+    assert row["nmse_db"] == pytest.approx(nmse, abs=0.01)
+    assert nmse > floor  # the trained model is above its floor

@@ -84,41 +84,57 @@ def least_squares_on(a: torch.Tensor, y: torch.Tensor, support: torch.Tensor) ->
     return out
 
 
+def _padded_support(support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per vector the indices of its support, padded to the largest with index ``n`` (a
+    zero column appended to the matrices), and the mask of the real entries."""
+    n = support.shape[1]
+    k = max(int(support.sum(1).max()), 1)
+    # stable sort puts each row's support first, in index order
+    order = torch.sort((~support).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    real = torch.gather(support, 1, order)
+    return torch.where(real, order, torch.full_like(order, n)), real
+
+
+def _support_systems(
+    w: torch.Tensor, a: torch.Tensor, y: torch.Tensor, support: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per vector on ``support``: ``W_S^T A_S``, ``W_S^T y``, the padded indices and the
+    mask of real entries (padding rows and columns of the matrices are zero)."""
+    idx, real = _padded_support(support)
+    zero = torch.zeros(w.shape[0], 1, dtype=torch.float64)
+    ws = torch.cat([w.double(), zero], 1)[:, idx].permute(1, 0, 2)  # (batch, m, k)
+    as_ = torch.cat([a.double(), zero], 1)[:, idx].permute(1, 0, 2)
+    mat = ws.transpose(1, 2) @ as_
+    rhs = (ws.transpose(1, 2) @ y.double()[..., None])[..., 0]
+    return mat, rhs, idx, real
+
+
+def _scatter(vals: torch.Tensor, idx: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.zeros(idx.shape[0], n + 1, dtype=torch.float64)
+    out.scatter_(1, idx, torch.where(real, vals, 0.0))
+    return out[:, :n]
+
+
 def support_fixed_point(
     w: torch.Tensor, a: torch.Tensor, y: torch.Tensor, support: torch.Tensor
 ) -> torch.Tensor:
     """Per vector, ``x_S = (W_S^T A_S)^{-1} W_S^T y`` on ``support``, zero elsewhere: the
     fixed point of ``x <- x + gamma W^T (y - A x)`` on that support for any step
     ``gamma != 0`` (float64; ``W``, ``A``: ``(m, n)``)."""
-    w64, a64, y64 = w.double(), a.double(), y.double()
-    out = torch.zeros(support.shape, dtype=torch.float64)
-    for i in range(support.shape[0]):
-        s = support[i]
-        if bool(s.any()):
-            ws = w64[:, s]
-            out[i, s] = torch.linalg.solve(ws.T @ a64[:, s], ws.T @ y64[i])
-    return out
+    mat, rhs, idx, real = _support_systems(w, a, y, support)
+    # padding: identity rows and zero right-hand sides, so those entries solve to zero
+    mat = mat + torch.diag_embed((~real).double())
+    return _scatter(torch.linalg.solve(mat, rhs), idx, real, support.shape[1])
 
 
-def _support_systems(
+def _true_systems(
     w: torch.Tensor, a: torch.Tensor, y: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``W_S^T A_S``, ``W_S^T y`` and ``x_S`` per vector on its true support, zero-padded to
-    the largest support (padding rows stay zero through the iteration)."""
-    w64, a64, y64, x64 = w.double(), a.double(), y.double(), x.double()
-    true = x64 != 0
-    k = max(int(true.sum(1).max()), 1)
-    b = x64.shape[0]
-    mat = torch.zeros(b, k, k, dtype=torch.float64)
-    rhs = torch.zeros(b, k, dtype=torch.float64)
-    xs = torch.zeros(b, k, dtype=torch.float64)
-    for i in range(b):
-        s = true[i].nonzero()[:, 0]
-        j = s.numel()
-        mat[i, :j, :j] = w64[:, s].T @ a64[:, s]
-        rhs[i, :j] = w64[:, s].T @ y64[i]
-        xs[i, :j] = x64[i, s]
-    return mat, rhs, xs
+    """:func:`_support_systems` on the true support, with ``x_S`` (zero-padded; padding
+    entries stay zero through the iteration)."""
+    mat, rhs, idx, real = _support_systems(w, a, y, x != 0)
+    xs = torch.gather(torch.cat([x.double(), x.new_zeros(x.shape[0], 1).double()], 1), 1, idx)
+    return mat, rhs, torch.where(real, xs, 0.0)
 
 
 def _steps_db(systems: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gammas: Any) -> Any:
@@ -135,7 +151,7 @@ def support_steps_db(
     """Pooled NMSE (dB) after ``len(gammas)`` steps ``x <- x + gamma_k W^T (y - A x)`` from
     zero, each vector restricted to its true support (no thresholds)."""
     with torch.no_grad():
-        return float(_steps_db(_support_systems(w, a, y, x), torch.as_tensor(gammas).double()))
+        return float(_steps_db(_true_systems(w, a, y, x), torch.as_tensor(gammas).double()))
 
 
 def tune_support_steps(
@@ -150,7 +166,7 @@ def tune_support_steps(
     """The steps of :func:`support_steps_db` that minimize its NMSE on these vectors
     (L-BFGS on the steps' logarithms from each start; the best result over the starts).
     Tuned on the vectors it is evaluated on: an optimistic figure for these steps."""
-    systems = _support_systems(w, a, y, x)
+    systems = _true_systems(w, a, y, x)
     best: tuple[list[float], float] | None = None
     for start in starts:
         lg = torch.log(torch.as_tensor(start, dtype=torch.float64)).clone().requires_grad_(True)
