@@ -16,7 +16,11 @@ def test_graph_lip_quick_small_graphs_keep_the_table_rule(tmp_path):
     data = json.loads((tmp_path / "graph_lip_quick.json").read_text())
     assert (tmp_path / "graph_lip_quick.md").exists()
     by = {(r["problem"], r["bounds"]): r for r in data["rows"]}
-    assert len(by) == 9  # three rows, three variants
+    assert len(by) == 12  # three rows, four variants
+    for (problem, variant), row in by.items():  # the cost of the two certified rules
+        assert (row.get("lipschitz() / cg (all signals)", 1.0) > 0) and (
+            ("lipschitz() / cg (all signals)" in row) == (variant in ("certified", "inertia"))
+        )
     for (problem, _variant), row in by.items():
         assert row["Lip / lambda_max (per signal)"] == pytest.approx([1.01] * 4, abs=2e-4)
         assert row["lo / lambda_min (mean)"] == pytest.approx(0.95, abs=1e-3)

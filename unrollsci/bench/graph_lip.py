@@ -13,10 +13,16 @@ of ``benchmarks/graph.py``) with the bounds they read replaced by each of:
 * ``nov26``: the rule of the code that produced the committed table (November 26):
   ``Lip = 1.01 lambda_max(H)``, ``lo = 0.95 lambda_min(H)`` (estimates that that code
   proved by an inertia factorization; computed here with scipy's ``eigsh``);
-* ``nov26 Lip + certified lo`` (the window mode; the scalar mode reads ``Lip`` only).
+* ``nov26 Lip + certified lo`` (the window mode; the scalar mode reads ``Lip`` only);
+* ``inertia``: ``lipschitz("inertia")`` (the estimate times 1.01 proved by one sparse
+  factorization per signal, the November 26 rule as an option, what a model with
+  ``lipschitz_method="inertia"`` reads) and the certified ``lo``.
 
-Per signal, ``Lip / lambda_max(H)`` and ``lo / lambda_min(H)`` are recorded. The rows other
-than ``certified`` are a diagnosis, not a certified solver. Writes
+Per signal, ``Lip / lambda_max(H)`` and ``lo / lambda_min(H)`` are recorded; for the
+``certified`` and ``inertia`` rows also the time of ``lipschitz()`` over the problem's
+signals (on a graph whose own certificates are cached: the cost of a new mask) against
+scipy's ``cg`` to rtol 1e-6 on each of them (timed after it, 1 BLAS thread). The
+``nov26`` rows are a diagnosis, not a certified solver. Writes
 ``benchmarks/results/graph_lip.{json,md}`` (``--quick``: a 3,000-node sensor graph and 4
 signals, ``graph_lip_quick.*``).
 """
@@ -34,10 +40,11 @@ import torch
 from ..graph import GraphInverseProblem, UnrolledGraphGD
 from ._common import markdown_table, output_dir_arg, positive_int_arg, write_report
 from ._graph_train import load_models, table_problems
+from .graph_cost import _fresh
 
 __all__ = ["VARIANTS", "extremes", "main"]
 
-VARIANTS = ("certified", "nov26", "nov26 Lip + certified lo")
+VARIANTS = ("certified", "nov26", "nov26 Lip + certified lo", "inertia")
 MODELS = "benchmarks/checkpoints/graph_dec7"
 MODES = ("scalar", "window")
 
@@ -68,6 +75,19 @@ def _run(model: UnrolledGraphGD, p: GraphInverseProblem, lip: np.ndarray, lo: np
     return float(p.relative_error(r.x).mean())
 
 
+def _cg_seconds(p: GraphInverseProblem) -> float:
+    """scipy ``cg`` to rtol 1e-6 on each of the problem's signals, one after the other."""
+    from scipy.sparse.linalg import cg
+    from threadpoolctl import threadpool_limits
+
+    b = p.rhs().detach().cpu().double().numpy()
+    t0 = time.perf_counter()
+    with threadpool_limits(1, user_api="blas"):
+        for i in range(p.batch_size):
+            cg(p.hessian_scipy(i), b[i], rtol=1e-6, maxiter=20 * p.num_nodes)
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/graph_lip.py", description=__doc__)
     parser.add_argument("--models", default=MODELS, help="folder of graph_{scalar,window}.pt")
@@ -83,13 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for pname, p in table_problems(big, 4 if args.quick else 16):
         p.solve_exact()
-        lip_c = p.lipschitz().detach().cpu().double().numpy()
+        seconds = {}
+        p.lipschitz()  # the graph's own certificates, cached once per graph
+        for method in ("auto", "inertia"):
+            q = _fresh(p)  # the per-problem cost, as for a new mask on a known graph
+            t1 = time.perf_counter()
+            lip = q.lipschitz(method).detach().cpu().double().numpy()
+            seconds[method] = (time.perf_counter() - t1, lip)
+        lip_c, lip_i = seconds["auto"][1], seconds["inertia"][1]
         lo_c = p.lambda_min_bound().detach().cpu().double().numpy()
         ex_lo, ex_hi = extremes(p)
+        t_cg = _cg_seconds(p)
         bounds = {
             "certified": (lip_c, lo_c),
             "nov26": (1.01 * ex_hi, 0.95 * ex_lo),
             "nov26 Lip + certified lo": (1.01 * ex_hi, lo_c),
+            "inertia": (lip_i, lo_c),
         }
         for vname in VARIANTS:
             lip, lo = bounds[vname]
@@ -101,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 "lo / lambda_min (mean)": float((lo[:, 0] / ex_lo[:, 0]).mean()),
             }
+            method = {"certified": "auto", "inertia": "inertia"}.get(vname)
+            if method is not None:
+                row["lipschitz() / cg (all signals)"] = seconds[method][0] / t_cg
             for mode in MODES:  # (the scalar mode reads Lip only)
                 row[mode] = _run(models[mode], p, lip, lo)
             rows.append(row)

@@ -391,31 +391,31 @@ class GraphInverseProblem:
 
         Args:
             method: ``"gershgorin"``: the rigorous bound ``max_i (A^T A)_ii + lam sum_j
-                |L_ij|`` for masks (``||A||^2 + lam lambda_max(L)`` otherwise, e.g.
-                ``1 + 2 lam max degree`` for a mask and the combinatorial Laplacian);
+                |L_ij|`` for masks (``||A||^2 + lam lambda_max(L)`` otherwise);
                 ``"lanczos"``/``"auto"``: the largest eigenvalue (dense ``eigvalsh`` up to
                 800 nodes per graph, Lanczos/ARPACK above) times ``safety``, capped by the
-                Gershgorin bound. For masks of 800-5000 nodes the Lanczos estimate is
-                proved by the inertia of ``Lip I - H`` (one sparse factorization); above
-                (or if that fails): the graph bound ``max m +
-                lam lambda_max(L)`` (``lambda_max(L)`` proved once per graph and cached)
-                when it is within 10% of a Lanczos estimate of ``lambda_max(H)``, else that
-                estimate times 1.01 (1.1, 1.25) once a Schur-complement test proves
-                ``Lip I - H >= 0``, without factorizing ``H``. Heat kernel
-                and general operators: the spectral function on a grid, resp. power
-                iteration with a 5% margin (estimates, not proofs).
+                Gershgorin bound. Masks of 800-5000 nodes: the estimate proved by the
+                inertia of ``Lip I - H`` (one sparse factorization); above (or if that
+                fails): the graph bound ``max m + lam lambda_max(L)`` (cached per graph)
+                within 10% of an estimate, else the estimate times 1.01 (1.1, 1.25) once a
+                Schur-complement test proves ``Lip I - H >= 0``. ``"inertia"`` (masks):
+                the inertia proof at any size where a factorization is affordable
+                (docs/graph.md), else ``"auto"``. Heat kernel and general operators: the
+                spectral function on a grid, resp. power iteration with a 5% margin.
             safety: factor on the eigenvalue estimate (``>= 1``).
 
         Returns:
             ``(batch, num_blocks)`` tensor.
         """
-        if method not in ("auto", "lanczos", "gershgorin"):
-            raise ValueError(f"Expected method 'auto', 'lanczos' or 'gershgorin' (got {method!r}).")
+        if method not in ("auto", "lanczos", "gershgorin", "inertia"):
+            raise ValueError(
+                f"Expected method 'auto', 'lanczos', 'gershgorin' or 'inertia' (got {method!r})."
+            )
         if safety < 1:
             raise ValueError(f"Expected safety >= 1 (got {safety}).")
         if method == "gershgorin":
             return self._expand(_spectral.gershgorin_per_block(self))
-        return self._expand(_spectral.bounds(self, safety, 0.95, "hi"))
+        return self._expand(_spectral.bounds(self, safety, 0.95, "hi", inertia=method == "inertia"))
 
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import _certify, _graphcert
+from ._inertia import affordable as _affordable
 from ._inertia import fills_in as _fills_in
 from ._inertia import is_pd as _is_pd
 
@@ -158,7 +159,12 @@ def _max_per_block(p: GraphInverseProblem, per_node: np.ndarray) -> np.ndarray:
 
 
 def spectrum_mask(
-    p: GraphInverseProblem, which: str, safety: float, *, scaled: bool = False
+    p: GraphInverseProblem,
+    which: str,
+    safety: float,
+    *,
+    scaled: bool = False,
+    inertia: bool = False,
 ) -> np.ndarray:
     """Bound on the largest (``"hi"``) or smallest (``"lo"``) eigenvalue, kind 'mask'.
 
@@ -182,8 +188,13 @@ def spectrum_mask(
       Z-matrix), a proof for any vector it is evaluated at, with its local stage:
       ``safety`` times an estimate from above (a local Rayleigh quotient) once that is
       proved, else the best bound proved.
+
+    ``inertia=True`` (``hi`` of ``H`` only): above ``_DENSE_MAX`` nodes, ARPACK's estimate
+    times ``safety`` proved by one sparse factorization at any size where
+    :func:`._inertia.affordable` allows it (the rule before the factorization-free bounds:
+    tighter, at the price of a factorization), else as above.
     """
-    key = f"eig-{which}-{safety}-{scaled}"
+    key = f"eig-{which}-{safety}-{scaled}-{inertia}"
     if key in p._cache:
         return p._cache[key]
     rows = _mask_rows(p)
@@ -196,7 +207,13 @@ def spectrum_mask(
                 ev = _dense_eigs(h, h.diagonal() if scaled else None)
                 out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
                 continue
-            if m <= _FACTOR_MAX:
+            if inertia and which == "hi" and not scaled:
+                ok = p.cached(f"affordable-{k}", lambda h=h: _affordable(h))
+                val = _factor_proved(h, which, safety, scaled, fills_in=not ok)
+                if val is not None:
+                    out[b, k] = val
+                    continue
+            elif m <= _FACTOR_MAX:
                 # the envelope test depends on the graph only: once per block
                 fills = p.cached(f"fills-in-{k}", lambda h=h: _fills_in(h))
                 val = _factor_proved(h, which, safety, scaled, fills_in=fills)
@@ -386,7 +403,9 @@ def _operator_lo(p: GraphInverseProblem, b: int, lo_safety: float) -> float:
         return 0.0
 
 
-def bounds(p: GraphInverseProblem, safety: float, lo_safety: float, which: str) -> np.ndarray:
+def bounds(
+    p: GraphInverseProblem, safety: float, lo_safety: float, which: str, *, inertia: bool = False
+) -> np.ndarray:
     """``(rows, num_blocks)`` upper (``"hi"``) or lower (``"lo"``) bounds on the spectrum of H.
 
     Masks: :func:`spectrum_mask` (``hi`` capped by Gershgorin); the heat kernel without a
@@ -394,14 +413,14 @@ def bounds(p: GraphInverseProblem, safety: float, lo_safety: float, which: str) 
     general operators: ``||A||^2`` by power iteration with a 5% margin plus ``lam
     lambda_max(L)``, and ARPACK's smallest eigenvalue (0 if it fails).
     """
-    key = f"bounds-{safety}-{lo_safety}-{which}"
+    key = f"bounds-{safety}-{lo_safety}-{which}-{inertia}"
     if key in p._cache:
         return p._cache[key]
     rows = _mask_rows(p)
     if p.kind == "mask":
         if which == "hi":
             gb = _max_per_block(p, gershgorin_np(p))
-            res = np.minimum(spectrum_mask(p, "hi", safety), gb)
+            res = np.minimum(spectrum_mask(p, "hi", safety, inertia=inertia), gb)
         else:
             res = spectrum_mask(p, "lo", lo_safety)
         p._cache[key] = res
