@@ -62,22 +62,58 @@ def group_soft_threshold(
         >>> group_soft_threshold(torch.tensor([[3.0, 0.1, 4.0]]), 1.0, groups=labels)
         tensor([[2.4000, 0.0000, 3.2000]])
     """
+    _check_prox_input(x, threshold)
     dim = dim % x.dim()
     n = x.shape[dim]
     if groups is not None:
         if group_size is not None:
             raise ValueError("Give one of 'group_size' and 'groups', not both.")
         return _uneven_group_soft(x, threshold, check_groups(groups, n), dim, eps)
+    if group_size is not None and (
+        isinstance(group_size, bool) or not isinstance(group_size, (int, torch.SymInt))
+    ):
+        raise TypeError(f"Expected 'group_size' to be an int (got {group_size!r}).")
     g = n if group_size is None else int(group_size)
     if g <= 0 or n % g:
         raise ValueError(f"Expected group_size dividing the axis length {n} (got {group_size}).")
     xm = x.movedim(dim, -1)
     shp = xm.shape
     grouped = xm.reshape(*shp[:-1], n // g, g)
-    norms = grouped.norm(dim=-1)
-    # Safe division: where the group norm is zero the factor is irrelevant (output 0).
-    factor = torch.relu(1 - threshold / torch.clamp(norms, min=torch.finfo(x.dtype).tiny + eps))
+    factor = _shrink_factor(_scaled_norm(grouped), threshold, eps)
     return (grouped * factor[..., None]).reshape(shp).movedim(-1, dim)
+
+
+def _shrink_factor(norms: torch.Tensor, threshold: Any, eps: float) -> torch.Tensor:
+    """``max(1 - t / ||x_g||, 0)`` with finite gradients at every scale: groups at or below
+    the threshold get a constant 0 (a zero or tiny norm never reaches a division in the
+    backward pass, where ``1 / norm^2`` would overflow), and ``t`` is a tensor so that the
+    division's backward forms ``(t / norm) / norm``, not ``1 / norm^2``."""
+    t = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
+    den = torch.clamp(norms, min=torch.finfo(norms.dtype).tiny + eps)
+    active = den > t
+    return torch.where(active, 1 - t / torch.where(active, den, torch.ones_like(den)), 0.0)
+
+
+def _check_prox_input(x: Any, threshold: Any) -> None:
+    """A floating tensor with at least one axis and a threshold >= 0 (no NaN)."""
+    if not isinstance(x, torch.Tensor) or not (x.dtype.is_floating_point or x.dtype.is_complex):
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"Expected a floating-point tensor 'x' (got {what}).")
+    if x.dim() == 0:
+        raise ValueError("Expected 'x' with at least one axis (got a 0-d tensor).")
+    t = torch.as_tensor(threshold).detach()
+    if t.numel() and not bool((t >= 0).all()):
+        raise ValueError(f"Expected a threshold >= 0 (got {threshold}).")
+
+
+def _scaled_norm(grouped: torch.Tensor) -> torch.Tensor:
+    """2-norms over the last axis without underflow or overflow of the squares (the
+    entries are divided by their largest magnitude first): groups of size 1e-165 or 1e160
+    get the same relative digits as groups of size 1. The gradient is ``x / ||x||`` for
+    any subgradient of the maximum."""
+    big = grouped.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(big > 0, big, torch.ones_like(big))
+    return safe[..., 0] * torch.linalg.vector_norm(grouped / safe, dim=-1)
 
 
 def check_groups(groups: Any, n: int) -> torch.Tensor:
@@ -105,13 +141,33 @@ def _uneven_group_soft(
 ) -> torch.Tensor:
     xm = x.movedim(dim, -1)
     groups = groups.to(xm.device)
+    factor = _shrink_factor(group_norms(xm, groups), threshold, eps)
+    return (xm * factor.index_select(-1, _compact(groups))).movedim(-1, dim)
+
+
+def _compact(groups: torch.Tensor) -> torch.Tensor:
+    """Labels renumbered ``0..G-1`` in their order when they leave gaps (labels up to
+    1e9 on a short axis would otherwise allocate a group per label value)."""
+    if groups.numel() and int(groups.max()) + 1 > groups.numel():
+        return torch.unique(groups, return_inverse=True)[1]
+    return groups
+
+
+def group_norms(xm: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``||x_g||_2`` over the last axis of ``xm`` for the labels ``groups`` (``int64``, one
+    per entry; gaps in the labels are closed, :func:`_compact`), ``(..., G)``, without
+    underflow or overflow of the squares (each group divided by its largest magnitude);
+    a zero group has norm 0 and a finite gradient."""
+    groups = _compact(groups)
     count = int(groups.max()) + 1 if groups.numel() else 0
-    sq = xm.new_zeros(*xm.shape[:-1], count).index_add(-1, groups, xm * xm)
-    tiny = torch.finfo(x.dtype).tiny
+    mag = xm.detach().abs()
+    index = groups.expand(mag.shape)
+    big = mag.new_zeros(*xm.shape[:-1], count).scatter_reduce(-1, index, mag, "amax")
+    safe = torch.where(big > 0, big, torch.ones_like(big))
+    unit = xm / safe.index_select(-1, groups)
+    sq = xm.new_zeros(*xm.shape[:-1], count).index_add(-1, groups, unit * unit)
     # sqrt of a clamped square: finite gradient at a zero group (its factor is 0 there)
-    norms = torch.sqrt(torch.clamp(sq, min=tiny))
-    factor = torch.relu(1 - threshold / torch.clamp(norms, min=tiny + eps))
-    return (xm * factor.index_select(-1, groups)).movedim(-1, dim)
+    return safe * torch.sqrt(torch.clamp(sq, min=torch.finfo(xm.dtype).tiny))
 
 
 def nonnegative_soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
@@ -204,7 +260,8 @@ class Prox:
                 self.group_size = group_size
             else:
                 n = groups.shape[0] if isinstance(groups, torch.Tensor) and groups.dim() else -1
-                self.groups = check_groups(groups, n).detach().cpu()
+                # a copy, gaps closed: the caller's tensor may change after this
+                self.groups = _compact(check_groups(groups, n).detach().cpu()).clone()
         if kind == "box":
             if lower is None and upper is None:
                 raise ValueError("prox kind 'box' needs 'lower' and/or 'upper'.")
@@ -257,9 +314,7 @@ class Prox:
             raise TypeError("A callable prox has no known regularizer R(x).")
         if self.kind == "group":
             labels = self.group_labels(x.shape[-1]).to(x.device)
-            count = int(labels.max()) + 1
-            sq = x.new_zeros(*x.shape[:-1], count).index_add(-1, labels, x * x)
-            return sq.sqrt().sum(-1)
+            return group_norms(x, labels).sum(-1)
         value = x.abs().sum(-1)
         lo = -math.inf if self.lower is None else self.lower
         hi = math.inf if self.upper is None else self.upper

@@ -28,3 +28,22 @@ def test_same_solution_at_any_scale(solver, scale, dtype, rtol):
     assert sol.converged
     x = sol.x.double() / scale
     assert float((x - ref).norm() / ref.norm()) < rtol
+
+
+@pytest.mark.parametrize("solver", [ista, fista, admm])
+@pytest.mark.parametrize(
+    "prox",
+    [None, {"kind": "group", "group_size": 5}, {"kind": "group", "groups": torch.arange(60) // 6}],
+)
+@pytest.mark.parametrize("scale", [1e-165, 1e160])
+def test_same_iterations_at_any_scale(solver, prox, scale):
+    """The whole iteration is scale-free, not only its answer: the same number of
+    iterations at 1e-165 and 1e160 as at 1. Two more scale-dependent pieces were found:
+    the group norms of the group prox (squares underflowed: the group lasso returned 0 and
+    'converged' at 1e-165) and FISTA's restart test, a dot product of two differences (it
+    underflowed to 0, so FISTA never restarted: 8792 iterations instead of 611)."""
+    ref = solver(A, Y, LAM, tol=1e-12, prox=prox, max_iter=30_000)
+    sol = solver(A, Y * scale, LAM * scale, tol=1e-12, prox=prox, max_iter=30_000)
+    assert ref.converged and sol.converged
+    assert abs(sol.iterations - ref.iterations) <= 1
+    assert float((sol.x / scale - ref.x).norm() / ref.x.norm()) < 1e-9

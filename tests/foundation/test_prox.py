@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from unrollsci.prox import (
+    Prox,
     group_soft_threshold,
     make_prox,
     nonnegative_soft_threshold,
@@ -208,3 +209,66 @@ def test_group_soft_threshold_bad_groups():
         group_soft_threshold(x, 0.1, group_size=2, groups=torch.tensor([0, 0, 1, 1]))
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         group_soft_threshold(x, 0.1, groups=torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------- audit (December 7)
+
+
+@pytest.mark.parametrize("scale", [1e-165, 1e155])
+def test_group_prox_and_penalty_are_scale_free(scale):
+    """Block soft thresholding is homogeneous: prox(s x, s t) = s prox(x, t). The group
+    norms were formed from squares, which underflowed (the prox returned 0 at 1e-165) or
+    overflowed; the labelled path also floored every norm at sqrt(tiny)."""
+    x = torch.tensor([[3.0, 4.0, 0.0, 1e-3]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1])
+    want = group_soft_threshold(x, 1.0, group_size=2)
+    for kw in ({"group_size": 2}, {"groups": labels}):
+        got = group_soft_threshold(x * scale, scale, **kw) / scale
+        assert torch.allclose(got, want, rtol=1e-14, atol=0)
+        p = Prox("group", **kw)
+        assert float(p.penalty(x * scale) / scale) == pytest.approx(5.0 + 1e-3, rel=1e-14)
+    # float32 at an ordinary small size (squares below float32's smallest normal)
+    x32 = torch.tensor([[3.0, 4.0]]) * 1e-20
+    got = group_soft_threshold(x32, 1e-20, groups=torch.tensor([0, 0])) / x32
+    assert torch.allclose(got, torch.full_like(got, 0.8), rtol=1e-6)
+
+
+def test_group_prox_gradient_is_finite_at_zero_groups():
+    x = torch.tensor([[0.0, 0.0, 3.0, 4.0, 1e-200, 0.0]], dtype=torch.float64, requires_grad=True)
+    for kw in ({"group_size": 2}, {"groups": torch.tensor([0, 0, 1, 1, 2, 2])}):
+        out = group_soft_threshold(x, 0.5, **kw)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(g).all()
+    v = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    for kw in ({"group_size": 3}, {"groups": torch.tensor([2, 0, 2, 0, 5, 5])}):
+        assert torch.autograd.gradcheck(lambda t, kw=kw: group_soft_threshold(t, 0.3, **kw), (v,))
+
+
+def test_group_labels_are_copied_and_gaps_closed():
+    labels = torch.tensor([0, 0, 1, 1])
+    p = Prox("group", groups=labels)
+    x = torch.tensor([[3.0, 4.0, 0.3, 0.4]])
+    before = p(x, 1.0)
+    labels[:] = torch.tensor([0, 1, 0, 1])  # the caller edits its tensor afterwards
+    assert torch.equal(p(x, 1.0), before)
+    # labels with gaps (here up to 10^9 on a 4-entry axis): the groups they mean, no
+    # allocation per label value
+    far = torch.tensor([7, 7, 10**9, 10**9])
+    assert torch.equal(group_soft_threshold(x, 1.0, groups=far), before)
+    assert torch.equal(Prox("group", groups=far)(x, 1.0), before)
+    assert float(Prox("group", groups=far).penalty(x)) == pytest.approx(5.5)
+
+
+@pytest.mark.parametrize(
+    ("call", "err", "match"),
+    [
+        (lambda: group_soft_threshold(torch.ones(1, 4), 1.0, group_size=2.5), TypeError, "int"),
+        (lambda: group_soft_threshold(torch.ones(1, 4), 1.0, group_size=True), TypeError, "int"),
+        (lambda: group_soft_threshold(torch.ones(1, 4), -1.0, group_size=2), ValueError, ">= 0"),
+        (lambda: group_soft_threshold(torch.ones(1, 4, dtype=torch.int64), 1.0), TypeError, "float"),
+        (lambda: group_soft_threshold(torch.tensor(1.0), 1.0), ValueError, "0-d"),
+    ],
+)
+def test_group_prox_bad_input(call, err, match):
+    with pytest.raises(err, match=match):
+        call()

@@ -156,6 +156,19 @@ def ista(
     )
 
 
+def _dot_sign(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The sign of the row dot products ``sum(a * b)`` as ``(batch, 1)`` (detached), each
+    factor divided by its largest entry first: the product of two differences of size
+    1e-165 (or 1e160) would underflow to 0 (overflow to inf) and flip the answer."""
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach()
+        big = v.abs().amax(dim=-1, keepdim=True)
+        return v / torch.where(big > 0, big, torch.ones_like(big))
+
+    return torch.sign((unit(a) * unit(b)).sum(-1, keepdim=True))
+
+
 def fista(
     op: Any,
     y: torch.Tensor,
@@ -193,7 +206,7 @@ def fista(
         x_new = ista_step(op, v, y, t_step, t_step * lam_t, prox_fn)
         r = (row_norm(x_new - v) / t_step / scale).max().item()
         if restart:
-            uphill = ((v - x_new) * (x_new - x)).sum(-1, keepdim=True).detach() > 0
+            uphill = _dot_sign(v - x_new, x_new - x) > 0
             t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
         return (x_new, x, t_next), r
 
