@@ -43,13 +43,24 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
         0.0
     """
     _check_pair(x, x_true)
-    err = (x - x_true).reshape(x.shape[0], -1).pow(2).sum(-1)
-    ref = x_true.reshape(x.shape[0], -1).pow(2).sum(-1)
-    if reduction == "mean":
-        return 10.0 * torch.log10(err.sum() / ref.sum().clamp_min(torch.finfo(ref.dtype).tiny))
-    if reduction == "none":
-        return 10.0 * torch.log10(err / ref.clamp_min(torch.finfo(ref.dtype).tiny))
-    raise ValueError(f"Expected reduction 'mean' or 'none' (got {reduction!r}).")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"Expected reduction 'mean' or 'none' (got {reduction!r}).")
+    d = (x - x_true).reshape(x.shape[0], -1)
+    r = x_true.reshape(x.shape[0], -1)
+    # both divided by one scale (their largest entry, over the batch for "mean", per entry
+    # for "none"): the ratio is that of the raw sums, with no squares under- or overflowing
+    # (data of size 1e-160 or 1e160 give the digits of data of size 1)
+    keep = reduction == "none"
+    big = torch.maximum(d.detach().abs().amax(-1), r.detach().abs().amax(-1))
+    if not keep:
+        big = big.amax()
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    big = big[:, None] if keep else big
+    err = (d / big).pow(2).sum(-1)
+    ref = (r / big).pow(2).sum(-1)
+    if not keep:
+        err, ref = err.sum(), ref.sum()
+    return 10.0 * torch.log10(err / ref.clamp_min(torch.finfo(ref.dtype).tiny))
 
 
 def mse(x: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:

@@ -265,7 +265,11 @@ def test_group_labels_are_copied_and_gaps_closed():
         (lambda: group_soft_threshold(torch.ones(1, 4), 1.0, group_size=2.5), TypeError, "int"),
         (lambda: group_soft_threshold(torch.ones(1, 4), 1.0, group_size=True), TypeError, "int"),
         (lambda: group_soft_threshold(torch.ones(1, 4), -1.0, group_size=2), ValueError, ">= 0"),
-        (lambda: group_soft_threshold(torch.ones(1, 4, dtype=torch.int64), 1.0), TypeError, "float"),
+        (
+            lambda: group_soft_threshold(torch.ones(1, 4, dtype=torch.int64), 1.0),
+            TypeError,
+            "float",
+        ),
         (lambda: group_soft_threshold(torch.tensor(1.0), 1.0), ValueError, "0-d"),
     ],
 )

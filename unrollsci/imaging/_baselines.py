@@ -12,6 +12,7 @@ from ..operators import ReshapeOperator, gram
 from ..operators._radon import Radon
 from ..prox import project_support
 from ..solvers import Solution, cg
+from ..solvers._common import row_norm
 from ..solvers._solution import finish
 from ._noise import _hyper
 
@@ -157,18 +158,22 @@ def tv_reconstruction(
             it += 1
             p = (p + sigma * (radon.mv(xbar) / a - ys)) / (1 + sigma)
             q = q + sigma * gradient2d(xbar)
-            qn = q.norm(dim=1, keepdim=True)
+            qn = torch.hypot(q[:, :1], q[:, 1:])  # no squares: float32 data of 1e-20
             q = q / torch.clamp(qn / max(lam_s, 1e-300), min=1.0)
             x_new = x - tau * (radon.rmv(p) / a - divergence2d(q))
             if nonneg:
                 x_new = torch.relu(x_new)
             if m is not None:
                 x_new = project_support(x_new, m)
-            change = (x_new - x).reshape(x.shape[0], -1).norm(dim=1)
-            size = x_new.reshape(x.shape[0], -1).norm(dim=1).clamp(min=1e-30)
+            # relative change with norms that neither underflow nor overflow; a zero
+            # iterate has converged only if it did not move
+            change = row_norm((x_new - x).reshape(x.shape[0], -1))
+            size = row_norm(x_new.reshape(x.shape[0], -1))
+            rel = torch.where(size > 0, change / torch.where(size > 0, size, 1.0), 0.0)
+            rel = torch.where((size > 0) | (change == 0), rel, torch.inf)
             xbar = 2 * x_new - x
             x = x_new
-            residuals.append(float((change / size).max()))
+            residuals.append(float(rel.max()))
             if residuals[-1] <= tol:
                 converged = True
                 break
