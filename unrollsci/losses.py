@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ._validation import check_batch, check_positive, check_tensor
+from ._validation import check_batch, check_finite, check_positive, check_tensor
 from .solvers import as_operator, lasso_kkt_residual
 from .solvers._common import prepare_lasso
 
@@ -86,12 +86,13 @@ def kkt_residual(
 
     Args:
         operator: ``A`` (``LinearOperator`` or matrix).
-        x: ``(batch, n)`` network output; y: ``(batch, m)`` data.
+        x: ``(batch, n)`` network output; y: ``(batch, m)`` data (or ``(n,)`` and
+            ``(m,)``, one problem).
         lam: lasso weight (scalar or ``(batch,)``).
         step: ``t``, default ``1 / ||A||^2``.
 
     Returns:
-        ``(batch,)`` residuals.
+        ``(batch,)`` residuals (``(1,)`` for one unbatched problem).
     """
     op = as_operator(operator, "operator")
     if step is None:
@@ -105,9 +106,11 @@ def kkt_residual(
     check_tensor("x", x, ndim=(1, 2))
     if not x.is_floating_point():
         raise TypeError(f"Expected a floating-point 'x' (got {x.dtype}).")
+    check_finite("x", x)
     n = op.in_shape[0]
-    want = (y2.shape[0], n) if x.dim() == 2 else (n,)
-    if tuple(x.shape) != want or (x.dim() == 1) != (y.dim() == 1):
+    # x is batched exactly when y is: (batch, n) for y (batch, m), (n,) for y (m,)
+    want = (y2.shape[0], n) if y.dim() == 2 else (n,)
+    if tuple(x.shape) != want:
         raise ValueError(
             f"Expected 'x' of shape {want} for 'y' of shape {tuple(y.shape)} and an operator "
             f"with {n} inputs (got {tuple(x.shape)})."

@@ -52,7 +52,9 @@ def group_soft_threshold(
     of the axis (entries of a group need not be consecutive). Each group is scaled by
     ``max(1 - t / ||x_g||, 0)``. ``threshold`` is a number or a tensor broadcasting
     against the group norms, of shape ``(..., G)`` (``dim`` moved last), e.g. ``(batch, 1)``
-    for one threshold per batch entry.
+    for one threshold per batch entry. ``eps >= 0`` floors the group norms in the
+    division: 0 (the default) is the exact prox; a positive ``eps`` shrinks groups of norm
+    below ``eps`` by ``1 - t / eps`` instead (a smoothing, no longer the prox).
 
     Example:
         >>> import torch
@@ -410,6 +412,9 @@ def project_box(
         >>> project_box(torch.tensor([-2.0, 0.5, 3.0]), 0.0, 1.0)
         tensor([0.0000, 0.5000, 1.0000])
     """
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if bound is not None and bool(torch.as_tensor(bound).isnan().any()):
+            raise ValueError(f"Expected bounds without NaN in project_box (got {name}={bound}).")
     if lower is not None and upper is not None:
         lo, hi = torch.as_tensor(lower), torch.as_tensor(upper)
         if bool((lo > hi).any()):
@@ -446,4 +451,10 @@ def project_support(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tensor([[[1., 0.],
                  [0., 1.]]])
     """
-    return torch.where(mask.to(torch.bool), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"Expected 'mask' to be a torch.Tensor (got {type(mask).__name__}).")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("Expected a boolean (or 0/1) 'mask' (got other values).")
+        mask = mask != 0
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))

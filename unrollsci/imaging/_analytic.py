@@ -91,6 +91,8 @@ def ellipse_line_integrals(
         raise ValueError(f"Expected 'params' of shape (m, 6) or (batch, m, 6) (got {got}).")
     batched = params.dim() == 3
     e = (params if batched else params[None]).to(torch.float64)
+    if not bool(torch.isfinite(e).all()) or not bool((e[..., 1:3] > 0).all()):
+        raise ValueError("Expected finite ellipse parameters with semi-axes a, b > 0.")
     pts = points.to(torch.float64)
     dirs = directions.to(device=pts.device, dtype=torch.float64)
     scale = image_size / 2.0

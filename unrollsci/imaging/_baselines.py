@@ -75,6 +75,10 @@ def _check_problem(y: torch.Tensor, radon: Any, mask: Any) -> torch.Tensor | Non
             f"Expected 'mask' of shape {radon.in_shape} or (batch, {radon.image_size}, "
             f"{radon.image_size}) (got {got})."
         )
+    if mask.dtype != torch.bool and (
+        mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all())
+    ):
+        raise ValueError("Expected a boolean (or 0/1) 'mask' (got other values).")
     return mask.to(device=y.device, dtype=torch.bool)
 
 

@@ -49,6 +49,8 @@ def ramp_filter(
     """
     if filter not in FILTERS:
         raise ValueError(f"Expected filter in {FILTERS} (got {filter!r}).")
+    if isinstance(n_detectors, bool) or not isinstance(n_detectors, int) or n_detectors < 1:
+        raise ValueError(f"Expected n_detectors to be an integer >= 1 (got {n_detectors!r}).")
     device = check_device(device)
     size = max(64, 1 << int(math.ceil(math.log2(2 * n_detectors))))
     k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])
@@ -130,6 +132,11 @@ def filter_sinogram(y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
     Returns:
         The filtered sinograms, same shape as ``y``.
     """
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        what = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(
+            f"Expected floating-point sinograms 'y' (got {what}); convert them with y.double()."
+        )
     n_det = y.shape[-1]
     resp = ramp_filter(n_det, filter, dtype=y.dtype, device=y.device)
     size = resp.shape[0]

@@ -185,8 +185,8 @@ class ConvexRidgeCT(nn.Module):
             box = (float(box[0]), float(box[1]))
         if not isinstance(slack, (int, float)) or not 0.0 < slack < 2.0:
             raise ValueError(f"Expected slack in (0, 2) (got {slack!r}).")
-        if not isinstance(margin, (int, float)) or not margin >= 0.0:
-            raise ValueError(f"Expected margin >= 0 (got {margin!r}).")
+        if not isinstance(margin, (int, float)) or not 0.0 <= margin < math.inf:
+            raise ValueError(f"Expected a finite margin >= 0 (got {margin!r}).")
         self.radon, self.filter, self.box = radon, filter, box
         self.slack, self.margin = float(slack), float(margin)
         self.n_layers, self.filters, self.kernel_size, self.n_clips = (

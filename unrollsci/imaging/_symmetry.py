@@ -143,6 +143,11 @@ def self_ensemble(
             f"Expected a model with a 'radon' attribute, e.g. UnrolledCT (got "
             f"{type(model).__name__})."
         )
+    if isinstance(symmetries, (bool, float)):
+        raise TypeError(
+            f"Expected 'symmetries' to be None, an int or a list of symmetries (got "
+            f"{symmetries!r})."
+        )
     if symmetries is None or isinstance(symmetries, int):
         cached = getattr(model, "_symmetries", None)
         if cached is None:  # computed once per model (a search over the 8 candidates)

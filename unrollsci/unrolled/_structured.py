@@ -165,9 +165,15 @@ class BlockLISTA(UnrolledLasso):
             raise TypeError(
                 f"Expected 'groups' to be an integer torch.Tensor (got {type(groups).__name__})."
             )
-        self.groups = None if groups is None else groups.detach().cpu()
+        # a copy: the caller's tensor may change after this
+        self.groups = None if groups is None else groups.detach().cpu().clone()
         super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         if self.group_size is not None:
+            if self.group_size < 1 or self.n % self.group_size:
+                raise ValueError(
+                    f"Expected group_size >= 1 dividing the signal length {self.n} "
+                    f"(got {self.group_size})."
+                )
             labels = torch.arange(self.n) // self.group_size
         else:
             labels = check_groups(self.groups, self.n)
