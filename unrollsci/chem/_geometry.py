@@ -248,13 +248,29 @@ class _ShieldedTapered(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float):
         w, dw = shielded_w_dw(r.detach(), c, cutoff, k_e)
-        ctx.save_for_backward(dw)
+        ctx.save_for_backward(r, c, dw)
+        ctx.cutoff, ctx.k_e = cutoff, k_e
         return w
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
-        (dw,) = ctx.saved_tensors
+        r, c, dw = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph (Hessians, elastic constants, force losses in positions): dw/dr
+            # as a function of r with its graph, so that d^2w/dr^2 is not dropped
+            dw = _shielded_dw(r, c, ctx.cutoff, ctx.k_e)
         return g * dw, None, None, None
+
+
+def _shielded_dw(r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float) -> torch.Tensor:
+    """``dw/dr`` of :func:`shielded_w_dw` with plain (differentiable) operations:
+    ``k_e (Tap' J - Tap r^2 J^4)`` inside the cutoff, 0 beyond."""
+    x = r / cutoff
+    tap = taper(r, cutoff)
+    dtap = 140.0 * x**3 * (x - 1.0) ** 3 / cutoff
+    jr = (r**3 + c) ** (-1.0 / 3.0)
+    dw = k_e * (dtap * jr - tap * r * r * jr**4)
+    return torch.where(r < cutoff, dw, torch.zeros((), dtype=dw.dtype, device=dw.device))
 
 
 def shielded_pair_constant(
