@@ -18,7 +18,7 @@ NACL = {
     "Na": {"chi": 2.843, "eta": 12.0, "gamma": 0.7},
     "Cl": {"chi": 8.564, "eta": 10.0, "gamma": 0.6},
 }
-#: real-space cutoffs (at most half the smallest cell width)
+#: real-space cutoffs (below half the smallest cell width; longer ones are allowed too)
 CUTOFF = {"cubic": 5.5, "triclinic": 4.5}
 #: the stated multiples of ``ewald_accuracy`` (docs/chem.md): charges and energy relative
 #: to their scale, the largest force error relative to the RMS force

@@ -211,10 +211,13 @@ def test_overlapping_atoms(device):
         _solve(atoms, device, cutoff=None)
 
 
-def test_cutoff_too_large_for_ewald(device):
+def test_cutoff_beyond_half_the_cell_for_ewald(device):
+    """Allowed since December 7 (every image within the cutoff is summed): the 11.28 A cube
+    at cutoff 6 A gives its 2 x 2 x 2 supercell's charges (test_ewald_long_cutoff.py)."""
     atoms = _nacl()  # 11.28 A cube
-    with pytest.raises(ValueError, match="larger than allowed for this cell with Ewald"):
-        _solve(atoms, device, params=ref.NACL, ewald=True, cutoff=6.0)
+    q = _solve(atoms, device, params=ref.NACL, ewald=True, cutoff=6.0).charges
+    q2 = _solve(atoms * (2, 2, 2), device, params=ref.NACL, ewald=True, cutoff=6.0).charges
+    assert torch.allclose(q.cpu(), q2[: len(atoms)].cpu(), atol=1e-8)
 
 
 @pytest.mark.parametrize(

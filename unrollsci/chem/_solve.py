@@ -118,13 +118,6 @@ class QEqSolution(Solution):
 # --------------------------------------------------------------------------- inputs
 
 
-def _heights(cell: np.ndarray) -> np.ndarray:
-    """Perpendicular widths of the cell (distance between opposite faces)."""
-    vol = abs(np.linalg.det(cell))
-    crosses = [np.cross(cell[1], cell[2]), np.cross(cell[2], cell[0]), np.cross(cell[0], cell[1])]
-    return np.array([vol / np.linalg.norm(c) for c in crosses])
-
-
 def check_structure(positions: torch.Tensor, numbers: Any) -> list[str]:
     """Validate ``positions`` (N, 3) and return the N chemical symbols of ``numbers``."""
     check_tensor("positions", positions, ndim=(2,))
@@ -195,13 +188,8 @@ def _check_cell(
         raise ValueError(f"ewald=True needs a fully periodic cell (got pbc={pbc_arr.tolist()}).")
     if not 0 < s.ewald_accuracy < 1:
         raise ValueError(f"Expected 0 < ewald_accuracy < 1 (got {s.ewald_accuracy!r}).")
-    h = _heights(cell_np).min()
-    if cutoff > 0.5 * h:
-        raise ValueError(
-            f"cutoff={cutoff} is larger than allowed for this cell with Ewald summation: "
-            f"the real-space cutoff must be <= half the smallest cell width ({0.5 * h:.4g} "
-            "Angstrom). Lower the cutoff or use a supercell."
-        )
+    # any real-space cutoff: the pair search includes every periodic image within it (also
+    # beyond half the cell), so a cell and its supercells give the same answer at one cutoff
     return cell_np, ewald_alpha(cutoff, s.ewald_accuracy)
 
 
