@@ -305,12 +305,23 @@ def ewald_alpha(cutoff: float, accuracy: float) -> tuple[float, float]:
     return alpha, 2.0 * alpha * s
 
 
+#: the largest k-index grid :func:`ewald_kvectors` builds (int64 indices: 768 MiB)
+MAX_KGRID = 2**25
+
+
 def ewald_kvectors(cell: np.ndarray, kmax: float) -> np.ndarray:
     """Integer reciprocal-lattice indices m (K, 3) of a half space with 0 < |m @ B| <= kmax,
     where ``B = 2 pi inv(cell)^T``; each +-k pair appears once."""
     recip = 2.0 * np.pi * np.linalg.inv(cell).T
     # k . a_i = 2 pi m_i, so |m_i| <= kmax |a_i| / (2 pi)
     mmax = [int(np.ceil(kmax * a / (2.0 * np.pi))) for a in np.linalg.norm(cell, axis=1)]
+    count = float(np.prod([2.0 * m + 1 for m in mmax]))
+    if count > MAX_KGRID:
+        raise ValueError(
+            f"The Ewald k-space grid would have {count:.3g} points (the largest built is "
+            f"{MAX_KGRID:.3g}): ewald_accuracy is too small or the cutoff too short for this "
+            "cell; raise one of them, or use ewald_method='pme'."
+        )
     grids = np.meshgrid(*[np.arange(-m, m + 1) for m in mmax], indexing="ij")
     m = np.stack([g.ravel() for g in grids], axis=1)
     first = np.where(m[:, 0] != 0, m[:, 0], np.where(m[:, 1] != 0, m[:, 1], m[:, 2]))

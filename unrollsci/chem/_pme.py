@@ -212,7 +212,11 @@ def pme_cheaper(
     fine to be cheaper, or above :data:`MAX_MESH_POINTS`)."""
     alpha, kmax = ewald
     cell_np = np.asarray(cell, dtype=np.float64)
-    n_k = len(ewald_kvectors(cell_np, kmax))
+    try:
+        n_k = len(ewald_kvectors(cell_np, kmax))
+    except ValueError:  # more k-vectors than the explicit sum builds: PME, if any mesh fits
+        vol = abs(float(np.linalg.det(cell_np)))
+        n_k = int(4.0 / 3.0 * math.pi * kmax**3 * vol / (2.0 * math.pi) ** 3 / 2)
     ratio = _settings.PME_COST_RATIO
     weights = NODES**3 * n_atoms
     limit = MAX_MESH_POINTS if ratio <= 0 else n_atoms * n_k / ratio - weights

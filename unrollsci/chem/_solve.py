@@ -155,9 +155,32 @@ def _check_numbers(s: QEqSettings, symbols: list[str]) -> float:
         )
     if s.cutoff is not None and not (s.cutoff > 0 and math.isfinite(s.cutoff)):
         raise ValueError(f"Expected cutoff > 0 or None (got {s.cutoff!r}).")
+    if not isinstance(s.ewald, (bool, np.bool_)):
+        raise TypeError(f"Expected ewald=True or False (got {s.ewald!r}).")
+    sr = s.short_range
+    if sr is not None and not callable(getattr(sr, "energy", None)):
+        raise TypeError(
+            "Expected short_range=None or an object with an energy(...) method such as "
+            f"BornMayer(default='radii') (got {sr!r}; the calculator also takes the string)."
+        )
+    sr_cut = getattr(sr, "cutoff", None)
+    if sr_cut is not None and (s.cutoff is None or sr_cut > s.cutoff):
+        raise ValueError(
+            f"Expected the short-range cutoff ({sr_cut}) <= cutoff ({s.cutoff}): its pairs "
+            "come from the solve's pair list, so a longer one would be cut off there."
+        )
     if not s.coulomb_constant > 0:
         raise ValueError(f"Expected coulomb_constant > 0 (got {s.coulomb_constant!r}).")
     return q_total
+
+
+def _check_pbc(pbc: Any) -> np.ndarray:
+    """``pbc`` as 3 booleans: a bool or 3 of them (numpy booleans too); strings such as
+    ``"False"`` are refused (read as booleans they are True)."""
+    items = pbc if isinstance(pbc, (list, tuple, np.ndarray)) else [pbc]
+    if len(items) not in (1, 3) or not all(isinstance(v, (bool, np.bool_)) for v in items):
+        raise TypeError(f"Expected pbc to be a bool or 3 bools (got {pbc!r}).")
+    return np.broadcast_to(np.asarray(items, dtype=bool), (3,)).copy()
 
 
 def _check_cell(
@@ -381,7 +404,7 @@ def solve_with_settings(
     check = s.check_definite is True or (s.check_definite == "auto" and n <= DENSE_CHECK_MAX_ATOMS)
     max_iter = 10 * n + 100 if s.max_iter is None else s.max_iter
     tol, iterations = s.tol, s.iterations
-    pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    pbc_arr = _check_pbc(pbc)
     cell_np, ewald = _check_cell(s, cell, pbc_arr)
     kw = {"cell": cell_np, "ewald": ewald, "accuracy": s.ewald_accuracy}
     method = None if ewald is None else resolve_method(s.ewald_method, n, stacklevel + 2, **kw)
@@ -479,4 +502,9 @@ def solve_with_settings(
     with torch.no_grad():
         dinv = 1.0 / d
         mu = float(((aq + b).detach() * dinv).sum() / dinv.sum())
+        if q_total != 0:
+            # dE/dQ includes the background's -k_e pi Q / (V alpha^2) = 2 e_const / Q (a
+            # charged cell with Ewald; e_const is 0 otherwise): mu is then independent of
+            # alpha, as the energy is
+            mu += 2.0 * float(terms.e_const) / q_total
     return QEqSolution(q, k, res, conv, message, stats, energy=energy, mu=mu)
