@@ -17,7 +17,7 @@ def test_graph_lip_quick_small_graphs_keep_the_table_rule(tmp_path):
     assert (tmp_path / "graph_lip_quick.md").exists()
     by = {(r["problem"], r["bounds"]): r for r in data["rows"]}
     assert len(by) == 12  # three rows, four variants
-    for (problem, variant), row in by.items():  # the cost of the two certified rules
+    for (_problem, variant), row in by.items():  # the cost of the two certified rules
         assert (row.get("lipschitz() / cg (all signals)", 1.0) > 0) and (
             ("lipschitz() / cg (all signals)" in row) == (variant in ("certified", "inertia"))
         )
