@@ -61,3 +61,38 @@ def test_kspace_grid_size_is_guarded():
     with pytest.raises(ValueError, match="k-space grid"):
         solve_charges(PAIR, ["Na", "Cl"], cell=cell, pbc=True, params=P, cutoff=2.9,
                       ewald=True, ewald_accuracy=1e-300, ewald_method="ewald")  # fmt: skip
+
+
+def test_radii_rule_uses_the_params_radius():
+    """The 'radii' repulsion took its radii from the built-in table only: a 'radius' given
+    in params (documented as overriding it) changed nothing, and an element outside the
+    table got 1.0 A silently."""
+    from unrollsci.chem import QEqCalculator
+
+    pos = torch.tensor([[0.0, 0, 0], [2.6, 0, 0]], dtype=torch.float64)
+    bm = BornMayer(default="radii")
+
+    def energy(params):
+        return float(
+            solve_charges(pos, ["Na", "Cl"], params=params, cutoff=6.0, short_range=bm).energy
+        )
+
+    base, big, small = (
+        energy(None),
+        energy({"Na": {"radius": 3.0}}),
+        energy({"Na": {"radius": 0.5}}),
+    )
+    assert small < base < big  # a larger radius, a stronger wall at the same distance
+    # the same through the calculator's string
+    from ase import Atoms
+
+    atoms = Atoms("NaCl", positions=pos.numpy())
+    atoms.calc = QEqCalculator(params={"Na": {"radius": 3.0}}, cutoff=6.0, short_range="radii")
+    assert atoms.get_potential_energy() == pytest.approx(big, rel=1e-9)
+    # no radius anywhere for the element: a clear error, not 1.0 A
+    zn = {"Zn": {"chi": 4.0, "eta": 10.0, "gamma": 0.5}}
+    with pytest.raises(ValueError, match="No radius for Zn"):
+        solve_charges(pos, ["Zn", "Zn"], params=zn, cutoff=6.0, short_range=bm)
+    both = {"Zn": {"chi": 4.0, "eta": 10.0, "gamma": 0.5, "radius": 1.4}}
+    assert torch.isfinite(solve_charges(pos, ["Zn", "Zn"], params=both, cutoff=6.0,
+                                        short_range=bm).energy)  # fmt: skip

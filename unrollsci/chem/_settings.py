@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+import numpy as np
+
 from ._geometry import KERNELS
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "PME_COST_RATIO",
     "PME_MIN_ATOMS",
     "QEqSettings",
+    "check_pbc",
 ]
 
 #: e^2 / (4 pi eps0) in eV Angstrom (CODATA 2018); LAMMPS fix qeq uses 14.4.
@@ -72,3 +75,26 @@ class QEqSettings:
         auto = isinstance(cd, str) and cd == "auto"
         if not (auto or cd is True or cd is False):
             raise ValueError(f"Expected check_definite to be True, False or 'auto' (got {cd!r}).")
+        if not isinstance(self.ewald, (bool, np.bool_)):  # a string such as "no" is truthy
+            raise TypeError(f"Expected ewald=True or False (got {self.ewald!r}).")
+        sr = self.short_range
+        if sr is not None and not callable(getattr(sr, "energy", None)):
+            raise TypeError(
+                "Expected short_range=None or an object with an energy(...) method such as "
+                f"BornMayer(default='radii') (got {sr!r}; the calculator also takes the string)."
+            )
+        sr_cut = getattr(sr, "cutoff", None)
+        if sr_cut is not None and (self.cutoff is None or sr_cut > self.cutoff):
+            raise ValueError(
+                f"Expected the short-range cutoff ({sr_cut}) <= cutoff ({self.cutoff}): its "
+                "pairs come from the solve's pair list, so a longer one would be cut off there."
+            )
+
+
+def check_pbc(pbc: Any) -> np.ndarray:
+    """``pbc`` as 3 booleans: a bool or 3 of them (numpy booleans too); strings such as
+    ``"False"`` are refused (read as booleans they are True)."""
+    items = pbc if isinstance(pbc, (list, tuple, np.ndarray)) else [pbc]
+    if len(items) not in (1, 3) or not all(isinstance(v, (bool, np.bool_)) for v in items):
+        raise TypeError(f"Expected pbc to be a bool or 3 bools (got {pbc!r}).")
+    return np.broadcast_to(np.asarray(items, dtype=bool), (3,)).copy()

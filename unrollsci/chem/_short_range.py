@@ -24,8 +24,9 @@ class BornMayer:
         pairs: ``{("Na", "Cl"): (A [eV], rho [Angstrom]), "Na-Na": (...), ...}``. Pairs not
             listed fall back to the ``default`` rule when given, else contribute nothing.
         default: ``"radii"`` builds ``A exp(-(r - R_a - R_b) / rho)`` with ``A = 1 eV``,
-            ``rho = 0.3`` Angstrom from the radii of the built-in table (a generic wall, not a
-            fitted potential), or None.
+            ``rho = 0.3`` Angstrom from the radii ``R`` (a generic wall, not a fitted
+            potential): the ``radius`` of the solve's ``params``, else the built-in table's;
+            an element with neither raises ``ValueError``. Or None.
         cutoff: taper radius (Angstrom) of the repulsion (smooth to zero there); None
             uses the calculator's cutoff.
 
@@ -97,9 +98,25 @@ class BornMayer:
         if self.default == "radii":
             import math
 
+            missing = [x for x in (a, b) if radii.get(x) is None]
+            if missing:
+                raise ValueError(
+                    f"No radius for {missing[0]} (the 'radii' repulsion rule needs one): give "
+                    f"params={{'{missing[0]}': {{'radius': ...}}}} or a BornMayer pair for it."
+                )
             r0 = radii[a] + radii[b]
             return math.exp(r0 / 0.3), 0.3
         return 0.0, 1.0
+
+    @staticmethod
+    def radii_of(params: Mapping[str, Any] | None) -> dict[str, float]:
+        """The ``radius`` entries of a QEq ``params`` table (``{element: {...}}``): the
+        radii the ``"radii"`` rule uses before the built-in table's."""
+        out = {}
+        for el, entry in (params or {}).items():
+            if isinstance(entry, Mapping) and entry.get("radius") is not None:
+                out[el] = float(entry["radius"])
+        return out
 
     def energy(
         self,
@@ -114,8 +131,8 @@ class BornMayer:
         kinds = sorted(set(symbols))
         index = {s: n for n, s in enumerate(kinds)}
         radii = dict(radii or {})
-        for s in kinds:
-            radii.setdefault(s, BUILTIN_PARAMS.get(s, {}).get("radius", 1.0))
+        for s in kinds:  # the caller's radii (params), else the built-in table's
+            radii.setdefault(s, BUILTIN_PARAMS.get(s, {}).get("radius"))
         ns = len(kinds)
         amat = torch.zeros(ns, ns, dtype=r.dtype)
         rmat = torch.ones(ns, ns, dtype=r.dtype)
@@ -132,3 +149,19 @@ class BornMayer:
         if rc is not None:
             e = torch.where(r < rc, e * taper(r, rc), torch.zeros_like(e))
         return e.sum()
+
+
+def short_range_energy(
+    sr: Any,
+    params: Mapping[str, Any] | None,
+    symbols: Sequence[str],
+    i: torch.Tensor,
+    j: torch.Tensor,
+    r: torch.Tensor,
+    cutoff: float | None,
+) -> torch.Tensor:
+    """``sr.energy(...)``; a :class:`BornMayer` also gets the ``radius`` entries of
+    ``params`` (any other object is called as documented, without them)."""
+    if isinstance(sr, BornMayer):
+        return sr.energy(symbols, i, j, r, cutoff, radii=BornMayer.radii_of(params))
+    return sr.energy(symbols, i, j, r, cutoff)

@@ -57,7 +57,8 @@ from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: import
 from ._params import _symbols, resolve_params
 from ._pcg import _pcg
 from ._pme import resolve_method
-from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings
+from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings, check_pbc
+from ._short_range import short_range_energy
 
 __all__ = [
     "PolarizationCatastropheError",
@@ -155,32 +156,9 @@ def _check_numbers(s: QEqSettings, symbols: list[str]) -> float:
         )
     if s.cutoff is not None and not (s.cutoff > 0 and math.isfinite(s.cutoff)):
         raise ValueError(f"Expected cutoff > 0 or None (got {s.cutoff!r}).")
-    if not isinstance(s.ewald, (bool, np.bool_)):
-        raise TypeError(f"Expected ewald=True or False (got {s.ewald!r}).")
-    sr = s.short_range
-    if sr is not None and not callable(getattr(sr, "energy", None)):
-        raise TypeError(
-            "Expected short_range=None or an object with an energy(...) method such as "
-            f"BornMayer(default='radii') (got {sr!r}; the calculator also takes the string)."
-        )
-    sr_cut = getattr(sr, "cutoff", None)
-    if sr_cut is not None and (s.cutoff is None or sr_cut > s.cutoff):
-        raise ValueError(
-            f"Expected the short-range cutoff ({sr_cut}) <= cutoff ({s.cutoff}): its pairs "
-            "come from the solve's pair list, so a longer one would be cut off there."
-        )
     if not s.coulomb_constant > 0:
         raise ValueError(f"Expected coulomb_constant > 0 (got {s.coulomb_constant!r}).")
     return q_total
-
-
-def _check_pbc(pbc: Any) -> np.ndarray:
-    """``pbc`` as 3 booleans: a bool or 3 of them (numpy booleans too); strings such as
-    ``"False"`` are refused (read as booleans they are True)."""
-    items = pbc if isinstance(pbc, (list, tuple, np.ndarray)) else [pbc]
-    if len(items) not in (1, 3) or not all(isinstance(v, (bool, np.bool_)) for v in items):
-        raise TypeError(f"Expected pbc to be a bool or 3 bools (got {pbc!r}).")
-    return np.broadcast_to(np.asarray(items, dtype=bool), (3,)).copy()
 
 
 def _check_cell(
@@ -404,7 +382,7 @@ def solve_with_settings(
     check = s.check_definite is True or (s.check_definite == "auto" and n <= DENSE_CHECK_MAX_ATOMS)
     max_iter = 10 * n + 100 if s.max_iter is None else s.max_iter
     tol, iterations = s.tol, s.iterations
-    pbc_arr = _check_pbc(pbc)
+    pbc_arr = check_pbc(pbc)
     cell_np, ewald = _check_cell(s, cell, pbc_arr)
     kw = {"cell": cell_np, "ewald": ewald, "accuracy": s.ewald_accuracy}
     method = None if ewald is None else resolve_method(s.ewald_method, n, stacklevel + 2, **kw)
@@ -498,7 +476,9 @@ def solve_with_settings(
     aq = terms.operator()(q) if needs_grad else op(q)
     energy = (b * q).sum() + 0.5 * (q * aq).sum() + terms.e_const
     if s.short_range is not None:
-        energy = energy + s.short_range.energy(symbols, terms.i, terms.j, terms.r, s.cutoff)
+        energy = energy + short_range_energy(
+            s.short_range, s.params, symbols, terms.i, terms.j, terms.r, s.cutoff
+        )
     with torch.no_grad():
         dinv = 1.0 / d
         mu = float(((aq + b).detach() * dinv).sum() / dinv.sum())

@@ -40,6 +40,7 @@ from ._hardness import (
     raise_catastrophe,
 )
 from ._pcg import _pcg
+from ._short_range import short_range_energy
 
 __all__ = ["DIRECT_MAX_ATOMS", "StepResult", "analytic_step", "kernel_and_derivative"]
 
@@ -324,7 +325,7 @@ def analytic_step(
     if s.short_range is not None:
         with torch.enable_grad():
             rl = r.detach().requires_grad_(True)
-            e_sr = s.short_range.energy(symbols, i, j, rl, cutoff)
+            e_sr = short_range_energy(s.short_range, s.params, symbols, i, j, rl, cutoff)
             if e_sr.requires_grad:
                 coef = coef + torch.autograd.grad(e_sr, rl)[0]
         energy += float(e_sr.detach())
