@@ -224,6 +224,9 @@ class QEqCalculator(Calculator):
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
         self._q_hist: list[torch.Tensor] = []  # the last charges, newest last
+        # stress (a cell gradient) once it has been asked for: fixed-cell MD never asks, so
+        # its PME influence function stays cached; NPT and cell filters ask every step
+        self._stress_wanted = False
         self._built: _calc_params.Built | None = None
         self._clear_state()
         # ASE's constructor sets the default parameters, then calls self.set(**given)
@@ -330,7 +333,9 @@ class QEqCalculator(Calculator):
         pos0 = torch.tensor(pos_np, **dd)
         cell_np = np.asarray(atoms.cell.array, dtype=np.float64)
         cell0 = torch.tensor(cell_np, **dd)
-        strain = torch.zeros(3, 3, **dd, requires_grad=periodic)
+        self._stress_wanted = self._stress_wanted or "stress" in properties
+        want_stress = periodic and self._stress_wanted
+        strain = torch.zeros(3, 3, **dd, requires_grad=want_stress)
         deform = torch.eye(3, **dd) + 0.5 * (strain + strain.T)
         pos0.requires_grad_(True)
         positions = pos0 @ deform
@@ -373,7 +378,7 @@ class QEqCalculator(Calculator):
             q0=q0,
             prepared=prepared,
         )
-        wrt = [pos0, strain] if periodic else [pos0]
+        wrt = [pos0, strain] if want_stress else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)
         self.solution = sol
         self._q_prev = sol.x.detach()
@@ -384,7 +389,7 @@ class QEqCalculator(Calculator):
         self.results["free_energy"] = energy
         self.results["forces"] = -grads[0].detach().cpu().numpy().astype(np.float64)
         self.results["charges"] = charges
-        if periodic:
+        if want_stress:
             vol = abs(float(np.linalg.det(atoms.cell.array)))
             s = grads[1].detach().cpu().numpy().astype(np.float64) / vol
             s = 0.5 * (s + s.T)
