@@ -97,14 +97,15 @@ def _shrink_factor(norms: torch.Tensor, threshold: Any, eps: float) -> torch.Ten
 
 
 def _check_prox_input(x: Any, threshold: Any) -> None:
-    """A floating tensor with at least one axis and a threshold >= 0 (no NaN)."""
+    """A floating tensor with at least one axis, and a number threshold >= 0 (a tensor
+    threshold, e.g. a model's learned one, is not read here: that would synchronize a GPU
+    at every layer)."""
     if not isinstance(x, torch.Tensor) or not (x.dtype.is_floating_point or x.dtype.is_complex):
         what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"Expected a floating-point tensor 'x' (got {what}).")
     if x.dim() == 0:
         raise ValueError("Expected 'x' with at least one axis (got a 0-d tensor).")
-    t = torch.as_tensor(threshold).detach()
-    if t.numel() and not bool((t >= 0).all()):
+    if isinstance(threshold, (int, float)) and not threshold >= 0:
         raise ValueError(f"Expected a threshold >= 0 (got {threshold}).")
 
 
