@@ -65,6 +65,6 @@ def test_model_and_bad_method(problem):
     model = UnrolledGraphGD(num_layers=3, mode="scalar", lipschitz_method="inertia").double()
     assert model.get_config()["lipschitz_method"] == "inertia"
     model(p)  # runs on the tight bound
-    assert "bounds-1.01-0.95-hi-True" in p._cache
+    assert "bounds-1.01-0.95-hi-inertia" in p._cache
     with pytest.raises(ValueError, match="'inertia'"):
         p.lipschitz("factorize")

@@ -190,9 +190,8 @@ def spectrum_mask(
       proved, else the best bound proved.
 
     ``inertia=True`` (``hi`` of ``H`` only): above ``_DENSE_MAX`` nodes, ARPACK's estimate
-    times ``safety`` proved by one sparse factorization at any size where
-    :func:`._inertia.affordable` allows it (the rule before the factorization-free bounds:
-    tighter, at the price of a factorization), else as above.
+    times ``safety`` proved by one sparse factorization wherever :func:`._inertia.affordable`
+    allows it (tighter, at the price of a factorization), else as above.
     """
     key = f"eig-{which}-{safety}-{scaled}-{inertia}"
     if key in p._cache:
@@ -413,7 +412,8 @@ def bounds(
     general operators: ``||A||^2`` by power iteration with a 5% margin plus ``lam
     lambda_max(L)``, and ARPACK's smallest eigenvalue (0 if it fails).
     """
-    key = f"bounds-{safety}-{lo_safety}-{which}-{inertia}"
+    # the default key is also written by the PyG transform (_pyg._KEY_HI)
+    key = f"bounds-{safety}-{lo_safety}-{which}" + ("-inertia" if inertia else "")
     if key in p._cache:
         return p._cache[key]
     rows = _mask_rows(p)
