@@ -12,8 +12,8 @@ ratios to IC(0) (of the means over the systems, as in the main benchmark), the r
 the best times on each system, and in how many repeats (over all systems) the method was
 faster than the IC(0) timed in the same repeat.
 
-Writes ``benchmarks/results/precond_timing.json`` and prints a table. About 40 s for
-the defaults (64 x 64) on one thread, 4 minutes with ``--n 64 128 256``.
+Writes ``benchmarks/results/precond_timing.json`` (``--quick``: ``precond_timing_quick.json``)
+and prints a table.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
         },
         args.out,
+        quick=args.quick,  # a smoke run never replaces the full results
     )
     print(f"wrote {path}")
     return 0

@@ -206,8 +206,11 @@ def test_precond_timing_script_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("precond_timing", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    full = tmp_path / "precond_timing.json"  # a full run's results: --quick must keep them
+    full.write_text('{"full": true}')
     assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "precond_timing.json").read_text())["rows"]
+    assert full.read_text() == '{"full": true}'
+    rows = json.loads((tmp_path / "precond_timing_quick.json").read_text())["rows"]
     # the anisotropic family is a grid: the reordered MIC(0) and learned factor come too
     assert [r["method"] for r in rows] == [*mod.METHODS, "mic0-ord", "learned-factor-mic-ord"]
     ic = rows[0]
