@@ -5,7 +5,7 @@ For the K = 10 window_jacobi iteration x <- x - s_k D^{-1} (H x - b), fits the K
 of one graph's problems, then applies those fractions to the Minnesota test problems of
 ``unrollsci bench graph`` (seed 1001). Fitting on Minnesota itself is the in-sample
 oracle: the best any controller could do with one polynomial for those 16 signals.
-Writes benchmarks/results/graph_oracle.json and prints a table. About 3 minutes, 1 thread.
+Writes benchmarks/results/graph_oracle.json and prints a table.
 """
 
 from __future__ import annotations

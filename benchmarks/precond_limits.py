@@ -26,8 +26,8 @@ each family (the same matrices and right-hand sides as the benchmark):
   them for unseen systems.
 
 PCG to relative residual 1e-8 with :func:`unrollsci.solvers.cg`, as in the benchmark.
-Writes ``benchmarks/results/precond_limits.json`` and prints a table. About 6 minutes on
-one thread (the threshold factorizations are dense reference loops).
+Writes ``benchmarks/results/precond_limits.json`` and prints a table (the threshold
+factorizations are dense reference loops: the slowest part).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ __all__ = [
 
 _DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
 # blocks up to this size: ARPACK estimates times the safety factor, proved by one sparse
-# factorization (a few milliseconds at this size); larger blocks: factorization-free proofs
+# factorization (cheap at this size); larger blocks: factorization-free proofs
 _FACTOR_MAX = 5000
 
 
@@ -172,7 +172,7 @@ def spectrum_mask(
     with ``D = diag(H)`` (``scaled=True``; same spectrum as ``D^{-1} H``).
     Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Up to
     ``_FACTOR_MAX`` nodes: ARPACK estimates times ``safety``, proved by one sparse
-    factorization (:func:`_factor_proved`; a few milliseconds at that size). Larger
+    factorization (:func:`_factor_proved`; cheap at that size). Larger
     blocks (or when that proof fails), without factorizing ``H`` (``_certify``,
     ``_graphcert``; proofs in docs/graph.md):
 
