@@ -292,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.repeats, args.val_systems = 3, 1, 1
     args.val_n = args.val_n or [min(args.n)]
     torch.set_num_threads(args.threads)
+    # numpy/scipy BLAS threads too (as bench amg): oversubscribed, they slow the scipy and
+    # PyAMG baselines' set-up and vector work many times on a shared machine
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(args.threads):
+        return _run(args)
+
+
+def _run(args: Any) -> int:
     if not args.no_amg:
         try:
             import pyamg  # noqa: F401
