@@ -227,17 +227,38 @@ def _check_rz(rz: Vec, done: Vec | None, k: int, not_spd: Callable[..., Exceptio
 
 class _AdjointSolve(torch.autograd.Function):
     """Forward: zeros (the residual of the solution, to be added to it). Backward: the
-    adjoint solve ``v = A^{-1} g`` of the incoming gradient ``g``."""
+    adjoint solve ``v = A^{-1} g`` of the incoming gradient ``g``.
+
+    Second derivatives (``create_graph=True``) would need ``v`` and the solution as
+    differentiable functions of the operator, which this backward does not provide: it
+    raises instead of returning wrong numbers (a Hessian-vector product of ``cg(A(theta),
+    b, grad="implicit")`` was wrong in every entry). The one exception is exact: an incoming
+    gradient with no component in the solution's space (``||A v|| <= 1e-4 ||g||``, e.g. the
+    energy of a constrained minimum, whose gradient in the charges is the multiplier times
+    the constraint's normal), where ``v`` is zero and stays zero nearby, so nothing is
+    dropped (QEq energy Hessians, force losses)."""
 
     @staticmethod
-    def forward(ctx: Any, residual: Vec, solve: Callable[[Vec], Vec]) -> Vec:  # noqa: D102
-        ctx.solve = solve
+    def forward(  # noqa: D102
+        ctx: Any, residual: Vec, solve: Callable[[Vec], Vec], matvec: MatVec
+    ) -> Vec:
+        ctx.solve, ctx.matvec = solve, matvec
         return torch.zeros_like(residual)
 
     @staticmethod
-    def backward(ctx: Any, g: Vec) -> tuple[Vec, None]:  # noqa: D102
+    def backward(ctx: Any, g: Vec) -> tuple[Vec, None, None]:  # noqa: D102
+        create_graph = torch.is_grad_enabled()
         with torch.no_grad():
-            return ctx.solve(g), None
+            v = ctx.solve(g)
+            if create_graph:
+                big = float(torch.linalg.vector_norm(ctx.matvec(v)))
+                if not big <= 1e-4 * float(torch.linalg.vector_norm(g)):
+                    raise NotImplementedError(
+                        "Second derivatives through grad='implicit' are not supported (the "
+                        "adjoint solve is not differentiable): use grad='unrolled' for "
+                        "create_graph=True, Hessians and losses on gradients."
+                    )
+        return v, None, None
 
 
 def implicit_solution(
@@ -265,7 +286,7 @@ def implicit_solution(
     residual = b - matvec(x)
     if not residual.requires_grad:
         return x
-    return x + _AdjointSolve.apply(residual, adjoint)
+    return x + _AdjointSolve.apply(residual, adjoint, matvec)
 
 
 def differentiate(
