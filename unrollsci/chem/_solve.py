@@ -465,6 +465,16 @@ def solve_with_settings(
             if throw:
                 raise ConvergenceError(msg)
             warnings.warn(msg, ConvergenceWarning, stacklevel=stacklevel + 1)
+        elif s.grad == "implicit" and needs_grad:
+            # a fixed iteration count is an unrolled idea: the implicit gradient is that of
+            # the converged charges, not of the returned ones
+            warnings.warn(
+                f"iterations={iterations} stopped the charges unconverged (residual "
+                f"{res[-1]:.3e}), but grad='implicit' differentiates the converged charges; "
+                "use grad='unrolled' for the derivative of the returned ones.",
+                ConvergenceWarning,
+                stacklevel=stacklevel + 1,
+            )
     message = (
         f"QEq converged in {k} CG iterations (residual {res[-1]:.3e} <= tol {tol:.1e})."
         if conv

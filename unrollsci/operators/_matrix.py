@@ -191,6 +191,13 @@ class SparseOperator(LinearOperator):
                 raise ValueError(
                     f"Expected a 2-dimensional matrix (got shape {tuple(matrix.shape)})."
                 )
+            if matrix.requires_grad:  # its entries would get no gradient, silently
+                raise ValueError(
+                    "Expected a sparse matrix that does not require grad: SparseOperator "
+                    "holds its matrix as a constant (gradients flow to x only). For "
+                    "gradients w.r.t. the entries pass a dense tensor (e.g. to cg), or "
+                    "detach it if none are wanted."
+                )
             sc, csr = None, to_torch_sparse(matrix, dtype=dtype)
         else:
             sc = _canonical_csr(matrix)
