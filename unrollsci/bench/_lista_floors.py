@@ -243,18 +243,14 @@ def floors_report(
 ) -> int:
     """Writes ``out/name.json`` and ``out/name.md``: one row per checkpoint (module
     docstring), then the lasso path of each SNR among them."""
-    from ..train import load_checkpoint
     from ._common import markdown_table, write_results, write_text
+    from ._lista_tails import load_saved_model
 
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
     rows: list[dict[str, Any]] = []
     sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for path in paths:
-        model = load_checkpoint(path)
-        if getattr(model, "n", None) != cfg["n"] or getattr(model, "m", None) != cfg["m"]:
-            raise ValueError(f"{path}: not a model of the {cfg['m']} x {cfg['n']} problem")
-        snr_text = Path(path).stem.rsplit("_snr", 1)[-1].removesuffix("_quick")
-        snr = math.inf if snr_text == "inf" else float(snr_text)
+        model, snr_text, snr = load_saved_model(path, cfg)
         if snr_text not in sets:
             g = torch.Generator().manual_seed(cfg["seed"] + 1)
             sets[snr_text] = sample(a, cfg["n_test"], cfg["p"], snr, g)

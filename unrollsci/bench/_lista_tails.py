@@ -101,23 +101,30 @@ def nonzero_bins(
     return rows
 
 
+def load_saved_model(path: str, cfg: dict) -> tuple[Any, str, float]:
+    """A model saved by ``bench lista --staged`` (``<model>_snr<snr>[_quick].pt``), checked to
+    be of the benchmark's problem, with its SNR as named in the file and as a number."""
+    from ..train import load_checkpoint
+
+    model = load_checkpoint(path)
+    if getattr(model, "n", None) != cfg["n"] or getattr(model, "m", None) != cfg["m"]:
+        raise ValueError(f"{path}: not a model of the {cfg['m']} x {cfg['n']} problem")
+    snr_text = Path(path).stem.rsplit("_snr", 1)[-1].removesuffix("_quick")
+    return model, snr_text, math.inf if snr_text == "inf" else float(snr_text)
+
+
 def tails_report(paths: list[str], cfg: dict, out: str, name: str) -> int:
     """Where the error of saved models comes from (:func:`tail_stats`, :func:`nonzero_bins`).
 
     Writes ``out/name.json`` and ``out/name.md``: one row per checkpoint, then per
     checkpoint its NMSE by number of nonzeros at layers ``K/2``, ``3K/4`` and ``K``.
     """
-    from ..train import load_checkpoint
     from ._common import markdown_table, write_results, write_text
 
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
     rows, by_nnz = [], {}
     for path in paths:
-        model = load_checkpoint(path)
-        if getattr(model, "n", None) != cfg["n"] or getattr(model, "m", None) != cfg["m"]:
-            raise ValueError(f"{path}: not a model of the {cfg['m']} x {cfg['n']} problem")
-        snr_text = Path(path).stem.rsplit("_snr", 1)[-1].removesuffix("_quick")
-        snr = math.inf if snr_text == "inf" else float(snr_text)
+        model, snr_text, snr = load_saved_model(path, cfg)
         stats = tail_stats(model, a, cfg, snr)
         others = stats.pop("other_sets_nmse_db")
         rows.append(
