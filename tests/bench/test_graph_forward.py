@@ -29,3 +29,20 @@ def test_forward_models_use_the_cheap_controller():
     assert models["window"].controller_sample == 16
     assert models["diagonal"].controller.node_head == "local"
     assert models["window (full controller)"].controller_sample is None
+
+
+def test_graph_batch_accuracy_quick(tmp_path):
+    """The accuracy of the timed batch solvers (benchmarks/graph_batch_accuracy.py): every
+    row against the exact solution; CG to 1e-6 far below ten CG iterations."""
+    import json
+
+    from unrollsci.bench.graph_accuracy import main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = {
+        r["solver"]: r
+        for r in json.loads((tmp_path / "graph_batch_accuracy_quick.json").read_text())["rows"]
+    }
+    assert rows["cg to rtol 1e-6"]["max error"] < 1e-5 < rows["cg, 10 iterations"]["mean error"]
+    for r in rows.values():
+        assert 0 <= r["mean error"] <= r["max error"] < 1

@@ -201,12 +201,17 @@ def _quality(h: Any, lo: Any, jlo: Any) -> tuple[float, float]:
 _BATCH_MODES = ("window", "window_jacobi")
 
 
-def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
-    """64 signals sharing one mask: bounds once for the batch, then one forward."""
+def batch_problem(adj: Any, signals: int = 64) -> GraphInverseProblem:
+    """The batch benchmark's problem: ``signals`` random signals sharing one 30% mask."""
     one = inpainting_problem(adj, 1, observed=0.3, noise=0.1, seed=1004)
     rng = np.random.default_rng(5)
-    y = torch.as_tensor(rng.standard_normal((64, one.num_nodes))) * one.mask
-    p = GraphInverseProblem.from_scipy(adj, y, mask=one.mask[0], lam=1.0)
+    y = torch.as_tensor(rng.standard_normal((signals, one.num_nodes))) * one.mask
+    return GraphInverseProblem.from_scipy(adj, y, mask=one.mask[0], lam=1.0)
+
+
+def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
+    """64 signals sharing one mask: bounds once for the batch, then one forward."""
+    p = batch_problem(adj)
     h = p.hessian_scipy(0)
     rhs = p.rhs().cpu().numpy()
     k = min(8, 64)  # CG per signal: median over k signals, the faster BLAS setting each
