@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_bool_mask",
     "as_tensor",
     "check_batch",
     "check_device",
@@ -129,6 +130,16 @@ def check_nonnegative(name: str, value: Any) -> None:
         raise ValueError(f"Expected '{name}' to be finite (got {value!r}).")
     if bool((t < 0).any()):
         raise ValueError(f"Expected '{name}' >= 0 (got {value!r}).")
+
+
+def as_bool_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """``mask`` as a bool tensor: a bool tensor, or one holding only 0 and 1 (a value such
+    as 0.5 is refused rather than read as True)."""
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"Expected a boolean (or 0/1) '{name}' (got other values).")
+    return mask != 0
 
 
 def check_same_device(**tensors: Any) -> None:

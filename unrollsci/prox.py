@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ._validation import as_bool_mask
+
 __all__ = [
     "soft_threshold",
     "group_soft_threshold",
@@ -143,17 +145,21 @@ def _uneven_group_soft(
     x: torch.Tensor, threshold: Any, groups: torch.Tensor, dim: int, eps: float
 ) -> torch.Tensor:
     xm = x.movedim(dim, -1)
-    groups = groups.to(xm.device)
-    factor = _shrink_factor(group_norms(xm, groups), threshold, eps)
-    return (xm * factor.index_select(-1, _compact(groups))).movedim(-1, dim)
+    labels, count = _compact(groups.to(xm.device))
+    factor = _shrink_factor(_group_norms(xm, labels, count), threshold, eps)
+    return (xm * factor.index_select(-1, labels)).movedim(-1, dim)
 
 
-def _compact(groups: torch.Tensor) -> torch.Tensor:
-    """Labels renumbered ``0..G-1`` in their order when they leave gaps (labels up to
-    1e9 on a short axis would otherwise allocate a group per label value)."""
-    if groups.numel() and int(groups.max()) + 1 > groups.numel():
-        return torch.unique(groups, return_inverse=True)[1]
-    return groups
+def _compact(groups: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The labels renumbered ``0..G-1`` in their order when they leave gaps (labels up to
+    1e9 on a short axis would otherwise allocate a group per label value), and ``G``."""
+    if not groups.numel():
+        return groups, 0
+    top = int(groups.max()) + 1
+    if top > groups.numel():
+        uniq, inverse = torch.unique(groups, return_inverse=True)
+        return inverse, uniq.numel()
+    return groups, top
 
 
 def group_norms(xm: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -161,8 +167,10 @@ def group_norms(xm: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     per entry; gaps in the labels are closed, :func:`_compact`), ``(..., G)``, without
     underflow or overflow of the squares (each group divided by its largest magnitude);
     a zero group has norm 0 and a finite gradient."""
-    groups = _compact(groups)
-    count = int(groups.max()) + 1 if groups.numel() else 0
+    return _group_norms(xm, *_compact(groups))
+
+
+def _group_norms(xm: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
     mag = xm.detach().abs()
     index = groups.expand(mag.shape)
     big = mag.new_zeros(*xm.shape[:-1], count).scatter_reduce(-1, index, mag, "amax")
@@ -264,7 +272,7 @@ class Prox:
             else:
                 n = groups.shape[0] if isinstance(groups, torch.Tensor) and groups.dim() else -1
                 # a copy, gaps closed: the caller's tensor may change after this
-                self.groups = _compact(check_groups(groups, n).detach().cpu()).clone()
+                self.groups = _compact(check_groups(groups, n).detach().cpu())[0].clone()
         if kind == "box":
             if lower is None and upper is None:
                 raise ValueError("prox kind 'box' needs 'lower' and/or 'upper'.")
@@ -454,8 +462,5 @@ def project_support(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"Expected 'mask' to be a torch.Tensor (got {type(mask).__name__}).")
-    if mask.dtype != torch.bool:
-        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("Expected a boolean (or 0/1) 'mask' (got other values).")
-        mask = mask != 0
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.where(as_bool_mask(mask), x, zero)

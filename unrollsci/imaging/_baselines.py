@@ -7,7 +7,13 @@ from typing import Any
 
 import torch
 
-from .._validation import check_batch, check_finite, check_positive, check_tensor
+from .._validation import (
+    as_bool_mask,
+    check_batch,
+    check_finite,
+    check_positive,
+    check_tensor,
+)
 from ..operators import ReshapeOperator, gram
 from ..operators._radon import Radon
 from ..prox import project_support
@@ -75,11 +81,7 @@ def _check_problem(y: torch.Tensor, radon: Any, mask: Any) -> torch.Tensor | Non
             f"Expected 'mask' of shape {radon.in_shape} or (batch, {radon.image_size}, "
             f"{radon.image_size}) (got {got})."
         )
-    if mask.dtype != torch.bool and (
-        mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all())
-    ):
-        raise ValueError("Expected a boolean (or 0/1) 'mask' (got other values).")
-    return mask.to(device=y.device, dtype=torch.bool)
+    return as_bool_mask(mask).to(device=y.device)
 
 
 def _check_iters(tol: Any, max_iter: Any) -> None:

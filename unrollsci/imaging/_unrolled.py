@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
+from .._validation import (
+    as_bool_mask,
+    check_batch,
+    check_finite,
+    check_model_dtype,
+    check_tensor,
+    model_dtype,
+)
 from ..operators._radon import Radon
 from ..prox import project_support
 from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
@@ -34,11 +41,7 @@ def check_support_mask(mask: Any, n: int, batch: int | None) -> torch.Tensor:
     if not ok:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got}).")
-    if mask.dtype != torch.bool:
-        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("Expected a boolean (or 0/1) 'mask'.")
-        mask = mask != 0
-    return mask
+    return as_bool_mask(mask)
 
 
 class _Conv(nn.Module):

@@ -114,11 +114,19 @@ def unbatch(x: torch.Tensor, unbatched: bool) -> torch.Tensor:
     return x[0] if unbatched else x
 
 
+def unit_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(big, v / big)`` with ``big`` each row's largest magnitude (``(..., 1)``; 1 for a
+    zero row), detached: products and squares of the scaled rows neither underflow nor
+    overflow, whatever the data's scale."""
+    v = v.detach()
+    big = v.abs().amax(dim=-1, keepdim=True)
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    return big, v / big
+
+
 def row_norm(v: torch.Tensor) -> torch.Tensor:
     """Row norms of ``v`` (detached) without underflow or overflow of the squares: data of
     size 1e-160 (squares below the smallest normal) or 1e200 give the same relative
     residuals as data of size 1, so no stopping rule reads 0 or inf from scale alone."""
-    v = v.detach()
-    big = v.abs().amax(dim=-1)
-    unit = v / torch.where(big > 0, big, torch.ones_like(big)).unsqueeze(-1)
-    return big * torch.linalg.vector_norm(unit, dim=-1)
+    big, unit = unit_rows(v)
+    return big[..., 0] * torch.linalg.vector_norm(unit, dim=-1)

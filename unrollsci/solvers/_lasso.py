@@ -15,7 +15,7 @@ from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
-from ._common import check_stopping, prepare_lasso, row_norm, unbatch
+from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
@@ -160,13 +160,7 @@ def _dot_sign(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The sign of the row dot products ``sum(a * b)`` as ``(batch, 1)`` (detached), each
     factor divided by its largest entry first: the product of two differences of size
     1e-165 (or 1e160) would underflow to 0 (overflow to inf) and flip the answer."""
-
-    def unit(v: torch.Tensor) -> torch.Tensor:
-        v = v.detach()
-        big = v.abs().amax(dim=-1, keepdim=True)
-        return v / torch.where(big > 0, big, torch.ones_like(big))
-
-    return torch.sign((unit(a) * unit(b)).sum(-1, keepdim=True))
+    return torch.sign((unit_rows(a)[1] * unit_rows(b)[1]).sum(-1, keepdim=True))
 
 
 def fista(
