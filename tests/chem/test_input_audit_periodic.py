@@ -46,6 +46,9 @@ def test_solve_charges_refuses_what_it_misread():
     bm = BornMayer({("Na", "Cl"): (1000.0, 1.0)}, cutoff=12.0)  # cut off at 6 A silently
     with pytest.raises(ValueError, match="short-range cutoff"):
         solve_charges(PAIR, ["Na", "Cl"], params=P, cutoff=6.0, short_range=bm)
+    # without a solve cutoff every pair is in the list: the repulsion's own taper applies
+    e = solve_charges(PAIR, ["Na", "Cl"], params=P, cutoff=None, short_range=bm).energy
+    assert torch.isfinite(e)
     # numpy booleans (ASE's Atoms.pbc) and a pbc per axis still work
     import numpy as np
 

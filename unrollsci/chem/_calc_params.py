@@ -181,9 +181,7 @@ def build(p: Mapping[str, Any]) -> Built:
     elif isinstance(sr, Mapping):
         sr = BornMayer.fromdict(sr)
     cutoff = p["cutoff"]
-    if isinstance(sr, BornMayer) and None not in (sr.cutoff, cutoff) and sr.cutoff > cutoff:
-        raise ValueError(f"Expected the short-range cutoff ({sr.cutoff}) <= cutoff ({cutoff}).")
-    settings = QEqSettings(
+    settings = QEqSettings(  # checks the combination (e.g. the short-range cutoff)
         params=p["params"],
         kernel=p["kernel"],
         cutoff=cutoff,

@@ -83,8 +83,8 @@ class QEqSettings:
                 "Expected short_range=None or an object with an energy(...) method such as "
                 f"BornMayer(default='radii') (got {sr!r}; the calculator also takes the string)."
             )
-        sr_cut = getattr(sr, "cutoff", None)
-        if sr_cut is not None and (self.cutoff is None or sr_cut > self.cutoff):
+        sr_cut = getattr(sr, "cutoff", None)  # (no solve cutoff: every pair is in the list)
+        if sr_cut is not None and self.cutoff is not None and sr_cut > self.cutoff:
             raise ValueError(
                 f"Expected the short-range cutoff ({sr_cut}) <= cutoff ({self.cutoff}): its "
                 "pairs come from the solve's pair list, so a longer one would be cut off there."
