@@ -65,3 +65,23 @@ def test_amg_bench_saves_and_loads_models(tmp_path):
                 str(tmp_path / "c"),
             ]
         )
+
+
+def test_amg_bench_scipy_loop_same_iterations(tmp_path):
+    """--loop scipy runs every method in scipy's cg (PyAMG's own preconditioner for the AMG
+    rows) and needs the iterations of the library's loop, method by method."""
+    from unrollsci.bench.amg import main
+
+    common = ["--quick", "--families", "diffusion", "--variants", "sa"]
+    load = str(tmp_path / "models")
+    assert main([*common, "--out", str(tmp_path / "u"), "--save-models", load]) == 0
+    assert (
+        main([*common, "--out", str(tmp_path / "s"), "--load-models", load, "--loop", "scipy"]) == 0
+    )
+    u = json.loads((tmp_path / "u" / "amg_quick.json").read_text())
+    s = json.loads((tmp_path / "s" / "amg_quick.json").read_text())
+    assert s["config"]["loop"] == "scipy" and "scipy's cg" in s["note"]
+    fixed = {r["method"]: r["iters"] for r in u["rows"] if "tuned" not in r["method"]}
+    got = {r["method"]: r["iters"] for r in s["rows"] if "tuned" not in r["method"]}
+    assert got == fixed
+    assert all(r["converged"] for r in s["rows"])

@@ -6,7 +6,9 @@ family (one not seen in training), against MIC(0), Chebyshev, PyAMG smoothed agg
 and Ruge-Stuben (default settings, and the best of a few settings chosen per family on a
 validation system), and the untrained learned AMG (smoothed aggregation's level with
 PyAMG's coarser levels: what the learning adds). Every preconditioner runs in the same
-PCG (:func:`unrollsci.solvers.cg`, relative residual ``--rtol``); times are medians over
+PCG, relative residual ``--rtol``: :func:`unrollsci.solvers.cg` (default) or, with ``--loop
+scipy``, ``scipy.sparse.linalg.cg`` with each preconditioner's ``to_scipy()`` (PyAMG's own
+``aspreconditioner()`` for every AMG row: the loop a PyAMG user runs); times are medians over
 ``--repeats`` runs (the machine may be shared), setup and solve measured separately, and
 the ratios are taken within this run.
 
@@ -127,24 +129,44 @@ def _csr_levels(ml: Any, sweeps: int = 1) -> Any:
     return AMGPreconditioner(ml, ml.levels[0].A.shape[0])
 
 
-def _run(build: Callable[[Any], Any], a: Any, b: torch.Tensor, rtol: float) -> dict[str, Any]:
-    from ..solvers import cg
-
+def _run(
+    build: Callable[[Any], Any], a: Any, b: torch.Tensor, rtol: float, loop: str = "unrollsci"
+) -> dict[str, Any]:
+    """Set-up and solve times of one method. ``loop="unrollsci"``: the library's
+    :func:`unrollsci.solvers.cg`; ``loop="scipy"``: ``scipy.sparse.linalg.cg`` with the
+    preconditioner's ``to_scipy()`` (for a PyAMG hierarchy, learned or not, PyAMG's own
+    ``ml.aspreconditioner()``: what a PyAMG user runs), its conversion counted in the set-up."""
     t0 = time.perf_counter()
     m = build(a)
+    if loop == "scipy":
+        m = m.to_scipy()
     t1 = time.perf_counter()
-    sol = cg(a, b, M=m, tol=rtol, max_iter=5000)
+    if loop == "scipy":
+        iters, converged = _scipy_cg(a, b.numpy(), m, rtol)
+    else:
+        from ..solvers import cg
+
+        sol = cg(a, b, M=m, tol=rtol, max_iter=5000)
+        iters, converged = int(sol.iterations), bool(sol.converged)
     t2 = time.perf_counter()
-    return {
-        "setup": t1 - t0,
-        "solve": t2 - t1,
-        "iters": int(sol.iterations),
-        "converged": bool(sol.converged),
-    }
+    return {"setup": t1 - t0, "solve": t2 - t1, "iters": iters, "converged": converged}
+
+
+def _scipy_cg(a: Any, b: np.ndarray, m: Any, rtol: float) -> tuple[int, bool]:
+    """scipy's ``cg`` to ``||r|| <= rtol ||b||`` (the library's rule): iterations, converged."""
+    import scipy.sparse.linalg as sla
+
+    count = [0]
+
+    def step(_: Any) -> None:
+        count[0] += 1
+
+    _, info = sla.cg(a, b, M=m, rtol=rtol, atol=0.0, maxiter=5000, callback=step)
+    return count[0], info == 0
 
 
 def _measure(build: Callable[[Any], Any], a: Any, b: torch.Tensor, args: Any) -> dict[str, Any]:
-    return _summarise([_run(build, a, b, args.rtol) for _ in range(args.repeats)])
+    return _summarise([_run(build, a, b, args.rtol, args.loop) for _ in range(args.repeats)])
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -274,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-systems", type=positive_int_arg, default=1)
     p.add_argument("--repeats", type=positive_int_arg, default=3)
     p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument(
+        "--loop",
+        choices=("unrollsci", "scipy"),
+        default="unrollsci",
+        help="the PCG every method runs in: the library's cg, or scipy's cg with each "
+        "preconditioner's to_scipy() (PyAMG's own aspreconditioner() for the AMG rows: what "
+        "a PyAMG user runs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch and BLAS threads")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
@@ -395,7 +425,7 @@ def _main(args: Any) -> int:
                 runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
                 for _ in range(args.repeats):
                     for meth, build in methods.items():
-                        runs[meth].append(_run(build, a, b, args.rtol))
+                        runs[meth].append(_run(build, a, b, args.rtol, args.loop))
                 for meth in methods:
                     per[meth].append(_summarise(runs[meth]))
             load = os.getloadavg()[0]
@@ -462,8 +492,8 @@ def _main(args: Any) -> int:
             "config": dict(vars(args)),
             "note": "times: median over repeats (methods interleaved, one run of each per "
             "round) of setup, solve and total, mean over test systems; ratios within this "
-            "run; every method in the same PCG; load1: 1-minute load average after the block "
-            "(the machine is shared)",
+            f"run; every method in the same PCG ({args.loop}'s cg); load1: 1-minute load "
+            "average after the block (the machine is shared)",
             "load_average_start_end": [load_start, list(os.getloadavg())],
             "training": training,
             "pyamg_tuning": tuning,
