@@ -26,6 +26,10 @@ def test_amg_bench_quick_writes_results(tmp_path):
         name = "learned-amg" if row["variant"] == "sa" else f"learned-amg-{row['variant']}"
         learned = next(r for r in data["rows"] if r["method"] == name)
         assert abs(row["learned_time_vs_best"] - learned["total_s"] / best) < 1e-12
+        amg = [r for r in data["rows"] if r["method"].startswith(("pyamg", "learned"))]
+        floor = min(r["setup_s"] for r in amg) + min(r["solve_s"] for r in amg)
+        assert abs(row["amg_floor_vs_best"] - floor / best) < 1e-12
+        assert row["amg_floor_vs_best"] <= row["learned_time_vs_best"] + 1e-12
     assert not (tmp_path / "amg.json").exists()  # a quick run never writes the full results
     assert (tmp_path / "amg_quick.md").read_text().startswith("# learned AMG benchmark")
 
