@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._amg_rows import amg_floor, pyamg_build, run, summarise
 from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
 
 FAMILIES = ("diffusion", "anisotropic", "graph")
@@ -78,107 +78,8 @@ def _rs_candidates() -> dict[str, dict[str, Any]]:
     }
 
 
-def _pyamg(kind: str, opts: dict[str, Any], sweeps: int = 1) -> Callable[[Any], Any]:
-    def build(a: Any) -> Any:
-        import pyamg
-
-        from ..precond import AMGPreconditioner, amg
-
-        if kind == "sa":
-            return amg(a, **opts)
-        if kind == "sa-csr":
-            return _csr_levels(amg(a, **opts).ml, sweeps)
-        state = np.random.get_state()
-        try:
-            np.random.seed(0)
-            ml = pyamg.ruge_stuben_solver(a, **opts)
-        finally:
-            np.random.set_state(state)
-        if sweeps != 1:
-            _smoothers(ml, sweeps)
-        return AMGPreconditioner(ml, a.shape[0])
-
-    return build
-
-
-def _smoothers(ml: Any, sweeps: int) -> None:
-    """Symmetric Gauss-Seidel on every level; ``sweeps`` sweeps on the finest."""
-    from pyamg.relaxation.smoothing import change_smoothers
-
-    smoother = [
-        ("gauss_seidel", {"sweep": "symmetric", "iterations": sweeps}),
-        ("gauss_seidel", {"sweep": "symmetric"}),
-    ]
-    change_smoothers(ml, smoother, smoother)
-
-
-def _csr_levels(ml: Any, sweeps: int = 1) -> Any:
-    """PyAMG's SA hierarchy with every level converted to CSR (PyAMG keeps BSR with 1 x 1
-    blocks, whose products are slower), same smoother (symmetric Gauss-Seidel; ``sweeps``
-    sweeps on the finest level): the same operator for one sweep, a faster cycle; the
-    conversion is counted in the set-up."""
-    import scipy.sparse as sp
-
-    for lev in ml.levels:
-        lev.A = sp.csr_matrix(lev.A)
-        if hasattr(lev, "P"):
-            lev.P, lev.R = sp.csr_matrix(lev.P), sp.csr_matrix(lev.R)
-    from ..precond import AMGPreconditioner
-
-    _smoothers(ml, sweeps)
-    return AMGPreconditioner(ml, ml.levels[0].A.shape[0])
-
-
-def _run(
-    build: Callable[[Any], Any], a: Any, b: torch.Tensor, rtol: float, loop: str = "unrollsci"
-) -> dict[str, Any]:
-    """Set-up and solve times of one method. ``loop="unrollsci"``: the library's
-    :func:`unrollsci.solvers.cg`; ``loop="scipy"``: ``scipy.sparse.linalg.cg`` with the
-    preconditioner's ``to_scipy()`` (for a PyAMG hierarchy, learned or not, PyAMG's own
-    ``ml.aspreconditioner()``: what a PyAMG user runs), its conversion counted in the set-up."""
-    t0 = time.perf_counter()
-    m = build(a)
-    if loop == "scipy":
-        m = m.to_scipy()
-    t1 = time.perf_counter()
-    if loop == "scipy":
-        iters, converged = _scipy_cg(a, b.numpy(), m, rtol)
-    else:
-        from ..solvers import cg
-
-        sol = cg(a, b, M=m, tol=rtol, max_iter=5000)
-        iters, converged = int(sol.iterations), bool(sol.converged)
-    t2 = time.perf_counter()
-    return {"setup": t1 - t0, "solve": t2 - t1, "iters": iters, "converged": converged}
-
-
-def _scipy_cg(a: Any, b: np.ndarray, m: Any, rtol: float) -> tuple[int, bool]:
-    """scipy's ``cg`` to ``||r|| <= rtol ||b||`` (the library's rule): iterations, converged."""
-    import scipy.sparse.linalg as sla
-
-    count = [0]
-
-    def step(_: Any) -> None:
-        count[0] += 1
-
-    _, info = sla.cg(a, b, M=m, rtol=rtol, atol=0.0, maxiter=5000, callback=step)
-    return count[0], info == 0
-
-
 def _measure(build: Callable[[Any], Any], a: Any, b: torch.Tensor, args: Any) -> dict[str, Any]:
-    return _summarise([_run(build, a, b, args.rtol, args.loop) for _ in range(args.repeats)])
-
-
-def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    setup = statistics.median(r["setup"] for r in runs)
-    solve = statistics.median(r["solve"] for r in runs)
-    return {
-        "iters": runs[0]["iters"],
-        "converged": all(r["converged"] for r in runs),
-        "setup_s": setup,
-        "solve_s": solve,
-        "total_s": statistics.median(r["setup"] + r["solve"] for r in runs),
-    }
+    return summarise([run(build, a, b, args.rtol, args.loop) for _ in range(args.repeats)])
 
 
 def _tune(kind: str, family: str, args: Any) -> tuple[str, dict[str, Any], dict[str, float]]:
@@ -188,7 +89,7 @@ def _tune(kind: str, family: str, args: Any) -> tuple[str, dict[str, Any], dict[
     cands = _sa_candidates() if kind == "sa" else _rs_candidates()
     scores = {}
     for name, opts in cands.items():
-        scores[name] = _measure(_pyamg(kind, opts), a, b, args)["total_s"]
+        scores[name] = _measure(pyamg_build(kind, opts), a, b, args)["total_s"]
     best = min(scores, key=scores.__getitem__)
     return best, cands[best], scores
 
@@ -317,31 +218,22 @@ def _methods(tuned: dict[str, Any], learned: dict[str, tuple[Any, Any]]) -> dict
     out: dict[str, Callable] = {
         "mic0": mic0,
         "chebyshev": chebyshev,
-        "pyamg-sa": _pyamg("sa", {}),
-        "pyamg-sa-csr": _pyamg("sa-csr", {}),
-        "pyamg-rs": _pyamg("rs", {}),
+        "pyamg-sa": pyamg_build("sa", {}),
+        "pyamg-sa-csr": pyamg_build("sa-csr", {}),
+        "pyamg-rs": pyamg_build("rs", {}),
     }
     if any(VARIANTS[v][1] == 2 for v in learned):  # the same smoothing, classical
-        out["pyamg-sa-csr-sgs2"] = _pyamg("sa-csr", {}, sweeps=2)
-        out["pyamg-rs-sgs2"] = _pyamg("rs", {}, sweeps=2)
+        out["pyamg-sa-csr-sgs2"] = pyamg_build("sa-csr", {}, sweeps=2)
+        out["pyamg-rs-sgs2"] = pyamg_build("rs", {}, sweeps=2)
     for kind in ("sa", "rs"):
         name, opts, _ = tuned[kind]
         if name != "default":
-            out[f"pyamg-{kind}-tuned"] = _pyamg(kind, opts)
+            out[f"pyamg-{kind}-tuned"] = pyamg_build(kind, opts)
     for variant, (model, untrained) in learned.items():
         name = _learned_name(variant)
         out[f"{name}-untrained"] = untrained.build
         out[name] = model.build
     return out
-
-
-def _amg_floor(block: list[dict[str, Any]]) -> float:
-    """The least set-up plus the least solve time among the block's AMG rows (PyAMG's and the
-    learned ones, possibly of different rows): what an AMG built through PyAMG would need if
-    it had the cheapest hierarchy set-up and the fastest solve measured here at once. Above
-    the best classical total, no such AMG meets the time goal on that system."""
-    amg = [r for r in block if r["method"].startswith(("pyamg", "learned"))]
-    return min(r["setup_s"] for r in amg) + min(r["solve_s"] for r in amg)
 
 
 def _save_models(folder: str, learned: dict[str, tuple[Any, Any]], info: dict) -> None:
@@ -434,9 +326,9 @@ def _main(args: Any) -> int:
                 runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
                 for _ in range(args.repeats):
                     for meth, build in methods.items():
-                        runs[meth].append(_run(build, a, b, args.rtol, args.loop))
+                        runs[meth].append(run(build, a, b, args.rtol, args.loop))
                 for meth in methods:
-                    per[meth].append(_summarise(runs[meth]))
+                    per[meth].append(summarise(runs[meth]))
             load = os.getloadavg()[0]
             block = []
             for meth, res in per.items():
@@ -459,7 +351,7 @@ def _main(args: Any) -> int:
             for r in block:
                 r["time_vs_best_classical"] = r["total_s"] / best["total_s"]
                 r["iters_vs_sa"] = r["iters"] / by["pyamg-sa"]["iters"]
-            floor = _amg_floor(block) / best["total_s"]
+            floor = amg_floor(block) / best["total_s"]
             for variant in learned:
                 name = _learned_name(variant)
                 la = by[name]
