@@ -3,6 +3,7 @@ writes to trajectories and databases) and the solve settings built from them."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +15,17 @@ from .._validation import check_device
 from ._settings import COULOMB_CONSTANT, EWALD_METHODS, QEqSettings
 from ._short_range import BornMayer
 
-__all__ = ["ADJOINT_TARGET", "DEFAULT_PARAMETERS", "adjoint_tol", "normalize", "build"]
+__all__ = [
+    "ADJOINT_TARGET",
+    "DEFAULT_PARAMETERS",
+    "adjoint_tol",
+    "build",
+    "copy_value",
+    "normalize",
+    "plain_short_range",
+    "snapshot",
+    "stale",
+]
 
 #: ``QEqCalculator.default_parameters``: plain data only (strings, numbers, None, dicts)
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -116,7 +127,7 @@ def normalize(key: str, value: Any) -> Any:
                 "Expected params to be None or {element: {name: value}} "
                 f"(got {type(value).__name__})."
             )
-        return {str(el): dict(entry) for el, entry in value.items()}
+        return {str(el): copy.deepcopy(dict(entry)) for el, entry in value.items()}
     if key == "short_range":
         return _short_range(value)
     if key == "device":
@@ -162,6 +173,59 @@ def normalize(key: str, value: Any) -> Any:
             raise TypeError(f"Expected {key} to be True or False (got {value!r}).")
         return value
     return value
+
+
+def plain_short_range(value: Any) -> bool:
+    """Whether a stored ``short_range`` is plain data (None, a table name or a
+    :meth:`BornMayer.todict` dict), not a custom object."""
+    return value is None or isinstance(value, (str, Mapping))
+
+
+def copy_value(value: Any) -> Any:
+    """A parameter value that shares nothing with ``value``: containers are deep-copied, a
+    custom short-range object is kept as it is (the same object)."""
+    if isinstance(value, (Mapping, list, tuple)):
+        return copy.deepcopy(value)
+    return value
+
+
+def snapshot(p: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the parameters ``p`` to tell later edits of ``p`` from (:func:`stale`)."""
+    return {key: copy_value(value) for key, value in p.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        if not (isinstance(a, Mapping) and isinstance(b, Mapping)) or a.keys() != b.keys():
+            return False
+        return all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))):
+            return False
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if a is b:
+        return True
+    scalars = (str, int, float, type(None))
+    if isinstance(a, scalars) and isinstance(b, scalars):
+        return type(a) is type(b) and a == b
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an array or tensor: no single truth value
+        return False
+
+
+def stale(p: Mapping[str, Any], snap: Mapping[str, Any] | None) -> set[str]:
+    """The parameters whose value in ``p`` differs from the :func:`snapshot` ``snap`` (all
+    of them when there is none)."""
+    if snap is None:
+        return set(p)
+    try:  # the usual case, at every property request: nothing changed
+        if p == snap:
+            return set()
+    except Exception:  # noqa: BLE001 - a value without a single truth value
+        pass
+    keys = set(p) | set(snap)
+    return {k for k in keys if k not in p or k not in snap or not _same(p[k], snap[k])}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _calc_params, _solve, _step
-from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, normalize
+from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, copy_value, normalize
 from ._settings import COULOMB_CONSTANT, QEqSettings
 from ._solve import (
     Prepared,
@@ -21,47 +22,22 @@ from ._solve import (
     solve_with_settings,
 )
 from ._step import analytic_step
-from ._verlet import DefiniteCertificate, VerletPairs
+from ._verlet import DefiniteCertificate, VerletPairs, _compare_atoms
 
 __all__ = ["QEqCalculator"]
 
 
 def _parameter(key: str, doc: str) -> property:
-    """A calculator attribute that reads ``calc.parameters[key]`` and writes through
-    ``calc.set(key=value)`` (so that a change clears the results it invalidates)."""
+    """A calculator attribute that reads a copy of ``calc.parameters[key]`` and writes
+    through ``calc.set(key=value)`` (so that a change clears the results it invalidates)."""
 
     def get(self: QEqCalculator) -> Any:
-        return self.parameters[key]
+        return copy_value(self.parameters[key])
 
     def put(self: QEqCalculator, value: Any) -> None:
         self.set(**{key: value})
 
     return property(get, put, doc=doc)
-
-
-def _same(a: Any, b: Any, tol: float) -> bool:
-    """ASE's ``equal(a, b, atol=tol)`` (same shape, all close) with an exact-equality
-    shortcut."""
-    if np.shape(a) != np.shape(b):
-        return False
-    return bool(np.array_equal(a, b) or np.allclose(a, b, rtol=0, atol=tol))
-
-
-def _compare_atoms(old: Any, atoms: Any, tol: float) -> list[str]:
-    """ASE's ``compare_atoms(old, atoms, tol)`` (the same list of changes), cheaper for
-    the common cases of an MD step (arrays exactly equal or clearly different)."""
-    if old is None:
-        return list(all_changes)
-    changes = [p for p in ("cell", "pbc") if not _same(getattr(old, p), getattr(atoms, p), tol)]
-    a, b = old.arrays, atoms.arrays
-    for prop in all_changes:
-        if prop in ("cell", "pbc"):
-            continue
-        if (prop in a) != (prop in b):
-            changes.append(prop)
-        elif prop in a and not _same(a[prop], b[prop], tol):
-            changes.append(prop)
-    return changes
 
 
 class QEqCalculator(Calculator):
@@ -80,7 +56,8 @@ class QEqCalculator(Calculator):
     changed ones and clears the results, ``calc.todict()`` gives the non-default ones, and
     ``QEqCalculator(**calc.todict())`` builds an equal calculator (also from what an ASE
     trajectory or database stored). Each setting is also an attribute (``calc.tol``,
-    ``calc.forces_mode``, ``calc.qeq_params``, ...); assigning one calls ``set``.
+    ``calc.forces_mode``, ``calc.qeq_params``, ...) that reads a copy; assigning one calls
+    ``set``; a direct edit of ``calc.parameters`` takes effect at the next call.
 
     Args:
         params: per-element parameter overrides (see :func:`solve_charges`); None uses the
@@ -109,11 +86,14 @@ class QEqCalculator(Calculator):
         short_range: None, a :class:`BornMayer`, a dict of Born-Mayer pairs
             ``{("Na", "Cl"): (A, rho)}`` (or ``BornMayer.todict()``'s form), ``"radii"``
             (generic wall from the table radii), or any object with BornMayer's ``energy``
-            method (such an object is not written to files by ``todict``).
+            method (``todict`` leaves such an object out, so trajectories and databases
+            record the calculator without it).
         warm_start: start the charge solve from the previous charges (implicit/envelope):
             after three calls on the same atoms, from their quadratic extrapolation
             ``3 q_n - 3 q_{n-1} + q_{n-2}`` (close to the answer in MD); the solve still runs
-            to ``tol`` from there.
+            to ``tol`` from there. Not with ``iterations`` (any forces mode): a fixed
+            iteration count starts from zero charges, so the result at a geometry does not
+            depend on earlier calls.
         device: torch device (default cpu); a device that does not exist here (e.g.
             ``"cuda"`` without CUDA) raises ``ValueError``.
         dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``.
@@ -198,28 +178,8 @@ class QEqCalculator(Calculator):
         unknown = set(kwargs) - allowed - set(DEFAULT_PARAMETERS)
         if unknown:
             raise TypeError(f"QEqCalculator got unexpected keyword argument(s) {sorted(unknown)}.")
-        given = {
-            "params": params,
-            "kernel": kernel,
-            "cutoff": cutoff,
-            "coulomb_constant": coulomb_constant,
-            "ewald": ewald,
-            "ewald_accuracy": ewald_accuracy,
-            "ewald_method": ewald_method,
-            "total_charge": total_charge,
-            "tol": tol,
-            "max_iter": max_iter,
-            "iterations": iterations,
-            "forces": forces,
-            "adjoint_tol": adjoint_tol,
-            "short_range": short_range,
-            "warm_start": warm_start,
-            "device": device,
-            "dtype": dtype,
-            "check_definite": check_definite,
-            "skin": skin,
-            "solver": solver,
-        }
+        # the named arguments (the parameters), in the signature's order
+        given = {key: value for key, value in locals().items() if key in DEFAULT_PARAMETERS}
         #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
@@ -228,6 +188,7 @@ class QEqCalculator(Calculator):
         # its PME influence function stays cached; NPT and cell filters ask every step
         self._stress_wanted = False
         self._built: _calc_params.Built | None = None
+        self._snapshot: dict[str, Any] | None = None  # the parameters _built was built from
         self._clear_state()
         # ASE's constructor sets the default parameters, then calls self.set(**given)
         super().__init__(**given, **kwargs)
@@ -240,18 +201,57 @@ class QEqCalculator(Calculator):
         Every value is checked (an unknown name is a ``TypeError``, a bad value a
         ``TypeError``/``ValueError``, and then nothing changes) and stored as plain data.
         Returns the changed parameters (ASE's convention); any change clears the results,
-        so the next property request recomputes them.
+        so the next property request recomputes them (so does an edit in place of
+        ``calc.parameters``, checked here too).
         """
         new = {key: normalize(key, value) for key, value in kwargs.items()}
-        merged = {**self.parameters, **new}
-        built = _calc_params.build(merged)  # validates the combination; raises before a change
+        edited = self._stale() - set(new)
+        drift = {k: normalize(k, self.parameters[k]) for k in edited if k in self.parameters}
+        built = _calc_params.build({**self.parameters, **drift, **new})  # raises before a change
         changed = super().set(**new)
-        if changed or self._built is None:
+        self.parameters.update(drift)
+        stale = self._stale()
+        changed.update({k: new[k] for k in stale & set(new)})
+        if stale or self._built is None:
             self._built = built
+            self._snapshot = _calc_params.snapshot(self.parameters)
             self._clear_state()
-        if set(changed) - NEUTRAL:
+        if stale - NEUTRAL:
             self.reset()
         return changed
+
+    def _stale(self) -> set[str]:
+        """The parameters changed since the settings were built (e.g. edited in place)."""
+        return _calc_params.stale(self.parameters, self._snapshot)
+
+    def todict(self, skip_default: bool = True) -> dict[str, Any]:
+        """ASE's ``todict`` (the non-default parameters, as copies), less a custom
+        ``short_range`` object (not plain data: trajectories and databases cannot hold it)."""
+        d = super().todict(skip_default)
+        if not _calc_params.plain_short_range(self.parameters.get("short_range")):
+            d.pop("short_range", None)
+        return {key: copy_value(value) for key, value in d.items()}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QEqCalculator:
+        """A copy with the parameters, results, last solution and warm-start charges, less
+        what is kept between calls (pair list, parameter table, certificate)."""
+        memo[id(self)] = new = type(self).__new__(type(self))
+        kept = {"_verlet", "_certificate", "_table_key", "_table", "_symbols", "_built"}
+        new.__dict__.update(
+            {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in kept}
+        )
+        new._built = _calc_params.build(new.parameters)
+        new._snapshot = _calc_params.snapshot(new.parameters)
+        new._clear_state()
+        return new
+
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
+        """ASE's ``get_property``, after taking in any direct edit of ``calc.parameters``."""
+        if self._stale():
+            kept = self.atoms
+            self.set()  # checks, rebuilds and clears the results
+            atoms = kept if atoms is None else atoms
+        return super().get_property(name, atoms, allow_calculation)
 
     def _clear_state(self) -> None:
         """Forget what is kept between calls (pair list, parameter table, certificate)."""
@@ -307,6 +307,9 @@ class QEqCalculator(Calculator):
     ) -> None:
         """Solve the charges and fill ``self.results`` (energy, forces, charges, and
         stress for a fully periodic cell or dipole for a molecule)."""
+        if self._stale():  # calc.parameters edited in place: check and rebuild first
+            atoms = self.atoms if atoms is None else atoms
+            self.set()
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))
@@ -341,7 +344,8 @@ class QEqCalculator(Calculator):
         positions = pos0 @ deform
         cell = cell0 @ deform
         q0 = None
-        warm = self.parameters["warm_start"]
+        # a fixed iteration count starts from zero: no dependence on earlier calls
+        warm = self.parameters["warm_start"] and self.parameters["iterations"] is None
         if warm and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
             q0 = self._q_prev
             h = [x for x in self._q_hist if x.shape == q0.shape and x.device == q0.device]
@@ -380,8 +384,9 @@ class QEqCalculator(Calculator):
         )
         wrt = [pos0, strain] if want_stress else [pos0]
         grads = torch.autograd.grad(sol.energy, wrt)
-        self.solution = sol
-        self._q_prev = sol.x.detach()
+        # detached: keeping the graph would hold its memory until the next call
+        self.solution = sol = replace(sol, x=sol.x.detach(), energy=sol.energy.detach())
+        self._q_prev = sol.x
         self._q_hist = [*self._q_hist[-2:], self._q_prev]
         energy = float(sol.energy.detach())
         charges = sol.x.detach().cpu().numpy().astype(np.float64)

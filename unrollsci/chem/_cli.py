@@ -4,7 +4,10 @@ File safety: an existing output is replaced only with ``--force``, an input (FIL
 ``--params`` file) never is; nothing is created before the first energy and forces have
 been computed, and the relaxed structure and trajectory are written to temporary files
 in their folders and moved into place at the end, so a failed run leaves no file behind
-and an interrupted one leaves earlier files as they were.
+and an interrupted one leaves earlier files as they were. Before the relaxation, the
+starting structure is written to a temporary file in --out's format (then removed): a
+format that cannot hold the structure (e.g. POSCAR for a molecule, which has no cell)
+is a usage error before any work.
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ from typing import Any, NamedTuple
 
 from .._argtypes import device_arg, float_arg, int_arg
 
-__all__ = ["relax_main", "EXIT_CONVERGED", "EXIT_NOT_CONVERGED", "EXIT_USAGE", "EXIT_INPUT"]
+__all__ = [
+    "relax_main",
+    "EXIT_CONVERGED",
+    "EXIT_NOT_CONVERGED",
+    "EXIT_USAGE",
+    "EXIT_INPUT",
+    "EXIT_OUTPUT",
+]
 
 #: exit status of ``unrollsci relax``
 EXIT_CONVERGED = 0
 EXIT_NOT_CONVERGED = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3
+EXIT_OUTPUT = 4
 
 PROG = "unrollsci relax"
 
@@ -36,10 +47,13 @@ exit status:
   0  converged; the relaxed structure and its trajectory were written
   1  not converged within --steps; the last structure and trajectory were written
   2  usage error: a bad option value, a missing FILE or --params file, a --params file
-     that is not JSON, or an output that exists (pass --force) or is an input (never
-     replaced); nothing was written
+     that is not JSON, an output that exists (pass --force) or is an input (never
+     replaced), or an --out format that cannot hold the structure (e.g. POSCAR for a
+     molecule); nothing was written
   3  input or computation error: FILE cannot be read, an element has no QEq parameters,
      the parameters are invalid, the charge solve fails; nothing was written
+  4  output error: the relaxed structure could not be written in --out's format
+     (nothing written), or an output could not be moved into place
 
 outputs: --out (default FILE_relaxed.xyz) and --traj (default: --out with suffix .traj)."""
 
@@ -182,6 +196,17 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def _write_structure(path: Path, atoms: Any, fmt: str) -> str | None:
+    """Write ``atoms`` to ``path`` as ``fmt``; None, or the reason it failed (one line)."""
+    from ase.io import write
+
+    try:
+        write(path, atoms, format=fmt)
+    except Exception as exc:  # noqa: BLE001 - ASE's writers raise many types
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    return None
+
+
 def relax_main(argv: list[str] | None = None) -> int:
     """Relax the structure in FILE (any format ASE reads) and write it and its trajectory.
 
@@ -207,7 +232,7 @@ def relax_main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():
             return _error(f"the output folder {str(folder)!r} does not exist", EXIT_USAGE)
 
-    from ase.io import read, write
+    from ase.io import read
     from ase.io.formats import filetype
     from ase.io.trajectory import Trajectory
     from ase.optimize import BFGS, FIRE
@@ -218,6 +243,18 @@ def relax_main(argv: list[str] | None = None) -> int:
         atoms = read(inp)
     except Exception as exc:  # noqa: BLE001 - report any reader failure plainly
         return _error(f"could not read {str(inp)!r}: {exc}", EXIT_INPUT)
+    fmt = filetype(out, read=False)
+    # the format must hold this structure: find out now, not after the relaxation
+    try:
+        with _temp_next_to(out) as trial:
+            failure = _write_structure(trial, atoms, fmt)
+    except OSError as exc:  # no file can be created in the output folder
+        return _error(f"cannot create a file next to {str(out)!r}: {exc}", EXIT_USAGE)
+    if failure is not None:
+        return _error(
+            f"cannot write the structure of {str(inp)!r} as {fmt!r} ({str(out)!r}): {failure}",
+            EXIT_USAGE,
+        )
     library_errors = (ValueError, TypeError, KeyError, ConvergenceError, ImportError)
     try:
         atoms.calc = QEqCalculator(
@@ -265,7 +302,13 @@ def relax_main(argv: list[str] | None = None) -> int:
         except library_errors as exc:
             steps = opt.nsteps if opt is not None else 0
             return _error(f"{exc} (after {steps} steps; nothing written)", EXIT_INPUT)
-        write(tmp_out, atoms, format=filetype(out, read=False))
+        failure = _write_structure(tmp_out, atoms, fmt)
+        if failure is not None:
+            return _error(
+                f"could not write the relaxed structure to {str(out)!r}: {failure} (after "
+                f"{opt.nsteps} steps; nothing written)",
+                EXIT_OUTPUT,
+            )
         # an output that appeared while the relaxation ran is not replaced without --force
         try:
             with never_replace([out, traj_path], force=args.force):
@@ -273,6 +316,8 @@ def relax_main(argv: list[str] | None = None) -> int:
                 publish(tmp_traj, traj_path)
         except OutputExistsError as exc:
             return _error(str(exc), EXIT_USAGE)
+        except OSError as exc:
+            return _error(f"could not write the outputs: {exc}", EXIT_OUTPUT)
     print(
         f"{'converged' if converged else 'NOT converged'} after {opt.nsteps} steps; "
         f"relaxed structure: {out}; trajectory: {traj_path}"
