@@ -29,6 +29,17 @@ def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
     check_batch("x", x)
 
 
+def _scaled_energy(v: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(e, s)`` with ``||v||^2 = s^2 e`` per row (``keep``) or over the batch: ``s`` the
+    largest magnitude (detached; 1 when ``v`` is 0), so ``e`` neither under- nor overflows."""
+    big = v.detach().abs().amax(-1)
+    if not keep:
+        big = big.amax()
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    e = (v / (big[:, None] if keep else big)).pow(2).sum(-1)
+    return (e if keep else e.sum()), big
+
+
 def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Normalized mean squared error in dB, ``10 log10(||x - x*||^2 / ||x*||^2)``.
 
@@ -36,6 +47,11 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
         x, x_true: ``(batch, ...)`` estimate and ground truth.
         reduction: ``"mean"`` (ratio of the sums over the batch, the convention of
             the LISTA literature), or ``"none"`` (one value per batch entry).
+
+    Returns:
+        The NMSE in dB; ``-inf`` where the error is 0 (``x == x*``, also for a zero
+        ``x*``), ``+inf`` where ``x* = 0`` and the error is not 0 (no finite value then).
+        The gradient is 0 at a zero ``x*``.
 
     Example:
         >>> import torch
@@ -45,22 +61,17 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
     _check_pair(x, x_true)
     if reduction not in ("mean", "none"):
         raise ValueError(f"Expected reduction 'mean' or 'none' (got {reduction!r}).")
-    d = (x - x_true).reshape(x.shape[0], -1)
-    r = x_true.reshape(x.shape[0], -1)
-    # both divided by one scale (their largest entry, over the batch for "mean", per entry
-    # for "none"): the ratio is that of the raw sums, with no squares under- or overflowing
-    # (data of size 1e-160 or 1e160 give the digits of data of size 1)
     keep = reduction == "none"
-    big = torch.maximum(d.detach().abs().amax(-1), r.detach().abs().amax(-1))
-    if not keep:
-        big = big.amax()
-    big = torch.where(big > 0, big, torch.ones_like(big))
-    big = big[:, None] if keep else big
-    err = (d / big).pow(2).sum(-1)
-    ref = (r / big).pow(2).sum(-1)
-    if not keep:
-        err, ref = err.sum(), ref.sum()
-    return 10.0 * torch.log10(err / ref.clamp_min(torch.finfo(ref.dtype).tiny))
+    # each sum divided by the square of its largest entry (over the batch for "mean", per
+    # entry for "none"), the scales' ratio taken in logs: no square under- or overflows
+    # (data of size 1e-160 or 1e160, or an error 1e300 times the target, keep their digits)
+    err, big_d = _scaled_energy((x - x_true).reshape(x.shape[0], -1), keep)
+    ref, big_r = _scaled_energy(x_true.reshape(x.shape[0], -1), keep)
+    some = ref > 0
+    db = 10.0 * (torch.log10(err) - torch.log10(torch.where(some, ref, 1.0)))
+    db = db + 20.0 * (torch.log10(big_d) - torch.log10(big_r))
+    inf = torch.full_like(db, float("inf"))
+    return torch.where(some, db, torch.where(err > 0, inf, -inf))
 
 
 def mse(x: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:
@@ -96,7 +107,13 @@ def kkt_residual(
     """
     op = as_operator(operator, "operator")
     if step is None:
-        step = 1.0 / op.norm() ** 2
+        lip = op.norm() ** 2
+        if lip == 0:
+            raise ValueError(
+                "The operator is zero (||A|| = 0): the lasso has no data term and the "
+                "default step 1 / ||A||^2 is undefined."
+            )
+        step = 1.0 / lip
     step = check_positive("step", step)
     for name, t in (("x", x), ("y", y)):
         if isinstance(t, torch.Tensor) and t.dim() >= 1:

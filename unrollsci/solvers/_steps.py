@@ -136,18 +136,34 @@ def bg_denoise(
     """
     dtype = r.dtype
     tiny = torch.finfo(dtype).tiny ** 0.25  # 1/tau^2 (in the gradient) stays finite
-    big = math.sqrt(torch.finfo(dtype).max)
     tau = torch.as_tensor(tau, dtype=dtype, device=r.device).clamp_min(tiny)
+    return _bg_denoise_std(r, tau.sqrt(), rho, sigma2, rho_logit)
+
+
+def _bg_denoise_std(
+    r: torch.Tensor,
+    std: torch.Tensor,
+    rho: torch.Tensor | float | None,
+    sigma2: torch.Tensor | float,
+    rho_logit: torch.Tensor | float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bg_denoise` given the noise's standard deviation ``std = sqrt(tau)``: ``tau``
+    itself is never formed, so data whose variance overflows (``|r|`` near the square root
+    of the dtype's largest number) still give the finite estimate."""
+    dtype = r.dtype
+    big = math.sqrt(torch.finfo(dtype).max)
     if (rho is None) == (rho_logit is None):
         raise ValueError("Give exactly one of 'rho' and 'rho_logit'.")
     if rho_logit is None:
         rho_logit = torch.logit(torch.as_tensor(rho, dtype=dtype, device=r.device))
     rho_logit = torch.as_tensor(rho_logit, dtype=dtype, device=r.device)
     sigma2 = torch.as_tensor(sigma2, dtype=dtype, device=r.device)
-    c = sigma2 / (sigma2 + tau)
+    std = std.clamp_min(torch.finfo(dtype).tiny ** 0.125)
+    ratio = std * (std / sigma2)  # tau / sigma2 (inf when tau overflows: c = 0)
+    c = 1.0 / (1.0 + ratio)  # sigma2 / (sigma2 + tau)
     # q is clamped so that (1 - pi) * q is 0 * finite (not 0 * inf) when r^2 / tau overflows
-    q = (c * r.square() / tau).clamp(max=big)
-    log_odds = rho_logit - 0.5 * torch.log1p(sigma2 / tau) + 0.5 * q
+    q = (c * (r / std).square()).clamp(max=big)
+    log_odds = rho_logit - 0.5 * torch.log1p(1.0 / ratio) + 0.5 * q
     pi = torch.sigmoid(log_odds)
     pi_off = torch.sigmoid(-log_odds)  # 1 - pi without cancellation
     return pi * c * r, c * pi * (1.0 + pi_off * q)
@@ -177,9 +193,13 @@ def bg_amp_step(
     """
     m = y.shape[-1]
     z = y - op.mv(x) + onsager * z
-    tau = tau_scale * z.square().sum(dim=-1, keepdim=True) / m
+    # sqrt(tau) = sqrt(tau_scale / m) ||z||, the norm scale-free (its square may overflow)
+    top = z.detach().abs().amax(dim=-1, keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    norm = top * torch.linalg.vector_norm(z / top, dim=-1, keepdim=True)
     pseudo = x + op.rmv(z)
-    x_next, deriv = bg_denoise(pseudo, tau, rho, sigma2, rho_logit=rho_logit)
+    std = (tau_scale / m) ** 0.5 * norm
+    x_next, deriv = _bg_denoise_std(pseudo, std, rho, sigma2, rho_logit)
     b = deriv.sum(dim=-1, keepdim=True) / m
     return x_next, z, b
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..unrolled._base import layer_lists
 from ._checks import _check_int
 
 __all__ = ["LayerwiseHistory", "fit_layerwise", "layer_nmse_db"]
@@ -81,21 +82,18 @@ def layer_nmse_db(
 
 
 def _layer_params(model: nn.Module, layer: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(own, vectors)`` of 0-based ``layer``: the per-layer matrices of that layer (and a
-    tied matrix at layer 0), and the per-layer vectors ``(K, ...)`` whose row ``layer`` is its
-    own (the others are masked in the new-layer stage)."""
+    """``(own, vectors)`` of 0-based ``layer``: the per-layer matrices of that layer (and the
+    tied matrices first used there: :func:`~unrollsci.unrolled._base.layer_lists`) with the
+    global parameters, and the per-layer vectors and stacks ``(K, ...)`` whose row ``layer``
+    is its own (the others are masked in the new-layer stage)."""
     k = int(model.num_layers)
     own: list[nn.Parameter] = []
     in_lists: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.ParameterList):
-            shift = k - len(module)
-            for j, p in enumerate(module):
-                in_lists.add(id(p))
-                shared = len(module) == 1 and k > 1  # tied: trained with layer 1
-                if (shared and layer == 0) or (not shared and j + shift == layer):
-                    if p.requires_grad:
-                        own.append(p)
+    for module, first, tied in layer_lists(model):
+        for j, p in enumerate(module):
+            in_lists.add(id(p))
+            if (first if tied else first + j) == layer and p.requires_grad:
+                own.append(p)
     vectors = [
         p
         for p in model.parameters()
@@ -110,22 +108,19 @@ def _layer_params(model: nn.Module, layer: int) -> tuple[list[nn.Parameter], lis
 
 
 def _layer_matrices(model: nn.Module, layer: int) -> list[nn.Parameter]:
-    """The per-layer matrices (``nn.ParameterList`` entries, untied) of 0-based ``layer``."""
-    k = int(model.num_layers)
+    """The per-layer matrices (untied ``nn.ParameterList`` entries) of 0-based ``layer``."""
     out: list[nn.Parameter] = []
-    for module in model.modules():
-        if isinstance(module, nn.ParameterList) and len(module) > 1:
-            j = layer - (k - len(module))
-            if 0 <= j < len(module):
-                out.append(module[j])
+    for module, first, tied in layer_lists(model):
+        if not tied and 0 <= layer - first < len(module):
+            out.append(module[layer - first])
     return out
 
 
 def _decay_factors(model: nn.Module, k: int, decay_rate: float) -> dict[int, Any]:
     """Rate multipliers of the all-layer stages at layer ``k`` (1-based): layer ``j``'s
     constants (0-based ``j < k``) get ``decay_rate ** (k - 1 - j)``: a float per untied
-    per-layer matrix, a ``(K, 1, ...)`` tensor per per-layer vector (one factor a row).
-    Parameters of neither kind (tied matrices, globals) are not decayed."""
+    per-layer matrix, a ``(K, 1, ...)`` tensor per per-layer vector or stack (one factor a
+    row). Parameters of neither kind (tied matrices, globals) are not decayed."""
     num = int(model.num_layers)
 
     def factor(j: int) -> float:
@@ -133,13 +128,11 @@ def _decay_factors(model: nn.Module, k: int, decay_rate: float) -> dict[int, Any
 
     out: dict[int, Any] = {}
     in_lists: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.ParameterList):
-            shift = num - len(module)
-            for j, p in enumerate(module):
-                in_lists.add(id(p))
-                if len(module) > 1:
-                    out[id(p)] = factor(j + shift)
+    for module, first, tied in layer_lists(model):
+        for j, p in enumerate(module):
+            in_lists.add(id(p))
+            if not tied:
+                out[id(p)] = factor(first + j)
     for p in model.parameters():
         if id(p) not in in_lists and p.dim() >= 1 and p.shape[0] == num:
             rows = torch.tensor([factor(j) for j in range(num)], dtype=p.dtype, device=p.device)
@@ -224,10 +217,13 @@ def fit_layerwise(
         val_data: fixed ``(y, x)`` validation set.
         lr: base learning rate (Adam).
         lr_decays: factors of ``lr`` of the all-layer stages.
-        vector_lr: learning rate multiplier of the per-layer vectors (thresholds, steps;
-            softplus-parameterized, so a step changes them by a relative amount); default 1.
+        vector_lr: learning rate multiplier of the per-layer vectors and stacks
+            ``(K, ...)`` (thresholds, steps, diagonal and block preconditioners; mostly
+            softplus-parameterized, so a step changes them by a relative amount), in every
+            stage; default 1.
         decay_rate: in the all-layer stages of layer ``k``, the learning rate of layer
-            ``j``'s constants (its untied matrices and its entries of the per-layer vectors)
+            ``j``'s constants (its untied matrices and its rows of the per-layer vectors and
+            stacks)
             is multiplied by ``decay_rate ** (k - j)``: each trained layer's rate is
             multiplied by ``decay_rate`` after every new layer (Chen et al. 2018 use 0.3).
             Their code multiplies the gradients instead, which Adam's normalization undoes
@@ -243,10 +239,10 @@ def fit_layerwise(
             loaded from a checkpoint; its layer ``start_layer`` is not warm-started, and
             ``history.steps`` and ``layer_db`` cover the trained layers only).
         freeze_below: the first ``freeze_below`` layers keep their constants in every
-            stage (their per-layer matrices and vector entries get no updates; shared
-            parameters still train). With ``start_layer``, it lets a continued training
-            leave alone early layers whose validation curve is nearly flat, where any
-            change would break the non-increasing guarantee.
+            stage (their per-layer matrices and rows of the per-layer vectors and stacks
+            get no updates; shared parameters still train). With ``start_layer``, it lets a
+            continued training leave alone early layers whose validation curve is nearly
+            flat, where any change would break the non-increasing guarantee.
         loss: ``"nmse"`` (default): the batch's relative squared error of layer ``k``;
             ``"log"``: its logarithm, so every batch's gradient is relative to its own
             error level (deep noiseless layers reach errors of ``1e-7`` and below).
@@ -364,13 +360,11 @@ def fit_layerwise(
         for si, (stage_lr, only_new) in enumerate(stages):
             if only_new:
                 mats, vecs = own, vectors
-            else:
-                mats = [p for p in model.parameters() if p.requires_grad and p.dim() != 1]
-                vecs = [p for p in model.parameters() if p.requires_grad and p.dim() == 1]
+            else:  # per-layer vectors and stacks (K, ...): row mask, row decay, vector_lr
                 vec_ids = {id(p) for p in vectors}
-                mats += [p for p in vecs if id(p) not in vec_ids]
-                mats = [p for p in mats if id(p) not in frozen_mats]
-                vecs = [p for p in vecs if id(p) in vec_ids]
+                trained = [p for p in model.parameters() if p.requires_grad]
+                vecs = [p for p in trained if id(p) in vec_ids]
+                mats = [p for p in trained if id(p) not in vec_ids and id(p) not in frozen_mats]
             row_decay: list[tuple[nn.Parameter, torch.Tensor]] = []
             if decay_rate != 1.0 and not only_new:
                 fac = _decay_factors(model, k, decay_rate)

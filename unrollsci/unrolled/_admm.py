@@ -3,6 +3,7 @@ x-update solve."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,6 +18,18 @@ from ._base import UnrolledLasso
 
 _X_UPDATES = ("exact", "cg", "learned")
 _EXACT_MAX_N = 20_000  # 3.2 GB for A^T A in float64
+
+
+def _pow2_scale(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Per system (row), the power of two ``s`` just above the largest entry of ``x`` and
+    ``r`` (1 for zero rows), detached. CG from ``(x / s, r / s)`` takes the same steps
+    scaled by ``1 / s`` (its step sizes are ratios of quadratic forms), and a power of two
+    scales exactly: the same bits at ordinary scales, and inner products that cannot
+    overflow for large data (``|y|`` of ``1e20`` in float32)."""
+    top = torch.maximum(
+        x.detach().abs().amax(-1, keepdim=True), r.detach().abs().amax(-1, keepdim=True)
+    )
+    return torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent)
 
 
 class ADMMNet(UnrolledLasso):
@@ -87,9 +100,11 @@ class ADMMNet(UnrolledLasso):
                 raise ValueError(f"Expected cg_steps >= 1 (got {cg_steps}).")
         self.x_update = x_update
         self.cg_steps = cg_steps
+        if rho is not None:
+            self._check_nonzero()  # as _lipschitz does without rho
         rho0 = self._lipschitz() if rho is None else float(rho)
-        if not rho0 > 0:
-            raise ValueError(f"Expected 'rho' > 0 (got {rho!r}).")
+        if not (math.isfinite(rho0) and rho0 > 0):
+            raise ValueError(f"Expected 'rho' > 0 and finite (got {rho!r}).")
         self.rho_init = None if rho is None else rho0
         if x_update == "exact":
             if self.n > _EXACT_MAX_N:
@@ -164,9 +179,10 @@ class ADMMNet(UnrolledLasso):
 
                     x0 = warm["x"]
                     m = None if precond is None else (lambda q, d=precond[k]: d * q)
-                    x, _, _, _ = pcg_iterate(
-                        matvec, x0, rhs - matvec(x0), max_iter=steps, precond=m
-                    )
+                    res = rhs - matvec(x0)
+                    s = _pow2_scale(x0, res)
+                    x, _, _, _ = pcg_iterate(matvec, x0 / s, res / s, max_iter=steps, precond=m)
+                    x = x * s
                     warm["x"] = x
                     return x
 

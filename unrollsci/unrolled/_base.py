@@ -16,12 +16,44 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from .._validation import check_finite, check_model_dtype, check_tensor, model_dtype
+from .._validation import (
+    check_batch,
+    check_finite,
+    check_model_dtype,
+    check_tensor,
+    model_dtype,
+)
 from ..operators import LinearOperator
 from ..prox import Prox, make_prox, soft_threshold
 from ..solvers import as_operator
 
-__all__ = ["UnrolledLasso", "softplus_inverse", "support_selection_threshold"]
+__all__ = ["UnrolledLasso", "layer_lists", "softplus_inverse", "support_selection_threshold"]
+
+
+_ZERO_OPERATOR = "The operator is zero (||A|| = 0): the lasso has no data term."
+
+
+def layer_lists(model: nn.Module) -> list[tuple[nn.ParameterList, int, bool]]:
+    """``(matrices, first, tied)`` for every non-empty ``nn.ParameterList`` of ``model``: its
+    entry ``j`` is layer ``first + j``'s own matrix, or (``tied``) its one entry is shared by
+    the layers from ``first`` on and belongs to layer ``first``, where it is first used.
+
+    A model declares both: each list's ``first_layer`` attribute (LISTA's ``S`` starts at
+    layer 1) and the model's ``tied`` flag. A list without ``first_layer`` ends at the last
+    layer, and a single entry in a deeper model is a tied matrix of layer 0.
+    """
+    num = int(model.num_layers)  # type: ignore[arg-type]
+    out = []
+    for module in model.modules():
+        if isinstance(module, nn.ParameterList) and len(module):
+            first = getattr(module, "first_layer", None)
+            if first is None:
+                tied = len(module) == 1 and num > 1
+                first = 0 if tied else num - len(module)
+            else:
+                tied = bool(getattr(model, "tied", False))
+            out.append((module, int(first), tied))
+    return out
 
 
 def softplus_inverse(value: float | torch.Tensor) -> torch.Tensor:
@@ -197,8 +229,17 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
     def _lipschitz(self) -> float:
         lip = self.operator.norm() ** 2
         if lip == 0:
-            raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
+            raise ValueError(_ZERO_OPERATOR)
         return lip
+
+    def _check_nonzero(self) -> None:
+        """Raise for a zero operator, as :meth:`_lipschitz`, without its norm: ``A v`` for
+        one seeded Gaussian ``v`` (zero with probability 0 unless ``A = 0``)."""
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(1, self.n, generator=gen, dtype=self.param_dtype).to(self._device)
+        with torch.no_grad():
+            if not bool(self.operator.mv(v).any()):
+                raise ValueError(_ZERO_OPERATOR)
 
     def _positive(self, value: float, count: int) -> nn.Parameter:
         """``count`` parameters whose softplus equals ``value`` (positive by construction)."""
@@ -224,6 +265,7 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
                 f"Expected 'y' of length {self.m} to match the operator's output "
                 f"(got shape {tuple(y.shape)})."
             )
+        check_batch("y", y)
         check_finite("y", y)
         check_model_dtype("measurements 'y'", y.dtype, self, data="y")
         return y, unbatched
@@ -254,18 +296,17 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
 
         Per-layer vectors (steps, thresholds) copy one entry, per-layer stacks
         ``(K, ...)`` (diagonal or block preconditioners) one slice, per-layer matrices
-        (``nn.ParameterList`` of one entry per layer, or one fewer when layer 0
-        has none) copy the matrix; tied parameters are left alone. Used to
+        (``nn.ParameterList`` of one entry per layer from its ``first_layer`` on:
+        :func:`layer_lists`) copy the matrix; tied parameters are left alone. Used to
         warm-start a new layer in layer-wise training.
         """
         k = self.num_layers
         if not (0 <= src < k and 0 <= dst < k):
             raise ValueError(f"Expected layers in 0..{k - 1} (got src={src}, dst={dst}).")
-        for module in self.modules():
-            if isinstance(module, nn.ParameterList) and len(module) > 1:
-                shift = k - len(module)  # LISTA's S starts at layer 1
-                if src - shift >= 0 and dst - shift >= 0:
-                    module[dst - shift].copy_(module[src - shift])
+        for module, first, tied in layer_lists(self):
+            i, j = src - first, dst - first  # LISTA's S starts at layer 1
+            if not tied and 0 <= i < len(module) and 0 <= j < len(module):
+                module[j].copy_(module[i])
         for p in self.parameters(recurse=False):
             # per-layer vectors (K,) and per-layer stacks (K, ...) of the structured models
             if p.dim() >= 1 and p.shape[0] == k:

@@ -65,6 +65,8 @@ class LISTA(UnrolledLasso):
         n_s = min(1, num_layers - 1) if self.tied else num_layers - 1
         self.W_e = nn.ParameterList([nn.Parameter(we.clone()) for _ in range(n_we)])
         self.S = nn.ParameterList([nn.Parameter(s.clone()) for _ in range(n_s)])
+        # which layer owns each matrix (layer-wise training, copy_layer): S starts at layer 1
+        self.W_e.first_layer, self.S.first_layer = 0, 1
         self.theta = self._positive(t * self.lam, num_layers)
 
     def _options(self) -> dict[str, Any]:
@@ -166,6 +168,7 @@ class LISTACP(_SupportSelection, UnrolledLasso):
         self.W = nn.ParameterList(
             [nn.Parameter(w.clone()) for _ in range(1 if self.tied else num_layers)]
         )
+        self.W.first_layer = 0
         self.theta = self._positive(t * self.lam, num_layers)
 
     def _options(self) -> dict[str, Any]:
@@ -230,12 +233,14 @@ class ALISTA(_SupportSelection, UnrolledLasso):
     """Analytic LISTA (Liu, Chen, Wang & Yin 2019).
 
     ``x_{k+1} = eta(x_k - gamma_k W^T (A x_k - y), theta_k)`` where ``W`` is fixed
-    (``weight="analytic"``: :func:`analytic_weight`, or ``weight="adjoint"``:
-    ``W = A / ||A||^2``, i.e. ISTA) and only the per-layer step ``gamma_k > 0`` and
-    threshold ``theta_k > 0`` are learned (``2 K`` parameters). ``eta`` uses support
-    selection as in the paper unless ``support_selection=False``.
+    (``weight="analytic"``: :func:`analytic_weight`, or ``weight="adjoint"``: ``W = A``,
+    so that the layer is ISTA's step with ``gamma_k`` in place of ``1 / ||A||^2``) and
+    only the per-layer step ``gamma_k > 0`` and threshold ``theta_k > 0`` are learned
+    (``2 K`` parameters). ``eta`` uses support selection as in the paper unless
+    ``support_selection=False``.
 
-    Initialisation: ``gamma_k = 1 / ||W^T A||_2`` and ``theta_k = gamma_k lam``, so
+    Initialisation: ``gamma_k = 1 / ||W^T A||_2`` (``1 / ||A||^2`` for the adjoint
+    weight) and ``theta_k = gamma_k lam``, so
     an untrained model with ``weight="adjoint"`` and no support selection equals
     ISTA, and with the analytic weight it equals the same iteration with fixed
     ``W`` (the "analytic" classical algorithm).

@@ -167,6 +167,7 @@ class LAMP(UnrolledLasso):
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         self._require_soft("LAMP (its Onsager term is the soft threshold's divergence)")
+        self._check_nonzero()  # a zero operator raises, as in the other models
         if not isinstance(tied, bool):
             raise TypeError(f"Expected tied a bool (got {type(tied).__name__}).")
         if tied and not learn_matrix:
@@ -193,6 +194,7 @@ class LAMP(UnrolledLasso):
             w = self._dense().to(self.param_dtype)
             count = 1 if self.tied else num_layers
             self.W = nn.ParameterList([nn.Parameter(w.clone()) for _ in range(count)])
+            self.W.first_layer = 0
         self.scale = self._positive(self.scale_init, num_layers)
         if denoiser == "bg":
             self.rho_init, self.sigma_x_init = check_prior(
