@@ -137,15 +137,17 @@ def node_features(a: Any, d: np.ndarray) -> torch.Tensor:
     x[1] = dis * rowsum(np.abs(a.data), dis) - 1.0
     x[2] = deg / 8.0
     x[3] = 1.0
-    # (d_j - d_i) / (d_j + d_i) per stored entry, in the features' float32, in place
-    d32 = d.astype(np.float32)
-    den = np.repeat(d32, np.diff(a.indptr))  # d_i of every entry of row i
-    num = d32[a.indices]
-    num -= den  # d_j - d_i
+    # (d_j - d_i) / (d_j + d_i) per stored entry: formed in float64 from d / 2 (the ratio is
+    # scale-free, and no d of a float64 matrix overflows or underflows here, as it would
+    # in float32 for |d| beyond about 3e38 or below 1e-38), then cast to the features' float32
+    half = 0.5 * np.asarray(d, dtype=np.float64)
+    den = np.repeat(half, np.diff(a.indptr))  # d_i / 2 of every entry of row i
+    num = half[a.indices]
+    num -= den  # (d_j - d_i) / 2
     den *= 2.0
-    den += num  # d_j + d_i
+    den += num  # (d_j + d_i) / 2
     num /= den
-    x[4] = rowsum(num, np.ones(n, dtype=np.float32)) / np.maximum(deg, 1)
+    x[4] = rowsum(num.astype(np.float32), np.ones(n, dtype=np.float32)) / np.maximum(deg, 1)
     return torch.from_numpy(x).T
 
 

@@ -171,7 +171,15 @@ def amg(A: Any, *, seed: int | None = 0, **kwargs: Any) -> AMGPreconditioner:  #
             it, vary from call to call. With an integer seed the setup runs under that seed
             and is reproducible; numpy's global generator is restored afterwards. ``None``:
             PyAMG's own behaviour.
-        **kwargs: passed to ``pyamg.smoothed_aggregation_solver``.
+        **kwargs: passed to ``pyamg.smoothed_aggregation_solver``. The cycle they give
+            must be symmetric (CG's preconditioner, and the gradient through it, assume
+            so): pre- and post-smoothers adjoint (e.g. ``sweep="symmetric"``, PyAMG's
+            default, or ``"forward"`` before and ``"backward"`` after) and ``R = P^T``.
+
+    Raises:
+        ValueError: bad ``A`` (see :func:`ic0`), or options that make the cycle
+            non-symmetric (checked after the setup with two seeded random vectors,
+            when an option other than those that shape the hierarchy only is given).
     """
     try:
         import pyamg
@@ -189,4 +197,43 @@ def amg(A: Any, *, seed: int | None = 0, **kwargs: Any) -> AMGPreconditioner:  #
             ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
         finally:
             np.random.set_state(state)
-    return AMGPreconditioner(ml, a.shape[0])
+    pre = AMGPreconditioner(ml, a.shape[0])
+    if set(kwargs) - _HIERARCHY_OPTIONS:  # smoothers, symmetry, coarse solver: probe
+        _check_symmetric_cycle(pre._apply_np, a.shape[0])
+    return pre
+
+
+# Options of PyAMG's SA that shape the hierarchy only: R = P^T and the (default) symmetric
+# Gauss-Seidel smoothing and pinv coarse solve keep the cycle symmetric whatever they are,
+# so no probe (two extra cycles) is needed for them.
+_HIERARCHY_OPTIONS = {
+    "B",
+    "BH",
+    "strength",
+    "aggregate",
+    "smooth",
+    "improve_candidates",
+    "max_levels",
+    "max_coarse",
+    "diagonal_dominance",
+    "keep",
+}
+
+
+def _check_symmetric_cycle(apply: Any, n: int, rtol: float = 1e-10) -> None:
+    """Raise unless ``y^T M x = x^T M y`` (to ``rtol``) for two random vectors (a seeded
+    generator of their own: numpy's global one is not touched)."""
+    x, y = np.random.default_rng(12345).standard_normal((2, n))
+    mx, my = np.asarray(apply(x), dtype=np.float64), np.asarray(apply(y), dtype=np.float64)
+    scale = max(np.linalg.norm(mx) * np.linalg.norm(y), np.linalg.norm(my) * np.linalg.norm(x))
+    if not np.isfinite(scale):
+        raise ValueError("amg(): the PyAMG cycle returned non-finite values.")
+    asym = abs(float(y @ mx) - float(x @ my))
+    if not asym <= rtol * scale:
+        raise ValueError(
+            "amg(): these PyAMG options give a non-symmetric V-cycle (|y^T M x - x^T M y| = "
+            f"{asym / scale:.1e} relative), but a preconditioner for CG, and the gradient "
+            "through it, must be symmetric: the pre- and post-smoothers must be adjoint "
+            "(e.g. sweep='symmetric', or 'forward' before and 'backward' after) and R = P^T "
+            "(symmetry='hermitian')."
+        )

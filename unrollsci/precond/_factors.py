@@ -129,11 +129,14 @@ class BlockPreconditioner(Preconditioner):
     def values(self, v: torch.Tensor) -> None:
         # Assigning new values (not modifying them in place) refreshes the block inverses.
         self._values = v
-        self._inv: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._inv: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}
 
     def inverse_blocks(self, like: torch.Tensor) -> torch.Tensor:
-        """``L_b^{-1}`` for every block (batched triangular solves), formed once per dtype."""
-        key = (like.dtype, like.device)
+        """``L_b^{-1}`` for every block (batched triangular solves), formed once per dtype,
+        device and grad mode: an inverse formed without a graph (under ``torch.no_grad()``)
+        is never served where gradients to ``values`` are needed."""
+        graph = torch.is_grad_enabled() and self._values.requires_grad
+        key = (like.dtype, like.device, graph)
         if key not in self._inv:
             blk = self.blocks(like)
             eye = torch.eye(self.block_size, dtype=blk.dtype, device=blk.device)

@@ -378,4 +378,8 @@ def _wrap(
     m.ordering = name
     if perm is None:
         return m
-    return PermutedPreconditioner(m, perm, name).to(m.values.device)
+    out = PermutedPreconditioner(m, perm, name).to(m.values.device)
+    for attr in ("shift", "omega", "variant"):  # documented on ic0's / mic0's result
+        if hasattr(m, attr):
+            setattr(out, attr, getattr(m, attr))
+    return out

@@ -31,6 +31,13 @@ _KINDS = ("factor", "inverse", "block", "poly", "amg")
 _BASES = ("ic0", "mic", "ssor", "identity")
 
 
+def _check_ints(**sizes: Any) -> None:
+    """Refuse a size argument that is not an integer (a bool, or a float such as 2.5)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"Expected '{name}' to be an integer (got {value!r}).")
+
+
 class LearnedPreconditioner(nn.Module):
     """A preconditioner whose factor values come from a GNN over the matrix graph.
 
@@ -150,6 +157,8 @@ class LearnedPreconditioner(nn.Module):
         super().__init__()
         if kind not in _KINDS:
             raise ValueError(f"Expected kind in {_KINDS} (got {kind!r}).")
+        _check_ints(hidden=hidden, layers=layers, block_size=block_size, min_n=min_n)
+        _check_ints(degree=degree, **({} if max_n is None else {"max_n": max_n}))
         base = (
             base
             if base is not None
@@ -182,7 +191,8 @@ class LearnedPreconditioner(nn.Module):
                 f"Expected coarsening 'sa', 'rs' or 'rs-direct', and only with kind='amg' (got "
                 f"coarsening={coarsening!r}, kind={kind!r})."
             )
-        if int(sweeps) != sweeps or sweeps < 1 or (kind != "amg" and sweeps != 1):
+        bad_sweeps = isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1
+        if bad_sweeps or (kind != "amg" and sweeps != 1):
             raise ValueError(
                 f"Expected an integer sweeps >= 1, other than 1 only with kind='amg' (got "
                 f"sweeps={sweeps!r}, kind={kind!r})."

@@ -116,8 +116,21 @@ def _check_matrix(a: Any, name: str = "a") -> None:
         )
 
 
+def _canonical_csr(a: Any) -> Any:
+    """``a`` as canonical scipy CSR (sorted, unique column indices): ``a`` itself when it is
+    one, otherwise a copy (the caller's matrix is never modified)."""
+    import scipy.sparse as sp
+
+    if a.format == "csr" and a.has_canonical_format:
+        return a
+    out = sp.csr_matrix(a, copy=True)
+    out.sum_duplicates()
+    return out
+
+
 def candidate_orderings(a: Any, orderings: OrderingsArg) -> dict[str, np.ndarray]:
-    """The candidate orderings of a validated scipy CSR matrix ``a``.
+    """The candidate orderings of a validated scipy sparse matrix ``a`` (any format; a
+    callable gets it as canonical CSR).
 
     ``orderings``:
 
@@ -128,6 +141,7 @@ def candidate_orderings(a: Any, orderings: OrderingsArg) -> dict[str, np.ndarray
     * a callable ``A -> {name: perm}`` (e.g. ``lambda A: grid_orderings(nx, ny)``).
     """
     _check_matrix(a)
+    a = _canonical_csr(a)
     n = a.shape[0]
     if callable(orderings) and not isinstance(orderings, str):
         orderings = orderings(a)
@@ -278,9 +292,20 @@ def select_ordering(
     among candidates within 5e-4 of that least value, the one that drops the least fill
     in absolute value.
 
+    Args:
+        a: scipy sparse matrix with a positive diagonal.
+        candidates: ``{name: perm}``, e.g. from :func:`candidate_orderings` (which turns
+            ``"grid"``, ``"rcm"`` and the other forms into one).
+
     Returns:
         the chosen name and every candidate's ``(positive, total_abs)``.
     """
+    if not isinstance(candidates, Mapping):
+        raise TypeError(
+            "Expected 'candidates' to be a mapping {name: perm} (got "
+            f"{type(candidates).__name__}); candidate_orderings(a, {candidates!r:.40}) "
+            "turns a name such as 'grid' or 'rcm' into one."
+        )
     if not candidates:
         raise ValueError("Expected at least one candidate ordering (got none).")
     _check_matrix(a)
@@ -365,9 +390,12 @@ def permute_matrix(a: Any, perm: np.ndarray) -> Any:
 def reorder(a: Any, ordering: Any) -> tuple[Any, np.ndarray | None, str | None]:
     """``(P A P^T, perm, name)`` for the candidate ordering :func:`select_ordering` picks
     from ``candidate_orderings(a, ordering)``; ``(a, None, name)`` when that is the given
-    order and ``(a, None, None)`` without an ordering."""
+    order and ``(a, None, None)`` without an ordering. Any scipy sparse format is taken
+    (turned into canonical CSR, a copy where it is not one already)."""
     if ordering is None:
         return a, None, None
+    _check_matrix(a)
+    a = _canonical_csr(a)
     cands = candidate_orderings(a, ordering)
     name, _ = select_ordering(a, cands)
     perm = cands[name]
