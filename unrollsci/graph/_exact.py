@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..operators import LinearOperator
+
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
 
@@ -80,3 +82,23 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
         out = sol.x
     p._cache[key] = out
     return out
+
+
+class _Hessian(LinearOperator):
+    """``H = A^T A + lam L`` of a problem, as a LinearOperator (per-sample masks allowed)."""
+
+    def __init__(self, problem: GraphInverseProblem) -> None:
+        super().__init__()
+        self.problem = problem
+        n = problem.num_nodes
+        self.in_shape = self.out_shape = (n,)
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.problem.y.device
+
+    def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.problem.hessian(x)
+
+    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        return self.problem.hessian(y)

@@ -9,7 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import DtypeMismatchError, check_model_dtype, model_dtype
+from .._validation import (
+    DtypeMismatchError,
+    check_finite,
+    check_model_dtype,
+    check_same_device,
+    check_tensor,
+    model_dtype,
+)
 from ._controller import StepController
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
@@ -224,6 +231,10 @@ class UnrolledGraphGD(nn.Module):
         }
 
     def _squash(self, z: torch.Tensor) -> torch.Tensor:
+        # a NaN logit (an overflow inside the controller, at large but finite weights) is
+        # read as 0, the middle of the range, so the clamp holds whatever the weights;
+        # +-inf saturate in the sigmoid and finite logits are left as they are
+        z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
         return self.floor + (1.0 - self.margin - self.floor) * torch.sigmoid(z)
 
     def _features(
@@ -308,7 +319,8 @@ class UnrolledGraphGD(nn.Module):
                 ``Data``/``Batch`` with the observations ``y``, the ``mask`` and ``lam``
                 as attributes (converted by :func:`problem_from_data`; bounds stored by
                 :class:`CertifiedBounds` are reused, see docs/graph.md "PyG pipelines").
-            x0: ``(batch, n)`` start (zeros if None).
+            x0: ``(batch, n)`` start (zeros if None): finite, in the problem's dtype and
+                on its device.
             num_layers: run this many layers instead of ``self.num_layers`` (the
                 controller is shared by all layers, so the learned rule extends).
 
@@ -346,8 +358,16 @@ class UnrolledGraphGD(nn.Module):
             g = -b
             mv = 0
         else:
+            check_tensor("x0", x0, ndim=(2,))
             if x0.shape != (B, n):
                 raise ValueError(f"Expected 'x0' of shape ({B}, {n}) (got {tuple(x0.shape)}).")
+            if x0.dtype != dtype:
+                raise DtypeMismatchError(
+                    f"Expected 'x0' of the problem's dtype {dtype} (got {x0.dtype}); convert "
+                    f"it with x0.to({dtype})."
+                )
+            check_same_device(x0=x0, y=p.y)
+            check_finite("x0", x0)
             x = x0
             g = p.hessian(x) - b
             mv = 1

@@ -24,6 +24,7 @@ from .._validation import check_finite, check_tensor
 from ..operators import LinearOperator, Mask, SparseOperator
 from . import _exact, _graphcert, _spectral
 from ._convert import networkx_adjacency, pyg_inputs
+from ._exact import _Hessian
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
 from ._laplacian import HeatKernel, canonical_adjacency
 from ._spectral import _DENSE_MAX, _is_pd  # noqa: F401
@@ -31,26 +32,6 @@ from ._spectral import _DENSE_MAX, _is_pd  # noqa: F401
 __all__ = ["GraphInverseProblem"]
 # _CHUNK_ENTRIES, _DENSE_MAX, _RANK_DENSE_MAX and _is_pd stay importable from here (they
 # were defined in this module before it was split).
-
-
-class _Hessian(LinearOperator):
-    """``H = A^T A + lam L`` of a problem, as a LinearOperator (per-sample masks allowed)."""
-
-    def __init__(self, problem: GraphInverseProblem) -> None:
-        super().__init__()
-        self.problem = problem
-        n = problem.num_nodes
-        self.in_shape = self.out_shape = (n,)
-
-    @property
-    def device(self) -> torch.device | None:
-        return self.problem.y.device
-
-    def _mv(self, x: torch.Tensor) -> torch.Tensor:
-        return self.problem.hessian(x)
-
-    def _rmv(self, y: torch.Tensor) -> torch.Tensor:
-        return self.problem.hessian(y)
 
 
 class GraphInverseProblem:
@@ -74,7 +55,8 @@ class GraphInverseProblem:
     Use the constructors :meth:`from_networkx`, :meth:`from_pyg`, :meth:`from_scipy`.
 
     Attributes:
-        y: ``(batch, m)`` data. ``num_nodes``: n. ``lam``: regularization weight.
+        y: ``(batch, m)`` data (a copy). ``num_nodes``: n. ``lam``: regularization weight
+            (read-only: a new ``lam`` is a new problem).
         block_index: ``(n,)`` block (graph) of each node; ``num_blocks`` blocks.
         edge_index, edge_weight: the graph in PyG form (both directions).
 
@@ -117,7 +99,7 @@ class GraphInverseProblem:
         self.unbatched = y.dim() == 1
         y = y[None] if self.unbatched else y
         check_finite("y", y)
-        self.lam = float(lam)
+        self._lam = float(lam)
         self.laplacian_kind = laplacian
         self.adjacency = adj
         self.num_nodes = n
@@ -163,14 +145,16 @@ class GraphInverseProblem:
             raise ValueError(
                 f"Expected 'y' of length {out_n} ({what}; got shape {tuple(y.shape)})."
             )
-        self.y = y
+        # copies: a caller's in-place edit of y or mask must not reach the cached bounds,
+        # Hessian and solution (a float mask in the problem's dtype would alias otherwise)
+        self.y = y.clone()
         if mask is not None:
             if not isinstance(mask, torch.Tensor):
                 mask = torch.as_tensor(np.asarray(mask))
             if mask.dtype != torch.bool:
                 if not bool(((mask == 0) | (mask == 1)).all()):
                     raise ValueError("Expected 'mask' to be boolean or contain only 0 and 1.")
-            m = mask.to(device=device, dtype=dtype)
+            m = mask.to(device=device, dtype=dtype, copy=True)
             m = m[None] if m.dim() == 1 else m
             if m.dim() != 2 or m.shape[1] != out_n or m.shape[0] not in (1, y.shape[0]):
                 raise ValueError(
@@ -291,6 +275,19 @@ class GraphInverseProblem:
         return self.y.device
 
     @property
+    def lam(self) -> float:
+        """The regularization weight, fixed at construction (read-only)."""
+        return self._lam
+
+    @lam.setter
+    def lam(self, value: Any) -> None:
+        raise AttributeError(
+            "GraphInverseProblem.lam is read-only: the bounds, Hessian and exact solution "
+            "cached on the problem depend on it. Build a new problem for another lam, e.g. "
+            "GraphInverseProblem.from_scipy(p.adjacency, p.y, mask=p.mask, lam=new_lam)."
+        )
+
+    @property
     def lap(self) -> SparseOperator:
         """``L`` as a torch operator on the problem's device (built on first use)."""
         return self.cached("lap-operator", lambda: SparseOperator(self.lap_scipy).to(self.device))
@@ -381,9 +378,9 @@ class GraphInverseProblem:
         return torch.sqrt(torch.clamp(num, min=0) / den)
 
     # --------------------------------------------------------- spectral bounds
-    def _expand(self, a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = self.dtype if like is None else like.dtype
-        t = torch.as_tensor(a, dtype=dtype, device=self.device)
+    def _expand(self, a: np.ndarray, direction: str | None = None) -> torch.Tensor:
+        # direction: "up" for upper bounds, "down" for lower bounds (_spectral.as_bound)
+        t = _spectral.as_bound(a, self.dtype, self.device, direction)
         return t.expand(self.batch_size, t.shape[1]) if t.shape[0] == 1 else t
 
     def lipschitz(self, method: str = "auto", *, safety: float = 1.01) -> torch.Tensor:
@@ -414,8 +411,9 @@ class GraphInverseProblem:
         if safety < 1:
             raise ValueError(f"Expected safety >= 1 (got {safety}).")
         if method == "gershgorin":
-            return self._expand(_spectral.gershgorin_per_block(self))
-        return self._expand(_spectral.bounds(self, safety, 0.95, "hi", inertia=method == "inertia"))
+            return self._expand(_spectral.gershgorin_per_block(self), "up")
+        hi = _spectral.bounds(self, safety, 0.95, "hi", inertia=method == "inertia")
+        return self._expand(hi, "up")
 
     def lambda_min_bound(self, *, safety: float = 0.95) -> torch.Tensor:
         """Lower estimate of ``lambda_min(H) > 0`` per signal and block.
@@ -434,7 +432,7 @@ class GraphInverseProblem:
         """
         if not 0 < safety <= 1:
             raise ValueError(f"Expected 0 < safety <= 1 (got {safety}).")
-        return self._expand(_spectral.bounds(self, 1.01, safety, "lo"))
+        return self._expand(_spectral.bounds(self, 1.01, safety, "lo"), "down")
 
     def jacobi_interval(self, *, safety: float = 1.01, lo_safety: float = 0.95):
         """Spectral interval ``[lo, hi]`` of ``S = D^{-1/2} H D^{-1/2}``, ``D = diag(H)``.
@@ -462,7 +460,7 @@ class GraphInverseProblem:
                 f"A = mask; got kind {self.kind!r})."
             )
         lo, hi = _spectral.jacobi_interval(self, safety, lo_safety)
-        return self._expand(lo), self._expand(hi)
+        return self._expand(lo, "down"), self._expand(hi, "up")
 
     def gershgorin_rows(self) -> torch.Tensor:
         """Per-node ``R_i`` with ``diag(R) - H`` positive semidefinite, ``(batch, n)``.
@@ -470,7 +468,7 @@ class GraphInverseProblem:
         For a mask ``R_i = m_i + lam sum_j |L_ij|`` = the Gershgorin row sum of ``H``;
         otherwise ``||A||^2`` (with a 5% power-iteration margin) replaces ``(A^T A)_ii``.
         """
-        return self._expand(_spectral.gershgorin_np(self))
+        return self._expand(_spectral.gershgorin_np(self), "up")
 
     # ----------------------------------------------------------- exact solution
     def solve_exact(self, method: str = "auto", *, tol: float = 1e-12) -> torch.Tensor:

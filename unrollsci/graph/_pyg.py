@@ -14,11 +14,18 @@ Attribute names read from a ``Data`` (one graph) or a ``Batch`` of them:
 :class:`CertifiedBounds` (a PyG transform) adds per graph the certified spectral bounds and
 the exact solution as attributes ``cert_lip``, ``cert_lo``, ``cert_jac_lo``, ``cert_jac_hi``
 (``(1, S)`` each) and ``x_star`` (``(num_nodes, S)``); PyG's batching concatenates them and
-:func:`problem_from_data` puts them into the problem's cache instead of recomputing.
+:func:`problem_from_data` puts them into the problem's cache instead of recomputing. Beside
+them it stores ``cert_key`` (``(1, 32)`` uint8), a SHA-256 fingerprint of what they were
+computed for (the Laplacian kind, ``lam``, the graph's Laplacian, ``y`` and ``mask``), and
+``cert_laplacian`` (the Laplacian kind, a string); the values are used only for a graph
+whose fingerprint matches the problem built (else computed again, as without the
+transform), and ``cert_laplacian`` is the Laplacian kind of the problem when the caller
+gives none (so ``model(data)`` uses the transform's kind).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -35,6 +42,57 @@ CACHED_ATTRS = ("cert_lip", "cert_lo", "cert_jac_lo", "cert_jac_hi", "x_star")
 # _spectral.jacobi_interval: lipschitz(safety=1.01), lambda_min_bound(safety=0.95),
 # jacobi_interval(safety=1.01, lo_safety=0.95))
 _KEY_HI, _KEY_LO, _KEY_JAC = "bounds-1.01-0.95-hi", "bounds-1.01-0.95-lo", "jacobi-1.01-0.95"
+#: The fingerprint (``(1, 32)`` uint8 per graph) and the Laplacian kind stored beside them.
+_FP_ATTR, _KIND_ATTR = "cert_key", "cert_laplacian"
+
+
+def _fingerprints(p: GraphInverseProblem) -> list[bytes]:
+    """Per graph (block) of a mask problem: SHA-256 of its Laplacian kind, ``lam``, its
+    rows of the Laplacian (the block's CSR arrays, node ids local to the block: equal for
+    a graph alone and in a batch), and its columns of ``y`` and of the mask; the bounds
+    and ``x*`` depend on nothing else."""
+    lap = p.lap_scipy
+    y = p.y.detach().cpu().contiguous()
+    m = None if p.mask is None else p.mask.detach().cpu().contiguous()
+    head = f"unrollsci-cert-1:{p.laplacian_kind}:{p.lam!r}:{y.dtype}:{y.shape[0]}:".encode()
+    out = []
+    for k in range(p.num_blocks):
+        s, e = int(p.block_ptr[k]), int(p.block_ptr[k + 1])
+        a, b = int(lap.indptr[s]), int(lap.indptr[e])
+        h = hashlib.sha256(head)
+        h.update(np.asarray([e - s, b - a], dtype=np.int64).tobytes())
+        h.update((np.asarray(lap.indptr[s : e + 1], dtype=np.int64) - a).tobytes())
+        h.update((np.asarray(lap.indices[a:b], dtype=np.int64) - s).tobytes())
+        h.update(np.ascontiguousarray(lap.data[a:b], dtype=np.float64).tobytes())
+        h.update(y[:, s:e].contiguous().numpy().tobytes())
+        if m is None:
+            h.update(b"no-mask")
+        else:
+            h.update(f"mask:{m.shape[0]}:".encode())
+            h.update(m[:, s:e].contiguous().numpy().tobytes())
+        out.append(h.digest())
+    return out
+
+
+def _stored_kind(data: Any) -> str | None:
+    """The Laplacian kind :class:`CertifiedBounds` stored (one for every graph), or None."""
+    kind = getattr(data, _KIND_ATTR, None)
+    kinds = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+    if len(kinds) > 1:
+        raise ValueError(
+            "Expected one Laplacian kind for every graph of a batch (the graphs' "
+            f"CertifiedBounds used {sorted(kinds)}); pass laplacian= to choose one."
+        )
+    return kinds.pop() if kinds else None
+
+
+def _matches(data: Any, p: GraphInverseProblem) -> bool:
+    """True when the stored fingerprints are those of every graph of ``p``."""
+    fp = getattr(data, _FP_ATTR, None)
+    if not isinstance(fp, torch.Tensor) or tuple(fp.shape) != (p.num_blocks, 32):
+        return False
+    got = fp.detach().cpu().to(torch.uint8).numpy()
+    return all(bytes(got[k]) == d for k, d in enumerate(_fingerprints(p)))
 
 
 def is_pyg_data(obj: Any) -> bool:
@@ -90,11 +148,14 @@ def _lam(data: Any) -> float:
     return float(t[0])
 
 
-def problem_from_data(data: Any, *, laplacian: str = "combinatorial") -> GraphInverseProblem:
+def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInverseProblem:
     """The :class:`GraphInverseProblem` of a PyG ``Data``/``Batch`` (attributes: module doc).
 
-    Where the data carry the attributes of :class:`CertifiedBounds`, the bounds and the exact
-    solution are taken from them (no spectral computation, no solve).
+    Where the data carry the attributes of :class:`CertifiedBounds` and their fingerprint
+    matches (same Laplacian kind, ``lam``, graph, ``y`` and mask), the bounds and the exact
+    solution are taken from them (no spectral computation, no solve); else they are
+    computed as without the transform. ``laplacian``: the Laplacian kind; None (default):
+    the kind :class:`CertifiedBounds` stored on the data, else ``"combinatorial"``.
 
     Example:
         >>> import torch
@@ -108,9 +169,11 @@ def problem_from_data(data: Any, *, laplacian: str = "combinatorial") -> GraphIn
     if not is_pyg_data(data):
         raise TypeError(f"Expected a PyG Data or Batch (got {type(data).__name__}).")
     y, mask = _signals(data)
+    if laplacian is None:
+        laplacian = _stored_kind(data) or "combinatorial"
     p = GraphInverseProblem.from_pyg(data, y, mask=mask, lam=_lam(data), laplacian=laplacian)
     cached = [getattr(data, a, None) for a in CACHED_ATTRS]
-    if all(isinstance(c, torch.Tensor) for c in cached):
+    if all(isinstance(c, torch.Tensor) for c in cached) and _matches(data, p):
         lip, lo, jlo, jhi, xs = cached
         rows = 1 if p.mask is None else p.mask.shape[0]
 
@@ -135,6 +198,11 @@ class CertifiedBounds:
     Adds ``cert_lip`` (``lipschitz()``), ``cert_lo`` (``lambda_min_bound()``),
     ``cert_jac_lo``/``cert_jac_hi`` (``jacobi_interval()``), each ``(1, S)``, and
     ``x_star`` (``(num_nodes, S)``). The values are exactly those the problem would compute.
+    Also adds ``cert_key``, their fingerprint (Laplacian kind, ``lam``, graph, ``y``, mask:
+    a later change of any of these makes :func:`problem_from_data` compute them again), and
+    ``cert_laplacian``, the Laplacian kind, which :func:`problem_from_data` (and so
+    ``model(data)``) uses when not given one. A ``lam`` given as a Python number (or
+    absent) is stored as a ``(1,)`` float64 tensor: PyG batches Python floats as float32.
 
     Example:
         >>> import torch
@@ -164,6 +232,13 @@ class CertifiedBounds:
         jlo, jhi = p.jacobi_interval()
         data.cert_jac_lo, data.cert_jac_hi = graph_level(jlo), graph_level(jhi)
         data.x_star = p.solve_exact().t().contiguous()
+        if not isinstance(getattr(data, "lam", None), torch.Tensor):
+            # PyG batches a Python float as float32: a (1,) float64 tensor keeps lam exact
+            # in a Batch (else its graphs would no longer match their fingerprints)
+            data.lam = torch.tensor([p.lam], dtype=torch.float64)
+        key = torch.tensor(list(_fingerprints(p)[0]), dtype=torch.uint8)
+        setattr(data, _FP_ATTR, key[None])
+        setattr(data, _KIND_ATTR, self.laplacian)
         return data
 
     def __repr__(self) -> str:

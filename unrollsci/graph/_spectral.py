@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import _certify, _graphcert
+from . import _certify, _dense, _graphcert
+from ._dense import dense_eigs as _dense_eigs
 from ._inertia import affordable as _affordable
 from ._inertia import fills_in as _fills_in
 from ._inertia import is_pd as _is_pd
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
 
 __all__ = [
+    "as_bound",
     "bounds",
     "gershgorin_np",
     "gershgorin_per_block",
@@ -170,7 +172,9 @@ def spectrum_mask(
 
     Of ``H`` (``scaled=False``) or of the Jacobi-scaled ``S = D^{-1/2} H D^{-1/2}``
     with ``D = diag(H)`` (``scaled=True``; same spectrum as ``D^{-1} H``).
-    Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety``. Up to
+    Blocks up to ``_DENSE_MAX`` nodes: dense ``eigvalsh`` times ``safety`` (``lo`` only
+    where its rounding is small against it, :func:`._dense.dense_bound`, else the
+    Collatz-Wielandt bound below; ``hi`` at least an absolute rounding margin). Up to
     ``_FACTOR_MAX`` nodes: ARPACK estimates times ``safety``, proved by one sparse
     factorization (:func:`_factor_proved`; cheap at that size). Larger
     blocks (or when that proof fails), without factorizing ``H`` (``_certify``,
@@ -204,7 +208,8 @@ def spectrum_mask(
             m = h.shape[0]
             if m <= _DENSE_MAX:
                 ev = _dense_eigs(h, h.diagonal() if scaled else None)
-                out[b, k] = ev[-1] * safety if which == "hi" else max(ev[0], 0.0) * safety
+                val = _dense.dense_bound(ev, which, safety)  # None: ill-conditioned lo
+                out[b, k] = _collatz(p, b, k, h, scaled, safety) if val is None else val
                 continue
             if inertia and which == "hi" and not scaled:
                 ok = p.cached(f"affordable-{k}", lambda h=h: _affordable(h))
@@ -250,14 +255,6 @@ def spectrum_mask(
                 out[b, k] = _collatz(p, b, k, h, scaled, safety)
     p._cache[key] = out
     return out
-
-
-def _dense_eigs(h: Any, scale: np.ndarray | None) -> np.ndarray:
-    """Dense eigenvalues of ``diag(scale)^{-1/2} H diag(scale)^{-1/2}`` (``H`` if None)."""
-    if scale is None:
-        return np.linalg.eigvalsh(h.toarray())
-    dis = np.sqrt(scale)
-    return np.linalg.eigvalsh(h.toarray() / dis[:, None] / dis[None, :])
 
 
 def _factor_proved(
@@ -317,34 +314,10 @@ def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool, safet
         # nothing proved: with several connected components, inverse iteration on the
         # whole graph resolves only the one of the smallest eigenvalue (the others' entries
         # are too small for PCG's accuracy), so bound each component on its own
-        p._cache[key] = float(lo[0]) if lo[0] > 0 else _by_component(h, scale, dg, safety)
+        p._cache[key] = (
+            float(lo[0]) if lo[0] > 0 else _dense.by_component(h, scale, dg, safety, _DENSE_MAX)
+        )
     return p._cache[key]
-
-
-def _by_component(h: Any, scale: np.ndarray, dg: np.ndarray, safety: float) -> float:
-    """The smallest over the connected components of ``H`` of their own bounds (dense
-    eigenvalues times ``safety`` up to ``_DENSE_MAX`` nodes, else the Collatz-Wielandt
-    bound with its local stage): ``lambda_min`` of a block-diagonal matrix is the smallest
-    of its blocks'. 0 for a connected ``H``."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    ncomp, labels = connected_components(h, directed=False)
-    if ncomp < 2:
-        return 0.0
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], np.arange(ncomp + 1))
-    out = np.inf
-    for c in range(ncomp):
-        idx = order[starts[c] : starts[c + 1]]
-        hc = sp.csr_matrix(h[idx][:, idx])
-        if idx.size <= _DENSE_MAX:
-            val = max(float(_dense_eigs(hc, scale[idx])[0]), 0.0) * safety
-        else:
-            sc = scale[idx][:, None]
-            val = float(_certify.collatz_lower(hc, sc, stall=0.01, diag=dg[idx], target=safety)[0])
-        out = min(out, val)
-    return max(out, 0.0)
 
 
 def lap_lmax(p: GraphInverseProblem) -> np.ndarray:
@@ -498,3 +471,19 @@ def hessian_diagonal_np(p: GraphInverseProblem) -> np.ndarray:
         return _mask_np(p) + p.lam * lap_diag[None]
     g = gershgorin_np(p) - p.lam * p.lap_rowabs_np[None]
     return g + p.lam * lap_diag[None]
+
+
+def as_bound(a: np.ndarray, dtype: torch.dtype, device: Any, direction: str | None) -> torch.Tensor:
+    """The float64 bounds ``a`` as a tensor of ``dtype``: a narrower dtype rounds upper bounds
+    (``direction="up"``) up and lower bounds (``"down"``) down, so that they stay bounds;
+    else (float64, or ``direction=None``) rounded to nearest."""
+    if direction is None or dtype == torch.float64:
+        return torch.as_tensor(a, dtype=dtype, device=device)
+    ref = torch.as_tensor(a, dtype=torch.float64)  # on the CPU: MPS has no float64
+    t = ref.to(dtype)
+    up = direction == "up"
+    wrong = t.double() < ref if up else t.double() > ref
+    if bool(wrong.any()):
+        step = torch.nextafter(t, torch.full_like(t, float("inf") if up else float("-inf")))
+        t = torch.where(wrong, step, t)
+    return t.to(device)
