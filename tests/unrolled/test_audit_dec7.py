@@ -304,3 +304,23 @@ def test_admm_rho_must_be_positive_and_finite(rho):
     op = MatrixOperator(torch.randn(4, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match="'rho' > 0 and finite"):
         ADMMNet(op, 2, rho=rho)
+
+
+def test_admmnet_exact_follows_an_in_place_edit_of_the_operator():
+    """x_update='exact' eigendecomposed A^T A once: after an in-place edit of the matrix the
+    x-update solved with the old A^T A while A^T y used the new A (off by ~10)."""
+    gen = torch.Generator().manual_seed(0)
+    mat = torch.randn(10, 16, dtype=torch.float64, generator=gen) / 10**0.5
+    y = torch.randn(3, 10, dtype=torch.float64, generator=gen)
+    net = ADMMNet(MatrixOperator(mat), 5, lam=0.1, rho=1.0)
+    net(y)
+    with torch.no_grad():
+        mat[:, :4].mul_(3)
+    fresh = ADMMNet(MatrixOperator(mat.clone()), 5, lam=0.1, rho=1.0)
+    torch.testing.assert_close(net(y), fresh(y), rtol=0, atol=1e-12)
+
+
+def test_admmnet_exact_refuses_a_trainable_operator():
+    mat = torch.nn.Parameter(torch.randn(10, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="trainable"):
+        ADMMNet(MatrixOperator(mat), 3, lam=0.1)

@@ -114,9 +114,17 @@ class ADMMNet(UnrolledLasso):
                     f"offered up to n = {_EXACT_MAX_N}. Use x_update='cg' or 'learned' "
                     "(matrix-free)."
                 )
-            evals, evecs = torch.linalg.eigh(self._gram())
-            self.register_buffer("gram_evals", evals.clamp_min(0).to(self.param_dtype))
-            self.register_buffer("gram_evecs", evecs.to(self.param_dtype))
+            if not self.operator.cacheable_norm:
+                raise ValueError(
+                    "x_update='exact' eigendecomposes A^T A once, which cannot follow an "
+                    "operator with trainable state (and passes it no gradient); use "
+                    "x_update='cg' or 'learned'."
+                )
+            empty = torch.empty(0, dtype=self.param_dtype, device=self._device)
+            self.register_buffer("gram_evals", empty)
+            self.register_buffer("gram_evecs", empty.clone())
+            self._gram_key: Any = None
+            self._refresh_gram()
         elif x_update == "learned":
             # constant diagonal 1 / (||A||^2 + rho): PCG with it takes CG's steps
             m0 = 1.0 / (self._lipschitz() + rho0)
@@ -124,6 +132,19 @@ class ADMMNet(UnrolledLasso):
             self.precond = nn.Parameter(full.reshape(num_layers, self.n))
         self.rho = self._positive(rho0, num_layers)
         self.theta = self._positive(self.lam / rho0, num_layers)
+
+    def _refresh_gram(self) -> None:
+        """(Re)compute the eigendecomposition of ``A^T A`` when the operator changed since it
+        was computed (its tensors' identity and version: an in-place edit of the matrix, a
+        loaded state, a move), so the x-update never solves with a stale ``A^T A``."""
+        key = self.operator._norm_key()
+        if key == self._gram_key:
+            return
+        evals, evecs = torch.linalg.eigh(self._gram())
+        dev = self._device
+        self.gram_evals = evals.clamp_min(0).to(device=dev, dtype=self.param_dtype)
+        self.gram_evecs = evecs.to(device=dev, dtype=self.param_dtype)
+        self._gram_key = key
 
     def _gram(self, chunk: int = 128) -> torch.Tensor:
         """``A^T A`` as a dense float64 ``(n, n)`` matrix, assembled ``chunk`` columns at a
@@ -158,6 +179,7 @@ class ADMMNet(UnrolledLasso):
         u = torch.zeros_like(z)
         xs = []
         if self.x_update == "exact":
+            self._refresh_gram()
             evals, v = self.gram_evals, self.gram_evecs
         else:
             steps = 5 if self.cg_steps is None else self.cg_steps
