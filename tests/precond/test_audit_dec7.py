@@ -226,3 +226,20 @@ def test_learned_accepts_numpy_integer_sizes():
     assert m.hidden == 4 and m.block_size == 3
     with pytest.raises(ValueError, match="integer sweeps"):
         LearnedPreconditioner("amg", sweeps=True)
+
+
+@pytest.mark.parametrize("name", ["chebyshev", "amg"])
+def test_preconditioner_does_not_follow_a_later_edit_of_the_callers_matrix(name):
+    """chebyshev() and amg() kept the caller's scipy arrays and read them lazily: after
+    ``A.data *= 3`` the built preconditioner matched neither the old nor the new matrix."""
+    import scipy.sparse as sp
+
+    from unrollsci import precond
+
+    build = getattr(precond, name)
+    a0 = sp.csr_matrix(precond.diffusion2d(6, seed=0))
+    r = torch.randn(1, a0.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = a0.copy()
+    m = build(a)
+    a.data *= 3
+    torch.testing.assert_close(m(r), build(a0)(r), rtol=0, atol=1e-12)

@@ -213,8 +213,10 @@ def check_spd_input(a: Any, name: str = "A") -> Any:
         if np.iscomplexobj(a.data if hasattr(a, "data") else np.zeros(0)):
             raise TypeError(f"Expected a real '{name}' (got dtype {a.dtype}).")
         src, a = a, sp.csr_matrix(a, dtype=np.float64)
-        if not a.has_canonical_format:
-            a = detached_from(a, src)  # canonicalized below: never in the caller's arrays
+        # never the caller's arrays: canonicalized below, and preconditioners keep the
+        # matrix (Chebyshev's mat-vecs, PyAMG's finest level): a later in-place edit of the
+        # caller's matrix must not change a preconditioner already built
+        a = detached_from(a, src)
     else:
         raise TypeError(
             f"Expected '{name}' to be a scipy sparse matrix or a torch tensor "
