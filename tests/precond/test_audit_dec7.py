@@ -243,3 +243,20 @@ def test_preconditioner_does_not_follow_a_later_edit_of_the_callers_matrix(name)
     m = build(a)
     a.data *= 3
     torch.testing.assert_close(m(r), build(a0)(r), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["factor", "block", "inverse", "poly"])
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 3e10), (torch.float64, 1e100)])
+def test_learned_preconditioner_spd_for_huge_finite_weights(kind, dtype, scale):
+    """'SPD for any weights': at huge but finite weights the network overflowed inside
+    (inf - inf, silu(-inf)) and build() returned an all-NaN operator, which cg cannot
+    detect (a NaN curvature test is not <= 0)."""
+    a = diffusion2d(8, seed=0)
+    model = LearnedPreconditioner(kind, seed=0).to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_((torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale).to(dtype))
+    dense = model.build(a)(torch.eye(a.shape[0], dtype=torch.float64))
+    assert torch.isfinite(dense).all()
+    assert torch.linalg.eigvalsh((dense + dense.T) / 2).min() > 0

@@ -132,7 +132,10 @@ class ProlongationHead(nn.Module):
         pre = pre.addmm_(self.edge.weight, feats).add_(self.edge.bias[:, None])
         last = self.out[-1]
         out = torch.addmm(last.bias[:, None], last.weight, self.out[0](pre))
-        return setup.omega0 * torch.exp(torch.tanh(out.squeeze(0).to(torch.float64)))
+        # a NaN head output (an overflow inside the network at huge but finite weights)
+        # reads as 0: the weights stay in (omega0 / e, omega0 e), as for any finite output
+        raw = torch.nan_to_num(out.squeeze(0).to(torch.float64), nan=0.0)
+        return setup.omega0 * torch.exp(torch.tanh(raw))
 
 
 def _gs_sweep(low: LowerPattern, v: torch.Tensor, x: torch.Tensor | None, b: torch.Tensor, mv: Any):

@@ -371,8 +371,11 @@ class LearnedPreconditioner(nn.Module):
             pre = pre.addmm_(wt, aft).add_(bias[:, None])
         off_lin = self.off_head[1]
         off = torch.addmm(off_lin.bias[:, None], off_lin.weight, self.off_head[0](pre))
-        off = off.squeeze(0).to(torch.float64)
-        dg = _mlp_t(self.diag_head, ht).squeeze(0).to(torch.float64)
+        # the bounds below hold for any real head outputs: a NaN (an overflow inside the
+        # network at huge but finite weights) reads as 0, an infinite off-diagonal as a
+        # large finite one (inf * 0 in the row scaling would give NaN)
+        off = torch.nan_to_num(off.squeeze(0).to(torch.float64), nan=0.0).clamp(-1e150, 1e150)
+        dg = torch.nan_to_num(_mlp_t(self.diag_head, ht).squeeze(0).to(torch.float64), nan=0.0)
         c = g.consts
         dvals = c["bdiag"] * torch.exp(2.0 * torch.tanh(dg))
         dr = dvals.index_select(0, ri)
@@ -412,7 +415,8 @@ class LearnedPreconditioner(nn.Module):
         if not self.scaling:
             return self._poly(g.matrix, 1.0 / dsqrt, g.cache)
         h, _ = self._node_states(g)
-        corr = torch.exp(torch.tanh(self.diag_head(h).squeeze(-1).to(torch.float64)))
+        raw = torch.nan_to_num(self.diag_head(h).squeeze(-1).to(torch.float64), nan=0.0)
+        corr = torch.exp(torch.tanh(raw))
         return self._poly(g.matrix, corr / dsqrt, g.cache)
 
     def _poly(self, a: Any, scale: torch.Tensor, cache: dict) -> ChebyshevPreconditioner:
