@@ -173,10 +173,23 @@ class LipschitzRefiner(nn.Module):
             with torch.no_grad():
                 vr, vi = _apply(re, im, ur, ui)
                 # K^H v = (re^T - i im^T)(vr + i vi)
-                ur, ui = _apply(re.mT, -im.mT, vr, vi)
-                scale = (ur**2 + ui**2).sum(-1, keepdim=True).sqrt().clamp(min=1e-30)
-                ur, ui = ur / scale, ui / scale
-                buf.copy_(torch.stack((ur, ui), dim=-1))
+                tr, ti = _apply(re.mT, -im.mT, vr, vi)
+                scale = (tr**2 + ti**2).sum(-1, keepdim=True).sqrt().clamp(min=1e-30)
+                nr, ni = tr / scale, ti / scale
+                if not (torch.isfinite(nr).all() and torch.isfinite(ni).all()):
+                    # squares overflowed (huge weights): the same unit vectors, scaled first
+                    top = torch.maximum(tr.abs(), ti.abs()).amax(-1, keepdim=True)
+                    tr, ti = (
+                        tr / top.clamp(min=torch.finfo(w.dtype).tiny),
+                        ti / top.clamp(min=torch.finfo(w.dtype).tiny),
+                    )
+                    scale = (tr**2 + ti**2).sum(-1, keepdim=True).sqrt().clamp(min=1e-30)
+                    nr, ni = tr / scale, ti / scale
+                # a non-finite step (NaN weights) never reaches the buffer: it would make
+                # every later output NaN, even after the weights are repaired
+                if torch.isfinite(nr).all() and torch.isfinite(ni).all():
+                    ur, ui = nr, ni
+                    buf.copy_(torch.stack((ur, ui), dim=-1))
         vr, vi = _apply(re, im, ur.detach(), ui.detach())
         sigma = (vr**2 + vi**2).sum(-1).max().sqrt()
         return sigma.clamp(min=torch.finfo(w.dtype).tiny)
@@ -218,4 +231,8 @@ class LipschitzRefiner(nn.Module):
             est = float(self._norm_estimate(i).double())
             prod *= conv_operator_norm(self.weights[i], self.image_size) / max(1.0, est)
         self.train(was)
+        if math.isnan(prod):
+            raise FloatingPointError(
+                "The refiner's Lipschitz bound is NaN: its weights are not finite."
+            )
         return 1.0 + prod
