@@ -62,6 +62,7 @@ def fanbeam_fbp(y: torch.Tensor, op: FanBeam, *, filter: str = "ram-lak") -> tor
     j = torch.arange(n, device=dev, dtype=torch.float64) - (n - 1) / 2
     px = j[None, :].expand(n, n).reshape(-1)
     py = (-j)[:, None].expand(n, n).reshape(-1)
+    op._check_angles()  # the rays of op were built for these angles
     beta = torch.deg2rad(op.angles.detach().to(device=dev, dtype=torch.float64))
     out = sino.new_zeros(sino.shape[0], n * n)
     chunk = max(1, (1 << 22) // max(n * n * sino.shape[0], 1))

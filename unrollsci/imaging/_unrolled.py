@@ -93,10 +93,18 @@ class _Conv(nn.Module):
     @torch.no_grad()
     def refresh_sigma_(self) -> None:
         """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm."""
-        w = self.conv.weight
-        if self.cap is not None and getattr(self, "_refreshed", None) != (w._version, id(w)):
-            self.sigma.fill_(conv_operator_norm(w, self.size))
-            self._refreshed = (w._version, id(w))
+        if self.cap is None:
+            return
+        # Keyed on content, not on w._version: an edit through w.data (EMA, weight
+        # averaging) does not bump the version, and a training forward rewrites sigma.
+        w, done = self.conv.weight.detach(), getattr(self, "_refreshed", None)
+        if done is not None and all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(done, (w, self.sigma), strict=True)
+        ):
+            return
+        self.sigma.fill_(conv_operator_norm(w, self.size))
+        self._refreshed = (w.clone(), self.sigma.clone())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         w = self.weight()

@@ -108,6 +108,9 @@ class Convolution(LinearOperator):
         w = torch.flip(self._cast("weight", y), dims=tuple(range(2, 2 + self.ndim_spatial)))
         return conv(yp, w).reshape(y.shape)
 
+    def _norm_state(self) -> tuple[str]:
+        return (self.boundary,)  # reassigning the boundary changes the norm
+
 
 class Mask(LinearOperator):
     """Sampling / inpainting by a fixed mask.
@@ -134,7 +137,8 @@ class Mask(LinearOperator):
         if mask.dtype != torch.bool:
             if not bool(((mask == 0) | (mask == 1)).all()):
                 raise ValueError("Expected 'mask' to be boolean or contain only 0 and 1.")
-            mask = mask.bool()
+        # a copy: an edit of the caller's tensor must not change the operator (``index``)
+        mask = mask.detach().to(torch.bool, copy=True)
         self.subsample = subsample
         self.in_shape = tuple(mask.shape)
         self.register_buffer("mask", mask)

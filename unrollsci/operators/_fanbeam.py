@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ._base import LinearOperator
+from ._checks import FixedAngles
 from ._radon import _as_angles, _as_size
 from ._radon_matfree import RayTable, ray_apply
 
@@ -39,7 +40,22 @@ def _positive(name: str, value: Any) -> float:
     return value
 
 
-class FanBeam(LinearOperator):
+def _fixed(name: str) -> property:
+    """A read-only geometry scalar: the rays are built from it once."""
+
+    def get(self: FanBeam) -> float:
+        return getattr(self, "_" + name)
+
+    def set_(self: FanBeam, value: Any) -> None:
+        raise AttributeError(
+            f"FanBeam.{name} is fixed at construction (the rays are built from it); "
+            f"build a new FanBeam(..., {name}={value!r}) instead."
+        )
+
+    return property(get, set_, doc=f"``{name}`` (read-only; set at construction).")
+
+
+class FanBeam(FixedAngles, LinearOperator):
     """Fan-beam projection with a flat detector, and its exact adjoint.
 
     Args:
@@ -53,6 +69,9 @@ class FanBeam(LinearOperator):
             (its circumscribed circle) at every view.
         detector_spacing: element pitch on the detector (pixels), default 1.
         step: sampling step along each ray (pixels), default 0.5.
+
+    The geometry is fixed: ``angles`` and the four scalars above are read-only (reassigning
+    a scalar raises ``AttributeError``; a changed ``angles`` raises ``ValueError``).
 
     Shapes:
         ``op(x)``: ``(batch, N, N)`` -> ``(batch, n_angles, n_detectors)``;
@@ -71,6 +90,10 @@ class FanBeam(LinearOperator):
     """
 
     supported_dtypes = (torch.float32, torch.float64)
+    source_distance = _fixed("source_distance")
+    detector_distance = _fixed("detector_distance")
+    detector_spacing = _fixed("detector_spacing")
+    step = _fixed("step")
 
     def __init__(
         self,
@@ -116,9 +139,10 @@ class FanBeam(LinearOperator):
         if n_detectors < 1:
             raise ValueError(f"Expected n_detectors >= 1 (got {n_detectors}).")
         self.image_size, self.n_angles, self.n_detectors = n, int(theta.size), int(n_detectors)
-        self.source_distance, self.detector_distance = d_so, d_sd
-        self.detector_spacing, self.step = du, step
+        self._source_distance, self._detector_distance = d_so, d_sd
+        self._detector_spacing, self._step = du, step
         self.register_buffer("angles", torch.from_numpy(theta.copy()))
+        self._fix_angles()
         self._rays = self._build_rays(theta)
         self.in_shape = (n, n)
         self.out_shape = (self.n_angles, self.n_detectors)
@@ -131,6 +155,7 @@ class FanBeam(LinearOperator):
     def rays(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Source points and unit directions of every ray, ``(n_angles, n_det, 2)`` each,
         in the centred pixel coordinates ``(x, y)`` of the module docstring (float64)."""
+        self._check_angles()
         beta = torch.deg2rad(self.angles.detach().cpu().to(torch.float64))
         nx, ny = -torch.sin(beta), torch.cos(beta)  # unit vector centre -> source
         ex, ey = torch.cos(beta), torch.sin(beta)  # detector axis
@@ -168,9 +193,11 @@ class FanBeam(LinearOperator):
         return RayTable(rays, k0.reshape(-1), nk.reshape(-1), n)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_angles()
         return ray_apply(self._rays, x).reshape(x.shape[0], *self.out_shape)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        self._check_angles()
         return ray_apply(self._rays, y.reshape(y.shape[0], -1), transpose=True)
 
     def fbp(self, y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 
 from .._validation import check_device
 from ._base import LinearOperator
+from ._checks import FixedAngles
 
 __all__ = ["Radon", "radon_memory_estimate", "available_memory", "RADON_METHODS"]
 
@@ -327,7 +328,7 @@ class _SparseApply(torch.autograd.Function):
         return _SparseApply.apply(grad, mat_t, mat), None, None
 
 
-class Radon(LinearOperator):
+class Radon(FixedAngles, LinearOperator):
     """Parallel-beam Radon transform ``A`` with an exact adjoint (back-projection).
 
     ``A x`` rotates the image by each angle about the pixel ``(N // 2, N // 2)``
@@ -365,7 +366,7 @@ class Radon(LinearOperator):
     Args:
         image_size: ``N`` (or ``(N, N)``) for ``N x N`` images.
         angles: a count (angles ``linspace(0, 180, n, endpoint=False)`` degrees) or
-            a 1D tensor / array of angles in degrees.
+            a 1D tensor / array of angles in degrees. Fixed: ``op.angles`` is read-only.
         circle: see above.
         max_memory: bytes the matrix's construction may use; default (None) the memory
             available now (no check where that is unknown); ``float("inf")`` skips
@@ -409,6 +410,7 @@ class Radon(LinearOperator):
         self.n_angles = int(theta.size)
         self.n_detectors = _detector_geometry(n, circle)[0]
         self.register_buffer("angles", torch.from_numpy(theta.copy()))
+        self._fix_angles()
         key = (n, tuple(float(t) for t in theta), circle)
         if method == "matrix":
             _check_memory(n, theta, circle, max_memory)
@@ -444,6 +446,7 @@ class Radon(LinearOperator):
         return t * self.mask.to(device=t.device, dtype=t.dtype)
 
     def _mv(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_angles()
         if self.method == "matfree":
             from ._radon_matfree import ray_apply
 
@@ -454,6 +457,7 @@ class Radon(LinearOperator):
         return out.reshape(x.shape[0], *self.out_shape)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
+        self._check_angles()
         if self.method == "matfree":
             from ._radon_matfree import ray_apply
 
