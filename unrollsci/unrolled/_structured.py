@@ -182,7 +182,9 @@ class BlockLISTA(UnrolledLasso):
         self.register_buffer("position", position.to(self._device), persistent=False)
         count, s = index.shape
         t = 1.0 / self._lipschitz()
-        # P = L L^T + floor I: eigenvalues >= floor for any weights (numerically too)
+        # P = L L^T + floor I: eigenvalues >= floor for any weights (in floating point while
+        # the rounding of L L^T, about eps ||L||^2, stays below floor: not for factors whose
+        # products overflow, e.g. float32 entries near 1e19)
         self.floor = _FLOOR * t
         raw = torch.zeros(num_layers, count, s, s, dtype=torch.float64)
         raw[..., range(s), range(s)] = softplus_inverse(math.sqrt(t - self.floor))
