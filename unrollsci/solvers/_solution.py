@@ -56,8 +56,10 @@ def finish(
     throw: bool,
     stats: dict[str, Any] | None = None,
     hint: str = "",
+    reason: str = "",
 ) -> Solution:
-    """Build a Solution, and warn (or raise with ``throw=True``) on non-convergence."""
+    """Build a Solution, and warn (or raise with ``throw=True``) on non-convergence
+    (``reason``: why it stopped before ``max_iter``, if it did)."""
     if converged:
         message = (
             f"{name} converged in {iterations} iterations "
@@ -66,8 +68,12 @@ def finish(
     else:
         last = residuals[-1] if residuals else float("nan")
         message = (
-            f"{name} reached max_iter={max_iter} with residual {last:.3e} > tol {tol:.1e}. "
-            f"Try increasing max_iter or loosening tol.{(' ' + hint) if hint else ''}"
+            f"{name} stopped after {iterations} iterations with residual {last:.3e} > tol "
+            f"{tol:.1e}: {reason}"
+            if reason
+            else f"{name} reached max_iter={max_iter} with residual {last:.3e} > tol "
+            f"{tol:.1e}. Try increasing max_iter or loosening tol."
+            f"{(' ' + hint) if hint else ''}"
         )
         if throw:
             raise ConvergenceError(message)
