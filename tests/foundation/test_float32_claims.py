@@ -40,3 +40,20 @@ def test_cg_float32_converged_means_the_true_residual_meets_tol(cond):
     sol = cg(a, b, tol=1e-5)
     assert sol.converged
     assert _true_residual(a, b, sol.x) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["ista", "fista"])
+def test_lasso_float32_stagnation_is_not_convergence(name):
+    """float32 iterates stop changing bit for bit: the change (the solvers' residual) read 0
+    and they reported converged at tol 1e-10 while the KKT residual was 1e-7."""
+    from unrollsci import solvers
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(60, 100, dtype=torch.float64, generator=gen) / 60**0.5
+    y = a[:, :8] @ torch.randn(8, dtype=torch.float64, generator=gen)
+    solve = getattr(solvers, name)
+    with pytest.warns(ConvergenceWarning, match="below what torch.float32 reaches"):
+        sol = solve(a.float(), y.float(), 0.05, tol=1e-10, max_iter=5000)
+    assert not sol.converged and sol.residual > 1e-10
+    assert solve(a.float(), y.float(), 0.05, tol=1e-5, max_iter=5000).converged
+    assert solve(a, y, 0.05, tol=1e-10, max_iter=5000).converged  # float64 unchanged
