@@ -1,5 +1,7 @@
 """The parameters of :class:`QEqCalculator`: defaults, normalisation to plain data (what ASE
-writes to trajectories and databases) and the solve settings built from them."""
+writes to trajectories and databases), the solve settings built from them, and what makes
+the calculator's results stale (changed parameters: :func:`stale`; changed atoms:
+``_compare_atoms``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from ase.calculators.calculator import all_changes
 
 from .._validation import check_device
 from ._settings import COULOMB_CONSTANT, EWALD_METHODS, QEqSettings
@@ -264,3 +268,28 @@ def build(p: Mapping[str, Any]) -> Built:
         grad_name="forces",
     )
     return Built(settings, torch.device(p["device"]), _DTYPES[p["dtype"]])
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    """ASE's ``equal(a, b, atol=tol)`` (same shape, all close) with an exact-equality
+    shortcut."""
+    if np.shape(a) != np.shape(b):
+        return False
+    return bool(np.array_equal(a, b) or np.allclose(a, b, rtol=0, atol=tol))
+
+
+def _compare_atoms(old: Any, atoms: Any, tol: float) -> list[str]:
+    """ASE's ``compare_atoms(old, atoms, tol)`` (the same list of changes), cheaper for
+    the common cases of an MD step (arrays exactly equal or clearly different)."""
+    if old is None:
+        return list(all_changes)
+    changes = [p for p in ("cell", "pbc") if not _close(getattr(old, p), getattr(atoms, p), tol)]
+    a, b = old.arrays, atoms.arrays
+    for prop in all_changes:
+        if prop in ("cell", "pbc"):
+            continue
+        if (prop in a) != (prop in b):
+            changes.append(prop)
+        elif prop in a and not _close(a[prop], b[prop], tol):
+            changes.append(prop)
+    return changes

@@ -12,7 +12,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _calc_params, _solve, _step
-from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, copy_value, normalize
+from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, _compare_atoms, copy_value, normalize
 from ._settings import COULOMB_CONSTANT, QEqSettings
 from ._solve import (
     Prepared,
@@ -22,7 +22,7 @@ from ._solve import (
     solve_with_settings,
 )
 from ._step import analytic_step
-from ._verlet import DefiniteCertificate, VerletPairs, _compare_atoms
+from ._verlet import DefiniteCertificate, VerletPairs
 
 __all__ = ["QEqCalculator"]
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from ase.calculators.calculator import all_changes
 
 from ._geometry import csr_pattern, half_pairs
 from ._hardness import _dense_hardness, _Hardness, _projected_hardness, raise_catastrophe
@@ -30,31 +29,6 @@ __all__ = ["VerletPairs", "DefiniteCertificate", "csr_pattern"]
 #: lists with fewer pairs keep the scatter mat-vec: a threaded sparse product costs more
 #: than it saves on them
 CSR_MIN_PAIRS = 4096
-
-
-def _same(a: Any, b: Any, tol: float) -> bool:
-    """ASE's ``equal(a, b, atol=tol)`` (same shape, all close) with an exact-equality
-    shortcut."""
-    if np.shape(a) != np.shape(b):
-        return False
-    return bool(np.array_equal(a, b) or np.allclose(a, b, rtol=0, atol=tol))
-
-
-def _compare_atoms(old: Any, atoms: Any, tol: float) -> list[str]:
-    """ASE's ``compare_atoms(old, atoms, tol)`` (the same list of changes), cheaper for
-    the common cases of an MD step (arrays exactly equal or clearly different)."""
-    if old is None:
-        return list(all_changes)
-    changes = [p for p in ("cell", "pbc") if not _same(getattr(old, p), getattr(atoms, p), tol)]
-    a, b = old.arrays, atoms.arrays
-    for prop in all_changes:
-        if prop in ("cell", "pbc"):
-            continue
-        if (prop in a) != (prop in b):
-            changes.append(prop)
-        elif prop in a and not _same(a[prop], b[prop], tol):
-            changes.append(prop)
-    return changes
 
 
 class VerletPairs:

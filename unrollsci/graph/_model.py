@@ -234,7 +234,7 @@ class UnrolledGraphGD(nn.Module):
         # a NaN logit (an overflow inside the controller, at large but finite weights) is
         # read as 0, the middle of the range, so the clamp holds whatever the weights;
         # +-inf saturate in the sigmoid and finite logits are left as they are
-        z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
+        z = torch.nan_to_num(z, nan=0.0)
         return self.floor + (1.0 - self.margin - self.floor) * torch.sigmoid(z)
 
     def _features(
