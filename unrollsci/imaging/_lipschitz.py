@@ -67,6 +67,7 @@ def lipschitz_bound(
             f"Expected an UnrolledCT or ConvexRidgeCT model (got {type(model).__name__})."
         )
     margin = check_positive("margin", margin, allow_zero=True)
+    model.check_finite_weights()  # a NaN weight gave a NaN bound, silently
     radon = model.radon
     a = float(model.radon_norm)
     with torch.no_grad():
@@ -88,6 +89,8 @@ def lipschitz_bound(
             # bound on the state (x, h[, q])
             layers.append({"step": s, "cnn": lip_cnn, "dual_cnn": lip_dual, "bound": lx})
     model.train(was)
+    if math.isnan(lx):
+        raise ValueError("Expected a finite Lipschitz bound (got NaN from finite weights).")
     cert = LipschitzCertificate(bound=lx, init=l_init, radon_norm=a * n_a, layers=layers)
     return cert if details else cert.bound
 

@@ -81,7 +81,11 @@ class _Conv(nn.Module):
             with torch.no_grad():
                 v = F.conv2d(self.u, w, padding=w.shape[-1] // 2)
                 u = F.conv_transpose2d(v, w, padding=w.shape[-1] // 2)
-                self.u.copy_(u / u.norm().clamp(min=1e-30))
+                u = u / u.norm().clamp(min=1e-30)
+                # a non-finite step (NaN, Inf or overflowing weights) never reaches the
+                # buffer, as in the refiner: it would keep every later training output NaN
+                # after the weights are repaired (a select on the device: no host sync)
+                self.u.copy_(torch.where(torch.isfinite(u).all(), u, self.u))
         # sigma ~ ||W u|| with the (detached) converged u; differentiable in W.
         sigma = F.conv2d(self.u, w, padding=w.shape[-1] // 2).norm()
         if self.training:
@@ -91,10 +95,13 @@ class _Conv(nn.Module):
         return w / torch.clamp(sigma / self.cap, min=1.0)
 
     @torch.no_grad()
-    def refresh_sigma_(self) -> None:
-        """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm."""
+    def refresh_sigma_(self) -> bool:
+        """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm.
+
+        Returns False if that bound is not finite (a NaN or Inf weight: the layer's
+        outputs are then not finite either), True otherwise or without a cap."""
         if self.cap is None:
-            return
+            return True
         # Keyed on content, not on w._version: an edit through w.data (EMA, weight
         # averaging) does not bump the version, and a training forward rewrites sigma.
         w, done = self.conv.weight.detach(), getattr(self, "_refreshed", None)
@@ -102,9 +109,11 @@ class _Conv(nn.Module):
             a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
             for a, b in zip(done, (w, self.sigma), strict=True)
         ):
-            return
-        self.sigma.fill_(conv_operator_norm(w, self.size))
+            return True
+        bound = conv_operator_norm(w, self.size)
+        self.sigma.fill_(bound)
         self._refreshed = (w.clone(), self.sigma.clone())
+        return math.isfinite(bound)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         w = self.weight()
@@ -311,10 +320,34 @@ class UnrolledCT(nn.Module):
         """Switch mode; entering eval mode fixes each capped conv at its certified scale."""
         super().train(mode)
         if not mode:
-            for block in (*self.blocks, *self.dual_blocks):
-                for conv in block.convs:
-                    conv.refresh_sigma_()
+            # the bounds are host floats already: checking them costs no extra sync
+            bad = [
+                f"{name}.conv.weight"
+                for name, conv in self.named_modules()
+                if isinstance(conv, _Conv) and not conv.refresh_sigma_()
+            ]
+            if bad:
+                self.check_finite_weights()  # names the parameters with their counts
+                raise ValueError(
+                    f"Expected capped convolutions with a finite operator-norm bound (got a "
+                    f"non-finite bound for {', '.join(bad)}: the weights overflow)."
+                )
         return self
+
+    def check_finite_weights(self) -> None:
+        """Raise ``ValueError`` naming every parameter (and ``radon_norm``) that holds NaN or
+        Inf entries: the certificate and the outputs of such a model are not finite."""
+        bad = []
+        named = (*self.named_parameters(), ("radon_norm", self.radon_norm))
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
+        if bad:
+            raise ValueError(
+                f"Expected finite weights in the UnrolledCT (got non-finite values in "
+                f"{', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
+            )
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (for :func:`unrollsci.train.save_checkpoint`)."""

@@ -6,6 +6,7 @@ in :mod:`._compose` (imported when first used: they subclass :class:`LinearOpera
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -20,6 +21,9 @@ from .._validation import (
     check_tensor,
 )
 from ._checks import check_dtype_supported, check_real, tensor_key
+
+#: Sparse layouts with no storage (``copy.deepcopy`` of such a tensor fails in torch).
+_COMPRESSED = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 
 
 class LinearOperator(nn.Module):
@@ -151,6 +155,25 @@ class LinearOperator(nn.Module):
             cached._src_key = src  # type: ignore[attr-defined]
             slot[name] = cached
         return cached
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LinearOperator:
+        """An independent copy (``copy.deepcopy``): equal products, no shared tensors.
+
+        torch cannot deep-copy a sparse CSR/CSC tensor (it has no storage), so such buffers
+        (``Radon(method="matrix")``, ``SparseOperator``) are cloned. The caches of casts
+        and of ``norm()`` are keyed on the original's tensors: the copy starts without them.
+        """
+        for mod in self.modules():
+            for t in mod._buffers.values():
+                if t is not None and t.layout in _COMPRESSED and id(t) not in memo:
+                    memo[id(t)] = t.detach().clone()
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        skip = ("_cast_cache", "_norm_cache")
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
+        new.__setstate__(copy.deepcopy(state, memo))
+        new._cast_cache, new._norm_cache = {}, None
+        return new
 
     def _norm_key(self) -> tuple[Any, ...]:
         """What ``norm()``'s cached value depends on: identity, version counter, storage,
