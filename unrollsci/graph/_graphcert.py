@@ -46,6 +46,7 @@ __all__ = [
     "jacobi_top",
     "laplacian_of",
     "laplacian_top",
+    "split_top",
 ]
 
 _CACHE_SIZE = 8
@@ -189,7 +190,10 @@ def laplacian_top(
     of the top Ritz value (unit norm).
 
     The bound is the Lanczos estimate times ``safety`` accepted by
-    :func:`_certify.certify_upper` (cheap, local), else times ``max(safety, 1.02)``
+    :func:`_certify.certify_upper` (cheap, local), else the split certificate's bound
+    (:func:`split_top`, :mod:`._split`: one factorization of the graph minus a ball
+    around the vector's peak; tight where the top vector is localized) where it is below
+    the estimate times ``max(safety, 1.02)``, else that product
     accepted by the inertia check (``c I - L`` positive definite: one sparse ``L D L^T``
     factorization without pivoting, every pivot positive, Sylvester's law of inertia; at
     2% above the top the matrix is far from singular, so rounding cannot flip a pivot's
@@ -212,6 +216,9 @@ def laplacian_top(
         if c < cap and _certify.certify_upper(lap, np.ones(m), c):
             return c, vec
         c = max(safety, 1.02) * max(est, 0.0)
+        cert = split_top(lap, vec, digest)  # tighter where the top vector is localized
+        if cert is not None and cert.graph_top() < min(c, cap):
+            return cert.graph_top(), vec
         if 0 < c < cap and _factorable(lap, digest):
             if is_pd(sp.csr_matrix(sp.diags(np.full(m, c)) - lap)):
                 return c, vec
@@ -220,6 +227,19 @@ def laplacian_top(
         return _certify.upper_bound(lap, np.ones(m), 1.05, cap, est=est, factors=f), vec
 
     return cached_for_graph(lap, f"top-{safety}", build, digest)
+
+
+def split_top(lap: Any, vec: np.ndarray, digest: bytes | None = None) -> Any:
+    """The split certificate of :func:`._split.split_certificate` (a ball around the
+    peak of ``vec``, the graph's top Lanczos vector), once per graph; None where a
+    factorization is not affordable or none is proved. :func:`._split.split_bound` turns
+    it into each mask's bound on ``lambda_max(H)``."""
+    from ._split import split_certificate
+
+    def build() -> Any:
+        return split_certificate(lap, vec) if _factorable(lap, digest) else None
+
+    return cached_for_graph(lap, "split", build, digest)
 
 
 def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -> float:

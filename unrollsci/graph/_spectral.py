@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import _certify, _dense, _graphcert
+from . import _certify, _dense, _graphcert, _split
 from ._dense import dense_eigs as _dense_eigs
 from ._inertia import affordable as _affordable
 from ._inertia import fills_in as _fills_in
@@ -181,7 +181,9 @@ def spectrum_mask(
     ``_graphcert``; proofs in docs/graph.md):
 
     * ``hi`` of ``H``: the graph bound ``max m + lam lambda_max(L)``
-      (:func:`_graphcert.laplacian_top`, capped by Gershgorin) when it is within 10% of an
+      (:func:`_graphcert.laplacian_top`, capped by Gershgorin; where it is more than 2%
+      above the estimate below, also by the per-graph split bound of :mod:`._split`, the
+      mask exactly on a ball around the hub) when it is within 10% of an
       estimate from below: the Rayleigh quotient of ``H`` at the graph's cached top
       Laplacian vector (one product), else 5 Lanczos steps from that vector; else that
       estimate times ``safety`` (then 1.1, 1.25), accepted once
@@ -195,7 +197,8 @@ def spectrum_mask(
 
     ``inertia=True`` (``hi`` of ``H`` only): above ``_DENSE_MAX`` nodes, ARPACK's estimate
     times ``safety`` proved by one sparse factorization wherever :func:`._inertia.affordable`
-    allows it (tighter, at the price of a factorization), else as above.
+    allows it (at the price of a factorization), else as above; :func:`bounds` keeps the
+    smaller of it and the default.
     """
     key = f"eig-{which}-{safety}-{scaled}-{inertia}"
     if key in p._cache:
@@ -242,6 +245,9 @@ def spectrum_mask(
                     rq = float(
                         np.einsum("i,i->", vec, hv) / max(np.einsum("i,i->", vec, vec), 1e-300)
                     )
+                    cert = _graphcert.split_top(lap, vec, dig) if cap > 1.02 * rq else None
+                    if cert is not None:  # the mask exactly on a ball around the hub
+                        cap = min(cap, _split.split_bound(cert, mb[s:e], p.lam))
                     if cap <= 1.1 * rq:
                         out[b, k] = cap
                         continue
@@ -394,6 +400,8 @@ def bounds(
         if which == "hi":
             gb = _max_per_block(p, gershgorin_np(p))
             res = np.minimum(spectrum_mask(p, "hi", safety, inertia=inertia), gb)
+            if inertia:  # never looser than the default (both are proofs)
+                res = np.minimum(res, spectrum_mask(p, "hi", safety))
         else:
             res = spectrum_mask(p, "lo", lo_safety)
         p._cache[key] = res
