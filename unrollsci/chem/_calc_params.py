@@ -24,8 +24,10 @@ __all__ = [
     "DEFAULT_PARAMETERS",
     "adjoint_tol",
     "build",
+    "check_results",
     "copy_value",
     "normalize",
+    "parameter_property",
     "plain_short_range",
     "snapshot",
     "stale",
@@ -193,6 +195,19 @@ def copy_value(value: Any) -> Any:
     return value
 
 
+def parameter_property(key: str, doc: str) -> property:
+    """A calculator attribute that reads a copy of ``calc.parameters[key]`` and writes
+    through ``calc.set(key=value)`` (so that a change clears the results it invalidates)."""
+
+    def get(calc: Any) -> Any:
+        return copy_value(calc.parameters[key])
+
+    def put(calc: Any, value: Any) -> None:
+        calc.set(**{key: value})
+
+    return property(get, put, doc=doc)
+
+
 def snapshot(p: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of the parameters ``p`` to tell later edits of ``p`` from (:func:`stale`)."""
     return {key: copy_value(value) for key, value in p.items()}
@@ -268,6 +283,19 @@ def build(p: Mapping[str, Any]) -> Built:
         grad_name="forces",
     )
     return Built(settings, torch.device(p["device"]), _DTYPES[p["dtype"]])
+
+
+def check_results(calc: Any) -> None:
+    """Clear the results of ``calc`` and raise ``ValueError`` if one of them is NaN or Inf
+    (charges or an energy beyond the range of the dtype, e.g. float32 with a huge chi)."""
+    bad = sorted(k for k, v in calc.results.items() if not np.isfinite(v).all())
+    if bad:
+        calc.reset()
+        raise ValueError(
+            f"QEq results {bad} are not finite (NaN or Inf): the charges or the energy "
+            f"exceed the range of {calc.dtype}. Use dtype float64 or check the parameters "
+            "(chi, eta)."
+        )
 
 
 def _close(a: Any, b: Any, tol: float) -> bool:

@@ -13,6 +13,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import _calc_params, _solve, _step
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, _compare_atoms, copy_value, normalize
+from ._calc_params import parameter_property as _parameter
 from ._settings import COULOMB_CONSTANT, QEqSettings
 from ._solve import (
     Prepared,
@@ -25,19 +26,6 @@ from ._step import analytic_step
 from ._verlet import DefiniteCertificate, VerletPairs
 
 __all__ = ["QEqCalculator"]
-
-
-def _parameter(key: str, doc: str) -> property:
-    """A calculator attribute that reads a copy of ``calc.parameters[key]`` and writes
-    through ``calc.set(key=value)`` (so that a change clears the results it invalidates)."""
-
-    def get(self: QEqCalculator) -> Any:
-        return copy_value(self.parameters[key])
-
-    def put(self: QEqCalculator, value: Any) -> None:
-        self.set(**{key: value})
-
-    return property(get, put, doc=doc)
 
 
 class QEqCalculator(Calculator):
@@ -178,8 +166,29 @@ class QEqCalculator(Calculator):
         unknown = set(kwargs) - allowed - set(DEFAULT_PARAMETERS)
         if unknown:
             raise TypeError(f"QEqCalculator got unexpected keyword argument(s) {sorted(unknown)}.")
-        # the named arguments (the parameters), in the signature's order
-        given = {key: value for key, value in locals().items() if key in DEFAULT_PARAMETERS}
+        # the named arguments (the parameters), in the signature's (= DEFAULT_PARAMETERS') order
+        given = {
+            "params": params,
+            "kernel": kernel,
+            "cutoff": cutoff,
+            "coulomb_constant": coulomb_constant,
+            "ewald": ewald,
+            "ewald_accuracy": ewald_accuracy,
+            "ewald_method": ewald_method,
+            "total_charge": total_charge,
+            "tol": tol,
+            "max_iter": max_iter,
+            "iterations": iterations,
+            "forces": forces,
+            "adjoint_tol": adjoint_tol,
+            "short_range": short_range,
+            "warm_start": warm_start,
+            "device": device,
+            "dtype": dtype,
+            "check_definite": check_definite,
+            "skin": skin,
+            "solver": solver,
+        }
         #: the last solve (charges, energy, iterations, residuals, ...)
         self.solution: QEqSolution | None = None
         self._q_prev: torch.Tensor | None = None
@@ -272,13 +281,17 @@ class QEqCalculator(Calculator):
         self.solution = None
 
     def check_state(self, atoms: Any, tol: float = 1e-15) -> list[str]:
-        """ASE's system changes, less those that cannot change the results: initial
-        magnetic moments, and initial charges when ``total_charge`` is given."""
+        """ASE's system changes, less those that cannot change the results (initial
+        magnetic moments, and initial charges when ``total_charge`` is given), plus
+        ``"parameters"`` after an edit in place of ``calc.parameters`` that changes the
+        results (as ``get_property`` and ``calculate`` see it): ``calculation_required``
+        is then True."""
         changes = _compare_atoms(self.atoms, atoms, tol)  # = ASE's Calculator.check_state
         ignored = {"initial_magmoms", *self.ignored_changes}
         if self.parameters["total_charge"] is not None:
             ignored.add("initial_charges")
-        return [c for c in changes if c not in ignored]
+        changes = [c for c in changes if c not in ignored]
+        return changes + ["parameters"] if self._stale() - NEUTRAL else changes
 
     # ------------------------------------------------------------------ read-only views
 
@@ -361,6 +374,7 @@ class QEqCalculator(Calculator):
             # the checks solve_charges makes, which this path does not go through
             _solve._check_numbers(settings, self._symbols)
             self._step(atoms, settings, pos_np, cell_np, q0, periodic, molecule)
+            _calc_params.check_results(self)
             return
         prepared = Prepared(table=self._table, definite=self._certificate.check)
         cutoff = settings.cutoff
@@ -401,6 +415,7 @@ class QEqCalculator(Calculator):
             self.results["stress"] = s.flat[[0, 4, 8, 5, 2, 1]]
         if molecule:
             self.results["dipole"] = charges @ pos_np
+        _calc_params.check_results(self)
 
     def _analytic(self, settings: QEqSettings) -> bool:
         """Whether this call takes the analytic path (:mod:`._step`): a kept pair list, no

@@ -302,23 +302,72 @@ def _dense_hardness(op: _Hardness, reciprocal: bool = True) -> torch.Tensor:
     return a
 
 
-def _projected_hardness(a: torch.Tensor) -> torch.Tensor:
-    """``Z^T A Z`` (N-1, N-1) for an orthonormal basis Z of ``{q : sum(q) = 0}``.
+#: the Householder basis serves while ``max|A_ii| <= SPREAD_MAX * min|A_ii|``: its rounding
+#: then stays within this factor of the ordered basis' (see :class:`ConstraintBasis`)
+SPREAD_MAX = 1e3
 
-    Z is columns 2..N of the Householder reflector ``H = I - beta v v^T``,
-    ``v = 1 + sqrt(N) e_1``, whose first column is ``-1 / sqrt(N)``; the eigenvalues of the
-    result are those of A restricted to the constraint subspace. With
-    ``w = beta A v - (beta^2 / 2) (v^T A v) v``, ``H A H = A - v w^T - w v^T`` and
-    ``v_k = 1`` for k >= 2, so the trailing block costs O(N^2).
+
+class ConstraintBasis:
+    """An orthonormal basis ``Z`` (N, N-1) of ``{q : sum(q) = 0}`` chosen for the dense
+    matrix ``a``: ``Z^T A Z`` has the eigenvalues of A restricted to the subspace.
+
+    * Columns 2..N of the Householder reflector ``H = I - beta v v^T``, ``v = 1 + sqrt(N)
+      e_1`` (first column ``-1 / sqrt(N)``), while the diagonal's spread is at most
+      :data:`SPREAD_MAX`. With ``w = beta A v - (beta^2 / 2) (v^T A v) v``, ``H A H = A -
+      v w^T - w v^T`` and ``v_k = 1`` for k >= 2, so the trailing block costs O(N^2).
+    * Otherwise the Helmert basis over the atoms by increasing ``A_ii``: column k is
+      ``(e_1 + ... + e_k - k e_{k+1}) / sqrt(k (k + 1))`` (cumulative sums, O(N^2)). A
+      column holds only atoms no harder than its last one, so the rounding of an entry of
+      ``Z^T A Z`` is at the scale of the smaller of its two diagonal entries. The
+      Householder columns hold every atom: with one element's eta 1e16 times the others'
+      their rounding hides the sign of the soft atoms' eigenvalues.
     """
-    n = a.shape[0]
-    s = math.sqrt(n)
-    v = torch.ones(n, dtype=a.dtype, device=a.device)
-    v[0] += s
-    beta = 1.0 / (s * (s + 1.0))  # 2 / ||v||^2
-    p = beta * (a @ v)
-    w = (p - (0.5 * beta * (v @ p)) * v)[1:]
-    return a[1:, 1:] - w[None, :] - w[:, None]
+
+    def __init__(self, a: torch.Tensor) -> None:
+        n = a.shape[0]
+        d = torch.diagonal(a)
+        spread = d.abs().max() <= SPREAD_MAX * d.abs().min()
+        #: the atoms in the Helmert order, or None (Householder)
+        self.order = None if bool(spread) else torch.argsort(d, stable=True)
+        s = math.sqrt(n)
+        self._beta = 1.0 / (s * (s + 1.0))  # 2 / ||v||^2
+        self._v = torch.ones(n, dtype=a.dtype, device=a.device)
+        self._v[0] += s
+        k = torch.arange(1, n, dtype=a.dtype, device=a.device)
+        self._k, self._s = k, torch.rsqrt(k * (k + 1.0))
+
+    def t(self, x: torch.Tensor) -> torch.Tensor:
+        """``Z^T x`` for ``x`` (N,) or (N, M) (along dim 0)."""
+        if self.order is None:
+            return x[1:] - self._beta * (self._v @ x)
+        xs = x.index_select(0, self.order)
+        k, s = (self._k, self._s) if xs.dim() == 1 else (self._k[:, None], self._s[:, None])
+        return torch.cumsum(xs, 0)[:-1].addcmul_(k, xs[1:], value=-1.0).mul_(s)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """``Z y`` for ``y`` (N-1,)."""
+        if self.order is None:
+            return torch.cat([y.new_zeros(1), y]) - (self._beta * y.sum()) * self._v
+        g = y * self._s
+        out = torch.cat([torch.flip(torch.cumsum(torch.flip(g, (0,)), 0), (0,)), g.new_zeros(1)])
+        out[1:] -= self._k * g  # out[a] = sum_{k > a} g_k - a g_a
+        return torch.empty_like(out).index_copy_(0, self.order, out)
+
+    def project(self, a: torch.Tensor) -> torch.Tensor:
+        """``Z^T A Z`` (N-1, N-1) for the symmetric ``a``."""
+        if self.order is None:
+            beta, v = self._beta, self._v
+            p = beta * (a @ v)
+            w = (p - (0.5 * beta * (v @ p)) * v)[1:]
+            return a[1:, 1:] - w[None, :] - w[:, None]
+        return self.t(self.t(a).T)
+
+
+def _projected_hardness(a: torch.Tensor) -> torch.Tensor:
+    """``Z^T A Z`` (N-1, N-1) for the orthonormal basis Z of ``{q : sum(q) = 0}`` of
+    :class:`ConstraintBasis`; the eigenvalues of the result are those of A restricted to
+    the constraint subspace."""
+    return ConstraintBasis(a).project(a)
 
 
 def _check_projected_definite(op: _Hardness) -> None:
@@ -379,9 +428,15 @@ def _precond_diag(op: _Hardness, base: torch.Tensor, ewald: bool) -> torch.Tenso
 
 def _check_diag(d: torch.Tensor) -> None:
     d = d.detach()
-    bad = d <= 0
+    bad = ~(d > 0) | torch.isinf(d)
     if bool(bad.any()):
         idx = int(torch.nonzero(bad)[0, 0])
+        if not math.isfinite(float(d[idx])):  # not a catastrophe: a value out of range
+            raise ValueError(
+                f"QEq hardness matrix diagonal entry {idx} is {float(d[idx])} (eta plus "
+                f"self-interaction terms): out of the range of {d.dtype}. Use dtype "
+                "float64 or a smaller eta."
+            )
         raise PolarizationCatastropheError(
             f"QEq hardness matrix is not positive definite: diagonal entry {idx} is "
             f"{float(d[idx]):.3e} <= 0 (eta plus self-interaction terms). Increase eta."

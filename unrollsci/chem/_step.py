@@ -34,9 +34,9 @@ from .._validation import ConvergenceError, ConvergenceWarning
 from ._geometry import pair_kernel, shielded_pair_constant, shielded_w_dw
 from ._hardness import (
     MIN_DISTANCE,
+    ConstraintBasis,
     _check_diag,
     _Hardness,
-    _projected_hardness,
     raise_catastrophe,
 )
 from ._pcg import _pcg
@@ -136,30 +136,22 @@ def _direct(
         q = torch.full_like(chi, total)
         return q, torch.zeros_like(chi) if implicit else None, op(q)
     a = _dense(op, cache)
-    m = _projected_hardness(a)
+    z = ConstraintBasis(a)
+    m = z.project(a)
     chol, info = torch.linalg.cholesky_ex(m)
     if int(info) != 0:
         raise_catastrophe(m, n)
-    s = math.sqrt(n)
-    beta = 1.0 / (s * (s + 1.0))
-    hv = torch.ones(n, dtype=f64, device=a.device)
-    hv[0] += s
 
-    def zt(x: torch.Tensor) -> torch.Tensor:  # Z^T x
-        return x[1:] - beta * (hv @ x)
-
-    def z(y: torch.Tensor) -> torch.Tensor:  # Z y
-        out = torch.cat([y.new_zeros(1), y])
-        return out - (beta * y.sum()) * hv
+    def solve(rhs: torch.Tensor) -> torch.Tensor:  # Z (Z^T A Z)^-1 rhs
+        return z(torch.cholesky_solve(rhs[:, None], chol)[:, 0])
 
     qp = torch.full((n,), total / n, dtype=f64, device=a.device)
     chi64 = chi.to(f64)
-    rhs = -zt(chi64 + a @ qp)
-    q = qp + z(torch.cholesky_solve(rhs[:, None], chol)[:, 0])
+    q = qp + solve(-z.t(chi64 + a @ qp))
     v = None
     if implicit:
         g = a @ q + chi64
-        v = z(torch.cholesky_solve(zt(g)[:, None], chol)[:, 0]).to(chi.dtype)
+        v = solve(z.t(g)).to(chi.dtype)
     return q.to(chi.dtype), v, (a @ q).to(chi.dtype)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, check_tensor, detached_from
 from ..operators import LinearOperator, Mask, SparseOperator
 from . import _exact, _graphcert, _spectral
 from ._convert import networkx_adjacency, pyg_inputs
@@ -83,7 +83,8 @@ class GraphInverseProblem:
         tau: float = 1.0,
         heat_degree: int = 30,
     ) -> None:
-        adj = canonical_adjacency(adjacency)  # weights checked with the Laplacian, below
+        # in arrays of its own: an edit of the caller's matrix must not reach the problem
+        adj = detached_from(canonical_adjacency(adjacency), adjacency)  # weights checked below
         n = adj.shape[0]
         if isinstance(lam, torch.Tensor):
             if lam.numel() != 1:
