@@ -394,12 +394,12 @@ class GraphInverseProblem:
                 800 nodes per graph, Lanczos/ARPACK above) times ``safety``, capped by the
                 Gershgorin bound. Masks of 800-5000 nodes: the estimate proved by the
                 inertia of ``Lip I - H`` (one sparse factorization); above (or if that
-                fails): the graph bound ``max m + lam lambda_max(L)`` (cached per graph)
+                fails): the graph bound ``max m + lam lambda_max(L)`` (per graph; refined by
+                the split certificate, the mask exactly on a ball around the graph's hub)
                 within 10% of an estimate, else the estimate times 1.01 (1.1, 1.25) once a
-                Schur-complement test proves ``Lip I - H >= 0``. ``"inertia"`` (masks):
-                the inertia proof at any size where a factorization is affordable
-                (docs/graph.md), else ``"auto"``. Heat kernel and general operators: the
-                spectral function on a grid, resp. power iteration with a 5% margin.
+                Schur test proves ``Lip I - H >= 0``. ``"inertia"`` (masks): the smaller of
+                that and the inertia proof where a factorization is affordable. Heat kernel
+                / general operators: spectral function on a grid / power iteration + 5%.
             safety: factor on the eigenvalue estimate (``>= 1``).
 
         Returns:
