@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..train._state import copy_state
 from ._common import (
     Timer,
     markdown_table,
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             # (steps, wall s, CPU s, validation MSE): the learning curve
             _b["history"].append([(epoch + 1) * steps_per_epoch, wall, cpu, val_loss])
             if val_loss is not None and val_loss < _b["val"]:
-                _b["val"], _b["state"] = val_loss, copy.deepcopy(_m.state_dict())
+                _b["val"], _b["state"] = val_loss, copy_state(_m.state_dict())
                 _b["best_epoch"] = epoch
             if time.perf_counter() - _t > args.train_seconds:
                 raise _BudgetSpent

@@ -17,7 +17,6 @@ against TV (interleaved repeats, medians). Writes ``ct_certified.json`` and
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import statistics
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from .._io import check_writable
+from ..train._state import copy_state
 from ._common import (
     markdown_table,
     output_dir_arg,
@@ -90,7 +90,7 @@ def _fit_best(
             history.append({"step": step, "val_mse": v, "seconds": time.perf_counter() - t0})
             load.append(os.getloadavg()[0])
             if v < best["val_mse"]:
-                best.update(val_mse=v, step=step, state=copy.deepcopy(module.state_dict()))
+                best.update(val_mse=v, step=step, state=copy_state(module.state_dict()))
         if step >= steps or time.perf_counter() - t0 > seconds:
             break
         factor = cosine_factor(step, steps, lr_floor)

@@ -33,7 +33,6 @@ average in the JSON).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import statistics
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ..train._state import copy_state
 from ._common import (
     figure_path,
     markdown_table,
@@ -143,7 +143,7 @@ def _train(model: Any, cfg: dict[str, Any], val: tuple[Any, Any, Any], log: Any)
             return psnr(model.for_operator(big_op)(yv), xv)
 
     best, best_step = val_psnr(), 0
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy_state(model.state_dict())
     history = [(0, best)]
     t0 = time.perf_counter()
     step = 0
@@ -161,7 +161,7 @@ def _train(model: Any, cfg: dict[str, Any], val: tuple[Any, Any, Any], log: Any)
             history.append((step, v))
             log(f"  step {step}: loss {loss.item():.3e}, validation PSNR {v:.2f} dB")
             if v > best:
-                best, best_step, best_state = v, step, copy.deepcopy(model.state_dict())
+                best, best_step, best_state = v, step, copy_state(model.state_dict())
     model.load_state_dict(best_state)
     return {
         "steps_done": step,

@@ -28,7 +28,6 @@ Timings are wall-clock medians on a shared machine (the machine info is in the J
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 import warnings
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 
 from .. import losses
+from ..train._state import copy_state
 from ._common import (
     figure_path,
     markdown_table,
@@ -96,7 +96,7 @@ def train_model(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     with torch.no_grad():
         best = nmse_db(model(yv), xv)
-    best_state, best_step = copy.deepcopy(model.state_dict()), 0
+    best_state, best_step = copy_state(model.state_dict()), 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         idx = torch.randint(0, x.shape[0], (min(batch, x.shape[0]),), generator=gen)
@@ -108,7 +108,7 @@ def train_model(
             with torch.no_grad():
                 v = nmse_db(model(yv), xv)
             if v < best:
-                best, best_state, best_step = v, copy.deepcopy(model.state_dict()), step
+                best, best_state, best_step = v, copy_state(model.state_dict()), step
     model.load_state_dict(best_state)
     return {"val_nmse_db": best, "best_step": best_step, "train_s": time.perf_counter() - t0}
 

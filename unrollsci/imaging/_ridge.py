@@ -266,6 +266,26 @@ class ConvexRidgeCT(nn.Module):
             "refine": self.refine,
         }
 
+    def check_finite_weights(self) -> None:
+        """Raise ``ValueError`` naming every parameter (the refiner's included) and norm
+        buffer (``radon_norm``, ``init_norm``) that holds NaN or Inf entries: the
+        certificate and the outputs of such a model are not finite."""
+        bad = []
+        named = (
+            *self.named_parameters(),
+            ("radon_norm", self.radon_norm),
+            ("init_norm", self.init_norm),
+        )
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
+        if bad:
+            raise ValueError(
+                f"Expected finite weights in the ConvexRidgeCT (got non-finite values in "
+                f"{', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
+            )
+
     def shares(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(beta_k, gamma_k)`` per layer: ``beta + gamma <= 2 - slack``."""
         p = torch.softmax(self.step_logits, dim=-1) * (2.0 - self.slack)
@@ -363,9 +383,13 @@ class ConvexRidgeCT(nn.Module):
 
         Returns:
             The bound (a float; ``inf`` if a step violates ``beta + gamma < 2``).
+
+        Raises:
+            ValueError: a parameter or norm holds NaN or Inf (:meth:`check_finite_weights`).
         """
         from ._lipschitz import LipschitzCertificate
 
+        self.check_finite_weights()  # else inf for a NaN weight, finite for a NaN bias
         a, l0 = float(self.radon_norm), float(self.init_norm)
         if recompute:
             a = max(a, self.radon.norm(recompute=True) * (1.0 + self.margin))

@@ -115,11 +115,9 @@ def fit_preconditioner(
         ``restart_vals``, the best validation loss of every restart, and ``restart``,
         the index of the kept one).
     """
-    import copy
-
     from .._validation import check_positive
     from ..train import fit, is_main_process, save_checkpoint
-    from ..train._state import replace_model
+    from ..train._state import copy_state, replace_model
 
     restarts = int(restarts)
     if restarts < 1:
@@ -163,7 +161,7 @@ def fit_preconditioner(
     loss_fn = pcg_loss(steps, loss, seed)
     init_state, init_val = None, None
     if val is not None and keep_base_if_better:
-        init_state = copy.deepcopy(model.state_dict())
+        init_state = copy_state(model.state_dict())
         with torch.no_grad():
             init_val = float(np.mean([float(loss_fn(model, b)) for b in val]))
     best_hist, best_state, vals = None, None, []
@@ -185,7 +183,7 @@ def fit_preconditioner(
         if best_hist is None or vals[-1] < min(vals[:-1]):
             best_hist = hist
             if restarts > 1:
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy_state(model.state_dict())
     hist = best_hist
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -123,6 +122,7 @@ def fit(
     from ._precision import mixed_precision as low_precision
     from ._state import (
         check_resume_args,
+        copy_state,
         decode_optimizer,
         encode_optimizer,
         load_fit_state,
@@ -406,7 +406,7 @@ def fit(
                     if score < bk["best"]:
                         bk["best"], bk["bad"] = score, 0
                         if track_best:
-                            bk["best_state"] = copy.deepcopy(model.state_dict())
+                            bk["best_state"] = copy_state(model.state_dict())
                         if stage == stages[-1]:
                             hist.best_val, hist.best_epoch = score, epoch_counter
                     else:
@@ -442,7 +442,7 @@ def fit(
                     hist.stopped_early = True
                 if bk["best_state"] is not None and track_best:
                     if final_state is not None:
-                        final_state["weights"] = copy.deepcopy(model.state_dict())
+                        final_state["weights"] = copy_state(model.state_dict())
                     model.load_state_dict(bk["best_state"])
                 if halted:
                     break

@@ -11,7 +11,6 @@ family) and adds the guarantee that deeper is never worse on the validation set.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..unrolled._base import layer_lists
 from ._checks import _check_int
+from ._state import copy_state
 
 __all__ = ["LayerwiseHistory", "fit_layerwise", "layer_nmse_db"]
 
@@ -397,7 +397,7 @@ def fit_layerwise(
             curve = layer_nmse_db(model, y_val, x_val)
             ok, best = score(curve, k)
             best_ok = ok
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy_state(model.state_dict())
             since, steps, by_patience = 0, 0, False
             try:
                 while steps < max_steps:
@@ -434,7 +434,7 @@ def fit_layerwise(
                         ok, val = score(curve, k)
                         if (ok and (not best_ok or val < best)) or (not best_ok and val < best):
                             best, best_ok, since = val, ok, 0
-                            best_state = copy.deepcopy(model.state_dict())
+                            best_state = copy_state(model.state_dict())
                         if since >= patience:
                             by_patience = True
                             break

@@ -10,6 +10,7 @@ history so far. Only plain data: the file is read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,22 @@ RESUME_ARGS = (
     "patience",
     "mixed_precision",
 )
+
+
+def copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An independent copy of a ``state_dict``, as ``copy.deepcopy`` would give.
+
+    ``copy.deepcopy`` fails on sparse CSR/CSC/BSR/BSC tensors (they have no storage), which
+    the state of a model on a :class:`~unrollsci.operators.SparseOperator` holds. Every
+    tensor entry is cloned (``detach().clone()``, which works for every layout; a tensor
+    under two names stays one tensor), every other entry is deep-copied, and the mapping
+    keeps its type and the ``_metadata`` that ``load_state_dict`` reads.
+    """
+    memo: dict[int, Any] = {}
+    for v in state.values():
+        if isinstance(v, torch.Tensor) and id(v) not in memo:
+            memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(state, memo)
 
 
 def _keys_to_str(d: dict) -> dict[str, Any]:
