@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from ._local import gamma, local_stage, proved
-from ._product import threaded
 
 __all__ = ["collatz_lower", "lanczos", "lanczos_max", "certify_upper", "upper_bound"]
 
@@ -224,19 +223,20 @@ def collatz_lower(
     Every ``u > 0`` gives a valid bound ``min_i (H u)_i / (D_k,i u_i)`` (Collatz-Wielandt),
     evaluated with the rounding of the product subtracted; the largest over the smoothing
     steps is returned (a maximum of proven lower bounds is one). Returns ``(k,)`` bounds,
-    each ``max(bound, 0)``. Products with ``H``: :func:`._product.threaded`.
+    each ``max(bound, 0)``.
     """
     if target is not None and not 0 < target <= 1:
         raise ValueError(f"Expected 0 < target <= 1 (got {target}).")
-    dg, hp = (h.diagonal() if diag is None else diag), threaded(h)
-    dinv, ncol = 1.0 / dg, scales.shape[1]
+    dg = h.diagonal() if diag is None else diag
+    dinv = 1.0 / dg
+    ncol = scales.shape[1]
     hu_est = None  # H u estimated by PCG's residual: steers the iteration, proves nothing
     if steps > 0:
         key = ("first", iters, rtol)
         if shared is not None and key in shared:
             u1, hu1 = shared[key]
         else:
-            u1, hu1 = _unit(*_pcg(hp, np.ones((dg.shape[0], 1)), dinv, iters, rtol))
+            u1, hu1 = _unit(*_pcg(h, np.ones((dg.shape[0], 1)), dinv, iters, rtol))
             if shared is not None:
                 shared[key] = (u1, hu1)
         u, hu_est = np.repeat(u1, ncol, axis=1), np.repeat(hu1, ncol, axis=1)
@@ -244,7 +244,7 @@ def collatz_lower(
             b = scales * u
             mu = np.einsum("ij,ij->j", u, hu_est) / np.einsum("ij,ij->j", u, b)
             mu = np.where(np.isfinite(mu) & (mu > 0), mu, 1.0)
-            x, hx = _pcg(hp, b, dinv, iters, rtol, x0=u / mu, hx0=hu_est / mu)
+            x, hx = _pcg(h, b, dinv, iters, rtol, x0=u / mu, hx0=hu_est / mu)
             u, hu_est = _unit(x, hx)
     else:
         u = 1.0 / scales
@@ -260,7 +260,7 @@ def collatz_lower(
 
     cap = 0.99 * (dgc / scales).min(axis=0)  # mu < min_i H_ii / D_k,i: no zero denominator
     if hu_est is None or smooth == 0 or not np.all(np.isfinite(hu_est)) or bad.any():
-        hu = _mv(hp, u)
+        hu = _mv(h, u)
         best = bound(u, hu)
         mu = best
     else:
@@ -280,7 +280,7 @@ def collatz_lower(
             t += u
             t *= 0.5
             u = np.maximum(t, floor, out=t)
-            hu = _mv(hp, u)
+            hu = _mv(h, u)
             new = np.maximum(best, bound(u, hu))
             gain = new - best
             best = mu = new
@@ -301,7 +301,7 @@ def collatz_lower(
         res = b - hu / rq
         r0 = np.einsum("ij,ij->j", res, res)
         rel = float(np.sqrt(np.max(r0 / np.maximum(np.einsum("ij,ij->j", b, b), 1e-300))))
-        x, hx = _pcg(hp, b, dinv, refine_iters, refine_rtol * min(rel, 1.0), x0=u / rq, hx0=hu / rq)
+        x, hx = _pcg(h, b, dinv, refine_iters, refine_rtol * min(rel, 1.0), x0=u / rq, hx0=hu / rq)
         x, hx = _unit(x, hx)
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(hx))):
             break
