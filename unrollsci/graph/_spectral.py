@@ -400,7 +400,8 @@ def bounds(
         if which == "hi":
             gb = _max_per_block(p, gershgorin_np(p))
             res = np.minimum(spectrum_mask(p, "hi", safety, inertia=inertia), gb)
-            if inertia:  # never looser than the default (both are proofs)
+            # never looser than the default (both proofs; the same one up to _FACTOR_MAX)
+            if inertia and int(np.diff(p.block_ptr).max(initial=0)) > _FACTOR_MAX:
                 res = np.minimum(res, spectrum_mask(p, "hi", safety))
         else:
             res = spectrum_mask(p, "lo", lo_safety)
