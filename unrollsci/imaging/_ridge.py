@@ -15,7 +15,7 @@ from ..operators._radon import Radon
 from ._certify import linear_norm
 from ._fbp import FILTERS, checked_sinograms, fbp
 from ._refine import LipschitzRefiner
-from ._unrolled import check_support_mask
+from ._unrolled import check_finite_tensors, check_support_mask
 
 __all__ = ["ConvexRidgeCT", "ridge_filter_norm2", "ridge_step_increment"]
 
@@ -270,21 +270,7 @@ class ConvexRidgeCT(nn.Module):
         """Raise ``ValueError`` naming every parameter (the refiner's included) and norm
         buffer (``radon_norm``, ``init_norm``) that holds NaN or Inf entries: the
         certificate and the outputs of such a model are not finite."""
-        bad = []
-        named = (
-            *self.named_parameters(),
-            ("radon_norm", self.radon_norm),
-            ("init_norm", self.init_norm),
-        )
-        for name, t in named:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-                bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
-        if bad:
-            raise ValueError(
-                f"Expected finite weights in the ConvexRidgeCT (got non-finite values in "
-                f"{', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
-            )
+        check_finite_tensors(self, ("radon_norm", "init_norm"))
 
     def shares(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(beta_k, gamma_k)`` per layer: ``beta + gamma <= 2 - slack``."""

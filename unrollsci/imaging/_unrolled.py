@@ -44,6 +44,21 @@ def check_support_mask(mask: Any, n: int, batch: int | None) -> torch.Tensor:
     return as_bool_mask(mask)
 
 
+def check_finite_tensors(model: nn.Module, buffers: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming every parameter of ``model`` and every named buffer
+    that holds NaN or Inf entries (with their counts)."""
+    bad = []
+    for name, t in (*model.named_parameters(), *((b, getattr(model, b)) for b in buffers)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
+    if bad:
+        raise ValueError(
+            f"Expected finite weights in the {type(model).__name__} (got non-finite values "
+            f"in {', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
+        )
+
+
 class _Conv(nn.Module):
     """A conv layer whose operator norm can be capped (spectral normalization).
 
@@ -337,17 +352,7 @@ class UnrolledCT(nn.Module):
     def check_finite_weights(self) -> None:
         """Raise ``ValueError`` naming every parameter (and ``radon_norm``) that holds NaN or
         Inf entries: the certificate and the outputs of such a model are not finite."""
-        bad = []
-        named = (*self.named_parameters(), ("radon_norm", self.radon_norm))
-        for name, t in named:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-                bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
-        if bad:
-            raise ValueError(
-                f"Expected finite weights in the UnrolledCT (got non-finite values in "
-                f"{', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
-            )
+        check_finite_tensors(self, ("radon_norm",))
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (for :func:`unrollsci.train.save_checkpoint`)."""
