@@ -262,3 +262,21 @@ def test_float32_results_out_of_range_raise_and_are_not_kept(cutoff):
         assert calc.results == {} and calc.solution is None
     calc.set(dtype="float64")
     assert np.isfinite(atoms.get_potential_energy())
+
+
+@pytest.mark.parametrize("chi", [1e25, 1e30])
+def test_float32_nan_residual_is_not_reported_as_a_budget(chi):
+    """A float32 solve whose residual overflowed to NaN said "Try increasing max_iter":
+    the error now says the values exceed the dtype's range."""
+    from unrollsci._validation import ConvergenceError
+
+    atoms = _crystal()
+    calc = QEqCalculator(
+        params={**NACL, "Na": {**NACL["Na"], "chi": chi}}, cutoff=6.0, dtype="float32"
+    )
+    atoms.calc = calc
+    with pytest.raises((ConvergenceError, ValueError)) as info:
+        atoms.get_potential_energy()
+    msg = str(info.value)
+    assert "increasing max_iter" not in msg
+    assert "range" in msg

@@ -7,6 +7,8 @@ constraint, the stop rule and the negative-curvature error.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..solvers._loop import PCGState, pcg_iterate
@@ -24,6 +26,22 @@ def _catastrophe(which: str, k: int, value: float) -> Exception:
         )
     # (D z)^T z >= 0 always, and the monitor stops at 0: unreachable
     return RuntimeError(f"QEq CG: r^T z = {value:.3e} < 0 at iteration {k}.")
+
+
+def not_converged(max_iter: int, res: list, tol: float) -> str:
+    """The message of a charge solve that did not converge: a non-finite residual (charges
+    or energies beyond the dtype's range, e.g. float32 with a huge chi) is said as such,
+    not as a budget to raise."""
+    if not math.isfinite(float(res[-1])):
+        return (
+            f"QEq charge solve produced a non-finite residual ({float(res[-1])}) after "
+            f"{len(res) - 1} iterations: the charges or energies exceed the range of the "
+            "dtype. Use dtype float64 or check chi and eta."
+        )
+    return (
+        f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "
+        f"tol {tol:.1e}. Try increasing max_iter or loosening tol."
+    )
 
 
 def _pcg(

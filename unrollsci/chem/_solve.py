@@ -55,7 +55,7 @@ from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: import
     hardness_terms,
 )
 from ._params import _symbols, resolve_params
-from ._pcg import _pcg
+from ._pcg import _pcg, not_converged
 from ._pme import resolve_method
 from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings, check_pbc
 from ._short_range import short_range_energy
@@ -457,10 +457,7 @@ def solve_with_settings(
         needs_grad=needs_grad,
     )
     if not conv:
-        msg = (
-            f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "
-            f"tol {tol:.1e}. Try increasing max_iter or loosening tol."
-        )
+        msg = not_converged(max_iter, res, tol)
         if iterations is None:
             if throw:
                 raise ConvergenceError(msg)

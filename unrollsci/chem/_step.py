@@ -39,7 +39,7 @@ from ._hardness import (
     _Hardness,
     raise_catastrophe,
 )
-from ._pcg import _pcg
+from ._pcg import _pcg, not_converged
 from ._short_range import short_range_energy
 
 __all__ = ["DIRECT_MAX_ATOMS", "StepResult", "analytic_step", "kernel_and_derivative"]
@@ -287,10 +287,7 @@ def analytic_step(
         aq = op(q)
         stats["solver"] = "cg"
     if not conv:
-        raise ConvergenceError(
-            f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "
-            f"tol {tol:.1e}. Try increasing max_iter or loosening tol."
-        )
+        raise ConvergenceError(not_converged(max_iter, res, tol))
     g = aq + chi
     if implicit and v is None:
         adjoint_tol = tol if s.adjoint_tol is None else float(s.adjoint_tol)
