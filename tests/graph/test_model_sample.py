@@ -6,6 +6,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -264,7 +265,10 @@ def test_sample_is_shared_by_the_problems_on_a_graph():
         fresh = GraphInverseProblem.from_scipy(q.adjacency, q.y * q_mask, mask=q_mask, lam=0.7)
         assert torch.equal(model(fresh).x, shared)
     gi = np.repeat([0, 1], [40, 50])
-    blocks = GraphInverseProblem.from_scipy(q.adjacency, q.y, mask=q.mask, graph_index=gi)
+    # two graphs: the edges between the two node sets dropped (a batch has none)
+    within = sp.csr_matrix(q.adjacency.multiply(gi[:, None] == gi[None, :]))
+    full = torch.ones_like(q.mask)  # every component observed
+    blocks = GraphInverseProblem.from_scipy(within, q.y, mask=full, graph_index=gi)
     sb = controller_sample(blocks, 6, 3, 2, torch.float64)
     assert sb is not controller_sample(p, 6, 3, 2, torch.float64)
     assert sb.block_index.unique().numel() == 2

@@ -7,9 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["networkx_adjacency", "pyg_inputs"]
+__all__ = ["check_block_edges", "networkx_adjacency", "pyg_inputs"]
+
+
+def check_block_edges(gi: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Refuse edges ``(rows, cols)`` between different graphs of the batch vector ``gi``:
+    every graph's bounds and solution are computed as if it were alone (a PyG batch never
+    has such edges; with them the per-graph bounds are not bounds of the coupled ``H``)."""
+    cross = int(np.count_nonzero(gi[rows] != gi[cols]))
+    if cross:
+        raise ValueError(
+            f"Expected no edge between different graphs of 'graph_index' (got {cross // 2 or 1} "
+            "such edge(s)): give each connected set of nodes one graph index, or merge them."
+        )
 
 
 def networkx_adjacency(G: Any, weight: str | None = "weight"):  # type: ignore[no-untyped-def]  # noqa: N803

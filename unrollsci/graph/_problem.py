@@ -23,7 +23,7 @@ import torch
 from .._validation import check_finite, check_tensor, detached_from
 from ..operators import LinearOperator, Mask, SparseOperator
 from . import _exact, _graphcert, _spectral
-from ._convert import networkx_adjacency, pyg_inputs
+from ._convert import check_block_edges, networkx_adjacency, pyg_inputs
 from ._exact import _Hessian
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
 from ._laplacian import HeatKernel, canonical_adjacency
@@ -190,6 +190,7 @@ class GraphInverseProblem:
         coo = adj.tocoo()
         off = (coo.row != coo.col) & (coo.data != 0)
         rows, cols, vals = coo.row[off], coo.col[off], coo.data[off]
+        check_block_edges(gi, rows, cols)
         self.edge_index = torch.as_tensor(np.vstack([rows, cols]), device=device)
         self.edge_weight = torch.as_tensor(vals, device=device, dtype=dtype)
         self.degree = torch.as_tensor(

@@ -55,7 +55,8 @@ _UP_BOUND = 1.0 + 1e-10
 @dataclass(frozen=True)
 class SplitCertificate:
     """``nodes``: ``S`` (sorted); ``block``: dense ``L~_SS``; ``mu_rest``: the proved
-    ``mu_R >= lambda_max(L~_RR)`` (``-inf`` when ``R`` is empty)."""
+    ``mu_R >= lambda_max(L~_RR)`` (``R`` is never empty: a ball covering the graph is
+    skipped)."""
 
     nodes: np.ndarray
     block: np.ndarray
