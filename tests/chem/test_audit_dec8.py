@@ -280,3 +280,14 @@ def test_float32_nan_residual_is_not_reported_as_a_budget(chi):
     msg = str(info.value)
     assert "increasing max_iter" not in msg
     assert "range" in msg
+
+
+def test_solve_charges_float32_out_of_range_raises():
+    """``solve_charges`` in float32 with chi 1e20 returned a NaN energy silently (the
+    calculator already refused it): a ``ValueError`` naming the dtype's range now."""
+    h2o = molecule("H2O")
+    pos = torch.tensor(h2o.positions, dtype=torch.float32)
+    with pytest.raises(ValueError, match="range of torch.float32"):
+        solve_charges(pos, h2o.numbers, params={"O": {"chi": 1e20}}, cutoff=None)
+    sol = solve_charges(pos.double(), h2o.numbers, params={"O": {"chi": 1e20}}, cutoff=None)
+    assert torch.isfinite(sol.energy)

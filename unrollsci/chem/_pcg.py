@@ -28,6 +28,14 @@ def _catastrophe(which: str, k: int, value: float) -> Exception:
     return RuntimeError(f"QEq CG: r^T z = {value:.3e} < 0 at iteration {k}.")
 
 
+def out_of_range(dtype: torch.dtype) -> str:
+    """The message of a QEq result that is NaN or Inf although the inputs were finite."""
+    return (
+        f"QEq energy or chemical potential is not finite: the charges or energies exceed the "
+        f"range of {dtype}. Use dtype float64 or check chi and eta."
+    )
+
+
 def not_converged(max_iter: int, res: list, tol: float) -> str:
     """The message of a charge solve that did not converge: a non-finite residual (charges
     or energies beyond the dtype's range, e.g. float32 with a huge chi) is said as such,

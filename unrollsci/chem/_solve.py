@@ -55,7 +55,7 @@ from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: import
     hardness_terms,
 )
 from ._params import _symbols, resolve_params
-from ._pcg import _pcg, not_converged
+from ._pcg import _pcg, not_converged, out_of_range
 from ._pme import resolve_method
 from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings, check_pbc
 from ._short_range import short_range_energy
@@ -494,4 +494,6 @@ def solve_with_settings(
             # charged cell with Ewald; e_const is 0 otherwise): mu is then independent of
             # alpha, as the energy is
             mu += 2.0 * float(terms.e_const) / q_total
+    if not (math.isfinite(mu) and bool(torch.isfinite(energy.detach()).all())):
+        raise ValueError(out_of_range(q.dtype))
     return QEqSolution(q, k, res, conv, message, stats, energy=energy, mu=mu)
