@@ -23,16 +23,18 @@ matrix is about ``1e-3 mu_R`` from singular, many orders of magnitude above the 
 error of the factorization). The first term is a dense ``eigvalsh`` per mask.
 
 **Rounding.** The sums ``r`` are rounded up by a relative ``1e-12`` (far above the error of
-a sum of a row's entries), so the stored ``L~`` dominates ``L`` exactly; the per-mask bound
-is multiplied by ``1 + 1e-10``, far above the error of forming ``lam L~_SS + diag(m_S)``
-and of ``eigvalsh`` on at most :data:`MAX_NODES` nodes (``~ n eps ||.||``).
+a sum of a row's entries); the per-mask bound gets ``1e-10`` times the block's largest
+absolute row sum added (``eigvalsh``'s absolute error on at most :data:`MAX_NODES` nodes is
+about ``n eps ||.||``) and is then multiplied by ``1 + 1e-10``, which also covers the
+rounding of the diagonal additions ``L_ii + r_i`` and of forming ``lam L~_SS + diag(m_S)``.
 
 **Why it is tight.** When the top eigenvector is localized on a ball around a hub (on kNN
 sensor graphs its inverse participation ratio is about 0.75), ``L~_SS`` carries it with
 little change, and ``mu_R`` is about the next eigenvalue of ``L``; the mask enters exactly
 on ``S``. On the 10^5-node sensor graph the graph bound ``max m + lam lambda_max(L)``
-exceeds ``lambda_max(H)`` by up to 6% when the hub is unobserved; this one is within 1%
-(docs/graph.md, issue 23).
+exceeded ``lambda_max(H)`` by 8% when the hub was unobserved (6% even with
+``lambda_max(L)`` exact, 8% with it proved at 1.02 times an estimate); this one is within 1%
+(the sensor problem of docs/graph.md, issue 23).
 """
 
 from __future__ import annotations
