@@ -16,6 +16,7 @@ import torch
 from ase.calculators.calculator import all_changes
 
 from .._validation import check_device
+from ._pcg import out_of_range
 from ._settings import COULOMB_CONSTANT, EWALD_METHODS, QEqSettings
 from ._short_range import BornMayer
 
@@ -291,11 +292,7 @@ def check_results(calc: Any) -> None:
     bad = sorted(k for k, v in calc.results.items() if not np.isfinite(v).all())
     if bad:
         calc.reset()
-        raise ValueError(
-            f"QEq results {bad} are not finite (NaN or Inf): the charges or the energy "
-            f"exceed the range of {calc.dtype}. Use dtype float64 or check the parameters "
-            "(chi, eta)."
-        )
+        raise ValueError(out_of_range(f"QEq results {bad} are not finite (NaN or Inf)", calc.dtype))
 
 
 def _close(a: Any, b: Any, tol: float) -> bool:

@@ -8,6 +8,7 @@ constraint, the stop rule and the negative-curvature error.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -28,24 +29,21 @@ def _catastrophe(which: str, k: int, value: float) -> Exception:
     return RuntimeError(f"QEq CG: r^T z = {value:.3e} < 0 at iteration {k}.")
 
 
-def out_of_range(dtype: torch.dtype) -> str:
-    """The message of a QEq result that is NaN or Inf although the inputs were finite."""
+def out_of_range(what: str, dtype: Any) -> str:
+    """The message of a QEq result (``what``) that is NaN or Inf from finite inputs: the
+    values left the range of ``dtype`` (e.g. float32 with a huge chi)."""
     return (
-        f"QEq energy or chemical potential is not finite: the charges or energies exceed the "
-        f"range of {dtype}. Use dtype float64 or check chi and eta."
+        f"{what}: the charges or energies exceed the range of {dtype}. Use dtype float64 or "
+        "check chi and eta."
     )
 
 
-def not_converged(max_iter: int, res: list, tol: float) -> str:
-    """The message of a charge solve that did not converge: a non-finite residual (charges
-    or energies beyond the dtype's range, e.g. float32 with a huge chi) is said as such,
-    not as a budget to raise."""
+def not_converged(max_iter: int, res: list, tol: float, dtype: Any) -> str:
+    """The message of a charge solve that did not converge: a non-finite residual is said
+    as such (:func:`out_of_range`), not as a budget to raise."""
     if not math.isfinite(float(res[-1])):
-        return (
-            f"QEq charge solve produced a non-finite residual ({float(res[-1])}) after "
-            f"{len(res) - 1} iterations: the charges or energies exceed the range of the "
-            "dtype. Use dtype float64 or check chi and eta."
-        )
+        what = f"QEq charge solve produced a non-finite residual ({float(res[-1])})"
+        return out_of_range(f"{what} after {len(res) - 1} iterations", dtype)
     return (
         f"QEq charge solve reached max_iter={max_iter} with residual {res[-1]:.3e} > "
         f"tol {tol:.1e}. Try increasing max_iter or loosening tol."

@@ -457,7 +457,7 @@ def solve_with_settings(
         needs_grad=needs_grad,
     )
     if not conv:
-        msg = not_converged(max_iter, res, tol)
+        msg = not_converged(max_iter, res, tol, q.dtype)
         if iterations is None:
             if throw:
                 raise ConvergenceError(msg)
@@ -495,5 +495,5 @@ def solve_with_settings(
             # alpha, as the energy is
             mu += 2.0 * float(terms.e_const) / q_total
     if not (math.isfinite(mu) and bool(torch.isfinite(energy.detach()).all())):
-        raise ValueError(out_of_range(q.dtype))
+        raise ValueError(out_of_range("QEq energy or chemical potential is not finite", q.dtype))
     return QEqSolution(q, k, res, conv, message, stats, energy=energy, mu=mu)

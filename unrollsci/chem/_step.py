@@ -287,7 +287,7 @@ def analytic_step(
         aq = op(q)
         stats["solver"] = "cg"
     if not conv:
-        raise ConvergenceError(not_converged(max_iter, res, tol))
+        raise ConvergenceError(not_converged(max_iter, res, tol, q.dtype))
     g = aq + chi
     if implicit and v is None:
         adjoint_tol = tol if s.adjoint_tol is None else float(s.adjoint_tol)

@@ -217,8 +217,9 @@ def laplacian_top(
             return c, vec
         c = max(safety, 1.02) * max(est, 0.0)
         cert = split_top(lap, vec, digest)  # tighter where the top vector is localized
-        if cert is not None and cert.graph_top() < min(c, cap):
-            return cert.graph_top(), vec
+        top = cert.graph_top() if cert is not None else np.inf
+        if top < min(c, cap):
+            return top, vec
         if 0 < c < cap and _factorable(lap, digest):
             if is_pd(sp.csr_matrix(sp.diags(np.full(m, c)) - lap)):
                 return c, vec
