@@ -8,12 +8,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch import nn
 
 from .._validation import check_device
 from ..operators._radon import Radon
 from ._fbp import fbp
 
-__all__ = ["conv_operator_norm", "init_norm", "propagate_bound", "cnn_cap_for_target"]
+__all__ = [
+    "check_finite_tensors",
+    "cnn_cap_for_target",
+    "conv_operator_norm",
+    "init_norm",
+    "propagate_bound",
+]
 
 
 def conv_operator_norm(
@@ -178,3 +185,18 @@ def cnn_cap_for_target(
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if bound(mid) <= target else (lo, mid)
     return lo
+
+
+def check_finite_tensors(model: nn.Module, buffers: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming every parameter of ``model`` and every named buffer
+    that holds NaN or Inf entries (with their counts)."""
+    bad = []
+    for name, t in (*model.named_parameters(), *((b, getattr(model, b)) for b in buffers)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
+    if bad:
+        raise ValueError(
+            f"Expected finite weights in the {type(model).__name__} (got non-finite values "
+            f"in {', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
+        )

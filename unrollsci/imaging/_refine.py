@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from ._certify import conv_operator_norm
+from ._certify import check_finite_tensors, conv_operator_norm
 
 __all__ = ["LipschitzRefiner", "maxmin"]
 
@@ -172,24 +172,20 @@ class LipschitzRefiner(nn.Module):
         if self.training:
             with torch.no_grad():
                 vr, vi = _apply(re, im, ur, ui)
-                # K^H v = (re^T - i im^T)(vr + i vi)
+                # K^H v = (re^T - i im^T)(vr + i vi), scaled by its largest entry first so
+                # that the squares below cannot overflow (huge weights): the same unit vector
                 tr, ti = _apply(re.mT, -im.mT, vr, vi)
+                top = torch.maximum(tr.abs(), ti.abs()).amax(-1, keepdim=True)
+                top = top.clamp(min=torch.finfo(w.dtype).tiny)
+                tr, ti = tr / top, ti / top
                 scale = (tr**2 + ti**2).sum(-1, keepdim=True).sqrt().clamp(min=1e-30)
                 nr, ni = tr / scale, ti / scale
-                if not (torch.isfinite(nr).all() and torch.isfinite(ni).all()):
-                    # squares overflowed (huge weights): the same unit vectors, scaled first
-                    top = torch.maximum(tr.abs(), ti.abs()).amax(-1, keepdim=True)
-                    tr, ti = (
-                        tr / top.clamp(min=torch.finfo(w.dtype).tiny),
-                        ti / top.clamp(min=torch.finfo(w.dtype).tiny),
-                    )
-                    scale = (tr**2 + ti**2).sum(-1, keepdim=True).sqrt().clamp(min=1e-30)
-                    nr, ni = tr / scale, ti / scale
-                # a non-finite step (NaN weights) never reaches the buffer: it would make
-                # every later output NaN, even after the weights are repaired
-                if torch.isfinite(nr).all() and torch.isfinite(ni).all():
-                    ur, ui = nr, ni
-                    buf.copy_(torch.stack((ur, ui), dim=-1))
+                # a non-finite step (NaN or Inf weights) never reaches the buffer: it would
+                # make every later output NaN, even after the weights are repaired (a select
+                # on the device, as in the capped convolutions of UnrolledCT: no host sync)
+                ok = torch.isfinite(nr).all() & torch.isfinite(ni).all()
+                ur, ui = torch.where(ok, nr, ur), torch.where(ok, ni, ui)
+                buf.copy_(torch.stack((ur, ui), dim=-1))
         vr, vi = _apply(re, im, ur.detach(), ui.detach())
         sigma = (vr**2 + vi**2).sum(-1).max().sqrt()
         return sigma.clamp(min=torch.finfo(w.dtype).tiny)
@@ -223,7 +219,13 @@ class LipschitzRefiner(nn.Module):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        """Certified ``Lip(x -> x + R(x))``: ``1 + g prod_i ||W_i||_FFT / max(1, est_i)``."""
+        """Certified ``Lip(x -> x + R(x))``: ``1 + g prod_i ||W_i||_FFT / max(1, est_i)``.
+
+        Raises:
+            ValueError: a parameter holds NaN or Inf (named, with counts), or the bound
+                is not a number (weights that overflow).
+        """
+        check_finite_tensors(self, ())
         prod = float(self.gain().double())
         was = self.training
         self.eval()
@@ -232,7 +234,8 @@ class LipschitzRefiner(nn.Module):
             prod *= conv_operator_norm(self.weights[i], self.image_size) / max(1.0, est)
         self.train(was)
         if math.isnan(prod):
-            raise FloatingPointError(
-                "The refiner's Lipschitz bound is NaN: its weights are not finite."
+            raise ValueError(
+                "Expected a finite Lipschitz bound of the refiner (got NaN: its weights "
+                "overflow in the bound's products)."
             )
         return 1.0 + prod

@@ -12,10 +12,10 @@ from torch import nn
 
 from .._validation import check_model_dtype, model_dtype
 from ..operators._radon import Radon
-from ._certify import linear_norm
+from ._certify import check_finite_tensors, linear_norm
 from ._fbp import FILTERS, checked_sinograms, fbp
 from ._refine import LipschitzRefiner
-from ._unrolled import check_finite_tensors, check_support_mask
+from ._unrolled import check_support_mask
 
 __all__ = ["ConvexRidgeCT", "ridge_filter_norm2", "ridge_step_increment"]
 

@@ -21,7 +21,7 @@ from .._validation import (
 )
 from ..operators._radon import Radon
 from ..prox import project_support
-from ._certify import cnn_cap_for_target, conv_operator_norm, init_norm
+from ._certify import check_finite_tensors, cnn_cap_for_target, conv_operator_norm, init_norm
 from ._fbp import fbp
 
 __all__ = ["UnrolledCT"]
@@ -42,21 +42,6 @@ def check_support_mask(mask: Any, n: int, batch: int | None) -> torch.Tensor:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"Expected 'mask' of shape ({n}, {n}) or (batch, {n}, {n}) (got {got}).")
     return as_bool_mask(mask)
-
-
-def check_finite_tensors(model: nn.Module, buffers: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming every parameter of ``model`` and every named buffer
-    that holds NaN or Inf entries (with their counts)."""
-    bad = []
-    for name, t in (*model.named_parameters(), *((b, getattr(model, b)) for b in buffers)):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-            bad.append(f"{name} ({n_nan} NaN and {n_inf} Inf of {t.numel()} entries)")
-    if bad:
-        raise ValueError(
-            f"Expected finite weights in the {type(model).__name__} (got non-finite values "
-            f"in {', '.join(bad)}); restore them, e.g. from a checkpoint, or lower the lr."
-        )
 
 
 class _Conv(nn.Module):
