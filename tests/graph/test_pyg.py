@@ -131,3 +131,27 @@ def test_bad_pyg_input():
         CertifiedBounds()(Batch.from_data_list([d, d2]))
     with pytest.raises(TypeError, match="PyG Data"):
         model("graph")
+
+
+def test_batched_python_float_lam_is_read_as_given():
+    """PyG batches ``Data(lam=0.7)`` as a float32 tensor: the float64 problem was solved with
+    lam = 0.699999988 (silently); now with 0.7, and a warning says so. A float64 ``lam``
+    tensor or an exactly representable float32 (1.0, 0.5) gives no warning."""
+    from unrollsci import UnrollsciWarning
+
+    adj = sensor_graph(30, seed=3)[0]
+    d, p = _data(adj, 2, seed=4, lam=0.7)
+    batch = Batch.from_data_list([d, d])
+    assert batch.lam.dtype == torch.float32
+    with pytest.warns(UnrollsciWarning, match=r"read 0\.699999988\d* as 0\.7"):
+        q = problem_from_data(batch)
+    assert q.lam == 0.7
+    exact = Batch.from_data_list(
+        [d.clone().update({"lam": torch.tensor([0.7], dtype=torch.float64)})] * 2
+    )
+    assert problem_from_data(exact).lam == 0.7
+    torch.testing.assert_close(
+        q.solve_exact(), problem_from_data(exact).solve_exact(), rtol=0, atol=0
+    )
+    d1, _ = _data(adj, 2, seed=4, lam=0.5)
+    assert problem_from_data(Batch.from_data_list([d1, d1])).lam == 0.5  # no warning: exact

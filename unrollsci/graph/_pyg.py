@@ -8,7 +8,8 @@ Attribute names read from a ``Data`` (one graph) or a ``Batch`` of them:
 * ``mask``: observed nodes, same shape as ``y`` or ``(num_nodes,)`` shared by the signals
   (bool or 0/1; absent: every node observed);
 * ``lam``: the regularization weight, a number or one entry per graph (absent: 1.0; all
-  graphs of a batch must share it);
+  graphs of a batch must share it; PyG batches a Python float as float32, read back as
+  the shortest decimal that rounds to it, with a warning: pass a float64 tensor);
 * ``edge_index`` and ``edge_weight`` (or a 1-D ``edge_attr``; absent: weight 1).
 
 :class:`CertifiedBounds` (a PyG transform) adds per graph the certified spectral bounds and
@@ -26,11 +27,14 @@ gives none (so ``model(data)`` uses the transform's kind).
 from __future__ import annotations
 
 import hashlib
+import math
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._validation import UnrollsciWarning
 from ._problem import GraphInverseProblem
 
 __all__ = ["CertifiedBounds", "problem_from_data", "is_pyg_data", "CACHED_ATTRS"]
@@ -133,10 +137,18 @@ def _signals(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return y.t().contiguous(), mask
 
 
-def _lam(data: Any) -> float:
+def _lam(data: Any, dtype: torch.dtype) -> float:
+    """``data.lam`` (one number for the batch; 1.0 if absent) for a problem in ``dtype``.
+
+    PyG batches a Python float as a float32 tensor: for a float64 problem such a ``lam``
+    (0.7 collated as 0.699999988...) is read as the shortest decimal that rounds to it
+    (0.7), with a warning saying so (pass ``lam`` as a float64 tensor to give it exactly)."""
     lam = getattr(data, "lam", None)
     if lam is None:
         return 1.0
+    bits = torch.finfo(dtype).bits if dtype.is_floating_point else 64
+    low = isinstance(lam, torch.Tensor) and lam.is_floating_point()
+    low = low and torch.finfo(lam.dtype).bits < bits
     t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
     if t.numel() == 0:
         raise ValueError("Expected data.lam to hold a number (got an empty tensor).")
@@ -145,7 +157,23 @@ def _lam(data: Any) -> float:
             "Expected one lam for every graph of a batch (GraphInverseProblem has one "
             f"regularization weight; got {t.tolist()[:5]}). Batch graphs with equal lam."
         )
-    return float(t[0])
+    value = float(t[0])
+    first = lam.reshape(-1)[0].cpu() if low else None
+    if first is not None and first.dtype != torch.bfloat16 and math.isfinite(value):
+        # numpy's repr of a float16 / float32 is the shortest decimal that rounds to it
+        short = float(str(first.numpy()))
+        if short == value:  # exactly representable (1.0, 0.5): nothing was rounded
+            return value
+        warnings.warn(
+            f"data.lam is {lam.dtype} for a {dtype} problem (PyG batches Python floats as "
+            f"float32): read {value!r} as {short!r}, the shortest decimal that rounds to it; "
+            "pass lam as a float64 tensor (or use the CertifiedBounds transform) to give it "
+            "exactly.",
+            UnrollsciWarning,
+            stacklevel=3,
+        )
+        value = short
+    return value
 
 
 def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInverseProblem:
@@ -171,7 +199,9 @@ def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInvers
     y, mask = _signals(data)
     if laplacian is None:
         laplacian = _stored_kind(data) or "combinatorial"
-    p = GraphInverseProblem.from_pyg(data, y, mask=mask, lam=_lam(data), laplacian=laplacian)
+    p = GraphInverseProblem.from_pyg(
+        data, y, mask=mask, lam=_lam(data, y.dtype), laplacian=laplacian
+    )
     cached = [getattr(data, a, None) for a in CACHED_ATTRS]
     if all(isinstance(c, torch.Tensor) for c in cached) and _matches(data, p):
         lip, lo, jlo, jhi, xs = cached
