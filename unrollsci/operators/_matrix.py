@@ -267,12 +267,15 @@ class SparseOperator(LinearOperator):
         dense = self.matrix.to_dense()
         return dense.to(device=check_device(device) or dense.device, dtype=dtype)
 
-    def to_scipy(self):  # type: ignore[no-untyped-def]
-        """The matrix as ``scipy.sparse.csr_matrix``."""
+    def to_scipy(self, dtype: Any = None) -> Any:
+        """The matrix as ``scipy.sparse.csr_matrix`` (in ``dtype``, a numpy or torch floating
+        dtype, if given: a converted copy; default: the matrix's own)."""
         import scipy.sparse as sp
 
+        from ._scipy import numpy_dtype
+
         m = self.matrix
-        return sp.csr_matrix(
+        out = sp.csr_matrix(
             (
                 m.values().detach().cpu().numpy(),
                 m.col_indices().cpu().numpy(),
@@ -280,6 +283,7 @@ class SparseOperator(LinearOperator):
             ),
             shape=tuple(m.shape),
         )
+        return out if dtype is None else out.astype(numpy_dtype(dtype))
 
 
 _SCIPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}

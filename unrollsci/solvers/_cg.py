@@ -174,9 +174,17 @@ def cg(
         check_same_device(A=torch.empty(0, device=op.device), b=b)
     tol = check_stopping(tol, 0 if max_iter is None else max_iter)
     atol = check_positive("atol", atol, allow_zero=True)
+    if adjoint_tol is not None:  # inf would end the adjoint solve at v = 0: a zero gradient
+        adjoint_tol = check_positive("adjoint_tol", adjoint_tol, allow_zero=True)
     precond = None if M is None else _as_apply(M, "M")
-    if isinstance(precond, LinearOperator) and precond.in_shape != (n,):
-        raise ValueError(f"Expected 'M' of size {n} x {n} (got in_shape {precond.in_shape}).")
+    if isinstance(precond, LinearOperator) and (precond.in_shape, precond.out_shape) != (
+        (n,),
+        (n,),
+    ):
+        raise ValueError(
+            f"Expected 'M' of size {n} x {n} (got in_shape {precond.in_shape}, out_shape "
+            f"{precond.out_shape})."
+        )
     if max_iter is None:
         max_iter = 10 * n
     if x0 is not None:
@@ -191,7 +199,7 @@ def cg(
         return _run(op, rhs, start, precond, rtol, atol, max_iter)
 
     def adjoint(g: torch.Tensor, _: _Run) -> torch.Tensor:
-        out = run(g, None, tol if adjoint_tol is None else float(adjoint_tol))
+        out = run(g, None, tol if adjoint_tol is None else adjoint_tol)
         if not out.converged:
             warnings.warn(
                 f"cg: the adjoint solve of grad='implicit' reached max_iter={max_iter} with "

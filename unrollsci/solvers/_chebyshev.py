@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .._validation import check_device
@@ -29,7 +30,8 @@ def chebyshev_roots(
         >>> chebyshev_roots(2)
         tensor([0.8536, 0.1464], dtype=torch.float64)
     """
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
         raise ValueError(f"Expected 'num' to be a positive integer (got {num!r}).")
+    num = int(num)
     k = torch.arange(1, num + 1, dtype=dtype, device=check_device(device))
     return 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / (2 * num)))

@@ -17,6 +17,21 @@ from ._steps import fista_momentum
 __all__ = ["gradient_descent"]
 
 
+def _step_shape(step: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """A tensor ``step`` as it multiplies the ``(batch, n)`` gradient: ``(batch,)`` (one per
+    batch entry) becomes ``(batch, 1)``; ``(batch, 1)`` and the shape of ``x0`` are kept;
+    any other shape is refused (it would broadcast over the coordinates, or fail)."""
+    batch, n = (1, x0.shape[0]) if x0.dim() == 1 else tuple(x0.shape)
+    if x0.dim() == 2 and tuple(step.shape) == (batch,):
+        return step[:, None]
+    if tuple(step.shape) in ((batch, 1), tuple(x0.shape)):
+        return step
+    raise ValueError(
+        f"Expected a tensor 'step' of shape ({batch},) or ({batch}, 1) (one per batch entry) "
+        f"or {tuple(x0.shape)} (one per entry of x0) (got {tuple(step.shape)})."
+    )
+
+
 def gradient_descent(
     grad: Callable[[torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
@@ -32,7 +47,8 @@ def gradient_descent(
     Batched: ``x0: (batch, n)``; ``grad`` maps ``(batch, n) -> (batch, n)``. With
     ``momentum="nesterov"`` uses the accelerated scheme for L-smooth convex
     functions (``step <= 1/L``). Stops when ``||grad(x)|| <= tol * ||grad(x0)||``
-    for every batch entry.
+    for every batch entry. ``step``: a number, or a tensor of positive steps: one per
+    batch entry (``(batch,)`` or ``(batch, 1)``) or one per entry of ``x0`` (its shape).
 
     Example:
         >>> import torch
@@ -52,6 +68,7 @@ def gradient_descent(
         st = step.detach()
         if not bool(torch.isfinite(st).all()) or bool((st <= 0).any()):
             raise ValueError(f"Expected every 'step' > 0 and finite (got {step}).")
+        step = _step_shape(step, x0)
     elif not isinstance(step, torch.Tensor):
         step = check_positive("step", step)
     else:  # a one-element tensor: keep it (it may carry gradients)
@@ -63,8 +80,9 @@ def gradient_descent(
     if g.shape != x.shape:
         raise ValueError(f"grad returned shape {tuple(g.shape)}, expected {tuple(x.shape)}.")
     g0 = torch.clamp(g.detach().norm(dim=-1), min=torch.finfo(x.dtype).tiny)
-    residuals: list[float] = []
-    converged = bool((g.detach().norm(dim=-1) / g0).max() <= tol)
+    start = float((g.detach().norm(dim=-1) / g0).max())
+    converged = start <= tol  # x0 already stationary (a zero gradient): no iteration
+    residuals: list[float] = [start] if converged else []
     k = 0
 
     def advance(s: tuple[Any, ...]) -> tuple[tuple[Any, ...], float]:

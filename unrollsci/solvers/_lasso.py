@@ -6,6 +6,7 @@ and stop on a residual relative to ``||A^T y||`` per batch entry.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,6 +36,18 @@ def _step(op: LinearOperator, step: float | None) -> float:
             raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
         return 1.0 / lip
     return check_positive("step", step)
+
+
+def _finite_residual(name: str, r: float, t: float) -> float:
+    """``r`` (a prox-gradient residual) if finite; a ``ValueError`` otherwise: the iterates
+    overflowed or became NaN, which a step above ``2 / ||A||^2`` does (the loop would
+    otherwise run to ``max_iter`` and return them)."""
+    if not math.isfinite(r):
+        raise ValueError(
+            f"{name} diverged (the iterates are not finite) with step {t:.3e}: the step must "
+            "be at most 2 / ||A||^2 (the default, 1 / ||A||^2, converges)."
+        )
+    return r
 
 
 def _prox(spec: Any, op: LinearOperator) -> Any:
@@ -139,7 +152,7 @@ def ista(
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         x_new = ista_step(op, x, y, t, t * lam_t, prox_fn)
-        return x_new, (row_norm(x_new - x) / t / scale).max().item()
+        return x_new, _finite_residual("ista", (row_norm(x_new - x) / t / scale).max().item(), t)
 
     x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
     reason = ""
@@ -232,7 +245,7 @@ def fista(
         t_next, beta = fista_momentum(tk)
         v = x + beta * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t, prox_fn)
-        r = (row_norm(x_new - v) / t_step / scale).max().item()
+        r = _finite_residual("fista", (row_norm(x_new - v) / t_step / scale).max().item(), t_step)
         if restart:
             uphill = _dot_sign(v - x_new, x_new - x) > 0
             t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
@@ -307,7 +320,15 @@ def admm(
     shifted = gram(op, shift=rho)  # A^T A + rho I
     if method == "cholesky":
         # dense and differentiable in op's parameters and in a learned rho
-        chol = torch.linalg.cholesky(shifted.to_dense(dtype=y.dtype, device=y.device))
+        try:
+            chol = torch.linalg.cholesky(shifted.to_dense(dtype=y.dtype, device=y.device))
+        except torch.linalg.LinAlgError:
+            r = float(rho.detach().max()) if isinstance(rho, torch.Tensor) else rho
+            raise ValueError(
+                f"Expected 'rho' large enough that A^T A + rho I is positive definite in "
+                f"{y.dtype} (got rho={r:.3e}, below the rounding of ||A||^2 = "
+                f"{op.norm() ** 2:.3e}); leave rho at its default (||A||^2)."
+            ) from None
 
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
             return torch.cholesky_solve(rhs.T, chol).T
