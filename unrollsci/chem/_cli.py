@@ -313,7 +313,13 @@ def relax_main(argv: list[str] | None = None) -> int:
         try:
             with never_replace([out, traj_path], force=args.force):
                 publish(tmp_out, out)
-                publish(tmp_traj, traj_path)
+                try:
+                    publish(tmp_traj, traj_path)
+                except OutputExistsError:
+                    # the trajectory appeared while this ran: take back the structure just
+                    # written (it did not exist a moment ago), so that nothing is written
+                    Path(out).unlink(missing_ok=True)
+                    raise
         except OutputExistsError as exc:
             return _error(str(exc), EXIT_USAGE)
         except OSError as exc:
