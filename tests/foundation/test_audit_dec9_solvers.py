@@ -94,3 +94,22 @@ def test_admm_with_a_rho_below_rounding_says_so():
 
 def test_chebyshev_roots_takes_a_numpy_integer():
     torch.testing.assert_close(chebyshev_roots(np.int64(3)), chebyshev_roots(3))
+
+
+@pytest.mark.parametrize("solver", [ista, fista])
+def test_ista_fista_tiny_step_is_not_called_converged(solver):
+    """A step so small that ``t grad`` is below the iterates' rounding left them unchanged:
+    residual 0, 'converged' after one iteration, 16.7 away from the minimizer. A true
+    convergence at a smaller-than-default step still passes (the check at 1/||A||^2)."""
+    from unrollsci import ConvergenceWarning
+
+    gen = torch.Generator().manual_seed(0)
+    a = MatrixOperator(torch.randn(20, 30, generator=gen, dtype=F64))
+    y = torch.randn(20, generator=gen, dtype=F64)
+    with pytest.warns(ConvergenceWarning, match="step this small"):
+        sol = solver(a, y, 0.1, step=1e-20, x0=torch.full((30,), 3.0, dtype=F64))
+    assert not sol.converged
+    ref = solver(a, y, 0.1)
+    ok = solver(a, y, 0.1, step=0.5 / a.norm() ** 2, max_iter=50_000)
+    assert ok.converged
+    torch.testing.assert_close(ok.x, ref.x, rtol=0, atol=1e-7)

@@ -6,7 +6,6 @@ and stop on a residual relative to ``||A^T y||`` per batch entry.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
+from ._lasso_checks import _finite_residual, _precision_check, _step_check
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
@@ -36,18 +36,6 @@ def _step(op: LinearOperator, step: float | None) -> float:
             raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
         return 1.0 / lip
     return check_positive("step", step)
-
-
-def _finite_residual(name: str, r: float, t: float) -> float:
-    """``r`` (a prox-gradient residual) if finite; a ``ValueError`` otherwise: the iterates
-    overflowed or became NaN, which a step above ``2 / ||A||^2`` does (the loop would
-    otherwise run to ``max_iter`` and return them)."""
-    if not math.isfinite(r):
-        raise ValueError(
-            f"{name} diverged (the iterates are not finite) with step {t:.3e}: the step must "
-            "be at most 2 / ||A||^2 (the default, 1 / ||A||^2, converges)."
-        )
-    return r
 
 
 def _prox(spec: Any, op: LinearOperator) -> Any:
@@ -147,6 +135,7 @@ def ista(
     tol = check_stopping(tol, max_iter)
     prox_fn = _prox(prox, op)
     t = _step(op, step)
+    step_given = step is not None  # (the name 'step' is the iteration below)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     scale = _scale(op, y)
 
@@ -158,6 +147,8 @@ def ista(
     reason = ""
     if converged:
         converged, reason = _precision_check(op, x, y, t, t * lam_t, prox_fn, scale, tol, residuals)
+    if converged and step_given:
+        converged, reason = _step_check(op, x, y, t, lam_t, prox_fn, scale, tol, residuals)
     return finish(
         "ista",
         unbatch(x, unbatched),
@@ -170,36 +161,6 @@ def ista(
         {"step": t},
         hint="FISTA or ADMM converge faster.",
         reason=reason,
-    )
-
-
-def _precision_check(
-    op: LinearOperator,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    t: float,
-    thr: torch.Tensor,
-    prox_fn: Any,
-    scale: float,
-    tol: float,
-    residuals: list[float],
-) -> tuple[bool, str]:
-    """ISTA's and FISTA's claimed convergence in low precision, checked in float64: their
-    residual is the change between iterates, which reads 0 once float32 iterates stop
-    changing, though the KKT residual there is float32's rounding level (1e-7 where tol
-    asks 1e-10). The prox-gradient step of ``x`` in float64 gives the true KKT residual."""
-    if torch.finfo(x.dtype).eps <= 1e-12:
-        return True, ""
-    x64 = x.double()
-    step = ista_step(op, x64, y.double(), t, thr.double(), prox_fn)
-    r = float((row_norm(step - x64) / t / scale).max())
-    if r <= tol:
-        return True, ""
-    residuals[-1:] = [r]
-    return False, (
-        f"the iterates stopped changing in {x.dtype}, but the KKT residual of the result "
-        f"(in float64) is {r:.3e}: the tolerance is below what {x.dtype} reaches on this "
-        "problem. Loosen tol or solve in float64."
     )
 
 
@@ -235,6 +196,7 @@ def fista(
     tol = check_stopping(tol, max_iter)
     prox_fn = _prox(prox, op)
     t_step = _step(op, step)
+    step_given = step is not None  # (the name 'step' is the iteration below)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     x_prev = x
     scale = _scale(op, y)
@@ -259,6 +221,8 @@ def fista(
         converged, reason = _precision_check(
             op, x, y, t_step, t_step * lam_t, prox_fn, scale, tol, residuals
         )
+    if converged and step_given:
+        converged, reason = _step_check(op, x, y, t_step, lam_t, prox_fn, scale, tol, residuals)
     return finish(
         "fista",
         unbatch(x, unbatched),

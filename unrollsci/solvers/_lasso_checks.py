@@ -1,0 +1,89 @@
+"""The checks of a claimed ISTA / FISTA result (:mod:`._lasso`): iterates that stopped
+changing are not taken for a converged answer in low precision or at a step too small to
+move them, and non-finite iterates are refused."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..operators import LinearOperator
+from ._common import row_norm
+from ._steps import ista_step
+
+
+def _finite_residual(name: str, r: float, t: float) -> float:
+    """``r`` (a prox-gradient residual) if finite; a ``ValueError`` otherwise: the iterates
+    overflowed or became NaN, which a step above ``2 / ||A||^2`` does (the loop would
+    otherwise run to ``max_iter`` and return them)."""
+    if not math.isfinite(r):
+        raise ValueError(
+            f"{name} diverged (the iterates are not finite) with step {t:.3e}: the step must "
+            "be at most 2 / ||A||^2 (the default, 1 / ||A||^2, converges)."
+        )
+    return r
+
+
+def _precision_check(
+    op: LinearOperator,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: float,
+    thr: torch.Tensor,
+    prox_fn: Any,
+    scale: float,
+    tol: float,
+    residuals: list[float],
+) -> tuple[bool, str]:
+    """ISTA's and FISTA's claimed convergence in low precision, checked in float64: their
+    residual is the change between iterates, which reads 0 once float32 iterates stop
+    changing, though the KKT residual there is float32's rounding level (1e-7 where tol
+    asks 1e-10). The prox-gradient step of ``x`` in float64 gives the true KKT residual."""
+    if torch.finfo(x.dtype).eps <= 1e-12:
+        return True, ""
+    x64 = x.double()
+    step = ista_step(op, x64, y.double(), t, thr.double(), prox_fn)
+    r = float((row_norm(step - x64) / t / scale).max())
+    if r <= tol:
+        return True, ""
+    residuals[-1:] = [r]
+    return False, (
+        f"the iterates stopped changing in {x.dtype}, but the KKT residual of the result "
+        f"(in float64) is {r:.3e}: the tolerance is below what {x.dtype} reaches on this "
+        "problem. Loosen tol or solve in float64."
+    )
+
+
+def _step_check(
+    op: LinearOperator,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: float,
+    lam_t: torch.Tensor,
+    prox_fn: Any,
+    scale: float,
+    tol: float,
+    residuals: list[float],
+) -> tuple[bool, str]:
+    """A claimed convergence at a user's step ``t`` below ``t0 = 1 / ||A||^2``, checked at
+    ``t0`` (float64): ``||G_t(x)||``, the prox-gradient mapping, is non-increasing in ``t``
+    for a convex regularizer, so a true convergence passes, but a step so small that
+    ``t grad`` is below the iterates' rounding leaves them unchanged (residual 0) far
+    from the minimizer."""
+    lip = op.norm() ** 2
+    if not lip > 0 or t >= 1.0 / lip:
+        return True, ""
+    t0 = 1.0 / lip
+    x64 = x.double()
+    nxt = ista_step(op, x64, y.double(), t0, t0 * lam_t.double(), prox_fn)
+    r = float((row_norm(nxt - x64) / t0 / scale).max())
+    if r <= max(tol, 64 * torch.finfo(torch.float64).eps):
+        return True, ""
+    residuals[-1:] = [r]
+    return False, (
+        f"the iterates stopped changing at step {t:.3e}, but their KKT residual at the step "
+        f"1/||A||^2 = {t0:.3e} is {r:.3e}: a step this small no longer moves them in "
+        f"{x.dtype}. Use a larger step (the default is 1/||A||^2)."
+    )
