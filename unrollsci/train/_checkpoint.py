@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +113,65 @@ def _read_payload(path: Path, map_location: Any) -> Any:
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _DEVICE_ERRORS):
+            # the file was read; its tensors cannot be put where map_location says
+            raise ValueError(
+                f"Checkpoint {path} could not be loaded onto the device that map_location "
+                f"selects. Expected a map_location that names a device this machine has, "
+                f"e.g. map_location='cpu' (got map_location={map_location!r}: {first})."
+            ) from None
         raise ValueError(
             f"Checkpoint {path} could not be read (truncated, or not a torch file: "
             f"{type(exc).__name__}: {first}); expected {what}."
         ) from None
+
+
+# torch's messages when the tensors of a readable file cannot go where map_location says
+_DEVICE_ERRORS = (
+    "Attempting to deserialize object on",
+    "don't know how to restore data location",
+    "Invalid device",
+    "invalid device",
+    "device ordinal",
+    "not compiled with",
+)
+
+
+def _check_map_location(map_location: Any) -> Any:
+    """Validate ``map_location`` before the file is read; ``None`` becomes ``"cpu"``."""
+    if map_location is None:
+        return "cpu"
+    if isinstance(map_location, dict) or (
+        callable(map_location) and not isinstance(map_location, torch.device)
+    ):
+        return map_location  # torch.load's other forms; device errors come from the load
+    if isinstance(map_location, bool) or not isinstance(map_location, (str, torch.device, int)):
+        raise TypeError(
+            "Expected 'map_location' to be None (the CPU), a device such as 'cpu' or "
+            f"'cuda:0', a dict or a callable (got {type(map_location).__name__} "
+            f"{map_location!r})."
+        )
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ValueError(
+            "Expected 'map_location' to be a device such as 'cpu' or 'cuda:0' "
+            f"(got {map_location!r}: {str(exc).splitlines()[0] if str(exc) else exc})."
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "Expected 'map_location' to name a device this machine has (got "
+            f"{map_location!r}, but torch.cuda.is_available() is False); pass "
+            "map_location='cpu' (the default) and move the model with model.to(device)."
+        )
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(
+                "Expected 'map_location' to name a device this machine has (got "
+                f"{map_location!r}, but it has {count} CUDA device(s))."
+            )
+    return device
 
 
 def load_checkpoint(
@@ -140,20 +195,37 @@ def load_checkpoint(
         expected: class (or classes) the checkpoint must hold; a mismatch raises
             ``ValueError`` naming both. A class given here may be built even when not
             registered.
-        map_location: passed to ``torch.load``.
+        map_location: where the tensors are loaded, as for ``torch.load``: a device
+            (``"cpu"``, ``"cuda:0"``, ``torch.device``), a dict or a callable. The default
+            ``None`` loads onto the CPU, so a checkpoint saved from a GPU loads on any
+            machine; move the model afterwards with ``model.to(device)``.
+
+    Every saved tensor comes back in the dtype it was saved in: a model saved in one
+    floating dtype is cast to it whole (as ``model.to(dtype)``), and a parameter or
+    buffer saved in another dtype than the rebuilt model's (e.g. a float64 parameter
+    next to float32 ones, or a complex128 one) is converted to the saved dtype, so a
+    reload is bit for bit; a saved tensor the rebuilt model cannot hold in its dtype
+    raises ``ValueError``.
 
     Raises:
         ValueError: the file is empty, truncated, not a torch file, not an unrollsci
             checkpoint, holds pickled objects, names an unregistered class, holds
-            another class than ``expected``, or its config or weights do not fit.
+            another class than ``expected``, or its config or weights do not fit;
+            ``map_location`` names no device this machine can load onto.
+        TypeError: ``expected`` is not a class or a sequence of classes, or
+            ``map_location`` is not a device, a dict or a callable.
         FileNotFoundError: no file at ``path``.
     """
     path = Path(path)
     exp: tuple[type, ...] = ()
     if expected is not None:
-        exp = (expected,) if isinstance(expected, type) else tuple(expected)
+        if isinstance(expected, type):
+            exp = (expected,)
+        elif isinstance(expected, (Sequence, Set)) and not isinstance(expected, (str, bytes)):
+            exp = tuple(expected)
         if not exp or not all(isinstance(e, type) for e in exp):
             raise TypeError(f"Expected 'expected' to be a class or classes (got {expected!r}).")
+    map_location = _check_map_location(map_location)
     payload = _read_payload(path, map_location)
     fmt = payload.get("format") if isinstance(payload, dict) else None
     if fmt not in (_FORMAT, _FORMAT_V1):
@@ -183,6 +255,7 @@ def load_checkpoint(
         )
     model = _build_object(name, config, "config", path, exp)
     model = _match_stored_dtype(model, state)
+    _keep_stored_dtypes(model, state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -213,3 +286,54 @@ def _match_stored_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.
     if len(stored) == 1 and len(current) == 1 and stored != current:
         model = model.to(next(iter(stored)))
     return model
+
+
+def _keep_stored_dtypes(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Give every parameter and buffer the floating or complex dtype it was saved in.
+
+    After :func:`_match_stored_dtype` a model whose saved weights mix dtypes (a float64
+    parameter next to float32 ones, a complex128 one where the constructor makes
+    complex64) still holds some of them in another dtype, and ``load_state_dict`` would
+    round them silently. Each such parameter or buffer is replaced by a copy in the
+    saved dtype (a parameter stays a parameter, with its ``requires_grad``; a parameter
+    shared under several names stays shared), so the copy that follows is exact. A saved
+    floating or complex tensor whose entry is no parameter or buffer of the model, or
+    whose model tensor is an integer one, cannot be converted: ``ValueError``.
+    """
+    current = model.state_dict(keep_vars=True)
+    owners: dict[int, list[tuple[dict[str, Any], str]]] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for attr, t in table.items():
+                if t is not None:
+                    owners.setdefault(id(t), []).append((table, attr))
+    wanted: dict[int, tuple[torch.Tensor, torch.dtype, str]] = {}
+    for key, saved in state.items():
+        have = current.get(key)
+        if not isinstance(have, torch.Tensor) or have.dtype == saved.dtype:
+            continue
+        if not (saved.is_floating_point() or saved.is_complex()):
+            continue  # integer / bool entries: load_state_dict copies them as before
+        convertible = have.is_floating_point() or have.is_complex()
+        if not convertible or id(have) not in owners:
+            raise ValueError(
+                f"Checkpoint {path}: expected the rebuilt {type(model).__name__} to hold "
+                f"{key!r} as {saved.dtype}, as saved (got {have.dtype}, which it cannot "
+                "change); loading it would round the saved values."
+            )
+        earlier = wanted.get(id(have))
+        if earlier is not None and earlier[1] != saved.dtype:
+            raise ValueError(
+                f"Checkpoint {path}: expected the shared tensor {earlier[2]!r} / {key!r} "
+                f"to be saved in one dtype (got {earlier[1]} and {saved.dtype})."
+            )
+        wanted[id(have)] = (have, saved.dtype, key)
+    for tid, (have, dtype, _key) in wanted.items():
+        if isinstance(have, nn.Parameter):
+            new: torch.Tensor = nn.Parameter(
+                have.detach().to(dtype), requires_grad=have.requires_grad
+            )
+        else:
+            new = have.detach().to(dtype)
+        for table, attr in owners[tid]:
+            table[attr] = new
