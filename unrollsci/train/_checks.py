@@ -90,3 +90,76 @@ def _check_factor(value: Any, step: int) -> float:
     if not (math.isfinite(factor) and factor >= 0):
         raise ValueError(f"Expected lr_factor({step}) to be finite and >= 0 (got {factor}).")
     return factor
+
+
+def _check_file_path(name: str, path: Any) -> None:
+    """Refuse a ``checkpoint`` / ``resume`` path that is no file path, before training.
+
+    For ``checkpoint`` the nearest existing folder above it must be a writable folder (the
+    missing ones are created when the file is written), else the run would train and then
+    fail to store its result.
+    """
+    import os
+    from pathlib import Path
+
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"Expected '{name}' to be a path (got {type(path).__name__}).")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"Expected '{name}' to be a file path, but {path} is a directory.")
+    if name != "checkpoint":
+        return
+    above = Path(path).absolute().parent
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise NotADirectoryError(
+            f"Expected 'checkpoint' under a folder (got {path}: {above} is a file, not a "
+            "folder); checked before training so that no run is lost."
+        )
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Expected 'checkpoint' in a writable folder (got {path}: {above} is not "
+            "writable); checked before training so that no run is lost."
+        )
+
+
+def _check_resume_epochs(path: Any, saved: dict[str, Any], per_stage: int, name: str) -> None:
+    """Refuse resuming with fewer epochs (per stage) than the checkpoint already trained:
+    the run would train nothing and return the longer history. Only 'epochs' may grow."""
+    from collections import Counter
+
+    stages = list((saved.get("history") or {}).get("stage") or [])
+    done = max(Counter(stages).values(), default=0)
+    if done > per_stage:
+        where = " in one layer-wise stage" if any(stages) else ""
+        raise ValueError(
+            f"Cannot resume from {path}: it already trained {done} epochs{where}. Expected "
+            f"{name} >= {done} (got {per_stage}); only '{name}' may grow."
+        )
+
+
+def _check_pair(name: str, y: Any, x: Any, model: nn.Module | None = None) -> None:
+    """Refuse a ``(y, x)`` evaluation set that holds no sample or whose shapes disagree
+    (with each other, and with the model's ``m`` / ``n`` when it has them)."""
+    for part, t in (("y", y), ("x", x)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"Expected {name} to be a pair (y, x) of tensors (got {part} of type "
+                f"{type(t).__name__})."
+            )
+    if y.dim() != 2 or y.shape[0] == 0:
+        raise ValueError(
+            f"Expected {name} to hold at least one sample, y of shape (N, m) with N >= 1 "
+            f"(got y of shape {tuple(y.shape)})."
+        )
+    m, n = getattr(model, "m", y.shape[1]), getattr(model, "n", None)
+    want_x = f"({y.shape[0]}, {n if isinstance(n, int) else 'n'})"
+    if x.dim() != 2 or x.shape[0] != y.shape[0] or (isinstance(n, int) and x.shape[1] != n):
+        raise ValueError(
+            f"Expected {name} x of shape {want_x}, {y.shape[0]} rows as y (got {tuple(x.shape)})."
+        )
+    if isinstance(m, int) and y.shape[1] != m:
+        raise ValueError(
+            f"Expected {name} y of shape ({y.shape[0]}, {m}), the model's m = {m} columns "
+            f"(got {tuple(y.shape)})."
+        )

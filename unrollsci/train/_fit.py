@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import _check_data, _check_factor, _check_int, _check_loss  # noqa: F401
+from ._checks import (  # noqa: F401
+    _check_data,
+    _check_factor,
+    _check_file_path,
+    _check_int,
+    _check_loss,
+    _check_resume_epochs,
+)
 from ._data import Batch, History, LossFn, _evaluate, iterate_batches  # noqa: F401
 
 
@@ -117,7 +124,7 @@ def fit(
         3
     """
     from .._validation import check_positive
-    from ._distributed import global_steps, run_callback, setup, wrap
+    from ._distributed import check_same_args, global_steps, run_callback, setup, wrap
     from ._precision import check_mixed_precision, grad_scaler
     from ._precision import mixed_precision as low_precision
     from ._state import (
@@ -159,14 +166,8 @@ def fit(
             f"(got {type(loss_fn).__name__})."
         )
     for name, path in (("checkpoint", checkpoint), ("resume", resume)):
-        if path is None:
-            continue
-        if not isinstance(path, (str, Path)):
-            raise TypeError(f"Expected '{name}' to be a path (got {type(path).__name__}).")
-        if Path(path).is_dir():
-            raise IsADirectoryError(
-                f"Expected '{name}' to be a file path, but {path} is a directory."
-            )
+        if path is not None:  # a file path; checkpoint's folder writable (before training)
+            _check_file_path(name, path)
     if checkpoint is not None and not callable(getattr(model, "get_config", None)):
         raise TypeError(
             f"checkpoint= needs a model with get_config() ({type(model).__name__} has "
@@ -213,6 +214,9 @@ def fit(
     if resume is not None:
         saved, weights = load_fit_state(resume, model)
         check_resume_args(resume, saved, args)
+        _check_resume_epochs(
+            resume, saved, per_stage, "stage_epochs" if stage_epochs is not None else "epochs"
+        )
         mine = {k: v.dtype for k, v in model.state_dict().items() if v.is_floating_point()}
         theirs = {k: v.dtype for k, v in weights.items() if v.is_floating_point()}
         changed = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k])
@@ -230,6 +234,19 @@ def fit(
                 f"{type(model).__name__} (another configuration?): {exc}"
             ) from None
     ctx = setup(distributed, model)
+    given = {"val_data": val_data, "callback": callback, "lr_factor": lr_factor}
+    check_same_args(  # every rank the same: else diverging replicas or a deadlock
+        ctx,
+        {
+            **args,
+            "epochs": epochs,
+            "checkpoint_every": checkpoint_every,
+            "layer-wise stages": len(stages),
+            "checkpoint given": checkpoint is not None,
+            "resumed at epoch": None if saved is None else int(saved["epoch"]),
+            **{f"{k} given": v is not None for k, v in given.items()},
+        },
+    )
     gen = torch.Generator().manual_seed(seed)
     if saved is None:
         torch.manual_seed(seed)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..unrolled._base import layer_lists
-from ._checks import _check_int
+from ._checks import _check_int, _check_pair
 from ._state import copy_state
 
 __all__ = ["LayerwiseHistory", "fit_layerwise", "layer_nmse_db"]
@@ -65,6 +65,7 @@ def layer_nmse_db(
         >>> len(layer_nmse_db(ALISTA(A, 3), A(x), x))
         3
     """
+    _check_pair("(y, x)", y, x)
     was_training = model.training
     model.eval()
     err: torch.Tensor | None = None
@@ -292,6 +293,7 @@ def fit_layerwise(
         ):
             # a NaN validation curve would pick no layer and still report a finished run
             raise ValueError(f"Expected finite {vname} (got NaN or Inf).")
+    _check_pair("val_data", *val_data, model=model)  # before any step: no bare torch error
     check_positive("lr", lr)
     if isinstance(lr_decays, (str, bytes)) or not hasattr(lr_decays, "__iter__"):
         raise TypeError(
