@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -69,12 +70,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
 
 def publish(tmp: Path, path: Path) -> None:
     """Move the finished temporary file ``tmp`` onto ``path``, with the permissions a plain
-    ``open()`` gives (``mkstemp`` creates files 0600). Inside :func:`never_replace` for
-    ``path``, a file that appeared there since the command checked its outputs is not
-    replaced: ``OutputExistsError``, and ``tmp`` is removed."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    ``open()`` gives (``mkstemp`` creates files 0600): an existing file's own permission
+    bits (a private 0600 checkpoint stays 0600), ``0o666 & ~umask`` for a new file. Inside
+    :func:`never_replace` for ``path``, a file that appeared there since the command checked
+    its outputs is not replaced: ``OutputExistsError``, and ``tmp`` is removed."""
+    os.chmod(tmp, _mode_for(path))
     if _key(path) not in _NO_REPLACE.get():
         os.replace(tmp, path)
         return
@@ -163,6 +163,31 @@ def check_writable(
                 f"Refusing to write over the existing file {out}; pass --force to replace it "
                 "or choose another output name."
             )
+
+
+def _mode_for(path: str | os.PathLike) -> int:
+    """The permission bits a file written to ``path`` gets: those of the regular file there
+    now (as an in-place ``open(path, "w")`` keeps them), else ``0o666 & ~umask``."""
+    try:
+        st = os.stat(path)
+    except OSError:  # no file there (or a dangling link): a new file
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux:
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def _key(p: str | os.PathLike) -> Path:

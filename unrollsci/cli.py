@@ -118,7 +118,43 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    try:  # before it runs: a results file it could not write at the end is refused now
+        _check_bench_outputs(args.name, rest)
+    except OSError as exc:
+        print(f"unrollsci bench {args.name}: error: {exc}", file=sys.stderr)
+        return 2
     return int(importlib.import_module(module).main(rest) or 0)
+
+
+def _check_bench_outputs(name: str, rest: list[str]) -> None:
+    """Check the results path ``<--out>/<--name or NAME>[_quick].json`` of ``bench NAME``
+    (see :func:`unrollsci.bench._common.check_results_paths`). The benchmark's own parser
+    reads ``rest`` later; this scan never fails on it, and skips ``-h`` runs."""
+    out, quick, stem = "benchmarks/results", False, name
+    i = 0
+    while i < len(rest) and rest[i] != "--":
+        arg = rest[i]
+        if arg in ("-h", "--help"):
+            return
+        if arg == "--quick":
+            quick = True
+        elif arg in ("--out", "--name") and i + 1 < len(rest):
+            i += 1
+            if arg == "--out":
+                out = rest[i]
+            else:
+                stem = rest[i]
+        elif arg.startswith("--out="):
+            out = arg.split("=", 1)[1]
+        elif arg.startswith("--name="):
+            stem = arg.split("=", 1)[1]
+        i += 1
+    try:
+        output_dir_arg(out)
+    except argparse.ArgumentTypeError:
+        return  # the benchmark's parser refuses this --out (argument --out: ...)
+    common = importlib.import_module("unrollsci.bench._common")
+    common.check_results_paths(stem, out, quick=quick)
 
 
 def _relax(argv: list[str]) -> int:
@@ -178,11 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument(
         "--force", action="store_true", help="replace figures of an earlier run in --out"
     )
-    # add_help=False: '-h' after the name reaches the benchmark's own parser.
+    # add_help=False: '-h' after the name reaches the benchmark's own parser; 'bench -h'
+    # (no name) prints this parser's help below.
     p_bench = sub.add_parser(
-        "bench", add_help=False, help="run a benchmark and write benchmarks/results/NAME.json"
+        "bench",
+        add_help=False,
+        usage="%(prog)s [-h] NAME [options]",
+        help="run a benchmark and write benchmarks/results/NAME.json",
+        description="Run the benchmark NAME and write benchmarks/results/NAME.json\n"
+        "('unrollsci bench NAME --help' lists its options).",
+        epilog="exit status: 0 success; 1 a benchmark's check failed; 2 usage error (a bad\n"
+        "argument, or a results path that cannot be written). 'bench NAME --quick' writes\n"
+        "NAME_quick.json, never the full results NAME.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p_bench.add_argument("name", help=", ".join(BENCHMARKS))
+    p_bench.add_argument("name", nargs="?", metavar="NAME", help=", ".join(BENCHMARKS))
     p_relax = sub.add_parser(
         "relax", add_help=False, help="relax a structure with QEq + short-range repulsion"
     )
@@ -193,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return _demo(args)
     if args.command == "bench":
+        if args.name is None:
+            if rest[:1] in (["-h"], ["--help"]):
+                p_bench.print_help()
+                return 0
+            p_bench.error("the following arguments are required: NAME")
         return _bench(args, rest)
     parser.print_help()
     return 0

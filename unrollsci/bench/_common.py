@@ -22,6 +22,7 @@ from .._io import atomic_write, atomic_write_text
 
 __all__ = [
     "markdown_table",
+    "check_results_paths",
     "write_results",
     "results_name",
     "figure_path",
@@ -87,6 +88,51 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
+def check_results_paths(
+    name: str,
+    outdir: str | os.PathLike = "benchmarks/results",
+    *,
+    quick: bool = False,
+    suffixes: Sequence[str] = (".json",),
+) -> list[Path]:
+    """Refuse, before a benchmark runs, results files it could not write at the end.
+
+    Checks ``outdir/<name>[_quick]<suffix>`` for each suffix (the paths
+    :func:`write_results` / :func:`write_report` write) and returns them. Raises
+    ``IsADirectoryError`` when one is a directory, ``NotADirectoryError`` when ``outdir`` (or
+    a folder above it) is a file, ``PermissionError`` when the nearest existing folder of
+    ``outdir`` cannot be written. Nothing is created. Command lines report the error with
+    ``parser.error`` (exit status 2).
+    """
+    stem = results_name(name, quick)
+    paths = [Path(outdir) / f"{stem}{suffix}" for suffix in suffixes]
+    for path in paths:
+        _check_output_file(path)
+    folder = Path(outdir)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"Expected a folder for the results (got the file {folder} in --out {outdir})."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Expected a writable folder for the results (got {folder}, which this user "
+            "cannot write)."
+        )
+    return paths
+
+
+def _check_output_file(path: Path) -> None:
+    """A results file path must not be a directory (``os.replace`` onto it fails only after
+    the whole run): ``IsADirectoryError`` naming it."""
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Expected a file path for the results (got the directory {path}); remove it or "
+            "choose another --out."
+        )
+
+
 def write_results(
     name: str,
     data: dict[str, Any],
@@ -101,9 +147,10 @@ def write_results(
     leaves the previous file as it was.
     """
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = results_name(name, quick)
     path = out / f"{stem}.json"
+    _check_output_file(path)
+    out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": stem, "machine": machine_info(), **data}
     atomic_write_text(path, json.dumps(payload, indent=2, default=float))
     return path
@@ -123,6 +170,7 @@ def write_report(
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (markdown table, report) atomically, creating its folder."""
     path = Path(path)
+    _check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, text)
 
@@ -130,6 +178,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     """``fig.savefig`` to a temporary file moved onto ``path`` (format from the extension)."""
     path = Path(path)
+    _check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = kwargs.pop("format", None) or (path.suffix.lstrip(".").lower() or "png")
     with atomic_write(path, "wb") as f:

@@ -145,7 +145,7 @@ def _train(args: Any, variant: str = "sa") -> tuple[Any, dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="unrollsci bench amg", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--n", nargs="+", type=positive_int_arg, default=[256], help="test grid sides")
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))

@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch
 from .._io import check_writable
 from ..train._state import copy_state
 from ._common import (
+    check_results_paths,
     markdown_table,
     output_dir_arg,
     positive_int_arg,
@@ -237,7 +239,7 @@ def certificate(model: Any, refined: bool) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks/ct_certified.py", description=__doc__)
+    p = argparse.ArgumentParser(prog="unrollsci bench ct_certified", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny run (seconds); *_quick.* files")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--force", action="store_true", help="replace existing result files")
@@ -302,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.pt"]
     inputs = [c for c in (args.checkpoint, args.base_checkpoint) if c]
-    check_writable(paths, inputs=inputs, force=args.force)
+    try:  # before any work: one error line and exit 2, as demo and relax do
+        check_writable(paths, inputs=inputs, force=args.force)
+        check_results_paths("ct_certified", args.out, quick=args.quick, suffixes=(".json", ".md"))
+    except (OSError, ValueError) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     radon = Radon(args.size, args.angles)

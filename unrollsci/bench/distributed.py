@@ -299,7 +299,7 @@ def mixed_precision_ct(args: Any) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/distributed.py", description=__doc__)
+    p = argparse.ArgumentParser(prog="unrollsci bench distributed", description=__doc__)
     p.add_argument("--quick", action="store_true", help="seconds; writes distributed_quick.*")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
