@@ -111,3 +111,36 @@ def test_lipschitz_is_tight_on_a_large_graph_with_an_unobserved_hub():
         h = p.hessian_scipy(b)
         true = eigsh(h, k=1, which="LA", tol=1e-12, v0=np.ones(6000))[0][0]
         assert true <= lip[b] <= 1.01 * true, (b, lip[b], true)
+
+
+def test_split_keeps_the_ball_of_least_score_with_fewer_lanczos_runs(monkeypatch):
+    """The ball kept is the first of ``_HOPS`` with the least ``max(top of L~_SS, Lanczos
+    top of L~_RR)``, as when every ball ran its Lanczos; the runs of balls whose own top
+    cannot win are skipped."""
+    from unrollsci.graph._local import _grow
+
+    real, calls = _certify.lanczos, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    for _, adj in _graphs():
+        lap = sp.csr_matrix(laplacian_matrix(adj, "combinatorial"))
+        _, vec = _certify.lanczos(lap, np.ones(lap.shape[0]), steps=30)
+        hub = np.array([int(np.argmax(np.abs(vec)))])
+        scores = []
+        for hops in _split._HOPS:
+            inside = _grow(lap, hub, hops)
+            if inside.sum() > _split.MAX_NODES or inside.all():
+                continue
+            s_idx, rest, block = _split._split(lap, inside)
+            est = _certify.lanczos(rest, np.ones(rest.shape[0]), steps=30)[0]
+            scores.append((max(float(np.linalg.eigvalsh(block)[-1]), est), len(scores), s_idx))
+        want = min(scores, key=lambda c: (c[0], c[1]))[2]
+        calls.clear()
+        monkeypatch.setattr(_certify, "lanczos", counted)
+        cert = _split.split_certificate(lap, vec)
+        monkeypatch.setattr(_certify, "lanczos", real)
+        assert cert is not None and np.array_equal(cert.nodes, want)
+        assert 1 <= len(calls) <= len(scores)

@@ -102,20 +102,27 @@ def split_certificate(lap: Any, vec: np.ndarray) -> SplitCertificate | None:
     if n < 2 or vec.shape != (n,) or not np.all(np.isfinite(vec)):
         return None
     hub = np.array([int(np.argmax(np.abs(vec)))])
-    best = None
-    for hops in _HOPS:
+    # the ball with the least score max(top of L~_SS, Lanczos top of L~_RR), the first of
+    # _HOPS on a tie; balls in order of their top, and the Lanczos run (a product with the
+    # whole graph per step) skipped where that top alone cannot win: the same choice
+    cands = []
+    for order, hops in enumerate(_HOPS):
         inside = _grow(lap, hub, hops)
         if inside.sum() > MAX_NODES or inside.all():
             continue
         s_idx, rest, block = _split(lap, inside)
-        top_s = float(np.linalg.eigvalsh(block)[-1])
+        cands.append((float(np.linalg.eigvalsh(block)[-1]), order, s_idx, rest, block))
+    best = None
+    for top_s, order, s_idx, rest, block in sorted(cands, key=lambda c: (c[0], c[1])):
+        if best is not None and (top_s, order) > best[:2]:
+            break  # its score is at least its top: no later ball wins either
         est = lanczos(rest, np.ones(rest.shape[0]), steps=30)[0]
         score = max(top_s, est)
-        if best is None or score < best[0]:
-            best = (score, est, s_idx, rest, block)
+        if best is None or (score, order) < best[:2]:
+            best = (score, order, est, s_idx, rest, block)
     if best is None:
         return None
-    _, est, s_idx, rest, block = best
+    _, _, est, s_idx, rest, block = best
     for f in _FACTORS:
         mu = f * max(est, 0.0)
         if mu > 0 and is_pd(sp.csr_matrix(sp.diags(np.full(rest.shape[0], mu)) - rest)):
