@@ -27,6 +27,9 @@ def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
             f"{tuple(x_true.shape)})."
         )
     check_batch("x", x)
+    # the target is data: NaN or Inf there is an error (a NaN target read as a zero one
+    # and scored -inf dB, "perfect"); a non-finite estimate gives NaN (a diverged model)
+    check_finite("x_true", x_true)
 
 
 def _scaled_energy(v: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +53,11 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
 
     Returns:
         The NMSE in dB; ``-inf`` where the error is 0 (``x == x*``, also for a zero
-        ``x*``), ``+inf`` where ``x* = 0`` and the error is not 0 (no finite value then).
-        The gradient is 0 at a zero ``x*``.
+        ``x*``), ``+inf`` where ``x* = 0`` and the error is not 0 (no finite value then),
+        NaN where the estimate holds NaN. The gradient is 0 at a zero ``x*``.
+
+    Raises:
+        ValueError: NaN or Inf in ``x_true``; shapes that differ.
 
     Example:
         >>> import torch
@@ -71,7 +77,9 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
     db = 10.0 * (torch.log10(err) - torch.log10(torch.where(some, ref, 1.0)))
     db = db + 20.0 * (torch.log10(big_d) - torch.log10(big_r))
     inf = torch.full_like(db, float("inf"))
-    return torch.where(some, db, torch.where(err > 0, inf, -inf))
+    # a NaN error (NaN in the estimate) stays NaN, also where x* = 0 (it read -inf there)
+    nan = torch.full_like(db, float("nan"))
+    return torch.where(some, db, torch.where(err > 0, inf, torch.where(err == 0, -inf, nan)))
 
 
 def mse(x: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:

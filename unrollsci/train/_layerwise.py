@@ -207,8 +207,9 @@ def fit_layerwise(
     Guarantee: a stage keeps the best validated state among those whose per-layer
     validation curve is non-increasing up to layer ``k`` (a ``k``-layer model never
     worse than its ``k - 1``-layer prefix); the state it started from counts when it
-    qualifies. If no state qualifies the best one is kept and ``history.monotone`` is
-    False (reported, not hidden).
+    qualifies. If no state qualifies, the one with the longest non-increasing prefix of
+    the curve is kept (then the best at layer ``k``), so the prefix earlier stages secured
+    is never broken, and ``history.monotone`` is False (reported, not hidden).
 
     Args:
         model: an unrolled model with ``num_layers``, settable ``active_layers``,
@@ -340,9 +341,10 @@ def fit_layerwise(
     say = log if log is not None else (lambda _line: None)
     vmul = 1.0 if vector_lr is None else float(vector_lr)
 
-    def score(curve: list[float], k: int) -> tuple[bool, float]:
-        ok = all(curve[j] <= curve[j - 1] for j in range(1, k))
-        return ok, curve[k - 1]
+    def score(curve: list[float], k: int) -> tuple[int, float]:
+        """(length of the non-increasing prefix of the curve, capped at k; layer k's NMSE)."""
+        run = next((j for j in range(1, k) if not curve[j] <= curve[j - 1]), k)
+        return run, curve[k - 1]
 
     for k in range(start_layer, num + 1):
         model.active_layers = k
@@ -397,8 +399,8 @@ def fit_layerwise(
                 used = clock() - layer_t0
                 stage_deadline = clock() + (layer_budget - used) / (len(stages) - si)
             curve = layer_nmse_db(model, y_val, x_val)
-            ok, best = score(curve, k)
-            best_ok = ok
+            best_run, best = score(curve, k)
+            best_ok = best_run == k
             best_state = copy_state(model.state_dict())
             since, steps, by_patience = 0, 0, False
             try:
@@ -433,9 +435,12 @@ def fit_layerwise(
                     since += 1
                     if steps % val_every == 0:
                         curve = layer_nmse_db(model, y_val, x_val)
-                        ok, val = score(curve, k)
-                        if (ok and (not best_ok or val < best)) or (not best_ok and val < best):
-                            best, best_ok, since = val, ok, 0
+                        run, val = score(curve, k)
+                        # a longer non-increasing prefix first (k: the state qualifies), then
+                        # layer k's NMSE: a stage where no state qualifies never breaks the
+                        # prefix the earlier stages secured (the start state counts)
+                        if (-run, val) < (-best_run, best):
+                            best, best_run, best_ok, since = val, run, run == k, 0
                             best_state = copy_state(model.state_dict())
                         if since >= patience:
                             by_patience = True

@@ -136,8 +136,10 @@ class ADMMNet(UnrolledLasso):
     def _refresh_gram(self) -> None:
         """(Re)compute the eigendecomposition of ``A^T A`` when the operator changed since it
         was computed (its tensors' identity and version: an in-place edit of the matrix, a
-        loaded state, a move), so the x-update never solves with a stale ``A^T A``."""
-        key = self.operator._norm_key()
+        loaded state, a move) or the model's dtype did (``model.double()`` casts the buffers:
+        a float32 eigendecomposition would stay accurate to float32 only), so the x-update
+        never solves with a stale ``A^T A``."""
+        key = (self.operator._norm_key(), self.param_dtype)
         if key == self._gram_key:
             return
         evals, evecs = torch.linalg.eigh(self._gram())

@@ -53,6 +53,7 @@ def error_decomposition(
         >>> len(rows), sorted(rows[0])[:3]
         (3, ['classical', 'cosine', 'deviation'])
     """
+    check_tensor("y", y, ndim=(2,))  # batched: a (m,) y would ask for an (m, n) x_ref
     check_tensor("x_ref", x_ref, ndim=(2,))
     check_finite("x_ref", x_ref)
     if classical is None:

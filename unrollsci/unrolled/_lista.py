@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -96,6 +97,9 @@ class _SupportSelection:
     ss_max: float
 
     def _init_support_selection(self, enabled: bool, ss_rate: float, ss_max: float) -> None:
+        for name, v in (("ss_rate", ss_rate), ("ss_max", ss_max)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"Expected '{name}' to be a number (got {type(v).__name__}).")
         if not (0 <= ss_rate <= 1 and 0 <= ss_max <= 1):
             raise ValueError(f"Expected ss_rate, ss_max in [0, 1] (got {ss_rate}, {ss_max}).")
         if enabled:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -186,6 +187,8 @@ class LAMP(UnrolledLasso):
         if not (isinstance(scale_init, (int, float)) and 0 < scale_init < float("inf")):
             raise ValueError(f"Expected a finite scale_init > 0 (got {scale_init!r}).")
         self.scale_init = float(scale_init)
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
+            raise TypeError(f"Expected 'decay' to be a number (got {type(decay).__name__}).")
         if not 0 <= decay < 1:
             raise ValueError(f"Expected 0 <= decay < 1 (got {decay}).")
         self.decay = float(decay)
@@ -269,7 +272,11 @@ class LAMP(UnrolledLasso):
             op = self._layer_op(k)
             z = y - op.mv(x) + b * z
             pseudo = x + op.rmv(z)
-            theta = scale[k] * z.norm(dim=-1, keepdim=True) / root_m
+            # ||z|| scale-free, as the BG path: the squares of |y| ~ 1e20 overflow float32
+            # (theta = inf, a zero output) and those of 1e-20 lose digits to subnormals
+            top = z.detach().abs().amax(dim=-1, keepdim=True)
+            top = torch.where(top > 0, top, torch.ones_like(top))
+            theta = scale[k] * (top * (z / top).norm(dim=-1, keepdim=True)) / root_m
             x = soft_threshold(pseudo, theta)
             b = (pseudo.abs() > theta).sum(dim=-1, keepdim=True).to(x.dtype) / self.m
             xs.append(x)
