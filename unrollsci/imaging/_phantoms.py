@@ -123,8 +123,10 @@ def random_ellipses(
     """Random ellipse phantoms: a body ellipse holding ``n_ellipses`` smaller ones.
 
     Each image has a "body" ellipse (intensity in [0.2, 0.5], semi-axes in
-    [0.55, 0.85] of the half-width, random tilt) that fits in the reconstruction
-    circle, and ``n_ellipses`` inner ellipses (intensities in [-0.2, 0.5], placed
+    [0.55, 0.85] of the half-width, centre within 0.05 of the middle per axis, random
+    tilt) that fits in the reconstruction circle (its farthest point at most 0.921 of
+    the half-width; on grids below about 20 pixels a pixel it touches can have its
+    centre outside the circle, i.e. outside ``disk_mask``), and ``n_ellipses`` inner ellipses (intensities in [-0.2, 0.5], placed
     inside the body). Values are clipped to [0, 1], and everything outside the body
     is exactly zero, so the body is the object's support (the "patient boundary").
 
@@ -158,7 +160,8 @@ def random_ellipses(
     def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)
 
-    # Body: a tilted ellipse whose farthest point stays within radius 0.9.
+    # Body: a tilted ellipse whose farthest point stays within radius 0.85 + 0.05 sqrt(2)
+    # (0.921) of the half-width.
     body = torch.stack(
         [
             u(0.2, 0.5, n),

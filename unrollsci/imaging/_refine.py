@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from .._validation import check_batch, check_finite, check_model_dtype, model_dtype
 from ._certify import check_finite_tensors, conv_operator_norm
 
 __all__ = ["LipschitzRefiner", "maxmin"]
@@ -215,7 +216,15 @@ class LipschitzRefiner(nn.Module):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             n = self.image_size
             raise ValueError(f"Expected images of shape (batch, {n}, {n}) (got {got}).")
+        check_batch("x", x)
+        check_finite("x", x)
+        check_model_dtype("images 'x'", x.dtype, self, data="x")
         return x + self.residual(x)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype of the weights (inputs must match it)."""
+        return model_dtype(self)
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:

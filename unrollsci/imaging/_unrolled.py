@@ -86,12 +86,20 @@ class _Conv(nn.Module):
                 # buffer, as in the refiner: it would keep every later training output NaN
                 # after the weights are repaired (a select on the device: no host sync)
                 self.u.copy_(torch.where(torch.isfinite(u).all(), u, self.u))
+        if not self.training:
+            # the certified scale of the weights as they are now: eval() set it, but weights
+            # changed since (an EMA copy, load_state_dict into an eval-mode model) would run
+            # uncapped with the old scale (refresh_sigma_ compares contents, recomputes on
+            # a change)
+            if not self.refresh_sigma_():
+                raise ValueError(
+                    "Expected a capped convolution with a finite operator-norm bound (got a "
+                    "non-finite bound: its weights overflow or are not finite)."
+                )
+            return w / torch.clamp(self.sigma / self.cap, min=1.0)
         # sigma ~ ||W u|| with the (detached) converged u; differentiable in W.
         sigma = F.conv2d(self.u, w, padding=w.shape[-1] // 2).norm()
-        if self.training:
-            self.sigma.copy_(sigma.detach())
-        else:
-            sigma = self.sigma
+        self.sigma.copy_(sigma.detach())
         return w / torch.clamp(sigma / self.cap, min=1.0)
 
     @torch.no_grad()
