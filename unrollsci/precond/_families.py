@@ -163,7 +163,7 @@ def graph_laplacian(
 
     n = _check_n(n)
     degree = check_positive("degree", degree)
-    shift = check_positive("shift", shift, allow_zero=True)
+    shift = check_positive("shift", shift)  # 0: L itself, singular (L 1 = 0), not SPD
     N = n * n  # noqa: N806
     rng = np.random.default_rng(seed)
     pts = rng.random((N, 2))

@@ -424,7 +424,10 @@ class LearnedPreconditioner(nn.Module):
             cache["op"] = SymmetricMatvec(a)
             cache["abs"] = abs_entries(a, scale.device)
         hi = gershgorin_scaled(cache["abs"], scale) * (1.0 + 1e-12)
-        lo = hi * torch.sigmoid(self.poly_ratio.to(torch.float64))
+        # lo / hi below 1 for any weight: sigmoid rounds to 1 from about 36.7, and lo = hi
+        # (a zero-width interval) made every entry of M NaN
+        ratio = torch.sigmoid(self.poly_ratio.to(torch.float64)).clamp(max=1.0 - 1e-9)
+        lo = hi * ratio
         weights = torch.softmax(self.poly_logits.to(torch.float64), 0)
         return ChebyshevPreconditioner(cache["op"], scale, self.degree, lo, hi, weights)
 
