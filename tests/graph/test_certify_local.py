@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import eigsh
 
-from unrollsci.graph import _spectral, inpainting_problem, road_graph, sensor_graph
+from unrollsci.graph import _inertia, _spectral, inpainting_problem, road_graph, sensor_graph
 from unrollsci.graph._certify import collatz_lower
 
 from .test_certify import _scaled_eigs, hessians
@@ -165,7 +165,7 @@ def test_factor_tier_gives_the_safety_times_eigenvalue_interval():
 def test_factor_tier_falls_back_when_the_proof_fails(monkeypatch):
     """If the inertia check refuses (here: forced), the factorization-free bounds are used,
     and they are still bounds."""
-    monkeypatch.setattr(_spectral, "_is_pd", lambda a, tol=0.0: False)
+    monkeypatch.setattr(_inertia, "is_pd", lambda a, tol=0.0: False)
     p = _mid_problem()
     lo, hi = p.jacobi_interval()
     h = p.hessian_scipy(0)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_block_edges", "networkx_adjacency", "pyg_inputs"]
+__all__ = ["check_block_edges", "check_graph_index", "networkx_adjacency", "pyg_inputs"]
 
 
 def check_block_edges(gi: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
@@ -23,6 +23,26 @@ def check_block_edges(gi: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Non
             f"Expected no edge between different graphs of 'graph_index' (got {cross // 2 or 1} "
             "such edge(s)): give each connected set of nodes one graph index, or merge them."
         )
+
+
+def check_graph_index(graph_index: Any, n: int) -> np.ndarray:
+    """``graph_index`` as an int64 ``(n,)`` array: integers (a float or bool index was
+    truncated), sorted from 0 without gaps (as PyG's batch vector; a graph with no node
+    left an empty block that failed later with a raw numpy error)."""
+    raw = graph_index.detach().cpu() if isinstance(graph_index, torch.Tensor) else graph_index
+    arr = np.asarray(raw)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"Expected an integer 'graph_index' (got dtype {arr.dtype}).")
+    gi = arr.astype(np.int64)
+    if gi.shape != (n,):
+        raise ValueError(f"Expected 'graph_index' of shape ({n},) (got {gi.shape}).")
+    if n and (gi[0] != 0 or np.any(np.diff(gi) < 0) or np.any(np.diff(gi) > 1)):
+        raise ValueError(
+            "Expected 'graph_index' sorted, from 0 and without gaps, as PyG's batch vector "
+            f"(got values {np.unique(gi)[:8].tolist()}{'...' if np.unique(gi).size > 8 else ''}"
+            "): a graph without nodes has no problem to solve; leave it out of the batch."
+        )
+    return gi
 
 
 def networkx_adjacency(G: Any, weight: str | None = "weight"):  # type: ignore[no-untyped-def]  # noqa: N803

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import _graphcert
-from ._spectral import _is_pd, graph_digest
+from ._inertia import is_pd as _is_pd
+from ._spectral import graph_digest
 
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["affordable", "envelope_widths", "fills_in", "is_pd", "symmetric_lu"]
+__all__ = [
+    "affordable",
+    "envelope_widths",
+    "factor_proved",
+    "fills_in",
+    "is_pd",
+    "symmetric_lu",
+]
 
 #: per-problem factorization tier (800-5000 nodes): refused above this mean envelope width
 ENVELOPE_PER_NODE = 100
@@ -99,3 +106,46 @@ def affordable(h: Any) -> bool:
         return True
     w = envelope_widths(h).astype(np.float64)
     return bool(w.mean() <= WIDTH_PER_SQRT_N * np.sqrt(n) or float(w @ w) <= SMALL_FLOPS)
+
+
+_fills_in = fills_in  # factor_proved's keyword argument has the function's name
+
+
+def factor_proved(
+    h: Any, which: str, safety: float, scaled: bool, *, fills_in: bool | None = None
+) -> float | None:
+    """``safety`` times ARPACK's estimate of ``lambda_max`` (``"hi"``) or ``lambda_min``
+    (``"lo"``, shift-invert) of ``H`` or of ``S = D^{-1/2} H D^{-1/2}``, proved by
+    Sylvester's law of inertia (:func:`is_pd`: ``v M - H``, resp. ``H - v M``, positive
+    definite, ``M = I`` or ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S)
+    D^{1/2}``); None when the estimate fails or the proof does not go through, and without
+    trying when the matrix would fill in (:func:`fills_in`, or ``fills_in`` if the caller
+    knows it): the caller falls back to the factorization-free bounds."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    m = h.shape[0]
+    if _fills_in(h) if fills_in is None else fills_in:
+        return None
+    dg = h.diagonal()
+    metric = sp.diags(dg if scaled else np.ones(m)).tocsc()
+    dis = sp.diags(1.0 / np.sqrt(dg))
+    hs = sp.csr_matrix(dis @ h @ dis) if scaled else h
+    try:
+        if which == "hi":
+            est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=np.ones(m))
+            val = float(est[0]) * safety
+            return val if is_pd(sp.csr_matrix(val * metric - h)) else None
+        est = eigsh(
+            sp.csc_matrix(hs),
+            k=1,
+            sigma=0.0,
+            which="LM",
+            tol=1e-8,
+            return_eigenvectors=False,
+            v0=np.ones(m),
+        )
+        val = max(float(est[0]), 0.0) * safety
+    except Exception:  # noqa: BLE001 - ARPACK failed or a singular factorization
+        return None
+    return val if val > 0 and is_pd(sp.csr_matrix(h - val * metric)) else None

@@ -23,15 +23,15 @@ import torch
 from .._validation import check_finite, check_tensor, detached_from
 from ..operators import LinearOperator, Mask, SparseOperator
 from . import _exact, _graphcert, _spectral
-from ._convert import check_block_edges, networkx_adjacency, pyg_inputs
+from ._convert import check_block_edges, check_graph_index, networkx_adjacency, pyg_inputs
 from ._exact import _Hessian
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
+from ._inertia import is_pd as _is_pd  # noqa: F401
 from ._laplacian import HeatKernel, canonical_adjacency
-from ._spectral import _DENSE_MAX, _is_pd  # noqa: F401
+from ._spectral import _DENSE_MAX  # noqa: F401
 
 __all__ = ["GraphInverseProblem"]
-# _CHUNK_ENTRIES, _DENSE_MAX, _RANK_DENSE_MAX and _is_pd stay importable from here (they
-# were defined in this module before it was split).
+# _CHUNK_ENTRIES, _DENSE_MAX, _RANK_DENSE_MAX, _is_pd: importable here, as before the split
 
 
 class GraphInverseProblem:
@@ -167,16 +167,11 @@ class GraphInverseProblem:
             self.mask = None
 
         # ---------------------------------------------------------------- graph
-        if graph_index is None:
-            gi = np.zeros(n, dtype=np.int64)
-        else:
-            gi = np.asarray(
-                graph_index.detach().cpu() if isinstance(graph_index, torch.Tensor) else graph_index
-            ).astype(np.int64)
-            if gi.shape != (n,):
-                raise ValueError(f"Expected 'graph_index' of shape ({n},) (got {gi.shape}).")
-            if n and (gi.min() < 0 or np.any(np.diff(gi) < 0)):
-                raise ValueError("Expected 'graph_index' sorted and >= 0 (as PyG's batch vector).")
+        gi = (
+            np.zeros(n, dtype=np.int64)
+            if graph_index is None
+            else check_graph_index(graph_index, n)
+        )
         self.graph_index_np = gi
         self.num_graphs = int(gi.max()) + 1 if n else 0
         block = gi if self.kind in ("mask", "heat") else np.zeros(n, dtype=np.int64)

@@ -4,8 +4,8 @@ Upper bounds (``Lip >= lambda_max``), lower bounds (``lo <= lambda_min``), the s
 interval of the Jacobi-scaled Hessian, and the Gershgorin row sums. Small blocks use dense
 eigenvalues; larger mask blocks get bounds proved without factorizing ``H``
 (:mod:`._certify`). Results are cached on the problem (``problem._cache``).
-:func:`._inertia.is_pd` (Sylvester's law of inertia) serves the identifiability check
-(``_is_pd`` here).
+:func:`._inertia.factor_proved` (Sylvester's law of inertia) proves estimates where a
+factorization is affordable.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from . import _certify, _dense, _graphcert, _split
 from ._dense import dense_eigs as _dense_eigs
 from ._inertia import affordable as _affordable
+from ._inertia import factor_proved as _factor_proved
 from ._inertia import fills_in as _fills_in
-from ._inertia import is_pd as _is_pd
 
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
@@ -193,7 +193,9 @@ def spectrum_mask(
     * ``lo``: the Collatz-Wielandt bound of :func:`_certify.collatz_lower` (``H`` is a
       Z-matrix), a proof for any vector it is evaluated at, with its local stage:
       ``safety`` times an estimate from above (a local Rayleigh quotient) once that is
-      proved, else the best bound proved.
+      proved, else the best bound proved; where that proves nothing (0: an ill-conditioned
+      ``H``, e.g. ``lam`` of 1e4 on a sparse graph), the factorization proof where
+      :func:`._inertia.affordable` allows it.
 
     ``inertia=True`` (``hi`` of ``H`` only): above ``_DENSE_MAX`` nodes, ARPACK's estimate
     times ``safety`` proved by one sparse factorization wherever :func:`._inertia.affordable`
@@ -258,49 +260,17 @@ def spectrum_mask(
                         else _certify.upper_bound(h, np.ones(m), safety, cap, est=est)
                     )
             else:
-                out[b, k] = _collatz(p, b, k, h, scaled, safety)
+                val = _collatz(p, b, k, h, scaled, safety)
+                if not val > 0 and m > _FACTOR_MAX:
+                    # nothing proved (an ill-conditioned H: lam >~ 1e3 on sparse graphs):
+                    # 0 is valid but leaves the window modes no certificate, so the
+                    # factorization proof, where affordable, at the price of one
+                    ok = p.cached(f"affordable-{k}", lambda h=h: _affordable(h))
+                    proved = _factor_proved(h, which, safety, scaled, fills_in=not ok)
+                    val = val if proved is None else proved
+                out[b, k] = val
     p._cache[key] = out
     return out
-
-
-def _factor_proved(
-    h: Any, which: str, safety: float, scaled: bool, *, fills_in: bool | None = None
-) -> float | None:
-    """``safety`` times ARPACK's estimate of ``lambda_max`` (``"hi"``) or ``lambda_min``
-    (``"lo"``, shift-invert) of ``H`` or of ``S = D^{-1/2} H D^{-1/2}``, proved by
-    Sylvester's law of inertia (:func:`_is_pd`: ``v M - H``, resp. ``H - v M``, positive
-    definite, ``M = I`` or ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S)
-    D^{1/2}``); None when the estimate fails or the proof does not go through, and without
-    trying when the matrix would fill in (:func:`_fills_in`, or ``fills_in`` if the caller
-    knows it): the caller falls back to the factorization-free bounds."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import eigsh
-
-    m = h.shape[0]
-    if _fills_in(h) if fills_in is None else fills_in:
-        return None
-    dg = h.diagonal()
-    metric = sp.diags(dg if scaled else np.ones(m)).tocsc()
-    dis = sp.diags(1.0 / np.sqrt(dg))
-    hs = sp.csr_matrix(dis @ h @ dis) if scaled else h
-    try:
-        if which == "hi":
-            est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=np.ones(m))
-            val = float(est[0]) * safety
-            return val if _is_pd(sp.csr_matrix(val * metric - h)) else None
-        est = eigsh(
-            sp.csc_matrix(hs),
-            k=1,
-            sigma=0.0,
-            which="LM",
-            tol=1e-8,
-            return_eigenvectors=False,
-            v0=np.ones(m),
-        )
-        val = max(float(est[0]), 0.0) * safety
-    except Exception:  # noqa: BLE001 - ARPACK failed or a singular factorization
-        return None
-    return val if val > 0 and _is_pd(sp.csr_matrix(h - val * metric)) else None
 
 
 def _collatz(p: GraphInverseProblem, b: int, k: int, h: Any, scaled: bool, safety: float) -> float:
