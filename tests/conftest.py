@@ -38,3 +38,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cli_status():
+    """``unrollsci.cli.main(argv)``'s exit status, whether returned or raised by argparse."""
+    from unrollsci import cli
+
+    def run(argv):
+        try:
+            return cli.main(argv)
+        except SystemExit as exc:
+            return exc.code
+
+    return run

@@ -15,14 +15,6 @@ from unrollsci import cli
 from unrollsci.bench._common import figure_path, results_name, save_figure, write_results
 
 
-def _run(argv):
-    """cli.main's exit status, whether returned or raised by argparse."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return exc.code
-
-
 def _files(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -42,8 +34,8 @@ def test_cli_unknown_benchmark(capsys):
 # -- demo ------------------------------------------------------------------------------------
 
 
-def test_demo_unknown_section_exit_2(tmp_path, capsys):
-    assert _run(["demo", "--only", "bogus", "--out", str(tmp_path / "d")]) == 2
+def test_demo_unknown_section_exit_2(tmp_path, capsys, cli_status):
+    assert cli_status(["demo", "--only", "bogus", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'bogus'" in err
     for name in ("solvers", "unrolled", "graph", "chem", "precond", "imaging"):
@@ -51,20 +43,20 @@ def test_demo_unknown_section_exit_2(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_demo_out_naming_a_file_exit_2(tmp_path, capsys):
+def test_demo_out_naming_a_file_exit_2(tmp_path, capsys, cli_status):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
-    assert _run(["demo", "--only", "solvers", "--out", str(f)]) == 2
+    assert cli_status(["demo", "--only", "solvers", "--out", str(f)]) == 2
     assert "is an existing file, not a folder" in capsys.readouterr().err
-    assert _run(["demo", "--only", "solvers", "--out", str(f / "sub")]) == 2
+    assert cli_status(["demo", "--only", "solvers", "--out", str(f / "sub")]) == 2
     assert "is an existing file, not a folder" in capsys.readouterr().err
     assert f.read_text() == "mine"
 
 
-def test_demo_refuses_to_replace_a_figure_without_force(tmp_path, capsys):
+def test_demo_refuses_to_replace_a_figure_without_force(tmp_path, capsys, cli_status):
     fig = tmp_path / "solvers_convergence.png"
     fig.write_bytes(b"my figure")
-    assert _run(["demo", "--only", "solvers", "chem", "--out", str(tmp_path)]) == 2
+    assert cli_status(["demo", "--only", "solvers", "chem", "--out", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert "unrollsci demo: error: Refusing to write over the existing file" in captured.err
     assert "--force" in captured.err and "Traceback" not in captured.err
@@ -72,11 +64,11 @@ def test_demo_refuses_to_replace_a_figure_without_force(tmp_path, capsys):
     assert fig.read_bytes() == b"my figure"
 
 
-def test_demo_force_replaces_exactly_the_declared_figures(tmp_path, capsys):
+def test_demo_force_replaces_exactly_the_declared_figures(tmp_path, capsys, cli_status):
     from unrollsci.bench.demo.solvers import FIGURES
 
     (tmp_path / FIGURES[0]).write_bytes(b"old")
-    assert _run(["demo", "--only", "solvers", "--out", str(tmp_path), "--force"]) == 0
+    assert cli_status(["demo", "--only", "solvers", "--out", str(tmp_path), "--force"]) == 0
     assert "Classical solvers" in capsys.readouterr().out
     assert _files(tmp_path) == sorted(FIGURES)  # declared up front, no temporary file left
     assert (tmp_path / FIGURES[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -178,22 +170,22 @@ def test_quick_bench_leaves_full_results_byte_identical(tmp_path, name, args, mo
         (["bench", "lista", "--out", "FILE/sub"], "is an existing file, not a folder"),
     ],
 )
-def test_bench_bad_arguments_exit_2(tmp_path, argv, fragment, capsys):
+def test_bench_bad_arguments_exit_2(tmp_path, argv, fragment, capsys, cli_status):
     f = tmp_path / "file.txt"
     f.write_text("x")
     argv = [a.replace("FILE", str(f)) for a in argv]
-    assert _run(argv) == 2
+    assert cli_status(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
     assert f.read_text() == "x"
 
 
-def test_bench_lista_merge_never_writes_over_a_part(tmp_path, capsys):
+def test_bench_lista_merge_never_writes_over_a_part(tmp_path, capsys, cli_status):
     part = tmp_path / "lista.json"
     part.write_bytes(b"{}")
     argv = ["bench", "lista", "--out", str(tmp_path), "--merge", str(part)]
-    assert _run(argv) == 2
+    assert cli_status(argv) == 2
     assert "it is an input of this command" in capsys.readouterr().err
     assert part.read_bytes() == b"{}"
-    assert _run([*argv[:-1], str(tmp_path / "nope.json")]) == 2
+    assert cli_status([*argv[:-1], str(tmp_path / "nope.json")]) == 2
     assert "--merge: no such file" in capsys.readouterr().err

@@ -17,14 +17,6 @@ from unrollsci._io import atomic_write_text
 from unrollsci.bench._common import check_results_paths, write_results, write_text
 
 
-def _run(argv):
-    """cli.main's exit status, whether returned or raised by argparse."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return exc.code
-
-
 def _mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -55,7 +47,7 @@ def test_new_file_gets_the_umask_default(tmp_path):
 
 
 def test_bench_results_path_that_is_a_directory_is_refused_before_the_run(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, cli_status
 ):
     (tmp_path / "solvers_quick.json").mkdir()
     module = importlib.import_module("unrollsci.bench.solvers")
@@ -64,14 +56,14 @@ def test_bench_results_path_that_is_a_directory_is_refused_before_the_run(
         raise AssertionError("the benchmark ran although its results path is a directory")
 
     monkeypatch.setattr(module, "main", must_not_run)
-    assert _run(["bench", "solvers", "--quick", "--out", str(tmp_path)]) == 2
+    assert cli_status(["bench", "solvers", "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unrollsci bench solvers: error: Expected a file path for the results" in err
     assert "solvers_quick.json" in err and "Traceback" not in err
     # --name (precond, amg, qeq_pme, lista) names the results file
     (tmp_path / "mine.json").mkdir()
     monkeypatch.setattr(importlib.import_module("unrollsci.bench.precond"), "main", must_not_run)
-    assert _run(["bench", "precond", "--name", "mine", "--out", str(tmp_path)]) == 2
+    assert cli_status(["bench", "precond", "--name", "mine", "--out", str(tmp_path)]) == 2
     assert "mine.json" in capsys.readouterr().err
 
 
@@ -105,7 +97,7 @@ def test_writers_name_a_directory_in_place_of_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["file", "directory"])
-def test_ct_certified_refuses_existing_output_with_exit_2(tmp_path, capsys, kind):
+def test_ct_certified_refuses_existing_output_with_exit_2(tmp_path, capsys, kind, cli_status):
     from unrollsci.bench.ct_certified import main
 
     if kind == "file":
@@ -120,7 +112,7 @@ def test_ct_certified_refuses_existing_output_with_exit_2(tmp_path, capsys, kind
     err = capsys.readouterr().err
     assert err.startswith("unrollsci bench ct_certified: error: ") and fragment in err
     assert "Traceback" not in err
-    assert _run(["bench", "ct_certified", "--quick", "--out", str(tmp_path)]) == 2
+    assert cli_status(["bench", "ct_certified", "--quick", "--out", str(tmp_path)]) == 2
     assert fragment in capsys.readouterr().err
     if kind == "file":
         assert target.read_text() == '{"precious": 1}'
@@ -131,19 +123,19 @@ def test_ct_certified_refuses_existing_output_with_exit_2(tmp_path, capsys, kind
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_bench_help_exits_0_and_lists_the_benchmarks(capsys, flag):
-    assert _run(["bench", flag]) == 0
+def test_bench_help_exits_0_and_lists_the_benchmarks(capsys, flag, cli_status):
+    assert cli_status(["bench", flag]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: unrollsci bench")
     assert all(name in out for name in cli.BENCHMARKS)
 
 
-def test_bench_without_a_name_is_a_usage_error(capsys):
-    assert _run(["bench"]) == 2
+def test_bench_without_a_name_is_a_usage_error(capsys, cli_status):
+    assert cli_status(["bench"]) == 2
     assert "required: NAME" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["ct_certified", "distributed", "amg"])
-def test_benchmark_help_names_unrollsci_bench(capsys, name):
-    assert _run(["bench", name, "--help"]) == 0
+def test_benchmark_help_names_unrollsci_bench(capsys, name, cli_status):
+    assert cli_status(["bench", name, "--help"]) == 0
     assert capsys.readouterr().out.startswith(f"usage: unrollsci bench {name} ")

@@ -10,16 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from unrollsci import cli
-
-
-def _run(argv):
-    """cli.main's exit status, whether returned or raised by argparse."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return exc.code
-
 
 def _files(folder):
     return sorted(p.name for p in folder.iterdir())
@@ -59,7 +49,7 @@ def water(tmp_path):
         (["--traj", "t.xyz"], "argument --traj: expected a file name ending in .traj"),
     ],
 )
-def test_relax_rejects_bad_arguments_with_exit_2(water, args, fragment, capsys):
+def test_relax_rejects_bad_arguments_with_exit_2(water, args, fragment, capsys, cli_status):
     folder = water.parent
     (folder / "malformed.json").write_text("{'Xe': ")
     (folder / "list.json").write_text("[1, 2]")
@@ -70,30 +60,30 @@ def test_relax_rejects_bad_arguments_with_exit_2(water, args, fragment, capsys):
     }
     args = [subst.get(a, a) for a in args]
     before = _files(folder)
-    assert _run(["relax", str(water), "--cutoff", "none", *args]) == 2
+    assert cli_status(["relax", str(water), "--cutoff", "none", *args]) == 2
     err = capsys.readouterr().err
     assert fragment in err
     assert "unrollsci relax: error:" in err and "Traceback" not in err
     assert _files(folder) == before  # nothing written
 
 
-def test_relax_missing_structure_file_exit_2(tmp_path, capsys):
+def test_relax_missing_structure_file_exit_2(tmp_path, capsys, cli_status):
     pytest.importorskip("ase")
-    assert _run(["relax", str(tmp_path / "nothere.xyz")]) == 2
+    assert cli_status(["relax", str(tmp_path / "nothere.xyz")]) == 2
     assert "argument file: no such file" in capsys.readouterr().err
 
 
-def test_relax_unreadable_structure_exit_3(tmp_path, capsys):
+def test_relax_unreadable_structure_exit_3(tmp_path, capsys, cli_status):
     pytest.importorskip("ase")
     junk = tmp_path / "junk.xyz"
     junk.write_text("this is not\na structure\n")
-    assert _run(["relax", str(junk), "--cutoff", "none"]) == 3
+    assert cli_status(["relax", str(junk), "--cutoff", "none"]) == 3
     err = capsys.readouterr().err
     assert "unrollsci relax: error: could not read" in err and "Traceback" not in err
     assert _files(tmp_path) == ["junk.xyz"]
 
 
-def test_relax_unknown_element_exit_3_keeps_existing_outputs(tmp_path, capsys):
+def test_relax_unknown_element_exit_3_keeps_existing_outputs(tmp_path, capsys, cli_status):
     """The first energy is computed before any file is opened: a failing run with --force
     leaves the previous trajectory and structure byte for byte (it used to empty the .traj)."""
     ase_io = pytest.importorskip("ase.io")
@@ -104,7 +94,7 @@ def test_relax_unknown_element_exit_3_keeps_existing_outputs(tmp_path, capsys):
     old_traj, old_xyz = b"previous trajectory", b"previous structure"
     (tmp_path / "xe_relaxed.traj").write_bytes(old_traj)
     (tmp_path / "xe_relaxed.xyz").write_bytes(old_xyz)
-    assert _run(["relax", str(path), "--cutoff", "none", "--force"]) == 3
+    assert cli_status(["relax", str(path), "--cutoff", "none", "--force"]) == 3
     err = capsys.readouterr().err
     assert "unrollsci relax: error: No QEq parameters for element 'Xe'" in err
     assert "Traceback" not in err
@@ -113,10 +103,10 @@ def test_relax_unknown_element_exit_3_keeps_existing_outputs(tmp_path, capsys):
     assert _files(tmp_path) == ["xe.xyz", "xe_relaxed.traj", "xe_relaxed.xyz"]  # no temp left
 
 
-def test_relax_refuses_existing_output_without_force(water, capsys):
+def test_relax_refuses_existing_output_without_force(water, capsys, cli_status):
     out = water.parent / "water_relaxed.xyz"
     out.write_text("keep me")
-    assert _run(["relax", str(water), "--cutoff", "none"]) == 2
+    assert cli_status(["relax", str(water), "--cutoff", "none"]) == 2
     err = capsys.readouterr().err
     assert "Refusing to write over the existing file" in err and "--force" in err
     assert out.read_text() == "keep me"
@@ -125,31 +115,33 @@ def test_relax_refuses_existing_output_without_force(water, capsys):
     out.unlink()
     traj = water.parent / "water_relaxed.traj"
     traj.write_bytes(b"old run")
-    assert _run(["relax", str(water), "--cutoff", "none"]) == 2
+    assert cli_status(["relax", str(water), "--cutoff", "none"]) == 2
     assert "water_relaxed.traj" in capsys.readouterr().err
     assert traj.read_bytes() == b"old run" and not out.exists()
 
 
-def test_relax_force_replaces_outputs(water, capsys):
+def test_relax_force_replaces_outputs(water, capsys, cli_status):
     from ase.io import read
 
     out, traj = water.parent / "water_relaxed.xyz", water.parent / "water_relaxed.traj"
     out.write_text("old")
     traj.write_bytes(b"old")
-    assert _run(["relax", str(water), "--cutoff", "none", "--force"]) == 0
+    assert cli_status(["relax", str(water), "--cutoff", "none", "--force"]) == 0
     assert "converged after" in capsys.readouterr().out
     assert len(read(out)) == 3 and len(read(traj, index=":")) >= 2
     assert _files(water.parent) == ["water.xyz", "water_relaxed.traj", "water_relaxed.xyz"]
 
 
-def test_relax_never_writes_over_its_input(water, capsys):
+def test_relax_never_writes_over_its_input(water, capsys, cli_status):
     original = water.read_bytes()
-    assert _run(["relax", str(water), "--cutoff", "none", "--out", str(water), "--force"]) == 2
+    assert (
+        cli_status(["relax", str(water), "--cutoff", "none", "--out", str(water), "--force"]) == 2
+    )
     assert "it is an input of this command" in capsys.readouterr().err
     assert water.read_bytes() == original
 
 
-def test_relax_trajectory_input_is_not_replaced_by_the_trajectory(water, capsys):
+def test_relax_trajectory_input_is_not_replaced_by_the_trajectory(water, capsys, cli_status):
     """relax a.traj --out a.xyz: the relaxation trajectory's default name is a.traj."""
     from ase.io import read, write
 
@@ -157,36 +149,39 @@ def test_relax_trajectory_input_is_not_replaced_by_the_trajectory(water, capsys)
     write(src, read(water))
     original = src.read_bytes()
     out = water.parent / "a.xyz"
-    assert _run(["relax", str(src), "--cutoff", "none", "--out", str(out), "--force"]) == 2
+    assert cli_status(["relax", str(src), "--cutoff", "none", "--out", str(out), "--force"]) == 2
     err = capsys.readouterr().err
     assert "it is an input of this command" in err and "--traj" in err
     assert src.read_bytes() == original and not out.exists()
     # with another trajectory name it runs; 2 steps do not converge: exit 1
     other = water.parent / "run.traj"
     argv = ["relax", str(src), "--cutoff", "none", "--out", str(out), "--traj", str(other)]
-    assert _run([*argv, "--steps", "2"]) == 1
+    assert cli_status([*argv, "--steps", "2"]) == 1
     assert "NOT converged after 2 steps" in capsys.readouterr().out
     assert src.read_bytes() == original
     assert len(read(other, index=":")) == 3 and len(read(out)) == 3
 
 
-def test_relax_same_file_for_structure_and_trajectory(water, capsys):
+def test_relax_same_file_for_structure_and_trajectory(water, capsys, cli_status):
     out = water.parent / "r.traj"
-    assert _run(["relax", str(water), "--cutoff", "none", "--out", str(out)]) == 2
+    assert cli_status(["relax", str(water), "--cutoff", "none", "--out", str(out)]) == 2
     assert "Two outputs name the same file" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_relax_options_before_the_file(water, capsys):
+def test_relax_options_before_the_file(water, capsys, cli_status):
     out = water.parent / "early.xyz"
-    assert _run(["relax", "--cutoff", "none", "--steps", "0", "--out", str(out), str(water)]) == 1
+    assert (
+        cli_status(["relax", "--cutoff", "none", "--steps", "0", "--out", str(out), str(water)])
+        == 1
+    )
     assert "NOT converged after 0 steps" in capsys.readouterr().out
     assert out.exists() and out.with_suffix(".traj").exists()
 
 
-def test_relax_help_documents_exit_codes(capsys):
+def test_relax_help_documents_exit_codes(capsys, cli_status):
     pytest.importorskip("ase")
-    assert _run(["relax", "-h"]) == 0
+    assert cli_status(["relax", "-h"]) == 0
     out = capsys.readouterr().out
     assert "exit status:" in out and "--force" in out
     for line in ("0  converged", "1  not converged", "2  usage error", "3  input or computation"):
