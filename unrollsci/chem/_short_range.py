@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from ase.data import atomic_numbers
 
 from ._geometry import taper
 from ._params import BUILTIN_PARAMS
@@ -15,6 +16,22 @@ __all__ = ["BornMayer"]
 
 def _key(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
+
+
+def _pair_symbols(k: object) -> tuple[str, str]:
+    """The two element symbols of a pair key ``"Na-Cl"`` or ``("Na", "Cl")``; a key that is
+    not two element symbols (``"NA-Cl"``, ``"Xx"``: a pair that would never match an atom,
+    silently no repulsion) raises ``ValueError`` naming it."""
+    parts = k.split("-") if isinstance(k, str) else k
+    try:
+        a, b = parts  # type: ignore[misc]
+    except (TypeError, ValueError):
+        a = b = None
+    if not (a in atomic_numbers and b in atomic_numbers and a != "X" and b != "X"):
+        raise ValueError(
+            f"Expected a pair key of two element symbols, 'Na-Cl' or ('Na', 'Cl') (got {k!r})."
+        )
+    return a, b
 
 
 class BornMayer:
@@ -50,7 +67,7 @@ class BornMayer:
     ) -> None:
         self.pairs: dict[tuple[str, str], tuple[float, float]] = {}
         for k, v in (pairs or {}).items():
-            a, b = k.split("-") if isinstance(k, str) else k
+            a, b = _pair_symbols(k)
             big_a, rho = (float(x) for x in v)
             if big_a < 0 or rho <= 0:
                 raise ValueError(f"Expected A >= 0 and rho > 0 for pair {k!r} (got {v!r}).")
@@ -161,7 +178,12 @@ def short_range_energy(
     cutoff: float | None,
 ) -> torch.Tensor:
     """``sr.energy(...)``; a :class:`BornMayer` also gets the ``radius`` entries of
-    ``params`` (any other object is called as documented, without them)."""
+    ``params`` (any other object is called as documented, without them, on the pairs
+    within ``cutoff`` only: the neighbour list also holds pairs up to ``cutoff + skin``,
+    which made its energy depend on the skin and on earlier calls)."""
     if isinstance(sr, BornMayer):
         return sr.energy(symbols, i, j, r, cutoff, radii=BornMayer.radii_of(params))
+    if cutoff is not None:  # the pair list reaches cutoff + skin: only pairs within cutoff
+        keep = r < cutoff
+        i, j, r = i[keep], j[keep], r[keep]
     return sr.energy(symbols, i, j, r, cutoff)

@@ -296,7 +296,7 @@ def solve_charges(
         grad: ``"implicit"``, ``"unrolled"`` or ``"envelope"`` (see above).
         q0: warm start (N,) (implicit / envelope only); shifted onto the constraint.
         short_range: optional :class:`BornMayer` (or any object with the same ``energy``
-            method) added to the energy.
+            method, given the pairs within ``cutoff``) added to the energy.
         adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"`` (default
             ``tol``); for energy gradients it moves them by about ``adjoint_tol`` times the
             implicit correction, implicit minus envelope (docs/chem.md).
