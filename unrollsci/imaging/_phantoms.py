@@ -126,9 +126,10 @@ def random_ellipses(
     [0.55, 0.85] of the half-width, centre within 0.05 of the middle per axis, random
     tilt) that fits in the reconstruction circle (its farthest point at most 0.921 of
     the half-width; on grids below about 20 pixels a pixel it touches can have its
-    centre outside the circle, i.e. outside ``disk_mask``), and ``n_ellipses`` inner ellipses (intensities in [-0.2, 0.5], placed
-    inside the body). Values are clipped to [0, 1], and everything outside the body
-    is exactly zero, so the body is the object's support (the "patient boundary").
+    centre outside the circle, i.e. outside ``disk_mask``), and ``n_ellipses`` inner
+    ellipses (intensities in [-0.2, 0.5], placed inside the body). Values are clipped to
+    [0, 1], and everything outside the body is exactly zero, so the body is the object's
+    support (the "patient boundary").
 
     Args:
         n: number of images.
