@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "poisson_grid": grid,
                 "cg_rtol": 1e-8,
                 "device": str(device),
-                "timing": "min over repeats",
+                "timing": "median over repeats",
             },
             "lasso": lasso,
             "lasso_summary": summary,
