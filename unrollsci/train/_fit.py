@@ -307,9 +307,21 @@ def fit(
             "world_size": ctx.world,
         }
 
+    # a model with its own precision switch is saved with its own setting, not the
+    # training's low precision (a checkpoint written mid-run loaded as a bfloat16 model)
+    own = model.precision if isinstance(getattr(type(model), "precision", None), property) else None
+
     def write(state: dict) -> None:
-        if checkpoint is not None and ctx.main:
+        if checkpoint is None or not ctx.main:
+            return
+        now = None if own is None else model.precision
+        if own is not None:
+            model.precision = own
+        try:
             save_fit_checkpoint(checkpoint, model, state)
+        finally:
+            if own is not None:
+                model.precision = now
 
     halted = False
     final_state: dict | None = None

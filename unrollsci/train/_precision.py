@@ -111,20 +111,21 @@ def mixed_precision(model: nn.Module, low: torch.dtype | None) -> Iterator[None]
         )
     stack: list[tuple[Any, torch.dtype | None]] = []
 
-    def enter(_mod: nn.Module, args: tuple) -> None:
+    def enter(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
         ctx = torch.autocast(device_type, dtype=low)
         ctx.__enter__()
-        stack.append((ctx, _first_float(args)))
+        # the input's dtype, also when passed by keyword (layer(input=x) was left in low)
+        stack.append((ctx, _first_float((*args, *kwargs.values()))))
 
-    def leave(_mod: nn.Module, _args: tuple, out: Any) -> Any:
+    def leave(_mod: nn.Module, _args: tuple, _kwargs: dict, out: Any) -> Any:
         ctx, dtype = stack.pop()
         ctx.__exit__(None, None, None)
         return _cast_back(out, dtype) if dtype is not None else out
 
     handles = []
     for m in layers:
-        handles.append(m.register_forward_pre_hook(enter))
-        handles.append(m.register_forward_hook(leave))
+        handles.append(m.register_forward_pre_hook(enter, with_kwargs=True))
+        handles.append(m.register_forward_hook(leave, with_kwargs=True))
     try:
         yield
     finally:

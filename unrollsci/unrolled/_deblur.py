@@ -20,7 +20,7 @@ __all__ = ["UnrolledAnalysisFISTA", "haar_shrink"]
 
 
 def _haar_filters(dtype: torch.dtype, device: Any = None) -> torch.Tensor:
-    """The four 2x2 Haar filters ``(LL, LH, HL, HH)``, each ``+-1/2``: ``(4, 1, 2, 2)``.
+    """The four 2x2 Haar filters ``(LL, LH, HL, HH)``, each ``+-1/4``: ``(4, 1, 2, 2)``.
 
     Applied at every pixel (undecimated, circular boundary) they form a Parseval frame:
     the analysis ``W`` satisfies ``W^T W = I``.
@@ -81,13 +81,15 @@ def haar_shrink(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tenso
         raise ValueError(
             f"Expected 'threshold' with 1 or {x.shape[0]} entries (got shape {tuple(th.shape)})."
         )
-    if bool((th < 0).any()):
-        raise ValueError("Expected 'threshold' >= 0.")
+    if not bool((th >= 0).all()):  # NaN too
+        raise ValueError(f"Expected 'threshold' >= 0 (got {th.flatten()[:4].tolist()}).")
     th = th.reshape(-1, 1, 1, 1)
     w = _haar_filters(x.dtype, x.device)
     c = _analysis(x, w)
-    band = torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 4, 1, 1)
-    return _synthesis(soft_threshold(c, th * band), w)
+    detail = torch.tensor([False, True, True, True], device=x.device).view(1, 4, 1, 1)
+    # a select, not th * band: an infinite threshold zeroes the details and keeps the
+    # low-pass band (0 * inf was NaN there)
+    return _synthesis(soft_threshold(c, torch.where(detail, th, torch.zeros_like(th))), w)
 
 
 class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
