@@ -16,7 +16,7 @@ from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
-from ._lasso_checks import _finite_residual, _precision_check, _step_check
+from ._lasso_checks import _finite_residual, check_claim
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
@@ -146,9 +146,9 @@ def ista(
     x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
     reason = ""
     if converged:
-        converged, reason = _precision_check(op, x, y, t, t * lam_t, prox_fn, scale, tol, residuals)
-    if converged and step_given:
-        converged, reason = _step_check(op, x, y, t, lam_t, prox_fn, scale, tol, residuals)
+        converged, reason = check_claim(
+            op, x, y, t, lam_t, prox_fn, scale, tol, residuals, step_given=step_given
+        )
     return finish(
         "ista",
         unbatch(x, unbatched),
@@ -218,11 +218,9 @@ def fista(
     )
     reason = ""
     if converged:
-        converged, reason = _precision_check(
-            op, x, y, t_step, t_step * lam_t, prox_fn, scale, tol, residuals
+        converged, reason = check_claim(
+            op, x, y, t_step, lam_t, prox_fn, scale, tol, residuals, step_given=step_given
         )
-    if converged and step_given:
-        converged, reason = _step_check(op, x, y, t_step, lam_t, prox_fn, scale, tol, residuals)
     return finish(
         "fista",
         unbatch(x, unbatched),

@@ -26,37 +26,17 @@ def _finite_residual(name: str, r: float, t: float) -> float:
     return r
 
 
-def _precision_check(
-    op: LinearOperator,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    t: float,
-    thr: torch.Tensor,
-    prox_fn: Any,
-    scale: float,
-    tol: float,
-    residuals: list[float],
-) -> tuple[bool, str]:
-    """ISTA's and FISTA's claimed convergence in low precision, checked in float64: their
-    residual is the change between iterates, which reads 0 once float32 iterates stop
-    changing, though the KKT residual there is float32's rounding level (1e-7 where tol
-    asks 1e-10). The prox-gradient step of ``x`` in float64 gives the true KKT residual."""
-    if torch.finfo(x.dtype).eps <= 1e-12:
-        return True, ""
+def _kkt64(
+    op: LinearOperator, x: torch.Tensor, y: torch.Tensor, t: float, thr: torch.Tensor,
+    prox_fn: Any, scale: float,
+) -> float:  # fmt: skip
+    """The KKT residual ``max ||prox-gradient step of x - x|| / t / scale`` in float64."""
     x64 = x.double()
-    step = ista_step(op, x64, y.double(), t, thr.double(), prox_fn)
-    r = float((row_norm(step - x64) / t / scale).max())
-    if r <= tol:
-        return True, ""
-    residuals[-1:] = [r]
-    return False, (
-        f"the iterates stopped changing in {x.dtype}, but the KKT residual of the result "
-        f"(in float64) is {r:.3e}: the tolerance is below what {x.dtype} reaches on this "
-        "problem. Loosen tol or solve in float64."
-    )
+    nxt = ista_step(op, x64, y.double(), t, thr.double(), prox_fn)
+    return float((row_norm(nxt - x64) / t / scale).max())
 
 
-def _step_check(
+def check_claim(
     op: LinearOperator,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -66,19 +46,35 @@ def _step_check(
     scale: float,
     tol: float,
     residuals: list[float],
+    *,
+    step_given: bool,
 ) -> tuple[bool, str]:
-    """A claimed convergence at a user's step ``t`` below ``t0 = 1 / ||A||^2``, checked at
-    ``t0`` (float64): ``||G_t(x)||``, the prox-gradient mapping, is non-increasing in ``t``
-    for a convex regularizer, so a true convergence passes, but a step so small that
-    ``t grad`` is below the iterates' rounding leaves them unchanged (residual 0) far
-    from the minimizer."""
-    lip = op.norm() ** 2
-    if not lip > 0 or t >= 1.0 / lip:
+    """ISTA's and FISTA's claimed convergence (their residual is the change between
+    iterates, which reads 0 once the iterates stop changing), checked where they can stop
+    changing short of the minimizer; ``(converged, reason)``, and the last residual
+    replaced by the one that failed.
+
+    * Low precision: the KKT residual at ``t`` in float64 (float32 iterates stop at
+      float32's rounding level, 1e-7 where tol asks 1e-10).
+    * A user's step ``t`` below ``t0 = 1 / ||A||^2``: the residual at ``t0`` (float64);
+      ``||G_t(x)||``, the prox-gradient mapping, is non-increasing in ``t`` for a convex
+      regularizer, so a true convergence passes, but a step so small that ``t grad`` is
+      below the iterates' rounding leaves them unchanged far from the minimizer.
+    """
+    if torch.finfo(x.dtype).eps > 1e-12:
+        r = _kkt64(op, x, y, t, t * lam_t, prox_fn, scale)
+        if r > tol:
+            residuals[-1:] = [r]
+            return False, (
+                f"the iterates stopped changing in {x.dtype}, but the KKT residual of the "
+                f"result (in float64) is {r:.3e}: the tolerance is below what {x.dtype} "
+                "reaches on this problem. Loosen tol or solve in float64."
+            )
+    lip = op.norm() ** 2 if step_given else 0.0
+    if not (lip > 0 and t < 1.0 / lip):
         return True, ""
     t0 = 1.0 / lip
-    x64 = x.double()
-    nxt = ista_step(op, x64, y.double(), t0, t0 * lam_t.double(), prox_fn)
-    r = float((row_norm(nxt - x64) / t0 / scale).max())
+    r = _kkt64(op, x, y, t0, t0 * lam_t.double(), prox_fn, scale)
     if r <= max(tol, 64 * torch.finfo(torch.float64).eps):
         return True, ""
     residuals[-1:] = [r]
