@@ -118,43 +118,8 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    try:  # before it runs: a results file it could not write at the end is refused now
-        _check_bench_outputs(args.name, rest)
-    except OSError as exc:
-        print(f"unrollsci bench {args.name}: error: {exc}", file=sys.stderr)
-        return 2
+    # the benchmark refuses a results path it could not write before it runs (parse_bench_args)
     return int(importlib.import_module(module).main(rest) or 0)
-
-
-def _check_bench_outputs(name: str, rest: list[str]) -> None:
-    """Check the results path ``<--out>/<--name or NAME>[_quick].json`` of ``bench NAME``
-    (see :func:`unrollsci.bench._common.check_results_paths`). The benchmark's own parser
-    reads ``rest`` later; this scan never fails on it, and skips ``-h`` runs."""
-    out, quick, stem = "benchmarks/results", False, name
-    i = 0
-    while i < len(rest) and rest[i] != "--":
-        arg = rest[i]
-        if arg in ("-h", "--help"):
-            return
-        if arg == "--quick":
-            quick = True
-        elif arg in ("--out", "--name") and i + 1 < len(rest):
-            i += 1
-            if arg == "--out":
-                out = rest[i]
-            else:
-                stem = rest[i]
-        elif arg.startswith("--out="):
-            out = arg.split("=", 1)[1]
-        elif arg.startswith("--name="):
-            stem = arg.split("=", 1)[1]
-        i += 1
-    try:
-        output_dir_arg(out)
-    except argparse.ArgumentTypeError:
-        return  # the benchmark's parser refuses this --out (argument --out: ...)
-    common = importlib.import_module("unrollsci.bench._common")
-    common.check_results_paths(stem, out, quick=quick)
 
 
 def _relax(argv: list[str]) -> int:

@@ -8,11 +8,12 @@ replaces the results of a full run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .._io import atomic_write, atomic_write_text
 __all__ = [
     "markdown_table",
     "check_results_paths",
+    "parse_bench_args",
     "write_results",
     "results_name",
     "figure_path",
@@ -121,6 +123,34 @@ def check_results_paths(
             "cannot write)."
         )
     return paths
+
+
+def parse_bench_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    name: str | Callable[[argparse.Namespace], str | Sequence[str] | None],
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, then :func:`check_results_paths` for the results the run
+    will write (``<--out>/<name>[_quick].json`` and ``.md``), before any work: a path it
+    could not write at the end is refused with ``parser.error`` (one line, exit status 2),
+    whether the benchmark runs as ``unrollsci bench NAME`` or as ``benchmarks/NAME.py``.
+
+    ``name`` is the results name, or a function of the parsed arguments returning it (its
+    ``--name`` option, a name that depends on the mode), a list of names, or None for a
+    mode that writes no results file.
+    """
+    args = parser.parse_args(argv)
+    names = name(args) if callable(name) else name
+    if names is None:
+        return args
+    for stem in [names] if isinstance(names, str) else names:
+        try:
+            check_results_paths(
+                stem, args.out, quick=bool(getattr(args, "quick", False)), suffixes=(".json", ".md")
+            )
+        except OSError as exc:
+            parser.error(str(exc))
+    return args
 
 
 def _check_output_file(path: Path) -> None:

@@ -35,7 +35,14 @@ import numpy as np
 import torch
 
 from ._amg_rows import amg_floor, pyamg_build, run, summarise
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_results,
+    write_text,
+)
 
 FAMILIES = ("diffusion", "anisotropic", "graph")
 TEST_SEED0 = 10_000
@@ -276,7 +283,7 @@ CLASSICAL = (
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring). Returns 0."""
-    args = build_parser().parse_args(argv)
+    args = parse_bench_args(build_parser(), argv, lambda a: a.name)
     if args.quick:
         args.n, args.train_n, args.val_n, args.epochs = [24], [10, 12], 16, 1
         args.steps, args.test_systems, args.repeats, args.n_rhs = 4, 1, 1, 2

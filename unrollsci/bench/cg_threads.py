@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_results,
+    write_text,
+)
 
 FAMILIES = ("diffusion", "anisotropic", "graph")
 
@@ -151,7 +158,7 @@ def _timed(ways: dict[str, Any], repeats: int) -> tuple[dict[str, float], dict[s
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring). Returns 0."""
-    args = build_parser().parse_args(argv)
+    args = parse_bench_args(build_parser(), argv, lambda a: a.name)
     if args.quick:
         args.n, args.repeats, args.families = 32, 1, ["diffusion"]
     from .amg import _family

@@ -25,6 +25,7 @@ from ._common import (
     Timer,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     positive_int_arg,
     results_name,
     write_results,
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         help="networks: 'free', 'sn<c>' (CNN Lipschitz cap c), 'lip<T>' (certificate <= T)",
     )
     p.add_argument("--threads", type=positive_int_arg, default=1)
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, lambda a: "ct" if a.size == 64 else f"ct_{a.size}")
     preset = PRESETS.get(args.size, PRESETS[64])
     for key, value in preset.items():
         if getattr(args, key) is None:

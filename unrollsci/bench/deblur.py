@@ -46,6 +46,7 @@ from ._common import (
     figure_path,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     save_figure,
     write_results,
     write_text,
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--precond-size", type=int, default=None, help="step filter size (7)")
     p.add_argument("--train-size", type=int, default=None, help="training phantoms (128)")
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, "deblur")
     torch.set_num_threads(1)
     cfg = _configs(args.quick)
     for key, value in (

@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_results,
+    write_text,
+)
 
 KINDS = ("sparse", "precond", "graph", "ct")
 # (test, bench) sizes of each case
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "--processes", type=int, nargs="+", choices=(1, 2), default=[1, 2],
         help="1: single-process rows only (no process is spawned); 2: also the DDP rows",
     )  # fmt: skip
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, "distributed")
     if args.quick:
         args.kinds = [k for k in args.kinds if k in ("sparse", "ct")] or args.kinds
         args.epochs, args.repeats = 3, 1

@@ -35,6 +35,7 @@ from ._common import (
     figure_path,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     positive_int_arg,
     save_figure,
     write_results,
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="skip training: load the models saved by --save-models from DIR",
     )
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, "graph")
     if args.train_small < 0:
         parser.error(f"--train-small: expected N >= 0, got {args.train_small}")
     if args.train_nodes is not None and args.train_nodes[0] >= args.train_nodes[1]:

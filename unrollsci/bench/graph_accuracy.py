@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_report
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_report,
+)
 from .graph_cost import _sensor, batch_problem
 from .graph_forward import TRAINED, forward_models
 
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signals", type=positive_int_arg, default=64)
     parser.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, "graph_batch_accuracy")
     n, signals = (3000, 8) if args.quick else (args.big, args.signals)
     p = batch_problem(_sensor(n), signals)
     p.solve_exact()  # cached: every error below is against it

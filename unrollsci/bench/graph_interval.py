@@ -38,7 +38,13 @@ import torch
 
 from ..graph import GraphInverseProblem, UnrolledGraphGD, inpainting_problem
 from ..graph._certify import collatz_lower
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_report
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_report,
+)
 from ._graph_train import load_models, table_problems
 from .graph_cost import _graphs, cg_iterations
 
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int_arg, default=1)
     parser.add_argument("--time", action="store_true", help="time the lower bound vs cg")
     parser.add_argument("--repeats", type=positive_int_arg, default=5)
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, "graph_interval")
     torch.set_num_threads(args.threads)
     big = args.big or (3000 if args.quick else 100_000)
     if args.time:

@@ -38,7 +38,13 @@ import numpy as np
 import torch
 
 from ..graph import GraphInverseProblem, UnrolledGraphGD
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_report
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_report,
+)
 from ._graph_train import load_models, table_problems
 from .graph_cost import _fresh
 
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=positive_int_arg, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=positive_int_arg, default=1)
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, "graph_lip")
     torch.set_num_threads(args.threads)
     big = args.big or (3000 if args.quick else 100_000)
     t0 = time.perf_counter()

@@ -43,7 +43,14 @@ from ..graph import (
     sensor_graph,
 )
 from ..graph._baselines import classical_iterates
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_results,
+    write_text,
+)
 from ._graph_train import (
     _nx_adj,
     load_models,
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     for p in (tr, ev):
         p.add_argument("--threads", type=positive_int_arg, default=1)
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, lambda a: a.name if a.cmd == "eval" else None)
     if args.cmd == "cascade":
         if args.full_up_to < 0:
             parser.error(f"--full-up-to: expected >= 0, got {args.full_up_to}")

@@ -189,12 +189,24 @@ def _merge(paths: list[str], out: str, name: str) -> int:
     return 0
 
 
+def _result_name(args: argparse.Namespace) -> str:
+    """``--name``, else the report's default (a report never replaces the results)."""
+    default = "lista_tails" if args.tails else "lista_floors" if args.floors else "lista"
+    return args.name or default
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the LISTA benchmark (``--quick`` for a short smoke run)."""
     from .. import unrolled
     from .._io import check_writable
     from ..operators import MatrixOperator
-    from ._common import output_dir_arg, positive_int_arg, results_name, write_results
+    from ._common import (
+        output_dir_arg,
+        parse_bench_args,
+        positive_int_arg,
+        results_name,
+        write_results,
+    )
 
     parser = argparse.ArgumentParser(prog="unrollsci bench lista", description=__doc__)
     parser.add_argument(
@@ -330,11 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         "and the lasso at each SNR; writes --out/--name and exits",
     )
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, _result_name)
     if args.tails and args.floors:
         parser.error("--tails and --floors: one report per run")
-    default_name = "lista_tails" if args.tails else "lista_floors" if args.floors else "lista"
-    result_name = args.name or default_name
+    result_name = _result_name(args)
     stem = results_name(result_name, args.quick)  # the files' name: <name>[_quick]
     if args.merge:
         missing = [m for m in args.merge if not Path(m).is_file()]

@@ -39,6 +39,7 @@ from ._common import (
     figure_path,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     positive_int_arg,
     write_results,
     write_text,
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the calculator's default)",
     )
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, lambda a: "md_equal_drift" if a.equal_drift else "md")
     torch.set_num_threads(args.threads)
     steps = 200 if args.quick else args.steps
     if args.equal_drift:

@@ -24,6 +24,7 @@ from ._common import (
     figure_path,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     save_figure,
     write_results,
 )
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring. Returns 0 on success."""
 
-    args = build_parser().parse_args(argv)
+    args = parse_bench_args(build_parser(), argv, lambda a: a.name)
     if args.quick:
         args.n, args.train_n, args.train_systems, args.test_systems = [24, 40], [16], 4, 2
         args.epochs, args.repeats, args.val_systems = 3, 1, 1

@@ -29,6 +29,7 @@ from ._common import (
     loglog_figure,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     positive_int_arg,
     write_results,
 )
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", type=device_arg, default="cpu")
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, "qeq")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     reps = args.reps or ([3, 8] if args.quick else [3, 8, 14])

@@ -43,6 +43,7 @@ from ._common import (
     figure_path,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     positive_int_arg,
     save_figure,
     write_results,
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--name", default="qeq_pme", help="results file stem (e.g. for a run at another cutoff)"
     )
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, lambda a: a.name)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats = min(args.repeats, 2) if args.products else 1

@@ -34,6 +34,7 @@ from ._common import (
     loglog_figure,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     positive_int_arg,
     write_results,
     write_text,
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, "qeq_step")
     plan = QUICK if args.quick else FULL
     if args.reps:
         plan = {r: FULL.get(r, 3) for r in args.reps}

@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_results,
+    write_text,
+)
 
 SIZES = ((128, 180), (256, 360), (512, 720))
 QUICK_SIZES = ((64, 60), (96, 90))
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=positive_int_arg, help=argparse.SUPPRESS)
     p.add_argument("--angles", type=positive_int_arg, help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, "radon")
     torch.set_num_threads(args.threads)
     if args.worker == "memory":
         m = args.methods[0]

@@ -17,7 +17,14 @@ import torch
 from ..operators import MatrixOperator, SparseOperator
 from ..solvers import admm, amp, cg, fista, ista, lasso_objective
 from ..solvers._problems import gaussian_lasso, poisson2d
-from ._common import Timer, device_arg, markdown_table, output_dir_arg, write_results
+from ._common import (
+    Timer,
+    device_arg,
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    write_results,
+)
 
 
 def _lasso_rows(seeds: list[int], lams: list[float], device: torch.device) -> list[dict]:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", type=device_arg, default="cpu")
     parser.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, "solvers")
     device = torch.device(args.device)
     seeds = [0] if args.quick else [0, 1, 2]
     lams = [0.02, 0.05, 0.2]

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import markdown_table, output_dir_arg, positive_int_arg, write_results, write_text
+from ._common import (
+    markdown_table,
+    output_dir_arg,
+    parse_bench_args,
+    positive_int_arg,
+    write_results,
+    write_text,
+)
 
 
 def _matrices(quick: bool) -> list[tuple[str, Any]]:
@@ -50,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", nargs="+", type=positive_int_arg, default=[1, 4, 8, 16, 64, 256])
     p.add_argument("--repeats", type=positive_int_arg, default=9)
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv, "spmm")
     if args.quick:
         args.batches, args.repeats = [1, 16, 64], 2
     rows = []

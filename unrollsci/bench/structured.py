@@ -41,6 +41,7 @@ from ._common import (
     figure_path,
     markdown_table,
     output_dir_arg,
+    parse_bench_args,
     save_figure,
     write_results,
     write_text,
@@ -443,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--admm-lasso-iters", type=int, help="FISTA iterations of the lasso row (0: skip it)"
     )
-    args = p.parse_args(argv)
+    args = parse_bench_args(
+        p, argv, lambda a: [f"structured_{s}" for s in a.only or ["group", "admm"]]
+    )
     torch.set_num_threads(1)
     cfgs = _configs(args.quick)
     if args.admm_steps is not None:

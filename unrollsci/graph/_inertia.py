@@ -108,24 +108,21 @@ def affordable(h: Any) -> bool:
     return bool(w.mean() <= WIDTH_PER_SQRT_N * np.sqrt(n) or float(w @ w) <= SMALL_FLOPS)
 
 
-_fills_in = fills_in  # factor_proved's keyword argument has the function's name
-
-
 def factor_proved(
-    h: Any, which: str, safety: float, scaled: bool, *, fills_in: bool | None = None
+    h: Any, which: str, safety: float, scaled: bool, *, dense_fill: bool | None = None
 ) -> float | None:
     """``safety`` times ARPACK's estimate of ``lambda_max`` (``"hi"``) or ``lambda_min``
     (``"lo"``, shift-invert) of ``H`` or of ``S = D^{-1/2} H D^{-1/2}``, proved by
     Sylvester's law of inertia (:func:`is_pd`: ``v M - H``, resp. ``H - v M``, positive
     definite, ``M = I`` or ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S)
     D^{1/2}``); None when the estimate fails or the proof does not go through, and without
-    trying when the matrix would fill in (:func:`fills_in`, or ``fills_in`` if the caller
+    trying when the matrix would fill in (:func:`fills_in`, or ``dense_fill`` if the caller
     knows it): the caller falls back to the factorization-free bounds."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
     m = h.shape[0]
-    if _fills_in(h) if fills_in is None else fills_in:
+    if fills_in(h) if dense_fill is None else dense_fill:
         return None
     dg = h.diagonal()
     metric = sp.diags(dg if scaled else np.ones(m)).tocsc()

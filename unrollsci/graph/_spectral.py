@@ -218,14 +218,14 @@ def spectrum_mask(
                 continue
             if inertia and which == "hi" and not scaled:
                 ok = p.cached(f"affordable-{k}", lambda h=h: _affordable(h))
-                val = _factor_proved(h, which, safety, scaled, fills_in=not ok)
+                val = _factor_proved(h, which, safety, scaled, dense_fill=not ok)
                 if val is not None:
                     out[b, k] = val
                     continue
             elif m <= _FACTOR_MAX:
                 # the envelope test depends on the graph only: once per block
                 fills = p.cached(f"fills-in-{k}", lambda h=h: _fills_in(h))
-                val = _factor_proved(h, which, safety, scaled, fills_in=fills)
+                val = _factor_proved(h, which, safety, scaled, dense_fill=fills)
                 if val is not None:
                     out[b, k] = val
                     continue
@@ -266,7 +266,7 @@ def spectrum_mask(
                     # 0 is valid but leaves the window modes no certificate, so the
                     # factorization proof, where affordable, at the price of one
                     ok = p.cached(f"affordable-{k}", lambda h=h: _affordable(h))
-                    proved = _factor_proved(h, which, safety, scaled, fills_in=not ok)
+                    proved = _factor_proved(h, which, safety, scaled, dense_fill=not ok)
                     val = val if proved is None else proved
                 out[b, k] = val
     p._cache[key] = out
