@@ -13,22 +13,9 @@ import torch
 
 from .._validation import check_device, check_finite
 from ._base import LinearOperator, check_real
+from ._checks import as_shape
 
 __all__ = ["IdentityOperator", "ReshapeOperator", "GramOperator", "gram"]
-
-
-def _as_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (int,)) and not isinstance(shape, bool):
-        shape = (shape,)
-    try:
-        out = tuple(shape)
-    except TypeError:
-        raise TypeError(
-            f"Expected '{name}' to be an int or a tuple of ints (got {shape!r})."
-        ) from None
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in out):
-        raise ValueError(f"Expected '{name}' to hold non-negative ints (got {shape!r}).")
-    return out
 
 
 class ReshapeOperator(LinearOperator):
@@ -46,8 +33,8 @@ class ReshapeOperator(LinearOperator):
 
     def __init__(self, in_shape: Any, out_shape: Any) -> None:
         super().__init__()
-        self.in_shape = _as_shape("in_shape", in_shape)
-        self.out_shape = _as_shape("out_shape", out_shape)
+        self.in_shape = as_shape("in_shape", in_shape)
+        self.out_shape = as_shape("out_shape", out_shape)
         if math.prod(self.in_shape) != math.prod(self.out_shape):
             raise ValueError(
                 f"Cannot reshape {self.in_shape} ({math.prod(self.in_shape)} entries) to "

@@ -23,6 +23,15 @@ def _common_dtypes(*ops: LinearOperator) -> tuple[torch.dtype, ...] | None:
     return out
 
 
+def _check_operator(name: str, op: Any) -> None:
+    """Raise ``TypeError`` unless ``op`` is a :class:`LinearOperator`."""
+    if not isinstance(op, LinearOperator):
+        raise TypeError(
+            f"Expected '{name}' to be a LinearOperator (got {type(op).__name__}); wrap a "
+            "matrix as MatrixOperator(matrix)."
+        )
+
+
 def _first_device(*ops: LinearOperator) -> torch.device | None:
     for op in ops:
         if op.device is not None:
@@ -35,6 +44,8 @@ class ComposedOperator(LinearOperator):
 
     def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
         super().__init__()
+        _check_operator("outer", outer)
+        _check_operator("inner", inner)
         if tuple(outer.in_shape) != tuple(inner.out_shape):
             raise ValueError(
                 f"Cannot compose: outer operator expects input {outer.in_shape} but inner "
@@ -57,6 +68,8 @@ class SumOperator(LinearOperator):
 
     def __init__(self, a: LinearOperator, b: LinearOperator) -> None:
         super().__init__()
+        _check_operator("a", a)
+        _check_operator("b", b)
         if tuple(a.in_shape) != tuple(b.in_shape) or tuple(a.out_shape) != tuple(b.out_shape):
             raise ValueError(
                 f"Cannot add operators of different shapes: {a.in_shape}->{a.out_shape} and "
@@ -79,6 +92,7 @@ class ScaledOperator(LinearOperator):
 
     def __init__(self, op: LinearOperator, scale: float) -> None:
         super().__init__()
+        _check_operator("op", op)
         if not math.isfinite(float(scale)):
             raise ValueError(f"Expected a finite scale for an operator (got {scale}).")
         self.op, self.scale = op, float(scale)
@@ -101,6 +115,7 @@ class AdjointOperator(LinearOperator):
 
     def __init__(self, op: LinearOperator) -> None:
         super().__init__()
+        _check_operator("op", op)
         self.op = op
         self.in_shape, self.out_shape = op.out_shape, op.in_shape
         self.cacheable_norm = op.cacheable_norm

@@ -9,6 +9,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from .._validation import check_finite, check_tensor
 from ._base import LinearOperator, check_real
+from ._checks import as_shape
 
 __all__ = ["Convolution", "Mask"]
 
@@ -25,8 +26,9 @@ class Convolution(LinearOperator):
 
     Args:
         kernel: ``(k,)`` or ``(kh, kw)`` filter.
-        in_shape: per-sample signal shape: ``(n,)`` / ``(H, W)``, or with a leading
-            channel axis ``(C, n)`` / ``(C, H, W)`` (each channel blurred alike).
+        in_shape: per-sample signal shape: ``(n,)`` (or the int ``n``) / ``(H, W)``, or
+            with a leading channel axis ``(C, n)`` / ``(C, H, W)`` (each channel blurred
+            alike). Integer entries only (``TypeError`` otherwise).
         boundary: ``"zero"`` or ``"circular"``.
 
     Example:
@@ -39,7 +41,7 @@ class Convolution(LinearOperator):
     def __init__(
         self,
         kernel: torch.Tensor,
-        in_shape: Sequence[int],
+        in_shape: int | Sequence[int],
         *,
         boundary: str = "zero",
     ) -> None:
@@ -52,7 +54,7 @@ class Convolution(LinearOperator):
         d = kernel.dim()
         if kernel.numel() == 0:
             raise ValueError(f"Expected a non-empty kernel (got shape {tuple(kernel.shape)}).")
-        in_shape = tuple(int(s) for s in in_shape)
+        in_shape = as_shape("in_shape", in_shape, minimum=None)
         if any(n < 1 for n in in_shape):
             raise ValueError(f"Expected a positive in_shape (got {in_shape}).")
         if len(in_shape) not in (d, d + 1):

@@ -21,6 +21,7 @@ from .._validation import (
     check_tensor,
 )
 from ._checks import check_dtype_supported, check_real, tensor_key
+from ._lanczos import lanczos_top
 
 #: Sparse layouts with no storage (``copy.deepcopy`` of such a tensor fails in torch).
 _COMPRESSED = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
@@ -233,7 +234,10 @@ class LinearOperator(nn.Module):
         early as a change-based power iteration would. ``max_iter`` counts
         applications of ``A^T A``. The value is cached unless the operator has
         trainable state or ``recompute=True``. A run that ends at ``max_iter`` warns
-        (``ConvergenceWarning``) and returns the estimate, a lower bound.
+        (``ConvergenceWarning``) and returns the estimate, a lower bound. Where
+        ``||A||^2`` overflows or underflows ``dtype``, the run is repeated on ``s A`` with
+        ``s`` a power of two near ``1 / max|A v|`` (exact scaling) and ``||s A|| / s``
+        returned; a result that is still not finite raises ``ValueError``.
         """
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"Expected 'max_iter' to be a positive integer (got {max_iter!r}).")
@@ -251,40 +255,42 @@ class LinearOperator(nn.Module):
         n = math.prod(self.in_shape)
         kdim = max(1, min(krylov_dim, n))
         v = torch.randn(n, generator=gen, dtype=dtype).to(device)
-        est, used, converged = 0.0, 0, False
-        with torch.no_grad():
-            while used < max_iter and not converged:
-                basis = [v / v.norm()]
-                alphas: list[torch.Tensor] = []
-                betas: list[torch.Tensor] = []
-                beta_last = torch.zeros((), dtype=dtype, device=device)
-                for j in range(kdim):
-                    w = self.adjoint(self(basis[j].reshape(1, *self.in_shape))).reshape(-1)
-                    used += 1
-                    alphas.append(w @ basis[j])
-                    q = torch.stack(basis)
-                    w = w - q.T @ (q @ w)
-                    w = w - q.T @ (q @ w)  # twice is enough (Kahan-Parlett)
-                    beta_last = w.norm()
-                    if j == kdim - 1 or float(beta_last) <= 1e-14 * max(
-                        float(alphas[0].abs()), 1e-300
-                    ):
-                        break
-                    betas.append(beta_last)
-                    basis.append(w / beta_last)
-                k = len(alphas)
-                t = torch.diag(torch.stack(alphas))
-                if k > 1:
-                    off = torch.stack(betas[: k - 1])
-                    t = t + torch.diag(off, 1) + torch.diag(off, -1)
-                evals, evecs = torch.linalg.eigh(t)
-                est = float(evals[-1])
-                resid = float(beta_last * evecs[-1, -1].abs())
-                if est <= 0.0:
-                    est, converged = 0.0, True
-                    break
-                converged = resid <= tol * est
-                v = torch.stack(basis).T @ evecs[:, -1]
+        shape = (1, *self.in_shape)
+
+        def gram(u: torch.Tensor) -> torch.Tensor:
+            return self.adjoint(self(u.reshape(shape))).reshape(-1)
+
+        opts = {"max_iter": max_iter, "tol": tol, "kdim": kdim}
+        est, converged = lanczos_top(gram, v, **opts)
+        scale = 1.0
+        if not math.isfinite(est) or est < torch.finfo(dtype).tiny ** 0.5:
+            # ||A||^2 overflowed or (nearly) underflowed in dtype: run again on (s A)^T (s A)
+            # with s a power of two near 1 / max|A v| (exact scaling: the same iterations;
+            # the largest entry, as a 2-norm would over- or underflow itself)
+            with torch.no_grad():
+                probe = float(self(v.reshape(shape) / v.norm()).abs().max())
+            if not math.isfinite(probe):
+                raise ValueError(
+                    f"{type(self).__name__}.norm(): A v is not finite (max |A v| = {probe}) "
+                    f"for a unit vector v in {dtype}: the operator is too large for {dtype} "
+                    "or produces NaN/Inf."
+                )
+            if probe > 0.0:
+                scale = math.ldexp(1.0, -math.frexp(probe)[1])
+
+                def gram(u: torch.Tensor) -> torch.Tensor:
+                    au = self(u.reshape(shape))
+                    return (scale * self.adjoint(scale * au)).reshape(-1)
+
+                est, converged = lanczos_top(gram, v, **opts)
+            elif est == 0.0 or not math.isfinite(est):
+                est, converged = 0.0, True  # A v = 0: A is zero (to dtype's range)
+        if not math.isfinite(est):
+            raise ValueError(
+                f"{type(self).__name__}.norm(): the estimate of ||A||^2 is not finite "
+                f"({est}) in {dtype}: the operator produces NaN/Inf or ||A|| is beyond "
+                f"{dtype}'s range."
+            )
         if not converged:
             import warnings
 
@@ -292,11 +298,16 @@ class LinearOperator(nn.Module):
 
             warnings.warn(
                 f"{type(self).__name__}.norm(): Lanczos did not reach tol={tol} in "
-                f"{max_iter} products; the estimate {max(est, 0.0) ** 0.5:.6g} is a lower bound.",
+                f"{max_iter} products; the estimate {math.sqrt(max(est, 0.0)) / scale:.6g} "
+                "is a lower bound.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        value = math.sqrt(max(est, 0.0))
+        value = math.sqrt(max(est, 0.0)) / scale
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{type(self).__name__}.norm(): ||A|| = {value} is beyond the range of a float."
+            )
         if self.cacheable_norm:
             self._norm_cache = (key, value)
         return value

@@ -59,10 +59,11 @@ class MatrixOperator(LinearOperator):
     def to_dense(
         self, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """The matrix in ``dtype`` on ``device``; differentiable in a learned matrix (see
+        """A copy of the matrix in ``dtype`` on ``device`` (never the operator's own tensor:
+        writing to it leaves the operator alone); differentiable in a learned matrix (see
         :meth:`LinearOperator.to_dense`)."""
         out = self.matrix.to(device=check_device(device) or self.matrix.device, dtype=dtype)
-        return out.view_as(out) if out is self.matrix else out
+        return out.clone() if out is self.matrix else out
 
 
 def to_torch_sparse(
@@ -71,6 +72,10 @@ def to_torch_sparse(
     """Convert a scipy sparse matrix or torch sparse/dense tensor to torch sparse CSR."""
     device = check_device(device)
     if isinstance(a, torch.Tensor):
+        if a.dim() != 2:
+            raise ValueError(
+                f"Expected a 2-dimensional matrix for to_torch_sparse (got shape {tuple(a.shape)})."
+            )
         if a.layout == torch.sparse_csr:
             t = a
         elif a.layout == torch.sparse_coo:
@@ -255,7 +260,8 @@ class SparseOperator(LinearOperator):
         src = tensor_key(self.matrix)
         pair = self._cast_cache.get(key)  # type: ignore[call-overload]
         if pair is None or pair.key != src:
-            pair = _ScipyPair(self.to_scipy().astype(_SCIPY_DTYPES[dtype], copy=False), key=src)
+            view = self._scipy_view().astype(_SCIPY_DTYPES[dtype], copy=False)
+            pair = _ScipyPair(view, key=src)
             self._cast_cache[key] = pair  # type: ignore[index]
         return pair
 
@@ -268,14 +274,22 @@ class SparseOperator(LinearOperator):
         return dense.to(device=check_device(device) or dense.device, dtype=dtype)
 
     def to_scipy(self, dtype: Any = None) -> Any:
-        """The matrix as ``scipy.sparse.csr_matrix`` (in ``dtype``, a numpy or torch floating
-        dtype, if given: a converted copy; default: the matrix's own)."""
-        import scipy.sparse as sp
-
+        """A copy of the matrix as ``scipy.sparse.csr_matrix`` (in ``dtype``, a numpy or torch
+        floating dtype, if given; default: the matrix's own). The copy owns its arrays:
+        changing it (``B.data *= 2``, ``B.eliminate_zeros()``) leaves the operator alone."""
         from ._scipy import numpy_dtype
 
+        view = self._scipy_view()
+        return view.copy() if dtype is None else view.astype(numpy_dtype(dtype), copy=True)
+
+    def _scipy_view(self) -> Any:
+        """The matrix as ``scipy.sparse.csr_matrix`` sharing the buffer's arrays where it is
+        on the CPU (internal: the products' scipy copy; never hand it out, see
+        :meth:`to_scipy`)."""
+        import scipy.sparse as sp
+
         m = self.matrix
-        out = sp.csr_matrix(
+        return sp.csr_matrix(
             (
                 m.values().detach().cpu().numpy(),
                 m.col_indices().cpu().numpy(),
@@ -283,7 +297,6 @@ class SparseOperator(LinearOperator):
             ),
             shape=tuple(m.shape),
         )
-        return out if dtype is None else out.astype(numpy_dtype(dtype))
 
 
 _SCIPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}

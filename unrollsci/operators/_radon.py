@@ -31,7 +31,8 @@ import torch
 
 from .._validation import check_device
 from ._base import LinearOperator
-from ._checks import FixedAngles
+from ._checks import FixedAngles, tensor_key
+from ._memory import available_memory
 
 __all__ = ["Radon", "radon_memory_estimate", "available_memory", "RADON_METHODS"]
 
@@ -148,49 +149,6 @@ def radon_memory_estimate(image_size: Any, angles: Any = 180, *, circle: bool = 
     return int(math.ceil(nnz * _PEAK_BYTES_PER_ENTRY))
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this process can still allocate, or None if unknown.
-
-    The smaller of ``MemAvailable`` (``/proc/meminfo``) and the room left under a cgroup
-    (v2 ``memory.max`` - ``memory.current``, or v1 ``limit_in_bytes`` - ``usage_in_bytes``);
-    ``os.sysconf`` (free pages) where there is no ``/proc``.
-    """
-    import os
-
-    found: list[int] = []
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    for limit_path, usage_path in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
-        try:
-            with open(limit_path) as fh:
-                limit = fh.read().strip()
-            with open(usage_path) as fh:
-                usage = int(fh.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
-            found.append(max(int(limit) - usage, 0))
-        break
-    if not found:
-        try:
-            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, OSError, ValueError):
-            return None
-    return min(found)
-
-
 def _check_memory(n: int, theta: np.ndarray, circle: bool, max_memory: Any) -> None:
     if max_memory is not None:
         if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
@@ -302,13 +260,15 @@ def _ray_table(n: int, angles: tuple[float, ...], circle: bool) -> Any:
 
 
 def _to_csr(mat: Any) -> torch.Tensor:
+    """torch CSR copy of scipy CSR ``mat`` (its own arrays: ``mat`` may be the cached
+    system matrix, which other operators of the geometry are built from)."""
     index = torch.int32 if max(mat.shape[0], mat.nnz) < 2**31 - 1 else torch.int64
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
             torch.from_numpy(mat.indptr.astype(np.int64)).to(index),
             torch.from_numpy(mat.indices.astype(np.int64)).to(index),
-            torch.from_numpy(np.asarray(mat.data, dtype=np.float64)),
+            torch.from_numpy(np.array(mat.data, dtype=np.float64)),  # a copy
             size=mat.shape,
             check_invariants=False,
         )
@@ -339,10 +299,10 @@ class Radon(FixedAngles, LinearOperator):
 
     Two implementations compute the same operator (``method=``):
 
-    * ``"matrix"``: a sparse system matrix (built once per geometry and cached, so every
-      ``Radon`` of one geometry shares its entries: never change ``op.matrix`` in place,
-      build a ``SparseOperator`` from a copy instead); ``A`` and ``A^T`` are one sparse
-      product each. ``O(N^2)`` entries per angle:
+    * ``"matrix"``: a sparse system matrix (built once per geometry and cached; each
+      ``Radon`` holds its own copy of the entries, so an in-place change of one
+      operator's ``op.matrix`` changes that operator only, its adjoint included);
+      ``A`` and ``A^T`` are one sparse product each. ``O(N^2)`` entries per angle:
       :func:`radon_memory_estimate` gives the peak of its construction (figures:
       docs/solvers.md, "Radon memory"), and a geometry whose estimate exceeds the
       memory available (``/proc/meminfo``, cgroup limit) is refused with a
@@ -418,6 +378,7 @@ class Radon(FixedAngles, LinearOperator):
             # Derived from the geometry, so not part of the state dict (rebuilt from the cache).
             self.register_buffer("matrix", _to_csr(mat), persistent=False)
             self.register_buffer("matrix_t", _to_csr(mat.T.tocsr()), persistent=False)
+            self._matrix_t_key: Any = tensor_key(self.matrix)  # what matrix_t transposes
         else:
             self._rays = _ray_table(*key)
             self.register_buffer("mask", self.support(), persistent=False)
@@ -452,6 +413,7 @@ class Radon(FixedAngles, LinearOperator):
 
             out = ray_apply(self._rays, self._masked(x))
             return out.reshape(x.shape[0], *self.out_shape)
+        self._sync_matrix_t()
         flat = x.reshape(x.shape[0], -1)
         out = _SparseApply.apply(flat, self._cast("matrix", x), self._cast("matrix_t", x))
         return out.reshape(x.shape[0], *self.out_shape)
@@ -463,9 +425,29 @@ class Radon(FixedAngles, LinearOperator):
 
             flat = y.reshape(y.shape[0], -1)
             return self._masked(ray_apply(self._rays, flat, transpose=True))
+        self._sync_matrix_t()
         flat = y.reshape(y.shape[0], -1)
         out = _SparseApply.apply(flat, self._cast("matrix_t", y), self._cast("matrix", y))
         return out.reshape(y.shape[0], *self.in_shape)
+
+    def _sync_matrix_t(self) -> None:
+        """Re-form ``matrix_t`` from ``matrix`` if the matrix changed since (modified in
+        place or replaced: :func:`tensor_key`), so the adjoint stays its transpose."""
+        key = tensor_key(self.matrix)
+        if key != self._matrix_t_key:
+            from ._matrix import _transpose_csr
+
+            self.matrix_t = _transpose_csr(self.matrix.detach())
+            self._matrix_t_key = key
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
+        # .to() / .cuda() move matrix and matrix_t alike: A^T stays the moved transpose
+        if self.method != "matrix":
+            return super()._apply(fn, recurse)
+        self._sync_matrix_t()
+        out = super()._apply(fn, recurse)
+        self._matrix_t_key = tensor_key(self.matrix)
+        return out
 
     def _channel_aware(
         self, name: str, t: torch.Tensor, shape: tuple[int, ...], fn: Any
