@@ -85,6 +85,8 @@ def pyg_inputs(data: Any, y: torch.Tensor | None) -> tuple[Any, torch.Tensor, An
         y = getattr(data, "y", None)
         if y is None:
             raise ValueError("Expected 'y' (or data.y) with the observed signal.")
+    if w is not None and w.is_complex():
+        raise TypeError(f"Expected real edge weights in the PyG data (got dtype {w.dtype}).")
     n = int(data.num_nodes)
     adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(), n)
     return adj, y, getattr(data, "batch", None)

@@ -51,10 +51,17 @@ def full_hessian_scipy(p: GraphInverseProblem, b: int, *, share: bool = False): 
 
 
 def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor:
-    """``x*`` in float64 by sparse LU (``"direct"``) or CG (``"cg"``), cached on ``p``."""
-    key = f"exact-{method}"
-    if key in p._cache:
-        return p._cache[key]
+    """``x*`` in float64 by sparse LU (``"direct"``) or CG (``"cg"``), cached on ``p``.
+
+    A CG solution is cached with its ``tol`` (key ``exact-cg-{tol}``) and reused for any
+    request of that ``tol`` or looser, never for a tighter one."""
+    cache = p._cache
+    key = "exact-direct" if method == "direct" else f"exact-cg-{float(tol)!r}"
+    if method == "cg":  # the tightest solve at least as tight as asked, if any
+        done = [(t, k) for k in cache if (t := _cg_tol(k)) is not None and t <= tol]
+        key = min(done)[1] if done else key
+    if key in cache:
+        return cache[key]
     if method == "direct":
         # H is symmetric positive definite (the constructor checks identifiability)
         from ._inertia import symmetric_lu as factor
@@ -82,6 +89,11 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
         out = sol.x
     p._cache[key] = out
     return out
+
+
+def _cg_tol(key: str) -> float | None:
+    """The ``tol`` of a cached CG solution's key ``exact-cg-{tol}``, else None."""
+    return float(key[9:]) if key.startswith("exact-cg-") else None
 
 
 class _Hessian(LinearOperator):

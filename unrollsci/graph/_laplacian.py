@@ -17,6 +17,7 @@ __all__ = [
     "check_adjacency_values",
     "laplacian_matrix",
     "HeatKernel",
+    "check_laplacian",
     "chebyshev_coefficients",
 ]
 
@@ -34,7 +35,7 @@ def validate_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-un
     where needed; a canonical float64 CSR matrix is returned as it is).
 
     Raises:
-        TypeError: not a scipy sparse matrix.
+        TypeError: not a scipy sparse matrix, or complex weights.
         ValueError: not square, not symmetric, NaN/Inf or negative weights.
     """
     a = canonical_adjacency(adj, name)
@@ -51,6 +52,10 @@ def canonical_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-u
     if not sp.issparse(adj):
         raise TypeError(
             f"Expected '{name}' to be a scipy sparse matrix (got {type(adj).__name__})."
+        )
+    if getattr(adj.dtype, "kind", "") == "c":
+        raise TypeError(
+            f"Expected '{name}' with real edge weights (got complex dtype {adj.dtype})."
         )
     a = sp.csr_matrix(adj, dtype=np.float64)
     if a.shape[0] != a.shape[1]:
@@ -131,6 +136,40 @@ def chebyshev_coefficients(fn: Any, degree: int, lmax: float) -> np.ndarray:
     return c
 
 
+def check_laplacian(lap: Any, name: str = "laplacian"):  # type: ignore[no-untyped-def]
+    """``lap`` as float64 CSR after checking it has a graph Laplacian's structure: square,
+    real, finite, symmetric (the library's rule, :func:`check_symmetric`), off-diagonal
+    entries ``<= 0`` and diagonal entries ``>= 0`` (both up to ``1000 eps max|L|``), as
+    the combinatorial and the normalized Laplacian of a graph with non-negative weights
+    have (``TypeError`` / ``ValueError`` otherwise)."""
+    import scipy.sparse as sp
+
+    if getattr(lap.dtype, "kind", "") == "c":
+        raise TypeError(f"Expected a real '{name}' (got complex dtype {lap.dtype}).")
+    a = sp.csr_matrix(lap, dtype=np.float64)
+    if a.shape[0] != a.shape[1]:
+        raise ValueError(f"Expected '{name}' to be square (got shape {a.shape}).")
+    if a.nnz and not np.all(np.isfinite(a.data)):
+        raise ValueError(f"Expected finite entries in '{name}' (got NaN or Inf).")
+    coo = a.tocoo()
+    tol = 1000 * np.finfo(np.float64).eps * (float(np.abs(coo.data).max()) if a.nnz else 0.0)
+    diag = coo.row == coo.col
+    bad_diag = coo.data[diag] < -tol
+    bad_off = coo.data[~diag] > tol
+    if bad_diag.any() or bad_off.any():
+        got = (
+            f"diagonal entry {float(coo.data[diag][bad_diag][0]):.3g} < 0"
+            if bad_diag.any()
+            else f"off-diagonal entry {float(coo.data[~diag][bad_off][0]):.3g} > 0"
+        )
+        raise ValueError(
+            f"Expected '{name}' to be a graph Laplacian (diagonal >= 0, off-diagonal <= 0, "
+            f"as laplacian_matrix returns; got {got})."
+        )
+    check_symmetric(a, name, hint="A graph Laplacian is symmetric: see laplacian_matrix.")
+    return a
+
+
 class HeatKernel(LinearOperator):
     """Graph heat-kernel blur ``A = exp(-tau L)`` by a Chebyshev polynomial of ``L``.
 
@@ -140,7 +179,10 @@ class HeatKernel(LinearOperator):
     ``A`` itself, exactly (also for the truncated polynomial).
 
     Args:
-        laplacian: ``(n, n)`` scipy sparse Laplacian.
+        laplacian: ``(n, n)`` scipy sparse Laplacian of a graph (e.g. from
+            :func:`laplacian_matrix`): real, finite, symmetric, with off-diagonal entries
+            ``<= 0`` and diagonal entries ``>= 0`` (:func:`check_laplacian`; ``ValueError``
+            otherwise).
         tau: diffusion time ``>= 0``.
         degree: polynomial degree (error decays like ``(e tau lmax / 2 degree)^degree``).
 
@@ -166,7 +208,7 @@ class HeatKernel(LinearOperator):
             raise ValueError(f"Expected tau >= 0 (got {tau!r}).")
         if degree < 1:
             raise ValueError(f"Expected degree >= 1 (got {degree}).")
-        lap = sp.csr_matrix(laplacian, dtype=np.float64)
+        lap = check_laplacian(laplacian)
         n = lap.shape[0]
         self.lmax = float(max(np.asarray(abs(lap).sum(axis=1)).max(), 1e-12)) if n else 1.0
         self.tau, self.degree = float(tau), int(degree)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_finite, check_tensor, detached_from
+from .._validation import check_batch, check_finite, check_tensor, detached_from
 from ..operators import LinearOperator, Mask, SparseOperator
-from . import _exact, _graphcert, _spectral
+from . import _exact, _graphcert, _guard, _spectral
 from ._convert import check_block_edges, check_graph_index, networkx_adjacency, pyg_inputs
 from ._exact import _Hessian
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
@@ -45,7 +45,8 @@ class GraphInverseProblem:
     * ``operator="heat"``: the heat kernel ``exp(-tau L)`` (graph blur) by Chebyshev
       polynomials of ``L`` (optionally followed by a mask);
     * any :class:`~unrollsci.operators.LinearOperator` with ``in_shape == (n,)``
-      (optionally followed by a mask on its output).
+      (optionally followed by a mask on its output), taken by reference: the cached
+      bounds and solution are recomputed once its tensors change (docs/graph.md).
 
     A block-diagonal batch of graphs (a PyG ``Batch``) is one problem whose nodes
     carry a ``graph_index``; for masks and the heat kernel every graph is its own
@@ -99,6 +100,7 @@ class GraphInverseProblem:
             raise TypeError("Expected a real 'y' (got a complex tensor).")
         self.unbatched = y.dim() == 1
         y = y[None] if self.unbatched else y
+        check_batch("y", y)  # the library's rule: no batch of zero signals
         check_finite("y", y)
         self._lam = float(lam)
         self.laplacian_kind = laplacian
@@ -113,34 +115,12 @@ class GraphInverseProblem:
             if mask is not None:
                 raise ValueError("Pass either mask= or operator=Mask(...), not both.")
             mask, operator = operator.mask, None
-        self.heat: HeatKernel | None = None
-        if operator is None:
-            self.kind = "mask"
-            self.operator: LinearOperator | None = None
-            out_n = n
-        elif isinstance(operator, str):
-            if operator != "heat":
-                raise ValueError(
-                    f"Expected operator None, 'heat' or a LinearOperator (got {operator!r})."
-                )
-            self.kind = "heat"
-            self.heat = HeatKernel(self.lap_scipy, tau, degree=heat_degree).to(device)
-            self.operator = self.heat
-            out_n = n
-        elif isinstance(operator, LinearOperator):
-            if tuple(operator.in_shape) != (n,) or len(operator.out_shape) != 1:
-                raise ValueError(
-                    f"Expected an operator with in_shape ({n},) (one entry per node) and a "
-                    f"vector output (got {operator.in_shape} -> {operator.out_shape})."
-                )
-            self.kind = "operator"
-            self.operator = operator
-            out_n = int(operator.out_shape[0])
-        else:
-            raise TypeError(
-                "Expected 'operator' to be None, 'heat' or a LinearOperator (got "
-                f"{type(operator).__name__})."
-            )
+        # a general operator is taken by reference (its state keys the cache: _cache)
+        self.heat: HeatKernel | None
+        self.operator: LinearOperator | None
+        self.kind, self.operator, self.heat, out_n = _guard.parse_operator(
+            operator, n, self.lap_scipy, tau, heat_degree, device
+        )
         if y.shape[1] != out_n:
             what = "the node count" if out_n == n else "the operator's output size"
             raise ValueError(
@@ -149,22 +129,9 @@ class GraphInverseProblem:
         # copies: a caller's in-place edit of y or mask must not reach the cached bounds,
         # Hessian and solution (a float mask in the problem's dtype would alias otherwise)
         self.y = y.clone()
-        if mask is not None:
-            if not isinstance(mask, torch.Tensor):
-                mask = torch.as_tensor(np.asarray(mask))
-            if mask.dtype != torch.bool:
-                if not bool(((mask == 0) | (mask == 1)).all()):
-                    raise ValueError("Expected 'mask' to be boolean or contain only 0 and 1.")
-            m = mask.to(device=device, dtype=dtype, copy=True)
-            m = m[None] if m.dim() == 1 else m
-            if m.dim() != 2 or m.shape[1] != out_n or m.shape[0] not in (1, y.shape[0]):
-                raise ValueError(
-                    f"Expected 'mask' of shape ({out_n},) or ({y.shape[0]}, {out_n}) (got "
-                    f"{tuple(mask.shape)})."
-                )
-            self.mask: torch.Tensor | None = m
-        else:
-            self.mask = None
+        self.mask: torch.Tensor | None = (
+            None if mask is None else _guard.parse_mask(mask, out_n, y.shape[0], device, dtype)
+        )
 
         # ---------------------------------------------------------------- graph
         gi = (
@@ -191,8 +158,17 @@ class GraphInverseProblem:
         self.degree = torch.as_tensor(
             np.bincount(rows, weights=vals, minlength=n), device=device, dtype=dtype
         )
-        self._cache: dict[str, Any] = {"graph-digest": graph_digest}
+        self._store: dict[str, Any] = {"graph-digest": graph_digest}
+        self._op_key = None if self.kind != "operator" else _guard.operator_key(operator)
         check_unique(self)
+
+    @property
+    def _cache(self) -> dict[str, Any]:
+        # for a general operator: emptied of what depends on it (identifiability checked
+        # again) once the operator's state changed, e.g. an in-place edit or optimizer step
+        if self._op_key is not None:
+            _guard.sync_operator(self, self._store)
+        return self._store
 
     def cached(self, key: str, build: Callable[[], Any]) -> Any:
         """The value stored under ``key`` for this problem, built by ``build()`` on first use.
@@ -200,9 +176,11 @@ class GraphInverseProblem:
         Derived quantities that depend only on the problem (spectral bounds, the exact
         solve, a model's aggregation matrix) are computed once per problem through this.
         """
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        # what depends on the graph only (the Laplacian) skips the operator's state check
+        cache = self._store if key.startswith(_guard.GRAPH_ONLY) else self._cache
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -305,12 +283,14 @@ class GraphInverseProblem:
 
     def forward_op(self, x: torch.Tensor) -> torch.Tensor:
         """``A x`` for ``x: (batch, n)``."""
+        _guard.check_rows(self, x, "x", data=False)
         out = x if self.operator is None else self.operator(x)
         m = self._mask_like(x)
         return out if m is None else out * m
 
     def adjoint_op(self, r: torch.Tensor) -> torch.Tensor:
         """``A^T r`` for ``r: (batch, m)``."""
+        _guard.check_rows(self, r, "r", data=False)
         m = self._mask_like(r)
         r = r if m is None else r * m
         return r if self.operator is None else self.operator.adjoint(r)
@@ -320,7 +300,11 @@ class GraphInverseProblem:
         return self.lap.mv(x)
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
-        """``H x = A^T A x + lam L x`` (one fused sparse product for a shared mask)."""
+        """``H x = A^T A x + lam L x`` (one fused sparse product for a shared mask).
+
+        ``x``: ``(batch, n)``, one row per signal when the masks differ per signal (else
+        any number of rows; ``ValueError`` otherwise)."""
+        _guard.check_rows(self, x, "x", data=False)
         if self.kind == "mask" and (self.mask is None or self.mask.shape[0] == 1):
             h = _exact.full_hessian_scipy  # the problem's own H: the operator need not copy it
             fused = self.cached(
@@ -331,7 +315,8 @@ class GraphInverseProblem:
         return self.adjoint_op(self.forward_op(x)) + self.lam * self.laplacian(x)
 
     def hessian_operator(self) -> LinearOperator:
-        """``H`` as a LinearOperator (batch must match the problem's for per-sample masks)."""
+        """``H`` as a LinearOperator (for per-signal masks the batch must be the problem's:
+        ``ValueError`` otherwise)."""
         return _Hessian(self)
 
     def rhs(self, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -340,7 +325,9 @@ class GraphInverseProblem:
         return self.adjoint_op(y)
 
     def gradient(self, x: torch.Tensor) -> torch.Tensor:
-        """``grad f(x) = H x - A^T y``, ``(batch, n)``."""
+        """``grad f(x) = H x - A^T y``, ``(batch, n)``: one row of ``x`` per signal (any
+        number of rows for a problem of one signal; ``ValueError`` otherwise)."""
+        _guard.check_rows(self, x, "x", data=True)
         return self.hessian(x) - self.rhs(x)
 
     def segment_sum(self, v: torch.Tensor) -> torch.Tensor:
@@ -351,7 +338,8 @@ class GraphInverseProblem:
         return out.index_add(1, self.block_index, v)
 
     def objective(self, x: torch.Tensor) -> torch.Tensor:
-        """``f(x)`` per signal and block, ``(batch, num_blocks)``."""
+        """``f(x)`` per signal and block, ``(batch, num_blocks)`` (rows as :meth:`gradient`)."""
+        _guard.check_rows(self, x, "x", data=True)
         if self.kind == "operator":
             r = self.forward_op(x) - self.y.to(x.dtype)
             data = 0.5 * (r * r).sum(-1, keepdim=True)
@@ -368,6 +356,9 @@ class GraphInverseProblem:
 
     def relative_error(self, x: torch.Tensor, x_star: torch.Tensor | None = None) -> torch.Tensor:
         """Energy-norm relative error ``||x - x*||_H / ||x*||_H`` per signal and block."""
+        _guard.check_rows(self, x, "x", data=True)
+        if x_star is not None:
+            _guard.check_rows(self, x_star, "x_star", data=True)
         xs = self.solve_exact() if x_star is None else x_star
         xs = xs.to(x.dtype)
         num = self.energy_norm_sq(x - xs)
@@ -475,7 +466,8 @@ class GraphInverseProblem:
             method: ``"direct"`` (scipy sparse LU; masks only), ``"cg"``
                 (``unrollsci.solvers.cg`` in float64), or ``"auto"`` (direct for masks
                 unless the graph fills in, :func:`._exact.auto_method`; else CG).
-            tol: relative residual tolerance for CG.
+            tol: relative residual tolerance for CG (a cached CG solution is reused for
+                the same or a looser ``tol`` only).
         """
         if method not in ("auto", "direct", "cg"):
             raise ValueError(f"Expected method 'auto', 'direct' or 'cg' (got {method!r}).")

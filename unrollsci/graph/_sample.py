@@ -50,24 +50,24 @@ def _draw(
     block_index: torch.Tensor, num_blocks: int, size: int, seed: int, full_up_to: int = 0
 ) -> torch.Tensor:
     """Bool mask of ``min(size, block size)`` nodes per block, uniformly without
-    replacement, from a generator seeded with ``seed`` (the same nodes on every device);
-    every node of a block of at most ``full_up_to`` nodes."""
+    replacement; every node of a block of at most ``full_up_to`` nodes.
+
+    Each block (graph) is drawn as if it were alone: a random permutation of its nodes
+    from a generator seeded with ``seed`` (the same nodes on every device), so a graph's
+    sample, and the model's output on it, do not depend on the other graphs of a batch
+    or on its position there. ``block_index`` is sorted (blocks are contiguous)."""
     bi = block_index.cpu()
-    n = bi.numel()
-    gen = torch.Generator().manual_seed(seed)
-    if num_blocks == 1:  # one graph: a random permutation (no sort)
-        chosen = torch.zeros(n, dtype=torch.bool)
-        chosen[torch.randperm(n, generator=gen)[:size]] = True
-        if n <= full_up_to:
-            chosen[:] = True
-        return chosen.to(block_index.device)
-    keys = torch.rand(n, generator=gen, dtype=torch.float64)
-    order = torch.argsort(bi.double() * 2.0 + keys)  # by block, random within a block
-    counts = torch.bincount(bi, minlength=num_blocks)
-    start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty(n, dtype=torch.long)
-    rank[order] = torch.arange(n) - start[bi[order]]
-    return ((rank < size) | (counts <= full_up_to)[bi]).to(block_index.device)
+    chosen = torch.zeros(bi.numel(), dtype=torch.bool)
+    gen = torch.Generator()
+    start = 0
+    for count in torch.bincount(bi, minlength=num_blocks).tolist():
+        if count <= max(size, full_up_to):  # the whole block
+            chosen[start : start + count] = True
+        else:
+            gen.manual_seed(seed)
+            chosen[start + torch.randperm(count, generator=gen)[:size]] = True
+        start += count
+    return chosen.to(block_index.device)
 
 
 def controller_sample(
