@@ -7,6 +7,7 @@ call these.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -297,6 +298,8 @@ def symmetry_error(a: Any, name: str = "A") -> tuple[float, float, float]:
     Raises ``ValueError`` for a non-square matrix, ``TypeError`` for other inputs.
     """
     if isinstance(a, torch.Tensor):
+        if a.dtype == torch.bool:  # A - A^T is not defined for bool tensors
+            raise TypeError(f"Expected '{name}' to have a numeric dtype (got {a.dtype}).")
         if a.dim() != 2 or a.shape[0] != a.shape[1]:
             raise ValueError(
                 f"Expected '{name}' to be a square matrix (got shape {tuple(a.shape)})."
@@ -325,6 +328,8 @@ def symmetry_error(a: Any, name: str = "A") -> tuple[float, float, float]:
             # copy, never in the caller's matrix
             a = sp.csr_matrix(a, copy=True)
             a.sum_duplicates()
+        if a.nnz and not np.isfinite(a.data).all():  # (inf - inf would warn)
+            return math.nan, float(np.abs(a.data).max()), _float_eps(a.dtype)
         same = _same_pattern_asymmetry(a)
         if same is not None:
             return same[0], same[1], _float_eps(a.dtype)
@@ -351,13 +356,19 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None, hint:
     ``a``'s dtype: ``2.2e-13`` relative in float64, ``1.2e-4`` in float32. This accepts the
     rounding of a matrix assembled in floating point (a sum of terms accumulated in a
     different order for ``A_ij`` and ``A_ji``) and refuses any asymmetry a solver would
-    notice. An all-zero matrix passes. ``a``: dense or sparse (COO/CSR/CSC) torch tensor or
+    notice. An all-zero matrix passes; a matrix with a NaN or Inf entry is refused
+    (``ValueError``: ``NaN > tol`` is false, so the rule alone would pass it), as is a bool
+    torch tensor (``TypeError``). ``a``: dense or sparse (COO/CSR/CSC) torch tensor or
     scipy sparse matrix; ``hint`` is appended to the error message.
     """
     diff, mag, eps = symmetry_error(a, name)
     tol = SYMMETRY_EPS_FACTOR * eps if rtol is None else rtol
-
-    if diff > tol * mag:
+    if not math.isfinite(mag):  # a NaN or Inf entry: max|A| is NaN or Inf
+        raise ValueError(
+            f"Expected '{name}' to be finite (got NaN or Inf entries: max |A| = {mag}); "
+            "its symmetry cannot be checked." + (f" {hint}" if hint else "")
+        )
+    if not diff <= tol * mag:
         raise ValueError(
             f"Expected '{name}' to be symmetric (got max |A - A^T| = {diff:.3e}, "
             f"max |A| = {mag:.3e}; the tolerance is {tol:.1e} max |A|)."

@@ -176,6 +176,13 @@ class LinearOperator(nn.Module):
         new._cast_cache, new._norm_cache = {}, None
         return new
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled state (``torch.save`` of an operator, format-1 checkpoints): without the
+        caches of casts and of ``norm()``, which are keyed on this process's tensors."""
+        state = dict(super().__getstate__())
+        state["_cast_cache"], state["_norm_cache"] = {}, None
+        return state
+
     def _norm_key(self) -> tuple[Any, ...]:
         """What ``norm()``'s cached value depends on: identity, version counter, storage,
         shape, dtype and device of every tensor of this operator and its sub-operators

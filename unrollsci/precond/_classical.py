@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_device
+from .._validation import check_device, check_finite, check_tensor
 from ..operators import LinearOperator  # noqa: F401  (re-exported)
+from ..operators._base import check_real
 from ._base import Preconditioner
 from ._factors import (  # noqa: F401  (_like, _LowerFactorOperator: re-exported)
     BlockPreconditioner,
@@ -66,10 +67,27 @@ __all__ = [
 
 
 class DiagonalPreconditioner(Preconditioner):
-    """``z = r / d`` (Jacobi when ``d = diag(A)``)."""
+    """``z = r / d`` (Jacobi when ``d = diag(A)``).
+
+    ``diag``: a 1-D real floating tensor of finite, strictly positive entries whose
+    reciprocals are finite (a zero, negative or NaN entry makes ``M`` not positive
+    definite; a 2-D tensor is refused rather than flattened).
+    """
 
     def __init__(self, diag: torch.Tensor) -> None:
         super().__init__()
+        check_tensor("diag", diag, ndim=(1,))
+        check_real("diag", diag)
+        check_finite("diag", diag)
+        d = diag.detach()
+        bad = ~((d > 0) & torch.isfinite(1.0 / d))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"Expected 'diag' with strictly positive entries whose reciprocals are "
+                f"finite (got diag[{i}] = {float(d[i]):.3e}): the preconditioner must be "
+                "positive definite."
+            )
         self.register_buffer("inv_diag", 1.0 / diag)
         self.in_shape = self.out_shape = (diag.numel(),)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
+from ..solvers._common import row_norm
 from ..solvers._loop import PCGState, pcg_iterate
 from ._graph import SystemBatch
 from ._sparse import lower_matvec
@@ -62,17 +64,38 @@ def unrolled_pcg(
     zero steps), so that the loss after a fixed number of steps can be back-propagated
     into ``M``.
 
+    Each row of ``b`` is divided by a power of two near its norm before the iteration
+    and the result multiplied back, so ``r^T z`` and ``p^T A p`` neither underflow nor
+    overflow for tiny or huge ``b`` (as in :func:`unrollsci.solvers.cg`). With linear
+    ``op`` and ``M`` the iterates are homogeneous of degree 1 in ``b`` and a power of two
+    scales exactly: at ordinary scales the values are those of the unscaled iteration bit
+    for bit, and the gradients (in ``b`` and in the parameters of ``M`` and ``op``) are
+    the same.
+
     Args:
         op: ``x -> A x`` on ``(batch, n)``.
         b: ``(batch, n)``.
         M: ``r -> z ~ A^{-1} r``.
-        steps: number of PCG iterations.
+        steps: number of PCG iterations, an int ``>= 0``.
 
     Returns:
         ``x_steps: (batch, n)``.
     """
-    x, _, _, _ = pcg_iterate(op, torch.zeros_like(b), b, max_iter=steps, precond=M)
-    return x
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(f"Expected 'steps' to be an int (got {type(steps).__name__}).")
+    if steps < 0:
+        raise ValueError(f"Expected 'steps' >= 0 (got {steps}).")
+    s = _pow2_row_scale(b)
+    x, _, _, _ = pcg_iterate(op, torch.zeros_like(b), b / s, max_iter=int(steps), precond=M)
+    return x * s
+
+
+def _pow2_row_scale(b: torch.Tensor) -> torch.Tensor:
+    """``2^e`` per row of ``b`` (shape ``(..., 1)``, detached) with ``||b_row|| / 2^e`` in
+    ``[0.5, 1)``; 1 for a zero row or a non-finite norm."""
+    norm = row_norm(b)
+    _, e = torch.frexp(torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm)))
+    return torch.ldexp(torch.ones_like(norm), e)[..., None]
 
 
 def pcg_loss(

@@ -49,7 +49,10 @@ def bg_amp(
         op: ``LinearOperator`` (or matrix) with ``in_shape (n,)``, ``out_shape (m,)``.
         y: ``(batch, m)`` or ``(m,)`` data.
         rho: prior probability that an entry is nonzero, in ``(0, 1)``.
-        sigma_x: standard deviation of the nonzero entries, ``> 0``.
+        sigma_x: standard deviation of the nonzero entries, ``> 0`` and a normal number
+            of ``y``'s dtype. The iteration runs in units of ``sigma_x`` (on
+            ``y / sigma_x``), so scaling ``y`` and ``sigma_x`` together scales ``x`` and
+            nothing else, in float32 as in float64.
         x0: initial guess, default zero.
         damping, max_iter, tol, throw: as :func:`amp`.
 
@@ -59,10 +62,15 @@ def bg_amp(
     """
     op, y, _, unbatched = prepare_lasso(op, y, 0.0)  # the same checks on op and y
     rho_f, sigma_f = check_prior(rho, sigma_x)
+    _check_sigma_range(sigma_f, y.dtype)
     tol = check_stopping(tol, max_iter)
     damping = _check_damping(damping)
     m = op.out_shape[0]
-    x = _x0(x0, y, op.in_shape[0], unbatched)
+    # In units of sigma_x (AMP is equivariant: y / s gives x / s, z / s, the same b): the
+    # prior's variance is 1, so sigma_x**2 cannot overflow, and the denoiser's floor on the
+    # noise level (an absolute number) is relative to sigma_x.
+    x = _x0(x0, y, op.in_shape[0], unbatched) / sigma_f
+    y = y / sigma_f
     z = torch.zeros_like(y)
     b = y.new_zeros(y.shape[0], 1)
     scale = _scale(op, y)
@@ -71,7 +79,7 @@ def bg_amp(
         x, z, b = s
         x, z, b, r = _amp_update(
             (x, z, b),
-            bg_amp_step(op, x, z, y, b, rho_f, sigma_f**2),
+            bg_amp_step(op, x, z, y, b, rho_f, 1.0),
             damping,
             scale,
             "bg_amp diverged (NaN). Use damping > 0 for this A.",
@@ -79,10 +87,11 @@ def bg_amp(
         return (x, z, b), r
 
     (x, z, b), k, residuals, converged = run_until(step, (x, z, b), max_iter=max_iter, tol=tol)
-    tau = (z.detach().square().sum(-1) / m) if k else y.new_zeros(y.shape[0])
+    # tau = ||z||^2 / m in the caller's units
+    tau = ((z.detach() * sigma_f).square().sum(-1) / m) if k else y.new_zeros(y.shape[0])
     return finish(
         "bg_amp",
-        unbatch(x, unbatched),
+        unbatch(x * sigma_f, unbatched),
         k,
         residuals,
         converged,
@@ -92,6 +101,16 @@ def bg_amp(
         {"damping": damping, "tau": unbatch(tau, unbatched)},
         hint="AMP needs i.i.d. Gaussian-like A; try damping=0.3.",
     )
+
+
+def _check_sigma_range(sigma: float, dtype: torch.dtype) -> None:
+    """``sigma_x`` must be a normal number of the data's dtype: bg_amp divides ``y`` by it."""
+    fi = torch.finfo(dtype)
+    if not fi.tiny <= sigma <= fi.max:
+        raise ValueError(
+            f"Expected 'sigma_x' within the range of {dtype} ({fi.tiny:.2e} to {fi.max:.2e}; "
+            f"got {sigma!r})."
+        )
 
 
 def check_prior(rho: Any, sigma_x: Any) -> tuple[float, float]:

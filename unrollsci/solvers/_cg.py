@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._validation import (
@@ -20,7 +22,7 @@ from .._validation import (
 from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
-from ._common import as_operator, check_signal, check_stopping, row_norm
+from ._common import as_operator, check_like, check_signal, check_stopping, row_norm
 from ._loop import GRAD_MODES, PCGState, differentiate, pcg_iterate
 from ._solution import Solution, finish
 
@@ -35,7 +37,8 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
     the library's one rule: ``max|A - A^T| <= rtol * max|A|`` with ``rtol = 1000 eps(dtype)``
     by default. A ``LinearOperator`` is probed with two random vectors instead: it must
     satisfy ``|<Ax, y> - <x, Ay>| <= rtol (||Ax|| ||y|| + ||Ay|| ||x||)``, with the same
-    default ``rtol``.
+    default ``rtol``. A NaN or Inf entry (or product) is refused with ``ValueError``, a bool
+    matrix with ``TypeError``.
     """
     if isinstance(a, LinearOperator):
         if a.in_shape != a.out_shape:
@@ -54,7 +57,12 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
         rhs = (x[0] * ax[1]).sum()
         scale = ax[0].norm() * x[1].norm() + ax[1].norm() * x[0].norm()
         tol = rtol if rtol is not None else SYMMETRY_EPS_FACTOR * eps
-        if float((lhs - rhs).abs()) > tol * float(scale):
+        if not (math.isfinite(float(lhs - rhs)) and math.isfinite(float(scale))):
+            raise ValueError(
+                f"Expected '{name}' to give finite products (got NaN or Inf in A x for random "
+                "x); its symmetry cannot be checked."
+            )
+        if not float((lhs - rhs).abs()) <= tol * float(scale):
             raise ValueError(
                 f"Expected '{name}' to be symmetric: <Ax, y> - <x, Ay> = "
                 f"{float(lhs - rhs):.3e} for random x, y (relative "
@@ -67,6 +75,8 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
             f"Expected '{name}' to be a LinearOperator, a torch tensor or a scipy sparse matrix "
             f"(got {type(a).__name__})."
         )
+    if a.dtype in (torch.bool, np.bool_):
+        raise TypeError(f"Expected '{name}' to have a numeric dtype (got {a.dtype}).")
     _check_symmetric(a, name, rtol=rtol)
 
 
@@ -78,8 +88,41 @@ def _is_scipy_sparse(a: Any) -> bool:
 
 def _as_apply(m: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if callable(m) and not isinstance(m, (torch.Tensor, LinearOperator)):
-        return m
+        return _checked_once(m, name)
     return as_operator(m, name)
+
+
+def _checked_once(m: Callable[[torch.Tensor], torch.Tensor], name: str) -> Any:
+    """The callable preconditioner ``m`` with its first output checked: a tensor of the
+    dtype, device and shape of its input (a float64 ``M r`` for a float32 ``r`` failed
+    inside CG's inner products, or silently promoted the iterates)."""
+    checked = False
+
+    def apply(r: torch.Tensor) -> torch.Tensor:
+        nonlocal checked
+        z = m(r)
+        if not checked:
+            if not isinstance(z, torch.Tensor):
+                raise TypeError(
+                    f"Expected the callable '{name}' to return a torch tensor (got "
+                    f"{type(z).__name__})."
+                )
+            if z.dtype != r.dtype or z.device != r.device:
+                raise TypeError(
+                    f"Expected the callable '{name}' to return a tensor of the dtype and "
+                    f"device of its input ({r.dtype} on {r.device}; got {z.dtype} on "
+                    f"{z.device})."
+                )
+            if z.shape != r.shape:
+                raise ValueError(
+                    f"Expected the callable '{name}' to return a tensor of the shape of its "
+                    f"input {tuple(r.shape)} (got {tuple(z.shape)})."
+                )
+            checked = True
+        return z
+
+    apply.serial_host = getattr(m, "serial_host", False)  # type: ignore[attr-defined]
+    return apply
 
 
 def cg(
@@ -115,8 +158,9 @@ def cg(
             scipy sparse matrix.
         b: ``(n,)`` or ``(batch, n)``.
         M: preconditioner approximating ``A^{-1}`` (as in scipy): anything ``A`` can
-            be, or a callable ``r -> z`` on ``(batch, n)`` tensors. Must be SPD.
-        x0: initial guess (warm start), same shape as ``b``.
+            be, or a callable ``r -> z`` on ``(batch, n)`` tensors returning ``r``'s
+            shape, dtype and device (checked on its first call). Must be SPD.
+        x0: initial guess (warm start), same shape, dtype and device as ``b``.
         tol, atol: relative / absolute residual tolerance, ``>= 0`` and finite.
         max_iter: default ``10 * n``.
         check: verify that explicit ``A`` is square and symmetric before iterating.
@@ -135,10 +179,12 @@ def cg(
             non-converged adjoint solve warns).
 
     Raises:
-        ValueError: non-square or non-symmetric ``A``; a direction with
-            ``p^T A p <= 0`` (A not positive definite) or ``r^T M r <= 0`` (M not
-            positive definite) met during the iteration; NaN/Inf in ``b``; an unknown
-            ``grad``.
+        ValueError: non-square, empty (``n = 0``) or non-symmetric ``A``; a direction
+            with ``p^T A p <= 0`` (A not positive definite) or ``r^T M r <= 0`` (M not
+            positive definite) met during the iteration, or either of them NaN or Inf
+            (A or M produced a non-finite value); NaN/Inf in ``b``; an unknown ``grad``.
+        TypeError: ``x0`` of another dtype or device than ``b``; a callable ``M``
+            returning another dtype or device.
 
     Returns:
         Solution; ``residuals`` holds the max relative residual per iteration.
@@ -160,6 +206,8 @@ def cg(
             f"out_shape {op.out_shape})."
         )
     n = op.in_shape[0]
+    if n == 0:
+        raise ValueError("Expected 'A' of size at least 1 x 1 (got 0 x 0): no unknowns.")
     check_tensor("b", b, ndim=(1, 2))
     check_real("b", b)
     if b.dim() == 2:
@@ -190,6 +238,7 @@ def cg(
     if x0 is not None:
         check_tensor("x0", x0, ndim=(1, 2))
         check_real("x0", x0)
+        check_like("x0", x0, "b", b)
         check_finite("x0", x0)
         x0 = x0[None] if x0.dim() == 1 else x0
         if x0.shape != b.shape:
@@ -247,6 +296,13 @@ class _Run:
 
 
 def _not_spd(which: str, k: int, value: float) -> ValueError:
+    if not math.isfinite(value):
+        what = "p^T A p" if which == "A" else "r^T M r"
+        return ValueError(
+            f"cg broke down at iteration {k}: {what} = {value} is not finite. Expected A "
+            "and the preconditioner M to give finite products; check them for NaN or Inf "
+            "(e.g. a zero on the diagonal of a Jacobi preconditioner)."
+        )
     if which == "A":
         return ValueError(
             f"cg: A is not positive definite: found a direction with p^T A p = "
@@ -306,7 +362,14 @@ def _run(
 
     # op.mv: b was validated once by cg; the loop's products skip the per-call checks
     x, r, k, converged = pcg_iterate(
-        op.mv, x, r, max_iter=max_iter, precond=precond, monitor=monitor, not_spd=_not_spd
+        op.mv,
+        x,
+        r,
+        max_iter=max_iter,
+        precond=precond,
+        monitor=monitor,
+        not_spd=_not_spd,
+        finite=True,
     )
     stalled = False
     if converged and eps > 1e-12:
@@ -354,6 +417,7 @@ def _true_residual_restarts(
             precond=precond,
             monitor=monitor,
             not_spd=_not_spd,
+            finite=True,
         )
         k += used
         if not ok:

@@ -18,7 +18,14 @@ from .._validation import (
 from ..operators import LinearOperator, MatrixOperator, SparseOperator
 from ..operators._base import check_real
 
-__all__ = ["as_operator", "prepare_lasso", "unbatch", "check_stopping", "check_signal"]
+__all__ = [
+    "as_operator",
+    "prepare_lasso",
+    "unbatch",
+    "check_stopping",
+    "check_signal",
+    "check_like",
+]
 
 
 def check_stopping(tol: Any, max_iter: Any, *, tol_name: str = "tol") -> float:
@@ -108,6 +115,18 @@ def prepare_lasso(
             f"(got {tuple(lam_t.shape)})."
         )
     return op, y, lam_t[:, None], unbatched
+
+
+def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Raise ``TypeError`` unless ``x`` has the dtype and device of ``ref`` (a warm start
+    ``x0`` of another dtype would silently change the solver's dtype, or fail deep
+    inside it)."""
+    if x.dtype != ref.dtype or x.device != ref.device:
+        raise TypeError(
+            f"Expected '{name}' with the dtype and device of '{ref_name}' ({ref.dtype} on "
+            f"{ref.device}; got {x.dtype} on {x.device}); convert it with "
+            f"{name}.to({ref_name})."
+        )
 
 
 def unbatch(x: torch.Tensor, unbatched: bool) -> torch.Tensor:

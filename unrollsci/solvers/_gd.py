@@ -9,7 +9,7 @@ import torch
 
 from .._validation import check_batch, check_finite, check_positive, check_tensor
 from ..operators._base import check_real
-from ._common import check_stopping
+from ._common import check_stopping, row_norm
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import fista_momentum
@@ -30,6 +30,19 @@ def _step_shape(step: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         f"Expected a tensor 'step' of shape ({batch},) or ({batch}, 1) (one per batch entry) "
         f"or {tuple(x0.shape)} (one per entry of x0) (got {tuple(step.shape)})."
     )
+
+
+def _check_grad_output(g: Any, x: torch.Tensor) -> None:
+    """``grad(x0)`` must be a tensor of ``x0``'s shape (batched), dtype and device."""
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"Expected 'grad' to return a torch.Tensor (got {type(g).__name__}).")
+    if g.dtype != x.dtype or g.device != x.device:
+        raise TypeError(
+            f"Expected 'grad' to return a tensor of the dtype and device of 'x0' ({x.dtype} "
+            f"on {x.device}; got {g.dtype} on {g.device})."
+        )
+    if g.shape != x.shape:
+        raise ValueError(f"grad returned shape {tuple(g.shape)}, expected {tuple(x.shape)}.")
 
 
 def gradient_descent(
@@ -77,10 +90,10 @@ def gradient_descent(
     unbatched = x0.dim() == 1
     x = x0[None] if unbatched else x0
     g = grad(x)
-    if g.shape != x.shape:
-        raise ValueError(f"grad returned shape {tuple(g.shape)}, expected {tuple(x.shape)}.")
-    g0 = torch.clamp(g.detach().norm(dim=-1), min=torch.finfo(x.dtype).tiny)
-    start = float((g.detach().norm(dim=-1) / g0).max())
+    _check_grad_output(g, x)
+    # row_norm: squares of a gradient of size 1e20 (float32) overflow, of 1e-20 underflow
+    g0 = torch.clamp(row_norm(g), min=torch.finfo(x.dtype).tiny)
+    start = float((row_norm(g) / g0).max())
     converged = start <= tol  # x0 already stationary (a zero gradient): no iteration
     residuals: list[float] = [start] if converged else []
     k = 0
@@ -94,7 +107,7 @@ def gradient_descent(
         else:
             x_prev, x = x, x - step * g
         g = grad(x)
-        r = float((g.detach().norm(dim=-1) / g0).max())
+        r = float((row_norm(g) / g0).max())
         if r != r:
             raise ValueError("gradient_descent diverged (NaN); reduce the step size.")
         return (x, x_prev, g, tk), r

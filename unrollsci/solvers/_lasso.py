@@ -15,7 +15,7 @@ from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
-from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
+from ._common import check_like, check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
 from ._lasso_checks import _finite_residual, check_claim
 from ._loop import run_until
 from ._solution import Solution, finish
@@ -57,11 +57,49 @@ def _x0(x0: torch.Tensor | None, y: torch.Tensor, n: int, unbatched: bool) -> to
         return y.new_zeros(y.shape[0], n)
     check_tensor("x0", x0, ndim=(1, 2))
     check_real("x0", x0)
+    check_like("x0", x0, "y", y)
     check_finite("x0", x0)
     x0 = x0[None] if unbatched and x0.dim() == 1 else x0
     if x0.shape != (y.shape[0], n):
         raise ValueError(f"Expected 'x0' of shape {(y.shape[0], n)} (got {tuple(x0.shape)}).")
     return x0
+
+
+def _inner_tol(dtype: torch.dtype, rho: float | torch.Tensor, lip: float) -> float:
+    """The relative tolerance of ADMM's CG x-update: ``1e-12``, or what ``dtype`` reaches
+    on ``A^T A + rho I`` where that is more, ``2 eps kappa`` with the condition number
+    ``kappa <= 1 + ||A||^2 / rho`` (float32: ``4.8e-7`` at the default ``rho = ||A||^2``),
+    so that CG does not report a tolerance below its dtype's rounding as a failure at
+    every ADMM iteration (float64 keeps ``1e-12`` unless ``kappa > 2000``)."""
+    r = float(rho.detach().min()) if isinstance(rho, torch.Tensor) else rho
+    return max(1e-12, 2.0 * torch.finfo(dtype).eps * (1.0 + lip / r))
+
+
+def _admm_residual(
+    rho: float | torch.Tensor,
+    lip: float,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    z_prev: torch.Tensor,
+    scale: torch.Tensor,
+) -> float:
+    """ADMM's stopping residual: the largest over the batch of the primal residual
+    ``max(rho, ||A||^2) ||x - z||`` and the dual residual ``rho ||z - z_prev||``, each
+    relative to ``||A^T y||`` (``scale``; ``lip = ||A||^2``).
+
+    Both are in the units of ``A^T y``, so scaling ``A`` by ``c`` and ``rho`` by ``c^2``
+    (the same problem) leaves them unchanged. Their sum bounds the lasso KKT residual of
+    ``z``: the z-update makes ``z`` the exact minimizer for a gradient perturbed by
+    ``A^T A (z - x) - rho (z - z_prev)``. Evaluated in float64, so a float32 ``rho`` of
+    ``1e-60`` or ``1e60`` neither underflows nor overflows."""
+    if isinstance(rho, torch.Tensor):
+        r = rho.detach().double().reshape(-1).cpu()
+    else:
+        r = torch.tensor([rho], dtype=torch.float64)
+    s = scale.double().cpu()
+    primal = torch.clamp(r, min=lip) * (row_norm(x - z).double().cpu() / s)
+    dual = r * (row_norm(z - z_prev).double().cpu() / s)
+    return max(primal.max().item(), dual.max().item())
 
 
 def _amp_update(
@@ -253,8 +291,12 @@ def admm(
     The x-update solves ``(A^T A + rho I) x = A^T y + rho (z - u)``: by a Cholesky
     factor computed once (``method="cholesky"``, for operators up to a few thousand
     unknowns) or by warm-started CG (``method="cg"``, matrix-free). ``"auto"`` picks
-    Cholesky when ``n <= 4096``. Stops when the primal residual ``||x - z||`` and
-    the dual residual ``rho ||z - z_prev||`` are both ``<= tol * ||A^T y||``.
+    Cholesky when ``n <= 4096``. Stops when the primal residual
+    ``max(rho, ||A||^2) ||x - z||`` and the dual residual ``rho ||z - z_prev||`` are both
+    ``<= tol * ||A^T y||``: both are in the units of ``A^T y`` (scaling ``A`` by ``c`` and
+    ``rho`` by ``c^2`` gives the same iterations and verdict), and their sum bounds the
+    KKT residual of ``z``, so a converged ``z`` has a KKT residual (as :func:`ista`'s)
+    ``<= 2 tol ||A^T y||``.
     Returns the sparse iterate ``z``. Arguments not listed below are as in :func:`ista`.
 
     Args:
@@ -268,8 +310,9 @@ def admm(
     if method not in ("auto", "cholesky", "cg"):
         raise ValueError(f"Expected method 'auto', 'cholesky' or 'cg' (got {method!r}).")
     n = op.in_shape[0]
+    lip = op.norm() ** 2
     if rho is None:
-        rho = op.norm() ** 2 or 1.0
+        rho = lip or 1.0
     if isinstance(rho, torch.Tensor) and rho.requires_grad:  # learned: keep the graph
         check_nonnegative("rho", rho.detach())
         if bool((rho.detach() == 0).any()):
@@ -289,16 +332,17 @@ def admm(
             raise ValueError(
                 f"Expected 'rho' large enough that A^T A + rho I is positive definite in "
                 f"{y.dtype} (got rho={r:.3e}, below the rounding of ||A||^2 = "
-                f"{op.norm() ** 2:.3e}); leave rho at its default (||A||^2)."
+                f"{lip:.3e}); leave rho at its default (||A||^2)."
             ) from None
 
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
             return torch.cholesky_solve(rhs.T, chol).T
     else:
         state = {"x": torch.zeros_like(aty)}
+        inner_tol = _inner_tol(y.dtype, rho, lip)
 
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
-            sol = cg(shifted, rhs, x0=state["x"], tol=1e-12, max_iter=10 * n, throw=False)
+            sol = cg(shifted, rhs, x0=state["x"], tol=inner_tol, max_iter=10 * n, throw=False)
             # the warm start keeps its graph: where it already meets the tolerance, CG
             # returns it, and a detached one cut the gradient (dL/dlam 9% off at tol 1e-10,
             # exactly 0 at 1e-13)
@@ -312,9 +356,7 @@ def admm(
     def step(s: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], float]:
         z_prev, u = s
         x, z, u = admm_step(x_solve, aty, z_prev, u, rho, lam_t / rho, prox_fn)
-        primal = (row_norm(x - z) / scale).max().item()
-        dual = (rho * row_norm(z - z_prev) / scale).max().item()
-        return (z, u), max(primal, dual)
+        return (z, u), _admm_residual(rho, lip, x, z, z_prev, scale)
 
     (z, u), k, residuals, converged = run_until(step, (z, u), max_iter=max_iter, tol=tol)
     return finish(

@@ -31,6 +31,7 @@ are the ones the unrolled networks call layer by layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ def pcg_iterate(
     inner: Callable[[Vec, Vec], Vec] | None = None,
     monitor: Callable[[PCGState], bool | Vec] | None = None,
     not_spd: Callable[[str, int, float], Exception] | None = None,
+    finite: bool = False,
 ) -> tuple[Vec, Vec, int, bool]:
     """Preconditioned CG from the iterate ``x`` with residual ``r = b - A x``.
 
@@ -122,13 +124,17 @@ def pcg_iterate(
             latter only with a ``precond``); an ``r^T z`` that is exactly 0 in a system
             the monitor did not stop also raises (``M r = 0`` with ``r != 0``: M
             singular).
+        finite: with ``not_spd``, a non-finite ``p^T A p`` or ``r^T z`` (NaN or Inf from
+            A, M or an overflow) is a breakdown too: it raises ``not_spd(which, k, value)``
+            with that value (:func:`unrollsci.solvers.cg`). ``False``: the loop goes on
+            and the caller reports a non-finite result itself (chem).
 
     Returns:
         ``(x, r, iterations, converged)``; ``converged``: the monitor stopped every system
         (always ``False`` without a monitor).
     """
     with _serial_for(precond, r):
-        return _pcg_loop(matvec, x, r, max_iter, precond, inner, monitor, not_spd)
+        return _pcg_loop(matvec, x, r, max_iter, precond, inner, monitor, not_spd, finite)
 
 
 def _serial_for(precond: Any, r: Vec) -> AbstractContextManager[None]:
@@ -147,6 +153,7 @@ def _pcg_loop(
     inner: Callable[[Vec, Vec], Vec] | None,
     monitor: Callable[[PCGState], bool | Vec] | None,
     not_spd: Callable[[str, int, float], Exception] | None,
+    finite: bool = False,
 ) -> tuple[Vec, Vec, int, bool]:
     """The body of :func:`pcg_iterate`."""
     dot = _dot if inner is None else inner  # r^T z only; p^T A p is always _dot
@@ -160,7 +167,7 @@ def _pcg_loop(
     finished = bool(flag.all()) if masked else bool(flag)
     check_m = not_spd is not None and precond is not None  # r^T r >= 0 needs no check
     if not finished and check_m:
-        _check_rz(rz, done, 0, not_spd)
+        _check_rz(rz, done, 0, not_spd, finite)
     p = z
     k = 0
     while not finished and k < max_iter:
@@ -173,10 +180,10 @@ def _pcg_loop(
         else:
             if active is None and pap.numel() == 1:  # one system: one host read
                 value = float(pap.detach())
-                if value <= 0:
+                if _breaks(value, finite):
                     raise not_spd("A", k, value)
             else:
-                bad = pap.detach() <= 0
+                bad = _breaks_t(pap.detach(), finite)
                 if active is not None:
                     bad = bad & active
                 if bool(bad.any()):
@@ -200,7 +207,7 @@ def _pcg_loop(
             if finished:
                 break
         if check_m:
-            _check_rz(rz_new, done, k, not_spd)
+            _check_rz(rz_new, done, k, not_spd, finite)
         if done is None:
             beta = rz_new / (rz if not_spd is not None else rz.clamp_min(tiny))
             rz = rz_new
@@ -212,13 +219,26 @@ def _pcg_loop(
     return x, r, k, finished
 
 
-def _check_rz(rz: Vec, done: Vec | None, k: int, not_spd: Callable[..., Exception]) -> None:
+def _breaks(value: float, finite: bool) -> bool:
+    """A curvature or ``r^T z`` that ends the iteration: ``<= 0``, or (``finite``) not
+    a finite positive number (NaN, which every comparison lets through, or Inf)."""
+    return not 0 < value < math.inf if finite else value <= 0
+
+
+def _breaks_t(v: Vec, finite: bool) -> Vec:
+    """:func:`_breaks` elementwise."""
+    return ~((v > 0) & torch.isfinite(v)) if finite else v <= 0
+
+
+def _check_rz(
+    rz: Vec, done: Vec | None, k: int, not_spd: Callable[..., Exception], finite: bool = False
+) -> None:
     if done is None and rz.numel() == 1:  # one system: one host read
         value = float(rz.detach())
-        if value <= 0:
+        if _breaks(value, finite):
             raise not_spd("M", k, value)
         return
-    bad = rz.detach() <= 0
+    bad = _breaks_t(rz.detach(), finite)
     if done is not None:
         bad = bad & ~done[..., None]
     if bool(bad.any()):
