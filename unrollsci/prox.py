@@ -7,6 +7,7 @@ just another axis) and broadcast their parameters.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -67,7 +68,8 @@ def group_soft_threshold(
         tensor([[2.4000, 0.0000, 3.2000]])
     """
     _check_prox_input(x, threshold)
-    dim = dim % x.dim()
+    dim = _check_dim(dim, x.dim())
+    _check_eps(eps)
     n = x.shape[dim]
     if groups is not None:
         if group_size is not None:
@@ -85,6 +87,23 @@ def group_soft_threshold(
     grouped = xm.reshape(*shp[:-1], n // g, g)
     factor = _shrink_factor(_scaled_norm(grouped), threshold, eps)
     return (grouped * factor[..., None]).reshape(shp).movedim(-1, dim)
+
+
+def _check_dim(dim: Any, ndim: int) -> int:
+    """``dim`` as an axis in ``0..ndim-1`` (``IndexError`` outside ``-ndim..ndim-1``)."""
+    if isinstance(dim, bool) or not hasattr(dim, "__index__"):
+        raise TypeError(f"Expected 'dim' to be an int (got {type(dim).__name__}).")
+    dim = operator.index(dim)
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"Expected 'dim' in [{-ndim}, {ndim - 1}] for a {ndim}-d 'x' (got {dim}).")
+    return dim % ndim
+
+
+def _check_eps(eps: Any) -> None:
+    if isinstance(eps, (bool, str, bytes)) or not hasattr(eps, "__float__"):
+        raise TypeError(f"Expected a number 'eps' (got {type(eps).__name__}).")
+    if not 0 <= float(eps) < math.inf:  # NaN fails too
+        raise ValueError(f"Expected a finite eps >= 0 (got {eps!r}).")
 
 
 def _shrink_factor(norms: torch.Tensor, threshold: Any, eps: float) -> torch.Tensor:
@@ -271,6 +290,10 @@ class Prox:
                 self.group_size = group_size
             else:
                 n = groups.shape[0] if isinstance(groups, torch.Tensor) and groups.dim() else -1
+                if n == 0:
+                    raise ValueError(
+                        "Expected 'groups' with at least one label (got an empty tensor)."
+                    )
                 # a copy, gaps closed: the caller's tensor may change after this
                 self.groups = _compact(check_groups(groups, n).detach().cpu())[0].clone()
         if kind == "box":
@@ -278,8 +301,11 @@ class Prox:
                 raise ValueError("prox kind 'box' needs 'lower' and/or 'upper'.")
             lo = -math.inf if lower is None else float(lower)
             hi = math.inf if upper is None else float(upper)
-            if math.isnan(lo) or math.isnan(hi) or lo > hi:
-                raise ValueError(f"Expected lower <= upper for prox 'box' (got {lower}, {upper}).")
+            if not (lo <= hi and lo < math.inf and hi > -math.inf):  # NaN fails too
+                raise ValueError(
+                    "Expected lower <= upper, lower < inf and upper > -inf for prox 'box' "
+                    f"(got {lower}, {upper})."
+                )
             self.lower, self.upper = lower if lower is None else lo, upper if upper is None else hi
 
     # ----------------------------------------------------------------- groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,13 +70,13 @@ class BornMayer:
         for k, v in (pairs or {}).items():
             a, b = _pair_symbols(k)
             big_a, rho = (float(x) for x in v)
-            if big_a < 0 or rho <= 0:
-                raise ValueError(f"Expected A >= 0 and rho > 0 for pair {k!r} (got {v!r}).")
+            if not (0 <= big_a < math.inf and 0 < rho < math.inf):  # NaN fails both
+                raise ValueError(f"Expected finite A >= 0 and rho > 0 for pair {k!r} (got {v!r}).")
             self.pairs[_key(a, b)] = (big_a, rho)
         if default not in (None, "radii"):
             raise ValueError(f"Expected default=None or 'radii' (got {default!r}).")
         self.default = default
-        if cutoff is not None and cutoff <= 0:
+        if cutoff is not None and not cutoff > 0:  # NaN too
             raise ValueError(f"Expected cutoff > 0 (got {cutoff!r}).")
         self.cutoff = cutoff
 

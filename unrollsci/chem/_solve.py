@@ -139,9 +139,9 @@ def _check_numbers(s: QEqSettings, symbols: list[str]) -> float:
     """Check the numeric options against the structure; return the total charge."""
     if not (isinstance(s.tol, (int, float)) and s.tol > 0):
         raise ValueError(f"Expected tol > 0 (got {s.tol!r}).")
-    it = s.iterations
-    if it is not None and (int(it) != it or it < 0):
-        raise ValueError(f"Expected 'iterations' to be a non-negative int (got {it!r}).")
+    for name, it in (("iterations", s.iterations), ("max_iter", s.max_iter)):
+        if it is not None and (int(it) != it or it < 0):
+            raise ValueError(f"Expected '{name}' to be a non-negative int (got {it!r}).")
     if isinstance(s.total_charge, (str, bytes, bool)):
         raise TypeError(f"Expected a number for total_charge (got {s.total_charge!r}).")
     q_total = float(s.total_charge)

@@ -125,8 +125,10 @@ def chebyshev_coefficients(fn: Any, degree: int, lmax: float) -> np.ndarray:
     """Coefficients ``c_k`` with ``fn(mu) ~ sum_k c_k T_k(2 mu / lmax - 1)`` on ``[0, lmax]``.
 
     Chebyshev-Gauss interpolation at ``degree + 1`` nodes (the first coefficient is
-    halved, so the sum runs over ``c_0 .. c_degree`` plainly).
+    halved, so the sum runs over ``c_0 .. c_degree`` plainly). ``degree >= 0``.
     """
+    if not degree >= 0:
+        raise ValueError(f"Expected degree >= 0 (got {degree}).")
     m = degree + 1
     theta = np.pi * (np.arange(m) + 0.5) / m
     mu = 0.5 * lmax * (np.cos(theta) + 1.0)

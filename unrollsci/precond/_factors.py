@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..operators._checks import tensor_key
 from ._base import Preconditioner
 from ._sparse import LowerPattern, lower_matvec, tri_solve
 
@@ -76,8 +77,9 @@ class InverseFactorPreconditioner(_LowerFactorOperator):
 
 class BlockPreconditioner(Preconditioner):
     """Block-diagonal ``M^{-1} = blockdiag(L_b L_b^T)``, ``L_b`` lower-triangular with positive
-    diagonal. The block inverses ``L_b^{-1}`` are formed once (batched triangular solves),
-    so each application is two batched dense mat-vecs.
+    diagonal. The block inverses ``L_b^{-1}`` are formed by batched triangular solves and,
+    without a graph to ``values``, kept until ``values`` change, so each application is two
+    batched dense mat-vecs.
 
     Args:
         pattern: lower pattern whose off-diagonal entries all lie inside blocks of
@@ -90,7 +92,8 @@ class BlockPreconditioner(Preconditioner):
         super().__init__()
         n = pattern.n
         self.pattern = pattern.to(values.device)
-        self.values = values
+        self.values = values  # an nn.Parameter is registered (trained in place)
+        self._inv: dict[tuple[torch.dtype, torch.device, bool], tuple[Any, torch.Tensor]] = {}
         self.block_size = int(block_size)
         self.n_blocks = -(-n // self.block_size)
         self.in_shape = self.out_shape = (n,)
@@ -121,27 +124,32 @@ class BlockPreconditioner(Preconditioner):
             blk = blk + eye
         return blk
 
-    @property
-    def values(self) -> torch.Tensor:
-        return self._values
-
-    @values.setter
-    def values(self, v: torch.Tensor) -> None:
-        # Assigning new values (not modifying them in place) refreshes the block inverses.
-        self._values = v
-        self._inv: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}
-
     def inverse_blocks(self, like: torch.Tensor) -> torch.Tensor:
-        """``L_b^{-1}`` for every block (batched triangular solves), formed once per dtype,
-        device and grad mode: an inverse formed without a graph (under ``torch.no_grad()``)
-        is never served where gradients to ``values`` are needed."""
-        graph = torch.is_grad_enabled() and self._values.requires_grad
+        """``L_b^{-1}`` for every block (batched triangular solves).
+
+        The inverses are cached per dtype, device and grad mode, and formed again once
+        ``values`` is replaced or modified in place (an optimizer step, ``mul_``). Where
+        ``values`` is a leaf that requires grad (trained in place) they are formed on every
+        call under autograd: a cached graph would be freed by the first ``backward`` while
+        the leaf lives on. Values computed by a network (``LearnedPreconditioner("block")``
+        builds a new preconditioner per forward) keep their inverses for that forward.
+        """
+        v = self.values
+        graph = torch.is_grad_enabled() and v.requires_grad
+        if graph and v.grad_fn is None:
+            return self._invert(like)
         key = (like.dtype, like.device, graph)
-        if key not in self._inv:
-            blk = self.blocks(like)
-            eye = torch.eye(self.block_size, dtype=blk.dtype, device=blk.device)
-            self._inv[key] = torch.linalg.solve_triangular(blk, eye.expand_as(blk), upper=False)
-        return self._inv[key]
+        src = tensor_key(v)
+        hit = self._inv.get(key)
+        if hit is None or hit[0] != src:
+            hit = (src, self._invert(like))
+            self._inv[key] = hit
+        return hit[1]
+
+    def _invert(self, like: torch.Tensor) -> torch.Tensor:
+        blk = self.blocks(like)
+        eye = torch.eye(self.block_size, dtype=blk.dtype, device=blk.device)
+        return torch.linalg.solve_triangular(blk, eye.expand_as(blk), upper=False)
 
     def _mv(self, r: torch.Tensor) -> torch.Tensor:
         bs, nb = self.block_size, self.n_blocks

@@ -340,10 +340,10 @@ class PermutedPreconditioner(Preconditioner):
         super().__init__()
         n = int(inner.in_shape[0])
         p = torch.as_tensor(np.asarray(perm) if not torch.is_tensor(perm) else perm)
-        p = p.to(torch.long)
+        p = p.to(torch.long, copy=True)  # never the caller's tensor: iperm is computed once
         if p.shape != (n,):
             raise ValueError(f"Expected a permutation of length {n} (got shape {tuple(p.shape)}).")
-        ip = inverse
+        ip = None if inverse is None else inverse.to(torch.long, copy=True)
         if ip is None:
             ip = torch.argsort(p)
             if not torch.equal(p[ip], torch.arange(n, device=p.device)):

@@ -240,8 +240,9 @@ class ALISTA(_SupportSelection, UnrolledLasso):
     (``weight="analytic"``: :func:`analytic_weight`, or ``weight="adjoint"``: ``W = A``,
     so that the layer is ISTA's step with ``gamma_k`` in place of ``1 / ||A||^2``) and
     only the per-layer step ``gamma_k > 0`` and threshold ``theta_k > 0`` are learned
-    (``2 K`` parameters). ``eta`` uses support selection as in the paper unless
-    ``support_selection=False``.
+    (``2 K`` parameters). ``W`` is a buffer, formed in float64 and rounded to the model's
+    dtype; a dtype change (``model.double()``) forms it again from the operator. ``eta``
+    uses support selection as in the paper unless ``support_selection=False``.
 
     Initialisation: ``gamma_k = 1 / ||W^T A||_2`` (``1 / ||A||^2`` for the adjoint
     weight) and ``theta_k = gamma_k lam``, so
@@ -281,15 +282,28 @@ class ALISTA(_SupportSelection, UnrolledLasso):
         self._init_support_selection(support_selection, ss_rate, ss_max)
         self.weight_kind = weight
         a = self._dense()
+        w = self._fixed_weight(a)
         if weight == "analytic":
-            w = analytic_weight(a)
             gamma = 1.0 / float(torch.linalg.matrix_norm(w.T @ a, ord=2))
         else:
-            w = a
             gamma = 1.0 / self._lipschitz()
         self.register_buffer("W", w.to(self.param_dtype))
         self.gamma = self._positive(gamma, num_layers)
         self.theta = self._positive(gamma * self.lam, num_layers)
+
+    def _fixed_weight(self, a: torch.Tensor) -> torch.Tensor:
+        """The fixed ``W`` in float64 from the dense float64 ``a``."""
+        return analytic_weight(a) if self.weight_kind == "analytic" else a
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
+        # nn.Module._apply backs .to()/.double()/.float(): on a dtype change W is formed
+        # again from the operator (which keeps its dtype) in float64 and rounded once, not
+        # cast from its previous rounding (float32 digits would stay after .double()).
+        before = self._buffers.get("W")
+        out = super()._apply(fn, recurse)
+        if before is not None and self.W.dtype != before.dtype:
+            self.W = self._fixed_weight(self._dense()).to(device=self.W.device, dtype=self.W.dtype)
+        return out
 
     def _options(self) -> dict[str, Any]:
         return {"weight": self.weight_kind, **self._ss_options()}
