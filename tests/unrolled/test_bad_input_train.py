@@ -7,7 +7,10 @@ fit / fit_preconditioner refuse arguments and data that would train on nothing.
 
 from __future__ import annotations
 
+import importlib
 import os
+import shlex
+import sys
 
 import numpy as np
 import pytest
@@ -91,18 +94,36 @@ def test_pickled_reduce_is_refused_and_never_runs(tmp_path, where):
     assert marker.exists()
 
 
+def _marker_config(name, marker):
+    """Keyword arguments with which the callable ``name`` creates the file ``marker``."""
+    code = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "os:system": {"command": shlex.join([sys.executable, "-c", code])},
+        "subprocess:run": {"args": [sys.executable, "-c", code]},
+        "os:mkdir": {"path": str(marker)},
+        "builtins:open": {"file": str(marker), "mode": "w"},
+    }[name]
+
+
 @pytest.mark.parametrize("fmt", ["unrollsci-checkpoint-1", "unrollsci-checkpoint-2"])
-@pytest.mark.parametrize("name", ["os:system", "builtins:exec", "subprocess:run"])
+@pytest.mark.parametrize("name", ["os:system", "subprocess:run", "os:mkdir", "builtins:open"])
 def test_unregistered_class_path_is_never_called(tmp_path, fmt, name):
     marker = tmp_path / "pwned"
-    cmd = f"open({str(marker)!r}, 'w')" if name == "builtins:exec" else f"touch {marker}"
     path = tmp_path / "evil.pt"
-    torch.save(_payload(name, {"command": cmd, "args": cmd}, fmt=fmt), path)
+    torch.save(_payload(name, _marker_config(name, marker), fmt=fmt), path)
     with pytest.raises(ValueError, match=f"'{name}', which is not a registered checkpoint"):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="not a registered checkpoint class"):
         load_checkpoint(path, expected=nn.Module)
     assert not marker.exists()
+    # the file really is malicious: calling what it names with its stored config (what a
+    # loader doing cls(**config) would run) creates the marker
+    stored = torch.load(path, weights_only=True)
+    module, _, attr = stored["class"].partition(":")
+    result = getattr(importlib.import_module(module), attr)(**stored["config"])
+    if hasattr(result, "close"):
+        result.close()
+    assert marker.exists()
 
 
 def test_nested_object_name_must_be_registered(tmp_path):
