@@ -21,6 +21,7 @@ from ._controller import StepController
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
 from ._sample import controller_sample, local_features, per_graph
+from ._sqrt import sqrt0
 from ._window import window_steps
 
 __all__ = ["UnrolledGraphGD", "GraphGDResult", "MODES"]
@@ -270,7 +271,7 @@ class UnrolledGraphGD(nn.Module):
             cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
 
         def rms(v: torch.Tensor) -> torch.Tensor:
-            return torch.sqrt(dot(v, v) / cnt).clamp(min=1e-30)
+            return sqrt0(dot(v, v) / cnt).clamp(min=1e-30)  # sqrt0: no NaN gradient at v = 0
 
         gs, hs, xs = rms(g), rms(hg), rms(x)
         gg = dot(g, g)
@@ -291,7 +292,7 @@ class UnrolledGraphGD(nn.Module):
             ],
             dim=-1,
         )
-        gnorm = torch.sqrt(gg)
+        gnorm = sqrt0(gg)
         glob = torch.stack(
             [
                 torch.log((ray / lip).clamp(min=1e-12)),
@@ -386,7 +387,7 @@ class UnrolledGraphGD(nn.Module):
         lo = torch.minimum(lo, lip)
         obs = p.mask if p.mask is not None and p.kind == "mask" else torch.ones_like(x[:1])
         logdeg = torch.log1p(p.degree)[None]
-        g0n = torch.sqrt(p.segment_sum(g * g))
+        g0n = sqrt0(p.segment_sum(g * g))
         bi = p.block_index
         # built once per problem, reused by every controller call
         samp = None

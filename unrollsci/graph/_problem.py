@@ -29,6 +29,7 @@ from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # n
 from ._inertia import is_pd as _is_pd  # noqa: F401
 from ._laplacian import HeatKernel, canonical_adjacency
 from ._spectral import _DENSE_MAX  # noqa: F401
+from ._sqrt import sqrt0
 
 __all__ = ["GraphInverseProblem"]
 # _CHUNK_ENTRIES, _DENSE_MAX, _RANK_DENSE_MAX, _is_pd: importable here, as before the split
@@ -355,7 +356,8 @@ class GraphInverseProblem:
         return self.segment_sum(e * self.hessian(e))
 
     def relative_error(self, x: torch.Tensor, x_star: torch.Tensor | None = None) -> torch.Tensor:
-        """Energy-norm relative error ``||x - x*||_H / ||x*||_H`` per signal and block."""
+        """Energy-norm relative error ``||x - x*||_H / ||x*||_H`` per signal and block
+        (its gradient at ``x = x*`` is 0, not NaN)."""
         _guard.check_rows(self, x, "x", data=True)
         if x_star is not None:
             _guard.check_rows(self, x_star, "x_star", data=True)
@@ -363,7 +365,7 @@ class GraphInverseProblem:
         xs = xs.to(x.dtype)
         num = self.energy_norm_sq(x - xs)
         den = torch.clamp(self.energy_norm_sq(xs), min=torch.finfo(x.dtype).tiny)
-        return torch.sqrt(torch.clamp(num, min=0) / den)
+        return sqrt0(torch.clamp(num, min=0) / den)
 
     # --------------------------------------------------------- spectral bounds
     def _expand(self, a: np.ndarray, direction: str | None = None) -> torch.Tensor:

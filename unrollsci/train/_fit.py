@@ -20,6 +20,7 @@ from ._checks import (  # noqa: F401
     _check_resume_epochs,
 )
 from ._data import Batch, History, LossFn, _evaluate, iterate_batches  # noqa: F401
+from ._gradcheck import check_finite_grads
 
 
 def fit(
@@ -112,6 +113,10 @@ def fit(
 
     Returns:
         History of losses per epoch (of the whole run, also when resumed).
+
+    Raises:
+        FloatingPointError: a NaN/Inf training or validation loss, or a NaN/Inf gradient
+            (naming the parameters; not under ``"fp16"``, whose scaler skips such steps).
 
     Example:
         >>> import torch
@@ -377,8 +382,9 @@ def fit(
                             )
                         if scaler is not None:
                             scaler.scale(loss).backward()
-                        else:
+                        else:  # (float16: the scaler skips steps of inf/NaN gradients itself)
                             loss.backward()
+                            check_finite_grads(model, epoch_counter, step_counter)
                         if clip_grad is not None:
                             if scaler is not None:
                                 scaler.unscale_(opt)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..unrolled._base import layer_lists
 from ._checks import _check_int, _check_pair
+from ._gradcheck import check_finite_grads
 from ._state import copy_state
 
 __all__ = ["LayerwiseHistory", "fit_layerwise", "layer_nmse_db"]
@@ -423,6 +424,7 @@ def fit_layerwise(
                         raise FloatingPointError(
                             f"Training loss became {float(value.detach())} at layer {k}; lower lr."
                         )
+                    check_finite_grads(model, 0, steps, where=f"layer {k}, step {steps}")
                     if row_decay:  # Adam's step of row j, scaled by its factor
                         prev = [p.detach().clone() for p, _ in row_decay]
                         opt.step()
