@@ -207,6 +207,19 @@ def check_positive(
     return v
 
 
+def check_positive_param(
+    name: str, value: Any, *, allow_zero: bool = False
+) -> float | torch.Tensor:
+    """:func:`check_positive` for a hyper-parameter that may be learned: a scalar tensor
+    that requires grad is checked on its detached value and returned as a 0-d tensor with
+    its graph (``.item()`` would cut its gradient); anything else as :func:`check_positive`
+    (a Python float)."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        check_positive(name, value.detach(), allow_zero=allow_zero)
+        return value.reshape(())
+    return check_positive(name, value, allow_zero=allow_zero)
+
+
 def check_device(device: Any) -> torch.device | None:
     """Turn ``device`` into a ``torch.device`` that exists here, or raise a ``ValueError``.
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
-from ._validation import check_batch, check_finite, check_positive, check_tensor
+from ._validation import check_batch, check_finite, check_positive_param, check_tensor
 from .solvers import as_operator, lasso_kkt_residual
 from .solvers._common import prepare_lasso
+from .solvers._lasso_checks import norm_sq
 
 __all__ = ["nmse_db", "mse", "kkt_residual"]
 
@@ -108,21 +109,22 @@ def kkt_residual(
         x: ``(batch, n)`` network output; y: ``(batch, m)`` data (or ``(n,)`` and
             ``(m,)``, one problem).
         lam: lasso weight (scalar or ``(batch,)``).
-        step: ``t``, default ``1 / ||A||^2``.
+        step: ``t``, default ``1 / ||A||^2``; a tensor that requires grad keeps its
+            gradient.
 
     Returns:
         ``(batch,)`` residuals (``(1,)`` for one unbatched problem).
     """
     op = as_operator(operator, "operator")
     if step is None:
-        lip = op.norm() ** 2
+        lip = norm_sq(op)
         if lip == 0:
             raise ValueError(
                 "The operator is zero (||A|| = 0): the lasso has no data term and the "
                 "default step 1 / ||A||^2 is undefined."
             )
         step = 1.0 / lip
-    step = check_positive("step", step)
+    step = check_positive_param("step", step)
     for name, t in (("x", x), ("y", y)):
         if isinstance(t, torch.Tensor) and t.dim() >= 1:
             check_batch(name, t)

@@ -23,7 +23,7 @@ from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
 from ._common import as_operator, check_like, check_signal, check_stopping, row_norm
-from ._loop import GRAD_MODES, PCGState, differentiate, pcg_iterate
+from ._loop import GRAD_MODES, PCGState, differentiate, implicit_solution, pcg_iterate
 from ._solution import Solution, finish
 
 __all__ = ["cg", "check_symmetric"]
@@ -168,15 +168,18 @@ def cg(
         grad: how autograd sees the returned ``x``:
             ``"unrolled"`` (default, as before this argument existed): through every
             iteration, the exact derivative of the returned iterate, also with respect to
-            ``M`` and ``x0`` (memory grows with the iterations);
+            ``M`` and ``x0`` (memory grows with the iterations); a column solved at its
+            start (``b = 0``, or an ``x0`` that meets the tolerance) runs no iteration and
+            gets, where ``b`` or ``A`` requires grad, the derivative of the exact solution
+            as with ``"implicit"`` (``A^{-1}`` for ``b``; nothing to ``M`` or ``x0``);
             ``"implicit"``: one adjoint CG solve ``v = A^{-1} g`` in the backward gives
             ``dL/db = v`` and ``dL/dA = -v x^T`` (through the mat-vec of ``A``, so any
             tensor a ``LinearOperator`` is built from gets its gradient); the derivative
             of the exact solution, O(1) memory, nothing flows to ``M`` or ``x0``;
             ``"detached"``: ``x`` carries no gradient.
-        adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"``
-            (default ``tol``; the same ``atol``, ``M`` and ``max_iter``; a
-            non-converged adjoint solve warns).
+        adjoint_tol: relative tolerance of the adjoint solve of ``grad="implicit"`` (and
+            of the columns solved at their start with ``"unrolled"``; default ``tol``; the
+            same ``atol``, ``M`` and ``max_iter``; a non-converged adjoint solve warns).
 
     Raises:
         ValueError: non-square, empty (``n = 0``) or non-symmetric ``A``; a direction
@@ -263,6 +266,8 @@ def cg(
         return out.x, out
 
     x, res = differentiate(grad, forward, b=b, matvec=op, adjoint=adjoint)
+    if grad == "unrolled" and torch.is_grad_enabled() and bool(res.start_done.any()):
+        x = _solved_at_start(x, b, op, lambda g: adjoint(g, res), res.start_done)
     stats = {"residual_per_rhs": res.per_rhs}
     return finish(
         "cg",
@@ -293,6 +298,29 @@ class _Run:
     converged: bool
     per_rhs: torch.Tensor
     stalled: bool = False  # stopped early: the true residual stays above the target
+    start_done: torch.Tensor | None = None  # the columns that met the stop rule at k = 0
+
+
+def _solved_at_start(
+    x: torch.Tensor,
+    b: torch.Tensor,
+    op: LinearOperator,
+    adjoint: Callable[[torch.Tensor], torch.Tensor],
+    done: torch.Tensor,
+) -> torch.Tensor:
+    """``x`` with the implicit-function backward of ``A x = b`` (:func:`implicit_solution`,
+    as ``grad="implicit"``) on the columns ``done`` at the start of an unrolled solve.
+
+    Such a column (``b = 0``, or a warm start that meets the tolerance) runs no iteration,
+    so its unrolled graph holds no path to ``b`` or ``A``: the gradient was 0 (or ``x``
+    did not require grad), while the returned ``x`` solves the system and its derivative is
+    ``A^{-1}``. Where neither ``b`` nor ``A`` requires grad, ``x`` is returned unchanged.
+    """
+    idx = torch.nonzero(done).squeeze(1)
+    fixed = implicit_solution(x.index_select(0, idx), b.index_select(0, idx), op, adjoint)
+    if not fixed.requires_grad:
+        return x
+    return x.index_copy(0, idx, fixed)
 
 
 def _not_spd(which: str, k: int, value: float) -> ValueError:
@@ -344,6 +372,7 @@ def _run(
     rel = s[:, 0] / safe
     residuals: list[float] = []
     last: list[torch.Tensor] = []
+    start: list[torch.Tensor] = []
     plain = precond is None
 
     def monitor(st: PCGState) -> torch.Tensor:
@@ -356,6 +385,8 @@ def _run(
         # preconditioned: r^T M r underflows before r^T r does (an underflow, not M)
         gone = (rn <= eps) & (st.rz.detach()[:, 0].abs() <= floor) & (not plain)
         done = (rn <= thresh) | (rr == 0) | gone
+        if not start:  # the first call: the columns solved by their start (no iteration)
+            start.append(done)
         if st.k > 0 or bool(done.all()):  # the start is recorded only when it is the answer
             residuals.append(float((rn * rel).max()))
         return done
@@ -382,7 +413,7 @@ def _run(
         )
         stalled = not converged
     per_rhs = (last[0] * s[:, 0] / safe).cpu()
-    return _Run(x * s, k, residuals, converged, per_rhs, stalled)
+    return _Run(x * s, k, residuals, converged, per_rhs, stalled, start[0])
 
 
 def _true_residual_restarts(

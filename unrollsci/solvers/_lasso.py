@@ -10,13 +10,19 @@ from typing import Any
 
 import torch
 
-from .._validation import check_finite, check_nonnegative, check_positive, check_tensor
+from .._validation import (
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_positive_param,
+    check_tensor,
+)
 from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
 from ._common import check_like, check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
-from ._lasso_checks import _finite_residual, check_claim
+from ._lasso_checks import _finite_residual, check_claim, norm_sq
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
@@ -29,13 +35,15 @@ def _scale(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
     return torch.clamp(s, min=torch.finfo(y.dtype).tiny)
 
 
-def _step(op: LinearOperator, step: float | None) -> float:
+def _step(op: LinearOperator, step: float | torch.Tensor | None) -> float | torch.Tensor:
+    """The step: ``1 / ||A||^2`` by default; a given one checked (a tensor that requires
+    grad is kept, so that its gradient flows, as :func:`admm`'s ``rho``)."""
     if step is None:
-        lip = op.norm() ** 2
+        lip = norm_sq(op)
         if lip == 0:
             raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
         return 1.0 / lip
-    return check_positive("step", step)
+    return check_positive_param("step", step)
 
 
 def _prox(spec: Any, op: LinearOperator) -> Any:
@@ -148,7 +156,8 @@ def ista(
         op: ``LinearOperator`` (or matrix) with ``in_shape (n,)``, ``out_shape (m,)``.
         y: ``(batch, m)`` or ``(m,)`` data.
         lam: scalar or ``(batch,)`` regularization weight, ``>= 0``.
-        step: step size, default ``1 / ||A||_2^2``.
+        step: step size, default ``1 / ||A||_2^2``; a scalar tensor that requires grad
+            keeps its graph (``x`` is differentiable in it).
         x0: initial guess, default zero.
         max_iter, tol: stopping rule.
         throw: raise ``ConvergenceError`` instead of warning on non-convergence.
@@ -173,19 +182,21 @@ def ista(
     tol = check_stopping(tol, max_iter)
     prox_fn = _prox(prox, op)
     t = _step(op, step)
+    t_f = float(t.detach()) if isinstance(t, torch.Tensor) else t  # checks, messages
     step_given = step is not None  # (the name 'step' is the iteration below)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     scale = _scale(op, y)
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         x_new = ista_step(op, x, y, t, t * lam_t, prox_fn)
-        return x_new, _finite_residual("ista", (row_norm(x_new - x) / t / scale).max().item(), t)
+        r = (row_norm(x_new - x) / t / scale).max().item()
+        return x_new, _finite_residual("ista", r, t_f)
 
     x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
     reason = ""
     if converged:
         converged, reason = check_claim(
-            op, x, y, t, lam_t, prox_fn, scale, tol, residuals, step_given=step_given
+            op, x, y, t_f, lam_t, prox_fn, scale, tol, residuals, step_given=step_given
         )
     return finish(
         "ista",
@@ -234,6 +245,7 @@ def fista(
     tol = check_stopping(tol, max_iter)
     prox_fn = _prox(prox, op)
     t_step = _step(op, step)
+    t_f = float(t_step.detach()) if isinstance(t_step, torch.Tensor) else t_step  # checks, messages
     step_given = step is not None  # (the name 'step' is the iteration below)
     x = _x0(x0, y, op.in_shape[0], unbatched)
     x_prev = x
@@ -245,7 +257,7 @@ def fista(
         t_next, beta = fista_momentum(tk)
         v = x + beta * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t, prox_fn)
-        r = _finite_residual("fista", (row_norm(x_new - v) / t_step / scale).max().item(), t_step)
+        r = _finite_residual("fista", (row_norm(x_new - v) / t_step / scale).max().item(), t_f)
         if restart:
             uphill = _dot_sign(v - x_new, x_new - x) > 0
             t_next = torch.where(uphill, torch.ones_like(t_next), t_next)
@@ -257,7 +269,7 @@ def fista(
     reason = ""
     if converged:
         converged, reason = check_claim(
-            op, x, y, t_step, lam_t, prox_fn, scale, tol, residuals, step_given=step_given
+            op, x, y, t_f, lam_t, prox_fn, scale, tol, residuals, step_given=step_given
         )
     return finish(
         "fista",
@@ -310,7 +322,7 @@ def admm(
     if method not in ("auto", "cholesky", "cg"):
         raise ValueError(f"Expected method 'auto', 'cholesky' or 'cg' (got {method!r}).")
     n = op.in_shape[0]
-    lip = op.norm() ** 2
+    lip = norm_sq(op)
     if rho is None:
         rho = lip or 1.0
     if isinstance(rho, torch.Tensor) and rho.requires_grad:  # learned: keep the graph
@@ -343,9 +355,9 @@ def admm(
 
         def x_solve(rhs: torch.Tensor) -> torch.Tensor:
             sol = cg(shifted, rhs, x0=state["x"], tol=inner_tol, max_iter=10 * n, throw=False)
-            # the warm start keeps its graph: where it already meets the tolerance, CG
-            # returns it, and a detached one cut the gradient (dL/dlam 9% off at tol 1e-10,
-            # exactly 0 at 1e-13)
+            # the warm start keeps its graph (the iterates from it are differentiated
+            # through); a column that it already solves gets the derivative of the exact
+            # x-update from cg (a zero one made dL/dlam 9% off at tol 1e-10, 0 at 1e-13)
             state["x"] = sol.x
             return sol.x
 

@@ -5,6 +5,7 @@ move them, and non-finite iterates are refused."""
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -12,6 +13,35 @@ import torch
 from ..operators import LinearOperator
 from ._common import row_norm
 from ._steps import ista_step
+
+
+def norm_sq(op: LinearOperator) -> float:
+    """``||A||^2`` as a Python float (0 for a zero operator).
+
+    Raises ``ValueError`` when ``||A||`` is finite and nonzero but its square is not a
+    normal float64 number (``||A||`` above about ``1.3e154`` overflows, below about
+    ``1.5e-154`` underflows): the default step ``1 / ||A||^2`` or penalty ``||A||^2`` would
+    be ``inf`` or 0 (an ``OverflowError``, or a nonzero operator called zero, before).
+    """
+    nrm = op.norm()
+    lip = _square(nrm)
+    if nrm > 0 and not sys.float_info.min <= lip < math.inf:
+        raise ValueError(
+            f"Expected ||A||^2 within the float range [{sys.float_info.min:.1e}, "
+            f"{sys.float_info.max:.1e}] (got ||A|| = {nrm:.3e}, whose square is "
+            f"{'above' if nrm > 1 else 'below'} it): the default step 1 / ||A||^2 (ADMM: "
+            "the penalty ||A||^2) cannot be formed. Rescale A, y and lam: A / c, y / c and "
+            "lam / c^2 (c = ||A||, say) have the same lasso solution x."
+        )
+    return lip
+
+
+def _square(v: float) -> float:
+    """``v ** 2``, ``inf`` where that overflows (Python raises ``OverflowError``)."""
+    try:
+        return v**2
+    except OverflowError:
+        return math.inf
 
 
 def _finite_residual(name: str, r: float, t: float) -> float:
@@ -70,7 +100,7 @@ def check_claim(
                 f"result (in float64) is {r:.3e}: the tolerance is below what {x.dtype} "
                 "reaches on this problem. Loosen tol or solve in float64."
             )
-    lip = op.norm() ** 2 if step_given else 0.0
+    lip = _square(op.norm()) if step_given else 0.0
     if not (lip > 0 and t < 1.0 / lip):
         return True, ""
     t0 = 1.0 / lip
