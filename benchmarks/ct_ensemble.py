@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from unrollsci._argtypes import positive_int_arg
 from unrollsci.bench._common import Timer, markdown_table, write_results
 from unrollsci.bench.ct import SEEDS, _tv, make_data, scores
 from unrollsci.imaging import Radon, UnrolledCT, self_ensemble
@@ -32,12 +33,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--main-json", default="benchmarks/results/ct.json")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--sizes", type=positive_int_arg, nargs="+", default=[1, 2, 4, 8])
     p.add_argument(
         "--precisions", nargs="+", default=["float32", "bfloat16"], help="CNN arithmetic"
     )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats (the best is kept)")
+    p.add_argument("--threads", type=positive_int_arg, default=2)
+    p.add_argument(
+        "--repeats", type=positive_int_arg, default=3, help="timing repeats (the best is kept)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     main_run = json.loads(Path(args.main_json).read_text())

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from unrollsci._argtypes import float_arg, positive_int_arg
 from unrollsci.bench._lista_setup import _full_config, make_problem, sample
 from unrollsci.train import fit_layerwise, layer_nmse_db, load_checkpoint
 
@@ -30,15 +31,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="checkpoint name: benchmarks/checkpoints/<model>_snrinf.pt")
     ap.add_argument("mode", choices=["fit", "adam"])
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--vector-lr", type=float, default=20.0)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--decay-rate", type=float, default=1.0)
+    ap.add_argument("--lr", type=float_arg(positive=True), default=5e-4)
+    ap.add_argument("--vector-lr", type=float_arg(positive=True), default=20.0)
+    ap.add_argument("--steps", type=positive_int_arg, default=300)
+    ap.add_argument("--batch", type=positive_int_arg, default=64)
+    ap.add_argument("--decay-rate", type=float_arg(positive=True), default=1.0)
     ap.add_argument("--new-layer-only", action="store_true")
     ap.add_argument("--vectors-only", action="store_true")
     ap.add_argument("--loss", choices=["nmse", "log"], default="nmse", help="fit: the loss")
-    ap.add_argument("--depth-weight", type=float, default=0.0, help="fit: fit_layerwise's")
+    ap.add_argument(
+        "--depth-weight", type=float_arg(minimum=0), default=0.0, help="fit: fit_layerwise's"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = _full_config()

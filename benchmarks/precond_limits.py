@@ -41,6 +41,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from unrollsci._argtypes import float_arg, positive_int_arg
 from unrollsci.bench._common import markdown_table, write_results
 from unrollsci.bench.precond import AUTO_ORDERINGS, TEST_SEED0
 from unrollsci.precond import (
@@ -172,10 +173,12 @@ def result_row(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--family", nargs="+", default=["poisson", "anisotropic", "graph"])
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--unroll-frac", type=float, default=0.6)
-    p.add_argument("--oracle-iters", type=int, default=300)
-    p.add_argument("--systems", type=int, default=3, help="held-out test systems per family")
+    p.add_argument("--n", type=positive_int_arg, default=64)
+    p.add_argument("--unroll-frac", type=float_arg(positive=True, maximum=1), default=0.6)
+    p.add_argument("--oracle-iters", type=positive_int_arg, default=300)
+    p.add_argument(
+        "--systems", type=positive_int_arg, default=3, help="held-out test systems per family"
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from unrollsci._argtypes import positive_int_arg
 from unrollsci.bench._common import markdown_table, write_results
 from unrollsci.bench.precond import _ordering, _systems, _train, build_parser, time_methods
 
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the timing; see the module docstring. Returns 0 on success."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="anisotropic")
-    p.add_argument("--n", nargs="+", type=int, default=[64])
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--n", nargs="+", type=positive_int_arg, default=[64])
+    p.add_argument("--repeats", type=positive_int_arg, default=30)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="precond_timing")
     p.add_argument("--quick", action="store_true", help="tiny configuration (a smoke test)")

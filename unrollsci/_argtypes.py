@@ -11,38 +11,84 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["device_arg", "float_arg", "int_arg", "output_dir_arg", "positive_int_arg"]
+__all__ = [
+    "device_arg",
+    "existing_dir_arg",
+    "existing_file_arg",
+    "float_arg",
+    "int_arg",
+    "output_dir_arg",
+    "positive_int_arg",
+]
 
 
-def int_arg(minimum: int) -> Callable[[str], int]:
-    """An integer ``>= minimum``."""
+def int_arg(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An integer ``>= minimum`` (and ``<= maximum`` when given)."""
+    what = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected an integer {what}, got {text!r}")
         return value
 
     return parse
 
 
-def float_arg(*, positive: bool) -> Callable[[str], float]:
-    """A finite number (``> 0`` when ``positive``)."""
-    what = "number > 0" if positive else "number"
+def float_arg(
+    *,
+    positive: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    inf: bool = False,
+) -> Callable[[str], float]:
+    """A finite number: ``> 0`` when ``positive``, ``>= minimum`` and ``<= maximum`` when
+    given; ``inf`` also accepts ``inf`` (positive infinity, e.g. a noiseless SNR)."""
+    bounds = (["> 0"] if positive else []) + ([f">= {minimum:g}"] if minimum is not None else [])
+    bounds += [f"<= {maximum:g}"] if maximum is not None else []
+    what = "number" + (" " + " and ".join(bounds) if bounds else "")
+    expected = f"expected a finite {what}" + (" or 'inf'" if inf else "")
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what}, got {text!r}") from None
-        if not math.isfinite(value) or (positive and value <= 0):
-            raise argparse.ArgumentTypeError(f"expected a finite {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if inf and value == math.inf:
+            return value
+        if (
+            not math.isfinite(value)
+            or (positive and value <= 0)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+        ):
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
         return value
 
     return parse
+
+
+def existing_file_arg(text: str) -> str:
+    """The name of an existing file (not a folder); returned as given."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    return text
+
+
+def existing_dir_arg(text: str) -> str:
+    """The name of an existing folder; returned as given."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return text
 
 
 #: an integer >= 1 (counts, sizes)

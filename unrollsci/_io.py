@@ -8,6 +8,8 @@ Every file unrollsci writes goes through here:
   untouched, and never leaves a half-written one.
 * ``check_writable``: the command-line rule. An existing file is never written over
   unless ``force`` is given, and a file that is also an input is never written over.
+* ``terminate_as_exit``: a command's SIGTERM becomes ``SystemExit(143)``, so that the
+  temporary files of an unfinished write are removed as for Ctrl-C.
 * ``never_replace``: for a command that checked its outputs at the start and writes them
   minutes later: inside it, a write to one of those paths ends with a hard link (which
   fails if a file appeared there meanwhile) instead of ``os.replace``.
@@ -18,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,9 +34,12 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_folder",
     "check_writable",
     "never_replace",
     "publish",
+    "temp_prefix",
+    "terminate_as_exit",
 ]
 
 _NO_REPLACE: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar(
@@ -55,7 +62,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise ValueError(f"Expected mode 'w' or 'wb' (got {mode!r}).")
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -66,6 +73,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+#: characters of the destination's name kept in a temporary file's name: the temporary name
+#: of a legal (up to 255-character) file name must be legal too
+_TEMP_NAME_CHARS = 64
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The prefix of a temporary file written next to ``path`` (``.NAME.``, ``NAME`` cut
+    to its first 64 characters): hidden, recognizable, and short enough for any legal
+    ``path``."""
+    return f".{Path(path).name[:_TEMP_NAME_CHARS]}."
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -140,7 +159,8 @@ def check_writable(
     """Refuse to write over an input ever, or over an existing file without ``force``.
 
     Raises ``OutputExistsError`` (a ``FileExistsError``) naming the file and the way
-    out (``--force`` or another name); a directory in place of an output file raises
+    out (``--force`` or another name); a symbolic link there, even a dangling one, is an
+    existing file; a directory in place of an output file raises
     ``IsADirectoryError``. Two outputs naming the same file raise ``ValueError``.
     """
     ins = {_key(p) for p in inputs}
@@ -158,11 +178,31 @@ def check_writable(
             )
         if out.is_dir():
             raise IsADirectoryError(f"Expected an output file path, but {out} is a directory.")
-        if out.exists() and not force:
+        if os.path.lexists(out) and not force:  # a link counts, even a dangling one
+            what = "link" if os.path.islink(out) else "file"
             raise OutputExistsError(
-                f"Refusing to write over the existing file {out}; pass --force to replace it "
+                f"Refusing to write over the existing {what} {out}; pass --force to replace it "
                 "or choose another output name."
             )
+
+
+def check_output_folder(folder: str | os.PathLike, *, what: str = "the outputs") -> None:
+    """Refuse, before any work, a folder that outputs could not be written into: the
+    nearest existing one of ``folder`` and the folders above it must be a folder this user
+    can write (``folder`` itself may not exist yet: it is created later). Raises
+    ``NotADirectoryError`` or ``PermissionError`` naming it; nothing is created."""
+    start = Path(folder) if str(folder) else Path(".")
+    existing = start
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"Expected a folder for {what} (got the file {existing} in {start})."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Expected a writable folder for {what} (got {existing}, which this user cannot write)."
+        )
 
 
 def _mode_for(path: str | os.PathLike) -> int:
@@ -192,3 +232,29 @@ def _umask() -> int:
 
 def _key(p: str | os.PathLike) -> Path:
     return Path(p).expanduser().resolve()
+
+
+#: exit status of a command ended by SIGTERM (128 + 15, as a shell reports it)
+EXIT_TERMINATED = 143
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` where the program is, so that
+    ``finally`` blocks and context managers run (the temporary files of
+    :func:`atomic_write` and of ``unrollsci relax`` are removed) instead of the process
+    dying at once. The previous handler is restored on exit. Only in the main thread
+    (elsewhere, and on a system without SIGTERM, no effect)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(EXIT_TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        # None: a handler not installed from Python; the default is the nearest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -69,7 +69,7 @@ def _section_name(module: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._io import OutputExistsError, check_writable, never_replace
+    from ._io import OutputExistsError, check_output_folder, check_writable, never_replace
 
     markdown_table = importlib.import_module("unrollsci.bench._common").markdown_table
 
@@ -87,6 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
     ]
     try:  # before any section runs: refuse to replace a figure without --force
         check_writable(figures, force=args.force)
+        check_output_folder(outdir, what="the figures")  # an existing folder too
         outdir.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as exc:
         print(f"unrollsci demo: error: {exc}", file=sys.stderr)
@@ -119,7 +120,13 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         )
         return 2
     # the benchmark refuses a results path it could not write before it runs (parse_bench_args)
-    return int(importlib.import_module(module).main(rest) or 0)
+    bench_main = importlib.import_module(module).main
+    common = importlib.import_module("unrollsci.bench._common")
+    try:
+        return int(bench_main(rest) or 0)
+    except common.BenchInputError as exc:  # an input file found bad during the run
+        print(f"unrollsci bench {args.name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _relax(argv: list[str]) -> int:
@@ -135,7 +142,8 @@ def _relax(argv: list[str]) -> int:
 EPILOG = """\
 exit status: 0 success; 1 relax did not converge (or a benchmark's check failed);
 2 usage error (a bad argument, or an output file that exists: pass --force or choose
-another name; an input is never written over); 3 relax input or computation error.
+another name; an input is never written over); 3 relax input or computation error;
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM): temporary files are removed.
 'unrollsci relax -h' details relax's codes. 'bench NAME --quick' writes NAME_quick.json,
 never the full results NAME.json."""
 
@@ -153,7 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["bench", "no-such-benchmark"])  # prints the known names to stderr
         2
     """
+    from ._io import terminate_as_exit
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # SIGTERM and Ctrl-C unwind, so that temporary files are removed on the way
+        with terminate_as_exit():
+            return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] == "relax":
         # relax parses its own arguments, in any order (options before the file too)
         return _relax(argv[1:])

@@ -217,5 +217,6 @@ def test_precond_timing_script_quick(tmp_path):
     assert ic["best_vs_ic0"] == 1.0 and ic["best_vs_ic0_per_system"] == "1.00/1.00"
     for r in rows:
         assert r["best_total_s"] <= r["median_total_s"] and r["iters"] > 0
-    with pytest.raises(ValueError, match="repeats"):
+    with pytest.raises(SystemExit) as exc:  # a usage error, before any work
         mod.main(["--repeats", "0"])
+    assert exc.value.code == 2

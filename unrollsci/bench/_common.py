@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -19,12 +20,16 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write, atomic_write_text
+from .._io import atomic_write, atomic_write_text, check_output_folder
 
 __all__ = [
     "markdown_table",
     "check_results_paths",
     "parse_bench_args",
+    "BenchInputError",
+    "check_output_file",
+    "read_input",
+    "read_json_input",
     "write_results",
     "results_name",
     "figure_path",
@@ -101,34 +106,74 @@ def check_results_paths(
 
     Checks ``outdir/<name>[_quick]<suffix>`` for each suffix (the paths
     :func:`write_results` / :func:`write_report` write) and returns them. Raises
-    ``IsADirectoryError`` when one is a directory, ``NotADirectoryError`` when ``outdir`` (or
-    a folder above it) is a file, ``PermissionError`` when the nearest existing folder of
-    ``outdir`` cannot be written. Nothing is created. Command lines report the error with
+    ``ValueError`` when ``name`` names a folder too (``sub/x``), ``IsADirectoryError`` when
+    one is a directory, ``NotADirectoryError`` when ``outdir`` (or a folder above it) is a
+    file, ``PermissionError`` when the nearest existing folder of ``outdir`` cannot be
+    written. Nothing is created. Command lines report the error with
     ``parser.error`` (exit status 2).
     """
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(
+            f"Expected a results name without a folder (got {name!r}); choose the folder "
+            "with --out."
+        )
     stem = results_name(name, quick)
     paths = [Path(outdir) / f"{stem}{suffix}" for suffix in suffixes]
     for path in paths:
-        _check_output_file(path)
-    folder = Path(outdir)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(
-            f"Expected a folder for the results (got the file {folder} in --out {outdir})."
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"Expected a writable folder for the results (got {folder}, which this user "
-            "cannot write)."
-        )
+        check_output_file(path)
+    check_output_folder(outdir, what="the results")
     return paths
+
+
+class BenchInputError(ValueError):
+    """An input file of a benchmark is missing, unreadable or of the wrong kind; the
+    message (one line) names the file."""
+
+
+def read_input(
+    path: str | os.PathLike,
+    reader: Callable[[Path], Any],
+    what: str = "file",
+    *,
+    fork_rng: bool = False,
+) -> Any:
+    """``reader(path)``, with any failure (a missing, corrupt or wrong-kind file) raised as
+    :class:`BenchInputError`, one line naming the file and what went wrong. With
+    ``fork_rng`` (a check before the run, which reads the file again later), the global
+    random state is left as it was: a model built while reading draws from a fork."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchInputError(f"{what} {str(path)!r}: no such file")
+    try:
+        with torch.random.fork_rng(devices=[], enabled=fork_rng):
+            return reader(path)
+    except BenchInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise BenchInputError(f"cannot use {what} {str(path)!r}: {reason}") from None
+
+
+def read_json_input(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
+    """A JSON object read from ``path`` (:func:`read_input`: a bad file is one line)."""
+
+    def load(p: Path) -> dict[str, Any]:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return data
+
+    return read_input(path, load, what)
 
 
 def parse_bench_args(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     name: str | Callable[[argparse.Namespace], str | Sequence[str] | None],
+    *,
+    check: Callable[[argparse.Namespace], None] | None = None,
 ) -> argparse.Namespace:
     """``parser.parse_args(argv)``, then :func:`check_results_paths` for the results the run
     will write (``<--out>/<name>[_quick].json`` and ``.md``), before any work: a path it
@@ -137,24 +182,30 @@ def parse_bench_args(
 
     ``name`` is the results name, or a function of the parsed arguments returning it (its
     ``--name`` option, a name that depends on the mode), a list of names, or None for a
-    mode that writes no results file.
+    mode that writes no results file. ``check(args)``, called last, checks the run's other
+    inputs and outputs (model files, checkpoints, folders) and may read them into ``args``;
+    an ``OSError``, ``ValueError`` (:class:`BenchInputError`) or ``TypeError`` it raises is
+    reported the same way.
     """
     args = parser.parse_args(argv)
     names = name(args) if callable(name) else name
-    if names is None:
-        return args
-    for stem in [names] if isinstance(names, str) else names:
+    for stem in [] if names is None else [names] if isinstance(names, str) else names:
         try:
             check_results_paths(
                 stem, args.out, quick=bool(getattr(args, "quick", False)), suffixes=(".json", ".md")
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+    if check is not None:
+        try:
+            check(args)
+        except (OSError, ValueError, TypeError) as exc:
             parser.error(str(exc))
     return args
 
 
-def _check_output_file(path: Path) -> None:
-    """A results file path must not be a directory (``os.replace`` onto it fails only after
+def check_output_file(path: Path) -> None:
+    """An output file path must not be a directory (``os.replace`` onto it fails only after
     the whole run): ``IsADirectoryError`` naming it."""
     if path.is_dir():
         raise IsADirectoryError(
@@ -179,11 +230,34 @@ def write_results(
     out = Path(outdir)
     stem = results_name(name, quick)
     path = out / f"{stem}.json"
-    _check_output_file(path)
+    check_output_file(path)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": stem, "machine": machine_info(), **data}
-    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
+    atomic_write_text(path, json_text(payload))
     return path
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON, a non-finite float (NaN, infinity) written as ``null``:
+    strict JSON (RFC 8259) has no token for them."""
+    return json.dumps(_finite(data), indent=2, default=_default, allow_nan=False)
+
+
+def _default(obj: Any) -> Any:
+    """Numbers JSON does not know (numpy / torch scalars) as Python floats, non-finite as
+    None."""
+    value = float(obj)
+    return value if math.isfinite(value) else None
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_report(
@@ -200,7 +274,7 @@ def write_report(
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (markdown table, report) atomically, creating its folder."""
     path = Path(path)
-    _check_output_file(path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, text)
 
@@ -208,7 +282,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     """``fig.savefig`` to a temporary file moved onto ``path`` (format from the extension)."""
     path = Path(path)
-    _check_output_file(path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = kwargs.pop("format", None) or (path.suffix.lstrip(".").lower() or "png")
     with atomic_write(path, "wb") as f:

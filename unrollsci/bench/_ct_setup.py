@@ -1,4 +1,5 @@
-"""Data, scoring and the two settings of ``unrollsci bench ct`` (split from ``ct.py``).
+"""Data, scoring and the two settings of ``unrollsci bench ct`` (split from ``ct.py``), and
+the Jacobian-norm estimate of ``unrollsci bench ct_certified``.
 
 ``PRESETS`` holds the defaults of each image size: the 64 x 64 benchmark (30 angles,
 ``I0 = 1e4`` photons per detector bin, attenuation 1 across the image width) and the
@@ -186,3 +187,26 @@ def _tv(y: torch.Tensor, radon: Any, lam: float, m: torch.Tensor, iters: int) ->
     with warnings.catch_warnings():  # a fixed iteration budget; convergence is reported
         warnings.simplefilter("ignore", ConvergenceWarning)
         return tv_reconstruction(y, radon, lam, mask=m, max_iter=iters, tol=1e-5)
+
+
+def jacobian_norm(model: Any, y: torch.Tensor, mask: torch.Tensor, iters: int = 30) -> float:
+    """Largest local Jacobian norm of ``model`` over the sinograms ``y`` (power iteration on
+    ``J^T J`` per sinogram with forward- and reverse-mode products): a lower bound on the
+    Lipschitz constant, like the adversarial ratio."""
+    best = 0.0
+    gen = torch.Generator().manual_seed(0)
+    for i in range(y.shape[0]):
+        yi, mi = y[i : i + 1], mask[i : i + 1]
+
+        def f(s: torch.Tensor, _m: torch.Tensor = mi) -> torch.Tensor:
+            return model(s, mask=_m)
+
+        v = torch.randn(yi.shape, generator=gen, dtype=yi.dtype)
+        est = 0.0
+        for _ in range(iters):
+            v = v / v.norm()
+            _, jv = torch.autograd.functional.jvp(f, yi, v)
+            _, v = torch.autograd.functional.vjp(f, yi, jv)
+            est = float(jv.norm())
+        best = max(best, est)
+    return best

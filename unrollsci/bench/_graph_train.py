@@ -22,6 +22,7 @@ from ..graph import (
     road_graph,
     sensor_graph,
 )
+from ._common import read_input
 
 __all__ = [
     "TRAIN_KINDS",
@@ -226,17 +227,24 @@ def save_models(
 def load_models(
     folder: Path, modes: tuple[str, ...] = MODES
 ) -> tuple[dict[str, UnrolledGraphGD], dict[str, Any]]:
-    from ..train import load_checkpoint
-
+    """The models ``folder/graph_<mode>.pt``, in float64; a missing or wrong file raises
+    :class:`~unrollsci.bench._common.BenchInputError` naming it."""
     models, info = {}, {}
     for mode in modes:
         path = folder / f"graph_{mode}.pt"
-        model = load_checkpoint(path, expected=UnrolledGraphGD)
-        assert isinstance(model, UnrolledGraphGD)
-        # load_checkpoint rebuilds in the default dtype (float32): reload the float64
-        # weights into the float64 model so that nothing is rounded
-        model = model.double()
-        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-        models[mode] = model.eval()
+        models[mode] = read_input(path, _load_graph_model, "model").eval()
         info[mode] = {"loaded_from": str(path)}
     return models, info
+
+
+def _load_graph_model(path: Path) -> UnrolledGraphGD:
+    from ..train import load_checkpoint
+
+    model = load_checkpoint(path, expected=UnrolledGraphGD)
+    if not isinstance(model, UnrolledGraphGD):
+        raise TypeError(f"Expected an UnrolledGraphGD checkpoint (got {type(model).__name__}).")
+    # load_checkpoint rebuilds in the default dtype (float32): reload the float64
+    # weights into the float64 model so that nothing is rounded
+    model = model.double()
+    model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    return model

@@ -1,13 +1,17 @@
-"""ADMM-Net section of ``unrollsci bench structured``: exact vs learned x-update solve."""
+"""ADMM-Net section of ``unrollsci bench structured``: exact vs learned x-update solve, its
+report, and the earlier results an ``--admm-sides`` rerun keeps."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._common import BenchInputError, markdown_table, read_json_input
 
 
 # ----------------------------------------------------------------------- admm section
@@ -115,8 +119,8 @@ def _admm_size(side: int, cfg: dict[str, Any], rho: float, log: Any) -> list[dic
                 times[label].append(time.perf_counter() - t)
     for label, model in models.items():
         rows[label]["forward (s)"] = statistics.median(times[label])
-        if not cfg["steps"]:
-            rows[label]["note"] = "not trained (0 steps)"
+        if cfg["steps"] <= 0:  # (the command line refuses < 0)
+            rows[label]["note"] = f"not trained ({cfg['steps']} steps)"
             log(f"  {rows[label]}")
             continue
         info = train_model(
@@ -158,3 +162,41 @@ def run_admm(cfg: dict[str, Any], log: Any, save: Any = None) -> dict[str, Any]:
         if save is not None:
             save(res)
     return res
+
+
+def previous_results(path: Path) -> dict[str, Any]:
+    """The results file of an earlier run of the admm section, checked to hold what
+    ``--admm-sides`` keeps of it (``rows`` with ``n``, ``rho``); a corrupt or other file
+    raises :class:`~unrollsci.bench._common.BenchInputError` naming it."""
+    prev = read_json_input(path, "previous results file")
+    rows = prev.get("rows")
+    ok = isinstance(rows, list) and all(isinstance(r, dict) and "n" in r for r in rows)
+    if not ok or "rho" not in prev:
+        raise BenchInputError(
+            f"previous results file {str(path)!r}: expected the results of 'bench structured "
+            "--only admm' (a JSON object with 'rows', each with 'n', and 'rho'); move it away "
+            "or rerun without --admm-sides"
+        )
+    return prev
+
+
+def admm_report(data: dict[str, Any], cfgs: dict[str, Any]) -> str:
+    cfg = cfgs["admm"]
+    return (
+        markdown_table(data["rows"])
+        + (
+            f"\n\nK = {cfg['K']} layers, rho = {data['rho']['rho']} (validation grid "
+            f"{data['rho']['validation_nmse_db']}); forward: one pass on a batch of "
+            f"{cfg['batch']}, "
+            f"median of {cfg['repeats']}, models timed round robin; forward speed-up, learned vs "
+            f"exact, by n: {data['forward_speedup_learned_vs_exact']} (setup not included)\n"
+        )
+        + (
+            f"\nRows of n = {[s * s for s in cfg['sides']]} from a rerun (`--admm-sides "
+            f"{' '.join(map(str, cfg['sides']))} --admm-steps {cfg['steps']} --admm-lasso-iters "
+            f"{cfg['lasso_iters']}`); the other rows, and rho, from the earlier run "
+            "(its config under config.previous_rows_from in the JSON).\n"
+            if "previous_rows_from" in cfg
+            else ""
+        )
+    )

@@ -34,12 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import existing_dir_arg, float_arg, int_arg
+from .._io import check_output_folder
 from ._amg_rows import amg_floor, pyamg_build, run, summarise
 from ._common import (
+    check_output_file,
     markdown_table,
     output_dir_arg,
     parse_bench_args,
     positive_int_arg,
+    read_input,
     write_results,
     write_text,
 )
@@ -169,12 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="unrolled PCG steps (AMG-PCG reaches round-off on the small training systems "
         "after about 6, where the loss stops carrying a signal)",
     )
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float_arg(positive=True), default=1e-2)
     p.add_argument("--n-rhs", type=positive_int_arg, default=4)
     p.add_argument("--hidden", type=positive_int_arg, default=8)
     p.add_argument(
         "--layers",
-        type=int,
+        type=int_arg(0),
         default=0,
         help="message-passing layers (0: each weight from an MLP on its entry's features and "
         "the two nodes' features; one layer costs more setup time than it saves iterations)",
@@ -191,19 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--save-models",
+        type=output_dir_arg,
         default=None,
         metavar="DIR",
         help="save the trained models to DIR/amg_<variant>.pt (checkpoints; replaces them)",
     )
     p.add_argument(
         "--load-models",
+        type=existing_dir_arg,
         default=None,
         metavar="DIR",
         help="skip training: load the models saved by --save-models from DIR",
     )
     p.add_argument("--test-systems", type=positive_int_arg, default=1)
     p.add_argument("--repeats", type=positive_int_arg, default=3)
-    p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument("--rtol", type=float_arg(positive=True), default=1e-8)
     p.add_argument(
         "--loop",
         choices=("unrollsci", "scipy"),
@@ -212,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "preconditioner's to_scipy() (PyAMG's own aspreconditioner() for the AMG rows: what "
         "a PyAMG user runs)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_arg(0), default=0)
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch and BLAS threads")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--name", default="amg")
@@ -252,6 +258,19 @@ def _save_models(folder: str, learned: dict[str, tuple[Any, Any]], info: dict) -
         save_checkpoint(model, path, extra={"train": info[variant]})
 
 
+def _check_files(args: Any) -> None:
+    """Before any work: the models of --load-models load (each of the right variant), and
+    --save-models is a folder the models can be written to."""
+    for variant in args.variants if args.load_models else ():
+        path = Path(args.load_models) / f"amg_{variant}.pt"
+        load = lambda p, v=variant: _load_model(str(p.parent), v)  # noqa: E731
+        read_input(path, load, "model", fork_rng=True)
+    if args.save_models and not args.load_models:
+        check_output_folder(args.save_models, what="--save-models")
+        for variant in args.variants:
+            check_output_file(Path(args.save_models) / f"amg_{variant}.pt")
+
+
 def _load_model(folder: str, variant: str) -> tuple[Any, dict[str, Any]]:
     from ..precond import LearnedPreconditioner
     from ..train import load_checkpoint
@@ -283,7 +302,7 @@ CLASSICAL = (
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring). Returns 0."""
-    args = parse_bench_args(build_parser(), argv, lambda a: a.name)
+    args = parse_bench_args(build_parser(), argv, lambda a: a.name, check=_check_files)
     if args.quick:
         args.n, args.train_n, args.val_n, args.epochs = [24], [10, 12], 16, 1
         args.steps, args.test_systems, args.repeats, args.n_rhs = 4, 1, 1, 2

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import float_arg
 from ._common import (
     markdown_table,
     output_dir_arg,
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     p.add_argument("--threads", type=positive_int_arg, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=positive_int_arg, default=5)
-    p.add_argument("--rtol", type=float, default=1e-8)
+    p.add_argument("--rtol", type=float_arg(positive=True), default=1e-8)
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--name", default="cg_threads")
     return p

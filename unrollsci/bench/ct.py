@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .._argtypes import float_arg, int_arg
 from ..train._state import copy_state
 from ._common import (
     Timer,
@@ -71,20 +72,24 @@ def main(argv: list[str] | None = None) -> int:
         help="image size; 64 and 256 have their own defaults for the options marked (preset)",
     )
     p.add_argument("--angles", type=positive_int_arg, help="(preset) 30; 180 at 256")
-    p.add_argument("--photons", type=float, help="(preset) incident photons I0 per bin")
+    p.add_argument(
+        "--photons", type=float_arg(positive=True), help="(preset) incident photons I0 per bin"
+    )
     p.add_argument(
         "--attenuation",
-        type=float,
+        type=float_arg(positive=True),
         help="(preset) attenuation of intensity 1 across the image width: the noise uses "
         "pixel_size = this / size (64: poisson_noise's default 1 / size; 256: LoDoPaB-CT's "
         "mu_max x 26 cm = 21.15)",
     )
     p.add_argument("--n-test", type=positive_int_arg, help="(preset) 100; 16 at 256")
     p.add_argument("--n-val", type=positive_int_arg, help="(preset) 32; 16 at 256")
-    p.add_argument("--train-seconds", type=float, default=1200.0, help="per network")
+    p.add_argument(
+        "--train-seconds", type=float_arg(positive=True), default=1200.0, help="per network"
+    )
     p.add_argument(
         "--train-steps",
-        type=int,
+        type=int_arg(0),
         default=0,
         help="if > 0, also stop after this many steps (whole epochs of 25) and run the cosine "
         "schedule over steps instead of time: load-independent comparisons",
@@ -93,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=positive_int_arg, default=16)
     p.add_argument("--batch", type=positive_int_arg, help="(preset) 8; 16 at 256")
     p.add_argument("--epoch-steps", type=positive_int_arg, help="(preset) steps per validation")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam (peak) learning rate")
+    p.add_argument(
+        "--lr", type=float_arg(positive=True), default=2e-3, help="Adam (peak) learning rate"
+    )
     p.add_argument(
         "--lr-schedule",
         choices=("constant", "cosine"),
@@ -101,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         help="cosine: lr * max(floor, (1 + cos(pi t / T)) / 2), t the network's training "
         "time so far, T = --train-seconds",
     )
-    p.add_argument("--lr-floor", type=float, default=0.02, help="cosine schedule's last factor")
-    p.add_argument("--memory", type=int, default=MEMORY, help="memory channels of UnrolledCT")
+    p.add_argument(
+        "--lr-floor",
+        type=float_arg(minimum=0, maximum=1),
+        default=0.02,
+        help="cosine schedule's last factor",
+    )
+    p.add_argument(
+        "--memory", type=int_arg(0), default=MEMORY, help="memory channels of UnrolledCT"
+    )
     p.add_argument(
         "--dual",
         action=argparse.BooleanOptionalAction,
@@ -117,14 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--pool",
-        type=int,
+        type=int_arg(0),
         help="(preset: 512; 64 at 256) training phantoms come from a pool of this many, "
         "refreshed --pool-refresh per batch and drawn in random symmetries of the square "
         "(0: render every batch afresh)",
     )
-    p.add_argument("--pool-refresh", type=int, help="(preset) 2; 4 at 256")
+    p.add_argument("--pool-refresh", type=positive_int_arg, help="(preset) 2; 4 at 256")
     p.add_argument("--tv-iters", type=positive_int_arg, default=300)
-    p.add_argument("--tv-lams", type=float, nargs="*", help="(preset) TV weights to validate")
+    p.add_argument(
+        "--tv-lams",
+        type=float_arg(positive=True),
+        nargs="*",
+        help="(preset) TV weights to validate",
+    )
     p.add_argument(
         "--lipschitz-steps", type=positive_int_arg, help="(preset) empirical_lipschitz steps"
     )

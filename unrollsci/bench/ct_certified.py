@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._argtypes import existing_file_arg, float_arg, int_arg
 from .._io import check_writable
 from ..train._state import copy_state
 from ._common import (
@@ -34,34 +35,13 @@ from ._common import (
     markdown_table,
     output_dir_arg,
     positive_int_arg,
+    read_input,
     results_name,
     write_results,
     write_text,
 )
+from ._ct_setup import jacobian_norm
 from .ct import SEEDS, PhantomPool, _tv, cosine_factor, make_data, scores
-
-
-def jacobian_norm(model: Any, y: torch.Tensor, mask: torch.Tensor, iters: int = 30) -> float:
-    """Largest local Jacobian norm of ``model`` over the sinograms ``y`` (power iteration on
-    ``J^T J`` per sinogram with forward- and reverse-mode products): a lower bound on the
-    Lipschitz constant, like the adversarial ratio."""
-    best = 0.0
-    gen = torch.Generator().manual_seed(0)
-    for i in range(y.shape[0]):
-        yi, mi = y[i : i + 1], mask[i : i + 1]
-
-        def f(s: torch.Tensor, _m: torch.Tensor = mi) -> torch.Tensor:
-            return model(s, mask=_m)
-
-        v = torch.randn(yi.shape, generator=gen, dtype=yi.dtype)
-        est = 0.0
-        for _ in range(iters):
-            v = v / v.norm()
-            _, jv = torch.autograd.functional.jvp(f, yi, v)
-            _, v = torch.autograd.functional.vjp(f, yi, jv)
-            est = float(jv.norm())
-        best = max(best, est)
-    return best
 
 
 def _fit_best(
@@ -245,38 +225,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace existing result files")
     p.add_argument("--size", type=positive_int_arg, default=64)
     p.add_argument("--angles", type=positive_int_arg, default=30)
-    p.add_argument("--photons", type=float, default=1e4, help="incident photons I0")
+    p.add_argument(
+        "--photons", type=float_arg(positive=True), default=1e4, help="incident photons I0"
+    )
     p.add_argument("--n-test", type=positive_int_arg, default=100)
     p.add_argument("--n-val", type=positive_int_arg, default=32)
     p.add_argument("--layers", type=positive_int_arg, default=30)
     p.add_argument("--filters", type=positive_int_arg, default=12)
     p.add_argument("--kernel-size", type=positive_int_arg, default=5)
     p.add_argument("--clips", type=positive_int_arg, default=2)
-    p.add_argument("--slack", type=float, default=0.05)
+    p.add_argument("--slack", type=float_arg(minimum=0), default=0.05)
     p.add_argument("--batch", type=positive_int_arg, default=4)
     p.add_argument("--pool", type=positive_int_arg, default=256)
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam (peak) learning rate")
-    p.add_argument("--lr-floor", type=float, default=0.02)
+    p.add_argument(
+        "--lr", type=float_arg(positive=True), default=1e-2, help="Adam (peak) learning rate"
+    )
+    p.add_argument("--lr-floor", type=float_arg(minimum=0, maximum=1), default=0.02)
     p.add_argument("--train-steps", type=positive_int_arg, default=1500)
-    p.add_argument("--train-seconds", type=float, default=1300.0, help="stop earlier")
+    p.add_argument(
+        "--train-seconds", type=float_arg(positive=True), default=1300.0, help="stop earlier"
+    )
     p.add_argument("--val-every", type=positive_int_arg, default=50)
     p.add_argument(
-        "--checkpoint", default=None, help="evaluate this trained ConvexRidgeCT (no training)"
+        "--checkpoint", type=existing_file_arg, help="evaluate this trained ConvexRidgeCT"
     )
     p.add_argument(
-        "--base-checkpoint", default=None, help="a trained ConvexRidgeCT: train only its refiner"
+        "--base-checkpoint", type=existing_file_arg, help="a ConvexRidgeCT: train its refiner"
     )
-    p.add_argument("--refine-channels", type=int, default=24, help="0: no refinement")
+    p.add_argument("--refine-channels", type=int_arg(0), default=24, help="0: no refinement")
     p.add_argument("--refine-depth", type=positive_int_arg, default=5)
     p.add_argument("--refine-kernel", type=positive_int_arg, default=3)
-    p.add_argument("--refine-lipschitz", type=float, default=5.0, help="largest Lip(R)")
+    p.add_argument(
+        "--refine-lipschitz", type=float_arg(positive=True), default=5.0, help="largest Lip(R)"
+    )
     p.add_argument("--refine-images", type=positive_int_arg, default=3000)
     p.add_argument("--refine-batch", type=positive_int_arg, default=16)
-    p.add_argument("--refine-lr", type=float, default=2e-3)
+    p.add_argument("--refine-lr", type=float_arg(positive=True), default=2e-3)
     p.add_argument("--refine-steps", type=positive_int_arg, default=2000)
-    p.add_argument("--refine-seconds", type=float, default=1500.0, help="stop earlier")
+    p.add_argument(
+        "--refine-seconds", type=float_arg(positive=True), default=1500.0, help="stop earlier"
+    )
     p.add_argument("--tv-iters", type=positive_int_arg, default=300)
-    p.add_argument("--tv-lams", type=float, nargs="*", default=[1.0, 2.0, 3.0, 5.0, 8.0])
+    p.add_argument(
+        "--tv-lams", type=float_arg(positive=True), nargs="*", default=[1.0, 2.0, 3.0, 5.0, 8.0]
+    )
     p.add_argument("--emp-steps", type=positive_int_arg, default=100)
     p.add_argument("--jac-images", type=positive_int_arg, default=4)
     p.add_argument("--repeats", type=positive_int_arg, default=3, help="timing repeats")
@@ -284,15 +276,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_ridge(path: str | Path) -> Any:
+    from ..imaging import ConvexRidgeCT
+    from ..train import load_checkpoint
+
+    model = load_checkpoint(path, expected=(ConvexRidgeCT,))
+    if not isinstance(model, ConvexRidgeCT):
+        raise TypeError(f"Expected a ConvexRidgeCT checkpoint (got {type(model).__name__}).")
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..imaging import ConvexRidgeCT, empirical_lipschitz, fbp
     from ..operators import Radon
-    from ..train import load_checkpoint, save_checkpoint
+    from ..train import save_checkpoint
 
     p = _parser()
     args = p.parse_args(argv)
-    if not 0.0 <= args.lr_floor <= 1.0:
-        p.error(f"--lr-floor must lie in [0, 1] (got {args.lr_floor})")
     if args.quick:
         args.n_test, args.n_val, args.train_steps, args.val_every = 4, 4, 6, 3
         args.tv_iters, args.tv_lams, args.layers, args.filters = 30, [3.0, 5.0], 3, 4
@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # before any work: one error line and exit 2, as demo and relax do
         check_writable(paths, inputs=inputs, force=args.force)
         check_results_paths("ct_certified", args.out, quick=args.quick, suffixes=(".json", ".md"))
+        for path in inputs:  # a missing, corrupt or other model's checkpoint: now, not later
+            read_input(path, _load_ridge, "checkpoint", fork_rng=True)
     except (OSError, ValueError) as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -330,13 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     # --- the certified network (the ridge iteration), then its refinement if asked for
     training: dict[str, Any] = {}
     if args.checkpoint:
-        model = load_checkpoint(args.checkpoint, expected=(ConvexRidgeCT,))
-        if not isinstance(model, ConvexRidgeCT):
-            raise TypeError(f"Expected a ConvexRidgeCT checkpoint (got {type(model).__name__}).")
+        model = _load_ridge(args.checkpoint)
         training["checkpoint"] = str(args.checkpoint)
     else:
         if args.base_checkpoint:
-            model = load_checkpoint(args.base_checkpoint, expected=(ConvexRidgeCT,))
+            model = _load_ridge(args.base_checkpoint)
             training["base_checkpoint"] = str(args.base_checkpoint)
         else:
             model = ConvexRidgeCT(

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from .._argtypes import float_arg, positive_int_arg
 from ..train._state import copy_state
 from ._common import (
     figure_path,
@@ -357,14 +358,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes; writes deblur_quick.*")
     p.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--train-seconds", type=float, default=None, help="training time cap")
-    p.add_argument("--layers", type=int, default=None, help="K (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 500)")
+    p.add_argument(
+        "--train-seconds", type=float_arg(positive=True), default=None, help="training time cap"
+    )
+    p.add_argument("--layers", type=positive_int_arg, default=None, help="K (default 4)")
+    p.add_argument("--steps", type=positive_int_arg, default=None, help="Adam steps (default 500)")
     p.add_argument(
         "--no-warm-start", action="store_true", help="train from FISTA (no closed-form init)"
     )
-    p.add_argument("--precond-size", type=int, default=None, help="step filter size (7)")
-    p.add_argument("--train-size", type=int, default=None, help="training phantoms (128)")
+    p.add_argument(
+        "--precond-size", type=positive_int_arg, default=None, help="step filter size (7)"
+    )
+    p.add_argument(
+        "--train-size", type=positive_int_arg, default=None, help="training phantoms (128)"
+    )
     args = parse_bench_args(p, argv, "deblur")
     torch.set_num_threads(1)
     cfg = _configs(args.quick)

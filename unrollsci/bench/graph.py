@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import existing_dir_arg, float_arg, int_arg
+from .._io import check_output_folder
 from ..graph import (
     MODES,
     GraphInverseProblem,
@@ -37,6 +39,7 @@ from ._common import (
     output_dir_arg,
     parse_bench_args,
     positive_int_arg,
+    read_input,
     save_figure,
     write_results,
 )
@@ -134,6 +137,15 @@ def _plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    """Before any work: the models of --load-models load; --save-models can be written."""
+    if args.load_models:
+        modes = tuple(args.modes)
+        read_input(args.load_models, lambda p: _load_models(p, modes), "folder", fork_rng=True)
+    elif args.save_models:
+        check_output_folder(args.save_models, what="--save-models")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unrollsci bench graph", description=__doc__)
     parser.add_argument(
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--big", type=positive_int_arg, default=None, help="nodes of the large sensor graph"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_arg(0), default=0)
     parser.add_argument("--threads", type=positive_int_arg, default=1)
     parser.add_argument(
         "--cost",
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--train-observed",
-        type=float,
+        type=float_arg(positive=True, maximum=1),
         nargs=2,
         default=None,
         metavar=("LO", "HI"),
@@ -189,21 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     log_help = "with --train-nodes: draw the sizes log-uniformly (as many graphs per decade)"
     parser.add_argument("--train-nodes-log", action="store_true", help=log_help)
     small_help = "N more training graphs of 300-900 nodes (own seed) besides --train-graphs"
-    parser.add_argument("--train-small", type=int, default=0, metavar="N", help=small_help)
+    parser.add_argument("--train-small", type=int_arg(0), default=0, metavar="N", help=small_help)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
         "--save-models",
+        type=output_dir_arg,
         default=None,
         metavar="DIR",
         help="save the trained models to DIR/graph_<mode>.pt (checkpoints; replaces them)",
     )
     parser.add_argument(
         "--load-models",
+        type=existing_dir_arg,
         default=None,
         metavar="DIR",
         help="skip training: load the models saved by --save-models from DIR",
     )
-    args = parse_bench_args(parser, argv, "graph")
+    args = parse_bench_args(parser, argv, "graph", check=_check_files)
     if args.train_small < 0:
         parser.error(f"--train-small: expected N >= 0, got {args.train_small}")
     if args.train_nodes is not None and args.train_nodes[0] >= args.train_nodes[1]:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import float_arg, int_arg
 from ..graph import (
     GraphInverseProblem,
     UnrolledGraphGD,
@@ -403,20 +404,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train window_jacobi for each seed")
     tr.add_argument("config", choices=sorted(CONFIGS))
-    tr.add_argument("--seeds", type=int, nargs="+", required=True)
+    tr.add_argument("--seeds", type=int_arg(0), nargs="+", required=True)
     tr.add_argument("--models", required=True, help="folder of the saved models")
     tr.add_argument("--tag", default=None, help="model folder name prefix (default: CONFIG)")
     tr.add_argument("--epochs", type=positive_int_arg, default=40)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--lr-decay", type=float, default=1.0)
-    tr.add_argument("--small-weight", type=float, default=1.0)
-    tr.add_argument("--train-small", type=int, default=None)
-    tr.add_argument("--train-big", type=int, default=0, help="N more graphs of --big-nodes")
+    tr.add_argument("--lr", type=float_arg(positive=True), default=1e-3)
+    tr.add_argument("--lr-decay", type=float_arg(positive=True), default=1.0)
+    tr.add_argument("--small-weight", type=float_arg(minimum=0), default=1.0)
+    tr.add_argument("--train-small", type=int_arg(0), default=None)
+    tr.add_argument("--train-big", type=int_arg(0), default=0, help="N more graphs of --big-nodes")
     tr.add_argument("--big-nodes", type=positive_int_arg, nargs=2, default=(20_000, 50_000))
-    tr.add_argument("--big-observed", type=float, nargs=2, default=None)
+    tr.add_argument(
+        "--big-observed", type=float_arg(positive=True, maximum=1), nargs=2, default=None
+    )
     tr.add_argument("--init", default=None, help="fine-tune: start from DIR's model")
     tr.add_argument("--mode", choices=("window_jacobi", "window"), default=MODE)
-    tr.add_argument("--val-big", type=int, default=0, help="N validation graphs of --big-nodes")
+    tr.add_argument(
+        "--val-big", type=int_arg(0), default=0, help="N validation graphs of --big-nodes"
+    )
     tr.add_argument("--patience", type=positive_int_arg, default=None)
     tr.add_argument("--quick", action="store_true")
     ev = sub.add_parser("eval", help="evaluate saved models on the test and validation sets")
@@ -431,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("backup", help="folder of the model whose controller is the backup")
     ca.add_argument("--out", required=True, help="folder of the cascade's checkpoint")
     ca.add_argument("--sample", type=positive_int_arg, default=256)
-    ca.add_argument("--full-up-to", type=int, default=5000, help="pool graphs this small in full")
+    ca.add_argument(
+        "--full-up-to", type=int_arg(0), default=5000, help="pool graphs this small in full"
+    )
     ca.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     for p in (tr, ev):
         p.add_argument("--threads", type=positive_int_arg, default=1)

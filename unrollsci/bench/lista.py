@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .._argtypes import existing_dir_arg, float_arg, int_arg
+from ._lista_merge import merge_parts, read_parts
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
     MODELS,
@@ -144,47 +146,9 @@ def _summary(results: dict) -> dict[str, Any]:
     return out
 
 
-def _merge(paths: list[str], out: str, name: str) -> int:
+def _merge(paths: list[str], parts: list[dict[str, Any]], out: str, name: str) -> int:
     """Merge result files of partial runs (e.g. one model per process) into one."""
-    import json
-
-    merged: dict[str, Any] = {"by_snr": {}, "merged_from": []}
-    cfg: dict[str, Any] = {}
-    for path in paths:
-        part = json.loads(Path(path).read_text())
-        merged["merged_from"].append(
-            {
-                "file": Path(path).name,
-                "machine": part.get("machine"),
-                "models": part["config"].get("models"),
-            }
-        )
-        cfg = cfg or dict(part["config"])
-        for key, res in part["by_snr"].items():
-            tgt = merged["by_snr"].setdefault(
-                key, {"nmse_db": {}, "train_seconds": {}, "cpu_seconds": {}}
-            )
-            for field in (
-                "nmse_db",
-                "train_seconds",
-                "cpu_seconds",
-                "val_curve_db",
-                "monotone",
-                "load_average",
-            ):
-                if field in res:
-                    tgt.setdefault(field, {}).update(res[field])
-            if res.get("oracle_db") is not None:
-                tgt["oracle_db"] = res["oracle_db"]
-            tgt.setdefault("oracle_db", res.get("oracle_db"))
-    cfg["models"] = sorted({m for p in merged["merged_from"] for m in (p["models"] or [])})
-    merged["config"] = cfg
-    classical = CLASSICAL
-    for res in merged["by_snr"].values():  # classical curves first, then learned
-        res["nmse_db"] = {
-            **{c: res["nmse_db"][c] for c in classical if c in res["nmse_db"]},
-            **{k: v for k, v in res["nmse_db"].items() if k not in classical},
-        }
+    merged, cfg = merge_parts(paths, parts, CLASSICAL)
     _report(merged, cfg, out, name)
     return 0
 
@@ -225,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(MODELS)}")
     parser.add_argument(
-        "--snr", nargs="*", type=float, default=None, help="SNRs in dB (inf for noiseless)"
+        "--snr",
+        nargs="*",
+        type=float_arg(inf=True),
+        default=None,
+        help="SNRs in dB (inf for noiseless)",
     )
     parser.add_argument("--no-kkt", action="store_true", help="skip the unsupervised KKT run")
     parser.add_argument(
@@ -239,20 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--lam-kkt",
-        type=float,
+        type=float_arg(positive=True),
         default=None,
         help="lasso weight of the KKT-loss run (default: config lam_kkt)",
     )
     parser.add_argument(
         "--lam-kkt-start",
-        type=float,
+        type=float_arg(minimum=0),
         default=None,
         help="KKT run: lasso weight of the first layer-wise stage, falling geometrically "
         "to the final --lam-kkt (default: config lam_kkt_start; 0 = constant lam)",
     )
     parser.add_argument(
         "--kkt-step",
-        type=float,
+        type=float_arg(positive=True),
         default=None,
         help="KKT run: step t of the residual in units of 1/||A||^2 (default: config kkt_step)",
     )
@@ -272,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--staged",
-        type=float,
+        type=float_arg(positive=True),
         default=None,
         metavar="SECONDS",
         help=f"train with the staged layer-wise schedule of Chen et al. 2018 "
@@ -287,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--resume",
+        type=existing_dir_arg,
         default=None,
         metavar="DIR",
         help="--staged: continue the training of <model>_snr<snr>.pt in DIR (the budget is "
@@ -300,13 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--freeze-below",
-        type=int,
+        type=int_arg(0),
         default=0,
         help="--resume: the first N layers keep their constants",
     )
     parser.add_argument(
         "--decay-rate",
-        type=float,
+        type=float_arg(positive=True),
         default=None,
         help="--staged: multiply the rate of every trained layer by R after each new layer "
         "(Chen et al. 2018 use 0.3; default: none)",
@@ -353,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--merge: no such file: {', '.join(missing)}")
         try:  # never write the merged file over one of the parts it is made from
             check_writable([Path(args.out) / f"{stem}.json"], inputs=args.merge, force=True)
+            parts = read_parts(args.merge)  # every part checked before anything is written
         except (OSError, ValueError) as exc:
             parser.error(str(exc))
-        return _merge(args.merge, args.out, stem)
+        return _merge(args.merge, parts, args.out, stem)
 
     cfg = _quick_config() if args.quick else _full_config()
     if args.tails:
@@ -455,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                     prev = Path(args.resume) / f"{name}_snr{key}{'_quick' if args.quick else ''}.pt"
                     if ckpt is not None and prev.resolve() == ckpt.resolve():
                         parser.error("--resume: write --checkpoints to another folder")
+                    if not prev.is_file():
+                        parser.error(f"--resume: no such checkpoint: {str(prev)!r}")
                 model, info = train_staged(
                     name,
                     a,

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import float_arg, int_arg
 from ..chem import BornMayer, QEqCalculator
 from ._common import (
     device_arg,
@@ -233,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="unrollsci bench md", description=__doc__)
     p.add_argument("--quick", action="store_true", help="200 steps; writes md_quick.json")
     p.add_argument("--steps", type=positive_int_arg, default=2000)
-    p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--dt", type=float, default=1.0, help="fs")
-    p.add_argument("--temperature", type=float, default=600.0, help="K")
+    p.add_argument("--tol", type=float_arg(positive=True), default=1e-4)
+    p.add_argument("--dt", type=float_arg(positive=True), default=1.0, help="fs")
+    p.add_argument("--temperature", type=float_arg(minimum=0), default=600.0, help="K")
     p.add_argument(
         "--repeat", type=positive_int_arg, default=2, help="8-atom cubes per edge (2 -> 64)"
     )
-    p.add_argument("--cutoff", type=float, default=8.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cutoff", type=float_arg(positive=True), default=8.0)
+    p.add_argument("--seed", type=int_arg(0), default=0)
     p.add_argument(
         "--seeds",
         type=positive_int_arg,
@@ -262,14 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--ladder",
-        type=float,
+        type=float_arg(positive=True),
         nargs="+",
         default=[1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
         help="envelope tolerances for --equal-drift",
     )
     p.add_argument(
         "--adjoint-tols",
-        type=float,
+        type=float_arg(positive=True),
         nargs="+",
         default=None,
         help="--equal-drift: implicit runs at --tol with each of these adjoint tolerances "

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import positive_int_arg
 from ._common import (
     figure_path,
     markdown_table,
@@ -183,15 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n",
         nargs="+",
-        type=int,
+        type=positive_int_arg,
         default=[64, 128, 256],
         help="grid sizes of the held-out test systems (n x n unknowns)",
     )
-    p.add_argument("--train-n", nargs="+", type=int, default=[32])
+    p.add_argument("--train-n", nargs="+", type=positive_int_arg, default=[32])
     p.add_argument(
         "--val-n",
         nargs="+",
-        type=int,
+        type=positive_int_arg,
         default=None,
         help="grid sizes of the validation systems (default: the smallest --n; early "
         "stopping, the choice among restarts and keeping the base then reflect grids "

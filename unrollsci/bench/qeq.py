@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import float_arg, int_arg
 from ..chem import solve_charges
 from ..chem._calc_params import adjoint_tol
 from ._common import (
@@ -122,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="supercell repeats of the 8-atom cube (3 -> 216, 8 -> 4096, 14 -> 21952)",
     )
-    p.add_argument("--cutoff", type=float, default=10.0)
-    p.add_argument("--tol", type=float, default=1e-10)
-    p.add_argument("--rattle", type=float, default=0.05, help="random displacement, Angstrom")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cutoff", type=float_arg(positive=True), default=10.0)
+    p.add_argument("--tol", type=float_arg(positive=True), default=1e-10)
+    p.add_argument(
+        "--rattle", type=float_arg(minimum=0), default=0.05, help="random displacement, Angstrom"
+    )
+    p.add_argument("--seed", type=int_arg(0), default=0)
     p.add_argument(
         "--repeats", type=positive_int_arg, default=2, help="timings are best of this many"
     )

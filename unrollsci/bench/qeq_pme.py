@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import float_arg, int_arg
 from ..chem import _ksum, _pme_mesh, solve_charges
 from ..chem._geometry import ewald_alpha, ewald_kvectors
 from ..chem._pme import PMEReciprocal, mesh_shape
@@ -249,17 +250,31 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="unrollsci bench qeq_pme", description=__doc__)
     p.add_argument("--quick", action="store_true", help="512 atoms, one repeat")
     p.add_argument("--reps", type=positive_int_arg, nargs="*", default=None)
-    p.add_argument("--accuracies", type=float, nargs="+", default=None, help="default 1e-6 1e-8")
-    p.add_argument("--cutoff", type=float, default=10.0)
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
-    p.add_argument("--slow", type=float, default=20.0, help="seconds: time such a call once")
     p.add_argument(
-        "--max-ewald-elements", type=float, default=None, help="skip the explicit sum above N x K"
+        "--accuracies",
+        type=float_arg(positive=True),
+        nargs="+",
+        default=None,
+        help="default 1e-6 1e-8",
+    )
+    p.add_argument("--cutoff", type=float_arg(positive=True), default=10.0)
+    p.add_argument("--tol", type=float_arg(positive=True), default=1e-6)
+    p.add_argument("--seed", type=int_arg(0), default=0)
+    p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
+    p.add_argument(
+        "--slow", type=float_arg(positive=True), default=20.0, help="seconds: time such a call once"
     )
     p.add_argument(
-        "--max-pme-points", type=float, default=3e7, help="skip PME above this mesh size"
+        "--max-ewald-elements",
+        type=float_arg(positive=True),
+        default=None,
+        help="skip the explicit sum above N x K",
+    )
+    p.add_argument(
+        "--max-pme-points",
+        type=float_arg(positive=True),
+        default=3e7,
+        help="skip PME above this mesh size",
     )
     p.add_argument(
         "--kinds",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._argtypes import float_arg, int_arg
 from ..chem import QEqCalculator
 from ._common import (
     figure_path,
@@ -145,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reps", type=positive_int_arg, nargs="*", default=None, help="supercell repeats"
     )
     p.add_argument("--steps", type=positive_int_arg, default=None, help="timed steps per size")
-    p.add_argument("--cutoff", type=float, default=10.0)
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--step", type=float, default=0.002, help="displacement per step, A")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cutoff", type=float_arg(positive=True), default=10.0)
+    p.add_argument("--tol", type=float_arg(positive=True), default=1e-6)
+    p.add_argument(
+        "--step", type=float_arg(positive=True), default=0.002, help="displacement per step, A"
+    )
+    p.add_argument("--seed", type=int_arg(0), default=0)
     p.add_argument("--repeats", type=positive_int_arg, default=3, help="medians of this many")
     p.add_argument(
         "--threads", type=positive_int_arg, nargs="+", default=[1, 2], help="torch threads"

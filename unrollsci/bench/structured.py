@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .. import losses
+from .._argtypes import int_arg, positive_int_arg
 from ..train._state import copy_state
 from ._common import (
     figure_path,
@@ -405,28 +406,6 @@ def _group_plot(data: dict[str, Any], path: Any) -> None:
     plt.close(fig)
 
 
-def _admm_report(data: dict[str, Any], cfgs: dict[str, Any]) -> str:
-    cfg = cfgs["admm"]
-    return (
-        markdown_table(data["rows"])
-        + (
-            f"\n\nK = {cfg['K']} layers, rho = {data['rho']['rho']} (validation grid "
-            f"{data['rho']['validation_nmse_db']}); forward: one pass on a batch of "
-            f"{cfg['batch']}, "
-            f"median of {cfg['repeats']}, models timed round robin; forward speed-up, learned vs "
-            f"exact, by n: {data['forward_speedup_learned_vs_exact']} (setup not included)\n"
-        )
-        + (
-            f"\nRows of n = {[s * s for s in cfg['sides']]} from a rerun (`--admm-sides "
-            f"{' '.join(map(str, cfg['sides']))} --admm-steps {cfg['steps']} --admm-lasso-iters "
-            f"{cfg['lasso_iters']}`); the other rows, and rho, from the earlier run "
-            "(its config under config.previous_rows_from in the JSON).\n"
-            if "previous_rows_from" in cfg
-            else ""
-        )
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="unrollsci bench structured", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes; writes structured_*_quick")
@@ -435,14 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--admm-sides",
-        type=int,
+        type=positive_int_arg,
         nargs="+",
         help="rerun these image sides only; their rows replace those of the same n in the "
         "existing structured_admm results (the other rows are kept)",
     )
-    p.add_argument("--admm-steps", type=int, help="training steps of the admm section")
+    p.add_argument("--admm-steps", type=int_arg(0), help="training steps of the admm section")
     p.add_argument(
-        "--admm-lasso-iters", type=int, help="FISTA iterations of the lasso row (0: skip it)"
+        "--admm-lasso-iters", type=int_arg(0), help="FISTA iterations of the lasso row (0: skip it)"
     )
     args = parse_bench_args(
         p, argv, lambda a: [f"structured_{s}" for s in a.only or ["group", "admm"]]
@@ -457,14 +436,18 @@ def main(argv: list[str] | None = None) -> int:
     kept_speed: dict[str, float] = {}
     if args.admm_sides:
         cfgs["admm"]["sides"] = args.admm_sides
-        import json
         from pathlib import Path
+
+        from ._structured_admm import previous_results
 
         stem = "structured_admm_quick" if args.quick else "structured_admm"
         old = Path(args.out) / f"{stem}.json"
         if old.exists():
             redo = {side * side for side in args.admm_sides}
-            prev = json.loads(old.read_text())
+            try:
+                prev = previous_results(old)
+            except ValueError as exc:
+                p.error(str(exc))
             kept = [r for r in prev["rows"] if r["n"] not in redo]
             cfgs["admm"]["previous_rows_from"] = prev.get("config")
             cfgs["admm"]["rho_fixed"] = prev["rho"]  # picked on the smallest size before
@@ -477,14 +460,14 @@ def main(argv: list[str] | None = None) -> int:
             text = _group_report(data)
             _group_plot(data, figure_path(args.out, f"{name}.png", args.quick))
         else:
-            from ._structured_admm import run_admm
+            from ._structured_admm import admm_report, run_admm
 
             def save(data: dict[str, Any], name: str = name) -> str:
                 if kept:
                     rows = sorted(kept + data["rows"], key=lambda r: r["n"])
                     speed = {**kept_speed, **data["forward_speedup_learned_vs_exact"]}
                     data = {**data, "rows": rows, "forward_speedup_learned_vs_exact": speed}
-                text = _admm_report(data, cfgs)
+                text = admm_report(data, cfgs)
                 write_results(name, data, args.out, quick=args.quick)
                 write_text(figure_path(args.out, f"{name}.md", args.quick), text)
                 return text

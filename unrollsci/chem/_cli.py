@@ -31,6 +31,7 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_INPUT",
     "EXIT_OUTPUT",
+    "EXIT_INTERRUPTED",
 ]
 
 #: exit status of ``unrollsci relax``
@@ -39,6 +40,7 @@ EXIT_NOT_CONVERGED = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_OUTPUT = 4
+EXIT_INTERRUPTED = 130
 
 PROG = "unrollsci relax"
 
@@ -54,6 +56,8 @@ exit status:
      the parameters are invalid, the charge solve fails; nothing was written
   4  output error: the relaxed structure could not be written in --out's format
      (nothing written), or an output could not be moved into place
+  130  interrupted (Ctrl-C), or 143 terminated (SIGTERM): the temporary files are
+     removed and existing files are left as they were
 
 outputs: --out (default FILE_relaxed.xyz) and --traj (default: --out with suffix .traj)."""
 
@@ -182,7 +186,10 @@ def _parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _temp_next_to(path: Path) -> Iterator[Path]:
     """A fresh temporary file name in ``path``'s folder (same suffix); removed on exit."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    from .._io import temp_prefix
+
+    suffix = path.suffix if len(path.suffix) <= 16 else ""  # a legal name stays legal
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -210,9 +217,27 @@ def _write_structure(path: Path, atoms: Any, fmt: str) -> str | None:
 def relax_main(argv: list[str] | None = None) -> int:
     """Relax the structure in FILE (any format ASE reads) and write it and its trajectory.
 
-    Returns the exit status (see ``EPILOG``); a bad argument exits with status 2.
+    Returns the exit status (see ``EPILOG``); a bad argument exits with status 2. Ctrl-C
+    returns 130 and SIGTERM exits with 143, after the temporary files are removed.
     """
-    from .._io import OutputExistsError, check_writable, never_replace, publish
+    from .._io import terminate_as_exit
+
+    try:
+        with terminate_as_exit():
+            return _relax_main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _relax_main(argv: list[str] | None) -> int:
+    from .._io import (
+        OutputExistsError,
+        check_output_folder,
+        check_writable,
+        never_replace,
+        publish,
+    )
     from .._validation import ConvergenceError
 
     p = _parser()
@@ -231,6 +256,10 @@ def relax_main(argv: list[str] | None = None) -> int:
     for folder in {out.parent, traj_path.parent}:
         if not folder.is_dir():
             return _error(f"the output folder {str(folder)!r} does not exist", EXIT_USAGE)
+        try:
+            check_output_folder(folder)
+        except OSError as exc:
+            return _error(str(exc), EXIT_USAGE)
 
     from ase.io import read
     from ase.io.formats import filetype

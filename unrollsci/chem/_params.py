@@ -91,6 +91,21 @@ def _builtin(symbol: str) -> dict[str, float]:
 BUILTIN_PARAMS: dict[str, dict[str, float]] = {s: _builtin(s) for s in _RAPPE_GODDARD}
 
 
+def _check_number(symbol: str, key: str, value: Any) -> None:
+    """A parameter value must be a real number (int, float, numpy scalar, one-element tensor);
+    ``True`` is not 1.0 and ``None`` / text are not numbers."""
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and value.dtype != torch.bool
+    else:
+        real = (int, float, np.integer, np.floating)
+        ok = isinstance(value, real) and not isinstance(value, (bool, np.bool_))
+    if not ok:
+        raise TypeError(
+            f"Expected a number for params[{symbol!r}][{key!r}] (got {value!r} of type "
+            f"{type(value).__name__})."
+        )
+
+
 def element_table(
     symbols: Sequence[str], params: Mapping[str, Mapping[str, float]] | None
 ) -> dict[str, dict[str, float]]:
@@ -107,8 +122,10 @@ def element_table(
         bad = set(entry) - set(KEYS) - {"radius"}
         if bad:
             raise ValueError(
-                f"Unknown key(s) {sorted(bad)} in params[{key!r}]; allowed: {list(KEYS)}."
+                f"Unknown key(s) {sorted(bad)} in params[{key!r}]; allowed: {[*KEYS, 'radius']}."
             )
+        for k, v in entry.items():
+            _check_number(key, k, v)
     table: dict[str, dict[str, float]] = {}
     for s in dict.fromkeys(symbols):
         entry = dict(BUILTIN_PARAMS.get(s, {}))

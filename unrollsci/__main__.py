@@ -1,0 +1,8 @@
+"""``python -m unrollsci``: the ``unrollsci`` command (see :mod:`unrollsci.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
