@@ -53,6 +53,7 @@ def merge_parts(
                 "file": Path(path).name,
                 "machine": part.get("machine"),
                 "models": part["config"].get("models"),
+                "config": part["config"],  # each part's own budgets and settings
             }
         )
         cfg = cfg or dict(part["config"])
@@ -74,6 +75,10 @@ def merge_parts(
                 tgt["oracle_db"] = res["oracle_db"]
             tgt.setdefault("oracle_db", res.get("oracle_db"))
     cfg["models"] = sorted({m for p in merged["merged_from"] for m in (p["models"] or [])})
+    cfg["note"] = (
+        "the first part's settings; each model's own run is in merged_from[i].config (parts "
+        "may differ: KKT lam/step, budgets, SNRs)"
+    )
     merged["config"] = cfg
     for res in merged["by_snr"].values():  # classical curves first, then learned
         res["nmse_db"] = {

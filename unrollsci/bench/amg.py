@@ -418,7 +418,11 @@ def _main(args: Any) -> int:
     path = write_results(
         args.name,
         {
-            "config": dict(vars(args)),
+            "config": {
+                **vars(args),
+                # loaded models: their own training sizes are under "training" (sizes)
+                **({"train_n": None} if args.load_models else {}),
+            },
             "note": "times: median over repeats (methods interleaved, one run of each per "
             "round) of setup, solve and total, mean over test systems; ratios within this "
             f"run; every method in the same PCG ({args.loop}'s cg); load1: 1-minute load "

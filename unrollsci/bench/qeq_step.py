@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"QEq per MD step, rock salt, cutoff {args.cutoff} A, tol {args.tol:g}, torch threads "
         f"{args.threads} (LAMMPS serial); ms per step (wall), medians of {args.repeats}; "
-        "cpu_*/lammps: process CPU time ratios (LAMMPS's includes its setup)\n\n"
+        "cpu_*/lammps: process CPU time ratios over the timed steps (LAMMPS's setup and "
+        "run 0 excluded)\n\n"
     )
     write_text(figure_path(args.out, "qeq_step.md", args.quick), header + table + "\n")
     loglog_figure(
