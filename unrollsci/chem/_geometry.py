@@ -13,6 +13,7 @@ from .._validation import UnrollsciWarning
 
 __all__ = [
     "KERNELS",
+    "check_cell_vectors",
     "csr_pattern",
     "half_pairs",
     "taper",
@@ -72,6 +73,52 @@ def _as_int64(x: np.ndarray) -> np.ndarray:
     return x.astype(np.int64)
 
 
+#: the smallest periodic cell vector (Angstrom) and the smallest sine of the angle between
+#: two periodic vectors of a partially periodic cell; a fully periodic cell needs |det| at
+#: least ``_MIN_VOLUME`` (Angstrom^3)
+_MIN_VECTOR, _MIN_SINE, _MIN_VOLUME = 1e-6, 1e-6, 1e-6
+
+
+def check_cell_vectors(cell: np.ndarray, pbc: np.ndarray) -> None:
+    """Refuse periodic cell vectors that span no lattice: the check every path makes before
+    its pair search.
+
+    Only the periodic rows of ``cell`` enter the pair vectors (the shifts along a
+    non-periodic direction are 0), so a partially periodic cell may have any (also zero)
+    non-periodic vectors, as in ASE; its periodic vectors must be non-zero and linearly
+    independent (the rank of ``cell[pbc]``, to a relative tolerance: the sine of the angle
+    between two of them at least ``_MIN_SINE``). A fully periodic cell needs a non-zero
+    volume, ``|det(cell)| >= _MIN_VOLUME``.
+    """
+    pbc = np.asarray(pbc, dtype=bool)
+    if not pbc.any():
+        return
+    cell = np.asarray(cell, dtype=np.float64)
+    if pbc.all():
+        det = float(np.linalg.det(cell))
+        if not abs(det) >= _MIN_VOLUME:
+            raise ValueError(
+                f"Expected a periodic cell with non-zero volume (got det(cell) = {det:.3e})."
+            )
+        return
+    axes = np.flatnonzero(pbc)
+    norms = np.linalg.norm(cell[axes], axis=1)
+    for d, length in zip(axes.tolist(), norms.tolist(), strict=True):
+        if not length >= _MIN_VECTOR:
+            raise ValueError(
+                f"Expected a non-zero cell vector cell[{d}] along the periodic direction {d} "
+                f"(got {cell[d].tolist()}, length {length:.3e}, with pbc={pbc.tolist()})."
+            )
+    if axes.size == 2:
+        sine = float(np.linalg.norm(np.cross(cell[axes[0]], cell[axes[1]]))) / norms.prod()
+        if not sine >= _MIN_SINE:
+            raise ValueError(
+                f"Expected linearly independent periodic cell vectors (got cell[{axes[0]}] = "
+                f"{cell[axes[0]].tolist()} and cell[{axes[1]}] = {cell[axes[1]].tolist()} "
+                f"parallel: sine of their angle {sine:.3e}, with pbc={pbc.tolist()})."
+            )
+
+
 def half_pairs(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,10 +140,9 @@ def half_pairs(
         raise ValueError("Expected finite positions (got NaN or Inf).")
     if np.any(pbc) and not np.all(np.isfinite(cell)):
         raise ValueError("Expected a finite 'cell' (got NaN or Inf).")
+    check_cell_vectors(cell, pbc)
     if np.all(pbc):
         vol = abs(float(np.linalg.det(cell)))
-        if vol < 1e-6:
-            raise ValueError(f"Expected a periodic cell with non-zero volume (got {vol:.3e}).")
         widths = vol / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
         if float(widths.max()) > _MAX_SPAN * cutoff:
             raise ValueError(
@@ -126,6 +172,11 @@ def half_pairs(
         return i, j, s
     from ase.neighborlist import primitive_neighbor_list
 
+    if not abs(np.linalg.det(cell)) > _MIN_SINE * np.linalg.norm(cell, axis=1).prod():
+        # a zero or degenerate non-periodic vector: it enters no pair vector (its shift is
+        # 0), and ASE completes zero rows with orthogonal ones (a degenerate row that is
+        # not zero made its search fail: singular matrix)
+        cell = np.where(pbc[:, None], cell, 0.0)
     i, j, s = primitive_neighbor_list(
         "ijS", pbc, cell, positions, float(cutoff), self_interaction=False
     )

@@ -74,24 +74,36 @@ def _pcg(
     With ``iterations`` given exactly that many steps run (differentiable in unrolled mode),
     fewer only if the residual vanishes exactly.
 
+    In floating point the iterates keep ``sum(q) = total`` to the round-off of their updates
+    (``z`` and ``mu`` are formed in float64 and rounded once); the returned ``q`` is shifted
+    back onto it with the sum accumulated in float64, so ``|sum(q) - total|`` is of the order
+    of ``sqrt(N) eps max|q|`` in float32 (tests/chem/test_audit_dec10_chem.py).
+
     In the shared recurrence this is CG on ``A q = -b`` (residual ``-b - A q``) with the
     preconditioner ``z = D^-1 (r - mu 1)`` and ``r^T z`` computed as ``(D z)^T z`` (equal,
     without the cancellation of the ``mu 1^T z`` term).
     """
     n = b.shape[0]
     dinv = 1.0 / d
-    sinv = dinv.sum()
+    # the sums and the shift mu in float64 (the same operations for float64 data): in float32
+    # their O(eps |mu| sum(1/d)) error gave every direction a sum of that size, and sum(q)
+    # drifted from total by O(N eps) (docs/chem.md, "The inner solve")
+    f64 = torch.float64
+    dinv64 = dinv.to(f64)
+    sinv = dinv64.sum()
 
     def project(r: torch.Tensor) -> torch.Tensor:
-        return dinv * (r - (dinv * r).sum() / sinv)
+        r64 = r.to(f64)
+        return (dinv64 * (r64 - (dinv64 * r64).sum() / sinv)).to(r.dtype)
 
     def inner(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return (d * z * z).sum(-1, keepdim=True)  # = r^T P r
 
-    if q0 is None:
-        q = project(-b) + dinv * (total / sinv)
-    else:
-        q = q0 + dinv * ((total - q0.sum()) / sinv)
+    def on_constraint(q: torch.Tensor) -> torch.Tensor:
+        """``q`` shifted onto ``sum(q) = total`` along ``D^-1 1``."""
+        return q + dinv * ((total - q.sum(dtype=f64)) / sinv).to(q.dtype)
+
+    q = project(-b) + dinv * (total / sinv).to(b.dtype) if q0 is None else on_constraint(q0)
     dd = d.detach()
     atol = max(atol, 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm()))
     scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
@@ -118,4 +130,6 @@ def _pcg(
     )
     if iterations is not None or n <= 1:
         converged = residuals[-1] <= tol or n <= 1
-    return q, k, residuals, converged
+    # the updates keep the sum only to their round-off (O(sqrt(N k) eps max|q|) in k
+    # steps, more in float64 where the shift mu cannot be formed in a wider type): shift back
+    return on_constraint(q), k, residuals, converged

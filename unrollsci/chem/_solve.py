@@ -38,6 +38,7 @@ from ..solvers._loop import differentiate
 from ._autograd import charge_adjoint
 from ._geometry import (  # noqa: F401 - KERNELS, half_pairs, ...: importable from here
     KERNELS,
+    check_cell_vectors,
     ewald_alpha,
     ewald_kvectors,
     half_pairs,
@@ -179,10 +180,7 @@ def _check_cell(
         cell_np = cell.detach().cpu().numpy().astype(np.float64)
     else:
         cell_np = np.zeros((3, 3))
-    if pbc_arr.any() and abs(np.linalg.det(cell_np)) < 1e-6:
-        raise ValueError(
-            f"Expected a cell with non-zero volume (got det = {np.linalg.det(cell_np):.3e})."
-        )
+    check_cell_vectors(cell_np, pbc_arr)  # the pair search's check, before any other use
     if not s.ewald:
         return cell_np, None
     if not pbc_arr.all():
