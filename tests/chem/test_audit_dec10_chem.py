@@ -1,4 +1,4 @@
-"""QEq cells and charge conservation, an adversarial audit (December 10): each test fails on
+"""QEq cells and charge conservation, an adversarial audit (round "dec10"): each test fails on
 the code before it.
 
 1. A partially periodic cell with zero (or degenerate) vectors in its NON-periodic

@@ -1,5 +1,5 @@
 """check_adjoint detects wrong adjoints, and every built-in operator's adjoint is the transpose
-of its forward map (December 10 audit).
+of its forward map (audit round "dec10").
 
 Before, no test showed check_adjoint flagging a wrong adjoint (a check_adjoint returning 0.0
 passed the whole suite), and the operators' adjoints were checked only through it. Here the

@@ -1,4 +1,4 @@
-"""Audit of Dec 10, command lines: bad option values and bad input files are one line and
+"""Audit round "dec10", command lines: bad option values and bad input files are one line and
 exit status 2 before any work; SIGTERM and Ctrl-C leave no temporary file; strict JSON;
 long file names; ``python -m unrollsci``.
 

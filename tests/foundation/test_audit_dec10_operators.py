@@ -1,4 +1,4 @@
-"""Operator defects found by the December 10 audit: cache keys fooled by a reused ``id()``
+"""Operator defects found by the audit round "dec10": cache keys fooled by a reused ``id()``
 or broken by inference tensors, arrays shared with the caller (``to_scipy``, ``to_dense``,
 the cached Radon system matrix), ``norm()`` over- and underflowing, unclear errors."""
 

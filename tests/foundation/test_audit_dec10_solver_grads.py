@@ -1,4 +1,4 @@
-"""Solver gradients and the default lasso step, an audit (December 10): each test fails on
+"""Solver gradients and the default lasso step, an audit (round "dec10"): each test fails on
 the code before it. References are numpy solves and float64 finite differences."""
 
 from __future__ import annotations

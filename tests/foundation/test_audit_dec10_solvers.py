@@ -1,4 +1,4 @@
-"""Solvers, CG and its preconditioners, an adversarial audit (December 10): each test fails
+"""Solvers, CG and its preconditioners, an adversarial audit (round "dec10"): each test fails
 on the code before it. References are numpy / scipy computations or the known answer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The graph module, audit of December 10: each test fails on the code before the fix."""
+"""The graph module, audit round "dec10": each test fails on the code before the fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Graph gradients, audit of December 10: a signal whose error or gradient is exactly zero
+"""Graph gradients, audit round "dec10": a signal whose error or gradient is exactly zero
 (an all-zero ``y`` row) gave NaN gradients through ``torch.sqrt`` at 0 (``relative_error``,
 the controller features' norms), and ``fit`` wrote them into the parameters silently. Each
 test marked so fails on the code before the fix."""

@@ -1,5 +1,5 @@
 """UnrolledCT's Lipschitz certificate against the exact Lipschitz constant of a network whose
-CNNs are linear and known (December 10 audit).
+CNNs are linear and known (audit round "dec10").
 
 The other certificate tests compare the bound with an adversarial lower estimate many times
 below it, or with the same ``propagate_bound`` that builds it, so a certificate wrong by a

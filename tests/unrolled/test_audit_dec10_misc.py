@@ -1,4 +1,4 @@
-"""Regression tests of the Dec 10 audit (miscellaneous): the block preconditioner's inverse
+"""Regression tests of the audit round "dec10" (miscellaneous): the block preconditioner's inverse
 cache after an in-place change of its values (and with trained / Parameter values), a
 reordered preconditioner independent of the caller's permutation tensor, ALISTA's fixed
 weight after a dtype change, Born-Mayer parameters and ``max_iter`` of ``solve_charges``
