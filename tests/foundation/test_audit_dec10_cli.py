@@ -507,11 +507,17 @@ def test_ct_merge_refuses_to_rewrite_its_input(tmp_path, capsys):
 # -- 12. python -m unrollsci -----------------------------------------------------------------
 
 
-def test_python_m_unrollsci(monkeypatch, capsys):
-    import runpy
+def test_python_m_unrollsci():
+    import subprocess
 
-    monkeypatch.setattr(sys, "argv", ["unrollsci", "--version"])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_module("unrollsci", run_name="__main__")
-    assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"unrollsci {unrollsci.__version__}"
+    # a fresh interpreter (runpy in this process warns when another test imported
+    # unrollsci.__main__ first)
+    out = subprocess.run(
+        [sys.executable, "-m", "unrollsci", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"unrollsci {unrollsci.__version__}"
