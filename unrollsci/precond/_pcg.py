@@ -109,13 +109,19 @@ def pcg_loss(
             ``"residual"``: ``log mean ||b - A x_k||^2 / ||b||^2``;
             ``"frobenius"``: sketched ``log mean ||(L L^T - A) z||^2 / ||A z||^2`` with
             random ``z`` (no PCG; ``kind="inverse"`` uses ``||(G G^T A - I) z||``).
-        seed: seed of the sketching vectors.
+        seed: seed of the sketching vectors. ``z`` (standard normal, one per right-hand
+            side) is drawn per system from ``seed`` and a digest of the system's matrix:
+            the same on every call, process and resume, so the loss of given weights on
+            a given system is one number (validation losses compare weights, a resumed
+            run equals an uninterrupted one, any number of processes gives the same
+            run). ``z`` does not depend on the weights and differs between systems, so
+            ``||(L L^T - A) z||^2`` is still an unbiased estimate of ``||L L^T - A||_F^2``
+            (in expectation over ``seed``, or over the systems of a family).
     """
     if loss not in ("energy", "residual", "frobenius"):
         raise ValueError(f"Expected loss 'energy', 'residual' or 'frobenius' (got {loss!r}).")
     if steps < 1:
         raise ValueError(f"Expected steps >= 1 (got {steps}).")
-    gen = torch.Generator().manual_seed(seed)
 
     def fn(model: LearnedPreconditioner, batch: SystemBatch) -> torch.Tensor:
         m = model.from_graph(batch.graph)
@@ -128,7 +134,7 @@ def pcg_loss(
                 )
             if model.kind in ("poly", "amg"):
                 raise ValueError(f"loss='frobenius' needs a factor; kind={model.kind!r} has none.")
-            z = torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)
+            z = _sketch(batch, seed)
             az = A(z)
             if model.kind == "inverse":
                 res = m(az) - z
@@ -149,3 +155,23 @@ def pcg_loss(
         return torch.log((num / den).mean())
 
     return fn
+
+
+def _sketch(batch: SystemBatch, seed: int) -> torch.Tensor:
+    """Standard normal ``z`` of ``batch.b``'s shape, dtype and device, from a generator
+    seeded by ``seed`` and a SHA-256 digest of the system's matrix (its CSR structure and
+    float64 values; kept in ``batch.graph.cache``), so each system has its own ``z``,
+    the same on every call."""
+    import hashlib
+
+    key = batch.graph.cache.get("sketch_digest")
+    if key is None:
+        a = batch.op.matrix
+        h = hashlib.sha256(repr(tuple(a.shape)).encode())
+        for t in (a.crow_indices(), a.col_indices()):
+            h.update(t.detach().to("cpu", torch.int64).numpy().tobytes())
+        h.update(a.values().detach().to("cpu", torch.float64).numpy().tobytes())
+        key = batch.graph.cache["sketch_digest"] = h.digest()
+    s = hashlib.sha256(f"{int(seed)}:".encode() + key).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(s[:8], "big") >> 1)
+    return torch.randn(batch.b.shape, generator=gen, dtype=batch.b.dtype).to(batch.b.device)

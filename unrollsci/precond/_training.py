@@ -117,6 +117,7 @@ def fit_preconditioner(
     """
     from .._validation import check_positive
     from ..train import fit, is_main_process, save_checkpoint
+    from ..train._args import check_fit_call
     from ..train._state import copy_state, replace_model
 
     restarts = int(restarts)
@@ -151,6 +152,24 @@ def fit_preconditioner(
         raise ValueError("resume= continues one training run: it needs restarts=1.")
     if restarts == 1 and checkpoint is not None:
         fit_kwargs["checkpoint"] = checkpoint  # fit writes the training state as well
+    if "val_data" in fit_kwargs:
+        raise TypeError(
+            "Expected validation systems as val_matrices (got val_data= among the fit "
+            "arguments): fit_preconditioner builds fit's val_data from val_matrices."
+        )
+    loss_fn = pcg_loss(steps, loss, seed)
+    # fit's arguments (a typo, patience=0, ...) before the costly systems are built
+    check_fit_call(
+        "fit_preconditioner",
+        model,
+        loss_fn,
+        val_data=None,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+        **{"checkpoint": checkpoint, **fit_kwargs},
+    )
     kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
     data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
     val = (
@@ -158,7 +177,6 @@ def fit_preconditioner(
         if val_matrices
         else None
     )
-    loss_fn = pcg_loss(steps, loss, seed)
     init_state, init_val = None, None
     if val is not None and keep_base_if_better:
         init_state = copy_state(model.state_dict())

@@ -12,7 +12,8 @@ serves sparse coding, graph solvers, preconditioners and CT.
 CPUs, NCCL on GPUs) when launched by ``torchrun`` or asked to, with ``batch_size`` the
 global batch, and offers bfloat16 / float16 mixed precision for the CNN and GNN layers.
 
-Layout: :mod:`._fit` (the loop), :mod:`._checks` (its argument and data checks),
+Layout: :mod:`._fit` (the loop), :mod:`._args` (its argument checks, callable before
+``fit``, and the progress bar), :mod:`._checks` (argument and data checks),
 :mod:`._data` (data forms, history, validation pass), :mod:`._distributed` (process group,
 sharding, DDP), :mod:`._precision` (mixed precision), :mod:`._state` (resumable training
 state), :mod:`._checkpoint` (the file format, save and load), :mod:`._config` (plain-data

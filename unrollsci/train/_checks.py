@@ -138,6 +138,25 @@ def _check_resume_epochs(path: Any, saved: dict[str, Any], per_stage: int, name:
         )
 
 
+def _check_resume_stages(path: Any, saved: dict[str, Any], per_stage: int) -> None:
+    """Layer-wise schedule: refuse another number of epochs per stage once a stage has
+    finished (the finished stages had the old length; an uninterrupted run with the new
+    one differs). While the first stage runs, a larger number only lengthens every stage,
+    as an uninterrupted run would. A checkpoint without the stored length (written before
+    it was stored) is not refused."""
+    old = saved.get("per_stage_epochs")
+    if old is None or int(old) == per_stage or int(saved.get("stage_index", 0)) == 0:
+        return
+    done = int(saved["stage_index"])  # stages before this one finished; this one, if
+    done += bool(saved.get("stopped")) or int(saved.get("epoch_in_stage", 0)) >= int(old)
+    raise ValueError(
+        f"Cannot resume from {path} with {per_stage} epochs per layer-wise stage: its run "
+        f"finished {done} stage(s) of {int(old)} epochs, and the stages still to train "
+        f"would get another length (not an uninterrupted run with epochs={per_stage}). "
+        f"Expected epochs={int(old)} (got {per_stage}); to train longer, start a new run."
+    )
+
+
 def _check_pair(name: str, y: Any, x: Any, model: nn.Module | None = None) -> None:
     """Refuse a ``(y, x)`` evaluation set that holds no sample or whose shapes disagree
     (with each other, and with the model's ``m`` / ``n`` when it has them)."""

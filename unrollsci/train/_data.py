@@ -19,7 +19,17 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 @dataclass
 class History:
-    """What happened during :func:`fit`."""
+    """What happened during :func:`fit`.
+
+    ``train_loss[e]`` is the mean training loss of epoch ``e``, each step's loss (taken
+    before that step's update) weighted by the samples it averages over: for tensors,
+    and for a sampler returning a tensor or tuple/list of tensors, the rows of the step's
+    global batch (a short last batch counts by its rows: the per-sample mean over the
+    epoch); for an iterable of batches (graphs, systems, a DataLoader), the number of
+    batches in the step (the mean over the epoch's batches, as ``val_loss`` is); for a
+    sampler returning anything else, one per step. With steps of equal size it is the
+    plain mean over the steps. ``val_loss[e]`` is the validation loss after epoch ``e``.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
@@ -30,6 +40,29 @@ class History:
     resumed_from_epoch: int = 0
     world_size: int = 1  # processes that trained data-parallel (1: no torch.distributed)
     seconds: float = 0.0
+
+
+class StepMean:
+    """The weighted mean of the step losses of one epoch (:attr:`History.train_loss`):
+    ``sum(size * value) / sum(size)``, and exactly ``sum(value) / steps`` (the plain mean,
+    the same bits) when every step has the same size."""
+
+    def __init__(self) -> None:
+        self.total, self.weighted, self.samples = 0.0, 0.0, 0.0
+        self.count, self.equal = 0, True
+        self.first: float | None = None
+
+    def add(self, value: float, size: float) -> None:
+        self.total += value
+        self.weighted += size * value
+        self.samples += size
+        self.count += 1
+        if self.first is None:
+            self.first = size
+        self.equal = self.equal and size == self.first
+
+    def value(self) -> float:
+        return self.total / self.count if self.equal else self.weighted / self.samples
 
 
 def iterate_batches(

@@ -220,15 +220,39 @@ def global_steps(
       their losses averaged; each rank evaluates its share of them.
 
     Without ``ctx.enabled`` the steps are exactly those of :func:`iterate_batches` (with
-    ``batch_size`` batches of an iterable per step).
+    ``batch_size`` batches of an iterable per step). :func:`counted_steps` also gives each
+    step's size.
     """
+    for parts, weights, _ in counted_steps(data, batch_size, generator, steps, ctx):
+        yield parts, weights
+
+
+def _rows(batch: Any) -> int:
+    """Samples of a tensor batch (rows of its first tensor); 1 for any other batch."""
+    if _is_tensors(batch):
+        first = batch if isinstance(batch, torch.Tensor) else batch[0]
+        return int(first.shape[0]) if first.dim() else 1
+    return 1
+
+
+def counted_steps(
+    data: Any,
+    batch_size: int | None,
+    generator: torch.Generator,
+    steps: int | None,
+    ctx: DistContext,
+) -> Iterator[tuple[list, list[float], int]]:
+    """The steps of :func:`global_steps` as ``(parts, weights, size)``: ``size`` is the
+    number of samples the step's loss is the mean of, the same on every rank: the rows of
+    the global batch (tensors, a sampler returning tensors), the batches of the step (an
+    iterable of batches), else 1."""
     from ._data import iterate_batches
 
     single = not ctx.enabled
     if callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
         for batch in iterate_batches(data, batch_size, generator, steps):
             if single:
-                yield [batch], [1.0]
+                yield [batch], [1.0], _rows(batch)
                 continue
             if not _is_tensors(batch):
                 raise TypeError(
@@ -238,7 +262,7 @@ def global_steps(
                     "batches instead, with batch_size batches per step."
                 )
             first = batch if isinstance(batch, torch.Tensor) else batch[0]
-            yield _split_rows(batch, torch.arange(first.shape[0]), ctx)
+            yield (*_split_rows(batch, torch.arange(first.shape[0]), ctx), first.shape[0])
         return
     if _is_tensors(data):
         tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
@@ -250,12 +274,13 @@ def global_steps(
             )
         if single:
             for batch in iterate_batches(data, batch_size, generator, steps):
-                yield [batch], [1.0]
+                yield [batch], [1.0], _rows(batch)
             return
         bs = n if batch_size is None else int(batch_size)
         perm = torch.randperm(n, generator=generator)  # the permutation iterate_batches draws
         for i in range(0, n, bs):
-            yield _split_rows(data, perm[i : i + bs], ctx)
+            idx = perm[i : i + bs]
+            yield (*_split_rows(data, idx, ctx), idx.shape[0])
         return
     group = 1 if batch_size is None else int(batch_size)
     it = iter(data)
@@ -263,7 +288,7 @@ def global_steps(
         items = list(islice(it, group))
         if not items:
             return
-        yield _split_items(items, ctx)
+        yield (*_split_items(items, ctx), len(items))
 
 
 def local_loss(model: nn.Module, loss_fn: Any, parts: list, weights: list[float]) -> torch.Tensor:

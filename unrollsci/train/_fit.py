@@ -1,4 +1,5 @@
-"""The training loop: :func:`fit` and :func:`iterate_batches` (checks: :mod:`._checks`)."""
+"""The training loop: :func:`fit` and :func:`iterate_batches` (checks: :mod:`._args`,
+:mod:`._checks`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from ._checks import (  # noqa: F401
     _check_int,
     _check_loss,
     _check_resume_epochs,
+    _check_resume_stages,
 )
-from ._data import Batch, History, LossFn, _evaluate, iterate_batches  # noqa: F401
+from ._data import Batch, History, LossFn, StepMean, _evaluate, iterate_batches  # noqa: F401
 from ._gradcheck import check_finite_grads
 
 
@@ -93,9 +95,16 @@ def fit(
             ``resume`` needs.
         checkpoint_every: epochs between checkpoint writes.
         resume: a checkpoint written by ``fit(checkpoint=...)``: continue that run (on
-            any number of processes) with the same arguments; ``epochs`` may be larger
-            than before. The result equals an uninterrupted run.
-        progress: show a tqdm progress bar (rank 0 only).
+            any number of processes) with the same arguments, and ``val_data`` and
+            ``lr_factor`` given or not as then (else ``ValueError``; ``callback`` may
+            change, e.g. be left out to continue a run it halted).
+            The result equals an uninterrupted run. ``epochs`` may be larger than
+            before (the run goes on, as an uninterrupted run with the larger ``epochs``),
+            except for the layer-wise schedule without ``stage_epochs`` once a stage has
+            finished: ``epochs`` is then the length of every stage, and the finished
+            stages had the old one, so a changed ``epochs`` raises ``ValueError``.
+        progress: show a tqdm progress bar on stderr (rank 0 only; none when
+            ``sys.stderr`` is None or closed).
         callback: called as ``callback(epoch, train_loss, val_loss)`` on every rank,
             with the same (reduced) losses; returning True ends the training (rank 0's
             answer counts on every rank).
@@ -112,7 +121,8 @@ def fit(
             certificates and SPD constructions stay in the working precision.
 
     Returns:
-        History of losses per epoch (of the whole run, also when resumed).
+        History of losses per epoch (of the whole run, also when resumed); an epoch's
+        ``train_loss`` weights every step by its samples (see :class:`History`).
 
     Raises:
         FloatingPointError: a NaN/Inf training or validation loss, or a NaN/Inf gradient
@@ -128,9 +138,9 @@ def fit(
         >>> len(hist.train_loss)
         3
     """
-    from .._validation import check_positive
-    from ._distributed import check_same_args, global_steps, run_callback, setup, wrap
-    from ._precision import check_mixed_precision, grad_scaler
+    from ._args import check_fit_args, given_args, progress_bar
+    from ._distributed import check_same_args, counted_steps, run_callback, setup, wrap
+    from ._precision import grad_scaler
     from ._precision import mixed_precision as low_precision
     from ._state import (
         check_resume_args,
@@ -141,63 +151,29 @@ def fit(
         save_fit_checkpoint,
     )
 
-    if schedule not in ("end_to_end", "layerwise"):
-        raise ValueError(f"Expected schedule 'end_to_end' or 'layerwise' (got {schedule!r}).")
-    _check_int("epochs", epochs, 1)
-    _check_int("stage_epochs", stage_epochs, 1, optional=True)
-    _check_int("batch_size", batch_size, 1, optional=True)
-    _check_int("steps_per_epoch", steps_per_epoch, 1, optional=True)
-    _check_int("patience", patience, 1, optional=True)
-    _check_int("checkpoint_every", checkpoint_every, 1)
-    _check_int("seed", seed, 0)  # the validation stream uses seed + 10007: keep room
-    if seed > 2**63 - 1 - 10_007:
-        raise ValueError(f"Expected 0 <= seed <= 2**63 - 10008 (got {seed}).")
-    check_positive("lr", lr)
-    check_positive("weight_decay", weight_decay, allow_zero=True)
-    if clip_grad is not None:
-        check_positive("clip_grad", clip_grad)
-    check_positive("lr_decay", lr_decay)
-    if not 0 < lr_decay <= 1:
-        raise ValueError(f"Expected 0 < lr_decay <= 1 (got {lr_decay}).")
-    low = check_mixed_precision(mixed_precision)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected a torch.nn.Module model (got {type(model).__name__}).")
-    for cname, cb in (("callback", callback), ("stage_hook", stage_hook)):
-        if cb is not None and not callable(cb):
-            raise TypeError(f"Expected '{cname}' to be callable or None (got {cb!r}).")
-    if not callable(loss_fn):
-        raise TypeError(
-            f"Expected loss_fn to be callable (model, batch) -> scalar tensor "
-            f"(got {type(loss_fn).__name__})."
-        )
-    for name, path in (("checkpoint", checkpoint), ("resume", resume)):
-        if path is not None:  # a file path; checkpoint's folder writable (before training)
-            _check_file_path(name, path)
-    if checkpoint is not None and not callable(getattr(model, "get_config", None)):
-        raise TypeError(
-            f"checkpoint= needs a model with get_config() ({type(model).__name__} has "
-            "none); checked before training so that no run is lost."
-        )
-    if checkpoint is not None:  # a config that cannot be stored: refused before training
-        from ._config import _encode
-
-        _encode(model.get_config(), "config")
-    if lr_factor is not None and not callable(lr_factor):
-        raise TypeError(
-            f"Expected lr_factor to be callable step -> factor (got {type(lr_factor).__name__})."
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters.")
-    if schedule == "layerwise":
-        if not hasattr(model, "num_layers") or not hasattr(model, "active_layers"):
-            raise ValueError(
-                "schedule='layerwise' needs a model with 'num_layers' and a settable "
-                f"'active_layers' ({type(model).__name__} has neither)."
-            )
-        stages = list(range(1, int(model.num_layers) + 1))
-    else:
-        stages = [0]
+    low, stages = check_fit_args(
+        model,
+        loss_fn,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        schedule=schedule,
+        stage_epochs=stage_epochs,
+        patience=patience,
+        seed=seed,
+        weight_decay=weight_decay,
+        clip_grad=clip_grad,
+        lr_decay=lr_decay,
+        lr_factor=lr_factor,
+        stage_hook=stage_hook,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        callback=callback,
+        distributed=distributed,
+        mixed_precision=mixed_precision,
+    )
     per_stage = stage_epochs if stage_epochs is not None else epochs
     _check_data("train_data", train_data, per_stage * len(stages))
     if val_data is not None:
@@ -214,6 +190,8 @@ def fit(
         "clip_grad": clip_grad,
         "patience": patience,
         "mixed_precision": mixed_precision,
+        # which optional inputs were given (a resume: val_data, lr_factor as then)
+        **given_args(val_data=val_data, lr_factor=lr_factor, callback=callback),
     }
     saved: dict[str, Any] | None = None
     if resume is not None:
@@ -222,6 +200,8 @@ def fit(
         _check_resume_epochs(
             resume, saved, per_stage, "stage_epochs" if stage_epochs is not None else "epochs"
         )
+        if len(stages) > 1:  # a finished stage had the old length: refuse another
+            _check_resume_stages(resume, saved, per_stage)
         mine = {k: v.dtype for k, v in model.state_dict().items() if v.is_floating_point()}
         theirs = {k: v.dtype for k, v in weights.items() if v.is_floating_point()}
         changed = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k])
@@ -239,17 +219,15 @@ def fit(
                 f"{type(model).__name__} (another configuration?): {exc}"
             ) from None
     ctx = setup(distributed, model)
-    given = {"val_data": val_data, "callback": callback, "lr_factor": lr_factor}
     check_same_args(  # every rank the same: else diverging replicas or a deadlock
         ctx,
         {
-            **args,
+            **args,  # (with "val_data given", "callback given", "lr_factor given")
             "epochs": epochs,
             "checkpoint_every": checkpoint_every,
             "layer-wise stages": len(stages),
             "checkpoint given": checkpoint is not None,
             "resumed at epoch": None if saved is None else int(saved["epoch"]),
-            **{f"{k} given": v is not None for k, v in given.items()},
         },
     )
     gen = torch.Generator().manual_seed(seed)
@@ -272,20 +250,18 @@ def fit(
     epoch_counter = int(saved["epoch"]) if saved else 0
     step_counter = int(saved["step"]) if saved else 0
     bar = None
-    if progress and ctx.main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=per_stage * len(stages),
-            initial=min(epoch_counter, per_stage * len(stages)),
-            desc=f"fit {type(model).__name__}",
-            leave=False,
+    if progress and ctx.main:  # (none when stderr is None or closed)
+        bar = progress_bar(
+            per_stage * len(stages),
+            min(epoch_counter, per_stage * len(stages)),
+            f"fit {type(model).__name__}",
         )
 
     def state_now(si: int, e_in_stage: int, stopped: bool, opt: Any, scaler: Any, bk: dict) -> dict:
         return {
             "version": 1,
             "args": args,
+            "per_stage_epochs": per_stage,
             "stage_index": si,
             "epoch_in_stage": e_in_stage,
             "stopped": stopped,
@@ -366,8 +342,8 @@ def fit(
                 e = e0
                 while e < per_stage and not stopped and not halted:
                     model.train()
-                    total, count = 0.0, 0
-                    for parts, weights in global_steps(
+                    mean = StepMean()
+                    for parts, weights, size in counted_steps(
                         train_data, batch_size, gen, steps_per_epoch, ctx
                     ):
                         opt.zero_grad(set_to_none=True)
@@ -400,9 +376,8 @@ def fit(
                         else:
                             opt.step()
                         step_counter += 1
-                        total += value
-                        count += 1
-                    if count == 0:
+                        mean.add(value, size)
+                    if mean.count == 0:
                         raise ValueError(
                             f"Epoch {epoch_counter} saw no training batch: train_data "
                             f"({type(train_data).__name__}) yielded nothing. An exhausted "
@@ -410,7 +385,7 @@ def fit(
                             "cause; pass a list of batches, tensors, a DataLoader, or a "
                             "sampler with steps_per_epoch >= 1."
                         )
-                    train_loss = total / count
+                    train_loss = mean.value()
                     val_loss = None
                     if val_data is not None:
                         val_loss = _evaluate(

@@ -34,6 +34,11 @@ RESUME_ARGS = (
     "patience",
     "mixed_precision",
 )
+# optional inputs a resumed run must give (or not) as the run that wrote the checkpoint did:
+# stored as "<name> given" (a checkpoint written before they were stored is not refused).
+# Not "callback": it only watches and may stop the run, and a run halted by its callback
+# is resumed without it to go on (tests/train/test_distributed.py, the "schedule" case).
+RESUME_GIVEN = ("val_data", "lr_factor")
 
 
 def copy_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +118,9 @@ def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], 
 
 
 def check_resume_args(path: str | Path, state: dict[str, Any], args: dict[str, Any]) -> None:
-    """Raise ``ValueError`` if a resumed run changes a training argument."""
+    """Raise ``ValueError`` if a resumed run changes a training argument, or gives
+    ``val_data`` / ``lr_factor`` where the run that wrote ``state`` did not (or the
+    reverse)."""
     stored = state.get("args", {})
     diff = [
         f"{k}={args[k]!r} (checkpoint: {stored.get(k)!r})"
@@ -125,6 +132,15 @@ def check_resume_args(path: str | Path, state: dict[str, Any], args: dict[str, A
             f"Cannot resume from {path} with other training arguments: {', '.join(diff)}. "
             "Resume with the arguments of the run that wrote it (only 'epochs' may grow)."
         )
+    for name in RESUME_GIVEN:
+        key = f"{name} given"
+        if key in stored and key in args and bool(stored[key]) != bool(args[key]):
+            then, now = ("given", "None") if stored[key] else ("None", "given")
+            raise ValueError(
+                f"Cannot resume from {path}: expected {name} {then}, as in the run that "
+                f"wrote it (got {name} {now}); the best weights, early stopping, the "
+                "learning rates and when the run stops depend on it."
+            )
 
 
 def rng_state() -> torch.Tensor:
