@@ -71,14 +71,16 @@ def layer_nmse_db(
     model.eval()
     err: torch.Tensor | None = None
     ref = 0.0
-    with torch.no_grad():
-        for i in range(0, y.shape[0], chunk):
-            yc, xc = y[i : i + chunk], x[i : i + chunk]
-            _, xs = model(yc, return_all=True)
-            e = torch.stack([(xk - xc).double().pow(2).sum() for xk in xs])
-            err = e if err is None else err + e
-            ref += float(xc.double().pow(2).sum())
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for i in range(0, y.shape[0], chunk):
+                yc, xc = y[i : i + chunk], x[i : i + chunk]
+                _, xs = model(yc, return_all=True)
+                e = torch.stack([(xk - xc).double().pow(2).sum() for xk in xs])
+                err = e if err is None else err + e
+                ref += float(xc.double().pow(2).sum())
+    finally:  # also when the model raises (a dtype mismatch): the user's mode back
+        model.train(was_training)
     assert err is not None
     return [10.0 * math.log10(max(float(v), 1e-300) / max(ref, 1e-300)) for v in err]
 
@@ -347,132 +349,140 @@ def fit_layerwise(
         run = next((j for j in range(1, k) if not curve[j] <= curve[j - 1]), k)
         return run, curve[k - 1]
 
-    for k in range(start_layer, num + 1):
-        model.active_layers = k
-        if warm_start and k >= 2 and k > start_layer:
-            model.copy_layer(k - 2, k - 1)
-        layer_t0 = clock()
-        layer_budget = None
-        if time_budget is not None:
-            remaining_weight = sum(range(k, num + 1))
-            layer_budget = max(time_budget - spent, 0.0) * k / remaining_weight
-        own, vectors = _layer_params(model, k - 1)
-        stages: list[tuple[float, bool]] = []
-        if new_layer_stage:
-            stages.append((lr, True))
-        stages += [(lr * d, False) for d in lr_decays]
-        layer_steps = 0
-        for si, (stage_lr, only_new) in enumerate(stages):
-            if only_new:
-                mats, vecs = own, vectors
-            else:  # per-layer vectors and stacks (K, ...): row mask, row decay, vector_lr
-                vec_ids = {id(p) for p in vectors}
-                trained = [p for p in model.parameters() if p.requires_grad]
-                vecs = [p for p in trained if id(p) in vec_ids]
-                mats = [p for p in trained if id(p) not in vec_ids and id(p) not in frozen_mats]
-            row_decay: list[tuple[nn.Parameter, torch.Tensor]] = []
-            if decay_rate != 1.0 and not only_new:
-                fac = _decay_factors(model, k, decay_rate)
-                groups = [{"params": [p], "lr": stage_lr * fac.get(id(p), 1.0)} for p in mats]
-                if vecs:
-                    groups.append({"params": vecs, "lr": stage_lr * vmul})
-                row_decay = [(p, fac[id(p)]) for p in vecs if id(p) in fac]
-            else:
-                groups = [
-                    g
-                    for g in (
-                        {"params": mats, "lr": stage_lr},
-                        {"params": vecs, "lr": stage_lr * vmul},
-                    )
-                    if g["params"]
-                ]
-            if not groups:
-                continue
-            frozen = []
-            if only_new or frozen_mats:  # skip gradients of matrices not trained
-                keep = {id(p) for p in mats + vecs}
-                frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
-                for p in frozen:
-                    p.requires_grad_(False)
-            opt = torch.optim.Adam(groups)
-            stage_deadline = None
-            if layer_budget is not None:
-                used = clock() - layer_t0
-                stage_deadline = clock() + (layer_budget - used) / (len(stages) - si)
-            curve = layer_nmse_db(model, y_val, x_val)
-            best_run, best = score(curve, k)
-            best_ok = best_run == k
-            best_state = copy_state(model.state_dict())
-            since, steps, by_patience = 0, 0, False
-            try:
-                while steps < max_steps:
-                    y, x = sampler(gen)
-                    _, xs = model(y, return_all=True)
-                    value = _stage_loss(xs, x, k, loss, depth_weight)
-                    opt.zero_grad(set_to_none=True)
-                    value.backward()
-                    if only_new or freeze_below:
-                        for p in vecs:
-                            if p.grad is not None:
-                                mask = torch.ones_like(p.grad)
-                                if only_new:
-                                    mask.zero_()
-                                    mask[k - 1] = 1
-                                mask[:freeze_below] = 0  # zero gradients: Adam never moves them
-                                p.grad.mul_(mask)
-                    if not math.isfinite(float(value.detach())):
-                        raise FloatingPointError(
-                            f"Training loss became {float(value.detach())} at layer {k}; lower lr."
+    active_before = model.active_layers
+    try:
+        for k in range(start_layer, num + 1):
+            model.active_layers = k
+            if warm_start and k >= 2 and k > start_layer:
+                model.copy_layer(k - 2, k - 1)
+            layer_t0 = clock()
+            layer_budget = None
+            if time_budget is not None:
+                remaining_weight = sum(range(k, num + 1))
+                layer_budget = max(time_budget - spent, 0.0) * k / remaining_weight
+            own, vectors = _layer_params(model, k - 1)
+            stages: list[tuple[float, bool]] = []
+            if new_layer_stage:
+                stages.append((lr, True))
+            stages += [(lr * d, False) for d in lr_decays]
+            layer_steps = 0
+            for si, (stage_lr, only_new) in enumerate(stages):
+                if only_new:
+                    mats, vecs = own, vectors
+                else:  # per-layer vectors and stacks (K, ...): row mask, row decay, vector_lr
+                    vec_ids = {id(p) for p in vectors}
+                    trained = [p for p in model.parameters() if p.requires_grad]
+                    vecs = [p for p in trained if id(p) in vec_ids]
+                    mats = [p for p in trained if id(p) not in vec_ids and id(p) not in frozen_mats]
+                row_decay: list[tuple[nn.Parameter, torch.Tensor]] = []
+                if decay_rate != 1.0 and not only_new:
+                    fac = _decay_factors(model, k, decay_rate)
+                    groups = [{"params": [p], "lr": stage_lr * fac.get(id(p), 1.0)} for p in mats]
+                    if vecs:
+                        groups.append({"params": vecs, "lr": stage_lr * vmul})
+                    row_decay = [(p, fac[id(p)]) for p in vecs if id(p) in fac]
+                else:
+                    groups = [
+                        g
+                        for g in (
+                            {"params": mats, "lr": stage_lr},
+                            {"params": vecs, "lr": stage_lr * vmul},
                         )
-                    check_finite_grads(model, 0, steps, where=f"layer {k}, step {steps}")
-                    if row_decay:  # Adam's step of row j, scaled by its factor
-                        prev = [p.detach().clone() for p, _ in row_decay]
-                        opt.step()
-                        with torch.no_grad():
-                            for (p, f), p0 in zip(row_decay, prev, strict=True):
-                                p.copy_(p0 + (p - p0) * f)
-                    else:
-                        opt.step()
-                    steps += 1
-                    since += 1
-                    if steps % val_every == 0:
-                        curve = layer_nmse_db(model, y_val, x_val)
-                        run, val = score(curve, k)
-                        # a longer non-increasing prefix first (k: the state qualifies), then
-                        # layer k's NMSE: a stage where no state qualifies never breaks the
-                        # prefix the earlier stages secured (the start state counts)
-                        if (-run, val) < (-best_run, best):
-                            best, best_run, best_ok, since = val, run, run == k, 0
-                            best_state = copy_state(model.state_dict())
-                        if since >= patience:
-                            by_patience = True
-                            break
-                        if stage_deadline is not None and clock() > stage_deadline:
-                            break
-            finally:
-                for p in frozen:
-                    p.requires_grad_(True)
-            model.load_state_dict(best_state)
-            layer_steps += steps
-            hist.stages.append(
-                {
-                    "layer": k,
-                    "lr": stage_lr,
-                    "only_new": only_new,
-                    "steps": steps,
-                    "best_db": best,
-                    "monotone": best_ok,
-                    "by_patience": by_patience,
-                }
-            )
-            say(
-                f"layer {k:2d} stage {si} lr {stage_lr:.1e}{' (new)' if only_new else ''}: "
-                f"{steps} steps, val {best:.2f} dB{'' if best_ok else ' (NOT monotone)'}"
-                f"{' [patience]' if by_patience else ''} t={time.perf_counter() - t0:.0f}s"
-            )
-        spent += clock() - layer_t0
-        hist.steps.append(layer_steps)
-        hist.layer_db.append(layer_nmse_db(model, y_val, x_val)[k - 1])
+                        if g["params"]
+                    ]
+                if not groups:
+                    continue
+                frozen = []
+                if only_new or frozen_mats:  # skip gradients of matrices not trained
+                    keep = {id(p) for p in mats + vecs}
+                    frozen = [
+                        p for p in model.parameters() if p.requires_grad and id(p) not in keep
+                    ]
+                    for p in frozen:
+                        p.requires_grad_(False)
+                try:  # its finally unfreezes, also when the stage's set-up raises
+                    opt = torch.optim.Adam(groups)
+                    stage_deadline = None
+                    if layer_budget is not None:
+                        used = clock() - layer_t0
+                        stage_deadline = clock() + (layer_budget - used) / (len(stages) - si)
+                    curve = layer_nmse_db(model, y_val, x_val)
+                    best_run, best = score(curve, k)
+                    best_ok = best_run == k
+                    best_state = copy_state(model.state_dict())
+                    since, steps, by_patience = 0, 0, False
+                    while steps < max_steps:
+                        y, x = sampler(gen)
+                        _, xs = model(y, return_all=True)
+                        value = _stage_loss(xs, x, k, loss, depth_weight)
+                        opt.zero_grad(set_to_none=True)
+                        value.backward()
+                        if only_new or freeze_below:
+                            for p in vecs:
+                                if p.grad is not None:
+                                    mask = torch.ones_like(p.grad)
+                                    if only_new:
+                                        mask.zero_()
+                                        mask[k - 1] = 1
+                                    mask[:freeze_below] = 0  # zero gradients: Adam never moves them
+                                    p.grad.mul_(mask)
+                        if not math.isfinite(float(value.detach())):
+                            raise FloatingPointError(
+                                f"Training loss became {float(value.detach())} at layer {k}; "
+                                "lower lr."
+                            )
+                        check_finite_grads(model, 0, steps, where=f"layer {k}, step {steps}")
+                        if row_decay:  # Adam's step of row j, scaled by its factor
+                            prev = [p.detach().clone() for p, _ in row_decay]
+                            opt.step()
+                            with torch.no_grad():
+                                for (p, f), p0 in zip(row_decay, prev, strict=True):
+                                    p.copy_(p0 + (p - p0) * f)
+                        else:
+                            opt.step()
+                        steps += 1
+                        since += 1
+                        if steps % val_every == 0:
+                            curve = layer_nmse_db(model, y_val, x_val)
+                            run, val = score(curve, k)
+                            # a longer non-increasing prefix first (k: the state qualifies), then
+                            # layer k's NMSE: a stage where no state qualifies never breaks the
+                            # prefix the earlier stages secured (the start state counts)
+                            if (-run, val) < (-best_run, best):
+                                best, best_run, best_ok, since = val, run, run == k, 0
+                                best_state = copy_state(model.state_dict())
+                            if since >= patience:
+                                by_patience = True
+                                break
+                            if stage_deadline is not None and clock() > stage_deadline:
+                                break
+                finally:
+                    for p in frozen:
+                        p.requires_grad_(True)
+                model.load_state_dict(best_state)
+                layer_steps += steps
+                hist.stages.append(
+                    {
+                        "layer": k,
+                        "lr": stage_lr,
+                        "only_new": only_new,
+                        "steps": steps,
+                        "best_db": best,
+                        "monotone": best_ok,
+                        "by_patience": by_patience,
+                    }
+                )
+                say(
+                    f"layer {k:2d} stage {si} lr {stage_lr:.1e}{' (new)' if only_new else ''}: "
+                    f"{steps} steps, val {best:.2f} dB{'' if best_ok else ' (NOT monotone)'}"
+                    f"{' [patience]' if by_patience else ''} t={time.perf_counter() - t0:.0f}s"
+                )
+            spent += clock() - layer_t0
+            hist.steps.append(layer_steps)
+            hist.layer_db.append(layer_nmse_db(model, y_val, x_val)[k - 1])
+    except BaseException:  # the model at its depth as it came (frozen weights: above)
+        model.active_layers = active_before
+        raise
     model.active_layers = num
     hist.curve_db = layer_nmse_db(model, y_val, x_val)
     hist.monotone = all(hist.curve_db[j] <= hist.curve_db[j - 1] for j in range(1, num))
