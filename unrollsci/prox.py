@@ -438,6 +438,9 @@ def project_box(
 ) -> torch.Tensor:
     """Euclidean projection onto ``{lower <= x <= upper}``.
 
+    The result has ``x``'s dtype and device: tensor bounds are cast to them when ``x`` is
+    floating point (``torch.clamp`` alone promotes a float32 ``x`` to float64 bounds).
+
     Args:
         x: any tensor.
         lower, upper: bounds (tensors broadcasting against ``x``, numbers or None).
@@ -454,6 +457,11 @@ def project_box(
         lo, hi = torch.as_tensor(lower), torch.as_tensor(upper)
         if bool((lo > hi).any()):
             raise ValueError(f"Expected lower <= upper in project_box (got {lower}, {upper}).")
+    if x.is_floating_point():
+        lower, upper = (
+            b.to(dtype=x.dtype, device=x.device) if isinstance(b, torch.Tensor) else b
+            for b in (lower, upper)
+        )
     return torch.clamp(x, min=lower, max=upper)
 
 

@@ -123,7 +123,8 @@ class ConvexRidgeCT(nn.Module):
         mask: default support ``(N, N)``; the reconstruction disk if None. ``forward`` may
             override it per call.
         filter: FBP filter of the start (one of :data:`FILTERS`).
-        box: ``(lo, hi)`` bounds of the image values, or None.
+        box: ``(lo, hi)`` bounds of the image values with ``lo <= 0 <= hi`` (the output is
+            0 outside the support), or None.
         slack: ``2 - max(beta + gamma)`` (in (0, 2)); smaller allows longer steps and a
             larger bound.
         margin: relative inflation of the power-iteration norms of ``A`` and of the FBP.
@@ -180,8 +181,12 @@ class ConvexRidgeCT(nn.Module):
             raise ValueError(f"Expected filter in {tuple(FILTERS)} (got {filter!r}).")
         if box is not None:
             ok = isinstance(box, (tuple, list)) and len(box) == 2
-            if not ok or not float(box[0]) < float(box[1]):
-                raise ValueError(f"Expected box = (lo, hi) with lo < hi, or None (got {box!r}).")
+            if not ok or not float(box[0]) <= 0.0 <= float(box[1]) or box[0] == box[1]:
+                # 0 in the box: the output is 0 outside the support and inside the box
+                raise ValueError(
+                    f"Expected box = (lo, hi) with lo <= 0 <= hi and lo < hi, or None (got "
+                    f"{box!r})."
+                )
             box = (float(box[0]), float(box[1]))
         if not isinstance(slack, (int, float)) or not 0.0 < slack < 2.0:
             raise ValueError(f"Expected slack in (0, 2) (got {slack!r}).")

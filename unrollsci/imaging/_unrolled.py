@@ -50,10 +50,12 @@ class _Conv(nn.Module):
     With ``cap`` set, the weight used is ``W / max(1, sigma / cap)``. In training,
     ``sigma`` estimates the norm of the convolution *operator* on ``size x size``
     images by power iteration (one step per forward, persistent vector, as
-    ``torch.nn.utils.spectral_norm`` does for matrices). In evaluation mode it is
+    ``torch.nn.utils.spectral_norm`` does for matrices). In evaluation mode ``sigma`` is
     the FFT upper bound of that norm (:func:`conv_operator_norm`, refreshed by
-    :meth:`refresh_sigma_` when the model switches to eval), so the evaluated layer
-    provably has operator norm ``<= cap``.
+    :meth:`refresh_sigma_` when the model switches to eval), and the weight used is
+    ``W / d`` with the divisor ``d >= max(1, sigma / cap)`` rounded up until the FFT bound
+    of ``W / d`` as computed (in the weights' dtype) is ``<= cap``, so the evaluated layer
+    provably has operator norm ``<= cap`` and the certificate meets its target exactly.
     """
 
     def __init__(
@@ -96,7 +98,7 @@ class _Conv(nn.Module):
                     "Expected a capped convolution with a finite operator-norm bound (got a "
                     "non-finite bound: its weights overflow or are not finite)."
                 )
-            return w / torch.clamp(self.sigma / self.cap, min=1.0)
+            return w / self._divisor
         # sigma ~ ||W u|| with the (detached) converged u; differentiable in W.
         sigma = F.conv2d(self.u, w, padding=w.shape[-1] // 2).norm()
         self.sigma.copy_(sigma.detach())
@@ -104,7 +106,8 @@ class _Conv(nn.Module):
 
     @torch.no_grad()
     def refresh_sigma_(self) -> bool:
-        """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm.
+        """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm, and the
+        eval-mode divisor of the weight (:func:`_certified_divisor`).
 
         Returns False if that bound is not finite (a NaN or Inf weight: the layer's
         outputs are then not finite either), True otherwise or without a cap."""
@@ -113,6 +116,8 @@ class _Conv(nn.Module):
         # Keyed on content, not on w._version: an edit through w.data (EMA, weight
         # averaging) does not bump the version, and a training forward rewrites sigma.
         w, done = self.conv.weight.detach(), getattr(self, "_refreshed", None)
+        if getattr(self, "_divisor", None) is None:  # a module pickled by an older version
+            done = None
         if done is not None and all(
             a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
             for a, b in zip(done, (w, self.sigma), strict=True)
@@ -120,12 +125,38 @@ class _Conv(nn.Module):
             return True
         bound = conv_operator_norm(w, self.size)
         self.sigma.fill_(bound)
+        self._divisor = _certified_divisor(w, bound, self.cap, self.size)
         self._refreshed = (w.clone(), self.sigma.clone())
         return math.isfinite(bound)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         w = self.weight()
         return F.conv2d(z, w, self.conv.bias, padding=w.shape[-1] // 2)
+
+
+def _certified_divisor(w: torch.Tensor, bound: float, cap: float, size: int) -> torch.Tensor:
+    """The divisor ``d`` (a scalar tensor of ``w``'s dtype and device) of the eval-mode
+    weight ``w / d``: 1 where the FFT bound ``bound`` of ``w`` is below the cap, else at
+    least ``bound / cap``, rounded up until the FFT bound of ``w / d``, computed as the
+    certificate computes it, is ``<= cap``.
+
+    The target is ``cap`` less a relative ``2^-30``: the float64 roundings of the
+    certificate's own arithmetic (the product of the per-convolution caps, the layer
+    recursion) stay below ``lipschitz_target``. A non-finite ``bound`` gives 1 (the
+    caller refuses such weights).
+    """
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    limit = cap * (1.0 - 2.0**-30)
+    if not math.isfinite(bound) or bound <= limit:
+        return one
+    scale, bump = bound / limit, 2.0**-24
+    while True:  # the FFT bound is linear in w: a few bumps of the rounding suffice
+        d = torch.full((), scale, dtype=w.dtype, device=w.device)
+        got = conv_operator_norm(w / d, size)
+        if got <= limit or not math.isfinite(got):
+            return d
+        scale *= max(got / limit, 1.0 + bump)
+        bump *= 2.0
 
 
 class _Block(nn.Module):

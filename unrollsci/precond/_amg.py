@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._amg_rs import pow2_scaled
 from ._amg_setup import (  # noqa: F401  (re-exported: the set-up is part of this design)
     EDGE_FEATURES,
     AMGSetup,
@@ -235,6 +236,12 @@ def pyamg_preconditioner(
     Gauss-Seidel on every level (the default of both; ``sweeps`` sweeps before and after
     the coarse correction on level 0, one below), coarsest: ``pinv``. Every level is
     stored as CSR (PyAMG's SA stores BSR with 1 x 1 blocks, whose products are slower).
+    The levels below level 0 are built for ``s A_c`` and level 0 restricts with ``s P^T``
+    (``s`` a power of two near ``1 / max|a_ij|``, :func:`._amg_rs.pow2_scaled`): the same
+    cycle at any scale of ``A``.
+
+    Raises:
+        ValueError: a non-finite ``A_c`` (``P``'s values overflow against ``A``).
     """
     import pyamg
     import scipy.sparse as sp
@@ -254,10 +261,19 @@ def pyamg_preconditioner(
         )
     r = p.T.tocsr()
     a = setup.a
-    ac = (r @ (a @ p)).tocsr()  # Galerkin, as PyAMG forms it (symmetric to round-off)
+    # The levels below the first are built for s P^T A P, s a power of two near
+    # 1 / max|a_ij| (exact: pow2_scaled), and the first level restricts with s P^T, so the
+    # cycle is that for A at any scale of A (P^T A P overflowed near float64's maximum)
+    a_s, scale = pow2_scaled(a)
+    ac = (r @ (a_s @ p)).tocsr()  # Galerkin, as PyAMG forms it (symmetric to round-off)
     ac.sort_indices()
+    if not np.isfinite(ac.data).all():
+        raise ValueError(
+            "Expected a finite coarse matrix P^T A P (got NaN or Inf entries): the "
+            "prolongation's values overflow against A."
+        )
     top = MultilevelSolver.Level()
-    top.A, top.P, top.R, top.B = a, p, r, np.ones((setup.n, 1))
+    top.A, top.P, top.R, top.B = a, p, r if scale == 1.0 else r * scale, np.ones((setup.n, 1))
     if setup.nc <= max_coarse or max_levels <= 2:
         low = MultilevelSolver.Level()
         low.A, low.B = ac, setup.coarse_b

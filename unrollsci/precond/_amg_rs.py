@@ -28,7 +28,30 @@ import torch
 
 from ._amg_setup import EDGE_FEATURES, AMGSetup, _tt, node_features
 
-__all__ = ["rs_setup"]
+__all__ = ["pow2_scaled", "rs_setup"]
+
+
+def pow2_scaled(a: Any) -> tuple[Any, float]:
+    """``(s a, s)`` with ``s`` the power of two that puts ``max |a_ij|`` in ``[1/2, 1)``
+    (``s = 1``, ``a`` itself, where it is there already or ``a`` has no non-zero).
+
+    A power of two scales every entry exactly (bar entries ``2^-1022`` below the largest,
+    which are negligible next to it), and the Ruge-Stuben set-up, the Galerkin product and
+    PyAMG's cycle are homogeneous in ``A``: run on ``s A`` they give the same splitting and
+    interpolation, and a hierarchy for ``s A``, whatever the scale of ``a``. On ``a``
+    itself, near the ends of float64's range, products of entries overflow (a coarse
+    matrix of Inf) or underflow (PyAMG's interpolation divides by zero).
+    """
+    import scipy.sparse as sp
+
+    data = np.abs(np.asarray(a.data, dtype=np.float64))
+    top = float(data.max()) if data.size else 0.0
+    if not (np.isfinite(top) and top > 0.0):
+        return a, 1.0
+    s = float(np.ldexp(1.0, -int(np.frexp(top)[1])))
+    if s == 1.0:
+        return a, 1.0
+    return sp.csr_matrix((a.data * s, a.indices, a.indptr), shape=a.shape), s
 
 
 def _entries(
@@ -70,10 +93,13 @@ def rs_setup(a: Any, *, theta: float = 0.25, direct: bool = False) -> AMGSetup:
     from pyamg.strength import classical_strength_of_connection
 
     n = a.shape[0]
-    c = classical_strength_of_connection(a, theta=theta)
+    # on s A, s a power of two near 1 / max|a_ij| (exact): the same splitting and P0 as on
+    # A, at any scale of A (pow2_scaled)
+    a_s = pow2_scaled(a)[0]
+    c = classical_strength_of_connection(a_s, theta=theta)
     splitting = RS(c, second_pass=False)
     interpolation = direct_interpolation if direct else classical_interpolation
-    p0 = sp.csr_matrix(interpolation(a, c, splitting))
+    p0 = sp.csr_matrix(interpolation(a_s, c, splitting))
     p0.sort_indices()
     nc = p0.shape[1]
     cpts = np.flatnonzero(splitting)  # coarse index J is the J-th C point
