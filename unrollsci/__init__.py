@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 __version__ = "0.1.0"
 
-# torch announces, once per process, that sparse CSR tensors are "in beta" the first time one
-# is built; unrollsci builds them internally (graph controllers, sparse operators, QEq), so the
-# notice says nothing a user can act on. Only that exact message is hidden.
-warnings.filterwarnings(
-    "ignore", message=r"Sparse CSR tensor support is in beta state", category=UserWarning
-)
+# No process-wide warnings filter here: torch's once-per-process notice that sparse CSR
+# tensors are "in beta" is silenced by a local warnings.catch_warnings() where unrollsci
+# builds one (a user's own warnings filters are left as they are).
 
 __all__ = [
     "ConvergenceError",

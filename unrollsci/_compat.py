@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["message_passing", "quiet_import"]
+__all__ = ["message_passing", "quiet_csr", "quiet_import"]
 
 
 @contextlib.contextmanager
@@ -22,6 +22,17 @@ def quiet_import() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
+def quiet_csr() -> Iterator[None]:
+    """Silence torch's once-per-process notice that sparse CSR tensors are "in beta" while
+    unrollsci builds one (nothing a user can act on; no process-wide filter is added)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*[Ss]parse CSR tensor support is in beta", category=UserWarning
+        )
         yield
 
 

@@ -9,6 +9,7 @@ replaces the results of a full run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -38,6 +39,9 @@ __all__ = [
     "Timer",
     "machine_info",
     "device_arg",
+    "keep_caller_rng",
+    "new_figure",
+    "tab20",
     "output_dir_arg",
     "positive_int_arg",
 ]
@@ -290,6 +294,38 @@ def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """``(figure, axes)``: a new :class:`matplotlib.figure.Figure` and its
+    ``Figure.subplots(nrows, ncols, **kwargs)`` (``figsize`` goes to the figure), drawn
+    without pyplot: the process's matplotlib backend is left as it is and no figure stays
+    open (save it with :func:`save_figure`). ImportError without matplotlib."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def tab20(i: int) -> Any:
+    """Colour ``i % 20`` of matplotlib's ``tab20`` map (without pyplot)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
+def keep_caller_rng(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run on a copy of torch's global random state (CPU, and every CUDA device once
+    CUDA is initialized): the seeds it sets give the same results, and the caller's stream
+    continues where it was (a test or a user importing a benchmark helper)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def loglog_figure(
     rows: Sequence[dict[str, Any]],
     x: str,
@@ -303,13 +339,9 @@ def loglog_figure(
     """A log-log plot of ``rows[i][key]`` against ``rows[i][x]`` for each ``(key, label)`` of
     ``series`` present in the rows, saved atomically to ``path``; None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig, ax = new_figure(figsize=(5, 3.5))
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [r[x] for r in rows]
     for key, label in series:
         if key in rows[0]:
@@ -319,10 +351,7 @@ def loglog_figure(
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        return save_figure(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=120)
 
 
 # argparse types of the benchmark command lines (one home: unrollsci/_argtypes.py)

@@ -22,7 +22,7 @@ from ..graph import (
     road_graph,
     sensor_graph,
 )
-from ._common import read_input
+from ._common import keep_caller_rng, read_input
 
 __all__ = [
     "TRAIN_KINDS",
@@ -144,6 +144,7 @@ def training_problems(
     return out
 
 
+@keep_caller_rng
 def train_models(
     train: list[GraphInverseProblem],
     val: list[GraphInverseProblem],

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ._common import keep_caller_rng
+
 # name -> (class name, options, supervised?)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "LISTA": ("LISTA", {}),
@@ -322,6 +324,7 @@ SCHEDULE_KEYS: dict[str, Any] = {
 }
 
 
+@keep_caller_rng
 def train_staged(
     name: str,
     a: torch.Tensor,

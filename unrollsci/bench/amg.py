@@ -39,6 +39,7 @@ from .._io import check_output_folder
 from ._amg_rows import amg_floor, pyamg_build, run, summarise
 from ._common import (
     check_output_file,
+    keep_caller_rng,
     markdown_table,
     output_dir_arg,
     parse_bench_args,
@@ -119,6 +120,7 @@ def _model(args: Any, variant: str, seed: int) -> Any:
     )
 
 
+@keep_caller_rng
 def _train(args: Any, variant: str = "sa") -> tuple[Any, dict[str, Any]]:
     from ..precond import fit_preconditioner
 

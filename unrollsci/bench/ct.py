@@ -24,6 +24,7 @@ from .._argtypes import float_arg, int_arg
 from ..train._state import copy_state
 from ._common import (
     Timer,
+    keep_caller_rng,
     markdown_table,
     output_dir_arg,
     parse_bench_args,
@@ -53,6 +54,7 @@ MEMORY = 5  # default --memory (700-step comparison: +0.25 dB over 0 at the same
 DUAL = False  # default --dual
 
 
+@keep_caller_rng
 def main(argv: list[str] | None = None) -> int:
     from ..imaging import UnrolledCT, empirical_lipschitz, lipschitz_bound
     from ..operators import Radon, fbp

@@ -32,6 +32,7 @@ from .._io import check_writable
 from ..train._state import copy_state
 from ._common import (
     check_results_paths,
+    keep_caller_rng,
     markdown_table,
     output_dir_arg,
     positive_int_arg,
@@ -286,6 +287,7 @@ def _load_ridge(path: str | Path) -> Any:
     return model
 
 
+@keep_caller_rng
 def main(argv: list[str] | None = None) -> int:
     from ..imaging import ConvexRidgeCT, empirical_lipschitz, fbp
     from ..operators import Radon

@@ -45,7 +45,9 @@ from .._argtypes import float_arg, positive_int_arg
 from ..train._state import copy_state
 from ._common import (
     figure_path,
+    keep_caller_rng,
     markdown_table,
+    new_figure,
     output_dir_arg,
     parse_bench_args,
     save_figure,
@@ -175,6 +177,7 @@ def _train(model: Any, cfg: dict[str, Any], val: tuple[Any, Any, Any], log: Any)
     }
 
 
+@keep_caller_rng
 def run(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
     from ..unrolled import UnrolledAnalysisFISTA
 
@@ -332,13 +335,8 @@ def _report(res: dict[str, Any]) -> str:
 
 
 def _plot(res: dict[str, Any], path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     f, m = res["fista"], res["model"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     it = sorted(int(k) for k in f["psnr_by_iteration"])
     ax.semilogx(it, [f["psnr_by_iteration"][str(i)] for i in it], "o-", label="FISTA")
     ks = list(range(1, len(m["psnr_db_by_layer"]) + 1))
@@ -350,7 +348,6 @@ def _plot(res: dict[str, Any], path: Any) -> None:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

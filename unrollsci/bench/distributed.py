@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ._common import (
+    keep_caller_rng,
     markdown_table,
     output_dir_arg,
     parse_bench_args,
@@ -100,6 +101,7 @@ def _halt_after_third(epoch: int, train_loss: float, val_loss: float | None) -> 
     return epoch == 2  # stop the run in its second layer-wise stage
 
 
+@keep_caller_rng
 def build(kind: str, scale: str = "test", dtype: torch.dtype = torch.float64) -> Case:
     """The ``kind`` case at ``scale`` ("test": seconds on a CPU; "bench": larger)."""
     s = _SIZES.get(kind, {}).get(scale, {})
@@ -271,6 +273,7 @@ def _measure(nprocs: int, threads: int, distributed: bool | None, args: Any, tmp
 
 
 # ---------------------------------------------------------------- mixed precision
+@keep_caller_rng
 def mixed_precision_ct(args: Any) -> list[dict[str, Any]]:
     """CT network trained in float32 and in bf16 autocast, equal steps, test PSNR."""
     from ..imaging import UnrolledCT

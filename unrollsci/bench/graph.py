@@ -36,6 +36,7 @@ from ..graph._baselines import BASELINES, classical_iterates
 from ._common import (
     figure_path,
     markdown_table,
+    new_figure,
     output_dir_arg,
     parse_bench_args,
     positive_int_arg,
@@ -113,12 +114,7 @@ def _steps_to_match(p: GraphInverseProblem, target: float, max_iter: int = 400) 
 
 
 def _plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for name, c in curves.items():
         ax.semilogy(
             range(len(c)),
@@ -134,7 +130,6 @@ def _plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def _check_files(args: argparse.Namespace) -> None:

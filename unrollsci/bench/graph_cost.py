@@ -48,7 +48,7 @@ from ..graph import (
     road_graph,
     sensor_graph,
 )
-from ._common import Timer, markdown_table, results_name, write_results, write_text
+from ._common import Timer, keep_caller_rng, markdown_table, results_name, write_results, write_text
 
 __all__ = ["run_cost", "timing_big"]
 
@@ -268,6 +268,7 @@ def _batch64(adj: Any, models: dict, repeats: int) -> dict[str, Any]:
     return out
 
 
+@keep_caller_rng
 def run_cost(
     outdir: str | Path,
     *,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..graph import MODES, StepController, UnrolledGraphGD, inpainting_problem
-from ._common import markdown_table, results_name, write_results, write_text
+from ._common import keep_caller_rng, markdown_table, results_name, write_results, write_text
 from .graph_cost import _graphs, _median
 
 __all__ = ["FORWARD_SAMPLE", "TRAINED", "forward_models", "forward_markdown", "run_forward"]
@@ -35,6 +35,7 @@ TRAINED = {
 }
 
 
+@keep_caller_rng
 def forward_models(
     sample: int | None = FORWARD_SAMPLE, *, trained: bool = False
 ) -> dict[str, UnrolledGraphGD]:

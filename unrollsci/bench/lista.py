@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .._argtypes import existing_dir_arg, float_arg, int_arg
+from ._common import keep_caller_rng
 from ._lista_merge import merge_parts, read_parts
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
@@ -45,21 +46,16 @@ __all__ = ["main", "make_problem", "sample", "oracle_nmse_db"]
 
 
 def _plot(results: dict, cfg: dict, path: Path) -> None:
-    import matplotlib
-
-    from ._common import save_figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ._common import new_figure, save_figure, tab20
 
     snrs = list(results["by_snr"].keys())
-    fig, axes = plt.subplots(1, len(snrs), figsize=(6 * len(snrs), 4.5), squeeze=False)
+    fig, axes = new_figure(1, len(snrs), figsize=(6 * len(snrs), 4.5), squeeze=False)
     layers = list(range(1, cfg["K"] + 1))
     for ax, snr in zip(axes[0], snrs, strict=False):
         res = results["by_snr"][snr]
         for i, (name, curve) in enumerate(res["nmse_db"].items()):
             style = "--" if name in CLASSICAL else "-"
-            color = plt.cm.tab20(i % 20)
+            color = tab20(i)
             ax.plot(layers, curve, style, marker=".", label=name, color=color)
         if res.get("oracle_db") is not None:
             ax.axhline(res["oracle_db"], color="k", lw=0.8, ls=":", label="oracle LS on support")
@@ -71,7 +67,6 @@ def _plot(results: dict, cfg: dict, path: Path) -> None:
         ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def _report(results: dict, cfg: dict, out: str, name: str) -> Path:
@@ -159,6 +154,7 @@ def _result_name(args: argparse.Namespace) -> str:
     return args.name or default
 
 
+@keep_caller_rng
 def main(argv: list[str] | None = None) -> int:
     """Run the LISTA benchmark (``--quick`` for a short smoke run)."""
     from .. import unrolled

@@ -24,9 +24,11 @@ from .._argtypes import positive_int_arg
 from ._common import (
     figure_path,
     markdown_table,
+    new_figure,
     output_dir_arg,
     parse_bench_args,
     save_figure,
+    tab20,
     write_results,
 )
 from ._precond_setup import (  # noqa: F401  (re-exported: benchmarks/precond_*.py use them)
@@ -124,17 +126,12 @@ def reference_check(seed: int = 0, rtol: float = 1e-8) -> dict[str, int]:
 
 
 def _plot(histories: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     meths = list(dict.fromkeys(k[2] for k in histories))
-    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(meths)}
+    colors = {m: tab20(i) for i, m in enumerate(meths)}
     fams = list(dict.fromkeys(k[0] for k in histories))
     labels = {f: list(dict.fromkeys(k[1] for k in histories if k[0] == f)) for f in fams}
     ncol = max(len(v) for v in labels.values())
-    fig, axes = plt.subplots(len(fams), ncol, figsize=(4.2 * ncol, 3.4 * len(fams)), squeeze=False)
+    fig, axes = new_figure(len(fams), ncol, figsize=(4.2 * ncol, 3.4 * len(fams)), squeeze=False)
     for i, f in enumerate(fams):
         for j in range(len(labels[f]), ncol):
             axes[i][j].set_visible(False)
@@ -157,7 +154,6 @@ def _plot(histories: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

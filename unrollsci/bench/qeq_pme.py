@@ -43,6 +43,7 @@ from ..chem._pme import PMEReciprocal, mesh_shape
 from ._common import (
     figure_path,
     markdown_table,
+    new_figure,
     output_dir_arg,
     parse_bench_args,
     positive_int_arg,
@@ -212,13 +213,9 @@ def crossover(rows: list[dict[str, Any]], key: str = "pme/ewald_ef") -> int | No
 def _plot(rows: list[dict[str, Any]], args, path) -> None:
     """Log-log time vs N: both methods, energy + forces, one line style per accuracy."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig, ax = new_figure(figsize=(5.5, 3.8))
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for acc, style in zip(args.accuracies, ("-", "--", ":", "-."), strict=False):
         sub = [r for r in rows if r["accuracy"] == acc]
         kind = "product" if args.products else ("ef" if "ef" in args.kinds else "q")
@@ -239,10 +236,7 @@ def _plot(rows: list[dict[str, Any]], args, path) -> None:
     ax.set_title(f"QEq with Ewald, rock salt, cutoff {args.cutoff:g} A, {args.threads} thread")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        save_figure(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,9 @@ from .._argtypes import int_arg, positive_int_arg
 from ..train._state import copy_state
 from ._common import (
     figure_path,
+    keep_caller_rng,
     markdown_table,
+    new_figure,
     output_dir_arg,
     parse_bench_args,
     save_figure,
@@ -200,6 +202,7 @@ def run_group(cfg: dict[str, Any], log: Any) -> dict[str, Any]:
 _MODELS = ("LISTA", "PreconditionedLISTA (diagonal)", "BlockLISTA")
 
 
+@keep_caller_rng
 def _fit(name: str, size: int, setup: tuple, data: tuple, cfg: dict, log: Any) -> dict[str, Any]:
     """Train model ``name`` on the first ``size`` training samples; test NMSE and cost."""
     from ..unrolled import LISTA, BlockLISTA, PreconditionedLISTA
@@ -382,12 +385,7 @@ def _group_report(data: dict[str, Any]) -> str:
 
 
 def _group_plot(data: dict[str, Any], path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     for key, res in data["by_snr"].items():
         for name, curve in res["curve"].items():
             sizes = sorted(int(s) for s in curve)
@@ -403,7 +401,6 @@ def _group_plot(data: dict[str, Any], path: Any) -> None:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,9 @@ def _cached_influence(
     cell: torch.Tensor, shape: list[int], alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`influence`, remembered for a cell that needs no gradient (fixed-cell MD and
-    relaxations compute it once; the key is the cell's values, dtype and device)."""
+    relaxations compute it once; the key is the cell's values, dtype and device). The
+    filters are built outside ``torch.inference_mode()``: a solve under it leaves later
+    autograd calls (forces) on the same cell working."""
     if cell.requires_grad:
         return influence(cell, shape, alpha)
     key = (
@@ -150,7 +152,8 @@ def _cached_influence(
     if key not in _FILTERS:
         if len(_FILTERS) >= 4:
             _FILTERS.pop(next(iter(_FILTERS)))
-        _FILTERS[key] = influence(cell, shape, alpha)
+        with torch.inference_mode(False):  # constants: no inference tensors cached
+            _FILTERS[key] = influence(cell.clone(), shape, alpha)
     return _FILTERS[key]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._compat import message_passing
+from .._compat import message_passing, quiet_csr
 from ..solvers._chebyshev import chebyshev_roots
 
 MessagePassing = message_passing()
@@ -174,7 +174,8 @@ class StepController(MessagePassing):
         coo = torch.sparse_coo_tensor(
             torch.stack([dst, src]), norm, (r, m), check_invariants=False
         ).coalesce()
-        return coo.to_sparse_csr()
+        with quiet_csr():
+            return coo.to_sparse_csr()
 
     def forward(
         self,

@@ -3,6 +3,9 @@ the problems on it), and the per-node features of the local node head (once per 
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -13,6 +16,19 @@ from ._controller import StepController
 from ._problem import GraphInverseProblem
 
 __all__ = ["ControllerSample", "controller_sample", "local_features", "per_graph"]
+
+
+@contextlib.contextmanager
+def _constant() -> Iterator[None]:
+    """Where the cached graph constants are built: outside ``torch.inference_mode()`` (no
+    inference tensors in a cache) and without torch's once-per-process notice that sparse
+    CSR tensors are "in beta" (the mean adjacency is one; the notice is nothing a user can
+    act on)."""
+    with torch.inference_mode(False), warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Sparse CSR tensor support is in beta", category=UserWarning
+        )
+        yield
 
 
 @dataclass
@@ -29,6 +45,10 @@ class ControllerSample:
             aggregation matrix), and the last hop only on the sample itself.
         adj: the mean aggregation matrix restricted to ``nodes`` (``m x m`` sparse CSR;
             built on first use).
+
+    The tensors are constants shared by every problem on the graph: they are built
+    outside ``torch.inference_mode()`` (a sample first used under it still serves
+    later autograd calls).
     """
 
     nodes: torch.Tensor
@@ -41,9 +61,10 @@ class ControllerSample:
 
     @cached_property
     def adj(self) -> torch.Tensor:
-        return StepController.mean_adjacency(
-            self.edge_index, self.edge_weight, self.num_nodes, nodes=self.nodes
-        )
+        with _constant():
+            return StepController.mean_adjacency(
+                self.edge_index, self.edge_weight, self.num_nodes, nodes=self.nodes
+            )
 
 
 def _draw(
@@ -119,7 +140,9 @@ def per_graph(p: GraphInverseProblem, key: str, build: Any) -> Any:
     """``build()`` cached on ``p`` under ``key`` and shared by every problem on the same
     graph, blocks and device (the graph certificate cache): for what depends on the graph
     only (the controller's node sample, its mean adjacency). The value is shared: read it,
-    never change it in place."""
+    never change it in place. It is built outside ``torch.inference_mode()`` (no
+    inference tensors in the cache: a first use under it leaves later autograd calls,
+    on any problem of the graph, working)."""
     import hashlib
 
     import numpy as np
@@ -127,10 +150,14 @@ def per_graph(p: GraphInverseProblem, key: str, build: Any) -> Any:
     from . import _graphcert
     from ._spectral import graph_digest
 
+    def constant() -> Any:
+        with _constant():
+            return build()
+
     def shared() -> Any:
         blocks = np.ascontiguousarray(p.block_ptr, dtype=np.int64).tobytes()
         what = f"{key}-{p.device}-{hashlib.sha256(blocks).hexdigest()}"
-        return _graphcert.cached_for_graph(p.lap_scipy, what, build, graph_digest(p))
+        return _graphcert.cached_for_graph(p.lap_scipy, what, constant, graph_digest(p))
 
     return p.cached(key, shared)
 
@@ -141,11 +168,12 @@ def local_features(
     """The :data:`~unrollsci.graph.LOCAL_FEATURES` ``(batch or 1, n, 4)``: observed,
     ``log1p(degree)``, ``R_i / Lip`` and the (weighted) observed share of the neighbours."""
 
-    def share() -> torch.Tensor:
-        src, dst = p.edge_index[0], p.edge_index[1]
-        w = p.edge_weight.to(obs.dtype)
-        nb = obs.new_zeros(obs.shape).index_add(-1, dst, obs[..., src] * w)
-        return nb / p.degree.to(obs.dtype).clamp(min=torch.finfo(obs.dtype).tiny)
+    def share() -> torch.Tensor:  # a constant of the problem: no inference tensor cached
+        with torch.inference_mode(False):
+            src, dst = p.edge_index[0], p.edge_index[1]
+            w = p.edge_weight.to(obs.dtype)
+            nb = obs.new_zeros(obs.shape).index_add(-1, dst, obs[..., src] * w)
+            return nb / p.degree.to(obs.dtype).clamp(min=torch.finfo(obs.dtype).tiny)
 
     nbr = p.cached(f"observed-share-{obs.dtype}-{tuple(obs.shape)}", share)
     logdeg = torch.log1p(p.degree.to(obs.dtype))[None]

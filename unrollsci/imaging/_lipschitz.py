@@ -77,18 +77,20 @@ def lipschitz_bound(
     model.eval()
     layers = []
     lx = l_init
-    with torch.no_grad():
-        steps = model.step_sizes().double()
-        for k in range(model.active_layers):
-            block, s = model.layer(k)
-            s = float(steps[0 if model.tied else k])
-            lip_cnn = block.lipschitz()
-            dual = model.dual_layer(k)
-            lip_dual = 0.0 if dual is None else dual.lipschitz()
-            lx = propagate_bound(lx, s, n_a, a, lip_cnn, lip_dual)
-            # bound on the state (x, h[, q])
-            layers.append({"step": s, "cnn": lip_cnn, "dual_cnn": lip_dual, "bound": lx})
-    model.train(was)
+    try:
+        with torch.no_grad():
+            steps = model.step_sizes().double()
+            for k in range(model.active_layers):
+                block, s = model.layer(k)
+                s = float(steps[0 if model.tied else k])
+                lip_cnn = block.lipschitz()
+                dual = model.dual_layer(k)
+                lip_dual = 0.0 if dual is None else dual.lipschitz()
+                lx = propagate_bound(lx, s, n_a, a, lip_cnn, lip_dual)
+                # bound on the state (x, h[, q])
+                layers.append({"step": s, "cnn": lip_cnn, "dual_cnn": lip_dual, "bound": lx})
+    finally:
+        model.train(was)
     if math.isnan(lx):
         raise ValueError("Expected a finite Lipschitz bound (got NaN from finite weights).")
     cert = LipschitzCertificate(bound=lx, init=l_init, radon_norm=a * n_a, layers=layers)
@@ -139,13 +141,17 @@ def empirical_lipschitz(
     was = model.training
     model.eval()
     kwargs = {} if mask is None else {"mask": mask}
-    for _ in range(steps):
-        opt.zero_grad()
-        num = (model(y1, **kwargs) - model(y2, **kwargs)).reshape(y.shape[0], -1).norm(dim=1)
-        den = (y1 - y2).reshape(y.shape[0], -1).norm(dim=1).clamp(min=1e-30)
-        ratio = num / den
-        best = max(best, float(ratio.detach().max()))
-        (-torch.log(ratio.clamp(min=1e-30)).sum()).backward()
-        opt.step()
-    model.train(was)
+    try:
+        for _ in range(steps):
+            num = (model(y1, **kwargs) - model(y2, **kwargs)).reshape(y.shape[0], -1)
+            den = (y1 - y2).reshape(y.shape[0], -1).norm(dim=1).clamp(min=1e-30)
+            ratio = num.norm(dim=1) / den
+            best = max(best, float(ratio.detach().max()))
+            # gradients of the two inputs only: the model's parameters (and any .grad a
+            # caller computed for them) are left as they were
+            obj = -torch.log(ratio.clamp(min=1e-30)).sum()
+            y1.grad, y2.grad = torch.autograd.grad(obj, [y1, y2])
+            opt.step()
+    finally:
+        model.train(was)
     return best

@@ -149,10 +149,16 @@ def self_ensemble(
             f"{symmetries!r})."
         )
     if symmetries is None or isinstance(symmetries, int):
-        cached = getattr(model, "_symmetries", None)
-        if cached is None:  # computed once per model (a search over the 8 candidates)
+        # computed once per model and geometry (a search over the 8 candidates); keyed on
+        # the geometry: a model whose radon changed gets the new geometry's symmetries
+        angles = radon.angles.detach().cpu().double().reshape(-1).tolist()
+        key = (radon.image_size, radon.n_detectors, bool(radon.circle), tuple(angles))
+        memo = getattr(model, "_symmetries", None)
+        if isinstance(memo, tuple) and len(memo) == 2 and memo[0] == key:
+            cached = memo[1]
+        else:
             cached = radon_symmetries(radon)
-            model._symmetries = cached
+            model._symmetries = (key, cached)
         count = len(cached) if symmetries is None else int(symmetries)
         if not 1 <= count <= len(cached):
             raise ValueError(f"Expected 1 <= symmetries <= {len(cached)} (got {count}).")

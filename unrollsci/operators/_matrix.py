@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._compat import quiet_csr
 from .._validation import check_device, check_finite, check_tensor
 from ._base import LinearOperator, check_dtype_supported, check_real, tensor_key
 
@@ -76,14 +77,15 @@ def to_torch_sparse(
             raise ValueError(
                 f"Expected a 2-dimensional matrix for to_torch_sparse (got shape {tuple(a.shape)})."
             )
-        if a.layout == torch.sparse_csr:
-            t = a
-        elif a.layout == torch.sparse_coo:
-            t = a.coalesce().to_sparse_csr()
-        elif a.layout == torch.strided:
-            t = a.to_sparse_csr()
-        else:
-            t = a.to_sparse_coo().coalesce().to_sparse_csr()
+        with quiet_csr():
+            if a.layout == torch.sparse_csr:
+                t = a
+            elif a.layout == torch.sparse_coo:
+                t = a.coalesce().to_sparse_csr()
+            elif a.layout == torch.strided:
+                t = a.to_sparse_csr()
+            else:
+                t = a.to_sparse_coo().coalesce().to_sparse_csr()
     else:
         t = _csr_from_scipy(_canonical_csr(a))
     if dtype is not None or device is not None:

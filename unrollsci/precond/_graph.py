@@ -57,10 +57,13 @@ class MatrixGraph:
 
     def edge_index(self) -> torch.Tensor:
         """``(2, E)`` directed edges, source -> target: the strict-lower entries ``j -> i``,
-        then their reverses (built on first use: only message passing needs it)."""
+        then their reverses (built on first use: only message passing needs it; outside
+        ``torch.inference_mode()``, so a first use under it leaves training working)."""
         ei = self.cache.get("edge_index")
         if ei is None:
-            ei = torch.stack([torch.cat([self.lo_j, self.lo_i]), torch.cat([self.lo_i, self.lo_j])])
+            with torch.inference_mode(False):
+                i, j = self.lo_i, self.lo_j
+                ei = torch.stack([torch.cat([j, i]), torch.cat([i, j])])
             self.cache["edge_index"] = ei
         return ei
 

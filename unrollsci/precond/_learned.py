@@ -256,16 +256,22 @@ class LearnedPreconditioner(nn.Module):
                 self.poly_ratio.fill_(float(np.log(self.ratio / (1 - self.ratio))))
 
     def reset_parameters(self, seed: int | None = None) -> None:
-        """Fresh random weights (torch's default initialization, drawn from
-        ``torch.manual_seed(seed)`` without touching the global generator when ``seed`` is
-        given). The output layers start at zero again, so the model is its base factor."""
-        cuda = sorted({q.device.index or 0 for q in self.parameters() if q.is_cuda})
-        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        """Fresh random weights (torch's default initialization). With ``seed``: drawn on
+        the CPU from the CPU generator seeded with ``seed`` (then copied to the weights'
+        device: the same weights on every device), no global generator touched (CPU or
+        accelerator). The output layers start at zero again: the model is its base factor."""
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
-                torch.manual_seed(seed)
+                torch.random.default_generator.manual_seed(int(seed))
             for mod in self.modules():
-                if isinstance(mod, nn.Linear):
+                if not isinstance(mod, nn.Linear):
+                    continue
+                dev = mod.weight.device
+                if seed is None or dev.type == "cpu":
                     mod.reset_parameters()
+                else:  # the same (CPU) draws on every device
+                    mod.to("cpu").reset_parameters()
+                    mod.to(dev)
         self._zero_heads()
 
     def get_config(self) -> dict[str, Any]:
@@ -401,6 +407,8 @@ class LearnedPreconditioner(nn.Module):
         :mod:`unrollsci.precond._amg`), float64, differentiable."""
         h, _ = self._node_states(g)
         setup = g.cache["amg"]
+        with torch.inference_mode(False):  # its lazy maps: constants, no inference tensors
+            setup.maps().smoother_factor(setup.e_row.device)
         return prolongation_values(setup, self.amg_head(h, setup))
 
     def poly_operator(self, g: MatrixGraph) -> ChebyshevPreconditioner:
@@ -420,9 +428,10 @@ class LearnedPreconditioner(nn.Module):
         return self._poly(g.matrix, corr / dsqrt, g.cache)
 
     def _poly(self, a: Any, scale: torch.Tensor, cache: dict) -> ChebyshevPreconditioner:
-        if "op" not in cache:
-            cache["op"] = SymmetricMatvec(a)
-            cache["abs"] = abs_entries(a, scale.device)
+        if "op" not in cache:  # constants of the matrix: no inference tensors cached
+            with torch.inference_mode(False):
+                cache["op"] = SymmetricMatvec(a)
+                cache["abs"] = abs_entries(a, scale.device)
         hi = gershgorin_scaled(cache["abs"], scale) * (1.0 + 1e-12)
         # lo / hi below 1 for any weight: sigmoid rounds to 1 from about 36.7, and lo = hi
         # (a zero-width interval) made every entry of M NaN

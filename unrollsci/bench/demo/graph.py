@@ -17,6 +17,7 @@ from ...graph import (
     sensor_graph,
 )
 from ...graph._baselines import BASELINES, classical_iterates
+from .._common import keep_caller_rng
 
 __all__ = ["FIGURES", "run_demo"]
 
@@ -24,6 +25,7 @@ __all__ = ["FIGURES", "run_demo"]
 FIGURES = ["graph_inpainting.png"]
 
 
+@keep_caller_rng
 def run_demo(outdir: Path) -> list[dict[str, Any]]:
     """Train the three modes for a few seconds on small sensor graphs, evaluate on an
     unseen one (50% observed, noise 0.1, lam = 1, K = 10), and plot the convergence.
@@ -98,14 +100,9 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
 
 
 def _plot(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
+    from .._common import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .._common import save_figure
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     for name, c in curves.items():
         ax.semilogy(
             c,
@@ -119,4 +116,3 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
-    plt.close(fig)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .._common import keep_caller_rng
+
 __all__ = ["FIGURES", "run_demo"]
 
 #: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
@@ -27,6 +29,7 @@ def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[list[float], list[flo
         return psnr, [float("nan")] * len(psnr)
 
 
+@keep_caller_rng
 def run_demo(outdir: Path) -> list[dict[str, Any]]:
     """FBP, TV and a briefly trained UnrolledCT on noisy 64 x 64 random-ellipse phantoms.
 
@@ -94,21 +97,15 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
     x = x[:1]
     images = {k: v[:1] for k, v in images.items()}
     try:
-        import matplotlib
+        from .._common import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .._common import save_figure
-
-        fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
+        fig, axes = new_figure(1, 4, figsize=(12, 3.3))
         for ax, (name, img) in zip(axes, [("phantom", x), *images.items()], strict=True):
             ax.imshow(img[0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(name, fontsize=9)
             ax.axis("off")
         fig.tight_layout()
         save_figure(fig, Path(outdir) / FIGURES[0], dpi=100)
-        plt.close(fig)
     except ImportError:  # pragma: no cover - matplotlib is optional
         pass
     return rows

@@ -9,12 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._common import keep_caller_rng
+
 __all__ = ["FIGURES", "run_demo"]
 
 #: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
 FIGURES = ["precond_demo.png"]
 
 
+@keep_caller_rng
 def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
     """Train on eight 16x16 diffusion systems, compare PCG on a held-out 48x48 one.
 
@@ -59,14 +62,9 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
                 }
             )
         try:
-            import matplotlib
+            from .._common import new_figure, save_figure
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            from .._common import save_figure
-
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = new_figure(figsize=(5, 3.5))
             for name, res in hist.items():
                 ax.semilogy(np.arange(1, len(res) + 1), res, label=name)
             ax.set_xlabel("PCG iteration")
@@ -75,7 +73,6 @@ def run_demo(outdir: pathlib.Path) -> list[dict[str, Any]]:
             ax.legend()
             fig.tight_layout()
             save_figure(fig, pathlib.Path(outdir) / FIGURES[0], dpi=100)
-            plt.close(fig)
         except ImportError:  # pragma: no cover - matplotlib is optional
             pass
         return rows

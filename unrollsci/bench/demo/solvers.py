@@ -61,16 +61,12 @@ def run_demo(outdir: Path) -> list[dict]:
 
 
 def _plot(curves: dict[str, list[float]], path: Path) -> None:
-    try:
-        import matplotlib
+    from .._common import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        fig, ax = new_figure(figsize=(6, 4))
     except ImportError:  # matplotlib is in the 'bench' extra
         return
-    from .._common import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in curves.items():
         ax.semilogy(range(1, len(r) + 1), r, label=name)
     ax.set_xlabel("iteration")
@@ -79,4 +75,3 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)

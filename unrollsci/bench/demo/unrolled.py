@@ -10,12 +10,15 @@ from typing import Any
 
 import torch
 
+from .._common import keep_caller_rng
+
 __all__ = ["FIGURES", "run_demo"]
 
 #: files ``run_demo`` writes into ``outdir`` (``unrollsci demo`` checks them beforehand).
 FIGURES = ["lista_demo.png"]
 
 
+@keep_caller_rng
 def run_demo(outdir: Path) -> list[dict[str, Any]]:
     """Train small LISTA-CP and ALISTA models (m=40, n=80, K=8) and compare with ISTA/FISTA.
 
@@ -79,14 +82,9 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         curves[name] = [float(nmse_db(xk, x_te)) for xk in xs]
         rows.append({"method": name, f"NMSE@{k} (dB)": curves[name][-1], "train s": sec})
     try:
-        import matplotlib
+        from .._common import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .._common import save_figure
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = new_figure(figsize=(5, 3.5))
         for name, c in curves.items():
             ax.plot(range(1, k + 1), c, marker=".", label=name)
         ax.set_xlabel("layer / iteration")
@@ -96,7 +94,6 @@ def run_demo(outdir: Path) -> list[dict[str, Any]]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         save_figure(fig, Path(outdir) / FIGURES[0], dpi=100)
-        plt.close(fig)
     except ImportError:  # pragma: no cover - matplotlib optional
         pass
     return rows
