@@ -64,18 +64,6 @@ def _one_error_line(err: str, *fragments: str) -> None:
         assert fragment in last, last
 
 
-@pytest.fixture
-def water(tmp_path):
-    ase_io = pytest.importorskip("ase.io")
-    from ase.build import molecule
-
-    atoms = molecule("H2O")
-    atoms.rattle(0.05, seed=0)
-    path = tmp_path / "water.xyz"
-    ase_io.write(path, atoms)
-    return path
-
-
 def _tiny_lista_checkpoint(path: Path) -> Path:
     from unrollsci.train import save_checkpoint
     from unrollsci.unrolled import LISTA

@@ -18,18 +18,6 @@ def _files(folder):
 # -- relax -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def water(tmp_path):
-    ase_io = pytest.importorskip("ase.io")
-    from ase.build import molecule
-
-    atoms = molecule("H2O")
-    atoms.rattle(0.05, seed=0)
-    path = tmp_path / "water.xyz"
-    ase_io.write(path, atoms)
-    return path
-
-
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .._argtypes import device_arg, float_arg, int_arg
+from .._argtypes import device_arg, existing_file_arg, float_arg, int_arg
 
 __all__ = [
     "relax_main",
@@ -90,12 +90,7 @@ _device = device_arg
 
 
 def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
-    return path
+    return Path(existing_file_arg(text))
 
 
 def _params(text: str) -> _Params:
