@@ -126,8 +126,9 @@ def pcg_iterate(
             singular).
         finite: with ``not_spd``, a non-finite ``p^T A p`` or ``r^T z`` (NaN or Inf from
             A, M or an overflow) is a breakdown too: it raises ``not_spd(which, k, value)``
-            with that value (:func:`unrollsci.solvers.cg`). ``False``: the loop goes on
-            and the caller reports a non-finite result itself (chem).
+            with that value (:func:`unrollsci.solvers.cg`; with several systems an Inf is
+            caught one iteration later, as the NaN it makes of the residual). ``False``:
+            the loop goes on and the caller reports a non-finite result itself (chem).
 
     Returns:
         ``(x, r, iterations, converged)``; ``converged``: the monitor stopped every system
@@ -226,8 +227,10 @@ def _breaks(value: float, finite: bool) -> bool:
 
 
 def _breaks_t(v: Vec, finite: bool) -> Vec:
-    """:func:`_breaks` elementwise."""
-    return ~((v > 0) & torch.isfinite(v)) if finite else v <= 0
+    """:func:`_breaks` elementwise, but only NaN among the non-finite values (one comparison
+    fewer per iteration): an Inf curvature makes the next residual NaN (``0 * inf``), which
+    the next check catches."""
+    return ~(v > 0) if finite else v <= 0
 
 
 def _check_rz(
