@@ -212,6 +212,11 @@ def test_params_numbers_still_accepted_and_radius_listed():
 
     table = element_table(["O"], {"O": {"chi": np.float32(9.5), "eta": 13, "radius": 0.7}})
     assert table["O"]["chi"] == 9.5 and table["O"]["eta"] == 13 and table["O"]["radius"] == 0.7
+    table = element_table(["O"], {"O": {"chi": np.array(9.5), "eta": np.array(13)}})
+    assert table["O"]["chi"] == 9.5 and table["O"]["eta"] == 13.0  # 0-d arrays (np.load)
+    for bad in (np.array(True), np.array([9.5])):
+        with pytest.raises(TypeError, match=r"params\['O'\]\['chi'\]"):
+            element_table(["O"], {"O": {"chi": bad}})
     with pytest.raises(ValueError, match="radius"):
         element_table(["O"], {"O": {"chi2": 1.0}})
 

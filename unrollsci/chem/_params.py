@@ -92,10 +92,12 @@ BUILTIN_PARAMS: dict[str, dict[str, float]] = {s: _builtin(s) for s in _RAPPE_GO
 
 
 def _check_number(symbol: str, key: str, value: Any) -> None:
-    """A parameter value must be a real number (int, float, numpy scalar, one-element tensor);
-    ``True`` is not 1.0 and ``None`` / text are not numbers."""
+    """A parameter value must be a real number (int, float, numpy scalar or 0-d array,
+    one-element tensor); ``True`` is not 1.0 and ``None`` / text are not numbers."""
     if isinstance(value, torch.Tensor):
         ok = value.numel() == 1 and value.dtype != torch.bool
+    elif isinstance(value, np.ndarray):  # a 0-d array (np.load, np.asarray(x), arr[()])
+        ok = value.ndim == 0 and value.dtype.kind in "iuf"
     else:
         real = (int, float, np.integer, np.floating)
         ok = isinstance(value, real) and not isinstance(value, (bool, np.bool_))
