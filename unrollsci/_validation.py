@@ -20,6 +20,7 @@ __all__ = [
     "check_device",
     "check_positive",
     "check_finite",
+    "check_like",
     "check_nonnegative",
     "check_same_device",
     "check_symmetric",
@@ -386,4 +387,16 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None, hint:
             f"Expected '{name}' to be symmetric (got max |A - A^T| = {diff:.3e}, "
             f"max |A| = {mag:.3e}; the tolerance is {tol:.1e} max |A|)."
             + (f" {hint}" if hint else "")
+        )
+
+
+def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Raise ``TypeError`` unless ``x`` has the dtype and device of ``ref`` (a warm start
+    ``x0`` of another dtype would silently change the solver's dtype, or fail deep
+    inside it)."""
+    if x.dtype != ref.dtype or x.device != ref.device:
+        raise TypeError(
+            f"Expected '{name}' with the dtype and device of '{ref_name}' ({ref.dtype} on "
+            f"{ref.device}; got {x.dtype} on {x.device}); convert it with "
+            f"{name}.to({ref_name})."
         )

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._compat import quiet_csr
 from .._validation import ConvergenceError, ConvergenceWarning
 from ._geometry import pair_kernel, shielded_pair_constant, shielded_w_dw
 from ._hardness import (
@@ -188,8 +189,7 @@ def _incidence(
         idx = torch.int32 if p < 2**31 - 1 else torch.int64
         crow_i, crow_j = crow_i.to(idx), crow_j.to(idx)
     cols_i = (torch.arange(p, device=i.device) if pattern is not None else i_order).to(idx)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
+    with quiet_csr():
         b_j = torch.sparse_csr_tensor(crow_j, order.to(idx), ones, (n, p))
         b_i = torch.sparse_csr_tensor(crow_i, cols_i, ones, (n, p))
     return b_j, b_i

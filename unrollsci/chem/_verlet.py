@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._compat import quiet_csr
 from ._geometry import csr_pattern, half_pairs
 from ._hardness import _dense_hardness, _Hardness, _projected_hardness, raise_catastrophe
 
@@ -65,8 +65,7 @@ class VerletPairs:
         self.shifts = torch.from_numpy(ps).to(device=device, dtype=dtype) if ps.any() else None
         self.pattern = None
         if self.i.numel() >= CSR_MIN_PAIRS:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch's "sparse CSR support is in beta"
+            with quiet_csr():
                 self.pattern = csr_pattern(self.i, self.j, len(pos))
         self.cache = {}
         self._ref = pos.copy()

@@ -4,7 +4,6 @@ the problems on it), and the per-node features of the local node head (once per 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .._compat import quiet_csr
 from ._controller import StepController
 from ._problem import GraphInverseProblem
 
@@ -24,10 +24,7 @@ def _constant() -> Iterator[None]:
     inference tensors in a cache) and without torch's once-per-process notice that sparse
     CSR tensors are "in beta" (the mean adjacency is one; the notice is nothing a user can
     act on)."""
-    with torch.inference_mode(False), warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"Sparse CSR tensor support is in beta", category=UserWarning
-        )
+    with torch.inference_mode(False), quiet_csr():
         yield
 
 

@@ -11,6 +11,7 @@ from .._validation import (
     as_bool_mask,
     check_batch,
     check_finite,
+    check_like,
     check_positive,
     check_tensor,
 )
@@ -138,11 +139,7 @@ def tv_reconstruction(
         want = (y.shape[0], *radon.in_shape)
         if tuple(x0.shape) != want:
             raise ValueError(f"Expected 'x0' of shape {want} (got {tuple(x0.shape)}).")
-        if x0.dtype != y.dtype or x0.device != y.device:
-            raise TypeError(
-                f"Expected 'x0' with the dtype and device of 'y' ({y.dtype} on {y.device}; got "
-                f"{x0.dtype} on {x0.device}); convert it with x0.to(y)."
-            )
+        check_like("x0", x0, "y", y)
         check_finite("x0", x0)
     a = radon.norm()
     ys = y / a

@@ -127,8 +127,7 @@ def _csr_from_scipy(csr: Any) -> torch.Tensor:
     data = np.asarray(csr.data)
     if not data.flags.writeable:  # a cached, shared matrix: torch warns on sharing it
         data = data.copy()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+    with quiet_csr(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse invariant checks")
         return torch.sparse_csr_tensor(
             torch.from_numpy(csr.indptr.astype(np.int64)),

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._compat import quiet_csr
 from .._validation import check_device
 from ._base import LinearOperator
 from ._checks import FixedAngles, tensor_key
@@ -263,8 +263,7 @@ def _to_csr(mat: Any) -> torch.Tensor:
     """torch CSR copy of scipy CSR ``mat`` (its own arrays: ``mat`` may be the cached
     system matrix, which other operators of the geometry are built from)."""
     index = torch.int32 if max(mat.shape[0], mat.nnz) < 2**31 - 1 else torch.int64
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+    with quiet_csr():
         return torch.sparse_csr_tensor(
             torch.from_numpy(mat.indptr.astype(np.int64)).to(index),
             torch.from_numpy(mat.indices.astype(np.int64)).to(index),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..solvers._common import row_norm
+from ..solvers._common import pow2_above, row_norm
 from ..solvers._loop import PCGState, pcg_iterate
 from ._graph import SystemBatch
 from ._sparse import lower_matvec
@@ -94,8 +94,7 @@ def _pow2_row_scale(b: torch.Tensor) -> torch.Tensor:
     """``2^e`` per row of ``b`` (shape ``(..., 1)``, detached) with ``||b_row|| / 2^e`` in
     ``[0.5, 1)``; 1 for a zero row or a non-finite norm."""
     norm = row_norm(b)
-    _, e = torch.frexp(torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm)))
-    return torch.ldexp(torch.ones_like(norm), e)[..., None]
+    return pow2_above(torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm)))[..., None]
 
 
 def pcg_loss(

@@ -15,6 +15,7 @@ from .._validation import (
     SYMMETRY_EPS_FACTOR,
     ConvergenceWarning,
     check_finite,
+    check_like,
     check_positive,
     check_same_device,
     check_tensor,
@@ -22,7 +23,7 @@ from .._validation import (
 from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
-from ._common import as_operator, check_like, check_signal, check_stopping, row_norm
+from ._common import as_operator, check_signal, check_stopping, row_norm
 from ._loop import GRAD_MODES, PCGState, differentiate, implicit_solution, pcg_iterate
 from ._solution import Solution, finish
 

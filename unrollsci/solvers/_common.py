@@ -24,7 +24,7 @@ __all__ = [
     "unbatch",
     "check_stopping",
     "check_signal",
-    "check_like",
+    "pow2_above",
 ]
 
 
@@ -117,16 +117,12 @@ def prepare_lasso(
     return op, y, lam_t[:, None], unbatched
 
 
-def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
-    """Raise ``TypeError`` unless ``x`` has the dtype and device of ``ref`` (a warm start
-    ``x0`` of another dtype would silently change the solver's dtype, or fail deep
-    inside it)."""
-    if x.dtype != ref.dtype or x.device != ref.device:
-        raise TypeError(
-            f"Expected '{name}' with the dtype and device of '{ref_name}' ({ref.dtype} on "
-            f"{ref.device}; got {x.dtype} on {x.device}); convert it with "
-            f"{name}.to({ref_name})."
-        )
+def pow2_above(t: torch.Tensor) -> torch.Tensor:
+    """``2^e`` elementwise with ``t / 2^e`` in ``[1/2, 1)`` for ``t > 0`` (1 where ``t`` is 0),
+    detached: dividing by it scales exactly (the same bits at ordinary scales) and keeps
+    squares and inner products of the scaled values in range."""
+    t = t.detach()
+    return torch.ldexp(torch.ones_like(t), torch.frexp(t).exponent)
 
 
 def unbatch(x: torch.Tensor, unbatched: bool) -> torch.Tensor:

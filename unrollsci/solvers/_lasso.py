@@ -12,6 +12,7 @@ import torch
 
 from .._validation import (
     check_finite,
+    check_like,
     check_nonnegative,
     check_positive,
     check_positive_param,
@@ -21,7 +22,7 @@ from ..operators import LinearOperator, gram
 from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
-from ._common import check_like, check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
+from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
 from ._lasso_checks import _finite_residual, check_claim, norm_sq
 from ._loop import run_until
 from ._solution import Solution, finish

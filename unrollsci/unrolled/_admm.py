@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..solvers import admm_step
+from ..solvers._common import pow2_above
 from ..solvers._loop import pcg_iterate
 
 __all__ = ["ADMMNet"]
@@ -29,7 +30,7 @@ def _pow2_scale(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     top = torch.maximum(
         x.detach().abs().amax(-1, keepdim=True), r.detach().abs().amax(-1, keepdim=True)
     )
-    return torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent)
+    return pow2_above(top)
 
 
 class ADMMNet(UnrolledLasso):
