@@ -443,8 +443,10 @@ def test_results_json_has_no_nan_tokens(tmp_path):
         raise ValueError(f"non-JSON token {token}")
 
     loaded = json.loads(path.read_text(), parse_constant=strict)
-    assert loaded["rows"] == [{"gap": None, "breakeven": None, "ok": 1.5}]
-    assert loaded["t"] == [None, 2.0] and loaded["np"] is None and loaded["tensor"] is None
+    # NaN is null; an infinity keeps its sign as a string float() reads back
+    assert loaded["rows"] == [{"gap": None, "breakeven": "inf", "ok": 1.5}]
+    assert loaded["t"] == ["-inf", 2.0] and loaded["np"] is None and loaded["tensor"] == "inf"
+    assert float(loaded["t"][0]) == float("-inf")
 
 
 # -- 9. a legal long file name is written atomically -----------------------------------------
@@ -514,3 +516,20 @@ def test_python_m_unrollsci():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"unrollsci {unrollsci.__version__}"
+
+
+def test_committed_results_are_strict_json():
+    """Every committed results file parses as strict JSON (no NaN/Infinity tokens)."""
+    from pathlib import Path
+
+    def strict(token):
+        raise ValueError(f"non-JSON token {token}")
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    files = sorted(root.rglob("*.json"))
+    assert len(files) > 20
+    for path in files:
+        try:
+            json.loads(path.read_text(), parse_constant=strict)
+        except ValueError as exc:
+            raise AssertionError(f"{path.relative_to(root)}: {exc}") from None

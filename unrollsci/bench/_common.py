@@ -242,21 +242,23 @@ def write_results(
 
 
 def json_text(data: Any) -> str:
-    """``data`` as indented JSON, a non-finite float (NaN, infinity) written as ``null``:
-    strict JSON (RFC 8259) has no token for them."""
+    """``data`` as indented JSON. Strict JSON (RFC 8259) has no token for non-finite
+    floats: NaN is written as ``null``, an infinity as the string ``"inf"`` or ``"-inf"``
+    (``float()`` reads it back; a noiseless SNR, a break-even that never comes)."""
     return json.dumps(_finite(data), indent=2, default=_default, allow_nan=False)
 
 
 def _default(obj: Any) -> Any:
     """Numbers JSON does not know (numpy / torch scalars) as Python floats, non-finite as
-    None."""
-    value = float(obj)
-    return value if math.isfinite(value) else None
+    :func:`_finite` writes them."""
+    return _finite(float(obj))
 
 
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if math.isfinite(obj):
+            return obj
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
