@@ -127,7 +127,8 @@ def pcg_iterate(
         finite: with ``not_spd``, a non-finite ``p^T A p`` or ``r^T z`` (NaN or Inf from
             A, M or an overflow) is a breakdown too: it raises ``not_spd(which, k, value)``
             with that value (:func:`unrollsci.solvers.cg`; with several systems an Inf is
-            caught one iteration later, as the NaN it makes of the residual). ``False``:
+            caught one iteration later, as the NaN it makes of the residual, or at once at
+            the last iteration). ``False``:
             the loop goes on and the caller reports a non-finite result itself (chem).
 
     Returns:
@@ -184,7 +185,7 @@ def _pcg_loop(
                 if _breaks(value, finite):
                     raise not_spd("A", k, value)
             else:
-                bad = _breaks_t(pap.detach(), finite)
+                bad = _breaks_t(pap.detach(), finite, last=k == max_iter)
                 if active is not None:
                     bad = bad & active
                 if bool(bad.any()):
@@ -208,7 +209,7 @@ def _pcg_loop(
             if finished:
                 break
         if check_m:
-            _check_rz(rz_new, done, k, not_spd, finite)
+            _check_rz(rz_new, done, k, not_spd, finite, last=k == max_iter)
         if done is None:
             beta = rz_new / (rz if not_spd is not None else rz.clamp_min(tiny))
             rz = rz_new
@@ -226,22 +227,30 @@ def _breaks(value: float, finite: bool) -> bool:
     return not 0 < value < math.inf if finite else value <= 0
 
 
-def _breaks_t(v: Vec, finite: bool) -> Vec:
-    """:func:`_breaks` elementwise, but only NaN among the non-finite values (one comparison
-    fewer per iteration): an Inf curvature makes the next residual NaN (``0 * inf``), which
-    the next check catches."""
-    return ~(v > 0) if finite else v <= 0
+def _breaks_t(v: Vec, finite: bool, last: bool = False) -> Vec:
+    """:func:`_breaks` elementwise, but only NaN among the non-finite values before the
+    ``last`` iteration (one comparison fewer per iteration): an Inf curvature makes the next
+    residual NaN (``0 * inf``), which the next check catches; at the last iteration no check
+    follows, so Inf is caught there."""
+    if not finite:
+        return v <= 0
+    return ~((v > 0) & (v < math.inf)) if last else ~(v > 0)
 
 
 def _check_rz(
-    rz: Vec, done: Vec | None, k: int, not_spd: Callable[..., Exception], finite: bool = False
+    rz: Vec,
+    done: Vec | None,
+    k: int,
+    not_spd: Callable[..., Exception],
+    finite: bool = False,
+    last: bool = False,
 ) -> None:
     if done is None and rz.numel() == 1:  # one system: one host read
         value = float(rz.detach())
         if _breaks(value, finite):
             raise not_spd("M", k, value)
         return
-    bad = _breaks_t(rz.detach(), finite)
+    bad = _breaks_t(rz.detach(), finite, last)
     if done is not None:
         bad = bad & ~done[..., None]
     if bool(bad.any()):
