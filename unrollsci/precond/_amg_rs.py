@@ -74,6 +74,7 @@ def _entries(
     return a.data[np.searchsorted(rows * n + a.indices, e_row * n + e_col)]
 
 
+@torch.inference_mode(False)  # built under a caller's inference mode, usable in autograd
 def rs_setup(a: Any, *, theta: float = 0.25, direct: bool = False) -> AMGSetup:
     """PyAMG's Ruge-Stuben splitting and classical interpolation of ``a`` (validated
     canonical CSR), and the features of the learned entries of ``P`` (its F rows).

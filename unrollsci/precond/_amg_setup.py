@@ -82,6 +82,7 @@ class AMGSetup:
     low: LowerPattern | None = None
     low_vals: torch.Tensor | None = None
 
+    @torch.inference_mode(False)  # index maps are constants: never inference tensors
     def to(self, device: torch.device | str) -> AMGSetup:
         moved = {
             k: (v.to(device) if isinstance(v, (torch.Tensor, LowerPattern)) else v)
@@ -89,6 +90,7 @@ class AMGSetup:
         }
         return AMGSetup(**moved)
 
+    @torch.inference_mode(False)
     def maps(self) -> AMGSetup:
         """Fill the index maps of ``P`` (on ``e_row``'s device) if missing; returns self.
 
@@ -103,6 +105,7 @@ class AMGSetup:
                 setattr(self, k, v.to(dev) if isinstance(v, torch.Tensor) else v)
         return self
 
+    @torch.inference_mode(False)
     def smoother_factor(self, device: torch.device | str) -> tuple[LowerPattern, torch.Tensor]:
         """``tril(A)`` (pattern, values) on ``device``, built on first use and kept."""
         if self.low is None or self.low_vals is None:
@@ -232,6 +235,7 @@ def _lanczos_rho(a: Any, d: np.ndarray, steps: int = 12, seed: int = 0) -> float
     return float(np.linalg.eigvalsh(t)[-1])
 
 
+@torch.inference_mode(False)  # built under a caller's inference mode, usable in autograd
 def amg_setup(
     a: Any, *, omega: float = 4.0 / 3.0, theta: float = 0.0, seed: int = 0, rho: str = "lanczos"
 ) -> AMGSetup:

@@ -407,8 +407,7 @@ class LearnedPreconditioner(nn.Module):
         :mod:`unrollsci.precond._amg`), float64, differentiable."""
         h, _ = self._node_states(g)
         setup = g.cache["amg"]
-        with torch.inference_mode(False):  # its lazy maps: constants, no inference tensors
-            setup.maps().smoother_factor(setup.e_row.device)
+        setup.maps().smoother_factor(setup.e_row.device)  # built outside inference mode
         return prolongation_values(setup, self.amg_head(h, setup))
 
     def poly_operator(self, g: MatrixGraph) -> ChebyshevPreconditioner:
