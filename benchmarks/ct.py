@@ -5,7 +5,8 @@ Usage: python benchmarks/ct.py [--quick] [--train-seconds 1200] [--variants free
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.ct import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

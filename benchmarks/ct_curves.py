@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+from unrollsci._io import run_command
 from unrollsci.bench._common import markdown_table, save_figure, write_text
 
 STEPS = (250, 500, 1000, 1500, 2000, 2500, 3000)
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

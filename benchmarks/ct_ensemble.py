@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from unrollsci._argtypes import positive_int_arg
+from unrollsci._io import run_command
 from unrollsci.bench._common import Timer, markdown_table, write_results
 from unrollsci.bench.ct import SEEDS, _tv, make_data, scores
 from unrollsci.imaging import Radon, UnrolledCT, self_ensemble
@@ -111,4 +112,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

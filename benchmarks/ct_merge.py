@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from unrollsci._argtypes import existing_file_arg, output_dir_arg
+from unrollsci._io import run_command
 from unrollsci.bench._common import json_text, write_text
 
 
@@ -62,4 +63,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

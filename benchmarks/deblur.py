@@ -7,7 +7,8 @@ Writes results/deblur.{json,md,png}.
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.deblur import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

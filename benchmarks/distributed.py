@@ -6,7 +6,8 @@ Usage: python benchmarks/distributed.py [--quick] [--device cuda]
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.distributed import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -2,7 +2,8 @@
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.graph import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from unrollsci._io import run_command
 from unrollsci.bench._common import markdown_table, write_results
 from unrollsci.graph import inpainting_problem, load_minnesota, road_graph, sensor_graph
 
@@ -95,4 +96,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

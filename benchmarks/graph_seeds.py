@@ -1,4 +1,5 @@
+from unrollsci._io import run_command
 from unrollsci.bench.graph_seeds import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -2,7 +2,8 @@
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.lista import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -23,6 +23,7 @@ import time
 import torch
 
 from unrollsci._argtypes import float_arg, positive_int_arg
+from unrollsci._io import run_command
 from unrollsci.bench._lista_setup import _full_config, make_problem, sample
 from unrollsci.train import fit_layerwise, layer_nmse_db, load_checkpoint
 
@@ -102,4 +103,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -2,7 +2,8 @@
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.precond import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(run_command(main, sys.argv[1:]))

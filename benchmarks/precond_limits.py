@@ -42,6 +42,7 @@ import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from unrollsci._argtypes import float_arg, positive_int_arg
+from unrollsci._io import run_command
 from unrollsci.bench._common import markdown_table, write_results
 from unrollsci.bench.precond import AUTO_ORDERINGS, TEST_SEED0
 from unrollsci.precond import (
@@ -272,4 +273,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from unrollsci._argtypes import positive_int_arg
+from unrollsci._io import run_command
 from unrollsci.bench._common import markdown_table, write_results
 from unrollsci.bench.precond import _ordering, _systems, _train, build_parser, time_methods
 
@@ -112,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

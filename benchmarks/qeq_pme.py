@@ -3,7 +3,8 @@ unrollsci.bench.qeq_pme)."""
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.qeq_pme import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -5,7 +5,8 @@ Usage: python benchmarks/radon.py [--quick]
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.radon import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -7,7 +7,8 @@ Writes results/structured_group.{json,md,png} and results/structured_admm.{json,
 
 import sys
 
+from unrollsci._io import run_command
 from unrollsci.bench.structured import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -9,7 +9,8 @@ Every file unrollsci writes goes through here:
 * ``check_writable``: the command-line rule. An existing file is never written over
   unless ``force`` is given, and a file that is also an input is never written over.
 * ``terminate_as_exit``: a command's SIGTERM becomes ``SystemExit(143)``, so that the
-  temporary files of an unfinished write are removed as for Ctrl-C.
+  temporary files of an unfinished write are removed as for Ctrl-C; ``run_command`` runs
+  a command's main function with it (Ctrl-C: one line, exit status 130).
 * ``never_replace``: for a command that checked its outputs at the start and writes them
   minutes later: inside it, a write to one of those paths ends with a hard link (which
   fails if a file appeared there meanwhile) instead of ``os.replace``.
@@ -38,6 +39,7 @@ __all__ = [
     "check_writable",
     "never_replace",
     "publish",
+    "run_command",
     "temp_prefix",
     "terminate_as_exit",
 ]
@@ -236,6 +238,8 @@ def _key(p: str | os.PathLike) -> Path:
 
 #: exit status of a command ended by SIGTERM (128 + 15, as a shell reports it)
 EXIT_TERMINATED = 143
+#: exit status of a command interrupted by Ctrl-C (128 + 2)
+EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
@@ -258,3 +262,18 @@ def terminate_as_exit() -> Iterator[None]:
     finally:
         # None: a handler not installed from Python; the default is the nearest
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def run_command(main: Callable[..., int | None], *args: Any) -> int:
+    """``main(*args)`` as a command's body, its exit status returned: SIGTERM unwinds
+    (:func:`terminate_as_exit`, exit status 143) and Ctrl-C prints one line
+    ``interrupted`` instead of a traceback (130); temporary files are removed on the way.
+    ``unrollsci``, ``unrollsci relax`` and the scripts in ``benchmarks/`` run through it."""
+    import sys
+
+    try:
+        with terminate_as_exit():
+            return int(main(*args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

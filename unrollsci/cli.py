@@ -161,15 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["bench", "no-such-benchmark"])  # prints the known names to stderr
         2
     """
-    from ._io import terminate_as_exit
+    from ._io import run_command
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:  # SIGTERM and Ctrl-C unwind, so that temporary files are removed on the way
-        with terminate_as_exit():
-            return _main(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # SIGTERM and Ctrl-C unwind, so that temporary files are removed on the way
+    return run_command(_main, sys.argv[1:] if argv is None else list(argv))
 
 
 def _main(argv: list[str]) -> int:

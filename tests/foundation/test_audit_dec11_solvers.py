@@ -45,3 +45,56 @@ def test_cg_inf_before_the_last_iteration_still_raises():
     b = torch.stack([torch.ones(6), torch.arange(1.0, 7.0)]).double()
     with pytest.raises(ValueError, match="not finite"):
         cg(_InfAt(2), b, max_iter=5, check=False)
+
+
+# -- benchmarks/NAME.py unwinds on SIGTERM and Ctrl-C as `unrollsci bench NAME` does ---------
+
+_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_every_benchmark_script_runs_through_run_command():
+    import ast
+
+    scripts = sorted((_ROOT / "benchmarks").glob("*.py"))
+    assert len(scripts) > 20
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        mains = [
+            node
+            for node in tree.body
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        ]
+        assert len(mains) == 1, path.name
+        calls = {ast.unparse(n.func) for n in ast.walk(mains[0]) if isinstance(n, ast.Call)}
+        assert "run_command" in calls, f"{path.name}: __main__ does not use run_command"
+
+
+def test_benchmark_script_sigterm_exits_143(tmp_path):
+    """``python benchmarks/solvers.py`` was killed by SIGTERM (status -15, temporary files
+    left behind); it unwinds to exit status 143 now."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, runpy, signal\n"
+        "import unrollsci.bench.solvers as m\n"
+        "def fake(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    for _ in range(10**6): sum(range(100))\n"
+        "    return 0\n"
+        "m.main = fake\n"
+        f"runpy.run_path({str(_ROOT / 'benchmarks' / 'solvers.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == 143, done.stderr.decode()[-500:]
+
+
+def test_run_command_ctrl_c_is_one_line_130(capsys):
+    from unrollsci._io import run_command
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_command(interrupted) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
+    assert run_command(lambda: None) == 0 and run_command(lambda: 3) == 3

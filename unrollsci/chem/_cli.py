@@ -215,14 +215,9 @@ def relax_main(argv: list[str] | None = None) -> int:
     Returns the exit status (see ``EPILOG``); a bad argument exits with status 2. Ctrl-C
     returns 130 and SIGTERM exits with 143, after the temporary files are removed.
     """
-    from .._io import terminate_as_exit
+    from .._io import run_command
 
-    try:
-        with terminate_as_exit():
-            return _relax_main(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(_relax_main, argv)
 
 
 def _relax_main(argv: list[str] | None) -> int:
