@@ -347,7 +347,25 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    given = [
+        option
+        for option, value in (
+            ("--checkpoints", args.checkpoints),
+            ("--resume", args.resume),
+            ("--start-layer", args.start_layer),
+            ("--freeze-below", args.freeze_below or None),
+            ("--decay-rate", args.decay_rate),
+            ("--set", args.set or None),
+        )
+        if value is not None
+    ]
+    if args.staged is None and given:  # they were ignored without a word
+        parser.error(f"{', '.join(given)}: only with --staged")
+    if args.resume is None and (args.start_layer is not None or args.freeze_below):
+        parser.error("--start-layer and --freeze-below: only with --resume")
     if args.staged is not None:
+        if args.kkt_only:
+            parser.error("--staged trains with the MSE loss: --kkt-only does not apply")
         if not args.staged > 0:
             parser.error(f"--staged must be > 0 seconds (got {args.staged})")
         if args.decay_rate is not None and not 0 < args.decay_rate <= 1:
@@ -372,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg["n_val"] = 1000  # the validation set of Chen et al. 2018
         cfg["staged_seconds"] = args.staged
         args.no_kkt = True
+        if args.resume:  # every checkpoint checked before hours of training start
+            for snr in cfg["snr_db"]:
+                for name in names:
+                    _resume_path(parser, args, name, snr)
     cfg["models"] = names
     progress = not args.no_progress
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
@@ -416,13 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                     suffix = "_quick" if args.quick else ""
                     ckpt = Path(args.checkpoints) / f"{name}_snr{key}{suffix}.pt"
                 label += " [staged]"
-                prev = None
-                if args.resume:
-                    prev = Path(args.resume) / f"{name}_snr{key}{'_quick' if args.quick else ''}.pt"
-                    if ckpt is not None and prev.resolve() == ckpt.resolve():
-                        parser.error("--resume: write --checkpoints to another folder")
-                    if not prev.is_file():
-                        parser.error(f"--resume: no such checkpoint: {str(prev)!r}")
+                prev = _resume_path(parser, args, name, snr) if args.resume else None
                 model, info = train_staged(
                     name,
                     a,
@@ -461,6 +477,23 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_seconds"] = time.perf_counter() - t_all
     _report(results, cfg, args.out, stem)
     return 0
+
+
+def _resume_path(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, snr: float
+) -> Path:
+    """``--resume``'s checkpoint of model ``name`` at ``snr``: it must exist and differ from
+    the one ``--checkpoints`` will write (``parser.error`` otherwise)."""
+    key = "inf" if not math.isfinite(snr) else f"{snr:g}"
+    suffix = "_quick" if args.quick else ""
+    prev = Path(args.resume) / f"{name}_snr{key}{suffix}.pt"
+    if args.checkpoints:
+        ckpt = Path(args.checkpoints) / f"{name}_snr{key}{suffix}.pt"
+        if prev.resolve() == ckpt.resolve():
+            parser.error("--resume: write --checkpoints to another folder")
+    if not prev.is_file():
+        parser.error(f"--resume: no such checkpoint: {str(prev)!r}")
+    return prev
 
 
 if __name__ == "__main__":  # pragma: no cover
