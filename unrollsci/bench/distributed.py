@@ -10,9 +10,12 @@ a learned preconditioner (``fit_preconditioner``), the graph controller
 * 1 process through DistributedDataParallel (the same code path as several processes);
 * 2 processes (gloo), one thread each, the global batch split between them.
 
-Every configuration runs in freshly spawned processes with the environment ``torchrun``
-sets, so ``fit`` initializes the process group itself. On a GPU machine the same code runs
-with NCCL when the models are moved to the GPU (``--device cuda``).
+The plain single-process configurations (without torch.distributed: the "1 process, 1
+thread" baseline, the optional threads row, and on a GPU "1 GPU, plain") train in the
+benchmark's own process; the DistributedDataParallel configurations run in freshly spawned
+processes with the environment ``torchrun`` sets, so ``fit`` initializes the process group
+itself. On a GPU machine the same code runs with NCCL when the models are moved to the GPU
+(``--device cuda``).
 
 A second section trains the CT network in float32 and in bfloat16 autocast
 (``fit(mixed_precision="bf16")``) from the same initial weights for the same steps on the

