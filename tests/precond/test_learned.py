@@ -46,7 +46,13 @@ def randomize(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck_unrolled_pcg(device, kind):
     a = diffusion2d(3, seed=1)  # 9 unknowns
-    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=3).double().to(device)
+    model = (
+        LearnedPreconditioner(
+            kind, hidden=4, layers=1, **({"block_size": 3} if kind == "block" else {})
+        )
+        .double()
+        .to(device)
+    )
     g = model.prepare(a)
     with torch.no_grad():
         v0 = model.factor_values(g)
@@ -92,7 +98,9 @@ def test_random_weights_give_spd_preconditioner(device, kind, fam):
     _, gen = fam
     for trial in range(4):
         a = gen(10 + trial)
-        model = LearnedPreconditioner(kind, hidden=8, layers=2, block_size=5).to(device)
+        model = LearnedPreconditioner(
+            kind, hidden=8, layers=2, **({"block_size": 5} if kind == "block" else {})
+        ).to(device)
         randomize(model, seed=trial, scale=1.0 + trial)
         m = model.build(a)
         dense = dense_of(m, a.shape[0], device)
@@ -134,7 +142,9 @@ def test_random_weights_on_mic_base_give_spd_preconditioner(device, fam):
 )
 def test_property_spd_for_any_weights(device, seed, scale, kind, fam):
     a = fam(seed)
-    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4).to(device)
+    model = LearnedPreconditioner(
+        kind, hidden=4, layers=1, **({"block_size": 4} if kind == "block" else {})
+    ).to(device)
     randomize(model, seed=seed, scale=scale)
     dense = dense_of(model.build(a), a.shape[0], device)
     sym = 0.5 * (dense + dense.T)
@@ -204,7 +214,9 @@ def test_no_message_passing_folds_edge_layers_exactly(kind):
     """layers=0 folds edge_enc into the off-diagonal head; the pre-activations must equal
     the unfolded composition off_fwd(edge_enc(a_ij)) + off_bwd(edge_enc(a_ji)) + ..."""
     a = anisotropic2d(9, seed=4)
-    model = LearnedPreconditioner(kind, layers=0, block_size=5, seed=2).double()
+    model = LearnedPreconditioner(
+        kind, layers=0, seed=2, **({"block_size": 5} if kind == "block" else {})
+    ).double()
     randomize(model, seed=5, scale=1.0)
     g = model.prepare(a)
     seen = {}
@@ -227,7 +239,7 @@ def test_graph_features_match_a_direct_construction(kind):
     """Only the forward edges' features are stored; every directed edge's features (and the
     node features) must equal those written out entry by entry from the scaled matrix."""
     a = graph_laplacian(6, seed=3)
-    model = LearnedPreconditioner(kind, block_size=5, seed=0)
+    model = LearnedPreconditioner(kind, seed=0, **({"block_size": 5} if kind == "block" else {}))
     g = model.prepare(a)
     d = a.diagonal()
     s = (sp.diags(d**-0.5) @ a @ sp.diags(d**-0.5)).toarray()

@@ -58,7 +58,9 @@ def test_training_reduces_loss_and_checkpoint_roundtrip(device, tmp_path):
 @pytest.mark.parametrize("loss", ["residual", "frobenius"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_other_losses_run(device, kind, loss):
-    model = LearnedPreconditioner(kind, hidden=4, layers=1, block_size=4).to(device)
+    model = LearnedPreconditioner(
+        kind, hidden=4, layers=1, **({"block_size": 4} if kind == "block" else {})
+    ).to(device)
     data = make_batches(model, [diffusion2d(6, seed=0)], n_rhs=2)
     val = pcg_loss(steps=3, loss=loss)(model, data[0])
     val.backward()

@@ -202,17 +202,20 @@ def _train(
     if args.frobenius and "factor" in kinds:
         jobs.append(job("learned-factor-frob", loss="frobenius"))
     for name, kind, loss, base, layers, order, steps in jobs:
+        # options of one kind only (refused with another): block_size for "block";
+        # degree, ratio, scaling for "poly", which starts as the tuned Chebyshev preconditioner
+        own: dict[str, Any] = {
+            "block": {"block_size": args.block_size},
+            "poly": {"degree": cheb[0], "ratio": cheb[1], "scaling": args.poly_scaling},
+        }.get(kind, {})
         model = LearnedPreconditioner(
             kind,
             hidden=args.hidden,
             layers=layers,
-            block_size=args.block_size,
             base=base,
             seed=args.seed,
-            degree=cheb[0],  # kind="poly" starts as the tuned Chebyshev preconditioner
-            ratio=cheb[1],
-            scaling=args.poly_scaling,
             ordering=order,
+            **own,
         )
         t0 = time.perf_counter()
         hist = fit_preconditioner(

@@ -18,6 +18,7 @@ from .._validation import (
     model_dtype,
 )
 from ._controller import StepController
+from ._features import step_features
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
 from ._sample import controller_sample, local_features, per_graph
@@ -100,6 +101,7 @@ class UnrolledGraphGD(nn.Module):
             ``controller_every``-th layer and reuse its step in the layers between (each
             layer's step stays in the certified range, so the guarantees are unchanged;
             diagonal mode then also skips the product ``H g`` that only the features need).
+            The window modes run it once per window: a value other than 1 is refused there.
         controller_sample: None (default: the controller passes messages over every
             node) or ``S``: per graph, ``S`` nodes drawn once per problem (seeded by
             ``controller_seed``) are pooled, and the controller runs on their
@@ -172,6 +174,12 @@ class UnrolledGraphGD(nn.Module):
         self.detach_features = bool(detach_features)
         if isinstance(controller_every, bool) or int(controller_every) < 1:
             raise ValueError(f"Expected controller_every >= 1 (got {controller_every!r}).")
+        if mode not in ("scalar", "diagonal") and controller_every != 1:
+            raise ValueError(
+                "Expected controller_every other than 1 only with mode 'scalar' or 'diagonal' "
+                f"(got controller_every={controller_every!r} with mode={mode!r}: a window "
+                "mode runs the controller once per window)."
+            )
         self.controller_every = int(controller_every)
         if controller_sample is not None and (
             isinstance(controller_sample, bool)
@@ -237,74 +245,6 @@ class UnrolledGraphGD(nn.Module):
         # +-inf saturate in the sigmoid and finite logits are left as they are
         z = torch.nan_to_num(z, nan=0.0)
         return self.floor + (1.0 - self.margin - self.floor) * torch.sigmoid(z)
-
-    def _features(
-        self,
-        p: GraphInverseProblem,
-        x: torch.Tensor,
-        g: torch.Tensor,
-        hg: torch.Tensor,
-        g0n: torch.Tensor,
-        lip: torch.Tensor,
-        lo: torch.Tensor,
-        rows: torch.Tensor,
-        obs: torch.Tensor,
-        logdeg: torch.Tensor,
-        k: int,
-        num_layers: int,
-        nodes: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Node features (of ``nodes`` only, if given) and graph features."""
-        tiny = torch.finfo(x.dtype).tiny
-        bi = p.block_index
-        if p.num_blocks == 1:  # one pass per reduction, no temporaries
-
-            def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return torch.linalg.vecdot(u, v)[:, None]
-
-            cnt = x.new_full((1, 1), float(max(x.shape[-1], 1)))
-        else:
-
-            def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return p.segment_sum(u * v)
-
-            cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
-
-        def rms(v: torch.Tensor) -> torch.Tensor:
-            return sqrt0(dot(v, v) / cnt).clamp(min=1e-30)  # sqrt0: no NaN gradient at v = 0
-
-        gs, hs, xs = rms(g), rms(hg), rms(x)
-        gg = dot(g, g)
-        ray = dot(g, hg) / gg.clamp(min=tiny)
-        if nodes is not None:  # per-node features on the sample's neighbourhood only
-            x, g, hg = x[:, nodes], g[:, nodes], hg[:, nodes]
-            obs, logdeg, rows, bi = obs[:, nodes], logdeg[:, nodes], rows[:, nodes], bi[nodes]
-        gn, hn, xn = g / gs[:, bi], hg / hs[:, bi], x / xs[:, bi]
-        node = torch.stack(
-            [
-                gn * gn,
-                gn * hn,
-                hn * hn,
-                xn * gn,
-                obs.expand_as(x),
-                logdeg.expand_as(x),
-                rows / lip[:, bi],
-            ],
-            dim=-1,
-        )
-        gnorm = sqrt0(gg)
-        glob = torch.stack(
-            [
-                torch.log((ray / lip).clamp(min=1e-12)),
-                torch.log((lo / lip).clamp(min=1e-12)),
-                torch.full_like(lip, k / max(num_layers, 1)),
-                torch.log((gnorm / g0n.clamp(min=tiny)).clamp(min=1e-30)),
-            ],
-            dim=-1,
-        )
-        if self.detach_features:
-            node, glob = node.detach(), glob.detach()
-        return node, glob
 
     def forward(
         self,
@@ -449,9 +389,9 @@ class UnrolledGraphGD(nn.Module):
                 hg = p.hessian(g)  # (jacobi: H u; the update of g below is then D^{-1} H u)
                 mv += 1
             if need_ctrl:
-                node, glob = self._features(
+                node, glob = step_features(
                     p, x, g, hg, g0n, lip, lo, rows, obs, logdeg, k, K,
-                    nodes=None if samp is None else samp.nodes,
+                    nodes=None if samp is None else samp.nodes, detach=self.detach_features,
                 )  # fmt: skip
                 out = run(self.controller, node, glob)
             if self.mode == "scalar":

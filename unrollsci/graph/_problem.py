@@ -1,7 +1,7 @@
 """Laplacian-regularized linear inverse problems on graphs.
 
-    min_x  f(x) = 0.5 ||A x - y||^2 + 0.5 lam x^T L x,      grad f = H x - A^T y,
-    H = A^T A + lam L.
+    min_x  f(x) = 0.5 ||m o (B x - y)||^2 + 0.5 lam x^T L x,      grad f = H x - A^T y,
+    A = m o B (m: the 0/1 mask, all ones without one),  H = A^T A + lam L.
 
 The problem object holds the graph (one graph or a block-diagonal batch of graphs),
 the forward operator, the data (a batch of signals) and everything the solvers
@@ -13,7 +13,6 @@ spectral bounds) and ``_exact`` (the exact minimizer).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from ._exact import _Hessian
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
 from ._inertia import is_pd as _is_pd  # noqa: F401
 from ._laplacian import HeatKernel, canonical_adjacency
+from ._problem_args import check_heat_options, check_lam
 from ._spectral import _DENSE_MAX  # noqa: F401
 from ._sqrt import sqrt0
 
@@ -38,13 +38,18 @@ __all__ = ["GraphInverseProblem"]
 class GraphInverseProblem:
     """Recover a signal on the nodes of a graph from ``y = A x + noise``.
 
-    Solves ``min_x 0.5 ||A x - y||^2 + 0.5 lam x^T L x`` for a batch of signals. The
-    forward operator ``A`` is one of
+    Solves ``min_x f(x) = 0.5 ||m o (B x - y)||^2 + 0.5 lam x^T L x`` for a batch of
+    signals, the forward operator being ``A x = m o (B x)``: ``B`` the identity, the heat
+    kernel or a general operator, ``m`` the 0/1 mask (all ones without one). Entries of
+    ``y`` where ``m = 0`` carry no information and enter nothing (the data term is
+    ``0.5 ||A x - y||^2`` once they are zeroed; :meth:`objective`). ``A`` is one of
 
     * a sampling mask (``mask=``: ``(n,)`` shared or ``(batch, n)`` per signal, or a
       :class:`unrollsci.operators.Mask`): ``A x = mask * x`` (inpainting);
     * ``operator="heat"``: the heat kernel ``exp(-tau L)`` (graph blur) by Chebyshev
-      polynomials of ``L`` (optionally followed by a mask);
+      polynomials of ``L`` of degree ``heat_degree`` (optionally followed by a mask);
+      ``tau`` (default 1.0) and ``heat_degree`` (default 30) act only there, and are
+      refused (``ValueError``) with another value for any other operator;
     * any :class:`~unrollsci.operators.LinearOperator` with ``in_shape == (n,)``
       (optionally followed by a mask on its output), taken by reference: the cached
       bounds and solution are recomputed once its tensors change (docs/graph.md).
@@ -88,14 +93,7 @@ class GraphInverseProblem:
         # in arrays of its own: an edit of the caller's matrix must not reach the problem
         adj = detached_from(canonical_adjacency(adjacency), adjacency)  # weights checked below
         n = adj.shape[0]
-        if isinstance(lam, torch.Tensor):
-            if lam.numel() != 1:
-                raise ValueError(f"Expected a scalar 'lam' (got shape {tuple(lam.shape)}).")
-            lam = float(lam)
-        if not isinstance(lam, (int, float)) or isinstance(lam, bool):
-            raise TypeError(f"Expected 'lam' to be a float (got {type(lam).__name__}).")
-        if not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"Expected lam >= 0 and finite (got {lam!r}).")
+        lam = check_lam(lam)
         check_tensor("y", y, ndim=(1, 2))
         if y.is_complex():
             raise TypeError("Expected a real 'y' (got a complex tensor).")
@@ -119,6 +117,7 @@ class GraphInverseProblem:
         # a general operator is taken by reference (its state keys the cache: _cache)
         self.heat: HeatKernel | None
         self.operator: LinearOperator | None
+        check_heat_options(operator, tau=tau, heat_degree=heat_degree)
         self.kind, self.operator, self.heat, out_n = _guard.parse_operator(
             operator, n, self.lap_scipy, tau, heat_degree, device
         )
@@ -189,7 +188,7 @@ class GraphInverseProblem:
         """Build from a symmetric non-negative scipy sparse adjacency ``(n, n)``.
 
         ``kwargs``: ``mask``, ``operator``, ``lam``, ``laplacian``, ``graph_index``,
-        ``tau`` (see the class docstring).
+        ``tau``, ``heat_degree`` (see the class docstring).
         """
         return cls(adjacency, y, **kwargs)
 
@@ -339,15 +338,16 @@ class GraphInverseProblem:
         return out.index_add(1, self.block_index, v)
 
     def objective(self, x: torch.Tensor) -> torch.Tensor:
-        """``f(x)`` per signal and block, ``(batch, num_blocks)`` (rows as :meth:`gradient`)."""
+        """``f(x) = 0.5 ||m o (B x - y)||^2 + 0.5 lam x^T L x`` per signal and block,
+        ``(batch, num_blocks)`` (rows as :meth:`gradient`): ``A x = m o B x`` (class
+        docstring), ``m`` the mask (all ones without one), so ``y`` at unobserved entries
+        does not enter; its gradient is :meth:`gradient`."""
         _guard.check_rows(self, x, "x", data=True)
+        y, m = self.y.to(x.dtype), self._mask_like(x)
+        r = self.forward_op(x) - (y if m is None else y * m)  # m o (B x - y): m is 0/1
         if self.kind == "operator":
-            r = self.forward_op(x) - self.y.to(x.dtype)
             data = 0.5 * (r * r).sum(-1, keepdim=True)
         else:  # block-diagonal A: the residual splits over nodes
-            r = self.forward_op(x) - (
-                self.y.to(x.dtype) if self.mask is None else self.y.to(x.dtype) * self._mask_like(x)
-            )
             data = 0.5 * self.segment_sum(r * r)
         return data + 0.5 * self.lam * self.segment_sum(x * self.laplacian(x))
 

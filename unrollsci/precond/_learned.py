@@ -21,21 +21,12 @@ from ._amg_rs import rs_setup
 from ._factors import BlockPreconditioner, FactorPreconditioner, InverseFactorPreconditioner
 from ._graph import _EDGE_FLIP, MatrixGraph, NodeGraph, _build_graph, _split_edges
 from ._layers import _make_layer, _mlp, _mlp_t
+from ._learned_args import _BASES, _KINDS, check_options  # noqa: F401 (_model imports them)
 from ._ordering import PermutedPreconditioner, reorder
 from ._poly import ChebyshevPreconditioner, SymmetricMatvec, abs_entries, gershgorin_scaled
 from ._sparse import check_spd_input
 
 __all__ = ["LearnedPreconditioner"]
-
-_KINDS = ("factor", "inverse", "block", "poly", "amg")
-_BASES = ("ic0", "mic", "ssor", "identity")
-
-
-def _check_ints(**sizes: Any) -> None:
-    """Refuse a size argument that is not an integer (a bool, or a float such as 2.5)."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"Expected '{name}' to be an integer (got {value!r}).")
 
 
 class LearnedPreconditioner(nn.Module):
@@ -86,13 +77,16 @@ class LearnedPreconditioner(nn.Module):
             ``"ic0"`` base in the benchmark), ``"ic0"`` for block, ``"identity"`` for inverse.
             ``"mic"`` (factor or block) gives the fewest iterations on every benchmark
             family (its setup includes the factorization, on the CPU).
-        block_size: block size for ``kind="block"``.
+        block_size: ``kind="block"`` only: the block size.
         min_n, max_n: matrix sizes the model accepts.
         degree, ratio: ``kind="poly"`` only: the polynomial degree and the initial lower
             end of its interval relative to the Gershgorin bound.
         scaling: ``kind="poly"`` only: learn a per-node correction of Jacobi's scaling
             with the GNN (True), or learn only the polynomial, shared by the family
             (False: no network at setup, which then costs what :func:`chebyshev` costs).
+            Like ``coarsening`` and ``sweeps`` (``kind="amg"`` only), an option of one
+            kind given another kind refuses a value other than its default
+            (``ValueError``): it would have no effect there.
         ordering: None (``A`` as numbered) or candidate orderings (``"grid"``,
             ``"rcm"``, ``{name: perm}``, a callable, see
             :func:`~unrollsci.precond.candidate_orderings`). At setup the candidate whose
@@ -155,60 +149,21 @@ class LearnedPreconditioner(nn.Module):
         sweeps: int = 1,
     ) -> None:
         super().__init__()
-        if kind not in _KINDS:
-            raise ValueError(f"Expected kind in {_KINDS} (got {kind!r}).")
-        _check_ints(hidden=hidden, layers=layers, block_size=block_size, min_n=min_n)
-        _check_ints(degree=degree, **({} if max_n is None else {"max_n": max_n}))
-        base = (
-            base
-            if base is not None
-            else {
-                "factor": "ssor",
-                "inverse": "identity",
-                "block": "ic0",
-                "poly": "identity",
-                "amg": "identity",
-            }[kind]
+        base = check_options(
+            kind,
+            base,
+            hidden=hidden,
+            layers=layers,
+            block_size=block_size,
+            min_n=min_n,
+            max_n=max_n,
+            degree=degree,
+            ratio=ratio,
+            scaling=scaling,
+            ordering=ordering,
+            coarsening=coarsening,
+            sweeps=sweeps,
         )
-        if base not in _BASES:
-            raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
-        if kind == "inverse" and base in ("ic0", "mic"):
-            raise ValueError(
-                f"base={base!r} is a factor of A, not of A^{{-1}}; use 'identity' "
-                "or 'ssor' for kind='inverse'."
-            )
-        if kind == "poly" and ordering is not None:
-            raise ValueError(
-                "kind='poly' does not depend on the ordering of A; leave ordering=None."
-            )
-        if kind == "amg" and (base != "identity" or ordering is not None):
-            raise ValueError(
-                "kind='amg' learns a prolongation; it has no base factor and no ordering "
-                f"(got base={base!r}, ordering={ordering!r})."
-            )
-        if coarsening not in ("sa", "rs", "rs-direct") or (kind != "amg" and coarsening != "sa"):
-            raise ValueError(
-                f"Expected coarsening 'sa', 'rs' or 'rs-direct', and only with kind='amg' (got "
-                f"coarsening={coarsening!r}, kind={kind!r})."
-            )
-        bad_sweeps = isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1
-        if bad_sweeps or (kind != "amg" and sweeps != 1):
-            raise ValueError(
-                f"Expected an integer sweeps >= 1, other than 1 only with kind='amg' (got "
-                f"sweeps={sweeps!r}, kind={kind!r})."
-            )
-        if kind == "poly" and base != "identity":
-            raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
-        if kind == "poly" and (int(degree) != degree or degree < 1 or not 0 < ratio < 1):
-            raise ValueError(
-                f"Expected an integer degree >= 1 and 0 < ratio < 1 for kind='poly' (got "
-                f"{degree!r}, {ratio!r})."
-            )
-        if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
-            raise ValueError(
-                f"Expected hidden >= 1, layers >= 0, block_size >= 1, min_n >= 1 (got "
-                f"{hidden}, {layers}, {block_size}, {min_n})."
-            )
         self.kind, self.base, self.block_size = kind, base, int(block_size)
         self.hidden, self.layers = int(hidden), int(layers)
         self.min_n, self.max_n = int(min_n), (None if max_n is None else int(max_n))

@@ -110,9 +110,14 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
     the other channels have small random analysis filters and zero synthesis filters (so
     they change nothing until trained), ``P_k = delta / L`` and ``beta_k`` is FISTA's
     momentum, ``L = ||A||^2``: the model **equals** ``num_layers`` iterations of FISTA
-    (:func:`unrollsci.solvers.fista` with ``restart=False``, step ``1/L``) with the prox
-    :func:`haar_shrink`. Only ``A`` and ``A^T`` are applied and every learned tensor is a
-    filter, so a model trained on small images applies to larger ones
+    with step ``1/L`` and the prox :func:`haar_shrink`. :func:`unrollsci.solvers.fista`
+    takes vector operators only, so that reference is ``fista(flat, y.reshape(batch, -1),
+    lam, max_iter=num_layers, tol=0, restart=False, prox=prox)`` with the operator
+    flattened, ``flat = ReshapeOperator(out_shape, (m,)) @ A @ ReshapeOperator((H * W,),
+    (H, W))`` (:class:`unrollsci.operators.ReshapeOperator`, ``m`` the output size), and
+    ``prox(v, t) = haar_shrink(v.reshape(-1, H, W), t).reshape(v.shape)``; its ``x``
+    is the model's output flattened. Only ``A`` and ``A^T`` are applied and every learned
+    tensor is a filter, so a model trained on small images applies to larger ones
     (:meth:`for_operator`).
 
     Args:

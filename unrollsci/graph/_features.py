@@ -1,0 +1,82 @@
+"""The controller's input features of :class:`~unrollsci.graph.UnrolledGraphGD`."""
+
+from __future__ import annotations
+
+import torch
+
+from ._problem import GraphInverseProblem
+from ._sqrt import sqrt0
+
+__all__ = ["step_features"]
+
+
+def step_features(
+    p: GraphInverseProblem,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    hg: torch.Tensor,
+    g0n: torch.Tensor,
+    lip: torch.Tensor,
+    lo: torch.Tensor,
+    rows: torch.Tensor,
+    obs: torch.Tensor,
+    logdeg: torch.Tensor,
+    k: int,
+    num_layers: int,
+    nodes: torch.Tensor | None = None,
+    *,
+    detach: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs of :class:`~unrollsci.graph.UnrolledGraphGD`'s controller at layer ``k``:
+    node features (of ``nodes`` only, if given) and graph features (detached with
+    ``detach``)."""
+    tiny = torch.finfo(x.dtype).tiny
+    bi = p.block_index
+    if p.num_blocks == 1:  # one pass per reduction, no temporaries
+
+        def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.vecdot(u, v)[:, None]
+
+        cnt = x.new_full((1, 1), float(max(x.shape[-1], 1)))
+    else:
+
+        def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return p.segment_sum(u * v)
+
+        cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
+
+    def rms(v: torch.Tensor) -> torch.Tensor:
+        return sqrt0(dot(v, v) / cnt).clamp(min=1e-30)  # sqrt0: no NaN gradient at v = 0
+
+    gs, hs, xs = rms(g), rms(hg), rms(x)
+    gg = dot(g, g)
+    ray = dot(g, hg) / gg.clamp(min=tiny)
+    if nodes is not None:  # per-node features on the sample's neighbourhood only
+        x, g, hg = x[:, nodes], g[:, nodes], hg[:, nodes]
+        obs, logdeg, rows, bi = obs[:, nodes], logdeg[:, nodes], rows[:, nodes], bi[nodes]
+    gn, hn, xn = g / gs[:, bi], hg / hs[:, bi], x / xs[:, bi]
+    node = torch.stack(
+        [
+            gn * gn,
+            gn * hn,
+            hn * hn,
+            xn * gn,
+            obs.expand_as(x),
+            logdeg.expand_as(x),
+            rows / lip[:, bi],
+        ],
+        dim=-1,
+    )
+    gnorm = sqrt0(gg)
+    glob = torch.stack(
+        [
+            torch.log((ray / lip).clamp(min=1e-12)),
+            torch.log((lo / lip).clamp(min=1e-12)),
+            torch.full_like(lip, k / max(num_layers, 1)),
+            torch.log((gnorm / g0n.clamp(min=tiny)).clamp(min=1e-30)),
+        ],
+        dim=-1,
+    )
+    if detach:
+        node, glob = node.detach(), glob.detach()
+    return node, glob

@@ -1,0 +1,109 @@
+"""Argument checks of :class:`~unrollsci.precond.LearnedPreconditioner`'s constructor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_KINDS = ("factor", "inverse", "block", "poly", "amg")
+_BASES = ("ic0", "mic", "ssor", "identity")
+_DEFAULT_BASE = {
+    "factor": "ssor",
+    "inverse": "identity",
+    "block": "ic0",
+    "poly": "identity",
+    "amg": "identity",
+}
+# options that act in one kind only, with their defaults: a non-default value given with
+# another kind would be ignored, so it is refused (as coarsening= and sweeps= are)
+_MODE_OPTIONS = {
+    "block_size": ("block", 16),
+    "degree": ("poly", 8),
+    "ratio": ("poly", 0.01),
+    "scaling": ("poly", True),
+}
+
+
+def _check_ints(**sizes: Any) -> None:
+    """Refuse a size argument that is not an integer (a bool, or a float such as 2.5)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"Expected '{name}' to be an integer (got {value!r}).")
+
+
+def _check_mode_options(kind: str, **options: Any) -> None:
+    """Refuse a kind-specific option (:data:`_MODE_OPTIONS`) with a non-default value
+    outside its kind."""
+    for name, value in options.items():
+        owner, default = _MODE_OPTIONS[name]
+        same = bool(value) is default if isinstance(default, bool) else value == default
+        if kind != owner and not same:
+            raise ValueError(
+                f"Expected {name}= only with kind={owner!r}, where it acts (got "
+                f"{name}={value!r} with kind={kind!r}; leave it at its default {default!r})."
+            )
+
+
+def check_options(
+    kind: str,
+    base: str | None,
+    *,
+    hidden: Any,
+    layers: Any,
+    block_size: Any,
+    min_n: Any,
+    max_n: Any,
+    degree: Any,
+    ratio: Any,
+    scaling: Any,
+    ordering: Any,
+    coarsening: Any,
+    sweeps: Any,
+) -> str:
+    """Validate the constructor's arguments; returns the base factor (``base`` or the
+    kind's default)."""
+    if kind not in _KINDS:
+        raise ValueError(f"Expected kind in {_KINDS} (got {kind!r}).")
+    _check_ints(hidden=hidden, layers=layers, block_size=block_size, min_n=min_n)
+    _check_ints(degree=degree, **({} if max_n is None else {"max_n": max_n}))
+    base = base if base is not None else _DEFAULT_BASE[kind]
+    if base not in _BASES:
+        raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
+    if kind == "inverse" and base in ("ic0", "mic"):
+        raise ValueError(
+            f"base={base!r} is a factor of A, not of A^{{-1}}; use 'identity' "
+            "or 'ssor' for kind='inverse'."
+        )
+    if kind == "poly" and ordering is not None:
+        raise ValueError("kind='poly' does not depend on the ordering of A; leave ordering=None.")
+    if kind == "amg" and (base != "identity" or ordering is not None):
+        raise ValueError(
+            "kind='amg' learns a prolongation; it has no base factor and no ordering "
+            f"(got base={base!r}, ordering={ordering!r})."
+        )
+    if coarsening not in ("sa", "rs", "rs-direct") or (kind != "amg" and coarsening != "sa"):
+        raise ValueError(
+            f"Expected coarsening 'sa', 'rs' or 'rs-direct', and only with kind='amg' (got "
+            f"coarsening={coarsening!r}, kind={kind!r})."
+        )
+    bad_sweeps = isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1
+    if bad_sweeps or (kind != "amg" and sweeps != 1):
+        raise ValueError(
+            f"Expected an integer sweeps >= 1, other than 1 only with kind='amg' (got "
+            f"sweeps={sweeps!r}, kind={kind!r})."
+        )
+    if kind == "poly" and base != "identity":
+        raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
+    if kind == "poly" and (int(degree) != degree or degree < 1 or not 0 < ratio < 1):
+        raise ValueError(
+            f"Expected an integer degree >= 1 and 0 < ratio < 1 for kind='poly' (got "
+            f"{degree!r}, {ratio!r})."
+        )
+    if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
+        raise ValueError(
+            f"Expected hidden >= 1, layers >= 0, block_size >= 1, min_n >= 1 (got "
+            f"{hidden}, {layers}, {block_size}, {min_n})."
+        )
+    _check_mode_options(kind, block_size=block_size, degree=degree, ratio=ratio, scaling=scaling)
+    return base
