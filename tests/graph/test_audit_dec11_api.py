@@ -146,3 +146,19 @@ def test_class_docstring_example_objective():
     p = GraphInverseProblem.from_networkx(G, y, mask=mask)
     ref = 0.5 * float(((mask.numpy() * y.numpy()) ** 2).sum())
     assert float(p.objective(torch.zeros(1, 6, dtype=F64))) == pytest.approx(ref, rel=1e-14)
+
+
+def test_sampling_options_refused_without_a_sample():
+    """controller_seed / controller_full_up_to were accepted and ignored without
+    controller_sample; q_max in the scalar and diagonal modes."""
+    from unrollsci.graph import UnrolledGraphGD
+
+    with pytest.raises(ValueError, match="only with controller_sample"):
+        UnrolledGraphGD(3, mode="window", controller_seed=3)
+    with pytest.raises(ValueError, match="only with controller_sample"):
+        UnrolledGraphGD(3, mode="window", controller_full_up_to=30)
+    with pytest.raises(ValueError, match="q_max only with a window mode"):
+        UnrolledGraphGD(3, mode="scalar", q_max=0.9)
+    UnrolledGraphGD(3, mode="window", controller_sample=10, controller_seed=3)  # acts there
+    UnrolledGraphGD(3, mode="window", q_max=0.9)
+    UnrolledGraphGD(3, mode="scalar", q_max=0.999)  # the default, passed explicitly

@@ -94,7 +94,8 @@ class UnrolledGraphGD(nn.Module):
         mode: ``"scalar"``, ``"diagonal"``, ``"window"`` or ``"window_jacobi"``.
         margin: keeps steps ``<= 2 (1 - margin) / Lip`` (resp. ``/ R_i``).
         floor: keeps steps ``>= 2 floor / Lip`` (resp. ``/ R_i``), for a rate.
-        q_max: window certificate threshold (``< 1``).
+        q_max: window modes: certificate threshold (``< 1``; another value than the
+            default is refused in the other modes).
         lipschitz_method: passed to ``problem.lipschitz``.
         detach_features: treat the controller's inputs as constants in backprop.
         controller_every: scalar and diagonal modes: run the controller at every
@@ -110,7 +111,7 @@ class UnrolledGraphGD(nn.Module):
             sample (equal to the default when ``S`` >= the graph's size). The diagonal
             mode then needs ``StepController(node_head="local")``. The step ranges, and
             so every guarantee, do not depend on it.
-        controller_seed: seed of the node sample.
+        controller_seed: seed of the node sample (only with ``controller_sample``).
         controller_full_up_to: with ``controller_sample``, graphs (blocks) of at most
             this many nodes are pooled over every node, as without a sample (default 0:
             every graph above ``controller_sample`` nodes is sampled). For a controller
@@ -203,6 +204,17 @@ class UnrolledGraphGD(nn.Module):
         if isinstance(full, bool) or not isinstance(full, int) or full < 0:
             raise ValueError(f"Expected an int controller_full_up_to >= 0 (got {full!r}).")
         self.controller_full_up_to = full
+        if controller_sample is None and (self.controller_seed != 0 or full != 0):
+            raise ValueError(
+                "Expected controller_seed and controller_full_up_to only with "
+                f"controller_sample, where they act (got controller_seed={controller_seed!r}, "
+                f"controller_full_up_to={full!r} with controller_sample=None)."
+            )
+        if mode not in ("window", "window_jacobi") and q_max != 0.999:
+            raise ValueError(
+                f"Expected q_max only with a window mode, where it acts (got q_max={q_max!r} "
+                f"with mode={mode!r}; leave it at its default 0.999)."
+            )
         if backup is not None:
             if not isinstance(backup, StepController):
                 raise TypeError(f"Expected a StepController backup (got {type(backup).__name__}).")
