@@ -3,10 +3,13 @@ of every global batch across ranks, and the few collectives :func:`~unrollsci.tr
 needs besides DistributedDataParallel's gradient all-reduce.
 
 The sharding keeps ``batch_size`` the *global* batch: every rank draws the same global
-batch from the same seeded generator and keeps its share, and its loss is weighted so that
-DDP's gradient average is the gradient of the mean loss over the whole global batch. A run
-therefore gives the same result on any number of processes, up to floating-point reduction
-order (the tests compare 2 processes with 1 to 1e-6 in float64).
+batch from the same seeded generator and keeps its share, its loss is weighted by
+``share / global_batch`` and DDP sums (not averages) the gradients over the ranks, so that
+the sum is the gradient of the mean loss over the whole global batch and every row's
+gradient in a rank's backward is as large as on one process (a row's float16 gradient
+overflows on the same steps). A run therefore gives the same result on any number of
+processes, up to floating-point reduction order (exceptions: dropout, and fp16 overflows
+of gradients summed over rows; see docs/unrolled.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from ._checks import _check_loss
+from ._same_args import args_digest, check_same_args, data_size, differing_args  # noqa: F401
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -330,7 +334,24 @@ def wrap(model: nn.Module, loss_fn: Any, ctx: DistContext) -> Any:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, sparse)
     # find_unused_parameters: layer-wise stages, unused heads and zero-weight stand-ins
     # leave parameters out of some steps; DDP then still completes every all-reduce.
-    return DistributedDataParallel(module, find_unused_parameters=True)
+    ddp = DistributedDataParallel(module, find_unused_parameters=True)
+    # The weights of :func:`counted_steps` suit DDP's average (world * share / global);
+    # divided by world, with the gradients summed, a rank's backward sees every row with
+    # the weight 1 / global of one process: each row's gradients are as large as there,
+    # so a row's float16 gradient overflows (and the scaler skips the step) as there.
+    ddp.register_comm_hook(None, _sum_hook)
+    world = ctx.world
+    return lambda parts, weights: ddp(parts, [w / world for w in weights])
+
+
+def _sum_hook(group, bucket):
+    """DDP communication hook: the sum over the ranks of a bucket of gradients (left
+    unannotated: DDP refuses any annotation but the real classes, and the module's
+    ``from __future__ import annotations`` turns those into strings)."""
+    import torch.distributed as dist
+
+    fut = dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
 
 
 def eval_shares(
@@ -378,60 +399,6 @@ def run_callback(
     if failed:
         raise RuntimeError(f"fit stopped: the callback raised on rank {failed[0]}.")
     return codes[0] == 1.0
-
-
-# ---------------------------------------------------------------- the same arguments
-def args_digest(args: dict[str, Any]) -> list[float]:
-    """One number per argument, in sorted key order: 48 bits of a SHA-256 of its value
-    (exact in float64, so it travels through the float collectives). Integers and reals are
-    normalized first, so that ``8``, ``numpy.int64(8)`` and ``0.001``, ``1e-3`` agree."""
-    import hashlib
-    import numbers
-
-    out = []
-    for key in sorted(args):
-        v = args[key]
-        if isinstance(v, numbers.Integral):
-            v = int(v)
-        elif isinstance(v, numbers.Real):
-            v = float(v)
-        digest = hashlib.sha256(f"{key}={v!r}".encode()).digest()
-        out.append(float(int.from_bytes(digest[:6], "big")))
-    return out
-
-
-def differing_args(table: Sequence[Sequence[float]], names: Sequence[str]) -> list[str]:
-    """The ``names`` whose digest (a column of ``table``, one row per rank) is not the same
-    on every rank."""
-    return [n for j, n in enumerate(names) if any(row[j] != table[0][j] for row in table)]
-
-
-def check_same_args(ctx: DistContext, args: dict[str, Any]) -> None:
-    """Raise the same ``ValueError`` on every rank unless every rank passed the same
-    ``args`` (one all-reduce of their digests). Ranks with another ``lr`` would train
-    replicas that silently diverge, and another ``batch_size`` or ``epochs`` would leave
-    ranks waiting in a collective the others never join."""
-    if not ctx.enabled or ctx.world == 1:
-        return
-    import torch.distributed as dist
-
-    names = sorted(args)
-    table = torch.zeros(ctx.world, len(names) + 1, dtype=torch.float64, device=ctx.comm_device)
-    table[ctx.rank, 0] = float(len(names))
-    table[ctx.rank, 1:] = torch.tensor(args_digest(args), dtype=torch.float64)
-    dist.all_reduce(table)
-    rows = table.cpu().tolist()
-    if any(row[0] != len(names) for row in rows):  # another version of fit on some rank
-        diff = ["the set of arguments"]
-    else:
-        diff = differing_args([row[1:] for row in rows], names)
-    if diff:
-        mine = ", ".join(f"{k}={args[k]!r}" for k in diff if k in args)
-        raise ValueError(
-            f"Expected the same training arguments on every rank (got different "
-            f"{', '.join(diff)} across the {ctx.world} ranks; rank {ctx.rank} has {mine}). "
-            "Pass fit the same arguments on every process."
-        )
 
 
 # ---------------------------------------------------------------- a launcher

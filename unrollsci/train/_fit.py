@@ -74,7 +74,9 @@ def fit(
         steps_per_epoch: batches drawn from a sampler per epoch.
         patience: stop a stage after this many epochs without validation
             improvement; the best weights (by validation loss) are restored.
-        seed: seeds torch and the data order.
+        seed: seeds the data order and torch's global generator (dropout): with ``seed``
+            on one process and rank 0, with a stream derived from ``(seed, rank)`` on the
+            other ranks, so that their rows get independent dropout masks.
         clip_grad: clip the gradient norm to this value.
         lr_decay: multiply the learning rate by this factor after every epoch
             (restarting from ``lr`` at each layer-wise stage); 1 keeps it constant.
@@ -98,7 +100,9 @@ def fit(
             any number of processes) with the same arguments, and ``val_data`` and
             ``lr_factor`` given or not as then (else ``ValueError``; ``callback`` may
             change, e.g. be left out to continue a run it halted).
-            The result equals an uninterrupted run. ``epochs`` may be larger than
+            The result equals an uninterrupted run (every rank's torch generator state is
+            saved; a rank beyond the checkpoint's world size starts a fresh stream derived
+            from ``(seed, rank, epoch)``). ``epochs`` may be larger than
             before (the run goes on, as an uninterrupted run with the larger ``epochs``),
             except for the layer-wise schedule without ``stage_epochs`` once a stage has
             finished: ``epochs`` is then the length of every stage, and the finished
@@ -139,16 +143,19 @@ def fit(
         3
     """
     from ._args import check_fit_args, given_args, progress_bar
-    from ._distributed import check_same_args, counted_steps, run_callback, setup, wrap
+    from ._distributed import counted_steps, run_callback, setup, wrap
     from ._precision import grad_scaler
     from ._precision import mixed_precision as low_precision
+    from ._same_args import check_same_args, data_size
     from ._state import (
         check_resume_args,
         copy_state,
         decode_optimizer,
         encode_optimizer,
         load_fit_state,
+        rank_rng_states,
         save_fit_checkpoint,
+        seed_rank_rng,
     )
 
     low, stages = check_fit_args(
@@ -228,14 +235,15 @@ def fit(
             "layer-wise stages": len(stages),
             "checkpoint given": checkpoint is not None,
             "resumed at epoch": None if saved is None else int(saved["epoch"]),
+            # data of another size on some rank: its steps would not match (a deadlock)
+            "train_data size": data_size(train_data, steps_per_epoch),
+            "val_data size": data_size(val_data, steps_per_epoch),
         },
     )
     gen = torch.Generator().manual_seed(seed)
-    if saved is None:
-        torch.manual_seed(seed)
-    else:
+    if saved is not None:
         gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
+    seed_rank_rng(seed, ctx, saved)  # each rank its own stream (dropout masks)
     val_gen_seed = seed + 10_007
     hist = History()
     hist.world_size = ctx.world
@@ -275,6 +283,7 @@ def fit(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "torch_rng_ranks": rank_rng_states(ctx),  # (a collective: every rank is here)
             "history": {
                 "train_loss": hist.train_loss,
                 "val_loss": hist.val_loss,
@@ -306,6 +315,8 @@ def fit(
 
     halted = False
     final_state: dict | None = None
+    depth_before = getattr(model, "active_layers", None)
+    mode_before = model.training
     try:
         with low_precision(model, low):
             for si, stage in enumerate(stages):
@@ -350,7 +361,7 @@ def fit(
                         loss = engine(parts, weights)
                         value = float(loss.detach())
                         if ctx.enabled:
-                            value = ctx.all_sum([value])[0] / ctx.world
+                            value = ctx.all_sum([value])[0]  # (weighted: the global mean)
                         if not math.isfinite(value):
                             raise FloatingPointError(
                                 f"Training loss became {value} at epoch "
@@ -456,6 +467,11 @@ def fit(
                     model.load_state_dict(bk["best_state"])
                 if halted:
                     break
+    except BaseException:  # the model at the depth and train/eval mode it came in
+        if stages[-1]:
+            model.active_layers = depth_before
+        model.train(mode_before)
+        raise
     finally:
         if bar is not None:
             bar.close()

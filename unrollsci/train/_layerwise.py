@@ -203,7 +203,8 @@ def fit_layerwise(
     (Chen et al. 2018's ``decay_rate``; 1: no decay). The loss is the squared error of
     layer ``k``'s output relative to ``||x||^2`` of the batch (the NMSE of Chen et al.
     2018); every step draws a fresh batch ``sampler(generator)``. Every ``val_every``
-    steps the NMSE of all layers is measured on ``val_data``; a stage ends after
+    steps, and after a stage's last step, the NMSE of all layers is measured on
+    ``val_data`` (so a stage shorter than ``val_every`` keeps its steps); a stage ends after
     ``patience`` steps without a better layer-``k`` NMSE, after ``max_steps``, or when its
     share of ``time_budget`` is used.
 
@@ -442,7 +443,7 @@ def fit_layerwise(
                             opt.step()
                         steps += 1
                         since += 1
-                        if steps % val_every == 0:
+                        if steps % val_every == 0 or steps == max_steps:  # (its last step)
                             curve = layer_nmse_db(model, y_val, x_val)
                             run, val = score(curve, k)
                             # a longer non-increasing prefix first (k: the state qualifies), then

@@ -4,13 +4,14 @@ resumes where it stopped, on any number of processes.
 One file holds everything: the model (config and weights, readable by
 :func:`~unrollsci.train.load_checkpoint` as any checkpoint) and, under
 ``extra["fit_state"]``, the position in the schedule, the optimizer and gradient-scaler
-state, the data generator and torch's RNG state, the early-stopping bookkeeping and the
-history so far. Only plain data: the file is read with ``weights_only=True``.
+state, the data generator and every rank's torch RNG state, the early-stopping bookkeeping
+and the history so far. Only plain data: the file is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +144,45 @@ def check_resume_args(path: str | Path, state: dict[str, Any], args: dict[str, A
             )
 
 
-def rng_state() -> torch.Tensor:
-    return torch.get_rng_state()
+def rank_seed(seed: int, rank: int, epoch: int | None = None) -> int:
+    """The seed of torch's global generator on ``rank`` of a run seeded ``seed``: ``seed``
+    itself on rank 0 (a one-process run is seeded as it always was), else 63 bits of a
+    SHA-256 of ``(seed, rank)``, so that the ranks draw different dropout masks for their
+    different rows. ``epoch``: a rank that joins a resumed run at that epoch without a
+    saved state (a larger world size than the checkpoint's) starts a fresh stream."""
+    if rank == 0 and epoch is None:
+        return seed
+    digest = hashlib.sha256(f"unrollsci.fit:{seed}:{rank}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
-def set_rng_state(state: Any) -> None:
-    if isinstance(state, torch.Tensor):
-        torch.set_rng_state(state)
+def rank_rng_states(ctx: Any) -> list[torch.Tensor]:
+    """torch's global generator state of every rank, in rank order (a collective under
+    torch.distributed: every rank calls it)."""
+    state = torch.get_rng_state()
+    if not ctx.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    mine = state.to(ctx.comm_device)
+    out = [torch.empty_like(mine) for _ in range(ctx.world)]
+    dist.all_gather(out, mine)
+    return [t.cpu() for t in out]
+
+
+def seed_rank_rng(seed: int, ctx: Any, saved: dict[str, Any] | None) -> None:
+    """Seed torch's global generator for this rank (:func:`rank_seed`), or restore the
+    state a checkpoint saved for it. A checkpoint of fewer ranks (or one written before
+    every rank's state was saved, which holds rank 0's only) leaves the ranks beyond them
+    a fresh stream, ``rank_seed(seed, rank, epoch)``, seeded by the epoch it resumes at."""
+    if saved is None:
+        torch.manual_seed(rank_seed(seed, ctx.rank))
+        return
+    states = saved.get("torch_rng_ranks") or [saved["torch_rng"]]
+    if ctx.rank < len(states):
+        torch.set_rng_state(states[ctx.rank])
+    else:
+        torch.manual_seed(rank_seed(seed, ctx.rank, int(saved["epoch"])))
 
 
 def replace_model(path: str | Path, model: nn.Module) -> None:
