@@ -275,3 +275,44 @@ def test_layerwise_fit_that_raises_restores_depth_and_mode(mode):
         fit(model, loss, draw, steps_per_epoch=2, epochs=1, schedule="layerwise", progress=False)
     assert model.active_layers == 3
     assert model.training is (mode == "train")
+
+
+# -- fit's options that the schedule or the data made ignored are refused -----------------
+
+
+def _lin_fit(**kw):
+    from unrollsci.train import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(8, 3)
+    y = x.sum(1, keepdim=True)
+
+    def loss(m, batch):
+        return (m(batch[0]) - batch[1]).pow(2).mean()
+
+    data = kw.pop("data", (x, y))
+    return model, fit(model, loss, data, epochs=3, lr=1e-2, progress=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw, text",
+    [
+        ({"stage_epochs": 7}, "stage_epochs= only with schedule='layerwise'"),
+        ({"stage_hook": lambda m, k: None}, "stage_hook= only with schedule='layerwise'"),
+        ({"steps_per_epoch": 50}, "steps_per_epoch only with a sampler"),
+    ],
+)
+def test_fit_refuses_options_it_would_ignore(kw, text):
+    """fit(epochs=3, stage_epochs=7) ran 7 end-to-end epochs; stage_hook was never called
+    end to end; steps_per_epoch with tensors did nothing."""
+    with pytest.raises(ValueError, match=text):
+        _lin_fit(**kw)
+
+
+def test_fit_still_takes_those_options_where_they_act():
+    x = torch.randn(8, 3)
+    _, hist = _lin_fit(patience=1, val_data=(x, x.sum(1, keepdim=True)))
+    assert len(hist.train_loss) >= 1
+    _, hist = _lin_fit(data=lambda g: (x, x.sum(1, keepdim=True)), steps_per_epoch=2)
+    assert len(hist.train_loss) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._checks import _check_file_path, _check_int
@@ -98,6 +99,13 @@ def check_fit_args(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters.")
+    if schedule == "end_to_end":  # options of the layer-wise schedule only: not ignored
+        for name, value in (("stage_epochs", stage_epochs), ("stage_hook", stage_hook)):
+            if value is not None:
+                raise ValueError(
+                    f"Expected {name}= only with schedule='layerwise', where it acts (got "
+                    f"{name}={value!r} with schedule='end_to_end'; use epochs= there)."
+                )
     if schedule == "layerwise":
         if not hasattr(model, "num_layers") or not hasattr(model, "active_layers"):
             raise ValueError(
@@ -106,6 +114,18 @@ def check_fit_args(
             )
         return low, list(range(1, int(model.num_layers) + 1))
     return low, [0]
+
+
+def check_data_options(train_data: Any, steps_per_epoch: Any) -> None:
+    """Refuse ``steps_per_epoch`` without a sampler as ``train_data`` (tensors and
+    iterables set their own epoch: it would be ignored)."""
+    sampler = callable(train_data) and not isinstance(train_data, (torch.Tensor, nn.Module))
+    if steps_per_epoch is not None and not sampler:
+        raise ValueError(
+            f"Expected steps_per_epoch only with a sampler as train_data (got "
+            f"steps_per_epoch={steps_per_epoch!r} with {type(train_data).__name__} data, whose "
+            "epoch is one pass over it)."
+        )
 
 
 def check_fit_call(caller: str, model: Any, loss_fn: Any, **kwargs: Any) -> None:

@@ -65,15 +65,19 @@ def fit(
             :func:`iterate_batches`).
         val_data: same forms; evaluated after each epoch without gradients.
         epochs: epochs (per stage for the layer-wise schedule unless ``stage_epochs``).
+        schedule: ``"end_to_end"`` (default: all layers together) or ``"layerwise"``
+            (stage ``k`` trains the first ``k`` layers; see ``model``).
+        stage_epochs: layer-wise schedule only: epochs per stage (default ``epochs``).
         lr, weight_decay: Adam settings. A fresh optimizer starts every stage.
         batch_size: the *global* batch: samples per step for tensors and samplers
             (:func:`iterate_batches`); for an iterable of batches (a list of graphs,
             systems, a DataLoader), the number of batches per step, their losses
             averaged (default 1). Under torch.distributed each process gets its share of
             every global batch, so the result does not depend on the number of processes.
-        steps_per_epoch: batches drawn from a sampler per epoch.
-        patience: stop a stage after this many epochs without validation
-            improvement; the best weights (by validation loss) are restored.
+        steps_per_epoch: batches drawn from a sampler per epoch (a sampler only).
+        patience: stop a stage after this many epochs without improvement of the
+            validation loss (of the training loss without ``val_data``); the best
+            weights (by that loss) are restored.
         seed: seeds the data order and torch's global generator (dropout): with ``seed``
             on one process and rank 0, with a stream derived from ``(seed, rank)`` on the
             other ranks, so that their rows get independent dropout masks.
@@ -142,7 +146,7 @@ def fit(
         >>> len(hist.train_loss)
         3
     """
-    from ._args import check_fit_args, given_args, progress_bar
+    from ._args import check_data_options, check_fit_args, given_args, progress_bar
     from ._distributed import counted_steps, run_callback, setup, wrap
     from ._precision import grad_scaler
     from ._precision import mixed_precision as low_precision
@@ -181,6 +185,7 @@ def fit(
         distributed=distributed,
         mixed_precision=mixed_precision,
     )
+    check_data_options(train_data, steps_per_epoch)
     per_stage = stage_epochs if stage_epochs is not None else epochs
     _check_data("train_data", train_data, per_stage * len(stages))
     if val_data is not None:
