@@ -27,12 +27,15 @@ def quiet_import() -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_csr() -> Iterator[None]:
-    """Silence torch's once-per-process notice that sparse CSR tensors are "in beta" while
-    unrollsci builds one (nothing a user can act on; no process-wide filter is added)."""
+    """Silence torch's once-per-process notices that sparse CSR tensors are "in beta" and
+    that their invariant checks are "implicitly disabled" while unrollsci builds one (nothing
+    a user can act on: unrollsci builds valid tensors; no process-wide filter is added)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r".*[Ss]parse CSR tensor support is in beta", category=UserWarning
-        )
+        for message in (
+            r".*[Ss]parse CSR tensor support is in beta",
+            r".*[Ss]parse invariant checks are implicitly disabled",
+        ):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         yield
 
 

@@ -394,8 +394,10 @@ def test_every_named_argument_reaches_the_parameters():
     }
     assert list(values) == named
     for key, value in values.items():
-        calc = QEqCalculator(**{key: value})
-        expect = {**DEFAULT_PARAMETERS, key: normalize(key, value)}
+        # the Ewald options act (and are accepted) with ewald=True only
+        extra = {"ewald": True} if key in ("ewald_accuracy", "ewald_method") else {}
+        calc = QEqCalculator(**{key: value}, **extra)
+        expect = {**DEFAULT_PARAMETERS, **extra, key: normalize(key, value)}
         assert dict(calc.parameters) == expect, key
     calc = QEqCalculator(**values)
     assert dict(calc.parameters) == {k: normalize(k, v) for k, v in values.items()}

@@ -12,6 +12,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _calc_params, _solve, _step
+from ._calc_inputs import dipole_moment, origin_shift, warm_start_charges
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, _compare_atoms, copy_value, normalize
 from ._calc_params import parameter_property as _parameter
 from ._settings import COULOMB_CONSTANT, QEqSettings
@@ -54,7 +55,8 @@ class QEqCalculator(Calculator):
         cutoff: pair cutoff in Angstrom (taper radius), None for all pairs (molecules).
         coulomb_constant: k_e in eV Angstrom.
         ewald: Ewald summation for the long-range 1/r part (periodic cells).
-        ewald_accuracy: relative accuracy of the Ewald split.
+        ewald_accuracy: relative accuracy of the Ewald split (like ``ewald_method``, only
+            with ``ewald=True``: a value other than the default without it is a ValueError).
         ewald_method: reciprocal part of the Ewald sum: ``"auto"`` (default: particle-mesh
             where a cost model says it is cheaper at ``ewald_accuracy``, from
             ``PME_MIN_ATOMS`` atoms on; else the explicit k-vector sum), ``"ewald"`` or
@@ -84,7 +86,8 @@ class QEqCalculator(Calculator):
             depend on earlier calls.
         device: torch device (default cpu); a device that does not exist here (e.g.
             ``"cuda"`` without CUDA) raises ``ValueError``.
-        dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``.
+        dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``;
+            float32 moves the positions near the origin (in float64) before the cast.
         check_definite: ``"auto"``, ``True`` or ``False``: prove the hardness matrix
             positive definite on the constraint subspace before every solve (see
             :func:`solve_charges` and docs/chem.md). Between calls on the same pair list
@@ -346,8 +349,11 @@ class QEqCalculator(Calculator):
             )
         device, dtype = self.device, self.dtype
         dd = {"device": device, "dtype": dtype}
-        pos0 = torch.tensor(pos_np, **dd)
         cell_np = np.asarray(atoms.cell.array, dtype=np.float64)
+        # float32: positions moved near the origin in float64 (pair list, dipole: as given)
+        shift = origin_shift(pos_np, cell_np, atoms.pbc, dtype)
+        pos_rel = pos_np if shift is None else pos_np - shift
+        pos0 = torch.tensor(pos_rel, **dd)
         cell0 = torch.tensor(cell_np, **dd)
         self._stress_wanted = self._stress_wanted or "stress" in properties
         want_stress = periodic and self._stress_wanted
@@ -358,12 +364,8 @@ class QEqCalculator(Calculator):
         cell = cell0 @ deform
         q0 = None
         # a fixed iteration count starts from zero: no dependence on earlier calls
-        warm = self.parameters["warm_start"] and self.parameters["iterations"] is None
-        if warm and self._q_prev is not None and self._q_prev.shape[0] == len(atoms):
-            q0 = self._q_prev
-            h = [x for x in self._q_hist if x.shape == q0.shape and x.device == q0.device]
-            if len(h) == 3:  # smooth motion: quadratic extrapolation of the last three
-                q0 = 3.0 * h[2] - 3.0 * h[1] + h[0]
+        if self.parameters["warm_start"] and self.parameters["iterations"] is None:
+            q0 = warm_start_charges(self._q_prev, self._q_hist, len(atoms), device, dtype)
         numbers = np.asarray(atoms.numbers)
         key = (numbers.tobytes(), device, dtype)
         if key != self._table_key:  # new atoms: symbols and parameter table once
@@ -373,7 +375,7 @@ class QEqCalculator(Calculator):
         if self._analytic(settings):
             # the checks solve_charges makes, which this path does not go through
             _solve._check_numbers(settings, self._symbols)
-            self._step(atoms, settings, pos_np, cell_np, q0, periodic, molecule)
+            self._step(atoms, settings, (pos_np, pos_rel, shift), cell_np, q0, periodic, molecule)
             _calc_params.check_results(self)
             return
         prepared = Prepared(table=self._table, definite=self._certificate.check)
@@ -414,7 +416,7 @@ class QEqCalculator(Calculator):
             s = 0.5 * (s + s.T)
             self.results["stress"] = s.flat[[0, 4, 8, 5, 2, 1]]
         if molecule:
-            self.results["dipole"] = charges @ pos_np
+            self.results["dipole"] = dipole_moment(charges, pos_np, shift, settings.total_charge)
         _calc_params.check_results(self)
 
     def _analytic(self, settings: QEqSettings) -> bool:
@@ -427,9 +429,11 @@ class QEqCalculator(Calculator):
             and settings.iterations is None
         )
 
-    def _step(self, atoms, settings, pos_np, cell_np, q0, periodic, molecule) -> None:
+    def _step(self, atoms, settings, positions, cell_np, q0, periodic, molecule) -> None:
         """One call through :func:`._step.analytic_step` (same results as the autograd
-        path to rounding; tests/chem/test_step.py)."""
+        path to rounding; tests/chem/test_step.py). ``positions``: as given (for the pair
+        list and the dipole), as the solve takes them, and the :func:`origin_shift`."""
+        pos_np, pos_rel, shift = positions
         device, dtype = self.device, self.dtype
         n = len(atoms)
         pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -443,7 +447,7 @@ class QEqCalculator(Calculator):
         )
         direct = check and self.parameters["solver"] == "auto" and n <= _step.DIRECT_MAX_ATOMS
         out = analytic_step(
-            pos_np,
+            pos_rel,
             cell_np,
             (nl.i, nl.j, nl.shifts),
             self._table,
@@ -493,4 +497,4 @@ class QEqCalculator(Calculator):
             vol = abs(float(np.linalg.det(atoms.cell.array)))
             self.results["stress"] = (out.stress_grad / vol).flat[[0, 4, 8, 5, 2, 1]]
         if molecule:
-            self.results["dipole"] = charges @ pos_np
+            self.results["dipole"] = dipole_moment(charges, pos_np, shift, s.total_charge)

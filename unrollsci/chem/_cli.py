@@ -232,6 +232,8 @@ def _relax_main(argv: list[str] | None) -> int:
 
     p = _parser()
     args = p.parse_args(argv)
+    if args.ewald_method != "auto" and not args.ewald:  # exits with status 2
+        p.error(f"--ewald-method {args.ewald_method} needs --ewald (got no --ewald)")
     inp: Path = args.file
     out: Path = args.out or inp.with_name(inp.stem + "_relaxed.xyz")
     traj_path: Path = args.traj or out.with_suffix(".traj")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,14 @@ class QEqSettings:
             raise ValueError(f"Expected check_definite to be True, False or 'auto' (got {cd!r}).")
         if not isinstance(self.ewald, (bool, np.bool_)):  # a string such as "no" is truthy
             raise TypeError(f"Expected ewald=True or False (got {self.ewald!r}).")
+        if not self.ewald:  # the Ewald options do nothing without it: refuse, not ignore
+            for name in ("ewald_method", "ewald_accuracy"):
+                value, default = getattr(self, name), _DEFAULTS[name]
+                if not _same_value(value, default):
+                    raise ValueError(
+                        f"Expected ewald=True with {name}={value!r} (got ewald=False: "
+                        f"{name} applies to the Ewald sum only; leave it at {default!r})."
+                    )
         sr = self.short_range
         if sr is not None and not callable(getattr(sr, "energy", None)):
             raise TypeError(
@@ -89,6 +97,17 @@ class QEqSettings:
                 f"Expected the short-range cutoff ({sr_cut}) <= cutoff ({self.cutoff}): its "
                 "pairs come from the solve's pair list, so a longer one would be cut off there."
             )
+
+
+_DEFAULTS = {f.name: f.default for f in fields(QEqSettings)}
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    """Whether an option holds its default (a value without one truth value does not)."""
+    try:
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - e.g. an array: not the default
+        return False
 
 
 def check_pbc(pbc: Any) -> np.ndarray:

@@ -281,7 +281,8 @@ def solve_charges(
             ``ewald=True`` it is the real-space cutoff.
         coulomb_constant: k_e in eV Angstrom (LAMMPS uses 14.4).
         ewald: Ewald summation of the 1/r tail (fully periodic cells).
-        ewald_accuracy: target relative accuracy of the Ewald split.
+        ewald_accuracy: target relative accuracy of the Ewald split (this and
+            ``ewald_method`` only with ``ewald=True``: other values without it raise).
         ewald_method: reciprocal part by ``"ewald"`` (explicit k-vector sum, O(N^2) at a
             fixed cutoff), ``"pme"`` (particle mesh, O(N log N)) or
             ``"auto"``: PME where a cost model says it is cheaper (docs/chem.md). PME's mesh

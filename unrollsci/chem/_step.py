@@ -189,9 +189,12 @@ def _incidence(
         idx = torch.int32 if p < 2**31 - 1 else torch.int64
         crow_i, crow_j = crow_i.to(idx), crow_j.to(idx)
     cols_i = (torch.arange(p, device=i.device) if pattern is not None else i_order).to(idx)
+    # invariant checks as the user set them, passed explicitly (torch's notice that they are
+    # "implicitly disabled" is for code that leaves them unset)
+    check = torch.sparse.check_sparse_tensor_invariants.is_enabled()
     with quiet_csr():
-        b_j = torch.sparse_csr_tensor(crow_j, order.to(idx), ones, (n, p))
-        b_i = torch.sparse_csr_tensor(crow_i, cols_i, ones, (n, p))
+        b_j = torch.sparse_csr_tensor(crow_j, order.to(idx), ones, (n, p), check_invariants=check)
+        b_i = torch.sparse_csr_tensor(crow_i, cols_i, ones, (n, p), check_invariants=check)
     return b_j, b_i
 
 
