@@ -50,6 +50,18 @@ def _vesin() -> Any:
     return _VESIN["module"]
 
 
+def _vesin_threads(vesin: Any) -> dict[str, int]:
+    """``n_threads``: torch's thread count, where vesin takes it (0.6 on). Left alone,
+    vesin's search starts an OpenMP thread per core whatever ``torch.set_num_threads``
+    says (a one-thread run used two cores)."""
+    if "threads" not in _VESIN:
+        import inspect
+
+        params = inspect.signature(vesin.NeighborList.__init__).parameters
+        _VESIN["threads"] = "n_threads" in params
+    return {"n_threads": torch.get_num_threads()} if _VESIN["threads"] else {}
+
+
 def _stable_order(keys: np.ndarray, n: int) -> np.ndarray:
     """The permutation that sorts integer ``keys`` in ``[0, n)`` stably: a linear-time
     counting sort (scipy's CSR-to-CSC conversion of one entry per row)."""
@@ -163,7 +175,9 @@ def half_pairs(
     if vesin is not None:
         # unsorted: vesin's sort by (i, j) costs as much as the search; grouping by i (a
         # stable counting sort, skipped when already grouped) is all the CSR products need
-        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False, sorted=False)
+        nl = vesin.NeighborList(
+            cutoff=float(cutoff), full_list=False, sorted=False, **_vesin_threads(vesin)
+        )
         i, j, s = nl.compute(positions, box, bool(np.all(pbc)), "ijS")
         i, j = (_as_int64(x) for x in (i, j))
         if i.size and not bool(np.all(i[1:] >= i[:-1])):
