@@ -21,6 +21,7 @@ __all__ = [
     "check_positive",
     "check_finite",
     "check_like",
+    "ignored_option",
     "check_nonnegative",
     "check_same_device",
     "check_symmetric",
@@ -400,3 +401,14 @@ def check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
             f"{ref.device}; got {x.dtype} on {x.device}); convert it with "
             f"{name}.to({ref_name})."
         )
+
+
+def ignored_option(name: str, value: Any, default: Any, *, where: str, given: str) -> ValueError:
+    """The error for option ``name`` given ``value`` (not its ``default``) where it would be
+    ignored: it acts only ``where`` (e.g. ``"kind='poly'"``), and the call has ``given``
+    (e.g. ``"kind='factor'"``). Options of one mode are refused outside it, never ignored;
+    a default passed explicitly is accepted (the caller compares)."""
+    return ValueError(
+        f"Expected {name}= only with {where}, where it acts (got {name}={value!r} with "
+        f"{given}; leave it at its default {default!r})."
+    )

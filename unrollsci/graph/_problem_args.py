@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .._validation import ignored_option
+
 # the heat kernel's options, with their defaults: they act with operator="heat" only
 _HEAT_OPTIONS = {"tau": 1.0, "heat_degree": 30}
 
@@ -33,7 +35,6 @@ def check_heat_options(operator: Any, **options: Any) -> None:
     for name, value in options.items():
         default = _HEAT_OPTIONS[name]
         if isinstance(value, bool) or value != default:
-            raise ValueError(
-                f"Expected {name}= only with operator='heat', where it acts (got "
-                f"{name}={value!r} with operator={what!r}; leave it at its default {default})."
+            raise ignored_option(
+                name, value, default, where="operator='heat'", given=f"operator={what!r}"
             )

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import ignored_option
+
 _KINDS = ("factor", "inverse", "block", "poly", "amg")
 _BASES = ("ic0", "mic", "ssor", "identity")
 _DEFAULT_BASE = {
@@ -39,9 +41,8 @@ def _check_mode_options(kind: str, **options: Any) -> None:
         owner, default = _MODE_OPTIONS[name]
         same = bool(value) is default if isinstance(default, bool) else value == default
         if kind != owner and not same:
-            raise ValueError(
-                f"Expected {name}= only with kind={owner!r}, where it acts (got "
-                f"{name}={value!r} with kind={kind!r}; leave it at its default {default!r})."
+            raise ignored_option(
+                name, value, default, where=f"kind={owner!r}", given=f"kind={kind!r}"
             )
 
 

@@ -44,7 +44,7 @@ def check_fit_args(
 ) -> tuple[Any, list[int]]:
     """Refuse any argument of :func:`fit` but the data; return ``(low, stages)``: the
     checked mixed-precision dtype and the layer-wise stages (``[0]`` for end-to-end)."""
-    from .._validation import check_positive
+    from .._validation import check_positive, ignored_option
     from ._precision import check_mixed_precision
 
     if schedule not in ("end_to_end", "layerwise"):
@@ -102,9 +102,8 @@ def check_fit_args(
     if schedule == "end_to_end":  # options of the layer-wise schedule only: not ignored
         for name, value in (("stage_epochs", stage_epochs), ("stage_hook", stage_hook)):
             if value is not None:
-                raise ValueError(
-                    f"Expected {name}= only with schedule='layerwise', where it acts (got "
-                    f"{name}={value!r} with schedule='end_to_end'; use epochs= there)."
+                raise ignored_option(
+                    name, value, None, where="schedule='layerwise'", given="schedule='end_to_end'"
                 )
     if schedule == "layerwise":
         if not hasattr(model, "num_layers") or not hasattr(model, "active_layers"):
