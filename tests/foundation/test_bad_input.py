@@ -3,6 +3,7 @@ stopping rule, CG's tol=0 and scale invariance, Radon's memory check. Grouped by
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 import warnings
 
@@ -405,7 +406,8 @@ def test_cg_tol_zero_runs_to_exact_convergence_and_matches_solve():
     spd, b = _spd(30)
     ref = torch.linalg.solve(spd, b)
     sol = cg(spd, b, tol=0.0, max_iter=3000)
-    assert sol.converged and sol.residual == 0.0
+    # tol=0 stops where the squared relative residual underflows (documented threshold)
+    assert sol.converged and sol.residual < math.sqrt(torch.finfo(F64).tiny)
     torch.testing.assert_close(sol.x, ref, atol=1e-12, rtol=0)
     with pytest.warns(UserWarning, match="max_iter=5"):
         sol = cg(spd, b, tol=0.0, max_iter=5)

@@ -28,6 +28,7 @@ from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # n
 from ._inertia import is_pd as _is_pd  # noqa: F401
 from ._laplacian import HeatKernel, canonical_adjacency
 from ._problem_args import check_heat_options, check_lam
+from ._problem_copy import CopyableCache
 from ._spectral import _DENSE_MAX  # noqa: F401
 from ._sqrt import sqrt0
 
@@ -35,7 +36,7 @@ __all__ = ["GraphInverseProblem"]
 # _CHUNK_ENTRIES, _DENSE_MAX, _RANK_DENSE_MAX, _is_pd: importable here, as before the split
 
 
-class GraphInverseProblem:
+class GraphInverseProblem(CopyableCache):
     """Recover a signal on the nodes of a graph from ``y = A x + noise``.
 
     Solves ``min_x f(x) = 0.5 ||m o (B x - y)||^2 + 0.5 lam x^T L x`` for a batch of

@@ -21,10 +21,9 @@ from .._validation import (
     check_tensor,
 )
 from ._checks import check_dtype_supported, check_real, tensor_key
+from ._compressed import COMPRESSED as _COMPRESSED
+from ._compressed import is_packed, pack, unpack
 from ._lanczos import lanczos_top
-
-#: Sparse layouts with no storage (``copy.deepcopy`` of such a tensor fails in torch).
-_COMPRESSED = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 
 
 class LinearOperator(nn.Module):
@@ -177,11 +176,30 @@ class LinearOperator(nn.Module):
         return new
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled state (``torch.save`` of an operator, format-1 checkpoints): without the
-        caches of casts and of ``norm()``, which are keyed on this process's tensors."""
+        """Pickled state (``torch.save`` of an operator, format-1 checkpoints, DataLoader
+        workers): without the caches of casts and of ``norm()``, which are keyed on this
+        process's tensors. Sparse CSR/CSC buffers are stored as their index and value
+        tensors and rebuilt by :meth:`__setstate__`, so that torch's sparse-CSR notices are
+        not printed where the operator is unpickled (e.g. another process)."""
         state = dict(super().__getstate__())
         state["_cast_cache"], state["_norm_cache"] = {}, None
+        bufs = state.get("_buffers")
+        if bufs and any(t is not None and t.layout in _COMPRESSED for t in bufs.values()):
+            state["_buffers"] = type(bufs)(
+                (k, pack(t) if t is not None and t.layout in _COMPRESSED else t)
+                for k, t in bufs.items()
+            )
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled state (see :meth:`__getstate__`)."""
+        bufs = state.get("_buffers")
+        if bufs and any(is_packed(t) for t in bufs.values()):
+            state = dict(state)
+            state["_buffers"] = type(bufs)(
+                (k, unpack(t) if is_packed(t) else t) for k, t in bufs.items()
+            )
+        super().__setstate__(state)
 
     def _norm_key(self) -> tuple[Any, ...]:
         """What ``norm()``'s cached value depends on: identity, version counter, storage,

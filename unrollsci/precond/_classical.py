@@ -107,15 +107,61 @@ class AMGPreconditioner(Preconditioner):
     ``serial_host``: the cycle is a single-threaded host kernel, so the library's CG loop
     runs its torch vector work single-threaded while it applies this preconditioner
     (torch's idle worker threads would otherwise compete with the cycle).
+
+    Args:
+        ml: a PyAMG ``MultilevelSolver``.
+        n: its size.
+        coarse_solver: the ``coarse_solver`` option ``ml`` was built with (PyAMG's
+            ``coarse_grid_solver`` argument). ``None``: read from ``ml``'s coarse solver
+            (``ml.coarse_solver.name()``), which gives a method named by a string (PyAMG's
+            default ``"pinv"``, ``"splu"``, ...) but not the options of a tuple
+            ``(method, options)``: pass such a one here.
+
+    The preconditioner pickles (DataLoader workers, multiprocessing) and deep-copies into
+    an independent one with the same cycle: PyAMG's coarse solver, a local class of
+    PyAMG's, is rebuilt from ``coarse_solver`` on the other side, with the factorization it
+    had formed. A ``coarse_solver`` whose method PyAMG does not name by a string (a
+    callable) pickles only if the callable does.
     """
 
     serial_host = True
+    _cycle_kind = "V"
 
-    def __init__(self, ml: Any, n: int) -> None:
+    def __init__(self, ml: Any, n: int, *, coarse_solver: Any = None) -> None:
         super().__init__()
         self.ml = ml
         self.in_shape = self.out_shape = (n,)
-        self._apply_np = ml.aspreconditioner(cycle="V")
+        self._coarse_spec = _coarse_spec(ml, coarse_solver)
+        self._apply_np = ml.aspreconditioner(cycle=self._cycle_kind)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled state: PyAMG's hierarchy without its coarse solver (a local class) and
+        without the cycle's closure; :meth:`__setstate__` rebuilds both."""
+        import copy
+
+        state = dict(super().__getstate__())
+        state["_apply_np"] = None
+        solver = getattr(self.ml, "coarse_solver", None)
+        if _known(self._coarse_spec) and solver is not None:
+            ml = copy.copy(self.ml)  # (the levels are shared: pickled as they are)
+            ml.coarse_solver = None
+            state["ml"] = ml
+            state["_coarse_factor"] = _picklable_factor(solver)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled or deep-copied state: the coarse solver (if it was left out)
+        and the cycle, on this object's own hierarchy."""
+        state = dict(state)
+        factor = state.pop("_coarse_factor", None)
+        super().__setstate__(state)
+        if getattr(self.ml, "coarse_solver", 0) is None and _known(self._coarse_spec):
+            from pyamg.multilevel import coarse_grid_solver
+
+            self.ml.coarse_solver = coarse_grid_solver(self._coarse_spec)
+            vars(self.ml.coarse_solver).update(factor or {})
+        # a deep copy's state holds the original's cycle (a closure on its hierarchy)
+        self._apply_np = self.ml.aspreconditioner(cycle=self._cycle_kind)
 
     def _cycle(self, r: torch.Tensor) -> torch.Tensor:
         rn = r.detach().cpu().double().numpy()
@@ -140,6 +186,53 @@ class AMGPreconditioner(Preconditioner):
         if numpy_dtype(dtype) != np.float64:
             return super().to_scipy(dtype)
         return self._apply_np
+
+
+_UNKNOWN = "<unknown coarse solver>"
+
+
+def _known(spec: Any) -> bool:
+    """Whether ``spec`` is a coarse solver option (not :data:`_UNKNOWN`: after a pickle
+    round trip an equal string, not the same object)."""
+    return not (isinstance(spec, str) and spec == _UNKNOWN)
+
+
+def _coarse_spec(ml: Any, given: Any) -> Any:
+    """The ``coarse_solver`` option of ``ml`` (``given``, checked against the name PyAMG
+    keeps), or :data:`_UNKNOWN` where ``ml``'s coarse solver does not name its method."""
+    import ast
+
+    name = getattr(getattr(ml, "coarse_solver", None), "name", None)
+    have = name() if callable(name) else None
+    if given is not None:
+        method = given[0] if isinstance(given, tuple) else given
+        if have is not None and repr(method) != have:
+            raise ValueError(
+                f"Expected 'coarse_solver' to be the one ml was built with ({have}), got {given!r}."
+            )
+        return given
+    if have is None:
+        return _UNKNOWN
+    try:
+        spec = ast.literal_eval(have)
+    except (ValueError, SyntaxError):  # a callable's repr: not rebuildable from its name
+        return _UNKNOWN
+    return spec if spec is None or isinstance(spec, str) else _UNKNOWN
+
+
+def _picklable_factor(solver: Any) -> dict[str, Any]:
+    """What PyAMG's coarse solver formed on its first call (the pseudo-inverse ``P``, the
+    dense ``LU`` or ``L`` factors: arrays), for the rebuilt solver to reuse (the same
+    numbers, no refactorization). Where any of it is another object (``splu``'s factor
+    does not pickle), none is kept: the rebuilt solver forms it again on its first call."""
+
+    def plain(v: Any) -> bool:
+        if isinstance(v, tuple):
+            return all(plain(u) for u in v)
+        return isinstance(v, (np.ndarray, bool, int, float))
+
+    formed = dict(vars(solver))
+    return formed if all(plain(v) for v in formed.values()) else {}
 
 
 class _LinearCycle(torch.autograd.Function):
@@ -215,7 +308,7 @@ def amg(A: Any, *, seed: int | None = 0, **kwargs: Any) -> AMGPreconditioner:  #
             ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
         finally:
             np.random.set_state(state)
-    pre = AMGPreconditioner(ml, a.shape[0])
+    pre = AMGPreconditioner(ml, a.shape[0], coarse_solver=kwargs.get("coarse_solver", "pinv"))
     if set(kwargs) - _HIERARCHY_OPTIONS:  # smoothers, symmetry, coarse solver: probe
         _check_symmetric_cycle(pre._apply_np, a.shape[0])
     return pre

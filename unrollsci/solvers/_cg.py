@@ -23,6 +23,8 @@ from .._validation import (
 from .._validation import check_symmetric as _check_symmetric
 from ..operators import LinearOperator
 from ..operators._base import check_real
+from ._cg_inputs import as_apply as _as_apply  # (was defined here)
+from ._cg_inputs import refuse_scipy_operator
 from ._common import as_operator, check_signal, check_stopping, row_norm
 from ._loop import GRAD_MODES, PCGState, differentiate, implicit_solution, pcg_iterate
 from ._solution import Solution, finish
@@ -71,10 +73,11 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
                 "definite operator; use a different solver for non-symmetric systems."
             )
         return
+    refuse_scipy_operator(a, name)
     if not isinstance(a, torch.Tensor) and not _is_scipy_sparse(a):
         raise TypeError(
-            f"Expected '{name}' to be a LinearOperator, a torch tensor or a scipy sparse matrix "
-            f"(got {type(a).__name__})."
+            f"Expected '{name}' to be an unrollsci LinearOperator, a torch tensor or a scipy "
+            f"sparse matrix (got {type(a).__name__})."
         )
     if a.dtype in (torch.bool, np.bool_):
         raise TypeError(f"Expected '{name}' to have a numeric dtype (got {a.dtype}).")
@@ -85,45 +88,6 @@ def _is_scipy_sparse(a: Any) -> bool:
     import scipy.sparse as sp
 
     return bool(sp.issparse(a))
-
-
-def _as_apply(m: Any, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if callable(m) and not isinstance(m, (torch.Tensor, LinearOperator)):
-        return _checked_once(m, name)
-    return as_operator(m, name)
-
-
-def _checked_once(m: Callable[[torch.Tensor], torch.Tensor], name: str) -> Any:
-    """The callable preconditioner ``m`` with its first output checked: a tensor of the
-    dtype, device and shape of its input (a float64 ``M r`` for a float32 ``r`` failed
-    inside CG's inner products, or silently promoted the iterates)."""
-    checked = False
-
-    def apply(r: torch.Tensor) -> torch.Tensor:
-        nonlocal checked
-        z = m(r)
-        if not checked:
-            if not isinstance(z, torch.Tensor):
-                raise TypeError(
-                    f"Expected the callable '{name}' to return a torch tensor (got "
-                    f"{type(z).__name__})."
-                )
-            if z.dtype != r.dtype or z.device != r.device:
-                raise TypeError(
-                    f"Expected the callable '{name}' to return a tensor of the dtype and "
-                    f"device of its input ({r.dtype} on {r.device}; got {z.dtype} on "
-                    f"{z.device})."
-                )
-            if z.shape != r.shape:
-                raise ValueError(
-                    f"Expected the callable '{name}' to return a tensor of the shape of its "
-                    f"input {tuple(r.shape)} (got {tuple(z.shape)})."
-                )
-            checked = True
-        return z
-
-    apply.serial_host = getattr(m, "serial_host", False)  # type: ignore[attr-defined]
-    return apply
 
 
 def cg(
@@ -144,8 +108,9 @@ def cg(
 
     Batched over right-hand sides; each column gets its own step sizes and stops
     independently once ``||r|| <= max(tol * ||b||, atol)``, or once its (recursively
-    updated) residual vanishes to working precision (``r^T r`` is exactly 0: ``||r||``
-    below ``1e-154 ||b||`` in float64, ``1e-19 ||b||`` in float32; or, preconditioned,
+    updated) residual vanishes to working precision (``r^T r`` of the system scaled to
+    ``||b|| = 1`` underflows below the smallest normal number: ``||r||`` below
+    ``1.5e-154 ||b||`` in float64, ``1.1e-19 ||b||`` in float32; or, preconditioned,
     ``|r^T M r|`` within a factor ``1/eps`` of underflow once ``||r|| <= eps ||b||``),
     which counts as converged. So ``tol=0, atol=0`` runs until the residual is zero or
     ``max_iter``. A column with ``b = 0`` returns ``x = 0`` (whatever ``x0``).
@@ -191,7 +156,9 @@ def cg(
             positive definite) met during the iteration, or either of them NaN or Inf
             (A or M produced a non-finite value); NaN/Inf in ``b``; an unknown ``grad``.
         TypeError: ``x0`` of another dtype or device than ``b``; a callable ``M``
-            returning another dtype or device.
+            returning another dtype or device, or raising on its first call with a torch
+            tensor (a function on numpy arrays); a ``scipy.sparse.linalg.LinearOperator``
+            as ``A`` or ``M`` (cg works on torch tensors: pass the unrollsci operator).
 
     Returns:
         Solution; ``residuals`` holds the max relative residual per iteration.
@@ -204,6 +171,7 @@ def cg(
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"Expected grad in {GRAD_MODES} (got {grad!r}).")
+    refuse_scipy_operator(A, "A")
     if check and not isinstance(A, LinearOperator):
         check_symmetric(A, "A")
     op = as_operator(A, "A")
@@ -384,12 +352,14 @@ def _run(
         rd = st.r.detach()
         rn = torch.linalg.vector_norm(rd, dim=-1)
         last[:] = [rn]
-        # A residual whose squared norm underflows to 0 is zero to working precision: the
-        # next step would divide 0 by 0 (p^T A p = 0), which is not indefiniteness.
+        # A residual whose squared norm underflows (below the smallest normal number: the
+        # system is scaled to ||b|| = 1, so ||r|| < sqrt(tiny) ||b||) is zero to working
+        # precision: the next step would divide subnormal or zero products (p^T A p = 0
+        # is not indefiniteness).
         rr = st.rz.detach()[:, 0] if plain else torch.linalg.vecdot(rd, rd)
         # preconditioned: r^T M r underflows before r^T r does (an underflow, not M)
         gone = (rn <= eps) & (st.rz.detach()[:, 0].abs() <= floor) & (not plain)
-        done = (rn <= thresh) | (rr == 0) | gone
+        done = (rn <= thresh) | (rr < tiny) | gone
         if not start:  # the first call: the columns solved by their start (no iteration)
             start.append(done)
         if st.k > 0 or bool(done.all()):  # the start is recorded only when it is the answer

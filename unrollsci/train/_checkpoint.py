@@ -34,10 +34,12 @@ def save_checkpoint(
     :func:`register_checkpoint_class`). Anything else, e.g. a function, raises
     ``TypeError`` before the file is touched. ``extra`` must be plain data too.
 
-    The file holds the model's checkpoint name, that config, the state dict and
-    ``extra``. It is written atomically (a temporary file in the same folder, then
-    moved onto ``path``): a failed save leaves a previous file at ``path`` as it was.
-    An existing file at ``path`` is replaced.
+    The file holds the model's checkpoint name, that config, the state dict,
+    ``extra`` and, for a model with an integer ``active_layers`` (the layers its
+    ``forward`` runs: layer-wise training sets it below ``num_layers``), that depth,
+    which :func:`load_checkpoint` restores. It is written atomically (a temporary file
+    in the same folder, then moved onto ``path``): a failed save leaves a previous file
+    at ``path`` as it was. An existing file at ``path`` is replaced.
     """
     from .._io import atomic_save
 
@@ -64,6 +66,9 @@ def save_checkpoint(
         "state_dict": _encode(dict(model.state_dict()), "state_dict"),
         "extra": _encode(extra or {}, "extra"),
     }
+    depth = getattr(model, "active_layers", None)
+    if isinstance(depth, int) and not isinstance(depth, bool):
+        payload["active_layers"] = int(depth)  # not a constructor argument: get_config lacks it
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_save(path, lambda f: torch.save(payload, f))
 
@@ -200,6 +205,10 @@ def load_checkpoint(
             ``None`` loads onto the CPU, so a checkpoint saved from a GPU loads on any
             machine; move the model afterwards with ``model.to(device)``.
 
+    A model saved with its ``active_layers`` (:func:`save_checkpoint`) comes back with
+    it, so its ``forward`` runs the same layers; a file without it (older unrollsci)
+    leaves the rebuilt model's own (all layers).
+
     Every saved tensor comes back in the dtype it was saved in: a model saved in one
     floating dtype is cast to it whole (as ``model.to(dtype)``), and a parameter or
     buffer saved in another dtype than the rebuilt model's (e.g. a float64 parameter
@@ -210,7 +219,8 @@ def load_checkpoint(
     Raises:
         ValueError: the file is empty, truncated, not a torch file, not an unrollsci
             checkpoint, holds pickled objects, names an unregistered class, holds
-            another class than ``expected``, or its config or weights do not fit;
+            another class than ``expected``, or its config, weights or
+            ``active_layers`` do not fit;
             ``map_location`` names no device this machine can load onto.
         TypeError: ``expected`` is not a class or a sequence of classes, or
             ``map_location`` is not a device, a dict or a callable.
@@ -262,7 +272,33 @@ def load_checkpoint(
         raise ValueError(
             f"Checkpoint {path}: its weights do not fit the rebuilt {cls.__name__} ({exc})."
         ) from None
+    if "active_layers" in payload:
+        _restore_depth(model, payload["active_layers"], path)
     return model
+
+
+def _restore_depth(model: nn.Module, depth: Any, path: Path) -> None:
+    """Set the saved ``active_layers`` on the rebuilt model: an int in ``1..num_layers``."""
+    name = type(model).__name__
+    if not hasattr(model, "active_layers"):
+        raise ValueError(
+            f"Checkpoint {path}: expected the rebuilt {name} to have 'active_layers', as the "
+            f"saved model had (active_layers={depth!r}); got a model without it."
+        )
+    num = getattr(model, "num_layers", None)
+    top = num if isinstance(num, int) and not isinstance(num, bool) else None
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 1
+        or (top is not None and depth > top)
+    ):
+        within = f"1..{top}" if top is not None else "a positive int"
+        raise ValueError(
+            f"Checkpoint {path}: expected its active_layers to be an int in {within} "
+            f"for the rebuilt {name} (got {depth!r})."
+        )
+    model.active_layers = depth
 
 
 def _match_stored_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -49,6 +49,9 @@ def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> No
 
 def _check_data(name: str, data: Any, passes: int) -> None:
     """Refuse training/validation data that cannot give a batch in every epoch."""
+    from ._data import refuse_tensor_list
+
+    refuse_tensor_list(data, name)
     if isinstance(data, torch.Tensor) or (
         isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
     ):

@@ -77,6 +77,13 @@ def register_checkpoint_class(cls: type | None = None, name: str | None = None) 
     keys, unrollsci operators, or instances of registered classes). It is stored under
     ``name`` (default ``"module:QualifiedName"``). Usable as a class decorator, with or
     without a name (``@register_checkpoint_class(name="lab:MyNet")``); returns ``cls``.
+
+    A class defined in a script run as ``python3 mymodule.py`` has the module
+    ``__main__`` and is stored as ``"__main__:MyNet"``. Such a name is matched, by the
+    qualified name alone, against the one registered or ``expected=`` class of that
+    qualified name (``mymodule.MyNet`` once another script imports ``mymodule``), and the
+    other way round; nothing named by a file is ever imported. Give ``name=`` for a name
+    that does not depend on how the defining file was run.
     """
     if cls is None:  # @register_checkpoint_class(name=...): the decorator itself
         return lambda c: register_checkpoint_class(c, name)
@@ -113,6 +120,18 @@ def _name_of(cls: type) -> str:
     return _class_path(cls)
 
 
+def _main_match(name: str, cls: type) -> bool:
+    """Whether ``name`` and ``cls`` agree up to a ``__main__`` module.
+
+    A class defined in a script run as ``python3 mymodule.py`` is ``__main__.MyNet``
+    there and ``mymodule.MyNet`` where another script imports it: a stored
+    ``"__main__:MyNet"`` matches the latter by its qualified name, and a stored
+    ``"mymodule:MyNet"`` the former (only classes already registered or expected).
+    """
+    module, _, qualname = name.partition(":")
+    return qualname == cls.__qualname__ and "__main__" in (module, cls.__module__)
+
+
 def _lookup(name: str, expected: tuple[type, ...], path: Path) -> type:
     """The class registered as ``name`` (or one of ``expected`` of that name)."""
     if name in _BUILTIN:
@@ -130,11 +149,36 @@ def _lookup(name: str, expected: tuple[type, ...], path: Path) -> type:
         key = f"{'.'.join(module.split('.')[:2])}:{cls_name}"
         if key in _BUILTIN:
             return _builtin_class(key)
+    # a class saved from (or loaded in) a script run as __main__: match the expected,
+    # else the registered, classes of the same qualified name; never import anything
+    for pool, where in ((expected, "expected="), (tuple(_USER.values()), "registered")):
+        found = list(dict.fromkeys(c for c in pool if _main_match(name, c)))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            shown = ", ".join(_class_path(c) for c in found)
+            raise ValueError(
+                f"Checkpoint {path} names the class {name!r}, which matches several "
+                f"{where} classes by its qualified name ({shown}); pass the one meant as "
+                "expected=cls to load_checkpoint."
+            )
+    module, _, qualname = name.partition(":")
+    if module == "__main__":
+        hint = (
+            f" It was saved from a script run as __main__: import the module that defines "
+            f"{qualname}, then register that class (register_checkpoint_class) or pass it "
+            f"as expected= to load_checkpoint (a class of the qualified name {qualname!r} "
+            "matches). For a stored name that does not depend on how the script is run, "
+            f"register the class with name='mylab:{qualname}' before saving."
+        )
+    else:
+        hint = (
+            " Register your own class with unrollsci.train.register_checkpoint_class(cls) "
+            "or pass expected=cls to load_checkpoint."
+        )
     raise ValueError(
         f"Checkpoint {path} names the class {name!r}, which is not a registered checkpoint "
-        "class; nothing was imported or run. Register your own class with "
-        "unrollsci.train.register_checkpoint_class(cls) or pass expected=cls to "
-        "load_checkpoint."
+        f"class; nothing was imported or run.{hint}"
     )
 
 

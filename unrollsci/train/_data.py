@@ -65,16 +65,44 @@ class StepMean:
         return self.total / self.count if self.equal else self.weighted / self.samples
 
 
+def refuse_tensor_list(data: Any, name: str = "data") -> None:
+    """Raise ``TypeError`` for a non-empty list whose items are all tensors.
+
+    Such a list reads two ways: the columns of one data set (``[y, x]``, cut into
+    mini-batches of rows) or a list of batches (``[y1, y2, y3]``, each passed to
+    ``loss_fn``); both readings give a loss its batches with no error where the shapes
+    agree, so neither is guessed. A tuple of tensors is the columns of one data set.
+    """
+    if not (isinstance(data, list) and data and all(isinstance(t, torch.Tensor) for t in data)):
+        return
+    shapes = [tuple(t.shape) for t in data[:4]] + (["..."] if len(data) > 4 else [])
+    shown = ", ".join(str(s) for s in shapes)
+    raise TypeError(
+        f"Expected '{name}' to be a tensor, a tuple of tensors (the columns of one data "
+        "set, e.g. (y, x), cut into mini-batches of batch_size rows), an iterable of "
+        f"batches or a sampler (got a list of {len(data)} tensors of shapes {shown}, which "
+        "reads two ways). For the columns of one data set pass a tuple: tuple(data). For "
+        "separate batches of samples pass torch.cat(data) with batch_size=<rows per "
+        "batch> (shuffled), or a list of tuples [(y,), ...] or a DataLoader, whose "
+        "batches reach loss_fn as they are."
+    )
+
+
 def iterate_batches(
     data: Any, batch_size: int | None, generator: torch.Generator, steps: int | None
 ) -> Iterable[Batch]:
     """Yield mini-batches from tensors, an iterable of batches, or a sampler.
 
-    * a tensor or tuple/list of tensors with equal first dimension: shuffled
-      mini-batches of ``batch_size`` (the whole set if None);
+    * a tensor, or a tuple of tensors with equal first dimension (the columns of one
+      data set, e.g. ``(y, x)``): shuffled mini-batches of ``batch_size`` rows (the
+      whole set if None), a tensor or a tuple of tensors;
     * a callable ``sampler(generator) -> batch``: ``steps`` fresh batches
       (synthetic data drawn on the fly, as in the LISTA literature);
-    * any other iterable (e.g. a ``DataLoader`` or list of PyG batches): as is.
+    * any other iterable (e.g. a ``DataLoader``, a list of ``(y, x)`` tuples or of PyG
+      batches): its items as they are.
+
+    A list of tensors reads two ways (the columns of one data set, or a list of batches)
+    and is refused with ``TypeError`` (:func:`refuse_tensor_list`).
     """
     if callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
         if steps is None:
@@ -82,8 +110,9 @@ def iterate_batches(
         for _ in range(steps):
             yield data(generator)
         return
+    refuse_tensor_list(data)
     if isinstance(data, torch.Tensor) or (
-        isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data)
+        isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data)
     ):
         tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
         n = tensors[0].shape[0]

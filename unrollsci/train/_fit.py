@@ -104,7 +104,8 @@ def fit(
             any number of processes) with the same arguments, and ``val_data`` and
             ``lr_factor`` given or not as then (else ``ValueError``; ``callback`` may
             change, e.g. be left out to continue a run it halted).
-            The result equals an uninterrupted run (every rank's torch generator state is
+            The result equals an uninterrupted run (the model continues at the depth
+            ``active_layers`` it trained at; every rank's torch generator state is
             saved; a rank beyond the checkpoint's world size starts a fresh stream derived
             from ``(seed, rank, epoch)``). ``epochs`` may be larger than
             before (the run goes on, as an uninterrupted run with the larger ``epochs``),

@@ -87,10 +87,12 @@ def save_fit_checkpoint(path: str | Path, model: nn.Module, state: dict[str, Any
 def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state, weights)`` from a checkpoint written by ``fit(checkpoint=...)``.
 
-    ``weights`` is the model's state dict at the end of the last finished epoch.
+    ``weights`` is the model's state dict at the end of the last finished epoch. The
+    model's ``active_layers`` is set to the depth the run trained at, where the file
+    records one (an end-to-end run of a truncated model continues at that depth).
     """
     from ._checkpoint import _FORMAT, _read_payload
-    from ._config import _name_of
+    from ._config import _main_match, _name_of
 
     path = Path(path)
     payload = _read_payload(path, "cpu")
@@ -107,7 +109,9 @@ def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], 
             "or by fit without a checkpoint= path); resume needs a file written by "
             "fit(checkpoint=...)."
         )
-    if payload.get("class") != _name_of(type(model)):
+    if payload.get("class") != _name_of(type(model)) and not _main_match(
+        str(payload.get("class")), type(model)
+    ):
         raise ValueError(
             f"Checkpoint {path} was written for a {payload.get('class')}; the model to "
             f"resume is a {_name_of(type(model))}."
@@ -115,6 +119,11 @@ def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], 
     weights = state.get("weights")
     if weights is None:
         weights = payload["state_dict"]
+    depth = payload.get("active_layers")
+    if depth is not None:  # the depth the run trained at (a layer-wise stage sets its own)
+        from ._checkpoint import _restore_depth
+
+        _restore_depth(model, depth, path)
     return state, weights
 
 
