@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._inertia import DIAG_MIN as _DIAG_MIN
 from ._local import gamma, local_stage, proved
 
 __all__ = ["collatz_lower", "lanczos", "lanczos_max", "certify_upper", "upper_bound"]
@@ -69,15 +70,8 @@ def _pcg(
     every column's residual is below ``rtol`` times its rhs. Returns ``X`` and ``B - R``
     (``H X`` up to the drift of the residual recurrence: an estimate, not a product)."""
     if b.shape[1] == 1:
-        x1, hx1 = _pcg1(
-            h,
-            b[:, 0],
-            dinv,
-            iters,
-            rtol,
-            None if x0 is None else x0[:, 0],
-            None if hx0 is None else hx0[:, 0],
-        )
+        col = [None if v is None else v[:, 0] for v in (x0, hx0)]
+        x1, hx1 = _pcg1(h, b[:, 0], dinv, iters, rtol, *col)
         return x1[:, None], hx1[:, None]
     x, r, iters = _start(h, b, iters, x0, hx0)
     stop = rtol**2 * np.einsum("ij,ij->j", b, b)
@@ -223,13 +217,17 @@ def collatz_lower(
     Every ``u > 0`` gives a valid bound ``min_i (H u)_i / (D_k,i u_i)`` (Collatz-Wielandt),
     evaluated with the rounding of the product subtracted; the largest over the smoothing
     steps is returned (a maximum of proven lower bounds is one). Returns ``(k,)`` bounds,
-    each ``max(bound, 0)``.
+    each ``max(bound, 0)``; 0 where it is subnormal or ``diag(H)`` is near underflow
+    (:data:`_DIAG_MIN`: rounding there is absolute, which the proof does not cover).
     """
     if target is not None and not 0 < target <= 1:
         raise ValueError(f"Expected 0 < target <= 1 (got {target}).")
     dg = h.diagonal() if diag is None else diag
-    dinv = 1.0 / dg
     ncol = scales.shape[1]
+    if not np.all(dg >= _DIAG_MIN):  # also for NaN: rounding near underflow is absolute
+        # (u >= 1e-6 min diag(H) / H_ii keeps H_ii u_i >= tiny / eps: products stay normal)
+        return np.zeros(ncol)
+    dinv = 1.0 / dg
     hu_est = None  # H u estimated by PCG's residual: steers the iteration, proves nothing
     if steps > 0:
         key = ("first", iters, rtol)
@@ -332,7 +330,7 @@ def collatz_lower(
                 for j in range(ncol)
             ]
         )
-    return np.maximum(best, 0.0)
+    return np.where(best >= np.finfo(np.float64).tiny, best, 0.0)  # subnormal: no proof
 
 
 def lanczos(
@@ -416,7 +414,7 @@ def certify_upper(h: Any, scale: np.ndarray, c: float, *, eta: float = 0.05) -> 
     # comes from one more product (a cold row has no diagonal entry in F)
     into_hot = habs @ (~cold).astype(np.float64)
     lam = (a_diag - rowsum + into_hot)[cold_idx]
-    if not np.all(lam > 0):
+    if not np.all(lam >= _DIAG_MIN):  # near underflow: 1 / lam below would overflow
         return False
     # the hot rows of A = c diag(scale) - H, split into their F and C columns
     a_f = sp.csr_matrix(-h[hot_idx])

@@ -10,7 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_block_edges", "check_graph_index", "networkx_adjacency", "pyg_inputs"]
+__all__ = [
+    "CERT_GRAPH_ATTR",
+    "check_block_edges",
+    "check_graph_index",
+    "edge_attr_weight",
+    "networkx_adjacency",
+    "pyg_inputs",
+]
+
+#: The per-graph fingerprint of the graph alone (``(1, 32)`` uint8) that
+#: :class:`._pyg.CertifiedBounds` stores beside ``edge_weight``, which it always writes.
+CERT_GRAPH_ATTR = "cert_graph_key"
 
 
 def check_block_edges(gi: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
@@ -65,28 +76,56 @@ def networkx_adjacency(G: Any, weight: str | None = "weight"):  # type: ignore[n
     return sp.csr_matrix(adj)
 
 
+def edge_attr_weight(data: Any) -> torch.Tensor | None:
+    """``data.edge_attr`` as edge weights where it is 1-D (or ``(E, 1)``), else None: what
+    :func:`pyg_inputs` uses when ``data.edge_weight`` is absent."""
+    ea = getattr(data, "edge_attr", None)
+    if ea is not None and (ea.dim() == 1 or (ea.dim() == 2 and ea.shape[1] == 1)):
+        return ea.reshape(-1)
+    return None
+
+
 def pyg_inputs(data: Any, y: torch.Tensor | None) -> tuple[Any, torch.Tensor, Any]:
     """``(adjacency, y, graph_index)`` of a PyG ``Data`` or ``Batch``.
 
-    Edge weights come from ``data.edge_weight`` (or a 1-D ``edge_attr``), else 1; ``y``
-    defaults to ``data.y``; ``graph_index`` is ``data.batch`` (None for a single graph).
+    Edge weights come from ``data.edge_weight`` (or a 1-D ``edge_attr``), else 1, one per
+    edge (``ValueError`` otherwise); ``y`` defaults to ``data.y``; ``graph_index`` is
+    ``data.batch`` (None for a single graph). Data that carry :class:`CertifiedBounds`'
+    graph fingerprint must have ``edge_weight`` (the transform writes it): PyG collates
+    the keys of a batch's first graph, so a first graph without ``edge_weight`` drops the
+    weights of every graph (``ValueError``: give every graph of a batch ``edge_weight``,
+    or none).
     """
     from torch_geometric.utils import to_scipy_sparse_matrix
 
     ei = getattr(data, "edge_index", None)
     if ei is None:
         raise ValueError("Expected a PyG Data/Batch with 'edge_index'.")
+    if not isinstance(ei, torch.Tensor) or ei.dim() != 2 or ei.shape[0] != 2:
+        got = tuple(ei.shape) if isinstance(ei, torch.Tensor) else type(ei).__name__
+        raise ValueError(f"Expected data.edge_index of shape (2, E) (got {got}).")
     w = getattr(data, "edge_weight", None)
+    if w is None and getattr(data, CERT_GRAPH_ATTR, None) is not None:
+        raise ValueError(
+            "Expected data.edge_weight on every graph of a batch or on none (got data "
+            "without edge_weight whose graphs carry CertifiedBounds' attributes, and the "
+            "transform writes edge_weight): PyG collates the keys of a batch's first graph, "
+            "so a first graph without edge_weight drops every graph's weights. Give every "
+            "graph an edge_weight (ones where unweighted), e.g. by CertifiedBounds."
+        )
     if w is None:
-        ea = getattr(data, "edge_attr", None)
-        if ea is not None and (ea.dim() == 1 or (ea.dim() == 2 and ea.shape[1] == 1)):
-            w = ea.reshape(-1)
+        w = edge_attr_weight(data)
     if y is None:
         y = getattr(data, "y", None)
         if y is None:
             raise ValueError("Expected 'y' (or data.y) with the observed signal.")
     if w is not None and w.is_complex():
         raise TypeError(f"Expected real edge weights in the PyG data (got dtype {w.dtype}).")
+    if w is not None and w.numel() != ei.shape[1]:
+        raise ValueError(
+            f"Expected one edge weight per edge of edge_index ({ei.shape[1]}; data.edge_weight "
+            f"or a 1-D edge_attr) (got {w.numel()} weights, shape {tuple(w.shape)})."
+        )
     n = int(data.num_nodes)
     adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(), n)
     return adj, y, getattr(data, "batch", None)

@@ -64,15 +64,13 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
         return cache[key]
     if method == "direct":
         # H is symmetric positive definite (the constructor checks identifiability)
-        from ._inertia import symmetric_lu as factor
-
         b = p.rhs(p.y.double()).double().detach().cpu().numpy()
         x = np.zeros_like(b)
         if p.mask is None or p.mask.shape[0] == 1:
-            x = factor(full_hessian_scipy(p, 0, share=True)).solve(b.T).T
+            x = _factor(p, 0).solve(b.T).T
         else:
             for i in range(b.shape[0]):
-                x[i] = factor(full_hessian_scipy(p, i, share=True)).solve(b[i])
+                x[i] = _factor(p, i).solve(b[i])
         out = torch.as_tensor(np.ascontiguousarray(x), device=p.device)
     else:
         from ..solvers import cg
@@ -89,6 +87,32 @@ def solve_exact(p: GraphInverseProblem, method: str, tol: float) -> torch.Tensor
         out = sol.x
     p._cache[key] = out
     return out
+
+
+def _factor(p: GraphInverseProblem, b: int):  # type: ignore[no-untyped-def]
+    """SuperLU of signal ``b``'s ``H``; ``ValueError`` where it is numerically singular.
+
+    ``H`` is positive definite in exact arithmetic (identifiability is checked), but in
+    float64 it can be singular: edge weights (times ``lam``) spanning about 16 orders of
+    magnitude round the small ones out of the degrees (condition number beyond
+    ``1 / eps``). SuperLU then raises a bare ``RuntimeError``."""
+    from ._inertia import symmetric_lu
+
+    try:
+        return symmetric_lu(full_hessian_scipy(p, b, share=True))
+    except RuntimeError as err:
+        if "singular" not in str(err):
+            raise
+        h = full_hessian_scipy(p, b, share=True)
+        span = np.abs(h.data[h.data != 0]) if h.nnz else np.ones(1)
+        raise ValueError(
+            f"Expected H = A^T A + lam L of signal {b} to be invertible in float64 (got a "
+            "numerically singular H: its LU factorization has an exactly zero pivot; H's "
+            f"entries span {float(span.min()):.3g} to {float(span.max()):.3g}, too wide for "
+            "float64, whose rounding (eps = 2.2e-16) erased the small ones: its condition "
+            "number is of order 1 / eps or more). Rescale the edge weights or lam to a "
+            "narrower range."
+        ) from err
 
 
 def _cg_tol(key: str) -> float | None:

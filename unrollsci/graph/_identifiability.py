@@ -20,7 +20,7 @@ from ._spectral import graph_digest
 if TYPE_CHECKING:
     from ._problem import GraphInverseProblem
 
-__all__ = ["check_unique"]
+__all__ = ["check_range", "check_unique"]
 
 _RANK_DENSE_MAX = 4_000_000  # identifiability: dense rank of (components x m) up to this
 _CHUNK_ENTRIES = 4_000_000  # identifiability: entries per batch of operator applications
@@ -30,8 +30,34 @@ def _shown(nodes: np.ndarray) -> str:
     return ", ".join(map(str, nodes[:5])) + (", ..." if len(nodes) > 5 else "")
 
 
+def check_range(p: GraphInverseProblem) -> None:
+    """Raise ``ValueError`` if ``L`` or ``lam L`` overflows the problem's dtype: their
+    Gershgorin bound ``max(1, lam) max_i sum_j |L_ij|`` (which bounds every entry of
+    ``L`` and ``lam L``, their largest eigenvalues and so the Lipschitz bound) must stay
+    below half the dtype's largest finite number (the other half: ``A^T A`` and the
+    bounds' safety factors). Beyond it the Lipschitz bound is ``inf`` and the Hessian
+    products ``inf``/NaN (``L`` is applied in the problem's dtype, then scaled by
+    ``lam``)."""
+    rowabs = p.lap_rowabs_np
+    if rowabs.size == 0:
+        return
+    dtype = p.y.dtype if p.y.dtype.is_floating_point else torch.float64
+    top = torch.finfo(dtype).max
+    lmax = float(rowabs.max())
+    bound = max(1.0, p.lam) * lmax
+    if not bound <= top / 2:  # also inf / NaN (a degree overflowing float64)
+        raise ValueError(
+            f"Expected max(1, lam) * max_i sum_j |L_ij| (the Gershgorin bound of L and lam L) "
+            f"below half the largest {dtype} number, {top / 2:.3g} (got {bound:.3g}, from lam = "
+            f"{p.lam:.3g} and max_i sum_j |L_ij| = {lmax:.3g}: H = A^T A + lam L would "
+            f"overflow {dtype}). Rescale the edge weights or lam, or use a wider dtype for y."
+        )
+
+
 def check_unique(p: GraphInverseProblem) -> None:
-    """Raise if ``H`` is singular because a component carries no information."""
+    """Raise if ``H`` is singular because a component carries no information, or if
+    ``L`` or ``lam L`` overflows the problem's dtype (:func:`check_range`)."""
+    check_range(p)
     if p.lam == 0.0:
         if p.kind == "mask" and p.mask is not None:
             bad = (p.mask == 0).any(dim=1)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DIAG_MIN",
     "affordable",
     "envelope_widths",
     "factor_proved",
@@ -28,6 +29,10 @@ __all__ = [
     "symmetric_lu",
 ]
 
+#: ``diag(H)`` below this (subnormal or near it: ``lam`` or weights close to underflow): no
+#: proof by a factorization or the Collatz-Wielandt bound, whose rounding analyses assume
+#: relative rounding (near underflow it is absolute): the callers fall back to a valid bound
+DIAG_MIN = np.finfo(np.float64).tiny / np.finfo(np.float64).eps ** 2
 #: per-problem factorization tier (800-5000 nodes): refused above this mean envelope width
 ENVELOPE_PER_NODE = 100
 #: graph-level certificates: refused above this mean envelope width per ``sqrt(n)`` ...
@@ -108,16 +113,88 @@ def affordable(h: Any) -> bool:
     return bool(w.mean() <= WIDTH_PER_SQRT_N * np.sqrt(n) or float(w @ w) <= SMALL_FLOPS)
 
 
+def _backward_error(lu: Any, w: np.ndarray) -> float:
+    """Bound on ``||Delta A||_2`` for the LU factors ``lu`` of ``A`` (no pivoting,
+    ``perm_r == perm_c``), in the scaling where ``sqrt(|A_ii|) <= w_i`` (module
+    :func:`factor_proved`): twice ``gamma_{c+2}/(1 - gamma_{c+2}) max_i w_i sum_{j in F_i} w_j``,
+    ``c`` the most entries in a row of ``L`` (terms of each inner product) and ``F`` the
+    pattern of ``L + U`` (where ``|L||U|`` can be nonzero)."""
+    import scipy.sparse as sp
+
+    lo = sp.csr_matrix(lu.L)
+    up = sp.csr_matrix(lu.U)
+    c = int(np.diff(lo.indptr).max(initial=0))
+    wp = np.empty_like(w)
+    wp[lu.perm_r] = w  # row i of A is row perm_r[i] of L U
+    pat = (abs(lo) + abs(up)).tocsr()
+    pat.data[:] = 1.0
+    g = _gamma(c + 2)  # one term more: the rounding of the shift s (below)
+    return 2.0 * g / (1.0 - g) * float((wp * (pat @ wp)).max(initial=0.0))
+
+
+def _gamma(k: int) -> float:
+    """Higham's ``gamma_k = k u / (1 - k u)`` (``u`` the unit roundoff of float64); inf
+    once ``k u >= 1``."""
+    ku = k * np.finfo(np.float64).eps / 2
+    return ku / (1.0 - ku) if ku < 1 else float("inf")
+
+
+def _shift_proved(h: Any, mdiag: np.ndarray, val: float, lower: bool) -> bool:
+    """True when Sylvester's law of inertia proves ``H - val M >= 0`` (``lower``) or ``val M
+    - H >= 0`` with the rounding of the factorization accounted for, ``M = diag(mdiag)``.
+
+    The matrix factored is ``A = H - s M`` (resp. ``s M - H``) with ``s = val + E`` (resp.
+    ``val - E``). Positive pivots make ``A + Delta A`` positive definite, where, for a
+    factorization without pivoting of a symmetric matrix whose pivots are positive,
+    ``|Delta A| <= gamma_{c+1} |L||U|`` and ``(|L||U|)_ij <= sqrt(a_ii a_jj) / (1 -
+    gamma_{c+1})`` (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Thms
+    9.3 and 10.3: the Cholesky bound, ``U = D L^T``), nonzero only on the pattern of ``L +
+    U``. In the scaling ``M^{-1/2} . M^{-1/2}`` (``w_i^2 = |h_ii| / m_i + 2 val`` bounds
+    ``|a_ii| / m_i``) that is at most ``E / 2`` (:func:`_backward_error`; the other half,
+    and ``gamma_{c+2}`` for ``gamma_{c+1}``, cover the rounding of forming ``A``, at most
+    ``2 u w_i^2`` per diagonal entry, of ``s`` and of ``E``), so ``lambda_min(M^{-1/2} H
+    M^{-1/2}) >= s - E = val`` (resp. ``lambda_max <= val``). ``E`` is first bounded for
+    any pattern (``F`` full, ``c = m``: one factorization when the margin is wide), then,
+    if that fails, for the pattern of the factor found (the same for every shift)."""
+    import scipy.sparse as sp
+
+    m = h.shape[0]
+    w = np.sqrt(np.abs(h.diagonal()) / mdiag + 2.0 * abs(val))
+    g = _gamma(m + 2)
+    e = 2.0 * g / (1.0 - g) * float(w.max(initial=0.0) * w.sum())
+    for _ in range(2):
+        if not np.isfinite(e) or (lower and e >= val):  # s <= 2 val: the w above holds
+            return False
+        s = val + e if lower else val - e
+        met = sp.diags(s * mdiag)
+        try:
+            lu = symmetric_lu(sp.csr_matrix(h - met if lower else met - h))
+        except Exception:  # noqa: BLE001 - exactly singular
+            return False
+        if not np.array_equal(lu.perm_r, lu.perm_c):
+            return False
+        d = lu.U.diagonal()
+        if bool(np.all(np.isfinite(d)) and np.all(d > 0)):
+            return True
+        need = _backward_error(lu, w)  # the pattern of the factor is the same for any s
+        if not need < e:
+            return False
+        e = need
+    return False
+
+
 def factor_proved(
     h: Any, which: str, safety: float, scaled: bool, *, dense_fill: bool | None = None
 ) -> float | None:
     """``safety`` times ARPACK's estimate of ``lambda_max`` (``"hi"``) or ``lambda_min``
     (``"lo"``, shift-invert) of ``H`` or of ``S = D^{-1/2} H D^{-1/2}``, proved by
-    Sylvester's law of inertia (:func:`is_pd`: ``v M - H``, resp. ``H - v M``, positive
-    definite, ``M = I`` or ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S)
-    D^{1/2}``); None when the estimate fails or the proof does not go through, and without
-    trying when the matrix would fill in (:func:`fills_in`, or ``dense_fill`` if the caller
-    knows it): the caller falls back to the factorization-free bounds."""
+    Sylvester's law of inertia (:func:`_shift_proved`: ``v M - H``, resp. ``H - v M``,
+    positive definite with the factorization's rounding accounted for, ``M = I`` or
+    ``diag(H)``; ``v M - H`` is congruent to ``D^{1/2} (v I - S) D^{1/2}``); None when the
+    estimate fails or the proof does not go through (an ill-conditioned ``H``: ``v`` within
+    the factorization's backward error of the eigenvalue), and without trying when the
+    matrix would fill in (:func:`fills_in`, or ``dense_fill`` if the caller knows it): the
+    caller falls back to the factorization-free bounds."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
@@ -125,14 +202,16 @@ def factor_proved(
     if fills_in(h) if dense_fill is None else dense_fill:
         return None
     dg = h.diagonal()
-    metric = sp.diags(dg if scaled else np.ones(m)).tocsc()
+    if not np.all(dg >= DIAG_MIN):  # also NaN; 0 (a singular H): no proof
+        return None
+    mdiag = dg if scaled else np.ones(m)
     dis = sp.diags(1.0 / np.sqrt(dg))
     hs = sp.csr_matrix(dis @ h @ dis) if scaled else h
     try:
         if which == "hi":
             est = eigsh(hs, k=1, which="LA", tol=1e-8, return_eigenvectors=False, v0=np.ones(m))
             val = float(est[0]) * safety
-            return val if is_pd(sp.csr_matrix(val * metric - h)) else None
+            return val if _shift_proved(h, mdiag, val, lower=False) else None
         est = eigsh(
             sp.csc_matrix(hs),
             k=1,
@@ -145,4 +224,4 @@ def factor_proved(
         val = max(float(est[0]), 0.0) * safety
     except Exception:  # noqa: BLE001 - ARPACK failed or a singular factorization
         return None
-    return val if val > 0 and is_pd(sp.csr_matrix(h - val * metric)) else None
+    return val if val > 0 and _shift_proved(h, mdiag, val, lower=True) else None

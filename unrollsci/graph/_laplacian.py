@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_symmetric, detached_from
+from .._validation import SYMMETRY_EPS_FACTOR, check_symmetric, detached_from
 from ..operators import LinearOperator, SparseOperator
 
 __all__ = [
     "validate_adjacency",
     "canonical_adjacency",
     "check_adjacency_values",
+    "check_adjacency_symmetric",
     "laplacian_matrix",
     "HeatKernel",
     "check_laplacian",
@@ -71,7 +72,8 @@ def canonical_adjacency(adj: Any, name: str = "adjacency"):  # type: ignore[no-u
 
 def check_adjacency_values(a: Any, name: str = "adjacency") -> None:
     """The second half of :func:`validate_adjacency` on a canonical ``a``: finite,
-    non-negative, symmetric weights (``ValueError`` otherwise)."""
+    non-negative, symmetric weights (:func:`check_adjacency_symmetric`; ``ValueError``
+    otherwise)."""
     if a.nnz and not np.all(np.isfinite(a.data)):
         raise ValueError(f"Expected finite edge weights in '{name}' (got NaN or Inf).")
     if a.nnz and float(a.data.min()) < 0:
@@ -79,11 +81,48 @@ def check_adjacency_values(a: Any, name: str = "adjacency") -> None:
             f"Expected non-negative edge weights (got min weight {float(a.data.min()):.3g}); a "
             "Laplacian with negative weights is indefinite and the problem is not convex."
         )
-    check_symmetric(
-        a,
-        name,
-        hint="An undirected graph has a symmetric adjacency: symmetrize it, e.g. (W + W.T) / 2.",
-    )
+    check_adjacency_symmetric(a, name)
+
+
+#: an adjacency's mirrored weights may differ by this relative to the larger of the two
+#: (``1000 eps`` of float64: the rounding of entries assembled in floating point)
+ADJ_SYMMETRY_RTOL = SYMMETRY_EPS_FACTOR * float(np.finfo(np.float64).eps)
+
+
+def check_adjacency_symmetric(a: Any, name: str = "adjacency") -> None:
+    """Raise ``ValueError`` unless the canonical CSR adjacency ``a`` is symmetric entry by
+    entry: every stored ``W_ij`` has its mirror ``W_ji`` stored (a one-directional edge is
+    refused however small), and ``|W_ij - W_ji| <= rtol max(|W_ij|, |W_ji|)`` with
+    ``rtol =`` :data:`ADJ_SYMMETRY_RTOL` (the rounding of the two entries). Stricter than
+    the library's matrix rule (:func:`check_symmetric`, relative to ``max|W|`` over the
+    whole matrix), under which a small edge beside large weights could be one-directional."""
+    hint = "An undirected graph has a symmetric adjacency: symmetrize it, e.g. (W + W.T) / 2."
+    at = a.T.tocsr()  # sorted indices: equal arrays exactly when the patterns are equal
+    if not (np.array_equal(at.indptr, a.indptr) and np.array_equal(at.indices, a.indices)):
+        n = a.shape[0]
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(a.indptr))
+        keys = rows * n + a.indices
+        tkeys = np.repeat(np.arange(n, dtype=np.int64), np.diff(at.indptr)) * n + at.indices
+        lone = np.setdiff1d(keys, tkeys, assume_unique=True)  # canonical: unique keys
+        i, j = divmod(int(lone[0]), n)
+        raise ValueError(
+            f"Expected '{name}' to be symmetric, every edge stored in both directions (got "
+            f"{lone.size} one-directional entries, e.g. W[{i}, {j}] = {float(a[i, j]):.3g} "
+            f"but W[{j}, {i}] absent). {hint}"
+        )
+    if a.nnz == 0:
+        return
+    diff = np.abs(at.data - a.data)
+    bad = diff > ADJ_SYMMETRY_RTOL * np.maximum(np.abs(a.data), np.abs(at.data))
+    if bad.any():
+        k = int(np.argmax(bad))
+        i = int(np.searchsorted(a.indptr, k, side="right")) - 1
+        j = int(a.indices[k])
+        raise ValueError(
+            f"Expected '{name}' to be symmetric entry by entry, up to {ADJ_SYMMETRY_RTOL:.1e} "
+            f"relative (got {int(bad.sum())} mismatched pairs, e.g. W[{i}, {j}] = "
+            f"{float(a.data[k])!r} but W[{j}, {i}] = {float(at.data[k])!r}). {hint}"
+        )
 
 
 def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-untyped-def]
@@ -93,8 +132,12 @@ def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-
     ``W_ii`` included: the convention of networkx's ``laplacian_matrix`` and
     ``normalized_laplacian_matrix``. A self-loop therefore cancels in the combinatorial
     Laplacian (``L_ii = sum_{j != i} W_ij``), while in the normalized one it lowers the
-    diagonal to ``1 - W_ii / d_i`` and raises the degree that scales the off-diagonal
-    entries. Isolated nodes (``d_i = 0``) get ``L_ii = 0`` in both cases.
+    diagonal to ``1 - W_ii / d_i = sum_{j != i} W_ij / d_i`` and raises the degree that
+    scales the off-diagonal entries. The cancellation is exact: ``D - W`` is formed with
+    the off-diagonal row sums on its diagonal and no self-loop (``d_i - W_ii`` in floating
+    point would round a node's edges away beside a large loop), so ``L`` is
+    ``D^{-1/2} L_0 D^{-1/2}`` with ``L_0`` the loop-free combinatorial Laplacian.
+    Isolated nodes (``d_i = 0``) get ``L_ii = 0`` in both cases.
 
     Example:
         >>> import scipy.sparse as sp
@@ -108,8 +151,14 @@ def laplacian_matrix(adj: Any, kind: str = "combinatorial"):  # type: ignore[no-
     if kind not in _KINDS:
         raise ValueError(f"Expected laplacian 'combinatorial' or 'normalized' (got {kind!r}).")
     adj = sp.csr_matrix(adj, dtype=np.float64)
-    deg = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
-    lap = sp.diags(deg) - adj
+    deg = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()  # self-loops included
+    off = adj
+    if adj.diagonal().any():  # D - W without the self-loops: they cancel exactly
+        rows = np.repeat(np.arange(adj.shape[0]), np.diff(adj.indptr))
+        off = adj.copy()
+        off.data[off.indices == rows] = 0.0
+        off.eliminate_zeros()
+    lap = sp.diags(deg if off is adj else np.asarray(off.sum(axis=1)).ravel()) - off
     if kind == "normalized":
         inv = np.zeros_like(deg)
         nz = deg > 0

@@ -17,11 +17,16 @@ the exact solution as attributes ``cert_lip``, ``cert_lo``, ``cert_jac_lo``, ``c
 (``(1, S)`` each) and ``x_star`` (``(num_nodes, S)``); PyG's batching concatenates them and
 :func:`problem_from_data` puts them into the problem's cache instead of recomputing. Beside
 them it stores ``cert_key`` (``(1, 32)`` uint8), a SHA-256 fingerprint of what they were
-computed for (the Laplacian kind, ``lam``, the graph's Laplacian, ``y`` and ``mask``), and
+computed for (the Laplacian kind, ``lam``, the graph's Laplacian, ``y`` and ``mask``),
+``cert_graph_key`` (``(1, 32)`` uint8), that of the graph alone (edges and weights), and
 ``cert_laplacian`` (the Laplacian kind, a string); the values are used only for a graph
 whose fingerprint matches the problem built (else computed again, as without the
-transform), and ``cert_laplacian`` is the Laplacian kind of the problem when the caller
-gives none (so ``model(data)`` uses the transform's kind).
+transform; with an ``UnrollsciWarning`` where the graph itself changed), and
+``cert_laplacian`` is the Laplacian kind of the problem when the caller gives none (so
+``model(data)`` uses the transform's kind). The transform always writes ``edge_weight``
+(ones for an unweighted graph): PyG collates the keys of a batch's first graph, so a
+first graph without it would drop every graph's weights; data with the transform's
+``cert_graph_key`` but no ``edge_weight`` are refused (``ValueError``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 
 from .._validation import UnrollsciWarning
+from ._convert import CERT_GRAPH_ATTR, edge_attr_weight
 from ._problem import GraphInverseProblem
 
 __all__ = ["CertifiedBounds", "problem_from_data", "is_pyg_data", "CACHED_ATTRS"]
@@ -48,6 +54,8 @@ CACHED_ATTRS = ("cert_lip", "cert_lo", "cert_jac_lo", "cert_jac_hi", "x_star")
 _KEY_HI, _KEY_LO, _KEY_JAC = "bounds-1.01-0.95-hi", "bounds-1.01-0.95-lo", "jacobi-1.01-0.95"
 #: The fingerprint (``(1, 32)`` uint8 per graph) and the Laplacian kind stored beside them.
 _FP_ATTR, _KIND_ATTR = "cert_key", "cert_laplacian"
+#: The fingerprint of the graph alone (``(1, 32)`` uint8 per graph), also stored.
+_GRAPH_ATTR = CERT_GRAPH_ATTR
 
 
 def _fingerprints(p: GraphInverseProblem) -> list[bytes]:
@@ -76,6 +84,35 @@ def _fingerprints(p: GraphInverseProblem) -> list[bytes]:
             h.update(m[:, s:e].contiguous().numpy().tobytes())
         out.append(h.digest())
     return out
+
+
+def _graph_fingerprints(p: GraphInverseProblem) -> list[bytes]:
+    """Per graph (block): SHA-256 of its rows of the canonical adjacency (node ids local to
+    the block), the graph alone: its edges and weights, not the Laplacian kind, ``y`` or
+    the mask."""
+    adj = p.adjacency
+    out = []
+    for k in range(p.num_blocks):
+        s, e = int(p.block_ptr[k]), int(p.block_ptr[k + 1])
+        a, b = int(adj.indptr[s]), int(adj.indptr[e])
+        h = hashlib.sha256(b"unrollsci-graph-1:")
+        h.update(np.asarray([e - s, b - a], dtype=np.int64).tobytes())
+        h.update((np.asarray(adj.indptr[s : e + 1], dtype=np.int64) - a).tobytes())
+        h.update((np.asarray(adj.indices[a:b], dtype=np.int64) - s).tobytes())
+        h.update(np.ascontiguousarray(adj.data[a:b], dtype=np.float64).tobytes())
+        out.append(h.digest())
+    return out
+
+
+def _changed_graphs(data: Any, p: GraphInverseProblem) -> list[int]:
+    """The graphs of ``p`` whose stored graph fingerprint (:data:`_GRAPH_ATTR`) differs
+    from the graph given (edges or weights changed after :class:`CertifiedBounds`); empty
+    where the data carry none (e.g. processed by an earlier version)."""
+    fp = getattr(data, _GRAPH_ATTR, None)
+    if not isinstance(fp, torch.Tensor) or tuple(fp.shape) != (p.num_blocks, 32):
+        return []
+    got = fp.detach().cpu().to(torch.uint8).numpy()
+    return [k for k, d in enumerate(_graph_fingerprints(p)) if bytes(got[k]) != d]
 
 
 def _stored_kind(data: Any) -> str | None:
@@ -152,6 +189,11 @@ def _lam(data: Any, dtype: torch.dtype) -> float:
     t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
     if t.numel() == 0:
         raise ValueError("Expected data.lam to hold a number (got an empty tensor).")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(
+            f"Expected a finite data.lam >= 0 (got {t.tolist()[:5]}): the regularization "
+            "weight of the problem."
+        )
     if not bool((t == t[0]).all()):
         raise ValueError(
             "Expected one lam for every graph of a batch (GraphInverseProblem has one "
@@ -182,8 +224,12 @@ def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInvers
     Where the data carry the attributes of :class:`CertifiedBounds` and their fingerprint
     matches (same Laplacian kind, ``lam``, graph, ``y`` and mask), the bounds and the exact
     solution are taken from them (no spectral computation, no solve); else they are
-    computed as without the transform. ``laplacian``: the Laplacian kind; None (default):
-    the kind :class:`CertifiedBounds` stored on the data, else ``"combinatorial"``.
+    computed as without the transform, with an ``UnrollsciWarning`` where the graph itself
+    (its edges or weights) differs from the one the transform saw. Data carrying the
+    transform's attributes without ``edge_weight`` (a batch whose first graph had none
+    drops every graph's weights) are refused (``ValueError``). ``laplacian``: the
+    Laplacian kind; None (default): the kind :class:`CertifiedBounds` stored on the
+    data, else ``"combinatorial"``.
 
     Example:
         >>> import torch
@@ -194,6 +240,12 @@ def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInvers
         >>> problem_from_data(d).solve_exact().shape
         torch.Size([1, 3])
     """
+    return _problem(data, laplacian, warn_changed=True)
+
+
+def _problem(data: Any, laplacian: str | None, *, warn_changed: bool) -> GraphInverseProblem:
+    """:func:`problem_from_data`; ``warn_changed``: warn when the stored values are for
+    another graph (not when :class:`CertifiedBounds` itself replaces them)."""
     if not is_pyg_data(data):
         raise TypeError(f"Expected a PyG Data or Batch (got {type(data).__name__}).")
     y, mask = _signals(data)
@@ -203,20 +255,34 @@ def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInvers
         data, y, mask=mask, lam=_lam(data, y.dtype), laplacian=laplacian
     )
     cached = [getattr(data, a, None) for a in CACHED_ATTRS]
-    if all(isinstance(c, torch.Tensor) for c in cached) and _matches(data, p):
-        lip, lo, jlo, jhi, xs = cached
-        rows = 1 if p.mask is None else p.mask.shape[0]
+    if not all(isinstance(c, torch.Tensor) for c in cached):
+        return p
+    if not _matches(data, p):
+        changed = _changed_graphs(data, p) if warn_changed else []
+        if changed:
+            warnings.warn(
+                f"Graph(s) {changed[:5]}{'...' if len(changed) > 5 else ''} of the data "
+                "differ from the graph(s) CertifiedBounds certified (edges or edge weights "
+                "changed after the transform): their stored bounds and x_star are ignored "
+                "and computed again for the graph given. Apply CertifiedBounds after the "
+                "change to keep them.",
+                UnrollsciWarning,
+                stacklevel=3,
+            )
+        return p
+    lip, lo, jlo, jhi, xs = cached
+    rows = 1 if p.mask is None else p.mask.shape[0]
 
-        def per_row(t: torch.Tensor) -> np.ndarray:
-            a = t.detach().cpu().double().numpy().T  # (S, num_graphs)
-            return a[:rows] if rows < a.shape[0] else a
+    def per_row(t: torch.Tensor) -> np.ndarray:
+        a = t.detach().cpu().double().numpy().T  # (S, num_graphs)
+        return a[:rows] if rows < a.shape[0] else a
 
-        if per_row(lip).shape == (rows, p.num_blocks) and xs.shape == (p.num_nodes, p.batch_size):
-            p._cache[_KEY_HI] = per_row(lip)
-            p._cache[_KEY_LO] = per_row(lo)
-            p._cache[_KEY_JAC] = (per_row(jlo), per_row(jhi))
-            # a copy: the problem's cache must not alias the caller's Data
-            p._cache["exact-direct"] = xs.detach().t().double().to(p.device).clone()
+    if per_row(lip).shape == (rows, p.num_blocks) and xs.shape == (p.num_nodes, p.batch_size):
+        p._cache[_KEY_HI] = per_row(lip)
+        p._cache[_KEY_LO] = per_row(lo)
+        p._cache[_KEY_JAC] = (per_row(jlo), per_row(jhi))
+        # a copy: the problem's cache must not alias the caller's Data
+        p._cache["exact-direct"] = xs.detach().t().double().to(p.device).clone()
     return p
 
 
@@ -229,10 +295,14 @@ class CertifiedBounds:
     ``cert_jac_lo``/``cert_jac_hi`` (``jacobi_interval()``), each ``(1, S)``, and
     ``x_star`` (``(num_nodes, S)``). The values are exactly those the problem would compute.
     Also adds ``cert_key``, their fingerprint (Laplacian kind, ``lam``, graph, ``y``, mask:
-    a later change of any of these makes :func:`problem_from_data` compute them again), and
-    ``cert_laplacian``, the Laplacian kind, which :func:`problem_from_data` (and so
-    ``model(data)``) uses when not given one. A ``lam`` given as a Python number (or
+    a later change of any of these makes :func:`problem_from_data` compute them again, with
+    an ``UnrollsciWarning`` for a change of the graph), ``cert_graph_key``, the graph's
+    alone, and ``cert_laplacian``, the Laplacian kind, which :func:`problem_from_data` (and
+    so ``model(data)``) uses when not given one. A ``lam`` given as a Python number (or
     absent) is stored as a ``(1,)`` float64 tensor: PyG batches Python floats as float32.
+    ``edge_weight`` is always written (where absent: the 1-D ``edge_attr`` the weights came
+    from, else ones in ``y``'s dtype), so that graphs with and without weights batch
+    together without losing any.
 
     Example:
         >>> import torch
@@ -250,9 +320,21 @@ class CertifiedBounds:
     def __call__(self, data: Any) -> Any:
         if getattr(data, "batch", None) is not None:
             raise ValueError("Expected one graph (a Data), not a Batch: apply it per graph.")
-        p = problem_from_data(data, laplacian=self.laplacian)
+        p = _problem(data, self.laplacian, warn_changed=False)
         s = p.batch_size
         data = data.clone()
+        if getattr(data, "edge_weight", None) is None:
+            # always written: PyG collates the keys of a batch's first graph, so a first
+            # graph without it would drop the weights of every other graph
+            # (the weights the problem used: a 1-D edge_attr, else ones)
+            ea = edge_attr_weight(data)
+            data.edge_weight = (
+                ea.detach().clone()
+                if ea is not None
+                else torch.ones(
+                    data.edge_index.shape[1], dtype=p.y.dtype, device=data.edge_index.device
+                )
+            )
 
         def graph_level(t: torch.Tensor) -> torch.Tensor:
             return t[:, 0].reshape(1, -1).expand(1, s).clone()
@@ -268,6 +350,8 @@ class CertifiedBounds:
             data.lam = torch.tensor([p.lam], dtype=torch.float64)
         key = torch.tensor(list(_fingerprints(p)[0]), dtype=torch.uint8)
         setattr(data, _FP_ATTR, key[None])
+        graph_key = torch.tensor(list(_graph_fingerprints(p)[0]), dtype=torch.uint8)
+        setattr(data, _GRAPH_ATTR, graph_key[None])
         setattr(data, _KIND_ATTR, self.laplacian)
         return data
 

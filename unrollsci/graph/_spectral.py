@@ -40,6 +40,7 @@ _DENSE_MAX = 800  # blocks up to this size get exact dense eigenvalues
 # blocks up to this size: ARPACK estimates times the safety factor, proved by one sparse
 # factorization (cheap at this size); larger blocks: factorization-free proofs
 _FACTOR_MAX = 5000
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def _mask_rows(p: GraphInverseProblem) -> range:
@@ -89,6 +90,25 @@ def _lap_diagonal(p: GraphInverseProblem) -> np.ndarray:
         return lap.data[pos] if pos is not None else lap.diagonal()
 
     return p.cached("lap-diagonal", build)
+
+
+def _rounded_up(p: GraphInverseProblem, x: Any) -> Any:
+    """``x`` (float64 values ``m_i + lam sum_j |L_ij|``, or maxima of them) times ``1 + (k +
+    4) eps``, ``k`` the most stored entries in a row of ``L``: then at least the exact row
+    sums of ``|H|``. The row sum takes ``k - 1`` additions of non-negative terms, then one
+    product and one sum, so it is at least ``(1 - u)^(k+1)`` times the exact value (``u =
+    eps / 2``); ``H``'s own entries are at most ``(1 + u)^2`` times ``m_i + lam |L_ij|``;
+    and ``1 + 2 (k + 4) u``, rounded once more, covers ``(1 + u)^2 / (1 - u)^(k+1)``."""
+    lap = p.lap_scipy
+    k = p.cached(
+        "lap-row-terms",
+        lambda: (
+            int(np.diff(lap.indptr).max(initial=0))
+            if lap.format in ("csr", "csc")
+            else int(np.diff(lap.tocsr().indptr).max(initial=0))
+        ),
+    )
+    return x * (1.0 + (k + 4) * _EPS)
 
 
 def _hessian_key(p: GraphInverseProblem, b: int, k: int) -> str:
@@ -237,9 +257,11 @@ def spectrum_mask(
                 else:
                     s, e = p.block_ptr[k], p.block_ptr[k + 1]
                     mb = _mask_np(p)[b if p.mask is not None and p.mask.shape[0] > 1 else 0]
-                    gersh = float((mb[s:e] + p.lam * p.lap_rowabs_np[s:e]).max())
+                    gersh = _rounded_up(p, float((mb[s:e] + p.lam * p.lap_rowabs_np[s:e]).max()))
                     top, vec = _graphcert.laplacian_top(lap, safety, digest=dig)
-                    cap = min(gersh, float(mb[s:e].max()) + p.lam * top)
+                    # two roundings, and H's own entries' (2 u ||H||, ||H|| <= 2 x this):
+                    # (1 + 8 eps) covers them
+                    cap = min(gersh, (float(mb[s:e].max()) + p.lam * top) * (1 + 8 * _EPS))
                     # the graph bound is proved already: a Schur test only where it could
                     # gain more than 10% over an estimate from below, first the Rayleigh
                     # quotient at the graph's top vector (one product), then 5 Lanczos steps
@@ -304,7 +326,7 @@ def lap_lmax(p: GraphInverseProblem) -> np.ndarray:
     out = np.zeros(p.num_blocks)
     for k in range(p.num_blocks):
         s, e = p.block_ptr[k], p.block_ptr[k + 1]
-        gersh = float(p.lap_rowabs_np[s:e].max()) if e > s else 0.0
+        gersh = _rounded_up(p, float(p.lap_rowabs_np[s:e].max())) if e > s else 0.0
         if e - s <= _DENSE_MAX:
             lap = p.lap_scipy[s:e, s:e]
             est = float(np.linalg.eigvalsh(lap.toarray())[-1]) * 1.001 + 1e-12
@@ -415,6 +437,7 @@ def gershgorin_np(p: GraphInverseProblem) -> np.ndarray:
     else:
         assert p.operator is not None
         out = p.operator.norm() ** 2 * 1.05 + lam_part
+    out = _rounded_up(p, out)  # rounded up: a bound despite the rounding of the sums
     p._cache["gersh"] = out
     return out
 
@@ -434,8 +457,14 @@ def jacobi_interval(
     """
     key = f"jacobi-{safety}-{lo_safety}"
     if key not in p._cache:
-        lap_diag = _lap_diagonal(p)
-        ratio = gershgorin_np(p) / (_mask_np(p) + p.lam * lap_diag[None])
+        # diag(H) exactly as stored (the same two roundings); the quotient rounded up
+        dg = _mask_np(p) + p.lam * _lap_diagonal(p)[None]
+        if not np.all(dg > 0):
+            raise ValueError(
+                "Expected diag(H) > 0 for the Jacobi scaling, got "
+                f"{float(dg.min())} (a node unobserved with lam * weights 0 or underflowing)."
+            )
+        ratio = np.nextafter(gershgorin_np(p) / dg, np.inf)
         gb = _max_per_block(p, ratio)
         hi = np.minimum(spectrum_mask(p, "hi", safety, scaled=True), gb)
         lo = np.minimum(spectrum_mask(p, "lo", lo_safety, scaled=True), hi)
