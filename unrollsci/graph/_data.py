@@ -264,11 +264,13 @@ def inpainting_problem(
     x = smooth_signal(adj, num, tau=tau, seed=int(rng.integers(2**31)), dtype=torch.float64)
     mask = rng.random((num, n)) < observed
     ncomp, labels = connected_components(adj, directed=False)
+    # the nodes of component c, ascending: members[bounds[c] : bounds[c + 1]]
+    members = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=ncomp))])
     for b in range(num):
-        for c in range(ncomp):
-            nodes = np.nonzero(labels == c)[0]
-            if not mask[b, nodes].any():
-                mask[b, rng.choice(nodes)] = True
+        seen = np.bincount(labels[mask[b]], minlength=ncomp)  # observed nodes per component
+        for c in np.flatnonzero(seen == 0):
+            mask[b, rng.choice(members[bounds[c] : bounds[c + 1]])] = True
     lo, hi = (noise, noise) if isinstance(noise, (int, float)) else noise
     sig = lo + (hi - lo) * rng.random((num, 1))
     y = (x.numpy() + sig * rng.standard_normal((num, n))) * mask

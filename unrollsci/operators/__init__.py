@@ -22,7 +22,7 @@ from ._base import (
 from ._conv import Convolution, Mask
 from ._fanbeam import FanBeam
 from ._matrix import MatrixOperator, SparseOperator, to_torch_sparse
-from ._radon import Radon
+from ._radon import Radon, clear_radon_cache
 
 
 def __getattr__(name: str) -> Any:
@@ -51,6 +51,7 @@ __all__ = [
     "SparseOperator",
     "SumOperator",
     "check_adjoint",
+    "clear_radon_cache",
     "fbp",
     "gram",
     "to_torch_sparse",

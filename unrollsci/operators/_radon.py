@@ -33,8 +33,19 @@ from .._validation import check_device
 from ._base import LinearOperator
 from ._checks import FixedAngles, tensor_key
 from ._memory import available_memory
+from ._radon_cache import (  # noqa: F401 - _system_matrix: importable from here
+    _CACHE,
+    _system_matrix,
+    clear_radon_cache,
+)
 
-__all__ = ["Radon", "radon_memory_estimate", "available_memory", "RADON_METHODS"]
+__all__ = [
+    "Radon",
+    "radon_memory_estimate",
+    "available_memory",
+    "clear_radon_cache",
+    "RADON_METHODS",
+]
 
 #: Implementations of :class:`Radon` (``method=``).
 RADON_METHODS = ("auto", "matrix", "matfree")
@@ -150,6 +161,9 @@ def radon_memory_estimate(image_size: Any, angles: Any = 180, *, circle: bool = 
 
 
 def _check_memory(n: int, theta: np.ndarray, circle: bool, max_memory: Any) -> None:
+    """Refuse a geometry whose construction would not fit. Without ``max_memory`` the
+    limit is the memory available; when that is short, the matrix cache is emptied and
+    the memory available read again."""
     if max_memory is not None:
         if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
             raise TypeError(
@@ -164,6 +178,10 @@ def _check_memory(n: int, theta: np.ndarray, circle: bool, max_memory: Any) -> N
     limit = available_memory() if max_memory is None else max_memory
     if limit is None or need <= limit:
         return
+    if max_memory is None and _CACHE.clear():  # free the cached matrices, look again
+        limit = available_memory()
+        if limit is None or need <= limit:
+            return
     what = "available" if max_memory is None else "allowed (max_memory)"
     raise ValueError(
         f"Radon({n}, {theta.size} angles, circle={circle}) needs about {need / 1e9:.2f} GB "
@@ -172,53 +190,6 @@ def _check_memory(n: int, theta: np.ndarray, circle: bool, max_memory: Any) -> N
         f"is {what}. Use method='matfree' (the same operator, nothing stored), fewer angles "
         "or a smaller image, or pass max_memory=float('inf') to build it anyway."
     )
-
-
-@functools.lru_cache(maxsize=8)
-def _system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
-    """Sparse ``(n_angles * n_det, n * n)`` matrix of the rotate-and-sum projector."""
-    import scipy.sparse as sp
-
-    if circle:
-        size = n
-    else:  # pad to the diagonal, as skimage does for circle=False
-        size = n + int(math.ceil(math.sqrt(2.0) * n - n))
-    centre = size // 2
-    offset = centre - n // 2  # image pixel (i, j) sits at (i + offset, j + offset)
-    radius2 = (n // 2) ** 2
-    rr, cc = np.meshgrid(
-        np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij"
-    )
-    rows, cols, vals = [], [], []
-    for a, theta in enumerate(np.deg2rad(np.asarray(angles))):
-        cos_t, sin_t = math.cos(theta), math.sin(theta)
-        # Sample point of output pixel (r, c) in the input image (x: column, y: row).
-        x = centre + cos_t * (cc - centre) + sin_t * (rr - centre) - offset
-        y = centre - sin_t * (cc - centre) + cos_t * (rr - centre) - offset
-        x0, y0 = np.floor(x), np.floor(y)
-        wx, wy = x - x0, y - y0
-        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-        det = a * size + cc.astype(np.int64)
-        for dy, dx, w in (
-            (0, 0, (1 - wy) * (1 - wx)),
-            (0, 1, (1 - wy) * wx),
-            (1, 0, wy * (1 - wx)),
-            (1, 1, wy * wx),
-        ):
-            yy, xx = y0 + dy, x0 + dx
-            ok = (yy >= 0) & (yy < n) & (xx >= 0) & (xx < n) & (w > 0)
-            if circle:
-                ok &= (yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= radius2
-            rows.append(det[ok])
-            cols.append(yy[ok] * n + xx[ok])
-            vals.append(w[ok])
-    mat = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(len(angles) * size, n * n),
-    )
-    mat.sum_duplicates()
-    mat.sort_indices()
-    return mat
 
 
 def _detector_geometry(n: int, circle: bool) -> tuple[int, int, int]:
@@ -298,7 +269,8 @@ class Radon(FixedAngles, LinearOperator):
 
     Two implementations compute the same operator (``method=``):
 
-    * ``"matrix"``: a sparse system matrix (built once per geometry and cached; each
+    * ``"matrix"``: a sparse system matrix (built once per geometry and cached, up to
+      256 MiB of recent matrices, freed by :func:`clear_radon_cache`; each
       ``Radon`` holds its own copy of the entries, so an in-place change of one
       operator's ``op.matrix`` changes that operator only, its adjoint included);
       ``A`` and ``A^T`` are one sparse product each. ``O(N^2)`` entries per angle:
@@ -328,8 +300,9 @@ class Radon(FixedAngles, LinearOperator):
             a 1D tensor / array of angles in degrees. Fixed: ``op.angles`` is read-only.
         circle: see above.
         max_memory: bytes the matrix's construction may use; default (None) the memory
-            available now (no check where that is unknown); ``float("inf")`` skips
-            the check. Not used by the matrix-free method.
+            available now (when short, after emptying the matrix cache; no check where
+            it is unknown); ``float("inf")`` skips the check. Not used by the
+            matrix-free method.
         method: ``"auto"``, ``"matrix"`` or ``"matfree"`` (see above).
 
     Shapes:

@@ -15,6 +15,7 @@ from .._validation import check_device
 from ._factors import FactorPreconditioner
 from ._ordering import PermutedPreconditioner, reorder
 from ._sparse import LowerPattern, check_spd_input, lower_pattern
+from ._triangles import column_pairs, lower_triangles
 
 __all__ = [
     "ICBreakdownError",
@@ -60,18 +61,11 @@ def _ic0_plan(pat: LowerPattern) -> dict[str, Any]:
     counts = np.diff(crow)
     dmax = int(counts.max()) if n else 1
     pos = np.arange(nnz) - crow[row]
-    keys = row * n + col  # sorted in CSR order
-    # Pairs (i,j),(i,k) with j < k < i in row i, and (k,j) in the pattern: L_ik -= L_ij L_kj.
-    ta, tb, tt = [], [], []
-    for off in range(1, dmax):
-        e1 = np.arange(nnz - off)
-        e2 = e1 + off
-        ok = (row[e1] == row[e2]) & strict[e1] & strict[e2]
-        e1, e2 = e1[ok], e2[ok]
-        loc, found = _lookup(keys, col[e2] * n + col[e1])
-        ta.append(e1[found])
-        tb.append(loc[found])
-        tt.append(e2[found])
+    # Pairs (i,j),(i,k) with j < k < i in row i, and (k,j) in the pattern: L_ik -= L_ij L_kj
+    # (the pattern's triangles), ordered by the distance of (i,k) from (i,j), then (i,j).
+    tij, tkj, tik = lower_triangles(n, row, col)
+    o = np.lexsort((tij, tik - tij))
+    ta, tb, tt = [tij[o]], [tkj[o]], [tik[o]]
     # Diagonal: L_ii^2 = a_ii - sum_j L_ij^2.
     sidx = np.nonzero(strict)[0]
     ta.append(sidx)
@@ -126,13 +120,23 @@ def _ic0_numeric(plan: dict[str, Any], a_vals: np.ndarray) -> np.ndarray:
     return vals
 
 
+#: Columns with more strict-lower entries than this get MIC(0)'s diagonal compensation
+#: from sums over the column (no list of their dropped pairs, which grows as the count
+#: squared); the others list every dropped pair.
+MIC_LIST_MAX = 32
+
+
 def _mic_plan(pat: LowerPattern) -> dict[str, Any]:
     """Symbolic right-looking incomplete Cholesky with the dropped fill recorded.
 
     Eliminating column ``j`` updates ``a_ik -= L_ij L_kj`` for every pair of entries
     ``i >= k > j`` of column ``j``; a pair whose target ``(i, k)`` is not in the pattern
-    is dropped fill. Columns are grouped in levels (a column's updates all come from
-    columns of lower levels), so the numeric phase is a few vectorized operations per level.
+    is dropped fill. The kept pairs are ``i = k`` and the pattern's triangles. Dropped
+    pairs are listed for the columns of at most :data:`MIC_LIST_MAX` entries; in a longer
+    column, entry ``(i, j)`` instead gets ``L_ij`` times the sum of ``L_kj`` over its
+    dropped partners (the column's sum less ``L_ij`` and its kept partners). Columns are
+    grouped in levels (a column's updates all come from columns of lower levels), so the
+    numeric phase is a few vectorized operations per level.
     """
     n = pat.n
     row, col = pat.row.numpy(), pat.col.numpy()
@@ -141,28 +145,25 @@ def _mic_plan(pat: LowerPattern) -> dict[str, Any]:
     # Strict-lower entries grouped by column (CSC order), rows ascending in each column.
     csc = strict[np.lexsort((row[strict], col[strict]))]
     ccol = col[csc]
-    starts = np.searchsorted(ccol, np.arange(n + 1))
-    counts = np.diff(starts)
-    keys = row * n + col  # sorted (CSR order)
-    pa, pb, pt, fa, fb, fi, fk = [], [], [], [], [], [], []
-    for off in range(int(counts.max()) if csc.size else 0):
-        e1 = np.arange(csc.size - off)
-        e2 = e1 + off
-        same = ccol[e1] == ccol[e2]
-        q, p = csc[e1[same]], csc[e2[same]]  # row(p) >= row(q) > column
-        i, k = row[p], row[q]
-        loc, found = _lookup(keys, i * n + k)
-        pa.append(p[found])
-        pb.append(q[found])
-        pt.append(loc[found])
-        fa.append(p[~found])
-        fb.append(q[~found])
-        fi.append(diag[i[~found]])
-        fk.append(diag[k[~found]])
-    empty = np.zeros(0, dtype=np.int64)
-    pa, pb, pt, fa, fb, fi, fk = (
-        np.concatenate(x) if x else empty for x in (pa, pb, pt, fa, fb, fi, fk)
-    )
+    counts = np.diff(np.searchsorted(ccol, np.arange(n + 1)))
+    where = np.full(col.size, -1, dtype=np.int64)  # CSC index of each strict entry
+    where[csc] = np.arange(csc.size)
+    # Kept pairs (p, q), row(p) >= row(q), ordered by their distance in the column, then
+    # by q: the diagonal ones (p = q, target (i, i)) and the triangles (target (i, k)).
+    tij, tkj, tik = lower_triangles(n, row, col)
+    e1 = np.concatenate([np.arange(csc.size), where[tkj]])
+    dist = np.concatenate([np.zeros(csc.size, dtype=np.int64), where[tij] - where[tkj]])
+    o = np.lexsort((e1, dist))
+    pa = np.concatenate([csc, tij])[o]
+    pb = np.concatenate([csc, tkj])[o]
+    pt = np.concatenate([diag[row[csc]], tik])[o]
+    # Dropped pairs of the short columns, in the same order.
+    listed = np.repeat(counts <= MIC_LIST_MAX, counts)
+    s_csc = csc[listed]
+    x, y, _, found = column_pairs(n, row, col, s_csc, counts[counts <= MIC_LIST_MAX])
+    x, y = x[~found], y[~found]
+    o = np.lexsort((x, y - x))
+    fa, fb = s_csc[y[o]], s_csc[x[o]]
     lev = _levels(pat)
     n_lev = int(lev.max()) + 1 if n else 0
     # Every array sorted by the level of the column it belongs to, with level offsets.
@@ -173,12 +174,54 @@ def _mic_plan(pat: LowerPattern) -> dict[str, Any]:
         bounds = np.searchsorted(lv[o], np.arange(n_lev + 1))
         return (bounds, *(a[o] for a in arrs))
 
-    dcols = np.arange(n)
-    dlev = by_level(dcols, diag)
-    olev = by_level(ccol, csc, diag[ccol])
-    plev = by_level(col[pb], pa, pb, pt)
-    flev = by_level(col[fb], fa, fb, fi, fk)
-    return {"n_lev": n_lev, "d": dlev, "o": olev, "p": plev, "f": flev}
+    plan = {
+        "n_lev": n_lev,
+        "d": by_level(np.arange(n), diag),
+        "o": by_level(ccol, csc, diag[ccol]),
+        "p": by_level(col[pb], pa, pb, pt),
+        "f": by_level(col[fb], fa, fb, diag[row[fa]], diag[row[fb]]),
+    }
+    plan.update(_long_columns(csc[~listed], (tij, tkj), row, col, diag, lev, by_level))
+    return plan
+
+
+def _long_columns(
+    l_csc: np.ndarray,
+    tri: tuple[np.ndarray, np.ndarray],
+    row: np.ndarray,
+    col: np.ndarray,
+    diag: np.ndarray,
+    lev: np.ndarray,
+    by_level: Any,
+) -> dict[str, tuple[np.ndarray, ...]]:
+    """What the numeric phase needs for the long columns' compensation, per level: their
+    entries (``"g"``: positions and the column of each, numbered within the level), their
+    kept triangle pairs (``"k"``: indices within the level's entries) and the entries with
+    at least one dropped partner (``"c"``: index within the level, diagonal position)."""
+    gb, gpos = by_level(col[l_csc], l_csc)
+    glev = lev[col[gpos]]
+    first = np.ones(gpos.size, dtype=bool)
+    first[1:] = col[gpos[1:]] != col[gpos[:-1]]
+    seg = np.cumsum(first) - 1
+    if gpos.size:
+        seg -= seg[gb[glev]]
+    loc = np.full(col.size, -1, dtype=np.int64)
+    loc[gpos] = np.arange(gpos.size) - gb[glev]
+    tij, tkj = tri
+    long_ = loc[tij] >= 0  # the triangle's column is a long one
+    tij, tkj = tij[long_], tkj[long_]
+    kb, kp, kq = by_level(col[tij], loc[tij], loc[tkj])
+    # partners of an entry: every other entry of its column, less the kept ones
+    nkept = np.bincount(loc[tij] + gb[lev[col[tij]]], minlength=gpos.size)
+    nkept += np.bincount(loc[tkj] + gb[lev[col[tkj]]], minlength=gpos.size)
+    ccount = np.bincount(col[gpos], minlength=diag.size)[col[gpos]]
+    has = np.flatnonzero(ccount - 1 - nkept > 0)
+    cb = np.searchsorted(glev[has], np.arange(gb.size))
+    return {
+        "g": (gb, gpos, seg),
+        "k": (kb, kp, kq),
+        "c": (cb, has - gb[glev[has]], diag[row[gpos[has]]]),
+    }
 
 
 def _mic_numeric(
@@ -191,6 +234,9 @@ def _mic_numeric(
     ob, opos, odiag = plan["o"]
     pbd, pa, pb, pt = plan["p"]
     fbd, fa, fb, fi, fk = plan["f"]
+    gb, gpos, gseg = plan["g"]
+    kb, kp, kq = plan["k"]
+    cb, cloc, cdiag = plan["c"]
     for lv in range(plan["n_lev"]):
         d = dpos[db[lv] : db[lv + 1]]
         piv = vals[d]
@@ -204,13 +250,28 @@ def _mic_numeric(
         s, e = pbd[lv], pbd[lv + 1]
         if e > s:
             np.subtract.at(vals, pt[s:e], vals[pa[s:e]] * vals[pb[s:e]])
+        if not omega:
+            continue
         s, e = fbd[lv], fbd[lv + 1]
-        if e > s and omega:
+        if e > s:
             f = omega * vals[fa[s:e]] * vals[fb[s:e]]
             if robust:
                 f = -np.abs(f)
             np.subtract.at(vals, fi[s:e], f)
             np.subtract.at(vals, fk[s:e], f)
+        s, e = cb[lv], cb[lv + 1]
+        if e > s:  # long columns: sum over the dropped partners of each entry
+            g = vals[gpos[gb[lv] : gb[lv + 1]]]
+            if robust:
+                g = np.abs(g)
+            seg = gseg[gb[lv] : gb[lv + 1]]
+            p, q = kp[kb[lv] : kb[lv + 1]], kq[kb[lv] : kb[lv + 1]]
+            kept = np.bincount(p, weights=g[q], minlength=g.size)
+            kept += np.bincount(q, weights=g[p], minlength=g.size)
+            dropped = np.bincount(seg, weights=g)[seg] - g - kept
+            c = cloc[s:e]
+            f = omega * g[c] * dropped[c]
+            np.subtract.at(vals, cdiag[s:e], -f if robust else f)
     return vals
 
 

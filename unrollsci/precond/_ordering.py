@@ -23,7 +23,6 @@ four (``tests/precond/test_ordering.py``), for IC(0) as well as MIC(0).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -46,6 +45,13 @@ __all__ = [
 
 #: Rows :func:`dropped_fill` visits by default (a seeded random subset).
 SAMPLE_ROWS = 512
+
+#: Neighbour pairs :func:`dropped_fill` enumerates in all before it caps the rows with the
+#: most neighbours (a dense row, a hub, would otherwise cost its squared degree).
+FILL_PAIR_BUDGET = 2**20
+
+#: A row with at most this many off-diagonal entries always counts exactly.
+FILL_EXACT_NEIGHBOURS = 64
 
 
 def grid_orderings(nx: int, ny: int | None = None) -> dict[str, np.ndarray]:
@@ -185,14 +191,32 @@ def _segments(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return offs + np.arange(total), np.repeat(rows, lengths)
 
 
-@functools.lru_cache(maxsize=16)
-def _pairs(width: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(width, 1)
+def _cap_neighbours(counts: np.ndarray, budget: int) -> int:
+    """The largest neighbour count ``m`` such that rows capped at ``m`` neighbours have at
+    most ``budget`` pairs in all (``counts.max()`` when no row needs a cap)."""
+
+    def pairs(m: int) -> int:
+        c = np.minimum(counts, m)
+        return int((c * (c - 1) // 2).sum())
+
+    hi = int(counts.max()) if counts.size else 0
+    if pairs(hi) <= budget:
+        return hi
+    lo = 2  # a row's pairs need two neighbours; below that nothing is enumerated
+    while lo < hi - 1:  # invariant: pairs(lo) <= budget < pairs(hi), or lo == 2
+        mid = (lo + hi) // 2
+        if pairs(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class _FillData:
-    """What :func:`dropped_fill` shares between the candidates of one matrix: the scaled
-    off-diagonal entries of the sampled rows, padded to one row of neighbours each."""
+    """What :func:`dropped_fill` shares between the candidates of one matrix: every pair of
+    off-diagonal neighbours of the sampled rows (built per row with offsets, so the cost
+    is the sum of the rows' squared degrees, with dense rows capped), its scaled
+    first-order fill and whether it is an entry of ``A``."""
 
     def __init__(self, a: Any, sample: int | None, seed: int) -> None:
         import scipy.sparse as sp
@@ -206,8 +230,9 @@ class _FillData:
             raise ValueError(f"Expected 'sample' to be None or an integer >= 1 (got {sample!r}).")
         n = a.shape[0]
         self.a, self.n = a, n
+        rng = np.random.default_rng(seed)
         if sample is not None and sample < n:
-            rows = np.sort(np.random.default_rng(seed).choice(n, size=int(sample), replace=False))
+            rows = np.sort(rng.choice(n, size=int(sample), replace=False))
         else:
             rows = np.arange(n)
         self.count = rows.size
@@ -215,23 +240,36 @@ class _FillData:
         c = a.indices[pos].astype(np.int64)
         off = r != c
         pos, r, c = pos[off], r[off], c[off]
+        ri = np.repeat(np.arange(rows.size), np.diff(a.indptr)[rows])[off]  # sampled-row index
+        counts = np.bincount(ri, minlength=rows.size)
+        weight = np.ones(rows.size)
+        m = max(_cap_neighbours(counts, FILL_PAIR_BUDGET), FILL_EXACT_NEIGHBOURS)
+        if counts.size and m < counts.max():
+            # rows over the cap keep a seeded random subset of m neighbours (rank of a
+            # random key within the row < m); their pairs' fill is scaled by the inverse of
+            # the probability that a pair survives, d(d-1) / (m(m-1))
+            key = rng.random(ri.size)
+            o = np.lexsort((key, ri))
+            rank = np.empty(ri.size, dtype=np.int64)
+            rank[o] = np.arange(ri.size) - np.repeat(np.cumsum(counts) - counts, counts)
+            keep = rank < m
+            big = counts > m
+            weight[big] = counts[big] * (counts[big] - 1) / (m * (m - 1))
+            pos, r, c, ri = pos[keep], r[keep], c[keep], ri[keep]
+            counts = np.minimum(counts, m)
         d = np.sqrt(a.diagonal())
-        # (rows, width) padded neighbour columns and scaled values; padding has value 0
-        counts = np.bincount(np.searchsorted(rows, r), minlength=rows.size)
-        width = int(counts.max()) if counts.size else 0
-        slot = np.arange(r.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        self.row = rows[:, None]
-        self.col = np.zeros((rows.size, width), dtype=np.int64)
-        self.val = np.zeros((rows.size, width))
-        ri = np.repeat(np.arange(rows.size), counts)
-        self.col[ri, slot] = c
-        self.val[ri, slot] = a.data[pos] / (d[r] * d[c])
-        # every pair of neighbours of a row, its first-order fill, and whether it is an
-        # entry of A (then not dropped, in any ordering)
-        x, y = _pairs(width)
+        self.row, self.col = r, c
+        val = a.data[pos] / (d[r] * d[c])
+        # every pair (x, y), x < y, of neighbours of one row, in row-major triangular order:
+        # entry x pairs with the following (count - 1 - slot) entries of its row
+        slot = np.arange(ri.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        reps = counts[ri] - 1 - slot
+        x = np.repeat(np.arange(ri.size), reps)
+        y = x + 1 + np.arange(x.size) - np.repeat(np.cumsum(reps) - reps, reps)
         self.x, self.y = x, y
-        j, k = self.col[:, x], self.col[:, y]
-        f = self.val[:, x] * self.val[:, y]
+        j, k = c[x], c[y]
+        f = val[x] * val[y] * weight[ri[x]]
+        # a pair that is an entry of A is not dropped, in any ordering
         used = np.zeros(n, dtype=bool)
         used[j] = True
         pos, rj = _segments(a.indptr, np.flatnonzero(used))
@@ -250,7 +288,7 @@ class _FillData:
             q[perm] = np.arange(n)
         # a pair's fill appears when both neighbours come before the row
         early = q[self.col] < q[self.row]
-        dropped = self.fill[early[:, self.x] & early[:, self.y]]
+        dropped = self.fill[early[self.x] & early[self.y]]
         return (
             float(np.clip(dropped, 0, None).sum() / self.count),
             float(np.abs(dropped).sum() / self.count),
@@ -269,12 +307,22 @@ def dropped_fill(
     pair once), divided by the number of rows visited. Computed in ``A``'s own
     numbering (no permuted copy).
 
+    The cost is the number of neighbour pairs of the visited rows. When they have more
+    than ``FILL_PAIR_BUDGET`` pairs in all, each row with more than ``m`` off-diagonal
+    entries counts only the pairs among a seeded random subset of ``m`` of its ``d``
+    neighbours, their fill scaled by ``d(d-1) / (m(m-1))``: ``m`` is the largest count
+    whose capped rows fit the budget, but at least ``FILL_EXACT_NEIGHBOURS`` (64), so
+    there are at most ``max(FILL_PAIR_BUDGET, 64 * 63 / 2 * rows visited)`` pairs. The
+    capped rows' part is then an unbiased estimate, with the same subset for every
+    ``perm``; rows with at most ``m`` neighbours, and every row of a matrix within the
+    budget, count exactly.
+
     Args:
         a: canonical scipy CSR matrix with a positive diagonal.
         perm: ``perm[k]`` is the unknown placed ``k``-th (None: the given order).
         sample: visit at most this many rows (a seeded random subset, the same for every
             ``perm``); None visits all. The per-row mean is what the selection compares.
-        seed: seed of the row subset.
+        seed: seed of the row subset (and of the neighbour subsets of capped rows).
 
     Returns:
         ``(positive, total_abs)``.
@@ -290,7 +338,8 @@ def select_ordering(
 ) -> tuple[str, dict[str, tuple[float, float]]]:
     """The candidate whose IC(0) drops the least positive fill (:func:`dropped_fill`);
     among candidates within 5e-4 of that least value, the one that drops the least fill
-    in absolute value.
+    in absolute value (totals within a relative ``1e-12`` of the least count as equal:
+    then the first of them in ``candidates``' order).
 
     Args:
         a: scipy sparse matrix with a positive diagonal.
@@ -314,7 +363,10 @@ def select_ordering(
     scores = {k: data(p) for k, p in candidates.items()}
     best_pos = min(s[0] for s in scores.values())
     close = [k for k, s in scores.items() if s[0] <= best_pos + 5e-4]
-    return min(close, key=lambda k: scores[k][1]), scores
+    best_tot = min(scores[k][1] for k in close)
+    # totals equal up to rounding (e.g. symmetric orderings of a symmetric problem, the
+    # same fill summed in another order) tie, and the first candidate listed wins
+    return next(k for k in close if scores[k][1] <= best_tot * (1 + 1e-12)), scores
 
 
 class PermutedPreconditioner(Preconditioner):

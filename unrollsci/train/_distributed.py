@@ -144,9 +144,15 @@ def setup(distributed: bool | None, model: nn.Module) -> DistContext:
 
 
 def _destroy() -> None:  # pragma: no cover - runs at interpreter exit
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # DDP wrappers of finished fits may still wait for the garbage collector (reference
+        # cycles): destroyed after the process group, their reducers abort the process
+        # ("terminate called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
 
 
