@@ -99,8 +99,10 @@ class _Conv(nn.Module):
                     "non-finite bound: its weights overflow or are not finite)."
                 )
             return w / self._divisor
-        # sigma ~ ||W u|| with the (detached) converged u; differentiable in W.
-        sigma = F.conv2d(self.u, w, padding=w.shape[-1] // 2).norm()
+        # sigma ~ ||W u|| with the (detached) converged u; differentiable in W. A snapshot
+        # of u: the graph saves it for W's gradient, and the next call (a tied network's
+        # next layer, a second forward before backward) updates the buffer in place
+        sigma = F.conv2d(self.u.clone(), w, padding=w.shape[-1] // 2).norm()
         self.sigma.copy_(sigma.detach())
         return w / torch.clamp(sigma / self.cap, min=1.0)
 
