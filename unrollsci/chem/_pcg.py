@@ -72,7 +72,9 @@ def _pcg(
     ``total = 0`` (equal chi on atoms with different hardness: the solution is q = 0 and
     ``scale`` is itself round-off, so a purely relative test could never be met).
     With ``iterations`` given exactly that many steps run (differentiable in unrolled mode),
-    fewer only if the residual vanishes exactly.
+    fewer only once ``||D z||`` reaches the round-off floor ``10 eps ||b||``: beyond it the
+    direction is round-off, and so is its curvature ``p^T A p``, which can come out
+    negative and would be reported as a polarization catastrophe on a definite system.
 
     In floating point the iterates keep ``sum(q) = total`` to the round-off of their updates
     (``z`` and ``mu`` are formed in float64 and rounded once); the returned ``q`` is shifted
@@ -105,17 +107,20 @@ def _pcg(
 
     q = project(-b) + dinv * (total / sinv).to(b.dtype) if q0 is None else on_constraint(q0)
     dd = d.detach()
-    atol = max(atol, 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm()))
+    floor = 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm())
+    atol = max(atol, floor)
     scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
     scale_f = max(scale, atol / tol, torch.finfo(b.dtype).tiny)
     residuals: list[float] = []
 
     def monitor(st: PCGState) -> bool:
-        res = float((d * st.z).detach().norm()) / scale_f
+        kkt = float((d * st.z).detach().norm())
+        res = kkt / scale_f
         residuals.append(res)
-        # r^T z = 0: the projected residual vanished (an exact solution; only met with a
-        # fixed number of iterations, otherwise res <= tol stopped first)
-        return (iterations is None and res <= tol) or float(st.rz.detach()) <= 0.0
+        # r^T z = 0 or the round-off floor: the projected residual vanished (an exact
+        # solution to working precision; only met with a fixed number of iterations,
+        # otherwise res <= tol stopped first)
+        return (iterations is None and res <= tol) or float(st.rz.detach()) <= 0.0 or kkt <= floor
 
     limit = iterations if iterations is not None else max_iter
     q, _, k, converged = pcg_iterate(
