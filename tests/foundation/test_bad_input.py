@@ -264,7 +264,7 @@ def test_radon_memory_estimate_counts_entries_and_matches_measured_peak():
     # measured peak of the construction (numpy's allocations, traced), geometry not cached
     from unrollsci.operators import _radon
 
-    _radon._system_matrix.cache_clear()
+    _radon.clear_radon_cache()
     tracemalloc.start()
     try:
         op = Radon(88, 37)

@@ -58,6 +58,16 @@ _FP_ATTR, _KIND_ATTR = "cert_key", "cert_laplacian"
 _GRAPH_ATTR = CERT_GRAPH_ATTR
 
 
+def _hash_rows(h: Any, mat: Any, s: int, e: int) -> None:
+    """Feed ``h`` the CSR rows ``s:e`` of ``mat`` with node ids local to the block (equal
+    for a graph alone and in a batch): sizes, row pointers, columns, float64 values."""
+    a, b = int(mat.indptr[s]), int(mat.indptr[e])
+    h.update(np.asarray([e - s, b - a], dtype=np.int64).tobytes())
+    h.update((np.asarray(mat.indptr[s : e + 1], dtype=np.int64) - a).tobytes())
+    h.update((np.asarray(mat.indices[a:b], dtype=np.int64) - s).tobytes())
+    h.update(np.ascontiguousarray(mat.data[a:b], dtype=np.float64).tobytes())
+
+
 def _fingerprints(p: GraphInverseProblem) -> list[bytes]:
     """Per graph (block) of a mask problem: SHA-256 of its Laplacian kind, ``lam``, its
     rows of the Laplacian (the block's CSR arrays, node ids local to the block: equal for
@@ -70,12 +80,8 @@ def _fingerprints(p: GraphInverseProblem) -> list[bytes]:
     out = []
     for k in range(p.num_blocks):
         s, e = int(p.block_ptr[k]), int(p.block_ptr[k + 1])
-        a, b = int(lap.indptr[s]), int(lap.indptr[e])
         h = hashlib.sha256(head)
-        h.update(np.asarray([e - s, b - a], dtype=np.int64).tobytes())
-        h.update((np.asarray(lap.indptr[s : e + 1], dtype=np.int64) - a).tobytes())
-        h.update((np.asarray(lap.indices[a:b], dtype=np.int64) - s).tobytes())
-        h.update(np.ascontiguousarray(lap.data[a:b], dtype=np.float64).tobytes())
+        _hash_rows(h, lap, s, e)
         h.update(y[:, s:e].contiguous().numpy().tobytes())
         if m is None:
             h.update(b"no-mask")
@@ -93,13 +99,8 @@ def _graph_fingerprints(p: GraphInverseProblem) -> list[bytes]:
     adj = p.adjacency
     out = []
     for k in range(p.num_blocks):
-        s, e = int(p.block_ptr[k]), int(p.block_ptr[k + 1])
-        a, b = int(adj.indptr[s]), int(adj.indptr[e])
         h = hashlib.sha256(b"unrollsci-graph-1:")
-        h.update(np.asarray([e - s, b - a], dtype=np.int64).tobytes())
-        h.update((np.asarray(adj.indptr[s : e + 1], dtype=np.int64) - a).tobytes())
-        h.update((np.asarray(adj.indices[a:b], dtype=np.int64) - s).tobytes())
-        h.update(np.ascontiguousarray(adj.data[a:b], dtype=np.float64).tobytes())
+        _hash_rows(h, adj, int(p.block_ptr[k]), int(p.block_ptr[k + 1]))
         out.append(h.digest())
     return out
 

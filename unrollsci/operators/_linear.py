@@ -6,7 +6,6 @@ in :mod:`._compose` (imported when first used: they subclass :class:`LinearOpera
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -21,8 +20,7 @@ from .._validation import (
     check_tensor,
 )
 from ._checks import check_dtype_supported, check_real, tensor_key
-from ._compressed import COMPRESSED as _COMPRESSED
-from ._compressed import is_packed, pack, unpack
+from ._compressed import pack_tree, unpack_tree
 from ._lanczos import lanczos_top
 
 
@@ -156,49 +154,25 @@ class LinearOperator(nn.Module):
             slot[name] = cached
         return cached
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> LinearOperator:
-        """An independent copy (``copy.deepcopy``): equal products, no shared tensors.
-
-        torch cannot deep-copy a sparse CSR/CSC tensor (it has no storage), so such buffers
-        (``Radon(method="matrix")``, ``SparseOperator``) are cloned. The caches of casts
-        and of ``norm()`` are keyed on the original's tensors: the copy starts without them.
-        """
-        for mod in self.modules():
-            for t in mod._buffers.values():
-                if t is not None and t.layout in _COMPRESSED and id(t) not in memo:
-                    memo[id(t)] = t.detach().clone()
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        skip = ("_cast_cache", "_norm_cache")
-        state = {k: v for k, v in self.__dict__.items() if k not in skip}
-        new.__setstate__(copy.deepcopy(state, memo))
-        new._cast_cache, new._norm_cache = {}, None
-        return new
-
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled state (``torch.save`` of an operator, format-1 checkpoints, DataLoader
-        workers): without the caches of casts and of ``norm()``, which are keyed on this
-        process's tensors. Sparse CSR/CSC buffers are stored as their index and value
-        tensors and rebuilt by :meth:`__setstate__`, so that torch's sparse-CSR notices are
-        not printed where the operator is unpickled (e.g. another process)."""
+        """Pickled and deep-copied state (``torch.save`` of an operator, format-1
+        checkpoints, DataLoader workers, ``copy.deepcopy``): without the caches of casts
+        and of ``norm()``, which are keyed on this operator's tensors. Sparse CSR/CSC
+        buffers, which torch can neither deep-copy (they have no storage) nor rebuild in
+        another process without printing its sparse-CSR notices, are stored as their index
+        and value tensors and rebuilt by :meth:`__setstate__`: a copy shares no tensor
+        with the original and computes the same products."""
         state = dict(super().__getstate__())
         state["_cast_cache"], state["_norm_cache"] = {}, None
-        bufs = state.get("_buffers")
-        if bufs and any(t is not None and t.layout in _COMPRESSED for t in bufs.values()):
-            state["_buffers"] = type(bufs)(
-                (k, pack(t) if t is not None and t.layout in _COMPRESSED else t)
-                for k, t in bufs.items()
-            )
+        if state.get("_buffers"):
+            state["_buffers"] = type(state["_buffers"])(pack_tree(dict(state["_buffers"])))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled state (see :meth:`__getstate__`)."""
-        bufs = state.get("_buffers")
-        if bufs and any(is_packed(t) for t in bufs.values()):
+        if state.get("_buffers"):
             state = dict(state)
-            state["_buffers"] = type(bufs)(
-                (k, unpack(t) if is_packed(t) else t) for k, t in bufs.items()
-            )
+            state["_buffers"] = type(state["_buffers"])(unpack_tree(dict(state["_buffers"])))
         super().__setstate__(state)
 
     def _norm_key(self) -> tuple[Any, ...]:

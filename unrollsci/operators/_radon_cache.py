@@ -89,9 +89,6 @@ def _system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
     return mat
 
 
-_system_matrix.cache_clear = clear_radon_cache  # type: ignore[attr-defined]  # functools' name
-
-
 def _build_system_matrix(n: int, angles: tuple[float, ...], circle: bool) -> Any:
     """Sparse ``(n_angles * n_det, n * n)`` matrix of the rotate-and-sum projector."""
     import scipy.sparse as sp
