@@ -165,9 +165,11 @@ def test_factor_tier_gives_the_safety_times_eigenvalue_interval():
 def test_factor_tier_falls_back_when_the_proof_fails(monkeypatch):
     """If the inertia check refuses (here: forced), the factorization-free bounds are used,
     and they are still bounds."""
-    monkeypatch.setattr(_inertia, "is_pd", lambda a, tol=0.0: False)
+    calls = []
+    monkeypatch.setattr(_inertia, "_shift_proved", lambda *a, **k: calls.append(1) and False)
     p = _mid_problem()
     lo, hi = p.jacobi_interval()
+    assert calls  # the factorization tier ran and its proof was refused
     h = p.hessian_scipy(0)
     ev_s = _scaled_eigs(h, h.diagonal())
     assert 0 < float(lo[0, 0]) <= ev_s[0] * (1 + 1e-12)

@@ -63,7 +63,7 @@ def test_expander_certificates_do_not_factorize_and_still_bound(which, sbm, ba, 
 
     adj = {"sbm": sbm, "ba": ba}[which]
     lap = _lap(adj)
-    monkeypatch.setattr(_graphcert, "is_pd", _no_factorization)
+    monkeypatch.setattr(_graphcert, "upper_proved", _no_factorization)
     _graphcert.clear_cache()
     top, _ = _graphcert.laplacian_top(lap)
     c_g = _graphcert.jacobi_top(lap)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _certify
-from ._inertia import affordable, is_pd
+from ._inertia import affordable, upper_proved
 
 __all__ = [
     "abs_perron_bound",
@@ -195,9 +195,10 @@ def laplacian_top(
     around the vector's peak; tight where the top vector is localized) where it is below
     the estimate times ``max(safety, 1.02)``, else that product
     accepted by the inertia check (``c I - L`` positive definite: one sparse ``L D L^T``
-    factorization without pivoting, every pivot positive, Sylvester's law of inertia; at
-    2% above the top the matrix is far from singular, so rounding cannot flip a pivot's
-    sign; skipped on graphs that would fill in, :func:`._inertia.affordable`), else the
+    factorization without pivoting, every pivot positive, Sylvester's law of inertia, with
+    the shift lowered by a bound on the factorization's backward error,
+    :func:`._inertia.upper_proved`; skipped on graphs that would fill in,
+    :func:`._inertia.affordable`), else the
     smaller of the first of the estimate times 1.05, 1.1, 1.25 accepted by the Schur test
     and the Perron bound :func:`abs_perron_bound` (at most Gershgorin's ``max_i sum_j
     |L_ij|``; within a few percent of ``lambda_max(L)`` on block models and scale-free
@@ -207,7 +208,6 @@ def laplacian_top(
     """
 
     def build() -> tuple[float, np.ndarray]:
-        import scipy.sparse as sp
 
         m = lap.shape[0]
         cap = float(np.asarray(abs(lap).sum(axis=1)).max()) if m else 0.0
@@ -221,7 +221,7 @@ def laplacian_top(
         if top < min(c, cap):
             return top, vec
         if 0 < c < cap and _factorable(lap, digest):
-            if is_pd(sp.csr_matrix(sp.diags(np.full(m, c)) - lap)):
+            if upper_proved(lap, c):
                 return c, vec
         cap = min(cap, abs_perron_bound(lap))
         f = (1.05, 1.1, 1.25)
@@ -249,7 +249,8 @@ def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -
 
     Nodes with ``L_ii = 0`` have a zero row (``L`` is positive semidefinite) and are left
     out. The Lanczos estimate times ``safety``, then times 1.05, is accepted when the
-    ``L D L^T`` inertia check proves ``c diag(L) - L`` positive definite; else the
+    ``L D L^T`` inertia check proves ``c diag(L) - L`` positive semidefinite with the
+    factorization's rounding accounted for (:func:`._inertia.upper_proved`); else the
     Gershgorin bound ``max_i sum_j |L_ij| / L_ii`` (``<= 2`` for a combinatorial Laplacian).
     On graphs that would fill in (:func:`._inertia.affordable`: expanders) no factorization
     is tried: the estimate times ``safety``, 1.05, 1.1 or 1.25 proved by the Schur test
@@ -274,7 +275,7 @@ def jacobi_top(lap: Any, safety: float = 1.01, *, digest: bytes | None = None) -
             c = max(est * f, 1.0)
             if c >= gersh:
                 break
-            if is_pd(sp.csr_matrix(sp.diags(c * ds) - sub)):
+            if upper_proved(sub, c, ds):
                 return c
         return max(gersh, 1.0)
 

@@ -27,6 +27,7 @@ __all__ = [
     "fills_in",
     "is_pd",
     "symmetric_lu",
+    "upper_proved",
 ]
 
 #: ``diag(H)`` below this (subnormal or near it: ``lam`` or weights close to underflow): no
@@ -181,6 +182,23 @@ def _shift_proved(h: Any, mdiag: np.ndarray, val: float, lower: bool) -> bool:
             return False
         e = need
     return False
+
+
+def upper_proved(h: Any, val: float, mdiag: np.ndarray | None = None) -> bool:
+    """True when Sylvester's law of inertia proves ``lambda_max(M^{-1/2} H M^{-1/2}) <= val``
+    for the symmetric sparse ``h``, ``M = diag(mdiag)`` (the identity when None), with the
+    factorization's rounding accounted for (:func:`_shift_proved`: the shift factored is
+    ``val`` minus a bound on the backward error). False (no proof; the caller falls back to
+    a factorization-free bound) when ``val`` or an entry of ``mdiag`` is below
+    :data:`DIAG_MIN` or not finite: near underflow rounding is absolute, which the
+    analysis does not cover."""
+    m = h.shape[0]
+    mdiag = np.ones(m) if mdiag is None else np.asarray(mdiag, dtype=np.float64)
+    if not (np.isfinite(val) and val >= DIAG_MIN) or not np.all(mdiag >= DIAG_MIN):
+        return False
+    if not np.all(np.isfinite(mdiag)) or not np.all(np.isfinite(h.diagonal())):
+        return False
+    return _shift_proved(h, mdiag, float(val), lower=False)
 
 
 def factor_proved(

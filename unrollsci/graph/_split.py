@@ -18,9 +18,10 @@ for a mask problem ``H = diag(m) + lam L`` (``lam >= 0``)
 
 with ``mu_R >= lambda_max(L~_RR)`` proved once per graph: a Lanczos estimate times 1.001
 (then 1.01) accepted when one sparse factorization of ``mu_R I - L~_RR`` has every pivot
-positive (:func:`._inertia.is_pd`, Sylvester's law of inertia; at 0.1% above the top the
-matrix is about ``1e-3 mu_R`` from singular, many orders of magnitude above the backward
-error of the factorization). The first term is a dense ``eigvalsh`` per mask.
+positive (:func:`._inertia.upper_proved`, Sylvester's law of inertia with the
+factorization's backward error accounted for: the shift factored is ``mu_R`` minus a bound
+on it, about ``1e-5 mu_R`` at 10^5 nodes against the 1e-3 margin). The first term is a
+dense ``eigvalsh`` per mask.
 
 **Rounding.** The sums ``r`` are rounded up by a relative ``1e-12`` (far above the error of
 a sum of a row's entries); the per-mask bound gets ``1e-10`` times the block's largest
@@ -92,10 +93,9 @@ def split_certificate(lap: Any, vec: np.ndarray) -> SplitCertificate | None:
     Lanczos runs and one sparse factorization of the size of ``lap``: callers cache it per
     graph (:func:`._graphcert.split_top`) and only on graphs where a factorization is
     affordable."""
-    import scipy.sparse as sp
 
     from ._certify import lanczos
-    from ._inertia import is_pd
+    from ._inertia import upper_proved
     from ._local import _grow
 
     n = lap.shape[0]
@@ -125,7 +125,7 @@ def split_certificate(lap: Any, vec: np.ndarray) -> SplitCertificate | None:
     _, _, est, s_idx, rest, block = best
     for f in _FACTORS:
         mu = f * max(est, 0.0)
-        if mu > 0 and is_pd(sp.csr_matrix(sp.diags(np.full(rest.shape[0], mu)) - rest)):
+        if mu > 0 and upper_proved(rest, mu):
             block.setflags(write=False)
             s_idx.setflags(write=False)
             return SplitCertificate(s_idx, block, mu)
