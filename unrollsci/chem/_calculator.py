@@ -16,13 +16,7 @@ from ._calc_inputs import dipole_moment, origin_shift, warm_start_charges
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, _compare_atoms, copy_value, normalize
 from ._calc_params import parameter_property as _parameter
 from ._settings import COULOMB_CONSTANT, QEqSettings
-from ._solve import (
-    Prepared,
-    QEqSolution,
-    _per_atom_table,
-    check_structure,
-    solve_with_settings,
-)
+from ._solve import Prepared, QEqSolution, _per_atom_table, check_structure, solve_with_settings
 from ._step import analytic_step
 from ._verlet import DefiniteCertificate, VerletPairs
 
@@ -315,6 +309,8 @@ class QEqCalculator(Calculator):
 
     # ------------------------------------------------------------------ calculation
 
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def calculate(
         self,
         atoms: Any = None,
@@ -322,7 +318,9 @@ class QEqCalculator(Calculator):
         system_changes: Any = all_changes,
     ) -> None:
         """Solve the charges and fill ``self.results`` (energy, forces, charges, and
-        stress for a fully periodic cell or dipole for a molecule)."""
+        stress for a fully periodic cell or dipole for a molecule). Runs with autograd on,
+        outside ``torch.inference_mode()``, whatever the caller's grad mode (forces are
+        derivatives; nothing kept for later calls is an inference tensor)."""
         if self._stale():  # calc.parameters edited in place: check and rebuild first
             atoms = self.atoms if atoms is None else atoms
             self.set()

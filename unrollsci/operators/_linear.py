@@ -138,7 +138,12 @@ class LinearOperator(nn.Module):
         return AdjointOperator(self)
 
     def _cast(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """Return buffer ``name`` on ``like``'s device and dtype (cached)."""
+        """Return buffer ``name`` on ``like``'s device and dtype (cached).
+
+        The cached copy is made outside ``torch.inference_mode()``: a copy first made
+        under it would be an inference tensor, which later autograd calls cannot save
+        for backward (the cache is keyed on the source buffer, not on the grad mode).
+        """
         t = getattr(self, name)
         if t.device == like.device and t.dtype == like.dtype:
             return t
@@ -149,7 +154,8 @@ class LinearOperator(nn.Module):
         cached = slot.get(name)
         src = tensor_key(t)  # identity and version: a replaced or modified buffer is recast
         if cached is None or getattr(cached, "_src_key", None) != src:
-            cached = t.detach().to(device=like.device, dtype=like.dtype)
+            with torch.inference_mode(False):  # no inference tensor in the cache
+                cached = t.detach().to(device=like.device, dtype=like.dtype)
             cached._src_key = src  # type: ignore[attr-defined]
             slot[name] = cached
         return cached

@@ -245,7 +245,8 @@ class SparseOperator(LinearOperator):
             return _ScipyMatmul.apply(y, self._scipy_pair(y.dtype), True)
         key = tensor_key(self.matrix)
         if self.matrix_t is None or self._matrix_t_key != key:
-            self.matrix_t = _transpose_csr(self.matrix)
+            with torch.inference_mode(False):  # kept across calls: never an inference tensor
+                self.matrix_t = _transpose_csr(self.matrix)
             self._matrix_t_key = key
         return _spmm(self._cast("matrix_t", y), y)
 

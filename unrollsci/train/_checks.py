@@ -30,6 +30,19 @@ def _check_loss(loss: Any, where: str, *, train: bool = True) -> torch.Tensor:
     return loss
 
 
+def _check_grad_mode(caller: str) -> None:
+    """Refuse training where autograd records nothing (under ``torch.no_grad()`` or
+    ``torch.inference_mode()``), before anything changes: the error ``fit``'s check of the
+    loss gives there, not torch's bare one from ``backward``."""
+    inference = torch.is_inference_mode_enabled()
+    if inference or not torch.is_grad_enabled():
+        where = "torch.inference_mode()" if inference else "torch.no_grad()"
+        raise ValueError(
+            f"Expected {caller} to be called with autograd enabled (got a call under {where}): "
+            "training needs the gradient of the loss; call it outside that block."
+        )
+
+
 def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
     if optional and value is None:
         return

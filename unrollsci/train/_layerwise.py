@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..unrolled._base import layer_lists
-from ._checks import _check_int, _check_pair
+from ._checks import _check_grad_mode, _check_int, _check_pair
 from ._gradcheck import check_finite_grads
 from ._state import copy_state
 
@@ -264,6 +264,10 @@ def fit_layerwise(
     Returns:
         :class:`LayerwiseHistory` (the model is trained in place, all layers active).
 
+    Raises:
+        ValueError: called under ``torch.no_grad()`` or ``torch.inference_mode()`` (no
+            gradient to train on; as :func:`~unrollsci.train.fit`), before anything changes.
+
     Example:
         >>> import torch
         >>> from unrollsci.operators import MatrixOperator
@@ -328,6 +332,7 @@ def fit_layerwise(
         raise ValueError(f"Expected depth_weight >= 0 and finite (got {depth_weight}).")
     if time_budget is not None:
         check_positive("time_budget", time_budget)
+    _check_grad_mode("fit_layerwise")  # as fit: a clear ValueError, not torch's from backward
     y_val, x_val = val_data
     num = int(model.num_layers)
     if start_layer > num:

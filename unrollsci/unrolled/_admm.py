@@ -143,10 +143,13 @@ class ADMMNet(UnrolledLasso):
         key = (self.operator._norm_key(), self.param_dtype)
         if key == self._gram_key:
             return
-        evals, evecs = torch.linalg.eigh(self._gram())
-        dev = self._device
-        self.gram_evals = evals.clamp_min(0).to(device=dev, dtype=self.param_dtype)
-        self.gram_evecs = evecs.to(device=dev, dtype=self.param_dtype)
+        # kept across calls: never an inference tensor (a first forward under
+        # torch.inference_mode() would otherwise break every later autograd call)
+        with torch.inference_mode(False):
+            evals, evecs = torch.linalg.eigh(self._gram())
+            dev = self._device
+            self.gram_evals = evals.clamp_min(0).to(device=dev, dtype=self.param_dtype)
+            self.gram_evecs = evecs.to(device=dev, dtype=self.param_dtype)
         self._gram_key = key
 
     def _gram(self, chunk: int = 128) -> torch.Tensor:
