@@ -274,3 +274,60 @@ def test_fit_layerwise_under_grad_off_raises_as_fit_does(mode):
     # and outside the block it trains
     hist = fit_layerwise(model, draw, val, max_steps=5, val_every=5)
     assert len(hist.curve_db) == 3
+
+
+# ------------------------------------------------------------ 4. the CT certificates
+
+
+def _ct_models():
+    from unrollsci.imaging import ConvexRidgeCT, Radon, UnrolledCT
+
+    torch.manual_seed(0)
+    radon = Radon(16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return radon, {
+            "fbp": UnrolledCT(radon, n_layers=2, channels=4, depth=2, lipschitz_target=5.0),
+            "ridge": ConvexRidgeCT(radon, n_layers=3, filters=4),
+        }
+
+
+@pytest.mark.parametrize("mode", list(GRAD_OFF))
+def test_ct_certificates_under_grad_off_equal_those_outside(mode):
+    """``lipschitz_bound`` (the FBP start's norm by power iteration with an autograd
+    adjoint) and ``empirical_lipschitz`` (an ascent on the inputs) raised torch's "element 0
+    of tensors does not require grad" under no_grad / inference_mode; they give the values
+    computed outside."""
+    from unrollsci.imaging import empirical_lipschitz, lipschitz_bound, shepp_logan
+
+    radon, models = _ct_models()
+    y = radon(shepp_logan(16)[None].float())
+    for model in models.values():
+        ref_bound = lipschitz_bound(model)
+        ref_emp = empirical_lipschitz(model, y, steps=3)
+        with GRAD_OFF[mode]():
+            bound = lipschitz_bound(model)
+            emp = empirical_lipschitz(model, y, steps=3)
+        assert bound == ref_bound
+        assert emp == ref_emp
+
+
+def test_unrolled_ct_eval_inside_inference_mode_keeps_gradients_working():
+    """``model.eval()`` inside an inference_mode block fixed each capped convolution's
+    divisor as an inference tensor: every later eval-mode gradient failed. The input
+    gradient after it equals that of a copy put in eval mode outside."""
+    from unrollsci.imaging import shepp_logan
+
+    radon, models = _ct_models()
+    model = models["fbp"]
+    fresh = copy.deepcopy(model).eval()
+    with torch.inference_mode():
+        model.eval()
+        model(radon(shepp_logan(16)[None].float()))
+    y = radon(shepp_logan(16)[None].float())
+    grads = []
+    for m in (model, fresh):
+        yy = y.clone().requires_grad_(True)
+        m(yy).pow(2).sum().backward()
+        grads.append(yy.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)

@@ -15,6 +15,7 @@ from ..operators._radon import Radon
 from ._fbp import fbp
 
 __all__ = [
+    "certified_divisor",
     "check_finite_tensors",
     "cnn_cap_for_target",
     "conv_operator_norm",
@@ -29,17 +30,18 @@ def conv_operator_norm(
     """Operator norm of the zero-padded "same" 2D convolution with ``weight`` on images.
 
     ``method="fft"`` (an upper bound): the zero-padded convolution on ``N x N``
-    images is a compression (embed, circular convolution on ``M x M`` with
-    ``M >= N + k - 1``, crop) of a circular convolution, whose norm is
-    ``max_w sigma_max(K_hat(w))`` over the ``M x M`` DFT frequencies of the
+    images is a compression (embed, circular convolution on ``M_h x M_w`` with
+    ``M_h >= N + k_h - 1`` and ``M_w >= N + k_w - 1``, crop) of a circular convolution,
+    whose norm is ``max_w sigma_max(K_hat(w))`` over the DFT frequencies of the
     ``(c_out, c_in)`` kernel matrix (Sedghi, Gupta & Long, ICLR 2019). Embedding
-    and cropping have norm 1, so this bounds the norm from above.
+    and cropping have norm 1, so this bounds the norm from above. Each axis of the DFT
+    grid is sized from its own kernel side, so non-square kernels are bounded too.
 
     ``method="power"``: power iteration on ``W^T W`` (a lower estimate that
-    converges to the norm).
+    converges to the norm; padding ``(k_h // 2, k_w // 2)``).
 
     Args:
-        weight: ``(c_out, c_in, k, k)``.
+        weight: ``(c_out, c_in, k_h, k_w)`` (usually ``k_h = k_w = k``).
         image_size: ``N``.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
@@ -52,11 +54,11 @@ def conv_operator_norm(
     ):
         raise ValueError(f"Expected 'image_size' to be an integer >= 1 (got {image_size!r}).")
     w = weight.detach().to(torch.float64)
-    k = w.shape[-1]
+    kh, kw = w.shape[-2:]
     if method == "fft":
-        m = image_size + k
+        m = (image_size + kh, image_size + kw)  # per axis: no wrap-around for kh != kw
         # Real kernel: K(-w) = conj K(w), so half the frequencies suffice (rfft2).
-        spec = torch.fft.rfft2(w, s=(m, m)).permute(2, 3, 0, 1)  # (m, m//2+1, c_out, c_in)
+        spec = torch.fft.rfft2(w, s=m).permute(2, 3, 0, 1)  # (m_h, m_w//2+1, c_out, c_in)
         gram = spec.mH @ spec if spec.shape[-1] <= spec.shape[-2] else spec @ spec.mH
         return float(torch.linalg.eigvalsh(gram)[..., -1].max().clamp(min=0).sqrt())
     if method != "power":
@@ -67,10 +69,35 @@ def conv_operator_norm(
     est = 0.0
     for _ in range(n_iter):
         u = u / u.norm()
-        v = F.conv2d(u, w, padding=k // 2)
+        v = F.conv2d(u, w, padding=(kh // 2, kw // 2))
         est = float(v.norm())
-        u = F.conv_transpose2d(v, w, padding=k // 2)
+        u = F.conv_transpose2d(v, w, padding=(kh // 2, kw // 2))
     return est
+
+
+def certified_divisor(w: torch.Tensor, bound: float, cap: float, size: int) -> torch.Tensor:
+    """The divisor ``d`` (a scalar tensor of ``w``'s dtype and device) of the eval-mode
+    weight ``w / d``: 1 where the FFT bound ``bound`` of ``w`` is below the cap, else at
+    least ``bound / cap``, rounded up until the FFT bound of ``w / d``, computed as the
+    certificate computes it, is ``<= cap``.
+
+    The target is ``cap`` less a relative ``2^-30``: the float64 roundings of the
+    certificate's own arithmetic (the product of the per-convolution caps, the layer
+    recursion) stay below ``lipschitz_target``. A non-finite ``bound`` gives 1 (the
+    caller refuses such weights).
+    """
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    limit = cap * (1.0 - 2.0**-30)
+    if not math.isfinite(bound) or bound <= limit:
+        return one
+    scale, bump = bound / limit, 2.0**-24
+    while True:  # the FFT bound is linear in w: a few bumps of the rounding suffice
+        d = torch.full((), scale, dtype=w.dtype, device=w.device)
+        got = conv_operator_norm(w / d, size)
+        if got <= limit or not math.isfinite(got):
+            return d
+        scale *= max(got / limit, 1.0 + bump)
+        bump *= 2.0
 
 
 def linear_norm(
@@ -83,21 +110,23 @@ def linear_norm(
     tol: float = 1e-9,
     seed: int = 0,
 ) -> float:
-    """Norm of a linear map ``fn`` by power iteration on ``fn^T fn`` (adjoint by autograd)."""
+    """Norm of a linear map ``fn`` by power iteration on ``fn^T fn`` (adjoint by autograd,
+    whatever the caller's grad mode: also under ``torch.no_grad()`` / ``inference_mode()``)."""
     device = check_device(device)
     gen = torch.Generator().manual_seed(seed)
-    u = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
     est = 0.0
-    for _ in range(n_iter):
-        u = (u / u.norm()).requires_grad_(True)
-        v = fn(u)
-        (g,) = torch.autograd.grad(v, u, grad_outputs=v.detach())
-        new = math.sqrt(float((g * u).sum().detach().clamp(min=0)))
-        u = g.detach()
-        if abs(new - est) <= tol * new:
+    with torch.inference_mode(False), torch.enable_grad():
+        u = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
+        for _ in range(n_iter):
+            u = (u / u.norm()).requires_grad_(True)
+            v = fn(u)
+            (g,) = torch.autograd.grad(v, u, grad_outputs=v.detach())
+            new = math.sqrt(float((g * u).sum().detach().clamp(min=0)))
+            u = g.detach()
+            if abs(new - est) <= tol * new:
+                est = new
+                break
             est = new
-            break
-        est = new
     return est
 
 

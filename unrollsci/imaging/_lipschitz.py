@@ -129,6 +129,19 @@ def empirical_lipschitz(
         raise ValueError(f"Expected 'steps' to be an integer >= 1 (got {steps!r}).")
     check_positive("lr", lr)
     check_positive("radius", radius)
+    with torch.inference_mode(False), torch.enable_grad():  # an ascent on the inputs, in any mode
+        return _ascent(model, y, steps, lr, radius, seed, mask)
+
+
+def _ascent(
+    model: torch.nn.Module,
+    y: torch.Tensor,
+    steps: int,
+    lr: float,
+    radius: float,
+    seed: int,
+    mask: torch.Tensor | None,
+) -> float:
     gen = torch.Generator().manual_seed(seed)
     scale = y.reshape(y.shape[0], -1).norm(dim=1).clamp(min=1e-12)
     shape = (-1,) + (1,) * (y.dim() - 1)

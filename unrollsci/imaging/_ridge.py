@@ -26,13 +26,15 @@ _FBP_NORMS: dict[tuple[Any, ...], float] = {}
 def ridge_filter_norm2(weight: torch.Tensor, image_size: int) -> torch.Tensor:
     """Upper bound on ``||W||^2`` for the "same" convolution ``W`` from 1 to ``C`` channels.
 
-    ``W^T W`` of the circular convolution on an ``M x M`` grid (``M = N + k - 1`` or more)
-    is diagonal in the DFT with entries ``sum_c |K_c(w)|^2``; the zero-padded convolution on
-    ``N x N`` images is a compression of it (embed, convolve, crop), so its squared norm is at
-    most the largest entry (Sedghi, Gupta & Long 2019). Differentiable in ``weight``.
+    ``W^T W`` of the circular convolution on an ``M_h x M_w`` grid (``M_h = N + k_h - 1``,
+    ``M_w = N + k_w - 1`` or more: each axis sized from its own kernel side) is diagonal in
+    the DFT with entries ``sum_c |K_c(w)|^2``; the zero-padded convolution on ``N x N``
+    images is a compression of it (embed, convolve, crop), so its squared norm is at most
+    the largest entry (Sedghi, Gupta & Long 2019). Differentiable in ``weight``.
 
     Args:
-        weight: ``(C, 1, k, k)``, or ``(L, C, 1, k, k)`` for ``L`` banks at once.
+        weight: ``(C, 1, k_h, k_w)``, or ``(L, C, 1, k_h, k_w)`` for ``L`` banks at once
+            (usually ``k_h = k_w = k``).
         image_size: ``N``.
 
     Returns:
@@ -49,8 +51,8 @@ def ridge_filter_norm2(weight: torch.Tensor, image_size: int) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor) or weight.dim() not in (4, 5):
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"Expected a filter bank of shape ([L,] C, 1, k, k) (got {got}).")
-    m = image_size + weight.shape[-1]
-    spec = torch.fft.rfft2(weight[..., 0, :, :], s=(m, m))
+    m = (image_size + weight.shape[-2], image_size + weight.shape[-1])
+    spec = torch.fft.rfft2(weight[..., 0, :, :], s=m)
     return (spec.real**2 + spec.imag**2).sum(-3).flatten(-2).max(-1).values
 
 

@@ -21,8 +21,14 @@ from .._validation import (
 )
 from ..operators._radon import Radon
 from ..prox import project_support
-from ._certify import check_finite_tensors, cnn_cap_for_target, conv_operator_norm, init_norm
-from ._fbp import fbp
+from ._certify import (
+    certified_divisor,
+    check_finite_tensors,
+    cnn_cap_for_target,
+    conv_operator_norm,
+    init_norm,
+)
+from ._fbp import FILTERS, fbp
 
 __all__ = ["UnrolledCT"]
 
@@ -106,10 +112,11 @@ class _Conv(nn.Module):
         self.sigma.copy_(sigma.detach())
         return w / torch.clamp(sigma / self.cap, min=1.0)
 
+    @torch.inference_mode(False)  # kept for later calls: never an inference tensor
     @torch.no_grad()
     def refresh_sigma_(self) -> bool:
         """Set ``sigma`` to the FFT upper bound of the raw weight's operator norm, and the
-        eval-mode divisor of the weight (:func:`_certified_divisor`).
+        eval-mode divisor of the weight (:func:`certified_divisor`).
 
         Returns False if that bound is not finite (a NaN or Inf weight: the layer's
         outputs are then not finite either), True otherwise or without a cap."""
@@ -127,38 +134,13 @@ class _Conv(nn.Module):
             return True
         bound = conv_operator_norm(w, self.size)
         self.sigma.fill_(bound)
-        self._divisor = _certified_divisor(w, bound, self.cap, self.size)
+        self._divisor = certified_divisor(w, bound, self.cap, self.size)
         self._refreshed = (w.clone(), self.sigma.clone())
         return math.isfinite(bound)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         w = self.weight()
         return F.conv2d(z, w, self.conv.bias, padding=w.shape[-1] // 2)
-
-
-def _certified_divisor(w: torch.Tensor, bound: float, cap: float, size: int) -> torch.Tensor:
-    """The divisor ``d`` (a scalar tensor of ``w``'s dtype and device) of the eval-mode
-    weight ``w / d``: 1 where the FFT bound ``bound`` of ``w`` is below the cap, else at
-    least ``bound / cap``, rounded up until the FFT bound of ``w / d``, computed as the
-    certificate computes it, is ``<= cap``.
-
-    The target is ``cap`` less a relative ``2^-30``: the float64 roundings of the
-    certificate's own arithmetic (the product of the per-convolution caps, the layer
-    recursion) stay below ``lipschitz_target``. A non-finite ``bound`` gives 1 (the
-    caller refuses such weights).
-    """
-    one = torch.ones((), dtype=w.dtype, device=w.device)
-    limit = cap * (1.0 - 2.0**-30)
-    if not math.isfinite(bound) or bound <= limit:
-        return one
-    scale, bump = bound / limit, 2.0**-24
-    while True:  # the FFT bound is linear in w: a few bumps of the rounding suffice
-        d = torch.full((), scale, dtype=w.dtype, device=w.device)
-        got = conv_operator_norm(w / d, size)
-        if got <= limit or not math.isfinite(got):
-            return d
-        scale *= max(got / limit, 1.0 + bump)
-        bump *= 2.0
 
 
 class _Block(nn.Module):
@@ -224,7 +206,7 @@ class UnrolledCT(nn.Module):
         mask: default support ``(N, N)`` (boolean); the reconstruction disk if None.
             ``forward`` may override it per call (e.g. per-patient boundaries).
         init: ``"fbp"``, ``"adjoint"`` (``A^T y / a^2``) or ``"zero"``.
-        filter: FBP filter for ``init="fbp"``.
+        filter: FBP filter for ``init="fbp"``, one of :data:`~unrollsci.imaging.FILTERS`.
         cnn_lipschitz: if set, cap each CNN's Lipschitz constant at this value by
             spectral normalization of every convolution (``cap^(1/depth)`` each;
             exact in eval mode, see ``_Conv``).
@@ -287,7 +269,9 @@ class UnrolledCT(nn.Module):
         if not isinstance(tied, bool):
             raise TypeError(f"Expected 'tied' to be a bool (got {type(tied).__name__}).")
         for name, v in (("cnn_lipschitz", cnn_lipschitz), ("lipschitz_target", lipschitz_target)):
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise TypeError(f"Expected '{name}' to be None or a number (got {v!r}).")
+            if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"Expected '{name}' to be None or a finite number > 0 (got {v}).")
         if n_layers < 1 or channels < 1 or depth < 2 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
@@ -302,6 +286,8 @@ class UnrolledCT(nn.Module):
             raise TypeError(f"Expected 'dual' to be a bool (got {type(dual).__name__}).")
         if init not in _INITS:
             raise ValueError(f"Expected init in {_INITS} (got {init!r}).")
+        if filter not in FILTERS:
+            raise ValueError(f"Expected filter in {tuple(FILTERS)} (got {filter!r}).")
         if not 0.0 <= negative_slope <= 1.0:
             raise ValueError(f"Expected negative_slope in [0, 1] (got {negative_slope}).")
         self.radon = radon
@@ -357,6 +343,27 @@ class UnrolledCT(nn.Module):
         self.step_logits = nn.Parameter(torch.zeros(n_blocks))
 
     # ---------------------------------------------------------------- helpers
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]
+        # radon_norm is no weight: a cast must not round it (lipschitz_target's cap is for the
+        # float64 norm the certificate divides by); it moves device only, as operator buffers
+        norm = self._buffers["radon_norm"]
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            return fn(t) if t is not norm else t.to(device=fn(t.new_empty(0)).device)
+
+        return super()._apply(keep, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # states saved after model.float() by older versions hold radon_norm rounded: load
+        # the projector's float64 norm where the saved value is its rounding (any dtype)
+        key, exact = prefix + "radon_norm", torch.tensor(self.radon.norm(), dtype=torch.float64)
+        saved = state_dict.get(key)
+        if isinstance(saved, torch.Tensor) and saved.is_floating_point() and saved.numel() == 1:
+            if saved.dtype != torch.float64 and float(saved) == float(exact.to(saved.dtype)):
+                state_dict[key] = exact
+        self.radon_norm = self.radon_norm.to(torch.float64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def train(self, mode: bool = True) -> UnrolledCT:
         """Switch mode; entering eval mode fixes each capped conv at its certified scale."""
         super().train(mode)

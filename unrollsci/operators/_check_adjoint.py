@@ -21,7 +21,7 @@ def check_adjoint(
 
     Returns ``max_b |<Ax_b, y_b> - <x_b, A^T y_b>| / (||Ax_b|| ||y_b|| + ||x_b|| ||A^T y_b||)``
     over a batch of random ``x``, ``y``. A correct adjoint gives roughly machine
-    precision for ``dtype``.
+    precision for ``dtype``. A non-finite ``A x`` or ``A^T y`` raises ``ValueError``.
 
     Example:
         >>> import torch
@@ -53,6 +53,7 @@ def check_adjoint(
         ax = op(x)
         aty = op.adjoint(y)
     check_finite("A(x)", ax)
+    check_finite("A^T(y)", aty)  # else a NaN error, and "err > tol" is False
     lhs = (ax * y).reshape(batch, -1).sum(1)
     rhs = (x * aty).reshape(batch, -1).sum(1)
     scale = ax.reshape(batch, -1).norm(dim=1) * y.reshape(batch, -1).norm(dim=1) + x.reshape(

@@ -25,7 +25,10 @@ class Convolution(LinearOperator):
     convolution routine, so it costs what the forward costs).
 
     Args:
-        kernel: ``(k,)`` or ``(kh, kw)`` filter.
+        kernel: ``(k,)`` or ``(kh, kw)`` filter. Pass an ``nn.Parameter`` to learn it (it
+            is then one of the operator's parameters); a kernel that requires grad is kept
+            as given and flipped on each use, so its updates apply and gradients reach it,
+            and ``norm()`` is not cached.
         in_shape: per-sample signal shape: ``(n,)`` (or the int ``n``) / ``(H, W)``, or
             with a leading channel axis ``(C, n)`` / ``(C, H, W)`` (each channel blurred
             alike). Integer entries only (``TypeError`` otherwise).
@@ -71,12 +74,33 @@ class Convolution(LinearOperator):
                 )
         self.boundary, self.ndim_spatial = boundary, d
         self.in_shape = self.out_shape = in_shape
-        # Correlation weight = flipped kernel, so that forward is a true convolution.
-        weight = torch.flip(kernel, dims=tuple(range(d)))[None, None]
-        self.register_buffer("weight", weight)
+        # the kernel as given, flipped on each use (the correlation weight), so that a
+        # learned one (an nn.Parameter, or a kernel computed in the graph) sees its updates
+        if isinstance(kernel, torch.nn.Parameter):
+            self.kernel = kernel
+        else:  # a constant kernel is copied: editing the caller's tensor leaves it alone
+            self.register_buffer("kernel", kernel if kernel.requires_grad else kernel.clone())
+        # a kernel that trains changes the norm with no edit the cache sees: never cached
+        self.cacheable_norm = not kernel.requires_grad
         centre = [(k - 1) // 2 for k in kernel.shape]
         # (before, after) padding per spatial axis, in axis order.
         self._pads = [(k - 1 - c, c) for k, c in zip(kernel.shape, centre, strict=True)]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # states saved by earlier versions hold the flipped kernel as "weight" (1, 1, *k)
+        old = state_dict.pop(prefix + "weight", None)
+        if old is not None and prefix + "kernel" not in state_dict:
+            state_dict[prefix + "kernel"] = self._flipped(old)[0, 0]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _flipped(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.flip(t, dims=tuple(range(t.dim() - self.ndim_spatial, t.dim())))
+
+    def _weight(self, like: torch.Tensor, *, adjoint: bool = False) -> torch.Tensor:
+        """The correlation weight (flipped kernel; the kernel itself for the adjoint),
+        ``(1, 1, *k)``, in ``like``'s dtype and on its device."""
+        k = self._cast("kernel", like)[None, None]
+        return k if adjoint else self._flipped(k)
 
     def _fpad(self) -> list[int]:
         # F.pad wants the last axis first.
@@ -94,7 +118,7 @@ class Convolution(LinearOperator):
         xc = self._to_conv(x)
         mode = "circular" if self.boundary == "circular" else "constant"
         xp = F.pad(xc, self._fpad(), mode=mode)
-        return conv(xp, self._cast("weight", x)).reshape(x.shape)
+        return conv(xp, self._weight(x)).reshape(x.shape)
 
     def _rmv(self, y: torch.Tensor) -> torch.Tensor:
         # The transpose of "pad by (before, after), correlate with w" is "pad by (after,
@@ -107,8 +131,7 @@ class Convolution(LinearOperator):
         for before, after in reversed(self._pads):
             fpad += [after, before]
         yp = F.pad(self._to_conv(y), fpad, mode=mode)
-        w = torch.flip(self._cast("weight", y), dims=tuple(range(2, 2 + self.ndim_spatial)))
-        return conv(yp, w).reshape(y.shape)
+        return conv(yp, self._weight(y, adjoint=True)).reshape(y.shape)
 
     def _norm_state(self) -> tuple[str]:
         return (self.boundary,)  # reassigning the boundary changes the norm

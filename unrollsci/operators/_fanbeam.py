@@ -30,6 +30,10 @@ from ._radon_matfree import RayTable, ray_apply
 
 __all__ = ["FanBeam"]
 
+#: The default ``n_detectors`` covers a half fan angle of at most ``atan(_MAX_TAN)`` (84.3
+#: degrees): a detector up to ``2 _MAX_TAN D_sd`` long.
+_MAX_TAN = 10.0
+
 
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -66,7 +70,9 @@ class FanBeam(FixedAngles, LinearOperator):
             stay outside the image (``D_so > N / sqrt(2)``).
         detector_distance: source to detector, ``D_sd`` (pixels), ``> D_so``.
         n_detectors: detector elements; default: enough to see the whole image
-            (its circumscribed circle) at every view.
+            (its circumscribed circle, plus the one-pixel bilinear footprint) at every
+            view, which needs ``D_so >= sqrt(1.01) (N / sqrt(2) + 1)`` (a half fan angle of at
+            most ``atan(10)``, 84.3 degrees; ``ValueError`` closer: pass ``n_detectors``).
         detector_spacing: element pitch on the detector (pixels), default 1.
         step: sampling step along each ray (pixels), default 0.5.
 
@@ -130,7 +136,19 @@ class FanBeam(FixedAngles, LinearOperator):
                 f"rotation centre; got {d_sd} <= {d_so})."
             )
         if n_detectors is None:  # the bilinear taps reach one pixel past the corner centres
-            half = d_sd * math.tan(math.asin(min((radius + 1.0) / d_so, 1.0)))
+            # half fan angle at most atan(_MAX_TAN): a source at (or just past) the edge of
+            # the circle would need a flat detector of (almost) infinite length
+            closest = (radius + 1.0) * math.sqrt(1.0 + _MAX_TAN**-2)
+            if d_so < closest:
+                raise ValueError(
+                    f"Expected source_distance >= {math.ceil(closest * 1e3) / 1e3} for the "
+                    f"default n_detectors (got {d_so}): closer, a flat detector that sees the "
+                    f"whole {n}x{n} image at every view is longer than {2 * _MAX_TAN:g} x "
+                    f"detector_distance (and infinitely long at source_distance <= "
+                    f"{radius + 1.0:.3f}); pass n_detectors= (the views then miss part of the "
+                    "image) or move the source further out."
+                )
+            half = d_sd * math.tan(math.asin((radius + 1.0) / d_so))
             n_detectors = 2 * int(math.ceil(half / du)) + 2
         if isinstance(n_detectors, bool) or not isinstance(n_detectors, (int, np.integer)):
             raise TypeError(

@@ -31,7 +31,7 @@ import torch
 from .._compat import quiet_csr
 from .._validation import check_device
 from ._base import LinearOperator
-from ._checks import FixedAngles, tensor_key
+from ._checks import FixedAngles, as_shape, tensor_key
 from ._memory import available_memory
 from ._radon_cache import (  # noqa: F401 - _system_matrix: importable from here
     _CACHE,
@@ -107,7 +107,7 @@ def _as_angles(angles: Any) -> np.ndarray:
 
 def _as_size(image_size: Any) -> int:
     if isinstance(image_size, (tuple, list, torch.Size)):
-        sizes = [int(s) for s in image_size]
+        sizes = as_shape("image_size", image_size, minimum=None)  # ints only: no truncation
         if len(sizes) != 2 or sizes[0] != sizes[1]:
             raise ValueError(
                 f"Expected a square image size n or (n, n) (got image_size={tuple(sizes)})."
@@ -409,7 +409,8 @@ class Radon(FixedAngles, LinearOperator):
         if key != self._matrix_t_key:
             from ._matrix import _transpose_csr
 
-            self.matrix_t = _transpose_csr(self.matrix.detach())
+            with torch.inference_mode(False):  # kept across calls: never an inference tensor
+                self.matrix_t = _transpose_csr(self.matrix.detach())
             self._matrix_t_key = key
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def,override]

@@ -200,9 +200,12 @@ def _operator_config(op: Any) -> tuple[str, dict[str, Any]] | None:
     if kind == "SparseOperator":
         return kind, {"matrix": op.matrix.detach()}
     if kind == "Convolution":
-        d = op.ndim_spatial
-        kernel = torch.flip(op.weight[0, 0].detach(), dims=tuple(range(d)))
-        return kind, {"kernel": kernel, "in_shape": list(op.in_shape), "boundary": op.boundary}
+        return kind, {
+            "kernel": op.kernel.detach(),
+            "in_shape": list(op.in_shape),
+            "boundary": op.boundary,
+            "parameter": isinstance(op.kernel, nn.Parameter),
+        }
     if kind == "Mask":
         return kind, {"mask": op.mask.detach(), "subsample": bool(op.subsample)}
     if kind == "Radon":
@@ -239,7 +242,8 @@ def _build_operator(kind: str, cfg: dict[str, Any]) -> Any:
         matrix = cfg["matrix"]
         return ops[kind](nn.Parameter(matrix) if cfg.get("parameter") else matrix)
     if kind == "Convolution":
-        return ops[kind](cfg["kernel"], cfg["in_shape"], boundary=cfg["boundary"])
+        kernel = nn.Parameter(cfg["kernel"]) if cfg.get("parameter") else cfg["kernel"]
+        return ops[kind](kernel, cfg["in_shape"], boundary=cfg["boundary"])
     if kind == "GramOperator":
         shift = cfg["shift"]
         return ops[kind](cfg["op"], nn.Parameter(shift) if cfg.get("parameter") else shift)
