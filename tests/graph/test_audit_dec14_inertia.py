@@ -31,7 +31,7 @@ _C = float.fromhex("0x1.816a172d4221bp+14")
 
 
 def _laplacian(edges, n):
-    i, j, w = zip(*edges)
+    i, j, w = zip(*edges, strict=True)
     a = sp.coo_matrix((np.array(w, dtype=float), (i, j)), shape=(n, n)).tocsr()
     a = (a + a.T).tocsr()
     return sp.csr_matrix(sp.diags(np.asarray(a.sum(axis=1)).ravel()) - a)

@@ -15,6 +15,7 @@ from . import _calc_params, _solve, _step
 from ._calc_inputs import dipole_moment, origin_shift, warm_start_charges
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, _compare_atoms, copy_value, normalize
 from ._calc_params import parameter_property as _parameter
+from ._pcg import converged_message
 from ._settings import COULOMB_CONSTANT, QEqSettings
 from ._solve import Prepared, QEqSolution, _per_atom_table, check_structure, solve_with_settings
 from ._step import analytic_step
@@ -466,11 +467,10 @@ class QEqCalculator(Calculator):
             want_stress=periodic,
         )
         res = out.residuals
-        message = (
-            f"QEq converged in {out.iterations} CG iterations (residual {res[-1]:.3e} <= "
-            f"tol {s.tol:.1e})."
+        message = (  # a CG ended by the round-off floor above tol says so
+            converged_message(out.iterations, res, s.tol, dtype)
             if out.stats["solver"] == "cg"
-            else f"QEq solved directly (residual {res[-1]:.3e} <= tol {s.tol:.1e})."
+            else f"QEq solved directly (residual {res[-1]:.3e}, tol {s.tol:.1e})."
         )
         energy = out.energy
         sol = QEqSolution(

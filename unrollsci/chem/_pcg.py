@@ -50,6 +50,20 @@ def not_converged(max_iter: int, res: list, tol: float, dtype: Any) -> str:
     )
 
 
+def converged_message(k: int, res: list, tol: float, dtype: Any) -> str:
+    """The message of a converged charge solve; one that the round-off floor of
+    :func:`_pcg` ended above ``tol`` says so (it used to report a residual rescaled by
+    ``tol / floor``, always below ``tol``)."""
+    if res[-1] <= tol:
+        return f"QEq converged in {k} CG iterations (residual {res[-1]:.3e} <= tol {tol:.1e})."
+    return (
+        f"QEq converged in {k} CG iterations to the round-off floor of {dtype} (residual "
+        f"{res[-1]:.3e} > tol {tol:.1e}: forming A q + chi rounds at 10 eps ||chi||, and "
+        f"tol asks for less on this system; loosen tol"
+        + (" or solve in float64)." if dtype != torch.float64 else ").")
+    )
+
+
 def _pcg(
     op: _Hardness,
     d: torch.Tensor,
@@ -66,11 +80,16 @@ def _pcg(
     ``d`` is diag(A) (positive). The preconditioned projected residual
     ``z = D^-1 (r - mu 1)``, ``mu = (1^T D^-1 r) / (1^T D^-1 1)`` keeps every iterate on the
     constraint, and ``D z = r - mu 1`` is the KKT residual whose norm is reported relative to
-    the size of the driving terms, ``||b - mu_b 1|| + |total| ||d|| / N``; it stops when
-    ``||D z|| <= max(tol * scale, atol, 10 eps ||b||)``; the last term is the round-off of
-    forming ``r = A q + b`` and matters only when ``b`` is (nearly) a multiple of 1 with
-    ``total = 0`` (equal chi on atoms with different hardness: the solution is q = 0 and
-    ``scale`` is itself round-off, so a purely relative test could never be met).
+    the size of the driving terms, ``scale = ||b - mu_b 1|| + |total| ||d|| / N`` (to the
+    floor below where that is smaller); it stops when
+    ``||D z|| <= max(tol * scale, atol, 10 eps ||b||)``. The last term, the floor, is the
+    round-off of forming ``r = A q + b``: where ``tol * scale`` is below it (on ordinary
+    systems ``tol`` below about 1e-6 in float32, 1e-15 in float64; or ``b`` (nearly) a
+    multiple of 1 with ``total = 0``: equal chi on atoms with different hardness, where the
+    solution is q = 0 and ``scale`` is itself round-off, so a purely relative test could
+    never be met) the solve ends there, converged, with its relative residual above ``tol``
+    (:func:`converged_message` says so). The residuals start with the start's
+    (``iterations + 1`` entries).
     With ``iterations`` given exactly that many steps run (differentiable in unrolled mode),
     fewer only once ``||D z||`` reaches the round-off floor ``10 eps ||b||``: beyond it the
     direction is round-off, and so is its curvature ``p^T A p``, which can come out
@@ -108,19 +127,23 @@ def _pcg(
     q = project(-b) + dinv * (total / sinv).to(b.dtype) if q0 is None else on_constraint(q0)
     dd = d.detach()
     floor = 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm())
-    atol = max(atol, floor)
     scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
-    scale_f = max(scale, atol / tol, torch.finfo(b.dtype).tiny)
+    # stop on ||D z|| <= target; report ||D z|| / scale (relative to the floor only where
+    # scale is below it: scale is round-off there). The floor / tol rescaling reported
+    # before made up a residual <= tol for every solve that the floor ended
+    target = max(tol * scale, atol, floor)
+    denom = max(scale, floor, torch.finfo(b.dtype).tiny)
     residuals: list[float] = []
+    met: list[bool] = []
 
     def monitor(st: PCGState) -> bool:
         kkt = float((d * st.z).detach().norm())
-        res = kkt / scale_f
-        residuals.append(res)
+        residuals.append(kkt / denom)
+        met[:] = [kkt <= target]
         # r^T z = 0 or the round-off floor: the projected residual vanished (an exact
         # solution to working precision; only met with a fixed number of iterations,
-        # otherwise res <= tol stopped first)
-        return (iterations is None and res <= tol) or float(st.rz.detach()) <= 0.0 or kkt <= floor
+        # otherwise the target, never below the floor, stopped first)
+        return (iterations is None and met[0]) or float(st.rz.detach()) <= 0.0 or kkt <= floor
 
     limit = iterations if iterations is not None else max_iter
     q, _, k, converged = pcg_iterate(
@@ -134,7 +157,7 @@ def _pcg(
         not_spd=_catastrophe,
     )
     if iterations is not None or n <= 1:
-        converged = residuals[-1] <= tol or n <= 1
+        converged = met[0] or n <= 1
     # the updates keep the sum only to their round-off (O(sqrt(N k) eps max|q|) in k
     # steps, more in float64 where the shift mu cannot be formed in a wider type): shift back
     return on_constraint(q), k, residuals, converged

@@ -56,7 +56,7 @@ from ._hardness import (  # noqa: F401 - _Hardness, _dense_hardness, ...: import
     hardness_terms,
 )
 from ._params import _symbols, resolve_params
-from ._pcg import _pcg, not_converged, out_of_range
+from ._pcg import _pcg, converged_message, not_converged, out_of_range
 from ._pme import resolve_method
 from ._settings import COULOMB_CONSTANT, GRAD_MODES, QEqSettings, check_pbc
 from ._short_range import short_range_energy
@@ -472,7 +472,7 @@ def solve_with_settings(
                 stacklevel=stacklevel + 1,
             )
     message = (
-        f"QEq converged in {k} CG iterations (residual {res[-1]:.3e} <= tol {tol:.1e})."
+        converged_message(k, res, tol, q.dtype)
         if conv
         else f"QEq stopped after {k} CG iterations (residual {res[-1]:.3e})."
     )

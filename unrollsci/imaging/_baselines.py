@@ -224,6 +224,7 @@ def tikhonov_reconstruction(
     # A^T A + lam I on flattened images (what CG expects)
     normal = gram(radon @ ReshapeOperator((radon.image_size**2,), radon.in_shape), float(lam))
     rhs = radon.rmv(y).reshape(y.shape[0], -1)
-    sol = cg(normal, rhs, tol=tol, max_iter=max_iter, throw=throw)
+    # symmetric by construction: no probe (check=False)
+    sol = cg(normal, rhs, tol=tol, max_iter=max_iter, throw=throw, check=False)
     sol.x = sol.x.reshape(y.shape[0], *radon.in_shape)
     return sol

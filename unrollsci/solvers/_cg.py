@@ -44,34 +44,8 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
     matrix with ``TypeError``.
     """
     if isinstance(a, LinearOperator):
-        if a.in_shape != a.out_shape:
-            raise ValueError(
-                f"Expected '{name}' to be square (got in_shape {a.in_shape}, out_shape "
-                f"{a.out_shape})."
-            )
         dt = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float64
-        eps = torch.finfo(dt).eps
-        gen = torch.Generator().manual_seed(1234)
-        dev = a.device or torch.device("cpu")
-        x = torch.randn((2, *a.in_shape), generator=gen, dtype=dt).to(dev)
-        with torch.no_grad():
-            ax = a(x)
-        lhs = (ax[0] * x[1]).sum()
-        rhs = (x[0] * ax[1]).sum()
-        scale = ax[0].norm() * x[1].norm() + ax[1].norm() * x[0].norm()
-        tol = rtol if rtol is not None else SYMMETRY_EPS_FACTOR * eps
-        if not (math.isfinite(float(lhs - rhs)) and math.isfinite(float(scale))):
-            raise ValueError(
-                f"Expected '{name}' to give finite products (got NaN or Inf in A x for random "
-                "x); its symmetry cannot be checked."
-            )
-        if not float((lhs - rhs).abs()) <= tol * float(scale):
-            raise ValueError(
-                f"Expected '{name}' to be symmetric: <Ax, y> - <x, Ay> = "
-                f"{float(lhs - rhs):.3e} for random x, y (relative "
-                f"{float((lhs - rhs).abs() / scale):.1e}). CG needs a symmetric positive "
-                "definite operator; use a different solver for non-symmetric systems."
-            )
+        _probe_symmetric(a, name, rtol, dt, a.device or torch.device("cpu"))
         return
     refuse_scipy_operator(a, name)
     if not isinstance(a, torch.Tensor) and not _is_scipy_sparse(a):
@@ -82,6 +56,38 @@ def check_symmetric(a: Any, name: str = "A", *, rtol: float | None = None) -> No
     if a.dtype in (torch.bool, np.bool_):
         raise TypeError(f"Expected '{name}' to have a numeric dtype (got {a.dtype}).")
     _check_symmetric(a, name, rtol=rtol)
+
+
+def _probe_symmetric(
+    a: LinearOperator, name: str, rtol: float | None, dt: torch.dtype, dev: torch.device
+) -> None:
+    """:func:`check_symmetric`'s two-vector probe of an operator, in ``dt`` on ``dev``
+    (:func:`cg` probes in its right-hand side's dtype and on its device)."""
+    if a.in_shape != a.out_shape:
+        raise ValueError(
+            f"Expected '{name}' to be square (got in_shape {a.in_shape}, out_shape {a.out_shape})."
+        )
+    eps = torch.finfo(dt).eps
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn((2, *a.in_shape), generator=gen, dtype=dt).to(dev)
+    with torch.no_grad():
+        ax = a(x)
+    lhs = (ax[0] * x[1]).sum()
+    rhs = (x[0] * ax[1]).sum()
+    scale = ax[0].norm() * x[1].norm() + ax[1].norm() * x[0].norm()
+    tol = rtol if rtol is not None else SYMMETRY_EPS_FACTOR * eps
+    if not (math.isfinite(float(lhs - rhs)) and math.isfinite(float(scale))):
+        raise ValueError(
+            f"Expected '{name}' to give finite products (got NaN or Inf in A x for random "
+            "x: A x is not finite); its symmetry cannot be checked."
+        )
+    if not float((lhs - rhs).abs()) <= tol * float(scale):
+        raise ValueError(
+            f"Expected '{name}' to be symmetric: <Ax, y> - <x, Ay> = "
+            f"{float(lhs - rhs):.3e} for random x, y (relative "
+            f"{float((lhs - rhs).abs() / scale):.1e}). CG needs a symmetric positive "
+            "definite operator; use a different solver for non-symmetric systems."
+        )
 
 
 def _is_scipy_sparse(a: Any) -> bool:
@@ -113,10 +119,13 @@ def cg(
     ``1.5e-154 ||b||`` in float64, ``1.1e-19 ||b||`` in float32; or, preconditioned,
     ``|r^T M r|`` within a factor ``1/eps`` of underflow once ``||r|| <= eps ||b||``),
     which counts as converged. So ``tol=0, atol=0`` runs until the residual is zero or
-    ``max_iter``. A column with ``b = 0`` returns ``x = 0`` (whatever ``x0``).
-    A claimed convergence is checked against the true residual ``b - A x`` (one more
-    product), CG restarted from it twice at most; still above the target (the tolerance is
-    below what the dtype reaches on this system), the solve is not converged.
+    ``max_iter`` (``converged=True`` then means that CG's updated residual vanished; float64
+    reports that one, not the true one). A column with ``b = 0`` returns ``x = 0``
+    (whatever ``x0``). Wherever ``tol`` or ``atol`` is positive a claimed convergence is
+    checked against the true residual ``b - A x`` (one more product), CG restarted from it
+    twice at most; still above the target (the tolerance is below what the dtype reaches
+    on this system), the solve is not converged. The target of the scaled system,
+    ``max(tol, atol / ||b||)``, is formed in float64, so it cannot underflow in ``b``'s dtype.
     Each column is solved scaled to ``||b|| = 1`` (the iterates are linear in ``b``),
     so tiny or huge right-hand sides do not underflow or overflow the CG scalars.
     The iteration is the library's one CG recurrence
@@ -132,7 +141,9 @@ def cg(
         x0: initial guess (warm start), same shape, dtype and device as ``b``.
         tol, atol: relative / absolute residual tolerance, ``>= 0`` and finite.
         max_iter: default ``10 * n``.
-        check: verify that explicit ``A`` is square and symmetric before iterating.
+        check: verify that ``A`` is square and symmetric before iterating (an operator
+            by :func:`check_symmetric`'s two-vector probe, in ``b``'s dtype on its device:
+            one product with two columns).
         throw: raise ``ConvergenceError`` instead of warning on non-convergence.
         grad: how autograd sees the returned ``x``:
             ``"unrolled"`` (default, as before this argument existed): through every
@@ -151,7 +162,8 @@ def cg(
             same ``atol``, ``M`` and ``max_iter``; a non-converged adjoint solve warns).
 
     Raises:
-        ValueError: non-square, empty (``n = 0``) or non-symmetric ``A``; a direction
+        ValueError: non-square, empty (``n = 0``) or non-symmetric ``A`` (an operator
+            whose probe gives NaN or Inf too); a direction
             with ``p^T A p <= 0`` (A not positive definite) or ``r^T M r <= 0`` (M not
             positive definite) met during the iteration, or either of them NaN or Inf
             (A or M produced a non-finite value); NaN/Inf in ``b``; an unknown ``grad``.
@@ -195,6 +207,9 @@ def cg(
     check_finite("b", b)
     if op.device is not None:
         check_same_device(A=torch.empty(0, device=op.device), b=b)
+    if check and isinstance(A, LinearOperator):  # two products, in b's dtype, on its device
+        dt = b.dtype if b.dtype in (torch.float32, torch.float64) else torch.float64
+        _probe_symmetric(A, "A", None, dt, b.device)
     tol = check_stopping(tol, 0 if max_iter is None else max_iter)
     atol = check_positive("atol", atol, allow_zero=True)
     if adjoint_tol is not None:  # inf would end the adjoint solve at v = 0: a zero gradient
@@ -341,7 +356,11 @@ def _run(
     s = torch.where(bnorm > 0, bnorm, r0n)
     s = torch.where(s > 0, s, torch.ones_like(s))[:, None]
     x, r = x / s, r / s
-    thresh = torch.maximum(tol * bnorm, torch.full_like(bnorm, atol)) / s[:, 0]
+    # the threshold of the scaled system, max(tol, atol / ||b||), in float64: tol * ||b||
+    # in b's dtype underflowed to 0 (float16 at tol=1e-10, float32 for ||b|| ~ 1e-36), and
+    # only the vanished-residual rule stopped CG, unchecked
+    b64, s64 = bnorm.double(), s[:, 0].double()
+    thresh = torch.where(bnorm > 0, (atol / b64).clamp(min=tol), atol / s64)
     rel = s[:, 0] / safe
     residuals: list[float] = []
     last: list[torch.Tensor] = []
@@ -359,7 +378,7 @@ def _run(
         rr = st.rz.detach()[:, 0] if plain else torch.linalg.vecdot(rd, rd)
         # preconditioned: r^T M r underflows before r^T r does (an underflow, not M)
         gone = (rn <= eps) & (st.rz.detach()[:, 0].abs() <= floor) & (not plain)
-        done = (rn <= thresh) | (rr < tiny) | gone
+        done = (rn.to(thresh.dtype) <= thresh) | (rr < tiny) | gone
         if not start:  # the first call: the columns solved by their start (no iteration)
             start.append(done)
         if st.k > 0 or bool(done.all()):  # the start is recorded only when it is the answer
@@ -430,7 +449,8 @@ def _true_residual_restarts(
     for attempt in range(3):
         rt = b - op.mv(x)
         rn = torch.linalg.vector_norm(rt.detach(), dim=-1)
-        ok = not bool(((rn > thresh) & (thresh > 0)).any())
+        # checked wherever a tolerance is asked (thresh > 0: tol or atol > 0, in float64)
+        ok = not bool(((rn.to(thresh.dtype) > thresh) & (thresh > 0)).any())
         if report or attempt > 0 or not ok:
             last[:] = [rn]
             residuals[-1:] = [float((rn * rel).max())]

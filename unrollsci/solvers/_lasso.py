@@ -23,7 +23,7 @@ from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
-from ._lasso_checks import _finite_residual, check_claim, norm_sq
+from ._lasso_checks import _finite_residual, check_admm_claim, check_claim, norm_sq
 from ._loop import run_until
 from ._solution import Solution, finish
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
@@ -74,14 +74,15 @@ def _x0(x0: torch.Tensor | None, y: torch.Tensor, n: int, unbatched: bool) -> to
     return x0
 
 
-def _inner_tol(dtype: torch.dtype, rho: float | torch.Tensor, lip: float) -> float:
-    """The relative tolerance of ADMM's CG x-update: ``1e-12``, or what ``dtype`` reaches
-    on ``A^T A + rho I`` where that is more, ``2 eps kappa`` with the condition number
-    ``kappa <= 1 + ||A||^2 / rho`` (float32: ``4.8e-7`` at the default ``rho = ||A||^2``),
-    so that CG does not report a tolerance below its dtype's rounding as a failure at
-    every ADMM iteration (float64 keeps ``1e-12`` unless ``kappa > 2000``)."""
+def _inner_tol(dtype: torch.dtype, rho: float | torch.Tensor, lip: float, tol: float) -> float:
+    """The relative tolerance of ADMM's CG x-update: ``min(1e-12, tol / 10)`` (so that the
+    primal and dual residuals can reach a ``tol`` below ``1e-12``: they stalled at the
+    x-update's error), or what ``dtype`` reaches on ``A^T A + rho I`` where that is more,
+    ``2 eps kappa`` with the condition number ``kappa <= 1 + ||A||^2 / rho`` (float32:
+    ``4.8e-7`` at the default ``rho = ||A||^2``; float64: ``8.9e-16``), so that CG does not
+    report a tolerance below its dtype's rounding as a failure at every ADMM iteration."""
     r = float(rho.detach().min()) if isinstance(rho, torch.Tensor) else rho
-    return max(1e-12, 2.0 * torch.finfo(dtype).eps * (1.0 + lip / r))
+    return max(min(1e-12, tol / 10), 2.0 * torch.finfo(dtype).eps * (1.0 + lip / r))
 
 
 def _admm_residual(
@@ -308,8 +309,11 @@ def admm(
     ``max(rho, ||A||^2) ||x - z||`` and the dual residual ``rho ||z - z_prev||`` are both
     ``<= tol * ||A^T y||``: both are in the units of ``A^T y`` (scaling ``A`` by ``c`` and
     ``rho`` by ``c^2`` gives the same iterations and verdict), and their sum bounds the
-    KKT residual of ``z``, so a converged ``z`` has a KKT residual (as :func:`ista`'s)
-    ``<= 2 tol ||A^T y||``.
+    KKT residual of ``z`` for an exact x-update. The x-update rounds (float32) or is a CG
+    solve (relative tolerance ``min(1e-12, tol / 10)``, at least the dtype's reach), so a
+    claimed convergence is checked: the KKT residual of ``z`` (as :func:`ista`'s, at
+    ``t = 1 / ||A||^2``) in float64 must be ``<= 2 tol ||A^T y||``, else the solve is not
+    converged (the tolerance is below what the x-updates reach).
     Returns the sparse iterate ``z``. Arguments not listed below are as in :func:`ista`.
 
     Args:
@@ -352,10 +356,10 @@ def admm(
             return torch.cholesky_solve(rhs.T, chol).T
     else:
         state = {"x": torch.zeros_like(aty)}
-        inner_tol = _inner_tol(y.dtype, rho, lip)
+        inner_tol = _inner_tol(y.dtype, rho, lip, tol)
 
-        def x_solve(rhs: torch.Tensor) -> torch.Tensor:
-            sol = cg(shifted, rhs, x0=state["x"], tol=inner_tol, max_iter=10 * n, throw=False)
+        def x_solve(rhs: torch.Tensor) -> torch.Tensor:  # (A^T A + rho I: symmetric, no probe)
+            sol = cg(shifted, rhs, x0=state["x"], tol=inner_tol, max_iter=10 * n, check=False)
             # the warm start keeps its graph (the iterates from it are differentiated
             # through); a column that it already solves gets the derivative of the exact
             # x-update from cg (a zero one made dL/dlam 9% off at tol 1e-10, 0 at 1e-13)
@@ -372,6 +376,11 @@ def admm(
         return (z, u), _admm_residual(rho, lip, x, z, z_prev, scale)
 
     (z, u), k, residuals, converged = run_until(step, (z, u), max_iter=max_iter, tol=tol)
+    reason = ""
+    if converged:
+        converged, reason = check_admm_claim(
+            op, z, y, lip, lam_t, prox_fn, scale, tol, residuals, method
+        )
     return finish(
         "admm",
         unbatch(z, unbatched),
@@ -383,6 +392,7 @@ def admm(
         throw,
         {"rho": rho, "method": method},
         hint="A different rho (penalty) can speed ADMM up a lot.",
+        reason=reason,
     )
 
 
@@ -417,7 +427,9 @@ def amp(
     at ``lam / (1 - b)`` (not at the continuation threshold) for every batch entry and
     ``||x_{k+1} - x_k|| <= tol * max(||x_k||, ||A^T y||)``,
     ``||z_{k+1} - z_k|| <= tol * max(||z_k||, ||y||)`` and ``|b_{k+1} - b_k| <= tol``.
-    ``residuals`` records the largest of the three.
+    ``residuals`` records the largest of the three. In low precision (float32) the iterates
+    stop changing at its rounding: a claimed convergence is checked as :func:`ista`'s (the
+    KKT residual in float64 must be ``<= tol ||A^T y||``), else not converged.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
     tol = check_stopping(tol, max_iter)
@@ -466,6 +478,11 @@ def amp(
             "amp: the estimate has as many nonzeros as measurements (||x||_0 >= m), "
             "so the lasso solution is not unique for this lam. Increase lam."
         )
+    reason = ""
+    if converged and torch.finfo(y.dtype).eps > 1e-12 and (lip := norm_sq(op)) > 0:
+        converged, reason = check_claim(  # low precision: iterates frozen by its rounding
+            op, x, y, 1.0 / lip, lam_t, soft_threshold, scale, tol, residuals, step_given=False
+        )
     return finish(
         "amp",
         unbatch(x, unbatched),
@@ -477,4 +494,5 @@ def amp(
         throw,
         {"damping": damping},
         hint="AMP needs i.i.d. Gaussian-like A; try damping=0.3 or fista.",
+        reason=reason,
     )

@@ -113,3 +113,39 @@ def check_claim(
         f"1/||A||^2 = {t0:.3e} is {r:.3e}: a step this small no longer moves them in "
         f"{x.dtype}. Use a larger step (the default is 1/||A||^2)."
     )
+
+
+def check_admm_claim(
+    op: LinearOperator,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    lip: float,
+    lam_t: torch.Tensor,
+    prox_fn: Any,
+    scale: torch.Tensor,
+    tol: float,
+    residuals: list[float],
+    method: str,
+) -> tuple[bool, str]:
+    """ADMM's claimed convergence, checked: the KKT residual of ``z`` (as :func:`_kkt64`,
+    at ``t = 1 / ||A||^2``, in float64) must be ``<= 2 tol``, the bound that the primal and
+    dual residuals give for an exact x-update. The x-update's rounding (``eps kappa`` in
+    float32, Cholesky or CG) or a CG x-update's tolerance broke it: 26 tol was claimed.
+    ``(converged, reason)``, the last residual replaced by the KKT residual that failed."""
+    if not lip > 0:  # A = 0: z = prox(0) at once, nothing to check
+        return True, ""
+    t = 1.0 / lip
+    with torch.no_grad():
+        r = _kkt64(op, z.detach(), y.detach(), t, t * lam_t.detach(), prox_fn, scale)
+    if r <= 2.0 * tol:
+        return True, ""
+    residuals[-1:] = [r]
+    if z.dtype != torch.float64:
+        fix = " or solve in float64"
+    else:
+        fix = " or use method='cholesky'" if method == "cg" else ""
+    return False, (
+        f"the primal and dual residuals met it, but the KKT residual of z (in float64) is "
+        f"{r:.3e} > 2 tol: the x-updates (method={method!r}) are not exact enough in "
+        f"{z.dtype} to reach this tolerance on this problem. Loosen tol{fix}."
+    )

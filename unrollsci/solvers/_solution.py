@@ -20,7 +20,9 @@ class Solution:
     Attributes:
         x: the solution estimate, same leading shape as the data (``(batch, n)`` or ``(n,)``).
         iterations: number of iterations performed.
-        residuals: residual history (max over the batch), one float per iteration.
+        residuals: residual history (max over the batch), one float per iteration (``cg``:
+            one, the start's, for a solve that needs no iteration; a ``QEqSolution`` has
+            ``iterations + 1``, its first the start's).
         converged: True when every batch entry reached the tolerance.
         message: how the solve ended and, on failure, how to fix it.
         stats: solver-specific extras (e.g. per-sample residuals, step size).
@@ -65,8 +67,14 @@ def finish(
             f"{name} converged in {iterations} iterations "
             f"(residual {residuals[-1]:.3e} <= tol {tol:.1e})."
         )
+    elif not residuals:  # max_iter=0 and a start not known (cg: not found) to meet tol
+        message = (
+            f"{name} reached max_iter={max_iter} before its first iteration: no iteration "
+            f"ran, so the result (the start) is not known to meet tol {tol:.1e}. Increase "
+            "max_iter."
+        )
     else:
-        last = residuals[-1] if residuals else float("nan")
+        last = residuals[-1]
         message = (
             f"{name} stopped after {iterations} iterations with residual {last:.3e} > tol "
             f"{tol:.1e}: {reason}"
@@ -75,6 +83,7 @@ def finish(
             f"{tol:.1e}. Try increasing max_iter or loosening tol."
             f"{(' ' + hint) if hint else ''}"
         )
+    if not converged:
         if throw:
             raise ConvergenceError(message)
         warnings.warn(message, ConvergenceWarning, stacklevel=3)
