@@ -98,7 +98,7 @@ def test_calculator_rejects_bad_options():
         QEqCalculator(cutoff=5.0, short_range=BornMayer(default="radii", cutoff=6.0))
 
 
-def test_relax_cli(tmp_path, device):
+def test_relax_cli(tmp_path, device, capsys):
     from unrollsci.cli import main
 
     atoms = molecule("H2O")
@@ -121,6 +121,9 @@ def test_relax_cli(tmp_path, device):
         ]
     )
     assert rc == 0
+    # a 3-atom molecule is solved directly: no "CG iterations = 0" in the progress lines
+    printed = capsys.readouterr().out
+    assert "QEq solved directly" in printed and "CG iterations" not in printed
     relaxed = read(out)
     traj = read(tmp_path / "relaxed.traj", index=":")
     assert len(traj) >= 2

@@ -312,7 +312,9 @@ def _relax_main(argv: list[str] | None) -> int:
                     print(
                         f"step {opt.nsteps:4d}  E = {atoms.get_potential_energy():.6f} eV  "
                         f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  "
-                        f"QEq CG iterations = {sol.iterations}",
+                        "QEq solved directly"
+                        if sol.stats.get("solver") == "direct"
+                        else f"QEq CG iterations = {sol.iterations}",
                         flush=True,
                     )
 
