@@ -121,11 +121,31 @@ def test_relax_cli(tmp_path, device, capsys):
         ]
     )
     assert rc == 0
-    # a 3-atom molecule is solved directly: no "CG iterations = 0" in the progress lines
-    printed = capsys.readouterr().out
-    assert "QEq solved directly" in printed and "CG iterations" not in printed
+    printed = capsys.readouterr().out.splitlines()
+    steps = [line for line in printed if line.startswith("step ")]
+    assert steps and all("E = " in line and "fmax = " in line for line in steps)
+    assert all("QEq CG iterations = " in line for line in steps)  # --cutoff none: CG
     relaxed = read(out)
     traj = read(tmp_path / "relaxed.traj", index=":")
     assert len(traj) >= 2
     relaxed.calc = QEqCalculator(cutoff=None, short_range="radii")
     assert np.linalg.norm(relaxed.get_forces(), axis=1).max() < 0.0101
+
+
+def test_relax_cli_says_when_the_charges_were_solved_directly(tmp_path, capsys):
+    """A small periodic system with the definiteness check is solved directly: its
+    progress lines said "QEq CG iterations = 0"."""
+    from ase.build import bulk
+
+    from unrollsci.cli import main
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    atoms.rattle(0.05, seed=0)
+    path = tmp_path / "nacl.xyz"
+    write(path, atoms)
+    rc = main(
+        ["relax", str(path), "--fmax", "0.5", "--steps", "3", "--out", str(tmp_path / "o.xyz")]
+    )
+    assert rc == 1  # not converged in 3 steps (exit status 1)
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert steps and all("E = " in line and "QEq solved directly" in line for line in steps)

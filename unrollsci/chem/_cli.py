@@ -309,12 +309,13 @@ def _relax_main(argv: list[str] | None) -> int:
                 def report() -> None:
                     f = atoms.get_forces()
                     sol = atoms.calc.solution
+                    direct = sol.stats.get("solver") == "direct"
+                    qeq = (
+                        "QEq solved directly" if direct else f"QEq CG iterations = {sol.iterations}"
+                    )
                     print(
                         f"step {opt.nsteps:4d}  E = {atoms.get_potential_energy():.6f} eV  "
-                        f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  "
-                        "QEq solved directly"
-                        if sol.stats.get("solver") == "direct"
-                        else f"QEq CG iterations = {sol.iterations}",
+                        f"fmax = {((f**2).sum(1) ** 0.5).max():.4f} eV/A  {qeq}",
                         flush=True,
                     )
 
