@@ -6,7 +6,13 @@ from typing import Any
 
 import torch
 
-from ._validation import check_batch, check_finite, check_positive_param, check_tensor
+from ._validation import (
+    check_batch,
+    check_finite,
+    check_like,
+    check_positive_param,
+    check_tensor,
+)
 from .solvers import as_operator, lasso_kkt_residual
 from .solvers._common import prepare_lasso
 from .solvers._lasso_checks import norm_sq
@@ -41,7 +47,10 @@ def _scaled_energy(v: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Ten
         big = big.amax()
     big = torch.where(big > 0, big, torch.ones_like(big))
     e = (v / (big[:, None] if keep else big)).pow(2).sum(-1)
-    return (e if keep else e.sum()), big
+    e = e if keep else e.sum()
+    # an Inf in v makes big = inf and v / big = inf / inf = NaN: the energy is +inf (a NaN
+    # in v gives big = NaN, read as 1 above, so the energy stays NaN)
+    return torch.where(big.isinf(), big, e), big
 
 
 def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
@@ -55,7 +64,8 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
     Returns:
         The NMSE in dB; ``-inf`` where the error is 0 (``x == x*``, also for a zero
         ``x*``), ``+inf`` where ``x* = 0`` and the error is not 0 (no finite value then),
-        NaN where the estimate holds NaN. The gradient is 0 at a zero ``x*``.
+        NaN where the estimate holds NaN, ``+inf`` where it holds ``+-Inf`` (and no NaN).
+        The gradient is 0 at a zero ``x*`` and where ``x == x*``.
 
     Raises:
         ValueError: NaN or Inf in ``x_true``; shapes that differ.
@@ -74,13 +84,18 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
     # (data of size 1e-160 or 1e160, or an error 1e300 times the target, keep their digits)
     err, big_d = _scaled_energy((x - x_true).reshape(x.shape[0], -1), keep)
     ref, big_r = _scaled_energy(x_true.reshape(x.shape[0], -1), keep)
-    some = ref > 0
-    db = 10.0 * (torch.log10(err) - torch.log10(torch.where(some, ref, 1.0)))
+    some, exact = ref > 0, err == 0
+    # logs of 1 in place of the zeros the outer where replaces: log10(0) = -inf there would
+    # make the backward 0 * inf = NaN
+    db = 10.0 * (
+        torch.log10(torch.where(exact, 1.0, err)) - torch.log10(torch.where(some, ref, 1.0))
+    )
     db = db + 20.0 * (torch.log10(big_d) - torch.log10(big_r))
     inf = torch.full_like(db, float("inf"))
     # a NaN error (NaN in the estimate) stays NaN, also where x* = 0 (it read -inf there)
     nan = torch.full_like(db, float("nan"))
-    return torch.where(some, db, torch.where(err > 0, inf, torch.where(err == 0, -inf, nan)))
+    out = torch.where(some, db, torch.where(err > 0, inf, nan))
+    return torch.where(exact, -inf, out)
 
 
 def mse(x: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:
@@ -134,6 +149,7 @@ def kkt_residual(
     if not x.is_floating_point():
         raise TypeError(f"Expected a floating-point 'x' (got {x.dtype}).")
     check_finite("x", x)
+    check_like("x", x, "y", y)  # as the solvers' x0: no silent promotion to y's dtype
     n = op.in_shape[0]
     # x is batched exactly when y is: (batch, n) for y (batch, m), (n,) for y (m,)
     want = (y2.shape[0], n) if y.dim() == 2 else (n,)

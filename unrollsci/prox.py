@@ -7,11 +7,18 @@ just another axis) and broadcast their parameters.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import torch
 
+from ._prox_checks import (
+    cast_threshold,
+    check_dim,
+    check_eps,
+    check_group_threshold,
+    check_prox_input,
+    check_threshold,
+)
 from ._validation import as_bool_mask
 
 __all__ = [
@@ -30,12 +37,20 @@ __all__ = [
 def soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
     """Prox of ``t * ||x||_1``: ``sign(x) * max(|x| - t, 0)``.
 
+    ``threshold``: a number ``>= 0`` (``ValueError`` for a negative or NaN one: no prox),
+    or a tensor broadcasting against ``x`` (not read; cast to ``x``'s real dtype and
+    device, so the result keeps ``x``'s dtype). A complex ``x`` is shrunk in modulus,
+    ``x / |x| * max(|x| - t, 0)`` (the group prox with groups of one entry).
+
     Example:
         >>> import torch
         >>> soft_threshold(torch.tensor([-2.0, 0.5, 3.0]), 1.0)
         tensor([-1.,  0.,  2.])
     """
-    return torch.sign(x) * torch.relu(x.abs() - threshold)
+    check_threshold(threshold)
+    threshold = cast_threshold(x, threshold)
+    sign = torch.sgn(x) if isinstance(x, torch.Tensor) and x.is_complex() else torch.sign(x)
+    return sign * torch.relu(x.abs() - threshold)
 
 
 def group_soft_threshold(
@@ -53,9 +68,12 @@ def group_soft_threshold(
     whole axis when neither ``group_size`` nor ``groups`` is given), or, for groups of
     any sizes, ``groups``: an integer tensor of one group label in ``0..G-1`` per entry
     of the axis (entries of a group need not be consecutive). Each group is scaled by
-    ``max(1 - t / ||x_g||, 0)``. ``threshold`` is a number or a tensor broadcasting
+    ``max(1 - t / ||x_g||, 0)``. ``threshold`` is a number ``>= 0`` or a tensor broadcasting
     against the group norms, of shape ``(..., G)`` (``dim`` moved last), e.g. ``(batch, 1)``
-    for one threshold per batch entry. ``eps >= 0`` floors the group norms in the
+    for one threshold per batch entry; a NaN tensor threshold gives NaN. A per-group
+    threshold (last axis ``G > 1``: entry ``g`` for label ``g``) needs ``groups`` labels
+    ``0..G-1`` each used (``ValueError`` for labels with gaps; a number or ``(batch, 1)``
+    threshold accepts them). ``eps >= 0`` floors the group norms in the
     division: 0 (the default) is the exact prox; a positive ``eps`` shrinks groups of norm
     below ``eps`` by ``1 - t / eps`` instead (a smoothing, no longer the prox).
 
@@ -67,9 +85,9 @@ def group_soft_threshold(
         >>> group_soft_threshold(torch.tensor([[3.0, 0.1, 4.0]]), 1.0, groups=labels)
         tensor([[2.4000, 0.0000, 3.2000]])
     """
-    _check_prox_input(x, threshold)
-    dim = _check_dim(dim, x.dim())
-    _check_eps(eps)
+    check_prox_input(x, threshold)
+    dim = check_dim(dim, x.dim())
+    check_eps(eps)
     n = x.shape[dim]
     if groups is not None:
         if group_size is not None:
@@ -89,23 +107,6 @@ def group_soft_threshold(
     return (grouped * factor[..., None]).reshape(shp).movedim(-1, dim)
 
 
-def _check_dim(dim: Any, ndim: int) -> int:
-    """``dim`` as an axis in ``0..ndim-1`` (``IndexError`` outside ``-ndim..ndim-1``)."""
-    if isinstance(dim, bool) or not hasattr(dim, "__index__"):
-        raise TypeError(f"Expected 'dim' to be an int (got {type(dim).__name__}).")
-    dim = operator.index(dim)
-    if not -ndim <= dim < ndim:
-        raise IndexError(f"Expected 'dim' in [{-ndim}, {ndim - 1}] for a {ndim}-d 'x' (got {dim}).")
-    return dim % ndim
-
-
-def _check_eps(eps: Any) -> None:
-    if isinstance(eps, (bool, str, bytes)) or not hasattr(eps, "__float__"):
-        raise TypeError(f"Expected a number 'eps' (got {type(eps).__name__}).")
-    if not 0 <= float(eps) < math.inf:  # NaN fails too
-        raise ValueError(f"Expected a finite eps >= 0 (got {eps!r}).")
-
-
 def _shrink_factor(norms: torch.Tensor, threshold: Any, eps: float) -> torch.Tensor:
     """``max(1 - t / ||x_g||, 0)`` with finite gradients at every scale: groups at or below
     the threshold get a constant 0 (a zero or tiny norm never reaches a division in the
@@ -114,20 +115,9 @@ def _shrink_factor(norms: torch.Tensor, threshold: Any, eps: float) -> torch.Ten
     t = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
     den = torch.clamp(norms, min=torch.finfo(norms.dtype).tiny + eps)
     active = den > t
-    return torch.where(active, 1 - t / torch.where(active, den, torch.ones_like(den)), 0.0)
-
-
-def _check_prox_input(x: Any, threshold: Any) -> None:
-    """A floating tensor with at least one axis, and a number threshold >= 0 (a tensor
-    threshold, e.g. a model's learned one, is not read here: that would synchronize a GPU
-    at every layer)."""
-    if not isinstance(x, torch.Tensor) or not (x.dtype.is_floating_point or x.dtype.is_complex):
-        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"Expected a floating-point tensor 'x' (got {what}).")
-    if x.dim() == 0:
-        raise ValueError("Expected 'x' with at least one axis (got a 0-d tensor).")
-    if isinstance(threshold, (int, float)) and not threshold >= 0:
-        raise ValueError(f"Expected a threshold >= 0 (got {threshold}).")
+    # a NaN threshold gives NaN (as the elementwise prox does), not a silent zero factor
+    off = torch.where(t.isnan(), t, torch.zeros_like(t))
+    return torch.where(active, 1 - t / torch.where(active, den, torch.ones_like(den)), off)
 
 
 def _scaled_norm(grouped: torch.Tensor) -> torch.Tensor:
@@ -164,6 +154,7 @@ def _uneven_group_soft(
     x: torch.Tensor, threshold: Any, groups: torch.Tensor, dim: int, eps: float
 ) -> torch.Tensor:
     xm = x.movedim(dim, -1)
+    check_group_threshold(threshold, groups)
     labels, count = _compact(groups.to(xm.device))
     factor = _shrink_factor(_group_norms(xm, labels, count), threshold, eps)
     return (xm * factor.index_select(-1, labels)).movedim(-1, dim)
@@ -203,12 +194,18 @@ def _group_norms(xm: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Te
 def nonnegative_soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
     """Prox of ``t * ||x||_1 + indicator(x >= 0)``: ``max(x - t, 0)``.
 
+    ``threshold`` as :func:`soft_threshold`; ``x`` real (``x >= 0`` has no meaning for
+    complex entries: ``TypeError``).
+
     Example:
         >>> import torch
         >>> nonnegative_soft_threshold(torch.tensor([-2.0, 0.5, 3.0]), 1.0)
         tensor([0., 0., 2.])
     """
-    return torch.relu(x - threshold)
+    check_threshold(threshold)
+    if isinstance(x, torch.Tensor) and x.is_complex():
+        raise TypeError(f"Expected a real tensor 'x' for the non-negative prox (got {x.dtype}).")
+    return torch.relu(x - cast_threshold(x, threshold))
 
 
 _NAMED = ("soft", "nonneg", "group", "box")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..operators import LinearOperator
-from ..prox import soft_threshold
+from ..prox import make_prox, soft_threshold
 
 __all__ = [
     "ista_step",
@@ -194,14 +194,22 @@ def bg_amp_step(
     m = y.shape[-1]
     z = y - op.mv(x) + onsager * z
     # sqrt(tau) = sqrt(tau_scale / m) ||z||, the norm scale-free (its square may overflow)
-    top = z.detach().abs().amax(dim=-1, keepdim=True)
-    top = torch.where(top > 0, top, torch.ones_like(top))
-    norm = top * torch.linalg.vector_norm(z / top, dim=-1, keepdim=True)
+    norm = _scaled_row_norm(z, keepdim=True)
     pseudo = x + op.rmv(z)
     std = (tau_scale / m) ** 0.5 * norm
     x_next, deriv = _bg_denoise_std(pseudo, std, rho, sigma2, rho_logit)
     b = deriv.sum(dim=-1, keepdim=True) / m
     return x_next, z, b
+
+
+def _scaled_row_norm(v: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Row 2-norms of ``v`` with its gradient ``v / ||v||``, scale-free: each row divided
+    by its largest magnitude (detached; 1 for a zero row) first, so no square under- or
+    overflows (rows of size 1e-170 in float64 or 1e-25 in float32 keep their digits)."""
+    top = v.detach().abs().amax(dim=-1, keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    norm = torch.linalg.vector_norm(v / top, dim=-1, keepdim=True)
+    return top * norm if keepdim else (top * norm)[..., 0]
 
 
 def lasso_objective(
@@ -218,13 +226,20 @@ def lasso_kkt_residual(
     y: torch.Tensor,
     lam: torch.Tensor | float,
     step: float | torch.Tensor,
-    prox: Callable[[torch.Tensor, Any], torch.Tensor] = soft_threshold,
+    prox: Any = soft_threshold,
 ) -> torch.Tensor:
     """Fixed-point (KKT) residual ``||x - prox(x - t A^T(Ax - y), t lam)|| / t`` per batch entry.
 
     Zero exactly at minimizers of ``0.5 ||Ax - y||^2 + lam R(x)`` (the lasso for the
-    default soft threshold; ``R`` of a :class:`unrollsci.prox.Prox` otherwise); ``t`` is
-    any positive step (``1 / ||A||^2`` is natural).
+    default soft threshold; ``R`` of the prox otherwise); ``t`` is any positive step
+    (``1 / ||A||^2`` is natural). ``prox`` takes what the solvers' ``prox=`` takes
+    (:func:`unrollsci.prox.make_prox`: None or ``"soft"``, ``"nonneg"``, a dict, a
+    :class:`~unrollsci.prox.Prox` or a callable). The norm is scale-free (each row divided
+    by its largest magnitude first): the residual of ``(A, s x, s y, s lam)`` is ``s`` times
+    that of ``(A, x, y, lam)`` down to the dtype's smallest numbers, with its gradient.
     """
+    if prox is not soft_threshold:
+        p = make_prox(prox, op.in_shape[0] if hasattr(op, "in_shape") else None)
+        prox = soft_threshold if p.kind == "soft" else p
     lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device).reshape(-1, 1)
-    return (x - ista_step(op, x, y, step, step * lam_t, prox)).norm(dim=-1) / step
+    return _scaled_row_norm(x - ista_step(op, x, y, step, step * lam_t, prox)) / step

@@ -40,7 +40,10 @@ class ADMMNet(UnrolledLasso):
     and threshold ``theta_k > 0``: ``x = (A^T A + rho_k I)^{-1}(A^T y + rho_k (z - u))``,
     ``z = prox(x + u, theta_k)``, ``u = u + x - z``; the output is ``z``.
     Initialised at classical ADMM: ``rho = ||A||^2`` (the :func:`unrollsci.solvers.admm`
-    default) and ``theta = lam / rho``.
+    default) and ``theta = lam / rho``. The penalties are floored at ``eps ||A||^2``
+    (``eps`` the dtype's machine epsilon; :meth:`penalties`), so the x-update stays
+    nonsingular for any raw parameter value (an ``m < n`` operator with ``rho_k = 0``
+    would make it singular).
 
     The x-update solve (``x_update``):
 
@@ -101,9 +104,9 @@ class ADMMNet(UnrolledLasso):
                 raise ValueError(f"Expected cg_steps >= 1 (got {cg_steps}).")
         self.x_update = x_update
         self.cg_steps = cg_steps
-        if rho is not None:
-            self._check_nonzero()  # as _lipschitz does without rho
-        rho0 = self._lipschitz() if rho is None else float(rho)
+        # ||A||^2 (raises for a zero operator): the default rho and the scale of rho's floor
+        self._norm_sq = self._lipschitz()
+        rho0 = self._norm_sq if rho is None else float(rho)
         if not (math.isfinite(rho0) and rho0 > 0):
             raise ValueError(f"Expected 'rho' > 0 and finite (got {rho!r}).")
         self.rho_init = None if rho is None else rho0
@@ -128,7 +131,7 @@ class ADMMNet(UnrolledLasso):
             self._refresh_gram()
         elif x_update == "learned":
             # constant diagonal 1 / (||A||^2 + rho): PCG with it takes CG's steps
-            m0 = 1.0 / (self._lipschitz() + rho0)
+            m0 = 1.0 / (self._norm_sq + rho0)
             full = self._positive(m0, num_layers * self.n).detach()
             self.precond = nn.Parameter(full.reshape(num_layers, self.n))
         self.rho = self._positive(rho0, num_layers)
@@ -175,8 +178,17 @@ class ADMMNet(UnrolledLasso):
         extra = "" if self.x_update == "exact" else f", x_update={self.x_update!r}"
         return super().extra_repr() + extra
 
+    def penalties(self) -> torch.Tensor:
+        """The per-layer penalties ``rho_k = max(softplus(raw_k), eps ||A||^2)``, ``(K,)``
+        (``eps`` the dtype's machine epsilon, ``||A||^2`` from construction): positive for
+        any raw value, so ``A^T A + rho_k I`` stays nonsingular in the working precision
+        (its eigenvalues are at least ``eps ||A||^2``); above the floor, ``softplus(raw_k)``
+        bit for bit."""
+        floor = torch.finfo(self.rho.dtype).eps * self._norm_sq
+        return torch.clamp_min(self._pos(self.rho, self.rho), floor)
+
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
-        rho = self._pos(self.rho, y)
+        rho = self.penalties()
         theta = self._pos(self.theta, y)
         prox = self.prox_fn
         op = self.operator

@@ -253,7 +253,11 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
 
     @staticmethod
     def _pos(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.softplus(raw)
+        """``softplus(raw) + tiny``: positive for every raw value in every dtype (softplus
+        alone is exactly 0 below about -104 in float32, -745 in float64); the same bits as
+        ``softplus(raw)`` wherever that exceeds ``2^p`` tinies (``p`` the significand's
+        bits: ``2e-31`` in float32, ``2e-292`` in float64), so for every ordinary raw value."""
+        return F.softplus(raw) + torch.finfo(raw.dtype).tiny
 
     def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
         check_tensor("y", y, ndim=(1, 2))
