@@ -23,6 +23,7 @@ import contextvars
 import os
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -58,35 +59,56 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """Open a temporary file next to ``path``; on success move it onto ``path``.
 
     Use as ``with atomic_write(p) as f: f.write(...)``. If the block raises, the
-    temporary file is removed and ``path`` is left as it was.
+    temporary file is removed and ``path`` is left as it was. SIGTERM too: in the main
+    thread, where SIGTERM has its default action (it ends the process), the write runs
+    under :func:`terminate_as_exit`, so a SIGTERM during it removes the temporary file and
+    then ends the process as ``SystemExit(143)``; the previous handler is restored after
+    the write. A handler the program installed is left in place (it decides), and so is
+    SIGTERM's action in another thread (Python runs signal handlers in the main thread
+    only): a SIGTERM that ends the process during a write from another thread leaves the
+    temporary file (``.NAME.*.tmp`` next to ``path``; ``path`` itself is intact).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"Expected mode 'w' or 'wb' (got {mode!r}).")
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        publish(Path(tmp), path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _unwind_on_term():
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            publish(Path(tmp), path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
-#: characters of the destination's name kept in a temporary file's name: the temporary name
-#: of a legal (up to 255-character) file name must be legal too
-_TEMP_NAME_CHARS = 64
+def _unwind_on_term() -> contextlib.AbstractContextManager[None]:
+    """:func:`terminate_as_exit` where SIGTERM would otherwise end the process at once (its
+    default action, in the main thread); else nothing (a program's own handler stays)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return contextlib.nullcontext()
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return contextlib.nullcontext()
+    return terminate_as_exit()
+
+
+#: bytes of the destination's name (encoded as the file system stores it) kept in a
+#: temporary file's name: file systems limit a name to 255 bytes (not characters), and the
+#: temporary name of a legal file name must be legal too
+_TEMP_NAME_BYTES = 64
 
 
 def temp_prefix(path: str | os.PathLike) -> str:
     """The prefix of a temporary file written next to ``path`` (``.NAME.``, ``NAME`` cut
-    to its first 64 characters): hidden, recognizable, and short enough for any legal
-    ``path``."""
-    return f".{Path(path).name[:_TEMP_NAME_CHARS]}."
+    to its first 64 bytes in the file system's encoding, never inside a character):
+    hidden, recognizable, and short enough for any legal ``path`` (a name of 4-byte
+    characters included)."""
+    raw = os.fsencode(Path(path).name)[:_TEMP_NAME_BYTES]
+    return f".{raw.decode(sys.getfilesystemencoding(), 'ignore')}."
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -269,7 +291,6 @@ def run_command(main: Callable[..., int | None], *args: Any) -> int:
     (:func:`terminate_as_exit`, exit status 143) and Ctrl-C prints one line
     ``interrupted`` instead of a traceback (130); temporary files are removed on the way.
     ``unrollsci``, ``unrollsci relax`` and the scripts in ``benchmarks/`` run through it."""
-    import sys
 
     try:
         with terminate_as_exit():

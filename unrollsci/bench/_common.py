@@ -208,13 +208,14 @@ def parse_bench_args(
     return args
 
 
-def check_output_file(path: Path) -> None:
+def check_output_file(path: Path, *, what: str = "the results", option: str = "--out") -> None:
     """An output file path must not be a directory (``os.replace`` onto it fails only after
-    the whole run): ``IsADirectoryError`` naming it."""
+    the whole run): ``IsADirectoryError`` naming it, ``what`` it was for and the ``option``
+    that chooses its folder."""
     if path.is_dir():
         raise IsADirectoryError(
-            f"Expected a file path for the results (got the directory {path}); remove it or "
-            "choose another --out."
+            f"Expected a file path for {what} (got the directory {path}); remove it or "
+            f"choose another {option}."
         )
 
 

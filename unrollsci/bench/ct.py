@@ -25,6 +25,7 @@ from .._argtypes import float_arg, int_arg
 from ..train._state import copy_state
 from ._common import (
     Timer,
+    check_output_file,
     keep_caller_rng,
     markdown_table,
     output_dir_arg,
@@ -60,6 +61,24 @@ def _median_seconds(ts: list[float]) -> float:
     if not ts:
         raise ValueError("Expected at least one timing round, got none.")
     return float(statistics.median(ts))
+
+
+def _net_name(variant: str) -> str:
+    """The name of the network of ``--variants`` entry ``variant`` (its rows, its file)."""
+    return "unrolled" if variant == "free" else f"unrolled_{variant}"
+
+
+def _model_path(args: argparse.Namespace, name: str) -> Path:
+    """``--out/<ct|ct_SIZE>_<name>[_quick].pt``: where the trained network ``name`` goes."""
+    stem = "ct" if args.size == 64 else f"ct_{args.size}"
+    return Path(args.out) / f"{results_name(f'{stem}_{name}', args.quick)}.pt"
+
+
+def _check_models(args: argparse.Namespace) -> None:
+    """Before any work: no trained network's file is a directory (``--out`` itself is
+    checked with the results)."""
+    for variant in args.variants:
+        check_output_file(_model_path(args, _net_name(variant)), what="a trained model")
 
 
 @keep_caller_rng
@@ -167,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         help="networks: 'free', 'sn<c>' (CNN Lipschitz cap c), 'lip<T>' (certificate <= T)",
     )
     p.add_argument("--threads", type=positive_int_arg, default=1)
-    args = parse_bench_args(p, argv, lambda a: "ct" if a.size == 64 else f"ct_{a.size}")
+    args = parse_bench_args(
+        p, argv, lambda a: "ct" if a.size == 64 else f"ct_{a.size}", check=_check_models
+    )
     preset = PRESETS.get(args.size, PRESETS[64])
     for key, value in preset.items():
         if getattr(args, key) is None:
@@ -240,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         cap = float(variant[2:]) if variant.startswith("sn") else None
         target = float(variant[3:]) if variant.startswith("lip") else None
-        name = "unrolled" if variant == "free" else f"unrolled_{variant}"
+        name = _net_name(variant)
         model = UnrolledCT(
             radon,
             n_layers=args.layers,
@@ -360,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_history": best["history"],
             **certs[name],
         }
-        save_checkpoint(model, Path(args.out) / f"{results_name(f'{stem}_{name}', args.quick)}.pt")
+        save_checkpoint(model, _model_path(args, name))
 
     # --- timing: TV and every network on the test set, in interleaved rounds (medians)
     times: dict[str, list[float]] = {k: [] for k in ("tv", *models)}

@@ -34,6 +34,7 @@ from ..graph import (
 )
 from ..graph._baselines import BASELINES, classical_iterates
 from ._common import (
+    check_output_file,
     figure_path,
     markdown_table,
     new_figure,
@@ -139,6 +140,9 @@ def _check_files(args: argparse.Namespace) -> None:
         read_input(args.load_models, lambda p: _load_models(p, modes), "folder", fork_rng=True)
     elif args.save_models:
         check_output_folder(args.save_models, what="--save-models")
+        for mode in args.modes:
+            path = Path(args.save_models) / f"graph_{mode}.pt"
+            check_output_file(path, what="a trained model", option="--save-models")
 
 
 def main(argv: list[str] | None = None) -> int:

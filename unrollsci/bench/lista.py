@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from .._argtypes import existing_dir_arg, float_arg, int_arg
-from ._common import keep_caller_rng
+from .._io import check_output_folder
+from ._common import check_output_file, keep_caller_rng
 from ._lista_merge import merge_parts, read_parts
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoints",
         default=None,
         help="--staged: save every trained model in this folder as <model>_snr<snr>.pt "
-        "(<model>_snr<snr>_quick.pt with --quick)",
+        "(<model>_snr<snr>_quick.pt with --quick; replaces them)",
     )
     parser.add_argument(
         "--resume",
@@ -390,10 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg["n_val"] = 1000  # the validation set of Chen et al. 2018
         cfg["staged_seconds"] = args.staged
         args.no_kkt = True
-        if args.resume:  # every checkpoint checked before hours of training start
-            for snr in cfg["snr_db"]:
-                for name in names:
-                    _resume_path(parser, args, name, snr)
+        for snr in cfg["snr_db"]:  # every model file checked before hours of training
+            for name in names:
+                _model_paths(parser, args, name, snr)
     cfg["models"] = names
     progress = not args.no_progress
     a = make_problem(cfg["m"], cfg["n"], cfg["seed"])
@@ -431,14 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.stage_epochs is not None:
                 label += f" [{args.stage_epochs} ep/stage]"
             if args.staged is not None:
-                ckpt = None
-                if args.checkpoints:
-                    Path(args.checkpoints).mkdir(parents=True, exist_ok=True)
-                    # a --quick model never replaces a fully trained one of the same name
-                    suffix = "_quick" if args.quick else ""
-                    ckpt = Path(args.checkpoints) / f"{name}_snr{key}{suffix}.pt"
+                prev, ckpt = _model_paths(parser, args, name, snr)
                 label += " [staged]"
-                prev = _resume_path(parser, args, name, snr) if args.resume else None
                 model, info = train_staged(
                     name,
                     a,
@@ -479,21 +473,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _resume_path(
+def _model_paths(
     parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, snr: float
-) -> Path:
-    """``--resume``'s checkpoint of model ``name`` at ``snr``: it must exist and differ from
-    the one ``--checkpoints`` will write (``parser.error`` otherwise)."""
+) -> tuple[Path | None, Path | None]:
+    """``(--resume's, --checkpoints')`` ``<model>_snr<snr>[_quick].pt`` (a --quick model
+    never replaces a full one), or None: the first must exist, the second be writable and
+    differ from it (else ``parser.error``: one line, exit status 2)."""
     key = "inf" if not math.isfinite(snr) else f"{snr:g}"
-    suffix = "_quick" if args.quick else ""
-    prev = Path(args.resume) / f"{name}_snr{key}{suffix}.pt"
-    if args.checkpoints:
-        ckpt = Path(args.checkpoints) / f"{name}_snr{key}{suffix}.pt"
-        if prev.resolve() == ckpt.resolve():
-            parser.error("--resume: write --checkpoints to another folder")
-    if not prev.is_file():
+    file = f"{name}_snr{key}{'_quick' if args.quick else ''}.pt"
+    prev = Path(args.resume) / file if args.resume else None
+    ckpt = Path(args.checkpoints) / file if args.checkpoints else None
+    if prev is not None and ckpt is not None and prev.resolve() == ckpt.resolve():
+        parser.error("--resume: write --checkpoints to another folder")
+    if prev is not None and not prev.is_file():
         parser.error(f"--resume: no such checkpoint: {str(prev)!r}")
-    return prev
+    try:
+        if ckpt is not None:
+            check_output_folder(args.checkpoints, what="--checkpoints")
+            check_output_file(ckpt, what="a trained model", option="--checkpoints")
+    except OSError as exc:
+        parser.error(str(exc))
+    return prev, ckpt
 
 
 if __name__ == "__main__":  # pragma: no cover

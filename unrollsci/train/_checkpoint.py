@@ -69,8 +69,47 @@ def save_checkpoint(
     depth = getattr(model, "active_layers", None)
     if isinstance(depth, int) and not isinstance(depth, bool):
         payload["active_layers"] = int(depth)  # not a constructor argument: get_config lacks it
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path)
     return atomic_save(path, lambda f: torch.save(payload, f))
+
+
+def _make_folder(path: Path) -> None:
+    """Create the folder of ``path``; a file where a folder of it should be raises
+    ``NotADirectoryError`` naming that file (not ``mkdir``'s bare "File exists")."""
+    from .._io import check_output_folder
+
+    check_output_folder(path.parent, what=f"the checkpoint {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file appeared there meanwhile
+        check_output_folder(path.parent, what=f"the checkpoint {path}")
+        raise
+
+
+def _check_zip(path: Path, what: str) -> None:
+    """Verify the CRC-32 that ``torch.save`` stores for every member of its zip archive
+    (torch's reader does not): a checkpoint whose bytes changed on disk or in a copy
+    raises ``ValueError`` instead of loading other weights. One pass over the file. A
+    member stored without a CRC (``torch.utils.serialization.config.save.compute_crc32 =
+    False`` writes 0) is not checked; a file that is no zip archive (the legacy format of
+    ``torch.save(..., _use_new_zipfile_serialization=False)``, or no torch file) is left to
+    ``torch.load``."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 or info.is_dir():
+                    continue
+                with archive.open(info) as member:  # raises BadZipFile on a CRC mismatch
+                    while member.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise ValueError(
+            f"Checkpoint {path} could not be read (corrupted: {exc}); expected {what}."
+        ) from None
 
 
 def _read_payload(path: Path, map_location: Any) -> Any:
@@ -85,6 +124,7 @@ def _read_payload(path: Path, map_location: Any) -> Any:
         raise IsADirectoryError(f"Expected a checkpoint file, but {path} is a directory.")
     if path.stat().st_size == 0:
         raise ValueError(f"Checkpoint {path} is empty (0 bytes); expected {what}.")
+    _check_zip(path, what)
     # Format-1 files pickled these operators inside the config. The restricted unpickler
     # may create them (attribute dict only, no code of theirs runs); they are rebuilt
     # through their constructors from their matrix / geometry right after.
@@ -279,6 +319,13 @@ def load_checkpoint(
 
 def _restore_depth(model: nn.Module, depth: Any, path: Path) -> None:
     """Set the saved ``active_layers`` on the rebuilt model: an int in ``1..num_layers``."""
+    _check_depth(model, depth, path)
+    model.active_layers = depth
+
+
+def _check_depth(model: nn.Module, depth: Any, path: Path) -> None:
+    """Refuse a saved ``active_layers`` that ``model`` cannot take (``ValueError``): it
+    must have the attribute, and ``depth`` must be an int in ``1..num_layers``."""
     name = type(model).__name__
     if not hasattr(model, "active_layers"):
         raise ValueError(
@@ -298,7 +345,6 @@ def _restore_depth(model: nn.Module, depth: Any, path: Path) -> None:
             f"Checkpoint {path}: expected its active_layers to be an int in {within} "
             f"for the rebuilt {name} (got {depth!r})."
         )
-    model.active_layers = depth
 
 
 def _match_stored_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

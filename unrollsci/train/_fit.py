@@ -151,13 +151,12 @@ def fit(
     from ._distributed import counted_steps, run_callback, setup, wrap
     from ._precision import grad_scaler
     from ._precision import mixed_precision as low_precision
+    from ._resume import apply_resume, check_resume
     from ._same_args import check_same_args, data_size
     from ._state import (
-        check_resume_args,
         copy_state,
         decode_optimizer,
         encode_optimizer,
-        load_fit_state,
         rank_rng_states,
         save_fit_checkpoint,
         seed_rank_rng,
@@ -207,45 +206,37 @@ def fit(
         **given_args(val_data=val_data, lr_factor=lr_factor, callback=callback),
     }
     saved: dict[str, Any] | None = None
-    if resume is not None:
-        saved, weights = load_fit_state(resume, model)
-        check_resume_args(resume, saved, args)
-        _check_resume_epochs(
-            resume, saved, per_stage, "stage_epochs" if stage_epochs is not None else "epochs"
+    undo: Callable[[], None] | None = None
+    if resume is not None:  # every check first: a refused resume leaves the model as it was
+        saved, resumed, depth = check_resume(
+            resume,
+            model,
+            args,
+            per_stage,
+            len(stages) > 1,
+            "stage_epochs" if stage_epochs is not None else "epochs",
         )
-        if len(stages) > 1:  # a finished stage had the old length: refuse another
-            _check_resume_stages(resume, saved, per_stage)
-        mine = {k: v.dtype for k, v in model.state_dict().items() if v.is_floating_point()}
-        theirs = {k: v.dtype for k, v in weights.items() if v.is_floating_point()}
-        changed = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k])
-        if changed:
-            raise ValueError(
-                f"Cannot resume from {resume}: its weights are {theirs[changed[0]]} where the "
-                f"model's are {mine[changed[0]]} ({changed[0]}); resuming would round them. "
-                "Convert the model to the checkpoint's dtype first."
-            )
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"Cannot resume from {resume}: its weights do not fit this "
-                f"{type(model).__name__} (another configuration?): {exc}"
-            ) from None
-    ctx = setup(distributed, model)
-    check_same_args(  # every rank the same: else diverging replicas or a deadlock
-        ctx,
-        {
-            **args,  # (with "val_data given", "callback given", "lr_factor given")
-            "epochs": epochs,
-            "checkpoint_every": checkpoint_every,
-            "layer-wise stages": len(stages),
-            "checkpoint given": checkpoint is not None,
-            "resumed at epoch": None if saved is None else int(saved["epoch"]),
-            # data of another size on some rank: its steps would not match (a deadlock)
-            "train_data size": data_size(train_data, steps_per_epoch),
-            "val_data size": data_size(val_data, steps_per_epoch),
-        },
-    )
+        undo = apply_resume(resume, model, resumed, depth)  # (undone if it fails)
+    try:
+        ctx = setup(distributed, model)
+        check_same_args(  # every rank the same: else diverging replicas or a deadlock
+            ctx,
+            {
+                **args,  # (with "val_data given", "callback given", "lr_factor given")
+                "epochs": epochs,
+                "checkpoint_every": checkpoint_every,
+                "layer-wise stages": len(stages),
+                "checkpoint given": checkpoint is not None,
+                "resumed at epoch": None if saved is None else int(saved["epoch"]),
+                # data of another size on some rank: its steps would not match (a deadlock)
+                "train_data size": data_size(train_data, steps_per_epoch),
+                "val_data size": data_size(val_data, steps_per_epoch),
+            },
+        )
+    except BaseException:  # a refused run leaves the model as it came in
+        if undo is not None:
+            undo()
+        raise
     gen = torch.Generator().manual_seed(seed)
     if saved is not None:
         gen.set_state(saved["generator"])

@@ -84,12 +84,15 @@ def save_fit_checkpoint(path: str | Path, model: nn.Module, state: dict[str, Any
     return save_checkpoint(model, path, extra={STATE_KEY: state})
 
 
-def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(state, weights)`` from a checkpoint written by ``fit(checkpoint=...)``.
+def load_fit_state(
+    path: str | Path, model: nn.Module
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """``(state, weights, depth)`` from a checkpoint written by ``fit(checkpoint=...)``.
 
-    ``weights`` is the model's state dict at the end of the last finished epoch. The
-    model's ``active_layers`` is set to the depth the run trained at, where the file
-    records one (an end-to-end run of a truncated model continues at that depth).
+    ``weights`` is the model's state dict at the end of the last finished epoch; ``depth``
+    the ``active_layers`` the run trained at, where the file records one, else None (an
+    end-to-end run of a truncated model continues at that depth). ``model`` (whose class
+    the file must hold) is not changed: :mod:`._resume` checks, then applies.
     """
     from ._checkpoint import _FORMAT, _read_payload
     from ._config import _main_match, _name_of
@@ -119,12 +122,12 @@ def load_fit_state(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], 
     weights = state.get("weights")
     if weights is None:
         weights = payload["state_dict"]
-    depth = payload.get("active_layers")
-    if depth is not None:  # the depth the run trained at (a layer-wise stage sets its own)
-        from ._checkpoint import _restore_depth
-
-        _restore_depth(model, depth, path)
-    return state, weights
+    if not isinstance(weights, dict):
+        raise ValueError(
+            f"Checkpoint {path}: expected its weights as a state_dict dict (got "
+            f"{type(weights).__name__}); cannot resume from it."
+        )
+    return state, weights, payload.get("active_layers")
 
 
 def check_resume_args(path: str | Path, state: dict[str, Any], args: dict[str, Any]) -> None:
