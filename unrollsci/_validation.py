@@ -79,10 +79,16 @@ def check_model_dtype(what: str, got: torch.dtype, model: Any, *, data: str = "d
         alias = f" ({obj}.{short[dtype]}())" if dtype in short else ""
         return f"{obj}.to({dtype}){alias}"
 
+    # suggest only a model dtype the models compute in (a half model is refused)
+    fix = (
+        f"Convert the model with {how('model', got)} or the data with {how(data, want)}."
+        if got in (torch.float32, torch.float64)
+        else f"Convert the data with {how(data, want)} ({name} computes in float32 or "
+        "float64 only)."
+    )
     raise DtypeMismatchError(
         f"Expected {what} of the model's dtype {want} (got {got}); {name} computes in the "
-        f"dtype of its parameters and casts nothing silently. Convert the model with "
-        f"{how('model', got)} or the data with {how(data, want)}."
+        f"dtype of its parameters and casts nothing silently. {fix}"
     )
 
 

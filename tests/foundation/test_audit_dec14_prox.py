@@ -142,7 +142,10 @@ def test_elementwise_prox_keeps_valid_number_thresholds():
 # ---------------------------------------------------- 4: the KKT residual is scale-free
 @pytest.mark.parametrize(
     ("dtype", "scales", "rtol"),
-    [(F64, (1e-150, 1e-170, 1e-200, 1e-300), 1e-12), (torch.float32, (1e-18, 1e-25, 1e-30, 1e-36), 1e-5)],
+    [
+        (F64, (1e-150, 1e-170, 1e-200, 1e-300), 1e-12),
+        (torch.float32, (1e-18, 1e-25, 1e-30, 1e-36), 1e-5),
+    ],
     ids=["float64", "float32"],
 )
 def test_kkt_residual_of_scaled_data_is_the_scaled_residual(dtype, scales, rtol):

@@ -64,6 +64,29 @@ def converged_message(k: int, res: list, tol: float, dtype: Any) -> str:
     )
 
 
+def scaled_norm(v: torch.Tensor) -> float:
+    """``||v||`` scale-free: ``v`` divided by the power of two at its largest magnitude
+    first (exact), so no square under- or overflows; the same bits as ``v.norm()`` wherever
+    that has none. Energy units of 1e-20 or 1e20 in float32 (chi in joules) or 1e-160 in
+    float64 made the plain norm 0 or Inf, and the stop rule fired at once."""
+    v = v.detach()
+    top = float(v.abs().max()) if v.numel() else 0.0
+    if top == 0.0 or not math.isfinite(top):
+        return top
+    unit = math.ldexp(1.0, math.frexp(top)[1] - 1)  # <= top: in range of v's dtype
+    return unit * float(torch.linalg.vector_norm(v / unit))
+
+
+def check_norms(floor: float, scale: float, dtype: Any) -> None:
+    """Refuse a non-finite round-off floor or scale: a stop rule on them holds at once."""
+    if not (math.isfinite(floor) and math.isfinite(scale)):
+        raise ValueError(
+            f"Expected the QEq terms' norms within the range of {dtype} (got the round-off "
+            f"floor {floor!r} and the scale {scale!r}); rescale the energy units of chi, "
+            "eta and the Coulomb constant together, or use float64."
+        )
+
+
 def _pcg(
     op: _Hardness,
     d: torch.Tensor,
@@ -126,8 +149,10 @@ def _pcg(
 
     q = project(-b) + dinv * (total / sinv).to(b.dtype) if q0 is None else on_constraint(q0)
     dd = d.detach()
-    floor = 10.0 * torch.finfo(b.dtype).eps * float(b.detach().norm())
-    scale = float((dd * project(b.detach()).detach()).norm() + abs(total) * dd.norm() / n)
+    # the norms scale-free: their squares under- or overflow at extreme energy units
+    floor = 10.0 * torch.finfo(b.dtype).eps * scaled_norm(b)
+    scale = scaled_norm(dd * project(b.detach()).detach()) + abs(total) * scaled_norm(dd) / n
+    check_norms(floor, scale, b.dtype)
     # stop on ||D z|| <= target; report ||D z|| / scale (relative to the floor only where
     # scale is below it: scale is round-off there). The floor / tol rescaling reported
     # before made up a residual <= tol for every solve that the floor ended
@@ -137,7 +162,7 @@ def _pcg(
     met: list[bool] = []
 
     def monitor(st: PCGState) -> bool:
-        kkt = float((d * st.z).detach().norm())
+        kkt = scaled_norm(d * st.z)
         residuals.append(kkt / denom)
         met[:] = [kkt <= target]
         # r^T z = 0 or the round-off floor: the projected residual vanished (an exact

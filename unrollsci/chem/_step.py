@@ -40,7 +40,7 @@ from ._hardness import (
     _Hardness,
     raise_catastrophe,
 )
-from ._pcg import _pcg, not_converged
+from ._pcg import _pcg, check_norms, not_converged, scaled_norm
 from ._short_range import short_range_energy
 
 __all__ = ["DIRECT_MAX_ATOMS", "StepResult", "analytic_step", "kernel_and_derivative"]
@@ -102,9 +102,10 @@ def _kkt_residual(aq: torch.Tensor, chi: torch.Tensor, d: torch.Tensor, total: f
     pb = chi - (dinv * chi).sum() / sinv
     n = d.shape[0]
     eps = torch.finfo(chi.dtype).eps
-    atol = 10.0 * eps * float(chi.norm())
-    scale = float(pb.norm() + abs(total) * d.norm() / n)
-    return float(dz.norm()) / max(scale, atol, torch.finfo(chi.dtype).tiny)
+    atol = 10.0 * eps * scaled_norm(chi)  # scale-free norms, as in _pcg
+    scale = scaled_norm(pb) + abs(total) * scaled_norm(d) / n
+    check_norms(atol, scale, chi.dtype)
+    return scaled_norm(dz) / max(scale, atol, torch.finfo(chi.dtype).tiny)
 
 
 def _dense(op: _Hardness, cache: dict[str, Any] | None) -> torch.Tensor:

@@ -10,6 +10,16 @@ from ._sqrt import sqrt0
 __all__ = ["step_features"]
 
 
+def pow2_unit(v: torch.Tensor) -> torch.Tensor:
+    """Per signal (row of ``v``), the power of two at or below its largest magnitude (1 for
+    a zero signal), detached: dividing by it is exact, so products of the scaled signal keep
+    their bits at ordinary scales and neither overflow (float32 data of 1e20) nor lose
+    digits to subnormals (1e-20; float64 below 1e-150)."""
+    top = v.detach().abs().amax(-1, keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)
+
+
 def step_features(
     p: GraphInverseProblem,
     x: torch.Tensor,
@@ -46,11 +56,17 @@ def step_features(
         cnt = p.segment_sum(torch.ones_like(x[:1])).clamp(min=1)
 
     def rms(v: torch.Tensor) -> torch.Tensor:
-        return sqrt0(dot(v, v) / cnt).clamp(min=1e-30)  # sqrt0: no NaN gradient at v = 0
+        """The rms of ``v`` (scaled by :func:`pow2_unit`) per block; 1 where ``v`` is 0 (it
+        normalizes a zero vector to 0, and no other: an absolute clamp at 1e-30 left
+        signals below it unnormalized)."""
+        r = sqrt0(dot(v, v) / cnt)  # sqrt0: no NaN gradient at v = 0
+        return torch.where(r > 0, r, torch.ones_like(r))
 
+    su, sh, sx = pow2_unit(g), pow2_unit(hg), pow2_unit(x)
+    g, hg, x = g / su, hg / sh, x / sx  # normalized below: the units cancel
     gs, hs, xs = rms(g), rms(hg), rms(x)
     gg = dot(g, g)
-    ray = dot(g, hg) / gg.clamp(min=tiny)
+    ray = dot(g, hg) / gg.clamp(min=tiny) * (sh / su)
     if nodes is not None:  # per-node features on the sample's neighbourhood only
         x, g, hg = x[:, nodes], g[:, nodes], hg[:, nodes]
         obs, logdeg, rows, bi = obs[:, nodes], logdeg[:, nodes], rows[:, nodes], bi[nodes]
@@ -67,7 +83,7 @@ def step_features(
         ],
         dim=-1,
     )
-    gnorm = sqrt0(gg)
+    gnorm = sqrt0(gg) * su
     glob = torch.stack(
         [
             torch.log((ray / lip).clamp(min=1e-12)),

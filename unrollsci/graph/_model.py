@@ -18,7 +18,7 @@ from .._validation import (
     model_dtype,
 )
 from ._controller import StepController
-from ._features import step_features
+from ._features import pow2_unit, step_features
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
 from ._sample import controller_sample, local_features, per_graph
@@ -339,7 +339,8 @@ class UnrolledGraphGD(nn.Module):
         lo = torch.minimum(lo, lip)
         obs = p.mask if p.mask is not None and p.kind == "mask" else torch.ones_like(x[:1])
         logdeg = torch.log1p(p.degree)[None]
-        g0n = sqrt0(p.segment_sum(g * g))
+        su0 = pow2_unit(g)  # exact rescaling: no overflow of g * g (float32 data of 1e20)
+        g0n = sqrt0(p.segment_sum((g / su0) ** 2)) * su0
         bi = p.block_index
         # built once per problem, reused by every controller call
         samp = None

@@ -98,6 +98,10 @@ class GraphInverseProblem(CopyableCache):
         check_tensor("y", y, ndim=(1, 2))
         if y.is_complex():
             raise TypeError("Expected a real 'y' (got a complex tensor).")
+        if y.dtype not in (torch.float32, torch.float64):  # the sparse products refuse half
+            raise TypeError(
+                f"Expected 'y' of dtype torch.float32 or torch.float64 (got {y.dtype})."
+            )
         self.unbatched = y.dim() == 1
         y = y[None] if self.unbatched else y
         check_batch("y", y)  # the library's rule: no batch of zero signals

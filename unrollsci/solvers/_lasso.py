@@ -192,7 +192,7 @@ def ista(
     def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         x_new = ista_step(op, x, y, t, t * lam_t, prox_fn)
         r = (row_norm(x_new - x) / t / scale).max().item()
-        return x_new, _finite_residual("ista", r, t_f)
+        return x_new, _finite_residual("ista", r, t_f, dtype=y.dtype, step_given=step_given)
 
     x, k, residuals, converged = run_until(step, x, max_iter=max_iter, tol=tol)
     reason = ""
@@ -259,7 +259,8 @@ def fista(
         t_next, beta = fista_momentum(tk)
         v = x + beta * (x - x_prev)
         x_new = ista_step(op, v, y, t_step, t_step * lam_t, prox_fn)
-        r = _finite_residual("fista", (row_norm(x_new - v) / t_step / scale).max().item(), t_f)
+        r = (row_norm(x_new - v) / t_step / scale).max().item()
+        r = _finite_residual("fista", r, t_f, dtype=y.dtype, step_given=step_given)
         if restart:
             uphill = _dot_sign(v - x_new, x_new - x) > 0
             t_next = torch.where(uphill, torch.ones_like(t_next), t_next)

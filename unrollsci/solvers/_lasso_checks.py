@@ -44,14 +44,25 @@ def _square(v: float) -> float:
         return math.inf
 
 
-def _finite_residual(name: str, r: float, t: float) -> float:
+def _finite_residual(
+    name: str, r: float, t: float, *, dtype: torch.dtype, step_given: bool
+) -> float:
     """``r`` (a prox-gradient residual) if finite; a ``ValueError`` otherwise: the iterates
     overflowed or became NaN, which a step above ``2 / ||A||^2`` does (the loop would
-    otherwise run to ``max_iter`` and return them)."""
+    otherwise run to ``max_iter`` and return them). With the default step, the cause is
+    ``||A||^2 = 1 / t`` outside ``dtype``'s range, and the message says so."""
     if not math.isfinite(r):
+        fi = torch.finfo(dtype)
+        lip = 1.0 / t if t > 0 else math.inf
+        advice = "the step must be at most 2 / ||A||^2 (the default, 1 / ||A||^2, converges)."
+        if not step_given and not fi.tiny <= lip <= fi.max:
+            advice = (
+                f"the step is the default 1 / ||A||^2, and ||A||^2 = {lip:.3e} is outside the "
+                f"normal range of {fi.dtype} ({fi.tiny:.2e} to {fi.max:.2e}), where A^T A x "
+                "over- or underflows: use float64 or rescale A (with y and lam)."
+            )
         raise ValueError(
-            f"{name} diverged (the iterates are not finite) with step {t:.3e}: the step must "
-            "be at most 2 / ||A||^2 (the default, 1 / ||A||^2, converges)."
+            f"{name} diverged (the iterates are not finite) with step {t:.3e}: {advice}"
         )
     return r
 

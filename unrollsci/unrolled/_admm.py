@@ -22,11 +22,14 @@ _EXACT_MAX_N = 20_000  # 3.2 GB for A^T A in float64
 
 
 def _pow2_scale(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Per system (row), the power of two ``s`` just above the largest entry of ``x`` and
-    ``r`` (1 for zero rows), detached. CG from ``(x / s, r / s)`` takes the same steps
-    scaled by ``1 / s`` (its step sizes are ratios of quadratic forms), and a power of two
-    scales exactly: the same bits at ordinary scales, and inner products that cannot
-    overflow for large data (``|y|`` of ``1e20`` in float32)."""
+    """Per system (row), the power of two ``s`` just above the largest entry of the CG
+    start ``x`` and residual ``r`` (1 for zero rows), detached. CG from ``(x / s, r / s)``
+    takes the same steps scaled by ``1 / s`` (its step sizes are ratios of quadratic
+    forms), and a power of two scales exactly: the same bits at ordinary scales, and inner
+    products that cannot overflow for large data (``|y|`` of ``1e20`` in float32). The
+    x-update runs CG on the correction from ``x = 0``, so ``s`` follows the residual alone
+    (the warm start is ``O(|x|)`` but its residual ``O(||A||^2 |x|)``: scaled by the
+    larger, CG stalled in float32 at ``||A||`` of ``2e-8``)."""
     top = torch.maximum(
         x.detach().abs().amax(-1, keepdim=True), r.detach().abs().amax(-1, keepdim=True)
     )
@@ -110,6 +113,8 @@ class ADMMNet(UnrolledLasso):
         if not (math.isfinite(rho0) and rho0 > 0):
             raise ValueError(f"Expected 'rho' > 0 and finite (got {rho!r}).")
         self.rho_init = None if rho is None else rho0
+        # a default rho below the normal range became softplus + tiny: silently wrong
+        self._check_range(**{"||A||^2": self._norm_sq, "1/||A||^2": 1.0 / self._norm_sq})
         if x_update == "exact":
             if self.n > _EXACT_MAX_N:
                 raise ValueError(
@@ -219,10 +224,12 @@ class ADMMNet(UnrolledLasso):
 
                     x0 = warm["x"]
                     m = None if precond is None else (lambda q, d=precond[k]: d * q)
+                    # CG on the correction x - x0 from 0, its residual in units of itself
                     res = rhs - matvec(x0)
-                    s = _pow2_scale(x0, res)
-                    x, _, _, _ = pcg_iterate(matvec, x0 / s, res / s, max_iter=steps, precond=m)
-                    x = x * s
+                    start = torch.zeros_like(x0)
+                    s = _pow2_scale(start, res)
+                    dx, _, _, _ = pcg_iterate(matvec, start, res / s, max_iter=steps, precond=m)
+                    x = x0 + dx * s
                     warm["x"] = x
                     return x
 

@@ -232,6 +232,20 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
             raise ValueError(_ZERO_OPERATOR)
         return lip
 
+    def _check_range(self, **values: float) -> None:
+        """Raise unless every value (``||A||^2``, the step ``1 / ||A||^2``, initial
+        parameters), taken in float64, is a normal number of the model's dtype: cast to it,
+        a step of 2.4e39 became Inf in float32 (``||A||`` of 2e-20) and ``A^T A v``
+        overflowed for ``||A||`` of 2e20, NaN outputs without a word."""
+        fi = torch.finfo(self.param_dtype)
+        for name, value in values.items():
+            if not fi.tiny <= value <= fi.max:
+                raise ValueError(
+                    f"Expected {name} within the normal range of {self.param_dtype} "
+                    f"({fi.tiny:.2e} to {fi.max:.2e}) for {type(self).__name__} (got "
+                    f"{value:.3e}); use dtype=torch.float64 or rescale A (with y and lam)."
+                )
+
     def _check_nonzero(self) -> None:
         """Raise for a zero operator, as :meth:`_lipschitz`, without its norm: ``A v`` for
         one seeded Gaussian ``v`` (zero with probability 0 unless ``A = 0``)."""
@@ -260,6 +274,12 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
         return F.softplus(raw) + torch.finfo(raw.dtype).tiny
 
     def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
+        if self.dtype not in (torch.float32, torch.float64):  # model.half() is not checked
+            raise TypeError(
+                f"Expected a model of dtype torch.float32 or torch.float64 (got {self.dtype}, "
+                "converted after construction); convert it back with model.float() or "
+                "model.double()."
+            )
         check_tensor("y", y, ndim=(1, 2))
         unbatched = y.dim() == 1
         if unbatched:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..prox import soft_threshold
 from ..solvers import amp_step, bg_amp_step, fista_momentum, ista_step
-from ..solvers._bg_amp import check_prior
+from ..solvers._bg_amp import _check_sigma_range, check_prior
 from ._admm import ADMMNet
 from ._base import UnrolledLasso, _PairOperator
 
@@ -52,7 +52,9 @@ class UnrolledFISTA(UnrolledLasso):
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
         self.learn_momentum = bool(learn_momentum)
-        t = 1.0 / self._lipschitz()
+        lip = self._lipschitz()
+        t = 1.0 / lip
+        self._check_range(**{"||A||^2": lip, "1/||A||^2": t})
         self.step = self._positive(t, num_layers)
         self.theta = self._positive(t * self.lam, num_layers)
         betas, tk = [], 1.0
@@ -133,7 +135,10 @@ class LAMP(UnrolledLasso):
             threshold above) or ``"residual"`` (the paper's ``s_k ||z_k|| / sqrt(m)``).
         rho, sigma_x: initial prior of ``denoiser="bg"`` (default 0.1 and 1.0): the
             probability of a nonzero entry, in ``(0, 1)``, and the standard deviation
-            of the nonzero entries, ``> 0``. Only valid with ``denoiser="bg"``.
+            of the nonzero entries, ``> 0`` and a normal number of the model's dtype.
+            Only valid with ``denoiser="bg"``. The layers run in units of this
+            ``sigma_x`` (on ``y / sigma_x``, as :func:`unrollsci.solvers.bg_amp`), so
+            scaling ``y`` and ``sigma_x`` together scales ``x`` and nothing else.
 
     Example:
         >>> import torch
@@ -203,6 +208,7 @@ class LAMP(UnrolledLasso):
             self.rho_init, self.sigma_x_init = check_prior(
                 0.1 if rho is None else rho, 1.0 if sigma_x is None else sigma_x
             )
+            _check_sigma_range(self.sigma_x_init, self.param_dtype)
             logit = math.log(self.rho_init / (1.0 - self.rho_init))
             self.rho_logit = nn.Parameter(
                 torch.full((num_layers,), logit, dtype=self.param_dtype, device=self._device)
@@ -283,9 +289,14 @@ class LAMP(UnrolledLasso):
         return xs
 
     def _run_bg(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+        # In units of the construction's sigma_x, as bg_amp: AMP is equivariant (y / s gives
+        # x / s, z / s, the same b), so the denoiser's absolute floor on the noise level is
+        # relative to sigma_x and sigma_k**2 stays in range (float32 data of 1e-8 or 1e20)
+        unit = self.sigma_x_init
         scale = self._pos(self.scale, y)
-        sigma2 = self._pos(self.sigma, y).square()
+        sigma2 = (self._pos(self.sigma, y) / unit).square()
         logit = self.rho_logit
+        y = y / unit
         x = y.new_zeros(y.shape[0], self.n)
         z = torch.zeros_like(y)
         b = y.new_zeros(y.shape[0], 1)
@@ -293,5 +304,5 @@ class LAMP(UnrolledLasso):
         for k in range(num_layers):
             op = self._layer_op(k)
             x, z, b = bg_amp_step(op, x, z, y, b, None, sigma2[k], scale[k], rho_logit=logit[k])
-            xs.append(x)
+            xs.append(x * unit)
         return xs

@@ -86,7 +86,9 @@ class PreconditionedLISTA(UnrolledLasso):
         prox: Any = None,
     ) -> None:
         super().__init__(operator, num_layers, lam=lam, dtype=dtype, prox=prox)
-        t = 1.0 / self._lipschitz()
+        lip = self._lipschitz()
+        t = 1.0 / lip
+        self._check_range(**{"||A||^2": lip, "1/||A||^2": t})
         self.diag = nn.Parameter(
             self._positive(t, num_layers * self.n).detach().reshape(num_layers, self.n)
         )
@@ -181,7 +183,9 @@ class BlockLISTA(UnrolledLasso):
         self.register_buffer("index", index.to(self._device), persistent=False)
         self.register_buffer("position", position.to(self._device), persistent=False)
         count, s = index.shape
-        t = 1.0 / self._lipschitz()
+        lip = self._lipschitz()
+        t = 1.0 / lip
+        self._check_range(**{"||A||^2": lip, "1/||A||^2": t})
         # P = L L^T + floor I: eigenvalues >= floor for any weights (in floating point while
         # the rounding of L L^T, about eps ||L||^2, stays below floor: not for factors whose
         # products overflow, e.g. float32 entries near 1e19)
