@@ -122,23 +122,6 @@ def _old_fill_scores(a, perms, sample=512, seed=0):
     return out
 
 
-def _dense_fill(a, perm):
-    """Dense loop: the first-order dropped fill of IC(0) in perm's order, per row."""
-    ap = a[perm][:, perm].toarray()
-    d = np.sqrt(np.diag(ap))
-    s = ap / d[:, None] / d[None, :]
-    pos = tot = 0.0
-    for i in range(len(s)):
-        nb = [j for j in range(i) if s[i, j] != 0]
-        for u in range(len(nb)):
-            for v in range(u + 1, len(nb)):
-                if ap[nb[u], nb[v]] == 0:
-                    f = s[i, nb[u]] * s[i, nb[v]]
-                    pos += max(f, 0.0)
-                    tot += abs(f)
-    return pos / len(s), tot / len(s)
-
-
 @pytest.mark.parametrize("a", FAMILIES)
 @pytest.mark.parametrize("kind", ["grid", "rcm"])
 def test_dropped_fill_and_choice_unchanged_on_the_families(a, kind):
@@ -158,11 +141,15 @@ def test_dropped_fill_and_choice_unchanged_on_the_families(a, kind):
             assert name == min(close, key=lambda k: old[k][1])
 
 
-def test_dropped_fill_of_a_hub_matches_the_dense_loop_without_rows_x_width_squared():
+def test_dropped_fill_of_a_hub_matches_the_dense_loop_without_rows_x_width_squared(
+    dense_dropped_fill,
+):
     a = _path_and_hub(200, hub_first=False)
     rng = np.random.default_rng(0)
     for p in (np.arange(a.shape[0]), rng.permutation(a.shape[0])):
-        np.testing.assert_allclose(dropped_fill(a, p, sample=None), _dense_fill(a, p), rtol=1e-12)
+        np.testing.assert_allclose(
+            dropped_fill(a, p, sample=None), dense_dropped_fill(a, p), rtol=1e-12
+        )
     # 201 rows padded to the hub's 200 neighbours: ~20,000 pairs per row, ~190 MB before
     tracemalloc.start()
     try:
@@ -173,12 +160,12 @@ def test_dropped_fill_of_a_hub_matches_the_dense_loop_without_rows_x_width_squar
     assert peak < 20e6, peak
 
 
-def test_capped_dense_rows_give_an_unbiased_estimate(monkeypatch):
+def test_capped_dense_rows_give_an_unbiased_estimate(monkeypatch, dense_dropped_fill):
     """Past the pair budget, a dense row counts the pairs of m random neighbours, scaled:
     the estimate's mean over seeds is the exact value, rows below the cap are exact."""
     a = _path_and_hub(60, hub_first=False)
     perm = np.random.default_rng(1).permutation(a.shape[0])
-    exact = _dense_fill(a, perm)
+    exact = dense_dropped_fill(a, perm)
     monkeypatch.setattr(_ordering, "FILL_PAIR_BUDGET", 400, raising=False)
     monkeypatch.setattr(_ordering, "FILL_EXACT_NEIGHBOURS", 4, raising=False)
     est = np.array([dropped_fill(a, perm, sample=None, seed=s) for s in range(300)])
@@ -188,7 +175,7 @@ def test_capped_dense_rows_give_an_unbiased_estimate(monkeypatch):
     b = sp.diags([-1.0, 2.5, -1.0], [-1, 0, 1], shape=(50, 50), format="csr")
     np.testing.assert_allclose(
         dropped_fill(b, perm[perm < 50], sample=None, seed=7),
-        _dense_fill(b, perm[perm < 50]),
+        dense_dropped_fill(b, perm[perm < 50]),
         rtol=1e-12,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..solvers._common import pow2_above
 from ._problem import GraphInverseProblem
 from ._sqrt import sqrt0
 
@@ -11,13 +12,12 @@ __all__ = ["step_features"]
 
 
 def pow2_unit(v: torch.Tensor) -> torch.Tensor:
-    """Per signal (row of ``v``), the power of two at or below its largest magnitude (1 for
-    a zero signal), detached: dividing by it is exact, so products of the scaled signal keep
-    their bits at ordinary scales and neither overflow (float32 data of 1e20) nor lose
-    digits to subnormals (1e-20; float64 below 1e-150)."""
-    top = v.detach().abs().amax(-1, keepdim=True)
-    top = torch.where(top > 0, top, torch.ones_like(top))
-    return torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)
+    """Per signal (row of ``v``), the power of two just above its largest magnitude (1 for
+    a zero signal), detached (:func:`~unrollsci.solvers._common.pow2_above`): dividing by it
+    is exact, so products of the scaled signal keep their bits at ordinary scales and
+    neither overflow (float32 data of 1e20) nor lose digits to subnormals (1e-20; float64
+    below 1e-150)."""
+    return pow2_above(v.detach().abs().amax(-1, keepdim=True))
 
 
 def step_features(

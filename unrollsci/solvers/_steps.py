@@ -20,6 +20,7 @@ import torch
 
 from ..operators import LinearOperator
 from ..prox import make_prox, soft_threshold
+from ._common import scaled_row_norm
 
 __all__ = [
     "ista_step",
@@ -194,22 +195,12 @@ def bg_amp_step(
     m = y.shape[-1]
     z = y - op.mv(x) + onsager * z
     # sqrt(tau) = sqrt(tau_scale / m) ||z||, the norm scale-free (its square may overflow)
-    norm = _scaled_row_norm(z, keepdim=True)
+    norm = scaled_row_norm(z, keepdim=True)
     pseudo = x + op.rmv(z)
     std = (tau_scale / m) ** 0.5 * norm
     x_next, deriv = _bg_denoise_std(pseudo, std, rho, sigma2, rho_logit)
     b = deriv.sum(dim=-1, keepdim=True) / m
     return x_next, z, b
-
-
-def _scaled_row_norm(v: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
-    """Row 2-norms of ``v`` with its gradient ``v / ||v||``, scale-free: each row divided
-    by its largest magnitude (detached; 1 for a zero row) first, so no square under- or
-    overflows (rows of size 1e-170 in float64 or 1e-25 in float32 keep their digits)."""
-    top = v.detach().abs().amax(dim=-1, keepdim=True)
-    top = torch.where(top > 0, top, torch.ones_like(top))
-    norm = torch.linalg.vector_norm(v / top, dim=-1, keepdim=True)
-    return top * norm if keepdim else (top * norm)[..., 0]
 
 
 def lasso_objective(
@@ -242,4 +233,4 @@ def lasso_kkt_residual(
         p = make_prox(prox, op.in_shape[0] if hasattr(op, "in_shape") else None)
         prox = soft_threshold if p.kind == "soft" else p
     lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device).reshape(-1, 1)
-    return _scaled_row_norm(x - ista_step(op, x, y, step, step * lam_t, prox)) / step
+    return scaled_row_norm(x - ista_step(op, x, y, step, step * lam_t, prox)) / step
