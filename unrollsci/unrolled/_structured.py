@@ -58,7 +58,8 @@ class PreconditionedLISTA(UnrolledLasso):
     """LISTA with per-layer learned diagonal preconditioners (matrix-free).
 
     ``x_{k+1} = prox(x_k - D_k A^T (A x_k - y), theta_k)`` from ``x_0 = 0``, with
-    ``D_k = diag(softplus(d_k))`` (positive by construction) and a threshold
+    ``D_k = diag(softplus(d_k) + tiny)`` (positive by construction: softplus alone is 0
+    below about -104 in float32) and a threshold
     ``theta_k > 0`` per layer. Initialised at ISTA: ``D_k = I / ||A||^2`` and
     ``theta_k = lam / ||A||^2``, so the untrained model equals ``num_layers`` ISTA
     iterations with the same prox (:func:`unrollsci.solvers.ista` with ``prox=``).
@@ -96,10 +97,10 @@ class PreconditionedLISTA(UnrolledLasso):
 
     def preconditioner(self, k: int) -> torch.Tensor:
         """The positive diagonal of ``D_k`` (layer ``k``, 0-based), shape ``(n,)``."""
-        return F.softplus(self.diag[k])
+        return self._pos(self.diag[k], self.diag)
 
     def _run(self, y: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
-        d = F.softplus(self.diag)
+        d = self._pos(self.diag, y)
         theta = self._pos(self.theta, y)
         prox, op = self.prox_fn, self.operator
         x = y.new_zeros(y.shape[0], self.n)
