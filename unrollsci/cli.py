@@ -9,7 +9,9 @@ Each capability contributes a demo section and a benchmark through a module of
 * benchmark: ``main(argv: list[str] | None) -> int``.
 
 No command writes over an existing file unless ``--force`` is given (benchmarks excepted:
-replacing their results is their job; a ``--quick`` run writes ``NAME_quick.json``).
+replacing their results is their job; a ``--quick`` run writes ``NAME_quick.json``; the
+trained models they save, ``--checkpoints`` / ``--save-models``, are not replaced without
+``--force``).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .._argtypes import existing_dir_arg, float_arg, int_arg
-from .._io import check_output_folder
+from .._io import check_output_folder, check_writable
 from ._amg_rows import amg_floor, pyamg_build, run, summarise
 from ._common import (
     check_output_file,
@@ -200,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=output_dir_arg,
         default=None,
         metavar="DIR",
-        help="save the trained models to DIR/amg_<variant>.pt (checkpoints; replaces them)",
+        help="save the trained models to DIR/amg_<variant>.pt (checkpoints; existing ones "
+        "only with --force)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace existing models in --save-models"
     )
     p.add_argument(
         "--load-models",
@@ -270,7 +274,9 @@ def _check_files(args: Any) -> None:
     if args.save_models and not args.load_models:
         check_output_folder(args.save_models, what="--save-models")
         for variant in args.variants:
-            check_output_file(Path(args.save_models) / f"amg_{variant}.pt")
+            path = Path(args.save_models) / f"amg_{variant}.pt"
+            check_output_file(path, what="a trained model", option="--save-models")
+            check_writable([path], force=args.force)
 
 
 def _load_model(folder: str, variant: str) -> tuple[Any, dict[str, Any]]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .._argtypes import existing_dir_arg, float_arg, int_arg
-from .._io import check_output_folder
+from .._io import check_output_folder, check_writable
 from ..graph import (
     MODES,
     GraphInverseProblem,
@@ -143,6 +143,7 @@ def _check_files(args: argparse.Namespace) -> None:
         for mode in args.modes:
             path = Path(args.save_models) / f"graph_{mode}.pt"
             check_output_file(path, what="a trained model", option="--save-models")
+            check_writable([path], force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         type=output_dir_arg,
         default=None,
         metavar="DIR",
-        help="save the trained models to DIR/graph_<mode>.pt (checkpoints; replaces them)",
+        help="save the trained models to DIR/graph_<mode>.pt (checkpoints; existing ones "
+        "only with --force)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing models in --save-models"
     )
     parser.add_argument(
         "--load-models",

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .._argtypes import float_arg, int_arg
+from .._io import check_output_folder, check_writable
 from ..graph import (
     GraphInverseProblem,
     UnrolledGraphGD,
@@ -424,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tr.add_argument("--patience", type=positive_int_arg, default=None)
     tr.add_argument("--quick", action="store_true")
+    tr.add_argument("--force", action="store_true", help="replace models saved before")
     ev = sub.add_parser("eval", help="evaluate saved models on the test and validation sets")
     ev.add_argument("folders", nargs="+")
     ev.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
@@ -467,8 +469,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--lr-decay: expected a factor in (0, 1], got {args.lr_decay}")
         if args.small_weight <= 0:
             parser.error(f"--small-weight: expected > 0, got {args.small_weight}")
-        for seed in args.seeds:
-            folder = Path(args.models) / f"{args.tag or args.config}_s{seed}"
+        folders = [Path(args.models) / f"{args.tag or args.config}_s{s}" for s in args.seeds]
+        try:  # before any training: every model file can be written
+            check_output_folder(args.models, what="--models")
+            check_writable([f / f"graph_{args.mode}.pt" for f in folders], force=args.force)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+        for seed, folder in zip(args.seeds, folders, strict=True):
             r = train_config(
                 args.config,
                 seed,

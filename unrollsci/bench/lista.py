@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._argtypes import existing_dir_arg, float_arg, int_arg
-from .._io import check_output_folder
+from .._io import check_output_folder, check_writable
 from ._common import check_output_file, keep_caller_rng
 from ._lista_merge import merge_parts, read_parts
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoints",
         default=None,
         help="--staged: save every trained model in this folder as <model>_snr<snr>.pt "
-        "(<model>_snr<snr>_quick.pt with --quick; replaces them)",
+        "(<model>_snr<snr>_quick.pt with --quick; an existing one only with --force)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing models in --checkpoints"
     )
     parser.add_argument(
         "--resume",
@@ -491,6 +494,7 @@ def _model_paths(
         if ckpt is not None:
             check_output_folder(args.checkpoints, what="--checkpoints")
             check_output_file(ckpt, what="a trained model", option="--checkpoints")
+            check_writable([ckpt], force=args.force)
     except OSError as exc:
         parser.error(str(exc))
     return prev, ckpt
