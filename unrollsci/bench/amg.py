@@ -203,9 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the trained models to DIR/amg_<variant>.pt (checkpoints; existing ones "
         "only with --force)",
     )
-    p.add_argument(
-        "--force", action="store_true", help="replace existing models in --save-models"
-    )
+    p.add_argument("--force", action="store_true", help="replace existing models in --save-models")
     p.add_argument(
         "--load-models",
         type=existing_dir_arg,
