@@ -58,8 +58,8 @@ def converged_message(k: int, res: list, tol: float, dtype: Any) -> str:
         return f"QEq converged in {k} CG iterations (residual {res[-1]:.3e} <= tol {tol:.1e})."
     return (
         f"QEq converged in {k} CG iterations to the round-off floor of {dtype} (residual "
-        f"{res[-1]:.3e} > tol {tol:.1e}: forming A q + chi rounds at 10 eps ||chi||, and "
-        f"tol asks for less on this system; loosen tol"
+        f"{res[-1]:.3e} > tol {tol:.1e}: the rounding of forming A q + chi in {dtype} is "
+        f"above what tol asks on this system; loosen tol"
         + (" or solve in float64)." if dtype != torch.float64 else ").")
     )
 
@@ -171,18 +171,55 @@ def _pcg(
         return (iterations is None and met[0]) or float(st.rz.detach()) <= 0.0 or kkt <= floor
 
     limit = iterations if iterations is not None else max_iter
-    q, _, k, converged = pcg_iterate(
-        op,
-        q,
-        -b - op(q),
-        max_iter=limit if n > 1 else 0,
-        precond=project,
-        inner=inner,
-        monitor=monitor,
-        not_spd=_catastrophe,
-    )
-    if iterations is not None or n <= 1:
-        converged = met[0] or n <= 1
-    # the updates keep the sum only to their round-off (O(sqrt(N k) eps max|q|) in k
-    # steps, more in float64 where the shift mu cannot be formed in a wider type): shift back
-    return on_constraint(q), k, residuals, converged
+
+    def run(q: torch.Tensor, r: torch.Tensor, budget: int) -> tuple[torch.Tensor, int, bool]:
+        q, _, used, conv = pcg_iterate(
+            op,
+            q,
+            r,
+            max_iter=budget,
+            precond=project,
+            inner=inner,
+            monitor=monitor,
+            not_spd=_catastrophe,
+        )
+        return q, used, conv
+
+    q, k, converged = run(q, -b - op(q), limit if n > 1 else 0)
+    # the updates keep the sum only to their round-off (O(sqrt(N k) eps max|q|) in k steps,
+    # more in float64 where the shift mu cannot be formed in a wider type): shifted back
+    if n <= 1:
+        return on_constraint(q), k, residuals, True
+    if iterations is not None:  # the reported residual is the true one (no restart)
+        q = on_constraint(q)
+        with torch.no_grad():
+            kkt = scaled_norm(dd * project(-b.detach() - op(q.detach())))
+        residuals[-1] = kkt / denom
+        return q, k, residuals, kkt <= target
+    if not converged:
+        return on_constraint(q), k, residuals, False
+    # CG's updated residual drifts from the true -b - A q by rounding (float32, NaCl 2^3:
+    # 9.5e-7 claimed, 7.5e-6 true): the claimed convergence is checked against the true
+    # residual (one product) and CG restarted from it twice at most; still above the target,
+    # the rounding of A q + b ends the solve there (converged to the floor, the true
+    # residual reported), with the checked iterate of the smallest true residual
+    best: tuple[float, torch.Tensor] | None = None
+    for attempt in range(3):
+        q = on_constraint(q)
+        r = -b - op(q)
+        kkt = scaled_norm(dd * project(r.detach()))
+        residuals[-1] = kkt / denom
+        if kkt <= target:
+            return q, k, residuals, True
+        if best is None or kkt < best[0]:
+            best = (kkt, q)
+        if attempt == 2 or k >= max_iter:
+            break
+        start = len(residuals)
+        q, used, conv = run(q, r, max_iter - k)
+        del residuals[start]  # the restart's start: the true residual just reported
+        k += used
+        if not conv:
+            return on_constraint(q), k, residuals, False
+    residuals[-1] = best[0] / denom
+    return best[1], k, residuals, True
