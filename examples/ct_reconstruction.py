@@ -71,10 +71,10 @@ fig, axes = plt.subplots(1, 5, figsize=(15, 3.4), layout="constrained")
 i = 0  # the first test image
 shown = [("phantom", x_test), ("FBP (hann)", x_fbp), ("TV", tv.x), ("unrolled", x_net)]
 for ax, (name, img) in zip(axes, shown, strict=False):
-    ax.imshow(img[i].squeeze().detach(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(img[i].squeeze().detach().numpy(), cmap="gray", vmin=0, vmax=1)
     label = "" if img is x_test else f"\n{psnr(img[i : i + 1], x_test[i : i + 1]):.1f} dB"
     ax.set_title(name + label)
-err = axes[4].imshow((x_net - x_test)[i].squeeze().abs().detach(), cmap="magma")
+err = axes[4].imshow((x_net - x_test)[i].squeeze().abs().detach().numpy(), cmap="magma")
 axes[4].set_title("|unrolled - phantom|")
 fig.colorbar(err, ax=axes[4], fraction=0.046)
 for ax in axes:

@@ -21,11 +21,15 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
+
+# unrollsci.graph first: it imports torch_geometric with the deprecation notice that PyG's
+# own import prints on newer torch (its torch.jit.script calls) silenced
+import unrollsci.graph as ug
+
+# isort: split
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import from_scipy_sparse_matrix
-
-import unrollsci.graph as ug
 
 torch.manual_seed(0)
 graphs = []

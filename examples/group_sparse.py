@@ -97,7 +97,7 @@ for xs, style, name in [
     (untrained_layers, "C0:s", "block-LISTA, untrained (group-ISTA)"),
     (trained_layers, "C3-D", "block-LISTA, trained"),
 ]:
-    ax_k.plot(layers, [nmse_db(x, x_test) for x in xs], style, ms=4, label=name)
+    ax_k.plot(layers, [float(nmse_db(x, x_test)) for x in xs], style, ms=4, label=name)
 ax_k.set(xlabel="layer / iteration k", ylabel="test NMSE (dB)", xticks=list(layers))
 ax_k.set_title(f"{m} x {n} Gaussian operator, lam = {lam}")
 ax_k.grid(alpha=0.3)
@@ -108,7 +108,8 @@ for shift, x_hat, color, name in [
     (0.0, fista_k[0], "k", f"group-FISTA, {K} iterations"),
     (width, trained_layers[-1][0], "C3", f"block-LISTA, {K} layers"),
 ]:
-    ax_x.bar(torch.arange(len(sizes)) + shift, group_norms(x_hat), width, color=color, label=name)
+    heights = group_norms(x_hat).detach().numpy()  # numpy for matplotlib
+    ax_x.bar(torch.arange(len(sizes)).numpy() + shift, heights, width, color=color, label=name)
 ax_x.set(xlabel="group (sizes 3 to 7)", ylabel="group norm ||x_g||", xticks=range(len(sizes)))
 ax_x.set_title("Test signal 1: norm of each group, recovered vs true")
 ax_x.legend()
