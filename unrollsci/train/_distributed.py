@@ -323,7 +323,13 @@ class LossModule(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, parts: list, weights: list[float]) -> torch.Tensor:
-        return local_loss(self.model, self.loss_fn, parts, weights)
+        loss = local_loss(self.model, self.loss_fn, parts, weights)
+        # every trainable parameter in the graph by an empty slice (adds exactly 0, also for
+        # non-finite values): DDP then reduces all of them every step without searching the
+        # graph for unused ones (find_unused_parameters=True printed torch's warning that it
+        # found none, at every rank, in every distributed fit)
+        used = [p.reshape(-1)[:0].sum() for p in self.parameters() if p.requires_grad]
+        return loss + torch.stack(used).sum().to(loss.dtype) if used else loss
 
 
 def wrap(model: nn.Module, loss_fn: Any, ctx: DistContext) -> Any:
@@ -338,9 +344,9 @@ def wrap(model: nn.Module, loss_fn: Any, ctx: DistContext) -> Any:
     sparse = [n for n, b in module.named_buffers() if b.layout != torch.strided]
     if sparse:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, sparse)
-    # find_unused_parameters: layer-wise stages, unused heads and zero-weight stand-ins
-    # leave parameters out of some steps; DDP then still completes every all-reduce.
-    ddp = DistributedDataParallel(module, find_unused_parameters=True)
+    # layer-wise stages, unused heads and zero-weight stand-ins leave parameters out of some
+    # steps: LossModule keeps every one in the graph, so every all-reduce completes
+    ddp = DistributedDataParallel(module)
     # The weights of :func:`counted_steps` suit DDP's average (world * share / global);
     # divided by world, with the gradients summed, a rank's backward sees every row with
     # the weight 1 / global of one process: each row's gradients are as large as there,
