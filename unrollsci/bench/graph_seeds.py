@@ -410,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--tag", default=None, help="model folder name prefix (default: CONFIG)")
     tr.add_argument("--epochs", type=positive_int_arg, default=40)
     tr.add_argument("--lr", type=float_arg(positive=True), default=1e-3)
-    tr.add_argument("--lr-decay", type=float_arg(positive=True), default=1.0)
-    tr.add_argument("--small-weight", type=float_arg(minimum=0), default=1.0)
+    tr.add_argument("--lr-decay", type=float_arg(positive=True, maximum=1), default=1.0)
+    tr.add_argument("--small-weight", type=float_arg(positive=True), default=1.0)
     tr.add_argument("--train-small", type=int_arg(0), default=None)
     tr.add_argument("--train-big", type=int_arg(0), default=0, help="N more graphs of --big-nodes")
     tr.add_argument("--big-nodes", type=positive_int_arg, nargs=2, default=(20_000, 50_000))
@@ -463,12 +463,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     if args.cmd == "train":
-        if args.lr <= 0:
-            parser.error(f"--lr: expected > 0, got {args.lr}")
-        if not 0 < args.lr_decay <= 1:
-            parser.error(f"--lr-decay: expected a factor in (0, 1], got {args.lr_decay}")
-        if args.small_weight <= 0:
-            parser.error(f"--small-weight: expected > 0, got {args.small_weight}")
         folders = [Path(args.models) / f"{args.tag or args.config}_s{s}" for s in args.seeds]
         try:  # before any training: every model file can be written
             check_output_folder(args.models, what="--models")

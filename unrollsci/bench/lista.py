@@ -22,7 +22,7 @@ import torch
 
 from .._argtypes import existing_dir_arg, float_arg, int_arg
 from .._io import check_output_folder, check_writable
-from ._common import check_output_file, keep_caller_rng
+from ._common import keep_caller_rng
 from ._lista_merge import merge_parts, read_parts
 from ._lista_setup import (  # noqa: F401  (re-exported: tests and the demo use them)
     CLASSICAL,
@@ -250,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         help="--staged: save every trained model in this folder as <model>_snr<snr>.pt "
         "(<model>_snr<snr>_quick.pt with --quick; an existing one only with --force)",
     )
-    parser.add_argument(
-        "--force", action="store_true", help="replace existing models in --checkpoints"
-    )
+    parser.add_argument("--force", action="store_true", help="replace models in --checkpoints")
     parser.add_argument(
         "--resume",
         type=existing_dir_arg,
@@ -280,11 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         help="--staged: multiply the rate of every trained layer by R after each new layer "
         "(Chen et al. 2018 use 0.3; default: none)",
     )
-    parser.add_argument(
-        "--wall-budget",
-        action="store_true",
-        help="--staged: SECONDS are wall-clock seconds (default: CPU seconds of the process)",
-    )
+    wall_help = "--staged: SECONDS are wall-clock seconds (default: CPU seconds of the process)"
+    parser.add_argument("--wall-budget", action="store_true", help=wall_help)
     parser.add_argument(
         "--set",
         action="append",
@@ -479,9 +474,9 @@ def main(argv: list[str] | None = None) -> int:
 def _model_paths(
     parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, snr: float
 ) -> tuple[Path | None, Path | None]:
-    """``(--resume's, --checkpoints')`` ``<model>_snr<snr>[_quick].pt`` (a --quick model
-    never replaces a full one), or None: the first must exist, the second be writable and
-    differ from it (else ``parser.error``: one line, exit status 2)."""
+    """``(--resume's, --checkpoints')`` ``<model>_snr<snr>[_quick].pt`` or None (a --quick model
+    never replaces a full one): the first must exist, the second be new (or --force), writable
+    and not the first (else ``parser.error``: one line, exit status 2)."""
     key = "inf" if not math.isfinite(snr) else f"{snr:g}"
     file = f"{name}_snr{key}{'_quick' if args.quick else ''}.pt"
     prev = Path(args.resume) / file if args.resume else None
@@ -493,8 +488,7 @@ def _model_paths(
     try:
         if ckpt is not None:
             check_output_folder(args.checkpoints, what="--checkpoints")
-            check_output_file(ckpt, what="a trained model", option="--checkpoints")
-            check_writable([ckpt], force=args.force)
+            check_writable([ckpt], force=args.force)  # also refuses a directory there
     except OSError as exc:
         parser.error(str(exc))
     return prev, ckpt
