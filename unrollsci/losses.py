@@ -20,7 +20,9 @@ from .solvers._lasso_checks import norm_sq
 __all__ = ["nmse_db", "mse", "kkt_residual"]
 
 
-def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
+def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked ``(x, x_true)``, a ``(n,)`` pair as a batch of one (one problem, as the
+    solvers and :func:`kkt_residual` read it; it was read as ``n`` one-entry problems)."""
     for name, t in (("x", x), ("x_true", x_true)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"Expected '{name}' to be a torch.Tensor (got {type(t).__name__}).")
@@ -37,6 +39,7 @@ def _check_pair(x: torch.Tensor, x_true: torch.Tensor) -> None:
     # the target is data: NaN or Inf there is an error (a NaN target read as a zero one
     # and scored -inf dB, "perfect"); a non-finite estimate gives NaN (a diverged model)
     check_finite("x_true", x_true)
+    return (x[None], x_true[None]) if x.dim() == 1 else (x, x_true)
 
 
 def _scaled_energy(v: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +60,11 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
     """Normalized mean squared error in dB, ``10 log10(||x - x*||^2 / ||x*||^2)``.
 
     Args:
-        x, x_true: ``(batch, ...)`` estimate and ground truth.
+        x, x_true: ``(batch, ...)`` estimate and ground truth, or ``(n,)`` for one problem
+            (a batch of one, as the solvers return for an unbatched ``y``).
         reduction: ``"mean"`` (ratio of the sums over the batch, the convention of
-            the LISTA literature), or ``"none"`` (one value per batch entry).
+            the LISTA literature), or ``"none"`` (one value per batch entry: shape
+            ``(1,)`` for a ``(n,)`` pair).
 
     Returns:
         The NMSE in dB; ``-inf`` where the error is 0 (``x == x*``, also for a zero
@@ -75,7 +80,7 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
         >>> round(float(nmse_db(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]]))), 6)
         0.0
     """
-    _check_pair(x, x_true)
+    x, x_true = _check_pair(x, x_true)
     if reduction not in ("mean", "none"):
         raise ValueError(f"Expected reduction 'mean' or 'none' (got {reduction!r}).")
     keep = reduction == "none"
@@ -99,8 +104,9 @@ def nmse_db(x: torch.Tensor, x_true: torch.Tensor, *, reduction: str = "mean") -
 
 
 def mse(x: torch.Tensor, x_true: torch.Tensor) -> torch.Tensor:
-    """Supervised loss: mean over the batch of ``||x - x*||^2``."""
-    _check_pair(x, x_true)
+    """Supervised loss: mean over the batch of ``||x - x*||^2``; ``x, x_true``: ``(batch, ...)``,
+    or ``(n,)`` for one problem (``||x - x*||^2``)."""
+    x, x_true = _check_pair(x, x_true)
     return (x - x_true).reshape(x.shape[0], -1).pow(2).sum(-1).mean()
 
 

@@ -131,12 +131,22 @@ def filter_sinogram(y: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
 
     Returns:
         The filtered sinograms, same shape as ``y``.
+
+    Raises:
+        TypeError: ``y`` not a floating-point tensor.
+        ValueError: ``y`` 0-d or empty, or holding NaN or Inf.
     """
     if not isinstance(y, torch.Tensor) or not y.is_floating_point():
         what = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
         raise TypeError(
             f"Expected floating-point sinograms 'y' (got {what}); convert them with y.double()."
         )
+    if y.dim() < 1 or y.numel() == 0:
+        raise ValueError(
+            "Expected sinograms 'y' of shape (..., n_det) holding at least one detector row "
+            f"(got shape {tuple(y.shape)})."
+        )
+    check_finite("y", y)
     n_det = y.shape[-1]
     resp = ramp_filter(n_det, filter, dtype=y.dtype, device=y.device)
     size = resp.shape[0]

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .._validation import check_batch, check_finite, check_positive, check_tensor
+from ..solvers._common import scaled_row_norm
 
 __all__ = ["gaussian_noise", "poisson_noise"]
 
@@ -59,7 +60,9 @@ def gaussian_noise(
     noise = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
     if relative:
         flat = y.reshape(y.shape[0], -1)
-        rms = flat.norm(dim=1) / flat.shape[1] ** 0.5
+        # scale-free: a plain norm squares the entries (float32 sinograms above ~1e19 gave
+        # Inf noise, NaN at sigma = 0; below ~1e-19 no noise)
+        rms = scaled_row_norm(flat) / flat.shape[1] ** 0.5
         noise = noise * rms.reshape(-1, *([1] * (y.dim() - 1)))
     return y + sigma * noise
 
