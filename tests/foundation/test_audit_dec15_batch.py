@@ -33,7 +33,9 @@ def test_relative_gaussian_noise_at_any_scale(dtype):
     # y + 0.1 rms_b n with n the seed's standard normal draw and rms_b each row's RMS
     # (formed here in float64 from the unscaled row; compared to the rounding of y + noise)
     n = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    rms = base.double().flatten(1).pow(2).mean(1).sqrt() * torch.tensor([1.0, big, small], dtype=torch.float64)
+    rms = base.double().flatten(1).pow(2).mean(1).sqrt() * torch.tensor(
+        [1.0, big, small], dtype=torch.float64
+    )
     drawn = (noisy - y).double() / (0.1 * rms[:, None, None])
     torch.testing.assert_close(drawn, n.double(), rtol=0, atol=1e-3)
     assert torch.equal(gaussian_noise(y, 0.0), y)  # sigma = 0: unchanged (was NaN)
