@@ -328,8 +328,12 @@ class LossModule(nn.Module):
         # non-finite values): DDP then reduces all of them every step without searching the
         # graph for unused ones (find_unused_parameters=True printed torch's warning that it
         # found none, at every rank, in every distributed fit)
-        used = [p.reshape(-1)[:0].sum() for p in self.parameters() if p.requires_grad]
-        return loss + torch.stack(used).sum().to(loss.dtype) if used else loss
+        used = [
+            p.reshape(-1)[:0].sum().to(loss.dtype)
+            for p in self.parameters()
+            if p.requires_grad and p.layout == torch.strided
+        ]
+        return loss + torch.stack(used).sum() if used else loss
 
 
 def wrap(model: nn.Module, loss_fn: Any, ctx: DistContext) -> Any:
