@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._amg_setup import EDGE_FEATURES, AMGSetup, _tt, node_features
+from ._amg_setup import EDGE_FEATURES, AMGSetup, _tt, clip_f32, node_features
 
 __all__ = ["pow2_scaled", "rs_setup"]
 
 
 def pow2_scaled(a: Any) -> tuple[Any, float]:
     """``(s a, s)`` with ``s`` the power of two that puts ``max |a_ij|`` in ``[1/2, 1)``
-    (``s = 1``, ``a`` itself, where it is there already or ``a`` has no non-zero).
+    (``s = 1``, ``a`` itself, where it is there already or ``a`` has no non-zero; ``s =
+    2^1023``, the largest finite one, where ``max |a_ij| < 2^-1024``, a subnormal).
 
     A power of two scales every entry exactly (bar entries ``2^-1022`` below the largest,
     which are negligible next to it), and the Ruge-Stuben set-up, the Galerkin product and
@@ -48,7 +49,9 @@ def pow2_scaled(a: Any) -> tuple[Any, float]:
     top = float(data.max()) if data.size else 0.0
     if not (np.isfinite(top) and top > 0.0):
         return a, 1.0
-    s = float(np.ldexp(1.0, -int(np.frexp(top)[1])))
+    # 2^1023 is the largest finite power of two: where max |a_ij| < 2^-1024 (subnormal)
+    # s stops there (no overflow to Inf), and max |s a_ij| is in [2^-51, 1/2)
+    s = float(np.ldexp(1.0, min(-int(np.frexp(top)[1]), 1023)))
     if s == 1.0:
         return a, 1.0
     return sp.csr_matrix((a.data * s, a.indices, a.indptr), shape=a.shape), s
@@ -115,9 +118,11 @@ def rs_setup(a: Any, *, theta: float = 0.25, direct: bool = False) -> AMGSetup:
     rowsum = p0 @ np.ones(nc)
     edge_attr = np.empty((EDGE_FEATURES, learned.size), dtype=np.float32)
     edge_attr[0] = _entries(a, splitting, counts, e_row, e_col) * dis[e_row] * dis[e_col]
-    edge_attr[1] = pv[learned]
+    # P0's values and row sums are unbounded on badly row-scaled matrices: clipped to
+    # float32's range before the cast (as amg_setup's features)
+    edge_attr[1] = clip_f32(pv[learned])
     edge_attr[2] = 1.0 / counts[e_row]
-    edge_attr[3] = rowsum[e_row]
+    edge_attr[3] = clip_f32(rowsum[e_row])
     return AMGSetup(
         a=a,
         n=n,

@@ -16,7 +16,7 @@ import torch
 
 from ._sparse import LowerPattern, lower_pattern
 
-__all__ = ["EDGE_FEATURES", "AMGSetup", "amg_setup", "node_features"]
+__all__ = ["EDGE_FEATURES", "AMGSetup", "amg_setup", "clip_f32", "node_features"]
 
 #: Number of edge features the prolongation head reads.
 EDGE_FEATURES = 4
@@ -118,6 +118,15 @@ class AMGSetup:
 
 def _tt(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def clip_f32(v: np.ndarray) -> np.ndarray:
+    """``v`` clipped to float32's finite range, for a float64 feature about to be cast to
+    float32: a value beyond about 3.4e38 (possible on a badly row-scaled matrix) becomes
+    the largest finite float32 of its sign, not an overflow to +-inf (with numpy's
+    RuntimeWarning); every value inside the range is left as it is."""
+    big = float(np.finfo(np.float32).max)
+    return np.clip(v, -big, big)
 
 
 def node_features(a: Any, d: np.ndarray) -> torch.Tensor:
@@ -261,6 +270,13 @@ def amg_setup(
     agg_op = standard_aggregation(c)[0]
     t, coarse_b = fit_candidates(agg_op, np.ones((n, 1)))
     t = sp.csr_matrix(t)
+    used = np.unique(t.indices)
+    if used.size < t.shape[1]:
+        # an empty aggregate: PyAMG's T for a matrix without any aggregate (no off-diagonal
+        # strong couplings, e.g. a diagonal one) is one zero column, which would make
+        # P^T A P singular; dropped, so that nc = 0 there (as Ruge-Stuben's all-F splitting)
+        t = sp.csr_matrix(t[:, used])
+        coarse_b = coarse_b[used]
     nc = t.shape[1]
     counts = np.diff(t.indptr)
     agg = np.full(n, -1, dtype=np.int64)
@@ -284,8 +300,14 @@ def amg_setup(
     edge_attr[1] = rows == cols
     agg_r = agg[rows]
     edge_attr[2] = (agg_r == agg[cols]) & (agg_r >= 0)
-    tvr = tv[rows]
-    edge_attr[3] = np.where(tvr > 0, vals * tv[cols] / (d[rows] * np.maximum(tvr, 1e-300)), 0)
+    # a_ik T_k / (d_i T_i) (0 where i is in no aggregate) is unbounded (e.g. neighbouring
+    # rows of very different scales): clipped to float32's range before the cast
+    ratio = np.zeros(rows.size)
+    on = np.flatnonzero(tv[rows] > 0)
+    ri, ci = rows[on], cols[on]
+    with np.errstate(over="ignore"):
+        ratio[on] = vals[on] * tv[ci] / (d[ri] * tv[ri])
+    edge_attr[3] = clip_f32(ratio)
     return AMGSetup(
         a=a,
         n=n,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..operators import SparseOperator
+from ._amg_setup import clip_f32
 from ._incomplete import ic0_from_pattern, mic0_from_pattern
 from ._sparse import LowerPattern, lower_pattern
 
@@ -172,7 +173,9 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     # Features are stored feature-major ((F, E/2), (F, n)) and exposed as transposed views:
     # the factor head reads them that way round (see factor_values).
     edge_attr = np.empty((4, half), dtype=np.float32)
-    edge_attr[0], edge_attr[1], edge_attr[2], edge_attr[3] = lv, ebase, 1.0, tf
+    # the base factor's values (MIC's diagonal, on badly row-scaled matrices) may lie
+    # beyond float32's range: clipped to it before the float32 cast
+    edge_attr[0], edge_attr[1], edge_attr[2], edge_attr[3] = lv, clip_f32(ebase), 1.0, tf
     # Node features: sums over the edges into each node, both directions.
     deg = (np.bincount(li, minlength=n) + np.bincount(lj, minlength=n)).astype(np.float64)
     alv = np.abs(lv)
@@ -180,7 +183,7 @@ def _build_graph(a: Any, kind: str, base: str, block_size: int | None) -> Matrix
     x[0] = np.bincount(li, lv, n) + np.bincount(lj, lv, n) + 1.0
     x[1] = np.bincount(li, alv, n) + np.bincount(lj, alv, n)
     x[2] = deg / 8.0
-    x[3] = bdiag
+    x[3] = clip_f32(bdiag)
     x[4] = (np.bincount(li, tf, n) - np.bincount(lj, tf, n)) / np.maximum(deg, 1)
     consts = {
         "sidx": sidx,

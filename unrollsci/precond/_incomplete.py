@@ -301,6 +301,37 @@ def ic0_from_pattern(
     )
 
 
+def _factor_tensor(
+    what: str, pat: LowerPattern, vals: np.ndarray, dtype: torch.dtype, device: Any
+) -> torch.Tensor:
+    """The factor's values as a ``dtype`` tensor on ``device``; refused (ValueError) where
+    the cast leaves an entry non-finite or a diagonal entry not strictly positive with a
+    finite reciprocal: a factor outside ``dtype``'s range (``A`` scaled far from 1, e.g.
+    ``L`` of order 1e45 or 1e-45 in float32), whose every output would be NaN."""
+    v = torch.as_tensor(vals, dtype=dtype, device=device)
+    if not v.is_floating_point():
+        return v
+    fix = "build it in torch.float64 or rescale A"
+    bad = ~torch.isfinite(v)
+    if bool(bad.any()):
+        raise ValueError(
+            f"Expected the {what} factor to be finite in {dtype} (got {int(bad.sum())} "
+            f"non-finite of {v.numel()} entries, largest |L_ij| = {np.abs(vals).max():.3e} "
+            f"in float64): it is outside {dtype}'s range; {fix}."
+        )
+    d = v.index_select(0, pat.diag.to(v.device))
+    bad = ~((d > 0) & torch.isfinite(1.0 / d))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"Expected the {what} factor's diagonal in {dtype} to be strictly positive "
+            f"with finite reciprocals (got L[{i}, {i}] = {float(d[i]):.3e}, from "
+            f"{float(vals[int(pat.diag[i])]):.3e} in float64): the preconditioner must be "
+            f"positive definite; {fix}."
+        )
+    return v
+
+
 def ic0_values(a: Any, *, shift: float = 0.0) -> tuple[LowerPattern, np.ndarray, float]:
     """IC(0) of a validated scipy CSR matrix on ``tril(A)``'s pattern.
 
@@ -350,7 +381,7 @@ def ic0(
     a = check_spd_input(A)
     a, perm, name = reorder(a, ordering)
     pat, vals, alpha = ic0_values(a)
-    m = FactorPreconditioner(pat, torch.as_tensor(vals, dtype=dtype, device=device))
+    m = FactorPreconditioner(pat, _factor_tensor("IC(0)", pat, vals, dtype, device))
     m.shift = alpha
     return _wrap(m, perm, name)
 
@@ -428,7 +459,7 @@ def mic0(
     a, perm, name = reorder(a, ordering)
     pat, vals = lower_pattern(a)
     out, w, variant = mic0_from_pattern(pat, vals, omega=omega)
-    m = FactorPreconditioner(pat, torch.as_tensor(out, dtype=dtype, device=device))
+    m = FactorPreconditioner(pat, _factor_tensor("MIC(0)", pat, out, dtype, device))
     m.omega, m.variant = w, variant
     return _wrap(m, perm, name)
 

@@ -34,11 +34,19 @@ def _check_ints(**sizes: Any) -> None:
             raise TypeError(f"Expected '{name}' to be an integer (got {value!r}).")
 
 
+def _check_bool(name: str, value: Any) -> None:
+    """Refuse a flag that is not a bool (a string such as ``"False"`` would read as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Expected '{name}' to be a bool (got {value!r}).")
+
+
 def _check_mode_options(kind: str, **options: Any) -> None:
     """Refuse a kind-specific option (:data:`_MODE_OPTIONS`) with a non-default value
-    outside its kind."""
+    outside its kind (a flag that is not a bool in any kind)."""
     for name, value in options.items():
         owner, default = _MODE_OPTIONS[name]
+        if isinstance(default, bool):
+            _check_bool(name, value)
         same = bool(value) is default if isinstance(default, bool) else value == default
         if kind != owner and not same:
             raise ignored_option(

@@ -175,4 +175,27 @@ def chebyshev(
     d = torch.from_numpy(1.0 / np.sqrt(a.diagonal()))
     hi = float(gershgorin_scaled(abs_entries(a), d))
     scale = d.to(dtype=dtype, device=device)
+    if scale.is_floating_point():
+        _check_range(a, scale, dtype)
     return ChebyshevPreconditioner(a, scale, int(degree), ratio * hi, hi)
+
+
+def _check_range(a: Any, scale: torch.Tensor, dtype: torch.dtype) -> None:
+    """Refuse (ValueError) a matrix that ``dtype`` cannot hold: an entry of ``A`` that
+    overflows in the cast, a diagonal entry that underflows to zero, or a Jacobi scale
+    ``a_ii^{-1/2}`` that is not finite and positive (every output would be NaN)."""
+    fix = f"build it in torch.float64 or rescale A (max |a_ij| = {np.abs(a.data).max():.3e})"
+    if not bool(torch.isfinite(torch.as_tensor(np.abs(a.data).max(), dtype=dtype))):
+        raise ValueError(
+            f"Expected the entries of A to be finite in {dtype} (got an entry beyond "
+            f"{dtype}'s range): {fix}."
+        )
+    diag = torch.as_tensor(a.diagonal(), dtype=dtype)
+    bad = ~((diag > 0) & (scale.cpu() > 0) & torch.isfinite(scale.cpu()))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"Expected a positive diagonal and a finite, positive Jacobi scale a_ii^(-1/2) "
+            f"in {dtype} (got A[{i}, {i}] = {float(diag[i]):.3e}, scale "
+            f"{float(scale[i]):.3e}): the preconditioner must be positive definite; {fix}."
+        )

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_positive
 from ..operators import SparseOperator
 from ._graph import SystemBatch
 from ._learned import LearnedPreconditioner
@@ -16,6 +17,24 @@ from ._pcg import _steps_to_tol, pcg_loss
 from ._sparse import check_spd_input
 
 __all__ = ["make_batches", "fit_preconditioner"]
+
+
+def _check_count(name: str, value: Any, low: int | None = 1) -> int:
+    """Refuse a count that is not an integer (a bool, a float such as 2.7, a string) or,
+    with ``low``, one below ``low``; returns it as an int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Expected '{name}' to be an integer (got {type(value).__name__}).")
+    if low is not None and value < low:
+        raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
+    return int(value)
+
+
+def _check_adaptive_tol(adaptive_tol: Any) -> float | None:
+    """``adaptive_tol``: None or a finite number > 0 (a tolerance <= 0 or NaN is never
+    reached: every system would silently get ``max_steps`` steps)."""
+    if adaptive_tol is None:
+        return None
+    return check_positive("adaptive_tol", adaptive_tol)
 
 
 def make_batches(
@@ -37,9 +56,16 @@ def make_batches(
             steps the model's *current* (e.g. untrained = base) preconditioner needs to
             bring the relative energy error below ``adaptive_tol`` (at most
             ``max_steps``), so that easy and hard systems of one family are trained at the
-            same error level instead of easy ones at round-off.
+            same error level instead of easy ones at round-off. None, or a finite
+            number > 0.
+        max_steps: the largest unroll length ``adaptive_tol`` may give, an integer >= 1.
+        n_rhs: right-hand sides per matrix, an integer >= 1.
     """
     import scipy.sparse.linalg as spla
+
+    n_rhs = _check_count("n_rhs", n_rhs)
+    max_steps = _check_count("max_steps", max_steps)
+    adaptive_tol = _check_adaptive_tol(adaptive_tol)
 
     rng = np.random.default_rng(seed)
     dev = next(model.parameters()).device
@@ -115,12 +141,11 @@ def fit_preconditioner(
         ``restart_vals``, the best validation loss of every restart, and ``restart``,
         the index of the kept one).
     """
-    from .._validation import check_positive
     from ..train import fit, is_main_process, save_checkpoint
     from ..train._args import check_fit_call
     from ..train._state import copy_state, replace_model
 
-    restarts = int(restarts)
+    restarts = _check_count("restarts", restarts, low=None)
     if restarts < 1:
         raise ValueError(f"Expected restarts >= 1 (got {restarts}).")
     if restarts > 1 and not val_matrices:
@@ -137,12 +162,10 @@ def fit_preconditioner(
             "Expected at least one training matrix (got an empty 'matrices'): every "
             "epoch would see no batch."
         )
-    for name, value, low in (("epochs", epochs, 1), ("n_rhs", n_rhs, 1), ("steps", steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"Expected '{name}' to be an integer (got {type(value).__name__}).")
-        if value < low:
-            raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
+    for name, value in (("epochs", epochs), ("n_rhs", n_rhs), ("steps", steps)):
+        _check_count(name, value)
     check_positive("lr", lr)
+    adaptive_tol = _check_adaptive_tol(adaptive_tol)
     checkpoint = fit_kwargs.pop("checkpoint", None)
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise IsADirectoryError(
