@@ -5,16 +5,20 @@ For the K = 10 window_jacobi iteration x <- x - s_k D^{-1} (H x - b), fits the K
 of one graph's problems, then applies those fractions to the Minnesota test problems of
 ``unrollsci bench graph`` (seed 1001). Fitting on Minnesota itself is the in-sample
 oracle: the best any controller could do with one polynomial for those 16 signals.
-Writes benchmarks/results/graph_oracle.json and prints a table.
+Writes benchmarks/results/graph_oracle.json (``--out DIR``; ``--quick``: 20 Adam steps per
+fit, ``graph_oracle_quick.json``) and prints a table.
 """
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import torch
 
+from unrollsci._argtypes import output_dir_arg
 from unrollsci._io import run_command
-from unrollsci.bench._common import markdown_table, write_results
+from unrollsci.bench._common import markdown_table, parse_bench_args, write_results
 from unrollsci.graph import inpainting_problem, load_minnesota, road_graph, sensor_graph
 
 K = 10
@@ -48,12 +52,17 @@ def fit(prob, iters=600):
     return torch.sigmoid(z).detach(), t0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/graph_oracle.py", description=__doc__)
+    parser.add_argument("--out", type=output_dir_arg, default="benchmarks/results")
+    parser.add_argument("--quick", action="store_true", help="20 Adam steps per fit")
+    args = parse_bench_args(parser, argv, "graph_oracle")
+    iters = 20 if args.quick else 600
     torch.set_num_threads(1)
     madj, _ = load_minnesota()
     minn = setup(inpainting_problem(madj, 16, noise=0.1, seed=1001))
     rows = []
-    t_min, cheb = fit(minn)
+    t_min, cheb = fit(minn, iters)
     rows.append({"fitted on": "Chebyshev roots (no fit)", "on Minnesota": run(minn, cheb)[0]})
     rows.append({"fitted on": "Minnesota itself (in-sample)", "on Minnesota": run(minn, t_min)[0]})
     graphs = [
@@ -64,7 +73,7 @@ def main() -> int:
     ]
     for name, adj in graphs:
         prob = setup(inpainting_problem(adj, 8, noise=0.1, seed=5))
-        t, _ = fit(prob)
+        t, _ = fit(prob, iters)
         deg = np.asarray(adj.sum(1)).ravel().mean()
         rows.append(
             {
@@ -89,7 +98,8 @@ def main() -> int:
             "minnesota_reference": ref,
             "minnesota_hi_over_lo": minn[4] / minn[3],
         },
-        "benchmarks/results",
+        args.out,
+        quick=args.quick,
     )
     print("wrote", path)
     return 0

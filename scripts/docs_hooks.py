@@ -12,8 +12,9 @@ Nothing generated here is committed; every page is rebuilt from the source at ea
   example is a build warning.
 - **Benchmarks** (``benchmarks/*.md``): one page per committed results file in
   ``benchmarks/results/`` with its plots and its tables, rendered from the JSON.
-- Every backticked repository path (``tests/...``, ``unrollsci/...``) and test name in the
-  hand-written pages must exist: a stale reference is a build warning.
+- Every repository path (``tests/...``, ``unrollsci/...``; backticked, or bare with a file
+  extension) and backticked test name in the hand-written pages must exist: a stale
+  reference is a build warning (paths with a placeholder, ``NAME`` or ``<...>``, excepted).
 
 Environment: ``UNROLLSCI_DOCS_GALLERY=0`` builds without running the examples (the gallery
 pages then say so, and the build warns); an example that makes no figure warns too (so
@@ -45,7 +46,6 @@ log = logging.getLogger("mkdocs.plugins.unrollsci")
 PACKAGE = "unrollsci"
 NOT_API = {"bench", "cli"}  # benchmark drivers; the command line has its own page section
 RESULTS = ROOT / "benchmarks" / "results"
-CHECKED_PAGES = ("guarantees.md", "getting-started.md", "index.md")
 
 _generated: dict[str, str | Path] = {}  # src_uri -> text, or a file to copy
 _primary: dict[str, str] = {}  # home path of an object -> the module page documenting it
@@ -438,6 +438,12 @@ def docs_quick_suffix() -> str:
 # ------------------------------------------------------------------- hand-written page refs
 
 _PATH_RE = re.compile(r"`((?:unrollsci|tests|benchmarks|examples|scripts|docs)/[\w./-]+)`")
+# a bare path to a file (not inside backticks or a link target, not a glob such as
+# ``results/graph_cost.*``): a citation written without backticks is checked too
+_BARE_RE = re.compile(
+    r"(?<![`\w/.-])(?<!\]\()((?:unrollsci|tests|benchmarks|examples|scripts)/[\w/-]+"
+    r"\.(?:py|json|md|pt|png|sh|txt))(?![\w*])"
+)
 _TEST_RE = re.compile(r"`(test_\w+)`")
 
 
@@ -445,9 +451,11 @@ def check_references(docs_dir: Path) -> None:
     test_names = set()
     for f in (ROOT / "tests").rglob("test_*.py"):
         test_names.update(re.findall(r"def (test_\w+)", f.read_text()))
-    for page in CHECKED_PAGES:
-        text = (docs_dir / page).read_text()
-        for path in _PATH_RE.findall(text):
+    for source in sorted(docs_dir.glob("*.md")):  # the hand-written pages
+        page, text = source.name, source.read_text()
+        for path in _PATH_RE.findall(text) + _BARE_RE.findall(text):
+            if "NAME" in path or "<" in path:
+                continue
             if not (ROOT / path.rstrip("/")).exists():
                 log.warning(f"{page}: `{path}` does not exist")
         for name in _TEST_RE.findall(text):
