@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "CERT_GRAPH_ATTR",
     "check_block_edges",
+    "check_edge_index",
     "check_graph_index",
     "edge_attr_weight",
     "networkx_adjacency",
@@ -56,6 +57,22 @@ def check_graph_index(graph_index: Any, n: int) -> np.ndarray:
     return gi
 
 
+def check_edge_index(ei: torch.Tensor, n: int) -> None:
+    """Refuse a PyG ``edge_index`` that is not of node ids: a float (or bool) one, which
+    scipy truncated to another graph, silently (``TypeError``), and entries outside ``[0,
+    n)``, for which scipy's message named no argument (``ValueError``)."""
+    if ei.dtype == torch.bool or ei.is_floating_point() or ei.is_complex():
+        raise TypeError(
+            f"Expected an integer data.edge_index (node ids; got dtype {ei.dtype}): a float "
+            "or bool edge_index would be read as other node ids."
+        )
+    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
+        raise ValueError(
+            f"Expected data.edge_index entries in [0, num_nodes) = [0, {n}) (got entries from "
+            f"{int(ei.min())} to {int(ei.max())})."
+        )
+
+
 def networkx_adjacency(G: Any, weight: str | None = "weight"):  # type: ignore[no-untyped-def]  # noqa: N803
     """CSR adjacency of an undirected ``networkx`` graph, nodes in ``list(G.nodes)`` order.
 
@@ -94,7 +111,8 @@ def pyg_inputs(data: Any, y: torch.Tensor | None) -> tuple[Any, torch.Tensor, An
     graph fingerprint must have ``edge_weight`` (the transform writes it): PyG collates
     the keys of a batch's first graph, so a first graph without ``edge_weight`` drops the
     weights of every graph (``ValueError``: give every graph of a batch ``edge_weight``,
-    or none).
+    or none). ``edge_index`` must hold integer node ids in ``[0, num_nodes)``
+    (:func:`check_edge_index`).
     """
     from torch_geometric.utils import to_scipy_sparse_matrix
 
@@ -127,5 +145,6 @@ def pyg_inputs(data: Any, y: torch.Tensor | None) -> tuple[Any, torch.Tensor, An
             f"or a 1-D edge_attr) (got {w.numel()} weights, shape {tuple(w.shape)})."
         )
     n = int(data.num_nodes)
+    check_edge_index(ei, n)
     adj = to_scipy_sparse_matrix(ei.cpu(), None if w is None else w.detach().cpu().double(), n)
     return adj, y, getattr(data, "batch", None)

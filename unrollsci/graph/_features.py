@@ -1,14 +1,20 @@
-"""The controller's input features of :class:`~unrollsci.graph.UnrolledGraphGD`."""
+"""The controller's input features of :class:`~unrollsci.graph.UnrolledGraphGD`, and the
+exact rescalings its forward uses to keep every product in range."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..solvers._common import pow2_above
-from ._problem import GraphInverseProblem
 from ._sqrt import sqrt0
 
-__all__ = ["step_features"]
+if TYPE_CHECKING:  # _problem imports block_pow2 from here
+    from ._problem import GraphInverseProblem
+
+__all__ = ["big_steps", "block_pow2", "data_unit", "jacobi_scaling", "step_features"]
 
 
 def pow2_unit(v: torch.Tensor) -> torch.Tensor:
@@ -18,6 +24,19 @@ def pow2_unit(v: torch.Tensor) -> torch.Tensor:
     neither overflow (float32 data of 1e20) nor lose digits to subnormals (1e-20; float64
     below 1e-150)."""
     return pow2_above(v.detach().abs().amax(-1, keepdim=True))
+
+
+def block_pow2(p: GraphInverseProblem, v: torch.Tensor) -> torch.Tensor:
+    """:func:`pow2_unit` per signal and block of ``p`` (the power of two just above the
+    block's largest magnitude of ``v: (batch, n)``, 1 for a zero block), broadcastable to
+    ``v`` (``(batch, 1)`` for one block, else ``(batch, n)``): each graph of a batch is
+    scaled into range on its own, exactly."""
+    if p.num_blocks == 1:
+        return pow2_unit(v)
+    big = v.detach().abs()
+    idx = p.block_index.expand_as(big)
+    big = big.new_zeros(big.shape[0], p.num_blocks).scatter_reduce(1, idx, big, "amax")
+    return pow2_above(big)[:, p.block_index]
 
 
 def step_features(
@@ -96,3 +115,43 @@ def step_features(
     if detach:
         node, glob = node.detach(), glob.detach()
     return node, glob
+
+
+def data_unit(b: torch.Tensor, x0: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """A power of two per signal to run the solver on ``b / 2^k`` (and ``x0``) where ``H g``
+    may overflow (float32 data of 1e30 with ``lam`` 1e10 gave NaN): ``max |b| max_i R_i``
+    above the square root of the dtype's largest number (a margin for the iterates'
+    growth); None where no signal needs it, so ordinary data run unchanged. Exact: the
+    solver is linear in ``(b, x0)``, its features normalized, its steps set by ``H``."""
+    big = b.detach().abs().amax(-1, keepdim=True)
+    if x0 is not None:
+        big = torch.maximum(big, x0.detach().abs().amax(-1, keepdim=True))
+    need = big * rows.detach().amax(-1, keepdim=True) > torch.finfo(b.dtype).max ** 0.5
+    if not bool(need.any()):
+        return None
+    return torch.where(need, pow2_unit(torch.where(need, big, torch.ones_like(big))), 1.0)
+
+
+def jacobi_scaling(diag: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> D^{-1} v`` for ``D = diag(H)``: a product with the reciprocal, as always,
+    except where it overflows (a subnormal ``H_ii``: float32, ``lam`` 1e-40), which are
+    divided by ``H_ii`` instead (``inf * 0`` gave NaN), with finite gradients."""
+    dinv = 1.0 / diag
+    fin = torch.isfinite(dinv)
+    if bool(fin.all()):
+        return lambda v: dinv * v
+    inv0 = torch.where(fin, dinv, torch.zeros_like(dinv))
+    big = torch.where(fin, torch.full_like(diag, float("inf")), diag)
+    return lambda v: inv0 * v + v / big
+
+
+def big_steps(
+    sq: torch.Tensor, g: torch.Tensor, rows: torch.Tensor, inf_rows: torch.Tensor
+) -> torch.Tensor:
+    """``d * g``, ``d = (2 / R) sq`` (diagonal mode) where some ``2 / R_i`` overflow: those
+    entries as ``2 sq (g / R)`` (finite: ``|g_i| <= R_i max |x|`` there), the others as
+    ``d * g`` (the same bits), with finite gradients."""
+    one = torch.ones_like(rows)
+    d0 = torch.where(inf_rows, 0.0, (2.0 / torch.where(inf_rows, one, rows)) * sq)
+    big = torch.where(inf_rows, rows, torch.full_like(rows, float("inf")))
+    return d0 * g + (2.0 * sq) * (g / big)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._features import block_pow2
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
 
@@ -31,7 +32,8 @@ def graph_loss(
       exact solution (``problem.solve_exact()``, cached).
     * ``"objective"`` (unsupervised): mean of ``(f(x_K) - f(0)) / (0.5 ||A^T y||^2 /
       Lip)``. Since ``f(x) - f(x*) = 0.5 ||x - x*||_H^2`` it has the same minimizer
-      as the energy loss but needs no solve.
+      as the energy loss but needs no solve. Both are invariant to the data's scale
+      (computed on data scaled by a power of two per signal and graph).
 
     In window mode ``penalty`` times the model's certificate violation is added,
     so that training keeps a gradient when a window falls back to safe steps.
@@ -49,7 +51,13 @@ def graph_loss(
     if kind == "energy":
         err = problem.relative_error(out.x)
         return torch.log(err * err + 1e-30).mean() + penalty * pen
-    f0 = problem.objective(torch.zeros_like(out.x))
+    # x, y and b = A^T y over a power of two per signal and block (b's largest entry): f is
+    # quadratic in (x, y), so the ratio keeps its bits and nothing under- or overflows (an
+    # absolute floor of 1e-30 on the scale shrank the loss of data below 1e-15 towards 0)
     b = problem.rhs()
+    c = block_pow2(problem, b)
+    x, y, b = out.x / c, problem.y.to(out.x.dtype) / c, b / c
+    f0 = problem._objective(torch.zeros_like(x), y)
     scale = 0.5 * problem.segment_sum(b * b) / problem.lipschitz(model.lipschitz_method)
-    return ((problem.objective(out.x) - f0) / scale.clamp(min=1e-30)).mean() + penalty * pen
+    scale = scale.clamp(min=torch.finfo(scale.dtype).tiny)  # 0 only for y = 0 (then x = 0)
+    return ((problem._objective(x, y) - f0) / scale).mean() + penalty * pen

@@ -18,7 +18,7 @@ from .._validation import (
     model_dtype,
 )
 from ._controller import StepController
-from ._features import pow2_unit, step_features
+from ._features import big_steps, data_unit, jacobi_scaling, pow2_unit, step_features
 from ._problem import GraphInverseProblem
 from ._pyg import is_pyg_data, problem_from_data
 from ._sample import controller_sample, local_features, per_graph
@@ -306,11 +306,7 @@ class UnrolledGraphGD(nn.Module):
             )
         B, n = p.batch_size, p.num_nodes  # noqa: N806
         b = p.rhs()
-        if x0 is None:
-            x = b.new_zeros(B, n)
-            g = -b
-            mv = 0
-        else:
+        if x0 is not None:
             check_tensor("x0", x0, ndim=(2,))
             if x0.shape != (B, n):
                 raise ValueError(f"Expected 'x0' of shape ({B}, {n}) (got {tuple(x0.shape)}).")
@@ -321,18 +317,26 @@ class UnrolledGraphGD(nn.Module):
                 )
             check_same_device(x0=x0, y=p.y)
             check_finite("x0", x0)
+        rows = p.gershgorin_rows()
+        unit = data_unit(b, x0, rows)  # None on ordinary data: nothing is rescaled
+        if unit is not None:  # the solver is linear in (b, x0), its features scale-free
+            b, x0 = b / unit, None if x0 is None else x0 / unit
+        if x0 is None:
+            x = b.new_zeros(B, n)
+            g = -b
+            mv = 0
+        else:
             x = x0
             g = p.hessian(x) - b
             mv = 1
-        rows = p.gershgorin_rows()
         jac = self.mode == "window_jacobi"
         if jac:
             # Everything below lives in the Jacobi-scaled metric: the "gradient" is
             # u = D^{-1} g and [lo, lip] is the spectral interval of D^{-1/2} H D^{-1/2}.
             lo, lip = p.jacobi_interval()
-            dinv = 1.0 / p.hessian_diagonal()
-            rows = rows * dinv
-            g = dinv * g
+            dinv = jacobi_scaling(p.hessian_diagonal())
+            rows = dinv(rows)
+            g = dinv(g)
         else:
             lip = p.lipschitz(self.lipschitz_method)
             lo = p.lambda_min_bound() if self.mode == "window" else torch.zeros_like(lip)
@@ -389,6 +393,10 @@ class UnrolledGraphGD(nn.Module):
             b = self.backup
             return None if b is None else lambda: run(b, node, glob)["window"]
 
+        # diagonal mode: where 2 / R_i overflows (subnormal R_i: float32, lam 1e-40; d * g
+        # gave inf * 0 = NaN), d * g is formed otherwise (big_steps)
+        inf_rows = ~torch.isfinite(2.0 / rows) if self.mode == "diagonal" else None
+        inf_rows = inf_rows if inf_rows is not None and bool(inf_rows.any()) else None
         res = GraphGDResult(x=x, iterates=[x])
         violation = x.new_zeros(())
         w = self.controller.window
@@ -415,8 +423,9 @@ class UnrolledGraphGD(nn.Module):
                 res.steps.append(s)
             elif self.mode == "diagonal":
                 if need_ctrl:  # else the step of the last controller call
-                    d = (2.0 / rows) * self._squash(out["node"])
-                u = d * g
+                    sq = self._squash(out["node"])
+                    d = (2.0 / rows) * sq
+                u = d * g if inf_rows is None else big_steps(sq, g, rows, inf_rows)
                 x = x - u
                 g = g - p.hessian(u)
                 mv += 1
@@ -437,9 +446,12 @@ class UnrolledGraphGD(nn.Module):
                 s = win_steps[..., k % w]
                 sn = per_node(s)
                 x = torch.addcmul(x, sn, g, value=-1.0)
-                g = torch.addcmul(g, sn, dinv * hg if jac else hg, value=-1.0)
+                g = torch.addcmul(g, sn, dinv(hg) if jac else hg, value=-1.0)
                 res.steps.append(s)
             res.iterates.append(x)
+        if unit is not None:  # back to the data's scale
+            x = x * unit
+            res.iterates = [v * unit for v in res.iterates]
         res.x = x
         res.matvecs = mv
         res.violation = violation

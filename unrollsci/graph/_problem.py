@@ -21,7 +21,7 @@ import torch
 
 from .._validation import check_batch, check_finite, check_tensor, detached_from
 from ..operators import LinearOperator, Mask, SparseOperator
-from . import _exact, _graphcert, _guard, _spectral
+from . import _exact, _features, _graphcert, _guard, _spectral
 from ._convert import check_block_edges, check_graph_index, networkx_adjacency, pyg_inputs
 from ._exact import _Hessian
 from ._identifiability import _CHUNK_ENTRIES, _RANK_DENSE_MAX, check_unique  # noqa: F401
@@ -348,7 +348,11 @@ class GraphInverseProblem(CopyableCache):
         docstring), ``m`` the mask (all ones without one), so ``y`` at unobserved entries
         does not enter; its gradient is :meth:`gradient`."""
         _guard.check_rows(self, x, "x", data=True)
-        y, m = self.y.to(x.dtype), self._mask_like(x)
+        return self._objective(x, self.y.to(x.dtype))
+
+    def _objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # objective() for the data y in x's dtype (graph_loss scales x and y by 2^k)
+        m = self._mask_like(x)
         r = self.forward_op(x) - (y if m is None else y * m)  # m o (B x - y): m is 0/1
         if self.kind == "operator":
             data = 0.5 * (r * r).sum(-1, keepdim=True)
@@ -367,9 +371,10 @@ class GraphInverseProblem(CopyableCache):
         if x_star is not None:
             _guard.check_rows(self, x_star, "x_star", data=True)
         xs = self.solve_exact() if x_star is None else x_star
-        xs = xs.to(x.dtype)
-        num = self.energy_norm_sq(x - xs)
-        den = torch.clamp(self.energy_norm_sq(xs), min=torch.finfo(x.dtype).tiny)
+        # over 2^k per signal and block: the same ratio, no under/overflow (data of 1e-170)
+        c = _features.block_pow2(self, xs := xs.to(x.dtype))
+        num = self.energy_norm_sq(x / c - xs / c)
+        den = torch.clamp(self.energy_norm_sq(xs / c), min=torch.finfo(x.dtype).tiny)
         return sqrt0(torch.clamp(num, min=0) / den)
 
     # --------------------------------------------------------- spectral bounds

@@ -24,9 +24,12 @@ whose fingerprint matches the problem built (else computed again, as without the
 transform; with an ``UnrollsciWarning`` where the graph itself changed), and
 ``cert_laplacian`` is the Laplacian kind of the problem when the caller gives none (so
 ``model(data)`` uses the transform's kind). The transform always writes ``edge_weight``
-(ones for an unweighted graph): PyG collates the keys of a batch's first graph, so a
-first graph without it would drop every graph's weights; data with the transform's
-``cert_graph_key`` but no ``edge_weight`` are refused (``ValueError``).
+(ones for an unweighted graph) and ``mask`` (ones, ``(num_nodes,)``, for a graph without
+one): PyG collates the keys of a batch's first graph, so a first graph without them would
+drop every graph's weights or masks; data with the transform's ``cert_graph_key`` but no
+``edge_weight`` are refused (``ValueError``), and so are data without a mask whose stored
+fingerprint proves a graph had one with unobserved nodes (a batch of graphs processed by
+an earlier version, which wrote no mask, whose first graph had none).
 """
 
 from __future__ import annotations
@@ -73,22 +76,74 @@ def _fingerprints(p: GraphInverseProblem) -> list[bytes]:
     rows of the Laplacian (the block's CSR arrays, node ids local to the block: equal for
     a graph alone and in a batch), and its columns of ``y`` and of the mask; the bounds
     and ``x*`` depend on nothing else."""
+    y, m = p.y.detach().cpu(), None if p.mask is None else p.mask.detach().cpu()
+    ptr = p.block_ptr
+    return [
+        _block_key(p, y, k, None if m is None else m[:, ptr[k] : ptr[k + 1]])
+        for k in range(p.num_blocks)
+    ]
+
+
+def _block_key(p: GraphInverseProblem, y: torch.Tensor, k: int, mask: torch.Tensor | None) -> bytes:
+    """The fingerprint of block ``k`` of ``p`` (:func:`_fingerprints`; ``y``: ``p.y`` on the
+    CPU) with the block's columns ``mask`` (``(rows, n_k)`` in ``y``'s dtype: ``p.mask``'s
+    rows) or no mask."""
+    s, e = int(p.block_ptr[k]), int(p.block_ptr[k + 1])
+    h = hashlib.sha256(
+        f"unrollsci-cert-1:{p.laplacian_kind}:{p.lam!r}:{y.dtype}:{y.shape[0]}:".encode()
+    )
+    _hash_rows(h, p.lap_scipy, s, e)
+    h.update(y[:, s:e].contiguous().numpy().tobytes())
+    if mask is None:
+        h.update(b"no-mask")
+    else:
+        h.update(f"mask:{mask.shape[0]}:".encode())
+        h.update(mask.contiguous().numpy().tobytes())
+    return h.digest()
+
+
+def _dropped_masks(data: Any, p: GraphInverseProblem) -> list[int]:
+    """The graphs of ``p`` (built from data without a mask) that :class:`CertifiedBounds`
+    saw with a mask leaving nodes unobserved: their stored fingerprint is that of the same
+    graph, ``lam`` and ``y`` with that mask, which is read off the stored ``x_star`` (``m_i
+    (x*_i - y_i) + lam (L x*)_i = 0``: observed where the first term cancels the second,
+    unobserved where ``(L x*)_i = 0``) and proved by the fingerprint. Cheap (two sparse
+    products), and run only where the fingerprints do not match."""
+    fp, xs = getattr(data, _FP_ATTR, None), getattr(data, "x_star", None)
+    if (
+        p.mask is not None
+        or not isinstance(fp, torch.Tensor)
+        or tuple(fp.shape) != (p.num_blocks, 32)
+        or not isinstance(xs, torch.Tensor)
+        or tuple(xs.shape) != (p.num_nodes, p.batch_size)
+    ):
+        return []
+    got = fp.detach().cpu().to(torch.uint8).numpy()
+    x = xs.detach().cpu().double().numpy().T  # (S, n)
+    yt = p.y.detach().cpu()
+    y = yt.double().numpy()
     lap = p.lap_scipy
-    y = p.y.detach().cpu().contiguous()
-    m = None if p.mask is None else p.mask.detach().cpu().contiguous()
-    head = f"unrollsci-cert-1:{p.laplacian_kind}:{p.lam!r}:{y.dtype}:{y.shape[0]}:".encode()
+    lx = p.lam * (lap @ x.T).T
+    # the rounding of x* to y's dtype, of the products, and a CG solve's residual (1e-12)
+    tol = (
+        4 * torch.finfo(p.dtype).eps * (np.abs(x) + np.abs(y) + p.lam * (abs(lap) @ np.abs(x).T).T)
+    )
     out = []
     for k in range(p.num_blocks):
         s, e = int(p.block_ptr[k]), int(p.block_ptr[k + 1])
-        h = hashlib.sha256(head)
-        _hash_rows(h, lap, s, e)
-        h.update(y[:, s:e].contiguous().numpy().tobytes())
-        if m is None:
-            h.update(b"no-mask")
-        else:
-            h.update(f"mask:{m.shape[0]}:".encode())
-            h.update(m[:, s:e].contiguous().numpy().tobytes())
-        out.append(h.digest())
+        t = tol[:, s:e] + 1e-10 * np.linalg.norm(y[:, s:e], axis=1, keepdims=True)
+        o = np.abs(x[:, s:e] - y[:, s:e] + lx[:, s:e]) <= t
+        f = np.abs(lx[:, s:e]) <= t
+        if not (o | f).all():
+            continue  # no mask explains x* (y, lam or the graph changed)
+        for cand in (o, o & ~f):  # nodes where both hold: observed, then unobserved
+            if cand.all():
+                continue  # all observed: the problem without a mask is the same
+            m = torch.as_tensor(cand, dtype=p.dtype)
+            shapes = [m] + ([m[:1]] if m.shape[0] > 1 and bool((m == m[:1]).all()) else [])
+            if any(_block_key(p, yt, k, c) == bytes(got[k]) for c in shapes):
+                out.append(k)
+                break
     return out
 
 
@@ -228,7 +283,8 @@ def problem_from_data(data: Any, *, laplacian: str | None = None) -> GraphInvers
     computed as without the transform, with an ``UnrollsciWarning`` where the graph itself
     (its edges or weights) differs from the one the transform saw. Data carrying the
     transform's attributes without ``edge_weight`` (a batch whose first graph had none
-    drops every graph's weights) are refused (``ValueError``). ``laplacian``: the
+    drops every graph's weights), or without the mask the transform saw on a graph
+    (:func:`_dropped_masks`), are refused (``ValueError``). ``laplacian``: the
     Laplacian kind; None (default): the kind :class:`CertifiedBounds` stored on the
     data, else ``"combinatorial"``.
 
@@ -259,6 +315,17 @@ def _problem(data: Any, laplacian: str | None, *, warn_changed: bool) -> GraphIn
     if not all(isinstance(c, torch.Tensor) for c in cached):
         return p
     if not _matches(data, p):
+        dropped = _dropped_masks(data, p) if warn_changed else []
+        if dropped:
+            raise ValueError(
+                "Expected data.mask on every graph of a batch or on none (got data without "
+                f"mask whose graph(s) {dropped[:5]}{'...' if len(dropped) > 5 else ''} "
+                "CertifiedBounds saw with a mask leaving nodes unobserved): PyG collates the "
+                "keys of a batch's first graph, so a first graph without a mask drops every "
+                "graph's mask, and their unobserved nodes would be solved as observations of "
+                "0. Apply CertifiedBounds again (it writes a mask of ones where there is "
+                "none; earlier versions did not), or give every graph a mask."
+            )
         changed = _changed_graphs(data, p) if warn_changed else []
         if changed:
             warnings.warn(
@@ -302,8 +369,10 @@ class CertifiedBounds:
     so ``model(data)``) uses when not given one. A ``lam`` given as a Python number (or
     absent) is stored as a ``(1,)`` float64 tensor: PyG batches Python floats as float32.
     ``edge_weight`` is always written (where absent: the 1-D ``edge_attr`` the weights came
-    from, else ones in ``y``'s dtype), so that graphs with and without weights batch
-    together without losing any.
+    from, else ones in ``y``'s dtype), and so is ``mask`` (where absent: ``(num_nodes,)``
+    bool ones, shared by the signals: the same problem as without a mask, bit for bit), so
+    that graphs with and without weights or masks batch together without losing any (a
+    graph with ``(num_nodes, S)`` masks needs them on every graph of its batch).
 
     Example:
         >>> import torch
@@ -321,9 +390,14 @@ class CertifiedBounds:
     def __call__(self, data: Any) -> Any:
         if getattr(data, "batch", None) is not None:
             raise ValueError("Expected one graph (a Data), not a Batch: apply it per graph.")
+        data = data.clone()
+        y = getattr(data, "y", None)
+        if getattr(data, "mask", None) is None and isinstance(y, torch.Tensor):
+            # always written (ones, shared by the signals): PyG collates the keys of a
+            # batch's first graph, so a first graph without one would drop every mask
+            data.mask = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
         p = _problem(data, self.laplacian, warn_changed=False)
         s = p.batch_size
-        data = data.clone()
         if getattr(data, "edge_weight", None) is None:
             # always written: PyG collates the keys of a batch's first graph, so a first
             # graph without it would drop the weights of every other graph

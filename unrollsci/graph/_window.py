@@ -75,7 +75,11 @@ def _safe_steps(
 
 def _violation(z: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, q_max: float) -> torch.Tensor:
     """Soft, differentiable measure of how far the roots ``sigmoid(z)`` are from the
-    certified set (training aid only; the guarantee comes from the fallback)."""
+    certified set (training aid only; the guarantee comes from the fallback). A NaN logit
+    (an overflow inside the controller at large but finite weights, where the window falls
+    back to safe steps) is read as 0, as the scalar and diagonal modes read it: the penalty
+    stays finite (it was NaN, and so the loss, while the solver's output was finite)."""
+    z = torch.nan_to_num(z, nan=0.0)
     tiny = torch.finfo(z.dtype).tiny
     roots = lo[..., None] + (hi - lo)[..., None] * torch.sigmoid(z)
     lam = lo[..., None] + (hi - lo)[..., None] * torch.linspace(
