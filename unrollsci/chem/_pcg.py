@@ -159,16 +159,20 @@ def _pcg(
     target = max(tol * scale, atol, floor)
     denom = max(scale, floor, torch.finfo(b.dtype).tiny)
     residuals: list[float] = []
-    met: list[bool] = []
 
     def monitor(st: PCGState) -> bool:
         kkt = scaled_norm(d * st.z)
         residuals.append(kkt / denom)
-        met[:] = [kkt <= target]
         # r^T z = 0 or the round-off floor: the projected residual vanished (an exact
         # solution to working precision; only met with a fixed number of iterations,
         # otherwise the target, never below the floor, stopped first)
-        return (iterations is None and met[0]) or float(st.rz.detach()) <= 0.0 or kkt <= floor
+        met = iterations is None and kkt <= target
+        return met or float(st.rz.detach()) <= 0.0 or kkt <= floor
+
+    def true_residual(q: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(r, ||D z||)`` of the true residual ``r = -b - A q`` (``z`` its projection)."""
+        r = -b - op(q)
+        return r, scaled_norm(dd * project(r.detach()))
 
     limit = iterations if iterations is not None else max_iter
 
@@ -193,7 +197,7 @@ def _pcg(
     if iterations is not None:  # the reported residual is the true one (no restart)
         q = on_constraint(q)
         with torch.no_grad():
-            kkt = scaled_norm(dd * project(-b.detach() - op(q.detach())))
+            _, kkt = true_residual(q.detach())
         residuals[-1] = kkt / denom
         return q, k, residuals, kkt <= target
     if not converged:
@@ -206,8 +210,7 @@ def _pcg(
     best: tuple[float, torch.Tensor] | None = None
     for attempt in range(3):
         q = on_constraint(q)
-        r = -b - op(q)
-        kkt = scaled_norm(dd * project(r.detach()))
+        r, kkt = true_residual(q)
         residuals[-1] = kkt / denom
         if kkt <= target:
             return q, k, residuals, True

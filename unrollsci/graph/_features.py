@@ -129,7 +129,7 @@ def data_unit(b: torch.Tensor, x0: torch.Tensor | None, rows: torch.Tensor) -> t
     need = big * rows.detach().amax(-1, keepdim=True) > torch.finfo(b.dtype).max ** 0.5
     if not bool(need.any()):
         return None
-    return torch.where(need, pow2_unit(torch.where(need, big, torch.ones_like(big))), 1.0)
+    return torch.where(need, pow2_above(torch.where(need, big, torch.ones_like(big))), 1.0)
 
 
 def jacobi_scaling(diag: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

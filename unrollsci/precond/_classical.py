@@ -44,6 +44,7 @@ from ._ordering import PermutedPreconditioner, reorder  # noqa: F401  (re-export
 from ._sparse import (  # noqa: F401  (re-exported)
     LowerPattern,
     check_spd_input,
+    first_not_invertible,
     lower_matvec,
     lower_pattern,
     tri_solve,
@@ -80,9 +81,8 @@ class DiagonalPreconditioner(Preconditioner):
         check_real("diag", diag)
         check_finite("diag", diag)
         d = diag.detach()
-        bad = ~((d > 0) & torch.isfinite(1.0 / d))
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
+        i = first_not_invertible(d)
+        if i is not None:
             raise ValueError(
                 f"Expected 'diag' with strictly positive entries whose reciprocals are "
                 f"finite (got diag[{i}] = {float(d[i]):.3e}): the preconditioner must be "

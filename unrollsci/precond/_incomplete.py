@@ -14,7 +14,7 @@ import torch
 from .._validation import check_device
 from ._factors import FactorPreconditioner
 from ._ordering import PermutedPreconditioner, reorder
-from ._sparse import LowerPattern, check_spd_input, lower_pattern
+from ._sparse import LowerPattern, check_spd_input, first_not_invertible, lower_pattern
 from ._triangles import column_pairs, lower_triangles
 
 __all__ = [
@@ -320,9 +320,8 @@ def _factor_tensor(
             f"in float64): it is outside {dtype}'s range; {fix}."
         )
     d = v.index_select(0, pat.diag.to(v.device))
-    bad = ~((d > 0) & torch.isfinite(1.0 / d))
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
+    i = first_not_invertible(d)
+    if i is not None:
         raise ValueError(
             f"Expected the {what} factor's diagonal in {dtype} to be strictly positive "
             f"with finite reciprocals (got L[{i}, {i}] = {float(d[i]):.3e}, from "

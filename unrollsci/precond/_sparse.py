@@ -16,7 +16,21 @@ import torch
 
 from .._validation import check_symmetric, detached_from
 
-__all__ = ["LowerPattern", "lower_pattern", "tri_solve", "lower_matvec", "check_spd_input"]
+__all__ = [
+    "LowerPattern",
+    "lower_pattern",
+    "tri_solve",
+    "lower_matvec",
+    "check_spd_input",
+    "first_not_invertible",
+]
+
+
+def first_not_invertible(d: torch.Tensor) -> int | None:
+    """The index of the first entry of ``d`` that is not strictly positive with a finite
+    reciprocal (the diagonal of a positive definite preconditioner), None if there is none."""
+    bad = ~((d > 0) & torch.isfinite(1.0 / d))
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
 
 
 @dataclass
