@@ -21,12 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "unrollsci"
-CORE = {"_validation", "_io", "_compat"}
+CORE = {"_validation", "_io", "_compat", "_threads", "_argtypes"}
 #: drawing positions (x, layer), bottom to top: imports point downwards only, except lazy ones
 POSITIONS = {
     "operators": (-3.6, 0),
     "prox": (0.0, 0),
-    "losses": (3.6, 0),
+    "_prox_checks": (3.6, 0),
+    "losses": (1.6, 1),
     "solvers": (-1.6, 1),
     "unrolled": (-6.2, 1.5),
     "train": (6.0, 2),
@@ -36,6 +37,7 @@ POSITIONS = {
     "imaging": (4.2, 3),
     "bench": (0.0, 4.2),
     "cli": (3.0, 5.2),
+    "__main__": (6.0, 5.2),
 }
 #: drawn as a note, not as edges: every subpackage imports it
 FOUNDATION = "core"
@@ -180,7 +182,7 @@ def draw(edges: dict[tuple[str, str], bool], out: Path) -> None:
         "unrollsci: imports between subpackages (arrow: importer -> imported)\n"
         "black: at module import; red dashed: lazy (inside a function, or importlib by name); "
         "grey: from bench\n"
-        "not drawn: every subpackage imports core (_validation, _io, _compat)",
+        "not drawn: every subpackage imports core (_validation, _io, _compat, _threads, _argtypes)",
         fontsize=11,
     )
     ax.axis("off")
