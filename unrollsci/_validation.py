@@ -8,6 +8,7 @@ call these.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "as_bool_mask",
     "as_tensor",
     "check_batch",
+    "check_count",
     "check_device",
     "check_positive",
     "check_finite",
@@ -181,6 +183,45 @@ def check_batch(name: str, x: torch.Tensor, *, dim: int = 0) -> torch.Tensor:
             f"shape {tuple(x.shape)})."
         )
     return x
+
+
+def check_count(
+    name: str, value: Any, low: int | None = 1, *, high: int | None = None, optional: bool = False
+) -> int | None:
+    """Check that a count (a size, a number of steps, a seed, an index) is an integer in
+    ``low..high``; returns it as a Python int.
+
+    The library's one rule for integer arguments: a Python int or a numpy integer passes
+    (and a ``torch.SymInt`` while tracing); a bool, a float (``2.0`` included), a string, a
+    tensor or any other object raises ``TypeError``; a value below ``low`` or above
+    ``high`` (None: no bound) raises ``ValueError``. ``None`` passes, and is returned, only
+    with ``optional=True``.
+
+    Example:
+        >>> check_count("steps", 3, 0)
+        3
+        >>> check_count("steps", 2.0)
+        Traceback (most recent call last):
+            ...
+        TypeError: Expected 'steps' to be an integer (got float 2.0).
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (numbers.Integral, torch.SymInt)
+    ):
+        kind = "an integer or None" if optional else "an integer"
+        got = repr(value)
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise TypeError(f"Expected '{name}' to be {kind} (got {type(value).__name__} {got}).")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        if high is None:
+            raise ValueError(f"Expected '{name}' >= {low} (got {v}).")
+        if low is None:
+            raise ValueError(f"Expected '{name}' <= {high} (got {v}).")
+        raise ValueError(f"Expected {low} <= '{name}' <= {high} (got {v}).")
+    return v
 
 
 def check_positive(

@@ -19,7 +19,7 @@ from ._prox_checks import (
     check_prox_input,
     check_threshold,
 )
-from ._validation import as_bool_mask
+from ._validation import as_bool_mask, check_count
 
 __all__ = [
     "soft_threshold",
@@ -93,12 +93,8 @@ def group_soft_threshold(
         if group_size is not None:
             raise ValueError("Give one of 'group_size' and 'groups', not both.")
         return _uneven_group_soft(x, threshold, check_groups(groups, n), dim, eps)
-    if group_size is not None and (
-        isinstance(group_size, bool) or not isinstance(group_size, (int, torch.SymInt))
-    ):
-        raise TypeError(f"Expected 'group_size' to be an int (got {group_size!r}).")
-    g = n if group_size is None else int(group_size)
-    if g <= 0 or n % g:
+    g = n if group_size is None else check_count("group_size", group_size)
+    if n % g:
         raise ValueError(f"Expected group_size dividing the axis length {n} (got {group_size}).")
     xm = x.movedim(dim, -1)
     shp = xm.shape
@@ -278,13 +274,7 @@ class Prox:
                     "{'kind': 'group', 'group_size': 5}."
                 )
             if group_size is not None:
-                if isinstance(group_size, bool) or not isinstance(group_size, int):
-                    raise TypeError(
-                        f"Expected 'group_size' to be an int (got {type(group_size).__name__})."
-                    )
-                if group_size < 1:
-                    raise ValueError(f"Expected group_size >= 1 (got {group_size}).")
-                self.group_size = group_size
+                self.group_size = check_count("group_size", group_size)
             else:
                 n = groups.shape[0] if isinstance(groups, torch.Tensor) and groups.dim() else -1
                 if n == 0:

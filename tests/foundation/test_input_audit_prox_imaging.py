@@ -21,9 +21,11 @@ def test_integer_sinogram_is_refused_not_zeroed():
     assert filter_sinogram(y.double()).abs().max() > 0
 
 
-@pytest.mark.parametrize("n", [0, -3, 2.5, True])
-def test_ramp_filter_detector_count(n):
-    with pytest.raises(ValueError, match="n_detectors"):
+@pytest.mark.parametrize(
+    ("n", "exc"), [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_ramp_filter_detector_count(n, exc):
+    with pytest.raises(exc, match="n_detectors"):
         ramp_filter(n)
 
 

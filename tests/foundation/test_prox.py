@@ -185,7 +185,7 @@ def test_prox_penalty():
         ({"kind": "lasso"}, None, ValueError, "'kind' in"),
         ({"kind": "group"}, None, ValueError, "exactly one of"),
         ({"kind": "group", "group_size": 3}, 10, ValueError, "dividing the signal length 10"),
-        ({"kind": "group", "group_size": 0}, None, ValueError, "group_size >= 1"),
+        ({"kind": "group", "group_size": 0}, None, ValueError, "'group_size' >= 1"),
         ({"kind": "group", "group_size": 2.0}, None, TypeError, "'group_size' to be an int"),
         ({"kind": "group", "groups": torch.zeros(4)}, None, TypeError, "integer labels"),
         ({"kind": "group", "groups": torch.zeros(4, dtype=torch.long)}, 5, ValueError, r"\(5,\)"),

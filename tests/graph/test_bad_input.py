@@ -163,7 +163,7 @@ def test_cuda_device_without_cuda_is_a_value_error():
 
 def test_inpainting_problem_bad_arguments():
     adj = sp.csr_matrix(nx.to_scipy_sparse_array(nx.path_graph(6)))
-    with pytest.raises(ValueError, match=r"Expected 'num' to be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"Expected 'num' >= 1 \(got 0\)"):
         inpainting_problem(adj, 0)
     with pytest.raises(ValueError, match=r"Expected 0 <= observed <= 1"):
         inpainting_problem(adj, 1, observed=1.5)

@@ -161,7 +161,7 @@ def test_model_errors():
     p = GraphInverseProblem.from_networkx(nx.path_graph(4), torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="mode"):
         UnrolledGraphGD(3, mode="bogus")
-    with pytest.raises(ValueError, match="num_layers >= 1"):
+    with pytest.raises(ValueError, match="'num_layers' >= 1"):
         UnrolledGraphGD(0)
     with pytest.raises(TypeError, match="StepController"):
         UnrolledGraphGD(3, controller=torch.nn.Linear(2, 2))

@@ -150,8 +150,10 @@ def test_backup_bad_input():
         UnrolledGraphGD(4, ctrl, mode="window", backup=StepController(window=4, hops=1))
     with pytest.raises(TypeError, match="StepController backup"):
         UnrolledGraphGD(4, ctrl, mode="window", backup=torch.nn.Linear(2, 2))
-    for bad in (-1, 1.5, True, "5"):
-        with pytest.raises(ValueError, match="controller_full_up_to"):
+    with pytest.raises(ValueError, match="controller_full_up_to"):
+        UnrolledGraphGD(4, ctrl, mode="window", controller_full_up_to=-1)
+    for bad in (1.5, True, "5"):
+        with pytest.raises(TypeError, match="controller_full_up_to"):
             UnrolledGraphGD(4, ctrl, mode="window", controller_full_up_to=bad)
 
 

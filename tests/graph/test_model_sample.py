@@ -218,7 +218,7 @@ def test_checkpoints_round_trip_and_old_configs_load(tmp_path):
 def test_bad_options():
     with pytest.raises(ValueError, match="controller_sample"):
         UnrolledGraphGD(3, controller_sample=0)
-    with pytest.raises(ValueError, match="controller_sample"):
+    with pytest.raises(TypeError, match="controller_sample"):
         UnrolledGraphGD(3, controller_sample=True)
     with pytest.raises(TypeError, match="controller_seed"):
         UnrolledGraphGD(3, controller_sample=4, controller_seed=1.5)

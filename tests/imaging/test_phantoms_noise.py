@@ -77,5 +77,5 @@ def test_noise_bad_input():
         poisson_noise(torch.zeros(1, 4, 8), 0.0)
     with pytest.raises(ValueError, match="sigma >= 0"):
         gaussian_noise(torch.zeros(1, 4, 8), -1.0)
-    with pytest.raises(ValueError, match="Expected n >= 1"):
+    with pytest.raises(ValueError, match="Expected 'n' >= 1"):
         random_ellipses(0, 32)

@@ -194,8 +194,10 @@ def test_memory_channels_shapes_checkpoint_and_gradients(tmp_path, small, tied):
 
 def test_memory_bad_value():
     op = Radon(16, 8)
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="memory to be an integer >= 0"):
+    with pytest.raises(ValueError, match="'memory' >= 0"):
+        UnrolledCT(op, n_layers=1, channels=2, memory=-1)
+    for bad in (1.5, True):
+        with pytest.raises(TypeError, match="'memory' to be an integer"):
             UnrolledCT(op, n_layers=1, channels=2, memory=bad)
 
 

@@ -224,7 +224,7 @@ def test_learned_rejects_non_integer_sizes(kw):
 def test_learned_accepts_numpy_integer_sizes():
     m = LearnedPreconditioner("block", hidden=np.int64(4), block_size=np.int32(3), max_n=None)
     assert m.hidden == 4 and m.block_size == 3
-    with pytest.raises(ValueError, match="integer sweeps"):
+    with pytest.raises(TypeError, match="'sweeps' to be an integer"):
         LearnedPreconditioner("amg", sweeps=True)
 
 

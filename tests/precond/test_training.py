@@ -128,7 +128,7 @@ def test_seeded_init_and_restarts_keep_best_validation():
         assert single.best_val == pytest.approx(hist.restart_vals[r], rel=1e-9)
     with pytest.raises(ValueError, match="val_matrices"):
         fit_preconditioner(LearnedPreconditioner("factor"), mats, restarts=2, steps=4)
-    with pytest.raises(ValueError, match="restarts >= 1"):
+    with pytest.raises(ValueError, match="'restarts' >= 1"):
         fit_preconditioner(LearnedPreconditioner("factor"), mats, restarts=0, val_matrices=val)
 
 

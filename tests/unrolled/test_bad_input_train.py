@@ -342,7 +342,11 @@ X = torch.randn(16, 3)
     ("kwargs", "exc", "match"),
     [
         ({"batch_size": 0}, ValueError, r"'batch_size' >= 1 \(got 0\)"),
-        ({"batch_size": 2.5}, TypeError, r"'batch_size' to be an integer or None \(got float\)"),
+        (
+            {"batch_size": 2.5},
+            TypeError,
+            r"'batch_size' to be an integer or None \(got float 2.5\)",
+        ),
         ({"epochs": 0}, ValueError, r"'epochs' >= 1 \(got 0\)"),
         ({"steps_per_epoch": 0}, ValueError, r"'steps_per_epoch' >= 1 \(got 0\)"),
         ({"stage_epochs": 0}, ValueError, r"'stage_epochs' >= 1"),
@@ -353,7 +357,7 @@ X = torch.randn(16, 3)
         ({"weight_decay": -1.0}, ValueError, r"'weight_decay' >= 0"),
         ({"clip_grad": 0.0}, ValueError, r"'clip_grad' > 0"),
         ({"lr_decay": 1.5}, ValueError, r"0 < lr_decay <= 1 \(got 1.5\)"),
-        ({"seed": 1.5}, TypeError, r"'seed' to be an integer \(got float\)"),
+        ({"seed": 1.5}, TypeError, r"'seed' to be an integer \(got float 1.5\)"),
     ],
 )
 def test_fit_argument_errors(kwargs, exc, match):

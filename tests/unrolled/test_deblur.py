@@ -141,7 +141,7 @@ def test_bad_input():
     op = _blur(8, 8)
     with pytest.raises(ValueError, match="in_shape \\(H, W\\)"):
         UnrolledAnalysisFISTA(MatrixOperator(torch.randn(4, 6)), 2)
-    with pytest.raises(ValueError, match="channels >= 4"):
+    with pytest.raises(ValueError, match="'channels' >= 4"):
         UnrolledAnalysisFISTA(op, 2, channels=3)
     with pytest.raises(ValueError, match="odd precond_size"):
         UnrolledAnalysisFISTA(op, 2, precond_size=4)

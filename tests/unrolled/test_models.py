@@ -255,11 +255,11 @@ def test_bad_input(device, cls, opts):
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="Expected 'y' to be finite"):
         model(bad)
-    with pytest.raises(ValueError, match="Expected num_layers >= 1"):
+    with pytest.raises(ValueError, match="Expected 'num_layers' >= 1"):
         cls(op, 0, lam=LAM, **opts)
     with pytest.raises(ValueError, match="Expected 'lam' > 0"):
         cls(op, 2, lam=-1.0, **opts)
-    with pytest.raises(ValueError, match="active_layers in 1..2"):
+    with pytest.raises(ValueError, match=r"1 <= 'active_layers' <= 2 \(got 3\)"):
         model.active_layers = 3
 
 

@@ -289,7 +289,7 @@ def test_bad_input():
         ADMMNet(op, 2, x_update="lu")
     with pytest.raises(ValueError, match="option of x_update='cg' or 'learned'"):
         ADMMNet(op, 2, cg_steps=3)
-    with pytest.raises(ValueError, match="cg_steps >= 1"):
+    with pytest.raises(ValueError, match="'cg_steps' >= 1"):
         ADMMNet(op, 2, x_update="cg", cg_steps=0)
     with pytest.raises(TypeError, match="'cg_steps' to be an int"):
         ADMMNet(op, 2, x_update="cg", cg_steps=2.0)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_device, check_positive
+from .._validation import check_count, check_device, check_positive
 from ._laplacian import HeatKernel, laplacian_matrix, validate_adjacency
 from ._problem import GraphInverseProblem
 
@@ -177,11 +177,6 @@ def load_minnesota():  # type: ignore[no-untyped-def]
     return adj, np.asarray(g.coords)
 
 
-def _check_num(num: Any) -> None:
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-        raise ValueError(f"Expected 'num' to be an integer >= 1 signals (got {num!r}).")
-
-
 def smooth_signal(
     adjacency: Any,
     num: int = 1,
@@ -209,7 +204,7 @@ def smooth_signal(
         >>> smooth_signal(adj, 3).shape
         torch.Size([3, 10])
     """
-    _check_num(num)
+    num = check_count("num", num)
     check_positive("tau", tau, allow_zero=True)
     adj = validate_adjacency(adjacency)
     lap = laplacian_matrix(adj, laplacian)
@@ -255,7 +250,7 @@ def inpainting_problem(
     from scipy.sparse.csgraph import connected_components
 
     device = check_device(device)
-    _check_num(num)
+    num = check_count("num", num)
     if not 0.0 <= check_positive("observed", observed, allow_zero=True) <= 1.0:
         raise ValueError(f"Expected 0 <= observed <= 1 (got {observed!r}).")
     adj = validate_adjacency(adjacency)

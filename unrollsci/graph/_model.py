@@ -11,6 +11,7 @@ from torch import nn
 
 from .._validation import (
     DtypeMismatchError,
+    check_count,
     check_finite,
     check_model_dtype,
     check_same_device,
@@ -155,8 +156,7 @@ class UnrolledGraphGD(nn.Module):
         backup: StepController | None = None,
     ) -> None:
         super().__init__()
-        if int(num_layers) < 1:
-            raise ValueError(f"Expected num_layers >= 1 (got {num_layers}).")
+        num_layers = check_count("num_layers", num_layers)
         if mode not in MODES:
             raise ValueError(f"Expected mode in {MODES} (got {mode!r}).")
         if not 0 < margin < 1 or not 0 < floor < 1 - margin:
@@ -173,8 +173,7 @@ class UnrolledGraphGD(nn.Module):
         self.margin, self.floor, self.q_max = float(margin), float(floor), float(q_max)
         self.lipschitz_method = lipschitz_method
         self.detach_features = bool(detach_features)
-        if isinstance(controller_every, bool) or int(controller_every) < 1:
-            raise ValueError(f"Expected controller_every >= 1 (got {controller_every!r}).")
+        controller_every = check_count("controller_every", controller_every)
         if mode not in ("scalar", "diagonal") and controller_every != 1:
             raise ValueError(
                 "Expected controller_every other than 1 only with mode 'scalar' or 'diagonal' "
@@ -182,16 +181,8 @@ class UnrolledGraphGD(nn.Module):
                 "mode runs the controller once per window)."
             )
         self.controller_every = int(controller_every)
-        if controller_sample is not None and (
-            isinstance(controller_sample, bool)
-            or not isinstance(controller_sample, int)
-            or controller_sample < 1
-        ):
-            raise ValueError(
-                f"Expected controller_sample None or an int >= 1 (got {controller_sample!r})."
-            )
-        if isinstance(controller_seed, bool) or not isinstance(controller_seed, int):
-            raise TypeError(f"Expected an int controller_seed (got {controller_seed!r}).")
+        controller_sample = check_count("controller_sample", controller_sample, optional=True)
+        controller_seed = check_count("controller_seed", controller_seed, None)
         if controller_sample is not None and mode == "diagonal":
             if self.controller.node_head != "local":
                 raise ValueError(
@@ -200,9 +191,7 @@ class UnrolledGraphGD(nn.Module):
                 )
         self.controller_sample = controller_sample
         self.controller_seed = int(controller_seed)
-        full = controller_full_up_to
-        if isinstance(full, bool) or not isinstance(full, int) or full < 0:
-            raise ValueError(f"Expected an int controller_full_up_to >= 0 (got {full!r}).")
+        full = check_count("controller_full_up_to", controller_full_up_to, 0)
         self.controller_full_up_to = full
         if controller_sample is None and (self.controller_seed != 0 or full != 0):
             raise ValueError(

@@ -15,13 +15,9 @@ from typing import Any
 
 import torch
 
+from .._validation import check_count
+
 __all__ = ["ellipse_line_integrals", "fanbeam_ellipse_sinogram", "profiled_ellipse_image"]
-
-
-def _check_power(power: Any) -> int:
-    if isinstance(power, bool) or not isinstance(power, int) or power < 0:
-        raise ValueError(f"Expected 'power' to be an integer >= 0 (got {power!r}).")
-    return power
 
 
 def profiled_ellipse_image(
@@ -43,7 +39,7 @@ def profiled_ellipse_image(
     """
     from ._phantoms import _grid
 
-    power = _check_power(power)
+    power = check_count("power", power, 0)
     x, y = _grid(size, supersample, params.dtype, params.device)
     val, a, b, x0, y0, phi = (params[..., i, None, None] for i in range(6))
     dx, dy = x - x0, y - y0
@@ -107,7 +103,7 @@ def ellipse_line_integrals(
     qa = du * du + dv * dv
     qb = pu * du + pv * dv
     qc = pu * pu + pv * pv - 1.0
-    power = _check_power(power)
+    power = check_count("power", power, 0)
     half2 = torch.clamp(qb * qb - qa * qc, min=0.0) / qa  # L^2, squared normalized half-chord
     coef = math.sqrt(math.pi) * math.factorial(power) / math.gamma(power + 1.5)
     out = (rho * coef * half2 ** (power + 0.5) / torch.sqrt(qa)).sum(1)

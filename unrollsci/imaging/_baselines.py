@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ import torch
 from .._validation import (
     as_bool_mask,
     check_batch,
+    check_count,
     check_finite,
     check_like,
     check_positive,
@@ -87,8 +87,7 @@ def _check_problem(y: torch.Tensor, radon: Any, mask: Any) -> torch.Tensor | Non
 
 def _check_iters(tol: Any, max_iter: Any) -> None:
     check_positive("tol", tol, allow_zero=True)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ValueError(f"Expected 'max_iter' to be an integer >= 1 (got {max_iter!r}).")
+    check_count("max_iter", max_iter)
 
 
 def tv_reconstruction(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_device
+from .._validation import check_count, check_device
 from ..operators._radon import Radon
 from ._fbp import fbp
 
@@ -47,12 +46,7 @@ def conv_operator_norm(
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"Expected a conv weight of shape (c_out, c_in, k, k) (got {got}).")
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, numbers.Integral)
-        or image_size < 1
-    ):
-        raise ValueError(f"Expected 'image_size' to be an integer >= 1 (got {image_size!r}).")
+    image_size = check_count("image_size", image_size)
     w = weight.detach().to(torch.float64)
     kh, kw = w.shape[-2:]
     if method == "fft":

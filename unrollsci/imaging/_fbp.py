@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_batch, check_device, check_finite, check_tensor
+from .._validation import check_batch, check_count, check_device, check_finite, check_tensor
 from ..operators._base import check_dtype_supported, check_real
 from ..operators._radon import Radon
 
@@ -49,8 +49,7 @@ def ramp_filter(
     """
     if filter not in FILTERS:
         raise ValueError(f"Expected filter in {FILTERS} (got {filter!r}).")
-    if isinstance(n_detectors, bool) or not isinstance(n_detectors, int) or n_detectors < 1:
-        raise ValueError(f"Expected n_detectors to be an integer >= 1 (got {n_detectors!r}).")
+    n_detectors = check_count("n_detectors", n_detectors)
     device = check_device(device)
     size = max(64, 1 << int(math.ceil(math.log2(2 * n_detectors))))
     k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import torch
 
-from .._validation import check_batch, check_finite, check_positive, check_tensor
+from .._validation import (
+    check_batch,
+    check_count,
+    check_finite,
+    check_positive,
+    check_tensor,
+)
 from ._certify import conv_operator_norm, init_norm, propagate_bound
 from ._ridge import ConvexRidgeCT
 from ._unrolled import UnrolledCT
@@ -125,8 +130,7 @@ def empirical_lipschitz(
         raise ValueError(f"Expected 'y' of shape (batch, ...) (got shape {tuple(y.shape)}).")
     check_batch("y", y)
     check_finite("y", y)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"Expected 'steps' to be an integer >= 1 (got {steps!r}).")
+    steps = check_count("steps", steps)
     check_positive("lr", lr)
     check_positive("radius", radius)
     with torch.inference_mode(False), torch.enable_grad():  # an ascent on the inputs, in any mode

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 
-from .._validation import check_device
+from .._validation import check_count, check_device
 
 __all__ = ["shepp_logan", "random_ellipses", "ellipse_image", "disk_mask"]
 
@@ -27,12 +26,6 @@ _MODIFIED_SHEPP_LOGAN = (
     (0.1, 0.0230, 0.0230, 0.0, -0.606, 0.0),
     (0.1, 0.0230, 0.0460, 0.06, -0.605, 0.0),
 )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum} (an integer; got {value!r}).")
-    return value
 
 
 def _check_dtype(dtype: Any) -> None:
@@ -84,8 +77,8 @@ def shepp_logan(
         (torch.Size([64, 64]), True, True)
     """
     device = check_device(device)
-    _check_int("size", size, 2)
-    _check_int("supersample", supersample, 1)
+    size = check_count("size", size, 2)
+    supersample = check_count("supersample", supersample, 1)
     _check_dtype(dtype)
     p = torch.tensor(_MODIFIED_SHEPP_LOGAN, dtype=torch.float64)
     p[:, 5] = torch.deg2rad(p[:, 5])
@@ -103,7 +96,7 @@ def disk_mask(size: int, *, device: Any = None) -> torch.Tensor:
         torch.Size([8, 8])
     """
     device = check_device(device)
-    _check_int("size", size, 1)
+    size = check_count("size", size, 1)
     i = torch.arange(size, device=device) - size // 2
     return (i[:, None] ** 2 + i[None, :] ** 2) <= (size // 2) ** 2
 
@@ -147,10 +140,10 @@ def random_ellipses(
         (torch.Size([4, 32, 32]), torch.Size([4, 32, 32]), torch.bool)
     """
     device = check_device(device)
-    _check_int("n", n, 1)
-    _check_int("size", size, 2)
-    _check_int("n_ellipses", n_ellipses, 0)
-    _check_int("supersample", supersample, 1)
+    n = check_count("n", n, 1)
+    size = check_count("size", size, 2)
+    n_ellipses = check_count("n_ellipses", n_ellipses, 0)
+    supersample = check_count("supersample", supersample, 1)
     _check_dtype(dtype)
     gen = (
         generator

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_batch, check_finite, check_model_dtype, model_dtype
+from .._validation import (
+    check_batch,
+    check_count,
+    check_finite,
+    check_model_dtype,
+    model_dtype,
+)
 from ._certify import check_finite_tensors, conv_operator_norm
 
 __all__ = ["LipschitzRefiner", "maxmin"]
@@ -110,14 +116,15 @@ class LipschitzRefiner(nn.Module):
         lipschitz: float = 2.0,
     ) -> None:
         super().__init__()
-        for name, v, lo in (
-            ("image_size", image_size, 1),
-            ("channels", channels, 2),
-            ("depth", depth, 2),
-            ("kernel_size", kernel_size, 1),
-        ):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-                raise ValueError(f"Expected {name} to be an integer >= {lo} (got {v!r}).")
+        image_size, channels, depth, kernel_size = (
+            check_count(name, v, lo)
+            for name, v, lo in (
+                ("image_size", image_size, 1),
+                ("channels", channels, 2),
+                ("depth", depth, 2),
+                ("kernel_size", kernel_size, 1),
+            )
+        )
         if channels % 2 or kernel_size % 2 == 0:
             raise ValueError(
                 f"Expected an even number of channels and an odd kernel_size (got {channels}, "

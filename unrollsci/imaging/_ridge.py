@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_model_dtype, model_dtype
+from .._validation import check_count, check_model_dtype, model_dtype
 from ..operators._radon import Radon
 from ._certify import check_finite_tensors, linear_norm
 from ._fbp import FILTERS, checked_sinograms, fbp
@@ -169,14 +169,15 @@ class ConvexRidgeCT(nn.Module):
             raise TypeError(
                 f"Expected 'radon' to be a Radon operator (got {type(radon).__name__})."
             )
-        for name, v, lo in (
-            ("n_layers", n_layers, 1),
-            ("filters", filters, 1),
-            ("kernel_size", kernel_size, 1),
-            ("n_clips", n_clips, 1),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"Expected {name} to be an integer >= {lo} (got {v!r}).")
+        n_layers, filters, kernel_size, n_clips = (
+            check_count(name, v)
+            for name, v in (
+                ("n_layers", n_layers),
+                ("filters", filters),
+                ("kernel_size", kernel_size),
+                ("n_clips", n_clips),
+            )
+        )
         if kernel_size % 2 == 0:
             raise ValueError(f"Expected an odd kernel_size (got {kernel_size}).")
         if filter not in FILTERS:

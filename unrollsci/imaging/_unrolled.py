@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -14,6 +13,7 @@ from torch import nn
 from .._validation import (
     as_bool_mask,
     check_batch,
+    check_count,
     check_finite,
     check_model_dtype,
     check_tensor,
@@ -262,10 +262,9 @@ class UnrolledCT(nn.Module):
             raise TypeError(
                 f"Expected 'radon' to be a Radon operator (got {type(radon).__name__})."
             )
-        sizes = (("n_layers", n_layers), ("channels", channels), ("depth", depth))
-        for name, v in (*sizes, ("kernel_size", kernel_size)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"Expected an int '{name}' (got {v!r}).")
+        args = (n_layers, channels, depth, kernel_size, memory)
+        names, lows = ("n_layers", "channels", "depth", "kernel_size", "memory"), (1, 1, 2, 1, 0)
+        n_layers, channels, depth, kernel_size, memory = map(check_count, names, args, lows)
         if not isinstance(tied, bool):
             raise TypeError(f"Expected 'tied' to be a bool (got {type(tied).__name__}).")
         for name, v in (("cnn_lipschitz", cnn_lipschitz), ("lipschitz_target", lipschitz_target)):
@@ -273,13 +272,8 @@ class UnrolledCT(nn.Module):
                 raise TypeError(f"Expected '{name}' to be None or a number (got {v!r}).")
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"Expected '{name}' to be None or a finite number > 0 (got {v}).")
-        if n_layers < 1 or channels < 1 or depth < 2 or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                "Expected n_layers >= 1, channels >= 1, depth >= 2 and an odd kernel_size (got "
-                f"{n_layers}, {channels}, {depth}, {kernel_size})."
-            )
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-            raise ValueError(f"Expected memory to be an integer >= 0 (got {memory!r}).")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"Expected an odd kernel_size (got {kernel_size}).")
         if precision not in _PRECISIONS:
             raise ValueError(f"Expected precision in {tuple(_PRECISIONS)} (got {precision!r}).")
         if not isinstance(dual, bool):

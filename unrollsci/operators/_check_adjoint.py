@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_device, check_finite
+from .._validation import check_count, check_device, check_finite
 from ._checks import check_dtype_supported
 from ._linear import LinearOperator
 
@@ -34,12 +34,7 @@ def check_adjoint(
             f"check_adjoint expects a LinearOperator (got {type(op).__name__}). Wrap a "
             "matrix as MatrixOperator(matrix)."
         )
-    if isinstance(batch, bool) or not isinstance(batch, int):
-        raise TypeError(f"Expected 'batch' to be an int (got {type(batch).__name__}).")
-    if batch < 1:
-        raise ValueError(
-            f"Expected 'batch' >= 1: check_adjoint needs at least one problem (got {batch})."
-        )
+    batch = check_count("batch", batch)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"Expected 'dtype' to be a real floating-point dtype (got {dtype!r}).")
     check_dtype_supported(type(op).__name__, dtype, op.supported_dtypes)

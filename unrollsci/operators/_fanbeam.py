@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_count
 from ._base import LinearOperator
 from ._checks import FixedAngles
 from ._radon import _as_angles, _as_size
@@ -150,13 +151,8 @@ class FanBeam(FixedAngles, LinearOperator):
                 )
             half = d_sd * math.tan(math.asin((radius + 1.0) / d_so))
             n_detectors = 2 * int(math.ceil(half / du)) + 2
-        if isinstance(n_detectors, bool) or not isinstance(n_detectors, (int, np.integer)):
-            raise TypeError(
-                f"Expected 'n_detectors' to be an int (got {type(n_detectors).__name__})."
-            )
-        if n_detectors < 1:
-            raise ValueError(f"Expected n_detectors >= 1 (got {n_detectors}).")
-        self.image_size, self.n_angles, self.n_detectors = n, int(theta.size), int(n_detectors)
+        n_detectors = check_count("n_detectors", n_detectors)
+        self.image_size, self.n_angles, self.n_detectors = n, int(theta.size), n_detectors
         self._source_distance, self._detector_distance = d_so, d_sd
         self._detector_spacing, self._step = du, step
         self.register_buffer("angles", torch.from_numpy(theta.copy()))

@@ -14,6 +14,7 @@ from torch import nn
 
 from .._validation import (
     check_batch,
+    check_count,
     check_device,
     check_positive,
     check_same_device,
@@ -244,8 +245,7 @@ class LinearOperator(nn.Module):
         ``s`` a power of two near ``1 / max|A v|`` (exact scaling) and ``||s A|| / s``
         returned; a result that is still not finite raises ``ValueError``.
         """
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"Expected 'max_iter' to be a positive integer (got {max_iter!r}).")
+        max_iter = check_count("max_iter", max_iter)
         tol = check_positive("tol", tol, allow_zero=True)
         key = self._norm_key() if self.cacheable_norm else None
         if (

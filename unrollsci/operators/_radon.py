@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .._compat import quiet_csr
-from .._validation import check_device
+from .._validation import check_count, check_device
 from ._base import LinearOperator
 from ._checks import FixedAngles, as_shape, tensor_key
 from ._memory import available_memory
@@ -113,11 +113,7 @@ def _as_size(image_size: Any) -> int:
                 f"Expected a square image size n or (n, n) (got image_size={tuple(sizes)})."
             )
         image_size = sizes[0]
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
-        raise TypeError(f"Expected 'image_size' to be an int (got {type(image_size).__name__}).")
-    if image_size < 2:
-        raise ValueError(f"Expected image_size >= 2 (got {image_size}).")
-    return int(image_size)
+    return check_count("image_size", image_size, 2)
 
 
 def _support_pixels(n: int, circle: bool) -> int:

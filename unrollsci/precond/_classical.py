@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_device, check_finite, check_tensor
+from .._validation import check_count, check_device, check_finite, check_tensor
 from ..operators import LinearOperator  # noqa: F401  (re-exported)
 from ..operators._base import check_real
 from ._base import Preconditioner
@@ -300,11 +300,10 @@ def amg(A: Any, *, seed: int | None = 0, **kwargs: Any) -> AMGPreconditioner:  #
     if seed is None:
         ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
     else:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"Expected 'seed' to be an integer or None (got {seed!r}).")
+        seed = check_count("seed", seed, None, optional=True)
         state = np.random.get_state()
         try:
-            np.random.seed(int(seed))
+            np.random.seed(seed)
             ml = pyamg.smoothed_aggregation_solver(a, **kwargs)
         finally:
             np.random.set_state(state)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_positive
+from .._validation import check_count, check_positive
 from ._sparse import check_spd_input
 
 __all__ = [
@@ -25,12 +25,6 @@ def _grid_faces(n: int) -> tuple[np.ndarray, np.ndarray]:
     right = np.stack([idx[:, :-1].ravel(), idx[:, 1:].ravel()])
     down = np.stack([idx[:-1, :].ravel(), idx[1:, :].ravel()])
     return right, down
-
-
-def _check_n(n: int, minimum: int = 2) -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < minimum:
-        raise ValueError(f"Expected 'n' to be an integer >= {minimum} (got {n!r}).")
-    return int(n)
 
 
 def _check_real(name: str, value: Any) -> float:
@@ -66,7 +60,7 @@ def diffusion2d(n: int, sigma: float = 1.0, *, shift: float = 1e-2, seed: int | 
     """
     import scipy.sparse as sp
 
-    n = _check_n(n)
+    n = check_count("n", n, 2)
     sigma = check_positive("sigma", sigma, allow_zero=True)
     shift = check_positive("shift", shift, allow_zero=True)
     rng = np.random.default_rng(seed)
@@ -118,7 +112,7 @@ def anisotropic2d(
     """
     import scipy.sparse as sp
 
-    n = _check_n(n)
+    n = check_count("n", n, 2)
     if epsilon is not None:
         check_positive("epsilon", epsilon)
     if theta is not None:
@@ -161,7 +155,7 @@ def graph_laplacian(
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
 
-    n = _check_n(n)
+    n = check_count("n", n, 2)
     degree = check_positive("degree", degree)
     shift = check_positive("shift", shift)  # 0: L itself, singular (L 1 = 0), not SPD
     N = n * n  # noqa: N806

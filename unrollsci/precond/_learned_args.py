@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import ignored_option
+from .._validation import check_count, ignored_option
 
 _KINDS = ("factor", "inverse", "block", "poly", "amg")
 _BASES = ("ic0", "mic", "ssor", "identity")
@@ -25,13 +25,6 @@ _MODE_OPTIONS = {
     "ratio": ("poly", 0.01),
     "scaling": ("poly", True),
 }
-
-
-def _check_ints(**sizes: Any) -> None:
-    """Refuse a size argument that is not an integer (a bool, or a float such as 2.5)."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"Expected '{name}' to be an integer (got {value!r}).")
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -74,8 +67,16 @@ def check_options(
     kind's default)."""
     if kind not in _KINDS:
         raise ValueError(f"Expected kind in {_KINDS} (got {kind!r}).")
-    _check_ints(hidden=hidden, layers=layers, block_size=block_size, min_n=min_n)
-    _check_ints(degree=degree, **({} if max_n is None else {"max_n": max_n}))
+    for name, value, low in (
+        ("hidden", hidden, 1),
+        ("layers", layers, 0),
+        ("block_size", block_size, 1),
+        ("min_n", min_n, 1),
+        ("degree", degree, None),  # >= 1 with kind='poly', where it acts: checked below
+        ("sweeps", sweeps, 1),
+    ):
+        check_count(name, value, low)
+    check_count("max_n", max_n, None, optional=True)
     base = base if base is not None else _DEFAULT_BASE[kind]
     if base not in _BASES:
         raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
@@ -96,23 +97,17 @@ def check_options(
             f"Expected coarsening 'sa', 'rs' or 'rs-direct', and only with kind='amg' (got "
             f"coarsening={coarsening!r}, kind={kind!r})."
         )
-    bad_sweeps = isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1
-    if bad_sweeps or (kind != "amg" and sweeps != 1):
+    if kind != "amg" and sweeps != 1:
         raise ValueError(
             f"Expected an integer sweeps >= 1, other than 1 only with kind='amg' (got "
             f"sweeps={sweeps!r}, kind={kind!r})."
         )
     if kind == "poly" and base != "identity":
         raise ValueError(f"kind='poly' has no base factor (got base={base!r}).")
-    if kind == "poly" and (int(degree) != degree or degree < 1 or not 0 < ratio < 1):
+    if kind == "poly" and (degree < 1 or not 0 < ratio < 1):
         raise ValueError(
             f"Expected an integer degree >= 1 and 0 < ratio < 1 for kind='poly' (got "
             f"{degree!r}, {ratio!r})."
-        )
-    if hidden < 1 or layers < 0 or block_size < 1 or min_n < 1:
-        raise ValueError(
-            f"Expected hidden >= 1, layers >= 0, block_size >= 1, min_n >= 1 (got "
-            f"{hidden}, {layers}, {block_size}, {min_n})."
         )
     _check_mode_options(kind, block_size=block_size, degree=degree, ratio=ratio, scaling=scaling)
     return base

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_count
 from ..operators import LinearOperator
 from ._base import Preconditioner
 
@@ -67,10 +68,9 @@ def grid_orderings(nx: int, ny: int | None = None) -> dict[str, np.ndarray]:
         >>> grid_orderings(3)["transposed"].tolist()
         [0, 3, 6, 1, 4, 7, 2, 5, 8]
     """
-    ny = nx if ny is None else ny
-    if int(nx) != nx or int(ny) != ny or nx < 1 or ny < 1:
-        raise ValueError(f"Expected positive integer grid sizes (got nx={nx!r}, ny={ny!r}).")
-    idx = np.arange(int(nx) * int(ny), dtype=np.int64).reshape(int(ny), int(nx))
+    nx = check_count("nx", nx)
+    ny = nx if ny is None else check_count("ny", ny)
+    idx = np.arange(nx * ny, dtype=np.int64).reshape(ny, nx)
     flip = idx[:, ::-1]
     return {
         "natural": idx.ravel().copy(),
@@ -224,10 +224,7 @@ class _FillData:
         if not sp.issparse(a) or a.format != "csr" or not a.has_canonical_format:
             a = sp.csr_matrix(a, copy=True)
             a.sum_duplicates()  # sorted, unique column indices: the lookup below needs them
-        if sample is not None and (
-            isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1
-        ):
-            raise ValueError(f"Expected 'sample' to be None or an integer >= 1 (got {sample!r}).")
+        sample = check_count("sample", sample, optional=True)
         n = a.shape[0]
         self.a, self.n = a, n
         rng = np.random.default_rng(seed)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from .._validation import check_count
 from ..solvers._common import pow2_above, row_norm
 from ..solvers._loop import PCGState, pcg_iterate
 from ._graph import SystemBatch
@@ -81,10 +81,7 @@ def unrolled_pcg(
     Returns:
         ``x_steps: (batch, n)``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise TypeError(f"Expected 'steps' to be an int (got {type(steps).__name__}).")
-    if steps < 0:
-        raise ValueError(f"Expected 'steps' >= 0 (got {steps}).")
+    steps = check_count("steps", steps, 0)
     s = _pow2_row_scale(b)
     x, _, _, _ = pcg_iterate(op, torch.zeros_like(b), b / s, max_iter=int(steps), precond=M)
     return x * s

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_device
+from .._validation import check_count, check_device
 from ..operators._matrix import _SCIPY_DTYPES, _ScipyMatmul, _ScipyPair, _spmm
 from ._base import Preconditioner
 from ._sparse import check_spd_input
@@ -165,10 +165,7 @@ def chebyshev(
         ValueError: bad ``A`` (see :func:`ic0`), ``degree < 0`` or ``ratio`` outside ``(0, 1)``.
     """
     device = check_device(device)
-    if isinstance(degree, bool) or not isinstance(degree, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Expected an integer degree >= 0 (got {type(degree).__name__}).")
-    if not np.isfinite(degree) or int(degree) != degree or degree < 0:
-        raise ValueError(f"Expected an integer degree >= 0 (got {degree!r}).")
+    degree = check_count("degree", degree, 0)
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"Expected 0 < ratio < 1 (got {ratio!r}).")
     a = check_spd_input(A)
@@ -177,7 +174,7 @@ def chebyshev(
     scale = d.to(dtype=dtype, device=device)
     if scale.is_floating_point():
         _check_range(a, scale, dtype)
-    return ChebyshevPreconditioner(a, scale, int(degree), ratio * hi, hi)
+    return ChebyshevPreconditioner(a, scale, degree, ratio * hi, hi)
 
 
 def _check_range(a: Any, scale: torch.Tensor, dtype: torch.dtype) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_positive
+from .._validation import check_count, check_positive
 from ..operators import SparseOperator
 from ._graph import SystemBatch
 from ._learned import LearnedPreconditioner
@@ -17,16 +17,6 @@ from ._pcg import _steps_to_tol, pcg_loss
 from ._sparse import check_spd_input
 
 __all__ = ["make_batches", "fit_preconditioner"]
-
-
-def _check_count(name: str, value: Any, low: int | None = 1) -> int:
-    """Refuse a count that is not an integer (a bool, a float such as 2.7, a string) or,
-    with ``low``, one below ``low``; returns it as an int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected '{name}' to be an integer (got {type(value).__name__}).")
-    if low is not None and value < low:
-        raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
-    return int(value)
 
 
 def _check_adaptive_tol(adaptive_tol: Any) -> float | None:
@@ -63,8 +53,8 @@ def make_batches(
     """
     import scipy.sparse.linalg as spla
 
-    n_rhs = _check_count("n_rhs", n_rhs)
-    max_steps = _check_count("max_steps", max_steps)
+    n_rhs = check_count("n_rhs", n_rhs)
+    max_steps = check_count("max_steps", max_steps)
     adaptive_tol = _check_adaptive_tol(adaptive_tol)
 
     rng = np.random.default_rng(seed)
@@ -145,9 +135,7 @@ def fit_preconditioner(
     from ..train._args import check_fit_call
     from ..train._state import copy_state, replace_model
 
-    restarts = _check_count("restarts", restarts, low=None)
-    if restarts < 1:
-        raise ValueError(f"Expected restarts >= 1 (got {restarts}).")
+    restarts = check_count("restarts", restarts)
     if restarts > 1 and not val_matrices:
         raise ValueError("restarts > 1 selects by validation loss: pass val_matrices.")
     if not isinstance(model, LearnedPreconditioner):
@@ -163,7 +151,7 @@ def fit_preconditioner(
             "epoch would see no batch."
         )
     for name, value in (("epochs", epochs), ("n_rhs", n_rhs), ("steps", steps)):
-        _check_count(name, value)
+        check_count(name, value)
     check_positive("lr", lr)
     adaptive_tol = _check_adaptive_tol(adaptive_tol)
     checkpoint = fit_kwargs.pop("checkpoint", None)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from .._validation import check_device
+from .._validation import check_count, check_device
 
 __all__ = ["chebyshev_roots"]
 
@@ -30,8 +29,6 @@ def chebyshev_roots(
         >>> chebyshev_roots(2)
         tensor([0.8536, 0.1464], dtype=torch.float64)
     """
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-        raise ValueError(f"Expected 'num' to be a positive integer (got {num!r}).")
-    num = int(num)
+    num = check_count("num", num)
     k = torch.arange(1, num + 1, dtype=dtype, device=check_device(device))
     return 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / (2 * num)))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._validation import (
     check_batch,
+    check_count,
     check_finite,
     check_nonnegative,
     check_positive,
@@ -33,10 +33,7 @@ def check_stopping(tol: Any, max_iter: Any, *, tol_name: str = "tol") -> float:
     unless the residual vanishes) and ``max_iter`` a non-negative integer. Returns
     ``tol`` as a Python float."""
     tol_f = check_positive(tol_name, tol, allow_zero=True)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
-        raise TypeError(f"Expected 'max_iter' to be an int (got {type(max_iter).__name__}).")
-    if max_iter < 0:
-        raise ValueError(f"Expected 'max_iter' >= 0 (got {max_iter}).")
+    check_count("max_iter", max_iter, 0)
     return tol_f
 
 

@@ -33,7 +33,7 @@ from ._checkpoint import (  # noqa: F401  (private helpers: re-exported)
     load_checkpoint,
     save_checkpoint,
 )
-from ._checks import _check_data, _check_factor, _check_int, _check_loss  # noqa: F401
+from ._checks import _check_data, _check_factor, _check_loss  # noqa: F401
 from ._config import (  # noqa: F401  (private helpers: re-exported)
     _BUILTIN,
     _NDARRAY,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import _check_file_path, _check_int
+from ._checks import _check_file_path
 
 
 def check_fit_args(
@@ -44,20 +44,18 @@ def check_fit_args(
 ) -> tuple[Any, list[int]]:
     """Refuse any argument of :func:`fit` but the data; return ``(low, stages)``: the
     checked mixed-precision dtype and the layer-wise stages (``[0]`` for end-to-end)."""
-    from .._validation import check_positive, ignored_option
+    from .._validation import check_count, check_positive, ignored_option
     from ._precision import check_mixed_precision
 
     if schedule not in ("end_to_end", "layerwise"):
         raise ValueError(f"Expected schedule 'end_to_end' or 'layerwise' (got {schedule!r}).")
-    _check_int("epochs", epochs, 1)
-    _check_int("stage_epochs", stage_epochs, 1, optional=True)
-    _check_int("batch_size", batch_size, 1, optional=True)
-    _check_int("steps_per_epoch", steps_per_epoch, 1, optional=True)
-    _check_int("patience", patience, 1, optional=True)
-    _check_int("checkpoint_every", checkpoint_every, 1)
-    _check_int("seed", seed, 0)  # the validation stream uses seed + 10007: keep room
-    if seed > 2**63 - 1 - 10_007:
-        raise ValueError(f"Expected 0 <= seed <= 2**63 - 10008 (got {seed}).")
+    check_count("epochs", epochs)
+    check_count("stage_epochs", stage_epochs, optional=True)
+    check_count("batch_size", batch_size, optional=True)
+    check_count("steps_per_epoch", steps_per_epoch, optional=True)
+    check_count("patience", patience, optional=True)
+    check_count("checkpoint_every", checkpoint_every)
+    check_count("seed", seed, 0, high=2**63 - 1 - 10_007)  # validation uses seed + 10007
     check_positive("lr", lr)
     check_positive("weight_decay", weight_decay, allow_zero=True)
     if clip_grad is not None:

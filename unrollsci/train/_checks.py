@@ -43,23 +43,6 @@ def _check_grad_mode(caller: str) -> None:
         )
 
 
-def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            ok = isinstance(value, np.integer)
-        except ImportError:  # pragma: no cover
-            ok = False
-        if not ok:
-            kind = "an integer or None" if optional else "an integer"
-            raise TypeError(f"Expected '{name}' to be {kind} (got {type(value).__name__}).")
-    if value < low:
-        raise ValueError(f"Expected '{name}' >= {low} (got {value}).")
-
-
 def _check_data(name: str, data: Any, passes: int) -> None:
     """Refuse training/validation data that cannot give a batch in every epoch."""
     from ._data import refuse_tensor_list

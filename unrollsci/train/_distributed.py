@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_count
 from ._checks import _check_loss
 from ._same_args import args_digest, check_same_args, data_size, differing_args  # noqa: F401
 
@@ -452,6 +453,5 @@ def spawn(fn: Any, nprocs: int, *args: Any) -> None:
     """
     import torch.multiprocessing as mp
 
-    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
-        raise ValueError(f"Expected nprocs to be an integer >= 1 (got {nprocs!r}).")
+    nprocs = check_count("nprocs", nprocs)
     mp.spawn(_child, args=(fn, nprocs, _free_port(), args), nprocs=nprocs, join=True)

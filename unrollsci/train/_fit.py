@@ -16,7 +16,6 @@ from ._checks import (  # noqa: F401
     _check_data,
     _check_factor,
     _check_file_path,
-    _check_int,
     _check_loss,
     _check_resume_epochs,
     _check_resume_stages,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..unrolled._base import layer_lists
-from ._checks import _check_grad_mode, _check_int, _check_pair
+from ._checks import _check_grad_mode, _check_pair
 from ._gradcheck import check_finite_grads
 from ._state import copy_state
 
@@ -282,7 +282,7 @@ def fit_layerwise(
         >>> hist.monotone, len(hist.curve_db)
         (True, 3)
     """
-    from .._validation import check_positive
+    from .._validation import check_count, check_positive
 
     for name in ("num_layers", "active_layers", "copy_layer"):
         if not hasattr(model, name):
@@ -317,11 +317,11 @@ def fit_layerwise(
         raise TypeError(f"Expected decay_rate to be a number (got {type(decay_rate).__name__}).")
     if not 0.0 < float(decay_rate) <= 1.0:
         raise ValueError(f"Expected decay_rate in (0, 1] (got {decay_rate}).")
-    _check_int("val_every", val_every, 1)
-    _check_int("patience", patience, 1)
-    _check_int("max_steps", max_steps, 1)
-    _check_int("start_layer", start_layer, 1)
-    _check_int("freeze_below", freeze_below, 0)
+    check_count("val_every", val_every)
+    check_count("patience", patience)
+    check_count("max_steps", max_steps)
+    check_count("start_layer", start_layer)
+    check_count("freeze_below", freeze_below, 0)
     if loss not in ("nmse", "log"):
         raise ValueError(f"Expected loss 'nmse' or 'log' (got {loss!r}).")
     if isinstance(depth_weight, bool) or not isinstance(depth_weight, (int, float)):

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_count
 from ..solvers import admm_step
 from ..solvers._common import pow2_above
 from ..solvers._loop import pcg_iterate
@@ -99,12 +100,7 @@ class ADMMNet(UnrolledLasso):
         if cg_steps is not None:
             if x_update == "exact":
                 raise ValueError("'cg_steps' is an option of x_update='cg' or 'learned'.")
-            if isinstance(cg_steps, bool) or not isinstance(cg_steps, int):
-                raise TypeError(
-                    f"Expected 'cg_steps' to be an int (got {type(cg_steps).__name__})."
-                )
-            if cg_steps < 1:
-                raise ValueError(f"Expected cg_steps >= 1 (got {cg_steps}).")
+            cg_steps = check_count("cg_steps", cg_steps)
         self.x_update = x_update
         self.cg_steps = cg_steps
         # ||A||^2 (raises for a zero operator): the default rho and the scale of rho's floor

@@ -18,6 +18,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from .._validation import (
     check_batch,
+    check_count,
     check_finite,
     check_model_dtype,
     check_tensor,
@@ -122,9 +123,7 @@ class ActiveLayersMixin:
 
     @active_layers.setter
     def active_layers(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_layers:
-            raise ValueError(f"Expected active_layers in 1..{self.num_layers} (got {k!r}).")
-        self._active_layers = k
+        self._active_layers = check_count("active_layers", k, 1, high=self.num_layers)
 
 
 class UnrolledLasso(ActiveLayersMixin, nn.Module):
@@ -155,12 +154,7 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
                 "Unrolled lasso models expect an operator on vectors, in_shape (n,) and "
                 f"out_shape (m,) (got {op.in_shape} -> {op.out_shape}). Flatten signals first."
             )
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int):
-            raise TypeError(
-                f"Expected 'num_layers' to be an int (got {type(num_layers).__name__})."
-            )
-        if num_layers < 1:
-            raise ValueError(f"Expected num_layers >= 1 (got {num_layers}).")
+        num_layers = check_count("num_layers", num_layers)
         lam_f = float(lam)
         if not math.isfinite(lam_f) or lam_f <= 0:
             raise ValueError(f"Expected 'lam' > 0 and finite (got {lam!r}).")

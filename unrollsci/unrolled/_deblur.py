@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .._validation import check_batch, check_finite, check_model_dtype, check_tensor, model_dtype
+from .._validation import (
+    check_batch,
+    check_count,
+    check_finite,
+    check_model_dtype,
+    check_tensor,
+    model_dtype,
+)
 from ..prox import soft_threshold
 from ..solvers import as_operator, fista_momentum
 from ._base import ActiveLayersMixin
@@ -158,17 +165,16 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
             raise ValueError(
                 f"Expected an operator on images, in_shape (H, W) (got {op.in_shape})."
             )
-        for name, value, low in (
-            ("num_layers", num_layers, 1),
-            ("channels", channels, 4),
-            ("filter_size", filter_size, 2),
-            ("precond_size", precond_size, 1),
-            ("seed", seed, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Expected {name!r} to be an int (got {type(value).__name__}).")
-            if value < low:
-                raise ValueError(f"Expected {name} >= {low} (got {value}).")
+        num_layers, channels, filter_size, precond_size, seed = (
+            check_count(name, value, low)
+            for name, value, low in (
+                ("num_layers", num_layers, 1),
+                ("channels", channels, 4),
+                ("filter_size", filter_size, 2),
+                ("precond_size", precond_size, 1),
+                ("seed", seed, 0),
+            )
+        )
         if precond_size % 2 == 0:
             raise ValueError(f"Expected an odd precond_size (got {precond_size}).")
         if filter_size > min(op.in_shape):
@@ -335,8 +341,7 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
             if not grid or any(not math.isfinite(t) or t < 0 for t in grid):
                 raise ValueError(f"Expected 'thresholds' finite and >= 0 (got {thresholds!r}).")
             grid = sorted({0.0, *grid})
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected 'batch_size' an int >= 1 (got {batch_size!r}).")
+        batch_size = check_count("batch_size", batch_size)
         self.momentum.zero_()
         p, n = self.precond_size, y.shape[0]
         chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

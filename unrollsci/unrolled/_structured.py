@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from .._validation import check_count
 from ..prox import check_groups
 from ._base import UnrolledLasso, softplus_inverse
 
@@ -157,13 +158,7 @@ class BlockLISTA(UnrolledLasso):
                 "BlockLISTA needs exactly one of 'group_size' (consecutive groups) and "
                 "'groups' (one integer label per entry)."
             )
-        if group_size is not None and (
-            isinstance(group_size, bool) or not isinstance(group_size, int)
-        ):
-            raise TypeError(
-                f"Expected 'group_size' to be an int (got {type(group_size).__name__})."
-            )
-        self.group_size = group_size
+        self.group_size = check_count("group_size", group_size, optional=True)
         if groups is not None and not isinstance(groups, torch.Tensor):
             raise TypeError(
                 f"Expected 'groups' to be an integer torch.Tensor (got {type(groups).__name__})."
