@@ -389,9 +389,14 @@ class LearnedPreconditioner(nn.Module):
         hi = gershgorin_scaled(cache["abs"], scale) * (1.0 + 1e-12)
         # lo / hi below 1 for any weight: sigmoid rounds to 1 from about 36.7, and lo = hi
         # (a zero-width interval) made every entry of M NaN
-        ratio = torch.sigmoid(self.poly_ratio.to(torch.float64)).clamp(max=1.0 - 1e-9)
+        # NaN or infinite parameters (a diverged training run, a hand-edited checkpoint) give
+        # the interval of a zero logit and finite weights: M stays SPD, as for any real weights
+        # (softmax of an infinite logit is NaN; a NaN ratio made every entry of M NaN)
+        raw = torch.nan_to_num(self.poly_ratio.to(torch.float64), nan=0.0)
+        ratio = torch.sigmoid(raw).clamp(max=1.0 - 1e-9)
         lo = hi * ratio
-        weights = torch.softmax(self.poly_logits.to(torch.float64), 0)
+        logits = torch.nan_to_num(self.poly_logits.to(torch.float64), nan=0.0)
+        weights = torch.softmax(logits.clamp(-1e4, 1e4), 0)
         return ChebyshevPreconditioner(cache["op"], scale, self.degree, lo, hi, weights)
 
     def from_graph(self, g: MatrixGraph) -> LinearOperator:
