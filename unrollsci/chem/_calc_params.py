@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
-from .._validation import check_device
+from .._validation import check_count, check_device
+from ._geometry import check_ewald_accuracy
 from ._pcg import out_of_range
 from ._settings import COULOMB_CONSTANT, EWALD_METHODS, QEqSettings
 from ._short_range import BornMayer
@@ -175,6 +176,10 @@ def normalize(key: str, value: Any) -> Any:
         if value not in SOLVERS:
             raise ValueError(f"Expected solver in {SOLVERS} (got {value!r}).")
         return value
+    if key == "ewald_accuracy":
+        return check_ewald_accuracy(value)
+    if key in ("iterations", "max_iter"):
+        return check_count(key, value, 0, optional=True)
     if key in ("ewald", "warm_start"):
         if not isinstance(value, bool):
             raise TypeError(f"Expected {key} to be True or False (got {value!r}).")

@@ -12,7 +12,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import _calc_params, _solve, _step
-from ._calc_inputs import dipole_moment, origin_shift, warm_start_charges
+from ._calc_inputs import dipole_moment, kept_pairs, origin_shift, warm_start_charges
 from ._calc_params import DEFAULT_PARAMETERS, NEUTRAL, _compare_atoms, copy_value, normalize
 from ._calc_params import parameter_property as _parameter
 from ._pcg import converged_message
@@ -82,7 +82,8 @@ class QEqCalculator(Calculator):
         device: torch device (default cpu); a device that does not exist here (e.g.
             ``"cuda"`` without CUDA) raises ``ValueError``.
         dtype: torch dtype (default float64), a ``torch.dtype`` or ``"float32"``/``"float64"``;
-            float32 moves the positions near the origin (in float64) before the cast.
+            float32 wraps each atom into a fully periodic cell (else moves the positions
+            near the origin) in float64 before the cast: see docs/chem.md.
         check_definite: ``"auto"``, ``True`` or ``False``: prove the hardness matrix
             positive definite on the constraint subspace before every solve (see
             :func:`solve_charges` and docs/chem.md). Between calls on the same pair list
@@ -349,8 +350,22 @@ class QEqCalculator(Calculator):
         device, dtype = self.device, self.dtype
         dd = {"device": device, "dtype": dtype}
         cell_np = np.asarray(atoms.cell.array, dtype=np.float64)
-        # float32: positions moved near the origin in float64 (pair list, dipole: as given)
-        shift = origin_shift(pos_np, cell_np, atoms.pbc, dtype)
+        pbc, numbers = np.asarray(atoms.pbc, dtype=bool), np.asarray(atoms.numbers)
+        key = (numbers.tobytes(), device, dtype)
+        if key != self._table_key:  # new atoms: symbols and parameter table once
+            like = torch.zeros(len(atoms), 3, **dd)  # (the positions are finite)
+            self._symbols = check_structure(like, numbers.tolist())
+            self._table = _per_atom_table(settings, self._symbols, {}, like)
+            self._table_key = key
+        nl = rebuilt = None  # a kept (Verlet) pair list; None: all pairs, found each call
+        if settings.cutoff is not None:
+            if self._verlet is None:
+                self._verlet = VerletPairs(settings.cutoff, self.parameters["skin"])
+            nl = self._verlet
+            rebuilt = nl.update(pos_np, cell_np, pbc, numbers, device, dtype)
+        # float32: positions moved near the origin in float64, in a fully periodic cell
+        # each atom into the cell (pair list search, dipole: as given)
+        shift = origin_shift(pos_np, cell_np, pbc, dtype, nl)
         pos_rel = pos_np if shift is None else pos_np - shift
         pos0 = torch.tensor(pos_rel, **dd)
         cell0 = torch.tensor(cell_np, **dd)
@@ -365,27 +380,15 @@ class QEqCalculator(Calculator):
         # a fixed iteration count starts from zero: no dependence on earlier calls
         if self.parameters["warm_start"] and self.parameters["iterations"] is None:
             q0 = warm_start_charges(self._q_prev, self._q_hist, len(atoms), device, dtype)
-        numbers = np.asarray(atoms.numbers)
-        key = (numbers.tobytes(), device, dtype)
-        if key != self._table_key:  # new atoms: symbols and parameter table once
-            self._symbols = check_structure(positions, numbers.tolist())
-            self._table = _per_atom_table(settings, self._symbols, {}, positions)
-            self._table_key = key
         if self._analytic(settings):
             # the checks solve_charges makes, which this path does not go through
             _solve._check_numbers(settings, self._symbols)
-            self._step(atoms, settings, (pos_np, pos_rel, shift), cell_np, q0, periodic, molecule)
+            self._step(atoms, settings, (pos_np, pos_rel, shift, nl, rebuilt), cell_np, q0)
             _calc_params.check_results(self)
             return
         prepared = Prepared(table=self._table, definite=self._certificate.check)
-        cutoff = settings.cutoff
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        if cutoff is not None:  # a kept (Verlet) pair list; None: all pairs, found each call
-            if self._verlet is None:
-                self._verlet = VerletPairs(cutoff, self.parameters["skin"])
-            nl = self._verlet
-            rebuilt = nl.update(pos_np, cell_np, pbc, numbers, device, dtype)
-            prepared.pairs, prepared.pattern = (nl.i, nl.j, nl.shifts), nl.pattern
+        if nl is not None:
+            prepared.pairs, prepared.pattern = kept_pairs(nl, dtype), nl.pattern
             prepared.same_pairs = not rebuilt
             prepared.pair_cache = nl.cache
         sol = solve_with_settings(
@@ -428,18 +431,15 @@ class QEqCalculator(Calculator):
             and settings.iterations is None
         )
 
-    def _step(self, atoms, settings, positions, cell_np, q0, periodic, molecule) -> None:
+    def _step(self, atoms, settings, positions, cell_np, q0) -> None:
         """One call through :func:`._step.analytic_step` (same results as the autograd
         path to rounding; tests/chem/test_step.py). ``positions``: as given (for the pair
-        list and the dipole), as the solve takes them, and the :func:`origin_shift`."""
-        pos_np, pos_rel, shift = positions
+        list and the dipole), as the solve takes them, the :func:`origin_shift`, the kept
+        pair list updated for them and whether it was rebuilt."""
+        pos_np, pos_rel, shift, nl, rebuilt = positions
         device, dtype = self.device, self.dtype
         n = len(atoms)
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        if self._verlet is None:
-            self._verlet = VerletPairs(settings.cutoff, self.parameters["skin"])
-        nl = self._verlet
-        rebuilt = nl.update(pos_np, cell_np, pbc, np.asarray(atoms.numbers), device, dtype)
+        periodic, molecule = bool(np.all(atoms.pbc)), not bool(np.any(atoms.pbc))
         s = settings
         check = s.check_definite is True or (
             s.check_definite == "auto" and n <= _solve.DENSE_CHECK_MAX_ATOMS
@@ -448,7 +448,7 @@ class QEqCalculator(Calculator):
         out = analytic_step(
             pos_rel,
             cell_np,
-            (nl.i, nl.j, nl.shifts),
+            kept_pairs(nl, dtype),
             self._table,
             self._symbols,
             s,

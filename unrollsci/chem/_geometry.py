@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -14,6 +15,7 @@ from .._validation import UnrollsciWarning
 __all__ = [
     "KERNELS",
     "check_cell_vectors",
+    "check_ewald_accuracy",
     "csr_pattern",
     "half_pairs",
     "taper",
@@ -90,17 +92,59 @@ def _as_int64(x: np.ndarray) -> np.ndarray:
 #: least ``_MIN_VOLUME`` (Angstrom^3)
 _MIN_VECTOR, _MIN_SINE, _MIN_VOLUME = 1e-6, 1e-6, 1e-6
 
+#: pairs closer than this (Angstrom) are rejected as overlapping atoms; so is a lattice
+#: with a shorter vector (every atom would overlap its own image)
+MIN_DISTANCE = 0.1
+
+
+def _shortest_lattice_vector(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray | None:
+    """The shortest non-zero vector of the lattice of the periodic rows of ``cell`` (2 or 3
+    independent ones): the shortest of the combinations with coefficients -1, 0, 1 of its
+    Minkowski-reduced basis (ASE's); None if the reduction fails."""
+    import itertools
+
+    from ase.geometry.minkowski_reduction import minkowski_reduce
+
+    try:
+        basis = np.asarray(minkowski_reduce(cell, pbc)[0])[pbc]
+    except RuntimeError:  # not met in practice (ASE); the overlap check stays
+        return None
+    coef = np.array(list(itertools.product((-1, 0, 1), repeat=len(basis))))
+    vectors = coef[np.any(coef != 0, axis=1)] @ basis
+    return vectors[int(np.argmin(np.linalg.norm(vectors, axis=1)))]
+
+
+def _check_lattice_spacing(cell: np.ndarray, pbc: np.ndarray, widths: np.ndarray) -> None:
+    """Refuse a lattice of the periodic rows of ``cell`` with a vector shorter than
+    :data:`MIN_DISTANCE`: the pair search would list ``~ cutoff^d / volume`` images per
+    atom (without end for a nearly singular cell) before the overlap check could raise.
+    ``widths``: the spacings of the lattice planes (lines) along each periodic vector;
+    the smallest is a lower bound of every non-zero lattice vector's length, so the
+    lattice is reduced only when it is below the minimum."""
+    if float(widths.min()) >= MIN_DISTANCE:
+        return
+    v = cell[pbc][0] if int(pbc.sum()) == 1 else _shortest_lattice_vector(cell, pbc)
+    length = None if v is None else float(np.linalg.norm(v))
+    if length is not None and length < MIN_DISTANCE:
+        raise ValueError(
+            f"Expected periodic cell vectors whose lattice has no vector shorter than "
+            f"{MIN_DISTANCE} Angstrom, the minimum interatomic distance (got the lattice "
+            f"vector {np.round(v, 12).tolist()} of length {length:.3g} Angstrom, with "
+            f"pbc={pbc.tolist()}: every atom would overlap its own periodic image)."
+        )
+
 
 def check_cell_vectors(cell: np.ndarray, pbc: np.ndarray) -> None:
-    """Refuse periodic cell vectors that span no lattice: the check every path makes before
-    its pair search.
+    """Refuse periodic cell vectors that span no lattice, or a lattice that holds a vector
+    shorter than :data:`MIN_DISTANCE`: the check every path makes before its pair search.
 
     Only the periodic rows of ``cell`` enter the pair vectors (the shifts along a
     non-periodic direction are 0), so a partially periodic cell may have any (also zero)
     non-periodic vectors, as in ASE; its periodic vectors must be non-zero and linearly
     independent (the rank of ``cell[pbc]``, to a relative tolerance: the sine of the angle
     between two of them at least ``_MIN_SINE``). A fully periodic cell needs a non-zero
-    volume, ``|det(cell)| >= _MIN_VOLUME``.
+    volume, ``|det(cell)| >= _MIN_VOLUME``. A nearly singular cell (``[[5, 0, 0], [0, 5,
+    0], [5, 0, 1e-4]]`` holds ``(0, 0, 1e-4)``) passes these but not the last check.
     """
     pbc = np.asarray(pbc, dtype=bool)
     if not pbc.any():
@@ -112,6 +156,8 @@ def check_cell_vectors(cell: np.ndarray, pbc: np.ndarray) -> None:
             raise ValueError(
                 f"Expected a periodic cell with non-zero volume (got det(cell) = {det:.3e})."
             )
+        faces = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        _check_lattice_spacing(cell, pbc, abs(det) / faces)
         return
     axes = np.flatnonzero(pbc)
     norms = np.linalg.norm(cell[axes], axis=1)
@@ -129,6 +175,10 @@ def check_cell_vectors(cell: np.ndarray, pbc: np.ndarray) -> None:
                 f"{cell[axes[0]].tolist()} and cell[{axes[1]}] = {cell[axes[1]].tolist()} "
                 f"parallel: sine of their angle {sine:.3e}, with pbc={pbc.tolist()})."
             )
+        area = sine * norms.prod()
+        _check_lattice_spacing(cell, pbc, area / norms[::-1])
+    else:
+        _check_lattice_spacing(cell, pbc, norms)
 
 
 def half_pairs(
@@ -162,9 +212,10 @@ def half_pairs(
                 f"cutoffs ({cutoff}): the cell-list pair search cannot grid it. Use a "
                 "smaller cell or a larger cutoff."
             )
-    elif n and float(np.ptp(positions, axis=0).max()) > _MAX_SPAN * cutoff:
-        # atoms far apart (a stray atom): a cell-list grid that large crashes vesin's
-        # search (SIGFPE); a k-d tree finds the same pairs at any extent
+    elif n and not np.any(pbc) and float(np.ptp(positions, axis=0).max()) > _MAX_SPAN * cutoff:
+        # a molecule with atoms far apart (a stray atom): a cell-list grid that large
+        # crashes vesin's search (SIGFPE); a k-d tree finds the same pairs at any extent.
+        # Not for a partly periodic cell (no images here): ASE's search below takes those
         from scipy.spatial import cKDTree
 
         pairs = cKDTree(positions).query_pairs(float(cutoff), output_type="ndarray")
@@ -360,6 +411,26 @@ def shielded_tapered(r: torch.Tensor, c: torch.Tensor, cutoff: float, k_e: float
     if not (r.requires_grad and torch.is_grad_enabled()):  # no graph: no derivative
         return shielded_w_dw(r, c, float(cutoff), float(k_e), need_dw=False)[0]
     return _ShieldedTapered.apply(r, c, float(cutoff), float(k_e))
+
+
+def check_ewald_accuracy(value: Any) -> float:
+    """``ewald_accuracy`` as a float in (0, 1): a real number (Python or numpy scalar, or
+    a tensor of one element); another type raises ``TypeError``, a value outside (0, 1)
+    (NaN too) ``ValueError``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        got = repr(value)
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise TypeError(
+            f"Expected 'ewald_accuracy' to be a real number in (0, 1) "
+            f"(got {type(value).__name__} {got})."
+        )
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"Expected 0 < ewald_accuracy < 1 (got {value!r}).")
+    return float(value)
 
 
 def ewald_alpha(cutoff: float, accuracy: float) -> tuple[float, float]:

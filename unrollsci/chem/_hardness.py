@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._geometry import (
+from ._geometry import (  # MIN_DISTANCE: pairs closer (Angstrom) are overlapping atoms
+    MIN_DISTANCE,
     csr_pattern,
     ewald_kvectors,
     half_pairs,
@@ -28,9 +29,6 @@ __all__ = [
     "PolarizationCatastropheError",
     "hardness_terms",
 ]
-
-#: pairs closer than this (Angstrom) are rejected as overlapping atoms.
-MIN_DISTANCE = 0.1
 
 
 class PolarizationCatastropheError(ValueError):
@@ -227,13 +225,14 @@ def hardness_terms(
         shifts = torch.from_numpy(ps).to(device=device, dtype=dtype) if ps.any() else None
     else:
         i, j, shifts = pairs
-    cell_t = cell if cell is not None else torch.zeros(3, 3, dtype=dtype, device=device)
+    # in the positions' dtype: every term (the background's volume too) is computed in it
+    cell_t = cell.to(dtype) if cell is not None else torch.zeros(3, 3, dtype=dtype, device=device)
     # index_select: its backward is index_add, cheaper than advanced indexing's
     # in place (autograd allows it here): fewer temporaries of (P, 3) values
     vec = positions.index_select(0, j)
     vec -= positions.index_select(0, i)
     if shifts is not None:
-        vec.addmm_(shifts, cell_t.to(dtype))
+        vec.addmm_(shifts, cell_t)
     r = torch.linalg.vector_norm(vec, dim=-1)
     if r.numel():
         rmin, at = torch.min(r.detach(), 0)
@@ -265,15 +264,15 @@ def hardness_terms(
         # neutralizing background
         e_const = -k_e * math.pi * total_charge**2 / (2.0 * vol * alpha**2)
     if ewald is not None and ewald_method == "pme":
-        pme = PMEReciprocal(positions, cell_t.to(dtype), alpha, kmax, k_e, accuracy)
+        pme = PMEReciprocal(positions, cell_t, alpha, kmax, k_e, accuracy)
     elif ewald is not None:
         m_np = ewald_kvectors(cell_np, kmax)
         if positions.shape[0] * len(m_np) >= KSUM_MIN_ELEMENTS:  # no N x K basis stored
-            pme = KSumReciprocal(positions, cell_t.to(dtype), alpha, kmax, k_e, _m=m_np)
+            pme = KSumReciprocal(positions, cell_t, alpha, kmax, k_e, _m=m_np)
         else:
             m = torch.from_numpy(m_np).to(device=device, dtype=dtype)
-            kf = kspace_factors(cell_t.to(dtype), m, alpha, k_e)
-            phase = positions @ (m @ (2.0 * math.pi * torch.linalg.inv(cell_t.to(dtype)).T)).T
+            kf = kspace_factors(cell_t, m, alpha, k_e)
+            phase = positions @ (m @ (2.0 * math.pi * torch.linalg.inv(cell_t).T)).T
             kc, ks = torch.cos(phase), torch.sin(phase)
     return HardnessTerms(i, j, r, w, diag0, base, kc, ks, kf, e_const, pme)
 

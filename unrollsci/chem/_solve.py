@@ -39,6 +39,7 @@ from ._autograd import charge_adjoint
 from ._geometry import (  # noqa: F401 - KERNELS, half_pairs, ...: importable from here
     KERNELS,
     check_cell_vectors,
+    check_ewald_accuracy,
     ewald_alpha,
     ewald_kvectors,
     half_pairs,
@@ -185,11 +186,9 @@ def _check_cell(
         return cell_np, None
     if not pbc_arr.all():
         raise ValueError(f"ewald=True needs a fully periodic cell (got pbc={pbc_arr.tolist()}).")
-    if not 0 < s.ewald_accuracy < 1:
-        raise ValueError(f"Expected 0 < ewald_accuracy < 1 (got {s.ewald_accuracy!r}).")
     # any real-space cutoff: the pair search includes every periodic image within it (also
     # beyond half the cell), so a cell and its supercells give the same answer at one cutoff
-    return cell_np, ewald_alpha(cutoff, s.ewald_accuracy)
+    return cell_np, ewald_alpha(cutoff, check_ewald_accuracy(s.ewald_accuracy))
 
 
 def _per_atom_table(
