@@ -132,6 +132,14 @@ def _fit_layerwise(**kw):
     train.fit_layerwise(unrolled.LISTA(OP, 2), draw, draw(torch.Generator()), **kw)
 
 
+def _solve_charges(**kw):
+    pytest.importorskip("ase")
+    from unrollsci.chem import solve_charges
+
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0]], dtype=torch.float64)
+    return solve_charges(pos, ["O", "H"], cutoff=None, **kw)
+
+
 def _unrolled_pcg(v):
     a = torch.eye(3, dtype=F64)
     precond.unrolled_pcg(lambda x: x @ a, torch.ones(1, 3, dtype=F64), lambda r: r, v)
@@ -346,6 +354,10 @@ ENTRIES = [
     *[
         (f"{fam.__name__}.n", fam, "n", 1)
         for fam in (precond.diffusion2d, precond.anisotropic2d, precond.graph_laplacian)
+    ],
+    *[
+        (f"solve_charges.{name}", lambda v, name=name: _solve_charges(**{name: v}), name, -1)
+        for name in ("iterations", "max_iter")
     ],
 ]
 

@@ -158,7 +158,7 @@ def test_born_mayer_refuses_a_nan_cutoff():
 
 def test_solve_charges_refuses_a_negative_max_iter():
     pos = torch.tensor([[0.0, 0, 0], [0, 0, 1.0]], dtype=F64)
-    with pytest.raises(ValueError, match="'max_iter' to be a non-negative int"):
+    with pytest.raises(ValueError, match="Expected 'max_iter' >= 0"):
         solve_charges(pos, ["O", "H"], max_iter=-1, cutoff=None)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers
 
+from .. import _validation
 from .._validation import ConvergenceError, ConvergenceWarning, check_finite, check_tensor
 from ..solvers import Solution
 from ..solvers._loop import differentiate
@@ -142,8 +143,7 @@ def _check_numbers(s: QEqSettings, symbols: list[str]) -> float:
     if not (isinstance(s.tol, (int, float)) and s.tol > 0):
         raise ValueError(f"Expected tol > 0 (got {s.tol!r}).")
     for name, it in (("iterations", s.iterations), ("max_iter", s.max_iter)):
-        if it is not None and (int(it) != it or it < 0):
-            raise ValueError(f"Expected '{name}' to be a non-negative int (got {it!r}).")
+        _validation.check_count(name, it, 0, optional=True)
     if isinstance(s.total_charge, (str, bytes, bool)):
         raise TypeError(f"Expected a number for total_charge (got {s.total_charge!r}).")
     q_total = float(s.total_charge)
