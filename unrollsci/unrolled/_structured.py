@@ -35,7 +35,11 @@ def group_layout(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         each group's entries in increasing order, padded with ``n`` (a zero slot);
         ``position: (n,)`` is where entry ``i`` sits in ``index.reshape(-1)``.
     """
-    n = labels.shape[0]
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.shape[0] == 0:
+        raise ValueError("Expected at least one group label (got an empty tensor).")
+    n = labels.shape[0] if isinstance(labels, torch.Tensor) and labels.dim() == 1 else -1
+    labels = check_groups(labels, n)  # integer, 1-D, >= 0: clear errors before bincount
+    dev = labels.device  # outputs on the labels' device
     count = int(labels.max()) + 1
     sizes = torch.bincount(labels, minlength=count)
     if bool((sizes == 0).any()):
@@ -47,10 +51,10 @@ def group_layout(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = int(sizes.max())
     order = torch.argsort(labels, stable=True)
     starts = torch.cumsum(sizes, 0) - sizes
-    slot = torch.arange(n) - starts[labels[order]]  # rank of each entry inside its group
-    index = torch.full((count, s), n, dtype=torch.int64)
+    slot = torch.arange(n, device=dev) - starts[labels[order]]  # rank inside its group
+    index = torch.full((count, s), n, dtype=torch.int64, device=dev)
     index[labels[order], slot] = order
-    position = torch.empty(n, dtype=torch.int64)
+    position = torch.empty(n, dtype=torch.int64, device=dev)
     position[order] = labels[order] * s + slot
     return index, position
 
