@@ -9,12 +9,9 @@ import torch
 from ._validation import (
     check_batch,
     check_finite,
-    check_like,
     check_positive_param,
-    check_tensor,
 )
 from .solvers import as_operator, lasso_kkt_residual
-from .solvers._common import prepare_lasso
 from .solvers._lasso_checks import norm_sq
 
 __all__ = ["nmse_db", "mse", "kkt_residual"]
@@ -149,19 +146,6 @@ def kkt_residual(
     for name, t in (("x", x), ("y", y)):
         if isinstance(t, torch.Tensor) and t.dim() >= 1:
             check_batch(name, t)
-    # the solvers' checks of (A, y, lam): shapes, finite, lam >= 0 and of shape (batch,)
-    _, y2, _, _ = prepare_lasso(op, y, lam)
-    check_tensor("x", x, ndim=(1, 2))
-    if not x.is_floating_point():
-        raise TypeError(f"Expected a floating-point 'x' (got {x.dtype}).")
-    check_finite("x", x)
-    check_like("x", x, "y", y)  # as the solvers' x0: no silent promotion to y's dtype
-    n = op.in_shape[0]
-    # x is batched exactly when y is: (batch, n) for y (batch, m), (n,) for y (m,)
-    want = (y2.shape[0], n) if y.dim() == 2 else (n,)
-    if tuple(x.shape) != want:
-        raise ValueError(
-            f"Expected 'x' of shape {want} for 'y' of shape {tuple(y.shape)} and an operator "
-            f"with {n} inputs (got {tuple(x.shape)})."
-        )
+    # (A, y, lam) as the solvers check them, x of y's batch, dtype and device: the checks
+    # of lasso_kkt_residual
     return lasso_kkt_residual(op, x, y, lam, step)

@@ -137,7 +137,13 @@ def check_groups(groups: Any, n: int) -> torch.Tensor:
         )
     if groups.dtype.is_floating_point or groups.dtype.is_complex or groups.dtype == torch.bool:
         raise TypeError(f"Expected 'groups' to hold integer labels (got dtype {groups.dtype}).")
-    if groups.dim() != 1 or groups.shape[0] != n:
+    if groups.dim() != 1:
+        count = f"{n} " if n >= 0 else ""
+        raise ValueError(
+            f"Expected 'groups' to be a 1-D tensor of {count}integer labels, one per entry "
+            f"(got a {groups.dim()}-D tensor of shape {tuple(groups.shape)})."
+        )
+    if groups.shape[0] != n:
         raise ValueError(
             f"Expected 'groups' of shape ({n},), one label per entry (got {tuple(groups.shape)})."
         )
@@ -183,8 +189,12 @@ def _group_norms(xm: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Te
     safe = torch.where(big > 0, big, torch.ones_like(big))
     unit = xm / safe.index_select(-1, groups)
     sq = xm.new_zeros(*xm.shape[:-1], count).index_add(-1, groups, unit * unit)
-    # sqrt of a clamped square: finite gradient at a zero group (its factor is 0 there)
-    return safe * torch.sqrt(torch.clamp(sq, min=torch.finfo(xm.dtype).tiny))
+    # a nonzero group has sq >= 1 (its largest entry is 1 after the division); a zero group
+    # gets norm 0 exactly and gradient 0 (sqrt of a safe argument, selected away): a clamped
+    # square gave it sqrt(tiny) (1.5e-154 in float64), as large as groups of size 1e-154
+    some = sq > 0
+    root = torch.sqrt(torch.where(some, sq, torch.ones_like(sq)))
+    return safe * torch.where(some, root, torch.zeros_like(root))
 
 
 def nonnegative_soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
@@ -276,7 +286,8 @@ class Prox:
             if group_size is not None:
                 self.group_size = check_count("group_size", group_size)
             else:
-                n = groups.shape[0] if isinstance(groups, torch.Tensor) and groups.dim() else -1
+                one_d = isinstance(groups, torch.Tensor) and groups.dim() == 1
+                n = groups.shape[0] if one_d else -1  # -1: check_groups refuses the shape
                 if n == 0:
                     raise ValueError(
                         "Expected 'groups' with at least one label (got an empty tensor)."

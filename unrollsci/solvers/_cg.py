@@ -25,9 +25,10 @@ from ..operators import LinearOperator
 from ..operators._base import check_real
 from ._cg_inputs import as_apply as _as_apply  # (was defined here)
 from ._cg_inputs import refuse_scipy_operator
-from ._common import as_operator, check_signal, check_stopping, row_norm
+from ._common import as_operator, check_signal, check_stopping, pow2_above, row_norm
 from ._loop import GRAD_MODES, PCGState, differentiate, implicit_solution, pcg_iterate
 from ._solution import Solution, finish
+from ._starts import scale_for_cg
 
 __all__ = ["cg", "check_symmetric"]
 
@@ -350,27 +351,24 @@ def _run(
         x0 = torch.where((bnorm == 0)[:, None], torch.zeros_like(x0), x0)
     x = b.new_zeros(b.shape) if x0 is None else x0
     r = b - op(x) if x0 is not None else b.clone()
-    # Solve for (x, r) / s with s = ||b|| (or ||r0|| for b = 0): CG is linear in b, and
-    # unit-size vectors keep r^T z and p^T A p clear of underflow and overflow.
-    r0n = row_norm(r)
-    s = torch.where(bnorm > 0, bnorm, r0n)
-    s = torch.where(s > 0, s, torch.ones_like(s))[:, None]
+    # Solve for (x, r) / s with s = ||b|| (or ||r0||: scale_for_cg): CG is linear in b,
+    # and unit-size vectors keep r^T z and p^T A p clear of underflow and overflow.
+    s, thresh, reach, extra = scale_for_cg(bnorm, row_norm(r), tol, atol)
     x, r = x / s, r / s
-    # the threshold of the scaled system, max(tol, atol / ||b||), in float64: tol * ||b||
-    # in b's dtype underflowed to 0 (float16 at tol=1e-10, float32 for ||b|| ~ 1e-36), and
-    # only the vanished-residual rule stopped CG, unchecked
-    b64, s64 = bnorm.double(), s[:, 0].double()
-    thresh = torch.where(bnorm > 0, (atol / b64).clamp(min=tol), atol / s64)
     rel = s[:, 0] / safe
     residuals: list[float] = []
     last: list[torch.Tensor] = []
     start: list[torch.Tensor] = []
+    unit: list[torch.Tensor] = []  # a rescaled restart's scale: its residuals times it
     plain = precond is None
 
     def monitor(st: PCGState) -> torch.Tensor:
         rd = st.r.detach()
         rn = torch.linalg.vector_norm(rd, dim=-1)
-        last[:] = [rn]
+        target = thresh if not unit else thresh / unit[0].to(thresh.dtype)
+        target = torch.maximum(target, reach)  # the same threshold but for warm columns
+        rn_full = rn if not unit else rn * unit[0]
+        last[:] = [rn_full]
         # A residual whose squared norm underflows (below the smallest normal number: the
         # system is scaled to ||b|| = 1, so ||r|| < sqrt(tiny) ||b||) is zero to working
         # precision: the next step would divide subnormal or zero products (p^T A p = 0
@@ -378,11 +376,11 @@ def _run(
         rr = st.rz.detach()[:, 0] if plain else torch.linalg.vecdot(rd, rd)
         # preconditioned: r^T M r underflows before r^T r does (an underflow, not M)
         gone = (rn <= eps) & (st.rz.detach()[:, 0].abs() <= floor) & (not plain)
-        done = (rn.to(thresh.dtype) <= thresh) | (rr < tiny) | gone
+        done = (rn.to(thresh.dtype) <= target) | (rr < tiny) | gone
         if not start:  # the first call: the columns solved by their start (no iteration)
             start.append(done)
         if st.k > 0 or bool(done.all()):  # the start is recorded only when it is the answer
-            residuals.append(float((rn * rel).max()))
+            residuals.append(float((rn_full * rel).max()))
         return done
 
     # op.mv: b was validated once by cg; the loop's products skip the per-call checks
@@ -417,6 +415,8 @@ def _run(
             rel,
             residuals,
             report=eps > 1e-12,
+            extra=extra,
+            unit=unit,
         )
         stalled = not converged
     per_rhs = (last[0] * s[:, 0] / safe).cpu()
@@ -436,6 +436,8 @@ def _true_residual_restarts(
     rel: torch.Tensor,
     residuals: list[float],
     report: bool,
+    extra: int,
+    unit: list[torch.Tensor],
 ) -> tuple[torch.Tensor, int, bool]:
     """:func:`_run`'s check of a claimed convergence against the true residual ``b - A x``
     (scaled system), with at most two restarts of CG from it.
@@ -444,11 +446,17 @@ def _true_residual_restarts(
     CG's own (the solve is then exactly as without the check); once it fails, they are the
     true ones, as always with ``report=True``. Not converged, each column returns the
     checked iterate of the smallest true residual (a restart can end above it).
+
+    ``extra > 0`` (a warm start far from the solution, :func:`_run`): ``extra`` restarts
+    more, each solving for the correction with its residual scaled to about 1 (a power of
+    two, set in ``unit`` for the monitor), as the first solve is scaled to its start's
+    residual: in the system's scale the correction's products underflowed.
     """
     best = best_rn = None
-    for attempt in range(3):
+    for attempt in range(3 + extra):
         rt = b - op.mv(x)
-        rn = torch.linalg.vector_norm(rt.detach(), dim=-1)
+        # scale-free where b / s is small (extra): the squares of its residual underflowed
+        rn = row_norm(rt) if extra else torch.linalg.vector_norm(rt.detach(), dim=-1)
         # checked wherever a tolerance is asked (thresh > 0: tol or atol > 0, in float64)
         ok = not bool(((rn.to(thresh.dtype) > thresh) & (thresh > 0)).any())
         if report or attempt > 0 or not ok:
@@ -462,18 +470,23 @@ def _true_residual_restarts(
             better = rn < best_rn
             best = torch.where(better[:, None], x, best)
             best_rn = torch.where(better, rn, best_rn)
-        if attempt == 2 or k >= max_iter:
+        if attempt == 2 + extra or k >= max_iter:
             break
-        x, _, used, _ = pcg_iterate(  # not converged: k reached max_iter, checked next
+        # rescaled (extra): the correction d of x + c d, solved at size ~1
+        c = pow2_above(rn)[:, None] if extra else None
+        unit[:] = [] if c is None else [c[:, 0]]
+        x1, _, used, _ = pcg_iterate(  # not converged: k reached max_iter, checked next
             op.mv,
-            x,
-            rt,
+            x if c is None else torch.zeros_like(x),
+            rt if c is None else rt / c,
             max_iter=max_iter - k,
             precond=precond,
             monitor=monitor,
             not_spd=_not_spd,
             finite=True,
         )
+        x = x1 if c is None else x + c * x1
+        unit[:] = []
         k += used
     assert best is not None and best_rn is not None
     last[:] = [best_rn]

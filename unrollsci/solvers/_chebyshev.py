@@ -23,12 +23,18 @@ def chebyshev_roots(
     strictly inside ``(0, 1)``). On an interval ``[lo, hi]`` the roots are
     ``lo + (hi - lo) t_k``; their inverses are the steps of ``num`` Richardson
     (gradient) iterations with the smallest worst-case error on a spectrum in
-    ``[lo, hi]``. Computed in ``dtype`` on ``device``.
+    ``[lo, hi]``. Computed in ``dtype`` (a real floating dtype; another one, an integer
+    or complex dtype, raises ``TypeError``) on ``device``.
 
     Example:
         >>> chebyshev_roots(2)
         tensor([0.8536, 0.1464], dtype=torch.float64)
     """
     num = check_count("num", num)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            "Expected 'dtype' to be a real floating-point torch.dtype, e.g. torch.float64 "
+            f"(got {dtype})."
+        )
     k = torch.arange(1, num + 1, dtype=dtype, device=check_device(device))
     return 0.5 * (1 + torch.cos((2 * k - 1) * math.pi / (2 * num)))

@@ -10,22 +10,15 @@ from typing import Any
 
 import torch
 
-from .._validation import (
-    check_finite,
-    check_like,
-    check_nonnegative,
-    check_positive,
-    check_positive_param,
-    check_tensor,
-)
+from .._validation import check_nonnegative, check_positive
 from ..operators import LinearOperator, gram
-from ..operators._base import check_real
-from ..prox import make_prox, soft_threshold
+from ..prox import soft_threshold
 from ._cg import cg
 from ._common import check_stopping, prepare_lasso, row_norm, unbatch, unit_rows
 from ._lasso_checks import _finite_residual, check_admm_claim, check_claim, norm_sq
 from ._loop import run_until
 from ._solution import Solution, finish
+from ._starts import _check_damping, _prox, _step, _x0, amp_start, check_admm_dtype
 from ._steps import admm_step, amp_step, fista_momentum, ista_step
 
 __all__ = ["ista", "fista", "admm", "amp"]
@@ -34,44 +27,6 @@ __all__ = ["ista", "fista", "admm", "amp"]
 def _scale(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
     s = row_norm(op.adjoint(y))
     return torch.clamp(s, min=torch.finfo(y.dtype).tiny)
-
-
-def _step(op: LinearOperator, step: float | torch.Tensor | None) -> float | torch.Tensor:
-    """The step: ``1 / ||A||^2`` by default; a given one checked (a tensor that requires
-    grad is kept, so that its gradient flows, as :func:`admm`'s ``rho``)."""
-    if step is None:
-        lip = norm_sq(op)
-        if lip == 0:
-            raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
-        return 1.0 / lip
-    return check_positive_param("step", step)
-
-
-def _prox(spec: Any, op: LinearOperator) -> Any:
-    """The prox of ``spec`` (:func:`unrollsci.prox.make_prox`), checked against ``n``; the
-    plain soft threshold itself by default (same bits as before ``prox=`` existed)."""
-    p = make_prox(spec, op.in_shape[0])
-    return soft_threshold if p.kind == "soft" else p
-
-
-def _check_damping(damping: Any) -> float:
-    d = check_positive("damping", damping, allow_zero=True)
-    if not d < 1.0:
-        raise ValueError(f"Expected 0 <= damping < 1 (got {damping!r}).")
-    return d
-
-
-def _x0(x0: torch.Tensor | None, y: torch.Tensor, n: int, unbatched: bool) -> torch.Tensor:
-    if x0 is None:
-        return y.new_zeros(y.shape[0], n)
-    check_tensor("x0", x0, ndim=(1, 2))
-    check_real("x0", x0)
-    check_like("x0", x0, "y", y)
-    check_finite("x0", x0)
-    x0 = x0[None] if unbatched and x0.dim() == 1 else x0
-    if x0.shape != (y.shape[0], n):
-        raise ValueError(f"Expected 'x0' of shape {(y.shape[0], n)} (got {tuple(x0.shape)}).")
-    return x0
 
 
 def _inner_tol(dtype: torch.dtype, rho: float | torch.Tensor, lip: float, tol: float) -> float:
@@ -323,6 +278,7 @@ def admm(
         prox: the z-update's prox (``z = prox(x + u, lam / rho)``), as :func:`ista`.
     """
     op, y, lam_t, unbatched = prepare_lasso(op, y, lam)
+    check_admm_dtype(y)
     tol = check_stopping(tol, max_iter)
     prox_fn = _prox(prox, op)
     if method not in ("auto", "cholesky", "cg"):
@@ -420,9 +376,12 @@ def amp(
     larger threshold (continuation), starting at ``||A^T y||_inf`` and multiplied by
     ``decay`` in ``[0, 1)`` after every iteration, so that the iterate does not fill up
     before the calibration is valid; it ends once the calibrated threshold is the
-    larger. AMP is designed for i.i.d. (sub-)Gaussian ``A`` with entries of variance
-    ``1/m``; on other matrices it can diverge: then ``damping`` in ``[0, 1)`` (mixing
-    with the previous iterate) helps, or use :func:`fista`.
+    larger. A warm start ``x0`` starts at its fixed-point residual
+    ``z = (y - A x0) / (1 - ||x0||_0 / m)`` and the continuation at ``||A^T z||_inf``
+    (``lam / (1 - b)`` at a lasso solution, which is kept: it stops at once; the cold
+    continuation at ``x0 = 0``). AMP is designed for i.i.d. (sub-)Gaussian ``A`` with
+    entries of variance ``1/m``; on other matrices it can diverge: then ``damping`` in
+    ``[0, 1)`` (mixing with the previous iterate) helps, or use :func:`fista`.
 
     Stops at a fixed point of the calibrated iteration: when the iteration thresholded
     at ``lam / (1 - b)`` (not at the continuation threshold) for every batch entry and
@@ -441,16 +400,14 @@ def amp(
             f"Expected 0 <= decay < 1 (got {decay!r}): the continuation threshold must "
             "shrink to let the calibrated threshold lam / (1 - ||x||_0 / m) take over."
         )
-    m = op.out_shape[0]
     x = _x0(x0, y, op.in_shape[0], unbatched)
-    z = torch.zeros_like(y)
-    b = (x != 0).sum(-1, keepdim=True).to(y.dtype) / m
     scale = _scale(op, y)
     zscale = torch.clamp(row_norm(y), min=torch.finfo(y.dtype).tiny)
-    # Continuation: the threshold starts at ||A^T y||_inf and decays geometrically
-    # until the calibrated value lam / (1 - b) takes over; without it the first
-    # iterates (x = 0, b = 0, theta = lam) keep almost every entry and b exceeds 1.
-    theta_cont = op.adjoint(y).abs().amax(-1, keepdim=True)
+    # Continuation: the threshold starts at ||A^T y||_inf (a warm start: at what x0 calls
+    # for, amp_start) and decays geometrically until the calibrated value lam / (1 - b)
+    # takes over; without it the first iterates (x = 0, b = 0, theta = lam) keep almost
+    # every entry and b exceeds 1.
+    z, b, theta_cont = amp_start(op, x, y, x0 is not None)
 
     def step(s: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float, bool]:
         x, z_old, b_old, theta_cont = s

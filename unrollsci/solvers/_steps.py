@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
+from .._validation import check_finite, check_like, check_positive_param, check_tensor
 from ..operators import LinearOperator
+from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
-from ._common import scaled_row_norm
+from ._common import prepare_lasso, scaled_row_norm
 
 __all__ = [
     "ista_step",
@@ -203,10 +205,41 @@ def bg_amp_step(
     return x_next, z, b
 
 
+def _check_lasso_point(op: Any, x: Any, y: Any, lam: Any) -> LinearOperator:
+    """The checks of :func:`lasso_objective` and :func:`lasso_kkt_residual` (those of
+    :func:`unrollsci.losses.kkt_residual`): ``(A, y, lam)`` as the solvers check them
+    (shapes, finite, ``lam >= 0`` a scalar or of shape ``(batch,)``), and ``x`` real,
+    finite, of ``y``'s dtype and device, ``(batch, n)`` for ``y: (batch, m)`` or ``(n,)``
+    for ``y: (m,)``: a ``y`` of another batch size no longer broadcasts against ``x``, and a
+    negative ``lam`` no longer gives a negative objective. Returns the operator."""
+    op, y2, _, _ = prepare_lasso(op, y, lam)
+    check_tensor("x", x, ndim=(1, 2))
+    check_real("x", x)
+    check_finite("x", x)
+    check_like("x", x, "y", y)
+    n = op.in_shape[0]
+    want = (y2.shape[0], n) if y.dim() == 2 else (n,)
+    if tuple(x.shape) != want:
+        raise ValueError(
+            f"Expected 'x' of shape {want} for 'y' of shape {tuple(y.shape)} and an operator "
+            f"with {n} inputs (got {tuple(x.shape)})."
+        )
+    return op
+
+
 def lasso_objective(
     op: LinearOperator, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | float
 ) -> torch.Tensor:
-    """``0.5 ||A x - y||^2 + lam ||x||_1`` per batch entry, shape ``(batch,)``."""
+    """``0.5 ||A x - y||^2 + lam ||x||_1`` per batch entry, shape ``(batch,)`` (``(1,)`` for
+    one problem, ``x: (n,)`` and ``y: (m,)``).
+
+    Checked as :func:`unrollsci.losses.kkt_residual` checks its inputs: ``x: (batch, n)``
+    for ``y: (batch, m)`` (same dtype and device, finite), ``lam >= 0`` a scalar or of
+    shape ``(batch,)``; ``ValueError`` / ``TypeError`` otherwise.
+    """
+    op = _check_lasso_point(op, x, y, lam)
+    if y.dim() == 1:  # one problem: the operator's products take a batch
+        x, y = x[None], y[None]
     lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device).reshape(-1)
     return 0.5 * (op(x) - y).pow(2).sum(-1) + lam_t * x.abs().sum(-1)
 
@@ -223,14 +256,31 @@ def lasso_kkt_residual(
 
     Zero exactly at minimizers of ``0.5 ||Ax - y||^2 + lam R(x)`` (the lasso for the
     default soft threshold; ``R`` of the prox otherwise); ``t`` is any positive step
-    (``1 / ||A||^2`` is natural). ``prox`` takes what the solvers' ``prox=`` takes
+    (``1 / ||A||^2`` is natural; a number, or a scalar tensor that requires grad, which
+    keeps its gradient). ``prox`` takes what the solvers' ``prox=`` takes
     (:func:`unrollsci.prox.make_prox`: None or ``"soft"``, ``"nonneg"``, a dict, a
     :class:`~unrollsci.prox.Prox` or a callable). The norm is scale-free (each row divided
     by its largest magnitude first): the residual of ``(A, s x, s y, s lam)`` is ``s`` times
     that of ``(A, x, y, lam)`` down to the dtype's smallest numbers, with its gradient.
+    ``x``, ``y`` and ``lam`` are checked as in :func:`lasso_objective`; a step that is not
+    positive and finite is a ``ValueError`` (it gave negative or NaN residuals).
     """
+    op = _check_lasso_point(op, x, y, lam)
+    step = check_positive_param("step", step)
+    return _kkt_residual(op, x, y, lam, step, prox)
+
+
+def _kkt_residual(
+    op: LinearOperator,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: torch.Tensor | float,
+    step: float | torch.Tensor,
+    prox: Any = soft_threshold,
+) -> torch.Tensor:
+    """:func:`lasso_kkt_residual` without its checks, for a caller that made them."""
     if prox is not soft_threshold:
-        p = make_prox(prox, op.in_shape[0] if hasattr(op, "in_shape") else None)
+        p = make_prox(prox, op.in_shape[0])
         prox = soft_threshold if p.kind == "soft" else p
     lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device).reshape(-1, 1)
     return scaled_row_norm(x - ista_step(op, x, y, step, step * lam_t, prox)) / step
