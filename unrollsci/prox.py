@@ -448,19 +448,19 @@ def project_box(
         >>> project_box(torch.tensor([-2.0, 0.5, 3.0]), 0.0, 1.0)
         tensor([0.0000, 0.5000, 1.0000])
     """
+    # tensor bounds on x's device (and dtype) first: the checks compare them with each other
+    dt = {"dtype": x.dtype} if x.is_floating_point() else {}
+    lower, upper = (b.to(device=x.device, **dt) if isinstance(b, torch.Tensor) else b
+                    for b in (lower, upper))  # fmt: skip
     for name, bound in (("lower", lower), ("upper", upper)):
         if bound is not None and bool(torch.as_tensor(bound).isnan().any()):
             raise ValueError(f"Expected bounds without NaN in project_box (got {name}={bound}).")
     if lower is not None and upper is not None:
-        lo, hi = torch.as_tensor(lower), torch.as_tensor(upper)
-        if bool((lo > hi).any()):
+        if bool((torch.as_tensor(lower, device=x.device) > upper).any()):
             raise ValueError(f"Expected lower <= upper in project_box (got {lower}, {upper}).")
-    if x.is_floating_point():
-        lower, upper = (
-            b.to(dtype=x.dtype, device=x.device) if isinstance(b, torch.Tensor) else b
-            for b in (lower, upper)
-        )
-    return torch.clamp(x, min=lower, max=upper)
+    # one clamp per bound: torch.clamp takes no tensor and number together, nor two Nones
+    out = x.clone() if lower is None else torch.clamp(x, min=lower)
+    return out if upper is None else torch.clamp(out, max=upper)
 
 
 def project_nonnegative(x: torch.Tensor) -> torch.Tensor:
