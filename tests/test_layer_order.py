@@ -9,6 +9,7 @@ and are left out, as in ``scripts/module_graph.py``'s picture; so is the root
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 
@@ -34,11 +35,18 @@ LAYER = {name: rank for rank, (_, names) in enumerate(LAYER_TABLE) for name in n
 LAZY_UPWARD = {("operators", "imaging")}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+def _load_module_graph():
+    """``scripts/module_graph.py``, whose ``imports`` reads the import statements of a module
+    (relative, absolute, lazy, ``TYPE_CHECKING`` left out) for the picture: the same reader."""
+    path = PACKAGE.parent / "scripts" / "module_graph.py"
+    spec = importlib.util.spec_from_file_location("_unrollsci_module_graph", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_MG = _load_module_graph()
 
 
 def _component(name: str) -> str | None:
@@ -49,45 +57,12 @@ def _component(name: str) -> str | None:
 
 def _imports(source: str, module: str, is_package: bool) -> list[tuple[str, bool]]:
     """``(component imported, lazy)`` for every unrollsci import of a module's source."""
-    found: list[tuple[str, bool]] = []
-
-    def add(name: str, lazy: bool) -> None:
-        comp = _component(name)
-        if comp is not None:
-            found.append((comp, lazy))
-
-    def visit(node: ast.AST, lazy: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                continue
-            if isinstance(child, ast.Import):
-                for alias in child.names:
-                    add(alias.name, lazy)
-            elif isinstance(child, ast.ImportFrom):
-                if child.level:
-                    base = module.split(".")
-                    drop = child.level - 1 if is_package else child.level
-                    base = base[: len(base) - drop]
-                    prefix = ".".join(base + ([child.module] if child.module else []))
-                else:
-                    prefix = child.module or ""
-                if prefix == "unrollsci":  # ``from .. import bench``: names are components
-                    for alias in child.names:
-                        if alias.name in LAYER or (PACKAGE / alias.name).is_dir():
-                            add(f"unrollsci.{alias.name}", lazy)
-                else:
-                    add(prefix, lazy)
-            inner = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            visit(child, inner)
-
-    visit(ast.parse(source), False)
-    return found
+    found = _MG.imports(ast.parse(source), module, is_package)
+    return [(c, lazy) for name, lazy in found if (c := _component(name)) is not None]
 
 
 def _module_name(path: Path) -> tuple[str, bool]:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    is_package = parts[-1] == "__init__"
-    return ".".join(parts[:-1] if is_package else parts), is_package
+    return _MG.module_name(path)
 
 
 def _edges() -> dict[tuple[str, str, bool], set[str]]:
