@@ -364,10 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-warm-start", action="store_true", help="train from FISTA (no closed-form init)"
     )
     p.add_argument(
-        "--precond-size", type=positive_int_arg, default=None, help="step filter size (7)"
+        "--precond-size", type=positive_int_arg, default=None, help="odd step filter size (7)"
     )
     p.add_argument(
-        "--train-size", type=positive_int_arg, default=None, help="training phantoms (128)"
+        "--train-size",
+        type=positive_int_arg,
+        default=None,
+        help="training phantoms' size, >= 3 (128)",
     )
     args = parse_bench_args(p, argv, "deblur")
     torch.set_num_threads(1)
@@ -383,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg[key] = value
     if args.no_warm_start:
         cfg["warm_start"] = False
+    # the model refuses these, but only after the FISTA work: a usage error before any work
+    if cfg["precond_size"] % 2 == 0:
+        p.error(f"argument --precond-size: expected an odd size (got {cfg['precond_size']})")
+    if cfg["train_size"] < cfg["filter_size"]:
+        p.error(
+            f"argument --train-size: expected at least the model's filter size "
+            f"{cfg['filter_size']} (got {cfg['train_size']})"
+        )
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, flush=True))
     res = run(cfg, log)
     text = _report(res)

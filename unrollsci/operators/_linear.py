@@ -76,9 +76,13 @@ class LinearOperator(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype | None:
-        """dtype of the operator's own tensors, or None if it holds none."""
+        """dtype of the operator's first floating-point tensor, or None if it holds none.
+
+        Boolean and integer tensors (a :class:`~unrollsci.operators.Mask`'s pattern, an index)
+        do not count: ``Mask(...) @ Convolution(float64 kernel)`` is float64, not bool."""
         for t in list(self.buffers()) + list(self.parameters()):
-            return t.dtype
+            if t.is_floating_point():
+                return t.dtype
         return None
 
     # ------------------------------------------------------------ application

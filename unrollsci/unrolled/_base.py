@@ -21,17 +21,45 @@ from .._validation import (
     check_count,
     check_finite,
     check_model_dtype,
+    check_positive,
     check_tensor,
     model_dtype,
 )
 from ..operators import LinearOperator
 from ..prox import Prox, make_prox, soft_threshold
 from ..solvers import as_operator
+from ..solvers._lasso_checks import norm_sq
 
 __all__ = ["UnrolledLasso", "layer_lists", "softplus_inverse", "support_selection_threshold"]
 
 
 _ZERO_OPERATOR = "The operator is zero (||A|| = 0): the lasso has no data term."
+
+
+def check_normal_range(dtype: torch.dtype, owner: str, **values: float) -> None:
+    """Raise unless every value (``||A||^2``, the step ``1 / ||A||^2``, initial parameters),
+    taken in float64, is a normal number of ``dtype``: cast to it, a step of 2.4e39 became
+    Inf in float32 (``||A||`` of 2e-20) and ``A^T A v`` overflowed for ``||A||`` of 2e20, NaN
+    outputs without a word. ``owner`` (a class name) is named in the message."""
+    fi = torch.finfo(dtype)
+    for name, value in values.items():
+        if not fi.tiny <= value <= fi.max:
+            fix = "" if dtype == torch.float64 else "use dtype=torch.float64 or "
+            raise ValueError(
+                f"Expected {name} within the normal range of {dtype} ({fi.tiny:.2e} to "
+                f"{fi.max:.2e}) for {owner} (got {value:.3e}); {fix}rescale A (with y and lam)."
+            )
+
+
+def check_compute_dtype(model: Any) -> None:
+    """Raise ``TypeError`` unless ``model.dtype`` is float32 or float64: the constructors
+    refuse other dtypes, but ``model.half()`` after construction is not checked there."""
+    if model.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"Expected a model of dtype torch.float32 or torch.float64 (got {model.dtype}, "
+            "converted after construction); convert it back with model.float() or "
+            "model.double()."
+        )
 
 
 def layer_lists(model: nn.Module) -> list[tuple[nn.ParameterList, int, bool]]:
@@ -155,9 +183,7 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
                 f"out_shape (m,) (got {op.in_shape} -> {op.out_shape}). Flatten signals first."
             )
         num_layers = check_count("num_layers", num_layers)
-        lam_f = float(lam)
-        if not math.isfinite(lam_f) or lam_f <= 0:
-            raise ValueError(f"Expected 'lam' > 0 and finite (got {lam!r}).")
+        lam_f = check_positive("lam", lam)
         self.operator = op
         self.num_layers = num_layers
         self._active_layers = num_layers
@@ -221,24 +247,18 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
         return self.operator.to_dense(dtype=torch.float64).detach()
 
     def _lipschitz(self) -> float:
-        lip = self.operator.norm() ** 2
+        """``||A||^2``; a ``ValueError`` for a zero operator (``||A|| = 0`` exactly) and, from
+        :func:`~unrollsci.solvers._lasso_checks.norm_sq`, for a nonzero ``||A||`` whose
+        square is not a normal float64 number (an ``OverflowError``, or a nonzero operator
+        called zero, before)."""
+        lip = norm_sq(self.operator)
         if lip == 0:
             raise ValueError(_ZERO_OPERATOR)
         return lip
 
     def _check_range(self, **values: float) -> None:
-        """Raise unless every value (``||A||^2``, the step ``1 / ||A||^2``, initial
-        parameters), taken in float64, is a normal number of the model's dtype: cast to it,
-        a step of 2.4e39 became Inf in float32 (``||A||`` of 2e-20) and ``A^T A v``
-        overflowed for ``||A||`` of 2e20, NaN outputs without a word."""
-        fi = torch.finfo(self.param_dtype)
-        for name, value in values.items():
-            if not fi.tiny <= value <= fi.max:
-                raise ValueError(
-                    f"Expected {name} within the normal range of {self.param_dtype} "
-                    f"({fi.tiny:.2e} to {fi.max:.2e}) for {type(self).__name__} (got "
-                    f"{value:.3e}); use dtype=torch.float64 or rescale A (with y and lam)."
-                )
+        """:func:`check_normal_range` in the model's dtype."""
+        check_normal_range(self.param_dtype, type(self).__name__, **values)
 
     def _check_nonzero(self) -> None:
         """Raise for a zero operator, as :meth:`_lipschitz`, without its norm: ``A v`` for
@@ -268,12 +288,7 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
         return F.softplus(raw) + torch.finfo(raw.dtype).tiny
 
     def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
-        if self.dtype not in (torch.float32, torch.float64):  # model.half() is not checked
-            raise TypeError(
-                f"Expected a model of dtype torch.float32 or torch.float64 (got {self.dtype}, "
-                "converted after construction); convert it back with model.float() or "
-                "model.double()."
-            )
+        check_compute_dtype(self)  # model.half() is not checked at construction
         check_tensor("y", y, ndim=(1, 2))
         unbatched = y.dim() == 1
         if unbatched:

@@ -16,12 +16,15 @@ from .._validation import (
     check_count,
     check_finite,
     check_model_dtype,
+    check_positive,
     check_tensor,
     model_dtype,
 )
+from ..operators._checks import check_real
 from ..prox import soft_threshold
 from ..solvers import as_operator, fista_momentum
-from ._base import ActiveLayersMixin
+from ..solvers._lasso_checks import norm_sq
+from ._base import ActiveLayersMixin, check_compute_dtype, check_normal_range
 
 __all__ = ["UnrolledAnalysisFISTA", "haar_shrink"]
 
@@ -58,11 +61,17 @@ def haar_shrink(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tenso
     """Undecimated Haar analysis shrinkage ``W^T soft(W x, threshold)`` of images.
 
     ``W`` is the single-level undecimated 2x2 Haar transform (circular boundary), a
-    Parseval frame (``W^T W = I``); the three detail bands are soft-thresholded, the
-    low-pass band is kept. Since ``W`` is Parseval, this map is the proximal operator of
-    a convex function (it is the gradient of the convex ``g(W x)``, ``g`` the Moreau
-    complement of the scaled l1 norm, and firmly non-expansive), a TV-like penalty on
-    2x2 differences, so FISTA with it converges.
+    Parseval frame (``W^T W = I``, but ``W W^T != I``); the three detail bands are
+    soft-thresholded (``D`` below keeps them), the low-pass band is kept. Since ``W`` is
+    Parseval, ``haar_shrink(., t)`` is the proximal operator of the convex, TV-like
+    penalty on 2x2 differences ``f_t(x) = min { t ||D (W x + z)||_1 + ||z||^2 / 2 :
+    W^T z = 0 }``, but not of ``t R`` for one ``R``: ``f_t(x) = t^2 f_1(x / t)``. So
+    FISTA (or ISTA) with a fixed step ``s <= 1 / ||A||^2`` and this prox at the threshold
+    ``lam s`` (:func:`unrollsci.solvers.fista` with ``prox=``) converges, to the minimizer of
+    ``0.5 ||A x - y||^2 + f_{lam s}(x) / s``, that is ``x = W^T c`` with ``c`` minimizing
+    ``0.5 ||A W^T c - y||^2 + lam ||D c||_1 + ||(I - W W^T) c||^2 / (2 s)``: the problem
+    depends on the step (smaller steps move it towards the analysis problem
+    ``lam ||D W x||_1``).
 
     Args:
         x: images ``(batch, H, W)``, ``H, W >= 2``.
@@ -81,6 +90,7 @@ def haar_shrink(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tenso
         True
     """
     check_tensor("x", x, ndim=(3,))
+    check_real("x", x)
     if min(x.shape[-2:]) < 2:
         raise ValueError(f"Expected images of at least 2x2 (got shape {tuple(x.shape)}).")
     th = torch.as_tensor(threshold, dtype=x.dtype, device=x.device)
@@ -97,6 +107,47 @@ def haar_shrink(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tenso
     # a select, not th * band: an infinite threshold zeroes the details and keeps the
     # low-pass band (0 * inf was NaN there)
     return _synthesis(soft_threshold(c, torch.where(detail, th, torch.zeros_like(th))), w)
+
+
+def _threshold_grid(thresholds: Any) -> list[float]:
+    """:meth:`UnrolledAnalysisFISTA.warm_start`'s candidate thresholds, sorted, with 0."""
+    if thresholds is None:
+        return [0.0, *torch.logspace(-4, math.log10(0.3), 16, dtype=torch.float64).tolist()]
+    try:
+        if isinstance(thresholds, (str, bytes)):
+            raise TypeError
+        items = list(thresholds)
+    except TypeError:
+        got = repr(thresholds)
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise TypeError(
+            "Expected 'thresholds' to be a non-empty sequence of numbers >= 0 (got "
+            f"{type(thresholds).__name__} {got})."
+        ) from None
+    if not items:
+        raise ValueError("Expected 'thresholds' to hold at least one value (got none).")
+    grid = [check_positive(f"thresholds[{i}]", t, allow_zero=True) for i, t in enumerate(items)]
+    return sorted({0.0, *grid})
+
+
+def _min_norm_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm solution of the normal equations ``gram t = rhs`` on every device
+    (eigenvalues up to ``n eps`` times the largest count as zero, ``lstsq``'s ``rcond``): for
+    a singular ``gram`` ``lstsq``'s pivoted QR returned taps that did not minimize the error.
+    Through the eigenvectors, not ``pinv(gram) @ rhs``, it is as accurate as ``lstsq``."""
+    lam, vec = torch.linalg.eigh(gram)
+    keep = lam > lam.max() * (gram.shape[0] * torch.finfo(gram.dtype).eps)
+    coef = torch.where(keep, (vec.T @ rhs) / torch.where(keep, lam, 1.0), 0.0)
+    return vec @ coef
+
+
+def _check_overflow(finite: bool) -> None:
+    """The warm start's sums of squares overflow for data near the dtype's largest values."""
+    if not finite:
+        raise ValueError(
+            "Expected finite least-squares sums and training errors in warm_start (got Inf "
+            "or NaN: squares of 'x' or 'y' overflow); rescale x and y (and lam with them)."
+        )
 
 
 class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
@@ -131,7 +182,11 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
         operator: a linear operator on images, ``in_shape (H, W)`` (any ``out_shape``),
             e.g. :class:`unrollsci.operators.Convolution`.
         num_layers: unrolled iterations ``K``.
-        lam: regularization weight of the classical problem the model starts from.
+        lam: weight of the classical problem the model starts from: FISTA at step ``1/L``
+            with the prox :func:`haar_shrink` at threshold ``lam / L`` tends to ``x = W^T c``,
+            ``c`` minimizing ``0.5 ||A W^T c - y||^2 + lam ||D c||_1 + (L / 2)
+            ||(I - W W^T) c||^2`` (see :func:`haar_shrink`: not ``lam`` times a penalty of
+            ``x`` alone, it depends on ``L = ||A||^2``).
         channels: filters per layer ``C >= 4`` (the first four start as Haar).
         filter_size: size ``s >= 2`` of the analysis / synthesis filters.
         precond_size: odd size ``p`` of the step filters ``P_k`` (1: a scalar step).
@@ -181,9 +236,7 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
             raise ValueError(
                 f"Expected filter_size <= the image size {op.in_shape} (got {filter_size})."
             )
-        lam_f = float(lam)
-        if not math.isfinite(lam_f) or lam_f <= 0:
-            raise ValueError(f"Expected 'lam' > 0 and finite (got {lam!r}).")
+        lam_f = check_positive("lam", lam)
         if dtype is None:
             dtype = op.dtype if op.dtype is not None else torch.get_default_dtype()
         if dtype not in (torch.float32, torch.float64):
@@ -192,9 +245,11 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
         self.num_layers, self.lam, self.seed = num_layers, lam_f, seed
         self.channels, self.filter_size, self.precond_size = channels, filter_size, precond_size
         self._active_layers = num_layers
-        lip = op.norm() ** 2
+        lip = norm_sq(op)  # a ValueError for a nonzero ||A|| whose square over/underflows
         if lip == 0:
             raise ValueError("The operator is zero (||A|| = 0): there is no data term.")
+        # the step 1 / ||A||^2 cast to float32 was Inf (||A|| of 1e-20) or subnormal (1e20)
+        check_normal_range(dtype, type(self).__name__, **{"||A||^2": lip, "1/||A||^2": 1 / lip})
         k, c, s, p = num_layers, channels, filter_size, precond_size
         f64 = torch.float64
         step = torch.zeros(k, p, p, dtype=f64)
@@ -231,6 +286,7 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
 
     # --------------------------------------------------------------------- forward
     def _check_y(self, y: Any) -> tuple[torch.Tensor, bool]:
+        check_compute_dtype(self)  # model.half() is not checked at construction
         out_shape = tuple(self.operator.out_shape)
         check_tensor("y", y)
         unbatched = tuple(y.shape) == out_shape
@@ -273,12 +329,16 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
         op = self.operator
         return op.rmv(-y) if k == 0 else op.rmv(op.mv(v) - y)
 
-    def _step_filter(self, k: int, r: torch.Tensor) -> torch.Tensor:
-        """``P_k * r`` (a scalar step when ``precond_size == 1``)."""
+    def _step_filter(
+        self, k: int, r: torch.Tensor, step: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``P_k * r`` (a scalar step when ``precond_size == 1``); ``step``: the ``(p, p)``
+        filter to use instead of ``P_k``."""
         p = self.precond_size
+        step = self.step[k] if step is None else step
         if p == 1:
-            return self.step[k, 0, 0] * r
-        return F.conv2d(r[:, None], self.step[k][None, None], padding=p // 2)[:, 0]
+            return step[0, 0] * r
+        return F.conv2d(r[:, None], step[None, None], padding=p // 2)[:, 0]
 
     def _shrink(self, k: int, g: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         """``g + D_k^T (soft(E_k g, theta) - E_k g) = g - D_k^T clip(E_k g, -theta, theta)``."""
@@ -298,8 +358,11 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
         """Data-driven initialization before end-to-end training: layer by layer, the step
         filter ``P_k`` that minimizes the training MSE of ``g`` (a linear least-squares
         problem in the ``precond_size^2`` filter taps, solved in closed form through its
-        normal equations in float64), then the detail thresholds of the four Haar channels
-        picked on ``thresholds`` by training MSE after the shrinkage. Momentum is set to 0.
+        normal equations in float64: their minimum-norm solution, a minimizer also when they
+        are singular, e.g. with fewer training pixels than taps), then the detail thresholds
+        of the four Haar channels picked on ``thresholds`` by training MSE after the
+        shrinkage. Momentum is set to 0. The inputs are checked before anything changes: an
+        error leaves the model as it was.
 
         Guarantee: the training MSE never increases from one layer to the next when the
         channels beyond the four Haar ones have zero synthesis filters (as built):
@@ -309,8 +372,9 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
         Args:
             y: training measurements ``(N, *out_shape)``.
             x: the matching images ``(N, H, W)``.
-            thresholds: candidate detail thresholds (default ``0`` and 16 values from
-                ``1e-4`` to ``0.3``, geometric).
+            thresholds: candidate detail thresholds, a non-empty sequence of finite numbers
+                ``>= 0`` (default ``0`` and 16 values from ``1e-4`` to ``0.3``, geometric);
+                ``0`` is always a candidate.
             batch_size: images per chunk when accumulating the normal equations.
 
         Returns:
@@ -334,15 +398,11 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
                 f"(got shape {tuple(x.shape)})."
             )
         check_model_dtype("images 'x'", x.dtype, self, data="x")
-        if thresholds is None:
-            grid = [0.0, *torch.logspace(-4, math.log10(0.3), 16, dtype=torch.float64).tolist()]
-        else:
-            grid = [float(t) for t in thresholds]
-            if not grid or any(not math.isfinite(t) or t < 0 for t in grid):
-                raise ValueError(f"Expected 'thresholds' finite and >= 0 (got {thresholds!r}).")
-            grid = sorted({0.0, *grid})
+        check_finite("x", x)
+        grid = _threshold_grid(thresholds)
         batch_size = check_count("batch_size", batch_size)
-        self.momentum.zero_()
+        # every result goes to a copy, assigned at the end: an error leaves the model as it was
+        steps, thresh = self.step.detach().clone(), self.threshold.detach().clone()
         p, n = self.precond_size, y.shape[0]
         chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
         v = torch.zeros_like(x)
@@ -357,15 +417,19 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
                 cols = cols.double()
                 gram += cols.T @ cols
                 rhs += cols.T @ (v[c] - x[c]).reshape(-1).double()
-            taps = torch.linalg.lstsq(gram, rhs[:, None]).solution[:, 0]
-            self.step[k] = taps.reshape(p, p).to(self.step.dtype)
+            _check_overflow(bool(torch.isfinite(gram).all() and torch.isfinite(rhs).all()))
+            taps = _min_norm_solve(gram, rhs)
+            steps[k] = taps.reshape(p, p).to(steps.dtype)
             g = torch.cat(
-                [v[c] - self._step_filter(k, r) for c, r in zip(chunks, grads, strict=True)]
+                [
+                    v[c] - self._step_filter(k, r, steps[k])
+                    for c, r in zip(chunks, grads, strict=True)
+                ]
             )
             if float((g - x).pow(2).mean()) > float((v - x).pow(2).mean()):
-                self.step[k] = 0.0  # rounding in the normal equations; keep the previous output
+                steps[k] = 0.0  # rounding in the normal equations; keep the previous output
                 g = v.clone()
-            th = self.threshold[k].clone()
+            th = thresh[k].clone()
             best = None
             for t in grid:
                 th[1:4] = t
@@ -374,9 +438,13 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
                 if best is None or err < best[0]:
                     best = (err, t, out)
             assert best is not None
-            self.threshold[k, 1:4] = best[1]
+            _check_overflow(math.isfinite(best[0]))
+            thresh[k, 1:4] = best[1]
             v = best[2]
             history.append(best[0])
+        self.step.copy_(steps)
+        self.threshold.copy_(thresh)
+        self.momentum.zero_()
         return history
 
     # ---------------------------------------------------------------------- config
