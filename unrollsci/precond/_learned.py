@@ -246,24 +246,26 @@ class LearnedPreconditioner(nn.Module):
             "sweeps": self.sweeps,
         }
 
-    def _check_size(self, a: Any) -> Any:
+    def _check_size(self, a: Any, name: str | None = None) -> Any:
+        """Refuse a matrix outside ``min_n <= n <= max_n`` (or smaller than a block);
+        ``name`` (e.g. ``"val_matrices[1]"``) is named in the message."""
         n = a.shape[0]
+        of = "" if name is None else f" for {name}"
         if n < self.min_n or (self.max_n is not None and n > self.max_n):
             hi = "inf" if self.max_n is None else self.max_n
             raise ValueError(
-                f"This model supports matrices of size {self.min_n} <= n <= {hi} (got n={n})."
+                f"This model supports matrices of size {self.min_n} <= n <= {hi} (got n={n}{of})."
+            )
+        if self.kind == "block" and self.block_size > n:
+            raise ValueError(
+                f"Expected block_size <= n for kind='block' (got block_size "
+                f"{self.block_size}, n={n}{of})."
             )
         return a
 
     def prepare(self, A: Any) -> MatrixGraph:  # noqa: N803
         """Validate ``A`` and build its :class:`MatrixGraph` (the non-learned part of setup)."""
         a = self._check_size(check_spd_input(A))
-        n = a.shape[0]
-        if self.kind == "block" and self.block_size > n:
-            raise ValueError(
-                f"Expected block_size <= n for kind='block' (got block_size "
-                f"{self.block_size}, n={n})."
-            )
         dev = next(self.parameters()).device
         if self.kind == "amg":
             if self.coarsening == "sa":
@@ -412,6 +414,9 @@ class LearnedPreconditioner(nn.Module):
             m = InverseFactorPreconditioner(g.pattern, vals)
         else:
             m = BlockPreconditioner(g.pattern, vals, self.block_size)
+        # the chosen ordering's name, as ic0 / mic0 set it ("natural" where that order
+        # was chosen; None without ordering=)
+        m.ordering = getattr(g, "ordering", None)
         if g.perm is None:
             return m
         return PermutedPreconditioner(m, g.perm, g.ordering, inverse=g.iperm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,29 @@ def _check_mode_options(kind: str, **options: Any) -> None:
             )
 
 
+def _check_ordering(ordering: Any) -> None:
+    """The form of ``ordering`` (the check :func:`~unrollsci.precond.candidate_orderings`
+    makes, without the matrix): None, ``"grid"``, ``"rcm"``, a non-empty mapping
+    ``{name: perm}`` or sequence of permutations, or a callable."""
+    if ordering is None or (callable(ordering) and not isinstance(ordering, str)):
+        return
+    expected = (
+        "Expected 'ordering' to be None, 'grid', 'rcm', a mapping {name: perm}, a sequence "
+        "of permutations or a callable A -> {name: perm}"
+    )
+    if isinstance(ordering, str):
+        if ordering not in ("grid", "rcm"):
+            raise ValueError(f"{expected} (got {ordering!r}).")
+        return
+    if isinstance(ordering, (bytes, bytearray)) or not isinstance(ordering, (Mapping, Sequence)):
+        raise TypeError(f"{expected} (got {type(ordering).__name__} {ordering!r:.60}).")
+    if len(ordering) == 0:
+        raise ValueError(
+            f"Expected at least one candidate ordering in 'ordering' (got an empty "
+            f"{type(ordering).__name__})."
+        )
+
+
 def check_options(
     kind: str,
     base: str | None,
@@ -76,7 +100,12 @@ def check_options(
         ("sweeps", sweeps, 1),
     ):
         check_count(name, value, low)
-    check_count("max_n", max_n, None, optional=True)
+    check_count("max_n", max_n, 1, optional=True)
+    if max_n is not None and max_n < min_n:
+        raise ValueError(
+            f"Expected 'max_n' >= 'min_n', a size range that holds a matrix (got "
+            f"min_n={min_n}, max_n={max_n})."
+        )
     base = base if base is not None else _DEFAULT_BASE[kind]
     if base not in _BASES:
         raise ValueError(f"Expected base in {_BASES} (got {base!r}).")
@@ -85,6 +114,7 @@ def check_options(
             f"base={base!r} is a factor of A, not of A^{{-1}}; use 'identity' "
             "or 'ssor' for kind='inverse'."
         )
+    _check_ordering(ordering)
     if kind == "poly" and ordering is not None:
         raise ValueError("kind='poly' does not depend on the ordering of A; leave ordering=None.")
     if kind == "amg" and (base != "identity" or ordering is not None):

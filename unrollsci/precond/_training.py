@@ -51,6 +51,28 @@ def make_batches(
         max_steps: the largest unroll length ``adaptive_tol`` may give, an integer >= 1.
         n_rhs: right-hand sides per matrix, an integer >= 1.
     """
+    return _make_batches(
+        model,
+        matrices,
+        "matrices",
+        n_rhs=n_rhs,
+        seed=seed,
+        adaptive_tol=adaptive_tol,
+        max_steps=max_steps,
+    )
+
+
+def _make_batches(
+    model: LearnedPreconditioner,
+    matrices: Sequence[Any],
+    name: str,
+    *,
+    n_rhs: int,
+    seed: int,
+    adaptive_tol: float | None,
+    max_steps: int,
+) -> list[SystemBatch]:
+    """:func:`make_batches`, its errors naming ``f"{name}[k]"`` (e.g. ``val_matrices[1]``)."""
     import scipy.sparse.linalg as spla
 
     n_rhs = check_count("n_rhs", n_rhs)
@@ -61,14 +83,15 @@ def make_batches(
     dev = next(model.parameters()).device
     out = []
     for k, m in enumerate(matrices):
-        a = check_spd_input(m, f"matrices[{k}]")
+        a = check_spd_input(m, f"{name}[{k}]")
+        model._check_size(a, f"{name}[{k}]")
         g = model.prepare(a)
         b = rng.standard_normal((n_rhs, a.shape[0]))
         lu = spla.splu(a.tocsc())
         x = np.stack([lu.solve(bi) for bi in b])
         if np.any((x * b).sum(-1) <= 0):
             raise ValueError(
-                f"matrices[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
+                f"{name}[{k}] is not positive definite: b^T A^{{-1}} b <= 0 for a random b."
             )
         batch = SystemBatch(
             g, SparseOperator(a).to(dev), torch.from_numpy(b).to(dev), torch.from_numpy(x).to(dev)
@@ -136,8 +159,6 @@ def fit_preconditioner(
     from ..train._state import copy_state, replace_model
 
     restarts = check_count("restarts", restarts)
-    if restarts > 1 and not val_matrices:
-        raise ValueError("restarts > 1 selects by validation loss: pass val_matrices.")
     if not isinstance(model, LearnedPreconditioner):
         raise TypeError(f"Expected a LearnedPreconditioner to train (got {type(model).__name__}).")
     if isinstance(matrices, (str, bytes)) or not isinstance(matrices, Sequence):
@@ -145,6 +166,16 @@ def fit_preconditioner(
             "Expected 'matrices' to be a list of sparse SPD matrices "
             f"(got {type(matrices).__name__})."
         )
+    if val_matrices is not None and (
+        isinstance(val_matrices, (str, bytes)) or not isinstance(val_matrices, Sequence)
+    ):
+        raise TypeError(
+            "Expected 'val_matrices' to be None or a list of sparse SPD matrices "
+            f"(got {type(val_matrices).__name__})."
+        )
+    has_val = val_matrices is not None and len(val_matrices) > 0
+    if restarts > 1 and not has_val:
+        raise ValueError("restarts > 1 selects by validation loss: pass val_matrices.")
     if len(matrices) == 0:
         raise ValueError(
             "Expected at least one training matrix (got an empty 'matrices'): every "
@@ -181,12 +212,11 @@ def fit_preconditioner(
         progress=progress,
         **{"checkpoint": checkpoint, **fit_kwargs},
     )
-    kw = {"adaptive_tol": adaptive_tol} if loss != "frobenius" else {}
-    data = make_batches(model, matrices, n_rhs=n_rhs, seed=seed, **kw)
+    tol = adaptive_tol if loss != "frobenius" else None
+    kw = {"n_rhs": n_rhs, "adaptive_tol": tol, "max_steps": 50}
+    data = _make_batches(model, matrices, "matrices", seed=seed, **kw)
     val = (
-        make_batches(model, val_matrices, n_rhs=n_rhs, seed=seed + 1, **kw)
-        if val_matrices
-        else None
+        _make_batches(model, val_matrices, "val_matrices", seed=seed + 1, **kw) if has_val else None
     )
     init_state, init_val = None, None
     if val is not None and keep_base_if_better:

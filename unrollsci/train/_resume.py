@@ -26,12 +26,13 @@ def check_resume(
 ) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """``(state, weights, depth)`` of the checkpoint ``path`` after every check that can
     refuse the resume before the weights are loaded (its training arguments, epochs, the
-    dtypes of its weights, its depth against ``model``); ``model`` is not changed.
+    dtypes of its weights, the model's config, its depth against ``model``); ``model`` is
+    not changed.
     ``depth`` is the saved ``active_layers`` (None where the file has none)."""
     from ._checkpoint import _check_depth
-    from ._state import check_resume_args, load_fit_state
+    from ._state import check_resume_args, check_resume_config, load_fit_state
 
-    saved, weights, depth = load_fit_state(path, model)
+    saved, weights, depth, config = load_fit_state(path, model)
     check_resume_args(path, saved, args)
     _check_resume_epochs(path, saved, per_stage, epochs_name)
     if layerwise:  # a finished stage had the old length: refuse another
@@ -58,6 +59,8 @@ def check_resume(
             f"model's are {mine[k].dtype} ({k}); resuming would round them. "
             "Convert the model to the checkpoint's dtype first."
         )
+    # after the dtype check, whose message says what to do (the config holds the dtype)
+    check_resume_config(path, config, model)
     if depth is not None:
         _check_depth(model, depth, Path(path))
     return saved, weights, depth

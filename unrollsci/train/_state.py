@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,13 @@ RESUME_ARGS = (
 # Not "callback": it only watches and may stop the run, and a run halted by its callback
 # is resumed without it to go on (tests/train/test_distributed.py, the "schedule" case).
 RESUME_GIVEN = ("val_data", "lr_factor")
+# config keys (per checkpoint class name) a resumed run may change: the seed that only draws
+# the initial weights (which a resume replaces), and UnrolledCT's arithmetic of its CNNs
+# (docs/ct.md: switched on a trained model, the weights the same)
+RESUME_FREE_KEYS = {
+    "unrollsci.unrolled:UnrolledAnalysisFISTA": ("seed",),
+    "unrollsci.imaging:UnrolledCT": ("precision",),
+}
 
 
 def copy_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -86,12 +96,14 @@ def save_fit_checkpoint(path: str | Path, model: nn.Module, state: dict[str, Any
 
 def load_fit_state(
     path: str | Path, model: nn.Module
-) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """``(state, weights, depth)`` from a checkpoint written by ``fit(checkpoint=...)``.
+) -> tuple[dict[str, Any], dict[str, Any], Any, Any]:
+    """``(state, weights, depth, config)`` from a checkpoint written by
+    ``fit(checkpoint=...)``.
 
     ``weights`` is the model's state dict at the end of the last finished epoch; ``depth``
     the ``active_layers`` the run trained at, where the file records one, else None (an
-    end-to-end run of a truncated model continues at that depth). ``model`` (whose class
+    end-to-end run of a truncated model continues at that depth); ``config`` the model's
+    config as stored (plain data, see :func:`check_resume_config`). ``model`` (whose class
     the file must hold) is not changed: :mod:`._resume` checks, then applies.
     """
     from ._checkpoint import _FORMAT, _read_payload
@@ -127,7 +139,170 @@ def load_fit_state(
             f"Checkpoint {path}: expected its weights as a state_dict dict (got "
             f"{type(weights).__name__}); cannot resume from it."
         )
-    return state, weights, payload.get("active_layers")
+    return state, weights, payload.get("active_layers"), payload.get("config")
+
+
+def check_resume_config(path: str | Path, stored: Any, model: nn.Module) -> None:
+    """Raise ``ValueError`` if ``model.get_config()`` is not the config ``stored`` in the
+    checkpoint ``path`` (as :func:`~unrollsci.train.save_checkpoint` encoded it), naming
+    every differing key with both values.
+
+    Arrays compare by shape and values (a permutation given as a list matches the same
+    one stored as an array), floats NaN-aware. Not compared: what a resume replaces or
+    cannot check, i.e. the values of learned tensors in a config (an operator built with
+    ``parameter=True``, an ``nn.Parameter``: their shapes are compared, the weights come
+    from the file), :data:`RESUME_FREE_KEYS`, and values a checkpoint cannot store (a
+    callable, which the run that wrote the file did not have). A key that one side lacks
+    (a file from before the key was stored) is compared with the constructor's default.
+    """
+    from ._config import _encode, _name_of
+
+    get = getattr(model, "get_config", None)
+    mine = get() if callable(get) else None
+    if not isinstance(mine, dict) or not isinstance(stored, dict):
+        return
+    free = RESUME_FREE_KEYS.get(_name_of(type(model)), ())
+    defaults = _defaults(type(model))
+    diff = []
+    for key in [*mine, *(k for k in stored if k not in mine)]:
+        if key in free or (key not in mine and key not in defaults):
+            continue
+        if key not in stored and key not in defaults:
+            continue
+        try:
+            ours = _encode(mine[key] if key in mine else defaults[key], f"config[{key!r}]")
+            theirs = stored[key] if key in stored else _encode(defaults[key], "default")
+        except TypeError:  # code (a callable): not stored, nothing to compare with
+            continue
+        if not _same(ours, theirs):
+            shown, then = _show(ours), _show(theirs)
+            diff.append(
+                f"{key}={shown} with other values than the checkpoint's"
+                if shown == then
+                else f"{key}={shown} (checkpoint: {then})"
+            )
+    if diff:
+        name = type(model).__name__
+        raise ValueError(
+            f"Cannot resume from {path}: it holds the weights of a {name} of another "
+            f"configuration, which do not fit this {name}: expected the configuration of "
+            f"the run that wrote it (got {'; '.join(diff)})."
+        )
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The constructor's keyword defaults of ``cls`` ({} where they cannot be read)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _array(value: Any) -> torch.Tensor | None:
+    """A tensor or a stored numpy array (``{_NDARRAY: tensor}``) as a tensor, else None."""
+    from ._config import _NDARRAY
+
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict) and set(value) == {_NDARRAY}:
+        t = value[_NDARRAY]
+        return t if isinstance(t, torch.Tensor) else None
+    return None
+
+
+def _parts(t: torch.Tensor) -> list[torch.Tensor]:
+    """The strided tensors that define ``t`` (its index and value arrays if sparse)."""
+    t = t.detach().cpu()
+    if t.layout == torch.strided:
+        return [t]
+    if t.layout == torch.sparse_coo:
+        t = t.coalesce()
+        return [t.indices(), t.values()]
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [t.crow_indices(), t.col_indices(), t.values()]
+    return [t.ccol_indices(), t.row_indices(), t.values()]
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor, shape_only: bool) -> bool:
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    if shape_only:
+        return True
+    if a.layout != b.layout:
+        a, b = a.detach().cpu().to_dense(), b.detach().cpu().to_dense()
+    pa, pb = _parts(a), _parts(b)
+    for x, y in zip(pa, pb, strict=True):
+        if x.shape != y.shape:
+            return False
+        common = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(common), y.to(common)
+        if common.is_floating_point or common.is_complex:
+            if not bool(torch.isclose(x, y, rtol=0.0, atol=0.0, equal_nan=True).all()):
+                return False
+        elif not torch.equal(x, y):
+            return False
+    return True
+
+
+def _same(a: Any, b: Any, shape_only: bool = False) -> bool:
+    """Whether two encoded config values are the same (see :func:`check_resume_config`)."""
+    from ._config import _OBJECT
+
+    ta, tb = _array(a), _array(b)
+    if ta is not None or tb is not None:
+        if isinstance(a, nn.Parameter) or isinstance(b, nn.Parameter):
+            shape_only = True  # a learned tensor: its values are weights
+        try:  # a list of numbers against an array: compared as arrays
+            ta = ta if ta is not None else torch.as_tensor(a)
+            tb = tb if tb is not None else torch.as_tensor(b)
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        return _same_tensor(ta, tb, shape_only)
+    if isinstance(a, dict) and isinstance(b, dict):
+        if _OBJECT not in a and _OBJECT not in b:
+            return a.keys() == b.keys() and all(_same(a[k], b[k], shape_only) for k in a)
+        ca, cb = a.get("config"), b.get("config")
+        if a.get(_OBJECT) != b.get(_OBJECT) or not (isinstance(ca, dict) and isinstance(cb, dict)):
+            return False
+        # an operator's learned matrix (parameter=True) holds weights: shapes only. A key
+        # one side lacks is a file from before it was stored: its default was used.
+        learned = bool(ca.get("parameter")) or bool(cb.get("parameter"))
+        return all(
+            _same(ca[k], cb[k], shape_only or (learned and not isinstance(ca[k], dict)))
+            for k in ca.keys() & cb.keys()
+        )
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y, shape_only) for x, y in zip(a, b, strict=True))
+    numeric = isinstance(a, numbers.Number) and isinstance(b, numbers.Number)
+    if numeric and isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) and math.isnan(b):
+            return True
+    if not numeric and type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # an object whose == is no bool
+        return False
+
+
+def _show(value: Any) -> str:
+    """A short description of an encoded config value, for the refusal."""
+    from ._config import _OBJECT
+
+    t = _array(value)
+    if t is not None:
+        dtype = str(t.dtype).replace("torch.", "")
+        text = f"<{dtype} array of shape {tuple(t.shape)}>"
+    elif isinstance(value, dict) and _OBJECT in value:
+        text = f"{str(value[_OBJECT]).rpartition(':')[2]}(...)"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k!r}: {_show(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_resume_args(path: str | Path, state: dict[str, Any], args: dict[str, Any]) -> None:
