@@ -267,18 +267,6 @@ def lasso_kkt_residual(
     """
     op = _check_lasso_point(op, x, y, lam)
     step = check_positive_param("step", step)
-    return _kkt_residual(op, x, y, lam, step, prox)
-
-
-def _kkt_residual(
-    op: LinearOperator,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    lam: torch.Tensor | float,
-    step: float | torch.Tensor,
-    prox: Any = soft_threshold,
-) -> torch.Tensor:
-    """:func:`lasso_kkt_residual` without its checks, for a caller that made them."""
     if prox is not soft_threshold:
         p = make_prox(prox, op.in_shape[0])
         prox = soft_threshold if p.kind == "soft" else p
