@@ -12,7 +12,7 @@ from ._validation import (
     check_positive_param,
 )
 from .solvers import as_operator, lasso_kkt_residual
-from .solvers._lasso_checks import norm_sq
+from .solvers._lasso_checks import nonzero_norm_sq
 
 __all__ = ["nmse_db", "mse", "kkt_residual"]
 
@@ -135,13 +135,7 @@ def kkt_residual(
     """
     op = as_operator(operator, "operator")
     if step is None:
-        lip = norm_sq(op)
-        if lip == 0:
-            raise ValueError(
-                "The operator is zero (||A|| = 0): the lasso has no data term and the "
-                "default step 1 / ||A||^2 is undefined."
-            )
-        step = 1.0 / lip
+        step = 1.0 / nonzero_norm_sq(op)
     step = check_positive_param("step", step)
     for name, t in (("x", x), ("y", y)):
         if isinstance(t, torch.Tensor) and t.dim() >= 1:

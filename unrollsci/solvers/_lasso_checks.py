@@ -36,6 +36,19 @@ def norm_sq(op: LinearOperator) -> float:
     return lip
 
 
+#: the refusal of a zero operator, whose default step ``1 / ||A||^2`` does not exist
+ZERO_OPERATOR = "The operator is zero (||A|| = 0): the problem has no data term."
+
+
+def nonzero_norm_sq(op: LinearOperator) -> float:
+    """:func:`norm_sq`, refusing a zero operator (``||A|| = 0`` exactly) with
+    :data:`ZERO_OPERATOR`: the ``||A||^2`` of a default step ``1 / ||A||^2``."""
+    lip = norm_sq(op)
+    if lip == 0:
+        raise ValueError(ZERO_OPERATOR)
+    return lip
+
+
 def _square(v: float) -> float:
     """``v ** 2``, ``inf`` where that overflows (Python raises ``OverflowError``)."""
     try:

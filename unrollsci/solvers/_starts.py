@@ -20,17 +20,14 @@ from ..operators import LinearOperator
 from ..operators._base import check_real
 from ..prox import make_prox, soft_threshold
 from ._common import pow2_above
-from ._lasso_checks import norm_sq
+from ._lasso_checks import nonzero_norm_sq
 
 
 def _step(op: LinearOperator, step: float | torch.Tensor | None) -> float | torch.Tensor:
     """The step: ``1 / ||A||^2`` by default; a given one checked (a tensor that requires
     grad is kept, so that its gradient flows, as :func:`admm`'s ``rho``)."""
     if step is None:
-        lip = norm_sq(op)
-        if lip == 0:
-            raise ValueError("The operator is zero (||A|| = 0): the lasso has no data term.")
-        return 1.0 / lip
+        return 1.0 / nonzero_norm_sq(op)
     return check_positive_param("step", step)
 
 

@@ -28,12 +28,9 @@ from .._validation import (
 from ..operators import LinearOperator
 from ..prox import Prox, make_prox, soft_threshold
 from ..solvers import as_operator
-from ..solvers._lasso_checks import norm_sq
+from ..solvers._lasso_checks import ZERO_OPERATOR, nonzero_norm_sq
 
 __all__ = ["UnrolledLasso", "layer_lists", "softplus_inverse", "support_selection_threshold"]
-
-
-_ZERO_OPERATOR = "The operator is zero (||A|| = 0): the lasso has no data term."
 
 
 def check_normal_range(dtype: torch.dtype, owner: str, **values: float) -> None:
@@ -251,10 +248,7 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
         :func:`~unrollsci.solvers._lasso_checks.norm_sq`, for a nonzero ``||A||`` whose
         square is not a normal float64 number (an ``OverflowError``, or a nonzero operator
         called zero, before)."""
-        lip = norm_sq(self.operator)
-        if lip == 0:
-            raise ValueError(_ZERO_OPERATOR)
-        return lip
+        return nonzero_norm_sq(self.operator)
 
     def _check_range(self, **values: float) -> None:
         """:func:`check_normal_range` in the model's dtype."""
@@ -267,7 +261,7 @@ class UnrolledLasso(ActiveLayersMixin, nn.Module):
         v = torch.randn(1, self.n, generator=gen, dtype=self.param_dtype).to(self._device)
         with torch.no_grad():
             if not bool(self.operator.mv(v).any()):
-                raise ValueError(_ZERO_OPERATOR)
+                raise ValueError(ZERO_OPERATOR)
 
     def _positive(self, value: float, count: int) -> nn.Parameter:
         """``count`` parameters whose softplus equals ``value`` (positive by construction)."""

@@ -23,7 +23,7 @@ from .._validation import (
 from ..operators._checks import check_real
 from ..prox import soft_threshold
 from ..solvers import as_operator, fista_momentum
-from ..solvers._lasso_checks import norm_sq
+from ..solvers._lasso_checks import nonzero_norm_sq
 from ._base import ActiveLayersMixin, check_compute_dtype, check_normal_range
 
 __all__ = ["UnrolledAnalysisFISTA", "haar_shrink"]
@@ -245,9 +245,7 @@ class UnrolledAnalysisFISTA(ActiveLayersMixin, nn.Module):
         self.num_layers, self.lam, self.seed = num_layers, lam_f, seed
         self.channels, self.filter_size, self.precond_size = channels, filter_size, precond_size
         self._active_layers = num_layers
-        lip = norm_sq(op)  # a ValueError for a nonzero ||A|| whose square over/underflows
-        if lip == 0:
-            raise ValueError("The operator is zero (||A|| = 0): there is no data term.")
+        lip = nonzero_norm_sq(op)  # also a ValueError where the square over/underflows
         # the step 1 / ||A||^2 cast to float32 was Inf (||A|| of 1e-20) or subnormal (1e20)
         check_normal_range(dtype, type(self).__name__, **{"||A||^2": lip, "1/||A||^2": 1 / lip})
         k, c, s, p = num_layers, channels, filter_size, precond_size
